@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make run` (the whole local stack) and `make test`.
+# Everything they need is installed here: a Python venv and Azurite from npm.
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+NODE_STAMP := node_modules/.installed
+# checkov pins an older pycep-parser than the service's tests use, so it lives in its own venv.
+CHECKOV_STAMP := .local/venv-checkov/.installed
+
+.PHONY: run test bench chaos setup clean emulator
+
+setup: $(VENV_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
+
+$(VENV_STAMP): requirements.txt requirements-dev.txt client/pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -e ./client
+	touch $@
+
+$(CHECKOV_STAMP): tests/infra/requirements-checkov.txt
+	python3 -m venv --clear .local/venv-checkov
+	.local/venv-checkov/bin/python -m pip install -q -r tests/infra/requirements-checkov.txt
+	cp tests/infra/requirements-checkov.txt $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: setup
+	$(PY) -m local.stack
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m bench.run_all
+
+chaos: setup
+	$(PY) -m bench.chaos
+
+emulator: setup
+	$(PY) -m local.emulator
+
+clean:
+	rm -rf .venv node_modules .azurite .local

@@ -1,0 +1,171 @@
+// The Function App on Flex Consumption (Python 3.11), identity-based host storage, secrets via Key Vault references.
+param name string
+param location string = resourceGroup().location
+param tags object = {}
+param serviceName string = 'api'
+param appServicePlanId string
+param identityId string
+param identityClientId string
+param instanceMemoryMB int
+param maximumInstanceCount int
+param deploymentContainerUrl string
+param blobServiceUri string
+param queueServiceUri string
+param tableServiceUri string
+param appInsightsConnectionString string
+param openAiEndpoint string
+param defaultModel string
+@description('NCRONTAB schedule of the sweeper; function_app.py binds it as %SWEEP_SCHEDULE%, so it must be an app setting.')
+param sweepSchedule string
+param runTokenKeySecretUri string
+param webhookSigningSecretsSecretUri string
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_222:The service is a public HTTP API (POST /api/runs, polling, SSE); callers authenticate with function keys over HTTPS.
+  // checkov:skip=CKV_AZURE_17:Callers are generic HTTP clients authenticated with function keys; mutual TLS would require client certificates from every caller.
+  // checkov:skip=CKV_AZURE_212:Flex Consumption scales to zero by design (no always-ready instances by default, to keep the cost at rest near zero); availability comes from the platform adding instances on demand.
+  // checkov:skip=CKV_AZURE_213:App Service health check probes an always-on instance set; Flex Consumption scales per function and to zero, so there is nothing to probe at rest. Use Application Insights availability tests instead.
+  name: name
+  location: location
+  tags: union(tags, {
+    'azd-service-name': serviceName
+  })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: appServicePlanId
+    httpsOnly: true
+    publicNetworkAccess: 'Enabled'
+    // Key Vault references are resolved with the user-assigned identity (the app has no system identity).
+    keyVaultReferenceIdentity: identityId
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: deploymentContainerUrl
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        instanceMemoryMB: instanceMemoryMB
+        maximumInstanceCount: maximumInstanceCount
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      // Flex Consumption: no FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION (set by functionAppConfig).
+      appSettings: [
+        // Host storage and the service's own storage clients, identity-based (shared keys are disabled).
+        {
+          name: 'AzureWebJobsStorage__blobServiceUri'
+          value: blobServiceUri
+        }
+        {
+          name: 'AzureWebJobsStorage__queueServiceUri'
+          value: queueServiceUri
+        }
+        {
+          name: 'AzureWebJobsStorage__tableServiceUri'
+          value: tableServiceUri
+        }
+        {
+          name: 'AzureWebJobsStorage__credential'
+          value: 'managedidentity'
+        }
+        {
+          name: 'AzureWebJobsStorage__clientId'
+          value: identityClientId
+        }
+        // azure-identity (DefaultAzureCredential) picks the user-assigned identity from this.
+        {
+          name: 'AZURE_CLIENT_ID'
+          value: identityClientId
+        }
+        // Required by the FastAPI HTTP streaming types (azurefunctions-extensions-http-fastapi).
+        {
+          name: 'PYTHON_ENABLE_INIT_INDEXING'
+          value: '1'
+        }
+        {
+          name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+          value: appInsightsConnectionString
+        }
+        {
+          name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
+          value: 'ClientId=${identityClientId};Authorization=AAD'
+        }
+        // Model provider: Azure OpenAI with Microsoft Entra ID (no key).
+        {
+          name: 'MODEL_PROVIDER'
+          value: 'azure_openai'
+        }
+        {
+          name: 'AZURE_OPENAI_ENDPOINT'
+          value: openAiEndpoint
+        }
+        {
+          name: 'DEFAULT_MODEL'
+          value: defaultModel
+        }
+        // Secrets: Key Vault references only.
+        {
+          name: 'RUN_TOKEN_KEY'
+          value: '@Microsoft.KeyVault(SecretUri=${runTokenKeySecretUri})'
+        }
+        {
+          name: 'WEBHOOK_SIGNING_SECRETS'
+          value: '@Microsoft.KeyVault(SecretUri=${webhookSigningSecretsSecretUri})'
+        }
+        // The timer trigger reads its schedule from this app setting (binding expression %SWEEP_SCHEDULE%).
+        {
+          name: 'SWEEP_SCHEDULE'
+          value: sweepSchedule
+        }
+        // Webhook SSRF guards stay on in Azure (they are development-only switches).
+        {
+          name: 'WEBHOOK_ALLOW_HTTP'
+          value: 'false'
+        }
+        {
+          name: 'WEBHOOK_ALLOW_PRIVATE_ADDRESSES'
+          value: 'false'
+        }
+      ]
+    }
+  }
+}
+
+// azd deploys to Flex with Microsoft Entra ID; basic (publishing-profile) credentials are not needed.
+resource ftpCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+output name string = functionApp.name
+output url string = 'https://${functionApp.properties.defaultHostName}'

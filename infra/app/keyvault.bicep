@@ -1,0 +1,68 @@
+// Key Vault (RBAC authorization) holding the service secrets. The Function App reads them through Key Vault
+// references resolved with its user-assigned identity; the values never appear in app settings.
+param name string
+param location string = resourceGroup().location
+param tags object = {}
+
+@secure()
+param runTokenKey string
+
+@secure()
+param webhookSigningSecrets string
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_109:No VNet in this template: Flex Consumption without VNet integration reaches it over the public endpoint; access is Microsoft Entra ID + RBAC only (keys/local auth disabled). A VNet/private-endpoint variant is a follow-up. App Service Key Vault references are not a trusted service for the vault firewall.
+  // checkov:skip=CKV_AZURE_189:No VNet in this template: Flex Consumption without VNet integration reaches it over the public endpoint; access is Microsoft Entra ID + RBAC only (keys/local auth disabled). A VNet/private-endpoint variant is a follow-up. App Service Key Vault references are not a trusted service for the vault firewall.
+  name: name
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 7
+    enablePurgeProtection: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
+
+resource runTokenKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_41:No automated rotation: a fixed expiry would only mark a still-used secret as expired at an arbitrary date. Rotation is manual and documented in infra/README.md.
+  parent: vault
+  name: 'run-token-key'
+  properties: {
+    value: runTokenKey
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+    }
+  }
+}
+
+resource webhookSigningSecretsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_41:No automated rotation: a fixed expiry would only mark a still-used secret as expired at an arbitrary date. Rotation is manual and documented in infra/README.md.
+  parent: vault
+  name: 'webhook-signing-secrets'
+  properties: {
+    value: webhookSigningSecrets
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+    }
+  }
+}
+
+output name string = vault.name
+output id string = vault.id
+output vaultUri string = vault.properties.vaultUri
+// Versionless URIs: the app picks up a new secret version within 24 hours or on restart.
+output runTokenKeySecretUri string = runTokenKeySecret.properties.secretUri
+output webhookSigningSecretsSecretUri string = webhookSigningSecretsSecret.properties.secretUri

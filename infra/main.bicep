@@ -1,0 +1,289 @@
+// Background responses as a service: everything `azd up` needs on Azure Functions Flex Consumption.
+// Layout follows the azd Flex Consumption Python quickstart (subscription scope, resource group, resourceToken
+// naming, app/*.bicep modules). Azure Verified Modules are used for the identity, plan, Log Analytics and
+// Application Insights; storage, Key Vault, Azure OpenAI, the Function App and the role assignments are plain
+// resources in app/*.bicep so that offline scanners (checkov, the parity tests in tests/infra) can see their
+// security settings: `br/public:` modules cannot be restored without network access.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('azd environment name; hashed into every resource name.')
+param environmentName string
+
+@minLength(1)
+@description('Region of every resource (Azure OpenAI: see openAiLocation). Must offer Flex Consumption: az functionapp list-flexconsumption-locations')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Object id of the deploying user or service principal; gets the same data roles as the app for local debugging against Azure. Empty: none.')
+param principalId string = ''
+
+@allowed([
+  'User'
+  'ServicePrincipal'
+])
+param principalType string = 'User'
+
+// ---- Function App sizing -------------------------------------------------------------------------------------
+@allowed([
+  512
+  2048
+  4096
+])
+@description('Flex Consumption instance memory (MB).')
+param instanceMemoryMB int = 2048
+
+@minValue(40)
+@maxValue(1000)
+@description('Flex Consumption maximum instance count (scale-out cap).')
+param maximumInstanceCount int = 40
+
+@description('NCRONTAB schedule of the sweeper that repairs lost poll chains. Each run wakes the app: every minute keeps telemetry and storage transactions flowing at rest (see infra/README.md).')
+param sweepSchedule string = '0 */1 * * * *'
+
+// ---- Model provider ------------------------------------------------------------------------------------------
+@description('Use an existing Azure OpenAI endpoint (https://NAME.openai.azure.com/) instead of creating an account here.')
+param existingOpenAiEndpoint string = ''
+
+@description('Resource id of that existing account; when given, the app identity gets Cognitive Services OpenAI User on it. Otherwise assign the role yourself.')
+param existingOpenAiResourceId string = ''
+
+@description('Region of the new Azure OpenAI account (model availability differs by region). Empty: location.')
+param openAiLocation string = ''
+
+@description('Model deployment name; also the service DEFAULT_MODEL.')
+param openAiDeploymentName string = 'gpt-4.1-mini'
+
+@description('Model of the new deployment.')
+param openAiModelName string = 'gpt-4.1-mini'
+
+@description('Model version of the new deployment.')
+param openAiModelVersion string = '2025-04-14'
+
+@allowed([
+  'GlobalStandard'
+  'DataZoneStandard'
+  'Standard'
+])
+param openAiDeploymentSku string = 'GlobalStandard'
+
+@minValue(1)
+@description('Deployment capacity in thousands of tokens per minute.')
+param openAiDeploymentCapacity int = 10
+
+// ---- Secrets ---------------------------------------------------------------------------------------------------
+// No default and not in main.parameters.json: azd generates each value once (crypto/rand, [A-Za-z0-9]), stores it
+// in the environment's secret config and reuses it on every later `azd provision`, so the secrets stay stable.
+// Outside azd, pass them explicitly (see infra/README.md). They only ever reach Key Vault.
+@secure()
+@minLength(32)
+@description('HMAC key for continuation tokens (RUN_TOKEN_KEY).')
+@metadata({
+  azd: {
+    type: 'generate'
+    config: {
+      length: 64
+      noSpecial: true
+    }
+  }
+})
+param runTokenKey string
+
+@secure()
+@minLength(24)
+@maxLength(64)
+@description('Random material of the webhook signing secret; stored as whsec_ + base64(material), i.e. 48 bytes.')
+@metadata({
+  azd: {
+    type: 'generate'
+    config: {
+      length: 48
+      noSpecial: true
+    }
+  }
+})
+param webhookSecretMaterial string
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var functionAppName = 'func-api-${resourceToken}'
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
+var createOpenAi = empty(existingOpenAiEndpoint)
+// ARM evaluates a module's scope even when its condition is false: split a placeholder id when none is given.
+var existingOpenAiIdParts = split(!empty(existingOpenAiResourceId) ? existingOpenAiResourceId : '/subscriptions/${subscription().subscriptionId}/resourceGroups/none/providers/Microsoft.CognitiveServices/accounts/none', '/')
+
+resource rg 'Microsoft.Resources/resourceGroups@2021-04-01' = {
+  name: 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.4.1' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-api-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module plan 'br/public:avm/res/web/serverfarm:0.1.1' = {
+  name: 'plan'
+  scope: rg
+  params: {
+    name: 'plan-${resourceToken}'
+    location: location
+    tags: tags
+    sku: {
+      name: 'FC1'
+      tier: 'FlexConsumption'
+    }
+    reserved: true
+  }
+}
+
+module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.7.0' = {
+  name: 'loganalytics'
+  scope: rg
+  params: {
+    name: 'log-${resourceToken}'
+    location: location
+    tags: tags
+    dataRetention: 30
+  }
+}
+
+module appInsights 'br/public:avm/res/insights/component:0.4.1' = {
+  name: 'appinsights'
+  scope: rg
+  params: {
+    name: 'appi-${resourceToken}'
+    location: location
+    tags: tags
+    workspaceResourceId: logAnalytics.outputs.resourceId
+    disableLocalAuth: true
+    retentionInDays: 30
+  }
+}
+
+module storage 'app/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'st${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+  }
+}
+
+module keyVault 'app/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: 'kv-${resourceToken}'
+    location: location
+    tags: tags
+    runTokenKey: runTokenKey
+    webhookSigningSecrets: 'whsec_${base64(webhookSecretMaterial)}'
+  }
+}
+
+module openAi 'app/openai.bicep' = if (createOpenAi) {
+  name: 'openai'
+  scope: rg
+  params: {
+    name: 'cog-${resourceToken}'
+    location: empty(openAiLocation) ? location : openAiLocation
+    tags: tags
+    deploymentName: openAiDeploymentName
+    modelName: openAiModelName
+    modelVersion: openAiModelVersion
+    deploymentSku: openAiDeploymentSku
+    deploymentCapacity: openAiDeploymentCapacity
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
+    appInsightsName: appInsights.outputs.name
+    openAiAccountName: createOpenAi ? openAi.outputs.name : ''
+    managedIdentityPrincipalId: identity.outputs.principalId
+    userPrincipalId: principalId
+    userPrincipalType: principalType
+  }
+}
+
+// An existing Azure OpenAI account may live in another resource group or subscription.
+module existingOpenAiRbac 'app/openai-rbac.bicep' = if (!createOpenAi && !empty(existingOpenAiResourceId)) {
+  name: 'existing-openai-rbac'
+  scope: resourceGroup(existingOpenAiIdParts[2], existingOpenAiIdParts[4])
+  params: {
+    openAiAccountName: last(existingOpenAiIdParts)
+    managedIdentityPrincipalId: identity.outputs.principalId
+    userPrincipalId: principalId
+    userPrincipalType: principalType
+  }
+}
+
+module api 'app/api.bicep' = {
+  name: 'api'
+  scope: rg
+  params: {
+    name: functionAppName
+    location: location
+    tags: tags
+    appServicePlanId: plan.outputs.resourceId
+    identityId: identity.outputs.resourceId
+    identityClientId: identity.outputs.clientId
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    deploymentContainerUrl: '${storage.outputs.blobEndpoint}${deploymentContainerName}'
+    blobServiceUri: storage.outputs.blobEndpoint
+    queueServiceUri: storage.outputs.queueEndpoint
+    tableServiceUri: storage.outputs.tableEndpoint
+    appInsightsConnectionString: appInsights.outputs.connectionString
+    openAiEndpoint: createOpenAi ? openAi.outputs.endpoint : existingOpenAiEndpoint
+    defaultModel: openAiDeploymentName
+    sweepSchedule: sweepSchedule
+    runTokenKeySecretUri: keyVault.outputs.runTokenKeySecretUri
+    webhookSigningSecretsSecretUri: keyVault.outputs.webhookSigningSecretsSecretUri
+  }
+  // Key Vault references and identity-based host storage need the roles; assign them before the app starts.
+  dependsOn: [
+    rbac
+  ]
+}
+
+// ---- Outputs (azd stores them in .azure/<env>/.env) ----------------------------------------------------------
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output SERVICE_API_NAME string = api.outputs.name
+output AZURE_FUNCTION_NAME string = api.outputs.name
+output AZURE_FUNCTION_APP_URL string = api.outputs.url
+output AZURE_USER_ASSIGNED_IDENTITY_NAME string = identity.outputs.name
+output AZURE_USER_ASSIGNED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_STORAGE_BLOB_ENDPOINT string = storage.outputs.blobEndpoint
+output AZURE_STORAGE_QUEUE_ENDPOINT string = storage.outputs.queueEndpoint
+output AZURE_STORAGE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output AZURE_OPENAI_ACCOUNT_NAME string = createOpenAi ? openAi.outputs.name : ''
+output AZURE_OPENAI_ENDPOINT string = createOpenAi ? openAi.outputs.endpoint : existingOpenAiEndpoint
+output AZURE_OPENAI_DEPLOYMENT string = openAiDeploymentName
+output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name
+output AZURE_LOG_ANALYTICS_NAME string = logAnalytics.outputs.name
+output AZURE_APP_SERVICE_PLAN_NAME string = plan.outputs.name

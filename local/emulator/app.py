@@ -1,0 +1,664 @@
+"""HTTP layer of the emulator: routes, OpenAI-shaped errors, fault injection, SSE streaming."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import random
+import secrets
+import time
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .config import EmulatorConfig
+from .store import Store
+from .timeline import (
+    KnobError, TERMINAL, build_content_spec, light_status, normalize_input, render_event, resolve_knobs,
+    snapshot, sse_bytes, visible_event_count,
+)
+
+PREFIXES = ("/v1", "/openai/v1", "/openai")
+ENDPOINTS = ("create", "create_stream", "retrieve", "stream", "cancel", "delete", "input_items")
+_REQUEST_FIELDS = (
+    "model", "instructions", "max_output_tokens", "max_tool_calls", "previous_response_id", "tools",
+    "tool_choice", "parallel_tool_calls", "temperature", "top_p", "top_logprobs", "reasoning", "text",
+    "truncation", "user", "safety_identifier", "prompt_cache_key", "service_tier", "conversation",
+)
+_MAX_CHUNK = 512 * 1024
+
+
+def _req_id() -> str:
+    return "req_" + secrets.token_hex(16)
+
+
+def error_response(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    hdrs = {"x-request-id": _req_id()}
+    hdrs.update(headers or {})
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
+                        status_code=status, headers=hdrs)
+
+
+def fault_response(status: int, retry_after_ms: float, source: str) -> JSONResponse:
+    headers = {"x-emulator-fault": source}
+    if status in (429, 503):
+        headers["retry-after-ms"] = str(int(retry_after_ms))
+        headers["retry-after"] = str(max(0, math.ceil(retry_after_ms / 1000.0)))
+    if status == 429:
+        headers.update({
+            "x-ratelimit-limit-requests": "10000", "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": f"{int(retry_after_ms)}ms",
+            "x-ratelimit-limit-tokens": "2000000", "x-ratelimit-remaining-tokens": "0",
+            "x-ratelimit-reset-tokens": f"{int(retry_after_ms)}ms",
+        })
+        return error_response(429, f"Rate limit reached for requests (emulated). Please try again in "
+                                   f"{int(retry_after_ms)}ms.", "requests", None, "rate_limit_exceeded", headers)
+    if status == 500:
+        return error_response(500, "The server had an error while processing your request. Sorry about that! "
+                                   "(emulated)", "server_error", None, None, headers)
+    if status == 503:
+        return error_response(503, "The engine is currently overloaded, please try again later. (emulated)",
+                              "server_error", None, None, headers)
+    return error_response(status, f"Emulated HTTP {status}.", "server_error" if status >= 500 else
+                          "invalid_request_error", None, None, headers)
+
+
+def not_found(resp_id: str) -> JSONResponse:
+    return error_response(404, f"Response with id '{resp_id}' not found.")
+
+
+class DropResponse:
+    """Send the status line + headers, then close the connection without a body (a lost reply)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        # returning without completing makes uvicorn close the transport
+
+
+class Gate:
+    """Outcome of the pre-request fault checks."""
+    __slots__ = ("response", "delay_s", "drop")
+
+    def __init__(self) -> None:
+        self.response: Response | None = None
+        self.delay_s = 0.0
+        self.drop = False
+
+
+class Emulator:
+    def __init__(self, config: EmulatorConfig | None = None):
+        self.config = config or EmulatorConfig()
+        self.store = Store(self.config.db)
+        self.rng = random.Random(self.config.seed)
+        self.closing = False
+        self._listeners: dict[str, set[asyncio.Event]] = {}
+        self._all_listeners: set[asyncio.Event] = set()
+        self.started_at = time.time()
+        self._reset_stats()
+        self.app = self._build_app()
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _reset_stats(self) -> None:
+        self.stats: dict[str, Any] = {
+            "requests": {e: 0 for e in ENDPOINTS},
+            "faults": {"429": 0, "500": 0, "503": 0, "other": 0, "stream_cut": 0, "slow_first_byte": 0,
+                       "drop": 0, "per_response_http_error": 0},
+            "events_sent": 0,
+            "streams_open": 0,
+            "streams_cut": 0,
+        }
+
+    def listen(self, resp_id: str, ev: asyncio.Event) -> None:
+        self._listeners.setdefault(resp_id, set()).add(ev)
+        self._all_listeners.add(ev)
+
+    def unlisten(self, resp_id: str, ev: asyncio.Event) -> None:
+        group = self._listeners.get(resp_id)
+        if group is not None:
+            group.discard(ev)
+            if not group:
+                del self._listeners[resp_id]
+        self._all_listeners.discard(ev)
+
+    def _wake(self, resp_id: str) -> None:
+        for ev in self._listeners.get(resp_id, ()):
+            ev.set()
+
+    def shutdown_streams(self) -> None:
+        self.closing = True
+        for ev in list(self._all_listeners):
+            ev.set()
+
+    def lookup(self, resp_id: str) -> dict | None:
+        rec = self.store.get(resp_id)
+        if rec is None:
+            return None
+        if self.store.is_expired(rec, time.time(), self.config.ttl_s, self.config.ttl_store_false_s):
+            self.store.delete(resp_id)
+            return None
+        return rec
+
+    def sweep(self) -> int:
+        return self.store.sweep(time.time(), self.config.ttl_s, self.config.ttl_store_false_s,
+                                self.config.max_responses)
+
+    # ------------------------------------------------------------------ faults
+    def _gate(self, request: Request, endpoint: str) -> Gate:
+        self.stats["requests"][endpoint] += 1
+        gate = Gate()
+        cfg = self.config
+        header = (request.headers.get("x-emulator-fault") or "").strip().lower()
+        if header:
+            if header == "drop":
+                gate.drop = True
+            else:
+                code, _, limit = header.partition(":")
+                try:
+                    status = int(code)
+                    attempt = int(request.headers.get("x-stainless-retry-count") or 0)
+                    active = not limit or attempt < int(limit)
+                except ValueError:
+                    status, active = 0, False
+                if active and 400 <= status <= 599:
+                    self._count_fault(status)
+                    gate.response = fault_response(status, cfg.retry_after_ms, "header")
+                    return gate
+        try:
+            gate.delay_s += float(request.headers.get("x-emulator-delay-ms") or 0) / 1000.0
+        except ValueError:
+            pass
+        base = endpoint.replace("create_stream", "create")
+        if base in cfg.fault_endpoint_set():
+            r = self.rng.random()
+            for status, rate in ((429, cfg.fault_429_rate), (500, cfg.fault_500_rate), (503, cfg.fault_503_rate)):
+                if r < rate:
+                    self._count_fault(status)
+                    gate.response = fault_response(status, cfg.retry_after_ms, "global")
+                    return gate
+                r -= rate
+            if cfg.slow_first_byte_rate > 0 and self.rng.random() < cfg.slow_first_byte_rate:
+                self.stats["faults"]["slow_first_byte"] += 1
+                gate.delay_s += cfg.slow_first_byte_ms / 1000.0
+        return gate
+
+    def _count_fault(self, status: int) -> None:
+        key = str(status) if str(status) in ("429", "500", "503") else "other"
+        self.stats["faults"][key] += 1
+
+    def _per_response_error(self, rec: dict) -> Response | None:
+        plan = rec["knobs"]["http_errors"]
+        if not plan:
+            return None
+        served = rec["counters"]["http_errors_served"]
+        acc = 0
+        for status, count in plan:
+            acc += count
+            if served < acc:
+                rec["counters"]["http_errors_served"] = served + 1
+                self.store.touch(rec)
+                self.stats["faults"]["per_response_http_error"] += 1
+                self._count_fault(status)
+                return fault_response(status, rec["knobs"]["retry_after_ms"], "response")
+        return None
+
+    # ------------------------------------------------------------------ routes
+    def _build_app(self) -> Starlette:
+        routes = []
+        for p in PREFIXES:
+            routes += [
+                Route(f"{p}/responses", self.create, methods=["POST"]),
+                Route(f"{p}/responses/{{resp_id}}", self.retrieve, methods=["GET"]),
+                Route(f"{p}/responses/{{resp_id}}", self.delete, methods=["DELETE"]),
+                Route(f"{p}/responses/{{resp_id}}/cancel", self.cancel, methods=["POST"]),
+                Route(f"{p}/responses/{{resp_id}}/input_items", self.input_items, methods=["GET"]),
+                Route(f"{p}/_emulator/config", self.get_config, methods=["GET"]),
+                Route(f"{p}/_emulator/config", self.set_config, methods=["POST"]),
+                Route(f"{p}/_emulator/stats", self.get_stats, methods=["GET"]),
+                Route(f"{p}/_emulator/reset", self.reset, methods=["POST"]),
+                Route(f"{p}/_emulator/responses", self.list_responses, methods=["GET"]),
+            ]
+        routes.append(Route("/healthz", self.healthz, methods=["GET"]))
+
+        async def http_error(request: Request, exc: HTTPException) -> Response:
+            if exc.status_code == 404:
+                return error_response(404, f"Invalid URL ({request.method} {request.url.path})")
+            return error_response(exc.status_code, str(exc.detail))
+
+        async def server_error(request: Request, exc: Exception) -> Response:
+            return error_response(500, f"Emulator internal error: {exc!r}", "server_error")
+
+        return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def _delayed(self, delay_s: float, response: Response) -> Response:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        return response
+
+    # POST /responses ------------------------------------------------------------------
+    async def create(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            body = None
+        streaming = isinstance(body, dict) and bool(body.get("stream"))
+        gate = self._gate(request, "create_stream" if streaming else "create")
+        if gate.response is not None:
+            return gate.response
+        if not isinstance(body, dict):
+            return error_response(400, "We could not parse the JSON body of your request. (HINT: This likely "
+                                       "means you aren't using your HTTP library correctly.)")
+        rec_or_error = self._make_record(body)
+        if isinstance(rec_or_error, Response):
+            return rec_or_error
+        rec = rec_or_error
+        self.store.put(rec)
+        delay = gate.delay_s + rec["knobs"]["first_byte_ms"] / 1000.0
+        if gate.drop:
+            self.stats["faults"]["drop"] += 1
+            return await self._delayed(delay, DropResponse())  # type: ignore[arg-type]
+        if rec["stream"]:
+            return SSEStream(self, rec, -1, delay)  # type: ignore[return-value]
+        plan = self.store.plan(rec)
+        if not rec["background"]:
+            wait = plan.t_end - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        return await self._delayed(delay, self._json(snapshot(rec, plan, time.time())))
+
+    def _make_record(self, body: dict) -> dict | Response:
+        cfg = self.config
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return error_response(400, "Missing required parameter: 'model'.", param="model",
+                                  code="missing_required_parameter")
+        background = bool(body.get("background") or False)
+        stream = bool(body.get("stream") or False)
+        store = body.get("store")
+        store = True if store is None else bool(store)
+        if background and not store and cfg.reject_background_store_false:
+            return error_response(400, "Background sampling requires store=true.", param="store")
+        metadata = body.get("metadata") or {}
+        if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in metadata.items()):
+            return error_response(400, "Invalid 'metadata': expected an object of string keys and string values.",
+                                  param="metadata", code="invalid_type")
+        if cfg.enforce_metadata_limits:
+            if len(metadata) > 16:
+                return error_response(400, f"Invalid 'metadata': too many properties. Expected an object with at "
+                                           f"most 16 properties, but got an object with {len(metadata)} properties "
+                                           f"instead.", param="metadata", code="object_above_max_properties")
+            for k, v in metadata.items():
+                if len(k) > 64:
+                    return error_response(400, f"Invalid 'metadata': metadata key '{k[:80]}' exceeds the maximum "
+                                               f"length of 64 characters.", param="metadata", code="invalid_value")
+                if len(v) > 512:
+                    return error_response(400, f"Invalid 'metadata': string too long for key '{k}'. Expected a "
+                                               f"maximum length of 512.", param="metadata", code="string_above_max_length")
+        tools = body.get("tools") or []
+        if not isinstance(tools, list):
+            return error_response(400, "Invalid 'tools': expected an array.", param="tools", code="invalid_type")
+        mot = body.get("max_output_tokens")
+        if mot is not None and (not isinstance(mot, int) or isinstance(mot, bool) or mot < 16):
+            return error_response(400, f"Invalid 'max_output_tokens': integer below minimum value. Expected a value "
+                                       f">= 16, but got {mot} instead.", param="max_output_tokens",
+                                  code="integer_below_min_value")
+        try:
+            items = normalize_input(body.get("input"))
+        except KnobError as exc:
+            return error_response(400, f"Invalid 'input': {exc}", param="input")
+        prev_id = body.get("previous_response_id")
+        previous = None
+        now = time.time()
+        if prev_id is not None:
+            if not isinstance(prev_id, str):
+                return error_response(400, "Invalid 'previous_response_id': expected a string.",
+                                      param="previous_response_id")
+            if body.get("conversation") is not None:
+                return error_response(400, "Mutually exclusive parameters: 'previous_response_id' and "
+                                           "'conversation'.", param="previous_response_id")
+            prev = self.lookup(prev_id)
+            if prev is None or not prev["store"] and not prev["background"]:
+                return error_response(404, f"Previous response with id '{prev_id}' not found.",
+                                      param="previous_response_id", code="previous_response_not_found")
+            prev_status = light_status(prev, now)[0]
+            if prev_status not in TERMINAL:
+                return error_response(400, f"Previous response with id '{prev_id}' is still {prev_status}; wait "
+                                           f"until it is finished.", param="previous_response_id")
+            prev_calls = prev["content"].get("calls", []) if prev_status == "completed" else []
+            previous = {"id": prev_id, "calls": prev_calls}
+            known = {c["call_id"] for c in prev_calls} | {i.get("call_id") for i in items
+                                                          if i.get("type") == "function_call"}
+            for item in items:
+                if item.get("type") == "function_call_output" and item.get("call_id") not in known:
+                    return error_response(400, f"No tool call found for function call output with call_id "
+                                               f"{item.get('call_id')}.", param="input")
+        try:
+            knobs = resolve_knobs(metadata, cfg, background=background)
+        except KnobError as exc:
+            return error_response(400, str(exc), param="metadata", code="invalid_value")
+        resp_id = "resp_" + secrets.token_hex(24)
+        content = build_content_spec(resp_id=resp_id, items=items, instructions=body.get("instructions"),
+                                     tools=tools, meta=metadata, previous=previous, model=model)
+        request_fields = {k: body[k] for k in _REQUEST_FIELDS if k in body}
+        return {
+            "id": resp_id,
+            "created_at": now,
+            "background": background,
+            "stream": stream,
+            "store": store,
+            "metadata": metadata,
+            "request": request_fields,
+            "input": _input_items_with_ids(resp_id, items),
+            "knobs": knobs,
+            "content": content,
+            "cancelled_at": None,
+            "counters": {"retrieve": 0, "stream": 0, "cancel": 0, "http_errors_served": 0, "events_sent": 0},
+        }
+
+    def _json(self, obj: dict, status: int = 200) -> JSONResponse:
+        return JSONResponse(obj, status_code=status, headers={"x-request-id": _req_id()})
+
+    def _visible(self, rec: dict | None) -> bool:
+        # a non-background store=false response is never retrievable, like the real API
+        return rec is not None and (rec["store"] or rec["background"])
+
+    # GET /responses/{id} ----------------------------------------------------------------
+    async def retrieve(self, request: Request) -> Response:
+        resp_id = request.path_params["resp_id"]
+        q = request.query_params
+        stream = (q.get("stream") or "").lower() == "true"
+        gate = self._gate(request, "stream" if stream else "retrieve")
+        if gate.response is not None:
+            return gate.response
+        rec = self.lookup(resp_id)
+        if not self._visible(rec):
+            return not_found(resp_id)
+        rec["counters"]["stream" if stream else "retrieve"] += 1
+        self.store.touch(rec)
+        delay = gate.delay_s + rec["knobs"]["first_byte_ms"] / 1000.0
+        fault = self._per_response_error(rec)
+        if fault is not None:
+            return await self._delayed(delay, fault)
+        if gate.drop:
+            self.stats["faults"]["drop"] += 1
+            return await self._delayed(delay, DropResponse())  # type: ignore[arg-type]
+        if not stream:
+            return await self._delayed(delay, self._json(snapshot(rec, self.store.plan(rec), time.time())))
+        # streaming rules
+        if not rec["background"]:
+            return error_response(400, "This response cannot be streamed because it was not created with "
+                                       "background=true.", param="stream", code="invalid_request_error")
+        if self.config.require_stream_for_resume and not rec["stream"]:
+            return error_response(400, "This response cannot be streamed because it was not created with "
+                                       "stream=true.", param="stream", code="invalid_request_error")
+        window = self.config.resume_window_s
+        if time.time() - rec["created_at"] > window:
+            mins = window / 60.0
+            age = f"{mins:g} minutes" if window >= 60 else f"{window:g} seconds"
+            return error_response(400, f"This response can no longer be streamed because it is more than {age} "
+                                       f"old.", param="stream", code="invalid_request_error")
+        starting_after = q.get("starting_after")
+        try:
+            after = int(starting_after) if starting_after not in (None, "") else -1
+        except ValueError:
+            return error_response(400, "Invalid 'starting_after': expected an integer.", param="starting_after",
+                                  code="invalid_type")
+        return SSEStream(self, rec, max(-1, after), delay)  # type: ignore[return-value]
+
+    # POST /responses/{id}/cancel ----------------------------------------------------------
+    async def cancel(self, request: Request) -> Response:
+        resp_id = request.path_params["resp_id"]
+        gate = self._gate(request, "cancel")
+        if gate.response is not None:
+            return gate.response
+        rec = self.lookup(resp_id)
+        if not self._visible(rec):
+            return not_found(resp_id)
+        rec["counters"]["cancel"] += 1
+        self.store.touch(rec)
+        if not rec["background"]:
+            return error_response(400, "Cannot cancel a synchronous response.", param=None)
+        now = time.time()
+        plan = self.store.plan(rec)
+        status = light_status(rec, now)[0]
+        if status not in TERMINAL:
+            rec["cancelled_at"] = now
+            self.store.save(rec)
+            self._wake(resp_id)
+        return await self._delayed(gate.delay_s, self._json(snapshot(rec, plan, now)))
+
+    # DELETE /responses/{id} -----------------------------------------------------------------
+    async def delete(self, request: Request) -> Response:
+        resp_id = request.path_params["resp_id"]
+        gate = self._gate(request, "delete")
+        if gate.response is not None:
+            return gate.response
+        rec = self.lookup(resp_id)
+        if not self._visible(rec):
+            return not_found(resp_id)
+        rec["deleted"] = True
+        self.store.delete(resp_id)
+        self._wake(resp_id)
+        return await self._delayed(gate.delay_s, self._json({"id": resp_id, "object": "response", "deleted": True}))
+
+    # GET /responses/{id}/input_items ----------------------------------------------------------
+    async def input_items(self, request: Request) -> Response:
+        resp_id = request.path_params["resp_id"]
+        gate = self._gate(request, "input_items")
+        if gate.response is not None:
+            return gate.response
+        rec = self.lookup(resp_id)
+        if not self._visible(rec):
+            return not_found(resp_id)
+        q = request.query_params
+        items = list(rec["input"])
+        if (q.get("order") or "desc") == "desc":
+            items.reverse()
+        after = q.get("after")
+        if after:
+            ids = [i.get("id") for i in items]
+            items = items[ids.index(after) + 1:] if after in ids else []
+        try:
+            limit = max(1, min(100, int(q.get("limit") or 20)))
+        except ValueError:
+            return error_response(400, "Invalid 'limit': expected an integer.", param="limit")
+        page = items[:limit]
+        return await self._delayed(gate.delay_s, self._json({
+            "object": "list", "data": page,
+            "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }))
+
+    # ---------------------------------------------------------------- /_emulator/*
+    async def get_config(self, request: Request) -> Response:
+        return JSONResponse(self.config.as_dict())
+
+    async def set_config(self, request: Request) -> Response:
+        try:
+            values = await request.json()
+            if not isinstance(values, dict):
+                raise ValueError("expected a JSON object")
+            self.config.update(values)
+        except ValueError as exc:
+            return error_response(400, str(exc))
+        if "seed" in values:
+            self.rng = random.Random(self.config.seed)
+        return JSONResponse(self.config.as_dict())
+
+    def status_counts(self) -> dict[str, int]:
+        now = time.time()
+        counts = {s: 0 for s in ("queued", "in_progress", "completed", "failed", "cancelled", "incomplete")}
+        for rec in self.store.records.values():
+            counts[light_status(rec, now)[0]] += 1
+        return counts
+
+    async def get_stats(self, request: Request) -> Response:
+        body = dict(self.stats)
+        body["responses"] = {"total": len(self.store.records), "by_status": self.status_counts()}
+        body["uptime_s"] = time.time() - self.started_at
+        return JSONResponse(body)
+
+    async def reset(self, request: Request) -> Response:
+        try:
+            opts = await request.json() if await request.body() else {}
+        except ValueError:
+            opts = {}
+        self._reset_stats()
+        self.rng = random.Random(self.config.seed)
+        if isinstance(opts, dict) and opts.get("responses"):
+            for resp_id in list(self.store.records):
+                self._wake(resp_id)
+            self.store.clear()
+        else:
+            for rec in self.store.records.values():
+                for key in ("retrieve", "stream", "cancel", "events_sent"):
+                    rec["counters"][key] = 0
+                self.store.touch(rec)
+        return JSONResponse({"ok": True, "responses": len(self.store.records)})
+
+    def describe(self, rec: dict, now: float) -> dict:
+        status, started, finished = light_status(rec, now)
+        k = rec["knobs"]
+        return {
+            "id": rec["id"], "status": status, "model": rec["request"].get("model"),
+            "metadata": rec["metadata"], "background": rec["background"], "stream": rec["stream"],
+            "store": rec["store"], "previous_response_id": rec["request"].get("previous_response_id"),
+            "created_at": rec["created_at"], "started_at": started, "finished_at": finished,
+            "cancelled_at": rec.get("cancelled_at"), "output_kind": rec["content"]["kind"],
+            "knobs": {"duration_ms": k["duration_ms"], "queue_ms": k["queue_ms"], "output_chars": k["output_chars"],
+                      "deltas": k["deltas"], "outcome": k["outcome"], "time_scale": k["scale"]},
+            "counters": dict(rec["counters"]),
+        }
+
+    async def list_responses(self, request: Request) -> Response:
+        now = time.time()
+        q = request.query_params
+        wanted_meta = {k[len("metadata."):]: v for k, v in q.items() if k.startswith("metadata.")}
+        wanted_status = q.get("status")
+        out = []
+        for rec in self.store.records.values():
+            if any(rec["metadata"].get(k) != v for k, v in wanted_meta.items()):
+                continue
+            d = self.describe(rec, now)
+            if wanted_status and d["status"] != wanted_status:
+                continue
+            out.append(d)
+        out.sort(key=lambda d: d["created_at"])
+        return JSONResponse({"object": "list", "now": now, "data": out})
+
+
+def _input_items_with_ids(resp_id: str, items: list[dict]) -> list[dict]:
+    out = []
+    for n, item in enumerate(items):
+        item = dict(item)
+        if "id" not in item:
+            h = hashlib.sha256(f"{resp_id}:in:{n}".encode()).hexdigest()[:40]
+            item["id"] = {"message": "msg_", "function_call_output": "fco_", "function_call": "fc_"}.get(
+                item.get("type"), "item_") + h
+        if item.get("type") == "message":
+            if isinstance(item.get("content"), str):
+                item["content"] = [{"type": "input_text", "text": item["content"]}]
+            item.setdefault("status", "completed")
+        out.append(item)
+    return out
+
+
+class SSEStream:
+    """ASGI app that replays events with sequence_number > starting_after, then follows live ones.
+
+    Ends with the terminal event; for a cancelled or deleted response it ends cleanly (no terminal event,
+    the real API has no ``response.cancelled`` stream event). A cut closes the connection abruptly.
+    """
+
+    def __init__(self, emu: Emulator, rec: dict, starting_after: int, delay_s: float):
+        self.emu, self.rec, self.after, self.delay_s = emu, rec, starting_after, delay_s
+
+    async def __call__(self, scope, receive, send) -> None:
+        emu, rec = self.emu, self.rec
+        plan = emu.store.plan(rec)
+        n = len(plan.events)
+        seq = self.after + 1
+        cut_after = rec["knobs"]["stream_cut_after"]
+        cfg = emu.config
+        if cfg.stream_cut_rate > 0 and emu.rng.random() < cfg.stream_cut_rate and n - seq >= 2:
+            k = emu.rng.randint(1, n - seq - 1)
+            cut_after = k if cut_after is None else min(cut_after, k)
+        if self.delay_s > 0:
+            await asyncio.sleep(self.delay_s)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+            (b"x-request-id", _req_id().encode()),
+        ]})
+        wake = asyncio.Event()
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    gone = True
+                    wake.set()
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        emu.listen(rec["id"], wake)
+        emu.stats["streams_open"] += 1
+        loop = asyncio.get_running_loop()
+        sent = 0
+        try:
+            while not gone:
+                wake.clear()
+                if emu.closing:
+                    return self._cut()
+                now = time.time()
+                visible = visible_event_count(rec, plan, now)
+                if seq < visible:
+                    chunk: list[bytes] = []
+                    size = 0
+                    while seq < visible and size < _MAX_CHUNK and (cut_after is None or sent < cut_after):
+                        data = sse_bytes(render_event(rec, plan, seq))
+                        chunk.append(data)
+                        size += len(data)
+                        seq += 1
+                        sent += 1
+                    await send({"type": "http.response.body", "body": b"".join(chunk), "more_body": True})
+                    emu.stats["events_sent"] += len(chunk)
+                    rec["counters"]["events_sent"] += len(chunk)
+                    if cut_after is not None and sent >= cut_after and seq < n:
+                        return self._cut()
+                    continue
+                if seq >= n or rec.get("deleted"):
+                    break
+                c = rec.get("cancelled_at")
+                if c is not None and c < plan.t_end and now >= c:
+                    break   # cancelled: the log is frozen, end the stream cleanly
+                handle = loop.call_later(max(0.0, plan.dues[seq] - now), wake.set)
+                try:
+                    await wake.wait()
+                finally:
+                    handle.cancel()
+            if not gone:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            emu.unlisten(rec["id"], wake)
+            emu.stats["streams_open"] -= 1
+            watcher.cancel()
+            emu.store.touch(rec)
+
+    def _cut(self) -> None:
+        self.emu.stats["streams_cut"] += 1
+        self.emu.stats["faults"]["stream_cut"] += 1
+        # returning without a final body message: uvicorn closes the socket mid-chunked-body
+        return None

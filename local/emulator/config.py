@@ -1,0 +1,126 @@
+"""Global emulator settings: one dataclass, readable from env vars, CLI flags and the runtime config API.
+
+Every field ``foo_bar`` can be set with the env var ``EMULATOR_FOO_BAR`` or the CLI flag ``--foo-bar``,
+and changed at runtime with ``POST /v1/_emulator/config {"foo_bar": ...}``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+
+@dataclass
+class EmulatorConfig:
+    # --- time -------------------------------------------------------------------------------------
+    time_scale: float = 1.0
+    """Multiplier for every emulated duration (duration/queue). 0.01 makes a "60 s" run take 0.6 s.
+    Captured per response at creation, so changing it later does not move existing timelines."""
+    default_duration_ms: float = 2000.0
+    """Created -> terminal, when the request has no ``emulator_duration_ms`` (before time scale)."""
+    default_queue_ms: float = 100.0
+    """Time spent ``queued`` when the request has no ``emulator_queue_ms`` (before time scale)."""
+    default_output_chars: int = 200
+    """Output text length when the request has no ``emulator_output_chars``."""
+    max_deltas: int = 200
+    """Default cap on the number of ``output_text.delta`` events (default count = min(chars/8, this))."""
+
+    # --- protocol rules -----------------------------------------------------------------------------
+    resume_window_s: float = 300.0
+    """GET ?stream=true is refused (400) when the response is older than this (unscaled wall time)."""
+    require_stream_for_resume: bool = False
+    """True = like the real API's Limits #3: only responses created with stream=true can be re-streamed."""
+    reject_background_store_false: bool = False
+    """True = background=true + store=false is a 400 (older guide text)."""
+    enforce_metadata_limits: bool = True
+    """400 on more than 16 metadata pairs, keys > 64 chars or values > 512 chars (like the real API)."""
+
+    # --- retention -----------------------------------------------------------------------------------
+    ttl_s: float = 3600.0
+    """Finished responses (store=true) are forgotten this long after they became terminal (then 404)."""
+    ttl_store_false_s: float = 600.0
+    """Same for store=false responses (the real API keeps them ~10 minutes)."""
+    max_responses: int = 200_000
+    """Hard cap on records kept; the oldest finished (then oldest at all) are evicted first."""
+
+    # --- global fault injection (fractions 0..1 of API requests) ------------------------------------
+    fault_429_rate: float = 0.0
+    fault_500_rate: float = 0.0
+    fault_503_rate: float = 0.0
+    stream_cut_rate: float = 0.0
+    """Fraction of SSE connections that are cut abruptly after a random number of events."""
+    slow_first_byte_rate: float = 0.0
+    slow_first_byte_ms: float = 2000.0
+    """Delay (unscaled) added before the first byte for the slow fraction."""
+    retry_after_ms: float = 200.0
+    """``retry-after-ms`` sent with injected 429s/503s (``retry-after`` carries the same, in seconds)."""
+    seed: int = 0
+    """Seed of the fault RNG (faults are a deterministic function of the seed and request order)."""
+    fault_endpoints: str = "create,retrieve,stream,cancel,delete,input_items"
+    """Comma list of endpoints global faults apply to."""
+
+    # --- persistence -----------------------------------------------------------------------------------
+    db: str = ""
+    """SQLite file; empty = memory only. A restarted emulator continues every in-flight response."""
+
+    # fields that cannot be changed at runtime through the config API
+    _STARTUP_ONLY = ("db",)
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        known = {f.name: f for f in fields(self)}
+        for key, raw in values.items():
+            if key not in known:
+                raise ValueError(f"unknown emulator setting '{key}'")
+            if key in self._STARTUP_ONLY:
+                raise ValueError(f"setting '{key}' can only be set at start-up")
+            setattr(self, key, _coerce(known[key], raw, key))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "EmulatorConfig":
+        environ = os.environ if environ is None else environ
+        cfg = cls()
+        for f in fields(cls):
+            env_name = "EMULATOR_" + f.name.upper()
+            if env_name in environ:
+                setattr(cfg, f.name, _coerce(f, environ[env_name], env_name))
+        for key, value in overrides.items():
+            if value is not None:
+                if key not in {f.name for f in fields(cls)}:
+                    raise ValueError(f"unknown emulator setting '{key}'")
+                setattr(cfg, key, _coerce(next(f for f in fields(cls) if f.name == key), value, key))
+        return cfg
+
+    def fault_endpoint_set(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.fault_endpoints.split(",") if p.strip())
+
+
+def _coerce(f: dataclasses.Field, raw: Any, name: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"bad value for {name}: {raw!r} (expected {kind})") from None
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return list(fields(EmulatorConfig))
+
+
+__all__ = ["EmulatorConfig", "config_fields", "field"]

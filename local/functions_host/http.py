@@ -1,0 +1,298 @@
+"""The HTTP front end: routing under routePrefix, methods, keys, admin endpoints, both HTTP styles.
+
+Behaviour mirrored from the real host:
+- a known route called with a method it does not allow answers **404**, not 405 (azure-functions-host#10098);
+- FUNCTION-level routes need a key (`x-functions-key` header or `code` query) only when keys are configured
+  (Core Tools never asks for one), 401 with an empty body otherwise; ADMIN routes need the master key;
+- FastAPI-style apps (azurefunctions-extensions-http-fastapi imported): the handler receives a FastAPI Request
+  for the ORIGINAL request whose `path_params` hold the route parameters (the worker's RequestSynchronizer does
+  `request.path_params.clear(); request.path_params.update(route_params)`); a returned Response/StreamingResponse
+  is sent as is (streamed), any other return value is JSON-encoded like FastAPI does; an exception is a 500.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import azure.functions as func
+
+from .invoker import Invoker
+from .loader import FunctionSpec
+from .routing import CompiledRoute, compile_route
+
+log = logging.getLogger("functions_host")
+
+ALL_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "TRACE")
+
+
+@dataclass
+class HttpRoute:
+    spec: FunctionSpec
+    route: CompiledRoute
+    methods: tuple[str, ...]
+    auth_level: str  # anonymous | function | admin
+
+
+@dataclass
+class Keys:
+    master: str | None = None
+    host: tuple[str, ...] = ()
+    per_function: dict[str, tuple[str, ...]] | None = None
+
+    @property
+    def enforced(self) -> bool:
+        return bool(self.master or self.host or self.per_function)
+
+    def allows(self, level: str, function_name: str | None, key: str | None) -> bool:
+        if not self.enforced or level == "anonymous":
+            return True
+        if not key:
+            return False
+        if self.master and key == self.master:
+            return True
+        if level == "admin":
+            return False
+        if key in self.host:
+            return True
+        scoped = (self.per_function or {}).get((function_name or "").lower(), ())
+        return key in scoped
+
+    @classmethod
+    def parse(cls, master: str | None, function_keys: str | None, extra: list[str] | None = None) -> "Keys":
+        host: list[str] = list(extra or [])
+        per: dict[str, list[str]] = {}
+        for item in (function_keys or "").replace(";", ",").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if "=" in item:
+                name, key = item.split("=", 1)
+                per.setdefault(name.strip().lower(), []).append(key.strip())
+            else:
+                host.append(item)
+        return cls(master=master or None, host=tuple(host), per_function={k: tuple(v) for k, v in per.items()})
+
+
+def _level(trigger) -> str:
+    level = getattr(trigger, "auth_level", None)
+    level = getattr(level, "value", level) or "function"
+    return str(level).lower()
+
+
+def _methods(trigger) -> tuple[str, ...]:
+    methods = getattr(trigger, "methods", None)
+    if not methods:
+        return ALL_METHODS
+    return tuple(str(getattr(m, "value", m)).upper() for m in methods)
+
+
+class HttpFrontend:
+    """A raw ASGI app (served by uvicorn on the host's event loop)."""
+
+    def __init__(self, *, functions: list[FunctionSpec], route_prefix: str, keys: Keys, invoker: Invoker,
+                 http_v2: bool, status: dict) -> None:
+        self.prefix = route_prefix.strip("/")
+        self.keys = keys
+        self.invoker = invoker
+        self.http_v2 = http_v2
+        self.status = status
+        self.routes: list[HttpRoute] = []
+        for spec in functions:
+            if spec.trigger_type != "httpTrigger":
+                continue
+            self.routes.append(HttpRoute(spec, compile_route(spec.trigger.route or spec.name),
+                                         _methods(spec.trigger), _level(spec.trigger)))
+        self.routes.sort(key=lambda r: r.route.sort_key)
+        self.accepting = True
+        if http_v2:
+            from azurefunctions.extensions.base import RequestTrackerMeta
+
+            self._synchronizer = RequestTrackerMeta.get_synchronizer()
+
+    def url_for(self, r: HttpRoute, base: str) -> str:
+        path = r.route.template.strip("/")
+        return f"{base}/{self.prefix + '/' if self.prefix else ''}{path}"
+
+    # -- ASGI -----------------------------------------------------------------------------------------
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path = scope["path"].strip("/")
+        method = scope["method"].upper()
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        key = headers.get("x-functions-key") or query.get("code")
+
+        if path.lower().startswith("admin/") or path.lower() == "admin":
+            await self._admin(path.lower(), method, key, send)
+            return
+
+        rel = self._strip_prefix(path)
+        if rel is None:
+            await _send_simple(send, 404)
+            return
+        for r in self.routes:
+            params = r.route.match(rel)
+            if params is None:
+                continue
+            if method not in r.methods:
+                continue  # the host's router treats a method mismatch as "no route" -> 404
+            if not self.keys.allows(r.auth_level, r.spec.name, key):
+                await _send_simple(send, 401)
+                return
+            if not self.accepting:
+                await _send_simple(send, 503)
+                return
+            if self.http_v2:
+                await self._invoke_v2(r, params, scope, receive, send)
+            else:
+                await self._invoke_classic(r, params, scope, receive, send, headers, query)
+            return
+        await _send_simple(send, 404)
+
+    def _strip_prefix(self, path: str) -> str | None:
+        if not self.prefix:
+            return path
+        low, pre = path.lower(), self.prefix.lower()
+        if low == pre:
+            return ""
+        if low.startswith(pre + "/"):
+            return path[len(pre) + 1:]
+        return None
+
+    async def _admin(self, path: str, method: str, key: str | None, send) -> None:
+        if path == "admin/host/ping":
+            await _send_simple(send, 200)
+            return
+        if not self.keys.allows("admin", None, key):
+            await _send_simple(send, 401)
+            return
+        if path == "admin/host/status" and method == "GET":
+            body = {k: v for k, v in self.status.items() if not k.startswith("_")}
+            body["processUptime"] = int((time.monotonic() - self.status["_started"]) * 1000)
+            await _send_json(send, 200, body)
+            return
+        if path == "admin/functions" and method == "GET":
+            await _send_json(send, 200, [
+                {"name": s["name"], "trigger": s["trigger"], **({"route": s["route"]} if "route" in s else {})}
+                for s in self.status.get("_functions", [])
+            ])
+            return
+        await _send_simple(send, 404)
+
+    # -- invocation ---------------------------------------------------------------------------------
+    async def _invoke_classic(self, r: HttpRoute, params, scope, receive, send, headers, query) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request = func.HttpRequest(
+            method=scope["method"].upper(),
+            url=_full_url(scope),
+            headers=headers,
+            params=query,
+            route_params=params,
+            body=body,
+        )
+        try:
+            result = await self.invoker.invoke(r.spec, request, reason=_http_reason())
+        except BaseException as exc:  # noqa: BLE001 - logged by the invoker
+            await _send_simple(send, 500)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        await _send_func_response(send, result)
+
+    async def _invoke_v2(self, r: HttpRoute, params, scope, receive, send) -> None:
+        from fastapi.encoders import jsonable_encoder
+        from fastapi.requests import Request
+        from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+        scope = dict(scope)
+        scope["path_params"] = {}
+        request = Request(scope, receive)
+        self._synchronizer.sync_route_params(request, params)
+        try:
+            result = await self.invoker.invoke(r.spec, request, reason=_http_reason())
+        except BaseException as exc:  # noqa: BLE001 - logged by the invoker
+            await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        if not isinstance(result, Response):
+            result = JSONResponse(jsonable_encoder(result))
+        await result(scope, receive, send)
+
+
+def _http_reason() -> str:
+    return "This function was programmatically called via the host APIs."
+
+
+def _full_url(scope) -> str:
+    host = dict(scope["headers"]).get(b"host", b"127.0.0.1").decode("latin-1")
+    qs = scope.get("query_string", b"").decode("latin-1")
+    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}{scope['path']}" + (f"?{qs}" if qs else "")
+
+
+async def _send_simple(send, status: int) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _send_json(send, status: int, obj: Any) -> None:
+    body = json.dumps(obj).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_func_response(send, result: Any) -> None:
+    if result is None:
+        await _send_simple(send, 204)
+        return
+    if isinstance(result, (str, bytes)):
+        result = func.HttpResponse(result)
+    if not isinstance(result, func.HttpResponse):
+        log.error("HTTP function returned %s; expected func.HttpResponse, str or bytes", type(result).__name__)
+        await _send_simple(send, 500)
+        return
+    body = result.get_body() or b""
+    headers: list[tuple[bytes, bytes]] = []
+    has_ct = False
+    for name, value in result.headers.items():
+        if name.lower() == "content-length":
+            continue
+        has_ct = has_ct or name.lower() == "content-type"
+        headers.append((name.encode("latin-1"), str(value).encode("latin-1")))
+    if not has_ct and body:
+        ct = result.mimetype or "text/plain"
+        if result.charset:
+            ct += f"; charset={result.charset}"
+        headers.append((b"content-type", ct.encode("latin-1")))
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": result.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def new_status(functions: list[FunctionSpec]) -> dict:
+    return {"state": "Starting", "id": uuid.uuid4().hex[:12], "version": "local-4.x",
+            "_started": time.monotonic(), "_functions": []}

@@ -1,0 +1,74 @@
+"""Idempotency-Key: the same key and body within 24 h returns the same run, without a second
+provider call; the same key with another body is a conflict (409).
+
+Table `idempotency`, PartitionKey = SHA-256 of the key. `create_entity` is the atomic claim.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+from azure.data.tables.aio import TableClient
+
+from .errors import ApiError
+
+WINDOW_SECONDS = 24 * 3600
+MAX_KEY_LENGTH = 255
+
+
+@dataclass
+class Claim:
+    run_id: str
+    is_new: bool
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class IdempotencyStore:
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    async def claim(self, key: str, fingerprint: str, run_id: str) -> Claim:
+        """Claim `key` for `run_id`, or return the run that already holds it."""
+        if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+            raise ApiError(400, "invalid_idempotency_key",
+                           f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.", param="Idempotency-Key")
+        pk, body_hash = _digest(key), _digest(fingerprint)
+        entity = {"PartitionKey": pk, "RowKey": "key", "run_id": run_id, "body_hash": body_hash,
+                  "claimed_at": time.time()}
+        for _ in range(3):
+            try:
+                await self._table.create_entity(entity)
+                return Claim(run_id, True)
+            except ResourceExistsError:
+                pass
+            try:
+                existing = await self._table.get_entity(pk, "key")
+            except ResourceNotFoundError:
+                continue  # released meanwhile; try to claim again
+            if time.time() - existing["claimed_at"] > WINDOW_SECONDS:
+                try:
+                    await self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=existing.metadata["etag"],
+                                                    match_condition=MatchConditions.IfNotModified)
+                    return Claim(run_id, True)
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    continue
+            if existing["body_hash"] != body_hash:
+                raise ApiError(409, "idempotency_key_reused",
+                               "This Idempotency-Key was used with a different request body.", param="Idempotency-Key")
+            return Claim(existing["run_id"], False)
+        raise ApiError(409, "idempotency_key_busy", "This Idempotency-Key is being claimed concurrently; retry.",
+                       param="Idempotency-Key")
+
+    async def release(self, key: str) -> None:
+        """Forget a claim whose run never started (the provider refused the create)."""
+        try:
+            await self._table.delete_entity(_digest(key), "key")
+        except ResourceNotFoundError:
+            pass

@@ -1,0 +1,149 @@
+"""Validation of `POST /api/runs` bodies: every bad input becomes a 4xx naming the problem."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ApiError, bad_request
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+METADATA_MAX_PAIRS = 15  # OpenAI allows 16; the service adds its own run id
+METADATA_KEY_MAX = 64
+METADATA_VALUE_MAX = 512
+REASONING_EFFORTS = {"none", "minimal", "low", "medium", "high", "xhigh"}
+_ALLOWED = {"input", "instructions", "model", "session_id", "background", "stream", "tools", "metadata",
+            "max_output_tokens", "reasoning", "continuation_token", "webhook_url", "deadline_seconds"}
+
+
+@dataclass
+class RunRequest:
+    input: str | list[dict[str, Any]] | None = None
+    continuation_token: str | None = None
+    instructions: str | None = None
+    model: str | None = None
+    session_id: str | None = None
+    background: bool = True
+    stream: bool = False
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    max_output_tokens: int | None = None
+    reasoning: dict[str, Any] | None = None
+    webhook_url: str | None = None
+    deadline_seconds: float | None = None  # at most RUN_DEADLINE_SECONDS
+
+    def fingerprint(self) -> str:
+        """Canonical JSON of the request, for Idempotency-Key comparisons."""
+        return json.dumps(self.__dict__, sort_keys=True, separators=(",", ":"))
+
+
+def parse_json_body(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(raw) > max_bytes:
+        raise ApiError(413, "request_too_large", f"The request body is larger than {max_bytes} bytes.")
+    if not raw.strip():
+        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise bad_request(f"The request body is not valid JSON: {error}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _expect(body: dict, name: str, kinds: tuple[type, ...], what: str) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    # bool is an int in Python; never accept it where a number is meant, or the reverse.
+    if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
+        raise bad_request(f"'{name}' must be {what}.", param=name)
+    return value
+
+
+def _input(value: Any) -> str | list[dict[str, Any]]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise bad_request("'input' must not be empty.", param="input")
+        return value
+    if isinstance(value, list) and value:
+        for index, item in enumerate(value):
+            if not isinstance(item, dict) or not (isinstance(item.get("type"), str) or isinstance(item.get("role"), str)):
+                raise bad_request(f"'input[{index}]' must be an object with a 'type' or 'role'.", param=f"input[{index}]")
+        return value
+    raise bad_request("'input' must be a non-empty string or a non-empty list of input items.", param="input")
+
+
+def _tools(value: list) -> list[dict[str, Any]]:
+    for index, tool in enumerate(value):
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("name"), str):
+            raise bad_request(f"'tools[{index}]' must be a function tool with a name.", param=f"tools[{index}]")
+    return value
+
+
+def _metadata(value: dict) -> dict[str, str]:
+    if len(value) > METADATA_MAX_PAIRS:
+        raise bad_request(f"'metadata' has more than {METADATA_MAX_PAIRS} pairs.", param="metadata")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise bad_request(f"'metadata.{key}' must be a string.", param=f"metadata.{key}")
+        if len(key) > METADATA_KEY_MAX or len(item) > METADATA_VALUE_MAX:
+            raise bad_request(f"'metadata.{key}': keys are at most {METADATA_KEY_MAX} characters and values at "
+                              f"most {METADATA_VALUE_MAX}.", param=f"metadata.{key}")
+        if key.startswith("bg_"):
+            raise bad_request("'metadata' keys starting with 'bg_' are reserved.", param=f"metadata.{key}")
+    return value
+
+
+def _reasoning(value: dict) -> dict[str, Any]:
+    effort = value.get("effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise bad_request(f"'reasoning.effort' must be one of {sorted(REASONING_EFFORTS)}.", param="reasoning.effort")
+    return value
+
+
+def parse_run_request(body: dict[str, Any]) -> RunRequest:
+    unknown = sorted(set(body) - _ALLOWED)
+    if unknown:
+        raise bad_request(f"Unknown field '{unknown[0]}'.", param=unknown[0], code="unknown_field")
+    token = _expect(body, "continuation_token", (str,), "a string")
+    if token is not None:
+        others = sorted(k for k in body if k != "continuation_token" and body[k] is not None)
+        if others:
+            raise bad_request(f"'continuation_token' polls an existing run; do not send '{others[0]}' with it.",
+                              param=others[0])
+        return RunRequest(continuation_token=token)
+    if body.get("input") is None:
+        raise bad_request("'input' is required (or 'continuation_token' to poll a run).", param="input")
+    request = RunRequest(input=_input(body["input"]))
+    request.instructions = _expect(body, "instructions", (str,), "a string")
+    request.model = _expect(body, "model", (str,), "a string")
+    if request.model is not None and not 0 < len(request.model) <= 128:
+        raise bad_request("'model' must be 1 to 128 characters.", param="model")
+    request.session_id = _expect(body, "session_id", (str,), "a string")
+    if request.session_id is not None and not ID_PATTERN.match(request.session_id):
+        raise bad_request("'session_id' is not a valid session id.", param="session_id")
+    request.background = _flag(body, "background", default=True)
+    request.stream = _flag(body, "stream", default=False)
+    request.tools = _tools(_expect(body, "tools", (list,), "a list") or [])
+    request.metadata = _metadata(_expect(body, "metadata", (dict,), "an object of strings") or {})
+    tokens = _expect(body, "max_output_tokens", (int,), "an integer")
+    if tokens is not None and not 1 <= tokens <= 1_000_000:
+        raise bad_request("'max_output_tokens' must be between 1 and 1000000.", param="max_output_tokens")
+    request.max_output_tokens = tokens
+    reasoning = _expect(body, "reasoning", (dict,), "an object")
+    request.reasoning = _reasoning(reasoning) if reasoning is not None else None
+    deadline = _expect(body, "deadline_seconds", (int, float), "a number of seconds")
+    if deadline is not None and not 1 <= deadline <= 30 * 24 * 3600:
+        raise bad_request("'deadline_seconds' must be between 1 and 2592000.", param="deadline_seconds")
+    request.deadline_seconds = deadline
+    request.webhook_url = _expect(body, "webhook_url", (str,), "a string")
+    if request.webhook_url is not None and len(request.webhook_url) > 2048:
+        raise bad_request("'webhook_url' is longer than 2048 characters.", param="webhook_url")
+    return request
+
+
+def _flag(body: dict, name: str, *, default: bool) -> bool:
+    value = _expect(body, name, (bool,), "true or false")
+    return default if value is None else value

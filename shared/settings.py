@@ -1,0 +1,272 @@
+"""Every setting the service reads, validated once at start-up.
+
+One table (`SETTINGS`) declares each setting: its name, default, whether it is a secret, and where it
+matters. `Settings.from_env()` reads and validates them and names the bad one in its error. The Bicep
+parity test reads the same table, so a setting added here must be provided by infra/ (or be optional).
+"""
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+# Fixed resource names; infra/ creates the same ones.
+POLL_QUEUE = "runs-poll"
+WEBHOOK_QUEUE = "runs-webhook"
+RUNS_TABLE = "runs"
+SESSIONS_TABLE = "sessions"
+IDEMPOTENCY_TABLE = "idempotency"
+PAYLOAD_CONTAINER = "run-payloads"
+STORAGE_CONNECTION = "AzureWebJobsStorage"
+
+DEFAULT_EMULATOR_URL = "http://127.0.0.1:7070/v1"
+DEFAULT_WEBHOOK_SCHEDULE = "0,5,300,1800,7200,18000,36000,36000"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    description: str
+    default: str | None = None
+    secret: bool = False
+    # "required": Azure must provide it; "optional": has a safe default or is only for some providers;
+    # "local": used by the local stack / development only.
+    in_azure: str = "optional"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(STORAGE_CONNECTION, "Storage connection string (Azurite: UseDevelopmentStorage=true). "
+            "In Azure use the identity-based __*ServiceUri settings instead.", in_azure="local"),
+    Setting(f"{STORAGE_CONNECTION}__blobServiceUri", "Blob endpoint for identity-based storage.", in_azure="required"),
+    Setting(f"{STORAGE_CONNECTION}__queueServiceUri", "Queue endpoint for identity-based storage.", in_azure="required"),
+    Setting(f"{STORAGE_CONNECTION}__tableServiceUri", "Table endpoint for identity-based storage.", in_azure="required"),
+    Setting(f"{STORAGE_CONNECTION}__credential", "`managedidentity` in Azure.", in_azure="required"),
+    Setting(f"{STORAGE_CONNECTION}__clientId", "Client id of the user-assigned identity.", in_azure="required"),
+    Setting("AZURE_CLIENT_ID", "Client id of the user-assigned identity (azure-identity).", in_azure="required"),
+    Setting("MODEL_PROVIDER", "`emulator`, `openai` or `azure_openai`; inferred when empty "
+            "(AZURE_OPENAI_ENDPOINT -> azure_openai, OPENAI_API_KEY -> openai, else emulator).", in_azure="required"),
+    Setting("OPENAI_API_KEY", "OpenAI API key (provider openai).", secret=True),
+    Setting("OPENAI_BASE_URL", "OpenAI base URL override (provider openai)."),
+    Setting("AZURE_OPENAI_ENDPOINT", "Azure OpenAI resource endpoint, e.g. https://NAME.openai.azure.com "
+            "(the v1 API path /openai/v1/ is appended)."),
+    Setting("AZURE_OPENAI_API_KEY", "Azure OpenAI key; when empty, Microsoft Entra ID is used.", secret=True),
+    Setting("EMULATOR_BASE_URL", "Base URL of the local Responses API emulator.", DEFAULT_EMULATOR_URL, in_azure="local"),
+    Setting("DEFAULT_MODEL", "Model (Azure: deployment name) when a request names none.", "gpt-4.1-mini", in_azure="required"),
+    Setting("PROVIDER_TIMEOUT_SECONDS", "Timeout of one provider HTTP call.", "30"),
+    Setting("RUN_TOKEN_KEY", "HMAC key for continuation tokens (32+ bytes of randomness). Key Vault in Azure.",
+            secret=True, in_azure="required"),
+    Setting("POLL_INITIAL_DELAY_SECONDS", "First poll delay after a start.", "1"),
+    Setting("POLL_MAX_DELAY_SECONDS", "Cap of the exponential poll backoff.", "30"),
+    Setting("POLL_BACKOFF_MULTIPLIER", "Growth of the poll delay per poll.", "1.5"),
+    Setting("RUN_DEADLINE_SECONDS", "A run still going after this is cancelled and ends `expired`.", "7200"),
+    # Bound as %SWEEP_SCHEDULE% in function_app.py: the host needs it as an app setting, default or not.
+    Setting("SWEEP_SCHEDULE", "NCRONTAB schedule of the sweeper that repairs lost poll chains.", "0 */1 * * * *",
+            in_azure="required"),
+    Setting("SWEEP_GRACE_SECONDS", "How overdue a poll or delivery must be before the sweeper repairs it.", "60"),
+    Setting("MAX_PREFER_WAIT_SECONDS", "Upper bound for `Prefer: wait=N` on POST /api/runs.", "10"),
+    Setting("MAX_REQUEST_BYTES", "Largest accepted request body.", str(1024 * 1024)),
+    Setting("WEBHOOK_SIGNING_SECRETS", "Space-separated `whsec_` secrets; each signs every delivery "
+            "(rotation). Key Vault in Azure.", secret=True, in_azure="required"),
+    Setting("WEBHOOK_ALLOW_HTTP", "Allow http:// webhook URLs (local development only).", "false"),
+    Setting("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "Allow loopback/private webhook targets (local development only).", "false"),
+    Setting("WEBHOOK_RETRY_SCHEDULE", "Comma-separated delays (s) before each delivery attempt.", DEFAULT_WEBHOOK_SCHEDULE),
+    Setting("WEBHOOK_TIMEOUT_SECONDS", "Timeout of one delivery attempt.", "15"),
+    Setting("STREAM_MAX_SECONDS", "A stream ends with a `reconnect` event after this (below Azure's 230 s).", "200"),
+    Setting("STREAM_KEEPALIVE_SECONDS", "Idle time before an SSE keep-alive comment.", "15"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def declared_settings() -> tuple[Setting, ...]:
+    return SETTINGS
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        default = _BY_NAME[name].default
+        return default
+    return value.strip()
+
+
+def _number(env: Mapping[str, str], name: str, *, minimum: float = 0.0, integer: bool = False) -> float:
+    raw = _raw(env, name)
+    try:
+        value = int(raw) if integer else float(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (_raw(env, name) or "").lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name}: expected true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    connection_string: str | None
+    blob_uri: str | None
+    queue_uri: str | None
+    table_uri: str | None
+    client_id: str | None
+
+    @property
+    def uses_identity(self) -> bool:
+        return self.connection_string is None
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    kind: str  # emulator | openai | azure_openai
+    base_url: str | None
+    api_key: str | None = field(repr=False)
+    azure_endpoint: str | None
+    client_id: str | None
+    default_model: str
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: StorageSettings
+    provider: ProviderSettings
+    token_key: bytes = field(repr=False)
+    poll_initial_delay: float
+    poll_max_delay: float
+    poll_multiplier: float
+    run_deadline: float
+    sweep_grace: float
+    max_prefer_wait: float
+    max_request_bytes: int
+    webhook_secrets: tuple[str, ...] = field(repr=False)
+    webhook_allow_http: bool
+    webhook_allow_private: bool
+    webhook_schedule: tuple[float, ...]
+    webhook_timeout: float
+    stream_max_seconds: float
+    stream_keepalive_seconds: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        return cls(
+            storage=_storage(env),
+            provider=_provider(env),
+            token_key=_token_key(env),
+            poll_initial_delay=_number(env, "POLL_INITIAL_DELAY_SECONDS", minimum=0.05),
+            poll_max_delay=_number(env, "POLL_MAX_DELAY_SECONDS", minimum=0.1),
+            poll_multiplier=_number(env, "POLL_BACKOFF_MULTIPLIER", minimum=1.0),
+            run_deadline=_number(env, "RUN_DEADLINE_SECONDS", minimum=1),
+            sweep_grace=_number(env, "SWEEP_GRACE_SECONDS", minimum=0.1),
+            max_prefer_wait=_number(env, "MAX_PREFER_WAIT_SECONDS", minimum=0),
+            max_request_bytes=int(_number(env, "MAX_REQUEST_BYTES", minimum=1024, integer=True)),
+            webhook_secrets=_webhook_secrets(env),
+            webhook_allow_http=_flag(env, "WEBHOOK_ALLOW_HTTP"),
+            webhook_allow_private=_flag(env, "WEBHOOK_ALLOW_PRIVATE_ADDRESSES"),
+            webhook_schedule=_schedule(env),
+            webhook_timeout=_number(env, "WEBHOOK_TIMEOUT_SECONDS", minimum=0.1),
+            stream_max_seconds=_number(env, "STREAM_MAX_SECONDS", minimum=1),
+            stream_keepalive_seconds=_number(env, "STREAM_KEEPALIVE_SECONDS", minimum=0.1),
+        )
+
+
+def _storage(env: Mapping[str, str]) -> StorageSettings:
+    prefix = STORAGE_CONNECTION
+    conn = (env.get(prefix) or "").strip() or None
+    uris = {kind: (env.get(f"{prefix}__{kind}ServiceUri") or "").strip() or None for kind in ("blob", "queue", "table")}
+    client_id = (env.get(f"{prefix}__clientId") or "").strip() or None
+    if (env.get(f"{prefix}__credential") or "").strip().lower() == "managedidentity":
+        conn = None  # identity wins: a platform-injected connection string would fail with shared keys off
+    if conn is None:
+        missing = [f"{prefix}__{kind}ServiceUri" for kind, uri in uris.items() if uri is None]
+        if missing:
+            raise SettingsError(
+                f"{prefix}: set a connection string, or all of {', '.join(missing)} for identity-based storage"
+            )
+        for kind, uri in uris.items():
+            if not uri.startswith("https://"):
+                raise SettingsError(f"{prefix}__{kind}ServiceUri: must be an https:// URL")
+    return StorageSettings(conn, uris["blob"], uris["queue"], uris["table"], client_id)
+
+
+def _provider(env: Mapping[str, str]) -> ProviderSettings:
+    kind = (_raw(env, "MODEL_PROVIDER") or "").lower()
+    if not kind:
+        if _raw(env, "AZURE_OPENAI_ENDPOINT"):
+            kind = "azure_openai"
+        elif _raw(env, "OPENAI_API_KEY"):
+            kind = "openai"
+        else:
+            kind = "emulator"
+    common = dict(
+        client_id=_raw(env, "AZURE_CLIENT_ID"),
+        default_model=_raw(env, "DEFAULT_MODEL"),
+        timeout_seconds=_number(env, "PROVIDER_TIMEOUT_SECONDS", minimum=1),
+    )
+    if kind == "emulator":
+        url = _raw(env, "EMULATOR_BASE_URL")
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"EMULATOR_BASE_URL: expected an http(s) URL, got {url!r}")
+        return ProviderSettings("emulator", url.rstrip("/"), "emulator", None, **common)
+    if kind == "openai":
+        key = _raw(env, "OPENAI_API_KEY")
+        if not key:
+            raise SettingsError("OPENAI_API_KEY: required when MODEL_PROVIDER is openai")
+        return ProviderSettings("openai", _raw(env, "OPENAI_BASE_URL"), key, None, **common)
+    if kind == "azure_openai":
+        endpoint = _raw(env, "AZURE_OPENAI_ENDPOINT")
+        if not endpoint or not endpoint.startswith("https://"):
+            raise SettingsError("AZURE_OPENAI_ENDPOINT: an https:// endpoint is required for azure_openai")
+        base = endpoint.rstrip("/")
+        if not base.endswith("/openai/v1"):
+            base += "/openai/v1"
+        return ProviderSettings("azure_openai", base + "/", _raw(env, "AZURE_OPENAI_API_KEY"), endpoint, **common)
+    raise SettingsError(f"MODEL_PROVIDER: expected emulator, openai or azure_openai, got {kind!r}")
+
+
+def _token_key(env: Mapping[str, str]) -> bytes:
+    raw = _raw(env, "RUN_TOKEN_KEY")
+    if not raw:
+        raise SettingsError("RUN_TOKEN_KEY: required (32+ random bytes, e.g. `openssl rand -base64 32`)")
+    if len(raw) < 32:
+        raise SettingsError("RUN_TOKEN_KEY: too short; use at least 32 characters of randomness")
+    return raw.encode()
+
+
+def _webhook_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = _raw(env, "WEBHOOK_SIGNING_SECRETS") or ""
+    secrets = tuple(s for s in raw.replace(",", " ").split() if s)
+    for index, secret in enumerate(secrets):
+        if not secret.startswith("whsec_"):
+            raise SettingsError(f"WEBHOOK_SIGNING_SECRETS: entry {index + 1} does not start with whsec_")
+        try:
+            decoded = base64.b64decode(secret[6:] + "=" * (-len(secret[6:]) % 4), validate=True)
+        except ValueError:
+            raise SettingsError(f"WEBHOOK_SIGNING_SECRETS: entry {index + 1} is not base64 after whsec_") from None
+        if not 24 <= len(decoded) <= 64:
+            raise SettingsError(f"WEBHOOK_SIGNING_SECRETS: entry {index + 1} must decode to 24-64 bytes")
+    return secrets
+
+
+def _schedule(env: Mapping[str, str]) -> tuple[float, ...]:
+    raw = _raw(env, "WEBHOOK_RETRY_SCHEDULE")
+    try:
+        delays = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(f"WEBHOOK_RETRY_SCHEDULE: expected comma-separated seconds, got {raw!r}") from None
+    if not delays or any(d < 0 for d in delays):
+        raise SettingsError("WEBHOOK_RETRY_SCHEDULE: needs at least one delay, none negative")
+    return delays

@@ -1,0 +1,103 @@
+"""Async Azure Storage clients (Table, Queue, Blob), built once from the AzureWebJobsStorage settings.
+
+The same settings the Functions host uses for its triggers: a connection string (Azurite) or
+identity-based service URIs with a managed identity. Queue messages are base64 text on both sides
+(TextBase64EncodePolicy here, the trigger's default `messageEncoding: base64` in host.json).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+from azure.core.exceptions import ResourceExistsError
+from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.data.tables.aio import TableClient, TableServiceClient
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+from .settings import (IDEMPOTENCY_TABLE, PAYLOAD_CONTAINER, POLL_QUEUE, RUNS_TABLE, SESSIONS_TABLE,
+                       WEBHOOK_QUEUE, StorageSettings)
+
+# Every storage request this process made, by service and HTTP method (benchmarks read it).
+STORAGE_REQUESTS: Counter = Counter()
+
+
+class CountingPolicy(SansIOHTTPPolicy):
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def on_request(self, request) -> None:  # noqa: D401 - azure-core hook
+        STORAGE_REQUESTS[f"{self._service}.{request.http_request.method}"] += 1
+
+
+def _credential(settings: StorageSettings):
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+    if settings.client_id:
+        return ManagedIdentityCredential(client_id=settings.client_id)
+    return DefaultAzureCredential()
+
+
+@dataclass
+class Storage:
+    runs: TableClient
+    sessions: TableClient
+    idempotency: TableClient
+    poll_queue: QueueClient
+    webhook_queue: QueueClient
+    payloads: ContainerClient
+    _closeables: tuple
+
+    async def close(self) -> None:
+        for client in self._closeables:
+            await client.close()
+
+    async def ensure_resources(self) -> None:
+        """Create tables, queues and the container if missing (Bicep creates them in Azure)."""
+        async def quietly(coro):
+            try:
+                await coro
+            except ResourceExistsError:
+                pass
+        await asyncio.gather(
+            *(quietly(t.create_table()) for t in (self.runs, self.sessions, self.idempotency)),
+            *(quietly(q.create_queue()) for q in (self.poll_queue, self.webhook_queue)),
+            quietly(self.payloads.create_container()),
+        )
+
+    async def enqueue(self, queue: QueueClient, message: dict, delay_seconds: int = 0) -> None:
+        await queue.send_message(json.dumps(message, separators=(",", ":")),
+                                 visibility_timeout=max(0, int(delay_seconds)) or None)
+
+
+def open_storage(settings: StorageSettings) -> Storage:
+    def policies(service: str) -> dict:
+        return {"per_call_policies": [CountingPolicy(service)]}
+
+    codec = {"message_encode_policy": TextBase64EncodePolicy(), "message_decode_policy": TextBase64DecodePolicy()}
+    if settings.connection_string:
+        conn = settings.connection_string
+        tables = TableServiceClient.from_connection_string(conn, **policies("table"))
+        blobs = BlobServiceClient.from_connection_string(conn, **policies("blob"))
+        poll = QueueClient.from_connection_string(conn, POLL_QUEUE, **codec, **policies("queue"))
+        hooks = QueueClient.from_connection_string(conn, WEBHOOK_QUEUE, **codec, **policies("queue"))
+        extra: tuple = ()
+    else:
+        cred = _credential(settings)
+        tables = TableServiceClient(settings.table_uri, credential=cred, **policies("table"))
+        blobs = BlobServiceClient(settings.blob_uri, credential=cred, **policies("blob"))
+        poll = QueueClient(settings.queue_uri, POLL_QUEUE, credential=cred, **codec, **policies("queue"))
+        hooks = QueueClient(settings.queue_uri, WEBHOOK_QUEUE, credential=cred, **codec, **policies("queue"))
+        extra = (cred,)
+    return Storage(
+        runs=tables.get_table_client(RUNS_TABLE),
+        sessions=tables.get_table_client(SESSIONS_TABLE),
+        idempotency=tables.get_table_client(IDEMPOTENCY_TABLE),
+        poll_queue=poll,
+        webhook_queue=hooks,
+        payloads=blobs.get_container_client(PAYLOAD_CONTAINER),
+        _closeables=(tables, blobs, poll, hooks, *extra),
+    )
