@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from shared.errors import ApiError
+from shared.run_requests import parse_json_body, parse_run_request
+
+
+def test_a_full_request_parses():
+    request = parse_run_request({"input": [{"role": "user", "content": "hi"}], "model": "m", "stream": True,
+                                 "metadata": {"a": "b"}, "max_output_tokens": 100, "deadline_seconds": 60,
+                                 "tools": [{"type": "function", "name": "f"}], "reasoning": {"effort": "low"}})
+    assert request.stream and request.model == "m" and request.deadline_seconds == 60
+
+
+def test_the_fingerprint_changes_with_the_body_and_only_with_it():
+    a = parse_run_request({"input": "x", "metadata": {"k": "v"}}).fingerprint()
+    assert a == parse_run_request({"metadata": {"k": "v"}, "input": "x"}).fingerprint()
+    assert a != parse_run_request({"input": "y", "metadata": {"k": "v"}}).fingerprint()
+
+
+def test_the_body_limit_is_413():
+    with pytest.raises(ApiError) as raised:
+        parse_json_body(b"x" * 2000, 1024)
+    assert raised.value.status == 413
+
+
+@pytest.mark.parametrize("field,value", [("background", 1), ("stream", "true"), ("deadline_seconds", True),
+                                         ("deadline_seconds", 0), ("metadata", {"bg_run_id": "x"}),
+                                         ("webhook_url", "h" * 3000)])
+def test_wrong_types_name_the_field(field, value):
+    with pytest.raises(ApiError) as raised:
+        parse_run_request({"input": "x", field: value})
+    assert raised.value.param.startswith(field)
+
+
+def test_a_token_poll_takes_nothing_else():
+    assert parse_run_request({"continuation_token": "t"}).continuation_token == "t"
+    with pytest.raises(ApiError):
+        parse_run_request(json.loads('{"continuation_token": "t", "model": "m"}'))

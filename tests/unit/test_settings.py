@@ -1,0 +1,55 @@
+import pytest
+
+from shared.settings import Settings, SettingsError, declared_settings
+
+BASE = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "RUN_TOKEN_KEY": "r" * 40}
+
+
+def test_defaults_give_the_local_emulator():
+    settings = Settings.from_env(BASE)
+    assert settings.provider.kind == "emulator"
+    assert settings.webhook_schedule == (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert not settings.webhook_allow_http and not settings.webhook_allow_private
+
+
+@pytest.mark.parametrize("override,named", [
+    ({"RUN_TOKEN_KEY": ""}, "RUN_TOKEN_KEY"),
+    ({"RUN_TOKEN_KEY": "short"}, "RUN_TOKEN_KEY"),
+    ({"AzureWebJobsStorage": ""}, "AzureWebJobsStorage"),
+    ({"POLL_MAX_DELAY_SECONDS": "soon"}, "POLL_MAX_DELAY_SECONDS"),
+    ({"POLL_INITIAL_DELAY_SECONDS": "0"}, "POLL_INITIAL_DELAY_SECONDS"),
+    ({"WEBHOOK_ALLOW_HTTP": "maybe"}, "WEBHOOK_ALLOW_HTTP"),
+    ({"WEBHOOK_SIGNING_SECRETS": "plain"}, "WEBHOOK_SIGNING_SECRETS"),
+    ({"WEBHOOK_SIGNING_SECRETS": "whsec_c2hvcnQ="}, "WEBHOOK_SIGNING_SECRETS"),
+    ({"WEBHOOK_RETRY_SCHEDULE": "1,x"}, "WEBHOOK_RETRY_SCHEDULE"),
+    ({"MODEL_PROVIDER": "llama"}, "MODEL_PROVIDER"),
+    ({"MODEL_PROVIDER": "openai"}, "OPENAI_API_KEY"),
+    ({"MODEL_PROVIDER": "azure_openai", "AZURE_OPENAI_ENDPOINT": "http://x"}, "AZURE_OPENAI_ENDPOINT"),
+])
+def test_a_bad_setting_is_named(override, named):
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({**BASE, **override})
+    assert str(raised.value).startswith(named)
+
+
+def test_azure_openai_uses_the_v1_path_and_entra_id_without_a_key():
+    settings = Settings.from_env({**BASE, "AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com"})
+    assert settings.provider.kind == "azure_openai"
+    assert settings.provider.base_url == "https://res.openai.azure.com/openai/v1/"
+    assert settings.provider.api_key is None
+
+
+def test_identity_storage_wins_over_an_injected_connection_string():
+    env = {**BASE, "AzureWebJobsStorage__credential": "managedidentity", "AzureWebJobsStorage__clientId": "cid",
+           **{f"AzureWebJobsStorage__{k}ServiceUri": f"https://acct.{k}.core.windows.net" for k in ("blob", "queue", "table")}}
+    storage = Settings.from_env(env).storage
+    assert storage.uses_identity and storage.client_id == "cid"
+
+
+def test_secrets_never_show_in_repr():
+    settings = Settings.from_env({**BASE, "OPENAI_API_KEY": "sk-secret-value", "MODEL_PROVIDER": "openai"})
+    assert "sk-secret-value" not in repr(settings) and "rrrr" not in repr(settings)
+
+
+def test_every_declared_setting_has_a_description():
+    assert all(s.description for s in declared_settings())
