@@ -19,6 +19,15 @@ from shared.webhook_delivery import deliver_step
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
+def _message_json(msg: func.QueueMessage) -> dict:
+    """The message's JSON object, or {} (which the handlers drop as malformed, never poison)."""
+    try:
+        data = json.loads(msg.get_body())
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 @app.route(route="runs", methods=["POST"])
 async def create_run(req: Request) -> Response:
     return await api.create_run(req)
@@ -72,14 +81,14 @@ async def ui(req: Request) -> Response:
 @app.queue_trigger(arg_name="msg", queue_name=POLL_QUEUE, connection=STORAGE_CONNECTION)
 async def poll_run(msg: func.QueueMessage) -> None:
     ctx = await get_context()
-    outcome = await poll_step(ctx.service, json.loads(msg.get_body()), msg.dequeue_count or 1)
+    outcome = await poll_step(ctx.service, _message_json(msg), msg.dequeue_count or 1)
     logging.debug("poll %s: %s", msg.id, outcome)
 
 
 @app.queue_trigger(arg_name="msg", queue_name=WEBHOOK_QUEUE, connection=STORAGE_CONNECTION)
 async def deliver_webhook(msg: func.QueueMessage) -> None:
     ctx = await get_context()
-    await deliver_step(ctx.service, ctx.webhooks, json.loads(msg.get_body()))
+    await deliver_step(ctx.service, ctx.webhooks, _message_json(msg))
 
 
 @app.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%", run_on_startup=False)

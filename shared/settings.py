@@ -61,7 +61,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RUN_TOKEN_KEY", "HMAC key for continuation tokens (32+ bytes of randomness). Key Vault in Azure.",
             secret=True, in_azure="required"),
     Setting("POLL_INITIAL_DELAY_SECONDS", "First poll delay after a start.", "1"),
-    Setting("POLL_MAX_DELAY_SECONDS", "Cap of the exponential poll backoff.", "30"),
+    Setting("POLL_MAX_DELAY_SECONDS", "Cap of the exponential poll backoff (bounds completion lag).", "10"),
     Setting("POLL_BACKOFF_MULTIPLIER", "Growth of the poll delay per poll.", "1.5"),
     Setting("RUN_DEADLINE_SECONDS", "A run still going after this is cancelled and ends `expired`.", "7200"),
     # Bound as %SWEEP_SCHEDULE% in function_app.py: the host needs it as an app setting, default or not.
@@ -270,3 +270,15 @@ def _schedule(env: Mapping[str, str]) -> tuple[float, ...]:
     if not delays or any(d < 0 for d in delays):
         raise SettingsError("WEBHOOK_RETRY_SCHEDULE: needs at least one delay, none negative")
     return delays
+
+
+def markdown_table() -> str:
+    """The configuration table of the README (a test keeps the two equal)."""
+    where = {"required": "set by infra", "optional": "optional", "local": "local only"}
+    rows = ["| setting | default | in Azure | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default is not None else ""
+        place = where[s.in_azure] + (" (secret, Key Vault)" if s.secret and s.in_azure == "required"
+                                     else " (secret)" if s.secret else "")
+        rows.append(f"| `{s.name}` | {default} | {place} | {s.description} |")
+    return "\n".join(rows)

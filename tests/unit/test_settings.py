@@ -53,3 +53,12 @@ def test_secrets_never_show_in_repr():
 
 def test_every_declared_setting_has_a_description():
     assert all(s.description for s in declared_settings())
+
+
+def test_the_readme_configuration_table_is_the_generated_one():
+    from pathlib import Path
+
+    from shared.settings import markdown_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert markdown_table() in readme
