@@ -5,10 +5,11 @@ VENV_STAMP := .venv/.installed
 NODE_STAMP := node_modules/.installed
 # checkov pins an older pycep-parser than the service's tests use, so it lives in its own venv.
 CHECKOV_STAMP := .local/venv-checkov/.installed
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: run test bench chaos setup clean emulator
 
-setup: $(VENV_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
+setup: $(VENV_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(CHROMIUM)
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt client/pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -21,6 +22,11 @@ $(CHECKOV_STAMP): tests/infra/requirements-checkov.txt
 	python3 -m venv --clear .local/venv-checkov
 	.local/venv-checkov/bin/python -m pip install -q -r tests/infra/requirements-checkov.txt
 	cp tests/infra/requirements-checkov.txt $@
+
+# Debian's chromium for tests/browser (driven by the playwright package; `playwright install` is never run).
+# Where it cannot be installed (no apt-get, not root) the error is ignored and tests/browser skips.
+$(CHROMIUM):
+	-command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -84,10 +85,26 @@ Try it:
 Ctrl-C stops everything.""", flush=True)
 
 
+STACK_PORTS = {10000: "Azurite blob", 10001: "Azurite queue", 10002: "Azurite table", 7070: "emulator",
+               7071: "Functions host", 7072: "webhook receiver"}
+
+
+def _ports_in_use() -> list[str]:
+    busy = []
+    for port, what in STACK_PORTS.items():
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                busy.append(f"{port} ({what})")
+    return busy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the whole local stack.")
     parser.add_argument("--fresh", action="store_true", help="start with empty Azurite and emulator data")
     args = parser.parse_args()
+    busy = _ports_in_use()
+    if busy:
+        raise SystemExit(f"these ports are already in use (another `make run`?): {', '.join(busy)}")
     LOCAL_DIR.mkdir(exist_ok=True)
     azurite = Azurite(REPO_ROOT / ".azurite" / "stack").start(fresh=args.fresh)
     emulator_db = LOCAL_DIR / "emulator.sqlite"

@@ -168,7 +168,9 @@ class RunService:
         if response.status in ("queued", "in_progress"):
             delay = next_poll_delay(self.settings, 0)
             if not await self.lifecycle.schedule_poll(run, delay, status=response.status):
-                run = await self.get(run_id)
+                run = await self.get(run_id)  # cancelled while starting: stop the provider run too
+                if run.status == "cancelled":
+                    await self._cancel_at_provider(response.id)
             return run, stream
         status, result = result_from_response(response)
         return await self.lifecycle.finish(run, status, result), stream
@@ -259,19 +261,23 @@ class RunService:
         return await self.get(run.id)
 
     # -- cancel --------------------------------------------------------------------------------------
+    async def _cancel_at_provider(self, response_id: str) -> Any:
+        """The provider's view after a cancel; None when it no longer knows the response (404)."""
+        try:
+            return await self.provider.responses.cancel(response_id)
+        except Exception as error:  # noqa: BLE001
+            failure = classify(error)
+            if failure.transient:
+                raise ApiError(503, "provider_unavailable", f"Could not cancel at the provider: {failure.message}",
+                               headers={"Retry-After": str(max(1, round(failure.retry_after or 2)))}) from None
+            return None
+
     async def cancel(self, run_id: str) -> Run:
         run = await self.get(run_id)
         if run.is_terminal:
             return run
         if run.response_id:
-            try:
-                response = await self.provider.responses.cancel(run.response_id)
-            except Exception as error:  # noqa: BLE001
-                failure = classify(error)
-                if failure.transient:
-                    raise ApiError(503, "provider_unavailable", f"Could not cancel at the provider: {failure.message}",
-                                   headers={"Retry-After": str(max(1, round(failure.retry_after or 2)))}) from None
-                response = None  # e.g. 404: the provider no longer knows it; cancelling our side is still right
+            response = await self._cancel_at_provider(run.response_id)
             if response is not None and response.status not in ("queued", "in_progress", "cancelled"):
                 status, result = result_from_response(response)  # it finished before the cancel landed
                 return await self.lifecycle.finish(run, status, result)

@@ -12,7 +12,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 from azure.core.exceptions import ResourceExistsError
-from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
@@ -25,12 +24,11 @@ from .settings import (IDEMPOTENCY_TABLE, PAYLOAD_CONTAINER, POLL_QUEUE, RUNS_TA
 STORAGE_REQUESTS: Counter = Counter()
 
 
-class CountingPolicy(SansIOHTTPPolicy):
-    def __init__(self, service: str) -> None:
-        self._service = service
-
-    def on_request(self, request) -> None:  # noqa: D401 - azure-core hook
-        STORAGE_REQUESTS[f"{self._service}.{request.http_request.method}"] += 1
+def _counter(service: str):
+    """An azure-core `raw_request_hook` (every storage client honours it, unlike per_call_policies)."""
+    def count(request) -> None:
+        STORAGE_REQUESTS[f"{service}.{request.http_request.method}"] += 1
+    return count
 
 
 def _credential(settings: StorageSettings):
@@ -75,7 +73,7 @@ class Storage:
 
 def open_storage(settings: StorageSettings) -> Storage:
     def policies(service: str) -> dict:
-        return {"per_call_policies": [CountingPolicy(service)]}
+        return {"raw_request_hook": _counter(service)}
 
     codec = {"message_encode_policy": TextBase64EncodePolicy(), "message_decode_policy": TextBase64DecodePolicy()}
     if settings.connection_string:

@@ -211,6 +211,11 @@ async def start_stream(ctx, request: RunRequest, *, idempotency_key: str | None)
 
 
 def _position(req: Request, run_id: str, tokens) -> int:
+    """Where to resume. A Last-Event-ID header wins: browsers send it only on their own reconnects, and
+    it is newer than any ?continuation_token or ?starting_after left in the EventSource URL."""
+    header = req.headers.get("last-event-id")
+    if header:
+        return _sequence_number("Last-Event-ID", header)
     token = req.query_params.get("continuation_token")
     if token:
         claims = tokens.decode(token)
@@ -218,17 +223,18 @@ def _position(req: Request, run_id: str, tokens) -> int:
             raise bad_request("The continuation token belongs to another run.", param="continuation_token",
                               code="invalid_token")
         return claims.position
-    for name, raw in (("starting_after", req.query_params.get("starting_after")),
-                      ("Last-Event-ID", req.headers.get("last-event-id"))):
-        if raw is not None and raw != "":
-            try:
-                value = int(raw)
-            except ValueError:
-                raise bad_request(f"'{name}' must be an integer sequence number.", param=name) from None
-            if value < -1:
-                raise bad_request(f"'{name}' must be -1 or more.", param=name)
-            return value
-    return -1
+    raw = req.query_params.get("starting_after")
+    return _sequence_number("starting_after", raw) if raw else -1
+
+
+def _sequence_number(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"'{name}' must be an integer sequence number.", param=name) from None
+    if value < -1:
+        raise bad_request(f"'{name}' must be -1 or more.", param=name)
+    return value
 
 
 async def resume_stream(ctx, run_id: str, req: Request) -> StreamingResponse:

@@ -123,3 +123,11 @@ def test_streams_rotate_before_the_maximum_duration_and_resume_seamlessly(stack,
         assert segments < 20
     assert segments >= 3
     assert_whole(events, stack.get(f"/api/runs/{run_id}").json()["output_text"])
+
+
+def test_last_event_id_wins_over_a_position_left_in_the_url(stack):
+    head = start_streaming(stack, limit=6)
+    run_id = head[0].data["run_id"]
+    tail = sse.read(stack.client, "GET", f"/api/runs/{run_id}/stream", params={"starting_after": 2},
+                    headers={"Last-Event-ID": str(head[-1].id)})
+    assert tail[0].id == head[-1].id + 1
