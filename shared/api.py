@@ -84,6 +84,9 @@ async def create_run(req: Request) -> Response:
     body = parse_json_body(await req.body(), ctx.settings.max_request_bytes)
     request = parse_run_request(body)
     if request.continuation_token is not None:
+        if request.stream:  # resume the stream right after the token's position
+            from .streaming import resume_stream_from_token
+            return await resume_stream_from_token(ctx, request.continuation_token)
         run = await ctx.service.get_by_token(request.continuation_token)
         return _run_response(ctx.service, run)
     if request.stream:

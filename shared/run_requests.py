@@ -109,11 +109,11 @@ def parse_run_request(body: dict[str, Any]) -> RunRequest:
         raise bad_request(f"Unknown field '{unknown[0]}'.", param=unknown[0], code="unknown_field")
     token = _expect(body, "continuation_token", (str,), "a string")
     if token is not None:
-        others = sorted(k for k in body if k != "continuation_token" and body[k] is not None)
+        others = sorted(k for k in body if k not in ("continuation_token", "stream") and body[k] is not None)
         if others:
-            raise bad_request(f"'continuation_token' polls an existing run; do not send '{others[0]}' with it.",
+            raise bad_request(f"'continuation_token' continues an existing run; do not send '{others[0]}' with it.",
                               param=others[0])
-        return RunRequest(continuation_token=token)
+        return RunRequest(continuation_token=token, stream=_flag(body, "stream", default=False))
     if body.get("input") is None:
         raise bad_request("'input' is required (or 'continuation_token' to poll a run).", param="input")
     request = RunRequest(input=_input(body["input"]))

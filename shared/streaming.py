@@ -30,6 +30,8 @@ from .runs import Run
 log = logging.getLogger("runs.streaming")
 
 TERMINAL_EVENTS = {"response.completed", "response.failed", "response.incomplete"}
+# Statuses whose provider stream ends with one of TERMINAL_EVENTS (cancel and expiry have none).
+PROVIDER_FINAL_STATUSES = {"completed", "failed", "incomplete", "requires_action"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MAX_RECONNECTS_WITHOUT_PROGRESS = 5
 _END = object()
@@ -56,6 +58,7 @@ class Relay:
         self.service = ctx.service
         self.run = run
         self.after = after
+        self.after_at_start = after
         self._first_stream = first_stream  # the create call's own stream, for a fresh streaming start
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=256)
 
@@ -132,7 +135,10 @@ class Relay:
                 # A clean end without a terminal event: the run may have been cancelled; look at it.
                 run = await self.service.store.get(self.run.id)
                 if run is not None and run.is_terminal:
-                    await self._queue.put(run)
+                    if run.status in PROVIDER_FINAL_STATUSES and position == self.after_at_start:
+                        await self._queue.put(_END)  # resumed after the final event: nothing is missing
+                    else:
+                        await self._queue.put(run)  # cancelled or expired: no provider final; send ours
                     return
             except openai.APIStatusError as error:
                 stream = None
@@ -235,6 +241,13 @@ def _sequence_number(name: str, raw: str) -> int:
     if value < -1:
         raise bad_request(f"'{name}' must be -1 or more.", param=name)
     return value
+
+
+async def resume_stream_from_token(ctx, token: str) -> StreamingResponse:
+    """POST /api/runs {"continuation_token", "stream": true}: the stream right after the token's position."""
+    claims = ctx.service.tokens.decode(token)
+    run = await ctx.service.get(claims.run_id)
+    return _streaming_response(Relay(ctx, run, claims.position))
 
 
 async def resume_stream(ctx, run_id: str, req: Request) -> StreamingResponse:

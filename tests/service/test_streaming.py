@@ -131,3 +131,19 @@ def test_last_event_id_wins_over_a_position_left_in_the_url(stack):
     tail = sse.read(stack.client, "GET", f"/api/runs/{run_id}/stream", params={"starting_after": 2},
                     headers={"Last-Event-ID": str(head[-1].id)})
     assert tail[0].id == head[-1].id + 1
+
+
+def test_resuming_after_the_final_event_sends_nothing_more(stack):
+    events = start_streaming(stack, emulator_duration_ms="300")
+    run_id = events[0].data["run_id"]
+    after_final = sse.read(stack.client, "GET", f"/api/runs/{run_id}/stream",
+                           params={"continuation_token": events[-1].data["continuation_token"]})
+    assert after_final == []
+
+
+def test_post_with_a_token_and_stream_true_resumes_the_stream(stack):
+    head = start_streaming(stack, limit=5)
+    tail = sse.read(stack.client, "POST", "/api/runs",
+                    json={"continuation_token": head[-1].data["continuation_token"], "stream": True})
+    assert tail[0].id == head[-1].id + 1
+    assert_whole(head + tail, stack.get(f"/api/runs/{head[0].data['run_id']}").json()["output_text"])
