@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import threading
 import time
@@ -36,9 +37,9 @@ def create_app(secrets: tuple[str, ...], *, quiet: bool = False) -> Starlette:
         webhook_id = headers.get("webhook-id", "")
         attempts[webhook_id] += 1
         try:
-            event = verify(headers, body, secrets)
-            verified = True
-        except SignatureError:
+            verify(headers, body, secrets)
+            event, verified = json.loads(body), True
+        except (SignatureError, ValueError):
             event, verified = None, False
         received.append({"path": request.url.path, "query": dict(request.query_params), "headers": headers,
                          "body": body.decode("utf-8", "replace"), "verified": verified, "at": time.time(),

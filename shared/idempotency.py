@@ -24,6 +24,8 @@ MAX_KEY_LENGTH = 255
 class Claim:
     run_id: str
     is_new: bool
+    claimed_at: float = 0.0
+    etag: str | None = None
 
 
 def _digest(text: str) -> str:
@@ -62,9 +64,20 @@ class IdempotencyStore:
             if existing["body_hash"] != body_hash:
                 raise ApiError(409, "idempotency_key_reused",
                                "This Idempotency-Key was used with a different request body.", param="Idempotency-Key")
-            return Claim(existing["run_id"], False)
+            return Claim(existing["run_id"], False, existing["claimed_at"], existing.metadata["etag"])
         raise ApiError(409, "idempotency_key_busy", "This Idempotency-Key is being claimed concurrently; retry.",
                        param="Idempotency-Key")
+
+    async def take_over(self, key: str, fingerprint: str, run_id: str, stale: Claim) -> bool:
+        """Re-claim a key whose start died before recording its run (a crash); False if someone else did."""
+        entity = {"PartitionKey": _digest(key), "RowKey": "key", "run_id": run_id, "body_hash": _digest(fingerprint),
+                  "claimed_at": time.time()}
+        try:
+            await self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=stale.etag,
+                                            match_condition=MatchConditions.IfNotModified)
+            return True
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
 
     async def release(self, key: str) -> None:
         """Forget a claim whose run never started (the provider refused the create)."""

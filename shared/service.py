@@ -123,12 +123,8 @@ class RunService:
             await self._vet_webhook(request.webhook_url)
         run_id = RUN_ID_PREFIX + secrets.token_hex(12)
         if idempotency_key is not None:
-            claim = await self.idempotency.claim(idempotency_key, request.fingerprint(), run_id)
-            if not claim.is_new:
-                existing = await self.store.get(claim.run_id)
-                if existing is None:
-                    raise ApiError(409, "idempotency_key_busy", "A run with this Idempotency-Key is being started; "
-                                   "retry shortly.", param="Idempotency-Key", headers={"Retry-After": "1"})
+            existing = await self._claim(idempotency_key, request, run_id)
+            if existing is not None:
                 return Outcome(existing, created=False)
         try:
             run, stream = await self._start(run_id, request)
@@ -139,6 +135,22 @@ class RunService:
         if wait_seconds > 0 and not run.is_terminal:
             run = await self._wait_briefly(run, min(wait_seconds, self.settings.max_prefer_wait))
         return Outcome(run, provider_stream=stream)
+
+    async def _claim(self, key: str, request: RunRequest, run_id: str) -> Run | None:
+        """Claim the Idempotency-Key for `run_id`; the run that already holds it, if any."""
+        claim = await self.idempotency.claim(key, request.fingerprint(), run_id)
+        if claim.is_new:
+            return None
+        existing = await self.store.get(claim.run_id)
+        if existing is not None:
+            return existing
+        # The key is held by a start that has not recorded its run. Right after the claim that is a
+        # start in progress; after the start grace it is a start that died, and the key is free again.
+        if now() - claim.claimed_at > self.start_grace and await self.idempotency.take_over(
+                key, request.fingerprint(), run_id, claim):
+            return None
+        raise ApiError(409, "idempotency_key_busy", "A run with this Idempotency-Key is being started; retry shortly.",
+                       param="Idempotency-Key", headers={"Retry-After": "1"})
 
     async def _start(self, run_id: str, request: RunRequest) -> tuple[Run, Any]:
         session = await self._reserve_session(request.session_id, run_id) if request.session_id else None

@@ -85,7 +85,9 @@ class Relay:
                     if time.monotonic() - started < settings.stream_max_seconds:
                         yield b": keep-alive\n\n"
                     continue
-                if item is _END:
+                if item is _END:  # resumed after the final event: say so, so no client waits for more
+                    yield sse("end", {"type": "end", "run_id": self.run.id, "continuation_token": self.token(self.after),
+                                      "reason": "the run has ended and every event was already delivered"})
                     return
                 if isinstance(item, BaseException):
                     raise item

@@ -26,6 +26,7 @@ OnPoll = Callable[[Response, "float | None"], Any]
 
 
 _ROTATED = object()
+_ENDED = object()  # the service said the run ended and everything was delivered
 
 
 class _Retry(Exception):
@@ -152,6 +153,8 @@ class AsyncRunStream:
                             update = self._read(sse)
                             if update is _ROTATED:
                                 break
+                            if update is _ENDED:
+                                return
                             if update is None:
                                 continue  # already delivered before a reconnect
                             failures = 0
@@ -184,6 +187,9 @@ class AsyncRunStream:
             self._token = data.get("continuation_token") or self._token
             self._run_id = data.get("run_id") or self._run_id
             return _ROTATED
+        if kind == "end":  # resumed after the final update: nothing more will come
+            self._run_id = data.get("run_id") or self._run_id
+            return _ENDED
         return self._update(kind, data)
 
     def _open(self):
@@ -231,11 +237,14 @@ class _LazyStream:
     async def __aenter__(self) -> httpx.Response:
         stream, client = self._stream, self._stream._client
         if stream._run_id is None:
-            # A bare token: the service tells which run it belongs to (the token stays opaque here).
-            stream._run_id = (await client.run(options={"continuation_token": stream._token})).run_id
-        self._cm = client._http.stream("GET", f"/api/runs/{stream._run_id}/stream",
-                                       params={"continuation_token": stream._token},
-                                       headers=self._headers, timeout=self._timeout)
+            # A bare token: POST it with stream=true; the service resumes right after its position
+            # (the token stays opaque here; the run id arrives in every event).
+            self._cm = client._http.stream("POST", "/api/runs", json={"continuation_token": stream._token, "stream": True},
+                                           headers=self._headers, timeout=self._timeout)
+        else:
+            self._cm = client._http.stream("GET", f"/api/runs/{stream._run_id}/stream",
+                                           params={"continuation_token": stream._token},
+                                           headers=self._headers, timeout=self._timeout)
         return await self._cm.__aenter__()
 
     async def __aexit__(self, *exc: Any) -> None:

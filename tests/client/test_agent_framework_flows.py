@@ -106,3 +106,10 @@ async def test_non_background_run_returns_the_finished_run(stack):
         response = await client.run([{"role": "user", "content": "hi"}],
                                     options={"background": False, "metadata": emulated(1500, 50)})
     assert response.status == "completed" and response.continuation_token is None and len(response.text) == 50
+
+
+async def test_resuming_from_the_final_update_yields_nothing_more(client):
+    updates = [u async for u in client.run("short", stream=True, options={"metadata": emulated(300, 50)})]
+    assert updates[-1].is_final
+    again = [u async for u in client.run(stream=True, options={"continuation_token": updates[-1].continuation_token})]
+    assert again == []

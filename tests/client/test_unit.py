@@ -80,7 +80,7 @@ def test_the_blocking_client_has_the_same_shape():
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/api/sessions":
             return httpx.Response(201, json={"id": "sess_1", "object": "session", "created_at": 1.0})
-        if request.url.path.endswith("/stream"):
+        if request.url.path.endswith("/stream") or json.loads(request.content or b"{}").get("stream"):
             return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=(
                 'retry: 1000\n\n: keep-alive\n\n'
                 'id: 3\nevent: output_text.delta\ndata: {"run_id":"run_1","sequence_number":3,'

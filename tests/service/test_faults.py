@@ -91,3 +91,29 @@ def test_runs_survive_a_host_killed_mid_flight(stack):
     assert [f["status"] for f in finals] == ["completed"] * 5
     for run in runs:
         assert len(stack.provider_responses(run["id"])) == 1
+
+
+def test_an_idempotency_key_left_by_a_crashed_start_is_taken_over_after_the_start_grace(stack):
+    import hashlib
+
+    from shared.run_requests import parse_run_request
+
+    body = {"input": "after a crash", "metadata": {"emulator_duration_ms": "0"}}
+    keys = TableClient.from_connection_string(stack.connection_string, "idempotency")
+
+    def crashed_claim(key: str, age: float) -> None:
+        # What a start leaves when its host dies after claiming the key and before recording the run.
+        keys.create_entity({"PartitionKey": hashlib.sha256(key.encode()).hexdigest(), "RowKey": "key",
+                            "run_id": "run_" + "cd" * 12, "claimed_at": time.time() - age,
+                            "body_hash": hashlib.sha256(parse_run_request(body).fingerprint().encode()).hexdigest()})
+
+    fresh, stale = f"fresh-{time.time_ns()}", f"stale-{time.time_ns()}"
+    crashed_claim(fresh, age=1)
+    busy = stack.post("/api/runs", body, headers={"Idempotency-Key": fresh})
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "idempotency_key_busy"
+    crashed_claim(stale, age=600)
+    started = stack.post("/api/runs", body, headers={"Idempotency-Key": stale})
+    assert started.status_code == 200 and started.json()["status"] == "completed"
+    again = stack.post("/api/runs", body, headers={"Idempotency-Key": stale})
+    assert again.json()["id"] == started.json()["id"]
+    assert len(stack.provider_responses(started.json()["id"])) == 1

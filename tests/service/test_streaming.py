@@ -138,7 +138,7 @@ def test_resuming_after_the_final_event_sends_nothing_more(stack):
     run_id = events[0].data["run_id"]
     after_final = sse.read(stack.client, "GET", f"/api/runs/{run_id}/stream",
                            params={"continuation_token": events[-1].data["continuation_token"]})
-    assert after_final == []
+    assert [e.event for e in after_final] == ["end"] and after_final[0].id is None
 
 
 def test_post_with_a_token_and_stream_true_resumes_the_stream(stack):
