@@ -9,17 +9,20 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import resource
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from azure.core.exceptions import AzureError
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from .context import get_context
 from .errors import ApiError
 from .run_requests import parse_json_body, parse_run_request
 from .runs import Run
 from .settings import SettingsError
+from .storage import STORAGE_REQUESTS
 from .webhook_delivery import redeliver
 
 log = logging.getLogger("runs.api")
@@ -174,10 +177,6 @@ async def health(req: Request) -> Response:
 async def metrics(req: Request) -> Response:
     """Process counters for benchmarks and operators (admin key in Azure): storage requests by
     service and method, CPU time and peak memory of this worker."""
-    import resource
-
-    from .storage import STORAGE_REQUESTS
-
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return JSONResponse({"storage_requests": dict(STORAGE_REQUESTS),
                          "storage_requests_total": sum(STORAGE_REQUESTS.values()),
@@ -185,16 +184,9 @@ async def metrics(req: Request) -> Response:
                          "max_rss_kib": usage.ru_maxrss})
 
 
-_UI_PAGE = None
+UI_PAGE = Path(__file__).parent / "static" / "stream.html"
 
 
 async def ui(req: Request) -> Response:
     """A small page that streams a run with EventSource (resumes by itself with Last-Event-ID)."""
-    global _UI_PAGE
-    if _UI_PAGE is None:
-        from pathlib import Path
-
-        _UI_PAGE = (Path(__file__).parent / "static" / "stream.html").read_text(encoding="utf-8")
-    from fastapi.responses import HTMLResponse
-
-    return HTMLResponse(_UI_PAGE)
+    return HTMLResponse(UI_PAGE.read_text(encoding="utf-8"))

@@ -20,7 +20,7 @@ from .idempotency import IdempotencyStore
 from .lifecycle import Lifecycle, failure_result, next_poll_delay, result_from_response
 from .provider import classify
 from .run_requests import RunRequest
-from .runs import Conflict, Run, RunStore, now
+from .runs import Run, RunStore, now
 from .sessions import SessionConflict, SessionStore
 from .settings import Settings
 from .storage import Storage
@@ -319,4 +319,4 @@ def _valid_session_id(session_id: str) -> bool:
     return session_id.startswith("sess_") and len(session_id) <= 64 and session_id.replace("_", "").isalnum()
 
 
-__all__ = ["RunService", "Outcome", "Conflict"]
+__all__ = ["RunService", "Outcome"]

@@ -21,7 +21,7 @@ import openai
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from .errors import ApiError, bad_request
+from .errors import bad_request
 from .lifecycle import result_from_response
 from .provider import classify
 from .run_requests import RunRequest
@@ -259,4 +259,4 @@ async def resume_stream(ctx, run_id: str, req: Request) -> StreamingResponse:
     return _streaming_response(Relay(ctx, run, after))
 
 
-__all__ = ["start_stream", "resume_stream", "Relay", "sse", "ApiError"]
+__all__ = ["start_stream", "resume_stream", "resume_stream_from_token", "Relay", "sse"]
