@@ -67,7 +67,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _print_banner(env: dict[str, str]) -> None:
-    print(f"""
+    print("""
 Local stack is up:
   API            http://127.0.0.1:7071/api        (no function key needed locally)
   emulator       http://127.0.0.1:7070/v1         (stats: /v1/_emulator/stats)
@@ -76,10 +76,10 @@ Local stack is up:
 
 Try it:
   curl -s -i -X POST http://127.0.0.1:7071/api/runs -H 'content-type: application/json' \\
-       -d '{{"input": "Write a haiku about queues", "webhook_url": "http://127.0.0.1:7072/hook"}}'
+       -d '{"input": "Write a haiku about queues", "webhook_url": "http://127.0.0.1:7072/hook"}'
   curl -s http://127.0.0.1:7071/api/runs/<id>
   curl -s -N -X POST http://127.0.0.1:7071/api/runs -H 'content-type: application/json' \\
-       -d '{{"input": "Stream me something", "stream": true}}'
+       -d '{"input": "Stream me something", "stream": true}'
   page: http://127.0.0.1:7071/api/ui
 
 Ctrl-C stops everything.""", flush=True)
