@@ -130,7 +130,10 @@ class RunService:
             run, stream = await self._start(run_id, request)
         except BaseException:
             if idempotency_key is not None:
-                await self.idempotency.release(idempotency_key)
+                try:
+                    await self.idempotency.release(idempotency_key)
+                except Exception:  # noqa: BLE001 - the key is taken over after the start grace anyway
+                    log.warning("could not release Idempotency-Key of failed start %s", run_id)
             raise
         if wait_seconds > 0 and not run.is_terminal:
             run = await self._wait_briefly(run, min(wait_seconds, self.settings.max_prefer_wait))
@@ -177,15 +180,27 @@ class RunService:
             await self._abandon(run)
             raise self._start_error(error) from None
         run.response_id = response.id
-        if response.status in ("queued", "in_progress"):
-            delay = next_poll_delay(self.settings, 0)
-            if not await self.lifecycle.schedule_poll(run, delay, status=response.status):
-                run = await self.get(run_id)  # cancelled while starting: stop the provider run too
-                if run.status == "cancelled":
-                    await self._cancel_at_provider(response.id)
-            return run, stream
-        status, result = result_from_response(response)
-        return await self.lifecycle.finish(run, status, result), stream
+        try:
+            if response.status in ("queued", "in_progress"):
+                delay = next_poll_delay(self.settings, 0)
+                if not await self.lifecycle.schedule_poll(run, delay, status=response.status):
+                    run = await self.get(run_id)  # cancelled while starting: stop the provider run too
+                    if run.status == "cancelled":
+                        await self._cancel_at_provider(response.id)
+                return run, stream
+            status, result = result_from_response(response)
+            return await self.lifecycle.finish(run, status, result), stream
+        except Exception:
+            # Storage failed after the provider accepted: stop that response rather than leave an orphan;
+            # the run (never saved with its response id) is failed by the sweeper as an interrupted start.
+            log.warning("run %s: storage failed after the provider accepted %s; cancelling it", run_id, response.id)
+            try:
+                await self._cancel_at_provider(response.id)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+            if stream is not None:
+                await stream.__aexit__(None, None, None)
+            raise
 
     def _provider_params(self, request: RunRequest, run_id: str, previous_response_id: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {
