@@ -16,7 +16,7 @@ from typing import Any
 
 from .lifecycle import PollMessage, failure_result, next_poll_delay, result_from_response
 from .provider import classify
-from .runs import Run, now
+from .runs import Conflict, Run, now
 from .service import RunService
 
 log = logging.getLogger("runs.poller")
@@ -110,7 +110,7 @@ async def sweep(service: RunService) -> dict[str, int]:
         run.webhook_due_at = now() + service.settings.webhook_timeout * 2
         try:
             await service.store.save(run)
-        except Exception:  # noqa: BLE001 - someone else is on it
+        except Conflict:  # the delivery moved on meanwhile: someone else is on it
             continue
         await service.lifecycle.enqueue_webhook(run)
         repaired["webhooks"] += 1

@@ -37,7 +37,6 @@ class Outcome:
     """The started (or, for a repeated Idempotency-Key, the existing) run."""
 
     run: Run
-    created: bool = True
     provider_stream: Any = None  # for stream=true starts: the create call's open event stream
 
 
@@ -104,7 +103,7 @@ class RunService:
 
     # -- reads ---------------------------------------------------------------------------------------
     async def get(self, run_id: str) -> Run:
-        run = await self.store.get(run_id) if _valid_run_id(run_id) else None
+        run = await self.store.get(run_id) if _valid_id(RUN_ID_PREFIX, run_id) else None
         if run is None:
             raise not_found("run", run_id)
         return run
@@ -125,7 +124,7 @@ class RunService:
         if idempotency_key is not None:
             existing = await self._claim(idempotency_key, request, run_id)
             if existing is not None:
-                return Outcome(existing, created=False)
+                return Outcome(existing)
         try:
             run, stream = await self._start(run_id, request)
         except BaseException:
@@ -317,7 +316,7 @@ class RunService:
         return {"id": session.id, "object": "session", "created_at": session.created_at}
 
     async def session_view(self, session_id: str) -> dict[str, Any]:
-        session = await self.sessions.get(session_id) if _valid_session_id(session_id) else None
+        session = await self.sessions.get(session_id) if _valid_id("sess_", session_id) else None
         if session is None:
             raise not_found("session", session_id)
         runs = await asyncio.gather(*(self.store.get(rid) for rid in await self.sessions.run_ids(session_id)))
@@ -326,12 +325,9 @@ class RunService:
                 "runs": [self.view(r) for r in runs if r is not None]}
 
 
-def _valid_run_id(run_id: str) -> bool:
-    return run_id.startswith(RUN_ID_PREFIX) and len(run_id) <= 64 and run_id.replace("_", "").isalnum()
-
-
-def _valid_session_id(session_id: str) -> bool:
-    return session_id.startswith("sess_") and len(session_id) <= 64 and session_id.replace("_", "").isalnum()
+def _valid_id(prefix: str, value: str) -> bool:
+    """Our ids are a prefix and hex; anything else cannot exist (and never reaches storage keys)."""
+    return value.startswith(prefix) and len(value) <= 64 and value.replace("_", "").isalnum()
 
 
 __all__ = ["RunService", "Outcome"]
