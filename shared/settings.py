@@ -11,12 +11,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from .webhooks.schedule import parse_schedule
+
 # Fixed resource names; infra/ creates the same ones.
 POLL_QUEUE = "runs-poll"
 WEBHOOK_QUEUE = "runs-webhook"
 RUNS_TABLE = "runs"
 SESSIONS_TABLE = "sessions"
 IDEMPOTENCY_TABLE = "idempotency"
+INDEX_TABLE = "runindex"
 PAYLOAD_CONTAINER = "run-payloads"
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 
@@ -71,11 +74,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_PREFER_WAIT_SECONDS", "Upper bound for `Prefer: wait=N` on POST /api/runs.", "10"),
     Setting("MAX_REQUEST_BYTES", "Largest accepted request body.", str(1024 * 1024)),
     Setting("WEBHOOK_SIGNING_SECRETS", "Space-separated `whsec_` secrets; each signs every delivery "
-            "(rotation). Key Vault in Azure.", secret=True, in_azure="required"),
+            "(rotation). Key Vault in Azure. Empty: webhooks are off and a run with `webhook_url` gets a 400.",
+            secret=True, in_azure="required"),
     Setting("WEBHOOK_ALLOW_HTTP", "Allow http:// webhook URLs (local development only).", "false"),
     Setting("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "Allow loopback/private webhook targets (local development only).", "false"),
     Setting("WEBHOOK_RETRY_SCHEDULE", "Comma-separated delays (s) before each delivery attempt.", DEFAULT_WEBHOOK_SCHEDULE),
     Setting("WEBHOOK_TIMEOUT_SECONDS", "Timeout of one delivery attempt.", "15"),
+    Setting("RETENTION_DAYS", "Ended runs (with their blobs), idle sessions and old Idempotency-Keys are deleted "
+            "this many days after they end or were last used.", "30"),
     Setting("STREAM_MAX_SECONDS", "A stream ends with a `reconnect` event after this (below Azure's 230 s).", "200"),
     Setting("STREAM_KEEPALIVE_SECONDS", "Idle time before an SSE keep-alive comment.", "15"),
 )
@@ -117,7 +123,7 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 
 @dataclass(frozen=True)
 class StorageSettings:
-    connection_string: str | None
+    connection_string: str | None = field(repr=False)  # may hold an account key
     blob_uri: str | None
     queue_uri: str | None
     table_uri: str | None
@@ -156,6 +162,7 @@ class Settings:
     webhook_allow_private: bool
     webhook_schedule: tuple[float, ...]
     webhook_timeout: float
+    retention_seconds: float
     stream_max_seconds: float
     stream_keepalive_seconds: float
 
@@ -178,6 +185,7 @@ class Settings:
             webhook_allow_private=_flag(env, "WEBHOOK_ALLOW_PRIVATE_ADDRESSES"),
             webhook_schedule=_schedule(env),
             webhook_timeout=_number(env, "WEBHOOK_TIMEOUT_SECONDS", minimum=0.1),
+            retention_seconds=_number(env, "RETENTION_DAYS", minimum=1) * 86400,
             stream_max_seconds=_number(env, "STREAM_MAX_SECONDS", minimum=1),
             stream_keepalive_seconds=_number(env, "STREAM_KEEPALIVE_SECONDS", minimum=0.1),
         )
@@ -264,12 +272,10 @@ def _webhook_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
 def _schedule(env: Mapping[str, str]) -> tuple[float, ...]:
     raw = _raw(env, "WEBHOOK_RETRY_SCHEDULE")
     try:
-        delays = tuple(float(part) for part in raw.split(",") if part.strip())
+        return parse_schedule(raw)
     except ValueError:
-        raise SettingsError(f"WEBHOOK_RETRY_SCHEDULE: expected comma-separated seconds, got {raw!r}") from None
-    if not delays or any(d < 0 for d in delays):
-        raise SettingsError("WEBHOOK_RETRY_SCHEDULE: needs at least one delay, none negative")
-    return delays
+        raise SettingsError(f"WEBHOOK_RETRY_SCHEDULE: expected comma-separated seconds, none negative, "
+                            f"got {raw!r}") from None
 
 
 def markdown_table() -> str:

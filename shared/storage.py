@@ -1,14 +1,20 @@
 """Async Azure Storage clients (Table, Queue, Blob), built once from the AzureWebJobsStorage settings.
 
-The same settings the Functions host uses for its triggers: a connection string (Azurite) or
-identity-based service URIs with a managed identity. Queue messages are base64 text on both sides
-(TextBase64EncodePolicy here, the trigger's default `messageEncoding: base64` in host.json).
+The same settings the Functions host uses for its triggers: a connection string (Azurite) or identity-based
+service URIs with a managed identity. Queue messages are base64 text on both sides (TextBase64EncodePolicy
+here, the trigger's default `messageEncoding: base64` in host.json).
+
+Every storage request is counted by the function that made it (`counting_as`), because on Flex
+Consumption HTTP, queue and timer functions run on separate instances: a process's counts describe only
+the functions it served.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import Counter
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from azure.core.exceptions import ResourceExistsError
@@ -17,17 +23,23 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from .settings import (IDEMPOTENCY_TABLE, PAYLOAD_CONTAINER, POLL_QUEUE, RUNS_TABLE, SESSIONS_TABLE,
+from .settings import (IDEMPOTENCY_TABLE, INDEX_TABLE, PAYLOAD_CONTAINER, POLL_QUEUE, RUNS_TABLE, SESSIONS_TABLE,
                        WEBHOOK_QUEUE, StorageSettings)
 
-# Every storage request this process made, by service and HTTP method (benchmarks read it).
+# Storage requests of this process: (function, "service.METHOD") -> count (benchmarks and /api/metrics read it).
 STORAGE_REQUESTS: Counter = Counter()
+_FUNCTION: ContextVar[str] = ContextVar("storage_counted_function", default="(startup)")
+
+
+def counting_as(function_name: str) -> None:
+    """Attribute this task's storage requests to `function_name` (set by each entry point)."""
+    _FUNCTION.set(function_name)
 
 
 def _counter(service: str):
     """An azure-core `raw_request_hook` (every storage client honours it, unlike per_call_policies)."""
     def count(request) -> None:
-        STORAGE_REQUESTS[f"{service}.{request.http_request.method}"] += 1
+        STORAGE_REQUESTS[(_FUNCTION.get(), f"{service}.{request.http_request.method}")] += 1
     return count
 
 
@@ -39,13 +51,25 @@ def _credential(settings: StorageSettings):
     return DefaultAzureCredential()
 
 
+class MessageQueue:
+    """One queue the service sends JSON messages to, optionally invisible for a delay (whole seconds)."""
+
+    def __init__(self, client: QueueClient) -> None:
+        self.client = client
+
+    async def send(self, message: dict, delay_seconds: float = 0.0) -> None:
+        await self.client.send_message(json.dumps(message, separators=(",", ":")),
+                                       visibility_timeout=max(0, math.ceil(delay_seconds)) or None)
+
+
 @dataclass
 class Storage:
     runs: TableClient
     sessions: TableClient
     idempotency: TableClient
-    poll_queue: QueueClient
-    webhook_queue: QueueClient
+    index: TableClient
+    poll_queue: MessageQueue
+    webhook_queue: MessageQueue
     payloads: ContainerClient
     _closeables: tuple
 
@@ -61,14 +85,10 @@ class Storage:
             except ResourceExistsError:
                 pass
         await asyncio.gather(
-            *(quietly(t.create_table()) for t in (self.runs, self.sessions, self.idempotency)),
-            *(quietly(q.create_queue()) for q in (self.poll_queue, self.webhook_queue)),
+            *(quietly(t.create_table()) for t in (self.runs, self.sessions, self.idempotency, self.index)),
+            *(quietly(q.client.create_queue()) for q in (self.poll_queue, self.webhook_queue)),
             quietly(self.payloads.create_container()),
         )
-
-    async def enqueue(self, queue: QueueClient, message: dict, delay_seconds: int = 0) -> None:
-        await queue.send_message(json.dumps(message, separators=(",", ":")),
-                                 visibility_timeout=max(0, int(delay_seconds)) or None)
 
 
 def open_storage(settings: StorageSettings) -> Storage:
@@ -94,8 +114,9 @@ def open_storage(settings: StorageSettings) -> Storage:
         runs=tables.get_table_client(RUNS_TABLE),
         sessions=tables.get_table_client(SESSIONS_TABLE),
         idempotency=tables.get_table_client(IDEMPOTENCY_TABLE),
-        poll_queue=poll,
-        webhook_queue=hooks,
+        index=tables.get_table_client(INDEX_TABLE),
+        poll_queue=MessageQueue(poll),
+        webhook_queue=MessageQueue(hooks),
         payloads=blobs.get_container_client(PAYLOAD_CONTAINER),
         _closeables=(tables, blobs, poll, hooks, *extra),
     )

@@ -2,7 +2,8 @@
 
 Framework-free and async; the service wires it to the queue trigger and run storage.
 """
-from .delivery import DEFAULT_USER_AGENT, Attempt, WebhookSender, parse_retry_after
+from ..retry_after import parse_retry_after
+from .delivery import DEFAULT_USER_AGENT, Attempt, WebhookSender
 from .destinations import (
     DestinationRefused,
     ParsedURL,

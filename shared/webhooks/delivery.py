@@ -12,7 +12,6 @@ host is never reused for another host that happens to share an IP).
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import time
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
@@ -22,6 +21,8 @@ from typing import Any, Mapping, Sequence
 import httpcore
 import httpx
 
+from ..clock import iso_utc
+from ..retry_after import parse_retry_after
 from .destinations import DestinationRefused, IPAddress, Resolver, ResolutionFailed, check_url, resolve_and_vet
 from .signing import sign_headers
 
@@ -93,22 +94,6 @@ class _PinnedTransport(httpx.AsyncHTTPTransport):
         )
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Retry-After as seconds: delta-seconds or an HTTP-date (past dates give 0); None if unusable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(int(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
-
-
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:_MAX_ERROR_CHARS]
@@ -155,7 +140,7 @@ class WebhookSender:
         started = time.monotonic()
 
         def failed(error: str, *, refused: bool = False) -> Attempt:
-            return Attempt(at=_iso(at), ok=False, error=error, duration_ms=_ms_since(started), refused=refused)
+            return Attempt(at=iso_utc(at), ok=False, error=error, duration_ms=_ms_since(started), refused=refused)
 
         try:
             async with asyncio.timeout(self._timeout):
@@ -197,14 +182,10 @@ def _attempt_for_response(at: datetime, started: float, status: int, headers: ht
     else:
         error = f"HTTP {status}"
     return Attempt(
-        at=_iso(at), ok=ok, status_code=status, error=error, duration_ms=_ms_since(started),
+        at=iso_utc(at), ok=ok, status_code=status, error=error, duration_ms=_ms_since(started),
         retry_after_seconds=None if ok else parse_retry_after(headers.get("retry-after")),
         gone=status == 410,
     )
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _ms_since(started: float) -> int:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Mapping
+
+from ..clock import iso_utc
 
 TERMINAL_EVENT_TYPES = {
     "completed": "run.completed",
@@ -23,15 +25,8 @@ def event_type_for(status: str) -> str:
         raise ValueError(f"no webhook event for run status {status!r}") from None
 
 
-def iso_utc(timestamp: datetime) -> str:
-    """`2025-01-02T03:04:05.678Z`; rejects naive datetimes (ambiguous zone)."""
-    if timestamp.tzinfo is None:
-        raise ValueError("timestamp must be timezone-aware")
-    utc = timestamp.astimezone(timezone.utc)
-    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def build_payload(run: Mapping[str, Any], timestamp: datetime) -> bytes:
-    """Compact UTF-8 JSON bytes; these exact bytes are signed and sent."""
+def build_payload(run: Mapping[str, Any], timestamp: datetime | float) -> bytes:
+    """Compact UTF-8 JSON bytes; these exact bytes are signed and sent. `timestamp`: an aware datetime or
+    epoch seconds (naive datetimes are refused: their zone is ambiguous)."""
     document = {"type": event_type_for(run["status"]), "timestamp": iso_utc(timestamp), "data": dict(run)}
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")

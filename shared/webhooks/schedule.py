@@ -13,9 +13,9 @@ DEFAULT_JITTER = 0.1  # ±10 %
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:
-    """"0,5,300" -> (0.0, 5.0, 300.0); raises ValueError on an empty or negative entry."""
+    """"0,5,300" -> (0.0, 5.0, 300.0); raises ValueError on an empty, negative or non-finite entry."""
     delays = tuple(float(part) for part in text.split(",") if part.strip())
-    if not delays or any(d < 0 for d in delays):
+    if not delays or any(not 0 <= d < float("inf") for d in delays):
         raise ValueError(f"bad retry schedule {text!r}")
     return delays
 

@@ -62,7 +62,7 @@ def test_a_tampered_token_is_refused(stack):
 
 
 def test_a_token_from_another_key_reads_nothing(stack):
-    from shared.tokens import TokenCodec
+    from shared.runs.tokens import TokenCodec
 
     run = stack.start("x", metadata={"emulator_duration_ms": "0"}).json()
     forged = TokenCodec(b"not-the-service-key-but-long-enough-xx").encode(run["id"])

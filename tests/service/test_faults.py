@@ -61,13 +61,17 @@ def test_a_lost_poll_message_is_repaired_by_the_sweeper(stack):
 
 
 def test_an_interrupted_start_ends_failed(stack):
+    # What a start leaves when its host dies after recording the run and before the provider accepted it:
+    # the open-work index entry (written first) and the run without a provider response.
     long_ago = time.time() - 600
-    run_id = "run_" + "ab" * 12
+    run_id = f"run_{int(long_ago):08x}" + "ab" * 8
+    TableClient.from_connection_string(stack.connection_string, "runindex").create_entity(
+        {"PartitionKey": "open", "RowKey": run_id})
     runs_table(stack).create_entity({
         "PartitionKey": run_id, "RowKey": "run", "status": "queued", "created_at": long_ago, "model": "m",
         "session_id": "", "metadata": "{}", "response_id": "", "stream": False, "poll_seq": 0, "poll_nonce": "",
         "poll_count": 0, "next_poll_at": long_ago, "deadline_at": long_ago + 3600, "webhook_url": "",
-        "webhook": "", "webhook_state": "", "request": "{}", "request_blob": ""})
+        "webhook": "", "request": "{}", "request_blob": ""})
     final = stack.wait(run_id, timeout=30)
     assert final["status"] == "failed" and final["error"]["code"] == "start_interrupted"
 
@@ -96,7 +100,7 @@ def test_runs_survive_a_host_killed_mid_flight(stack):
 def test_an_idempotency_key_left_by_a_crashed_start_is_taken_over_after_the_start_grace(stack):
     import hashlib
 
-    from shared.run_requests import parse_run_request
+    from shared.http.run_requests import parse_run_body
 
     body = {"input": "after a crash", "metadata": {"emulator_duration_ms": "0"}}
     keys = TableClient.from_connection_string(stack.connection_string, "idempotency")
@@ -105,7 +109,7 @@ def test_an_idempotency_key_left_by_a_crashed_start_is_taken_over_after_the_star
         # What a start leaves when its host dies after claiming the key and before recording the run.
         keys.create_entity({"PartitionKey": hashlib.sha256(key.encode()).hexdigest(), "RowKey": "key",
                             "run_id": "run_" + "cd" * 12, "claimed_at": time.time() - age,
-                            "body_hash": hashlib.sha256(parse_run_request(body).fingerprint().encode()).hexdigest()})
+                            "body_hash": hashlib.sha256(parse_run_body(body).request.fingerprint().encode()).hexdigest()})
 
     fresh, stale = f"fresh-{time.time_ns()}", f"stale-{time.time_ns()}"
     crashed_claim(fresh, age=1)

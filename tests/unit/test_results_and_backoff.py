@@ -1,21 +1,22 @@
 import pytest
 from types import SimpleNamespace
 
-from shared.lifecycle import next_poll_delay, result_from_response
+from shared.runs.poll_chain import Backoff
+from shared.runs.results import result_from_response
 
-SETTINGS = SimpleNamespace(poll_initial_delay=1.0, poll_max_delay=30.0, poll_multiplier=1.5)
+BACKOFF = Backoff(initial=1.0, maximum=30.0, multiplier=1.5)
 
 
 def test_poll_delays_grow_to_the_cap_with_bounded_jitter():
-    low = [next_poll_delay(SETTINGS, n, rng=lambda: 0.0) for n in range(20)]
-    high = [next_poll_delay(SETTINGS, n, rng=lambda: 1.0) for n in range(20)]
+    low = [BACKOFF.delay(n, rng=lambda: 0.0) for n in range(20)]
+    high = [BACKOFF.delay(n, rng=lambda: 1.0) for n in range(20)]
     assert low[0] == pytest.approx(0.8) and high[0] == pytest.approx(1.2)
     assert low == sorted(low) and max(high) == pytest.approx(36.0) and low[-1] == pytest.approx(24.0)
 
 
 def test_retry_after_is_honoured_but_bounded():
-    assert next_poll_delay(SETTINGS, 0, retry_after=7, rng=lambda: 0.5) == 7
-    assert next_poll_delay(SETTINGS, 0, retry_after=10_000, rng=lambda: 0.5) == 600
+    assert BACKOFF.delay(0, retry_after=7, rng=lambda: 0.5) == 7
+    assert BACKOFF.delay(0, retry_after=10_000, rng=lambda: 0.5) == 600
 
 
 def test_function_calls_become_requires_action():

@@ -14,7 +14,7 @@ import hmac
 import json
 from dataclasses import dataclass
 
-from .errors import ApiError
+from ..errors import InvalidRequest
 
 _MAX_TOKEN_LENGTH = 512
 
@@ -45,7 +45,7 @@ class TokenCodec:
         return f"{_b64(payload)}.{_b64(self._mac(payload))}"
 
     def decode(self, token: object, *, param: str = "continuation_token") -> TokenClaims:
-        invalid = ApiError(400, "invalid_token", "The continuation token is invalid or was altered.", param=param)
+        invalid = InvalidRequest("invalid_token", "The continuation token is invalid or was altered.", param=param)
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_LENGTH or token.count(".") != 1:
             raise invalid
         body, mac = token.split(".")

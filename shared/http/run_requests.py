@@ -1,12 +1,17 @@
-"""Validation of `POST /api/runs` bodies: every bad input becomes a 4xx naming the problem."""
+"""Validation of `POST /api/runs` bodies: every bad input becomes a 4xx naming the problem.
+
+A body either starts a run (`input` and options: a RunRequest) or continues one (`continuation_token`, with
+`stream` to resume its stream)."""
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import ApiError, bad_request
+from ..errors import PayloadTooLarge
+from ..errors import invalid as bad_request
+from ..runs.requests import RunRequest
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 METADATA_MAX_PAIRS = 15  # OpenAI allows 16; the service adds its own run id
@@ -18,29 +23,18 @@ _ALLOWED = {"input", "instructions", "model", "session_id", "background", "strea
 
 
 @dataclass
-class RunRequest:
-    input: str | list[dict[str, Any]] | None = None
-    continuation_token: str | None = None
-    instructions: str | None = None
-    model: str | None = None
-    session_id: str | None = None
-    background: bool = True
-    stream: bool = False
-    tools: list[dict[str, Any]] = field(default_factory=list)
-    metadata: dict[str, str] = field(default_factory=dict)
-    max_output_tokens: int | None = None
-    reasoning: dict[str, Any] | None = None
-    webhook_url: str | None = None
-    deadline_seconds: float | None = None  # at most RUN_DEADLINE_SECONDS
+class RunBody:
+    """A parsed body: a new run (`request`), or a `continuation_token` to poll or resume."""
 
-    def fingerprint(self) -> str:
-        """Canonical JSON of the request, for Idempotency-Key comparisons."""
-        return json.dumps(self.__dict__, sort_keys=True, separators=(",", ":"))
+    request: RunRequest | None = None
+    continuation_token: str | None = None
+    stream: bool = False
+    background: bool = True  # false: wait for the result as long as MAX_PREFER_WAIT_SECONDS allows
 
 
 def parse_json_body(raw: bytes, max_bytes: int) -> dict[str, Any]:
     if len(raw) > max_bytes:
-        raise ApiError(413, "request_too_large", f"The request body is larger than {max_bytes} bytes.")
+        raise PayloadTooLarge("request_too_large", f"The request body is larger than {max_bytes} bytes.")
     if not raw.strip():
         raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
     try:
@@ -103,7 +97,7 @@ def _reasoning(value: dict) -> dict[str, Any]:
     return value
 
 
-def parse_run_request(body: dict[str, Any]) -> RunRequest:
+def parse_run_body(body: dict[str, Any]) -> RunBody:
     unknown = sorted(set(body) - _ALLOWED)
     if unknown:
         raise bad_request(f"Unknown field '{unknown[0]}'.", param=unknown[0], code="unknown_field")
@@ -113,7 +107,7 @@ def parse_run_request(body: dict[str, Any]) -> RunRequest:
         if others:
             raise bad_request(f"'continuation_token' continues an existing run; do not send '{others[0]}' with it.",
                               param=others[0])
-        return RunRequest(continuation_token=token, stream=_flag(body, "stream", default=False))
+        return RunBody(continuation_token=token, stream=_flag(body, "stream", default=False))
     if body.get("input") is None:
         raise bad_request("'input' is required (or 'continuation_token' to poll a run).", param="input")
     request = RunRequest(input=_input(body["input"]))
@@ -124,7 +118,7 @@ def parse_run_request(body: dict[str, Any]) -> RunRequest:
     request.session_id = _expect(body, "session_id", (str,), "a string")
     if request.session_id is not None and not ID_PATTERN.match(request.session_id):
         raise bad_request("'session_id' is not a valid session id.", param="session_id")
-    request.background = _flag(body, "background", default=True)
+    background = _flag(body, "background", default=True)
     request.stream = _flag(body, "stream", default=False)
     request.tools = _tools(_expect(body, "tools", (list,), "a list") or [])
     request.metadata = _metadata(_expect(body, "metadata", (dict,), "an object of strings") or {})
@@ -141,7 +135,7 @@ def parse_run_request(body: dict[str, Any]) -> RunRequest:
     request.webhook_url = _expect(body, "webhook_url", (str,), "a string")
     if request.webhook_url is not None and len(request.webhook_url) > 2048:
         raise bad_request("'webhook_url' is longer than 2048 characters.", param="webhook_url")
-    return request
+    return RunBody(request=request, stream=request.stream, background=background)
 
 
 def _flag(body: dict, name: str, *, default: bool) -> bool:

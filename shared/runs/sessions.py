@@ -1,20 +1,24 @@
 """Sessions: a chain of runs, each continuing from the last response of the one before.
 
-Table `sessions`, PartitionKey = session id: RowKey "session" holds the chain's state
-(`last_response_id`, `active_run_id`); one row per run ("run-<ms>-<run id>") lists its runs in order.
+Table `sessions`, PartitionKey = session id: RowKey "session" holds the chain's state (`last_response_id`,
+`active_run_id` and since when it is active); one row per run ("run-<ms>-<run id>") lists its runs in order.
+At most one run is active per session: a start reserves the session (ETag-conditional) before it records its
+run, so for a short while the session names a run that does not exist yet. That reservation is honoured
+until the start grace has passed; only then is it taken over as a start that died.
 """
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
-from azure.data.tables.aio import TableClient
+
+from ..clock import now
 
 SESSION_ROW = "session"
+SESSION_ID_PREFIX = "sess_"
 
 
 @dataclass
@@ -24,6 +28,8 @@ class Session:
     last_response_id: str | None
     active_run_id: str | None
     etag: str | None
+    active_since: float = 0.0
+    updated_at: float = 0.0
 
 
 class SessionConflict(Exception):
@@ -31,14 +37,15 @@ class SessionConflict(Exception):
 
 
 class SessionStore:
-    def __init__(self, table: TableClient) -> None:
-        self._table = table
+    def __init__(self, table) -> None:
+        self._table = table  # azure.data.tables.aio.TableClient
 
     async def create(self) -> Session:
-        session = Session("sess_" + secrets.token_hex(12), time.time(), None, None, None)
+        created = now()
+        session = Session(SESSION_ID_PREFIX + secrets.token_hex(12), created, None, None, None, 0.0, created)
         meta = await self._table.create_entity({"PartitionKey": session.id, "RowKey": SESSION_ROW,
                                                 "created_at": session.created_at, "last_response_id": "",
-                                                "active_run_id": ""})
+                                                "active_run_id": "", "active_since": 0.0, "updated_at": created})
         session.etag = meta.get("etag")
         return session
 
@@ -47,14 +54,16 @@ class SessionStore:
             e = await self._table.get_entity(session_id, SESSION_ROW)
         except ResourceNotFoundError:
             return None
-        return Session(session_id, e["created_at"], e.get("last_response_id") or None,
-                       e.get("active_run_id") or None, e.metadata.get("etag"))
+        return Session(session_id, e["created_at"], e.get("last_response_id") or None, e.get("active_run_id") or None,
+                       e.metadata.get("etag"), e.get("active_since") or 0.0, e.get("updated_at") or e["created_at"])
 
     async def save(self, session: Session) -> None:
+        session.updated_at = now()
         try:
             meta = await self._table.update_entity(
                 {"PartitionKey": session.id, "RowKey": SESSION_ROW, "last_response_id": session.last_response_id or "",
-                 "active_run_id": session.active_run_id or ""},
+                 "active_run_id": session.active_run_id or "", "active_since": session.active_since,
+                 "updated_at": session.updated_at},
                 mode=UpdateMode.MERGE, etag=session.etag, match_condition=MatchConditions.IfNotModified)
         except (ResourceModifiedError, ResourceNotFoundError):
             raise SessionConflict(session.id) from None
@@ -62,8 +71,8 @@ class SessionStore:
 
     async def add_run(self, session_id: str, run_id: str, created_at: float) -> None:
         try:
-            await self._table.create_entity({"PartitionKey": session_id, "RowKey": f"run-{int(created_at * 1000):015d}-{run_id}",
-                                             "run_id": run_id})
+            await self._table.create_entity({"PartitionKey": session_id,
+                                             "RowKey": f"run-{int(created_at * 1000):015d}-{run_id}", "run_id": run_id})
         except ResourceExistsError:
             pass
 
@@ -75,3 +84,13 @@ class SessionStore:
             if len(ids) >= limit:
                 break
         return ids
+
+    async def purge(self, session_id: str) -> None:
+        """Delete the session and its run list (retention)."""
+        rows = [e async for e in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": session_id},
+                                                              select=["PartitionKey", "RowKey"])]
+        for row in rows:
+            try:
+                await self._table.delete_entity(session_id, row["RowKey"])
+            except ResourceNotFoundError:
+                pass

@@ -6,15 +6,14 @@ Table `idempotency`, PartitionKey = SHA-256 of the key. `create_entity` is the a
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
-from azure.data.tables.aio import TableClient
 
-from .errors import ApiError
+from ..clock import now
+from ..errors import Conflict, InvalidRequest
 
 WINDOW_SECONDS = 24 * 3600
 MAX_KEY_LENGTH = 255
@@ -24,6 +23,7 @@ MAX_KEY_LENGTH = 255
 class Claim:
     run_id: str
     is_new: bool
+    digest: str
     claimed_at: float = 0.0
     etag: str | None = None
 
@@ -33,45 +33,48 @@ def _digest(text: str) -> str:
 
 
 class IdempotencyStore:
-    def __init__(self, table: TableClient) -> None:
-        self._table = table
+    window = WINDOW_SECONDS
+
+    def __init__(self, table) -> None:
+        self._table = table  # azure.data.tables.aio.TableClient
 
     async def claim(self, key: str, fingerprint: str, run_id: str) -> Claim:
         """Claim `key` for `run_id`, or return the run that already holds it."""
         if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-            raise ApiError(400, "invalid_idempotency_key",
-                           f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.", param="Idempotency-Key")
+            raise InvalidRequest("invalid_idempotency_key",
+                                 f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
+                                 param="Idempotency-Key")
         pk, body_hash = _digest(key), _digest(fingerprint)
         entity = {"PartitionKey": pk, "RowKey": "key", "run_id": run_id, "body_hash": body_hash,
-                  "claimed_at": time.time()}
+                  "claimed_at": now()}
         for _ in range(3):
             try:
                 await self._table.create_entity(entity)
-                return Claim(run_id, True)
+                return Claim(run_id, True, pk)
             except ResourceExistsError:
                 pass
             try:
                 existing = await self._table.get_entity(pk, "key")
             except ResourceNotFoundError:
                 continue  # released meanwhile; try to claim again
-            if time.time() - existing["claimed_at"] > WINDOW_SECONDS:
+            if now() - existing["claimed_at"] > WINDOW_SECONDS:
                 try:
                     await self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=existing.metadata["etag"],
                                                     match_condition=MatchConditions.IfNotModified)
-                    return Claim(run_id, True)
+                    return Claim(run_id, True, pk)
                 except (ResourceModifiedError, ResourceNotFoundError):
                     continue
             if existing["body_hash"] != body_hash:
-                raise ApiError(409, "idempotency_key_reused",
-                               "This Idempotency-Key was used with a different request body.", param="Idempotency-Key")
-            return Claim(existing["run_id"], False, existing["claimed_at"], existing.metadata["etag"])
-        raise ApiError(409, "idempotency_key_busy", "This Idempotency-Key is being claimed concurrently; retry.",
-                       param="Idempotency-Key")
+                raise Conflict("idempotency_key_reused", "This Idempotency-Key was used with a different request body.",
+                               param="Idempotency-Key")
+            return Claim(existing["run_id"], False, pk, existing["claimed_at"], existing.metadata["etag"])
+        raise Conflict("idempotency_key_busy", "This Idempotency-Key is being claimed concurrently; retry.",
+                       param="Idempotency-Key", retry_after=1)
 
     async def take_over(self, key: str, fingerprint: str, run_id: str, stale: Claim) -> bool:
         """Re-claim a key whose start died before recording its run (a crash); False if someone else did."""
         entity = {"PartitionKey": _digest(key), "RowKey": "key", "run_id": run_id, "body_hash": _digest(fingerprint),
-                  "claimed_at": time.time()}
+                  "claimed_at": now()}
         try:
             await self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=stale.etag,
                                             match_condition=MatchConditions.IfNotModified)
@@ -79,9 +82,23 @@ class IdempotencyStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
 
-    async def release(self, key: str) -> None:
-        """Forget a claim whose run never started (the provider refused the create)."""
+    async def release(self, key: str, run_id: str) -> None:
+        """Forget a claim whose run never started (the provider refused the create), if it is still ours."""
+        pk = _digest(key)
         try:
-            await self._table.delete_entity(_digest(key), "key")
-        except ResourceNotFoundError:
+            existing = await self._table.get_entity(pk, "key")
+            if existing["run_id"] == run_id:
+                await self._table.delete_entity(pk, "key", etag=existing.metadata["etag"],
+                                                match_condition=MatchConditions.IfNotModified)
+        except (ResourceNotFoundError, ResourceModifiedError):
+            pass
+
+    async def purge(self, digest: str) -> None:
+        """Delete a key's row once its window has passed (retention); a fresher claim is kept."""
+        try:
+            existing = await self._table.get_entity(digest, "key")
+            if now() - existing["claimed_at"] > self.window:
+                await self._table.delete_entity(digest, "key", etag=existing.metadata["etag"],
+                                                match_condition=MatchConditions.IfNotModified)
+        except (ResourceNotFoundError, ResourceModifiedError):
             pass

@@ -1,0 +1,116 @@
+"""The composition root: settings read once, clients created once and reused, and each collaborator built
+once with exactly what it uses. Entry points ask for the collaborator they serve (`services().poll_step`)
+and nothing reaches through one object into another.
+
+Built lazily on the first invocation (inside the worker's event loop, which the async clients bind to). A bad
+setting fails that first invocation with a message naming the setting.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from openai import AsyncOpenAI
+
+from .provider import ResponsesBackend, open_provider
+from .runs.cancelling import RunCanceller
+from .runs.idempotency import IdempotencyStore
+from .runs.index import RunIndex
+from .runs.lifecycle import RunLifecycle
+from .runs.poll_chain import Backoff, PollScheduler
+from .runs.polling import PollStep
+from .runs.reading import RunReader
+from .runs.relay import RelayFactory
+from .runs.retention import RetentionPurger
+from .runs.sessions import SessionStore
+from .runs.starting import RunStarter
+from .runs.store import RunStore
+from .runs.sweeping import Sweeper
+from .runs.tokens import TokenCodec
+from .runs.views import RunViews
+from .runs.webhook_outbox import WebhookOutbox
+from .settings import Settings
+from .storage import Storage, open_storage
+from .webhooks import WebhookSender
+
+log = logging.getLogger("bgruns.composition")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    storage: Storage
+    views: RunViews
+    reader: RunReader
+    starter: RunStarter
+    canceller: RunCanceller
+    poll_step: PollStep
+    sweeper: Sweeper
+    outbox: WebhookOutbox
+    relays: RelayFactory
+    purger: RetentionPurger
+    _provider: AsyncOpenAI
+    _sender: WebhookSender | None
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            await self._sender.aclose()
+        await self._provider.close()
+        await self.storage.close()
+
+
+def build(settings: Settings, storage: Storage, provider: AsyncOpenAI) -> Services:
+    store = RunStore(storage.runs, storage.payloads)
+    sessions = SessionStore(storage.sessions)
+    idempotency = IdempotencyStore(storage.idempotency)
+    index = RunIndex(storage.index)
+    tokens = TokenCodec(settings.token_key)
+    backend = ResponsesBackend(provider)
+    backoff = Backoff(settings.poll_initial_delay, settings.poll_max_delay, settings.poll_multiplier)
+    scheduler = PollScheduler(store, storage.poll_queue)
+    lifecycle = RunLifecycle(store, sessions, index, storage.webhook_queue, settings.retention_seconds)
+    views = RunViews(tokens, poll_initial_delay=settings.poll_initial_delay, poll_max_delay=settings.poll_max_delay)
+    reader = RunReader(store, sessions, tokens, settings.retention_seconds)
+    starter = RunStarter(settings, store, sessions, idempotency, index, backend, scheduler, lifecycle, backoff)
+    sender = (WebhookSender(settings.webhook_secrets, timeout=settings.webhook_timeout,
+                            allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private)
+              if settings.webhook_secrets else None)
+    return Services(
+        settings=settings, storage=storage, views=views, reader=reader, starter=starter,
+        canceller=RunCanceller(reader, backend, lifecycle),
+        poll_step=PollStep(store, backend, lifecycle, scheduler, backoff),
+        sweeper=Sweeper(store, index, lifecycle, scheduler, storage.webhook_queue, grace=settings.sweep_grace,
+                        start_grace=starter.start_grace,
+                        webhook_slack=settings.webhook_timeout + settings.sweep_grace),
+        outbox=WebhookOutbox(store, reader, index, sender, storage.webhook_queue, views, settings.webhook_schedule),
+        relays=RelayFactory(store, backend, lifecycle, views, max_seconds=settings.stream_max_seconds,
+                            keepalive_seconds=settings.stream_keepalive_seconds,
+                            fallback_max_delay=settings.poll_max_delay),
+        purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds),
+        _provider=provider, _sender=sender,
+    )
+
+
+_services: Services | None = None
+_lock = asyncio.Lock()
+
+
+async def services() -> Services:
+    global _services
+    if _services is None:
+        async with _lock:
+            if _services is None:
+                settings = Settings.from_env()
+                storage = open_storage(settings.storage)
+                provider = open_provider(settings.provider)
+                try:
+                    await storage.ensure_resources()
+                except BaseException:  # a failed cold start leaks nothing: the next invocation builds afresh
+                    await provider.close()
+                    await storage.close()
+                    raise
+                _services = build(settings, storage, provider)
+                log.info("service ready: provider=%s model=%s webhooks=%s", settings.provider.kind,
+                         settings.provider.default_model, "on" if settings.webhook_secrets else "off")
+    return _services

@@ -1,0 +1,15 @@
+"""Reading the JSON body of a queue message the service sent (base64 text, host.json messageEncoding)."""
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+
+
+def message_json(msg: func.QueueMessage) -> dict:
+    """The message's JSON object, or {} (which the handlers drop as malformed, never poison)."""
+    try:
+        data = json.loads(msg.get_body())
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

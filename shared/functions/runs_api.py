@@ -1,0 +1,191 @@
+"""The native HTTP API: /api/runs, /api/sessions, health, metrics and the streaming page."""
+from __future__ import annotations
+
+import re
+import resource
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+from azure.core.exceptions import AzureError, ResourceNotFoundError
+from azurefunctions.extensions.http.fastapi import HTMLResponse, JSONResponse, Request, Response
+
+from ..composition import Services, services
+from ..errors import invalid
+from ..http.errors import handler
+from ..http.run_requests import parse_json_body, parse_run_body
+from ..http.streams import resume_position, streaming_response
+from ..runs.model import Run
+from ..settings import SettingsError
+from ..storage import STORAGE_REQUESTS, counting_as
+
+bp = func.Blueprint()
+
+ROUTE_PREFIX = "/api"
+UI_PAGE = Path(__file__).resolve().parent.parent / "static" / "stream.html"
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)")
+
+
+def _path_param(req: Request, name: str) -> str:
+    # The Functions worker copies route parameters into path_params (RequestSynchronizer).
+    value = req.path_params.get(name)
+    if not value:
+        raise invalid(f"Missing route parameter {name!r}.")
+    return value
+
+
+def _location(run_id: str) -> str:
+    return f"{ROUTE_PREFIX}/runs/{run_id}"
+
+
+def _run_response(svc: Services, run: Run) -> JSONResponse:
+    view = svc.views.render(run)
+    if run.is_terminal:
+        return JSONResponse(view)
+    return JSONResponse(view, status_code=202, headers={"Location": _location(run.id),
+                                                        "Retry-After": str(svc.views.retry_after(run))})
+
+
+def _prefer_wait(req: Request, background: bool, max_wait: float) -> float:
+    """`Prefer: wait=N` (RFC 7240) or `background: false` wait inline, bounded by MAX_PREFER_WAIT_SECONDS."""
+    match = _PREFER_WAIT.search(req.headers.get("prefer", ""))
+    if match:
+        return min(float(match.group(1)), max_wait)
+    return 0.0 if background else max_wait
+
+
+async def _api(name: str) -> Services:
+    counting_as(name)
+    return await services()
+
+
+@bp.route(route="runs", methods=["POST"])
+@handler
+async def create_run(req: Request) -> Response:
+    svc = await _api("create_run")
+    body = parse_run_body(parse_json_body(await req.body(), svc.settings.max_request_bytes))
+    if body.continuation_token is not None:
+        run, claims = await svc.reader.get_by_token(body.continuation_token)
+        if body.stream:  # resume the stream right after the token's position
+            return streaming_response(svc.relays.relay(run, claims.position), _location(run.id))
+        return _run_response(svc, run)
+    key = req.headers.get("idempotency-key")
+    if body.stream:
+        started = await svc.starter.start(body.request, idempotency_key=key)
+        return streaming_response(svc.relays.relay(started.run, -1, started.events), _location(started.run.id))
+    started = await svc.starter.start(body.request, idempotency_key=key,
+                                      wait_seconds=_prefer_wait(req, body.background, svc.settings.max_prefer_wait))
+    return _run_response(svc, started.run)
+
+
+@bp.route(route="runs/{run_id}", methods=["GET"])
+@handler
+async def get_run(req: Request) -> Response:
+    svc = await _api("get_run")
+    run = await svc.reader.get(_path_param(req, "run_id"))
+    response = JSONResponse(svc.views.render(run))
+    if not run.is_terminal:
+        response.headers["Retry-After"] = str(svc.views.retry_after(run))
+    return response
+
+
+@bp.route(route="runs/{run_id}/cancel", methods=["POST"])
+@handler
+async def cancel_run(req: Request) -> Response:
+    svc = await _api("cancel_run")
+    return JSONResponse(svc.views.render(await svc.canceller.cancel(_path_param(req, "run_id"))))
+
+
+@bp.route(route="runs/{run_id}/stream", methods=["GET"])
+@handler
+async def stream_run(req: Request) -> Response:
+    svc = await _api("stream_run")
+    run_id = _path_param(req, "run_id")
+    run = await svc.reader.get(run_id)
+    after = resume_position(req, run_id, svc.reader.decode_token)
+    return streaming_response(svc.relays.relay(run, after), _location(run.id))
+
+
+@bp.route(route="runs/{run_id}/webhook/redeliver", methods=["POST"])
+@handler
+async def redeliver_webhook(req: Request) -> Response:
+    svc = await _api("redeliver_webhook")
+    run = await svc.outbox.redeliver(_path_param(req, "run_id"))
+    return JSONResponse(svc.views.render(run), status_code=202)
+
+
+@bp.route(route="sessions", methods=["POST"])
+@handler
+async def create_session(req: Request) -> Response:
+    svc = await _api("create_session")
+    raw = await req.body()
+    if raw.strip():
+        body = parse_json_body(raw, svc.settings.max_request_bytes)
+        if body:
+            name = sorted(body)[0]
+            raise invalid(f"Unknown field '{name}'.", param=name, code="unknown_field")
+    session = await svc.starter.open_session()
+    return JSONResponse({"id": session.id, "object": "session", "created_at": session.created_at}, status_code=201,
+                        headers={"Location": f"{ROUTE_PREFIX}/sessions/{session.id}"})
+
+
+@bp.route(route="sessions/{session_id}", methods=["GET"])
+@handler
+async def get_session(req: Request) -> Response:
+    svc = await _api("get_session")
+    session, runs = await svc.reader.session(_path_param(req, "session_id"))
+    return JSONResponse({"id": session.id, "object": "session", "created_at": session.created_at,
+                         "last_response_id": session.last_response_id, "active_run_id": session.active_run_id,
+                         "runs": [svc.views.render(run) for run in runs]})
+
+
+@bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def health(req: Request) -> Response:
+    """Configuration and storage checks; never shows a secret."""
+    counting_as("health")
+    try:
+        svc = await services()
+    except SettingsError as error:
+        return JSONResponse({"status": "unhealthy", "checks": {"settings": str(error)}}, status_code=503)
+    except Exception as error:  # noqa: BLE001
+        return JSONResponse({"status": "unhealthy", "checks": {"startup": type(error).__name__}}, status_code=503)
+    settings = svc.settings
+    checks: dict[str, Any] = {
+        "provider": {"kind": settings.provider.kind, "default_model": settings.provider.default_model,
+                     "auth": "key" if settings.provider.api_key else "entra_id"},
+        "webhooks": {"enabled": bool(settings.webhook_secrets), "signing_secrets": len(settings.webhook_secrets)},
+    }
+    try:
+        await svc.storage.runs.get_entity("health-check", "run")
+        checks["storage"] = "ok"
+    except ResourceNotFoundError:  # storage answered: that is all this checks
+        checks["storage"] = "ok"
+    except AzureError as error:
+        checks["storage"] = type(error).__name__
+    healthy = checks["storage"] == "ok"
+    return JSONResponse({"status": "healthy" if healthy else "degraded", "checks": checks},
+                        status_code=200 if healthy else 503)
+
+
+@bp.route(route="metrics", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+async def metrics(req: Request) -> Response:
+    """This process's counters: storage requests by function and by service/method, CPU time and peak memory.
+    On Flex Consumption HTTP, queue and timer functions run on separate instances, so one answer covers only
+    the functions this instance served (`functions`)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    by_request: Counter = Counter()
+    by_function: dict[str, Counter] = {}
+    for (function, request), count in STORAGE_REQUESTS.items():
+        by_request[request] += count
+        by_function.setdefault(function, Counter())[request] += count
+    return JSONResponse({"scope": "this process only", "functions": sorted(by_function),
+                         "storage_requests": dict(by_request), "storage_requests_total": sum(by_request.values()),
+                         "storage_requests_by_function": {f: dict(c) for f, c in by_function.items()},
+                         "cpu_seconds": usage.ru_utime + usage.ru_stime, "max_rss_kib": usage.ru_maxrss})
+
+
+@bp.route(route="ui", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def ui(req: Request) -> Response:
+    """A small page that streams a run with EventSource (resumes by itself with Last-Event-ID)."""
+    return HTMLResponse(UI_PAGE.read_text(encoding="utf-8"))

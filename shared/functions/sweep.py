@@ -1,0 +1,15 @@
+"""The sweeper's timer (shared.runs.sweeping), on SWEEP_SCHEDULE."""
+from __future__ import annotations
+
+import azure.functions as func
+
+from ..composition import services
+from ..storage import counting_as
+
+bp = func.Blueprint()
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%", run_on_startup=False)
+async def sweep_runs(timer: func.TimerRequest) -> None:
+    counting_as("sweep_runs")
+    await (await services()).sweeper.sweep()

@@ -1,0 +1,123 @@
+"""The seam between a run and whatever produces its response.
+
+`RunBackend` is the one interface through which the service starts a response, learns its state, cancels it
+and streams its events. `ResponsesBackend` is today's: the provider's Responses API in background mode
+(OpenAI, Azure OpenAI, the emulator). Other ways of learning a run's state (provider webhooks, watching a
+stream) and other ways of running (an executor for models without a background mode) plug in beside it.
+Every method raises ProviderError for a failure the caller must handle (classified: transient or not).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Protocol
+
+import openai
+from openai import AsyncOpenAI
+
+from .errors import ProviderError, classify
+
+ACTIVE_PROVIDER_STATUSES = frozenset({"queued", "in_progress"})
+
+
+@dataclass(frozen=True)
+class ProviderState:
+    """The provider's view of one response: its status and the whole response (an SDK model)."""
+
+    response_id: str
+    status: str
+    response: Any
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_PROVIDER_STATUSES
+
+
+class EventStream(Protocol):
+    """A response's events in order (each with `type` and `sequence_number`); close it when done."""
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Started:
+    state: ProviderState
+    events: EventStream | None = None  # for streaming starts: the create call's own event stream
+
+
+class RunBackend(Protocol):
+    async def start(self, params: dict[str, Any], *, stream: bool) -> Started: ...
+    async def observe(self, response_id: str) -> ProviderState: ...
+    async def cancel(self, response_id: str) -> ProviderState | None: ...
+    async def events(self, response_id: str, after: int) -> EventStream: ...
+
+
+class _PrefixedStream:
+    """The create call's event stream with its already-read first event put back in front."""
+
+    def __init__(self, first: Any, stream: Any) -> None:
+        self._first, self._stream = first, stream
+
+    async def __aiter__(self):
+        yield self._first
+        async for event in self._stream:
+            yield event
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+
+class ResponsesBackend:
+    """Background responses of the provider's Responses API."""
+
+    def __init__(self, client: AsyncOpenAI) -> None:
+        self._client = client
+
+    async def start(self, params: dict[str, Any], *, stream: bool) -> Started:
+        """Create the response with background=true (never retried: a retry could start a second one)."""
+        try:
+            reply = await self._client.responses.create(**params, background=True, **({"stream": True} if stream else {}))
+        except Exception as error:  # noqa: BLE001 - classified
+            raise classify(error) from None
+        if not stream:
+            return Started(_state(reply))
+        try:  # the reply is an event stream; its first event carries the response
+            first = await reply.__anext__()
+        except Exception as error:  # noqa: BLE001 - a stream that ends or breaks before its first event
+            await reply.close()
+            raise _early_stream_failure(error) from None
+        return Started(_state(first.response), _PrefixedStream(first, reply))
+
+    async def observe(self, response_id: str) -> ProviderState:
+        try:
+            return _state(await self._client.responses.retrieve(response_id))
+        except Exception as error:  # noqa: BLE001 - classified
+            raise classify(error) from None
+
+    async def cancel(self, response_id: str) -> ProviderState | None:
+        """The provider's view after the cancel; None when it no longer knows the response (404)."""
+        try:
+            return _state(await self._client.responses.cancel(response_id))
+        except Exception as error:  # noqa: BLE001 - classified
+            failure = classify(error)
+            if failure.status == 404:
+                return None
+            raise failure from None
+
+    async def events(self, response_id: str, after: int) -> EventStream:
+        kwargs = {"starting_after": after} if after >= 0 else {}
+        try:
+            return await self._client.responses.retrieve(response_id, stream=True, **kwargs)
+        except Exception as error:  # noqa: BLE001 - classified
+            raise classify(error) from None
+
+
+def _early_stream_failure(error: Exception) -> ProviderError:
+    if isinstance(error, openai.OpenAIError):
+        return classify(error)
+    return ProviderError(transient=True, status=None,
+                         message=f"the create stream ended before its first event ({type(error).__name__})")
+
+
+def _state(response: Any) -> ProviderState:
+    return ProviderState(response.id, response.status, response)

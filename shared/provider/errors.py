@@ -1,0 +1,39 @@
+"""What a provider failure means for us: worth retrying later, or a refusal that retrying will not change."""
+from __future__ import annotations
+
+import openai
+
+from ..retry_after import retry_after_from_headers
+
+
+class ProviderError(Exception):
+    def __init__(self, *, transient: bool, status: int | None, message: str, retry_after: float | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient  # 429, 5xx, timeouts, connection errors
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+        self.code = code
+
+
+def classify(error: Exception) -> ProviderError:
+    """The ProviderError for an `openai` SDK exception; any other exception is re-raised (it is a bug)."""
+    if isinstance(error, ProviderError):
+        return error
+    if isinstance(error, (openai.APITimeoutError, openai.APIConnectionError)):
+        return ProviderError(transient=True, status=None, message=f"provider unreachable: {type(error).__name__}")
+    if isinstance(error, openai.APIStatusError):
+        status = error.status_code
+        code = getattr(error, "code", None)
+        transient = (status in (408, 409, 429) or status >= 500) and not (status == 429 and code == "insufficient_quota")
+        return ProviderError(transient=transient, status=status, message=_message(error),
+                             retry_after=retry_after_from_headers(error.response.headers), code=code)
+    if isinstance(error, openai.OpenAIError):  # e.g. a reply the SDK could not parse
+        return ProviderError(transient=True, status=None, message=f"unexpected provider reply: {type(error).__name__}")
+    raise error
+
+
+def _message(error: openai.APIStatusError) -> str:
+    body = error.body if isinstance(error.body, dict) else {}
+    return str(body.get("message") or error.message)

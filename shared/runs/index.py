@@ -1,0 +1,59 @@
+"""The run index: the few lists the service needs without scanning the runs table.
+
+One table (`runindex`), one partition per list:
+- `open`: runs that still need the service's attention (active, or ended with follow-ups not yet done: the
+  session to advance, the webhook to deliver). Written before a run is recorded, removed when nothing is left
+  to do, so the sweeper's cost follows the runs in flight, not every run ever kept.
+- `expires-<yyyymmdd>`: what retention deletes on that day (UTC): runs, sessions, idempotency keys.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import AsyncIterator
+
+from azure.core.exceptions import ResourceNotFoundError
+
+OPEN = "open"
+EXPIRES_PREFIX = "expires-"
+
+
+def _day(at: float) -> str:
+    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y%m%d")
+
+
+class RunIndex:
+    def __init__(self, table) -> None:
+        self._table = table  # azure.data.tables.aio.TableClient
+
+    # -- open work ------------------------------------------------------------------------------------------
+    async def mark_open(self, run_id: str) -> None:
+        await self._table.upsert_entity({"PartitionKey": OPEN, "RowKey": run_id})
+
+    async def mark_done(self, run_id: str) -> None:
+        await self._delete(OPEN, run_id)
+
+    async def open_run_ids(self) -> AsyncIterator[str]:
+        async for row in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": OPEN}, select=["RowKey"]):
+            yield row["RowKey"]
+
+    # -- expiry ---------------------------------------------------------------------------------------------
+    async def expire_at(self, kind: str, ident: str, at: float) -> None:
+        """Note that `kind` `ident` may be deleted from the day of `at` on (idempotent)."""
+        await self._table.upsert_entity({"PartitionKey": EXPIRES_PREFIX + _day(at), "RowKey": f"{kind}:{ident}"})
+
+    async def expired(self, before: float) -> AsyncIterator[tuple[str, str, str]]:
+        """(day partition, kind, ident) of every entry whose day ended before `before`."""
+        query = "PartitionKey ge @first and PartitionKey lt @upto"
+        parameters = {"first": EXPIRES_PREFIX, "upto": EXPIRES_PREFIX + _day(before)}
+        async for row in self._table.query_entities(query, parameters=parameters, select=["PartitionKey", "RowKey"]):
+            kind, _, ident = row["RowKey"].partition(":")
+            yield row["PartitionKey"], kind, ident
+
+    async def forget(self, partition: str, kind: str, ident: str) -> None:
+        await self._delete(partition, f"{kind}:{ident}")
+
+    async def _delete(self, partition: str, row: str) -> None:
+        try:
+            await self._table.delete_entity(partition, row)
+        except ResourceNotFoundError:
+            pass

@@ -1,0 +1,86 @@
+"""How a run ends: once, with its follow-ups.
+
+`finish` stores the result and the terminal status (sticky: a cancel racing a completion cannot be undone
+by either side; whoever saves first wins), every outstanding poll message becomes stale, and then the
+follow-ups run: the session advances, the run is given its retention date, the webhook is queued, and the
+run leaves the open-work index when nothing is left to do. The follow-ups are idempotent: after a crash the
+sweeper runs them again for every run still in the index.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..clock import now
+from .index import RunIndex
+from .model import CONTINUABLE_STATUSES, Run
+from .sessions import SessionConflict, SessionStore
+from .store import RunConflict, RunStore
+from .webhook_state import WebhookState
+
+log = logging.getLogger("bgruns.lifecycle")
+
+
+class RunLifecycle:
+    def __init__(self, store: RunStore, sessions: SessionStore, index: RunIndex, webhook_queue,
+                 retention_seconds: float) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._index = index
+        self._webhook_queue = webhook_queue  # shared.storage.MessageQueue
+        self._retention = retention_seconds
+
+    async def finish(self, run: Run, status: str, result: dict[str, Any]) -> Run:
+        """End the run once; returns the run as it ended (ours, or the other writer's if it ended first)."""
+        while not run.is_terminal:
+            run.status, run.result, run.completed_at = status, result, now()
+            run.result_stored = False
+            run.poll_seq += 1  # every outstanding poll message is now stale
+            run.next_poll_at = None
+            if run.webhook_url:
+                run.webhook = WebhookState.begin(now())
+            try:
+                await self._store.save(run)
+            except RunConflict:
+                fresh = await self._store.get(run.id, with_result=True)
+                if fresh is None:
+                    return run
+                run = fresh
+                continue
+            log.info("run %s ended %s", run.id, status)
+            await self.follow_up(run, send_webhook=True)
+        return run
+
+    async def follow_up(self, run: Run, *, send_webhook: bool) -> None:
+        """What must happen after a run ended (idempotent). `send_webhook`: queue the pending delivery."""
+        await self.advance_session(run)
+        await self._index.expire_at("run", run.id, (run.completed_at or now()) + self._retention)
+        if run.session_id:
+            await self._index.expire_at("session", run.session_id, now() + self._retention)
+        if run.webhook and run.webhook.is_pending:
+            if send_webhook:
+                await self._webhook_queue.send(run.webhook.message(run.id).to_dict())
+        else:
+            await self._index.mark_done(run.id)
+
+    async def advance_session(self, run: Run) -> None:
+        """The session continues from this run's response (only when it produced one worth continuing)."""
+        if not run.session_id:
+            return
+        for _ in range(5):
+            session = await self._sessions.get(run.session_id)
+            if session is None:
+                return
+            changed = False
+            if run.status in CONTINUABLE_STATUSES and run.response_id and session.active_run_id in (run.id, None):
+                changed = session.last_response_id != run.response_id
+                session.last_response_id = run.response_id
+            if session.active_run_id == run.id:
+                session.active_run_id, session.active_since, changed = None, 0.0, True
+            if not changed:
+                return
+            try:
+                await self._sessions.save(session)
+                return
+            except SessionConflict:
+                continue

@@ -1,0 +1,51 @@
+"""A run: what was asked, where it stands, what came of it.
+
+Statuses: `queued` and `in_progress` are active; every other status is terminal and sticky (a run that has
+ended never changes status again). `requires_action` is a completed provider response that asks for
+function calls; `expired` is a run that passed its deadline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .webhook_state import WebhookState
+
+ACTIVE_STATUSES = frozenset({"queued", "in_progress"})
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete", "requires_action", "expired"})
+# Terminal statuses that come with a provider response worth continuing a session from.
+CONTINUABLE_STATUSES = frozenset({"completed", "requires_action", "incomplete"})
+
+
+@dataclass
+class Run:
+    id: str
+    status: str
+    created_at: float
+    model: str
+    request: dict[str, Any]  # the provider parameters the run was started with
+    session_id: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    response_id: str | None = None
+    stream: bool = False
+    completed_at: float | None = None
+    result: dict[str, Any] | None = None  # output, output_text, error, incomplete_details, usage, required_action
+    poll_seq: int = 0
+    poll_nonce: str = ""
+    poll_count: int = 0
+    next_poll_at: float | None = None
+    deadline_at: float = 0.0
+    webhook_url: str | None = None
+    webhook: WebhookState | None = None
+    etag: str | None = None
+    # Set by the store: parts already written are not written again on every save (a 5 MB result is
+    # uploaded once), and parts not loaded are not downloaded on reads that do not need them.
+    result_stored: bool = False
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES

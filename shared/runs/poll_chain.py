@@ -1,0 +1,90 @@
+"""The poll chain: the queue messages that make a run look at its provider again, with backoff.
+
+The chain is guarded by (poll_seq, poll_nonce) on the run: a message is acted on only if it carries the
+run's current pair. The next message is sent *before* the run is saved with the new pair, so a crash in
+between leaves the old message (not yet deleted by the host) to be redelivered and retried, and the unsaved
+new message is dropped as stale. At-least-once delivery can never fork a chain.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ..clock import now
+from .model import Run
+from .store import RunConflict, RunStore
+
+log = logging.getLogger("bgruns.poll_chain")
+
+# A provider's Retry-After is honoured up to this, so one bad header cannot stall a run.
+MAX_RETRY_AFTER_SECONDS = 600.0
+# The last poll before a deadline is scheduled for just after it, so an unfinished run expires on time.
+DEADLINE_SLACK_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class PollMessage:
+    run_id: str
+    seq: int
+    nonce: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "seq": self.seq, "nonce": self.nonce}
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> "PollMessage":
+        """Raises KeyError/TypeError/ValueError for a malformed message."""
+        return cls(str(data["run_id"]), int(data["seq"]), str(data["nonce"]))
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float
+    maximum: float
+    multiplier: float
+
+    def delay(self, poll_count: int, *, retry_after: float | None = None,
+              rng: Callable[[], float] = random.random) -> float:
+        """Exponential from `initial` to `maximum` with ±20 % jitter; a provider's Retry-After can only
+        lengthen it (bounded). The exponent is capped where the curve reaches the maximum, so a chain of any
+        length never overflows."""
+        base = min(self.maximum, self.initial * self.multiplier ** min(poll_count, self._exponent_cap))
+        delay = base * (0.8 + 0.4 * rng())
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER_SECONDS))
+        return delay
+
+    @property
+    def _exponent_cap(self) -> int:
+        if self.multiplier <= 1 or self.maximum <= self.initial:
+            return 0
+        return math.ceil(math.log(self.maximum / self.initial, self.multiplier)) + 1
+
+
+class PollScheduler:
+    def __init__(self, store: RunStore, queue) -> None:
+        self._store = store
+        self._queue = queue  # shared.storage.MessageQueue for the poll queue
+
+    async def schedule(self, run: Run, delay: float, *, status: str | None = None) -> bool:
+        """Send the next poll message, then save the run with the new chain position.
+
+        Returns False if the run changed meanwhile (the other writer owns the chain now)."""
+        delay = max(0.0, min(delay, max(0.0, run.deadline_at - now()) + DEADLINE_SLACK_SECONDS))
+        message = PollMessage(run.id, run.poll_seq + 1, secrets.token_hex(6))
+        await self._queue.send(message.to_dict(), delay)
+        run.poll_seq, run.poll_nonce = message.seq, message.nonce
+        run.poll_count += 1
+        run.next_poll_at = now() + delay
+        if status:
+            run.status = status
+        try:
+            await self._store.save(run)
+        except RunConflict:
+            log.info("run %s changed while scheduling poll %s; that message is stale", run.id, message.seq)
+            return False
+        return True

@@ -1,0 +1,230 @@
+"""A run's events as SSE, with a continuation token on every event and exact resume.
+
+Our event ids are the provider's sequence numbers, so "resume after N" is the provider's own
+`starting_after=N`: nothing missed, nothing repeated. The relay reads the provider through a queue so it can
+reconnect after a provider drop (from the last sequence number it saw, invisible to the client), send
+keep-alive comments while idle, and end cleanly before the front end's ~230 s cut with a `reconnect` event.
+Where the provider cannot stream the response (it was not created streaming, retention passed, a backend
+refuses) the relay falls back to the stored run and still ends with the final run. At the provider's
+terminal event the relay ends the run itself (the same idempotent step the poll chain uses), so the final
+event carries the stored run.
+
+A run that ends without a provider terminal event (cancelled, expired, or served from the stored run) gets a
+final event of our own with the id FINAL_EVENT_ID, above any provider sequence number: resuming after it, as
+after any final event, gives the single `end` event.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, AsyncIterator
+
+import httpx
+import openai
+
+from ..provider import ProviderError, RunBackend
+from ..provider.backend import EventStream
+from .lifecycle import RunLifecycle
+from .model import Run
+from .results import result_from_response
+from .store import RunStore
+from .views import RunViews
+
+log = logging.getLogger("bgruns.relay")
+
+TERMINAL_EVENTS = {"response.completed", "response.failed", "response.incomplete"}
+# Statuses whose provider stream ends with one of TERMINAL_EVENTS (cancel and expiry have none).
+PROVIDER_FINAL_STATUSES = {"completed", "failed", "incomplete", "requires_action"}
+FINAL_EVENT_ID = 2**31 - 1
+MAX_RECONNECTS_WITHOUT_PROGRESS = 5
+_END = object()
+
+
+class ProviderCannotStream(Exception):
+    """The provider refused to stream this response (not created streaming, too old, unknown)."""
+
+
+def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
+
+
+class RelayFactory:
+    """Builds a Relay per client stream with the collaborators they all share."""
+
+    def __init__(self, store: RunStore, backend: RunBackend, lifecycle: RunLifecycle, views: RunViews, *,
+                 max_seconds: float, keepalive_seconds: float, fallback_max_delay: float) -> None:
+        self.store, self.backend, self.lifecycle, self.views = store, backend, lifecycle, views
+        self.max_seconds = max_seconds
+        self.keepalive_seconds = keepalive_seconds
+        self.fallback_max_delay = fallback_max_delay
+
+    def relay(self, run: Run, after: int, first_stream: EventStream | None = None) -> "Relay":
+        return Relay(self, run, after, first_stream)
+
+
+class Relay:
+    """One client's stream of one run, from position `after` (exclusive)."""
+
+    def __init__(self, deps: RelayFactory, run: Run, after: int, first_stream: EventStream | None = None) -> None:
+        self._deps = deps
+        self.run = run
+        self.after = after
+        self._after_at_start = after
+        self._first_stream = first_stream  # the create call's own stream, for a fresh streaming start
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=256)
+
+    def token(self, position: int) -> str:
+        return self._deps.views.token(self.run.id, position)
+
+    async def events(self) -> AsyncIterator[bytes]:
+        started = time.monotonic()
+        producer = asyncio.create_task(self._produce())
+        try:
+            yield b"retry: 1000\n\n"
+            while True:
+                remaining = self._deps.max_seconds - (time.monotonic() - started)
+                if remaining <= 0:
+                    yield sse("reconnect", {"type": "reconnect", "run_id": self.run.id,
+                                            "continuation_token": self.token(self.after),
+                                            "reason": "maximum stream duration reached"})
+                    return
+                try:
+                    item = await asyncio.wait_for(self._queue.get(),
+                                                  timeout=min(self._deps.keepalive_seconds, remaining))
+                except asyncio.TimeoutError:
+                    if time.monotonic() - started < self._deps.max_seconds:
+                        yield b": keep-alive\n\n"
+                    continue
+                if item is _END:  # resumed after the final event: say so, so no client waits for more
+                    yield sse("end", {"type": "end", "run_id": self.run.id, "continuation_token": self.token(self.after),
+                                      "reason": "the run has ended and every event was already delivered"})
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                chunk = await self._translate(item)
+                if chunk is not None:
+                    yield chunk
+                if getattr(item, "type", None) in TERMINAL_EVENTS or isinstance(item, Run):
+                    return
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+            if self._first_stream is not None:  # never entered (the client left at once): close it here
+                await self._first_stream.close()
+
+    # -- producing: the provider's stream, reconnected; or the stored run --------------------------------------
+    async def _produce(self) -> None:
+        try:
+            if self.run.response_id and self.after < FINAL_EVENT_ID:
+                try:
+                    await self._produce_from_provider()
+                    return
+                except ProviderCannotStream as reason:
+                    log.info("run %s: provider cannot stream (%s); using the stored run", self.run.id, reason)
+            await self._queue.put(await self._stored_end())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            await self._queue.put(error)
+
+    async def _produce_from_provider(self) -> None:
+        failures, position = 0, self.after
+        stream, self._first_stream = self._first_stream, None
+        while True:
+            try:
+                if stream is None:
+                    stream = await self._deps.backend.events(self.run.response_id, position)
+                try:
+                    async for event in stream:
+                        seq = getattr(event, "sequence_number", None)
+                        if seq is None or seq <= position:
+                            continue
+                        position, failures = seq, 0
+                        await self._queue.put(event)
+                        if event.type in TERMINAL_EVENTS:
+                            return
+                finally:
+                    await stream.close()
+                stream = None
+                # A clean end without a terminal event: the run may have been cancelled; look at it.
+                run = await self._deps.store.get(self.run.id, with_result=True)
+                if run is not None and run.is_terminal:
+                    if run.status in PROVIDER_FINAL_STATUSES and position == self._after_at_start:
+                        await self._queue.put(_END)  # resumed after the final event: nothing is missing
+                    else:
+                        await self._queue.put(run)  # cancelled or expired: no provider final; send ours
+                    return
+            except ProviderError as error:
+                stream = None
+                if not error.transient:
+                    raise ProviderCannotStream(f"{error.status}: {error.message}") from None
+            except ValueError as error:  # the SDK could not parse a cut event: like a dropped connection
+                stream = None
+                log.info("run %s: provider stream broke after %s (%s); reconnecting", self.run.id, position,
+                         type(error).__name__)
+            except Exception as error:  # noqa: BLE001 - a connection dropped mid-stream
+                stream = None
+                if not _is_connection_error(error):
+                    raise
+                log.info("run %s: provider stream dropped after %s; reconnecting", self.run.id, position)
+            failures += 1
+            if failures > MAX_RECONNECTS_WITHOUT_PROGRESS:
+                raise ProviderCannotStream("provider stream keeps failing")
+            await asyncio.sleep(min(0.2 * 2 ** failures, 5.0))
+
+    async def _stored_end(self) -> Any:
+        """Fallback: wait for the poll chain to end the run, then hand over the stored run (or END if the
+        client already had our final event)."""
+        run = await self._wait_for_stored_end()
+        return _END if self.after >= FINAL_EVENT_ID else run
+
+    async def _wait_for_stored_end(self) -> Run:
+        delay = 0.5
+        while True:
+            run = await self._deps.store.get(self.run.id, with_result=True)
+            if run is not None and run.is_terminal:
+                return run
+            await self._queue.put(("status", run.status if run else "unknown"))
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, self._deps.fallback_max_delay)
+
+    # -- translating provider events into ours ------------------------------------------------------------------
+    async def _translate(self, item: Any) -> bytes | None:
+        if isinstance(item, tuple):  # fallback status heartbeat: no id, it is not a position
+            return sse("run.status", {"type": "run.status", "run_id": self.run.id, "status": item[1],
+                                      "continuation_token": self.token(self.after)})
+        if isinstance(item, Run):  # our own final event: the stored final run
+            self.after = FINAL_EVENT_ID
+            return self._final(item, FINAL_EVENT_ID)
+        seq, kind = item.sequence_number, item.type
+        self.after = seq
+        if kind == "keepalive":
+            return b": keep-alive\n\n"
+        if kind in TERMINAL_EVENTS:
+            return self._final(await self._finish(item), seq)
+        data: dict[str, Any] = {"type": kind.removeprefix("response."), "sequence_number": seq, "run_id": self.run.id,
+                                "continuation_token": self.token(seq)}
+        if kind == "response.created":
+            return sse("run.created", {**data, "type": "run.created", "run": self._deps.views.render(self.run)}, seq)
+        if kind in ("response.queued", "response.in_progress"):
+            return sse("run.status", {**data, "type": "run.status", "status": kind.removeprefix("response.")}, seq)
+        payload = item.model_dump(mode="json", exclude={"type", "sequence_number"}) if hasattr(item, "model_dump") else {}
+        data.update({k: v for k, v in payload.items() if k not in ("obfuscation", "logprobs")})
+        return sse(data["type"], data, seq)
+
+    async def _finish(self, event: Any) -> Run:
+        run = await self._deps.store.get(self.run.id, with_result=True) or self.run
+        status, result = result_from_response(event.response)
+        return await self._deps.lifecycle.finish(run, status, result)
+
+    def _final(self, run: Run, position: int) -> bytes:
+        kind = f"run.{run.status}"
+        return sse(kind, {"type": kind, "sequence_number": position, "run_id": run.id,
+                          "run": self._deps.views.render(run), "continuation_token": self.token(position)}, position)
+
+
+def _is_connection_error(error: Exception) -> bool:
+    return isinstance(error, (openai.APIConnectionError, openai.APITimeoutError, httpx.HTTPError))

@@ -1,0 +1,71 @@
+"""Retention: ended runs (with their blobs), idle sessions and old Idempotency-Keys are deleted after the
+retention period. The run index lists what falls due each day, so a pass reads only what it deletes.
+
+An entry is only a hint: each item is checked before it is deleted (a session used again since, a run whose
+webhook is being redelivered, a key claimed again), and one that is not due yet is noted for later.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from ..clock import now
+from .idempotency import IdempotencyStore
+from .index import RunIndex
+from .sessions import SessionStore
+from .store import RunStore
+
+log = logging.getLogger("bgruns.retention")
+
+DAY = 86400.0
+
+
+class RetentionPurger:
+    def __init__(self, store: RunStore, sessions: SessionStore, idempotency: IdempotencyStore, index: RunIndex,
+                 retention_seconds: float) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._idempotency = idempotency
+        self._index = index
+        self._retention = retention_seconds
+
+    async def purge(self) -> dict[str, int]:
+        purged: Counter = Counter()
+        async for partition, kind, ident in self._index.expired(before=now()):
+            if kind == "run":
+                purged["runs"] += await self._purge_run(ident)
+            elif kind == "session":
+                purged["sessions"] += await self._purge_session(ident)
+            elif kind == "idempotency":
+                await self._idempotency.purge(ident)
+                purged["idempotency_keys"] += 1
+            await self._index.forget(partition, kind, ident)
+        if purged:
+            log.info("retention purged %s", dict(purged))
+        return dict(purged)
+
+    async def _purge_run(self, run_id: str) -> int:
+        run = await self._store.get(run_id)
+        if run is None:
+            await self._store.delete_blobs(run_id)
+            return 0
+        ended = run.completed_at or 0.0
+        if run.is_terminal and not (run.webhook and run.webhook.is_pending) and now() >= ended + self._retention:
+            await self._store.purge(run_id)
+            return 1
+        await self._index.expire_at("run", run_id, max(ended + self._retention, now() + DAY))  # not yet: later
+        return 0
+
+    async def _purge_session(self, session_id: str) -> int:
+        session = await self._sessions.get(session_id)
+        if session is None:
+            return 0
+        if now() < session.updated_at + self._retention:  # used since: look again when that use has aged
+            await self._index.expire_at("session", session_id, session.updated_at + self._retention)
+            return 0
+        active = await self._store.get(session.active_run_id) if session.active_run_id else None
+        if active is not None and active.is_active:
+            await self._index.expire_at("session", session_id, now() + DAY)
+            return 0
+        await self._sessions.purge(session_id)
+        return 1

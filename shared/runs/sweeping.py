@@ -1,0 +1,88 @@
+"""The sweeper (timer): repairs what at-least-once delivery and crashes can leave behind. Idempotent.
+
+It looks only at the runs in the open-work index (active runs, and ended runs whose follow-ups are not
+done), so its cost follows the runs in flight, not every run ever kept. For each one:
+- an active run whose next poll is overdue (a lost message, a crash between save and send) gets its poll
+  chain restarted; one whose start was interrupted before the provider accepted it ends `failed`;
+- an ended run gets its follow-ups (session, retention date) and leaves the index, unless its webhook is
+  still pending; a pending webhook that is stuck (no attempt long after it was due) is queued again.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from ..clock import now
+from .index import RunIndex
+from .lifecycle import RunLifecycle
+from .model import Run
+from .poll_chain import PollScheduler
+from .requests import run_id_created_at
+from .results import failure_result
+from .store import RunConflict, RunStore
+
+log = logging.getLogger("bgruns.sweeping")
+
+
+class Sweeper:
+    def __init__(self, store: RunStore, index: RunIndex, lifecycle: RunLifecycle, scheduler: PollScheduler,
+                 webhook_queue, *, grace: float, start_grace: float, webhook_slack: float) -> None:
+        self._store = store
+        self._index = index
+        self._lifecycle = lifecycle
+        self._scheduler = scheduler
+        self._webhook_queue = webhook_queue  # shared.storage.MessageQueue
+        self._grace = grace
+        self._start_grace = start_grace
+        self._webhook_slack = webhook_slack  # how long past due a pending delivery may stay unattempted
+
+    async def sweep(self) -> dict[str, int]:
+        repaired: Counter = Counter()
+        run_ids = [run_id async for run_id in self._index.open_run_ids()]
+        for run_id in run_ids:
+            run = await self._store.get(run_id)
+            if run is None:
+                await self._forget_missing(run_id)
+            elif run.is_terminal:
+                repaired[await self._tidy_ended(run)] += 1
+            else:
+                repaired[await self._repair_active(run)] += 1
+        found = {key: repaired[key] for key in ("polls", "starts", "webhooks", "followed_up") if repaired[key]}
+        if found:
+            log.warning("sweeper repaired %s (of %d open runs)", found, len(run_ids))
+        return {"open": len(run_ids), **found}
+
+    async def _forget_missing(self, run_id: str) -> None:
+        """An index entry without a run: a start that was abandoned, or one not recorded yet (leave those)."""
+        created = run_id_created_at(run_id)
+        if created is None or now() - created > self._start_grace:
+            await self._index.mark_done(run_id)
+
+    async def _repair_active(self, run: Run) -> str:
+        cutoff = now() - self._grace
+        if (run.next_poll_at or 0) >= cutoff:
+            return "fine"
+        if not run.response_id:
+            if now() - run.created_at < self._start_grace:
+                return "fine"
+            await self._lifecycle.finish(run, "failed", failure_result(
+                "start_interrupted", "The run's start was interrupted before the provider accepted it."))
+            return "starts"
+        log.warning("run %s: poll overdue by %.0fs; restarting its poll chain", run.id, now() - run.next_poll_at)
+        return "polls" if await self._scheduler.schedule(run, 0) else "fine"
+
+    async def _tidy_ended(self, run: Run) -> str:
+        hook = run.webhook
+        if hook is None or not hook.is_pending:
+            await self._lifecycle.follow_up(run, send_webhook=False)  # leaves the index
+            return "followed_up"
+        if not hook.is_stuck(now(), self._webhook_slack):
+            return "fine"
+        await self._lifecycle.follow_up(run, send_webhook=False)  # a crash may have cut those short too
+        hook.requeue(now())
+        try:
+            await self._store.save(run)
+        except RunConflict:  # the delivery moved on meanwhile: someone else is on it
+            return "fine"
+        await self._webhook_queue.send(hook.message(run.id).to_dict())
+        return "webhooks"

@@ -1,0 +1,46 @@
+"""A run as callers see it: the JSON of the native API, the stream's final events and the webhook payload."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..clock import now
+from .model import Run
+from .tokens import TokenCodec
+
+
+class RunViews:
+    def __init__(self, tokens: TokenCodec, *, poll_initial_delay: float, poll_max_delay: float) -> None:
+        self._tokens = tokens
+        self._initial = poll_initial_delay
+        self._max = poll_max_delay
+
+    def render(self, run: Run) -> dict[str, Any]:
+        """The run as the API shows it (a terminal run must have been read with its result)."""
+        result = run.result or {}
+        view = {
+            "id": run.id, "object": "run", "status": run.status,
+            "continuation_token": None if run.is_terminal else self._tokens.encode(run.id),
+            "session_id": run.session_id, "model": run.model,
+            "created_at": run.created_at, "completed_at": run.completed_at,
+            "output_text": result.get("output_text", "") if run.is_terminal else None,
+            "output": result.get("output", []) if run.is_terminal else [],
+            "error": result.get("error"), "incomplete_details": result.get("incomplete_details"),
+            "usage": result.get("usage"), "metadata": run.metadata,
+            "required_action": result.get("required_action"),
+            "provider_response_id": run.response_id,
+            "stream": run.stream,
+        }
+        if run.webhook_url:
+            hook = run.webhook
+            view["webhook"] = {"url": run.webhook_url, "state": hook.state if hook else "waiting",
+                               "id": hook.id if hook else None, "attempts": hook.attempts if hook else []}
+        return view
+
+    def retry_after(self, run: Run) -> int:
+        """Seconds until the poll chain will next look (what a polling caller should wait)."""
+        if run.next_poll_at is None:
+            return max(1, round(self._initial))
+        return max(1, min(round(run.next_poll_at - now() + 0.5), int(self._max)))
+
+    def token(self, run_id: str, position: int = -1) -> str:
+        return self._tokens.encode(run_id, position)

@@ -1,0 +1,93 @@
+"""Delivering a run's webhook from its own queue: one attempt per message, retries on a schedule.
+
+A message acts only if its seq is the delivery's current one (WebhookState), so duplicates and stale retries
+do nothing. Each attempt is saved on the run before the next one is queued; a crash in between is repaired
+by the sweeper. The `webhook-id` stays the same across every attempt and redelivery of one event.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Mapping, Sequence
+
+from ..clock import now
+from ..errors import Conflict, InvalidRequest
+from ..webhooks import WebhookSender, build_payload
+from .index import RunIndex
+from .model import Run
+from .reading import RunReader
+from .store import RunConflict, RunStore
+from .views import RunViews
+from .webhook_state import WebhookMessage
+
+log = logging.getLogger("bgruns.webhook_outbox")
+
+# Receivers get the whole run up to this size; beyond it the output is left out (GET the run for it).
+MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+class WebhookOutbox:
+    def __init__(self, store: RunStore, reader: RunReader, index: RunIndex, sender: WebhookSender | None, queue,
+                 views: RunViews, schedule: Sequence[float]) -> None:
+        self._store = store
+        self._reader = reader
+        self._index = index
+        self._sender = sender  # None when no signing secret is configured (webhooks are refused at start)
+        self._queue = queue  # shared.storage.MessageQueue
+        self._views = views
+        self._schedule = schedule
+
+    def payload(self, run: Run) -> bytes:
+        """The same bytes on every attempt: the event's timestamp is when the run ended."""
+        view = self._views.render(run)
+        view.pop("webhook", None)
+        ended = run.completed_at or now()
+        body = build_payload(view, ended)
+        if len(body) <= MAX_PAYLOAD_BYTES:
+            return body
+        view.update(output=[], output_text=None, output_omitted=True)
+        return build_payload(view, ended)
+
+    async def deliver(self, data: Mapping[str, Any]) -> str:
+        """One delivery attempt for a webhook queue message; returns what happened (for logs and tests)."""
+        try:
+            message = WebhookMessage.parse(data)
+        except (KeyError, TypeError, ValueError):
+            log.warning("dropping malformed webhook message %r", data)
+            return "malformed"
+        run = await self._store.get(message.run_id, with_result=True)
+        if run is None or run.webhook is None or not run.webhook.accepts(message) or self._sender is None:
+            return "stale"
+        attempt = await self._sender.send(run.webhook_url, run.webhook.id, self.payload(run))
+        delay = run.webhook.record(attempt, schedule=self._schedule, at=now())
+        try:
+            await self._store.save(run)
+        except RunConflict:
+            log.info("run %s changed during webhook delivery; leaving it to the newer state", run.id)
+            return "conflict"
+        if delay is not None:
+            await self._queue.send(run.webhook.message(run.id).to_dict(), delay)
+        else:
+            await self._index.mark_done(run.id)
+        log.info("run %s webhook attempt %d: %s", run.id, len(run.webhook.attempts), json.dumps(attempt.to_dict()))
+        return run.webhook.state
+
+    async def redeliver(self, run_id: str) -> Run:
+        """Send a finished run's webhook again (same webhook-id), with a fresh retry schedule."""
+        run = await self._reader.get(run_id)
+        if not run.webhook_url:
+            raise InvalidRequest("no_webhook", f"Run {run_id!r} has no webhook_url.")
+        if not run.is_terminal or run.webhook is None:
+            raise Conflict("run_not_finished", f"Run {run_id!r} has not finished; its webhook is sent when it does.")
+        await self._index.mark_open(run.id)  # before the save, so a crash in between is swept
+        for _ in range(5):
+            run.webhook.reopen(now())
+            try:
+                await self._store.save(run)
+                break
+            except RunConflict:
+                run = await self._reader.get(run_id)
+        else:
+            raise Conflict("run_busy", f"Run {run_id!r} is changing; retry.", retry_after=1)
+        await self._queue.send(run.webhook.message(run.id).to_dict())
+        return run

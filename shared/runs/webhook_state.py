@@ -1,0 +1,98 @@
+"""A run's webhook: one typed state with its transitions and due times, and the queue message that moves it.
+
+One event per finished run, with one `webhook-id` kept across every attempt and redelivery. `seq` names the
+queue message allowed to act next: a duplicate or stale message (an older seq) does nothing. `due_at` is
+when the next attempt should start; a pending delivery still not attempted `slack` seconds after that
+(lost message, crashed host) is stuck, and the sweeper queues it again.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ..webhooks import Attempt, new_webhook_id, next_delay
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+MAX_RECORDED_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class WebhookMessage:
+    """The webhook queue's message: deliver run `run_id`'s event if the run's delivery is still at `seq`."""
+
+    run_id: str
+    seq: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "seq": self.seq}
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> "WebhookMessage":
+        """Raises KeyError/TypeError/ValueError for a malformed message."""
+        return cls(str(data["run_id"]), int(data["seq"]))
+
+
+@dataclass
+class WebhookState:
+    id: str
+    state: str = PENDING
+    seq: int = 0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    round_attempts: int = 0  # attempts since this round (the first delivery or a redelivery) began
+    due_at: float = 0.0
+
+    @classmethod
+    def begin(cls, at: float) -> "WebhookState":
+        """The run just ended: its event is due now."""
+        return cls(id=new_webhook_id(), due_at=at)
+
+    @property
+    def is_pending(self) -> bool:
+        return self.state == PENDING
+
+    def message(self, run_id: str) -> WebhookMessage:
+        return WebhookMessage(run_id, self.seq)
+
+    def accepts(self, message: WebhookMessage) -> bool:
+        return self.is_pending and message.seq == self.seq
+
+    def record(self, attempt: Attempt, *, schedule: Sequence[float], at: float) -> float | None:
+        """Record one attempt; the delay before the next one, or None when this round is over."""
+        self.attempts = (self.attempts + [attempt.to_dict()])[-MAX_RECORDED_ATTEMPTS:]
+        self.round_attempts += 1
+        if attempt.ok:
+            self.state = DELIVERED
+            return None
+        if attempt.gone or attempt.refused:  # the receiver asked us to stop, or the URL is no longer allowed
+            self.state = FAILED
+            return None
+        delay = next_delay(self.round_attempts, schedule, retry_after=attempt.retry_after_seconds)
+        if delay is None:
+            self.state = FAILED
+            return None
+        self.seq += 1
+        self.due_at = at + delay
+        return delay
+
+    def reopen(self, at: float) -> None:
+        """A redelivery: the same event (same id) again, with a fresh retry schedule."""
+        self.state, self.round_attempts = PENDING, 0
+        self.seq += 1
+        self.due_at = at
+
+    def requeue(self, at: float) -> None:
+        """The sweeper found the delivery stuck: a new message takes over (older ones become stale)."""
+        self.seq += 1
+        self.due_at = at
+
+    def is_stuck(self, at: float, slack: float) -> bool:
+        return self.is_pending and at > self.due_at + slack
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "WebhookState":
+        return cls(id=str(data["id"]), state=str(data.get("state", PENDING)), seq=int(data.get("seq", 0)),
+                   attempts=list(data.get("attempts", [])), round_attempts=int(data.get("round_attempts", 0)),
+                   due_at=float(data.get("due_at", 0.0)))
