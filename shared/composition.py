@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
-from openai import AsyncOpenAI
-
-from .provider import ResponsesBackend, open_provider
+from .provider import ResponsesBackend, RunBackend, open_provider
 from .runs.cancelling import RunCanceller
 from .runs.idempotency import IdempotencyStore
 from .runs.index import RunIndex
@@ -50,32 +49,31 @@ class Services:
     outbox: WebhookOutbox
     relays: RelayFactory
     purger: RetentionPurger
-    _provider: AsyncOpenAI
-    _sender: WebhookSender | None
+    _closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def close(self) -> None:
-        if self._sender is not None:
-            await self._sender.aclose()
-        await self._provider.close()
-        await self.storage.close()
+        for close in self._closers:
+            await close()
 
 
-def build(settings: Settings, storage: Storage, provider: AsyncOpenAI) -> Services:
+def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: WebhookSender | None = None,
+          closers: tuple[Callable[[], Awaitable[None]], ...] = ()) -> Services:
+    """Every collaborator, built once. `backend` is the provider seam; `sender` delivers webhooks (built
+    from the settings when not given; none when no signing secret is set); `closers` release the clients."""
     store = RunStore(storage.runs, storage.payloads)
     sessions = SessionStore(storage.sessions)
     idempotency = IdempotencyStore(storage.idempotency)
     index = RunIndex(storage.index)
     tokens = TokenCodec(settings.token_key)
-    backend = ResponsesBackend(provider)
     backoff = Backoff(settings.poll_initial_delay, settings.poll_max_delay, settings.poll_multiplier)
     scheduler = PollScheduler(store, storage.poll_queue)
     lifecycle = RunLifecycle(store, sessions, index, storage.webhook_queue, settings.retention_seconds)
     views = RunViews(tokens, poll_initial_delay=settings.poll_initial_delay, poll_max_delay=settings.poll_max_delay)
     reader = RunReader(store, sessions, tokens, settings.retention_seconds)
     starter = RunStarter(settings, store, sessions, idempotency, index, backend, scheduler, lifecycle, backoff)
-    sender = (WebhookSender(settings.webhook_secrets, timeout=settings.webhook_timeout,
-                            allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private)
-              if settings.webhook_secrets else None)
+    if sender is None and settings.webhook_secrets:
+        sender = WebhookSender(settings.webhook_secrets, timeout=settings.webhook_timeout,
+                               allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private)
     return Services(
         settings=settings, storage=storage, views=views, reader=reader, starter=starter,
         canceller=RunCanceller(reader, backend, lifecycle),
@@ -88,7 +86,7 @@ def build(settings: Settings, storage: Storage, provider: AsyncOpenAI) -> Servic
                             keepalive_seconds=settings.stream_keepalive_seconds,
                             fallback_max_delay=settings.poll_max_delay),
         purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds),
-        _provider=provider, _sender=sender,
+        _closers=(*((sender.aclose,) if sender else ()), *closers),
     )
 
 
@@ -110,7 +108,7 @@ async def services() -> Services:
                     await provider.close()
                     await storage.close()
                     raise
-                _services = build(settings, storage, provider)
+                _services = build(settings, storage, ResponsesBackend(provider), closers=(provider.close, storage.close))
                 log.info("service ready: provider=%s model=%s webhooks=%s", settings.provider.kind,
                          settings.provider.default_model, "on" if settings.webhook_secrets else "off")
     return _services

@@ -13,9 +13,9 @@ from azurefunctions.extensions.http.fastapi import HTMLResponse, JSONResponse, R
 
 from ..composition import Services, services
 from ..errors import invalid
-from ..http.errors import handler
-from ..http.run_requests import parse_json_body, parse_run_body
-from ..http.streams import resume_position, streaming_response
+from ..api.errors import handler
+from ..api.run_requests import parse_json_body, parse_run_body
+from ..api.streams import resume_position, streaming_response
 from ..runs.model import Run
 from ..settings import SettingsError
 from ..storage import STORAGE_REQUESTS, counting_as

@@ -12,7 +12,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
-from ..clock import now
+from .. import clock
 from ..errors import Conflict, InvalidRequest
 
 WINDOW_SECONDS = 24 * 3600
@@ -46,7 +46,7 @@ class IdempotencyStore:
                                  param="Idempotency-Key")
         pk, body_hash = _digest(key), _digest(fingerprint)
         entity = {"PartitionKey": pk, "RowKey": "key", "run_id": run_id, "body_hash": body_hash,
-                  "claimed_at": now()}
+                  "claimed_at": clock.now()}
         for _ in range(3):
             try:
                 await self._table.create_entity(entity)
@@ -57,7 +57,7 @@ class IdempotencyStore:
                 existing = await self._table.get_entity(pk, "key")
             except ResourceNotFoundError:
                 continue  # released meanwhile; try to claim again
-            if now() - existing["claimed_at"] > WINDOW_SECONDS:
+            if clock.now() - existing["claimed_at"] > WINDOW_SECONDS:
                 try:
                     await self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=existing.metadata["etag"],
                                                     match_condition=MatchConditions.IfNotModified)
@@ -74,7 +74,7 @@ class IdempotencyStore:
     async def take_over(self, key: str, fingerprint: str, run_id: str, stale: Claim) -> bool:
         """Re-claim a key whose start died before recording its run (a crash); False if someone else did."""
         entity = {"PartitionKey": _digest(key), "RowKey": "key", "run_id": run_id, "body_hash": _digest(fingerprint),
-                  "claimed_at": now()}
+                  "claimed_at": clock.now()}
         try:
             await self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=stale.etag,
                                             match_condition=MatchConditions.IfNotModified)
@@ -97,7 +97,7 @@ class IdempotencyStore:
         """Delete a key's row once its window has passed (retention); a fresher claim is kept."""
         try:
             existing = await self._table.get_entity(digest, "key")
-            if now() - existing["claimed_at"] > self.window:
+            if clock.now() - existing["claimed_at"] > self.window:
                 await self._table.delete_entity(digest, "key", etag=existing.metadata["etag"],
                                                 match_condition=MatchConditions.IfNotModified)
         except (ResourceNotFoundError, ResourceModifiedError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..clock import now
+from .. import clock
 from .index import RunIndex
 from .model import CONTINUABLE_STATUSES, Run
 from .sessions import SessionConflict, SessionStore
@@ -33,12 +33,12 @@ class RunLifecycle:
     async def finish(self, run: Run, status: str, result: dict[str, Any]) -> Run:
         """End the run once; returns the run as it ended (ours, or the other writer's if it ended first)."""
         while not run.is_terminal:
-            run.status, run.result, run.completed_at = status, result, now()
+            run.status, run.result, run.completed_at = status, result, clock.now()
             run.result_stored = False
             run.poll_seq += 1  # every outstanding poll message is now stale
             run.next_poll_at = None
             if run.webhook_url:
-                run.webhook = WebhookState.begin(now())
+                run.webhook = WebhookState.begin(clock.now())
             try:
                 await self._store.save(run)
             except RunConflict:
@@ -54,9 +54,9 @@ class RunLifecycle:
     async def follow_up(self, run: Run, *, send_webhook: bool) -> None:
         """What must happen after a run ended (idempotent). `send_webhook`: queue the pending delivery."""
         await self.advance_session(run)
-        await self._index.expire_at("run", run.id, (run.completed_at or now()) + self._retention)
+        await self._index.expire_at("run", run.id, (run.completed_at or clock.now()) + self._retention)
         if run.session_id:
-            await self._index.expire_at("session", run.session_id, now() + self._retention)
+            await self._index.expire_at("session", run.session_id, clock.now() + self._retention)
         if run.webhook and run.webhook.is_pending:
             if send_webhook:
                 await self._webhook_queue.send(run.webhook.message(run.id).to_dict())

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from ..clock import now
+from .. import clock
 from .model import Run
 from .store import RunConflict, RunStore
 
@@ -74,12 +74,12 @@ class PollScheduler:
         """Send the next poll message, then save the run with the new chain position.
 
         Returns False if the run changed meanwhile (the other writer owns the chain now)."""
-        delay = max(0.0, min(delay, max(0.0, run.deadline_at - now()) + DEADLINE_SLACK_SECONDS))
+        delay = max(0.0, min(delay, max(0.0, run.deadline_at - clock.now()) + DEADLINE_SLACK_SECONDS))
         message = PollMessage(run.id, run.poll_seq + 1, secrets.token_hex(6))
         await self._queue.send(message.to_dict(), delay)
         run.poll_seq, run.poll_nonce = message.seq, message.nonce
         run.poll_count += 1
-        run.next_poll_at = now() + delay
+        run.next_poll_at = clock.now() + delay
         if status:
             run.status = status
         try:

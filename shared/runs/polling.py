@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from ..clock import now
+from .. import clock
 from ..provider import ProviderError, ProviderState, RunBackend
 from .lifecycle import RunLifecycle
 from .model import Run
@@ -62,7 +62,7 @@ class PollStep:
             status, result = result_from_response(state.response)
             await self._lifecycle.finish(run, status, result)
             return status
-        if now() >= run.deadline_at:
+        if clock.now() >= run.deadline_at:
             return await self._expire(run)
         await self._scheduler.schedule(run, self._backoff.delay(run.poll_count), status=state.status)
         return "pending"
@@ -72,7 +72,7 @@ class PollStep:
             await self._lifecycle.finish(run, "failed", failure_result(
                 "provider_error", f"The provider refused to report on the run ({error.status}): {error.message}"))
             return "failed"
-        if now() >= run.deadline_at:
+        if clock.now() >= run.deadline_at:
             return await self._expire(run)
         delay = self._backoff.delay(run.poll_count, retry_after=error.retry_after)
         log.info("run %s: provider hiccup (%s); next poll in %.1fs", run.id, error.message, delay)

@@ -2,7 +2,7 @@
 missing because retention deleted it says so."""
 from __future__ import annotations
 
-from ..clock import now
+from .. import clock
 from ..errors import NotFound, not_found
 from .model import Run
 from .requests import RUN_ID_PREFIX, run_id_created_at, valid_id
@@ -41,7 +41,7 @@ class RunReader:
 
     def _missing(self, run_id: str, existed: bool) -> NotFound:
         created = run_id_created_at(run_id)
-        if existed or (created is not None and now() - created > self._retention):
+        if existed or (created is not None and clock.now() - created > self._retention):
             days = self._retention / 86400
             return NotFound("expired", f"run {run_id!r} has expired: runs are deleted {days:g} days after they end")
         return not_found("run", run_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from ..clock import now
+from .. import clock
 from .idempotency import IdempotencyStore
 from .index import RunIndex
 from .sessions import SessionStore
@@ -31,7 +31,7 @@ class RetentionPurger:
 
     async def purge(self) -> dict[str, int]:
         purged: Counter = Counter()
-        async for partition, kind, ident in self._index.expired(before=now()):
+        async for partition, kind, ident in self._index.expired(before=clock.now()):
             if kind == "run":
                 purged["runs"] += await self._purge_run(ident)
             elif kind == "session":
@@ -50,22 +50,22 @@ class RetentionPurger:
             await self._store.delete_blobs(run_id)
             return 0
         ended = run.completed_at or 0.0
-        if run.is_terminal and not (run.webhook and run.webhook.is_pending) and now() >= ended + self._retention:
+        if run.is_terminal and not (run.webhook and run.webhook.is_pending) and clock.now() >= ended + self._retention:
             await self._store.purge(run_id)
             return 1
-        await self._index.expire_at("run", run_id, max(ended + self._retention, now() + DAY))  # not yet: later
+        await self._index.expire_at("run", run_id, max(ended + self._retention, clock.now() + DAY))  # not yet: later
         return 0
 
     async def _purge_session(self, session_id: str) -> int:
         session = await self._sessions.get(session_id)
         if session is None:
             return 0
-        if now() < session.updated_at + self._retention:  # used since: look again when that use has aged
+        if clock.now() < session.updated_at + self._retention:  # used since: look again when that use has aged
             await self._index.expire_at("session", session_id, session.updated_at + self._retention)
             return 0
         active = await self._store.get(session.active_run_id) if session.active_run_id else None
         if active is not None and active.is_active:
-            await self._index.expire_at("session", session_id, now() + DAY)
+            await self._index.expire_at("session", session_id, clock.now() + DAY)
             return 0
         await self._sessions.purge(session_id)
         return 1

@@ -15,7 +15,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
-from ..clock import now
+from .. import clock
 
 SESSION_ROW = "session"
 SESSION_ID_PREFIX = "sess_"
@@ -41,7 +41,7 @@ class SessionStore:
         self._table = table  # azure.data.tables.aio.TableClient
 
     async def create(self) -> Session:
-        created = now()
+        created = clock.now()
         session = Session(SESSION_ID_PREFIX + secrets.token_hex(12), created, None, None, None, 0.0, created)
         meta = await self._table.create_entity({"PartitionKey": session.id, "RowKey": SESSION_ROW,
                                                 "created_at": session.created_at, "last_response_id": "",
@@ -58,7 +58,7 @@ class SessionStore:
                        e.metadata.get("etag"), e.get("active_since") or 0.0, e.get("updated_at") or e["created_at"])
 
     async def save(self, session: Session) -> None:
-        session.updated_at = now()
+        session.updated_at = clock.now()
         try:
             meta = await self._table.update_entity(
                 {"PartitionKey": session.id, "RowKey": SESSION_ROW, "last_response_id": session.last_response_id or "",

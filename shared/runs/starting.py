@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..clock import now
+from .. import clock
 from ..errors import Conflict, InvalidRequest, ServiceError, Unavailable, UpstreamError, not_found
 from ..provider import ProviderError, RunBackend
 from ..provider.backend import EventStream
@@ -62,7 +62,7 @@ class RunStarter:
                     wait_seconds: float = 0.0) -> Started:
         if request.webhook_url:
             await self._vet_webhook(request.webhook_url)
-        created_at = now()
+        created_at = clock.now()
         run_id = new_run_id(created_at)
         if idempotency_key is not None:
             existing = await self._claim(idempotency_key, request, run_id)
@@ -157,14 +157,14 @@ class RunStarter:
         """Claim the Idempotency-Key for `run_id`; the run that already holds it, if any."""
         claim = await self._idempotency.claim(key, request.fingerprint(), run_id)
         if claim.is_new:
-            await self._index.expire_at("idempotency", claim.digest, now() + self._idempotency.window)
+            await self._index.expire_at("idempotency", claim.digest, clock.now() + self._idempotency.window)
             return None
         existing = await self._store.get(claim.run_id, with_result=True)
         if existing is not None:
             return existing
         # The key is held by a start that has not recorded its run. Right after the claim that is a start in
         # progress; after the start grace it is a start that died, and the key is free again.
-        if now() - claim.claimed_at > self.start_grace and await self._idempotency.take_over(
+        if clock.now() - claim.claimed_at > self.start_grace and await self._idempotency.take_over(
                 key, request.fingerprint(), run_id, claim):
             return None
         raise Conflict("idempotency_key_busy", "A run with this Idempotency-Key is being started; retry shortly.",
@@ -191,11 +191,11 @@ class RunStarter:
                 if active is not None and active.is_terminal:
                     await self._lifecycle.advance_session(active)
                     continue
-                if active is not None or now() - session.active_since <= self.start_grace:
+                if active is not None or clock.now() - session.active_since <= self.start_grace:
                     raise Conflict("session_busy", f"Session {session_id!r} has a run in progress "
                                    f"({session.active_run_id}); wait for it or cancel it.", param="session_id",
                                    retry_after=1)
-            session.active_run_id, session.active_since = run_id, now()
+            session.active_run_id, session.active_since = run_id, clock.now()
             try:
                 await self._sessions.save(session)
                 return session
@@ -207,10 +207,10 @@ class RunStarter:
     # -- Prefer: wait -----------------------------------------------------------------------------------------
     async def _wait_briefly(self, run: Run, seconds: float) -> Run:
         """Look at the provider a few times so a quick run answers 200 at once."""
-        deadline = now() + seconds
+        deadline = clock.now() + seconds
         delay = 0.25
-        while now() < deadline:
-            await asyncio.sleep(min(delay, max(0.0, deadline - now())))
+        while clock.now() < deadline:
+            await asyncio.sleep(min(delay, max(0.0, deadline - clock.now())))
             delay = min(delay * 1.5, 2.0)
             try:
                 state = await self._backend.observe(run.response_id)

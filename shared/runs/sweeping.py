@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from ..clock import now
+from .. import clock
 from .index import RunIndex
 from .lifecycle import RunLifecycle
 from .model import Run
@@ -55,20 +55,20 @@ class Sweeper:
     async def _forget_missing(self, run_id: str) -> None:
         """An index entry without a run: a start that was abandoned, or one not recorded yet (leave those)."""
         created = run_id_created_at(run_id)
-        if created is None or now() - created > self._start_grace:
+        if created is None or clock.now() - created > self._start_grace:
             await self._index.mark_done(run_id)
 
     async def _repair_active(self, run: Run) -> str:
-        cutoff = now() - self._grace
+        cutoff = clock.now() - self._grace
         if (run.next_poll_at or 0) >= cutoff:
             return "fine"
         if not run.response_id:
-            if now() - run.created_at < self._start_grace:
+            if clock.now() - run.created_at < self._start_grace:
                 return "fine"
             await self._lifecycle.finish(run, "failed", failure_result(
                 "start_interrupted", "The run's start was interrupted before the provider accepted it."))
             return "starts"
-        log.warning("run %s: poll overdue by %.0fs; restarting its poll chain", run.id, now() - run.next_poll_at)
+        log.warning("run %s: poll overdue by %.0fs; restarting its poll chain", run.id, clock.now() - run.next_poll_at)
         return "polls" if await self._scheduler.schedule(run, 0) else "fine"
 
     async def _tidy_ended(self, run: Run) -> str:
@@ -76,10 +76,10 @@ class Sweeper:
         if hook is None or not hook.is_pending:
             await self._lifecycle.follow_up(run, send_webhook=False)  # leaves the index
             return "followed_up"
-        if not hook.is_stuck(now(), self._webhook_slack):
+        if not hook.is_stuck(clock.now(), self._webhook_slack):
             return "fine"
         await self._lifecycle.follow_up(run, send_webhook=False)  # a crash may have cut those short too
-        hook.requeue(now())
+        hook.requeue(clock.now())
         try:
             await self._store.save(run)
         except RunConflict:  # the delivery moved on meanwhile: someone else is on it

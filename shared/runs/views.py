@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..clock import now
+from .. import clock
 from .model import Run
 from .tokens import TokenCodec
 
@@ -40,7 +40,7 @@ class RunViews:
         """Seconds until the poll chain will next look (what a polling caller should wait)."""
         if run.next_poll_at is None:
             return max(1, round(self._initial))
-        return max(1, min(round(run.next_poll_at - now() + 0.5), int(self._max)))
+        return max(1, min(round(run.next_poll_at - clock.now() + 0.5), int(self._max)))
 
     def token(self, run_id: str, position: int = -1) -> str:
         return self._tokens.encode(run_id, position)

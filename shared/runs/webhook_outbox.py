@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Any, Mapping, Sequence
 
-from ..clock import now
+from .. import clock
 from ..errors import Conflict, InvalidRequest
 from ..webhooks import WebhookSender, build_payload
 from .index import RunIndex
@@ -41,7 +41,7 @@ class WebhookOutbox:
         """The same bytes on every attempt: the event's timestamp is when the run ended."""
         view = self._views.render(run)
         view.pop("webhook", None)
-        ended = run.completed_at or now()
+        ended = run.completed_at or clock.now()
         body = build_payload(view, ended)
         if len(body) <= MAX_PAYLOAD_BYTES:
             return body
@@ -59,7 +59,7 @@ class WebhookOutbox:
         if run is None or run.webhook is None or not run.webhook.accepts(message) or self._sender is None:
             return "stale"
         attempt = await self._sender.send(run.webhook_url, run.webhook.id, self.payload(run))
-        delay = run.webhook.record(attempt, schedule=self._schedule, at=now())
+        delay = run.webhook.record(attempt, schedule=self._schedule, at=clock.now())
         try:
             await self._store.save(run)
         except RunConflict:
@@ -81,7 +81,7 @@ class WebhookOutbox:
             raise Conflict("run_not_finished", f"Run {run_id!r} has not finished; its webhook is sent when it does.")
         await self._index.mark_open(run.id)  # before the save, so a crash in between is swept
         for _ in range(5):
-            run.webhook.reopen(now())
+            run.webhook.reopen(clock.now())
             try:
                 await self._store.save(run)
                 break

@@ -100,7 +100,7 @@ def test_runs_survive_a_host_killed_mid_flight(stack):
 def test_an_idempotency_key_left_by_a_crashed_start_is_taken_over_after_the_start_grace(stack):
     import hashlib
 
-    from shared.http.run_requests import parse_run_body
+    from shared.api.run_requests import parse_run_body
 
     body = {"input": "after a crash", "metadata": {"emulator_duration_ms": "0"}}
     keys = TableClient.from_connection_string(stack.connection_string, "idempotency")

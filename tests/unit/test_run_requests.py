@@ -3,7 +3,7 @@ import json
 import pytest
 
 from shared.errors import InvalidRequest, PayloadTooLarge
-from shared.http.run_requests import parse_json_body, parse_run_body
+from shared.api.run_requests import parse_json_body, parse_run_body
 
 
 def test_a_full_request_parses():

@@ -62,3 +62,24 @@ def test_the_readme_configuration_table_is_the_generated_one():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert markdown_table() in readme
+
+
+def test_no_secret_appears_in_the_settings_repr():
+    # The defect: repr(Settings) showed the storage connection string with its account key.
+    account_key = "c2VjcmV0LWFjY291bnQta2V5LXRoYXQtbXVzdC1uZXZlci1iZS1sb2dnZWQ="
+    env = {**BASE, "AzureWebJobsStorage": f"DefaultEndpointsProtocol=http;AccountName=a;AccountKey={account_key};",
+           "WEBHOOK_SIGNING_SECRETS": "whsec_" + "B" * 43, "MODEL_PROVIDER": "openai", "OPENAI_API_KEY": "sk-top-secret"}
+    text = repr(Settings.from_env(env)) + str(Settings.from_env(env))
+    for secret in (account_key, "B" * 43, "sk-top-secret", BASE["RUN_TOKEN_KEY"]):
+        assert secret not in text
+
+
+def test_webhooks_are_optional():
+    settings = Settings.from_env({**BASE, "WEBHOOK_SIGNING_SECRETS": ""})
+    assert settings.webhook_secrets == ()
+
+
+@pytest.mark.parametrize("schedule", ["", "1,-2", "nan", "1,inf"])
+def test_a_webhook_schedule_must_be_finite_delays(schedule):
+    with pytest.raises(SettingsError):
+        Settings.from_env({**BASE, "WEBHOOK_RETRY_SCHEDULE": schedule or ","})

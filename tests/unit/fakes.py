@@ -1,0 +1,352 @@
+"""In-memory stand-ins for the service's edges, for fast unit tests of the run's life.
+
+- `FakeTable`, `FakeContainer`: the parts of the Azure Table and Blob clients the stores use, with ETags, so
+  the real stores (RunStore, SessionStore, ...) run unchanged and every conditional write can conflict.
+- `FakeQueue`: records sent messages with their delays.
+- `FakeBackend`: a provider whose responses tests script (status, output, failures, hooks between steps).
+- `FakeClock`: the service's clock, moved by hand.
+- `world()`: the whole service built by the real composition root on these fakes.
+
+Table queries understand the few filters the stores use (`Field op @param|'literal'` joined by `and`); any
+other filter raises, so a store that starts scanning is noticed here.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Awaitable, Callable
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+from shared import clock
+from shared.composition import Services, build
+from shared.provider import ProviderError, ProviderState, Started
+from shared.settings import Settings
+
+_ETAGS = itertools.count(1)
+_CLAUSE = re.compile(r"^\s*(\w+)\s+(eq|ne|lt|le|gt|ge)\s+(@\w+|'[^']*')\s*$")
+
+
+class Entity(dict):
+    """What the Table client returns: a dict with `.metadata["etag"]`."""
+
+    def __init__(self, data: dict, etag: str) -> None:
+        super().__init__(copy.deepcopy(data))
+        self.metadata = {"etag": etag}
+
+
+class FakeTable:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], tuple[dict, str]] = {}
+        self.requests = 0
+        self.fail_next: list[Exception] = []  # raised by the next requests, in order
+        # method name -> async hook awaited before that method runs (to force interleavings)
+        self.before: dict[str, Callable[[], Awaitable[None]]] = {}
+
+    async def _request(self, method: str) -> None:
+        self.requests += 1
+        if method in self.before:
+            await self.before[method]()
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+
+    @staticmethod
+    def _key(entity: dict) -> tuple[str, str]:
+        return entity["PartitionKey"], entity["RowKey"]
+
+    def _put(self, key: tuple[str, str], data: dict) -> dict:
+        etag = f'W/"{next(_ETAGS)}"'
+        self.rows[key] = (copy.deepcopy(data), etag)
+        return {"etag": etag}
+
+    def _check(self, key: tuple[str, str], etag: str | None, match_condition: Any) -> None:
+        if key not in self.rows:
+            raise ResourceNotFoundError("not found")
+        if match_condition == MatchConditions.IfNotModified and self.rows[key][1] != etag:
+            raise ResourceModifiedError("etag mismatch")
+
+    async def create_entity(self, entity: dict) -> dict:
+        await self._request("create_entity")
+        key = self._key(entity)
+        if key in self.rows:
+            raise ResourceExistsError("exists")
+        return self._put(key, entity)
+
+    async def get_entity(self, partition_key: str, row_key: str) -> Entity:
+        await self._request("get_entity")
+        if (partition_key, row_key) not in self.rows:
+            raise ResourceNotFoundError("not found")
+        data, etag = self.rows[(partition_key, row_key)]
+        return Entity(data, etag)
+
+    async def update_entity(self, entity: dict, mode=UpdateMode.MERGE, *, etag: str | None = None,
+                            match_condition: Any = None) -> dict:
+        await self._request("update_entity")
+        key = self._key(entity)
+        self._check(key, etag, match_condition)
+        data = {**self.rows[key][0], **entity} if mode == UpdateMode.MERGE else dict(entity)
+        return self._put(key, data)
+
+    async def upsert_entity(self, entity: dict, mode=UpdateMode.MERGE) -> dict:
+        await self._request("upsert_entity")
+        key = self._key(entity)
+        data = {**self.rows.get(key, ({}, ""))[0], **entity} if mode == UpdateMode.MERGE else dict(entity)
+        return self._put(key, data)
+
+    async def delete_entity(self, partition_key: str, row_key: str, *, etag: str | None = None,
+                            match_condition: Any = None) -> None:
+        await self._request("delete_entity")
+        key = (partition_key, row_key)
+        if key not in self.rows:
+            raise ResourceNotFoundError("not found")
+        self._check(key, etag, match_condition)
+        del self.rows[key]
+
+    async def query_entities(self, query_filter: str, *, parameters: dict | None = None, select=None, **_: Any):
+        await self._request("query_entities")
+        clauses = [_CLAUSE.match(part) for part in query_filter.split(" and ")]
+        if not all(clauses):
+            raise AssertionError(f"the fake table does not understand the filter {query_filter!r}")
+        for key in sorted(self.rows):
+            data, etag = self.rows[key]
+            if all(_matches(data, m, parameters or {}) for m in clauses):
+                yield Entity(data, etag)
+
+    def entity(self, partition_key: str, row_key: str) -> dict | None:
+        row = self.rows.get((partition_key, row_key))
+        return copy.deepcopy(row[0]) if row else None
+
+
+def _matches(data: dict, match: re.Match, parameters: dict) -> bool:
+    name, op, raw = match.groups()
+    value = parameters[raw[1:]] if raw.startswith("@") else raw[1:-1]
+    if name not in data:
+        return False
+    left = data[name]
+    return {"eq": left == value, "ne": left != value, "lt": left < value, "le": left <= value,
+            "gt": left > value, "ge": left >= value}[op]
+
+
+class _Downloader:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def readall(self) -> bytes:
+        return self._data
+
+
+class FakeContainer:
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.downloads = 0
+
+    async def upload_blob(self, name: str, data: bytes, overwrite: bool = False) -> None:
+        if name in self.blobs and not overwrite:
+            raise ResourceExistsError("blob exists")
+        self.blobs[name] = bytes(data)
+
+    async def download_blob(self, name: str) -> _Downloader:
+        if name not in self.blobs:
+            raise ResourceNotFoundError("no blob")
+        self.downloads += 1
+        return _Downloader(self.blobs[name])
+
+    async def delete_blob(self, name: str) -> None:
+        if self.blobs.pop(name, None) is None:
+            raise ResourceNotFoundError("no blob")
+
+    async def list_blobs(self, name_starts_with: str = ""):
+        for name in sorted(self.blobs):
+            if name.startswith(name_starts_with):
+                yield SimpleNamespace(name=name)
+
+
+@dataclass
+class Sent:
+    message: dict
+    delay: float
+    at: float
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.sent: list[Sent] = []
+
+    async def send(self, message: dict, delay_seconds: float = 0.0) -> None:
+        self.sent.append(Sent(dict(message), delay_seconds, clock.now()))
+
+    def take(self) -> list[dict]:
+        messages, self.sent = [s.message for s in self.sent], []
+        return messages
+
+
+@dataclass
+class FakeResponse:
+    id: str
+    status: str = "queued"
+    output: list = field(default_factory=list)
+    error: dict | None = None
+    incomplete_details: dict | None = None
+    usage: dict | None = None
+    params: dict = field(default_factory=dict)
+
+    def model_dump(self, **_: Any) -> dict:
+        return {"id": self.id, "status": self.status, "output": copy.deepcopy(self.output), "error": self.error,
+                "incomplete_details": self.incomplete_details, "usage": self.usage}
+
+    def complete(self, text: str = "done") -> None:
+        self.status = "completed"
+        self.output = [{"type": "message", "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+        self.usage = {"input_tokens": 1, "output_tokens": len(text), "total_tokens": 1 + len(text)}
+
+
+class FakeBackend:
+    """A scripted provider. `fail[method]` is a list of ProviderErrors raised by the next calls of that
+    method; `before[method]` is an async hook awaited at the start of each call (to force interleavings)."""
+
+    def __init__(self) -> None:
+        self.responses: dict[str, FakeResponse] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.fail: dict[str, list[ProviderError]] = {}
+        self.before: dict[str, Callable[[], Awaitable[None]]] = {}
+        self.finish_at_once = False
+        self._ids = itertools.count(1)
+
+    async def _enter(self, method: str, ident: str) -> None:
+        self.calls.append((method, ident))
+        if method in self.before:
+            await self.before[method]()
+        if self.fail.get(method):
+            raise self.fail[method].pop(0)
+
+    def _state(self, response: FakeResponse) -> ProviderState:
+        return ProviderState(response.id, response.status, copy.deepcopy(response))
+
+    async def start(self, params: dict, *, stream: bool) -> Started:
+        await self._enter("start", params["metadata"]["bg_run_id"])
+        response = FakeResponse(f"resp_{next(self._ids)}", params=copy.deepcopy(params))
+        if self.finish_at_once:
+            response.complete()
+        self.responses[response.id] = response
+        return Started(self._state(response))
+
+    async def observe(self, response_id: str) -> ProviderState:
+        await self._enter("observe", response_id)
+        return self._state(self.responses[response_id])
+
+    async def cancel(self, response_id: str) -> ProviderState | None:
+        await self._enter("cancel", response_id)
+        response = self.responses.get(response_id)
+        if response is None:
+            return None
+        if response.status in ("queued", "in_progress"):
+            response.status = "cancelled"
+        return self._state(response)
+
+    async def events(self, response_id: str, after: int):
+        raise ProviderError(transient=False, status=400, message="the fake backend does not stream")
+
+    def count(self, method: str) -> int:
+        return sum(1 for name, _ in self.calls if name == method)
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeSender:
+    """A webhook sender whose attempts the test decides (`results`: Attempt per call; default ok)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, bytes]] = []
+        self.results: list[Any] = []
+
+    async def send(self, url: str, webhook_id: str, body: bytes):
+        from shared.webhooks import Attempt
+
+        self.sent.append((url, webhook_id, body))
+        return self.results.pop(0) if self.results else Attempt(at="2026-01-01T00:00:00.000Z", ok=True, status_code=204)
+
+    async def aclose(self) -> None:
+        pass
+
+
+ENV = {
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+    "RUN_TOKEN_KEY": "k" * 48,
+    "WEBHOOK_SIGNING_SECRETS": "whsec_" + "A" * 43,
+    "WEBHOOK_ALLOW_HTTP": "true",
+    "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
+    "WEBHOOK_RETRY_SCHEDULE": "0,5,10",
+    "POLL_INITIAL_DELAY_SECONDS": "1",
+    "POLL_MAX_DELAY_SECONDS": "10",
+    "SWEEP_GRACE_SECONDS": "60",
+    "RUN_DEADLINE_SECONDS": "3600",
+    "PROVIDER_TIMEOUT_SECONDS": "10",
+}
+
+
+@dataclass
+class World:
+    services: Services
+    backend: FakeBackend
+    clock: FakeClock
+    tables: dict[str, FakeTable]
+    blobs: FakeContainer
+    poll_queue: FakeQueue
+    webhook_queue: FakeQueue
+    sender: FakeSender
+
+    @property
+    def runs(self) -> FakeTable:
+        return self.tables["runs"]
+
+    @property
+    def index(self) -> FakeTable:
+        return self.tables["runindex"]
+
+    async def run(self, run_id: str):
+        return await self.services.reader.get(run_id)
+
+    async def drain_polls(self, *, limit: int = 100) -> list[str]:
+        """Deliver every queued poll message (as the host would, ignoring delays); what each step did."""
+        outcomes = []
+        for _ in range(limit):
+            messages = self.poll_queue.take()
+            if not messages:
+                break
+            for message in messages:
+                outcomes.append(await self.services.poll_step.handle(message, dequeue_count=5))
+        return outcomes
+
+
+def world(monkeypatch, **env: str) -> World:
+    fake_clock = FakeClock()
+    monkeypatch.setattr(clock, "now", fake_clock)
+    tables = {name: FakeTable() for name in ("runs", "sessions", "idempotency", "runindex")}
+    blobs, poll_queue, webhook_queue = FakeContainer(), FakeQueue(), FakeQueue()
+    storage = SimpleNamespace(runs=tables["runs"], sessions=tables["sessions"], idempotency=tables["idempotency"],
+                              index=tables["runindex"], poll_queue=poll_queue, webhook_queue=webhook_queue,
+                              payloads=blobs)
+    settings = Settings.from_env({**ENV, **env})
+    backend, sender = FakeBackend(), FakeSender()
+    services = build(settings, storage, backend, sender=sender if settings.webhook_secrets else None)
+    return World(services, backend, fake_clock, tables, blobs, poll_queue, webhook_queue, sender)
+
+
+async def gather(*aws):
+    return await asyncio.gather(*aws, return_exceptions=True)
