@@ -1,0 +1,52 @@
+"""The layers of the service, as its imports show them: entry points on top, the API layer beside them,
+the run's life below, framework-free libraries at the bottom; no cycles."""
+from __future__ import annotations
+
+from .module_graph import graph
+
+GRAPH = graph()
+FRAMEWORKS = ("fastapi", "starlette", "azurefunctions", "azure.functions")
+DOMAIN_AND_LIBRARIES = ("shared.runs", "shared.provider", "shared.webhooks", "shared.clock", "shared.errors",
+                        "shared.retry_after", "shared.settings", "shared.storage")
+
+
+def _third_party(module: str) -> set[str]:
+    return GRAPH[module][1]
+
+
+def _ours(module: str) -> set[str]:
+    return GRAPH[module][0]
+
+
+def test_there_are_no_import_cycles():
+    def visit(module: str, path: list[str]) -> None:
+        assert module not in path, " -> ".join(path + [module])
+        for dep in _ours(module):
+            if dep in GRAPH:
+                visit(dep, path + [module])
+
+    for module in GRAPH:
+        visit(module, [])
+
+
+def test_the_run_domain_and_the_libraries_know_nothing_of_http_or_functions():
+    for module in (m for m in GRAPH if m.startswith(DOMAIN_AND_LIBRARIES)):
+        assert not {t for t in _third_party(module) if t.startswith(FRAMEWORKS)}, module
+        assert not {d for d in _ours(module) if d.startswith(("shared.api", "shared.functions", "shared.composition"))}, module
+
+
+def test_the_webhooks_library_depends_only_on_leaf_helpers():
+    for module in GRAPH:
+        if module.startswith("shared.webhooks"):
+            outside = {d for d in _ours(module) if not d.startswith("shared.webhooks")}
+            assert outside <= {"shared.clock", "shared.retry_after"}, (module, outside)
+
+
+def test_entry_points_do_not_import_each_other():
+    entry_points = {m for m in GRAPH if m.startswith("shared.functions.") and m != "shared.functions.queue_messages"}
+    for module in entry_points:
+        assert not _ours(module) & entry_points, module
+
+
+def test_function_app_only_wires_blueprints():
+    assert {d.rpartition(".")[0] or d for d in _ours("function_app")} <= {"shared.functions"}
