@@ -80,3 +80,14 @@ def test_an_invalid_concurrency_limit_is_refused(host_factory, value):
     with pytest.raises(HostStartError, match="FUNCTIONS_HOST_HTTP_PER_INSTANCE_CONCURRENCY"):
         host.start(timeout=20)
     assert host.wait() == 1
+
+
+def test_a_stream_whose_generator_raises_fails_the_invocation_with_that_error(host_factory):
+    host = host_factory("http_fastapi", env=FASTAPI_ENV).start()
+    with httpx.Client(timeout=10) as client, client.stream("GET", host.url("api/broken-stream")) as response:
+        assert response.status_code == 200  # the status line went out with the first chunk
+        with pytest.raises(httpx.RemoteProtocolError):
+            response.read()  # then the body is cut short
+    host.wait_for_log(r"Executed 'Functions\.broken_stream' \(Failed, Id=[0-9a-f-]+, Duration=\d+ms\)")
+    host.wait_for_log(r"RuntimeError: the stream's generator failed")
+    assert "ClientDisconnectedError" not in host.logs()
