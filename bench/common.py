@@ -208,6 +208,7 @@ def service_env(connection_string: str, emulator_url: str, webhook_secrets: tupl
         "WEBHOOK_SIGNING_SECRETS": " ".join(webhook_secrets),
         "WEBHOOK_ALLOW_HTTP": "true",
         "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
+        "PYTHON_ENABLE_INIT_INDEXING": "1",  # as in Azure: the host refuses the FastAPI types without it
     }
     env.update(overrides)
     return env

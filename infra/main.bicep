@@ -12,7 +12,42 @@ targetScope = 'subscription'
 param environmentName string
 
 @minLength(1)
-@description('Region of every resource (Azure OpenAI: see openAiLocation). Must offer Flex Consumption: az functionapp list-flexconsumption-locations')
+@description('Region of every resource (Azure OpenAI: see openAiLocation). Only regions that offer Flex Consumption, so azd does not offer one where the plan cannot be created; check with az functionapp list-flexconsumption-locations.')
+// The list of the azd Flex Consumption Python quickstart (Azure-Samples/functions-quickstart-python-http-azd,
+// 2025-11) without its canary region eastus2euap. A region added to Flex later needs adding here.
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({
   azd: {
     type: 'location'
@@ -42,6 +77,15 @@ param instanceMemoryMB int = 2048
 @maxValue(1000)
 @description('Flex Consumption maximum instance count (scale-out cap).')
 param maximumInstanceCount int = 40
+
+// Flex runs a Python app's HTTP functions at ONE request per instance unless this is set, and an SSE stream or a
+// `Prefer: wait` request holds its instance for the whole response (up to STREAM_MAX_SECONDS). The handlers are
+// async and I/O-bound (they wait on storage and the model provider), so one instance serves many at once; see
+// infra/README.md "HTTP concurrency" for the measured figures behind the default.
+@minValue(1)
+@maxValue(1000)
+@description('HTTP requests one instance serves at once (functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency); more requests scale out to more instances.')
+param httpPerInstanceConcurrency int = 16
 
 @description('NCRONTAB schedule of the sweeper that repairs lost poll chains. Each run wakes the app: every minute keeps telemetry and storage transactions flowing at rest (see infra/README.md).')
 param sweepSchedule string = '0 */1 * * * *'
@@ -76,10 +120,19 @@ param openAiDeploymentSku string = 'GlobalStandard'
 @description('Deployment capacity in thousands of tokens per minute.')
 param openAiDeploymentCapacity int = 10
 
+// ---- Key Vault ---------------------------------------------------------------------------------------------------
+// Purge protection keeps a deleted vault's name for the whole soft-delete period (7 days): right for production
+// (secrets cannot be destroyed by mistake), but a dev environment's `azd down` + `azd up` would then fail until it
+// expires. Off by default; set it for production environments. Once on it cannot be switched off again.
+@description('Key Vault purge protection: true for production environments; false lets `azd down --purge` free the vault name at once.')
+param keyVaultPurgeProtection bool = false
+
 // ---- Secrets ---------------------------------------------------------------------------------------------------
-// No default and not in main.parameters.json: azd generates each value once (crypto/rand, [A-Za-z0-9]), stores it
-// in the environment's secret config and reuses it on every later `azd provision`, so the secrets stay stable.
-// Outside azd, pass them explicitly (see infra/README.md). They only ever reach Key Vault.
+// No default: when the mapped azd environment variable (main.parameters.json) is unset, azd generates each value
+// once (crypto/rand, [A-Za-z0-9]), stores it in the environment's secret config and reuses it on every later
+// `azd provision`, so the secrets stay stable; `azd pipeline config` copies it into the pipeline's secret of the
+// same name, so CI provisions with the same value. Outside azd, pass them explicitly (see infra/README.md). They
+// only ever reach Key Vault.
 @secure()
 @minLength(32)
 @description('HMAC key for continuation tokens (RUN_TOKEN_KEY).')
@@ -109,6 +162,11 @@ param runTokenKey string
 })
 param webhookSecretMaterial string
 
+@secure()
+@maxLength(200)
+@description('During a webhook secret rotation only: the previous whsec_ secret, kept next to the new one so receivers that still have it verify every delivery. Empty otherwise.')
+param previousWebhookSigningSecret string = ''
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -116,6 +174,7 @@ var tags = {
 var functionAppName = 'func-api-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
 var createOpenAi = empty(existingOpenAiEndpoint)
+var webhookSigningSecret = 'whsec_${base64(webhookSecretMaterial)}'
 // ARM evaluates a module's scope even when its condition is false: split a placeholder id when none is given.
 var existingOpenAiIdParts = split(!empty(existingOpenAiResourceId) ? existingOpenAiResourceId : '/subscriptions/${subscription().subscriptionId}/resourceGroups/none/providers/Microsoft.CognitiveServices/accounts/none', '/')
 
@@ -193,7 +252,9 @@ module keyVault 'app/keyvault.bicep' = {
     location: location
     tags: tags
     runTokenKey: runTokenKey
-    webhookSigningSecrets: 'whsec_${base64(webhookSecretMaterial)}'
+    // The service signs with every secret in the list (new first), so a rotation has no gap.
+    webhookSigningSecrets: empty(previousWebhookSigningSecret) ? webhookSigningSecret : '${webhookSigningSecret} ${previousWebhookSigningSecret}'
+    purgeProtection: keyVaultPurgeProtection
   }
 }
 
@@ -250,6 +311,7 @@ module api 'app/api.bicep' = {
     identityClientId: identity.outputs.clientId
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
     deploymentContainerUrl: '${storage.outputs.blobEndpoint}${deploymentContainerName}'
     blobServiceUri: storage.outputs.blobEndpoint
     queueServiceUri: storage.outputs.queueEndpoint

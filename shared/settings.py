@@ -7,8 +7,11 @@ parity test reads the same table, so a setting added here must be provided by in
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 from .webhooks.schedule import parse_schedule
@@ -24,6 +27,10 @@ PAYLOAD_CONTAINER = "run-payloads"
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 
 DEFAULT_EMULATOR_URL = "http://127.0.0.1:7070/v1"
+# host.json sits next to function_app.py, one folder above this package (/home/site/wwwroot in Azure).
+HOST_JSON = Path(__file__).resolve().parents[1] / "host.json"
+# functionTimeout when host.json does not set one: the Flex Consumption default (30 min), the only plan infra/ uses.
+FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS = 1800.0
 DEFAULT_WEBHOOK_SCHEDULE = "0,5,300,1800,7200,18000,36000,36000"
 
 
@@ -169,6 +176,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
+        refuse_unresolved_key_vault_references(env)
+        stream_max_seconds = _number(env, "STREAM_MAX_SECONDS", minimum=1)
+        check_stream_below_function_timeout(stream_max_seconds)
         return cls(
             storage=_storage(env),
             provider=_provider(env),
@@ -186,8 +196,65 @@ class Settings:
             webhook_schedule=_schedule(env),
             webhook_timeout=_number(env, "WEBHOOK_TIMEOUT_SECONDS", minimum=0.1),
             retention_seconds=_number(env, "RETENTION_DAYS", minimum=1) * 86400,
-            stream_max_seconds=_number(env, "STREAM_MAX_SECONDS", minimum=1),
+            stream_max_seconds=stream_max_seconds,
             stream_keepalive_seconds=_number(env, "STREAM_KEEPALIVE_SECONDS", minimum=0.1),
+        )
+
+
+_KEY_VAULT_REFERENCE = re.compile(r"^\s*@Microsoft\.KeyVault\(", re.IGNORECASE)
+
+
+def refuse_unresolved_key_vault_references(env: Mapping[str, str]) -> None:
+    """A Key Vault reference the platform could not resolve reaches the app as its literal text.
+
+    Taken as a value it would pass some checks (a 60-character RUN_TOKEN_KEY looks long enough), so any declared
+    setting that still reads `@Microsoft.KeyVault(...)` is refused, by name; the value itself is not repeated.
+    """
+    for setting in SETTINGS:
+        if _KEY_VAULT_REFERENCE.match(env.get(setting.name) or ""):
+            raise SettingsError(
+                f"{setting.name}: is an unresolved Key Vault reference (@Microsoft.KeyVault(...)); the platform "
+                "could not read the secret. Check the app identity's Key Vault Secrets User role, "
+                "keyVaultReferenceIdentity and the secret URI, then restart the app."
+            )
+
+
+_TIMESPAN = re.compile(r"^(?:(?P<d>\d+)\.)?(?P<h>\d+):(?P<m>\d+):(?P<s>\d+(?:\.\d+)?)$")
+
+
+def function_timeout_seconds(host_json: Path = HOST_JSON) -> float | None:
+    """host.json `functionTimeout` in seconds; None when it is -1 (unbounded).
+
+    Absent (or no host.json): the platform default of the plan, Flex Consumption's 30 minutes.
+    """
+    try:
+        raw = json.loads(host_json.read_text(encoding="utf-8-sig")).get("functionTimeout")
+    except FileNotFoundError:
+        raw = None
+    except ValueError as error:
+        raise SettingsError(f"host.json: invalid JSON ({error})") from None
+    if raw is None:
+        return FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS
+    if str(raw).strip() == "-1":
+        return None
+    match = _TIMESPAN.match(str(raw).strip())
+    if not match:
+        raise SettingsError(f"host.json: functionTimeout {raw!r} is not a TimeSpan (hh:mm:ss) or -1")
+    return (int(match["d"] or 0) * 86400 + int(match["h"]) * 3600 + int(match["m"]) * 60
+            + float(match["s"]))
+
+
+def check_stream_below_function_timeout(stream_max_seconds: float, host_json: Path = HOST_JSON) -> None:
+    """A stream must end (with its `reconnect` event) before the platform cuts the invocation.
+
+    A streamed HTTP invocation lasts until its stream ends, so `functionTimeout` bounds it. With
+    functionTimeout -1 there is no such bound and nothing to check (Azure's 230 s HTTP limit still applies).
+    """
+    timeout = function_timeout_seconds(host_json)
+    if timeout is not None and stream_max_seconds >= timeout:
+        raise SettingsError(
+            f"STREAM_MAX_SECONDS: {stream_max_seconds:g} must be below host.json functionTimeout ({timeout:g} s), "
+            "or the platform cuts streams before their reconnect event"
         )
 
 

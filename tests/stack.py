@@ -40,6 +40,7 @@ def service_env(connection_string: str, emulator_url: str, **overrides: str) -> 
         "MAX_PREFER_WAIT_SECONDS": "5",
         "STREAM_KEEPALIVE_SECONDS": "2",
         "PROVIDER_TIMEOUT_SECONDS": "5",
+        "PYTHON_ENABLE_INIT_INDEXING": "1",  # as in Azure: the host refuses the FastAPI types without it
     }
     env.update(overrides)
     return env

@@ -8,6 +8,8 @@ param identityId string
 param identityClientId string
 param instanceMemoryMB int
 param maximumInstanceCount int
+@description('functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency (Flex default for Python: 1).')
+param httpPerInstanceConcurrency int
 param deploymentContainerUrl string
 param blobServiceUri string
 param queueServiceUri string
@@ -24,6 +26,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222:The service is a public HTTP API (POST /api/runs, polling, SSE); callers authenticate with function keys over HTTPS.
   // checkov:skip=CKV_AZURE_17:Callers are generic HTTP clients authenticated with function keys; mutual TLS would require client certificates from every caller.
   // checkov:skip=CKV_AZURE_212:Flex Consumption scales to zero by design (no always-ready instances by default, to keep the cost at rest near zero); availability comes from the platform adding instances on demand.
+  // checkov:skip=CKV_AZURE_78:Flex Consumption has no FTP(S) endpoint and rejects siteConfig.ftpsState (ARM 51021); FTP and SCM basic publishing credentials are disabled below (basicPublishingCredentialsPolicies ftp/scm allow=false).
   // checkov:skip=CKV_AZURE_213:App Service health check probes an always-on instance set; Flex Consumption scales per function and to zero, so there is nothing to probe at rest. Use Application Insights availability tests instead.
   name: name
   location: location
@@ -57,16 +60,22 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'
         version: '3.11'
       }
     }
+    // Flex Consumption rejects deprecated site properties (ftpsState, alwaysOn, linuxFxVersion, ...: see
+    // "Flex Consumption plan deprecations" in the Functions app settings reference); tests/infra keeps them out.
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       // Flex Consumption: no FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION (set by functionAppConfig).
       appSettings: [

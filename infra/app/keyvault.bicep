@@ -10,7 +10,12 @@ param runTokenKey string
 @secure()
 param webhookSigningSecrets string
 
+@description('Purge protection (production). ARM accepts only true or absent: once on, it cannot be turned off.')
+param purgeProtection bool = false
+
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_110:Purge protection is the keyVaultPurgeProtection parameter: on for production, off for dev environments so that azd down + azd up can reuse the vault name (it is fixed per environment) instead of failing for 7 days.
+  // checkov:skip=CKV_AZURE_42:Soft delete is always on (7 days); purge protection is the keyVaultPurgeProtection parameter (on for production, off for dev environments, see infra/README.md).
   // checkov:skip=CKV_AZURE_109:No VNet in this template: Flex Consumption without VNet integration reaches it over the public endpoint; access is Microsoft Entra ID + RBAC only (keys/local auth disabled). A VNet/private-endpoint variant is a follow-up. App Service Key Vault references are not a trusted service for the vault firewall.
   // checkov:skip=CKV_AZURE_189:No VNet in this template: Flex Consumption without VNet integration reaches it over the public endpoint; access is Microsoft Entra ID + RBAC only (keys/local auth disabled). A VNet/private-endpoint variant is a follow-up. App Service Key Vault references are not a trusted service for the vault firewall.
   name: name
@@ -25,7 +30,8 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enableRbacAuthorization: true
     enableSoftDelete: true
     softDeleteRetentionInDays: 7
-    enablePurgeProtection: true
+    // Absent (null) rather than false: ARM refuses false, also on a vault that never had it.
+    enablePurgeProtection: purgeProtection ? true : null
     publicNetworkAccess: 'Enabled'
     networkAcls: {
       defaultAction: 'Allow'

@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--function-key", action="append", default=[],
                         help="a key valid for every FUNCTION-level route (repeatable); enables keys; "
                              "also FUNCTIONS_HOST_FUNCTION_KEYS='k1,k2,fn_name=k3'")
+    parser.add_argument("--http-per-instance-concurrency", type=int, default=None, metavar="N",
+                        help="at most N HTTP invocations at once, the rest queue (Flex scaleAndConcurrency.triggers."
+                             "http.perInstanceConcurrency); also FUNCTIONS_HOST_HTTP_PER_INSTANCE_CONCURRENCY; "
+                             "default unlimited")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_logging(args.log_level.upper())
@@ -54,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(app_dir)  # the worker's working directory is the app root (/home/site/wwwroot in Azure)
     host = FunctionsHost(HostOptions(app_dir=app_dir, host=args.host, port=args.port,
                                      grace_seconds=args.grace, master_key=args.master_key,
-                                     function_keys=args.function_key))
+                                     function_keys=args.function_key,
+                                     http_concurrency=args.http_per_instance_concurrency))
     try:
         host.load()
         return asyncio.run(host.run())

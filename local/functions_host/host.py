@@ -18,7 +18,8 @@ from .http import HttpFrontend, Keys, new_status
 from .invoker import Invoker
 from .loader import LoadedApp, load_app
 from .queues import QueueListener, make_service_client, validate_queue_name
-from .settings import HostConfig, load_host_json, load_local_settings, resolve_expression
+from .settings import (HTTP_CONCURRENCY, HostConfig, check_init_indexing, http_concurrency, load_host_json,
+                       load_local_settings, resolve_expression)
 from .timers import TimerListener, parse_schedule
 
 log = logging.getLogger("functions_host")
@@ -32,6 +33,7 @@ class HostOptions:
     grace_seconds: float | None = None  # None -> FUNCTIONS_HOST_GRACE_SECONDS or 30
     master_key: str | None = None
     function_keys: list[str] = field(default_factory=list)
+    http_concurrency: int | None = None  # None -> FUNCTIONS_HOST_HTTP_PER_INSTANCE_CONCURRENCY or unlimited
 
 
 class _Server(uvicorn.Server):
@@ -55,6 +57,7 @@ class FunctionsHost:
         self._stop = None
         self.status: dict = {}
         self.grace = 30.0
+        self.http_concurrency: int | None = None
 
     # -- start-up (synchronous part: everything the worker/host would refuse) ---------------------------
     def load(self) -> None:
@@ -89,9 +92,10 @@ class FunctionsHost:
                     raise StartupError(f"Function {spec.name}: {exc}") from None
                 spec.settings["schedule"] = expr
                 self._timer_plans.append((spec, schedule, bool(spec.trigger.run_on_startup)))
-        if self.loaded.http_v2 and os.environ.get("PYTHON_ENABLE_INIT_INDEXING", "").lower() not in ("1", "true"):
-            log.warning("This app uses the FastAPI HTTP types: in Azure (Python <= 3.12) it also needs the app "
-                        "setting PYTHON_ENABLE_INIT_INDEXING=1.")
+        check_init_indexing(self.loaded.http_v2)
+        self.http_concurrency = http_concurrency(
+            self.options.http_concurrency if self.options.http_concurrency is not None
+            else os.environ.get(HTTP_CONCURRENCY))
 
     # -- run ------------------------------------------------------------------------------------------
     async def run(self, *, install_signal_handlers: bool = True) -> int:
@@ -105,7 +109,7 @@ class FunctionsHost:
         self.status = new_status(self.loaded.functions)
         frontend = HttpFrontend(functions=self.loaded.functions, route_prefix=self.config.route_prefix,
                                 keys=self.keys, invoker=self.invoker, http_v2=self.loaded.http_v2,
-                                status=self.status)
+                                status=self.status, concurrency=self.http_concurrency)
         self.frontend = frontend
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -214,5 +218,6 @@ class FunctionsHost:
         style = "FastAPI types (azurefunctions-extensions-http-fastapi)" if self.loaded.http_v2 else \
             "func.HttpRequest/HttpResponse"
         if frontend.routes:
-            log.info("HTTP style: %s; keys %s.", style,
-                     "ENFORCED" if self.keys.enforced else "not required (none configured)")
+            log.info("HTTP style: %s; keys %s; per-instance concurrency %s.", style,
+                     "ENFORCED" if self.keys.enforced else "not required (none configured)",
+                     self.http_concurrency or "unlimited")

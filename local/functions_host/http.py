@@ -7,11 +7,17 @@ Behaviour mirrored from the real host:
 - FastAPI-style apps (azurefunctions-extensions-http-fastapi imported): the handler receives a FastAPI Request
   for the ORIGINAL request whose `path_params` hold the route parameters (the worker's RequestSynchronizer does
   `request.path_params.clear(); request.path_params.update(route_params)`); a returned Response/StreamingResponse
-  is sent as is (streamed), any other return value is JSON-encoded like FastAPI does; an exception is a 500.
+  is sent as is (streamed), any other return value is JSON-encoded like FastAPI does; an exception is a 500;
+- a FastAPI-style invocation lasts until its response is sent: a stream is logged with its full duration, and a
+  client that disconnects before the end fails the invocation (Azure does both);
+- with a per-instance concurrency limit (Flex `scaleAndConcurrency.triggers.http.perInstanceConcurrency`), at
+  most that many HTTP invocations run at once, from request to last byte; the others wait in arrival order,
+  as requests wait for a free instance on Flex. Admin endpoints are not counted.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -79,6 +85,84 @@ class Keys:
         return cls(master=master or None, host=tuple(host), per_function={k: tuple(v) for k, v in per.items()})
 
 
+class ClientDisconnectedError(Exception):
+    """The client went away before the whole response was sent."""
+
+
+class HttpConcurrency:
+    """At most `limit` HTTP invocations at once (None: unlimited); the rest wait in arrival order."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.active = 0
+        self.queued = 0
+        self._slots = asyncio.Semaphore(limit) if limit else None
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        if self._slots is not None:
+            self.queued += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.queued -= 1
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if self._slots is not None:
+                self._slots.release()
+
+    def status(self) -> dict:
+        return {"perInstanceConcurrency": self.limit, "active": self.active, "queued": self.queued}
+
+
+class _ResponseDelivery:
+    """Sends a FastAPI-style result inside the invocation and tells a complete response from a cut one."""
+
+    def __init__(self, scope, receive, send) -> None:
+        self.scope, self._receive, self._send = scope, receive, send
+        self.started = False
+        self.completed = False
+        self.body_bytes = 0
+
+    async def send(self, message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        elif message["type"] == "http.response.body":
+            self.body_bytes += len(message.get("body", b""))
+            self.completed = not message.get("more_body", False)
+        await self._send(message)
+
+    async def _disconnected(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
+    async def deliver(self, result: Any) -> None:
+        from fastapi.encoders import jsonable_encoder
+        from starlette.requests import ClientDisconnect
+        from starlette.responses import JSONResponse, Response
+
+        if not isinstance(result, Response):
+            result = JSONResponse(jsonable_encoder(result))
+        sending = asyncio.ensure_future(result(self.scope, self._receive, self.send))
+        watching = asyncio.ensure_future(self._disconnected())
+        try:
+            await asyncio.wait({sending, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sending, watching):
+                task.cancel()  # a stream the client left stops here (its generator is cancelled)
+            await asyncio.gather(sending, watching, return_exceptions=True)
+        if self.completed:
+            return
+        failure = sending.exception() if sending.done() and not sending.cancelled() else None
+        if failure is not None and not isinstance(failure, (OSError, ClientDisconnect)):
+            raise failure  # the response itself failed (e.g. its generator raised): the invocation fails with it
+        raise ClientDisconnectedError(f"The client disconnected before the response completed "
+                                      f"({self.body_bytes} body bytes sent).")
+
+
 def _level(trigger) -> str:
     level = getattr(trigger, "auth_level", None)
     level = getattr(level, "value", level) or "function"
@@ -96,8 +180,9 @@ class HttpFrontend:
     """A raw ASGI app (served by uvicorn on the host's event loop)."""
 
     def __init__(self, *, functions: list[FunctionSpec], route_prefix: str, keys: Keys, invoker: Invoker,
-                 http_v2: bool, status: dict) -> None:
+                 http_v2: bool, status: dict, concurrency: int | None = None) -> None:
         self.prefix = route_prefix.strip("/")
+        self.concurrency = HttpConcurrency(concurrency)
         self.keys = keys
         self.invoker = invoker
         self.http_v2 = http_v2
@@ -157,10 +242,11 @@ class HttpFrontend:
             if not self.accepting:
                 await _send_simple(send, 503)
                 return
-            if self.http_v2:
-                await self._invoke_v2(r, params, scope, receive, send)
-            else:
-                await self._invoke_classic(r, params, scope, receive, send, headers, query)
+            async with self.concurrency.slot():
+                if self.http_v2:
+                    await self._invoke_v2(r, params, scope, receive, send)
+                else:
+                    await self._invoke_classic(r, params, scope, receive, send, headers, query)
             return
         await _send_simple(send, 404)
 
@@ -184,6 +270,7 @@ class HttpFrontend:
         if path == "admin/host/status" and method == "GET":
             body = {k: v for k, v in self.status.items() if not k.startswith("_")}
             body["processUptime"] = int((time.monotonic() - self.status["_started"]) * 1000)
+            body["http"] = self.concurrency.status()
             await _send_json(send, 200, body)
             return
         if path == "admin/functions" and method == "GET":
@@ -222,24 +309,22 @@ class HttpFrontend:
         await _send_func_response(send, result)
 
     async def _invoke_v2(self, r: HttpRoute, params, scope, receive, send) -> None:
-        from fastapi.encoders import jsonable_encoder
         from fastapi.requests import Request
-        from starlette.responses import JSONResponse, PlainTextResponse, Response
+        from starlette.responses import PlainTextResponse
 
         scope = dict(scope)
         scope["path_params"] = {}
         request = Request(scope, receive)
         self._synchronizer.sync_route_params(request, params)
+        delivery = _ResponseDelivery(scope, receive, send)
         try:
-            result = await self.invoker.invoke(r.spec, request, reason=_http_reason())
+            await self.invoker.invoke(r.spec, request, reason=_http_reason(), deliver=delivery.deliver)
         except BaseException as exc:  # noqa: BLE001 - logged by the invoker
-            await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+            if not delivery.started and not isinstance(exc, ClientDisconnectedError):
+                with contextlib.suppress(Exception):
+                    await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            return
-        if not isinstance(result, Response):
-            result = JSONResponse(jsonable_encoder(result))
-        await result(scope, receive, send)
 
 
 def _http_reason() -> str:

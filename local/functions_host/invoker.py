@@ -2,7 +2,10 @@
 
 - `async def` functions run on the host's single event loop (so SDK clients created once stay usable);
 - plain functions run in a thread pool (PYTHON_THREADPOOL_THREAD_COUNT, like the worker);
-- host.json `functionTimeout` cancels an async invocation (a sync one keeps its thread but is reported failed).
+- host.json `functionTimeout` cancels an async invocation (a sync one keeps its thread but is reported failed);
+- `deliver` (HTTP v2) sends the response inside the invocation: a streamed response keeps the invocation
+  running until the stream ends (functionTimeout included), and a failed delivery fails the invocation, as in
+  Azure.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import time
 import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import azure.functions as func
 from azure.functions import _abc as azf_abc
@@ -125,15 +128,19 @@ class Invoker:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    async def invoke(self, spec: FunctionSpec, trigger_value: Any, *, reason: str) -> Any:
-        """Invoke and return the function's result; raise its exception (already logged) on failure."""
+    async def invoke(self, spec: FunctionSpec, trigger_value: Any, *, reason: str,
+                     deliver: Callable[[Any], Awaitable[None]] | None = None) -> Any:
+        """Invoke and return the function's result; raise its exception (already logged) on failure.
+
+        With `deliver`, the invocation ends when `deliver(result)` returns (the response is sent).
+        """
         invocation_id = str(uuid.uuid4())
         kwargs = {spec.trigger_arg: trigger_value}
         if spec.wants_context:
             kwargs["context"] = InvocationContext(invocation_id, spec.name, spec.directory)
         log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", spec.name, reason, invocation_id)
         started = time.monotonic()
-        task = asyncio.ensure_future(self._call(spec, kwargs, invocation_id))
+        task = asyncio.ensure_future(self._call(spec, kwargs, invocation_id, deliver))
         self.running.add(task)
         self._idle.clear()
         try:
@@ -177,7 +184,14 @@ class Invoker:
         if not self.running:
             self._idle.set()
 
-    async def _call(self, spec: FunctionSpec, kwargs: dict, invocation_id: str) -> Any:
+    async def _call(self, spec: FunctionSpec, kwargs: dict, invocation_id: str,
+                    deliver: Callable[[Any], Awaitable[None]] | None) -> Any:
+        result = await self._run_user_function(spec, kwargs, invocation_id)
+        if deliver is not None:
+            await deliver(result)
+        return result
+
+    async def _run_user_function(self, spec: FunctionSpec, kwargs: dict, invocation_id: str) -> Any:
         if spec.is_async:
             InvocationContext._tls.invocation_id = invocation_id
             return await spec.user_function(**kwargs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, MutableMapping
@@ -71,6 +72,50 @@ def resolve_expression(text: str, *, what: str, environ: Mapping[str, str] | Non
         return environ[name]
 
     return _SETTING_EXPR.sub(repl, text)
+
+
+# The worker's is_true_like (azure_functions_worker/utils/common.py).
+_TRUE_LIKE = {"1", "true", "t", "yes", "y"}
+INIT_INDEXING = "PYTHON_ENABLE_INIT_INDEXING"
+HTTP_CONCURRENCY = "FUNCTIONS_HOST_HTTP_PER_INSTANCE_CONCURRENCY"
+# Flex Consumption's default functionTimeout (the plan this app is deployed to); -1 in host.json: unbounded.
+DEFAULT_FUNCTION_TIMEOUT = 1800.0
+
+
+def check_init_indexing(http_v2: bool, environ: Mapping[str, str] | None = None,
+                        version: tuple[int, int] = sys.version_info[:2]) -> None:
+    """Refuse an app with the FastAPI HTTP types when the worker would not serve them.
+
+    On Python <= 3.12 the worker starts its HTTP v2 (streaming) proxy only during init indexing, which
+    PYTHON_ENABLE_INIT_INDEXING switches on; without it the app's HTTP functions fail in Azure.
+    """
+    environ = os.environ if environ is None else environ
+    if not http_v2 or version >= (3, 13):
+        return
+    if (environ.get(INIT_INDEXING) or "").strip().lower() in _TRUE_LIKE:
+        return
+    raise StartupError(
+        f"This app uses the FastAPI HTTP types (azurefunctions-extensions-http-fastapi), which the Python "
+        f"{version[0]}.{version[1]} worker serves only with the app setting {INIT_INDEXING}=1; Azure would fail "
+        f"this app's HTTP functions. Set {INIT_INDEXING}=1 (local.settings.json Values or the environment; in "
+        f"Azure an app setting, as infra/app/api.bicep does)."
+    )
+
+
+def http_concurrency(value: str | int | None) -> int | None:
+    """The per-instance HTTP concurrency limit (Flex `scaleAndConcurrency.triggers.http.perInstanceConcurrency`).
+
+    None or "" means unlimited (Core Tools); otherwise 1-1000, the range Azure accepts.
+    """
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        limit = int(str(value).strip())
+    except ValueError:
+        raise StartupError(f"{HTTP_CONCURRENCY}: expected an integer 1-1000, got {value!r}") from None
+    if not 1 <= limit <= 1000:
+        raise StartupError(f"{HTTP_CONCURRENCY}: must be between 1 and 1000 (got {limit})")
+    return limit
 
 
 @dataclass
@@ -140,5 +185,7 @@ def load_host_json(app_dir: Path, environ: Mapping[str, str] | None = None) -> H
         message_encoding=encoding,
         lease_seconds=max(lease, 1.0),
     )
-    timeout = parse_timespan(raw.get("functionTimeout"), what="functionTimeout")
+    # Absent: Flex Consumption's default; "-1": unbounded (parse_timespan gives None).
+    timeout = DEFAULT_FUNCTION_TIMEOUT if "functionTimeout" not in raw else \
+        parse_timespan(raw.get("functionTimeout"), what="functionTimeout")
     return HostConfig(route_prefix=prefix, function_timeout=timeout, queues=queues, raw=raw)

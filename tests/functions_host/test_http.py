@@ -23,7 +23,8 @@ def classic(tmp_path_factory):
 def fastapi_host(tmp_path_factory):
     from local.functions_host.process import HostProcess
 
-    host = HostProcess(APPS / "http_fastapi", log_path=tmp_path_factory.mktemp("fastapi") / "host.log").start()
+    host = HostProcess(APPS / "http_fastapi", env={"PYTHON_ENABLE_INIT_INDEXING": "1"},
+                       log_path=tmp_path_factory.mktemp("fastapi") / "host.log").start()
     yield host
     host.stop()
 

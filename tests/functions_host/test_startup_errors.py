@@ -27,3 +27,19 @@ def test_startup_refuses_broken_app(host_factory, app):
     import re
 
     assert re.search(CASES[app], str(info.value)), str(info.value)
+
+
+@pytest.mark.parametrize("value", ["", "0", "false"])
+def test_fastapi_types_without_init_indexing_are_refused(host_factory, value):
+    """Azure (Python <= 3.12) does not serve the FastAPI HTTP types without PYTHON_ENABLE_INIT_INDEXING."""
+    host = host_factory("http_fastapi", env={"PYTHON_ENABLE_INIT_INDEXING": value})
+    with pytest.raises(HostStartError) as info:
+        host.start(wait_ready=True, timeout=20)
+    assert host.wait() == 1
+    assert "Host start-up failed: This app uses the FastAPI HTTP types" in str(info.value)
+    assert "PYTHON_ENABLE_INIT_INDEXING=1" in str(info.value)
+
+
+def test_classic_apps_do_not_need_init_indexing(host_factory):
+    host = host_factory("http_classic", env={"PYTHON_ENABLE_INIT_INDEXING": ""}).start(timeout=20)
+    assert host.is_running()

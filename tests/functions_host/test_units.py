@@ -56,7 +56,7 @@ def test_settings(tmp_path, monkeypatch):
     assert cfg.route_prefix == "api"
     assert cfg.queues.batch_size == 8 and cfg.queues.new_batch_threshold == 16  # (8 // 2) * 4 cores
     assert cfg.queues.max_polling_interval == 2.0 and cfg.queues.max_dequeue_count == 5
-    assert cfg.queues.message_encoding == "base64" and cfg.function_timeout is None
+    assert cfg.queues.message_encoding == "base64" and cfg.function_timeout == 1800  # Flex default
     (tmp_path / "host.json").write_text('{"version": "2.0", "extensions": {"http": {"routePrefix": ""}}}')
     assert load_host_json(tmp_path, environ={}).route_prefix == ""
 
@@ -119,3 +119,36 @@ async def test_identity_based_connection_settings():
     await client.close(), await cred.close()
     with pytest.raises(StartupError, match="Storage connection 'Missing' is not configured"):
         make_service_client("Missing", {})
+
+
+def test_init_indexing_rule_follows_the_worker():
+    from local.functions_host.settings import check_init_indexing
+
+    for true_like in ("1", "true", "True", " yes ", "t", "y"):
+        check_init_indexing(True, {"PYTHON_ENABLE_INIT_INDEXING": true_like}, version=(3, 11))
+    for missing in ({}, {"PYTHON_ENABLE_INIT_INDEXING": ""}, {"PYTHON_ENABLE_INIT_INDEXING": "0"}):
+        with pytest.raises(StartupError, match="PYTHON_ENABLE_INIT_INDEXING=1"):
+            check_init_indexing(True, missing, version=(3, 12))
+        check_init_indexing(True, missing, version=(3, 13))  # the 3.13+ worker indexes at init anyway
+        check_init_indexing(False, missing, version=(3, 11))  # classic HTTP types: not needed
+
+
+def test_http_concurrency_values():
+    from local.functions_host.settings import http_concurrency
+
+    assert http_concurrency(None) is None and http_concurrency("") is None and http_concurrency(" ") is None
+    assert http_concurrency("1") == 1 and http_concurrency(" 1000 ") == 1000 and http_concurrency(16) == 16
+    for bad in ("0", "1001", "-3", "2.5", "ten"):
+        with pytest.raises(StartupError, match="FUNCTIONS_HOST_HTTP_PER_INSTANCE_CONCURRENCY"):
+            http_concurrency(bad)
+
+
+def test_function_timeout_defaults_to_flex_and_minus_one_is_unbounded(tmp_path):
+    import json
+
+    (tmp_path / "host.json").write_text(json.dumps({"version": "2.0"}))
+    assert load_host_json(tmp_path).function_timeout == 1800
+    (tmp_path / "host.json").write_text(json.dumps({"version": "2.0", "functionTimeout": "-1"}))
+    assert load_host_json(tmp_path).function_timeout is None
+    (tmp_path / "host.json").write_text(json.dumps({"version": "2.0", "functionTimeout": "00:10:00"}))
+    assert load_host_json(tmp_path).function_timeout == 600

@@ -25,6 +25,8 @@ ROLES = {
     "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
     "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
+    "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+    "Key Vault Administrator": "00482a5a-887f-4fb3-b363-3b7fe8e74483",
     "Cognitive Services OpenAI User": "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd",
 }
 
@@ -140,6 +142,23 @@ def role_assignments() -> list[RoleAssignment]:
             found.append(RoleAssignment(path, symbol, frozenset(role_ids), props.get("principalId"), scope,
                                         scope_type, is_conditional(res)))
     return found
+
+
+def assignments_to(main_param: str) -> list[RoleAssignment]:
+    """Role assignments whose principal main.bicep wires to its own parameter `main_param` (e.g. principalId)."""
+    calls = module_calls(parse(MAIN))
+    found = []
+    for assignment in role_assignments():
+        call = calls.get(assignment.file.relative_to(INFRA).as_posix())
+        if call is not None and isinstance(assignment.principal, str) \
+                and call["params"].get(assignment.principal) == main_param:
+            found.append(assignment)
+    return found
+
+
+def decorators(param: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's decorators by type (`secure`, `allowed`, `min_value`, `metadata`, ...) -> argument."""
+    return {d["type"]: d.get("argument") for d in param.get("decorators", [])}
 
 
 def module_calls(tree: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from .bicep_model import INFRA, MAIN, REPO, bicep_files, module_calls, parse
+from shared import settings as service_settings
+
+from .bicep_model import INFRA, MAIN, REPO, bicep_files, decorators, module_calls, parse
 
 
 def test_the_expected_templates_exist():
@@ -31,21 +34,44 @@ def test_local_modules_exist_and_get_only_declared_params():
         assert not missing, f"main.bicep does not pass required params {sorted(missing)} to {rel}"
 
 
+ENV_REFERENCE = re.compile(r"^\$\{(?P<var>[A-Z][A-Z0-9_]*)(?:=(?P<default>[^}]*))?\}$")
+
+
 def test_parameters_file_matches_main_bicep():
     params = parse(MAIN)["parameters"]
     given = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
     assert set(given) <= set(params), f"unknown parameters in main.parameters.json: {set(given) - set(params)}"
+    app_settings = {s.name for s in service_settings.declared_settings()}
     for name, param in params.items():
-        decorators = {d["type"]: d.get("argument") for d in param.get("decorators", [])}
-        azd = (decorators.get("metadata") or {}).get("azd", {})
-        if "secure" in decorators:
-            # azd only generates (and remembers) a value for a parameter that is absent from the parameters file
-            # and has no default; a default built from newGuid() would rotate the secret on every provision.
-            assert name not in given, f"secure parameter {name} must not be in main.parameters.json"
-            assert param.get("default") is None, f"secure parameter {name} must not have a default"
-            assert azd.get("type") == "generate", f"secure parameter {name} needs azd generate metadata"
+        marks = decorators(param)
+        azd = (marks.get("metadata") or {}).get("azd", {})
+        if "secure" in marks:
+            # One azd environment variable each, normally unset: azd then generates the value once (no default, a
+            # `generate` tag) and remembers it, and `azd pipeline config` can carry it into CI as a secret of that
+            # name. A `${VAR=default}` would stop the generation; a newGuid() default would rotate on every provision.
+            match = ENV_REFERENCE.match(str((given.get(name) or {}).get("value", "")))
+            assert match, f"secure parameter {name} must be mapped to exactly one ${{VARIABLE}} in main.parameters.json"
+            assert match["var"] not in app_settings, \
+                f"{name}: {match['var']} is an app setting name; a developer's local value would reach Azure"
+            if param.get("default") is None:
+                assert match["default"] is None, f"{name}: a default in main.parameters.json stops azd generating it"
+                assert azd.get("type") == "generate", f"secure parameter {name} needs azd generate metadata"
+            else:
+                assert param["default"] == "", f"secure parameter {name} may only default to empty"
         elif param.get("default") is None:
             assert name in given, f"required parameter {name} is neither in main.parameters.json nor defaulted"
+
+
+def test_parameter_file_defaults_match_the_bicep_defaults():
+    """`${VAR=default}` in main.parameters.json is what azd deploys; it must not drift from main.bicep's default."""
+    params = parse(MAIN)["parameters"]
+    for name, entry in json.loads((INFRA / "main.parameters.json").read_text())["parameters"].items():
+        match = ENV_REFERENCE.match(str(entry.get("value")))
+        default = params[name].get("default")
+        if match and match["default"] not in (None, "") and isinstance(default, (str, int, bool)):
+            expected = str(default).lower() if isinstance(default, bool) else str(default)
+            assert match["default"] == expected, f"{name}: main.parameters.json says {match['default']!r}, " \
+                                                 f"main.bicep {expected!r}"
 
 
 def test_azure_yaml_deploys_the_repo_root_as_a_python_function():
@@ -56,3 +82,15 @@ def test_azure_yaml_deploys_the_repo_root_as_a_python_function():
     (service,) = services.values()
     assert service == {"project": ".", "language": "python", "host": "function"}
     assert (REPO / "infra" / "main.bicep").exists() and (REPO / "infra" / "main.parameters.json").exists()
+
+
+def test_azure_yaml_requires_an_azd_that_understands_the_template():
+    """`generate` metadata needs azd 1.8.0; carrying generated secrets into CI (`azd pipeline config`) 1.16.0."""
+    yaml = pytest.importorskip("yaml")
+    required = yaml.safe_load((REPO / "azure.yaml").read_text())["requiredVersions"]["azd"]
+    match = re.fullmatch(r">=\s*(\d+)\.(\d+)\.(\d+)", required.strip())
+    assert match, f"requiredVersions.azd should be a lower bound like '>= 1.16.0', got {required!r}"
+    assert tuple(map(int, match.groups())) >= (1, 16, 0)
+    uses_generate = any((decorators(p).get("metadata") or {}).get("azd", {}).get("type") == "generate"
+                        for p in parse(MAIN)["parameters"].values())
+    assert uses_generate, "no generate metadata left: revisit the azd lower bound"

@@ -83,3 +83,76 @@ def test_webhooks_are_optional():
 def test_a_webhook_schedule_must_be_finite_delays(schedule):
     with pytest.raises(SettingsError):
         Settings.from_env({**BASE, "WEBHOOK_RETRY_SCHEDULE": schedule or ","})
+
+
+# ---- unresolved Key Vault references ----------------------------------------------------------------------------
+
+UNRESOLVED = "@Microsoft.KeyVault(SecretUri=https://kv-x.vault.azure.net/secrets/run-token-key)"
+
+
+@pytest.mark.parametrize("name", ["RUN_TOKEN_KEY", "WEBHOOK_SIGNING_SECRETS", "AZURE_OPENAI_API_KEY", "DEFAULT_MODEL"])
+def test_an_unresolved_key_vault_reference_is_refused_by_name(name):
+    # A 90-character reference would otherwise pass the RUN_TOKEN_KEY length check as if it were a key.
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({**BASE, name: UNRESOLVED})
+    message = str(raised.value)
+    assert message.startswith(f"{name}: ") and "unresolved Key Vault reference" in message
+    assert "kv-x.vault.azure.net" not in message  # the reference itself is not echoed
+
+
+def test_the_vault_name_form_and_odd_spacing_are_also_refused():
+    from shared.settings import refuse_unresolved_key_vault_references
+
+    with pytest.raises(SettingsError, match="^RUN_TOKEN_KEY: is an unresolved Key Vault reference"):
+        refuse_unresolved_key_vault_references({"RUN_TOKEN_KEY": "  @microsoft.keyvault(VaultName=kv;SecretName=s)"})
+    refuse_unresolved_key_vault_references({"RUN_TOKEN_KEY": "x" * 40, "UNDECLARED": UNRESOLVED})
+
+
+# ---- STREAM_MAX_SECONDS below functionTimeout -------------------------------------------------------------------
+
+def _host_json(tmp_path, **fields):
+    import json
+
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps({"version": "2.0", **fields}))
+    return path
+
+
+@pytest.mark.parametrize("timeout,seconds", [("00:10:00", 600), ("1.00:00:00", 86400), ("00:03:20.5", 200.5)])
+def test_function_timeout_is_read_from_host_json(tmp_path, timeout, seconds):
+    from shared.settings import function_timeout_seconds
+
+    assert function_timeout_seconds(_host_json(tmp_path, functionTimeout=timeout)) == seconds
+
+
+def test_function_timeout_absent_is_the_flex_default_and_minus_one_is_unbounded(tmp_path):
+    from shared.settings import FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS, function_timeout_seconds
+
+    assert function_timeout_seconds(_host_json(tmp_path)) == FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS == 1800
+    assert function_timeout_seconds(tmp_path / "missing.json") == 1800
+    assert function_timeout_seconds(_host_json(tmp_path, functionTimeout="-1")) is None
+    assert function_timeout_seconds(_host_json(tmp_path, functionTimeout=-1)) is None
+    with pytest.raises(SettingsError, match="functionTimeout"):
+        function_timeout_seconds(_host_json(tmp_path, functionTimeout="ten minutes"))
+
+
+def test_stream_max_seconds_must_stay_below_the_function_timeout(tmp_path):
+    from shared.settings import check_stream_below_function_timeout
+
+    ten_minutes = _host_json(tmp_path, functionTimeout="00:10:00")
+    check_stream_below_function_timeout(599, ten_minutes)
+    for too_long in (600, 900):
+        with pytest.raises(SettingsError, match=r"^STREAM_MAX_SECONDS: .*functionTimeout \(600 s\)"):
+            check_stream_below_function_timeout(too_long, ten_minutes)
+    check_stream_below_function_timeout(10_000, _host_json(tmp_path, functionTimeout="-1"))  # unbounded
+    with pytest.raises(SettingsError):
+        check_stream_below_function_timeout(1800, _host_json(tmp_path))  # absent: Flex's 30 min
+
+
+def test_the_apps_own_host_json_leaves_room_for_the_default_stream():
+    from shared.settings import HOST_JSON, function_timeout_seconds
+
+    assert HOST_JSON.name == "host.json" and (HOST_JSON.parent / "function_app.py").exists()
+    assert Settings.from_env(BASE).stream_max_seconds < function_timeout_seconds()
+    with pytest.raises(SettingsError, match="^STREAM_MAX_SECONDS"):
+        Settings.from_env({**BASE, "STREAM_MAX_SECONDS": str(function_timeout_seconds())})

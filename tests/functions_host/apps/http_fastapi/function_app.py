@@ -60,3 +60,12 @@ async def release(req: Request) -> JSONResponse:
 @app.route(route="fail")
 async def fail(req: Request) -> Response:
     raise ValueError("fastapi handler failed")
+
+
+@app.route(route="broken-stream")
+async def broken_stream(req: Request) -> StreamingResponse:
+    async def body():
+        yield b"one chunk\n"
+        raise RuntimeError("the stream's generator failed")
+
+    return StreamingResponse(body(), media_type="text/plain")
