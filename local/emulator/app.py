@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import math
 import random
@@ -113,6 +114,7 @@ class Emulator:
             "events_sent": 0,
             "streams_open": 0,
             "streams_cut": 0,
+            "unauthorized": 0,
         }
 
     def listen(self, resp_id: str, ev: asyncio.Event) -> None:
@@ -154,6 +156,11 @@ class Emulator:
         self.stats["requests"][endpoint] += 1
         gate = Gate()
         cfg = self.config
+        if cfg.api_keys:
+            refusal = self._check_key(request)
+            if refusal is not None:
+                gate.response = refusal
+                return gate
         header = (request.headers.get("x-emulator-fault") or "").strip().lower()
         if header:
             if header == "drop":
@@ -187,6 +194,20 @@ class Emulator:
                 self.stats["faults"]["slow_first_byte"] += 1
                 gate.delay_s += cfg.slow_first_byte_ms / 1000.0
         return gate
+
+    def _check_key(self, request: Request) -> Response | None:
+        auth = request.headers.get("authorization") or ""
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else (request.headers.get("api-key") or "")
+        accepted = {k.strip() for k in self.config.api_keys.split(",") if k.strip()}
+        if any(hmac.compare_digest(key.encode(), k.encode()) for k in accepted):
+            return None
+        self.stats["unauthorized"] += 1
+        if not key:
+            return error_response(401, "You didn't provide an API key. You need to provide your API key in an "
+                                       "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+        hint = key[:3] + "*" * 4 + key[-4:] if len(key) > 8 else "****"
+        return error_response(401, f"Incorrect API key provided: {hint}. You can find your API key at "
+                                   f"https://platform.openai.com/account/api-keys.", code="invalid_api_key")
 
     def _count_fault(self, status: int) -> None:
         key = str(status) if str(status) in ("429", "500", "503") else "other"
@@ -567,11 +588,27 @@ def _input_items_with_ids(resp_id: str, items: list[dict]) -> list[dict]:
             item["id"] = {"message": "msg_", "function_call_output": "fco_", "function_call": "fc_"}.get(
                 item.get("type"), "item_") + h
         if item.get("type") == "message":
-            if isinstance(item.get("content"), str):
-                item["content"] = [{"type": "input_text", "text": item["content"]}]
-            item.setdefault("status", "completed")
+            item["content"] = _message_content(item.get("content"), item.get("role"))
+        if item.get("type") in ("message", "function_call", "function_call_output"):
+            item.setdefault("status", "completed")   # listed items always carry a status
         out.append(item)
     return out
+
+
+def _message_content(content: Any, role: str | None) -> Any:
+    """Content parts as the API lists them: user/system/developer text is `input_text`; an assistant
+    message given as input is listed like an output message (`output_text` with annotations/logprobs)."""
+    if isinstance(content, str):
+        content = [{"type": "input_text", "text": content}]
+    if role != "assistant" or not isinstance(content, list):
+        return content
+    parts = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") in ("input_text", "output_text", "text"):
+            part = {"type": "output_text", "text": part.get("text", ""), "annotations": part.get("annotations", []),
+                    "logprobs": part.get("logprobs", [])}
+        parts.append(part)
+    return parts
 
 
 class SSEStream:

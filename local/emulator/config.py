@@ -35,6 +35,9 @@ class EmulatorConfig:
     """True = background=true + store=false is a 400 (older guide text)."""
     enforce_metadata_limits: bool = True
     """400 on more than 16 metadata pairs, keys > 64 chars or values > 512 chars (like the real API)."""
+    api_keys: str = ""
+    """Comma list of accepted API keys (``Authorization: Bearer <key>`` or ``api-key: <key>``); a missing or
+    other key is a 401 like the real API's. Empty = any key is accepted."""
 
     # --- retention -----------------------------------------------------------------------------------
     ttl_s: float = 3600.0

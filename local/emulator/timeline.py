@@ -406,7 +406,7 @@ def build_plan(rec: dict) -> Plan:
         in_tokens = spec.get("input_tokens", 0)
         usage = {
             "input_tokens": in_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": out_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": in_tokens + out_tokens,
@@ -508,7 +508,7 @@ def response_object(rec: dict, plan: Plan, status: str, k: int) -> dict:
         "temperature": req.get("temperature", 1.0),
         "text": req.get("text") or {"format": {"type": "text"}, "verbosity": "medium"},
         "tool_choice": req.get("tool_choice", "auto"),
-        "tools": req.get("tools") or [],
+        "tools": echo_tools(req.get("tools")),
         "top_logprobs": req.get("top_logprobs", 0),
         "top_p": req.get("top_p", 1.0),
         "truncation": req.get("truncation") or "disabled",
@@ -517,6 +517,16 @@ def response_object(rec: dict, plan: Plan, status: str, k: int) -> dict:
         "metadata": rec["metadata"],
         "prompt_cache_key": req.get("prompt_cache_key"),
     }
+
+
+def echo_tools(tools: list | None) -> list:
+    """Tools as a Response echoes them: function tools carry every field the schema requires."""
+    out = []
+    for tool in tools or []:
+        if isinstance(tool, dict) and tool.get("type") == "function":
+            tool = {"description": None, "parameters": None, "strict": True, **tool}
+        out.append(tool)
+    return out
 
 
 def snapshot(rec: dict, plan: Plan, t: float) -> dict:
