@@ -19,13 +19,14 @@ from starlette.routing import Route
 
 from .config import EmulatorConfig
 from .store import Store
+from .webhooks import EVENT_TYPES, OBJECT_NAMES, Dispatcher, EndpointError, Endpoints, describe_deliveries
 from .timeline import (
     KnobError, TERMINAL, build_content_spec, light_status, normalize_input, render_event, resolve_knobs,
     snapshot, sse_bytes, visible_event_count,
 )
 
 PREFIXES = ("/v1", "/openai/v1", "/openai")
-ENDPOINTS = ("create", "create_stream", "retrieve", "stream", "cancel", "delete", "input_items")
+ENDPOINTS = ("create", "create_stream", "retrieve", "stream", "cancel", "delete", "input_items", "webhook_endpoints")
 _REQUEST_FIELDS = (
     "model", "instructions", "max_output_tokens", "max_tool_calls", "previous_response_id", "tools",
     "tool_choice", "parallel_tool_calls", "temperature", "top_p", "top_logprobs", "reasoning", "text",
@@ -102,6 +103,11 @@ class Emulator:
         self._listeners: dict[str, set[asyncio.Event]] = {}
         self._all_listeners: set[asyncio.Event] = set()
         self.started_at = time.time()
+        self.endpoints = Endpoints(self.store)
+        self.webhooks = Dispatcher(self)
+        if self.config.webhook_url:
+            types = [t.strip() for t in self.config.webhook_event_types.split(",") if t.strip()]
+            self.endpoints.ensure(self.config.webhook_url, self.config.webhook_secret, types)
         self._reset_stats()
         self.app = self._build_app()
 
@@ -244,7 +250,10 @@ class Emulator:
                 Route(f"{p}/_emulator/stats", self.get_stats, methods=["GET"]),
                 Route(f"{p}/_emulator/reset", self.reset, methods=["POST"]),
                 Route(f"{p}/_emulator/responses", self.list_responses, methods=["GET"]),
+                Route(f"{p}/_emulator/webhook_endpoints", self.list_endpoints_with_secrets, methods=["GET"]),
+                Route(f"{p}/_emulator/webhook_deliveries", self.list_deliveries, methods=["GET"]),
             ]
+            routes += self._endpoint_routes(p)
         routes.append(Route("/healthz", self.healthz, methods=["GET"]))
 
         async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -284,6 +293,7 @@ class Emulator:
             return rec_or_error
         rec = rec_or_error
         self.store.put(rec)
+        self.webhooks.schedule_end(rec)
         delay = gate.delay_s + rec["knobs"]["first_byte_ms"] / 1000.0
         if gate.drop:
             self.stats["faults"]["drop"] += 1
@@ -457,6 +467,7 @@ class Emulator:
             rec["cancelled_at"] = now
             self.store.save(rec)
             self._wake(resp_id)
+            self.webhooks.schedule_end(rec)     # the end moved: the response.cancelled event is due now
         return await self._delayed(gate.delay_s, self._json(snapshot(rec, plan, now)))
 
     # DELETE /responses/{id} -----------------------------------------------------------------
@@ -528,6 +539,8 @@ class Emulator:
         body = dict(self.stats)
         body["responses"] = {"total": len(self.store.records), "by_status": self.status_counts()}
         body["uptime_s"] = time.time() - self.started_at
+        body["webhooks"] = {**self.webhooks.stats, "pending": self.webhooks.pending,
+                            "endpoints": len(self.endpoints.items)}
         return JSONResponse(body)
 
     async def reset(self, request: Request) -> Response:
@@ -536,7 +549,10 @@ class Emulator:
         except ValueError:
             opts = {}
         self._reset_stats()
+        self.webhooks.reset_stats()
         self.rng = random.Random(self.config.seed)
+        if isinstance(opts, dict) and opts.get("webhook_endpoints"):
+            self.endpoints.clear()
         if isinstance(opts, dict) and opts.get("responses"):
             for resp_id in list(self.store.records):
                 self._wake(resp_id)
@@ -560,6 +576,7 @@ class Emulator:
             "knobs": {"duration_ms": k["duration_ms"], "queue_ms": k["queue_ms"], "output_chars": k["output_chars"],
                       "deltas": k["deltas"], "outcome": k["outcome"], "time_scale": k["scale"]},
             "counters": dict(rec["counters"]),
+            "webhook": describe_deliveries(rec),
         }
 
     async def list_responses(self, request: Request) -> Response:
@@ -577,6 +594,146 @@ class Emulator:
             out.append(d)
         out.sort(key=lambda d: d["created_at"])
         return JSONResponse({"object": "list", "now": now, "data": out})
+
+    # ---------------------------------------------------------------- webhook endpoints (management API)
+    def _endpoint_routes(self, prefix: str) -> list[Route]:
+        """OpenAI's ``/webhook_endpoints`` and Azure's ``/dashboard/webhook_endpoints``: one registry."""
+        def bind(handler, flavour: str):
+            async def endpoint(request: Request) -> Response:
+                gate = self._gate(request, "webhook_endpoints")
+                if gate.response is not None:
+                    return gate.response
+                try:
+                    return await self._delayed(gate.delay_s, await handler(request, flavour))
+                except EndpointError as exc:
+                    return error_response(400, str(exc), param=exc.param)
+            return endpoint
+
+        routes = []
+        for base, flavour in ((f"{prefix}/webhook_endpoints", "openai"), (f"{prefix}/dashboard/webhook_endpoints", "azure")):
+            routes += [
+                Route(base, bind(self.endpoint_create, flavour), methods=["POST"]),
+                Route(base, bind(self.endpoint_list, flavour), methods=["GET"]),
+                Route(base + "/{ep_id}", bind(self.endpoint_get, flavour), methods=["GET"]),
+                Route(base + "/{ep_id}", bind(self.endpoint_update, flavour), methods=["POST"]),
+                Route(base + "/{ep_id}", bind(self.endpoint_delete, flavour), methods=["DELETE"]),
+                Route(base + "/{ep_id}/rotate_secret", bind(self.endpoint_rotate, flavour), methods=["POST"]),
+                Route(base + "/{ep_id}/test", bind(self.endpoint_test, flavour), methods=["POST"]),
+            ]
+        return routes
+
+    @staticmethod
+    async def _body(request: Request, *, optional: bool = False) -> Any:
+        raw = await request.body()
+        if not raw and optional:
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise EndpointError("We could not parse the JSON body of your request.") from None
+
+    def _endpoint(self, request: Request) -> dict:
+        ep = self.endpoints.items.get(request.path_params["ep_id"])
+        if ep is None:
+            raise LookupError(request.path_params["ep_id"])
+        return ep
+
+    @staticmethod
+    def _endpoint_missing(ep_id: str) -> Response:
+        return error_response(404, f"Webhook endpoint with id '{ep_id}' not found.")
+
+    async def endpoint_create(self, request: Request, flavour: str) -> Response:
+        ep = self.endpoints.create(await self._body(request))
+        return self._json(Endpoints.public(ep, flavour, with_secret=True))
+
+    async def endpoint_list(self, request: Request, flavour: str) -> Response:
+        q = request.query_params
+        try:
+            limit = max(1, min(100, int(q.get("limit") or 20)))
+        except ValueError:
+            raise EndpointError("Invalid 'limit': expected an integer.", "limit") from None
+        items = sorted(self.endpoints.items.values(), key=lambda e: (e["created_at"], e["id"]), reverse=True)
+        after = q.get("after")
+        if after:
+            ids = [e["id"] for e in items]
+            items = items[ids.index(after) + 1:] if after in ids else []
+        page = [Endpoints.public(e, flavour) for e in items[:limit]]
+        return self._json({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                           "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
+
+    async def endpoint_get(self, request: Request, flavour: str) -> Response:
+        try:
+            return self._json(Endpoints.public(self._endpoint(request), flavour))
+        except LookupError as exc:
+            return self._endpoint_missing(str(exc.args[0]))
+
+    async def endpoint_update(self, request: Request, flavour: str) -> Response:
+        try:
+            ep = self._endpoint(request)
+        except LookupError as exc:
+            return self._endpoint_missing(str(exc.args[0]))
+        return self._json(Endpoints.public(self.endpoints.update(ep, await self._body(request)), flavour))
+
+    async def endpoint_delete(self, request: Request, flavour: str) -> Response:
+        try:
+            ep = self._endpoint(request)
+        except LookupError as exc:
+            return self._endpoint_missing(str(exc.args[0]))
+        self.endpoints.delete(ep["id"])
+        return self._json({"id": ep["id"], "object": OBJECT_NAMES[flavour] + ".deleted", "deleted": True})
+
+    async def endpoint_rotate(self, request: Request, flavour: str) -> Response:
+        try:
+            ep = self._endpoint(request)
+        except LookupError as exc:
+            return self._endpoint_missing(str(exc.args[0]))
+        body = await self._body(request, optional=True)
+        keep = body.get("keep_old_secret_active_for_24_hours", False) if isinstance(body, dict) else None
+        if not isinstance(keep, bool):
+            raise EndpointError("Invalid 'keep_old_secret_active_for_24_hours': expected a boolean.",
+                                "keep_old_secret_active_for_24_hours")
+        return self._json(Endpoints.public(self.endpoints.rotate(ep, keep), flavour, with_secret=True))
+
+    async def endpoint_test(self, request: Request, flavour: str) -> Response:
+        try:
+            ep = self._endpoint(request)
+        except LookupError as exc:
+            return self._endpoint_missing(str(exc.args[0]))
+        body = await self._body(request)
+        event_type = body.get("event_type") if isinstance(body, dict) else None
+        if event_type not in EVENT_TYPES:
+            raise EndpointError(f"Invalid 'event_type': expected one of the webhook event types, got {event_type!r}.",
+                                "event_type")
+        status, error = await self.webhooks.send_test(ep, event_type)
+        if status is None:
+            raise EndpointError(f"The test delivery to {ep['url']} failed: {error}", "url")
+        return self._json({"object": "webhook_endpoint.test", "event_type": event_type, "status_code": status,
+                           "success": True, "webhook_endpoint_id": ep["id"]})
+
+    async def list_endpoints_with_secrets(self, request: Request) -> Response:
+        """Introspection (dev only): the endpoints with their signing secrets."""
+        return JSONResponse({"object": "list", "data": [
+            {**Endpoints.public(e, "openai", with_secret=True), "old_secret_active": len(Endpoints.signing_secrets(e)) > 1}
+            for e in self.endpoints.items.values()]})
+
+    async def list_deliveries(self, request: Request) -> Response:
+        """Every delivery, flattened: ``?response_id=&endpoint_id=&state=`` filter."""
+        q = request.query_params
+        out = []
+        records = ([self.store.get(q["response_id"])] if q.get("response_id") else self.store.records.values())
+        for rec in records:
+            hook = rec.get("webhook") if rec else None
+            if not hook:
+                continue
+            for d in hook["deliveries"]:
+                if q.get("endpoint_id") and d["endpoint_id"] != q["endpoint_id"]:
+                    continue
+                if q.get("state") and d["state"] != q["state"]:
+                    continue
+                out.append({"response_id": rec["id"], "event_id": hook["event_id"], "type": hook["type"],
+                            "fired_at": hook["fired_at"], **d})
+        out.sort(key=lambda d: d["fired_at"])
+        return JSONResponse({"object": "list", "data": out, "stats": self.webhooks.stats})
 
 
 def _input_items_with_ids(resp_id: str, items: list[dict]) -> list[dict]:

@@ -63,12 +63,36 @@ class EmulatorConfig:
     fault_endpoints: str = "create,retrieve,stream,cancel,delete,input_items"
     """Comma list of endpoints global faults apply to."""
 
+    # --- provider webhooks (wall-clock ms, multiplied by webhook_time_scale; not the response time scale) ---
+    webhook_delay_ms: float = 0.0
+    """Response end -> first delivery attempt (per response: metadata ``emulator_webhook_delay_ms``)."""
+    webhook_drop_rate: float = 0.0
+    """Fraction of deliveries never sent at all (a lost provider webhook; per response ``emulator_webhook_drop``)."""
+    webhook_duplicate_rate: float = 0.0
+    """Fraction of deliveries sent twice with the same webhook-id (per response ``emulator_webhook_duplicate``)."""
+    webhook_retry_schedule_ms: str = "5000,30000,120000,600000,1800000"
+    """Waits before each retry after a failed attempt (non-2xx, timeout, connection error); its length bounds
+    the retries (default: 6 attempts over ~43 minutes, within the 1 h record TTL)."""
+    webhook_time_scale: float = 1.0
+    """Multiplier for webhook_delay_ms and the retry schedule (0.01 makes the whole schedule 100x faster)."""
+    webhook_timeout_ms: float = 10000.0
+    """Per-attempt timeout (Azure advises receivers to answer within 10 s)."""
+    webhook_concurrency: int = 64
+    """Deliveries in flight at once (start-up only)."""
+    webhook_url: str = ""
+    """Start-up only: register (or reuse) an endpoint with this url, e.g. the local function app's receiver."""
+    webhook_secret: str = ""
+    """Start-up only: the signing secret (whsec_...) for webhook_url; empty = generated (see
+    GET /v1/_emulator/webhook_endpoints)."""
+    webhook_event_types: str = "response.completed,response.failed,response.cancelled,response.incomplete"
+    """Start-up only: event types of the webhook_url endpoint."""
+
     # --- persistence -----------------------------------------------------------------------------------
     db: str = ""
     """SQLite file; empty = memory only. A restarted emulator continues every in-flight response."""
 
     # fields that cannot be changed at runtime through the config API
-    _STARTUP_ONLY = ("db",)
+    _STARTUP_ONLY = ("db", "webhook_concurrency", "webhook_url", "webhook_secret", "webhook_event_types")
 
     def update(self, values: Mapping[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}

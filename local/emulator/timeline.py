@@ -47,6 +47,18 @@ class KnobError(ValueError):
     pass
 
 
+def _flag(meta: dict, key: str) -> bool | None:
+    raw = meta.get(key)
+    if raw is None or raw == "":
+        return None
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise KnobError(f"metadata '{key}' must be true or false, got {raw!r}")
+
+
 def parse_http_errors(spec: str) -> list[tuple[int, int]]:
     """'429:3' / '500' / '429:1,503:2' -> [(429, 3)] / [(500, 1)] / [(429, 1), (503, 2)]."""
     out: list[tuple[int, int]] = []
@@ -89,6 +101,11 @@ def resolve_knobs(meta: dict, cfg, *, background: bool) -> dict[str, Any]:
         "stream_cut_after": cut_after,
         "first_byte_ms": _num(meta, "emulator_first_byte_ms", 0.0, 0, 600_000),
         "scale": float(cfg.time_scale),
+        # webhooks (None = the global setting decides when the event fires)
+        "webhook_delay_ms": (_num(meta, "emulator_webhook_delay_ms", 0.0, 0, 86_400_000)
+                             if meta.get("emulator_webhook_delay_ms") not in (None, "") else None),
+        "webhook_drop": _flag(meta, "emulator_webhook_drop"),
+        "webhook_duplicate": _flag(meta, "emulator_webhook_duplicate"),
     }
 
 
