@@ -203,6 +203,9 @@ def check_exchange(ex: Exchange) -> int:
                 continue
             data = json.loads(msg.data)
             if _CHAT.search(ex.path):
+                if isinstance(data, dict) and "error" in data:      # a mid-stream failure: {"error": {...}}
+                    validate("ErrorResponse", data, context=f"{where} chunk {n}")
+                    continue
                 try:
                     validate_chat_chunk(data)
                 except pydantic.ValidationError as exc:

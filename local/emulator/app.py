@@ -17,16 +17,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .chat import FAILURE, KNOB_HEADER, ChatLog, ChatStream, build_chat_plan, completion_body, header_knobs
 from .config import EmulatorConfig
 from .store import Store
-from .webhooks import EVENT_TYPES, OBJECT_NAMES, Dispatcher, EndpointError, Endpoints, describe_deliveries
 from .timeline import (
     KnobError, TERMINAL, build_content_spec, light_status, normalize_input, render_event, resolve_knobs,
     snapshot, sse_bytes, visible_event_count,
 )
+from .webhooks import EVENT_TYPES, OBJECT_NAMES, Dispatcher, EndpointError, Endpoints, describe_deliveries
 
 PREFIXES = ("/v1", "/openai/v1", "/openai")
-ENDPOINTS = ("create", "create_stream", "retrieve", "stream", "cancel", "delete", "input_items", "webhook_endpoints")
+ENDPOINTS = ("create", "create_stream", "retrieve", "stream", "cancel", "delete", "input_items", "webhook_endpoints",
+             "chat", "chat_stream")
+_FAULT_GROUP = {"create_stream": "create", "chat_stream": "chat"}   # endpoint -> its name in fault_endpoints
 _REQUEST_FIELDS = (
     "model", "instructions", "max_output_tokens", "max_tool_calls", "previous_response_id", "tools",
     "tool_choice", "parallel_tool_calls", "temperature", "top_p", "top_logprobs", "reasoning", "text",
@@ -105,6 +108,7 @@ class Emulator:
         self.started_at = time.time()
         self.endpoints = Endpoints(self.store)
         self.webhooks = Dispatcher(self)
+        self.chat = ChatLog()
         if self.config.webhook_url:
             types = [t.strip() for t in self.config.webhook_event_types.split(",") if t.strip()]
             self.endpoints.ensure(self.config.webhook_url, self.config.webhook_secret, types)
@@ -187,8 +191,7 @@ class Emulator:
             gate.delay_s += float(request.headers.get("x-emulator-delay-ms") or 0) / 1000.0
         except ValueError:
             pass
-        base = endpoint.replace("create_stream", "create")
-        if base in cfg.fault_endpoint_set():
+        if _FAULT_GROUP.get(endpoint, endpoint) in cfg.fault_endpoint_set():
             r = self.rng.random()
             for status, rate in ((429, cfg.fault_429_rate), (500, cfg.fault_500_rate), (503, cfg.fault_503_rate)):
                 if r < rate:
@@ -245,6 +248,9 @@ class Emulator:
                 Route(f"{p}/responses/{{resp_id}}", self.delete, methods=["DELETE"]),
                 Route(f"{p}/responses/{{resp_id}}/cancel", self.cancel, methods=["POST"]),
                 Route(f"{p}/responses/{{resp_id}}/input_items", self.input_items, methods=["GET"]),
+                Route(f"{p}/chat/completions", self.chat_completions, methods=["POST"]),
+                Route(f"{p}/deployments/{{deployment}}/chat/completions", self.chat_completions, methods=["POST"]),
+                Route(f"{p}/_emulator/chat_completions", self.list_chat_calls, methods=["GET"]),
                 Route(f"{p}/_emulator/config", self.get_config, methods=["GET"]),
                 Route(f"{p}/_emulator/config", self.set_config, methods=["POST"]),
                 Route(f"{p}/_emulator/stats", self.get_stats, methods=["GET"]),
@@ -307,24 +313,12 @@ class Emulator:
                 await asyncio.sleep(wait)
         return await self._delayed(delay, self._json(snapshot(rec, plan, time.time())))
 
-    def _make_record(self, body: dict) -> dict | Response:
-        cfg = self.config
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return error_response(400, "Missing required parameter: 'model'.", param="model",
-                                  code="missing_required_parameter")
-        background = bool(body.get("background") or False)
-        stream = bool(body.get("stream") or False)
-        store = body.get("store")
-        store = True if store is None else bool(store)
-        if background and not store and cfg.reject_background_store_false:
-            return error_response(400, "Background sampling requires store=true.", param="store")
-        metadata = body.get("metadata") or {}
+    def _check_metadata(self, metadata: Any) -> Response | None:
         if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                      for k, v in metadata.items()):
             return error_response(400, "Invalid 'metadata': expected an object of string keys and string values.",
                                   param="metadata", code="invalid_type")
-        if cfg.enforce_metadata_limits:
+        if self.config.enforce_metadata_limits:
             if len(metadata) > 16:
                 return error_response(400, f"Invalid 'metadata': too many properties. Expected an object with at "
                                            f"most 16 properties, but got an object with {len(metadata)} properties "
@@ -336,6 +330,28 @@ class Emulator:
                 if len(v) > 512:
                     return error_response(400, f"Invalid 'metadata': string too long for key '{k}'. Expected a "
                                                f"maximum length of 512.", param="metadata", code="string_above_max_length")
+        return None
+
+    def _make_record(self, body: dict) -> dict | Response:
+        cfg = self.config
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return error_response(400, "Missing required parameter: 'model'.", param="model",
+                                  code="missing_required_parameter")
+        background = bool(body.get("background") or False)
+        stream = bool(body.get("stream") or False)
+        store = body.get("store")
+        store = True if store is None else bool(store)
+        if background and not cfg.background_mode:
+            return error_response(400, "Background mode is not supported by this server (emulator "
+                                       "background_mode=false); use stream=true or a plain request.",
+                                  param="background", code="unsupported_parameter")
+        if background and not store and cfg.reject_background_store_false:
+            return error_response(400, "Background sampling requires store=true.", param="store")
+        metadata = body.get("metadata") or {}
+        refusal = self._check_metadata(metadata)
+        if refusal is not None:
+            return refusal
         tools = body.get("tools") or []
         if not isinstance(tools, list):
             return error_response(400, "Invalid 'tools': expected an array.", param="tools", code="invalid_type")
@@ -396,6 +412,104 @@ class Emulator:
             "cancelled_at": None,
             "counters": {"retrieve": 0, "stream": 0, "cancel": 0, "http_errors_served": 0, "events_sent": 0},
         }
+
+    # POST /chat/completions --------------------------------------------------------------
+    async def chat_completions(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            body = None
+        streaming = isinstance(body, dict) and bool(body.get("stream"))
+        gate = self._gate(request, "chat_stream" if streaming else "chat")
+        if gate.response is not None:
+            return gate.response
+        if not isinstance(body, dict):
+            return error_response(400, "We could not parse the JSON body of your request. (HINT: This likely "
+                                       "means you aren't using your HTTP library correctly.)")
+        refusal = self._check_chat_request(body)
+        if refusal is not None:
+            return refusal
+        try:
+            meta = {**(body.get("metadata") or {}), **header_knobs(request.headers.get(KNOB_HEADER))}
+            knobs = resolve_knobs(meta, self.config, background=True)
+            plan = build_chat_plan(body, meta, knobs, time.time())
+        except KnobError as exc:
+            param = "messages" if "messages" in str(exc) else "tools" if "'tools" in str(exc) else "metadata"
+            return error_response(400, str(exc), param=param, code="invalid_value")
+        delay = gate.delay_s + knobs["first_byte_ms"] / 1000.0
+        fault = self._chat_http_error(raw, knobs)
+        if fault is not None:
+            return await self._delayed(delay, fault)
+        entry = self.chat.record(plan, body, meta, streaming)
+        if gate.drop:
+            self.stats["faults"]["drop"] += 1
+            return await self._delayed(delay, DropResponse())  # type: ignore[arg-type]
+        if streaming:
+            cut = knobs["stream_cut_after"]
+            n = len(plan.chunks)
+            if self.config.stream_cut_rate > 0 and self.rng.random() < self.config.stream_cut_rate and n >= 2:
+                k = self.rng.randint(1, n - 1)
+                cut = k if cut is None else min(cut, k)
+            return ChatStream(self, plan, entry, cut, delay)  # type: ignore[return-value]
+        wait = plan.t_end - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if plan.failed:
+            return await self._delayed(delay, error_response(500, FAILURE["message"], "server_error",
+                                                                code="server_error"))
+        return await self._delayed(delay, self._json(completion_body(plan)))
+
+    def _check_chat_request(self, body: dict) -> Response | None:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return error_response(400, "Missing required parameter: 'model'.", param="model",
+                                  code="missing_required_parameter")
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return error_response(400, "Missing required parameter: 'messages'.", param="messages",
+                                  code="missing_required_parameter")
+        if body.get("metadata") is not None:
+            if self.config.chat_metadata_requires_store and body.get("store") is not True:
+                return error_response(400, "The 'metadata' parameter is only allowed when 'store' is enabled.",
+                                      param="metadata")
+            refusal = self._check_metadata(body["metadata"])
+            if refusal is not None:
+                return refusal
+        if body.get("stream_options") is not None and not body.get("stream"):
+            return error_response(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                                  param="stream_options")
+        if body.get("n") not in (None, 1):
+            return error_response(400, "Invalid 'n': the emulator generates one choice only (n=1).", param="n",
+                                  code="invalid_value")
+        return None
+
+    def _chat_http_error(self, raw: bytes, knobs: dict) -> Response | None:
+        """``emulator_http_errors`` on chat: the first N sends of this exact body fail (there is no response
+        to GET, and SDK retries as well as app-level retries resend the same body)."""
+        plan = knobs["http_errors"]
+        if not plan:
+            return None
+        attempt = self.chat.attempt(raw)
+        acc = 0
+        for status, count in plan:
+            acc += count
+            if attempt < acc:
+                self.stats["faults"]["per_response_http_error"] += 1
+                self.chat.stats["http_errors"] += 1
+                self._count_fault(status)
+                return fault_response(status, knobs["retry_after_ms"], "response")
+        return None
+
+    async def list_chat_calls(self, request: Request) -> Response:
+        """Recent chat calls (bounded log): ``?metadata.<k>=<v>`` / ``?knob.<k>=<v>`` filters."""
+        q = request.query_params
+        meta = {k[len("metadata."):]: v for k, v in q.items() if k.startswith("metadata.")}
+        knob = {k[len("knob."):]: v for k, v in q.items() if k.startswith("knob.")}
+        rows = [c for c in self.chat.calls
+                if all(c["metadata"].get(k) == v for k, v in meta.items())
+                and all(c["knobs"].get(k if k.startswith("emulator_") else "emulator_" + k) == v
+                        for k, v in knob.items())]
+        return JSONResponse({"object": "list", "now": time.time(), "data": rows, "stats": self.chat.stats})
 
     def _json(self, obj: dict, status: int = 200) -> JSONResponse:
         return JSONResponse(obj, status_code=status, headers={"x-request-id": _req_id()})
@@ -539,6 +653,7 @@ class Emulator:
         body = dict(self.stats)
         body["responses"] = {"total": len(self.store.records), "by_status": self.status_counts()}
         body["uptime_s"] = time.time() - self.started_at
+        body["chat"] = dict(self.chat.stats)
         body["webhooks"] = {**self.webhooks.stats, "pending": self.webhooks.pending,
                             "endpoints": len(self.endpoints.items)}
         return JSONResponse(body)
@@ -550,6 +665,7 @@ class Emulator:
             opts = {}
         self._reset_stats()
         self.webhooks.reset_stats()
+        self.chat.reset_stats()
         self.rng = random.Random(self.config.seed)
         if isinstance(opts, dict) and opts.get("webhook_endpoints"):
             self.endpoints.clear()
@@ -557,6 +673,7 @@ class Emulator:
             for resp_id in list(self.store.records):
                 self._wake(resp_id)
             self.store.clear()
+            self.chat.calls.clear()
         else:
             for rec in self.store.records.values():
                 for key in ("retrieve", "stream", "cancel", "events_sent"):

@@ -35,6 +35,12 @@ class EmulatorConfig:
     """True = background=true + store=false is a 400 (older guide text)."""
     enforce_metadata_limits: bool = True
     """400 on more than 16 metadata pairs, keys > 64 chars or values > 512 chars (like the real API)."""
+    background_mode: bool = True
+    """False = a Responses API without background mode (like servers that only stream): ``background: true``
+    is refused with a 400 ``unsupported_parameter``; plain and ``stream: true`` requests still work."""
+    chat_metadata_requires_store: bool = True
+    """Chat Completions: ``metadata`` without ``store: true`` is a 400, as on OpenAI ("The 'metadata' parameter
+    is only allowed when 'store' is enabled."). False = accept it (vLLM/Ollama style)."""
     api_keys: str = ""
     """Comma list of accepted API keys (``Authorization: Bearer <key>`` or ``api-key: <key>``); a missing or
     other key is a 401 like the real API's. Empty = any key is accepted."""
@@ -60,7 +66,7 @@ class EmulatorConfig:
     """``retry-after-ms`` sent with injected 429s/503s (``retry-after`` carries the same, in seconds)."""
     seed: int = 0
     """Seed of the fault RNG (faults are a deterministic function of the seed and request order)."""
-    fault_endpoints: str = "create,retrieve,stream,cancel,delete,input_items"
+    fault_endpoints: str = "create,retrieve,stream,cancel,delete,input_items,chat"
     """Comma list of endpoints global faults apply to."""
 
     # --- provider webhooks (wall-clock ms, multiplied by webhook_time_scale; not the response time scale) ---

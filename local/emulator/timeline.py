@@ -187,9 +187,12 @@ def estimate_tokens(chars: int) -> int:
 
 def build_content_spec(
     *, resp_id: str, items: list[dict], instructions: str | None, tools: list, meta: dict,
-    previous: dict | None, model: str,
+    previous: dict | None, model: str, call_names: dict[str, str] | None = None,
 ) -> dict:
-    """Decide once what the response will say: function calls or text (with a deterministic prefix)."""
+    """Decide once what the response will say: function calls or text (with a deterministic prefix).
+
+    ``call_names`` maps call ids issued earlier to function names when there is no ``previous`` response
+    (Chat Completions carries its history in the request)."""
     function_tools = {t.get("name"): t for t in tools or [] if isinstance(t, dict) and t.get("type") == "function"}
     tool_outputs = [i for i in items if i.get("type") == "function_call_output"]
     texts = message_texts(items)
@@ -215,7 +218,7 @@ def build_content_spec(
         return {"kind": "function_calls", "calls": calls, "input_tokens": estimate_tokens(input_chars)}
 
     # text: a readable deterministic prefix, then filler derived from a seed of the input
-    prev_calls = {}
+    prev_calls = dict(call_names or {})
     if previous:
         for item in previous.get("calls", []):
             prev_calls[item["call_id"]] = item["name"]

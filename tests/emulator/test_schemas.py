@@ -13,7 +13,7 @@ import time
 import openai
 import pytest
 
-from tests.schemas import SchemaMismatch, WireRecorder, errors, validate, validate_stream_event
+from tests.schemas import SchemaMismatch, errors, validate, validate_stream_event
 
 from .conftest import admin
 
@@ -21,23 +21,6 @@ LONG = {"emulator_duration_ms": "100000"}       # 2 s at scale 0.02
 SLOW = {"emulator_duration_ms": "20000", "emulator_output_chars": "600"}
 WEATHER = [{"type": "function", "name": "get_weather", "description": "weather",
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
-
-
-@pytest.fixture
-def wire() -> WireRecorder:
-    return WireRecorder()
-
-
-@pytest.fixture
-def wclient(emu, wire) -> openai.OpenAI:
-    with openai.OpenAI(base_url=emu.base_url, api_key="k", http_client=wire.sync_client()) as c:
-        yield c
-
-
-@pytest.fixture
-async def awclient(emu, wire) -> openai.AsyncOpenAI:
-    async with openai.AsyncOpenAI(base_url=emu.base_url, api_key="k", http_client=wire.async_client()) as c:
-        yield c
 
 
 # ------------------------------------------------------------------ the validator itself
