@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import httpx2
+import openai
 import pydantic
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
@@ -306,13 +307,11 @@ class WireRecorder:
         return ex
 
     def sync_client(self, **kw: Any) -> httpx2.Client:
-        import openai
         return openai.DefaultHttpxClient(transport=_RecordingTransport(self, httpx2.HTTPTransport()), **kw)
 
     def async_client(self, **kw: Any) -> httpx2.AsyncClient:
-        import openai
-        return openai.DefaultAsyncHttpxClient(
-            transport=_AsyncRecordingTransport(self, httpx2.AsyncHTTPTransport(**kw.pop("transport_kw", {}))), **kw)
+        return openai.DefaultAsyncHttpxClient(transport=_AsyncRecordingTransport(self, httpx2.AsyncHTTPTransport()),
+                                              **kw)
 
     def check(self) -> int:
         """Validate everything recorded so far; returns the number of bodies/events checked."""

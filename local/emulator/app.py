@@ -434,9 +434,8 @@ class Emulator:
             meta = {**(body.get("metadata") or {}), **header_knobs(request.headers.get(KNOB_HEADER))}
             knobs = resolve_knobs(meta, self.config, background=True)
             plan = build_chat_plan(body, meta, knobs, time.time())
-        except KnobError as exc:
-            param = "messages" if "messages" in str(exc) else "tools" if "'tools" in str(exc) else "metadata"
-            return error_response(400, str(exc), param=param, code="invalid_value")
+        except KnobError as exc:       # a ChatRequestError names its field; other knob errors are metadata's
+            return error_response(400, str(exc), param=getattr(exc, "param", "metadata"), code="invalid_value")
         delay = gate.delay_s + knobs["first_byte_ms"] / 1000.0
         fault = self._chat_http_error(raw, knobs)
         if fault is not None:

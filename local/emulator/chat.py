@@ -25,6 +25,14 @@ FINGERPRINT = "fp_emulator"
 _MAX_CHUNK = 256 * 1024
 
 
+class ChatRequestError(KnobError):
+    """A bad chat request; ``param`` names the offending field for the 400."""
+
+    def __init__(self, message: str, param: str | None):
+        super().__init__(message)
+        self.param = param
+
+
 def header_knobs(raw: str | None) -> dict[str, str]:
     """``x-emulator-knobs: {"duration_ms": 2000, "outcome": "failed"}`` -> metadata-style knob strings.
     Keys may omit the ``emulator_`` prefix; values may be numbers or booleans."""
@@ -33,9 +41,9 @@ def header_knobs(raw: str | None) -> dict[str, str]:
     try:
         data = json.loads(raw)
     except ValueError:
-        raise KnobError(f"header '{KNOB_HEADER}' must be a JSON object, got {raw[:80]!r}") from None
+        raise ChatRequestError(f"header '{KNOB_HEADER}' must be a JSON object, got {raw[:80]!r}", None) from None
     if not isinstance(data, dict):
-        raise KnobError(f"header '{KNOB_HEADER}' must be a JSON object")
+        raise ChatRequestError(f"header '{KNOB_HEADER}' must be a JSON object", None)
     out = {}
     for key, value in data.items():
         name = key if key.startswith("emulator_") else "emulator_" + key
@@ -60,15 +68,15 @@ def current_turn(messages: Any) -> tuple[list[dict], dict[str, str], int]:
     after it, as Responses-style items; plus the call-id -> name map of earlier tool calls and the prompt
     size in characters. Only the current turn can trigger ``call:<name>``: history must not re-trigger."""
     if not isinstance(messages, list) or not messages:
-        raise KnobError("Missing required parameter: 'messages'.")
+        raise ChatRequestError("Missing required parameter: 'messages'.", "messages")
     call_names: dict[str, str] = {}
     last_user = -1
     chars = 0
     for n, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool",
                                                              "function"):
-            raise KnobError(f"Invalid 'messages[{n}]': expected an object with a role of system, developer, "
-                            f"user, assistant or tool.")
+            raise ChatRequestError(f"Invalid 'messages[{n}]': expected an object with a role of system, developer, "
+                                   f"user, assistant or tool.", "messages")
         chars += len(_text_of(m.get("content")))
         if m["role"] == "user":
             last_user = n
@@ -89,12 +97,13 @@ def function_tools(tools: Any, tool_choice: Any) -> list[dict]:
     if tools is None or tool_choice == "none":
         return []
     if not isinstance(tools, list):
-        raise KnobError("Invalid 'tools': expected an array.")
+        raise ChatRequestError("Invalid 'tools': expected an array.", "tools")
     out = []
     for n, t in enumerate(tools):
         fn = t.get("function") if isinstance(t, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise KnobError(f"Invalid 'tools[{n}]': expected {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}.")
+            raise ChatRequestError(f"Invalid 'tools[{n}]': expected {{\"type\": \"function\", \"function\": "
+                                   f"{{\"name\": ...}}}}.", "tools")
         out.append({"type": "function", "name": fn["name"], "parameters": fn.get("parameters")})
     return out
 
@@ -130,6 +139,7 @@ def build_chat_plan(body: dict, meta: dict, knobs: dict, now: float) -> ChatPlan
     plan = ChatPlan(chat_id, body["model"], int(now), now, t_first, t_end,
                     bool(body.get("stream") and stream_options.get("include_usage")))
     outcome = knobs["outcome"]
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
     parts: list[tuple[str, int, int, int]] = []          # (kind, item, start, end) of the content chunks
     if spec["kind"] == "function_calls":
         plan.calls = spec["calls"]
@@ -142,7 +152,6 @@ def build_chat_plan(body: dict, meta: dict, knobs: dict, now: float) -> ChatPlan
         out_chars = sum(len(c["arguments"]) + len(c["name"]) for c in plan.calls)
     else:
         text = synth_text(spec["prefix"], spec["seed"], knobs["output_chars"])
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
         if outcome == "incomplete":
             text, plan.finish_reason = text[: len(text) // 2], "length"
         elif isinstance(limit, int) and estimate_tokens(len(text)) > limit:
@@ -156,8 +165,8 @@ def build_chat_plan(body: dict, meta: dict, knobs: dict, now: float) -> ChatPlan
         plan.failed = True
         parts = parts[: len(parts) // 2]
     completion = estimate_tokens(out_chars)
-    if plan.finish_reason == "length" and isinstance(body.get("max_completion_tokens") or body.get("max_tokens"), int):
-        completion = min(completion, body.get("max_completion_tokens") or body.get("max_tokens"))
+    if plan.finish_reason == "length" and isinstance(limit, int):
+        completion = min(completion, limit)
     prompt = estimate_tokens(prompt_chars)
     plan.usage = {
         "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,

@@ -340,6 +340,7 @@ class Dispatcher:
             self.stats["endpoint_gone"] += 1
             self._touch(resp_id)
             return
+        delivery["url"] = ep["url"]            # an update may have moved it since the event fired
         duplicate = delivery["state"] == "delivered"
         delivery["state"] = "sending" if not duplicate else "delivered"
         assert self._sem is not None
