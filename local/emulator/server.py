@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -192,4 +194,7 @@ class EmulatorServer:
                 assert self.emulator is not None
                 self.emulator.store.close()
 
+        # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal; with the default handler
+        # that kills the process before the store's last flush, so make it an ordinary exit instead.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         asyncio.run(main())
