@@ -23,6 +23,13 @@ Global settings (EmulatorConfig; CLI --foo-bar, env EMULATOR_FOO_BAR, POST /v1/_
 time_scale, default_*, resume_window_s, require_stream_for_resume, ttl_s, fault_429/500/503_rate,
 stream_cut_rate, slow_first_byte_rate/_ms, retry_after_ms, seed, db, ... Introspection:
 GET /v1/_emulator/stats, GET /v1/_emulator/responses[?metadata.k=v], POST /v1/_emulator/reset.
+Chat Completions: POST /v1/chat/completions (stream or not, include_usage, tool_calls), knobs from the
+``x-emulator-knobs: {json}`` header or from metadata (which, as on OpenAI, needs store=true).
+``background_mode=false`` makes background: true a 400 (a Responses API without background mode).
+Provider webhooks: register endpoints with ``client.webhooks.create(...)`` (/v1/webhook_endpoints) or Azure's
+/openai/v1/dashboard/webhook_endpoints; background responses that end are POSTed to them as signed
+``response.<status>`` events with retries (knobs webhook_delay_ms/_drop_rate/_duplicate_rate, metadata
+emulator_webhook_delay_ms/_drop/_duplicate); GET /v1/_emulator/webhook_deliveries lists every delivery.
 A live stream of a cancelled response ends cleanly without a terminal event (the real API has no
 response.cancelled stream event).
 """

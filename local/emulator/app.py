@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import math
 import random
@@ -16,15 +17,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .chat import FAILURE, KNOB_HEADER, ChatLog, ChatStream, build_chat_plan, completion_body, header_knobs
 from .config import EmulatorConfig
 from .store import Store
 from .timeline import (
     KnobError, TERMINAL, build_content_spec, light_status, normalize_input, render_event, resolve_knobs,
     snapshot, sse_bytes, visible_event_count,
 )
+from .webhooks import EVENT_TYPES, OBJECT_NAMES, Dispatcher, EndpointError, Endpoints, describe_deliveries
 
 PREFIXES = ("/v1", "/openai/v1", "/openai")
-ENDPOINTS = ("create", "create_stream", "retrieve", "stream", "cancel", "delete", "input_items")
+ENDPOINTS = ("create", "create_stream", "retrieve", "stream", "cancel", "delete", "input_items", "webhook_endpoints",
+             "chat", "chat_stream")
+_FAULT_GROUP = {"create_stream": "create", "chat_stream": "chat"}   # endpoint -> its name in fault_endpoints
 _REQUEST_FIELDS = (
     "model", "instructions", "max_output_tokens", "max_tool_calls", "previous_response_id", "tools",
     "tool_choice", "parallel_tool_calls", "temperature", "top_p", "top_logprobs", "reasoning", "text",
@@ -101,6 +106,12 @@ class Emulator:
         self._listeners: dict[str, set[asyncio.Event]] = {}
         self._all_listeners: set[asyncio.Event] = set()
         self.started_at = time.time()
+        self.endpoints = Endpoints(self.store)
+        self.webhooks = Dispatcher(self)
+        self.chat = ChatLog()
+        if self.config.webhook_url:
+            types = [t.strip() for t in self.config.webhook_event_types.split(",") if t.strip()]
+            self.endpoints.ensure(self.config.webhook_url, self.config.webhook_secret, types)
         self._reset_stats()
         self.app = self._build_app()
 
@@ -113,6 +124,7 @@ class Emulator:
             "events_sent": 0,
             "streams_open": 0,
             "streams_cut": 0,
+            "unauthorized": 0,
         }
 
     def listen(self, resp_id: str, ev: asyncio.Event) -> None:
@@ -154,6 +166,11 @@ class Emulator:
         self.stats["requests"][endpoint] += 1
         gate = Gate()
         cfg = self.config
+        if cfg.api_keys:
+            refusal = self._check_key(request)
+            if refusal is not None:
+                gate.response = refusal
+                return gate
         header = (request.headers.get("x-emulator-fault") or "").strip().lower()
         if header:
             if header == "drop":
@@ -174,8 +191,7 @@ class Emulator:
             gate.delay_s += float(request.headers.get("x-emulator-delay-ms") or 0) / 1000.0
         except ValueError:
             pass
-        base = endpoint.replace("create_stream", "create")
-        if base in cfg.fault_endpoint_set():
+        if _FAULT_GROUP.get(endpoint, endpoint) in cfg.fault_endpoint_set():
             r = self.rng.random()
             for status, rate in ((429, cfg.fault_429_rate), (500, cfg.fault_500_rate), (503, cfg.fault_503_rate)):
                 if r < rate:
@@ -187,6 +203,20 @@ class Emulator:
                 self.stats["faults"]["slow_first_byte"] += 1
                 gate.delay_s += cfg.slow_first_byte_ms / 1000.0
         return gate
+
+    def _check_key(self, request: Request) -> Response | None:
+        auth = request.headers.get("authorization") or ""
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else (request.headers.get("api-key") or "")
+        accepted = {k.strip() for k in self.config.api_keys.split(",") if k.strip()}
+        if any(hmac.compare_digest(key.encode(), k.encode()) for k in accepted):
+            return None
+        self.stats["unauthorized"] += 1
+        if not key:
+            return error_response(401, "You didn't provide an API key. You need to provide your API key in an "
+                                       "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+        hint = key[:3] + "*" * 4 + key[-4:] if len(key) > 8 else "****"
+        return error_response(401, f"Incorrect API key provided: {hint}. You can find your API key at "
+                                   f"https://platform.openai.com/account/api-keys.", code="invalid_api_key")
 
     def _count_fault(self, status: int) -> None:
         key = str(status) if str(status) in ("429", "500", "503") else "other"
@@ -218,12 +248,18 @@ class Emulator:
                 Route(f"{p}/responses/{{resp_id}}", self.delete, methods=["DELETE"]),
                 Route(f"{p}/responses/{{resp_id}}/cancel", self.cancel, methods=["POST"]),
                 Route(f"{p}/responses/{{resp_id}}/input_items", self.input_items, methods=["GET"]),
+                Route(f"{p}/chat/completions", self.chat_completions, methods=["POST"]),
+                Route(f"{p}/deployments/{{deployment}}/chat/completions", self.chat_completions, methods=["POST"]),
+                Route(f"{p}/_emulator/chat_completions", self.list_chat_calls, methods=["GET"]),
                 Route(f"{p}/_emulator/config", self.get_config, methods=["GET"]),
                 Route(f"{p}/_emulator/config", self.set_config, methods=["POST"]),
                 Route(f"{p}/_emulator/stats", self.get_stats, methods=["GET"]),
                 Route(f"{p}/_emulator/reset", self.reset, methods=["POST"]),
                 Route(f"{p}/_emulator/responses", self.list_responses, methods=["GET"]),
+                Route(f"{p}/_emulator/webhook_endpoints", self.list_endpoints_with_secrets, methods=["GET"]),
+                Route(f"{p}/_emulator/webhook_deliveries", self.list_deliveries, methods=["GET"]),
             ]
+            routes += self._endpoint_routes(p)
         routes.append(Route("/healthz", self.healthz, methods=["GET"]))
 
         async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -263,6 +299,7 @@ class Emulator:
             return rec_or_error
         rec = rec_or_error
         self.store.put(rec)
+        self.webhooks.schedule_end(rec)
         delay = gate.delay_s + rec["knobs"]["first_byte_ms"] / 1000.0
         if gate.drop:
             self.stats["faults"]["drop"] += 1
@@ -276,24 +313,12 @@ class Emulator:
                 await asyncio.sleep(wait)
         return await self._delayed(delay, self._json(snapshot(rec, plan, time.time())))
 
-    def _make_record(self, body: dict) -> dict | Response:
-        cfg = self.config
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return error_response(400, "Missing required parameter: 'model'.", param="model",
-                                  code="missing_required_parameter")
-        background = bool(body.get("background") or False)
-        stream = bool(body.get("stream") or False)
-        store = body.get("store")
-        store = True if store is None else bool(store)
-        if background and not store and cfg.reject_background_store_false:
-            return error_response(400, "Background sampling requires store=true.", param="store")
-        metadata = body.get("metadata") or {}
+    def _check_metadata(self, metadata: Any) -> Response | None:
         if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                      for k, v in metadata.items()):
             return error_response(400, "Invalid 'metadata': expected an object of string keys and string values.",
                                   param="metadata", code="invalid_type")
-        if cfg.enforce_metadata_limits:
+        if self.config.enforce_metadata_limits:
             if len(metadata) > 16:
                 return error_response(400, f"Invalid 'metadata': too many properties. Expected an object with at "
                                            f"most 16 properties, but got an object with {len(metadata)} properties "
@@ -305,6 +330,28 @@ class Emulator:
                 if len(v) > 512:
                     return error_response(400, f"Invalid 'metadata': string too long for key '{k}'. Expected a "
                                                f"maximum length of 512.", param="metadata", code="string_above_max_length")
+        return None
+
+    def _make_record(self, body: dict) -> dict | Response:
+        cfg = self.config
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return error_response(400, "Missing required parameter: 'model'.", param="model",
+                                  code="missing_required_parameter")
+        background = bool(body.get("background") or False)
+        stream = bool(body.get("stream") or False)
+        store = body.get("store")
+        store = True if store is None else bool(store)
+        if background and not cfg.background_mode:
+            return error_response(400, "Background mode is not supported by this server (emulator "
+                                       "background_mode=false); use stream=true or a plain request.",
+                                  param="background", code="unsupported_parameter")
+        if background and not store and cfg.reject_background_store_false:
+            return error_response(400, "Background sampling requires store=true.", param="store")
+        metadata = body.get("metadata") or {}
+        refusal = self._check_metadata(metadata)
+        if refusal is not None:
+            return refusal
         tools = body.get("tools") or []
         if not isinstance(tools, list):
             return error_response(400, "Invalid 'tools': expected an array.", param="tools", code="invalid_type")
@@ -365,6 +412,103 @@ class Emulator:
             "cancelled_at": None,
             "counters": {"retrieve": 0, "stream": 0, "cancel": 0, "http_errors_served": 0, "events_sent": 0},
         }
+
+    # POST /chat/completions --------------------------------------------------------------
+    async def chat_completions(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            body = None
+        streaming = isinstance(body, dict) and bool(body.get("stream"))
+        gate = self._gate(request, "chat_stream" if streaming else "chat")
+        if gate.response is not None:
+            return gate.response
+        if not isinstance(body, dict):
+            return error_response(400, "We could not parse the JSON body of your request. (HINT: This likely "
+                                       "means you aren't using your HTTP library correctly.)")
+        refusal = self._check_chat_request(body)
+        if refusal is not None:
+            return refusal
+        try:
+            meta = {**(body.get("metadata") or {}), **header_knobs(request.headers.get(KNOB_HEADER))}
+            knobs = resolve_knobs(meta, self.config, background=True)
+            plan = build_chat_plan(body, meta, knobs, time.time())
+        except KnobError as exc:       # a ChatRequestError names its field; other knob errors are metadata's
+            return error_response(400, str(exc), param=getattr(exc, "param", "metadata"), code="invalid_value")
+        delay = gate.delay_s + knobs["first_byte_ms"] / 1000.0
+        fault = self._chat_http_error(raw, knobs)
+        if fault is not None:
+            return await self._delayed(delay, fault)
+        entry = self.chat.record(plan, body, meta, streaming)
+        if gate.drop:
+            self.stats["faults"]["drop"] += 1
+            return await self._delayed(delay, DropResponse())  # type: ignore[arg-type]
+        if streaming:
+            cut = knobs["stream_cut_after"]
+            n = len(plan.chunks)
+            if self.config.stream_cut_rate > 0 and self.rng.random() < self.config.stream_cut_rate and n >= 2:
+                k = self.rng.randint(1, n - 1)
+                cut = k if cut is None else min(cut, k)
+            return ChatStream(self, plan, entry, cut, delay)  # type: ignore[return-value]
+        wait = plan.t_end - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if plan.failed:
+            return await self._delayed(delay, error_response(500, FAILURE["message"], "server_error",
+                                                                code="server_error"))
+        return await self._delayed(delay, self._json(completion_body(plan)))
+
+    def _check_chat_request(self, body: dict) -> Response | None:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return error_response(400, "Missing required parameter: 'model'.", param="model",
+                                  code="missing_required_parameter")
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return error_response(400, "Missing required parameter: 'messages'.", param="messages",
+                                  code="missing_required_parameter")
+        if body.get("metadata") is not None:
+            if self.config.chat_metadata_requires_store and body.get("store") is not True:
+                return error_response(400, "The 'metadata' parameter is only allowed when 'store' is enabled.",
+                                      param="metadata")
+            refusal = self._check_metadata(body["metadata"])
+            if refusal is not None:
+                return refusal
+        if body.get("stream_options") is not None and not body.get("stream"):
+            return error_response(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                                  param="stream_options")
+        if body.get("n") not in (None, 1):
+            return error_response(400, "Invalid 'n': the emulator generates one choice only (n=1).", param="n",
+                                  code="invalid_value")
+        return None
+
+    def _chat_http_error(self, raw: bytes, knobs: dict) -> Response | None:
+        """``emulator_http_errors`` on chat: the first N sends of this exact body fail (there is no response
+        to GET, and SDK retries as well as app-level retries resend the same body)."""
+        plan = knobs["http_errors"]
+        if not plan:
+            return None
+        attempt = self.chat.attempt(raw)
+        acc = 0
+        for status, count in plan:
+            acc += count
+            if attempt < acc:
+                self.stats["faults"]["per_response_http_error"] += 1
+                self.chat.stats["http_errors"] += 1
+                self._count_fault(status)
+                return fault_response(status, knobs["retry_after_ms"], "response")
+        return None
+
+    async def list_chat_calls(self, request: Request) -> Response:
+        """Recent chat calls (bounded log): ``?metadata.<k>=<v>`` / ``?knob.<k>=<v>`` filters."""
+        q = request.query_params
+        meta = {k[len("metadata."):]: v for k, v in q.items() if k.startswith("metadata.")}
+        knob = {k[len("knob."):]: v for k, v in q.items() if k.startswith("knob.")}
+        rows = [c for c in self.chat.calls
+                if all(c["metadata"].get(k) == v for k, v in meta.items())
+                and all(c["knobs"].get(k if k.startswith("emulator_") else "emulator_" + k) == v
+                        for k, v in knob.items())]
+        return JSONResponse({"object": "list", "now": time.time(), "data": rows, "stats": self.chat.stats})
 
     def _json(self, obj: dict, status: int = 200) -> JSONResponse:
         return JSONResponse(obj, status_code=status, headers={"x-request-id": _req_id()})
@@ -436,6 +580,7 @@ class Emulator:
             rec["cancelled_at"] = now
             self.store.save(rec)
             self._wake(resp_id)
+            self.webhooks.schedule_end(rec)     # the end moved: the response.cancelled event is due now
         return await self._delayed(gate.delay_s, self._json(snapshot(rec, plan, now)))
 
     # DELETE /responses/{id} -----------------------------------------------------------------
@@ -507,6 +652,9 @@ class Emulator:
         body = dict(self.stats)
         body["responses"] = {"total": len(self.store.records), "by_status": self.status_counts()}
         body["uptime_s"] = time.time() - self.started_at
+        body["chat"] = dict(self.chat.stats)
+        body["webhooks"] = {**self.webhooks.stats, "pending": self.webhooks.pending,
+                            "endpoints": len(self.endpoints.items)}
         return JSONResponse(body)
 
     async def reset(self, request: Request) -> Response:
@@ -515,11 +663,16 @@ class Emulator:
         except ValueError:
             opts = {}
         self._reset_stats()
+        self.webhooks.reset_stats()
+        self.chat.reset_stats()
         self.rng = random.Random(self.config.seed)
+        if isinstance(opts, dict) and opts.get("webhook_endpoints"):
+            self.endpoints.clear()
         if isinstance(opts, dict) and opts.get("responses"):
             for resp_id in list(self.store.records):
                 self._wake(resp_id)
             self.store.clear()
+            self.chat.calls.clear()
         else:
             for rec in self.store.records.values():
                 for key in ("retrieve", "stream", "cancel", "events_sent"):
@@ -539,6 +692,7 @@ class Emulator:
             "knobs": {"duration_ms": k["duration_ms"], "queue_ms": k["queue_ms"], "output_chars": k["output_chars"],
                       "deltas": k["deltas"], "outcome": k["outcome"], "time_scale": k["scale"]},
             "counters": dict(rec["counters"]),
+            "webhook": describe_deliveries(rec),
         }
 
     async def list_responses(self, request: Request) -> Response:
@@ -557,6 +711,146 @@ class Emulator:
         out.sort(key=lambda d: d["created_at"])
         return JSONResponse({"object": "list", "now": now, "data": out})
 
+    # ---------------------------------------------------------------- webhook endpoints (management API)
+    def _endpoint_routes(self, prefix: str) -> list[Route]:
+        """OpenAI's ``/webhook_endpoints`` and Azure's ``/dashboard/webhook_endpoints``: one registry."""
+        def bind(handler, flavour: str):
+            async def endpoint(request: Request) -> Response:
+                gate = self._gate(request, "webhook_endpoints")
+                if gate.response is not None:
+                    return gate.response
+                try:
+                    return await self._delayed(gate.delay_s, await handler(request, flavour))
+                except EndpointError as exc:
+                    return error_response(400, str(exc), param=exc.param)
+            return endpoint
+
+        routes = []
+        for base, flavour in ((f"{prefix}/webhook_endpoints", "openai"), (f"{prefix}/dashboard/webhook_endpoints", "azure")):
+            routes += [
+                Route(base, bind(self.endpoint_create, flavour), methods=["POST"]),
+                Route(base, bind(self.endpoint_list, flavour), methods=["GET"]),
+                Route(base + "/{ep_id}", bind(self.endpoint_get, flavour), methods=["GET"]),
+                Route(base + "/{ep_id}", bind(self.endpoint_update, flavour), methods=["POST"]),
+                Route(base + "/{ep_id}", bind(self.endpoint_delete, flavour), methods=["DELETE"]),
+                Route(base + "/{ep_id}/rotate_secret", bind(self.endpoint_rotate, flavour), methods=["POST"]),
+                Route(base + "/{ep_id}/test", bind(self.endpoint_test, flavour), methods=["POST"]),
+            ]
+        return routes
+
+    @staticmethod
+    async def _body(request: Request, *, optional: bool = False) -> Any:
+        raw = await request.body()
+        if not raw and optional:
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise EndpointError("We could not parse the JSON body of your request.") from None
+
+    def _endpoint(self, request: Request) -> dict:
+        ep = self.endpoints.items.get(request.path_params["ep_id"])
+        if ep is None:
+            raise LookupError(request.path_params["ep_id"])
+        return ep
+
+    @staticmethod
+    def _endpoint_missing(ep_id: str) -> Response:
+        return error_response(404, f"Webhook endpoint with id '{ep_id}' not found.")
+
+    async def endpoint_create(self, request: Request, flavour: str) -> Response:
+        ep = self.endpoints.create(await self._body(request))
+        return self._json(Endpoints.public(ep, flavour, with_secret=True))
+
+    async def endpoint_list(self, request: Request, flavour: str) -> Response:
+        q = request.query_params
+        try:
+            limit = max(1, min(100, int(q.get("limit") or 20)))
+        except ValueError:
+            raise EndpointError("Invalid 'limit': expected an integer.", "limit") from None
+        items = sorted(self.endpoints.items.values(), key=lambda e: (e["created_at"], e["id"]), reverse=True)
+        after = q.get("after")
+        if after:
+            ids = [e["id"] for e in items]
+            items = items[ids.index(after) + 1:] if after in ids else []
+        page = [Endpoints.public(e, flavour) for e in items[:limit]]
+        return self._json({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                           "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
+
+    async def endpoint_get(self, request: Request, flavour: str) -> Response:
+        try:
+            return self._json(Endpoints.public(self._endpoint(request), flavour))
+        except LookupError as exc:
+            return self._endpoint_missing(str(exc.args[0]))
+
+    async def endpoint_update(self, request: Request, flavour: str) -> Response:
+        try:
+            ep = self._endpoint(request)
+        except LookupError as exc:
+            return self._endpoint_missing(str(exc.args[0]))
+        return self._json(Endpoints.public(self.endpoints.update(ep, await self._body(request)), flavour))
+
+    async def endpoint_delete(self, request: Request, flavour: str) -> Response:
+        try:
+            ep = self._endpoint(request)
+        except LookupError as exc:
+            return self._endpoint_missing(str(exc.args[0]))
+        self.endpoints.delete(ep["id"])
+        return self._json({"id": ep["id"], "object": OBJECT_NAMES[flavour] + ".deleted", "deleted": True})
+
+    async def endpoint_rotate(self, request: Request, flavour: str) -> Response:
+        try:
+            ep = self._endpoint(request)
+        except LookupError as exc:
+            return self._endpoint_missing(str(exc.args[0]))
+        body = await self._body(request, optional=True)
+        keep = body.get("keep_old_secret_active_for_24_hours", False) if isinstance(body, dict) else None
+        if not isinstance(keep, bool):
+            raise EndpointError("Invalid 'keep_old_secret_active_for_24_hours': expected a boolean.",
+                                "keep_old_secret_active_for_24_hours")
+        return self._json(Endpoints.public(self.endpoints.rotate(ep, keep), flavour, with_secret=True))
+
+    async def endpoint_test(self, request: Request, flavour: str) -> Response:
+        try:
+            ep = self._endpoint(request)
+        except LookupError as exc:
+            return self._endpoint_missing(str(exc.args[0]))
+        body = await self._body(request)
+        event_type = body.get("event_type") if isinstance(body, dict) else None
+        if event_type not in EVENT_TYPES:
+            raise EndpointError(f"Invalid 'event_type': expected one of the webhook event types, got {event_type!r}.",
+                                "event_type")
+        status, error = await self.webhooks.send_test(ep, event_type)
+        if status is None:
+            raise EndpointError(f"The test delivery to {ep['url']} failed: {error}", "url")
+        return self._json({"object": "webhook_endpoint.test", "event_type": event_type, "status_code": status,
+                           "success": True, "webhook_endpoint_id": ep["id"]})
+
+    async def list_endpoints_with_secrets(self, request: Request) -> Response:
+        """Introspection (dev only): the endpoints with their signing secrets."""
+        return JSONResponse({"object": "list", "data": [
+            {**Endpoints.public(e, "openai", with_secret=True), "old_secret_active": len(Endpoints.signing_secrets(e)) > 1}
+            for e in self.endpoints.items.values()]})
+
+    async def list_deliveries(self, request: Request) -> Response:
+        """Every delivery, flattened: ``?response_id=&endpoint_id=&state=`` filter."""
+        q = request.query_params
+        out = []
+        records = ([self.store.get(q["response_id"])] if q.get("response_id") else self.store.records.values())
+        for rec in records:
+            hook = rec.get("webhook") if rec else None
+            if not hook:
+                continue
+            for d in hook["deliveries"]:
+                if q.get("endpoint_id") and d["endpoint_id"] != q["endpoint_id"]:
+                    continue
+                if q.get("state") and d["state"] != q["state"]:
+                    continue
+                out.append({"response_id": rec["id"], "event_id": hook["event_id"], "type": hook["type"],
+                            "fired_at": hook["fired_at"], **d})
+        out.sort(key=lambda d: d["fired_at"])
+        return JSONResponse({"object": "list", "data": out, "stats": self.webhooks.stats})
+
 
 def _input_items_with_ids(resp_id: str, items: list[dict]) -> list[dict]:
     out = []
@@ -567,11 +861,27 @@ def _input_items_with_ids(resp_id: str, items: list[dict]) -> list[dict]:
             item["id"] = {"message": "msg_", "function_call_output": "fco_", "function_call": "fc_"}.get(
                 item.get("type"), "item_") + h
         if item.get("type") == "message":
-            if isinstance(item.get("content"), str):
-                item["content"] = [{"type": "input_text", "text": item["content"]}]
-            item.setdefault("status", "completed")
+            item["content"] = _message_content(item.get("content"), item.get("role"))
+        if item.get("type") in ("message", "function_call", "function_call_output"):
+            item.setdefault("status", "completed")   # listed items always carry a status
         out.append(item)
     return out
+
+
+def _message_content(content: Any, role: str | None) -> Any:
+    """Content parts as the API lists them: user/system/developer text is `input_text`; an assistant
+    message given as input is listed like an output message (`output_text` with annotations/logprobs)."""
+    if isinstance(content, str):
+        content = [{"type": "input_text", "text": content}]
+    if role != "assistant" or not isinstance(content, list):
+        return content
+    parts = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") in ("input_text", "output_text", "text"):
+            part = {"type": "output_text", "text": part.get("text", ""), "annotations": part.get("annotations", []),
+                    "logprobs": part.get("logprobs", [])}
+        parts.append(part)
+    return parts
 
 
 class SSEStream:

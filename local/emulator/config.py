@@ -35,6 +35,15 @@ class EmulatorConfig:
     """True = background=true + store=false is a 400 (older guide text)."""
     enforce_metadata_limits: bool = True
     """400 on more than 16 metadata pairs, keys > 64 chars or values > 512 chars (like the real API)."""
+    background_mode: bool = True
+    """False = a Responses API without background mode (like servers that only stream): ``background: true``
+    is refused with a 400 ``unsupported_parameter``; plain and ``stream: true`` requests still work."""
+    chat_metadata_requires_store: bool = True
+    """Chat Completions: ``metadata`` without ``store: true`` is a 400, as on OpenAI ("The 'metadata' parameter
+    is only allowed when 'store' is enabled."). False = accept it (vLLM/Ollama style)."""
+    api_keys: str = ""
+    """Comma list of accepted API keys (``Authorization: Bearer <key>`` or ``api-key: <key>``); a missing or
+    other key is a 401 like the real API's. Empty = any key is accepted."""
 
     # --- retention -----------------------------------------------------------------------------------
     ttl_s: float = 3600.0
@@ -57,15 +66,39 @@ class EmulatorConfig:
     """``retry-after-ms`` sent with injected 429s/503s (``retry-after`` carries the same, in seconds)."""
     seed: int = 0
     """Seed of the fault RNG (faults are a deterministic function of the seed and request order)."""
-    fault_endpoints: str = "create,retrieve,stream,cancel,delete,input_items"
+    fault_endpoints: str = "create,retrieve,stream,cancel,delete,input_items,chat"
     """Comma list of endpoints global faults apply to."""
+
+    # --- provider webhooks (wall-clock ms, multiplied by webhook_time_scale; not the response time scale) ---
+    webhook_delay_ms: float = 0.0
+    """Response end -> first delivery attempt (per response: metadata ``emulator_webhook_delay_ms``)."""
+    webhook_drop_rate: float = 0.0
+    """Fraction of deliveries never sent at all (a lost provider webhook; per response ``emulator_webhook_drop``)."""
+    webhook_duplicate_rate: float = 0.0
+    """Fraction of deliveries sent twice with the same webhook-id (per response ``emulator_webhook_duplicate``)."""
+    webhook_retry_schedule_ms: str = "5000,30000,120000,600000,1800000"
+    """Waits before each retry after a failed attempt (non-2xx, timeout, connection error); its length bounds
+    the retries (default: 6 attempts over ~43 minutes, within the 1 h record TTL)."""
+    webhook_time_scale: float = 1.0
+    """Multiplier for webhook_delay_ms and the retry schedule (0.01 makes the whole schedule 100x faster)."""
+    webhook_timeout_ms: float = 10000.0
+    """Per-attempt timeout (Azure advises receivers to answer within 10 s)."""
+    webhook_concurrency: int = 64
+    """Deliveries in flight at once (start-up only)."""
+    webhook_url: str = ""
+    """Start-up only: register (or reuse) an endpoint with this url, e.g. the local function app's receiver."""
+    webhook_secret: str = ""
+    """Start-up only: the signing secret (whsec_...) for webhook_url; empty = generated (see
+    GET /v1/_emulator/webhook_endpoints)."""
+    webhook_event_types: str = "response.completed,response.failed,response.cancelled,response.incomplete"
+    """Start-up only: event types of the webhook_url endpoint."""
 
     # --- persistence -----------------------------------------------------------------------------------
     db: str = ""
     """SQLite file; empty = memory only. A restarted emulator continues every in-flight response."""
 
     # fields that cannot be changed at runtime through the config API
-    _STARTUP_ONLY = ("db",)
+    _STARTUP_ONLY = ("db", "webhook_concurrency", "webhook_url", "webhook_secret", "webhook_event_types")
 
     def update(self, values: Mapping[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}

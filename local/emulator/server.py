@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -86,7 +88,8 @@ class EmulatorServer:
                 self._serve_task.result()
                 raise RuntimeError("emulator failed to start")
             await asyncio.sleep(0.01)
-        self._tasks = [asyncio.create_task(self._housekeeping())]
+        self._tasks = [asyncio.create_task(self._housekeeping()),
+                       asyncio.create_task(self.emulator.webhooks.run())]
         return self
 
     async def _housekeeping(self) -> None:
@@ -109,6 +112,7 @@ class EmulatorServer:
         self._server.should_exit = True
         for t in self._tasks:
             t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)   # deliveries in flight stop first
         if self._serve_task is not None:
             try:
                 await self._serve_task
@@ -186,7 +190,11 @@ class EmulatorServer:
             finally:
                 for t in self._tasks:
                     t.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
                 assert self.emulator is not None
                 self.emulator.store.close()
 
+        # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal; with the default handler
+        # that kills the process before the store's last flush, so make it an ordinary exit instead.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         asyncio.run(main())

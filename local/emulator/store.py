@@ -60,9 +60,28 @@ class Store:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, created_at REAL, data TEXT NOT NULL)"
             )
+            self._db.execute("CREATE TABLE IF NOT EXISTS webhook_endpoints (id TEXT PRIMARY KEY, data TEXT NOT NULL)")
             for (data,) in self._db.execute("SELECT data FROM responses ORDER BY created_at"):
                 rec = json.loads(data)
                 self.records[rec["id"]] = rec
+
+    # -- webhook endpoints (few, written through) -------------------------------------------------------
+    def load_endpoints(self) -> list[dict]:
+        if self._db is None:
+            return []
+        with self._lock:
+            return [json.loads(d) for (d,) in self._db.execute("SELECT data FROM webhook_endpoints")]
+
+    def save_endpoint(self, ep: dict) -> None:
+        if self._db is not None:
+            with self._lock:
+                self._db.execute("INSERT OR REPLACE INTO webhook_endpoints (id, data) VALUES (?, ?)",
+                                 (ep["id"], json.dumps(ep)))
+
+    def delete_endpoint(self, ep_id: str) -> None:
+        if self._db is not None:
+            with self._lock:
+                self._db.execute("DELETE FROM webhook_endpoints WHERE id = ?", (ep_id,))
 
     # -- access --------------------------------------------------------------------------------------
     def plan(self, rec: dict) -> Plan:

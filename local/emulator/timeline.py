@@ -47,6 +47,18 @@ class KnobError(ValueError):
     pass
 
 
+def _flag(meta: dict, key: str) -> bool | None:
+    raw = meta.get(key)
+    if raw is None or raw == "":
+        return None
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise KnobError(f"metadata '{key}' must be true or false, got {raw!r}")
+
+
 def parse_http_errors(spec: str) -> list[tuple[int, int]]:
     """'429:3' / '500' / '429:1,503:2' -> [(429, 3)] / [(500, 1)] / [(429, 1), (503, 2)]."""
     out: list[tuple[int, int]] = []
@@ -89,6 +101,11 @@ def resolve_knobs(meta: dict, cfg, *, background: bool) -> dict[str, Any]:
         "stream_cut_after": cut_after,
         "first_byte_ms": _num(meta, "emulator_first_byte_ms", 0.0, 0, 600_000),
         "scale": float(cfg.time_scale),
+        # webhooks (None = the global setting decides when the event fires)
+        "webhook_delay_ms": (_num(meta, "emulator_webhook_delay_ms", 0.0, 0, 86_400_000)
+                             if meta.get("emulator_webhook_delay_ms") not in (None, "") else None),
+        "webhook_drop": _flag(meta, "emulator_webhook_drop"),
+        "webhook_duplicate": _flag(meta, "emulator_webhook_duplicate"),
     }
 
 
@@ -170,9 +187,12 @@ def estimate_tokens(chars: int) -> int:
 
 def build_content_spec(
     *, resp_id: str, items: list[dict], instructions: str | None, tools: list, meta: dict,
-    previous: dict | None, model: str,
+    previous: dict | None, model: str, call_names: dict[str, str] | None = None,
 ) -> dict:
-    """Decide once what the response will say: function calls or text (with a deterministic prefix)."""
+    """Decide once what the response will say: function calls or text (with a deterministic prefix).
+
+    ``call_names`` maps call ids issued earlier to function names when there is no ``previous`` response
+    (Chat Completions carries its history in the request)."""
     function_tools = {t.get("name"): t for t in tools or [] if isinstance(t, dict) and t.get("type") == "function"}
     tool_outputs = [i for i in items if i.get("type") == "function_call_output"]
     texts = message_texts(items)
@@ -198,7 +218,7 @@ def build_content_spec(
         return {"kind": "function_calls", "calls": calls, "input_tokens": estimate_tokens(input_chars)}
 
     # text: a readable deterministic prefix, then filler derived from a seed of the input
-    prev_calls = {}
+    prev_calls = dict(call_names or {})
     if previous:
         for item in previous.get("calls", []):
             prev_calls[item["call_id"]] = item["name"]
@@ -406,7 +426,7 @@ def build_plan(rec: dict) -> Plan:
         in_tokens = spec.get("input_tokens", 0)
         usage = {
             "input_tokens": in_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": out_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": in_tokens + out_tokens,
@@ -508,7 +528,7 @@ def response_object(rec: dict, plan: Plan, status: str, k: int) -> dict:
         "temperature": req.get("temperature", 1.0),
         "text": req.get("text") or {"format": {"type": "text"}, "verbosity": "medium"},
         "tool_choice": req.get("tool_choice", "auto"),
-        "tools": req.get("tools") or [],
+        "tools": echo_tools(req.get("tools")),
         "top_logprobs": req.get("top_logprobs", 0),
         "top_p": req.get("top_p", 1.0),
         "truncation": req.get("truncation") or "disabled",
@@ -517,6 +537,16 @@ def response_object(rec: dict, plan: Plan, status: str, k: int) -> dict:
         "metadata": rec["metadata"],
         "prompt_cache_key": req.get("prompt_cache_key"),
     }
+
+
+def echo_tools(tools: list | None) -> list:
+    """Tools as a Response echoes them: function tools carry every field the schema requires."""
+    out = []
+    for tool in tools or []:
+        if isinstance(tool, dict) and tool.get("type") == "function":
+            tool = {"description": None, "parameters": None, "strict": True, **tool}
+        out.append(tool)
+    return out
 
 
 def snapshot(rec: dict, plan: Plan, t: float) -> dict:

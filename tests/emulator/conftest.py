@@ -6,6 +6,7 @@ import openai
 import pytest
 
 from local.emulator import EmulatorServer
+from tests.schemas import WireRecorder
 
 SCALE = 0.02   # the default 2000 ms run takes 40 ms
 
@@ -26,6 +27,24 @@ def client(emu: EmulatorServer) -> openai.OpenAI:
 @pytest.fixture
 async def aclient(emu: EmulatorServer) -> openai.AsyncOpenAI:
     async with openai.AsyncOpenAI(base_url=emu.base_url, api_key="test-key") as c:
+        yield c
+
+
+@pytest.fixture
+def wire() -> WireRecorder:
+    """Records every reply the w-clients read, for tests.schemas validation (wire.assert_valid())."""
+    return WireRecorder()
+
+
+@pytest.fixture
+def wclient(emu: EmulatorServer, wire: WireRecorder) -> openai.OpenAI:
+    with openai.OpenAI(base_url=emu.base_url, api_key="k", http_client=wire.sync_client()) as c:
+        yield c
+
+
+@pytest.fixture
+async def awclient(emu: EmulatorServer, wire: WireRecorder) -> openai.AsyncOpenAI:
+    async with openai.AsyncOpenAI(base_url=emu.base_url, api_key="k", http_client=wire.async_client()) as c:
         yield c
 
 
