@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Protocol
 
 import httpx
 import openai
@@ -38,6 +38,7 @@ TERMINAL_EVENTS = {"response.completed", "response.failed", "response.incomplete
 # Statuses whose provider stream ends with one of TERMINAL_EVENTS (cancel and expiry have none).
 PROVIDER_FINAL_STATUSES = {"completed", "failed", "incomplete", "requires_action"}
 FINAL_EVENT_ID = 2**31 - 1
+KEEPALIVE = b": keep-alive\n\n"
 MAX_RECONNECTS_WITHOUT_PROGRESS = 5
 _END = object()
 
@@ -61,46 +62,43 @@ class RelayFactory:
         self.keepalive_seconds = keepalive_seconds
         self.fallback_max_delay = fallback_max_delay
 
-    def relay(self, run: Run, after: int, first_stream: EventStream | None = None) -> "Relay":
-        return Relay(self, run, after, first_stream)
+    def relay(self, run: Run, after: int, first_stream: EventStream | None = None,
+              event_format: "EventFormat | None" = None) -> "Relay":
+        return Relay(self, run, after, first_stream, event_format or RunEventFormat(self.views))
 
 
 class Relay:
     """One client's stream of one run, from position `after` (exclusive)."""
 
-    def __init__(self, deps: RelayFactory, run: Run, after: int, first_stream: EventStream | None = None) -> None:
+    def __init__(self, deps: RelayFactory, run: Run, after: int, first_stream: EventStream | None,
+                 event_format: "EventFormat") -> None:
         self._deps = deps
+        self._format = event_format
         self.run = run
         self.after = after
         self._after_at_start = after
         self._first_stream = first_stream  # the create call's own stream, for a fresh streaming start
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=256)
 
-    def token(self, position: int) -> str:
-        return self._deps.views.token(self.run.id, position)
-
     async def events(self) -> AsyncIterator[bytes]:
         started = time.monotonic()
         producer = asyncio.create_task(self._produce())
         try:
-            yield b"retry: 1000\n\n"
+            yield self._format.preamble()
             while True:
                 remaining = self._deps.max_seconds - (time.monotonic() - started)
                 if remaining <= 0:
-                    yield sse("reconnect", {"type": "reconnect", "run_id": self.run.id,
-                                            "continuation_token": self.token(self.after),
-                                            "reason": "maximum stream duration reached"})
+                    yield self._format.reconnect(self.run, self.after)
                     return
                 try:
                     item = await asyncio.wait_for(self._queue.get(),
                                                   timeout=min(self._deps.keepalive_seconds, remaining))
                 except asyncio.TimeoutError:
                     if time.monotonic() - started < self._deps.max_seconds:
-                        yield b": keep-alive\n\n"
+                        yield KEEPALIVE
                     continue
                 if item is _END:  # resumed after the final event: say so, so no client waits for more
-                    yield sse("end", {"type": "end", "run_id": self.run.id, "continuation_token": self.token(self.after),
-                                      "reason": "the run has ended and every event was already delivered"})
+                    yield self._format.end(self.run, self.after)
                     return
                 if isinstance(item, BaseException):
                     raise item
@@ -191,39 +189,77 @@ class Relay:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, self._deps.fallback_max_delay)
 
-    # -- translating provider events into ours ------------------------------------------------------------------
+    # -- translating items into the format's bytes ----------------------------------------------------------------
     async def _translate(self, item: Any) -> bytes | None:
         if isinstance(item, tuple):  # fallback status heartbeat: no id, it is not a position
-            return sse("run.status", {"type": "run.status", "run_id": self.run.id, "status": item[1],
-                                      "continuation_token": self.token(self.after)})
+            return self._format.status(self.run, item[1], self.after)
         if isinstance(item, Run):  # our own final event: the stored final run
             self.after = FINAL_EVENT_ID
-            return self._final(item, FINAL_EVENT_ID)
-        seq, kind = item.sequence_number, item.type
-        self.after = seq
-        if kind == "keepalive":
-            return b": keep-alive\n\n"
-        if kind in TERMINAL_EVENTS:
-            return self._final(await self._finish(item), seq)
-        data: dict[str, Any] = {"type": kind.removeprefix("response."), "sequence_number": seq, "run_id": self.run.id,
-                                "continuation_token": self.token(seq)}
-        if kind == "response.created":
-            return sse("run.created", {**data, "type": "run.created", "run": self._deps.views.render(self.run)}, seq)
-        if kind in ("response.queued", "response.in_progress"):
-            return sse("run.status", {**data, "type": "run.status", "status": kind.removeprefix("response.")}, seq)
-        payload = item.model_dump(mode="json", exclude={"type", "sequence_number"}) if hasattr(item, "model_dump") else {}
-        data.update({k: v for k, v in payload.items() if k not in ("obfuscation", "logprobs")})
-        return sse(data["type"], data, seq)
+            return self._format.final(item, FINAL_EVENT_ID, None)
+        self.after = item.sequence_number
+        if item.type == "keepalive":
+            return KEEPALIVE
+        if item.type in TERMINAL_EVENTS:
+            return self._format.final(await self._finish(item), item.sequence_number, item)
+        return self._format.event(self.run, item)
 
     async def _finish(self, event: Any) -> Run:
         run = await self._deps.store.get(self.run.id, with_result=True) or self.run
         status, result = result_from_response(event.response)
         return await self._deps.lifecycle.finish(run, status, result)
 
-    def _final(self, run: Run, position: int) -> bytes:
+
+class EventFormat(Protocol):
+    """How a relay's items become bytes on the wire (the native API's `run.*` events, or another API's)."""
+
+    def preamble(self) -> bytes: ...
+    def event(self, run: Run, event: Any) -> bytes | None: ...
+    def status(self, run: Run, status: str, position: int) -> bytes | None: ...
+    def final(self, run: Run, position: int, event: Any | None) -> bytes: ...
+    def end(self, run: Run, position: int) -> bytes: ...
+    def reconnect(self, run: Run, position: int) -> bytes: ...
+
+
+class RunEventFormat:
+    """The native API's events: `run.created`, `run.status`, the provider's deltas by their short names, one
+    final `run.<status>` with the stored run; a continuation token on every event."""
+
+    def __init__(self, views: RunViews) -> None:
+        self._views = views
+
+    def preamble(self) -> bytes:
+        return b"retry: 1000\n\n"
+
+    def event(self, run: Run, event: Any) -> bytes | None:
+        seq, kind = event.sequence_number, event.type
+        data: dict[str, Any] = {"type": kind.removeprefix("response."), "sequence_number": seq, "run_id": run.id,
+                                "continuation_token": self._views.token(run.id, seq)}
+        if kind == "response.created":
+            return sse("run.created", {**data, "type": "run.created", "run": self._views.render(run)}, seq)
+        if kind in ("response.queued", "response.in_progress"):
+            return sse("run.status", {**data, "type": "run.status", "status": kind.removeprefix("response.")}, seq)
+        payload = event.model_dump(mode="json", exclude={"type", "sequence_number"}) if hasattr(event, "model_dump") else {}
+        data.update({k: v for k, v in payload.items() if k not in ("obfuscation", "logprobs")})
+        return sse(data["type"], data, seq)
+
+    def status(self, run: Run, status: str, position: int) -> bytes | None:
+        return sse("run.status", {"type": "run.status", "run_id": run.id, "status": status,
+                                  "continuation_token": self._views.token(run.id, position)})
+
+    def final(self, run: Run, position: int, event: Any | None) -> bytes:
         kind = f"run.{run.status}"
         return sse(kind, {"type": kind, "sequence_number": position, "run_id": run.id,
-                          "run": self._deps.views.render(run), "continuation_token": self.token(position)}, position)
+                          "run": self._views.render(run), "continuation_token": self._views.token(run.id, position)},
+                   position)
+
+    def end(self, run: Run, position: int) -> bytes:
+        return sse("end", {"type": "end", "run_id": run.id, "continuation_token": self._views.token(run.id, position),
+                           "reason": "the run has ended and every event was already delivered"})
+
+    def reconnect(self, run: Run, position: int) -> bytes:
+        return sse("reconnect", {"type": "reconnect", "run_id": run.id,
+                                 "continuation_token": self._views.token(run.id, position),
+                                 "reason": "maximum stream duration reached"})
 
 
 def _is_connection_error(error: Exception) -> bool:
