@@ -18,7 +18,9 @@ from .runs.idempotency import IdempotencyStore
 from .runs.index import RunIndex
 from .runs.lifecycle import RunLifecycle
 from .runs.poll_chain import Backoff, PollScheduler
-from .runs.polling import PollStep
+from .provider.webhooks import ProviderWebhookVerifier
+from .runs.polling import Observer, PollStep, RetrieveObserver, StreamWatcher
+from .runs.provider_events import ProviderEventInbox
 from .runs.reading import RunReader
 from .runs.relay import RelayFactory
 from .runs.retention import RetentionPurger
@@ -49,6 +51,7 @@ class Services:
     outbox: WebhookOutbox
     relays: RelayFactory
     purger: RetentionPurger
+    provider_events: ProviderEventInbox | None  # None: no provider webhook secret configured
     _closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def close(self) -> None:
@@ -57,37 +60,57 @@ class Services:
 
 
 def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: WebhookSender | None = None,
-          closers: tuple[Callable[[], Awaitable[None]], ...] = ()) -> Services:
+          provider_webhooks=None, closers: tuple[Callable[[], Awaitable[None]], ...] = ()) -> Services:
     """Every collaborator, built once. `backend` is the provider seam; `sender` delivers webhooks (built
-    from the settings when not given; none when no signing secret is set); `closers` release the clients."""
+    from the settings when not given; none when no signing secret is set); `provider_webhooks` is the openai
+    client's webhook helper resource (verifies the provider's webhooks); `closers` release the clients."""
     store = RunStore(storage.runs, storage.payloads)
     sessions = SessionStore(storage.sessions)
     idempotency = IdempotencyStore(storage.idempotency)
     index = RunIndex(storage.index)
     tokens = TokenCodec(settings.token_key)
     backoff = Backoff(settings.poll_initial_delay, settings.poll_max_delay, settings.poll_multiplier)
+    chain_backoff, observer = _completion_strategy(settings, backend, backoff)
     scheduler = PollScheduler(store, storage.poll_queue)
-    lifecycle = RunLifecycle(store, sessions, index, storage.webhook_queue, settings.retention_seconds)
+    lifecycle = RunLifecycle(store, sessions, index, storage.webhook_queue, settings.retention_seconds,
+                             inline_safety_delay=settings.webhook_timeout + 5)
     views = RunViews(tokens, poll_initial_delay=settings.poll_initial_delay, poll_max_delay=settings.poll_max_delay)
     reader = RunReader(store, sessions, tokens, settings.retention_seconds)
-    starter = RunStarter(settings, store, sessions, idempotency, index, backend, scheduler, lifecycle, backoff)
+    starter = RunStarter(settings, store, sessions, idempotency, index, backend, scheduler, lifecycle, chain_backoff)
     if sender is None and settings.webhook_secrets:
         sender = WebhookSender(settings.webhook_secrets, timeout=settings.webhook_timeout,
                                allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private)
+    outbox = WebhookOutbox(store, reader, index, sender, storage.webhook_queue, views, settings.webhook_schedule)
+    secrets = settings.completion.provider_webhook_secrets
+    inbox = (ProviderEventInbox(ProviderWebhookVerifier(provider_webhooks, secrets), index, store, backend, lifecycle,
+                                scheduler, outbox) if secrets and provider_webhooks is not None else None)
     return Services(
         settings=settings, storage=storage, views=views, reader=reader, starter=starter,
         canceller=RunCanceller(reader, backend, lifecycle),
-        poll_step=PollStep(store, backend, lifecycle, scheduler, backoff),
+        poll_step=PollStep(store, backend, observer, lifecycle, scheduler, outbox, chain_backoff,
+                           retry_backoff=backoff),
+        provider_events=inbox,
         sweeper=Sweeper(store, index, lifecycle, scheduler, storage.webhook_queue, grace=settings.sweep_grace,
                         start_grace=starter.start_grace,
                         webhook_slack=settings.webhook_timeout + settings.sweep_grace),
-        outbox=WebhookOutbox(store, reader, index, sender, storage.webhook_queue, views, settings.webhook_schedule),
+        outbox=outbox,
         relays=RelayFactory(store, backend, lifecycle, views, max_seconds=settings.stream_max_seconds,
                             keepalive_seconds=settings.stream_keepalive_seconds,
                             fallback_max_delay=settings.poll_max_delay),
         purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds),
         _closers=(*((sender.aclose,) if sender else ()), *closers),
     )
+
+
+def _completion_strategy(settings: Settings, backend: RunBackend, poll_backoff: Backoff) -> tuple[Backoff, Observer]:
+    """How the poll chain learns that a response ended: the spacing of its steps and its observer."""
+    completion = settings.completion
+    if completion.strategy == "push":  # the provider's webhooks end runs; the chain is a slow safety net
+        return (Backoff(completion.safety_poll_initial, completion.safety_poll_max, settings.poll_multiplier),
+                RetrieveObserver(backend))
+    if completion.strategy == "watch":  # each step holds the stream for a window; the next starts at once
+        return Backoff(0.0, 0.0, 1.0), StreamWatcher(backend, completion.watch_window)
+    return poll_backoff, RetrieveObserver(backend)
 
 
 _services: Services | None = None
@@ -108,7 +131,8 @@ async def services() -> Services:
                     await provider.close()
                     await storage.close()
                     raise
-                _services = build(settings, storage, ResponsesBackend(provider), closers=(provider.close, storage.close))
+                _services = build(settings, storage, ResponsesBackend(provider), provider_webhooks=provider.webhooks,
+                                  closers=(provider.close, storage.close))
                 log.info("service ready: provider=%s model=%s webhooks=%s", settings.provider.kind,
                          settings.provider.default_model, "on" if settings.webhook_secrets else "off")
     return _services

@@ -89,6 +89,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WEBHOOK_TIMEOUT_SECONDS", "Timeout of one delivery attempt.", "15"),
     Setting("RETENTION_DAYS", "Ended runs (with their blobs), idle sessions and old Idempotency-Keys are deleted "
             "this many days after they end or were last used.", "30"),
+    # -- completion detection: how the service learns that a provider response ended --------------------------
+    Setting("COMPLETION_STRATEGY", "`poll` (ask the provider with backoff), `push` (the provider's webhooks, with "
+            "polling as a slow safety net) or `watch` (hold the provider's stream); empty: push when "
+            "PROVIDER_WEBHOOK_SECRETS is set, else poll.", ""),
+    Setting("PROVIDER_WEBHOOK_SECRETS", "Space-separated `whsec_` signing secrets of the provider's webhook endpoint "
+            "(several during a rotation). Key Vault in Azure.", secret=True),
+    Setting("SAFETY_POLL_INITIAL_SECONDS", "With push: the first safety-net poll after a start.", "10"),
+    Setting("SAFETY_POLL_MAX_SECONDS", "With push: cap of the safety-net poll backoff (bounds the lag of a lost "
+            "provider webhook).", "120"),
+    Setting("WATCH_WINDOW_SECONDS", "With watch: how long one poll step holds the provider's stream (below "
+            "functionTimeout).", "240"),
     Setting("STREAM_MAX_SECONDS", "A stream ends with a `reconnect` event after this (below Azure's 230 s).", "200"),
     Setting("STREAM_KEEPALIVE_SECONDS", "Idle time before an SSE keep-alive comment.", "15"),
 )
@@ -152,6 +163,18 @@ class ProviderSettings:
     timeout_seconds: float
 
 
+STRATEGIES = ("poll", "push", "watch")
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    strategy: str  # poll | push | watch
+    provider_webhook_secrets: tuple[str, ...] = field(repr=False)
+    safety_poll_initial: float
+    safety_poll_max: float
+    watch_window: float
+
+
 @dataclass(frozen=True)
 class Settings:
     storage: StorageSettings
@@ -172,6 +195,7 @@ class Settings:
     retention_seconds: float
     stream_max_seconds: float
     stream_keepalive_seconds: float
+    completion: CompletionSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -198,6 +222,7 @@ class Settings:
             retention_seconds=_number(env, "RETENTION_DAYS", minimum=1) * 86400,
             stream_max_seconds=stream_max_seconds,
             stream_keepalive_seconds=_number(env, "STREAM_KEEPALIVE_SECONDS", minimum=0.1),
+            completion=_completion(env),
         )
 
 
@@ -242,6 +267,24 @@ def function_timeout_seconds(host_json: Path = HOST_JSON) -> float | None:
         raise SettingsError(f"host.json: functionTimeout {raw!r} is not a TimeSpan (hh:mm:ss) or -1")
     return (int(match["d"] or 0) * 86400 + int(match["h"]) * 3600 + int(match["m"]) * 60
             + float(match["s"]))
+
+
+def _completion(env: Mapping[str, str]) -> CompletionSettings:
+    secrets = _whsec_list(env, "PROVIDER_WEBHOOK_SECRETS")
+    strategy = (_raw(env, "COMPLETION_STRATEGY") or ("push" if secrets else "poll")).lower()
+    if strategy not in STRATEGIES:
+        raise SettingsError(f"COMPLETION_STRATEGY: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if strategy == "push" and not secrets:
+        raise SettingsError("PROVIDER_WEBHOOK_SECRETS: required when COMPLETION_STRATEGY is push (the signing "
+                            "secret of the provider's webhook endpoint)")
+    window = _number(env, "WATCH_WINDOW_SECONDS", minimum=0.1)
+    timeout = function_timeout_seconds()
+    if strategy == "watch" and timeout is not None and window >= timeout - 30:
+        raise SettingsError(f"WATCH_WINDOW_SECONDS: {window:g} must end at least 30 s before host.json "
+                            f"functionTimeout ({timeout:g} s)")
+    initial = _number(env, "SAFETY_POLL_INITIAL_SECONDS", minimum=0.05)
+    return CompletionSettings(strategy, secrets, initial,
+                              max(initial, _number(env, "SAFETY_POLL_MAX_SECONDS", minimum=0.1)), window)
 
 
 def check_stream_below_function_timeout(stream_max_seconds: float, host_json: Path = HOST_JSON) -> None:
@@ -322,17 +365,22 @@ def _token_key(env: Mapping[str, str]) -> bytes:
 
 
 def _webhook_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
-    raw = _raw(env, "WEBHOOK_SIGNING_SECRETS") or ""
+    return _whsec_list(env, "WEBHOOK_SIGNING_SECRETS")
+
+
+def _whsec_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Space- or comma-separated Standard Webhooks secrets (`whsec_` + base64 of 24-64 bytes)."""
+    raw = _raw(env, name) or ""
     secrets = tuple(s for s in raw.replace(",", " ").split() if s)
     for index, secret in enumerate(secrets):
         if not secret.startswith("whsec_"):
-            raise SettingsError(f"WEBHOOK_SIGNING_SECRETS: entry {index + 1} does not start with whsec_")
+            raise SettingsError(f"{name}: entry {index + 1} does not start with whsec_")
         try:
             decoded = base64.b64decode(secret[6:] + "=" * (-len(secret[6:]) % 4), validate=True)
         except ValueError:
-            raise SettingsError(f"WEBHOOK_SIGNING_SECRETS: entry {index + 1} is not base64 after whsec_") from None
+            raise SettingsError(f"{name}: entry {index + 1} is not base64 after whsec_") from None
         if not 24 <= len(decoded) <= 64:
-            raise SettingsError(f"WEBHOOK_SIGNING_SECRETS: entry {index + 1} must decode to 24-64 bytes")
+            raise SettingsError(f"{name}: entry {index + 1} must decode to 24-64 bytes")
     return secrets
 
 

@@ -155,6 +155,8 @@ async def health(req: Request) -> Response:
         "provider": {"kind": settings.provider.kind, "default_model": settings.provider.default_model,
                      "auth": "key" if settings.provider.api_key else "entra_id"},
         "webhooks": {"enabled": bool(settings.webhook_secrets), "signing_secrets": len(settings.webhook_secrets)},
+        "completion": {"strategy": settings.completion.strategy,
+                       "provider_webhook_secrets": len(settings.completion.provider_webhook_secrets)},
     }
     try:
         await svc.storage.runs.get_entity("health-check", "run")

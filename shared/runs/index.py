@@ -5,16 +5,21 @@ One table (`runindex`), one partition per list:
   session to advance, the webhook to deliver). Written before a run is recorded, removed when nothing is left
   to do, so the sweeper's cost follows the runs in flight, not every run ever kept.
 - `expires-<yyyymmdd>`: what retention deletes on that day (UTC): runs, sessions, idempotency keys.
+- `response-<provider response id>`: which run a provider response belongs to, so a provider webhook (which
+  carries only the response id) finds its run with one point read.
+- `seen-<yyyymmdd>`: provider webhook ids already handled that day (deduplication).
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import AsyncIterator
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 OPEN = "open"
 EXPIRES_PREFIX = "expires-"
+RESPONSE_PREFIX = "response-"
+SEEN_PREFIX = "seen-"
 
 
 def _day(at: float) -> str:
@@ -35,6 +40,44 @@ class RunIndex:
     async def open_run_ids(self) -> AsyncIterator[str]:
         async for row in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": OPEN}, select=["RowKey"]):
             yield row["RowKey"]
+
+    # -- provider responses --------------------------------------------------------------------------------
+    async def remember_response(self, response_id: str, run_id: str) -> None:
+        await self._table.upsert_entity({"PartitionKey": RESPONSE_PREFIX + response_id, "RowKey": "run",
+                                         "run_id": run_id})
+
+    async def run_for_response(self, response_id: str) -> str | None:
+        try:
+            row = await self._table.get_entity(RESPONSE_PREFIX + response_id, "run")
+        except ResourceNotFoundError:
+            return None
+        return row["run_id"]
+
+    async def forget_response(self, response_id: str) -> None:
+        await self._delete(RESPONSE_PREFIX + response_id, "run")
+
+    # -- provider webhook ids already handled -------------------------------------------------------------------
+    async def claim_event(self, event_id: str, at: float) -> bool:
+        """Note a provider webhook id; False if it was noted before (a duplicate or a replay)."""
+        try:
+            await self._table.create_entity({"PartitionKey": SEEN_PREFIX + _day(at), "RowKey": event_id})
+        except ResourceExistsError:
+            return False
+        return True
+
+    async def release_event(self, event_id: str, at: float) -> None:
+        """Forget a claim whose handling failed, so the provider's retry is handled."""
+        await self._delete(SEEN_PREFIX + _day(at), event_id)
+
+    async def forget_events_before(self, before: float) -> int:
+        """Delete the dedup notes of the days before `before` (retention), reading only those rows."""
+        query = "PartitionKey ge @first and PartitionKey lt @upto"
+        parameters = {"first": SEEN_PREFIX, "upto": SEEN_PREFIX + _day(before)}
+        rows = [(r["PartitionKey"], r["RowKey"]) async for r in
+                self._table.query_entities(query, parameters=parameters, select=["PartitionKey", "RowKey"])]
+        for partition, row in rows:
+            await self._delete(partition, row)
+        return len(rows)
 
     # -- expiry ---------------------------------------------------------------------------------------------
     async def expire_at(self, kind: str, ident: str, at: float) -> None:

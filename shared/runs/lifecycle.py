@@ -23,15 +23,21 @@ log = logging.getLogger("bgruns.lifecycle")
 
 class RunLifecycle:
     def __init__(self, store: RunStore, sessions: SessionStore, index: RunIndex, webhook_queue,
-                 retention_seconds: float) -> None:
+                 retention_seconds: float, inline_safety_delay: float) -> None:
         self._store = store
         self._sessions = sessions
         self._index = index
         self._webhook_queue = webhook_queue  # shared.storage.MessageQueue
         self._retention = retention_seconds
+        # When the finisher makes the first delivery attempt itself, the queued message waits this long, as the
+        # safety net for a finisher that dies mid-attempt (a message that finds the delivery done does nothing).
+        self._inline_safety_delay = inline_safety_delay
 
-    async def finish(self, run: Run, status: str, result: dict[str, Any]) -> Run:
-        """End the run once; returns the run as it ended (ours, or the other writer's if it ended first)."""
+    async def finish(self, run: Run, status: str, result: dict[str, Any], *, inline_webhook: bool = False) -> Run:
+        """End the run once; returns the run as it ended (ours, or the other writer's if it ended first).
+
+        `inline_webhook`: the caller makes the first delivery attempt itself (WebhookOutbox.deliver_now) right
+        after this returns, saving the queue hop; the queued message is then only the safety net."""
         while not run.is_terminal:
             run.status, run.result, run.completed_at = status, result, clock.now()
             run.result_stored = False
@@ -48,10 +54,11 @@ class RunLifecycle:
                 run = fresh
                 continue
             log.info("run %s ended %s", run.id, status)
-            await self.follow_up(run, send_webhook=True)
+            await self.follow_up(run, send_webhook=True,
+                                 webhook_delay=self._inline_safety_delay if inline_webhook else 0.0)
         return run
 
-    async def follow_up(self, run: Run, *, send_webhook: bool) -> None:
+    async def follow_up(self, run: Run, *, send_webhook: bool, webhook_delay: float = 0.0) -> None:
         """What must happen after a run ended (idempotent). `send_webhook`: queue the pending delivery."""
         await self.advance_session(run)
         await self._index.expire_at("run", run.id, (run.completed_at or clock.now()) + self._retention)
@@ -59,7 +66,7 @@ class RunLifecycle:
             await self._index.expire_at("session", run.session_id, clock.now() + self._retention)
         if run.webhook and run.webhook.is_pending:
             if send_webhook:
-                await self._webhook_queue.send(run.webhook.message(run.id).to_dict())
+                await self._webhook_queue.send(run.webhook.message(run.id).to_dict(), webhook_delay)
         else:
             await self._index.mark_done(run.id)
 

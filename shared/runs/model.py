@@ -33,6 +33,7 @@ class Run:
     poll_seq: int = 0
     poll_nonce: str = ""
     poll_count: int = 0
+    watch_position: int = -1  # watch strategy: the last provider event the poll chain has seen
     next_poll_at: float | None = None
     deadline_at: float = 0.0
     webhook_url: str | None = None

@@ -52,6 +52,8 @@ class Backoff:
         """Exponential from `initial` to `maximum` with ±20 % jitter; a provider's Retry-After can only
         lengthen it (bounded). The exponent is capped where the curve reaches the maximum, so a chain of any
         length never overflows."""
+        if self.maximum <= 0:
+            return 0.0 if retry_after is None else min(retry_after, MAX_RETRY_AFTER_SECONDS)
         base = min(self.maximum, self.initial * self.multiplier ** min(poll_count, self._exponent_cap))
         delay = base * (0.8 + 0.4 * rng())
         if retry_after is not None:

@@ -1,15 +1,24 @@
-"""One step of a run's poll chain (a queue message): look at the provider, then end the run or schedule the
-next look with backoff.
+"""One step of a run's poll chain (a queue message): learn the provider's state, then end the run or schedule
+the next step.
+
+How the state is learned is the completion strategy's observer: `poll` asks once (retrieve by id), `watch`
+holds the provider's stream for a window and returns at its terminal event. With `push` the provider's
+webhooks end runs (runs.provider_events) and this chain is only the safety net, with a slow backoff.
 
 The provider is asked first, so a run that completed just before its deadline keeps its output; only a run
 still going at its deadline is cancelled at the provider and ends `expired`. Provider 429/5xx/timeouts are
 retried on the chain, honouring Retry-After; a refusal that retrying cannot fix (auth, configuration) fails
-the run with the provider's message.
+the run with the provider's message. A step that ends a run makes the first webhook attempt itself.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Mapping
+import time
+from typing import Any, Mapping, Protocol
+
+import httpx
+import openai
 
 from .. import clock
 from ..provider import ProviderError, ProviderState, RunBackend
@@ -18,25 +27,90 @@ from .model import Run
 from .poll_chain import Backoff, PollMessage, PollScheduler
 from .results import failure_result, result_from_response
 from .store import RunStore
+from .webhook_outbox import WebhookOutbox
 
 log = logging.getLogger("bgruns.polling")
 
 # A message one step ahead of the run was sent by a writer that has not saved yet; give it a moment.
 EARLY_MESSAGE_RETRIES = 3
+# Provider stream events that end a response (a cancelled response's stream just ends).
+TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+# The first webhook attempt made by the step that ended the run must not hold the step (or the provider's
+# webhook call) for long; the queued safety-net message takes over after this.
+INLINE_WEBHOOK_BUDGET_SECONDS = 5.0
 
 
 class EarlyMessage(Exception):
     """Raised so the host redelivers the message after its visibility timeout."""
 
 
+class Observer(Protocol):
+    """How a poll step learns the provider's state of a run's response."""
+
+    async def observe(self, run: Run) -> ProviderState: ...
+
+
+class RetrieveObserver:
+    """Poll: ask the provider once."""
+
+    def __init__(self, backend: RunBackend) -> None:
+        self._backend = backend
+
+    async def observe(self, run: Run) -> ProviderState:
+        return await self._backend.observe(run.response_id)
+
+
+class StreamWatcher:
+    """Watch: hold the response's event stream (it was created streaming) for up to `window` seconds and return
+    at its terminal event; otherwise ask once. `run.watch_position` is where the next step resumes."""
+
+    def __init__(self, backend: RunBackend, window: float) -> None:
+        self._backend = backend
+        self._window = window
+
+    async def observe(self, run: Run) -> ProviderState:
+        ends = time.monotonic() + self._window
+        while time.monotonic() < ends:
+            try:
+                stream = await self._backend.events(run.response_id, run.watch_position)
+            except ProviderError as error:
+                if error.transient:
+                    break
+                log.info("run %s: the provider cannot stream it (%s); polling instead", run.id, error.message)
+                break
+            try:
+                async with asyncio.timeout(max(0.0, ends - time.monotonic())):
+                    async for event in stream:
+                        seq = getattr(event, "sequence_number", None)
+                        if seq is None or seq <= run.watch_position:
+                            continue
+                        run.watch_position = seq
+                        if event.type in TERMINAL_EVENTS:
+                            return ProviderState(run.response_id, event.response.status, event.response)
+                break  # a clean end without a terminal event (a cancel): ask below
+            except TimeoutError:
+                break
+            except (ValueError, httpx.HTTPError, openai.APIConnectionError, openai.APITimeoutError):
+                continue  # a dropped connection: reconnect from the last event seen
+            finally:
+                await stream.close()
+        return await self._backend.observe(run.response_id)
+
+
 class PollStep:
-    def __init__(self, store: RunStore, backend: RunBackend, lifecycle: RunLifecycle, scheduler: PollScheduler,
-                 backoff: Backoff) -> None:
+    def __init__(self, store: RunStore, backend: RunBackend, observer: Observer, lifecycle: RunLifecycle,
+                 scheduler: PollScheduler, outbox: WebhookOutbox, backoff: Backoff, *,
+                 retry_backoff: Backoff | None = None) -> None:
+        """`backoff` spaces the chain's steps (zero for watch: the next window starts at once);
+        `retry_backoff` spaces retries after a provider hiccup."""
         self._store = store
         self._backend = backend
+        self._observer = observer
         self._lifecycle = lifecycle
         self._scheduler = scheduler
+        self._outbox = outbox
         self._backoff = backoff
+        self._retry_backoff = retry_backoff or backoff
 
     async def handle(self, data: Mapping[str, Any], dequeue_count: int = 1) -> str:
         """Handle one poll message; returns what happened (for logs and tests)."""
@@ -55,13 +129,11 @@ class PollStep:
         if (message.seq, message.nonce) != (run.poll_seq, run.poll_nonce) or not run.response_id:
             return "stale"
         try:
-            state = await self._backend.observe(run.response_id)
+            state = await self._observer.observe(run)
         except ProviderError as error:
             return await self._on_failure(run, error)
         if not state.is_active:
-            status, result = result_from_response(state.response)
-            await self._lifecycle.finish(run, status, result)
-            return status
+            return await self._end_from(run, state)
         if clock.now() >= run.deadline_at:
             return await self._expire(run)
         await self._scheduler.schedule(run, self._backoff.delay(run.poll_count), status=state.status)
@@ -69,12 +141,12 @@ class PollStep:
 
     async def _on_failure(self, run: Run, error: ProviderError) -> str:
         if not error.transient:
-            await self._lifecycle.finish(run, "failed", failure_result(
+            await self._end(run, "failed", failure_result(
                 "provider_error", f"The provider refused to report on the run ({error.status}): {error.message}"))
             return "failed"
         if clock.now() >= run.deadline_at:
             return await self._expire(run)
-        delay = self._backoff.delay(run.poll_count, retry_after=error.retry_after)
+        delay = self._retry_backoff.delay(run.poll_count, retry_after=error.retry_after)
         log.info("run %s: provider hiccup (%s); next poll in %.1fs", run.id, error.message, delay)
         await self._scheduler.schedule(run, delay)
         return "retry"
@@ -87,10 +159,17 @@ class PollStep:
         except ProviderError as error:  # best effort; the run ends expired either way
             log.warning("run %s: cancel at deadline failed: %s", run.id, error.message)
         if state is not None and not state.is_active and state.status != "cancelled":
-            status, result = result_from_response(state.response)
-            await self._lifecycle.finish(run, status, result)
-            return status
+            return await self._end_from(run, state)
         allowed = run.deadline_at - run.created_at
-        await self._lifecycle.finish(run, "expired", failure_result(
+        await self._end(run, "expired", failure_result(
             "deadline_exceeded", f"The run did not finish within its deadline of {allowed:.0f} s."))
         return "expired"
+
+    async def _end_from(self, run: Run, state: ProviderState) -> str:
+        status, result = result_from_response(state.response)
+        await self._end(run, status, result)
+        return status
+
+    async def _end(self, run: Run, status: str, result: dict[str, Any]) -> None:
+        ended = await self._lifecycle.finish(run, status, result, inline_webhook=True)
+        await self._outbox.deliver_now(ended, budget=INLINE_WEBHOOK_BUDGET_SECONDS)

@@ -18,6 +18,8 @@ from .store import RunStore
 log = logging.getLogger("bgruns.retention")
 
 DAY = 86400.0
+# Providers retry a webhook for up to 72 hours; a delivery id is remembered a day longer than that.
+EVENT_MEMORY_SECONDS = 4 * DAY
 
 
 class RetentionPurger:
@@ -40,6 +42,8 @@ class RetentionPurger:
                 await self._idempotency.purge(ident)
                 purged["idempotency_keys"] += 1
             await self._index.forget(partition, kind, ident)
+        purged["provider_event_ids"] = await self._index.forget_events_before(clock.now() - EVENT_MEMORY_SECONDS)
+        purged = +purged  # drop the zero counts
         if purged:
             log.info("retention purged %s", dict(purged))
         return dict(purged)
@@ -52,6 +56,8 @@ class RetentionPurger:
         ended = run.completed_at or 0.0
         if run.is_terminal and not (run.webhook and run.webhook.is_pending) and clock.now() >= ended + self._retention:
             await self._store.purge(run_id)
+            if run.response_id:
+                await self._index.forget_response(run.response_id)
             return 1
         await self._index.expire_at("run", run_id, max(ended + self._retention, clock.now() + DAY))  # not yet: later
         return 0

@@ -96,13 +96,19 @@ class RunStarter:
         await self._store.create(run)
         if session:
             await self._sessions.add_run(session.id, run_id, created_at)
-        try:
-            started = await self._backend.start(params, stream=request.stream)
+        watching = self._settings.completion.strategy == "watch"
+        try:  # the poll chain can only watch a response created streaming
+            started = await self._backend.start(params, stream=request.stream or watching)
         except ProviderError as error:
             await self._abandon(run)
             raise _start_error(error) from None
         run.response_id = started.state.response_id
+        if started.events is not None and not request.stream:
+            await started.events.close()
+            started.events = None
         try:
+            if self._settings.completion.strategy == "push":  # a provider webhook names only the response
+                await self._index.remember_response(run.response_id, run_id)
             return await self._record_response(run, started), started.events
         except BaseException:
             # Storage failed after the provider accepted: stop that response rather than leave an orphan; the

@@ -96,7 +96,7 @@ class RunStore:
             "session_id": run.session_id or "", "response_id": run.response_id or "", "stream": run.stream,
             "completed_at": run.completed_at, "poll_seq": run.poll_seq, "poll_nonce": run.poll_nonce,
             "poll_count": run.poll_count, "next_poll_at": run.next_poll_at, "deadline_at": run.deadline_at,
-            "webhook_url": run.webhook_url or "",
+            "watch_position": run.watch_position, "webhook_url": run.webhook_url or "",
             "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "",
         }
         return {k: v for k, v in entity.items() if v is not None}
@@ -122,6 +122,7 @@ class RunStore:
             result=loaded_result(await self._load_part(entity, "result")) if with_result and has_result else None,
             poll_seq=entity.get("poll_seq", 0), poll_nonce=entity.get("poll_nonce", ""),
             poll_count=entity.get("poll_count", 0), next_poll_at=entity.get("next_poll_at"),
+            watch_position=entity.get("watch_position", -1),
             deadline_at=entity.get("deadline_at", 0.0), webhook_url=entity.get("webhook_url") or None,
             webhook=WebhookState.from_dict(json.loads(webhook)) if webhook else None,
             etag=entity.metadata.get("etag"), result_stored=has_result,

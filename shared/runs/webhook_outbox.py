@@ -6,6 +6,7 @@ by the sweeper. The `webhook-id` stays the same across every attempt and redeliv
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, Mapping, Sequence
@@ -71,6 +72,22 @@ class WebhookOutbox:
             await self._index.mark_done(run.id)
         log.info("run %s webhook attempt %d: %s", run.id, len(run.webhook.attempts), json.dumps(attempt.to_dict()))
         return run.webhook.state
+
+    async def deliver_now(self, run: Run, *, budget: float) -> None:
+        """The first attempt of a run that just ended, made by its finisher (no queue hop), within `budget`
+        seconds. Whatever happens, the queued safety-net message finishes the job: it does nothing if this
+        attempt was recorded, and delivers if it was not (the receiver may then see the event twice, with
+        one webhook-id)."""
+        if run.webhook is None or not run.webhook.is_pending or self._sender is None:
+            return
+        try:
+            async with asyncio.timeout(budget):
+                await self.deliver(run.webhook.message(run.id).to_dict())
+        except TimeoutError:
+            log.info("run %s: the inline webhook attempt took over %.0f s; the queue takes over", run.id, budget)
+        except Exception as error:  # noqa: BLE001 - the queued message retries; never fail the finisher for this
+            log.warning("run %s: inline webhook attempt failed (%s); the queue takes over", run.id,
+                        type(error).__name__)
 
     async def redeliver(self, run_id: str) -> Run:
         """Send a finished run's webhook again (same webhook-id), with a fresh retry schedule."""

@@ -217,6 +217,8 @@ class FakeBackend:
         self.fail: dict[str, list[ProviderError]] = {}
         self.before: dict[str, Callable[[], Awaitable[None]]] = {}
         self.finish_at_once = False
+        self.streams: dict[str, list] = {}
+        self.hang = 0.0
         self._ids = itertools.count(1)
 
     async def _enter(self, method: str, ident: str) -> None:
@@ -251,10 +253,34 @@ class FakeBackend:
         return self._state(response)
 
     async def events(self, response_id: str, after: int):
-        raise ProviderError(transient=False, status=400, message="the fake backend does not stream")
+        """The scripted `streams[response_id]` (events with `type`, `sequence_number`); `hang` after them keeps
+        the stream open for that many seconds (a response still going)."""
+        await self._enter("events", response_id)
+        if response_id not in self.streams:
+            raise ProviderError(transient=False, status=400, message="this response was not created streaming")
+        return FakeStream([e for e in self.streams[response_id] if e.sequence_number > after], self.hang)
 
     def count(self, method: str) -> int:
         return sum(1 for name, _ in self.calls if name == method)
+
+
+class FakeStream:
+    def __init__(self, events: list, hang: float) -> None:
+        self._events, self._hang = events, hang
+        self.closed = False
+
+    async def __aiter__(self):
+        for event in self._events:
+            yield event
+        if self._hang:
+            await asyncio.sleep(self._hang)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def stream_event(kind: str, seq: int, response=None):
+    return SimpleNamespace(type=kind, sequence_number=seq, response=response)
 
 
 class FakeClock:
@@ -279,7 +305,11 @@ class FakeSender:
         from shared.webhooks import Attempt
 
         self.sent.append((url, webhook_id, body))
-        return self.results.pop(0) if self.results else Attempt(at="2026-01-01T00:00:00.000Z", ok=True, status_code=204)
+        result = self.results.pop(0) if self.results else Attempt(at="2026-01-01T00:00:00.000Z", ok=True,
+                                                                     status_code=204)
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     async def aclose(self) -> None:
         pass
@@ -344,7 +374,10 @@ def world(monkeypatch, **env: str) -> World:
                               payloads=blobs)
     settings = Settings.from_env({**ENV, **env})
     backend, sender = FakeBackend(), FakeSender()
-    services = build(settings, storage, backend, sender=sender if settings.webhook_secrets else None)
+    import openai
+
+    services = build(settings, storage, backend, sender=sender if settings.webhook_secrets else None,
+                     provider_webhooks=openai.AsyncOpenAI(api_key="unused", base_url="http://127.0.0.1:9").webhooks)
     return World(services, backend, fake_clock, tables, blobs, poll_queue, webhook_queue, sender)
 
 

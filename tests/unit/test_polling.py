@@ -64,8 +64,13 @@ async def test_a_completed_run_is_finished_once_with_its_output(monkeypatch):
     assert await w.drain_polls() == ["completed"]
     final = await w.run(run.id)
     assert final.status == "completed" and final.result["output_text"] == "the answer"
-    assert [m["run_id"] for m in w.webhook_queue.take()] == [run.id]
-    assert w.index.entity("open", run.id) is not None  # the webhook is still to be delivered
+    # The step that ended the run made the first webhook attempt itself (no queue hop) ...
+    assert len(w.sender.sent) == 1 and final.webhook.state == "delivered"
+    assert w.index.entity("open", run.id) is None
+    # ... and queued a delayed safety-net message, which now does nothing.
+    (safety,) = w.webhook_queue.sent
+    assert safety.delay >= w.services.settings.webhook_timeout
+    assert await w.services.outbox.deliver(safety.message) == "stale"
 
 
 async def test_a_transient_provider_error_is_retried_honouring_retry_after(monkeypatch):

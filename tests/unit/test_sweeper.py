@@ -55,8 +55,9 @@ async def test_a_stuck_webhook_is_queued_again_and_a_fresh_one_is_left_alone(mon
     w = world(monkeypatch)
     run = await start(w, webhook_url="http://127.0.0.1:9/hook")
     w.backend.responses[run.response_id].complete()
+    w.sender.results = [RuntimeError("the host dies during the inline attempt")]
     await w.drain_polls()
-    lost = w.webhook_queue.take()  # the delivery message is lost
+    lost = w.webhook_queue.take()  # and the safety-net message is lost too
     assert len(lost) == 1 and (await w.services.sweeper.sweep()).get("webhooks") is None
     w.clock.advance(w.services.settings.webhook_timeout + w.services.settings.sweep_grace + 1)
     assert (await w.services.sweeper.sweep())["webhooks"] == 1
@@ -98,13 +99,13 @@ async def test_failed_deliveries_follow_the_schedule_then_fail_and_leave_the_ind
     w = world(monkeypatch)
     run = await start(w, webhook_url="http://127.0.0.1:9/hook")
     w.backend.responses[run.response_id].complete()
-    await w.drain_polls()
     failing = Attempt(at="2026-01-01T00:00:00.000Z", ok=False, status_code=500, error="HTTP 500")
     w.sender.results = [failing] * 3
+    await w.drain_polls()  # the first attempt is made inline by the step that ended the run
     outcomes = []
     while (messages := w.webhook_queue.take()):
         outcomes += [await w.services.outbox.deliver(m) for m in messages]
-    assert outcomes == ["pending", "pending", "failed"]  # the schedule "0,5,10": three attempts
+    assert outcomes == ["stale", "pending", "failed"]  # the safety net, then the schedule "0,5,10"
     final = await w.run(run.id)
     assert final.webhook.state == "failed" and len(final.webhook.attempts) == 3
     assert len({webhook_id for _, webhook_id, _ in w.sender.sent}) == 1  # one webhook-id throughout
@@ -118,8 +119,7 @@ async def test_failed_deliveries_follow_the_schedule_then_fail_and_leave_the_ind
 async def test_a_410_stops_deliveries(monkeypatch):
     w = world(monkeypatch)
     run = await start(w, webhook_url="http://127.0.0.1:9/hook")
-    w.backend.responses[run.response_id].complete()
-    await w.drain_polls()
+    await w.services.canceller.cancel(run.id)  # a cancel queues the delivery (no inline attempt)
     w.sender.results = [Attempt(at="2026-01-01T00:00:00.000Z", ok=False, status_code=410, gone=True)]
     assert await w.services.outbox.deliver(w.webhook_queue.take()[0]) == "failed"
-    assert not w.webhook_queue.sent
+    assert not w.webhook_queue.sent and (await w.run(run.id)).webhook.state == "failed"

@@ -1,0 +1,32 @@
+"""The provider's webhooks in (OpenAI / Azure OpenAI `response.*` events): shared.runs.provider_events.
+
+Anonymous at the Functions level, because the provider cannot send a function key: every delivery is verified
+against PROVIDER_WEBHOOK_SECRETS (Standard Webhooks signature, 300 s tolerance) before anything is read or
+written. Register `https://<app>/api/provider/webhooks` with the provider (infra/README.md).
+"""
+from __future__ import annotations
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
+
+from ..api.errors import handler
+from ..composition import services
+from ..errors import NotFound, PayloadTooLarge
+from ..storage import counting_as
+
+bp = func.Blueprint()
+MAX_EVENT_BYTES = 64 * 1024  # the events carry an id; anything this large is not one
+
+
+@bp.route(route="provider/webhooks", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@handler
+async def receive_provider_webhook(req: Request) -> Response:
+    counting_as("receive_provider_webhook")
+    inbox = (await services()).provider_events
+    if inbox is None:
+        raise NotFound("provider_webhooks_off", "Provider webhooks are not configured (PROVIDER_WEBHOOK_SECRETS).")
+    body = await req.body()
+    if len(body) > MAX_EVENT_BYTES:
+        raise PayloadTooLarge("event_too_large", f"A provider event is at most {MAX_EVENT_BYTES} bytes.")
+    outcome = await inbox.receive(body, dict(req.headers))
+    return JSONResponse({"received": True, "outcome": outcome})

@@ -1,0 +1,66 @@
+"""The provider's webhooks in: verified with the `openai` SDK's own helpers (Standard Webhooks signatures,
+300 s timestamp tolerance), against every configured secret so a rotation never drops an event.
+
+The events that matter here are the ends of background responses; their payload carries only the
+response id (`{"object": "event", "id": "evt_...", "type": "response.completed", "data": {"id": "resp_..."}}`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from openai import InvalidWebhookSignatureError
+
+RESPONSE_END_EVENTS = frozenset({"response.completed", "response.failed", "response.cancelled", "response.incomplete"})
+
+
+class InvalidProviderEvent(Exception):
+    """Not a genuine, well-formed provider event (bad or stale signature, malformed body); the message says which."""
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    webhook_id: str  # the delivery's id, stable across the provider's retries (deduplicate on it)
+    type: str
+    response_id: str | None
+
+    @property
+    def ends_a_response(self) -> bool:
+        return self.type in RESPONSE_END_EVENTS and bool(self.response_id)
+
+
+class ProviderWebhookVerifier:
+    def __init__(self, webhooks, secrets: Sequence[str]) -> None:
+        self._webhooks = webhooks  # an openai client's `.webhooks` resource
+        # The SDK decodes the secret strictly: give it the padded base64 that Standard Webhooks allows unpadded.
+        self._secrets = tuple(s + "=" * (-len(s.removeprefix("whsec_")) % 4) for s in secrets)
+
+    def unwrap(self, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
+        headers = {key.lower(): value for key, value in headers.items()}
+        webhook_id = headers.get("webhook-id", "")
+        if not webhook_id or len(webhook_id) > 256:
+            raise InvalidProviderEvent("missing or malformed webhook-id header")
+        self._verify(body, headers)
+        try:
+            event = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidProviderEvent("the body is not JSON") from None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise InvalidProviderEvent("the body is not an event object with a type")
+        data = event.get("data")
+        ident = data.get("id") if isinstance(data, dict) else None
+        return ProviderEvent(webhook_id, event["type"],
+                             ident if isinstance(ident, str) and 0 < len(ident) <= 256 else None)
+
+    def _verify(self, body: bytes, headers: Mapping[str, str]) -> None:
+        for secret in self._secrets:
+            try:
+                self._webhooks.verify_signature(body, headers, secret=secret)
+                return
+            except InvalidWebhookSignatureError:
+                continue
+            except ValueError as error:  # a missing or malformed signature header
+                raise InvalidProviderEvent(f"the signature headers are malformed ({error})") from None
+        raise InvalidProviderEvent("the signature does not verify (wrong secret, altered body, or a timestamp "
+                                   "outside the 300 s tolerance)")
