@@ -36,6 +36,10 @@ from .storage import Storage, open_storage
 from .webhooks import WebhookSender
 
 log = logging.getLogger("bgruns.composition")
+# The HTTP clients log every request at INFO; in Azure each line is an Application Insights record (cost) and on
+# the hot paths formatting them is CPU. Our own loggers (bgruns.*) say what matters.
+for _chatty in ("httpx", "httpx2", "azure.core.pipeline.policies.http_logging_policy"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 
 @dataclass

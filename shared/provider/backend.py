@@ -8,6 +8,7 @@ Every method raises ProviderError for a failure the caller must handle (classifi
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Protocol
 
@@ -25,7 +26,7 @@ class ProviderState:
 
     response_id: str
     status: str
-    response: Any
+    response: Any  # an SDK Response model, or the same as plain JSON
 
     @property
     def is_active(self) -> bool:
@@ -76,11 +77,13 @@ class ResponsesBackend:
     async def start(self, params: dict[str, Any], *, stream: bool) -> Started:
         """Create the response with background=true (never retried: a retry could start a second one)."""
         try:
-            reply = await self._client.responses.create(**params, background=True, **({"stream": True} if stream else {}))
+            if not stream:  # plain JSON, as in observe(): the SDK's model parsing is the costly part
+                raw = await self._client.responses.with_raw_response.create(**params, background=True)
+                data = json.loads(raw.http_response.content)
+                return Started(ProviderState(data["id"], data["status"], data))
+            reply = await self._client.responses.create(**params, background=True, stream=True)
         except Exception as error:  # noqa: BLE001 - classified
             raise classify(error) from None
-        if not stream:
-            return Started(_state(reply))
         try:  # the reply is an event stream; its first event carries the response
             first = await reply.__anext__()
         except Exception as error:  # noqa: BLE001 - a stream that ends or breaks before its first event
@@ -89,10 +92,14 @@ class ResponsesBackend:
         return Started(_state(first.response), _PrefixedStream(first, reply))
 
     async def observe(self, response_id: str) -> ProviderState:
+        """The response as plain JSON: on the poll chain's hot path, parsing it into the SDK's models would cost
+        more CPU than everything else the step does (result_from_response reads either form)."""
         try:
-            return _state(await self._client.responses.retrieve(response_id))
+            raw = await self._client.responses.with_raw_response.retrieve(response_id)
+            data = json.loads(raw.http_response.content)
         except Exception as error:  # noqa: BLE001 - classified
             raise classify(error) from None
+        return ProviderState(data["id"], data["status"], data)
 
     async def cancel(self, response_id: str) -> ProviderState | None:
         """The provider's view after the cancel; None when it no longer knows the response (404)."""

@@ -85,7 +85,7 @@ class PollScheduler:
         if status:
             run.status = status
         try:
-            await self._store.save(run)
+            await self._store.save_chain(run)
         except RunConflict:
             log.info("run %s changed while scheduling poll %s; that message is stale", run.id, message.seq)
             return False

@@ -169,6 +169,21 @@ class RunStore:
         run.result_stored = run.result_stored or run.result is not None
         return run
 
+    async def save_chain(self, run: Run) -> Run:
+        """`save` for the poll chain's hot path: only the chain's own properties (with the provider response it
+        follows and the status it moves between queued and in_progress), ETag-conditional like every save."""
+        fields = {"PartitionKey": run.id, "RowKey": RUN_ROW, "status": run.status, "response_id": run.response_id or "",
+                  "poll_seq": run.poll_seq,
+                  "poll_nonce": run.poll_nonce, "poll_count": run.poll_count, "next_poll_at": run.next_poll_at,
+                  "watch_position": run.watch_position}
+        try:
+            meta = await self._table.update_entity(fields, mode=UpdateMode.MERGE, etag=run.etag,
+                                                   match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise RunConflict(run.id) from None
+        run.etag = meta.get("etag")
+        return run
+
     async def delete(self, run: Run) -> bool:
         """Delete the run as it was read (ETag-conditional) with its blobs; False if it changed meanwhile."""
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -364,6 +365,14 @@ class World:
         return outcomes
 
 
+@functools.lru_cache(maxsize=1)
+def _provider_webhooks():
+    """The openai SDK's webhook helpers (verification is local: the client never connects)."""
+    import openai
+
+    return openai.AsyncOpenAI(api_key="unused", base_url="http://127.0.0.1:9").webhooks
+
+
 def world(monkeypatch, **env: str) -> World:
     fake_clock = FakeClock()
     monkeypatch.setattr(clock, "now", fake_clock)
@@ -374,10 +383,8 @@ def world(monkeypatch, **env: str) -> World:
                               payloads=blobs)
     settings = Settings.from_env({**ENV, **env})
     backend, sender = FakeBackend(), FakeSender()
-    import openai
-
     services = build(settings, storage, backend, sender=sender if settings.webhook_secrets else None,
-                     provider_webhooks=openai.AsyncOpenAI(api_key="unused", base_url="http://127.0.0.1:9").webhooks)
+                     provider_webhooks=_provider_webhooks())
     return World(services, backend, fake_clock, tables, blobs, poll_queue, webhook_queue, sender)
 
 
