@@ -90,6 +90,11 @@ param httpPerInstanceConcurrency int = 16
 @description('NCRONTAB schedule of the sweeper that repairs lost poll chains. Each run wakes the app: every minute keeps telemetry and storage transactions flowing at rest (see infra/README.md).')
 param sweepSchedule string = '0 */1 * * * *'
 
+@minValue(1)
+@maxValue(3650)
+@description('Days ended runs, idle sessions and old Idempotency-Keys are kept (RETENTION_DAYS). A blob lifecycle rule deletes run payloads 31 days later still, as a backstop (a run may last up to 30 days before it ends).')
+param retentionDays int = 30
+
 // ---- Model provider ------------------------------------------------------------------------------------------
 @description('Use an existing Azure OpenAI endpoint (https://NAME.openai.azure.com/) instead of creating an account here.')
 param existingOpenAiEndpoint string = ''
@@ -241,6 +246,7 @@ module storage 'app/storage.bicep' = {
     location: location
     tags: tags
     deploymentContainerName: deploymentContainerName
+    retentionDays: retentionDays
   }
 }
 
@@ -320,6 +326,7 @@ module api 'app/api.bicep' = {
     openAiEndpoint: createOpenAi ? openAi.outputs.endpoint : existingOpenAiEndpoint
     defaultModel: openAiDeploymentName
     sweepSchedule: sweepSchedule
+    retentionDays: retentionDays
     runTokenKeySecretUri: keyVault.outputs.runTokenKeySecretUri
     webhookSigningSecretsSecretUri: keyVault.outputs.webhookSigningSecretsSecretUri
   }

@@ -19,6 +19,8 @@ param openAiEndpoint string
 param defaultModel string
 @description('NCRONTAB schedule of the sweeper; function_app.py binds it as %SWEEP_SCHEDULE%, so it must be an app setting.')
 param sweepSchedule string
+@description('RETENTION_DAYS: days ended runs are kept.')
+param retentionDays int
 param runTokenKeySecretUri string
 param webhookSigningSecretsSecretUri string
 
@@ -139,6 +141,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'WEBHOOK_SIGNING_SECRETS'
           value: '@Microsoft.KeyVault(SecretUri=${webhookSigningSecretsSecretUri})'
+        }
+        {
+          name: 'RETENTION_DAYS'
+          value: string(retentionDays)
         }
         // The timer trigger reads its schedule from this app setting (binding expression %SWEEP_SCHEDULE%).
         {

@@ -4,6 +4,8 @@ param name string
 param location string = resourceGroup().location
 param tags object = {}
 param deploymentContainerName string
+@description('RETENTION_DAYS of the app; the payload lifecycle rule deletes blobs 31 days after that (backstop).')
+param retentionDays int = 30
 
 // Queue triggers move a message to `<queue>-poison` after maxDequeueCount failures; create those up front so
 // they exist (and can be monitored) before the first failure.
@@ -17,6 +19,7 @@ var tableNames = [
   'runs'
   'sessions'
   'idempotency'
+  'runindex'
 ]
 var containerNames = [
   deploymentContainerName
@@ -93,6 +96,41 @@ resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2
     publicAccess: 'None'
   }
 }]
+
+// Retention deletes a run's payload blobs with the run (RETENTION_DAYS after it ended). This rule is the backstop
+// for any the app missed: a blob is at most a run's longest life (30 days) plus the retention period old.
+resource payloadLifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          enabled: true
+          name: 'run-payloads-backstop'
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                'run-payloads/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: retentionDays + 31
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+}
 
 resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
   parent: storage

@@ -17,7 +17,7 @@ import pytest
 
 from shared import settings as service_settings
 
-from .bicep_model import (INFRA, MAIN, REPO, ROLES, INTERPOLATION, app_settings, body, child_names,
+from .bicep_model import (INFRA, resources, MAIN, REPO, ROLES, INTERPOLATION, app_settings, body, child_names,
                           deployed_python_files, function_app, imported_modules, module_calls, parse,
                           role_assignments)
 
@@ -152,7 +152,7 @@ def test_resource_names_match_settings():
     for queue in (s.POLL_QUEUE, s.WEBHOOK_QUEUE):
         assert {queue, f"{queue}-poison"} <= queues, f"queue {queue} (and its poison queue) missing: {queues}"
     tables = child_names(tree, "Microsoft.Storage/storageAccounts/tableServices/tables")
-    assert {s.RUNS_TABLE, s.SESSIONS_TABLE, s.IDEMPOTENCY_TABLE} <= tables, tables
+    assert {s.RUNS_TABLE, s.SESSIONS_TABLE, s.IDEMPOTENCY_TABLE, s.INDEX_TABLE} <= tables, tables
     containers = child_names(tree, "Microsoft.Storage/storageAccounts/blobServices/containers")
     assert s.PAYLOAD_CONTAINER in containers, containers
     account = next(r for r in tree["resources"].values() if r["type"] == STORAGE)
@@ -160,6 +160,16 @@ def test_resource_names_match_settings():
     assert props["allowSharedKeyAccess"] is False and props["allowBlobPublicAccess"] is False
     assert props["minimumTlsVersion"] == "TLS1_2"
     assert all(k.startswith(s.STORAGE_CONNECTION + "__") for k in app_settings() if k.startswith(s.STORAGE_CONNECTION))
+
+
+def test_a_lifecycle_rule_backs_up_retention_for_run_payloads():
+    tree = parse(INFRA / "app" / "storage.bicep")
+    (policy,) = resources(tree, "Microsoft.Storage/storageAccounts/managementPolicies").values()
+    (rule,) = body(policy)["properties"]["policy"]["rules"]
+    assert rule["definition"]["filters"]["prefixMatch"] == [f"{service_settings.PAYLOAD_CONTAINER}/"]
+    days = rule["definition"]["actions"]["baseBlob"]["delete"]["daysAfterModificationGreaterThan"]
+    assert "retentionDays" in str(days) and "31" in str(days)  # later than any run's life plus retention
+    assert app_settings()["RETENTION_DAYS"]  # the app and the rule read the same parameter
 
 
 def _touched_planes() -> dict[str, tuple[set[str], str, list[str]]]:
