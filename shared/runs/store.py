@@ -131,17 +131,23 @@ class RunStore:
     # -- operations ------------------------------------------------------------------------------------------
     async def create(self, run: Run) -> Run:
         parts = await self._parts_to_write(run, creating=True)
+        meta = await self._write(run, parts, self._table.create_entity({**self._fields(run), **parts}),
+                                 conflicts=(ResourceExistsError,))
+        run.etag = meta.get("etag")
+        run.result_stored = run.result is not None
+        return run
+
+    async def _write(self, run: Run, parts: dict[str, str], write, *, conflicts: tuple[type[Exception], ...]) -> dict:
+        """Await one entity write; if it fails, the blobs written for it go too (`conflicts` become RunConflict,
+        a size refusal PayloadTooLarge)."""
         try:
-            meta = await self._table.create_entity({**self._fields(run), **parts})
-        except ResourceExistsError:
+            return await write
+        except conflicts:
             await self._forget_blobs(parts)
             raise RunConflict(run.id) from None
         except HttpResponseError as error:
             await self._forget_blobs(parts)
             raise _too_large_or(error) from None
-        run.etag = meta.get("etag")
-        run.result_stored = run.result is not None
-        return run
 
     async def get(self, run_id: str, *, with_result: bool = False, with_request: bool = False) -> Run | None:
         """The run, or None. Its result (terminal runs) and request are loaded only when asked for."""
@@ -156,15 +162,9 @@ class RunStore:
 
         MERGE keeps the parts not rewritten (the request, a stored result)."""
         parts = await self._parts_to_write(run, creating=False)
-        try:
-            meta = await self._table.update_entity({**self._fields(run), **parts}, mode=UpdateMode.MERGE,
-                                                   etag=run.etag, match_condition=MatchConditions.IfNotModified)
-        except (ResourceModifiedError, ResourceNotFoundError):
-            await self._forget_blobs(parts)
-            raise RunConflict(run.id) from None
-        except HttpResponseError as error:
-            await self._forget_blobs(parts)
-            raise _too_large_or(error) from None
+        meta = await self._write(run, parts, self._table.update_entity(
+            {**self._fields(run), **parts}, mode=UpdateMode.MERGE, etag=run.etag,
+            match_condition=MatchConditions.IfNotModified), conflicts=(ResourceModifiedError, ResourceNotFoundError))
         run.etag = meta.get("etag")
         run.result_stored = run.result_stored or run.result is not None
         return run
