@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import re
@@ -170,9 +171,22 @@ def _endpoint(ep: Any) -> Endpoint:
 
 def _signing_secret(ep: Any, what: str) -> str:
     secret = getattr(ep, "signing_secret", None)
-    if not isinstance(secret, str) or not secret.startswith("whsec_"):
-        raise RegistrationError(f"webhook endpoints: {what} answered without a whsec_ signing_secret")
+    if not isinstance(secret, str) or not is_usable_secret(secret):
+        # The app would refuse its settings with it (shared/settings.py checks the same), so it never gets it.
+        raise RegistrationError(f"webhook endpoints: {what} answered without a usable signing_secret (whsec_ and "
+                                "base64 of 24-64 bytes)")
     return secret
+
+
+def is_usable_secret(secret: str) -> bool:
+    """The Standard Webhooks form PROVIDER_WEBHOOK_SECRETS accepts: whsec_ + base64 (padding optional), 24-64 bytes."""
+    if not secret.startswith("whsec_"):
+        return False
+    material = secret[len("whsec_"):]
+    try:
+        return 24 <= len(base64.b64decode(material + "=" * (-len(material) % 4), validate=True)) <= 64
+    except ValueError:
+        return False
 
 
 def _api_message(error: openai.APIStatusError) -> str:

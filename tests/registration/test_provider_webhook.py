@@ -429,3 +429,11 @@ async def test_an_azure_resource_without_rotate_secret_says_what_to_do_instead(e
         await azure.close()
         await without_rotate.close()
     assert (registered(emu), env.writes, app.writes) == before
+
+
+def test_only_secrets_the_service_accepts_are_taken():
+    assert hook.is_usable_secret(other_secret())
+    assert hook.is_usable_secret("whsec_" + base64.b64encode(os.urandom(24)).decode().rstrip("="))  # unpadded
+    for bad in ("sk-123", "whsec_", "whsec_not*base64", "whsec_" + base64.b64encode(os.urandom(16)).decode(),
+                "whsec_" + base64.b64encode(os.urandom(65)).decode()):
+        assert not hook.is_usable_secret(bad), bad
