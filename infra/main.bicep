@@ -172,6 +172,16 @@ param webhookSecretMaterial string
 @description('During a webhook secret rotation only: the previous whsec_ secret, kept next to the new one so receivers that still have it verify every delivery. Empty otherwise.')
 param previousWebhookSigningSecret string = ''
 
+// The signing secret of the provider's webhook endpoint (PROVIDER_WEBHOOK_SECRETS). Not generated: the provider
+// returns it only when the postprovision hook (infra/hooks/provider_webhook.py) creates or rotates the endpoint.
+// Empty on the first provision: no Key Vault secret, an empty app setting, and the app polls. The hook then
+// stores it in the azd environment (AZURE_PROVIDER_WEBHOOK_SECRETS) and in Key Vault through ARM, and points the
+// app at it; every later provision (and CI, azure.yaml pipeline.secrets) writes the same value back from here.
+@secure()
+@maxLength(400)
+@description('PROVIDER_WEBHOOK_SECRETS: space-separated whsec_ signing secret(s) of the provider webhook endpoint, new first (two during a rotation). Written by the postprovision hook; empty until it has registered the endpoint (the app then polls).')
+param providerWebhookSecrets string = ''
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -261,6 +271,7 @@ module keyVault 'app/keyvault.bicep' = {
     // The service signs with every secret in the list (new first), so a rotation has no gap.
     webhookSigningSecrets: empty(previousWebhookSigningSecret) ? webhookSigningSecret : '${webhookSigningSecret} ${previousWebhookSigningSecret}'
     purgeProtection: keyVaultPurgeProtection
+    providerWebhookSecrets: providerWebhookSecrets
   }
 }
 
@@ -329,6 +340,8 @@ module api 'app/api.bicep' = {
     retentionDays: retentionDays
     runTokenKeySecretUri: keyVault.outputs.runTokenKeySecretUri
     webhookSigningSecretsSecretUri: keyVault.outputs.webhookSigningSecretsSecretUri
+    // Empty until the hook has registered the endpoint: an empty setting (poll), never an unresolvable reference.
+    providerWebhookSecretsSecretUri: empty(providerWebhookSecrets) ? '' : keyVault.outputs.providerWebhookSecretsSecretUri
   }
   // Key Vault references and identity-based host storage need the roles; assign them before the app starts.
   dependsOn: [
@@ -350,6 +363,8 @@ output AZURE_STORAGE_BLOB_ENDPOINT string = storage.outputs.blobEndpoint
 output AZURE_STORAGE_QUEUE_ENDPOINT string = storage.outputs.queueEndpoint
 output AZURE_STORAGE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+// Where the postprovision hook stores the provider webhook secret (a URI, not the secret).
+output AZURE_PROVIDER_WEBHOOK_SECRET_URI string = keyVault.outputs.providerWebhookSecretsSecretUri
 output AZURE_OPENAI_ACCOUNT_NAME string = createOpenAi ? openAi.outputs.name : ''
 output AZURE_OPENAI_ENDPOINT string = createOpenAi ? openAi.outputs.endpoint : existingOpenAiEndpoint
 output AZURE_OPENAI_DEPLOYMENT string = openAiDeploymentName

@@ -23,6 +23,8 @@ param sweepSchedule string
 param retentionDays int
 param runTokenKeySecretUri string
 param webhookSigningSecretsSecretUri string
+@description('Key Vault secret of PROVIDER_WEBHOOK_SECRETS; empty until the postprovision hook has registered the provider webhook endpoint (the setting is then empty and the app polls).')
+param providerWebhookSecretsSecretUri string = ''
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222:The service is a public HTTP API (POST /api/runs, polling, SSE); callers authenticate with function keys over HTTPS.
@@ -145,6 +147,12 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'RETENTION_DAYS'
           value: string(retentionDays)
+        }
+        // Completion by the provider's webhooks (push) once the hook has registered the endpoint; empty means poll.
+        // Never a reference to a secret that does not exist yet: the service refuses unresolved references.
+        {
+          name: 'PROVIDER_WEBHOOK_SECRETS'
+          value: empty(providerWebhookSecretsSecretUri) ? '' : '@Microsoft.KeyVault(SecretUri=${providerWebhookSecretsSecretUri})'
         }
         // The timer trigger reads its schedule from this app setting (binding expression %SWEEP_SCHEDULE%).
         {

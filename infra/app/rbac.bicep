@@ -21,6 +21,7 @@ var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Stor
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher
 var keyVaultSecretsUserRole = '4633458b-17de-408a-b874-0445c86b69e6' // Key Vault Secrets User
 var cognitiveServicesOpenAiUser = '5e0bd9bd-7b93-4f28-af87-19fc36ad61bd' // Cognitive Services OpenAI User
+var cognitiveServicesOpenAiContributor = 'a001fd3d-188f-4b5d-821b-7da978bf7442' // Cognitive Services OpenAI Contributor
 
 var hasOpenAi = !empty(openAiAccountName)
 var hasUser = !empty(userPrincipalId)
@@ -146,7 +147,7 @@ resource keyVaultSecretsUserUser 'Microsoft.Authorization/roleAssignments@2022-0
   }
 }
 
-// Cognitive Services OpenAI User: Responses API inference with Entra tokens (least privilege).
+// Cognitive Services OpenAI User for the app: Responses API inference with Entra tokens (least privilege).
 resource openAiUserApp 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasOpenAi) {
   name: guid(openAiAccount.id, managedIdentityPrincipalId, cognitiveServicesOpenAiUser)
   scope: openAiAccount
@@ -157,11 +158,15 @@ resource openAiUserApp 'Microsoft.Authorization/roleAssignments@2022-04-01' = if
   }
 }
 
-resource openAiUserUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasOpenAi && hasUser) {
-  name: guid(openAiAccount.id, userPrincipalId, cognitiveServicesOpenAiUser)
+// The deploying principal registers the provider webhook endpoint (infra/hooks/provider_webhook.py) with Entra ID,
+// since local auth is off: a data-plane write, which Cognitive Services OpenAI User (read + inference data actions
+// only) does not allow. Cognitive Services OpenAI Contributor grants every Microsoft.CognitiveServices/accounts/
+// OpenAI/* data action and includes everything the User role allows (infra/README.md "Provider webhooks").
+resource openAiContributorUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasOpenAi && hasUser) {
+  name: guid(openAiAccount.id, userPrincipalId, cognitiveServicesOpenAiContributor)
   scope: openAiAccount
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', cognitiveServicesOpenAiUser)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', cognitiveServicesOpenAiContributor)
     principalId: userPrincipalId
     principalType: userPrincipalType
   }

@@ -85,8 +85,10 @@ def test_secrets_are_key_vault_references_only(settings_in_bicep):
     api_call = module_calls(parse(MAIN))["app/api.bicep"]
     secret_names = {s.name for s in service_settings.declared_settings() if s.secret}
     assert secret_names, "settings.py declares no secrets?"
+    required = {s.name for s in service_settings.declared_settings() if s.in_azure == "required"}
     for name in sorted(secret_names & set(settings_in_bicep)):
-        value = settings_in_bicep[name]
+        value = _reference_or_empty_until_set(settings_in_bicep[name]) if name not in required \
+            else settings_in_bicep[name]
         match = KEY_VAULT_REFERENCE.match(value) if isinstance(value, str) else None
         assert match, f"{name} must be @Microsoft.KeyVault(SecretUri=${{<param>}}), got {value!r}"
         param = match.group(1)
@@ -103,6 +105,23 @@ def test_secrets_are_key_vault_references_only(settings_in_bicep):
     identity_ids = {k.strip("'") for k in body(site)["identity"]["userAssignedIdentities"]}
     assert props.get("keyVaultReferenceIdentity") and f"${{{props['keyVaultReferenceIdentity']}}}" in identity_ids, \
         "keyVaultReferenceIdentity must be the user-assigned identity of the app"
+
+
+def _reference_or_empty_until_set(value):
+    """An optional secret may read `empty(p) ? '' : '@Microsoft.KeyVault(SecretUri=${p})'`: empty (the service
+    uses its default) until the secret exists, never a reference to a secret that does not exist yet (the service
+    refuses unresolved references). Returns the reference, or the value unchanged when it is not of that form."""
+    operator = value.get("operator", {}) if isinstance(value, dict) else {}
+    if operator.get("type") != "conditional":
+        return value
+    operands = operator["operands"]
+    reference = operands["false_value"]
+    match = KEY_VAULT_REFERENCE.match(reference) if isinstance(reference, str) else None
+    tested = (operands["condition"].get("function") or {}) if isinstance(operands["condition"], dict) else {}
+    assert operands["true_value"] == "" and match and tested.get("type") == "empty" \
+        and tested["parameters"]["item_to_test"] == match.group(1), \
+        f"expected empty(p) ? '' : '@Microsoft.KeyVault(SecretUri=${{p}})', got {value!r}"
+    return reference
 
 
 def test_required_secrets_come_from_key_vault_secrets(settings_in_bicep):
