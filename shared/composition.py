@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from .provider import ResponsesBackend, RunBackend, open_provider
+from .runs.callers import CallerKeys
 from .runs.cancelling import RunCanceller
+from .runs.deleting import RunDeleter
 from .runs.idempotency import IdempotencyStore
 from .runs.index import RunIndex
 from .runs.lifecycle import RunLifecycle
+from .runs.listing import RunLister
 from .runs.poll_chain import Backoff, PollScheduler
 from .runs.polling import PollStep
 from .runs.reading import RunReader
@@ -49,6 +52,9 @@ class Services:
     outbox: WebhookOutbox
     relays: RelayFactory
     purger: RetentionPurger
+    deleter: RunDeleter
+    lister: RunLister
+    callers: CallerKeys  # the Responses API facade's callers, by key
     _closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def close(self) -> None:
@@ -71,12 +77,13 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: 
     views = RunViews(tokens, poll_initial_delay=settings.poll_initial_delay, poll_max_delay=settings.poll_max_delay)
     reader = RunReader(store, sessions, tokens, settings.retention_seconds)
     starter = RunStarter(settings, store, sessions, idempotency, index, backend, scheduler, lifecycle, backoff)
+    canceller = RunCanceller(reader, backend, lifecycle)
     if sender is None and settings.webhook_secrets:
         sender = WebhookSender(settings.webhook_secrets, timeout=settings.webhook_timeout,
                                allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private)
     return Services(
         settings=settings, storage=storage, views=views, reader=reader, starter=starter,
-        canceller=RunCanceller(reader, backend, lifecycle),
+        canceller=canceller,
         poll_step=PollStep(store, backend, lifecycle, scheduler, backoff),
         sweeper=Sweeper(store, index, lifecycle, scheduler, storage.webhook_queue, grace=settings.sweep_grace,
                         start_grace=starter.start_grace,
@@ -86,6 +93,9 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: 
                             keepalive_seconds=settings.stream_keepalive_seconds,
                             fallback_max_delay=settings.poll_max_delay),
         purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds),
+        deleter=RunDeleter(reader, canceller, backend, store, index),
+        lister=RunLister(index, store),
+        callers=CallerKeys(settings.facade.api_keys),
         _closers=(*((sender.aclose,) if sender else ()), *closers),
     )
 

@@ -51,6 +51,7 @@ class RetentionPurger:
             return 0
         ended = run.completed_at or 0.0
         if run.is_terminal and not (run.webhook and run.webhook.is_pending) and clock.now() >= ended + self._retention:
+            await self._index.unlist(run)
             await self._store.purge(run_id)
             return 1
         await self._index.expire_at("run", run_id, max(ended + self._retention, clock.now() + DAY))  # not yet: later

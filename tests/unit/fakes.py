@@ -113,7 +113,9 @@ class FakeTable:
         clauses = [_CLAUSE.match(part) for part in query_filter.split(" and ")]
         if not all(clauses):
             raise AssertionError(f"the fake table does not understand the filter {query_filter!r}")
-        for key in sorted(self.rows):
+        for key in sorted(self.rows):  # a snapshot of the keys: rows may change while the caller iterates
+            if key not in self.rows:
+                continue
             data, etag = self.rows[key]
             if all(_matches(data, m, parameters or {}) for m in clauses):
                 yield Entity(data, etag)
