@@ -19,9 +19,12 @@ class RunReader:
         self._tokens = tokens
         self._retention = retention_seconds
 
-    async def get(self, run_id: str, *, existed: bool = False, caller: Caller = OPERATOR) -> Run:
-        """The run with its result. `existed`: the caller proved the run existed (a signed token)."""
-        run = await self._store.get(run_id, with_result=True) if valid_id(RUN_ID_PREFIX, run_id) else None
+    async def get(self, run_id: str, *, existed: bool = False, caller: Caller = OPERATOR,
+                  with_request: bool = False) -> Run:
+        """The run with its result (and its provider request if asked). `existed`: the caller proved the run
+        existed (a signed token)."""
+        run = await self._store.get(run_id, with_result=True, with_request=with_request) \
+            if valid_id(RUN_ID_PREFIX, run_id) else None
         if run is not None and not caller.can_see(run):
             raise not_found("run", run_id)  # exactly what an unknown id answers
         if run is None:
