@@ -1,8 +1,8 @@
 """The Responses-API-compatible facade: OpenAI's `/responses` routes over the service's runs, so the official
 SDKs and Agent Framework work unchanged but for `base_url` and `api_key`.
 
-Routes (each under `/api/v1/` for `OpenAI(base_url=".../api/v1")` and `/api/openai/v1/` for the Azure clients;
-`api-version` is accepted and ignored): `POST responses`, `GET|DELETE responses/{id}` (`?stream=true
+Routes (each under `/api/v1/` for `OpenAI(base_url=".../api/v1")`, and under `/api/openai/v1/` and `/api/openai/`
+for the Azure clients; `api-version` is accepted and ignored): `POST responses`, `GET|DELETE responses/{id}` (`?stream=true
 [&starting_after=N]`), `POST responses/{id}/cancel`, `GET responses/{id}/input_items`.
 
 The routes are ANONYMOUS at the Functions level (the SDKs cannot send a function key without more changes than
@@ -38,7 +38,10 @@ from ..storage import counting_as
 
 bp = func.Blueprint()
 
-PREFIXES = {"v1": "responses", "openai/v1": "azure_responses"}  # route prefix -> function name prefix
+# Route prefix -> function name prefix. `openai/v1` is Azure OpenAI's v1 layout (`OpenAI(base_url=
+# ".../api/openai/v1")`); `openai` is where `AzureOpenAI(azure_endpoint=".../api", api_version=...)` sends
+# `/responses` (its base URL is `{azure_endpoint}/openai`).
+PREFIXES = {"v1": "responses", "openai/v1": "azure_v1_responses", "openai": "azure_responses"}
 renderer = ResponseRenderer()
 event_format = ResponsesEventFormat(renderer)
 
