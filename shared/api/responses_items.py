@@ -55,6 +55,7 @@ def _content(content: Any, *, assistant: bool) -> list[dict[str, Any]]:
     parts = [{"type": "input_text", "text": content}] if isinstance(content, str) else list(content or [])
     if not assistant:
         return parts
-    return [{"type": "output_text", "text": part.get("text", ""), "annotations": part.get("annotations", [])}
-            if isinstance(part, dict) and part.get("type") in ("input_text", "output_text") else part
+    return [{"type": "output_text", "text": part.get("text", ""), "annotations": part.get("annotations", []),
+             "logprobs": part.get("logprobs", [])}
+            if isinstance(part, dict) and part.get("type") in ("input_text", "output_text", "text") else part
             for part in parts]
