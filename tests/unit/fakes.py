@@ -255,6 +255,10 @@ class FakeBackend:
     async def events(self, response_id: str, after: int):
         raise ProviderError(transient=False, status=400, message="the fake backend does not stream")
 
+    async def delete(self, response_id: str) -> None:
+        await self._enter("delete", response_id)
+        self.responses.pop(response_id, None)
+
     def count(self, method: str) -> int:
         return sum(1 for name, _ in self.calls if name == method)
 
