@@ -21,6 +21,7 @@ param defaultModel string
 param sweepSchedule string
 param runTokenKeySecretUri string
 param webhookSigningSecretsSecretUri string
+param responsesApiKeysSecretUri string
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222:The service is a public HTTP API (POST /api/runs, polling, SSE); callers authenticate with function keys over HTTPS.
@@ -139,6 +140,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'WEBHOOK_SIGNING_SECRETS'
           value: '@Microsoft.KeyVault(SecretUri=${webhookSigningSecretsSecretUri})'
+        }
+        // The Responses API facade's callers (its routes are anonymous to the host and check these keys).
+        {
+          name: 'RESPONSES_API_KEYS'
+          value: '@Microsoft.KeyVault(SecretUri=${responsesApiKeysSecretUri})'
         }
         // The timer trigger reads its schedule from this app setting (binding expression %SWEEP_SCHEDULE%).
         {
