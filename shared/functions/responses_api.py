@@ -19,6 +19,7 @@ against RESPONSES_API_KEYS. A response id is a run id: the same run reads throug
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
@@ -37,6 +38,7 @@ from ..runs.starting import Started
 from ..storage import counting_as
 
 bp = func.Blueprint()
+log = logging.getLogger("bgruns.responses_api")
 
 # Route prefix -> function name prefix. `openai/v1` is Azure OpenAI's v1 layout (`OpenAI(base_url=
 # ".../api/openai/v1")`); `openai` is where `AzureOpenAI(azure_endpoint=".../api", api_version=...)` sends
@@ -157,6 +159,9 @@ async def _follow(svc: Services, started: Started, caller: Caller) -> Run:
                     pass
         except TimeoutError:
             pass
+        except Exception as error:  # noqa: BLE001 - the run goes on (its poll chain ends it); answer what is stored
+            log.warning("run %s: following its stream failed (%s); answering the stored run", run.id,
+                        type(error).__name__)
         finally:
             await events.aclose()
     return await svc.reader.get(run.id, caller=caller)
