@@ -246,3 +246,24 @@ def test_polling_every_200_ms_costs_the_provider_nothing_extra(client, stack):
     assert polls >= 50
     # Both are read by the service's own poll chain only (its jittered backoff may differ by one look).
     assert retrieves["polled"] <= retrieves["unpolled"] + 1, retrieves
+
+
+async def test_async_azure_openai_client_cancels_and_deletes(stack, recorder):
+    client = openai.AsyncAzureOpenAI(azure_endpoint=f"{stack.host.base_url}/api", api_key=FACADE_KEYS["alice"],
+                                     api_version="2025-04-01-preview", http_client=recorder.async_client(),
+                                     max_retries=0)
+    async with client:
+        created = await client.responses.create(model=MODEL, input="async azure", background=True,
+                                                metadata=knobs(20000, 50))
+        assert (await client.responses.cancel(created.id)).status == "cancelled"
+        await client.responses.delete(created.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(created.id)
+
+
+def test_provider_stream_drops_are_invisible_through_the_facade(client, stack):
+    events = list(client.responses.create(model=MODEL, input="flaky provider stream", stream=True, background=True,
+                                          metadata=knobs(1500, 200, emulator_stream_cut_after="7")))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].type == "response.completed" and len(events[-1].response.output_text) == 200
+    assert provider_response(stack, events[0].response.id)["counters"]["stream"] >= 2  # the relay reconnected
