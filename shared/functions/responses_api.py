@@ -153,18 +153,25 @@ async def _follow(svc: Services, started: Started, caller: Caller) -> Run:
     run = started.run
     if run.is_active or started.events is not None:
         events = svc.relays.relay(run, -1, started.events, event_format).events()
+        follower = asyncio.create_task(_drain(events))
         try:
-            async with asyncio.timeout(svc.settings.facade.max_wait_seconds):
-                async for _ in events:
-                    pass
-        except TimeoutError:
-            pass
-        except Exception as error:  # noqa: BLE001 - the run goes on (its poll chain ends it); answer what is stored
-            log.warning("run %s: following its stream failed (%s); answering the stored run", run.id,
-                        type(error).__name__)
+            await asyncio.wait({follower}, timeout=svc.settings.facade.max_wait_seconds)
         finally:
+            # Python 3.11's wait_for (inside the relay) can swallow a cancel that races an event: ask until it stops.
+            while not follower.done():
+                follower.cancel()
+                await asyncio.wait({follower}, timeout=1)
             await events.aclose()
+        if not follower.cancelled() and follower.exception() is not None:
+            # The run goes on (its poll chain ends it): answer what is stored.
+            log.warning("run %s: following its stream failed (%s); answering the stored run", run.id,
+                        type(follower.exception()).__name__)
     return await svc.reader.get(run.id, caller=caller)
+
+
+async def _drain(events) -> None:
+    async for _ in events:
+        pass
 
 
 # -- routes ------------------------------------------------------------------------------------------------------
