@@ -174,6 +174,8 @@ async def health(req: Request) -> Response:
         "provider": {"kind": settings.provider.kind, "default_model": settings.provider.default_model,
                      "auth": "key" if settings.provider.api_key else "entra_id"},
         "webhooks": {"enabled": bool(settings.webhook_secrets), "signing_secrets": len(settings.webhook_secrets)},
+        "responses_api": {"callers": len({key.caller for key in settings.facade.api_keys}),
+                          "keys": len(settings.facade.api_keys)},
     }
     try:
         await svc.storage.runs.get_entity("health-check", "run")

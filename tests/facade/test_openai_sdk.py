@@ -267,3 +267,9 @@ def test_provider_stream_drops_are_invisible_through_the_facade(client, stack):
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert events[-1].type == "response.completed" and len(events[-1].response.output_text) == 200
     assert provider_response(stack, events[0].response.id)["counters"]["stream"] >= 2  # the relay reconnected
+
+
+def test_health_counts_the_facades_callers_without_showing_a_key(stack):
+    checks = stack.get("/api/health").json()["checks"]
+    assert checks["responses_api"] == {"callers": 3, "keys": 3}
+    assert all(key not in stack.get("/api/health").text for key in FACADE_KEYS.values())
