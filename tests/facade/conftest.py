@@ -2,7 +2,6 @@
 `api_key`. Every reply they read is recorded and validated against OpenAI's published schemas."""
 from __future__ import annotations
 
-import httpx
 import openai
 import pytest
 
@@ -53,7 +52,3 @@ def provider_response(stack, run_id: str) -> dict:
 def emulator_text(stack, provider_id: str) -> str:
     return openai.OpenAI(base_url=stack.emulator.base_url, api_key="x").responses.retrieve(provider_id).output_text
 
-
-def raw(stack, method: str, path: str, key: str | None = None, **kwargs) -> httpx.Response:
-    headers = {**({"Authorization": f"Bearer {key}"} if key else {}), **kwargs.pop("headers", {})}
-    return stack.client.request(method, path, headers=headers, **kwargs)

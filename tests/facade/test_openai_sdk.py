@@ -1,7 +1,6 @@
 """The official `openai` SDK (sync and async, OpenAI and AzureOpenAI) against the facade."""
 from __future__ import annotations
 
-import asyncio
 import time
 
 import openai

@@ -107,6 +107,7 @@ async def test_a_sessions_runs_are_listed_and_filtered_by_session(monkeypatch):
     w = world(monkeypatch)
     session = await w.services.starter.open_session()
     first = await finish(w, await start(w, session_id=session.id))
+    w.clock.advance(1)  # runs started in the same millisecond are listed in no particular order
     second = await start(w, session_id=session.id)
     await start(w)  # another run, outside the session
     listed = await w.services.lister.page(session_id=session.id)
