@@ -182,6 +182,25 @@ param previousWebhookSigningSecret string = ''
 @description('PROVIDER_WEBHOOK_SECRETS: space-separated whsec_ signing secret(s) of the provider webhook endpoint, new first (two during a rotation). Written by the postprovision hook; empty until it has registered the endpoint (the app then polls).')
 param providerWebhookSecrets string = ''
 
+@secure()
+@minLength(32)
+@description('Key of the Responses API facade\'s caller `default`, an operator (RESPONSES_API_KEYS gets default:<key>:operator).')
+@metadata({
+  azd: {
+    type: 'generate'
+    config: {
+      length: 48
+      noSpecial: true
+    }
+  }
+})
+param responsesApiKey string
+
+@secure()
+@maxLength(4000)
+@description('More Responses API callers, and during a rotation the previous key: space-separated name:key[:operator] entries (RESPONSES_API_KEYS). Empty otherwise.')
+param additionalResponsesApiKeys string = ''
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -190,6 +209,7 @@ var functionAppName = 'func-api-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
 var createOpenAi = empty(existingOpenAiEndpoint)
 var webhookSigningSecret = 'whsec_${base64(webhookSecretMaterial)}'
+var responsesApiKeys = empty(additionalResponsesApiKeys) ? 'default:${responsesApiKey}:operator' : 'default:${responsesApiKey}:operator ${additionalResponsesApiKeys}'
 // ARM evaluates a module's scope even when its condition is false: split a placeholder id when none is given.
 var existingOpenAiIdParts = split(!empty(existingOpenAiResourceId) ? existingOpenAiResourceId : '/subscriptions/${subscription().subscriptionId}/resourceGroups/none/providers/Microsoft.CognitiveServices/accounts/none', '/')
 
@@ -270,6 +290,7 @@ module keyVault 'app/keyvault.bicep' = {
     runTokenKey: runTokenKey
     // The service signs with every secret in the list (new first), so a rotation has no gap.
     webhookSigningSecrets: empty(previousWebhookSigningSecret) ? webhookSigningSecret : '${webhookSigningSecret} ${previousWebhookSigningSecret}'
+    responsesApiKeys: responsesApiKeys
     purgeProtection: keyVaultPurgeProtection
     providerWebhookSecrets: providerWebhookSecrets
   }
@@ -342,6 +363,7 @@ module api 'app/api.bicep' = {
     webhookSigningSecretsSecretUri: keyVault.outputs.webhookSigningSecretsSecretUri
     // Empty until the hook has registered the endpoint: an empty setting (poll), never an unresolvable reference.
     providerWebhookSecretsSecretUri: empty(providerWebhookSecrets) ? '' : keyVault.outputs.providerWebhookSecretsSecretUri
+    responsesApiKeysSecretUri: keyVault.outputs.responsesApiKeysSecretUri
   }
   // Key Vault references and identity-based host storage need the roles; assign them before the app starts.
   dependsOn: [

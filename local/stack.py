@@ -26,16 +26,28 @@ LOCAL_DIR = REPO_ROOT / ".local"
 SECRETS_FILE = LOCAL_DIR / "secrets.env"
 
 
+def _new_dev_secrets() -> dict[str, str]:
+    return {
+        "RUN_TOKEN_KEY": secrets.token_urlsafe(48),
+        "WEBHOOK_SIGNING_SECRETS": f"whsec_{base64.b64encode(os.urandom(32)).decode()}",
+        # The Responses API facade's one local caller, an operator (sees every run, also the native API's).
+        "RESPONSES_API_KEYS": f"dev:{secrets.token_urlsafe(32)}:operator",
+    }
+
+
 def dev_secrets() -> dict[str, str]:
-    """Random dev-only secrets, made once and kept so tokens survive restarts of the stack."""
+    """Random dev-only secrets, made once and kept so tokens and keys survive restarts of the stack; a secret
+    added since the file was written is appended to it."""
     LOCAL_DIR.mkdir(exist_ok=True)
     if not SECRETS_FILE.exists():
-        SECRETS_FILE.write_text(
-            f"RUN_TOKEN_KEY={secrets.token_urlsafe(48)}\n"
-            f"WEBHOOK_SIGNING_SECRETS=whsec_{base64.b64encode(os.urandom(32)).decode()}\n")
-        SECRETS_FILE.chmod(0o600)
+        SECRETS_FILE.touch(mode=0o600)
     pairs = (line.split("=", 1) for line in SECRETS_FILE.read_text().splitlines() if "=" in line)
-    return {key: value for key, value in pairs}
+    kept = {key: value for key, value in pairs}
+    missing = {key: value for key, value in _new_dev_secrets().items() if key not in kept}
+    if missing:
+        with SECRETS_FILE.open("a") as file:
+            file.writelines(f"{key}={value}\n" for key, value in missing.items())
+    return {**kept, **missing}
 
 
 def stack_env(storage: str, emulator_url: str) -> dict[str, str]:
@@ -81,6 +93,13 @@ Try it:
   curl -s -N -X POST http://127.0.0.1:7071/api/runs -H 'content-type: application/json' \\
        -d '{"input": "Stream me something", "stream": true}'
   page: http://127.0.0.1:7071/api/ui
+
+The Responses API (OpenAI's SDKs and Agent Framework, unchanged but for base_url and api_key); the key of the
+local caller `dev` (an operator) is in .local/secrets.env (RESPONSES_API_KEYS=dev:<key>:operator):
+  KEY=$(sed -n 's/^RESPONSES_API_KEYS=dev:\\([^:]*\\):.*/\\1/p' .local/secrets.env)
+  curl -s http://127.0.0.1:7071/api/v1/responses -H "Authorization: Bearer $KEY" \\
+       -H 'content-type: application/json' -d '{"model": "gpt-4.1-mini", "input": "Hello", "background": true}'
+  python: OpenAI(base_url="http://127.0.0.1:7071/api/v1", api_key=KEY)
 
 Ctrl-C stops everything.""", flush=True)
 

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from .provider import ResponsesBackend, RunBackend, open_provider
+from .runs.callers import CallerKeys
 from .runs.cancelling import RunCanceller
+from .runs.deleting import RunDeleter
 from .runs.idempotency import IdempotencyStore
 from .runs.index import RunIndex
 from .runs.lifecycle import RunLifecycle
+from .runs.listing import RunLister
 from .runs.poll_chain import Backoff, PollScheduler
 from .provider.webhooks import ProviderWebhookVerifier
 from .runs.polling import Observer, PollStep, RetrieveObserver, StreamWatcher
@@ -56,6 +59,9 @@ class Services:
     relays: RelayFactory
     purger: RetentionPurger
     provider_events: ProviderEventInbox | None  # None: no provider webhook secret configured
+    deleter: RunDeleter
+    lister: RunLister
+    callers: CallerKeys  # the Responses API facade's callers, by key
     _closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def close(self) -> None:
@@ -81,6 +87,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: 
     views = RunViews(tokens, poll_initial_delay=settings.poll_initial_delay, poll_max_delay=settings.poll_max_delay)
     reader = RunReader(store, sessions, tokens, settings.retention_seconds)
     starter = RunStarter(settings, store, sessions, idempotency, index, backend, scheduler, lifecycle, chain_backoff)
+    canceller = RunCanceller(reader, backend, lifecycle)
     if sender is None and settings.webhook_secrets:
         sender = WebhookSender(settings.webhook_secrets, timeout=settings.webhook_timeout,
                                allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private)
@@ -90,7 +97,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: 
                                 scheduler, outbox) if secrets and provider_webhooks is not None else None)
     return Services(
         settings=settings, storage=storage, views=views, reader=reader, starter=starter,
-        canceller=RunCanceller(reader, backend, lifecycle),
+        canceller=canceller,
         poll_step=PollStep(store, backend, observer, lifecycle, scheduler, outbox, chain_backoff,
                            retry_backoff=backoff),
         provider_events=inbox,
@@ -102,6 +109,9 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: 
                             keepalive_seconds=settings.stream_keepalive_seconds,
                             fallback_max_delay=settings.poll_max_delay),
         purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds),
+        deleter=RunDeleter(reader, canceller, backend, store, index),
+        lister=RunLister(index, store),
+        callers=CallerKeys(settings.facade.api_keys),
         _closers=(*((sender.aclose,) if sender else ()), *closers),
     )
 

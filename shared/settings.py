@@ -49,6 +49,16 @@ class Setting:
     in_azure: str = "optional"
 
 
+# The Responses-API-compatible facade (/api/v1/responses, /api/openai/v1/responses).
+FACADE_SETTINGS: tuple[Setting, ...] = (
+    Setting("RESPONSES_API_KEYS", "Callers of the Responses API facade: space-separated `name:key` entries, "
+            "`name:key:operator` for an operator (sees every run). Keys are 32+ characters of "
+            "`[A-Za-z0-9_-]`; two entries with one name are one caller with two keys (rotation). Key Vault in "
+            "Azure. Empty: the facade answers 401.", secret=True, in_azure="required"),
+    Setting("RESPONSES_MAX_WAIT_SECONDS", "How long a facade create without `background` waits for the result "
+            "before answering the in-progress Response (below Azure's 230 s HTTP limit).", "200"),
+)
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(STORAGE_CONNECTION, "Storage connection string (Azurite: UseDevelopmentStorage=true). "
             "In Azure use the identity-based __*ServiceUri settings instead.", in_azure="local"),
@@ -102,6 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
             "functionTimeout).", "240"),
     Setting("STREAM_MAX_SECONDS", "A stream ends with a `reconnect` event after this (below Azure's 230 s).", "200"),
     Setting("STREAM_KEEPALIVE_SECONDS", "Idle time before an SSE keep-alive comment.", "15"),
+    *FACADE_SETTINGS,
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -196,6 +207,7 @@ class Settings:
     stream_max_seconds: float
     stream_keepalive_seconds: float
     completion: CompletionSettings
+    facade: "FacadeSettings" = field(default_factory=lambda: FacadeSettings((), 200.0))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -223,6 +235,7 @@ class Settings:
             stream_max_seconds=stream_max_seconds,
             stream_keepalive_seconds=_number(env, "STREAM_KEEPALIVE_SECONDS", minimum=0.1),
             completion=_completion(env),
+            facade=_facade(env),
         )
 
 
@@ -382,6 +395,59 @@ def _whsec_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         if not 24 <= len(decoded) <= 64:
             raise SettingsError(f"{name}: entry {index + 1} must decode to 24-64 bytes")
     return secrets
+
+
+# -- The Responses API facade ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApiKey:
+    """One key of one facade caller. Runs are owned by the caller's name, so a caller keeps its runs when its key
+    is rotated (two entries with the same name)."""
+
+    caller: str
+    key: str = field(repr=False)
+    operator: bool = False
+
+
+@dataclass(frozen=True)
+class FacadeSettings:
+    api_keys: tuple[ApiKey, ...] = field(repr=False)
+    max_wait_seconds: float
+
+
+FACADE_MAX_WAIT_LIMIT = 225.0  # Azure's front end cuts an HTTP request at about 230 s
+_CALLER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_API_KEY = re.compile(r"^[A-Za-z0-9_-]{32,256}$")
+
+
+def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
+    """`name:key[:operator]` entries separated by spaces (or commas); the error never repeats a key."""
+    keys: list[ApiKey] = []
+    for index, entry in enumerate(raw.replace(",", " ").split(), start=1):
+        parts = entry.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "operator"):
+            raise SettingsError(f"RESPONSES_API_KEYS: entry {index} is not name:key or name:key:operator")
+        name, key = parts[0], parts[1]
+        if not _CALLER_NAME.match(name):
+            raise SettingsError(f"RESPONSES_API_KEYS: entry {index}: the caller name must be 1-64 characters of "
+                                "[A-Za-z0-9_.-]")
+        if not _API_KEY.match(key):
+            raise SettingsError(f"RESPONSES_API_KEYS: entry {index} ({name}): the key must be 32-256 characters of "
+                                "[A-Za-z0-9_-]")
+        if any(existing.key == key for existing in keys):
+            raise SettingsError(f"RESPONSES_API_KEYS: entry {index} ({name}) repeats the key of another entry")
+        keys.append(ApiKey(name, key, len(parts) == 3))
+    for name in {k.caller for k in keys}:
+        if len({k.operator for k in keys if k.caller == name}) > 1:
+            raise SettingsError(f"RESPONSES_API_KEYS: caller {name} is an operator in one entry and not in another")
+    return tuple(keys)
+
+
+def _facade(env: Mapping[str, str]) -> FacadeSettings:
+    wait = _number(env, "RESPONSES_MAX_WAIT_SECONDS", minimum=0)
+    if wait > FACADE_MAX_WAIT_LIMIT:
+        raise SettingsError(f"RESPONSES_MAX_WAIT_SECONDS: at most {FACADE_MAX_WAIT_LIMIT:g} (Azure cuts HTTP "
+                            f"requests at about 230 s), got {wait:g}")
+    return FacadeSettings(parse_api_keys(_raw(env, "RESPONSES_API_KEYS") or ""), wait)
 
 
 def _schedule(env: Mapping[str, str]) -> tuple[float, ...]:

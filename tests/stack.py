@@ -19,6 +19,9 @@ from local.functions_host.process import HostProcess
 from local.webhook_receiver import ReceiverThread
 
 WEBHOOK_SECRETS = tuple("whsec_" + base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+# Callers of the Responses API facade (RESPONSES_API_KEYS): two apps and an operator.
+FACADE_KEYS = {name: secrets.token_urlsafe(32) for name in ("alice", "bob", "ops")}
+FACADE_MAX_WAIT_SECONDS = 6
 
 
 def service_env(connection_string: str, emulator_url: str, **overrides: str) -> dict[str, str]:
@@ -41,6 +44,9 @@ def service_env(connection_string: str, emulator_url: str, **overrides: str) -> 
         "STREAM_KEEPALIVE_SECONDS": "2",
         "PROVIDER_TIMEOUT_SECONDS": "5",
         "PYTHON_ENABLE_INIT_INDEXING": "1",  # as in Azure: the host refuses the FastAPI types without it
+        "RESPONSES_API_KEYS": " ".join(f"{name}:{key}" + (":operator" if name == "ops" else "")
+                                       for name, key in FACADE_KEYS.items()),
+        "RESPONSES_MAX_WAIT_SECONDS": str(FACADE_MAX_WAIT_SECONDS),
     }
     env.update(overrides)
     return env

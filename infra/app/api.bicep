@@ -25,6 +25,7 @@ param runTokenKeySecretUri string
 param webhookSigningSecretsSecretUri string
 @description('Key Vault secret of PROVIDER_WEBHOOK_SECRETS; empty until the postprovision hook has registered the provider webhook endpoint (the setting is then empty and the app polls).')
 param providerWebhookSecretsSecretUri string = ''
+param responsesApiKeysSecretUri string
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222:The service is a public HTTP API (POST /api/runs, polling, SSE); callers authenticate with function keys over HTTPS.
@@ -153,6 +154,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'PROVIDER_WEBHOOK_SECRETS'
           value: empty(providerWebhookSecretsSecretUri) ? '' : '@Microsoft.KeyVault(SecretUri=${providerWebhookSecretsSecretUri})'
+        }
+        // The Responses API facade's callers (its routes are anonymous to the host and check these keys).
+        {
+          name: 'RESPONSES_API_KEYS'
+          value: '@Microsoft.KeyVault(SecretUri=${responsesApiKeysSecretUri})'
         }
         // The timer trigger reads its schedule from this app setting (binding expression %SWEEP_SCHEDULE%).
         {

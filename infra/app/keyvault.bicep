@@ -10,6 +10,10 @@ param runTokenKey string
 @secure()
 param webhookSigningSecrets string
 
+@secure()
+@description('RESPONSES_API_KEYS: the Responses API facade\'s callers (name:key[:operator] entries).')
+param responsesApiKeys string
+
 @description('Purge protection (production). ARM accepts only true or absent: once on, it cannot be turned off.')
 param purgeProtection bool = false
 
@@ -88,6 +92,19 @@ resource providerWebhookSecretsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07
   }
 }
 
+resource responsesApiKeysSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_41:No automated rotation: a fixed expiry would only mark a still-used secret as expired at an arbitrary date. Rotation is manual and documented in infra/README.md.
+  parent: vault
+  name: 'responses-api-keys'
+  properties: {
+    value: responsesApiKeys
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+    }
+  }
+}
+
 output name string = vault.name
 output id string = vault.id
 output vaultUri string = vault.properties.vaultUri
@@ -96,3 +113,4 @@ output runTokenKeySecretUri string = runTokenKeySecret.properties.secretUri
 output webhookSigningSecretsSecretUri string = webhookSigningSecretsSecret.properties.secretUri
 // Known before the secret exists (the hook writes it after the first provision), in the form of secretUri.
 output providerWebhookSecretsSecretUri string = '${vault.properties.vaultUri}secrets/${providerWebhookSecretsName}'
+output responsesApiKeysSecretUri string = responsesApiKeysSecret.properties.secretUri

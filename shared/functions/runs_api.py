@@ -14,7 +14,7 @@ from azurefunctions.extensions.http.fastapi import HTMLResponse, JSONResponse, R
 from ..composition import Services, services
 from ..errors import invalid
 from ..api.errors import handler
-from ..api.run_requests import parse_json_body, parse_run_body
+from ..api.run_requests import ID_PATTERN, parse_json_body, parse_run_body
 from ..api.streams import resume_position, streaming_response
 from ..runs.model import Run
 from ..settings import SettingsError
@@ -77,6 +77,25 @@ async def create_run(req: Request) -> Response:
     started = await svc.starter.start(body.request, idempotency_key=key,
                                       wait_seconds=_prefer_wait(req, body.background, svc.settings.max_prefer_wait))
     return _run_response(svc, started.run)
+
+
+@bp.route(route="runs", methods=["GET"])
+@handler
+async def list_runs(req: Request) -> Response:
+    """The runs, newest first (function keys act as operators: every run), a page at a time."""
+    svc = await _api("list_runs")
+    query = req.query_params
+    try:
+        limit = int(query.get("limit") or 20)
+    except ValueError:
+        raise invalid("'limit' must be an integer.", param="limit") from None
+    session_id = query.get("session_id") or None
+    if session_id is not None and not ID_PATTERN.match(session_id):
+        raise invalid("'session_id' is not a valid session id.", param="session_id")
+    listed = await svc.lister.page(status=query.get("status") or None, session_id=session_id,
+                                   cursor=query.get("cursor") or None, limit=limit)
+    return JSONResponse({"object": "list", "data": listed.runs, "has_more": listed.has_more,
+                         "next_cursor": listed.next_cursor})
 
 
 @bp.route(route="runs/{run_id}", methods=["GET"])
@@ -157,6 +176,8 @@ async def health(req: Request) -> Response:
         "webhooks": {"enabled": bool(settings.webhook_secrets), "signing_secrets": len(settings.webhook_secrets)},
         "completion": {"strategy": settings.completion.strategy,
                        "provider_webhook_secrets": len(settings.completion.provider_webhook_secrets)},
+        "responses_api": {"callers": len({key.caller for key in settings.facade.api_keys}),
+                          "keys": len(settings.facade.api_keys)},
     }
     try:
         await svc.storage.runs.get_entity("health-check", "run")

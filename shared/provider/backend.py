@@ -1,7 +1,7 @@
 """The seam between a run and whatever produces its response.
 
-`RunBackend` is the one interface through which the service starts a response, learns its state, cancels it
-and streams its events. `ResponsesBackend` is today's: the provider's Responses API in background mode
+`RunBackend` is the one interface through which the service starts a response, learns its state, cancels it,
+streams its events and deletes it. `ResponsesBackend` is today's: the provider's Responses API in background mode
 (OpenAI, Azure OpenAI, the emulator). Other ways of learning a run's state (provider webhooks, watching a
 stream) and other ways of running (an executor for models without a background mode) plug in beside it.
 Every method raises ProviderError for a failure the caller must handle (classified: transient or not).
@@ -51,6 +51,7 @@ class RunBackend(Protocol):
     async def observe(self, response_id: str) -> ProviderState: ...
     async def cancel(self, response_id: str) -> ProviderState | None: ...
     async def events(self, response_id: str, after: int) -> EventStream: ...
+    async def delete(self, response_id: str) -> None: ...
 
 
 class _PrefixedStream:
@@ -117,6 +118,16 @@ class ResponsesBackend:
             return await self._client.responses.retrieve(response_id, stream=True, **kwargs)
         except Exception as error:  # noqa: BLE001 - classified
             raise classify(error) from None
+
+
+    async def delete(self, response_id: str) -> None:
+        """Delete the stored response; one the provider no longer knows (404) is gone already."""
+        try:
+            await self._client.responses.delete(response_id)
+        except Exception as error:  # noqa: BLE001 - classified
+            failure = classify(error)
+            if failure.status != 404:
+                raise failure from None
 
 
 def _early_stream_failure(error: Exception) -> ProviderError:

@@ -7,6 +7,7 @@ import logging
 
 from ..errors import Unavailable, UpstreamError
 from ..provider import ProviderError, RunBackend
+from .callers import OPERATOR, Caller
 from .lifecycle import RunLifecycle
 from .model import Run
 from .reading import RunReader
@@ -21,8 +22,8 @@ class RunCanceller:
         self._backend = backend
         self._lifecycle = lifecycle
 
-    async def cancel(self, run_id: str) -> Run:
-        run = await self._reader.get(run_id)
+    async def cancel(self, run_id: str, *, caller: Caller = OPERATOR) -> Run:
+        run = await self._reader.get(run_id, caller=caller)
         if run.is_terminal:
             return run
         if run.response_id:  # a run still starting has none yet: its start cancels the response it gets

@@ -2,6 +2,7 @@
 provider call; the same key with another body is a conflict (409).
 
 Table `idempotency`, PartitionKey = SHA-256 of the key. `create_entity` is the atomic claim.
+Keys are scoped by caller (`scope`, the facade caller's name): one caller's key never names another's run.
 """
 from __future__ import annotations
 
@@ -32,19 +33,24 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _key_digest(key: str, scope: str | None) -> str:
+    # Unscoped keys (the native API) keep the digest they always had.
+    return _digest(key) if not scope else _digest(f"{scope}\n{key}")
+
+
 class IdempotencyStore:
     window = WINDOW_SECONDS
 
     def __init__(self, table) -> None:
         self._table = table  # azure.data.tables.aio.TableClient
 
-    async def claim(self, key: str, fingerprint: str, run_id: str) -> Claim:
+    async def claim(self, key: str, fingerprint: str, run_id: str, scope: str | None = None) -> Claim:
         """Claim `key` for `run_id`, or return the run that already holds it."""
         if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
             raise InvalidRequest("invalid_idempotency_key",
                                  f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
                                  param="Idempotency-Key")
-        pk, body_hash = _digest(key), _digest(fingerprint)
+        pk, body_hash = _key_digest(key, scope), _digest(fingerprint)
         entity = {"PartitionKey": pk, "RowKey": "key", "run_id": run_id, "body_hash": body_hash,
                   "claimed_at": clock.now()}
         for _ in range(3):
@@ -73,7 +79,7 @@ class IdempotencyStore:
 
     async def take_over(self, key: str, fingerprint: str, run_id: str, stale: Claim) -> bool:
         """Re-claim a key whose start died before recording its run (a crash); False if someone else did."""
-        entity = {"PartitionKey": _digest(key), "RowKey": "key", "run_id": run_id, "body_hash": _digest(fingerprint),
+        entity = {"PartitionKey": stale.digest, "RowKey": "key", "run_id": run_id, "body_hash": _digest(fingerprint),
                   "claimed_at": clock.now()}
         try:
             await self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=stale.etag,
@@ -82,9 +88,9 @@ class IdempotencyStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
 
-    async def release(self, key: str, run_id: str) -> None:
+    async def release(self, key: str, run_id: str, scope: str | None = None) -> None:
         """Forget a claim whose run never started (the provider refused the create), if it is still ours."""
-        pk = _digest(key)
+        pk = _key_digest(key, scope)
         try:
             existing = await self._table.get_entity(pk, "key")
             if existing["run_id"] == run_id:

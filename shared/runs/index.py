@@ -8,6 +8,10 @@ One table (`runindex`), one partition per list:
 - `response-<provider response id>`: which run a provider response belongs to, so a provider webhook (which
   carries only the response id) finds its run with one point read.
 - `seen-<yyyymmdd>`: provider webhook ids already handled that day (deduplication).
+- `list-all`, `list-owner-<caller>`, `list-session-<session id>`: the runs to list, newest first (RowKey =
+  inverted creation time + run id), with their status as of their start and their end. Written when a run
+  starts and again when it ends (follow-ups, idempotent), removed when the run is deleted; a run is in at
+  most two of them (all, and its owner's or its session's).
 """
 from __future__ import annotations
 
@@ -16,14 +20,39 @@ from typing import AsyncIterator
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
+from .model import Run
+
 OPEN = "open"
 EXPIRES_PREFIX = "expires-"
 RESPONSE_PREFIX = "response-"
 SEEN_PREFIX = "seen-"
+LIST_ALL = "list-all"
+_NEWEST_FIRST = 10**15 - 1  # milliseconds; inverted so that newer runs sort first
 
 
 def _day(at: float) -> str:
     return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y%m%d")
+
+
+def list_partition(*, owner: str | None = None, session_id: str | None = None) -> str:
+    if owner is not None:
+        return f"list-owner-{owner}"
+    if session_id is not None:
+        return f"list-session-{session_id}"
+    return LIST_ALL
+
+
+def list_row_key(created_at: float, run_id: str) -> str:
+    return f"{_NEWEST_FIRST - int(created_at * 1000):015d}-{run_id}"
+
+
+def _list_partitions(run: Run) -> list[str]:
+    partitions = [LIST_ALL]
+    if run.owner:
+        partitions.append(list_partition(owner=run.owner))
+    if run.session_id:
+        partitions.append(list_partition(session_id=run.session_id))
+    return partitions
 
 
 class RunIndex:
@@ -94,6 +123,30 @@ class RunIndex:
 
     async def forget(self, partition: str, kind: str, ident: str) -> None:
         await self._delete(partition, f"{kind}:{ident}")
+
+    # -- lists ----------------------------------------------------------------------------------------------
+    async def list_run(self, run: Run) -> None:
+        """Write (or update) the run's rows in the lists it belongs to (idempotent)."""
+        row = {"RowKey": list_row_key(run.created_at, run.id), "run_id": run.id, "status": run.status,
+               "created_at": run.created_at, "completed_at": run.completed_at, "model": run.model,
+               "owner": run.owner or "", "session_id": run.session_id or ""}
+        for partition in _list_partitions(run):
+            await self._table.upsert_entity({"PartitionKey": partition, **{k: v for k, v in row.items() if v is not None}})
+
+    async def unlist(self, run: Run) -> None:
+        for partition in _list_partitions(run):
+            await self._delete(partition, list_row_key(run.created_at, run.id))
+
+    async def list_rows(self, partition: str, *, after: str = "", status: str | None = None,
+                        owner: str | None = None) -> AsyncIterator[dict]:
+        """Rows of one list, newest first, after the row key `after`; optionally only one status or owner."""
+        query, parameters = "PartitionKey eq @pk and RowKey gt @after", {"pk": partition, "after": after}
+        if status is not None:
+            query, parameters["status"] = query + " and status eq @status", status
+        if owner is not None:
+            query, parameters["owner"] = query + " and owner eq @owner", owner
+        async for row in self._table.query_entities(query, parameters=parameters, results_per_page=100):
+            yield row
 
     async def _delete(self, partition: str, row: str) -> None:
         try:

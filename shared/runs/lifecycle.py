@@ -61,6 +61,7 @@ class RunLifecycle:
     async def follow_up(self, run: Run, *, send_webhook: bool, webhook_delay: float = 0.0) -> None:
         """What must happen after a run ended (idempotent). `send_webhook`: queue the pending delivery."""
         await self.advance_session(run)
+        await self._index.list_run(run)  # the run's rows in the run lists now show how it ended
         await self._index.expire_at("run", run.id, (run.completed_at or clock.now()) + self._retention)
         if run.session_id:
             await self._index.expire_at("session", run.session_id, clock.now() + self._retention)

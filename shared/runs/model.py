@@ -38,10 +38,16 @@ class Run:
     deadline_at: float = 0.0
     webhook_url: str | None = None
     webhook: WebhookState | None = None
+    owner: str | None = None  # the facade caller that started it (None: the native API)
+    previous_run_id: str | None = None  # the run it continues (the facade's previous_response_id)
+    # The provider's Response as it last reported it, without its output (the create reply; the final response
+    # is kept in the result): what a Responses-API rendering of the run is made from.
+    response: dict[str, Any] | None = None
     etag: str | None = None
     # Set by the store: parts already written are not written again on every save (a 5 MB result is
     # uploaded once), and parts not loaded are not downloaded on reads that do not need them.
     result_stored: bool = False
+    response_stored: bool = False
 
     @property
     def is_terminal(self) -> bool:

@@ -72,8 +72,9 @@ class PollScheduler:
         self._store = store
         self._queue = queue  # shared.storage.MessageQueue for the poll queue
 
-    async def schedule(self, run: Run, delay: float, *, status: str | None = None) -> bool:
-        """Send the next poll message, then save the run with the new chain position.
+    async def schedule(self, run: Run, delay: float, *, status: str | None = None, save_all: bool = False) -> bool:
+        """Send the next poll message, then save the run with the new chain position (only the chain's
+        properties, unless `save_all`: the start's first step also records what the provider answered).
 
         Returns False if the run changed meanwhile (the other writer owns the chain now)."""
         delay = max(0.0, min(delay, max(0.0, run.deadline_at - clock.now()) + DEADLINE_SLACK_SECONDS))
@@ -85,7 +86,7 @@ class PollScheduler:
         if status:
             run.status = status
         try:
-            await self._store.save_chain(run)
+            await (self._store.save(run) if save_all else self._store.save_chain(run))
         except RunConflict:
             log.info("run %s changed while scheduling poll %s; that message is stale", run.id, message.seq)
             return False

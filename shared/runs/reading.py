@@ -1,9 +1,10 @@
 """Finding runs and sessions by id or by continuation token; a missing one is NotFound, and one that is
-missing because retention deleted it says so."""
+missing because retention deleted it says so. A run the caller may not see is not found either."""
 from __future__ import annotations
 
 from .. import clock
 from ..errors import NotFound, not_found
+from .callers import OPERATOR, Caller
 from .model import Run
 from .requests import RUN_ID_PREFIX, run_id_created_at, valid_id
 from .sessions import SESSION_ID_PREFIX, Session, SessionStore
@@ -18,9 +19,14 @@ class RunReader:
         self._tokens = tokens
         self._retention = retention_seconds
 
-    async def get(self, run_id: str, *, existed: bool = False) -> Run:
-        """The run with its result. `existed`: the caller proved the run existed (a signed token)."""
-        run = await self._store.get(run_id, with_result=True) if valid_id(RUN_ID_PREFIX, run_id) else None
+    async def get(self, run_id: str, *, existed: bool = False, caller: Caller = OPERATOR,
+                  with_request: bool = False) -> Run:
+        """The run with its result (and its provider request if asked). `existed`: the caller proved the run
+        existed (a signed token)."""
+        run = await self._store.get(run_id, with_result=True, with_request=with_request) \
+            if valid_id(RUN_ID_PREFIX, run_id) else None
+        if run is not None and not caller.can_see(run):
+            raise not_found("run", run_id)  # exactly what an unknown id answers
         if run is None:
             raise self._missing(run_id, existed)
         return run

@@ -25,6 +25,10 @@ class RunRequest:
     reasoning: dict[str, Any] | None = None
     webhook_url: str | None = None
     deadline_seconds: float | None = None  # at most RUN_DEADLINE_SECONDS
+    # Provider parameters passed through verbatim (the facade's temperature, text, tool_choice, ...); the API
+    # layer decides which names it lets through, and none may name a parameter the service sets itself.
+    options: dict[str, Any] = field(default_factory=dict)
+    previous_run_id: str | None = None  # continue from this run's provider response (the facade's chaining)
 
     def fingerprint(self) -> str:
         """Canonical JSON of the request, for Idempotency-Key comparisons."""

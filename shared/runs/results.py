@@ -1,8 +1,10 @@
 """What a run produced: our status and result for a provider response, and the results we make ourselves
 (a failure, a cancel, an expiry).
 
-A result is `{output, output_text, error, incomplete_details, usage, required_action}`. `output_text` is the
-output's message text joined; it is derived, so it is stored once (inside `output`) and rebuilt on load.
+A result is `{output, output_text, error, incomplete_details, usage, required_action}`, and `response` when a
+provider response ended the run: that response as the provider sent it, without its output (kept once, in
+`output`), so the run can be shown again as the provider's Response. `output_text` is the output's message
+text joined; it is derived, so it is stored once (inside `output`) and rebuilt on load.
 """
 from __future__ import annotations
 
@@ -12,6 +14,16 @@ from typing import Any
 def output_text(output: list[Any]) -> str:
     return "".join(part.get("text", "") for item in output if isinstance(item, dict) and item.get("type") == "message"
                    for part in item.get("content") or [] if isinstance(part, dict) and part.get("type") == "output_text")
+
+
+def response_snapshot(response: Any) -> dict[str, Any]:
+    """The provider's Response as it sent it (fields it did not send stay out), without its output."""
+    if hasattr(response, "model_dump"):
+        data = response.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    else:
+        data = dict(response)
+    data.pop("output", None)
+    return data
 
 
 def result_from_response(response: Any) -> tuple[str, dict[str, Any]]:
@@ -33,6 +45,7 @@ def result_from_response(response: Any) -> tuple[str, dict[str, Any]]:
         "incomplete_details": data.get("incomplete_details"),
         "usage": data.get("usage"),
         "required_action": {"type": "function_calls", "calls": calls} if status == "requires_action" else None,
+        "response": response_snapshot(response),
     }
 
 

@@ -55,6 +55,7 @@ class RetentionPurger:
             return 0
         ended = run.completed_at or 0.0
         if run.is_terminal and not (run.webhook and run.webhook.is_pending) and clock.now() >= ended + self._retention:
+            await self._index.unlist(run)
             await self._store.purge(run_id)
             if run.response_id:
                 await self._index.forget_response(run.response_id)

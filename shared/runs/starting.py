@@ -15,18 +15,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import clock
-from ..errors import Conflict, InvalidRequest, ServiceError, Unavailable, UpstreamError, not_found
+from ..errors import Conflict, InvalidRequest, NotFound, ServiceError, Unavailable, UpstreamError, not_found
 from ..provider import ProviderError, RunBackend
 from ..provider.backend import EventStream
 from ..settings import Settings
 from ..webhooks import DestinationRefused, ResolutionFailed, check_url, resolve_and_vet
+from .callers import OPERATOR, Caller
 from .idempotency import IdempotencyStore
 from .index import RunIndex
 from .lifecycle import RunLifecycle
 from .model import Run
 from .poll_chain import Backoff, PollScheduler
-from .requests import RunRequest, new_run_id
-from .results import result_from_response
+from .requests import RUN_ID_PREFIX, RunRequest, new_run_id, valid_id
+from .results import response_snapshot, result_from_response
 from .sessions import Session, SessionConflict, SessionStore
 from .store import RunStore
 
@@ -58,21 +59,23 @@ class RunStarter:
         # response well after that was interrupted (crash), and its reservations can be taken over.
         self.start_grace = 2 * settings.provider.timeout_seconds + 5
 
-    async def start(self, request: RunRequest, *, idempotency_key: str | None = None,
+    async def start(self, request: RunRequest, *, caller: Caller = OPERATOR, idempotency_key: str | None = None,
                     wait_seconds: float = 0.0) -> Started:
+        """Start a run for `caller` (its owner). A repeated Idempotency-Key of the same caller returns its run."""
         if request.webhook_url:
             await self._vet_webhook(request.webhook_url)
+        previous_response_id = await self._previous_response_id(request, caller)
         created_at = clock.now()
         run_id = new_run_id(created_at)
         if idempotency_key is not None:
-            existing = await self._claim(idempotency_key, request, run_id)
+            existing = await self._claim(idempotency_key, request, run_id, caller)
             if existing is not None:
                 return Started(existing)
         try:
-            run, events = await self._start(run_id, created_at, request)
+            run, events = await self._start(run_id, created_at, request, caller, previous_response_id)
         except BaseException:
             if idempotency_key is not None:
-                await self._release(idempotency_key, run_id)
+                await self._release(idempotency_key, run_id, caller)
             raise
         if wait_seconds > 0 and run.is_active:
             run = await self._wait_briefly(run, min(wait_seconds, self._settings.max_prefer_wait))
@@ -84,16 +87,20 @@ class RunStarter:
         return session
 
     # -- the steps ------------------------------------------------------------------------------------------
-    async def _start(self, run_id: str, created_at: float, request: RunRequest) -> tuple[Run, EventStream | None]:
+    async def _start(self, run_id: str, created_at: float, request: RunRequest, caller: Caller,
+                     previous_response_id: str | None) -> tuple[Run, EventStream | None]:
         session = await self._reserve_session(request.session_id, run_id) if request.session_id else None
-        params = self._provider_params(request, run_id, session.last_response_id if session else None)
+        if session:
+            previous_response_id = session.last_response_id
+        params = self._provider_params(request, run_id, previous_response_id)
         deadline = min(request.deadline_seconds or self._settings.run_deadline, self._settings.run_deadline)
         run = Run(id=run_id, status="queued", created_at=created_at, model=params["model"], request=params,
                   session_id=request.session_id, metadata=request.metadata, stream=request.stream,
                   next_poll_at=created_at + self.start_grace, deadline_at=created_at + deadline,
-                  webhook_url=request.webhook_url)
+                  webhook_url=request.webhook_url, owner=caller.owner, previous_run_id=request.previous_run_id)
         await self._index.mark_open(run_id)
         await self._store.create(run)
+        await self._index.list_run(run)
         if session:
             await self._sessions.add_run(session.id, run_id, created_at)
         watching = self._settings.completion.strategy == "watch"
@@ -121,10 +128,11 @@ class RunStarter:
 
     async def _record_response(self, run: Run, started) -> Run:
         state = started.state
+        run.response = response_snapshot(state.response)
         if not state.is_active:
             status, result = result_from_response(state.response)
             return await self._lifecycle.finish(run, status, result)
-        if await self._scheduler.schedule(run, self._backoff.delay(0), status=state.status):
+        if await self._scheduler.schedule(run, self._backoff.delay(0), status=state.status, save_all=True):
             return run
         # The run changed while its start was in flight: cancelled, or failed by the sweeper as too slow.
         fresh = await self._store.get(run.id, with_result=True)
@@ -134,6 +142,7 @@ class RunStarter:
 
     def _provider_params(self, request: RunRequest, run_id: str, previous_response_id: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {
+            **request.options,  # pass-through parameters first: the service's own below always win
             "model": request.model or self._settings.provider.default_model,
             "input": request.input,
             "metadata": {**request.metadata, "bg_run_id": run_id},
@@ -148,6 +157,7 @@ class RunStarter:
     async def _abandon(self, run: Run) -> None:
         """The provider refused the create: delete the run, unless someone ended it meanwhile (a cancel)."""
         if await self._store.delete(run):
+            await self._index.unlist(run)
             await self._index.mark_done(run.id)
             if run.session_id:
                 await self._lifecycle.advance_session(run)
@@ -158,10 +168,25 @@ class RunStarter:
         except ProviderError as error:
             log.warning("could not cancel orphaned provider response %s: %s", response_id, error.message)
 
+    async def _previous_response_id(self, request: RunRequest, caller: Caller) -> str | None:
+        """The provider response a run continues from when it names a previous run (visible to the caller)."""
+        if request.previous_run_id is None:
+            return None
+        if request.session_id is not None:
+            raise InvalidRequest("invalid_request", "A run continues either a session or a previous run, not both.",
+                                 param="previous_response_id")
+        previous = await self._store.get(request.previous_run_id) if valid_id(RUN_ID_PREFIX, request.previous_run_id) \
+            else None
+        if previous is None or not caller.can_see(previous) or not previous.response_id:
+            raise NotFound("previous_response_not_found",
+                           f"Previous response with id '{request.previous_run_id}' not found.",
+                           param="previous_response_id")
+        return previous.response_id
+
     # -- idempotency ----------------------------------------------------------------------------------------
-    async def _claim(self, key: str, request: RunRequest, run_id: str) -> Run | None:
+    async def _claim(self, key: str, request: RunRequest, run_id: str, caller: Caller) -> Run | None:
         """Claim the Idempotency-Key for `run_id`; the run that already holds it, if any."""
-        claim = await self._idempotency.claim(key, request.fingerprint(), run_id)
+        claim = await self._idempotency.claim(key, request.fingerprint(), run_id, scope=caller.owner)
         if claim.is_new:
             await self._index.expire_at("idempotency", claim.digest, clock.now() + self._idempotency.window)
             return None
@@ -176,9 +201,9 @@ class RunStarter:
         raise Conflict("idempotency_key_busy", "A run with this Idempotency-Key is being started; retry shortly.",
                        param="Idempotency-Key", retry_after=1)
 
-    async def _release(self, key: str, run_id: str) -> None:
+    async def _release(self, key: str, run_id: str, caller: Caller) -> None:
         try:
-            await self._idempotency.release(key, run_id)
+            await self._idempotency.release(key, run_id, scope=caller.owner)
         except Exception:  # noqa: BLE001 - the key is taken over after the start grace anyway
             log.warning("could not release the Idempotency-Key of failed start %s", run_id)
 

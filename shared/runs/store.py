@@ -1,6 +1,6 @@
 """Where a run lives: one Table entity per run (PartitionKey = run id, RowKey = "run").
 
-Large parts (the provider request, the result, the metadata) go to a blob when they do not fit a Table
+Large parts (the provider request, the result, the metadata, the provider's create reply) go to a blob when they do not fit a Table
 property. Azure counts a string property in UTF-16 (2 bytes per unit, astral characters take two units) and
 allows 64 KiB per property and 1 MiB per entity, so the decision is made on the encoded size, never on
 Python characters. A blob written for a save has a name of its own (never overwritten), so a save that
@@ -30,7 +30,7 @@ PROPERTY_LIMIT_BYTES = 64 * 1024
 ENTITY_LIMIT_BYTES = 1024 * 1024
 # Room for the service's own properties and the entity overhead (names, types, keys).
 _ENTITY_BUDGET_BYTES = ENTITY_LIMIT_BYTES - 128 * 1024
-_PARTS = ("request", "result", "metadata")
+_PARTS = ("request", "result", "metadata", "response")
 _SIZE_ERRORS = {"PropertyValueTooLarge", "EntityTooLarge", "RequestBodyTooLarge"}
 
 
@@ -98,6 +98,7 @@ class RunStore:
             "poll_count": run.poll_count, "next_poll_at": run.next_poll_at, "deadline_at": run.deadline_at,
             "watch_position": run.watch_position, "webhook_url": run.webhook_url or "",
             "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "",
+            "owner": run.owner or "", "previous_run_id": run.previous_run_id or "",
         }
         return {k: v for k, v in entity.items() if v is not None}
 
@@ -108,10 +109,13 @@ class RunStore:
             texts["metadata"] = _dumps(run.metadata)
         if run.result is not None and not run.result_stored:
             texts["result"] = _dumps(stored_result(run.result))
+        if run.response is not None and not run.response_stored:
+            texts["response"] = _dumps(run.response)
         return await self._place_parts(run.id, texts) if texts else {}
 
     async def _from_entity(self, entity, *, with_result: bool, with_request: bool) -> Run:
         has_result = bool(entity.get("result") or entity.get("result_blob"))
+        has_response = bool(entity.get("response") or entity.get("response_blob"))
         webhook = entity.get("webhook")
         return Run(
             id=entity["PartitionKey"], status=entity["status"], created_at=entity["created_at"],
@@ -125,7 +129,9 @@ class RunStore:
             watch_position=entity.get("watch_position", -1),
             deadline_at=entity.get("deadline_at", 0.0), webhook_url=entity.get("webhook_url") or None,
             webhook=WebhookState.from_dict(json.loads(webhook)) if webhook else None,
-            etag=entity.metadata.get("etag"), result_stored=has_result,
+            owner=entity.get("owner") or None, previous_run_id=entity.get("previous_run_id") or None,
+            response=await self._load_part(entity, "response") if with_result and has_response else None,
+            etag=entity.metadata.get("etag"), result_stored=has_result, response_stored=has_response,
         )
 
     # -- operations ------------------------------------------------------------------------------------------
@@ -135,6 +141,7 @@ class RunStore:
                                  conflicts=(ResourceExistsError,))
         run.etag = meta.get("etag")
         run.result_stored = run.result is not None
+        run.response_stored = run.response is not None
         return run
 
     async def _write(self, run: Run, parts: dict[str, str], write, *, conflicts: tuple[type[Exception], ...]) -> dict:
@@ -167,6 +174,7 @@ class RunStore:
             match_condition=MatchConditions.IfNotModified), conflicts=(ResourceModifiedError, ResourceNotFoundError))
         run.etag = meta.get("etag")
         run.result_stored = run.result_stored or run.result is not None
+        run.response_stored = run.response_stored or run.response is not None
         return run
 
     async def save_chain(self, run: Run) -> Run:

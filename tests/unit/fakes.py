@@ -114,7 +114,9 @@ class FakeTable:
         clauses = [_CLAUSE.match(part) for part in query_filter.split(" and ")]
         if not all(clauses):
             raise AssertionError(f"the fake table does not understand the filter {query_filter!r}")
-        for key in sorted(self.rows):
+        for key in sorted(self.rows):  # a snapshot of the keys: rows may change while the caller iterates
+            if key not in self.rows:
+                continue
             data, etag = self.rows[key]
             if all(_matches(data, m, parameters or {}) for m in clauses):
                 yield Entity(data, etag)
@@ -260,6 +262,10 @@ class FakeBackend:
         if response_id not in self.streams:
             raise ProviderError(transient=False, status=400, message="this response was not created streaming")
         return FakeStream([e for e in self.streams[response_id] if e.sequence_number > after], self.hang)
+
+    async def delete(self, response_id: str) -> None:
+        await self._enter("delete", response_id)
+        self.responses.pop(response_id, None)
 
     def count(self, method: str) -> int:
         return sum(1 for name, _ in self.calls if name == method)

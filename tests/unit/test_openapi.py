@@ -43,3 +43,19 @@ def test_the_run_schema_matches_the_run_view():
     run = Run(id="run_x", status="completed", created_at=1.0, model="m", request={}, webhook_url="https://h/x",
               result={"output": [], "output_text": "", "error": None})
     assert set(views.render(run)) == documented
+
+
+async def test_the_run_summary_schema_matches_the_listed_runs():
+    from shared.runs.listing import RunLister
+
+    spec = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+    documented = set(spec["components"]["schemas"]["RunSummary"]["properties"])
+    row = {"run_id": "run_x", "status": "completed", "created_at": 1.0, "RowKey": "k"}
+    assert set(await RunLister(None, None)._summary(row)) == documented
+
+
+def test_every_facade_route_is_tagged_and_secured_by_a_bearer_key():
+    spec = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+    facade = [(path, op) for path, ops in spec["paths"].items() if "/responses" in path for op in ops.values()]
+    assert len(facade) == 15
+    assert all(op["tags"] == ["responses"] and {"bearerKey": []} in op["security"] for _, op in facade)

@@ -1,0 +1,54 @@
+"""Failures as the Responses API reports them: `{"error": {"message", "type", "param", "code"}}`, the shape the
+`openai` SDKs unwrap into their exceptions (BadRequestError, AuthenticationError, NotFoundError, ...).
+
+The status codes are the native API's (shared/api/errors.py); only the body differs. A missing or wrong key is
+401 `invalid_api_key`; a run the caller cannot see is 404 "Response with id '...' not found.", as OpenAI says it.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Awaitable, Callable
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from ..errors import NotFound, ServiceError
+from .errors import as_service_error, status_of
+
+
+class Unauthorized(ServiceError):
+    """No key, or a key that names no caller of the facade."""
+
+
+def error_type(status: int) -> str:
+    if status == 401:
+        return "invalid_request_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def openai_error_response(error: ServiceError) -> JSONResponse:
+    status = 401 if isinstance(error, Unauthorized) else status_of(error)
+    body = {"error": {"message": error.message, "type": error_type(status), "param": error.param,
+                      "code": None if error.code == "not_found" else error.code}}
+    headers = {"Retry-After": str(max(1, round(error.retry_after)))} if error.retry_after is not None else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def response_not_found(response_id: str, error: NotFound) -> NotFound:
+    """OpenAI's wording for an unknown response; a run deleted by retention keeps saying so."""
+    if error.code == "expired":
+        return NotFound("expired", f"Response with id '{response_id}' not found: {error.message}.")
+    return NotFound("not_found", f"Response with id '{response_id}' not found.")
+
+
+def openai_handler(func: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Map every failure to OpenAI's error JSON."""
+    @functools.wraps(func)
+    async def wrapper(req: Request) -> Response:
+        try:
+            return await func(req)
+        except Exception as error:  # noqa: BLE001 - mapped; unknown ones are logged with the traceback
+            return openai_error_response(as_service_error(error))
+    return wrapper
