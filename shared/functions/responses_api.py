@@ -157,10 +157,8 @@ async def _follow(svc: Services, started: Started, caller: Caller) -> Run:
         try:
             await asyncio.wait({follower}, timeout=svc.settings.facade.max_wait_seconds)
         finally:
-            # Python 3.11's wait_for (inside the relay) can swallow a cancel that races an event: ask until it stops.
-            while not follower.done():
-                follower.cancel()
-                await asyncio.wait({follower}, timeout=1)
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
             await events.aclose()
         if not follower.cancelled() and follower.exception() is not None:
             # The run goes on (its poll chain ends it): answer what is stored.

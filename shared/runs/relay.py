@@ -90,10 +90,10 @@ class Relay:
                 if remaining <= 0:
                     yield self._format.reconnect(self.run, self.after)
                     return
-                try:
-                    item = await asyncio.wait_for(self._queue.get(),
-                                                  timeout=min(self._deps.keepalive_seconds, remaining))
-                except asyncio.TimeoutError:
+                try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that races an item
+                    async with asyncio.timeout(min(self._deps.keepalive_seconds, remaining)):
+                        item = await self._queue.get()
+                except TimeoutError:
                     if time.monotonic() - started < self._deps.max_seconds:
                         yield KEEPALIVE
                     continue
