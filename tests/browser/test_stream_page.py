@@ -22,7 +22,6 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 
-from ..stack import start_host
 
 pytestmark = pytest.mark.slow
 
@@ -174,8 +173,8 @@ def test_page_resumes_after_the_network_drops(browser: Browser, stack) -> None:
 
 def test_page_follows_rotated_streams_with_a_function_key(browser: Browser, stack) -> None:
     key = "browser-test-key"
-    host = start_host(stack.connection_string, stack.emulator, "browser", STREAM_MAX_SECONDS="2",
-                      FUNCTIONS_HOST_MASTER_KEY="browser-master-key", FUNCTIONS_HOST_FUNCTION_KEYS=key)
+    host = stack.start_host("browser", STREAM_MAX_SECONDS="2",
+                            FUNCTIONS_HOST_MASTER_KEY="browser-master-key", FUNCTIONS_HOST_FUNCTION_KEYS=key)
     context = browser.new_context()
     try:
         created = stack.start("rotate me", metadata={"emulator_duration_ms": "7000",

@@ -7,14 +7,12 @@ import pytest
 
 from bgruns import AsyncClient
 
-from ..stack import start_host
 from .conftest import emulated, reference_events
 
 
 @pytest.fixture(scope="module")
 def rotating_host(stack):
-    host = start_host(stack.connection_string, stack.emulator, "rotation", STREAM_MAX_SECONDS="2",
-                      RUN_TOKEN_KEY=stack.env["RUN_TOKEN_KEY"])
+    host = stack.start_host("rotation", STREAM_MAX_SECONDS="2")
     yield host
     host.stop()
 

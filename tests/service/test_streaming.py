@@ -8,7 +8,6 @@ import httpx
 import pytest
 
 from .. import sse
-from ..stack import start_host
 
 RUN = {"emulator_duration_ms": "2500", "emulator_output_chars": "400"}
 
@@ -104,7 +103,7 @@ def test_nobody_watching_still_finishes_the_run_and_sends_its_webhook(stack):
 
 @pytest.fixture
 def rotating_host(stack):
-    host = start_host(stack.connection_string, stack.emulator, "rotation", STREAM_MAX_SECONDS="1.5")
+    host = stack.start_host("rotation", STREAM_MAX_SECONDS="1.5")
     yield host
     host.stop()
 
