@@ -157,6 +157,7 @@ class StorageProxy:
 class LocalStack:
     """Azurite + emulator + webhook receiver + the local Functions host running function_app.py.
 
+    `function_key` and `master_key` switch the host's key checks on (clients send `x-functions-key`).
     `env` overrides the service settings (and the host's FUNCTIONS_HOST_* settings). `storage_proxy` starts the
     counting proxy; `through_proxy` says whether the host starts behind it (default: when it is started). An `azurite` that is
     passed in is shared and left running by stop(); otherwise the stack starts a fresh one and removes its data
@@ -167,7 +168,8 @@ class LocalStack:
                  emulator_config: dict[str, Any] | None = None, storage_proxy: bool = False,
                  through_proxy: bool | None = None,
                  webhook_secrets: tuple[str, ...] | None = None, log_dir: Path | None = None,
-                 host_grace_seconds: float = 5, keep_data: bool = False, receiver_echo=None) -> None:
+                 host_grace_seconds: float = 5, keep_data: bool = False, receiver_echo=None,
+                 function_key: str | None = None, master_key: str | None = None) -> None:
         self.name = name
         self.env_overrides = dict(env or {})
         self.ports = ports or Ports.free()
@@ -180,6 +182,8 @@ class LocalStack:
         self.host_grace_seconds = host_grace_seconds
         self.keep_data = keep_data
         self.receiver_echo = receiver_echo
+        self.function_key = function_key
+        self.master_key = master_key
         self._owns_azurite = azurite is None
         self.azurite = azurite
         self.proxy: StorageProxy | None = None
@@ -241,6 +245,11 @@ class LocalStack:
 
     # -- the service's settings and more hosts --------------------------------------------------------------------
     @property
+    def key_headers(self) -> dict[str, str]:
+        """The header a client sends to call FUNCTION routes ({} when keys are off)."""
+        return {"x-functions-key": self.function_key} if self.function_key else {}
+
+    @property
     def storage_connection_string(self) -> str:
         """What the host talks to: the proxy when it is in the path, else Azurite itself."""
         return self.proxy.connection_string if self.use_proxy else self.azurite.connection_string
@@ -258,6 +267,12 @@ class LocalStack:
             # The worker serves streaming HTTP only with init indexing; Azure refuses to start without it.
             "PYTHON_ENABLE_INIT_INDEXING": "1",
         }
+        # With a key configured the local host enforces keys the way Azure always does (FUNCTION routes
+        # need a function or the master key, ADMIN routes the master key); without one, no key is needed.
+        if self.master_key:
+            env["FUNCTIONS_HOST_MASTER_KEY"] = self.master_key
+        if self.function_key:
+            env["FUNCTIONS_HOST_FUNCTION_KEYS"] = self.function_key
         env.update(self.env_overrides)
         env.update(overrides)
         return env

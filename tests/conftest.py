@@ -9,7 +9,7 @@ import pytest
 from local.azurite import Azurite, start_for_tests
 from local.stack import LocalStack
 
-from .stack import TEST_ENV, WEBHOOK_SECRETS, Stack
+from .stack import FUNCTION_KEY, MASTER_KEY, TEST_ENV, WEBHOOK_SECRETS, Stack
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +27,10 @@ def storage_connection_string(azurite: Azurite) -> str:
 
 @pytest.fixture(scope="session")
 def stack(azurite: Azurite) -> Stack:
-    """The service running on the local host against Azurite and the emulator (session-wide)."""
-    local = LocalStack("host-e2e", env=TEST_ENV, azurite=azurite, webhook_secrets=WEBHOOK_SECRETS).start()
+    """The service running on the local host against Azurite and the emulator (session-wide), with function
+    keys enforced: `stack.client` sends the function key, other clients take `stack.function_key`."""
+    local = LocalStack("host-e2e", env=TEST_ENV, azurite=azurite, webhook_secrets=WEBHOOK_SECRETS,
+                       function_key=FUNCTION_KEY, master_key=MASTER_KEY).start()
     s = Stack(local)  # start() waited for /api/health: the service is built and its tables and queues exist
     yield s
     s.close()

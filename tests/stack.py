@@ -5,6 +5,7 @@ and an httpx client on the API.
 The fixtures (`azurite`, `stack`) are registered in tests/conftest.py."""
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -14,6 +15,10 @@ from local.functions_host.process import HostProcess
 from local.stack import LocalStack, new_webhook_secrets
 
 WEBHOOK_SECRETS = new_webhook_secrets()
+# Function keys are always on in the tests, as the real host always enforces them: every client sends one.
+FUNCTION_KEY = secrets.token_urlsafe(24)
+MASTER_KEY = secrets.token_urlsafe(24)
+KEY_HEADERS = {"x-functions-key": FUNCTION_KEY}
 
 # The service's settings in the tests: short polls, a sweeper every 2 s, a short webhook schedule.
 TEST_ENV = {
@@ -36,7 +41,7 @@ class Stack:
 
     def __init__(self, local: LocalStack) -> None:
         self.local = local
-        self.client = httpx.Client(base_url=local.host.base_url, timeout=30)
+        self.client = httpx.Client(base_url=local.host.base_url, timeout=30, headers=local.key_headers)
 
     def close(self) -> None:
         self.client.close()
@@ -52,6 +57,14 @@ class Stack:
     @property
     def env(self) -> dict[str, str]:
         return self.local.env
+
+    @property
+    def function_key(self) -> str | None:
+        return self.local.function_key
+
+    @property
+    def key_headers(self) -> dict[str, str]:
+        return self.local.key_headers
 
     @property
     def connection_string(self) -> str:

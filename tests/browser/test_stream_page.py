@@ -144,7 +144,7 @@ def test_page_resumes_after_the_network_drops(browser: Browser, stack) -> None:
     try:
         page = context.new_page()
         requests = stream_requests(page)
-        page.goto(f"{relay.url}/api/ui?duration_ms=8000&chars=600")
+        page.goto(f"{relay.url}/api/ui?duration_ms=8000&chars=600&code={stack.function_key}")  # keys are on
         page.get_by_label("Prompt").fill("browser, cut me off")
         page.get_by_role("button", name="Start").click()
 
@@ -163,7 +163,7 @@ def test_page_resumes_after_the_network_drops(browser: Browser, stack) -> None:
         assert_exact_output(state, run, 600)
         assert cut_at < 600, "the cut must happen mid-stream"
         assert state["connections"] >= 2
-        resumes = resumed_from([r for r in requests if r.url.endswith(f"/runs/{run['id']}/stream")])
+        resumes = resumed_from([r for r in requests if f"/runs/{run['id']}/stream?" in r.url])
         assert resumes and all(n > 0 for n in resumes)
         assert int(state["lastEventId"]) > max(resumes)
     finally:

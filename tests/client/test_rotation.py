@@ -18,7 +18,7 @@ def rotating_host(stack):
 
 
 async def test_stream_rotation_is_resumed_transparently(rotating_host, stack):
-    async with AsyncClient(rotating_host.base_url) as client:
+    async with AsyncClient(rotating_host.base_url, function_key=stack.function_key) as client:
         stream = client.run("A long answer, please.", stream=True, options={"metadata": emulated(5000, 400)})
         updates = [update async for update in stream]
     final = updates[-1].response

@@ -109,7 +109,7 @@ def rotating_host(stack):
 
 
 def test_streams_rotate_before_the_maximum_duration_and_resume_seamlessly(stack, rotating_host):
-    client = httpx.Client(base_url=rotating_host.base_url, timeout=30)
+    client = httpx.Client(base_url=rotating_host.base_url, timeout=30, headers=stack.key_headers)
     body = {"input": "long stream", "stream": True,
             "metadata": {"emulator_duration_ms": "5000", "emulator_output_chars": "300"}}
     events, segments = sse.read(client, "POST", "/api/runs", json=body), 1
