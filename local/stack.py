@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -123,7 +123,7 @@ class EmulatorProcess(_EmulatorControl):
         _stop_process(self.proc)
 
 
-# -- the counting storage proxy ----------------------------------------------------------------------------------------
+# -- the counting storage proxy --------------------------------------------------------------------------------------
 class StorageProxy:
     """local/storage_proxy.py in front of an Azurite, as a subprocess; `counts()` by storage operation."""
 
@@ -153,22 +153,23 @@ class StorageProxy:
         _stop_process(self.proc)
 
 
-# -- the whole stack --------------------------------------------------------------------------------------------------------
+# -- the whole stack -------------------------------------------------------------------------------------------------
 class LocalStack:
     """Azurite + emulator + webhook receiver + the local Functions host running function_app.py.
 
     `function_key` and `master_key` switch the host's key checks on (clients send `x-functions-key`).
-    `env` overrides the service settings (and the host's FUNCTIONS_HOST_* settings). `storage_proxy` starts the
-    counting proxy; `through_proxy` says whether the host starts behind it (default: when it is started). An `azurite` that is
-    passed in is shared and left running by stop(); otherwise the stack starts a fresh one and removes its data
-    at the end (unless `keep_data`, as `make run` does)."""
+    `env` overrides the service settings (and the host's FUNCTIONS_HOST_* settings). `storage_proxy` starts
+    the counting proxy; `through_proxy` says whether the host starts behind it (default: when it is started).
+    An `azurite` that is passed in is shared and left running by stop(); otherwise the stack starts a fresh one
+    and removes its data at the end (unless `keep_data`, as `make run` does)."""
 
     def __init__(self, name: str, *, env: dict[str, str] | None = None, ports: Ports | None = None,
                  azurite: Azurite | None = None, emulator_in_thread: bool = True,
                  emulator_config: dict[str, Any] | None = None, storage_proxy: bool = False,
                  through_proxy: bool | None = None,
                  webhook_secrets: tuple[str, ...] | None = None, log_dir: Path | None = None,
-                 host_grace_seconds: float = 5, keep_data: bool = False, receiver_echo=None,
+                 host_grace_seconds: float = 5, keep_data: bool = False,
+                 receiver_echo: Callable[[str], None] | None = None,
                  function_key: str | None = None, master_key: str | None = None) -> None:
         self.name = name
         self.env_overrides = dict(env or {})
@@ -326,7 +327,7 @@ def wait_until_healthy(base_url: str, timeout: float) -> None:
     raise RuntimeError(f"service not healthy after {timeout}s: {last}")
 
 
-# -- subprocess helpers --------------------------------------------------------------------------------------------------
+# -- subprocess helpers ----------------------------------------------------------------------------------------------
 def _python_process(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     log = open(log_path, "ab")
     try:
@@ -363,7 +364,7 @@ def _stop_process(proc: subprocess.Popen | None) -> None:
         pass
 
 
-# -- make run ---------------------------------------------------------------------------------------------------------------
+# -- make run --------------------------------------------------------------------------------------------------------
 def dev_secrets() -> dict[str, str]:
     """Random dev-only secrets, made once and kept so tokens survive restarts of the stack."""
     LOCAL_DIR.mkdir(exist_ok=True)

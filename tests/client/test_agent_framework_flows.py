@@ -89,8 +89,8 @@ async def test_a_stream_resumes_exactly_in_a_new_process(client, stack, tmp_path
     assert isinstance(token, str) and last.type == "output_text.delta"
 
     # The token is all the other process gets (persisted as text); cwd outside the repo, so `shared` is not importable.
-    result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, stack.host.base_url, token, stack.function_key], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, stack.host.base_url, token, stack.function_key],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     final_text = lines[-1]["final"]
