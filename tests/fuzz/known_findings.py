@@ -1,11 +1,17 @@
 """The known findings of `make fuzz`: defects of the SERVICE that schemathesis found, owned by issue 12.
 
 Each entry says what was sent, what the service should answer and what it answers, with a reproduction. This
-file is a schemathesis hooks module (tests/fuzz/run.py loads it through SCHEMATHESIS_HOOKS): its
-`filter_failure` hook drops a failure only when the request and the response match a known finding exactly
-(the route, the check and the cause, not just the status code), so any other failure on the same route still
-fails the run. Every match is written to the file named by FUZZ_KNOWN_LOG, and the run prints it as "known,
-owned by issue 12". When the owner fixes one, delete its entry: the run then shows whether the fix holds.
+module is loaded as schemathesis hooks (tests/fuzz/run.py sets SCHEMATHESIS_HOOKS): its `filter_failure` hook
+drops a failure only when it is a known finding (the route, the check and the cause, not just the status code),
+so any other failure, even on the same route, still fails the run. Every match is written to the file named by
+FUZZ_KNOWN_LOG, and the run prints it as "known, owned by issue 12". When the owner fixes one, delete its
+entry: the run then shows whether the fix holds.
+
+Two kinds of entries:
+- `matches`: the request and the response say it all (a stream accepted with an invalid position);
+- `suspect`: a 500, whose body ("internal_error") says nothing about its cause. The entry names the input it
+  suspects and how to repair it; the hook sends the same request again with every suspect repaired, and the
+  500 is known only if that request is not a 500. Each suspect is then tried alone, to name the cause.
 """
 from __future__ import annotations
 
@@ -17,9 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+import requests
 import schemathesis
 
 OWNER = "issue 12"
+
+Body = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -31,27 +40,35 @@ class KnownFinding:
     expected: str
     actual: str
     reproduce: str
-    matches: Callable[[Any, Any, Any], bool]  # (failure, case, response) -> is it this finding?
+    matches: Callable[[Any, Any, Any], bool] | None = None  # (failure, case, response) -> is it this finding?
+    suspect: Callable[[Body], Body | None] | None = None  # a 500's body -> the fields that repair it, or None
 
 
-def _webhook_host_does_not_resolve(failure: Any, case: Any, response: Any) -> bool:
-    body = case.body if isinstance(case.body, dict) else {}
+# -- the 500s: what each one suspects, and its repair --------------------------------------------------------------
+def _unresolvable_webhook_host(body: Body) -> Body | None:
     url = body.get("webhook_url")
-    if response.status_code != 500 or not isinstance(url, str) or body.get("continuation_token") is not None:
-        return False
     try:
-        host = urlsplit(url).hostname
+        host = urlsplit(url).hostname if isinstance(url, str) else None
     except ValueError:
-        return False
+        return None
     if not host:
-        return False
+        return None
     try:
         socket.getaddrinfo(host, 443)
+        return None
     except (socket.gaierror, UnicodeError):
-        return True
-    return False
+        # ftp:// is refused (400) before any name is resolved, and nothing is ever sent to it.
+        return {"webhook_url": "ftp://webhook.invalid/hook"}
 
 
+def _unhashable_reasoning_effort(body: Body) -> Body | None:
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and isinstance(reasoning.get("effort"), (list, dict)):
+        return {"reasoning": {**reasoning, "effort": "low"}}
+    return None
+
+
+# -- the accepted invalid positions of the stream ------------------------------------------------------------------
 def _query_position_ignored_beside_last_event_id(failure: Any, case: Any, response: Any) -> bool:
     headers = {k.lower(): v for k, v in (case.headers or {}).items()}
     try:
@@ -92,13 +109,25 @@ KNOWN_FINDINGS = [
         codes=("ST101", "ST103"),  # not_a_server_error, status_code_conformance (an undocumented 500)
         sent='a new run whose webhook_url host does not resolve: {"input": "x", "webhook_url": "https://0.com"}',
         expected='400 {"error": {"code": "invalid_webhook_url", "param": "webhook_url", ...}} naming the host',
-        actual='500 {"error": {"code": "internal_error", "message": "An internal error occurred."}} '
-               "(issue 12, defect 5: the resolution error escapes the webhook URL check)",
+        actual='500 internal_error: ResolutionFailed "0.com does not resolve" escapes RunService._vet_webhook, which '
+               "catches only DestinationRefused (shared/service.py; issue 12, defect 5)",
         reproduce="curl -s -X POST $API/runs -H 'x-functions-key: $KEY' -H 'content-type: application/json' "
-                  "-d '{\"input\": \"x\", \"webhook_url\": \"https://0.com\"}'  "
-                  "(schemathesis: POST /runs, checks not_a_server_error and status_code_conformance; seen with "
-                  "`python -m tests.fuzz.run --seed 1`)",
-        matches=_webhook_host_does_not_resolve,
+                  "-d '{\"input\": \"x\", \"webhook_url\": \"https://0.com\"}'  (schemathesis: POST /runs, checks "
+                  "not_a_server_error and status_code_conformance; every seed tried, e.g. `--seed 1`)",
+        suspect=_unresolvable_webhook_host,
+    ),
+    KnownFinding(
+        id="reasoning-effort-not-a-string-500",
+        operation="POST /runs",
+        codes=("ST101", "ST103"),
+        sent='a new run whose reasoning.effort is a list or an object: {"input": "x", "reasoning": {"effort": []}}',
+        expected='400 {"error": {"code": "invalid_request", "param": "reasoning.effort", ...}}',
+        actual="500 internal_error: TypeError \"unhashable type: 'list'\" from `effort not in REASONING_EFFORTS`, a "
+               "set membership test on an unhashable value (shared/run_requests.py `_reasoning`)",
+        reproduce="curl -s -X POST $API/runs -H 'x-functions-key: $KEY' -H 'content-type: application/json' "
+                  "-d '{\"input\": \"x\", \"reasoning\": {\"effort\": []}}'  (schemathesis: POST /runs, checks "
+                  "not_a_server_error and status_code_conformance; coverage phase, seeds 1 and 4-7)",
+        suspect=_unhashable_reasoning_effort,
     ),
     KnownFinding(
         id="stream-invalid-query-position-accepted",
@@ -111,13 +140,13 @@ KNOWN_FINDINGS = [
                "is absent, so it never validates it (shared/streaming.py `_position`)",
         reproduce="curl -s -N $API/runs/$RUN_ID/stream?starting_after=-2 -H 'Last-Event-ID: -1' "
                   "-H 'x-functions-key: $KEY'  (schemathesis: GET /runs/{run_id}/stream, check "
-                  "negative_data_rejection; seen with `python -m tests.fuzz.run --seed 1`)",
+                  "negative_data_rejection; `--seed 1`)",
         matches=_query_position_ignored_beside_last_event_id,
     ),
     KnownFinding(
         id="stream-position-parsed-leniently",
         operation="GET /runs/{run_id}/stream",
-        codes=("ST201",),  # negative_data_rejection
+        codes=("ST201",),
         sent='a position that is not a plain integer: Last-Event-ID: +3 (or 1_0, " 3", a non-ASCII digit), '
              "or ?starting_after= with an empty value",
         expected="400 naming Last-Event-ID (or starting_after): a sequence number is -1 or ASCII digits",
@@ -132,21 +161,44 @@ KNOWN_FINDINGS = [
 ]
 
 
-def match(failure: Any, case: Any, response: Any) -> KnownFinding | None:
-    for finding in KNOWN_FINDINGS:
-        if (case.operation.label == finding.operation and getattr(failure, "code", None) in finding.codes
-                and finding.matches(failure, case, response)):
-            return finding
-    return None
+def _status_of(response: Any, body: Body) -> int:
+    """Send the request that got `response` again with another JSON body; its status code."""
+    sent = response.request
+    headers = {k: v for k, v in sent.headers.items() if k.lower() != "content-length"}
+    return requests.request(sent.method, sent.url, headers=headers, json=body, timeout=30).status_code
+
+
+def _explained_500(suspects: list[tuple[KnownFinding, Body]], body: Body, response: Any) -> list[KnownFinding]:
+    """The suspects that explain a 500: none if it stays a 500 with all of them repaired."""
+    repaired = {field: value for _, repair in suspects for field, value in repair.items()}
+    if _status_of(response, {**body, **repaired}) == 500:
+        return []  # another cause: a new finding
+    for finding, repair in suspects:
+        if len(suspects) > 1 and _status_of(response, {**body, **repair}) != 500:
+            return [finding]  # this one alone was the cause
+    return [finding for finding, _ in suspects]
+
+
+def match(failure: Any, case: Any, response: Any) -> list[KnownFinding]:
+    """The known findings that explain this failure ([] when it is new)."""
+    candidates = [f for f in KNOWN_FINDINGS
+                  if f.operation == case.operation.label and getattr(failure, "code", None) in f.codes]
+    for finding in candidates:
+        if finding.matches is not None and finding.matches(failure, case, response):
+            return [finding]
+    body = case.body if isinstance(case.body, dict) else {}
+    suspects = [(f, repair) for f in candidates if f.suspect is not None and (repair := f.suspect(body))]
+    if response.status_code != 500 or not suspects:
+        return []
+    return _explained_500(suspects, body, response)
 
 
 @schemathesis.hook
 def filter_failure(context, failure, case, response) -> bool:
-    finding = match(failure, case, response)
-    if finding is None:
-        return True  # not known: it fails the run
+    findings = match(failure, case, response)
     log = os.environ.get("FUZZ_KNOWN_LOG")
-    if log:
+    if findings and log:
         with open(log, "a", encoding="utf-8") as out:
-            out.write(json.dumps({"id": finding.id, "code": failure.code, "title": failure.title}) + "\n")
-    return False
+            for finding in findings:
+                out.write(json.dumps({"id": finding.id, "code": failure.code, "title": failure.title}) + "\n")
+    return not findings  # a known finding is dropped; anything else fails the run

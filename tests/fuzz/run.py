@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -54,6 +55,7 @@ class FuzzResult:
     output: str
     known: dict[str, int] = field(default_factory=dict)  # known finding id -> failures it accounted for
     new_failures: int = 0  # unique failures that no known finding explains
+    host_errors: dict[str, int] = field(default_factory=dict)  # exception type -> tracebacks in the host log
 
     def summary(self) -> str:
         by_id = {finding.id: finding for finding in KNOWN_FINDINGS}
@@ -62,6 +64,9 @@ class FuzzResult:
             finding = by_id[finding_id]
             lines.append(f"known, owned by {OWNER}: {finding.operation}: {finding.id} ({count} failing cases)\n"
                          f"    sent: {finding.sent}\n    expected: {finding.expected}\n    actual: {finding.actual}")
+        if self.host_errors:
+            errors = ", ".join(f"{name} x{count}" for name, count in sorted(self.host_errors.items()))
+            lines.append(f"host log: unhandled errors behind the 500s (known ones included): {errors}")
         unseen = sorted(set(by_id) - set(self.known))
         if unseen:
             lines.append(f"known findings this run did not meet: {', '.join(unseen)}")
@@ -89,14 +94,27 @@ def run_schemathesis(stack: LocalStack, *, seed: int, max_examples: int, phases:
         env = {**os.environ, "FUZZ_FUNCTION_KEY": stack.function_key, "FUZZ_MASTER_KEY": stack.master_key,
                "SCHEMATHESIS_HOOKS": HOOKS, "FUZZ_KNOWN_LOG": str(known_log),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        log_start = len(stack.host.logs())
         returncode, output = _run(args, cwd=scratch, env=env, echo=echo)
+        host_errors = _unhandled_errors(stack.host.logs()[log_start:])
         known: dict[str, int] = {}
         if known_log.exists():
             for line in known_log.read_text().splitlines():
                 finding_id = json.loads(line)["id"]
                 known[finding_id] = known.get(finding_id, 0) + 1
         unique = (_read_json(report).get("test_cases") or {}).get("unique_failures", 0)
-    return FuzzResult(returncode, output, known, new_failures=int(unique or 0))
+    return FuzzResult(returncode, output, known, new_failures=int(unique or 0), host_errors=host_errors)
+
+
+def _unhandled_errors(log: str) -> dict[str, int]:
+    """The exception types of the tracebacks the API logged ("unhandled error in ..."), counted."""
+    counts: dict[str, int] = {}
+    for block in log.split("unhandled error in ")[1:]:
+        traceback = block.split("\n[", 1)[0]  # up to the next timestamped log line
+        raised = re.findall(r"^(?:\w+\.)*(\w+(?:Error|Exception|Failed))\b", traceback, re.M)
+        name = raised[-1] if raised else "unknown"  # the last one: the exception that reached the handler
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _run(args: list[str], *, cwd: str, env: dict[str, str], echo: bool) -> tuple[int, str]:
