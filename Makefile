@@ -7,7 +7,7 @@ NODE_STAMP := node_modules/.installed
 CHECKOV_STAMP := .local/venv-checkov/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test bench chaos setup clean emulator
+.PHONY: run test bench chaos fuzz setup clean emulator
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(CHROMIUM)
 
@@ -43,6 +43,10 @@ bench: setup
 
 chaos: setup
 	$(PY) -m bench.chaos
+
+# schemathesis (pinned in requirements-dev.txt) against openapi.yaml on the local stack with function keys on.
+fuzz: setup
+	$(PY) -m tests.fuzz.run
 
 emulator: setup
 	$(PY) -m local.emulator

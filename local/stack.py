@@ -1,9 +1,19 @@
-"""`make run`: the whole local stack on 127.0.0.1 with embedded defaults.
+"""The local stack, assembled in one place for `make run`, the test fixtures and the benchmarks. Dev-only.
 
-Azurite (blob 10000, queue 10001, table 10002), the Responses API emulator (7070), the Functions app
-on the local host (7071; `func start` instead when Azure Functions Core Tools is on PATH) and a webhook
-receiver that prints verified events (7072). Dev secrets are generated once into .local/secrets.env
-(ignored by git). Ctrl-C stops everything.
+Azurite (blob, queue, table), the Responses API emulator (in a thread, or a subprocess so that its CPU does not
+share a load generator's GIL), the webhook receiver (local/webhook_receiver.py, in a thread) and the local
+Functions host running function_app.py (local/functions_host), optionally with its storage traffic through the
+counting proxy (local/storage_proxy.py). Everything listens on 127.0.0.1: on fixed ports for `make run`, on
+free ports otherwise, so several stacks can run side by side.
+
+    stack = LocalStack("e2e", env={"SWEEP_SCHEDULE": "*/2 * * * * *"}).start()
+    stack.host.base_url; stack.emulator.base_url; stack.receiver.url; stack.azurite.connection_string
+    second = stack.start_host("rotation", STREAM_MAX_SECONDS="2")   # another instance of the app
+    stack.stop()
+
+`python -m local.stack` is `make run`: fixed ports (Azurite 10000-10002, emulator 7070, host 7071, receiver
+7072), `func start` instead of the local host when Azure Functions Core Tools is on PATH, dev secrets generated
+once into .local/secrets.env (ignored by git), logs in .local/. Ctrl-C stops everything.
 """
 from __future__ import annotations
 
@@ -17,21 +27,352 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
-from local.azurite import REPO_ROOT, Azurite
+import httpx
+
+from local.azurite import REPO_ROOT, Azurite, connection_string, free_port
+from local.emulator import EmulatorServer
 from local.functions_host.process import HostProcess
+from local.webhook_receiver import WebhookReceiver
 
 LOCAL_DIR = REPO_ROOT / ".local"
 SECRETS_FILE = LOCAL_DIR / "secrets.env"
 
 
+@dataclass(frozen=True)
+class Ports:
+    blob: int
+    queue: int
+    table: int
+    emulator: int
+    host: int
+    receiver: int
+
+    @classmethod
+    def free(cls) -> "Ports":
+        return cls(*(free_port() for _ in range(6)))
+
+
+RUN_PORTS = Ports(blob=10000, queue=10001, table=10002, emulator=7070, host=7071, receiver=7072)
+
+
+def new_webhook_secrets(count: int = 2) -> tuple[str, ...]:
+    """Standard Webhooks secrets; two, so that every delivery is signed the way a key rotation signs it."""
+    return tuple("whsec_" + base64.b64encode(os.urandom(32)).decode() for _ in range(count))
+
+
+# -- the emulator, in a thread or a subprocess -----------------------------------------------------------------------
+class _EmulatorControl:
+    """The emulator's admin API (`/v1/_emulator/...`), the same whichever way it runs."""
+
+    base_url: str
+
+    def configure(self, **config: Any) -> None:
+        httpx.post(f"{self.base_url}/_emulator/config", json=config, timeout=10).raise_for_status()
+
+    def responses(self, **metadata: str) -> list[dict[str, Any]]:
+        params = {f"metadata.{k}": v for k, v in metadata.items()}
+        response = httpx.get(f"{self.base_url}/_emulator/responses", params=params, timeout=120)
+        response.raise_for_status()
+        return response.json()["data"]
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.base_url}/_emulator/stats", timeout=30).json()
+
+
+class EmulatorThread(_EmulatorControl):
+    def __init__(self, port: int = 0, **config: Any) -> None:
+        self.server = EmulatorServer(port=port, **config)
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    def start(self) -> "EmulatorThread":
+        self.server.start_in_thread()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+class EmulatorProcess(_EmulatorControl):
+    def __init__(self, log_path: Path, port: int = 0, **config: Any) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.config = config
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "EmulatorProcess":
+        args = [sys.executable, "-m", "local.emulator", "--port", str(self.port)]
+        for key, value in self.config.items():
+            args += ["--" + key.replace("_", "-"), str(value)]
+        self.proc = _python_process(args, self.log_path)
+        _wait_until(lambda: httpx.get(f"{self.base_url}/_emulator/stats", timeout=1).status_code == 200,
+                    self.proc, 30, f"the emulator did not start (see {self.log_path})")
+        return self
+
+    def stop(self) -> None:
+        _stop_process(self.proc)
+
+
+# -- the counting storage proxy --------------------------------------------------------------------------------------
+class StorageProxy:
+    """local/storage_proxy.py in front of an Azurite, as a subprocess; `counts()` by storage operation."""
+
+    def __init__(self, azurite: Azurite, log_path: Path) -> None:
+        self.azurite = azurite
+        self.log_path = log_path
+        self.blob_port, self.queue_port, self.table_port, self.control_port = (free_port() for _ in range(4))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return connection_string(self.blob_port, self.queue_port, self.table_port)
+
+    def start(self) -> "StorageProxy":
+        a = self.azurite
+        args = [sys.executable, "-m", "local.storage_proxy", "--blob", f"{self.blob_port}:{a.blob_port}",
+                "--queue", f"{self.queue_port}:{a.queue_port}", "--table", f"{self.table_port}:{a.table_port}",
+                "--control", str(self.control_port)]
+        self.proc = _python_process(args, self.log_path)
+        _wait_until(lambda: self.counts() is not None, self.proc, 20, "the storage proxy did not start")
+        return self
+
+    def counts(self) -> dict[str, int]:
+        return httpx.get(f"http://127.0.0.1:{self.control_port}/counts", timeout=10).json()
+
+    def stop(self) -> None:
+        _stop_process(self.proc)
+
+
+# -- the whole stack -------------------------------------------------------------------------------------------------
+class LocalStack:
+    """Azurite + emulator + webhook receiver + the local Functions host running function_app.py.
+
+    `function_key` and `master_key` switch the host's key checks on (clients send `x-functions-key`).
+    `env` overrides the service settings (and the host's FUNCTIONS_HOST_* settings). `storage_proxy` starts
+    the counting proxy; `through_proxy` says whether the host starts behind it (default: when it is started).
+    An `azurite` that is passed in is shared and left running by stop(); otherwise the stack starts a fresh one
+    and removes its data at the end (unless `keep_data`, as `make run` does)."""
+
+    def __init__(self, name: str, *, env: dict[str, str] | None = None, ports: Ports | None = None,
+                 azurite: Azurite | None = None, emulator_in_thread: bool = True,
+                 emulator_config: dict[str, Any] | None = None, storage_proxy: bool = False,
+                 through_proxy: bool | None = None,
+                 webhook_secrets: tuple[str, ...] | None = None, log_dir: Path | None = None,
+                 host_grace_seconds: float = 5, keep_data: bool = False,
+                 receiver_echo: Callable[[str], None] | None = None,
+                 function_key: str | None = None, master_key: str | None = None) -> None:
+        self.name = name
+        self.env_overrides = dict(env or {})
+        self.ports = ports or Ports.free()
+        self.emulator_in_thread = emulator_in_thread
+        self.emulator_config = dict(emulator_config or {})
+        self.with_proxy = storage_proxy or bool(through_proxy)
+        self.use_proxy = storage_proxy if through_proxy is None else through_proxy
+        self.webhook_secrets = webhook_secrets or new_webhook_secrets()
+        self.log_dir = log_dir or REPO_ROOT / ".azurite"
+        self.host_grace_seconds = host_grace_seconds
+        self.keep_data = keep_data
+        self.receiver_echo = receiver_echo
+        self.function_key = function_key
+        self.master_key = master_key
+        self._owns_azurite = azurite is None
+        self.azurite = azurite
+        self.proxy: StorageProxy | None = None
+        self.emulator: EmulatorThread | EmulatorProcess | None = None
+        self.receiver: WebhookReceiver | None = None
+        self.host: HostProcess | None = None
+        self.env: dict[str, str] = {}
+        self._extra_hosts: list[HostProcess] = []
+
+    # -- start and stop -----------------------------------------------------------------------------------------
+    def start(self, *, with_host: bool = True, fresh: bool = True, wait_healthy: bool = True) -> "LocalStack":
+        """Start every piece; on any failure whatever was started is stopped again."""
+        try:
+            return self._start(with_host, fresh, wait_healthy)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, with_host: bool, fresh: bool, wait_healthy: bool) -> "LocalStack":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.azurite is None:
+            self.azurite = Azurite(REPO_ROOT / ".azurite" / self._instance_name(), self.ports.blob, self.ports.queue,
+                                   self.ports.table).start(fresh=fresh)
+        if self.with_proxy:
+            self.proxy = StorageProxy(self.azurite, self._log("proxy")).start()
+        if self.emulator_in_thread:
+            self.emulator = EmulatorThread(self.ports.emulator, **self.emulator_config).start()
+        else:
+            self.emulator = EmulatorProcess(self._log("emulator"), self.ports.emulator, **self.emulator_config).start()
+        self.receiver = WebhookReceiver(self.webhook_secrets, port=self.ports.receiver, echo=self.receiver_echo).up()
+        self.env = self.service_env()
+        if with_host:
+            self.host = HostProcess(REPO_ROOT, port=self.ports.host, env=self.env, log_path=self._log("host"),
+                                    grace_seconds=self.host_grace_seconds).start(timeout=60)
+            if wait_healthy:
+                wait_until_healthy(self.host.base_url, 60)
+        return self
+
+    def stop(self) -> None:
+        """Stop everything this stack started, each step on its own (a failing step does not skip the rest)."""
+        steps = [host.stop for host in self._extra_hosts]
+        steps += [lambda: self.host and self.host.stop(), lambda: self.receiver and self.receiver.down(),
+                  lambda: self.proxy and self.proxy.stop(), lambda: self.emulator and self.emulator.stop()]
+        if self._owns_azurite:
+            steps.append(lambda: self.azurite and self.azurite.stop())
+            if not self.keep_data:
+                steps.append(lambda: self.azurite and shutil.rmtree(self.azurite.data_dir, ignore_errors=True))
+        for step in steps:
+            try:
+                step()
+            except Exception as error:  # noqa: BLE001 - best-effort teardown
+                print(f"teardown of {self.name}: {type(error).__name__}: {error}", file=sys.stderr)
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- the service's settings and more hosts --------------------------------------------------------------------
+    @property
+    def key_headers(self) -> dict[str, str]:
+        """The header a client sends to call FUNCTION routes ({} when keys are off)."""
+        return {"x-functions-key": self.function_key} if self.function_key else {}
+
+    @property
+    def storage_connection_string(self) -> str:
+        """What the host talks to: the proxy when it is in the path, else Azurite itself."""
+        return self.proxy.connection_string if self.use_proxy else self.azurite.connection_string
+
+    def service_env(self, **overrides: str) -> dict[str, str]:
+        env = {
+            "AzureWebJobsStorage": self.storage_connection_string,
+            "MODEL_PROVIDER": "emulator",
+            "EMULATOR_BASE_URL": self.emulator.base_url,
+            "RUN_TOKEN_KEY": secrets.token_urlsafe(48),
+            "WEBHOOK_SIGNING_SECRETS": " ".join(self.webhook_secrets),
+            # The receiver runs on loopback over plain http.
+            "WEBHOOK_ALLOW_HTTP": "true",
+            "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
+            # The worker serves streaming HTTP only with init indexing; Azure refuses to start without it.
+            "PYTHON_ENABLE_INIT_INDEXING": "1",
+        }
+        # With a key configured the local host enforces keys the way Azure always does (FUNCTION routes
+        # need a function or the master key, ADMIN routes the master key); without one, no key is needed.
+        if self.master_key:
+            env["FUNCTIONS_HOST_MASTER_KEY"] = self.master_key
+        if self.function_key:
+            env["FUNCTIONS_HOST_FUNCTION_KEYS"] = self.function_key
+        env.update(self.env_overrides)
+        env.update(overrides)
+        return env
+
+    def start_host(self, name: str, **overrides: str) -> HostProcess:
+        """Another instance of the app on a free port: the same storage, emulator, secrets and keys, plus
+        `overrides`. Stopped by the caller, or at the latest by stop()."""
+        host = HostProcess(REPO_ROOT, env={**self.env, **overrides}, log_path=self._log(name),
+                           grace_seconds=self.host_grace_seconds).start(timeout=60)
+        self._extra_hosts.append(host)
+        return host
+
+    def switch_storage(self, proxied: bool) -> None:
+        """Restart the host with its storage through the counting proxy or straight to Azurite."""
+        self.host.stop()
+        self.use_proxy = proxied
+        self.env["AzureWebJobsStorage"] = self.host.env["AzureWebJobsStorage"] = self.storage_connection_string
+        self.host.start(timeout=60)
+        wait_until_healthy(self.host.base_url, 60)
+
+    def storage_counts(self) -> dict[str, int]:
+        return self.proxy.counts()
+
+    # -- the receiver ------------------------------------------------------------------------------------------------
+    def hook_url(self, name: str, **query: Any) -> str:
+        """A receiver URL whose requests are listed by received(name); `query` sets its misbehaviour knobs."""
+        qs = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"{self.receiver.url}/{name}" + (f"?{qs}" if qs else "")
+
+    def received(self, name: str) -> list[dict[str, Any]]:
+        return self.receiver.for_path(f"/{name}")
+
+    def _instance_name(self) -> str:
+        return self.name if self.keep_data else f"{self.name}-{os.getpid()}"
+
+    def _log(self, what: str) -> Path:
+        return self.log_dir / f"{self._instance_name()}-{what}.log"
+
+
+def wait_until_healthy(base_url: str, timeout: float) -> None:
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{base_url}/api/health", timeout=5)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as error:
+            last = repr(error)
+        time.sleep(0.25)
+    raise RuntimeError(f"service not healthy after {timeout}s: {last}")
+
+
+# -- subprocess helpers ----------------------------------------------------------------------------------------------
+def _python_process(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(args, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        log.close()  # the child has its own copy
+
+
+def _wait_until(ready, proc: subprocess.Popen, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if ready():
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{message}: exited with code {proc.returncode}")
+        time.sleep(0.1)
+    raise RuntimeError(message)
+
+
+def _stop_process(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+# -- make run --------------------------------------------------------------------------------------------------------
 def _new_dev_secrets() -> dict[str, str]:
     return {
         "RUN_TOKEN_KEY": secrets.token_urlsafe(48),
-        "WEBHOOK_SIGNING_SECRETS": f"whsec_{base64.b64encode(os.urandom(32)).decode()}",
+        "WEBHOOK_SIGNING_SECRETS": new_webhook_secrets(1)[0],
         # The Responses API facade's one local caller, an operator (sees every run, also the native API's).
         "RESPONSES_API_KEYS": f"dev:{secrets.token_urlsafe(32)}:operator",
+        # The emulator's webhook endpoint for the app (push is on locally, as with a registered provider).
+        "PROVIDER_WEBHOOK_SECRETS": new_webhook_secrets(1)[0],
     }
 
 
@@ -50,40 +391,23 @@ def dev_secrets() -> dict[str, str]:
     return {**kept, **missing}
 
 
-def stack_env(storage: str, emulator_url: str) -> dict[str, str]:
-    return {
-        "AzureWebJobsStorage": storage,
-        "EMULATOR_BASE_URL": emulator_url,
-        "MODEL_PROVIDER": os.environ.get("MODEL_PROVIDER", ""),
-        # Local development only: the receiver runs on loopback over plain http.
-        "WEBHOOK_ALLOW_HTTP": "true",
-        "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
-        "SWEEP_SCHEDULE": os.environ.get("SWEEP_SCHEDULE", "*/30 * * * * *"),
-        "PYTHON_ENABLE_INIT_INDEXING": "1",
-        **dev_secrets(),
-    }
+def _ports_in_use(ports: Ports) -> list[str]:
+    names = {"blob": "Azurite blob", "queue": "Azurite queue", "table": "Azurite table", "emulator": "emulator",
+             "host": "Functions host", "receiver": "webhook receiver"}
+    busy = []
+    for field, what in names.items():
+        port = getattr(ports, field)
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                busy.append(f"{port} ({what})")
+    return busy
 
 
-def _python_module(module: str, *args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, stdout=open(log, "ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _print_banner(env: dict[str, str]) -> None:
-    print("""
+BANNER = """
 Local stack is up:
   API            http://127.0.0.1:7071/api        (no function key needed locally)
   emulator       http://127.0.0.1:7070/v1         (stats: /v1/_emulator/stats)
-  webhooks       http://127.0.0.1:7072/           (prints verified events; GET /_received)
+  webhooks       http://127.0.0.1:7072/           (verified events in .local/webhooks.log; GET /_received)
   logs           .local/*.log
 
 Try it:
@@ -101,51 +425,19 @@ local caller `dev` (an operator) is in .local/secrets.env (RESPONSES_API_KEYS=de
        -H 'content-type: application/json' -d '{"model": "gpt-4.1-mini", "input": "Hello", "background": true}'
   python: OpenAI(base_url="http://127.0.0.1:7071/api/v1", api_key=KEY)
 
-Ctrl-C stops everything.""", flush=True)
+Completion: push (the emulator sends signed provider webhooks to /api/provider/webhooks, like OpenAI);
+COMPLETION_STRATEGY=poll or watch in the environment picks another.
+
+Ctrl-C stops everything."""
 
 
-STACK_PORTS = {10000: "Azurite blob", 10001: "Azurite queue", 10002: "Azurite table", 7070: "emulator",
-               7071: "Functions host", 7072: "webhook receiver"}
-
-
-def _ports_in_use() -> list[str]:
-    busy = []
-    for port, what in STACK_PORTS.items():
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                busy.append(f"{port} ({what})")
-    return busy
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the whole local stack.")
-    parser.add_argument("--fresh", action="store_true", help="start with empty Azurite and emulator data")
-    args = parser.parse_args()
-    busy = _ports_in_use()
-    if busy:
-        raise SystemExit(f"these ports are already in use (another `make run`?): {', '.join(busy)}")
-    LOCAL_DIR.mkdir(exist_ok=True)
-    azurite = Azurite(REPO_ROOT / ".azurite" / "stack").start(fresh=args.fresh)
-    emulator_db = LOCAL_DIR / "emulator.sqlite"
-    if args.fresh and emulator_db.exists():
-        emulator_db.unlink()
-    env = stack_env("UseDevelopmentStorage=true", "http://127.0.0.1:7070/v1")
-    children = [
-        _python_module("local.emulator", "--port", "7070", "--db", str(emulator_db), log=LOCAL_DIR / "emulator.log"),
-        _python_module("local.webhook_receiver", "--port", "7072", log=LOCAL_DIR / "webhooks.log", env=env),
-    ]
-    func = shutil.which("func")
-    host = None
-    if func:
-        children.append(subprocess.Popen([func, "start", "--port", "7071"], cwd=REPO_ROOT, env={**os.environ, **env},
-                                         start_new_session=True))
-    else:
-        host = HostProcess(REPO_ROOT, port=7071, env=env, log_path=LOCAL_DIR / "host.log").start(timeout=60)
-    _print_banner(env)
-    stopping = []
+def _follow(log_path: Path) -> None:
+    """Print what the host writes to its log until Ctrl-C or SIGTERM."""
+    stopping: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    log_path.touch()
     try:
-        with open(LOCAL_DIR / "host.log", "rb") as log:
+        with open(log_path, "rb") as log:
             log.seek(0, os.SEEK_END)
             while not stopping:
                 chunk = log.read()
@@ -155,13 +447,47 @@ def main() -> None:
                 time.sleep(0.3)
     except KeyboardInterrupt:
         pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the whole local stack (make run).")
+    parser.add_argument("--fresh", action="store_true", help="start with empty Azurite and emulator data")
+    args = parser.parse_args()
+    busy = _ports_in_use(RUN_PORTS)
+    if busy:
+        raise SystemExit(f"these ports are already in use (another `make run`?): {', '.join(busy)}")
+    LOCAL_DIR.mkdir(exist_ok=True)
+    emulator_db = LOCAL_DIR / "emulator.sqlite"
+    if args.fresh and emulator_db.exists():
+        emulator_db.unlink()
+    dev = dev_secrets()
+    webhook_log = open(LOCAL_DIR / "webhooks.log", "a", buffering=1)
+    stack = LocalStack(
+        "stack", ports=RUN_PORTS, log_dir=LOCAL_DIR, keep_data=True, emulator_in_thread=False,
+        # The emulator pushes provider webhooks to the app, as a registered OpenAI/Azure OpenAI endpoint would.
+        emulator_config={"db": emulator_db, "webhook_url": f"http://127.0.0.1:{RUN_PORTS.host}/api/provider/webhooks",
+                         "webhook_secret": dev["PROVIDER_WEBHOOK_SECRETS"]},
+        webhook_secrets=tuple(dev["WEBHOOK_SIGNING_SECRETS"].split()),
+        receiver_echo=lambda line: print(line, file=webhook_log, flush=True), host_grace_seconds=30,
+        env={"RUN_TOKEN_KEY": dev["RUN_TOKEN_KEY"], "MODEL_PROVIDER": os.environ.get("MODEL_PROVIDER", ""),
+             "SWEEP_SCHEDULE": os.environ.get("SWEEP_SCHEDULE", "*/30 * * * * *"),
+             "RESPONSES_API_KEYS": dev["RESPONSES_API_KEYS"],
+             "PROVIDER_WEBHOOK_SECRETS": dev["PROVIDER_WEBHOOK_SECRETS"],
+             "COMPLETION_STRATEGY": os.environ.get("COMPLETION_STRATEGY", "")})
+    func = shutil.which("func")
+    stack.start(with_host=not func, fresh=args.fresh, wait_healthy=False)
+    core_tools = None
+    try:
+        if func:
+            core_tools = subprocess.Popen([func, "start", "--port", str(RUN_PORTS.host)], cwd=REPO_ROOT,
+                                          env={**os.environ, **stack.env}, start_new_session=True)
+        print(BANNER, flush=True)
+        _follow(stack.host.log_path if stack.host else LOCAL_DIR / "stack-host.log")
     finally:
         print("\nstopping...", flush=True)
-        if host:
-            host.stop()
-        for child in children:
-            _stop(child)
-        azurite.stop()
+        _stop_process(core_tools)
+        stack.stop()
+        webhook_log.close()
 
 
 if __name__ == "__main__":

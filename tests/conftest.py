@@ -1,16 +1,15 @@
-"""Fixtures shared by every test folder: a real Azurite per test session, and the whole local
-stack (emulator, webhook receiver, the local Functions host running function_app.py) on top of it."""
+"""Fixtures shared by every test folder: a real Azurite per test session, and the whole local stack
+(local.stack.LocalStack: emulator, webhook receiver, the local Functions host running function_app.py) on it."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from local.azurite import Azurite, free_port, start_for_tests
-from local.emulator import EmulatorServer
-from local.webhook_receiver import ReceiverThread
+from local.azurite import Azurite, start_for_tests
+from local.stack import LocalStack
 
-from .stack import WEBHOOK_SECRETS, Stack, start_host
+from .stack import FUNCTION_KEY, MASTER_KEY, TEST_ENV, WEBHOOK_SECRETS, Stack
 
 
 @pytest.fixture(scope="session")
@@ -27,25 +26,12 @@ def storage_connection_string(azurite: Azurite) -> str:
 
 
 @pytest.fixture(scope="session")
-def emulator() -> EmulatorServer:
-    server = EmulatorServer(port=0).start_in_thread()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def receiver() -> ReceiverThread:
-    server = ReceiverThread(WEBHOOK_SECRETS, free_port()).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def stack(storage_connection_string: str, emulator: EmulatorServer, receiver: ReceiverThread) -> Stack:
-    """The service running on the local host against Azurite and the emulator (session-wide)."""
-    host = start_host(storage_connection_string, emulator, "host-e2e")
-    s = Stack(host, emulator, receiver, storage_connection_string, host.env)
-    assert s.get("/api/health").status_code == 200  # builds the service and creates its tables and queues
+def stack(azurite: Azurite) -> Stack:
+    """The service running on the local host against Azurite and the emulator (session-wide), with function
+    keys enforced: `stack.client` sends the function key, other clients take `stack.function_key`."""
+    local = LocalStack("host-e2e", env=TEST_ENV, azurite=azurite, webhook_secrets=WEBHOOK_SECRETS,
+                       function_key=FUNCTION_KEY, master_key=MASTER_KEY).start()
+    s = Stack(local)  # start() waited for /api/health: the service is built and its tables and queues exist
     yield s
-    s.client.close()
-    host.stop()
+    s.close()
+    local.stop()

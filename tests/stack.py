@@ -1,68 +1,83 @@
-"""The whole local stack for end-to-end tests: real Azurite, the emulator, the local Functions host
-running function_app.py, and a webhook receiver. Time-related settings are scaled down.
+"""The whole local stack for end-to-end tests (local.stack.LocalStack: real Azurite, the emulator, the local
+Functions host running function_app.py, and the webhook receiver), with time-related settings scaled down
+and an httpx client on the API.
 
-The fixtures (`emulator`, `receiver`, `stack`) are registered in tests/conftest.py."""
+The fixtures (`azurite`, `stack`) are registered in tests/conftest.py."""
 from __future__ import annotations
 
-import base64
-import os
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from local.azurite import REPO_ROOT
-from local.emulator import EmulatorServer
 from local.functions_host.process import HostProcess
-from local.webhook_receiver import ReceiverThread
+from local.stack import LocalStack, new_webhook_secrets
 
-WEBHOOK_SECRETS = tuple("whsec_" + base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+WEBHOOK_SECRETS = new_webhook_secrets()
+# Function keys are always on in the tests, as the real host always enforces them: every client sends one.
+FUNCTION_KEY = secrets.token_urlsafe(24)
+MASTER_KEY = secrets.token_urlsafe(24)
+KEY_HEADERS = {"x-functions-key": FUNCTION_KEY}
 # Callers of the Responses API facade (RESPONSES_API_KEYS): two apps and an operator.
 FACADE_KEYS = {name: secrets.token_urlsafe(32) for name in ("alice", "bob", "ops")}
 FACADE_MAX_WAIT_SECONDS = 6
 
-
-def service_env(connection_string: str, emulator_url: str, **overrides: str) -> dict[str, str]:
-    env = {
-        "AzureWebJobsStorage": connection_string,
-        "MODEL_PROVIDER": "emulator",
-        "EMULATOR_BASE_URL": emulator_url,
-        "RUN_TOKEN_KEY": secrets.token_urlsafe(48),
-        "WEBHOOK_SIGNING_SECRETS": " ".join(WEBHOOK_SECRETS),
-        "WEBHOOK_ALLOW_HTTP": "true",
-        "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
-        "WEBHOOK_RETRY_SCHEDULE": "0,1,1,1",
-        "WEBHOOK_TIMEOUT_SECONDS": "2",
-        "POLL_INITIAL_DELAY_SECONDS": "1",
-        "POLL_MAX_DELAY_SECONDS": "2",
-        "SWEEP_SCHEDULE": "*/2 * * * * *",
-        "SWEEP_GRACE_SECONDS": "4",
-        "RUN_DEADLINE_SECONDS": "300",
-        "MAX_PREFER_WAIT_SECONDS": "5",
-        "STREAM_KEEPALIVE_SECONDS": "2",
-        "PROVIDER_TIMEOUT_SECONDS": "5",
-        "PYTHON_ENABLE_INIT_INDEXING": "1",  # as in Azure: the host refuses the FastAPI types without it
-        "RESPONSES_API_KEYS": " ".join(f"{name}:{key}" + (":operator" if name == "ops" else "")
-                                       for name, key in FACADE_KEYS.items()),
-        "RESPONSES_MAX_WAIT_SECONDS": str(FACADE_MAX_WAIT_SECONDS),
-    }
-    env.update(overrides)
-    return env
+# The service's settings in the tests: short polls, a sweeper every 2 s, a short webhook schedule.
+TEST_ENV = {
+    "WEBHOOK_RETRY_SCHEDULE": "0,1,1,1",
+    "WEBHOOK_TIMEOUT_SECONDS": "2",
+    "POLL_INITIAL_DELAY_SECONDS": "1",
+    "POLL_MAX_DELAY_SECONDS": "2",
+    "SWEEP_SCHEDULE": "*/2 * * * * *",
+    "SWEEP_GRACE_SECONDS": "4",
+    "RUN_DEADLINE_SECONDS": "300",
+    "MAX_PREFER_WAIT_SECONDS": "5",
+    "STREAM_KEEPALIVE_SECONDS": "2",
+    "PROVIDER_TIMEOUT_SECONDS": "5",
+    "RESPONSES_API_KEYS": " ".join(f"{name}:{key}" + (":operator" if name == "ops" else "")
+                                   for name, key in FACADE_KEYS.items()),
+    "RESPONSES_MAX_WAIT_SECONDS": str(FACADE_MAX_WAIT_SECONDS),
+}
 
 
-@dataclass
 class Stack:
-    host: HostProcess
-    emulator: EmulatorServer
-    receiver: ReceiverThread
-    connection_string: str
-    env: dict[str, str]
-    client: httpx.Client = field(init=False)
+    """A started LocalStack plus the calls the tests make: the API through one httpx client, the receiver's
+    records, the emulator's records. (`start` starts a run here, so the stack is composed, not subclassed.)"""
 
-    def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=self.host.base_url, timeout=30)
+    def __init__(self, local: LocalStack) -> None:
+        self.local = local
+        self.client = httpx.Client(base_url=local.host.base_url, timeout=30, headers=local.key_headers)
+
+    def close(self) -> None:
+        self.client.close()
+
+    @property
+    def host(self) -> HostProcess:
+        return self.local.host
+
+    @property
+    def emulator(self):
+        return self.local.emulator
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.local.env
+
+    @property
+    def function_key(self) -> str | None:
+        return self.local.function_key
+
+    @property
+    def key_headers(self) -> dict[str, str]:
+        return self.local.key_headers
+
+    @property
+    def connection_string(self) -> str:
+        return self.local.azurite.connection_string
+
+    def start_host(self, name: str, **overrides: str) -> HostProcess:
+        return self.local.start_host(name, **overrides)
 
     # -- the API -----------------------------------------------------------------------------------
     def post(self, path: str, json: Any = None, **kwargs) -> httpx.Response:
@@ -83,27 +98,15 @@ class Stack:
             time.sleep(0.3)
         raise AssertionError(f"run {run_id} did not finish in {timeout}s: {run}")
 
-    # -- the emulator --------------------------------------------------------------------------------
-    def provider_responses(self, run_id: str) -> list[dict]:
-        listing = httpx.get(f"{self.emulator.base_url}/_emulator/responses",
-                            params={"metadata.bg_run_id": run_id}).json()
-        return listing["data"]
-
-    def emulator_config(self, **config: Any) -> None:
-        httpx.post(f"{self.emulator.base_url}/_emulator/config", json=config).raise_for_status()
-
-    # -- the receiver ----------------------------------------------------------------------------------
+    # -- the receiver and the emulator --------------------------------------------------------------------------------
     def hook_url(self, name: str, **query: Any) -> str:
-        qs = "&".join(f"{k}={v}" for k, v in query.items())
-        return f"{self.receiver.url}/{name}" + (f"?{qs}" if qs else "")
+        return self.local.hook_url(name, **query)
 
     def received(self, name: str) -> list[dict]:
-        return [r for r in httpx.get(f"{self.receiver.url}/_received").json() if r["path"] == f"/{name}"]
+        return self.local.received(name)
 
+    def provider_responses(self, run_id: str) -> list[dict]:
+        return self.emulator.responses(bg_run_id=run_id)
 
-def start_host(connection_string: str, emulator: EmulatorServer, name: str, **overrides: str) -> HostProcess:
-    env = service_env(connection_string, emulator.base_url, **overrides)
-    log = REPO_ROOT / ".azurite" / f"{name}-{os.getpid()}.log"
-    return HostProcess(REPO_ROOT, env=env, log_path=log, grace_seconds=5).start(timeout=60)
-
-
+    def emulator_config(self, **config: Any) -> None:
+        self.emulator.configure(**config)

@@ -22,7 +22,6 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 
-from ..stack import start_host
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +144,7 @@ def test_page_resumes_after_the_network_drops(browser: Browser, stack) -> None:
     try:
         page = context.new_page()
         requests = stream_requests(page)
-        page.goto(f"{relay.url}/api/ui?duration_ms=8000&chars=600")
+        page.goto(f"{relay.url}/api/ui?duration_ms=8000&chars=600&code={stack.function_key}")  # keys are on
         page.get_by_label("Prompt").fill("browser, cut me off")
         page.get_by_role("button", name="Start").click()
 
@@ -164,7 +163,7 @@ def test_page_resumes_after_the_network_drops(browser: Browser, stack) -> None:
         assert_exact_output(state, run, 600)
         assert cut_at < 600, "the cut must happen mid-stream"
         assert state["connections"] >= 2
-        resumes = resumed_from([r for r in requests if r.url.endswith(f"/runs/{run['id']}/stream")])
+        resumes = resumed_from([r for r in requests if f"/runs/{run['id']}/stream?" in r.url])
         assert resumes and all(n > 0 for n in resumes)
         assert int(state["lastEventId"]) > max(resumes)
     finally:
@@ -174,8 +173,8 @@ def test_page_resumes_after_the_network_drops(browser: Browser, stack) -> None:
 
 def test_page_follows_rotated_streams_with_a_function_key(browser: Browser, stack) -> None:
     key = "browser-test-key"
-    host = start_host(stack.connection_string, stack.emulator, "browser", STREAM_MAX_SECONDS="2",
-                      FUNCTIONS_HOST_MASTER_KEY="browser-master-key", FUNCTIONS_HOST_FUNCTION_KEYS=key)
+    host = stack.start_host("browser", STREAM_MAX_SECONDS="2",
+                            FUNCTIONS_HOST_MASTER_KEY="browser-master-key", FUNCTIONS_HOST_FUNCTION_KEYS=key)
     context = browser.new_context()
     try:
         created = stack.start("rotate me", metadata={"emulator_duration_ms": "7000",

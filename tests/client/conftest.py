@@ -8,6 +8,7 @@ import pytest
 from bgruns import AsyncClient
 
 from .. import sse
+from ..stack import FUNCTION_KEY, KEY_HEADERS
 
 
 def emulated(duration_ms: int, chars: int = 300) -> dict[str, str]:
@@ -17,12 +18,12 @@ def emulated(duration_ms: int, chars: int = 300) -> dict[str, str]:
 
 def reference_events(base_url: str, run_id: str) -> list[tuple[int, str, str]]:
     """(sequence number, type, delta) of every numbered event of a run's stream, from its start."""
-    with httpx.Client(base_url=base_url, timeout=30) as http:
+    with httpx.Client(base_url=base_url, timeout=30, headers=KEY_HEADERS) as http:
         events = sse.read(http, "GET", f"/api/runs/{run_id}/stream")
     return [(e.id, e.event, e.delta) for e in events if e.id is not None]
 
 
 @pytest.fixture
 async def client(stack):
-    async with AsyncClient(stack.host.base_url, poll_initial=0.2) as instance:
+    async with AsyncClient(stack.host.base_url, function_key=FUNCTION_KEY, poll_initial=0.2) as instance:
         yield instance

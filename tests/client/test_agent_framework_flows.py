@@ -69,8 +69,8 @@ async def test_a_stream_stopped_and_resumed_from_an_update_token_is_exact(client
 RESUME_SCRIPT = textwrap.dedent("""
     import json, sys
     from bgruns import Client
-    base_url, token = sys.argv[1], sys.argv[2]
-    with Client(base_url) as client:
+    base_url, token, key = sys.argv[1], sys.argv[2], sys.argv[3]
+    with Client(base_url, function_key=key) as client:
         for update in client.run(stream=True, options={"continuation_token": token}):
             print(json.dumps({"seq": update.sequence_number, "type": update.type, "text": update.text,
                               "final": update.response.text if update.response else None}), flush=True)
@@ -89,8 +89,8 @@ async def test_a_stream_resumes_exactly_in_a_new_process(client, stack, tmp_path
     assert isinstance(token, str) and last.type == "output_text.delta"
 
     # The token is all the other process gets (persisted as text); cwd outside the repo, so `shared` is not importable.
-    result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, stack.host.base_url, token], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, stack.host.base_url, token, stack.function_key],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     final_text = lines[-1]["final"]
@@ -101,7 +101,7 @@ async def test_a_stream_resumes_exactly_in_a_new_process(client, stack, tmp_path
 
 
 async def test_non_background_run_returns_the_finished_run(stack):
-    async with AsyncClient(stack.host.base_url, poll_initial=0.2) as client:
+    async with AsyncClient(stack.host.base_url, function_key=stack.function_key, poll_initial=0.2) as client:
         # background False: the server waits inline (bounded), the client polls the rest.
         response = await client.run([{"role": "user", "content": "hi"}],
                                     options={"background": False, "metadata": emulated(1500, 50)})

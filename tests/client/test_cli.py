@@ -16,13 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ..stack import FUNCTION_KEY, KEY_HEADERS
+
 RUN_ID = re.compile(r"\b(run_[0-9a-f]{24})\b")
 RESUME = re.compile(r"bgruns resume (\S+)")
 BIN = Path(sys.executable).parent
 
 
 def run_text(base_url: str, run_id: str) -> dict:
-    return httpx.get(f"{base_url}/api/runs/{run_id}", timeout=10).json()
+    return httpx.get(f"{base_url}/api/runs/{run_id}", timeout=10, headers=KEY_HEADERS).json()
 
 
 def wait_terminal(base_url: str, run_id: str, timeout: float = 30) -> dict:
@@ -80,7 +82,7 @@ class Tmux:
                            "covers the same commands without a terminal")
 def test_cli_in_a_terminal(stack, tmp_path):
     base = stack.host.base_url
-    tmux = Tmux({"BGRUNS_URL": base})  # the URL from the environment, as a user would set it
+    tmux = Tmux({"BGRUNS_URL": base, "BGRUNS_FUNCTION_KEY": FUNCTION_KEY})  # from the environment, as a user would
     try:
         # run: a live status line redrawn in place while waiting, then the text; the line is gone at the end
         tmux.type("bgruns run 'Hello from tmux' --metadata emulator_duration_ms=2500 emulator_output_chars=120; "
@@ -145,8 +147,8 @@ def test_cli_in_a_terminal(stack, tmp_path):
 # -- without a terminal ----------------------------------------------------------------------------------------------
 def cli(*args: str, base_url: str, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "BGRUNS_URL": "http://127.0.0.1:9"}  # --url must win over the environment
-    return subprocess.run([sys.executable, "-m", "bgruns", *args, "--url", base_url], env=env,
-                          capture_output=True, text=True, timeout=60, **kwargs)
+    return subprocess.run([sys.executable, "-m", "bgruns", *args, "--url", base_url, "--key", FUNCTION_KEY],
+                          env=env, capture_output=True, text=True, timeout=60, **kwargs)
 
 
 def test_cli_commands_as_subprocesses(stack):
@@ -161,8 +163,9 @@ def test_cli_commands_as_subprocesses(stack):
     assert "\r" not in done.stderr and len(re.findall(r"next poll in \ds\n", done.stderr)) >= 2
 
     # run --stream interrupted by SIGINT after some text: 130, the token on stderr; resume prints the rest
-    proc = subprocess.Popen([sys.executable, "-m", "bgruns", "--url", base, "run", "Stream to a pipe", "--stream",
-                             "--metadata", "emulator_duration_ms=3000", "emulator_output_chars=300"],
+    proc = subprocess.Popen([sys.executable, "-m", "bgruns", "--url", base, "--key", FUNCTION_KEY, "run",
+                             "Stream to a pipe", "--stream", "--metadata", "emulator_duration_ms=3000",
+                             "emulator_output_chars=300"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     received = b""
     while received.count(b" ") < 8:  # some words of text have arrived

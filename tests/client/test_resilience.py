@@ -91,7 +91,7 @@ async def collect(stream) -> tuple[list, object]:
 @pytest.mark.parametrize("after_bytes", [1500, 0], ids=["mid-stream", "before-the-first-event"])
 async def test_network_cuts_are_resumed_without_duplicates_or_gaps(stack, after_bytes):
     async with CuttingProxy(httpx.URL(stack.host.base_url), cuts=2, after_bytes=after_bytes) as proxy, \
-            AsyncClient(proxy.url, max_stream_reconnects=3) as client:
+            AsyncClient(proxy.url, function_key=stack.function_key, max_stream_reconnects=3) as client:
         session = await client.create_session()
         stream = client.run("Cut me twice.", session=session, stream=True, options={"metadata": emulated(2500, 400)})
         updates, final = await collect(stream)
@@ -108,7 +108,7 @@ async def test_network_cuts_are_resumed_without_duplicates_or_gaps(stack, after_
 async def test_failures_without_progress_raise_stream_interrupted_with_a_token_that_resumes(stack):
     """max_stream_reconnects counts reconnections in a row that deliver nothing."""
     async with CuttingProxy(httpx.URL(stack.host.base_url), cuts=0, after_bytes=0) as proxy, \
-            AsyncClient(proxy.url, max_stream_reconnects=2) as client:
+            AsyncClient(proxy.url, function_key=stack.function_key, max_stream_reconnects=2) as client:
         seen = []
         with pytest.raises(StreamInterrupted) as caught:
             async for update in client.run("Cut me a lot.", stream=True, options={"metadata": emulated(2500, 400)}):
@@ -118,7 +118,7 @@ async def test_failures_without_progress_raise_stream_interrupted_with_a_token_t
     assert proxy.cut == 3  # the live connection, then both reconnections
     assert caught.value.continuation_token == seen[-1].continuation_token
     assert caught.value.run_id == seen[-1].run_id
-    async with AsyncClient(stack.host.base_url) as client:
+    async with AsyncClient(stack.host.base_url, function_key=stack.function_key) as client:
         rest, final = await collect(client.run(stream=True, options={"continuation_token": caught.value.continuation_token}))
     assert "".join(u.text for u in seen + rest) == final.text
 
@@ -143,7 +143,8 @@ class Recorder(httpx.AsyncBaseTransport):
 async def test_wait_polls_when_the_service_says_retry_after(stack):
     recorder = Recorder()
     seen: list[tuple[str, float | None]] = []
-    async with AsyncClient(stack.host.base_url, transport=recorder, poll_initial=0.05) as client:
+    async with AsyncClient(stack.host.base_url, function_key=stack.function_key, transport=recorder,
+                           poll_initial=0.05) as client:
         started = await client.run("Take a while.", options={"metadata": emulated(2500, 100)})
         assert started.retry_after is not None and started.retry_after >= 1
         final = await client.wait(started, on_poll=lambda r, delay: seen.append((r.status, delay)))

@@ -7,20 +7,18 @@ import pytest
 
 from bgruns import AsyncClient
 
-from ..stack import start_host
 from .conftest import emulated, reference_events
 
 
 @pytest.fixture(scope="module")
 def rotating_host(stack):
-    host = start_host(stack.connection_string, stack.emulator, "rotation", STREAM_MAX_SECONDS="2",
-                      RUN_TOKEN_KEY=stack.env["RUN_TOKEN_KEY"])
+    host = stack.start_host("rotation", STREAM_MAX_SECONDS="2")
     yield host
     host.stop()
 
 
 async def test_stream_rotation_is_resumed_transparently(rotating_host, stack):
-    async with AsyncClient(rotating_host.base_url) as client:
+    async with AsyncClient(rotating_host.base_url, function_key=stack.function_key) as client:
         stream = client.run("A long answer, please.", stream=True, options={"metadata": emulated(5000, 400)})
         updates = [update async for update in stream]
     final = updates[-1].response

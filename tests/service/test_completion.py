@@ -9,8 +9,6 @@ import pytest
 
 from local.azurite import start_for_tests
 
-from ..stack import start_host
-
 
 @pytest.fixture(scope="module")
 def own_storage():
@@ -37,20 +35,20 @@ def register_endpoint(stack) -> dict:
 @pytest.fixture(scope="module")
 def push_host(stack, own_storage):
     endpoint = register_endpoint(stack)
-    host = start_host(own_storage(), stack.emulator, "push", PROVIDER_WEBHOOK_SECRETS=endpoint["signing_secret"],
-                      SAFETY_POLL_INITIAL_SECONDS="6", SAFETY_POLL_MAX_SECONDS="8")
+    host = stack.start_host("push", AzureWebJobsStorage=own_storage(), PROVIDER_WEBHOOK_SECRETS=endpoint["signing_secret"],
+                            SAFETY_POLL_INITIAL_SECONDS="6", SAFETY_POLL_MAX_SECONDS="8")
     httpx.post(f"{stack.emulator.base_url}/webhook_endpoints/{endpoint['id']}",
                json={"url": host.url("api/provider/webhooks")}).raise_for_status()
-    yield httpx.Client(base_url=host.base_url, timeout=30)
+    yield httpx.Client(base_url=host.base_url, timeout=30, headers=stack.key_headers)
     httpx.delete(f"{stack.emulator.base_url}/webhook_endpoints/{endpoint['id']}")
     host.stop()
 
 
 @pytest.fixture(scope="module")
 def watch_host(stack, own_storage):
-    host = start_host(own_storage(), stack.emulator, "watch", COMPLETION_STRATEGY="watch",
-                      WATCH_WINDOW_SECONDS="4")
-    yield httpx.Client(base_url=host.base_url, timeout=30)
+    host = stack.start_host("watch", AzureWebJobsStorage=own_storage(), COMPLETION_STRATEGY="watch",
+                            WATCH_WINDOW_SECONDS="4")
+    yield httpx.Client(base_url=host.base_url, timeout=30, headers=stack.key_headers)
     host.stop()
 
 

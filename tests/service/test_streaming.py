@@ -8,7 +8,6 @@ import httpx
 import pytest
 
 from .. import sse
-from ..stack import start_host
 
 RUN = {"emulator_duration_ms": "2500", "emulator_output_chars": "400"}
 
@@ -104,13 +103,13 @@ def test_nobody_watching_still_finishes_the_run_and_sends_its_webhook(stack):
 
 @pytest.fixture
 def rotating_host(stack):
-    host = start_host(stack.connection_string, stack.emulator, "rotation", STREAM_MAX_SECONDS="1.5")
+    host = stack.start_host("rotation", STREAM_MAX_SECONDS="1.5")
     yield host
     host.stop()
 
 
 def test_streams_rotate_before_the_maximum_duration_and_resume_seamlessly(stack, rotating_host):
-    client = httpx.Client(base_url=rotating_host.base_url, timeout=30)
+    client = httpx.Client(base_url=rotating_host.base_url, timeout=30, headers=stack.key_headers)
     body = {"input": "long stream", "stream": True,
             "metadata": {"emulator_duration_ms": "5000", "emulator_output_chars": "300"}}
     events, segments = sse.read(client, "POST", "/api/runs", json=body), 1

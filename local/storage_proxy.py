@@ -1,11 +1,11 @@
-"""A counting reverse proxy in front of Azurite (loopback only): every Table/Queue/Blob request the
-host makes - the service's own calls AND the Functions host's trigger receives/deletes/lease renewals,
-i.e. every billable storage transaction - is counted by service and operation.
+"""A counting reverse proxy in front of Azurite (loopback only; dev and benchmarks, never deployed): every
+Table/Queue/Blob request the host makes - the service's own calls AND the Functions host's trigger
+receives/deletes/lease renewals, i.e. every billable storage transaction - is counted by service and operation.
 
 Why: GET /api/metrics is meant to count the service's storage requests, but its counter stays at 0
 (see bench/README.md, "known issue"), and it never saw the trigger's own requests anyway.
 
-    python -m bench.storage_proxy --blob 11000:10000 --queue 11001:10001 --table 11002:10002 --control 11003
+    python -m local.storage_proxy --blob 11000:10000 --queue 11001:10001 --table 11002:10002 --control 11003
     GET http://127.0.0.1:<control>/counts  -> {"table.get_entity": 12, "queue.receive": 40, ...}
 """
 from __future__ import annotations
