@@ -92,7 +92,7 @@ def _metadata(value: dict) -> dict[str, str]:
 
 def _reasoning(value: dict) -> dict[str, Any]:
     effort = value.get("effort")
-    if effort is not None and effort not in REASONING_EFFORTS:
+    if effort is not None and not (isinstance(effort, str) and effort in REASONING_EFFORTS):
         raise bad_request(f"'reasoning.effort' must be one of {sorted(REASONING_EFFORTS)}.", param="reasoning.effort")
     return value
 

@@ -40,3 +40,11 @@ def test_a_token_poll_takes_nothing_else():
     assert parse_run_body({"continuation_token": "t"}).continuation_token == "t"
     with pytest.raises(InvalidRequest):
         parse_run_body(json.loads('{"continuation_token": "t", "model": "m"}'))
+
+
+@pytest.mark.parametrize("effort", [[], {}, ["low"], 3])
+def test_a_reasoning_effort_that_is_not_a_string_is_a_bad_request(effort):
+    # Found by fuzzing: a list or object made `effort in REASONING_EFFORTS` raise (unhashable) -> 500.
+    with pytest.raises(InvalidRequest) as raised:
+        parse_run_body({"input": "x", "reasoning": {"effort": effort}})
+    assert raised.value.param == "reasoning.effort"
