@@ -35,7 +35,7 @@ def error_response(error: ServiceError) -> JSONResponse:
     return JSONResponse(error_body(error), status_code=status_of(error), headers=headers)
 
 
-def as_service_error(error: Exception) -> ServiceError:
+def as_service_error(error: Exception, where: str = "a handler") -> ServiceError:
     """Any failure below the HTTP layer as a ServiceError (unknown ones are logged: they are bugs)."""
     if isinstance(error, ServiceError):
         return error
@@ -51,7 +51,7 @@ def as_service_error(error: Exception) -> ServiceError:
     if isinstance(error, AzureError):
         log.warning("storage unavailable: %s", type(error).__name__)
         return Unavailable("storage_unavailable", "Storage is unavailable; retry shortly.", retry_after=2)
-    log.error("unhandled error", exc_info=error)
+    log.error("unhandled error in %s", where, exc_info=error)
     return ServiceError("internal_error", "An internal error occurred.")
 
 
@@ -62,5 +62,5 @@ def handler(func: Callable[[Request], Awaitable[Response]]) -> Callable[[Request
         try:
             return await func(req)
         except Exception as error:  # noqa: BLE001 - mapped; unknown ones are logged with the traceback
-            return error_response(as_service_error(error))
+            return error_response(as_service_error(error, func.__name__))
     return wrapper

@@ -50,5 +50,5 @@ def openai_handler(func: Callable[[Request], Awaitable[Response]]) -> Callable[[
         try:
             return await func(req)
         except Exception as error:  # noqa: BLE001 - mapped; unknown ones are logged with the traceback
-            return openai_error_response(as_service_error(error))
+            return openai_error_response(as_service_error(error, func.__name__))
     return wrapper

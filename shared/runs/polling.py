@@ -38,6 +38,8 @@ TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.
 # The first webhook attempt made by the step that ended the run must not hold the step (or the provider's
 # webhook call) for long; the queued safety-net message takes over after this.
 INLINE_WEBHOOK_BUDGET_SECONDS = 5.0
+# A cancel at the deadline that fails for now is tried again for this long; then the run ends expired anyway.
+CANCEL_RETRY_WINDOW_SECONDS = 600.0
 
 
 class EarlyMessage(Exception):
@@ -152,17 +154,27 @@ class PollStep:
         return "retry"
 
     async def _expire(self, run: Run) -> str:
-        """Past its deadline and still going: cancel at the provider; if it finished meanwhile, keep that."""
+        """Past its deadline and still going: cancel at the provider; if it finished meanwhile, keep that. A
+        cancel that fails for now is tried again on the chain (the run must not end while the provider goes
+        on); one the provider refuses ends the run expired all the same, and says so."""
         state: ProviderState | None = None
+        refused = ""
         try:
             state = await self._backend.cancel(run.response_id)
-        except ProviderError as error:  # best effort; the run ends expired either way
-            log.warning("run %s: cancel at deadline failed: %s", run.id, error.message)
+        except ProviderError as error:
+            if error.transient and clock.now() < run.deadline_at + CANCEL_RETRY_WINDOW_SECONDS:
+                log.warning("run %s: cancel at deadline failed for now (%s); trying again", run.id, error.message)
+                await self._scheduler.schedule(run, self._retry_backoff.delay(run.poll_count,
+                                                                              retry_after=error.retry_after))
+                return "retry"
+            log.warning("run %s: could not cancel at the deadline (%s): %s", run.id, error.status, error.message)
+            refused = (f" The provider refused to cancel it ({error.status}): {error.message}." if not error.transient
+                       else f" Cancelling it at the provider kept failing: {error.message}.")
         if state is not None and not state.is_active and state.status != "cancelled":
             return await self._end_from(run, state)
         allowed = run.deadline_at - run.created_at
         await self._end(run, "expired", failure_result(
-            "deadline_exceeded", f"The run did not finish within its deadline of {allowed:.0f} s."))
+            "deadline_exceeded", f"The run did not finish within its deadline of {allowed:.0f} s.{refused}"))
         return "expired"
 
     async def _end_from(self, run: Run, state: ProviderState) -> str:

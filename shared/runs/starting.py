@@ -191,8 +191,13 @@ class RunStarter:
             await self._index.expire_at("idempotency", claim.digest, clock.now() + self._idempotency.window)
             return None
         existing = await self._store.get(claim.run_id, with_result=True)
-        if existing is not None:
+        # A run the provider has not accepted yet may still be deleted (its start refused): never hand it out.
+        # One that stays so is failed by the sweeper after the start grace, and is handed out then.
+        if existing is not None and (existing.response_id or existing.is_terminal):
             return existing
+        if existing is not None:
+            raise Conflict("idempotency_key_busy", "A run with this Idempotency-Key is being started; retry shortly.",
+                           param="Idempotency-Key", retry_after=1)
         # The key is held by a start that has not recorded its run. Right after the claim that is a start in
         # progress; after the start grace it is a start that died, and the key is free again.
         if clock.now() - claim.claimed_at > self.start_grace and await self._idempotency.take_over(

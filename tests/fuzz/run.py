@@ -39,6 +39,7 @@ HOOKS = "tests.fuzz.known_findings"  # a module: schemathesis imports it from PY
 OPENAPI = REPO_ROOT / "openapi.yaml"
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
+FUZZ_RESPONSES_KEY = secrets.token_urlsafe(32)
 FUZZ_ENV = {
     **TEST_ENV,
     # As in production: a fuzzed webhook_url must pass the real checks (https, public address).
@@ -46,6 +47,8 @@ FUZZ_ENV = {
     "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "false",
     # A fuzzed webhook_url can be a public IP literal: never deliver, so no request leaves the machine.
     "AzureWebJobs.deliver_webhook.Disabled": "true",
+    # The Responses API facade, with one operator caller the fuzzer authenticates as.
+    "RESPONSES_API_KEYS": f"fuzz:{FUZZ_RESPONSES_KEY}:operator",
 }
 
 
@@ -92,6 +95,7 @@ def run_schemathesis(stack: LocalStack, *, seed: int, max_examples: int, phases:
                 "--report", "json", "--report-json-path", str(report),
                 "--generation-database", "none", *extra_args]  # no example database left in the repo
         env = {**os.environ, "FUZZ_FUNCTION_KEY": stack.function_key, "FUZZ_MASTER_KEY": stack.master_key,
+               "FUZZ_RESPONSES_KEY": FUZZ_RESPONSES_KEY,
                "SCHEMATHESIS_HOOKS": HOOKS, "FUZZ_KNOWN_LOG": str(known_log),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
         log_start = len(stack.host.logs())

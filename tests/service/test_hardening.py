@@ -108,7 +108,7 @@ def test_metrics_count_storage_requests_by_the_function_that_made_them(stack):
     # On Flex Consumption HTTP, queue and timer functions run on separate instances: the figures say whose.
     run = stack.start("counted", metadata={"emulator_duration_ms": "1500"}).json()
     stack.wait(run["id"])
-    metrics = stack.get("/api/metrics").json()
+    metrics = stack.get("/api/metrics", headers={"x-functions-key": stack.local.master_key}).json()
     by_function = metrics["storage_requests_by_function"]
     assert by_function["create_run"]["table.POST"] >= 1 and by_function["poll_run"]["table.GET"] >= 1
     assert sum(sum(c.values()) for c in by_function.values()) == metrics["storage_requests_total"]

@@ -160,3 +160,26 @@ def test_backoff_never_overflows_on_a_very_long_chain():
     assert 480 <= steep.delay(5_000) <= 720
     flat = Backoff(initial=2, maximum=2, multiplier=1)
     assert 1.6 <= flat.delay(10**6) <= 2.4
+
+
+async def test_a_cancel_at_the_deadline_that_fails_for_now_is_tried_again_before_the_run_expires(monkeypatch):
+    # Found by the chaos run: the cancel was tried once; when it hit a provider fault the run ended expired
+    # while the provider went on (and billed).
+    w = world(monkeypatch)
+    run = await started(w, deadline_seconds=10)
+    w.clock.advance(11)
+    w.backend.fail["cancel"] = [ProviderError(transient=True, status=503, message="down")]
+    assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "retry"
+    assert (await w.run(run.id)).is_active and w.backend.responses[run.response_id].status == "queued"
+    assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "expired"
+    assert w.backend.responses[run.response_id].status == "cancelled"
+
+
+async def test_a_provider_refusing_the_cancel_at_the_deadline_is_said_in_the_expiry(monkeypatch):
+    w = world(monkeypatch)
+    run = await started(w, deadline_seconds=10)
+    w.clock.advance(11)
+    w.backend.fail["cancel"] = [ProviderError(transient=False, status=403, message="not yours")]
+    assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "expired"
+    message = (await w.run(run.id)).result["error"]["message"]
+    assert "10 s" in message and "refused to cancel" in message and "403" in message

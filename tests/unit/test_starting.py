@@ -171,3 +171,28 @@ async def test_a_run_finished_at_once_answers_with_its_result(monkeypatch):
     run = (await w.services.starter.start(RunRequest(input="x"))).run
     assert run.status == "completed" and run.result["output_text"] == "done"
     assert not w.poll_queue.sent and w.index.entity("open", run.id) is None
+
+
+async def test_a_retry_with_the_same_key_never_gets_a_run_whose_start_may_still_fail(monkeypatch):
+    # Found by the chaos run: the retry got the first start's run (not yet accepted by the provider); the
+    # provider then refused the first start, its run was deleted, and the id the retry held answered 404.
+    w = world(monkeypatch)
+    asked, refuse = asyncio.Event(), asyncio.Event()
+
+    async def the_provider_thinks():
+        w.backend.before.pop("start")
+        asked.set()
+        await refuse.wait()
+
+    w.backend.before["start"] = the_provider_thinks
+    w.backend.fail["start"] = [ProviderError(transient=True, status=503, message="busy")]
+    first = asyncio.create_task(w.services.starter.start(RunRequest(input="x"), idempotency_key="k-race"))
+    await asked.wait()
+    with pytest.raises(Conflict) as busy:
+        await w.services.starter.start(RunRequest(input="x"), idempotency_key="k-race")
+    assert busy.value.code == "idempotency_key_busy"
+    refuse.set()
+    with pytest.raises(Unavailable):
+        await first
+    retried = (await w.services.starter.start(RunRequest(input="x"), idempotency_key="k-race")).run
+    assert (await w.run(retried.id)).is_active
