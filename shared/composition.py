@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from .provider import ResponsesBackend, RunBackend, open_provider
+from .provider.direct import DirectModel
 from .runs.cancelling import RunCanceller
+from .runs.event_log import EventLog
+from .runs.executing import Executor
+from .runs.executor_backend import BackendRouter, ExecutorBackend
 from .runs.idempotency import IdempotencyStore
 from .runs.index import RunIndex
 from .runs.lifecycle import RunLifecycle
@@ -49,6 +53,7 @@ class Services:
     outbox: WebhookOutbox
     relays: RelayFactory
     purger: RetentionPurger
+    executor: Executor
     _closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def close(self) -> None:
@@ -56,10 +61,12 @@ class Services:
             await close()
 
 
-def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: WebhookSender | None = None,
-          closers: tuple[Callable[[], Awaitable[None]], ...] = ()) -> Services:
-    """Every collaborator, built once. `backend` is the provider seam; `sender` delivers webhooks (built
-    from the settings when not given; none when no signing secret is set); `closers` release the clients."""
+def build(settings: Settings, storage: Storage, backend: RunBackend, *, model=None,
+          sender: WebhookSender | None = None, closers: tuple[Callable[[], Awaitable[None]], ...] = ()) -> Services:
+    """Every collaborator, built once. `backend` is the provider's background mode; `model` the direct streaming
+    call the executor makes (provider.direct.DirectModel); runs go to one or the other by RUN_BACKEND (and, once
+    started, by their response id). `sender` delivers webhooks (built from the settings when not given; none
+    when no signing secret is set); `closers` release the clients."""
     store = RunStore(storage.runs, storage.payloads)
     sessions = SessionStore(storage.sessions)
     idempotency = IdempotencyStore(storage.idempotency)
@@ -68,6 +75,10 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: 
     backoff = Backoff(settings.poll_initial_delay, settings.poll_max_delay, settings.poll_multiplier)
     scheduler = PollScheduler(store, storage.poll_queue)
     lifecycle = RunLifecycle(store, sessions, index, storage.webhook_queue, settings.retention_seconds)
+    events = EventLog(storage.events, storage.payloads)
+    executor_backend = ExecutorBackend(events, store, storage.execute_queue, model,
+                                       stale_seconds=settings.executor.stale_seconds)
+    backend = BackendRouter(backend, executor_backend, settings.executor.backend)
     views = RunViews(tokens, poll_initial_delay=settings.poll_initial_delay, poll_max_delay=settings.poll_max_delay)
     reader = RunReader(store, sessions, tokens, settings.retention_seconds)
     starter = RunStarter(settings, store, sessions, idempotency, index, backend, scheduler, lifecycle, backoff)
@@ -85,7 +96,8 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: 
         relays=RelayFactory(store, backend, lifecycle, views, max_seconds=settings.stream_max_seconds,
                             keepalive_seconds=settings.stream_keepalive_seconds,
                             fallback_max_delay=settings.poll_max_delay),
-        purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds),
+        purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds, events=events),
+        executor=Executor(store, events, lifecycle, model, settings.executor),
         _closers=(*((sender.aclose,) if sender else ()), *closers),
     )
 
@@ -108,7 +120,13 @@ async def services() -> Services:
                     await provider.close()
                     await storage.close()
                     raise
-                _services = build(settings, storage, ResponsesBackend(provider), closers=(provider.close, storage.close))
-                log.info("service ready: provider=%s model=%s webhooks=%s", settings.provider.kind,
-                         settings.provider.default_model, "on" if settings.webhook_secrets else "off")
+                model = DirectModel(provider, api=settings.executor.api,
+                                    idle_timeout=settings.executor.idle_timeout_seconds,
+                                    connect_timeout=settings.provider.timeout_seconds,
+                                    emulator_knobs=settings.provider.kind == "emulator")
+                _services = build(settings, storage, ResponsesBackend(provider), model=model,
+                                  closers=(provider.close, storage.close))
+                log.info("service ready: provider=%s model=%s backend=%s webhooks=%s", settings.provider.kind,
+                         settings.provider.default_model, settings.executor.backend,
+                         "on" if settings.webhook_secrets else "off")
     return _services

@@ -37,6 +37,7 @@ class Run:
     deadline_at: float = 0.0
     webhook_url: str | None = None
     webhook: WebhookState | None = None
+    backend: str = "background"  # what ran it: the provider's background mode, or the executor (shared.runs.executing)
     etag: str | None = None
     # Set by the store: parts already written are not written again on every save (a 5 MB result is
     # uploaded once), and parts not loaded are not downloaded on reads that do not need them.

@@ -97,7 +97,7 @@ class RunStore:
             "completed_at": run.completed_at, "poll_seq": run.poll_seq, "poll_nonce": run.poll_nonce,
             "poll_count": run.poll_count, "next_poll_at": run.next_poll_at, "deadline_at": run.deadline_at,
             "webhook_url": run.webhook_url or "",
-            "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "",
+            "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "", "backend": run.backend,
         }
         return {k: v for k, v in entity.items() if v is not None}
 
@@ -124,7 +124,7 @@ class RunStore:
             poll_count=entity.get("poll_count", 0), next_poll_at=entity.get("next_poll_at"),
             deadline_at=entity.get("deadline_at", 0.0), webhook_url=entity.get("webhook_url") or None,
             webhook=WebhookState.from_dict(json.loads(webhook)) if webhook else None,
-            etag=entity.metadata.get("etag"), result_stored=has_result,
+            backend=entity.get("backend") or "background", etag=entity.metadata.get("etag"), result_stored=has_result,
         )
 
     # -- operations ------------------------------------------------------------------------------------------
