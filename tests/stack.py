@@ -41,6 +41,9 @@ def service_env(connection_string: str, emulator_url: str, **overrides: str) -> 
         "STREAM_KEEPALIVE_SECONDS": "2",
         "PROVIDER_TIMEOUT_SECONDS": "5",
         "PYTHON_ENABLE_INIT_INDEXING": "1",  # as in Azure: the host refuses the FastAPI types without it
+        # The session host runs provider-background runs only; executor runs are run by the hosts their tests
+        # start (every host shares Azurite, so an enabled executor here would take their messages).
+        "AzureWebJobs.execute_run.Disabled": "true",
     }
     env.update(overrides)
     return env
@@ -93,6 +96,9 @@ class Stack:
 
     def received(self, name: str) -> list[dict]:
         return [r for r in httpx.get(f"{self.receiver.url}/_received").json() if r["path"] == f"/{name}"]
+
+
+EXECUTOR_HOST = {"RUN_BACKEND": "executor", "AzureWebJobs.execute_run.Disabled": "false"}
 
 
 def start_host(connection_string: str, emulator: EmulatorServer, name: str, **overrides: str) -> HostProcess:

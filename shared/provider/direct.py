@@ -356,10 +356,16 @@ class DirectModel:
             chat_tools(list(params.get("tools") or []))
             chat_messages(params.get("instructions"), input_items(params.get("input")))
 
-    async def stream(self, request: DirectRequest, base: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """The call's events, ending with its terminal event. Raises ProviderError when the call is refused or
-        its connection breaks (transient: a cut)."""
-        source = self._chat(request, base) if self._api == "chat_completions" else self._responses(request, base)
+    @property
+    def api(self) -> str:
+        return self._api
+
+    async def stream(self, request: DirectRequest, base: Mapping[str, Any], *,
+                     api: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The call's events, ending with its terminal event, through `api` (default: this instance's). Raises
+        ProviderError when the call is refused or its connection breaks (transient: a cut)."""
+        api = api or self._api
+        source = self._chat(request, base) if api == "chat_completions" else self._responses(request, base)
         async for event in source:
             yield event
 

@@ -42,7 +42,7 @@ MAX_ROWS_PER_APPEND = 40  # an entity group transaction takes 100 entities and 4
 CLOSED_STATUSES = frozenset({"completed", "failed", "incomplete", "cancelled"})
 TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 _HEAD_FIELDS = ("status", "last_seq", "attempt", "claimed_by", "claimed_dequeue", "heartbeat_at", "dispatched_at",
-                "created_at", "final_row")
+                "created_at", "final_row", "api")
 
 
 def row_key(sequence_number: int) -> str:
@@ -69,6 +69,7 @@ class LogHead:
     dispatched_at: float = 0.0  # when the run was last (re)queued for execution
     created_at: float = 0.0
     final_row: str = ""  # the row holding the terminal event
+    api: str = ""  # the model API chosen when the run started (every instance then calls the same one)
     etag: str | None = None
 
     @property
@@ -118,10 +119,10 @@ class EventLog:
         self._payloads = payloads  # the run-payloads container (large events, under the run's blob prefix)
 
     # -- writing ---------------------------------------------------------------------------------------------------
-    async def create(self, run_id: str, events: list[dict[str, Any]]) -> LogHead:
+    async def create(self, run_id: str, events: list[dict[str, Any]], *, api: str = "") -> LogHead:
         """The log with its first events (numbered from 0); an existing log is left as it is (a retried start)."""
         now = clock.now()
-        head = LogHead(run_id, created_at=now, heartbeat_at=now, dispatched_at=now)
+        head = LogHead(run_id, created_at=now, heartbeat_at=now, dispatched_at=now, api=api)
         numbered = [{**event, "sequence_number": n} for n, event in enumerate(events)]
         rows = await self._rows(run_id, numbered)
         head.last_seq = len(numbered) - 1

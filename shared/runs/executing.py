@@ -215,7 +215,7 @@ class Executor:
                 outcome = await self._call(run, writer, request, base, started)
                 if not outcome.startswith("cut:"):
                     return outcome
-                restart_reason = f"the model stream was cut ({outcome[4:]})"
+                restart_reason = outcome[4:]
                 if writer.head.attempt >= self._settings.max_attempts:
                     return await self._fail(run, writer, base, "model_call_interrupted", self._exhausted(restart_reason))
                 await writer.flush(attempt=writer.head.attempt + 1)
@@ -261,7 +261,7 @@ class Executor:
         produced = {"output": False, "terminal": None}
 
         async def produce() -> None:
-            async for event in self._model.stream(request, base):
+            async for event in self._model.stream(request, base, api=writer.head.api or None):
                 writer.emit(event)
                 if event["type"] == "response.output_item.added":
                     produced["output"] = True

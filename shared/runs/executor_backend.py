@@ -76,7 +76,8 @@ class ExecutorBackend:
         response_id = executor_response_id(run_id)
         base = response_skeleton(response_id, params, clock.now())
         await self._log.create(run_id, [{"type": "response.created", "response": base},
-                                        {"type": "response.queued", "response": base}])
+                                        {"type": "response.queued", "response": base}],
+                              api=getattr(self._model, "api", ""))
         await self._queue.send(ExecuteMessage(run_id).to_dict())
         return Started(ProviderState(response_id, "queued", base))  # a streaming start follows the log (events())
 

@@ -330,7 +330,7 @@ class FakeModel:
         if self.refuse is not None:
             raise self.refuse
 
-    async def stream(self, request, base):
+    async def stream(self, request, base, *, api=None):
         from shared.provider.direct import failed_event
 
         self.requests.append(request)
