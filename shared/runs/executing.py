@@ -183,7 +183,7 @@ class Executor:
                 if not (redelivered or silent):
                     return "duplicate"
                 log.warning("run %s: attempt %d %s; starting attempt %d", head.run_id, head.attempt,
-                            "died with its host" if redelivered else "went silent", head.attempt + 1)
+                            "ended with its invocation (host stopped or failed)" if redelivered else "went silent", head.attempt + 1)
             head.attempt += 1
             head.claimed_by, head.claimed_dequeue, head.heartbeat_at = message_id, dequeue_count, clock.now()
             head.status = "in_progress"
