@@ -43,6 +43,8 @@ def stack_env(storage: str, emulator_url: str) -> dict[str, str]:
         "AzureWebJobsStorage": storage,
         "EMULATOR_BASE_URL": emulator_url,
         "MODEL_PROVIDER": os.environ.get("MODEL_PROVIDER", ""),
+        # `RUN_BACKEND=executor make run`: the app runs every model call itself (Chat Completions on the emulator).
+        "RUN_BACKEND": os.environ.get("RUN_BACKEND", ""),
         # Local development only: the receiver runs on loopback over plain http.
         "WEBHOOK_ALLOW_HTTP": "true",
         "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",

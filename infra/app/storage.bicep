@@ -12,11 +12,14 @@ var queueNames = [
   'runs-poll-poison'
   'runs-webhook'
   'runs-webhook-poison'
+  'runs-execute'
+  'runs-execute-poison'
 ]
 var tableNames = [
   'runs'
   'sessions'
   'idempotency'
+  'runevents'
 ]
 var containerNames = [
   deploymentContainerName

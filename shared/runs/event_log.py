@@ -36,8 +36,8 @@ from .store import utf16_bytes
 log = logging.getLogger("bgruns.event_log")
 
 HEAD_ROW = "head"
-ROW_BUDGET_BYTES = 56 * 1024  # UTF-16 bytes of one row's events (a Table property holds 64 KiB)
-INLINE_EVENT_CHARS = 8 * 1024  # a larger event is stored as a blob
+ROW_BUDGET_BYTES = 56 * 1024  # UTF-16 bytes of one row's events (a Table property holds 64 KiB); a larger
+# single event (a long output's final events) is stored as a blob
 MAX_ROWS_PER_APPEND = 40  # an entity group transaction takes 100 entities and 4 MiB
 CLOSED_STATUSES = frozenset({"completed", "failed", "incomplete", "cancelled"})
 TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
@@ -183,9 +183,10 @@ class EventLog:
 
         for event in events:
             text = _dumps(event)
-            if len(text) > INLINE_EVENT_CHARS:
-                text = _dumps(await self._to_blob(run_id, event, text))
             cost = utf16_bytes(text) + 2
+            if cost > ROW_BUDGET_BYTES:
+                text = _dumps(await self._to_blob(run_id, event, text))
+                cost = utf16_bytes(text) + 2
             if batch and size + cost > ROW_BUDGET_BYTES:
                 close(event["sequence_number"] - 1)
             batch.append(text)

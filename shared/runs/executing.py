@@ -82,14 +82,15 @@ class _Writer:
         self._last_write = time.monotonic()
         self._timings = timings
         self._heartbeat = heartbeat_seconds
-        self.full = asyncio.Event()
+        self.wake = asyncio.Event()  # set when a batch starts or fills: the writing loop looks again
 
     def emit(self, event: Mapping[str, Any]) -> None:
         if not self.pending:
             self._first_pending_at = time.monotonic()
+            self.wake.set()
         self.pending.append({**event, "sequence_number": self.head.last_seq + 1 + len(self.pending)})
         if len(self.pending) >= self._timings.flush_events:
-            self.full.set()
+            self.wake.set()
 
     @property
     def due(self) -> bool:
@@ -124,8 +125,8 @@ class _Writer:
         else:
             raise Superseded(None)
         self.pending = self.pending[len(events):]
-        if len(self.pending) < self._timings.flush_events:
-            self.full.clear()
+        if self.pending:  # emitted while the batch was being written: they start the next batch now
+            self._first_pending_at = time.monotonic()
         self._last_write = time.monotonic()
 
     async def beat(self) -> None:
@@ -273,10 +274,11 @@ class Executor:
         next_check = time.monotonic() + self.timings.check_seconds
         try:
             while not producer.done():
-                full = asyncio.create_task(writer.full.wait())
+                woken = asyncio.create_task(writer.wake.wait())
                 timeout = max(0.0, min(writer.next_due, next_check - time.monotonic()))
-                await asyncio.wait({producer, full}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                full.cancel()
+                await asyncio.wait({producer, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                writer.wake.clear()  # the state (pending, its age) is read afresh below
                 if producer.done():
                     break
                 if writer.due:

@@ -316,7 +316,7 @@ def _chunk(content: str | None = None, call: dict | None = None, finish: str | N
 class FakeModel:
     """The executor's direct call, scripted. `scripts` holds one script per call, in order (the last one is
     reused); a script is a list of steps: a str is a text chunk, a dict a tool-call chunk (`name`, `id`,
-    `arguments`, `index`), a ProviderError is raised, an asyncio.Event is waited for, ("finish", reason) ends
+    `arguments`, `index`), a ProviderError is raised, an asyncio.Event is waited for, a float is slept, ("finish", reason) ends
     with that finish reason (default: "stop" after the last step), ("fail", message) is an in-stream error."""
 
     def __init__(self) -> None:
@@ -344,6 +344,8 @@ class FakeModel:
                     raise step
                 if isinstance(step, asyncio.Event):
                     await step.wait()
+                elif isinstance(step, float):
+                    await asyncio.sleep(step)
                 elif isinstance(step, tuple) and step[0] == "finish":
                     finish = step[1]
                 elif isinstance(step, tuple) and step[0] == "fail":

@@ -92,6 +92,23 @@ async def test_the_poll_chain_ends_a_run_whose_executor_died_after_its_last_even
     assert (await w.run(run.id)).result["output_text"] == "Hello world"
 
 
+async def test_events_are_written_in_batches_not_one_by_one(monkeypatch):
+    w = executor_world(monkeypatch)
+    w.services.executor.timings = Timings(flush_seconds=0.1, flush_events=64, check_seconds=1.0)
+
+    async def storage_latency():
+        await asyncio.sleep(0.004)
+
+    w.tables["runevents"].before["submit_transaction"] = storage_latency
+    run = await start(w)
+    w.model.scripts = [[step for n in range(150) for step in (f"t{n} ", 0.001)]]
+    assert await w.execute() == ["completed"]
+    rows = [key for key in w.tables["runevents"].rows if key[0] == run.id and key[1] != "head"]
+    events = await logged(w, run.id)
+    assert len(events) == 2 + 1 + 2 + 150 + 4  # created, queued, in_progress, item+part, deltas, closing, completed
+    assert len(rows) <= 12, f"{len(rows)} rows for {len(events)} events: not batched"
+
+
 # -- attempts --------------------------------------------------------------------------------------------------------
 async def test_a_second_message_while_an_attempt_is_alive_is_a_duplicate(monkeypatch):
     w = executor_world(monkeypatch)
