@@ -217,6 +217,10 @@ class Bench:
             live = [await self.first_event(client, f"/api/runs/{rid}/stream", starting_after=5) for rid in live_ids]
             out["resume_to_first_event_live_s"] = summary([t for t, _ in live])
             done = [await self.first_event(client, f"/api/runs/{rid}/stream", starting_after=100) for rid in run_ids]
+            for rid in live_ids:  # nothing else runs while the replays are measured
+                while (await client.get(f"/api/runs/{rid}")).json()["continuation_token"] is not None:
+                    await asyncio.sleep(0.5)
+            await asyncio.sleep(2.0)
             out["resume_to_first_event_finished_s"] = summary([t for t, _ in done])
             # Replays of finished runs: events/s relayed and host CPU per relayed event.
             metrics0 = self.stack.metrics()
