@@ -36,6 +36,12 @@ QUEUE_PER_10K_OPERATIONS = 0.004
 RETENTION_DAYS = 30
 
 
+def spread(seconds: float, index: int, n: int) -> float:
+    """Run i of n lasts T x (0.9 .. 1.1), evenly spread, so completions fall at every phase of a poll interval
+    (as bench/run_all.py does: identical durations would make the poll chain's lag one sample)."""
+    return seconds * (0.9 + 0.2 * (index / max(1, n - 1)))
+
+
 def metadata(tag: str, index: int, seconds: float) -> dict[str, str]:
     tokens = int(seconds * TOKENS_PER_S)
     return {"emulator_duration_ms": str(int(seconds * 1000)), "emulator_output_chars": str(tokens * CHARS_PER_TOKEN),
@@ -108,7 +114,7 @@ class Bench:
         async with httpx.AsyncClient(base_url=self.stack.api, timeout=60) as client:
             async def start(i: int) -> str:
                 r = await client.post("/api/runs", json={"input": f"bench {i}", "webhook_url": hook,
-                                                         "metadata": metadata(tag, i, seconds)})
+                                                         "metadata": metadata(tag, i, spread(seconds, i, n))})
                 r.raise_for_status()
                 return r.json()["id"]
             run_ids = list(await asyncio.gather(*(start(i) for i in range(n))))
@@ -273,7 +279,8 @@ def log_cost(windows_executor: list[dict], windows_background: list[dict]) -> li
 def markdown(results: dict[str, Any]) -> str:
     lines = ["# Executor vs provider-background", "",
              f"{results['runs']} runs per backend and length, output paced at {TOKENS_PER_S} tokens/s "
-             f"({CHARS_PER_TOKEN} chars/token); production defaults, sweeper off. p50 (p95).", "",
+             f"({CHARS_PER_TOKEN} chars/token), lengths spread over T x 0.9..1.1; production defaults, sweeper off. "
+             "p50 (p95).", "",
              "| backend | T | model -> terminal | model -> webhook | storage/run (service + trigger net of idle) "
              "| host CPU/run (net of idle) |", "|---|---|---|---|---|---|"]
     fmt = lambda s: f"{s['p50']:.2f} s ({s['p95']:.2f})" if s["p50"] is not None else "-"  # noqa: E731

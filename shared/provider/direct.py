@@ -90,8 +90,8 @@ def _user_content(content: Any) -> Any:
         if kind in ("input_text", "output_text", "text"):
             parts.append({"type": "text", "text": part.get("text", "")})
         elif kind == "input_image" and part.get("image_url"):
-            parts.append({"type": "image_url", "image_url": {"url": part["image_url"],
-                                                             **({"detail": part["detail"]} if part.get("detail") else {})}})
+            image = {"url": part["image_url"], **({"detail": part["detail"]} if part.get("detail") else {})}
+            parts.append({"type": "image_url", "image_url": image})
         else:
             raise _refused(f"input content of type {kind!r} is not supported by Chat Completions")
     if all(p["type"] == "text" for p in parts):
@@ -171,11 +171,10 @@ def _usage(chat_usage: Any) -> dict[str, Any] | None:
         return None
     data = chat_usage.model_dump() if hasattr(chat_usage, "model_dump") else dict(chat_usage)
     prompt, completion = data.get("prompt_tokens") or 0, data.get("completion_tokens") or 0
-    return {"input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens": ((data.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)},
-            "output_tokens": completion,
-            "output_tokens_details": {"reasoning_tokens":
-                                      ((data.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)},
+    cached = (data.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    reasoning = (data.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
             "total_tokens": data.get("total_tokens") or prompt + completion}
 
 
@@ -432,10 +431,12 @@ async def _guarded(stream) -> AsyncIterator[Any]:
         async for item in stream:
             yield item
     except (openai.APIConnectionError, openai.APITimeoutError) as error:
-        raise ProviderError(transient=True, status=None, message=f"the model stream was cut ({type(error).__name__})") from None
+        raise ProviderError(transient=True, status=None,
+                            message=f"the model stream was cut ({type(error).__name__})") from None
     except openai.APIStatusError as error:
         raise classify(error) from None
     except openai.APIError as error:
         raise _ModelReportedFailure(error.message) from None
     except ValueError as error:  # an event cut in half
-        raise ProviderError(transient=True, status=None, message=f"the model stream broke ({type(error).__name__})") from None
+        raise ProviderError(transient=True, status=None,
+                            message=f"the model stream broke ({type(error).__name__})") from None

@@ -141,7 +141,8 @@ class EventLog:
         only if the head is as this writer read it. Returns the new head; raises LogConflict otherwise."""
         for offset, event in enumerate(events):
             if event["sequence_number"] != head.last_seq + 1 + offset:
-                raise ValueError(f"event {event['type']} out of order: {event['sequence_number']} after {head.last_seq}")
+                raise ValueError(f"event {event['type']} out of order: {event['sequence_number']} "
+                                 f"after {head.last_seq}")
         rows = await self._rows(head.run_id, events) if events else []
         new = LogHead(**{**head.__dict__, **changes})
         if events:

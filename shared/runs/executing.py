@@ -183,8 +183,9 @@ class Executor:
                 silent = clock.now() - head.heartbeat_at > self._settings.stale_seconds
                 if not (redelivered or silent):
                     return "duplicate"
-                log.warning("run %s: attempt %d %s; starting attempt %d", head.run_id, head.attempt,
-                            "ended with its invocation (host stopped or failed)" if redelivered else "went silent", head.attempt + 1)
+                how = "ended with its invocation (host stopped or failed)" if redelivered else "went silent"
+                log.warning("run %s: attempt %d %s; starting attempt %d", head.run_id, head.attempt, how,
+                            head.attempt + 1)
             head.attempt += 1
             head.claimed_by, head.claimed_dequeue, head.heartbeat_at = message_id, dequeue_count, clock.now()
             head.status = "in_progress"
@@ -218,7 +219,8 @@ class Executor:
                     return outcome
                 restart_reason = outcome[4:]
                 if writer.head.attempt >= self._settings.max_attempts:
-                    return await self._fail(run, writer, base, "model_call_interrupted", self._exhausted(restart_reason))
+                    return await self._fail(run, writer, base, "model_call_interrupted",
+                                            self._exhausted(restart_reason))
                 await writer.flush(attempt=writer.head.attempt + 1)
                 log.info("run %s: %s; attempt %d", run.id, restart_reason, writer.head.attempt)
         except Superseded as superseded:
@@ -243,8 +245,8 @@ class Executor:
                 if tries == PROVIDER_TRIES:
                     return await self._fail(run, writer, base, "provider_unavailable",
                                             f"The model provider kept failing ({tries} tries): {error.message}")
-                delay = min(MAX_BACKOFF_SECONDS, max(error.retry_after or 0,
-                                                            self.timings.retry_base_seconds * 2 ** (tries - 1)) * (0.8 + 0.4 * random.random()))
+                backoff = self.timings.retry_base_seconds * 2 ** (tries - 1) * (0.8 + 0.4 * random.random())
+                delay = min(MAX_BACKOFF_SECONDS, max(error.retry_after or 0.0, backoff))
                 log.info("run %s: provider hiccup before output (%s); retrying in %.1fs", run.id, error.message, delay)
                 try:
                     await self._pause(delay, run, writer, started)
