@@ -138,16 +138,24 @@ class EventLog:
 
     async def append(self, head: LogHead, events: list[dict[str, Any]], **changes: Any) -> LogHead:
         """Add `events` (numbered from head.last_seq + 1) and apply `changes` to the head, in one transaction,
-        only if the head is as this writer read it. Returns the new head; raises LogConflict otherwise."""
+        only if the head is as this writer read it. Returns the new head; raises LogConflict otherwise.
+        (A batch too big for one transaction is written in several, each moving the head: readers see a prefix.)"""
         for offset, event in enumerate(events):
             if event["sequence_number"] != head.last_seq + 1 + offset:
                 raise ValueError(f"event {event['type']} out of order: {event['sequence_number']} "
                                  f"after {head.last_seq}")
         rows = await self._rows(head.run_id, events) if events else []
+        while len(rows) > MAX_ROWS_PER_APPEND:
+            part, rows = rows[:MAX_ROWS_PER_APPEND], rows[MAX_ROWS_PER_APPEND:]
+            head = await self._commit(head, part, heartbeat_at=changes.get("heartbeat_at", head.heartbeat_at))
+        return await self._commit(head, rows, **changes)
+
+    async def _commit(self, head: LogHead, rows: list[dict[str, Any]], **changes: Any) -> LogHead:
         new = LogHead(**{**head.__dict__, **changes})
-        if events:
-            new.last_seq = events[-1]["sequence_number"]
-            if events[-1]["type"] in TERMINAL_EVENTS:
+        if rows:
+            new.last_seq = int(rows[-1]["RowKey"])
+            last = json.loads(rows[-1]["events"])[-1]
+            if last["type"] in TERMINAL_EVENTS:
                 new.final_row = rows[-1]["RowKey"]
         operations = [("create", row) for row in rows]
         operations.append(("update", new.entity(), {"mode": UpdateMode.MERGE, "etag": head.etag,
@@ -194,8 +202,6 @@ class EventLog:
             size += cost
         if batch:
             close(events[-1]["sequence_number"])
-        if len(rows) > MAX_ROWS_PER_APPEND:
-            raise ValueError(f"{len(rows)} rows in one append; flush more often")
         return rows
 
     async def _to_blob(self, run_id: str, event: dict[str, Any], text: str) -> dict[str, Any]:

@@ -307,7 +307,10 @@ class Executor:
 
     async def _check(self, run: Run, started: float) -> None:
         """Raise _Stop when the run must stop: ended elsewhere, past its deadline, or out of function time."""
-        fresh = await self._store.get(run.id)
+        try:
+            fresh = await self._store.get(run.id)
+        except AzureError:  # a storage hiccup is no reason to drop the call: look again at the next check
+            fresh = run
         if fresh is None or fresh.is_terminal:
             raise _Stop("stopped")
         if clock.now() >= run.deadline_at:

@@ -382,3 +382,34 @@ async def test_runs_started_before_a_backend_switch_finish_where_they_began(monk
     router._starting = router._executor  # RUN_BACKEND switched to executor meanwhile
     assert "completed" in await w.drain_polls()
     assert (await w.run(run.id)).result["output_text"] == "from the provider"
+
+
+async def test_a_batch_too_big_for_one_transaction_is_written_in_several(monkeypatch):
+    from shared.runs import event_log
+
+    monkeypatch.setattr(event_log, "MAX_ROWS_PER_APPEND", 2)
+    monkeypatch.setattr(event_log, "ROW_BUDGET_BYTES", 400)
+    w = executor_world(monkeypatch)
+    run = await start(w)
+    w.model.scripts = [[f"chunk {n} " * 4 for n in range(20)]]
+    assert await w.execute() == ["completed"]
+    events = await logged(w, run.id)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    head = await w.services.executor._log.head(run.id)
+    assert head.last_seq == events[-1]["sequence_number"] and head.status == "completed"
+    assert (await w.run(run.id)).result["output_text"] == "".join(f"chunk {n} " * 4 for n in range(20))
+
+
+async def test_a_storage_hiccup_while_looking_at_the_run_does_not_stop_the_call(monkeypatch):
+    from azure.core.exceptions import ServiceRequestError
+
+    w = executor_world(monkeypatch)
+    run = await start(w)
+    gate = asyncio.Event()
+    w.model.scripts = [["a", gate, "b"]]
+    task = asyncio.create_task(w.execute())
+    await until(lambda: w.model.open == 1)
+    w.tables["runs"].fail_next = [ServiceRequestError("blip")]
+    await asyncio.sleep(0.1)  # a few checks, one of which fails
+    gate.set()
+    assert await task == ["completed"] and (await w.run(run.id)).result["output_text"] == "ab"
