@@ -8,7 +8,8 @@ For T = 10 and 60 s (output paced like a model at 50 tokens/s, 4 characters a to
   own and the Functions trigger's, the latter also net of its idle polling), host CPU per run;
 - the event log's rows and bytes per run (Azure's entity size formula) and its cost per 1,000 runs;
 then, on live and finished runs: resume-to-first-event, the lag of a live follower at the end of a run, events/s
-relayed by a replay, host CPU per relayed event, and the log reads a live follower makes per second.
+relayed by a replay, host CPU per relayed event, the log reads a live follower makes per second, and how long a
+cancel takes to stop the model (while it streams, and while it is silent before its first token).
 
     .venv/bin/python -m bench.executor [--runs 10] [--durations 10,60] [--quick]
 
@@ -243,6 +244,39 @@ class Bench:
         self.log(f"streams: {out}")
         return out
 
+    async def cancels(self) -> dict[str, Any]:
+        """Cancel request -> the model stopped: the emulator's cancelled_at (background) or the moment the chat
+        call's connection is seen closed (executor; looked at every 20 ms)."""
+        out: dict[str, list[float]] = {"streaming": [], "silent": []}
+        async with httpx.AsyncClient(base_url=self.stack.api, timeout=30) as client:
+            for i in range(4 if self.quick else 8):
+                kind = "silent" if i % 2 else "streaming"
+                tag = f"{self.backend}c{i}x{time.time_ns() % 10**9}"
+                meta = {**metadata(tag, 0, 30.0), **({"emulator_queue_ms": "25000"} if kind == "silent" else {})}
+                run = (await client.post("/api/runs", json={"input": "cancel me", "metadata": meta})).json()
+                await asyncio.sleep(3.0)
+                asked = time.time()
+                await client.post(f"/api/runs/{run['id']}/cancel")
+                out[kind].append(await self.stopped_at(tag, run["id"]) - asked)
+        result = {kind: summary(values) for kind, values in out.items()}
+        self.log(f"cancel -> model stopped: {result}")
+        return result
+
+    async def stopped_at(self, tag: str, run_id: str) -> float:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.backend == "background":
+                rows = self.stack.emulator.responses(bg_run_id=run_id)
+                if rows and rows[0].get("cancelled_at"):
+                    return rows[0]["cancelled_at"]
+            else:
+                rows = httpx.get(f"{self.stack.emulator.base_url}/_emulator/chat_completions",
+                                 params={"knob.emulator_bench": tag}, timeout=10).json()["data"]
+                if rows and rows[0]["disconnected"]:
+                    return time.time()
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"the model of {run_id} was not stopped")
+
     async def run(self, durations: list[float]) -> dict[str, Any]:
         await asyncio.to_thread(self.stack.start)
         try:
@@ -251,6 +285,7 @@ class Bench:
             for seconds in durations:
                 result["windows"].append(await self.window(seconds))
             result["streams"] = await self.streams()
+            result["cancel_to_model_stopped_s"] = await self.cancels()
             return result
         finally:
             await asyncio.to_thread(self.stack.stop)
@@ -298,6 +333,10 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{fmt(s['resume_to_first_event_finished_s'])} | {fmt(s['live_end_lag_s'])} | "
                      f"{s['replay_events_per_s']['p50']:.0f} | {s['host_cpu_ms_per_relayed_event']:.2f} ms | "
                      f"{s['table_queries_per_follower_s']:.2f} |")
+    lines += ["", "| backend | cancel -> model stopped, streaming | silent (before its first token) |", "|---|---|---|"]
+    for backend in ("background", "executor"):
+        c = results[backend]["cancel_to_model_stopped_s"]
+        lines.append(f"| {backend} | {fmt(c['streaming'])} | {fmt(c['silent'])} |")
     lines += ["", "Event log (executor), per run and per 1,000 runs (Table LRS list prices: "
               f"${TABLE_PER_10K_TRANSACTIONS} per 10,000 transactions, ${TABLE_PER_GB_MONTH} per GB-month, "
               f"kept {RETENTION_DAYS} days):", "",

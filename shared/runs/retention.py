@@ -53,9 +53,9 @@ class RetentionPurger:
             return 0
         ended = run.completed_at or 0.0
         if run.is_terminal and not (run.webhook and run.webhook.is_pending) and clock.now() >= ended + self._retention:
-            await self._store.purge(run_id)
             if run.backend == "executor":
-                await self._purge_log(run_id)
+                await self._purge_log(run_id)  # first: the run's index entry is what leads back to its log
+            await self._store.purge(run_id)
             return 1
         await self._index.expire_at("run", run_id, max(ended + self._retention, clock.now() + DAY))  # not yet: later
         return 0
