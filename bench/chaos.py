@@ -3,6 +3,10 @@
 invariants are checked and printed, ending with `N passed, N failed` (exit 1 if any failed).
 
     .venv/bin/python -m bench.chaos [--runs 200] [--submit-seconds 60] [--host-kills 3] [--seed 1]
+                                    [--backend background|executor]
+
+With `--backend executor` the function app runs every model call itself (Chat Completions on the emulator,
+faults and stream cuts on the chat endpoint too): a killed host's calls start again as new attempts.
 
 Everything is loopback and bounded in time. Settings are scaled down like tests/stack.py (sweeper every
 2 s, grace 4 s, short poll backoff and webhook schedule, 4 s queue lease) so a run converges quickly.
@@ -40,6 +44,7 @@ CHAOS_HOST_ENV = {
     "STREAM_KEEPALIVE_SECONDS": "2",
     "FUNCTIONS_HOST_QUEUE_LEASE_SECONDS": "4",  # a killed host's messages come back after 4 s
 }
+EXECUTOR_HOST_ENV = {"RUN_BACKEND": "executor", "EXECUTOR_STALE_SECONDS": "4"}
 
 
 @dataclass
@@ -61,6 +66,7 @@ class ChaosConfig:
     seed: int = 1
     name: str = "chaos"
     verbose: bool = True
+    backend: str = "background"  # or "executor": RUN_BACKEND of the host
 
 
 @dataclass
@@ -218,7 +224,7 @@ class Chaos:
         from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
         out: dict[str, list[dict]] = {}
-        for name in ("runs-poll-poison", "runs-webhook-poison"):
+        for name in ("runs-poll-poison", "runs-webhook-poison", "runs-execute-poison"):
             q = QueueClient.from_connection_string(self.stack.azurite.connection_string, name,
                                                    message_decode_policy=TextBase64DecodePolicy())
             items: list[dict] = []
@@ -273,8 +279,18 @@ class Chaos:
         provider = defaultdict(list)
         for p in self.stack.emulator.responses():
             provider[(p.get("metadata") or {}).get("bg_run_id")].append(p["id"])
-        add("exactly one provider response per run",
-            [f"{r}({len(provider.get(r, []))} responses)" for r in ids if len(provider.get(r, [])) != 1], n, "with one")
+        if self.cfg.backend == "executor":
+            add("every run ran on the executor (no provider background response)",
+                [f"{r}(backend {views.get(r, {}).get('backend')}, {len(provider.get(r, []))} responses)" for r in ids
+                 if views.get(r, {}).get("backend") != "executor" or provider.get(r)], n, "executor runs")
+            failed = [r for r in ids if views.get(r, {}).get("status") == "failed"]
+            add("a failed executor run says why", [f"{r}({views[r].get('error')})" for r in failed
+                                                   if not (views[r].get("error") or {}).get("message")],
+                len(failed), "with a reason")
+        else:
+            add("exactly one provider response per run",
+                [f"{r}({len(provider.get(r, []))} responses)" for r in ids if len(provider.get(r, [])) != 1], n,
+                "with one")
         orphans = [f"{rid}({len(v)})" for rid, v in provider.items() if rid not in self.accepted]
         add("no provider response without an accepted run", orphans, len(provider), "accounted for")
         poison = self.poison()
@@ -285,13 +301,13 @@ class Chaos:
                 v = views.get(rid) if rid else None
                 if v is None or v.get("missing"):
                     unaccounted.append(f"{queue}:{item}")
-                elif queue == "runs-poll-poison" and v.get("status") not in TERMINAL:
+                elif queue in ("runs-poll-poison", "runs-execute-poison") and v.get("status") not in TERMINAL:
                     unaccounted.append(f"{queue}:{rid} (run {v.get('status')})")
                 elif queue == "runs-webhook-poison" and (v.get("webhook") or {}).get("state") != "delivered":
                     unaccounted.append(f"{queue}:{rid} (webhook {(v.get('webhook') or {}).get('state')})")
         total_poison = sum(len(v) for v in poison.values())
-        add("no poison message unaccounted for", unaccounted, total_poison, "poison messages accounted for "
-            f"(runs-poll-poison {len(poison['runs-poll-poison'])}, runs-webhook-poison {len(poison['runs-webhook-poison'])})")
+        add("no poison message unaccounted for", unaccounted, total_poison, "poison messages accounted for ("
+            + ", ".join(f"{queue} {len(items)}" for queue, items in poison.items()) + ")")
         stuck = [f"{r}({views.get(r, {}).get('status')}, webhook {(views.get(r, {}).get('webhook') or {}).get('state')})"
                  for r in ids if not _settled(views.get(r)) or views.get(r, {}).get("status") == "expired"]
         add("no run stuck (terminal, webhook settled, none expired)", stuck, n, "settled")
@@ -301,6 +317,8 @@ class Chaos:
         self.stats["webhook_states"] = dict(Counter((views.get(r, {}).get("webhook") or {}).get("state") for r in ids))
         self.stats["deliveries"] = len(self.stack.receiver.snapshot())
         self.stats["poison"] = {k: len(v) for k, v in poison.items()}
+        self.stats["errors"] = dict(Counter((views.get(r, {}).get("error") or {}).get("code") for r in ids
+                                            if views.get(r, {}).get("error")))
         return checks
 
     # -- the whole thing ----------------------------------------------------------------------------------
@@ -308,7 +326,8 @@ class Chaos:
         cfg = self.cfg
         self.stats: dict[str, Any] = {}
         self.t0 = time.monotonic()
-        self.stack = LocalStack(cfg.name, host_env=dict(CHAOS_HOST_ENV), emulator_config={"seed": cfg.seed})
+        host_env = {**CHAOS_HOST_ENV, **(EXECUTOR_HOST_ENV if cfg.backend == "executor" else {})}
+        self.stack = LocalStack(cfg.name, host_env=host_env, emulator_config={"seed": cfg.seed})
         await asyncio.to_thread(self.stack.start)
         try:
             self.say(f"stack up: host {self.stack.api}; {cfg.runs} runs over {cfg.submit_seconds:.0f}s")
@@ -381,11 +400,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--azurite-down", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--converge-timeout", type=float, default=240.0)
+    parser.add_argument("--backend", choices=("background", "executor"), default="background")
     args = parser.parse_args(argv)
     started = time.monotonic()
     result = run_chaos(runs=args.runs, submit_seconds=args.submit_seconds, host_kills=args.host_kills,
                        receiver_outage_s=args.receiver_outage, azurite_down_s=args.azurite_down, seed=args.seed,
-                       converge_timeout_s=args.converge_timeout)
+                       converge_timeout_s=args.converge_timeout, backend=args.backend,
+                       **({"fault_endpoints": "create,retrieve,stream,cancel,chat"} if args.backend == "executor"
+                          else {}))
     print(report(result).replace(f"\n{result.passed} passed",
                                  f"\nwall time {time.monotonic() - started:.0f} s\n{result.passed} passed"))
     return 1 if result.failed else 0

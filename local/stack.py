@@ -473,7 +473,9 @@ def main() -> None:
              "SWEEP_SCHEDULE": os.environ.get("SWEEP_SCHEDULE", "*/30 * * * * *"),
              "RESPONSES_API_KEYS": dev["RESPONSES_API_KEYS"],
              "PROVIDER_WEBHOOK_SECRETS": dev["PROVIDER_WEBHOOK_SECRETS"],
-             "COMPLETION_STRATEGY": os.environ.get("COMPLETION_STRATEGY", "")})
+             "COMPLETION_STRATEGY": os.environ.get("COMPLETION_STRATEGY", ""),
+             # `RUN_BACKEND=executor make run`: the app runs every model call itself (Chat Completions here).
+             "RUN_BACKEND": os.environ.get("RUN_BACKEND", "")})
     func = shutil.which("func")
     stack.start(with_host=not func, fresh=args.fresh, wait_healthy=False)
     core_tools = None

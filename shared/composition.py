@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from .provider import ResponsesBackend, RunBackend, open_provider
+from .provider.direct import DirectModel
 from .runs.callers import CallerKeys
 from .runs.cancelling import RunCanceller
 from .runs.deleting import RunDeleter
+from .runs.event_log import EventLog
+from .runs.executing import Executor
+from .runs.executor_backend import BackendRouter, ExecutorBackend
 from .runs.idempotency import IdempotencyStore
 from .runs.index import RunIndex
 from .runs.lifecycle import RunLifecycle
@@ -62,6 +66,7 @@ class Services:
     deleter: RunDeleter
     lister: RunLister
     callers: CallerKeys  # the Responses API facade's callers, by key
+    executor: Executor
     _closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def close(self) -> None:
@@ -69,16 +74,23 @@ class Services:
             await close()
 
 
-def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: WebhookSender | None = None,
-          provider_webhooks=None, closers: tuple[Callable[[], Awaitable[None]], ...] = ()) -> Services:
-    """Every collaborator, built once. `backend` is the provider seam; `sender` delivers webhooks (built
-    from the settings when not given; none when no signing secret is set); `provider_webhooks` is the openai
-    client's webhook helper resource (verifies the provider's webhooks); `closers` release the clients."""
+def build(settings: Settings, storage: Storage, backend: RunBackend, *, model=None,
+          sender: WebhookSender | None = None, provider_webhooks=None,
+          closers: tuple[Callable[[], Awaitable[None]], ...] = ()) -> Services:
+    """Every collaborator, built once. `backend` is the provider's background mode; `model` the direct streaming
+    call the executor makes (provider.direct.DirectModel); runs go to one or the other by RUN_BACKEND (and, once
+    started, by their response id). `sender` delivers webhooks (built from the settings when not given; none
+    when no signing secret is set); `provider_webhooks` is the openai client's webhook helper resource (verifies
+    the provider's webhooks); `closers` release the clients."""
     store = RunStore(storage.runs, storage.payloads)
     sessions = SessionStore(storage.sessions)
     idempotency = IdempotencyStore(storage.idempotency)
     index = RunIndex(storage.index)
     tokens = TokenCodec(settings.token_key)
+    events = EventLog(storage.events, storage.payloads)
+    executor_backend = ExecutorBackend(events, store, storage.execute_queue, model,
+                                       stale_seconds=settings.executor.stale_seconds)
+    backend = BackendRouter(backend, executor_backend, settings.executor.backend)
     backoff = Backoff(settings.poll_initial_delay, settings.poll_max_delay, settings.poll_multiplier)
     chain_backoff, observer = _completion_strategy(settings, backend, backoff)
     scheduler = PollScheduler(store, storage.poll_queue)
@@ -108,10 +120,11 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: 
         relays=RelayFactory(store, backend, lifecycle, views, max_seconds=settings.stream_max_seconds,
                             keepalive_seconds=settings.stream_keepalive_seconds,
                             fallback_max_delay=settings.poll_max_delay),
-        purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds),
+        purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds, events=events),
         deleter=RunDeleter(reader, canceller, backend, store, index),
         lister=RunLister(index, store),
         callers=CallerKeys(settings.facade.api_keys),
+        executor=Executor(store, events, lifecycle, model, settings.executor),
         _closers=(*((sender.aclose,) if sender else ()), *closers),
     )
 
@@ -145,8 +158,13 @@ async def services() -> Services:
                     await provider.close()
                     await storage.close()
                     raise
-                _services = build(settings, storage, ResponsesBackend(provider), provider_webhooks=provider.webhooks,
-                                  closers=(provider.close, storage.close))
-                log.info("service ready: provider=%s model=%s webhooks=%s", settings.provider.kind,
-                         settings.provider.default_model, "on" if settings.webhook_secrets else "off")
+                model = DirectModel(provider, api=settings.executor.api,
+                                    idle_timeout=settings.executor.idle_timeout_seconds,
+                                    connect_timeout=settings.provider.timeout_seconds,
+                                    emulator_knobs=settings.provider.kind == "emulator")
+                _services = build(settings, storage, ResponsesBackend(provider), model=model,
+                                  provider_webhooks=provider.webhooks, closers=(provider.close, storage.close))
+                log.info("service ready: provider=%s model=%s backend=%s completion=%s webhooks=%s",
+                         settings.provider.kind, settings.provider.default_model, settings.executor.backend,
+                         settings.completion.strategy, "on" if settings.webhook_secrets else "off")
     return _services

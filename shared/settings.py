@@ -24,6 +24,8 @@ SESSIONS_TABLE = "sessions"
 IDEMPOTENCY_TABLE = "idempotency"
 INDEX_TABLE = "runindex"
 PAYLOAD_CONTAINER = "run-payloads"
+EXECUTE_QUEUE = "runs-execute"  # runs the function app executes itself (RUN_BACKEND=executor)
+EVENTS_TABLE = "runevents"  # their event logs
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 
 DEFAULT_EMULATOR_URL = "http://127.0.0.1:7070/v1"
@@ -68,8 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(f"{STORAGE_CONNECTION}__credential", "`managedidentity` in Azure.", in_azure="required"),
     Setting(f"{STORAGE_CONNECTION}__clientId", "Client id of the user-assigned identity.", in_azure="required"),
     Setting("AZURE_CLIENT_ID", "Client id of the user-assigned identity (azure-identity).", in_azure="required"),
-    Setting("MODEL_PROVIDER", "`emulator`, `openai` or `azure_openai`; inferred when empty "
-            "(AZURE_OPENAI_ENDPOINT -> azure_openai, OPENAI_API_KEY -> openai, else emulator).", in_azure="required"),
+    Setting("MODEL_PROVIDER", "`emulator`, `openai`, `azure_openai` or `openai_compatible`; inferred when empty "
+            "(AZURE_OPENAI_ENDPOINT -> azure_openai, OPENAI_COMPATIBLE_BASE_URL -> openai_compatible, "
+            "OPENAI_API_KEY -> openai, else emulator).", in_azure="required"),
     Setting("OPENAI_API_KEY", "OpenAI API key (provider openai).", secret=True),
     Setting("OPENAI_BASE_URL", "OpenAI base URL override (provider openai)."),
     Setting("AZURE_OPENAI_ENDPOINT", "Azure OpenAI resource endpoint, e.g. https://NAME.openai.azure.com "
@@ -112,6 +115,24 @@ SETTINGS: tuple[Setting, ...] = (
             "functionTimeout).", "240"),
     Setting("STREAM_MAX_SECONDS", "A stream ends with a `reconnect` event after this (below Azure's 230 s).", "200"),
     Setting("STREAM_KEEPALIVE_SECONDS", "Idle time before an SSE keep-alive comment.", "15"),
+    # -- runs the function app executes itself, for models without a background mode ------------------------
+    Setting("OPENAI_COMPATIBLE_BASE_URL", "Base URL of an OpenAI-compatible server without background mode "
+            "(vLLM, Ollama, LiteLLM, Azure AI Foundry models), e.g. https://host/v1 (provider openai_compatible)."),
+    Setting("OPENAI_COMPATIBLE_API_KEY", "Its API key; when empty, Microsoft Entra ID is used "
+            "(scope OPENAI_COMPATIBLE_ENTRA_SCOPE).", secret=True),
+    Setting("OPENAI_COMPATIBLE_ENTRA_SCOPE", "Token scope for Entra ID with provider openai_compatible.",
+            "https://cognitiveservices.azure.com/.default"),
+    Setting("RUN_BACKEND", "`background` (the provider's background mode) or `executor` (the function app makes "
+            "the streaming model call itself and keeps the events); empty: executor for openai_compatible, "
+            "else background."),
+    Setting("EXECUTOR_API", "What the executor calls: `chat_completions`, or `responses` (a Responses API "
+            "without background mode, streamed).", "chat_completions"),
+    Setting("EXECUTOR_MAX_ATTEMPTS", "Model calls an executor run may start (a host crash or a cut stream "
+            "starts the next); then the run fails.", "3"),
+    Setting("EXECUTOR_STALE_SECONDS", "An executor attempt silent this long is presumed dead (its host stopped); "
+            "the poll chain dispatches the run again.", "30"),
+    Setting("EXECUTOR_IDLE_TIMEOUT_SECONDS", "Longest silence of a model stream before it counts as cut "
+            "(reasoning models may think minutes before their first token).", "300"),
     *FACADE_SETTINGS,
 )
 
@@ -172,6 +193,25 @@ class ProviderSettings:
     client_id: str | None
     default_model: str
     timeout_seconds: float
+    entra_scope: str | None = None  # openai_compatible with Entra ID
+
+    @property
+    def has_background_mode(self) -> bool:
+        return self.kind != "openai_compatible"
+
+
+BACKENDS = ("background", "executor")
+EXECUTOR_APIS = ("chat_completions", "responses")
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    backend: str  # what new runs use: background | executor
+    api: str  # chat_completions | responses
+    max_attempts: int
+    stale_seconds: float
+    idle_timeout_seconds: float
+    function_timeout_seconds: float | None  # host.json functionTimeout; None: unbounded
 
 
 STRATEGIES = ("poll", "push", "watch")
@@ -207,6 +247,7 @@ class Settings:
     stream_max_seconds: float
     stream_keepalive_seconds: float
     completion: CompletionSettings
+    executor: ExecutorSettings
     facade: "FacadeSettings" = field(default_factory=lambda: FacadeSettings((), 200.0))
 
     @classmethod
@@ -215,9 +256,10 @@ class Settings:
         refuse_unresolved_key_vault_references(env)
         stream_max_seconds = _number(env, "STREAM_MAX_SECONDS", minimum=1)
         check_stream_below_function_timeout(stream_max_seconds)
+        provider = _provider(env)
         return cls(
             storage=_storage(env),
-            provider=_provider(env),
+            provider=provider,
             token_key=_token_key(env),
             poll_initial_delay=_number(env, "POLL_INITIAL_DELAY_SECONDS", minimum=0.05),
             poll_max_delay=_number(env, "POLL_MAX_DELAY_SECONDS", minimum=0.1),
@@ -236,6 +278,7 @@ class Settings:
             stream_keepalive_seconds=_number(env, "STREAM_KEEPALIVE_SECONDS", minimum=0.1),
             completion=_completion(env),
             facade=_facade(env),
+            executor=_executor(env, provider),
         )
 
 
@@ -338,6 +381,8 @@ def _provider(env: Mapping[str, str]) -> ProviderSettings:
     if not kind:
         if _raw(env, "AZURE_OPENAI_ENDPOINT"):
             kind = "azure_openai"
+        elif _raw(env, "OPENAI_COMPATIBLE_BASE_URL"):
+            kind = "openai_compatible"
         elif _raw(env, "OPENAI_API_KEY"):
             kind = "openai"
         else:
@@ -365,7 +410,32 @@ def _provider(env: Mapping[str, str]) -> ProviderSettings:
         if not base.endswith("/openai/v1"):
             base += "/openai/v1"
         return ProviderSettings("azure_openai", base + "/", _raw(env, "AZURE_OPENAI_API_KEY"), endpoint, **common)
-    raise SettingsError(f"MODEL_PROVIDER: expected emulator, openai or azure_openai, got {kind!r}")
+    if kind == "openai_compatible":
+        url = _raw(env, "OPENAI_COMPATIBLE_BASE_URL")
+        if not url or not url.startswith(("http://", "https://")):
+            raise SettingsError("OPENAI_COMPATIBLE_BASE_URL: an http(s) URL is required for openai_compatible")
+        return ProviderSettings("openai_compatible", url.rstrip("/"), _raw(env, "OPENAI_COMPATIBLE_API_KEY"), None,
+                                **common, entra_scope=_raw(env, "OPENAI_COMPATIBLE_ENTRA_SCOPE"))
+    raise SettingsError(f"MODEL_PROVIDER: expected emulator, openai, azure_openai or openai_compatible, got {kind!r}")
+
+
+def _executor(env: Mapping[str, str], provider: ProviderSettings) -> ExecutorSettings:
+    backend = (_raw(env, "RUN_BACKEND") or "").lower() or ("background" if provider.has_background_mode else "executor")
+    if backend not in BACKENDS:
+        raise SettingsError(f"RUN_BACKEND: expected background or executor, got {backend!r}")
+    if backend == "background" and not provider.has_background_mode:
+        raise SettingsError(f"RUN_BACKEND: background needs a provider with a background mode; {provider.kind} has "
+                            "none (use executor)")
+    api = (_raw(env, "EXECUTOR_API") or "").lower()
+    if api not in EXECUTOR_APIS:
+        raise SettingsError(f"EXECUTOR_API: expected chat_completions or responses, got {api!r}")
+    return ExecutorSettings(
+        backend=backend, api=api,
+        max_attempts=int(_number(env, "EXECUTOR_MAX_ATTEMPTS", minimum=1, integer=True)),
+        stale_seconds=_number(env, "EXECUTOR_STALE_SECONDS", minimum=1),
+        idle_timeout_seconds=_number(env, "EXECUTOR_IDLE_TIMEOUT_SECONDS", minimum=1),
+        function_timeout_seconds=function_timeout_seconds(),
+    )
 
 
 def _token_key(env: Mapping[str, str]) -> bytes:

@@ -23,8 +23,8 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from .settings import (IDEMPOTENCY_TABLE, INDEX_TABLE, PAYLOAD_CONTAINER, POLL_QUEUE, RUNS_TABLE, SESSIONS_TABLE,
-                       WEBHOOK_QUEUE, StorageSettings)
+from .settings import (EVENTS_TABLE, EXECUTE_QUEUE, IDEMPOTENCY_TABLE, INDEX_TABLE, PAYLOAD_CONTAINER, POLL_QUEUE,
+                       RUNS_TABLE, SESSIONS_TABLE, WEBHOOK_QUEUE, StorageSettings)
 
 # Storage requests of this process: (function, "service.METHOD") -> count (benchmarks and /api/metrics read it).
 STORAGE_REQUESTS: Counter = Counter()
@@ -71,6 +71,8 @@ class Storage:
     poll_queue: MessageQueue
     webhook_queue: MessageQueue
     payloads: ContainerClient
+    events: TableClient  # executor runs' event logs
+    execute_queue: MessageQueue  # executor runs to (re)start
     _closeables: tuple
 
     async def close(self) -> None:
@@ -85,8 +87,8 @@ class Storage:
             except ResourceExistsError:
                 pass
         await asyncio.gather(
-            *(quietly(t.create_table()) for t in (self.runs, self.sessions, self.idempotency, self.index)),
-            *(quietly(q.client.create_queue()) for q in (self.poll_queue, self.webhook_queue)),
+            *(quietly(t.create_table()) for t in (self.runs, self.sessions, self.idempotency, self.index, self.events)),
+            *(quietly(q.client.create_queue()) for q in (self.poll_queue, self.webhook_queue, self.execute_queue)),
             quietly(self.payloads.create_container()),
         )
 
@@ -104,6 +106,7 @@ def open_storage(settings: StorageSettings) -> Storage:
         blobs = BlobServiceClient.from_connection_string(conn, **policies("blob"))
         poll = QueueClient.from_connection_string(conn, POLL_QUEUE, **codec, **policies("queue"))
         hooks = QueueClient.from_connection_string(conn, WEBHOOK_QUEUE, **codec, **policies("queue"))
+        execute = QueueClient.from_connection_string(conn, EXECUTE_QUEUE, **codec, **policies("queue"))
         extra: tuple = ()
     else:
         cred = _credential(settings)
@@ -111,6 +114,7 @@ def open_storage(settings: StorageSettings) -> Storage:
         blobs = BlobServiceClient(settings.blob_uri, credential=cred, **policies("blob"))
         poll = QueueClient(settings.queue_uri, POLL_QUEUE, credential=cred, **codec, **policies("queue"))
         hooks = QueueClient(settings.queue_uri, WEBHOOK_QUEUE, credential=cred, **codec, **policies("queue"))
+        execute = QueueClient(settings.queue_uri, EXECUTE_QUEUE, credential=cred, **codec, **policies("queue"))
         extra = (cred,)
     return Storage(
         runs=tables.get_table_client(RUNS_TABLE),
@@ -120,5 +124,7 @@ def open_storage(settings: StorageSettings) -> Storage:
         poll_queue=MessageQueue(poll),
         webhook_queue=MessageQueue(hooks),
         payloads=blobs.get_container_client(PAYLOAD_CONTAINER),
-        _closeables=(tables, blobs, poll, hooks, *extra),
+        events=tables.get_table_client(EVENTS_TABLE),
+        execute_queue=MessageQueue(execute),
+        _closeables=(tables, blobs, poll, hooks, execute, *extra),
     )

@@ -38,7 +38,12 @@ TEST_ENV = {
     "RESPONSES_API_KEYS": " ".join(f"{name}:{key}" + (":operator" if name == "ops" else "")
                                    for name, key in FACADE_KEYS.items()),
     "RESPONSES_MAX_WAIT_SECONDS": str(FACADE_MAX_WAIT_SECONDS),
+    # The session host runs provider-background runs only; executor runs are run by the hosts their tests start
+    # (every host shares Azurite, so an enabled executor here would take their messages).
+    "AzureWebJobs.execute_run.Disabled": "true",
 }
+# What a host that runs executor runs adds (stack.start_host(name, **EXECUTOR_HOST)).
+EXECUTOR_HOST = {"RUN_BACKEND": "executor", "AzureWebJobs.execute_run.Disabled": "false"}
 
 
 class Stack:

@@ -14,12 +14,15 @@ var queueNames = [
   'runs-poll-poison'
   'runs-webhook'
   'runs-webhook-poison'
+  'runs-execute'
+  'runs-execute-poison'
 ]
 var tableNames = [
   'runs'
   'sessions'
   'idempotency'
   'runindex'
+  'runevents'
 ]
 var containerNames = [
   deploymentContainerName

@@ -446,6 +446,9 @@ class Emulator:
             return await self._delayed(delay, DropResponse())  # type: ignore[arg-type]
         if streaming:
             cut = knobs["stream_cut_after"]
+            if cut is not None and knobs["stream_cut_sends"] is not None \
+                    and self.chat.stream_send(raw) >= knobs["stream_cut_sends"]:
+                cut = None  # this body was cut often enough: this send goes through
             n = len(plan.chunks)
             if self.config.stream_cut_rate > 0 and self.rng.random() < self.config.stream_cut_rate and n >= 2:
                 k = self.rng.randint(1, n - 1)

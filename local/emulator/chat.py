@@ -259,6 +259,7 @@ class ChatLog:
     def __init__(self, max_calls: int = 10_000) -> None:
         self.calls: deque[dict] = deque(maxlen=max_calls)
         self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._streams: OrderedDict[str, int] = OrderedDict()  # per body: streams sent (emulator_stream_cut_sends)
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -267,11 +268,19 @@ class ChatLog:
 
     def attempt(self, raw_body: bytes) -> int:
         """How many times this exact body was sent before (SDK retries and app-level retries alike)."""
+        return self._count(self._attempts, raw_body)
+
+    def stream_send(self, raw_body: bytes) -> int:
+        """How many streams of this exact body were sent before (for ``emulator_stream_cut_sends``)."""
+        return self._count(self._streams, raw_body)
+
+    @staticmethod
+    def _count(counts: OrderedDict, raw_body: bytes) -> int:
         key = hashlib.sha256(raw_body).hexdigest()
-        n = self._attempts.pop(key, 0)
-        self._attempts[key] = n + 1
-        while len(self._attempts) > 10_000:
-            self._attempts.popitem(last=False)
+        n = counts.pop(key, 0)
+        counts[key] = n + 1
+        while len(counts) > 10_000:
+            counts.popitem(last=False)
         return n
 
     def record(self, plan: ChatPlan, body: dict, meta: dict, stream: bool) -> dict:

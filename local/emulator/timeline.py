@@ -99,6 +99,9 @@ def resolve_knobs(meta: dict, cfg, *, background: bool) -> dict[str, Any]:
         "http_errors": parse_http_errors(meta.get("emulator_http_errors") or ""),
         "retry_after_ms": _num(meta, "emulator_retry_after_ms", cfg.retry_after_ms, 0, 600_000),
         "stream_cut_after": cut_after,
+        # chat only: cut just the first N sends of the same body (a retry or a new attempt then succeeds)
+        "stream_cut_sends": (int(_num(meta, "emulator_stream_cut_sends", 0, 0, 1e9))
+                             if meta.get("emulator_stream_cut_sends") not in (None, "") else None),
         "first_byte_ms": _num(meta, "emulator_first_byte_ms", 0.0, 0, 600_000),
         "scale": float(cfg.time_scale),
         # webhooks (None = the global setting decides when the event fires)

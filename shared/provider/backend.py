@@ -47,6 +47,8 @@ class Started:
 
 
 class RunBackend(Protocol):
+    kind: str  # "background" or "executor": what runs started through it say ran them
+
     async def start(self, params: dict[str, Any], *, stream: bool) -> Started: ...
     async def observe(self, response_id: str) -> ProviderState: ...
     async def cancel(self, response_id: str) -> ProviderState | None: ...
@@ -71,6 +73,8 @@ class _PrefixedStream:
 
 class ResponsesBackend:
     """Background responses of the provider's Responses API."""
+
+    kind = "background"
 
     def __init__(self, client: AsyncOpenAI) -> None:
         self._client = client

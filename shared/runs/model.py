@@ -43,6 +43,7 @@ class Run:
     # The provider's Response as it last reported it, without its output (the create reply; the final response
     # is kept in the result): what a Responses-API rendering of the run is made from.
     response: dict[str, Any] | None = None
+    backend: str = "background"  # what ran it: the provider's background mode, or the executor (shared.runs.executing)
     etag: str | None = None
     # Set by the store: parts already written are not written again on every save (a 5 MB result is
     # uploaded once), and parts not loaded are not downloaded on reads that do not need them.

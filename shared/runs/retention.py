@@ -24,8 +24,9 @@ EVENT_MEMORY_SECONDS = 4 * DAY
 
 class RetentionPurger:
     def __init__(self, store: RunStore, sessions: SessionStore, idempotency: IdempotencyStore, index: RunIndex,
-                 retention_seconds: float) -> None:
+                 retention_seconds: float, events=None) -> None:
         self._store = store
+        self._events = events  # executor runs' event logs (shared.runs.event_log.EventLog)
         self._sessions = sessions
         self._idempotency = idempotency
         self._index = index
@@ -52,9 +53,12 @@ class RetentionPurger:
         run = await self._store.get(run_id)
         if run is None:
             await self._store.delete_blobs(run_id)
+            await self._purge_log(run_id)
             return 0
         ended = run.completed_at or 0.0
         if run.is_terminal and not (run.webhook and run.webhook.is_pending) and clock.now() >= ended + self._retention:
+            if run.backend == "executor":
+                await self._purge_log(run_id)  # first: the run's index entry is what leads back to its log
             await self._index.unlist(run)
             await self._store.purge(run_id)
             if run.response_id:
@@ -62,6 +66,10 @@ class RetentionPurger:
             return 1
         await self._index.expire_at("run", run_id, max(ended + self._retention, clock.now() + DAY))  # not yet: later
         return 0
+
+    async def _purge_log(self, run_id: str) -> None:
+        if self._events is not None:
+            await self._events.purge(run_id)
 
     async def _purge_session(self, session_id: str) -> int:
         session = await self._sessions.get(session_id)

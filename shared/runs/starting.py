@@ -97,7 +97,8 @@ class RunStarter:
         run = Run(id=run_id, status="queued", created_at=created_at, model=params["model"], request=params,
                   session_id=request.session_id, metadata=request.metadata, stream=request.stream,
                   next_poll_at=created_at + self.start_grace, deadline_at=created_at + deadline,
-                  webhook_url=request.webhook_url, owner=caller.owner, previous_run_id=request.previous_run_id)
+                  webhook_url=request.webhook_url, owner=caller.owner, previous_run_id=request.previous_run_id,
+                  backend=getattr(self._backend, "kind", "background"))
         await self._index.mark_open(run_id)
         await self._store.create(run)
         await self._index.list_run(run)

@@ -97,7 +97,7 @@ class RunStore:
             "completed_at": run.completed_at, "poll_seq": run.poll_seq, "poll_nonce": run.poll_nonce,
             "poll_count": run.poll_count, "next_poll_at": run.next_poll_at, "deadline_at": run.deadline_at,
             "watch_position": run.watch_position, "webhook_url": run.webhook_url or "",
-            "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "",
+            "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "", "backend": run.backend,
             "owner": run.owner or "", "previous_run_id": run.previous_run_id or "",
         }
         return {k: v for k, v in entity.items() if v is not None}
@@ -131,7 +131,8 @@ class RunStore:
             webhook=WebhookState.from_dict(json.loads(webhook)) if webhook else None,
             owner=entity.get("owner") or None, previous_run_id=entity.get("previous_run_id") or None,
             response=await self._load_part(entity, "response") if with_result and has_response else None,
-            etag=entity.metadata.get("etag"), result_stored=has_result, response_stored=has_response,
+            backend=entity.get("backend") or "background", etag=entity.metadata.get("etag"),
+            result_stored=has_result, response_stored=has_response,
         )
 
     # -- operations ------------------------------------------------------------------------------------------

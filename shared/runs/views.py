@@ -29,6 +29,7 @@ class RunViews:
             "required_action": result.get("required_action"),
             "provider_response_id": run.response_id,
             "stream": run.stream,
+            "backend": run.backend,
         }
         if run.webhook_url:
             hook = run.webhook

@@ -192,6 +192,16 @@ def test_cut_mid_stream(wclient, wire):
     assert wire.assert_valid() == 5
 
 
+def test_cut_only_the_first_sends_of_a_body(client):
+    body = dict(model="m", messages=[{"role": "user", "content": "cut me twice"}], stream=True,
+                extra_headers=knobs(stream_cut_after=3, stream_cut_sends=2))
+    for _ in range(2):
+        with pytest.raises(openai.APIConnectionError):
+            list(client.chat.completions.create(**body))
+    chunks = list(client.chat.completions.create(**body))
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_failed_outcome(wclient, wire):
     nr = wclient.with_options(max_retries=0)
     t0 = time.monotonic()

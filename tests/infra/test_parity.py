@@ -168,10 +168,10 @@ def test_resource_names_match_settings():
     tree = parse(INFRA / "app" / "storage.bicep")
     s = service_settings
     queues = child_names(tree, "Microsoft.Storage/storageAccounts/queueServices/queues")
-    for queue in (s.POLL_QUEUE, s.WEBHOOK_QUEUE):
+    for queue in (s.POLL_QUEUE, s.WEBHOOK_QUEUE, s.EXECUTE_QUEUE):
         assert {queue, f"{queue}-poison"} <= queues, f"queue {queue} (and its poison queue) missing: {queues}"
     tables = child_names(tree, "Microsoft.Storage/storageAccounts/tableServices/tables")
-    assert {s.RUNS_TABLE, s.SESSIONS_TABLE, s.IDEMPOTENCY_TABLE, s.INDEX_TABLE} <= tables, tables
+    assert {s.RUNS_TABLE, s.SESSIONS_TABLE, s.IDEMPOTENCY_TABLE, s.INDEX_TABLE, s.EVENTS_TABLE} <= tables, tables
     containers = child_names(tree, "Microsoft.Storage/storageAccounts/blobServices/containers")
     assert s.PAYLOAD_CONTAINER in containers, containers
     account = next(r for r in tree["resources"].values() if r["type"] == STORAGE)

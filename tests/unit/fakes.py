@@ -4,6 +4,7 @@
   the real stores (RunStore, SessionStore, ...) run unchanged and every conditional write can conflict.
 - `FakeQueue`: records sent messages with their delays.
 - `FakeBackend`: a provider whose responses tests script (status, output, failures, hooks between steps).
+- `FakeModel`: the executor's direct streaming call, scripted (text chunks, tool calls, failures, pauses).
 - `FakeClock`: the service's clock, moved by hand.
 - `world()`: the whole service built by the real composition root on these fakes.
 
@@ -23,11 +24,12 @@ from typing import Any, Awaitable, Callable
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableTransactionError, UpdateMode
 
 from shared import clock
 from shared.composition import Services, build
 from shared.provider import ProviderError, ProviderState, Started
+from shared.provider.direct import ChatTranslator
 from shared.settings import Settings
 
 _ETAGS = itertools.count(1)
@@ -121,9 +123,52 @@ class FakeTable:
             if all(_matches(data, m, parameters or {}) for m in clauses):
                 yield Entity(data, etag)
 
+    async def submit_transaction(self, operations: list) -> list[dict]:
+        """An entity group transaction: every operation applies, or none (the error names the status)."""
+        await self._request("submit_transaction")
+        saved = dict(self.rows)
+        results = []
+        try:
+            for op in operations:
+                kind, entity = op[0], op[1]
+                options = op[2] if len(op) > 2 else {}
+                key = self._key(entity)
+                if kind == "create":
+                    if key in self.rows:
+                        raise _transaction_error(409, "EntityAlreadyExists")
+                    results.append(self._put(key, entity))
+                elif kind == "update":
+                    if key not in self.rows:
+                        raise _transaction_error(404, "ResourceNotFound")
+                    if options.get("match_condition") == MatchConditions.IfNotModified and \
+                            self.rows[key][1] != options.get("etag"):
+                        raise _transaction_error(412, "UpdateConditionNotSatisfied")
+                    mode = options.get("mode", UpdateMode.MERGE)
+                    data = {**self.rows[key][0], **entity} if mode == UpdateMode.MERGE else dict(entity)
+                    results.append(self._put(key, data))
+                elif kind == "upsert":
+                    results.append(self._put(key, {**self.rows.get(key, ({}, ""))[0], **entity}))
+                elif kind == "delete":
+                    if key not in self.rows:
+                        raise _transaction_error(404, "ResourceNotFound")
+                    del self.rows[key]
+                    results.append({})
+                else:
+                    raise AssertionError(f"the fake table does not know the operation {kind!r}")
+        except TableTransactionError:
+            self.rows = saved
+            raise
+        return results
+
     def entity(self, partition_key: str, row_key: str) -> dict | None:
         row = self.rows.get((partition_key, row_key))
         return copy.deepcopy(row[0]) if row else None
+
+
+def _transaction_error(status: int, code: str) -> TableTransactionError:
+    error = TableTransactionError(message=f"0:{code}")
+    error.status_code, error.error_code = status, code
+    return error
 
 
 def _matches(data: dict, match: re.Match, parameters: dict) -> bool:
@@ -214,6 +259,8 @@ class FakeBackend:
     """A scripted provider. `fail[method]` is a list of ProviderErrors raised by the next calls of that
     method; `before[method]` is an async hook awaited at the start of each call (to force interleavings)."""
 
+    kind = "background"
+
     def __init__(self) -> None:
         self.responses: dict[str, FakeResponse] = {}
         self.calls: list[tuple[str, str]] = []
@@ -290,6 +337,66 @@ def stream_event(kind: str, seq: int, response=None):
     return SimpleNamespace(type=kind, sequence_number=seq, response=response)
 
 
+def _chunk(content: str | None = None, call: dict | None = None, finish: str | None = None):
+    calls = None
+    if call is not None:
+        calls = [SimpleNamespace(index=call.get("index", 0), id=call.get("id"),
+                                 function=SimpleNamespace(name=call.get("name"), arguments=call.get("arguments")))]
+    delta = SimpleNamespace(content=content, refusal=None, tool_calls=calls)
+    return SimpleNamespace(choices=[SimpleNamespace(index=0, delta=delta, finish_reason=finish)], usage=None)
+
+
+class FakeModel:
+    """The executor's direct call, scripted. `scripts` holds one script per call, in order (the last one is
+    reused); a script is a list of steps: a str is a text chunk, a dict a tool-call chunk (`name`, `id`,
+    `arguments`, `index`), a ProviderError is raised, an asyncio.Event is waited for, a float is slept, ("finish", reason) ends
+    with that finish reason (default: "stop" after the last step), ("fail", message) is an in-stream error."""
+
+    def __init__(self) -> None:
+        self.scripts: list[list[Any]] = [["Hello", " world"]]
+        self.requests: list[Any] = []
+        self.refuse: ProviderError | None = None
+        self.open = 0  # streams in progress
+        self.closed = 0  # streams that ended (cancelled ones included)
+
+    def check(self, params: dict) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+
+    async def stream(self, request, base, *, api=None):
+        from shared.provider.direct import failed_event
+
+        self.requests.append(request)
+        script = self.scripts.pop(0) if len(self.scripts) > 1 else self.scripts[0]
+        translator = ChatTranslator(base)
+        self.open += 1
+        try:
+            finish = "stop"
+            for step in script:
+                if isinstance(step, ProviderError):
+                    raise step
+                if isinstance(step, asyncio.Event):
+                    await step.wait()
+                elif isinstance(step, float):
+                    await asyncio.sleep(step)
+                elif isinstance(step, tuple) and step[0] == "finish":
+                    finish = step[1]
+                elif isinstance(step, tuple) and step[0] == "fail":
+                    yield failed_event(base, "server_error", step[1])
+                    return
+                else:
+                    chunk = _chunk(content=step) if isinstance(step, str) else _chunk(call=step)
+                    for event in translator.feed(chunk):
+                        yield event
+                await asyncio.sleep(0)
+            translator.feed(_chunk(finish=finish))
+            for event in translator.finish():
+                yield event
+        finally:
+            self.open -= 1
+            self.closed += 1
+
+
 class FakeClock:
     def __init__(self, start: float = 1_800_000_000.0) -> None:
         self.now = start
@@ -347,6 +454,8 @@ class World:
     poll_queue: FakeQueue
     webhook_queue: FakeQueue
     sender: FakeSender
+    model: FakeModel
+    execute_queue: FakeQueue
 
     @property
     def runs(self) -> FakeTable:
@@ -358,6 +467,11 @@ class World:
 
     async def run(self, run_id: str):
         return await self.services.reader.get(run_id)
+
+    async def execute(self, *, message_id: str = "msg-1", dequeue_count: int = 1) -> list[str]:
+        """Deliver every queued execute message to the executor (as the host would); what each did."""
+        return [await self.services.executor.handle(message, message_id=message_id, dequeue_count=dequeue_count)
+                for message in self.execute_queue.take()]
 
     async def drain_polls(self, *, limit: int = 100) -> list[str]:
         """Deliver every queued poll message (as the host would, ignoring delays); what each step did."""
@@ -382,16 +496,16 @@ def _provider_webhooks():
 def world(monkeypatch, **env: str) -> World:
     fake_clock = FakeClock()
     monkeypatch.setattr(clock, "now", fake_clock)
-    tables = {name: FakeTable() for name in ("runs", "sessions", "idempotency", "runindex")}
-    blobs, poll_queue, webhook_queue = FakeContainer(), FakeQueue(), FakeQueue()
+    tables = {name: FakeTable() for name in ("runs", "sessions", "idempotency", "runindex", "runevents")}
+    blobs, poll_queue, webhook_queue, execute_queue = FakeContainer(), FakeQueue(), FakeQueue(), FakeQueue()
     storage = SimpleNamespace(runs=tables["runs"], sessions=tables["sessions"], idempotency=tables["idempotency"],
                               index=tables["runindex"], poll_queue=poll_queue, webhook_queue=webhook_queue,
-                              payloads=blobs)
+                              payloads=blobs, events=tables["runevents"], execute_queue=execute_queue)
     settings = Settings.from_env({**ENV, **env})
-    backend, sender = FakeBackend(), FakeSender()
-    services = build(settings, storage, backend, sender=sender if settings.webhook_secrets else None,
+    backend, sender, model = FakeBackend(), FakeSender(), FakeModel()
+    services = build(settings, storage, backend, model=model, sender=sender if settings.webhook_secrets else None,
                      provider_webhooks=_provider_webhooks())
-    return World(services, backend, fake_clock, tables, blobs, poll_queue, webhook_queue, sender)
+    return World(services, backend, fake_clock, tables, blobs, poll_queue, webhook_queue, sender, model, execute_queue)
 
 
 async def gather(*aws):

@@ -156,3 +156,30 @@ def test_the_apps_own_host_json_leaves_room_for_the_default_stream():
     assert Settings.from_env(BASE).stream_max_seconds < function_timeout_seconds()
     with pytest.raises(SettingsError, match="^STREAM_MAX_SECONDS"):
         Settings.from_env({**BASE, "STREAM_MAX_SECONDS": str(function_timeout_seconds())})
+
+
+def test_an_openai_compatible_server_is_run_by_the_executor():
+    settings = Settings.from_env({**BASE, "OPENAI_COMPATIBLE_BASE_URL": "http://vllm:8000/v1/"})
+    assert settings.provider.kind == "openai_compatible" and not settings.provider.has_background_mode
+    assert settings.provider.base_url == "http://vllm:8000/v1" and settings.provider.api_key is None
+    assert settings.executor.backend == "executor" and settings.executor.api == "chat_completions"
+
+
+@pytest.mark.parametrize("override,named", [
+    ({"RUN_BACKEND": "threads"}, "RUN_BACKEND"),
+    ({"MODEL_PROVIDER": "openai_compatible", "OPENAI_COMPATIBLE_BASE_URL": "http://x", "RUN_BACKEND": "background"},
+     "RUN_BACKEND"),
+    ({"MODEL_PROVIDER": "openai_compatible"}, "OPENAI_COMPATIBLE_BASE_URL"),
+    ({"EXECUTOR_API": "completions"}, "EXECUTOR_API"),
+    ({"EXECUTOR_MAX_ATTEMPTS": "0"}, "EXECUTOR_MAX_ATTEMPTS"),
+])
+def test_a_bad_executor_setting_is_named(override, named):
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({**BASE, **override})
+    assert str(raised.value).startswith(named)
+
+
+def test_the_executor_knows_the_function_timeout_it_must_stay_under():
+    settings = Settings.from_env({**BASE, "RUN_BACKEND": "executor"})
+    assert settings.executor.backend == "executor"
+    assert settings.executor.function_timeout_seconds == 600  # host.json: 00:10:00

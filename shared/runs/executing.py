@@ -1,0 +1,432 @@
+"""The executor: the model call of a run the function app performs itself (one execute message, one
+invocation), written to the run's event log as it streams, ended through the lifecycle the moment it ends.
+
+One invocation:
+1. Claim an attempt on the log's head (ETag-conditional). A message whose run already has a live attempt is a
+   duplicate and is dropped; a message redelivered after its invocation died (a higher dequeue count), or one
+   finding the attempt silent past EXECUTOR_STALE_SECONDS, starts the next attempt. Past EXECUTOR_MAX_ATTEMPTS
+   the run fails with a message saying so.
+2. Stream the call (provider.direct) and append its events in batches (every FLUSH_SECONDS or FLUSH_EVENTS),
+   each batch with a heartbeat on the head. A 429/5xx before any output is retried with backoff; a cut after
+   output started ends the attempt: the next one begins in this invocation with a `response.output_restarted`
+   event, so followers know to drop the partial output, and sequence numbers keep growing.
+3. About every second, look at the run: ended by someone else (cancel, deadline on the poll chain) -> stop the
+   call; past its deadline -> stop and end it `expired`; past this invocation's share of functionTimeout ->
+   stop and fail it with a message naming the limit. A cancel also closes the log, which the next batch notices.
+4. At the terminal event: append it and close the log in one transaction, then `lifecycle.finish`. A crash
+   in between is finished from the log by the next message or the poll chain.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from azure.core.exceptions import AzureError
+
+from .. import clock
+from ..provider import ProviderError
+from ..provider.direct import (DirectRequest, continuation_items, failed_event, input_items, response_skeleton,
+                               with_status)
+from ..settings import ExecutorSettings
+from .event_log import TERMINAL_EVENTS, EventLog, LogConflict, LogHead
+from .executor_backend import ExecuteMessage, executor_response_id, is_executor_id, run_id_of
+from .lifecycle import RunLifecycle
+from .model import Run
+from .results import cancelled_result, failure_result, result_from_response
+from .store import RunStore
+
+log = logging.getLogger("bgruns.executing")
+
+RESTART_EVENT = "response.output_restarted"
+MAX_HISTORY_TURNS = 500
+PROVIDER_TRIES = 6  # a call refused with 429/5xx before any output: this many tries in all
+MAX_BACKOFF_SECONDS = 30.0
+STORAGE_TRIES = 4  # a batch the log would not take (storage hiccup): tries before the attempt gives up
+
+
+@dataclass(frozen=True)
+class Timings:
+    flush_seconds: float = 0.25  # a batch is written at most this long after its first event
+    flush_events: int = 64  # ... or as soon as it has this many
+    check_seconds: float = 1.0  # how often the run is looked at while its call streams (cancel, deadline)
+    retry_base_seconds: float = 0.5  # first backoff of a call refused before output (doubling, jittered)
+
+
+class Superseded(Exception):
+    """This attempt no longer owns the log: a newer attempt took over, or a cancel closed it."""
+
+    def __init__(self, head: LogHead | None) -> None:
+        super().__init__("superseded")
+        self.head = head
+
+
+class _Stop(Exception):
+    def __init__(self, reason: str) -> None:  # stopped | deadline | budget
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Writer:
+    """The owning attempt's pen: numbers events, keeps them until the batch is due, writes each batch with a
+    heartbeat, and notices at once when it no longer owns the log."""
+
+    def __init__(self, events: EventLog, head: LogHead, timings: Timings, heartbeat_seconds: float) -> None:
+        self._log = events
+        self.head = head
+        self.pending: list[dict[str, Any]] = []
+        self._first_pending_at = 0.0
+        self._last_write = time.monotonic()
+        self._timings = timings
+        self._heartbeat = heartbeat_seconds
+        self.wake = asyncio.Event()  # set when a batch starts or fills: the writing loop looks again
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        if not self.pending:
+            self._first_pending_at = time.monotonic()
+            self.wake.set()
+        self.pending.append({**event, "sequence_number": self.head.last_seq + 1 + len(self.pending)})
+        if len(self.pending) >= self._timings.flush_events:
+            self.wake.set()
+
+    @property
+    def due(self) -> bool:
+        return bool(self.pending) and (len(self.pending) >= self._timings.flush_events
+                                       or time.monotonic() - self._first_pending_at >= self._timings.flush_seconds)
+
+    @property
+    def next_due(self) -> float:
+        """Seconds until the pending batch is due (a long time when nothing is pending)."""
+        if not self.pending:
+            return 3600.0
+        return max(0.0, self._first_pending_at + self._timings.flush_seconds - time.monotonic())
+
+    async def flush(self, **changes: Any) -> None:
+        """Write what is pending with `changes` to the head. Raises Superseded if the log is no longer ours.
+        Events emitted while the write is in flight stay pending (their numbers already follow the batch's)."""
+        events = list(self.pending)
+        for attempt in range(STORAGE_TRIES):
+            try:
+                self.head = await self._log.append(self.head, events, heartbeat_at=clock.now(), **changes)
+                break
+            except LogConflict:
+                fresh = await self._log.head(self.head.run_id)
+                if fresh is None or fresh.is_closed or (fresh.attempt, fresh.claimed_by) != (
+                        self.head.attempt, self.head.claimed_by):
+                    raise Superseded(fresh) from None
+                self.head = fresh  # only a watchdog note changed: still ours
+            except AzureError:
+                if attempt == STORAGE_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.5 * 2 ** attempt)
+        else:
+            raise Superseded(None)
+        self.pending = self.pending[len(events):]
+        if self.pending:  # emitted while the batch was being written: they start the next batch now
+            self._first_pending_at = time.monotonic()
+        self._last_write = time.monotonic()
+
+    async def beat(self) -> None:
+        """A heartbeat when nothing was written for a while (a model thinking before its first token)."""
+        if time.monotonic() - self._last_write >= self._heartbeat:
+            await self.flush()
+
+
+class Executor:
+    def __init__(self, store: RunStore, events: EventLog, lifecycle: RunLifecycle, model,
+                 settings: ExecutorSettings, timings: Timings = Timings()) -> None:
+        self._store = store
+        self._log = events
+        self._lifecycle = lifecycle
+        self._model = model  # provider.direct.DirectModel (or a fake with `stream`)
+        self._settings = settings
+        self.timings = timings
+        self._heartbeat = max(0.2, min(5.0, settings.stale_seconds / 4))
+
+    # -- one message ---------------------------------------------------------------------------------------------
+    async def handle(self, data: Mapping[str, Any], *, message_id: str = "", dequeue_count: int = 1) -> str:
+        """Handle one execute message; returns what happened (for logs and tests)."""
+        try:
+            message = ExecuteMessage.parse(data)
+        except ValueError:
+            log.warning("dropping malformed execute message %r", data)
+            return "malformed"
+        run = await self._store.get(message.run_id, with_request=True)
+        if run is None:
+            return "unknown-run"
+        head = await self._log.head(run.id)
+        if head is None:
+            return "no-log"
+        if run.is_terminal:
+            await self._close_quietly(head)  # followers end; nothing is left to run
+            return "already-terminal"
+        if head.is_closed:
+            return await self._finish_from_log(run, head)
+        claimed = await self._claim(head, message_id, dequeue_count)
+        if isinstance(claimed, str):
+            return claimed
+        if claimed.attempt > self._settings.max_attempts:
+            return await self._give_up(run, claimed)
+        return await self._execute(run, claimed)
+
+    async def _claim(self, head: LogHead, message_id: str, dequeue_count: int) -> LogHead | str:
+        """Take the next attempt, unless a live one holds the log. Returns the claimed head (its `attempt` may
+        exceed the limit: the caller then fails the run) or why not."""
+        for _ in range(10):
+            if head.is_closed:
+                return "closed"
+            if head.attempt > 0:
+                redelivered = head.claimed_by == message_id and dequeue_count > head.claimed_dequeue
+                silent = clock.now() - head.heartbeat_at > self._settings.stale_seconds
+                if not (redelivered or silent):
+                    return "duplicate"
+                how = "ended with its invocation (host stopped or failed)" if redelivered else "went silent"
+                log.warning("run %s: attempt %d %s; starting attempt %d", head.run_id, head.attempt, how,
+                            head.attempt + 1)
+            head.attempt += 1
+            head.claimed_by, head.claimed_dequeue, head.heartbeat_at = message_id, dequeue_count, clock.now()
+            head.status = "in_progress"
+            try:
+                return await self._log.save_head(head)
+            except LogConflict:
+                head = await self._log.head(head.run_id)
+                if head is None:
+                    return "no-log"
+        return "busy"
+
+    # -- running the attempts ----------------------------------------------------------------------------------
+    async def _execute(self, run: Run, head: LogHead) -> str:
+        started = time.monotonic()
+        response_id = executor_response_id(run.id)
+        base = response_skeleton(response_id, run.request, run.created_at)
+        writer = _Writer(self._log, head, self.timings, self._heartbeat)
+        restart_reason = "the host running the previous attempt stopped" if head.attempt > 1 else None
+        try:
+            try:
+                request = await self._conversation(run)
+            except ProviderError as error:
+                return await self._fail(run, writer, base, "invalid_conversation", error.message)
+            while True:
+                if restart_reason:
+                    writer.emit({"type": RESTART_EVENT, "attempt": writer.head.attempt, "reason": restart_reason})
+                writer.emit({"type": "response.in_progress", "response": with_status(base, "in_progress")})
+                await writer.flush()
+                outcome = await self._call(run, writer, request, base, started)
+                if not outcome.startswith("cut:"):
+                    return outcome
+                restart_reason = outcome[4:]
+                if writer.head.attempt >= self._settings.max_attempts:
+                    return await self._fail(run, writer, base, "model_call_interrupted",
+                                            self._exhausted(restart_reason))
+                await writer.flush(attempt=writer.head.attempt + 1)
+                log.info("run %s: %s; attempt %d", run.id, restart_reason, writer.head.attempt)
+        except Superseded as superseded:
+            closed = superseded.head is not None and superseded.head.is_closed
+            log.info("run %s: attempt %d stops: %s", run.id, head.attempt, "the log was closed (cancel)" if closed
+                     else "a newer attempt owns the log")
+            return "stopped" if closed else "superseded"
+
+    async def _call(self, run: Run, writer: _Writer, request: DirectRequest, base: dict, started: float) -> str:
+        """One attempt's call, with retries before any output. Returns how the run went, or `cut:<why>`."""
+        for tries in range(1, PROVIDER_TRIES + 1):
+            try:
+                terminal = await self._stream(run, writer, request, base, started)
+            except _Stop as stop:
+                return await self._stopped(run, writer, base, stop.reason)
+            except _Cut as cut:
+                return f"cut:{cut}"
+            except ProviderError as error:
+                if not error.transient:
+                    return await self._fail(run, writer, base, "provider_error",
+                                            f"The model provider refused the call ({error.status}): {error.message}")
+                if tries == PROVIDER_TRIES:
+                    return await self._fail(run, writer, base, "provider_unavailable",
+                                            f"The model provider kept failing ({tries} tries): {error.message}")
+                backoff = self.timings.retry_base_seconds * 2 ** (tries - 1) * (0.8 + 0.4 * random.random())
+                delay = min(MAX_BACKOFF_SECONDS, max(error.retry_after or 0.0, backoff))
+                log.info("run %s: provider hiccup before output (%s); retrying in %.1fs", run.id, error.message, delay)
+                try:
+                    await self._pause(delay, run, writer, started)
+                except _Stop as stop:
+                    return await self._stopped(run, writer, base, stop.reason)
+                continue
+            await writer.flush(status=terminal["response"]["status"])
+            await self._finish(run, terminal["response"])
+            return terminal["response"]["status"]
+        raise AssertionError("unreachable")
+
+    async def _stream(self, run: Run, writer: _Writer, request: DirectRequest, base: dict, started: float) -> dict:
+        """Stream the call into the writer; returns the terminal event. Raises _Stop (the run must stop),
+        _Cut (the stream broke after output began) or ProviderError (it broke or was refused before)."""
+        produced = {"output": False, "terminal": None}
+
+        async def produce() -> None:
+            async for event in self._model.stream(request, base, api=writer.head.api or None):
+                writer.emit(event)
+                if event["type"] == "response.output_item.added":
+                    produced["output"] = True
+                if event["type"] in TERMINAL_EVENTS:
+                    produced["terminal"] = writer.pending[-1]
+                    return
+
+        producer = asyncio.create_task(produce())
+        next_check = time.monotonic() + self.timings.check_seconds
+        try:
+            while not producer.done():
+                woken = asyncio.create_task(writer.wake.wait())
+                timeout = max(0.0, min(writer.next_due, next_check - time.monotonic()))
+                await asyncio.wait({producer, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                writer.wake.clear()  # the state (pending, its age) is read afresh below
+                if producer.done():
+                    break
+                if writer.due:
+                    await writer.flush()
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.timings.check_seconds
+                    await self._check(run, started)
+                    await writer.beat()
+            error = producer.exception()
+        finally:
+            if not producer.done():
+                producer.cancel()  # closes the model's HTTP stream: the call stops here
+                await asyncio.gather(producer, return_exceptions=True)
+        if error is None and produced["terminal"] is None:
+            error = ProviderError(transient=True, status=None, message="the model stream ended early")
+        if error is not None:
+            if not isinstance(error, ProviderError):
+                raise error
+            if produced["output"] and error.transient:
+                await writer.flush()  # keep what the failed attempt produced; the restart event follows it
+                raise _Cut(error.message)
+            raise error
+        return produced["terminal"]
+
+    async def _check(self, run: Run, started: float) -> None:
+        """Raise _Stop when the run must stop: ended elsewhere, past its deadline, or out of function time."""
+        try:
+            fresh = await self._store.get(run.id)
+        except AzureError:  # a storage hiccup is no reason to drop the call: look again at the next check
+            fresh = run
+        if fresh is None or fresh.is_terminal:
+            raise _Stop("stopped")
+        if clock.now() >= run.deadline_at:
+            raise _Stop("deadline")
+        budget = self._budget()
+        if budget is not None and time.monotonic() - started >= budget:
+            raise _Stop("budget")
+
+    async def _pause(self, seconds: float, run: Run, writer: _Writer, started: float) -> None:
+        end = time.monotonic() + seconds
+        while (remaining := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(self.timings.check_seconds, remaining))
+            await self._check(run, started)
+            await writer.beat()
+
+    # -- ending ----------------------------------------------------------------------------------------------------
+    async def _stopped(self, run: Run, writer: _Writer, base: dict, reason: str) -> str:
+        if reason == "budget":
+            return await self._fail(run, writer, base, "function_timeout", self._budget_message())
+        await writer.flush()  # what was produced before the stop stays in the log
+        if reason == "deadline":
+            allowed = run.deadline_at - run.created_at
+            await self._finish(run, None, ("expired", failure_result(
+                "deadline_exceeded", f"The run did not finish within its deadline of {allowed:.0f} s.")))
+        await writer.flush(status="cancelled")  # close the log: followers end, the relay sends the run's end
+        return "expired" if reason == "deadline" else "stopped"
+
+    async def _fail(self, run: Run, writer: _Writer, base: dict, code: str, message: str) -> str:
+        log.warning("run %s fails: %s", run.id, message)
+        event = failed_event(base, code, message)
+        writer.emit(event)
+        await writer.flush(status="failed")
+        await self._finish(run, event["response"])
+        return "failed"
+
+    async def _give_up(self, run: Run, head: LogHead) -> str:
+        base = response_skeleton(executor_response_id(run.id), run.request, run.created_at)
+        writer = _Writer(self._log, head, self.timings, self._heartbeat)
+        try:
+            return await self._fail(run, writer, base, "model_call_interrupted",
+                                    self._exhausted("the host running it stopped"))
+        except Superseded:
+            return "stopped"
+
+    def _exhausted(self, last: str) -> str:
+        limit = self._settings.max_attempts
+        return (f"The model call was started {limit} times and did not finish (last: {last}); "
+                f"EXECUTOR_MAX_ATTEMPTS is {limit}.")
+
+    async def _finish(self, run: Run, response: dict | None, ours: tuple[str, dict] | None = None) -> None:
+        fresh = await self._store.get(run.id, with_result=True) or run
+        fresh.response_id = fresh.response_id or executor_response_id(run.id)  # the start may not have saved it yet
+        status, result = ours if ours else result_from_response(response)
+        await self._lifecycle.finish(fresh, status, result)
+
+    async def _finish_from_log(self, run: Run, head: LogHead) -> str:
+        """The log ended but the run did not (a crash between the two): end it as the log says."""
+        final = await self._log.final_response(head)
+        if final is None:
+            await self._finish(run, None, ("cancelled", cancelled_result()))
+            return "cancelled"
+        await self._finish(run, final)
+        return "finished-from-log"
+
+    async def _close_quietly(self, head: LogHead) -> None:
+        if head.is_closed:
+            return
+        head.status = "cancelled"
+        try:
+            await self._log.save_head(head)
+        except LogConflict:
+            pass  # someone else is closing or writing it
+
+    # -- time ------------------------------------------------------------------------------------------------------
+    def _budget(self) -> float | None:
+        """Seconds this invocation may run the call: functionTimeout less a margin to save the result."""
+        timeout = self._settings.function_timeout_seconds
+        if timeout is None:
+            return None
+        return timeout - self._margin(timeout)
+
+    @staticmethod
+    def _margin(timeout: float) -> float:
+        return min(30.0, timeout * 0.1)
+
+    def _budget_message(self) -> str:
+        timeout = self._settings.function_timeout_seconds or 0.0
+        return (f"The model call did not finish within {timeout - self._margin(timeout):.0f} s, the most one executor "
+                f"invocation may run: host.json functionTimeout is {timeout:.0f} s and {self._margin(timeout):.0f} s "
+                "are kept to save the result. Raise functionTimeout in host.json (on Flex Consumption it may be "
+                "unbounded, -1) or shorten the run.")
+
+    # -- the conversation --------------------------------------------------------------------------------------------
+    async def _conversation(self, run: Run) -> DirectRequest:
+        """The call's input: the session's earlier turns (their inputs and outputs, oldest first) and this one.
+        Chat Completions keeps no state, so `previous_response_id` is followed here, through our own runs."""
+        params = run.request
+        history: list[dict[str, Any]] = []
+        previous = params.get("previous_response_id")
+        for _ in range(MAX_HISTORY_TURNS):
+            if not previous:
+                break
+            if not is_executor_id(previous):
+                raise ProviderError(transient=False, status=400, message=(
+                    f"previous_response_id {previous} was not made by the executor, so it cannot be continued here"))
+            earlier = await self._store.get(run_id_of(previous), with_request=True, with_result=True)
+            if earlier is None or earlier.result is None:
+                raise ProviderError(transient=False, status=404, message=f"the previous response {previous} is gone")
+            history[:0] = input_items(earlier.request.get("input")) + continuation_items(earlier.result.get("output"))
+            previous = earlier.request.get("previous_response_id")
+        return DirectRequest(model=params.get("model"), items=history + input_items(params.get("input")),
+                             instructions=params.get("instructions"), tools=params.get("tools"),
+                             max_output_tokens=params.get("max_output_tokens"), reasoning=params.get("reasoning"),
+                             metadata=params.get("metadata"))
+
+
+class _Cut(Exception):
+    """The model stream broke after output began: the attempt is over."""
+
