@@ -247,13 +247,20 @@ class StreamConsumer:
             if outcome in ("broken", "refused", "eof"):
                 await asyncio.sleep(0.5 + self.api.rng.random())
         if self.final is not None and self.final.id is not None:
-            how = self._next_method()
-            events: list[str] = []
-            await self._open_and_read(how, after=self.final.id, collect=events)
-            self.after_final = [f"{how}:{e}" for e in events]
+            await self._resume_after_final()
         self.record.stream = self.summary()
         self.record.note(f"stream: {len(self.connections)} connections "
                          f"{[c['how'] + '/' + c['outcome'] for c in self.connections]}, final {self.summary()['final']}")
+
+    async def _resume_after_final(self) -> None:
+        """One more resume from the final event's id (retried while the host is down): the answer is kept."""
+        for _ in range(10):
+            how, events = self._next_method(), []
+            outcome = await self._open_and_read(how, after=self.final.id, collect=events)
+            if outcome not in ("broken", "refused") or events:
+                self.after_final = [f"{how}:{e}" for e in events]
+                return
+            await asyncio.sleep(1.0 + self.api.rng.random())
 
     def _next_method(self) -> str:
         method = RESUME_METHODS[self.method_index % len(RESUME_METHODS)]

@@ -19,6 +19,7 @@ from .chaos_client import ApiClient, RunRecord, StreamConsumer
 # Share of the run budget per scenario (the rest is `plain`) and the runs one job of it starts.
 MIX: dict[str, tuple[float, int]] = {
     "stream": (0.12, 1),         # a consumer that hangs up and resumes (several cut points)
+    "stream_cancel": (0.02, 1),  # a streamed run cancelled by another client while it is being read
     "attach": (0.04, 1),         # a polling-created run whose stream is read (and cut) by GET .../stream
     "cancel_race": (0.08, 1),    # a cancel sent around the time the run completes
     "session": (0.16, 5),        # multi-turn: text, function call, tool output, 3 concurrent starts, text
@@ -189,6 +190,24 @@ class Mix:
             await asyncio.sleep(0.5 + self.rng.random())
         self.api.not_accepted.append({"scenario": "stream", "key": key, "answers": ["stream start refused"],
                                       "last": None, "input_chars": len(body["input"])})
+
+    async def job_stream_cancel(self, job: Job) -> None:
+        """A run streamed to one client and cancelled by another half-way: the stream must end with the run's
+        final state (`run.cancelled`, or `run.completed` if the provider finished first)."""
+        duration = self.rng.randint(4000, 7000)
+        body = self.body(job, duration_ms=duration, metadata={"emulator_deltas": str(STREAM_DELTAS)})
+        record, _ = await self.api.start(body, scenario="stream_cancel",
+                                         expect={"rule": "cancel_race", "duration_ms": duration, "stream": True})
+        if record is None:
+            return
+
+        async def cancel_half_way() -> None:
+            await asyncio.sleep(duration / 1000 * self.rng.uniform(0.3, 0.6))
+            await self.api.cancel(record)
+
+        canceller = asyncio.create_task(cancel_half_way())
+        await StreamConsumer(self.api, record, self._cuts(), self.wait_timeout).consume(None)
+        await canceller
 
     async def job_attach(self, job: Job) -> None:
         """A run started without streaming, then read with GET .../stream from the start, with cuts."""

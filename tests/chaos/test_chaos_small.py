@@ -10,9 +10,10 @@ so this test keeps guarding every other invariant until those fixes land; then d
 from __future__ import annotations
 
 from bench.chaos import report, run_chaos
-from bench.chaos_checks import CAUSE_DEADLINE, CAUSE_EXPIRY_MESSAGE, CAUSE_SESSION_RACE
+from bench.chaos_checks import (CAUSE_DEADLINE, CAUSE_END_EVENT, CAUSE_EXPIRY_CANCEL, CAUSE_EXPIRY_MESSAGE,
+                                 CAUSE_SESSION_RACE)
 
-KNOWN_CAUSES = {CAUSE_SESSION_RACE, CAUSE_DEADLINE, CAUSE_EXPIRY_MESSAGE}
+KNOWN_CAUSES = {CAUSE_SESSION_RACE, CAUSE_DEADLINE, CAUSE_EXPIRY_MESSAGE, CAUSE_END_EVENT, CAUSE_EXPIRY_CANCEL}
 
 
 def test_small_chaos_run_keeps_every_invariant() -> None:
