@@ -25,6 +25,11 @@ CAUSE_END_EVENT = ("issue 12 defect 10: resuming after the final event of a canc
                    "repeats the final event under a new id instead of the single `end` event")
 CAUSE_EXPIRY_CANCEL = ("poller._expire: the provider cancel at the deadline is best effort and never retried; when it "
                        "meets a transient fault the run ends expired while the provider runs on (and bills)")
+CAUSE_IDEMPOTENT_ABANDON = ("not in issue 12: a second request with the same Idempotency-Key, arriving while the first "
+                            "start waits on the provider, is answered with that start's run (service._claim returns a "
+                            "run that has no response id yet, service.py:146-148); the provider then refuses the first "
+                            "start, which deletes the run (service._abandon, service.py:219-221): the client holds a "
+                            "run id that answers 404 for ever, and its retry makes a second run")
 CAUSE_START_ORPHAN = ("issue 12 suspicion: a start cut by a host kill (or slower than the start grace) is failed "
                       "as start_interrupted while its provider response keeps running; it should be cancelled")
 
@@ -114,15 +119,21 @@ class Checker:
         return self.check("every submitted run was accepted (retries with the same Idempotency-Key converge)",
                           failures, total, "accepted")
 
+    def missing(self, run_id: str) -> bool:
+        return bool((self.ev.views.get(run_id) or {}).get("missing"))
+
     def not_lost(self) -> Check:
-        failures = [self.failure(r, "answers 404 after it was accepted") for r in self.ids
-                    if (self.ev.views.get(r) or {}).get("missing")]
+        shared_keys = {r for runs in self.ev.key_runs.values() if len(runs) > 1 for r in runs}
+        failures = [self.failure(r, "answers 404 after it was accepted",
+                                 CAUSE_IDEMPOTENT_ABANDON if r in shared_keys else None)
+                    for r in self.ids if self.missing(r)]
         return self.check("no accepted run lost", failures, len(self.ids), "found")
 
     def terminal(self) -> Check:
-        failures = [self.failure(r, f"not terminal: {self.status(r)}") for r in self.ids
+        found = [r for r in self.ids if not self.missing(r)]  # a lost run is reported once, above
+        failures = [self.failure(r, f"not terminal: {self.status(r)}") for r in found
                     if self.status(r) not in TERMINAL]
-        return self.check("every run terminal", failures, len(self.ids), "terminal")
+        return self.check("every run terminal", failures, len(found), "terminal (lost runs not counted)")
 
     # -- the state each run's history allows ------------------------------------------------------------------
     def allowed_state(self) -> Check:
@@ -147,16 +158,11 @@ class Checker:
         provider = providers[0] if len(providers) == 1 else None
         if rule == "cancel_race":
             return self._cancel_problem(record, view, provider)
-        if rule == "deadline_near" and status == "expired" and provider and provider.get("status") == "completed":
-            deadline_at = view["created_at"] + expect["deadline_seconds"]
-            if provider["finished_at"] < deadline_at:
-                return (f"expired, but the provider completed {deadline_at - provider['finished_at']:.2f} s before the "
-                        f"run's deadline (deadline_at {deadline_at:.2f}, provider finished {provider['finished_at']:.2f}, "
-                        f"run ended {view.get('completed_at')}); output lost", CAUSE_DEADLINE)
-        if rule == "deadline_past" and status == "completed" and provider:
-            finished = provider.get("finished_at") or 0
-            if finished <= view["created_at"] + expect["deadline_seconds"]:
-                return None, None  # it really finished first
+        if rule in ("deadline_near", "deadline_past"):
+            problem = self._deadline_problem(record, view, provider)
+            if problem != (None, None):
+                return problem
+            expect = {**expect, "status": status}  # judged above; the message check below still applies
         if status != expect.get("status"):
             return f"ended {status} ({error}); this scenario allows {expect.get('status')}", None
         message = (view.get("error") or {}).get("message") or ""
@@ -167,6 +173,24 @@ class Checker:
             return "requires_action without the pending calls", None
         if expect.get("text_starts") and not (view.get("output_text") or "").startswith(expect["text_starts"]):
             return f"tool output turn's text does not start with {expect['text_starts']!r}", None
+        return None, None
+
+    @staticmethod
+    def _deadline_problem(record: RunRecord, view: dict[str, Any],
+                          provider: dict[str, Any] | None) -> tuple[str | None, str | None]:
+        """Expired, unless the provider completed before the run's own deadline: then completed."""
+        status = view["status"]
+        deadline_at = view["created_at"] + record.expect["deadline_seconds"]
+        finished = (provider or {}).get("finished_at")
+        first = bool(provider and provider.get("status") == "completed" and finished is not None and finished < deadline_at)
+        if first and status == "expired":
+            return (f"expired, but the provider completed {deadline_at - finished:.2f} s before the run's deadline "
+                    f"(deadline_at {deadline_at:.2f}, provider finished {finished:.2f}, run ended "
+                    f"{view.get('completed_at')}); output lost", CAUSE_DEADLINE)
+        allowed = "completed" if first else "expired"
+        if status != allowed:
+            return f"ended {status}; with the provider {(provider or {}).get('status')} at {finished} and the " \
+                   f"deadline at {deadline_at:.2f} it must be {allowed}", None
         return None, None
 
     def _cancel_problem(self, record: RunRecord, view: dict[str, Any],
@@ -193,12 +217,14 @@ class Checker:
         failures = []
         for key, runs in self.ev.key_runs.items():
             if len(runs) > 1:
-                failures.append({"run_id": sorted(runs)[0], "scenario": "idempotency", "likely_cause": None,
+                failures.append({"run_id": sorted(runs)[0], "scenario": "idempotency",
+                                 "likely_cause": CAUSE_IDEMPOTENT_ABANDON if any(self.missing(r) for r in runs) else None,
                                  "problem": f"Idempotency-Key {key} answered with {len(runs)} runs: {sorted(runs)}"})
         for item in self.ev.idempotency:
             ids = {i for i in item["ids"] if i}
             if len(ids) != 1:
-                failures.append({"run_id": None, "scenario": f"idempotent_{item['variant']}", "likely_cause": None,
+                failures.append({"run_id": None, "scenario": f"idempotent_{item['variant']}",
+                                 "likely_cause": CAUSE_IDEMPOTENT_ABANDON if any(self.missing(r) for r in ids) else None,
                                  "problem": f"same key sent twice: runs {item['ids']}, answers {item['answers']}"})
         return self.check("every Idempotency-Key gave exactly one run", failures,
                           len(self.ev.key_runs) + len(self.ev.idempotency), "keys consistent")
@@ -242,7 +268,8 @@ class Checker:
     # -- the provider ---------------------------------------------------------------------------------------
     def one_provider_response(self) -> Check:
         failures, interrupted_without = [], 0
-        for run_id in self.ids:
+        found = [r for r in self.ids if not self.missing(r)]
+        for run_id in found:
             count = len(self.ev.provider.get(run_id, []))
             if count == 1:
                 continue
@@ -251,7 +278,7 @@ class Checker:
                 interrupted_without += 1  # the start was cut before it reached the provider
                 continue
             failures.append(self.failure(run_id, f"{count} provider responses"))
-        check = self.check("exactly one provider response per run", failures, len(self.ids), "with one")
+        check = self.check("exactly one provider response per run", failures, len(found), "with one")
         check.detail += f" ({interrupted_without} interrupted starts never reached the provider)"
         return check
 

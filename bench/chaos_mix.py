@@ -22,7 +22,7 @@ MIX: dict[str, tuple[float, int]] = {
     "stream_cancel": (0.02, 1),  # a streamed run cancelled by another client while it is being read
     "attach": (0.04, 1),         # a polling-created run whose stream is read (and cut) by GET .../stream
     "cancel_race": (0.08, 1),    # a cancel sent around the time the run completes
-    "session": (0.16, 5),        # multi-turn: text, function call, tool output, 3 concurrent starts, text
+    "session": (0.16, 5),        # multi-turn: text, function call, tool output, 6 concurrent starts, text
     "deadline": (0.06, 1),       # deadline_seconds: well past it (expired) or finishing just before it
     "function_call": (0.05, 1),  # requires_action
     "large": (0.02, 1),          # 200 KB output
@@ -31,7 +31,8 @@ MIX: dict[str, tuple[float, int]] = {
 }
 WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Weather for a city.",
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-STREAM_DELTAS = 40  # a streamed run has ~50 events: room for several cut points
+STREAM_DELTAS = 40
+CONCURRENT_STARTS = 6  # a streamed run has ~50 events: room for several cut points
 
 
 @dataclass
@@ -248,11 +249,19 @@ class Mix:
         return await self.api.wait_terminal(record.run_id, self.wait_timeout)
 
     async def _concurrent_turn(self, job: Job, session_id: str, log: dict) -> None:
-        """Three starts on one session at the same instant: one may run, the others must get 409."""
+        """Six starts on one session within 15 ms: one may run, the others must get 409. The spread matters:
+        starts at exactly the same instant all lose the session's ETag race cleanly; a start that reads the
+        session just after another reserved it, while that one's run row is not yet written, is the
+        dangerous case (issue 12 defect 1), and a 0-15 ms spread lands there in a fair share of sessions."""
         body = self.body(job, session_id=session_id)
-        results = await asyncio.gather(*(
-            self.api.start(body, scenario="session_concurrent", expect={"status": "completed"},
-                           final_codes=("session_busy",)) for _ in range(3)))
+
+        async def start_after(delay: float):
+            await asyncio.sleep(delay)
+            return await self.api.start(body, scenario="session_concurrent", expect={"status": "completed"},
+                                        final_codes=("session_busy",))
+
+        delays = [0.0] + [self.rng.uniform(0, 0.015) for _ in range(CONCURRENT_STARTS - 1)]
+        results = await asyncio.gather(*(start_after(d) for d in delays))
         log["concurrent"] = [{"run_id": record.run_id if record else None, "answers": answer.trail,
                               "http": answer.status, "code": answer.code} for record, answer in results]
         for record, _ in results:
