@@ -73,6 +73,8 @@ def test_a_run_expired_after_its_provider_completed_before_the_deadline_is_flagg
     quoted_global = {**expired, "error": {"code": "deadline_exceeded", "message": "The run did not finish within 300 s."}}
     wrong_message = Checker(evidence([near], [quoted_global], [provider("n", finished=T0 + 5.2)])).allowed_state()
     assert not wrong_message.ok
+    kept = view("n", status="completed", ended=T0 + 9)  # a late look found the provider done: output kept
+    assert Checker(evidence([near], [kept], [provider("n", finished=T0 + 6)])).allowed_state().ok
 
 
 def test_a_cancel_reported_while_the_provider_completed_uncancelled_is_flagged() -> None:
@@ -106,6 +108,11 @@ def test_stream_gaps_duplicates_and_a_repeated_final_event_are_flagged() -> None
     ev = evidence([cancelled], [view("s", status="cancelled", text="")],
                   [provider("s", status="cancelled", cancelled_at=T0 + 1)], reference_streams=cut_ref)
     assert Checker(ev).streams_gap_free().ok
+    cancelled.stream["ids"] = [0, 1, 2, 3, 2**31 - 1]  # a relay may give its own final event a fixed top id
+    assert Checker(ev).streams_gap_free().ok
+    cancelled.stream["ids"] = [0, 1, 3, 4]  # ... but a provider event may not go missing before it
+    assert not Checker(ev).streams_gap_free().ok
+    cancelled.stream["ids"] = [0, 1, 2, 3, 4]
     repeated = Checker(ev).end_after_final()
     assert not repeated.ok and repeated.failures[0]["likely_cause"] == CAUSE_END_EVENT
 
