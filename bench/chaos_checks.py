@@ -1,0 +1,479 @@
+"""The chaos run's invariants. Each check returns PASS/FAIL, a one-line detail and, for every failure, the
+run id, its scenario, what the client saw (history), the run and provider views and the likely cause, so the
+owner can find the defect without re-running.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .chaos_client import TERMINAL, RunRecord
+
+# Likely causes of the failures this run is known to expose (issue 12's list), quoted in the failure details.
+CAUSE_SESSION_RACE = ("issue 12 defect 1: the session is reserved (active_run_id=A) before run A's row exists; a "
+                      "concurrent start reads A as missing and takes the session over (service._reserve_session)")
+CAUSE_DEADLINE = ("issue 12 defect 2: poll_step checks the deadline before asking the provider, and the last poll "
+                  "is capped at deadline + 0.5 s, so a run that completed just before its deadline ends expired")
+CAUSE_EXPIRY_MESSAGE = ("issue 12 defect 2 (second part): poller._expire quotes settings.run_deadline, not the run's "
+                        "own deadline_seconds")
+CAUSE_UTF16 = ("issue 12 defect 3: Table property size is counted in Python characters (runs.INLINE_LIMIT_CHARS); "
+               "astral characters take 2 UTF-16 units, so the entity is refused and the API answers 503")
+CAUSE_CANCEL = ("issue 12 defect 7: cancel reports `cancelled` when the provider's cancel did not stop the run "
+                "(a refusal is swallowed), or the cancel's answer was not the stored final state")
+CAUSE_END_EVENT = ("issue 12 defect 10: resuming after the final event of a cancelled/expired/fallback stream "
+                   "repeats the final event under a new id instead of the single `end` event")
+CAUSE_EXPIRY_CANCEL = ("poller._expire: the provider cancel at the deadline is best effort and never retried; when it "
+                       "meets a transient fault the run ends expired while the provider runs on (and bills)")
+CAUSE_IDEMPOTENT_ABANDON = ("not in issue 12: a second request with the same Idempotency-Key, arriving while the first "
+                            "start waits on the provider, is answered with that start's run (service._claim returns a "
+                            "run that has no response id yet, service.py:146-148); the provider then refuses the first "
+                            "start, which deletes the run (service._abandon, service.py:219-221): the client holds a "
+                            "run id that answers 404 for ever, and its retry makes a second run")
+CAUSE_START_ORPHAN = ("issue 12 suspicion: a start cut by a host kill (or slower than the start grace) is failed "
+                      "as start_interrupted while its provider response keeps running; it should be cancelled")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Evidence:
+    """Everything the checks read, gathered once after convergence."""
+
+    records: dict[str, RunRecord]
+    views: dict[str, dict[str, Any]]
+    provider: dict[str, list[dict[str, Any]]]  # bg_run_id -> emulator records
+    provider_by_id: dict[str, dict[str, Any]]  # response id -> emulator record
+    deliveries: list[dict[str, Any]]
+    poison: dict[str, list[dict[str, Any]]]
+    reference_streams: dict[str, dict[str, Any]]  # run id -> {"ids": [...], "text": "..."} from the provider
+    sessions: dict[str, dict[str, Any]]
+    idempotency: list[dict[str, Any]]
+    key_runs: dict[str, set[str]]
+    not_accepted: list[dict[str, Any]]
+    server_errors: list[str]
+    answers: int  # HTTP answers the clients got
+    job_errors: list[str]
+    run_deadline: float
+    stuck_slack: float  # sweeper grace + poll cap + a host restart
+
+
+def _view_brief(view: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not view:
+        return view
+    hook = view.get("webhook") or {}
+    return {"status": view.get("status"), "error": view.get("error"), "created_at": view.get("created_at"),
+            "completed_at": view.get("completed_at"), "provider_response_id": view.get("provider_response_id"),
+            "output_chars": len(view.get("output_text") or ""), "session_id": view.get("session_id"),
+            "webhook": {"state": hook.get("state"), "id": hook.get("id"), "attempts": len(hook.get("attempts") or [])}}
+
+
+def _provider_brief(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: p.get(k) for k in ("id", "status", "created_at", "finished_at", "cancelled_at",
+                                   "previous_response_id")} | {"counters": p.get("counters")} for p in records]
+
+
+class Checker:
+    def __init__(self, ev: Evidence) -> None:
+        self.ev = ev
+        self.ids = list(ev.records)
+
+    def failure(self, run_id: str | None, problem: str, cause: str | None = None, **more: Any) -> dict[str, Any]:
+        record = self.ev.records.get(run_id) if run_id else None
+        return {"run_id": run_id, "scenario": record.scenario if record else None, "problem": problem,
+                "likely_cause": cause, "history": record.history if record else None,
+                "view": _view_brief(self.ev.views.get(run_id)) if run_id else None,
+                "provider": _provider_brief(self.ev.provider.get(run_id, [])) if run_id else None, **more}
+
+    @staticmethod
+    def check(name: str, failures: list[dict[str, Any]], total: int, what: str) -> Check:
+        return Check(name, not failures, f"{total - len(failures)}/{total} {what}", failures)
+
+    def status(self, run_id: str) -> str | None:
+        return (self.ev.views.get(run_id) or {}).get("status")
+
+    def all(self) -> list[Check]:
+        return [self.accepted(), self.not_lost(), self.terminal(), self.allowed_state(), self.idempotency(),
+                self.webhooks_delivered(), self.webhook_ids_stable(), self.one_provider_response(),
+                self.provider_work_stopped(), self.streams_gap_free(), self.end_after_final(),
+                self.sessions_one_active(), self.session_chains(), self.large_outputs(), self.nothing_stuck(),
+                self.poison_accounted(), self.no_server_errors()]
+
+    # -- acceptance and existence -------------------------------------------------------------------------
+    def accepted(self) -> Check:
+        failures = []
+        for item in self.ev.not_accepted:
+            cause = CAUSE_UTF16 if item.get("scenario") == "emoji_input" else None
+            failures.append({"run_id": None, "scenario": item["scenario"], "problem": "never accepted",
+                             "likely_cause": cause, "key": item["key"], "last_answers": item["answers"],
+                             "last_error": item.get("last"), "input_chars": item.get("input_chars")})
+        failures += [{"run_id": None, "scenario": "client", "problem": error, "likely_cause": "chaos client bug"}
+                     for error in self.ev.job_errors]
+        total = len(self.ids) + len(failures)
+        return self.check("every submitted run was accepted (retries with the same Idempotency-Key converge)",
+                          failures, total, "accepted")
+
+    def missing(self, run_id: str) -> bool:
+        return bool((self.ev.views.get(run_id) or {}).get("missing"))
+
+    def not_lost(self) -> Check:
+        shared_keys = {r for runs in self.ev.key_runs.values() if len(runs) > 1 for r in runs}
+        failures = [self.failure(r, "answers 404 after it was accepted",
+                                 CAUSE_IDEMPOTENT_ABANDON if r in shared_keys else None)
+                    for r in self.ids if self.missing(r)]
+        return self.check("no accepted run lost", failures, len(self.ids), "found")
+
+    def terminal(self) -> Check:
+        found = [r for r in self.ids if not self.missing(r)]  # a lost run is reported once, above
+        failures = [self.failure(r, f"not terminal: {self.status(r)}") for r in found
+                    if self.status(r) not in TERMINAL]
+        return self.check("every run terminal", failures, len(found), "terminal (lost runs not counted)")
+
+    # -- the state each run's history allows ------------------------------------------------------------------
+    def allowed_state(self) -> Check:
+        failures = []
+        for run_id, record in self.ev.records.items():
+            view = self.ev.views.get(run_id) or {}
+            if view.get("status") not in TERMINAL:
+                continue  # reported by "every run terminal"
+            problem, cause = self._state_problem(record, view)
+            if problem:
+                failures.append(self.failure(run_id, problem, cause))
+        return self.check("every run ended in a state its history allows", failures, len(self.ids), "allowed")
+
+    def _state_problem(self, record: RunRecord, view: dict[str, Any]) -> tuple[str | None, str | None]:
+        status = view["status"]
+        error = (view.get("error") or {}).get("code")
+        if status == "failed" and error == "start_interrupted":
+            return None, None  # a host kill cut its start: allowed for any scenario (provider work: own check)
+        expect = record.expect
+        rule = expect.get("rule")
+        providers = self.ev.provider.get(record.run_id, [])
+        provider = providers[0] if len(providers) == 1 else None
+        if rule == "cancel_race":
+            return self._cancel_problem(record, view, provider)
+        if rule in ("deadline_near", "deadline_past"):
+            problem = self._deadline_problem(record, view, provider)
+            if problem != (None, None):
+                return problem
+            expect = {**expect, "status": status}  # judged above; the message check below still applies
+        if status != expect.get("status"):
+            return f"ended {status} ({error}); this scenario allows {expect.get('status')}", None
+        message = (view.get("error") or {}).get("message") or ""
+        if status == "expired" and expect.get("deadline_seconds") and f"{expect['deadline_seconds']} s" not in message:
+            return (f"expired as expected, but the message quotes another deadline than the run's own "
+                    f"{expect['deadline_seconds']} s: {message!r}", CAUSE_EXPIRY_MESSAGE)
+        if expect.get("calls") and not ((view.get("required_action") or {}).get("calls")):
+            return "requires_action without the pending calls", None
+        if expect.get("text_starts") and not (view.get("output_text") or "").startswith(expect["text_starts"]):
+            return f"tool output turn's text does not start with {expect['text_starts']!r}", None
+        return None, None
+
+    @staticmethod
+    def _deadline_problem(record: RunRecord, view: dict[str, Any],
+                          provider: dict[str, Any] | None) -> tuple[str | None, str | None]:
+        """Issue 12's rule: the service asks the provider first and expires only a run still going. So a run whose
+        provider completed before the run's own deadline must end completed; past it, expired is right, and so is
+        completed when the provider had finished by the time the service looked (a late look keeps the output)."""
+        status = view["status"]
+        deadline_at = view["created_at"] + record.expect["deadline_seconds"]
+        finished = (provider or {}).get("finished_at")
+        provider_completed = bool(provider and provider.get("status") == "completed" and finished is not None)
+        if status == "expired" and provider_completed and finished < deadline_at:
+            return (f"expired, but the provider completed {deadline_at - finished:.2f} s before the run's deadline "
+                    f"(deadline_at {deadline_at:.2f}, provider finished {finished:.2f}, run ended "
+                    f"{view.get('completed_at')}); output lost", CAUSE_DEADLINE)
+        if status == "expired" or (status == "completed" and provider_completed):
+            return None, None
+        return (f"ended {status}; the provider was {(provider or {}).get('status')} (finished {finished}), the "
+                f"deadline at {deadline_at:.2f}: only expired or the provider's completion are allowed", None)
+
+    def _cancel_problem(self, record: RunRecord, view: dict[str, Any],
+                        provider: dict[str, Any] | None) -> tuple[str | None, str | None]:
+        status = view["status"]
+        if status not in ("cancelled", "completed"):
+            return f"a cancel racing a completion ended {status}", None
+        cancel = record.cancel or {}
+        if cancel.get("status") in TERMINAL and cancel["status"] != status:
+            return (f"the cancel answered {cancel['status']} but the run ended {status} (terminal is not sticky)",
+                    CAUSE_CANCEL)
+        if provider is None:
+            return None, None
+        if status == "cancelled" and provider.get("status") == "completed" and not provider.get("cancelled_at"):
+            return (f"reported cancelled, but the provider completed at {provider.get('finished_at'):.2f} (cancel sent "
+                    f"{cancel.get('sent_at', 0):.2f}) and was never cancelled: the API says something untrue",
+                    CAUSE_CANCEL)
+        if status == "completed" and provider.get("status") == "cancelled":
+            return "reported completed, but the provider response was cancelled", CAUSE_CANCEL
+        return None, None
+
+    # -- Idempotency-Key ----------------------------------------------------------------------------------------
+    def idempotency(self) -> Check:
+        failures = []
+        for key, runs in self.ev.key_runs.items():
+            if len(runs) > 1:
+                failures.append({"run_id": sorted(runs)[0], "scenario": "idempotency",
+                                 "likely_cause": CAUSE_IDEMPOTENT_ABANDON if any(self.missing(r) for r in runs) else None,
+                                 "problem": f"Idempotency-Key {key} answered with {len(runs)} runs: {sorted(runs)}"})
+        for item in self.ev.idempotency:
+            ids = {i for i in item["ids"] if i}
+            if len(ids) != 1:
+                failures.append({"run_id": None, "scenario": f"idempotent_{item['variant']}",
+                                 "likely_cause": CAUSE_IDEMPOTENT_ABANDON if any(self.missing(r) for r in ids) else None,
+                                 "problem": f"same key sent twice: runs {item['ids']}, answers {item['answers']}"})
+        return self.check("every Idempotency-Key gave exactly one run", failures,
+                          len(self.ev.key_runs) + len(self.ev.idempotency), "keys consistent")
+
+    # -- webhooks -------------------------------------------------------------------------------------------
+    def _deliveries_by_run(self) -> dict[str, list[dict[str, Any]]]:
+        by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for rec in self.ev.deliveries:
+            if rec.get("run_id"):
+                by_run[rec["run_id"]].append(rec)
+        return by_run
+
+    def webhooks_delivered(self) -> Check:
+        by_run = self._deliveries_by_run()
+        terminal = [r for r in self.ids if self.status(r) in TERMINAL]
+        failures = []
+        for run_id in terminal:
+            good = [x for x in by_run.get(run_id, []) if x["verified"] and x["status"] == 204]
+            if not good:
+                failures.append(self.failure(run_id, f"no verified delivery ({len(by_run.get(run_id, []))} seen)"))
+            elif any(x["run_status"] != self.status(run_id) for x in good):
+                failures.append(self.failure(run_id, f"webhook said {[x['run_status'] for x in good]}, run is "
+                                                     f"{self.status(run_id)}"))
+        forged = [x for x in self.ev.deliveries if not x["verified"]]
+        failures += [{"run_id": x.get("run_id"), "scenario": None, "problem": "delivery with a bad signature",
+                      "likely_cause": None} for x in forged]
+        return self.check("every terminal run's webhook delivered with a valid signature and its final status",
+                          failures, len(terminal), "delivered")
+
+    def webhook_ids_stable(self) -> Check:
+        by_run = self._deliveries_by_run()
+        terminal = [r for r in self.ids if self.status(r) in TERMINAL]
+        failures = []
+        for run_id in terminal:
+            seen = {x["webhook_id"] for x in by_run.get(run_id, [])}
+            stored = ((self.ev.views.get(run_id) or {}).get("webhook") or {}).get("id")
+            if len(seen) > 1 or (seen and stored not in seen):
+                failures.append(self.failure(run_id, f"webhook-ids {sorted(seen)}, run says {stored}"))
+        return self.check("one stable webhook-id per run across attempts", failures, len(terminal), "stable")
+
+    # -- the provider ---------------------------------------------------------------------------------------
+    def one_provider_response(self) -> Check:
+        failures, interrupted_without = [], 0
+        found = [r for r in self.ids if not self.missing(r)]
+        for run_id in found:
+            count = len(self.ev.provider.get(run_id, []))
+            if count == 1:
+                continue
+            error = ((self.ev.views.get(run_id) or {}).get("error") or {}).get("code")
+            if count == 0 and error == "start_interrupted":
+                interrupted_without += 1  # the start was cut before it reached the provider
+                continue
+            failures.append(self.failure(run_id, f"{count} provider responses"))
+        check = self.check("exactly one provider response per run", failures, len(found), "with one")
+        check.detail += f" ({interrupted_without} interrupted starts never reached the provider)"
+        return check
+
+    def provider_work_stopped(self) -> Check:
+        """A run that ended without its provider result (cancelled, expired, interrupted start) must not leave
+        the provider working on: its response is cancelled, or had finished before the run ended."""
+        failures, examined = [], 0
+        for run_id in self.ids:
+            view = self.ev.views.get(run_id) or {}
+            error = (view.get("error") or {}).get("code")
+            if view.get("status") not in ("cancelled", "expired") and error != "start_interrupted":
+                continue
+            for p in self.ev.provider.get(run_id, []):
+                examined += 1
+                if p.get("cancelled_at") or p["status"] == "cancelled":
+                    continue
+                finished = p.get("finished_at")
+                if finished is not None and finished <= (view.get("completed_at") or 0):
+                    continue
+                cause = CAUSE_START_ORPHAN if error == "start_interrupted" else (
+                    CAUSE_CANCEL if view.get("status") == "cancelled" else CAUSE_EXPIRY_CANCEL)
+                failures.append(self.failure(run_id, f"run ended {view.get('status')} ({error}) at "
+                                                     f"{view.get('completed_at')}, provider response {p['id']} went on "
+                                                     f"to {p['status']} at {finished}", cause))
+        accepted = set(self.ids)
+        for bg_run_id, responses in self.ev.provider.items():
+            if bg_run_id in accepted:
+                continue
+            for p in responses:
+                examined += 1
+                if p["status"] != "cancelled" and not p.get("cancelled_at"):
+                    failures.append({"run_id": bg_run_id, "scenario": None, "likely_cause": None,
+                                     "problem": f"provider response {p['id']} ({p['status']}) of a run no client was "
+                                                f"ever given, not cancelled", "provider": _provider_brief([p])})
+        return self.check("no provider work left running for a run that ended without it (cancelled, expired, "
+                          "interrupted, never accepted)", failures, examined, "provider responses stopped or done")
+
+    # -- streams ---------------------------------------------------------------------------------------------
+    def _streamed(self) -> list[RunRecord]:
+        return [r for r in self.ev.records.values() if r.stream is not None]
+
+    def streams_gap_free(self) -> Check:
+        failures = []
+        for record in self._streamed():
+            got = record.stream
+            ref = self.ev.reference_streams.get(record.run_id)
+            view = self.ev.views.get(record.run_id) or {}
+            problems = []
+            if got["final"] is None:
+                problems.append(f"no final event after {len(got['connections'])} connections")
+            dupes = [i for i, n in Counter(got["ids"]).items() if n > 1]
+            if dupes:
+                problems.append(f"duplicate ids {dupes[:10]}")
+            if any(b <= a for a, b in zip(got["ids"], got["ids"][1:])):
+                problems.append("ids not increasing")
+            expected = list((ref or {}).get("ids") or [])
+            if ref is not None and not ref["final"] and view.get("status") in ("cancelled", "expired") and expected \
+                    and len(got["ids"]) == len(expected) + 1 and got["ids"][-1] > expected[-1]:
+                # the provider has no final event here: the relay adds the run's own, with any id above the
+                # provider's last (N+1, or a fixed top id such as 2**31-1)
+                expected.append(got["ids"][-1])
+            if ref is None:
+                problems.append("no reference event list from the provider")
+            elif got["final"] is not None and got["ids"] != expected:
+                missing = sorted(set(expected) - set(got["ids"]))
+                extra = sorted(set(got["ids"]) - set(expected))
+                problems.append(f"ids differ from the provider's: missing {missing[:10]}, extra {extra[:10]}")
+            if got["final"] is not None and view.get("status") == "completed" and got["deltas"] != view.get("output_text"):
+                problems.append(f"streamed text ({len(got['deltas'])} chars) differs from the run's output_text "
+                                f"({len(view.get('output_text') or '')} chars)")
+            if problems:
+                failures.append(self.failure(record.run_id, "; ".join(problems),
+                                             connections=got["connections"], ids=got["ids"],
+                                             reference=expected))
+        return self.check("every resumed stream gap-free and duplicate-free (ids equal the provider's events, text "
+                          "equals the stored output)", failures, len(self._streamed()), "exact")
+
+    def end_after_final(self) -> Check:
+        failures, examined = [], 0
+        for record in self._streamed():
+            after = record.stream.get("after_final")
+            if after is None:
+                continue
+            examined += 1
+            if [e.split(":", 1)[1] for e in after] != ["end"]:
+                cause = CAUSE_END_EVENT if self.status(record.run_id) != "completed" else None
+                failures.append(self.failure(record.run_id, f"resume after the final event gave {after}", cause))
+        return self.check("a resume after the final event gives the single `end` event", failures, examined, "ended")
+
+    # -- sessions ------------------------------------------------------------------------------------------
+    def sessions_one_active(self) -> Check:
+        failures = []
+        for session_id, log in self.ev.sessions.items():
+            runs = sorted((self.ev.views[r] for r in self.ev.records
+                           if self.ev.records[r].session_id == session_id and self.ev.views.get(r, {}).get("created_at")),
+                          key=lambda v: v["created_at"])
+            for earlier, later in zip(runs, runs[1:]):
+                ended = earlier.get("completed_at")
+                if ended is None or later["created_at"] < ended:
+                    failures.append(self.failure(later["id"], f"session {session_id}: run {later['id']} created at "
+                                                 f"{later['created_at']:.3f} while {earlier['id']} was active until "
+                                                 f"{ended}", CAUSE_SESSION_RACE, concurrent_starts=log["concurrent"]))
+            winners = [c for c in log["concurrent"] if c["http"] in (200, 201, 202)]
+            others = [c for c in log["concurrent"] if c["http"] not in (200, 201, 202)]
+            if len(winners) > 1 and not any(f.get("run_id") in {w["run_id"] for w in winners} for f in failures):
+                failures.append({"run_id": winners[1]["run_id"], "scenario": "session_concurrent",
+                                 "likely_cause": CAUSE_SESSION_RACE, "concurrent_starts": log["concurrent"],
+                                 "problem": f"session {session_id}: {len(winners)} concurrent starts answered 2xx"})
+            for turn in log["turns"]:
+                if turn["run_id"] is None and any("session_busy" in a for a in turn["answers"]):
+                    failures.append({"run_id": None, "scenario": f"session_{turn['turn']}", "likely_cause": (
+                        "the session's active_run_id still names a run that has ended"),
+                        "problem": f"session {session_id}: a start after the previous turn ended got "
+                                   f"{turn['answers']}"})
+            bad = [c for c in others if not (c["http"] == 409 and c["code"] == "session_busy")]
+            if bad:
+                failures.append({"run_id": None, "scenario": "session_concurrent", "likely_cause": None,
+                                 "problem": f"session {session_id}: a losing concurrent start answered {bad}"})
+        total = len(self.ev.sessions)
+        return self.check("sessions never with two active runs (a concurrent start gets 409 session_busy)",
+                          failures, total, "sessions with one active run at a time")
+
+    def session_chains(self) -> Check:
+        """Each run continues from the response of the latest earlier run that advanced the session."""
+        failures, examined = [], 0
+        for session_id in self.ev.sessions:
+            runs = sorted((r for r in self.ev.records.values() if r.session_id == session_id
+                           and (self.ev.views.get(r.run_id) or {}).get("created_at")),
+                          key=lambda r: self.ev.views[r.run_id]["created_at"])
+            last_response = None
+            for record in runs:
+                view = self.ev.views[record.run_id]
+                providers = self.ev.provider.get(record.run_id, [])
+                if len(providers) == 1:
+                    examined += 1
+                    previous = providers[0].get("previous_response_id")
+                    if previous != last_response:
+                        failures.append(self.failure(record.run_id, f"continued from {previous}, the session's last "
+                                                     f"response was {last_response}", CAUSE_SESSION_RACE))
+                if view.get("status") in ("completed", "requires_action", "incomplete") and view.get("provider_response_id"):
+                    last_response = view["provider_response_id"]
+        return self.check("session chains continue from the previous turn's response", failures, examined, "chained")
+
+    # -- outputs, liveness, queues, errors ----------------------------------------------------------------------
+    def large_outputs(self) -> Check:
+        failures, examined = [], 0
+        for record in self.ev.records.values():
+            chars = record.expect.get("output_chars")
+            if not chars or self.status(record.run_id) != "completed":
+                continue
+            examined += 1
+            got = len((self.ev.views.get(record.run_id) or {}).get("output_text") or "")
+            if got != chars:
+                failures.append(self.failure(record.run_id, f"output_text has {got} characters, asked {chars}"))
+        return self.check("large outputs stored whole", failures, examined, "whole")
+
+    def nothing_stuck(self) -> Check:
+        failures = []
+        for run_id in self.ids:
+            view = self.ev.views.get(run_id) or {}
+            if view.get("missing"):
+                continue
+            hook = view.get("webhook")
+            if view.get("status") not in TERMINAL:
+                failures.append(self.failure(run_id, f"still {view.get('status')}"))
+            elif hook is not None and hook.get("state") not in ("delivered", "failed"):
+                failures.append(self.failure(run_id, f"webhook still {hook.get('state')}"))
+            else:
+                deadline = self.ev.records[run_id].expect.get("deadline_seconds") or self.ev.run_deadline
+                late = (view.get("completed_at") or 0) - (view["created_at"] + deadline)
+                if late > self.ev.stuck_slack:
+                    failures.append(self.failure(run_id, f"ended {late:.1f} s after its deadline "
+                                                         f"(allowed {self.ev.stuck_slack:.0f} s)"))
+        return self.check("nothing stuck (terminal, webhook settled, none active past deadline + sweeper grace)",
+                          failures, len(self.ids), "settled")
+
+    def poison_accounted(self) -> Check:
+        failures = []
+        for queue, items in self.ev.poison.items():
+            for item in items:
+                run_id = item.get("run_id")
+                view = self.ev.views.get(run_id) if run_id else None
+                if view is None or view.get("missing"):
+                    failures.append({"run_id": run_id, "scenario": None, "likely_cause": None,
+                                     "problem": f"{queue}: {str(item)[:200]} for no known run"})
+                elif queue.startswith("runs-poll") and view.get("status") not in TERMINAL:
+                    failures.append(self.failure(run_id, f"{queue}: run still {view.get('status')}"))
+                elif queue.startswith("runs-webhook") and (view.get("webhook") or {}).get("state") != "delivered":
+                    failures.append(self.failure(run_id, f"{queue}: webhook {(view.get('webhook') or {}).get('state')}"))
+        total = sum(len(v) for v in self.ev.poison.values())
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in self.ev.poison.items())
+        return self.check("no poison message unaccounted for", failures, total, f"accounted for ({sizes})")
+
+    def no_server_errors(self) -> Check:
+        failures = [{"run_id": None, "scenario": None, "problem": error, "likely_cause": None}
+                    for error in self.ev.server_errors]
+        return self.check("no 500 from the API", failures, self.ev.answers, "answers without a 500")
