@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from . import telemetry
 from .provider import ResponsesBackend, RunBackend, open_provider
 from .runs.cancelling import RunCanceller
 from .runs.idempotency import IdempotencyStore
@@ -68,6 +69,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: 
     """Every collaborator, built once. `backend` is the provider seam; `sender` delivers webhooks (built
     from the settings when not given; none when no signing secret is set); `provider_webhooks` is the openai
     client's webhook helper resource (verifies the provider's webhooks); `closers` release the clients."""
+    backend = telemetry.traced_backend(backend, settings.provider.kind)  # a span and a count per provider call
     store = RunStore(storage.runs, storage.payloads)
     sessions = SessionStore(storage.sessions)
     idempotency = IdempotencyStore(storage.idempotency)
@@ -90,7 +92,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, sender: 
                                 scheduler, outbox) if secrets and provider_webhooks is not None else None)
     return Services(
         settings=settings, storage=storage, views=views, reader=reader, starter=starter,
-        canceller=RunCanceller(reader, backend, lifecycle),
+        canceller=RunCanceller(reader, backend, lifecycle, store),
         poll_step=PollStep(store, backend, observer, lifecycle, scheduler, outbox, chain_backoff,
                            retry_backoff=backoff),
         provider_events=inbox,

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .. import clock
+from .. import clock, telemetry
 from ..errors import Conflict, InvalidRequest, ServiceError, Unavailable, UpstreamError, not_found
 from ..provider import ProviderError, RunBackend
 from ..provider.backend import EventStream
@@ -92,6 +92,7 @@ class RunStarter:
                   session_id=request.session_id, metadata=request.metadata, stream=request.stream,
                   next_poll_at=created_at + self.start_grace, deadline_at=created_at + deadline,
                   webhook_url=request.webhook_url)
+        telemetry.run_created(run)
         await self._index.mark_open(run_id)
         await self._store.create(run)
         if session:
@@ -124,7 +125,7 @@ class RunStarter:
         if not state.is_active:
             status, result = result_from_response(state.response)
             return await self._lifecycle.finish(run, status, result)
-        if await self._scheduler.schedule(run, self._backoff.delay(0), status=state.status):
+        if await self._scheduler.schedule(run, self._backoff.delay(0), status=state.status, event="provider_accepted"):
             return run
         # The run changed while its start was in flight: cancelled, or failed by the sweeper as too slow.
         fresh = await self._store.get(run.id, with_result=True)

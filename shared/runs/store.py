@@ -21,6 +21,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.data.tables import UpdateMode
 
 from ..errors import PayloadTooLarge
+from ..telemetry import Timeline
 from .model import Run
 from .results import stored_result, loaded_result
 from .webhook_state import WebhookState
@@ -98,6 +99,7 @@ class RunStore:
             "poll_count": run.poll_count, "next_poll_at": run.next_poll_at, "deadline_at": run.deadline_at,
             "watch_position": run.watch_position, "webhook_url": run.webhook_url or "",
             "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "",
+            "traceparent": run.traceparent, "tracestate": run.tracestate, "timeline": run.timeline.dumps(),
         }
         return {k: v for k, v in entity.items() if v is not None}
 
@@ -126,6 +128,8 @@ class RunStore:
             deadline_at=entity.get("deadline_at", 0.0), webhook_url=entity.get("webhook_url") or None,
             webhook=WebhookState.from_dict(json.loads(webhook)) if webhook else None,
             etag=entity.metadata.get("etag"), result_stored=has_result,
+            traceparent=entity.get("traceparent") or "", tracestate=entity.get("tracestate") or "",
+            timeline=Timeline(entity.get("timeline") or ""),
         )
 
     # -- operations ------------------------------------------------------------------------------------------
@@ -176,6 +180,8 @@ class RunStore:
                   "poll_seq": run.poll_seq,
                   "poll_nonce": run.poll_nonce, "poll_count": run.poll_count, "next_poll_at": run.next_poll_at,
                   "watch_position": run.watch_position}
+        if run.timeline.changed:  # the step's timeline entry rides on this save
+            fields["timeline"] = run.timeline.dumps()
         try:
             meta = await self._table.update_entity(fields, mode=UpdateMode.MERGE, etag=run.etag,
                                                    match_condition=MatchConditions.IfNotModified)
