@@ -241,11 +241,17 @@ def _bind(step: Step, run: Any) -> None:
 
 
 def bind_run(run: Any) -> None:
-    """The current step is about this run (attributes, the log line, provider calls counted on the run)."""
+    """The current step is about this run (attributes, the log line, provider calls counted on the run); a step
+    in another trace (a caller's) links to the run's."""
     step = _STEP.get()
     if step is None:
         return
     _bind(step, run)
+    traceparent = getattr(run, "traceparent", "")
+    if step.span is not None and traceparent and step.trace_id != w3c.trace_id(traceparent):
+        otel = _otel()
+        run_context = otel["trace"].get_current_span(_parent(traceparent, run.tracestate)).get_span_context()
+        step.span.add_link(run_context)
     if step.queue and STATE.enabled and getattr(run, "next_poll_at", None) and step.counter == "poll_steps":
         metrics.record("pickup_delay", clock.now() - run.next_poll_at)
 
