@@ -54,7 +54,9 @@ class TracedBackend:
         if step is not None and step.run is not None:
             step.run.timeline.count_provider_call()
         if not STATE.enabled:
-            return await call()
+            result = await call()
+            _seen(step, result)
+            return result
         span = _ClientCall(f"provider {operation}", {"gen_ai.provider.name": self._provider,
                                                      "bgruns.operation": operation, **attributes})
         try:
@@ -75,6 +77,7 @@ class TracedBackend:
                 if getattr(state, "is_active", True) is False:
                     note_completed(getattr(state, "response", None))
             metrics.add("provider_calls", operation=operation, outcome="ok")
+            _seen(step, result)
             return result
         finally:
             span.end()
@@ -97,6 +100,13 @@ class TracedBackend:
         stream = await self._call("stream", lambda: self._inner.events(response_id, after),
                                   {"gen_ai.response.id": response_id, "bgruns.after": after} if STATE.enabled else {})
         return _WatchedEvents(stream) if STATE.enabled else stream
+
+
+def _seen(step: Step | None, result: Any) -> None:
+    """The step that asked says what the provider said (the status seen by a poll, a cancel, a start)."""
+    status = getattr(getattr(result, "state", result), "status", None)
+    if step is not None and isinstance(status, str):
+        step.set(provider_status=status)
 
 
 class _WatchedEvents:
@@ -161,7 +171,7 @@ class WebhookAttempt:
             self._call.fail(f"http_{status}" if status else "no_response")
         step = _STEP.get()
         if step is not None:
-            step.set(webhook_status=status, webhook_state=state, outcome=state)
+            step.set(webhook_status=status, webhook_state=state)
         metrics.add("webhook_attempts", outcome=outcome, **{"http.response.status_code": status})
         if state == "failed":
             metrics.add("webhook_failures")

@@ -132,7 +132,7 @@ class Step:
         if not logger.isEnabledFor(level):
             return
         trace = self.trace_id
-        details = " ".join(f"{k}={v}" for k, v in self.fields.items() if k != "outcome")
+        details = " ".join(f"{k}={v}" for k, v in self.fields.items() if k not in ("outcome", "run_id"))
         ms = int((time.monotonic() - self.started) * 1000)
         logger.log(level, "%s %s: %s%s (%d ms) trace=%s", self.name, self.run_id or "-",
                    self.fields.get("outcome") or (type(error).__name__ if error else "done"),
@@ -200,6 +200,9 @@ def consumed(name: str, message: Mapping[str, Any], *, queue: str, enqueued_at: 
     """A step for a queue message the service sent: its parent is the message's trace context (the run's)."""
     incoming = w3c.from_message(message)
     step = Step(name, logger, incoming=incoming, queue=queue, counter=counter)
+    run_id = message.get("run_id") if message else None
+    if isinstance(run_id, str):
+        step.run_id = run_id  # known before the run is read: a stale message's line names its run too
     if enqueued_at is not None and STATE.enabled:
         age = datetime.now(timezone.utc) - (enqueued_at if enqueued_at.tzinfo else
                                             enqueued_at.replace(tzinfo=timezone.utc))
