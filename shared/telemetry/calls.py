@@ -165,8 +165,9 @@ class WebhookAttempt:
         """The attempt as made, and the delivery's state after it."""
         outcome = "ok" if attempt.ok else "refused" if attempt.refused else "failed"
         status = attempt.status_code
-        self._call.set(**{"http.response.status_code": status, "bgruns.outcome": outcome,
-                          "bgruns.webhook.state": state, "bgruns.duration_ms": attempt.duration_ms})
+        self._call.set(**{"http.response.status_code": status, "bgruns.webhook.status_code": status,
+                          "bgruns.outcome": outcome, "bgruns.webhook.state": state,
+                          "bgruns.duration_ms": attempt.duration_ms})
         if not attempt.ok:
             self._call.fail(f"http_{status}" if status else "no_response")
         step = _STEP.get()
@@ -177,7 +178,9 @@ class WebhookAttempt:
             metrics.add("webhook_failures")
         delivered = sum(1 for a in self._run.webhook.attempts if a.get("ok"))
         if attempt.ok and delivered == 1 and self._run.completed_at:
-            metrics.record("delivery_lag", clock.now() - self._run.completed_at)
+            lag = max(0.0, clock.now() - self._run.completed_at)
+            metrics.record("delivery_lag", lag)
+            self._call.set(**{"bgruns.delivery_lag_s": round(lag, 3)})
 
 
 # -- storage -------------------------------------------------------------------------------------------------------

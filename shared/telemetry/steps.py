@@ -307,7 +307,9 @@ def finished(run: Any) -> None:
     metrics.record("run_provider_calls", run.timeline.provider_calls, status=run.status)
     completed_at = provider_completed_at(getattr(run, "response_id", None))
     if completed_at is not None and run.completed_at:
-        metrics.record("detection_lag", run.completed_at - completed_at, via=via)
+        lag = max(0.0, run.completed_at - completed_at)
+        metrics.record("detection_lag", lag, via=via)
+        annotate(detection_lag_s=round(lag, 3))  # per run, for percentiles over spans
     usage = (run.result or {}).get("usage") or {}
     annotate(status=run.status, **{"gen_ai.usage.input_tokens": usage.get("input_tokens"),
                                    "gen_ai.usage.output_tokens": usage.get("output_tokens")})

@@ -197,3 +197,27 @@ def test_telemetry_file_writes_otlp_json_lines_a_developer_can_read(tmp_path):
     assert span["name"] == "POST /api/runs" and span["traceId"] == CALLER[3:35] and span["parentSpanId"] == CALLER[36:52]
     assert attributes(span)["bgruns.outcome"] == "ok"
     assert json.loads(path.read_text().splitlines()[0])["resourceSpans"][0]["resource"]["attributes"]
+
+
+def test_local_traces_prints_a_runs_trace_as_a_tree(tmp_path, capsys):
+    from local.traces import print_traces
+
+    path = tmp_path / "telemetry.jsonl"
+    _python(
+        "import shared.telemetry as t\n"
+        "from types import SimpleNamespace\n"
+        "t.configure()\n"
+        "run = SimpleNamespace(id='run_abc', session_id=None, response_id='resp_1', traceparent='', tracestate='',"
+        " next_poll_at=None)\n"
+        "with t.incoming_request('POST /api/runs', {}, logger='bgruns.x') as s:\n"
+        "    t.bind_run(run)\n"
+        "    run.traceparent, run.tracestate = s.trace_context()\n"
+        "with t.consumed('poll run', {'run_id': 'run_abc', 'traceparent': run.traceparent}, queue='runs-poll',"
+        " logger='bgruns.y') as s:\n"
+        "    s.set(outcome='pending')\n"
+        "t.flush()\n", TELEMETRY_FILE=str(path))
+    assert print_traces(str(path), "run_abc") == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("trace ") and "run_abc" in lines[0]
+    assert "POST /api/runs" in lines[1] and "    poll run" in lines[2] and "outcome=pending" in lines[2]
+    assert print_traces(str(path), "run_other") == 0
