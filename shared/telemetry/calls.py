@@ -66,8 +66,6 @@ class TracedBackend:
             transient = getattr(error, "transient", None)
             span.set(**{"http.response.status_code": status})
             span.fail(f"provider_{status or 'unreachable'}" if transient is not None else type(error).__name__)
-            metrics.add("provider_calls", operation=operation,
-                        outcome="transient" if transient else "refused" if transient is False else "error")
             raise
         else:
             state = getattr(result, "state", result)  # start() returns Started(state, events)
@@ -76,7 +74,6 @@ class TracedBackend:
                             "bgruns.provider_status": getattr(state, "status", None)})
                 if getattr(state, "is_active", True) is False:
                     note_completed(getattr(state, "response", None))
-            metrics.add("provider_calls", operation=operation, outcome="ok")
             _seen(step, result)
             return result
         finally:

@@ -1,13 +1,13 @@
 """The service's metrics (OpenTelemetry instruments, created on first use; nothing when telemetry is off).
+Provider calls one by one are the `provider *` spans (Application Insights: dependencies); per run, a histogram.
 
 | instrument | kind | unit | attributes |
 |---|---|---|---|
-| `bgruns.runs.started` | counter | {run} | `bgruns.completion` (poll, push, watch: the strategy is not known here, so `stream`) |
+| `bgruns.runs.started` | counter | {run} | `bgruns.stream` |
 | `bgruns.runs.finished` | counter | {run} | `bgruns.status`, `bgruns.via` (the step that ended it) |
 | `bgruns.run.detection_lag` | histogram | s | `bgruns.via`: provider's `completed_at` -> the run saved terminal |
 | `bgruns.webhook.delivery_lag` | histogram | s | run terminal -> its webhook delivered (first success) |
 | `bgruns.run.provider_calls` | histogram | {call} | `bgruns.status`: provider calls a run took, recorded when it ends |
-| `bgruns.provider.calls` | counter | {call} | `bgruns.operation`, `bgruns.outcome` (ok, transient, refused) |
 | `bgruns.poll.steps` | counter | {step} | `bgruns.outcome` (pending, completed, stale, retry, ...) |
 | `bgruns.poll.pickup_delay` | histogram | s | how late a poll step ran after its due time |
 | `bgruns.queue.message_age` | histogram | s | `messaging.destination.name`: insertion -> pickup (includes the intended delay) |
@@ -27,7 +27,6 @@ _SPECS: dict[str, tuple[str, str, str]] = {
     "detection_lag": ("histogram", "bgruns.run.detection_lag", "s"),
     "delivery_lag": ("histogram", "bgruns.webhook.delivery_lag", "s"),
     "run_provider_calls": ("histogram", "bgruns.run.provider_calls", "{call}"),
-    "provider_calls": ("counter", "bgruns.provider.calls", "{call}"),
     "poll_steps": ("counter", "bgruns.poll.steps", "{step}"),
     "pickup_delay": ("histogram", "bgruns.poll.pickup_delay", "s"),
     "message_age": ("histogram", "bgruns.queue.message_age", "s"),

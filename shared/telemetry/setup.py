@@ -123,6 +123,20 @@ def _resource(env: Mapping[str, str]):
     return Resource.create({"service.name": name})
 
 
+def _cheap_defaults() -> None:
+    """Exemplars (a trace sample kept with each histogram bucket) cost CPU on every measurement and nothing here
+    reads them; an explicit OTEL_METRICS_EXEMPLAR_FILTER still wins."""
+    os.environ.setdefault("OTEL_METRICS_EXEMPLAR_FILTER", "always_off")
+
+
+def _quiet_step_lines() -> None:
+    """The distro exports the `bgruns` loggers; the per-step INFO lines repeat what the step's span already
+    carries (and reach the host's log stream anyway), so only warnings and errors go out as log records."""
+    for handler in logging.getLogger(LOGGER_NAME).handlers:
+        if type(handler).__module__.startswith("opentelemetry"):
+            handler.setLevel(logging.WARNING)
+
+
 def _build(chosen: list[str], env: Mapping[str, str]) -> tuple[Any, Any]:
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
@@ -130,6 +144,7 @@ def _build(chosen: list[str], env: Mapping[str, str]) -> tuple[Any, Any]:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
+    _cheap_defaults()
     span_processors, metric_readers = [], []
     if "otlp" in chosen:
         protocol = (env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
@@ -153,6 +168,7 @@ def _build(chosen: list[str], env: Mapping[str, str]) -> tuple[Any, Any]:
             resource=_resource(env), logger_name=LOGGER_NAME, span_processors=span_processors,
             metric_readers=metric_readers, enable_live_metrics=False, enable_performance_counters=False,
             instrumentation_options={name: {"enabled": False} for name in _DISTRO_INSTRUMENTATIONS})
+        _quiet_step_lines()
         return trace.get_tracer_provider(), metrics.get_meter_provider()
     tracer_provider = TracerProvider(resource=_resource(env))
     for processor in span_processors:

@@ -71,10 +71,8 @@ class Step:
 
     # -- what code below the entry point says -----------------------------------------------------------------
     def set(self, **fields: Any) -> None:
-        fields = {k: v for k, v in fields.items() if v is not None}
-        self.fields.update(fields)
-        if self.span is not None and self.span.is_recording():
-            self.span.set_attributes({_attribute_name(k): v for k, v in fields.items()})
+        """Fields of the log line and attributes of the span (set on it once, when the step ends: cheaper)."""
+        self.fields.update((k, v) for k, v in fields.items() if v is not None)
 
     @property
     def trace_id(self) -> str:
@@ -121,6 +119,8 @@ class Step:
         if self.run_id or error is not None or self.queue:
             self._log(error)
         if self.span is not None:
+            if self.span.is_recording():
+                self.span.set_attributes({_attribute_name(k): v for k, v in self.fields.items()})
             if error is not None:
                 otel = _otel()
                 self.span.set_status(otel["Status"](otel["ERROR"], type(error).__name__))
