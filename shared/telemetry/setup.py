@@ -31,7 +31,7 @@ SERVICE_NAME = "background-runs"
 TRACER_NAME = "bgruns"
 LOGGER_NAME = "bgruns"  # the only loggers the distro exports: the service's own lines, no library chatter
 _DISTRO_INSTRUMENTATIONS = ("azure_sdk", "django", "fastapi", "flask", "psycopg2", "requests", "urllib", "urllib3",
-                            "httpx")
+                            "httpx", "httpx2")
 _OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
 
@@ -123,6 +123,16 @@ def _resource(env: Mapping[str, str]):
     return Resource.create({"service.name": name})
 
 
+def _distro_instrumentations() -> set[str]:
+    """Every automatic instrumentation the distro knows (its list grows: httpx2, the openai client's HTTP library,
+    arrived in 1.8), so all stay off."""
+    try:
+        from azure.monitor.opentelemetry._constants import _ALL_SUPPORTED_INSTRUMENTED_LIBRARIES as known
+    except ImportError:
+        known = ()
+    return set(_DISTRO_INSTRUMENTATIONS) | set(known)
+
+
 def _cheap_defaults() -> None:
     """Exemplars (a trace sample kept with each histogram bucket) cost CPU on every measurement and nothing here
     reads them; an explicit OTEL_METRICS_EXEMPLAR_FILTER still wins."""
@@ -167,7 +177,7 @@ def _build(chosen: list[str], env: Mapping[str, str]) -> tuple[Any, Any]:
         configure_azure_monitor(
             resource=_resource(env), logger_name=LOGGER_NAME, span_processors=span_processors,
             metric_readers=metric_readers, enable_live_metrics=False, enable_performance_counters=False,
-            instrumentation_options={name: {"enabled": False} for name in _DISTRO_INSTRUMENTATIONS})
+            instrumentation_options={name: {"enabled": False} for name in _distro_instrumentations()})
         _quiet_step_lines()
         return trace.get_tracer_provider(), metrics.get_meter_provider()
     tracer_provider = TracerProvider(resource=_resource(env))

@@ -3,7 +3,11 @@ a webhook receiver) with the service's real OTLP exporter sending to a collector
 webhook is one trace from the caller's span to the webhook POST, across a host SIGKILL and restart."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +16,7 @@ from tests.stack import service_env, start_host
 
 from .collector import Collector
 
+ROOT = Path(__file__).resolve().parents[2]
 CALLER_TRACE, CALLER_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 CALLER = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
 SERVER, CONSUMER, CLIENT = 2, 5, 3  # OTLP SpanKind
@@ -100,6 +105,14 @@ def test_a_run_is_one_trace_across_polls_a_host_kill_and_restart_and_its_webhook
     bad = api.get(f"/api/runs/{run_id}", params={"include": "everything"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "include"
     api.close()
+
+    # ... and `bgruns status` shows it (this checkout's client).
+    cli = subprocess.run([sys.executable, "-m", "bgruns", "status", run_id, "--url", host.base_url],
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "client")}, capture_output=True, text=True,
+                         timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert f"trace {CALLER_TRACE}" in cli.stdout and "provider_accepted" in cli.stdout
+    assert "finished" in cli.stdout and "webhook_attempt" in cli.stdout and "next_poll_in=" in cli.stdout
 
 
 def test_service_env_has_no_telemetry_by_default():

@@ -220,3 +220,27 @@ def test_local_traces_prints_a_runs_trace_as_a_tree(tmp_path, capsys):
     assert lines[0].startswith("trace ") and "run_abc" in lines[0]
     assert "POST /api/runs" in lines[1] and "    poll run" in lines[2] and "outcome=pending" in lines[2]
     assert print_traces(str(path), "run_other") == 0
+
+
+def test_the_distro_is_configured_with_every_automatic_instrumentation_off():
+    """A span per storage request or a second span per provider call would be most of the cost (bench)."""
+    out = _python(
+        "import shared.telemetry as t\n"
+        "from opentelemetry.util._importlib_metadata import entry_points\n"
+        "print(t.configure())\n"
+        "on, checked = [], []\n"
+        "for ep in entry_points(group='opentelemetry_instrumentor'):\n"
+        "    try:\n"
+        "        instrumentor = ep.load()()\n"
+        "    except ImportError:\n"
+        "        continue  # its library is not installed: nothing to instrument\n"
+        "    checked.append(ep.name)\n"
+        "    if instrumentor.is_instrumented_by_opentelemetry:\n"
+        "        on.append(ep.name)\n"
+        "print(on)\n"
+        "print('httpx2' in checked or 'httpx' in checked)\n",
+        APPLICATIONINSIGHTS_CONNECTION_STRING="InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+                                              "IngestionEndpoint=http://127.0.0.1:9/",
+        APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true", APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED="true",
+        APPLICATIONINSIGHTS_SDKSTATS_DISABLED="true")
+    assert out.splitlines() == ["azure_monitor", "[]", "True"]
