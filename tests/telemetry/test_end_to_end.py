@@ -51,7 +51,7 @@ def test_a_run_is_one_trace_across_polls_a_host_kill_and_restart_and_its_webhook
     secret_input = "INPUT-c0ffee-never-in-a-span"
     run = api.post("/api/runs", headers={"traceparent": CALLER},
                    json={"input": secret_input, "webhook_url": hook,
-                         "metadata": {"emulator_duration_ms": "9000", "note": "META-never-in-a-span"}}).json()
+                         "metadata": {"emulator_duration_ms": "15000", "note": "META-never-in-a-span"}}).json()
     run_id = run["id"]
     eventually(lambda: [s for s in collector.spans_of(run_id) if s["name"] == "poll run"], 30, "a first poll span")
 
@@ -64,8 +64,8 @@ def test_a_run_is_one_trace_across_polls_a_host_kill_and_restart_and_its_webhook
         return current if current["continuation_token"] is None else None
     final = eventually(finished, 90, "the run to finish")
     assert final["status"] == "completed"
-    delivery = eventually(lambda: [r for r in httpx.get(f"{receiver.url}/_received").json()
-                                   if r["path"] == hook.removeprefix(receiver.url)], 30, "the webhook")[0]
+    deliveries = eventually(lambda: [r for r in httpx.get(f"{receiver.url}/_received").json()
+                                     if r["path"] == hook.removeprefix(receiver.url)], 30, "the webhook")
     spans = eventually(lambda: (lambda s: s if any(x["name"] == "webhook POST" for x in s) else None)(
         collector.spans_of(run_id)), 30, "the webhook span")
 
@@ -82,11 +82,11 @@ def test_a_run_is_one_trace_across_polls_a_host_kill_and_restart_and_its_webhook
                      and s["attributes"].get("gen_ai.response.id") == final["provider_response_id"]):
         assert every[retrieve["parent_span_id"]]["name"] in ("poll run", "POST /api/runs", "repair run")
         assert retrieve["trace_id"] == CALLER_TRACE
-    (attempt,) = [s for s in spans if s["name"] == "webhook POST"]
-    assert attempt["kind"] == CLIENT and attempt["attributes"]["http.response.status_code"] == 204
-    assert every[attempt["parent_span_id"]]["trace_id"] == CALLER_TRACE
-    # The webhook carried the attempt's own context.
-    assert delivery["headers"]["traceparent"] == f"00-{CALLER_TRACE}-{attempt['span_id']}-01"
+    attempts = [s for s in spans if s["name"] == "webhook POST"]  # more than one if a loaded machine timed one out
+    assert all(a["kind"] == CLIENT and every[a["parent_span_id"]]["trace_id"] == CALLER_TRACE for a in attempts)
+    assert any(a["attributes"]["http.response.status_code"] == 204 for a in attempts)
+    # Each POST carried its attempt's own context.
+    assert {d["headers"]["traceparent"] for d in deliveries} <= {f"00-{CALLER_TRACE}-{a['span_id']}-01" for a in attempts}
     # Metrics reached the collector too.
     eventually(lambda: {"bgruns.runs.started", "bgruns.poll.steps"} <= collector.metric_names, 20, "metrics")
 
@@ -96,6 +96,11 @@ def test_a_run_is_one_trace_across_polls_a_host_kill_and_restart_and_its_webhook
     forbidden = [secret_input, "META-never-in-a-span", final["output_text"][:40], host.env["RUN_TOKEN_KEY"],
                  *host.env["WEBHOOK_SIGNING_SECRETS"].split()]
     assert not [(f, t) for t in texts for f in forbidden if f and f in t]
+
+    # One log line per step, with the run id and the trace id, in the host's log (before and after the kill).
+    lines = [line for line in host.logs().splitlines() if f"poll run {run_id}:" in line and " trace=" in line]
+    assert len(lines) >= 2 and all(line.endswith(f"trace={CALLER_TRACE}") for line in lines)
+    assert secret_input not in host.logs()
 
     # The run's own timeline over the API tells the same story.
     timeline = api.get(f"/api/runs/{run_id}", params={"include": "timeline"}).json()["timeline"]
