@@ -104,7 +104,8 @@ def main() -> None:
     azurite = start_for_tests(f"telemetry-bench-{time.time_ns()}")
     emulator, url = start_emulator()
     sink = Sink()
-    samples: dict[str, dict[str, list[float]]] = {m: {"start": [], "poll": [], "hooks_us": []} for m in MODES}
+    samples: dict[str, dict[str, list[float]]] = {m: {"start": [], "poll": [], "hooks_us": [], "paired_on": [],
+                                                      "paired_off": []} for m in MODES}
     try:
         for repeat in range(args.repeats):
             for mode in (MODES if repeat % 2 == 0 else tuple(reversed(MODES))):  # spread the machine's drift
@@ -114,15 +115,15 @@ def main() -> None:
                 if out.returncode != 0:
                     raise RuntimeError(f"{mode}: {out.stderr[-3000:]}")
                 result = json.loads(out.stdout.strip().splitlines()[-1])
-                for phase in ("start", "poll", "hooks_us"):
-                    samples[mode][phase].append(result[phase])
+                for phase, value in result.items():
+                    samples[mode][phase].append(value)
                 print(f"repeat {repeat + 1}/{args.repeats} {mode:6} start {result['start']:.2f} ms  "
                       f"poll {result['poll']:.2f} ms  telemetry of a poll alone {result['hooks_us']:.0f} us", flush=True)
     finally:
         sink.stop()
         emulator.terminate()
         azurite.stop()
-    report = {"runs": args.runs, "repeats": args.repeats, "cpu_ms": {m: {p: _summary(v) for p, v in phases.items()}
+    report = {"runs": args.runs, "repeats": args.repeats, "cpu_ms": {m: {p: _summary(v) for p, v in phases.items() if v}
                                                                      for m, phases in samples.items()},
               "sink_requests": sink.items, "timeline_us_per_poll": timeline_cost_us()}
     off = report["cpu_ms"]["off"]["poll"]["median"]
@@ -132,6 +133,10 @@ def main() -> None:
     report["poll_hooks_pct_of_poll"] = {m: round((report["cpu_ms"][m]["hooks_us"]["median"] -
                                                   report["cpu_ms"]["off"]["hooks_us"]["median"]) / 1000 / off * 100, 1)
                                         for m in ("noop", "distro")}
+    # Paired in one process: on vs off batches of the same real poll steps, per repeat, then the median.
+    report["poll_paired_overhead_pct"] = {m: _summary([(a - b) / b * 100 for a, b in zip(samples[m]["paired_on"],
+                                                                                        samples[m]["paired_off"])])
+                                          for m in ("noop", "distro")}
     report["start_overhead_pct"] = {m: round((report["cpu_ms"][m]["start"]["median"] -
                                               report["cpu_ms"]["off"]["start"]["median"]) /
                                              report["cpu_ms"]["off"]["start"]["median"] * 100, 1)
@@ -242,8 +247,32 @@ async def child(mode: str, connection: str, emulator_url: str, runs: int) -> dic
     telemetry.flush()
     poll_ms = (cpu() - before) / runs * 1000
     assert set(outcomes) == {"pending"}, set(outcomes)
+    paired = await paired_polls(telemetry, [run.id for run in started], message_of, poll_one, cpu) \
+        if mode != "off" else {}
     await services.close()
-    return {"start": round(start_ms, 3), "poll": round(poll_ms, 3), "hooks_us": await hooks_cost_us(cpu)}
+    return {"start": round(start_ms, 3), "poll": round(poll_ms, 3), "hooks_us": await hooks_cost_us(cpu), **paired}
+
+
+async def paired_polls(telemetry, run_ids, message_of, poll_one, cpu, rounds: int = 8, batch: int = 15) -> dict:
+    """In this one process, batches of real poll steps with the service's telemetry on and off in turn (the
+    exporters stay installed), so the machine's drift falls on both alike: the steadiest end-to-end figure."""
+    from shared.telemetry.state import STATE
+
+    on, off, cursor = [], [], 0
+    for round_ in range(rounds):
+        for enabled in ((True, False) if round_ % 2 == 0 else (False, True)):
+            ids = [run_ids[(cursor + i) % len(run_ids)] for i in range(batch)]
+            cursor += batch
+            messages = [await message_of(run_id) for run_id in ids]
+            STATE.enabled = enabled
+            before = cpu()
+            for message in messages:
+                await poll_one(message)
+            if enabled:
+                telemetry.flush()
+            (on if enabled else off).append((cpu() - before) / batch * 1000)
+    STATE.enabled = True
+    return {"paired_on": round(statistics.median(on), 3), "paired_off": round(statistics.median(off), 3)}
 
 
 async def hooks_cost_us(cpu, steps: int = 3000) -> float:

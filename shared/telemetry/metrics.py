@@ -52,13 +52,13 @@ def _instrument(key: str) -> Any:
 
 
 def add(key: str, amount: float = 1, **attributes: Any) -> None:
-    if STATE.meter is None:
+    if not STATE.enabled or STATE.meter is None:
         return
     _instrument(key).add(amount, _attributes(attributes))
 
 
 def record(key: str, value: float, **attributes: Any) -> None:
-    if STATE.meter is None or value is None:
+    if not STATE.enabled or STATE.meter is None or value is None:
         return
     _instrument(key).record(max(0.0, value), _attributes(attributes))
 
