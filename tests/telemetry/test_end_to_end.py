@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from local.azurite import start_for_tests
 from tests.stack import service_env, start_host
 
 from .collector import Collector
@@ -33,14 +34,18 @@ def eventually(check, timeout: float, what: str):
 
 
 @pytest.fixture
-def traced_host(storage_connection_string, emulator):
+def traced_host(emulator):
+    """A host of its own on an Azurite of its own: the session's stack (tests/service) would otherwise take
+    messages from the same queues."""
     collector = Collector().start()
-    host = start_host(storage_connection_string, emulator, "host-telemetry",
+    azurite = start_for_tests(f"telemetry-{os.getpid()}")
+    host = start_host(azurite.connection_string, emulator, "host-telemetry",
                       OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint, OTEL_BSP_SCHEDULE_DELAY="100",
                       OTEL_METRIC_EXPORT_INTERVAL="500", OTEL_RESOURCE_ATTRIBUTES="bgruns.test.host_life=1")
     yield host, collector
     host.stop()
     collector.stop()
+    azurite.stop()
 
 
 @pytest.mark.slow
