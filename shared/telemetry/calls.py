@@ -57,8 +57,7 @@ class TracedBackend:
             result = await call()
             _seen(step, result)
             return result
-        span = _ClientCall(f"provider {operation}", {"gen_ai.provider.name": self._provider,
-                                                     "bgruns.operation": operation, **attributes})
+        span = _ClientCall(f"provider {operation}", {"gen_ai.provider.name": self._provider, **attributes})
         try:
             result = await call()
         except Exception as error:

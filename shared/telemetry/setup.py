@@ -133,6 +133,16 @@ def _distro_instrumentations() -> set[str]:
     return set(_DISTRO_INSTRUMENTATIONS) | set(known)
 
 
+def _without_agent_processors(provider: Any) -> None:
+    """The distro's GenAI "main agent" span processor runs on every span's start and end to attribute agent
+    spans; the service makes none, and it is a tenth of the telemetry's CPU per poll (bench/telemetry.py). A
+    private attribute: if the distro changes it, the processor simply stays."""
+    active = getattr(provider, "_active_span_processor", None)
+    processors = getattr(active, "_span_processors", None)
+    if isinstance(processors, tuple):
+        active._span_processors = tuple(p for p in processors if type(p).__name__ != "_GenAIMainAgentSpanProcessor")
+
+
 def _cheap_defaults() -> None:
     """Exemplars (a trace sample kept with each histogram bucket) cost CPU on every measurement and nothing here
     reads them; an explicit OTEL_METRICS_EXEMPLAR_FILTER still wins."""
@@ -179,6 +189,7 @@ def _build(chosen: list[str], env: Mapping[str, str]) -> tuple[Any, Any]:
             metric_readers=metric_readers, enable_live_metrics=False, enable_performance_counters=False,
             instrumentation_options={name: {"enabled": False} for name in _distro_instrumentations()})
         _quiet_step_lines()
+        _without_agent_processors(trace.get_tracer_provider())
         return trace.get_tracer_provider(), metrics.get_meter_provider()
     tracer_provider = TracerProvider(resource=_resource(env))
     for processor in span_processors:

@@ -37,13 +37,15 @@ SERVER, CONSUMER, INTERNAL, CLIENT = "SERVER", "CONSUMER", "INTERNAL", "CLIENT"
 def _otel() -> dict[str, Any]:
     if not _OTEL:
         from opentelemetry import context, trace
-        from opentelemetry.trace import Link, SpanKind, Status, StatusCode, format_span_id, format_trace_id
+        from opentelemetry.trace import (Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags,
+                                         TraceState, format_span_id, format_trace_id)
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         _OTEL.update(context=context, trace=trace, Link=Link, kinds={k: getattr(SpanKind, k) for k in
                      (SERVER, CONSUMER, INTERNAL, CLIENT)}, Status=Status, ERROR=StatusCode.ERROR,
                      propagator=TraceContextTextMapPropagator(), format_trace_id=format_trace_id,
-                     format_span_id=format_span_id)
+                     format_span_id=format_span_id, SpanContext=SpanContext, TraceFlags=TraceFlags,
+                     TraceState=TraceState, NonRecordingSpan=NonRecordingSpan)
     return _OTEL
 
 
@@ -147,8 +149,14 @@ def current() -> Step | None:
 
 # -- opening steps -----------------------------------------------------------------------------------------------
 def _parent(traceparent: str, tracestate: str) -> Any:
-    return _otel()["propagator"].extract({w3c.TRACEPARENT: traceparent, w3c.TRACESTATE: tracestate} if tracestate
-                                         else {w3c.TRACEPARENT: traceparent})
+    """The context whose span is the remote parent `traceparent` (already validated by shared.telemetry.context,
+    so it is built directly: cheaper than the propagator's parsing on every step)."""
+    otel = _otel()
+    _, trace_hex, span_hex, flags = traceparent.split("-")[:4]
+    span_context = otel["SpanContext"](int(trace_hex, 16), int(span_hex, 16), is_remote=True,
+                                       trace_flags=otel["TraceFlags"](int(flags, 16)),
+                                       trace_state=otel["TraceState"].from_header([tracestate]) if tracestate else None)
+    return otel["trace"].set_span_in_context(otel["NonRecordingSpan"](span_context))
 
 
 def _current_span_context() -> Any:
@@ -212,7 +220,7 @@ def consumed(name: str, message: Mapping[str, Any], *, queue: str, enqueued_at: 
     host = _current_span_context()
     parent = _parent(*incoming) if incoming[0] else None
     return _start(step, CONSUMER, parent, [host] if host is not None and parent is not None else [],
-                  {"messaging.destination.name": queue, "messaging.operation.type": "process"})
+                  {"messaging.destination.name": queue})
 
 
 def timed(name: str, *, logger: str) -> Step:
