@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from . import telemetry
 from .provider import ResponsesBackend, RunBackend, open_provider
 from .provider.direct import DirectModel
 from .runs.callers import CallerKeys
@@ -82,6 +83,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model=No
     started, by their response id). `sender` delivers webhooks (built from the settings when not given; none
     when no signing secret is set); `provider_webhooks` is the openai client's webhook helper resource (verifies
     the provider's webhooks); `closers` release the clients."""
+    backend = telemetry.traced_backend(backend, settings.provider.kind)  # a span and a count per provider call
     store = RunStore(storage.runs, storage.payloads)
     sessions = SessionStore(storage.sessions)
     idempotency = IdempotencyStore(storage.idempotency)
@@ -99,7 +101,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model=No
     views = RunViews(tokens, poll_initial_delay=settings.poll_initial_delay, poll_max_delay=settings.poll_max_delay)
     reader = RunReader(store, sessions, tokens, settings.retention_seconds)
     starter = RunStarter(settings, store, sessions, idempotency, index, backend, scheduler, lifecycle, chain_backoff)
-    canceller = RunCanceller(reader, backend, lifecycle)
+    canceller = RunCanceller(reader, backend, lifecycle, store)
     if sender is None and settings.webhook_secrets:
         sender = WebhookSender(settings.webhook_secrets, timeout=settings.webhook_timeout,
                                allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private)

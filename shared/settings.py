@@ -133,6 +133,23 @@ SETTINGS: tuple[Setting, ...] = (
             "the poll chain dispatches the run again.", "30"),
     Setting("EXECUTOR_IDLE_TIMEOUT_SECONDS", "Longest silence of a model stream before it counts as cut "
             "(reasoning models may think minutes before their first token).", "300"),
+    # -- telemetry (shared/telemetry): read by its setup at start-up; with none of these set, telemetry is off ----
+    Setting("APPLICATIONINSIGHTS_CONNECTION_STRING", "Application Insights: traces, metrics and the `bgruns.*` "
+            "log lines go there through the Azure Monitor OpenTelemetry distro.", in_azure="required"),
+    Setting("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "`ClientId=<identity>;Authorization=AAD`: the exporter "
+            "signs in to Application Insights with that managed identity (local auth is off).", in_azure="required"),
+    Setting("PYTHON_ENABLE_OPENTELEMETRY", "`true`: the Python worker streams OpenTelemetry itself (no duplicate "
+            "host log entries); the app configures the exporters. Read by the worker, not by the app.",
+            in_azure="required"),
+    Setting("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/HTTP endpoint for traces and metrics (also the standard "
+            "`OTEL_EXPORTER_OTLP_*` settings: per-signal endpoints, timeout, compression)."),
+    Setting("OTEL_EXPORTER_OTLP_HEADERS", "Headers for the OTLP endpoint, e.g. an API key.", secret=True),
+    Setting("OTEL_SERVICE_NAME", "`service.name` of the telemetry (Application Insights: the cloud role name).",
+            "background-runs"),
+    Setting("OTEL_TRACES_SAMPLER", "Trace sampler (whole runs: a run's steps follow its start's decision); the "
+            "distro's default keeps up to 5 traces per second."),
+    Setting("TELEMETRY_FILE", "Local development: write spans and metrics as OTLP/JSON lines to this file (read "
+            "them with `python -m local.traces FILE`), or `console`.", in_azure="local"),
     *FACADE_SETTINGS,
 )
 

@@ -25,6 +25,7 @@ from azure.storage.queue.aio import QueueClient
 
 from .settings import (EVENTS_TABLE, EXECUTE_QUEUE, IDEMPOTENCY_TABLE, INDEX_TABLE, PAYLOAD_CONTAINER, POLL_QUEUE,
                        RUNS_TABLE, SESSIONS_TABLE, WEBHOOK_QUEUE, StorageSettings)
+from .telemetry import storage_response_hook
 
 # Storage requests of this process: (function, "service.METHOD") -> count (benchmarks and /api/metrics read it).
 STORAGE_REQUESTS: Counter = Counter()
@@ -97,7 +98,8 @@ def open_storage(settings: StorageSettings) -> Storage:
     def policies(service: str) -> dict:
         # use_env_settings=False: with it on, aiohttp reads ~/.netrc and the proxy environment in a worker
         # thread on every request (two thread hops per storage call, measured at ~3 ms of CPU per poll step).
-        return {"raw_request_hook": _counter(service), "use_env_settings": False}
+        return {"raw_request_hook": _counter(service), "raw_response_hook": storage_response_hook(service),
+                "use_env_settings": False}
 
     codec = {"message_encode_policy": TextBase64EncodePolicy(), "message_decode_policy": TextBase64DecodePolicy()}
     if settings.connection_string:

@@ -402,8 +402,10 @@ class AsyncClient:
     async def _poll(self, token: str) -> Response:
         return self._response(await self._request("POST", "/api/runs", json_body={"continuation_token": token}))
 
-    async def get(self, run_id: str) -> Response:
-        return self._response(await self._request("GET", f"/api/runs/{run_id}"))
+    async def get(self, run_id: str, *, timeline: bool = False) -> Response:
+        """The run; `timeline=True` adds the steps the service recorded for it (`response.raw["timeline"]`)."""
+        path = f"/api/runs/{run_id}" + ("?include=timeline" if timeline else "")
+        return self._response(await self._request("GET", path))
 
     async def cancel(self, run: Response | str) -> Response:
         run_id = run.run_id if isinstance(run, Response) else run

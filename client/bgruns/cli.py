@@ -344,8 +344,29 @@ def _when(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds") if epoch else "-"
 
 
+def _timeline_lines(timeline: dict[str, Any], created_at: float | None) -> list[str]:
+    """The run's recorded steps, one line each, with the time since the run was created."""
+    polls = timeline.get("polls") or {}
+    head = f"  timeline:  {polls.get('total', 0)} poll(s)"
+    if polls.get("omitted"):
+        head += f", the last {polls.get('shown')} shown"
+    if timeline.get("provider_calls"):
+        head += f", {timeline['provider_calls']} provider call(s)"
+    if timeline.get("trace_id"):
+        head += f", trace {timeline['trace_id']}"
+    lines = [head]
+    for entry in timeline.get("entries") or []:
+        at = entry.get("at") or 0.0
+        offset = f"+{at - created_at:7.1f}s" if created_at else _when(at)
+        details = {k: v for k, v in entry.items() if k not in ("at", "type") and v is not None}
+        lines.append(f"    {offset}  {entry.get('type', '?'):<18} " + " ".join(f"{k}={v}" for k, v in details.items()))
+    if timeline.get("events_omitted"):
+        lines.append(f"    ({timeline['events_omitted']} older event(s) not kept)")
+    return lines
+
+
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
-    response = client.get(args.run_id)
+    response = client.get(args.run_id, timeline=True)
     if args.json:
         print(json.dumps(response.raw, indent=2), flush=True)
         return EXIT_OK
@@ -366,6 +387,8 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
         lines.append(f"  webhook:   {hook.get('state')} ({hook.get('attempts')} attempt(s)) {hook.get('url')}")
     if response.continuation_token:
         lines.append(f"  token:     {response.continuation_token}")
+    if raw.get("timeline"):
+        lines += _timeline_lines(raw["timeline"], raw.get("created_at"))
     print("\n".join(lines), flush=True)
     if response.is_terminal and response.text:
         print("", flush=True)

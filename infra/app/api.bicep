@@ -123,6 +123,13 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
           value: 'ClientId=${identityClientId};Authorization=AAD'
         }
+        // host.json telemetryMode OpenTelemetry: the worker streams OpenTelemetry itself and the app configures the
+        // Azure Monitor distro (shared/telemetry). Not PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: with it the worker
+        // would configure the distro with every automatic instrumentation on (a span per storage request).
+        {
+          name: 'PYTHON_ENABLE_OPENTELEMETRY'
+          value: 'true'
+        }
         // Model provider: Azure OpenAI with Microsoft Entra ID (no key).
         {
           name: 'MODEL_PROVIDER'

@@ -10,6 +10,7 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
 from ..api.errors import handler
+from .. import telemetry
 from ..composition import services
 from ..errors import NotFound, PayloadTooLarge
 from ..storage import counting_as
@@ -19,6 +20,7 @@ MAX_EVENT_BYTES = 64 * 1024  # the events carry an id; anything this large is no
 
 
 @bp.route(route="provider/webhooks", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@telemetry.http_entry("POST /api/provider/webhooks", logger="bgruns.provider_events")
 @handler
 async def receive_provider_webhook(req: Request) -> Response:
     counting_as("receive_provider_webhook")

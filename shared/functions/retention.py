@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from .. import telemetry
 from ..composition import services
 from ..storage import counting_as
 
@@ -14,4 +15,5 @@ PURGE_SCHEDULE = "0 17 3 * * *"
 @bp.timer_trigger(arg_name="timer", schedule=PURGE_SCHEDULE, run_on_startup=False)
 async def purge_expired(timer: func.TimerRequest) -> None:
     counting_as("purge_expired")
-    await (await services()).purger.purge()
+    with telemetry.timed("purge expired", logger="bgruns.retention"):
+        await (await services()).purger.purge()

@@ -11,6 +11,7 @@ import azure.functions as func
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azurefunctions.extensions.http.fastapi import HTMLResponse, JSONResponse, Request, Response
 
+from .. import telemetry
 from ..composition import Services, services
 from ..errors import invalid
 from ..api.errors import handler
@@ -55,12 +56,25 @@ def _prefer_wait(req: Request, background: bool, max_wait: float) -> float:
     return 0.0 if background else max_wait
 
 
+INCLUDABLE = ("timeline",)
+
+
+def _include(req: Request) -> set[str]:
+    """`?include=timeline` (comma-separated, repeatable): optional parts of the run."""
+    wanted = {part.strip() for value in req.query_params.getlist("include") for part in value.split(",") if part.strip()}
+    unknown = sorted(wanted - set(INCLUDABLE))
+    if unknown:
+        raise invalid(f"'include' can name {', '.join(INCLUDABLE)}; not {unknown[0]!r}.", param="include")
+    return wanted
+
+
 async def _api(name: str) -> Services:
     counting_as(name)
     return await services()
 
 
 @bp.route(route="runs", methods=["POST"])
+@telemetry.http_entry("POST /api/runs", logger="bgruns.starting")
 @handler
 async def create_run(req: Request) -> Response:
     svc = await _api("create_run")
@@ -102,14 +116,16 @@ async def list_runs(req: Request) -> Response:
 @handler
 async def get_run(req: Request) -> Response:
     svc = await _api("get_run")
+    include = _include(req)
     run = await svc.reader.get(_path_param(req, "run_id"))
-    response = JSONResponse(svc.views.render(run))
+    response = JSONResponse(svc.views.render(run, timeline="timeline" in include))
     if not run.is_terminal:
         response.headers["Retry-After"] = str(svc.views.retry_after(run))
     return response
 
 
 @bp.route(route="runs/{run_id}/cancel", methods=["POST"])
+@telemetry.http_entry("POST /api/runs/{run_id}/cancel", logger="bgruns.cancelling")
 @handler
 async def cancel_run(req: Request) -> Response:
     svc = await _api("cancel_run")
@@ -117,20 +133,24 @@ async def cancel_run(req: Request) -> Response:
 
 
 @bp.route(route="runs/{run_id}/stream", methods=["GET"])
+@telemetry.http_entry("GET /api/runs/{run_id}/stream", logger="bgruns.relay")
 @handler
 async def stream_run(req: Request) -> Response:
     svc = await _api("stream_run")
     run_id = _path_param(req, "run_id")
     run = await svc.reader.get(run_id)
+    telemetry.bind_run(run)
     after = resume_position(req, run_id, svc.reader.decode_token)
     return streaming_response(svc.relays.relay(run, after), _location(run.id))
 
 
 @bp.route(route="runs/{run_id}/webhook/redeliver", methods=["POST"])
+@telemetry.http_entry("POST /api/runs/{run_id}/webhook/redeliver", logger="bgruns.webhook_outbox")
 @handler
 async def redeliver_webhook(req: Request) -> Response:
     svc = await _api("redeliver_webhook")
     run = await svc.outbox.redeliver(_path_param(req, "run_id"))
+    telemetry.bind_run(run)
     return JSONResponse(svc.views.render(run), status_code=202)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from .. import telemetry
 from ..composition import services
 from ..storage import counting_as
 
@@ -12,4 +13,5 @@ bp = func.Blueprint()
 @bp.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%", run_on_startup=False)
 async def sweep_runs(timer: func.TimerRequest) -> None:
     counting_as("sweep_runs")
-    await (await services()).sweeper.sweep()
+    with telemetry.timed("sweep runs", logger="bgruns.sweeping") as step:
+        step.set(**{f"runs_{k}": v for k, v in (await (await services()).sweeper.sweep()).items()})

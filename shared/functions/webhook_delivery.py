@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from .. import telemetry
 from ..composition import services
 from ..settings import STORAGE_CONNECTION, WEBHOOK_QUEUE
 from ..storage import counting_as
@@ -14,4 +15,7 @@ bp = func.Blueprint()
 @bp.queue_trigger(arg_name="msg", queue_name=WEBHOOK_QUEUE, connection=STORAGE_CONNECTION)
 async def deliver_webhook(msg: func.QueueMessage) -> None:
     counting_as("deliver_webhook")
-    await (await services()).outbox.deliver(message_json(msg))
+    data = message_json(msg)
+    with telemetry.consumed("deliver webhook", data, queue=WEBHOOK_QUEUE, enqueued_at=msg.insertion_time,
+                            logger="bgruns.webhook_outbox") as step:
+        step.set(outcome=await (await services()).outbox.deliver(data))

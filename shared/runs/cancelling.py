@@ -6,35 +6,54 @@ from __future__ import annotations
 import logging
 
 from ..errors import Unavailable, UpstreamError
+from .. import telemetry
 from ..provider import ProviderError, RunBackend
 from .callers import OPERATOR, Caller
 from .lifecycle import RunLifecycle
 from .model import Run
 from .reading import RunReader
 from .results import cancelled_result, result_from_response
+from .store import RunStore
 
 log = logging.getLogger("bgruns.cancelling")
 
 
 class RunCanceller:
-    def __init__(self, reader: RunReader, backend: RunBackend, lifecycle: RunLifecycle) -> None:
+    def __init__(self, reader: RunReader, backend: RunBackend, lifecycle: RunLifecycle,
+                 store: RunStore | None = None) -> None:
         self._reader = reader
         self._backend = backend
         self._lifecycle = lifecycle
+        self._store = store  # for the timeline note of a refused cancel
 
     async def cancel(self, run_id: str, *, caller: Caller = OPERATOR) -> Run:
         run = await self._reader.get(run_id, caller=caller)
         if run.is_terminal:
             return run
-        if run.response_id:  # a run still starting has none yet: its start cancels the response it gets
-            try:
-                state = await self._backend.cancel(run.response_id)
-            except ProviderError as error:
-                raise self._refused(run, error) from None
-            if state is not None and not state.is_active and state.status != "cancelled":
-                status, result = result_from_response(state.response)  # it finished before the cancel landed
-                return await self._lifecycle.finish(run, status, result)
-        return await self._lifecycle.finish(run, "cancelled", cancelled_result())
+        with telemetry.run_step("cancel run", run, logger=log.name):
+            telemetry.record(run, "cancel_requested")
+            if run.response_id:  # a run still starting has none yet: its start cancels the response it gets
+                try:
+                    state = await self._backend.cancel(run.response_id)
+                except ProviderError as error:
+                    await self._note_refusal(run, error)
+                    raise self._refused(run, error) from None
+                if state is not None and not state.is_active and state.status != "cancelled":
+                    status, result = result_from_response(state.response)  # it finished before the cancel landed
+                    return await self._lifecycle.finish(run, status, result)
+            return await self._lifecycle.finish(run, "cancelled", cancelled_result())
+
+    async def _note_refusal(self, run: Run, error: ProviderError) -> None:
+        """Best effort: the run's timeline shows the refused cancel (the poll chain keeps such a note when it
+        saves next; if the run changed meanwhile, the note is left out)."""
+        telemetry.record(run, "cancel_refused" if not error.transient else "cancel_failed",
+                         provider_status_code=error.status)
+        if self._store is None:
+            return
+        try:
+            await self._store.save(run)
+        except Exception:  # noqa: BLE001 - a diary entry never changes the answer
+            log.info("run %s: the cancel's timeline note was not saved (the run changed)", run.id)
 
     @staticmethod
     def _refused(run: Run, error: ProviderError) -> Exception:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .. import clock
+from .. import clock, telemetry
 from .index import RunIndex
 from .model import CONTINUABLE_STATUSES, Run
 from .sessions import SessionConflict, SessionStore
@@ -44,7 +44,8 @@ class RunLifecycle:
             run.poll_seq += 1  # every outstanding poll message is now stale
             run.next_poll_at = None
             if run.webhook_url:
-                run.webhook = WebhookState.begin(clock.now())
+                run.webhook = WebhookState.begin(clock.now(), run.traceparent, run.tracestate)
+            telemetry.finishing(run, status)
             try:
                 await self._store.save(run)
             except RunConflict:
@@ -53,6 +54,7 @@ class RunLifecycle:
                     return run
                 run = fresh
                 continue
+            telemetry.finished(run)
             log.info("run %s ended %s", run.id, status)
             await self.follow_up(run, send_webhook=True,
                                  webhook_delay=self._inline_safety_delay if inline_webhook else 0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..telemetry import Timeline
 from .webhook_state import WebhookState
 
 ACTIVE_STATUSES = frozenset({"queued", "in_progress"})
@@ -45,6 +46,10 @@ class Run:
     response: dict[str, Any] | None = None
     backend: str = "background"  # what ran it: the provider's background mode, or the executor (shared.runs.executing)
     etag: str | None = None
+    # W3C trace context of the run's trace (decided at its start; every later step joins it), and its timeline.
+    traceparent: str = ""
+    tracestate: str = ""
+    timeline: Timeline = field(default_factory=Timeline)
     # Set by the store: parts already written are not written again on every save (a 5 MB result is
     # uploaded once), and parts not loaded are not downloaded on reads that do not need them.
     result_stored: bool = False

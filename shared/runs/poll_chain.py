@@ -14,7 +14,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from .. import clock
+from .. import clock, telemetry
+from ..telemetry import context as trace_context
 from .model import Run
 from .store import RunConflict, RunStore
 
@@ -28,17 +29,23 @@ DEADLINE_SLACK_SECONDS = 0.5
 
 @dataclass(frozen=True)
 class PollMessage:
+    """One step of a run's poll chain, with the run's W3C trace context (optional), carried by every message of
+    the chain, so a step on any instance, or after a host restart, joins the run's trace."""
+
     run_id: str
     seq: int
     nonce: str
+    traceparent: str = ""
+    tracestate: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "seq": self.seq, "nonce": self.nonce}
+        return {"run_id": self.run_id, "seq": self.seq, "nonce": self.nonce,
+                **trace_context.fields(self.traceparent, self.tracestate)}
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> "PollMessage":
-        """Raises KeyError/TypeError/ValueError for a malformed message."""
-        return cls(str(data["run_id"]), int(data["seq"]), str(data["nonce"]))
+        """Raises KeyError/TypeError/ValueError for a malformed message (a bad trace context is just dropped)."""
+        return cls(str(data["run_id"]), int(data["seq"]), str(data["nonce"]), *trace_context.from_message(data))
 
 
 @dataclass(frozen=True)
@@ -72,22 +79,47 @@ class PollScheduler:
         self._store = store
         self._queue = queue  # shared.storage.MessageQueue for the poll queue
 
-    async def schedule(self, run: Run, delay: float, *, status: str | None = None, save_all: bool = False) -> bool:
+    async def schedule(self, run: Run, delay: float, *, status: str | None = None, event: str = "poll",
+                       error: str | None = None, save_all: bool = False) -> bool:
         """Send the next poll message, then save the run with the new chain position (only the chain's
         properties, unless `save_all`: the start's first step also records what the provider answered).
+        `event` names the step in the run's timeline (a poll, the provider accepting the start, a repair, ...),
+        `error` a hiccup.
 
         Returns False if the run changed meanwhile (the other writer owns the chain now)."""
         delay = max(0.0, min(delay, max(0.0, run.deadline_at - clock.now()) + DEADLINE_SLACK_SECONDS))
-        message = PollMessage(run.id, run.poll_seq + 1, secrets.token_hex(6))
+        message = PollMessage(run.id, run.poll_seq + 1, secrets.token_hex(6), run.traceparent, run.tracestate)
         await self._queue.send(message.to_dict(), delay)
+        position = (run.poll_seq, run.poll_nonce)
         run.poll_seq, run.poll_nonce = message.seq, message.nonce
         run.poll_count += 1
         run.next_poll_at = clock.now() + delay
         if status:
             run.status = status
+        note = {"provider_status": status, "next_poll_in": round(delay, 2), "error": error}
+        telemetry.record(run, event, **note)
         try:
-            await (self._store.save(run) if save_all else self._store.save_chain(run))
+            await self._save(run, save_all)
         except RunConflict:
-            log.info("run %s changed while scheduling poll %s; that message is stale", run.id, message.seq)
+            if not await self._save_over_a_note(run, position, event, note, save_all):
+                log.info("run %s changed while scheduling poll %s; that message is stale", run.id, message.seq)
+                return False
+        return True
+
+    async def _save(self, run: Run, save_all: bool) -> None:
+        await (self._store.save(run) if save_all else self._store.save_chain(run))
+
+    async def _save_over_a_note(self, run: Run, position: tuple[int, str], event: str, note: dict,
+                                save_all: bool) -> bool:
+        """The save lost to another writer. If that writer left the chain where this step found it (it only
+        added a timeline note, such as a refused cancel), keep its note and save the chain again, once."""
+        fresh = await self._store.get(run.id)
+        if fresh is None or fresh.is_terminal or (fresh.poll_seq, fresh.poll_nonce) != position:
+            return False
+        run.etag, run.timeline = fresh.etag, fresh.timeline
+        telemetry.record(run, event, **note)
+        try:
+            await self._save(run, save_all)
+        except RunConflict:
             return False
         return True

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Protocol
 import httpx
 import openai
 
-from .. import clock
+from .. import clock, telemetry
 from ..provider import ProviderError, ProviderState, RunBackend
 from .lifecycle import RunLifecycle
 from .model import Run
@@ -124,6 +124,7 @@ class PollStep:
         run = await self._store.get(message.run_id)
         if run is None:
             return "unknown-run"
+        telemetry.bind_run(run)
         if run.is_terminal:
             return "already-terminal"
         if message.seq == run.poll_seq + 1 and dequeue_count < EARLY_MESSAGE_RETRIES:
@@ -150,7 +151,7 @@ class PollStep:
             return await self._expire(run)
         delay = self._retry_backoff.delay(run.poll_count, retry_after=error.retry_after)
         log.info("run %s: provider hiccup (%s); next poll in %.1fs", run.id, error.message, delay)
-        await self._scheduler.schedule(run, delay)
+        await self._scheduler.schedule(run, delay, error=f"provider {error.status or 'unreachable'}")
         return "retry"
 
     async def _expire(self, run: Run) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Mapping
 
-from .. import clock
+from .. import clock, telemetry
 from ..errors import InvalidRequest, Unavailable
 from ..provider import ProviderError, RunBackend
 from ..provider.webhooks import InvalidProviderEvent, ProviderWebhookVerifier
@@ -62,6 +62,11 @@ class ProviderEventInbox:
         run = await self._store.get(run_id)
         if run is None or run.is_terminal or not run.response_id:
             return "already-ended"
+        with telemetry.run_step("provider event", run, logger=log.name) as step:
+            step.set(outcome=await self._end_known_run(run))
+            return step.fields["outcome"]
+
+    async def _end_known_run(self, run) -> str:
         try:
             state = await self._backend.observe(run.response_id)
         except ProviderError as error:
@@ -69,7 +74,7 @@ class ProviderEventInbox:
                               retry_after=max(1, round(error.retry_after or 5))) from None
         if state.is_active:  # the event ran ahead of the state the provider serves: look again in a second
             log.info("run %s: provider event says ended, retrieve says %s", run.id, state.status)
-            await self._scheduler.schedule(run, 1.0)
+            await self._scheduler.schedule(run, 1.0, status=state.status, event="provider_event")
             return "still-running"
         status, result = result_from_response(state.response)
         ended = await self._lifecycle.finish(run, status, result, inline_webhook=True)

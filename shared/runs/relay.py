@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator, Protocol
 import httpx
 import openai
 
+from .. import telemetry
 from ..provider import ProviderError, RunBackend
 from ..provider.backend import EventStream
 from .lifecycle import RunLifecycle
@@ -206,7 +207,8 @@ class Relay:
     async def _finish(self, event: Any) -> Run:
         run = await self._deps.store.get(self.run.id, with_result=True) or self.run
         status, result = result_from_response(event.response)
-        return await self._deps.lifecycle.finish(run, status, result)
+        with telemetry.run_step("stream end", run, logger=log.name):
+            return await self._deps.lifecycle.finish(run, status, result)
 
 
 class EventFormat(Protocol):

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .. import clock
+from .. import clock, telemetry
 from ..errors import Conflict, InvalidRequest, NotFound, ServiceError, Unavailable, UpstreamError, not_found
 from ..provider import ProviderError, RunBackend
 from ..provider.backend import EventStream
@@ -99,6 +99,7 @@ class RunStarter:
                   next_poll_at=created_at + self.start_grace, deadline_at=created_at + deadline,
                   webhook_url=request.webhook_url, owner=caller.owner, previous_run_id=request.previous_run_id,
                   backend=getattr(self._backend, "kind", "background"))
+        telemetry.run_created(run)
         await self._index.mark_open(run_id)
         await self._store.create(run)
         await self._index.list_run(run)
@@ -133,7 +134,8 @@ class RunStarter:
         if not state.is_active:
             status, result = result_from_response(state.response)
             return await self._lifecycle.finish(run, status, result)
-        if await self._scheduler.schedule(run, self._backoff.delay(0), status=state.status, save_all=True):
+        if await self._scheduler.schedule(run, self._backoff.delay(0), status=state.status, event="provider_accepted",
+                                          save_all=True):
             return run
         # The run changed while its start was in flight: cancelled, or failed by the sweeper as too slow.
         fresh = await self._store.get(run.id, with_result=True)

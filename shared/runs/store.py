@@ -21,6 +21,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.data.tables import UpdateMode
 
 from ..errors import PayloadTooLarge
+from ..telemetry import Timeline
 from .model import Run
 from .results import stored_result, loaded_result
 from .webhook_state import WebhookState
@@ -99,6 +100,7 @@ class RunStore:
             "watch_position": run.watch_position, "webhook_url": run.webhook_url or "",
             "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "", "backend": run.backend,
             "owner": run.owner or "", "previous_run_id": run.previous_run_id or "",
+            "traceparent": run.traceparent, "tracestate": run.tracestate, "timeline": run.timeline.dumps(),
         }
         return {k: v for k, v in entity.items() if v is not None}
 
@@ -133,6 +135,8 @@ class RunStore:
             response=await self._load_part(entity, "response") if with_result and has_response else None,
             backend=entity.get("backend") or "background", etag=entity.metadata.get("etag"),
             result_stored=has_result, response_stored=has_response,
+            traceparent=entity.get("traceparent") or "", tracestate=entity.get("tracestate") or "",
+            timeline=Timeline(entity.get("timeline") or ""),
         )
 
     # -- operations ------------------------------------------------------------------------------------------
@@ -185,6 +189,8 @@ class RunStore:
                   "poll_seq": run.poll_seq,
                   "poll_nonce": run.poll_nonce, "poll_count": run.poll_count, "next_poll_at": run.next_poll_at,
                   "watch_position": run.watch_position}
+        if run.timeline.changed:  # the step's timeline entry rides on this save
+            fields["timeline"] = run.timeline.dumps()
         try:
             meta = await self._table.update_entity(fields, mode=UpdateMode.MERGE, etag=run.etag,
                                                    match_condition=MatchConditions.IfNotModified)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from .. import clock
+from .. import clock, telemetry
 from .index import RunIndex
 from .lifecycle import RunLifecycle
 from .model import Run
@@ -65,24 +65,33 @@ class Sweeper:
         if not run.response_id:
             if clock.now() - run.created_at < self._start_grace:
                 return "fine"
-            await self._lifecycle.finish(run, "failed", failure_result(
-                "start_interrupted", "The run's start was interrupted before the provider accepted it."))
+            with telemetry.run_step("repair run", run, logger=log.name):
+                telemetry.annotate(outcome="start_interrupted")
+                await self._lifecycle.finish(run, "failed", failure_result(
+                    "start_interrupted", "The run's start was interrupted before the provider accepted it."))
             return "starts"
         log.warning("run %s: poll overdue by %.0fs; restarting its poll chain", run.id, clock.now() - run.next_poll_at)
-        return "polls" if await self._scheduler.schedule(run, 0) else "fine"
+        with telemetry.run_step("repair run", run, logger=log.name):
+            telemetry.annotate(outcome="poll_chain_restarted")
+            return "polls" if await self._scheduler.schedule(run, 0, event="repaired") else "fine"
 
     async def _tidy_ended(self, run: Run) -> str:
         hook = run.webhook
         if hook is None or not hook.is_pending:
-            await self._lifecycle.follow_up(run, send_webhook=False)  # leaves the index
+            with telemetry.run_step("repair run", run, logger=log.name):
+                telemetry.annotate(outcome="followed_up")
+                await self._lifecycle.follow_up(run, send_webhook=False)  # leaves the index
             return "followed_up"
         if not hook.is_stuck(clock.now(), self._webhook_slack):
             return "fine"
-        await self._lifecycle.follow_up(run, send_webhook=False)  # a crash may have cut those short too
-        hook.requeue(clock.now())
-        try:
-            await self._store.save(run)
-        except RunConflict:  # the delivery moved on meanwhile: someone else is on it
-            return "fine"
-        await self._webhook_queue.send(hook.message(run.id).to_dict())
+        with telemetry.run_step("repair run", run, logger=log.name):
+            telemetry.annotate(outcome="webhook_requeued")
+            await self._lifecycle.follow_up(run, send_webhook=False)  # a crash may have cut those short too
+            hook.requeue(clock.now())
+            telemetry.record(run, "repaired", what="webhook_requeued")
+            try:
+                await self._store.save(run)
+            except RunConflict:  # the delivery moved on meanwhile: someone else is on it
+                return "fine"
+            await self._webhook_queue.send(hook.message(run.id).to_dict())
         return "webhooks"

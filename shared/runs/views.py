@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import clock
+from ..telemetry.context import trace_id
 from .model import Run
 from .tokens import TokenCodec
 
@@ -14,8 +15,9 @@ class RunViews:
         self._initial = poll_initial_delay
         self._max = poll_max_delay
 
-    def render(self, run: Run) -> dict[str, Any]:
-        """The run as the API shows it (a terminal run must have been read with its result)."""
+    def render(self, run: Run, *, timeline: bool = False) -> dict[str, Any]:
+        """The run as the API shows it (a terminal run must have been read with its result); `timeline` adds
+        the run's recorded steps."""
         result = run.result or {}
         view = {
             "id": run.id, "object": "run", "status": run.status,
@@ -35,6 +37,9 @@ class RunViews:
             hook = run.webhook
             view["webhook"] = {"url": run.webhook_url, "state": hook.state if hook else "waiting",
                                "id": hook.id if hook else None, "attempts": hook.attempts if hook else []}
+        if timeline:
+            view["timeline"] = run.timeline.view(run.webhook.attempts if run.webhook else (),
+                                                 trace_id(run.traceparent))
         return view
 
     def retry_after(self, run: Run) -> int:

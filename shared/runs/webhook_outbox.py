@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Any, Mapping, Sequence
 
-from .. import clock
+from .. import clock, telemetry
 from ..errors import Conflict, InvalidRequest
 from ..webhooks import WebhookSender, build_payload
 from .index import RunIndex
@@ -59,8 +59,12 @@ class WebhookOutbox:
         run = await self._store.get(message.run_id, with_result=True)
         if run is None or run.webhook is None or not run.webhook.accepts(message) or self._sender is None:
             return "stale"
-        attempt = await self._sender.send(run.webhook_url, run.webhook.id, self.payload(run))
-        delay = run.webhook.record(attempt, schedule=self._schedule, at=clock.now())
+        telemetry.bind_run(run)
+        with telemetry.webhook_attempt(run) as traced:  # the POST carries the attempt's traceparent
+            attempt = await self._sender.send(run.webhook_url, run.webhook.id, self.payload(run),
+                                              headers=traced.headers)
+            delay = run.webhook.record(attempt, schedule=self._schedule, at=clock.now())
+            traced.record(attempt, run.webhook.state)
         try:
             await self._store.save(run)
         except RunConflict:
@@ -99,6 +103,7 @@ class WebhookOutbox:
         await self._index.mark_open(run.id)  # before the save, so a crash in between is swept
         for _ in range(5):
             run.webhook.reopen(clock.now())
+            telemetry.record(run, "webhook_redelivery")
             try:
                 await self._store.save(run)
                 break

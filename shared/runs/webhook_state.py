@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
+from ..telemetry import context as trace_context
 from ..webhooks import Attempt, new_webhook_id, next_delay
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -18,18 +19,21 @@ MAX_RECORDED_ATTEMPTS = 50
 
 @dataclass(frozen=True)
 class WebhookMessage:
-    """The webhook queue's message: deliver run `run_id`'s event if the run's delivery is still at `seq`."""
+    """The webhook queue's message: deliver run `run_id`'s event if the run's delivery is still at `seq`. It
+    carries the run's W3C trace context (optional), so the delivery joins the run's trace."""
 
     run_id: str
     seq: int
+    traceparent: str = ""
+    tracestate: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "seq": self.seq}
+        return {"run_id": self.run_id, "seq": self.seq, **trace_context.fields(self.traceparent, self.tracestate)}
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> "WebhookMessage":
-        """Raises KeyError/TypeError/ValueError for a malformed message."""
-        return cls(str(data["run_id"]), int(data["seq"]))
+        """Raises KeyError/TypeError/ValueError for a malformed message (a bad trace context is just dropped)."""
+        return cls(str(data["run_id"]), int(data["seq"]), *trace_context.from_message(data))
 
 
 @dataclass
@@ -40,18 +44,20 @@ class WebhookState:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     round_attempts: int = 0  # attempts since this round (the first delivery or a redelivery) began
     due_at: float = 0.0
+    traceparent: str = ""  # the run's trace context, carried by every message of this delivery
+    tracestate: str = ""
 
     @classmethod
-    def begin(cls, at: float) -> "WebhookState":
+    def begin(cls, at: float, traceparent: str = "", tracestate: str = "") -> "WebhookState":
         """The run just ended: its event is due now."""
-        return cls(id=new_webhook_id(), due_at=at)
+        return cls(id=new_webhook_id(), due_at=at, traceparent=traceparent, tracestate=tracestate)
 
     @property
     def is_pending(self) -> bool:
         return self.state == PENDING
 
     def message(self, run_id: str) -> WebhookMessage:
-        return WebhookMessage(run_id, self.seq)
+        return WebhookMessage(run_id, self.seq, self.traceparent, self.tracestate)
 
     def accepts(self, message: WebhookMessage) -> bool:
         return self.is_pending and message.seq == self.seq
@@ -95,4 +101,5 @@ class WebhookState:
     def from_dict(cls, data: Mapping[str, Any]) -> "WebhookState":
         return cls(id=str(data["id"]), state=str(data.get("state", PENDING)), seq=int(data.get("seq", 0)),
                    attempts=list(data.get("attempts", [])), round_attempts=int(data.get("round_attempts", 0)),
-                   due_at=float(data.get("due_at", 0.0)))
+                   due_at=float(data.get("due_at", 0.0)), traceparent=str(data.get("traceparent") or ""),
+                   tracestate=str(data.get("tracestate") or ""))

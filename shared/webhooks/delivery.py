@@ -131,8 +131,9 @@ class WebhookSender:
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.aclose()
 
-    async def send(self, url: str, webhook_id: str, body: bytes) -> Attempt:
-        """Deliver `body` once. Network failures come back as a failed Attempt, never raised.
+    async def send(self, url: str, webhook_id: str, body: bytes, *, headers: Mapping[str, str] | None = None) -> Attempt:
+        """Deliver `body` once. Network failures come back as a failed Attempt, never raised. `headers` are sent
+        too (e.g. `traceparent`); the signature and content headers always win.
 
         Raises only for caller bugs (bad webhook id, body not UTF-8).
         """
@@ -144,7 +145,7 @@ class WebhookSender:
 
         try:
             async with asyncio.timeout(self._timeout):
-                status, headers = await self._post(url, webhook_id, body)
+                status, reply_headers = await self._post(url, webhook_id, body, headers or {})
         except DestinationRefused as exc:
             return failed(f"destination refused: {exc.reason}", refused=True)
         except (TimeoutError, httpx.TimeoutException):
@@ -153,12 +154,13 @@ class WebhookSender:
             return failed(f"dns: {exc}"[:_MAX_ERROR_CHARS])
         except (httpx.HTTPError, OSError) as exc:
             return failed(_short(exc))
-        return _attempt_for_response(at, started, status, headers)
+        return _attempt_for_response(at, started, status, reply_headers)
 
-    async def _post(self, url: str, webhook_id: str, body: bytes) -> tuple[int, httpx.Headers]:
+    async def _post(self, url: str, webhook_id: str, body: bytes, extra: Mapping[str, str]) -> tuple[int, httpx.Headers]:
         parsed = check_url(url, allow_http=self._allow_http, allow_private=self._allow_private)
         addresses = await resolve_and_vet(parsed, allow_private=self._allow_private, resolver=self._resolver)
         headers = {
+            **extra,
             "content-type": "application/json",
             "user-agent": self._user_agent,
             **sign_headers(webhook_id, body, self._secrets),  # fresh timestamp per attempt

@@ -413,12 +413,14 @@ class FakeSender:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, bytes]] = []
+        self.headers: list[dict] = []  # the extra headers of each attempt (traceparent)
         self.results: list[Any] = []
 
-    async def send(self, url: str, webhook_id: str, body: bytes):
+    async def send(self, url: str, webhook_id: str, body: bytes, *, headers=None):
         from shared.webhooks import Attempt
 
         self.sent.append((url, webhook_id, body))
+        self.headers.append(dict(headers or {}))
         result = self.results.pop(0) if self.results else Attempt(at="2026-01-01T00:00:00.000Z", ok=True,
                                                                      status_code=204)
         if isinstance(result, BaseException):

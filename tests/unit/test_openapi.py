@@ -42,7 +42,22 @@ def test_the_run_schema_matches_the_run_view():
     views = RunViews(TokenCodec(b"k" * 40), poll_initial_delay=1, poll_max_delay=10)
     run = Run(id="run_x", status="completed", created_at=1.0, model="m", request={}, webhook_url="https://h/x",
               result={"output": [], "output_text": "", "error": None})
-    assert set(views.render(run)) == documented
+    assert set(views.render(run, timeline=True)) == documented
+    assert set(views.render(run)) == documented - {"timeline"}  # only with ?include=timeline
+
+
+def test_the_timeline_schema_names_every_entry_the_service_records():
+    spec = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+    timeline = spec["components"]["schemas"]["Timeline"]
+    documented_types = set(timeline["properties"]["entries"]["items"]["properties"]["type"]["enum"])
+    source = "\n".join(p.read_text() for p in (ROOT / "shared").rglob("*.py"))
+    import re
+    recorded = set(re.findall(r'record\(run, "(\w+)"', source)) | set(re.findall(r'event="(\w+)"', source))
+    recorded |= {"created", "finished", "poll", "webhook_attempt", "cancel_failed"}
+    assert recorded <= documented_types, recorded - documented_types
+    views = RunViews(TokenCodec(b"k" * 40), poll_initial_delay=1, poll_max_delay=10)
+    run = Run(id="run_x", status="queued", created_at=1.0, model="m", request={})
+    assert set(views.render(run, timeline=True)["timeline"]) == set(timeline["properties"])
 
 
 async def test_the_run_summary_schema_matches_the_listed_runs():
