@@ -45,6 +45,8 @@ def response_skeleton(response_id: str, params: Mapping[str, Any], created_at: f
         "previous_response_id": params.get("previous_response_id"),
         "max_output_tokens": params.get("max_output_tokens"), "reasoning": params.get("reasoning"),
         "store": True, "text": {"format": {"type": "text"}}, "truncation": "disabled",
+        # Required (nullable) in OpenAI's Response schema: the sampling the call was made with, if given.
+        "temperature": params.get("temperature"), "top_p": params.get("top_p"),
     }
 
 
@@ -173,7 +175,7 @@ def _usage(chat_usage: Any) -> dict[str, Any] | None:
     prompt, completion = data.get("prompt_tokens") or 0, data.get("completion_tokens") or 0
     cached = (data.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     reasoning = (data.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
             "total_tokens": data.get("total_tokens") or prompt + completion}
 
@@ -227,7 +229,7 @@ class ChatTranslator:
                            "item": {**self._message, "content": []}})
         if self._part is None or self._part["type"] != kind:
             events += self._close_part()
-            self._part = {"type": "output_text", "text": "", "annotations": []} if kind == "output_text" else {
+            self._part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []} if kind == "output_text" else {
                 "type": "refusal", "refusal": ""}
             self._message["content"].append(self._part)
             events.append({"type": "response.content_part.added", **self._where(), "part": dict(self._part)})

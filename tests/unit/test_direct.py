@@ -100,7 +100,7 @@ def test_usage_is_mapped_to_the_responses_shape():
     translator.feed(SimpleNamespace(choices=[], usage={"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10,
                                                        "completion_tokens_details": {"reasoning_tokens": 2}}))
     usage = translator.finish()[-1]["response"]["usage"]
-    assert usage == {"input_tokens": 7, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 3,
+    assert usage == {"input_tokens": 7, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens": 3,
                      "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 10}
 
 
