@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import invalid as bad_request
 from ..runs.requests import RunRequest
-from .run_requests import _expect, _flag, _input, _metadata, _reasoning
+from .run_requests import _expect, _flag, _input, read_model_options, read_our_additions
 
 # Passed to the provider as they are (openai 3.57 `responses.create` parameters).
 PASS_THROUGH = frozenset({
@@ -56,29 +56,13 @@ def parse_create_body(body: dict[str, Any]) -> CreateBody:
                           "period (that is what lets a run outlive its client).", param="store",
                           code="unsupported_parameter")
     request = RunRequest(input=_input(body["input"]), stream=stream)
-    request.model = _expect(body, "model", (str,), "a string")
-    if request.model is not None and not 0 < len(request.model) <= 128:
-        raise bad_request("'model' must be 1 to 128 characters.", param="model")
-    request.instructions = _expect(body, "instructions", (str,), "a string")
+    read_model_options(body, request)
     request.tools = _tools(_expect(body, "tools", (list,), "an array") or [])
-    request.metadata = _metadata(_expect(body, "metadata", (dict,), "an object of strings") or {})
-    tokens = _expect(body, "max_output_tokens", (int,), "an integer")
-    if tokens is not None and not 1 <= tokens <= 1_000_000:
-        raise bad_request("'max_output_tokens' must be between 1 and 1000000.", param="max_output_tokens")
-    request.max_output_tokens = tokens
-    reasoning = _expect(body, "reasoning", (dict,), "an object")
-    request.reasoning = _reasoning(reasoning) if reasoning is not None else None
     request.previous_run_id = _expect(body, "previous_response_id", (str,), "a string")
     request.options = {name: body[name] for name in PASS_THROUGH if body.get(name) is not None}
     if stream and body.get("stream_options") is not None:
         request.options["stream_options"] = _expect(body, "stream_options", (dict,), "an object")
-    deadline = _expect(body, "deadline_seconds", (int, float), "a number of seconds")
-    if deadline is not None and not 1 <= deadline <= 30 * 24 * 3600:
-        raise bad_request("'deadline_seconds' must be between 1 and 2592000.", param="deadline_seconds")
-    request.deadline_seconds = deadline
-    request.webhook_url = _expect(body, "webhook_url", (str,), "a string")
-    if request.webhook_url is not None and len(request.webhook_url) > 2048:
-        raise bad_request("'webhook_url' is longer than 2048 characters.", param="webhook_url")
+    read_our_additions(body, request)
     return CreateBody(request, stream, _flag(body, "background", default=False))
 
 

@@ -111,16 +111,23 @@ def parse_run_body(body: dict[str, Any]) -> RunBody:
     if body.get("input") is None:
         raise bad_request("'input' is required (or 'continuation_token' to poll a run).", param="input")
     request = RunRequest(input=_input(body["input"]))
-    request.instructions = _expect(body, "instructions", (str,), "a string")
-    request.model = _expect(body, "model", (str,), "a string")
-    if request.model is not None and not 0 < len(request.model) <= 128:
-        raise bad_request("'model' must be 1 to 128 characters.", param="model")
+    read_model_options(body, request)
     request.session_id = _expect(body, "session_id", (str,), "a string")
     if request.session_id is not None and not ID_PATTERN.match(request.session_id):
         raise bad_request("'session_id' is not a valid session id.", param="session_id")
     background = _flag(body, "background", default=True)
     request.stream = _flag(body, "stream", default=False)
     request.tools = _tools(_expect(body, "tools", (list,), "a list") or [])
+    read_our_additions(body, request)
+    return RunBody(request=request, stream=request.stream, background=background)
+
+
+def read_model_options(body: dict[str, Any], request: RunRequest) -> None:
+    """`model`, `instructions`, `metadata`, `max_output_tokens`, `reasoning`: read the same way by both APIs."""
+    request.model = _expect(body, "model", (str,), "a string")
+    if request.model is not None and not 0 < len(request.model) <= 128:
+        raise bad_request("'model' must be 1 to 128 characters.", param="model")
+    request.instructions = _expect(body, "instructions", (str,), "a string")
     request.metadata = _metadata(_expect(body, "metadata", (dict,), "an object of strings") or {})
     tokens = _expect(body, "max_output_tokens", (int,), "an integer")
     if tokens is not None and not 1 <= tokens <= 1_000_000:
@@ -128,6 +135,10 @@ def parse_run_body(body: dict[str, Any]) -> RunBody:
     request.max_output_tokens = tokens
     reasoning = _expect(body, "reasoning", (dict,), "an object")
     request.reasoning = _reasoning(reasoning) if reasoning is not None else None
+
+
+def read_our_additions(body: dict[str, Any], request: RunRequest) -> None:
+    """`deadline_seconds` and `webhook_url`: the service's own fields, the same in both APIs."""
     deadline = _expect(body, "deadline_seconds", (int, float), "a number of seconds")
     if deadline is not None and not 1 <= deadline <= 30 * 24 * 3600:
         raise bad_request("'deadline_seconds' must be between 1 and 2592000.", param="deadline_seconds")
@@ -135,7 +146,6 @@ def parse_run_body(body: dict[str, Any]) -> RunBody:
     request.webhook_url = _expect(body, "webhook_url", (str,), "a string")
     if request.webhook_url is not None and len(request.webhook_url) > 2048:
         raise bad_request("'webhook_url' is longer than 2048 characters.", param="webhook_url")
-    return RunBody(request=request, stream=request.stream, background=background)
 
 
 def _flag(body: dict, name: str, *, default: bool) -> bool:
