@@ -7,7 +7,7 @@ For each run length T, four stacks run at once, each its own Azurite (through th
 emulator, webhook receiver and Functions host with the production defaults, the sweeper off:
 - `poll`: the poll chain (backoff 1 s x1.5 to 10 s);
 - `push`: the emulator sends signed provider webhooks to /api/provider/webhooks; the chain is the safety net
-  (10 s x1.5 to 120 s);
+  (30 s x1.5 to 120 s);
 - `push_drop10`: the same with 10 % of the provider's webhooks dropped;
 - `watch`: each poll step holds the provider's stream (window 240 s).
 Beside them, one client per run does what the sample does: create with background=True, retrieve every 2 s.

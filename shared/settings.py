@@ -108,7 +108,8 @@ SETTINGS: tuple[Setting, ...] = (
             "PROVIDER_WEBHOOK_SECRETS is set, else poll.", ""),
     Setting("PROVIDER_WEBHOOK_SECRETS", "Space-separated `whsec_` signing secrets of the provider's webhook endpoint "
             "(several during a rotation). Key Vault in Azure.", secret=True),
-    Setting("SAFETY_POLL_INITIAL_SECONDS", "With push: the first safety-net poll after a start.", "10"),
+    Setting("SAFETY_POLL_INITIAL_SECONDS", "With push: the first safety-net poll after a start (a run shorter "
+            "than this costs the provider one retrieve).", "30"),
     Setting("SAFETY_POLL_MAX_SECONDS", "With push: cap of the safety-net poll backoff (bounds the lag of a lost "
             "provider webhook).", "120"),
     Setting("WATCH_WINDOW_SECONDS", "With watch: how long one poll step holds the provider's stream (below "
