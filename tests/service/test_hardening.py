@@ -113,3 +113,12 @@ def test_metrics_count_storage_requests_by_the_function_that_made_them(stack):
     assert by_function["create_run"]["table.POST"] >= 1 and by_function["poll_run"]["table.GET"] >= 1
     assert sum(sum(c.values()) for c in by_function.values()) == metrics["storage_requests_total"]
     assert metrics["scope"] == "this process only"
+
+
+@pytest.mark.parametrize("include", ["", "timeline,", ",timeline", "timeline,timeline", "everything"])
+def test_an_include_that_names_nothing_known_is_a_400(stack, include):
+    # Found by fuzzing: `?include=` (empty) was accepted.
+    run = stack.start("x", metadata={"emulator_duration_ms": "0"}).json()
+    response = stack.get(f"/api/runs/{run['id']}", params={"include": include})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "include"
+    assert "timeline" in stack.get(f"/api/runs/{run['id']}", params={"include": "timeline"}).json()
