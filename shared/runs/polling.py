@@ -173,16 +173,32 @@ class PollStep:
                        else f" Cancelling it at the provider kept failing: {error.message}.")
         if state is not None and not state.is_active and state.status != "cancelled":
             return await self._end_from(run, state)
-        allowed = run.deadline_at - run.created_at
-        await self._end(run, "expired", failure_result(
-            "deadline_exceeded", f"The run did not finish within its deadline of {allowed:.0f} s.{refused}"))
+        return await self._expired(run, refused)
+
+    async def _expired(self, run: Run, refused: str = "") -> str:
+        await self._end(run, "expired", expired_result(run, refused))
         return "expired"
 
     async def _end_from(self, run: Run, state: ProviderState) -> str:
-        status, result = result_from_response(state.response)
+        status, result = outcome(run, state)
         await self._end(run, status, result)
         return status
 
     async def _end(self, run: Run, status: str, result: dict[str, Any]) -> None:
         ended = await self._lifecycle.finish(run, status, result, inline_webhook=True)
         await self._outbox.deliver_now(ended, budget=INLINE_WEBHOOK_BUDGET_SECONDS)
+
+
+def expired_result(run: Run, why: str = "") -> dict[str, Any]:
+    allowed = run.deadline_at - run.created_at
+    return failure_result("deadline_exceeded", f"The run did not finish within its deadline of {allowed:.0f} s.{why}")
+
+
+def outcome(run: Run, state: ProviderState) -> tuple[str, dict[str, Any]]:
+    """Our status and result for a provider response that ended. A response cancelled past the run's deadline
+    was cancelled by the service for that deadline (the step that did it may have died before saving, or a
+    provider webhook may have raced it): the run expired."""
+    if state.status == "cancelled" and clock.now() >= run.deadline_at:
+        return "expired", expired_result(run)
+    return result_from_response(state.response)
+

@@ -18,8 +18,7 @@ from ..provider.webhooks import InvalidProviderEvent, ProviderWebhookVerifier
 from .index import RunIndex
 from .lifecycle import RunLifecycle
 from .poll_chain import PollScheduler
-from .polling import INLINE_WEBHOOK_BUDGET_SECONDS
-from .results import result_from_response
+from .polling import INLINE_WEBHOOK_BUDGET_SECONDS, outcome
 from .store import RunStore
 from .webhook_outbox import WebhookOutbox
 
@@ -76,7 +75,7 @@ class ProviderEventInbox:
             log.info("run %s: provider event says ended, retrieve says %s", run.id, state.status)
             await self._scheduler.schedule(run, 1.0, status=state.status, event="provider_event")
             return "still-running"
-        status, result = result_from_response(state.response)
+        status, result = outcome(run, state)
         ended = await self._lifecycle.finish(run, status, result, inline_webhook=True)
         await self._outbox.deliver_now(ended, budget=INLINE_WEBHOOK_BUDGET_SECONDS)
         return status

@@ -153,3 +153,12 @@ async def test_watching_a_response_that_cannot_stream_falls_back_to_asking(monke
     run = (await w.services.starter.start(RunRequest(input="x"))).run
     w.backend.responses[run.response_id].complete()
     assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "completed"
+
+
+async def test_a_provider_cancelled_event_for_a_run_past_its_deadline_ends_it_expired(monkeypatch):
+    w, run = await pushed_run(monkeypatch, deadline_seconds=10)
+    w.clock.advance(11)
+    w.backend.responses[run.response_id].status = "cancelled"  # the deadline's own cancel, its step gone
+    body, headers = signed(ended(run.response_id, "response.cancelled"))
+    assert await w.services.provider_events.receive(body, headers) == "expired"
+    assert (await w.run(run.id)).status == "expired"

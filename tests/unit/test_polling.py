@@ -183,3 +183,16 @@ async def test_a_provider_refusing_the_cancel_at_the_deadline_is_said_in_the_exp
     assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "expired"
     message = (await w.run(run.id)).result["error"]["message"]
     assert "10 s" in message and "refused to cancel" in message and "403" in message
+
+
+async def test_a_run_cancelled_at_the_provider_for_its_deadline_ends_expired_even_after_a_crash(monkeypatch):
+    # Found by the chaos run: the host died after cancelling at the provider for the deadline and before saving
+    # the expiry; the redelivered message saw the provider's `cancelled` and ended the run cancelled.
+    w = world(monkeypatch)
+    run = await started(w, deadline_seconds=10)
+    message = w.poll_queue.take()[0]
+    w.clock.advance(11)
+    w.backend.responses[run.response_id].status = "cancelled"  # what the crashed step did before dying
+    assert await w.services.poll_step.handle(message, dequeue_count=2) == "expired"
+    final = await w.run(run.id)
+    assert final.status == "expired" and "10 s" in final.result["error"]["message"]
