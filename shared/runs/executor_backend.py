@@ -29,6 +29,8 @@ from .store import RunStore
 log = logging.getLogger("bgruns.executor_backend")
 
 EXECUTOR_ID_PREFIX = "exec_"
+# A run whose execute message no attempt has claimed for this long lost that message: queue it again.
+UNCLAIMED_REDISPATCH_SECONDS = 300.0
 
 
 def executor_response_id(run_id: str) -> str:
@@ -133,8 +135,12 @@ class ExecutorBackend:
         return ProviderState(response_id, final.get("status") or head.status, final)
 
     def _is_silent(self, head: LogHead) -> bool:
+        """An attempt that stopped giving signs of life. A run no attempt has claimed yet is waiting in the queue
+        (a backlog: queueing it again would only grow it); only a wait far longer than that means its message
+        was lost."""
         now = clock.now()
-        return now - head.heartbeat_at > self._stale and now - head.dispatched_at > self._stale
+        stale = self._stale if head.claimed_by else max(10 * self._stale, UNCLAIMED_REDISPATCH_SECONDS)
+        return now - head.heartbeat_at > stale and now - head.dispatched_at > stale
 
     async def _dispatch_again(self, head: LogHead) -> None:
         """Queue the run again (once per stale period): its attempt went silent, so its host is presumed dead."""

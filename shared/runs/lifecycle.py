@@ -74,7 +74,9 @@ class RunLifecycle:
             await self._index.mark_done(run.id)
 
     async def advance_session(self, run: Run) -> None:
-        """The session continues from this run's response (only when it produced one worth continuing)."""
+        """The session continues from this run's response (only when it produced one worth continuing), and only
+        while the session still names this run as its active one: a follow-up run again later (the sweeper, a
+        late finisher) must never move the session back to an earlier turn."""
         if not run.session_id:
             return
         for _ in range(5):
@@ -82,7 +84,7 @@ class RunLifecycle:
             if session is None:
                 return
             changed = False
-            if run.status in CONTINUABLE_STATUSES and run.response_id and session.active_run_id in (run.id, None):
+            if run.status in CONTINUABLE_STATUSES and run.response_id and session.active_run_id == run.id:
                 changed = session.last_response_id != run.response_id
                 session.last_response_id = run.response_id
             if session.active_run_id == run.id:

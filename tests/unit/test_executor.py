@@ -180,6 +180,22 @@ async def test_the_poll_chain_requeues_a_silent_attempt_and_the_next_one_takes_o
     assert (await w.run(run.id)).result["output_text"] == "found"
 
 
+async def test_a_run_waiting_in_the_queue_for_its_first_attempt_is_not_queued_again(monkeypatch):
+    # Found by the chaos run: with a backlog of execute messages, the watchdog took a run whose first message was
+    # only waiting as a silent attempt and queued it again (5,297 extra messages for 1,000 runs), growing the
+    # backlog it reacted to. A run no attempt has claimed is queued again only much later (a lost message).
+    w = executor_world(monkeypatch)
+    run = await start(w)
+    assert len(w.execute_queue.sent) == 1  # waiting in the queue, not picked up yet
+    w.clock.advance(31)
+    assert await w.drain_polls(limit=1) == ["pending"]
+    assert len(w.execute_queue.sent) == 1
+    w.clock.advance(300)
+    assert await w.drain_polls(limit=1) == ["pending"]
+    assert len(w.execute_queue.sent) == 2  # that long: its message was lost; queue it again
+    assert run.id
+
+
 # -- retries and cuts ------------------------------------------------------------------------------------------------
 async def test_provider_429_and_500_before_output_are_retried_without_a_restart(monkeypatch):
     w = executor_world(monkeypatch)

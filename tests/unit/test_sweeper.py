@@ -123,3 +123,23 @@ async def test_a_410_stops_deliveries(monkeypatch):
     w.sender.results = [Attempt(at="2026-01-01T00:00:00.000Z", ok=False, status_code=410, gone=True)]
     assert await w.services.outbox.deliver(w.webhook_queue.take()[0]) == "failed"
     assert not w.webhook_queue.sent and (await w.run(run.id)).webhook.state == "failed"
+
+
+async def test_a_late_follow_up_of_an_earlier_turn_never_moves_the_session_back(monkeypatch):
+    # Found by the chaos run: the sweeper re-ran the follow-ups of an ended run whose webhook was stuck; the
+    # session was idle, so the earlier turn's response overwrote the latest one and the next turn continued
+    # from the wrong response.
+    w = world(monkeypatch)
+    session = await w.services.starter.open_session()
+    first = await start(w, session_id=session.id, webhook_url="http://127.0.0.1:9/hook")
+    w.backend.responses[first.response_id].complete()
+    w.sender.results = [RuntimeError("the receiver is down")]
+    await w.drain_polls()
+    second = await start(w, session_id=session.id)
+    w.backend.responses[second.response_id].complete()
+    await w.drain_polls()
+    w.webhook_queue.take()
+    w.clock.advance(w.services.settings.webhook_timeout + w.services.settings.sweep_grace + 1)
+    assert (await w.services.sweeper.sweep())["webhooks"] == 1  # the first turn's follow-ups run again
+    state, _ = await w.services.reader.session(session.id)
+    assert state.last_response_id == second.response_id
