@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                         help="executor: the host makes every model call itself (faults on the chat endpoint too)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="write chaos.txt and chaos.json here (e.g. bench/results)")
+                        help="write chaos.txt and chaos.json here (chaos-executor.* with --backend executor)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     result = run_chaos(runs=args.runs, submit_seconds=args.submit_seconds, host_kills=args.host_kills,
@@ -481,8 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         timeline = "\n".join(f"[chaos +{t:6.1f}s] {m}" for t, m in result.events)
-        (args.out / "chaos.txt").write_text(f"{' '.join(sys.argv)}\n\n{timeline}\n{text}\n")
-        (args.out / "chaos.json").write_text(json.dumps(
+        stem = "chaos" if args.backend == "background" else "chaos-executor"
+        (args.out / f"{stem}.txt").write_text(f"{' '.join(sys.argv)}\n\n{timeline}\n{text}\n")
+        (args.out / f"{stem}.json").write_text(json.dumps(
             {"config": {k: v for k, v in vars(args).items() if k != "out"}, "stats": result.stats,
              "checks": [asdict(c) for c in result.checks], "events": result.events}, indent=1, default=str) + "\n")
     return 1 if result.failed else 0

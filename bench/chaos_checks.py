@@ -35,6 +35,10 @@ CAUSE_EXECUTOR_DEADLINE = ("executor: the run expired although its model call ha
                            "expired the run): output lost")
 CAUSE_EXECUTOR_STOP = ("executor: the run ended (cancel, deadline, interrupted start) but its model call went on: "
                        "a cancel closes the log and the attempt must stop at its next batch or run check (~1 s)")
+CAUSE_EXPIRY_SAVE_LOST = ("shared/runs/polling.py: the expiry cancels at the provider (or closes an executor run's "
+                          "log) and then saves `expired`; when that save fails (storage down, host killed), the next "
+                          "poll step finds the response `cancelled` and ends the run `cancelled` "
+                          "(PollStep.handle -> _end_from), though no client cancelled it: it expired")
 CAUSE_START_ORPHAN = ("issue 12 suspicion: a start cut by a host kill (or slower than the start grace) is failed "
                       "as start_interrupted while its provider response keeps running; it should be cancelled")
 
@@ -209,6 +213,12 @@ class Checker:
             return None, None  # a host kill cut its start: allowed for any scenario (provider work: own check)
         expect = record.expect
         rule = expect.get("rule")
+        if status == "cancelled" and record.cancel is None:
+            deadline_at = view["created_at"] + (expect.get("deadline_seconds") or self.ev.run_deadline)
+            if (view.get("completed_at") or 0) >= deadline_at:
+                return (f"ended cancelled at {view.get('completed_at'):.2f}, but no client cancelled it; its deadline "
+                        f"({deadline_at:.2f}) had passed, so it expired", CAUSE_EXPIRY_SAVE_LOST)
+            return "ended cancelled, but no client cancelled it", None
         providers = self.ev.provider.get(record.run_id, [])
         provider = providers[0] if len(providers) == 1 else None
         if rule == "cancel_race":

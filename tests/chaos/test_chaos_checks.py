@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from bench.chaos_checks import (CAUSE_CANCEL, CAUSE_DEADLINE, CAUSE_END_EVENT, CAUSE_EXECUTOR_DEADLINE,
-                                 CAUSE_EXECUTOR_STOP, CAUSE_IDEMPOTENT_ABANDON, CAUSE_SESSION_RACE, Checker, Evidence,
-                                 call_stopped_by, call_whole)
+                                 CAUSE_EXECUTOR_STOP, CAUSE_EXPIRY_SAVE_LOST, CAUSE_IDEMPOTENT_ABANDON,
+                                 CAUSE_SESSION_RACE, Checker, Evidence, call_stopped_by, call_whole)
 from bench.chaos_client import RunRecord
 
 T0 = 1_800_000_000.0
@@ -210,3 +210,10 @@ def test_an_executor_stream_is_compared_with_the_runs_replay_and_session_chains_
     assert not Checker(ev).streams_gap_free().ok
     chains = Checker(ev).session_chains()
     assert chains.ok and chains.skipped
+
+
+def test_a_run_cancelled_by_nobody_after_its_deadline_is_flagged_as_an_expiry_whose_save_was_lost() -> None:
+    past = record("p", "deadline_past", status="expired", rule="deadline_past", deadline_seconds=3)
+    ended = view("p", status="cancelled", ended=T0 + 24, text="", error=None)
+    check = Checker(evidence([past], [ended], [provider("p", status="cancelled", cancelled_at=T0 + 5)])).allowed_state()
+    assert not check.ok and check.failures[0]["likely_cause"] == CAUSE_EXPIRY_SAVE_LOST
