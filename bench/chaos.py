@@ -356,9 +356,10 @@ class Chaos:
         logs = self.stack.host.logs()
         repaired: Counter = Counter()
         for line in logs.splitlines():
-            if "sweeper repaired" in line:
+            if "sweeper repaired" in line:  # "... sweeper repaired {'polls': 3} (of 14 open runs)"
+                found = line.split("sweeper repaired", 1)[1].strip()
                 try:
-                    repaired.update(ast.literal_eval(line.split("sweeper repaired", 1)[1].strip()))
+                    repaired.update(ast.literal_eval(found[:found.find("}") + 1]))
                 except (ValueError, SyntaxError):
                     pass
         figures = {

@@ -39,6 +39,10 @@ CAUSE_EXPIRY_SAVE_LOST = ("shared/runs/polling.py: the expiry cancels at the pro
                           "log) and then saves `expired`; when that save fails (storage down, host killed), the next "
                           "poll step finds the response `cancelled` and ends the run `cancelled` "
                           "(PollStep.handle -> _end_from), though no client cancelled it: it expired")
+CAUSE_SESSION_BACK = ("shared/runs/lifecycle.py advance_session: a late follow-up of an earlier session run (the "
+                      "sweeper re-runs the follow-ups of an ended run whose webhook is stuck, e.g. while the receiver "
+                      "is down) sets the idle session's last_response_id back to that run's response; the next turn "
+                      "continues from it")
 CAUSE_START_ORPHAN = ("issue 12 suspicion: a start cut by a host kill (or slower than the start grace) is failed "
                       "as start_interrupted while its provider response keeps running; it should be cancelled")
 
@@ -601,19 +605,35 @@ class Checker:
             runs = sorted((r for r in self.ev.records.values() if r.session_id == session_id
                            and (self.ev.views.get(r.run_id) or {}).get("created_at")),
                           key=lambda r: self.ev.views[r.run_id]["created_at"])
-            last_response = None
+            earlier: list[str] = []  # responses of the session's earlier runs worth continuing from, in order
             for record in runs:
                 view = self.ev.views[record.run_id]
                 providers = self.ev.provider.get(record.run_id, [])
+                last_response = earlier[-1] if earlier else None
                 if len(providers) == 1:
                     examined += 1
                     previous = providers[0].get("previous_response_id")
                     if previous != last_response:
+                        cause = CAUSE_SESSION_BACK if previous in earlier[:-1] else CAUSE_SESSION_RACE
                         failures.append(self.failure(record.run_id, f"continued from {previous}, the session's last "
-                                                     f"response was {last_response}", CAUSE_SESSION_RACE))
-                if view.get("status") in ("completed", "requires_action", "incomplete") and view.get("provider_response_id"):
-                    last_response = view["provider_response_id"]
+                                                     f"response was {last_response}", cause,
+                                                     session=self._session_timeline(runs)))
+                if view.get("status") in ("completed", "requires_action", "incomplete") \
+                        and view.get("provider_response_id"):
+                    earlier.append(view["provider_response_id"])
         return self.check(name, failures, examined, "chained")
+
+    def _session_timeline(self, runs: list[RunRecord]) -> list[dict[str, Any]]:
+        timeline = []
+        for record in runs:
+            view = self.ev.views.get(record.run_id) or {}
+            providers = self.ev.provider.get(record.run_id, [])
+            timeline.append({"run_id": record.run_id, "scenario": record.scenario, "status": view.get("status"),
+                             "created_at": view.get("created_at"), "completed_at": view.get("completed_at"),
+                             "response": view.get("provider_response_id"),
+                             "previous": providers[0].get("previous_response_id") if len(providers) == 1 else None,
+                             "webhook_attempts": len(((view.get("webhook") or {}).get("attempts")) or [])})
+        return timeline
 
     # -- outputs, liveness, queues, errors ----------------------------------------------------------------------
     def large_outputs(self) -> Check:

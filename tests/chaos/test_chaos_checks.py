@@ -6,7 +6,8 @@ from typing import Any
 
 from bench.chaos_checks import (CAUSE_CANCEL, CAUSE_DEADLINE, CAUSE_END_EVENT, CAUSE_EXECUTOR_DEADLINE,
                                  CAUSE_EXECUTOR_STOP, CAUSE_EXPIRY_SAVE_LOST, CAUSE_IDEMPOTENT_ABANDON,
-                                 CAUSE_SESSION_RACE, Checker, Evidence, call_stopped_by, call_whole)
+                                 CAUSE_SESSION_BACK, CAUSE_SESSION_RACE, Checker, Evidence, call_stopped_by,
+                                 call_whole)
 from bench.chaos_client import RunRecord
 
 T0 = 1_800_000_000.0
@@ -217,3 +218,15 @@ def test_a_run_cancelled_by_nobody_after_its_deadline_is_flagged_as_an_expiry_wh
     ended = view("p", status="cancelled", ended=T0 + 24, text="", error=None)
     check = Checker(evidence([past], [ended], [provider("p", status="cancelled", cancelled_at=T0 + 5)])).allowed_state()
     assert not check.ok and check.failures[0]["likely_cause"] == CAUSE_EXPIRY_SAVE_LOST
+
+
+def test_a_turn_continuing_from_an_older_turn_is_flagged_with_the_session_moving_back_as_cause() -> None:
+    a, b, c = record("a", "session_text"), record("b", "session_concurrent"), record("c", "session_text_after")
+    for r in (a, b, c):
+        r.session_id = "sess_1"
+    views = [view("a", ended=T0 + 1), view("b", created=T0 + 2, ended=T0 + 3), view("c", created=T0 + 4, ended=T0 + 5)]
+    providers = [provider("a"), provider("b", previous="resp_a"), provider("c", previous="resp_a")]
+    log = {"turns": [], "concurrent": []}
+    check = Checker(evidence([a, b, c], views, providers, sessions={"sess_1": log})).session_chains()
+    assert not check.ok and check.failures[0]["run_id"] == "c"
+    assert check.failures[0]["likely_cause"] == CAUSE_SESSION_BACK and len(check.failures[0]["session"]) == 3
