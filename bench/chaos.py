@@ -25,6 +25,7 @@ import ast
 import asyncio
 import json
 import random
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -401,7 +402,13 @@ class Chaos:
                 "runs_by_calls": {str(k): v for k, v in sorted(per_run.items())},
                 "unclaimed_calls": len(ev.unclaimed_chat_calls),
                 "restarts_in_replays": sum(r.get("restarts", 0) for r in ev.reference_streams.values()),
-                "attempts_taken_over": logs.count("starting attempt"),
+                # what the host log says about attempts (shared/runs/executing.py, executor_backend.py)
+                "requeued_before_start": len(re.findall(r": attempt 0 silent for", logs)),
+                "requeued_silent_attempt": len(re.findall(r": attempt [1-9]\d* silent for", logs)),
+                "taken_over_after_host_stop": logs.count("ended with its invocation (host stopped or failed)"),
+                "taken_over_silent": logs.count("went silent; starting attempt"),
+                "restarted_after_cut": len(re.findall(r"stream was cut \([^)]*\); attempt \d+", logs)),
+                "retried_before_output": logs.count("provider hiccup before output"),
                 "provider_responses": sum(len(v) for v in ev.provider.values())}
 
 

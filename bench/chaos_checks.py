@@ -208,13 +208,23 @@ class Checker:
             problem, cause = self._state_problem(record, view)
             if problem:
                 failures.append(self.failure(run_id, problem, cause))
-        return self.check("every run ended in a state its history allows", failures, len(self.ids), "allowed")
+        check = self.check("every run ended in a state its history allows", failures, len(self.ids), "allowed")
+        interrupted = Counter(((self.ev.views.get(r) or {}).get("error") or {}).get("code") for r in self.ids
+                              if self.status(r) == "failed")
+        allowances = {"start_interrupted": "starts cut by a host kill",
+                      "model_call_interrupted": "model calls interrupted EXECUTOR_MAX_ATTEMPTS times"}
+        shown = [f"{interrupted[code]} {what}" for code, what in allowances.items() if interrupted[code]]
+        if shown:
+            check.detail += f" (of them {', '.join(shown)}, allowed in any scenario)"
+        return check
 
     def _state_problem(self, record: RunRecord, view: dict[str, Any]) -> tuple[str | None, str | None]:
         status = view["status"]
         error = (view.get("error") or {}).get("code")
         if status == "failed" and error == "start_interrupted":
             return None, None  # a host kill cut its start: allowed for any scenario (provider work: own check)
+        if self.executor and status == "failed" and error == "model_call_interrupted":
+            return self._interrupted_problem(record)
         expect = record.expect
         rule = expect.get("rule")
         if status == "cancelled" and record.cancel is None:
@@ -263,6 +273,17 @@ class Checker:
             return None, None
         return (f"ended {status}; the provider was {(provider or {}).get('status')} (finished {finished}), the "
                 f"deadline at {deadline_at:.2f}: only expired or the provider's completion are allowed", None)
+
+    def _interrupted_problem(self, record: RunRecord) -> tuple[str | None, str | None]:
+        """An executor run may fail `model_call_interrupted` in any scenario, as documented, once its model call
+        was started EXECUTOR_MAX_ATTEMPTS times (host kills, stream cuts, silent attempts taken over) and never
+        ran to its end; a run that gave up although one of its calls had sent everything is suspect."""
+        calls = self._model_calls(record.run_id)
+        whole = [c["id"] for c in calls if call_whole(c)]
+        if whole:
+            return (f"failed model_call_interrupted although its model call {whole[-1]} ran to its end "
+                    f"({len(calls)} calls)", None)
+        return None, None
 
     def _model_calls(self, run_id: str) -> list[dict[str, Any]]:
         return sorted(self.ev.chat_calls.get(run_id, []), key=lambda c: c["created_at"])

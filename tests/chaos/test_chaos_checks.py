@@ -230,3 +230,14 @@ def test_a_turn_continuing_from_an_older_turn_is_flagged_with_the_session_moving
     check = Checker(evidence([a, b, c], views, providers, sessions={"sess_1": log})).session_chains()
     assert not check.ok and check.failures[0]["run_id"] == "c"
     assert check.failures[0]["likely_cause"] == CAUSE_SESSION_BACK and len(check.failures[0]["session"]) == 3
+
+
+def test_an_executor_run_may_give_up_after_its_attempts_were_interrupted_but_not_after_a_whole_call() -> None:
+    plain = record("g")
+    gave_up = exec_view("g", status="failed", text="", error={"code": "model_call_interrupted", "message": "3 times"})
+    cut = {"g": [call("g1", T0, T0 + 3, sent=5, cut=True), call("g2", T0 + 1, T0 + 4, sent=9, disconnected=True),
+                 call("g3", T0 + 5, T0 + 8, sent=2, cut=True)]}
+    allowed = Checker(exec_evidence([plain], [gave_up], cut)).allowed_state()
+    assert allowed.ok and "1 model calls interrupted" in allowed.detail
+    whole = {"g": cut["g"][:2] + [call("g3", T0 + 5, T0 + 8)]}
+    assert not Checker(exec_evidence([plain], [gave_up], whole)).allowed_state().ok
