@@ -7,7 +7,9 @@ fixture). About a minute.
 
 Every invariant must hold: the defects this run found (issue 12's session race, expiry before the provider's
 answer, repeated final event, and two the full run found: a key retry handed a run the provider then refused,
-a cancel at the deadline tried once) are fixed, each with a test of its own."""
+a cancel at the deadline tried once) are fixed, each with a test of its own. One found since is not fixed yet
+(bench/README.md, "What the committed results say"): an expiry whose save is lost ends the run `cancelled`;
+its host kill and Azurite restart make the background test hit it about two times in three."""
 from __future__ import annotations
 
 from bench.chaos import report, run_chaos
