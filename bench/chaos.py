@@ -6,6 +6,12 @@ checked and printed, ending with `N passed, N failed` (exit 1 if any failed).
 
     .venv/bin/python -m bench.chaos [--runs 1000] [--submit-seconds 300] [--host-kills 10]
                                     [--receiver-outage 120] [--azurite-down 5] [--seed 1] [--out DIR]
+                                    [--backend background|executor]
+
+With `--backend executor` the host runs every model call itself (RUN_BACKEND=executor: the emulator's Chat
+Completions, with faults and stream cuts on the `chat` endpoint too); a killed host's calls start again as new
+attempts. The checks that rest on provider background responses then judge the executor's runs by their own
+view, their full replay from the service and the model calls the emulator's chat log records.
 
 The scenarios are in bench/chaos_mix.py, the client in bench/chaos_client.py, the invariants in
 bench/chaos_checks.py. Everything is loopback and bounded in time. Settings are scaled down like
@@ -19,6 +25,7 @@ import ast
 import asyncio
 import json
 import random
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -28,8 +35,8 @@ from typing import Any
 
 import httpx
 
-from .chaos_checks import Check, Checker, Evidence
-from .chaos_client import TERMINAL, ApiClient, sse_events
+from .chaos_checks import Check, Checker, Evidence, call_whole
+from .chaos_client import CHAOS_TAG, TERMINAL, ApiClient, replay, sse_events
 from .chaos_mix import Mix, plan
 from .common import LocalStack
 
@@ -46,6 +53,10 @@ CHAOS_HOST_ENV = {
     "STREAM_KEEPALIVE_SECONDS": "2",
     "FUNCTIONS_HOST_QUEUE_LEASE_SECONDS": "4",  # a killed host's messages come back after 4 s
 }
+# What a host running executor runs adds: a silent attempt (its host was killed) is taken over after 4 s.
+EXECUTOR_HOST_ENV = {"RUN_BACKEND": "executor", "EXECUTOR_STALE_SECONDS": "4"}
+BACKENDS = ("background", "executor")
+POISON_QUEUES = ("runs-poll-poison", "runs-webhook-poison", "runs-execute-poison")
 # How late after its deadline a run may end before it counts as stuck: sweeper grace (4) + poll cap (2)
 # + sweeper period (2) + a host restart or an Azurite restart in between.
 STUCK_SLACK_SECONDS = 30.0
@@ -74,6 +85,11 @@ class ChaosConfig:
     seed: int = 1
     name: str = "chaos"
     verbose: bool = True
+    backend: str = "background"  # RUN_BACKEND of the host: background (provider responses) or executor
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
 
 @dataclass
@@ -178,7 +194,7 @@ class Chaos:
         from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
         out: dict[str, list[dict]] = {}
-        for name in ("runs-poll-poison", "runs-webhook-poison"):
+        for name in POISON_QUEUES:
             q = QueueClient.from_connection_string(self.stack.azurite.connection_string, name,
                                                    message_decode_policy=TextBase64DecodePolicy())
             items: list[dict] = []
@@ -199,7 +215,10 @@ class Chaos:
         return out
 
     async def reference_streams(self, api: ApiClient, views: dict[str, dict]) -> dict[str, dict[str, Any]]:
-        """The provider's own full event list of every streamed run (faults are off by now)."""
+        """The full event list of every streamed run (faults are off by now): the provider's own, or for executor
+        runs (no provider stream) the run's whole stream replayed by the service after the run ended."""
+        if self.cfg.backend == "executor":
+            return await self.replayed_streams(api, views)
         out: dict[str, dict[str, Any]] = {}
         sem = asyncio.Semaphore(8)
         async with httpx.AsyncClient(base_url=self.stack.emulator.base_url, timeout=60) as emulator:
@@ -228,29 +247,74 @@ class Chaos:
                                    if rec.stream is not None and (views.get(rid) or {}).get("provider_response_id")))
         return out
 
+    async def replayed_streams(self, api: ApiClient, views: dict[str, dict]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        sem = asyncio.Semaphore(8)
+
+        async def fetch(run_id: str) -> None:
+            async with sem:
+                for _ in range(3):
+                    try:
+                        reference = await replay(api.http, run_id)
+                    except httpx.HTTPError:
+                        continue
+                    if reference is not None:
+                        out[run_id] = reference
+                        return
+
+        await asyncio.gather(*(fetch(rid) for rid, rec in api.records.items()
+                               if rec.stream is not None and (views.get(rid) or {}).get("status") in TERMINAL))
+        return out
+
+    def chat_calls(self, api: ApiClient, views: dict[str, dict]) -> tuple[dict[str, list[dict]], list[dict]]:
+        """The emulator's log of model calls, each given to the run whose request carried its tag: the latest
+        run with that tag created before the call (a start that was abandoned and retried shares its body's
+        tag). Calls before every such run, or whose tag no accepted run has, are returned apart."""
+        response = httpx.get(f"{self.stack.emulator.base_url}/_emulator/chat_completions", timeout=120)
+        response.raise_for_status()
+        runs_by_tag: dict[str, list[tuple[float, str]]] = defaultdict(list)
+        for rid, rec in api.records.items():
+            created = (views.get(rid) or {}).get("created_at")
+            if rec.tag and created is not None:
+                runs_by_tag[rec.tag].append((created, rid))
+        by_run: dict[str, list[dict]] = defaultdict(list)
+        unclaimed: list[dict] = []
+        for call in response.json()["data"]:
+            tag = (call.get("knobs") or {}).get(CHAOS_TAG)
+            owners = [rid for created, rid in sorted(runs_by_tag.get(tag, [])) if created <= call["created_at"] + 0.5]
+            if owners:
+                by_run[owners[-1]].append(call)
+            else:
+                unclaimed.append(call)
+        return dict(by_run), unclaimed
+
     def evidence(self, api: ApiClient, mix: Mix, views: dict[str, dict], refs: dict[str, dict]) -> Evidence:
         provider: dict[str, list[dict]] = defaultdict(list)
         by_id = {}
         for p in self.stack.emulator.responses():
             provider[(p.get("metadata") or {}).get("bg_run_id")].append(p)
             by_id[p["id"]] = p
+        chat_calls, unclaimed = self.chat_calls(api, views) if self.cfg.backend == "executor" else ({}, [])
         return Evidence(records=api.records, views=views, provider=dict(provider), provider_by_id=by_id,
                         deliveries=self.stack.receiver.snapshot(), poison=self.poison(), reference_streams=refs,
                         sessions=mix.sessions, idempotency=mix.idempotency, key_runs=api.key_runs,
                         not_accepted=api.not_accepted, server_errors=api.server_errors, job_errors=mix.job_errors,
                         answers=sum(n for label, n in api.answers.items() if label.rsplit(" ", 1)[-1].isdigit()),
-                        run_deadline=float(CHAOS_HOST_ENV["RUN_DEADLINE_SECONDS"]), stuck_slack=STUCK_SLACK_SECONDS)
+                        run_deadline=float(CHAOS_HOST_ENV["RUN_DEADLINE_SECONDS"]), stuck_slack=STUCK_SLACK_SECONDS,
+                        backend=self.cfg.backend, chat_calls=chat_calls, unclaimed_chat_calls=unclaimed)
 
     # -- the whole thing ----------------------------------------------------------------------------------
     async def run(self) -> ChaosResult:
         cfg = self.cfg
         self.t0 = time.monotonic()
-        self.stack = LocalStack(cfg.name, host_env=dict(CHAOS_HOST_ENV), emulator_config={"seed": cfg.seed})
+        host_env = {**CHAOS_HOST_ENV, **(EXECUTOR_HOST_ENV if cfg.backend == "executor" else {})}
+        self.stack = LocalStack(cfg.name, host_env=host_env, emulator_config={"seed": cfg.seed})
         await asyncio.to_thread(self.stack.start)
         try:
             jobs = plan(cfg.runs, cfg.submit_seconds, self.rng, huge_outputs=cfg.huge_outputs,
                         emoji_inputs=cfg.emoji_inputs)
-            self.say(f"stack up: host {self.stack.api}; {len(jobs)} jobs ({dict(Counter(j.scenario for j in jobs))}) "
+            self.say(f"stack up ({cfg.backend} backend): host {self.stack.api}; {len(jobs)} jobs "
+                     f"({dict(Counter(j.scenario for j in jobs))}) "
                      f"over {cfg.submit_seconds:.0f}s")
             self.stack.emulator.configure(fault_429_rate=cfg.fault_429_rate, fault_500_rate=cfg.fault_500_rate,
                                           fault_503_rate=cfg.fault_503_rate, stream_cut_rate=cfg.stream_cut_rate,
@@ -293,13 +357,17 @@ class Chaos:
         logs = self.stack.host.logs()
         repaired: Counter = Counter()
         for line in logs.splitlines():
-            if "sweeper repaired" in line:
+            if "sweeper repaired" in line:  # "... sweeper repaired {'polls': 3} (of 14 open runs)"
+                found = line.split("sweeper repaired", 1)[1].strip()
                 try:
-                    repaired.update(ast.literal_eval(line.split("sweeper repaired", 1)[1].strip()))
+                    repaired.update(ast.literal_eval(found[:found.find("}") + 1]))
                 except (ValueError, SyntaxError):
                     pass
-        return {
+        figures = {
+            "backend": self.cfg.backend,
             "runs_by_status": dict(Counter((views.get(r) or {}).get("status") for r in api.records)),
+            "errors_by_code": dict(Counter(((views.get(r) or {}).get("error") or {}).get("code") for r in api.records
+                                           if (views.get(r) or {}).get("error"))),
             "runs_by_scenario": {k: dict(v) for k, v in sorted(by_scenario.items())},
             "not_accepted": len(api.not_accepted),
             "webhook": {"deliveries_received": len(ev.deliveries), "attempts_recorded": sum(attempts),
@@ -320,6 +388,28 @@ class Chaos:
             "sweeper_repaired": dict(repaired),
             "host_log": str(self.stack.host.log_path),
         }
+        if self.cfg.backend == "executor":
+            figures["executor"] = self.executor_figures(ev, logs)
+        return figures
+
+    @staticmethod
+    def executor_figures(ev: Evidence, logs: str) -> dict[str, Any]:
+        calls = [c for cs in ev.chat_calls.values() for c in cs]
+        per_run = Counter(len(cs) for cs in ev.chat_calls.values())
+        return {"model_calls": len(calls), "whole": sum(map(call_whole, calls)),
+                "cut": sum(1 for c in calls if c.get("cut")),
+                "disconnected": sum(1 for c in calls if c.get("disconnected")),
+                "runs_by_calls": {str(k): v for k, v in sorted(per_run.items())},
+                "unclaimed_calls": len(ev.unclaimed_chat_calls),
+                "restarts_in_replays": sum(r.get("restarts", 0) for r in ev.reference_streams.values()),
+                # what the host log says about attempts (shared/runs/executing.py, executor_backend.py)
+                "requeued_before_start": len(re.findall(r": attempt 0 silent for", logs)),
+                "requeued_silent_attempt": len(re.findall(r": attempt [1-9]\d* silent for", logs)),
+                "taken_over_after_host_stop": logs.count("ended with its invocation (host stopped or failed)"),
+                "taken_over_silent": logs.count("went silent; starting attempt"),
+                "restarted_after_cut": len(re.findall(r"stream was cut \([^)]*\); attempt \d+", logs)),
+                "retried_before_output": logs.count("provider hiccup before output"),
+                "provider_responses": sum(len(v) for v in ev.provider.values())}
 
 
 def _settled(view: dict | None) -> bool:
@@ -342,7 +432,7 @@ STANDARD_FAILURE_KEYS = {"run_id", "scenario", "problem", "likely_cause", "histo
 def report(result: ChaosResult, max_failures: int = 8) -> str:
     lines = ["", "invariants:"]
     for c in result.checks:
-        lines.append(f"  {'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+        lines.append(f"  {'SKIP' if c.skipped else 'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
     failing = [c for c in result.checks if not c.ok]
     if failing:
         lines += ["", "failures (run id, scenario, problem, likely cause, what the client saw):"]
@@ -365,7 +455,8 @@ def report(result: ChaosResult, max_failures: int = 8) -> str:
             lines.append(f"     ... {len(c.failures) - max_failures} more in the JSON results")
     lines.append("")
     lines.append(f"stats: {json.dumps(result.stats, default=str)}")
-    lines.append(f"{result.passed} passed, {result.failed} failed")
+    skipped = sum(1 for c in result.checks if c.skipped)
+    lines.append(f"{result.passed} passed, {result.failed} failed" + (f" ({skipped} skipped)" if skipped else ""))
     return "\n".join(lines)
 
 
@@ -380,21 +471,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--huge-outputs", type=int, default=defaults.huge_outputs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--converge-timeout", type=float, default=defaults.converge_timeout_s)
+    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                        help="executor: the host makes every model call itself (faults on the chat endpoint too)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="write chaos.txt and chaos.json here (e.g. bench/results)")
+                        help="write chaos.txt and chaos.json here (chaos-executor.* with --backend executor)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     result = run_chaos(runs=args.runs, submit_seconds=args.submit_seconds, host_kills=args.host_kills,
                        receiver_outage_s=args.receiver_outage, azurite_down_s=args.azurite_down,
-                       huge_outputs=args.huge_outputs, seed=args.seed, converge_timeout_s=args.converge_timeout)
+                       huge_outputs=args.huge_outputs, seed=args.seed, converge_timeout_s=args.converge_timeout,
+                       backend=args.backend, name="chaos" if args.backend == "background" else "chaos-executor",
+                       **({"fault_endpoints": defaults.fault_endpoints + ",chat"}
+                          if args.backend == "executor" else {}))
     text = report(result).replace(f"\n{result.passed} passed",
                                   f"\nwall time {time.monotonic() - started:.0f} s\n{result.passed} passed")
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         timeline = "\n".join(f"[chaos +{t:6.1f}s] {m}" for t, m in result.events)
-        (args.out / "chaos.txt").write_text(f"{' '.join(sys.argv)}\n\n{timeline}\n{text}\n")
-        (args.out / "chaos.json").write_text(json.dumps(
+        stem = "chaos" if args.backend == "background" else "chaos-executor"
+        (args.out / f"{stem}.txt").write_text(f"{' '.join(sys.argv)}\n\n{timeline}\n{text}\n")
+        (args.out / f"{stem}.json").write_text(json.dumps(
             {"config": {k: v for k, v in vars(args).items() if k != "out"}, "stats": result.stats,
              "checks": [asdict(c) for c in result.checks], "events": result.events}, indent=1, default=str) + "\n")
     return 1 if result.failed else 0

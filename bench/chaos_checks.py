@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chaos_client import TERMINAL, RunRecord
+from .chaos_client import CHAOS_TAG, TERMINAL, RunRecord
 
 # Likely causes of the failures this run is known to expose (issue 12's list), quoted in the failure details.
 CAUSE_SESSION_RACE = ("issue 12 defect 1: the session is reserved (active_run_id=A) before run A's row exists; a "
@@ -30,6 +30,19 @@ CAUSE_IDEMPOTENT_ABANDON = ("not in issue 12: a second request with the same Ide
                             "run that has no response id yet, service.py:146-148); the provider then refuses the first "
                             "start, which deletes the run (service._abandon, service.py:219-221): the client holds a "
                             "run id that answers 404 for ever, and its retry makes a second run")
+CAUSE_EXECUTOR_DEADLINE = ("executor: the run expired although its model call had ended whole before the deadline "
+                           "(the executor did not record the model's end before the poll chain or its own check "
+                           "expired the run): output lost")
+CAUSE_EXECUTOR_STOP = ("executor: the run ended (cancel, deadline, interrupted start) but its model call went on: "
+                       "a cancel closes the log and the attempt must stop at its next batch or run check (~1 s)")
+CAUSE_EXPIRY_SAVE_LOST = ("shared/runs/polling.py: the expiry cancels at the provider (or closes an executor run's "
+                          "log) and then saves `expired`; when that save fails (storage down, host killed), the next "
+                          "poll step finds the response `cancelled` and ends the run `cancelled` "
+                          "(PollStep.handle -> _end_from), though no client cancelled it: it expired")
+CAUSE_SESSION_BACK = ("shared/runs/lifecycle.py advance_session: a late follow-up of an earlier session run (the "
+                      "sweeper re-runs the follow-ups of an ended run whose webhook is stuck, e.g. while the receiver "
+                      "is down) sets the idle session's last_response_id back to that run's response; the next turn "
+                      "continues from it")
 CAUSE_START_ORPHAN = ("issue 12 suspicion: a start cut by a host kill (or slower than the start grace) is failed "
                       "as start_interrupted while its provider response keeps running; it should be cancelled")
 
@@ -40,6 +53,7 @@ class Check:
     ok: bool
     detail: str
     failures: list[dict[str, Any]] = field(default_factory=list)
+    skipped: str | None = None  # why this check cannot judge this run (it then passes and says so)
 
 
 @dataclass
@@ -62,6 +76,48 @@ class Evidence:
     job_errors: list[str]
     run_deadline: float
     stuck_slack: float  # sweeper grace + poll cap + a host restart
+    backend: str = "background"  # RUN_BACKEND of the host: "background" (provider responses) or "executor"
+    chat_calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # run id -> its model calls (executor)
+    unclaimed_chat_calls: list[dict[str, Any]] = field(default_factory=list)  # calls no accepted run's tag names
+
+
+# Executor runs (RUN_BACKEND=executor) are judged by the model calls the emulator's chat log records.
+# How long past a run's end its model call may go on: the attempt notices a cancel or expiry at its next batch
+# (<= 0.25 s while streaming) or its next look at the run (every second), and a loaded machine adds storage time.
+EXECUTOR_STOP_SLACK = 5.0
+# The executor looks at the deadline every second: a model call ending within this after it may still complete.
+EXECUTOR_DEADLINE_LATE = 2.0
+# Writing the model's last batch and ending the run takes a moment: a call ending within this before the
+# deadline may still lose to the expiry (the service's log did not have the end yet).
+EXECUTOR_DEADLINE_EARLY = 1.0
+# A cancel sent this long after the run's model call ended whole must find the run already completed.
+EXECUTOR_CANCEL_SLACK = 10.0
+
+
+def call_whole(call: dict[str, Any]) -> bool:
+    """The model call sent every chunk it had (it ran to its end)."""
+    return not call.get("cut") and 0 < call.get("chunks", 0) <= call.get("chunks_sent", 0)
+
+
+def call_stopped_by(call: dict[str, Any]) -> float:
+    """When the model call stopped sending: its end if it ran whole, else (at the latest) the due time of the
+    first chunk it never sent. The emulator paces a stream: the role chunk and tool-call headers at the first
+    token, the content evenly up to the end, then the finish, usage and [DONE] chunks (an error for a failure)."""
+    first, end = call["first_token_at"], call["finished_at"]
+    if call_whole(call):
+        return end
+    sent, total = call.get("chunks_sent", 0), call.get("chunks", 0)
+    heads = 1 + len(call.get("tool_calls") or [])
+    parts = max(0, total - heads - (1 if call.get("outcome") == "failed" else 3))
+    if sent < heads:
+        return first
+    unsent = sent - heads + 1  # 1-based index of the first content chunk not sent
+    return end if unsent > parts else first + (end - first) * unsent / (parts + 1)
+
+
+def _calls_brief(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: c.get(k) for k in ("id", "created_at", "first_token_at", "finished_at", "outcome", "chunks",
+                                   "chunks_sent", "cut", "disconnected")} for c in calls]
 
 
 def _view_brief(view: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -84,8 +140,14 @@ class Checker:
         self.ev = ev
         self.ids = list(ev.records)
 
+    @property
+    def executor(self) -> bool:
+        return self.ev.backend == "executor"
+
     def failure(self, run_id: str | None, problem: str, cause: str | None = None, **more: Any) -> dict[str, Any]:
         record = self.ev.records.get(run_id) if run_id else None
+        if self.executor and run_id:
+            more.setdefault("model_calls", _calls_brief(self.ev.chat_calls.get(run_id, [])))
         return {"run_id": run_id, "scenario": record.scenario if record else None, "problem": problem,
                 "likely_cause": cause, "history": record.history if record else None,
                 "view": _view_brief(self.ev.views.get(run_id)) if run_id else None,
@@ -99,11 +161,12 @@ class Checker:
         return (self.ev.views.get(run_id) or {}).get("status")
 
     def all(self) -> list[Check]:
+        ran_where = self.ran_on_executor() if self.executor else self.one_provider_response()
+        stopped = self.model_calls_stopped() if self.executor else self.provider_work_stopped()
         return [self.accepted(), self.not_lost(), self.terminal(), self.allowed_state(), self.idempotency(),
-                self.webhooks_delivered(), self.webhook_ids_stable(), self.one_provider_response(),
-                self.provider_work_stopped(), self.streams_gap_free(), self.end_after_final(),
-                self.sessions_one_active(), self.session_chains(), self.large_outputs(), self.nothing_stuck(),
-                self.poison_accounted(), self.no_server_errors()]
+                self.webhooks_delivered(), self.webhook_ids_stable(), ran_where, stopped,
+                self.streams_gap_free(), self.end_after_final(), self.sessions_one_active(), self.session_chains(),
+                self.large_outputs(), self.nothing_stuck(), self.poison_accounted(), self.no_server_errors()]
 
     # -- acceptance and existence -------------------------------------------------------------------------
     def accepted(self) -> Check:
@@ -145,21 +208,38 @@ class Checker:
             problem, cause = self._state_problem(record, view)
             if problem:
                 failures.append(self.failure(run_id, problem, cause))
-        return self.check("every run ended in a state its history allows", failures, len(self.ids), "allowed")
+        check = self.check("every run ended in a state its history allows", failures, len(self.ids), "allowed")
+        interrupted = Counter(((self.ev.views.get(r) or {}).get("error") or {}).get("code") for r in self.ids
+                              if self.status(r) == "failed")
+        allowances = {"start_interrupted": "starts cut by a host kill",
+                      "model_call_interrupted": "model calls interrupted EXECUTOR_MAX_ATTEMPTS times"}
+        shown = [f"{interrupted[code]} {what}" for code, what in allowances.items() if interrupted[code]]
+        if shown:
+            check.detail += f" (of them {', '.join(shown)}, allowed in any scenario)"
+        return check
 
     def _state_problem(self, record: RunRecord, view: dict[str, Any]) -> tuple[str | None, str | None]:
         status = view["status"]
         error = (view.get("error") or {}).get("code")
         if status == "failed" and error == "start_interrupted":
             return None, None  # a host kill cut its start: allowed for any scenario (provider work: own check)
+        if self.executor and status == "failed" and error == "model_call_interrupted":
+            return self._interrupted_problem(record)
         expect = record.expect
         rule = expect.get("rule")
+        if status == "cancelled" and record.cancel is None:
+            deadline_at = view["created_at"] + (expect.get("deadline_seconds") or self.ev.run_deadline)
+            if (view.get("completed_at") or 0) >= deadline_at:
+                return (f"ended cancelled at {view.get('completed_at'):.2f}, but no client cancelled it; its deadline "
+                        f"({deadline_at:.2f}) had passed, so it expired", CAUSE_EXPIRY_SAVE_LOST)
+            return "ended cancelled, but no client cancelled it", None
         providers = self.ev.provider.get(record.run_id, [])
         provider = providers[0] if len(providers) == 1 else None
         if rule == "cancel_race":
             return self._cancel_problem(record, view, provider)
         if rule in ("deadline_near", "deadline_past"):
-            problem = self._deadline_problem(record, view, provider)
+            problem = (self._executor_deadline_problem(record, view) if self.executor
+                       else self._deadline_problem(record, view, provider))
             if problem != (None, None):
                 return problem
             expect = {**expect, "status": status}  # judged above; the message check below still applies
@@ -194,6 +274,47 @@ class Checker:
         return (f"ended {status}; the provider was {(provider or {}).get('status')} (finished {finished}), the "
                 f"deadline at {deadline_at:.2f}: only expired or the provider's completion are allowed", None)
 
+    def _interrupted_problem(self, record: RunRecord) -> tuple[str | None, str | None]:
+        """An executor run may fail `model_call_interrupted` in any scenario, as documented, once its model call
+        was started EXECUTOR_MAX_ATTEMPTS times (host kills, stream cuts, silent attempts taken over) and never
+        ran to its end; a run that gave up although one of its calls had sent everything is suspect."""
+        calls = self._model_calls(record.run_id)
+        whole = [c["id"] for c in calls if call_whole(c)]
+        if whole:
+            return (f"failed model_call_interrupted although its model call {whole[-1]} ran to its end "
+                    f"({len(calls)} calls)", None)
+        return None, None
+
+    def _model_calls(self, run_id: str) -> list[dict[str, Any]]:
+        return sorted(self.ev.chat_calls.get(run_id, []), key=lambda c: c["created_at"])
+
+    def _executor_deadline_problem(self, record: RunRecord, view: dict[str, Any]) -> tuple[str | None, str | None]:
+        """The executor's run says when it ended and its last model call when the model finished: a run whose
+        call ended whole before its deadline must end completed; one that ends expired must not end before its
+        deadline; a completion is allowed only for a call that ended by the deadline (plus the executor's
+        one-second look)."""
+        status = view["status"]
+        deadline_at = view["created_at"] + record.expect["deadline_seconds"]
+        calls = self._model_calls(record.run_id)
+        last = calls[-1] if calls else None
+        model_end = last["finished_at"] if last is not None and call_whole(last) else None
+        if status == "expired":
+            ended = view.get("completed_at") or 0
+            if ended < deadline_at - 0.5:
+                return f"expired {deadline_at - ended:.2f} s before its deadline ({deadline_at:.2f})", None
+            if model_end is not None and model_end < deadline_at - EXECUTOR_DEADLINE_EARLY:
+                return (f"expired at {ended:.2f}, but its model call ended whole at {model_end:.2f}, "
+                        f"{deadline_at - model_end:.2f} s before the deadline ({deadline_at:.2f})",
+                        CAUSE_EXECUTOR_DEADLINE)
+            return None, None
+        if status == "completed":
+            if model_end is not None and model_end > deadline_at + EXECUTOR_DEADLINE_LATE:
+                return (f"completed, but its model call ended {model_end - deadline_at:.2f} s after the deadline "
+                        f"({deadline_at:.2f}): the run should have expired", None)
+            return None, None
+        return (f"ended {status}; a deadline run may end expired, or completed when its model call ended by the "
+                f"deadline (last call ended {model_end}, deadline {deadline_at:.2f})", None)
+
     def _cancel_problem(self, record: RunRecord, view: dict[str, Any],
                         provider: dict[str, Any] | None) -> tuple[str | None, str | None]:
         status = view["status"]
@@ -203,6 +324,16 @@ class Checker:
         if cancel.get("status") in TERMINAL and cancel["status"] != status:
             return (f"the cancel answered {cancel['status']} but the run ended {status} (terminal is not sticky)",
                     CAUSE_CANCEL)
+        if self.executor:
+            calls = self._model_calls(record.run_id)
+            last = calls[-1] if calls else None
+            sent = cancel.get("sent_at")
+            if status == "cancelled" and last is not None and call_whole(last) and sent \
+                    and sent > last["finished_at"] + EXECUTOR_CANCEL_SLACK:
+                return (f"reported cancelled, but its model call ended whole at {last['finished_at']:.2f}, "
+                        f"{sent - last['finished_at']:.1f} s before the cancel was sent: the run should have been "
+                        f"completed by then", None)
+            return None, None
         if provider is None:
             return None, None
         if status == "cancelled" and provider.get("status") == "completed" and not provider.get("cancelled_at"):
@@ -317,6 +448,69 @@ class Checker:
         return self.check("no provider work left running for a run that ended without it (cancelled, expired, "
                           "interrupted, never accepted)", failures, examined, "provider responses stopped or done")
 
+    # -- the executor's model calls (RUN_BACKEND=executor) ---------------------------------------------------------
+    def ran_on_executor(self) -> Check:
+        """Every run says it ran on the executor, with the executor's own response id and no provider background
+        response; every run that ended with the model's answer had a model call that ran to its end."""
+        failures, found = [], [r for r in self.ids if not self.missing(r)]
+        for run_id in found:
+            view = self.ev.views.get(run_id) or {}
+            problems = []
+            if view.get("backend") != "executor":
+                problems.append(f"backend {view.get('backend')!r}")
+            response_id = view.get("provider_response_id")
+            if response_id and not response_id.startswith("exec_"):
+                problems.append(f"response id {response_id} is not the executor's")
+            responses = self.ev.provider.get(run_id, [])
+            if responses:
+                problems.append(f"{len(responses)} provider background response(s) {[p['id'] for p in responses]}")
+            calls = self.ev.chat_calls.get(run_id, [])
+            if view.get("status") in ("completed", "requires_action", "incomplete") \
+                    and not any(call_whole(c) for c in calls):
+                problems.append(f"ended {view.get('status')} without a model call that ran to its end "
+                                f"({len(calls)} calls)")
+            if problems:
+                failures.append(self.failure(run_id, "; ".join(problems)))
+        check = self.check("every run ran on the executor (no provider background response; a model answer comes "
+                           "from a model call that ran to its end)", failures, len(found), "executor runs")
+        calls = [c for cs in self.ev.chat_calls.values() for c in cs]
+        again = sum(1 for cs in self.ev.chat_calls.values() if len(cs) > 1)
+        check.detail += (f" ({len(calls)} model calls, {sum(map(call_whole, calls))} whole; {again} runs called "
+                         f"the model more than once)")
+        return check
+
+    def model_calls_stopped(self) -> Check:
+        """The executor's form of "no provider work left running": a run that ended without the model's answer
+        (cancelled, expired, interrupted start) has no model call still streaming a few seconds after its end,
+        and no model call runs to its end for a run no client was ever given."""
+        failures, examined = [], 0
+        for run_id in self.ids:
+            view = self.ev.views.get(run_id) or {}
+            error = (view.get("error") or {}).get("code")
+            if view.get("status") not in ("cancelled", "expired") and error != "start_interrupted":
+                continue
+            ended = view.get("completed_at") or 0
+            for call in self.ev.chat_calls.get(run_id, []):
+                examined += 1
+                stopped = call_stopped_by(call)
+                if stopped > ended + EXECUTOR_STOP_SLACK:
+                    how = ("to its end" if call_whole(call)
+                           else f"({call.get('chunks_sent')}/{call.get('chunks')} chunks)")
+                    failures.append(self.failure(run_id, f"run ended {view.get('status')} ({error}) at {ended:.2f}, "
+                                                         f"its model call {call['id']} streamed on until "
+                                                         f"{stopped:.2f} {how}", CAUSE_EXECUTOR_STOP))
+        for call in self.ev.unclaimed_chat_calls:
+            examined += 1
+            if call_whole(call):
+                tag = (call.get("knobs") or {}).get(CHAOS_TAG)
+                failures.append({"run_id": None, "scenario": None, "likely_cause": None,
+                                 "problem": f"model call {call['id']} (tag {tag}) ran to its end for a run no client "
+                                            f"was ever given",
+                                 "model_calls": _calls_brief([call])})
+        return self.check("no model call left running for a run that ended without it (cancelled, expired, "
+                          f"interrupted: stopped within {EXECUTOR_STOP_SLACK:.0f} s of the run's end; none whole for "
+                          "a run no client was given)", failures, examined, "model calls stopped or done")
+
     # -- streams ---------------------------------------------------------------------------------------------
     def _streamed(self) -> list[RunRecord]:
         return [r for r in self.ev.records.values() if r.stream is not None]
@@ -342,20 +536,36 @@ class Checker:
                 # provider's last (N+1, or a fixed top id such as 2**31-1)
                 expected.append(got["ids"][-1])
             if ref is None:
-                problems.append("no reference event list from the provider")
+                problems.append(f"no reference event list from {self._reference_source}")
             elif got["final"] is not None and got["ids"] != expected:
                 missing = sorted(set(expected) - set(got["ids"]))
                 extra = sorted(set(got["ids"]) - set(expected))
-                problems.append(f"ids differ from the provider's: missing {missing[:10]}, extra {extra[:10]}")
+                problems.append(f"ids differ from {self._reference_source}: missing {missing[:10]}, extra {extra[:10]}")
             if got["final"] is not None and view.get("status") == "completed" and got["deltas"] != view.get("output_text"):
                 problems.append(f"streamed text ({len(got['deltas'])} chars) differs from the run's output_text "
                                 f"({len(view.get('output_text') or '')} chars)")
+            if ref is not None and view.get("status") == "completed" and ref.get("text") != view.get("output_text"):
+                problems.append(f"the text of {self._reference_source} ({len(ref.get('text') or '')} chars) differs "
+                                f"from the run's output_text ({len(view.get('output_text') or '')} chars)")
+            if got["final"] is not None and ref is not None and ref.get("source") == "service" \
+                    and got["final"] != ref["final"]:
+                problems.append(f"the stream ended with {got['final']}, the replay with {ref['final']}")
             if problems:
                 failures.append(self.failure(record.run_id, "; ".join(problems),
                                              connections=got["connections"], ids=got["ids"],
                                              reference=expected))
-        return self.check("every resumed stream gap-free and duplicate-free (ids equal the provider's events, text "
-                          "equals the stored output)", failures, len(self._streamed()), "exact")
+        check = self.check(f"every resumed stream gap-free and duplicate-free (ids equal {self._reference_source}, "
+                           "text equals the stored output)", failures, len(self._streamed()), "exact")
+        restarts = sum(r.stream.get("restarts") or 0 for r in self._streamed())
+        if self.executor:
+            check.detail += f" ({restarts} output restarts seen by the streams)"
+        return check
+
+    @property
+    def _reference_source(self) -> str:
+        """Executor runs have no provider stream: their log, replayed in full by the service after the run
+        ended, is the source of truth."""
+        return "the run's full replay from the service" if self.executor else "the provider's events"
 
     def end_after_final(self) -> Check:
         failures, examined = [], 0
@@ -404,24 +614,47 @@ class Checker:
 
     def session_chains(self) -> Check:
         """Each run continues from the response of the latest earlier run that advanced the session."""
+        name = "session chains continue from the previous turn's response"
+        if self.executor:
+            reason = ("executor runs have no provider response chain (Chat Completions keeps no state: the executor "
+                      "sends the session's earlier turns itself) and the emulator's chat log does not record the "
+                      "messages; the chain is checked through the tool-output turn, whose text must name the "
+                      "previous turn's call (allowed-state check)")
+            return Check(name, True, "skipped: " + reason, skipped=reason)
         failures, examined = [], 0
         for session_id in self.ev.sessions:
             runs = sorted((r for r in self.ev.records.values() if r.session_id == session_id
                            and (self.ev.views.get(r.run_id) or {}).get("created_at")),
                           key=lambda r: self.ev.views[r.run_id]["created_at"])
-            last_response = None
+            earlier: list[str] = []  # responses of the session's earlier runs worth continuing from, in order
             for record in runs:
                 view = self.ev.views[record.run_id]
                 providers = self.ev.provider.get(record.run_id, [])
+                last_response = earlier[-1] if earlier else None
                 if len(providers) == 1:
                     examined += 1
                     previous = providers[0].get("previous_response_id")
                     if previous != last_response:
+                        cause = CAUSE_SESSION_BACK if previous in earlier[:-1] else CAUSE_SESSION_RACE
                         failures.append(self.failure(record.run_id, f"continued from {previous}, the session's last "
-                                                     f"response was {last_response}", CAUSE_SESSION_RACE))
-                if view.get("status") in ("completed", "requires_action", "incomplete") and view.get("provider_response_id"):
-                    last_response = view["provider_response_id"]
-        return self.check("session chains continue from the previous turn's response", failures, examined, "chained")
+                                                     f"response was {last_response}", cause,
+                                                     session=self._session_timeline(runs)))
+                if view.get("status") in ("completed", "requires_action", "incomplete") \
+                        and view.get("provider_response_id"):
+                    earlier.append(view["provider_response_id"])
+        return self.check(name, failures, examined, "chained")
+
+    def _session_timeline(self, runs: list[RunRecord]) -> list[dict[str, Any]]:
+        timeline = []
+        for record in runs:
+            view = self.ev.views.get(record.run_id) or {}
+            providers = self.ev.provider.get(record.run_id, [])
+            timeline.append({"run_id": record.run_id, "scenario": record.scenario, "status": view.get("status"),
+                             "created_at": view.get("created_at"), "completed_at": view.get("completed_at"),
+                             "response": view.get("provider_response_id"),
+                             "previous": providers[0].get("previous_response_id") if len(providers) == 1 else None,
+                             "webhook_attempts": len(((view.get("webhook") or {}).get("attempts")) or [])})
+        return timeline
 
     # -- outputs, liveness, queues, errors ----------------------------------------------------------------------
     def large_outputs(self) -> Check:
@@ -465,7 +698,7 @@ class Checker:
                 if view is None or view.get("missing"):
                     failures.append({"run_id": run_id, "scenario": None, "likely_cause": None,
                                      "problem": f"{queue}: {str(item)[:200]} for no known run"})
-                elif queue.startswith("runs-poll") and view.get("status") not in TERMINAL:
+                elif queue.startswith(("runs-poll", "runs-execute")) and view.get("status") not in TERMINAL:
                     failures.append(self.failure(run_id, f"{queue}: run still {view.get('status')}"))
                 elif queue.startswith("runs-webhook") and (view.get("webhook") or {}).get("state") != "delivered":
                     failures.append(self.failure(run_id, f"{queue}: webhook {(view.get('webhook') or {}).get('state')}"))

@@ -21,6 +21,11 @@ import httpx
 TERMINAL = frozenset({"completed", "failed", "cancelled", "incomplete", "expired", "requires_action"})
 FINAL_EVENTS = frozenset(f"run.{s}" for s in TERMINAL)
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+# A metadata key unique to each request body. It starts with `emulator_` so that the executor passes it to the
+# emulator's Chat Completions as a knob (the emulator ignores knobs it does not know and lists them with each
+# call): the chat log then says which run each model call belongs to.
+CHAOS_TAG = "emulator_chaos_tag"
+RESTART_EVENT = "output_restarted"  # an executor run's output starts again (a new attempt of its model call)
 
 
 @dataclass
@@ -36,6 +41,7 @@ class RunRecord:
     session_id: str | None = None
     cancel: dict[str, Any] | None = None
     stream: dict[str, Any] | None = None
+    tag: str | None = None  # the body's `emulator_chaos_tag`: finds the run's model calls in the emulator's chat log
 
     def note(self, text: str) -> None:
         self.history.append(f"{time.time():.2f} {text}")
@@ -127,7 +133,8 @@ class ApiClient:
         self.key_runs[key].add(run_id)
         record = self.records.get(run_id)
         if record is None:
-            record = RunRecord(run_id, scenario, expect, key, time.time(), session_id=body.get("session_id"))
+            record = RunRecord(run_id, scenario, expect, key, time.time(), session_id=body.get("session_id"),
+                               tag=(body.get("metadata") or {}).get(CHAOS_TAG))
             self.records[run_id] = record
         record.note(f"start {scenario}: answers {answer.trail if answer else 'stream'}")
         return record
@@ -206,6 +213,30 @@ async def sse_events(response: httpx.Response):
             event_id = int(value) if value.lstrip("-").isdigit() else None
 
 
+async def replay(http: httpx.AsyncClient, run_id: str) -> dict[str, Any] | None:
+    """A finished run's whole stream from the service (`GET .../stream` from the start) up to its final event:
+    ids, the last attempt's text, the final event, the restarts; None when it did not reach a final event."""
+    ids: list[int] = []
+    text: list[str] = []
+    restarts = 0
+    async with http.stream("GET", f"/api/runs/{run_id}/stream") as response:
+        if response.status_code != 200:
+            await response.aread()
+            return None
+        async for event in sse_events(response):
+            if event.id is None:
+                continue
+            ids.append(event.id)
+            if event.event == "output_text.delta":
+                text.append(event.data.get("delta", ""))
+            elif event.event == RESTART_EVENT:
+                text, restarts = [], restarts + 1
+            if event.event in FINAL_EVENTS:
+                return {"ids": ids, "text": "".join(text), "final": event.event, "restarts": restarts,
+                        "source": "service"}
+    return None
+
+
 RESUME_METHODS = ("last_event_id", "starting_after", "token")
 
 
@@ -222,7 +253,8 @@ class StreamConsumer:
         self.deadline = time.monotonic() + timeout
         self.ids: list[int] = []  # every id'd event, in arrival order, across connections
         self.connections: list[dict[str, Any]] = []
-        self.deltas: list[str] = []
+        self.deltas: list[str] = []  # the current attempt's text (an executor restart starts it again)
+        self.restarts = 0
         self.last_token: str | None = None
         self.final: SseEvent | None = None
         self.ended_by: str | None = None
@@ -232,7 +264,8 @@ class StreamConsumer:
     def summary(self) -> dict[str, Any]:
         return {"ids": self.ids, "connections": self.connections, "deltas": "".join(self.deltas),
                 "final": self.final.event if self.final else None, "final_id": self.final.id if self.final else None,
-                "ended_by": self.ended_by, "after_final": self.after_final, "cuts": self.planned_cuts}
+                "ended_by": self.ended_by, "after_final": self.after_final, "cuts": self.planned_cuts,
+                "restarts": self.restarts}
 
     async def consume(self, first: httpx.Response | None) -> None:
         """`first`: the open response of a streaming start, or None to begin with GET .../stream."""
@@ -313,6 +346,8 @@ class StreamConsumer:
                 self.last_token = token or self.last_token
                 if event.event == "output_text.delta":
                     self.deltas.append(event.data.get("delta", ""))
+                elif event.event == RESTART_EVENT:
+                    self.deltas, self.restarts = [], self.restarts + 1
                 if event.event in FINAL_EVENTS:
                     self.final = event
                     return "final"

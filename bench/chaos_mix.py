@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 
-from .chaos_client import ApiClient, RunRecord, StreamConsumer
+from .chaos_client import CHAOS_TAG, ApiClient, RunRecord, StreamConsumer
 
 # Share of the run budget per scenario (the rest is `plain`) and the runs one job of it starts.
 MIX: dict[str, tuple[float, int]] = {
@@ -80,10 +80,13 @@ class Mix:
         self.sessions: dict[str, dict[str, Any]] = {}  # session id -> {"turns": [...], "concurrent": [...]}
         self.idempotency: list[dict[str, Any]] = []
         self.job_errors: list[str] = []
+        self.tags = 0
 
     def body(self, job: Job, *, duration_ms: int | None = None, **extra: Any) -> dict[str, Any]:
+        self.tags += 1
         metadata = {"chaos_index": str(job.index), "chaos_scenario": job.scenario,
-                    "emulator_duration_ms": str(duration_ms or self.rng.randint(*self.durations_ms))}
+                    "emulator_duration_ms": str(duration_ms or self.rng.randint(*self.durations_ms)),
+                    CHAOS_TAG: f"{job.index}.{self.tags}"}
         metadata.update(extra.pop("metadata", {}))
         return {"input": f"chaos {job.scenario} #{job.index}", "webhook_url": f"{self.webhook_url}/chaos",
                 "metadata": metadata, **extra}

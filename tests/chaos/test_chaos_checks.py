@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.chaos_checks import (CAUSE_CANCEL, CAUSE_DEADLINE, CAUSE_END_EVENT, CAUSE_IDEMPOTENT_ABANDON,
-                                 CAUSE_SESSION_RACE, Checker, Evidence)
+from bench.chaos_checks import (CAUSE_CANCEL, CAUSE_DEADLINE, CAUSE_END_EVENT, CAUSE_EXECUTOR_DEADLINE,
+                                 CAUSE_EXECUTOR_STOP, CAUSE_EXPIRY_SAVE_LOST, CAUSE_IDEMPOTENT_ABANDON,
+                                 CAUSE_SESSION_BACK, CAUSE_SESSION_RACE, Checker, Evidence, call_stopped_by,
+                                 call_whole)
 from bench.chaos_client import RunRecord
 
 T0 = 1_800_000_000.0
@@ -127,3 +129,115 @@ def test_a_run_lost_after_its_key_was_answered_twice_is_flagged_once_with_its_ca
     assert not lost.ok and lost.failures[0]["likely_cause"] == CAUSE_IDEMPOTENT_ABANDON
     assert not checker.idempotency().ok
     assert checker.terminal().ok and checker.one_provider_response().ok  # counted once, under "lost"
+
+
+# -- executor runs (RUN_BACKEND=executor): judged by their view, their replay and the emulator's chat log ----------
+def call(call_id: str, start: float, end: float, *, chunks: int = 44, sent: int | None = None, cut: bool = False,
+         disconnected: bool = False) -> dict:
+    """A streamed chat call as GET /v1/_emulator/chat_completions lists it (40 content chunks + role + 3 closing)."""
+    return {"id": call_id, "created_at": start, "first_token_at": start + 0.1, "finished_at": end, "outcome": "stop",
+            "chunks": chunks, "chunks_sent": chunks if sent is None else sent, "cut": cut,
+            "disconnected": disconnected, "tool_calls": [], "knobs": {}}
+
+
+def exec_view(run_id: str, status: str = "completed", **more: Any) -> dict:
+    return view(run_id, status, provider_response_id=f"exec_{run_id}", backend="executor", **more)
+
+
+def exec_evidence(records: list[RunRecord], views: list[dict], calls: dict[str, list[dict]], **more: Any) -> Evidence:
+    return evidence(records, views, more.pop("providers", []), backend="executor", chat_calls=calls, **more)
+
+
+def test_a_call_that_was_hung_up_stopped_at_the_first_chunk_it_never_sent() -> None:
+    whole = call("c", T0, T0 + 4.1)
+    assert call_whole(whole) and call_stopped_by(whole) == T0 + 4.1
+    half = call("c", T0, T0 + 4.1, sent=21, disconnected=True)  # role + 20 of 40 content chunks
+    assert not call_whole(half) and abs(call_stopped_by(half) - (T0 + 0.1 + 4.0 * 21 / 41)) < 1e-9
+    assert call_stopped_by(call("c", T0, T0 + 4.1, sent=0, cut=True)) == T0 + 0.1
+
+
+def test_an_executor_run_with_a_provider_response_or_without_a_whole_model_call_is_flagged() -> None:
+    a, b, c = record("a"), record("b"), record("c")
+    views = [exec_view("a"), exec_view("b"), view("c", backend="background")]
+    calls = {"a": [call("a1", T0, T0 + 1, sent=10, cut=True), call("a2", T0 + 1, T0 + 2)],
+             "b": [call("b1", T0, T0 + 1, sent=10, disconnected=True)], "c": [call("c1", T0, T0 + 1)]}
+    check = Checker(exec_evidence([a, b, c], views, calls, providers=[provider("a")])).ran_on_executor()
+    assert not check.ok
+    problems = {f["run_id"]: f["problem"] for f in check.failures}
+    assert "provider background response" in problems["a"] and "without a model call" in problems["b"]
+    assert "backend 'background'" in problems["c"] and "is not the executor's" in problems["c"]
+    clean = Checker(exec_evidence([a], [exec_view("a")], {"a": calls["a"]})).ran_on_executor()
+    assert clean.ok and "1 runs called the model more than once" in clean.detail
+
+
+def test_a_model_call_streaming_on_after_its_run_was_cancelled_is_flagged() -> None:
+    r = record("r", "cancel_race", rule="cancel_race", duration_ms=6000)
+    cancelled = exec_view("r", status="cancelled", ended=T0 + 2)
+    went_on = {"r": [call("r1", T0, T0 + 8)]}  # sent every chunk, 6 s after the run ended
+    check = Checker(exec_evidence([r], [cancelled], went_on)).model_calls_stopped()
+    assert not check.ok and check.failures[0]["likely_cause"] == CAUSE_EXECUTOR_STOP
+    stopped = {"r": [call("r1", T0, T0 + 8, sent=12, disconnected=True)]}  # hung up ~1.7 s after the start
+    assert Checker(exec_evidence([r], [cancelled], stopped)).model_calls_stopped().ok
+    orphan = [{**call("x1", T0, T0 + 3), "knobs": {"emulator_chaos_tag": "7.9"}}]
+    assert not Checker(exec_evidence([r], [cancelled], stopped, unclaimed_chat_calls=orphan)).model_calls_stopped().ok
+
+
+def test_an_executor_deadline_run_is_judged_by_its_end_and_its_last_model_call() -> None:
+    near = record("n", "deadline_near", status="completed", rule="deadline_near", deadline_seconds=5)
+    message = "The run did not finish within its deadline of 5 s."
+    expired = exec_view("n", status="expired", ended=T0 + 5.3, text="",
+                        error={"code": "deadline_exceeded", "message": message})
+    lost = Checker(exec_evidence([near], [expired], {"n": [call("n1", T0 + 0.5, T0 + 3.0)]})).allowed_state()
+    assert not lost.ok and lost.failures[0]["likely_cause"] == CAUSE_EXECUTOR_DEADLINE
+    late_call = {"n": [call("n1", T0 + 2, T0 + 6.5)]}  # the model would have ended past the deadline
+    assert Checker(exec_evidence([near], [expired], late_call)).allowed_state().ok
+    early = {**expired, "completed_at": T0 + 3.9}
+    assert not Checker(exec_evidence([near], [early], late_call)).allowed_state().ok
+    kept = exec_view("n", ended=T0 + 5.9)
+    assert Checker(exec_evidence([near], [kept], {"n": [call("n1", T0 + 1, T0 + 5.8)]})).allowed_state().ok
+    too_late = Checker(exec_evidence([near], [kept], {"n": [call("n1", T0 + 3, T0 + 8)]})).allowed_state()
+    assert not too_late.ok and "should have expired" in too_late.failures[0]["problem"]
+
+
+def test_an_executor_stream_is_compared_with_the_runs_replay_and_session_chains_are_skipped() -> None:
+    ref = {"s": {"ids": [0, 1, 2, 3, 4, 5, 6], "text": "hello", "final": "run.completed", "restarts": 1,
+                 "source": "service"}}
+    s = _streamed("s", [0, 1, 2, 3, 4, 5, 6], "run.completed", ["starting_after:end"])
+    ev = exec_evidence([s], [exec_view("s")], {"s": [call("s1", T0, T0 + 1)]}, reference_streams=ref)
+    assert Checker(ev).streams_gap_free().ok
+    s.stream["ids"] = [0, 1, 2, 4, 5, 6]
+    assert not Checker(ev).streams_gap_free().ok
+    s.stream["ids"], ref["s"]["text"] = [0, 1, 2, 3, 4, 5, 6], "hello hello"  # the log's text is not the output
+    assert not Checker(ev).streams_gap_free().ok
+    chains = Checker(ev).session_chains()
+    assert chains.ok and chains.skipped
+
+
+def test_a_run_cancelled_by_nobody_after_its_deadline_is_flagged_as_an_expiry_whose_save_was_lost() -> None:
+    past = record("p", "deadline_past", status="expired", rule="deadline_past", deadline_seconds=3)
+    ended = view("p", status="cancelled", ended=T0 + 24, text="", error=None)
+    check = Checker(evidence([past], [ended], [provider("p", status="cancelled", cancelled_at=T0 + 5)])).allowed_state()
+    assert not check.ok and check.failures[0]["likely_cause"] == CAUSE_EXPIRY_SAVE_LOST
+
+
+def test_a_turn_continuing_from_an_older_turn_is_flagged_with_the_session_moving_back_as_cause() -> None:
+    a, b, c = record("a", "session_text"), record("b", "session_concurrent"), record("c", "session_text_after")
+    for r in (a, b, c):
+        r.session_id = "sess_1"
+    views = [view("a", ended=T0 + 1), view("b", created=T0 + 2, ended=T0 + 3), view("c", created=T0 + 4, ended=T0 + 5)]
+    providers = [provider("a"), provider("b", previous="resp_a"), provider("c", previous="resp_a")]
+    log = {"turns": [], "concurrent": []}
+    check = Checker(evidence([a, b, c], views, providers, sessions={"sess_1": log})).session_chains()
+    assert not check.ok and check.failures[0]["run_id"] == "c"
+    assert check.failures[0]["likely_cause"] == CAUSE_SESSION_BACK and len(check.failures[0]["session"]) == 3
+
+
+def test_an_executor_run_may_give_up_after_its_attempts_were_interrupted_but_not_after_a_whole_call() -> None:
+    plain = record("g")
+    gave_up = exec_view("g", status="failed", text="", error={"code": "model_call_interrupted", "message": "3 times"})
+    cut = {"g": [call("g1", T0, T0 + 3, sent=5, cut=True), call("g2", T0 + 1, T0 + 4, sent=9, disconnected=True),
+                 call("g3", T0 + 5, T0 + 8, sent=2, cut=True)]}
+    allowed = Checker(exec_evidence([plain], [gave_up], cut)).allowed_state()
+    assert allowed.ok and "1 model calls interrupted" in allowed.detail
+    whole = {"g": cut["g"][:2] + [call("g3", T0 + 5, T0 + 8)]}
+    assert not Checker(exec_evidence([plain], [gave_up], whole)).allowed_state().ok

@@ -7,7 +7,9 @@ fixture). About a minute.
 
 Every invariant must hold: the defects this run found (issue 12's session race, expiry before the provider's
 answer, repeated final event, and two the full run found: a key retry handed a run the provider then refused,
-a cancel at the deadline tried once) are fixed, each with a test of its own."""
+a cancel at the deadline tried once) are fixed, each with a test of its own. One found since is not fixed yet
+(bench/README.md, "What the committed results say"): an expiry whose save is lost ends the run `cancelled`;
+its host kill and Azurite restart make the background test hit it about two times in three."""
 from __future__ import annotations
 
 from bench.chaos import report, run_chaos
@@ -15,13 +17,16 @@ from bench.chaos import report, run_chaos
 
 def test_small_chaos_run_with_the_executor_backend_keeps_every_invariant() -> None:
     """The same with RUN_BACKEND=executor: the host's own model calls (Chat Completions, faults and stream cuts
-    on the chat endpoint) are killed with it and start again as new attempts."""
+    on the chat endpoint) are killed with it and start again as new attempts. The checks that rest on provider
+    background responses judge these runs by their view, their full replay and the emulator's chat log."""
     result = run_chaos(runs=25, submit_seconds=24, host_kills=1, receiver_outage_s=5, azurite_down_s=3,
                        min_duration_ms=500, max_duration_ms=4000, converge_timeout_s=75, name="chaos-executor",
                        backend="executor", fault_endpoints="create,retrieve,stream,cancel,chat", verbose=False)
     text = report(result)
     print(text)
-    assert len(result.checks) >= 9
+    assert len(result.checks) >= 15
+    assert result.stats["executor"]["model_calls"] >= 20 and result.stats["executor"]["provider_responses"] == 0, text
+    assert result.stats["streams"]["resumes"] >= 1 and result.stats["sessions"]["sessions"] >= 1, text
     assert result.failed == 0, text
 
 
