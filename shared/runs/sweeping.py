@@ -9,6 +9,7 @@ done), so its cost follows the runs in flight, not every run ever kept. For each
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 
@@ -22,6 +23,9 @@ from .results import failure_result
 from .store import RunConflict, RunStore
 
 log = logging.getLogger("bgruns.sweeping")
+
+# Open runs looked at in parallel: a pass over 1,000 open runs is ~60 round trips deep, not 1,000.
+SWEEP_CONCURRENCY = 16
 
 
 class Sweeper:
@@ -39,18 +43,30 @@ class Sweeper:
     async def sweep(self) -> dict[str, int]:
         repaired: Counter = Counter()
         run_ids = [run_id async for run_id in self._index.open_run_ids()]
-        for run_id in run_ids:
-            run = await self._store.get(run_id)
-            if run is None:
-                await self._forget_missing(run_id)
-            elif run.is_terminal:
-                repaired[await self._tidy_ended(run)] += 1
-            else:
-                repaired[await self._repair_active(run)] += 1
+        slots = asyncio.Semaphore(SWEEP_CONCURRENCY)
+
+        async def look_at(run_id: str) -> None:
+            async with slots:
+                repaired[await self._look_at(run_id)] += 1
+
+        # One run that cannot be repaired now (storage down, a bug) does not keep the others waiting a pass;
+        # the pass still fails loudly, and the next one tries again.
+        errors = [e for e in await asyncio.gather(*(look_at(run_id) for run_id in run_ids), return_exceptions=True)
+                  if isinstance(e, BaseException)]
+        if errors:
+            log.error("sweeper: %d of %d open runs could not be looked at", len(errors), len(run_ids))
+            raise errors[0]
         found = {key: repaired[key] for key in ("polls", "starts", "webhooks", "followed_up") if repaired[key]}
         if found:
             log.warning("sweeper repaired %s (of %d open runs)", found, len(run_ids))
         return {"open": len(run_ids), **found}
+
+    async def _look_at(self, run_id: str) -> str:
+        run = await self._store.get(run_id)
+        if run is None:
+            await self._forget_missing(run_id)
+            return "missing"
+        return await (self._tidy_ended(run) if run.is_terminal else self._repair_active(run))
 
     async def _forget_missing(self, run_id: str) -> None:
         """An index entry without a run: a start that was abandoned, or one not recorded yet (leave those)."""

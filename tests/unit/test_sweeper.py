@@ -143,3 +143,19 @@ async def test_a_late_follow_up_of_an_earlier_turn_never_moves_the_session_back(
     assert (await w.services.sweeper.sweep())["webhooks"] == 1  # the first turn's follow-ups run again
     state, _ = await w.services.reader.session(session.id)
     assert state.last_response_id == second.response_id
+
+
+async def test_a_run_that_cannot_be_read_does_not_keep_the_others_from_repair(monkeypatch):
+    import pytest
+    from azure.core.exceptions import ServiceRequestError
+
+    w = world(monkeypatch)
+    runs = [await start(w) for _ in range(3)]
+    w.poll_queue.take()  # every message is lost
+    w.clock.advance(w.services.settings.sweep_grace + 5)
+    w.runs.fail_next = [ServiceRequestError("storage hiccup")]  # the first run's read fails
+    with pytest.raises(ServiceRequestError):  # the pass still fails loudly...
+        await w.services.sweeper.sweep()
+    assert len(w.poll_queue.take()) == 2  # ...after repairing the two runs it could read
+    assert (await w.services.sweeper.sweep())["polls"] == 1  # and the next pass repairs the third
+    assert {m["run_id"] for m in w.poll_queue.take()} <= {r.id for r in runs}
