@@ -6,12 +6,16 @@ checked and printed, ending with `N passed, N failed` (exit 1 if any failed).
 
     .venv/bin/python -m bench.chaos [--runs 1000] [--submit-seconds 300] [--host-kills 10]
                                     [--receiver-outage 120] [--azurite-down 5] [--seed 1] [--out DIR]
-                                    [--backend background|executor]
+                                    [--backend background|executor] [--completion poll|push]
 
 With `--backend executor` the host runs every model call itself (RUN_BACKEND=executor: the emulator's Chat
 Completions, with faults and stream cuts on the `chat` endpoint too); a killed host's calls start again as new
 attempts. The checks that rest on provider background responses then judge the executor's runs by their own
 view, their full replay from the service and the model calls the emulator's chat log records.
+
+With `--completion push` the emulator sends signed provider webhooks (COMPLETION_STRATEGY=push), losing 10 %,
+sending 10 % twice and retrying refused ones; a webhook that arrives while the host is down is retried by the
+emulator or replaced by the safety-net poll chain.
 
 The scenarios are in bench/chaos_mix.py, the client in bench/chaos_client.py, the invariants in
 bench/chaos_checks.py. Everything is loopback and bounded in time. Settings are scaled down like
@@ -38,7 +42,7 @@ import httpx
 from .chaos_checks import Check, Checker, Evidence, call_whole
 from .chaos_client import CHAOS_TAG, TERMINAL, ApiClient, replay, sse_events
 from .chaos_mix import Mix, plan
-from .common import LocalStack
+from .common import LocalStack, new_secrets
 
 CHAOS_HOST_ENV = {
     "POLL_INITIAL_DELAY_SECONDS": "1",
@@ -56,10 +60,16 @@ CHAOS_HOST_ENV = {
 # What a host running executor runs adds: a silent attempt (its host was killed) is taken over after 4 s.
 EXECUTOR_HOST_ENV = {"RUN_BACKEND": "executor", "EXECUTOR_STALE_SECONDS": "4"}
 BACKENDS = ("background", "executor")
+COMPLETIONS = ("poll", "push")
+# What push adds (--completion push): the emulator sends signed provider webhooks to the app, and loses,
+# repeats and delays some of them, as a provider on the internet may; the safety-net chain covers the rest.
+PUSH_EMULATOR_FAULTS = {"webhook_drop_rate": 0.10, "webhook_duplicate_rate": 0.10, "webhook_delay_ms": 200,
+                        "webhook_retry_schedule_ms": "2000,5000,10000"}
 POISON_QUEUES = ("runs-poll-poison", "runs-webhook-poison", "runs-execute-poison")
 # How late after its deadline a run may end before it counts as stuck: sweeper grace (4) + poll cap (2)
 # + sweeper period (2) + a host restart or an Azurite restart in between.
 STUCK_SLACK_SECONDS = 30.0
+EXECUTED = re.compile(r"^\[[^\]]+\] Executed 'Functions\.(?P<fn>\w+)' \((?P<outcome>\w+), ")
 
 
 @dataclass
@@ -86,10 +96,15 @@ class ChaosConfig:
     name: str = "chaos"
     verbose: bool = True
     backend: str = "background"  # RUN_BACKEND of the host: background (provider responses) or executor
+    completion: str = "poll"  # how the host learns a provider response ended: poll, or push (provider webhooks)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.completion not in COMPLETIONS:
+            raise ValueError(f"completion must be one of {COMPLETIONS}, got {self.completion!r}")
+        if self.completion == "push" and self.backend != "background":
+            raise ValueError("completion push needs the background backend (the executor has no provider webhooks)")
 
 
 @dataclass
@@ -308,12 +323,19 @@ class Chaos:
         cfg = self.cfg
         self.t0 = time.monotonic()
         host_env = {**CHAOS_HOST_ENV, **(EXECUTOR_HOST_ENV if cfg.backend == "executor" else {})}
-        self.stack = LocalStack(cfg.name, host_env=host_env, emulator_config={"seed": cfg.seed})
+        emulator_config: dict[str, Any] = {"seed": cfg.seed}
+        if cfg.completion == "push":
+            secret = new_secrets(1)[0]
+            host_env.update(PROVIDER_WEBHOOK_SECRETS=secret, COMPLETION_STRATEGY="push")
+            emulator_config.update(webhook_secret=secret, **PUSH_EMULATOR_FAULTS)
+        self.stack = LocalStack(cfg.name, host_env=host_env, emulator_config=emulator_config)
+        if cfg.completion == "push":
+            self.stack.emulator_config["webhook_url"] = f"http://127.0.0.1:{self.stack.ports.host}/api/provider/webhooks"
         await asyncio.to_thread(self.stack.start)
         try:
             jobs = plan(cfg.runs, cfg.submit_seconds, self.rng, huge_outputs=cfg.huge_outputs,
                         emoji_inputs=cfg.emoji_inputs)
-            self.say(f"stack up ({cfg.backend} backend): host {self.stack.api}; {len(jobs)} jobs "
+            self.say(f"stack up ({cfg.backend} backend, completion by {cfg.completion}): host {self.stack.api}; {len(jobs)} jobs "
                      f"({dict(Counter(j.scenario for j in jobs))}) "
                      f"over {cfg.submit_seconds:.0f}s")
             self.stack.emulator.configure(fault_429_rate=cfg.fault_429_rate, fault_500_rate=cfg.fault_500_rate,
@@ -390,7 +412,20 @@ class Chaos:
         }
         if self.cfg.backend == "executor":
             figures["executor"] = self.executor_figures(ev, logs)
+        if self.cfg.completion == "push":
+            figures["provider_webhooks"] = self.push_figures(logs)
         return figures
+
+    def push_figures(self, logs: str) -> dict[str, Any]:
+        """What the emulator sent and how the app answered; the runs' ends came by push or by the safety net."""
+        deliveries = httpx.get(f"{self.stack.emulator.base_url}/_emulator/webhook_deliveries", timeout=60).json()
+        attempts = [a for d in deliveries.get("data", deliveries) for a in d.get("attempts", [])]
+        invocations = Counter(f"{m['fn']} {m['outcome']}" for m in map(EXECUTED.match, logs.splitlines()) if m)
+        return {"deliveries": len(deliveries.get("data", deliveries)),
+                "attempts_by_answer": dict(Counter(str(a.get("status") or a.get("error")) for a in attempts)),
+                "receive_provider_webhook": {k.split()[1]: v for k, v in invocations.items()
+                                             if k.startswith("receive_provider_webhook ")},
+                "poll_steps": sum(v for k, v in invocations.items() if k.startswith("poll_run "))}
 
     @staticmethod
     def executor_figures(ev: Evidence, logs: str) -> dict[str, Any]:
@@ -471,16 +506,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--huge-outputs", type=int, default=defaults.huge_outputs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--converge-timeout", type=float, default=defaults.converge_timeout_s)
+    parser.add_argument("--completion", choices=COMPLETIONS, default=defaults.completion,
+                        help="push: the emulator sends provider webhooks (10%% lost, 10%% twice); the chain is the net")
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                         help="executor: the host makes every model call itself (faults on the chat endpoint too)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="write chaos.txt and chaos.json here (chaos-executor.* with --backend executor)")
+                        help="write chaos.txt and chaos.json here (chaos-executor.*, chaos-push.* with those options)")
     args = parser.parse_args(argv)
+    stem = "chaos" + ("-executor" if args.backend == "executor" else "") + ("-push" if args.completion == "push" else "")
     started = time.monotonic()
     result = run_chaos(runs=args.runs, submit_seconds=args.submit_seconds, host_kills=args.host_kills,
                        receiver_outage_s=args.receiver_outage, azurite_down_s=args.azurite_down,
                        huge_outputs=args.huge_outputs, seed=args.seed, converge_timeout_s=args.converge_timeout,
-                       backend=args.backend, name="chaos" if args.backend == "background" else "chaos-executor",
+                       backend=args.backend, completion=args.completion, name=stem,
                        **({"fault_endpoints": defaults.fault_endpoints + ",chat"}
                           if args.backend == "executor" else {}))
     text = report(result).replace(f"\n{result.passed} passed",
@@ -489,7 +527,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         timeline = "\n".join(f"[chaos +{t:6.1f}s] {m}" for t, m in result.events)
-        stem = "chaos" if args.backend == "background" else "chaos-executor"
         (args.out / f"{stem}.txt").write_text(f"{' '.join(sys.argv)}\n\n{timeline}\n{text}\n")
         (args.out / f"{stem}.json").write_text(json.dumps(
             {"config": {k: v for k, v in vars(args).items() if k != "out"}, "stats": result.stats,
