@@ -153,6 +153,11 @@ param keyVaultPurgeProtection bool = false
 param runTokenKey string
 
 @secure()
+@maxLength(200)
+@description('During a token key rotation only: the previous RUN_TOKEN_KEY, kept after the new one so continuation tokens minted before the rotation stay valid. Empty otherwise.')
+param previousRunTokenKey string = ''
+
+@secure()
 @minLength(24)
 @maxLength(64)
 @description('Random material of the webhook signing secret; stored as whsec_ + base64(material), i.e. 48 bytes.')
@@ -287,7 +292,8 @@ module keyVault 'app/keyvault.bicep' = {
     name: 'kv-${resourceToken}'
     location: location
     tags: tags
-    runTokenKey: runTokenKey
+    // The service signs tokens with the first key and accepts every one, so a rotation has no gap.
+    runTokenKey: empty(previousRunTokenKey) ? runTokenKey : '${runTokenKey} ${previousRunTokenKey}'
     // The service signs with every secret in the list (new first), so a rotation has no gap.
     webhookSigningSecrets: empty(previousWebhookSigningSecret) ? webhookSigningSecret : '${webhookSigningSecret} ${previousWebhookSigningSecret}'
     responsesApiKeys: responsesApiKeys

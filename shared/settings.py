@@ -81,7 +81,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EMULATOR_BASE_URL", "Base URL of the local Responses API emulator.", DEFAULT_EMULATOR_URL, in_azure="local"),
     Setting("DEFAULT_MODEL", "Model (Azure: deployment name) when a request names none.", "gpt-4.1-mini", in_azure="required"),
     Setting("PROVIDER_TIMEOUT_SECONDS", "Timeout of one provider HTTP call.", "30"),
-    Setting("RUN_TOKEN_KEY", "HMAC key for continuation tokens (32+ bytes of randomness). Key Vault in Azure.",
+    Setting("RUN_TOKEN_KEY", "HMAC keys for continuation tokens (32+ characters of randomness each), space-separated: "
+            "the first signs, every one verifies, so a rotation keeps the previous key until its tokens are gone. "
+            "Key Vault in Azure.",
             secret=True, in_azure="required"),
     Setting("POLL_INITIAL_DELAY_SECONDS", "First poll delay after a start.", "1"),
     Setting("POLL_MAX_DELAY_SECONDS", "Cap of the exponential poll backoff (bounds completion lag).", "10"),
@@ -248,7 +250,7 @@ class CompletionSettings:
 class Settings:
     storage: StorageSettings
     provider: ProviderSettings
-    token_key: bytes = field(repr=False)
+    token_keys: tuple[bytes, ...] = field(repr=False)  # the first signs; all verify
     poll_initial_delay: float
     poll_max_delay: float
     poll_multiplier: float
@@ -278,7 +280,7 @@ class Settings:
         return cls(
             storage=_storage(env),
             provider=provider,
-            token_key=_token_key(env),
+            token_keys=_token_keys(env),
             poll_initial_delay=_number(env, "POLL_INITIAL_DELAY_SECONDS", minimum=0.05),
             poll_max_delay=_number(env, "POLL_MAX_DELAY_SECONDS", minimum=0.1),
             poll_multiplier=_number(env, "POLL_BACKOFF_MULTIPLIER", minimum=1.0),
@@ -456,13 +458,15 @@ def _executor(env: Mapping[str, str], provider: ProviderSettings) -> ExecutorSet
     )
 
 
-def _token_key(env: Mapping[str, str]) -> bytes:
-    raw = _raw(env, "RUN_TOKEN_KEY")
-    if not raw:
+def _token_keys(env: Mapping[str, str]) -> tuple[bytes, ...]:
+    keys = (_raw(env, "RUN_TOKEN_KEY") or "").split()
+    if not keys:
         raise SettingsError("RUN_TOKEN_KEY: required (32+ random bytes, e.g. `openssl rand -base64 32`)")
-    if len(raw) < 32:
-        raise SettingsError("RUN_TOKEN_KEY: too short; use at least 32 characters of randomness")
-    return raw.encode()
+    for number, key in enumerate(keys, 1):
+        if len(key) < 32:
+            which = f" (key {number} of {len(keys)})" if len(keys) > 1 else ""
+            raise SettingsError(f"RUN_TOKEN_KEY: too short{which}; use at least 32 characters of randomness")
+    return tuple(key.encode() for key in keys)
 
 
 def _webhook_secrets(env: Mapping[str, str]) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ def test_defaults_give_the_local_emulator():
 @pytest.mark.parametrize("override,named", [
     ({"RUN_TOKEN_KEY": ""}, "RUN_TOKEN_KEY"),
     ({"RUN_TOKEN_KEY": "short"}, "RUN_TOKEN_KEY"),
+    ({"RUN_TOKEN_KEY": "n" * 40 + " short"}, "RUN_TOKEN_KEY: too short (key 2 of 2)"),
     ({"AzureWebJobsStorage": ""}, "AzureWebJobsStorage"),
     ({"POLL_MAX_DELAY_SECONDS": "soon"}, "POLL_MAX_DELAY_SECONDS"),
     ({"POLL_INITIAL_DELAY_SECONDS": "0"}, "POLL_INITIAL_DELAY_SECONDS"),
@@ -30,6 +31,12 @@ def test_a_bad_setting_is_named(override, named):
     with pytest.raises(SettingsError) as raised:
         Settings.from_env({**BASE, **override})
     assert str(raised.value).startswith(named)
+
+
+def test_the_token_keys_during_a_rotation_are_new_then_old():
+    settings = Settings.from_env({**BASE, "RUN_TOKEN_KEY": f" {'n' * 40}  {'o' * 40} "})
+    assert settings.token_keys == (b"n" * 40, b"o" * 40)
+    assert Settings.from_env(BASE).token_keys == (b"r" * 40,)
 
 
 def test_azure_openai_uses_the_v1_path_and_entra_id_without_a_key():

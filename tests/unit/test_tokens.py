@@ -1,7 +1,7 @@
 import pytest
 
 from shared.errors import InvalidRequest
-from shared.runs.tokens import TokenCodec
+from shared.runs.tokens import TokenClaims, TokenCodec
 
 KEY = b"k" * 40
 
@@ -38,3 +38,16 @@ def test_another_key_cannot_mint_tokens():
     forged = TokenCodec(b"x" * 40).encode("run_abc")
     with pytest.raises(InvalidRequest):
         TokenCodec(KEY).decode(forged)
+
+
+def test_a_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key():
+    old_key, new_key = b"o" * 40, b"n" * 40
+    before = TokenCodec(old_key).encode("run_abc", 5)
+    rotated = TokenCodec((new_key, old_key))
+    assert rotated.decode(before) == TokenClaims("run_abc", 5)  # minted before the rotation: still valid
+    after = rotated.encode("run_abc", 6)
+    assert TokenCodec(new_key).decode(after).position == 6  # signed with the first key...
+    with pytest.raises(InvalidRequest):
+        TokenCodec(old_key).decode(after)  # ...not the old one
+    with pytest.raises(InvalidRequest):
+        TokenCodec(new_key).decode(before)  # and once the old key is dropped, its tokens stop working
