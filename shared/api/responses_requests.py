@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import invalid as bad_request
 from ..runs.requests import RunRequest
-from .run_requests import _expect, _flag, _input, read_model_options, read_our_additions
+from .run_requests import expect_field, flag_field, read_input, read_model_options, read_our_additions
 
 # Passed to the provider as they are (openai 3.57 `responses.create` parameters).
 PASS_THROUGH = frozenset({
@@ -48,22 +48,22 @@ def parse_create_body(body: dict[str, Any]) -> CreateBody:
             raise bad_request(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
     if body.get("input") is None:
         raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
-    stream = _flag(body, "stream", default=False)
+    stream = flag_field(body, "stream", default=False)
     if body.get("stream_options") is not None and not stream:
         raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
-    if _flag(body, "store", default=True) is False:
+    if flag_field(body, "store", default=True) is False:
         raise bad_request("'store: false' cannot be honoured: this service keeps every response for its retention "
                           "period (that is what lets a run outlive its client).", param="store",
                           code="unsupported_parameter")
-    request = RunRequest(input=_input(body["input"]), stream=stream)
+    request = RunRequest(input=read_input(body["input"]), stream=stream)
     read_model_options(body, request)
-    request.tools = _tools(_expect(body, "tools", (list,), "an array") or [])
-    request.previous_run_id = _expect(body, "previous_response_id", (str,), "a string")
+    request.tools = _tools(expect_field(body, "tools", (list,), "an array") or [])
+    request.previous_run_id = expect_field(body, "previous_response_id", (str,), "a string")
     request.options = {name: body[name] for name in PASS_THROUGH if body.get(name) is not None}
     if stream and body.get("stream_options") is not None:
-        request.options["stream_options"] = _expect(body, "stream_options", (dict,), "an object")
+        request.options["stream_options"] = expect_field(body, "stream_options", (dict,), "an object")
     read_our_additions(body, request)
-    return CreateBody(request, stream, _flag(body, "background", default=False))
+    return CreateBody(request, stream, flag_field(body, "background", default=False))
 
 
 def _tools(value: list) -> list[dict[str, Any]]:

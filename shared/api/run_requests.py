@@ -46,7 +46,9 @@ def parse_json_body(raw: bytes, max_bytes: int) -> dict[str, Any]:
     return body
 
 
-def _expect(body: dict, name: str, kinds: tuple[type, ...], what: str) -> Any:
+# The field readers below are shared with the Responses API facade's parser (responses_requests.py).
+def expect_field(body: dict, name: str, kinds: tuple[type, ...], what: str) -> Any:
+    """`body[name]` if it is one of `kinds` (None when absent); otherwise a 400 saying it must be `what`."""
     value = body.get(name)
     if value is None:
         return None
@@ -56,7 +58,7 @@ def _expect(body: dict, name: str, kinds: tuple[type, ...], what: str) -> Any:
     return value
 
 
-def _input(value: Any) -> str | list[dict[str, Any]]:
+def read_input(value: Any) -> str | list[dict[str, Any]]:
     if isinstance(value, str):
         if not value.strip():
             raise bad_request("'input' must not be empty.", param="input")
@@ -101,53 +103,53 @@ def parse_run_body(body: dict[str, Any]) -> RunBody:
     unknown = sorted(set(body) - _ALLOWED)
     if unknown:
         raise bad_request(f"Unknown field '{unknown[0]}'.", param=unknown[0], code="unknown_field")
-    token = _expect(body, "continuation_token", (str,), "a string")
+    token = expect_field(body, "continuation_token", (str,), "a string")
     if token is not None:
         others = sorted(k for k in body if k not in ("continuation_token", "stream") and body[k] is not None)
         if others:
             raise bad_request(f"'continuation_token' continues an existing run; do not send '{others[0]}' with it.",
                               param=others[0])
-        return RunBody(continuation_token=token, stream=_flag(body, "stream", default=False))
+        return RunBody(continuation_token=token, stream=flag_field(body, "stream", default=False))
     if body.get("input") is None:
         raise bad_request("'input' is required (or 'continuation_token' to poll a run).", param="input")
-    request = RunRequest(input=_input(body["input"]))
+    request = RunRequest(input=read_input(body["input"]))
     read_model_options(body, request)
-    request.session_id = _expect(body, "session_id", (str,), "a string")
+    request.session_id = expect_field(body, "session_id", (str,), "a string")
     if request.session_id is not None and not ID_PATTERN.match(request.session_id):
         raise bad_request("'session_id' is not a valid session id.", param="session_id")
-    background = _flag(body, "background", default=True)
-    request.stream = _flag(body, "stream", default=False)
-    request.tools = _tools(_expect(body, "tools", (list,), "a list") or [])
+    background = flag_field(body, "background", default=True)
+    request.stream = flag_field(body, "stream", default=False)
+    request.tools = _tools(expect_field(body, "tools", (list,), "a list") or [])
     read_our_additions(body, request)
     return RunBody(request=request, stream=request.stream, background=background)
 
 
 def read_model_options(body: dict[str, Any], request: RunRequest) -> None:
     """`model`, `instructions`, `metadata`, `max_output_tokens`, `reasoning`: read the same way by both APIs."""
-    request.model = _expect(body, "model", (str,), "a string")
+    request.model = expect_field(body, "model", (str,), "a string")
     if request.model is not None and not 0 < len(request.model) <= 128:
         raise bad_request("'model' must be 1 to 128 characters.", param="model")
-    request.instructions = _expect(body, "instructions", (str,), "a string")
-    request.metadata = _metadata(_expect(body, "metadata", (dict,), "an object of strings") or {})
-    tokens = _expect(body, "max_output_tokens", (int,), "an integer")
+    request.instructions = expect_field(body, "instructions", (str,), "a string")
+    request.metadata = _metadata(expect_field(body, "metadata", (dict,), "an object of strings") or {})
+    tokens = expect_field(body, "max_output_tokens", (int,), "an integer")
     if tokens is not None and not 1 <= tokens <= 1_000_000:
         raise bad_request("'max_output_tokens' must be between 1 and 1000000.", param="max_output_tokens")
     request.max_output_tokens = tokens
-    reasoning = _expect(body, "reasoning", (dict,), "an object")
+    reasoning = expect_field(body, "reasoning", (dict,), "an object")
     request.reasoning = _reasoning(reasoning) if reasoning is not None else None
 
 
 def read_our_additions(body: dict[str, Any], request: RunRequest) -> None:
     """`deadline_seconds` and `webhook_url`: the service's own fields, the same in both APIs."""
-    deadline = _expect(body, "deadline_seconds", (int, float), "a number of seconds")
+    deadline = expect_field(body, "deadline_seconds", (int, float), "a number of seconds")
     if deadline is not None and not 1 <= deadline <= 30 * 24 * 3600:
         raise bad_request("'deadline_seconds' must be between 1 and 2592000.", param="deadline_seconds")
     request.deadline_seconds = deadline
-    request.webhook_url = _expect(body, "webhook_url", (str,), "a string")
+    request.webhook_url = expect_field(body, "webhook_url", (str,), "a string")
     if request.webhook_url is not None and len(request.webhook_url) > 2048:
         raise bad_request("'webhook_url' is longer than 2048 characters.", param="webhook_url")
 
 
-def _flag(body: dict, name: str, *, default: bool) -> bool:
-    value = _expect(body, name, (bool,), "true or false")
+def flag_field(body: dict, name: str, *, default: bool) -> bool:
+    value = expect_field(body, name, (bool,), "true or false")
     return default if value is None else value
