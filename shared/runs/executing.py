@@ -45,7 +45,7 @@ RESTART_EVENT = "response.output_restarted"
 MAX_HISTORY_TURNS = 500
 PROVIDER_TRIES = 6  # a call refused with 429/5xx before any output: this many tries in all
 MAX_BACKOFF_SECONDS = 30.0
-STORAGE_TRIES = 4  # a batch the log would not take (storage hiccup): tries before the attempt gives up
+STORAGE_CONFLICT_TRIES = 4  # ETag conflicts that leave the log ours (a watchdog note) before the attempt stops
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,12 @@ class Timings:
     flush_events: int = 64  # ... or as soon as it has this many
     check_seconds: float = 1.0  # how often the run is looked at while its call streams (cancel, deadline)
     retry_base_seconds: float = 0.5  # first backoff of a call refused before output (doubling, jittered)
+    # How long a batch the log would not take (storage down) is tried again before the attempt gives up. Long
+    # enough to ride out a storage blip: the batch may hold a whole answer the model was paid for. Nobody else
+    # can take the log over meanwhile (that needs storage too), and if someone did, the ETag says so.
+    storage_patience_seconds: float = 60.0
+    storage_retry_base_seconds: float = 0.5  # doubling up to the max
+    storage_retry_max_seconds: float = 4.0
 
 
 class Superseded(Exception):
@@ -108,7 +114,9 @@ class _Writer:
         """Write what is pending with `changes` to the head. Raises Superseded if the log is no longer ours.
         Events emitted while the write is in flight stay pending (their numbers already follow the batch's)."""
         events = list(self.pending)
-        for attempt in range(STORAGE_TRIES):
+        give_up_at = time.monotonic() + self._timings.storage_patience_seconds
+        conflicts = failures = 0
+        while True:
             try:
                 self.head = await self._log.append(self.head, events, heartbeat_at=clock.now(), **changes)
                 break
@@ -118,12 +126,15 @@ class _Writer:
                         self.head.attempt, self.head.claimed_by):
                     raise Superseded(fresh) from None
                 self.head = fresh  # only a watchdog note changed: still ours
+                conflicts += 1
+                if conflicts >= STORAGE_CONFLICT_TRIES:
+                    raise Superseded(None) from None
             except AzureError:
-                if attempt == STORAGE_TRIES - 1:
+                if time.monotonic() >= give_up_at:
                     raise
-                await asyncio.sleep(0.5 * 2 ** attempt)
-        else:
-            raise Superseded(None)
+                failures += 1
+                await asyncio.sleep(min(self._timings.storage_retry_max_seconds,
+                                        self._timings.storage_retry_base_seconds * 2 ** (failures - 1)))
         self.pending = self.pending[len(events):]
         if self.pending:  # emitted while the batch was being written: they start the next batch now
             self._first_pending_at = time.monotonic()

@@ -15,7 +15,8 @@ from shared.runs.results import failure_result
 
 from .fakes import world
 
-FAST = Timings(flush_seconds=0.01, flush_events=64, check_seconds=0.02, retry_base_seconds=0.01)
+FAST = Timings(flush_seconds=0.01, flush_events=64, check_seconds=0.02, retry_base_seconds=0.01,
+               storage_retry_base_seconds=0.001, storage_retry_max_seconds=0.01)
 
 
 def executor_world(monkeypatch, **env):
@@ -429,3 +430,24 @@ async def test_a_storage_hiccup_while_looking_at_the_run_does_not_stop_the_call(
     await asyncio.sleep(0.1)  # a few checks, one of which fails
     gate.set()
     assert await task == ["completed"] and (await w.run(run.id)).result["output_text"] == "ab"
+
+
+async def test_a_whole_answer_is_kept_through_a_storage_outage_longer_than_a_few_tries(monkeypatch):
+    # Found by the executor chaos run: Azurite went down for ~7 s just as a model call ended; the attempt gave
+    # its last batch up after 4 tries (~8 s), the invocation failed, and the paid-for answer was lost (the run
+    # then ran out of attempts). Storage that comes back within the patience window keeps the answer.
+    from azure.core.exceptions import ServiceRequestError
+
+    w = executor_world(monkeypatch)
+    run = await start(w)
+    gate = asyncio.Event()
+    w.model.scripts = [["a", gate, "b"]]
+    task = asyncio.create_task(w.execute())
+    await until(lambda: w.model.open == 1)
+    await asyncio.sleep(0.05)  # the first batch is written
+    w.tables["runevents"].fail_next = [ServiceRequestError("storage down")] * 12
+    gate.set()  # the call ends while storage is down
+    assert await task == ["completed"]
+    ended = await w.run(run.id)
+    assert ended.status == "completed" and ended.result["output_text"] == "ab"
+    assert not w.tables["runevents"].fail_next  # every failure was met, and the writer kept going
