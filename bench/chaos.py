@@ -330,13 +330,14 @@ class Chaos:
             emulator_config.update(webhook_secret=secret, **PUSH_EMULATOR_FAULTS)
         self.stack = LocalStack(cfg.name, host_env=host_env, emulator_config=emulator_config)
         if cfg.completion == "push":
-            self.stack.emulator_config["webhook_url"] = f"http://127.0.0.1:{self.stack.ports.host}/api/provider/webhooks"
+            app = f"http://127.0.0.1:{self.stack.ports.host}"
+            self.stack.emulator_config["webhook_url"] = f"{app}/api/provider/webhooks"
         await asyncio.to_thread(self.stack.start)
         try:
             jobs = plan(cfg.runs, cfg.submit_seconds, self.rng, huge_outputs=cfg.huge_outputs,
                         emoji_inputs=cfg.emoji_inputs)
-            self.say(f"stack up ({cfg.backend} backend, completion by {cfg.completion}): host {self.stack.api}; {len(jobs)} jobs "
-                     f"({dict(Counter(j.scenario for j in jobs))}) "
+            self.say(f"stack up ({cfg.backend} backend, completion by {cfg.completion}): host {self.stack.api}; "
+                     f"{len(jobs)} jobs ({dict(Counter(j.scenario for j in jobs))}) "
                      f"over {cfg.submit_seconds:.0f}s")
             self.stack.emulator.configure(fault_429_rate=cfg.fault_429_rate, fault_500_rate=cfg.fault_500_rate,
                                           fault_503_rate=cfg.fault_503_rate, stream_cut_rate=cfg.stream_cut_rate,
@@ -418,10 +419,11 @@ class Chaos:
 
     def push_figures(self, logs: str) -> dict[str, Any]:
         """What the emulator sent and how the app answered; the runs' ends came by push or by the safety net."""
-        deliveries = httpx.get(f"{self.stack.emulator.base_url}/_emulator/webhook_deliveries", timeout=60).json()
-        attempts = [a for d in deliveries.get("data", deliveries) for a in d.get("attempts", [])]
+        url = f"{self.stack.emulator.base_url}/_emulator/webhook_deliveries"
+        deliveries = httpx.get(url, timeout=60).json()["data"]
+        attempts = [a for d in deliveries for a in d.get("attempts", [])]
         invocations = Counter(f"{m['fn']} {m['outcome']}" for m in map(EXECUTED.match, logs.splitlines()) if m)
-        return {"deliveries": len(deliveries.get("data", deliveries)),
+        return {"deliveries": len(deliveries),
                 "attempts_by_answer": dict(Counter(str(a.get("status") or a.get("error")) for a in attempts)),
                 "receive_provider_webhook": {k.split()[1]: v for k, v in invocations.items()
                                              if k.startswith("receive_provider_webhook ")},
@@ -513,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="write chaos.txt and chaos.json here (chaos-executor.*, chaos-push.* with those options)")
     args = parser.parse_args(argv)
-    stem = "chaos" + ("-executor" if args.backend == "executor" else "") + ("-push" if args.completion == "push" else "")
+    stem = "chaos" + {"executor": "-executor"}.get(args.backend, "") + {"push": "-push"}.get(args.completion, "")
     started = time.monotonic()
     result = run_chaos(runs=args.runs, submit_seconds=args.submit_seconds, host_kills=args.host_kills,
                        receiver_outage_s=args.receiver_outage, azurite_down_s=args.azurite_down,
