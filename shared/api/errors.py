@@ -55,12 +55,20 @@ def as_service_error(error: Exception, where: str = "a handler") -> ServiceError
     return ServiceError("internal_error", "An internal error occurred.")
 
 
-def handler(func: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Map every failure to a JSON error answer."""
-    @functools.wraps(func)
-    async def wrapper(req: Request) -> Response:
-        try:
-            return await func(req)
-        except Exception as error:  # noqa: BLE001 - mapped; unknown ones are logged with the traceback
-            return error_response(as_service_error(error, func.__name__))
-    return wrapper
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def answering_errors_with(render: Callable[[ServiceError], Response]) -> Callable[[Handler], Handler]:
+    """A decorator that maps every failure of an HTTP handler to a ServiceError, answered by `render`."""
+    def decorate(func: Handler) -> Handler:
+        @functools.wraps(func)
+        async def wrapper(req: Request) -> Response:
+            try:
+                return await func(req)
+            except Exception as error:  # noqa: BLE001 - mapped; unknown ones are logged with the traceback
+                return render(as_service_error(error, func.__name__))
+        return wrapper
+    return decorate
+
+
+handler = answering_errors_with(error_response)  # the native API's JSON error answer

@@ -6,14 +6,10 @@ The status codes are the native API's (shared/api/errors.py); only the body diff
 """
 from __future__ import annotations
 
-import functools
-from typing import Awaitable, Callable
-
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from ..errors import NotFound, ServiceError
-from .errors import as_service_error, status_of
+from .errors import answering_errors_with, status_of
 
 
 class Unauthorized(ServiceError):
@@ -43,12 +39,4 @@ def response_not_found(response_id: str, error: NotFound) -> NotFound:
     return NotFound("not_found", f"Response with id '{response_id}' not found.")
 
 
-def openai_handler(func: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Map every failure to OpenAI's error JSON."""
-    @functools.wraps(func)
-    async def wrapper(req: Request) -> Response:
-        try:
-            return await func(req)
-        except Exception as error:  # noqa: BLE001 - mapped; unknown ones are logged with the traceback
-            return openai_error_response(as_service_error(error, func.__name__))
-    return wrapper
+openai_handler = answering_errors_with(openai_error_response)  # every failure in OpenAI's error JSON
