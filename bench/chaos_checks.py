@@ -414,15 +414,20 @@ class Checker:
         check.detail += f" ({interrupted_without} interrupted starts never reached the provider)"
         return check
 
+    def ended_without_result(self):
+        """(run id, view, error code) of each run that ended without the model's result: cancelled, expired, or
+        a start interrupted before the provider accepted it."""
+        for run_id in self.ids:
+            view = self.ev.views.get(run_id) or {}
+            error = (view.get("error") or {}).get("code")
+            if view.get("status") in ("cancelled", "expired") or error == "start_interrupted":
+                yield run_id, view, error
+
     def provider_work_stopped(self) -> Check:
         """A run that ended without its provider result (cancelled, expired, interrupted start) must not leave
         the provider working on: its response is cancelled, or had finished before the run ended."""
         failures, examined = [], 0
-        for run_id in self.ids:
-            view = self.ev.views.get(run_id) or {}
-            error = (view.get("error") or {}).get("code")
-            if view.get("status") not in ("cancelled", "expired") and error != "start_interrupted":
-                continue
+        for run_id, view, error in self.ended_without_result():
             for p in self.ev.provider.get(run_id, []):
                 examined += 1
                 if p.get("cancelled_at") or p["status"] == "cancelled":
@@ -484,11 +489,7 @@ class Checker:
         (cancelled, expired, interrupted start) has no model call still streaming a few seconds after its end,
         and no model call runs to its end for a run no client was ever given."""
         failures, examined = [], 0
-        for run_id in self.ids:
-            view = self.ev.views.get(run_id) or {}
-            error = (view.get("error") or {}).get("code")
-            if view.get("status") not in ("cancelled", "expired") and error != "start_interrupted":
-                continue
+        for run_id, view, error in self.ended_without_result():
             ended = view.get("completed_at") or 0
             for call in self.ev.chat_calls.get(run_id, []):
                 examined += 1

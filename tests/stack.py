@@ -46,6 +46,17 @@ TEST_ENV = {
 EXECUTOR_HOST = {"RUN_BACKEND": "executor", "AzureWebJobs.execute_run.Disabled": "false"}
 
 
+def wait_for_run(client: httpx.Client, run_id: str, timeout: float = 60) -> dict:
+    """Poll `GET /api/runs/{id}` through `client` (any host of the stack) until the run ends."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.get(f"/api/runs/{run_id}").json()
+        if run["continuation_token"] is None:
+            return run
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} did not finish in {timeout}s: {run}")
+
+
 class Stack:
     """A started LocalStack plus the calls the tests make: the API through one httpx client, the receiver's
     records, the emulator's records. (`start` starts a run here, so the stack is composed, not subclassed.)"""
@@ -95,13 +106,7 @@ class Stack:
         return self.post("/api/runs", {"input": input, **fields})
 
     def wait(self, run_id: str, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.get(f"/api/runs/{run_id}").json()
-            if run["continuation_token"] is None:
-                return run
-            time.sleep(0.3)
-        raise AssertionError(f"run {run_id} did not finish in {timeout}s: {run}")
+        return wait_for_run(self.client, run_id, timeout)
 
     # -- the receiver and the emulator --------------------------------------------------------------------------------
     def hook_url(self, name: str, **query: Any) -> str:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from .. import sse
-from ..stack import EXECUTOR_HOST
+from ..stack import EXECUTOR_HOST, wait_for_run
 
 RUN = {"emulator_duration_ms": "2500", "emulator_output_chars": "400", "emulator_deltas": "40"}
 
@@ -35,16 +35,6 @@ def chat_calls(stack, marker: str) -> list[dict]:
 
 def marker() -> str:
     return f"m{time.time_ns()}"
-
-
-def wait(client, run_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(f"/api/runs/{run_id}").json()
-        if run["continuation_token"] is None:
-            return run
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} did not finish: {run}")
 
 
 def received(stack, name: str, timeout: float = 20) -> list[dict]:
@@ -141,7 +131,7 @@ def test_the_deadline_stops_the_model_call_and_expires_the_run(stack, executor):
     mark = marker()
     run = executor.post("/api/runs", json={"input": "too long", "deadline_seconds": 3, "metadata": {
         "emulator_duration_ms": "30000", "emulator_marker": mark}}).json()
-    final = wait(executor, run["id"], timeout=30)
+    final = wait_for_run(executor, run["id"], timeout=30)
     assert final["status"] == "expired" and "deadline of 3 s" in final["error"]["message"]
     assert chat_calls(stack, mark)[0]["disconnected"]
 
@@ -172,14 +162,14 @@ def test_tool_calls_require_action_and_the_session_continues(executor):
     tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
     first = executor.post("/api/runs", json={"input": "call:get_weather", "session_id": session, "tools": tools,
                                              "metadata": {"emulator_duration_ms": "500"}}).json()
-    first = wait(executor, first["id"])
+    first = wait_for_run(executor, first["id"])
     assert first["status"] == "requires_action"
     call = first["required_action"]["calls"][0]
     assert call["name"] == "get_weather"
     second = executor.post("/api/runs", json={
         "session_id": session, "tools": tools, "metadata": {"emulator_duration_ms": "500"},
         "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}]}).json()
-    second = wait(executor, second["id"])
+    second = wait_for_run(executor, second["id"])
     assert second["status"] == "completed"
     assert second["output_text"].startswith(f"Tool get_weather ({call['call_id']}) returned sunny")
 

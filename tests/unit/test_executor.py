@@ -417,15 +417,21 @@ async def test_a_batch_too_big_for_one_transaction_is_written_in_several(monkeyp
     assert (await w.run(run.id)).result["output_text"] == "".join(f"chunk {n} " * 4 for n in range(20))
 
 
-async def test_a_storage_hiccup_while_looking_at_the_run_does_not_stop_the_call(monkeypatch):
-    from azure.core.exceptions import ServiceRequestError
-
-    w = executor_world(monkeypatch)
+async def a_call_held_between_a_and_b(w):
+    """A run whose model call has streamed "a" and waits for `gate` before "b"; the executor's task."""
     run = await start(w)
     gate = asyncio.Event()
     w.model.scripts = [["a", gate, "b"]]
     task = asyncio.create_task(w.execute())
     await until(lambda: w.model.open == 1)
+    return run, gate, task
+
+
+async def test_a_storage_hiccup_while_looking_at_the_run_does_not_stop_the_call(monkeypatch):
+    from azure.core.exceptions import ServiceRequestError
+
+    w = executor_world(monkeypatch)
+    run, gate, task = await a_call_held_between_a_and_b(w)
     w.tables["runs"].fail_next = [ServiceRequestError("blip")]
     await asyncio.sleep(0.1)  # a few checks, one of which fails
     gate.set()
@@ -439,11 +445,7 @@ async def test_a_whole_answer_is_kept_through_a_storage_outage_longer_than_a_few
     from azure.core.exceptions import ServiceRequestError
 
     w = executor_world(monkeypatch)
-    run = await start(w)
-    gate = asyncio.Event()
-    w.model.scripts = [["a", gate, "b"]]
-    task = asyncio.create_task(w.execute())
-    await until(lambda: w.model.open == 1)
+    run, gate, task = await a_call_held_between_a_and_b(w)
     await asyncio.sleep(0.05)  # the first batch is written
     w.tables["runevents"].fail_next = [ServiceRequestError("storage down")] * 12
     gate.set()  # the call ends while storage is down
