@@ -11,6 +11,7 @@ import asyncio
 import json
 import statistics
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -39,6 +40,23 @@ def summary(values: list[float]) -> dict[str, Any]:
         return {"n": 0, "p50": None, "p95": None, "max": None, "mean": None}
     return {"n": len(values), "p50": pct(values, 0.5), "p95": pct(values, 0.95), "max": max(values),
             "mean": statistics.fmean(values)}
+
+
+def spread_seconds(seconds: float, index: int, n: int) -> float:
+    """Run i of n lasts T x (0.9 .. 1.1), evenly spread, so completions fall at every phase of a poll interval
+    (identical durations would make a poll chain's or a polling client's lag a single sample)."""
+    return seconds * (0.9 + 0.2 * (index / max(1, n - 1)))
+
+
+async def start_runs(client: httpx.AsyncClient, n: int, hook: str,
+                     metadata: Callable[[int], dict[str, str]]) -> list[str]:
+    """Start n runs at once (run i with `metadata(i)`), each sending its webhook to `hook`; their ids in order."""
+    async def start(i: int) -> str:
+        r = await client.post("/api/runs", json={"input": f"bench {i}", "webhook_url": hook, "metadata": metadata(i)})
+        r.raise_for_status()
+        return r.json()["id"]
+
+    return list(await asyncio.gather(*(start(i) for i in range(n))))
 
 
 # -- the stack ------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import httpx
 
 from shared.settings import SETTINGS
 
-from .common import RESULTS, LocalStack, dump_json, metrics_delta, summary
+from .common import RESULTS, LocalStack, dump_json, metrics_delta, start_runs, summary
 from .run_all import baseline_client, spread
 
 # Pay-as-you-go list prices, USD, US regions, late 2025 (check the Azure pricing calculator for yours).
@@ -101,14 +101,8 @@ async def window(name: str, stack: LocalStack, duration_s: float, n: int, idle_r
     hook = stack.hook_url(tag)
     before, counts0, t_begin = stack.metrics(), stack.storage_counts(), time.time()
     async with httpx.AsyncClient(base_url=stack.api, timeout=60) as client:
-        async def start(i: int) -> str:
-            r = await client.post("/api/runs", json={
-                "input": f"bench {i}", "webhook_url": hook,
-                "metadata": {"emulator_duration_ms": str(spread(duration_s, i, n)), "bench": tag}})
-            r.raise_for_status()
-            return r.json()["id"]
-
-        run_ids = await asyncio.gather(*(start(i) for i in range(n)))
+        run_ids = await start_runs(client, n, hook, lambda i: {"emulator_duration_ms": str(spread(duration_s, i, n)),
+                                                                 "bench": tag})
         deadline = time.monotonic() + duration_s * 1.1 + 200  # push with a lost webhook waits for the safety net
         while time.monotonic() < deadline:
             if len({r["run_id"] for r in stack.received(tag) if r["verified"]}) >= n:

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from azure.data.tables import TableClient
 
-from .common import RESULTS, LocalStack, dump_json, metrics_delta, summary
+from .common import RESULTS, LocalStack, dump_json, metrics_delta, spread_seconds, start_runs, summary
 
 TOKENS_PER_S, CHARS_PER_TOKEN = 50, 4
 HOST_OPS = {"receive", "delete_message", "update_message", "peek"}
@@ -35,12 +35,6 @@ TABLE_PER_10K_TRANSACTIONS = 0.00036
 TABLE_PER_GB_MONTH = 0.045
 QUEUE_PER_10K_OPERATIONS = 0.004
 RETENTION_DAYS = 30
-
-
-def spread(seconds: float, index: int, n: int) -> float:
-    """Run i of n lasts T x (0.9 .. 1.1), evenly spread, so completions fall at every phase of a poll interval
-    (as bench/run_all.py does: identical durations would make the poll chain's lag one sample)."""
-    return seconds * (0.9 + 0.2 * (index / max(1, n - 1)))
 
 
 def metadata(tag: str, index: int, seconds: float) -> dict[str, str]:
@@ -113,12 +107,7 @@ class Bench:
         hook = f"{self.stack.receiver.url}/{tag}"
         counts0, metrics0, t_begin = self.stack.storage_counts(), self.stack.metrics(), time.time()
         async with httpx.AsyncClient(base_url=self.stack.api, timeout=60) as client:
-            async def start(i: int) -> str:
-                r = await client.post("/api/runs", json={"input": f"bench {i}", "webhook_url": hook,
-                                                         "metadata": metadata(tag, i, spread(seconds, i, n))})
-                r.raise_for_status()
-                return r.json()["id"]
-            run_ids = list(await asyncio.gather(*(start(i) for i in range(n))))
+            run_ids = await start_runs(client, n, hook, lambda i: metadata(tag, i, spread_seconds(seconds, i, n)))
             deadline = time.monotonic() + seconds + 120
             while time.monotonic() < deadline:
                 if len({r["run_id"] for r in self.stack.receiver.for_path(f"/{tag}") if r["verified"]}) >= n:

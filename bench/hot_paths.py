@@ -47,13 +47,18 @@ def start_emulator() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("emulator did not start")
 
 
-async def measure(runs: int, connection: str, emulator_url: str, profile: bool, output_chars: int) -> dict:
+async def in_process_services(connection: str, emulator_url: str):
+    """The composition root's collaborators as a worker builds them: real storage and `openai` clients."""
     settings = Settings.from_env({"AzureWebJobsStorage": connection, "EMULATOR_BASE_URL": emulator_url,
                                   "RUN_TOKEN_KEY": "k" * 48, "WEBHOOK_SIGNING_SECRETS": ""})
     storage = open_storage(settings.storage)
     await storage.ensure_resources()
     provider = open_provider(settings.provider)
-    services = build(settings, storage, ResponsesBackend(provider), closers=(provider.close, storage.close))
+    return build(settings, storage, ResponsesBackend(provider), closers=(provider.close, storage.close))
+
+
+async def measure(runs: int, connection: str, emulator_url: str, profile: bool, output_chars: int) -> dict:
+    services = await in_process_services(connection, emulator_url)
     request = RunRequest(input="measure me", metadata={"emulator_duration_ms": "3600000",
                                                         "emulator_output_chars": str(output_chars)})
     # Warm up the clients and connection pools (a worker's steady state).

@@ -25,7 +25,7 @@ from openai import AsyncOpenAI
 
 from shared.settings import SETTINGS
 
-from .common import RESULTS, LocalStack, dump_json, metrics_delta, summary
+from .common import RESULTS, LocalStack, dump_json, metrics_delta, spread_seconds, start_runs, summary
 
 HOST_OPS = {"receive", "delete_message", "update_message", "peek"}
 TERMINAL = {"completed", "failed", "cancelled", "incomplete", "expired", "requires_action"}
@@ -46,9 +46,8 @@ def log(msg: str) -> None:
 # 1-3: completion-detection lag, provider calls, storage transactions (+ the 2 s polling baseline)
 # ------------------------------------------------------------------------------------------------------
 def spread(duration_s: float, i: int, n: int) -> int:
-    """Run i of n lasts duration x (0.9 .. 1.1), evenly spread, so completions fall at every phase of
-    a poll interval (identical durations would make the 2 s baseline's lag a constant)."""
-    return int(duration_s * 1000 * (0.9 + 0.2 * (i / max(1, n - 1))))
+    """Run i of n's duration in ms (common.spread_seconds): the 2 s baseline's lag must not be a constant."""
+    return int(spread_seconds(duration_s, i, n) * 1000)
 
 
 async def baseline_client(emu_url: str, tag: str, duration_ms: int, index: int) -> dict[str, Any]:
@@ -74,15 +73,10 @@ async def lag_window(stack: LocalStack, duration_s: float, n: int) -> dict[str, 
     hook = f"{stack.receiver.url}/{tag}"
     before, counts0, t_begin = stack.metrics(), stack.storage_counts(), time.time()
     async with httpx.AsyncClient(base_url=stack.api, timeout=60) as client:
-        async def start(i: int) -> str:
-            r = await client.post("/api/runs", json={
-                "input": f"bench {i}", "webhook_url": hook,
-                "metadata": {"emulator_duration_ms": str(spread(duration_s, i, n)), "bench": tag}})
-            r.raise_for_status()
-            return r.json()["id"]
         baseline_tasks = [asyncio.create_task(baseline_client(stack.emulator.base_url, tag,
                                                               spread(duration_s, i, n), i)) for i in range(n)]
-        run_ids = await asyncio.gather(*(start(i) for i in range(n)))
+        run_ids = await start_runs(client, n, hook, lambda i: {"emulator_duration_ms": str(spread(duration_s, i, n)),
+                                                                 "bench": tag})
         deadline = time.monotonic() + duration_s + 90
         while time.monotonic() < deadline:
             if len({r["run_id"] for r in stack.receiver.for_path(f"/{tag}") if r["verified"]}) >= n:

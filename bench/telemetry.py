@@ -31,7 +31,7 @@ import timeit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from bench.hot_paths import start_emulator
+from bench.hot_paths import in_process_services, start_emulator
 from local.azurite import start_for_tests
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -195,11 +195,7 @@ async def child(mode: str, connection: str, emulator_url: str, runs: int) -> dic
     import logging
 
     from shared import telemetry
-    from shared.composition import build
-    from shared.provider import ResponsesBackend, open_provider
     from shared.runs.requests import RunRequest
-    from shared.settings import Settings
-    from shared.storage import open_storage
 
     logging.getLogger("bgruns").setLevel(logging.INFO)
     logging.getLogger("bgruns").addHandler(logging.NullHandler())
@@ -208,12 +204,7 @@ async def child(mode: str, connection: str, emulator_url: str, runs: int) -> dic
     elif mode == "distro":
         assert telemetry.configure() == "azure_monitor", "the distro did not start"
     assert telemetry.enabled() == (mode != "off")
-    settings = Settings.from_env({"AzureWebJobsStorage": connection, "EMULATOR_BASE_URL": emulator_url,
-                                  "RUN_TOKEN_KEY": "k" * 48, "WEBHOOK_SIGNING_SECRETS": ""})
-    storage = open_storage(settings.storage)
-    await storage.ensure_resources()
-    provider = open_provider(settings.provider)
-    services = build(settings, storage, ResponsesBackend(provider), closers=(provider.close, storage.close))
+    services = await in_process_services(connection, emulator_url)
     request = RunRequest(input="measure me", metadata={"emulator_duration_ms": "3600000"})
 
     async def start_one():
