@@ -123,12 +123,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
           value: 'ClientId=${identityClientId};Authorization=AAD'
         }
-        // host.json telemetryMode OpenTelemetry; the worker streams OpenTelemetry itself (the host then adds no duplicate
-        // log entries) and the app configures the Azure Monitor distro (shared/telemetry). Microsoft's "Use
-        // OpenTelemetry with Azure Functions" names PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY for Application
-        // Insights: with it the worker calls configure_azure_monitor() itself, every automatic instrumentation on (a
-        // span per storage request), and the app would adopt that. This one (the article's OTLP setting) gives the
-        // worker the same OpenTelemetry capability without configuring anything (infra/README.md "Telemetry").
+        // host.json telemetryMode OpenTelemetry: the worker streams its own telemetry (no duplicate host entries) and the
+        // app configures the Azure Monitor distro (shared/telemetry). Not PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY,
+        // which the docs name for Application Insights: with it the worker configures the distro itself, every automatic
+        // instrumentation on (a span per storage request). infra/README.md "Telemetry" has the reading.
         {
           name: 'PYTHON_ENABLE_OPENTELEMETRY'
           value: 'true'
