@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from local.azurite import REPO_ROOT, Azurite, connection_string, node_engine_warning
+from local.azurite import REPO_ROOT, Azurite, connection_string
 from local.stack import LocalStack, Ports, _stop_process, new_webhook_secrets
 from shared.settings import Settings, SettingsError
 
@@ -284,9 +284,6 @@ def main() -> None:
         run = plan(os.environ, dev_secrets())
     except SettingsError as error:
         raise SystemExit(f"make run: the app would refuse these settings: {error}") from None
-    warning = node_engine_warning()
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
     emulator_db = LOCAL_DIR / "emulator.sqlite"
     if args.fresh and emulator_db.exists():
         emulator_db.unlink()
