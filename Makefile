@@ -1,21 +1,36 @@
 # Two commands on a fresh machine: `make run` (the whole local stack) and `make test`.
-# Everything they need is installed here: a Python venv and Azurite from npm.
+# `make run` installs only what it runs (RUN_TOOLS): a Python venv with the app and the local stack
+# (requirements-local.txt) and Azurite from npm. `make test` adds the test-only tools (TEST_TOOLS).
 PY := .venv/bin/python
-VENV_STAMP := .venv/.installed
+RUN_VENV_STAMP := .venv/.installed-run
+DEV_VENV_STAMP := .venv/.installed-dev
 NODE_STAMP := node_modules/.installed
 # checkov pins an older pycep-parser than the service's tests use, so it lives in its own venv.
 CHECKOV_STAMP := .local/venv-checkov/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test bench chaos fuzz setup clean emulator
+# What `make run` needs.
+RUN_TOOLS := $(RUN_VENV_STAMP) $(NODE_STAMP) node-check
+# What only `make test` needs. A new test tool is a target that installs it (its own venv under .local/ if its
+# dependencies conflict, like checkov's), added here.
+TEST_TOOLS := $(DEV_VENV_STAMP) $(CHECKOV_STAMP) $(CHROMIUM)
 
-setup: $(VENV_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(CHROMIUM)
+.PHONY: run test bench chaos fuzz setup clean emulator run-tools test-tools node-check
 
-$(VENV_STAMP): requirements.txt requirements-dev.txt client/pyproject.toml
+setup: run-tools test-tools
+run-tools: $(RUN_TOOLS)
+test-tools: $(TEST_TOOLS)
+
+$(RUN_VENV_STAMP): requirements.txt requirements-local.txt client/pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-local.txt
 	$(PY) -m pip install -q -e ./client
+	touch $@
+
+# pytest, schemathesis, playwright, ... for the tests, the benchmarks and the fuzzer, into the same venv.
+$(DEV_VENV_STAMP): $(RUN_VENV_STAMP) requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
 $(CHECKOV_STAMP): tests/infra/requirements-checkov.txt
@@ -32,23 +47,28 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-run: setup
-	$(PY) -m local.stack
+# A warning (not a refusal) when Node.js is older than the pinned Azurite declares in its `engines`: npm's own
+# EBADENGINE warning is hidden by --loglevel=error above. Standard library only, so the system python3 runs it.
+node-check: $(NODE_STAMP)
+	@python3 -m local.azurite --check-node
 
-test: setup
+run: run-tools
+	$(PY) -m local.make_run
+
+test: run-tools test-tools
 	$(PY) -m pytest
 
-bench: setup
+bench: run-tools $(DEV_VENV_STAMP)
 	$(PY) -m bench.run_all
 
-chaos: setup
+chaos: run-tools $(DEV_VENV_STAMP)
 	$(PY) -m bench.chaos
 
 # schemathesis (pinned in requirements-dev.txt) against openapi.yaml on the local stack with function keys on.
-fuzz: setup
+fuzz: run-tools $(DEV_VENV_STAMP)
 	$(PY) -m tests.fuzz.run
 
-emulator: setup
+emulator: $(RUN_VENV_STAMP)
 	$(PY) -m local.emulator
 
 clean:

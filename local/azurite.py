@@ -1,10 +1,15 @@
 """Start and stop a real Azurite (from node_modules) for the local stack and the tests.
 
 Dev-only. Azurite listens on loopback; its data lives in a folder inside the repo (ignored by git).
+`python -m local.azurite --check-node` says when the Node.js on PATH is older than the pinned Azurite declares
+(standard library only, so the Makefile runs it before any venv exists).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,6 +20,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AZURITE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite"
+AZURITE_PACKAGE = REPO_ROOT / "node_modules" / "azurite" / "package.json"
 ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (public, documented by Microsoft; not a secret).
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -111,3 +117,44 @@ def start_for_tests(name: str) -> Azurite:
         queue_port=free_port(),
         table_port=free_port(),
     ).start(fresh=True)
+
+
+# -- the Node.js that runs Azurite ---------------------------------------------------------------------------------
+def engine_problem(declared: str, node_version: str) -> str | None:
+    """Why `node_version` (`node --version`, e.g. v20.20.2) falls short of an `engines.node` range, or None.
+
+    Only lower bounds (`>=22`, `>=22.0.0`) are judged; any other range is left to npm."""
+    bound = re.fullmatch(r"\s*>=\s*v?(\d+)(?:\.(\d+))?(?:\.(\d+))?\s*", declared)
+    have = re.fullmatch(r"\s*v?(\d+)\.(\d+)\.(\d+)\S*\s*", node_version)
+    if not bound or not have:
+        return None
+    need = tuple(int(part or 0) for part in bound.groups())
+    if tuple(int(part) for part in have.groups()) >= need:
+        return None
+    return f"Node.js {node_version.strip()} is older than {'.'.join(map(str, need))}"
+
+
+def node_engine_warning() -> str | None:
+    """A warning when the Node.js on PATH is older than the installed Azurite declares (None when it is not, or
+    when Azurite is not installed yet). A warning, not a refusal: an older Node may still run Azurite today."""
+    try:
+        package = json.loads(AZURITE_PACKAGE.read_text(encoding="utf-8"))
+        declared = package["engines"]["node"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    node = shutil.which("node")
+    if node is None:
+        return f"Node.js is not on PATH; Azurite {package.get('version')} needs Node.js {declared}"
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout
+    problem = engine_problem(declared, version)
+    if problem is None:
+        return None
+    return (f"{problem}, the oldest that Azurite {package.get('version')} supports (engines.node {declared}). It may "
+            "still run, but a later Azurite may refuse it: install a newer Node.js (README.md, \"Two commands\").")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Azurite helpers for the local stack.")
+    parser.add_argument("--check-node", action="store_true", help="warn when Node.js is older than Azurite declares")
+    if parser.parse_args().check_node and (warning := node_engine_warning()):
+        print(f"warning: {warning}", flush=True)

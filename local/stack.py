@@ -11,19 +11,15 @@ free ports otherwise, so several stacks can run side by side.
     second = stack.start_host("rotation", STREAM_MAX_SECONDS="2")   # another instance of the app
     stack.stop()
 
-`python -m local.stack` is `make run`: fixed ports (Azurite 10000-10002, emulator 7070, host 7071, receiver
-7072), `func start` instead of the local host when Azure Functions Core Tools is on PATH, dev secrets generated
-once into .local/secrets.env (ignored by git), logs in .local/. Ctrl-C stops everything.
+`make run` (local/make_run.py) is this stack on fixed ports, configured from the developer's environment.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,9 +33,6 @@ from local.azurite import REPO_ROOT, Azurite, connection_string, free_port
 from local.emulator import EmulatorServer
 from local.functions_host.process import HostProcess
 from local.webhook_receiver import WebhookReceiver
-
-LOCAL_DIR = REPO_ROOT / ".local"
-SECRETS_FILE = LOCAL_DIR / "secrets.env"
 
 
 @dataclass(frozen=True)
@@ -55,8 +48,6 @@ class Ports:
     def free(cls) -> "Ports":
         return cls(*(free_port() for _ in range(6)))
 
-
-RUN_PORTS = Ports(blob=10000, queue=10001, table=10002, emulator=7070, host=7071, receiver=7072)
 
 
 def new_webhook_secrets(count: int = 2) -> tuple[str, ...]:
@@ -362,135 +353,3 @@ def _stop_process(proc: subprocess.Popen | None) -> None:
         proc.wait(5)
     except ProcessLookupError:
         pass
-
-
-# -- make run --------------------------------------------------------------------------------------------------------
-def _new_dev_secrets() -> dict[str, str]:
-    return {
-        "RUN_TOKEN_KEY": secrets.token_urlsafe(48),
-        "WEBHOOK_SIGNING_SECRETS": new_webhook_secrets(1)[0],
-        # The Responses API facade's one local caller, an operator (sees every run, also the native API's).
-        "RESPONSES_API_KEYS": f"dev:{secrets.token_urlsafe(32)}:operator",
-        # The emulator's webhook endpoint for the app (push is on locally, as with a registered provider).
-        "PROVIDER_WEBHOOK_SECRETS": new_webhook_secrets(1)[0],
-    }
-
-
-def dev_secrets() -> dict[str, str]:
-    """Random dev-only secrets, made once and kept so tokens and keys survive restarts of the stack; a secret
-    added since the file was written is appended to it."""
-    LOCAL_DIR.mkdir(exist_ok=True)
-    if not SECRETS_FILE.exists():
-        SECRETS_FILE.touch(mode=0o600)
-    pairs = (line.split("=", 1) for line in SECRETS_FILE.read_text().splitlines() if "=" in line)
-    kept = {key: value for key, value in pairs}
-    missing = {key: value for key, value in _new_dev_secrets().items() if key not in kept}
-    if missing:
-        with SECRETS_FILE.open("a") as file:
-            file.writelines(f"{key}={value}\n" for key, value in missing.items())
-    return {**kept, **missing}
-
-
-def _ports_in_use(ports: Ports) -> list[str]:
-    names = {"blob": "Azurite blob", "queue": "Azurite queue", "table": "Azurite table", "emulator": "emulator",
-             "host": "Functions host", "receiver": "webhook receiver"}
-    busy = []
-    for field, what in names.items():
-        port = getattr(ports, field)
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                busy.append(f"{port} ({what})")
-    return busy
-
-
-BANNER = """
-Local stack is up:
-  API            http://127.0.0.1:7071/api        (no function key needed locally)
-  emulator       http://127.0.0.1:7070/v1         (stats: /v1/_emulator/stats)
-  webhooks       http://127.0.0.1:7072/           (verified events in .local/webhooks.log; GET /_received)
-  logs           .local/*.log
-
-Try it:
-  curl -s -i -X POST http://127.0.0.1:7071/api/runs -H 'content-type: application/json' \\
-       -d '{"input": "Write a haiku about queues", "webhook_url": "http://127.0.0.1:7072/hook"}'
-  curl -s http://127.0.0.1:7071/api/runs/<id>
-  curl -s -N -X POST http://127.0.0.1:7071/api/runs -H 'content-type: application/json' \\
-       -d '{"input": "Stream me something", "stream": true}'
-  page: http://127.0.0.1:7071/api/ui
-
-The Responses API (OpenAI's SDKs and Agent Framework, unchanged but for base_url and api_key); the key of the
-local caller `dev` (an operator) is in .local/secrets.env (RESPONSES_API_KEYS=dev:<key>:operator):
-  KEY=$(sed -n 's/^RESPONSES_API_KEYS=dev:\\([^:]*\\):.*/\\1/p' .local/secrets.env)
-  curl -s http://127.0.0.1:7071/api/v1/responses -H "Authorization: Bearer $KEY" \\
-       -H 'content-type: application/json' -d '{"model": "gpt-4.1-mini", "input": "Hello", "background": true}'
-  python: OpenAI(base_url="http://127.0.0.1:7071/api/v1", api_key=KEY)
-
-Completion: push (the emulator sends signed provider webhooks to /api/provider/webhooks, like OpenAI);
-COMPLETION_STRATEGY=poll or watch in the environment picks another.
-
-Ctrl-C stops everything."""
-
-
-def _follow(log_path: Path) -> None:
-    """Print what the host writes to its log until Ctrl-C or SIGTERM."""
-    stopping: list[bool] = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    log_path.touch()
-    try:
-        with open(log_path, "rb") as log:
-            log.seek(0, os.SEEK_END)
-            while not stopping:
-                chunk = log.read()
-                if chunk:
-                    sys.stdout.write(chunk.decode("utf-8", "replace"))
-                    sys.stdout.flush()
-                time.sleep(0.3)
-    except KeyboardInterrupt:
-        pass
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the whole local stack (make run).")
-    parser.add_argument("--fresh", action="store_true", help="start with empty Azurite and emulator data")
-    args = parser.parse_args()
-    busy = _ports_in_use(RUN_PORTS)
-    if busy:
-        raise SystemExit(f"these ports are already in use (another `make run`?): {', '.join(busy)}")
-    LOCAL_DIR.mkdir(exist_ok=True)
-    emulator_db = LOCAL_DIR / "emulator.sqlite"
-    if args.fresh and emulator_db.exists():
-        emulator_db.unlink()
-    dev = dev_secrets()
-    webhook_log = open(LOCAL_DIR / "webhooks.log", "a", buffering=1)
-    stack = LocalStack(
-        "stack", ports=RUN_PORTS, log_dir=LOCAL_DIR, keep_data=True, emulator_in_thread=False,
-        # The emulator pushes provider webhooks to the app, as a registered OpenAI/Azure OpenAI endpoint would.
-        emulator_config={"db": emulator_db, "webhook_url": f"http://127.0.0.1:{RUN_PORTS.host}/api/provider/webhooks",
-                         "webhook_secret": dev["PROVIDER_WEBHOOK_SECRETS"]},
-        webhook_secrets=tuple(dev["WEBHOOK_SIGNING_SECRETS"].split()),
-        receiver_echo=lambda line: print(line, file=webhook_log, flush=True), host_grace_seconds=30,
-        env={"RUN_TOKEN_KEY": dev["RUN_TOKEN_KEY"], "MODEL_PROVIDER": os.environ.get("MODEL_PROVIDER", ""),
-             "SWEEP_SCHEDULE": os.environ.get("SWEEP_SCHEDULE", "*/30 * * * * *"),
-             "RESPONSES_API_KEYS": dev["RESPONSES_API_KEYS"],
-             "PROVIDER_WEBHOOK_SECRETS": dev["PROVIDER_WEBHOOK_SECRETS"],
-             "COMPLETION_STRATEGY": os.environ.get("COMPLETION_STRATEGY", ""),
-             # `RUN_BACKEND=executor make run`: the app runs every model call itself (Chat Completions here).
-             "RUN_BACKEND": os.environ.get("RUN_BACKEND", "")})
-    func = shutil.which("func")
-    stack.start(with_host=not func, fresh=args.fresh, wait_healthy=False)
-    core_tools = None
-    try:
-        if func:
-            core_tools = subprocess.Popen([func, "start", "--port", str(RUN_PORTS.host)], cwd=REPO_ROOT,
-                                          env={**os.environ, **stack.env}, start_new_session=True)
-        print(BANNER, flush=True)
-        _follow(stack.host.log_path if stack.host else LOCAL_DIR / "stack-host.log")
-    finally:
-        print("\nstopping...", flush=True)
-        _stop_process(core_tools)
-        stack.stop()
-        webhook_log.close()
-
-
-if __name__ == "__main__":
-    main()

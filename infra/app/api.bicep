@@ -123,9 +123,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
           value: 'ClientId=${identityClientId};Authorization=AAD'
         }
-        // host.json telemetryMode OpenTelemetry: the worker streams OpenTelemetry itself and the app configures the
-        // Azure Monitor distro (shared/telemetry). Not PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: with it the worker
-        // would configure the distro with every automatic instrumentation on (a span per storage request).
+        // host.json telemetryMode OpenTelemetry: the worker streams its own telemetry (no duplicate host entries) and the
+        // app configures the Azure Monitor distro (shared/telemetry). Not PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY,
+        // which the docs name for Application Insights: with it the worker configures the distro itself, every automatic
+        // instrumentation on (a span per storage request). infra/README.md "Telemetry" has the reading.
         {
           name: 'PYTHON_ENABLE_OPENTELEMETRY'
           value: 'true'

@@ -85,12 +85,14 @@ def test_azure_yaml_deploys_the_repo_root_as_a_python_function():
 
 
 def test_azure_yaml_requires_an_azd_that_understands_the_template():
-    """`generate` metadata needs azd 1.8.0; carrying generated secrets into CI (`azd pipeline config`) 1.16.0."""
+    """.funcignore is applied from azd 1.18.0 (Azure/azure-dev#5383; before it .local/secrets.env, tests/ and
+    node_modules/ are uploaded); `generate` metadata needs 1.8.0, `azd pipeline config` carrying it 1.16.0."""
     yaml = pytest.importorskip("yaml")
     required = yaml.safe_load((REPO / "azure.yaml").read_text())["requiredVersions"]["azd"]
     match = re.fullmatch(r">=\s*(\d+)\.(\d+)\.(\d+)", required.strip())
-    assert match, f"requiredVersions.azd should be a lower bound like '>= 1.16.0', got {required!r}"
-    assert tuple(map(int, match.groups())) >= (1, 16, 0)
+    assert match, f"requiredVersions.azd should be a lower bound like '>= 1.18.0', got {required!r}"
+    assert tuple(map(int, match.groups())) >= (1, 18, 0), "azd before 1.18.0 ignores .funcignore"
+    assert (REPO / ".funcignore").is_file()
     uses_generate = any((decorators(p).get("metadata") or {}).get("azd", {}).get("type") == "generate"
                         for p in parse(MAIN)["parameters"].values())
     assert uses_generate, "no generate metadata left: revisit the azd lower bound"

@@ -1,17 +1,17 @@
-""".funcignore: the deployed file set is exactly what the app imports (plus the files it reads and the platform's).
+""".funcignore: the package `azd deploy` uploads is exactly what the app imports (plus the files it reads and the
+platform's), computed with azd's own packaging rules (tests/infra/azd_package.py, read from the azd sources) on
+the real tree, so caches a test run leaves behind, symlinks and azd's own restore venv count too.
 
-azd zips the service folder minus `.funcignore` (gitignore syntax, applied with github.com/denormal/go-gitignore;
-once the file exists azd adds no exclusions of its own except `.azure/`, `local.settings.json` and the ignore
-file itself). The walk below does the same on the real tree, so caches a test run leaves behind count too.
+azd applies `.funcignore` only from 1.18.0 (Azure/azure-dev#5383): azure.yaml requires it (test_bicep_syntax).
 """
 from __future__ import annotations
 
 import ast
-import fnmatch
 import os
 import re
 from pathlib import Path, PurePosixPath
 
+from .azd_package import IGNORE_FILE, Ignorer, azd_restore_venv, package_files, parse
 from .bicep_model import REPO
 
 PLATFORM_FILES = {"function_app.py", "host.json", "requirements.txt"}
@@ -20,40 +20,27 @@ TOOL_LEFTOVERS = [".hypothesis/x", ".schemathesis/x", ".pytest_cache/v/x", ".myp
                   "__pycache__/x.cpython-311.pyc", "x.pyc", ".tox/x", ".nox/x", ".cache/x", ".benchmarks/x",
                   ".ipynb_checkpoints/x", "htmlcov/index.html", ".coverage", ".coverage.host.1", "coverage.xml",
                   "run.log", ".DS_Store", "__azurite_db_queue__.json", "__blobstorage__/x", "__queuestorage__/x"]
+APP = ("function_app.py", "host.json", "requirements.txt", "shared/__init__.py")
 
 
-def _patterns(root: Path = REPO) -> list[str]:
-    lines = (root / ".funcignore").read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+def _ignorer(root: Path = REPO) -> Ignorer:
+    return Ignorer(parse((REPO / IGNORE_FILE).read_text(encoding="utf-8")), str(root))
 
 
-def _ignored(path: str, patterns: list[str], *, is_dir: bool = False) -> bool:
-    """gitignore subset: `name/` matches a directory at any depth, other patterns match any path part."""
-    parts = PurePosixPath(path).parts
-    for pattern in patterns:
-        assert not pattern.startswith(("!", "/")) and "/" not in pattern.rstrip("/"), \
-            f".funcignore pattern {pattern!r} needs a fuller matcher in this test"
-        if pattern.endswith("/"):
-            dirs = parts if is_dir else parts[:-1]
-            if any(fnmatch.fnmatchcase(part, pattern[:-1]) for part in dirs):
-                return True
-        elif any(fnmatch.fnmatchcase(part, pattern) for part in parts):
-            return True
-    return False
+def _excluded(rel: str, *, is_dir: bool = False, root: Path = REPO) -> bool:
+    """Whether azd leaves `rel` out: it or one of its folders matches (the walk never enters an excluded folder)."""
+    ignorer, parts = _ignorer(root), PurePosixPath(rel).parts
+    folders = [("/".join(parts[:i]), True) for i in range(1, len(parts))]
+    return any(ignorer.absolute(f"{root}/{path}", folder) is not None
+               for path, folder in [*folders, (rel, is_dir)])
 
 
-def deployed_files(root: Path = REPO) -> set[str]:
-    """Files azd would upload from `root` (symlinked folders such as .venv are pruned by name like azd does)."""
-    patterns = _patterns(root)
-    found: set[str] = set()
-    for folder, dirs, files in os.walk(root):
-        rel = Path(folder).relative_to(root)
-        dirs[:] = [d for d in dirs if d != ".azure" and not _ignored((rel / d).as_posix(), patterns, is_dir=True)]
-        for name in files:
-            path = (rel / name).as_posix()
-            if name not in (".funcignore", "local.settings.json") and not _ignored(path, patterns):
-                found.add(path)
-    return found
+def _tree(root: Path, files: tuple[str, ...]) -> Path:
+    for rel in files:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    (root / IGNORE_FILE).write_text((REPO / IGNORE_FILE).read_text())
+    return root
 
 
 # ---- what the app needs -------------------------------------------------------------------------------------------
@@ -121,7 +108,7 @@ def needed_files() -> set[str]:
 # ---- tests --------------------------------------------------------------------------------------------------------
 
 def test_the_deployed_set_is_exactly_what_the_app_imports():
-    deployed, needed = deployed_files(), needed_files()
+    deployed, needed = package_files(REPO), needed_files()
     assert {"function_app.py", "shared/__init__.py", "shared/settings.py", "shared/static/stream.html"} <= needed
     missing = sorted(needed - deployed)
     assert not missing, f".funcignore drops files the app needs: {missing}"
@@ -130,28 +117,70 @@ def test_the_deployed_set_is_exactly_what_the_app_imports():
 
 
 def test_tool_leftovers_are_never_deployed_wherever_they_land():
-    patterns = _patterns()
     for folder in ("", "shared/", "shared/webhooks/", "tests/"):
         for leftover in TOOL_LEFTOVERS:
-            assert _ignored(folder + leftover, patterns), f"{folder + leftover} would be deployed"
+            assert _excluded(folder + leftover), f"{folder + leftover} would be deployed"
 
 
-def test_the_walk_sees_leftovers_in_a_real_tree(tmp_path):
-    """The same walk on a scratch tree: a cache left inside shared/ by a test run stays out, the app stays in."""
-    for rel in ("function_app.py", "host.json", "requirements.txt", "shared/__init__.py",
-                "shared/.hypothesis/examples/x", "shared/__pycache__/a.pyc", ".schemathesis/cassette.yaml",
-                ".pytest_cache/v/cache/nodeids", "local.settings.example.json", "README.md", "tests/test_x.py"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text("x")
-    (tmp_path / ".funcignore").write_text((REPO / ".funcignore").read_text())
-    assert deployed_files(tmp_path) == {"function_app.py", "host.json", "requirements.txt", "shared/__init__.py"}
+def test_the_walk_leaves_caches_out_in_a_real_tree(tmp_path):
+    """The same packaging on a scratch tree: a cache left inside shared/ by a test run stays out, the app stays in."""
+    root = _tree(tmp_path / "app", (*APP, "shared/.hypothesis/examples/x", "shared/__pycache__/a.pyc",
+                                    ".schemathesis/cassette.yaml", ".pytest_cache/v/cache/nodeids",
+                                    "local.settings.example.json", "README.md", "tests/test_x.py",
+                                    "shared/local.settings.json", ".azure/dev/.env"))
+    assert package_files(root) == set(APP)
 
 
 def test_dev_only_parts_are_ignored():
-    patterns = _patterns()
     for path in ("local/azurite.py", "tests/infra/test_parity.py", "bench/run_all.py", "client/pyproject.toml",
                  "infra/main.bicep", "node_modules/x/index.js", ".venv/bin/python", ".azurite/db.json",
-                 ".local/venv-checkov/bin/checkov", "README.md", "infra/README.md", "package.json",
-                 "package-lock.json", "Makefile", ".ci/run", "local.settings.json", "local.settings.example.json",
-                 "requirements-dev.txt", "pyproject.toml", "azure.yaml", ".azure/dev/.env", ".github/workflows/x.yml"):
-        assert _ignored(path, patterns), f"{path} would be deployed"
+                 ".local/venv-checkov/bin/checkov", ".local/secrets.env", "README.md", "infra/README.md",
+                 "package.json", "package-lock.json", "Makefile", ".ci/run", "local.settings.json",
+                 "local.settings.example.json", "requirements-dev.txt", "requirements-local.txt", "pyproject.toml",
+                 "azure.yaml", ".azure/dev/.env", ".github/workflows/x.yml"):
+        assert _excluded(path), f"{path} would be deployed"
+
+
+def test_the_venv_azd_restore_creates_is_not_deployed(tmp_path):
+    """`azd restore` makes `<folder>_env/` in the service folder; with a .funcignore azd no longer skips venvs."""
+    root = _tree(tmp_path / "background-responses", (*APP, "background-responses_env/pyvenv.cfg",
+                                                     "background-responses_env/lib/site.py"))
+    assert package_files(root) == set(APP)
+    assert _excluded(f"{azd_restore_venv(REPO)}/pyvenv.cfg")
+
+
+def test_a_followed_symlink_escapes_the_ignore_file_so_every_symlink_here_is_excluded_at_the_link(tmp_path):
+    """azd follows symlinks, and below a linked folder go-gitignore sees the target's paths, which it never
+    matches: a linked folder is left out only by a line matching the link itself (the worktrees' .venv and
+    node_modules are links)."""
+    outside = tmp_path / "elsewhere"
+    (outside / "__pycache__").mkdir(parents=True)
+    (outside / "__pycache__" / "x.pyc").write_text("x")
+    (outside / "mod.py").write_text("x")
+    root = _tree(tmp_path / "app", APP)
+    (root / ".venv").symlink_to(outside, target_is_directory=True)
+    (root / "vendored").symlink_to(outside, target_is_directory=True)
+    assert package_files(root) == {*APP, "vendored/mod.py", "vendored/__pycache__/x.pyc"}
+    links = []
+    for folder, dirs, files in os.walk(REPO):
+        rel = Path(folder).relative_to(REPO)
+        dirs[:] = [d for d in dirs if not _excluded((rel / d).as_posix(), is_dir=True)]
+        links += [(rel / name).as_posix() for name in dirs + files if (Path(folder) / name).is_symlink()]
+    assert not links, f"symlinks azd would follow into the package: {links}"
+
+
+def test_the_ignore_file_stays_in_what_every_azd_from_1_18_reads_alike():
+    text = (REPO / IGNORE_FILE).read_bytes().decode("utf-8")
+    patterns = parse(text)  # refuses a BOM, negations, escapes and `**` inside a name
+    assert {p.line for p in patterns} >= {".venv/", "node_modules/", ".local/", "tests/", "local/", "infra/"}
+
+
+def test_the_go_gitignore_port_matches_as_go_gitignore_does():
+    ignorer = Ignorer(parse("*.log\n/build\ndocs/*.md\n**/cache/**\nout/\n"), "/r")
+    assert ignorer.absolute("/r/a/b/x.log", False)  # a name: any depth
+    assert ignorer.absolute("/r/build", True) and not ignorer.absolute("/r/a/build", True)  # leading /: anchored
+    assert ignorer.absolute("/r/docs/a.md", False) and not ignorer.absolute("/r/x/docs/a.md", False)  # a path
+    assert not ignorer.absolute("/r/docs/sub/a.md", False)  # FNM_PATHNAME: * stops at /
+    assert ignorer.absolute("/r/a/cache/b", False) and ignorer.absolute("/r/cache", True)
+    assert ignorer.absolute("/r/out", True) and not ignorer.absolute("/r/out", False)  # folders only
+    assert ignorer.absolute("/elsewhere/x.log", False) is None  # outside the base: never

@@ -7,10 +7,14 @@
 - `%NAME%` binding expressions in function_app.py resolve to app settings;
 - every Azure data plane the deployed Python imports (plus those the platform uses for the host, Key Vault
   references and Application Insights) has its role assigned to the app's identity at the right scope;
-- queue, table and container names match the constants in shared/settings.py.
+- queue, table and container names match the constants in shared/settings.py;
+- the host's telemetry mode and the worker's OpenTelemetry setting, and the telemetry table covers every queue and
+  timer function.
 """
 from __future__ import annotations
 
+import ast
+import json
 import re
 
 import pytest
@@ -249,3 +253,31 @@ def test_openai_role_covers_both_provider_modes():
     wanted = ROLES["Cognitive Services OpenAI User"]
     files = {a.file.name for a in role_assignments() if wanted in a.role_ids and a.principal == "managedIdentityPrincipalId"}
     assert {"rbac.bicep", "openai-rbac.bicep"} <= files, files
+
+
+def test_the_worker_streams_opentelemetry_and_the_app_configures_the_distro(settings_in_bicep):
+    """host.json telemetryMode OpenTelemetry with PYTHON_ENABLE_OPENTELEMETRY (the worker streams its own telemetry,
+    no duplicate host entries), never PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: with that one the worker would
+    configure the distro itself with every automatic instrumentation on (infra/README.md, "Telemetry")."""
+    from shared.telemetry import setup
+
+    assert json.loads((REPO / "host.json").read_text())["telemetryMode"] == "OpenTelemetry"
+    assert settings_in_bicep["PYTHON_ENABLE_OPENTELEMETRY"] == "true"
+    assert "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY" not in settings_in_bicep
+    assert "azure_sdk" in setup._DISTRO_INSTRUMENTATIONS  # the app switches the storage-request spans off
+
+
+def test_every_queue_and_timer_function_is_in_the_telemetry_table():
+    """The host sends no request for queue and timer invocations: infra/README.md says what each one gets instead."""
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Telemetry"):readme.index("\n## ", readme.index("## Telemetry") + 1)]
+    triggered = set()
+    for path in (REPO / "shared" / "functions").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+                    isinstance(d, ast.Call) and getattr(d.func, "attr", "") in ("queue_trigger", "timer_trigger")
+                    for d in node.decorator_list):
+                triggered.add(node.name)
+    assert {"poll_run", "deliver_webhook", "execute_run", "sweep_runs", "purge_expired"} <= triggered
+    missing = sorted(name for name in triggered if f"`{name}`" not in section)
+    assert not missing, f"queue/timer functions not in infra/README.md's telemetry table: {missing}"
