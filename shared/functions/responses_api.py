@@ -24,7 +24,8 @@ import logging
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
-from ..api.responses_errors import Unauthorized, openai_handler, response_not_found
+from ..api.callers import authenticated
+from ..api.responses_errors import openai_handler, response_not_found
 from ..api.responses_format import ResponseRenderer, ResponsesEventFormat
 from ..api.responses_items import input_items, page
 from ..api.responses_requests import parse_create_body
@@ -110,22 +111,7 @@ async def list_input_items(req: Request) -> Response:
 async def _facade(req: Request, name: str) -> tuple[Services, Caller]:
     counting_as(name)
     svc = await services()
-    if not svc.callers.configured:
-        raise Unauthorized("invalid_api_key", "The Responses API is not enabled on this service: no "
-                           "RESPONSES_API_KEYS are configured.")
-    caller = svc.callers.caller(_presented_key(req))
-    if caller is None:
-        raise Unauthorized("invalid_api_key", "Missing or incorrect API key. Send it as 'Authorization: Bearer "
-                           "<key>' or as 'api-key: <key>'.")
-    return svc, caller
-
-
-def _presented_key(req: Request) -> str | None:
-    authorization = req.headers.get("authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return req.headers.get("api-key")
+    return svc, authenticated(svc.callers, req.headers, what="Responses API")
 
 
 def _response_id(req: Request) -> str:

@@ -2,24 +2,21 @@
 from __future__ import annotations
 
 import re
-import resource
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import azure.functions as func
-from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azurefunctions.extensions.http.fastapi import HTMLResponse, JSONResponse, Request, Response
 
 from .. import telemetry
 from ..composition import Services, services
 from ..errors import invalid
 from ..api.errors import handler
+from ..api.operations import health_checks, process_metrics
 from ..api.run_requests import ID_PATTERN, parse_json_body, parse_run_body
 from ..api.streams import resume_position, streaming_response
 from ..runs.model import Run
 from ..settings import SettingsError
-from ..storage import STORAGE_REQUESTS, counting_as
+from ..storage import counting_as
 
 bp = func.Blueprint()
 
@@ -189,43 +186,15 @@ async def health(req: Request) -> Response:
         return JSONResponse({"status": "unhealthy", "checks": {"settings": str(error)}}, status_code=503)
     except Exception as error:  # noqa: BLE001
         return JSONResponse({"status": "unhealthy", "checks": {"startup": type(error).__name__}}, status_code=503)
-    settings = svc.settings
-    checks: dict[str, Any] = {
-        "provider": {"kind": settings.provider.kind, "default_model": settings.provider.default_model,
-                     "auth": "key" if settings.provider.api_key else "entra_id"},
-        "webhooks": {"enabled": bool(settings.webhook_secrets), "signing_secrets": len(settings.webhook_secrets)},
-        "completion": {"strategy": settings.completion.strategy,
-                       "provider_webhook_secrets": len(settings.completion.provider_webhook_secrets)},
-        "responses_api": {"callers": len({key.caller for key in settings.facade.api_keys}),
-                          "keys": len(settings.facade.api_keys)},
-    }
-    try:
-        await svc.storage.runs.get_entity("health-check", "run")
-        checks["storage"] = "ok"
-    except ResourceNotFoundError:  # storage answered: that is all this checks
-        checks["storage"] = "ok"
-    except AzureError as error:
-        checks["storage"] = type(error).__name__
-    healthy = checks["storage"] == "ok"
+    checks, healthy = await health_checks(svc.settings, svc.storage.runs)
     return JSONResponse({"status": "healthy" if healthy else "degraded", "checks": checks},
                         status_code=200 if healthy else 503)
 
 
 @bp.route(route="metrics", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 async def metrics(req: Request) -> Response:
-    """This process's counters: storage requests by function and by service/method, CPU time and peak memory.
-    On Flex Consumption HTTP, queue and timer functions run on separate instances, so one answer covers only
-    the functions this instance served (`functions`)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    by_request: Counter = Counter()
-    by_function: dict[str, Counter] = {}
-    for (function, request), count in STORAGE_REQUESTS.items():
-        by_request[request] += count
-        by_function.setdefault(function, Counter())[request] += count
-    return JSONResponse({"scope": "this process only", "functions": sorted(by_function),
-                         "storage_requests": dict(by_request), "storage_requests_total": sum(by_request.values()),
-                         "storage_requests_by_function": {f: dict(c) for f, c in by_function.items()},
-                         "cpu_seconds": usage.ru_utime + usage.ru_stime, "max_rss_kib": usage.ru_maxrss})
+    """This process's counters (shared.api.operations.process_metrics)."""
+    return JSONResponse(process_metrics())
 
 
 @bp.route(route="ui", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
