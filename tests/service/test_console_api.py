@@ -11,7 +11,6 @@ import pytest
 from .. import sse
 from ..stack import FACADE_KEYS
 
-MODEL = "gpt-4.1-mini"
 RUN_ROUTES = (("GET", ""), ("GET", "/stream"), ("POST", "/cancel"), ("DELETE", ""), ("POST", "/webhook/redeliver"))
 
 
@@ -26,15 +25,6 @@ def console(stack):
         client.close()
 
 
-def start(stack, caller: str, text: str = "hello", *, duration_ms: int = 500, **body) -> str:
-    """A run started through the facade as `caller`; its id."""
-    response = httpx.post(f"{stack.host.base_url}/api/v1/responses", headers={"Authorization": f"Bearer {FACADE_KEYS[caller]}"},
-                          json={"model": MODEL, "input": text, "background": True, **body,
-                                "metadata": {"emulator_duration_ms": str(duration_ms), "emulator_output_chars": "300"}})
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
-
-
 def wait_until(read, done, timeout: float = 30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -47,7 +37,7 @@ def wait_until(read, done, timeout: float = 30):
 
 def test_without_a_key_or_with_a_wrong_one_every_route_is_401(stack, console):
     wrong = httpx.Client(base_url=console[None].base_url, headers={"Authorization": "Bearer " + "x" * 40})
-    run_id = start(stack, "alice")
+    run_id = stack.start_as("alice")
     routes = [("GET", "/me"), ("GET", "/runs"), ("GET", "/operations")] + \
              [(method, f"/runs/{run_id}{suffix}") for method, suffix in RUN_ROUTES]
     for client in (console[None], wrong):
@@ -62,8 +52,8 @@ def test_without_a_key_or_with_a_wrong_one_every_route_is_401(stack, console):
 
 def test_a_caller_sees_and_steers_only_its_own_runs(stack, console):
     hook = stack.hook_url("console-isolation")
-    alices = start(stack, "alice", "alice's secret", duration_ms=20000, webhook_url=hook)
-    bobs = start(stack, "bob", "bob's", duration_ms=300)
+    alices = stack.start_as("alice", "alice's secret", duration_ms=20000, webhook_url=hook)
+    bobs = stack.start_as("bob", "bob's", duration_ms=300)
     native = stack.start("native", metadata={"emulator_duration_ms": "300"}).json()["id"]
 
     for method, suffix in RUN_ROUTES:  # bob cannot read, follow, cancel, delete or redeliver alice's run
@@ -97,7 +87,7 @@ def test_who_am_i_and_the_operator_view(stack, console):
     refused = console["alice"].get("/operations")
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "operator_only"
 
-    running = start(stack, "bob", duration_ms=20000)
+    running = stack.start_as("bob", duration_ms=20000)
     operations = console["ops"].get("/operations").json()
     checks = operations["health"]["checks"]
     assert operations["health"]["status"] == "healthy" and checks["storage"] == "ok"
@@ -113,7 +103,7 @@ def test_who_am_i_and_the_operator_view(stack, console):
 
 def test_a_run_shows_its_webhook_lag_and_its_owner_redelivers_and_deletes_it(stack, console):
     name = "console-lag"
-    run_id = start(stack, "alice", duration_ms=300, webhook_url=stack.hook_url(name))
+    run_id = stack.start_as("alice", duration_ms=300, webhook_url=stack.hook_url(name))
     run = wait_until(lambda: console["alice"].get(f"/runs/{run_id}").json(),
                      lambda r: r.get("webhook", {}).get("state") == "delivered")
     finished = next(e for e in run["timeline"]["entries"] if e["type"] == "finished")
@@ -136,7 +126,7 @@ def test_a_run_shows_its_webhook_lag_and_its_owner_redelivers_and_deletes_it(sta
 
 
 def test_the_stream_resumes_exactly_after_last_event_id(stack, console):
-    run_id = start(stack, "alice", duration_ms=3000)
+    run_id = stack.start_as("alice", duration_ms=3000)
     with console["alice"].stream("GET", f"/runs/{run_id}/stream") as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
         assert "default-src 'self'" in response.headers["content-security-policy"]

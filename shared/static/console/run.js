@@ -13,6 +13,7 @@ let run = null;
 let follower = null;
 let timer = null;
 let operator = false;
+let loadFailed = false;  // run-message shows why the run could not be read (cleared once it can)
 
 export function setRunOperator(isOperator) { operator = isOperator; }
 
@@ -44,10 +45,13 @@ async function load() {
     const fresh = await api(`runs/${encodeURIComponent(id)}`);
     if (id !== runId) return;
     run = fresh;
+    if (loadFailed) setText($("run-message"), "");
+    loadFailed = false;
     render();
     if (ACTIVE.has(run.status) && !follower) startFollowing();
   } catch (error) {
     if (id !== runId) return;
+    loadFailed = true;
     setText($("run-message"), error.status === 404 ? `There is no run ${id} that this key can see.` : `Could not load the run: ${error.message}`);
     setText($("run-status"), error.status === 404 ? "not found" : "unknown");
     if (error.status === 404) return;
