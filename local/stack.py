@@ -417,6 +417,7 @@ Try it:
   curl -s -N -X POST http://127.0.0.1:7071/api/runs -H 'content-type: application/json' \\
        -d '{"input": "Stream me something", "stream": true}'
   page: http://127.0.0.1:7071/api/ui
+  console: http://127.0.0.1:7071/api/console   (sign in with the dev key below)
 
 The Responses API (OpenAI's SDKs and Agent Framework, unchanged but for base_url and api_key); the key of the
 local caller `dev` (an operator) is in .local/secrets.env (RESPONSES_API_KEYS=dev:<key>:operator):
