@@ -25,7 +25,7 @@ from .. import telemetry
 from ..api.callers import authenticated
 from ..api.errors import handler
 from ..api.operations import health_checks, process_metrics
-from ..api.run_requests import ID_PATTERN
+from ..api.queries import path_param, run_list_query
 from ..api.streams import resume_position, streaming_response
 from ..composition import Services, services
 from ..errors import Forbidden, NotFound, invalid
@@ -103,13 +103,6 @@ async def _console(req: Request, name: str) -> tuple[Services, Caller]:
     return svc, authenticated(svc.callers, req.headers, what="console")
 
 
-def _run_id(req: Request) -> str:
-    value = req.path_params.get("run_id")
-    if not value:
-        raise invalid("Missing route parameter 'run_id'.")
-    return value
-
-
 @_route("console/api/me", ["GET"])
 async def console_me(req: Request) -> Response:
     """Who the key belongs to; an operator also gets the names of every caller (for the caller filter)."""
@@ -124,19 +117,10 @@ async def console_me(req: Request) -> Response:
 async def console_list_runs(req: Request) -> Response:
     """The caller's runs (an operator's: every run, or one caller's), newest first, with each run's webhook."""
     svc, caller = await _console(req, "console_list_runs")
-    query = req.query_params
-    try:
-        limit = int(query.get("limit") or 25)
-    except ValueError:
-        raise invalid("'limit' must be an integer.", param="limit") from None
-    session_id = query.get("session_id") or None
-    if session_id is not None and not ID_PATTERN.match(session_id):
-        raise invalid("'session_id' is not a valid session id.", param="session_id")
-    owner = query.get("owner") or None
+    owner = req.query_params.get("owner") or None
     if owner is not None and not CALLER_NAME.match(owner):
         raise invalid("'owner' is not a valid caller name (1-64 characters of [A-Za-z0-9_.-]).", param="owner")
-    listed = await svc.overview.page(caller=caller, status=query.get("status") or None, session_id=session_id,
-                                     owner=owner, cursor=query.get("cursor") or None, limit=limit)
+    listed = await svc.overview.page(caller=caller, owner=owner, **run_list_query(req.query_params, default_limit=25))
     return JSONResponse({"object": "list", "data": listed.runs, "has_more": listed.has_more,
                          "next_cursor": listed.next_cursor})
 
@@ -145,7 +129,7 @@ async def console_list_runs(req: Request) -> Response:
 async def console_get_run(req: Request) -> Response:
     """The run as the native API shows it with its timeline, plus its owner and webhook lag."""
     svc, caller = await _console(req, "console_get_run")
-    run = await svc.reader.get(_run_id(req), caller=caller)
+    run = await svc.reader.get(path_param(req, "run_id"), caller=caller)
     return JSONResponse({**svc.views.render(run, timeline=True), "owner": run.owner,
                          "provider_ended_at": provider_ended_at(run), "webhook_lag_seconds": webhook_lag(run)})
 
@@ -155,7 +139,7 @@ async def console_get_run(req: Request) -> Response:
 async def console_stream_run(req: Request) -> Response:
     """The native API's SSE stream of the run; resume with Last-Event-ID (what the page sends) or starting_after."""
     svc, caller = await _console(req, "console_stream_run")
-    run_id = _run_id(req)
+    run_id = path_param(req, "run_id")
     run = await svc.reader.get(run_id, caller=caller)
     telemetry.bind_run(run)
     after = resume_position(req, run_id, svc.reader.decode_token)
@@ -166,7 +150,7 @@ async def console_stream_run(req: Request) -> Response:
 @telemetry.http_entry("POST /api/console/api/runs/{run_id}/cancel", logger="bgruns.cancelling")
 async def console_cancel_run(req: Request) -> Response:
     svc, caller = await _console(req, "console_cancel_run")
-    return JSONResponse(svc.views.render(await svc.canceller.cancel(_run_id(req), caller=caller)))
+    return JSONResponse(svc.views.render(await svc.canceller.cancel(path_param(req, "run_id"), caller=caller)))
 
 
 @_route("console/api/runs/{run_id}", ["DELETE"])
@@ -174,7 +158,7 @@ async def console_cancel_run(req: Request) -> Response:
 async def console_delete_run(req: Request) -> Response:
     """Delete the run (a running one is cancelled first) and the provider's stored response."""
     svc, caller = await _console(req, "console_delete_run")
-    run_id = await svc.deleter.delete(_run_id(req), caller=caller)
+    run_id = await svc.deleter.delete(path_param(req, "run_id"), caller=caller)
     return JSONResponse({"id": run_id, "object": "run", "deleted": True})
 
 
@@ -182,7 +166,7 @@ async def console_delete_run(req: Request) -> Response:
 @telemetry.http_entry("POST /api/console/api/runs/{run_id}/webhook/redeliver", logger="bgruns.webhook_outbox")
 async def console_redeliver_webhook(req: Request) -> Response:
     svc, caller = await _console(req, "console_redeliver_webhook")
-    run = await svc.outbox.redeliver(_run_id(req), caller=caller)
+    run = await svc.outbox.redeliver(path_param(req, "run_id"), caller=caller)
     telemetry.bind_run(run)
     return JSONResponse(svc.views.render(run), status_code=202)
 

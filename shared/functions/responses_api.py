@@ -25,6 +25,7 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
 from ..api.callers import authenticated
+from ..api.queries import limit_param, path_param
 from ..api.responses_errors import openai_handler, response_not_found
 from ..api.responses_format import ResponseRenderer, ResponsesEventFormat
 from ..api.responses_items import input_items, page
@@ -32,7 +33,7 @@ from ..api.responses_requests import parse_create_body
 from ..api.run_requests import parse_json_body
 from ..api.streams import sequence_number, streaming_response
 from ..composition import Services, services
-from ..errors import NotFound, invalid
+from ..errors import NotFound
 from ..runs.callers import Caller
 from ..runs.model import Run
 from ..runs.starting import Started
@@ -78,7 +79,7 @@ async def retrieve(req: Request) -> Response:
 
 async def delete(req: Request) -> Response:
     svc, caller = await _facade(req, "delete_response")
-    run_id = _response_id(req)
+    run_id = path_param(req, "response_id")
     try:
         await svc.deleter.delete(run_id, caller=caller)
     except NotFound as error:
@@ -88,7 +89,7 @@ async def delete(req: Request) -> Response:
 
 async def cancel(req: Request) -> Response:
     svc, caller = await _facade(req, "cancel_response")
-    run_id = _response_id(req)
+    run_id = path_param(req, "response_id")
     try:
         run = await svc.canceller.cancel(run_id, caller=caller)
     except NotFound as error:
@@ -100,11 +101,8 @@ async def list_input_items(req: Request) -> Response:
     svc, caller = await _facade(req, "list_input_items")
     run = await _visible_run(svc, req, caller, with_request=True)
     query = req.query_params
-    try:
-        limit = int(query.get("limit") or 20)
-    except ValueError:
-        raise invalid("'limit' must be an integer.", param="limit") from None
-    return JSONResponse(page(input_items(run), after=query.get("after"), limit=limit, order=query.get("order") or "desc"))
+    return JSONResponse(page(input_items(run), after=query.get("after"), limit=limit_param(query, 20),
+                             order=query.get("order") or "desc"))
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -114,15 +112,8 @@ async def _facade(req: Request, name: str) -> tuple[Services, Caller]:
     return svc, authenticated(svc.callers, req.headers, what="Responses API")
 
 
-def _response_id(req: Request) -> str:
-    value = req.path_params.get("response_id")
-    if not value:
-        raise invalid("Missing route parameter 'response_id'.")
-    return value
-
-
 async def _visible_run(svc: Services, req: Request, caller: Caller, *, with_request: bool = False) -> Run:
-    run_id = _response_id(req)
+    run_id = path_param(req, "response_id")
     try:
         return await svc.reader.get(run_id, caller=caller, with_request=with_request)
     except NotFound as error:

@@ -12,7 +12,8 @@ from ..composition import Services, services
 from ..errors import invalid
 from ..api.errors import handler
 from ..api.operations import health_checks, process_metrics
-from ..api.run_requests import ID_PATTERN, parse_json_body, parse_run_body
+from ..api.queries import path_param, run_list_query
+from ..api.run_requests import parse_json_body, parse_run_body
 from ..api.streams import resume_position, streaming_response
 from ..runs.model import Run
 from ..settings import SettingsError
@@ -23,14 +24,6 @@ bp = func.Blueprint()
 ROUTE_PREFIX = "/api"
 UI_PAGE = Path(__file__).resolve().parent.parent / "static" / "stream.html"
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)")
-
-
-def _path_param(req: Request, name: str) -> str:
-    # The Functions worker copies route parameters into path_params (RequestSynchronizer).
-    value = req.path_params.get(name)
-    if not value:
-        raise invalid(f"Missing route parameter {name!r}.")
-    return value
 
 
 def _location(run_id: str) -> str:
@@ -95,16 +88,7 @@ async def create_run(req: Request) -> Response:
 async def list_runs(req: Request) -> Response:
     """The runs, newest first (function keys act as operators: every run), a page at a time."""
     svc = await _api("list_runs")
-    query = req.query_params
-    try:
-        limit = int(query.get("limit") or 20)
-    except ValueError:
-        raise invalid("'limit' must be an integer.", param="limit") from None
-    session_id = query.get("session_id") or None
-    if session_id is not None and not ID_PATTERN.match(session_id):
-        raise invalid("'session_id' is not a valid session id.", param="session_id")
-    listed = await svc.lister.page(status=query.get("status") or None, session_id=session_id,
-                                   cursor=query.get("cursor") or None, limit=limit)
+    listed = await svc.lister.page(**run_list_query(req.query_params, default_limit=20))
     return JSONResponse({"object": "list", "data": listed.runs, "has_more": listed.has_more,
                          "next_cursor": listed.next_cursor})
 
@@ -114,7 +98,7 @@ async def list_runs(req: Request) -> Response:
 async def get_run(req: Request) -> Response:
     svc = await _api("get_run")
     include = _include(req)
-    run = await svc.reader.get(_path_param(req, "run_id"))
+    run = await svc.reader.get(path_param(req, "run_id"))
     response = JSONResponse(svc.views.render(run, timeline="timeline" in include))
     if not run.is_terminal:
         response.headers["Retry-After"] = str(svc.views.retry_after(run))
@@ -126,7 +110,7 @@ async def get_run(req: Request) -> Response:
 @handler
 async def cancel_run(req: Request) -> Response:
     svc = await _api("cancel_run")
-    return JSONResponse(svc.views.render(await svc.canceller.cancel(_path_param(req, "run_id"))))
+    return JSONResponse(svc.views.render(await svc.canceller.cancel(path_param(req, "run_id"))))
 
 
 @bp.route(route="runs/{run_id}/stream", methods=["GET"])
@@ -134,7 +118,7 @@ async def cancel_run(req: Request) -> Response:
 @handler
 async def stream_run(req: Request) -> Response:
     svc = await _api("stream_run")
-    run_id = _path_param(req, "run_id")
+    run_id = path_param(req, "run_id")
     run = await svc.reader.get(run_id)
     telemetry.bind_run(run)
     after = resume_position(req, run_id, svc.reader.decode_token)
@@ -146,7 +130,7 @@ async def stream_run(req: Request) -> Response:
 @handler
 async def redeliver_webhook(req: Request) -> Response:
     svc = await _api("redeliver_webhook")
-    run = await svc.outbox.redeliver(_path_param(req, "run_id"))
+    run = await svc.outbox.redeliver(path_param(req, "run_id"))
     telemetry.bind_run(run)
     return JSONResponse(svc.views.render(run), status_code=202)
 
@@ -170,7 +154,7 @@ async def create_session(req: Request) -> Response:
 @handler
 async def get_session(req: Request) -> Response:
     svc = await _api("get_session")
-    session, runs = await svc.reader.session(_path_param(req, "session_id"))
+    session, runs = await svc.reader.session(path_param(req, "session_id"))
     return JSONResponse({"id": session.id, "object": "session", "created_at": session.created_at,
                          "last_response_id": session.last_response_id, "active_run_id": session.active_run_id,
                          "runs": [svc.views.render(run) for run in runs]})
