@@ -18,8 +18,8 @@ from ..settings import SettingsError
 log = logging.getLogger("bgruns.http")
 
 _STATUS: tuple[tuple[type[ServiceError], int], ...] = (
-    (PayloadTooLarge, 413), (InvalidRequest, 400), (Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (Conflict, 409), (Unavailable, 503),
-    (UpstreamError, 502),
+    (PayloadTooLarge, 413), (InvalidRequest, 400), (Unauthorized, 401), (Forbidden, 403), (NotFound, 404),
+    (Conflict, 409), (Unavailable, 503), (UpstreamError, 502),
 )
 
 

@@ -96,8 +96,8 @@ def test_a_run_appears_and_ends_in_the_list_and_its_live_output_survives_a_dropp
         row = console.row(short)
         row.wait_for(timeout=10_000)  # appeared without a reload
         page.evaluate(f"document.querySelector(\"tr[data-id='{short}']\").dataset.mark = 'same row'")
-        page.wait_for_function(f"() => document.querySelector(\"tr[data-id='{short}']\").dataset.status === 'completed'",
-                               timeout=20_000)
+        page.wait_for_function(f"() => document.querySelector(\"tr[data-id='{short}']\").dataset.status === "
+                               "'completed'", timeout=20_000)
         assert row.get_attribute("data-mark") == "same row"  # updated in place, never redrawn
         assert row.locator("td").nth(1).text_content() == "completed"
 
@@ -129,7 +129,8 @@ def test_a_run_appears_and_ends_in_the_list_and_its_live_output_survives_a_dropp
         assert all(FACADE_KEYS["alice"] not in r.url for r in streams)
 
         page.get_by_role("link", name="All runs").click()
-        page.wait_for_function(f"() => document.querySelector(\"tr[data-id='{long}']\")?.dataset.status === 'completed'")
+        page.wait_for_function(f"() => document.querySelector(\"tr[data-id='{long}']\")?.dataset.status === "
+                               "'completed'")
     finally:
         relay.close()
 
@@ -185,7 +186,8 @@ def test_read_a_timeline_by_hover_and_by_keyboard(context, stack) -> None:
     page = context.new_page()
     console = Console(page, stack.host.base_url).open().sign_in(FACADE_KEYS["alice"])
     console.open_run(run_id)
-    page.wait_for_function("() => document.querySelector('#webhook .badge')?.textContent === 'delivered'", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#webhook .badge')?.textContent === 'delivered'",
+                           timeout=30_000)
     page.wait_for_selector("#timeline .mark-webhook_attempt")
 
     kinds = page.eval_on_selector_all("#timeline .mark", "marks => marks.map(m => m.dataset.type)")
@@ -203,7 +205,9 @@ def test_read_a_timeline_by_hover_and_by_keyboard(context, stack) -> None:
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.closest('#timeline') !== null"):
             break
-    focused = lambda: page.evaluate("[document.activeElement.dataset.type, document.activeElement.getAttribute('aria-label')]")
+    def focused() -> list:
+        return page.evaluate("[document.activeElement.dataset.type, document.activeElement.getAttribute('aria-label')]")
+
     assert focused()[0] == "created" and console.text("#timeline-details") == focused()[1]
     assert focused()[1].startswith("accepted, at ")
     page.keyboard.press("ArrowRight")

@@ -150,8 +150,8 @@ def test_the_walk_sees_leftovers_in_a_real_tree(tmp_path):
 def test_dev_only_parts_are_ignored():
     patterns = _patterns()
     for path in ("local/azurite.py", "tests/infra/test_parity.py", "bench/run_all.py", "client/pyproject.toml",
-                 "infra/main.bicep", "docs/images/x.png", "node_modules/x/index.js", ".venv/bin/python", ".azurite/db.json",
-                 ".local/venv-checkov/bin/checkov", "README.md", "infra/README.md", "package.json",
+                 "infra/main.bicep", "docs/images/x.png", "node_modules/x/index.js", ".venv/bin/python",
+                 ".azurite/db.json", ".local/venv-checkov/bin/checkov", "README.md", "infra/README.md", "package.json",
                  "package-lock.json", "Makefile", ".ci/run", "local.settings.json", "local.settings.example.json",
                  "requirements-dev.txt", "pyproject.toml", "azure.yaml", ".azure/dev/.env", ".github/workflows/x.yml"):
         assert _ignored(path, patterns), f"{path} would be deployed"

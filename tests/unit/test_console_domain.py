@@ -37,7 +37,8 @@ async def test_operators_filter_the_lists_by_caller_and_callers_see_only_their_o
     assert [r["id"] for r in (await lister.page(caller=OPS, owner="alice")).runs] == [alices[1].id, alices[0].id]
     assert [r["id"] for r in (await lister.page(caller=OPS, owner="bob")).runs] == [bobs.id]
     assert [r["id"] for r in (await lister.page(caller=OPS, owner="bob", session_id=session.id)).runs] == []
-    assert [r["id"] for r in (await lister.page(caller=OPS, owner="alice", session_id=session.id)).runs] == [alices[1].id]
+    in_session = await lister.page(caller=OPS, owner="alice", session_id=session.id)
+    assert [r["id"] for r in in_session.runs] == [alices[1].id]
     assert (await lister.page(caller=BOB, owner="alice")).runs == []  # not another caller's, even by name
     assert [r["id"] for r in (await lister.page(caller=BOB, owner="bob")).runs] == [bobs.id]
 
