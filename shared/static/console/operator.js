@@ -61,7 +61,8 @@ function renderInFlight(inFlight) {
     el("td", { "data-count": "active", text: counts.active }),
     el("td", { "data-count": "webhook_pending", text: counts.webhook_pending })));
   $("in-flight").tBodies[0].replaceChildren(...rows);
-  setText($("in-flight-note"), `From the open-work index (${inFlight.open_runs_read} runs read)` +
+  const read = inFlight.open_runs_read;
+  setText($("in-flight-note"), `From the open-work index (${read} run${read === 1 ? "" : "s"} read)` +
     (inFlight.complete ? "." : "; there are more, not counted."));
 }
 
