@@ -146,6 +146,7 @@ def banner(run: RunPlan, ports: Ports = RUN_PORTS) -> str:
     api = f"http://127.0.0.1:{ports.host}/api"
     lines = ["Local stack is up:",
              f"  API            {api}        (no function key needed locally)",
+             f"  console        {api}/console    (sign in with the facade key below)",
              f"  emulator       http://127.0.0.1:{ports.emulator}/v1         (stats: /v1/_emulator/stats)",
              f"  webhooks       http://127.0.0.1:{ports.receiver}/           (verified events in .local/webhooks.log; "
              "GET /_received)",

@@ -25,6 +25,7 @@ from .runs.idempotency import IdempotencyStore
 from .runs.index import RunIndex
 from .runs.lifecycle import RunLifecycle
 from .runs.listing import RunLister
+from .runs.overview import RunOverview
 from .runs.poll_chain import Backoff, PollScheduler
 from .provider.webhooks import ProviderWebhookVerifier
 from .runs.polling import Observer, PollStep, RetrieveObserver, StreamWatcher
@@ -66,6 +67,7 @@ class Services:
     provider_events: ProviderEventInbox | None  # None: no provider webhook secret configured
     deleter: RunDeleter
     lister: RunLister
+    overview: RunOverview  # the console's extras: webhook lag per run, runs in flight per caller
     callers: CallerKeys  # the Responses API facade's callers, by key
     executor: Executor
     _closers: tuple[Callable[[], Awaitable[None]], ...] = ()
@@ -102,6 +104,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model=No
     reader = RunReader(store, sessions, tokens, settings.retention_seconds)
     starter = RunStarter(settings, store, sessions, idempotency, index, backend, scheduler, lifecycle, chain_backoff)
     canceller = RunCanceller(reader, backend, lifecycle, store)
+    lister = RunLister(index, store)
     if sender is None and settings.webhook_secrets:
         sender = WebhookSender(settings.webhook_secrets, timeout=settings.webhook_timeout,
                                allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private)
@@ -124,7 +127,8 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model=No
                             fallback_max_delay=settings.poll_max_delay),
         purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds, events=events),
         deleter=RunDeleter(reader, canceller, backend, store, index),
-        lister=RunLister(index, store),
+        lister=lister,
+        overview=RunOverview(lister, store, index),
         callers=CallerKeys(settings.facade.api_keys),
         executor=Executor(store, events, lifecycle, model, settings.executor),
         _closers=(*((sender.aclose,) if sender else ()), *closers),

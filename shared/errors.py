@@ -24,6 +24,14 @@ class PayloadTooLarge(InvalidRequest):
     """The request body or one of its parts is larger than the service accepts."""
 
 
+class Unauthorized(ServiceError):
+    """No key, or a key that names no caller."""
+
+
+class Forbidden(ServiceError):
+    """A known caller asking for what only an operator may see."""
+
+
 class NotFound(ServiceError):
     """No such run or session (or it was purged after the retention period)."""
 

@@ -508,7 +508,7 @@ class FacadeSettings:
 
 
 FACADE_MAX_WAIT_LIMIT = 225.0  # Azure's front end cuts an HTTP request at about 230 s
-_CALLER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+CALLER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _API_KEY = re.compile(r"^[A-Za-z0-9_-]{32,256}$")
 
 
@@ -520,7 +520,7 @@ def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "operator"):
             raise SettingsError(f"RESPONSES_API_KEYS: entry {index} is not name:key or name:key:operator")
         name, key = parts[0], parts[1]
-        if not _CALLER_NAME.match(name):
+        if not CALLER_NAME.match(name):
             raise SettingsError(f"RESPONSES_API_KEYS: entry {index}: the caller name must be 1-64 characters of "
                                 "[A-Za-z0-9_.-]")
         if not _API_KEY.match(key):

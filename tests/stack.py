@@ -105,6 +105,18 @@ class Stack:
     def start(self, input: Any = "hello", **fields: Any) -> httpx.Response:
         return self.post("/api/runs", {"input": input, **fields})
 
+    def start_as(self, caller: str, input: Any = "hello", *, duration_ms: int = 500, chars: int = 300,
+                 **body: Any) -> str:
+        """A background run started through the Responses API facade with `caller`'s key (FACADE_KEYS), steered by
+        the emulator's knobs; its id."""
+        response = httpx.post(f"{self.host.base_url}/api/v1/responses", timeout=30,
+                              headers={"Authorization": f"Bearer {FACADE_KEYS[caller]}"},
+                              json={"model": "gpt-4.1-mini", "input": input, "background": True, **body,
+                                    "metadata": {"emulator_duration_ms": str(duration_ms),
+                                                 "emulator_output_chars": str(chars)}})
+        assert response.status_code == 200, response.text
+        return response.json()["id"]
+
     def wait(self, run_id: str, timeout: float = 60) -> dict:
         return wait_for_run(self.client, run_id, timeout)
 

@@ -10,15 +10,16 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ..errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, ServiceError, Unavailable, UpstreamError
+from ..errors import (Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge, ServiceError, Unauthorized,
+                      Unavailable, UpstreamError)
 from ..runs.store import RunConflict
 from ..settings import SettingsError
 
 log = logging.getLogger("bgruns.http")
 
 _STATUS: tuple[tuple[type[ServiceError], int], ...] = (
-    (PayloadTooLarge, 413), (InvalidRequest, 400), (NotFound, 404), (Conflict, 409), (Unavailable, 503),
-    (UpstreamError, 502),
+    (PayloadTooLarge, 413), (InvalidRequest, 400), (Unauthorized, 401), (Forbidden, 403), (NotFound, 404),
+    (Conflict, 409), (Unavailable, 503), (UpstreamError, 502),
 )
 
 

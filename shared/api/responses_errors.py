@@ -12,10 +12,6 @@ from ..errors import NotFound, ServiceError
 from .errors import answering_errors_with, status_of
 
 
-class Unauthorized(ServiceError):
-    """No key, or a key that names no caller of the facade."""
-
-
 def error_type(status: int) -> str:
     if status == 401:
         return "invalid_request_error"
@@ -25,7 +21,7 @@ def error_type(status: int) -> str:
 
 
 def openai_error_response(error: ServiceError) -> JSONResponse:
-    status = 401 if isinstance(error, Unauthorized) else status_of(error)
+    status = status_of(error)
     body = {"error": {"message": error.message, "type": error_type(status), "param": error.param,
                       "code": None if error.code == "not_found" else error.code}}
     headers = {"Retry-After": str(max(1, round(error.retry_after)))} if error.retry_after is not None else None

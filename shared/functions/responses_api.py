@@ -24,14 +24,16 @@ import logging
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
-from ..api.responses_errors import Unauthorized, openai_handler, response_not_found
+from ..api.callers import authenticated
+from ..api.queries import limit_param, path_param
+from ..api.responses_errors import openai_handler, response_not_found
 from ..api.responses_format import ResponseRenderer, ResponsesEventFormat
 from ..api.responses_items import input_items, page
 from ..api.responses_requests import parse_create_body
 from ..api.run_requests import parse_json_body
 from ..api.streams import sequence_number, streaming_response
 from ..composition import Services, services
-from ..errors import NotFound, invalid
+from ..errors import NotFound
 from ..runs.callers import Caller
 from ..runs.model import Run
 from ..runs.starting import Started
@@ -77,7 +79,7 @@ async def retrieve(req: Request) -> Response:
 
 async def delete(req: Request) -> Response:
     svc, caller = await _facade(req, "delete_response")
-    run_id = _response_id(req)
+    run_id = path_param(req, "response_id")
     try:
         await svc.deleter.delete(run_id, caller=caller)
     except NotFound as error:
@@ -87,7 +89,7 @@ async def delete(req: Request) -> Response:
 
 async def cancel(req: Request) -> Response:
     svc, caller = await _facade(req, "cancel_response")
-    run_id = _response_id(req)
+    run_id = path_param(req, "response_id")
     try:
         run = await svc.canceller.cancel(run_id, caller=caller)
     except NotFound as error:
@@ -99,44 +101,19 @@ async def list_input_items(req: Request) -> Response:
     svc, caller = await _facade(req, "list_input_items")
     run = await _visible_run(svc, req, caller, with_request=True)
     query = req.query_params
-    try:
-        limit = int(query.get("limit") or 20)
-    except ValueError:
-        raise invalid("'limit' must be an integer.", param="limit") from None
-    return JSONResponse(page(input_items(run), after=query.get("after"), limit=limit, order=query.get("order") or "desc"))
+    return JSONResponse(page(input_items(run), after=query.get("after"), limit=limit_param(query, 20),
+                             order=query.get("order") or "desc"))
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
 async def _facade(req: Request, name: str) -> tuple[Services, Caller]:
     counting_as(name)
     svc = await services()
-    if not svc.callers.configured:
-        raise Unauthorized("invalid_api_key", "The Responses API is not enabled on this service: no "
-                           "RESPONSES_API_KEYS are configured.")
-    caller = svc.callers.caller(_presented_key(req))
-    if caller is None:
-        raise Unauthorized("invalid_api_key", "Missing or incorrect API key. Send it as 'Authorization: Bearer "
-                           "<key>' or as 'api-key: <key>'.")
-    return svc, caller
-
-
-def _presented_key(req: Request) -> str | None:
-    authorization = req.headers.get("authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return req.headers.get("api-key")
-
-
-def _response_id(req: Request) -> str:
-    value = req.path_params.get("response_id")
-    if not value:
-        raise invalid("Missing route parameter 'response_id'.")
-    return value
+    return svc, authenticated(svc.callers, req.headers, what="Responses API")
 
 
 async def _visible_run(svc: Services, req: Request, caller: Caller, *, with_request: bool = False) -> Run:
-    run_id = _response_id(req)
+    run_id = path_param(req, "response_id")
     try:
         return await svc.reader.get(run_id, caller=caller, with_request=with_request)
     except NotFound as error:

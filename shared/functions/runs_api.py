@@ -2,38 +2,28 @@
 from __future__ import annotations
 
 import re
-import resource
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import azure.functions as func
-from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azurefunctions.extensions.http.fastapi import HTMLResponse, JSONResponse, Request, Response
 
 from .. import telemetry
 from ..composition import Services, services
 from ..errors import invalid
 from ..api.errors import handler
-from ..api.run_requests import ID_PATTERN, parse_json_body, parse_run_body
+from ..api.operations import health_checks, process_metrics
+from ..api.queries import path_param, run_list_query
+from ..api.run_requests import parse_json_body, parse_run_body
 from ..api.streams import resume_position, streaming_response
 from ..runs.model import Run
 from ..settings import SettingsError
-from ..storage import STORAGE_REQUESTS, counting_as
+from ..storage import counting_as
 
 bp = func.Blueprint()
 
 ROUTE_PREFIX = "/api"
 UI_PAGE = Path(__file__).resolve().parent.parent / "static" / "stream.html"
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)")
-
-
-def _path_param(req: Request, name: str) -> str:
-    # The Functions worker copies route parameters into path_params (RequestSynchronizer).
-    value = req.path_params.get(name)
-    if not value:
-        raise invalid(f"Missing route parameter {name!r}.")
-    return value
 
 
 def _location(run_id: str) -> str:
@@ -98,16 +88,7 @@ async def create_run(req: Request) -> Response:
 async def list_runs(req: Request) -> Response:
     """The runs, newest first (function keys act as operators: every run), a page at a time."""
     svc = await _api("list_runs")
-    query = req.query_params
-    try:
-        limit = int(query.get("limit") or 20)
-    except ValueError:
-        raise invalid("'limit' must be an integer.", param="limit") from None
-    session_id = query.get("session_id") or None
-    if session_id is not None and not ID_PATTERN.match(session_id):
-        raise invalid("'session_id' is not a valid session id.", param="session_id")
-    listed = await svc.lister.page(status=query.get("status") or None, session_id=session_id,
-                                   cursor=query.get("cursor") or None, limit=limit)
+    listed = await svc.lister.page(**run_list_query(req.query_params, default_limit=20))
     return JSONResponse({"object": "list", "data": listed.runs, "has_more": listed.has_more,
                          "next_cursor": listed.next_cursor})
 
@@ -117,7 +98,7 @@ async def list_runs(req: Request) -> Response:
 async def get_run(req: Request) -> Response:
     svc = await _api("get_run")
     include = _include(req)
-    run = await svc.reader.get(_path_param(req, "run_id"))
+    run = await svc.reader.get(path_param(req, "run_id"))
     response = JSONResponse(svc.views.render(run, timeline="timeline" in include))
     if not run.is_terminal:
         response.headers["Retry-After"] = str(svc.views.retry_after(run))
@@ -129,7 +110,7 @@ async def get_run(req: Request) -> Response:
 @handler
 async def cancel_run(req: Request) -> Response:
     svc = await _api("cancel_run")
-    return JSONResponse(svc.views.render(await svc.canceller.cancel(_path_param(req, "run_id"))))
+    return JSONResponse(svc.views.render(await svc.canceller.cancel(path_param(req, "run_id"))))
 
 
 @bp.route(route="runs/{run_id}/stream", methods=["GET"])
@@ -137,7 +118,7 @@ async def cancel_run(req: Request) -> Response:
 @handler
 async def stream_run(req: Request) -> Response:
     svc = await _api("stream_run")
-    run_id = _path_param(req, "run_id")
+    run_id = path_param(req, "run_id")
     run = await svc.reader.get(run_id)
     telemetry.bind_run(run)
     after = resume_position(req, run_id, svc.reader.decode_token)
@@ -149,7 +130,7 @@ async def stream_run(req: Request) -> Response:
 @handler
 async def redeliver_webhook(req: Request) -> Response:
     svc = await _api("redeliver_webhook")
-    run = await svc.outbox.redeliver(_path_param(req, "run_id"))
+    run = await svc.outbox.redeliver(path_param(req, "run_id"))
     telemetry.bind_run(run)
     return JSONResponse(svc.views.render(run), status_code=202)
 
@@ -173,7 +154,7 @@ async def create_session(req: Request) -> Response:
 @handler
 async def get_session(req: Request) -> Response:
     svc = await _api("get_session")
-    session, runs = await svc.reader.session(_path_param(req, "session_id"))
+    session, runs = await svc.reader.session(path_param(req, "session_id"))
     return JSONResponse({"id": session.id, "object": "session", "created_at": session.created_at,
                          "last_response_id": session.last_response_id, "active_run_id": session.active_run_id,
                          "runs": [svc.views.render(run) for run in runs]})
@@ -189,43 +170,15 @@ async def health(req: Request) -> Response:
         return JSONResponse({"status": "unhealthy", "checks": {"settings": str(error)}}, status_code=503)
     except Exception as error:  # noqa: BLE001
         return JSONResponse({"status": "unhealthy", "checks": {"startup": type(error).__name__}}, status_code=503)
-    settings = svc.settings
-    checks: dict[str, Any] = {
-        "provider": {"kind": settings.provider.kind, "default_model": settings.provider.default_model,
-                     "auth": "key" if settings.provider.api_key else "entra_id"},
-        "webhooks": {"enabled": bool(settings.webhook_secrets), "signing_secrets": len(settings.webhook_secrets)},
-        "completion": {"strategy": settings.completion.strategy,
-                       "provider_webhook_secrets": len(settings.completion.provider_webhook_secrets)},
-        "responses_api": {"callers": len({key.caller for key in settings.facade.api_keys}),
-                          "keys": len(settings.facade.api_keys)},
-    }
-    try:
-        await svc.storage.runs.get_entity("health-check", "run")
-        checks["storage"] = "ok"
-    except ResourceNotFoundError:  # storage answered: that is all this checks
-        checks["storage"] = "ok"
-    except AzureError as error:
-        checks["storage"] = type(error).__name__
-    healthy = checks["storage"] == "ok"
+    checks, healthy = await health_checks(svc.settings, svc.storage.runs)
     return JSONResponse({"status": "healthy" if healthy else "degraded", "checks": checks},
                         status_code=200 if healthy else 503)
 
 
 @bp.route(route="metrics", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 async def metrics(req: Request) -> Response:
-    """This process's counters: storage requests by function and by service/method, CPU time and peak memory.
-    On Flex Consumption HTTP, queue and timer functions run on separate instances, so one answer covers only
-    the functions this instance served (`functions`)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    by_request: Counter = Counter()
-    by_function: dict[str, Counter] = {}
-    for (function, request), count in STORAGE_REQUESTS.items():
-        by_request[request] += count
-        by_function.setdefault(function, Counter())[request] += count
-    return JSONResponse({"scope": "this process only", "functions": sorted(by_function),
-                         "storage_requests": dict(by_request), "storage_requests_total": sum(by_request.values()),
-                         "storage_requests_by_function": {f: dict(c) for f, c in by_function.items()},
-                         "cpu_seconds": usage.ru_utime + usage.ru_stime, "max_rss_kib": usage.ru_maxrss})
+    """This process's counters (shared.api.operations.process_metrics)."""
+    return JSONResponse(process_metrics())
 
 
 @bp.route(route="ui", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -40,6 +40,11 @@ class CallerKeys:
     def configured(self) -> bool:
         return bool(self._keys)
 
+    @property
+    def callers(self) -> list[Caller]:
+        """Every configured caller once (a caller with two keys during a rotation too), by name."""
+        return sorted({caller for _, caller in self._keys}, key=lambda caller: caller.name or "")
+
     def caller(self, presented: str | None) -> Caller | None:
         if not presented:
             return None

@@ -52,22 +52,28 @@ class RunLister:
         self._store = store
 
     async def page(self, *, caller: Caller = OPERATOR, status: str | None = None, session_id: str | None = None,
-                   cursor: str | None = None, limit: int = 20) -> RunPage:
+                   owner: str | None = None, cursor: str | None = None, limit: int = 20) -> RunPage:
+        """`owner`: only the runs that caller started (an operator's filter; a caller sees only its own runs,
+        so naming another caller lists nothing, exactly as for a caller with no runs)."""
         if status is not None and status not in ACTIVE_STATUSES | TERMINAL_STATUSES:
             raise InvalidRequest("invalid_request", f"'status' must be one of {sorted(ACTIVE_STATUSES | TERMINAL_STATUSES)}.",
                                  param="status")
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequest("invalid_request", f"'limit' must be between 1 and {MAX_PAGE}.", param="limit")
         after = decode_cursor(cursor) if cursor else ""
+        if not caller.operator:
+            if owner is not None and owner != caller.name:
+                return RunPage([], None)
+            owner = caller.name
         if session_id is not None:
-            partition, owner = list_partition(session_id=session_id), None if caller.operator else caller.name
+            partition, row_owner = list_partition(session_id=session_id), owner
         else:
-            partition, owner = list_partition(owner=None if caller.operator else caller.name), None
+            partition, row_owner = list_partition(owner=owner), None
         # An active run's row says `queued` whatever it is now: ask the row for that, then check the run.
         row_status = "queued" if status in ACTIVE_STATUSES else status
         runs: list[dict[str, Any]] = []
         last_key = None
-        async for row in self._index.list_rows(partition, after=after, status=row_status, owner=owner):
+        async for row in self._index.list_rows(partition, after=after, status=row_status, owner=row_owner):
             if len(runs) == limit:
                 return RunPage(runs, encode_cursor(last_key))
             last_key = row["RowKey"]

@@ -36,7 +36,8 @@ class RunViews:
         if run.webhook_url:
             hook = run.webhook
             view["webhook"] = {"url": run.webhook_url, "state": hook.state if hook else "waiting",
-                               "id": hook.id if hook else None, "attempts": hook.attempts if hook else []}
+                               "id": hook.id if hook else None, "attempts": hook.attempts if hook else [],
+                               "next_attempt_at": hook.due_at if hook and hook.is_pending else None}
         if timeline:
             view["timeline"] = run.timeline.view(run.webhook.attempts if run.webhook else (),
                                                  trace_id(run.traceparent))

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 from .. import clock, telemetry
 from ..errors import Conflict, InvalidRequest
 from ..webhooks import WebhookSender, build_payload
+from .callers import OPERATOR, Caller
 from .index import RunIndex
 from .model import Run
 from .reading import RunReader
@@ -93,9 +94,10 @@ class WebhookOutbox:
             log.warning("run %s: inline webhook attempt failed (%s); the queue takes over", run.id,
                         type(error).__name__)
 
-    async def redeliver(self, run_id: str) -> Run:
-        """Send a finished run's webhook again (same webhook-id), with a fresh retry schedule."""
-        run = await self._reader.get(run_id)
+    async def redeliver(self, run_id: str, *, caller: Caller = OPERATOR) -> Run:
+        """Send a finished run's webhook again (same webhook-id), with a fresh retry schedule. NotFound if the
+        caller cannot see the run."""
+        run = await self._reader.get(run_id, caller=caller)
         if not run.webhook_url:
             raise InvalidRequest("no_webhook", f"Run {run_id!r} has no webhook_url.")
         if not run.is_terminal or run.webhook is None:
@@ -108,7 +110,7 @@ class WebhookOutbox:
                 await self._store.save(run)
                 break
             except RunConflict:
-                run = await self._reader.get(run_id)
+                run = await self._reader.get(run_id, caller=caller)
         else:
             raise Conflict("run_busy", f"Run {run_id!r} is changing; retry.", retry_after=1)
         await self._queue.send(run.webhook.message(run.id).to_dict())

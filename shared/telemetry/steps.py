@@ -304,8 +304,11 @@ def message_fields(run: Any) -> dict[str, str]:
 
 
 def finishing(run: Any, status: str) -> None:
-    """The run is about to be saved terminal: its timeline says so, and by which step."""
-    run.timeline.record("finished", clock.now(), status=status, via=step_name())
+    """The run is about to be saved terminal: its timeline says so, by which step, and when the provider said the
+    response ended (its `completed_at`, whole seconds at OpenAI), where it did."""
+    response = (getattr(run, "result", None) or {}).get("response") or {}
+    run.timeline.record("finished", clock.now(), status=status, via=step_name(),
+                        provider_completed_at=response.get("completed_at"))
 
 
 def finished(run: Any) -> None:

@@ -57,6 +57,10 @@ class Timeline:
             del events[drop]
             data["events_dropped"] += 1
 
+    def latest(self, kind: str) -> dict[str, Any] | None:
+        """The most recent kept entry of `kind` (not a poll), or None."""
+        return next((e for e in reversed(self._loaded()["events"]) if e.get("type") == kind), None)
+
     def count_provider_call(self) -> None:
         self._loaded()["provider_calls"] += 1
 

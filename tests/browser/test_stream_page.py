@@ -10,97 +10,18 @@ requests but leaves an open stream flowing. Chromium is Debian's
 """
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import struct
-import threading
 import time
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, sync_playwright
+from playwright.sync_api import Browser, Page, Request
+
+from .chromium import DroppingRelay
 
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DONE = "body[data-done='true']"
-
-
-def chromium_path() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Browser:
-    path = chromium_path()
-    if path is None:
-        pytest.skip("Chromium is not installed and could not be (`make test` runs `apt-get install -y chromium` "
-                    "where apt-get is available); set CHROMIUM=/path/to/chromium to use another build")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
-
-
-class DroppingRelay:
-    """A loopback TCP relay in front of the host whose open connections the test can reset at once."""
-
-    def __init__(self, target_url: str) -> None:
-        self.target = (urlsplit(target_url).hostname, urlsplit(target_url).port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.sockets: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            upstream = socket.create_connection(self.target)
-            with self.lock:
-                self.sockets |= {client, upstream}
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for s in (source, sink):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def drop(self) -> int:
-        """Reset every open connection (RST, like a network failure); returns how many there were."""
-        with self.lock:
-            victims, self.sockets = self.sockets, set()
-        for s in victims:
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                s.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv(), or close() would wait for it
-            except OSError:
-                pass
-            s.close()
-        return len(victims)
-
-    def close(self) -> None:
-        self.listener.close()
-        self.drop()
 
 
 def stream_requests(page: Page) -> list[Request]:

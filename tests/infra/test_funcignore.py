@@ -133,7 +133,7 @@ def test_the_walk_leaves_caches_out_in_a_real_tree(tmp_path):
 
 def test_dev_only_parts_are_ignored():
     for path in ("local/azurite.py", "tests/infra/test_parity.py", "bench/run_all.py", "client/pyproject.toml",
-                 "infra/main.bicep", "node_modules/x/index.js", ".venv/bin/python", ".azurite/db.json",
+                 "infra/main.bicep", "docs/images/x.png", "node_modules/x/index.js", ".venv/bin/python", ".azurite/db.json",
                  ".local/venv-checkov/bin/checkov", ".local/secrets.env", "README.md", "infra/README.md",
                  "package.json", "package-lock.json", "Makefile", ".ci/run", "local.settings.json",
                  "local.settings.example.json", "requirements-dev.txt", "requirements-local.txt", "pyproject.toml",

@@ -243,10 +243,12 @@ class FakeResponse:
     incomplete_details: dict | None = None
     usage: dict | None = None
     params: dict = field(default_factory=dict)
+    completed_at: float | None = None  # when the provider says it ended (sent only when set)
 
     def model_dump(self, **_: Any) -> dict:
-        return {"id": self.id, "status": self.status, "output": copy.deepcopy(self.output), "error": self.error,
-                "incomplete_details": self.incomplete_details, "usage": self.usage}
+        dumped = {"id": self.id, "status": self.status, "output": copy.deepcopy(self.output), "error": self.error,
+                  "incomplete_details": self.incomplete_details, "usage": self.usage}
+        return dumped if self.completed_at is None else {**dumped, "completed_at": self.completed_at}
 
     def complete(self, text: str = "done") -> None:
         self.status = "completed"

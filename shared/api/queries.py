@@ -1,0 +1,32 @@
+"""What a request names besides its body: route parameters and the query of a run list (GET /api/runs and the
+console's list), each bad value a 400 naming it."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..errors import invalid
+from .run_requests import ID_PATTERN
+
+
+def path_param(req: Any, name: str) -> str:
+    # The Functions worker copies route parameters into path_params (RequestSynchronizer).
+    value = req.path_params.get(name)
+    if not value:
+        raise invalid(f"Missing route parameter {name!r}.")
+    return value
+
+
+def limit_param(query: Mapping[str, str], default: int) -> int:
+    try:
+        return int(query.get("limit") or default)
+    except ValueError:
+        raise invalid("'limit' must be an integer.", param="limit") from None
+
+
+def run_list_query(query: Mapping[str, str], *, default_limit: int) -> dict[str, Any]:
+    """`status`, `session_id`, `cursor` and `limit` for RunLister.page (which checks status, cursor and range)."""
+    session_id = query.get("session_id") or None
+    if session_id is not None and not ID_PATTERN.match(session_id):
+        raise invalid("'session_id' is not a valid session id.", param="session_id")
+    return {"status": query.get("status") or None, "session_id": session_id, "cursor": query.get("cursor") or None,
+            "limit": limit_param(query, default_limit)}
