@@ -7,7 +7,7 @@ NODE_STAMP := node_modules/.installed
 CHECKOV_STAMP := .local/venv-checkov/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test bench chaos fuzz setup clean emulator
+.PHONY: run test bench chaos fuzz mutate setup clean emulator
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(CHROMIUM)
 
@@ -47,6 +47,13 @@ chaos: setup
 # schemathesis (pinned in requirements-dev.txt) against openapi.yaml on the local stack with function keys on.
 fuzz: setup
 	$(PY) -m tests.fuzz.run
+
+# Mutation testing (mutmut, pyproject's [tool.mutmut]) of the modules that hold the invariants, judged by tests/unit:
+# prints the score and the survivors not listed in tests/mutation/equivalent.txt. Slow (minutes): not in `make test`.
+mutate: $(VENV_STAMP)
+	rm -rf mutants
+	$(PY) -m mutmut run
+	$(PY) -m tests.mutation.report
 
 emulator: setup
 	$(PY) -m local.emulator
