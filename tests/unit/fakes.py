@@ -108,6 +108,8 @@ class FakeTable:
     async def update_entity(self, entity: dict, mode=UpdateMode.MERGE, *, etag: str | None = None,
                             match_condition: Any = None) -> dict:
         match_condition = self._condition(etag, match_condition)
+        if mode not in (UpdateMode.MERGE, UpdateMode.REPLACE):
+            raise ValueError(f"Mode type '{mode}' is not supported.")
         await self._request("update_entity")
         key = self._key(entity)
         self._check(key, etag, match_condition)
