@@ -330,7 +330,8 @@ class FakeBackend:
         await self._enter("events", response_id)
         if response_id not in self.streams:
             raise ProviderError(transient=False, status=400, message="this response was not created streaming")
-        return FakeStream([e for e in self.streams[response_id] if e.sequence_number > after], self.hang)
+        return FakeStream([e for e in self.streams[response_id]
+                           if getattr(e, "sequence_number", None) is None or e.sequence_number > after], self.hang)
 
     async def delete(self, response_id: str) -> None:
         await self._enter("delete", response_id)
