@@ -134,6 +134,8 @@ async def test_an_ended_run_and_its_session_are_kept_for_the_retention_period_fr
     await w.services.purger.purge()
     assert (await w.services.reader.session(session.id))[0].last_response_id == run.response_id
     assert (await w.run(run.id)).status == "completed"
+    await lifecycle(w).follow_up(await w.run(run.id), send_webhook=False)  # again, later (the sweeper)
+    assert expiry_day(w, "run", run.id) == day_of(ended.completed_at + 3 * DAY)  # still dated from its end
 
 
 async def test_a_follow_up_of_a_run_without_an_end_time_dates_it_from_now(monkeypatch):
