@@ -493,6 +493,10 @@ class World:
     async def run(self, run_id: str):
         return await self.services.reader.get(run_id)
 
+    def timeline(self, run) -> list[dict]:
+        """The run's timeline entries as the API shows them (?include=timeline)."""
+        return self.services.views.render(run, timeline=True)["timeline"]["entries"]
+
     async def execute(self, *, message_id: str = "msg-1", dequeue_count: int = 1) -> list[str]:
         """Deliver every queued execute message to the executor (as the host would); what each did."""
         return [await self.services.executor.handle(message, message_id=message_id, dequeue_count=dequeue_count)

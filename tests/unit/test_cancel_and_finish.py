@@ -84,9 +84,6 @@ async def test_ending_advances_the_session_and_records_the_retention_date(monkey
     assert len(expiry) == 1 and w.index.entity("open", run.id) is None
 
 
-def timeline(w, run) -> list[dict]:
-    return w.services.views.render(run, timeline=True)["timeline"]["entries"]
-
 
 async def test_a_cancel_stops_the_response_at_the_provider_and_ends_the_run_cancelled(monkeypatch, caplog):
     from shared.runs.results import cancelled_result
@@ -99,7 +96,7 @@ async def test_a_cancel_stops_the_response_at_the_provider_and_ends_the_run_canc
     assert w.backend.responses[run.response_id].status == "cancelled"
     stored = await w.services.reader.get(run.id)
     assert ended.status == stored.status == "cancelled" and stored.result == cancelled_result()
-    assert [e["type"] for e in timeline(w, stored)][-2:] == ["cancel_requested", "finished"]
+    assert [e["type"] for e in w.timeline(stored)][-2:] == ["cancel_requested", "finished"]
     (line,) = [r for r in caplog.records if getattr(r, "step", None) == "cancel run"]
     assert line.name == "bgruns.cancelling" and line.run_id == run.id
 
@@ -133,7 +130,7 @@ async def test_a_cancel_the_provider_did_not_take_is_noted_in_the_runs_timeline(
     with pytest.raises((Unavailable, UpstreamError)):
         await w.services.canceller.cancel(run.id)
     stored = await w.services.reader.get(run.id)
-    noted = [e for e in timeline(w, stored) if e["type"] not in ("created", "provider_accepted", "poll")]
+    noted = [e for e in w.timeline(stored) if e["type"] not in ("created", "provider_accepted", "poll")]
     assert noted == [{"at": w.clock.now, "type": "cancel_requested"},
                      {"at": w.clock.now, "type": entry, "provider_status_code": 503 if transient else 403}]
 

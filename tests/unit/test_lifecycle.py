@@ -98,7 +98,7 @@ async def test_the_finish_is_in_the_runs_timeline_with_its_status(monkeypatch):
     w = world(monkeypatch)
     run = await start(w)
     await lifecycle(w).finish(await w.run(run.id), "cancelled", cancelled_result())
-    entries = w.services.views.render(await w.run(run.id), timeline=True)["timeline"]["entries"]
+    entries = w.timeline(await w.run(run.id))
     assert [e["status"] for e in entries if e["type"] == "finished"] == ["cancelled"]
 
 

@@ -198,9 +198,6 @@ async def test_a_run_cancelled_at_the_provider_for_its_deadline_ends_expired_eve
     assert final.status == "expired" and "10 s" in final.result["error"]["message"]
 
 
-def timeline(w, run) -> list[dict]:
-    return w.services.views.render(run, timeline=True)["timeline"]["entries"]
-
 
 async def test_a_cancel_at_the_deadline_that_fails_for_now_is_retried_with_backoff_not_at_once(monkeypatch):
     # The defect: past the deadline every step was clamped to the deadline's 0.5 s slack, so a cancel the
@@ -233,7 +230,7 @@ async def test_the_chains_steps_back_off_until_the_deadline_then_land_just_after
     w.clock.advance(19.9)
     assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "pending"
     assert w.poll_queue.sent[-1].delay == pytest.approx(0.6)  # 0.1 s to the deadline, then its 0.5 s slack
-    polls = [e for e in timeline(w, await w.run(run.id)) if e["type"] == "poll"]
+    polls = [e for e in w.timeline(await w.run(run.id)) if e["type"] == "poll"]
     assert polls[-1] == {"at": w.clock.now, "type": "poll", "provider_status": "in_progress",
                          "next_poll_in": round(w.poll_queue.sent[-1].delay, 2)}
     assert {p["next_poll_in"] for p in polls} == {round(d, 2) for d in delays[1:]} | {0.6}
@@ -249,7 +246,7 @@ async def test_a_provider_hiccup_is_noted_on_the_chain_and_retried_on_the_retry_
     w.backend.fail["events"] = [ProviderError(transient=True, status=502, message="bad gateway")]
     w.backend.fail["observe"] = [ProviderError(transient=True, status=502, message="bad gateway")]
     assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "retry"
-    errors = [e.get("error") for e in timeline(w, await w.run(run.id)) if e["type"] == "poll"]
+    errors = [e.get("error") for e in w.timeline(await w.run(run.id)) if e["type"] == "poll"]
     assert errors[-2:] == ["provider unreachable", "provider 502"]
 
 
@@ -320,7 +317,7 @@ async def test_a_step_that_loses_only_to_a_timeline_note_keeps_the_note_and_its_
     assert await w.services.poll_step.handle(message) == "pending"
     stored = await w.run(run.id)
     assert (stored.poll_seq, stored.status) == (message["seq"] + 1, "in_progress")
-    kinds = [e["type"] for e in timeline(w, stored)]
+    kinds = [e["type"] for e in w.timeline(stored)]
     assert "cancel_refused" in kinds and kinds.count("poll") == 1
     assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "pending"  # the chain goes on
 

@@ -161,9 +161,6 @@ async def test_a_run_that_cannot_be_read_does_not_keep_the_others_from_repair(mo
     assert {m["run_id"] for m in w.poll_queue.take()} <= {r.id for r in runs}
 
 
-def timeline(w, run) -> list[dict]:
-    return w.services.views.render(run, timeline=True)["timeline"]["entries"]
-
 
 def repair_lines(caplog) -> list[tuple[str, str, str]]:
     return [(r.name, r.run_id, r.bgruns_outcome) for r in caplog.records if getattr(r, "step", None) == "repair run"]
@@ -183,7 +180,7 @@ async def test_lost_poll_messages_are_sent_again_at_once_counted_noted_and_logge
         assert (await w.services.sweeper.sweep()) == {"open": 2, "polls": 2}
     assert [s.delay for s in w.poll_queue.sent] == [0, 0]
     for run in runs:
-        repaired = [e for e in timeline(w, await w.run(run.id)) if e["type"] == "repaired"]
+        repaired = [e for e in w.timeline(await w.run(run.id)) if e["type"] == "repaired"]
         assert repaired == [{"at": w.clock.now, "type": "repaired", "next_poll_in": 0}]
     assert sorted(repair_lines(caplog)) == sorted(("bgruns.sweeping", r.id, "poll_chain_restarted") for r in runs)
 
@@ -243,7 +240,7 @@ async def test_a_requeued_webhook_is_noted_and_logged(monkeypatch, caplog):
     w.clock.advance(w.services.settings.webhook_timeout + w.services.settings.sweep_grace + 1)
     with caplog.at_level("INFO", logger="bgruns.sweeping"):
         assert (await w.services.sweeper.sweep())["webhooks"] == 1
-    repaired = [e for e in timeline(w, await w.run(run.id)) if e["type"] == "repaired"]
+    repaired = [e for e in w.timeline(await w.run(run.id)) if e["type"] == "repaired"]
     assert repaired == [{"at": w.clock.now, "type": "repaired", "what": "webhook_requeued"}]
     assert repair_lines(caplog) == [("bgruns.sweeping", run.id, "webhook_requeued")]
 
