@@ -107,8 +107,9 @@ def load_results() -> list[Mutant]:
         data.load()
         for name, code in data.exit_code_by_key.items():
             status = status_by_exit_code[code]
-            # only survivors need their diff (the key); a killed mutant is keyed by name, it is never listed
-            diff = changes(get_diff_for_mutant(name, path=path)) if status not in KILLED else (name,)
+            # only survivors need their diff (the key); a killed or unchecked one is keyed by name, never listed
+            survived = status not in KILLED and status != "not checked"
+            diff = changes(get_diff_for_mutant(name, path=path)) if survived else (name,)
             mutants.append(Mutant(name, status, diff))
     return mutants
 
