@@ -15,7 +15,7 @@ RUN_TOOLS := $(RUN_VENV_STAMP) $(NODE_STAMP) node-check
 # dependencies conflict, like checkov's), added here.
 TEST_TOOLS := $(DEV_VENV_STAMP) $(CHECKOV_STAMP) $(CHROMIUM)
 
-.PHONY: run test bench chaos fuzz setup clean emulator run-tools test-tools node-check
+.PHONY: run test bench chaos fuzz mutate setup clean emulator run-tools test-tools node-check
 
 setup: run-tools test-tools
 run-tools: $(RUN_TOOLS)
@@ -67,6 +67,13 @@ chaos: run-tools $(DEV_VENV_STAMP)
 # schemathesis (pinned in requirements-dev.txt) against openapi.yaml on the local stack with function keys on.
 fuzz: run-tools $(DEV_VENV_STAMP)
 	$(PY) -m tests.fuzz.run
+
+# Mutation testing (mutmut, pyproject's [tool.mutmut]) of the modules that hold the invariants, judged by tests/unit:
+# prints the score and the survivors not listed in tests/mutation/equivalent.txt. Slow (minutes): not in `make test`.
+mutate: $(DEV_VENV_STAMP)
+	rm -rf mutants
+	$(PY) -m mutmut run
+	$(PY) -m tests.mutation.report
 
 emulator: $(RUN_VENV_STAMP)
 	$(PY) -m local.emulator

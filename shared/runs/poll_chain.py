@@ -87,7 +87,10 @@ class PollScheduler:
         `error` a hiccup.
 
         Returns False if the run changed meanwhile (the other writer owns the chain now)."""
-        delay = max(0.0, min(delay, max(0.0, run.deadline_at - clock.now()) + DEADLINE_SLACK_SECONDS))
+        to_deadline = run.deadline_at - clock.now()
+        if to_deadline > 0:  # past the deadline (a cancel being retried) the backoff and Retry-After hold
+            delay = min(delay, to_deadline + DEADLINE_SLACK_SECONDS)
+        delay = max(0.0, delay)
         message = PollMessage(run.id, run.poll_seq + 1, secrets.token_hex(6), run.traceparent, run.tracestate)
         await self._queue.send(message.to_dict(), delay)
         position = (run.poll_seq, run.poll_nonce)

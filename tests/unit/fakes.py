@@ -1,7 +1,10 @@
 """In-memory stand-ins for the service's edges, for fast unit tests of the run's life.
 
 - `FakeTable`, `FakeContainer`: the parts of the Azure Table and Blob clients the stores use, with ETags, so
-  the real stores (RunStore, SessionStore, ...) run unchanged and every conditional write can conflict.
+  the real stores (RunStore, SessionStore, ...) run unchanged and every conditional write can conflict. As
+  azure-data-tables 12 does: a write without a match condition is unconditional, a condition without its
+  ETag (or an ETag without a condition) is a ValueError, a stale ETag a 412 (ResourceModifiedError), a
+  delete of a missing row does nothing, `select` returns only the named properties.
 - `FakeQueue`: records sent messages with their delays.
 - `FakeBackend`: a provider whose responses tests script (status, output, failures, hooks between steps).
 - `FakeModel`: the executor's direct streaming call, scripted (text chunks, tool calls, failures, pauses).
@@ -68,7 +71,21 @@ class FakeTable:
         self.rows[key] = (copy.deepcopy(data), etag)
         return {"etag": etag}
 
+    @staticmethod
+    def _condition(etag: str | None, match_condition: Any) -> Any:
+        """What azure-data-tables makes of `etag` and `match_condition` before it sends anything: no condition is
+        unconditional (If-Match: *), and a condition without its ETag, or an ETag without a condition, is refused."""
+        match_condition = match_condition or MatchConditions.Unconditionally
+        if match_condition == MatchConditions.IfNotModified and not etag:
+            raise ValueError("IfNotModified must be specified with etag.")
+        if match_condition == MatchConditions.Unconditionally and etag:
+            raise ValueError("Etag is not supported for an Unconditional operation.")
+        if match_condition not in (MatchConditions.IfNotModified, MatchConditions.Unconditionally):
+            raise ValueError(f"Unsupported match condition: {match_condition}")
+        return match_condition
+
     def _check(self, key: tuple[str, str], etag: str | None, match_condition: Any) -> None:
+        """412 (ResourceModifiedError) when an IfNotModified write finds another ETag; 404 when the row is gone."""
         if key not in self.rows:
             raise ResourceNotFoundError("not found")
         if match_condition == MatchConditions.IfNotModified and self.rows[key][1] != etag:
@@ -90,6 +107,9 @@ class FakeTable:
 
     async def update_entity(self, entity: dict, mode=UpdateMode.MERGE, *, etag: str | None = None,
                             match_condition: Any = None) -> dict:
+        match_condition = self._condition(etag, match_condition)
+        if mode not in (UpdateMode.MERGE, UpdateMode.REPLACE):
+            raise ValueError(f"Mode type '{mode}' is not supported.")
         await self._request("update_entity")
         key = self._key(entity)
         self._check(key, etag, match_condition)
@@ -104,10 +124,11 @@ class FakeTable:
 
     async def delete_entity(self, partition_key: str, row_key: str, *, etag: str | None = None,
                             match_condition: Any = None) -> None:
+        match_condition = self._condition(etag, match_condition)
         await self._request("delete_entity")
         key = (partition_key, row_key)
         if key not in self.rows:
-            raise ResourceNotFoundError("not found")
+            return  # the SDK swallows a delete's 404, with or without a condition
         self._check(key, etag, match_condition)
         del self.rows[key]
 
@@ -121,7 +142,8 @@ class FakeTable:
                 continue
             data, etag = self.rows[key]
             if all(_matches(data, m, parameters or {}) for m in clauses):
-                yield Entity(data, etag)
+                # $select returns only the named properties (names are case-sensitive; absent ones are left out)
+                yield Entity({k: v for k, v in data.items() if k in select} if select is not None else data, etag)
 
     async def submit_transaction(self, operations: list) -> list[dict]:
         """An entity group transaction: every operation applies, or none (the error names the status)."""
@@ -310,7 +332,8 @@ class FakeBackend:
         await self._enter("events", response_id)
         if response_id not in self.streams:
             raise ProviderError(transient=False, status=400, message="this response was not created streaming")
-        return FakeStream([e for e in self.streams[response_id] if e.sequence_number > after], self.hang)
+        return FakeStream([e for e in self.streams[response_id]
+                           if getattr(e, "sequence_number", None) is None or e.sequence_number > after], self.hang)
 
     async def delete(self, response_id: str) -> None:
         await self._enter("delete", response_id)
@@ -471,6 +494,10 @@ class World:
 
     async def run(self, run_id: str):
         return await self.services.reader.get(run_id)
+
+    def timeline(self, run) -> list[dict]:
+        """The run's timeline entries as the API shows them (?include=timeline)."""
+        return self.services.views.render(run, timeline=True)["timeline"]["entries"]
 
     async def execute(self, *, message_id: str = "msg-1", dequeue_count: int = 1) -> list[str]:
         """Deliver every queued execute message to the executor (as the host would); what each did."""

@@ -82,3 +82,72 @@ async def test_ending_advances_the_session_and_records_the_retention_date(monkey
     assert state.active_run_id is None and state.last_response_id == run.response_id
     expiry = [key for key in w.index.rows if key[0].startswith("expires-") and key[1] == f"run:{run.id}"]
     assert len(expiry) == 1 and w.index.entity("open", run.id) is None
+
+
+
+async def test_a_cancel_stops_the_response_at_the_provider_and_ends_the_run_cancelled(monkeypatch, caplog):
+    from shared.runs.results import cancelled_result
+
+    w = world(monkeypatch)
+    run = await start(w)
+    with caplog.at_level("INFO", logger="bgruns.cancelling"):
+        ended = await w.services.canceller.cancel(run.id)
+    assert ("cancel", run.response_id) in w.backend.calls
+    assert w.backend.responses[run.response_id].status == "cancelled"
+    stored = await w.services.reader.get(run.id)
+    assert ended.status == stored.status == "cancelled" and stored.result == cancelled_result()
+    assert [e["type"] for e in w.timeline(stored)][-2:] == ["cancel_requested", "finished"]
+    (line,) = [r for r in caplog.records if getattr(r, "step", None) == "cancel run"]
+    assert line.name == "bgruns.cancelling" and line.run_id == run.id
+
+
+async def test_a_run_that_finished_before_the_cancel_landed_keeps_its_real_result(monkeypatch):
+    w = world(monkeypatch)
+    run = await start(w)
+
+    async def it_finishes_first():
+        w.backend.responses[run.response_id].complete("the answer")
+
+    w.backend.before["cancel"] = it_finishes_first
+    ended = await w.services.canceller.cancel(run.id)
+    stored = await w.services.reader.get(run.id)
+    assert ended.status == stored.status == "completed" and stored.result["output_text"] == "the answer"
+
+
+async def test_a_run_still_starting_is_cancelled_without_asking_the_provider(monkeypatch):
+    w = world(monkeypatch)
+    run = await start(w)
+    await w.runs.update_entity({"PartitionKey": run.id, "RowKey": "run", "response_id": ""})
+    assert (await w.services.canceller.cancel(run.id)).status == "cancelled"
+    assert w.backend.count("cancel") == 0
+
+
+@pytest.mark.parametrize("transient, entry", [(False, "cancel_refused"), (True, "cancel_failed")])
+async def test_a_cancel_the_provider_did_not_take_is_noted_in_the_runs_timeline(monkeypatch, transient, entry):
+    w = world(monkeypatch)
+    run = await start(w)
+    w.backend.fail["cancel"] = [ProviderError(transient=transient, status=503 if transient else 403, message="no")]
+    with pytest.raises((Unavailable, UpstreamError)):
+        await w.services.canceller.cancel(run.id)
+    stored = await w.services.reader.get(run.id)
+    noted = [e for e in w.timeline(stored) if e["type"] not in ("created", "provider_accepted", "poll")]
+    assert noted == [{"at": w.clock.now, "type": "cancel_requested"},
+                     {"at": w.clock.now, "type": entry, "provider_status_code": 503 if transient else 403}]
+
+
+async def test_a_refused_cancel_says_why_in_the_error(monkeypatch):
+    w = world(monkeypatch)
+    run = await start(w)
+    cases = [(ProviderError(transient=True, status=503, message="down"), ("provider_unavailable",
+              "Could not cancel at the provider: down", None, 2)),
+             (ProviderError(transient=True, status=None, message="timeout", retry_after=0.2),
+              ("provider_unavailable", "Could not cancel at the provider: timeout", None, 1)),
+             (ProviderError(transient=False, status=403, message="not allowed"),
+              ("cancel_refused", "The provider refused to cancel the run (403): not allowed. The run was not "
+               "cancelled and goes on.", None, None))]
+    for error, expected in cases:
+        w.backend.fail["cancel"] = [error]
+        with pytest.raises((Unavailable, UpstreamError)) as refused:
+            await w.services.canceller.cancel(run.id)
+        got = refused.value
+        assert (got.code, got.message, got.param, got.retry_after) == expected

@@ -159,3 +159,121 @@ async def test_a_run_that_cannot_be_read_does_not_keep_the_others_from_repair(mo
     assert len(w.poll_queue.take()) == 2  # ...after repairing the two runs it could read
     assert (await w.services.sweeper.sweep())["polls"] == 1  # and the next pass repairs the third
     assert {m["run_id"] for m in w.poll_queue.take()} <= {r.id for r in runs}
+
+
+
+def repair_lines(caplog) -> list[tuple[str, str, str]]:
+    return [(r.name, r.run_id, r.bgruns_outcome) for r in caplog.records if getattr(r, "step", None) == "repair run"]
+
+
+async def test_lost_poll_messages_are_sent_again_at_once_counted_noted_and_logged(monkeypatch, caplog):
+    w = world(monkeypatch)
+    runs = [await start(w), await start(w)]
+    w.poll_queue.take()
+    due = w.clock.now + 10
+    for run in runs:
+        await w.runs.update_entity({"PartitionKey": run.id, "RowKey": "run", "next_poll_at": due})
+    w.clock.now = due + w.services.settings.sweep_grace  # due exactly the sweep grace ago: not overdue yet
+    assert (await w.services.sweeper.sweep()) == {"open": 2}
+    w.clock.advance(0.001)
+    with caplog.at_level("INFO", logger="bgruns.sweeping"):
+        assert (await w.services.sweeper.sweep()) == {"open": 2, "polls": 2}
+    assert [s.delay for s in w.poll_queue.sent] == [0, 0]
+    for run in runs:
+        repaired = [e for e in w.timeline(await w.run(run.id)) if e["type"] == "repaired"]
+        assert repaired == [{"at": w.clock.now, "type": "repaired", "next_poll_in": 0}]
+    assert sorted(repair_lines(caplog)) == sorted(("bgruns.sweeping", r.id, "poll_chain_restarted") for r in runs)
+
+
+async def test_a_repair_that_loses_to_another_writer_is_not_counted(monkeypatch):
+    w = world(monkeypatch)
+    run = await start(w)
+    w.poll_queue.take()
+    w.clock.advance(w.services.starter.start_grace + w.services.settings.sweep_grace + 1)
+
+    async def the_chain_moves_on_first():
+        w.runs.before.pop("update_entity")
+        await w.runs.update_entity({"PartitionKey": run.id, "RowKey": "run", "poll_seq": 7, "poll_nonce": "other"})
+
+    w.runs.before["update_entity"] = the_chain_moves_on_first
+    assert (await w.services.sweeper.sweep()) == {"open": 1}
+
+
+async def test_a_start_without_a_response_gets_the_start_grace_from_its_creation(monkeypatch, caplog):
+    from shared.runs.results import failure_result
+
+    w = world(monkeypatch, SWEEP_GRACE_SECONDS="1")
+    run = await start(w)
+    # stored by a start that died before the provider answered, due for a look at once
+    await w.runs.update_entity({"PartitionKey": run.id, "RowKey": "run", "response_id": "",
+                                "next_poll_at": run.created_at})
+    w.clock.advance(w.services.starter.start_grace - 1)
+    assert (await w.services.sweeper.sweep()) == {"open": 1}
+    w.clock.advance(1)  # exactly the start grace: given up
+    with caplog.at_level("INFO", logger="bgruns.sweeping"):
+        assert (await w.services.sweeper.sweep()) == {"open": 1, "starts": 1}
+    stored = await w.services.reader.get(run.id)
+    assert stored.status == "failed" and stored.result == failure_result(
+        "start_interrupted", "The run's start was interrupted before the provider accepted it.")
+    assert repair_lines(caplog) == [("bgruns.sweeping", run.id, "start_interrupted")]
+
+
+async def test_an_index_entry_without_a_run_is_kept_through_the_whole_start_grace(monkeypatch):
+    from shared.runs.requests import new_run_id
+
+    w = world(monkeypatch)
+    run_id = new_run_id(w.clock.now)
+    await w.index.upsert_entity({"PartitionKey": "open", "RowKey": run_id})
+    w.clock.advance(w.services.starter.start_grace)
+    await w.services.sweeper.sweep()
+    assert w.index.entity("open", run_id) is not None
+    await w.index.upsert_entity({"PartitionKey": "open", "RowKey": "not-one-of-our-ids"})
+    await w.services.sweeper.sweep()
+    assert w.index.entity("open", "not-one-of-our-ids") is None
+
+
+async def test_a_requeued_webhook_is_noted_and_logged(monkeypatch, caplog):
+    w = world(monkeypatch)
+    run = await start(w, webhook_url="http://127.0.0.1:9/hook")
+    await w.services.canceller.cancel(run.id)
+    w.webhook_queue.take()  # lost
+    w.clock.advance(w.services.settings.webhook_timeout + w.services.settings.sweep_grace + 1)
+    with caplog.at_level("INFO", logger="bgruns.sweeping"):
+        assert (await w.services.sweeper.sweep())["webhooks"] == 1
+    repaired = [e for e in w.timeline(await w.run(run.id)) if e["type"] == "repaired"]
+    assert repaired == [{"at": w.clock.now, "type": "repaired", "what": "webhook_requeued"}]
+    assert repair_lines(caplog) == [("bgruns.sweeping", run.id, "webhook_requeued")]
+
+
+async def test_an_ended_run_is_followed_up_and_logged(monkeypatch, caplog):
+    w = world(monkeypatch)
+    run = await start(w)
+    await w.runs.update_entity({"PartitionKey": run.id, "RowKey": "run", "status": "completed", "completed_at": 1.0})
+    with caplog.at_level("INFO", logger="bgruns.sweeping"):
+        assert (await w.services.sweeper.sweep()) == {"open": 1, "followed_up": 1}
+    assert repair_lines(caplog) == [("bgruns.sweeping", run.id, "followed_up")]
+
+
+async def test_a_failing_pass_waits_for_the_other_repairs_before_it_fails(monkeypatch):
+    import asyncio
+
+    import pytest
+    from azure.core.exceptions import ServiceRequestError
+
+    w = world(monkeypatch)
+    for _ in range(3):
+        await start(w)
+    w.poll_queue.take()
+    w.clock.advance(w.services.starter.start_grace + w.services.settings.sweep_grace + 1)
+    saves = 0
+
+    async def slow_save():
+        nonlocal saves
+        await asyncio.sleep(0.01)
+        saves += 1
+
+    w.runs.before["update_entity"] = slow_save
+    w.runs.fail_next = [ServiceRequestError("storage hiccup")]
+    with pytest.raises(ServiceRequestError):
+        await w.services.sweeper.sweep()
+    assert saves == 2  # both other repairs were saved before the pass failed
