@@ -73,10 +73,9 @@ class _Rolling:
         rate = limit / window_s
         used = max(0.0, self.used - (now - self.t) * rate)
         self.used, self.t, self.rate = used, now, rate
-        if cost > limit:
-            wait = math.inf
-        else:
-            wait = max(0.0, (used + cost - limit) / rate)
+        excess = used + cost - limit
+        # (a margin for float error: after sleeping exactly retry-after-ms the request must fit)
+        wait = math.inf if cost > limit else excess / rate if excess > 1e-9 else 0.0
         return Budget(limit, cost, used, used / rate, wait)
 
     def take(self, budget: Budget) -> Budget:

@@ -66,6 +66,8 @@ def parse_deployments(spec: Any) -> list[tuple[str, dict[str, Any]]]:
         text = spec.strip()
         spec = json.loads(text) if text.startswith("{") else [n.strip() for n in text.split(",") if n.strip()]
     if isinstance(spec, (list, tuple)):
+        if len(set(spec)) != len(spec):
+            raise ValueError(f"deployments: a name appears twice in {spec!r}")
         spec = {name: {} for name in spec}
     if not isinstance(spec, dict) or not spec:
         raise ValueError(f"deployments: expected names or an object of name -> settings, got {spec!r}")

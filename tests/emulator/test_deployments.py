@@ -134,8 +134,14 @@ def test_refused_outage_then_back_on_the_same_port(fleet, ctl, receiver):
 
 def test_503_outage_and_timed_comeback(ctl):
     payg = sdk(ctl.deployment_url("payg"))
+    live = payg.responses.create(model="m", input="x", background=True, stream=True,
+                                 metadata={"emulator_duration_ms": "500000"})
+    assert next(iter(live)).type == "response.created"
     down = ctl.take_down("payg", "503")
     assert down["outage"] == "503" and down["up_at"] is None
+    with pytest.raises(openai.APIConnectionError):           # a live stream is cut, as by a failing resource
+        for _event in live:
+            pass
     with pytest.raises(openai.InternalServerError) as exc:
         payg.responses.create(model="m", input="x")
     assert exc.value.status_code == 503 and exc.value.code == "service_unavailable"
