@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from .quotas import HEADER_MODES, STYLES
+
 
 @dataclass
 class EmulatorConfig:
@@ -130,7 +132,7 @@ class EmulatorConfig:
     # fields that cannot be changed at runtime through the config API
     _STARTUP_ONLY = ("db", "webhook_concurrency", "webhook_url", "webhook_secret", "webhook_event_types")
     # fields with a fixed set of values
-    _CHOICES = {"quota_style": ("openai", "azure"), "ratelimit_headers": ("openai", "azure_responses", "none")}
+    _CHOICES = {"quota_style": STYLES, "ratelimit_headers": HEADER_MODES}
     # numeric fields with a lower bound (value >= bound, or > bound for the strictly positive ones)
     _AT_LEAST = {"rpm_limit": 0, "tpm_limit": 0, "quota_default_output_tokens": 0}
     _ABOVE = {"quota_window_s": 0}

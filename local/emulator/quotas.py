@@ -162,9 +162,8 @@ class Quotas:
     def admit(self, model: str, tokens: int, now: float) -> Verdict:
         """Check both budgets; take from both only if both have room."""
         rpm, tpm = self.limits(model)
-        fixed = self.config.quota_style == "azure"
-        req = self._check(model, "requests", rpm, 1, now, REQUEST_PERIODS_PER_WINDOW if fixed else 1)
-        tok = self._check(model, "tokens", tpm, tokens, now, 1)
+        req = self._check(model, "requests", rpm, 1, now)
+        tok = self._check(model, "tokens", tpm, tokens, now)
         verdict = Verdict(model, None, req, tok, rpm, tpm)
         if tok is not None and tok.wait_s == math.inf:
             verdict.refused = "too_large"
@@ -192,20 +191,20 @@ class Quotas:
             win = self._windows[key] = want()
         return win
 
-    def _check(self, model: str, kind: str, limit: int, cost: int, now: float, periods: int) -> Budget | None:
+    def _check(self, model: str, kind: str, limit: int, cost: int, now: float) -> Budget | None:
         if limit <= 0:
             return None
+        periods = REQUEST_PERIODS_PER_WINDOW if kind == "requests" and self.config.quota_style == "azure" else 1
         return self._window(model, kind).check(limit, cost, now, self.config.quota_window_s, periods)
 
     def describe(self, now: float) -> list[dict]:
         """Every model seen so far (or configured): its limits and what is left now, without taking anything."""
         models = {m for m, _ in self._windows} | set(self.config.model_limits)
-        fixed = self.config.quota_style == "azure"
         out = []
         for model in sorted(models):
             rpm, tpm = self.limits(model)
-            req = self._check(model, "requests", rpm, 1, now, REQUEST_PERIODS_PER_WINDOW if fixed else 1)
-            tok = self._check(model, "tokens", tpm, 0, now, 1)
+            req = self._check(model, "requests", rpm, 1, now)
+            tok = self._check(model, "tokens", tpm, 0, now)
             out.append({"model": model, "rpm": rpm, "tpm": tpm,
                         "remaining_requests": req.remaining if req else None,
                         "reset_requests_s": round(req.reset_s, 3) if req else None,
