@@ -109,7 +109,7 @@ def test_refused_outage_then_back_on_the_same_port(fleet, ctl, receiver):
     payg = sdk(url)
     t0 = time.monotonic()
     slow = payg.responses.create(model="m", input="x", background=True,
-                                 metadata={"emulator_duration_ms": "75000"})          # ends 1.5 s from now
+                                 metadata={"emulator_duration_ms": "200000"})         # ends 4 s from now
     stream = payg.responses.retrieve(slow.id, stream=True)
     first = next(iter(stream))
     assert first.type == "response.created"
@@ -124,7 +124,7 @@ def test_refused_outage_then_back_on_the_same_port(fleet, ctl, receiver):
     assert type(cause).__name__ == "ConnectError" and "refused" in str(cause).lower()
     ptu = sdk(ctl.deployment_url("ptu"))
     ptu.responses.create(model="m", input="x", background=True, metadata=QUICK)   # the other one is unaffected
-    time.sleep(max(0.0, t0 + 2.5 - time.monotonic()))        # the slow response ends during the outage...
+    time.sleep(max(0.0, t0 + 5 - time.monotonic()))          # the slow response ends during the outage...
     assert [d["outage"] for d in ctl.deployments()] == [None, "refuse"]
     back_at = time.time()
     assert ctl.bring_up("payg")["outage"] is None
@@ -178,6 +178,9 @@ def test_control_input_is_checked(fleet, ctl):
         assert reply.status_code == status and reply.json()["error"]["param"] == param, body
     assert httpx.post(f"{url}/nope", json={"outage": "503"}).status_code == 404
     assert [d["outage"] for d in ctl.deployments()] == [None, None]
+    assert fleet.set_outage("payg", "503")["outage"] == "503"          # in-process, from another thread
+    assert httpx.post(f"{ctl.deployment_url('payg')}/responses", json={"model": "m"}).status_code == 503
+    assert fleet.set_outage("payg", None)["outage"] is None
 
 
 def test_single_default_deployment_cannot_lock_itself_out(tmp_path):
