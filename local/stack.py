@@ -16,6 +16,7 @@ free ports otherwise, so several stacks can run side by side.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -31,6 +32,8 @@ import httpx
 
 from local.azurite import REPO_ROOT, Azurite, connection_string, free_port
 from local.emulator import EmulatorServer
+from local.emulator.control import EmulatorControl
+from local.emulator.server import parse_deployments
 from local.functions_host.process import HostProcess
 from local.webhook_receiver import WebhookReceiver
 
@@ -56,31 +59,20 @@ def new_webhook_secrets(count: int = 2) -> tuple[str, ...]:
 
 
 # -- the emulator, in a thread or a subprocess -----------------------------------------------------------------------
-class _EmulatorControl:
-    """The emulator's admin API (`/v1/_emulator/...`), the same whichever way it runs."""
-
-    base_url: str
-
-    def configure(self, **config: Any) -> None:
-        httpx.post(f"{self.base_url}/_emulator/config", json=config, timeout=10).raise_for_status()
-
-    def responses(self, **metadata: str) -> list[dict[str, Any]]:
-        params = {f"metadata.{k}": v for k, v in metadata.items()}
-        response = httpx.get(f"{self.base_url}/_emulator/responses", params=params, timeout=120)
-        response.raise_for_status()
-        return response.json()["data"]
-
-    def stats(self) -> dict[str, Any]:
-        return httpx.get(f"{self.base_url}/_emulator/stats", timeout=30).json()
-
-
-class EmulatorThread(_EmulatorControl):
+# Both are an EmulatorControl (local/emulator/control.py): configure(), responses(), stats(), and per deployment
+# deployment_url(name), set_quota(...), take_down(name, ...)/bring_up(name). `deployments` in the emulator config
+# (e.g. {"ptu": {"rpm_limit": 60}, "payg": {}}) serves several, each on its own port; base_url is the first's.
+class EmulatorThread(EmulatorControl):
     def __init__(self, port: int = 0, **config: Any) -> None:
+        super().__init__()
         self.server = EmulatorServer(port=port, **config)
 
     @property
     def base_url(self) -> str:
         return self.server.base_url
+
+    def deployment_urls(self) -> dict[str, str]:
+        return {name: dep.base_url for name, dep in self.server.deployments.items()}
 
     def start(self) -> "EmulatorThread":
         self.server.start_in_thread()
@@ -90,21 +82,32 @@ class EmulatorThread(_EmulatorControl):
         self.server.stop()
 
 
-class EmulatorProcess(_EmulatorControl):
+class EmulatorProcess(EmulatorControl):
     def __init__(self, log_path: Path, port: int = 0, **config: Any) -> None:
+        super().__init__()
         self.port = port or free_port()
         self.log_path = log_path
-        self.config = config
+        self.config = dict(config)
+        # Every deployment's port is chosen here, so that their URLs are known before the process runs.
+        specs = parse_deployments(self.config.pop("deployments", None))
+        self.deployment_specs = {name: {**settings, "port": settings.get("port") or (self.port if n == 0 else free_port())}
+                                 for n, (name, settings) in enumerate(specs)}
+        self.port = self.deployment_specs[specs[0][0]]["port"]
         self.proc: subprocess.Popen | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    def deployment_urls(self) -> dict[str, str]:
+        return {name: f"http://127.0.0.1:{spec['port']}/v1" for name, spec in self.deployment_specs.items()}
+
     def start(self) -> "EmulatorProcess":
         args = [sys.executable, "-m", "local.emulator", "--port", str(self.port)]
+        if list(self.deployment_specs) != ["default"]:
+            args += ["--deployments", json.dumps(self.deployment_specs)]
         for key, value in self.config.items():
-            args += ["--" + key.replace("_", "-"), str(value)]
+            args += ["--" + key.replace("_", "-"), json.dumps(value) if isinstance(value, dict) else str(value)]
         self.proc = _python_process(args, self.log_path)
         _wait_until(lambda: httpx.get(f"{self.base_url}/_emulator/stats", timeout=1).status_code == 200,
                     self.proc, 30, f"the emulator did not start (see {self.log_path})")

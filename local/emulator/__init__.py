@@ -32,6 +32,12 @@ Provider webhooks: register endpoints with ``client.webhooks.create(...)`` (/v1/
 emulator_webhook_delay_ms/_drop/_duplicate); GET /v1/_emulator/webhook_deliveries lists every delivery.
 A live stream of a cancelled response ends cleanly without a terminal event (the real API has no
 response.cancelled stream event).
+Quotas (quotas.py): rpm_limit/tpm_limit/model_limits per model name with token estimates at admission, OpenAI's
+x-ratelimit-* headers and retry-after(-ms) (ratelimit_headers=azure_responses: Azure's -1/0 and no retry-after),
+quota_style=openai (rolling) | azure (fixed windows, RPM per 10 s), insufficient_quota; GET /v1/_emulator/quotas.
+Several deployments (server.py): ``EmulatorServer(deployments={"ptu": {...}, "payg": {}})`` or ``--deployments``,
+each its own port, store, quotas, faults and webhook secret; POST /v1/_emulator/deployments/{name}
+{"outage": "refuse" | "503" | null, "for_s"} takes one down and up. Python helper: control.EmulatorControl.
 """
 from .app import Emulator
 from .config import EmulatorConfig

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from .chat import FAILURE, KNOB_HEADER, ChatLog, ChatStream, build_chat_plan, completion_body, header_knobs
 from .config import EmulatorConfig
+from .quotas import AZURE_RESPONSES_HEADERS, Quotas, ratelimit_headers, refusal, retry_headers
 from .store import Store
 from .timeline import (
     KnobError, TERMINAL, build_content_spec, light_status, normalize_input, render_event, resolve_knobs,
@@ -30,6 +31,11 @@ PREFIXES = ("/v1", "/openai/v1", "/openai")
 ENDPOINTS = ("create", "create_stream", "retrieve", "stream", "cancel", "delete", "input_items", "webhook_endpoints",
              "chat", "chat_stream")
 _FAULT_GROUP = {"create_stream": "create", "chat_stream": "chat"}   # endpoint -> its name in fault_endpoints
+_MODEL_CALLS = frozenset({"create", "create_stream", "chat", "chat_stream"})   # what quotas and billing apply to
+_CHAT_ENDPOINTS = frozenset({"chat", "chat_stream"})
+INSUFFICIENT_QUOTA = ("You exceeded your current quota, please check your plan and billing details. For more "
+                      "information on this error, read the docs: "
+                      "https://platform.openai.com/docs/guides/error-codes/api-errors. (emulated)")
 _REQUEST_FIELDS = (
     "model", "instructions", "max_output_tokens", "max_tool_calls", "previous_response_id", "tools",
     "tool_choice", "parallel_tool_calls", "temperature", "top_p", "top_logprobs", "reasoning", "text",
@@ -50,13 +56,15 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
                         status_code=status, headers=hdrs)
 
 
-def fault_response(status: int, retry_after_ms: float, source: str) -> JSONResponse:
+def fault_response(status: int, retry_after_ms: float, source: str, *, azure_responses: bool = False) -> JSONResponse:
+    """An injected failure. ``azure_responses``: as Azure OpenAI's Responses API answers (``-1``/``0`` rate-limit
+    headers, no retry-after)."""
     headers = {"x-emulator-fault": source}
-    if status in (429, 503):
+    if status in (429, 503) and not azure_responses:
         headers["retry-after-ms"] = str(int(retry_after_ms))
         headers["retry-after"] = str(max(0, math.ceil(retry_after_ms / 1000.0)))
     if status == 429:
-        headers.update({
+        headers.update(AZURE_RESPONSES_HEADERS if azure_responses else {
             "x-ratelimit-limit-requests": "10000", "x-ratelimit-remaining-requests": "0",
             "x-ratelimit-reset-requests": f"{int(retry_after_ms)}ms",
             "x-ratelimit-limit-tokens": "2000000", "x-ratelimit-remaining-tokens": "0",
@@ -72,6 +80,16 @@ def fault_response(status: int, retry_after_ms: float, source: str) -> JSONRespo
                               "server_error", None, None, headers)
     return error_response(status, f"Emulated HTTP {status}.", "server_error" if status >= 500 else
                           "invalid_request_error", None, None, headers)
+
+
+def insufficient_quota() -> JSONResponse:
+    """OpenAI's billing refusal: a 429 that no waiting fixes, so no retry-after."""
+    return error_response(429, INSUFFICIENT_QUOTA, "insufficient_quota", None, "insufficient_quota")
+
+
+def outage_response(name: str) -> JSONResponse:
+    return error_response(503, f"The service is temporarily unavailable. (emulated outage of deployment '{name}')",
+                          "server_error", None, "service_unavailable")
 
 
 def not_found(resp_id: str) -> JSONResponse:
@@ -98,10 +116,20 @@ class Gate:
 
 
 class Emulator:
-    def __init__(self, config: EmulatorConfig | None = None):
+    """One emulated resource: its config, response store, quotas, webhooks and routes.
+
+    ``name`` is its deployment name (several run side by side, see server.py); ``outage`` is None while it
+    serves, ``"503"`` or ``"refuse"`` while it is down (set by its Deployment); ``extra_routes`` are served
+    besides its own (the server's fleet control routes)."""
+
+    def __init__(self, config: EmulatorConfig | None = None, *, name: str = "default",
+                 extra_routes: list[Route] | None = None):
         self.config = config or EmulatorConfig()
+        self.name = name
+        self.outage: str | None = None
         self.store = Store(self.config.db)
         self.rng = random.Random(self.config.seed)
+        self.quotas = Quotas(self.config)
         self.closing = False
         self._listeners: dict[str, set[asyncio.Event]] = {}
         self._all_listeners: set[asyncio.Event] = set()
@@ -113,7 +141,7 @@ class Emulator:
             types = [t.strip() for t in self.config.webhook_event_types.split(",") if t.strip()]
             self.endpoints.ensure(self.config.webhook_url, self.config.webhook_secret, types)
         self._reset_stats()
-        self.app = self._build_app()
+        self.app = self._build_app(extra_routes or [])
 
     # ------------------------------------------------------------------ bookkeeping
     def _reset_stats(self) -> None:
@@ -125,6 +153,8 @@ class Emulator:
             "streams_open": 0,
             "streams_cut": 0,
             "unauthorized": 0,
+            "outage_refusals": 0,
+            "quota": {"insufficient_quota": 0},
         }
 
     def listen(self, resp_id: str, ev: asyncio.Event) -> None:
@@ -145,8 +175,16 @@ class Emulator:
 
     def shutdown_streams(self) -> None:
         self.closing = True
+        self.interrupt_streams()
+
+    def interrupt_streams(self) -> None:
+        """Wake every live stream so that it sees ``closing`` or an outage and is cut."""
         for ev in list(self._all_listeners):
             ev.set()
+
+    @property
+    def cutting_streams(self) -> bool:
+        return self.closing or self.outage is not None
 
     def lookup(self, resp_id: str) -> dict | None:
         rec = self.store.get(resp_id)
@@ -166,12 +204,22 @@ class Emulator:
         self.stats["requests"][endpoint] += 1
         gate = Gate()
         cfg = self.config
+        if self.outage is not None:
+            self.stats["outage_refusals"] += 1
+            gate.response = outage_response(self.name)
+            return gate
         if cfg.api_keys:
             refusal = self._check_key(request)
             if refusal is not None:
                 gate.response = refusal
                 return gate
+        model_call = endpoint in _MODEL_CALLS
+        azure_responses = cfg.ratelimit_headers == "azure_responses" and endpoint not in _CHAT_ENDPOINTS
         header = (request.headers.get("x-emulator-fault") or "").strip().lower()
+        if cfg.insufficient_quota and model_call or header == "insufficient_quota":
+            self.stats["quota"]["insufficient_quota"] += 1
+            gate.response = insufficient_quota()
+            return gate
         if header:
             if header == "drop":
                 gate.drop = True
@@ -185,7 +233,8 @@ class Emulator:
                     status, active = 0, False
                 if active and 400 <= status <= 599:
                     self._count_fault(status)
-                    gate.response = fault_response(status, cfg.retry_after_ms, "header")
+                    gate.response = fault_response(status, cfg.retry_after_ms, "header",
+                                                   azure_responses=azure_responses)
                     return gate
         try:
             gate.delay_s += float(request.headers.get("x-emulator-delay-ms") or 0) / 1000.0
@@ -196,7 +245,8 @@ class Emulator:
             for status, rate in ((429, cfg.fault_429_rate), (500, cfg.fault_500_rate), (503, cfg.fault_503_rate)):
                 if r < rate:
                     self._count_fault(status)
-                    gate.response = fault_response(status, cfg.retry_after_ms, "global")
+                    gate.response = fault_response(status, cfg.retry_after_ms, "global",
+                                                   azure_responses=azure_responses)
                     return gate
                 r -= rate
             if cfg.slow_first_byte_rate > 0 and self.rng.random() < cfg.slow_first_byte_rate:
@@ -235,12 +285,36 @@ class Emulator:
                 self.store.touch(rec)
                 self.stats["faults"]["per_response_http_error"] += 1
                 self._count_fault(status)
-                return fault_response(status, rec["knobs"]["retry_after_ms"], "response")
+                return fault_response(status, rec["knobs"]["retry_after_ms"], "response",
+                                      azure_responses=self.config.ratelimit_headers == "azure_responses")
         return None
 
+    # ------------------------------------------------------------------ quotas
+    def _admit(self, model: str, tokens: int, *, chat: bool) -> tuple[Response | None, dict[str, str]]:
+        """Quota admission of a model call: (the 429 to answer or None, the rate-limit headers for the answer)."""
+        cfg = self.config
+        mode = "openai" if chat and cfg.ratelimit_headers == "azure_responses" else cfg.ratelimit_headers
+        if not self.quotas.active:
+            return None, ratelimit_headers(None, mode)
+        verdict = self.quotas.admit(model, tokens, time.time())
+        headers = ratelimit_headers(verdict, mode)
+        if verdict.refused is None:
+            return None, headers
+        message, type_, code = refusal(verdict, cfg.quota_style, "ChatCompletions_Create" if chat else
+                                       "Responses_Create")
+        return error_response(429, message, type_, None, code, {**headers, **retry_headers(verdict.retry_after_s,
+                                                                                             mode)}), headers
+
+    def _admit_get(self, rec: dict) -> Response | None:
+        """With ``quota_counts_gets``: a retrieve/cancel/delete/input_items costs a request of the response's model."""
+        if not self.config.quota_counts_gets:
+            return None
+        refused, _headers = self._admit(rec["request"].get("model") or "", 0, chat=False)
+        return refused
+
     # ------------------------------------------------------------------ routes
-    def _build_app(self) -> Starlette:
-        routes = []
+    def _build_app(self, extra_routes: list[Route]) -> Starlette:
+        routes = list(extra_routes)
         for p in PREFIXES:
             routes += [
                 Route(f"{p}/responses", self.create, methods=["POST"]),
@@ -256,6 +330,7 @@ class Emulator:
                 Route(f"{p}/_emulator/stats", self.get_stats, methods=["GET"]),
                 Route(f"{p}/_emulator/reset", self.reset, methods=["POST"]),
                 Route(f"{p}/_emulator/responses", self.list_responses, methods=["GET"]),
+                Route(f"{p}/_emulator/quotas", self.get_quotas, methods=["GET"]),
                 Route(f"{p}/_emulator/webhook_endpoints", self.list_endpoints_with_secrets, methods=["GET"]),
                 Route(f"{p}/_emulator/webhook_deliveries", self.list_deliveries, methods=["GET"]),
             ]
@@ -298,6 +373,10 @@ class Emulator:
         if isinstance(rec_or_error, Response):
             return rec_or_error
         rec = rec_or_error
+        refused, headers = self._admit(rec["request"]["model"], self.quotas.estimate(
+            rec["content"]["input_tokens"], body.get("max_output_tokens")), chat=False)
+        if refused is not None:
+            return refused
         self.store.put(rec)
         self.webhooks.schedule_end(rec)
         delay = gate.delay_s + rec["knobs"]["first_byte_ms"] / 1000.0
@@ -305,13 +384,15 @@ class Emulator:
             self.stats["faults"]["drop"] += 1
             return await self._delayed(delay, DropResponse())  # type: ignore[arg-type]
         if rec["stream"]:
-            return SSEStream(self, rec, -1, delay)  # type: ignore[return-value]
+            return SSEStream(self, rec, -1, delay, headers)  # type: ignore[return-value]
         plan = self.store.plan(rec)
         if not rec["background"]:
             wait = plan.t_end - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-        return await self._delayed(delay, self._json(snapshot(rec, plan, time.time())))
+                if self.outage is not None:      # went down while the call was running
+                    return outage_response(self.name)
+        return await self._delayed(delay, self._json(snapshot(rec, plan, time.time()), headers=headers))
 
     def _check_metadata(self, metadata: Any) -> Response | None:
         if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
@@ -440,6 +521,13 @@ class Emulator:
         fault = self._chat_http_error(raw, knobs)
         if fault is not None:
             return await self._delayed(delay, fault)
+        # the quota key: Azure's deployment path segment, else the model (a v1 deployment name or an OpenAI model)
+        refused, headers = self._admit(
+            request.path_params.get("deployment") or body["model"],
+            self.quotas.estimate(plan.usage["prompt_tokens"], body.get("max_completion_tokens") or
+                                 body.get("max_tokens")), chat=True)
+        if refused is not None:
+            return refused
         entry = self.chat.record(plan, body, meta, streaming)
         if gate.drop:
             self.stats["faults"]["drop"] += 1
@@ -453,14 +541,16 @@ class Emulator:
             if self.config.stream_cut_rate > 0 and self.rng.random() < self.config.stream_cut_rate and n >= 2:
                 k = self.rng.randint(1, n - 1)
                 cut = k if cut is None else min(cut, k)
-            return ChatStream(self, plan, entry, cut, delay)  # type: ignore[return-value]
+            return ChatStream(self, plan, entry, cut, delay, headers)  # type: ignore[return-value]
         wait = plan.t_end - time.time()
         if wait > 0:
             await asyncio.sleep(wait)
+            if self.outage is not None:          # went down while the call was running
+                return outage_response(self.name)
         if plan.failed:
             return await self._delayed(delay, error_response(500, FAILURE["message"], "server_error",
                                                                 code="server_error"))
-        return await self._delayed(delay, self._json(completion_body(plan)))
+        return await self._delayed(delay, self._json(completion_body(plan), headers=headers))
 
     def _check_chat_request(self, body: dict) -> Response | None:
         model = body.get("model")
@@ -513,8 +603,8 @@ class Emulator:
                         for k, v in knob.items())]
         return JSONResponse({"object": "list", "now": time.time(), "data": rows, "stats": self.chat.stats})
 
-    def _json(self, obj: dict, status: int = 200) -> JSONResponse:
-        return JSONResponse(obj, status_code=status, headers={"x-request-id": _req_id()})
+    def _json(self, obj: dict, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(obj, status_code=status, headers={"x-request-id": _req_id(), **(headers or {})})
 
     def _visible(self, rec: dict | None) -> bool:
         # a non-background store=false response is never retrievable, like the real API
@@ -531,6 +621,9 @@ class Emulator:
         rec = self.lookup(resp_id)
         if not self._visible(rec):
             return not_found(resp_id)
+        refused = self._admit_get(rec)
+        if refused is not None:
+            return refused
         rec["counters"]["stream" if stream else "retrieve"] += 1
         self.store.touch(rec)
         delay = gate.delay_s + rec["knobs"]["first_byte_ms"] / 1000.0
@@ -572,6 +665,9 @@ class Emulator:
         rec = self.lookup(resp_id)
         if not self._visible(rec):
             return not_found(resp_id)
+        refused = self._admit_get(rec)
+        if refused is not None:
+            return refused
         rec["counters"]["cancel"] += 1
         self.store.touch(rec)
         if not rec["background"]:
@@ -595,6 +691,9 @@ class Emulator:
         rec = self.lookup(resp_id)
         if not self._visible(rec):
             return not_found(resp_id)
+        refused = self._admit_get(rec)
+        if refused is not None:
+            return refused
         rec["deleted"] = True
         self.store.delete(resp_id)
         self._wake(resp_id)
@@ -609,6 +708,9 @@ class Emulator:
         rec = self.lookup(resp_id)
         if not self._visible(rec):
             return not_found(resp_id)
+        refused = self._admit_get(rec)
+        if refused is not None:
+            return refused
         q = request.query_params
         items = list(rec["input"])
         if (q.get("order") or "desc") == "desc":
@@ -644,6 +746,12 @@ class Emulator:
             self.rng = random.Random(self.config.seed)
         return JSONResponse(self.config.as_dict())
 
+    async def get_quotas(self, request: Request) -> Response:
+        """Every model's budgets as they stand now (nothing is taken)."""
+        cfg = self.config
+        return JSONResponse({"object": "list", "style": cfg.quota_style, "window_s": cfg.quota_window_s,
+                             "data": self.quotas.describe(time.time()), "stats": self.quotas.stats})
+
     def status_counts(self) -> dict[str, int]:
         now = time.time()
         counts = {s: 0 for s in ("queued", "in_progress", "completed", "failed", "cancelled", "incomplete")}
@@ -656,6 +764,7 @@ class Emulator:
         body["responses"] = {"total": len(self.store.records), "by_status": self.status_counts()}
         body["uptime_s"] = time.time() - self.started_at
         body["chat"] = dict(self.chat.stats)
+        body["quota"] = {**self.stats["quota"], **self.quotas.stats}
         body["webhooks"] = {**self.webhooks.stats, "pending": self.webhooks.pending,
                             "endpoints": len(self.endpoints.items)}
         return JSONResponse(body)
@@ -668,6 +777,7 @@ class Emulator:
         self._reset_stats()
         self.webhooks.reset_stats()
         self.chat.reset_stats()
+        self.quotas.reset()
         self.rng = random.Random(self.config.seed)
         if isinstance(opts, dict) and opts.get("webhook_endpoints"):
             self.endpoints.clear()
@@ -894,8 +1004,10 @@ class SSEStream:
     the real API has no ``response.cancelled`` stream event). A cut closes the connection abruptly.
     """
 
-    def __init__(self, emu: Emulator, rec: dict, starting_after: int, delay_s: float):
+    def __init__(self, emu: Emulator, rec: dict, starting_after: int, delay_s: float,
+                 headers: dict[str, str] | None = None):
         self.emu, self.rec, self.after, self.delay_s = emu, rec, starting_after, delay_s
+        self.headers = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def __call__(self, scope, receive, send) -> None:
         emu, rec = self.emu, self.rec
@@ -911,7 +1023,7 @@ class SSEStream:
             await asyncio.sleep(self.delay_s)
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-            (b"x-request-id", _req_id().encode()),
+            (b"x-request-id", _req_id().encode()), *self.headers,
         ]})
         wake = asyncio.Event()
         gone = False
@@ -933,7 +1045,7 @@ class SSEStream:
         try:
             while not gone:
                 wake.clear()
-                if emu.closing:
+                if emu.cutting_streams:
                     return self._cut()
                 now = time.time()
                 visible = visible_event_count(rec, plan, now)

@@ -300,8 +300,10 @@ class ChatLog:
 class ChatStream:
     """ASGI app sending a plan's chunks as they fall due; a cut closes the connection without the end."""
 
-    def __init__(self, emu: "Emulator", plan: ChatPlan, entry: dict, cut_after: int | None, delay_s: float):
+    def __init__(self, emu: "Emulator", plan: ChatPlan, entry: dict, cut_after: int | None, delay_s: float,
+                 headers: dict[str, str] | None = None):
         self.emu, self.plan, self.entry, self.cut_after, self.delay_s = emu, plan, entry, cut_after, delay_s
+        self.headers = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def __call__(self, scope, receive, send) -> None:
         plan, log = self.plan, self.emu.chat
@@ -309,7 +311,7 @@ class ChatStream:
             await asyncio.sleep(self.delay_s)
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-            (b"x-request-id", ("req_" + secrets.token_hex(16)).encode())]})
+            (b"x-request-id", ("req_" + secrets.token_hex(16)).encode()), *self.headers]})
         wake = asyncio.Event()
         gone = False
 
@@ -321,11 +323,11 @@ class ChatStream:
             wake.set()
 
         watcher = asyncio.ensure_future(watch())
-        self.emu.listen(plan.id, wake)          # shutdown wakes it too
+        self.emu.listen(plan.id, wake)          # shutdown and outages wake it too
         loop = asyncio.get_running_loop()
         n, total = 0, len(plan.chunks)
         try:
-            while n < total and not gone and not self.emu.closing:
+            while n < total and not gone and not self.emu.cutting_streams:
                 wake.clear()
                 now = time.time()
                 batch: list[bytes] = []

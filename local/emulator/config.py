@@ -6,9 +6,13 @@ and changed at runtime with ``POST /v1/_emulator/config {"foo_bar": ...}``.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
+
+from .quotas import HEADER_MODES, STYLES
 
 
 @dataclass
@@ -69,6 +73,34 @@ class EmulatorConfig:
     fault_endpoints: str = "create,retrieve,stream,cancel,delete,input_items,chat"
     """Comma list of endpoints global faults apply to."""
 
+    # --- quotas, as the real services enforce them (wall-clock; see quotas.py) -----------------------------
+    rpm_limit: int = 0
+    """Requests per window (``quota_window_s``) for each model name; 0 = unlimited. Creates and chat calls count
+    (and retrieve/cancel/delete/input_items with ``quota_counts_gets``)."""
+    tpm_limit: int = 0
+    """Tokens per window for each model name, counted at admission: prompt tokens + the request's output cap
+    (``max_output_tokens``/``max_completion_tokens``/``max_tokens``, else ``quota_default_output_tokens``); 0 =
+    unlimited."""
+    model_limits: dict = field(default_factory=dict)
+    """Per model name: ``{"gpt-4.1": {"rpm": 60, "tpm": 100000}}``; a key left out falls back to rpm/tpm_limit."""
+    quota_window_s: float = 60.0
+    """Length of the quota "minute" (shorter makes the same limits faster for tests)."""
+    quota_style: str = "openai"
+    """``openai``: rolling window (the budget refills continuously); ``azure``: fixed windows, requests counted per
+    sixth of the window (Azure evaluates RPM over 10 s) and 429 bodies worded as Azure's (``code: "429"``)."""
+    quota_default_output_tokens: int = 1024
+    """Output tokens a request without a cap is estimated at, for the token budget."""
+    quota_counts_gets: bool = False
+    """True = retrieve, cancel, delete and input_items cost a request (no tokens) of the response's model."""
+    ratelimit_headers: str = "openai"
+    """``openai``: ``x-ratelimit-limit|remaining|reset-requests|tokens`` on create/chat answers while a limit is set,
+    ``retry-after-ms``/``retry-after`` on 429s; ``azure_responses``: on Responses routes the ``-1``/``0`` values
+    Azure OpenAI's Responses API was seen to send, and no ``retry-after`` (Chat Completions keep OpenAI's);
+    ``none``: no ``x-ratelimit-*`` at all (429s keep ``retry-after``)."""
+    insufficient_quota: bool = False
+    """True = creates and chat calls get 429 ``insufficient_quota`` (a billing state: no retry-after, waiting never
+    helps); retrieve/cancel/delete still work."""
+
     # --- provider webhooks (wall-clock ms, multiplied by webhook_time_scale; not the response time scale) ---
     webhook_delay_ms: float = 0.0
     """Response end -> first delivery attempt (per response: metadata ``emulator_webhook_delay_ms``)."""
@@ -99,6 +131,11 @@ class EmulatorConfig:
 
     # fields that cannot be changed at runtime through the config API
     _STARTUP_ONLY = ("db", "webhook_concurrency", "webhook_url", "webhook_secret", "webhook_event_types")
+    # fields with a fixed set of values
+    _CHOICES = {"quota_style": STYLES, "ratelimit_headers": HEADER_MODES}
+    # numeric fields with a lower bound (value >= bound, or > bound for the strictly positive ones)
+    _AT_LEAST = {"rpm_limit": 0, "tpm_limit": 0, "quota_default_output_tokens": 0}
+    _ABOVE = {"quota_window_s": 0}
 
     def update(self, values: Mapping[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}
@@ -107,7 +144,9 @@ class EmulatorConfig:
                 raise ValueError(f"unknown emulator setting '{key}'")
             if key in self._STARTUP_ONLY:
                 raise ValueError(f"setting '{key}' can only be set at start-up")
-            setattr(self, key, _coerce(known[key], raw, key))
+        staged = {key: _coerce(known[key], raw, key) for key, raw in values.items()}
+        for key, value in staged.items():          # all or nothing: a bad value changes no setting
+            setattr(self, key, value)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,23 +172,63 @@ class EmulatorConfig:
 
 def _coerce(f: dataclasses.Field, raw: Any, name: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind == "dict":
+        return _model_limits(raw, name)
+    choices = EmulatorConfig._CHOICES.get(f.name)
+    if choices is not None and str(raw) not in choices:
+        raise ValueError(f"bad value for {name}: {raw!r} (expected one of {', '.join(choices)})")
     try:
-        if kind == "bool":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        return str(raw)
+        value = _parse(kind, raw)
     except (TypeError, ValueError):
         raise ValueError(f"bad value for {name}: {raw!r} (expected {kind})") from None
+    low = EmulatorConfig._AT_LEAST.get(f.name)
+    if low is not None and value < low:
+        raise ValueError(f"bad value for {name}: {raw!r} (expected a number >= {low})")
+    low = EmulatorConfig._ABOVE.get(f.name)
+    if low is not None and value <= low:
+        raise ValueError(f"bad value for {name}: {raw!r} (expected a number > {low})")
+    return value
+
+
+def _parse(kind: str, raw: Any) -> Any:
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(raw)
+    if kind == "int":
+        if isinstance(raw, bool) or isinstance(raw, float) and not raw.is_integer():
+            raise ValueError(raw)
+        return int(raw)
+    if kind == "float":
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError(raw)
+        return value
+    return str(raw)
+
+
+def _model_limits(raw: Any, name: str) -> dict[str, dict[str, int]]:
+    """``{"model": {"rpm": n, "tpm": n}}`` from a dict or its JSON text; counts are integers >= 0."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            raise ValueError(f"bad value for {name}: expected a JSON object, got {raw!r}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"bad value for {name}: expected an object {{model: {{rpm, tpm}}}}, got {raw!r}")
+    out: dict[str, dict[str, int]] = {}
+    for model, limits in raw.items():
+        if not isinstance(limits, dict) or not set(limits) <= {"rpm", "tpm"} or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in limits.values()):
+            raise ValueError(f"bad value for {name}[{model!r}]: expected {{\"rpm\": n, \"tpm\": n}} with integers >= 0, "
+                             f"got {limits!r}")
+        out[str(model)] = dict(limits)
+    return out
 
 
 def config_fields() -> list[dataclasses.Field]:

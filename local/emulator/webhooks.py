@@ -249,6 +249,11 @@ class Dispatcher:
                     delivery["state"] = "pending"
                     self._push(delivery.get("next_at") or time.time(), "attempt", (rec["id"], n, hook))
 
+    def poke(self) -> None:
+        """Look at the heap again now (the deployment came back from an outage)."""
+        if self._wake is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
     @property
     def pending(self) -> int:
         return sum(1 for entry in self._heap if entry[2] == "attempt") + len(self._inflight)
@@ -262,14 +267,15 @@ class Dispatcher:
         try:
             while True:
                 now = time.time()
-                while self._heap and self._heap[0][0] <= now:
+                # a resource that is down sends nothing; what fell due meanwhile goes out when it is back (poke)
+                while self.emu.outage is None and self._heap and self._heap[0][0] <= now:
                     _due, _n, kind, key = heapq.heappop(self._heap)
                     if kind == "end":
                         self._fire(key, now)
                     else:
                         self._start_attempt(*key)
                 self._wake.clear()
-                delay = (self._heap[0][0] - now) if self._heap else 3600.0
+                delay = (self._heap[0][0] - now) if self._heap and self.emu.outage is None else 3600.0
                 handle = self._loop.call_later(max(0.0, min(delay, 3600.0)), self._wake.set)
                 try:
                     await self._wake.wait()
