@@ -73,10 +73,26 @@ def continuation_items(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
+def _parts(content: Any) -> list[dict[str, Any]]:
+    """A message's content parts (content that is not a string), each an object."""
+    if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
+        raise RequestRefused("Invalid 'input': a message's content must be a string or an array of content parts.",
+                             param="input", code="invalid_value")
+    return content
+
+
+def _part_text(part: dict[str, Any], field: str = "text") -> str:
+    text = part.get(field) or ""
+    if not isinstance(text, str):
+        raise RequestRefused(f"Invalid 'input': a content part's '{field}' must be a string.", param="input",
+                             code="invalid_value")
+    return text
+
+
 def _parts_text(content: Any) -> str:
     if isinstance(content, str):
         return content
-    return "".join(p.get("text") or p.get("refusal") or "" for p in content or [] if isinstance(p, dict))
+    return "".join(_part_text(p) or _part_text(p, "refusal") for p in _parts(content or []))
 
 
 def _user_content(content: Any) -> Any:
@@ -84,10 +100,10 @@ def _user_content(content: Any) -> Any:
     if isinstance(content, str):
         return content
     parts = []
-    for part in content or []:
+    for part in _parts(content or []):
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text"):
-            parts.append({"type": "text", "text": part.get("text", "")})
+            parts.append({"type": "text", "text": _part_text(part)})
         elif kind == "input_image" and part.get("image_url"):
             image = {"url": part["image_url"], **({"detail": part["detail"]} if part.get("detail") else {})}
             parts.append({"type": "image_url", "image_url": image})
@@ -107,12 +123,16 @@ def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list
     for item in items:
         kind = item.get("type") or ("message" if "role" in item else None)
         if kind == "message":
-            role = {"developer": "system"}.get(item.get("role"), item.get("role"))
+            role = item.get("role")
+            role = "system" if role == "developer" else role
             if role not in ("system", "user", "assistant"):
                 raise _refused("input", f"input message role {item.get('role')!r} is not supported")
             content = _parts_text(item.get("content")) if role == "assistant" else _user_content(item.get("content"))
             messages.append({"role": role, "content": content})
         elif kind == "function_call":
+            if not all(isinstance(item.get(field) or "", str) for field in ("call_id", "name", "arguments")):
+                raise RequestRefused("Invalid 'input': a function_call's call_id, name and arguments are strings.",
+                                     param="input", code="invalid_value")
             call = {"id": item.get("call_id"), "type": "function",
                     "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}}
             previous = messages[-1] if messages else None
@@ -253,7 +273,8 @@ class ChatTranslator:
     def _index(self, item: dict[str, Any]) -> int:
         return self.output.index(item)
 
-    def _text(self, kind: str, text: str, logprobs: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    def _text(self, kind: str, text: str, logprobs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        logprobs = logprobs or []
         events = []
         if self._message is None:
             self._message = {"type": "message", "id": f"msg_{secrets.token_hex(12)}", "status": "in_progress",
@@ -266,7 +287,8 @@ class ChatTranslator:
             self._part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []} if kind == "output_text" else {
                 "type": "refusal", "refusal": ""}
             self._message["content"].append(self._part)
-            events.append({"type": "response.content_part.added", **self._where(), "part": dict(self._part)})
+            events.append({"type": "response.content_part.added", **self._where(),
+                           "part": json.loads(json.dumps(self._part))})  # a snapshot: the part grows
         field = "text" if kind == "output_text" else "refusal"
         self._part[field] += text
         delta = {"type": f"response.{'output_text' if kind == 'output_text' else 'refusal'}.delta", **self._where(),

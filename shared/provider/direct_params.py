@@ -204,7 +204,7 @@ def _parallel_tool_calls(value: Any, params: Mapping[str, Any]) -> dict[str, Any
 def _include(value: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     _expect("include", value, (list,))
     for index, item in enumerate(value):
-        if item not in INCLUDE_VALUES:
+        if not isinstance(item, str) or item not in INCLUDE_VALUES:
             raise _invalid(f"include[{index}]", f"{item!r} is not one of {sorted(INCLUDE_VALUES)}.")
     if LOGPROBS_INCLUDE not in value:
         return {}
@@ -219,7 +219,7 @@ def _top_logprobs(value: Any, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _truncation(value: Any, params: Mapping[str, Any]) -> dict[str, Any]:
-    if value not in TRUNCATION_VALUES:
+    if not isinstance(value, str) or value not in TRUNCATION_VALUES:
         raise _invalid("truncation", f"must be one of {sorted(TRUNCATION_VALUES)}.")
     return {}  # applied to a session's earlier turns by the executor (shared.runs.executing)
 

@@ -44,9 +44,10 @@ log = logging.getLogger("bgruns.executing")
 
 RESTART_EVENT = "response.output_restarted"
 # The most of a session's earlier turns one call loads (Chat Completions keeps no state: they are read back from our
-# runs and sent again). 8 MiB of JSON is more text than any model's context holds (1M tokens are about 4 MB) and
-# keeps one invocation's history to tens of MB in memory. Beyond either limit a turn fails `history_too_large`,
-# unless it asked for truncation "auto": then its oldest turns are left out (see _conversation).
+# runs and sent again). 8 MiB of JSON is more text than any model's context holds (1M tokens are about 4 MB), and
+# building a call at that ceiling peaks at 16 MiB (python -m bench.executor_history). Beyond either limit a turn
+# fails `history_too_large`, unless it asked for truncation "auto": then its oldest turns are left out
+# (Executor._beyond_the_limit).
 MAX_HISTORY_TURNS = 500
 MAX_HISTORY_BYTES = 8 * 1024 * 1024
 PROVIDER_TRIES = 6  # a call refused with 429/5xx before any output: this many tries in all

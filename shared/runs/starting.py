@@ -1,7 +1,9 @@
 """Starting a run, so that no run is ever lost or silent.
 
-Order: reserve the session (if any), note the run as open work, record the run, create the provider response
-(background, our run id in its metadata, never retried), save the response id with the first poll message.
+What the backend cannot honour (a parameter the executor's model API has no equivalent for) is refused first,
+before anything is written. Order: reserve the session (if any), note the run as open work, record the run,
+create the provider response (background, our run id in its metadata, never retried), save the response id with
+the first poll message.
 If the provider refuses, the run is deleted again (only if nobody changed it meanwhile) and the caller gets
 the provider's answer: nothing half-written. A start cut between the steps (a crash) is found by the sweeper
 and ends `failed` with `start_interrupted`. If the run was ended while its start was in flight (a cancel, or

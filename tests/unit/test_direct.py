@@ -208,6 +208,20 @@ def test_what_chat_completions_has_no_equivalent_for_is_refused_by_name(asked, p
     assert f"'{param}'" in refused.value.message
 
 
+@pytest.mark.parametrize("asked", [
+    {"input": [{"role": "user", "content": 7}]}, {"input": [{"role": ["x"], "content": "hi"}]},
+    {"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]},
+    {"input": [{"role": "user", "content": ["hi"]}]},
+    {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {"x": 1}}]},
+    {"include": [{"x": 1}]}, {"truncation": ["auto"]}, {"tool_choice": ["auto"]}, {"text": "json"},
+    {"reasoning": {"effort": 3}}, {"stream_options": "x"},
+])
+def test_a_shape_the_call_cannot_be_made_of_is_refused_not_a_crash(asked):
+    with pytest.raises(RequestRefused) as refused:
+        chat_params(DirectRequest.of({"model": "m", "input": "hi", "tools": [FUNCTION_TOOL], **asked}))
+    assert refused.value.status == 400 and refused.value.param
+
+
 def test_tool_choice_required_without_tools_is_refused():
     with pytest.raises(RequestRefused) as refused:
         chat_params(DirectRequest.of({"model": "m", "input": "hi", "tool_choice": "required"}))
@@ -259,6 +273,8 @@ def test_token_logprobs_come_back_in_the_output_text():
     assert part["logprobs"][0]["top_logprobs"][1]["bytes"] == [72, 105]  # bytes the server left out: the token's
     done = next(e for e in events if e["type"] == "response.output_text.done")
     assert [t["token"] for t in done["logprobs"]] == ["Hel", "lo"]
+    added = next(e for e in events if e["type"] == "response.content_part.added")
+    assert added["part"]["logprobs"] == []  # a snapshot: the events are written to the log later, in batches
 
 
 def test_the_service_tier_the_server_used_is_the_responses():
