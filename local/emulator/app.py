@@ -516,7 +516,8 @@ class Emulator:
             knobs = resolve_knobs(meta, self.config, background=True)
             plan = build_chat_plan(body, meta, knobs, time.time())
         except KnobError as exc:       # a ChatRequestError names its field; other knob errors are metadata's
-            return error_response(400, str(exc), param=getattr(exc, "param", "metadata"), code="invalid_value")
+            return error_response(400, str(exc), param=getattr(exc, "param", "metadata"),
+                                  code=getattr(exc, "code", "invalid_value"))
         delay = gate.delay_s + knobs["first_byte_ms"] / 1000.0
         fault = self._chat_http_error(raw, knobs)
         if fault is not None:

@@ -9,7 +9,7 @@ Statuses: `requires_action` is `completed` with `function_call` output items (as
 that asks for tools); `expired` (the run's deadline passed; it was cancelled at the provider) is `failed` with
 error code `server_error` and a message that starts with `deadline_exceeded:`. Error codes outside OpenAI's
 `ResponseErrorCode` (our own failures: `start_interrupted`, `provider_error`, ...) are `server_error` with our
-code in front of the message.
+code in front of the message, in the stream's responses as on GET.
 
 Streams are the provider's events, every occurrence of the provider's response id replaced by ours and each
 response object fixed as above; sequence numbers are the provider's, so `starting_after=N` resumes exactly. A
@@ -61,9 +61,13 @@ class ResponseRenderer:
         return body
 
     def fix(self, run: Run, response: dict[str, Any]) -> dict[str, Any]:
-        """A response object from the provider's stream, as this run: our id, the caller's metadata, our chain."""
-        return {**_replace(response, run.response_id, run.id), "metadata": dict(run.metadata),
-                "previous_response_id": run.previous_run_id}
+        """A response object from the provider's stream, as this run: our id, the caller's metadata, our chain, and
+        its error in OpenAI's codes, as GET renders it."""
+        fixed = {**_replace(response, run.response_id, run.id), "metadata": dict(run.metadata),
+                 "previous_response_id": run.previous_run_id}
+        if fixed.get("error"):
+            fixed["error"] = _error(fixed["error"])
+        return fixed
 
     @staticmethod
     def _defaults(run: Run) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 What the provider accepts is passed through verbatim; what the service cannot honour is refused with a 400
 naming the parameter, never dropped: `conversation` (provider-side state), `background_options`, `store: false`
 (the service keeps every run: that is what makes it durable), `stream_options` without `stream`, and any
-parameter the Responses API does not have. Our additions ride in the body (`extra_body` in the SDK):
-`webhook_url` and `deadline_seconds`.
+parameter the Responses API does not have. On executor runs the parameters go to the model API under its names,
+and one it has no equivalent for is refused the same way when the run starts, before anything is written
+(shared/provider/direct_params.py). Our additions ride in the body (`extra_body` in the SDK): `webhook_url` and
+`deadline_seconds`.
 """
 from __future__ import annotations
 

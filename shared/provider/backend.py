@@ -49,6 +49,7 @@ class Started:
 class RunBackend(Protocol):
     kind: str  # "background" or "executor": what runs started through it say ran them
 
+    def check(self, params: dict[str, Any]) -> None: ...  # before anything is written: raises RequestRefused
     async def start(self, params: dict[str, Any], *, stream: bool) -> Started: ...
     async def observe(self, response_id: str) -> ProviderState: ...
     async def cancel(self, response_id: str) -> ProviderState | None: ...
@@ -78,6 +79,9 @@ class ResponsesBackend:
 
     def __init__(self, client: AsyncOpenAI) -> None:
         self._client = client
+
+    def check(self, params: dict[str, Any]) -> None:
+        """Nothing to refuse here: the provider judges the parameters it is passed."""
 
     async def start(self, params: dict[str, Any], *, stream: bool) -> Started:
         """Create the response with background=true (never retried: a retry could start a second one)."""

@@ -22,31 +22,28 @@ from typing import Any, AsyncIterator, Mapping
 import openai
 from openai import AsyncOpenAI
 
-from .errors import ProviderError, classify
+from .direct_params import chat_options, echoed, responses_options
+from .errors import ProviderError, RequestRefused, classify
 
 TERMINAL_TYPES = ("response.completed", "response.incomplete", "response.failed")
 EMULATOR_KNOB_HEADER = "x-emulator-knobs"  # the local emulator reads per-call knobs here (dev only)
 _FUNCTION_TOOL_FIELDS = ("name", "description", "parameters", "strict")
 
 
-def _refused(message: str) -> ProviderError:
-    return ProviderError(transient=False, status=400, message=message)
+def _refused(param: str, message: str) -> RequestRefused:
+    return RequestRefused(f"Unsupported value in '{param}': {message}.", param=param, code="unsupported_value")
 
 
 # -- the Response object ------------------------------------------------------------------------------------
 def response_skeleton(response_id: str, params: Mapping[str, Any], created_at: float) -> dict[str, Any]:
-    """A Responses API Response for a run's parameters (status queued, no output yet)."""
+    """A Responses API Response for a run's parameters (status queued, no output yet), saying what the model call
+    is asked (direct_params.echoed)."""
     return {
         "id": response_id, "object": "response", "created_at": int(created_at), "status": "queued",
         "background": True, "model": params.get("model"), "output": [], "error": None,
         "incomplete_details": None, "usage": None, "metadata": dict(params.get("metadata") or {}),
-        "instructions": params.get("instructions"), "tools": list(params.get("tools") or []),
-        "tool_choice": "auto", "parallel_tool_calls": True,
-        "previous_response_id": params.get("previous_response_id"),
-        "max_output_tokens": params.get("max_output_tokens"), "reasoning": params.get("reasoning"),
-        "store": True, "text": {"format": {"type": "text"}}, "truncation": "disabled",
-        # Required (nullable) in OpenAI's Response schema: the sampling the call was made with, if given.
-        "temperature": params.get("temperature"), "top_p": params.get("top_p"),
+        "instructions": params.get("instructions"), "previous_response_id": params.get("previous_response_id"),
+        "store": True, **echoed(params),
     }
 
 
@@ -76,10 +73,26 @@ def continuation_items(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
+def _parts(content: Any) -> list[dict[str, Any]]:
+    """A message's content parts (content that is not a string), each an object."""
+    if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
+        raise RequestRefused("Invalid 'input': a message's content must be a string or an array of content parts.",
+                             param="input", code="invalid_value")
+    return content
+
+
+def _part_text(part: dict[str, Any], field: str = "text") -> str:
+    text = part.get(field) or ""
+    if not isinstance(text, str):
+        raise RequestRefused(f"Invalid 'input': a content part's '{field}' must be a string.", param="input",
+                             code="invalid_value")
+    return text
+
+
 def _parts_text(content: Any) -> str:
     if isinstance(content, str):
         return content
-    return "".join(p.get("text") or p.get("refusal") or "" for p in content or [] if isinstance(p, dict))
+    return "".join(_part_text(p) or _part_text(p, "refusal") for p in _parts(content or []))
 
 
 def _user_content(content: Any) -> Any:
@@ -87,38 +100,44 @@ def _user_content(content: Any) -> Any:
     if isinstance(content, str):
         return content
     parts = []
-    for part in content or []:
+    for part in _parts(content or []):
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text"):
-            parts.append({"type": "text", "text": part.get("text", "")})
+            parts.append({"type": "text", "text": _part_text(part)})
         elif kind == "input_image" and part.get("image_url"):
             image = {"url": part["image_url"], **({"detail": part["detail"]} if part.get("detail") else {})}
             parts.append({"type": "image_url", "image_url": image})
         else:
-            raise _refused(f"input content of type {kind!r} is not supported by Chat Completions")
+            raise _refused("input", f"input content of type {kind!r} is not supported by Chat Completions")
     if all(p["type"] == "text" for p in parts):
         return "".join(p["text"] for p in parts)
     return parts
 
 
 def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Responses input items as Chat Completions messages. Consecutive function calls become one assistant
-    message with tool_calls; `developer` becomes `system` (servers other than OpenAI rarely know it)."""
+    """Responses input items as Chat Completions messages. The function calls that follow an assistant message
+    (one turn: its text, then its calls) join that message as its tool_calls, as Chat Completions reports such a
+    turn and as strict chat templates require; `developer` becomes `system` (servers other than OpenAI rarely know
+    it)."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": instructions}] if instructions else []
     for item in items:
         kind = item.get("type") or ("message" if "role" in item else None)
         if kind == "message":
-            role = {"developer": "system"}.get(item.get("role"), item.get("role"))
+            role = item.get("role")
+            role = "system" if role == "developer" else role
             if role not in ("system", "user", "assistant"):
-                raise _refused(f"input message role {item.get('role')!r} is not supported")
+                raise _refused("input", f"input message role {item.get('role')!r} is not supported")
             content = _parts_text(item.get("content")) if role == "assistant" else _user_content(item.get("content"))
             messages.append({"role": role, "content": content})
         elif kind == "function_call":
+            if not all(isinstance(item.get(field) or "", str) for field in ("call_id", "name", "arguments")):
+                raise RequestRefused("Invalid 'input': a function_call's call_id, name and arguments are strings.",
+                                     param="input", code="invalid_value")
             call = {"id": item.get("call_id"), "type": "function",
                     "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}}
             previous = messages[-1] if messages else None
-            if previous and previous["role"] == "assistant" and "tool_calls" in previous:
-                previous["tool_calls"].append(call)
+            if previous and previous["role"] == "assistant":
+                previous.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
@@ -128,56 +147,86 @@ def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list
         elif kind == "reasoning":
             continue  # reasoning items do not carry over to Chat Completions
         else:
-            raise _refused(f"input item of type {kind!r} is not supported by Chat Completions")
+            raise _refused("input", f"input item of type {kind!r} is not supported by Chat Completions")
     return messages
 
 
 def chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    for tool in tools or []:
+    for index, tool in enumerate(tools or []):
         if tool.get("type") != "function":
-            raise _refused(f"tool type {tool.get('type')!r} is not supported by Chat Completions (function tools only)")
-        out.append({"type": "function", "function": {k: tool[k] for k in _FUNCTION_TOOL_FIELDS if k in tool}})
+            raise _refused(f"tools[{index}]", f"tool type {tool.get('type')!r} is not supported by Chat Completions "
+                                              "(function tools only)")
+        for field in tool:
+            if field not in ("type", *_FUNCTION_TOOL_FIELDS) and tool[field] is not None:
+                raise RequestRefused(f"Unsupported parameter: 'tools[{index}].{field}' has no Chat Completions "
+                                     "equivalent.", param=f"tools[{index}].{field}")
+        out.append({"type": "function",
+                    "function": {k: tool[k] for k in _FUNCTION_TOOL_FIELDS if tool.get(k) is not None}})
     return out
 
 
 @dataclass
 class DirectRequest:
-    """What one direct call asks: the whole conversation as Responses items (history already expanded)."""
+    """What one direct call asks: the run's parameters (Responses API names) and the whole conversation as
+    Responses items (a session's earlier turns already expanded)."""
 
-    model: str
+    params: Mapping[str, Any]
     items: list[dict[str, Any]]
-    instructions: str | None = None
-    tools: list[dict[str, Any]] | None = None
-    max_output_tokens: int | None = None
-    reasoning: dict[str, Any] | None = None
-    metadata: dict[str, str] | None = None
+
+    @classmethod
+    def of(cls, params: Mapping[str, Any]) -> "DirectRequest":
+        """The request for parameters alone (no earlier turns)."""
+        return cls(params, input_items(params.get("input")))
+
+    @property
+    def model(self) -> str:
+        return self.params.get("model")
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.params.get("metadata") or {}
 
 
 def chat_params(request: DirectRequest) -> dict[str, Any]:
-    params: dict[str, Any] = {"model": request.model, "messages": chat_messages(request.instructions, request.items),
+    """The Chat Completions call for a request; raises RequestRefused for what it cannot take."""
+    params: dict[str, Any] = {"model": request.model,
+                              "messages": chat_messages(request.params.get("instructions"), request.items),
+                              **chat_options(request.params),
                               "stream": True, "stream_options": {"include_usage": True}}
-    if request.tools:
-        params["tools"] = chat_tools(request.tools)
-    if request.max_output_tokens is not None:
-        params["max_tokens"] = request.max_output_tokens  # the name every OpenAI-compatible server knows
-    effort = (request.reasoning or {}).get("effort")
-    if effort:
-        params["reasoning_effort"] = effort
+    if request.params.get("tools"):
+        params["tools"] = chat_tools(request.params["tools"])
     return params
 
 
+def responses_params(request: DirectRequest) -> dict[str, Any]:
+    """The streamed Responses API call for a request (the server keeps nothing: the log is the stored response)."""
+    return {**responses_options(request.params), "model": request.model, "input": request.items,
+            "stream": True, "store": False,
+            **{k: request.params[k] for k in ("instructions", "tools", "metadata") if request.params.get(k)}}
+
+
 # -- output: Chat chunks -> Responses events -------------------------------------------------------------------
-def _usage(chat_usage: Any) -> dict[str, Any] | None:
-    if chat_usage is None:
+def normalised_usage(usage: Any) -> dict[str, Any] | None:
+    """Token usage in the Responses API's shape (input/output/total tokens, cached and reasoning tokens), from a
+    Chat Completions usage (prompt_tokens, ...) or a Responses one, whichever details the server left out."""
+    if usage is None:
         return None
-    data = chat_usage.model_dump() if hasattr(chat_usage, "model_dump") else dict(chat_usage)
-    prompt, completion = data.get("prompt_tokens") or 0, data.get("completion_tokens") or 0
-    cached = (data.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (data.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
-            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
-            "total_tokens": data.get("total_tokens") or prompt + completion}
+    data = usage.model_dump(mode="json", by_alias=True, exclude_unset=True) if hasattr(usage, "model_dump") \
+        else dict(usage)
+    if "input_tokens" in data or "output_tokens" in data:
+        inputs, outputs = data.get("input_tokens") or 0, data.get("output_tokens") or 0
+        input_details, output_details = data.get("input_tokens_details"), data.get("output_tokens_details")
+    else:
+        inputs, outputs = data.get("prompt_tokens") or 0, data.get("completion_tokens") or 0
+        input_details, output_details = data.get("prompt_tokens_details"), data.get("completion_tokens_details")
+    input_details, output_details = input_details or {}, output_details or {}
+    return {"input_tokens": inputs,
+            "input_tokens_details": {"cached_tokens": input_details.get("cached_tokens") or 0,
+                                     "cache_write_tokens": input_details.get("cache_write_tokens") or 0},
+            "output_tokens": outputs,
+            "output_tokens_details": {"reasoning_tokens": output_details.get("reasoning_tokens") or 0},
+            "total_tokens": data.get("total_tokens") or inputs + outputs}
 
 
 class ChatTranslator:
@@ -192,6 +241,7 @@ class ChatTranslator:
         self._calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> its function_call item
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.service_tier: str | None = None  # the tier the server says it used
 
     # -- feeding ------------------------------------------------------------------------------------------------
     def feed(self, chunk: Any) -> list[dict[str, Any]]:
@@ -200,8 +250,11 @@ class ChatTranslator:
             if choice.index != 0:
                 continue
             delta = choice.delta
+            logprobs = _token_logprobs(getattr(choice, "logprobs", None))
             if delta is not None and delta.content:
-                events += self._text("output_text", delta.content)
+                events += self._text("output_text", delta.content, logprobs)
+            elif logprobs and self._part is not None and self._part["type"] == "output_text":
+                self._part["logprobs"] += logprobs  # a server that sends them apart from their text
             if delta is not None and getattr(delta, "refusal", None):
                 events += self._text("refusal", delta.refusal)
             for call in (delta.tool_calls if delta is not None else None) or []:
@@ -209,7 +262,8 @@ class ChatTranslator:
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
         if getattr(chunk, "usage", None) is not None:
-            self.usage = _usage(chunk.usage)
+            self.usage = normalised_usage(chunk.usage)
+        self.service_tier = getattr(chunk, "service_tier", None) or self.service_tier
         return events
 
     @property
@@ -219,7 +273,8 @@ class ChatTranslator:
     def _index(self, item: dict[str, Any]) -> int:
         return self.output.index(item)
 
-    def _text(self, kind: str, text: str) -> list[dict[str, Any]]:
+    def _text(self, kind: str, text: str, logprobs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        logprobs = logprobs or []
         events = []
         if self._message is None:
             self._message = {"type": "message", "id": f"msg_{secrets.token_hex(12)}", "status": "in_progress",
@@ -232,13 +287,15 @@ class ChatTranslator:
             self._part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []} if kind == "output_text" else {
                 "type": "refusal", "refusal": ""}
             self._message["content"].append(self._part)
-            events.append({"type": "response.content_part.added", **self._where(), "part": dict(self._part)})
+            events.append({"type": "response.content_part.added", **self._where(),
+                           "part": json.loads(json.dumps(self._part))})  # a snapshot: the part grows
         field = "text" if kind == "output_text" else "refusal"
         self._part[field] += text
         delta = {"type": f"response.{'output_text' if kind == 'output_text' else 'refusal'}.delta", **self._where(),
                  "delta": text}
         if kind == "output_text":
-            delta["logprobs"] = []
+            self._part["logprobs"] += logprobs
+            delta["logprobs"] = _event_logprobs(logprobs)
         events.append(delta)
         return events
 
@@ -252,10 +309,11 @@ class ChatTranslator:
         part, where = self._part, self._where()
         self._part = None
         if part["type"] == "output_text":
-            done = {"type": "response.output_text.done", **where, "text": part["text"], "logprobs": []}
+            done = {"type": "response.output_text.done", **where, "text": part["text"],
+                    "logprobs": _event_logprobs(part["logprobs"])}
         else:
             done = {"type": "response.refusal.done", **where, "refusal": part["refusal"]}
-        return [done, {"type": "response.content_part.done", **where, "part": dict(part)}]
+        return [done, {"type": "response.content_part.done", **where, "part": json.loads(json.dumps(part))}]
 
     def _close_message(self, status: str) -> list[dict[str, Any]]:
         if self._message is None:
@@ -300,12 +358,38 @@ class ChatTranslator:
             events.append({"type": "response.function_call_arguments.done", "item_id": item["id"],
                            "output_index": index, "arguments": item["arguments"], "name": item["name"]})
             events.append({"type": "response.output_item.done", "output_index": index, "item": dict(item)})
+        served = {"service_tier": self.service_tier} if self.service_tier else {}
         if incomplete:
             response = with_status(self._base, "incomplete", output=self.output, usage=self.usage,
-                                   incomplete_details={"reason": incomplete})
+                                   incomplete_details={"reason": incomplete}, **served)
             return events + [{"type": "response.incomplete", "response": response}]
-        return events + [{"type": "response.completed",
-                          "response": with_status(self._base, "completed", output=self.output, usage=self.usage)}]
+        return events + [{"type": "response.completed", "response": with_status(
+            self._base, "completed", output=self.output, usage=self.usage, **served)}]
+
+
+def _token_logprobs(logprobs: Any) -> list[dict[str, Any]]:
+    """A chunk's token log probabilities (Chat's `choices[].logprobs.content`) as the Responses API's output_text
+    `logprobs` (token, logprob, bytes, top_logprobs)."""
+    def one(token: Any) -> dict[str, Any]:
+        text = _field(token, "token") or ""
+        return {"token": text, "logprob": _field(token, "logprob"),
+                "bytes": _field(token, "bytes") or list(text.encode("utf-8"))}
+
+    return [{**one(token), "top_logprobs": [one(top) for top in _field(token, "top_logprobs") or []]}
+            for token in _field(logprobs, "content") or []]
+
+
+def _event_logprobs(logprobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same as a text event carries them (no bytes)."""
+    return [{"token": t["token"], "logprob": t["logprob"],
+             "top_logprobs": [{"token": top["token"], "logprob": top["logprob"]} for top in t["top_logprobs"]]}
+            for t in logprobs]
+
+
+def _field(value: Any, name: str) -> Any:
+    if value is None:
+        return None
+    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
 
 
 def failed_event(base: Mapping[str, Any], code: str, message: str) -> dict[str, Any]:
@@ -323,7 +407,7 @@ class ResponsesRelabeller:
         self.ended = False
 
     def feed(self, event: Any) -> list[dict[str, Any]]:
-        data = event.model_dump(mode="json", exclude_none=False) if hasattr(event, "model_dump") else dict(event)
+        data = _wire(event)
         kind = data.get("type")
         data.pop("sequence_number", None)
         data.pop("obfuscation", None)
@@ -336,8 +420,17 @@ class ResponsesRelabeller:
             self.ended = True
             theirs = data.get("response") or {}
             data["response"] = {**self._base, **{k: theirs.get(k) for k in (
-                "status", "output", "usage", "error", "incomplete_details", "completed_at") if k in theirs}}
+                "status", "output", "error", "incomplete_details", "completed_at", "service_tier") if k in theirs},
+                                "usage": normalised_usage(theirs.get("usage"))}
         return [data]
+
+
+def _wire(event: Any) -> dict[str, Any]:
+    """An SDK event as the server sent it: its wire names (`async`, not the SDK's `async_`), and only the fields
+    it sent (no nulls for the ones it left out)."""
+    if hasattr(event, "model_dump"):
+        return event.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return dict(event)
 
 
 # -- the call ------------------------------------------------------------------------------------------------
@@ -352,10 +445,12 @@ class DirectModel:
         self._emulator_knobs = emulator_knobs
 
     def check(self, params: Mapping[str, Any]) -> None:
-        """Refuse at the start what this API cannot take (raises a non-transient ProviderError, a 400)."""
+        """Refuse at the start what this API cannot take: raises RequestRefused (a 400 naming the parameter)."""
+        request = DirectRequest.of(params)
         if self._api == "chat_completions":
-            chat_tools(list(params.get("tools") or []))
-            chat_messages(params.get("instructions"), input_items(params.get("input")))
+            chat_params(request)
+        else:
+            responses_params(request)
 
     @property
     def api(self) -> str:
@@ -395,13 +490,8 @@ class DirectModel:
             yield event
 
     async def _responses(self, request: DirectRequest, base: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        params: dict[str, Any] = {"model": request.model, "input": request.items, "stream": True, "store": False}
-        optional = {"instructions": request.instructions, "tools": request.tools or None,
-                    "max_output_tokens": request.max_output_tokens, "reasoning": request.reasoning,
-                    "metadata": request.metadata or None}
-        params.update({k: v for k, v in optional.items() if v is not None})
         relabeller = ResponsesRelabeller(base)
-        stream = await self._open(self._client.responses.create, params, request)
+        stream = await self._open(self._client.responses.create, responses_params(request), request)
         try:
             async for event in _guarded(stream):
                 for ours in relabeller.feed(event):

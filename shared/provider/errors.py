@@ -17,6 +17,15 @@ class ProviderError(Exception):
         self.code = code
 
 
+class RequestRefused(ProviderError):
+    """A request the model API the service calls cannot take, refused before any call: a 400 with OpenAI's
+    `code` (unsupported_parameter, unsupported_value, invalid_value) naming the `param` at fault."""
+
+    def __init__(self, message: str, *, param: str, code: str = "unsupported_parameter") -> None:
+        super().__init__(transient=False, status=400, message=message, code=code)
+        self.param = param
+
+
 def classify(error: Exception) -> ProviderError:
     """The ProviderError for an `openai` SDK exception; any other exception is re-raised (it is a bug)."""
     if isinstance(error, ProviderError):

@@ -19,6 +19,7 @@ One invocation:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -37,12 +38,18 @@ from .executor_backend import ExecuteMessage, executor_response_id, is_executor_
 from .lifecycle import RunLifecycle
 from .model import Run
 from .results import cancelled_result, failure_result, result_from_response
-from .store import RunStore
+from .store import RunConflict, RunStore
 
 log = logging.getLogger("bgruns.executing")
 
 RESTART_EVENT = "response.output_restarted"
+# The most of a session's earlier turns one call loads (Chat Completions keeps no state: they are read back from our
+# runs and sent again). 8 MiB of JSON is more text than any model's context holds (1M tokens are about 4 MB), and
+# building a call at that ceiling peaks at 16 MiB (python -m bench.executor_history). Beyond either limit a turn
+# fails `history_too_large`, unless it asked for truncation "auto": then its oldest turns are left out
+# (Executor._beyond_the_limit).
 MAX_HISTORY_TURNS = 500
+MAX_HISTORY_BYTES = 8 * 1024 * 1024
 PROVIDER_TRIES = 6  # a call refused with 429/5xx before any output: this many tries in all
 MAX_BACKOFF_SECONDS = 30.0
 STORAGE_CONFLICT_TRIES = 4  # ETag conflicts that leave the log ours (a watchdog note) before the attempt stops
@@ -218,8 +225,11 @@ class Executor:
         try:
             try:
                 request = await self._conversation(run)
+            except HistoryTooLarge as error:
+                return await self._fail(run, writer, base, "history_too_large", str(error))
             except ProviderError as error:
                 return await self._fail(run, writer, base, "invalid_conversation", error.message)
+            await self._mark_in_progress(run)
             while True:
                 if restart_reason:
                     writer.emit({"type": RESTART_EVENT, "attempt": writer.head.attempt, "reason": restart_reason})
@@ -337,6 +347,23 @@ class Executor:
             await self._check(run, started)
             await writer.beat()
 
+    async def _mark_in_progress(self, run: Run) -> None:
+        """The run reads in_progress from its attempt's start, not from the poll chain's next step (seconds later,
+        while its tokens already stream): one conditional write per attempt, none per batch."""
+        for _ in range(3):
+            if run.status != "queued":
+                return
+            run.status = "in_progress"
+            try:
+                await self._store.save_chain(run)
+                return
+            except RunConflict:  # the poll chain or a cancel wrote meanwhile: look again
+                run = await self._store.get(run.id)
+                if run is None:
+                    return
+            except AzureError:  # a storage hiccup: the poll chain sets it at its next step
+                return
+
     # -- ending ----------------------------------------------------------------------------------------------------
     async def _stopped(self, run: Run, writer: _Writer, base: dict, reason: str) -> str:
         if reason == "budget":
@@ -418,24 +445,60 @@ class Executor:
     async def _conversation(self, run: Run) -> DirectRequest:
         """The call's input: the session's earlier turns (their inputs and outputs, oldest first) and this one.
         Chat Completions keeps no state, so `previous_response_id` is followed here, through our own runs."""
-        params = run.request
-        history: list[dict[str, Any]] = []
-        previous = params.get("previous_response_id")
-        for _ in range(MAX_HISTORY_TURNS):
-            if not previous:
-                break
-            if not is_executor_id(previous):
-                raise ProviderError(transient=False, status=400, message=(
-                    f"previous_response_id {previous} was not made by the executor, so it cannot be continued here"))
-            earlier = await self._store.get(run_id_of(previous), with_request=True, with_result=True)
-            if earlier is None or earlier.result is None:
-                raise ProviderError(transient=False, status=404, message=f"the previous response {previous} is gone")
-            history[:0] = input_items(earlier.request.get("input")) + continuation_items(earlier.result.get("output"))
-            previous = earlier.request.get("previous_response_id")
-        return DirectRequest(model=params.get("model"), items=history + input_items(params.get("input")),
-                             instructions=params.get("instructions"), tools=params.get("tools"),
-                             max_output_tokens=params.get("max_output_tokens"), reasoning=params.get("reasoning"),
-                             metadata=params.get("metadata"))
+        history = await self._earlier_turns(run)
+        return DirectRequest(run.request, history + input_items(run.request.get("input")))
+
+    async def _earlier_turns(self, run: Run) -> list[dict[str, Any]]:
+        """The earlier turns, read newest first up to MAX_HISTORY_TURNS turns and MAX_HISTORY_BYTES of JSON: no
+        further, so what one call holds in memory is bounded (_beyond_the_limit says what then)."""
+        turns: list[list[dict[str, Any]]] = []  # newest first
+        size, previous = 0, run.request.get("previous_response_id")
+        while previous:
+            if len(turns) == MAX_HISTORY_TURNS:
+                return self._beyond_the_limit(run, turns, f"more than {MAX_HISTORY_TURNS} earlier turns")
+            turn, previous_of_turn = await self._turn(previous)
+            size += len(json.dumps(turn, ensure_ascii=False).encode("utf-8"))
+            if size > MAX_HISTORY_BYTES:
+                return self._beyond_the_limit(run, turns, f"more than {_mib(MAX_HISTORY_BYTES)} of earlier turns")
+            turns.append(turn)
+            previous = previous_of_turn
+        return [item for turn in reversed(turns) for item in turn]
+
+    async def _turn(self, response_id: str) -> tuple[list[dict[str, Any]], str | None]:
+        """One earlier turn's input and output items, and the response it continued."""
+        if not is_executor_id(response_id):
+            raise ProviderError(transient=False, status=400, message=(
+                f"previous_response_id {response_id} was not made by the executor, so it cannot be continued here"))
+        earlier = await self._store.get(run_id_of(response_id), with_request=True, with_result=True)
+        if earlier is None or earlier.result is None:
+            raise ProviderError(transient=False, status=404, message=f"the previous response {response_id} is gone")
+        items = input_items(earlier.request.get("input")) + continuation_items(earlier.result.get("output"))
+        return items, earlier.request.get("previous_response_id")
+
+    @staticmethod
+    def _beyond_the_limit(run: Run, turns: list[list[dict[str, Any]]], over: str) -> list[dict[str, Any]]:
+        """A session longer than the executor loads. As a model server refuses a prompt too long for it rather than
+        forget part of it, the turn fails (HistoryTooLarge), unless it asked for truncation "auto" (the Responses
+        API's "drop items from the beginning of the conversation"): then the turns that did not fit are left out,
+        oldest first and whole, and so are tool results at the new beginning whose calls were left out."""
+        if run.request.get("truncation") != "auto":
+            raise HistoryTooLarge(
+                f"This turn continues {over}, more than the executor sends to the model in one call "
+                f"({MAX_HISTORY_TURNS} turns, {_mib(MAX_HISTORY_BYTES)}). Start a new session, or set "
+                "truncation to 'auto' to leave the oldest turns out.")
+        log.info("run %s: %s; the older turns are left out (truncation auto)", run.id, over)
+        history = [item for turn in reversed(turns) for item in turn]
+        while history and (history[0].get("type") or "message") != "message":
+            history.pop(0)
+        return history
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.3g} MiB"
+
+
+class HistoryTooLarge(Exception):
+    """A session's earlier turns exceed what the executor loads for one call (MAX_HISTORY_TURNS, MAX_HISTORY_BYTES)."""
 
 
 class _Cut(Exception):

@@ -71,9 +71,12 @@ class ExecutorBackend:
         self._model = model  # provider.direct.DirectModel: only its `check` is used here
         self._stale = stale_seconds
 
-    async def start(self, params: dict[str, Any], *, stream: bool) -> Started:
-        """Open the log and queue the run. Requests the model API cannot take are refused here (400)."""
+    def check(self, params: dict[str, Any]) -> None:
+        """Refuse what the model API cannot take (RequestRefused), before the start writes anything."""
         self._model.check(params)
+
+    async def start(self, params: dict[str, Any], *, stream: bool) -> Started:
+        """Open the log and queue the run (`check` has passed)."""
         run_id = params["metadata"]["bg_run_id"]
         response_id = executor_response_id(run_id)
         base = response_skeleton(response_id, params, clock.now())
@@ -172,6 +175,9 @@ class BackendRouter:
 
     def _for(self, response_id: str) -> RunBackend:
         return self._executor if is_executor_id(response_id) else self._background
+
+    def check(self, params: dict[str, Any]) -> None:
+        self._starting.check(params)
 
     async def start(self, params: dict[str, Any], *, stream: bool) -> Started:
         return await self._starting.start(params, stream=stream)

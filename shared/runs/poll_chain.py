@@ -120,6 +120,8 @@ class PollScheduler:
         if fresh is None or fresh.is_terminal or (fresh.poll_seq, fresh.poll_nonce) != position:
             return False
         run.etag, run.timeline = fresh.etag, fresh.timeline
+        if fresh.status == "in_progress":  # the executor marked it as its attempt began: never back to queued
+            run.status = "in_progress"
         telemetry.record(run, event, **note)
         try:
             await self._save(run, save_all)

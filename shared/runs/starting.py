@@ -1,7 +1,9 @@
 """Starting a run, so that no run is ever lost or silent.
 
-Order: reserve the session (if any), note the run as open work, record the run, create the provider response
-(background, our run id in its metadata, never retried), save the response id with the first poll message.
+What the backend cannot honour (a parameter the executor's model API has no equivalent for) is refused first,
+before anything is written. Order: reserve the session (if any), note the run as open work, record the run,
+create the provider response (background, our run id in its metadata, never retried), save the response id with
+the first poll message.
 If the provider refuses, the run is deleted again (only if nobody changed it meanwhile) and the caller gets
 the provider's answer: nothing half-written. A start cut between the steps (a crash) is found by the sweeper
 and ends `failed` with `start_interrupted`. If the run was ended while its start was in flight (a cancel, or
@@ -16,7 +18,7 @@ from typing import Any
 
 from .. import clock, telemetry
 from ..errors import Conflict, InvalidRequest, NotFound, ServiceError, Unavailable, UpstreamError, not_found
-from ..provider import ProviderError, RunBackend
+from ..provider import ProviderError, RequestRefused, RunBackend
 from ..provider.backend import EventStream
 from ..settings import Settings
 from ..webhooks import DestinationRefused, ResolutionFailed, check_url, resolve_and_vet
@@ -62,6 +64,7 @@ class RunStarter:
     async def start(self, request: RunRequest, *, caller: Caller = OPERATOR, idempotency_key: str | None = None,
                     wait_seconds: float = 0.0) -> Started:
         """Start a run for `caller` (its owner). A repeated Idempotency-Key of the same caller returns its run."""
+        self._check(request)
         if request.webhook_url:
             await self._vet_webhook(request.webhook_url)
         previous_response_id = await self._previous_response_id(request, caller)
@@ -85,6 +88,14 @@ class RunStarter:
         session = await self._sessions.create()
         await self._index.expire_at("session", session.id, session.created_at + self._settings.retention_seconds)
         return session
+
+    def _check(self, request: RunRequest) -> None:
+        """What the backend cannot honour is refused before anything is written (the executor's model API may not
+        take every parameter): OpenAI's 400 naming the parameter."""
+        try:
+            self._backend.check(self._provider_params(request, "", None))
+        except RequestRefused as refused:
+            raise InvalidRequest(refused.code, refused.message, param=refused.param) from None
 
     # -- the steps ------------------------------------------------------------------------------------------
     async def _start(self, run_id: str, created_at: float, request: RunRequest, caller: Caller,

@@ -157,6 +157,97 @@ def test_tool_call_round_trip(wclient, wire):
     wire.assert_valid(at_least=6)
 
 
+# ------------------------------------------------------------------ parameters: checked, honoured, logged
+
+
+def test_arguments_chat_completions_does_not_have_or_cannot_take_are_refused(wclient, wire):
+    nr = wclient.with_options(max_retries=0)
+    for kwargs, param, code in (
+            (dict(extra_body={"max_output_tokens": 5}), "max_output_tokens", "unknown_parameter"),
+            (dict(extra_body={"text": {"format": {"type": "json_object"}}}), "text", "unknown_parameter"),
+            (dict(temperature=3), "temperature", "invalid_value"),
+            (dict(tool_choice="none"), "tool_choice", "invalid_value"),            # without tools, as OpenAI
+            (dict(parallel_tool_calls=False), "parallel_tool_calls", "invalid_value"),
+            (dict(top_logprobs=2), "top_logprobs", "invalid_value"),               # without logprobs
+            (dict(reasoning_effort="extreme"), "reasoning_effort", "invalid_value"),
+            (dict(tools=WEATHER, tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice",
+             "invalid_value")):
+        with pytest.raises(openai.BadRequestError) as exc:
+            nr.chat.completions.create(model="m", messages=HI, **kwargs)
+        assert (exc.value.param, exc.value.code) == (param, code), kwargs
+    wire.assert_valid(at_least=8)
+
+
+def test_tool_choice_and_parallel_tool_calls_are_honoured(wclient, wire):
+    two = [{"role": "user", "content": "call:get_weather call:get_time"}]
+    tools = WEATHER + [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    names = lambda r: [c.function.name for c in r.choices[0].message.tool_calls or []]  # noqa: E731
+    assert names(wclient.chat.completions.create(model="m", messages=two, tools=tools)) == ["get_weather", "get_time"]
+    assert names(wclient.chat.completions.create(model="m", messages=two, tools=tools,
+                                                 parallel_tool_calls=False)) == ["get_weather"]
+    assert names(wclient.chat.completions.create(model="m", messages=HI, tools=tools, tool_choice="required")) \
+        == ["get_weather"]                                      # no trigger in the text: called all the same
+    assert names(wclient.chat.completions.create(model="m", messages=two, tools=tools, tool_choice={
+        "type": "function", "function": {"name": "get_time"}})) == ["get_time"]
+    allowed = {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [
+        {"type": "function", "function": {"name": "get_time"}}]}}
+    assert names(wclient.chat.completions.create(model="m", messages=two, tools=tools, tool_choice=allowed)) \
+        == ["get_time"]
+    assert names(wclient.chat.completions.create(model="m", messages=two, tools=tools, tool_choice="none")) == []
+    wire.assert_valid(at_least=6)
+
+
+def test_response_format_gives_json_text(wclient, wire):
+    obj = wclient.chat.completions.create(model="m", messages=HI, response_format={"type": "json_object"})
+    assert isinstance(json.loads(obj.choices[0].message.content), dict)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
+                                               "unit": {"enum": ["C", "F"]}}, "required": ["city", "days", "unit"]}
+    chunks = list(wclient.chat.completions.create(model="m", messages=HI, stream=True, response_format={
+        "type": "json_schema", "json_schema": {"name": "forecast", "schema": schema, "strict": True}}))
+    value = json.loads(content_of(chunks))
+    assert set(value) == {"city", "days", "unit"} and value["days"] == 1 and value["unit"] == "C"
+    wire.assert_valid(at_least=2)
+
+
+def test_logprobs_service_tier_and_reasoning_effort_come_back(wclient, wire):
+    chunks = list(wclient.chat.completions.create(model="m", messages=HI, stream=True, logprobs=True, top_logprobs=2,
+                                                  service_tier="flex", reasoning_effort="low",
+                                                  stream_options={"include_usage": True},
+                                                  extra_headers=knobs(output_chars=40, deltas=4)))
+    tokens = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert "".join(t.token for t in tokens) == content_of(chunks) and all(len(t.top_logprobs) == 2 for t in tokens)
+    assert {c.service_tier for c in chunks} == {"flex"}
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == 32
+    plain = wclient.chat.completions.create(model="m", messages=HI, extra_headers=knobs(output_chars=40))
+    assert plain.choices[0].logprobs is None and plain.service_tier == "default"
+    wire.assert_valid(at_least=len(chunks) + 1)
+
+
+def test_a_call_preamble_gives_text_and_tool_calls_in_one_message(wclient, wire):
+    ask = [{"role": "user", "content": "call:get_weather"}]
+    r = wclient.chat.completions.create(model="m", messages=ask, tools=WEATHER,
+                                        extra_headers=knobs(call_preamble="Let me check."))
+    message = r.choices[0].message
+    assert message.content == "Let me check." and message.tool_calls[0].function.name == "get_weather"
+    chunks = list(wclient.chat.completions.create(model="m", messages=ask, tools=WEATHER, stream=True,
+                                                  extra_headers=knobs(call_preamble="Let me check.")))
+    assert content_of(chunks) == "Let me check." and chunks[-1].choices[0].finish_reason == "tool_calls"
+    wire.assert_valid(at_least=2)
+
+
+def test_the_call_log_keeps_what_each_call_was_sent(emu, wclient):
+    tag = f"log-{time.time()}"
+    wclient.chat.completions.create(model="m", messages=HI + [{"role": "assistant", "content": "hi"}, HI[0]],
+                                    tools=WEATHER, tool_choice="none", temperature=0.5, store=True,
+                                    metadata={"tag": tag})
+    [row] = httpx.get(f"{emu.base_url}/_emulator/chat_completions", params={"metadata.tag": tag}).json()["data"]
+    assert row["request"]["temperature"] == 0.5 and row["request"]["tool_choice"] == "none"
+    assert row["tools"] == ["get_weather"] and "messages" not in row["request"]
+    assert row["messages"] == [{"role": "user", "chars": 10, "tool_calls": 0},
+                               {"role": "assistant", "chars": 2, "tool_calls": 0},
+                               {"role": "user", "chars": 10, "tool_calls": 0}]
+
+
 # ------------------------------------------------------------------ faults and outcomes
 
 

@@ -193,3 +193,24 @@ def test_a_responses_api_without_background_mode_is_streamed_by_the_executor(sta
     assert_whole(events, stored)
     made = stack.provider_responses(run_id)
     assert len(made) == 1 and made[0]["background"] is False and made[0]["stream"] is True
+    # Found by issue 21: items were stored by the SDK's field names ("async_": null) with a null for every field
+    # the server never sent.
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
+    called = responses_host.post("/api/runs", json={"input": "call:get_weather", "tools": tools,
+                                                    "metadata": {"emulator_duration_ms": "300"}}).json()
+    called = wait_for_run(responses_host, called["id"])
+    assert called["status"] == "requires_action"
+    for item in called["output"] + stored["output"]:
+        assert not _sdk_names_or_nulls(item), item
+    assert set(called["output"][0]) == {"type", "id", "call_id", "name", "arguments", "status"}  # what was sent
+    assert called["usage"]["input_tokens_details"].keys() == {"cached_tokens", "cache_write_tokens"}
+
+
+def _sdk_names_or_nulls(value) -> list[str]:
+    """Keys of `value` (nested) that are the SDK's names (a trailing underscore) or null."""
+    if isinstance(value, dict):
+        return [k for k, v in value.items() if k.endswith("_") or v is None] + \
+            [k for v in value.values() for k in _sdk_names_or_nulls(v)]
+    if isinstance(value, list):
+        return [k for v in value for k in _sdk_names_or_nulls(v)]
+    return []

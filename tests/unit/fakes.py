@@ -32,7 +32,7 @@ from azure.data.tables import TableTransactionError, UpdateMode
 from shared import clock
 from shared.composition import Services, build
 from shared.provider import ProviderError, ProviderState, Started
-from shared.provider.direct import ChatTranslator
+from shared.provider.direct import ChatTranslator, DirectRequest, chat_params
 from shared.settings import Settings
 
 _ETAGS = itertools.count(1)
@@ -305,6 +305,9 @@ class FakeBackend:
     def _state(self, response: FakeResponse) -> ProviderState:
         return ProviderState(response.id, response.status, copy.deepcopy(response))
 
+    def check(self, params: dict) -> None:
+        """The provider judges its parameters at the create."""
+
     async def start(self, params: dict, *, stream: bool) -> Started:
         await self._enter("start", params["metadata"]["bg_run_id"])
         response = FakeResponse(f"resp_{next(self._ids)}", params=copy.deepcopy(params))
@@ -362,13 +365,17 @@ def stream_event(kind: str, seq: int, response=None):
     return SimpleNamespace(type=kind, sequence_number=seq, response=response)
 
 
-def _chunk(content: str | None = None, call: dict | None = None, finish: str | None = None):
+def _chunk(content: str | None = None, call: dict | None = None, finish: str | None = None,
+           logprobs: list[dict] | None = None, service_tier: str | None = None):
+    """A Chat Completions stream chunk as the SDK parses it (`logprobs`: the choice's token log probabilities)."""
     calls = None
     if call is not None:
         calls = [SimpleNamespace(index=call.get("index", 0), id=call.get("id"),
                                  function=SimpleNamespace(name=call.get("name"), arguments=call.get("arguments")))]
     delta = SimpleNamespace(content=content, refusal=None, tool_calls=calls)
-    return SimpleNamespace(choices=[SimpleNamespace(index=0, delta=delta, finish_reason=finish)], usage=None)
+    choice_logprobs = SimpleNamespace(content=logprobs, refusal=None) if logprobs is not None else None
+    return SimpleNamespace(choices=[SimpleNamespace(index=0, delta=delta, finish_reason=finish, logprobs=choice_logprobs)],
+                           usage=None, service_tier=service_tier)
 
 
 class FakeModel:
@@ -380,13 +387,12 @@ class FakeModel:
     def __init__(self) -> None:
         self.scripts: list[list[Any]] = [["Hello", " world"]]
         self.requests: list[Any] = []
-        self.refuse: ProviderError | None = None
         self.open = 0  # streams in progress
         self.closed = 0  # streams that ended (cancelled ones included)
 
     def check(self, params: dict) -> None:
-        if self.refuse is not None:
-            raise self.refuse
+        """What the real call refuses (Chat Completions)."""
+        chat_params(DirectRequest.of(params))
 
     async def stream(self, request, base, *, api=None):
         from shared.provider.direct import failed_event

@@ -325,14 +325,157 @@ async def test_tool_calls_become_function_call_items_and_requires_action(monkeyp
     assert items[1]["call_id"] == "call_1" and (await w.run(follow.id)).result["output_text"] == "It is sunny."
 
 
-async def test_a_request_the_api_cannot_take_is_refused_at_the_start(monkeypatch):
+@pytest.mark.parametrize("fields,param,code", [
+    ({"tools": [{"type": "web_search"}]}, "tools[0]", "unsupported_value"),
+    ({"options": {"prompt": {"id": "pmpt_1"}}}, "prompt", "unsupported_parameter"),
+    ({"reasoning": {"effort": "low", "summary": "auto"}}, "reasoning.summary", "unsupported_parameter"),
+    ({"input": [{"type": "message", "role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+     "input", "unsupported_value"),
+])
+async def test_what_the_model_api_cannot_take_is_refused_by_name_before_anything_is_written(monkeypatch, fields,
+                                                                                             param, code):
     from shared.errors import InvalidRequest
 
     w = executor_world(monkeypatch)
-    w.model.refuse = ProviderError(transient=False, status=400, message="tool type 'web_search' is not supported")
+    session = await w.services.starter.open_session()
+    before = {name: dict(table.rows) for name, table in w.tables.items()}
     with pytest.raises(InvalidRequest) as refused:
-        await start(w)
-    assert "web_search" in refused.value.message
+        await w.services.starter.start(RunRequest(**{"input": "hi", **fields}, session_id=session.id),
+                                       idempotency_key="k1")
+    assert (refused.value.code, refused.value.param) == (code, param)
+    assert {name: dict(table.rows) for name, table in w.tables.items()} == before  # no run, index, key, log
+    assert not w.execute_queue.sent and not w.poll_queue.sent and not w.model.requests
+
+
+async def test_the_callers_parameters_reach_the_model_and_the_response_says_so(monkeypatch):
+    from shared.provider.direct import chat_params
+
+    w = executor_world(monkeypatch)
+    asked = {"temperature": 0.2, "top_p": 0.5, "tool_choice": "none", "parallel_tool_calls": False,
+             "text": {"format": {"type": "json_object"}}}
+    tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+    run = await start(w, tools=tools, options=asked)
+    assert await w.execute() == ["completed"]
+    sent = chat_params(w.model.requests[-1])
+    assert (sent["temperature"], sent["top_p"], sent["tool_choice"], sent["parallel_tool_calls"],
+            sent["response_format"]) == (0.2, 0.5, "none", False, {"type": "json_object"})
+    for response in ((await w.run(run.id)).result["response"], (await logged(w, run.id))[-1]["response"]):
+        assert {k: response[k] for k in asked} == asked
+
+
+async def test_a_run_whose_attempt_began_reads_in_progress_without_a_write_per_batch(monkeypatch):
+    # Found by issue 21: a run read `queued` for seconds while its tokens already streamed (only the poll chain's
+    # next step moved it on).
+    w = executor_world(monkeypatch)
+    run = await start(w)
+    gate = asyncio.Event()
+    w.model.scripts = [[step for n in range(20) for step in (f"t{n} ", 0.01)] + [gate]]
+    run_writes = []
+
+    async def count_run_writes():
+        run_writes.append(1)
+
+    w.tables["runs"].before["update_entity"] = count_run_writes
+    task = asyncio.create_task(w.execute())
+    await until(lambda: w.model.open == 1)
+    await asyncio.sleep(0.3)  # several batches reach the log meanwhile
+    assert len([row for key, row in w.tables["runevents"].rows.items() if key[0] == run.id]) > 4
+    assert (await w.run(run.id)).status == "in_progress"
+    assert len(run_writes) == 1  # one write when the attempt began, none per batch
+    gate.set()
+    assert await task == ["completed"]
+
+
+async def test_the_poll_chain_never_moves_a_run_back_from_in_progress_to_queued(monkeypatch):
+    w = executor_world(monkeypatch)
+    run = await start(w)
+    store = w.services.executor._store
+    seen_by_a_poll_step = await store.get(run.id)  # observed the log before the attempt claimed it: queued
+    began = await store.get(run.id)
+    began.status = "in_progress"  # the attempt began meanwhile
+    await store.save_chain(began)
+    assert await w.services.poll_step._scheduler.schedule(seen_by_a_poll_step, 1.0, status="queued")
+    assert (await w.run(run.id)).status == "in_progress"
+
+
+# -- a session's earlier turns: a bounded load (issue 21, item 9) ------------------------------------------------
+async def session_with_turns(w, inputs: list[str], output: str):
+    """A session whose turns (one per input) ended, each answering `output`."""
+    session = await w.services.starter.open_session()
+    w.model.scripts = [[output]]
+    for text in inputs:
+        await start(w, session_id=session.id, input=text)
+        assert await w.execute() == ["completed"]
+    return session
+
+
+async def test_a_session_beyond_the_history_ceiling_fails_its_turn_naming_the_limit(monkeypatch):
+    from shared.runs import executing
+
+    monkeypatch.setattr(executing, "MAX_HISTORY_BYTES", 2500)
+    w = executor_world(monkeypatch)
+    session = await session_with_turns(w, ["one", "two", "three"], "x" * 1000)  # ~1.1 KB of JSON a turn
+    calls = len(w.model.requests)
+    run = await start(w, session_id=session.id, input="four")
+    assert await w.execute() == ["failed"]
+    error = (await w.run(run.id)).result["error"]
+    assert error["code"] == "history_too_large" and "truncation" in error["message"]
+    assert len(w.model.requests) == calls  # no model call with a partial history
+
+
+async def test_truncation_auto_leaves_the_oldest_turns_out_whole(monkeypatch):
+    from shared.runs import executing
+
+    monkeypatch.setattr(executing, "MAX_HISTORY_BYTES", 2500)
+    w = executor_world(monkeypatch)
+    session = await session_with_turns(w, ["one", "two", "three"], "x" * 1000)
+    await start(w, session_id=session.id, input="four", options={"truncation": "auto"})
+    assert await w.execute() == ["completed"]
+    items = w.model.requests[-1].items
+    users = [i["content"] for i in items if i.get("role") == "user"]
+    assert users == ["two", "three", "four"]  # the two newest fit; "one" is left out with its answer
+    assert [i.get("role") for i in items] == ["user", "assistant", "user", "assistant", "user"]
+
+
+async def test_truncation_never_begins_with_the_results_of_calls_left_out(monkeypatch):
+    from shared.runs import executing
+
+    monkeypatch.setattr(executing, "MAX_HISTORY_BYTES", 1500)
+    w = executor_world(monkeypatch)
+    session = await w.services.starter.open_session()
+    tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+    w.model.scripts = [[{"id": "call_1", "name": "f", "arguments": "{}"}, ("finish", "tool_calls")],
+                       ["y" * 1000], ["done"]]
+    await start(w, session_id=session.id, tools=tools, input="call f " + "z" * 900)  # each turn fits alone
+    await w.execute()
+    await start(w, session_id=session.id, tools=tools,
+                input=[{"type": "function_call_output", "call_id": "call_1", "output": "42"}])
+    await w.execute()
+    await start(w, session_id=session.id, tools=tools, input="and now?", options={"truncation": "auto"})
+    assert await w.execute() == ["completed"]
+    items = w.model.requests[-1].items
+    assert [i.get("type") for i in items] == ["message", "message"]  # the answer to 42, then this turn
+    assert items[0]["role"] == "assistant" and items[1]["content"] == "and now?"
+
+
+async def test_no_more_than_the_ceiling_of_earlier_turns_is_read(monkeypatch):
+    # Today's loop read up to 500 earlier turns with their results, then silently dropped the rest.
+    from shared.runs import executing
+
+    monkeypatch.setattr(executing, "MAX_HISTORY_TURNS", 2)
+    w = executor_world(monkeypatch)
+    session = await session_with_turns(w, ["one", "two", "three"], "short")
+    reads = []
+    original = Executor._turn
+
+    async def counted(self, response_id):
+        reads.append(response_id)
+        return await original(self, response_id)
+
+    monkeypatch.setattr(Executor, "_turn", counted)
+    run = await start(w, session_id=session.id, input="four")
+    assert await w.execute() == ["failed"]
+    assert len(reads) == 2 and "more than 2 earlier turns" in (await w.run(run.id)).result["error"]["message"]
 
 
 # -- following the log ----------------------------------------------------------------------------------------------

@@ -124,6 +124,25 @@ def test_events_are_the_providers_with_our_id_and_our_final_event_ends_a_cancell
     assert parse_sse(fmt.end(run(), FINAL_EVENT_ID)) == [] and parse_sse(fmt.reconnect(run(), 5)) == []
 
 
+def test_a_failed_run_has_the_same_openai_error_code_on_the_stream_as_on_get():
+    # Found by issue 21: the stream's response.failed carried our own codes (provider_error, provider_unavailable)
+    # while GET rendered the same run as server_error.
+    fmt = ResponsesEventFormat(ResponseRenderer())
+    error = {"code": "provider_unavailable", "message": "The model provider kept failing (6 tries): down"}
+    failed = run("failed", result={"output": [], "error": error})
+    event = SimpleNamespace(model_dump=lambda **_: {"type": "response.failed", "sequence_number": 9, "response": {
+        **PROVIDER, "status": "failed", "output": [], "error": error}})
+    [message] = parse_sse(fmt.event(failed, event))
+    streamed = json.loads(message.data)
+    validate_stream_event(streamed)
+    assert streamed["response"]["error"] == ResponseRenderer().render(failed)["error"] == {
+        "code": "server_error", "message": "provider_unavailable: The model provider kept failing (6 tries): down"}
+    rate_limited = {"code": "rate_limit_exceeded", "message": "slow down"}  # one of OpenAI's own: kept
+    event = SimpleNamespace(model_dump=lambda **_: {"type": "response.failed", "sequence_number": 9, "response": {
+        **PROVIDER, "status": "failed", "output": [], "error": rate_limited}})
+    assert json.loads(parse_sse(fmt.event(failed, event))[0].data)["response"]["error"] == rate_limited
+
+
 def test_input_items_are_listed_with_ids_statuses_and_pages():
     stored = run(request={"input": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                                     {"type": "function_call_output", "call_id": "c", "output": "{}"}]})
