@@ -5,6 +5,8 @@ VENV_STAMP := .venv/.installed
 NODE_STAMP := node_modules/.installed
 # checkov pins an older pycep-parser than the service's tests use, so it lives in its own venv.
 CHECKOV_STAMP := .local/venv-checkov/.installed
+# LiteLLM proxy for tests/conformance, in its own venv: every package pinned with its sha256, audited after install.
+LITELLM_STAMP := .local/venv-litellm/.installed
 CHROMIUM := /usr/bin/chromium
 
 .PHONY: run test bench chaos fuzz setup clean emulator
@@ -17,6 +19,9 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt client/pyproject.toml
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q -e ./client
 	touch $@
+
+$(LITELLM_STAMP): tests/conformance/requirements-litellm.txt
+	python3 -m tests.conformance.litellm_venv
 
 $(CHECKOV_STAMP): tests/infra/requirements-checkov.txt
 	python3 -m venv --clear .local/venv-checkov
@@ -35,7 +40,7 @@ $(NODE_STAMP): package.json package-lock.json
 run: setup
 	$(PY) -m local.stack
 
-test: setup
+test: setup $(LITELLM_STAMP)
 	$(PY) -m pytest
 
 bench: setup

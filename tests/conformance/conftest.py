@@ -1,0 +1,84 @@
+"""The executor against a real OpenAI-compatible server nobody here wrote: LiteLLM proxy (its own venv) serving the
+scripted model of scripted_provider.py, and a local stack of its own (its own Azurite, so no other test's host
+takes its queue messages) whose host runs executor runs against the proxy (`MODEL_PROVIDER=openai_compatible`).
+Both live for this folder's tests only. The proxy imports for 10-30 s; the stack starts meanwhile."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import openai
+import pytest
+
+from local.azurite import REPO_ROOT
+from local.stack import LocalStack
+
+from ..schemas import WireRecorder
+from ..stack import EXECUTOR_HOST, FACADE_KEYS, FUNCTION_KEY, MASTER_KEY, TEST_ENV, WEBHOOK_SECRETS, Stack
+from .litellm_proxy import MODEL, LiteLLMProxy
+
+MARKER = "#script"  # scripted_provider.MARKER (that module imports LiteLLM, which only its venv has)
+
+
+def scripted(prompt: str = "Hello", **script) -> tuple[str, str]:
+    """A script id of its own and the prompt that carries the script to the scripted model."""
+    script_id = script.setdefault("id", f"s{time.time_ns()}")
+    return script_id, f"{prompt} {MARKER} {json.dumps(script)}"
+
+
+def words(count: int, prefix: str = "w") -> str:
+    """A text whose every piece is distinct, so a gap or a repeat shows."""
+    return " ".join(f"{prefix}{i}" for i in range(count))
+
+
+@pytest.fixture(scope="package")
+def litellm() -> LiteLLMProxy:
+    proxy = LiteLLMProxy(REPO_ROOT / ".azurite" / f"litellm-{os.getpid()}").start()  # beside the stack's logs
+    yield proxy
+    proxy.stop()
+
+
+def executor_env(proxy: LiteLLMProxy, **more: str) -> dict[str, str]:
+    return {**TEST_ENV, **EXECUTOR_HOST, "MODEL_PROVIDER": "openai_compatible",
+            "OPENAI_COMPATIBLE_BASE_URL": proxy.base_url, "OPENAI_COMPATIBLE_API_KEY": proxy.key,
+            "DEFAULT_MODEL": MODEL, **more}
+
+
+@pytest.fixture(scope="package")
+def conformance(litellm) -> Stack:
+    local = LocalStack("conformance", env=executor_env(litellm), webhook_secrets=WEBHOOK_SECRETS,
+                       function_key=FUNCTION_KEY, master_key=MASTER_KEY)
+    local.start()
+    try:
+        litellm.wait_ready()
+        stack = Stack(local)
+        yield stack
+        stack.close()
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def recorder() -> WireRecorder:
+    wire = WireRecorder()
+    yield wire
+    wire.assert_valid(at_least=0)  # whatever a test read, the facade sent it in OpenAI's shapes
+
+
+@pytest.fixture
+def client(conformance, recorder) -> openai.OpenAI:
+    """The official SDK on the facade (/api/v1) of the conformance stack."""
+    with openai.OpenAI(base_url=f"{conformance.host.base_url}/api/v1", api_key=FACADE_KEYS["alice"],
+                       http_client=recorder.sync_client(), max_retries=0) as instance:
+        yield instance
+
+
+def wait_response(client: openai.OpenAI, response_id: str, timeout: float = 60):
+    """Retrieve until the Response is no longer queued or in progress."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.responses.retrieve(response_id)
+        if response.status not in ("queued", "in_progress") or time.monotonic() > deadline:
+            return response
+        time.sleep(0.2)
