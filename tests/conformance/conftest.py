@@ -32,6 +32,26 @@ def words(count: int, prefix: str = "w") -> str:
     return " ".join(f"{prefix}{i}" for i in range(count))
 
 
+# `strict` is given: the facade echoes a tool as it was given, and OpenAI's Response schema requires it.
+TOOLS = [{"type": "function", "name": "get_weather", "description": "The weather in a city.",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+          "strict": False}]
+CHAT_TOOLS = [{"type": "function", "function": {k: v for k, v in TOOLS[0].items() if k != "type"}}]
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def plain(messages: list[dict]) -> list[dict]:
+    """Messages without their null fields (LiteLLM drops an assistant message's `content: null`)."""
+    return [{k: v for k, v in message.items() if v is not None} for message in messages]
+
+
 @pytest.fixture(scope="package")
 def litellm() -> LiteLLMProxy:
     proxy = LiteLLMProxy(REPO_ROOT / ".azurite" / f"litellm-{os.getpid()}").start()  # beside the stack's logs

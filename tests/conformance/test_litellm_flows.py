@@ -10,26 +10,7 @@ import httpx
 import pytest
 
 from .. import sse
-from .conftest import MODEL, scripted, wait_response, words
-
-TOOLS = [{"type": "function", "name": "get_weather", "description": "The weather in a city.",
-          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-          "strict": False}]
-CHAT_TOOLS = [{"type": "function", "function": {k: v for k, v in TOOLS[0].items() if k != "type"}}]
-
-
-def user(text: str) -> dict:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict:
-    return {"role": "assistant", "content": text}
-
-
-def plain(messages: list[dict]) -> list[dict]:
-    """Messages without their null fields (LiteLLM drops an assistant message's `content: null`)."""
-    return [{k: v for k, v in message.items() if v is not None} for message in messages]
-
+from .conftest import CHAT_TOOLS, MODEL, TOOLS, assistant, plain, scripted, user, wait_response, words
 
 def deltas(events) -> str:
     return "".join(e.delta for e in events if e.type == "response.output_text.delta")

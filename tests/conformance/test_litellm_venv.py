@@ -1,0 +1,34 @@
+"""What is installed in LiteLLM's venv runs nothing at interpreter start-up (the March 2026 stealer in litellm
+1.82.7/1.82.8 ran from a `.pth` file), and the audit that `make test` applies after installing would notice."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import litellm_venv
+
+
+def test_the_installed_venv_passes_its_audit():
+    litellm_venv.ensure()
+    assert litellm_venv.audit(litellm_venv.VENV) == []
+    installed = {p.name.split("-")[0].lower() for p in litellm_venv.site_packages(litellm_venv.VENV).glob("*.dist-info")}
+    assert "litellm" in installed
+
+
+def _fake_venv(root: Path, files: dict[str, str], owner: str) -> Path:
+    site = root / "lib" / "python3.11" / "site-packages"
+    record = site / f"{owner}-1.0.dist-info" / "RECORD"
+    record.parent.mkdir(parents=True)
+    for name, text in files.items():
+        (site / name).write_text(text)
+    record.write_text("".join(f"{name},,\n" for name in files))
+    return root
+
+
+def test_the_audit_names_a_start_up_hook_from_any_package_but_the_venvs_own_setuptools(tmp_path):
+    hostile = _fake_venv(tmp_path / "a", {"litellm_init.pth": "import os; os.system('curl ...')\n",
+                                          "sitecustomize.py": "print('hi')\n"}, owner="litellm")
+    assert litellm_venv.audit(hostile) == [
+        "litellm_init.pth (from litellm) would run at every start-up",
+        "sitecustomize would run at every start-up (from litellm)"]
+    seeded = _fake_venv(tmp_path / "b", {"distutils-precedence.pth": "import os\n"}, owner="setuptools")
+    assert litellm_venv.audit(seeded) == []
