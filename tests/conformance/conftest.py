@@ -14,8 +14,8 @@ import pytest
 from local.azurite import REPO_ROOT
 from local.stack import LocalStack
 
-from ..schemas import WireRecorder
-from ..stack import EXECUTOR_HOST, FACADE_KEYS, FUNCTION_KEY, MASTER_KEY, TEST_ENV, WEBHOOK_SECRETS, Stack
+from ..facade.conftest import client, recorder  # noqa: F401 - the facade's SDK fixtures, on base_url below
+from ..stack import EXECUTOR_HOST, FUNCTION_KEY, MASTER_KEY, TEST_ENV, WEBHOOK_SECRETS, Stack
 from .litellm_proxy import MODEL, LiteLLMProxy
 
 MARKER = "#script"  # scripted_provider.MARKER (that module imports LiteLLM, which only its venv has)
@@ -80,18 +80,9 @@ def conformance(litellm) -> Stack:
 
 
 @pytest.fixture
-def recorder() -> WireRecorder:
-    wire = WireRecorder()
-    yield wire
-    wire.assert_valid(at_least=0)  # whatever a test read, the facade sent it in OpenAI's shapes
-
-
-@pytest.fixture
-def client(conformance, recorder) -> openai.OpenAI:
-    """The official SDK on the facade (/api/v1) of the conformance stack."""
-    with openai.OpenAI(base_url=f"{conformance.host.base_url}/api/v1", api_key=FACADE_KEYS["alice"],
-                       http_client=recorder.sync_client(), max_retries=0) as instance:
-        yield instance
+def base_url(conformance) -> str:
+    """Where the facade's `client` fixture (the official SDK, every reply schema-checked) points here."""
+    return f"{conformance.host.base_url}/api/v1"
 
 
 def wait_response(client: openai.OpenAI, response_id: str, timeout: float = 60):

@@ -42,21 +42,22 @@ def site_packages(venv: Path) -> Path:
 def audit(venv: Path) -> list[str]:
     """What is wrong with an installed venv: code that would run at every interpreter start-up."""
     site = site_packages(venv)
-    owners: dict[str, str] = {}
+    owners: dict[str, set[str]] = {}  # file -> every package whose RECORD lists it
     for record in site.glob("*.dist-info/RECORD"):
         name = record.parent.name.split("-")[0].lower().replace("_", "-")
         with open(record, newline="", encoding="utf-8") as file:
             for row in csv.reader(file):
                 if row:
-                    owners[row[0]] = name
+                    owners.setdefault(row[0], set()).add(name)
     problems = []
     for pth in sorted(site.glob("*.pth")):
-        owner = owners.get(pth.name)
-        if owner not in SEEDED:
-            problems.append(f"{pth.name} (from {owner or 'no package'}) would run at every start-up")
+        owner = owners.get(pth.name) or {"no package"}
+        if not owner <= SEEDED:
+            problems.append(f"{pth.name} (from {', '.join(sorted(owner))}) would run at every start-up")
     for hook in ("sitecustomize", "usercustomize"):
         if (site / f"{hook}.py").exists() or (site / hook).is_dir():
-            problems.append(f"{hook} would run at every start-up (from {owners.get(hook + '.py', 'no package')})")
+            owner = owners.get(f"{hook}.py") or {"no package"}
+            problems.append(f"{hook} would run at every start-up (from {', '.join(sorted(owner))})")
     return problems
 
 

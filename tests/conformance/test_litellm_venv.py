@@ -32,3 +32,8 @@ def test_the_audit_names_a_start_up_hook_from_any_package_but_the_venvs_own_setu
         "sitecustomize would run at every start-up (from litellm)"]
     seeded = _fake_venv(tmp_path / "b", {"distutils-precedence.pth": "import os\n"}, owner="setuptools")
     assert litellm_venv.audit(seeded) == []
+    claimed = litellm_venv.site_packages(seeded) / "evil-1.0.dist-info" / "RECORD"  # overwrote setuptools' file
+    claimed.parent.mkdir()
+    claimed.write_text("distutils-precedence.pth,,\n")
+    assert litellm_venv.audit(seeded) == [
+        "distutils-precedence.pth (from evil, setuptools) would run at every start-up"]
