@@ -10,7 +10,8 @@ the service and LiteLLM unchanged, as any prompt does):
 - `text` (or `chars`: a deterministic text of that length), streamed in `chunks` pieces, `delay_ms` apart.
 - `tool_calls`: [{"name", "arguments"}] streamed after the text (so text plus calls in one turn works).
 - `errors`: statuses that the first calls with this id answer before any output, in order (`[429, 500]`:
-  the first call 429, the second 500, the third streams); `retry_after` (seconds) goes with a 429.
+  the first call 429, the second 500, the third streams). (No Retry-After: LiteLLM 1.106.12 passes a provider's
+  headers on only with an `llm_provider-` prefix, so a client never sees one as `retry-after`.)
 - `cut_after` (chunks) with `cuts` (default 1): the first `cuts` calls stop after that many chunks. `cut_how`:
   `drop` (default: the connection closes mid-body, as when the server dies) or `error` (the model fails and
   LiteLLM sends its error event in the stream, as it does when its upstream fails mid-generation).
@@ -28,7 +29,6 @@ import os
 import threading
 from typing import Any, AsyncIterator, Iterator
 
-import httpx
 from litellm import CustomLLM
 from litellm.llms.custom_llm import CustomLLMError
 
@@ -84,8 +84,7 @@ def _record(entry: dict[str, Any]) -> None:
             log.write(json.dumps(entry, default=repr) + "\n")
 
 
-def _chunk(text: str = "", *, tool: dict[str, Any] | None = None, finish: str = "", usage: dict | None = None,
-           ) -> dict[str, Any]:
+def _chunk(text: str = "", *, tool: dict | None = None, finish: str = "", usage: dict | None = None) -> dict:
     return {"text": text, "tool_use": tool, "is_finished": bool(finish), "finish_reason": finish, "usage": usage,
             "index": 0}
 
@@ -97,12 +96,11 @@ class ScriptedModel(CustomLLM):
         with _LOCK:
             call = _CALLS[script_id] = _CALLS.get(script_id, 0) + 1
         _record({"id": script_id, "call": call, "model": model, "messages": messages,
-                 "params": {k: v for k, v in optional_params.items() if k not in ("stream",)}})
+                 "params": optional_params})
         errors = list(script.get("errors") or [])
         if call <= len(errors):
             status = int(errors[call - 1])
-            headers = {"retry-after": str(script["retry_after"])} if status == 429 and "retry_after" in script else {}
-            raise _ScriptedError(status, f"scripted {status} (call {call})", headers)
+            raise CustomLLMError(status_code=status, message=f"scripted {status} (call {call})")
         results = _tool_results(messages)
         if results:
             text, calls = "\n".join(results), []
@@ -149,12 +147,6 @@ class ScriptedModel(CustomLLM):
                   print_verbose: Any, encoding: Any, api_key: Any, logging_obj: Any, optional_params: dict,
                   *args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
         raise CustomLLMError(status_code=400, message="the scripted model streams asynchronously only")
-
-
-class _ScriptedError(CustomLLMError):
-    def __init__(self, status_code: int, message: str, headers: dict[str, str]) -> None:
-        super().__init__(status_code=status_code, message=message)
-        self.headers = httpx.Headers(headers)
 
 
 class _ConnectionDrop(BaseException):
