@@ -21,7 +21,7 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt client/pyproject.toml
 	touch $@
 
 $(LITELLM_STAMP): tests/conformance/requirements-litellm.txt
-	python3 -m tests.conformance.litellm_venv
+	python3 -m tests.conformance.tool_venvs litellm
 
 $(CHECKOV_STAMP): tests/infra/requirements-checkov.txt
 	python3 -m venv --clear .local/venv-checkov

@@ -1,12 +1,14 @@
-"""The executor against a real OpenAI-compatible server nobody here wrote: LiteLLM proxy (its own venv) serving the
-scripted model of scripted_provider.py, and a local stack of its own (its own Azurite, so no other test's host
-takes its queue messages) whose host runs executor runs against the proxy (`MODEL_PROVIDER=openai_compatible`).
-Both live for this folder's tests only. The proxy imports for 10-30 s; the stack starts meanwhile."""
+"""The executor against real OpenAI-compatible servers nobody here wrote: LiteLLM proxy (its own venv) serving the
+scripted model of scripted_provider.py, and a local stack of its own whose host runs executor runs against the
+proxy (`MODEL_PROVIDER=openai_compatible`). Both live for this folder's tests only. The proxy imports for 10-60 s;
+the stack starts meanwhile."""
 from __future__ import annotations
 
 import json
 import os
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import openai
 import pytest
@@ -16,8 +18,9 @@ from local.stack import LocalStack
 
 from ..facade.conftest import client, recorder  # noqa: F401 - the facade's SDK fixtures, on base_url below
 from ..stack import EXECUTOR_HOST, FUNCTION_KEY, MASTER_KEY, TEST_ENV, WEBHOOK_SECRETS, Stack
-from .litellm_proxy import MODEL, LiteLLMProxy
+from .servers import MODEL, LiteLLMProxy
 
+WORK_DIR = REPO_ROOT / ".azurite" / f"model-servers-{os.getpid()}"  # their files and logs, beside the stacks' logs
 MARKER = "#script"  # scripted_provider.MARKER (that module imports LiteLLM, which only its venv has)
 
 
@@ -54,29 +57,34 @@ def plain(messages: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="package")
 def litellm() -> LiteLLMProxy:
-    proxy = LiteLLMProxy(REPO_ROOT / ".azurite" / f"litellm-{os.getpid()}").start()  # beside the stack's logs
+    proxy = LiteLLMProxy(WORK_DIR / "litellm").start()
     yield proxy
     proxy.stop()
 
 
-def executor_env(proxy: LiteLLMProxy, **more: str) -> dict[str, str]:
-    return {**TEST_ENV, **EXECUTOR_HOST, "MODEL_PROVIDER": "openai_compatible",
-            "OPENAI_COMPATIBLE_BASE_URL": proxy.base_url, "OPENAI_COMPATIBLE_API_KEY": proxy.key,
-            "DEFAULT_MODEL": MODEL, **more}
-
-
-@pytest.fixture(scope="package")
-def conformance(litellm) -> Stack:
-    local = LocalStack("conformance", env=executor_env(litellm), webhook_secrets=WEBHOOK_SECRETS,
-                       function_key=FUNCTION_KEY, master_key=MASTER_KEY)
+@contextmanager
+def executor_stack(name: str, server) -> Iterator[Stack]:
+    """A local stack of its own (its own Azurite, so no other test's host takes its queue messages) whose host runs
+    executor runs against `server` (servers.py; started, and waited for here once the stack is up)."""
+    env = {**TEST_ENV, **EXECUTOR_HOST, "MODEL_PROVIDER": "openai_compatible",
+           "OPENAI_COMPATIBLE_BASE_URL": server.base_url, "OPENAI_COMPATIBLE_API_KEY": server.key,
+           "DEFAULT_MODEL": server.model}
+    local = LocalStack(name, env=env, webhook_secrets=WEBHOOK_SECRETS, function_key=FUNCTION_KEY,
+                       master_key=MASTER_KEY)
     local.start()
     try:
-        litellm.wait_ready()
+        server.wait_ready()
         stack = Stack(local)
         yield stack
         stack.close()
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="package")
+def conformance(litellm) -> Stack:
+    with executor_stack("conformance", litellm) as stack:
+        yield stack
 
 
 @pytest.fixture

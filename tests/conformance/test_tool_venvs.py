@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import litellm_venv
+from . import tool_venvs
+from .tool_venvs import LITELLM
 
 
 def test_the_installed_venv_passes_its_audit():
-    litellm_venv.ensure()
-    assert litellm_venv.audit(litellm_venv.VENV) == []
-    installed = {p.name.split("-")[0].lower() for p in litellm_venv.site_packages(litellm_venv.VENV).glob("*.dist-info")}
+    LITELLM.ensure()
+    assert tool_venvs.audit(LITELLM.path) == []
+    installed = {p.name.split("-")[0].lower() for p in tool_venvs.site_packages(LITELLM.path).glob("*.dist-info")}
     assert "litellm" in installed
 
 
@@ -27,13 +28,13 @@ def _fake_venv(root: Path, files: dict[str, str], owner: str) -> Path:
 def test_the_audit_names_a_start_up_hook_from_any_package_but_the_venvs_own_setuptools(tmp_path):
     hostile = _fake_venv(tmp_path / "a", {"litellm_init.pth": "import os; os.system('curl ...')\n",
                                           "sitecustomize.py": "print('hi')\n"}, owner="litellm")
-    assert litellm_venv.audit(hostile) == [
+    assert tool_venvs.audit(hostile) == [
         "litellm_init.pth (from litellm) would run at every start-up",
         "sitecustomize would run at every start-up (from litellm)"]
     seeded = _fake_venv(tmp_path / "b", {"distutils-precedence.pth": "import os\n"}, owner="setuptools")
-    assert litellm_venv.audit(seeded) == []
-    claimed = litellm_venv.site_packages(seeded) / "evil-1.0.dist-info" / "RECORD"  # overwrote setuptools' file
+    assert tool_venvs.audit(seeded) == []
+    claimed = tool_venvs.site_packages(seeded) / "evil-1.0.dist-info" / "RECORD"  # overwrote setuptools' file
     claimed.parent.mkdir()
     claimed.write_text("distutils-precedence.pth,,\n")
-    assert litellm_venv.audit(seeded) == [
+    assert tool_venvs.audit(seeded) == [
         "distutils-precedence.pth (from evil, setuptools) would run at every start-up"]
