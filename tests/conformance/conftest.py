@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import httpx
 import openai
 import pytest
 
@@ -85,6 +86,15 @@ def executor_stack(name: str, server) -> Iterator[Stack]:
 def conformance(litellm) -> Stack:
     with executor_stack("conformance", litellm) as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def responses_host(conformance) -> httpx.Client:
+    """A second host of the stack with EXECUTOR_API=responses (LiteLLM's own Responses API, no background mode)."""
+    host = conformance.start_host("conformance-responses", EXECUTOR_API="responses")
+    with httpx.Client(base_url=host.base_url, timeout=30, headers=conformance.key_headers) as client:
+        yield client
+    host.stop()
 
 
 @pytest.fixture

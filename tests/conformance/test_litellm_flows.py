@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
-import pytest
-
 from .. import sse
 from .conftest import CHAT_TOOLS, MODEL, TOOLS, assistant, plain, scripted, user, wait_response, words
 
@@ -199,13 +196,6 @@ def test_a_model_failure_reported_inside_the_stream_fails_the_run(conformance, l
 
 
 # -- the Responses API without background mode (LiteLLM's /v1/responses) ------------------------------------------
-@pytest.fixture(scope="module")
-def responses_host(conformance, litellm):
-    host = conformance.start_host("conformance-responses", EXECUTOR_API="responses")
-    yield httpx.Client(base_url=host.base_url, timeout=30, headers=conformance.key_headers)
-    host.stop()
-
-
 def test_executor_api_responses_streams_through_litellms_responses_api(responses_host, litellm):
     text = words(30)
     script_id, prompt = scripted(text=text, chunks=10, delay_ms=20)

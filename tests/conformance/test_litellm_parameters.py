@@ -2,7 +2,8 @@
 server, behind LiteLLM's translation. Every Responses parameter that Chat Completions has arrives at the scripted
 model (`optional_params` as LiteLLM hands them on) and the Response echoes it; the rest is refused at the door
 with OpenAI's 400 `unsupported_parameter`; a turn with text and a tool call is replayed as one assistant message;
-a run streaming tokens reads `in_progress`; the stream and GET name a failure with the same code.
+a run streaming tokens reads `in_progress`; the stream and GET name a failure with the same code; with
+EXECUTOR_API=responses the stored items carry the wire's names and usage is normalised as on the chat path.
 
 Written to that item's spec before the executor implements it: see the report of branch h21-litellm for which of
 these fail until the executor's mapping lands. `test_litellm_passes_every_parameter_through` checks the harness
@@ -16,6 +17,7 @@ import time
 import openai
 import pytest
 
+from .. import sse
 from .conftest import MODEL, TOOLS, scripted, user, wait_response
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
@@ -149,3 +151,14 @@ def test_the_stream_and_retrieve_name_a_failure_with_the_same_openai_code(client
     streamed = events[-1].response.error.code
     assert client.responses.retrieve(events[-1].response.id).error.code == streamed
     assert streamed not in ("provider_error", "provider_unavailable"), "our own code, not OpenAI's"
+
+
+def test_executor_api_responses_stores_wire_names_and_normalised_usage(responses_host):
+    _, prompt = scripted(text="Checking.", tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}])
+    events = sse.read(responses_host, "POST", "/api/runs", json={"input": prompt, "stream": True, "tools": TOOLS})
+    run = responses_host.get(f"/api/runs/{events[0].data['run_id']}").json()
+    assert [item["type"] for item in run["output"]] == ["message", "function_call"]
+    sdk_names = [key for item in run["output"] for key in item if key.endswith("_")]
+    assert not sdk_names, f"the SDK's Python field names were stored: {sdk_names}"
+    usage = run["usage"]
+    assert usage["input_tokens_details"] is not None and usage["output_tokens_details"] is not None, usage
