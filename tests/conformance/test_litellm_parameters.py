@@ -56,8 +56,8 @@ ECHOED = {
     "reasoning.effort": ("reasoning.effort", "low"), "safety_identifier": ("safety_identifier", "user-42"),
     "logprobs": ("top_logprobs", 2),
 }
-# Responses parameters without a Chat Completions counterpart.
-REFUSED = {"max_tool_calls": 2, "truncation": "auto"}
+# Responses parameters without a Chat Completions counterpart (a stored prompt template is OpenAI's state).
+REFUSED = {"max_tool_calls": 2, "prompt": {"id": "pmpt_0123456789"}}
 
 
 def attribute(obj, path: str):
