@@ -1,13 +1,15 @@
 """The executor's flows against LiteLLM proxy (a real OpenAI-compatible server, scripted model behind it), on the
 real local stack, through the native API and the official `openai` SDK on the facade: background start and poll,
 a stream resumed from the middle, cancel, three-turn conversations (the prompt on turn 3 is the history a client
-would keep), a tool round trip, and the server's failures mapped (400, 429/500 before output, a cut mid-stream)."""
+would keep), a tool round trip, the server's failures mapped (400, 429/500 before output, a cut mid-stream, an
+error event mid-stream), and EXECUTOR_API=responses through LiteLLM's own Responses API."""
 from __future__ import annotations
 
 import time
 
 from .. import sse
 from .conftest import CHAT_TOOLS, MODEL, TOOLS, assistant, plain, scripted, user, wait_response, words
+
 
 def deltas(events) -> str:
     return "".join(e.delta for e in events if e.type == "response.output_text.delta")
