@@ -7,13 +7,15 @@ DEV_VENV_STAMP := .venv/.installed-dev
 NODE_STAMP := node_modules/.installed
 # checkov pins an older pycep-parser than the service's tests use, so it lives in its own venv.
 CHECKOV_STAMP := .local/venv-checkov/.installed
+# LiteLLM proxy for tests/conformance, in its own venv: every package pinned with its sha256, audited after install.
+LITELLM_STAMP := .local/venv-litellm/.installed
 CHROMIUM := /usr/bin/chromium
 
 # What `make run` needs.
 RUN_TOOLS := $(RUN_VENV_STAMP) $(NODE_STAMP) node-check
 # What only `make test` needs. A new test tool is a target that installs it (its own venv under .local/ if its
 # dependencies conflict, like checkov's), added here.
-TEST_TOOLS := $(DEV_VENV_STAMP) $(CHECKOV_STAMP) $(CHROMIUM)
+TEST_TOOLS := $(DEV_VENV_STAMP) $(CHECKOV_STAMP) $(LITELLM_STAMP) $(CHROMIUM)
 
 .PHONY: run test bench chaos fuzz mutate setup clean emulator run-tools test-tools node-check
 
@@ -32,6 +34,9 @@ $(RUN_VENV_STAMP): requirements.txt requirements-local.txt client/pyproject.toml
 $(DEV_VENV_STAMP): $(RUN_VENV_STAMP) requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
+
+$(LITELLM_STAMP): tests/conformance/requirements-litellm.txt
+	python3 -m tests.conformance.tool_venvs litellm
 
 $(CHECKOV_STAMP): tests/infra/requirements-checkov.txt
 	python3 -m venv --clear .local/venv-checkov

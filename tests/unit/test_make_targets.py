@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_ONLY = ("checkov", "apt-get", "chromium", "requirements-dev.txt", "pytest", "playwright")
+TEST_ONLY = ("checkov", "litellm", "apt-get", "chromium", "requirements-dev.txt", "pytest", "playwright")
 TEST_ONLY_PACKAGES = {"pytest", "playwright", "schemathesis", "hypothesis", "checkov", "pycep-parser", "matplotlib"}
 
 
