@@ -85,8 +85,12 @@ def test_a_run_is_one_trace_across_polls_a_host_kill_and_restart_and_its_webhook
     every = {s["span_id"]: s for s in collector.snapshot()}
     for retrieve in (s for s in collector.snapshot() if s["name"] == "provider retrieve"
                      and s["attributes"].get("gen_ai.response.id") == final["provider_response_id"]):
-        assert every[retrieve["parent_span_id"]]["name"] in ("poll run", "POST /api/runs", "repair run")
         assert retrieve["trace_id"] == CALLER_TRACE
+        parent = every.get(retrieve["parent_span_id"])
+        if parent is None:  # only a step the SIGKILL cut: its retrieve was exported, the step's own span never ended
+            assert str(retrieve["resource"]["bgruns.test.host_life"]) == "1", retrieve
+            continue
+        assert parent["name"] in ("poll run", "POST /api/runs", "repair run")
     attempts = [s for s in spans if s["name"] == "webhook POST"]  # more than one if a loaded machine timed one out
     assert all(a["kind"] == CLIENT and every[a["parent_span_id"]]["trace_id"] == CALLER_TRACE for a in attempts)
     assert any(a["attributes"]["http.response.status_code"] == 204 for a in attempts)
