@@ -15,7 +15,8 @@ from .. import telemetry
 from ..composition import Services, services
 from ..errors import invalid
 from ..api.errors import handler
-from ..api.run_requests import ID_PATTERN, parse_json_body, parse_run_body
+from ..api.bodies import json_body, parse_json_body, read_body
+from ..api.run_requests import ID_PATTERN, parse_run_body
 from ..api.streams import resume_position, streaming_response
 from ..runs.model import Run
 from ..settings import SettingsError
@@ -78,7 +79,7 @@ async def _api(name: str) -> Services:
 @handler
 async def create_run(req: Request) -> Response:
     svc = await _api("create_run")
-    body = parse_run_body(parse_json_body(await req.body(), svc.settings.max_request_bytes))
+    body = parse_run_body(await json_body(req, svc.settings.max_request_bytes))
     if body.continuation_token is not None:
         run, claims = await svc.reader.get_by_token(body.continuation_token)
         if body.stream:  # resume the stream right after the token's position
@@ -158,7 +159,7 @@ async def redeliver_webhook(req: Request) -> Response:
 @handler
 async def create_session(req: Request) -> Response:
     svc = await _api("create_session")
-    raw = await req.body()
+    raw = await read_body(req, svc.settings.max_request_bytes)
     if raw.strip():
         body = parse_json_body(raw, svc.settings.max_request_bytes)
         if body:
