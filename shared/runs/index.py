@@ -124,6 +124,10 @@ class RunIndex:
     async def forget(self, partition: str, kind: str, ident: str) -> None:
         await self._delete(partition, f"{kind}:{ident}")
 
+    async def forget_expiry(self, kind: str, ident: str, at: float) -> None:
+        """Remove the note `expire_at(kind, ident, at)` wrote (what it names is gone already)."""
+        await self.forget(EXPIRES_PREFIX + _day(at), kind, ident)
+
     # -- lists ----------------------------------------------------------------------------------------------
     async def list_run(self, run: Run) -> None:
         """Write (or update) the run's rows in the lists it belongs to (idempotent)."""

@@ -512,3 +512,7 @@ def world(monkeypatch, **env: str) -> World:
 
 async def gather(*aws):
     return await asyncio.gather(*aws, return_exceptions=True)
+
+
+class HostCrash(BaseException):
+    """A host dying mid-step, for tests: like a killed process, it runs no `except Exception` cleanup."""
