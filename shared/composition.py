@@ -123,7 +123,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model=No
                             keepalive_seconds=settings.stream_keepalive_seconds,
                             fallback_max_delay=settings.poll_max_delay),
         purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds, events=events),
-        deleter=RunDeleter(reader, canceller, backend, store, index),
+        deleter=RunDeleter(reader, canceller, backend, store, index, sessions, settings.retention_seconds),
         lister=RunLister(index, store),
         callers=CallerKeys(settings.facade.api_keys),
         executor=Executor(store, events, lifecycle, model, settings.executor),

@@ -143,17 +143,17 @@ class RunStarter:
         attempt.events = started.events
         if self._settings.completion.strategy == "push":  # a provider webhook names only the response
             await self._index.remember_response(run.response_id, run_id)
-        return await self._record_response(run, started), started.events
+        return await self._record_response(attempt, started), started.events
 
-    async def _record_response(self, run: Run, started) -> Run:
-        state = started.state
+    async def _record_response(self, attempt: _Attempt, started) -> Run:
+        run, state = attempt.run, started.state
         run.response = response_snapshot(state.response)
         if not state.is_active:
             saved_as = run.etag
             status, result = result_from_response(state.response)
             ended = await self._lifecycle.finish(run, status, result)
             if ended is run and run.etag == saved_as:  # not saved, and nobody else's: the run was deleted
-                await self._discard_response(run.response_id)
+                await self._deleted_while_starting(attempt)
             return ended
         if await self._scheduler.schedule(run, self._backoff.delay(0), status=state.status, event="provider_accepted",
                                           save_all=True):
@@ -161,10 +161,19 @@ class RunStarter:
         # The run changed while its start was in flight: cancelled, failed by the sweeper as too slow, or deleted.
         fresh = await self._store.get(run.id, with_result=True)
         if fresh is None:
-            await self._discard_response(run.response_id)
+            await self._deleted_while_starting(attempt)
         elif fresh.is_terminal:
             await self._cancel_quietly(run.response_id)
         return fresh or run
+
+    async def _deleted_while_starting(self, attempt: _Attempt) -> None:
+        """A DELETE removed the run while this start was in flight: what the start wrote after it goes too, and the
+        provider response is stopped and deleted."""
+        log.info("run %s was deleted while it started; its provider response %s goes too", attempt.run_id,
+                 attempt.response_id)
+        await self._cancel_quietly(attempt.response_id)
+        await self._forget_rows(attempt)
+        await self._delete_quietly(attempt.response_id)
 
     def _provider_params(self, request: RunRequest, run_id: str, previous_response_id: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -207,6 +216,15 @@ class RunStarter:
                 await self._store.delete_blobs(run.id)  # parts it wrote for an entity that never was
             elif not (landed.is_active and await self._store.delete(landed)):
                 return True
+        await self._forget_rows(attempt)
+        if attempt.response_id:
+            await self._delete_quietly(attempt.response_id)
+        log.info("run %s: its start failed; nothing of it is kept", attempt.run_id)
+        return False
+
+    async def _forget_rows(self, attempt: _Attempt) -> None:
+        """Remove the rows the start wrote around its run (the run itself is gone)."""
+        run = attempt.run
         if run is not None:
             await self._index.unlist(run)
             if run.completed_at is not None:  # it ended at once, and its retention date was noted
@@ -217,16 +235,6 @@ class RunStarter:
             await self._sessions.remove_run(attempt.session_id, attempt.run_id, attempt.created_at)
             await self._sessions.release(attempt.session_id, attempt.run_id)
         await self._index.mark_done(attempt.run_id)  # last: until here the sweeper can still find the run
-        if attempt.response_id:
-            await self._delete_quietly(attempt.response_id)
-        log.info("run %s: its start failed; nothing of it is kept", attempt.run_id)
-        return False
-
-    async def _discard_response(self, response_id: str) -> None:
-        """The run was deleted while it started: its provider response goes too (with its index row)."""
-        await self._cancel_quietly(response_id)
-        await self._delete_quietly(response_id)
-        await self._index.forget_response(response_id)
 
     async def _cancel_quietly(self, response_id: str) -> None:
         try:

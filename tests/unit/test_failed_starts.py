@@ -10,8 +10,6 @@ stored, and every poll or execute message it sent finds no run.
 """
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -22,7 +20,7 @@ from shared.errors import ServiceError
 from shared.provider import ProviderError
 from shared.runs.requests import RunRequest
 
-from .fakes import FakeBackend, FakeContainer, FakeModel, FakeQueue, FakeTable, HostCrash, world
+from .fakes import FakeTable, HostCrash, Steps, world
 
 SECRET = "whsec_" + "B" * 43
 HUGE = "x" * 70_000  # a request part too large for a Table property: it goes to a blob
@@ -56,59 +54,11 @@ FAILURES: dict[str, Callable[[], BaseException]] = {
 }
 
 
-class Steps:
-    """Counts the calls a start makes through the fakes; raises `failure` at call number `at` (0-based)."""
-
-    def __init__(self, at: int | None = None, failure: Callable[[], BaseException] | None = None) -> None:
-        self.at, self.failure, self.count, self.names = at, failure, 0, []
-        self.armed = False
-
-    def step(self, name: str) -> None:
-        if not self.armed:
-            return
-        self.count += 1
-        self.names.append(name)
-        if self.count - 1 == self.at:
-            self.armed = False  # the undo that follows runs unhindered
-            raise self.failure()
-
-    def wrap(self, obj: Any, label: str) -> None:
-        for name, method in inspect.getmembers(obj, callable):
-            if name.startswith("_") or name in ("entity", "count", "take"):
-                continue
-            setattr(obj, name, self._wrapped(method, f"{label}.{name}"))
-
-    def _wrapped(self, method, name: str):
-        if inspect.isasyncgenfunction(method):
-            @functools.wraps(method)
-            async def generator(*args, **kwargs):
-                self.step(name)
-                async for item in method(*args, **kwargs):
-                    yield item
-            return generator
-        if inspect.iscoroutinefunction(method):
-            @functools.wraps(method)
-            async def coroutine(*args, **kwargs):
-                self.step(name)
-                return await method(*args, **kwargs)
-            return coroutine
-
-        @functools.wraps(method)
-        def function(*args, **kwargs):
-            self.step(name)
-            return method(*args, **kwargs)
-        return function
-
-
 async def prepared(monkeypatch, scenario: Scenario, steps: Steps):
     w = world(monkeypatch, **scenario.env)
     w.backend.finish_at_once = scenario.finish_at_once
     session = await w.services.starter.open_session() if scenario.session else None
-    for name, table in w.tables.items():
-        steps.wrap(table, name)
-    for label, part in (("blobs", w.blobs), ("poll_queue", w.poll_queue), ("webhook_queue", w.webhook_queue),
-                        ("execute_queue", w.execute_queue), ("backend", w.backend), ("model", w.model)):
-        steps.wrap(part, label)
+    steps.wrap_world(w)
     request = RunRequest(input="hi", session_id=session.id if session else None, **scenario.fields)
     return w, session, request
 
@@ -116,8 +66,8 @@ async def prepared(monkeypatch, scenario: Scenario, steps: Steps):
 async def count_steps(monkeypatch, scenario: Scenario) -> list[str]:
     steps = Steps()
     w, _, request = await prepared(monkeypatch, scenario, steps)
-    steps.armed = True
-    await w.services.starter.start(request, idempotency_key=scenario.key)
+    with steps.counting():
+        await w.services.starter.start(request, idempotency_key=scenario.key)
     return steps.names
 
 
@@ -131,13 +81,11 @@ async def test_a_start_failing_at_any_step_leaves_nothing_behind(monkeypatch, sc
     names = await count_steps(monkeypatch, SCENARIOS[scenario])
     assert len(names) >= 6, names  # the count is real: the plainest start makes six calls
     for at, name in enumerate(names):
-        steps = Steps(at, FAILURES[failure])
+        steps = Steps(at, fail=FAILURES[failure])
         w, session, request = await prepared(monkeypatch, SCENARIOS[scenario], steps)
         index_before, sessions_before = rows(w.index), rows(w.tables["sessions"])
-        steps.armed = True
-        with pytest.raises((Exception, HostCrash)) as raised:
+        with pytest.raises(BaseException) as raised, steps.counting():
             await w.services.starter.start(request, idempotency_key=SCENARIOS[scenario].key)
-        steps.armed = False
         where = f"{scenario}: {failure} at step {at} ({name})"
         assert isinstance(raised.value, (type(FAILURES[failure]()), ServiceError)), where
         await assert_nothing_left(w, session, index_before, sessions_before, where)
