@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator, Mapping
 import openai
 from openai import AsyncOpenAI
 
+from ..redaction import redact, redact_error
 from .errors import ProviderError, classify
 
 TERMINAL_TYPES = ("response.completed", "response.incomplete", "response.failed")
@@ -310,7 +311,7 @@ class ChatTranslator:
 
 def failed_event(base: Mapping[str, Any], code: str, message: str) -> dict[str, Any]:
     return {"type": "response.failed",
-            "response": with_status(base, "failed", output=[], error={"code": code, "message": message})}
+            "response": with_status(base, "failed", output=[], error={"code": code, "message": redact(message)})}
 
 
 # -- the plain Responses stream: relabelled as ours -----------------------------------------------------------
@@ -337,6 +338,8 @@ class ResponsesRelabeller:
             theirs = data.get("response") or {}
             data["response"] = {**self._base, **{k: theirs.get(k) for k in (
                 "status", "output", "usage", "error", "incomplete_details", "completed_at") if k in theirs}}
+            if "error" in theirs:
+                data["response"]["error"] = redact_error(theirs["error"])
         return [data]
 
 
