@@ -1,4 +1,4 @@
-"""The native HTTP API: /api/runs, /api/sessions, health, metrics and the streaming page."""
+"""The native HTTP API: /api/runs, /api/sessions, health (and its details), metrics and the streaming page."""
 from __future__ import annotations
 
 import re
@@ -99,16 +99,18 @@ async def create_run(req: Request) -> Response:
 async def list_runs(req: Request) -> Response:
     """The runs, newest first (function keys act as operators: every run), a page at a time."""
     svc = await _api("list_runs")
-    query = req.query_params
+    query = req.query_params  # a parameter sent empty (`?status=`) is judged as sent, never taken as absent
     try:
-        limit = int(query.get("limit") or 20)
+        limit = int(query.get("limit", "20"))
     except ValueError:
         raise invalid("'limit' must be an integer.", param="limit") from None
-    session_id = query.get("session_id") or None
+    session_id = query.get("session_id")
     if session_id is not None and not ID_PATTERN.match(session_id):
         raise invalid("'session_id' is not a valid session id.", param="session_id")
-    listed = await svc.lister.page(status=query.get("status") or None, session_id=session_id,
-                                   cursor=query.get("cursor") or None, limit=limit)
+    cursor = query.get("cursor")
+    if cursor == "":
+        raise invalid("'cursor' is empty; send the next_cursor of the previous page, or no cursor.", param="cursor")
+    listed = await svc.lister.page(status=query.get("status"), session_id=session_id, cursor=cursor, limit=limit)
     return JSONResponse({"object": "list", "data": listed.runs, "has_more": listed.has_more,
                          "next_cursor": listed.next_cursor})
 
@@ -182,18 +184,34 @@ async def get_session(req: Request) -> Response:
 
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: Request) -> Response:
-    """Configuration and storage checks; never shows a secret."""
+    """Liveness for anyone (load balancers, the local stack, azd's smoke test): the status alone. What is
+    configured and what failed is for operators: GET /api/health/details with the admin (master) key."""
     counting_as("health")
+    status, code, _ = await _health()
+    return JSONResponse({"status": status}, status_code=code)
+
+
+@bp.route(route="health/details", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+async def health_details(req: Request) -> Response:
+    """The checks behind /api/health (admin key): which setting is refused, storage, the provider, how runs run
+    and end, webhooks and the facade's callers, counted. Never a secret."""
+    counting_as("health_details")
+    status, code, checks = await _health()
+    return JSONResponse({"status": status, "checks": checks}, status_code=code)
+
+
+async def _health() -> tuple[str, int, dict[str, Any]]:
     try:
         svc = await services()
     except SettingsError as error:
-        return JSONResponse({"status": "unhealthy", "checks": {"settings": str(error)}}, status_code=503)
+        return "unhealthy", 503, {"settings": str(error)}
     except Exception as error:  # noqa: BLE001
-        return JSONResponse({"status": "unhealthy", "checks": {"startup": type(error).__name__}}, status_code=503)
+        return "unhealthy", 503, {"startup": type(error).__name__}
     settings = svc.settings
     checks: dict[str, Any] = {
         "provider": {"kind": settings.provider.kind, "default_model": settings.provider.default_model,
                      "auth": "key" if settings.provider.api_key else "entra_id"},
+        "runs": {"backend": settings.executor.backend, "executor_api": settings.executor.api},
         "webhooks": {"enabled": bool(settings.webhook_secrets), "signing_secrets": len(settings.webhook_secrets)},
         "completion": {"strategy": settings.completion.strategy,
                        "provider_webhook_secrets": len(settings.completion.provider_webhook_secrets)},
@@ -207,9 +225,9 @@ async def health(req: Request) -> Response:
         checks["storage"] = "ok"
     except AzureError as error:
         checks["storage"] = type(error).__name__
-    healthy = checks["storage"] == "ok"
-    return JSONResponse({"status": "healthy" if healthy else "degraded", "checks": checks},
-                        status_code=200 if healthy else 503)
+    if checks["storage"] != "ok":
+        return "degraded", 503, checks
+    return "healthy", 200, checks
 
 
 @bp.route(route="metrics", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
