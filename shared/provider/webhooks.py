@@ -69,6 +69,8 @@ class ProviderWebhookVerifier:
                 return
             except InvalidWebhookSignatureError:
                 continue
+            except UnicodeDecodeError:  # the SDK decodes the body to sign it
+                raise InvalidProviderEvent("the body is not UTF-8") from None
             except ValueError:  # a missing or malformed signature header (its value is not echoed)
                 raise InvalidProviderEvent("the signature headers are missing or malformed") from None
         raise InvalidProviderEvent("the signature does not verify (wrong secret, altered body, or a timestamp "
