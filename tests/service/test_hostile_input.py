@@ -229,3 +229,27 @@ def test_a_non_ascii_signature_header_on_the_anonymous_provider_route_is_a_clean
     assert error["code"] == "invalid_provider_event" and "malformed" in error["message"]
     assert value.decode("latin-1") not in response.text  # nothing of what was sent is echoed
     assert leftovers(hostile_host[1]) == []
+
+
+@pytest.mark.parametrize("fault", ["fault_503_rate", "fault_500_rate"])
+def test_a_start_refused_after_its_run_was_recorded_leaves_nothing_end_to_end(stack, hostile_host, clients, fault):
+    # The run, its index rows, its session's row and reservation and the Idempotency-Key are written before the
+    # provider is asked; when it refuses, all of it goes, so the caller's retry is a clean new start.
+    _, storage = hostile_host
+    session = clients["native"].post("/api/sessions").json()["id"]
+    before = leftovers(storage)
+    stack.emulator_config(**{fault: 1.0}, fault_endpoints="create")
+    try:
+        response = clients["native"].post("/api/runs", json={"input": "x", "session_id": session,
+                                                             "webhook_url": stack.hook_url(HOOK_NAME)},
+                                          headers={"idempotency-key": f"refused-{fault}"})
+    finally:
+        stack.emulator_config(**{fault: 0.0}, fault_endpoints="create,retrieve,stream,cancel,delete,input_items,chat")
+    assert response.status_code in (502, 503), response.text
+    assert leftovers(storage) == before
+    state = clients["native"].get(f"/api/sessions/{session}").json()
+    assert state["active_run_id"] is None and state["runs"] == []
+    retried = clients["native"].post("/api/runs", json={"input": "x", "session_id": session},
+                                     headers={"idempotency-key": f"refused-{fault}"})
+    assert retried.status_code == 202, retried.text  # the key was released and the session given back
+    assert stack.received(HOOK_NAME) == []
