@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import NotFound
 from shared.runs.requests import RunRequest
 
 from .fakes import Steps, world
@@ -29,16 +28,16 @@ def traces_of(w, run_id: str) -> list:
     return found + [blob for blob in w.blobs.blobs if blob.startswith(run_id)]
 
 
-async def assert_gone(w, run_id: str, response_id: str | None) -> None:
-    assert traces_of(w, run_id) == []
+async def assert_gone(w, run_id: str, response_id: str | None, where: str = "") -> None:
+    assert traces_of(w, run_id) == [], where
     if response_id:
-        assert response_id not in w.backend.responses  # the provider's stored response was deleted
-        assert not [key for key in w.index.rows if key[0] == f"response-{response_id}"]
-    assert not (await w.services.lister.page()).runs  # no ghost in GET /api/runs
+        assert response_id not in w.backend.responses, where  # the provider's stored response was deleted
+        assert not [key for key in w.index.rows if key[0] == f"response-{response_id}"], where
+    assert not (await w.services.lister.page()).runs, where  # no ghost in GET /api/runs
     sent = len(w.sender.sent)
     for message in w.webhook_queue.take():  # a webhook queued for the run finds nothing to send
-        assert await w.services.outbox.deliver(message) == "stale"
-    assert len(w.sender.sent) == sent
+        assert await w.services.outbox.deliver(message) == "stale", where
+    assert len(w.sender.sent) == sent, where
 
 
 async def a_run(w, session, **fields):
@@ -60,59 +59,50 @@ async def test_delete_removes_every_row_the_run_owns(monkeypatch):
     await assert_gone(w, run.id, run.response_id)
 
 
+async def ending_run(monkeypatch, **env):
+    """A run whose provider response has completed: its next poll ends it."""
+    w = world(monkeypatch, **env)
+    session = await w.services.starter.open_session()
+    run = await a_run(w, session)
+    w.backend.responses[run.response_id].complete()
+    return w, run
+
+
+async def steps_of(w, operation) -> list[str]:
+    steps = Steps()
+    steps.wrap_world(w)
+    with steps.counting():
+        await operation()
+    return steps.names
+
+
+async def interleaved(w, operation, at: int, other):
+    """`operation`, with `other` run to completion right before its step number `at`."""
+    racing = Steps(at, pause=other)
+    racing.wrap_world(w)
+    with racing.counting():
+        return await operation()
+
+
 @pytest.mark.parametrize("push", [False, True])
 async def test_a_delete_racing_the_runs_end_at_any_step_leaves_no_ghost(monkeypatch, push):
     env = {"PROVIDER_WEBHOOK_SECRETS": SECRET} if push else {}
-
-    async def ending_run():
-        w = world(monkeypatch, **env)
-        session = await w.services.starter.open_session()
-        run = await a_run(w, session)
-        w.backend.responses[run.response_id].complete()
-        return w, run
-
-    w, _ = await ending_run()
-    steps = Steps()
-    steps.wrap_world(w)
-    with steps.counting():
-        await w.drain_polls()
-    assert "runs.update_entity" in steps.names  # the terminal save, then the follow-ups
-    for at, name in enumerate(steps.names):
-        w, run = await ending_run()
-
-        async def delete():
-            try:
-                await w.services.deleter.delete(run.id)
-            except NotFound:  # already gone (an earlier step of the end cannot have deleted it: never)
-                raise AssertionError(f"step {at} ({name}): the run vanished") from None
-
-        racing = Steps(at, pause=delete)
-        racing.wrap_world(w)
-        with racing.counting():
-            await w.drain_polls()
-        await assert_gone(w, run.id, run.response_id), (at, name)
+    w, _ = await ending_run(monkeypatch, **env)
+    names = await steps_of(w, w.drain_polls)
+    assert "runs.update_entity" in names  # the terminal save, then the follow-ups
+    for at, name in enumerate(names):
+        w, run = await ending_run(monkeypatch, **env)
+        await interleaved(w, w.drain_polls, at, lambda: w.services.deleter.delete(run.id))
+        await assert_gone(w, run.id, run.response_id, f"DELETE before step {at} of the end ({name})")
 
 
 async def test_an_end_racing_a_delete_at_any_step_leaves_no_ghost(monkeypatch):
-    async def ended_run():
-        w = world(monkeypatch)
-        session = await w.services.starter.open_session()
-        run = await a_run(w, session)
-        w.backend.responses[run.response_id].complete()
-        return w, run
-
-    w, run = await ended_run()
-    steps = Steps()
-    steps.wrap_world(w)
-    with steps.counting():
-        await w.services.deleter.delete(run.id)
-    for at, name in enumerate(steps.names):
-        w, run = await ended_run()
-        racing = Steps(at, pause=w.drain_polls)  # the poll that ends the run runs right before this step
-        racing.wrap_world(w)
-        with racing.counting():
-            await w.services.deleter.delete(run.id)
-        await assert_gone(w, run.id, run.response_id)
+    w, run = await ending_run(monkeypatch)
+    names = await steps_of(w, lambda: w.services.deleter.delete(run.id))
+    for at, name in enumerate(names):
+        w, run = await ending_run(monkeypatch)
+        await interleaved(w, lambda: w.services.deleter.delete(run.id), at, w.drain_polls)
+        await assert_gone(w, run.id, run.response_id, f"the end before step {at} of the DELETE ({name})")
 
 
 @pytest.mark.parametrize("finish_at_once", [False, True])
@@ -124,12 +114,9 @@ async def test_a_delete_during_the_start_takes_the_provider_response_too(monkeyp
         return w, await w.services.starter.open_session()
 
     w, session = await fresh()
-    steps = Steps()
-    steps.wrap_world(w)
-    with steps.counting():
-        await a_run(w, session)
-    recorded = steps.names.index("runs.create_entity") + 1  # from then on a DELETE can find the run
-    for at, name in list(enumerate(steps.names))[recorded:]:
+    names = await steps_of(w, lambda: a_run(w, session))
+    recorded = names.index("runs.create_entity") + 1  # from then on a DELETE can find the run
+    for at, name in list(enumerate(names))[recorded:]:
         w, session = await fresh()
         deleted = []
 
@@ -137,13 +124,11 @@ async def test_a_delete_during_the_start_takes_the_provider_response_too(monkeyp
             run_id = next(key[0] for key in w.runs.rows)
             deleted.append(await w.services.deleter.delete(run_id))
 
-        racing = Steps(at, pause=delete)
-        racing.wrap_world(w)
-        with racing.counting():
-            await a_run(w, session)
+        await interleaved(w, lambda: a_run(w, session), at, delete)
+        where = f"DELETE before step {at} of the start ({name})"
         (run_id,) = deleted
-        assert not w.backend.responses, (at, name)  # created, then cancelled and deleted
-        await assert_gone(w, run_id, None)
-        assert await w.drain_polls() in ([], ["unknown-run"])
+        assert not w.backend.responses, where  # created, then cancelled and deleted
+        await assert_gone(w, run_id, None, where)
+        assert await w.drain_polls() in ([], ["unknown-run"]), where
         state, runs = await w.services.reader.session(session.id)
-        assert state.active_run_id is None and runs == [], (at, name)
+        assert state.active_run_id is None and runs == [], where
