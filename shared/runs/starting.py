@@ -15,6 +15,7 @@ deleted if the run was deleted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -203,7 +204,8 @@ class RunStarter:
 
     async def _undo(self, attempt: _Attempt) -> bool:
         if attempt.events is not None:
-            await attempt.events.close()
+            with contextlib.suppress(Exception):  # a stream that cannot close cleanly is closed enough
+                await attempt.events.close()
         if attempt.response_id:
             await self._cancel_quietly(attempt.response_id)  # first: it may be running (and billing)
         run = attempt.run
