@@ -2,7 +2,8 @@
 
 Anonymous at the Functions level, because the provider cannot send a function key: every delivery is verified
 against PROVIDER_WEBHOOK_SECRETS (Standard Webhooks signature, 300 s tolerance) before anything is read or
-written; a body over 64 KiB is refused before it is read. Register `https://<app>/api/provider/webhooks` with the provider (infra/README.md).
+written; a body over 64 KiB is refused before it is read. Register `https://<app>/api/provider/webhooks` with
+the provider (infra/README.md).
 """
 from __future__ import annotations
 
