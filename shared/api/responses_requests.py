@@ -1,6 +1,7 @@
 """Validation of the facade's `POST /responses` bodies (OpenAI's Responses API, as openai 3.57 sends it).
 
-What the provider accepts is passed through verbatim; what the service cannot honour is refused with a 400
+What the provider accepts is passed through verbatim, once its type is checked (PASS_THROUGH_TYPES: a wrong one
+is a 400 naming it, whichever backend runs the request); what the service cannot honour is refused with a 400
 naming the parameter, never dropped: `conversation` (provider-side state), `background_options`, `store: false`
 (the service keeps every run: that is what makes it durable), `stream_options` without `stream`, and any
 parameter the Responses API does not have. Our additions ride in the body (`extra_body` in the SDK):
