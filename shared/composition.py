@@ -126,7 +126,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model=No
                             keepalive_seconds=settings.stream_keepalive_seconds,
                             fallback_max_delay=settings.poll_max_delay),
         purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds, events=events),
-        deleter=RunDeleter(reader, canceller, backend, store, index),
+        deleter=RunDeleter(reader, canceller, backend, store, index, sessions, settings.retention_seconds),
         lister=lister,
         overview=RunOverview(lister, store, index),
         callers=CallerKeys(settings.facade.api_keys),

@@ -18,15 +18,19 @@ def path_param(req: Any, name: str) -> str:
 
 def limit_param(query: Mapping[str, str], default: int) -> int:
     try:
-        return int(query.get("limit") or default)
+        return int(query.get("limit", str(default)))
     except ValueError:
         raise invalid("'limit' must be an integer.", param="limit") from None
 
 
 def run_list_query(query: Mapping[str, str], *, default_limit: int) -> dict[str, Any]:
-    """`status`, `session_id`, `cursor` and `limit` for RunLister.page (which checks status, cursor and range)."""
-    session_id = query.get("session_id") or None
+    """`status`, `session_id`, `cursor` and `limit` for RunLister.page (which checks status, cursor and range).
+    A parameter sent empty (`?status=`) is judged as sent, never taken as absent."""
+    session_id = query.get("session_id")
     if session_id is not None and not ID_PATTERN.match(session_id):
         raise invalid("'session_id' is not a valid session id.", param="session_id")
-    return {"status": query.get("status") or None, "session_id": session_id, "cursor": query.get("cursor") or None,
+    cursor = query.get("cursor")
+    if cursor == "":
+        raise invalid("'cursor' is empty; send the next_cursor of the previous page, or no cursor.", param="cursor")
+    return {"status": query.get("status"), "session_id": session_id, "cursor": cursor,
             "limit": limit_param(query, default_limit)}

@@ -4,14 +4,13 @@ A body either starts a run (`input` and options: a RunRequest) or continues one 
 `stream` to resume its stream)."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import PayloadTooLarge
 from ..errors import invalid as bad_request
 from ..runs.requests import RunRequest
+from .item_checks import check_function_tool, check_input_items
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 METADATA_MAX_PAIRS = 15  # OpenAI allows 16; the service adds its own run id
@@ -32,20 +31,6 @@ class RunBody:
     background: bool = True  # false: wait for the result as long as MAX_PREFER_WAIT_SECONDS allows
 
 
-def parse_json_body(raw: bytes, max_bytes: int) -> dict[str, Any]:
-    if len(raw) > max_bytes:
-        raise PayloadTooLarge("request_too_large", f"The request body is larger than {max_bytes} bytes.")
-    if not raw.strip():
-        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise bad_request(f"The request body is not valid JSON: {error}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_json")
-    return body
-
-
 # The field readers below are shared with the Responses API facade's parser (responses_requests.py).
 def expect_field(body: dict, name: str, kinds: tuple[type, ...], what: str) -> Any:
     """`body[name]` if it is one of `kinds` (None when absent); otherwise a 400 saying it must be `what`."""
@@ -64,9 +49,7 @@ def read_input(value: Any) -> str | list[dict[str, Any]]:
             raise bad_request("'input' must not be empty.", param="input")
         return value
     if isinstance(value, list) and value:
-        for index, item in enumerate(value):
-            if not isinstance(item, dict) or not (isinstance(item.get("type"), str) or isinstance(item.get("role"), str)):
-                raise bad_request(f"'input[{index}]' must be an object with a 'type' or 'role'.", param=f"input[{index}]")
+        check_input_items(value)
         return value
     raise bad_request("'input' must be a non-empty string or a non-empty list of input items.", param="input")
 
@@ -75,6 +58,7 @@ def _tools(value: list) -> list[dict[str, Any]]:
     for index, tool in enumerate(value):
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("name"), str):
             raise bad_request(f"'tools[{index}]' must be a function tool with a name.", param=f"tools[{index}]")
+        check_function_tool(tool, f"tools[{index}]")
     return value
 
 

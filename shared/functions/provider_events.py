@@ -2,17 +2,19 @@
 
 Anonymous at the Functions level, because the provider cannot send a function key: every delivery is verified
 against PROVIDER_WEBHOOK_SECRETS (Standard Webhooks signature, 300 s tolerance) before anything is read or
-written. Register `https://<app>/api/provider/webhooks` with the provider (infra/README.md).
+written; a body over 64 KiB is refused before it is read. Register `https://<app>/api/provider/webhooks` with
+the provider (infra/README.md).
 """
 from __future__ import annotations
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
+from ..api.bodies import read_body
 from ..api.errors import handler
 from .. import telemetry
 from ..composition import services
-from ..errors import NotFound, PayloadTooLarge
+from ..errors import NotFound
 from ..storage import counting_as
 
 bp = func.Blueprint()
@@ -27,8 +29,6 @@ async def receive_provider_webhook(req: Request) -> Response:
     inbox = (await services()).provider_events
     if inbox is None:
         raise NotFound("provider_webhooks_off", "Provider webhooks are not configured (PROVIDER_WEBHOOK_SECRETS).")
-    body = await req.body()
-    if len(body) > MAX_EVENT_BYTES:
-        raise PayloadTooLarge("event_too_large", f"A provider event is at most {MAX_EVENT_BYTES} bytes.")
+    body = await read_body(req, MAX_EVENT_BYTES, code="event_too_large")  # refused before it is read
     outcome = await inbox.receive(body, dict(req.headers))
     return JSONResponse({"received": True, "outcome": outcome})

@@ -30,7 +30,7 @@ from ..api.responses_errors import openai_handler, response_not_found
 from ..api.responses_format import ResponseRenderer, ResponsesEventFormat
 from ..api.responses_items import input_items, page
 from ..api.responses_requests import parse_create_body
-from ..api.run_requests import parse_json_body
+from ..api.bodies import json_body
 from ..api.streams import sequence_number, streaming_response
 from ..composition import Services, services
 from ..errors import NotFound
@@ -53,7 +53,7 @@ event_format = ResponsesEventFormat(renderer)
 # -- the handlers (one set, routed under each prefix below) ------------------------------------------------------
 async def create(req: Request) -> Response:
     svc, caller = await _facade(req, "create_response")
-    body = parse_create_body(parse_json_body(await req.body(), svc.settings.max_request_bytes))
+    body = parse_create_body(await json_body(req, svc.settings.max_request_bytes))
     key = req.headers.get("idempotency-key")
     if body.stream:
         started = await svc.starter.start(body.request, caller=caller, idempotency_key=key)

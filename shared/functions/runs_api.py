@@ -1,8 +1,9 @@
-"""The native HTTP API: /api/runs, /api/sessions, health, metrics and the streaming page."""
+"""The native HTTP API: /api/runs, /api/sessions, health (and its details), metrics and the streaming page."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import HTMLResponse, JSONResponse, Request, Response
@@ -11,9 +12,10 @@ from .. import telemetry
 from ..composition import Services, services
 from ..errors import invalid
 from ..api.errors import handler
+from ..api.bodies import json_body, parse_json_body, read_body
 from ..api.operations import health_checks, process_metrics
 from ..api.queries import path_param, run_list_query
-from ..api.run_requests import parse_json_body, parse_run_body
+from ..api.run_requests import parse_run_body
 from ..api.streams import resume_position, streaming_response
 from ..runs.model import Run
 from ..settings import SettingsError
@@ -68,7 +70,7 @@ async def _api(name: str) -> Services:
 @handler
 async def create_run(req: Request) -> Response:
     svc = await _api("create_run")
-    body = parse_run_body(parse_json_body(await req.body(), svc.settings.max_request_bytes))
+    body = parse_run_body(await json_body(req, svc.settings.max_request_bytes))
     if body.continuation_token is not None:
         run, claims = await svc.reader.get_by_token(body.continuation_token)
         if body.stream:  # resume the stream right after the token's position
@@ -139,7 +141,7 @@ async def redeliver_webhook(req: Request) -> Response:
 @handler
 async def create_session(req: Request) -> Response:
     svc = await _api("create_session")
-    raw = await req.body()
+    raw = await read_body(req, svc.settings.max_request_bytes)
     if raw.strip():
         body = parse_json_body(raw, svc.settings.max_request_bytes)
         if body:
@@ -162,17 +164,31 @@ async def get_session(req: Request) -> Response:
 
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: Request) -> Response:
-    """Configuration and storage checks; never shows a secret."""
+    """Liveness for anyone (load balancers, the local stack, azd's smoke test): the status alone. What is
+    configured and what failed is for operators: GET /api/health/details with the admin (master) key."""
     counting_as("health")
+    status, code, _ = await _health()
+    return JSONResponse({"status": status}, status_code=code)
+
+
+@bp.route(route="health/details", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+async def health_details(req: Request) -> Response:
+    """The checks behind /api/health (admin key): which setting is refused, storage, the provider, how runs run
+    and end, webhooks and the facade's callers, counted. Never a secret."""
+    counting_as("health_details")
+    status, code, checks = await _health()
+    return JSONResponse({"status": status, "checks": checks}, status_code=code)
+
+
+async def _health() -> tuple[str, int, dict[str, Any]]:
     try:
         svc = await services()
     except SettingsError as error:
-        return JSONResponse({"status": "unhealthy", "checks": {"settings": str(error)}}, status_code=503)
+        return "unhealthy", 503, {"settings": str(error)}
     except Exception as error:  # noqa: BLE001
-        return JSONResponse({"status": "unhealthy", "checks": {"startup": type(error).__name__}}, status_code=503)
+        return "unhealthy", 503, {"startup": type(error).__name__}
     checks, healthy = await health_checks(svc.settings, svc.storage.runs)
-    return JSONResponse({"status": "healthy" if healthy else "degraded", "checks": checks},
-                        status_code=200 if healthy else 503)
+    return ("healthy", 200, checks) if healthy else ("degraded", 503, checks)
 
 
 @bp.route(route="metrics", methods=["GET"], auth_level=func.AuthLevel.ADMIN)

@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator, Mapping
 import openai
 from openai import AsyncOpenAI
 
+from ..redaction import redact, redact_error
 from .direct_params import chat_options, echoed, responses_options
 from .errors import ProviderError, RequestRefused, classify
 
@@ -394,7 +395,7 @@ def _field(value: Any, name: str) -> Any:
 
 def failed_event(base: Mapping[str, Any], code: str, message: str) -> dict[str, Any]:
     return {"type": "response.failed",
-            "response": with_status(base, "failed", output=[], error={"code": code, "message": message})}
+            "response": with_status(base, "failed", output=[], error={"code": code, "message": redact(message)})}
 
 
 # -- the plain Responses stream: relabelled as ours -----------------------------------------------------------
@@ -422,6 +423,8 @@ class ResponsesRelabeller:
             data["response"] = {**self._base, **{k: theirs.get(k) for k in (
                 "status", "output", "error", "incomplete_details", "completed_at", "service_tier") if k in theirs},
                                 "usage": normalised_usage(theirs.get("usage"))}
+            if "error" in theirs:
+                data["response"]["error"] = redact_error(theirs["error"])
         return [data]
 
 

@@ -1,14 +1,17 @@
-"""What a provider failure means for us: worth retrying later, or a refusal that retrying will not change."""
+"""What a provider failure means for us: worth retrying later, or a refusal that retrying will not change. Its
+message is the provider's text with anything key-like redacted (shared/redaction.py)."""
 from __future__ import annotations
 
 import openai
 
+from ..redaction import redact
 from ..retry_after import retry_after_from_headers
 
 
 class ProviderError(Exception):
     def __init__(self, *, transient: bool, status: int | None, message: str, retry_after: float | None = None,
                  code: str | None = None) -> None:
+        message = redact(message)  # it reaches callers, stored runs and logs
         super().__init__(message)
         self.transient = transient  # 429, 5xx, timeouts, connection errors
         self.status = status

@@ -6,12 +6,17 @@ response id (`{"object": "event", "id": "evt_...", "type": "response.completed",
 """
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from openai import InvalidWebhookSignatureError
 
+from .. import strict_json
+
+# Printable ASCII without the characters a Table key may not hold.
+_WEBHOOK_ID = re.compile(r"^(?:(?![/\\#?])[!-~]){1,256}$")
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 RESPONSE_END_EVENTS = frozenset({"response.completed", "response.failed", "response.cancelled", "response.incomplete"})
 
 
@@ -39,13 +44,13 @@ class ProviderWebhookVerifier:
     def unwrap(self, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
         headers = {key.lower(): value for key, value in headers.items()}
         webhook_id = headers.get("webhook-id", "")
-        if not webhook_id or len(webhook_id) > 256:
+        if not _WEBHOOK_ID.match(webhook_id):  # it becomes a Table row key once the delivery verifies
             raise InvalidProviderEvent("missing or malformed webhook-id header")
         self._verify(body, headers)
         try:
-            event = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidProviderEvent("the body is not JSON") from None
+            event = strict_json.loads(body)
+        except strict_json.JsonRefused as refused:
+            raise InvalidProviderEvent(f"the body is not acceptable JSON: {refused.message}") from None
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             raise InvalidProviderEvent("the body is not an event object with a type")
         data = event.get("data")
@@ -54,13 +59,19 @@ class ProviderWebhookVerifier:
                              ident if isinstance(ident, str) and 0 < len(ident) <= 256 else None)
 
     def _verify(self, body: bytes, headers: Mapping[str, str]) -> None:
+        # The SDK compares the signatures with hmac.compare_digest, which raises TypeError for text that is not
+        # ASCII: such a header is malformed, and is never echoed back.
+        if not all(headers.get(name, "").isascii() for name in SIGNATURE_HEADERS):
+            raise InvalidProviderEvent("the signature headers are malformed (not ASCII)")
         for secret in self._secrets:
             try:
                 self._webhooks.verify_signature(body, headers, secret=secret)
                 return
             except InvalidWebhookSignatureError:
                 continue
-            except ValueError as error:  # a missing or malformed signature header
-                raise InvalidProviderEvent(f"the signature headers are malformed ({error})") from None
+            except UnicodeDecodeError:  # the SDK decodes the body to sign it
+                raise InvalidProviderEvent("the body is not UTF-8") from None
+            except ValueError:  # a missing or malformed signature header (its value is not echoed)
+                raise InvalidProviderEvent("the signature headers are missing or malformed") from None
         raise InvalidProviderEvent("the signature does not verify (wrong secret, altered body, or a timestamp "
                                    "outside the 300 s tolerance)")

@@ -83,7 +83,11 @@ class ExecutorBackend:
         await self._log.create(run_id, [{"type": "response.created", "response": base},
                                         {"type": "response.queued", "response": base}],
                               api=getattr(self._model, "api", ""))
-        await self._queue.send(ExecuteMessage(run_id).to_dict())
+        try:
+            await self._queue.send(ExecuteMessage(run_id).to_dict())
+        except Exception:  # no attempt will ever run it: the start fails, and leaves no log behind
+            await self._log.purge(run_id)
+            raise
         return Started(ProviderState(response_id, "queued", base))  # a streaming start follows the log (events())
 
     async def observe(self, response_id: str) -> ProviderState:

@@ -88,16 +88,19 @@ class IdempotencyStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
 
-    async def release(self, key: str, run_id: str, scope: str | None = None) -> None:
-        """Forget a claim whose run never started (the provider refused the create), if it is still ours."""
+    async def release(self, key: str, run_id: str, scope: str | None = None) -> str | None:
+        """Forget a claim whose run never started (its start failed), if it is still ours; the key's digest if it
+        was forgotten here."""
         pk = _key_digest(key, scope)
         try:
             existing = await self._table.get_entity(pk, "key")
             if existing["run_id"] == run_id:
                 await self._table.delete_entity(pk, "key", etag=existing.metadata["etag"],
                                                 match_condition=MatchConditions.IfNotModified)
+                return pk
         except (ResourceNotFoundError, ResourceModifiedError):
             pass
+        return None
 
     async def purge(self, digest: str) -> None:
         """Delete a key's row once its window has passed (retention); a fresher claim is kept."""

@@ -10,8 +10,8 @@ One table (`runindex`), one partition per list:
 - `seen-<yyyymmdd>`: provider webhook ids already handled that day (deduplication).
 - `list-all`, `list-owner-<caller>`, `list-session-<session id>`: the runs to list, newest first (RowKey =
   inverted creation time + run id), with their status as of their start and their end. Written when a run
-  starts and again when it ends (follow-ups, idempotent), removed when the run is deleted; a run is in at
-  most two of them (all, and its owner's or its session's).
+  starts and updated when it ends (follow-ups, idempotent; an end never writes back a row a DELETE removed),
+  removed when the run is deleted; a run is in at most three of them (all, its owner's, its session's).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import AsyncIterator
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
 
 from .model import Run
 
@@ -44,6 +45,13 @@ def list_partition(*, owner: str | None = None, session_id: str | None = None) -
 
 def list_row_key(created_at: float, run_id: str) -> str:
     return f"{_NEWEST_FIRST - int(created_at * 1000):015d}-{run_id}"
+
+
+def _list_row(run: Run) -> dict:
+    row = {"RowKey": list_row_key(run.created_at, run.id), "run_id": run.id, "status": run.status,
+           "created_at": run.created_at, "completed_at": run.completed_at, "model": run.model,
+           "owner": run.owner or "", "session_id": run.session_id or ""}
+    return {key: value for key, value in row.items() if value is not None}
 
 
 def _list_partitions(run: Run) -> list[str]:
@@ -124,14 +132,27 @@ class RunIndex:
     async def forget(self, partition: str, kind: str, ident: str) -> None:
         await self._delete(partition, f"{kind}:{ident}")
 
+    async def forget_expiry(self, kind: str, ident: str, at: float) -> None:
+        """Remove the note `expire_at(kind, ident, at)` wrote (what it names is gone already)."""
+        await self.forget(EXPIRES_PREFIX + _day(at), kind, ident)
+
     # -- lists ----------------------------------------------------------------------------------------------
-    async def list_run(self, run: Run) -> None:
-        """Write (or update) the run's rows in the lists it belongs to (idempotent)."""
-        row = {"RowKey": list_row_key(run.created_at, run.id), "run_id": run.id, "status": run.status,
-               "created_at": run.created_at, "completed_at": run.completed_at, "model": run.model,
-               "owner": run.owner or "", "session_id": run.session_id or ""}
+    async def list_run(self, run: Run, partitions: list[str] | None = None) -> None:
+        """Write (or update) the run's rows in the lists it belongs to, or in `partitions` of them (idempotent)."""
+        for partition in partitions or _list_partitions(run):
+            await self._table.upsert_entity({"PartitionKey": partition, **_list_row(run)})
+
+    async def relist(self, run: Run) -> list[str]:
+        """Update the run's rows to show how it ended, but only rows that exist: a DELETE may have removed them,
+        and an end racing it must not write them back. Returns the lists whose row is missing (a crash cut the
+        start's listing short, or the run was deleted: the caller tells which)."""
+        missing = []
         for partition in _list_partitions(run):
-            await self._table.upsert_entity({"PartitionKey": partition, **{k: v for k, v in row.items() if v is not None}})
+            try:
+                await self._table.update_entity({"PartitionKey": partition, **_list_row(run)}, mode=UpdateMode.MERGE)
+            except ResourceNotFoundError:
+                missing.append(partition)
+        return missing
 
     async def unlist(self, run: Run) -> None:
         for partition in _list_partitions(run):

@@ -63,8 +63,10 @@ class RunLifecycle:
     async def follow_up(self, run: Run, *, send_webhook: bool, webhook_delay: float = 0.0) -> None:
         """What must happen after a run ended (idempotent). `send_webhook`: queue the pending delivery."""
         await self.advance_session(run)
-        await self._index.list_run(run)  # the run's rows in the run lists now show how it ended
-        await self._index.expire_at("run", run.id, (run.completed_at or clock.now()) + self._retention)
+        retention_at = (run.completed_at or clock.now()) + self._retention
+        await self._index.expire_at("run", run.id, retention_at)
+        if not await self._relist(run, retention_at):
+            return  # deleted meanwhile: nothing is left to follow up
         if run.session_id:
             await self._index.expire_at("session", run.session_id, clock.now() + self._retention)
         if run.webhook and run.webhook.is_pending:
@@ -72,6 +74,21 @@ class RunLifecycle:
                 await self._webhook_queue.send(run.webhook.message(run.id).to_dict(), webhook_delay)
         else:
             await self._index.mark_done(run.id)
+
+    async def _relist(self, run: Run, retention_at: float) -> bool:
+        """The run's rows in the run lists now show how it ended. A missing row is written again only while the run
+        exists, and checked after the write: a DELETE racing this end (it purges the run, then removes its rows)
+        either removes what was written here or is seen here, so no row outlives the run. False: it was deleted."""
+        missing = await self._index.relist(run)
+        if not missing:
+            return True
+        await self._index.list_run(run, missing)
+        if await self._store.get(run.id) is not None:
+            return True
+        log.info("run %s was deleted while it ended; its rows go too", run.id)
+        await self._index.unlist(run)
+        await self._index.forget_expiry("run", run.id, retention_at)
+        return False
 
     async def advance_session(self, run: Run) -> None:
         """The session continues from this run's response (only when it produced one worth continuing), and only

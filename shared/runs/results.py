@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..redaction import redact_error
+
 
 def output_text(output: list[Any]) -> str:
     return "".join(part.get("text", "") for item in output if isinstance(item, dict) and item.get("type") == "message"
@@ -38,14 +40,17 @@ def result_from_response(response: Any) -> tuple[str, dict[str, Any]]:
     status = data.get("status") or "failed"
     if status == "completed" and calls:
         status = "requires_action"
+    snapshot = response_snapshot(response)
+    if "error" in snapshot:  # the provider's words, kept and shown: without anything key-like
+        snapshot["error"] = redact_error(snapshot["error"])
     return status, {
         "output": output,
         "output_text": output_text(output),
-        "error": data.get("error"),
+        "error": redact_error(data.get("error")),
         "incomplete_details": data.get("incomplete_details"),
         "usage": data.get("usage"),
         "required_action": {"type": "function_calls", "calls": calls} if status == "requires_action" else None,
-        "response": response_snapshot(response),
+        "response": snapshot,
     }
 
 

@@ -71,10 +71,31 @@ class SessionStore:
 
     async def add_run(self, session_id: str, run_id: str, created_at: float) -> None:
         try:
-            await self._table.create_entity({"PartitionKey": session_id,
-                                             "RowKey": f"run-{int(created_at * 1000):015d}-{run_id}", "run_id": run_id})
+            await self._table.create_entity({"PartitionKey": session_id, "RowKey": _run_row(run_id, created_at),
+                                             "run_id": run_id})
         except ResourceExistsError:
             pass
+
+    async def remove_run(self, session_id: str, run_id: str, created_at: float) -> None:
+        """Take a run off the session's list (its start failed, or it was deleted)."""
+        try:
+            await self._table.delete_entity(session_id, _run_row(run_id, created_at))
+        except ResourceNotFoundError:
+            pass
+
+    async def release(self, session_id: str, run_id: str) -> None:
+        """Give back the session's reservation for `run_id` (a start that failed), if it still holds it."""
+        for _ in range(5):
+            session = await self.get(session_id)
+            if session is None or session.active_run_id != run_id:
+                return
+            session.active_run_id, session.active_since = None, 0.0
+            try:
+                await self.save(session)
+                return
+            except SessionConflict:
+                continue
+        raise SessionConflict(session_id)
 
     async def run_ids(self, session_id: str, limit: int = 100) -> list[str]:
         ids = []
@@ -94,3 +115,7 @@ class SessionStore:
                 await self._table.delete_entity(session_id, row["RowKey"])
             except ResourceNotFoundError:
                 pass
+
+
+def _run_row(run_id: str, created_at: float) -> str:
+    return f"run-{int(created_at * 1000):015d}-{run_id}"

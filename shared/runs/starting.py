@@ -2,16 +2,22 @@
 
 What the backend cannot honour (a parameter the executor's model API has no equivalent for) is refused first,
 before anything is written. Order: reserve the session (if any), note the run as open work, record the run,
-create the provider response (background, our run id in its metadata, never retried), save the response id with
-the first poll message.
-If the provider refuses, the run is deleted again (only if nobody changed it meanwhile) and the caller gets
-the provider's answer: nothing half-written. A start cut between the steps (a crash) is found by the sweeper
-and ends `failed` with `start_interrupted`. If the run was ended while its start was in flight (a cancel, or
-the sweeper giving up on a slow start), the provider response is cancelled too.
+create the provider response (background, our run id in its metadata, never retried), save the response id
+with the first poll message.
+A start that fails at any step, for any reason (the provider refusing, storage failing, a bug), takes back
+everything it wrote: the provider response is cancelled and deleted, the run goes with its rows in the index
+(open work, run lists, provider response, retention date) and in its session, the session's reservation is
+given back and the Idempotency-Key released; no webhook is sent, and the caller gets the error. Only a run
+that somebody else ended meanwhile (a cancel, the sweeper) stays, and tells its webhook so; the key then
+names it. A start cut by a crash (or cancelled, which is treated alike) runs no code to take anything back:
+the sweeper finds it and ends it `failed` with `start_interrupted`. If the run was ended while its start was
+in flight (a cancel, or the sweeper giving up on a slow start), the provider response is cancelled too, and
+deleted if the run was deleted.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +40,19 @@ from .sessions import Session, SessionConflict, SessionStore
 from .store import RunStore
 
 log = logging.getLogger("bgruns.starting")
+
+
+@dataclass
+class _Attempt:
+    """What one start has written so far, so that a start that fails can take it back."""
+
+    run_id: str
+    created_at: float
+    session_id: str | None = None  # the session reserved for the run
+    run: Run | None = None  # the run, from just before it is recorded
+    recorded: bool = False  # its entity was written, and `run.etag` is this start's last write
+    response_id: str | None = None  # the provider response created for it
+    events: EventStream | None = None  # that response's open event stream
 
 
 @dataclass
@@ -70,18 +89,23 @@ class RunStarter:
         previous_response_id = await self._previous_response_id(request, caller)
         created_at = clock.now()
         run_id = new_run_id(created_at)
+        key_expires_at = None
         if idempotency_key is not None:
-            existing = await self._claim(idempotency_key, request, run_id, caller)
+            existing, key_expires_at = await self._claim(idempotency_key, request, run_id, caller)
             if existing is not None:
                 return Started(existing)
+        attempt = _Attempt(run_id, created_at)
         try:
-            run, events = await self._start(run_id, created_at, request, caller, previous_response_id)
-        except BaseException:
-            if idempotency_key is not None:
-                await self._release(idempotency_key, run_id, caller)
+            run, events = await self._start(attempt, request, caller, previous_response_id)
+        except Exception:  # a crash or a cancellation (BaseException) is the sweeper's, as it runs nothing here
+            if not await self._take_back(attempt) and idempotency_key is not None:
+                await self._release(idempotency_key, run_id, caller, key_expires_at)
             raise
         if wait_seconds > 0 and run.is_active:
-            run = await self._wait_briefly(run, min(wait_seconds, self._settings.max_prefer_wait))
+            try:
+                run = await self._wait_briefly(run, min(wait_seconds, self._settings.max_prefer_wait))
+            except Exception:  # noqa: BLE001 - the run started and goes on: answer it as it started
+                log.warning("run %s: waiting for its result failed; answering it as started", run_id, exc_info=True)
         return Started(run, events)
 
     async def open_session(self) -> Session:
@@ -98,61 +122,70 @@ class RunStarter:
             raise InvalidRequest(refused.code, refused.message, param=refused.param) from None
 
     # -- the steps ------------------------------------------------------------------------------------------
-    async def _start(self, run_id: str, created_at: float, request: RunRequest, caller: Caller,
+    async def _start(self, attempt: _Attempt, request: RunRequest, caller: Caller,
                      previous_response_id: str | None) -> tuple[Run, EventStream | None]:
-        session = await self._reserve_session(request.session_id, run_id) if request.session_id else None
-        if session:
-            previous_response_id = session.last_response_id
+        run_id, created_at = attempt.run_id, attempt.created_at
+        if request.session_id:
+            session = await self._reserve_session(request.session_id, run_id)
+            attempt.session_id, previous_response_id = session.id, session.last_response_id
         params = self._provider_params(request, run_id, previous_response_id)
         deadline = min(request.deadline_seconds or self._settings.run_deadline, self._settings.run_deadline)
-        run = Run(id=run_id, status="queued", created_at=created_at, model=params["model"], request=params,
-                  session_id=request.session_id, metadata=request.metadata, stream=request.stream,
-                  next_poll_at=created_at + self.start_grace, deadline_at=created_at + deadline,
-                  webhook_url=request.webhook_url, owner=caller.owner, previous_run_id=request.previous_run_id,
-                  backend=getattr(self._backend, "kind", "background"))
+        run = attempt.run = Run(
+            id=run_id, status="queued", created_at=created_at, model=params["model"], request=params,
+            session_id=request.session_id, metadata=request.metadata, stream=request.stream,
+            next_poll_at=created_at + self.start_grace, deadline_at=created_at + deadline,
+            webhook_url=request.webhook_url, owner=caller.owner, previous_run_id=request.previous_run_id,
+            backend=getattr(self._backend, "kind", "background"))
         telemetry.run_created(run)
         await self._index.mark_open(run_id)
         await self._store.create(run)
+        attempt.recorded = True
         await self._index.list_run(run)
-        if session:
-            await self._sessions.add_run(session.id, run_id, created_at)
+        if attempt.session_id:
+            await self._sessions.add_run(attempt.session_id, run_id, created_at)
         watching = self._settings.completion.strategy == "watch"
         try:  # the poll chain can only watch a response created streaming
             started = await self._backend.start(params, stream=request.stream or watching)
         except ProviderError as error:
-            await self._abandon(run)
             raise _start_error(error) from None
-        run.response_id = started.state.response_id
+        attempt.response_id = run.response_id = started.state.response_id
         if started.events is not None and not request.stream:
-            await started.events.close()
-            started.events = None
-        try:
-            if self._settings.completion.strategy == "push":  # a provider webhook names only the response
-                await self._index.remember_response(run.response_id, run_id)
-            return await self._record_response(run, started), started.events
-        except BaseException:
-            # Storage failed after the provider accepted: stop that response rather than leave an orphan; the
-            # run (never saved with its response id) is failed by the sweeper as an interrupted start.
-            log.warning("run %s: storage failed after the provider accepted %s; cancelling it", run_id, run.response_id)
-            await self._cancel_quietly(run.response_id)
-            if started.events is not None:
-                await started.events.close()
-            raise
+            events, started.events = started.events, None
+            await events.close()
+        attempt.events = started.events
+        if self._settings.completion.strategy == "push":  # a provider webhook names only the response
+            await self._index.remember_response(run.response_id, run_id)
+        return await self._record_response(attempt, started), started.events
 
-    async def _record_response(self, run: Run, started) -> Run:
-        state = started.state
+    async def _record_response(self, attempt: _Attempt, started) -> Run:
+        run, state = attempt.run, started.state
         run.response = response_snapshot(state.response)
         if not state.is_active:
+            saved_as = run.etag
             status, result = result_from_response(state.response)
-            return await self._lifecycle.finish(run, status, result)
+            ended = await self._lifecycle.finish(run, status, result)
+            if ended is run and run.etag == saved_as:  # not saved, and nobody else's: the run was deleted
+                await self._deleted_while_starting(attempt)
+            return ended
         if await self._scheduler.schedule(run, self._backoff.delay(0), status=state.status, event="provider_accepted",
                                           save_all=True):
             return run
-        # The run changed while its start was in flight: cancelled, or failed by the sweeper as too slow.
+        # The run changed while its start was in flight: cancelled, failed by the sweeper as too slow, or deleted.
         fresh = await self._store.get(run.id, with_result=True)
-        if fresh is None or fresh.is_terminal:
+        if fresh is None:
+            await self._deleted_while_starting(attempt)
+        elif fresh.is_terminal:
             await self._cancel_quietly(run.response_id)
         return fresh or run
+
+    async def _deleted_while_starting(self, attempt: _Attempt) -> None:
+        """A DELETE removed the run while this start was in flight: what the start wrote after it goes too, and the
+        provider response is stopped and deleted."""
+        log.info("run %s was deleted while it started; its provider response %s goes too", attempt.run_id,
+                 attempt.response_id)
+        await self._cancel_quietly(attempt.response_id)
+        await self._forget_rows(attempt)
+        await self._delete_quietly(attempt.response_id)
 
     def _provider_params(self, request: RunRequest, run_id: str, previous_response_id: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -168,19 +201,65 @@ class RunStarter:
         params.update({k: v for k, v in optional.items() if v is not None})
         return params
 
-    async def _abandon(self, run: Run) -> None:
-        """The provider refused the create: delete the run, unless someone ended it meanwhile (a cancel)."""
-        if await self._store.delete(run):
+    # -- a start that failed ----------------------------------------------------------------------------------
+    async def _take_back(self, attempt: _Attempt) -> bool:
+        """Undo what the failed start wrote. True if its run is left behind: ended meanwhile by someone else (a
+        cancel, the sweeper), so it stays with its webhook; or this undo failed too (storage down), and the
+        sweeper ends the run as an interrupted start."""
+        try:
+            return await self._undo(attempt)
+        except Exception:  # noqa: BLE001 - the caller gets the start's own error; this one is logged
+            log.warning("run %s: could not take back its failed start; the sweeper will end it", attempt.run_id,
+                        exc_info=True)
+            return True
+
+    async def _undo(self, attempt: _Attempt) -> bool:
+        if attempt.events is not None:
+            with contextlib.suppress(Exception):  # a stream that cannot close cleanly is closed enough
+                await attempt.events.close()
+        if attempt.response_id:
+            await self._cancel_quietly(attempt.response_id)  # first: it may be running (and billing)
+        run = attempt.run
+        if attempt.recorded:
+            if not await self._store.delete(run):  # ETag-conditional: someone else ended it meanwhile
+                return True
+        elif run is not None:  # the create failed; if only its reply was lost, the run exists all the same
+            landed = await self._store.get(run.id)
+            if landed is None:
+                await self._store.delete_blobs(run.id)  # parts it wrote for an entity that never was
+            elif not (landed.is_active and await self._store.delete(landed)):
+                return True
+        await self._forget_rows(attempt)
+        if attempt.response_id:
+            await self._delete_quietly(attempt.response_id)
+        log.info("run %s: its start failed; nothing of it is kept", attempt.run_id)
+        return False
+
+    async def _forget_rows(self, attempt: _Attempt) -> None:
+        """Remove the rows the start wrote around its run (the run itself is gone)."""
+        run = attempt.run
+        if run is not None:
             await self._index.unlist(run)
-            await self._index.mark_done(run.id)
-            if run.session_id:
-                await self._lifecycle.advance_session(run)
+            if run.completed_at is not None:  # it ended at once, and its retention date was noted
+                await self._index.forget_expiry("run", run.id, run.completed_at + self._settings.retention_seconds)
+        if attempt.response_id:
+            await self._index.forget_response(attempt.response_id)
+        if attempt.session_id:
+            await self._sessions.remove_run(attempt.session_id, attempt.run_id, attempt.created_at)
+            await self._sessions.release(attempt.session_id, attempt.run_id)
+        await self._index.mark_done(attempt.run_id)  # last: until here the sweeper can still find the run
 
     async def _cancel_quietly(self, response_id: str) -> None:
         try:
             await self._backend.cancel(response_id)
         except ProviderError as error:
             log.warning("could not cancel orphaned provider response %s: %s", response_id, error.message)
+
+    async def _delete_quietly(self, response_id: str) -> None:
+        try:
+            await self._backend.delete(response_id)
+        except ProviderError as error:
+            log.warning("could not delete orphaned provider response %s: %s", response_id, error.message)
 
     async def _previous_response_id(self, request: RunRequest, caller: Caller) -> str | None:
         """The provider response a run continues from when it names a previous run (visible to the caller)."""
@@ -198,17 +277,18 @@ class RunStarter:
         return previous.response_id
 
     # -- idempotency ----------------------------------------------------------------------------------------
-    async def _claim(self, key: str, request: RunRequest, run_id: str, caller: Caller) -> Run | None:
-        """Claim the Idempotency-Key for `run_id`; the run that already holds it, if any."""
+    async def _claim(self, key: str, request: RunRequest, run_id: str, caller: Caller) -> tuple[Run | None, float]:
+        """Claim the Idempotency-Key for `run_id`: the run that already holds it, if any, and when the key's claim
+        expires (its retention note's date)."""
         claim = await self._idempotency.claim(key, request.fingerprint(), run_id, scope=caller.owner)
+        expires_at = clock.now() + self._idempotency.window
         if claim.is_new:
-            await self._index.expire_at("idempotency", claim.digest, clock.now() + self._idempotency.window)
-            return None
+            return await self._note_claim(key, run_id, caller, claim.digest, expires_at)
         existing = await self._store.get(claim.run_id, with_result=True)
         # A run the provider has not accepted yet may still be deleted (its start refused): never hand it out.
         # One that stays so is failed by the sweeper after the start grace, and is handed out then.
         if existing is not None and (existing.response_id or existing.is_terminal):
-            return existing
+            return existing, expires_at
         if existing is not None:
             raise Conflict("idempotency_key_busy", "A run with this Idempotency-Key is being started; retry shortly.",
                            param="Idempotency-Key", retry_after=1)
@@ -216,13 +296,26 @@ class RunStarter:
         # progress; after the start grace it is a start that died, and the key is free again.
         if clock.now() - claim.claimed_at > self.start_grace and await self._idempotency.take_over(
                 key, request.fingerprint(), run_id, claim):
-            return None
+            return await self._note_claim(key, run_id, caller, claim.digest, expires_at)
         raise Conflict("idempotency_key_busy", "A run with this Idempotency-Key is being started; retry shortly.",
                        param="Idempotency-Key", retry_after=1)
 
-    async def _release(self, key: str, run_id: str, caller: Caller) -> None:
+    async def _note_claim(self, key: str, run_id: str, caller: Caller, digest: str,
+                          expires_at: float) -> tuple[None, float]:
+        """Note the new claim's retention date; a claim that cannot be noted is given up."""
         try:
-            await self._idempotency.release(key, run_id, scope=caller.owner)
+            await self._index.expire_at("idempotency", digest, expires_at)
+        except Exception:
+            await self._release(key, run_id, caller, None)
+            raise
+        return None, expires_at
+
+    async def _release(self, key: str, run_id: str, caller: Caller, expires_at: float | None) -> None:
+        """Free the key of a start that failed (if it still names that start's run), and its retention note."""
+        try:
+            digest = await self._idempotency.release(key, run_id, scope=caller.owner)
+            if digest is not None and expires_at is not None:
+                await self._index.forget_expiry("idempotency", digest, expires_at)
         except Exception:  # noqa: BLE001 - the key is taken over after the start grace anyway
             log.warning("could not release the Idempotency-Key of failed start %s", run_id)
 

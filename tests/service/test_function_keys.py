@@ -35,12 +35,16 @@ def test_the_key_is_accepted_in_the_header_and_as_code(stack, keyless):
     assert keyless.get(f"/api/runs/{run_id}", params={"code": stack.function_key}).status_code == 200
 
 
-def test_health_and_the_page_stay_anonymous(keyless):
+def test_health_and_the_page_stay_anonymous_and_health_says_only_its_status(keyless):
+    # The defect (issue 21): anonymous health told anyone the provider, the default model, the completion strategy
+    # and how many callers and keys the facade has.
     health = keyless.get("/api/health")
-    assert health.status_code == 200 and health.json()["status"] == "healthy"
+    assert health.status_code == 200 and health.json() == {"status": "healthy"}
     assert keyless.get("/api/ui").status_code == 200
 
 
-def test_metrics_need_the_master_key(stack, keyless):
-    assert keyless.get("/api/metrics", headers=stack.key_headers).status_code == 401
-    assert keyless.get("/api/metrics", headers={"x-functions-key": stack.local.master_key}).status_code == 200
+@pytest.mark.parametrize("path", ["/api/metrics", "/api/health/details"])
+def test_metrics_and_health_details_need_the_master_key(stack, keyless, path):
+    for headers in ({}, stack.key_headers):
+        assert keyless.get(path, headers=headers).status_code == 401
+    assert keyless.get(path, headers={"x-functions-key": stack.local.master_key}).status_code == 200

@@ -151,10 +151,12 @@ def test_unknown_run_and_session_are_404(stack):
         assert response.json()["error"]["code"] == "not_found"
 
 
-def test_health_reports_configuration_without_secrets(stack):
-    response = stack.get("/api/health")
+def test_health_details_report_configuration_without_secrets(stack):
+    response = stack.get("/api/health/details", headers={"x-functions-key": stack.local.master_key})
     assert response.status_code == 200
     text = response.text
-    assert response.json()["checks"]["storage"] == "ok"
-    for name in ("RUN_TOKEN_KEY", "WEBHOOK_SIGNING_SECRETS"):
-        assert stack.env[name].split()[0] not in text
+    checks = response.json()["checks"]
+    assert checks["storage"] == "ok" and checks["backend"] == {"run_backend": "background", "executor_api": "chat_completions"}
+    for name in ("RUN_TOKEN_KEY", "WEBHOOK_SIGNING_SECRETS", "RESPONSES_API_KEYS"):
+        for value in stack.env[name].split():
+            assert value.rpartition(":")[2] not in text

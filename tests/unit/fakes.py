@@ -17,8 +17,10 @@ other filter raises, so a store that starts scanning is noticed here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
+import inspect
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -318,6 +320,8 @@ class FakeBackend:
 
     async def observe(self, response_id: str) -> ProviderState:
         await self._enter("observe", response_id)
+        if response_id not in self.responses:  # deleted: what the provider answers then
+            raise ProviderError(transient=False, status=404, message=f"No response found with id '{response_id}'.")
         return self._state(self.responses[response_id])
 
     async def cancel(self, response_id: str) -> ProviderState | None:
@@ -547,3 +551,75 @@ def world(monkeypatch, **env: str) -> World:
 
 async def gather(*aws):
     return await asyncio.gather(*aws, return_exceptions=True)
+
+
+class HostCrash(BaseException):
+    """A host dying mid-step, for tests: like a killed process, it runs no `except Exception` cleanup."""
+
+
+class Steps:
+    """The calls an operation makes through a world's fakes (every table, blob, queue and provider call, and the
+    executor's request check), counted while `counting()`; at call number `at` (0-based) it raises `fail()`, or
+    awaits `pause()` (another operation run to completion right there: an interleaving) before the call goes on.
+    What runs after that point, or inside `pause`, is not counted."""
+
+    def __init__(self, at: int | None = None, *, fail: Callable[[], BaseException] | None = None,
+                 pause: Callable[[], Awaitable[Any]] | None = None) -> None:
+        self.at, self.fail, self.pause = at, fail, pause
+        self.names: list[str] = []
+        self._armed = False
+
+    @contextlib.contextmanager
+    def counting(self):
+        self._armed = True
+        try:
+            yield self
+        finally:
+            self._armed = False
+
+    def wrap_world(self, w: "World") -> None:
+        for name, table in w.tables.items():
+            self._wrap(table, name)
+        for label, part in (("blobs", w.blobs), ("poll_queue", w.poll_queue), ("webhook_queue", w.webhook_queue),
+                            ("execute_queue", w.execute_queue), ("backend", w.backend), ("model", w.model)):
+            self._wrap(part, label)
+
+    def _due(self, name: str) -> bool:
+        if not self._armed:
+            return False
+        self.names.append(name)
+        if len(self.names) - 1 != self.at:
+            return False
+        self._armed = False  # what follows (an undo, the rest of the operation) runs unhindered and uncounted
+        if self.fail is not None:
+            raise self.fail()
+        return self.pause is not None
+
+    def _wrap(self, obj: Any, label: str) -> None:
+        for name, method in inspect.getmembers(obj, callable):
+            if not name.startswith("_") and name not in ("entity", "count", "take"):
+                setattr(obj, name, self._wrapped(method, f"{label}.{name}"))
+
+    def _wrapped(self, method, name: str):
+        if inspect.isasyncgenfunction(method):
+            @functools.wraps(method)
+            async def generator(*args, **kwargs):
+                if self._due(name):
+                    await self.pause()
+                async for item in method(*args, **kwargs):
+                    yield item
+            return generator
+        if inspect.iscoroutinefunction(method):
+            @functools.wraps(method)
+            async def coroutine(*args, **kwargs):
+                if self._due(name):
+                    await self.pause()
+                return await method(*args, **kwargs)
+            return coroutine
+
+        @functools.wraps(method)
+        def function(*args, **kwargs):
+            if self._due(name):
+                raise AssertionError(f"cannot pause in {name}, which is not async")
+            return method(*args, **kwargs)
+        return function

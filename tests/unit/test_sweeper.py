@@ -4,7 +4,7 @@ from __future__ import annotations
 from shared.runs.requests import RunRequest
 from shared.webhooks import Attempt
 
-from .fakes import world
+from .fakes import HostCrash, world
 
 
 async def start(w, **fields):
@@ -24,10 +24,10 @@ async def test_a_lost_poll_message_gets_its_chain_restarted_once_overdue(monkeyp
 
 async def test_an_interrupted_start_ends_failed_after_the_start_grace(monkeypatch):
     w = world(monkeypatch)
-    w.backend.fail["start"] = [RuntimeError("the host died here")]  # the start never returns
+    w.backend.fail["start"] = [HostCrash("the host died here")]  # the start never returns
     try:
         await start(w)
-    except RuntimeError:
+    except HostCrash:
         pass
     (run_id, _), = w.runs.rows
     assert (await w.services.sweeper.sweep()).get("starts") is None
