@@ -117,7 +117,7 @@ async def console_me(req: Request) -> Response:
 async def console_list_runs(req: Request) -> Response:
     """The caller's runs (an operator's: every run, or one caller's), newest first, with each run's webhook."""
     svc, caller = await _console(req, "console_list_runs")
-    owner = req.query_params.get("owner") or None
+    owner = req.query_params.get("owner")  # sent empty: judged as sent (400), as every list filter
     if owner is not None and not CALLER_NAME.match(owner):
         raise invalid("'owner' is not a valid caller name (1-64 characters of [A-Za-z0-9_.-]).", param="owner")
     listed = await svc.overview.page(caller=caller, owner=owner, **run_list_query(req.query_params, default_limit=25))
