@@ -34,7 +34,8 @@ PACKAGES = ("shared", "local", "bench", "tests", "infra")  # the repository's to
 SOURCE_DIRS = ("shared", "local", "bench", "tests", "infra", "client")
 SKIP_DIRS = {".git", "node_modules", ".venv", ".local", ".azurite", "mutants", "__pycache__", ".pytest_cache"}
 
-SETTING_TOKEN = re.compile(r"(?<![\w$])([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?:_\*)?|AzureWebJobs[A-Za-z_.]*)(?:=([^\s`'\"]*))?")
+SETTING_TOKEN = re.compile(r"(?<![\w$])([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?:_\*)?|AzureWebJobs[A-Za-z_.]*)"
+                           r"(?:=([^\s`'\"]*))?")
 PATH_AND_SYMBOL = re.compile(r"^(?P<path>[\w./-]+\.py)(?:::(?P<test>\w+)|\s+(?P<symbol>[A-Za-z_][\w.]*)(?:\(\))?)$")
 DOTTED = re.compile(r"^(?P<dotted>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)(?:\(.*\))?$")
 CALL = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)\((?:\w+(?:,\s*\w+)*)?\)$")  # `finish()`, `plan(a, b)`
@@ -281,6 +282,7 @@ def check_document(doc: Document, repo: Repository) -> list[Finding]:
         if (line - 1, message) not in said and (line, message) not in said:
             findings.append(Finding(f"{doc.path}:{line}", message))
         said.add((line, message))
+
     for line, token in doc.inline_code():
         _check_token(doc, repo, line, token, add)
     for line, text in doc.prose_without_code():
@@ -365,7 +367,8 @@ def _expand(path: str) -> list[str]:
     match = re.search(r"\{([^{}]+)\}", path)
     if not match:
         return [path]
-    return [alt for choice in match[1].split(",") for alt in _expand(path[:match.start()] + choice + path[match.end():])]
+    return [alt for choice in match[1].split(",")
+            for alt in _expand(path[:match.start()] + choice + path[match.end():])]
 
 
 def _resolve(doc: Document, repo: Repository, path: str) -> str | None:
@@ -404,16 +407,13 @@ def _check_link(doc: Document, repo: Repository, line: int, target: str, add) ->
         return  # https:, mailto:
     path, _, anchor = target.partition("#")
     if path:
-        resolved = (doc.directory / path).as_posix()
-        resolved = str(Path(resolved)).replace("\\", "/")
-        normalised = _normalise(resolved)
+        normalised = _normalise((doc.directory / path).as_posix())
         if normalised is None or not (repo.exists(normalised) or repo.exists(normalised + "/")
                                       or any(name.startswith(normalised + "/") for name in repo.files)):
             add(line, f"link ({target}): no {path} relative to {doc.directory.as_posix() or 'the repository root'}")
             return
         if anchor and normalised.endswith(".md"):
-            target_doc = Document.read(REPO / normalised)
-            if anchor not in target_doc.anchors:
+            if anchor not in _document(normalised).anchors:
                 add(line, f"link ({target}): {normalised} has no heading #{anchor}")
     elif anchor and anchor not in doc.anchors:
         add(line, f"link (#{anchor}): no such heading in {doc.path}")
@@ -444,7 +444,7 @@ def _check_dotted(repo: Repository, line: int, dotted: str, add) -> None:
                 if rest and not repo.defines(path, rest):
                     add(line, f"`{dotted}`: {path} defines no {rest}")
                 return
-        add(line, f"`{dotted}`: no module {first} ... of that name in the repository")
+        add(line, f"`{dotted}`: no such module in the repository")
     elif re.fullmatch(r"[A-Z][a-z]\w*", first):
         rest = dotted.split(".", 1)[1]
         if first in repo.class_files:
@@ -483,16 +483,17 @@ def _check_sections(doc: Document, repo: Repository, add) -> None:
                 path = _resolve(doc, repo, name)
             if path is None or not repo.exists(path):
                 add(line, f"{name}, {match['title']!r}: no such file")
-            elif not has_section(Document.read(REPO / path), match["title"]):
+            elif not has_section(_document(path), match["title"]):
                 add(line, f"{name}, {match['title']!r}: {path} has no such section")
 
 
 def has_section(doc: Document, title: str) -> bool:
     """A heading, or a paragraph's bold lead-in (`**Poll chain** (...)`), that contains the title."""
-    wanted = " ".join(title.lower().split())
+    def words(text: str) -> str:
+        return " ".join(text.replace("`", "").lower().split())
+
     lead_ins = [m[1] for line in doc.prose_lines if (m := re.match(r"^\*\*([^*]+)\*\*", line.strip()))]
-    return any(wanted in " ".join(heading.replace("`", "").lower().split()) or
-               wanted in " ".join(heading.lower().split()) for heading in doc.headings + lead_ins)
+    return any(words(title) in words(heading) for heading in doc.headings + lead_ins)
 
 
 def _paragraph_lines(doc: Document) -> list[tuple[int, str]]:
@@ -535,6 +536,11 @@ def _same(value: str, default: str) -> bool:
         return value == default
 
 
+@functools.cache
+def _document(path: str) -> Document:
+    return Document.read(REPO / path)
+
+
 def check_all(docs: list[Document]) -> list[Finding]:
     repo = Repository()
     return [finding for doc in docs for finding in check_document(doc, repo)]
@@ -551,6 +557,6 @@ def section_references_in_code(repo: Repository) -> list[Finding]:
             target = _resolve(Document(Path(name), ""), repo, match["file"])
             if target is None:
                 findings.append(Finding(f"{name}:{line}", f"{match['file']}: no such document"))
-            elif not has_section(Document.read(REPO / target), match["title"]):
+            elif not has_section(_document(target), match["title"]):
                 findings.append(Finding(f"{name}:{line}", f"{target} has no section {match['title']!r}"))
     return findings

@@ -25,8 +25,8 @@ from .markdown import REPO, Block, Document, documents
 
 SHELL_LANGS = ("bash", "sh", "shell")
 # What a new terminal has; nothing else of the test runner's environment (exported keys, provider settings) leaks in.
-PASSED_ON = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM", "TMPDIR", "http_proxy", "https_proxy", "no_proxy",
-             "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+PASSED_ON = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM", "TMPDIR", "PYENV_ROOT", "PYENV_VERSION",
+             "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 
 @dataclass
