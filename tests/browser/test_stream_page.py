@@ -146,4 +146,3 @@ def test_the_page_loads_without_a_failed_request_or_a_console_error(browser: Bro
         assert errors == []
     finally:
         context.close()
-
