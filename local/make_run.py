@@ -201,11 +201,12 @@ def _key_lines(run: RunPlan, api: str) -> list[str]:
             "the",
             f"local caller `dev` (an operator) was generated into {SECRETS_FILE.relative_to(REPO_ROOT)} "
             "(RESPONSES_API_KEYS=dev:<key>:operator):",
-            "  KEY=$(sed -n 's/^RESPONSES_API_KEYS=dev:\\([^:]*\\):.*/\\1/p' .local/secrets.env)",
+            "  export KEY=$(sed -n 's/^RESPONSES_API_KEYS=dev:\\([^:]*\\):.*/\\1/p' .local/secrets.env)",
             f"  curl -s {api}/v1/responses -H \"Authorization: Bearer $KEY\" \\",
             "       -H 'content-type: application/json' -d '{\"model\": \"gpt-4.1-mini\", \"input\": \"Hello\", "
             "\"background\": true}'",
-            f"  python: OpenAI(base_url=\"{api}/v1\", api_key=KEY)"]
+            f"  python: OpenAI(base_url=\"{api}/v1\", api_key=os.environ[\"KEY\"])",
+            "The first run step by step (curl, the openai SDK, Agent Framework): README.md, \"First run\"."]
 
 
 def _completion_lines(run: RunPlan, ports: Ports) -> list[str]:

@@ -2,8 +2,8 @@
 Table/Queue/Blob request the host makes - the service's own calls AND the Functions host's trigger
 receives/deletes/lease renewals, i.e. every billable storage transaction - is counted by service and operation.
 
-Why: GET /api/metrics is meant to count the service's storage requests, but its counter stays at 0
-(see bench/README.md, "known issue"), and it never saw the trigger's own requests anyway.
+Why: GET /api/metrics counts only the service's own storage requests (its clients' `raw_request_hook`), never the
+trigger's receives, deletes and lease renewals, which are billed too (bench/README.md, "The figures", figure 3).
 
     python -m local.storage_proxy --blob 11000:10000 --queue 11001:10001 --table 11002:10002 --control 11003
     GET http://127.0.0.1:<control>/counts  -> {"table.get_entity": 12, "queue.receive": 40, ...}

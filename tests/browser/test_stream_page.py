@@ -128,3 +128,21 @@ def test_page_follows_rotated_streams_with_a_function_key(browser: Browser, stac
     finally:
         context.close()
         host.stop()
+
+
+def test_the_page_loads_without_a_failed_request_or_a_console_error(browser: Browser, stack) -> None:
+    # The browser asked for /favicon.ico, which the app does not serve: a 404 in the host's log and the console.
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("response", lambda response: errors.append(f"{response.status} {response.url}")
+                if response.status >= 400 else None)
+        page.on("requestfailed", lambda request: errors.append(f"failed {request.url}"))
+        page.goto(f"{stack.host.base_url}/api/ui?code={stack.function_key}")
+        page.wait_for_load_state("networkidle")
+        page.wait_for_timeout(500)  # the icon is asked for after the load
+        assert errors == []
+    finally:
+        context.close()
