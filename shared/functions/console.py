@@ -41,7 +41,8 @@ STATIC = Path(__file__).resolve().parent.parent / "static" / "console"
 PAGE = "index.html"
 ASSETS = {"console.css": "text/css", "app.js": "text/javascript", "api.js": "text/javascript",
           "dom.js": "text/javascript", "runs.js": "text/javascript", "run.js": "text/javascript",
-          "live.js": "text/javascript", "timeline.js": "text/javascript", "operator.js": "text/javascript"}
+          "live.js": "text/javascript", "timeline.js": "text/javascript", "operator.js": "text/javascript",
+          "icon.svg": "image/svg+xml"}  # the tab's icon: without it the browser asks for /favicon.ico (a 404)
 CONTENT_SECURITY_POLICY = "; ".join((
     "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self'", "connect-src 'self'",
     "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
