@@ -85,12 +85,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, host_json: Path = HOST_JSON) -> Settings:
+        """The settings in `env` (default: the process environment); SettingsError names the first bad one."""
         env = os.environ if env is None else env
         refuse_unresolved_key_vault_references(env)
-        timeout = function_timeout_seconds(host_json)
+        function_timeout = function_timeout_seconds(host_json)  # read once: three rules need it
         read = reader(env, "runs", "webhooks")
         stream_max_seconds = read("STREAM_MAX_SECONDS")
-        check_stream_below_function_timeout(stream_max_seconds, timeout)
+        check_stream_below_function_timeout(stream_max_seconds, function_timeout)
         provider = provider_settings(reader(env, "provider"))
         facade = reader(env, "facade")
         return cls(
@@ -112,9 +113,9 @@ class Settings:
             retention_seconds=read("RETENTION_DAYS") * 86400,
             stream_max_seconds=stream_max_seconds,
             stream_keepalive_seconds=read("STREAM_KEEPALIVE_SECONDS"),
-            completion=_completion(reader(env, "completion"), timeout),
+            completion=_completion(reader(env, "completion"), function_timeout),
             facade=FacadeSettings(facade("RESPONSES_API_KEYS"), facade("RESPONSES_MAX_WAIT_SECONDS")),
-            executor=_executor(reader(env, "executor"), provider, timeout),
+            executor=_executor(reader(env, "executor"), provider, function_timeout),
         )
 
 
@@ -151,7 +152,7 @@ def _storage(read: Read) -> StorageSettings:
     return StorageSettings(None, *uris.values(), client_id)
 
 
-def _completion(read: Read, timeout: float | None) -> CompletionSettings:
+def _completion(read: Read, function_timeout: float | None) -> CompletionSettings:
     secrets = read("PROVIDER_WEBHOOK_SECRETS")
     strategy = read("COMPLETION_STRATEGY") or ("push" if secrets else "poll")
     if strategy == "push" and not secrets:
@@ -159,12 +160,12 @@ def _completion(read: Read, timeout: float | None) -> CompletionSettings:
                             "secret of the provider's webhook endpoint)")
     window = read("WATCH_WINDOW_SECONDS")
     if strategy == "watch":
-        check_watch_window_below_function_timeout(window, timeout)
+        check_watch_window_below_function_timeout(window, function_timeout)
     initial = read("SAFETY_POLL_INITIAL_SECONDS")
     return CompletionSettings(strategy, secrets, initial, max(initial, read("SAFETY_POLL_MAX_SECONDS")), window)
 
 
-def _executor(read: Read, provider: ProviderSettings, timeout: float | None) -> ExecutorSettings:
+def _executor(read: Read, provider: ProviderSettings, function_timeout: float | None) -> ExecutorSettings:
     backend = read("RUN_BACKEND") or ("background" if provider.has_background_mode else "executor")
     if backend == "background" and not provider.has_background_mode:
         raise SettingsError(f"RUN_BACKEND: background needs a provider with a background mode; {provider.kind} has "
@@ -172,4 +173,4 @@ def _executor(read: Read, provider: ProviderSettings, timeout: float | None) -> 
     return ExecutorSettings(backend=backend, api=read("EXECUTOR_API"), max_attempts=read("EXECUTOR_MAX_ATTEMPTS"),
                             stale_seconds=read("EXECUTOR_STALE_SECONDS"),
                             idle_timeout_seconds=read("EXECUTOR_IDLE_TIMEOUT_SECONDS"),
-                            function_timeout_seconds=timeout)
+                            function_timeout_seconds=function_timeout)

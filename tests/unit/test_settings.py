@@ -186,7 +186,8 @@ def test_the_executor_knows_the_function_timeout_it_must_stay_under():
 def test_the_watch_window_must_end_before_the_function_timeout(tmp_path):
     ten_minutes = _host_json(tmp_path, functionTimeout="00:10:00")
     watch = {**BASE, "COMPLETION_STRATEGY": "watch"}
-    assert Settings.from_env({**watch, "WATCH_WINDOW_SECONDS": "569"}, host_json=ten_minutes).completion.watch_window == 569
+    settings = Settings.from_env({**watch, "WATCH_WINDOW_SECONDS": "569"}, host_json=ten_minutes)
+    assert settings.completion.watch_window == 569
     with pytest.raises(SettingsError, match=r"^WATCH_WINDOW_SECONDS: 570 must end at least 30 s before host.json "
                                             r"functionTimeout \(600 s\)$"):
         Settings.from_env({**watch, "WATCH_WINDOW_SECONDS": "570"}, host_json=ten_minutes)
@@ -307,7 +308,8 @@ def test_the_completion_strategy_is_inferred_from_the_provider_webhook_secrets()
 
 
 def test_the_safety_net_never_polls_sooner_at_its_cap_than_at_its_start():
-    completion = Settings.from_env({**BASE, "SAFETY_POLL_INITIAL_SECONDS": "60", "SAFETY_POLL_MAX_SECONDS": "5"}).completion
+    env = {**BASE, "SAFETY_POLL_INITIAL_SECONDS": "60", "SAFETY_POLL_MAX_SECONDS": "5"}
+    completion = Settings.from_env(env).completion
     assert completion.safety_poll_initial == completion.safety_poll_max == 60
 
 
@@ -329,7 +331,8 @@ def test_each_setting_is_read_by_its_group_and_none_is_declared_in_vain(monkeypa
     parse = Setting.parse
     monkeypatch.setattr(Setting, "parse", lambda self, value: read.add(self.name) or parse(self, value))
     identity = {"AzureWebJobsStorage": "", "AzureWebJobsStorage__credential": "managedidentity",
-                **{f"AzureWebJobsStorage__{k}ServiceUri": f"https://a.{k}.core.windows.net" for k in ("blob", "queue", "table")}}
+                **{f"AzureWebJobsStorage__{k}ServiceUri": f"https://a.{k}.core.windows.net"
+                   for k in ("blob", "queue", "table")}}
     for env in ({}, identity, {"MODEL_PROVIDER": "openai", "OPENAI_API_KEY": "sk-x"},
                 {"MODEL_PROVIDER": "azure_openai", "AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"},
                 {"MODEL_PROVIDER": "openai_compatible", "OPENAI_COMPATIBLE_BASE_URL": "http://vllm/v1"}):
