@@ -9,8 +9,7 @@
   model provider, inferred when unset; `host.py`: what host.json's functionTimeout bounds (read once).
 - `names.py`: the fixed queue, table and container names infra/ creates.
 """
-from .host import (FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS, HOST_JSON, check_stream_below_function_timeout,
-                   check_watch_window_below_function_timeout, function_timeout_seconds)
+from .host import FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS, HOST_JSON, function_timeout_seconds
 from .model import (CompletionSettings, ExecutorSettings, FacadeSettings, Settings, StorageSettings,
                     refuse_unresolved_key_vault_references)
 from .names import (EVENTS_TABLE, EXECUTE_QUEUE, IDEMPOTENCY_TABLE, INDEX_TABLE, PAYLOAD_CONTAINER, POLL_QUEUE,
@@ -27,6 +26,6 @@ __all__ = [
     "FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS", "HOST_JSON", "IDEMPOTENCY_TABLE", "INDEX_TABLE", "PAYLOAD_CONTAINER",
     "POLL_QUEUE", "PROVIDERS", "ProviderSettings", "RUNS_TABLE", "SESSIONS_TABLE", "SETTINGS", "STORAGE_CONNECTION",
     "STRATEGIES", "Setting", "Settings", "SettingsError", "StorageSettings", "WEBHOOK_QUEUE",
-    "check_stream_below_function_timeout", "check_watch_window_below_function_timeout", "declared_settings",
-    "function_timeout_seconds", "markdown_table", "parse_api_keys", "refuse_unresolved_key_vault_references",
+    "declared_settings", "function_timeout_seconds", "markdown_table", "parse_api_keys",
+    "refuse_unresolved_key_vault_references",
 ]

@@ -141,10 +141,12 @@ SETTINGS: tuple[Setting, ...] = _grouped(
     Setting("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "`ClientId=<identity>;Authorization=AAD`: the exporter "
             "signs in to Application Insights with that managed identity (local auth is off).",
             in_azure="required"),
+    "host",  # the Python worker reads it
     Setting("PYTHON_ENABLE_OPENTELEMETRY", "`true`: the Python worker streams OpenTelemetry itself (no "
             "duplicate host log entries); the app configures the exporters. Read by the worker, not by the app. "
             "Not PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY, with which the worker configures the distro "
             "itself, every automatic instrumentation on (infra/README.md, \"Telemetry\").", in_azure="required"),
+    "telemetry",
     Setting("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/HTTP endpoint for traces and metrics (also the standard "
             "`OTEL_EXPORTER_OTLP_*` settings: per-signal endpoints, timeout, compression)."),
     Setting("OTEL_EXPORTER_OTLP_HEADERS", "Headers for the OTLP endpoint, e.g. an API key.", secret=True),
