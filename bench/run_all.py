@@ -30,7 +30,7 @@ from .common import RESULTS, LocalStack, dump_json, metrics_delta, spread_second
 HOST_OPS = {"receive", "delete_message", "update_message", "peek"}
 TERMINAL = {"completed", "failed", "cancelled", "incomplete", "expired", "requires_action"}
 
-# The service's production defaults for everything that shapes the lag (settings.py), except the
+# The service's production defaults for everything that shapes the lag (shared/settings/table.py), except the
 # sweeper, which is switched off so the per-run storage figure holds only per-run work.
 BENCH_HOST_ENV = {
     **{s.name: s.default for s in SETTINGS if s.name.startswith("POLL_") or s.name == "RUN_DEADLINE_SECONDS"},

@@ -172,7 +172,7 @@ def _endpoint(ep: Any) -> Endpoint:
 def _signing_secret(ep: Any, what: str) -> str:
     secret = getattr(ep, "signing_secret", None)
     if not isinstance(secret, str) or not is_usable_secret(secret):
-        # The app would refuse its settings with it (shared/settings.py checks the same), so it never gets it.
+        # The app would refuse its settings with it (shared/settings/secrets.py checks the same), so it never gets it.
         raise RegistrationError(f"webhook endpoints: {what} answered without a usable signing_secret (whsec_ and "
                                 "base64 of 24-64 bytes)")
     return secret
@@ -507,7 +507,7 @@ def endpoint_url(values: Mapping[str, str], *, allow_http: bool = False) -> str:
 
 
 def provider_from(values: Mapping[str, str], azure_token: Callable[[], Awaitable[str]] | None) -> ProviderEndpoints:
-    """The provider the app uses, read as shared/settings.py reads it: MODEL_PROVIDER, else AZURE_OPENAI_ENDPOINT
+    """The provider the app uses, read as shared/settings/provider.py reads it: MODEL_PROVIDER, else AZURE_OPENAI_ENDPOINT
     means Azure OpenAI (Entra ID unless AZURE_OPENAI_API_KEY is set), else OPENAI_API_KEY means OpenAI."""
     kind = (values.get("MODEL_PROVIDER") or "").lower() or (
         "azure_openai" if values.get("AZURE_OPENAI_ENDPOINT") else "openai" if values.get("OPENAI_API_KEY") else "")

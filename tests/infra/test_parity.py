@@ -1,4 +1,4 @@
-"""Parity between the service (shared/settings.py, the deployed Python) and the Bicep that deploys it.
+"""Parity between the service (shared/settings/, the deployed Python) and the Bicep that deploys it.
 
 - every `in_azure == "required"` setting is an app setting of the Function App; every optional one is an app
   setting or documented as optional in infra/README.md; no "local" setting (connection string, emulator) is set;
@@ -7,7 +7,7 @@
 - `%NAME%` binding expressions in function_app.py resolve to app settings;
 - every Azure data plane the deployed Python imports (plus those the platform uses for the host, Key Vault
   references and Application Insights) has its role assigned to the app's identity at the right scope;
-- queue, table and container names match the constants in shared/settings.py;
+- queue, table and container names match the constants in shared/settings/names.py;
 - the host's telemetry mode and the worker's OpenTelemetry setting, and the telemetry table covers every queue and
   timer function.
 """
@@ -88,7 +88,7 @@ def test_secrets_are_key_vault_references_only(settings_in_bicep):
     api_file = INFRA / "app" / "api.bicep"
     api_call = module_calls(parse(MAIN))["app/api.bicep"]
     secret_names = {s.name for s in service_settings.declared_settings() if s.secret}
-    assert secret_names, "settings.py declares no secrets?"
+    assert secret_names, "shared/settings/table.py declares no secrets?"
     required = {s.name for s in service_settings.declared_settings() if s.in_azure == "required"}
     for name in sorted(secret_names & set(settings_in_bicep)):
         value = _reference_or_empty_until_set(settings_in_bicep[name]) if name not in required \

@@ -1,0 +1,176 @@
+"""`Settings`: every setting the service reads, typed and grouped, validated once at start-up.
+
+`Settings.from_env()` reads each value as the table declares it, adds the rules that join several settings (what
+is inferred when empty, what one setting requires of another, what host.json bounds), and names the bad setting
+in its error.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from .host import (HOST_JSON, check_stream_below_function_timeout, check_watch_window_below_function_timeout,
+                   function_timeout_seconds)
+from .names import STORAGE_CONNECTION
+from .provider import ProviderSettings, provider_settings
+from .secrets import ApiKey
+from .spec import SettingsError
+from .table import SETTINGS, Read, reader
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    connection_string: str | None = field(repr=False)  # may hold an account key
+    blob_uri: str | None
+    queue_uri: str | None
+    table_uri: str | None
+    client_id: str | None
+
+    @property
+    def uses_identity(self) -> bool:
+        return self.connection_string is None
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    backend: str  # what new runs use: background | executor
+    api: str  # chat_completions | responses
+    max_attempts: int
+    stale_seconds: float
+    idle_timeout_seconds: float
+    function_timeout_seconds: float | None  # host.json functionTimeout; None: unbounded
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    strategy: str  # poll | push | watch
+    provider_webhook_secrets: tuple[str, ...] = field(repr=False)
+    safety_poll_initial: float
+    safety_poll_max: float
+    watch_window: float
+
+
+@dataclass(frozen=True)
+class FacadeSettings:
+    api_keys: tuple[ApiKey, ...] = field(repr=False)
+    max_wait_seconds: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: StorageSettings
+    provider: ProviderSettings
+    token_keys: tuple[bytes, ...] = field(repr=False)  # the first signs; all verify
+    poll_initial_delay: float
+    poll_max_delay: float
+    poll_multiplier: float
+    run_deadline: float
+    sweep_grace: float
+    max_prefer_wait: float
+    max_request_bytes: int
+    webhook_secrets: tuple[str, ...] = field(repr=False)
+    webhook_allow_http: bool
+    webhook_allow_private: bool
+    webhook_schedule: tuple[float, ...]
+    webhook_timeout: float
+    retention_seconds: float
+    stream_max_seconds: float
+    stream_keepalive_seconds: float
+    completion: CompletionSettings
+    executor: ExecutorSettings
+    facade: FacadeSettings
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, host_json: Path = HOST_JSON) -> Settings:
+        """The settings in `env` (default: the process environment); SettingsError names the first bad one."""
+        env = os.environ if env is None else env
+        refuse_unresolved_key_vault_references(env)
+        function_timeout = function_timeout_seconds(host_json)  # read once: three rules need it
+        read = reader(env, "runs", "webhooks")
+        stream_max_seconds = read("STREAM_MAX_SECONDS")
+        check_stream_below_function_timeout(stream_max_seconds, function_timeout)
+        provider = provider_settings(reader(env, "provider"))
+        facade = reader(env, "facade")
+        return cls(
+            storage=_storage(reader(env, "storage")),
+            provider=provider,
+            token_keys=read("RUN_TOKEN_KEY"),
+            poll_initial_delay=read("POLL_INITIAL_DELAY_SECONDS"),
+            poll_max_delay=read("POLL_MAX_DELAY_SECONDS"),
+            poll_multiplier=read("POLL_BACKOFF_MULTIPLIER"),
+            run_deadline=read("RUN_DEADLINE_SECONDS"),
+            sweep_grace=read("SWEEP_GRACE_SECONDS"),
+            max_prefer_wait=read("MAX_PREFER_WAIT_SECONDS"),
+            max_request_bytes=read("MAX_REQUEST_BYTES"),
+            webhook_secrets=read("WEBHOOK_SIGNING_SECRETS"),
+            webhook_allow_http=read("WEBHOOK_ALLOW_HTTP"),
+            webhook_allow_private=read("WEBHOOK_ALLOW_PRIVATE_ADDRESSES"),
+            webhook_schedule=read("WEBHOOK_RETRY_SCHEDULE"),
+            webhook_timeout=read("WEBHOOK_TIMEOUT_SECONDS"),
+            retention_seconds=read("RETENTION_DAYS") * 86400,
+            stream_max_seconds=stream_max_seconds,
+            stream_keepalive_seconds=read("STREAM_KEEPALIVE_SECONDS"),
+            completion=_completion(reader(env, "completion"), function_timeout),
+            facade=FacadeSettings(facade("RESPONSES_API_KEYS"), facade("RESPONSES_MAX_WAIT_SECONDS")),
+            executor=_executor(reader(env, "executor"), provider, function_timeout),
+        )
+
+
+_KEY_VAULT_REFERENCE = re.compile(r"^\s*@Microsoft\.KeyVault\(", re.IGNORECASE)
+
+
+def refuse_unresolved_key_vault_references(env: Mapping[str, str]) -> None:
+    """A Key Vault reference the platform could not resolve reaches the app as its literal text.
+
+    Taken as a value it would pass some checks (a 60-character RUN_TOKEN_KEY looks long enough), so any declared
+    setting that still reads `@Microsoft.KeyVault(...)` is refused, by name; the value itself is not repeated.
+    """
+    for setting in SETTINGS:
+        if _KEY_VAULT_REFERENCE.match(env.get(setting.name) or ""):
+            raise SettingsError(
+                f"{setting.name}: is an unresolved Key Vault reference (@Microsoft.KeyVault(...)); the platform "
+                "could not read the secret. Check the app identity's Key Vault Secrets User role, "
+                "keyVaultReferenceIdentity and the secret URI, then restart the app."
+            )
+
+
+def _storage(read: Read) -> StorageSettings:
+    """A connection string (Azurite), or the managed identity with the three service URIs (Azure)."""
+    prefix = STORAGE_CONNECTION
+    client_id = read(f"{prefix}__clientId")
+    # Identity wins: a platform-injected connection string would fail with shared keys off.
+    identity = (read(f"{prefix}__credential") or "").lower() == "managedidentity"
+    if not identity and (conn := read(prefix)):
+        return StorageSettings(conn, None, None, None, client_id)
+    uris = {name: read(name) for name in (f"{prefix}__{kind}ServiceUri" for kind in ("blob", "queue", "table"))}
+    if missing := [name for name, uri in uris.items() if uri is None]:
+        raise SettingsError(f"{prefix}: set a connection string, or all of {', '.join(missing)} for identity-based "
+                            "storage")
+    return StorageSettings(None, *uris.values(), client_id)
+
+
+def _completion(read: Read, function_timeout: float | None) -> CompletionSettings:
+    secrets = read("PROVIDER_WEBHOOK_SECRETS")
+    strategy = read("COMPLETION_STRATEGY") or ("push" if secrets else "poll")
+    if strategy == "push" and not secrets:
+        raise SettingsError("PROVIDER_WEBHOOK_SECRETS: required when COMPLETION_STRATEGY is push (the signing "
+                            "secret of the provider's webhook endpoint)")
+    window = read("WATCH_WINDOW_SECONDS")
+    if strategy == "watch":
+        check_watch_window_below_function_timeout(window, function_timeout)
+    initial = read("SAFETY_POLL_INITIAL_SECONDS")
+    return CompletionSettings(strategy, secrets, initial, max(initial, read("SAFETY_POLL_MAX_SECONDS")), window)
+
+
+def _executor(read: Read, provider: ProviderSettings, function_timeout: float | None) -> ExecutorSettings:
+    backend = read("RUN_BACKEND") or ("background" if provider.has_background_mode else "executor")
+    if backend == "background" and not provider.has_background_mode:
+        raise SettingsError(f"RUN_BACKEND: background needs a provider with a background mode; {provider.kind} has "
+                            "none (use executor)")
+    return ExecutorSettings(backend=backend, api=read("EXECUTOR_API"), max_attempts=read("EXECUTOR_MAX_ATTEMPTS"),
+                            stale_seconds=read("EXECUTOR_STALE_SECONDS"),
+                            idle_timeout_seconds=read("EXECUTOR_IDLE_TIMEOUT_SECONDS"),
+                            function_timeout_seconds=function_timeout)
