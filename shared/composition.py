@@ -14,22 +14,22 @@ from typing import Awaitable, Callable
 
 from . import telemetry
 from .provider import ResponsesBackend, RunBackend, open_provider
-from .provider.direct import DirectModel
+from .executor.attempts import Executor
+from .executor.backend import BackendRouter, ExecutorBackend
+from .executor.event_log import EventLog
+from .executor.model_client import ModelClient
 from .runs.callers import CallerKeys
 from .runs.cancelling import RunCanceller
 from .runs.deleting import RunDeleter
-from .runs.event_log import EventLog
-from .runs.executing import Executor
-from .runs.executor_backend import BackendRouter, ExecutorBackend
 from .runs.idempotency import IdempotencyStore
 from .runs.index import RunIndex
 from .runs.lifecycle import RunLifecycle
 from .runs.listing import RunLister
 from .runs.overview import RunOverview
 from .runs.poll_chain import Backoff, PollScheduler
-from .provider.webhooks import ProviderWebhookVerifier
+from .provider.incoming_events import ProviderEventVerifier
 from .runs.polling import Observer, PollStep, RetrieveObserver, StreamWatcher
-from .runs.provider_events import ProviderEventInbox
+from .runs.provider_event_inbox import ProviderEventInbox
 from .runs.reading import RunReader
 from .runs.relay import RelayFactory
 from .runs.retention import RetentionPurger
@@ -81,7 +81,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model=No
           sender: WebhookSender | None = None, provider_webhooks=None,
           closers: tuple[Callable[[], Awaitable[None]], ...] = ()) -> Services:
     """Every collaborator, built once. `backend` is the provider's background mode; `model` the direct streaming
-    call the executor makes (provider.direct.DirectModel); runs go to one or the other by RUN_BACKEND (and, once
+    call the executor makes (executor.model_client.ModelClient); runs go to one or the other by RUN_BACKEND (and, once
     started, by their response id). `sender` delivers webhooks (built from the settings when not given; none
     when no signing secret is set); `provider_webhooks` is the openai client's webhook helper resource (verifies
     the provider's webhooks); `closers` release the clients."""
@@ -110,7 +110,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model=No
                                allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private)
     outbox = WebhookOutbox(store, reader, index, sender, storage.webhook_queue, views, settings.webhook_schedule)
     secrets = settings.completion.provider_webhook_secrets
-    inbox = (ProviderEventInbox(ProviderWebhookVerifier(provider_webhooks, secrets), index, store, backend, lifecycle,
+    inbox = (ProviderEventInbox(ProviderEventVerifier(provider_webhooks, secrets), index, store, backend, lifecycle,
                                 scheduler, outbox) if secrets and provider_webhooks is not None else None)
     return Services(
         settings=settings, storage=storage, views=views, reader=reader, starter=starter,
@@ -164,7 +164,7 @@ async def services() -> Services:
                     await provider.close()
                     await storage.close()
                     raise
-                model = DirectModel(provider, api=settings.executor.api,
+                model = ModelClient(provider, api=settings.executor.api,
                                     idle_timeout=settings.executor.idle_timeout_seconds,
                                     connect_timeout=settings.provider.timeout_seconds,
                                     emulator_knobs=settings.provider.kind == "emulator")

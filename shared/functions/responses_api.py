@@ -36,7 +36,7 @@ from ..composition import Services, services
 from ..errors import NotFound
 from ..runs.callers import Caller
 from ..runs.model import Run
-from ..runs.starting import Started
+from ..runs.starting import StartedRun
 from ..storage import counting_as
 
 bp = func.Blueprint()
@@ -124,7 +124,7 @@ def _location(req: Request, run_id: str) -> str:
     return f"{req.url.path.split('/responses', 1)[0]}/responses/{run_id}"
 
 
-async def _follow(svc: Services, started: Started, caller: Caller) -> Run:
+async def _follow(svc: Services, started: StartedRun, caller: Caller) -> Run:
     """Wait for a foreground run: follow its provider stream (the relay ends the run at the provider's final
     event), for at most RESPONSES_MAX_WAIT_SECONDS; then the run as stored, ended or not."""
     run = started.run

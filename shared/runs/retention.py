@@ -26,7 +26,7 @@ class RetentionPurger:
     def __init__(self, store: RunStore, sessions: SessionStore, idempotency: IdempotencyStore, index: RunIndex,
                  retention_seconds: float, events=None) -> None:
         self._store = store
-        self._events = events  # executor runs' event logs (shared.runs.event_log.EventLog)
+        self._events = events  # executor runs' event logs (shared.executor.event_log.EventLog)
         self._sessions = sessions
         self._idempotency = idempotency
         self._index = index

@@ -56,7 +56,7 @@ class _Attempt:
 
 
 @dataclass
-class Started:
+class StartedRun:
     """The started run (or, for a repeated Idempotency-Key, the existing one)."""
 
     run: Run
@@ -81,7 +81,7 @@ class RunStarter:
         self.start_grace = 2 * settings.provider.timeout_seconds + 5
 
     async def start(self, request: RunRequest, *, caller: Caller = OPERATOR, idempotency_key: str | None = None,
-                    wait_seconds: float = 0.0) -> Started:
+                    wait_seconds: float = 0.0) -> StartedRun:
         """Start a run for `caller` (its owner). A repeated Idempotency-Key of the same caller returns its run."""
         self._check(request)
         if request.webhook_url:
@@ -93,7 +93,7 @@ class RunStarter:
         if idempotency_key is not None:
             existing, key_expires_at = await self._claim(idempotency_key, request, run_id, caller)
             if existing is not None:
-                return Started(existing)
+                return StartedRun(existing)
         attempt = _Attempt(run_id, created_at)
         try:
             run, events = await self._start(attempt, request, caller, previous_response_id)
@@ -106,7 +106,7 @@ class RunStarter:
                 run = await self._wait_briefly(run, min(wait_seconds, self._settings.max_prefer_wait))
             except Exception:  # noqa: BLE001 - the run started and goes on: answer it as it started
                 log.warning("run %s: waiting for its result failed; answering it as started", run_id, exc_info=True)
-        return Started(run, events)
+        return StartedRun(run, events)
 
     async def open_session(self) -> Session:
         session = await self._sessions.create()

@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from shared.provider import ProviderError
-from shared.runs.executing import Executor, Timings
-from shared.runs.executor_backend import executor_response_id
+from shared.executor.attempts import Executor, Timings
+from shared.executor.backend import executor_response_id
 from shared.runs.requests import RunRequest
 from shared.runs.results import failure_result
 
@@ -348,7 +348,7 @@ async def test_what_the_model_api_cannot_take_is_refused_by_name_before_anything
 
 
 async def test_the_callers_parameters_reach_the_model_and_the_response_says_so(monkeypatch):
-    from shared.provider.direct import chat_params
+    from shared.executor.chat_translation import chat_params
 
     w = executor_world(monkeypatch)
     asked = {"temperature": 0.2, "top_p": 0.5, "tool_choice": "none", "parallel_tool_calls": False,
@@ -410,7 +410,7 @@ async def session_with_turns(w, inputs: list[str], output: str):
 
 
 async def test_a_session_beyond_the_history_ceiling_fails_its_turn_naming_the_limit(monkeypatch):
-    from shared.runs import executing
+    from shared.executor import attempts as executing
 
     monkeypatch.setattr(executing, "MAX_HISTORY_BYTES", 2500)
     w = executor_world(monkeypatch)
@@ -424,7 +424,7 @@ async def test_a_session_beyond_the_history_ceiling_fails_its_turn_naming_the_li
 
 
 async def test_truncation_auto_leaves_the_oldest_turns_out_whole(monkeypatch):
-    from shared.runs import executing
+    from shared.executor import attempts as executing
 
     monkeypatch.setattr(executing, "MAX_HISTORY_BYTES", 2500)
     w = executor_world(monkeypatch)
@@ -438,7 +438,7 @@ async def test_truncation_auto_leaves_the_oldest_turns_out_whole(monkeypatch):
 
 
 async def test_truncation_never_begins_with_the_results_of_calls_left_out(monkeypatch):
-    from shared.runs import executing
+    from shared.executor import attempts as executing
 
     monkeypatch.setattr(executing, "MAX_HISTORY_BYTES", 1500)
     w = executor_world(monkeypatch)
@@ -460,7 +460,7 @@ async def test_truncation_never_begins_with_the_results_of_calls_left_out(monkey
 
 async def test_no_more_than_the_ceiling_of_earlier_turns_is_read(monkeypatch):
     # Today's loop read up to 500 earlier turns with their results, then silently dropped the rest.
-    from shared.runs import executing
+    from shared.executor import attempts as executing
 
     monkeypatch.setattr(executing, "MAX_HISTORY_TURNS", 2)
     w = executor_world(monkeypatch)
@@ -545,7 +545,7 @@ async def test_runs_started_before_a_backend_switch_finish_where_they_began(monk
 
 
 async def test_a_batch_too_big_for_one_transaction_is_written_in_several(monkeypatch):
-    from shared.runs import event_log
+    from shared.executor import event_log
 
     monkeypatch.setattr(event_log, "MAX_ROWS_PER_APPEND", 2)
     monkeypatch.setattr(event_log, "ROW_BUDGET_BYTES", 400)

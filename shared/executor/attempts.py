@@ -6,7 +6,7 @@ One invocation:
    duplicate and is dropped; a message redelivered after its invocation died (a higher dequeue count), or one
    finding the attempt silent past EXECUTOR_STALE_SECONDS, starts the next attempt. Past EXECUTOR_MAX_ATTEMPTS
    the run fails with a message saying so.
-2. Stream the call (provider.direct) and append its events in batches (every FLUSH_SECONDS or FLUSH_EVENTS),
+2. Stream the call (model_client) and append its events in batches (every FLUSH_SECONDS or FLUSH_EVENTS),
    each batch with a heartbeat on the head. A 429/5xx before any output is retried with backoff; a cut after
    output started ends the attempt: the next one begins in this invocation with a `response.output_restarted`
    event, so followers know to drop the partial output, and sequence numbers keep growing.
@@ -30,15 +30,14 @@ from azure.core.exceptions import AzureError
 
 from .. import clock
 from ..provider import ProviderError
-from ..provider.direct import (DirectRequest, continuation_items, failed_event, input_items, response_skeleton,
-                               with_status)
+from ..runs.lifecycle import RunLifecycle
+from ..runs.model import Run
+from ..runs.results import cancelled_result, failure_result, result_from_response
+from ..runs.store import RunConflict, RunStore
 from ..settings import ExecutorSettings
+from .backend import ExecuteMessage, executor_response_id, is_executor_id, run_id_of
 from .event_log import TERMINAL_EVENTS, EventLog, LogConflict, LogHead
-from .executor_backend import ExecuteMessage, executor_response_id, is_executor_id, run_id_of
-from .lifecycle import RunLifecycle
-from .model import Run
-from .results import cancelled_result, failure_result, result_from_response
-from .store import RunConflict, RunStore
+from .model_request import ModelRequest, continuation_items, failed_event, input_items, response_skeleton, with_status
 
 log = logging.getLogger("bgruns.executing")
 
@@ -159,7 +158,7 @@ class Executor:
         self._store = store
         self._log = events
         self._lifecycle = lifecycle
-        self._model = model  # provider.direct.DirectModel (or a fake with `stream`)
+        self._model = model  # model_client.ModelClient (or a fake with `stream`)
         self._settings = settings
         self.timings = timings
         self._heartbeat = max(0.2, min(5.0, settings.stale_seconds / 4))
@@ -250,7 +249,7 @@ class Executor:
                      else "a newer attempt owns the log")
             return "stopped" if closed else "superseded"
 
-    async def _call(self, run: Run, writer: _Writer, request: DirectRequest, base: dict, started: float) -> str:
+    async def _call(self, run: Run, writer: _Writer, request: ModelRequest, base: dict, started: float) -> str:
         """One attempt's call, with retries before any output. Returns how the run went, or `cut:<why>`."""
         for tries in range(1, PROVIDER_TRIES + 1):
             try:
@@ -279,7 +278,7 @@ class Executor:
             return terminal["response"]["status"]
         raise AssertionError("unreachable")
 
-    async def _stream(self, run: Run, writer: _Writer, request: DirectRequest, base: dict, started: float) -> dict:
+    async def _stream(self, run: Run, writer: _Writer, request: ModelRequest, base: dict, started: float) -> dict:
         """Stream the call into the writer; returns the terminal event. Raises _Stop (the run must stop),
         _Cut (the stream broke after output began) or ProviderError (it broke or was refused before)."""
         produced = {"output": False, "terminal": None}
@@ -442,11 +441,11 @@ class Executor:
                 "unbounded, -1) or shorten the run.")
 
     # -- the conversation --------------------------------------------------------------------------------------------
-    async def _conversation(self, run: Run) -> DirectRequest:
+    async def _conversation(self, run: Run) -> ModelRequest:
         """The call's input: the session's earlier turns (their inputs and outputs, oldest first) and this one.
         Chat Completions keeps no state, so `previous_response_id` is followed here, through our own runs."""
         history = await self._earlier_turns(run)
-        return DirectRequest(run.request, history + input_items(run.request.get("input")))
+        return ModelRequest(run.request, history + input_items(run.request.get("input")))
 
     async def _earlier_turns(self, run: Run) -> list[dict[str, Any]]:
         """The earlier turns, read newest first up to MAX_HISTORY_TURNS turns and MAX_HISTORY_BYTES of JSON: no

@@ -35,7 +35,7 @@ class ProviderEvent:
         return self.type in RESPONSE_END_EVENTS and bool(self.response_id)
 
 
-class ProviderWebhookVerifier:
+class ProviderEventVerifier:
     def __init__(self, webhooks, secrets: Sequence[str]) -> None:
         self._webhooks = webhooks  # an openai client's `.webhooks` resource
         # The SDK decodes the secret strictly: give it the padded base64 that Standard Webhooks allows unpadded.

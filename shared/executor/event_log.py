@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableTransactionError, UpdateMode
 
 from .. import clock
 from ..provider import ProviderError
-from .store import utf16_bytes
+from ..runs.store import utf16_bytes
 
 log = logging.getLogger("bgruns.event_log")
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .. import clock
-from ..provider import ProviderError, ProviderState, RunBackend, Started
-from ..provider.direct import response_skeleton
+from ..provider import ProviderError, ProviderState, RunBackend, StartedResponse
+from ..runs.requests import RUN_ID_PREFIX, valid_id
+from ..runs.store import RunStore
 from .event_log import EventLog, LogConflict, LogFollower, LogHead
-from .requests import RUN_ID_PREFIX, valid_id
-from .store import RunStore
+from .model_request import response_skeleton
 
 log = logging.getLogger("bgruns.executor_backend")
 
@@ -68,14 +68,14 @@ class ExecutorBackend:
         self._log = events
         self._store = store
         self._queue = queue  # shared.storage.MessageQueue for EXECUTE_QUEUE
-        self._model = model  # provider.direct.DirectModel: only its `check` is used here
+        self._model = model  # model_client.ModelClient: only its `check` is used here
         self._stale = stale_seconds
 
     def check(self, params: dict[str, Any]) -> None:
         """Refuse what the model API cannot take (RequestRefused), before the start writes anything."""
         self._model.check(params)
 
-    async def start(self, params: dict[str, Any], *, stream: bool) -> Started:
+    async def start(self, params: dict[str, Any], *, stream: bool) -> StartedResponse:
         """Open the log and queue the run (`check` has passed)."""
         run_id = params["metadata"]["bg_run_id"]
         response_id = executor_response_id(run_id)
@@ -88,7 +88,7 @@ class ExecutorBackend:
         except Exception:  # no attempt will ever run it: the start fails, and leaves no log behind
             await self._log.purge(run_id)
             raise
-        return Started(ProviderState(response_id, "queued", base))  # a streaming start follows the log (events())
+        return StartedResponse(ProviderState(response_id, "queued", base))  # a streaming start follows the log (events())
 
     async def observe(self, response_id: str) -> ProviderState:
         head = await self._head(response_id)
@@ -183,7 +183,7 @@ class BackendRouter:
     def check(self, params: dict[str, Any]) -> None:
         self._starting.check(params)
 
-    async def start(self, params: dict[str, Any], *, stream: bool) -> Started:
+    async def start(self, params: dict[str, Any], *, stream: bool) -> StartedResponse:
         return await self._starting.start(params, stream=stream)
 
     async def observe(self, response_id: str) -> ProviderState:

@@ -14,7 +14,7 @@ from typing import Mapping
 from .. import clock, telemetry
 from ..errors import InvalidRequest, Unavailable
 from ..provider import ProviderError, RunBackend
-from ..provider.webhooks import InvalidProviderEvent, ProviderWebhookVerifier
+from ..provider.incoming_events import InvalidProviderEvent, ProviderEventVerifier
 from .index import RunIndex
 from .lifecycle import RunLifecycle
 from .poll_chain import PollScheduler
@@ -26,7 +26,7 @@ log = logging.getLogger("bgruns.provider_events")
 
 
 class ProviderEventInbox:
-    def __init__(self, verifier: ProviderWebhookVerifier, index: RunIndex, store: RunStore, backend: RunBackend,
+    def __init__(self, verifier: ProviderEventVerifier, index: RunIndex, store: RunStore, backend: RunBackend,
                  lifecycle: RunLifecycle, scheduler: PollScheduler, outbox: WebhookOutbox) -> None:
         self._scheduler = scheduler
         self._verifier = verifier

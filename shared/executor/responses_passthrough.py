@@ -1,0 +1,60 @@
+"""The executor's call to a Responses API without background mode (EXECUTOR_API=responses): the run's parameters go
+as they are (`parameters.responses_options` checks them), and the server's stream comes back relabelled as ours
+(ResponsesRelabeller): its lifecycle events dropped (the executor sends its own), its responses carrying our id and
+background flag, its wire names and only the fields it sent.
+
+The events arrive as the server's JSON (model_client reads the stream without the SDK's models, which it would
+build on first use, for seconds, on the event loop).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..redaction import redact_error
+from ..responses_vocabulary import is_terminal_event
+from .model_request import ModelRequest, failed_event, normalised_usage
+from .parameters import responses_options
+
+
+def responses_params(request: ModelRequest) -> dict[str, Any]:
+    """The streamed Responses API call for a request (the server keeps nothing: the log is the stored response)."""
+    return {**responses_options(request.params), "model": request.model, "input": request.items,
+            "stream": True, "store": False,
+            **{k: request.params[k] for k in ("instructions", "tools", "metadata") if request.params.get(k)}}
+
+
+class ResponsesRelabeller:
+    """A Responses API stream (without background mode) as our events: its lifecycle events are dropped (the
+    executor sends its own), its responses carry our id and background flag, its error event is a failure."""
+
+    def __init__(self, base: Mapping[str, Any]) -> None:
+        self._base = base
+        self.ended = False
+
+    def feed(self, event: Any) -> list[dict[str, Any]]:
+        data = _wire(event)
+        kind = data.get("type")
+        data.pop("sequence_number", None)
+        data.pop("obfuscation", None)
+        if kind in ("response.created", "response.queued", "response.in_progress", "keepalive"):
+            return []
+        if kind == "error":
+            self.ended = True
+            return [failed_event(self._base, data.get("code") or "server_error", data.get("message") or "model error")]
+        if is_terminal_event(kind):
+            self.ended = True
+            theirs = data.get("response") or {}
+            data["response"] = {**self._base, **{k: theirs.get(k) for k in (
+                "status", "output", "error", "incomplete_details", "completed_at", "service_tier") if k in theirs},
+                                "usage": normalised_usage(theirs.get("usage"))}
+            if "error" in theirs:
+                data["response"]["error"] = redact_error(theirs["error"])
+        return [data]
+
+
+def _wire(event: Any) -> dict[str, Any]:
+    """An SDK event as the server sent it: its wire names (`async`, not the SDK's `async_`), and only the fields
+    it sent (no nulls for the ones it left out)."""
+    if hasattr(event, "model_dump"):
+        return event.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return dict(event)
