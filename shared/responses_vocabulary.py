@@ -17,6 +17,12 @@ TERMINAL_EVENT_TYPES = frozenset({"response.completed", "response.failed", "resp
 OUTPUT_RESTARTED_EVENT = "response.output_restarted"
 
 
+# The provider's webhooks (events pushed to us) that say a background response ended; their payload names only the
+# response.
+ENDED_WEBHOOK_EVENT_TYPES = frozenset({"response.completed", "response.failed", "response.cancelled",
+                                       "response.incomplete"})
+
+
 def is_terminal_event(event_type: object) -> bool:
     return event_type in TERMINAL_EVENT_TYPES
 
@@ -37,17 +43,19 @@ class RunStatus(StrEnum):
 
 
 # A response (the provider's, or the executor's log) that is still going; every other status ends it.
-ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.IN_PROGRESS})
+# (The sets hold plain strings: what is stored and shown is never an enum member.)
+ACTIVE_STATUSES = frozenset(s.value for s in (RunStatus.QUEUED, RunStatus.IN_PROGRESS))
 # How a response ends (the executor's log is closed with one of these).
-ENDED_RESPONSE_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.INCOMPLETE,
-                                     RunStatus.CANCELLED})
+ENDED_RESPONSE_STATUSES = frozenset(s.value for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.INCOMPLETE,
+                                                      RunStatus.CANCELLED))
 # How a run ends: terminal and sticky.
-TERMINAL_STATUSES = ENDED_RESPONSE_STATUSES | {RunStatus.REQUIRES_ACTION, RunStatus.EXPIRED}
+TERMINAL_STATUSES = ENDED_RESPONSE_STATUSES | {RunStatus.REQUIRES_ACTION.value, RunStatus.EXPIRED.value}
 # Terminal statuses that come with a provider response worth continuing a session from.
-CONTINUABLE_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.REQUIRES_ACTION, RunStatus.INCOMPLETE})
+CONTINUABLE_STATUSES = frozenset(s.value for s in (RunStatus.COMPLETED, RunStatus.REQUIRES_ACTION,
+                                                   RunStatus.INCOMPLETE))
 # Terminal statuses whose response's stream ends with a terminal event (a cancel and an expiry have none).
-STREAMED_END_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.INCOMPLETE,
-                                   RunStatus.REQUIRES_ACTION})
+STREAMED_END_STATUSES = frozenset(s.value for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.INCOMPLETE,
+                                                    RunStatus.REQUIRES_ACTION))
 
 
 # -- error codes --------------------------------------------------------------------------------------------------

@@ -30,18 +30,18 @@ from azure.core.exceptions import AzureError
 
 from .. import clock
 from ..provider import ProviderError
+from ..responses_vocabulary import OUTPUT_RESTARTED_EVENT, ErrorCode, is_terminal_event
 from ..runs.lifecycle import RunLifecycle
 from ..runs.model import Run
 from ..runs.results import cancelled_result, failure_result, result_from_response
 from ..runs.store import RunConflict, RunStore
 from ..settings import ExecutorSettings
 from .backend import ExecuteMessage, executor_response_id, is_executor_id, run_id_of
-from .event_log import TERMINAL_EVENTS, EventLog, LogConflict, LogHead
+from .event_log import EventLog, LogConflict, LogHead
 from .model_request import ModelRequest, continuation_items, failed_event, input_items, response_skeleton, with_status
 
 log = logging.getLogger("bgruns.executing")
 
-RESTART_EVENT = "response.output_restarted"
 # The most of a session's earlier turns one call loads (Chat Completions keeps no state: they are read back from our
 # runs and sent again). 8 MiB of JSON is more text than any model's context holds (1M tokens are about 4 MB), and
 # building a call at that ceiling peaks at 16 MiB (python -m bench.executor_history). Beyond either limit a turn
@@ -225,13 +225,13 @@ class Executor:
             try:
                 request = await self._conversation(run)
             except HistoryTooLarge as error:
-                return await self._fail(run, writer, base, "history_too_large", str(error))
+                return await self._fail(run, writer, base, ErrorCode.HISTORY_TOO_LARGE, str(error))
             except ProviderError as error:
-                return await self._fail(run, writer, base, "invalid_conversation", error.message)
+                return await self._fail(run, writer, base, ErrorCode.INVALID_CONVERSATION, error.message)
             await self._mark_in_progress(run)
             while True:
                 if restart_reason:
-                    writer.emit({"type": RESTART_EVENT, "attempt": writer.head.attempt, "reason": restart_reason})
+                    writer.emit({"type": OUTPUT_RESTARTED_EVENT, "attempt": writer.head.attempt, "reason": restart_reason})
                 writer.emit({"type": "response.in_progress", "response": with_status(base, "in_progress")})
                 await writer.flush()
                 outcome = await self._call(run, writer, request, base, started)
@@ -239,7 +239,7 @@ class Executor:
                     return outcome
                 restart_reason = outcome[4:]
                 if writer.head.attempt >= self._settings.max_attempts:
-                    return await self._fail(run, writer, base, "model_call_interrupted",
+                    return await self._fail(run, writer, base, ErrorCode.MODEL_CALL_INTERRUPTED,
                                             self._exhausted(restart_reason))
                 await writer.flush(attempt=writer.head.attempt + 1)
                 log.info("run %s: %s; attempt %d", run.id, restart_reason, writer.head.attempt)
@@ -260,10 +260,10 @@ class Executor:
                 return f"cut:{cut}"
             except ProviderError as error:
                 if not error.transient:
-                    return await self._fail(run, writer, base, "provider_error",
+                    return await self._fail(run, writer, base, ErrorCode.PROVIDER_ERROR,
                                             f"The model provider refused the call ({error.status}): {error.message}")
                 if tries == PROVIDER_TRIES:
-                    return await self._fail(run, writer, base, "provider_unavailable",
+                    return await self._fail(run, writer, base, ErrorCode.PROVIDER_UNAVAILABLE,
                                             f"The model provider kept failing ({tries} tries): {error.message}")
                 backoff = self.timings.retry_base_seconds * 2 ** (tries - 1) * (0.8 + 0.4 * random.random())
                 delay = min(MAX_BACKOFF_SECONDS, max(error.retry_after or 0.0, backoff))
@@ -288,7 +288,7 @@ class Executor:
                 writer.emit(event)
                 if event["type"] == "response.output_item.added":
                     produced["output"] = True
-                if event["type"] in TERMINAL_EVENTS:
+                if is_terminal_event(event["type"]):
                     produced["terminal"] = writer.pending[-1]
                     return
 
@@ -366,7 +366,7 @@ class Executor:
     # -- ending ----------------------------------------------------------------------------------------------------
     async def _stopped(self, run: Run, writer: _Writer, base: dict, reason: str) -> str:
         if reason == "budget":
-            return await self._fail(run, writer, base, "function_timeout", self._budget_message())
+            return await self._fail(run, writer, base, ErrorCode.FUNCTION_TIMEOUT, self._budget_message())
         await writer.flush()  # what was produced before the stop stays in the log
         if reason == "deadline":
             allowed = run.deadline_at - run.created_at
@@ -387,7 +387,7 @@ class Executor:
         base = response_skeleton(executor_response_id(run.id), run.request, run.created_at)
         writer = _Writer(self._log, head, self.timings, self._heartbeat)
         try:
-            return await self._fail(run, writer, base, "model_call_interrupted",
+            return await self._fail(run, writer, base, ErrorCode.MODEL_CALL_INTERRUPTED,
                                     self._exhausted("the host running it stopped"))
         except Superseded:
             return "stopped"

@@ -31,6 +31,7 @@ from azure.data.tables import TableTransactionError, UpdateMode
 
 from .. import clock
 from ..provider import ProviderError
+from ..responses_vocabulary import ENDED_RESPONSE_STATUSES, is_terminal_event
 from ..runs.store import utf16_bytes
 
 log = logging.getLogger("bgruns.event_log")
@@ -39,8 +40,6 @@ HEAD_ROW = "head"
 ROW_BUDGET_BYTES = 56 * 1024  # UTF-16 bytes of one row's events (a Table property holds 64 KiB); a larger
 # single event (a long output's final events) is stored as a blob
 MAX_ROWS_PER_APPEND = 40  # an entity group transaction takes 100 entities and 4 MiB
-CLOSED_STATUSES = frozenset({"completed", "failed", "incomplete", "cancelled"})
-TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 _HEAD_FIELDS = ("status", "last_seq", "attempt", "claimed_by", "claimed_dequeue", "heartbeat_at", "dispatched_at",
                 "created_at", "final_row", "api")
 
@@ -74,7 +73,7 @@ class LogHead:
 
     @property
     def is_closed(self) -> bool:
-        return self.status in CLOSED_STATUSES
+        return self.status in ENDED_RESPONSE_STATUSES
 
     def entity(self) -> dict[str, Any]:
         return {"PartitionKey": self.run_id, "RowKey": HEAD_ROW, **{name: getattr(self, name) for name in _HEAD_FIELDS}}
@@ -155,7 +154,7 @@ class EventLog:
         if rows:
             new.last_seq = int(rows[-1]["RowKey"])
             last = json.loads(rows[-1]["events"])[-1]
-            if last["type"] in TERMINAL_EVENTS:
+            if is_terminal_event(last["type"]):
                 new.final_row = rows[-1]["RowKey"]
         operations = [("create", row) for row in rows]
         operations.append(("update", new.entity(), {"mode": UpdateMode.MERGE, "etag": head.etag,
@@ -239,7 +238,7 @@ class EventLog:
             return None
         entity = await self._table.get_entity(head.run_id, head.final_row)
         for event in reversed(json.loads(entity["events"])):
-            if event["type"] in TERMINAL_EVENTS:
+            if is_terminal_event(event["type"]):
                 return (await self._expand(event)).get("response")
         return None
 
@@ -309,7 +308,7 @@ class LogFollower:
             for event in events:
                 position = event["sequence_number"]
                 yield LogEvent(event)
-                if event["type"] in TERMINAL_EVENTS:
+                if is_terminal_event(event["type"]):
                     return
             if head.is_closed:
                 return  # closed without a terminal event: cancelled or stopped

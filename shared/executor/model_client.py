@@ -17,6 +17,7 @@ import openai
 from openai import AsyncOpenAI
 
 from ..provider import ProviderError, classify
+from ..responses_vocabulary import SERVER_ERROR
 from .chat_translation import ChatTranslator, chat_params
 from .model_request import ModelRequest, failed_event
 from .responses_passthrough import ResponsesRelabeller, responses_params
@@ -70,7 +71,7 @@ class ModelClient:
                 for event in translator.feed(chunk):
                     yield event
         except _ModelReportedFailure as failure:
-            yield failed_event(base, "server_error", str(failure))
+            yield failed_event(base, SERVER_ERROR, str(failure))
             return
         finally:
             await stream.close()
@@ -89,7 +90,7 @@ class ModelClient:
                 if relabeller.ended:
                     return
         except _ModelReportedFailure as failure:
-            yield failed_event(base, "server_error", str(failure))
+            yield failed_event(base, SERVER_ERROR, str(failure))
             return
         finally:
             await stream.close()

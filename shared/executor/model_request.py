@@ -73,7 +73,7 @@ def continuation_items(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def failed_event(base: Mapping[str, Any], code: str, message: str) -> dict[str, Any]:
-    error = {"code": code, "message": redact(message)}
+    error = {"code": str(code), "message": redact(message)}
     return {"type": "response.failed", "response": with_status(base, RunStatus.FAILED.value, output=[], error=error)}
 
 

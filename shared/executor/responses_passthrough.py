@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..redaction import redact_error
-from ..responses_vocabulary import is_terminal_event
+from ..responses_vocabulary import SERVER_ERROR, is_terminal_event
 from .model_request import ModelRequest, failed_event, normalised_usage
 from .parameters import responses_options
 
@@ -40,7 +40,7 @@ class ResponsesRelabeller:
             return []
         if kind == "error":
             self.ended = True
-            return [failed_event(self._base, data.get("code") or "server_error", data.get("message") or "model error")]
+            return [failed_event(self._base, data.get("code") or SERVER_ERROR, data.get("message") or "model error")]
         if is_terminal_event(kind):
             self.ended = True
             theirs = data.get("response") or {}

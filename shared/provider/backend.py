@@ -15,9 +15,8 @@ from typing import Any, AsyncIterator, Protocol
 import openai
 from openai import AsyncOpenAI
 
+from ..responses_vocabulary import ACTIVE_STATUSES
 from .errors import ProviderError, classify
-
-ACTIVE_PROVIDER_STATUSES = frozenset({"queued", "in_progress"})
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class ProviderState:
 
     @property
     def is_active(self) -> bool:
-        return self.status in ACTIVE_PROVIDER_STATUSES
+        return self.status in ACTIVE_STATUSES
 
 
 class EventStream(Protocol):

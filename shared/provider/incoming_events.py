@@ -13,11 +13,11 @@ from typing import Mapping, Sequence
 from openai import InvalidWebhookSignatureError
 
 from .. import strict_json
+from ..responses_vocabulary import ENDED_WEBHOOK_EVENT_TYPES
 
 # Printable ASCII without the characters a Table key may not hold.
 _WEBHOOK_ID = re.compile(r"^(?:(?![/\\#?])[!-~]){1,256}$")
 SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
-RESPONSE_END_EVENTS = frozenset({"response.completed", "response.failed", "response.cancelled", "response.incomplete"})
 
 
 class InvalidProviderEvent(Exception):
@@ -32,7 +32,7 @@ class ProviderEvent:
 
     @property
     def ends_a_response(self) -> bool:
-        return self.type in RESPONSE_END_EVENTS and bool(self.response_id)
+        return self.type in ENDED_WEBHOOK_EVENT_TYPES and bool(self.response_id)
 
 
 class ProviderEventVerifier:

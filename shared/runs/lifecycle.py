@@ -13,7 +13,8 @@ from typing import Any
 
 from .. import clock, telemetry
 from .index import RunIndex
-from .model import CONTINUABLE_STATUSES, Run
+from ..responses_vocabulary import CONTINUABLE_STATUSES
+from .model import Run
 from .sessions import SessionConflict, SessionStore
 from .store import RunConflict, RunStore
 from .webhook_state import WebhookState

@@ -9,13 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..responses_vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
 from ..telemetry import Timeline
 from .webhook_state import WebhookState
-
-ACTIVE_STATUSES = frozenset({"queued", "in_progress"})
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete", "requires_action", "expired"})
-# Terminal statuses that come with a provider response worth continuing a session from.
-CONTINUABLE_STATUSES = frozenset({"completed", "requires_action", "incomplete"})
 
 
 @dataclass

@@ -22,6 +22,7 @@ import openai
 
 from .. import clock, telemetry
 from ..provider import ProviderError, ProviderState, RunBackend
+from ..responses_vocabulary import is_terminal_event
 from .lifecycle import RunLifecycle
 from .model import Run
 from .poll_chain import Backoff, PollMessage, PollScheduler
@@ -33,8 +34,6 @@ log = logging.getLogger("bgruns.polling")
 
 # A message one step ahead of the run was sent by a writer that has not saved yet; give it a moment.
 EARLY_MESSAGE_RETRIES = 3
-# Provider stream events that end a response (a cancelled response's stream just ends).
-TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 # The first webhook attempt made by the step that ended the run must not hold the step (or the provider's
 # webhook call) for long; the queued safety-net message takes over after this.
 INLINE_WEBHOOK_BUDGET_SECONDS = 5.0
@@ -87,7 +86,7 @@ class StreamWatcher:
                         if seq is None or seq <= run.watch_position:
                             continue
                         run.watch_position = seq
-                        if event.type in TERMINAL_EVENTS:
+                        if is_terminal_event(event.type):
                             return ProviderState(run.response_id, event.response.status, event.response)
                 break  # a clean end without a terminal event (a cancel): ask below
             except TimeoutError:

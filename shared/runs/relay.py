@@ -27,6 +27,7 @@ import openai
 from .. import telemetry
 from ..provider import ProviderError, RunBackend
 from ..provider.backend import EventStream
+from ..responses_vocabulary import STREAMED_END_STATUSES, is_terminal_event
 from .lifecycle import RunLifecycle
 from .model import Run
 from .results import result_from_response
@@ -35,9 +36,6 @@ from .views import RunViews
 
 log = logging.getLogger("bgruns.relay")
 
-TERMINAL_EVENTS = {"response.completed", "response.failed", "response.incomplete"}
-# Statuses whose provider stream ends with one of TERMINAL_EVENTS (cancel and expiry have none).
-PROVIDER_FINAL_STATUSES = {"completed", "failed", "incomplete", "requires_action"}
 FINAL_EVENT_ID = 2**31 - 1
 KEEPALIVE = b": keep-alive\n\n"
 MAX_RECONNECTS_WITHOUT_PROGRESS = 5
@@ -106,7 +104,7 @@ class Relay:
                 chunk = await self._translate(item)
                 if chunk is not None:
                     yield chunk
-                if getattr(item, "type", None) in TERMINAL_EVENTS or isinstance(item, Run):
+                if is_terminal_event(getattr(item, "type", None)) or isinstance(item, Run):
                     return
         finally:
             producer.cancel()
@@ -143,7 +141,7 @@ class Relay:
                             continue
                         position, failures = seq, 0
                         await self._queue.put(event)
-                        if event.type in TERMINAL_EVENTS:
+                        if is_terminal_event(event.type):
                             return
                 finally:
                     await stream.close()
@@ -151,7 +149,7 @@ class Relay:
                 # A clean end without a terminal event: the run may have been cancelled; look at it.
                 run = await self._deps.store.get(self.run.id, with_result=True)
                 if run is not None and run.is_terminal:
-                    if run.status in PROVIDER_FINAL_STATUSES and position == self._after_at_start:
+                    if run.status in STREAMED_END_STATUSES and position == self._after_at_start:
                         await self._queue.put(_END)  # resumed after the final event: nothing is missing
                     else:
                         await self._queue.put(run)  # cancelled or expired: no provider final; send ours
@@ -200,7 +198,7 @@ class Relay:
         self.after = item.sequence_number
         if item.type == "keepalive":
             return KEEPALIVE
-        if item.type in TERMINAL_EVENTS:
+        if is_terminal_event(item.type):
             return self._format.final(await self._finish(item), item.sequence_number, item)
         return self._format.event(self.run, item)
 
