@@ -2,7 +2,7 @@
 counts of storage errors. Each is a child of the current step's span."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from .. import clock

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Mapping
 
-from ..responses_vocabulary import TERMINAL_EVENT_TYPES
 
 # response id -> the provider's completed_at, noted when a step sees a response end, read when its run is saved
 # terminal (often in another task: a stream's reader). Bounded: a response that never reaches its run is forgotten.
