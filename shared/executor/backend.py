@@ -21,9 +21,12 @@ from typing import Any, Mapping
 
 from .. import clock
 from ..provider import ProviderError, ProviderState, RunBackend, StartedResponse
+from ..responses_vocabulary import RunStatus
 from ..runs.requests import RUN_ID_PREFIX, valid_id
 from ..runs.store import RunStore
 from .event_log import EventLog, LogConflict, LogFollower, LogHead
+from ..storage import Queue
+from .model_client import Model
 from .model_request import response_skeleton
 
 log = logging.getLogger("bgruns.executor_backend")
@@ -64,11 +67,12 @@ class ExecuteMessage:
 class ExecutorBackend:
     kind = "executor"
 
-    def __init__(self, events: EventLog, store: RunStore, queue, model, *, stale_seconds: float) -> None:
+    def __init__(self, events: EventLog, store: RunStore, queue: Queue, model: Model, *,
+                 stale_seconds: float) -> None:
         self._log = events
         self._store = store
-        self._queue = queue  # shared.storage.MessageQueue for EXECUTE_QUEUE
-        self._model = model  # model_client.ModelClient: only its `check` is used here
+        self._queue = queue  # EXECUTE_QUEUE
+        self._model = model  # only its `check` and `api` are used here
         self._stale = stale_seconds
 
     def check(self, params: dict[str, Any]) -> None:
@@ -88,7 +92,8 @@ class ExecutorBackend:
         except Exception:  # no attempt will ever run it: the start fails, and leaves no log behind
             await self._log.purge(run_id)
             raise
-        return StartedResponse(ProviderState(response_id, "queued", base))  # a streaming start follows the log (events())
+        # A streaming start follows the log (events()).
+        return StartedResponse(ProviderState(response_id, RunStatus.QUEUED.value, base))
 
     async def observe(self, response_id: str) -> ProviderState:
         head = await self._head(response_id)

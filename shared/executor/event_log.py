@@ -33,6 +33,7 @@ from .. import clock
 from ..provider import ProviderError
 from ..responses_vocabulary import ENDED_RESPONSE_STATUSES, is_terminal_event
 from ..runs.store import utf16_bytes
+from ..storage import BlobContainer, Table
 
 log = logging.getLogger("bgruns.event_log")
 
@@ -113,8 +114,8 @@ class LogEvent:
 
 
 class EventLog:
-    def __init__(self, table, payloads) -> None:
-        self._table = table  # azure.data.tables.aio.TableClient for EVENTS_TABLE
+    def __init__(self, table: Table, payloads: BlobContainer) -> None:
+        self._table = table  # EVENTS_TABLE
         self._payloads = payloads  # the run-payloads container (large events, under the run's blob prefix)
 
     # -- writing ---------------------------------------------------------------------------------------------------

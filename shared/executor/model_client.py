@@ -11,7 +11,7 @@ starts the next attempt after), any other is the model's verdict and ends the ca
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Mapping, Protocol
 
 import openai
 from openai import AsyncOpenAI
@@ -23,6 +23,18 @@ from .model_request import ModelRequest, failed_event
 from .responses_passthrough import ResponsesRelabeller, responses_params
 
 EMULATOR_KNOB_HEADER = "x-emulator-knobs"  # the local emulator reads per-call knobs here (dev only)
+
+
+class Model(Protocol):
+    """What the executor needs of its model call (ModelClient; a scripted fake in the unit tests)."""
+
+    @property
+    def api(self) -> str: ...  # chat_completions | responses: the API new runs are started with
+
+    def check(self, params: Mapping[str, Any]) -> None: ...  # raises RequestRefused for what the API cannot take
+
+    def stream(self, request: ModelRequest, base: Mapping[str, Any], *,
+               api: str | None = None) -> AsyncIterator[dict[str, Any]]: ...
 
 
 class ModelClient:

@@ -53,7 +53,7 @@ event_format = ResponsesEventFormat(renderer)
 # -- the handlers (one set, routed under each prefix below) ------------------------------------------------------
 async def create(req: Request) -> Response:
     svc, caller = await _facade(req, "create_response")
-    body = parse_create_body(await json_body(req, svc.settings.max_request_bytes))
+    body = parse_create_body(await json_body(req, svc.limits.max_request_bytes))
     key = req.headers.get("idempotency-key")
     if body.stream:
         started = await svc.starter.start(body.request, caller=caller, idempotency_key=key)
@@ -132,7 +132,7 @@ async def _follow(svc: Services, started: StartedRun, caller: Caller) -> Run:
         events = svc.relays.relay(run, -1, started.events, event_format).events()
         follower = asyncio.create_task(_drain(events))
         try:
-            await asyncio.wait({follower}, timeout=svc.settings.facade.max_wait_seconds)
+            await asyncio.wait({follower}, timeout=svc.limits.facade_max_wait)
         finally:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)

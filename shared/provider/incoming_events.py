@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from openai import InvalidWebhookSignatureError
+from openai.resources.webhooks import AsyncWebhooks
 
 from .. import strict_json
 from ..responses_vocabulary import ENDED_WEBHOOK_EVENT_TYPES
@@ -36,8 +37,8 @@ class ProviderEvent:
 
 
 class ProviderEventVerifier:
-    def __init__(self, webhooks, secrets: Sequence[str]) -> None:
-        self._webhooks = webhooks  # an openai client's `.webhooks` resource
+    def __init__(self, webhooks: AsyncWebhooks, secrets: Sequence[str]) -> None:
+        self._webhooks = webhooks  # the openai client's `.webhooks` resource
         # The SDK decodes the secret strictly: give it the padded base64 that Standard Webhooks allows unpadded.
         self._secrets = tuple(s + "=" * (-len(s.removeprefix("whsec_")) % 4) for s in secrets)
 

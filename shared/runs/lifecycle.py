@@ -14,6 +14,7 @@ from typing import Any
 from .. import clock, telemetry
 from .index import RunIndex
 from ..responses_vocabulary import CONTINUABLE_STATUSES
+from ..storage import Queue
 from .model import Run
 from .sessions import SessionConflict, SessionStore
 from .store import RunConflict, RunStore
@@ -23,12 +24,12 @@ log = logging.getLogger("bgruns.lifecycle")
 
 
 class RunLifecycle:
-    def __init__(self, store: RunStore, sessions: SessionStore, index: RunIndex, webhook_queue,
+    def __init__(self, store: RunStore, sessions: SessionStore, index: RunIndex, webhook_queue: Queue,
                  retention_seconds: float, inline_safety_delay: float) -> None:
         self._store = store
         self._sessions = sessions
         self._index = index
-        self._webhook_queue = webhook_queue  # shared.storage.MessageQueue
+        self._webhook_queue = webhook_queue
         self._retention = retention_seconds
         # When the finisher makes the first delivery attempt itself, the queued message waits this long, as the
         # safety net for a finisher that dies mid-attempt (a message that finds the delivery done does nothing).

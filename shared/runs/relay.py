@@ -6,8 +6,8 @@ reconnect after a provider drop (from the last sequence number it saw, invisible
 keep-alive comments while idle, and end cleanly before the front end's ~230 s cut with a `reconnect` event.
 Where the provider cannot stream the response (it was not created streaming, retention passed, a backend
 refuses) the relay falls back to the stored run and still ends with the final run. At the provider's
-terminal event the relay ends the run itself (the same idempotent step the poll chain uses), so the final
-event carries the stored run.
+terminal event the relay ends the run itself (runs.ending, as the poll chain does), so the final event carries
+the stored run.
 
 A run that ends without a provider terminal event (cancelled, expired, or served from the stored run) gets a
 final event of our own with the id FINAL_EVENT_ID, above any provider sequence number: resuming after it, as
@@ -28,9 +28,8 @@ from .. import telemetry
 from ..provider import ProviderError, RunBackend
 from ..provider.backend import EventStream
 from ..responses_vocabulary import STREAMED_END_STATUSES, is_terminal_event
-from .lifecycle import RunLifecycle
+from .ending import ProviderEnded, RunEnding
 from .model import Run
-from .results import result_from_response
 from .store import RunStore
 from .views import RunViews
 
@@ -54,9 +53,9 @@ def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
 class RelayFactory:
     """Builds a Relay per client stream with the collaborators they all share."""
 
-    def __init__(self, store: RunStore, backend: RunBackend, lifecycle: RunLifecycle, views: RunViews, *,
+    def __init__(self, store: RunStore, backend: RunBackend, ending: RunEnding, views: RunViews, *,
                  max_seconds: float, keepalive_seconds: float, fallback_max_delay: float) -> None:
-        self.store, self.backend, self.lifecycle, self.views = store, backend, lifecycle, views
+        self.store, self.backend, self.ending, self.views = store, backend, ending, views
         self.max_seconds = max_seconds
         self.keepalive_seconds = keepalive_seconds
         self.fallback_max_delay = fallback_max_delay
@@ -204,9 +203,9 @@ class Relay:
 
     async def _finish(self, event: Any) -> Run:
         run = await self._deps.store.get(self.run.id, with_result=True) or self.run
-        status, result = result_from_response(event.response)
         with telemetry.run_step("stream end", run, logger=log.name):
-            return await self._deps.lifecycle.finish(run, status, result)
+            # The stream's final event does not wait on the webhook receiver: the queue delivers at once.
+            return await self._deps.ending.end(run, ProviderEnded(event.response), deliver_now=False)
 
 
 class EventFormat(Protocol):

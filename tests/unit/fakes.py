@@ -494,6 +494,7 @@ class World:
     sender: FakeSender
     model: FakeModel
     execute_queue: FakeQueue
+    settings: Settings
 
     @property
     def runs(self) -> FakeTable:
@@ -547,7 +548,8 @@ def world(monkeypatch, **env: str) -> World:
     backend, sender, model = FakeBackend(), FakeSender(), FakeModel()
     services = build(settings, storage, backend, model=model, sender=sender if settings.webhook_secrets else None,
                      provider_webhooks=_provider_webhooks())
-    return World(services, backend, fake_clock, tables, blobs, poll_queue, webhook_queue, sender, model, execute_queue)
+    return World(services, backend, fake_clock, tables, blobs, poll_queue, webhook_queue, sender, model, execute_queue,
+                 settings)
 
 
 async def gather(*aws):

@@ -79,15 +79,15 @@ async def test_the_executor_writes_responses_events_and_ends_the_run_itself(monk
 async def test_the_poll_chain_ends_a_run_whose_executor_died_after_its_last_event(monkeypatch):
     w = executor_world(monkeypatch)
     run = await start(w)
-    original = w.services.executor._lifecycle.finish
+    original = w.services.executor._ending.end
 
     async def crash(*args, **kwargs):
         raise RuntimeError("host died")
 
-    w.services.executor._lifecycle.finish = crash
+    w.services.executor._ending.end = crash
     with pytest.raises(RuntimeError):
         await w.execute()
-    w.services.executor._lifecycle.finish = original
+    w.services.executor._ending.end = original
     assert (await w.run(run.id)).is_active
     assert "completed" in await w.drain_polls()
     assert (await w.run(run.id)).result["output_text"] == "Hello world"
@@ -132,6 +132,19 @@ async def die_mid_call(w, message, message_id, dequeue_count):
     await asyncio.sleep(0.05)  # long enough for a batch to reach the log
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_executor_makes_the_first_webhook_attempt_of_the_run_it_ends(monkeypatch):
+    # Runs the executor ended skipped the inline attempt the README promises ("the step that ends it makes the first
+    # webhook attempt itself"): their webhook waited for the queue.
+    w = executor_world(monkeypatch)
+    run = await start(w, webhook_url="http://127.0.0.1:9/hook")
+    assert await w.execute() == ["completed"]
+    ended = await w.run(run.id)
+    assert [(url, hook) for url, hook, _ in w.sender.sent] == [("http://127.0.0.1:9/hook", ended.webhook.id)]
+    (safety_net,) = w.webhook_queue.sent  # waits past the inline attempt, and then finds it done
+    assert safety_net.delay == w.settings.webhook_timeout + 5
+    assert (await w.run(run.id)).webhook.state == "delivered"
 
 
 async def test_a_message_redelivered_after_its_host_died_starts_the_next_attempt_with_a_restart_event(monkeypatch):
@@ -272,7 +285,7 @@ async def test_a_run_ended_elsewhere_stops_within_a_check(monkeypatch):
     task = asyncio.create_task(w.execute())
     await until(lambda: w.model.open == 1)
     fresh = await w.services.executor._store.get(run.id)
-    await w.services.executor._lifecycle.finish(fresh, "failed", failure_result("x", "ended by the sweeper"))
+    await w.services.executor._ending._lifecycle.finish(fresh, "failed", failure_result("x", "ended by the sweeper"))
     assert await asyncio.wait_for(task, 2) == ["stopped"]
     assert w.model.open == 0 and (await w.services.executor._log.head(run.id)).status == "cancelled"
 
@@ -293,7 +306,7 @@ async def test_the_deadline_stops_the_call_and_expires_the_run(monkeypatch):
 async def test_a_call_that_would_outlive_function_timeout_fails_naming_the_limit(monkeypatch):
     w = executor_world(monkeypatch)
     executor = w.services.executor
-    w.services.executor = Executor(executor._store, executor._log, executor._lifecycle, w.model,
+    w.services.executor = Executor(executor._store, executor._log, executor._ending, w.model,
                                    dataclasses.replace(executor._settings, function_timeout_seconds=0.5), FAST)
     run = await start(w)
     w.model.scripts = [["never ends", asyncio.Event()]]

@@ -2,7 +2,9 @@
 the run's life below, framework-free libraries at the bottom; no cycles."""
 from __future__ import annotations
 
-from .module_graph import graph
+import ast
+
+from .module_graph import ROOT, graph
 
 GRAPH = graph()
 FRAMEWORKS = ("fastapi", "starlette", "azurefunctions", "azure.functions")
@@ -60,3 +62,15 @@ def test_telemetry_is_a_library_below_everything():
             outside = {d for d in _ours(module) if not d.startswith("shared.telemetry")}
             assert outside <= {"shared.clock", "shared", "shared.responses_vocabulary"}, (module, outside)
             assert not {t for t in _third_party(module) if t.startswith(FRAMEWORKS)}, module
+
+
+def test_only_runs_ending_ends_a_run():
+    """Every path that ends a run goes through runs.ending (status, result, the deadline rule, the first webhook
+    attempt); RunLifecycle.finish, the sticky save under it, is called nowhere else."""
+    callers = set()
+    for path in [ROOT / "function_app.py", *sorted((ROOT / "shared").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "finish" \
+                    and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "_lifecycle":
+                callers.add(path.relative_to(ROOT).as_posix())
+    assert callers == {"shared/runs/ending.py"}
