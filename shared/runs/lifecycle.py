@@ -100,16 +100,11 @@ class RunLifecycle:
             return
         for _ in range(5):
             session = await self._sessions.get(run.session_id)
-            if session is None:
-                return
-            changed = False
-            if run.status in CONTINUABLE_STATUSES and run.response_id and session.active_run_id == run.id:
-                changed = session.last_response_id != run.response_id
+            if session is None or session.active_run_id != run.id:
+                return  # gone, or it has moved on from this run: nothing here is this run's to change
+            if run.status in CONTINUABLE_STATUSES and run.response_id:
                 session.last_response_id = run.response_id
-            if session.active_run_id == run.id:
-                session.active_run_id, session.active_since, changed = None, 0.0, True
-            if not changed:
-                return
+            session.active_run_id, session.active_since = None, 0.0
             try:
                 await self._sessions.save(session)
                 return
