@@ -24,7 +24,7 @@ from ..provider import ProviderError, ProviderState, RunBackend, StartedResponse
 from ..responses_vocabulary import RunStatus
 from ..runs.requests import RUN_ID_PREFIX, valid_id
 from ..runs.store import RunStore
-from .event_log import EventLog, LogConflict, LogFollower, LogHead
+from .event_log import EventLog, LogConflict, LogHead, PolledLogStream
 from ..storage import Queue
 from .model_client import Model
 from .model_request import response_skeleton
@@ -124,14 +124,14 @@ class ExecutorBackend:
         """The executor's stored response is its event log: delete it."""
         await self._log.purge(run_id_of(response_id))
 
-    async def events(self, response_id: str, after: int) -> LogFollower:
+    async def events(self, response_id: str, after: int) -> PolledLogStream:
         run_id = run_id_of(response_id)
 
         async def run_ended() -> bool:
             run = await self._store.get(run_id)
             return run is None or run.is_terminal
 
-        return LogFollower(self._log, run_id, after, run_ended)
+        return PolledLogStream(self._log, run_id, after, run_ended)
 
     # -- helpers -----------------------------------------------------------------------------------------------
     async def _head(self, response_id: str) -> LogHead:

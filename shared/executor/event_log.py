@@ -260,17 +260,19 @@ class EventLog:
         return len(keys)
 
 
-# -- following the log live ---------------------------------------------------------------------------------------
+# -- the log as a live event stream, polled ---------------------------------------------------------------------------------------
 FOLLOW_MIN_DELAY = 0.2  # about the executor's flush interval: a busy log is looked at about as often as it grows
 FOLLOW_MAX_DELAY = 1.0  # an idle one at most once a second
 RUN_CHECK_SECONDS = 5.0  # idle this long: ask whether the run ended without closing its log (a crash)
 MAX_READ_FAILURES = 4
 
 
-class LogFollower:
-    """A run's events from a position, live: one query per look, sooner while events flow, at most once a second
-    while idle. Ends after the terminal event, or when the log is closed without one (a cancel), or when the run
-    ended while its log stayed open (`run_ended`)."""
+class PolledLogStream:
+    """A run's events from a position, live, by polling the log: one query per look, sooner while events flow, at
+    most once a second while idle. Ends after the terminal event, or when the log is closed without one (a cancel),
+    or when the run ended while its log stayed open (`run_ended`). It is an executor run's event stream (what
+    ExecutorBackend.events returns), which the relay and the watcher follow like a provider's
+    (runs.stream_following); a storage hiccup is retried here, as a provider's dropped connection is there."""
 
     def __init__(self, events: EventLog, run_id: str, after: int,
                  run_ended: Callable[[], Awaitable[bool]] | None = None) -> None:

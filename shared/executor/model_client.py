@@ -14,9 +14,10 @@ import json
 from typing import Any, AsyncIterator, Mapping, Protocol
 
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
 
 from ..provider import ProviderError, classify
+from ..provider.errors import reported_in_stream
 from ..responses_vocabulary import SERVER_ERROR
 from .chat_translation import ChatTranslator, chat_params
 from .model_request import ModelRequest, failed_event
@@ -94,7 +95,7 @@ class ModelClient:
 
     async def _responses(self, request: ModelRequest, base: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
         relabeller = ResponsesRelabeller(base)
-        stream = await self._open(self._client.responses.create, responses_params(request), request)
+        stream = await self._open_raw("/responses", responses_params(request), request)
         try:
             async for event in _guarded(stream):
                 for ours in relabeller.feed(event):
@@ -108,20 +109,33 @@ class ModelClient:
             await stream.close()
         raise ProviderError(transient=True, status=None, message="the model stream ended without a terminal event")
 
-    async def _open(self, create, params: dict[str, Any], request: ModelRequest):
+    async def _open(self, create: Any, params: dict[str, Any], request: ModelRequest) -> Any:
         try:
             return await create(**params, timeout=self._timeout, extra_headers=self._headers(request) or None)
         except Exception as error:  # noqa: BLE001 - classified
             raise classify(error) from None
 
+    async def _open_raw(self, path: str, params: dict[str, Any], request: ModelRequest) -> AsyncStream[object]:
+        """The call's stream of events as the server's JSON, not the SDK's models: the SDK builds a model class the
+        first time it is used (pydantic, deferred), and the Responses API's are large enough to hold the event
+        loop for seconds on a busy worker, longer than an attempt's heartbeat may stop (EXECUTOR_STALE_SECONDS).
+        The SDK still does the rest: the SSE decoding, `[DONE]`, its errors (APIError for an in-stream error)."""
+        try:
+            return await self._client.post(path, cast_to=object, body=params, stream=True,
+                                           stream_cls=AsyncStream[object],
+                                           options={"timeout": self._timeout, "headers": self._headers(request)})
+        except Exception as error:  # noqa: BLE001 - classified
+            raise classify(error) from None
+
 
 class _ModelReportedFailure(Exception):
-    """An error event inside the stream: the model's own failure."""
+    """An error inside the stream that is the model's own verdict (not a server-side failure)."""
 
 
-async def _guarded(stream) -> AsyncIterator[Any]:
-    """The SDK stream with its failures classified: an in-stream error is the model's failure; a broken
-    connection or unparseable event is a cut (transient)."""
+async def _guarded(stream: Any) -> AsyncIterator[Any]:
+    """The SDK stream with its failures classified: a broken connection or an unparseable event is a cut, and so
+    is a server-side error reported in the stream (transient ProviderError); any other in-stream error is the
+    model's verdict (_ModelReportedFailure)."""
     try:
         async for item in stream:
             yield item
@@ -130,7 +144,10 @@ async def _guarded(stream) -> AsyncIterator[Any]:
                             message=f"the model stream was cut ({type(error).__name__})") from None
     except openai.APIStatusError as error:
         raise classify(error) from None
-    except openai.APIError as error:
+    except openai.APIError as error:  # an `{"error": {...}}` payload in the stream
+        reported = reported_in_stream(error.body, error.message)
+        if reported.transient:
+            raise reported from None
         raise _ModelReportedFailure(error.message) from None
     except ValueError as error:  # an event cut in half
         raise ProviderError(transient=True, status=None,

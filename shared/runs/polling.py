@@ -14,13 +14,10 @@ webhook attempt right there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
 from enum import StrEnum
 from typing import Any, Mapping, Protocol
-
-import httpx
-import openai
 
 from .. import clock, telemetry
 from ..provider import ProviderError, ProviderState, RunBackend
@@ -29,6 +26,7 @@ from .ending import DeadlinePassed, Failed, Observed, ProviderEnded, RunEnding
 from .model import Run
 from .poll_chain import Backoff, PollMessage, PollScheduler
 from .store import RunStore
+from .stream_following import StreamFollower
 
 log = logging.getLogger("bgruns.polling")
 
@@ -59,40 +57,29 @@ class RetrieveObserver:
 
 
 class StreamWatcher:
-    """Watch: hold the response's event stream (it was created streaming) for up to `window` seconds and return
-    at its terminal event; otherwise ask once. `run.watch_position` is where the next step resumes."""
+    """Watch: follow the response's event stream (it was created streaming) for up to `window` seconds and return at
+    its terminal event; otherwise (the window passed, the stream ended or cannot be had) ask once.
+    `run.watch_position` is where the next step resumes."""
 
     def __init__(self, backend: RunBackend, window: float) -> None:
         self._backend = backend
         self._window = window
 
     async def observe(self, run: Run) -> ProviderState:
-        ends = time.monotonic() + self._window
-        while time.monotonic() < ends:
-            try:
-                stream = await self._backend.events(run.response_id, run.watch_position)
-            except ProviderError as error:
-                if error.transient:
-                    break
+        response_id = run.response_id or ""
+        follower = StreamFollower(self._backend, response_id, run.watch_position)
+        try:
+            async with asyncio.timeout(self._window), contextlib.aclosing(follower.events()) as events:
+                async for event in events:
+                    run.watch_position = follower.position
+                    if is_terminal_event(event.type):
+                        return ProviderState(response_id, event.response.status, event.response)
+        except TimeoutError:
+            pass
+        except ProviderError as error:  # the chain's own retry policy (Retry-After included) applies below
+            if not error.transient:
                 log.info("run %s: the provider cannot stream it (%s); polling instead", run.id, error.message)
-                break
-            try:
-                async with asyncio.timeout(max(0.0, ends - time.monotonic())):
-                    async for event in stream:
-                        seq = getattr(event, "sequence_number", None)
-                        if seq is None or seq <= run.watch_position:
-                            continue
-                        run.watch_position = seq
-                        if is_terminal_event(event.type):
-                            return ProviderState(run.response_id, event.response.status, event.response)
-                break  # a clean end without a terminal event (a cancel): ask below
-            except TimeoutError:
-                break
-            except (ValueError, httpx.HTTPError, openai.APIConnectionError, openai.APITimeoutError):
-                continue  # a dropped connection: reconnect from the last event seen
-            finally:
-                await stream.close()
-        return await self._backend.observe(run.response_id)
+        return await self._backend.observe(response_id)
 
 
 class PollOutcome(StrEnum):
