@@ -1,6 +1,7 @@
 """The composition root: settings read once, clients created once and reused, and each collaborator built
-once with exactly what it uses. Entry points ask for the collaborator they serve (`services().poll_step`)
-and nothing reaches through one object into another.
+once with exactly what it uses (a few values of the settings, never the whole; the clients it calls, as the
+protocols it needs). Entry points ask for the collaborator they serve (`services().poll_step`) and nothing
+reaches through one object into another: `Services` holds no settings and no raw client.
 
 Built lazily on the first invocation (inside the worker's event loop, which the async clients bind to). A bad
 setting fails that first invocation with a message naming the setting.

@@ -1,4 +1,5 @@
-"""How a run ends: once, with its follow-ups.
+"""What ending a run does, under runs.ending (the one way a run ends, and the only caller of `finish`): the terminal
+save, once, and its follow-ups.
 
 `finish` stores the result and the terminal status (sticky: a cancel racing a completion cannot be undone
 by either side; whoever saves first wins), every outstanding poll message becomes stale, and then the

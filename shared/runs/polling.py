@@ -1,9 +1,9 @@
-"""One step of a run's poll chain (a queue message): learn the provider's state, then end the run or schedule
-the next step.
+"""One step of a run's poll chain (a queue message): learn the provider's state, then end the run (runs.ending) or
+schedule the next step.
 
 How the state is learned is the completion strategy's observer: `poll` asks once (retrieve by id), `watch`
 holds the provider's stream for a window and returns at its terminal event. With `push` the provider's
-webhooks end runs (runs.provider_events) and this chain is only the safety net, with a slow backoff.
+webhooks end runs (runs.provider_event_inbox) and this chain is only the safety net, with a slow backoff.
 
 The provider is asked first, so a run that completed just before its deadline keeps its output; only a run
 still going at its deadline is cancelled at the provider and ends `expired`. Provider 429/5xx/timeouts are

@@ -1,5 +1,7 @@
-"""The layers of the service, as its imports show them: entry points on top, the API layer beside them,
-the run's life below, framework-free libraries at the bottom; no cycles."""
+"""The layers of the service, as its imports show them: entry points on top, the API layer beside them, the
+composition root, the executor (runs the function app performs itself), the run's life below it, the provider and
+the framework-free libraries at the bottom, the Responses vocabulary under everything; no cycles. One way to end a
+run: only runs.ending calls the lifecycle's finish."""
 from __future__ import annotations
 
 import ast
@@ -8,8 +10,9 @@ from .module_graph import ROOT, graph
 
 GRAPH = graph()
 FRAMEWORKS = ("fastapi", "starlette", "azurefunctions", "azure.functions")
-DOMAIN_AND_LIBRARIES = ("shared.runs", "shared.provider", "shared.webhooks", "shared.clock", "shared.errors",
-                        "shared.retry_after", "shared.settings", "shared.storage")
+DOMAIN_AND_LIBRARIES = ("shared.executor", "shared.runs", "shared.provider", "shared.webhooks", "shared.clock",
+                        "shared.errors", "shared.retry_after", "shared.settings", "shared.storage",
+                        "shared.responses_vocabulary")
 
 
 def _third_party(module: str) -> set[str]:
@@ -35,6 +38,20 @@ def test_the_run_domain_and_the_libraries_know_nothing_of_http_or_functions():
     for module in (m for m in GRAPH if m.startswith(DOMAIN_AND_LIBRARIES)):
         assert not {t for t in _third_party(module) if t.startswith(FRAMEWORKS)}, module
         assert not {d for d in _ours(module) if d.startswith(("shared.api", "shared.functions", "shared.composition"))}, module
+
+
+def test_the_run_domain_knows_nothing_of_the_executor_and_the_provider_nothing_of_either():
+    """The executor is built on the run's life (its runs end through runs.ending, its backend is a RunBackend); the
+    run's life reaches it only through the RunBackend seam, and the provider is below both."""
+    for module in GRAPH:
+        if module.startswith(("shared.runs", "shared.provider")):
+            assert not {d for d in _ours(module) if d.startswith("shared.executor")}, module
+        if module.startswith("shared.provider"):
+            assert not {d for d in _ours(module) if d.startswith("shared.runs")}, module
+
+
+def test_the_responses_vocabulary_is_a_leaf():
+    assert _ours("shared.responses_vocabulary") == set()
 
 
 def test_the_webhooks_library_depends_only_on_leaf_helpers():
