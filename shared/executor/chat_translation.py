@@ -182,8 +182,8 @@ class ChatTranslator:
                            "item": {**self._message, "content": []}})
         if self._part is None or self._part["type"] != kind:
             events += self._close_part()
-            self._part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []} if kind == "output_text" else {
-                "type": "refusal", "refusal": ""}
+            self._part = ({"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+                          if kind == "output_text" else {"type": "refusal", "refusal": ""})
             self._message["content"].append(self._part)
             events.append({"type": "response.content_part.added", **self._where(),
                            "part": json.loads(json.dumps(self._part))})  # a snapshot: the part grows

@@ -260,7 +260,7 @@ class EventLog:
         return len(keys)
 
 
-# -- the log as a live event stream, polled ---------------------------------------------------------------------------------------
+# -- the log as a live event stream, polled --------------------------------------------------------------------
 FOLLOW_MIN_DELAY = 0.2  # about the executor's flush interval: a busy log is looked at about as often as it grows
 FOLLOW_MAX_DELAY = 1.0  # an idle one at most once a second
 RUN_CHECK_SECONDS = 5.0  # idle this long: ask whether the run ended without closing its log (a crash)

@@ -136,8 +136,8 @@ class PollStep:
 
     async def _on_failure(self, run: Run, error: ProviderError) -> PollOutcome | RunStatus:
         if not error.transient:
-            return await self._end(run, Failed(
-                ErrorCode.PROVIDER_ERROR, f"The provider refused to report on the run ({error.status}): {error.message}"))
+            return await self._end(run, Failed(ErrorCode.PROVIDER_ERROR, "The provider refused to report on the run "
+                                               f"({error.status}): {error.message}"))
         if clock.now() >= run.deadline_at:
             return await self._expire(run)
         delay = self._retry_backoff.delay(run.poll_count, retry_after=error.retry_after)

@@ -3,7 +3,8 @@
 Our event ids are the provider's sequence numbers, so "resume after N" is the provider's own
 `starting_after=N`: nothing missed, nothing repeated. The relay reads the provider through a queue (a
 StreamFollower: it reconnects after a provider drop from the last sequence number it saw, invisible to the
-client), so it can send keep-alive comments while idle, and end cleanly before the front end's ~230 s cut with a `reconnect` event.
+client), so it can send keep-alive comments while idle, and end cleanly before the front end's ~230 s cut with a
+`reconnect` event.
 Where the provider cannot stream the response (it was not created streaming, retention passed, a backend
 refuses) the relay falls back to the stored run and still ends with the final run. At the provider's
 terminal event the relay ends the run itself (runs.ending, as the poll chain does), so the final event carries
