@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 from .. import clock
 from ..provider import ProviderError, ProviderState, RunBackend, StartedResponse
+from ..provider.backend import EventStream
 from ..responses_vocabulary import RunStatus
 from ..runs.requests import RUN_ID_PREFIX, valid_id
 from ..runs.store import RunStore
@@ -41,7 +42,7 @@ def executor_response_id(run_id: str) -> str:
 
 
 def is_executor_id(response_id: str | None) -> bool:
-    return bool(response_id) and response_id.startswith(EXECUTOR_ID_PREFIX)
+    return response_id is not None and response_id.startswith(EXECUTOR_ID_PREFIX)
 
 
 def run_id_of(response_id: str) -> str:
@@ -197,7 +198,7 @@ class BackendRouter:
     async def cancel(self, response_id: str) -> ProviderState | None:
         return await self._for(response_id).cancel(response_id)
 
-    async def events(self, response_id: str, after: int):
+    async def events(self, response_id: str, after: int) -> EventStream:
         return await self._for(response_id).events(response_id, after)
 
     async def delete(self, response_id: str) -> None:

@@ -53,7 +53,7 @@ class RetrieveObserver:
         self._backend = backend
 
     async def observe(self, run: Run) -> ProviderState:
-        return await self._backend.observe(run.response_id)
+        return await self._backend.observe(run.response_id or "")
 
 
 class StreamWatcher:

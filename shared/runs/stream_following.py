@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator
 
 import httpx
 import openai
@@ -42,7 +42,7 @@ class StreamFollower:
         self._first = first
         self._tries = 0  # reconnections since the last new event
 
-    async def events(self) -> AsyncIterator[Any]:
+    async def events(self) -> AsyncGenerator[Any, None]:
         while True:
             stream, self._first = self._first, None
             if stream is None:
