@@ -95,8 +95,11 @@ EXECUTOR_CANCEL_SLACK = 10.0
 
 
 def call_whole(call: dict[str, Any]) -> bool:
-    """The model call sent every chunk it had (it ran to its end)."""
-    return not call.get("cut") and 0 < call.get("chunks", 0) <= call.get("chunks_sent", 0)
+    """The model call sent every chunk it had (it ran to its end) and answered: one that ended with the emulator's
+    in-stream server error (`emulator_outcome=failed`) failed on the server's side, which the executor takes as a
+    cut stream and tries again (issue 22), up to EXECUTOR_MAX_ATTEMPTS."""
+    return not call.get("cut") and call.get("outcome") != "failed" \
+        and 0 < call.get("chunks", 0) <= call.get("chunks_sent", 0)
 
 
 def call_stopped_by(call: dict[str, Any]) -> float:

@@ -1,6 +1,7 @@
 """The composition root: settings read once, clients created once and reused, and each collaborator built
-once with exactly what it uses. Entry points ask for the collaborator they serve (`services().poll_step`)
-and nothing reaches through one object into another.
+once with exactly what it uses (a few values of the settings, never the whole; the clients it calls, as the
+protocols it needs). Entry points ask for the collaborator they serve (`services().poll_step`) and nothing
+reaches through one object into another: `Services` holds no settings and no raw client.
 
 Built lazily on the first invocation (inside the worker's event loop, which the async clients bind to). A bad
 setting fails that first invocation with a message naming the setting.
@@ -12,34 +13,38 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from openai.resources.webhooks import AsyncWebhooks
+
 from . import telemetry
+from .api.operations import HealthCheck, configuration
 from .provider import ResponsesBackend, RunBackend, open_provider
-from .provider.direct import DirectModel
+from .executor.attempts import Executor
+from .executor.backend import BackendRouter, ExecutorBackend
+from .executor.event_log import EventLog
+from .executor.model_client import Model, ModelClient
 from .runs.callers import CallerKeys
 from .runs.cancelling import RunCanceller
+from .runs.ending import RunEnding
 from .runs.deleting import RunDeleter
-from .runs.event_log import EventLog
-from .runs.executing import Executor
-from .runs.executor_backend import BackendRouter, ExecutorBackend
 from .runs.idempotency import IdempotencyStore
 from .runs.index import RunIndex
 from .runs.lifecycle import RunLifecycle
 from .runs.listing import RunLister
 from .runs.overview import RunOverview
 from .runs.poll_chain import Backoff, PollScheduler
-from .provider.webhooks import ProviderWebhookVerifier
+from .provider.incoming_events import ProviderEventVerifier
 from .runs.polling import Observer, PollStep, RetrieveObserver, StreamWatcher
-from .runs.provider_events import ProviderEventInbox
+from .runs.provider_event_inbox import ProviderEventInbox
 from .runs.reading import RunReader
 from .runs.relay import RelayFactory
 from .runs.retention import RetentionPurger
 from .runs.sessions import SessionStore
-from .runs.starting import RunStarter
+from .runs.starting import RunStarter, StartRules
 from .runs.store import RunStore
 from .runs.sweeping import Sweeper
 from .runs.tokens import TokenCodec
 from .runs.views import RunViews
-from .runs.webhook_outbox import WebhookOutbox
+from .runs.webhook_outbox import WebhookOutbox, WebhookUrls
 from .settings import Settings
 from .storage import Storage, open_storage
 from .webhooks import WebhookSender
@@ -51,25 +56,39 @@ for _chatty in ("httpx", "httpx2", "azure.core.pipeline.policies.http_logging_po
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """What the HTTP entry points read of the settings."""
+
+    max_request_bytes: int  # a JSON body's limit (MAX_REQUEST_BYTES)
+    max_prefer_wait: float  # the longest `Prefer: wait` holds a start's answer (MAX_PREFER_WAIT_SECONDS)
+    facade_max_wait: float  # the longest the facade waits for a foreground run (RESPONSES_MAX_WAIT_SECONDS)
+
+
 @dataclass
 class Services:
-    settings: Settings
-    storage: Storage
-    views: RunViews
-    reader: RunReader
+    """What the entry points serve, each built once: an entry point takes the one it serves. Nothing here is a raw
+    client or the settings: those stay inside the collaborators that use them."""
+
+    # the HTTP APIs (shared/functions/runs_api, responses_api, console)
     starter: RunStarter
+    reader: RunReader
+    views: RunViews
     canceller: RunCanceller
-    poll_step: PollStep
-    sweeper: Sweeper
-    outbox: WebhookOutbox
-    relays: RelayFactory
-    purger: RetentionPurger
-    provider_events: ProviderEventInbox | None  # None: no provider webhook secret configured
     deleter: RunDeleter
     lister: RunLister
     overview: RunOverview  # the console's extras: webhook lag per run, runs in flight per caller
+    relays: RelayFactory
     callers: CallerKeys  # the Responses API facade's callers, by key
+    limits: RequestLimits
+    health: HealthCheck
+    # the triggers (poll, executor, webhook_delivery, provider_events, sweep, retention)
+    poll_step: PollStep
     executor: Executor
+    outbox: WebhookOutbox
+    provider_events: ProviderEventInbox | None  # None: no provider webhook secret configured
+    sweeper: Sweeper
+    purger: RetentionPurger
     _closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def close(self) -> None:
@@ -77,15 +96,15 @@ class Services:
             await close()
 
 
-def build(settings: Settings, storage: Storage, backend: RunBackend, *, model=None,
-          sender: WebhookSender | None = None, provider_webhooks=None,
+def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: Model,
+          sender: WebhookSender | None = None, provider_webhooks: AsyncWebhooks | None = None,
           closers: tuple[Callable[[], Awaitable[None]], ...] = ()) -> Services:
-    """Every collaborator, built once. `backend` is the provider's background mode; `model` the direct streaming
-    call the executor makes (provider.direct.DirectModel); runs go to one or the other by RUN_BACKEND (and, once
+    """Every collaborator, built once. `backend` is the provider's background mode; `model` the streaming call the
+    executor makes (executor.model_client.ModelClient); runs go to one or the other by RUN_BACKEND (and, once
     started, by their response id). `sender` delivers webhooks (built from the settings when not given; none
     when no signing secret is set); `provider_webhooks` is the openai client's webhook helper resource (verifies
-    the provider's webhooks); `closers` release the clients."""
-    backend = telemetry.traced_backend(backend, settings.provider.kind)  # a span and a count per provider call
+    the provider's events); `closers` release the clients."""
+    traced = telemetry.traced_backend(backend, settings.provider.kind)  # a span and a count per provider call
     store = RunStore(storage.runs, storage.payloads)
     sessions = SessionStore(storage.sessions)
     idempotency = IdempotencyStore(storage.idempotency)
@@ -94,43 +113,52 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model=No
     events = EventLog(storage.events, storage.payloads)
     executor_backend = ExecutorBackend(events, store, storage.execute_queue, model,
                                        stale_seconds=settings.executor.stale_seconds)
-    backend = BackendRouter(backend, executor_backend, settings.executor.backend)
+    router = BackendRouter(traced, executor_backend, settings.executor.backend)
     backoff = Backoff(settings.poll_initial_delay, settings.poll_max_delay, settings.poll_multiplier)
-    chain_backoff, observer = _completion_strategy(settings, backend, backoff)
+    chain_backoff, observer = _completion_strategy(settings, router, backoff)
     scheduler = PollScheduler(store, storage.poll_queue)
     lifecycle = RunLifecycle(store, sessions, index, storage.webhook_queue, settings.retention_seconds,
                              inline_safety_delay=settings.webhook_timeout + 5)
     views = RunViews(tokens, poll_initial_delay=settings.poll_initial_delay, poll_max_delay=settings.poll_max_delay)
     reader = RunReader(store, sessions, tokens, settings.retention_seconds)
-    starter = RunStarter(settings, store, sessions, idempotency, index, backend, scheduler, lifecycle, chain_backoff)
-    canceller = RunCanceller(reader, backend, lifecycle, store)
-    lister = RunLister(index, store)
     if sender is None and settings.webhook_secrets:
         sender = WebhookSender(settings.webhook_secrets, timeout=settings.webhook_timeout,
                                allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private)
     outbox = WebhookOutbox(store, reader, index, sender, storage.webhook_queue, views, settings.webhook_schedule)
+    ending = RunEnding(lifecycle, outbox)
+    rules = StartRules(default_model=settings.provider.default_model, run_deadline=settings.run_deadline,
+                       max_prefer_wait=settings.max_prefer_wait, retention_seconds=settings.retention_seconds,
+                       start_grace=2 * settings.provider.timeout_seconds + 5,
+                       create_streaming=settings.completion.strategy == "watch",
+                       remember_responses=settings.completion.strategy == "push")
+    webhook_urls = WebhookUrls(enabled=bool(settings.webhook_secrets), allow_http=settings.webhook_allow_http,
+                               allow_private=settings.webhook_allow_private)
+    starter = RunStarter(rules, store, sessions, idempotency, index, router, webhook_urls, scheduler, chain_backoff,
+                         ending, lifecycle)
+    canceller = RunCanceller(reader, router, ending, store)
+    lister = RunLister(index, store)
     secrets = settings.completion.provider_webhook_secrets
-    inbox = (ProviderEventInbox(ProviderWebhookVerifier(provider_webhooks, secrets), index, store, backend, lifecycle,
-                                scheduler, outbox) if secrets and provider_webhooks is not None else None)
+    inbox = (ProviderEventInbox(ProviderEventVerifier(provider_webhooks, secrets), index, store, router, ending,
+                                scheduler) if secrets and provider_webhooks is not None else None)
     return Services(
-        settings=settings, storage=storage, views=views, reader=reader, starter=starter,
-        canceller=canceller,
-        poll_step=PollStep(store, backend, observer, lifecycle, scheduler, outbox, chain_backoff,
-                           retry_backoff=backoff),
-        provider_events=inbox,
-        sweeper=Sweeper(store, index, lifecycle, scheduler, storage.webhook_queue, grace=settings.sweep_grace,
-                        start_grace=starter.start_grace,
-                        webhook_slack=settings.webhook_timeout + settings.sweep_grace),
-        outbox=outbox,
-        relays=RelayFactory(store, backend, lifecycle, views, max_seconds=settings.stream_max_seconds,
+        starter=starter, reader=reader, views=views, canceller=canceller,
+        deleter=RunDeleter(reader, canceller, router, store, index, sessions, settings.retention_seconds),
+        lister=lister, overview=RunOverview(lister, store, index),
+        relays=RelayFactory(store, router, ending, views, max_seconds=settings.stream_max_seconds,
                             keepalive_seconds=settings.stream_keepalive_seconds,
                             fallback_max_delay=settings.poll_max_delay),
-        purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds, events=events),
-        deleter=RunDeleter(reader, canceller, backend, store, index, sessions, settings.retention_seconds),
-        lister=lister,
-        overview=RunOverview(lister, store, index),
         callers=CallerKeys(settings.facade.api_keys),
-        executor=Executor(store, events, lifecycle, model, settings.executor),
+        limits=RequestLimits(max_request_bytes=settings.max_request_bytes, max_prefer_wait=settings.max_prefer_wait,
+                             facade_max_wait=settings.facade.max_wait_seconds),
+        health=HealthCheck(configuration(settings), storage.runs),
+        poll_step=PollStep(store, observer, router, ending, scheduler, chain_backoff, retry_backoff=backoff),
+        executor=Executor(store, events, ending, model, settings.executor),
+        outbox=outbox,
+        provider_events=inbox,
+        sweeper=Sweeper(store, index, ending, lifecycle, scheduler, storage.webhook_queue,
+                        grace=settings.sweep_grace, start_grace=rules.start_grace,
+                        webhook_slack=settings.webhook_timeout + settings.sweep_grace),
+        purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds, events=events),
         _closers=(*((sender.aclose,) if sender else ()), *closers),
     )
 
@@ -164,7 +192,7 @@ async def services() -> Services:
                     await provider.close()
                     await storage.close()
                     raise
-                model = DirectModel(provider, api=settings.executor.api,
+                model = ModelClient(provider, api=settings.executor.api,
                                     idle_timeout=settings.executor.idle_timeout_seconds,
                                     connect_timeout=settings.provider.timeout_seconds,
                                     emulator_knobs=settings.provider.kind == "emulator")

@@ -16,6 +16,7 @@ import math
 from collections import Counter
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any, AsyncIterator, Iterable, Mapping, Protocol
 
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables.aio import TableClient, TableServiceClient
@@ -52,13 +53,41 @@ def _credential(settings: StorageSettings):
     return DefaultAzureCredential()
 
 
+# -- what the service's stores and queues need of storage (the Azure clients; in unit tests, tests/unit/fakes.py) --
+class Queue(Protocol):
+    """A queue the service sends JSON messages to, optionally invisible for a delay."""
+
+    async def send(self, message: dict[str, Any], delay_seconds: float = 0.0) -> None: ...
+
+
+class Table(Protocol):
+    """The calls the stores make on one table (azure.data.tables.aio.TableClient)."""
+
+    async def create_entity(self, entity: Mapping[str, Any], **kwargs: Any) -> Mapping[str, Any]: ...
+    async def get_entity(self, partition_key: str, row_key: str, **kwargs: Any) -> Any: ...
+    async def update_entity(self, entity: Mapping[str, Any], mode: Any = ..., **kwargs: Any) -> Mapping[str, Any]: ...
+    async def upsert_entity(self, entity: Mapping[str, Any], mode: Any = ..., **kwargs: Any) -> Mapping[str, Any]: ...
+    async def delete_entity(self, partition_key: str, row_key: str, **kwargs: Any) -> None: ...
+    def query_entities(self, query_filter: str, **kwargs: Any) -> AsyncIterator[Any]: ...
+    async def submit_transaction(self, operations: Iterable[Any], **kwargs: Any) -> list[Mapping[str, Any]]: ...
+
+
+class BlobContainer(Protocol):
+    """The calls the stores make on the payload container (azure.storage.blob.aio.ContainerClient)."""
+
+    async def upload_blob(self, name: str, data: bytes, **kwargs: Any) -> Any: ...
+    async def download_blob(self, blob: str, **kwargs: Any) -> Any: ...
+    async def delete_blob(self, blob: str, **kwargs: Any) -> None: ...
+    def list_blobs(self, name_starts_with: str | None = None, **kwargs: Any) -> AsyncIterator[Any]: ...
+
+
 class MessageQueue:
     """One queue the service sends JSON messages to, optionally invisible for a delay (whole seconds)."""
 
     def __init__(self, client: QueueClient) -> None:
         self.client = client
 
-    async def send(self, message: dict, delay_seconds: float = 0.0) -> None:
+    async def send(self, message: dict[str, Any], delay_seconds: float = 0.0) -> None:
         await self.client.send_message(json.dumps(message, separators=(",", ":")),
                                        visibility_timeout=max(0, math.ceil(delay_seconds)) or None)
 

@@ -9,12 +9,12 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from ..settings import Settings
-from ..storage import STORAGE_REQUESTS
+from ..storage import STORAGE_REQUESTS, Table
 
 
-async def health_checks(settings: Settings, runs_table) -> tuple[dict[str, Any], bool]:
-    """The checks, and whether the service is healthy (storage answers: a point read of the runs table)."""
-    checks: dict[str, Any] = {
+def configuration(settings: Settings) -> dict[str, Any]:
+    """What is configured, counted (never a secret): the provider, how runs run and end, webhooks, the callers."""
+    return {
         "provider": {"kind": settings.provider.kind, "default_model": settings.provider.default_model,
                      "auth": "key" if settings.provider.api_key else "entra_id"},
         "backend": {"run_backend": settings.executor.backend, "executor_api": settings.executor.api},
@@ -24,14 +24,27 @@ async def health_checks(settings: Settings, runs_table) -> tuple[dict[str, Any],
         "responses_api": {"callers": len({key.caller for key in settings.facade.api_keys}),
                           "keys": len(settings.facade.api_keys)},
     }
-    try:
-        await runs_table.get_entity("health-check", "run")
-        checks["storage"] = "ok"
-    except ResourceNotFoundError:  # storage answered: that is all this checks
-        checks["storage"] = "ok"
-    except AzureError as error:
-        checks["storage"] = type(error).__name__
-    return checks, checks["storage"] == "ok"
+
+
+class HealthCheck:
+    """The checks behind GET /api/health: the configuration, and whether storage answers (a point read of the runs
+    table)."""
+
+    def __init__(self, configured: dict[str, Any], runs_table: Table) -> None:
+        self._configured = configured
+        self._runs_table = runs_table
+
+    async def check(self) -> tuple[dict[str, Any], bool]:
+        """The checks, and whether the service is healthy."""
+        checks = dict(self._configured)
+        try:
+            await self._runs_table.get_entity("health-check", "run")
+            checks["storage"] = "ok"
+        except ResourceNotFoundError:  # storage answered: that is all this checks
+            checks["storage"] = "ok"
+        except AzureError as error:
+            checks["storage"] = type(error).__name__
+        return checks, checks["storage"] == "ok"
 
 
 def process_metrics() -> dict[str, Any]:

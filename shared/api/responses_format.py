@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..responses_vocabulary import OPENAI_ERROR_CODES, SERVER_ERROR
 from ..runs.model import Run
 from ..runs.relay import sse
 
@@ -31,14 +32,6 @@ STATUS = {"queued": "queued", "in_progress": "in_progress", "completed": "comple
           "failed": "failed", "expired": "failed", "incomplete": "incomplete", "cancelled": "cancelled"}
 FINAL_EVENT_TYPE = {"completed": "response.completed", "failed": "response.failed",
                     "incomplete": "response.incomplete", "cancelled": "response.incomplete"}
-# OpenAI's ResponseErrorCode: any other code is reported as server_error.
-OPENAI_ERROR_CODES = frozenset({
-    "server_error", "rate_limit_exceeded", "invalid_prompt", "data_residency_mismatch", "bio_policy",
-    "vector_store_timeout", "invalid_image", "invalid_image_format", "invalid_base64_image", "invalid_image_url",
-    "image_too_large", "image_too_small", "image_parse_error", "image_content_policy_violation",
-    "invalid_image_mode", "image_file_too_large", "unsupported_image_media_type", "empty_image_file",
-    "failed_to_download_image", "image_file_not_found",
-})
 SERVICE_METADATA_PREFIX = "bg_"
 
 
@@ -136,7 +129,7 @@ def _replace(value: Any, old: str | None, new: str) -> Any:
 
 def _error(error: dict[str, Any] | None) -> dict[str, Any]:
     error = error or {}
-    code, message = error.get("code") or "server_error", error.get("message") or "The response failed."
+    code, message = error.get("code") or SERVER_ERROR, error.get("message") or "The response failed."
     if code in OPENAI_ERROR_CODES:
         return {"code": code, "message": message}
-    return {"code": "server_error", "message": f"{code}: {message}"}
+    return {"code": SERVER_ERROR, "message": f"{code}: {message}"}

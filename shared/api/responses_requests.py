@@ -6,7 +6,7 @@ naming the parameter, never dropped: `conversation` (provider-side state), `back
 (the service keeps every run: that is what makes it durable), `stream_options` without `stream`, and any
 parameter the Responses API does not have. On executor runs the parameters go to the model API under its names,
 and one it has no equivalent for is refused the same way when the run starts, before anything is written
-(shared/provider/direct_params.py). Our additions ride in the body (`extra_body` in the SDK): `webhook_url` and
+(shared/executor/parameters.py). Our additions ride in the body (`extra_body` in the SDK): `webhook_url` and
 `deadline_seconds`.
 """
 from __future__ import annotations

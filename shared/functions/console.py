@@ -24,7 +24,7 @@ from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Respon
 from .. import telemetry
 from ..api.callers import authenticated
 from ..api.errors import handler
-from ..api.operations import health_checks, process_metrics
+from ..api.operations import process_metrics
 from ..api.queries import path_param, run_list_query
 from ..api.streams import resume_position, streaming_response
 from ..composition import Services, services
@@ -179,7 +179,7 @@ async def console_operations(req: Request) -> Response:
     svc, caller = await _console(req, "console_operations")
     if not caller.operator:
         raise Forbidden("operator_only", "The operator view needs an operator key.")
-    checks, healthy = await health_checks(svc.settings, svc.storage.runs)
+    checks, healthy = await svc.health.check()
     in_flight = await svc.overview.in_flight_by_caller()
     idle = {"active": 0, "webhook_pending": 0}
     callers = {c.name: {"operator": c.operator, **in_flight["callers"].get(c.name, idle)} for c in svc.callers.callers}

@@ -1,5 +1,5 @@
 """The executor's queue trigger: one model call per message, for runs the function app executes itself
-(shared.runs.executing). The invocation lasts as long as the call, bounded by host.json functionTimeout."""
+(shared.executor.attempts). The invocation lasts as long as the call, bounded by host.json functionTimeout."""
 from __future__ import annotations
 
 import logging

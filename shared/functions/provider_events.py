@@ -1,4 +1,4 @@
-"""The provider's webhooks in (OpenAI / Azure OpenAI `response.*` events): shared.runs.provider_events.
+"""The provider's events pushed in (OpenAI / Azure OpenAI `response.*` webhooks): shared.runs.provider_event_inbox.
 
 Anonymous at the Functions level, because the provider cannot send a function key: every delivery is verified
 against PROVIDER_WEBHOOK_SECRETS (Standard Webhooks signature, 300 s tolerance) before anything is read or

@@ -36,7 +36,7 @@ from ..composition import Services, services
 from ..errors import NotFound
 from ..runs.callers import Caller
 from ..runs.model import Run
-from ..runs.starting import Started
+from ..runs.starting import StartedRun
 from ..storage import counting_as
 
 bp = func.Blueprint()
@@ -53,7 +53,7 @@ event_format = ResponsesEventFormat(renderer)
 # -- the handlers (one set, routed under each prefix below) ------------------------------------------------------
 async def create(req: Request) -> Response:
     svc, caller = await _facade(req, "create_response")
-    body = parse_create_body(await json_body(req, svc.settings.max_request_bytes))
+    body = parse_create_body(await json_body(req, svc.limits.max_request_bytes))
     key = req.headers.get("idempotency-key")
     if body.stream:
         started = await svc.starter.start(body.request, caller=caller, idempotency_key=key)
@@ -124,7 +124,7 @@ def _location(req: Request, run_id: str) -> str:
     return f"{req.url.path.split('/responses', 1)[0]}/responses/{run_id}"
 
 
-async def _follow(svc: Services, started: Started, caller: Caller) -> Run:
+async def _follow(svc: Services, started: StartedRun, caller: Caller) -> Run:
     """Wait for a foreground run: follow its provider stream (the relay ends the run at the provider's final
     event), for at most RESPONSES_MAX_WAIT_SECONDS; then the run as stored, ended or not."""
     run = started.run
@@ -132,7 +132,7 @@ async def _follow(svc: Services, started: Started, caller: Caller) -> Run:
         events = svc.relays.relay(run, -1, started.events, event_format).events()
         follower = asyncio.create_task(_drain(events))
         try:
-            await asyncio.wait({follower}, timeout=svc.settings.facade.max_wait_seconds)
+            await asyncio.wait({follower}, timeout=svc.limits.facade_max_wait)
         finally:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)

@@ -13,7 +13,7 @@ from ..composition import Services, services
 from ..errors import invalid
 from ..api.errors import handler
 from ..api.bodies import json_body, parse_json_body, read_body
-from ..api.operations import health_checks, process_metrics
+from ..api.operations import process_metrics
 from ..api.queries import path_param, run_list_query
 from ..api.run_requests import parse_run_body
 from ..api.streams import resume_position, streaming_response
@@ -70,7 +70,7 @@ async def _api(name: str) -> Services:
 @handler
 async def create_run(req: Request) -> Response:
     svc = await _api("create_run")
-    body = parse_run_body(await json_body(req, svc.settings.max_request_bytes))
+    body = parse_run_body(await json_body(req, svc.limits.max_request_bytes))
     if body.continuation_token is not None:
         run, claims = await svc.reader.get_by_token(body.continuation_token)
         if body.stream:  # resume the stream right after the token's position
@@ -81,7 +81,7 @@ async def create_run(req: Request) -> Response:
         started = await svc.starter.start(body.request, idempotency_key=key)
         return streaming_response(svc.relays.relay(started.run, -1, started.events), _location(started.run.id))
     started = await svc.starter.start(body.request, idempotency_key=key,
-                                      wait_seconds=_prefer_wait(req, body.background, svc.settings.max_prefer_wait))
+                                      wait_seconds=_prefer_wait(req, body.background, svc.limits.max_prefer_wait))
     return _run_response(svc, started.run)
 
 
@@ -141,9 +141,9 @@ async def redeliver_webhook(req: Request) -> Response:
 @handler
 async def create_session(req: Request) -> Response:
     svc = await _api("create_session")
-    raw = await read_body(req, svc.settings.max_request_bytes)
+    raw = await read_body(req, svc.limits.max_request_bytes)
     if raw.strip():
-        body = parse_json_body(raw, svc.settings.max_request_bytes)
+        body = parse_json_body(raw, svc.limits.max_request_bytes)
         if body:
             name = sorted(body)[0]
             raise invalid(f"Unknown field '{name}'.", param=name, code="unknown_field")
@@ -187,7 +187,7 @@ async def _health() -> tuple[str, int, dict[str, Any]]:
         return "unhealthy", 503, {"settings": str(error)}
     except Exception as error:  # noqa: BLE001
         return "unhealthy", 503, {"startup": type(error).__name__}
-    checks, healthy = await health_checks(svc.settings, svc.storage.runs)
+    checks, healthy = await svc.health.check()
     return ("healthy", 200, checks) if healthy else ("degraded", 503, checks)
 
 

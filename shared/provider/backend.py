@@ -15,9 +15,8 @@ from typing import Any, AsyncIterator, Protocol
 import openai
 from openai import AsyncOpenAI
 
+from ..responses_vocabulary import ACTIVE_STATUSES
 from .errors import ProviderError, classify
-
-ACTIVE_PROVIDER_STATUSES = frozenset({"queued", "in_progress"})
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class ProviderState:
 
     @property
     def is_active(self) -> bool:
-        return self.status in ACTIVE_PROVIDER_STATUSES
+        return self.status in ACTIVE_STATUSES
 
 
 class EventStream(Protocol):
@@ -41,7 +40,7 @@ class EventStream(Protocol):
 
 
 @dataclass
-class Started:
+class StartedResponse:
     state: ProviderState
     events: EventStream | None = None  # for streaming starts: the create call's own event stream
 
@@ -50,7 +49,7 @@ class RunBackend(Protocol):
     kind: str  # "background" or "executor": what runs started through it say ran them
 
     def check(self, params: dict[str, Any]) -> None: ...  # before anything is written: raises RequestRefused
-    async def start(self, params: dict[str, Any], *, stream: bool) -> Started: ...
+    async def start(self, params: dict[str, Any], *, stream: bool) -> StartedResponse: ...
     async def observe(self, response_id: str) -> ProviderState: ...
     async def cancel(self, response_id: str) -> ProviderState | None: ...
     async def events(self, response_id: str, after: int) -> EventStream: ...
@@ -83,13 +82,13 @@ class ResponsesBackend:
     def check(self, params: dict[str, Any]) -> None:
         """Nothing to refuse here: the provider judges the parameters it is passed."""
 
-    async def start(self, params: dict[str, Any], *, stream: bool) -> Started:
+    async def start(self, params: dict[str, Any], *, stream: bool) -> StartedResponse:
         """Create the response with background=true (never retried: a retry could start a second one)."""
         try:
             if not stream:  # plain JSON, as in observe(): the SDK's model parsing is the costly part
                 raw = await self._client.responses.with_raw_response.create(**params, background=True)
                 data = json.loads(raw.http_response.content)
-                return Started(ProviderState(data["id"], data["status"], data))
+                return StartedResponse(ProviderState(data["id"], data["status"], data))
             reply = await self._client.responses.create(**params, background=True, stream=True)
         except Exception as error:  # noqa: BLE001 - classified
             raise classify(error) from None
@@ -98,7 +97,7 @@ class ResponsesBackend:
         except Exception as error:  # noqa: BLE001 - a stream that ends or breaks before its first event
             await reply.close()
             raise _early_stream_failure(error) from None
-        return Started(_state(first.response), _PrefixedStream(first, reply))
+        return StartedResponse(_state(first.response), _PrefixedStream(first, reply))
 
     async def observe(self, response_id: str) -> ProviderState:
         """The response as plain JSON: on the poll chain's hot path, parsing it into the SDK's models would cost

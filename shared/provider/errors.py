@@ -2,9 +2,12 @@
 message is the provider's text with anything key-like redacted (shared/redaction.py)."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import openai
 
 from ..redaction import redact
+from ..responses_vocabulary import STATUS_OF_ERROR_NAME
 from ..retry_after import retry_after_from_headers
 
 
@@ -38,12 +41,40 @@ def classify(error: Exception) -> ProviderError:
     if isinstance(error, openai.APIStatusError):
         status = error.status_code
         code = getattr(error, "code", None)
-        transient = (status in (408, 409, 429) or status >= 500) and not (status == 429 and code == "insufficient_quota")
-        return ProviderError(transient=transient, status=status, message=_message(error),
+        return ProviderError(transient=_worth_retrying(status, code), status=status, message=_message(error),
                              retry_after=retry_after_from_headers(error.response.headers), code=code)
     if isinstance(error, openai.OpenAIError):  # e.g. a reply the SDK could not parse
         return ProviderError(transient=True, status=None, message=f"unexpected provider reply: {type(error).__name__}")
     raise error
+
+
+def reported_in_stream(error: Any, message: str | None = None) -> ProviderError:
+    """A failure the model reports inside its stream (Chat Completions' `{"error": {...}}` chunk, a Responses `error`
+    event, a failed response's `error`), judged as the same failure answered with that HTTP status would be: one on
+    the server's side (5xx, 429, a timeout) is transient; any other, or one that names no status, is not. The status
+    is the code or type it names: a number (LiteLLM sends the upstream's status as the code) or OpenAI's name for it
+    (`server_error`, `rate_limit_exceeded`, ...)."""
+    fields: Mapping[str, Any] = error if isinstance(error, Mapping) else {}
+    code = fields.get("code")
+    status = next((s for s in map(_status_named, (code, fields.get("type"), fields.get("status"))) if s), None)
+    text = message or str(fields.get("message") or "the model reported a failure")
+    return ProviderError(transient=status is not None and _worth_retrying(status, code), status=status,
+                         message=f"the model reported a failure in its stream: {text}",
+                         code=str(code) if code is not None else None)
+
+
+def _status_named(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        return value
+    if isinstance(value, str):
+        if value.isdigit() and len(value) == 3:
+            return int(value)
+        return STATUS_OF_ERROR_NAME.get(value.lower())
+    return None
+
+
+def _worth_retrying(status: int, code: Any) -> bool:
+    return (status in (408, 409, 429) or status >= 500) and not (status == 429 and code == "insufficient_quota")
 
 
 def _message(error: openai.APIStatusError) -> str:

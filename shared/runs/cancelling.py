@@ -8,22 +8,21 @@ import logging
 from ..errors import Unavailable, UpstreamError
 from .. import telemetry
 from ..provider import ProviderError, RunBackend
+from ..responses_vocabulary import RunStatus
 from .callers import OPERATOR, Caller
-from .lifecycle import RunLifecycle
+from .ending import Cancelled, Observed, ProviderEnded, RunEnding
 from .model import Run
 from .reading import RunReader
-from .results import cancelled_result, result_from_response
 from .store import RunStore
 
 log = logging.getLogger("bgruns.cancelling")
 
 
 class RunCanceller:
-    def __init__(self, reader: RunReader, backend: RunBackend, lifecycle: RunLifecycle,
-                 store: RunStore | None = None) -> None:
+    def __init__(self, reader: RunReader, backend: RunBackend, ending: RunEnding, store: RunStore) -> None:
         self._reader = reader
         self._backend = backend
-        self._lifecycle = lifecycle
+        self._ending = ending
         self._store = store  # for the timeline note of a refused cancel
 
     async def cancel(self, run_id: str, *, caller: Caller = OPERATOR) -> Run:
@@ -32,24 +31,23 @@ class RunCanceller:
             return run
         with telemetry.run_step("cancel run", run, logger=log.name):
             telemetry.record(run, "cancel_requested")
+            observed: Observed = Cancelled()
             if run.response_id:  # a run still starting has none yet: its start cancels the response it gets
                 try:
                     state = await self._backend.cancel(run.response_id)
                 except ProviderError as error:
                     await self._note_refusal(run, error)
                     raise self._refused(run, error) from None
-                if state is not None and not state.is_active and state.status != "cancelled":
-                    status, result = result_from_response(state.response)  # it finished before the cancel landed
-                    return await self._lifecycle.finish(run, status, result)
-            return await self._lifecycle.finish(run, "cancelled", cancelled_result())
+                if state is not None and not state.is_active and state.status != RunStatus.CANCELLED:
+                    observed = ProviderEnded(state.response)  # it finished before the cancel landed
+            # The caller's answer does not wait on its webhook receiver: the queue delivers at once.
+            return await self._ending.end(run, observed, deliver_now=False)
 
     async def _note_refusal(self, run: Run, error: ProviderError) -> None:
         """Best effort: the run's timeline shows the refused cancel (the poll chain keeps such a note when it
         saves next; if the run changed meanwhile, the note is left out)."""
         telemetry.record(run, "cancel_refused" if not error.transient else "cancel_failed",
                          provider_status_code=error.status)
-        if self._store is None:
-            return
         try:
             await self._store.save(run)
         except Exception:  # noqa: BLE001 - a diary entry never changes the answer

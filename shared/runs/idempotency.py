@@ -15,6 +15,7 @@ from azure.data.tables import UpdateMode
 
 from .. import clock
 from ..errors import Conflict, InvalidRequest
+from ..storage import Table
 
 WINDOW_SECONDS = 24 * 3600
 MAX_KEY_LENGTH = 255
@@ -41,8 +42,8 @@ def _key_digest(key: str, scope: str | None) -> str:
 class IdempotencyStore:
     window = WINDOW_SECONDS
 
-    def __init__(self, table) -> None:
-        self._table = table  # azure.data.tables.aio.TableClient
+    def __init__(self, table: Table) -> None:
+        self._table = table
 
     async def claim(self, key: str, fingerprint: str, run_id: str, scope: str | None = None) -> Claim:
         """Claim `key` for `run_id`, or return the run that already holds it."""

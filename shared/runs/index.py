@@ -22,6 +22,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from .model import Run
+from ..storage import Table
 
 OPEN = "open"
 EXPIRES_PREFIX = "expires-"
@@ -64,8 +65,8 @@ def _list_partitions(run: Run) -> list[str]:
 
 
 class RunIndex:
-    def __init__(self, table) -> None:
-        self._table = table  # azure.data.tables.aio.TableClient
+    def __init__(self, table: Table) -> None:
+        self._table = table
 
     # -- open work ------------------------------------------------------------------------------------------
     async def mark_open(self, run_id: str) -> None:

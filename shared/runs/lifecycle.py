@@ -1,4 +1,5 @@
-"""How a run ends: once, with its follow-ups.
+"""What ending a run does, under runs.ending (the one way a run ends, and the only caller of `finish`): the terminal
+save, once, and its follow-ups.
 
 `finish` stores the result and the terminal status (sticky: a cancel racing a completion cannot be undone
 by either side; whoever saves first wins), every outstanding poll message becomes stale, and then the
@@ -13,7 +14,9 @@ from typing import Any
 
 from .. import clock, telemetry
 from .index import RunIndex
-from .model import CONTINUABLE_STATUSES, Run
+from ..responses_vocabulary import CONTINUABLE_STATUSES
+from ..storage import Queue
+from .model import Run
 from .sessions import SessionConflict, SessionStore
 from .store import RunConflict, RunStore
 from .webhook_state import WebhookState
@@ -22,12 +25,12 @@ log = logging.getLogger("bgruns.lifecycle")
 
 
 class RunLifecycle:
-    def __init__(self, store: RunStore, sessions: SessionStore, index: RunIndex, webhook_queue,
+    def __init__(self, store: RunStore, sessions: SessionStore, index: RunIndex, webhook_queue: Queue,
                  retention_seconds: float, inline_safety_delay: float) -> None:
         self._store = store
         self._sessions = sessions
         self._index = index
-        self._webhook_queue = webhook_queue  # shared.storage.MessageQueue
+        self._webhook_queue = webhook_queue
         self._retention = retention_seconds
         # When the finisher makes the first delivery attempt itself, the queued message waits this long, as the
         # safety net for a finisher that dies mid-attempt (a message that finds the delivery done does nothing).
@@ -98,16 +101,11 @@ class RunLifecycle:
             return
         for _ in range(5):
             session = await self._sessions.get(run.session_id)
-            if session is None:
-                return
-            changed = False
-            if run.status in CONTINUABLE_STATUSES and run.response_id and session.active_run_id == run.id:
-                changed = session.last_response_id != run.response_id
+            if session is None or session.active_run_id != run.id:
+                return  # gone, or it has moved on from this run: nothing here is this run's to change
+            if run.status in CONTINUABLE_STATUSES and run.response_id:
                 session.last_response_id = run.response_id
-            if session.active_run_id == run.id:
-                session.active_run_id, session.active_since, changed = None, 0.0, True
-            if not changed:
-                return
+            session.active_run_id, session.active_since = None, 0.0
             try:
                 await self._sessions.save(session)
                 return

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import InvalidRequest
 from .callers import OPERATOR, Caller
 from .index import RunIndex, list_partition
-from .model import ACTIVE_STATUSES, TERMINAL_STATUSES
+from ..responses_vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
 from .store import RunStore
 
 MAX_PAGE = 100

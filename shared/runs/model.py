@@ -9,13 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..responses_vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
 from ..telemetry import Timeline
 from .webhook_state import WebhookState
-
-ACTIVE_STATUSES = frozenset({"queued", "in_progress"})
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete", "requires_action", "expired"})
-# Terminal statuses that come with a provider response worth continuing a session from.
-CONTINUABLE_STATUSES = frozenset({"completed", "requires_action", "incomplete"})
 
 
 @dataclass
@@ -44,7 +40,7 @@ class Run:
     # The provider's Response as it last reported it, without its output (the create reply; the final response
     # is kept in the result): what a Responses-API rendering of the run is made from.
     response: dict[str, Any] | None = None
-    backend: str = "background"  # what ran it: the provider's background mode, or the executor (shared.runs.executing)
+    backend: str = "background"  # what ran it: the provider's background mode, or the executor (shared.executor.attempts)
     etag: str | None = None
     # W3C trace context of the run's trace (decided at its start; every later step joins it), and its timeline.
     traceparent: str = ""

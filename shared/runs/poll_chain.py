@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from .. import clock, telemetry
 from ..telemetry import context as trace_context
+from ..storage import Queue
 from .model import Run
 from .store import RunConflict, RunStore
 
@@ -75,9 +76,9 @@ class Backoff:
 
 
 class PollScheduler:
-    def __init__(self, store: RunStore, queue) -> None:
+    def __init__(self, store: RunStore, queue: Queue) -> None:
         self._store = store
-        self._queue = queue  # shared.storage.MessageQueue for the poll queue
+        self._queue = queue  # the poll queue
 
     async def schedule(self, run: Run, delay: float, *, status: str | None = None, event: str = "poll",
                        error: str | None = None, save_all: bool = False) -> bool:

@@ -1,43 +1,37 @@
-"""One step of a run's poll chain (a queue message): learn the provider's state, then end the run or schedule
-the next step.
+"""One step of a run's poll chain (a queue message): learn the provider's state, then end the run (runs.ending) or
+schedule the next step.
 
 How the state is learned is the completion strategy's observer: `poll` asks once (retrieve by id), `watch`
 holds the provider's stream for a window and returns at its terminal event. With `push` the provider's
-webhooks end runs (runs.provider_events) and this chain is only the safety net, with a slow backoff.
+webhooks end runs (runs.provider_event_inbox) and this chain is only the safety net, with a slow backoff.
 
 The provider is asked first, so a run that completed just before its deadline keeps its output; only a run
 still going at its deadline is cancelled at the provider and ends `expired`. Provider 429/5xx/timeouts are
 retried on the chain, honouring Retry-After; a refusal that retrying cannot fix (auth, configuration) fails
-the run with the provider's message. A step that ends a run makes the first webhook attempt itself.
+the run with the provider's message. A step that ends a run does it through runs.ending, which makes the first
+webhook attempt right there.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
+from enum import StrEnum
 from typing import Any, Mapping, Protocol
-
-import httpx
-import openai
 
 from .. import clock, telemetry
 from ..provider import ProviderError, ProviderState, RunBackend
-from .lifecycle import RunLifecycle
+from ..responses_vocabulary import ErrorCode, RunStatus, is_terminal_event
+from .ending import DeadlinePassed, Failed, Observed, ProviderEnded, RunEnding
 from .model import Run
 from .poll_chain import Backoff, PollMessage, PollScheduler
-from .results import failure_result, result_from_response
 from .store import RunStore
-from .webhook_outbox import WebhookOutbox
+from .stream_following import StreamFollower
 
 log = logging.getLogger("bgruns.polling")
 
 # A message one step ahead of the run was sent by a writer that has not saved yet; give it a moment.
 EARLY_MESSAGE_RETRIES = 3
-# Provider stream events that end a response (a cancelled response's stream just ends).
-TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
-# The first webhook attempt made by the step that ended the run must not hold the step (or the provider's
-# webhook call) for long; the queued safety-net message takes over after this.
-INLINE_WEBHOOK_BUDGET_SECONDS = 5.0
 # A cancel at the deadline that fails for now is tried again for this long; then the run ends expired anyway.
 CANCEL_RETRY_WINDOW_SECONDS = 600.0
 
@@ -59,146 +53,119 @@ class RetrieveObserver:
         self._backend = backend
 
     async def observe(self, run: Run) -> ProviderState:
-        return await self._backend.observe(run.response_id)
+        return await self._backend.observe(run.response_id or "")
 
 
 class StreamWatcher:
-    """Watch: hold the response's event stream (it was created streaming) for up to `window` seconds and return
-    at its terminal event; otherwise ask once. `run.watch_position` is where the next step resumes."""
+    """Watch: follow the response's event stream (it was created streaming) for up to `window` seconds and return at
+    its terminal event; otherwise (the window passed, the stream ended or cannot be had) ask once.
+    `run.watch_position` is where the next step resumes."""
 
     def __init__(self, backend: RunBackend, window: float) -> None:
         self._backend = backend
         self._window = window
 
     async def observe(self, run: Run) -> ProviderState:
-        ends = time.monotonic() + self._window
-        while time.monotonic() < ends:
-            try:
-                stream = await self._backend.events(run.response_id, run.watch_position)
-            except ProviderError as error:
-                if error.transient:
-                    break
+        response_id = run.response_id or ""
+        follower = StreamFollower(self._backend, response_id, run.watch_position)
+        try:
+            async with asyncio.timeout(self._window), contextlib.aclosing(follower.events()) as events:
+                async for event in events:
+                    run.watch_position = follower.position
+                    if is_terminal_event(event.type):
+                        return ProviderState(response_id, event.response.status, event.response)
+        except TimeoutError:
+            pass
+        except ProviderError as error:  # the chain's own retry policy (Retry-After included) applies below
+            if not error.transient:
                 log.info("run %s: the provider cannot stream it (%s); polling instead", run.id, error.message)
-                break
-            try:
-                async with asyncio.timeout(max(0.0, ends - time.monotonic())):
-                    async for event in stream:
-                        seq = getattr(event, "sequence_number", None)
-                        if seq is None or seq <= run.watch_position:
-                            continue
-                        run.watch_position = seq
-                        if event.type in TERMINAL_EVENTS:
-                            return ProviderState(run.response_id, event.response.status, event.response)
-                break  # a clean end without a terminal event (a cancel): ask below
-            except TimeoutError:
-                break
-            except (ValueError, httpx.HTTPError, openai.APIConnectionError, openai.APITimeoutError):
-                continue  # a dropped connection: reconnect from the last event seen
-            finally:
-                await stream.close()
-        return await self._backend.observe(run.response_id)
+        return await self._backend.observe(response_id)
+
+
+class PollOutcome(StrEnum):
+    """What a poll step did, when it did not end the run (then its outcome is the run's status)."""
+
+    MALFORMED = "malformed"
+    UNKNOWN_RUN = "unknown-run"
+    ALREADY_TERMINAL = "already-terminal"
+    STALE = "stale"  # not the run's current chain position: a duplicate, or a message of a chain taken over
+    PENDING = "pending"  # still going: the next step is scheduled
+    RETRY = "retry"  # a provider hiccup: the next step is scheduled with the retry backoff
 
 
 class PollStep:
-    def __init__(self, store: RunStore, backend: RunBackend, observer: Observer, lifecycle: RunLifecycle,
-                 scheduler: PollScheduler, outbox: WebhookOutbox, backoff: Backoff, *,
-                 retry_backoff: Backoff | None = None) -> None:
+    def __init__(self, store: RunStore, observer: Observer, backend: RunBackend, ending: RunEnding,
+                 scheduler: PollScheduler, backoff: Backoff, *, retry_backoff: Backoff | None = None) -> None:
         """`backoff` spaces the chain's steps (zero for watch: the next window starts at once);
-        `retry_backoff` spaces retries after a provider hiccup."""
+        `retry_backoff` spaces retries after a provider hiccup. `backend` cancels a run at its deadline."""
         self._store = store
-        self._backend = backend
         self._observer = observer
-        self._lifecycle = lifecycle
+        self._backend = backend
+        self._ending = ending
         self._scheduler = scheduler
-        self._outbox = outbox
         self._backoff = backoff
         self._retry_backoff = retry_backoff or backoff
 
-    async def handle(self, data: Mapping[str, Any], dequeue_count: int = 1) -> str:
+    async def handle(self, data: Mapping[str, Any], dequeue_count: int = 1) -> PollOutcome | RunStatus:
         """Handle one poll message; returns what happened (for logs and tests)."""
         try:
             message = PollMessage.parse(data)
         except (KeyError, TypeError, ValueError):
             log.warning("dropping malformed poll message %r", data)
-            return "malformed"
+            return PollOutcome.MALFORMED
         run = await self._store.get(message.run_id)
         if run is None:
-            return "unknown-run"
+            return PollOutcome.UNKNOWN_RUN
         telemetry.bind_run(run)
         if run.is_terminal:
-            return "already-terminal"
+            return PollOutcome.ALREADY_TERMINAL
         if message.seq == run.poll_seq + 1 and dequeue_count < EARLY_MESSAGE_RETRIES:
             raise EarlyMessage(f"poll {message.seq} for {run.id} arrived before its run was saved")
         if (message.seq, message.nonce) != (run.poll_seq, run.poll_nonce) or not run.response_id:
-            return "stale"
+            return PollOutcome.STALE
         try:
             state = await self._observer.observe(run)
         except ProviderError as error:
             return await self._on_failure(run, error)
         if not state.is_active:
-            return await self._end_from(run, state)
+            return await self._end(run, ProviderEnded(state.response))
         if clock.now() >= run.deadline_at:
             return await self._expire(run)
         await self._scheduler.schedule(run, self._backoff.delay(run.poll_count), status=state.status)
-        return "pending"
+        return PollOutcome.PENDING
 
-    async def _on_failure(self, run: Run, error: ProviderError) -> str:
+    async def _on_failure(self, run: Run, error: ProviderError) -> PollOutcome | RunStatus:
         if not error.transient:
-            await self._end(run, "failed", failure_result(
-                "provider_error", f"The provider refused to report on the run ({error.status}): {error.message}"))
-            return "failed"
+            return await self._end(run, Failed(ErrorCode.PROVIDER_ERROR, "The provider refused to report on the run "
+                                               f"({error.status}): {error.message}"))
         if clock.now() >= run.deadline_at:
             return await self._expire(run)
         delay = self._retry_backoff.delay(run.poll_count, retry_after=error.retry_after)
         log.info("run %s: provider hiccup (%s); next poll in %.1fs", run.id, error.message, delay)
         await self._scheduler.schedule(run, delay, error=f"provider {error.status or 'unreachable'}")
-        return "retry"
+        return PollOutcome.RETRY
 
-    async def _expire(self, run: Run) -> str:
+    async def _expire(self, run: Run) -> PollOutcome | RunStatus:
         """Past its deadline and still going: cancel at the provider; if it finished meanwhile, keep that. A
         cancel that fails for now is tried again on the chain (the run must not end while the provider goes
         on); one the provider refuses ends the run expired all the same, and says so."""
         state: ProviderState | None = None
         refused = ""
         try:
-            state = await self._backend.cancel(run.response_id)
+            state = await self._backend.cancel(run.response_id or "")
         except ProviderError as error:
             if error.transient and clock.now() < run.deadline_at + CANCEL_RETRY_WINDOW_SECONDS:
                 log.warning("run %s: cancel at deadline failed for now (%s); trying again", run.id, error.message)
                 await self._scheduler.schedule(run, self._retry_backoff.delay(run.poll_count,
                                                                               retry_after=error.retry_after))
-                return "retry"
+                return PollOutcome.RETRY
             log.warning("run %s: could not cancel at the deadline (%s): %s", run.id, error.status, error.message)
             refused = (f" The provider refused to cancel it ({error.status}): {error.message}." if not error.transient
                        else f" Cancelling it at the provider kept failing: {error.message}.")
-        if state is not None and not state.is_active and state.status != "cancelled":
-            return await self._end_from(run, state)
-        return await self._expired(run, refused)
+        if state is not None and not state.is_active and state.status != RunStatus.CANCELLED:
+            return await self._end(run, ProviderEnded(state.response))  # it ended before the cancel landed
+        return await self._end(run, DeadlinePassed(refused))
 
-    async def _expired(self, run: Run, refused: str = "") -> str:
-        await self._end(run, "expired", expired_result(run, refused))
-        return "expired"
-
-    async def _end_from(self, run: Run, state: ProviderState) -> str:
-        status, result = outcome(run, state)
-        await self._end(run, status, result)
-        return status
-
-    async def _end(self, run: Run, status: str, result: dict[str, Any]) -> None:
-        ended = await self._lifecycle.finish(run, status, result, inline_webhook=True)
-        await self._outbox.deliver_now(ended, budget=INLINE_WEBHOOK_BUDGET_SECONDS)
-
-
-def expired_result(run: Run, why: str = "") -> dict[str, Any]:
-    allowed = run.deadline_at - run.created_at
-    return failure_result("deadline_exceeded", f"The run did not finish within its deadline of {allowed:.0f} s.{why}")
-
-
-def outcome(run: Run, state: ProviderState) -> tuple[str, dict[str, Any]]:
-    """Our status and result for a provider response that ended. A response cancelled past the run's deadline
-    was cancelled by the service for that deadline (the step that did it may have died before saving, or a
-    provider webhook may have raced it): the run expired."""
-    if state.status == "cancelled" and clock.now() >= run.deadline_at:
-        return "expired", expired_result(run)
-    return result_from_response(state.response)
-
+    async def _end(self, run: Run, observed: Observed) -> RunStatus:
+        ended = await self._ending.end(run, observed)
+        return RunStatus(ended.status)

@@ -1,13 +1,14 @@
 """A run's events as SSE, with a continuation token on every event and exact resume.
 
 Our event ids are the provider's sequence numbers, so "resume after N" is the provider's own
-`starting_after=N`: nothing missed, nothing repeated. The relay reads the provider through a queue so it can
-reconnect after a provider drop (from the last sequence number it saw, invisible to the client), send
-keep-alive comments while idle, and end cleanly before the front end's ~230 s cut with a `reconnect` event.
+`starting_after=N`: nothing missed, nothing repeated. The relay reads the provider through a queue (a
+StreamFollower: it reconnects after a provider drop from the last sequence number it saw, invisible to the
+client), so it can send keep-alive comments while idle, and end cleanly before the front end's ~230 s cut with a
+`reconnect` event.
 Where the provider cannot stream the response (it was not created streaming, retention passed, a backend
 refuses) the relay falls back to the stored run and still ends with the final run. At the provider's
-terminal event the relay ends the run itself (the same idempotent step the poll chain uses), so the final
-event carries the stored run.
+terminal event the relay ends the run itself (runs.ending, as the poll chain does), so the final event carries
+the stored run.
 
 A run that ends without a provider terminal event (cancelled, expired, or served from the stored run) gets a
 final event of our own with the id FINAL_EVENT_ID, above any provider sequence number: resuming after it, as
@@ -16,31 +17,26 @@ after any final event, gives the single `end` event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from typing import Any, AsyncIterator, Protocol
 
-import httpx
-import openai
-
 from .. import telemetry
 from ..provider import ProviderError, RunBackend
 from ..provider.backend import EventStream
-from .lifecycle import RunLifecycle
+from ..responses_vocabulary import STREAMED_END_STATUSES, is_terminal_event
+from .ending import ProviderEnded, RunEnding
 from .model import Run
-from .results import result_from_response
 from .store import RunStore
+from .stream_following import StreamFollower
 from .views import RunViews
 
 log = logging.getLogger("bgruns.relay")
 
-TERMINAL_EVENTS = {"response.completed", "response.failed", "response.incomplete"}
-# Statuses whose provider stream ends with one of TERMINAL_EVENTS (cancel and expiry have none).
-PROVIDER_FINAL_STATUSES = {"completed", "failed", "incomplete", "requires_action"}
 FINAL_EVENT_ID = 2**31 - 1
 KEEPALIVE = b": keep-alive\n\n"
-MAX_RECONNECTS_WITHOUT_PROGRESS = 5
 _END = object()
 
 
@@ -56,9 +52,9 @@ def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
 class RelayFactory:
     """Builds a Relay per client stream with the collaborators they all share."""
 
-    def __init__(self, store: RunStore, backend: RunBackend, lifecycle: RunLifecycle, views: RunViews, *,
+    def __init__(self, store: RunStore, backend: RunBackend, ending: RunEnding, views: RunViews, *,
                  max_seconds: float, keepalive_seconds: float, fallback_max_delay: float) -> None:
-        self.store, self.backend, self.lifecycle, self.views = store, backend, lifecycle, views
+        self.store, self.backend, self.ending, self.views = store, backend, ending, views
         self.max_seconds = max_seconds
         self.keepalive_seconds = keepalive_seconds
         self.fallback_max_delay = fallback_max_delay
@@ -76,7 +72,7 @@ class Relay:
         self._deps = deps
         self._format = event_format
         self.run = run
-        self.after = after
+        self.after = after  # moves as the client is sent events
         self._after_at_start = after
         self._first_stream = first_stream  # the create call's own stream, for a fresh streaming start
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=256)
@@ -106,7 +102,7 @@ class Relay:
                 chunk = await self._translate(item)
                 if chunk is not None:
                     yield chunk
-                if getattr(item, "type", None) in TERMINAL_EVENTS or isinstance(item, Run):
+                if is_terminal_event(getattr(item, "type", None)) or isinstance(item, Run):
                     return
         finally:
             producer.cancel()
@@ -130,49 +126,34 @@ class Relay:
             await self._queue.put(error)
 
     async def _produce_from_provider(self) -> None:
-        failures, position = 0, self.after
-        stream, self._first_stream = self._first_stream, None
-        while True:
-            try:
-                if stream is None:
-                    stream = await self._deps.backend.events(self.run.response_id, position)
+        response_id = self.run.response_id or ""
+        follower = StreamFollower(self._deps.backend, response_id, self.after, self._first_stream)
+        self._first_stream = None
+        try:
+            while True:
                 try:
-                    async for event in stream:
-                        seq = getattr(event, "sequence_number", None)
-                        if seq is None or seq <= position:
-                            continue
-                        position, failures = seq, 0
-                        await self._queue.put(event)
-                        if event.type in TERMINAL_EVENTS:
-                            return
-                finally:
-                    await stream.close()
-                stream = None
-                # A clean end without a terminal event: the run may have been cancelled; look at it.
-                run = await self._deps.store.get(self.run.id, with_result=True)
-                if run is not None and run.is_terminal:
-                    if run.status in PROVIDER_FINAL_STATUSES and position == self._after_at_start:
-                        await self._queue.put(_END)  # resumed after the final event: nothing is missing
-                    else:
-                        await self._queue.put(run)  # cancelled or expired: no provider final; send ours
-                    return
-            except ProviderError as error:
-                stream = None
-                if not error.transient:
-                    raise ProviderCannotStream(f"{error.status}: {error.message}") from None
-            except ValueError as error:  # the SDK could not parse a cut event: like a dropped connection
-                stream = None
-                log.info("run %s: provider stream broke after %s (%s); reconnecting", self.run.id, position,
-                         type(error).__name__)
-            except Exception as error:  # noqa: BLE001 - a connection dropped mid-stream
-                stream = None
-                if not _is_connection_error(error):
-                    raise
-                log.info("run %s: provider stream dropped after %s; reconnecting", self.run.id, position)
-            failures += 1
-            if failures > MAX_RECONNECTS_WITHOUT_PROGRESS:
-                raise ProviderCannotStream("provider stream keeps failing")
-            await asyncio.sleep(min(0.2 * 2 ** failures, 5.0))
+                    async with contextlib.aclosing(follower.events()) as events:
+                        async for event in events:
+                            await self._queue.put(event)
+                            if is_terminal_event(event.type):
+                                return
+                    # A clean end without a terminal event: the run may have been cancelled; look at it.
+                    run = await self._deps.store.get(self.run.id, with_result=True)
+                    if run is not None and run.is_terminal:
+                        if run.status in STREAMED_END_STATUSES and follower.position == self._after_at_start:
+                            await self._queue.put(_END)  # resumed after the final event: nothing is missing
+                        else:
+                            await self._queue.put(run)  # cancelled or expired: no provider final; send ours
+                        return
+                except ProviderError as error:
+                    if not error.transient:
+                        raise ProviderCannotStream(f"{error.status}: {error.message}") from None
+                try:
+                    await follower.pause()
+                except ProviderError:
+                    raise ProviderCannotStream("provider stream keeps failing") from None
+        finally:
+            await follower.close()
 
     async def _stored_end(self) -> Any:
         """Fallback: wait for the poll chain to end the run, then hand over the stored run (or END if the
@@ -200,15 +181,15 @@ class Relay:
         self.after = item.sequence_number
         if item.type == "keepalive":
             return KEEPALIVE
-        if item.type in TERMINAL_EVENTS:
+        if is_terminal_event(item.type):
             return self._format.final(await self._finish(item), item.sequence_number, item)
         return self._format.event(self.run, item)
 
     async def _finish(self, event: Any) -> Run:
         run = await self._deps.store.get(self.run.id, with_result=True) or self.run
-        status, result = result_from_response(event.response)
         with telemetry.run_step("stream end", run, logger=log.name):
-            return await self._deps.lifecycle.finish(run, status, result)
+            # The stream's final event does not wait on the webhook receiver: the queue delivers at once.
+            return await self._deps.ending.end(run, ProviderEnded(event.response), deliver_now=False)
 
 
 class EventFormat(Protocol):
@@ -262,7 +243,3 @@ class RunEventFormat:
         return sse("reconnect", {"type": "reconnect", "run_id": run.id,
                                  "continuation_token": self._views.token(run.id, position),
                                  "reason": "maximum stream duration reached"})
-
-
-def _is_connection_error(error: Exception) -> bool:
-    return isinstance(error, (openai.APIConnectionError, openai.APITimeoutError, httpx.HTTPError))

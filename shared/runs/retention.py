@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Protocol
 
 from .. import clock
 from .idempotency import IdempotencyStore
@@ -22,11 +23,17 @@ DAY = 86400.0
 EVENT_MEMORY_SECONDS = 4 * DAY
 
 
+class EventLogs(Protocol):
+    """Executor runs' event logs (shared.executor.event_log.EventLog): purged with their runs."""
+
+    async def purge(self, run_id: str) -> int: ...
+
+
 class RetentionPurger:
     def __init__(self, store: RunStore, sessions: SessionStore, idempotency: IdempotencyStore, index: RunIndex,
-                 retention_seconds: float, events=None) -> None:
+                 retention_seconds: float, events: EventLogs | None = None) -> None:
         self._store = store
-        self._events = events  # executor runs' event logs (shared.runs.event_log.EventLog)
+        self._events = events
         self._sessions = sessions
         self._idempotency = idempotency
         self._index = index

@@ -16,6 +16,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import UpdateMode
 
 from .. import clock
+from ..storage import Table
 
 SESSION_ROW = "session"
 SESSION_ID_PREFIX = "sess_"
@@ -37,8 +38,8 @@ class SessionConflict(Exception):
 
 
 class SessionStore:
-    def __init__(self, table) -> None:
-        self._table = table  # azure.data.tables.aio.TableClient
+    def __init__(self, table: Table) -> None:
+        self._table = table
 
     async def create(self) -> Session:
         created = clock.now()

@@ -24,20 +24,20 @@ from typing import Any
 
 from .. import clock, telemetry
 from ..errors import Conflict, InvalidRequest, NotFound, ServiceError, Unavailable, UpstreamError, not_found
-from ..provider import ProviderError, RequestRefused, RunBackend
+from ..provider import ProviderError, RequestRefused, RunBackend, StartedResponse
 from ..provider.backend import EventStream
-from ..settings import Settings
-from ..webhooks import DestinationRefused, ResolutionFailed, check_url, resolve_and_vet
 from .callers import OPERATOR, Caller
+from .ending import ProviderEnded, RunEnding
 from .idempotency import IdempotencyStore
 from .index import RunIndex
 from .lifecycle import RunLifecycle
 from .model import Run
 from .poll_chain import Backoff, PollScheduler
 from .requests import RUN_ID_PREFIX, RunRequest, new_run_id, valid_id
-from .results import response_snapshot, result_from_response
+from .results import response_snapshot
 from .sessions import Session, SessionConflict, SessionStore
 from .store import RunStore
+from .webhook_outbox import WebhookUrls
 
 log = logging.getLogger("bgruns.starting")
 
@@ -55,8 +55,23 @@ class _Attempt:
     events: EventStream | None = None  # that response's open event stream
 
 
+@dataclass(frozen=True)
+class StartRules:
+    """What a start reads of the settings."""
+
+    default_model: str  # for a request that names none
+    run_deadline: float  # the longest a run may go on (RUN_DEADLINE_SECONDS); a start may ask for less
+    max_prefer_wait: float  # the longest `Prefer: wait` may hold the answer (MAX_PREFER_WAIT_SECONDS)
+    retention_seconds: float  # how long an ended run, an idle session, is kept (RETENTION_DAYS)
+    # How long a start may take (a provider call plus a few writes); a run still without a provider response well
+    # after that was interrupted (a crash), and its reservations can be taken over.
+    start_grace: float
+    create_streaming: bool  # the poll chain watches each response's stream (COMPLETION_STRATEGY=watch)
+    remember_responses: bool  # provider events name only the response: the index maps it to the run (push)
+
+
 @dataclass
-class Started:
+class StartedRun:
     """The started run (or, for a repeated Idempotency-Key, the existing one)."""
 
     run: Run
@@ -64,28 +79,30 @@ class Started:
 
 
 class RunStarter:
-    def __init__(self, settings: Settings, store: RunStore, sessions: SessionStore, idempotency: IdempotencyStore,
-                 index: RunIndex, backend: RunBackend, scheduler: PollScheduler, lifecycle: RunLifecycle,
-                 backoff: Backoff) -> None:
-        self._settings = settings
+    def __init__(self, rules: StartRules, store: RunStore, sessions: SessionStore, idempotency: IdempotencyStore,
+                 index: RunIndex, backend: RunBackend, webhook_urls: WebhookUrls, scheduler: PollScheduler,
+                 backoff: Backoff, ending: RunEnding, lifecycle: RunLifecycle) -> None:
+        """`scheduler` and `backoff` send the run's first poll; `ending` ends a run its provider answers at once;
+        `lifecycle` repairs a session whose run ended without advancing it."""
+        self._rules = rules
         self._store = store
         self._sessions = sessions
         self._idempotency = idempotency
         self._index = index
         self._backend = backend
+        self._webhook_urls = webhook_urls
         self._scheduler = scheduler
-        self._lifecycle = lifecycle
         self._backoff = backoff
-        # A start takes at most one provider call plus a few storage writes; a run still without a provider
-        # response well after that was interrupted (crash), and its reservations can be taken over.
-        self.start_grace = 2 * settings.provider.timeout_seconds + 5
+        self._ending = ending
+        self._lifecycle = lifecycle
+        self.start_grace = rules.start_grace
 
     async def start(self, request: RunRequest, *, caller: Caller = OPERATOR, idempotency_key: str | None = None,
-                    wait_seconds: float = 0.0) -> Started:
+                    wait_seconds: float = 0.0) -> StartedRun:
         """Start a run for `caller` (its owner). A repeated Idempotency-Key of the same caller returns its run."""
         self._check(request)
         if request.webhook_url:
-            await self._vet_webhook(request.webhook_url)
+            await self._webhook_urls.vet(request.webhook_url)
         previous_response_id = await self._previous_response_id(request, caller)
         created_at = clock.now()
         run_id = new_run_id(created_at)
@@ -93,7 +110,7 @@ class RunStarter:
         if idempotency_key is not None:
             existing, key_expires_at = await self._claim(idempotency_key, request, run_id, caller)
             if existing is not None:
-                return Started(existing)
+                return StartedRun(existing)
         attempt = _Attempt(run_id, created_at)
         try:
             run, events = await self._start(attempt, request, caller, previous_response_id)
@@ -103,14 +120,14 @@ class RunStarter:
             raise
         if wait_seconds > 0 and run.is_active:
             try:
-                run = await self._wait_briefly(run, min(wait_seconds, self._settings.max_prefer_wait))
+                run = await self._wait_briefly(run, min(wait_seconds, self._rules.max_prefer_wait))
             except Exception:  # noqa: BLE001 - the run started and goes on: answer it as it started
                 log.warning("run %s: waiting for its result failed; answering it as started", run_id, exc_info=True)
-        return Started(run, events)
+        return StartedRun(run, events)
 
     async def open_session(self) -> Session:
         session = await self._sessions.create()
-        await self._index.expire_at("session", session.id, session.created_at + self._settings.retention_seconds)
+        await self._index.expire_at("session", session.id, session.created_at + self._rules.retention_seconds)
         return session
 
     def _check(self, request: RunRequest) -> None:
@@ -129,7 +146,7 @@ class RunStarter:
             session = await self._reserve_session(request.session_id, run_id)
             attempt.session_id, previous_response_id = session.id, session.last_response_id
         params = self._provider_params(request, run_id, previous_response_id)
-        deadline = min(request.deadline_seconds or self._settings.run_deadline, self._settings.run_deadline)
+        deadline = min(request.deadline_seconds or self._rules.run_deadline, self._rules.run_deadline)
         run = attempt.run = Run(
             id=run_id, status="queued", created_at=created_at, model=params["model"], request=params,
             session_id=request.session_id, metadata=request.metadata, stream=request.stream,
@@ -143,9 +160,8 @@ class RunStarter:
         await self._index.list_run(run)
         if attempt.session_id:
             await self._sessions.add_run(attempt.session_id, run_id, created_at)
-        watching = self._settings.completion.strategy == "watch"
         try:  # the poll chain can only watch a response created streaming
-            started = await self._backend.start(params, stream=request.stream or watching)
+            started = await self._backend.start(params, stream=request.stream or self._rules.create_streaming)
         except ProviderError as error:
             raise _start_error(error) from None
         attempt.response_id = run.response_id = started.state.response_id
@@ -153,17 +169,17 @@ class RunStarter:
             events, started.events = started.events, None
             await events.close()
         attempt.events = started.events
-        if self._settings.completion.strategy == "push":  # a provider webhook names only the response
+        if self._rules.remember_responses:
             await self._index.remember_response(run.response_id, run_id)
-        return await self._record_response(attempt, started), started.events
+        return await self._record_response(attempt, run, started), started.events
 
-    async def _record_response(self, attempt: _Attempt, started) -> Run:
-        run, state = attempt.run, started.state
+    async def _record_response(self, attempt: _Attempt, run: Run, started: StartedResponse) -> Run:
+        state = started.state
         run.response = response_snapshot(state.response)
         if not state.is_active:
             saved_as = run.etag
-            status, result = result_from_response(state.response)
-            ended = await self._lifecycle.finish(run, status, result)
+            # The caller's answer does not wait on its webhook receiver: the queue delivers at once.
+            ended = await self._ending.end(run, ProviderEnded(state.response), deliver_now=False)
             if ended is run and run.etag == saved_as:  # not saved, and nobody else's: the run was deleted
                 await self._deleted_while_starting(attempt)
             return ended
@@ -190,7 +206,7 @@ class RunStarter:
     def _provider_params(self, request: RunRequest, run_id: str, previous_response_id: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {
             **request.options,  # pass-through parameters first: the service's own below always win
-            "model": request.model or self._settings.provider.default_model,
+            "model": request.model or self._rules.default_model,
             "input": request.input,
             "metadata": {**request.metadata, "bg_run_id": run_id},
             "store": True,
@@ -241,7 +257,7 @@ class RunStarter:
         if run is not None:
             await self._index.unlist(run)
             if run.completed_at is not None:  # it ended at once, and its retention date was noted
-                await self._index.forget_expiry("run", run.id, run.completed_at + self._settings.retention_seconds)
+                await self._index.forget_expiry("run", run.id, run.completed_at + self._rules.retention_seconds)
         if attempt.response_id:
             await self._index.forget_response(attempt.response_id)
         if attempt.session_id:
@@ -363,24 +379,8 @@ class RunStarter:
                 fresh = await self._store.get(run.id, with_result=True)
                 if fresh is None or fresh.is_terminal:
                     return fresh or run
-                status, result = result_from_response(state.response)
-                return await self._lifecycle.finish(fresh, status, result)
+                return await self._ending.end(fresh, ProviderEnded(state.response), deliver_now=False)
         return await self._store.get(run.id, with_result=True) or run
-
-    # -- webhooks ---------------------------------------------------------------------------------------------
-    async def _vet_webhook(self, url: str) -> None:
-        settings = self._settings
-        if not settings.webhook_secrets:
-            raise InvalidRequest("webhooks_disabled", "This service has no webhook signing secret configured, so it "
-                                 "cannot send webhooks (set WEBHOOK_SIGNING_SECRETS).", param="webhook_url")
-        try:
-            parsed = check_url(url, allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private)
-            await resolve_and_vet(parsed, allow_private=settings.webhook_allow_private)
-        except DestinationRefused as refused:
-            raise InvalidRequest("invalid_webhook_url", f"webhook_url refused: {refused}", param="webhook_url") from None
-        except ResolutionFailed as failed:
-            raise InvalidRequest("invalid_webhook_url", f"webhook_url refused: its host does not resolve ({failed})",
-                                 param="webhook_url") from None
 
 
 def _start_error(error: ProviderError) -> ServiceError:

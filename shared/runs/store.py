@@ -21,6 +21,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.data.tables import UpdateMode
 
 from ..errors import PayloadTooLarge
+from ..storage import BlobContainer, Table
 from ..telemetry import Timeline
 from .model import Run
 from .results import stored_result, loaded_result
@@ -51,9 +52,9 @@ def _dumps(value: Any) -> str:
 
 
 class RunStore:
-    def __init__(self, table, payloads) -> None:
-        self._table = table  # azure.data.tables.aio.TableClient (or a fake with the same methods)
-        self._payloads = payloads  # azure.storage.blob.aio.ContainerClient
+    def __init__(self, table: Table, payloads: BlobContainer) -> None:
+        self._table = table
+        self._payloads = payloads
 
     # -- parts: inline when they fit, else one blob per write --------------------------------------------
     async def _place_parts(self, run_id: str, texts: dict[str, str]) -> dict[str, str]:

@@ -14,12 +14,14 @@ import logging
 from collections import Counter
 
 from .. import clock, telemetry
+from ..responses_vocabulary import ErrorCode
+from ..storage import Queue
+from .ending import Failed, RunEnding
 from .index import RunIndex
 from .lifecycle import RunLifecycle
 from .model import Run
 from .poll_chain import PollScheduler
 from .requests import run_id_created_at
-from .results import failure_result
 from .store import RunConflict, RunStore
 
 log = logging.getLogger("bgruns.sweeping")
@@ -29,13 +31,15 @@ SWEEP_CONCURRENCY = 16
 
 
 class Sweeper:
-    def __init__(self, store: RunStore, index: RunIndex, lifecycle: RunLifecycle, scheduler: PollScheduler,
-                 webhook_queue, *, grace: float, start_grace: float, webhook_slack: float) -> None:
+    def __init__(self, store: RunStore, index: RunIndex, ending: RunEnding, lifecycle: RunLifecycle,
+                 scheduler: PollScheduler, webhook_queue: Queue, *, grace: float, start_grace: float,
+                 webhook_slack: float) -> None:
         self._store = store
         self._index = index
-        self._lifecycle = lifecycle
+        self._ending = ending  # ends interrupted starts
+        self._lifecycle = lifecycle  # runs the follow-ups of ended runs again
         self._scheduler = scheduler
-        self._webhook_queue = webhook_queue  # shared.storage.MessageQueue
+        self._webhook_queue = webhook_queue
         self._grace = grace
         self._start_grace = start_grace
         self._webhook_slack = webhook_slack  # how long past due a pending delivery may stay unattempted
@@ -83,8 +87,8 @@ class Sweeper:
                 return "fine"
             with telemetry.run_step("repair run", run, logger=log.name):
                 telemetry.annotate(outcome="start_interrupted")
-                await self._lifecycle.finish(run, "failed", failure_result(
-                    "start_interrupted", "The run's start was interrupted before the provider accepted it."))
+                await self._ending.end(run, Failed(
+                    ErrorCode.START_INTERRUPTED, "The run's start was interrupted before the provider accepted it."))
             return "starts"
         log.warning("run %s: poll overdue by %.0fs; restarting its poll chain", run.id, clock.now() - run.next_poll_at)
         with telemetry.run_step("repair run", run, logger=log.name):

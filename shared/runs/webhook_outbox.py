@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .. import clock, telemetry
 from ..errors import Conflict, InvalidRequest
-from ..webhooks import WebhookSender, build_payload
+from ..storage import Queue
+from ..webhooks import DestinationRefused, ResolutionFailed, WebhookSender, build_payload, check_url, resolve_and_vet
 from .callers import OPERATOR, Caller
 from .index import RunIndex
 from .model import Run
@@ -28,14 +30,37 @@ log = logging.getLogger("bgruns.webhook_outbox")
 MAX_PAYLOAD_BYTES = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class WebhookUrls:
+    """Which webhook URL a start may name: checked at submission (a 400 naming `webhook_url`), and again by the
+    sender at every delivery."""
+
+    enabled: bool  # a signing secret is configured (WEBHOOK_SIGNING_SECRETS)
+    allow_http: bool  # WEBHOOK_ALLOW_HTTP
+    allow_private: bool  # WEBHOOK_ALLOW_PRIVATE_ADDRESSES
+
+    async def vet(self, url: str) -> None:
+        if not self.enabled:
+            raise InvalidRequest("webhooks_disabled", "This service has no webhook signing secret configured, so it "
+                                 "cannot send webhooks (set WEBHOOK_SIGNING_SECRETS).", param="webhook_url")
+        try:
+            parsed = check_url(url, allow_http=self.allow_http, allow_private=self.allow_private)
+            await resolve_and_vet(parsed, allow_private=self.allow_private)
+        except DestinationRefused as refused:
+            raise InvalidRequest("invalid_webhook_url", f"webhook_url refused: {refused}", param="webhook_url") from None
+        except ResolutionFailed as failed:
+            raise InvalidRequest("invalid_webhook_url", f"webhook_url refused: its host does not resolve ({failed})",
+                                 param="webhook_url") from None
+
+
 class WebhookOutbox:
-    def __init__(self, store: RunStore, reader: RunReader, index: RunIndex, sender: WebhookSender | None, queue,
-                 views: RunViews, schedule: Sequence[float]) -> None:
+    def __init__(self, store: RunStore, reader: RunReader, index: RunIndex, sender: WebhookSender | None,
+                 queue: Queue, views: RunViews, schedule: Sequence[float]) -> None:
         self._store = store
         self._reader = reader
         self._index = index
         self._sender = sender  # None when no signing secret is configured (webhooks are refused at start)
-        self._queue = queue  # shared.storage.MessageQueue
+        self._queue = queue
         self._views = views
         self._schedule = schedule
 

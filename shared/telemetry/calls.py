@@ -2,13 +2,14 @@
 counts of storage errors. Each is a child of the current step's span."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from .. import clock
 from . import context as w3c
 from . import metrics
-from .completions import TERMINAL_EVENTS, note_completed
+from ..responses_vocabulary import is_terminal_event
+from .completions import note_completed
 from .state import STATE
 from .steps import CLIENT, Step, _otel, _STEP
 
@@ -113,7 +114,7 @@ class _WatchedEvents:
 
     async def __aiter__(self):
         async for event in self._inner:
-            if getattr(event, "type", None) in TERMINAL_EVENTS:
+            if is_terminal_event(getattr(event, "type", None)):
                 note_completed(getattr(event, "response", None))
             yield event
 

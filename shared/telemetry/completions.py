@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Mapping
 
+
 # response id -> the provider's completed_at, noted when a step sees a response end, read when its run is saved
 # terminal (often in another task: a stream's reader). Bounded: a response that never reaches its run is forgotten.
 _COMPLETED: "OrderedDict[str, float]" = OrderedDict()
 _COMPLETED_MAX = 2048
-TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 
 
 def note_completed(response: Any) -> None:

@@ -1,8 +1,8 @@
 """The executor's flows against LiteLLM proxy (a real OpenAI-compatible server, scripted model behind it), on the
 real local stack, through the native API and the official `openai` SDK on the facade: background start and poll,
 a stream resumed from the middle, cancel, three-turn conversations (the prompt on turn 3 is the history a client
-would keep), a tool round trip, the server's failures mapped (400, 429/500 before output, a cut mid-stream, an
-error event mid-stream), and EXECUTOR_API=responses through LiteLLM's own Responses API."""
+would keep), a tool round trip, the server's failures mapped (400, 429/500 before output, a cut mid-stream, a
+server error reported mid-stream), and EXECUTOR_API=responses through LiteLLM's own Responses API."""
 from __future__ import annotations
 
 import time
@@ -186,15 +186,30 @@ def test_a_connection_cut_mid_stream_restarts_the_output_then_succeeds(conforman
     assert [(e["event"], e["sent"]) for e in ends] == [("cut", 6), ("completed", ends[1]["of"])]
 
 
-def test_a_model_failure_reported_inside_the_stream_fails_the_run(conformance, litellm):
-    """LiteLLM reports an upstream failure after output began as an `error` event in the stream (not a cut
-    connection). The executor takes that as the model's own verdict: the run fails, naming it, no retry."""
-    script_id, prompt = scripted(text=words(40), chunks=20, cut_after=4, cut_how="error")
+def test_a_server_error_reported_inside_the_stream_starts_the_next_attempt(conformance, litellm):
+    """LiteLLM reports an upstream 500 after output began as an error in the stream (`{"error": {"code": "500"}}`),
+    not a cut connection. A failure on the server's side is one all the same: the next attempt starts, as after a
+    cut (issue 22; the run used to fail). A client-class one stays final (tests/unit/test_model_client.py)."""
+    text = words(40)
+    script_id, prompt = scripted(text=text, chunks=20, cut_after=4, cut_how="error")
     events = sse.read(conformance.client, "POST", "/api/runs", json={"input": prompt, "stream": True})
+    restarts = [e for e in events if e.event == "output_restarted"]
+    assert len(restarts) == 1 and "scripted error after 4 chunks" in restarts[0].data["reason"]
     final = conformance.get(f"/api/runs/{events[0].data['run_id']}").json()
-    assert events[-1].event == "run.failed" and final["status"] == "failed"
-    assert "scripted error after 4 chunks" in final["error"]["message"]
-    assert len(litellm.calls(script_id)) == 1
+    assert events[-1].event == "run.completed" and final["status"] == "completed" and final["output_text"] == text
+    assert len(litellm.calls(script_id)) == 2
+
+
+def test_a_server_error_inside_litellms_responses_stream_starts_the_next_attempt(responses_host, litellm):
+    """The same through LiteLLM's Responses API, which reports the upstream 500 as a failed response with
+    `server_error`."""
+    text = words(30)
+    script_id, prompt = scripted(text=text, chunks=10, cut_after=3, cut_how="error")
+    events = sse.read(responses_host, "POST", "/api/runs", json={"input": prompt, "stream": True})
+    assert sum(e.event == "output_restarted" for e in events) == 1
+    final = responses_host.get(f"/api/runs/{events[0].data['run_id']}").json()
+    assert final["status"] == "completed" and final["output_text"] == text
+    assert len(litellm.calls(script_id)) == 2
 
 
 # -- the Responses API without background mode (LiteLLM's /v1/responses) ------------------------------------------

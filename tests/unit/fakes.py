@@ -33,8 +33,9 @@ from azure.data.tables import TableTransactionError, UpdateMode
 
 from shared import clock
 from shared.composition import Services, build
-from shared.provider import ProviderError, ProviderState, Started
-from shared.provider.direct import ChatTranslator, DirectRequest, chat_params
+from shared.provider import ProviderError, ProviderState, StartedResponse
+from shared.executor.chat_translation import ChatTranslator, chat_params
+from shared.executor.model_request import ModelRequest
 from shared.settings import Settings
 
 _ETAGS = itertools.count(1)
@@ -310,13 +311,13 @@ class FakeBackend:
     def check(self, params: dict) -> None:
         """The provider judges its parameters at the create."""
 
-    async def start(self, params: dict, *, stream: bool) -> Started:
+    async def start(self, params: dict, *, stream: bool) -> StartedResponse:
         await self._enter("start", params["metadata"]["bg_run_id"])
         response = FakeResponse(f"resp_{next(self._ids)}", params=copy.deepcopy(params))
         if self.finish_at_once:
             response.complete()
         self.responses[response.id] = response
-        return Started(self._state(response))
+        return StartedResponse(self._state(response))
 
     async def observe(self, response_id: str) -> ProviderState:
         await self._enter("observe", response_id)
@@ -396,10 +397,10 @@ class FakeModel:
 
     def check(self, params: dict) -> None:
         """What the real call refuses (Chat Completions)."""
-        chat_params(DirectRequest.of(params))
+        chat_params(ModelRequest.of(params))
 
     async def stream(self, request, base, *, api=None):
-        from shared.provider.direct import failed_event
+        from shared.executor.model_request import failed_event
 
         self.requests.append(request)
         script = self.scripts.pop(0) if len(self.scripts) > 1 else self.scripts[0]
@@ -493,6 +494,7 @@ class World:
     sender: FakeSender
     model: FakeModel
     execute_queue: FakeQueue
+    settings: Settings
 
     @property
     def runs(self) -> FakeTable:
@@ -546,7 +548,8 @@ def world(monkeypatch, **env: str) -> World:
     backend, sender, model = FakeBackend(), FakeSender(), FakeModel()
     services = build(settings, storage, backend, model=model, sender=sender if settings.webhook_secrets else None,
                      provider_webhooks=_provider_webhooks())
-    return World(services, backend, fake_clock, tables, blobs, poll_queue, webhook_queue, sender, model, execute_queue)
+    return World(services, backend, fake_clock, tables, blobs, poll_queue, webhook_queue, sender, model, execute_queue,
+                 settings)
 
 
 async def gather(*aws):

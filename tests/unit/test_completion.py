@@ -38,7 +38,7 @@ async def pushed_run(monkeypatch, **fields):
 
 async def test_push_is_the_default_with_a_secret_and_polls_only_as_a_slow_safety_net(monkeypatch):
     w, run = await pushed_run(monkeypatch)
-    assert w.services.settings.completion.strategy == "push"
+    assert w.settings.completion.strategy == "push"
     assert 24 <= w.poll_queue.sent[-1].delay <= 36  # SAFETY_POLL_INITIAL_SECONDS, not the 1 s of polling
 
 

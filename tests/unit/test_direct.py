@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from shared.executor.chat_translation import ChatTranslator, chat_messages, chat_params
+from shared.executor.model_request import ModelRequest, continuation_items, normalised_usage, response_skeleton
+from shared.executor.responses_passthrough import ResponsesRelabeller, responses_params
 from shared.provider import ProviderError, RequestRefused
-from shared.provider.direct import (ChatTranslator, DirectRequest, ResponsesRelabeller, chat_messages, chat_params,
-                                    continuation_items, normalised_usage, response_skeleton, responses_params)
 
 from .fakes import _chunk
 
@@ -44,12 +45,12 @@ def test_calls_without_text_are_an_assistant_message_without_content():
 ])
 def test_what_chat_completions_cannot_take_is_refused(params, items, refused):
     with pytest.raises(ProviderError) as error:
-        chat_params(DirectRequest(params, items))
+        chat_params(ModelRequest(params, items))
     assert not error.value.transient and error.value.status == 400 and refused in error.value.message
 
 
 def test_chat_params_carry_tools_limits_and_reasoning():
-    params = chat_params(DirectRequest({"model": "m", "max_output_tokens": 50, "reasoning": {"effort": "low"},
+    params = chat_params(ModelRequest({"model": "m", "max_output_tokens": 50, "reasoning": {"effort": "low"},
                                         "tools": [{"type": "function", "name": "f", "parameters": {}, "strict": True}]},
                                        [{"role": "user", "content": "hi"}]))
     assert params["tools"] == [{"type": "function", "function": {"name": "f", "parameters": {}, "strict": True}}]
@@ -140,7 +141,7 @@ EVERY_PARAMETER = {
 def test_every_responses_parameter_chat_completions_has_reaches_the_call():
     # Found by issue 21: a facade create with temperature, top_p, tool_choice "none", parallel_tool_calls false and
     # text.format json_object reached the model server with only the token cap.
-    chat = chat_params(DirectRequest.of(EVERY_PARAMETER))
+    chat = chat_params(ModelRequest.of(EVERY_PARAMETER))
     assert {k: v for k, v in chat.items() if k not in ("model", "messages", "tools", "stream", "stream_options")} == {
         "temperature": 0.2, "top_p": 0.9, "tool_choice": "none", "parallel_tool_calls": False,
         "response_format": {"type": "json_object"}, "verbosity": "low", "max_tokens": 50, "reasoning_effort": "low",
@@ -167,13 +168,13 @@ def test_every_responses_parameter_chat_completions_has_reaches_the_call():
     ({"truncation": "auto"}, {}),  # applied to a session's earlier turns (tests/unit/test_executor.py)
 ])
 def test_each_parameter_is_translated_to_chat_completions(asked, sent):
-    chat = chat_params(DirectRequest.of({"model": "m", "input": "hi", "tools": [FUNCTION_TOOL], **asked}))
+    chat = chat_params(ModelRequest.of({"model": "m", "input": "hi", "tools": [FUNCTION_TOOL], **asked}))
     assert {k: v for k, v in chat.items() if k not in ("model", "messages", "tools", "stream", "stream_options")} == sent
 
 
 def test_without_tools_tool_choice_none_or_auto_and_parallel_tool_calls_send_nothing():
     for choice in ("none", "auto"):
-        chat = chat_params(DirectRequest.of({"model": "m", "input": "hi", "tool_choice": choice,
+        chat = chat_params(ModelRequest.of({"model": "m", "input": "hi", "tool_choice": choice,
                                              "parallel_tool_calls": False}))
         assert "tool_choice" not in chat and "parallel_tool_calls" not in chat and "tools" not in chat
 
@@ -203,7 +204,7 @@ def test_without_tools_tool_choice_none_or_auto_and_parallel_tool_calls_send_not
 ])
 def test_what_chat_completions_has_no_equivalent_for_is_refused_by_name(asked, param, code):
     with pytest.raises(RequestRefused) as refused:
-        chat_params(DirectRequest.of({"model": "m", "input": "hi", "tools": [FUNCTION_TOOL], **asked}))
+        chat_params(ModelRequest.of({"model": "m", "input": "hi", "tools": [FUNCTION_TOOL], **asked}))
     assert (refused.value.param, refused.value.code, refused.value.status) == (param, code, 400)
     assert f"'{param}'" in refused.value.message
 
@@ -218,25 +219,25 @@ def test_what_chat_completions_has_no_equivalent_for_is_refused_by_name(asked, p
 ])
 def test_a_shape_the_call_cannot_be_made_of_is_refused_not_a_crash(asked):
     with pytest.raises(RequestRefused) as refused:
-        chat_params(DirectRequest.of({"model": "m", "input": "hi", "tools": [FUNCTION_TOOL], **asked}))
+        chat_params(ModelRequest.of({"model": "m", "input": "hi", "tools": [FUNCTION_TOOL], **asked}))
     assert refused.value.status == 400 and refused.value.param
 
 
 def test_tool_choice_required_without_tools_is_refused():
     with pytest.raises(RequestRefused) as refused:
-        chat_params(DirectRequest.of({"model": "m", "input": "hi", "tool_choice": "required"}))
+        chat_params(ModelRequest.of({"model": "m", "input": "hi", "tool_choice": "required"}))
     assert refused.value.param == "tool_choice"
 
 
 def test_a_responses_api_takes_the_parameters_as_they_are():
     asked = {**EVERY_PARAMETER, "prompt": {"id": "pmpt_1"}, "max_tool_calls": 2}
-    sent = responses_params(DirectRequest.of(asked))
+    sent = responses_params(ModelRequest.of(asked))
     for name in ("temperature", "tool_choice", "text", "include", "parallel_tool_calls", "truncation", "prompt",
                  "max_tool_calls", "reasoning", "max_output_tokens", "top_logprobs"):
         assert sent[name] == asked[name], name
     assert sent["store"] is False and sent["stream"] is True and "stream_options" not in sent
     with pytest.raises(RequestRefused):
-        responses_params(DirectRequest.of({"model": "m", "input": "hi",
+        responses_params(ModelRequest.of({"model": "m", "input": "hi",
                                            "stream_options": {"include_obfuscation": True}}))
 
 

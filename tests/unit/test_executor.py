@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from shared.provider import ProviderError
-from shared.runs.executing import Executor, Timings
-from shared.runs.executor_backend import executor_response_id
+from shared.executor.attempts import Executor, Timings
+from shared.executor.backend import executor_response_id
 from shared.runs.requests import RunRequest
 from shared.runs.results import failure_result
 
@@ -79,15 +79,15 @@ async def test_the_executor_writes_responses_events_and_ends_the_run_itself(monk
 async def test_the_poll_chain_ends_a_run_whose_executor_died_after_its_last_event(monkeypatch):
     w = executor_world(monkeypatch)
     run = await start(w)
-    original = w.services.executor._lifecycle.finish
+    original = w.services.executor._ending.end
 
     async def crash(*args, **kwargs):
         raise RuntimeError("host died")
 
-    w.services.executor._lifecycle.finish = crash
+    w.services.executor._ending.end = crash
     with pytest.raises(RuntimeError):
         await w.execute()
-    w.services.executor._lifecycle.finish = original
+    w.services.executor._ending.end = original
     assert (await w.run(run.id)).is_active
     assert "completed" in await w.drain_polls()
     assert (await w.run(run.id)).result["output_text"] == "Hello world"
@@ -132,6 +132,19 @@ async def die_mid_call(w, message, message_id, dequeue_count):
     await asyncio.sleep(0.05)  # long enough for a batch to reach the log
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_executor_makes_the_first_webhook_attempt_of_the_run_it_ends(monkeypatch):
+    # Runs the executor ended skipped the inline attempt the README promises ("the step that ends it makes the first
+    # webhook attempt itself"): their webhook waited for the queue.
+    w = executor_world(monkeypatch)
+    run = await start(w, webhook_url="http://127.0.0.1:9/hook")
+    assert await w.execute() == ["completed"]
+    ended = await w.run(run.id)
+    assert [(url, hook) for url, hook, _ in w.sender.sent] == [("http://127.0.0.1:9/hook", ended.webhook.id)]
+    (safety_net,) = w.webhook_queue.sent  # waits past the inline attempt, and then finds it done
+    assert safety_net.delay == w.settings.webhook_timeout + 5
+    assert (await w.run(run.id)).webhook.state == "delivered"
 
 
 async def test_a_message_redelivered_after_its_host_died_starts_the_next_attempt_with_a_restart_event(monkeypatch):
@@ -272,7 +285,7 @@ async def test_a_run_ended_elsewhere_stops_within_a_check(monkeypatch):
     task = asyncio.create_task(w.execute())
     await until(lambda: w.model.open == 1)
     fresh = await w.services.executor._store.get(run.id)
-    await w.services.executor._lifecycle.finish(fresh, "failed", failure_result("x", "ended by the sweeper"))
+    await w.services.executor._ending._lifecycle.finish(fresh, "failed", failure_result("x", "ended by the sweeper"))
     assert await asyncio.wait_for(task, 2) == ["stopped"]
     assert w.model.open == 0 and (await w.services.executor._log.head(run.id)).status == "cancelled"
 
@@ -293,7 +306,7 @@ async def test_the_deadline_stops_the_call_and_expires_the_run(monkeypatch):
 async def test_a_call_that_would_outlive_function_timeout_fails_naming_the_limit(monkeypatch):
     w = executor_world(monkeypatch)
     executor = w.services.executor
-    w.services.executor = Executor(executor._store, executor._log, executor._lifecycle, w.model,
+    w.services.executor = Executor(executor._store, executor._log, executor._ending, w.model,
                                    dataclasses.replace(executor._settings, function_timeout_seconds=0.5), FAST)
     run = await start(w)
     w.model.scripts = [["never ends", asyncio.Event()]]
@@ -348,7 +361,7 @@ async def test_what_the_model_api_cannot_take_is_refused_by_name_before_anything
 
 
 async def test_the_callers_parameters_reach_the_model_and_the_response_says_so(monkeypatch):
-    from shared.provider.direct import chat_params
+    from shared.executor.chat_translation import chat_params
 
     w = executor_world(monkeypatch)
     asked = {"temperature": 0.2, "top_p": 0.5, "tool_choice": "none", "parallel_tool_calls": False,
@@ -410,7 +423,7 @@ async def session_with_turns(w, inputs: list[str], output: str):
 
 
 async def test_a_session_beyond_the_history_ceiling_fails_its_turn_naming_the_limit(monkeypatch):
-    from shared.runs import executing
+    from shared.executor import attempts as executing
 
     monkeypatch.setattr(executing, "MAX_HISTORY_BYTES", 2500)
     w = executor_world(monkeypatch)
@@ -424,7 +437,7 @@ async def test_a_session_beyond_the_history_ceiling_fails_its_turn_naming_the_li
 
 
 async def test_truncation_auto_leaves_the_oldest_turns_out_whole(monkeypatch):
-    from shared.runs import executing
+    from shared.executor import attempts as executing
 
     monkeypatch.setattr(executing, "MAX_HISTORY_BYTES", 2500)
     w = executor_world(monkeypatch)
@@ -438,7 +451,7 @@ async def test_truncation_auto_leaves_the_oldest_turns_out_whole(monkeypatch):
 
 
 async def test_truncation_never_begins_with_the_results_of_calls_left_out(monkeypatch):
-    from shared.runs import executing
+    from shared.executor import attempts as executing
 
     monkeypatch.setattr(executing, "MAX_HISTORY_BYTES", 1500)
     w = executor_world(monkeypatch)
@@ -460,7 +473,7 @@ async def test_truncation_never_begins_with_the_results_of_calls_left_out(monkey
 
 async def test_no_more_than_the_ceiling_of_earlier_turns_is_read(monkeypatch):
     # Today's loop read up to 500 earlier turns with their results, then silently dropped the rest.
-    from shared.runs import executing
+    from shared.executor import attempts as executing
 
     monkeypatch.setattr(executing, "MAX_HISTORY_TURNS", 2)
     w = executor_world(monkeypatch)
@@ -545,7 +558,7 @@ async def test_runs_started_before_a_backend_switch_finish_where_they_began(monk
 
 
 async def test_a_batch_too_big_for_one_transaction_is_written_in_several(monkeypatch):
-    from shared.runs import event_log
+    from shared.executor import event_log
 
     monkeypatch.setattr(event_log, "MAX_ROWS_PER_APPEND", 2)
     monkeypatch.setattr(event_log, "ROW_BUDGET_BYTES", 400)

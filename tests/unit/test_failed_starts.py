@@ -103,7 +103,7 @@ async def assert_nothing_left(w, session, index_before, sessions_before, where: 
     assert not w.webhook_queue.sent, where
     assert set(await w.drain_polls()) <= {"unknown-run"}, where
     assert set(await w.execute()) <= {"unknown-run"}, where
-    w.clock.advance(w.services.starter.start_grace + w.services.settings.sweep_grace + 1)
+    w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)
     assert await w.services.sweeper.sweep() == {"open": 0}, where
     assert not w.webhook_queue.sent and not w.sender.sent, where
 
@@ -116,6 +116,6 @@ async def test_a_crash_mid_start_is_still_left_to_the_sweeper(monkeypatch):
     with pytest.raises(HostCrash):
         await w.services.starter.start(request)
     (run_id, _), = w.runs.rows
-    w.clock.advance(w.services.starter.start_grace + w.services.settings.sweep_grace + 1)
+    w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)
     assert (await w.services.sweeper.sweep())["starts"] == 1
     assert (await w.run(run_id)).result["error"]["code"] == "start_interrupted" and w.webhook_queue.sent

@@ -30,7 +30,7 @@ def store(w) -> RunStore:
 
 def lifecycle(w) -> RunLifecycle:
     """The world's lifecycle as composition builds it, on the same tables and queue."""
-    settings = w.services.settings
+    settings = w.settings
     return RunLifecycle(store(w), SessionStore(w.tables["sessions"]), RunIndex(w.index), w.webhook_queue,
                         settings.retention_seconds, inline_safety_delay=settings.webhook_timeout + 5)
 
@@ -91,7 +91,7 @@ async def test_a_finish_with_an_inline_attempt_queues_only_a_delayed_safety_net(
     run = await start(w, webhook_url=HOOK)
     await lifecycle(w).finish(await w.run(run.id), "cancelled", cancelled_result(), inline_webhook=True)
     (queued,) = w.webhook_queue.sent
-    assert queued.delay == w.services.settings.webhook_timeout + 5
+    assert queued.delay == w.settings.webhook_timeout + 5
 
 
 async def test_the_finish_is_in_the_runs_timeline_with_its_status(monkeypatch):

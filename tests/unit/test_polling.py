@@ -69,7 +69,7 @@ async def test_a_completed_run_is_finished_once_with_its_output(monkeypatch):
     assert w.index.entity("open", run.id) is None
     # ... and queued a delayed safety-net message, which now does nothing.
     (safety,) = w.webhook_queue.sent
-    assert safety.delay >= w.services.settings.webhook_timeout
+    assert safety.delay >= w.settings.webhook_timeout
     assert await w.services.outbox.deliver(safety.message) == "stale"
 
 
@@ -326,7 +326,7 @@ async def test_a_repair_that_loses_twice_to_timeline_notes_is_left_to_the_next_p
     w = world(monkeypatch)
     run = await started(w)
     w.poll_queue.take()
-    w.clock.advance(w.services.starter.start_grace + w.services.settings.sweep_grace + 1)
+    w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)
     notes = 0
 
     async def a_note_first():

@@ -10,7 +10,8 @@ import pytest
 
 from shared.errors import UpstreamError
 from shared.provider import ProviderError
-from shared.provider.direct import ResponsesRelabeller, failed_event
+from shared.executor.model_request import failed_event
+from shared.executor.responses_passthrough import ResponsesRelabeller
 from shared.provider.errors import classify
 from shared.redaction import REDACTED, redact
 from shared.runs.requests import RunRequest

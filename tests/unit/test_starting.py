@@ -100,7 +100,7 @@ async def test_a_start_the_sweeper_gave_up_on_cancels_its_provider_response(monk
     w = world(monkeypatch)
 
     async def too_slow():  # the sweeper fails the run as start_interrupted while the create is in flight
-        w.clock.advance(w.services.starter.start_grace + w.services.settings.sweep_grace + 1)
+        w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)
         await w.services.sweeper.sweep()
 
     w.backend.before["start"] = too_slow

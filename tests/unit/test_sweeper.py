@@ -16,7 +16,7 @@ async def test_a_lost_poll_message_gets_its_chain_restarted_once_overdue(monkeyp
     run = await start(w)
     w.poll_queue.take()  # the message is lost
     assert (await w.services.sweeper.sweep()).get("polls") is None  # not overdue yet
-    w.clock.advance(w.services.settings.sweep_grace + 5)
+    w.clock.advance(w.settings.sweep_grace + 5)
     assert (await w.services.sweeper.sweep())["polls"] == 1
     w.backend.responses[run.response_id].complete()
     assert await w.drain_polls() == ["completed"]
@@ -31,7 +31,7 @@ async def test_an_interrupted_start_ends_failed_after_the_start_grace(monkeypatc
         pass
     (run_id, _), = w.runs.rows
     assert (await w.services.sweeper.sweep()).get("starts") is None
-    w.clock.advance(w.services.starter.start_grace + w.services.settings.sweep_grace + 1)
+    w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)
     assert (await w.services.sweeper.sweep())["starts"] == 1
     run = await w.run(run_id)
     assert run.status == "failed" and run.result["error"]["code"] == "start_interrupted"
@@ -59,7 +59,7 @@ async def test_a_stuck_webhook_is_queued_again_and_a_fresh_one_is_left_alone(mon
     await w.drain_polls()
     lost = w.webhook_queue.take()  # and the safety-net message is lost too
     assert len(lost) == 1 and (await w.services.sweeper.sweep()).get("webhooks") is None
-    w.clock.advance(w.services.settings.webhook_timeout + w.services.settings.sweep_grace + 1)
+    w.clock.advance(w.settings.webhook_timeout + w.settings.sweep_grace + 1)
     assert (await w.services.sweeper.sweep())["webhooks"] == 1
     (again,) = w.webhook_queue.take()
     assert again["seq"] == lost[0]["seq"] + 1
@@ -139,7 +139,7 @@ async def test_a_late_follow_up_of_an_earlier_turn_never_moves_the_session_back(
     w.backend.responses[second.response_id].complete()
     await w.drain_polls()
     w.webhook_queue.take()
-    w.clock.advance(w.services.settings.webhook_timeout + w.services.settings.sweep_grace + 1)
+    w.clock.advance(w.settings.webhook_timeout + w.settings.sweep_grace + 1)
     assert (await w.services.sweeper.sweep())["webhooks"] == 1  # the first turn's follow-ups run again
     state, _ = await w.services.reader.session(session.id)
     assert state.last_response_id == second.response_id
@@ -152,7 +152,7 @@ async def test_a_run_that_cannot_be_read_does_not_keep_the_others_from_repair(mo
     w = world(monkeypatch)
     runs = [await start(w) for _ in range(3)]
     w.poll_queue.take()  # every message is lost
-    w.clock.advance(w.services.settings.sweep_grace + 5)
+    w.clock.advance(w.settings.sweep_grace + 5)
     w.runs.fail_next = [ServiceRequestError("storage hiccup")]  # the first run's read fails
     with pytest.raises(ServiceRequestError):  # the pass still fails loudly...
         await w.services.sweeper.sweep()
@@ -173,7 +173,7 @@ async def test_lost_poll_messages_are_sent_again_at_once_counted_noted_and_logge
     due = w.clock.now + 10
     for run in runs:
         await w.runs.update_entity({"PartitionKey": run.id, "RowKey": "run", "next_poll_at": due})
-    w.clock.now = due + w.services.settings.sweep_grace  # due exactly the sweep grace ago: not overdue yet
+    w.clock.now = due + w.settings.sweep_grace  # due exactly the sweep grace ago: not overdue yet
     assert (await w.services.sweeper.sweep()) == {"open": 2}
     w.clock.advance(0.001)
     with caplog.at_level("INFO", logger="bgruns.sweeping"):
@@ -189,7 +189,7 @@ async def test_a_repair_that_loses_to_another_writer_is_not_counted(monkeypatch)
     w = world(monkeypatch)
     run = await start(w)
     w.poll_queue.take()
-    w.clock.advance(w.services.starter.start_grace + w.services.settings.sweep_grace + 1)
+    w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)
 
     async def the_chain_moves_on_first():
         w.runs.before.pop("update_entity")
@@ -237,7 +237,7 @@ async def test_a_requeued_webhook_is_noted_and_logged(monkeypatch, caplog):
     run = await start(w, webhook_url="http://127.0.0.1:9/hook")
     await w.services.canceller.cancel(run.id)
     w.webhook_queue.take()  # lost
-    w.clock.advance(w.services.settings.webhook_timeout + w.services.settings.sweep_grace + 1)
+    w.clock.advance(w.settings.webhook_timeout + w.settings.sweep_grace + 1)
     with caplog.at_level("INFO", logger="bgruns.sweeping"):
         assert (await w.services.sweeper.sweep())["webhooks"] == 1
     repaired = [e for e in w.timeline(await w.run(run.id)) if e["type"] == "repaired"]
@@ -264,7 +264,7 @@ async def test_a_failing_pass_waits_for_the_other_repairs_before_it_fails(monkey
     for _ in range(3):
         await start(w)
     w.poll_queue.take()
-    w.clock.advance(w.services.starter.start_grace + w.services.settings.sweep_grace + 1)
+    w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)
     saves = 0
 
     async def slow_save():

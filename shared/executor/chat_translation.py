@@ -1,77 +1,26 @@
-"""Calling a model directly and streaming, for runs the function app executes itself (models without a
-background mode: Chat Completions servers such as vLLM, Ollama, LiteLLM or Azure AI Foundry models, or a
-Responses API that only streams).
+"""Chat Completions for the executor, translated both ways: a run's Responses request as a Chat Completions call
+(input items as messages, function tools, the parameters through `parameters.chat_options`), and the call's
+stream of chunks as the Responses API's own stream events (ChatTranslator: a message item for the text, a
+function_call item per tool call, then the terminal event with the whole response), without sequence numbers:
+the executor numbers them in its log.
 
-Whatever the API, the call's output comes out as the Responses API's own stream events (output_item.added,
-content_part.added, output_text.delta, function_call_arguments.delta, ..., and one terminal
-response.completed / response.incomplete / response.failed with the whole response), without sequence
-numbers: the executor numbers them in its log. So everything downstream (the relay, the API, results,
-requires_action) treats an executor run exactly like a provider-background one.
-
-Failures: an HTTP error or a connection that breaks raises ProviderError (transient or not, as classified);
-a failure the model reports inside the stream (an `error` event) is a response.failed event, not an exception:
-the provider said the generation failed, retrying the same request is not ours to decide.
+What Chat Completions cannot take is refused before any call (RequestRefused: a 400 naming the parameter).
 """
 from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, Mapping
 
-import openai
-from openai import AsyncOpenAI
+from ..provider import RequestRefused
+from .model_request import ModelRequest, normalised_usage, with_status
+from .parameters import chat_options
 
-from ..redaction import redact, redact_error
-from .direct_params import chat_options, echoed, responses_options
-from .errors import ProviderError, RequestRefused, classify
-
-TERMINAL_TYPES = ("response.completed", "response.incomplete", "response.failed")
-EMULATOR_KNOB_HEADER = "x-emulator-knobs"  # the local emulator reads per-call knobs here (dev only)
 _FUNCTION_TOOL_FIELDS = ("name", "description", "parameters", "strict")
 
 
 def _refused(param: str, message: str) -> RequestRefused:
     return RequestRefused(f"Unsupported value in '{param}': {message}.", param=param, code="unsupported_value")
-
-
-# -- the Response object ------------------------------------------------------------------------------------
-def response_skeleton(response_id: str, params: Mapping[str, Any], created_at: float) -> dict[str, Any]:
-    """A Responses API Response for a run's parameters (status queued, no output yet), saying what the model call
-    is asked (direct_params.echoed)."""
-    return {
-        "id": response_id, "object": "response", "created_at": int(created_at), "status": "queued",
-        "background": True, "model": params.get("model"), "output": [], "error": None,
-        "incomplete_details": None, "usage": None, "metadata": dict(params.get("metadata") or {}),
-        "instructions": params.get("instructions"), "previous_response_id": params.get("previous_response_id"),
-        "store": True, **echoed(params),
-    }
-
-
-def with_status(base: Mapping[str, Any], status: str, **fields: Any) -> dict[str, Any]:
-    return {**base, "status": status, **fields}
-
-
-# -- input: Responses items -> Chat messages ------------------------------------------------------------------
-def input_items(value: Any) -> list[dict[str, Any]]:
-    """A Responses `input` (a string or a list of items) as a list of items."""
-    if isinstance(value, str):
-        return [{"type": "message", "role": "user", "content": value}]
-    return [dict(item) for item in value or []]
-
-
-def continuation_items(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A finished response's output as input items for the next turn (messages and function calls)."""
-    items = []
-    for item in output or []:
-        if item.get("type") == "message":
-            texts = [p.get("text", "") for p in item.get("content") or [] if p.get("type") == "output_text"]
-            items.append({"type": "message", "role": "assistant",
-                          "content": [{"type": "output_text", "text": "".join(texts)}]})
-        elif item.get("type") == "function_call":
-            items.append({"type": "function_call", "call_id": item.get("call_id"), "name": item.get("name"),
-                          "arguments": item.get("arguments") or ""})
-    return items
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -167,29 +116,7 @@ def chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-@dataclass
-class DirectRequest:
-    """What one direct call asks: the run's parameters (Responses API names) and the whole conversation as
-    Responses items (a session's earlier turns already expanded)."""
-
-    params: Mapping[str, Any]
-    items: list[dict[str, Any]]
-
-    @classmethod
-    def of(cls, params: Mapping[str, Any]) -> "DirectRequest":
-        """The request for parameters alone (no earlier turns)."""
-        return cls(params, input_items(params.get("input")))
-
-    @property
-    def model(self) -> str:
-        return self.params.get("model")
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        return self.params.get("metadata") or {}
-
-
-def chat_params(request: DirectRequest) -> dict[str, Any]:
+def chat_params(request: ModelRequest) -> dict[str, Any]:
     """The Chat Completions call for a request; raises RequestRefused for what it cannot take."""
     params: dict[str, Any] = {"model": request.model,
                               "messages": chat_messages(request.params.get("instructions"), request.items),
@@ -198,36 +125,6 @@ def chat_params(request: DirectRequest) -> dict[str, Any]:
     if request.params.get("tools"):
         params["tools"] = chat_tools(request.params["tools"])
     return params
-
-
-def responses_params(request: DirectRequest) -> dict[str, Any]:
-    """The streamed Responses API call for a request (the server keeps nothing: the log is the stored response)."""
-    return {**responses_options(request.params), "model": request.model, "input": request.items,
-            "stream": True, "store": False,
-            **{k: request.params[k] for k in ("instructions", "tools", "metadata") if request.params.get(k)}}
-
-
-# -- output: Chat chunks -> Responses events -------------------------------------------------------------------
-def normalised_usage(usage: Any) -> dict[str, Any] | None:
-    """Token usage in the Responses API's shape (input/output/total tokens, cached and reasoning tokens), from a
-    Chat Completions usage (prompt_tokens, ...) or a Responses one, whichever details the server left out."""
-    if usage is None:
-        return None
-    data = usage.model_dump(mode="json", by_alias=True, exclude_unset=True) if hasattr(usage, "model_dump") \
-        else dict(usage)
-    if "input_tokens" in data or "output_tokens" in data:
-        inputs, outputs = data.get("input_tokens") or 0, data.get("output_tokens") or 0
-        input_details, output_details = data.get("input_tokens_details"), data.get("output_tokens_details")
-    else:
-        inputs, outputs = data.get("prompt_tokens") or 0, data.get("completion_tokens") or 0
-        input_details, output_details = data.get("prompt_tokens_details"), data.get("completion_tokens_details")
-    input_details, output_details = input_details or {}, output_details or {}
-    return {"input_tokens": inputs,
-            "input_tokens_details": {"cached_tokens": input_details.get("cached_tokens") or 0,
-                                     "cache_write_tokens": input_details.get("cache_write_tokens") or 0},
-            "output_tokens": outputs,
-            "output_tokens_details": {"reasoning_tokens": output_details.get("reasoning_tokens") or 0},
-            "total_tokens": data.get("total_tokens") or inputs + outputs}
 
 
 class ChatTranslator:
@@ -285,8 +182,8 @@ class ChatTranslator:
                            "item": {**self._message, "content": []}})
         if self._part is None or self._part["type"] != kind:
             events += self._close_part()
-            self._part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []} if kind == "output_text" else {
-                "type": "refusal", "refusal": ""}
+            self._part = ({"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+                          if kind == "output_text" else {"type": "refusal", "refusal": ""})
             self._message["content"].append(self._part)
             events.append({"type": "response.content_part.added", **self._where(),
                            "part": json.loads(json.dumps(self._part))})  # a snapshot: the part grows
@@ -391,147 +288,3 @@ def _field(value: Any, name: str) -> Any:
     if value is None:
         return None
     return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
-
-
-def failed_event(base: Mapping[str, Any], code: str, message: str) -> dict[str, Any]:
-    return {"type": "response.failed",
-            "response": with_status(base, "failed", output=[], error={"code": code, "message": redact(message)})}
-
-
-# -- the plain Responses stream: relabelled as ours -----------------------------------------------------------
-class ResponsesRelabeller:
-    """A Responses API stream (without background mode) as our events: its lifecycle events are dropped (the
-    executor sends its own), its responses carry our id and background flag, its error event is a failure."""
-
-    def __init__(self, base: Mapping[str, Any]) -> None:
-        self._base = base
-        self.ended = False
-
-    def feed(self, event: Any) -> list[dict[str, Any]]:
-        data = _wire(event)
-        kind = data.get("type")
-        data.pop("sequence_number", None)
-        data.pop("obfuscation", None)
-        if kind in ("response.created", "response.queued", "response.in_progress", "keepalive"):
-            return []
-        if kind == "error":
-            self.ended = True
-            return [failed_event(self._base, data.get("code") or "server_error", data.get("message") or "model error")]
-        if kind in TERMINAL_TYPES:
-            self.ended = True
-            theirs = data.get("response") or {}
-            data["response"] = {**self._base, **{k: theirs.get(k) for k in (
-                "status", "output", "error", "incomplete_details", "completed_at", "service_tier") if k in theirs},
-                                "usage": normalised_usage(theirs.get("usage"))}
-            if "error" in theirs:
-                data["response"]["error"] = redact_error(theirs["error"])
-        return [data]
-
-
-def _wire(event: Any) -> dict[str, Any]:
-    """An SDK event as the server sent it: its wire names (`async`, not the SDK's `async_`), and only the fields
-    it sent (no nulls for the ones it left out)."""
-    if hasattr(event, "model_dump"):
-        return event.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    return dict(event)
-
-
-# -- the call ------------------------------------------------------------------------------------------------
-class DirectModel:
-    """The streaming model call of the executor, through the one AsyncOpenAI client."""
-
-    def __init__(self, client: AsyncOpenAI, *, api: str, idle_timeout: float, connect_timeout: float,
-                 emulator_knobs: bool = False) -> None:
-        self._client = client
-        self._api = api  # chat_completions | responses
-        self._timeout = openai.Timeout(idle_timeout, connect=connect_timeout)
-        self._emulator_knobs = emulator_knobs
-
-    def check(self, params: Mapping[str, Any]) -> None:
-        """Refuse at the start what this API cannot take: raises RequestRefused (a 400 naming the parameter)."""
-        request = DirectRequest.of(params)
-        if self._api == "chat_completions":
-            chat_params(request)
-        else:
-            responses_params(request)
-
-    @property
-    def api(self) -> str:
-        return self._api
-
-    async def stream(self, request: DirectRequest, base: Mapping[str, Any], *,
-                     api: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        """The call's events, ending with its terminal event, through `api` (default: this instance's). Raises
-        ProviderError when the call is refused or its connection breaks (transient: a cut)."""
-        api = api or self._api
-        source = self._chat(request, base) if api == "chat_completions" else self._responses(request, base)
-        async for event in source:
-            yield event
-
-    def _headers(self, request: DirectRequest) -> dict[str, str]:
-        if not self._emulator_knobs:
-            return {}
-        knobs = {k: v for k, v in (request.metadata or {}).items() if k.startswith("emulator_")}
-        return {EMULATOR_KNOB_HEADER: json.dumps(knobs)} if knobs else {}
-
-    async def _chat(self, request: DirectRequest, base: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        params = chat_params(request)
-        translator = ChatTranslator(base)
-        stream = await self._open(self._client.chat.completions.create, params, request)
-        try:
-            async for chunk in _guarded(stream):
-                for event in translator.feed(chunk):
-                    yield event
-        except _ModelReportedFailure as failure:
-            yield failed_event(base, "server_error", str(failure))
-            return
-        finally:
-            await stream.close()
-        if not translator.ended:
-            raise ProviderError(transient=True, status=None, message="the model stream ended without a finish reason")
-        for event in translator.finish():
-            yield event
-
-    async def _responses(self, request: DirectRequest, base: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        relabeller = ResponsesRelabeller(base)
-        stream = await self._open(self._client.responses.create, responses_params(request), request)
-        try:
-            async for event in _guarded(stream):
-                for ours in relabeller.feed(event):
-                    yield ours
-                if relabeller.ended:
-                    return
-        except _ModelReportedFailure as failure:
-            yield failed_event(base, "server_error", str(failure))
-            return
-        finally:
-            await stream.close()
-        raise ProviderError(transient=True, status=None, message="the model stream ended without a terminal event")
-
-    async def _open(self, create, params: dict[str, Any], request: DirectRequest):
-        try:
-            return await create(**params, timeout=self._timeout, extra_headers=self._headers(request) or None)
-        except Exception as error:  # noqa: BLE001 - classified
-            raise classify(error) from None
-
-
-class _ModelReportedFailure(Exception):
-    """An error event inside the stream: the model's own failure."""
-
-
-async def _guarded(stream) -> AsyncIterator[Any]:
-    """The SDK stream with its failures classified: an in-stream error is the model's failure; a broken
-    connection or unparseable event is a cut (transient)."""
-    try:
-        async for item in stream:
-            yield item
-    except (openai.APIConnectionError, openai.APITimeoutError) as error:
-        raise ProviderError(transient=True, status=None,
-                            message=f"the model stream was cut ({type(error).__name__})") from None
-    except openai.APIStatusError as error:
-        raise classify(error) from None
-    except openai.APIError as error:
-        raise _ModelReportedFailure(error.message) from None
-    except ValueError as error:  # an event cut in half
-        raise ProviderError(transient=True, status=None,
-                            message=f"the model stream broke ({type(error).__name__})") from None

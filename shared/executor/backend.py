@@ -20,11 +20,15 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .. import clock
-from ..provider import ProviderError, ProviderState, RunBackend, Started
-from ..provider.direct import response_skeleton
-from .event_log import EventLog, LogConflict, LogFollower, LogHead
-from .requests import RUN_ID_PREFIX, valid_id
-from .store import RunStore
+from ..provider import ProviderError, ProviderState, RunBackend, StartedResponse
+from ..provider.backend import EventStream
+from ..responses_vocabulary import RunStatus
+from ..runs.requests import RUN_ID_PREFIX, valid_id
+from ..runs.store import RunStore
+from .event_log import EventLog, LogConflict, LogHead, PolledLogStream
+from ..storage import Queue
+from .model_client import Model
+from .model_request import response_skeleton
 
 log = logging.getLogger("bgruns.executor_backend")
 
@@ -38,7 +42,7 @@ def executor_response_id(run_id: str) -> str:
 
 
 def is_executor_id(response_id: str | None) -> bool:
-    return bool(response_id) and response_id.startswith(EXECUTOR_ID_PREFIX)
+    return response_id is not None and response_id.startswith(EXECUTOR_ID_PREFIX)
 
 
 def run_id_of(response_id: str) -> str:
@@ -64,18 +68,19 @@ class ExecuteMessage:
 class ExecutorBackend:
     kind = "executor"
 
-    def __init__(self, events: EventLog, store: RunStore, queue, model, *, stale_seconds: float) -> None:
+    def __init__(self, events: EventLog, store: RunStore, queue: Queue, model: Model, *,
+                 stale_seconds: float) -> None:
         self._log = events
         self._store = store
-        self._queue = queue  # shared.storage.MessageQueue for EXECUTE_QUEUE
-        self._model = model  # provider.direct.DirectModel: only its `check` is used here
+        self._queue = queue  # EXECUTE_QUEUE
+        self._model = model  # only its `check` and `api` are used here
         self._stale = stale_seconds
 
     def check(self, params: dict[str, Any]) -> None:
         """Refuse what the model API cannot take (RequestRefused), before the start writes anything."""
         self._model.check(params)
 
-    async def start(self, params: dict[str, Any], *, stream: bool) -> Started:
+    async def start(self, params: dict[str, Any], *, stream: bool) -> StartedResponse:
         """Open the log and queue the run (`check` has passed)."""
         run_id = params["metadata"]["bg_run_id"]
         response_id = executor_response_id(run_id)
@@ -88,7 +93,8 @@ class ExecutorBackend:
         except Exception:  # no attempt will ever run it: the start fails, and leaves no log behind
             await self._log.purge(run_id)
             raise
-        return Started(ProviderState(response_id, "queued", base))  # a streaming start follows the log (events())
+        # A streaming start follows the log (events()).
+        return StartedResponse(ProviderState(response_id, RunStatus.QUEUED.value, base))
 
     async def observe(self, response_id: str) -> ProviderState:
         head = await self._head(response_id)
@@ -119,14 +125,14 @@ class ExecutorBackend:
         """The executor's stored response is its event log: delete it."""
         await self._log.purge(run_id_of(response_id))
 
-    async def events(self, response_id: str, after: int) -> LogFollower:
+    async def events(self, response_id: str, after: int) -> PolledLogStream:
         run_id = run_id_of(response_id)
 
         async def run_ended() -> bool:
             run = await self._store.get(run_id)
             return run is None or run.is_terminal
 
-        return LogFollower(self._log, run_id, after, run_ended)
+        return PolledLogStream(self._log, run_id, after, run_ended)
 
     # -- helpers -----------------------------------------------------------------------------------------------
     async def _head(self, response_id: str) -> LogHead:
@@ -183,7 +189,7 @@ class BackendRouter:
     def check(self, params: dict[str, Any]) -> None:
         self._starting.check(params)
 
-    async def start(self, params: dict[str, Any], *, stream: bool) -> Started:
+    async def start(self, params: dict[str, Any], *, stream: bool) -> StartedResponse:
         return await self._starting.start(params, stream=stream)
 
     async def observe(self, response_id: str) -> ProviderState:
@@ -192,7 +198,7 @@ class BackendRouter:
     async def cancel(self, response_id: str) -> ProviderState | None:
         return await self._for(response_id).cancel(response_id)
 
-    async def events(self, response_id: str, after: int):
+    async def events(self, response_id: str, after: int) -> EventStream:
         return await self._for(response_id).events(response_id, after)
 
     async def delete(self, response_id: str) -> None:

@@ -26,7 +26,7 @@ Chat Completions, parameter by parameter (a parameter left out, or null, sends n
   probabilities come back in the output text's `logprobs`. Without that include the Responses API returns none,
   so top_logprobs alone sends nothing;
 - accepted, with nothing to send: truncation (the executor applies it to a session's earlier turns:
-  shared.runs.executing), the other include values (they add detail to items the executor never produces:
+  shared.executor.attempts), the other include values (they add detail to items the executor never produces:
   reasoning, web search, file search, code interpreter, computer calls, or to input images we keep as sent),
   stream_options without include_obfuscation, and store (true: the service keeps every run).
 Refused, 400 `unsupported_parameter`: access_programs, context_management, image, max_tool_calls, prompt,
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from .errors import RequestRefused
+from ..provider import RequestRefused
 
 # What the executor reads itself (the conversation, its bookkeeping): never a model parameter here.
 OWN = frozenset({"model", "input", "instructions", "tools", "metadata", "store", "previous_response_id"})
@@ -221,7 +221,7 @@ def _top_logprobs(value: Any, params: Mapping[str, Any]) -> dict[str, Any]:
 def _truncation(value: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(value, str) or value not in TRUNCATION_VALUES:
         raise _invalid("truncation", f"must be one of {sorted(TRUNCATION_VALUES)}.")
-    return {}  # applied to a session's earlier turns by the executor (shared.runs.executing)
+    return {}  # applied to a session's earlier turns by the executor (shared.executor.attempts)
 
 
 def _stream_options(value: Any, params: Mapping[str, Any]) -> dict[str, Any]:

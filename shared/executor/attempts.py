@@ -6,43 +6,44 @@ One invocation:
    duplicate and is dropped; a message redelivered after its invocation died (a higher dequeue count), or one
    finding the attempt silent past EXECUTOR_STALE_SECONDS, starts the next attempt. Past EXECUTOR_MAX_ATTEMPTS
    the run fails with a message saying so.
-2. Stream the call (provider.direct) and append its events in batches (every FLUSH_SECONDS or FLUSH_EVENTS),
+2. Stream the call (model_client) and append its events in batches (every FLUSH_SECONDS or FLUSH_EVENTS),
    each batch with a heartbeat on the head. A 429/5xx before any output is retried with backoff; a cut after
    output started ends the attempt: the next one begins in this invocation with a `response.output_restarted`
    event, so followers know to drop the partial output, and sequence numbers keep growing.
 3. About every second, look at the run: ended by someone else (cancel, deadline on the poll chain) -> stop the
    call; past its deadline -> stop and end it `expired`; past this invocation's share of functionTimeout ->
    stop and fail it with a message naming the limit. A cancel also closes the log, which the next batch notices.
-4. At the terminal event: append it and close the log in one transaction, then `lifecycle.finish`. A crash
-   in between is finished from the log by the next message or the poll chain.
+4. At the terminal event: append it and close the log in one transaction, then end the run (runs.ending, which
+   makes the webhook's first attempt right here, as every background step does). A crash in between is finished
+   from the log by the next message or the poll chain.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Mapping
 
 from azure.core.exceptions import AzureError
 
 from .. import clock
 from ..provider import ProviderError
-from ..provider.direct import (DirectRequest, continuation_items, failed_event, input_items, response_skeleton,
-                               with_status)
+from ..responses_vocabulary import OUTPUT_RESTARTED_EVENT, ErrorCode, RunStatus, is_terminal_event
+from ..runs.ending import Cancelled, DeadlinePassed, Observed, ProviderEnded, RunEnding
+from ..runs.model import Run
+from ..runs.poll_chain import Backoff
+from ..runs.store import RunConflict, RunStore
 from ..settings import ExecutorSettings
-from .event_log import TERMINAL_EVENTS, EventLog, LogConflict, LogHead
-from .executor_backend import ExecuteMessage, executor_response_id, is_executor_id, run_id_of
-from .lifecycle import RunLifecycle
-from .model import Run
-from .results import cancelled_result, failure_result, result_from_response
-from .store import RunConflict, RunStore
+from .backend import ExecuteMessage, executor_response_id, is_executor_id, run_id_of
+from .event_log import EventLog, LogConflict, LogHead
+from .model_client import Model
+from .model_request import ModelRequest, continuation_items, failed_event, input_items, response_skeleton, with_status
 
 log = logging.getLogger("bgruns.executing")
 
-RESTART_EVENT = "response.output_restarted"
 # The most of a session's earlier turns one call loads (Chat Completions keeps no state: they are read back from our
 # runs and sent again). 8 MiB of JSON is more text than any model's context holds (1M tokens are about 4 MB), and
 # building a call at that ceiling peaks at 16 MiB (python -m bench.executor_history). Beyond either limit a turn
@@ -52,6 +53,21 @@ MAX_HISTORY_TURNS = 500
 MAX_HISTORY_BYTES = 8 * 1024 * 1024
 PROVIDER_TRIES = 6  # a call refused with 429/5xx before any output: this many tries in all
 MAX_BACKOFF_SECONDS = 30.0
+
+
+class ExecuteOutcome(StrEnum):
+    """What an execute message did, when it did not end the run (then its outcome is the run's status)."""
+
+    MALFORMED = "malformed"
+    UNKNOWN_RUN = "unknown-run"
+    NO_LOG = "no-log"  # the run has no event log (not an executor run, or purged)
+    ALREADY_TERMINAL = "already-terminal"
+    FINISHED_FROM_LOG = "finished-from-log"  # the log had ended but the run had not (a crash between the two)
+    CLOSED = "closed"  # the log was closed while this message claimed it
+    DUPLICATE = "duplicate"  # a live attempt holds the log
+    BUSY = "busy"  # the head kept changing while this message tried to claim it
+    STOPPED = "stopped"  # the run ended elsewhere (a cancel closed the log)
+    SUPERSEDED = "superseded"  # a newer attempt owns the log
 STORAGE_CONFLICT_TRIES = 4  # ETag conflicts that leave the log ours (a watchdog note) before the attempt stops
 
 
@@ -61,6 +77,12 @@ class Timings:
     flush_events: int = 64  # ... or as soon as it has this many
     check_seconds: float = 1.0  # how often the run is looked at while its call streams (cancel, deadline)
     retry_base_seconds: float = 0.5  # first backoff of a call refused before output (doubling, jittered)
+
+    @property
+    def retry_backoff(self) -> Backoff:
+        """The backoff of a call refused before output: from retry_base_seconds, doubling, up to MAX_BACKOFF_SECONDS;
+        the provider's Retry-After can only lengthen it."""
+        return Backoff(self.retry_base_seconds, MAX_BACKOFF_SECONDS, 2.0)
     # How long a batch the log would not take (storage down) is tried again before the attempt gives up. Long
     # enough to ride out a storage blip: the batch may hold a whole answer the model was paid for. Nobody else
     # can take the log over meanwhile (that needs storage too), and if someone did, the ETag says so.
@@ -154,53 +176,54 @@ class _Writer:
 
 
 class Executor:
-    def __init__(self, store: RunStore, events: EventLog, lifecycle: RunLifecycle, model,
+    def __init__(self, store: RunStore, events: EventLog, ending: RunEnding, model: Model,
                  settings: ExecutorSettings, timings: Timings = Timings()) -> None:
         self._store = store
         self._log = events
-        self._lifecycle = lifecycle
-        self._model = model  # provider.direct.DirectModel (or a fake with `stream`)
+        self._ending = ending
+        self._model = model
         self._settings = settings
         self.timings = timings
         self._heartbeat = max(0.2, min(5.0, settings.stale_seconds / 4))
 
     # -- one message ---------------------------------------------------------------------------------------------
-    async def handle(self, data: Mapping[str, Any], *, message_id: str = "", dequeue_count: int = 1) -> str:
+    async def handle(self, data: Mapping[str, Any], *, message_id: str = "",
+                     dequeue_count: int = 1) -> ExecuteOutcome | RunStatus:
         """Handle one execute message; returns what happened (for logs and tests)."""
         try:
             message = ExecuteMessage.parse(data)
         except ValueError:
             log.warning("dropping malformed execute message %r", data)
-            return "malformed"
+            return ExecuteOutcome.MALFORMED
         run = await self._store.get(message.run_id, with_request=True)
         if run is None:
-            return "unknown-run"
+            return ExecuteOutcome.UNKNOWN_RUN
         head = await self._log.head(run.id)
         if head is None:
-            return "no-log"
+            return ExecuteOutcome.NO_LOG
         if run.is_terminal:
             await self._close_quietly(head)  # followers end; nothing is left to run
-            return "already-terminal"
+            return ExecuteOutcome.ALREADY_TERMINAL
         if head.is_closed:
             return await self._finish_from_log(run, head)
         claimed = await self._claim(head, message_id, dequeue_count)
-        if isinstance(claimed, str):
+        if isinstance(claimed, ExecuteOutcome):
             return claimed
         if claimed.attempt > self._settings.max_attempts:
             return await self._give_up(run, claimed)
         return await self._execute(run, claimed)
 
-    async def _claim(self, head: LogHead, message_id: str, dequeue_count: int) -> LogHead | str:
+    async def _claim(self, head: LogHead, message_id: str, dequeue_count: int) -> LogHead | ExecuteOutcome:
         """Take the next attempt, unless a live one holds the log. Returns the claimed head (its `attempt` may
         exceed the limit: the caller then fails the run) or why not."""
         for _ in range(10):
             if head.is_closed:
-                return "closed"
+                return ExecuteOutcome.CLOSED
             if head.attempt > 0:
                 redelivered = head.claimed_by == message_id and dequeue_count > head.claimed_dequeue
                 silent = clock.now() - head.heartbeat_at > self._settings.stale_seconds
                 if not (redelivered or silent):
-                    return "duplicate"
+                    return ExecuteOutcome.DUPLICATE
                 how = "ended with its invocation (host stopped or failed)" if redelivered else "went silent"
                 log.warning("run %s: attempt %d %s; starting attempt %d", head.run_id, head.attempt, how,
                             head.attempt + 1)
@@ -210,13 +233,14 @@ class Executor:
             try:
                 return await self._log.save_head(head)
             except LogConflict:
-                head = await self._log.head(head.run_id)
-                if head is None:
-                    return "no-log"
-        return "busy"
+                fresh = await self._log.head(head.run_id)
+                if fresh is None:
+                    return ExecuteOutcome.NO_LOG
+                head = fresh
+        return ExecuteOutcome.BUSY
 
     # -- running the attempts ----------------------------------------------------------------------------------
-    async def _execute(self, run: Run, head: LogHead) -> str:
+    async def _execute(self, run: Run, head: LogHead) -> ExecuteOutcome | RunStatus:
         started = time.monotonic()
         response_id = executor_response_id(run.id)
         base = response_skeleton(response_id, run.request, run.created_at)
@@ -226,21 +250,22 @@ class Executor:
             try:
                 request = await self._conversation(run)
             except HistoryTooLarge as error:
-                return await self._fail(run, writer, base, "history_too_large", str(error))
+                return await self._fail(run, writer, base, ErrorCode.HISTORY_TOO_LARGE, str(error))
             except ProviderError as error:
-                return await self._fail(run, writer, base, "invalid_conversation", error.message)
+                return await self._fail(run, writer, base, ErrorCode.INVALID_CONVERSATION, error.message)
             await self._mark_in_progress(run)
             while True:
                 if restart_reason:
-                    writer.emit({"type": RESTART_EVENT, "attempt": writer.head.attempt, "reason": restart_reason})
+                    writer.emit({"type": OUTPUT_RESTARTED_EVENT, "attempt": writer.head.attempt,
+                                 "reason": restart_reason})
                 writer.emit({"type": "response.in_progress", "response": with_status(base, "in_progress")})
                 await writer.flush()
-                outcome = await self._call(run, writer, request, base, started)
-                if not outcome.startswith("cut:"):
-                    return outcome
-                restart_reason = outcome[4:]
+                try:
+                    return await self._call(run, writer, request, base, started)
+                except _Cut as cut:
+                    restart_reason = cut.reason
                 if writer.head.attempt >= self._settings.max_attempts:
-                    return await self._fail(run, writer, base, "model_call_interrupted",
+                    return await self._fail(run, writer, base, ErrorCode.MODEL_CALL_INTERRUPTED,
                                             self._exhausted(restart_reason))
                 await writer.flush(attempt=writer.head.attempt + 1)
                 log.info("run %s: %s; attempt %d", run.id, restart_reason, writer.head.attempt)
@@ -248,26 +273,26 @@ class Executor:
             closed = superseded.head is not None and superseded.head.is_closed
             log.info("run %s: attempt %d stops: %s", run.id, head.attempt, "the log was closed (cancel)" if closed
                      else "a newer attempt owns the log")
-            return "stopped" if closed else "superseded"
+            return ExecuteOutcome.STOPPED if closed else ExecuteOutcome.SUPERSEDED
 
-    async def _call(self, run: Run, writer: _Writer, request: DirectRequest, base: dict, started: float) -> str:
-        """One attempt's call, with retries before any output. Returns how the run went, or `cut:<why>`."""
+    async def _call(self, run: Run, writer: _Writer, request: ModelRequest, base: dict[str, Any],
+                    started: float) -> ExecuteOutcome | RunStatus:
+        """One attempt's call, with retries before any output: how the run went. Raises _Cut when the stream
+        broke after output began (the attempt is over)."""
         for tries in range(1, PROVIDER_TRIES + 1):
             try:
                 terminal = await self._stream(run, writer, request, base, started)
             except _Stop as stop:
                 return await self._stopped(run, writer, base, stop.reason)
-            except _Cut as cut:
-                return f"cut:{cut}"
             except ProviderError as error:
                 if not error.transient:
-                    return await self._fail(run, writer, base, "provider_error",
+                    return await self._fail(run, writer, base, ErrorCode.PROVIDER_ERROR,
                                             f"The model provider refused the call ({error.status}): {error.message}")
                 if tries == PROVIDER_TRIES:
-                    return await self._fail(run, writer, base, "provider_unavailable",
+                    return await self._fail(run, writer, base, ErrorCode.PROVIDER_UNAVAILABLE,
                                             f"The model provider kept failing ({tries} tries): {error.message}")
-                backoff = self.timings.retry_base_seconds * 2 ** (tries - 1) * (0.8 + 0.4 * random.random())
-                delay = min(MAX_BACKOFF_SECONDS, max(error.retry_after or 0.0, backoff))
+                delay = min(MAX_BACKOFF_SECONDS, self.timings.retry_backoff.delay(tries - 1,
+                                                                                  retry_after=error.retry_after))
                 log.info("run %s: provider hiccup before output (%s); retrying in %.1fs", run.id, error.message, delay)
                 try:
                     await self._pause(delay, run, writer, started)
@@ -275,21 +300,22 @@ class Executor:
                     return await self._stopped(run, writer, base, stop.reason)
                 continue
             await writer.flush(status=terminal["response"]["status"])
-            await self._finish(run, terminal["response"])
-            return terminal["response"]["status"]
+            await self._end(run, ProviderEnded(terminal["response"]))
+            return RunStatus(terminal["response"]["status"])
         raise AssertionError("unreachable")
 
-    async def _stream(self, run: Run, writer: _Writer, request: DirectRequest, base: dict, started: float) -> dict:
+    async def _stream(self, run: Run, writer: _Writer, request: ModelRequest, base: dict[str, Any],
+                      started: float) -> dict[str, Any]:
         """Stream the call into the writer; returns the terminal event. Raises _Stop (the run must stop),
         _Cut (the stream broke after output began) or ProviderError (it broke or was refused before)."""
-        produced = {"output": False, "terminal": None}
+        produced: dict[str, Any] = {"output": False, "terminal": None}
 
         async def produce() -> None:
             async for event in self._model.stream(request, base, api=writer.head.api or None):
                 writer.emit(event)
                 if event["type"] == "response.output_item.added":
                     produced["output"] = True
-                if event["type"] in TERMINAL_EVENTS:
+                if is_terminal_event(event["type"]):
                     produced["terminal"] = writer.pending[-1]
                     return
 
@@ -322,7 +348,7 @@ class Executor:
                 raise error
             if produced["output"] and error.transient:
                 await writer.flush()  # keep what the failed attempt produced; the restart event follows it
-                raise _Cut(error.message)
+                raise _Cut(error.message) from None
             raise error
         return produced["terminal"]
 
@@ -365,53 +391,52 @@ class Executor:
                 return
 
     # -- ending ----------------------------------------------------------------------------------------------------
-    async def _stopped(self, run: Run, writer: _Writer, base: dict, reason: str) -> str:
+    async def _stopped(self, run: Run, writer: _Writer, base: dict[str, Any],
+                       reason: str) -> ExecuteOutcome | RunStatus:
         if reason == "budget":
-            return await self._fail(run, writer, base, "function_timeout", self._budget_message())
+            return await self._fail(run, writer, base, ErrorCode.FUNCTION_TIMEOUT, self._budget_message())
         await writer.flush()  # what was produced before the stop stays in the log
         if reason == "deadline":
-            allowed = run.deadline_at - run.created_at
-            await self._finish(run, None, ("expired", failure_result(
-                "deadline_exceeded", f"The run did not finish within its deadline of {allowed:.0f} s.")))
-        await writer.flush(status="cancelled")  # close the log: followers end, the relay sends the run's end
-        return "expired" if reason == "deadline" else "stopped"
+            await self._end(run, DeadlinePassed())
+        await writer.flush(status=RunStatus.CANCELLED.value)  # close the log: followers end, the relay sends the end
+        return RunStatus.EXPIRED if reason == "deadline" else ExecuteOutcome.STOPPED
 
-    async def _fail(self, run: Run, writer: _Writer, base: dict, code: str, message: str) -> str:
+    async def _fail(self, run: Run, writer: _Writer, base: dict[str, Any], code: ErrorCode, message: str) -> RunStatus:
         log.warning("run %s fails: %s", run.id, message)
         event = failed_event(base, code, message)
         writer.emit(event)
-        await writer.flush(status="failed")
-        await self._finish(run, event["response"])
-        return "failed"
+        await writer.flush(status=RunStatus.FAILED.value)
+        await self._end(run, ProviderEnded(event["response"]))
+        return RunStatus.FAILED
 
-    async def _give_up(self, run: Run, head: LogHead) -> str:
+    async def _give_up(self, run: Run, head: LogHead) -> ExecuteOutcome | RunStatus:
         base = response_skeleton(executor_response_id(run.id), run.request, run.created_at)
         writer = _Writer(self._log, head, self.timings, self._heartbeat)
         try:
-            return await self._fail(run, writer, base, "model_call_interrupted",
+            return await self._fail(run, writer, base, ErrorCode.MODEL_CALL_INTERRUPTED,
                                     self._exhausted("the host running it stopped"))
         except Superseded:
-            return "stopped"
+            return ExecuteOutcome.STOPPED
 
     def _exhausted(self, last: str) -> str:
         limit = self._settings.max_attempts
         return (f"The model call was started {limit} times and did not finish (last: {last}); "
                 f"EXECUTOR_MAX_ATTEMPTS is {limit}.")
 
-    async def _finish(self, run: Run, response: dict | None, ours: tuple[str, dict] | None = None) -> None:
+    async def _end(self, run: Run, observed: Observed) -> None:
+        """End the run through runs.ending, which makes the webhook's first attempt here."""
         fresh = await self._store.get(run.id, with_result=True) or run
         fresh.response_id = fresh.response_id or executor_response_id(run.id)  # the start may not have saved it yet
-        status, result = ours if ours else result_from_response(response)
-        await self._lifecycle.finish(fresh, status, result)
+        await self._ending.end(fresh, observed)
 
-    async def _finish_from_log(self, run: Run, head: LogHead) -> str:
+    async def _finish_from_log(self, run: Run, head: LogHead) -> ExecuteOutcome | RunStatus:
         """The log ended but the run did not (a crash between the two): end it as the log says."""
         final = await self._log.final_response(head)
         if final is None:
-            await self._finish(run, None, ("cancelled", cancelled_result()))
-            return "cancelled"
-        await self._finish(run, final)
-        return "finished-from-log"
+            await self._end(run, Cancelled())
+            return RunStatus.CANCELLED
+        await self._end(run, ProviderEnded(final))
+        return ExecuteOutcome.FINISHED_FROM_LOG
 
     async def _close_quietly(self, head: LogHead) -> None:
         if head.is_closed:
@@ -442,11 +467,11 @@ class Executor:
                 "unbounded, -1) or shorten the run.")
 
     # -- the conversation --------------------------------------------------------------------------------------------
-    async def _conversation(self, run: Run) -> DirectRequest:
+    async def _conversation(self, run: Run) -> ModelRequest:
         """The call's input: the session's earlier turns (their inputs and outputs, oldest first) and this one.
         Chat Completions keeps no state, so `previous_response_id` is followed here, through our own runs."""
         history = await self._earlier_turns(run)
-        return DirectRequest(run.request, history + input_items(run.request.get("input")))
+        return ModelRequest(run.request, history + input_items(run.request.get("input")))
 
     async def _earlier_turns(self, run: Run) -> list[dict[str, Any]]:
         """The earlier turns, read newest first up to MAX_HISTORY_TURNS turns and MAX_HISTORY_BYTES of JSON: no
@@ -502,5 +527,9 @@ class HistoryTooLarge(Exception):
 
 
 class _Cut(Exception):
-    """The model stream broke after output began: the attempt is over."""
+    """The model stream broke after output began: the attempt is over (`reason` says why, for the next one)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 

@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableTransactionError, UpdateMode
 
 from .. import clock
 from ..provider import ProviderError
-from .store import utf16_bytes
+from ..responses_vocabulary import ENDED_RESPONSE_STATUSES, is_terminal_event
+from ..runs.store import utf16_bytes
+from ..storage import BlobContainer, Table
 
 log = logging.getLogger("bgruns.event_log")
 
@@ -39,8 +41,6 @@ HEAD_ROW = "head"
 ROW_BUDGET_BYTES = 56 * 1024  # UTF-16 bytes of one row's events (a Table property holds 64 KiB); a larger
 # single event (a long output's final events) is stored as a blob
 MAX_ROWS_PER_APPEND = 40  # an entity group transaction takes 100 entities and 4 MiB
-CLOSED_STATUSES = frozenset({"completed", "failed", "incomplete", "cancelled"})
-TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 _HEAD_FIELDS = ("status", "last_seq", "attempt", "claimed_by", "claimed_dequeue", "heartbeat_at", "dispatched_at",
                 "created_at", "final_row", "api")
 
@@ -74,7 +74,7 @@ class LogHead:
 
     @property
     def is_closed(self) -> bool:
-        return self.status in CLOSED_STATUSES
+        return self.status in ENDED_RESPONSE_STATUSES
 
     def entity(self) -> dict[str, Any]:
         return {"PartitionKey": self.run_id, "RowKey": HEAD_ROW, **{name: getattr(self, name) for name in _HEAD_FIELDS}}
@@ -114,8 +114,8 @@ class LogEvent:
 
 
 class EventLog:
-    def __init__(self, table, payloads) -> None:
-        self._table = table  # azure.data.tables.aio.TableClient for EVENTS_TABLE
+    def __init__(self, table: Table, payloads: BlobContainer) -> None:
+        self._table = table  # EVENTS_TABLE
         self._payloads = payloads  # the run-payloads container (large events, under the run's blob prefix)
 
     # -- writing ---------------------------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ class EventLog:
         if rows:
             new.last_seq = int(rows[-1]["RowKey"])
             last = json.loads(rows[-1]["events"])[-1]
-            if last["type"] in TERMINAL_EVENTS:
+            if is_terminal_event(last["type"]):
                 new.final_row = rows[-1]["RowKey"]
         operations = [("create", row) for row in rows]
         operations.append(("update", new.entity(), {"mode": UpdateMode.MERGE, "etag": head.etag,
@@ -239,7 +239,7 @@ class EventLog:
             return None
         entity = await self._table.get_entity(head.run_id, head.final_row)
         for event in reversed(json.loads(entity["events"])):
-            if event["type"] in TERMINAL_EVENTS:
+            if is_terminal_event(event["type"]):
                 return (await self._expand(event)).get("response")
         return None
 
@@ -260,17 +260,19 @@ class EventLog:
         return len(keys)
 
 
-# -- following the log live ---------------------------------------------------------------------------------------
+# -- the log as a live event stream, polled --------------------------------------------------------------------
 FOLLOW_MIN_DELAY = 0.2  # about the executor's flush interval: a busy log is looked at about as often as it grows
 FOLLOW_MAX_DELAY = 1.0  # an idle one at most once a second
 RUN_CHECK_SECONDS = 5.0  # idle this long: ask whether the run ended without closing its log (a crash)
 MAX_READ_FAILURES = 4
 
 
-class LogFollower:
-    """A run's events from a position, live: one query per look, sooner while events flow, at most once a second
-    while idle. Ends after the terminal event, or when the log is closed without one (a cancel), or when the run
-    ended while its log stayed open (`run_ended`)."""
+class PolledLogStream:
+    """A run's events from a position, live, by polling the log: one query per look, sooner while events flow, at
+    most once a second while idle. Ends after the terminal event, or when the log is closed without one (a cancel),
+    or when the run ended while its log stayed open (`run_ended`). It is an executor run's event stream (what
+    ExecutorBackend.events returns), which the relay and the watcher follow like a provider's
+    (runs.stream_following); a storage hiccup is retried here, as a provider's dropped connection is there."""
 
     def __init__(self, events: EventLog, run_id: str, after: int,
                  run_ended: Callable[[], Awaitable[bool]] | None = None) -> None:
@@ -309,7 +311,7 @@ class LogFollower:
             for event in events:
                 position = event["sequence_number"]
                 yield LogEvent(event)
-                if event["type"] in TERMINAL_EVENTS:
+                if is_terminal_event(event["type"]):
                     return
             if head.is_closed:
                 return  # closed without a terminal event: cancelled or stopped

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from openai import InvalidWebhookSignatureError
+from openai.resources.webhooks import AsyncWebhooks
 
 from .. import strict_json
+from ..responses_vocabulary import ENDED_WEBHOOK_EVENT_TYPES
 
 # Printable ASCII without the characters a Table key may not hold.
 _WEBHOOK_ID = re.compile(r"^(?:(?![/\\#?])[!-~]){1,256}$")
 SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
-RESPONSE_END_EVENTS = frozenset({"response.completed", "response.failed", "response.cancelled", "response.incomplete"})
 
 
 class InvalidProviderEvent(Exception):
@@ -32,12 +33,12 @@ class ProviderEvent:
 
     @property
     def ends_a_response(self) -> bool:
-        return self.type in RESPONSE_END_EVENTS and bool(self.response_id)
+        return self.type in ENDED_WEBHOOK_EVENT_TYPES and bool(self.response_id)
 
 
-class ProviderWebhookVerifier:
-    def __init__(self, webhooks, secrets: Sequence[str]) -> None:
-        self._webhooks = webhooks  # an openai client's `.webhooks` resource
+class ProviderEventVerifier:
+    def __init__(self, webhooks: AsyncWebhooks, secrets: Sequence[str]) -> None:
+        self._webhooks = webhooks  # the openai client's `.webhooks` resource
         # The SDK decodes the secret strictly: give it the padded base64 that Standard Webhooks allows unpadded.
         self._secrets = tuple(s + "=" * (-len(s.removeprefix("whsec_")) % 4) for s in secrets)
 
