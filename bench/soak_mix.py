@@ -112,7 +112,7 @@ class SoakMix(Mix):
             await asyncio.sleep(5.0)
             polled = await self.api.call("POST", "/api/runs", label="POST /api/runs (token)",
                                          json_body={"continuation_token": token})
-            if polled.status != 200:
+            if polled.status not in (200, 202):  # 202 while it runs, 200 once it ended
                 break
             token = (polled.body or {}).get("continuation_token")
 
