@@ -143,14 +143,14 @@ class ApiClient:
         answer = await self.call("GET", f"/api/runs/{run_id}", label="GET /api/runs/{id}")
         return answer.body if answer.status == 200 else None
 
-    async def wait_terminal(self, run_id: str, timeout: float) -> dict[str, Any] | None:
+    async def wait_terminal(self, run_id: str, timeout: float, every: float = 1.0) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout
         view = None
         while time.monotonic() < deadline:
             view = await self.get(run_id)
             if view and view.get("status") in TERMINAL:
                 return view
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(every)
         return view
 
     async def cancel(self, record: RunRecord) -> Answer:

@@ -211,8 +211,10 @@ class LocalStack:
         self.receiver = WebhookReceiver(self.webhook_secrets, port=self.ports.receiver, echo=self.receiver_echo).up()
         self.env = self.service_env()
         if with_host:
+            # kept before it starts: a host that never got ready is still stopped by stop()
             self.host = HostProcess(REPO_ROOT, port=self.ports.host, env=self.env, log_path=self._log("host"),
-                                    grace_seconds=self.host_grace_seconds).start(timeout=60)
+                                    grace_seconds=self.host_grace_seconds)
+            self.host.start(timeout=60)
             if wait_healthy:
                 wait_until_healthy(self.host.base_url, 60)
         return self
@@ -276,9 +278,9 @@ class LocalStack:
         """Another instance of the app on a free port: the same storage, emulator, secrets and keys, plus
         `overrides`. Stopped by the caller, or at the latest by stop()."""
         host = HostProcess(REPO_ROOT, env={**self.env, **overrides}, log_path=self._log(name),
-                           grace_seconds=self.host_grace_seconds).start(timeout=60)
-        self._extra_hosts.append(host)
-        return host
+                           grace_seconds=self.host_grace_seconds)
+        self._extra_hosts.append(host)  # before it starts: one that never got ready is still stopped by stop()
+        return host.start(timeout=60)
 
     def switch_storage(self, proxied: bool) -> None:
         """Restart the host with its storage through the counting proxy or straight to Azurite."""

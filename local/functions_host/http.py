@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -271,7 +272,15 @@ class HttpFrontend:
             body = {k: v for k, v in self.status.items() if not k.startswith("_")}
             body["processUptime"] = int((time.monotonic() - self.status["_started"]) * 1000)
             body["http"] = self.concurrency.status()
+            body["invocations"] = self.invoker.counts()
+            # What a soak watches for growth besides RSS and file descriptors (bench/soak.py): the event loop's
+            # tasks, invocations in flight and the blocks Python's allocator holds (O(arenas), cheap).
+            body["process"] = {"asyncio_tasks": len(asyncio.all_tasks()), "running_invocations": self.invoker.active,
+                               "allocated_blocks": sys.getallocatedblocks()}
             await _send_json(send, 200, body)
+            return
+        if path == "admin/host/pools" and method == "GET":
+            await _send_json(send, 200, connection_pools())
             return
         if path == "admin/functions" and method == "GET":
             await _send_json(send, 200, [
@@ -376,6 +385,36 @@ async def _send_func_response(send, result: Any) -> None:
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": result.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def connection_pools() -> dict:
+    """The process's HTTP connection pools (aiohttp: the Azure SDKs; httpx: openai and the webhook sender), each
+    connection in use or idle. Idle ones are kept alive for reuse; a connection in use that is never given back
+    is a leak. Found by walking the garbage collector's objects: tens of milliseconds, for a soak's minute
+    samples (bench/soak.py), not for a hot path."""
+    import gc
+
+    import aiohttp
+    import httpcore
+
+    pools = {"aiohttp": {"pools": 0, "in_use": 0, "idle": 0}, "httpx": {"pools": 0, "in_use": 0, "idle": 0}}
+    for obj in gc.get_objects():
+        # type(), not isinstance(): isinstance falls back to obj.__class__, and openai's lazy module proxies
+        # import what they stand for when asked (tens of MiB of RSS the first time)
+        kind = type(obj)
+        if issubclass(kind, aiohttp.BaseConnector) and not obj.closed:
+            entry = pools["aiohttp"]
+            entry["in_use"] += len(getattr(obj, "_acquired", ()))
+            entry["idle"] += sum(len(conns) for conns in getattr(obj, "_conns", {}).values())
+        elif issubclass(kind, httpcore.AsyncConnectionPool):
+            entry = pools["httpx"]
+            live = [c for c in obj.connections if not c.is_closed()]
+            entry["idle"] += sum(1 for c in live if c.is_idle())
+            entry["in_use"] += sum(1 for c in live if not c.is_idle())
+        else:
+            continue
+        entry["pools"] += 1
+    return pools
 
 
 def new_status(functions: list[FunctionSpec]) -> dict:

@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
@@ -118,6 +119,7 @@ class Invoker:
         )
         self.function_timeout = function_timeout
         self.running: set[asyncio.Task] = set()
+        self.executed: Counter = Counter()  # (function, "succeeded" | "failed") -> invocations ended
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -159,6 +161,7 @@ class Invoker:
             if not task.done() and not isinstance(exc, FunctionTimeoutError):
                 task.cancel()  # the waiter was cancelled (host stopping): cancel an async invocation too
             ms = int((time.monotonic() - started) * 1000)
+            self.executed[spec.name, "failed"] += 1
             log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)", spec.name, invocation_id, ms)
             if isinstance(exc, asyncio.CancelledError):
                 log.error("Invocation %s was cancelled (host stopping).", invocation_id)
@@ -168,8 +171,16 @@ class Invoker:
         finally:
             self._forget(task)
         ms = int((time.monotonic() - started) * 1000)
+        self.executed[spec.name, "succeeded"] += 1
         log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", spec.name, invocation_id, ms)
         return result
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Invocations ended since the host started, per function: {"poll_run": {"succeeded": n, "failed": m}}."""
+        out: dict[str, dict[str, int]] = {}
+        for (name, outcome), count in sorted(self.executed.items()):
+            out.setdefault(name, {"succeeded": 0, "failed": 0})[outcome] = count
+        return out
 
     def _forget(self, task: asyncio.Task) -> None:
         if task.done():

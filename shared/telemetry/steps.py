@@ -111,6 +111,10 @@ class Step:
             if self._context_token is not None:
                 _otel()["context"].detach(self._context_token)
             _STEP.reset(self._token)
+            # Contexts copied while this step was current outlive it (asyncio copies the context into every
+            # callback it schedules: a connection opened now keeps it in its reader for as long as its pool keeps
+            # the connection), and they hold this object: it lets go of the run (input, output) and the span.
+            self.run = self.span = None
         return False
 
     def _close(self, error: BaseException | None) -> None:

@@ -34,6 +34,23 @@ def test_status_endpoint(classic):
     assert r.status_code == 200 and r.json()["state"] == "Running"
 
 
+def test_status_counts_invocations_per_function_and_shows_the_event_loop(classic):
+    """bench/soak.py divides the host's CPU by these counts and watches the loop's tasks for growth."""
+    def status():
+        return httpx.get(classic.url("admin/host/status")).json()
+
+    before = status()["invocations"].get("get_run", {}).get("succeeded", 0)
+    for _ in range(3):
+        assert httpx.get(classic.url("api/runs/r-1")).status_code == 200
+    after = status()
+    assert after["invocations"]["get_run"] == {"succeeded": before + 3, "failed": 0}
+    process = after["process"]
+    assert process["asyncio_tasks"] >= 1 and process["running_invocations"] == 0 and process["allocated_blocks"] > 0
+    pools = httpx.get(classic.url("admin/host/pools")).json()
+    assert set(pools) == {"aiohttp", "httpx"}
+    assert all(set(counts) == {"pools", "in_use", "idle"} and min(counts.values()) >= 0 for counts in pools.values())
+
+
 def test_classic_routes_params_and_query(classic):
     r = httpx.get(classic.url("api/runs/r-1?x=1&y=two"))
     assert r.status_code == 200

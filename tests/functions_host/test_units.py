@@ -1,10 +1,14 @@
 """Fast in-process checks of the host's building blocks (no Azurite, no subprocess)."""
+import asyncio
+import sys
 from datetime import datetime, timezone
 
+import aiohttp
+import openai  # noqa: F401 - its lazy module proxies are what connection_pools() must not wake
 import pytest
 
 from local.functions_host.errors import StartupError
-from local.functions_host.http import Keys
+from local.functions_host.http import Keys, connection_pools
 from local.functions_host.routing import compile_route
 from local.functions_host.settings import load_host_json, parse_timespan, resolve_expression
 from local.functions_host.timers import CronSchedule, parse_schedule
@@ -152,3 +156,19 @@ def test_function_timeout_defaults_to_flex_and_minus_one_is_unbounded(tmp_path):
     assert load_host_json(tmp_path).function_timeout is None
     (tmp_path / "host.json").write_text(json.dumps({"version": "2.0", "functionTimeout": "00:10:00"}))
     assert load_host_json(tmp_path).function_timeout == 600
+
+
+def test_counting_connection_pools_finds_them_and_imports_nothing():
+    """The soak asks for the pools once a minute: an isinstance() on every object would make openai's lazy
+    proxies import ~1,600 modules (tens of MiB of RSS that the soak would then report as the worker's)."""
+    async def with_a_connector() -> dict:
+        connector = aiohttp.TCPConnector()
+        try:
+            return connection_pools()
+        finally:
+            await connector.close()
+
+    before = set(sys.modules)
+    pools = asyncio.run(with_a_connector())
+    assert set(sys.modules) - before == set()
+    assert pools["aiohttp"]["pools"] >= 1 and pools["aiohttp"]["in_use"] == 0
