@@ -23,6 +23,10 @@ def configuration(settings: Settings) -> dict[str, Any]:
                        "provider_webhook_secrets": len(settings.completion.provider_webhook_secrets)},
         "responses_api": {"callers": len({key.caller for key in settings.facade.api_keys}),
                           "keys": len(settings.facade.api_keys)},
+        "caller_quotas": {"max_active_runs": settings.quotas.default.max_active,
+                          "starts_per_minute": settings.quotas.default.per_minute,
+                          "overrides": {name: {"max_active_runs": quota.max_active, "starts_per_minute": quota.per_minute}
+                                        for name, quota in sorted(settings.quotas.overrides.items())}},
     }
 
 

@@ -83,17 +83,17 @@ class CallerQuotas:
             state, etag, slots = await self._read(caller)
             now = clock.now()
             if quota.max_active and slots >= quota.max_active:
-                raise RateLimited(f"Too many active runs: caller '{caller}' may have {quota.max_active} at a time "
+                raise RateLimited(f"Too many active runs: {_who(caller)} may have {quota.max_active} at a time "
                                   f"and has {slots}. Retry when one of them ends.", limit=quota.max_active,
                                   remaining=0, reset_seconds=ACTIVE_RETRY_AFTER, retry_after=ACTIVE_RETRY_AFTER)
-            tat = _next_arrival(quota, state.get("tat", 0.0), now)
+            tat = _next_arrival(quota, state.get("tat", 0.0), now, caller)
             state = {"PartitionKey": PARTITION_PREFIX + caller, "RowKey": STATE_ROW, "tat": tat,
                      "seq": state.get("seq", 0) + 1}
             slot = Slot(caller, run_id) if quota.max_active else None
             if await self._write(state, etag, slot):
                 return slot
             await asyncio.sleep(random.uniform(0, 0.02 * (attempt + 1)))  # another start of the caller won
-        raise RateLimited(f"Too many concurrent starts for caller '{caller}'; retry shortly.",
+        raise RateLimited(f"Too many concurrent starts for {_who(caller)}; retry shortly.",
                           limit=quota.max_active or quota.per_minute, remaining=0, reset_seconds=1.0, retry_after=1.0)
 
     async def release(self, slot: Slot) -> None:
@@ -164,7 +164,7 @@ class CallerQuotas:
         return True
 
 
-def _next_arrival(quota: Quota, tat: float, now: float) -> float:
+def _next_arrival(quota: Quota, tat: float, now: float, caller: str) -> float:
     """GCRA: the caller's theoretical arrival time after this start; RateLimited if the start comes too early.
 
     Each start moves it `60 / per_minute` seconds on from `max(tat, now)`; a start is allowed while that stays
@@ -175,10 +175,14 @@ def _next_arrival(quota: Quota, tat: float, now: float) -> float:
     after = max(tat, now) + interval
     if after - now > 60.0 + 1e-9:
         wait = after - now - 60.0
-        raise RateLimited(f"Too many starts: caller limit is {quota.per_minute} per minute. Please try again in "
-                          f"{math.ceil(wait)}s.", limit=quota.per_minute, remaining=0,
+        raise RateLimited(f"Too many starts: {_who(caller)} may start {quota.per_minute} runs per minute. Please "
+                          f"try again in {math.ceil(wait)}s.", limit=quota.per_minute, remaining=0,
                           reset_seconds=max(tat, now) - now, retry_after=wait)
     return after
+
+
+def _who(caller: str) -> str:
+    return "the native API's callers" if caller == NATIVE_CALLER else f"caller '{caller}'"
 
 
 def _after(prefix: str) -> str:
