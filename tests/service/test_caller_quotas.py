@@ -156,6 +156,8 @@ def test_the_start_rate_refuses_the_fourth_start_of_the_minute(host):
 def test_callers_are_isolated_from_each_other(host):
     alice = [host.create("alice", metadata=LONG).json()["id"] for _ in range(2)]
     assert host.create("alice", metadata=LONG).status_code == 429
+    streamed = host.create("alice", metadata=LONG, stream=True)  # refused before any stream opens
+    assert streamed.status_code == 429 and streamed.json()["error"]["code"] == "rate_limit_exceeded"
     dave = host.create("dave", metadata=LONG)  # alice at her cap does not hold dave back
     assert dave.status_code == 200, dave.text
     native = host.start(metadata=LONG)  # nor the native API's callers
