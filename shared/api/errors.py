@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import math
 import logging
+import math
 from typing import Awaitable, Callable
 
 from azure.core.exceptions import AzureError, HttpResponseError

@@ -3,8 +3,9 @@ save, once, and its follow-ups.
 
 `finish` stores the result and the terminal status (sticky: a cancel racing a completion cannot be undone
 by either side; whoever saves first wins), every outstanding poll message becomes stale, and then the
-follow-ups run: the session advances, the caller's active-run slot is given back (runs.quotas), the run is given its retention date, the webhook is queued, and the
-run leaves the open-work index when nothing is left to do. The follow-ups are idempotent: after a crash the
+follow-ups run: the session advances, the caller's active-run slot is given back (runs.quotas), the run is
+given its retention date, the webhook is queued, and the run leaves the open-work index when nothing is left to
+do. The follow-ups are idempotent: after a crash the
 sweeper runs them again for every run still in the index.
 """
 from __future__ import annotations

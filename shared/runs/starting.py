@@ -3,17 +3,17 @@
 What the backend cannot honour (a parameter the executor's model API has no equivalent for) is refused first,
 before anything is written. Order: claim the Idempotency-Key (if any), admit the start against its caller's
 quota (runs.quotas: a 429 over it, and nothing kept), reserve the session (if any), note the run as open work,
-record the run, create the provider response (background, our run id in its metadata, never retried), save the response id
-with the first poll message.
+record the run, create the provider response (background, our run id in its metadata, never retried), save the
+response id with the first poll message.
 A start that fails at any step, for any reason (the provider refusing, storage failing, a bug), takes back
 everything it wrote: the provider response is cancelled and deleted, the run goes with its rows in the index
 (open work, run lists, provider response, retention date) and in its session, the session's reservation is
 given back, so is the caller's quota slot, and the Idempotency-Key is released; no webhook is sent, and the caller
 gets the error. Only a run that somebody else ended meanwhile (a cancel, the sweeper) stays, and tells its webhook
-so; the key then names it. A start cut by a crash (or cancelled, which is treated alike) runs no code to take anything back:
-the sweeper finds it and ends it `failed` with `start_interrupted`. If the run was ended while its start was
-in flight (a cancel, or the sweeper giving up on a slow start), the provider response is cancelled too, and
-deleted if the run was deleted.
+so; the key then names it. A start cut by a crash (or cancelled, which is treated alike) runs no code to take
+anything back: the sweeper finds it and ends it `failed` with `start_interrupted`. If the run was ended while its
+start was in flight (a cancel, or the sweeper giving up on a slow start), the provider response is cancelled too,
+and deleted if the run was deleted.
 """
 from __future__ import annotations
 

@@ -42,7 +42,8 @@ class Host:
 
     def create(self, caller: str, **body) -> httpx.Response:
         """A facade create with `caller`'s key, over plain HTTP (headers and body as sent)."""
-        return httpx.post(f"{self.facade_url}/responses", timeout=30, headers={"Authorization": f"Bearer {KEYS[caller]}"},
+        return httpx.post(f"{self.facade_url}/responses", timeout=30,
+                          headers={"Authorization": f"Bearer {KEYS[caller]}"},
                           json={"model": "gpt-4.1-mini", "input": "hello", "background": True, **body})
 
     def cancel(self, run_id: str) -> None:
