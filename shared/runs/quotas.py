@@ -15,7 +15,8 @@ State: the run index table, one partition per caller (`quota-<caller>`):
 
 Admission is one query of the partition (the `caller` row and the slots) and one entity-group transaction that
 rewrites `caller` If-Match and inserts the new slot: of two instances that both saw the last slot free, the second
-fails on the ETag, reads again and is refused. At steady state that is two storage requests per start; a refusal
+fails on the ETag, reads again and is refused. Within an instance a caller's admissions take turns, so only other
+instances' contend, and a start that loses the race tries again for up to CONTENTION_BUDGET. At steady state that is two storage requests per start; a refusal
 is one (the read) and writes nothing. The slot is given back (one delete) by the run's follow-ups when it ends
 however it ends (RunLifecycle.follow_up, which the sweeper repeats after a crash, before the run leaves the
 open-work index), or when a failed start is taken back. A start that crashed between its admission and noting its
@@ -28,6 +29,7 @@ import asyncio
 import logging
 import math
 import random
+from collections import defaultdict
 from dataclasses import dataclass
 
 from azure.core import MatchConditions
@@ -48,9 +50,10 @@ STATE_ROW = "caller"
 SLOT_PREFIX = "slot-"
 # A run's length is unknown: a caller at its cap is told to look again this soon (one storage read each time).
 ACTIVE_RETRY_AFTER = 2.0
-# Concurrent starts of one caller are serialised on its row; one that loses this many times in a row is refused
-# (its caller is starting faster than one row takes writes) rather than held.
-MAX_TRIES = 8
+# Starts of one caller on other instances may win the race on its row; a start keeps trying (after a short
+# random pause) for this long before it is refused: a caller's burst within its quota is admitted whole.
+CONTENTION_BUDGET = 10.0
+MAX_PAUSE = 0.2
 
 
 def quota_caller(owner: str | None) -> str:
@@ -71,6 +74,9 @@ class CallerQuotas:
         self._table = table
         self._settings = settings
         self._start_grace = start_grace
+        # One admission per caller at a time in this instance: its concurrent starts queue here instead of racing
+        # each other on the caller's row (only other instances' starts contend).
+        self._turns: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def admit(self, owner: str | None, run_id: str) -> Slot | None:
         """Count the start of `run_id` against its caller; the slot it holds (None when active runs are not
@@ -79,7 +85,13 @@ class CallerQuotas:
         quota = self._settings.of(caller)
         if quota.unlimited:
             return None
-        for attempt in range(MAX_TRIES):
+        async with self._turns[caller]:
+            return await self._admit(caller, quota, run_id)
+
+    async def _admit(self, caller: str, quota: Quota, run_id: str) -> Slot | None:
+        give_up_at = clock.now() + CONTENTION_BUDGET
+        pause = 0.01
+        while True:
             state, etag, slots = await self._read(caller)
             now = clock.now()
             if quota.max_active and slots >= quota.max_active:
@@ -92,9 +104,12 @@ class CallerQuotas:
             slot = Slot(caller, run_id) if quota.max_active else None
             if await self._write(state, etag, slot):
                 return slot
-            await asyncio.sleep(random.uniform(0, 0.02 * (attempt + 1)))  # another start of the caller won
-        raise RateLimited(f"Too many concurrent starts for {_who(caller)}; retry shortly.",
-                          limit=quota.max_active or quota.per_minute, remaining=0, reset_seconds=1.0, retry_after=1.0)
+            if clock.now() >= give_up_at:  # another instance's starts of the caller won every time
+                raise RateLimited(f"Too many concurrent starts for {_who(caller)}; retry shortly.",
+                                  limit=quota.max_active or quota.per_minute, remaining=0, reset_seconds=1.0,
+                                  retry_after=1.0)
+            await asyncio.sleep(random.uniform(0, pause))
+            pause = min(2 * pause, MAX_PAUSE)
 
     async def release(self, slot: Slot) -> None:
         """Give the slot back (idempotent)."""

@@ -90,6 +90,16 @@ async def test_two_instances_racing_never_start_more_than_the_rate(instances):
     assert len(refused) == 6 and len(outcomes) - len(refused) == 4, outcomes
 
 
+async def test_a_burst_within_the_quota_is_admitted_whole_however_it_contends(instances):
+    """One caller's burst of concurrent starts, split over two instances, all within its quota: none is refused
+    for losing the race on the caller's row (a refusal beyond the caller's own quota would be a capacity refusal)."""
+    name = caller()
+    one, two = (quotas(storage, **{name: Quota(max_active=100, per_minute=1000)}) for storage in instances)
+    outcomes = await asyncio.gather(*(q.admit(name, new_run_id(clock.now())) for q in [one, two] * 20),
+                                    return_exceptions=True)
+    assert all(isinstance(o, Slot) for o in outcomes), [o for o in outcomes if not isinstance(o, Slot)][:3]
+
+
 async def test_the_rate_is_a_bucket_of_a_minutes_starts_refilled_continuously(instances, monkeypatch):
     name = caller()
     q = quotas(instances[0], **{name: Quota(per_minute=6)})  # one start per 10 s, six at once
