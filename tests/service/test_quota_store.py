@@ -55,6 +55,8 @@ async def test_an_admission_costs_two_storage_requests_and_a_release_one(instanc
     assert released == {"table.DELETE": 1}
     _, unlimited = await counted(quotas(instances[0]).admit(caller(), new_run_id(clock.now())))
     assert unlimited == {}  # a caller without limits costs nothing
+    held, sweep = await counted(quotas(instances[0], other=Quota(per_minute=5)).held_slots())
+    assert held == [] and sweep == {}  # nor the sweeper anything, while no caller's active runs are capped
 
 
 async def test_a_refusal_reads_once_and_writes_nothing(instances):
