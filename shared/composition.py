@@ -32,6 +32,7 @@ from .runs.lifecycle import RunLifecycle
 from .runs.listing import RunLister
 from .runs.overview import RunOverview
 from .runs.poll_chain import Backoff, PollScheduler
+from .runs.quotas import CallerQuotas
 from .provider.incoming_events import ProviderEventVerifier
 from .runs.polling import Observer, PollStep, RetrieveObserver, StreamWatcher
 from .runs.provider_event_inbox import ProviderEventInbox
@@ -117,8 +118,10 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
     backoff = Backoff(settings.poll_initial_delay, settings.poll_max_delay, settings.poll_multiplier)
     chain_backoff, observer = _completion_strategy(settings, router, backoff)
     scheduler = PollScheduler(store, storage.poll_queue)
+    start_grace = 2 * settings.provider.timeout_seconds + 5
+    quotas = CallerQuotas(storage.index, settings.quotas, start_grace=start_grace)
     lifecycle = RunLifecycle(store, sessions, index, storage.webhook_queue, settings.retention_seconds,
-                             inline_safety_delay=settings.webhook_timeout + 5)
+                             inline_safety_delay=settings.webhook_timeout + 5, quotas=quotas)
     views = RunViews(tokens, poll_initial_delay=settings.poll_initial_delay, poll_max_delay=settings.poll_max_delay)
     reader = RunReader(store, sessions, tokens, settings.retention_seconds)
     if sender is None and settings.webhook_secrets:
@@ -128,13 +131,13 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
     ending = RunEnding(lifecycle, outbox)
     rules = StartRules(default_model=settings.provider.default_model, run_deadline=settings.run_deadline,
                        max_prefer_wait=settings.max_prefer_wait, retention_seconds=settings.retention_seconds,
-                       start_grace=2 * settings.provider.timeout_seconds + 5,
+                       start_grace=start_grace,
                        create_streaming=settings.completion.strategy == "watch",
                        remember_responses=settings.completion.strategy == "push")
     webhook_urls = WebhookUrls(enabled=bool(settings.webhook_secrets), allow_http=settings.webhook_allow_http,
                                allow_private=settings.webhook_allow_private)
     starter = RunStarter(rules, store, sessions, idempotency, index, router, webhook_urls, scheduler, chain_backoff,
-                         ending, lifecycle)
+                         ending, lifecycle, quotas)
     canceller = RunCanceller(reader, router, ending, store)
     lister = RunLister(index, store)
     secrets = settings.completion.provider_webhook_secrets
@@ -157,7 +160,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
         provider_events=inbox,
         sweeper=Sweeper(store, index, ending, lifecycle, scheduler, storage.webhook_queue,
                         grace=settings.sweep_grace, start_grace=rules.start_grace,
-                        webhook_slack=settings.webhook_timeout + settings.sweep_grace),
+                        webhook_slack=settings.webhook_timeout + settings.sweep_grace, quotas=quotas),
         purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds, events=events),
         _closers=(*((sender.aclose,) if sender else ()), *closers),
     )

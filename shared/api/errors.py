@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Awaitable, Callable
 
 from azure.core.exceptions import AzureError, HttpResponseError
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ..errors import (Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge, ServiceError, Unauthorized,
-                      Unavailable, UpstreamError)
+from ..errors import (Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge, RateLimited, ServiceError,
+                      Unauthorized, Unavailable, UpstreamError)
 from ..runs.store import RunConflict
 from ..settings import SettingsError
 
@@ -19,7 +20,7 @@ log = logging.getLogger("bgruns.http")
 
 _STATUS: tuple[tuple[type[ServiceError], int], ...] = (
     (PayloadTooLarge, 413), (InvalidRequest, 400), (Unauthorized, 401), (Forbidden, 403), (NotFound, 404),
-    (Conflict, 409), (Unavailable, 503), (UpstreamError, 502),
+    (Conflict, 409), (RateLimited, 429), (Unavailable, 503), (UpstreamError, 502),
 )
 
 
@@ -31,9 +32,14 @@ def error_body(error: ServiceError) -> dict:
     return {"error": {"code": error.code, "message": error.message, "param": error.param}}
 
 
+def error_headers(error: ServiceError) -> dict[str, str]:
+    """Retry-After (whole seconds, at least 1) when the error says when to retry, and the error's own headers."""
+    retry = {"Retry-After": str(max(1, math.ceil(error.retry_after)))} if error.retry_after is not None else {}
+    return {**retry, **error.headers}
+
+
 def error_response(error: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(max(1, round(error.retry_after)))} if error.retry_after is not None else None
-    return JSONResponse(error_body(error), status_code=status_of(error), headers=headers)
+    return JSONResponse(error_body(error), status_code=status_of(error), headers=error_headers(error))
 
 
 def as_service_error(error: Exception, where: str = "a handler") -> ServiceError:

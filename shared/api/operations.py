@@ -8,7 +8,7 @@ from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-from ..settings import Settings
+from ..settings import Quota, Settings
 from ..storage import STORAGE_REQUESTS, Table
 
 
@@ -23,7 +23,13 @@ def configuration(settings: Settings) -> dict[str, Any]:
                        "provider_webhook_secrets": len(settings.completion.provider_webhook_secrets)},
         "responses_api": {"callers": len({key.caller for key in settings.facade.api_keys}),
                           "keys": len(settings.facade.api_keys)},
+        "caller_quotas": {**_quota(settings.quotas.default), "overrides": {
+            name: _quota(quota) for name, quota in sorted(settings.quotas.overrides.items())}},
     }
+
+
+def _quota(quota: Quota) -> dict[str, int]:
+    return {"max_active_runs": quota.max_active, "starts_per_minute": quota.per_minute}
 
 
 class HealthCheck:

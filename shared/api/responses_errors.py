@@ -9,14 +9,14 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 from ..errors import NotFound, ServiceError
-from .errors import answering_errors_with, status_of
+from .errors import answering_errors_with, error_headers, status_of
 
 
 def error_type(status: int) -> str:
     if status == 401:
         return "invalid_request_error"
     if status == 429:
-        return "rate_limit_error"
+        return "requests"  # OpenAI's type for a requests-per-minute limit (code `rate_limit_exceeded`)
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
@@ -24,8 +24,7 @@ def openai_error_response(error: ServiceError) -> JSONResponse:
     status = status_of(error)
     body = {"error": {"message": error.message, "type": error_type(status), "param": error.param,
                       "code": None if error.code == "not_found" else error.code}}
-    headers = {"Retry-After": str(max(1, round(error.retry_after)))} if error.retry_after is not None else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=error_headers(error))
 
 
 def response_not_found(response_id: str, error: NotFound) -> NotFound:

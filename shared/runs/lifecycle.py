@@ -3,8 +3,9 @@ save, once, and its follow-ups.
 
 `finish` stores the result and the terminal status (sticky: a cancel racing a completion cannot be undone
 by either side; whoever saves first wins), every outstanding poll message becomes stale, and then the
-follow-ups run: the session advances, the run is given its retention date, the webhook is queued, and the
-run leaves the open-work index when nothing is left to do. The follow-ups are idempotent: after a crash the
+follow-ups run: the session advances, the caller's active-run slot is given back (runs.quotas), the run is
+given its retention date, the webhook is queued, and the run leaves the open-work index when nothing is left to
+do. The follow-ups are idempotent: after a crash the
 sweeper runs them again for every run still in the index.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .index import RunIndex
 from ..responses_vocabulary import CONTINUABLE_STATUSES
 from ..storage import Queue
 from .model import Run
+from .quotas import CallerQuotas
 from .sessions import SessionConflict, SessionStore
 from .store import RunConflict, RunStore
 from .webhook_state import WebhookState
@@ -26,12 +28,13 @@ log = logging.getLogger("bgruns.lifecycle")
 
 class RunLifecycle:
     def __init__(self, store: RunStore, sessions: SessionStore, index: RunIndex, webhook_queue: Queue,
-                 retention_seconds: float, inline_safety_delay: float) -> None:
+                 retention_seconds: float, inline_safety_delay: float, quotas: CallerQuotas | None = None) -> None:
         self._store = store
         self._sessions = sessions
         self._index = index
         self._webhook_queue = webhook_queue
         self._retention = retention_seconds
+        self._quotas = quotas  # gives back the caller's active-run slot the run holds
         # When the finisher makes the first delivery attempt itself, the queued message waits this long, as the
         # safety net for a finisher that dies mid-attempt (a message that finds the delivery done does nothing).
         self._inline_safety_delay = inline_safety_delay
@@ -66,6 +69,8 @@ class RunLifecycle:
     async def follow_up(self, run: Run, *, send_webhook: bool, webhook_delay: float = 0.0) -> None:
         """What must happen after a run ended (idempotent). `send_webhook`: queue the pending delivery."""
         await self.advance_session(run)
+        if self._quotas:  # before the run can leave the open-work index: the sweeper repeats this until then
+            await self._quotas.release_for(run)
         retention_at = (run.completed_at or clock.now()) + self._retention
         await self._index.expire_at("run", run.id, retention_at)
         if not await self._relist(run, retention_at):

@@ -40,6 +40,7 @@ class Run:
     # The provider's Response as it last reported it, without its output (the create reply; the final response
     # is kept in the result): what a Responses-API rendering of the run is made from.
     response: dict[str, Any] | None = None
+    quota_slot: bool = False  # it holds one of its caller's active-run slots (runs.quotas), given back when it ends
     backend: str = "background"  # what ran it: the provider's background mode, or the executor (shared.executor.attempts)
     etag: str | None = None
     # W3C trace context of the run's trace (decided at its start; every later step joins it), and its timeline.

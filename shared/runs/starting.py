@@ -1,18 +1,19 @@
 """Starting a run, so that no run is ever lost or silent.
 
 What the backend cannot honour (a parameter the executor's model API has no equivalent for) is refused first,
-before anything is written. Order: reserve the session (if any), note the run as open work, record the run,
-create the provider response (background, our run id in its metadata, never retried), save the response id
-with the first poll message.
+before anything is written. Order: claim the Idempotency-Key (if any), admit the start against its caller's
+quota (runs.quotas: a 429 over it, and nothing kept), reserve the session (if any), note the run as open work,
+record the run, create the provider response (background, our run id in its metadata, never retried), save the
+response id with the first poll message.
 A start that fails at any step, for any reason (the provider refusing, storage failing, a bug), takes back
 everything it wrote: the provider response is cancelled and deleted, the run goes with its rows in the index
 (open work, run lists, provider response, retention date) and in its session, the session's reservation is
-given back and the Idempotency-Key released; no webhook is sent, and the caller gets the error. Only a run
-that somebody else ended meanwhile (a cancel, the sweeper) stays, and tells its webhook so; the key then
-names it. A start cut by a crash (or cancelled, which is treated alike) runs no code to take anything back:
-the sweeper finds it and ends it `failed` with `start_interrupted`. If the run was ended while its start was
-in flight (a cancel, or the sweeper giving up on a slow start), the provider response is cancelled too, and
-deleted if the run was deleted.
+given back, so is the caller's quota slot, and the Idempotency-Key is released; no webhook is sent, and the caller
+gets the error. Only a run that somebody else ended meanwhile (a cancel, the sweeper) stays, and tells its webhook
+so; the key then names it. A start cut by a crash (or cancelled, which is treated alike) runs no code to take
+anything back: the sweeper finds it and ends it `failed` with `start_interrupted`. If the run was ended while its
+start was in flight (a cancel, or the sweeper giving up on a slow start), the provider response is cancelled too,
+and deleted if the run was deleted.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from .index import RunIndex
 from .lifecycle import RunLifecycle
 from .model import Run
 from .poll_chain import Backoff, PollScheduler
+from .quotas import CallerQuotas, Slot
 from .requests import RUN_ID_PREFIX, RunRequest, new_run_id, valid_id
 from .results import response_snapshot
 from .sessions import Session, SessionConflict, SessionStore
@@ -49,6 +51,7 @@ class _Attempt:
     run_id: str
     created_at: float
     session_id: str | None = None  # the session reserved for the run
+    slot: Slot | None = None  # the caller's active-run slot it holds (runs.quotas)
     run: Run | None = None  # the run, from just before it is recorded
     recorded: bool = False  # its entity was written, and `run.etag` is this start's last write
     response_id: str | None = None  # the provider response created for it
@@ -81,9 +84,11 @@ class StartedRun:
 class RunStarter:
     def __init__(self, rules: StartRules, store: RunStore, sessions: SessionStore, idempotency: IdempotencyStore,
                  index: RunIndex, backend: RunBackend, webhook_urls: WebhookUrls, scheduler: PollScheduler,
-                 backoff: Backoff, ending: RunEnding, lifecycle: RunLifecycle) -> None:
+                 backoff: Backoff, ending: RunEnding, lifecycle: RunLifecycle,
+                 quotas: CallerQuotas | None = None) -> None:
         """`scheduler` and `backoff` send the run's first poll; `ending` ends a run its provider answers at once;
-        `lifecycle` repairs a session whose run ended without advancing it."""
+        `lifecycle` repairs a session whose run ended without advancing it; `quotas` admits each new start against
+        its caller's quota (none: no quotas)."""
         self._rules = rules
         self._store = store
         self._sessions = sessions
@@ -95,6 +100,7 @@ class RunStarter:
         self._backoff = backoff
         self._ending = ending
         self._lifecycle = lifecycle
+        self._quotas = quotas
         self.start_grace = rules.start_grace
 
     async def start(self, request: RunRequest, *, caller: Caller = OPERATOR, idempotency_key: str | None = None,
@@ -112,6 +118,12 @@ class RunStarter:
             if existing is not None:
                 return StartedRun(existing)
         attempt = _Attempt(run_id, created_at)
+        try:  # after the key's claim (a retry of a start that took gets its run even at the caller's limit)
+            attempt.slot = await self._quotas.admit(caller.owner, run_id) if self._quotas else None
+        except Exception:  # refused (429) or storage failing: nothing of the start is kept, its key neither
+            if idempotency_key is not None:
+                await self._release(idempotency_key, run_id, caller, key_expires_at)
+            raise
         try:
             run, events = await self._start(attempt, request, caller, previous_response_id)
         except Exception:  # a crash or a cancellation (BaseException) is the sweeper's, as it runs nothing here
@@ -152,7 +164,7 @@ class RunStarter:
             session_id=request.session_id, metadata=request.metadata, stream=request.stream,
             next_poll_at=created_at + self.start_grace, deadline_at=created_at + deadline,
             webhook_url=request.webhook_url, owner=caller.owner, previous_run_id=request.previous_run_id,
-            backend=getattr(self._backend, "kind", "background"))
+            quota_slot=attempt.slot is not None, backend=getattr(self._backend, "kind", "background"))
         telemetry.run_created(run)
         await self._index.mark_open(run_id)
         await self._store.create(run)
@@ -263,6 +275,8 @@ class RunStarter:
         if attempt.session_id:
             await self._sessions.remove_run(attempt.session_id, attempt.run_id, attempt.created_at)
             await self._sessions.release(attempt.session_id, attempt.run_id)
+        if attempt.slot is not None and self._quotas:
+            await self._quotas.release(attempt.slot)
         await self._index.mark_done(attempt.run_id)  # last: until here the sweeper can still find the run
 
     async def _cancel_quietly(self, response_id: str) -> None:

@@ -101,6 +101,7 @@ class RunStore:
             "watch_position": run.watch_position, "webhook_url": run.webhook_url or "",
             "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "", "backend": run.backend,
             "owner": run.owner or "", "previous_run_id": run.previous_run_id or "",
+            "quota_slot": run.quota_slot or None,
             "traceparent": run.traceparent, "tracestate": run.tracestate, "timeline": run.timeline.dumps(),
         }
         return {k: v for k, v in entity.items() if v is not None}
@@ -133,6 +134,7 @@ class RunStore:
             deadline_at=entity.get("deadline_at", 0.0), webhook_url=entity.get("webhook_url") or None,
             webhook=WebhookState.from_dict(json.loads(webhook)) if webhook else None,
             owner=entity.get("owner") or None, previous_run_id=entity.get("previous_run_id") or None,
+            quota_slot=bool(entity.get("quota_slot")),
             response=await self._load_part(entity, "response") if with_result and has_response else None,
             backend=entity.get("backend") or "background", etag=entity.metadata.get("etag"),
             result_stored=has_result, response_stored=has_response,

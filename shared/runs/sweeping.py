@@ -6,6 +6,7 @@ done), so its cost follows the runs in flight, not every run ever kept. For each
   chain restarted; one whose start was interrupted before the provider accepted it ends `failed`;
 - an ended run gets its follow-ups (session, retention date) and leaves the index, unless its webhook is
   still pending; a pending webhook that is stuck (no attempt long after it was due) is queued again.
+A caller's active-run slot held by no open run (a start that died before noting its run) is given back.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .index import RunIndex
 from .lifecycle import RunLifecycle
 from .model import Run
 from .poll_chain import PollScheduler
+from .quotas import CallerQuotas
 from .requests import run_id_created_at
 from .store import RunConflict, RunStore
 
@@ -33,7 +35,7 @@ SWEEP_CONCURRENCY = 16
 class Sweeper:
     def __init__(self, store: RunStore, index: RunIndex, ending: RunEnding, lifecycle: RunLifecycle,
                  scheduler: PollScheduler, webhook_queue: Queue, *, grace: float, start_grace: float,
-                 webhook_slack: float) -> None:
+                 webhook_slack: float, quotas: CallerQuotas | None = None) -> None:
         self._store = store
         self._index = index
         self._ending = ending  # ends interrupted starts
@@ -43,10 +45,14 @@ class Sweeper:
         self._grace = grace
         self._start_grace = start_grace
         self._webhook_slack = webhook_slack  # how long past due a pending delivery may stay unattempted
+        self._quotas = quotas  # reclaims active-run slots whose start died
 
     async def sweep(self) -> dict[str, int]:
         repaired: Counter = Counter()
+        held = await self._quotas.held_slots() if self._quotas else []  # before the open runs: see CallerQuotas
         run_ids = [run_id async for run_id in self._index.open_run_ids()]
+        if held:
+            repaired["slots"] = await self._quotas.reclaim(held, set(run_ids))
         slots = asyncio.Semaphore(SWEEP_CONCURRENCY)
 
         async def look_at(run_id: str) -> None:
@@ -60,7 +66,7 @@ class Sweeper:
         if errors:
             log.error("sweeper: %d of %d open runs could not be looked at", len(errors), len(run_ids))
             raise errors[0]
-        found = {key: repaired[key] for key in ("polls", "starts", "webhooks", "followed_up") if repaired[key]}
+        found = {key: repaired[key] for key in ("polls", "starts", "webhooks", "followed_up", "slots") if repaired[key]}
         if found:
             log.warning("sweeper repaired %s (of %d open runs)", found, len(run_ids))
         return {"open": len(run_ids), **found}

@@ -7,6 +7,7 @@
 - `secrets.py`: the secret formats (token keys, `whsec_` secrets, the facade's API keys).
 - `model.py`: `Settings.from_env()`, the typed groups, and the rules that join settings; `provider.py`: which
   model provider, inferred when unset; `host.py`: what host.json's functionTimeout bounds (read once).
+- `quotas.py`: the per-caller quotas' values (CALLER_QUOTAS' format).
 - `names.py`: the fixed queue, table and container names infra/ creates.
 """
 from .host import FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS, HOST_JSON, function_timeout_seconds
@@ -15,6 +16,7 @@ from .model import (CompletionSettings, ExecutorSettings, FacadeSettings, Settin
 from .names import (EVENTS_TABLE, EXECUTE_QUEUE, IDEMPOTENCY_TABLE, INDEX_TABLE, PAYLOAD_CONTAINER, POLL_QUEUE,
                     RUNS_TABLE, SESSIONS_TABLE, STORAGE_CONNECTION, WEBHOOK_QUEUE)
 from .provider import ProviderSettings
+from .quotas import NATIVE_CALLER, Quota, QuotaSettings
 from .secrets import CALLER_NAME, ApiKey
 from .spec import Setting, SettingsError
 from .table import (BACKENDS, DEFAULT_EMULATOR_URL, DEFAULT_WEBHOOK_SCHEDULE, EXECUTOR_APIS, FACADE_MAX_WAIT_LIMIT,
@@ -24,7 +26,8 @@ __all__ = [
     "ApiKey", "BACKENDS", "CALLER_NAME", "CompletionSettings", "DEFAULT_EMULATOR_URL", "DEFAULT_WEBHOOK_SCHEDULE",
     "EVENTS_TABLE", "EXECUTE_QUEUE", "EXECUTOR_APIS", "ExecutorSettings", "FACADE_MAX_WAIT_LIMIT", "FacadeSettings",
     "FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS", "HOST_JSON", "IDEMPOTENCY_TABLE", "INDEX_TABLE", "PAYLOAD_CONTAINER",
-    "POLL_QUEUE", "PROVIDERS", "ProviderSettings", "RUNS_TABLE", "SESSIONS_TABLE", "SETTINGS", "STORAGE_CONNECTION",
+    "NATIVE_CALLER", "POLL_QUEUE", "PROVIDERS", "ProviderSettings", "Quota", "QuotaSettings", "RUNS_TABLE",
+    "SESSIONS_TABLE", "SETTINGS", "STORAGE_CONNECTION",
     "STRATEGIES", "Setting", "Settings", "SettingsError", "StorageSettings", "WEBHOOK_QUEUE",
     "declared_settings", "function_timeout_seconds", "markdown_table", "parse_api_keys",
     "refuse_unresolved_key_vault_references",

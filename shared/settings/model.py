@@ -16,6 +16,7 @@ from .host import (HOST_JSON, check_stream_below_function_timeout, check_watch_w
                    function_timeout_seconds)
 from .names import STORAGE_CONNECTION
 from .provider import ProviderSettings, provider_settings
+from .quotas import NATIVE_CALLER, Quota, QuotaSettings
 from .secrets import ApiKey
 from .spec import SettingsError
 from .table import SETTINGS, Read, reader
@@ -82,6 +83,7 @@ class Settings:
     completion: CompletionSettings
     executor: ExecutorSettings
     facade: FacadeSettings
+    quotas: QuotaSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, host_json: Path = HOST_JSON) -> Settings:
@@ -116,6 +118,7 @@ class Settings:
             completion=_completion(reader(env, "completion"), function_timeout),
             facade=FacadeSettings(facade("RESPONSES_API_KEYS"), facade("RESPONSES_MAX_WAIT_SECONDS")),
             executor=_executor(reader(env, "executor"), provider, function_timeout),
+            quotas=_quotas(read, facade("RESPONSES_API_KEYS")),
         )
 
 
@@ -163,6 +166,17 @@ def _completion(read: Read, function_timeout: float | None) -> CompletionSetting
         check_watch_window_below_function_timeout(window, function_timeout)
     initial = read("SAFETY_POLL_INITIAL_SECONDS")
     return CompletionSettings(strategy, secrets, initial, max(initial, read("SAFETY_POLL_MAX_SECONDS")), window)
+
+
+def _quotas(read: Read, api_keys: tuple[ApiKey, ...]) -> QuotaSettings:
+    """The default quota and the overrides, each naming a configured caller (a misspelt name would leave its caller
+    at the default unnoticed)."""
+    overrides = read("CALLER_QUOTAS")
+    callers = {key.caller for key in api_keys} | {NATIVE_CALLER}
+    if unknown := sorted(set(overrides) - callers):
+        raise SettingsError(f"CALLER_QUOTAS: {', '.join(unknown)} is not a caller of RESPONSES_API_KEYS "
+                            f"(nor {NATIVE_CALLER}, the function-key callers)")
+    return QuotaSettings(Quota(read("CALLER_MAX_ACTIVE_RUNS"), read("CALLER_STARTS_PER_MINUTE")), overrides)
 
 
 def _executor(read: Read, provider: ProviderSettings, function_timeout: float | None) -> ExecutorSettings:

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from .names import STORAGE_CONNECTION
+from .quotas import MAX_ACTIVE_LIMIT, caller_quotas
 from .secrets import ApiKey, api_keys, token_keys, webhook_secrets
 from .spec import Choice, Group, Number, Setting, Url, flag, retry_schedule
 
@@ -83,6 +84,16 @@ SETTINGS: tuple[Setting, ...] = _grouped(
             Number(minimum=0)),
     Setting("MAX_REQUEST_BYTES", "Largest accepted request body.", str(1024 * 1024),
             Number(minimum=1024, integer=True)),
+    # -- per-caller quotas (shared/runs/quotas.py): 0 is unlimited, so they cost nothing until an operator sets them
+    Setting("CALLER_MAX_ACTIVE_RUNS", "Active runs one caller may have at a time (each facade caller; the native "
+            "API's function-key callers together count as one); a start beyond it gets 429 `rate_limit_exceeded`. "
+            "0: unlimited.", "0", Number(minimum=0, maximum=MAX_ACTIVE_LIMIT, integer=True)),
+    Setting("CALLER_STARTS_PER_MINUTE", "Starts one caller may make per minute (a bucket of a minute's starts, "
+            "refilled continuously); a start beyond it gets 429 `rate_limit_exceeded`. 0: unlimited.", "0",
+            Number(minimum=0, maximum=1_000_000, integer=True)),
+    Setting("CALLER_QUOTAS", "Per-caller overrides of the two above: space-separated `name:active:per_minute` "
+            "entries (0: unlimited), the facade caller's name or `@native` for the function-key callers, e.g. "
+            "`batch:50:600 @native:20:0`.", kind=caller_quotas),
     "webhooks",
     Setting("WEBHOOK_SIGNING_SECRETS", "Space-separated `whsec_` secrets; each signs every delivery "
             "(rotation). Key Vault in Azure. Empty: webhooks are off and a run with `webhook_url` gets a 400.",

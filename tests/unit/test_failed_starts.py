@@ -16,8 +16,9 @@ from typing import Any, Callable
 import pytest
 from azure.core.exceptions import ServiceRequestError
 
-from shared.errors import ServiceError
+from shared.errors import RateLimited, ServiceError
 from shared.provider import ProviderError
+from shared.runs.quotas import PARTITION_PREFIX, SLOT_PREFIX, STATE_ROW
 from shared.runs.requests import RunRequest
 
 from .fakes import FakeTable, HostCrash, Steps, world
@@ -44,6 +45,8 @@ SCENARIOS = {
     "streaming-large-request": Scenario(fields={"stream": True, "instructions": HUGE}),
     "executor": Scenario(env={"RUN_BACKEND": "executor"}, session=True, key="k-3",
                          fields={"webhook_url": "http://127.0.0.1:9/h"}),
+    "caller-quotas": Scenario(env={"CALLER_MAX_ACTIVE_RUNS": "2", "CALLER_STARTS_PER_MINUTE": "100"}, key="k-4",
+                              session=True, fields={"webhook_url": "http://127.0.0.1:9/h"}),
 }
 FAILURES: dict[str, Callable[[], BaseException]] = {
     "type-error": lambda: TypeError("'int' object is not iterable"),
@@ -72,7 +75,8 @@ async def count_steps(monkeypatch, scenario: Scenario) -> list[str]:
 
 
 def rows(table: FakeTable) -> set[tuple[str, str]]:
-    return set(table.rows)
+    """The table's rows, but a caller's quota row (runs.quotas): its start rate counts a start that failed too."""
+    return {key for key in table.rows if not (key[0].startswith(PARTITION_PREFIX) and key[1] == STATE_ROW)}
 
 
 @pytest.mark.parametrize("failure", FAILURES)
@@ -119,3 +123,26 @@ async def test_a_crash_mid_start_is_still_left_to_the_sweeper(monkeypatch):
     w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)
     assert (await w.services.sweeper.sweep())["starts"] == 1
     assert (await w.run(run_id)).result["error"]["code"] == "start_interrupted" and w.webhook_queue.sent
+
+
+async def test_a_crash_right_after_the_quota_admission_leaves_a_slot_the_sweeper_reclaims(monkeypatch):
+    """Between the admission and the run's open-work entry a crash leaves a slot no run will give back: the sweeper
+    gives it back once it is older than the start grace (runs.quotas)."""
+    scenario = Scenario(env={"CALLER_MAX_ACTIVE_RUNS": "1"})
+    names = await count_steps(monkeypatch, scenario)
+    steps = Steps(names.index("runindex.submit_transaction") + 1, fail=lambda: HostCrash("killed"))
+    w, _, request = await prepared(monkeypatch, scenario, steps)
+    with pytest.raises(HostCrash), steps.counting():
+        await w.services.starter.start(request)
+    assert not w.runs.rows and len(slots(w)) == 1
+    with pytest.raises(RateLimited):  # the caller's one slot is held meanwhile
+        await w.services.starter.start(RunRequest(input="next"))
+    assert await w.services.sweeper.sweep() == {"open": 0}  # within the start grace: the start may be alive
+    w.clock.advance(w.services.starter.start_grace + 1)
+    assert await w.services.sweeper.sweep() == {"open": 0, "slots": 1}
+    assert not slots(w)
+    await w.services.starter.start(RunRequest(input="next"))
+
+
+def slots(w) -> set[tuple[str, str]]:
+    return {key for key in w.index.rows if key[0].startswith(PARTITION_PREFIX) and key[1].startswith(SLOT_PREFIX)}

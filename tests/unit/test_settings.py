@@ -347,3 +347,32 @@ def test_a_reader_refuses_a_setting_of_another_group():
     assert reader(BASE, "executor")("EXECUTOR_API") == "chat_completions"
     with pytest.raises(LookupError, match="MODEL_PROVIDER belongs to provider"):
         reader(BASE, "executor")("MODEL_PROVIDER")
+
+
+KEYS = "app:" + "a" * 32 + " batch:" + "b" * 32
+
+
+def test_caller_quotas_are_unlimited_by_default_and_overridden_by_name():
+    from shared.settings import Quota
+
+    assert Settings.from_env(BASE).quotas.of("anyone") == Quota(0, 0)
+    settings = Settings.from_env({**BASE, "RESPONSES_API_KEYS": KEYS, "CALLER_MAX_ACTIVE_RUNS": "5",
+                                  "CALLER_STARTS_PER_MINUTE": "60", "CALLER_QUOTAS": "batch:50:600, @native:0:10"})
+    quotas = settings.quotas
+    assert quotas.of("app") == Quota(5, 60) and quotas.of("batch") == Quota(50, 600)
+    assert quotas.of("@native") == Quota(0, 10) and quotas.caps_active
+
+
+@pytest.mark.parametrize("value,problem", [
+    ("batch:50", "entry 1 ('batch:50') is not name:active:per_minute"),
+    ("batch:-1:0", "entry 1: active must be a whole number from 0 (unlimited) to 1000, got '-1'"),
+    ("batch:1001:0", "entry 1: active must be a whole number from 0 (unlimited) to 1000, got '1001'"),
+    ("batch:1:1.5", "entry 1: per_minute must be a whole number"),
+    ("batch:1:1 batch:2:2", "entry 2: caller batch is named twice"),
+    ("ba/tch:1:1", "entry 1: 'ba/tch' is neither a caller name"),
+    ("bathc:1:1", "bathc is not a caller of RESPONSES_API_KEYS"),
+])
+def test_a_bad_caller_quota_is_named(value, problem):
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({**BASE, "RESPONSES_API_KEYS": KEYS, "CALLER_QUOTAS": value})
+    assert str(raised.value).startswith("CALLER_QUOTAS: ") and problem in str(raised.value)
