@@ -14,9 +14,10 @@ import asyncio
 import json
 import math
 from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables.aio import TableClient, TableServiceClient
@@ -24,8 +25,18 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from .settings import (EVENTS_TABLE, EXECUTE_QUEUE, IDEMPOTENCY_TABLE, INDEX_TABLE, PAYLOAD_CONTAINER, POLL_QUEUE,
-                       RUNS_TABLE, SESSIONS_TABLE, WEBHOOK_QUEUE, StorageSettings)
+from .settings import (
+    EVENTS_TABLE,
+    EXECUTE_QUEUE,
+    IDEMPOTENCY_TABLE,
+    INDEX_TABLE,
+    PAYLOAD_CONTAINER,
+    POLL_QUEUE,
+    RUNS_TABLE,
+    SESSIONS_TABLE,
+    WEBHOOK_QUEUE,
+    StorageSettings,
+)
 from .telemetry import storage_response_hook
 
 # Storage requests of this process: (function, "service.METHOD") -> count (benchmarks and /api/metrics read it).

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from azure.core.exceptions import AzureError, HttpResponseError
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ..errors import (Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge, ServiceError, Unauthorized,
-                      Unavailable, UpstreamError)
+from ..errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    Unavailable,
+    UpstreamError,
+)
 from ..runs.store import RunConflict
 from ..settings import SettingsError
 

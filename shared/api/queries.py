@@ -2,7 +2,8 @@
 console's list), each bad value a 400 naming it."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import invalid
 from .run_requests import ID_PATTERN

@@ -11,8 +11,9 @@ and one it has no equivalent for is refused the same way when the run starts, be
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import invalid as bad_request
 from ..runs.requests import RunRequest

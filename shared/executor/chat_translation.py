@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..provider import RequestRefused
 from .model_request import ModelRequest, normalised_usage, with_status

@@ -22,8 +22,9 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
@@ -80,7 +81,7 @@ class LogHead:
         return {"PartitionKey": self.run_id, "RowKey": HEAD_ROW, **{name: getattr(self, name) for name in _HEAD_FIELDS}}
 
     @classmethod
-    def from_entity(cls, entity) -> "LogHead":
+    def from_entity(cls, entity) -> LogHead:
         values = {name: entity[name] for name in _HEAD_FIELDS if name in entity}
         return cls(run_id=entity["PartitionKey"], **values, etag=entity.metadata.get("etag"))
 

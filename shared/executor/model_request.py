@@ -5,8 +5,9 @@ with, a status, a failure, usage in the Responses shape). The translations to an
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..redaction import redact
 from ..responses_vocabulary import RunStatus
@@ -22,7 +23,7 @@ class ModelRequest:
     items: list[dict[str, Any]]
 
     @classmethod
-    def of(cls, params: Mapping[str, Any]) -> "ModelRequest":
+    def of(cls, params: Mapping[str, Any]) -> ModelRequest:
         """The request for parameters alone (no earlier turns)."""
         return cls(params, input_items(params.get("input")))
 

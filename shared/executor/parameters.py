@@ -36,7 +36,8 @@ executor's streams carry no obfuscation), on both APIs.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..provider import RequestRefused
 

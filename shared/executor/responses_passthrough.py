@@ -9,7 +9,8 @@ build on first use, for seconds, on the event loop).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..provider.errors import reported_in_stream
 from ..redaction import redact_error

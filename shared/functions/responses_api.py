@@ -2,8 +2,8 @@
 SDKs and Agent Framework work unchanged but for `base_url` and `api_key`.
 
 Routes (each under `/api/v1/` for `OpenAI(base_url=".../api/v1")`, and under `/api/openai/v1/` and `/api/openai/`
-for the Azure clients; `api-version` is accepted and ignored): `POST responses`, `GET|DELETE responses/{id}` (`?stream=true
-[&starting_after=N]`), `POST responses/{id}/cancel`, `GET responses/{id}/input_items`.
+for the Azure clients; `api-version` is accepted and ignored): `POST responses`, `GET|DELETE responses/{id}`
+(`?stream=true[&starting_after=N]`), `POST responses/{id}/cancel`, `GET responses/{id}/input_items`.
 
 The routes are ANONYMOUS at the Functions level (the SDKs cannot send a function key without more changes than
 `base_url`) and check the key themselves: `Authorization: Bearer <key>` (OpenAI) or `api-key: <key>` (Azure),
@@ -24,13 +24,13 @@ import logging
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
+from ..api.bodies import json_body
 from ..api.callers import authenticated
 from ..api.queries import limit_param, path_param
 from ..api.responses_errors import openai_handler, response_not_found
 from ..api.responses_format import ResponseRenderer, ResponsesEventFormat
 from ..api.responses_items import input_items, page
 from ..api.responses_requests import parse_create_body
-from ..api.bodies import json_body
 from ..api.streams import sequence_number, streaming_response
 from ..composition import Services, services
 from ..errors import NotFound

@@ -9,14 +9,14 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import HTMLResponse, JSONResponse, Request, Response
 
 from .. import telemetry
-from ..composition import Services, services
-from ..errors import invalid
-from ..api.errors import handler
 from ..api.bodies import json_body, parse_json_body, read_body
+from ..api.errors import handler
 from ..api.operations import process_metrics
 from ..api.queries import path_param, run_list_query
 from ..api.run_requests import parse_run_body
 from ..api.streams import resume_position, streaming_response
+from ..composition import Services, services
+from ..errors import invalid
 from ..runs.model import Run
 from ..settings import SettingsError
 from ..storage import counting_as

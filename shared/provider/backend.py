@@ -9,8 +9,9 @@ Every method raises ProviderError for a failure the caller must handle (classifi
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, Protocol
 
 import openai
 from openai import AsyncOpenAI

@@ -2,7 +2,8 @@
 message is the provider's text with anything key-like redacted (shared/redaction.py)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import openai
 

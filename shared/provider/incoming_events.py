@@ -7,8 +7,8 @@ response id (`{"object": "event", "id": "evt_...", "type": "response.completed",
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from openai import InvalidWebhookSignatureError
 from openai.resources.webhooks import AsyncWebhooks

@@ -15,14 +15,14 @@ One table (`runindex`), one partition per list:
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
-from .model import Run
 from ..storage import Table
+from .model import Run
 
 OPEN = "open"
 EXPIRES_PREFIX = "expires-"
@@ -33,7 +33,7 @@ _NEWEST_FIRST = 10**15 - 1  # milliseconds; inverted so that newer runs sort fir
 
 
 def _day(at: float) -> str:
-    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y%m%d")
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y%m%d")
 
 
 def list_partition(*, owner: str | None = None, session_id: str | None = None) -> str:

@@ -13,9 +13,9 @@ import logging
 from typing import Any
 
 from .. import clock, telemetry
-from .index import RunIndex
 from ..responses_vocabulary import CONTINUABLE_STATUSES
 from ..storage import Queue
+from .index import RunIndex
 from .model import Run
 from .sessions import SessionConflict, SessionStore
 from .store import RunConflict, RunStore

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidRequest
+from ..responses_vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
 from .callers import OPERATOR, Caller
 from .index import RunIndex, list_partition
-from ..responses_vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
 from .store import RunStore
 
 MAX_PAGE = 100

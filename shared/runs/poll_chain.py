@@ -11,12 +11,13 @@ import logging
 import math
 import random
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .. import clock, telemetry
-from ..telemetry import context as trace_context
 from ..storage import Queue
+from ..telemetry import context as trace_context
 from .model import Run
 from .store import RunConflict, RunStore
 
@@ -44,7 +45,7 @@ class PollMessage:
                 **trace_context.fields(self.traceparent, self.tracestate)}
 
     @classmethod
-    def parse(cls, data: Mapping[str, Any]) -> "PollMessage":
+    def parse(cls, data: Mapping[str, Any]) -> PollMessage:
         """Raises KeyError/TypeError/ValueError for a malformed message (a bad trace context is just dropped)."""
         return cls(str(data["run_id"]), int(data["seq"]), str(data["nonce"]), *trace_context.from_message(data))
 

@@ -1,8 +1,8 @@
 """Where a run lives: one Table entity per run (PartitionKey = run id, RowKey = "run").
 
-Large parts (the provider request, the result, the metadata, the provider's create reply) go to a blob when they do not fit a Table
-property. Azure counts a string property in UTF-16 (2 bytes per unit, astral characters take two units) and
-allows 64 KiB per property and 1 MiB per entity, so the decision is made on the encoded size, never on
+Large parts (the provider request, the result, the metadata, the provider's create reply) go to a blob when they do
+not fit a Table property. Azure counts a string property in UTF-16 (2 bytes per unit, astral characters take two
+units) and allows 64 KiB per property and 1 MiB per entity, so the decision is made on the encoded size, never on
 Python characters. A blob written for a save has a name of its own (never overwritten), so a save that
 loses an ETag race cannot change what the winner's entity points to.
 
@@ -24,7 +24,7 @@ from ..errors import PayloadTooLarge
 from ..storage import BlobContainer, Table
 from ..telemetry import Timeline
 from .model import Run
-from .results import stored_result, loaded_result
+from .results import loaded_result, stored_result
 from .webhook_state import WebhookState
 
 RUN_ROW = "run"

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
-from .host import (HOST_JSON, check_stream_below_function_timeout, check_watch_window_below_function_timeout,
-                   function_timeout_seconds)
+from .host import (
+    HOST_JSON,
+    check_stream_below_function_timeout,
+    check_watch_window_below_function_timeout,
+    function_timeout_seconds,
+)
 from .names import STORAGE_CONNECTION
 from .provider import ProviderSettings, provider_settings
 from .secrets import ApiKey

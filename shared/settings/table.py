@@ -7,8 +7,9 @@ here must be provided by infra/ (or be optional).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .names import STORAGE_CONNECTION
 from .secrets import ApiKey, api_keys, token_keys, webhook_secrets

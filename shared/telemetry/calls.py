@@ -6,12 +6,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import clock
+from ..responses_vocabulary import is_terminal_event
 from . import context as w3c
 from . import metrics
-from ..responses_vocabulary import is_terminal_event
 from .completions import note_completed
 from .state import STATE
-from .steps import CLIENT, Step, _otel, _STEP
+from .steps import _STEP, CLIENT, Step, _otel
 
 _PROVIDER_NAMES = {"openai": "openai", "azure_openai": "azure.ai.openai", "emulator": "openai"}
 class _ClientCall:
@@ -149,7 +149,7 @@ class WebhookAttempt:
                 return w3c.fields(traceparent, w3c.valid_tracestate(carrier.get(w3c.TRACESTATE), traceparent))
         return w3c.fields(getattr(self._run, "traceparent", ""), getattr(self._run, "tracestate", ""))
 
-    def __enter__(self) -> "WebhookAttempt":
+    def __enter__(self) -> WebhookAttempt:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

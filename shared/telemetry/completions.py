@@ -3,12 +3,12 @@ completion-detection lag is the difference."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping
-
+from collections.abc import Mapping
+from typing import Any
 
 # response id -> the provider's completed_at, noted when a step sees a response end, read when its run is saved
 # terminal (often in another task: a stream's reader). Bounded: a response that never reaches its run is forgotten.
-_COMPLETED: "OrderedDict[str, float]" = OrderedDict()
+_COMPLETED: OrderedDict[str, float] = OrderedDict()
 _COMPLETED_MAX = 2048
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from .. import clock
 from . import context as w3c
@@ -28,7 +29,7 @@ from . import metrics
 from .completions import provider_completed_at
 from .state import STATE
 
-_STEP: ContextVar["Step | None"] = ContextVar("bgruns_step", default=None)
+_STEP: ContextVar[Step | None] = ContextVar("bgruns_step", default=None)
 _OTEL: dict[str, Any] = {}  # the OpenTelemetry API pieces, imported on first use with telemetry on
 
 SERVER, CONSUMER, INTERNAL, CLIENT = "SERVER", "CONSUMER", "INTERNAL", "CLIENT"
@@ -37,8 +38,18 @@ SERVER, CONSUMER, INTERNAL, CLIENT = "SERVER", "CONSUMER", "INTERNAL", "CLIENT"
 def _otel() -> dict[str, Any]:
     if not _OTEL:
         from opentelemetry import context, trace
-        from opentelemetry.trace import (Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags,
-                                         TraceState, format_span_id, format_trace_id)
+        from opentelemetry.trace import (
+            Link,
+            NonRecordingSpan,
+            SpanContext,
+            SpanKind,
+            Status,
+            StatusCode,
+            TraceFlags,
+            TraceState,
+            format_span_id,
+            format_trace_id,
+        )
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         _OTEL.update(context=context, trace=trace, Link=Link, kinds={k: getattr(SpanKind, k) for k in
@@ -56,8 +67,20 @@ def _attribute_name(key: str) -> str:
 class Step:
     """What one step did: its span (None with telemetry off), its run, and the fields of its log line."""
 
-    __slots__ = ("name", "logger", "span", "run", "run_id", "fields", "started", "incoming", "queue", "counter",
-                 "_token", "_context_token")
+    __slots__ = (
+        "_context_token",
+        "_token",
+        "counter",
+        "fields",
+        "incoming",
+        "logger",
+        "name",
+        "queue",
+        "run",
+        "run_id",
+        "span",
+        "started",
+    )
 
     def __init__(self, name: str, logger: str, *, incoming: tuple[str, str] = ("", ""), queue: str = "",
                  counter: str = "") -> None:
@@ -97,7 +120,7 @@ class Step:
         return self.incoming
 
     # -- scope ------------------------------------------------------------------------------------------------
-    def __enter__(self) -> "Step":
+    def __enter__(self) -> Step:
         self._token = _STEP.set(self)
         if self.span is not None:
             otel = _otel()
@@ -216,8 +239,8 @@ def consumed(name: str, message: Mapping[str, Any], *, queue: str, enqueued_at: 
     if isinstance(run_id, str):
         step.run_id = run_id  # known before the run is read: a stale message's line names its run too
     if enqueued_at is not None and STATE.enabled:
-        age = datetime.now(timezone.utc) - (enqueued_at if enqueued_at.tzinfo else
-                                            enqueued_at.replace(tzinfo=timezone.utc))
+        age = datetime.now(UTC) - (enqueued_at if enqueued_at.tzinfo else
+                                            enqueued_at.replace(tzinfo=UTC))
         metrics.record("message_age", age.total_seconds(), **{"messaging.destination.name": queue})
     if not STATE.enabled:
         return step

@@ -22,14 +22,14 @@ import asyncio
 import ipaddress
 import re
 import socket
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence, Union
 
 import httpx
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # An injectable resolver: (host, port) -> addresses as strings or ip objects.
-Resolver = Callable[[str, int], Awaitable[Sequence[Union[str, IPAddress]]]]
+Resolver = Callable[[str, int], Awaitable[Sequence[str | IPAddress]]]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 

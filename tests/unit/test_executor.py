@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from shared.provider import ProviderError
 from shared.executor.attempts import Executor, Timings
 from shared.executor.backend import executor_response_id
+from shared.provider import ProviderError
 from shared.runs.requests import RunRequest
 from shared.runs.results import failure_result
 

@@ -67,7 +67,7 @@ async def test_a_refused_start_leaves_nothing_behind(monkeypatch):
     with pytest.raises(Unavailable) as refused:
         await w.services.starter.start(RunRequest(input="x", session_id=session.id), idempotency_key="k1")
     assert refused.value.retry_after == 3
-    assert [k for k in w.runs.rows] == [] and w.index.entity("open", "x") is None
+    assert list(w.runs.rows) == [] and w.index.entity("open", "x") is None
     assert not [k for k in w.index.rows if k[0] == "open"]
     assert (await w.services.reader.session(session.id))[0].active_run_id is None
     assert not w.tables["idempotency"].rows  # the key is free again

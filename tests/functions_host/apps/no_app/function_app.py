@@ -1,4 +1,4 @@
-import azure.functions as func  # noqa: F401  (no FunctionApp instance at module level)
+import azure.functions as func
 
 
 def make_app():
