@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from openai.resources.webhooks import AsyncWebhooks
+from openai.resources.webhooks.webhooks import AsyncWebhooks  # the type client.webhooks declares
 
 from . import telemetry
 from .api.operations import HealthCheck, configuration

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from azure.core.exceptions import AzureError, HttpResponseError
 from fastapi import Request
@@ -36,7 +37,7 @@ def status_of(error: ServiceError) -> int:
     return next((status for kind, status in _STATUS if isinstance(error, kind)), 500)
 
 
-def error_body(error: ServiceError) -> dict:
+def error_body(error: ServiceError) -> dict[str, Any]:
     return {"error": {"code": error.code, "message": error.message, "param": error.param}}
 
 

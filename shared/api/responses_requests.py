@@ -91,7 +91,7 @@ def parse_create_body(body: dict[str, Any]) -> CreateBody:
     return CreateBody(request, stream, flag_field(body, "background", default=False))
 
 
-def _tools(value: list) -> list[dict[str, Any]]:
+def _tools(value: list[Any]) -> list[dict[str, Any]]:
     """Any tool the provider knows (function, web_search, mcp, ...); a function tool needs its name."""
     for index, tool in enumerate(value):
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):

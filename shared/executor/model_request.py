@@ -59,9 +59,9 @@ def input_items(value: Any) -> list[dict[str, Any]]:
     return [dict(item) for item in value or []]
 
 
-def continuation_items(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def continuation_items(output: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """A finished response's output as input items for the next turn (messages and function calls)."""
-    items = []
+    items: list[dict[str, Any]] = []
     for item in output or []:
         if item.get("type") == "message":
             texts = [p.get("text", "") for p in item.get("content") or [] if p.get("type") == "output_text"]

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
 from ..api.bodies import json_body
 from ..api.callers import authenticated
+from ..api.errors import Handler
 from ..api.queries import limit_param, path_param
 from ..api.responses_errors import openai_handler, response_not_found
 from ..api.responses_format import ResponseRenderer, ResponsesEventFormat
@@ -144,7 +146,7 @@ async def _follow(svc: Services, started: StartedRun, caller: Caller) -> Run:
     return await svc.reader.get(run.id, caller=caller)
 
 
-async def _drain(events) -> None:
+async def _drain(events: AsyncIterator[bytes]) -> None:
     async for _ in events:
         pass
 
@@ -158,7 +160,7 @@ ROUTES = ((create, "responses", ["POST"], "create"),
           (list_input_items, "responses/{response_id}/input_items", ["GET"], "input_items"))
 
 
-def _register(handler, route: str, methods: list[str], name: str) -> None:
+def _register(handler: Handler, route: str, methods: list[str], name: str) -> None:
     wrapped = openai_handler(handler)
     wrapped.__name__ = name
     decorated = bp.route(route=route, methods=methods, auth_level=ANONYMOUS)(wrapped)

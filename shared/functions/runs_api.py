@@ -76,6 +76,7 @@ async def create_run(req: Request) -> Response:
         if body.stream:  # resume the stream right after the token's position
             return streaming_response(svc.relays.relay(run, claims.position), _location(run.id))
         return _run_response(svc, run)
+    assert body.request is not None  # no token: the parser read a new run's request
     key = req.headers.get("idempotency-key")
     if body.stream:
         started = await svc.starter.start(body.request, idempotency_key=key)

@@ -114,7 +114,7 @@ class PollScheduler:
     async def _save(self, run: Run, save_all: bool) -> None:
         await (self._store.save(run) if save_all else self._store.save_chain(run))
 
-    async def _save_over_a_note(self, run: Run, position: tuple[int, str], event: str, note: dict,
+    async def _save_over_a_note(self, run: Run, position: tuple[int, str], event: str, note: dict[str, Any],
                                 save_all: bool) -> bool:
         """The save lost to another writer. If that writer left the chain where this step found it (it only
         added a timeline note, such as a refused cancel), keep its note and save the chain again, once."""

@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from .. import telemetry
@@ -76,9 +76,9 @@ class Relay:
         self.after = after  # moves as the client is sent events
         self._after_at_start = after
         self._first_stream = first_stream  # the create call's own stream, for a fresh streaming start
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=256)
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=256)  # events, a Run, an error, _END
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self) -> AsyncGenerator[bytes, None]:
         started = time.monotonic()
         producer = asyncio.create_task(self._produce())
         try:

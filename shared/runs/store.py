@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableEntity, UpdateMode
 
 from ..errors import PayloadTooLarge
 from ..storage import BlobContainer, Table
@@ -62,7 +63,7 @@ class RunStore:
         placed: dict[str, str] = {}
         sizes = {name: utf16_bytes(text) for name, text in texts.items()}
         inline_total = 0
-        for name in sorted(texts, key=sizes.get):  # smallest first: keep as much inline as the entity allows
+        for name in sorted(texts, key=sizes.__getitem__):  # smallest first: keep as much inline as the entity allows
             if sizes[name] <= PROPERTY_LIMIT_BYTES and inline_total + sizes[name] <= _ENTITY_BUDGET_BYTES:
                 placed.update({name: texts[name], f"{name}_blob": ""})
                 inline_total += sizes[name]
@@ -72,7 +73,7 @@ class RunStore:
             placed.update({name: "", f"{name}_blob": blob})
         return placed
 
-    async def _load_part(self, entity, name: str) -> Any:
+    async def _load_part(self, entity: TableEntity, name: str) -> Any:
         blob = entity.get(f"{name}_blob")
         if blob:
             downloader = await self._payloads.download_blob(blob)
@@ -116,7 +117,7 @@ class RunStore:
             texts["response"] = _dumps(run.response)
         return await self._place_parts(run.id, texts) if texts else {}
 
-    async def _from_entity(self, entity, *, with_result: bool, with_request: bool) -> Run:
+    async def _from_entity(self, entity: TableEntity, *, with_result: bool, with_request: bool) -> Run:
         has_result = bool(entity.get("result") or entity.get("result_blob"))
         has_response = bool(entity.get("response") or entity.get("response_blob"))
         webhook = entity.get("webhook")
@@ -150,7 +151,8 @@ class RunStore:
         run.response_stored = run.response is not None
         return run
 
-    async def _write(self, run: Run, parts: dict[str, str], write, *, conflicts: tuple[type[Exception], ...]) -> dict:
+    async def _write(self, run: Run, parts: dict[str, str], write: Awaitable[Mapping[str, Any]], *,
+                     conflicts: tuple[type[Exception], ...]) -> Mapping[str, Any]:
         """Await one entity write; if it fails, the blobs written for it go too (`conflicts` become RunConflict,
         a size refusal PayloadTooLarge)."""
         try:

@@ -45,7 +45,7 @@ class Sweeper:
         self._webhook_slack = webhook_slack  # how long past due a pending delivery may stay unattempted
 
     async def sweep(self) -> dict[str, int]:
-        repaired: Counter = Counter()
+        repaired: Counter[str] = Counter()
         run_ids = [run_id async for run_id in self._index.open_run_ids()]
         slots = asyncio.Semaphore(SWEEP_CONCURRENCY)
 
@@ -90,7 +90,8 @@ class Sweeper:
                 await self._ending.end(run, Failed(
                     ErrorCode.START_INTERRUPTED, "The run's start was interrupted before the provider accepted it."))
             return "starts"
-        log.warning("run %s: poll overdue by %.0fs; restarting its poll chain", run.id, clock.now() - run.next_poll_at)
+        overdue = "none due" if run.next_poll_at is None else f"overdue by {clock.now() - run.next_poll_at:.0f}s"
+        log.warning("run %s: poll %s; restarting its poll chain", run.id, overdue)
         with telemetry.run_step("repair run", run, logger=log.name):
             telemetry.annotate(outcome="poll_chain_restarted")
             return "polls" if await self._scheduler.schedule(run, 0, event="repaired") else "fine"

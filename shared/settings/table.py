@@ -176,7 +176,8 @@ def declared_settings() -> tuple[Setting, ...]:
 
 def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
     """RESPONSES_API_KEYS read from `raw`; the error names the setting and never repeats a key."""
-    return BY_NAME["RESPONSES_API_KEYS"].parse(raw)
+    keys: tuple[ApiKey, ...] = BY_NAME["RESPONSES_API_KEYS"].parse(raw)
+    return keys
 
 
 def markdown_table() -> str:

@@ -4,6 +4,8 @@ or OTLP (or nowhere, at no cost), structured step logs, and the run's own timeli
 Framework-free (the OpenTelemetry API and SDK only, imported when telemetry is on). The rest of the service uses
 these names only; see `steps` for how a run's trace is put together and `setup` for where it goes.
 """
+from typing import Any
+
 from .calls import TracedBackend, WebhookAttempt, storage_response_hook
 from .setup import configure, disable, flush, targets, use
 from .state import enabled
@@ -55,9 +57,9 @@ __all__ = [
 ]
 
 
-def webhook_attempt(run) -> WebhookAttempt:
+def webhook_attempt(run: Any) -> WebhookAttempt:  # a Run: telemetry does not import the run model
     return WebhookAttempt(run)
 
 
-def traced_backend(backend, provider_kind: str = "openai") -> TracedBackend:
+def traced_backend(backend: Any, provider_kind: str = "openai") -> TracedBackend:  # any RunBackend
     return TracedBackend(backend, provider_kind)

@@ -15,7 +15,9 @@ _COMPLETED_MAX = 2048
 def note_completed(response: Any) -> None:
     if response is None:
         return
-    get = response.get if isinstance(response, Mapping) else lambda key: getattr(response, key, None)
+    def get(key: str) -> Any:
+        return response.get(key) if isinstance(response, Mapping) else getattr(response, key, None)
+
     completed_at, response_id = get("completed_at"), get("id")
     if completed_at and response_id:
         _COMPLETED[str(response_id)] = float(completed_at)

@@ -19,8 +19,9 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 from .. import clock
@@ -92,7 +93,8 @@ class Step:
         self.started = time.monotonic()
         self.incoming = incoming  # the caller's / message's trace context, passed through with telemetry off
         self.queue, self.counter = queue, counter
-        self._token = self._context_token = None
+        self._token: Token[Step | None] | None = None
+        self._context_token: object = None  # OpenTelemetry's context token, opaque
 
     # -- what code below the entry point says -----------------------------------------------------------------
     def set(self, **fields: Any) -> None:
@@ -104,7 +106,8 @@ class Step:
         if self.span is not None:
             span_context = self.span.get_span_context()
             if span_context.is_valid:
-                return _otel()["format_trace_id"](span_context.trace_id)
+                trace_id: str = _otel()["format_trace_id"](span_context.trace_id)
+                return trace_id
         traceparent = getattr(self.run, "traceparent", "") or self.incoming[0]
         return w3c.trace_id(traceparent)
 
@@ -127,18 +130,19 @@ class Step:
             self._context_token = otel["context"].attach(otel["trace"].set_span_in_context(self.span))
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         try:
             self._close(exc)
         finally:
             if self._context_token is not None:
                 _otel()["context"].detach(self._context_token)
-            _STEP.reset(self._token)
+            if self._token is not None:
+                _STEP.reset(self._token)
             # Contexts copied while this step was current outlive it (asyncio copies the context into every
             # callback it schedules: a connection opened now keeps it in its reader for as long as its pool keeps
             # the connection), and they hold this object: it lets go of the run (input, output) and the span.
             self.run = self.span = None
-        return False
 
     def _close(self, error: BaseException | None) -> None:
         if error is not None:
@@ -191,14 +195,17 @@ def _current_span_context() -> Any:
     return span_context if span_context.is_valid else None
 
 
-def _start(step: Step, kind: str, parent: Any, links: list, attributes: dict[str, Any]) -> Step:
+def _start(step: Step, kind: str, parent: Any, links: list[Any], attributes: dict[str, Any]) -> Step:
     otel = _otel()
     step.span = STATE.tracer.start_span(step.name, context=parent, kind=otel["kinds"][kind],
                                         links=[otel["Link"](link) for link in links], attributes=attributes)
     return step
 
 
-def http_entry(name: str, logger: str = "bgruns.http") -> Callable:
+Handler = Callable[[Any], Awaitable[Any]]  # an HTTP handler: `async def f(req) -> response`
+
+
+def http_entry(name: str, logger: str = "bgruns.http") -> Callable[[Handler], Handler]:
     """Decorator for an HTTP handler `async def f(req) -> response`: a step whose parent is the caller's
     `traceparent` (or the host's span for this invocation when it is in the caller's trace, or none)."""
     def decorate(func: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:

@@ -175,7 +175,7 @@ async def system_resolver(host: str, port: int) -> list[str]:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise ResolutionFailed(f"{host} does not resolve ({exc})") from None
-    return [info[4][0] for info in infos]
+    return [str(info[4][0]) for info in infos]  # an IP address: sockaddr[0] of AF_INET/AF_INET6
 
 
 async def resolve_and_vet(
