@@ -47,7 +47,8 @@ async def test_a_session_reservation_left_by_a_dead_start_is_taken_over_after_th
         await w.services.starter.start(RunRequest(input="x", session_id=session.id))
     w.clock.advance(w.services.starter.start_grace + 1)
     run = (await w.services.starter.start(RunRequest(input="x", session_id=session.id))).run
-    assert run.is_active
+    assert run.is_active and run.session_id == session.id
+    assert (await w.tables["sessions"].get_entity(session.id, "session"))["active_run_id"] == run.id
 
 
 async def test_a_session_whose_run_ended_without_advancing_is_repaired_by_the_next_start(monkeypatch):
