@@ -121,7 +121,7 @@ class RunStarter:
         if wait_seconds > 0 and run.is_active:
             try:
                 run = await self._wait_briefly(run, min(wait_seconds, self._rules.max_prefer_wait))
-            except Exception:
+            except Exception:  # the run started and goes on: answer it as it started
                 log.warning("run %s: waiting for its result failed; answering it as started", run_id, exc_info=True)
         return StartedRun(run, events)
 
@@ -224,7 +224,7 @@ class RunStarter:
         sweeper ends the run as an interrupted start."""
         try:
             return await self._undo(attempt)
-        except Exception:
+        except Exception:  # the caller gets the start's own error; this one is logged
             log.warning("run %s: could not take back its failed start; the sweeper will end it", attempt.run_id,
                         exc_info=True)
             return True
