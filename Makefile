@@ -17,7 +17,11 @@ RUN_TOOLS := $(RUN_VENV_STAMP) $(NODE_STAMP) node-check
 # dependencies conflict, like checkov's), added here.
 TEST_TOOLS := $(DEV_VENV_STAMP) $(CHECKOV_STAMP) $(LITELLM_STAMP) $(CHROMIUM)
 
-.PHONY: run test bench chaos fuzz mutate setup clean emulator run-tools test-tools node-check
+# The fast loop (`make unit`): the unit tests and the other folders that start no stack and call no network.
+UNIT_TESTS := tests/unit tests/webhooks tests/mutation tests/chaos/test_chaos_checks.py tests/client/test_unit.py \
+	tests/docs/test_static.py tests/docs/test_runner.py
+
+.PHONY: run test unit lint bench chaos fuzz mutate setup clean emulator run-tools test-tools node-check
 
 setup: run-tools test-tools
 run-tools: $(RUN_TOOLS)
@@ -60,8 +64,18 @@ node-check: $(NODE_STAMP)
 run: run-tools
 	$(PY) -m local.make_run
 
-test: run-tools test-tools
+# The linters first: they take seconds, the suite minutes.
+test: run-tools test-tools lint
 	$(PY) -m pytest
+
+# ruff (lint and format check) over the tree, mypy in strict mode over shared/ (both configured in pyproject.toml).
+lint: $(DEV_VENV_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+unit: $(DEV_VENV_STAMP)
+	$(PY) -m pytest -q $(UNIT_TESTS)
 
 bench: run-tools $(DEV_VENV_STAMP)
 	$(PY) -m bench.run_all

@@ -6,8 +6,17 @@ messageEncoding) that shared.storage writes with TextBase64EncodePolicy.
 """
 import azure.functions as func
 
-from shared.functions import (console, executor, poll, provider_events, responses_api, retention, runs_api, sweep,
-                              webhook_delivery)
+from shared.functions import (
+    console,
+    executor,
+    poll,
+    provider_events,
+    responses_api,
+    retention,
+    runs_api,
+    sweep,
+    webhook_delivery,
+)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 for blueprint in (runs_api.bp, responses_api.bp, provider_events.bp, poll.bp, webhook_delivery.bp, sweep.bp,

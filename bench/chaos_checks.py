@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from .chaos_client import CHAOS_TAG, TERMINAL, RunRecord
@@ -531,7 +532,7 @@ class Checker:
             dupes = [i for i, n in Counter(got["ids"]).items() if n > 1]
             if dupes:
                 problems.append(f"duplicate ids {dupes[:10]}")
-            if any(b <= a for a, b in zip(got["ids"], got["ids"][1:])):
+            if any(b <= a for a, b in pairwise(got["ids"])):
                 problems.append("ids not increasing")
             expected = list((ref or {}).get("ids") or [])
             if ref is not None and not ref["final"] and view.get("status") in ("cancelled", "expired") and expected \
@@ -590,7 +591,7 @@ class Checker:
             runs = sorted((self.ev.views[r] for r in self.ev.records
                            if self.ev.records[r].session_id == session_id and self.ev.views.get(r, {}).get("created_at")),
                           key=lambda v: v["created_at"])
-            for earlier, later in zip(runs, runs[1:]):
+            for earlier, later in pairwise(runs):
                 ended = earlier.get("completed_at")
                 if ended is None or later["created_at"] < ended:
                     failures.append(self.failure(later["id"], f"session {session_id}: run {later['id']} created at "

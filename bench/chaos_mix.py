@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import httpx
 
-from .chaos_client import CHAOS_TAG, ApiClient, RunRecord, StreamConsumer
+from .chaos_client import CHAOS_TAG, ApiClient, StreamConsumer
 
 # Share of the run budget per scenario (the rest is `plain`) and the runs one job of it starts.
 MIX: dict[str, tuple[float, int]] = {

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx

@@ -209,7 +209,7 @@ async def run(durations: list[float], counts: list[int], out: Path) -> list[dict
             stack.start()
         idle = {name: idle_receive_rate(stack) for name, stack in stacks.items()}
         log(f"stacks up; idle storage ops/s: {idle}")
-        for duration_s, n in zip(durations, counts):
+        for duration_s, n in zip(durations, counts, strict=True):
             log(f"T = {duration_s:.0f} s, {n} runs per strategy, all strategies and the 2-s loop at once")
             tag = f"baseline-{int(duration_s)}-{int(time.time())}"
             done = await asyncio.gather(
@@ -240,6 +240,8 @@ def main() -> None:
     args = parser.parse_args()
     durations = [10.0] if args.quick else [float(d) for d in args.durations.split(",")]
     counts = [6] if args.quick else [int(c) for c in args.runs.split(",")]
+    if len(durations) != len(counts):
+        parser.error(f"--durations names {len(durations)} durations but --runs {len(counts)} run counts")
     results = asyncio.run(run(durations, counts, args.out))
     print(markdown(results))
     print(json.dumps({"results": len(results)}))

@@ -259,8 +259,9 @@ class Bench:
                 if rows and rows[0].get("cancelled_at"):
                     return rows[0]["cancelled_at"]
             else:
-                rows = httpx.get(f"{self.stack.emulator.base_url}/_emulator/chat_completions",
-                                 params={"knob.emulator_bench": tag}, timeout=10).json()["data"]
+                answer = await asyncio.to_thread(httpx.get, f"{self.stack.emulator.base_url}/_emulator/chat_completions",
+                                                 params={"knob.emulator_bench": tag}, timeout=10)
+                rows = answer.json()["data"]
                 if rows and rows[0]["disconnected"]:
                     return time.time()
             await asyncio.sleep(0.02)
@@ -284,7 +285,7 @@ def log_cost(windows_executor: list[dict], windows_background: list[dict]) -> li
     """The event log's cost per 1,000 runs: the table transactions the executor adds over background mode,
     and the log's bytes kept for the retention period."""
     out = []
-    for ex, bg in zip(windows_executor, windows_background):
+    for ex, bg in zip(windows_executor, windows_background, strict=True):
         table_ops = lambda w: sum(v for key, v in w["storage_per_run"].items() if key.startswith("table."))  # noqa: E731
         queue_ops = lambda w: sum(v for key, v in w["storage_per_run"].items() if key.startswith("queue."))  # noqa: E731
         added_table = table_ops(ex) - table_ops(bg)
@@ -331,7 +332,7 @@ def markdown(results: dict[str, Any]) -> str:
               f"kept {RETENTION_DAYS} days):", "",
               "| T | rows/run | bytes/run | table transactions added/run | $ transactions /1000 runs "
               "| GB-month /1000 runs | $ capacity /1000 runs |", "|---|---|---|---|---|---|---|"]
-    for w, c in zip(results["executor"]["windows"], results["log_cost"]):
+    for w, c in zip(results["executor"]["windows"], results["log_cost"], strict=True):
         lines.append(f"| {w['duration_s']:g} s | {w['event_log']['rows_per_run']['mean']:.0f} | "
                      f"{w['event_log']['bytes_per_run']['mean']:.0f} | {c['table_transactions_added_per_run']:.0f} | "
                      f"{c['transactions_usd_per_1000_runs']:.4f} | {c['capacity_gb_month_per_1000_runs']:.4f} | "

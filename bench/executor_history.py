@@ -15,8 +15,8 @@ import asyncio
 import json
 import tracemalloc
 
-from shared.executor.chat_translation import chat_params
 from shared.executor.attempts import MAX_HISTORY_BYTES, MAX_HISTORY_TURNS
+from shared.executor.chat_translation import chat_params
 from shared.runs.requests import RunRequest
 from tests.unit.fakes import world
 

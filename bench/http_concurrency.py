@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ async def one_stream(client: httpx.AsyncClient, duration_ms: int, deltas: int) -
     except httpx.TransportError as error:
         return {"ok": False, "status": type(error).__name__}
     end = time.monotonic() - t0
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in pairwise(stamps)]
     return {"ok": last_event == "run.completed", "first_event_s": first, "total_s": end,
             "stretch": end / (duration_ms / 1000), "events": len(stamps), "max_gap_s": max(gaps, default=0.0)}
 
@@ -291,7 +292,8 @@ def markdown(results: dict[str, Any]) -> str:
     for r in results["runs"]:
         if r["kind"] == "streams":
             lines.append(
-                f"| {r['config']} | {r['streams']} | {r['duration_s']:g} s, {r['deltas']} | {r['completed']}/{r['streams']} | "
+                f"| {r['config']} | {r['streams']} | {r['duration_s']:g} s, {r['deltas']} | "
+                f"{r['completed']}/{r['streams']} | "
                 f"{f(r['first_event_p50_s'])} / {f(r['first_event_max_s'])} s | {f(r['stretch_p50'])} / "
                 f"{f(r['stretch_max'])} | {f(r['max_gap_p95_s'])} s | {f(r['host_cpu_ms_per_stream'], '.0f')} ms "
                 f"({f(r['host_cpu_ms_per_stream_second'], '.1f')}, {f(r['host_cpu_ms_per_event'], '.2f')} ms) | "

@@ -33,7 +33,8 @@ def write_markdown(r: dict[str, Any]) -> str:
     out += ["## 1–3. Completion-detection lag, provider calls, storage transactions per run", "",
             "| run duration | runs | lag → run terminal in storage (s) | lag → webhook received (s) | "
             "baseline 2 s poll lag (s) | ours/baseline lag (p50, webhook) | provider calls ours (mean; p50/p95/max) | "
-            "baseline calls (mean) | ours/baseline calls | storage requests / run: all (service + trigger net of idle) | host CPU ms / run |",
+            "baseline calls (mean) | ours/baseline calls | storage requests / run: all (service + trigger net of idle) | "
+            "host CPU ms / run |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r.get("lag", []):
         out.append(f"| {x['duration_s']:.0f} s | {x['runs']} | {_s(x['lag_to_storage_s'])} | {_s(x['lag_to_webhook_s'])} | "
@@ -145,7 +146,7 @@ def write_plots(r: dict[str, Any], out: Path) -> None:
         series = [("run terminal in storage", "lag_to_storage_s"), ("webhook received", "lag_to_webhook_s"),
                   ("baseline: 2 s polling", "baseline_lag_s")]
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=True)
-        for ax, stat in zip(axes, ("p50", "p95", "max")):
+        for ax, stat in zip(axes, ("p50", "p95", "max"), strict=True):
             xs = np.arange(len(labels))
             for i, (name, key) in enumerate(series):
                 ax.bar(xs + (i - 1) * 0.27, [x[key][stat] or 0 for x in lag], 0.27, label=name)

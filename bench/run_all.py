@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import platform
 import sys
 import time
@@ -387,8 +386,8 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        mem_kib = int(next(l for l in Path("/proc/meminfo").read_text().splitlines()
-                           if l.startswith("MemTotal")).split()[1])
+        mem_kib = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                           if line.startswith("MemTotal")).split()[1])
     except (OSError, StopIteration, ValueError):
         mem_kib = 0
     return {"nproc": os.cpu_count(), "memory_gib": round(mem_kib / 1024 / 1024, 1), "cpu": cpu,
@@ -445,8 +444,8 @@ async def main_async(args) -> dict[str, Any]:
             for clients in (1, 16, 64):
                 res = await throughput_level(stack, clients, 4 if quick else 12)
                 results["throughput"].append(res)
-                log(f"throughput {clients} clients: {res['throughput_rps']:.1f}/s, p50 {res['latency_ms']['p50']:.0f} ms "
-                    f"p95 {res['latency_ms']['p95']:.0f} ms {res['statuses']}")
+                log(f"throughput {clients} clients: {res['throughput_rps']:.1f}/s, "
+                    f"p50 {res['latency_ms']['p50']:.0f} ms p95 {res['latency_ms']['p95']:.0f} ms {res['statuses']}")
                 await asyncio.sleep(8)  # those 2 s runs finish and stop polling
 
         if "capacity" in phases:

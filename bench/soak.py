@@ -53,8 +53,18 @@ from shared.settings import declared_settings
 
 from .chaos_client import TERMINAL, ApiClient
 from .common import RESULTS, LocalStack, dump_json, new_secrets, pct
-from .soak_mix import (EXECUTOR_MS, LONG_MS, PLAIN_MS, RATES, SoakMix, TimedTransport, http_client, plan,
-                       run_jobs, runs_per_minute)
+from .soak_mix import (
+    EXECUTOR_MS,
+    LONG_MS,
+    PLAIN_MS,
+    RATES,
+    SoakMix,
+    TimedTransport,
+    http_client,
+    plan,
+    run_jobs,
+    runs_per_minute,
+)
 from .soak_trend import Metric, Tolerance, Verdict, judge_all, summary_lines
 
 KEY = secrets.token_urlsafe(32)
@@ -266,7 +276,7 @@ class Soak:
                 try:
                     await asyncio.wait_for(stop.wait(), max(0.0, due - time.monotonic()))
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 try:
                     raw = await self.sample(http, mixes, transports, k * interval / 60)
@@ -300,11 +310,11 @@ class Soak:
         jobs = plan(args.minutes, args.rate, self.rng)
         transports = [TimedTransport(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
                       for _ in self.hosts]
-        clients = [http_client(base, transport) for base, transport in zip(self.hosts.values(), transports)]
+        clients = [http_client(base, transport) for base, transport in zip(self.hosts.values(), transports, strict=True)]
         facades = [openai.AsyncOpenAI(base_url=f"{base}/api/v1", api_key=KEY, max_retries=3, timeout=300)
                    for base in self.hosts.values()]
         mixes = []
-        for (name, _), client, facade in zip(self.hosts.items(), clients, facades):
+        for (name, _), client, facade in zip(self.hosts.items(), clients, facades, strict=True):
             durations = EXECUTOR_MS if name == "front" else PLAIN_MS
             mixes.append(SoakMix(ApiClient(client, self.rng, 60.0), self.stack.receiver.url, self.rng,
                                  host=name, facade=facade, durations_ms=durations, wait_timeout=420.0))
@@ -324,7 +334,7 @@ class Soak:
             planner = asyncio.create_task(run_jobs(jobs, by_host, self.t0, stop_load, tasks))
             try:
                 await asyncio.wait_for(asyncio.shield(planner), args.minutes * 60)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 stop_load.set()
                 await planner
             remaining = self.t0 + args.minutes * 60 - time.monotonic()
@@ -538,7 +548,7 @@ def plot(samples: list[dict[str, Any]], verdicts: list[Verdict], warmup_minutes:
     cols = 4
     rows = (len(shown) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.5 * rows), squeeze=False)
-    for ax, verdict in zip(axes.flat, shown):
+    for ax, verdict in zip(axes.flat, shown, strict=False):  # the last row may have spare axes
         points = [(s["minute"], s.get(verdict.key)) for s in samples if s.get(verdict.key) is not None]
         ax.plot([t for t, _ in points], [v for _, v in points], ".-", lw=1, ms=3, color="tab:blue")
         ax.axvspan(0, warmup_minutes, color="0.92")
@@ -571,7 +581,7 @@ def plot(samples: list[dict[str, Any]], verdicts: list[Verdict], warmup_minutes:
     plt.close(fig)
 
 
-# -- main ---------------------------------------------------------------------------------------------------------------
+# -- main --------------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=15, help="length of the load window (default 15)")
@@ -645,7 +655,7 @@ def report(args: argparse.Namespace, soak: Soak, left: list[str], wall: float) -
               "plain_ms": PLAIN_MS, "executor_ms": EXECUTOR_MS, "emulator_push": EMULATOR_PUSH,
               "emulator_faults": {} if args.no_faults else EMULATOR_FAULTS}
     data = {"config": config, "machine": machine, "wall_seconds": round(wall, 1), "interrupted": interrupted,
-            "verdicts": [{**v.__dict__, "why": m.why} for v, m in zip(verdicts, METRICS)],
+            "verdicts": [{**v.__dict__, "why": m.why} for v, m in zip(verdicts, METRICS, strict=True)],
             "outcome": outcome, "leftover_processes": left, "passed": ok, "events": soak.events,
             "samples": soak.samples, "raw_samples": soak.raw}
     dump_json(args.out / f"{args.name}.json", data)

@@ -210,7 +210,7 @@ async def run_jobs(jobs: list[Job], mixes: dict[str, SoakMix], t0: float, stop: 
         if delay > 0:
             try:
                 await asyncio.wait_for(stop.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if stop.is_set():
             break

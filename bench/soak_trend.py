@@ -19,8 +19,9 @@ from __future__ import annotations
 import math
 import statistics
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 Z90 = 1.6449  # two-sided 90 %
 MIN_POINTS = 4  # fewer in the second half: the metric is not judged
@@ -93,7 +94,7 @@ def theil_sen(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 def least_squares(xs: list[float], ys: list[float]) -> float:
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
 
 
 def judge(metric: Metric, series: Iterable[tuple[float, float | None]], warmup_minutes: float) -> Verdict:

@@ -150,7 +150,7 @@ async def seed(ctx: Context, make, count: int, start_index: int, concurrency: in
                 try:
                     await seed_run(ctx, make(index, at))
                     break
-                except Exception:  # noqa: BLE001 - Azurite busy: a short pause and again
+                except Exception:  # Azurite busy: a short pause and again
                     if attempt == 4:
                         raise
                     await asyncio.sleep(0.2 * (attempt + 1))

@@ -48,7 +48,7 @@ class Sink:
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
@@ -78,7 +78,8 @@ def _child_env(mode: str, sink: str) -> dict[str, str]:
     if mode == "distro":
         env.update({
             "APPLICATIONINSIGHTS_CONNECTION_STRING":
-                f"InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint={sink}",
+                "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+                f"IngestionEndpoint={sink}",
             "OTEL_TRACES_SAMPLER": "always_on",  # the distro's default keeps 5 traces/s: measure the worst case
             # Loopback only: no statsbeat, control plane or SDK stats calls to Microsoft endpoints.
             "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true", "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
@@ -136,7 +137,7 @@ def main() -> None:
                                         for m in ("noop", "distro")}
     # Paired in one process: on vs off batches of the same real poll steps, per repeat, then the median.
     report["poll_paired_overhead_pct"] = {m: _summary([(a - b) / b * 100 for a, b in zip(samples[m]["paired_on"],
-                                                                                        samples[m]["paired_off"])])
+                                                                                        samples[m]["paired_off"], strict=True)])
                                           for m in ("noop", "distro")}
     report["start_overhead_pct"] = {m: round((report["cpu_ms"][m]["start"]["median"] -
                                               report["cpu_ms"]["off"]["start"]["median"]) /

@@ -65,7 +65,7 @@ class Azurite:
     def connection_string(self) -> str:
         return connection_string(self.blob_port, self.queue_port, self.table_port)
 
-    def start(self, *, fresh: bool = False, timeout: float = 30.0) -> "Azurite":
+    def start(self, *, fresh: bool = False, timeout: float = 30.0) -> Azurite:
         if not AZURITE_BIN.exists():
             raise RuntimeError(f"{AZURITE_BIN} is missing: run `npm ci` (make does it for you)")
         if fresh and self.data_dir.exists():

@@ -31,9 +31,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from local.azurite import REPO_ROOT, Azurite, connection_string
 from local.stack import LocalStack, Ports, _stop_process, new_webhook_secrets
@@ -66,7 +66,7 @@ def dev_secrets(path: Path = SECRETS_FILE) -> dict[str, str]:
     if not path.exists():
         path.touch(mode=0o600)
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    kept = {key: value for key, value in pairs}
+    kept = dict(pairs)
     missing = {key: value for key, value in _new_dev_secrets().items() if key not in kept}
     if missing:
         with path.open("a") as file:

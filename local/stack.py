@@ -24,9 +24,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -48,7 +49,7 @@ class Ports:
     receiver: int
 
     @classmethod
-    def free(cls) -> "Ports":
+    def free(cls) -> Ports:
         return cls(*(free_port() for _ in range(6)))
 
 
@@ -74,7 +75,7 @@ class EmulatorThread(EmulatorControl):
     def deployment_urls(self) -> dict[str, str]:
         return {name: dep.base_url for name, dep in self.server.deployments.items()}
 
-    def start(self) -> "EmulatorThread":
+    def start(self) -> EmulatorThread:
         self.server.start_in_thread()
         return self
 
@@ -102,7 +103,7 @@ class EmulatorProcess(EmulatorControl):
     def deployment_urls(self) -> dict[str, str]:
         return {name: f"http://127.0.0.1:{spec['port']}/v1" for name, spec in self.deployment_specs.items()}
 
-    def start(self) -> "EmulatorProcess":
+    def start(self) -> EmulatorProcess:
         args = [sys.executable, "-m", "local.emulator", "--port", str(self.port)]
         if list(self.deployment_specs) != ["default"]:
             args += ["--deployments", json.dumps(self.deployment_specs)]
@@ -131,7 +132,7 @@ class StorageProxy:
     def connection_string(self) -> str:
         return connection_string(self.blob_port, self.queue_port, self.table_port)
 
-    def start(self) -> "StorageProxy":
+    def start(self) -> StorageProxy:
         a = self.azurite
         args = [sys.executable, "-m", "local.storage_proxy", "--blob", f"{self.blob_port}:{a.blob_port}",
                 "--queue", f"{self.queue_port}:{a.queue_port}", "--table", f"{self.table_port}:{a.table_port}",
@@ -189,7 +190,7 @@ class LocalStack:
         self._extra_hosts: list[HostProcess] = []
 
     # -- start and stop -----------------------------------------------------------------------------------------
-    def start(self, *, with_host: bool = True, fresh: bool = True, wait_healthy: bool = True) -> "LocalStack":
+    def start(self, *, with_host: bool = True, fresh: bool = True, wait_healthy: bool = True) -> LocalStack:
         """Start every piece; on any failure whatever was started is stopped again."""
         try:
             return self._start(with_host, fresh, wait_healthy)
@@ -197,7 +198,7 @@ class LocalStack:
             self.stop()
             raise
 
-    def _start(self, with_host: bool, fresh: bool, wait_healthy: bool) -> "LocalStack":
+    def _start(self, with_host: bool, fresh: bool, wait_healthy: bool) -> LocalStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.azurite is None:
             self.azurite = Azurite(REPO_ROOT / ".azurite" / self._instance_name(), self.ports.blob, self.ports.queue,
@@ -234,7 +235,7 @@ class LocalStack:
             except Exception as error:  # noqa: BLE001 - best-effort teardown
                 print(f"teardown of {self.name}: {type(error).__name__}: {error}", file=sys.stderr)
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

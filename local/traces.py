@@ -15,6 +15,12 @@ SHOWN = ("bgruns.run_id", "bgruns.outcome", "bgruns.provider_status", "bgruns.ne
          "http.response.status_code", "bgruns.webhook.attempt", "error.type")
 
 
+def _print_tree(children: dict[str, list[dict]], parent: str, depth: int, t0: int) -> None:
+    for span in sorted(children[parent], key=lambda s: int(s["startTimeUnixNano"])):
+        print(_line(span, depth, t0))
+        _print_tree(children, span["spanId"], depth + 1, t0)
+
+
 def _line(span: dict, depth: int, t0: int) -> str:
     start, end = int(span.get("startTimeUnixNano", 0)), int(span.get("endTimeUnixNano", 0))
     attrs = attributes(span)
@@ -40,12 +46,7 @@ def print_traces(path: str, run_id: str | None = None) -> int:
             children[span.get("parentSpanId") if span.get("parentSpanId") in ids else ""].append(span)
         t0 = min(int(s["startTimeUnixNano"]) for s in members)
         print(f"trace {trace_id}  runs: {', '.join(sorted(runs)) or '-'}")
-
-        def walk(parent: str, depth: int) -> None:
-            for span in sorted(children[parent], key=lambda s: int(s["startTimeUnixNano"])):
-                print(_line(span, depth, t0))
-                walk(span["spanId"], depth + 1)
-        walk("", 1)
+        _print_tree(children, "", 1, t0)
         shown += 1
     return shown
 

@@ -29,8 +29,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -131,7 +132,7 @@ class WebhookReceiver:
     async def _hang(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -159,7 +160,7 @@ class WebhookReceiver:
         return web.Response(status=204)
 
     # -- in the caller's event loop -----------------------------------------------------------------------------
-    async def start(self) -> "WebhookReceiver":
+    async def start(self) -> WebhookReceiver:
         self._stopping = asyncio.Event()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -181,14 +182,14 @@ class WebhookReceiver:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> "WebhookReceiver":
+    async def __aenter__(self) -> WebhookReceiver:
         return await self.start()
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
 
     # -- in a thread of its own ---------------------------------------------------------------------------------
-    def up(self, timeout: float = 10.0) -> "WebhookReceiver":
+    def up(self, timeout: float = 10.0) -> WebhookReceiver:
         """Open the port (again) in a background thread; the records are kept across down()/up()."""
         if self._thread is not None:
             return self
@@ -225,7 +226,7 @@ class WebhookReceiver:
         self._thread.join(_STOP_WAIT_SECONDS + 10)
         self._thread, self._loop = None, None
 
-    def __enter__(self) -> "WebhookReceiver":
+    def __enter__(self) -> WebhookReceiver:
         return self.up()
 
     def __exit__(self, *exc: Any) -> None:

@@ -5,7 +5,7 @@ Everything that stores or compares times calls `now()`, so tests can move time b
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def now() -> float:
@@ -15,7 +15,7 @@ def now() -> float:
 def iso_utc(moment: datetime | float) -> str:
     """`2025-01-02T03:04:05.678Z` for an aware datetime or epoch seconds; naive datetimes are refused."""
     if not isinstance(moment, datetime):
-        moment = datetime.fromtimestamp(moment, tz=timezone.utc)
+        moment = datetime.fromtimestamp(moment, tz=UTC)
     elif moment.tzinfo is None:
         raise ValueError("timestamp must be timezone-aware")
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

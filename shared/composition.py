@@ -10,32 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
-from openai.resources.webhooks import AsyncWebhooks
+from openai.resources.webhooks.webhooks import AsyncWebhooks  # the type client.webhooks declares
 
 from . import telemetry
 from .api.operations import HealthCheck, configuration
-from .provider import ResponsesBackend, RunBackend, open_provider
 from .executor.attempts import Executor
 from .executor.backend import BackendRouter, ExecutorBackend
 from .executor.event_log import EventLog
 from .executor.model_client import Model, ModelClient
+from .provider import ResponsesBackend, RunBackend, open_provider
+from .provider.incoming_events import ProviderEventVerifier
 from .runs.callers import CallerKeys
 from .runs.cancelling import RunCanceller
-from .runs.ending import RunEnding
 from .runs.deleting import RunDeleter
+from .runs.ending import RunEnding
 from .runs.idempotency import IdempotencyStore
 from .runs.index import RunIndex
 from .runs.lifecycle import RunLifecycle
 from .runs.listing import RunLister
 from .runs.overview import RunOverview
 from .runs.poll_chain import Backoff, PollScheduler
-from .runs.quotas import CallerQuotas
-from .provider.incoming_events import ProviderEventVerifier
 from .runs.polling import Observer, PollStep, RetrieveObserver, StreamWatcher
 from .runs.provider_event_inbox import ProviderEventInbox
+from .runs.quotas import CallerQuotas
 from .runs.reading import RunReader
 from .runs.relay import RelayFactory
 from .runs.retention import RetentionPurger

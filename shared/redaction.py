@@ -47,7 +47,7 @@ def redact_error(error: Any) -> Any:
     return error
 
 
-def _long_token(match: re.Match) -> str:
+def _long_token(match: re.Match[str]) -> str:
     token = match.group(0)
     looks_random = any(c.isdigit() for c in token) and any(c.isalpha() for c in token)
     return REDACTED if looks_random and not _KEPT_IDS.match(token) else token

@@ -6,8 +6,8 @@ malformed header never breaks error handling: the caller's own backoff applies i
 from __future__ import annotations
 
 import email.utils
-from datetime import datetime, timezone
-from typing import Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
 
 # One bad header must not stall a run or a delivery for days.
 MAX_SECONDS = 24 * 3600.0
@@ -25,8 +25,8 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
     return min(max(0.0, seconds), MAX_SECONDS)
 
 

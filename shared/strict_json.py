@@ -48,7 +48,7 @@ class _NotAFiniteNumber:
         self.text = text
 
 
-class _DuplicateKeys(dict):
+class _DuplicateKeys(dict[str, Any]):
     """An object in which a key appeared more than once."""
 
     duplicate: str = ""
@@ -68,7 +68,7 @@ def loads(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         value = float(literal)
         return value if math.isfinite(value) else constant(literal)
 
-    def pairs(items: list[tuple[str, Any]]) -> dict:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         value = dict(items)
         if len(value) == len(items):
             return value

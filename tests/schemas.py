@@ -23,10 +23,11 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import httpx2
 import openai
@@ -82,7 +83,7 @@ def _registry() -> Registry:
     return Registry().with_resource(_ROOT, root)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(name: str) -> Draft202012Validator:
     if name not in _schemas():
         raise KeyError(f"no schema named {name!r} in {SCHEMA_FILE.name}")
@@ -262,7 +263,7 @@ class _TeeAsync(httpx2.AsyncByteStream):
 
 
 class _RecordingTransport(httpx2.BaseTransport):
-    def __init__(self, recorder: "WireRecorder", inner: httpx2.BaseTransport):
+    def __init__(self, recorder: WireRecorder, inner: httpx2.BaseTransport):
         self._recorder, self._inner = recorder, inner
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -276,7 +277,7 @@ class _RecordingTransport(httpx2.BaseTransport):
 
 
 class _AsyncRecordingTransport(httpx2.AsyncBaseTransport):
-    def __init__(self, recorder: "WireRecorder", inner: httpx2.AsyncBaseTransport):
+    def __init__(self, recorder: WireRecorder, inner: httpx2.AsyncBaseTransport):
         self._recorder, self._inner = recorder, inner
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:

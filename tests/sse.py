@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import httpx
 
@@ -26,7 +26,7 @@ def parse(lines: Iterator[str]) -> Iterator[Event]:
             if data:
                 yield Event(event_id, name, json.loads("\n".join(data)))
             event_id, name, data = None, "message", []
-        elif line.startswith(":") or line.startswith("retry:"):
+        elif line.startswith((":", "retry:")):
             continue
         elif line.startswith("id:"):
             event_id = int(line[3:].strip())

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 REGIONS_FILE = Path(__file__).resolve().parents[1] / "responses-api-regions.json"
 SWITCH_VAR = "AZURE_OPENAI_REGION_CHECK"

@@ -32,9 +32,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 import httpx
 import openai
@@ -98,13 +99,13 @@ class ProviderEndpoints:
         self.where = where
 
     @classmethod
-    def for_openai(cls, api_key: str, base_url: str | None = None, *, max_retries: int = 3) -> "ProviderEndpoints":
+    def for_openai(cls, api_key: str, base_url: str | None = None, *, max_retries: int = 3) -> ProviderEndpoints:
         client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url or None, max_retries=max_retries, timeout=30)
         return cls(client, flavour="openai", where=str(client.base_url))
 
     @classmethod
     def for_azure(cls, endpoint: str, credential: str | Callable[[], Awaitable[str]], *,
-                  max_retries: int = 3) -> "ProviderEndpoints":
+                  max_retries: int = 3) -> ProviderEndpoints:
         resource = re.sub(r"/openai(/v1)?$", "", endpoint.rstrip("/"))
         client = openai.AsyncOpenAI(api_key=credential, base_url=f"{resource}/openai/v1/dashboard",
                                     max_retries=max_retries, timeout=30)
@@ -356,7 +357,7 @@ class AzdEnvironment:
         self._name = name
 
     @classmethod
-    async def load(cls, environ: Mapping[str, str]) -> "AzdEnvironment":
+    async def load(cls, environ: Mapping[str, str]) -> AzdEnvironment:
         azd = shutil.which("azd")
         if azd is None:
             raise RegistrationError("azd is not on PATH (https://aka.ms/azd-install)")
@@ -388,7 +389,7 @@ class AzdEnvironment:
                 for key, value in values.items():
                     await _run([self._azd, "env", "set", key, value, *self._target(self._name)])
         finally:
-            Path(path).unlink(missing_ok=True)
+            Path(path).unlink(missing_ok=True)  # noqa: ASYNC240 - one small local file, the hook runs alone
         self._values.update(values)
 
     @staticmethod
@@ -507,8 +508,9 @@ def endpoint_url(values: Mapping[str, str], *, allow_http: bool = False) -> str:
 
 
 def provider_from(values: Mapping[str, str], azure_token: Callable[[], Awaitable[str]] | None) -> ProviderEndpoints:
-    """The provider the app uses, read as shared/settings/provider.py reads it: MODEL_PROVIDER, else AZURE_OPENAI_ENDPOINT
-    means Azure OpenAI (Entra ID unless AZURE_OPENAI_API_KEY is set), else OPENAI_API_KEY means OpenAI."""
+    """The provider the app uses, read as shared/settings/provider.py reads it: MODEL_PROVIDER, else
+    AZURE_OPENAI_ENDPOINT means Azure OpenAI (Entra ID unless AZURE_OPENAI_API_KEY is set), else OPENAI_API_KEY means
+    OpenAI."""
     kind = (values.get("MODEL_PROVIDER") or "").lower() or (
         "azure_openai" if values.get("AZURE_OPENAI_ENDPOINT") else "openai" if values.get("OPENAI_API_KEY") else "")
     if kind == "azure_openai":
@@ -560,8 +562,12 @@ async def run(args: argparse.Namespace, env: Environment, app: AppSecrets, provi
 
 
 async def _main(argv: list[str] | None) -> int:
-    from azure.identity.aio import (AzureCliCredential, AzureDeveloperCliCredential, ChainedTokenCredential,
-                                    get_bearer_token_provider)
+    from azure.identity.aio import (
+        AzureCliCredential,
+        AzureDeveloperCliCredential,
+        ChainedTokenCredential,
+        get_bearer_token_provider,
+    )
     args = _parser().parse_args(argv)
     env = await AzdEnvironment.load(os.environ)
     values = env.values()

@@ -22,8 +22,16 @@ from .config import EmulatorConfig
 from .quotas import AZURE_RESPONSES_HEADERS, Quotas, ratelimit_headers, refusal, retry_headers
 from .store import Store
 from .timeline import (
-    KnobError, TERMINAL, build_content_spec, light_status, normalize_input, render_event, resolve_knobs,
-    snapshot, sse_bytes, visible_event_count,
+    TERMINAL,
+    KnobError,
+    build_content_spec,
+    light_status,
+    normalize_input,
+    render_event,
+    resolve_knobs,
+    snapshot,
+    sse_bytes,
+    visible_event_count,
 )
 from .webhooks import EVENT_TYPES, OBJECT_NAMES, Dispatcher, EndpointError, Endpoints, describe_deliveries
 
@@ -107,7 +115,7 @@ class DropResponse:
 
 class Gate:
     """Outcome of the pre-request fault checks."""
-    __slots__ = ("response", "delay_s", "drop")
+    __slots__ = ("delay_s", "drop", "response")
 
     def __init__(self) -> None:
         self.response: Response | None = None
@@ -146,7 +154,7 @@ class Emulator:
     # ------------------------------------------------------------------ bookkeeping
     def _reset_stats(self) -> None:
         self.stats: dict[str, Any] = {
-            "requests": {e: 0 for e in ENDPOINTS},
+            "requests": dict.fromkeys(ENDPOINTS, 0),
             "faults": {"429": 0, "500": 0, "503": 0, "other": 0, "stream_cut": 0, "slow_first_byte": 0,
                        "drop": 0, "per_response_http_error": 0},
             "events_sent": 0,
@@ -216,7 +224,7 @@ class Emulator:
         model_call = endpoint in _MODEL_CALLS
         azure_responses = cfg.ratelimit_headers == "azure_responses" and endpoint not in _CHAT_ENDPOINTS
         header = (request.headers.get("x-emulator-fault") or "").strip().lower()
-        if cfg.insufficient_quota and model_call or header == "insufficient_quota":
+        if (cfg.insufficient_quota and model_call) or header == "insufficient_quota":
             self.stats["quota"]["insufficient_quota"] += 1
             gate.response = insufficient_quota()
             return gate
@@ -456,7 +464,7 @@ class Emulator:
                 return error_response(400, "Mutually exclusive parameters: 'previous_response_id' and "
                                            "'conversation'.", param="previous_response_id")
             prev = self.lookup(prev_id)
-            if prev is None or not prev["store"] and not prev["background"]:
+            if prev is None or (not prev["store"] and not prev["background"]):
                 return error_response(404, f"Previous response with id '{prev_id}' not found.",
                                       param="previous_response_id", code="previous_response_not_found")
             prev_status = light_status(prev, now)[0]
@@ -755,7 +763,7 @@ class Emulator:
 
     def status_counts(self) -> dict[str, int]:
         now = time.time()
-        counts = {s: 0 for s in ("queued", "in_progress", "completed", "failed", "cancelled", "incomplete")}
+        counts = dict.fromkeys(("queued", "in_progress", "completed", "failed", "cancelled", "incomplete"), 0)
         for rec in self.store.records.values():
             counts[light_status(rec, now)[0]] += 1
         return counts

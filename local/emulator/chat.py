@@ -444,7 +444,7 @@ class ChatLog:
 class ChatStream:
     """ASGI app sending a plan's chunks as they fall due; a cut closes the connection without the end."""
 
-    def __init__(self, emu: "Emulator", plan: ChatPlan, entry: dict, cut_after: int | None, delay_s: float,
+    def __init__(self, emu: Emulator, plan: ChatPlan, entry: dict, cut_after: int | None, delay_s: float,
                  headers: dict[str, str] | None = None):
         self.emu, self.plan, self.entry, self.cut_after, self.delay_s = emu, plan, entry, cut_after, delay_s
         self.headers = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]

@@ -9,8 +9,9 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
 from .quotas import HEADER_MODES, STYLES
 
@@ -130,16 +131,16 @@ class EmulatorConfig:
     """SQLite file; empty = memory only. A restarted emulator continues every in-flight response."""
 
     # fields that cannot be changed at runtime through the config API
-    _STARTUP_ONLY = ("db", "webhook_concurrency", "webhook_url", "webhook_secret", "webhook_event_types")
+    _STARTUP_ONLY: ClassVar[tuple[str, ...]] = ("db", "webhook_concurrency", "webhook_url", "webhook_secret", "webhook_event_types")
     # fields with a fixed set of values
-    _CHOICES = {"quota_style": STYLES, "ratelimit_headers": HEADER_MODES}
+    _CHOICES: ClassVar[dict[str, Any]] = {"quota_style": STYLES, "ratelimit_headers": HEADER_MODES}
     # numeric fields with a lower bound (value >= bound, or > bound for the strictly positive ones)
-    _AT_LEAST = {"rpm_limit": 0, "tpm_limit": 0, "quota_default_output_tokens": 0}
-    _ABOVE = {"quota_window_s": 0}
+    _AT_LEAST: ClassVar[dict[str, float]] = {"rpm_limit": 0, "tpm_limit": 0, "quota_default_output_tokens": 0}
+    _ABOVE: ClassVar[dict[str, float]] = {"quota_window_s": 0}
 
     def update(self, values: Mapping[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}
-        for key, raw in values.items():
+        for key in values:
             if key not in known:
                 raise ValueError(f"unknown emulator setting '{key}'")
             if key in self._STARTUP_ONLY:
@@ -152,7 +153,7 @@ class EmulatorConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "EmulatorConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> EmulatorConfig:
         environ = os.environ if environ is None else environ
         cfg = cls()
         for f in fields(cls):
@@ -201,7 +202,7 @@ def _parse(kind: str, raw: Any) -> Any:
             return False
         raise ValueError(raw)
     if kind == "int":
-        if isinstance(raw, bool) or isinstance(raw, float) and not raw.is_integer():
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
             raise ValueError(raw)
         return int(raw)
     if kind == "float":

@@ -64,7 +64,7 @@ class Budget:
 
 class _Rolling:
     """``used`` drains at limit / window per second (a token bucket counted from the other side)."""
-    __slots__ = ("used", "t", "rate")
+    __slots__ = ("rate", "t", "used")
 
     def __init__(self) -> None:
         self.used, self.t, self.rate = 0.0, 0.0, 1.0
@@ -85,7 +85,7 @@ class _Rolling:
 
 class _Fixed:
     """A count that restarts every period (the window, or a sixth of it for requests in azure style)."""
-    __slots__ = ("used", "index", "ends_in")
+    __slots__ = ("ends_in", "index", "used")
 
     def __init__(self) -> None:
         self.used, self.index, self.ends_in = 0.0, -1, 0.0

@@ -18,7 +18,8 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 from starlette.background import BackgroundTask
@@ -305,7 +306,7 @@ class EmulatorServer:
         return asyncio.run_coroutine_threadsafe(dep.set_outage(outage, for_s), self._loop).result(30)
 
     # ---------------------------------------------------------------- async life cycle
-    async def start(self) -> "EmulatorServer":
+    async def start(self) -> EmulatorServer:
         started: list[Deployment] = []
         try:
             for dep in self.deployments.values():
@@ -321,7 +322,7 @@ class EmulatorServer:
         for dep in self.deployments.values():
             await dep.aclose()
 
-    async def __aenter__(self) -> "EmulatorServer":
+    async def __aenter__(self) -> EmulatorServer:
         return await self.start()
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -395,7 +396,7 @@ class EmulatorServer:
             await dep.emulator.get_config(request)
 
     # ---------------------------------------------------------------- thread life cycle
-    def start_in_thread(self) -> "EmulatorServer":
+    def start_in_thread(self) -> EmulatorServer:
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -441,7 +442,7 @@ class EmulatorServer:
         self._thread = None
         self._loop = None
 
-    def __enter__(self) -> "EmulatorServer":
+    def __enter__(self) -> EmulatorServer:
         return self.start_in_thread()
 
     def __exit__(self, *exc: Any) -> None:

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 from collections import OrderedDict
 
-from .timeline import Plan, build_plan, finished_at, status_at, TERMINAL
+from .timeline import TERMINAL, Plan, build_plan, finished_at, status_at
 
 
 class PlanCache:
@@ -179,4 +179,4 @@ class Store:
         return len(expired)
 
 
-__all__ = ["Store", "PlanCache", "TERMINAL", "status_at", "finished_at"]
+__all__ = ["TERMINAL", "PlanCache", "Store", "finished_at", "status_at"]

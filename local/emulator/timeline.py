@@ -396,7 +396,7 @@ def build_plan(rec: dict) -> Plan:
     span = max(0.0, t_end - t_start)
     slot = 0
     cur = t_start
-    for idx, (it, ends) in enumerate(zip(items, splits)):
+    for idx, (it, ends) in enumerate(zip(items, splits, strict=True)):
         it.added_idx = len(events)
         events.append((cur, "response.output_item.added", idx, 0, 0))
         if it.kind == "message":

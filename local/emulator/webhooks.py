@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import hmac
 import heapq
+import hmac
 import itertools
 import json
 import secrets
@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .timeline import light_status, TERMINAL
+from .timeline import TERMINAL, light_status
 
 if TYPE_CHECKING:
     import aiohttp
@@ -208,7 +208,7 @@ def _schedule_ms(spec: str) -> list[float]:
 class Dispatcher:
     """One heap of due times (response ends and delivery attempts) served by one task."""
 
-    def __init__(self, emu: "Emulator") -> None:
+    def __init__(self, emu: Emulator) -> None:
         self.emu = emu
         self._heap: list[tuple[float, int, str, Any]] = []
         self._order = itertools.count()
@@ -399,7 +399,7 @@ class Dispatcher:
                                        timeout=timeout, allow_redirects=False) as r:
                 await r.read()
                 return r.status, None if r.status < 300 else f"HTTP {r.status}", time.monotonic() - t0
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return None, f"{type(exc).__name__}: {exc}"[:300], time.monotonic() - t0
 
     async def send_test(self, ep: dict, event_type: str) -> tuple[int | None, str | None]:

@@ -5,7 +5,7 @@ See README.md in this folder.
 """
 from .errors import StartupError
 
-__all__ = ["StartupError", "HostProcess", "HostStartError"]
+__all__ = ["HostProcess", "HostStartError", "StartupError"]
 
 
 def __getattr__(name):  # lazy: importing the package must not pull in the host's dependencies

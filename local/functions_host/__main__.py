@@ -16,7 +16,7 @@ from .host import FunctionsHost, HostOptions
 class _UtcFormatter(logging.Formatter):
     converter = time.gmtime
 
-    def formatTime(self, record, datefmt=None):  # noqa: N802 - logging API
+    def formatTime(self, record, datefmt=None):  # the logging API's name
         return time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created)) + f".{int(record.msecs):03d}Z"
 
 

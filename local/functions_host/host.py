@@ -18,8 +18,15 @@ from .http import HttpFrontend, Keys, new_status
 from .invoker import Invoker
 from .loader import LoadedApp, load_app
 from .queues import QueueListener, make_service_client, validate_queue_name
-from .settings import (HTTP_CONCURRENCY, HostConfig, check_init_indexing, http_concurrency, load_host_json,
-                       load_local_settings, resolve_expression)
+from .settings import (
+    HTTP_CONCURRENCY,
+    HostConfig,
+    check_init_indexing,
+    http_concurrency,
+    load_host_json,
+    load_local_settings,
+    resolve_expression,
+)
 from .timers import TimerListener, parse_schedule
 
 log = logging.getLogger("functions_host")
@@ -161,18 +168,18 @@ class FunctionsHost:
             listener.stop_polling()
         frontend.accepting = False
         server.should_exit = True
-        await asyncio.gather(*(l.wait_polling_stopped() for l in [*self.queue_listeners, *self.timer_listeners]))
+        await asyncio.gather(*(listener.wait_polling_stopped() for listener in [*self.queue_listeners, *self.timer_listeners]))
         remaining = max(deadline - time.monotonic(), 0)
         try:
             await asyncio.wait_for(self.invoker.wait_idle(), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             n = self.invoker.cancel_all()
             log.error("Grace period of %gs exceeded: cancelling %d invocation(s); their queue messages are "
                       "released (visible again after visibilityTimeout).", self.grace, n)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.invoker.wait_idle(), 2)
         # Let queue completion (delete/release) finish.
-        pending = [t for l in self.queue_listeners for t in list(l.inflight)]
+        pending = [t for listener in self.queue_listeners for t in list(listener.inflight)]
         if pending:
             await asyncio.wait(pending, timeout=5)
         with contextlib.suppress(asyncio.TimeoutError):
@@ -214,7 +221,7 @@ class FunctionsHost:
                 lines.append(f"        {spec.name}: timerTrigger ({spec.settings['schedule']})")
                 fns.append({"name": spec.name, "trigger": "timerTrigger"})
         self.status["_functions"] = fns
-        log.info("\n".join(lines) + "\n")
+        log.info("%s\n", "\n".join(lines))
         style = "FastAPI types (azurefunctions-extensions-http-fastapi)" if self.loaded.http_v2 else \
             "func.HttpRequest/HttpResponse"
         if frontend.routes:

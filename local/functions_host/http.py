@@ -71,7 +71,7 @@ class Keys:
         return key in scoped
 
     @classmethod
-    def parse(cls, master: str | None, function_keys: str | None, extra: list[str] | None = None) -> "Keys":
+    def parse(cls, master: str | None, function_keys: str | None, extra: list[str] | None = None) -> Keys:
         host: list[str] = list(extra or [])
         per: dict[str, list[str]] = {}
         for item in (function_keys or "").replace(";", ",").split(","):
@@ -310,7 +310,7 @@ class HttpFrontend:
         )
         try:
             result = await self.invoker.invoke(r.spec, request, reason=_http_reason())
-        except BaseException as exc:  # noqa: BLE001 - logged by the invoker
+        except BaseException as exc:  # logged by the invoker
             await _send_simple(send, 500)
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -328,7 +328,7 @@ class HttpFrontend:
         delivery = _ResponseDelivery(scope, receive, send)
         try:
             await self.invoker.invoke(r.spec, request, reason=_http_reason(), deliver=delivery.deliver)
-        except BaseException as exc:  # noqa: BLE001 - logged by the invoker
+        except BaseException as exc:  # logged by the invoker
             if not delivery.started and not isinstance(exc, ClientDisconnectedError):
                 with contextlib.suppress(Exception):
                     await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)

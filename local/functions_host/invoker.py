@@ -17,8 +17,9 @@ import time
 import traceback
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import azure.functions as func
 from azure.functions import _abc as azf_abc
@@ -149,7 +150,7 @@ class Invoker:
             if self.function_timeout is not None:
                 try:
                     result = await asyncio.wait_for(asyncio.shield(task), self.function_timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     task.cancel()
                     raise FunctionTimeoutError(
                         f"Timeout value of {self.function_timeout:g}s exceeded by function 'Functions.{spec.name}' "

@@ -21,8 +21,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,7 +78,7 @@ class HostProcess:
         return self.proc is not None and self.proc.poll() is None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
-    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> "HostProcess":
+    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> HostProcess:
         if self.is_running():
             raise RuntimeError("host already running")
         env = dict(os.environ) if self.inherit_env else {}
@@ -147,7 +147,7 @@ class HostProcess:
         self._close_log()
         return self.proc.returncode
 
-    def restart(self, wait_ready: bool = True, timeout: float = 30.0) -> "HostProcess":
+    def restart(self, wait_ready: bool = True, timeout: float = 30.0) -> HostProcess:
         if self.is_running():
             self.stop()
         return self.start(wait_ready=wait_ready, timeout=timeout)
@@ -206,7 +206,7 @@ class HostProcess:
             time.sleep(0.05)
 
     # -- context manager -----------------------------------------------------------------------------------
-    def __enter__(self) -> "HostProcess":
+    def __enter__(self) -> HostProcess:
         if not self.is_running():
             self.start()
         return self

@@ -196,7 +196,7 @@ class QueueListener:
             delay = backoff.next(bool(batch))
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _done(self, task: asyncio.Task) -> None:
@@ -289,7 +289,7 @@ class QueueListener:
             try:
                 await asyncio.wait_for(done.wait(), interval)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 updated = await self.queue.update_message(message_id, state["receipt"], visibility_timeout=lease)

@@ -8,9 +8,10 @@ import json
 import os
 import re
 import sys
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, MutableMapping
+from typing import Any
 
 from .errors import StartupError
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from azure.functions.timer import TimerRequest
 
@@ -75,7 +75,7 @@ class CronSchedule:
     weekdays: frozenset[int]
 
     @classmethod
-    def parse(cls, expression: str) -> "CronSchedule":
+    def parse(cls, expression: str) -> CronSchedule:
         fields = expression.split()
         if len(fields) != 6:
             raise StartupError(
@@ -83,7 +83,7 @@ class CronSchedule:
                 f"'{{second}} {{minute}} {{hour}} {{day}} {{month}} {{day-of-week}}', found {len(fields)}"
             )
         parsed = [_parse_field(f, lo, hi, names, expression, name)
-                  for f, (name, lo, hi, names) in zip(fields, _FIELDS)]
+                  for f, (name, lo, hi, names) in zip(fields, _FIELDS, strict=True)]
         return cls(expression, *parsed)
 
     def next_after(self, t: datetime) -> datetime:
@@ -155,10 +155,10 @@ class TimerListener:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _fire(self, scheduled: datetime, nxt: datetime, past_due: bool) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         request = TimerRequest(
             past_due=past_due,
-            schedule_status={"Last": (self.last or datetime.min.replace(tzinfo=timezone.utc)).isoformat(),
+            schedule_status={"Last": (self.last or datetime.min.replace(tzinfo=UTC)).isoformat(),
                              "Next": nxt.isoformat(), "LastUpdated": now.isoformat()},
             schedule={"AdjustForDST": True},
         )
@@ -169,24 +169,24 @@ class TimerListener:
             pass
 
     async def _run(self) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if self.run_on_startup and not self._stop.is_set():
             await self._fire(now, self.schedule.next_after(now), past_due=False)
-        nxt = self.schedule.next_after(datetime.now(timezone.utc))
+        nxt = self.schedule.next_after(datetime.now(UTC))
         log.info("The next occurrence of 'Functions.%s' is %s", self.spec.name, nxt.isoformat())
         while not self._stop.is_set():
-            wait = (nxt - datetime.now(timezone.utc)).total_seconds()
+            wait = (nxt - datetime.now(UTC)).total_seconds()
             if wait > 0:
                 try:
                     await asyncio.wait_for(self._stop.wait(), wait)
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             # past due: we are more than a second late for the occurrence (e.g. the loop was blocked)
-            late = (datetime.now(timezone.utc) - nxt).total_seconds()
-            following = self.schedule.next_after(max(nxt, datetime.now(timezone.utc)))
+            late = (datetime.now(UTC) - nxt).total_seconds()
+            following = self.schedule.next_after(max(nxt, datetime.now(UTC)))
             await self._fire(nxt, following, past_due=late > 1.0)
-            nxt = self.schedule.next_after(datetime.now(timezone.utc))
+            nxt = self.schedule.next_after(datetime.now(UTC))
 
 
 def _log_crash(task: asyncio.Task) -> None:

@@ -5,7 +5,7 @@ send) or `api-key: <key>` (what `AzureOpenAI` sends); shared.runs.callers compar
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..errors import Unauthorized
 from ..runs.callers import Caller, CallerKeys

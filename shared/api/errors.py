@@ -5,14 +5,25 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from azure.core.exceptions import AzureError, HttpResponseError
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ..errors import (Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge, RateLimited, ServiceError,
-                      Unauthorized, Unavailable, UpstreamError)
+from ..errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceError,
+    Unauthorized,
+    Unavailable,
+    UpstreamError,
+)
 from ..runs.store import RunConflict
 from ..settings import SettingsError
 
@@ -28,7 +39,7 @@ def status_of(error: ServiceError) -> int:
     return next((status for kind, status in _STATUS if isinstance(error, kind)), 500)
 
 
-def error_body(error: ServiceError) -> dict:
+def error_body(error: ServiceError) -> dict[str, Any]:
     return {"error": {"code": error.code, "message": error.message, "param": error.param}}
 
 

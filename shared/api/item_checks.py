@@ -7,7 +7,8 @@ the service does not read are left to the provider, as OpenAI's own API would ju
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import invalid as bad_request
 

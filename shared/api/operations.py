@@ -58,8 +58,8 @@ def process_metrics() -> dict[str, Any]:
     On Flex Consumption HTTP, queue and timer functions run on separate instances, so one answer covers only
     the functions this instance served (`functions`)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    by_request: Counter = Counter()
-    by_function: dict[str, Counter] = {}
+    by_request: Counter[str] = Counter()
+    by_function: dict[str, Counter[str]] = {}
     for (function, request), count in STORAGE_REQUESTS.items():
         by_request[request] += count
         by_function.setdefault(function, Counter())[request] += count

@@ -2,7 +2,8 @@
 console's list), each bad value a 400 naming it."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import invalid
 from .run_requests import ID_PATTERN
@@ -10,7 +11,7 @@ from .run_requests import ID_PATTERN
 
 def path_param(req: Any, name: str) -> str:
     # The Functions worker copies route parameters into path_params (RequestSynchronizer).
-    value = req.path_params.get(name)
+    value: str | None = req.path_params.get(name)
     if not value:
         raise invalid(f"Missing route parameter {name!r}.")
     return value

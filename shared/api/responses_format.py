@@ -84,7 +84,7 @@ class ResponsesEventFormat:
     def preamble(self) -> bytes:
         return b""
 
-    def event(self, run: Run, event: Any) -> bytes | None:
+    def event(self, run: Run, event: Any) -> bytes:
         data = _replace(_dump(event), run.response_id, run.id)
         if isinstance(data.get("response"), dict):
             data["response"] = self._renderer.fix(run, data["response"])
@@ -110,7 +110,8 @@ class ResponsesEventFormat:
 def _dump(event: Any) -> dict[str, Any]:
     """The event as the provider sent it (fields it did not send stay out)."""
     if hasattr(event, "model_dump"):
-        return event.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        dumped: dict[str, Any] = event.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        return dumped
     return dict(event)
 
 

@@ -11,8 +11,9 @@ and one it has no equivalent for is refused the same way when the run starts, be
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import invalid as bad_request
 from ..runs.requests import RunRequest
@@ -90,7 +91,7 @@ def parse_create_body(body: dict[str, Any]) -> CreateBody:
     return CreateBody(request, stream, flag_field(body, "background", default=False))
 
 
-def _tools(value: list) -> list[dict[str, Any]]:
+def _tools(value: list[Any]) -> list[dict[str, Any]]:
     """Any tool the provider knows (function, web_search, mcp, ...); a function tool needs its name."""
     for index, tool in enumerate(value):
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):

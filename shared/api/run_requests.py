@@ -32,7 +32,7 @@ class RunBody:
 
 
 # The field readers below are shared with the Responses API facade's parser (responses_requests.py).
-def expect_field(body: dict, name: str, kinds: tuple[type, ...], what: str) -> Any:
+def expect_field(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
     """`body[name]` if it is one of `kinds` (None when absent); otherwise a 400 saying it must be `what`."""
     value = body.get(name)
     if value is None:
@@ -54,7 +54,7 @@ def read_input(value: Any) -> str | list[dict[str, Any]]:
     raise bad_request("'input' must be a non-empty string or a non-empty list of input items.", param="input")
 
 
-def _tools(value: list) -> list[dict[str, Any]]:
+def _tools(value: list[Any]) -> list[dict[str, Any]]:
     for index, tool in enumerate(value):
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("name"), str):
             raise bad_request(f"'tools[{index}]' must be a function tool with a name.", param=f"tools[{index}]")
@@ -62,7 +62,7 @@ def _tools(value: list) -> list[dict[str, Any]]:
     return value
 
 
-def _metadata(value: dict) -> dict[str, str]:
+def _metadata(value: dict[str, Any]) -> dict[str, str]:
     if len(value) > METADATA_MAX_PAIRS:
         raise bad_request(f"'metadata' has more than {METADATA_MAX_PAIRS} pairs.", param="metadata")
     for key, item in value.items():
@@ -76,7 +76,7 @@ def _metadata(value: dict) -> dict[str, str]:
     return value
 
 
-def _reasoning(value: dict) -> dict[str, Any]:
+def _reasoning(value: dict[str, Any]) -> dict[str, Any]:
     effort = value.get("effort")
     if effort is not None and not (isinstance(effort, str) and effort in REASONING_EFFORTS):
         raise bad_request(f"'reasoning.effort' must be one of {sorted(REASONING_EFFORTS)}.", param="reasoning.effort")
@@ -134,6 +134,6 @@ def read_our_additions(body: dict[str, Any], request: RunRequest) -> None:
         raise bad_request("'webhook_url' is longer than 2048 characters.", param="webhook_url")
 
 
-def flag_field(body: dict, name: str, *, default: bool) -> bool:
+def flag_field(body: dict[str, Any], name: str, *, default: bool) -> bool:
     value = expect_field(body, name, (bool,), "true or false")
     return default if value is None else value

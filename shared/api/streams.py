@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -18,7 +19,7 @@ def streaming_response(relay: Relay, location: str) -> StreamingResponse:
                              headers={**SSE_HEADERS, "Location": location})
 
 
-def resume_position(req: Request, run_id: str, decode_token) -> int:
+def resume_position(req: Request, run_id: str, decode_token: Callable[[str], TokenClaims]) -> int:
     """Where to resume. A Last-Event-ID header wins: browsers send it only on their own reconnects, and it is
     newer than any ?continuation_token or ?starting_after left in the EventSource URL. Every position given is
     checked all the same: a bad one is a 400 whichever would have won."""

@@ -23,9 +23,10 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Mapping
+from typing import Any
 
 from azure.core.exceptions import AzureError
 
@@ -350,7 +351,8 @@ class Executor:
                 await writer.flush()  # keep what the failed attempt produced; the restart event follows it
                 raise _Cut(error.message) from None
             raise error
-        return produced["terminal"]
+        terminal: dict[str, Any] = produced["terminal"]
+        return terminal
 
     async def _check(self, run: Run, started: float) -> None:
         """Raise _Stop when the run must stop: ended elsewhere, past its deadline, or out of function time."""
@@ -384,9 +386,10 @@ class Executor:
                 await self._store.save_chain(run)
                 return
             except RunConflict:  # the poll chain or a cancel wrote meanwhile: look again
-                run = await self._store.get(run.id)
-                if run is None:
+                latest = await self._store.get(run.id)
+                if latest is None:
                     return
+                run = latest
             except AzureError:  # a storage hiccup: the poll chain sets it at its next step
                 return
 

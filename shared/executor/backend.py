@@ -16,8 +16,9 @@ the response id, so runs started before RUN_BACKEND changed finish where they be
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .. import clock
 from ..provider import ProviderError, ProviderState, RunBackend, StartedResponse
@@ -25,8 +26,8 @@ from ..provider.backend import EventStream
 from ..responses_vocabulary import RunStatus
 from ..runs.requests import RUN_ID_PREFIX, valid_id
 from ..runs.store import RunStore
-from .event_log import EventLog, LogConflict, LogHead, PolledLogStream
 from ..storage import Queue
+from .event_log import EventLog, LogConflict, LogHead, PolledLogStream
 from .model_client import Model
 from .model_request import response_skeleton
 
@@ -57,7 +58,7 @@ class ExecuteMessage:
         return {"run_id": self.run_id}
 
     @classmethod
-    def parse(cls, data: Mapping[str, Any]) -> "ExecuteMessage":
+    def parse(cls, data: Mapping[str, Any]) -> ExecuteMessage:
         """Raises ValueError for a malformed message."""
         run_id = data.get("run_id") if isinstance(data, Mapping) else None
         if not isinstance(run_id, str) or not valid_id(RUN_ID_PREFIX, run_id):

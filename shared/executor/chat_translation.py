@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..provider import RequestRefused
 from .model_request import ModelRequest, normalised_usage, with_status
@@ -49,7 +50,7 @@ def _user_content(content: Any) -> Any:
     """Chat content for a user/system message: a string when it is only text (every server takes that)."""
     if isinstance(content, str):
         return content
-    parts = []
+    parts: list[dict[str, Any]] = []
     for part in _parts(content or []):
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text"):
@@ -198,8 +199,10 @@ class ChatTranslator:
         return events
 
     def _where(self) -> dict[str, Any]:
-        return {"item_id": self._message["id"], "output_index": self._index(self._message),
-                "content_index": len(self._message["content"]) - 1}
+        message = self._message
+        assert message is not None, "a content part belongs to the open message"
+        return {"item_id": message["id"], "output_index": self._index(message),
+                "content_index": len(message["content"]) - 1}
 
     def _close_part(self) -> list[dict[str, Any]]:
         if self._part is None:

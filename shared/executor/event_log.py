@@ -22,12 +22,13 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables import TableEntity, TableTransactionError, UpdateMode
 
 from .. import clock
 from ..provider import ProviderError
@@ -80,7 +81,7 @@ class LogHead:
         return {"PartitionKey": self.run_id, "RowKey": HEAD_ROW, **{name: getattr(self, name) for name in _HEAD_FIELDS}}
 
     @classmethod
-    def from_entity(cls, entity) -> "LogHead":
+    def from_entity(cls, entity: TableEntity) -> LogHead:
         values = {name: entity[name] for name in _HEAD_FIELDS if name in entity}
         return cls(run_id=entity["PartitionKey"], **values, etag=entity.metadata.get("etag"))
 
@@ -157,6 +158,7 @@ class EventLog:
             last = json.loads(rows[-1]["events"])[-1]
             if is_terminal_event(last["type"]):
                 new.final_row = rows[-1]["RowKey"]
+        operations: list[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]]
         operations = [("create", row) for row in rows]
         operations.append(("update", new.entity(), {"mode": UpdateMode.MERGE, "etag": head.etag,
                                                     "match_condition": MatchConditions.IfNotModified}))
@@ -247,7 +249,8 @@ class EventLog:
         if "$blob" not in event:
             return event
         downloader = await self._payloads.download_blob(event["$blob"])
-        return json.loads((await downloader.readall()).decode("utf-8"))
+        expanded: dict[str, Any] = json.loads((await downloader.readall()).decode("utf-8"))
+        return expanded
 
     # -- retention -------------------------------------------------------------------------------------------------
     async def purge(self, run_id: str) -> int:

@@ -11,7 +11,8 @@ starts the next attempt after), any other is the model's verdict and ends the ca
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Mapping, Protocol
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
 
 import openai
 from openai import AsyncOpenAI, AsyncStream

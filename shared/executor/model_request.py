@@ -5,8 +5,9 @@ with, a status, a failure, usage in the Responses shape). The translations to an
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..redaction import redact
 from ..responses_vocabulary import RunStatus
@@ -22,7 +23,7 @@ class ModelRequest:
     items: list[dict[str, Any]]
 
     @classmethod
-    def of(cls, params: Mapping[str, Any]) -> "ModelRequest":
+    def of(cls, params: Mapping[str, Any]) -> ModelRequest:
         """The request for parameters alone (no earlier turns)."""
         return cls(params, input_items(params.get("input")))
 
@@ -58,9 +59,9 @@ def input_items(value: Any) -> list[dict[str, Any]]:
     return [dict(item) for item in value or []]
 
 
-def continuation_items(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def continuation_items(output: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """A finished response's output as input items for the next turn (messages and function calls)."""
-    items = []
+    items: list[dict[str, Any]] = []
     for item in output or []:
         if item.get("type") == "message":
             texts = [p.get("text", "") for p in item.get("content") or [] if p.get("type") == "output_text"]

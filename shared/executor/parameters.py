@@ -36,7 +36,8 @@ executor's streams carry no obfuscation), on both APIs.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..provider import RequestRefused
 
@@ -153,8 +154,9 @@ def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
 
 
 def _function_names(params: Mapping[str, Any]) -> set[str]:
-    return {tool.get("name") for tool in params.get("tools") or [] if isinstance(tool, dict)
-            and tool.get("type") == "function"}
+    names = (tool.get("name") for tool in params.get("tools") or [] if isinstance(tool, dict)
+             and tool.get("type") == "function")
+    return {name for name in names if isinstance(name, str)}
 
 
 def _tool_choice(value: Any, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ build on first use, for seconds, on the event loop).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..provider.errors import reported_in_stream
 from ..redaction import redact_error
@@ -70,5 +71,6 @@ def _wire(event: Any) -> dict[str, Any]:
     """An event as the server sent it: its JSON as it is (what model_client reads), or an SDK event by its wire names
     (`async`, not the SDK's `async_`) and only the fields it sent (no nulls for the ones it left out)."""
     if hasattr(event, "model_dump"):
-        return event.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        dumped: dict[str, Any] = event.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        return dumped
     return dict(event)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
+from .. import telemetry
 from ..api.bodies import read_body
 from ..api.errors import handler
-from .. import telemetry
 from ..composition import services
 from ..errors import NotFound
 from ..storage import counting_as

@@ -2,8 +2,8 @@
 SDKs and Agent Framework work unchanged but for `base_url` and `api_key`.
 
 Routes (each under `/api/v1/` for `OpenAI(base_url=".../api/v1")`, and under `/api/openai/v1/` and `/api/openai/`
-for the Azure clients; `api-version` is accepted and ignored): `POST responses`, `GET|DELETE responses/{id}` (`?stream=true
-[&starting_after=N]`), `POST responses/{id}/cancel`, `GET responses/{id}/input_items`.
+for the Azure clients; `api-version` is accepted and ignored): `POST responses`, `GET|DELETE responses/{id}`
+(`?stream=true[&starting_after=N]`), `POST responses/{id}/cancel`, `GET responses/{id}/input_items`.
 
 The routes are ANONYMOUS at the Functions level (the SDKs cannot send a function key without more changes than
 `base_url`) and check the key themselves: `Authorization: Bearer <key>` (OpenAI) or `api-key: <key>` (Azure),
@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
+from ..api.bodies import json_body
 from ..api.callers import authenticated
+from ..api.errors import Handler
 from ..api.queries import limit_param, path_param
 from ..api.responses_errors import openai_handler, response_not_found
 from ..api.responses_format import ResponseRenderer, ResponsesEventFormat
 from ..api.responses_items import input_items, page
 from ..api.responses_requests import parse_create_body
-from ..api.bodies import json_body
 from ..api.streams import sequence_number, streaming_response
 from ..composition import Services, services
 from ..errors import NotFound
@@ -144,7 +146,7 @@ async def _follow(svc: Services, started: StartedRun, caller: Caller) -> Run:
     return await svc.reader.get(run.id, caller=caller)
 
 
-async def _drain(events) -> None:
+async def _drain(events: AsyncIterator[bytes]) -> None:
     async for _ in events:
         pass
 
@@ -158,7 +160,7 @@ ROUTES = ((create, "responses", ["POST"], "create"),
           (list_input_items, "responses/{response_id}/input_items", ["GET"], "input_items"))
 
 
-def _register(handler, route: str, methods: list[str], name: str) -> None:
+def _register(handler: Handler, route: str, methods: list[str], name: str) -> None:
     wrapped = openai_handler(handler)
     wrapped.__name__ = name
     decorated = bp.route(route=route, methods=methods, auth_level=ANONYMOUS)(wrapped)

@@ -9,14 +9,14 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import HTMLResponse, JSONResponse, Request, Response
 
 from .. import telemetry
-from ..composition import Services, services
-from ..errors import invalid
-from ..api.errors import handler
 from ..api.bodies import json_body, parse_json_body, read_body
+from ..api.errors import handler
 from ..api.operations import process_metrics
 from ..api.queries import path_param, run_list_query
 from ..api.run_requests import parse_run_body
 from ..api.streams import resume_position, streaming_response
+from ..composition import Services, services
+from ..errors import invalid
 from ..runs.model import Run
 from ..settings import SettingsError
 from ..storage import counting_as
@@ -76,6 +76,7 @@ async def create_run(req: Request) -> Response:
         if body.stream:  # resume the stream right after the token's position
             return streaming_response(svc.relays.relay(run, claims.position), _location(run.id))
         return _run_response(svc, run)
+    assert body.request is not None  # no token: the parser read a new run's request
     key = req.headers.get("idempotency-key")
     if body.stream:
         started = await svc.starter.start(body.request, idempotency_key=key)

@@ -9,8 +9,9 @@ Every method raises ProviderError for a failure the caller must handle (classifi
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, Protocol
 
 import openai
 from openai import AsyncOpenAI
@@ -62,7 +63,7 @@ class _PrefixedStream:
     def __init__(self, first: Any, stream: Any) -> None:
         self._first, self._stream = first, stream
 
-    async def __aiter__(self):
+    async def __aiter__(self) -> AsyncIterator[Any]:
         yield self._first
         async for event in self._stream:
             yield event
@@ -120,9 +121,10 @@ class ResponsesBackend:
             raise failure from None
 
     async def events(self, response_id: str, after: int) -> EventStream:
-        kwargs = {"starting_after": after} if after >= 0 else {}
         try:
-            return await self._client.responses.retrieve(response_id, stream=True, **kwargs)
+            if after >= 0:
+                return await self._client.responses.retrieve(response_id, stream=True, starting_after=after)
+            return await self._client.responses.retrieve(response_id, stream=True)
         except Exception as error:  # noqa: BLE001 - classified
             raise classify(error) from None
 

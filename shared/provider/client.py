@@ -16,7 +16,6 @@ AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 
 def open_provider(settings: ProviderSettings) -> AsyncOpenAI:
-    common = dict(timeout=settings.timeout_seconds, max_retries=0)
     entra = (settings.kind == "azure_openai" and not settings.api_key) or (
         settings.kind == "openai_compatible" and not settings.api_key)
     if entra:
@@ -26,5 +25,6 @@ def open_provider(settings: ProviderSettings) -> AsyncOpenAI:
                       else DefaultAzureCredential())
         scope = settings.entra_scope if settings.kind == "openai_compatible" else AZURE_SCOPE
         return AsyncOpenAI(base_url=settings.base_url, api_key=get_bearer_token_provider(credential, scope or AZURE_SCOPE),
-                           **common)
-    return AsyncOpenAI(base_url=settings.base_url, api_key=settings.api_key, **common)
+                           timeout=settings.timeout_seconds, max_retries=0)
+    return AsyncOpenAI(base_url=settings.base_url, api_key=settings.api_key, timeout=settings.timeout_seconds,
+                       max_retries=0)

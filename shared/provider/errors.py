@@ -2,7 +2,8 @@
 message is the provider's text with anything key-like redacted (shared/redaction.py)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import openai
 
@@ -27,8 +28,11 @@ class RequestRefused(ProviderError):
     """A request the model API the service calls cannot take, refused before any call: a 400 with OpenAI's
     `code` (unsupported_parameter, unsupported_value, invalid_value) naming the `param` at fault."""
 
+    code: str  # always set, unlike a provider's own errors
+
     def __init__(self, message: str, *, param: str, code: str = "unsupported_parameter") -> None:
         super().__init__(transient=False, status=400, message=message, code=code)
+        self.code = code
         self.param = param
 
 

@@ -7,11 +7,11 @@ response id (`{"object": "event", "id": "evt_...", "type": "response.completed",
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from openai import InvalidWebhookSignatureError
-from openai.resources.webhooks import AsyncWebhooks
+from openai.resources.webhooks.webhooks import AsyncWebhooks  # the type client.webhooks declares
 
 from .. import strict_json
 from ..responses_vocabulary import ENDED_WEBHOOK_EVENT_TYPES

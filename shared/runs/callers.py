@@ -7,7 +7,9 @@ an operator. A run another caller owns is reported as not found, so ids reveal n
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .model import Run
 
@@ -29,11 +31,22 @@ class Caller:
 OPERATOR = Caller(None, operator=True)
 
 
+class CallerKey(Protocol):
+    """One configured key (settings.ApiKey)."""
+
+    @property
+    def caller(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def operator(self) -> bool: ...
+
+
 class CallerKeys:
     """The facade's callers, found by key. Every configured key is compared, in constant time, whatever matches:
     how long a lookup takes says nothing about which key, or how much of one, was right."""
 
-    def __init__(self, keys) -> None:  # an iterable of settings.ApiKey
+    def __init__(self, keys: Iterable[CallerKey]) -> None:
         self._keys = tuple((key.key.encode(), Caller(key.caller, key.operator)) for key in keys)
 
     @property

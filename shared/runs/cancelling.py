@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import Unavailable, UpstreamError
 from .. import telemetry
+from ..errors import Unavailable, UpstreamError
 from ..provider import ProviderError, RunBackend
 from ..responses_vocabulary import RunStatus
 from .callers import OPERATOR, Caller

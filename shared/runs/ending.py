@@ -20,8 +20,9 @@ receiver, and the queued message delivers at once instead.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .. import clock
 from ..responses_vocabulary import ErrorCode, RunStatus

@@ -15,14 +15,15 @@ One table (`runindex`), one partition per list:
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
-from .model import Run
 from ..storage import Table
+from .model import Run
 
 OPEN = "open"
 EXPIRES_PREFIX = "expires-"
@@ -33,7 +34,7 @@ _NEWEST_FIRST = 10**15 - 1  # milliseconds; inverted so that newer runs sort fir
 
 
 def _day(at: float) -> str:
-    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y%m%d")
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y%m%d")
 
 
 def list_partition(*, owner: str | None = None, session_id: str | None = None) -> str:
@@ -48,7 +49,7 @@ def list_row_key(created_at: float, run_id: str) -> str:
     return f"{_NEWEST_FIRST - int(created_at * 1000):015d}-{run_id}"
 
 
-def _list_row(run: Run) -> dict:
+def _list_row(run: Run) -> dict[str, Any]:
     row = {"RowKey": list_row_key(run.created_at, run.id), "run_id": run.id, "status": run.status,
            "created_at": run.created_at, "completed_at": run.completed_at, "model": run.model,
            "owner": run.owner or "", "session_id": run.session_id or ""}
@@ -89,7 +90,8 @@ class RunIndex:
             row = await self._table.get_entity(RESPONSE_PREFIX + response_id, "run")
         except ResourceNotFoundError:
             return None
-        return row["run_id"]
+        run_id: str = row["run_id"]
+        return run_id
 
     async def forget_response(self, response_id: str) -> None:
         await self._delete(RESPONSE_PREFIX + response_id, "run")
@@ -160,7 +162,7 @@ class RunIndex:
             await self._delete(partition, list_row_key(run.created_at, run.id))
 
     async def list_rows(self, partition: str, *, after: str = "", status: str | None = None,
-                        owner: str | None = None) -> AsyncIterator[dict]:
+                        owner: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """Rows of one list, newest first, after the row key `after`; optionally only one status or owner."""
         query, parameters = "PartitionKey eq @pk and RowKey gt @after", {"pk": partition, "after": after}
         if status is not None:

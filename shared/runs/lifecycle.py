@@ -14,9 +14,9 @@ import logging
 from typing import Any
 
 from .. import clock, telemetry
-from .index import RunIndex
 from ..responses_vocabulary import CONTINUABLE_STATUSES
 from ..storage import Queue
+from .index import RunIndex
 from .model import Run
 from .quotas import CallerQuotas
 from .sessions import SessionConflict, SessionStore

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidRequest
+from ..responses_vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
 from .callers import OPERATOR, Caller
 from .index import RunIndex, list_partition
-from ..responses_vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
 from .store import RunStore
 
 MAX_PAGE = 100
@@ -72,7 +72,7 @@ class RunLister:
         # An active run's row says `queued` whatever it is now: ask the row for that, then check the run.
         row_status = "queued" if status in ACTIVE_STATUSES else status
         runs: list[dict[str, Any]] = []
-        last_key = None
+        last_key = ""
         async for row in self._index.list_rows(partition, after=after, status=row_status, owner=row_owner):
             if len(runs) == limit:
                 return RunPage(runs, encode_cursor(last_key))
@@ -82,7 +82,7 @@ class RunLister:
                 runs.append(summary)
         return RunPage(runs, None)
 
-    async def _summary(self, row: dict) -> dict[str, Any] | None:
+    async def _summary(self, row: dict[str, Any]) -> dict[str, Any] | None:
         summary = {"id": row["run_id"], "object": "run", "status": row["status"], "created_at": row["created_at"],
                    "completed_at": row.get("completed_at"), "model": row.get("model"),
                    "session_id": row.get("session_id") or None, "owner": row.get("owner") or None}

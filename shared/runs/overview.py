@@ -71,8 +71,8 @@ class RunOverview:
             if len(ids) > MAX_OPEN_READ:
                 break
         runs = await self._read(ids[:MAX_OPEN_READ])
-        active: Counter = Counter()
-        webhooks: Counter = Counter()
+        active: Counter[str] = Counter()
+        webhooks: Counter[str] = Counter()
         for run in runs.values():
             owner = run.owner or NATIVE_CALLER
             if run.is_active:

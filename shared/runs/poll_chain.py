@@ -11,12 +11,13 @@ import logging
 import math
 import random
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .. import clock, telemetry
-from ..telemetry import context as trace_context
 from ..storage import Queue
+from ..telemetry import context as trace_context
 from .model import Run
 from .store import RunConflict, RunStore
 
@@ -44,7 +45,7 @@ class PollMessage:
                 **trace_context.fields(self.traceparent, self.tracestate)}
 
     @classmethod
-    def parse(cls, data: Mapping[str, Any]) -> "PollMessage":
+    def parse(cls, data: Mapping[str, Any]) -> PollMessage:
         """Raises KeyError/TypeError/ValueError for a malformed message (a bad trace context is just dropped)."""
         return cls(str(data["run_id"]), int(data["seq"]), str(data["nonce"]), *trace_context.from_message(data))
 
@@ -113,7 +114,7 @@ class PollScheduler:
     async def _save(self, run: Run, save_all: bool) -> None:
         await (self._store.save(run) if save_all else self._store.save_chain(run))
 
-    async def _save_over_a_note(self, run: Run, position: tuple[int, str], event: str, note: dict,
+    async def _save_over_a_note(self, run: Run, position: tuple[int, str], event: str, note: dict[str, Any],
                                 save_all: bool) -> bool:
         """The save lost to another writer. If that writer left the chain where this step found it (it only
         added a timeline note, such as a refused cancel), keep its note and save the chain again, once."""

@@ -9,8 +9,8 @@ replayed event does no work; a failure releases the note and answers an error, s
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Mapping
 
 from .. import clock, telemetry
 from ..errors import InvalidRequest, Unavailable

@@ -31,6 +31,7 @@ import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
@@ -148,9 +149,9 @@ class CallerQuotas:
         return len(lost)
 
     # -- storage ------------------------------------------------------------------------------------------------
-    async def _read(self, caller: str) -> tuple[dict, str | None, int]:
+    async def _read(self, caller: str) -> tuple[dict[str, Any], str | None, int]:
         """The caller's row (empty if none yet), its ETag, and how many slots are held."""
-        state: dict = {}
+        state: dict[str, Any] = {}
         etag, slots = None, 0
         async for row in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION_PREFIX + caller},
                                                     select=["RowKey", "tat", "seq"]):
@@ -160,9 +161,10 @@ class CallerQuotas:
                 slots += 1
         return state, etag, slots
 
-    async def _write(self, state: dict, etag: str | None, slot: Slot | None) -> bool:
+    async def _write(self, state: dict[str, Any], etag: str | None, slot: Slot | None) -> bool:
         """Rewrite the caller's row if unchanged since read (create it if it was absent), with the new slot; False
         if another start got there first."""
+        operations: list[tuple[Any, ...]]
         if etag is None:
             operations = [("create", state)]
         else:

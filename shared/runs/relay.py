@@ -21,7 +21,8 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any, AsyncIterator, Protocol
+from collections.abc import AsyncGenerator
+from typing import Any, Protocol
 
 from .. import telemetry
 from ..provider import ProviderError, RunBackend
@@ -60,7 +61,7 @@ class RelayFactory:
         self.fallback_max_delay = fallback_max_delay
 
     def relay(self, run: Run, after: int, first_stream: EventStream | None = None,
-              event_format: "EventFormat | None" = None) -> "Relay":
+              event_format: EventFormat | None = None) -> Relay:
         return Relay(self, run, after, first_stream, event_format or RunEventFormat(self.views))
 
 
@@ -68,16 +69,16 @@ class Relay:
     """One client's stream of one run, from position `after` (exclusive)."""
 
     def __init__(self, deps: RelayFactory, run: Run, after: int, first_stream: EventStream | None,
-                 event_format: "EventFormat") -> None:
+                 event_format: EventFormat) -> None:
         self._deps = deps
         self._format = event_format
         self.run = run
         self.after = after  # moves as the client is sent events
         self._after_at_start = after
         self._first_stream = first_stream  # the create call's own stream, for a fresh streaming start
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=256)
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=256)  # events, a Run, an error, _END
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self) -> AsyncGenerator[bytes, None]:
         started = time.monotonic()
         producer = asyncio.create_task(self._produce())
         try:

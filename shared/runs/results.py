@@ -20,6 +20,7 @@ def output_text(output: list[Any]) -> str:
 
 def response_snapshot(response: Any) -> dict[str, Any]:
     """The provider's Response as it sent it (fields it did not send stay out), without its output."""
+    data: dict[str, Any]
     if hasattr(response, "model_dump"):
         data = response.model_dump(mode="json", by_alias=True, exclude_unset=True)
     else:

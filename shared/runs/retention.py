@@ -40,7 +40,7 @@ class RetentionPurger:
         self._retention = retention_seconds
 
     async def purge(self) -> dict[str, int]:
-        purged: Counter = Counter()
+        purged: Counter[str] = Counter()
         async for partition, kind, ident in self._index.expired(before=clock.now()):
             if kind == "run":
                 purged["runs"] += await self._purge_run(ident)

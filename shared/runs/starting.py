@@ -133,7 +133,7 @@ class RunStarter:
         if wait_seconds > 0 and run.is_active:
             try:
                 run = await self._wait_briefly(run, min(wait_seconds, self._rules.max_prefer_wait))
-            except Exception:  # noqa: BLE001 - the run started and goes on: answer it as it started
+            except Exception:  # the run started and goes on: answer it as it started
                 log.warning("run %s: waiting for its result failed; answering it as started", run_id, exc_info=True)
         return StartedRun(run, events)
 
@@ -236,7 +236,7 @@ class RunStarter:
         sweeper ends the run as an interrupted start."""
         try:
             return await self._undo(attempt)
-        except Exception:  # noqa: BLE001 - the caller gets the start's own error; this one is logged
+        except Exception:  # the caller gets the start's own error; this one is logged
             log.warning("run %s: could not take back its failed start; the sweeper will end it", attempt.run_id,
                         exc_info=True)
             return True
@@ -248,7 +248,7 @@ class RunStarter:
         if attempt.response_id:
             await self._cancel_quietly(attempt.response_id)  # first: it may be running (and billing)
         run = attempt.run
-        if attempt.recorded:
+        if attempt.recorded and run is not None:
             if not await self._store.delete(run):  # ETag-conditional: someone else ended it meanwhile
                 return True
         elif run is not None:  # the create failed; if only its reply was lost, the run exists all the same
@@ -279,13 +279,17 @@ class RunStarter:
             await self._quotas.release(attempt.slot)
         await self._index.mark_done(attempt.run_id)  # last: until here the sweeper can still find the run
 
-    async def _cancel_quietly(self, response_id: str) -> None:
+    async def _cancel_quietly(self, response_id: str | None) -> None:
+        if response_id is None:  # the provider never accepted it: nothing to stop
+            return
         try:
             await self._backend.cancel(response_id)
         except ProviderError as error:
             log.warning("could not cancel orphaned provider response %s: %s", response_id, error.message)
 
-    async def _delete_quietly(self, response_id: str) -> None:
+    async def _delete_quietly(self, response_id: str | None) -> None:
+        if response_id is None:
+            return
         try:
             await self._backend.delete(response_id)
         except ProviderError as error:
@@ -380,6 +384,8 @@ class RunStarter:
     # -- Prefer: wait -----------------------------------------------------------------------------------------
     async def _wait_briefly(self, run: Run, seconds: float) -> Run:
         """Look at the provider a few times so a quick run answers 200 at once."""
+        if run.response_id is None:  # nothing at the provider to look at
+            return run
         deadline = clock.now() + seconds
         delay = 0.25
         while clock.now() < deadline:

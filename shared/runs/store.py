@@ -1,8 +1,8 @@
 """Where a run lives: one Table entity per run (PartitionKey = run id, RowKey = "run").
 
-Large parts (the provider request, the result, the metadata, the provider's create reply) go to a blob when they do not fit a Table
-property. Azure counts a string property in UTF-16 (2 bytes per unit, astral characters take two units) and
-allows 64 KiB per property and 1 MiB per entity, so the decision is made on the encoded size, never on
+Large parts (the provider request, the result, the metadata, the provider's create reply) go to a blob when they do
+not fit a Table property. Azure counts a string property in UTF-16 (2 bytes per unit, astral characters take two
+units) and allows 64 KiB per property and 1 MiB per entity, so the decision is made on the encoded size, never on
 Python characters. A blob written for a save has a name of its own (never overwritten), so a save that
 loses an ETag race cannot change what the winner's entity points to.
 
@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableEntity, UpdateMode
 
 from ..errors import PayloadTooLarge
 from ..storage import BlobContainer, Table
 from ..telemetry import Timeline
 from .model import Run
-from .results import stored_result, loaded_result
+from .results import loaded_result, stored_result
 from .webhook_state import WebhookState
 
 RUN_ROW = "run"
@@ -62,7 +63,7 @@ class RunStore:
         placed: dict[str, str] = {}
         sizes = {name: utf16_bytes(text) for name, text in texts.items()}
         inline_total = 0
-        for name in sorted(texts, key=sizes.get):  # smallest first: keep as much inline as the entity allows
+        for name in sorted(texts, key=sizes.__getitem__):  # smallest first: keep as much inline as the entity allows
             if sizes[name] <= PROPERTY_LIMIT_BYTES and inline_total + sizes[name] <= _ENTITY_BUDGET_BYTES:
                 placed.update({name: texts[name], f"{name}_blob": ""})
                 inline_total += sizes[name]
@@ -72,7 +73,7 @@ class RunStore:
             placed.update({name: "", f"{name}_blob": blob})
         return placed
 
-    async def _load_part(self, entity, name: str) -> Any:
+    async def _load_part(self, entity: TableEntity, name: str) -> Any:
         blob = entity.get(f"{name}_blob")
         if blob:
             downloader = await self._payloads.download_blob(blob)
@@ -117,7 +118,7 @@ class RunStore:
             texts["response"] = _dumps(run.response)
         return await self._place_parts(run.id, texts) if texts else {}
 
-    async def _from_entity(self, entity, *, with_result: bool, with_request: bool) -> Run:
+    async def _from_entity(self, entity: TableEntity, *, with_result: bool, with_request: bool) -> Run:
         has_result = bool(entity.get("result") or entity.get("result_blob"))
         has_response = bool(entity.get("response") or entity.get("response_blob"))
         webhook = entity.get("webhook")
@@ -152,7 +153,8 @@ class RunStore:
         run.response_stored = run.response is not None
         return run
 
-    async def _write(self, run: Run, parts: dict[str, str], write, *, conflicts: tuple[type[Exception], ...]) -> dict:
+    async def _write(self, run: Run, parts: dict[str, str], write: Awaitable[Mapping[str, Any]], *,
+                     conflicts: tuple[type[Exception], ...]) -> Mapping[str, Any]:
         """Await one entity write; if it fails, the blobs written for it go too (`conflicts` become RunConflict,
         a size refusal PayloadTooLarge)."""
         try:

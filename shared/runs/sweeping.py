@@ -48,10 +48,10 @@ class Sweeper:
         self._quotas = quotas  # reclaims active-run slots whose start died
 
     async def sweep(self) -> dict[str, int]:
-        repaired: Counter = Counter()
+        repaired: Counter[str] = Counter()
         held = await self._quotas.held_slots() if self._quotas else []  # before the open runs: see CallerQuotas
         run_ids = [run_id async for run_id in self._index.open_run_ids()]
-        if held:
+        if held and self._quotas:
             repaired["slots"] = await self._quotas.reclaim(held, set(run_ids))
         slots = asyncio.Semaphore(SWEEP_CONCURRENCY)
 
@@ -96,7 +96,8 @@ class Sweeper:
                 await self._ending.end(run, Failed(
                     ErrorCode.START_INTERRUPTED, "The run's start was interrupted before the provider accepted it."))
             return "starts"
-        log.warning("run %s: poll overdue by %.0fs; restarting its poll chain", run.id, clock.now() - run.next_poll_at)
+        overdue = "none due" if run.next_poll_at is None else f"overdue by {clock.now() - run.next_poll_at:.0f}s"
+        log.warning("run %s: poll %s; restarting its poll chain", run.id, overdue)
         with telemetry.run_step("repair run", run, logger=log.name):
             telemetry.annotate(outcome="poll_chain_restarted")
             return "polls" if await self._scheduler.schedule(run, 0, event="repaired") else "fine"

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .. import clock, telemetry
 from ..errors import Conflict, InvalidRequest
@@ -83,7 +84,8 @@ class WebhookOutbox:
             log.warning("dropping malformed webhook message %r", data)
             return "malformed"
         run = await self._store.get(message.run_id, with_result=True)
-        if run is None or run.webhook is None or not run.webhook.accepts(message) or self._sender is None:
+        if (run is None or run.webhook is None or run.webhook_url is None or not run.webhook.accepts(message)
+                or self._sender is None):
             return "stale"
         telemetry.bind_run(run)
         with telemetry.webhook_attempt(run) as traced:  # the POST carries the attempt's traceparent
@@ -138,5 +140,6 @@ class WebhookOutbox:
                 run = await self._reader.get(run_id, caller=caller)
         else:
             raise Conflict("run_busy", f"Run {run_id!r} is changing; retry.", retry_after=1)
+        assert run.webhook is not None  # a finished run keeps the webhook it had
         await self._queue.send(run.webhook.message(run.id).to_dict())
         return run

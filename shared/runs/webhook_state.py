@@ -7,8 +7,9 @@ when the next attempt should start; a pending delivery still not attempted `slac
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..telemetry import context as trace_context
 from ..webhooks import Attempt, new_webhook_id, next_delay
@@ -31,7 +32,7 @@ class WebhookMessage:
         return {"run_id": self.run_id, "seq": self.seq, **trace_context.fields(self.traceparent, self.tracestate)}
 
     @classmethod
-    def parse(cls, data: Mapping[str, Any]) -> "WebhookMessage":
+    def parse(cls, data: Mapping[str, Any]) -> WebhookMessage:
         """Raises KeyError/TypeError/ValueError for a malformed message (a bad trace context is just dropped)."""
         return cls(str(data["run_id"]), int(data["seq"]), *trace_context.from_message(data))
 
@@ -48,7 +49,7 @@ class WebhookState:
     tracestate: str = ""
 
     @classmethod
-    def begin(cls, at: float, traceparent: str = "", tracestate: str = "") -> "WebhookState":
+    def begin(cls, at: float, traceparent: str = "", tracestate: str = "") -> WebhookState:
         """The run just ended: its event is due now."""
         return cls(id=new_webhook_id(), due_at=at, traceparent=traceparent, tracestate=tracestate)
 
@@ -98,7 +99,7 @@ class WebhookState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "WebhookState":
+    def from_dict(cls, data: Mapping[str, Any]) -> WebhookState:
         return cls(id=str(data["id"]), state=str(data.get("state", PENDING)), seq=int(data.get("seq", 0)),
                    attempts=list(data.get("attempts", [])), round_attempts=int(data.get("round_attempts", 0)),
                    due_at=float(data.get("due_at", 0.0)), traceparent=str(data.get("traceparent") or ""),

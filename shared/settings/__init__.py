@@ -11,24 +11,81 @@
 - `names.py`: the fixed queue, table and container names infra/ creates.
 """
 from .host import FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS, HOST_JSON, function_timeout_seconds
-from .model import (CompletionSettings, ExecutorSettings, FacadeSettings, Settings, StorageSettings,
-                    refuse_unresolved_key_vault_references)
-from .names import (EVENTS_TABLE, EXECUTE_QUEUE, IDEMPOTENCY_TABLE, INDEX_TABLE, PAYLOAD_CONTAINER, POLL_QUEUE,
-                    RUNS_TABLE, SESSIONS_TABLE, STORAGE_CONNECTION, WEBHOOK_QUEUE)
+from .model import (
+                    CompletionSettings,
+                    ExecutorSettings,
+                    FacadeSettings,
+                    Settings,
+                    StorageSettings,
+                    refuse_unresolved_key_vault_references,
+)
+from .names import (
+                    EVENTS_TABLE,
+                    EXECUTE_QUEUE,
+                    IDEMPOTENCY_TABLE,
+                    INDEX_TABLE,
+                    PAYLOAD_CONTAINER,
+                    POLL_QUEUE,
+                    RUNS_TABLE,
+                    SESSIONS_TABLE,
+                    STORAGE_CONNECTION,
+                    WEBHOOK_QUEUE,
+)
 from .provider import ProviderSettings
 from .quotas import NATIVE_CALLER, Quota, QuotaSettings
 from .secrets import CALLER_NAME, ApiKey
 from .spec import Setting, SettingsError
-from .table import (BACKENDS, DEFAULT_EMULATOR_URL, DEFAULT_WEBHOOK_SCHEDULE, EXECUTOR_APIS, FACADE_MAX_WAIT_LIMIT,
-                    PROVIDERS, SETTINGS, STRATEGIES, declared_settings, markdown_table, parse_api_keys)
+from .table import (
+                    BACKENDS,
+                    DEFAULT_EMULATOR_URL,
+                    DEFAULT_WEBHOOK_SCHEDULE,
+                    EXECUTOR_APIS,
+                    FACADE_MAX_WAIT_LIMIT,
+                    PROVIDERS,
+                    SETTINGS,
+                    STRATEGIES,
+                    declared_settings,
+                    markdown_table,
+                    parse_api_keys,
+)
 
 __all__ = [
-    "ApiKey", "BACKENDS", "CALLER_NAME", "CompletionSettings", "DEFAULT_EMULATOR_URL", "DEFAULT_WEBHOOK_SCHEDULE",
-    "EVENTS_TABLE", "EXECUTE_QUEUE", "EXECUTOR_APIS", "ExecutorSettings", "FACADE_MAX_WAIT_LIMIT", "FacadeSettings",
-    "FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS", "HOST_JSON", "IDEMPOTENCY_TABLE", "INDEX_TABLE", "PAYLOAD_CONTAINER",
-    "NATIVE_CALLER", "POLL_QUEUE", "PROVIDERS", "ProviderSettings", "Quota", "QuotaSettings", "RUNS_TABLE",
-    "SESSIONS_TABLE", "SETTINGS", "STORAGE_CONNECTION",
-    "STRATEGIES", "Setting", "Settings", "SettingsError", "StorageSettings", "WEBHOOK_QUEUE",
-    "declared_settings", "function_timeout_seconds", "markdown_table", "parse_api_keys",
-    "refuse_unresolved_key_vault_references",
+                    "BACKENDS",
+                    "CALLER_NAME",
+                    "DEFAULT_EMULATOR_URL",
+                    "DEFAULT_WEBHOOK_SCHEDULE",
+                    "EVENTS_TABLE",
+                    "EXECUTE_QUEUE",
+                    "EXECUTOR_APIS",
+                    "FACADE_MAX_WAIT_LIMIT",
+                    "FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS",
+                    "HOST_JSON",
+                    "IDEMPOTENCY_TABLE",
+                    "INDEX_TABLE",
+                    "NATIVE_CALLER",
+                    "PAYLOAD_CONTAINER",
+                    "POLL_QUEUE",
+                    "PROVIDERS",
+                    "RUNS_TABLE",
+                    "SESSIONS_TABLE",
+                    "SETTINGS",
+                    "STORAGE_CONNECTION",
+                    "STRATEGIES",
+                    "WEBHOOK_QUEUE",
+                    "ApiKey",
+                    "CompletionSettings",
+                    "ExecutorSettings",
+                    "FacadeSettings",
+                    "ProviderSettings",
+                    "Quota",
+                    "QuotaSettings",
+                    "Setting",
+                    "Settings",
+                    "SettingsError",
+                    "StorageSettings",
+                    "declared_settings",
+                    "function_timeout_seconds",
+                    "markdown_table",
+                    "parse_api_keys",
+                    "refuse_unresolved_key_vault_references",
 ]

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
-from .host import (HOST_JSON, check_stream_below_function_timeout, check_watch_window_below_function_timeout,
-                   function_timeout_seconds)
+from .host import (
+    HOST_JSON,
+    check_stream_below_function_timeout,
+    check_watch_window_below_function_timeout,
+    function_timeout_seconds,
+)
 from .names import STORAGE_CONNECTION
 from .provider import ProviderSettings, provider_settings
 from .quotas import NATIVE_CALLER, Quota, QuotaSettings
@@ -33,6 +37,12 @@ class StorageSettings:
     @property
     def uses_identity(self) -> bool:
         return self.connection_string is None
+
+    def service_uris(self) -> tuple[str, str, str]:
+        """Blob, queue and table endpoints of identity-based storage (the parser requires all three)."""
+        if self.blob_uri is None or self.queue_uri is None or self.table_uri is None:
+            raise SettingsError(f"{STORAGE_CONNECTION}: identity-based storage needs the blob, queue and table URIs")
+        return self.blob_uri, self.queue_uri, self.table_uri
 
 
 @dataclass(frozen=True)
@@ -148,11 +158,11 @@ def _storage(read: Read) -> StorageSettings:
     identity = (read(f"{prefix}__credential") or "").lower() == "managedidentity"
     if not identity and (conn := read(prefix)):
         return StorageSettings(conn, None, None, None, client_id)
-    uris = {name: read(name) for name in (f"{prefix}__{kind}ServiceUri" for kind in ("blob", "queue", "table"))}
-    if missing := [name for name, uri in uris.items() if uri is None]:
+    uris = {kind: read(f"{prefix}__{kind}ServiceUri") for kind in ("blob", "queue", "table")}
+    if missing := [f"{prefix}__{kind}ServiceUri" for kind, uri in uris.items() if uri is None]:
         raise SettingsError(f"{prefix}: set a connection string, or all of {', '.join(missing)} for identity-based "
                             "storage")
-    return StorageSettings(None, *uris.values(), client_id)
+    return StorageSettings(None, uris["blob"], uris["queue"], uris["table"], client_id)
 
 
 def _completion(read: Read, function_timeout: float | None) -> CompletionSettings:

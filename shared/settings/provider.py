@@ -25,7 +25,8 @@ class ProviderSettings:
 
 def provider_kind(read: Read) -> str:
     """MODEL_PROVIDER; when empty, the first provider whose setting is present, else the local emulator."""
-    if kind := read("MODEL_PROVIDER"):
+    kind: str | None = read("MODEL_PROVIDER")
+    if kind:
         return kind
     if read("AZURE_OPENAI_ENDPOINT"):
         return "azure_openai"

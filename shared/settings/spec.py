@@ -7,8 +7,9 @@ secret never repeats the value in its error: the message reaches the log and a 5
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from ..webhooks.schedule import parse_schedule
 

@@ -7,8 +7,9 @@ here must be provided by infra/ (or be optional).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .names import STORAGE_CONNECTION
 from .quotas import MAX_ACTIVE_LIMIT, caller_quotas
@@ -186,7 +187,8 @@ def declared_settings() -> tuple[Setting, ...]:
 
 def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
     """RESPONSES_API_KEYS read from `raw`; the error names the setting and never repeats a key."""
-    return BY_NAME["RESPONSES_API_KEYS"].parse(raw)
+    keys: tuple[ApiKey, ...] = BY_NAME["RESPONSES_API_KEYS"].parse(raw)
+    return keys
 
 
 def markdown_table() -> str:

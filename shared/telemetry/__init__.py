@@ -4,22 +4,62 @@ or OTLP (or nowhere, at no cost), structured step logs, and the run's own timeli
 Framework-free (the OpenTelemetry API and SDK only, imported when telemetry is on). The rest of the service uses
 these names only; see `steps` for how a run's trace is put together and `setup` for where it goes.
 """
+from typing import Any
+
 from .calls import TracedBackend, WebhookAttempt, storage_response_hook
 from .setup import configure, disable, flush, targets, use
 from .state import enabled
-from .steps import (annotate, bind_run, consumed, current, finished, finishing, http_entry, incoming_request,
-                    message_fields, record, run_created, run_step, step_name, timed)
+from .steps import (
+    annotate,
+    bind_run,
+    consumed,
+    current,
+    finished,
+    finishing,
+    http_entry,
+    incoming_request,
+    message_fields,
+    record,
+    run_created,
+    run_step,
+    step_name,
+    timed,
+)
 from .timeline import Timeline
 
-__all__ = ["TracedBackend", "WebhookAttempt", "storage_response_hook", "configure", "disable", "enabled", "flush",
-           "targets", "use", "annotate", "bind_run", "consumed", "current", "finished", "finishing", "http_entry",
-           "incoming_request", "message_fields", "record", "run_created", "run_step", "step_name", "timed",
-           "Timeline", "webhook_attempt", "traced_backend"]
+__all__ = [
+    "Timeline",
+    "TracedBackend",
+    "WebhookAttempt",
+    "annotate",
+    "bind_run",
+    "configure",
+    "consumed",
+    "current",
+    "disable",
+    "enabled",
+    "finished",
+    "finishing",
+    "flush",
+    "http_entry",
+    "incoming_request",
+    "message_fields",
+    "record",
+    "run_created",
+    "run_step",
+    "step_name",
+    "storage_response_hook",
+    "targets",
+    "timed",
+    "traced_backend",
+    "use",
+    "webhook_attempt",
+]
 
 
-def webhook_attempt(run) -> WebhookAttempt:
+def webhook_attempt(run: Any) -> WebhookAttempt:  # a Run: telemetry does not import the run model
     return WebhookAttempt(run)
 
 
-def traced_backend(backend, provider_kind: str = "openai") -> TracedBackend:
+def traced_backend(backend: Any, provider_kind: str = "openai") -> TracedBackend:  # any RunBackend
     return TracedBackend(backend, provider_kind)

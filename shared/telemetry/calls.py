@@ -2,16 +2,21 @@
 counts of storage errors. Each is a child of the current step's span."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from azure.core.pipeline import PipelineResponse
+from azure.core.pipeline.transport import AsyncHttpResponse, HttpRequest
+
 from .. import clock
+from ..responses_vocabulary import is_terminal_event
 from . import context as w3c
 from . import metrics
-from ..responses_vocabulary import is_terminal_event
 from .completions import note_completed
 from .state import STATE
-from .steps import CLIENT, Step, _otel, _STEP
+from .steps import _STEP, CLIENT, Step, _otel
 
 _PROVIDER_NAMES = {"openai": "openai", "azure_openai": "azure.ai.openai", "emulator": "openai"}
 class _ClientCall:
@@ -50,7 +55,7 @@ class TracedBackend:
     def __getattr__(self, name: str) -> Any:  # anything else a backend offers, unchanged
         return getattr(self._inner, name)
 
-    async def _call(self, operation: str, call, attributes: dict[str, Any]) -> Any:
+    async def _call(self, operation: str, call: Callable[[], Awaitable[Any]], attributes: dict[str, Any]) -> Any:
         step: Step | None = _STEP.get()
         if step is not None and step.run is not None:
             step.run.timeline.count_provider_call()
@@ -112,7 +117,7 @@ class _WatchedEvents:
     def __init__(self, inner: Any) -> None:
         self._inner = inner
 
-    async def __aiter__(self):
+    async def __aiter__(self) -> AsyncIterator[Any]:
         async for event in self._inner:
             if is_terminal_event(getattr(event, "type", None)):
                 note_completed(getattr(event, "response", None))
@@ -149,14 +154,14 @@ class WebhookAttempt:
                 return w3c.fields(traceparent, w3c.valid_tracestate(carrier.get(w3c.TRACESTATE), traceparent))
         return w3c.fields(getattr(self._run, "traceparent", ""), getattr(self._run, "tracestate", ""))
 
-    def __enter__(self) -> "WebhookAttempt":
+    def __enter__(self) -> WebhookAttempt:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc is not None:
             self._call.fail(type(exc).__name__)
         self._call.end()
-        return False
 
     def record(self, attempt: Any, state: str) -> None:
         """The attempt as made, and the delivery's state after it."""
@@ -184,13 +189,13 @@ class WebhookAttempt:
 _EXPECTED_STATUSES = frozenset({404, 409, 412})  # not found, exists, ETag mismatch: how the stores work
 
 
-def storage_response_hook(service: str):
+def storage_response_hook(service: str) -> Callable[[PipelineResponse[HttpRequest, AsyncHttpResponse]], None]:
     """An azure-core `raw_response_hook` counting storage errors (429, 5xx, unexpected 4xx)."""
-    def count(response) -> None:
+    def count(response: PipelineResponse[HttpRequest, AsyncHttpResponse]) -> None:
         if not STATE.enabled:
             return
         status = response.http_response.status_code
         if status >= 400 and status not in _EXPECTED_STATUSES:
-            metrics.add("storage_errors", **{"bgruns.storage.service": service, "http.response.status_code": status})
+            metrics.add("storage_errors", 1, **{"bgruns.storage.service": service, "http.response.status_code": status})
     return count
 

@@ -6,7 +6,8 @@ does not trace itself.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"

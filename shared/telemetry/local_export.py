@@ -7,8 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
@@ -36,7 +37,7 @@ class _Lines:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path, self._lock = path, threading.Lock()
 
-    def write(self, document: dict) -> None:
+    def write(self, document: dict[str, Any]) -> None:
         line = json.dumps(_hex_ids(document), separators=(",", ":")) + "\n"
         with self._lock, open(self._path, "a", encoding="utf-8") as file:
             file.write(line)

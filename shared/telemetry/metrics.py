@@ -10,10 +10,12 @@ Provider calls one by one are the `provider *` spans (Application Insights: depe
 | `bgruns.run.provider_calls` | histogram | {call} | `bgruns.status`: provider calls a run took, recorded when it ends |
 | `bgruns.poll.steps` | counter | {step} | `bgruns.outcome` (pending, completed, stale, retry, ...) |
 | `bgruns.poll.pickup_delay` | histogram | s | how late a poll step ran after its due time |
-| `bgruns.queue.message_age` | histogram | s | `messaging.destination.name`: insertion -> pickup (includes the intended delay) |
-| `bgruns.webhook.attempts` | counter | {attempt} | `bgruns.outcome` (ok, failed, refused), `http.response.status_code` |
+| `bgruns.queue.message_age` | histogram | s | `messaging.destination.name`: insertion -> pickup (delay included) |
+| `bgruns.webhook.attempts` | counter | {attempt} | `bgruns.outcome` (ok/failed/refused), `http.response.status_code` |
 | `bgruns.webhook.failures` | counter | {delivery} | deliveries given up (retries exhausted, 410, refused) |
-| `bgruns.storage.errors` | counter | {request} | `bgruns.storage.service`, `http.response.status_code` (429, 5xx, other 4xx than 404/409/412) |
+| `bgruns.storage.errors` | counter | {request} | `bgruns.storage.service`, `http.response.status_code` |
+
+A storage error is a 429, a 5xx or a 4xx other than 404, 409 and 412.
 """
 from __future__ import annotations
 

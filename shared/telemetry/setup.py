@@ -20,7 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported when telemetry is switched on, not before
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor
 
 from . import metrics
 from .state import STATE
@@ -116,7 +122,7 @@ def _installed_tracer_provider() -> Any:
     return provider if type(provider).__module__.startswith("opentelemetry.sdk") else None
 
 
-def _resource(env: Mapping[str, str]):
+def _resource(env: Mapping[str, str]) -> Resource:
     from opentelemetry.sdk.resources import Resource
 
     name = (env.get("OTEL_SERVICE_NAME") or "").strip() or SERVICE_NAME
@@ -129,7 +135,7 @@ def _distro_instrumentations() -> set[str]:
     try:
         from azure.monitor.opentelemetry._constants import _ALL_SUPPORTED_INSTRUMENTED_LIBRARIES as known
     except ImportError:
-        known = ()
+        return set(_DISTRO_INSTRUMENTATIONS)
     return set(_DISTRO_INSTRUMENTATIONS) | set(known)
 
 
@@ -139,7 +145,7 @@ def _without_agent_processors(provider: Any) -> None:
     private attribute: if the distro changes it, the processor simply stays."""
     active = getattr(provider, "_active_span_processor", None)
     processors = getattr(active, "_span_processors", None)
-    if isinstance(processors, tuple):
+    if active is not None and isinstance(processors, tuple):
         active._span_processors = tuple(p for p in processors if type(p).__name__ != "_GenAIMainAgentSpanProcessor")
 
 
@@ -165,7 +171,8 @@ def _build(chosen: list[str], env: Mapping[str, str]) -> tuple[Any, Any]:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
     _cheap_defaults()
-    span_processors, metric_readers = [], []
+    span_processors: list[SpanProcessor] = []
+    metric_readers: list[MetricReader] = []
     if "otlp" in chosen:
         protocol = (env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
         if protocol != "http/protobuf":

@@ -18,9 +18,11 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from contextvars import ContextVar
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar, Token
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
 
 from .. import clock
 from . import context as w3c
@@ -28,7 +30,7 @@ from . import metrics
 from .completions import provider_completed_at
 from .state import STATE
 
-_STEP: ContextVar["Step | None"] = ContextVar("bgruns_step", default=None)
+_STEP: ContextVar[Step | None] = ContextVar("bgruns_step", default=None)
 _OTEL: dict[str, Any] = {}  # the OpenTelemetry API pieces, imported on first use with telemetry on
 
 SERVER, CONSUMER, INTERNAL, CLIENT = "SERVER", "CONSUMER", "INTERNAL", "CLIENT"
@@ -37,8 +39,18 @@ SERVER, CONSUMER, INTERNAL, CLIENT = "SERVER", "CONSUMER", "INTERNAL", "CLIENT"
 def _otel() -> dict[str, Any]:
     if not _OTEL:
         from opentelemetry import context, trace
-        from opentelemetry.trace import (Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags,
-                                         TraceState, format_span_id, format_trace_id)
+        from opentelemetry.trace import (
+            Link,
+            NonRecordingSpan,
+            SpanContext,
+            SpanKind,
+            Status,
+            StatusCode,
+            TraceFlags,
+            TraceState,
+            format_span_id,
+            format_trace_id,
+        )
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         _OTEL.update(context=context, trace=trace, Link=Link, kinds={k: getattr(SpanKind, k) for k in
@@ -56,8 +68,20 @@ def _attribute_name(key: str) -> str:
 class Step:
     """What one step did: its span (None with telemetry off), its run, and the fields of its log line."""
 
-    __slots__ = ("name", "logger", "span", "run", "run_id", "fields", "started", "incoming", "queue", "counter",
-                 "_token", "_context_token")
+    __slots__ = (
+        "_context_token",
+        "_token",
+        "counter",
+        "fields",
+        "incoming",
+        "logger",
+        "name",
+        "queue",
+        "run",
+        "run_id",
+        "span",
+        "started",
+    )
 
     def __init__(self, name: str, logger: str, *, incoming: tuple[str, str] = ("", ""), queue: str = "",
                  counter: str = "") -> None:
@@ -69,7 +93,8 @@ class Step:
         self.started = time.monotonic()
         self.incoming = incoming  # the caller's / message's trace context, passed through with telemetry off
         self.queue, self.counter = queue, counter
-        self._token = self._context_token = None
+        self._token: Token[Step | None] | None = None
+        self._context_token: object = None  # OpenTelemetry's context token, opaque
 
     # -- what code below the entry point says -----------------------------------------------------------------
     def set(self, **fields: Any) -> None:
@@ -81,7 +106,8 @@ class Step:
         if self.span is not None:
             span_context = self.span.get_span_context()
             if span_context.is_valid:
-                return _otel()["format_trace_id"](span_context.trace_id)
+                trace_id: str = _otel()["format_trace_id"](span_context.trace_id)
+                return trace_id
         traceparent = getattr(self.run, "traceparent", "") or self.incoming[0]
         return w3c.trace_id(traceparent)
 
@@ -97,25 +123,26 @@ class Step:
         return self.incoming
 
     # -- scope ------------------------------------------------------------------------------------------------
-    def __enter__(self) -> "Step":
+    def __enter__(self) -> Step:
         self._token = _STEP.set(self)
         if self.span is not None:
             otel = _otel()
             self._context_token = otel["context"].attach(otel["trace"].set_span_in_context(self.span))
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         try:
             self._close(exc)
         finally:
             if self._context_token is not None:
                 _otel()["context"].detach(self._context_token)
-            _STEP.reset(self._token)
+            if self._token is not None:
+                _STEP.reset(self._token)
             # Contexts copied while this step was current outlive it (asyncio copies the context into every
             # callback it schedules: a connection opened now keeps it in its reader for as long as its pool keeps
             # the connection), and they hold this object: it lets go of the run (input, output) and the span.
             self.run = self.span = None
-        return False
 
     def _close(self, error: BaseException | None) -> None:
         if error is not None:
@@ -168,14 +195,17 @@ def _current_span_context() -> Any:
     return span_context if span_context.is_valid else None
 
 
-def _start(step: Step, kind: str, parent: Any, links: list, attributes: dict[str, Any]) -> Step:
+def _start(step: Step, kind: str, parent: Any, links: list[Any], attributes: dict[str, Any]) -> Step:
     otel = _otel()
     step.span = STATE.tracer.start_span(step.name, context=parent, kind=otel["kinds"][kind],
                                         links=[otel["Link"](link) for link in links], attributes=attributes)
     return step
 
 
-def http_entry(name: str, logger: str = "bgruns.http") -> Callable:
+Handler = Callable[[Any], Awaitable[Any]]  # an HTTP handler: `async def f(req) -> response`
+
+
+def http_entry(name: str, logger: str = "bgruns.http") -> Callable[[Handler], Handler]:
     """Decorator for an HTTP handler `async def f(req) -> response`: a step whose parent is the caller's
     `traceparent` (or the host's span for this invocation when it is in the caller's trace, or none)."""
     def decorate(func: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
@@ -216,8 +246,8 @@ def consumed(name: str, message: Mapping[str, Any], *, queue: str, enqueued_at: 
     if isinstance(run_id, str):
         step.run_id = run_id  # known before the run is read: a stale message's line names its run too
     if enqueued_at is not None and STATE.enabled:
-        age = datetime.now(timezone.utc) - (enqueued_at if enqueued_at.tzinfo else
-                                            enqueued_at.replace(tzinfo=timezone.utc))
+        age = datetime.now(UTC) - (enqueued_at if enqueued_at.tzinfo else
+                                            enqueued_at.replace(tzinfo=UTC))
         metrics.record("message_age", age.total_seconds(), **{"messaging.destination.name": queue})
     if not STATE.enabled:
         return step

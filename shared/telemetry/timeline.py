@@ -10,8 +10,9 @@ Webhook attempts are not stored twice: the view merges them in from the run's we
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 MAX_RECENT_POLLS = 20
 MAX_EVENTS = 40
@@ -24,7 +25,7 @@ def _empty() -> dict[str, Any]:
 
 
 class Timeline:
-    __slots__ = ("_raw", "_data")
+    __slots__ = ("_data", "_raw")
 
     def __init__(self, raw: str = "") -> None:
         self._raw = raw or ""

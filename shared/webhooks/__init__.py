@@ -18,8 +18,8 @@ from .schedule import next_delay, parse_schedule
 from .signing import SignatureError, new_webhook_id, sign_headers, verify
 
 __all__ = [
-    "Attempt",
     "DEFAULT_USER_AGENT",
+    "Attempt",
     "DestinationRefused",
     "ParsedURL",
     "ResolutionFailed",

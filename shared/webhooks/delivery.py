@@ -13,24 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
 
 import httpcore
 import httpx
 
 from ..clock import iso_utc
 from ..retry_after import parse_retry_after
-from .destinations import DestinationRefused, IPAddress, Resolver, ResolutionFailed, check_url, resolve_and_vet
+from .destinations import DestinationRefused, IPAddress, ResolutionFailed, Resolver, check_url, resolve_and_vet
 from .signing import sign_headers
 
 DEFAULT_USER_AGENT = "background-responses-webhooks/1.0"
 _MAX_ERROR_CHARS = 300
 
 # host (lower-case, as in the URL) -> vetted addresses, set by WebhookSender.send around one request.
-_PINNED: ContextVar[Mapping[str, tuple[IPAddress, ...]]] = ContextVar("webhook_pinned_ips", default={})
+_PINNED: ContextVar[Mapping[str, tuple[IPAddress, ...]]] = ContextVar("webhook_pinned_ips", default=MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Attempt:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Attempt":
+    def from_dict(cls, data: Mapping[str, Any]) -> Attempt:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -61,7 +63,7 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
     def __init__(self) -> None:
         self._inner = httpcore.AnyIOBackend()
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
                           local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
         addresses = _PINNED.get().get(host.lower())
         if not addresses:
@@ -76,7 +78,7 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
         assert last is not None
         raise last
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
                                   socket_options: Any = None) -> httpcore.AsyncNetworkStream:
         raise httpcore.ConnectError("unix sockets are not webhook destinations")
 
@@ -125,7 +127,7 @@ class WebhookSender:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def __aenter__(self) -> "WebhookSender":
+    async def __aenter__(self) -> WebhookSender:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -137,7 +139,7 @@ class WebhookSender:
 
         Raises only for caller bugs (bad webhook id, body not UTF-8).
         """
-        at = datetime.now(timezone.utc)
+        at = datetime.now(UTC)
         started = time.monotonic()
 
         def failed(error: str, *, refused: bool = False) -> Attempt:

@@ -22,14 +22,14 @@ import asyncio
 import ipaddress
 import re
 import socket
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence, Union
 
 import httpx
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # An injectable resolver: (host, port) -> addresses as strings or ip objects.
-Resolver = Callable[[str, int], Awaitable[Sequence[Union[str, IPAddress]]]]
+Resolver = Callable[[str, int], Awaitable[Sequence[str | IPAddress]]]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -175,7 +175,7 @@ async def system_resolver(host: str, port: int) -> list[str]:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise ResolutionFailed(f"{host} does not resolve ({exc})") from None
-    return [info[4][0] for info in infos]
+    return [str(info[4][0]) for info in infos]  # an IP address: sockaddr[0] of AF_INET/AF_INET6
 
 
 async def resolve_and_vet(

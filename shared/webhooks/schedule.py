@@ -7,14 +7,17 @@ down simply by passing a small schedule.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 DEFAULT_JITTER = 0.1  # ±10 %
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:
     """"0,5,300" -> (0.0, 5.0, 300.0); raises ValueError on an empty, negative or non-finite entry."""
-    delays = tuple(float(part) for part in text.split(",") if part.strip())
+    try:
+        delays = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:  # a word among the numbers: name the schedule, as for the other bad entries
+        delays = ()
     if not delays or any(not 0 <= d < float("inf") for d in delays):
         raise ValueError(f"bad retry schedule {text!r}")
     return delays

@@ -6,8 +6,8 @@ space-separated, so receivers holding either the old or the new secret verify du
 from __future__ import annotations
 
 import secrets as _random
-from datetime import datetime, timezone
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -31,8 +31,8 @@ def _check_id(webhook_id: str) -> None:
 
 def _utc_now_seconds() -> datetime:
     # standardwebhooks' sign() does timestamp.replace(tzinfo=utc): pass UTC, whole seconds.
-    now = int(datetime.now(timezone.utc).timestamp())
-    return datetime.fromtimestamp(now, tz=timezone.utc)
+    now = int(datetime.now(UTC).timestamp())
+    return datetime.fromtimestamp(now, tz=UTC)
 
 
 def sign_headers(
@@ -58,9 +58,9 @@ def sign_headers(
 
 def _as_utc_seconds(timestamp: datetime) -> datetime:
     if timestamp.tzinfo is None:
-        timestamp = timestamp.replace(tzinfo=timezone.utc)
-    seconds = int(timestamp.astimezone(timezone.utc).timestamp())
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        timestamp = timestamp.replace(tzinfo=UTC)
+    seconds = int(timestamp.astimezone(UTC).timestamp())
+    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def verify(headers: Mapping[str, str], body: bytes | str, secrets: Sequence[str]) -> None:

@@ -16,11 +16,11 @@ class Console:
         self.page = page
         self.base_url = base_url.rstrip("/")
 
-    def open(self, route: str = "") -> "Console":
+    def open(self, route: str = "") -> Console:
         self.page.goto(f"{self.base_url}/api/console{route}")
         return self
 
-    def sign_in(self, key: str) -> "Console":
+    def sign_in(self, key: str) -> Console:
         self.page.get_by_label("API key").fill(key)
         self.page.get_by_label("API key").press("Enter")
         self.page.wait_for_selector("#sign-out", state="visible")

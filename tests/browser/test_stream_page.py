@@ -18,7 +18,6 @@ from playwright.sync_api import Browser, Page, Request
 
 from .chromium import DroppingRelay
 
-
 pytestmark = pytest.mark.slow
 
 DONE = "body[data-done='true']"

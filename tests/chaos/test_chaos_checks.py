@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.chaos_checks import (CAUSE_CANCEL, CAUSE_DEADLINE, CAUSE_END_EVENT, CAUSE_EXECUTOR_DEADLINE,
-                                 CAUSE_EXECUTOR_STOP, CAUSE_EXPIRY_SAVE_LOST, CAUSE_IDEMPOTENT_ABANDON,
-                                 CAUSE_SESSION_BACK, CAUSE_SESSION_RACE, Checker, Evidence, call_stopped_by,
-                                 call_whole)
+from bench.chaos_checks import (
+    CAUSE_CANCEL,
+    CAUSE_DEADLINE,
+    CAUSE_END_EVENT,
+    CAUSE_EXECUTOR_DEADLINE,
+    CAUSE_EXECUTOR_STOP,
+    CAUSE_EXPIRY_SAVE_LOST,
+    CAUSE_IDEMPOTENT_ABANDON,
+    CAUSE_SESSION_BACK,
+    CAUSE_SESSION_RACE,
+    Checker,
+    Evidence,
+    call_stopped_by,
+    call_whole,
+)
 from bench.chaos_client import RunRecord
 
 T0 = 1_800_000_000.0

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import httpx
 import openai
@@ -17,9 +17,13 @@ import pytest
 from local.azurite import REPO_ROOT
 from local.stack import LocalStack
 
-from ..facade.conftest import client, recorder  # noqa: F401 - the facade's SDK fixtures, on base_url below
+from ..facade import conftest as facade_fixtures
 from ..stack import EXECUTOR_HOST, FUNCTION_KEY, MASTER_KEY, TEST_ENV, WEBHOOK_SECRETS, Stack
-from .servers import MODEL, LiteLLMProxy
+from .servers import LiteLLMProxy
+
+# The facade's SDK fixtures, on base_url below (bound by name, as pytest finds fixtures).
+client = facade_fixtures.client
+recorder = facade_fixtures.recorder
 
 WORK_DIR = REPO_ROOT / ".azurite" / f"model-servers-{os.getpid()}"  # their files and logs, beside the stacks' logs
 MARKER = "#script"  # scripted_provider.MARKER (that module imports LiteLLM, which only its venv has)

@@ -27,7 +27,8 @@ import asyncio
 import json
 import os
 import threading
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from litellm import CustomLLM
 from litellm.llms.custom_llm import CustomLLMError

@@ -51,7 +51,7 @@ class _ServerProcess:
             self.proc = subprocess.Popen(args, cwd=self.work_dir, env={**os.environ, **env}, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def wait_ready(self, timeout: float = 180) -> "_ServerProcess":
+    def wait_ready(self, timeout: float = 180) -> _ServerProcess:
         url = f"http://127.0.0.1:{self.port}{self.health_path}"
         _wait_until(lambda: httpx.get(url, timeout=2).status_code == 200, self.proc, timeout,
                     f"{type(self).__name__} did not start (see {self.log_path})")
@@ -87,7 +87,7 @@ class LiteLLMProxy(_ServerProcess):
         path.write_text(json.dumps(config, indent=2))
         return path
 
-    def start(self) -> "LiteLLMProxy":
+    def start(self) -> LiteLLMProxy:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         exe = LITELLM.ensure()
         self._spawn([str(exe), "--config", str(self._config()), "--host", "127.0.0.1", "--port", str(self.port)],
@@ -124,7 +124,7 @@ class TransformersServer(_ServerProcess):
     def model(self) -> str:
         return str(self.work_dir / "tiny")  # a server started with a model serves it under its path only
 
-    def start(self) -> "TransformersServer":
+    def start(self) -> TransformersServer:
         exe = TRANSFORMERS.ensure()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(self.work_dir / "hf")}

@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 
 from .. import sse
-from .conftest import CHAT_TOOLS, MODEL, TOOLS, assistant, plain, scripted, user, wait_response, words
+from .conftest import CHAT_TOOLS, TOOLS, assistant, plain, scripted, user, wait_response, words
+from .servers import MODEL
 
 
 def deltas(events) -> str:

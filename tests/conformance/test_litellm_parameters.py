@@ -18,7 +18,8 @@ import openai
 import pytest
 
 from .. import sse
-from .conftest import MODEL, TOOLS, scripted, user, wait_response
+from .conftest import TOOLS, scripted, user, wait_response
+from .servers import MODEL
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
           "additionalProperties": False}
@@ -130,7 +131,7 @@ def test_text_and_a_tool_call_are_replayed_as_one_assistant_message(client, lite
 
 
 def test_a_run_streaming_tokens_reads_in_progress(client, litellm):
-    script_id, prompt = scripted(chars=2000, chunks=100, delay_ms=100)  # 10 s of tokens
+    _, prompt = scripted(chars=2000, chunks=100, delay_ms=100)  # 10 s of tokens
     stream = client.responses.create(model=MODEL, input=prompt, stream=True, background=True)
     response_id = None
     for event in stream:

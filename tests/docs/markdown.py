@@ -55,14 +55,14 @@ class Document:
     prose_lines: list[str] = field(default_factory=list)  # the text with every code block's lines blanked
 
     @classmethod
-    def read(cls, path: Path) -> "Document":
+    def read(cls, path: Path) -> Document:
         path = Path(path) if Path(path).is_absolute() else REPO / path
         doc = cls(path.relative_to(REPO), path.read_text(encoding="utf-8"))
         doc._parse()
         return doc
 
     @classmethod
-    def from_text(cls, name: str, text: str) -> "Document":
+    def from_text(cls, name: str, text: str) -> Document:
         doc = cls(Path(name), text)
         doc._parse()
         return doc

@@ -148,12 +148,17 @@ class Repository:
         return sorted(name for name in self.sources if name.endswith(".py")
                       and (name.split("/", 1)[0] in SOURCE_DIRS or "/" not in name))
 
-    @functools.cache
+    @cached_property
+    def _trees(self) -> dict[str, ast.Module | None]:
+        return {}
+
     def tree(self, path: str) -> ast.Module | None:
-        try:
-            return ast.parse(self.sources.get(path) or (self.root / path).read_text(encoding="utf-8"))
-        except (OSError, SyntaxError):
-            return None
+        if path not in self._trees:
+            try:
+                self._trees[path] = ast.parse(self.sources.get(path) or (self.root / path).read_text(encoding="utf-8"))
+            except (OSError, SyntaxError):
+                self._trees[path] = None
+        return self._trees[path]
 
     # An index by regular expression (parsing every file would take seconds); a file is parsed when a name in it
     # is looked at.
@@ -319,7 +324,7 @@ def _check_token(doc: Document, repo: Repository, line: int, token: str, add) ->
         _check_setting_name(repo, line, name, add)
     if (numbers := NUMBER_LIST.match(token)) and not _known_list(repo, numbers["numbers"], bool(numbers["more"])):
         add(line, f"`{token}`: no setting default or code holds this list")
-    if token.startswith(("/", "http:", "https:")) or " " in token and not PATH_AND_SYMBOL.match(token):
+    if token.startswith(("/", "http:", "https:")) or (" " in token and not PATH_AND_SYMBOL.match(token)):
         return
     if (match := PATH_AND_SYMBOL.match(token)) and not PLACEHOLDER.search(match["path"]):
         path = _resolve(doc, repo, match["path"])
@@ -465,7 +470,7 @@ def _check_setting_name(repo: Repository, line: int, name: str, add) -> None:
 
 def _known_list(repo: Repository, numbers: str, prefix: bool) -> bool:
     values = set(repo.string_constants) | {str(s.default) for s in repo.settings.values() if s.default is not None}
-    return any(value == numbers or prefix and value.startswith(numbers + ",") for value in values)
+    return any(value == numbers or (prefix and value.startswith(numbers + ",")) for value in values)
 
 
 def _check_sections(doc: Document, repo: Repository, add) -> None:

@@ -79,13 +79,14 @@ def test_the_checks_find_each_stale_claim_issue_28_found(claim):
 def test_the_same_claims_made_right_pass():
     doc = Document.from_text("bench/README.md", "\n\n".join([
         "# Benchmarks", "## Known issues",
-        "Why: `shared/runs/poll_chain.py Backoff.delay` grows the interval to the cap; `PollScheduler.schedule` "
-        "sends the message.",
+        "Why: `shared/runs/poll_chain.py Backoff.delay` grows the interval to the cap; "
+        "`PollScheduler.schedule` sends the message.",
         "The bench host runs the production defaults (`POLL_MAX_DELAY_SECONDS=10`, ...).",
         "It counts now (see *Known issues*); `make bench`, `python -m bench.chaos`, [the API](../docs/api.md), "
         "[known issues](#known-issues), `shared.runs.store.RunStore`, `bench/chaos.py` `CHAOS_HOST_ENV`.",
         "The chaos run uses a webhook schedule `0,1,2,4,8,16,32,64,64`.",
-        "`tests/unit/test_sweeper.py::test_the_sweeper_reads_only_the_open_runs_however_many_have_ended` holds it.",
+        "`tests/unit/test_sweeper.py::test_the_sweeper_reads_only_the_open_runs_however_many_have_ended` "
+        "holds it.",
         '(infra/README.md, "Rotation")']) + "\n")
     findings = check_document(doc, Repository())
     assert not findings, "\n".join(map(str, findings))

@@ -69,7 +69,7 @@ class Receiver:
             time.sleep(0.01)
         return self.deliveries
 
-    def start(self) -> "Receiver":
+    def start(self) -> Receiver:
         self._thread.start()
         while not self._server.started:
             time.sleep(0.01)

@@ -1,7 +1,6 @@
 """Cancel semantics, function-call round trips and previous_response_id chaining."""
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time

@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import time
+from itertools import pairwise
 
 import httpx
 import openai
@@ -173,7 +174,7 @@ def test_retries_with_backoff_keep_the_webhook_id(c, receiver, wemu):
     r = c.responses.create(model="m", input="retry", background=True, metadata=QUICK)
     [row] = wait_state(wemu, r.id, lambda rows: rows[0]["state"] == "delivered")
     assert [a["status"] for a in row["attempts"]] == [500, 500, 204]
-    gaps = [b["at"] - a["at"] for a, b in zip(row["attempts"], row["attempts"][1:])]
+    gaps = [b["at"] - a["at"] for a, b in pairwise(row["attempts"])]
     assert gaps[0] >= 0.04 and gaps[1] >= 0.25 and gaps[1] > gaps[0]      # 50 ms then 300 ms: backing off
     got = receiver.for_response(r.id)
     assert len(got) == 3 and len({d.headers["webhook-id"] for d in got}) == 1

@@ -85,9 +85,12 @@ def test_no_keys_needed_without_configuration(classic):
 
 
 def test_function_logs_and_invocation_lines(classic):
-    httpx.get(classic.url("api/runs/logged"))
-    classic.wait_for_log(r"Executing 'Functions\.get_run' \(Reason='[^']+', Id=[0-9a-f-]{36}\)")
-    classic.wait_for_log(r"get_run called for logged")  # python logging from the function
+    response = httpx.get(classic.url("api/runs/logged"))
+    assert response.status_code == 200 and response.json()["fn"] == "get_run", response.text
+    # The host is shared by this module's tests: the last get_run invocation is this request's (it has answered).
+    executing = classic.wait_for_log(r"Executing 'Functions\.get_run' \(Reason='[^']+', Id=([0-9a-f-]{36})\)")[-1]
+    classic.wait_for_log(rf"Executed 'Functions\.get_run' \(Succeeded, Id={executing}")  # the same invocation ended
+    assert classic.wait_for_log(r"get_run called for logged") == ["get_run called for logged"]  # python logging
 
 
 def test_empty_route_prefix_keys_and_local_settings(host_factory, tmp_path):

@@ -1,7 +1,7 @@
 """Fast in-process checks of the host's building blocks (no Azurite, no subprocess)."""
 import asyncio
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aiohttp
 import openai  # noqa: F401 - its lazy module proxies are what connection_pools() must not wake
@@ -66,17 +66,17 @@ def test_settings(tmp_path, monkeypatch):
 
 
 def test_ncrontab():
-    t0 = datetime(2025, 1, 1, 0, 0, 0, tzinfo=timezone.utc)
+    t0 = datetime(2025, 1, 1, 0, 0, 0, tzinfo=UTC)
     every_second = CronSchedule.parse("* * * * * *")
-    assert every_second.next_after(t0) == datetime(2025, 1, 1, 0, 0, 1, tzinfo=timezone.utc)
+    assert every_second.next_after(t0) == datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)
     five_min = CronSchedule.parse("0 */5 * * * *")
-    assert five_min.next_after(t0) == datetime(2025, 1, 1, 0, 5, 0, tzinfo=timezone.utc)
+    assert five_min.next_after(t0) == datetime(2025, 1, 1, 0, 5, 0, tzinfo=UTC)
     weekdays_9_30 = CronSchedule.parse("0 30 9 * * 1-5")  # 2025-01-04 is a Saturday
-    assert weekdays_9_30.next_after(datetime(2025, 1, 3, 10, 0, tzinfo=timezone.utc)) == \
-        datetime(2025, 1, 6, 9, 30, tzinfo=timezone.utc)
+    assert weekdays_9_30.next_after(datetime(2025, 1, 3, 10, 0, tzinfo=UTC)) == \
+        datetime(2025, 1, 6, 9, 30, tzinfo=UTC)
     named = CronSchedule.parse("0 0 12 * Feb Mon")
-    assert named.next_after(t0) == datetime(2025, 2, 3, 12, 0, tzinfo=timezone.utc)
-    assert parse_schedule("00:00:10").next_after(t0) == datetime(2025, 1, 1, 0, 0, 10, tzinfo=timezone.utc)
+    assert named.next_after(t0) == datetime(2025, 2, 3, 12, 0, tzinfo=UTC)
+    assert parse_schedule("00:00:10").next_after(t0) == datetime(2025, 1, 1, 0, 0, 10, tzinfo=UTC)
     with pytest.raises(StartupError, match="6 fields"):
         CronSchedule.parse("*/5 * * * *")
     with pytest.raises(StartupError):
@@ -101,7 +101,7 @@ async def test_function_timeout_cancels_async_invocation():
     spec = FunctionSpec(name="slow", trigger_type="queueTrigger", trigger=None, user_function=slow,
                         trigger_arg="msg", is_async=True, wants_context=False, directory=".")
     invoker = Invoker(function_timeout=0.2)
-    with pytest.raises(FunctionTimeoutError, match="Timeout value of 0.2s exceeded"):
+    with pytest.raises(FunctionTimeoutError, match=r"Timeout value of 0\.2s exceeded"):
         await invoker.invoke(spec, object(), reason="test")
     await asyncio.wait_for(invoker.wait_idle(), 2)
     assert state == {"cancelled": True}

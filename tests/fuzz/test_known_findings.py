@@ -13,6 +13,7 @@ import pytest
 from . import known_findings
 from .known_findings import Body, KnownFinding, match
 
+
 # -- the 500s: what each one suspects, and its repair --------------------------------------------------------------
 def _unresolvable_webhook_host(body: Body) -> Body | None:
     url = body.get("webhook_url")
@@ -47,7 +48,7 @@ def _query_position_ignored_beside_last_event_id(failure: Any, case: Any, respon
     return response.status_code == 200 and header_is_valid and names_query
 
 def _position_not_a_plain_integer_accepted(failure: Any, case: Any, response: Any) -> bool:
-    """A position that is not a plain integer but that int() parses ("+3", "1_0", " 3", "３"), or an empty query."""
+    """A position that is not a plain integer but that int() parses ("+3", "1_0", " 3", "３"), or an empty query."""  # noqa: RUF002 - the full-width digit is the point
     message = str(getattr(failure, "message", ""))
     headers = {k.lower(): v for k, v in (case.headers or {}).items()}
     if "parameter `Last-Event-ID` in header" in message:

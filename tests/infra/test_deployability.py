@@ -7,8 +7,19 @@ import re
 
 import pytest
 
-from .bicep_model import (INFRA, MAIN, ROLES, app_settings, assignments_to, body, decorators, function_app,
-                          module_calls, parse, resources)
+from .bicep_model import (
+    INFRA,
+    MAIN,
+    ROLES,
+    app_settings,
+    assignments_to,
+    body,
+    decorators,
+    function_app,
+    module_calls,
+    parse,
+    resources,
+)
 
 README = (INFRA / "README.md").read_text(encoding="utf-8")
 PARAMETERS_FILE = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]

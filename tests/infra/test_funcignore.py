@@ -56,7 +56,7 @@ def _module_file(dotted: str) -> Path | None:
 def _imported_names(path: Path) -> set[str]:
     """Dotted names a module imports, relative imports resolved against its package."""
     rel = path.relative_to(REPO).with_suffix("")
-    package = list(rel.parts[:-1]) if rel.name != "__init__" else list(rel.parts[:-1])
+    package = list(rel.parts[:-1])  # a module and a package's __init__ resolve against the same folder
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import pairwise
 
 from .bicep_model import INFRA, app_settings, child_names, parse
 
@@ -47,7 +48,7 @@ def test_the_smoke_test_runs_the_checked_script_and_its_curls_show_what_they_cla
     assert "export SMOKE_API_KEY=" in section and "export SMOKE_FUNCTION_KEY=" in section
     lines = re.sub(r"\\\n\s*", " ", section).splitlines()  # one line per command
     shown = 0
-    for before, line in zip(lines, lines[1:]):
+    for before, line in pairwise(lines):
         # A status line or a header claimed for a curl (in its comment, or the comment line after it) needs -i.
         claim = before.startswith("curl") and (re.search(r"#.*(202|Location:)", before) or line.startswith("# HTTP/"))
         if claim:

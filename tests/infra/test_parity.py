@@ -21,9 +21,22 @@ import pytest
 
 from shared import settings as service_settings
 
-from .bicep_model import (INFRA, resources, MAIN, REPO, ROLES, INTERPOLATION, app_settings, body, child_names,
-                          deployed_python_files, function_app, imported_modules, module_calls, parse,
-                          role_assignments)
+from .bicep_model import (
+    INFRA,
+    MAIN,
+    REPO,
+    ROLES,
+    app_settings,
+    body,
+    child_names,
+    deployed_python_files,
+    function_app,
+    imported_modules,
+    module_calls,
+    parse,
+    resources,
+    role_assignments,
+)
 
 KEY_VAULT_REFERENCE = re.compile(r"^@Microsoft\.KeyVault\(SecretUri=\$\{(\w+)\}\)$")
 
@@ -204,7 +217,7 @@ def _touched_planes() -> dict[str, tuple[set[str], str, list[str]]]:
             if found:
                 plane, roles, scope = found
                 planes.setdefault(plane, (roles, scope, []))[2].append(f"{path.relative_to(REPO)}: {module}")
-            elif (module.startswith("azure.") or module.startswith("azure_")) and not module.startswith(NO_DATA_PLANE):
+            elif module.startswith(("azure.", "azure_")) and not module.startswith(NO_DATA_PLANE):
                 unmapped.append(f"{path.relative_to(REPO)}: {module}")
     assert not unmapped, ("Azure SDK imports with no data-plane role mapping; add them to DATA_PLANES in "
                           f"tests/infra/test_parity.py and the role to infra/app/rbac.bicep: {sorted(set(unmapped))}")

@@ -13,8 +13,20 @@ import pytest
 
 from infra.hooks import provider_webhook as hook
 
-from .bicep_model import (INFRA, MAIN, REPO, ROLES, app_settings, assignments_to, body, decorators, module_calls,
-                          parse, resources, variables)
+from .bicep_model import (
+    INFRA,
+    MAIN,
+    REPO,
+    ROLES,
+    app_settings,
+    assignments_to,
+    body,
+    decorators,
+    module_calls,
+    parse,
+    resources,
+    variables,
+)
 
 PARAMETERS = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
 README = (INFRA / "README.md").read_text(encoding="utf-8")

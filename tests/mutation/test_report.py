@@ -23,7 +23,7 @@ def test_a_key_names_the_function_and_the_change_not_mutmuts_number():
     (first,) = keys([mutant(3, "survived")])
     (renumbered,) = keys([mutant(7, "survived")])
     assert first == renumbered and first.startswith("shared.runs.x.Store.save@")
-    assert list(keys([Mutant("shared.runs.x.x_helper__mutmut_1", "survived", ("+x",))]))[0].startswith(
+    assert next(iter(keys([Mutant("shared.runs.x.x_helper__mutmut_1", "survived", ("+x",))]))).startswith(
         "shared.runs.x.helper@")
     twins = keys([mutant(1, "survived"), mutant(2, "survived")])
     assert sorted(twins) == [first, first + "#2"]

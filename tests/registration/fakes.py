@@ -3,7 +3,7 @@ and the app's side in Azure (Key Vault secret through ARM, app setting). They re
 assert that a second run wrote nothing."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from infra.hooks.provider_webhook import RegistrationError
 

@@ -388,7 +388,7 @@ def test_the_app_url_must_be_provisioned_and_https(emu, receiver):
     with pytest.raises(hook.RegistrationError, match="must be https"):
         hook.endpoint_url(values)
     assert hook.endpoint_url(values, allow_http=True).endswith("/api/provider/webhooks")
-    with pytest.raises(hook.RegistrationError, match="AZURE_KEY_VAULT_NAME.*azd provision"):
+    with pytest.raises(hook.RegistrationError, match=r"AZURE_KEY_VAULT_NAME.*azd provision"):
         hook.endpoint_url({**values, "AZURE_KEY_VAULT_NAME": ""})
 
 

@@ -67,7 +67,8 @@ def test_a_token_from_another_key_reads_nothing(stack):
     run = stack.start("x", metadata={"emulator_duration_ms": "0"}).json()
     forged = TokenCodec(b"not-the-service-key-but-long-enough-xx").encode(run["id"])
     response = stack.post("/api/runs", {"continuation_token": forged})
-    assert response.status_code == 400
+    assert response.status_code == 400 and run["id"] not in response.text  # nothing of the run leaks
+    assert response.json()["error"]["code"] == "invalid_token", response.text
 
 
 def test_bad_stream_positions_and_foreign_tokens_are_400(stack):
@@ -80,9 +81,12 @@ def test_bad_stream_positions_and_foreign_tokens_are_400(stack):
 
 
 def test_session_creation_rejects_unknown_fields_and_unknown_sessions(stack):
-    assert stack.post("/api/sessions", {"name": "x"}).status_code == 400
+    unknown_field = stack.post("/api/sessions", {"name": "x"})
+    assert unknown_field.status_code == 400 and unknown_field.json()["error"]["param"] == "name", unknown_field.text
+    before = run_count(stack)
     response = stack.start("x", session_id="sess_doesnotexist")
-    assert response.status_code == 404
+    assert response.status_code == 404 and "sess_doesnotexist" in response.json()["error"]["message"], response.text
+    assert run_count(stack) == before  # a refused start leaves no run
 
 
 def test_provider_unavailable_is_503_with_retry_after_and_no_run(stack):

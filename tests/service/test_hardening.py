@@ -42,7 +42,7 @@ def stream_until_cancelled(stack, **metadata):
             events.append(event)
             if len(events) == 4:  # cancel from another connection while this one keeps reading
                 run_id = events[0].data["run_id"]
-                threading.Thread(target=lambda: stack.post(f"/api/runs/{run_id}/cancel")).start()
+                threading.Thread(target=stack.post, args=(f"/api/runs/{run_id}/cancel",)).start()
     return events
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 
 import standardwebhooks
 
@@ -33,7 +34,11 @@ def test_a_finished_run_is_posted_signed_with_the_run(stack):
     assert event["data"]["id"] == run["id"] and event["data"]["output_text"] == final["output_text"]
     assert len(delivery["headers"]["webhook-signature"].split()) == 2
     [attempt] = final["webhook"]["attempts"]
-    assert attempt["ok"] and attempt["status_code"] == 204 and attempt["duration_ms"] >= 0
+    assert attempt["ok"] and attempt["status_code"] == 204 and attempt["error"] is None
+    # Sent after the run ended, and timed in whole ms (the local receiver answers at once).
+    sent_at = datetime.fromisoformat(attempt["at"].replace("Z", "+00:00")).timestamp()
+    assert final["completed_at"] - 0.001 <= sent_at <= time.time()
+    assert isinstance(attempt["duration_ms"], int) and 0 <= attempt["duration_ms"] < 10_000, attempt
 
 
 def test_a_receiver_failing_twice_gets_three_attempts_with_one_webhook_id(stack):
@@ -82,9 +87,12 @@ def test_a_redirect_is_not_followed(stack):
 
 def test_redeliver_needs_a_finished_run_with_a_webhook(stack):
     plain = stack.start("x", metadata={"emulator_duration_ms": "0"}).json()
-    assert stack.post(f"/api/runs/{plain['id']}/webhook/redeliver").status_code == 400
+    refused = stack.post(f"/api/runs/{plain['id']}/webhook/redeliver")
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "no_webhook", refused.text
     running = stack.start("x", webhook_url=stack.hook_url("later"), metadata={"emulator_duration_ms": "5000"}).json()
-    assert stack.post(f"/api/runs/{running['id']}/webhook/redeliver").status_code == 409
+    early = stack.post(f"/api/runs/{running['id']}/webhook/redeliver")
+    assert early.status_code == 409 and early.json()["error"]["code"] == "run_not_finished", early.text
+    assert stack.get(f"/api/runs/{running['id']}").json()["webhook"]["attempts"] == []  # nothing was sent
 
 
 def test_a_host_killed_during_delivery_still_delivers_after_restart(stack):

@@ -23,9 +23,10 @@ import functools
 import inspect
 import itertools
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -33,9 +34,9 @@ from azure.data.tables import TableTransactionError, UpdateMode
 
 from shared import clock
 from shared.composition import Services, build
-from shared.provider import ProviderError, ProviderState, StartedResponse
 from shared.executor.chat_translation import ChatTranslator, chat_params
 from shared.executor.model_request import ModelRequest
+from shared.provider import ProviderError, ProviderState, StartedResponse
 from shared.settings import Settings
 
 _ETAGS = itertools.count(1)
@@ -386,8 +387,9 @@ def _chunk(content: str | None = None, call: dict | None = None, finish: str | N
 class FakeModel:
     """The executor's direct call, scripted. `scripts` holds one script per call, in order (the last one is
     reused); a script is a list of steps: a str is a text chunk, a dict a tool-call chunk (`name`, `id`,
-    `arguments`, `index`), a ProviderError is raised, an asyncio.Event is waited for, a float is slept, ("finish", reason) ends
-    with that finish reason (default: "stop" after the last step), ("fail", message) is an in-stream error."""
+    `arguments`, `index`), a ProviderError is raised, an asyncio.Event is waited for, a float is slept,
+    ("finish", reason) ends with that finish reason (default: "stop" after the last step), ("fail", message) is an
+    in-stream error."""
 
     def __init__(self) -> None:
         self.scripts: list[list[Any]] = [["Hello", " world"]]
@@ -580,7 +582,7 @@ class Steps:
         finally:
             self._armed = False
 
-    def wrap_world(self, w: "World") -> None:
+    def wrap_world(self, w: World) -> None:
         for name, table in w.tables.items():
             self._wrap(table, name)
         for label, part in (("blobs", w.blobs), ("poll_queue", w.poll_queue), ("webhook_queue", w.webhook_queue),

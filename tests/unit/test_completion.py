@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from standardwebhooks import Webhook
@@ -21,7 +21,7 @@ OLD_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 def signed(event: dict, *, secret: str = SECRET, webhook_id: str = "wh_1", age: float = 0.0) -> tuple[bytes, dict]:
     body = json.dumps(event)
-    when = datetime.fromtimestamp(int(datetime.now(timezone.utc).timestamp() - age), tz=timezone.utc)
+    when = datetime.fromtimestamp(int(datetime.now(UTC).timestamp() - age), tz=UTC)
     return body.encode(), {"webhook-id": webhook_id, "webhook-timestamp": str(int(when.timestamp())),
                            "webhook-signature": Webhook(secret).sign(webhook_id, when, body)}
 
@@ -37,7 +37,7 @@ async def pushed_run(monkeypatch, **fields):
 
 
 async def test_push_is_the_default_with_a_secret_and_polls_only_as_a_slow_safety_net(monkeypatch):
-    w, run = await pushed_run(monkeypatch)
+    w, _ = await pushed_run(monkeypatch)
     assert w.settings.completion.strategy == "push"
     assert 24 <= w.poll_queue.sent[-1].delay <= 36  # SAFETY_POLL_INITIAL_SECONDS, not the 1 s of polling
 
@@ -91,7 +91,7 @@ async def test_bad_deliveries_are_refused_without_side_effects(monkeypatch, case
 
 
 def _signed_raw(body: bytes) -> tuple[bytes, dict]:
-    when = datetime.now(timezone.utc).replace(microsecond=0)
+    when = datetime.now(UTC).replace(microsecond=0)
     return body, {"webhook-id": "wh_raw", "webhook-timestamp": str(int(when.timestamp())),
                   "webhook-signature": Webhook(SECRET).sign("wh_raw", when, body.decode())}
 
@@ -103,6 +103,7 @@ async def test_events_for_responses_that_are_not_ours_or_not_ends_are_acknowledg
     body, headers = signed({"type": "batch.completed", "data": {"id": "batch_1"}}, webhook_id="wh_2")
     assert await w.services.provider_events.receive(body, headers) == "ignored"
     assert not [k for k in w.index.rows if k[0].startswith("seen-")] and w.backend.count("observe") == 0
+    assert (await w.run(run.id)).status == run.status  # our own run went on untouched
 
 
 async def test_a_provider_hiccup_releases_the_event_so_the_providers_retry_is_handled(monkeypatch):

@@ -8,6 +8,8 @@ completion right before that step, and the other operation goes on.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from shared.runs.requests import RunRequest
@@ -76,6 +78,11 @@ async def steps_of(w, operation) -> list[str]:
     return steps.names
 
 
+async def delete_the_only_run(w, deleted: list) -> None:
+    run_id = next(key[0] for key in w.runs.rows)
+    deleted.append(await w.services.deleter.delete(run_id))
+
+
 async def interleaved(w, operation, at: int, other):
     """`operation`, with `other` run to completion right before its step number `at`."""
     racing = Steps(at, pause=other)
@@ -92,7 +99,7 @@ async def test_a_delete_racing_the_runs_end_at_any_step_leaves_no_ghost(monkeypa
     assert "runs.update_entity" in names  # the terminal save, then the follow-ups
     for at, name in enumerate(names):
         w, run = await ending_run(monkeypatch, **env)
-        await interleaved(w, w.drain_polls, at, lambda: w.services.deleter.delete(run.id))
+        await interleaved(w, w.drain_polls, at, partial(w.services.deleter.delete, run.id))
         await assert_gone(w, run.id, run.response_id, f"DELETE before step {at} of the end ({name})")
 
 
@@ -101,7 +108,7 @@ async def test_an_end_racing_a_delete_at_any_step_leaves_no_ghost(monkeypatch):
     names = await steps_of(w, lambda: w.services.deleter.delete(run.id))
     for at, name in enumerate(names):
         w, run = await ending_run(monkeypatch)
-        await interleaved(w, lambda: w.services.deleter.delete(run.id), at, w.drain_polls)
+        await interleaved(w, partial(w.services.deleter.delete, run.id), at, w.drain_polls)
         await assert_gone(w, run.id, run.response_id, f"the end before step {at} of the DELETE ({name})")
 
 
@@ -118,13 +125,8 @@ async def test_a_delete_during_the_start_takes_the_provider_response_too(monkeyp
     recorded = names.index("runs.create_entity") + 1  # from then on a DELETE can find the run
     for at, name in list(enumerate(names))[recorded:]:
         w, session = await fresh()
-        deleted = []
-
-        async def delete():
-            run_id = next(key[0] for key in w.runs.rows)
-            deleted.append(await w.services.deleter.delete(run_id))
-
-        await interleaved(w, lambda: a_run(w, session), at, delete)
+        deleted: list = []
+        await interleaved(w, partial(a_run, w, session), at, partial(delete_the_only_run, w, deleted))
         where = f"DELETE before step {at} of the start ({name})"
         (run_id,) = deleted
         assert not w.backend.responses, where  # created, then cancelled and deleted

@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from shared.provider import ProviderError
 from shared.executor.attempts import Executor, Timings
 from shared.executor.backend import executor_response_id
+from shared.provider import ProviderError
 from shared.runs.requests import RunRequest
 from shared.runs.results import failure_result
 
@@ -207,7 +207,8 @@ async def test_a_run_waiting_in_the_queue_for_its_first_attempt_is_not_queued_ag
     w.clock.advance(300)
     assert await w.drain_polls(limit=1) == ["pending"]
     assert len(w.execute_queue.sent) == 2  # that long: its message was lost; queue it again
-    assert run.id
+    assert [s.message for s in w.execute_queue.sent] == [{"run_id": run.id}] * 2
+    assert w.execute_queue.sent[1].at == w.clock.now  # queued again by this step, not earlier
 
 
 # -- retries and cuts ------------------------------------------------------------------------------------------------

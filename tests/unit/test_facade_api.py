@@ -36,6 +36,7 @@ def test_every_sdk_parameter_is_passed_through_handled_or_refused():
     import inspect
 
     from openai.resources.responses.responses import Responses
+
     from shared.api.responses_requests import HANDLED, REFUSED
 
     sdk = set(inspect.signature(Responses.create).parameters) - {"self", "extra_headers", "extra_query",

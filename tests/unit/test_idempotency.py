@@ -155,7 +155,7 @@ async def test_an_expired_claim_taken_over_by_two_starts_at_once_goes_to_one(clo
     async def the_other_start_takes_it_first():
         table.before.pop("update_entity")
         other = await IdempotencyStore(table).claim("key-1", BODY, "run_other")
-        assert other.is_new
+        assert (other.run_id, other.is_new) == ("run_other", True)
 
     table.before["update_entity"] = the_other_start_takes_it_first
     mine = await store.claim("key-1", BODY, "run_mine")

@@ -2,6 +2,8 @@
 the run's trace context carried to its webhook."""
 from __future__ import annotations
 
+from datetime import UTC
+
 from shared import telemetry
 from shared.runs.index import RunIndex
 from shared.runs.lifecycle import RunLifecycle
@@ -41,9 +43,9 @@ def expiry_day(w, kind: str, ident: str) -> str:
 
 
 def day_of(at: float) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return "expires-" + datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y%m%d")
+    return "expires-" + datetime.fromtimestamp(at, tz=UTC).strftime("%Y%m%d")
 
 
 async def test_a_finish_that_loses_to_another_ending_returns_the_winners_run(monkeypatch):

@@ -42,6 +42,20 @@ def test_make_test_installs_the_test_tools_on_top():
     assert _commands("test-tools").count("pip install") >= 2  # the dev venv and checkov's, listed in TEST_TOOLS
 
 
+def test_make_test_runs_the_linters_before_the_suite():
+    commands = _commands("test").splitlines()
+    checks = ["-m ruff check .", "-m ruff format --check .", "-m mypy", "-m pytest"]
+    at = [next((i for i, line in enumerate(commands) if line.endswith(check)), None) for check in checks]
+    assert None not in at and at == sorted(at), dict(zip(checks, at, strict=True))
+
+
+def test_make_unit_runs_only_folders_that_start_no_stack():
+    (command,) = [line for line in _commands("unit").splitlines() if "-m pytest" in line]
+    paths = command.split("-m pytest -q ", 1)[1].split()
+    assert paths[0] == "tests/unit" and all((REPO / path).exists() for path in paths), paths
+    assert not {"tests/service", "tests/facade", "tests/browser", "tests/chaos"} & set(paths)
+
+
 # ---- what requirements-local.txt installs covers what make run imports --------------------------------------------
 
 def _requirements(path: Path) -> list[Requirement]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared.errors import UpstreamError
 from shared.provider import ProviderError
 from shared.runs.poll_chain import Backoff
 from shared.runs.polling import EarlyMessage
@@ -38,7 +39,7 @@ async def test_a_pending_run_is_polled_again_with_backoff_and_its_status_kept(mo
 
 async def test_stale_and_duplicate_messages_do_nothing(monkeypatch):
     w = world(monkeypatch)
-    run = await started(w)
+    await started(w)
     message = w.poll_queue.take()[0]
     assert await w.services.poll_step.handle(message) == "pending"
     assert await w.services.poll_step.handle(message) == "stale"  # the duplicate of a handled message
@@ -310,7 +311,7 @@ async def test_a_step_that_loses_only_to_a_timeline_note_keeps_the_note_and_its_
     async def a_refused_cancel_notes_the_run_first():
         w.runs.before.pop("update_entity")
         w.backend.fail["cancel"] = [ProviderError(transient=False, status=403, message="no")]
-        with pytest.raises(Exception):
+        with pytest.raises(UpstreamError, match=r"refused to cancel the run \(403\)"):
             await w.services.canceller.cancel(run.id)
 
     w.runs.before["update_entity"] = a_refused_cancel_notes_the_run_first

@@ -9,9 +9,9 @@ import openai
 import pytest
 
 from shared.errors import UpstreamError
-from shared.provider import ProviderError
 from shared.executor.model_request import failed_event
 from shared.executor.responses_passthrough import ResponsesRelabeller
+from shared.provider import ProviderError
 from shared.provider.errors import classify
 from shared.redaction import REDACTED, redact
 from shared.runs.requests import RunRequest

@@ -1,5 +1,6 @@
-import pytest
 from types import SimpleNamespace
+
+import pytest
 
 from shared.runs.poll_chain import Backoff
 from shared.runs.results import result_from_response

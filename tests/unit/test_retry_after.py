@@ -1,7 +1,7 @@
 """Retry-After from providers and receivers: what is usable is used, anything else is ignored."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import openai
@@ -14,7 +14,7 @@ from shared.retry_after import parse_retry_after, retry_after_from_headers
 @pytest.mark.parametrize("value,seconds", [("7", 7.0), ("0", 0.0), ("Wed, 21 Oct 2015 07:28:30 GMT", 0.0),
                                            ("Wed, 21 Oct 2015 07:29:00 GMT", 30.0), ("999999999", 86400.0)])
 def test_usable_values(value, seconds):
-    assert parse_retry_after(value, now=datetime(2015, 10, 21, 7, 28, 30, tzinfo=timezone.utc)) == seconds
+    assert parse_retry_after(value, now=datetime(2015, 10, 21, 7, 28, 30, tzinfo=UTC)) == seconds
 
 
 @pytest.mark.parametrize("value", ["soon", "120s", "-5", "1.5", "", None, "Wed, 99 Foo", "\x00"])

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from shared.errors import InvalidRequest, PayloadTooLarge
 from shared.api.bodies import parse_json_body
 from shared.api.run_requests import parse_run_body
+from shared.errors import InvalidRequest, PayloadTooLarge
 
 
 def test_a_full_request_parses():

@@ -34,7 +34,7 @@ def run_with(request=None, result=None) -> Run:
 async def test_an_emoji_heavy_input_and_output_are_stored_and_read_back_exactly():
     # The defect: 29,000 emoji are 29,000 Python characters (under the old 30,000-character cut) but
     # 116,000 bytes of UTF-16: Table Storage refused the entity, and the start answered 503.
-    store, table, blobs = store_and_tables()
+    store, table, _ = store_and_tables()
     text = EMOJI * 29_000
     run = await store.create(run_with(request={"input": text}))
     entity = table.entity("run_1", "run")
@@ -72,10 +72,13 @@ async def test_reads_load_the_result_and_request_only_when_asked():
 
 
 async def test_a_save_that_loses_a_race_leaves_the_winners_result_intact():
-    store, table, blobs = store_and_tables()
+    store, _, blobs = store_and_tables()
     await store.create(run_with())
     ours, theirs = await store.get("run_1"), await store.get("run_1")
-    big = lambda text: {"output": [{"type": "message", "content": [{"type": "output_text", "text": text * 40_000}]}]}
+
+    def big(text: str) -> dict:
+        return {"output": [{"type": "message", "content": [{"type": "output_text", "text": text * 40_000}]}]}
+
     theirs.status, theirs.result = "cancelled", big("t")
     await store.save(theirs)
     ours.status, ours.result = "completed", big("o")

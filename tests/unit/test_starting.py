@@ -47,7 +47,8 @@ async def test_a_session_reservation_left_by_a_dead_start_is_taken_over_after_th
         await w.services.starter.start(RunRequest(input="x", session_id=session.id))
     w.clock.advance(w.services.starter.start_grace + 1)
     run = (await w.services.starter.start(RunRequest(input="x", session_id=session.id))).run
-    assert run.is_active
+    assert run.is_active and run.session_id == session.id
+    assert (await w.tables["sessions"].get_entity(session.id, "session"))["active_run_id"] == run.id
 
 
 async def test_a_session_whose_run_ended_without_advancing_is_repaired_by_the_next_start(monkeypatch):
@@ -67,7 +68,7 @@ async def test_a_refused_start_leaves_nothing_behind(monkeypatch):
     with pytest.raises(Unavailable) as refused:
         await w.services.starter.start(RunRequest(input="x", session_id=session.id), idempotency_key="k1")
     assert refused.value.retry_after == 3
-    assert [k for k in w.runs.rows] == [] and w.index.entity("open", "x") is None
+    assert list(w.runs.rows) == [] and w.index.entity("open", "x") is None
     assert not [k for k in w.index.rows if k[0] == "open"]
     assert (await w.services.reader.session(session.id))[0].active_run_id is None
     assert not w.tables["idempotency"].rows  # the key is free again

@@ -277,3 +277,14 @@ async def test_a_failing_pass_waits_for_the_other_repairs_before_it_fails(monkey
     with pytest.raises(ServiceRequestError):
         await w.services.sweeper.sweep()
     assert saves == 2  # both other repairs were saved before the pass failed
+
+
+async def test_an_accepted_run_with_no_poll_due_gets_its_chain_restarted(monkeypatch):
+    # The defect: the log line subtracted a missing next_poll_at, so the sweeper failed on such a run every pass.
+    w = world(monkeypatch)
+    run = await start(w)
+    w.poll_queue.take()
+    await w.runs.update_entity({"PartitionKey": run.id, "RowKey": "run", "next_poll_at": None})
+    w.clock.advance(w.settings.sweep_grace + 1)
+    assert (await w.services.sweeper.sweep()) == {"open": 1, "polls": 1}
+    assert [s.delay for s in w.poll_queue.sent] == [0]

@@ -104,5 +104,5 @@ def test_tokens_are_accepted_up_to_512_characters_even_when_signed():
 
 
 def test_a_codec_needs_a_key():
-    with pytest.raises(ValueError, match="^a TokenCodec needs at least one key$"):
+    with pytest.raises(ValueError, match=r"^a TokenCodec needs at least one key$"):
         TokenCodec(())

@@ -9,9 +9,8 @@ import httpx
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from shared.webhooks import Attempt, WebhookSender, check_url, parse_retry_after, resolve_and_vet
-
 from local.webhook_receiver import WebhookReceiver
+from shared.webhooks import Attempt, WebhookSender, check_url, parse_retry_after, resolve_and_vet
 
 from .conftest import fixed_resolver, make_secret
 from .tls import make_tls

@@ -15,7 +15,7 @@ def test_terminal_statuses_map_to_run_events(status):
 
 @pytest.mark.parametrize("status", ["queued", "in_progress", ""])
 def test_non_terminal_statuses_have_no_event(status):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"^no webhook event for run status '{status}'$"):
         event_type_for(status)
 
 
@@ -29,7 +29,7 @@ def test_payload_is_compact_json_with_utc_timestamp():
 
 
 def test_payload_rejects_naive_timestamps_and_unknown_status():
-    with pytest.raises(ValueError):
-        build_payload({"status": "completed"}, dt.datetime(2030, 1, 1))
-    with pytest.raises(ValueError):
-        build_payload({"status": "queued"}, dt.datetime.now(dt.timezone.utc))
+    with pytest.raises(ValueError, match="timestamp must be timezone-aware"):
+        build_payload({"status": "completed"}, dt.datetime(2030, 1, 1))  # noqa: DTZ001 - the naive time under test
+    with pytest.raises(ValueError, match="no webhook event for run status 'queued'"):
+        build_payload({"status": "queued"}, dt.datetime.now(dt.UTC))

@@ -12,7 +12,7 @@ SCHEDULE = parse_schedule("0,5,300,1800,7200,18000,36000,36000")
 def test_parse_schedule():
     assert SCHEDULE[:3] == (0.0, 5.0, 300.0) and len(SCHEDULE) == 8
     for bad in ["", "1,-2", "a,b"]:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"^bad retry schedule '{bad}'$"):
             parse_schedule(bad)
 
 
@@ -21,7 +21,7 @@ def test_first_attempt_is_immediate_and_exhaustion_returns_none():
     assert next_delay(7, SCHEDULE) is not None
     assert next_delay(8, SCHEDULE) is None
     assert next_delay(8, SCHEDULE, retry_after=60) is None  # Retry-After never adds attempts
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="attempt_number must be >= 0"):
         next_delay(-1, SCHEDULE)
 
 

@@ -1,4 +1,4 @@
-import azure.functions as func  # noqa: F401  (no FunctionApp instance at module level)
+import azure.functions as func  # used by make_app(): no FunctionApp instance at module level
 
 
 def make_app():
