@@ -39,6 +39,7 @@ from .runs.reading import RunReader
 from .runs.relay import RelayFactory
 from .runs.retention import RetentionPurger
 from .runs.sessions import SessionStore
+from .runs.admission import AdmissionRules, RunAdmission
 from .runs.starting import RunStarter, StartRules
 from .runs.store import RunStore
 from .runs.sweeping import Sweeper
@@ -133,8 +134,10 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
                        remember_responses=settings.completion.strategy == "push")
     webhook_urls = WebhookUrls(enabled=bool(settings.webhook_secrets), allow_http=settings.webhook_allow_http,
                                allow_private=settings.webhook_allow_private)
+    admission = RunAdmission(AdmissionRules(settings.admission_max_wait, rules.start_grace, rules.create_streaming,
+                                            rules.remember_responses), store, router, index, scheduler, backoff, ending)
     starter = RunStarter(rules, store, sessions, idempotency, index, router, webhook_urls, scheduler, chain_backoff,
-                         ending, lifecycle)
+                         ending, lifecycle, admission)
     canceller = RunCanceller(reader, router, ending, store)
     lister = RunLister(index, store)
     secrets = settings.completion.provider_webhook_secrets
@@ -151,7 +154,8 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
         limits=RequestLimits(max_request_bytes=settings.max_request_bytes, max_prefer_wait=settings.max_prefer_wait,
                              facade_max_wait=settings.facade.max_wait_seconds),
         health=HealthCheck(configuration(settings), storage.runs),
-        poll_step=PollStep(store, observer, router, ending, scheduler, chain_backoff, retry_backoff=backoff),
+        poll_step=PollStep(store, observer, router, ending, scheduler, chain_backoff, retry_backoff=backoff,
+                           admission=admission),
         executor=Executor(store, events, ending, model, settings.executor),
         outbox=outbox,
         provider_events=inbox,

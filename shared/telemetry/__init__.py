@@ -7,12 +7,12 @@ these names only; see `steps` for how a run's trace is put together and `setup` 
 from .calls import TracedBackend, WebhookAttempt, storage_response_hook
 from .setup import configure, disable, flush, targets, use
 from .state import enabled
-from .steps import (annotate, bind_run, consumed, current, finished, finishing, http_entry, incoming_request,
+from .steps import (annotate, bind_run, capacity, consumed, current, finished, finishing, http_entry, incoming_request,
                     message_fields, record, run_created, run_step, step_name, timed)
 from .timeline import Timeline
 
 __all__ = ["TracedBackend", "WebhookAttempt", "storage_response_hook", "configure", "disable", "enabled", "flush",
-           "targets", "use", "annotate", "bind_run", "consumed", "current", "finished", "finishing", "http_entry",
+           "targets", "use", "annotate", "bind_run", "capacity", "consumed", "current", "finished", "finishing", "http_entry",
            "incoming_request", "message_fields", "record", "run_created", "run_step", "step_name", "timed",
            "Timeline", "webhook_attempt", "traced_backend"]
 
