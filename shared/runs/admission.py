@@ -18,8 +18,8 @@ the run, `bg_run_id`.)
 While it waits, a queued run is an open run like any other: it holds its session, its deadline counts from its
 acceptance, a cancel ends it here without a provider call, a lost message or a crashed host is repaired by the
 sweeper (it restarts the chain, and so the tries), and it ends through runs.ending. It may wait at most
-ADMISSION_MAX_WAIT_SECONDS; then it ends `failed` with `capacity_wait_exceeded`. Streaming starts are not queued
-(their caller holds the stream): they get the 503 with Retry-After as before.
+ADMISSION_MAX_WAIT_SECONDS; then it ends `failed` with `capacity_wait_exceeded`. A streaming start is queued too:
+its stream opens at once and shows the wait (runs.relay), then follows the response once the provider took it.
 """
 from __future__ import annotations
 
@@ -75,9 +75,9 @@ class RunAdmission:
         self._backoff = backoff
         self._ending = ending
 
-    def admits(self, error: ProviderError, *, stream: bool) -> bool:
+    def admits(self, error: ProviderError) -> bool:
         """Whether a start refused with `error` is queued rather than refused."""
-        return self._rules.max_wait > 0 and not stream and proves_nothing_created(error)
+        return self._rules.max_wait > 0 and proves_nothing_created(error)
 
     async def queue(self, run: Run, error: ProviderError) -> Run:
         """Queue the starting run (recorded, its first create refused with `error`): returns it as it now stands
@@ -112,7 +112,8 @@ class RunAdmission:
         if not await self._claim(full):
             return AdmissionOutcome.STALE
         try:
-            started = await self._backend.start(full.request, stream=self._rules.create_streaming)
+            # A streamed run's response is created streaming, so that its caller's stream can follow it.
+            started = await self._backend.start(full.request, stream=full.stream or self._rules.create_streaming)
         except ProviderError as error:
             return await self._refused(full, error)
         if started.events is not None:

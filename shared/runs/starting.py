@@ -168,7 +168,7 @@ class RunStarter:
         try:  # the poll chain can only watch a response created streaming
             started = await self._backend.start(params, stream=request.stream or self._rules.create_streaming)
         except ProviderError as error:
-            if self._admission is not None and self._admission.admits(error, stream=request.stream):
+            if self._admission is not None and self._admission.admits(error):
                 return await self._admission.queue(run, error), None
             raise _start_error(error) from None
         attempt.response_id = run.response_id = started.state.response_id

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from local.azurite import start_for_tests
+from tests import sse
 from tests.stack import FACADE_KEYS
 
 QUICK = {"emulator_duration_ms": "300", "emulator_output_chars": "40"}
@@ -163,3 +164,42 @@ def test_the_wait_is_bounded(stack, quota, bounded_host):
     assert final["status"] == "failed" and final["error"]["code"] == "capacity_wait_exceeded"
     assert 3 <= final["completed_at"] - final["created_at"] < 3 + 15
     assert stack.provider_responses(run["id"]) == []
+
+
+def test_a_streaming_start_shows_the_wait_then_the_providers_events(stack, quota):
+    model = full(stack, quota, "adm-stream", 5.0)
+    events = sse.read(stack.client, "POST", "/api/runs",
+                      json={"input": "hi", "model": model, "stream": True, "metadata": QUICK})
+    assert events[0].event == "run.status" and events[0].data["status"] == "queued" and events[0].id is None
+    provider = [e for e in events if e.id is not None]
+    assert provider[0].event == "run.created" and provider[0].id == 0  # the provider's stream, from its start
+    assert events[-1].event == "run.completed"
+    run_id = events[-1].data["run_id"]
+    assert "".join(e.delta for e in events) == stack.get(f"/api/runs/{run_id}").json()["output_text"]
+    assert len(stack.provider_responses(run_id)) == 1
+
+
+def test_a_facade_stream_waits_then_streams_the_response(stack, quota):
+    model = full(stack, quota, "adm-facade-stream", 5.0)
+    with openai.OpenAI(base_url=f"{stack.host.base_url}/api/v1", api_key=FACADE_KEYS["alice"], max_retries=0) as sdk:
+        events = list(sdk.responses.create(model=model, input="hi", stream=True, metadata=QUICK))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    final = events[-1].response
+    assert final.id.startswith("run_") and final.output_text
+    assert len(stack.provider_responses(final.id)) == 1
+    assert stack.get(f"/api/runs/{final.id}").json()["admission"]["state"] == "granted"
+
+
+def test_a_facade_foreground_create_is_not_refused_while_the_provider_is_full(stack, quota):
+    # It waits up to RESPONSES_MAX_WAIT_SECONDS as any foreground create does (the wait for capacity included),
+    # then answers the response as it stands; on a loaded machine that may still be before it completed.
+    model = full(stack, quota, "adm-facade-wait", 1.0)
+    with openai.OpenAI(base_url=f"{stack.host.base_url}/api/v1", api_key=FACADE_KEYS["alice"], max_retries=0) as sdk:
+        response = sdk.responses.create(model=model, input="hi", metadata=QUICK)
+        deadline = time.monotonic() + 60
+        while response.status in ("queued", "in_progress") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            response = sdk.responses.retrieve(response.id)
+    assert response.status == "completed" and response.output_text
+    assert stack.get(f"/api/runs/{response.id}").json()["admission"]["attempts"] >= 2
+    assert len(stack.provider_responses(response.id)) == 1

@@ -191,17 +191,28 @@ async def test_the_wait_is_bounded(monkeypatch):
     assert 30 <= ended.completed_at - ended.admission.queued_at <= 31
 
 
-async def test_admission_off_or_a_streaming_start_refuses_as_before(monkeypatch):
+async def test_admission_off_refuses_as_before(monkeypatch):
     w = world(monkeypatch, ADMISSION_MAX_WAIT_SECONDS="0")
     w.backend.fail["start"] = busy()
     with pytest.raises(Unavailable) as refused:
         await w.services.starter.start(RunRequest(input="hi"))
     assert refused.value.retry_after == 7
-    w = world(monkeypatch)
-    w.backend.fail["start"] = busy()
-    with pytest.raises(Unavailable):
-        await w.services.starter.start(RunRequest(input="hi", stream=True))
     assert not w.runs.rows
+
+
+async def test_a_queued_streaming_start_is_created_streaming_when_granted(monkeypatch):
+    w = world(monkeypatch)
+    run = await queued(w, stream=True)
+    streamed = []
+    start = w.backend.start
+
+    async def noting(params, *, stream):
+        streamed.append(stream)
+        return await start(params, stream=stream)
+
+    w.backend.start = noting
+    assert await next_step(w) == "capacity-granted"
+    assert streamed == [True] and (await w.run(run.id)).response_id
 
 
 async def test_a_queued_run_holds_its_session_and_its_idempotency_key(monkeypatch):
