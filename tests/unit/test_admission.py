@@ -9,6 +9,7 @@ import pytest
 from shared.errors import Conflict, Unavailable, UpstreamError
 from shared.provider import ProviderError
 from shared.provider.errors import classify
+from shared.runs.index import RunIndex
 from shared.runs.requests import RunRequest
 
 from .fakes import world
@@ -230,3 +231,20 @@ async def test_a_queued_run_holds_its_session_and_its_idempotency_key(monkeypatc
     assert await next_step(w) == "completed"
     follow = (await w.services.starter.start(RunRequest(input="next", session_id=session.id))).run
     assert w.backend.responses[follow.response_id].params["previous_response_id"] == (await w.run(run.id)).response_id
+
+
+async def test_with_provider_webhooks_a_granted_run_is_found_by_its_response(monkeypatch):
+    w = world(monkeypatch, PROVIDER_WEBHOOK_SECRETS="whsec_" + "B" * 43)
+    run = await queued(w)
+    assert await next_step(w) == "capacity-granted"
+    response_id = (await w.run(run.id)).response_id
+    assert await RunIndex(w.index).run_for_response(response_id) == run.id  # the provider's events find it
+
+
+async def test_a_create_that_ends_at_once_ends_the_run(monkeypatch):
+    w = world(monkeypatch)
+    run = await queued(w, webhook_url="http://127.0.0.1:9/h")
+    w.backend.finish_at_once = True
+    assert await next_step(w) == "completed"
+    ended = await w.run(run.id)
+    assert ended.result["output_text"] == "done" and ended.admission.granted_at and w.sender.sent
