@@ -106,6 +106,23 @@ def test_insufficient_quota_fails_at_once(stack, quota):
     assert stack.provider_responses("whatever") == []
 
 
+def test_an_unclear_answer_to_a_later_try_ends_the_run_and_is_never_repeated(stack, quota):
+    model = full(stack, quota, "adm-unclear", 4.0)
+    run = start(stack, model).json()
+    assert run["status"] == "queued"
+    stack.emulator_config(fault_500_rate=1.0, fault_endpoints="create")  # did it create the response? unknown
+    try:
+        final = stack.wait(run["id"], timeout=60)
+        refused = stack.emulator.stats()["faults"]["500"]
+        time.sleep(3)
+        assert stack.emulator.stats()["faults"]["500"] == refused  # no try after the end
+    finally:
+        stack.emulator_config(fault_500_rate=0.0, fault_endpoints="create,retrieve,stream,cancel,delete,input_items")
+    assert final["status"] == "failed" and final["error"]["code"] == "start_interrupted"
+    assert "not repeated" in final["error"]["message"] and final["admission"]["attempts"] == 2
+    assert stack.provider_responses(run["id"]) == []
+
+
 def test_a_retried_start_of_a_queued_run_returns_the_same_run(stack, quota):
     model = full(stack, quota, "adm-idem", 5.0)
     headers = {"Idempotency-Key": f"adm-{time.time_ns()}"}
