@@ -7,9 +7,9 @@ client), so it can send keep-alive comments while idle, and end cleanly before t
 `reconnect` event.
 A run queued for provider capacity (runs.admission) is shown waiting (`run.status` events, keep-alives) until the
 provider takes it; then its stream is followed from the first event. Where the provider cannot stream the
-response (it was not created streaming, retention passed, a backend refuses) the relay falls back to the stored run and still ends with the final run. At the provider's
-terminal event the relay ends the run itself (runs.ending, as the poll chain does), so the final event carries
-the stored run.
+response (it was not created streaming, retention passed, a backend refuses) the relay falls back to the stored
+run and still ends with the final run. At the provider's terminal event the relay ends the run itself
+(runs.ending, as the poll chain does), so the final event carries the stored run.
 
 A run that ends without a provider terminal event (cancelled, expired, or served from the stored run) gets a
 final event of our own with the id FINAL_EVENT_ID, above any provider sequence number: resuming after it, as

@@ -12,8 +12,8 @@ from .steps import (annotate, bind_run, capacity, consumed, current, finished, f
 from .timeline import Timeline
 
 __all__ = ["TracedBackend", "WebhookAttempt", "storage_response_hook", "configure", "disable", "enabled", "flush",
-           "targets", "use", "annotate", "bind_run", "capacity", "consumed", "current", "finished", "finishing", "http_entry",
-           "incoming_request", "message_fields", "record", "run_created", "run_step", "step_name", "timed",
+           "targets", "use", "annotate", "bind_run", "capacity", "consumed", "current", "finished", "finishing",
+           "http_entry", "incoming_request", "message_fields", "record", "run_created", "run_step", "step_name", "timed",
            "Timeline", "webhook_attempt", "traced_backend"]
 
 

@@ -13,8 +13,8 @@ Provider calls one by one are the `provider *` spans (Application Insights: depe
 | `bgruns.queue.message_age` | histogram | s | `messaging.destination.name`: insertion -> pickup (includes the intended delay) |
 | `bgruns.webhook.attempts` | counter | {attempt} | `bgruns.outcome` (ok, failed, refused), `http.response.status_code` |
 | `bgruns.webhook.failures` | counter | {delivery} | deliveries given up (retries exhausted, 410, refused) |
-| `bgruns.capacity.queued` | counter | {try} | `bgruns.outcome`: `queued` (a start the provider had no room for), `waiting` (a later try refused too) |
-| `bgruns.capacity.wait` | histogram | s | `bgruns.outcome` (granted, or how the run ended): accepted -> the provider took it |
+| `bgruns.capacity.queued` | counter | {try} | `bgruns.outcome`: `queued` (a start without room), `waiting` (a try) |
+| `bgruns.capacity.wait` | histogram | s | `bgruns.outcome` (granted, or how it ended): accepted -> provider took it |
 | `bgruns.storage.errors` | counter | {request} | `bgruns.storage.service`, `http.response.status_code` (429, 5xx, other 4xx than 404/409/412) |
 """
 from __future__ import annotations

@@ -90,7 +90,8 @@ def test_a_request_too_large_for_the_budget_is_not_worth_waiting_for():
                                                        "per min (TPM): Limit 30000, Requested 45000.",
                                              "type": "tokens", "code": "rate_limit_exceeded"}))
     limited = classify(_status_error(429, {"message": "Rate limit reached for gpt-4o on requests per min (RPM)",
-                                           "type": "requests", "code": "rate_limit_exceeded"}, {"retry-after-ms": "250"}))
+                                           "type": "requests", "code": "rate_limit_exceeded"},
+                                     {"retry-after-ms": "250"}))
     quota = classify(_status_error(429, {"message": "You exceeded your current quota", "code": "insufficient_quota"}))
     assert (too_large.transient, limited.transient, quota.transient) == (False, True, False)
     assert limited.retry_after == 0.25
