@@ -24,6 +24,7 @@ its stream opens at once and shows the wait (runs.relay), then follows the respo
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -126,7 +127,7 @@ class RunAdmission:
         assert run.admission is not None
         run.admission.creating_since = clock.now()
         run.admission.attempts += 1
-        run.poll_seq += 1
+        run.poll_seq, run.poll_nonce = run.poll_seq + 1, secrets.token_hex(6)  # no message carries this position
         run.next_poll_at = clock.now() + self._rules.start_grace
         try:
             await self._store.save(run)
