@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+from azure.data.tables import TableClient, UpdateMode
 
 from local.azurite import start_for_tests
 from tests import sse
@@ -157,6 +158,20 @@ def test_a_run_queued_when_its_host_is_killed_still_starts(stack, quota):
     stack.host.start(timeout=60)
     final = stack.wait(run["id"], timeout=90)
     assert final["status"] == "completed" and len(stack.provider_responses(run["id"])) == 1
+
+
+def test_a_queued_run_whose_message_is_lost_is_started_by_the_sweeper(stack, quota):
+    model = full(stack, quota, "adm-lost", 3.0)
+    run = start(stack, model).json()
+    assert run["status"] == "queued"
+    # Make its pending try stale, exactly as if the message had been lost: only the sweeper can go on.
+    TableClient.from_connection_string(stack.connection_string, "runs").update_entity(
+        {"PartitionKey": run["id"], "RowKey": "run", "poll_nonce": "lost"}, mode=UpdateMode.MERGE)
+    final = stack.wait(run["id"], timeout=60)
+    assert final["status"] == "completed" and len(stack.provider_responses(run["id"])) == 1
+    kinds = [e["type"] for e in stack.get(f"/api/runs/{run['id']}", params={"include": "timeline"}).json()[
+        "timeline"]["entries"]]
+    assert "repaired" in kinds and kinds.index("repaired") < kinds.index("capacity_granted")
 
 
 @pytest.fixture(scope="module")
