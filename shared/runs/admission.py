@@ -21,6 +21,7 @@ sweeper (it restarts the chain, and so the tries), and it ends through runs.endi
 ADMISSION_MAX_WAIT_SECONDS; then it ends `failed` with `capacity_wait_exceeded`. A streaming start is queued too:
 its stream opens at once and shows the wait (runs.relay), then follows the response once the provider took it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .. import clock, telemetry
-from ..provider import ProviderError, RunBackend
+from ..provider import ProviderError, ProviderState, RunBackend
 from ..responses_vocabulary import ErrorCode, RunStatus
 from .ending import DeadlinePassed, Failed, Observed, ProviderEnded, RunEnding
 from .index import RunIndex
@@ -64,8 +65,16 @@ def proves_nothing_created(error: ProviderError) -> bool:
 
 
 class RunAdmission:
-    def __init__(self, rules: AdmissionRules, store: RunStore, backend: RunBackend, index: RunIndex,
-                 scheduler: PollScheduler, backoff: Backoff, ending: RunEnding) -> None:
+    def __init__(
+        self,
+        rules: AdmissionRules,
+        store: RunStore,
+        backend: RunBackend,
+        index: RunIndex,
+        scheduler: PollScheduler,
+        backoff: Backoff,
+        ending: RunEnding,
+    ) -> None:
         """`backoff` spaces the tries when the provider gives no Retry-After; `scheduler` carries them (the poll
         queue)."""
         self._rules = rules
@@ -100,13 +109,19 @@ class RunAdmission:
         if admission.creating_since is not None:  # consumed: the message of a step that died mid-create
             return AdmissionOutcome.STALE
         if clock.now() >= run.deadline_at:
-            return await self._end(run, DeadlinePassed(" It was still waiting for provider capacity, so it was never "
-                                                       "started at the provider."))
+            return await self._end(
+                run,
+                DeadlinePassed(" It was still waiting for provider capacity, so it was never started at the provider."),
+            )
         if clock.now() >= admission.queued_at + self._rules.max_wait:
-            return await self._end(run, Failed(
-                ErrorCode.CAPACITY_WAIT_EXCEEDED, f"The provider had no capacity for the run within "
-                f"{self._rules.max_wait:.0f} s ({admission.attempts} tries; last: {admission.reason}); it was never "
-                "started at the provider."))
+            return await self._end(
+                run,
+                Failed(
+                    ErrorCode.CAPACITY_WAIT_EXCEEDED,
+                    f"The provider had no capacity for the run within {self._rules.max_wait:.0f} s "
+                    f"({admission.attempts} tries; last: {admission.reason}); it was never started at the provider.",
+                ),
+            )
         full = await self._store.get(run.id, with_request=True)
         if full is None or full.etag != run.etag:
             return AdmissionOutcome.STALE
@@ -141,35 +156,52 @@ class RunAdmission:
             run.admission.creating_since = None
             delay = self._next_delay(run, error)
             run.admission.next_try_at, run.admission.reason = clock.now() + delay, _reason(error)
-            log.info("run %s: still no provider capacity (%s, try %d); next try in %.1fs", run.id, _reason(error),
-                     run.admission.attempts, delay)
+            log.info(
+                "run %s: still no provider capacity (%s, try %d); next try in %.1fs",
+                run.id,
+                _reason(error),
+                run.admission.attempts,
+                delay,
+            )
             telemetry.capacity("waiting")
-            saved = await self._scheduler.schedule(run, delay, event="capacity_waiting", error=_reason(error),
-                                                   save_all=True)
+            saved = await self._scheduler.schedule(
+                run, delay, event="capacity_waiting", error=_reason(error), save_all=True
+            )
             return AdmissionOutcome.WAITING if saved else AdmissionOutcome.STALE
         if error.transient:  # the create may have been made: never repeat it
-            return await self._end(run, Failed(
-                ErrorCode.START_INTERRUPTED, f"The provider's answer to the run's create was lost or unclear "
-                f"({error.status or 'unreachable'}: {error.message}); it may or may not have started it, so the "
-                "create was not repeated."))
-        return await self._end(run, Failed(ErrorCode.PROVIDER_ERROR, f"The provider refused the run "
-                                                                     f"({error.status}): {error.message}"))
+            return await self._end(
+                run,
+                Failed(
+                    ErrorCode.START_INTERRUPTED,
+                    f"The provider's answer to the run's create was lost or unclear "
+                    f"({error.status or 'unreachable'}: {error.message}); it may or may not have started it, so the "
+                    "create was not repeated.",
+                ),
+            )
+        return await self._end(
+            run, Failed(ErrorCode.PROVIDER_ERROR, f"The provider refused the run ({error.status}): {error.message}")
+        )
 
-    async def _granted(self, run: Run, state) -> AdmissionOutcome | RunStatus:
+    async def _granted(self, run: Run, state: ProviderState) -> AdmissionOutcome | RunStatus:
         assert run.admission is not None
         run.response_id = state.response_id
         run.response = response_snapshot(state.response)
         run.admission.creating_since, run.admission.granted_at = None, clock.now()
-        log.info("run %s: the provider took it after %.1fs (try %d)", run.id,
-                 run.admission.granted_at - run.admission.queued_at, run.admission.attempts)
+        log.info(
+            "run %s: the provider took it after %.1fs (try %d)",
+            run.id,
+            run.admission.granted_at - run.admission.queued_at,
+            run.admission.attempts,
+        )
         telemetry.capacity("granted", run.admission.granted_at - run.admission.queued_at)
         if self._rules.remember_responses:
             await self._index.remember_response(state.response_id, run.id)
         if not state.is_active:
             ended = await self._ending.end(run, ProviderEnded(state.response))
             return RunStatus(ended.status)
-        if await self._scheduler.schedule(run, self._backoff.delay(0), status=state.status, event="capacity_granted",
-                                          save_all=True):
+        if await self._scheduler.schedule(
+            run, self._backoff.delay(0), status=state.status, event="capacity_granted", save_all=True
+        ):
             return AdmissionOutcome.GRANTED
         # Ended meanwhile (a cancel, the sweeper): the response it got must not run on.
         fresh = await self._store.get(run.id)

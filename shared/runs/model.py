@@ -29,7 +29,7 @@ class Admission:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Admission":
+    def from_dict(cls, data: dict[str, Any]) -> Admission:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     @property

@@ -4,6 +4,7 @@ Response) and started later, exactly once at the provider; cancel, deadline, wai
 and a host crash treat a queued run like any other; what no waiting fixes still fails at once.
 
 Each test uses a model name of its own with its own quota, so the session's other runs are not limited."""
+
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ QUOTA_DEFAULTS = {"model_limits": {}, "quota_window_s": 60.0, "insufficient_quot
 @pytest.fixture
 def quota(stack):
     """`quota(model, rpm, window_s)`: that model may make `rpm` creates per `window_s` (rolling) from now on."""
+
     def limit(model: str, rpm: int, window_s: float) -> str:
         stack.emulator.set_quota(model=model, rpm=rpm, quota_window_s=window_s)
         return model
@@ -145,8 +147,7 @@ def test_a_queued_run_holds_its_session(stack, quota):
     follow = start(stack, "gpt-4.1-mini", session_id=session["id"]).json()
     assert stack.wait(follow["id"], timeout=60)["status"] == "completed"
     (created,) = stack.provider_responses(follow["id"])
-    assert created["previous_response_id"] == stack.get(f"/api/runs/{first['id']}").json()[
-        "provider_response_id"]
+    assert created["previous_response_id"] == stack.get(f"/api/runs/{first['id']}").json()["provider_response_id"]
 
 
 def test_a_run_queued_when_its_host_is_killed_still_starts(stack, quota):
@@ -166,11 +167,14 @@ def test_a_queued_run_whose_message_is_lost_is_started_by_the_sweeper(stack, quo
     assert run["status"] == "queued"
     # Make its pending try stale, exactly as if the message had been lost: only the sweeper can go on.
     TableClient.from_connection_string(stack.connection_string, "runs").update_entity(
-        {"PartitionKey": run["id"], "RowKey": "run", "poll_nonce": "lost"}, mode=UpdateMode.MERGE)
+        {"PartitionKey": run["id"], "RowKey": "run", "poll_nonce": "lost"}, mode=UpdateMode.MERGE
+    )
     final = stack.wait(run["id"], timeout=60)
     assert final["status"] == "completed" and len(stack.provider_responses(run["id"])) == 1
-    kinds = [e["type"] for e in stack.get(f"/api/runs/{run['id']}", params={"include": "timeline"}).json()[
-        "timeline"]["entries"]]
+    kinds = [
+        e["type"]
+        for e in stack.get(f"/api/runs/{run['id']}", params={"include": "timeline"}).json()["timeline"]["entries"]
+    ]
     assert "repaired" in kinds and kinds.index("repaired") < kinds.index("capacity_granted")
 
 
@@ -178,8 +182,9 @@ def test_a_queued_run_whose_message_is_lost_is_started_by_the_sweeper(stack, quo
 def bounded_host(stack):
     """A host allowing 3 s of waiting, on storage of its own (hosts sharing a queue take each other's messages)."""
     azurite = start_for_tests(f"admission-{time.time_ns()}")
-    host = stack.start_host("admission-bounded", AzureWebJobsStorage=azurite.connection_string,
-                            ADMISSION_MAX_WAIT_SECONDS="3")
+    host = stack.start_host(
+        "admission-bounded", AzureWebJobsStorage=azurite.connection_string, ADMISSION_MAX_WAIT_SECONDS="3"
+    )
     yield httpx.Client(base_url=host.base_url, timeout=30, headers=stack.key_headers)
     host.stop()
     azurite.stop()
@@ -190,8 +195,9 @@ def test_the_wait_is_bounded(stack, quota, bounded_host):
     run = bounded_host.post("/api/runs", json={"input": "hi", "model": model, "metadata": QUICK}).json()
     assert run["status"] == "queued"
     deadline = time.monotonic() + 40
-    while (final := bounded_host.get(f"/api/runs/{run['id']}").json())["continuation_token"] and \
-            time.monotonic() < deadline:
+    while (final := bounded_host.get(f"/api/runs/{run['id']}").json())[
+        "continuation_token"
+    ] and time.monotonic() < deadline:
         time.sleep(0.5)
     assert final["status"] == "failed" and final["error"]["code"] == "capacity_wait_exceeded"
     assert 3 <= final["completed_at"] - final["created_at"] < 3 + 15
@@ -200,8 +206,9 @@ def test_the_wait_is_bounded(stack, quota, bounded_host):
 
 def test_a_streaming_start_shows_the_wait_then_the_providers_events(stack, quota):
     model = full(stack, quota, "adm-stream", 5.0)
-    events = sse.read(stack.client, "POST", "/api/runs",
-                      json={"input": "hi", "model": model, "stream": True, "metadata": QUICK})
+    events = sse.read(
+        stack.client, "POST", "/api/runs", json={"input": "hi", "model": model, "stream": True, "metadata": QUICK}
+    )
     assert events[0].event == "run.status" and events[0].data["status"] == "queued" and events[0].id is None
     provider = [e for e in events if e.id is not None]
     assert provider[0].event == "run.created" and provider[0].id == 0  # the provider's stream, from its start

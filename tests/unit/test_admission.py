@@ -1,5 +1,6 @@
 """Admission on fakes: a start the provider has no capacity for is queued and started later, exactly once at the
 provider; what cannot wait fails at once; a queued run is cancelled, bounded, expired, swept like any other."""
+
 from __future__ import annotations
 
 import httpx
@@ -14,9 +15,18 @@ from shared.runs.requests import RunRequest
 
 from .fakes import world
 
+
 def busy(n: int = 1, retry_after: float | None = 7) -> list[ProviderError]:
-    return [ProviderError(transient=True, status=429, message="Rate limit reached", retry_after=retry_after,
-                          code="rate_limit_exceeded") for _ in range(n)]
+    return [
+        ProviderError(
+            transient=True,
+            status=429,
+            message="Rate limit reached",
+            retry_after=retry_after,
+            code="rate_limit_exceeded",
+        )
+        for _ in range(n)
+    ]
 
 
 async def queued(w, **fields):
@@ -67,10 +77,15 @@ async def test_a_duplicated_try_never_makes_a_second_create(monkeypatch):
     assert w.backend.count("start") == 2 and (await w.run(run.id)).response_id
 
 
-@pytest.mark.parametrize("error", [
-    ProviderError(transient=False, status=429, message="You exceeded your current quota", code="insufficient_quota"),
-    ProviderError(transient=False, status=401, message="Incorrect API key"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ProviderError(
+            transient=False, status=429, message="You exceeded your current quota", code="insufficient_quota"
+        ),
+        ProviderError(transient=False, status=401, message="Incorrect API key"),
+    ],
+)
 async def test_what_no_waiting_fixes_fails_at_once(monkeypatch, error):
     w = world(monkeypatch)
     w.backend.fail["start"] = [error]
@@ -86,12 +101,28 @@ def _status_error(status: int, body: dict, headers: dict | None = None) -> opena
 
 
 def test_a_request_too_large_for_the_budget_is_not_worth_waiting_for():
-    too_large = classify(_status_error(429, {"message": "Request too large for gpt-4o in organization org-x on tokens "
-                                                       "per min (TPM): Limit 30000, Requested 45000.",
-                                             "type": "tokens", "code": "rate_limit_exceeded"}))
-    limited = classify(_status_error(429, {"message": "Rate limit reached for gpt-4o on requests per min (RPM)",
-                                           "type": "requests", "code": "rate_limit_exceeded"},
-                                     {"retry-after-ms": "250"}))
+    too_large = classify(
+        _status_error(
+            429,
+            {
+                "message": "Request too large for gpt-4o in organization org-x on tokens "
+                "per min (TPM): Limit 30000, Requested 45000.",
+                "type": "tokens",
+                "code": "rate_limit_exceeded",
+            },
+        )
+    )
+    limited = classify(
+        _status_error(
+            429,
+            {
+                "message": "Rate limit reached for gpt-4o on requests per min (RPM)",
+                "type": "requests",
+                "code": "rate_limit_exceeded",
+            },
+            {"retry-after-ms": "250"},
+        )
+    )
     quota = classify(_status_error(429, {"message": "You exceeded your current quota", "code": "insufficient_quota"}))
     assert (too_large.transient, limited.transient, quota.transient) == (False, True, False)
     assert limited.retry_after == 0.25
