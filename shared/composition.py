@@ -137,7 +137,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
     admission = RunAdmission(AdmissionRules(settings.admission_max_wait, rules.start_grace, rules.create_streaming,
                                             rules.remember_responses), store, router, index, scheduler, backoff, ending)
     starter = RunStarter(rules, store, sessions, idempotency, index, router, webhook_urls, scheduler, chain_backoff,
-                         ending, lifecycle, admission)
+                         ending, lifecycle, admission=admission)
     canceller = RunCanceller(reader, router, ending, store)
     lister = RunLister(index, store)
     secrets = settings.completion.provider_webhook_secrets

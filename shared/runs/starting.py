@@ -83,7 +83,7 @@ class StartedRun:
 class RunStarter:
     def __init__(self, rules: StartRules, store: RunStore, sessions: SessionStore, idempotency: IdempotencyStore,
                  index: RunIndex, backend: RunBackend, webhook_urls: WebhookUrls, scheduler: PollScheduler,
-                 backoff: Backoff, ending: RunEnding, lifecycle: RunLifecycle,
+                 backoff: Backoff, ending: RunEnding, lifecycle: RunLifecycle, *,
                  admission: RunAdmission | None = None) -> None:
         """`scheduler` and `backoff` send the run's first poll; `ending` ends a run its provider answers at once;
         `lifecycle` repairs a session whose run ended without advancing it; `admission` queues a start the provider
