@@ -32,10 +32,6 @@ class Admission:
     def from_dict(cls, data: dict[str, Any]) -> Admission:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
-    @property
-    def waiting(self) -> bool:
-        return self.granted_at is None
-
 
 @dataclass
 class Run:
