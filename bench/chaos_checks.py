@@ -403,19 +403,25 @@ class Checker:
 
     # -- the provider ---------------------------------------------------------------------------------------
     def one_provider_response(self) -> Check:
-        failures, interrupted_without = [], 0
+        failures, interrupted_without, queued_without = [], 0, 0
         found = [r for r in self.ids if not self.missing(r)]
         for run_id in found:
             count = len(self.ev.provider.get(run_id, []))
             if count == 1:
                 continue
-            error = ((self.ev.views.get(run_id) or {}).get("error") or {}).get("code")
+            view = self.ev.views.get(run_id) or {}
+            error = (view.get("error") or {}).get("code")
             if count == 0 and error == "start_interrupted":
                 interrupted_without += 1  # the start was cut before it reached the provider
                 continue
+            admission = view.get("admission") or {}
+            if count == 0 and admission and not admission.get("granted_at") and view.get("continuation_token") is None:
+                queued_without += 1  # queued for provider capacity, and ended (cancel, deadline) before it got any
+                continue
             failures.append(self.failure(run_id, f"{count} provider responses"))
         check = self.check("exactly one provider response per run", failures, len(found), "with one")
-        check.detail += f" ({interrupted_without} interrupted starts never reached the provider)"
+        check.detail += (f" ({interrupted_without} interrupted starts never reached the provider, {queued_without} "
+                         "runs ended while queued for provider capacity)")
         return check
 
     def ended_without_result(self):

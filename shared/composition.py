@@ -23,6 +23,7 @@ from .executor.event_log import EventLog
 from .executor.model_client import Model, ModelClient
 from .provider import ResponsesBackend, RunBackend, open_provider
 from .provider.incoming_events import ProviderEventVerifier
+from .runs.admission import AdmissionRules, RunAdmission
 from .runs.callers import CallerKeys
 from .runs.cancelling import RunCanceller
 from .runs.deleting import RunDeleter
@@ -136,8 +137,10 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
                        remember_responses=settings.completion.strategy == "push")
     webhook_urls = WebhookUrls(enabled=bool(settings.webhook_secrets), allow_http=settings.webhook_allow_http,
                                allow_private=settings.webhook_allow_private)
+    admission = RunAdmission(AdmissionRules(settings.admission_max_wait, rules.start_grace, rules.create_streaming,
+                                            rules.remember_responses), store, router, index, scheduler, backoff, ending)
     starter = RunStarter(rules, store, sessions, idempotency, index, router, webhook_urls, scheduler, chain_backoff,
-                         ending, lifecycle, quotas)
+                         ending, lifecycle, quotas, admission=admission)
     canceller = RunCanceller(reader, router, ending, store)
     lister = RunLister(index, store)
     secrets = settings.completion.provider_webhook_secrets
@@ -154,7 +157,8 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
         limits=RequestLimits(max_request_bytes=settings.max_request_bytes, max_prefer_wait=settings.max_prefer_wait,
                              facade_max_wait=settings.facade.max_wait_seconds),
         health=HealthCheck(configuration(settings), storage.runs),
-        poll_step=PollStep(store, observer, router, ending, scheduler, chain_backoff, retry_backoff=backoff),
+        poll_step=PollStep(store, observer, router, ending, scheduler, chain_backoff, retry_backoff=backoff,
+                           admission=admission),
         executor=Executor(store, events, ending, model, settings.executor),
         outbox=outbox,
         provider_events=inbox,

@@ -86,3 +86,4 @@ class ErrorCode(StrEnum):
     INVALID_CONVERSATION = "invalid_conversation"  # a previous response the executor cannot continue
     DEADLINE_EXCEEDED = "deadline_exceeded"  # the run did not end within its deadline (status expired)
     START_INTERRUPTED = "start_interrupted"  # the start died before the provider accepted the run
+    CAPACITY_WAIT_EXCEEDED = "capacity_wait_exceeded"  # queued for provider capacity longer than allowed

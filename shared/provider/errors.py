@@ -45,7 +45,8 @@ def classify(error: Exception) -> ProviderError:
     if isinstance(error, openai.APIStatusError):
         status = error.status_code
         code = getattr(error, "code", None)
-        return ProviderError(transient=_worth_retrying(status, code), status=status, message=_message(error),
+        message = _message(error)
+        return ProviderError(transient=_worth_retrying(status, code, message), status=status, message=message,
                              retry_after=retry_after_from_headers(error.response.headers), code=code)
     if isinstance(error, openai.OpenAIError):  # e.g. a reply the SDK could not parse
         return ProviderError(transient=True, status=None, message=f"unexpected provider reply: {type(error).__name__}")
@@ -62,7 +63,7 @@ def reported_in_stream(error: Any, message: str | None = None) -> ProviderError:
     code = fields.get("code")
     status = next((s for s in map(_status_named, (code, fields.get("type"), fields.get("status"))) if s), None)
     text = message or str(fields.get("message") or "the model reported a failure")
-    return ProviderError(transient=status is not None and _worth_retrying(status, code), status=status,
+    return ProviderError(transient=status is not None and _worth_retrying(status, code, text), status=status,
                          message=f"the model reported a failure in its stream: {text}",
                          code=str(code) if code is not None else None)
 
@@ -77,8 +78,13 @@ def _status_named(value: Any) -> int | None:
     return None
 
 
-def _worth_retrying(status: int, code: Any) -> bool:
-    return (status in (408, 409, 429) or status >= 500) and not (status == 429 and code == "insufficient_quota")
+def _worth_retrying(status: int, code: Any, message: str = "") -> bool:
+    """A 429 is worth retrying unless no waiting fixes it: `insufficient_quota` (billing), or a request larger than
+    the whole per-minute budget ("Request too large for gpt-4o ... on tokens per min (TPM): Limit 30000,
+    Requested 45000"), which OpenAI sends as a 429 `rate_limit_exceeded` too."""
+    if status == 429:
+        return code != "insufficient_quota" and not message.lstrip().lower().startswith("request too large")
+    return status in (408, 409) or status >= 500
 
 
 def _message(error: openai.APIStatusError) -> str:

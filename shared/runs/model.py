@@ -6,12 +6,31 @@ function calls; `expired` is a run that passed its deadline.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..responses_vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
 from ..telemetry import Timeline
 from .webhook_state import WebhookState
+
+
+@dataclass
+class Admission:
+    """A run the provider had no capacity for when it started, queued until it has (runs.admission)."""
+
+    queued_at: float  # when it was accepted (its start): the wait bound counts from here
+    attempts: int = 1  # creates the provider answered "not now" to, or that are in flight (the start's included)
+    next_try_at: float | None = None  # when the next create is tried
+    reason: str = ""  # the provider's last "not now"
+    creating_since: float | None = None  # a create is in flight since then: if its step dies, its outcome is unknown
+    granted_at: float | None = None  # the provider accepted it
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Admission:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 @dataclass
@@ -41,6 +60,7 @@ class Run:
     # is kept in the result): what a Responses-API rendering of the run is made from.
     response: dict[str, Any] | None = None
     quota_slot: bool = False  # it holds one of its caller's active-run slots (runs.quotas), given back when it ends
+    admission: Admission | None = None  # set when it waited for provider capacity (runs.admission)
     backend: str = "background"  # what ran it: the provider's background mode, or the executor (shared.executor.attempts)
     etag: str | None = None
     # W3C trace context of the run's trace (decided at its start; every later step joins it), and its timeline.

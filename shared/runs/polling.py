@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from .. import clock, telemetry
 from ..provider import ProviderError, ProviderState, RunBackend
 from ..responses_vocabulary import ErrorCode, RunStatus, is_terminal_event
+from .admission import AdmissionOutcome, RunAdmission
 from .ending import DeadlinePassed, Failed, Observed, ProviderEnded, RunEnding
 from .model import Run
 from .poll_chain import Backoff, PollMessage, PollScheduler
@@ -96,9 +97,11 @@ class PollOutcome(StrEnum):
 
 class PollStep:
     def __init__(self, store: RunStore, observer: Observer, backend: RunBackend, ending: RunEnding,
-                 scheduler: PollScheduler, backoff: Backoff, *, retry_backoff: Backoff | None = None) -> None:
+                 scheduler: PollScheduler, backoff: Backoff, *, retry_backoff: Backoff | None = None,
+                 admission: RunAdmission | None = None) -> None:
         """`backoff` spaces the chain's steps (zero for watch: the next window starts at once);
-        `retry_backoff` spaces retries after a provider hiccup. `backend` cancels a run at its deadline."""
+        `retry_backoff` spaces retries after a provider hiccup. `backend` cancels a run at its deadline.
+        `admission` tries the create of a run queued for provider capacity (it has no response yet)."""
         self._store = store
         self._observer = observer
         self._backend = backend
@@ -106,8 +109,10 @@ class PollStep:
         self._scheduler = scheduler
         self._backoff = backoff
         self._retry_backoff = retry_backoff or backoff
+        self._admission = admission
 
-    async def handle(self, data: Mapping[str, Any], dequeue_count: int = 1) -> PollOutcome | RunStatus:
+    async def handle(self, data: Mapping[str, Any],
+                     dequeue_count: int = 1) -> PollOutcome | AdmissionOutcome | RunStatus:
         """Handle one poll message; returns what happened (for logs and tests)."""
         try:
             message = PollMessage.parse(data)
@@ -122,7 +127,11 @@ class PollStep:
             return PollOutcome.ALREADY_TERMINAL
         if message.seq == run.poll_seq + 1 and dequeue_count < EARLY_MESSAGE_RETRIES:
             raise EarlyMessage(f"poll {message.seq} for {run.id} arrived before its run was saved")
-        if (message.seq, message.nonce) != (run.poll_seq, run.poll_nonce) or not run.response_id:
+        if (message.seq, message.nonce) != (run.poll_seq, run.poll_nonce):
+            return PollOutcome.STALE
+        if not run.response_id:  # queued for provider capacity: this step tries its create
+            if run.admission is not None and self._admission is not None:
+                return await self._admission.step(run)
             return PollOutcome.STALE
         try:
             state = await self._observer.observe(run)

@@ -5,10 +5,11 @@ Our event ids are the provider's sequence numbers, so "resume after N" is the pr
 StreamFollower: it reconnects after a provider drop from the last sequence number it saw, invisible to the
 client), so it can send keep-alive comments while idle, and end cleanly before the front end's ~230 s cut with a
 `reconnect` event.
-Where the provider cannot stream the response (it was not created streaming, retention passed, a backend
-refuses) the relay falls back to the stored run and still ends with the final run. At the provider's
-terminal event the relay ends the run itself (runs.ending, as the poll chain does), so the final event carries
-the stored run.
+A run queued for provider capacity (runs.admission) is shown waiting (`run.status` events, keep-alives) until the
+provider takes it; then its stream is followed from the first event. Where the provider cannot stream the
+response (it was not created streaming, retention passed, a backend refuses) the relay falls back to the stored
+run and still ends with the final run. At the provider's terminal event the relay ends the run itself
+(runs.ending, as the poll chain does), so the final event carries the stored run.
 
 A run that ends without a provider terminal event (cancelled, expired, or served from the stored run) gets a
 final event of our own with the id FINAL_EVENT_ID, above any provider sequence number: resuming after it, as
@@ -114,6 +115,8 @@ class Relay:
     # -- producing: the provider's stream, reconnected; or the stored run --------------------------------------
     async def _produce(self) -> None:
         try:
+            if not self.run.response_id and self.after < FINAL_EVENT_ID:  # queued for provider capacity
+                self.run = await self._wait_for_admission()
             if self.run.response_id and self.after < FINAL_EVENT_ID:
                 try:
                     await self._produce_from_provider()
@@ -155,6 +158,18 @@ class Relay:
                     raise ProviderCannotStream("provider stream keeps failing") from None
         finally:
             await follower.close()
+
+    async def _wait_for_admission(self) -> Run:
+        """A run waiting for provider capacity (runs.admission): say so (status events, keep-alives) until the
+        provider takes it (then its stream follows, from its first event) or it ends."""
+        delay = 0.5
+        while True:
+            run = await self._deps.store.get(self.run.id)
+            if run is None or run.response_id or run.is_terminal:
+                return run or self.run
+            await self._queue.put(("status", run.status))
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, self._deps.fallback_max_delay)
 
     async def _stored_end(self) -> Any:
         """Fallback: wait for the poll chain to end the run, then hand over the stored run (or END if the

@@ -4,7 +4,8 @@ What the backend cannot honour (a parameter the executor's model API has no equi
 before anything is written. Order: claim the Idempotency-Key (if any), admit the start against its caller's
 quota (runs.quotas: a 429 over it, and nothing kept), reserve the session (if any), note the run as open work,
 record the run, create the provider response (background, our run id in its metadata, never retried), save the
-response id with the first poll message.
+response id with the first poll message. A create the provider has no capacity for
+(429/503) queues the run instead (runs.admission): it is accepted, and started later.
 A start that fails at any step, for any reason (the provider refusing, storage failing, a bug), takes back
 everything it wrote: the provider response is cancelled and deleted, the run goes with its rows in the index
 (open work, run lists, provider response, retention date) and in its session, the session's reservation is
@@ -27,6 +28,7 @@ from .. import clock, telemetry
 from ..errors import Conflict, InvalidRequest, NotFound, ServiceError, Unavailable, UpstreamError, not_found
 from ..provider import ProviderError, RequestRefused, RunBackend, StartedResponse
 from ..provider.backend import EventStream
+from .admission import RunAdmission
 from .callers import OPERATOR, Caller
 from .ending import ProviderEnded, RunEnding
 from .idempotency import IdempotencyStore
@@ -85,10 +87,11 @@ class RunStarter:
     def __init__(self, rules: StartRules, store: RunStore, sessions: SessionStore, idempotency: IdempotencyStore,
                  index: RunIndex, backend: RunBackend, webhook_urls: WebhookUrls, scheduler: PollScheduler,
                  backoff: Backoff, ending: RunEnding, lifecycle: RunLifecycle,
-                 quotas: CallerQuotas | None = None) -> None:
+                 quotas: CallerQuotas | None = None, *, admission: RunAdmission | None = None) -> None:
         """`scheduler` and `backoff` send the run's first poll; `ending` ends a run its provider answers at once;
         `lifecycle` repairs a session whose run ended without advancing it; `quotas` admits each new start against
-        its caller's quota (none: no quotas)."""
+        its caller's quota (none: no quotas); `admission` queues a start the provider has no capacity for
+        (runs.admission)."""
         self._rules = rules
         self._store = store
         self._sessions = sessions
@@ -101,6 +104,7 @@ class RunStarter:
         self._ending = ending
         self._lifecycle = lifecycle
         self._quotas = quotas
+        self._admission = admission
         self.start_grace = rules.start_grace
 
     async def start(self, request: RunRequest, *, caller: Caller = OPERATOR, idempotency_key: str | None = None,
@@ -130,7 +134,7 @@ class RunStarter:
             if not await self._take_back(attempt) and idempotency_key is not None:
                 await self._release(idempotency_key, run_id, caller, key_expires_at)
             raise
-        if wait_seconds > 0 and run.is_active:
+        if wait_seconds > 0 and run.is_active and run.response_id:
             try:
                 run = await self._wait_briefly(run, min(wait_seconds, self._rules.max_prefer_wait))
             except Exception:  # the run started and goes on: answer it as it started
@@ -175,6 +179,8 @@ class RunStarter:
         try:  # the poll chain can only watch a response created streaming
             started = await self._backend.start(params, stream=request.stream or self._rules.create_streaming)
         except ProviderError as error:
+            if self._admission is not None and self._admission.admits(error):
+                return await self._admission.queue(run, error), None
             raise _start_error(error) from None
         attempt.response_id = run.response_id = started.state.response_id
         if started.events is not None and not request.stream:
@@ -321,7 +327,8 @@ class RunStarter:
         existing = await self._store.get(claim.run_id, with_result=True)
         # A run the provider has not accepted yet may still be deleted (its start refused): never hand it out.
         # One that stays so is failed by the sweeper after the start grace, and is handed out then.
-        if existing is not None and (existing.response_id or existing.is_terminal):
+        # A run queued for provider capacity is durable: it is handed out too.
+        if existing is not None and (existing.response_id or existing.is_terminal or existing.admission):
             return existing, expires_at
         if existing is not None:
             raise Conflict("idempotency_key_busy", "A run with this Idempotency-Key is being started; retry shortly.",

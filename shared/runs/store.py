@@ -24,7 +24,7 @@ from azure.data.tables import TableEntity, UpdateMode
 from ..errors import PayloadTooLarge
 from ..storage import BlobContainer, Table
 from ..telemetry import Timeline
-from .model import Run
+from .model import Admission, Run
 from .results import loaded_result, stored_result
 from .webhook_state import WebhookState
 
@@ -101,6 +101,7 @@ class RunStore:
             "poll_count": run.poll_count, "next_poll_at": run.next_poll_at, "deadline_at": run.deadline_at,
             "watch_position": run.watch_position, "webhook_url": run.webhook_url or "",
             "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "", "backend": run.backend,
+            "admission": _dumps(run.admission.to_dict()) if run.admission else "",
             "owner": run.owner or "", "previous_run_id": run.previous_run_id or "",
             "quota_slot": run.quota_slot or None,
             "traceparent": run.traceparent, "tracestate": run.tracestate, "timeline": run.timeline.dumps(),
@@ -121,7 +122,7 @@ class RunStore:
     async def _from_entity(self, entity: TableEntity, *, with_result: bool, with_request: bool) -> Run:
         has_result = bool(entity.get("result") or entity.get("result_blob"))
         has_response = bool(entity.get("response") or entity.get("response_blob"))
-        webhook = entity.get("webhook")
+        webhook, admission = entity.get("webhook"), entity.get("admission")
         return Run(
             id=entity["PartitionKey"], status=entity["status"], created_at=entity["created_at"],
             model=entity["model"], request=(await self._load_part(entity, "request") or {}) if with_request else {},
@@ -134,6 +135,7 @@ class RunStore:
             watch_position=entity.get("watch_position", -1),
             deadline_at=entity.get("deadline_at", 0.0), webhook_url=entity.get("webhook_url") or None,
             webhook=WebhookState.from_dict(json.loads(webhook)) if webhook else None,
+            admission=Admission.from_dict(json.loads(admission)) if admission else None,
             owner=entity.get("owner") or None, previous_run_id=entity.get("previous_run_id") or None,
             quota_slot=bool(entity.get("quota_slot")),
             response=await self._load_part(entity, "response") if with_result and has_response else None,

@@ -3,7 +3,8 @@
 It looks only at the runs in the open-work index (active runs, and ended runs whose follow-ups are not
 done), so its cost follows the runs in flight, not every run ever kept. For each one:
 - an active run whose next poll is overdue (a lost message, a crash between save and send) gets its poll
-  chain restarted; one whose start was interrupted before the provider accepted it ends `failed`;
+  chain restarted (for a run queued for provider capacity: its tries); one whose start was interrupted before the
+  provider accepted it (or a queued run's try, cut mid-create) ends `failed`;
 - an ended run gets its follow-ups (session, retention date) and leaves the index, unless its webhook is
   still pending; a pending webhook that is stuck (no attempt long after it was due) is queued again.
 A caller's active-run slot held by no open run (a start that died before noting its run) is given back.
@@ -88,8 +89,11 @@ class Sweeper:
         cutoff = clock.now() - self._grace
         if (run.next_poll_at or 0) >= cutoff:
             return "fine"
-        if not run.response_id:
-            if clock.now() - run.created_at < self._start_grace:
+        admission = run.admission
+        waiting = admission is not None and admission.creating_since is None
+        if not run.response_id and not waiting:  # a start, or a queued run's create, in flight or cut
+            since = (admission.creating_since or 0.0) if admission else run.created_at
+            if clock.now() - since < self._start_grace:
                 return "fine"
             with telemetry.run_step("repair run", run, logger=log.name):
                 telemetry.annotate(outcome="start_interrupted")

@@ -33,6 +33,8 @@ class RunViews:
             "stream": run.stream,
             "backend": run.backend,
         }
+        if run.admission is not None:
+            view["admission"] = self._admission(run)
         if run.webhook_url:
             hook = run.webhook
             view["webhook"] = {"url": run.webhook_url, "state": hook.state if hook else "waiting",
@@ -42,6 +44,16 @@ class RunViews:
             view["timeline"] = run.timeline.view(run.webhook.attempts if run.webhook else (),
                                                  trace_id(run.traceparent))
         return view
+
+    @staticmethod
+    def _admission(run: Run) -> dict[str, Any]:
+        """Why a run queued for provider capacity waits, and since when; once granted, how long it waited."""
+        admission = run.admission
+        assert admission is not None
+        waiting = admission.granted_at is None and run.is_active
+        return {"state": "waiting_for_capacity" if waiting else "granted" if admission.granted_at else "ended",
+                "queued_at": admission.queued_at, "attempts": admission.attempts, "reason": admission.reason,
+                "next_try_at": admission.next_try_at if waiting else None, "granted_at": admission.granted_at}
 
     def retry_after(self, run: Run) -> int:
         """Seconds until the poll chain will next look (what a polling caller should wait)."""

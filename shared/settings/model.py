@@ -79,6 +79,7 @@ class Settings:
     poll_max_delay: float
     poll_multiplier: float
     run_deadline: float
+    admission_max_wait: float
     sweep_grace: float
     max_prefer_wait: float
     max_request_bytes: int
@@ -114,6 +115,7 @@ class Settings:
             poll_max_delay=read("POLL_MAX_DELAY_SECONDS"),
             poll_multiplier=read("POLL_BACKOFF_MULTIPLIER"),
             run_deadline=read("RUN_DEADLINE_SECONDS"),
+            admission_max_wait=read("ADMISSION_MAX_WAIT_SECONDS"),
             sweep_grace=read("SWEEP_GRACE_SECONDS"),
             max_prefer_wait=read("MAX_PREFER_WAIT_SECONDS"),
             max_request_bytes=read("MAX_REQUEST_BYTES"),

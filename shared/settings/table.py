@@ -75,6 +75,9 @@ SETTINGS: tuple[Setting, ...] = _grouped(
     Setting("POLL_BACKOFF_MULTIPLIER", "Growth of the poll delay per poll.", "1.5", Number(minimum=1.0)),
     Setting("RUN_DEADLINE_SECONDS", "A run still going after this is cancelled and ends `expired`.", "7200",
             Number(minimum=1)),
+    Setting("ADMISSION_MAX_WAIT_SECONDS", "How long a run the provider has no capacity for (429/503 at its start) "
+            "may wait queued; then it ends `failed` with `capacity_wait_exceeded`. 0: such a start is refused with "
+            "503 instead of queued.", "3600", Number(minimum=0)),
     "host",  # bound as %SWEEP_SCHEDULE% in function_app.py: the host needs it as an app setting, default or not
     Setting("SWEEP_SCHEDULE", "NCRONTAB schedule of the sweeper that repairs lost poll chains.",
             "0 */1 * * * *", in_azure="required"),

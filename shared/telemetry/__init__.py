@@ -12,6 +12,7 @@ from .state import enabled
 from .steps import (
     annotate,
     bind_run,
+    capacity,
     consumed,
     current,
     finished,
@@ -33,6 +34,7 @@ __all__ = [
     "WebhookAttempt",
     "annotate",
     "bind_run",
+    "capacity",
     "configure",
     "consumed",
     "current",

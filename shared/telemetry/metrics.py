@@ -13,6 +13,8 @@ Provider calls one by one are the `provider *` spans (Application Insights: depe
 | `bgruns.queue.message_age` | histogram | s | `messaging.destination.name`: insertion -> pickup (delay included) |
 | `bgruns.webhook.attempts` | counter | {attempt} | `bgruns.outcome` (ok/failed/refused), `http.response.status_code` |
 | `bgruns.webhook.failures` | counter | {delivery} | deliveries given up (retries exhausted, 410, refused) |
+| `bgruns.capacity.queued` | counter | {try} | `bgruns.outcome`: `queued` (a start without room), `waiting` (a try) |
+| `bgruns.capacity.wait` | histogram | s | `bgruns.outcome` (granted, or how it ended): accepted -> provider took it |
 | `bgruns.storage.errors` | counter | {request} | `bgruns.storage.service`, `http.response.status_code` |
 
 A storage error is a 429, a 5xx or a 4xx other than 404, 409 and 412.
@@ -35,6 +37,8 @@ _SPECS: dict[str, tuple[str, str, str]] = {
     "webhook_attempts": ("counter", "bgruns.webhook.attempts", "{attempt}"),
     "webhook_failures": ("counter", "bgruns.webhook.failures", "{delivery}"),
     "storage_errors": ("counter", "bgruns.storage.errors", "{request}"),
+    "capacity_queued": ("counter", "bgruns.capacity.queued", "{try}"),
+    "capacity_wait": ("histogram", "bgruns.capacity.wait", "s"),
 }
 _INSTRUMENTS: dict[str, Any] = {}
 

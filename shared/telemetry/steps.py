@@ -312,6 +312,15 @@ def run_created(run: Any) -> None:
     metrics.add("runs_started", stream=bool(getattr(run, "stream", False)))
 
 
+def capacity(outcome: str, waited: float | None = None) -> None:
+    """A create the provider had no room for (`queued` at the start, `waiting` on a later try), or (`waited`
+    seconds) the end of a run's wait for capacity: `granted`, or how the run ended while it waited."""
+    if waited is None:
+        metrics.add("capacity_queued", outcome=outcome)
+    else:
+        metrics.record("capacity_wait", waited, outcome=outcome)
+
+
 def annotate(**fields: Any) -> None:
     """Attributes (and log fields) of the current step: what it saw and chose."""
     step = _STEP.get()

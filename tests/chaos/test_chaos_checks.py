@@ -252,3 +252,15 @@ def test_an_executor_run_may_give_up_after_its_attempts_were_interrupted_but_not
     assert allowed.ok and "1 model calls interrupted" in allowed.detail
     whole = {"g": cut["g"][:2] + [call("g3", T0 + 5, T0 + 8)]}
     assert not Checker(exec_evidence([plain], [gave_up], whole)).allowed_state().ok
+
+
+def test_a_run_ended_while_queued_for_capacity_needs_no_provider_response_but_a_granted_one_does() -> None:
+    waited = {"state": "ended", "queued_at": T0, "attempts": 3, "reason": "provider 429", "next_try_at": None,
+              "granted_at": None}
+    cancelled = view("q", status="cancelled", text="", provider_response_id=None, continuation_token=None,
+                     admission=waited)
+    granted = view("g", provider_response_id=None, continuation_token=None,
+                   admission={**waited, "state": "granted", "granted_at": T0 + 3})
+    check = Checker(evidence([record("q", status="cancelled"), record("g")], [cancelled, granted], [])) \
+        .one_provider_response()
+    assert [f["run_id"] for f in check.failures] == ["g"] and "1 runs ended while queued" in check.detail

@@ -90,12 +90,14 @@ def test_session_creation_rejects_unknown_fields_and_unknown_sessions(stack):
 
 
 def test_provider_unavailable_is_503_with_retry_after_and_no_run(stack):
+    # A 500: whether it created the response is unknown, so the start is refused (a 429/503 queues the run instead,
+    # tests/service/test_admission.py).
     before = run_count(stack)
-    stack.emulator_config(fault_503_rate=1.0, fault_endpoints="create")
+    stack.emulator_config(fault_500_rate=1.0, fault_endpoints="create")
     try:
         response = stack.start("x")
     finally:
-        stack.emulator_config(fault_503_rate=0.0, fault_endpoints="create,retrieve,stream,cancel,delete,input_items")
+        stack.emulator_config(fault_500_rate=0.0, fault_endpoints="create,retrieve,stream,cancel,delete,input_items")
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) >= 1
     assert response.json()["error"]["code"] == "provider_unavailable"

@@ -54,7 +54,8 @@ FAILURES: dict[str, Callable[[], BaseException]] = {
     "surrogate": lambda: UnicodeEncodeError("utf-16-le", "\ud800", 0, 1, "surrogates not allowed"),
     "recursion": lambda: RecursionError("maximum recursion depth exceeded"),
     "storage-down": lambda: ServiceRequestError("storage unreachable"),
-    "provider-refuses": lambda: ProviderError(transient=True, status=503, message="busy"),
+    # (a 500: its outcome is unknown, so the start is refused; a 429/503 would queue the run: runs.admission)
+    "provider-refuses": lambda: ProviderError(transient=True, status=500, message="broken"),
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from shared.runs.model import Run
+from shared.runs.model import Admission, Run
 from shared.runs.tokens import TokenCodec
 from shared.runs.views import RunViews
 
@@ -41,8 +41,10 @@ def test_the_run_schema_matches_the_run_view():
     documented = set(spec["components"]["schemas"]["Run"]["properties"])
     views = RunViews(TokenCodec(b"k" * 40), poll_initial_delay=1, poll_max_delay=10)
     run = Run(id="run_x", status="completed", created_at=1.0, model="m", request={}, webhook_url="https://h/x",
-              result={"output": [], "output_text": "", "error": None})
+              result={"output": [], "output_text": "", "error": None}, admission=Admission(queued_at=1.0))
     assert set(views.render(run, timeline=True)) == documented
+    admission = spec["components"]["schemas"]["Run"]["properties"]["admission"]["properties"]
+    assert set(views.render(run)["admission"]) == set(admission)
     assert set(views.render(run)) == documented - {"timeline"}  # only with ?include=timeline
 
 

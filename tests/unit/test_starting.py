@@ -64,7 +64,8 @@ async def test_a_session_whose_run_ended_without_advancing_is_repaired_by_the_ne
 async def test_a_refused_start_leaves_nothing_behind(monkeypatch):
     w = world(monkeypatch)
     session = await w.services.starter.open_session()
-    w.backend.fail["start"] = [ProviderError(transient=True, status=503, message="busy", retry_after=3)]
+    # (a 502: whether it created the response is unknown, so the start is refused; a 429/503 queues it instead)
+    w.backend.fail["start"] = [ProviderError(transient=True, status=502, message="bad gateway", retry_after=3)]
     with pytest.raises(Unavailable) as refused:
         await w.services.starter.start(RunRequest(input="x", session_id=session.id), idempotency_key="k1")
     assert refused.value.retry_after == 3
@@ -89,7 +90,7 @@ async def test_a_failed_start_does_not_delete_a_run_a_concurrent_cancel_ended(mo
         await w.services.canceller.cancel(run_id)
 
     w.backend.before["start"] = cancelled_while_the_provider_is_asked
-    w.backend.fail["start"] = [ProviderError(transient=True, status=503, message="busy")]
+    w.backend.fail["start"] = [ProviderError(transient=True, status=502, message="bad gateway")]
     with pytest.raises(Unavailable):
         await w.services.starter.start(RunRequest(input="x", webhook_url="http://127.0.0.1:9/h"))
     (run_id, _), = w.runs.rows
@@ -187,7 +188,7 @@ async def test_a_retry_with_the_same_key_never_gets_a_run_whose_start_may_still_
         await refuse.wait()
 
     w.backend.before["start"] = the_provider_thinks
-    w.backend.fail["start"] = [ProviderError(transient=True, status=503, message="busy")]
+    w.backend.fail["start"] = [ProviderError(transient=True, status=502, message="bad gateway")]
     first = asyncio.create_task(w.services.starter.start(RunRequest(input="x"), idempotency_key="k-race"))
     await asked.wait()
     with pytest.raises(Conflict) as busy:

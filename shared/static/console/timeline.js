@@ -5,11 +5,12 @@
 import { $, clock, duration, el, svg } from "./dom.js";
 
 const LANES = ["run", "provider", "webhook"];
-// Entry type -> lane, label, shape. `capacity_queued` / `capacity_granted` are the slot for waiting on
-// capacity: once the service records them, the time between them is drawn as a band on the run's lane.
+// Entry type -> lane, label, shape. `capacity_queued` / `capacity_granted` bound a run's wait for provider capacity
+// (shared/runs/admission.py), drawn as a band on the run's lane; the provider's part starts at the grant then.
 const KINDS = {
   created: { lane: 0, label: "accepted", shape: "start" },
   capacity_queued: { lane: 0, label: "queued for capacity", shape: "dot" },
+  capacity_waiting: { lane: 0, label: "still no capacity", shape: "dot" },
   capacity_granted: { lane: 0, label: "capacity granted", shape: "dot" },
   cancel_requested: { lane: 0, label: "cancel requested", shape: "dot" },
   cancel_refused: { lane: 0, label: "cancel refused", shape: "bad" },
@@ -107,8 +108,8 @@ export function drawTimeline(run) {
     picture.append(svg("rect", { x: x(from), y: laneY(lane) - 4, width: Math.max(1, x(end) - x(from)), height: 8, class: cls }));
   };
   band(start, at("finished"), 0, `band band-run${active ? " band-active" : ""}`);
-  band(at("provider_accepted"), at("provider_ended") ?? at("finished"), 1, "band band-provider");
-  band(at("capacity_queued"), at("capacity_granted") ?? at("provider_accepted"), 0, "band band-capacity");
+  band(at("provider_accepted") ?? at("capacity_granted"), at("provider_ended") ?? at("finished"), 1, "band band-provider");
+  band(at("capacity_queued"), at("capacity_granted") ?? at("finished"), 0, "band band-capacity");
 
   const marks = entries.map((entry, index) => {
     const { lane, shape } = kind(entry);

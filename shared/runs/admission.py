@@ -1,0 +1,234 @@
+"""Admission: a start the provider has no capacity for now is accepted and queued, and started when it has room.
+
+A create answered 429 (a rate limit: not `insufficient_quota`, not a request larger than the whole budget) or 503
+(overloaded) proves that nothing was created. Such a start is not handed back to the caller: the run stays
+`queued` (native 202, the facade's `queued` Response, token and webhook as for any run) and its poll chain carries
+on without a provider response: each step of it (`step`) tries the create again, after the provider's Retry-After
+or the chain's backoff, until the provider takes it (`capacity_granted`; from then on it is polled like any run).
+
+Exactly once at the provider: a create is repeated only after an answer that proves nothing was created. A create
+whose outcome is unknown (a timeout after sending, a cut connection, a 500/502/504) is never repeated: at the
+start the caller gets the error as before (the run is taken back); on a later try the run ends `failed` with
+`start_interrupted`, as a start cut by a crash does. Before each try the step consumes its chain position and
+notes the create in flight (`Admission.creating_since`), so a duplicate message finds nothing to do, and a step
+that dies mid-create leaves a run the sweeper ends `start_interrupted` after the start grace, never a second
+create. (Such an unknown create may have left a response at the provider that no run follows; its metadata names
+the run, `bg_run_id`.)
+
+While it waits, a queued run is an open run like any other: it holds its session, its deadline counts from its
+acceptance, a cancel ends it here without a provider call, a lost message or a crashed host is repaired by the
+sweeper (it restarts the chain, and so the tries), and it ends through runs.ending. It may wait at most
+ADMISSION_MAX_WAIT_SECONDS; then it ends `failed` with `capacity_wait_exceeded`. A streaming start is queued too:
+its stream opens at once and shows the wait (runs.relay), then follows the response once the provider took it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .. import clock, telemetry
+from ..provider import ProviderError, ProviderState, RunBackend
+from ..responses_vocabulary import ErrorCode, RunStatus
+from .ending import DeadlinePassed, Failed, Observed, ProviderEnded, RunEnding
+from .index import RunIndex
+from .model import Admission, Run
+from .poll_chain import DEADLINE_SLACK_SECONDS, Backoff, PollScheduler
+from .results import response_snapshot
+from .store import RunConflict, RunStore
+
+log = logging.getLogger("bgruns.admission")
+
+
+class AdmissionOutcome(StrEnum):
+    """What a queued run's step did, when it did not end the run."""
+
+    WAITING = "capacity-waiting"  # the provider still has no room: the next try is scheduled
+    GRANTED = "capacity-granted"  # the provider took it: the poll chain follows its response now
+    STALE = "stale"  # the run changed meanwhile (cancelled, another step): nothing to do
+
+
+@dataclass(frozen=True)
+class AdmissionRules:
+    max_wait: float  # ADMISSION_MAX_WAIT_SECONDS; 0: starts are never queued
+    start_grace: float  # how long one create may take before a step that made it counts as dead
+    create_streaming: bool  # the poll chain watches each response's stream (COMPLETION_STRATEGY=watch)
+    remember_responses: bool  # provider events name only the response: the index maps it to the run (push)
+
+
+def proves_nothing_created(error: ProviderError) -> bool:
+    """The provider's answer says it did not create the response and may later: a rate limit (429; insufficient
+    quota and too-large requests are not transient) or overload (503)."""
+    return error.transient and error.status in (429, 503)
+
+
+class RunAdmission:
+    def __init__(
+        self,
+        rules: AdmissionRules,
+        store: RunStore,
+        backend: RunBackend,
+        index: RunIndex,
+        scheduler: PollScheduler,
+        backoff: Backoff,
+        ending: RunEnding,
+    ) -> None:
+        """`backoff` spaces the tries when the provider gives no Retry-After; `scheduler` carries them (the poll
+        queue)."""
+        self._rules = rules
+        self._store = store
+        self._backend = backend
+        self._index = index
+        self._scheduler = scheduler
+        self._backoff = backoff
+        self._ending = ending
+
+    def admits(self, error: ProviderError) -> bool:
+        """Whether a start refused with `error` is queued rather than refused."""
+        return self._rules.max_wait > 0 and proves_nothing_created(error)
+
+    async def queue(self, run: Run, error: ProviderError) -> Run:
+        """Queue the starting run (recorded, its first create refused with `error`): returns it as it now stands
+        (another writer's, if it was ended meanwhile, e.g. cancelled while its create was answered)."""
+        now = clock.now()
+        run.admission = Admission(queued_at=run.created_at)
+        delay = self._next_delay(run, error)
+        run.admission.next_try_at, run.admission.reason = now + delay, _reason(error)
+        log.info("run %s: the provider has no capacity (%s); queued, next try in %.1fs", run.id, _reason(error), delay)
+        telemetry.capacity("queued")
+        if await self._scheduler.schedule(run, delay, event="capacity_queued", error=_reason(error), save_all=True):
+            return run
+        return await self._store.get(run.id, with_result=True) or run
+
+    async def step(self, run: Run) -> AdmissionOutcome | RunStatus:
+        """One try of a queued run (a poll message at its chain position, the run read without its request)."""
+        admission = run.admission
+        assert admission is not None and run.response_id is None
+        if admission.creating_since is not None:  # consumed: the message of a step that died mid-create
+            return AdmissionOutcome.STALE
+        if clock.now() >= run.deadline_at:
+            return await self._end(
+                run,
+                DeadlinePassed(" It was still waiting for provider capacity, so it was never started at the provider."),
+            )
+        if clock.now() >= admission.queued_at + self._rules.max_wait:
+            return await self._end(
+                run,
+                Failed(
+                    ErrorCode.CAPACITY_WAIT_EXCEEDED,
+                    f"The provider had no capacity for the run within {self._rules.max_wait:.0f} s "
+                    f"({admission.attempts} tries; last: {admission.reason}); it was never started at the provider.",
+                ),
+            )
+        full = await self._store.get(run.id, with_request=True)
+        if full is None or full.etag != run.etag:
+            return AdmissionOutcome.STALE
+        if not await self._claim(full):
+            return AdmissionOutcome.STALE
+        try:
+            # A streamed run's response is created streaming, so that its caller's stream can follow it.
+            started = await self._backend.start(full.request, stream=full.stream or self._rules.create_streaming)
+        except ProviderError as error:
+            return await self._refused(full, error)
+        if started.events is not None:
+            await started.events.close()
+        return await self._granted(full, started.state)
+
+    async def _claim(self, run: Run) -> bool:
+        """Consume the chain position and note the create in flight, so that a duplicate of this message is stale,
+        and a step that dies from here on leaves a run the sweeper ends (its create's outcome unknown)."""
+        assert run.admission is not None
+        run.admission.creating_since = clock.now()
+        run.admission.attempts += 1
+        run.poll_seq, run.poll_nonce = run.poll_seq + 1, secrets.token_hex(6)  # no message carries this position
+        run.next_poll_at = clock.now() + self._rules.start_grace
+        try:
+            await self._store.save(run)
+        except RunConflict:
+            return False
+        return True
+
+    async def _refused(self, run: Run, error: ProviderError) -> AdmissionOutcome | RunStatus:
+        assert run.admission is not None
+        if proves_nothing_created(error):
+            run.admission.creating_since = None
+            delay = self._next_delay(run, error)
+            run.admission.next_try_at, run.admission.reason = clock.now() + delay, _reason(error)
+            log.info(
+                "run %s: still no provider capacity (%s, try %d); next try in %.1fs",
+                run.id,
+                _reason(error),
+                run.admission.attempts,
+                delay,
+            )
+            telemetry.capacity("waiting")
+            saved = await self._scheduler.schedule(
+                run, delay, event="capacity_waiting", error=_reason(error), save_all=True
+            )
+            return AdmissionOutcome.WAITING if saved else AdmissionOutcome.STALE
+        if error.transient:  # the create may have been made: never repeat it
+            return await self._end(
+                run,
+                Failed(
+                    ErrorCode.START_INTERRUPTED,
+                    f"The provider's answer to the run's create was lost or unclear "
+                    f"({error.status or 'unreachable'}: {error.message}); it may or may not have started it, so the "
+                    "create was not repeated.",
+                ),
+            )
+        return await self._end(
+            run, Failed(ErrorCode.PROVIDER_ERROR, f"The provider refused the run ({error.status}): {error.message}")
+        )
+
+    async def _granted(self, run: Run, state: ProviderState) -> AdmissionOutcome | RunStatus:
+        assert run.admission is not None
+        run.response_id = state.response_id
+        run.response = response_snapshot(state.response)
+        run.admission.creating_since, run.admission.granted_at = None, clock.now()
+        log.info(
+            "run %s: the provider took it after %.1fs (try %d)",
+            run.id,
+            run.admission.granted_at - run.admission.queued_at,
+            run.admission.attempts,
+        )
+        telemetry.capacity("granted", run.admission.granted_at - run.admission.queued_at)
+        if self._rules.remember_responses:
+            await self._index.remember_response(state.response_id, run.id)
+        if not state.is_active:
+            ended = await self._ending.end(run, ProviderEnded(state.response))
+            return RunStatus(ended.status)
+        if await self._scheduler.schedule(
+            run, self._backoff.delay(0), status=state.status, event="capacity_granted", save_all=True
+        ):
+            return AdmissionOutcome.GRANTED
+        # Ended meanwhile (a cancel, the sweeper): the response it got must not run on.
+        fresh = await self._store.get(run.id)
+        if fresh is None or fresh.is_terminal:
+            log.info("run %s ended while its create was in flight; cancelling %s", run.id, state.response_id)
+            try:
+                await self._backend.cancel(state.response_id)
+                if fresh is None:
+                    await self._backend.delete(state.response_id)
+            except ProviderError as error:
+                log.warning("could not cancel orphaned provider response %s: %s", state.response_id, error.message)
+        return AdmissionOutcome.STALE
+
+    async def _end(self, run: Run, observed: Observed) -> RunStatus:
+        assert run.admission is not None
+        ended = await self._ending.end(run, observed)
+        telemetry.capacity(ended.status, clock.now() - run.admission.queued_at)
+        return RunStatus(ended.status)
+
+    def _next_delay(self, run: Run, error: ProviderError) -> float:
+        """The provider's Retry-After, else the backoff by tries; never past the end of the wait (a last step
+        then ends the run on time)."""
+        assert run.admission is not None
+        delay = self._backoff.delay(run.admission.attempts - 1, retry_after=error.retry_after)
+        wait_left = run.admission.queued_at + self._rules.max_wait - clock.now()
+        return max(0.0, min(delay, wait_left + DEADLINE_SLACK_SECONDS))
+
+
+def _reason(error: ProviderError) -> str:
+    return f"provider {error.status}" + (f" {error.code}" if error.code else "")
