@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from ..responses_vocabulary import RunStatus
 from .callers import OPERATOR, Caller
 from .index import RunIndex
 from .listing import RunLister, RunPage
@@ -85,7 +86,7 @@ class RunOverview:
             owner = quota_caller(run.owner)
             if run.is_active:
                 active[owner] += 1
-                if run.status == "queued":
+                if run.status == RunStatus.QUEUED:
                     queued[owner] += 1
             elif run.webhook is not None and run.webhook.is_pending:
                 webhooks[owner] += 1
