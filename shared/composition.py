@@ -149,7 +149,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
     return Services(
         starter=starter, reader=reader, views=views, canceller=canceller,
         deleter=RunDeleter(reader, canceller, router, store, index, sessions, settings.retention_seconds),
-        lister=lister, overview=RunOverview(lister, store, index),
+        lister=lister, overview=RunOverview(lister, store, index, quotas),
         relays=RelayFactory(store, router, ending, views, max_seconds=settings.stream_max_seconds,
                             keepalive_seconds=settings.stream_keepalive_seconds,
                             fallback_max_delay=settings.poll_max_delay),

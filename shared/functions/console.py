@@ -10,7 +10,7 @@ set, so there is nothing for another site to ride on. Every answer carries a str
 a string into HTML, so model output is only ever text).
 
 The operator view reads one endpoint, `GET /api/console/api/operations` (health, this process's metrics, runs in
-flight per caller): a new operator panel adds its part to that JSON and one renderer in operator.js.
+flight per caller, capacity): a new operator panel adds its part to that JSON and one renderer in operator.js.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from ..composition import Services, services
 from ..errors import Forbidden, NotFound, invalid
 from ..runs.callers import Caller
 from ..runs.overview import provider_ended_at, webhook_lag
-from ..settings import CALLER_NAME
+from ..settings import CALLER_NAME, NATIVE_CALLER
 from ..storage import counting_as
 
 bp = func.Blueprint()
@@ -175,18 +175,23 @@ async def console_redeliver_webhook(req: Request) -> Response:
 
 @_route("console/api/operations", ["GET"])
 async def console_operations(req: Request) -> Response:
-    """The operator view: health (configuration and storage), this process's metrics, runs in flight per caller.
-    A capacity panel adds its numbers here."""
+    """The operator view: health (configuration and storage), this process's metrics, runs in flight per caller,
+    and capacity (per caller: its quota and what it holds of it; the provider's deployment)."""
     svc, caller = await _console(req, "console_operations")
     if not caller.operator:
         raise Forbidden("operator_only", "The operator view needs an operator key.")
     checks, healthy = await svc.health.check()
     in_flight = await svc.overview.in_flight_by_caller()
-    idle = {"active": 0, "webhook_pending": 0}
+    idle = {"active": 0, "queued": 0, "webhook_pending": 0}
     callers = {c.name: {"operator": c.operator, **in_flight["callers"].get(c.name, idle)} for c in svc.callers.callers}
     for name, counts in in_flight["callers"].items():  # the native API's runs, callers no longer configured
         callers.setdefault(name, {"operator": None, **counts})
+    configured = [c.name for c in svc.callers.callers if c.name is not None]
+    capacity = await svc.overview.capacity_by_caller([*configured, NATIVE_CALLER], in_flight)
+    provider = checks["provider"]
     return JSONResponse({"health": {"status": "healthy" if healthy else "degraded", "checks": checks},
                          "metrics": process_metrics(),
                          "in_flight": {"callers": callers, "open_runs_read": in_flight["open_runs_read"],
-                                       "complete": in_flight["complete"]}})
+                                       "complete": in_flight["complete"]},
+                         "capacity": {"callers": capacity, "deployments": [  # one until deployments are configurable
+                             {"name": provider["default_model"], "provider": provider["kind"], "default": True}]}})

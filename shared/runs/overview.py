@@ -1,26 +1,32 @@
 """What the console shows beyond the API's run views: how long after the provider ended a run its webhook was
-delivered, and the runs each caller has in flight.
+delivered, the runs each caller has in flight, and each caller's capacity (its quota and what it holds of it).
 
 The lag needs the run itself (its webhook attempts and the `finished` timeline entry, which notes the provider's
 `completed_at`), so a listed page reads the runs it shows (one point read each, concurrently; never the result).
 The per-caller counts read the open-work index and the runs in it: their cost follows the runs in flight (as
-the sweeper's does), and at most MAX_OPEN_READ of them are read.
+the sweeper's does), and at most MAX_OPEN_READ of them are read. The capacity adds one query over the quota
+partitions (CallerQuotas.usage), none when no caller's active runs are capped.
+
+A caller is named as the quotas name it (runs.quotas.quota_caller): the native API's runs, which have no owner, are
+`@native`'s, the name CALLER_QUOTAS gives them.
 """
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
+from ..responses_vocabulary import RunStatus
 from .callers import OPERATOR, Caller
 from .index import RunIndex
 from .listing import RunLister, RunPage
 from .model import Run
+from .quotas import CallerQuotas, quota_caller
 from .store import RunStore
 
 MAX_OPEN_READ = 500
 _CONCURRENT_READS = 16
-NATIVE_CALLER = "(native API)"  # runs started with a function key have no owner
 
 
 def provider_ended_at(run: Run) -> float | None:
@@ -49,10 +55,11 @@ def webhook_summary(run: Run) -> dict[str, Any] | None:
 
 
 class RunOverview:
-    def __init__(self, lister: RunLister, store: RunStore, index: RunIndex) -> None:
+    def __init__(self, lister: RunLister, store: RunStore, index: RunIndex, quotas: CallerQuotas) -> None:
         self._lister = lister
         self._store = store
         self._index = index
+        self._quotas = quotas
 
     async def page(self, *, caller: Caller = OPERATOR, **filters: Any) -> RunPage:
         """RunLister.page, each listed run with its `webhook` summary (state, attempts, lag)."""
@@ -64,7 +71,8 @@ class RunOverview:
         return listed
 
     async def in_flight_by_caller(self) -> dict[str, Any]:
-        """Per caller: runs still going (`active`) and ended runs whose webhook is still being delivered."""
+        """Per caller: runs still going (`active`; `queued` of them still have status queued) and ended runs whose
+        webhook is still being delivered."""
         ids = []
         async for run_id in self._index.open_run_ids():
             ids.append(run_id)
@@ -72,16 +80,30 @@ class RunOverview:
                 break
         runs = await self._read(ids[:MAX_OPEN_READ])
         active: Counter[str] = Counter()
+        queued: Counter[str] = Counter()
         webhooks: Counter[str] = Counter()
         for run in runs.values():
-            owner = run.owner or NATIVE_CALLER
+            owner = quota_caller(run.owner)
             if run.is_active:
                 active[owner] += 1
+                if run.status == RunStatus.QUEUED:
+                    queued[owner] += 1
             elif run.webhook is not None and run.webhook.is_pending:
                 webhooks[owner] += 1
         callers = sorted(set(active) | set(webhooks))
-        return {"callers": {name: {"active": active[name], "webhook_pending": webhooks[name]} for name in callers},
+        return {"callers": {name: {"active": active[name], "queued": queued[name], "webhook_pending": webhooks[name]}
+                            for name in callers},
                 "open_runs_read": len(runs), "complete": len(ids) <= MAX_OPEN_READ}
+
+    async def capacity_by_caller(self, callers: Iterable[str], in_flight: dict[str, Any]) -> dict[str, Any]:
+        """Per caller (those named, those in `in_flight_by_caller()`'s answer, those holding an active-run slot): its
+        quota (0: unlimited), the slots it holds (None when its active runs are not capped: none are kept for it),
+        and of its runs in flight, those going and those with status `queued`."""
+        counts = in_flight["callers"]
+        usage = await self._quotas.usage([*callers, *counts])
+        idle = {"active": 0, "queued": 0}
+        return {name: {**held, "active_runs": counts.get(name, idle)["active"],
+                       "status_queued": counts.get(name, idle)["queued"]} for name, held in usage.items()}
 
     async def _read(self, run_ids: list[str]) -> dict[str, Run]:
         gate = asyncio.Semaphore(_CONCURRENT_READS)

@@ -29,7 +29,8 @@ import asyncio
 import logging
 import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +124,19 @@ class CallerQuotas:
         """Give back the slot the run holds, if it holds one (its follow-ups, when it ended)."""
         if run.quota_slot:
             await self.release(Slot(quota_caller(run.owner), run.id))
+
+    # -- what the console's operator view shows ----------------------------------------------------------------
+    async def usage(self, callers: Iterable[str]) -> dict[str, dict[str, int | None]]:
+        """Per caller (those named, and any holding a slot), sorted by name: its limits (0: unlimited) and the
+        active-run slots it holds (None when its active runs are not capped and it holds none: no slots are kept
+        for it). One query, `held_slots`'s."""
+        held = Counter(slot.caller for slot in await self.held_slots())
+        usage: dict[str, dict[str, int | None]] = {}
+        for name in sorted({*callers, *held}):
+            quota = self._settings.of(name)
+            usage[name] = {"max_active_runs": quota.max_active, "starts_per_minute": quota.per_minute,
+                           "active_slots": held[name] if quota.max_active or held[name] else None}
+        return usage
 
     # -- what the sweeper reclaims ---------------------------------------------------------------------------
     async def held_slots(self) -> list[Slot]:

@@ -2,9 +2,9 @@
 
     .venv/bin/python -m tests.browser.screenshots [--out docs/images]
 
-Starts the stack (Azurite, the emulator, the webhook receiver, the host) on free ports with the tests' callers, starts
-a few runs (one still going, one with a webhook that failed, one cancelled), and writes
-console-<view>-<scheme>.png.
+Starts the stack (Azurite, the emulator, the webhook receiver, the host) on free ports with the tests' callers and
+per-caller quotas (SCREENSHOT_ENV), starts a few runs (one still going, one with a webhook that failed, one
+cancelled, one that holds bob's only active-run slot), and writes console-<view>-<scheme>.png.
 """
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from ..stack import FACADE_KEYS, TEST_ENV, Stack
 from .chromium import CHROMIUM_ARGS, chromium_path
 from .console_page import REPO, Console
 
+# Quotas for the operator view's capacity panel: every caller 3 active runs, bob 1 and 10 starts a minute, ops none.
+SCREENSHOT_ENV = {**TEST_ENV, "CALLER_MAX_ACTIVE_RUNS": "3", "CALLER_QUOTAS": "bob:1:10 ops:0:0"}
+
 
 def seed(stack: Stack) -> str:
     """A few runs of two callers; the id of the one to show (ended, with a delivered webhook)."""
@@ -31,7 +34,8 @@ def seed(stack: Stack) -> str:
                            webhook_url=stack.hook_url("alice"))
     stack.start_as("alice", "Draft the release notes", duration_ms=120000)
     stack.wait(shown)
-    time.sleep(1.5)  # its webhook
+    time.sleep(1.5)  # its webhook (bob's first run ended long ago: its slot is free again)
+    stack.start_as("bob", "Index the archive", duration_ms=120000)  # bob at its cap
     return shown
 
 
@@ -40,7 +44,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    with LocalStack("screenshots", env=TEST_ENV) as local, sync_playwright() as playwright:
+    with LocalStack("screenshots", env=SCREENSHOT_ENV) as local, sync_playwright() as playwright:
         stack = Stack(local)
         shown = seed(stack)
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
@@ -61,6 +65,7 @@ def main() -> None:
             page.screenshot(path=args.out / f"console-run-{scheme}.png", full_page=True)
             page.get_by_role("link", name="Operator").click()
             page.wait_for_selector("#in-flight tr[data-caller='alice']")
+            page.wait_for_selector("#capacity tr[data-caller='bob'][data-at-cap='true']")
             page.screenshot(path=args.out / f"console-operator-{scheme}.png", full_page=True)
             context.close()
         browser.close()

@@ -1,11 +1,12 @@
 """The console (/api/console) in headless Chromium on the local stack: signing in as a caller and as an operator,
 runs appearing and ending in the list, live output through a dropped connection, cancel, redeliver, the timeline
-picture, the Content-Security-Policy and text-only rendering, and axe-core's accessibility checks in both colour
-schemes."""
+picture, the operator's capacity panel, the Content-Security-Policy and text-only rendering, and axe-core's
+accessibility checks in both colour schemes."""
 from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Request
 
@@ -227,6 +228,64 @@ def test_read_a_timeline_by_hover_and_by_keyboard(context, stack) -> None:
         return [band !== null, document.querySelector('#timeline .mark-capacity_queued').getAttribute('aria-label')];
     }""")
     assert slot[0] and slot[1].startswith("queued for capacity, at ")
+
+
+def test_an_operator_sees_a_caller_at_its_active_cap_in_the_capacity_panel(context, stack) -> None:
+    # A host of its own with quotas (the session host has none), on the same storage: alice may hold 2 runs.
+    host = stack.start_host("console-capacity", CALLER_MAX_ACTIVE_RUNS="2", CALLER_QUOTAS="bob:0:30 ops:0:0")
+    started: list[str] = []
+    try:
+        def start(caller: str) -> httpx.Response:
+            response = httpx.post(f"{host.base_url}/api/v1/responses", timeout=30,
+                                  headers={"Authorization": f"Bearer {FACADE_KEYS[caller]}"},
+                                  json={"model": "gpt-4.1-mini", "input": "hold a slot", "background": True,
+                                        "metadata": {"emulator_duration_ms": "60000"}})
+            if response.status_code == 200:
+                started.append(response.json()["id"])
+            return response
+
+        assert start("alice").status_code == 200 and start("alice").status_code == 200
+        refused = start("alice")
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert start("bob").status_code == 200
+
+        page = context.new_page()
+        console = Console(page, host.base_url).open().sign_in(FACADE_KEYS["alice"])
+        console.shown("runs")  # a caller: no operator view, and its key cannot read the operations
+        assert page.get_by_role("link", name="Operator").is_hidden()
+        status = page.evaluate("""() => fetch('console/api/operations', {headers: {Authorization:
+            'Bearer ' + sessionStorage.getItem('bgruns.console.key')}}).then(r => r.status)""")
+        assert status == 403 and page.locator("#capacity tbody tr").count() == 0
+        page.get_by_role("button", name="Sign out").click()
+
+        console.sign_in(FACADE_KEYS["ops"])
+        page.get_by_role("link", name="Operator").click()
+        console.shown("operator")
+        alice = page.locator("#capacity tr[data-caller='alice']")
+        alice.and_(page.locator("[data-at-cap='true']")).wait_for()
+        assert alice.locator("[data-count=active_slots]").text_content() == "2 of 2 at the cap"
+        assert alice.locator("[data-limit=starts_per_minute]").text_content() == "unlimited"
+        assert int(alice.locator("[data-count=active_runs]").text_content()) >= 2  # every host's, from the index
+        bob = page.locator("#capacity tr[data-caller='bob']")
+        limits = [bob.locator(f"[data-limit={n}]").text_content() for n in ("max_active_runs", "starts_per_minute")]
+        assert limits == ["unlimited", "30"]
+        assert bob.locator("[data-count=active_slots]").text_content() == "not capped"
+        assert bob.get_attribute("data-at-cap") is None
+        native = page.locator("#capacity tr[data-caller='@native']")
+        assert native.locator("[data-count=active_slots]").text_content().startswith("0 of 2")
+        assert native.locator("a").count() == 0  # no caller to filter the runs by
+        assert "gpt-4.1-mini (emulator, the default model)" in console.text("#deployments")
+        assert_accessible(console, "operator view with the capacity panel")
+
+        alice.get_by_role("link", name="alice").focus()  # from a caller's row to its runs, by keyboard
+        page.keyboard.press("Enter")
+        console.shown("runs")
+        console.row(started[0]).wait_for()
+        assert "owner=alice" in page.url
+    finally:
+        for run_id in started:
+            stack.post(f"/api/runs/{run_id}/cancel")
+        host.stop()
 
 
 def test_the_page_sends_a_strict_csp_and_shows_model_output_only_as_text(context, stack) -> None:

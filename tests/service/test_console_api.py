@@ -4,9 +4,14 @@ the operator view), 401 without a key; the page and its assets come with a stric
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from .. import sse
 from ..stack import FACADE_KEYS
@@ -23,6 +28,13 @@ def console(stack):
     yield clients
     for client in clients.values():
         client.close()
+
+
+def openapi_validator(schema: str) -> Draft202012Validator:
+    """A validator of openapi.yaml's components/schemas/<schema> (its $refs resolved in the document)."""
+    document = yaml.safe_load((Path(__file__).resolve().parents[2] / "openapi.yaml").read_text())
+    registry = Registry().with_resource("urn:openapi", Resource.from_contents(document, DRAFT202012))
+    return Draft202012Validator({"$ref": f"urn:openapi#/components/schemas/{schema}"}, registry=registry)
 
 
 def wait_until(read, done, timeout: float = 30):
@@ -98,6 +110,14 @@ def test_who_am_i_and_the_operator_view(stack, console):
     assert in_flight["callers"]["bob"]["active"] >= 1 and in_flight["callers"]["ops"]["operator"] is True
     assert in_flight["complete"] is True
     assert "RESPONSES_API_KEYS" not in str(operations) and FACADE_KEYS["ops"] not in str(operations)
+    capacity = operations["capacity"]  # the session stack sets no quota: every caller unlimited, no slot kept
+    assert set(capacity["callers"]) >= {"alice", "bob", "ops", "@native"}
+    assert capacity["callers"]["bob"] == {"max_active_runs": 0, "starts_per_minute": 0, "active_slots": None,
+                                          "active_runs": in_flight["callers"]["bob"]["active"],
+                                          "status_queued": in_flight["callers"]["bob"]["queued"]}
+    assert capacity["deployments"] == [{"name": "gpt-4.1-mini", "provider": "emulator", "default": True}]
+    problems = [error.message for error in openapi_validator("ConsoleOperations").iter_errors(operations)]
+    assert problems == []
     console["bob"].post(f"/runs/{running}/cancel")
 
 

@@ -1,14 +1,16 @@
 """What the console adds to the run domain, on fakes: run lists filtered by caller, the lag from the provider's
-end of a run to its webhook's delivery, runs in flight per caller, a redelivery only by a caller who sees the run."""
+end of a run to its webhook's delivery, runs in flight and capacity per caller, a redelivery only by a caller who
+sees the run."""
 from __future__ import annotations
 
 import pytest
 
 from shared.clock import iso_utc
-from shared.errors import NotFound
+from shared.errors import NotFound, RateLimited
 from shared.runs.callers import OPERATOR, Caller
-from shared.runs.overview import NATIVE_CALLER, provider_ended_at, webhook_lag
+from shared.runs.overview import provider_ended_at, webhook_lag
 from shared.runs.requests import RunRequest
+from shared.settings import NATIVE_CALLER
 from shared.webhooks import Attempt
 
 from .fakes import world
@@ -91,10 +93,56 @@ async def test_runs_in_flight_are_counted_per_caller(monkeypatch):
     w.sender.results = [Attempt(at=iso_utc(w.clock.now), ok=False, status_code=500)]
     await w.drain_polls()  # bob's run ended; its webhook is still being delivered
     counted = await w.services.overview.in_flight_by_caller()
-    assert counted["callers"] == {"alice": {"active": 2, "webhook_pending": 0},
-                                  "bob": {"active": 0, "webhook_pending": 1},
-                                  NATIVE_CALLER: {"active": 1, "webhook_pending": 0}}
+    assert counted["callers"] == {"alice": {"active": 2, "queued": 2, "webhook_pending": 0},
+                                  "bob": {"active": 0, "queued": 0, "webhook_pending": 1},
+                                  NATIVE_CALLER: {"active": 1, "queued": 1, "webhook_pending": 0}}
     assert counted["open_runs_read"] == 4 and counted["complete"]
+
+
+KEYS = " ".join(f"{name}:{name[0] * 40}" for name in ("alice", "bob", "ops"))
+
+
+async def test_capacity_counts_each_callers_slots_against_its_quota(monkeypatch):
+    w = world(monkeypatch, RESPONSES_API_KEYS=KEYS, CALLER_MAX_ACTIVE_RUNS="2", CALLER_QUOTAS="bob:0:30 ops:0:0")
+    overview = w.services.overview
+    alices = [await start(w, ALICE), await start(w, ALICE)]
+    with pytest.raises(RateLimited):  # at its cap
+        await start(w, ALICE)
+    await start(w, BOB)
+    await start(w)  # the native API's
+    w.backend.responses[alices[0].response_id].status = "in_progress"
+    await w.drain_polls()
+
+    configured = ["alice", "bob", "ops", NATIVE_CALLER]
+    in_flight = await overview.in_flight_by_caller()
+    requests = w.index.requests
+    capacity = await overview.capacity_by_caller(configured, in_flight)
+    assert w.index.requests == requests + 1  # one query over the quota partitions, whatever the callers
+    assert capacity == {
+        NATIVE_CALLER: {"max_active_runs": 2, "starts_per_minute": 0, "active_slots": 1, "active_runs": 1,
+                        "status_queued": 1},
+        "alice": {"max_active_runs": 2, "starts_per_minute": 0, "active_slots": 2, "active_runs": 2,
+                  "status_queued": 1},
+        "bob": {"max_active_runs": 0, "starts_per_minute": 30, "active_slots": None, "active_runs": 1,
+                "status_queued": 1},
+        "ops": {"max_active_runs": 0, "starts_per_minute": 0, "active_slots": None, "active_runs": 0,
+                "status_queued": 0}}
+
+    w.backend.responses[alices[0].response_id].complete()
+    await w.drain_polls()  # its slot is given back
+    capacity = await overview.capacity_by_caller(configured, await overview.in_flight_by_caller())
+    assert capacity["alice"] == {"max_active_runs": 2, "starts_per_minute": 0, "active_slots": 1, "active_runs": 1,
+                                 "status_queued": 1}
+
+
+async def test_capacity_reads_no_slots_when_no_caller_is_capped(monkeypatch):
+    w = world(monkeypatch, RESPONSES_API_KEYS=KEYS, CALLER_STARTS_PER_MINUTE="60")
+    await start(w, ALICE)
+    requests = w.index.requests
+    capacity = await w.services.overview.capacity_by_caller(["alice"], {"callers": {}})
+    assert capacity == {"alice": {"max_active_runs": 0, "starts_per_minute": 60, "active_slots": None,
+                                  "active_runs": 0, "status_queued": 0}}
+    assert w.index.requests == requests  # no slots are kept: none are read
 
 
 async def test_a_redelivery_needs_a_caller_who_sees_the_run(monkeypatch):
