@@ -71,8 +71,9 @@ class RunOverview:
         return listed
 
     async def in_flight_by_caller(self) -> dict[str, Any]:
-        """Per caller: runs still going (`active`; `queued` of them still have status queued) and ended runs whose
-        webhook is still being delivered."""
+        """Per caller: runs still going (`active`; `queued` of them still have status queued, `waiting_for_capacity`
+        of those wait for the provider to have room: runs.admission) and ended runs whose webhook is still being
+        delivered."""
         ids = []
         async for run_id in self._index.open_run_ids():
             ids.append(run_id)
@@ -81,6 +82,7 @@ class RunOverview:
         runs = await self._read(ids[:MAX_OPEN_READ])
         active: Counter[str] = Counter()
         queued: Counter[str] = Counter()
+        waiting: Counter[str] = Counter()
         webhooks: Counter[str] = Counter()
         for run in runs.values():
             owner = quota_caller(run.owner)
@@ -88,22 +90,27 @@ class RunOverview:
                 active[owner] += 1
                 if run.status == RunStatus.QUEUED:
                     queued[owner] += 1
+                if run.admission is not None and run.admission.granted_at is None:
+                    waiting[owner] += 1
             elif run.webhook is not None and run.webhook.is_pending:
                 webhooks[owner] += 1
         callers = sorted(set(active) | set(webhooks))
-        return {"callers": {name: {"active": active[name], "queued": queued[name], "webhook_pending": webhooks[name]}
+        return {"callers": {name: {"active": active[name], "queued": queued[name],
+                                   "waiting_for_capacity": waiting[name], "webhook_pending": webhooks[name]}
                             for name in callers},
                 "open_runs_read": len(runs), "complete": len(ids) <= MAX_OPEN_READ}
 
     async def capacity_by_caller(self, callers: Iterable[str], in_flight: dict[str, Any]) -> dict[str, Any]:
         """Per caller (those named, those in `in_flight_by_caller()`'s answer, those holding an active-run slot): its
         quota (0: unlimited), the slots it holds (None when its active runs are not capped: none are kept for it),
-        and of its runs in flight, those going and those with status `queued`."""
+        and of its runs in flight, those going, those with status `queued` and those of them waiting for capacity."""
         counts = in_flight["callers"]
         usage = await self._quotas.usage([*callers, *counts])
-        idle = {"active": 0, "queued": 0}
+        idle = {"active": 0, "queued": 0, "waiting_for_capacity": 0}
         return {name: {**held, "active_runs": counts.get(name, idle)["active"],
-                       "status_queued": counts.get(name, idle)["queued"]} for name, held in usage.items()}
+                       "status_queued": counts.get(name, idle)["queued"],
+                       "waiting_for_capacity": counts.get(name, idle)["waiting_for_capacity"]}
+                for name, held in usage.items()}
 
     async def _read(self, run_ids: list[str]) -> dict[str, Run]:
         gate = asyncio.Semaphore(_CONCURRENT_READS)

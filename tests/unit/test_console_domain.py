@@ -7,6 +7,7 @@ import pytest
 
 from shared.clock import iso_utc
 from shared.errors import NotFound, RateLimited
+from shared.provider import ProviderError
 from shared.runs.callers import OPERATOR, Caller
 from shared.runs.overview import provider_ended_at, webhook_lag
 from shared.runs.requests import RunRequest
@@ -93,9 +94,10 @@ async def test_runs_in_flight_are_counted_per_caller(monkeypatch):
     w.sender.results = [Attempt(at=iso_utc(w.clock.now), ok=False, status_code=500)]
     await w.drain_polls()  # bob's run ended; its webhook is still being delivered
     counted = await w.services.overview.in_flight_by_caller()
-    assert counted["callers"] == {"alice": {"active": 2, "queued": 2, "webhook_pending": 0},
-                                  "bob": {"active": 0, "queued": 0, "webhook_pending": 1},
-                                  NATIVE_CALLER: {"active": 1, "queued": 1, "webhook_pending": 0}}
+    idle = {"waiting_for_capacity": 0}
+    assert counted["callers"] == {"alice": {"active": 2, "queued": 2, "webhook_pending": 0, **idle},
+                                  "bob": {"active": 0, "queued": 0, "webhook_pending": 1, **idle},
+                                  NATIVE_CALLER: {"active": 1, "queued": 1, "webhook_pending": 0, **idle}}
     assert counted["open_runs_read"] == 4 and counted["complete"]
 
 
@@ -108,10 +110,12 @@ async def test_capacity_counts_each_callers_slots_against_its_quota(monkeypatch)
     alices = [await start(w, ALICE), await start(w, ALICE)]
     with pytest.raises(RateLimited):  # at its cap
         await start(w, ALICE)
-    await start(w, BOB)
     await start(w)  # the native API's
     w.backend.responses[alices[0].response_id].status = "in_progress"
     await w.drain_polls()
+    w.backend.fail["start"] = [ProviderError(transient=True, status=429, message="Rate limit reached",
+                                             retry_after=30, code="rate_limit_exceeded")]
+    await start(w, BOB)  # the provider has no room: queued for capacity (runs.admission), its next try not yet due
 
     configured = ["alice", "bob", "ops", NATIVE_CALLER]
     in_flight = await overview.in_flight_by_caller()
@@ -120,19 +124,19 @@ async def test_capacity_counts_each_callers_slots_against_its_quota(monkeypatch)
     assert w.index.requests == requests + 1  # one query over the quota partitions, whatever the callers
     assert capacity == {
         NATIVE_CALLER: {"max_active_runs": 2, "starts_per_minute": 0, "active_slots": 1, "active_runs": 1,
-                        "status_queued": 1},
+                        "status_queued": 1, "waiting_for_capacity": 0},
         "alice": {"max_active_runs": 2, "starts_per_minute": 0, "active_slots": 2, "active_runs": 2,
-                  "status_queued": 1},
+                  "status_queued": 1, "waiting_for_capacity": 0},
         "bob": {"max_active_runs": 0, "starts_per_minute": 30, "active_slots": None, "active_runs": 1,
-                "status_queued": 1},
+                "status_queued": 1, "waiting_for_capacity": 1},
         "ops": {"max_active_runs": 0, "starts_per_minute": 0, "active_slots": None, "active_runs": 0,
-                "status_queued": 0}}
+                "status_queued": 0, "waiting_for_capacity": 0}}
 
     w.backend.responses[alices[0].response_id].complete()
     await w.drain_polls()  # its slot is given back
     capacity = await overview.capacity_by_caller(configured, await overview.in_flight_by_caller())
     assert capacity["alice"] == {"max_active_runs": 2, "starts_per_minute": 0, "active_slots": 1, "active_runs": 1,
-                                 "status_queued": 1}
+                                 "status_queued": 1, "waiting_for_capacity": 0}
 
 
 async def test_capacity_reads_no_slots_when_no_caller_is_capped(monkeypatch):
@@ -141,7 +145,7 @@ async def test_capacity_reads_no_slots_when_no_caller_is_capped(monkeypatch):
     requests = w.index.requests
     capacity = await w.services.overview.capacity_by_caller(["alice"], {"callers": {}})
     assert capacity == {"alice": {"max_active_runs": 0, "starts_per_minute": 60, "active_slots": None,
-                                  "active_runs": 0, "status_queued": 0}}
+                                  "active_runs": 0, "status_queued": 0, "waiting_for_capacity": 0}}
     assert w.index.requests == requests  # no slots are kept: none are read
 
 

@@ -85,7 +85,8 @@ function renderCapacity(capacity) {
       el("td", { "data-limit": "max_active_runs", text: limit(c.max_active_runs) }),
       el("td", { "data-limit": "starts_per_minute", text: limit(c.starts_per_minute) }),
       el("td", { "data-count": "active_runs", text: c.active_runs }),
-      el("td", { "data-count": "status_queued", text: c.status_queued }));
+      el("td", { "data-count": "status_queued", text: c.status_queued }),
+      el("td", { "data-count": "waiting_for_capacity", text: c.waiting_for_capacity }));
   });
   $("capacity").tBodies[0].replaceChildren(...rows);
   $("deployments").replaceChildren(...capacity.deployments.map((d) => el("li", {},
