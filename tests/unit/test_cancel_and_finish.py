@@ -176,8 +176,9 @@ async def test_a_webhook_receiver_that_hangs_holds_the_step_that_ended_the_run_n
 
 
 @pytest.mark.parametrize("status, ends", [("cancelled", "expired"), ("completed", "completed")])
-async def test_a_plain_json_response_cancelled_past_the_deadline_expires_the_run_as_an_sdk_one_does(monkeypatch,
-                                                                                                     status, ends):
+async def test_a_plain_json_response_cancelled_past_the_deadline_expires_the_run_as_an_sdk_one_does(
+    monkeypatch, status, ends
+):
     # The executor hands its terminal response over as plain JSON; the deadline rule must read its status too.
     from shared.runs.ending import ProviderEnded, verdict
 

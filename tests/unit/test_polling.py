@@ -425,8 +425,11 @@ async def test_watching_reports_a_terminal_event_as_the_state_a_retrieve_gives(m
     w.backend.streams[run.response_id] = [stream_event("response.completed", 1, response)]
     watched = await StreamWatcher(w.backend, 5).observe(run)
     retrieved = await RetrieveObserver(w.backend).observe(run)
-    assert (watched.response_id, watched.status, watched.is_active) == \
-        (retrieved.response_id, retrieved.status, retrieved.is_active) == (run.response_id, "completed", False)
+    assert (
+        (watched.response_id, watched.status, watched.is_active)
+        == (retrieved.response_id, retrieved.status, retrieved.is_active)
+        == (run.response_id, "completed", False)
+    )
     assert watched.response == retrieved.response
 
 
@@ -449,5 +452,9 @@ async def test_a_start_whose_first_save_loses_to_a_timeline_note_keeps_the_provi
     assert (stored.poll_seq, stored.status) == (1, "queued")
     entries = {e["type"]: e for e in w.timeline(stored)}
     assert "cancel_failed" in entries
-    assert entries["provider_accepted"] == {"at": w.clock.now, "type": "provider_accepted", "provider_status": "queued",
-                                            "next_poll_in": round(w.poll_queue.sent[-1].delay, 2)}
+    assert entries["provider_accepted"] == {
+        "at": w.clock.now,
+        "type": "provider_accepted",
+        "provider_status": "queued",
+        "next_poll_in": round(w.poll_queue.sent[-1].delay, 2),
+    }
