@@ -151,3 +151,41 @@ async def test_a_refused_cancel_says_why_in_the_error(monkeypatch):
             await w.services.canceller.cancel(run.id)
         got = refused.value
         assert (got.code, got.message, got.param, got.retry_after) == expected
+
+
+async def test_a_webhook_receiver_that_hangs_holds_the_step_that_ended_the_run_no_longer_than_its_budget(monkeypatch):
+    import asyncio
+
+    from shared.runs import ending
+
+    monkeypatch.setattr(ending, "INLINE_WEBHOOK_BUDGET_SECONDS", 0.05)
+    w = world(monkeypatch)
+    run = await start(w, webhook_url="http://127.0.0.1:9/hook")
+    w.backend.responses[run.response_id].complete()
+    receiver = asyncio.Event()
+
+    async def hangs(*_, **__):
+        await receiver.wait()  # never set: the receiver does not answer
+
+    w.sender.send = hangs
+    assert await asyncio.wait_for(w.drain_polls(), 5) == ["completed"]
+    ended = await w.run(run.id)
+    assert ended.status == "completed" and ended.webhook.is_pending  # the inline attempt was given up
+    (safety_net,) = w.webhook_queue.sent  # and the queued message delivers it later
+    assert safety_net.message["run_id"] == run.id and safety_net.delay > 0
+
+
+@pytest.mark.parametrize("status, ends", [("cancelled", "expired"), ("completed", "completed")])
+async def test_a_plain_json_response_cancelled_past_the_deadline_expires_the_run_as_an_sdk_one_does(
+    monkeypatch, status, ends
+):
+    # The executor hands its terminal response over as plain JSON; the deadline rule must read its status too.
+    from shared.runs.ending import ProviderEnded, verdict
+
+    w = world(monkeypatch)
+    run = await start(w, deadline_seconds=10)
+    w.clock.advance(11)
+    got, result = verdict(run, ProviderEnded({"id": run.response_id, "status": status, "output": []}))
+    assert got == ends
+    if ends == "expired":
+        assert result["error"]["message"] == "The run did not finish within its deadline of 10 s."

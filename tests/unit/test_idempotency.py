@@ -194,3 +194,17 @@ async def test_purge_deletes_a_key_only_once_its_window_has_passed(clock):
     await store.purge(claim.digest)
     assert table.entity(claim.digest, "key") is None
     await store.purge(claim.digest)  # already gone: no error
+
+
+async def test_a_key_claimed_again_after_its_window_names_its_row_for_retention(clock):
+    # The start notes the new claim's retention date under the digest the claim returns: a claim that took over an
+    # expired row must name that row too, or retention never deletes the key.
+    table = FakeTable()
+    store = IdempotencyStore(table)
+    first = await store.claim("key-1", BODY, "run_a")
+    clock.advance(WINDOW_SECONDS + 1)
+    again = await store.claim("key-1", BODY, "run_b")
+    assert (again.run_id, again.is_new, again.digest) == ("run_b", True, first.digest)
+    clock.advance(WINDOW_SECONDS + 1)
+    await store.purge(again.digest)
+    assert not table.rows

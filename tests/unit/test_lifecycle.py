@@ -217,3 +217,30 @@ async def test_a_session_that_keeps_changing_is_given_up_after_five_tries_withou
     assert tries == 5
     await lifecycle(w).advance_session(cancelled)  # as the sweeper would, later
     assert tries == 10
+
+
+async def test_a_run_whose_start_listed_it_only_in_part_is_listed_everywhere_when_it_ends(monkeypatch):
+    from shared.runs.index import LIST_ALL, list_partition, list_row_key
+
+    w = world(monkeypatch)
+    session = await w.services.starter.open_session()
+    run = await start(w, session_id=session.id)
+    del w.index.rows[(LIST_ALL, list_row_key(run.created_at, run.id))]  # a crash cut the start's listing short
+    w.backend.responses[run.response_id].complete()
+    assert await w.drain_polls() == ["completed"]
+    for partition in (LIST_ALL, list_partition(session_id=session.id)):
+        assert w.index.entity(partition, list_row_key(run.created_at, run.id))["status"] == "completed"
+    assert [listed["id"] for listed in (await w.services.lister.page()).runs] == [run.id]
+    assert w.index.entity("open", run.id) is None  # and its follow-ups were done
+
+
+async def test_a_late_follow_up_of_a_deleted_run_writes_nothing_back_and_sends_nothing(monkeypatch):
+    w = world(monkeypatch)
+    run = await start(w, webhook_url=HOOK)
+    ended = await lifecycle(w).finish(await w.run(run.id), "cancelled", cancelled_result())
+    await w.services.deleter.delete(run.id)
+    w.webhook_queue.take()
+    rows = dict(w.index.rows)
+    await lifecycle(w).follow_up(ended, send_webhook=True)  # a finisher or the sweeper, late
+    assert w.index.rows == rows and not w.webhook_queue.sent
+    assert not (await w.services.lister.page()).runs

@@ -402,3 +402,60 @@ async def test_watching_holds_the_stream_no_longer_than_its_window(monkeypatch):
     began = time.monotonic()
     assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "pending"
     assert time.monotonic() - began < 0.9
+
+
+async def test_a_cancel_failing_for_now_exactly_at_the_deadline_is_retried_after_the_providers_retry_after(monkeypatch):
+    # At its deadline a run is past it (it expires): the deadline's slack no longer shortens the retry.
+    w = world(monkeypatch)
+    run = await started(w, deadline_seconds=10)
+    w.clock.now = run.deadline_at
+    w.backend.fail["cancel"] = [ProviderError(transient=True, status=503, message="down", retry_after=30)]
+    assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "retry"
+    assert w.poll_queue.sent[-1].delay == 30
+
+
+async def test_watching_reports_a_terminal_event_as_the_state_a_retrieve_gives(monkeypatch):
+    from shared.runs.polling import RetrieveObserver, StreamWatcher
+
+    from .fakes import stream_event
+
+    w = world(monkeypatch, COMPLETION_STRATEGY="watch", WATCH_WINDOW_SECONDS="5")
+    run = await started(w)
+    response = w.backend.responses[run.response_id]
+    response.complete("streamed")
+    w.backend.streams[run.response_id] = [stream_event("response.completed", 1, response)]
+    watched = await StreamWatcher(w.backend, 5).observe(run)
+    retrieved = await RetrieveObserver(w.backend).observe(run)
+    assert (
+        (watched.response_id, watched.status, watched.is_active)
+        == (retrieved.response_id, retrieved.status, retrieved.is_active)
+        == (run.response_id, "completed", False)
+    )
+    assert watched.response == retrieved.response
+
+
+async def test_a_start_whose_first_save_loses_to_a_timeline_note_keeps_the_providers_answer(monkeypatch):
+    # The start's first step saves the whole run (what the provider answered), not only the chain: so does its
+    # second try over another writer's note.
+    w = world(monkeypatch)
+
+    async def a_note_first():
+        w.runs.before.pop("update_entity")
+        ((run_id, _),) = w.runs.rows
+        noted = await w.run(run_id)
+        noted.timeline.record("cancel_failed", w.clock.now)
+        await w.runs.upsert_entity({"PartitionKey": run_id, "RowKey": "run", "timeline": noted.timeline.dumps()})
+
+    w.runs.before["update_entity"] = a_note_first
+    run = await started(w)
+    stored = await w.run(run.id)
+    assert stored.response is not None and stored.response["id"] == run.response_id
+    assert (stored.poll_seq, stored.status) == (1, "queued")
+    entries = {e["type"]: e for e in w.timeline(stored)}
+    assert "cancel_failed" in entries
+    assert entries["provider_accepted"] == {
+        "at": w.clock.now,
+        "type": "provider_accepted",
+        "provider_status": "queued",
+        "next_poll_in": round(w.poll_queue.sent[-1].delay, 2),
+    }

@@ -33,6 +33,7 @@ async def test_a_new_session_reads_back_as_created_idle_and_can_be_saved_at_once
     await store.save(created)  # and so is the one the save returned
     again = await store.get(created.id)
     assert again.active_run_id is None and again.updated_at == clock.now and again.created_at == clock.now - 5
+    assert again.last_response_id is None  # no run has ended in it: the first turn continues from nothing
 
 
 async def test_of_two_writers_of_a_session_the_second_fails_and_changes_nothing(clock):
@@ -98,3 +99,55 @@ async def test_purge_deletes_the_session_and_its_whole_run_list_and_nothing_else
     assert await store.get(gone.id) is None and await store.run_ids(gone.id) == []
     assert {key[0] for key in table.rows} == {kept.id} and await store.run_ids(kept.id) == ["run_k"]
     await store.purge(gone.id)  # again: nothing left, no error
+
+
+async def reserved(store: SessionStore, run_id: str, clock: FakeClock):
+    session = await store.create()
+    session.active_run_id, session.active_since = run_id, clock.now
+    await store.save(session)
+    return session
+
+
+async def test_a_release_frees_the_session_only_from_the_run_that_holds_it(clock):
+    store = SessionStore(FakeTable())
+    session = await reserved(store, "run_a", clock)
+    await store.release(session.id, "run_b")  # a start that failed after another run took the session
+    assert (await store.get(session.id)).active_run_id == "run_a"
+    await store.release(session.id, "run_a")
+    assert (await store.get(session.id)).active_run_id is None
+    await store.release(session.id, "run_a")  # again: nothing to give back, no error
+    await store.purge(session.id)
+    await store.release(session.id, "run_a")  # a session purged meanwhile: nothing to give back either
+    assert await store.get(session.id) is None
+
+
+async def test_a_release_racing_another_writer_is_tried_again(clock):
+    table = FakeTable()
+    store = SessionStore(table)
+    session = await reserved(store, "run_a", clock)
+
+    async def another_writer_first():
+        table.before.pop("update_entity")
+        await table.update_entity({"PartitionKey": session.id, "RowKey": "session", "last_response_id": "resp_1"})
+
+    table.before["update_entity"] = another_writer_first
+    await store.release(session.id, "run_a")
+    released = await store.get(session.id)
+    assert (released.active_run_id, released.last_response_id) == (None, "resp_1")
+
+
+async def test_a_session_that_keeps_changing_under_a_release_is_a_conflict_after_five_tries(clock):
+    table = FakeTable()
+    store = SessionStore(table)
+    session = await reserved(store, "run_a", clock)
+    tries = 0
+
+    async def another_writer_first():
+        nonlocal tries
+        tries += 1
+        await table.upsert_entity({"PartitionKey": session.id, "RowKey": "session", "updated_at": float(tries)})
+
+    table.before["update_entity"] = another_writer_first
+    with pytest.raises(SessionConflict):
+        await store.release(session.id, "run_a")
+    assert tries == 5 and (await store.get(session.id)).active_run_id == "run_a"
