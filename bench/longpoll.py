@@ -27,7 +27,14 @@ from typing import Any
 
 import httpx
 
-from .common import RESULTS, LocalStack, dump_json, metrics_delta, spread_seconds, summary
+from .common import (
+    RESULTS,
+    LocalStack,
+    dump_json,
+    metrics_delta,
+    spread_seconds,
+    summary,
+)
 from .completion import HOST_ENV, new_secret
 
 CALLERS = ("retry_after", "long_poll", "loop_2s")
@@ -100,9 +107,9 @@ def _read_requests(metrics: dict[str, Any]) -> int:
 
 
 def markdown(results: list[dict[str, Any]], completion: str) -> str:
-    rows = [f"Completion `{completion}`. Goals: {GOALS}.", "",
-            "| T | caller | lag p50 / p95 / max (s) | GETs per run p50 / max | storage requests of the reads per run | "
-            "host CPU ms per run |", "|---|---|---|---|---|---|"]
+    header = ("| T | caller | lag p50 / p95 / max (s) | GETs per run p50 / max | storage requests of the reads per run "
+              "| host CPU ms per run |")
+    rows = [f"Completion `{completion}`. Goals: {GOALS}.", "", header, "|---|---|---|---|---|---|"]
     for r in results:
         lag, gets = r["lag_s"], r["gets_per_run"]
         rows.append(f"| {r['duration_s']:.0f} s | {r['caller']} | {lag['p50']:.2f} / {lag['p95']:.2f} / "

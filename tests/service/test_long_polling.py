@@ -63,22 +63,30 @@ def test_a_held_read_runs_out_and_answers_the_run_as_it_is(stack):
     assert ended.headers["preference-applied"] == "wait=60" and ended.json()["status"] == "cancelled" and held < 3
 
 
-def test_a_cancel_answers_the_held_read(stack):
-    run_id = started(stack, 60_000)
-    until_working(stack.client, run_id)
+def cancelled_while_held(holder: httpx.Client, canceller: httpx.Client, run_id: str,
+                         wait: int) -> tuple[httpx.Response, float, float]:
+    """Hold a read on the run through `holder` while `canceller` cancels it 1 s in; (answer, seconds held,
+    seconds from the cancel to the answer)."""
     cancelled_at: list[float] = []
 
     def cancel_soon():
         time.sleep(1.0)
         cancelled_at.append(time.monotonic())
-        stack.post(f"/api/runs/{run_id}/cancel")
+        assert canceller.post(f"/api/runs/{run_id}/cancel").json()["status"] == "cancelled"
 
-    canceller = threading.Thread(target=cancel_soon)
-    canceller.start()
-    response, _ = held_get(stack.client, run_id, 30)
-    canceller.join()
+    thread = threading.Thread(target=cancel_soon)
+    thread.start()
+    response, held = held_get(holder, run_id, wait)
+    thread.join()
+    return response, held, time.monotonic() - cancelled_at[0]
+
+
+def test_a_cancel_answers_the_held_read(stack):
+    run_id = started(stack, 60_000)
+    until_working(stack.client, run_id)
+    response, _, after_cancel = cancelled_while_held(stack.client, stack.client, run_id, 30)
     assert response.json()["status"] == "cancelled"
-    assert time.monotonic() - cancelled_at[0] < 2.5  # this instance's own write wakes the read
+    assert after_cancel < 2.5  # this instance's own write wakes the read
 
 
 def test_a_held_read_answers_when_the_run_needs_action(stack):
@@ -103,17 +111,7 @@ def other_instance(stack):
 def test_a_held_read_learns_of_an_end_made_on_another_instance(stack, other_instance):
     run_id = started(stack, 120_000)
     until_working(stack.client, run_id)
-    cancelled_at: list[float] = []
-
-    def cancel_elsewhere():
-        time.sleep(1.0)
-        cancelled_at.append(time.monotonic())
-        assert other_instance.post(f"/api/runs/{run_id}/cancel").json()["status"] == "cancelled"
-
-    canceller = threading.Thread(target=cancel_elsewhere)
-    canceller.start()
-    response, held = held_get(stack.client, run_id, 40)
-    canceller.join()
+    response, held, after_cancel = cancelled_while_held(stack.client, other_instance, run_id, 40)
     assert response.json()["status"] == "cancelled"
     # Seen at the held read's next storage re-read (0.5 s growing to 5 s), long before its 40 s ran out
-    assert time.monotonic() - cancelled_at[0] < 7.0 and held < 20
+    assert after_cancel < 7.0 and held < 20
