@@ -94,3 +94,16 @@ def test_the_re_reads_grow_to_a_cap_well_under_the_cost_of_a_2_s_loop():
     while (at := at + next(intervals)) < 60:
         reads += 1
     assert reads + 1 <= 16  # a 60 s wait: its re-reads and its answer, where a 2-s loop makes 30 GETs
+
+
+async def test_retry_after_is_the_chain_s_next_look_under_poll_and_one_second_under_push(monkeypatch):
+    polled = world(monkeypatch)
+    run = await started(polled)
+    polled.clock.advance(0.2)
+    assert polled.services.views.retry_after(await polled.run(run.id)) == 1  # the first look, ~1 s after the start
+    run.next_poll_at = polled.clock.now + 7.2
+    assert polled.services.views.retry_after(run) == 8  # the look, and the moment it takes
+    pushed = world(monkeypatch, PROVIDER_WEBHOOK_SECRETS="whsec_" + "B" * 43)
+    run = await started(pushed)
+    run.next_poll_at = pushed.clock.now + 30  # the safety net, which is not when the end will be known
+    assert pushed.services.views.retry_after(run) == 1
