@@ -113,5 +113,5 @@ def test_a_held_read_learns_of_an_end_made_on_another_instance(stack, other_inst
     until_working(stack.client, run_id)
     response, held, after_cancel = cancelled_while_held(stack.client, other_instance, run_id, 40)
     assert response.json()["status"] == "cancelled"
-    # Seen at the held read's next storage re-read (0.5 s growing to 5 s), long before its 40 s ran out
+    # Seen at the held read's next storage re-read (1 s growing to 5 s), long before its 40 s ran out
     assert after_cancel < 7.0 and held < 20
