@@ -145,7 +145,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
     inbox = (ProviderEventInbox(ProviderEventVerifier(provider_webhooks, secrets), index, store, router, ending,
                                 scheduler) if secrets and provider_webhooks is not None else None)
     return Services(
-        starter=starter, reader=reader, waiter=RunWaiter(store, store.changes), views=views, canceller=canceller,
+        starter=starter, reader=reader, waiter=RunWaiter(store.changes), views=views, canceller=canceller,
         deleter=RunDeleter(reader, canceller, router, store, index, sessions, settings.retention_seconds),
         lister=lister, overview=RunOverview(lister, store, index),
         relays=RelayFactory(store, router, ending, views, max_seconds=settings.stream_max_seconds,

@@ -4,12 +4,12 @@ working, ends, needs action, is cancelled or deleted) or N seconds pass.
 How a held read learns of a change:
 - made on this instance (a poll step, a provider webhook, a cancel, a stream's end, the executor): every write of a
   run through the RunStore touches RunChanges, which wakes that run's held reads at once;
-- made on another instance (or another worker process): the held read re-reads the run's entity (one Table read,
-  no blob) RECHECK_FIRST_SECONDS after it began, then at intervals growing by RECHECK_GROWTH up to
-  RECHECK_MAX_SECONDS. A wait of 60 s costs 15 reads (0.25 a second, 0.2 once the interval is at its cap), where
-  the 2-s polling loop costs 30 full GETs (each a function execution and a Table read: 0.5 reads a second); the lag
-  of a change made elsewhere is at most the interval in force (1 to 5 s).
-A wake-up is only a hint: the held read always confirms the change from storage before it answers.
+- made on another instance (or another worker process): the held read reads the run again (one Table read; the
+  result's blobs only once it has ended) RECHECK_FIRST_SECONDS after it began, then at intervals growing by
+  RECHECK_GROWTH up to RECHECK_MAX_SECONDS. A wait of 60 s costs 15 reads (0.25 a second, 0.2 once the interval
+  is at its cap), where the 2-s polling loop costs 30 full GETs (each a function execution and a Table read: 0.5
+  reads a second); the lag of a change made elsewhere is at most the interval in force (1 to 5 s).
+A wake-up is only a hint: the held read always reads the run from storage, and that read is the answer.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from .changes import RunChanges
 from .model import Run
-from .store import RunStore
 
 RECHECK_FIRST_SECONDS = 1.0
 RECHECK_GROWTH = 1.5
@@ -35,27 +34,25 @@ def recheck_intervals() -> Iterator[float]:
 
 
 class RunWaiter:
-    def __init__(self, store: RunStore, changes: RunChanges) -> None:
-        self._store = store
+    def __init__(self, changes: RunChanges) -> None:
         self._changes = changes
 
     async def wait(self, run: Run, seconds: float, read: Callable[[], Awaitable[Run]]) -> Run:
         """Hold until the run's status is no longer `run.status` (as the caller's read found it), or `seconds`
-        pass; then `read()` it again (as the caller reads it: with its result, visible to it, NotFound if it was
-        deleted). A terminal run, or no wait, answers `run` at once."""
+        pass. Each look is `read()`, the caller's own read (with its result, visible to it, NotFound once it was
+        deleted), so the look that sees the change is the answer. A terminal run, or no wait, answers at once."""
         if run.is_terminal or seconds <= 0:
             return run
         loop = asyncio.get_running_loop()  # its monotonic time: a wait is a duration, not a date
         deadline = loop.time() + seconds
         intervals = recheck_intervals()
+        status = run.status
         with self._changes.watch(run.id) as woken:
             while (left := deadline - loop.time()) > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), min(next(intervals), left))
-                if not woken.is_set() and loop.time() >= deadline:
-                    break  # the answer's own read below looks once more
                 woken.clear()
-                current = await self._store.get(run.id)
-                if current is None or current.status != run.status:
+                run = await read()
+                if run.status != status:
                     break
-        return await read()
+        return run
