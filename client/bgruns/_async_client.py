@@ -461,8 +461,8 @@ class AsyncClient:
             if delay:
                 await asyncio.sleep(delay)
             response = await self.get(run_id, wait=hold if long_polling else 0)
-            if long_polling and response.held_for is None:
-                long_polling = False  # the service does not hold reads: poll on its Retry-After
+            if long_polling and not response.held_for:
+                long_polling = False  # the service holds no read (or for 0 s): poll on its Retry-After
 
 
 async def _call(callback: OnPoll | None, *args: Any) -> None:
