@@ -46,6 +46,7 @@ from .runs.store import RunStore
 from .runs.sweeping import Sweeper
 from .runs.tokens import TokenCodec
 from .runs.views import RunViews
+from .runs.waiting import RunWaiter
 from .runs.webhook_outbox import WebhookOutbox, WebhookUrls
 from .settings import Settings
 from .storage import Storage, open_storage
@@ -64,6 +65,7 @@ class RequestLimits:
 
     max_request_bytes: int  # a JSON body's limit (MAX_REQUEST_BYTES)
     max_prefer_wait: float  # the longest `Prefer: wait` holds a start's answer (MAX_PREFER_WAIT_SECONDS)
+    max_read_wait: float  # the longest `Prefer: wait` holds a read of a run (MAX_READ_WAIT_SECONDS)
     facade_max_wait: float  # the longest the facade waits for a foreground run (RESPONSES_MAX_WAIT_SECONDS)
 
 
@@ -75,6 +77,7 @@ class Services:
     # the HTTP APIs (shared/functions/runs_api, responses_api, console)
     starter: RunStarter
     reader: RunReader
+    waiter: RunWaiter  # long polling: holds a read until its run changes
     views: RunViews
     canceller: RunCanceller
     deleter: RunDeleter
@@ -123,7 +126,8 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
     quotas = CallerQuotas(storage.index, settings.quotas, start_grace=start_grace)
     lifecycle = RunLifecycle(store, sessions, index, storage.webhook_queue, settings.retention_seconds,
                              inline_safety_delay=settings.webhook_timeout + 5, quotas=quotas)
-    views = RunViews(tokens, poll_initial_delay=settings.poll_initial_delay, poll_max_delay=settings.poll_max_delay)
+    views = RunViews(tokens, poll_initial_delay=settings.poll_initial_delay, poll_max_delay=settings.poll_max_delay,
+                     ends_seen_at_once=settings.completion.strategy in ("push", "watch"))
     reader = RunReader(store, sessions, tokens, settings.retention_seconds)
     if sender is None and settings.webhook_secrets:
         sender = WebhookSender(settings.webhook_secrets, timeout=settings.webhook_timeout,
@@ -147,7 +151,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
     inbox = (ProviderEventInbox(ProviderEventVerifier(provider_webhooks, secrets), index, store, router, ending,
                                 scheduler) if secrets and provider_webhooks is not None else None)
     return Services(
-        starter=starter, reader=reader, views=views, canceller=canceller,
+        starter=starter, reader=reader, waiter=RunWaiter(store.changes), views=views, canceller=canceller,
         deleter=RunDeleter(reader, canceller, router, store, index, sessions, settings.retention_seconds),
         lister=lister, overview=RunOverview(lister, store, index, quotas),
         relays=RelayFactory(store, router, ending, views, max_seconds=settings.stream_max_seconds,
@@ -155,6 +159,7 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
                             fallback_max_delay=settings.poll_max_delay),
         callers=CallerKeys(settings.facade.api_keys),
         limits=RequestLimits(max_request_bytes=settings.max_request_bytes, max_prefer_wait=settings.max_prefer_wait,
+                             max_read_wait=settings.max_read_wait,
                              facade_max_wait=settings.facade.max_wait_seconds),
         health=HealthCheck(configuration(settings), storage.runs),
         poll_step=PollStep(store, observer, router, ending, scheduler, chain_backoff, retry_backoff=backoff,
@@ -173,8 +178,10 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
 def _completion_strategy(settings: Settings, backend: RunBackend, poll_backoff: Backoff) -> tuple[Backoff, Observer]:
     """How the poll chain learns that a response ended: the spacing of its steps and its observer."""
     completion = settings.completion
-    if completion.strategy == "push":  # the provider's webhooks end runs; the chain is a slow safety net
-        return (Backoff(completion.safety_poll_initial, completion.safety_poll_max, settings.poll_multiplier),
+    if completion.strategy == "push":  # the provider's webhooks end runs; the chain is a slow safety net, after one
+        # early look (the provider sends no event when it begins a run: that look is what moves it to in_progress)
+        return (Backoff(completion.safety_poll_initial, completion.safety_poll_max, settings.poll_multiplier,
+                        first=settings.poll_initial_delay),
                 RetrieveObserver(backend))
     if completion.strategy == "watch":  # each step holds the stream for a window; the next starts at once
         return Backoff(0.0, 0.0, 1.0), StreamWatcher(backend, completion.watch_window)

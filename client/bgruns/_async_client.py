@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import json
 import random
+import re
 import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Mapping, Sequence, overload
@@ -23,6 +24,7 @@ _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _MAX_RETRY_AFTER = 60.0
 
 OnPoll = Callable[[Response, "float | None"], Any]
+_WAIT_APPLIED = re.compile(r"(?:^|[,;\s])wait=(\d+)")
 
 
 _ROTATED = object()
@@ -270,13 +272,15 @@ class AsyncClient:
     `max_retries`: attempts after a transient failure of a single request (network error, 429/502/503/504,
     honouring Retry-After). `max_stream_reconnects`: consecutive failed reconnections of a stream
     before `StreamInterrupted` (reset by every delivered update; server rotations do not count).
-    `poll_initial`/`poll_max`: wait()'s exponential backoff. `transport`: an httpx transport (tests, proxies).
+    `long_poll`: how long wait() asks the service to hold each read until the run changes (`Prefer: wait`;
+    0: poll on Retry-After instead). `poll_initial`/`poll_max`: wait()'s exponential backoff when the service sends
+    no Retry-After. `transport`: an httpx transport (tests, proxies).
     """
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, *, function_key: str | None = None, timeout: float = 30.0,
                  max_retries: int = 3, max_stream_reconnects: int = 5, stream_read_timeout: float = 60.0,
-                 poll_initial: float = 0.5, poll_max: float = 10.0, headers: Mapping[str, str] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 poll_initial: float = 0.5, poll_max: float = 10.0, long_poll: float = 60.0,
+                 headers: Mapping[str, str] | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
         base = base_url.rstrip("/")
         if base.endswith("/api"):
             base = base[: -len("/api")]
@@ -287,6 +291,7 @@ class AsyncClient:
         self.stream_read_timeout = stream_read_timeout
         self.poll_initial = poll_initial
         self.poll_max = poll_max
+        self.long_poll = long_poll
         all_headers = {"User-Agent": "bgruns-client/0.1", **(headers or {})}
         if function_key:
             all_headers["x-functions-key"] = function_key
@@ -303,14 +308,16 @@ class AsyncClient:
         await self.aclose()
 
     # -- requests -------------------------------------------------------------------------------------------
-    async def _request(self, method: str, path: str, *, json_body: Any = None,
-                       headers: Mapping[str, str] | None = None, safe_to_repeat: bool = True) -> httpx.Response:
+    async def _request(self, method: str, path: str, *, json_body: Any = None, headers: Mapping[str, str] | None = None,
+                       safe_to_repeat: bool = True, held: float = 0.0) -> httpx.Response:
         """One API call with retries of transient failures. `safe_to_repeat=False`: only failures where
-        the request surely never reached the server (connect errors) are retried."""
+        the request surely never reached the server (connect errors) are retried. `held`: how long the service
+        may hold the answer (a long poll), added to the timeout."""
         attempt = 0
+        timeout = {"timeout": self.timeout + held} if held else {}
         while True:
             try:
-                response = await self._http.request(method, path, json=json_body, headers=headers)
+                response = await self._http.request(method, path, json=json_body, headers=headers, **timeout)
             except httpx.TransportError as error:
                 retryable = safe_to_repeat or isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
                 if not retryable or attempt >= self.max_retries:
@@ -332,7 +339,9 @@ class AsyncClient:
     def _response(http_response: httpx.Response) -> Response:
         from .errors import parse_retry_after
 
-        return Response(http_response.json(), retry_after=parse_retry_after(http_response.headers.get("retry-after")))
+        applied = _WAIT_APPLIED.search(http_response.headers.get("preference-applied", ""))
+        return Response(http_response.json(), retry_after=parse_retry_after(http_response.headers.get("retry-after")),
+                        held_for=float(applied.group(1)) if applied else None)
 
     # -- sessions -------------------------------------------------------------------------------------------
     async def create_session(self) -> Session:
@@ -402,10 +411,14 @@ class AsyncClient:
     async def _poll(self, token: str) -> Response:
         return self._response(await self._request("POST", "/api/runs", json_body={"continuation_token": token}))
 
-    async def get(self, run_id: str, *, timeline: bool = False) -> Response:
-        """The run; `timeline=True` adds the steps the service recorded for it (`response.raw["timeline"]`)."""
+    async def get(self, run_id: str, *, timeline: bool = False, wait: float = 0.0) -> Response:
+        """The run; `timeline=True` adds the steps the service recorded for it (`response.raw["timeline"]`).
+        `wait`: a long poll: the service holds the answer until the run changes (begins, ends, needs action) or
+        `wait` seconds pass, as far as it allows (`response.held_for`; None: it did not hold it)."""
         path = f"/api/runs/{run_id}" + ("?include=timeline" if timeline else "")
-        return self._response(await self._request("GET", path))
+        seconds = max(0, int(wait))
+        headers = {"Prefer": f"wait={seconds}"} if seconds else None
+        return self._response(await self._request("GET", path, headers=headers, held=seconds))
 
     async def cancel(self, run: Response | str) -> Response:
         run_id = run.run_id if isinstance(run, Response) else run
@@ -413,34 +426,43 @@ class AsyncClient:
 
     async def wait(self, run: Response | str, *, timeout: float | None = None,
                    on_poll: OnPoll | None = None) -> Response:
-        """Poll until the run is terminal and return it.
+        """Wait until the run is terminal and return it.
 
-        The delay before each poll is the server's Retry-After when it sent one (it is the time the
-        service itself next looks at the provider, already backed off on its side); without one, an
-        exponential backoff from poll_initial doubling up to poll_max. `on_poll(response, next_delay)`
-        (sync or async) is called for every state seen, with `next_delay` None for the final one.
-        `timeout` raises WaitTimeout (after one last poll at the deadline)."""
+        By default each read is a long poll (`long_poll` seconds): the service answers as soon as the run
+        changes, so the end is seen at once, at about one request a minute. With `long_poll=0`, or against a
+        service that does not hold reads, the delay before each poll is the server's Retry-After (the time
+        until it can know more); without one, an exponential backoff from poll_initial doubling up to poll_max.
+        `on_poll(response, next_delay)` (sync or async) is called for every state seen, with `next_delay` 0 when
+        the next read goes at once and is held by the service, None for the final one. `timeout` raises
+        WaitTimeout (after one last poll at the deadline)."""
         started = time.monotonic()
         response = run if isinstance(run, Response) else await self.get(run)
         run_id = response.run_id
         backoff = self.poll_initial
+        long_polling = self.long_poll > 0
         while True:
             if response.is_terminal:
                 await _call(on_poll, response, None)
                 return response
-            if response.retry_after is not None:
+            if long_polling:
+                delay = 0.0
+            elif response.retry_after is not None:
                 delay = min(max(response.retry_after, 0.05), _MAX_RETRY_AFTER * 10)
             else:
                 delay = backoff
                 backoff = min(backoff * 2, self.poll_max)
+            hold = self.long_poll
             if timeout is not None:
                 remaining = timeout - (time.monotonic() - started)
                 if remaining <= 0:
                     raise WaitTimeout(f"run {run_id} is still {response.status} after {timeout}s", response)
-                delay = min(delay, remaining)
+                delay, hold = min(delay, remaining), min(hold, max(1.0, remaining))
             await _call(on_poll, response, delay)
-            await asyncio.sleep(delay)
-            response = await self.get(run_id)
+            if delay:
+                await asyncio.sleep(delay)
+            response = await self.get(run_id, wait=hold if long_polling else 0)
+            if long_polling and not response.held_for:
+                long_polling = False  # the service holds no read (or for 0 s): poll on its Retry-After
 
 
 async def _call(callback: OnPoll | None, *args: Any) -> None:

@@ -160,8 +160,8 @@ class Client:
 
         return self._loop.call(finish())
 
-    def get(self, run_id: str, *, timeline: bool = False) -> Response:
-        return self._loop.call(self._async.get(run_id, timeline=timeline))
+    def get(self, run_id: str, *, timeline: bool = False, wait: float = 0.0) -> Response:
+        return self._loop.call(self._async.get(run_id, timeline=timeline, wait=wait))
 
     def cancel(self, run: Response | str) -> Response:
         return self._loop.call(self._async.cancel(run))

@@ -172,19 +172,24 @@ def finish(response: Response, *, as_json: bool, text_printed: bool, started: fl
 def wait_and_print(client: Client, response: Response, *, as_json: bool) -> int:
     started = time.monotonic()
     line = StatusLine()
-    state: dict[str, Any] = {"status": response.status, "next_at": None, "note": ""}
+    state: dict[str, Any] = {"status": response.status, "since": started, "next_at": None, "held": False, "note": ""}
 
     def render() -> str:
-        parts = [f"[{time.monotonic() - started:6.1f}s] {response.run_id} {state['status']}"]
+        now = time.monotonic()
+        parts = [f"[{now - started:6.1f}s] {response.run_id} {state['status']} for {now - state['since']:.0f}s"]
         if state["note"]:
             parts.append(state["note"])
+        elif state["held"]:  # a long poll: the service answers the moment the run changes
+            parts.append("the service tells us when it changes")
         elif state["next_at"] is not None:
-            parts.append(f"next poll in {max(0.0, state['next_at'] - time.monotonic()):.0f}s")
+            parts.append(f"next poll in {max(0.0, state['next_at'] - now):.0f}s")
         return " - ".join(parts)
 
     def on_poll(current: Response, delay: float | None) -> None:
-        state["status"], state["note"] = current.status, ""
-        state["next_at"] = None if delay is None else time.monotonic() + delay
+        if current.status != state["status"]:
+            state["status"], state["since"] = current.status, time.monotonic()
+        state["note"], state["held"] = "", delay == 0
+        state["next_at"] = None if not delay else time.monotonic() + delay
         if delay is not None:
             line.show(render)
 

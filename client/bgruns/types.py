@@ -37,6 +37,7 @@ class Response:
 
     raw: dict[str, Any]
     retry_after: float | None = None  # the server's Retry-After hint (seconds) with this reply, if any
+    held_for: float | None = None  # a long poll: how long the service agreed to hold this read (Preference-Applied)
 
     @property
     def run_id(self) -> str:

@@ -28,6 +28,7 @@ from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Respon
 from ..api.bodies import json_body
 from ..api.callers import authenticated
 from ..api.errors import Handler
+from ..api.prefer import prefer_wait, wait_applied
 from ..api.queries import limit_param, path_param
 from ..api.responses_errors import openai_handler, response_not_found
 from ..api.responses_format import ResponseRenderer, ResponsesEventFormat
@@ -73,7 +74,12 @@ async def retrieve(req: Request) -> Response:
     svc, caller = await _facade(req, "get_response")
     run = await _visible_run(svc, req, caller)
     if req.query_params.get("stream", "").lower() not in ("true", "1"):
-        return JSONResponse(renderer.render(run))
+        # Long polling for clients that send `Prefer: wait=N` (OpenAI's SDK sends none: nothing changes for it)
+        wait = prefer_wait(req.headers, svc.limits.max_read_wait)
+        if wait is None:
+            return JSONResponse(renderer.render(run))
+        run = await svc.waiter.wait(run, wait, lambda: _visible_run(svc, req, caller))
+        return JSONResponse(renderer.render(run), headers=wait_applied(wait))
     raw = req.query_params.get("starting_after")
     after = sequence_number("starting_after", raw) if raw else -1  # none: replay from the start
     return streaming_response(svc.relays.relay(run, after, None, event_format), _location(req, run.id))

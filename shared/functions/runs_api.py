@@ -1,7 +1,6 @@
 """The native HTTP API: /api/runs, /api/sessions, health (and its details), metrics and the streaming page."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from .. import telemetry
 from ..api.bodies import json_body, parse_json_body, read_body
 from ..api.errors import handler
 from ..api.operations import process_metrics
+from ..api.prefer import prefer_wait, wait_applied
 from ..api.queries import path_param, run_list_query
 from ..api.run_requests import parse_run_body
 from ..api.streams import resume_position, streaming_response
@@ -25,27 +25,36 @@ bp = func.Blueprint()
 
 ROUTE_PREFIX = "/api"
 UI_PAGE = Path(__file__).resolve().parent.parent / "static" / "stream.html"
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)")
 
 
 def _location(run_id: str) -> str:
     return f"{ROUTE_PREFIX}/runs/{run_id}"
 
 
-def _run_response(svc: Services, run: Run) -> JSONResponse:
+def _run_response(svc: Services, run: Run, headers: dict[str, str] | None = None) -> JSONResponse:
     view = svc.views.render(run)
     if run.is_terminal:
-        return JSONResponse(view)
-    return JSONResponse(view, status_code=202, headers={"Location": _location(run.id),
+        return JSONResponse(view, headers=headers)
+    return JSONResponse(view, status_code=202, headers={**(headers or {}), "Location": _location(run.id),
                                                         "Retry-After": str(svc.views.retry_after(run))})
 
 
 def _prefer_wait(req: Request, background: bool, max_wait: float) -> float:
     """`Prefer: wait=N` (RFC 7240) or `background: false` wait inline, bounded by MAX_PREFER_WAIT_SECONDS."""
-    match = _PREFER_WAIT.search(req.headers.get("prefer", ""))
-    if match:
-        return min(float(match.group(1)), max_wait)
+    wait = prefer_wait(req.headers, max_wait)
+    if wait is not None:
+        return wait
     return 0.0 if background else max_wait
+
+
+async def _held_read(svc: Services, req: Request, run: Run, *, existed: bool = False) -> tuple[Run, dict[str, str]]:
+    """Long polling: a read with `Prefer: wait=N` (bounded by MAX_READ_WAIT_SECONDS) is held until the run's
+    status changes or N seconds pass (runs.waiting); the run as it is then, and the header that says so."""
+    wait = prefer_wait(req.headers, svc.limits.max_read_wait)
+    if wait is None:
+        return run, {}
+    run = await svc.waiter.wait(run, wait, lambda: svc.reader.get(run.id, existed=existed))
+    return run, wait_applied(wait)
 
 
 INCLUDABLE = ("timeline",)
@@ -75,7 +84,7 @@ async def create_run(req: Request) -> Response:
         run, claims = await svc.reader.get_by_token(body.continuation_token)
         if body.stream:  # resume the stream right after the token's position
             return streaming_response(svc.relays.relay(run, claims.position), _location(run.id))
-        return _run_response(svc, run)
+        return _run_response(svc, *await _held_read(svc, req, run, existed=True))
     assert body.request is not None  # no token: the parser read a new run's request
     key = req.headers.get("idempotency-key")
     if body.stream:
@@ -101,8 +110,8 @@ async def list_runs(req: Request) -> Response:
 async def get_run(req: Request) -> Response:
     svc = await _api("get_run")
     include = _include(req)
-    run = await svc.reader.get(path_param(req, "run_id"))
-    response = JSONResponse(svc.views.render(run, timeline="timeline" in include))
+    run, applied = await _held_read(svc, req, await svc.reader.get(path_param(req, "run_id")))
+    response = JSONResponse(svc.views.render(run, timeline="timeline" in include), headers=applied)
     if not run.is_terminal:
         response.headers["Retry-After"] = str(svc.views.retry_after(run))
     return response

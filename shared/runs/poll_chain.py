@@ -55,6 +55,9 @@ class Backoff:
     initial: float
     maximum: float
     multiplier: float
+    # The first step's own delay, before the curve (push: an early look that learns whether the provider has
+    # begun the run, so its status says `in_progress` while the slow safety net waits); None: the curve's.
+    first: float | None = None
 
     def delay(self, poll_count: int, *, retry_after: float | None = None,
               rng: Callable[[], float] = random.random) -> float:
@@ -63,11 +66,16 @@ class Backoff:
         length never overflows."""
         if self.maximum <= 0:
             return 0.0 if retry_after is None else min(retry_after, MAX_RETRY_AFTER_SECONDS)
+        if self.first is not None:
+            if poll_count == 0:
+                return self._with_retry_after(self.first * (0.8 + 0.4 * rng()), retry_after)
+            poll_count -= 1
         base = min(self.maximum, self.initial * self.multiplier ** min(poll_count, self._exponent_cap))
-        delay = base * (0.8 + 0.4 * rng())
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, MAX_RETRY_AFTER_SECONDS))
-        return delay
+        return self._with_retry_after(base * (0.8 + 0.4 * rng()), retry_after)
+
+    @staticmethod
+    def _with_retry_after(delay: float, retry_after: float | None) -> float:
+        return delay if retry_after is None else max(delay, min(retry_after, MAX_RETRY_AFTER_SECONDS))
 
     @property
     def _exponent_cap(self) -> int:

@@ -24,6 +24,7 @@ from azure.data.tables import TableEntity, UpdateMode
 from ..errors import PayloadTooLarge
 from ..storage import BlobContainer, Table
 from ..telemetry import Timeline
+from .changes import RunChanges
 from .model import Admission, Run
 from .results import loaded_result, stored_result
 from .webhook_state import WebhookState
@@ -53,9 +54,11 @@ def _dumps(value: Any) -> str:
 
 
 class RunStore:
-    def __init__(self, table: Table, payloads: BlobContainer) -> None:
+    def __init__(self, table: Table, payloads: BlobContainer, changes: RunChanges | None = None) -> None:
+        """`changes` is told of every write of a run, to wake the reads held on it (runs.waiting)."""
         self._table = table
         self._payloads = payloads
+        self.changes = changes or RunChanges()
 
     # -- parts: inline when they fit, else one blob per write --------------------------------------------
     async def _place_parts(self, run_id: str, texts: dict[str, str]) -> dict[str, str]:
@@ -187,6 +190,7 @@ class RunStore:
         run.etag = meta.get("etag")
         run.result_stored = run.result_stored or run.result is not None
         run.response_stored = run.response_stored or run.response is not None
+        self.changes.touched(run.id)
         return run
 
     async def save_chain(self, run: Run) -> Run:
@@ -204,6 +208,7 @@ class RunStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             raise RunConflict(run.id) from None
         run.etag = meta.get("etag")
+        self.changes.touched(run.id)
         return run
 
     async def delete(self, run: Run) -> bool:
@@ -214,6 +219,7 @@ class RunStore:
             return True
         except ResourceModifiedError:
             return False
+        self.changes.touched(run.id)
         await self.delete_blobs(run.id)
         return True
 

@@ -10,10 +10,14 @@ from .tokens import TokenCodec
 
 
 class RunViews:
-    def __init__(self, tokens: TokenCodec, *, poll_initial_delay: float, poll_max_delay: float) -> None:
+    def __init__(self, tokens: TokenCodec, *, poll_initial_delay: float, poll_max_delay: float,
+                 ends_seen_at_once: bool = False) -> None:
+        """`ends_seen_at_once`: the completion strategy learns of an end as it happens (push, watch), rather than at
+        the poll chain's next look (poll)."""
         self._tokens = tokens
         self._initial = poll_initial_delay
         self._max = poll_max_delay
+        self._at_once = ends_seen_at_once
 
     def render(self, run: Run, *, timeline: bool = False) -> dict[str, Any]:
         """The run as the API shows it (a terminal run must have been read with its result); `timeline` adds
@@ -56,7 +60,13 @@ class RunViews:
                 "next_try_at": admission.next_try_at if waiting else None, "granted_at": admission.granted_at}
 
     def retry_after(self, run: Run) -> int:
-        """Seconds until the poll chain will next look (what a polling caller should wait)."""
+        """Seconds a polling caller should wait before it can learn something new, never longer than needed.
+        Where the service learns of a run's end as it happens (push: the provider's webhook; watch: the held
+        stream; an executor run: its own call), 1, the shortest Retry-After there is: the run may end any moment
+        (a caller that wants fewer requests long-polls with `Prefer: wait=N`). Under poll nothing but a cancel
+        changes the run before the chain's next look at the provider: the time until then."""
+        if self._at_once or run.backend == "executor":
+            return 1
         if run.next_poll_at is None:
             return max(1, round(self._initial))
         return max(1, min(round(run.next_poll_at - clock.now() + 0.5), int(self._max)))

@@ -82,6 +82,7 @@ class Settings:
     admission_max_wait: float
     sweep_grace: float
     max_prefer_wait: float
+    max_read_wait: float
     max_request_bytes: int
     webhook_secrets: tuple[str, ...] = field(repr=False)
     webhook_allow_http: bool
@@ -118,6 +119,7 @@ class Settings:
             admission_max_wait=read("ADMISSION_MAX_WAIT_SECONDS"),
             sweep_grace=read("SWEEP_GRACE_SECONDS"),
             max_prefer_wait=read("MAX_PREFER_WAIT_SECONDS"),
+            max_read_wait=read("MAX_READ_WAIT_SECONDS"),
             max_request_bytes=read("MAX_REQUEST_BYTES"),
             webhook_secrets=read("WEBHOOK_SIGNING_SECRETS"),
             webhook_allow_http=read("WEBHOOK_ALLOW_HTTP"),

@@ -86,6 +86,9 @@ SETTINGS: tuple[Setting, ...] = _grouped(
             Number(minimum=0.1)),
     Setting("MAX_PREFER_WAIT_SECONDS", "Upper bound for `Prefer: wait=N` on POST /api/runs.", "10",
             Number(minimum=0)),
+    Setting("MAX_READ_WAIT_SECONDS", "Upper bound for `Prefer: wait=N` on reads of a run (GET /api/runs/{id}, "
+            "the continuation-token poll, GET /v1/responses/{id}): the read is held until the run's status changes "
+            "(long polling; below Azure's 230 s HTTP limit).", "60", Number(minimum=0, maximum=FACADE_MAX_WAIT_LIMIT)),
     Setting("MAX_REQUEST_BYTES", "Largest accepted request body.", str(1024 * 1024),
             Number(minimum=1024, integer=True)),
     # -- per-caller quotas (shared/runs/quotas.py): 0 is unlimited, so they cost nothing until an operator sets them

@@ -140,11 +140,43 @@ class Recorder(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+async def test_wait_long_polls_by_default_and_sees_the_end_as_the_service_does(stack):
+    recorder = Recorder()
+    seen: list[tuple[str, float | None]] = []
+    async with AsyncClient(stack.host.base_url, function_key=stack.function_key, transport=recorder) as client:
+        started = await client.run("Take a while.", options={"metadata": emulated(2500, 100)})
+        final = await client.wait(started, on_poll=lambda r, delay: seen.append((r.status, delay)))
+    assert final.status == "completed" and len(final.text) == 100
+    gets = [entry for entry in recorder.log if entry[1] == "GET"]
+    assert 1 <= len(gets) <= 3  # held until it began (queued -> in_progress), then until it ended
+    assert all(delay == 0.0 for _, delay in seen[:-1]) and seen[-1] == ("completed", None)
+    assert final.held_for == 60.0  # the service agreed to hold each read (Preference-Applied: wait=60)
+
+
+async def test_wait_polls_on_retry_after_when_the_service_holds_no_read():
+    replies = iter(["in_progress", "in_progress", "completed"])
+    prefer: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:  # an older service: no Preference-Applied
+        prefer.append(request.headers.get("prefer"))
+        status = next(replies)
+        return httpx.Response(200, headers={"retry-after": "1"},
+                              json={"id": "run_x", "status": status, "continuation_token": None
+                                    if status == "completed" else "tok"})
+
+    delays = []
+    async with AsyncClient("http://test", transport=httpx.MockTransport(handler)) as client:
+        started = time.monotonic()
+        await client.wait("run_x", on_poll=lambda r, delay: delays.append(delay))
+    assert prefer == [None, "wait=60", None]  # asked once, then Retry-After polling
+    assert delays == [0.0, 1.0, None] and time.monotonic() - started >= 1.0
+
+
 async def test_wait_polls_when_the_service_says_retry_after(stack):
     recorder = Recorder()
     seen: list[tuple[str, float | None]] = []
     async with AsyncClient(stack.host.base_url, function_key=stack.function_key, transport=recorder,
-                           poll_initial=0.05) as client:
+                           poll_initial=0.05, long_poll=0) as client:
         started = await client.run("Take a while.", options={"metadata": emulated(2500, 100)})
         assert started.retry_after is not None and started.retry_after >= 1
         final = await client.wait(started, on_poll=lambda r, delay: seen.append((r.status, delay)))
@@ -181,7 +213,8 @@ async def test_wait_backs_off_without_retry_after_and_retries_a_503():
                                                           "continuation_token": None if done else "tok"})
 
     delays = []
-    async with AsyncClient("http://test", transport=httpx.MockTransport(handler), poll_initial=0.1) as client:
+    async with AsyncClient("http://test", transport=httpx.MockTransport(handler), poll_initial=0.1,
+                           long_poll=0) as client:
         final = await client.wait("run_x", on_poll=lambda r, delay: delays.append(delay))
     assert final.text == "done"
     assert delays == [2.0, 0.1, 0.2, None]  # Retry-After, then exponential backoff from poll_initial

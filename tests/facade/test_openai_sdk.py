@@ -26,6 +26,17 @@ def test_background_create_then_poll_until_the_terminal_response(client, stack):
     assert response.usage.output_tokens > 0 and response.completed_at is not None
 
 
+def test_a_retrieve_with_prefer_wait_is_held_until_the_response_changes(client, stack):
+    created = client.responses.create(model=MODEL, input="Long-poll me.", background=True, metadata=knobs(2500, 60))
+    response, retrieves, began = created, 0, time.monotonic()
+    while response.status in ("queued", "in_progress"):  # no sleep: the service holds each retrieve
+        raw = client.responses.with_raw_response.retrieve(created.id, extra_headers={"Prefer": "wait=30"})
+        response, retrieves = raw.parse(), retrieves + 1
+        assert raw.headers["preference-applied"] == "wait=30"
+    assert response.status == "completed" and len(response.output_text) == 60
+    assert retrieves <= 3 and time.monotonic() - began < 20  # until it began, until it ended: not a busy loop
+
+
 async def test_async_client_foreground_create_answers_the_terminal_response(aclient, stack):
     response = await aclient.responses.create(model=MODEL, input="quick one", metadata=knobs(800, 50))
     assert response.status == "completed" and len(response.output_text) == 50

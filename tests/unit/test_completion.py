@@ -39,7 +39,12 @@ async def pushed_run(monkeypatch, **fields):
 async def test_push_is_the_default_with_a_secret_and_polls_only_as_a_slow_safety_net(monkeypatch):
     w, _ = await pushed_run(monkeypatch)
     assert w.settings.completion.strategy == "push"
-    assert 24 <= w.poll_queue.sent[-1].delay <= 36  # SAFETY_POLL_INITIAL_SECONDS, not the 1 s of polling
+    # One early look (POLL_INITIAL_DELAY_SECONDS): the provider sends no event when it begins a run
+    assert 0.8 <= w.poll_queue.sent[-1].delay <= 1.2
+    w.backend.responses[run.response_id].status = "in_progress"
+    assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "pending"
+    assert (await w.run(run.id)).status == "in_progress"  # a caller can tell working from waiting
+    assert 24 <= w.poll_queue.sent[-1].delay <= 36  # then SAFETY_POLL_INITIAL_SECONDS, not the 1 s of polling
 
 
 async def test_a_provider_event_ends_its_run_and_sends_the_webhook_at_once(monkeypatch):

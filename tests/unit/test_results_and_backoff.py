@@ -20,6 +20,13 @@ def test_retry_after_is_honoured_but_bounded():
     assert BACKOFF.delay(0, retry_after=10_000, rng=lambda: 0.5) == 600
 
 
+def test_a_first_delay_comes_before_the_curve_which_then_starts_at_its_initial():
+    push = Backoff(initial=30.0, maximum=120.0, multiplier=1.5, first=1.0)
+    assert push.delay(0, rng=lambda: 0.5) == pytest.approx(1.0)  # the early look
+    assert [push.delay(n, rng=lambda: 0.5) for n in (1, 2, 5)] == pytest.approx([30.0, 45.0, 120.0])
+    assert push.delay(0, retry_after=7, rng=lambda: 0.5) == 7  # a provider's Retry-After still lengthens it
+
+
 def test_function_calls_become_requires_action():
     response = {"status": "completed", "output": [
         {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}], "usage": {"total_tokens": 3}}
