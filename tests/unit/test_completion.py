@@ -37,7 +37,7 @@ async def pushed_run(monkeypatch, **fields):
 
 
 async def test_push_is_the_default_with_a_secret_and_polls_only_as_a_slow_safety_net(monkeypatch):
-    w, _ = await pushed_run(monkeypatch)
+    w, run = await pushed_run(monkeypatch)
     assert w.settings.completion.strategy == "push"
     # One early look (POLL_INITIAL_DELAY_SECONDS): the provider sends no event when it begins a run
     assert 0.8 <= w.poll_queue.sent[-1].delay <= 1.2
