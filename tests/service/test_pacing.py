@@ -14,6 +14,7 @@ import pytest
 
 from local.azurite import start_for_tests
 from shared.runs.pacing import DEFAULT_OUTPUT_TOKENS, estimate_tokens
+from tests.stack import wait_for_run
 
 QUICK = {"emulator_duration_ms": "300", "emulator_output_chars": "40"}
 QUOTA_DEFAULTS = {"model_limits": {}, "quota_window_s": 60.0, "insufficient_quota": False}
@@ -53,7 +54,7 @@ def test_a_burst_over_the_quota_is_paced_so_the_provider_refuses_few_creates(sta
     assert [a.status_code for a in answers] == [202] * BURST, [a.text for a in answers if a.status_code != 202]
     paced = [a.json() for a in answers if a.json().get("admission", {}).get("reason") == "paced"]
     assert len(paced) >= BURST - 2  # one create a second: all but the first (or two) waited for a slot
-    finals = [wait(paced_host, a.json()["id"], timeout=120) for a in answers]
+    finals = [wait_for_run(paced_host, a.json()["id"], timeout=120) for a in answers]
     assert [f["status"] for f in finals] == ["completed"] * BURST
     responses = [stack.provider_responses(f["id"]) for f in finals]
     assert [len(r) for r in responses] == [1] * BURST  # exactly once at the provider
@@ -70,13 +71,3 @@ def test_a_burst_over_the_quota_is_paced_so_the_provider_refuses_few_creates(sta
 
 def prompt(i: int) -> str:
     return f"burst {i}: " + "tell me something " * (i + 1)
-
-
-def wait(client: httpx.Client, run_id: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(f"/api/runs/{run_id}").json()
-        if run["continuation_token"] is None:
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not finish in {timeout}s: {run}")
