@@ -21,8 +21,9 @@ PACING_TOKENS_PER_MINUTE) and refined by what the provider says:
 All off (the defaults) costs nothing: no storage request, no wait.
 
 State: one row per model in the run index table (partition `pacing`), read and rewritten If-Match its ETag by
-each reservation: two storage requests per start at steady state. A reservation that loses the race to another
-instance reads again; within an instance a model's reservations take turns, so only other instances' contend.
+each reservation: two storage requests per start at steady state, fewer in a burst (within an instance, the creates
+of a model that wait while one reservation is under way are reserved together by the next, with one read and one
+write). A reservation that loses the race to another instance reads again; only other instances' contend.
 What the headers of a successful create say is kept in memory and written with the next reservation (no request
 of its own); a 429 rewrites the row at once (two requests, only on a 429).
 
@@ -194,12 +195,22 @@ def throttled(settings: PacingSettings, state: PaceState, now: float, retry_afte
     return after
 
 
+@dataclass(frozen=True)
+class _Ask:
+    """A create waiting for its slot: what it costs and how long its run may wait; its wait, once answered."""
+
+    tokens: int
+    within: float
+    answer: asyncio.Future[float]
+
+
 class ProviderPacing:
     def __init__(self, table: Table, settings: PacingSettings, *, timeout: float = STORAGE_TIMEOUT) -> None:
         self._table = table
         self._settings = settings
         self._timeout = timeout
         self._turns: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._asking: defaultdict[str, list[_Ask]] = defaultdict(list)  # creates waiting for a slot, per model
         self._pending: dict[str, float] = {}  # per model, spent until (headers), written with its next reservation
         self._open_until = 0.0  # skip pacing until then: its storage failed
 
@@ -213,11 +224,19 @@ class ProviderPacing:
         model = str(params.get("model") or "")
         if not self._settings.enabled or clock.now() < self._open_until:
             return 0.0
-        tokens = estimate_tokens(params)
+        ask = _Ask(estimate_tokens(params), within, asyncio.get_running_loop().create_future())
+        self._asking[model].append(ask)
         async with self._turns[model]:
-            if clock.now() < self._open_until:  # it failed while this one waited its turn
-                return 0.0
-            return await self._failing_open(model, self._reserve(model, tokens, within), 0.0)
+            if not ask.answer.done():  # its turn: it reserves for every create of the model waiting by now
+                asks, self._asking[model] = self._asking[model], []
+                waits = [0.0] * len(asks)  # also if this one is cancelled meanwhile: the others go unpaced
+                try:
+                    if clock.now() >= self._open_until:  # else it failed while these waited their turn
+                        waits = await self._failing_open(model, self._reserve(model, asks), waits)
+                finally:
+                    for waiting, wait in zip(asks, waits, strict=True):
+                        waiting.answer.set_result(wait)
+        return ask.answer.result()
 
     def noted(self, model: str, rate_limits: Mapping[str, str]) -> None:
         """The headers of a create the provider took: kept for the model's next reservation."""
@@ -234,17 +253,23 @@ class ProviderPacing:
         async with self._turns[model]:
             await self._failing_open(model, self._throttle(model, retry_after), None)
 
-    async def _reserve(self, model: str, tokens: int, within: float) -> float:
+    async def _reserve(self, model: str, asks: list[_Ask]) -> list[float]:
+        """The slots of `asks`, in order, taken with one read and one write of the model's row."""
         for _ in range(MAX_TRIES):
             state, etag = await self._read(model)
             taken = self._take_pending(model, state)
             now = clock.now()
-            slot, after = plan(self._settings, state, now, tokens)
-            if slot - now > within:
-                return slot - now
-            if await self._write(model, after, etag):
+            waits = []
+            for ask in asks:
+                slot, after = plan(self._settings, state, now, ask.tokens)
+                waits.append(max(0.0, slot - now))
+                if slot - now <= ask.within:  # taken; a slot beyond what the run may wait is not
+                    state = after
+            if all(wait > ask.within for wait, ask in zip(waits, asks, strict=True)):
+                return waits  # nothing taken: nothing to write
+            if await self._write(model, state, etag):
                 self._drop_pending(model, taken)
-                return max(0.0, slot - now)
+                return waits
             await asyncio.sleep(random.uniform(0, MAX_PAUSE))
         raise TimeoutError(f"{MAX_TRIES} reservations lost to other instances")
 

@@ -195,6 +195,40 @@ async def test_two_instances_share_one_budget_through_the_rows_etag(now):
     assert list(table.rows) == [(PARTITION, "gpt%2F4.1")]
 
 
+async def test_creates_waiting_in_one_instance_are_reserved_together_with_one_read_and_one_write(now):
+    table = FakeTable()
+    pacing = ProviderPacing(table, RPM60)
+    params = {"model": "m", "input": "hi"}
+    waits = await asyncio.gather(*(pacing.reserve(params, within=60) for _ in range(10)))
+    assert sorted(waits) == pytest.approx(list(range(10)))
+    assert table.requests == 4  # the first: read, create; the nine that waited meanwhile: read, write
+
+
+async def test_a_reservation_cancelled_on_its_turn_lets_the_creates_it_reserved_for_go(now):
+    table = FakeTable()
+    pacing = ProviderPacing(table, RPM60, timeout=60)  # only the cancel ends the stuck read
+    params = {"model": "m", "input": "hi"}
+    await pacing.reserve(params, within=60)
+    gate, reads = asyncio.Event(), []
+
+    async def stuck():
+        reads.append(1)
+        await (gate.wait() if len(reads) == 1 else asyncio.sleep(30))
+
+    table.before["get_entity"] = stuck
+    holding = asyncio.create_task(pacing.reserve(params, within=60))
+    await asyncio.sleep(0.01)
+    leader = asyncio.create_task(pacing.reserve(params, within=60))
+    others = [asyncio.create_task(pacing.reserve(params, within=60)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await holding == pytest.approx(1)
+    await asyncio.sleep(0.01)  # the leader reserves for itself and the others, and its read hangs
+    leader.cancel()
+    assert await asyncio.wait_for(asyncio.gather(*others), 1) == [0.0, 0.0]
+    assert len(reads) == 2  # the others never read: they were in the cancelled batch
+
+
 async def test_a_slot_beyond_what_the_run_may_wait_is_not_taken(now):
     table = FakeTable()
     pacing = ProviderPacing(table, RPM60)
