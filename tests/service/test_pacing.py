@@ -19,7 +19,7 @@ from tests.stack import wait_for_run
 QUICK = {"emulator_duration_ms": "300", "emulator_output_chars": "40"}
 QUOTA_DEFAULTS = {"model_limits": {}, "quota_window_s": 60.0, "insufficient_quota": False}
 PACED_RPM = 60  # the host's budget: one create a second
-BURST = 16
+BURST = 20
 
 
 @pytest.fixture(scope="module")
