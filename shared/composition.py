@@ -33,6 +33,7 @@ from .runs.index import RunIndex
 from .runs.lifecycle import RunLifecycle
 from .runs.listing import RunLister
 from .runs.overview import RunOverview
+from .runs.pacing import ProviderPacing
 from .runs.poll_chain import Backoff, PollScheduler
 from .runs.polling import Observer, PollStep, RetrieveObserver, StreamWatcher
 from .runs.provider_event_inbox import ProviderEventInbox
@@ -142,7 +143,8 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
     webhook_urls = WebhookUrls(enabled=bool(settings.webhook_secrets), allow_http=settings.webhook_allow_http,
                                allow_private=settings.webhook_allow_private)
     admission = RunAdmission(AdmissionRules(settings.admission_max_wait, rules.start_grace, rules.create_streaming,
-                                            rules.remember_responses), store, router, index, scheduler, backoff, ending)
+                                            rules.remember_responses), store, router, index, scheduler, backoff, ending,
+                             ProviderPacing(storage.index, settings.pacing))
     starter = RunStarter(rules, store, sessions, idempotency, index, router, webhook_urls, scheduler, chain_backoff,
                          ending, lifecycle, quotas, admission=admission)
     canceller = RunCanceller(reader, router, ending, store)

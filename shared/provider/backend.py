@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import openai
 from openai import AsyncOpenAI
 
 from ..responses_vocabulary import ACTIVE_STATUSES
-from .errors import ProviderError, classify
+from .errors import ProviderError, classify, rate_limit_headers
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class EventStream(Protocol):
 class StartedResponse:
     state: ProviderState
     events: EventStream | None = None  # for streaming starts: the create call's own event stream
+    rate_limits: dict[str, str] = field(default_factory=dict)  # the answer's x-ratelimit-* headers (runs.pacing)
 
 
 class RunBackend(Protocol):
@@ -89,7 +90,8 @@ class ResponsesBackend:
             if not stream:  # plain JSON, as in observe(): the SDK's model parsing is the costly part
                 raw = await self._client.responses.with_raw_response.create(**params, background=True)
                 data = json.loads(raw.http_response.content)
-                return StartedResponse(ProviderState(data["id"], data["status"], data))
+                limits = rate_limit_headers(raw.http_response.headers)
+                return StartedResponse(ProviderState(data["id"], data["status"], data), rate_limits=limits)
             reply = await self._client.responses.create(**params, background=True, stream=True)
         except Exception as error:  # noqa: BLE001 - classified
             raise classify(error) from None
@@ -98,7 +100,8 @@ class ResponsesBackend:
         except Exception as error:  # noqa: BLE001 - a stream that ends or breaks before its first event
             await reply.close()
             raise _early_stream_failure(error) from None
-        return StartedResponse(_state(first.response), _PrefixedStream(first, reply))
+        limits = rate_limit_headers(getattr(getattr(reply, "response", None), "headers", None))
+        return StartedResponse(_state(first.response), _PrefixedStream(first, reply), limits)
 
     async def observe(self, response_id: str) -> ProviderState:
         """The response as plain JSON: on the poll chain's hot path, parsing it into the SDK's models would cost

@@ -14,7 +14,7 @@ from ..retry_after import retry_after_from_headers
 
 class ProviderError(Exception):
     def __init__(self, *, transient: bool, status: int | None, message: str, retry_after: float | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, rate_limits: Mapping[str, str] | None = None) -> None:
         message = redact(message)  # it reaches callers, stored runs and logs
         super().__init__(message)
         self.transient = transient  # 429, 5xx, timeouts, connection errors
@@ -22,6 +22,7 @@ class ProviderError(Exception):
         self.message = message
         self.retry_after = retry_after
         self.code = code
+        self.rate_limits = dict(rate_limits or {})  # the answer's x-ratelimit-* headers (runs.pacing)
 
 
 class RequestRefused(ProviderError):
@@ -47,10 +48,18 @@ def classify(error: Exception) -> ProviderError:
         code = getattr(error, "code", None)
         message = _message(error)
         return ProviderError(transient=_worth_retrying(status, code, message), status=status, message=message,
-                             retry_after=retry_after_from_headers(error.response.headers), code=code)
+                             retry_after=retry_after_from_headers(error.response.headers), code=code,
+                             rate_limits=rate_limit_headers(error.response.headers))
     if isinstance(error, openai.OpenAIError):  # e.g. a reply the SDK could not parse
         return ProviderError(transient=True, status=None, message=f"unexpected provider reply: {type(error).__name__}")
     raise error
+
+
+def rate_limit_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The `x-ratelimit-*` headers of a provider answer, by lower-case name (none: empty)."""
+    if headers is None:
+        return {}
+    return {name.lower(): value for name, value in headers.items() if name.lower().startswith("x-ratelimit-")}
 
 
 def reported_in_stream(error: Any, message: str | None = None) -> ProviderError:

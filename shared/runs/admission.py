@@ -20,32 +20,45 @@ acceptance, a cancel ends it here without a provider call, a lost message or a c
 sweeper (it restarts the chain, and so the tries), and it ends through runs.ending. It may wait at most
 ADMISSION_MAX_WAIT_SECONDS; then it ends `failed` with `capacity_wait_exceeded`. A streaming start is queued too:
 its stream opens at once and shows the wait (runs.relay), then follows the response once the provider took it.
+
+With provider pacing on (runs.pacing), every create, the start's and each try's, first takes its model's next
+slot: a slot later than PACED_INLINE_WAIT is a wait like a 429's, without the provider call (`reason` "paced",
+the try scheduled at the slot, which it holds: it does not ask again). What the provider answers a create (its
+`x-ratelimit-*` headers, a rate-limit 429) is told to the pacing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from .. import clock, telemetry
-from ..provider import ProviderError, ProviderState, RunBackend
+from ..provider import ProviderError, ProviderState, RunBackend, StartedResponse
 from ..responses_vocabulary import ErrorCode, RunStatus
 from .ending import DeadlinePassed, Failed, Observed, ProviderEnded, RunEnding
 from .index import RunIndex
 from .model import Admission, Run
+from .pacing import ProviderPacing
 from .poll_chain import DEADLINE_SLACK_SECONDS, Backoff, PollScheduler
 from .results import response_snapshot
 from .store import RunConflict, RunStore
 
 log = logging.getLogger("bgruns.admission")
 
+PACED = "paced"
+# A slot this close is waited for in place (the create goes a moment later) rather than queued: a queued try
+# costs a message and two run writes.
+PACED_INLINE_WAIT = 0.5
+
 
 class AdmissionOutcome(StrEnum):
     """What a queued run's step did, when it did not end the run."""
 
-    WAITING = "capacity-waiting"  # the provider still has no room: the next try is scheduled
+    WAITING = "capacity-waiting"  # the provider still has no room (or the pacing none yet): the next try is scheduled
     GRANTED = "capacity-granted"  # the provider took it: the poll chain follows its response now
     STALE = "stale"  # the run changed meanwhile (cancelled, another step): nothing to do
 
@@ -74,9 +87,10 @@ class RunAdmission:
         scheduler: PollScheduler,
         backoff: Backoff,
         ending: RunEnding,
+        pacing: ProviderPacing | None = None,
     ) -> None:
         """`backoff` spaces the tries when the provider gives no Retry-After; `scheduler` carries them (the poll
-        queue)."""
+        queue); `pacing` gives each create its slot at its model (none: creates are not paced)."""
         self._rules = rules
         self._store = store
         self._backend = backend
@@ -84,6 +98,7 @@ class RunAdmission:
         self._scheduler = scheduler
         self._backoff = backoff
         self._ending = ending
+        self._pacing = pacing if pacing is not None and pacing.enabled and rules.max_wait > 0 else None
 
     def admits(self, error: ProviderError) -> bool:
         """Whether a start refused with `error` is queued rather than refused."""
@@ -92,15 +107,48 @@ class RunAdmission:
     async def queue(self, run: Run, error: ProviderError) -> Run:
         """Queue the starting run (recorded, its first create refused with `error`): returns it as it now stands
         (another writer's, if it was ended meanwhile, e.g. cancelled while its create was answered)."""
-        now = clock.now()
         run.admission = Admission(queued_at=run.created_at)
-        delay = self._next_delay(run, error)
-        run.admission.next_try_at, run.admission.reason = now + delay, _reason(error)
-        log.info("run %s: the provider has no capacity (%s); queued, next try in %.1fs", run.id, _reason(error), delay)
+        return await self._queue(run, self._next_delay(run, error), _reason(error))
+
+    async def queue_paced(self, run: Run, wait: float) -> Run:
+        """Queue the starting run (recorded, not created) until its slot of the pacing, `wait` seconds away."""
+        run.admission = Admission(queued_at=run.created_at, attempts=0, paced=True)
+        return await self._queue(run, self._within_wait(run, wait), PACED)
+
+    async def _queue(self, run: Run, delay: float, reason: str) -> Run:
+        assert run.admission is not None
+        run.admission.next_try_at, run.admission.reason = clock.now() + delay, reason
+        log.info("run %s: the provider has no capacity (%s); queued, next try in %.1fs", run.id, reason, delay)
         telemetry.capacity("queued")
-        if await self._scheduler.schedule(run, delay, event="capacity_queued", error=_reason(error), save_all=True):
+        if await self._scheduler.schedule(run, delay, event="capacity_queued", error=reason, save_all=True):
             return run
         return await self._store.get(run.id, with_result=True) or run
+
+    async def pace(self, run: Run) -> float:
+        """How long the run's create must wait for its slot at its model (it holds the slot from now on); 0: go
+        now (a slot within PACED_INLINE_WAIT is waited for here)."""
+        if self._pacing is None:
+            return 0.0
+        queued_at = run.admission.queued_at if run.admission else run.created_at
+        wait_left = queued_at + self._rules.max_wait - clock.now()
+        wait = await self._pacing.reserve(run.request, within=max(0.0, wait_left))
+        if wait > PACED_INLINE_WAIT:
+            return wait
+        await asyncio.sleep(wait)
+        return 0.0
+
+    async def create(self, params: dict[str, Any], *, stream: bool) -> StartedResponse:
+        """Create the response (never repeated here), telling the pacing what the provider answered."""
+        model = str(params.get("model") or "")
+        try:
+            started = await self._backend.start(params, stream=stream)
+        except ProviderError as error:
+            if self._pacing is not None and error.status == 429 and proves_nothing_created(error):
+                await self._pacing.throttled(model, error.retry_after, error.rate_limits)
+            raise
+        if self._pacing is not None:
+            self._pacing.noted(model, started.rate_limits)
+        return started
 
     async def step(self, run: Run) -> AdmissionOutcome | RunStatus:
         """One try of a queued run (a poll message at its chain position, the run read without its request)."""
@@ -125,11 +173,13 @@ class RunAdmission:
         full = await self._store.get(run.id, with_request=True)
         if full is None or full.etag != run.etag:
             return AdmissionOutcome.STALE
+        if not admission.paced and (wait := await self.pace(full)):
+            return await self._paced(full, wait)
         if not await self._claim(full):
             return AdmissionOutcome.STALE
         try:
             # A streamed run's response is created streaming, so that its caller's stream can follow it.
-            started = await self._backend.start(full.request, stream=full.stream or self._rules.create_streaming)
+            started = await self.create(full.request, stream=full.stream or self._rules.create_streaming)
         except ProviderError as error:
             return await self._refused(full, error)
         if started.events is not None:
@@ -140,7 +190,7 @@ class RunAdmission:
         """Consume the chain position and note the create in flight, so that a duplicate of this message is stale,
         and a step that dies from here on leaves a run the sweeper ends (its create's outcome unknown)."""
         assert run.admission is not None
-        run.admission.creating_since = clock.now()
+        run.admission.creating_since, run.admission.paced = clock.now(), False
         run.admission.attempts += 1
         run.poll_seq, run.poll_nonce = run.poll_seq + 1, secrets.token_hex(6)  # no message carries this position
         run.next_poll_at = clock.now() + self._rules.start_grace
@@ -149,6 +199,16 @@ class RunAdmission:
         except RunConflict:
             return False
         return True
+
+    async def _paced(self, run: Run, wait: float) -> AdmissionOutcome:
+        """The pacing gave the run a later slot: its next try is then, without calling the provider now."""
+        assert run.admission is not None
+        delay = self._within_wait(run, wait)
+        run.admission.next_try_at, run.admission.reason, run.admission.paced = clock.now() + delay, PACED, True
+        log.info("run %s: paced; next try in %.1fs", run.id, delay)
+        telemetry.capacity("waiting")
+        saved = await self._scheduler.schedule(run, delay, event="capacity_paced", error=PACED, save_all=True)
+        return AdmissionOutcome.WAITING if saved else AdmissionOutcome.STALE
 
     async def _refused(self, run: Run, error: ProviderError) -> AdmissionOutcome | RunStatus:
         assert run.admission is not None
@@ -225,7 +285,10 @@ class RunAdmission:
         """The provider's Retry-After, else the backoff by tries; never past the end of the wait (a last step
         then ends the run on time)."""
         assert run.admission is not None
-        delay = self._backoff.delay(run.admission.attempts - 1, retry_after=error.retry_after)
+        return self._within_wait(run, self._backoff.delay(run.admission.attempts - 1, retry_after=error.retry_after))
+
+    def _within_wait(self, run: Run, delay: float) -> float:
+        assert run.admission is not None
         wait_left = run.admission.queued_at + self._rules.max_wait - clock.now()
         return max(0.0, min(delay, wait_left + DEADLINE_SLACK_SECONDS))
 

@@ -19,11 +19,12 @@ class Admission:
     """A run the provider had no capacity for when it started, queued until it has (runs.admission)."""
 
     queued_at: float  # when it was accepted (its start): the wait bound counts from here
-    attempts: int = 1  # creates the provider answered "not now" to, or that are in flight (the start's included)
+    attempts: int = 1  # creates the provider answered "not now" to, or in flight (the start's, unless it was paced)
     next_try_at: float | None = None  # when the next create is tried
-    reason: str = ""  # the provider's last "not now"
+    reason: str = ""  # the provider's last "not now", or "paced": the pacing gave it a later slot
     creating_since: float | None = None  # a create is in flight since then: if its step dies, its outcome is unknown
     granted_at: float | None = None  # the provider accepted it
+    paced: bool = False  # the next try holds its slot of the provider pacing (runs.pacing): it does not ask again
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

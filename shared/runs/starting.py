@@ -5,7 +5,8 @@ before anything is written. Order: claim the Idempotency-Key (if any), admit the
 quota (runs.quotas: a 429 over it, and nothing kept), reserve the session (if any), note the run as open work,
 record the run, create the provider response (background, our run id in its metadata, never retried), save the
 response id with the first poll message. A create the provider has no capacity for
-(429/503) queues the run instead (runs.admission): it is accepted, and started later.
+(429/503), or that the provider pacing gives a later slot (runs.pacing), queues the run instead (runs.admission):
+it is accepted, and started later.
 A start that fails at any step, for any reason (the provider refusing, storage failing, a bug), takes back
 everything it wrote: the provider response is cancelled and deleted, the run goes with its rows in the index
 (open work, run lists, provider response, retention date) and in its session, the session's reservation is
@@ -176,8 +177,14 @@ class RunStarter:
         await self._index.list_run(run)
         if attempt.session_id:
             await self._sessions.add_run(attempt.session_id, run_id, created_at)
-        try:  # the poll chain can only watch a response created streaming
-            started = await self._backend.start(params, stream=request.stream or self._rules.create_streaming)
+        stream = request.stream or self._rules.create_streaming  # the poll chain can only watch a streamed create
+        try:
+            if self._admission is None:
+                started = await self._backend.start(params, stream=stream)
+            elif wait := await self._admission.pace(run):  # its model's next slot is later: queued until then
+                return await self._admission.queue_paced(run, wait), None
+            else:
+                started = await self._admission.create(params, stream=stream)
         except ProviderError as error:
             if self._admission is not None and self._admission.admits(error):
                 return await self._admission.queue(run, error), None

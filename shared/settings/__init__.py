@@ -7,7 +7,7 @@
 - `secrets.py`: the secret formats (token keys, `whsec_` secrets, the facade's API keys).
 - `model.py`: `Settings.from_env()`, the typed groups, and the rules that join settings; `provider.py`: which
   model provider, inferred when unset; `host.py`: what host.json's functionTimeout bounds (read once).
-- `quotas.py`: the per-caller quotas' values (CALLER_QUOTAS' format).
+- `quotas.py`: the per-caller quotas' values (CALLER_QUOTAS' format) and the provider pacing's budgets.
 - `names.py`: the fixed queue, table and container names infra/ creates.
 """
 from .host import FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS, HOST_JSON, function_timeout_seconds
@@ -32,7 +32,7 @@ from .names import (
                     WEBHOOK_QUEUE,
 )
 from .provider import ProviderSettings
-from .quotas import NATIVE_CALLER, Quota, QuotaSettings
+from .quotas import NATIVE_CALLER, PacingSettings, Quota, QuotaSettings
 from .secrets import CALLER_NAME, ApiKey
 from .spec import Setting, SettingsError
 from .table import (
@@ -76,6 +76,7 @@ __all__ = [
                     "CompletionSettings",
                     "ExecutorSettings",
                     "FacadeSettings",
+                    "PacingSettings",
                     "ProviderSettings",
                     "Quota",
                     "QuotaSettings",

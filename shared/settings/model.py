@@ -20,7 +20,7 @@ from .host import (
 )
 from .names import STORAGE_CONNECTION
 from .provider import ProviderSettings, provider_settings
-from .quotas import NATIVE_CALLER, Quota, QuotaSettings
+from .quotas import NATIVE_CALLER, PacingSettings, Quota, QuotaSettings
 from .secrets import ApiKey
 from .spec import SettingsError
 from .table import SETTINGS, Read, reader
@@ -96,6 +96,7 @@ class Settings:
     executor: ExecutorSettings
     facade: FacadeSettings
     quotas: QuotaSettings
+    pacing: PacingSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, host_json: Path = HOST_JSON) -> Settings:
@@ -133,6 +134,8 @@ class Settings:
             facade=FacadeSettings(facade("RESPONSES_API_KEYS"), facade("RESPONSES_MAX_WAIT_SECONDS")),
             executor=_executor(reader(env, "executor"), provider, function_timeout),
             quotas=_quotas(read, facade("RESPONSES_API_KEYS")),
+            pacing=PacingSettings(read("PACING_REQUESTS_PER_MINUTE"), read("PACING_TOKENS_PER_MINUTE"),
+                                  read("PACING_ADAPTIVE")),
         )
 
 

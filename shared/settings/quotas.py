@@ -38,6 +38,19 @@ class QuotaSettings:
         return bool(self.default.max_active or any(q.max_active for q in self.overrides.values()))
 
 
+@dataclass(frozen=True)
+class PacingSettings:
+    """The provider pacing's budgets per model (shared/runs/pacing.py); 0: none. Off unless one is set."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    adaptive: bool = False  # learn a request rate from 429s (AIMD) and the provider's headers
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.requests_per_minute or self.tokens_per_minute or self.adaptive)
+
+
 def _count(entry: int, what: str, raw: str, maximum: int) -> int:
     if not raw.isdigit() or int(raw) > maximum:
         raise ValueError(f"entry {entry}: {what} must be a whole number from 0 (unlimited) to {maximum}, got {raw!r}")

@@ -101,6 +101,18 @@ SETTINGS: tuple[Setting, ...] = _grouped(
     Setting("CALLER_QUOTAS", "Per-caller overrides of the two above: space-separated `name:active:per_minute` "
             "entries (0: unlimited), the facade caller's name or `@native` for the function-key callers, e.g. "
             "`batch:50:600 @native:20:0`.", kind=caller_quotas),
+    # -- provider pacing (shared/runs/pacing.py): off unless a budget or PACING_ADAPTIVE is set ---------------------
+    Setting("PACING_REQUESTS_PER_MINUTE", "Creates per minute the service makes to each model (deployment), shared "
+            "by every instance through Table storage; a start beyond it is queued (`admission.reason` `paced`, as "
+            "a provider 429 queues it) until its turn, without calling the provider. Set it a little below the "
+            "deployment's RPM. Needs ADMISSION_MAX_WAIT_SECONDS > 0. 0: no request budget.", "0",
+            Number(minimum=0, maximum=1_000_000, integer=True)),
+    Setting("PACING_TOKENS_PER_MINUTE", "Tokens per minute of creates to each model, counted as the provider "
+            "estimates them at admission (prompt characters / 4 plus `max_output_tokens`, else 1024). 0: no "
+            "token budget.", "0", Number(minimum=0, maximum=1_000_000_000, integer=True)),
+    Setting("PACING_ADAPTIVE", "Learn each model's request rate from the provider: halve it on a rate-limit 429, "
+            "grow it by 5 % a minute while starts go through, up to PACING_REQUESTS_PER_MINUTE when set. Until the "
+            "first 429 nothing is paced.", "false", flag),
     "webhooks",
     Setting("WEBHOOK_SIGNING_SECRETS", "Space-separated `whsec_` secrets; each signs every delivery "
             "(rotation). Key Vault in Azure. Empty: webhooks are off and a run with `webhook_url` gets a 400.",

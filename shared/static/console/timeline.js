@@ -11,6 +11,7 @@ const KINDS = {
   created: { lane: 0, label: "accepted", shape: "start" },
   capacity_queued: { lane: 0, label: "queued for capacity", shape: "dot" },
   capacity_waiting: { lane: 0, label: "still no capacity", shape: "dot" },
+  capacity_paced: { lane: 0, label: "paced: waits for its slot", shape: "dot" },
   capacity_granted: { lane: 0, label: "capacity granted", shape: "dot" },
   cancel_requested: { lane: 0, label: "cancel requested", shape: "dot" },
   cancel_refused: { lane: 0, label: "cancel refused", shape: "bad" },

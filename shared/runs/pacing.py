@@ -1,0 +1,337 @@
+"""Provider pacing: each model (the deployment) gets its creates at the rate it can take, from every instance.
+
+Without it, every queued run (runs.admission) retries on its own schedule and a full provider answers each try
+with a 429. With it, a create first takes the model's next slot here; a start whose slot is later is queued, as a
+429 would queue it (`admission.reason` "paced"), with its try scheduled at its slot, and the provider is not
+called. The slot is a reservation: the try at the slot goes straight to the provider.
+
+The slots come from two budgets per model, configured once for every model (PACING_REQUESTS_PER_MINUTE,
+PACING_TOKENS_PER_MINUTE) and refined by what the provider says:
+- requests: one slot every `60 / rpm` seconds, no burst (a burst would spend the provider's window unevenly);
+- tokens: each create moves the token clock on by its estimate (`estimate_tokens`) at `tpm` tokens per minute;
+- the provider's `x-ratelimit-remaining-*` at 0, under a valid `x-ratelimit-limit-*` and with a valid
+  `reset-*`, holds starts until the reset (Azure OpenAI's Responses API sends `-1`/`0`: such values are ignored).
+  The limits themselves are not taken as per-minute rates: their window is the provider's (OpenAI's lower tiers
+  count requests per day), while remaining and reset mean the same whatever the window;
+- a rate-limit 429 holds starts for its Retry-After (1 s when it gives none);
+- PACING_ADAPTIVE learns a request rate where none is known (AIMD): the first 429 sets it to half the starts of
+  about the last minute, a later one halves it (at most once per CUT_COOLDOWN: the 429s of creates already in
+  flight say the same thing), and each start grows it by GROWTH_PER_START (5 % a minute at that rate), up to
+  PACING_REQUESTS_PER_MINUTE when that is set.
+All off (the defaults) costs nothing: no storage request, no wait.
+
+State: one row per model in the run index table (partition `pacing`), read and rewritten If-Match its ETag by
+each reservation: two storage requests per start at steady state, fewer in a burst (within an instance, the creates
+of a model that wait while one reservation is under way are reserved together by the next, with one read and one
+write). A reservation that loses the race to another instance reads again; only other instances' contend.
+What the headers of a successful create say is kept in memory and written with the next reservation (no request
+of its own); a 429 rewrites the row at once (two requests, only on a 429).
+
+Fails open: a row that cannot be read or written within STORAGE_TIMEOUT (storage down, throttled, contention
+that does not clear) lets the create go now, and this instance skips pacing for FAIL_OPEN_SECONDS (so a storage
+outage costs one timeout per instance, not one per start); the provider's own 429s are the brake meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import re
+from collections import defaultdict
+from collections.abc import Awaitable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+from .. import clock
+from ..settings import PacingSettings
+from ..storage import Table
+
+log = logging.getLogger("bgruns.pacing")
+
+PARTITION = "pacing"
+DEFAULT_OUTPUT_TOKENS = 1024  # a create without `max_output_tokens` (the emulator's default estimate)
+CHARS_PER_TOKEN = 4  # the provider's rule of thumb for English text, and the emulator's count
+MIN_RATE = 1.0  # requests per minute below which AIMD never goes
+GROWTH_PER_START = 0.05  # requests per minute added to a learned rate by each start
+CUT_COOLDOWN = 5.0  # seconds: one halving per this long
+DEFAULT_HOLD = 1.0  # seconds a 429 without Retry-After holds starts
+STORAGE_TIMEOUT = 2.0  # seconds one storage request of the limiter may take before it fails open
+FAIL_OPEN_SECONDS = 10.0
+MAX_TRIES = 20  # reservations lost to other instances before it fails open
+MAX_PAUSE = 0.2
+# Not text a model reads: left out of the prompt's size.
+_NOT_PROMPT = frozenset({"type", "role", "id", "status", "call_id", "detail", "format"})
+
+T = TypeVar("T")
+
+
+@dataclass
+class PaceState:
+    """One model's pacing, as its row stores it (times are epoch seconds)."""
+
+    requests_at: float = 0.0  # the next request slot
+    tokens_at: float = 0.0  # when the token budget has room for the next create
+    hold_until: float = 0.0  # the provider said "not before" (a 429, spent headers)
+    rate: float = 0.0  # learned requests per minute (PACING_ADAPTIVE); 0: none learned yet
+    recent: float = 0.0  # starts of about the last minute (a count decaying by e every minute)
+    recent_at: float = 0.0
+    cut_at: float = 0.0  # when the learned rate was last halved
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> PaceState:
+        return cls(**{f.name: row[f.name] for f in fields(cls) if row.get(f.name) is not None})
+
+
+def spent_until(headers: Mapping[str, str], now: float) -> float:
+    """Until when OpenAI's `x-ratelimit-*` headers say a budget is spent (0: none is, or nothing valid): its
+    remaining count 0 under a limit above 0, and a reset that is a positive duration (`1s`, `6m0s`, `20ms`, or
+    seconds)."""
+    until = 0.0
+    for kind in ("requests", "tokens"):
+        limit = _whole(headers.get(f"x-ratelimit-limit-{kind}"))
+        remaining = _whole(headers.get(f"x-ratelimit-remaining-{kind}"))
+        reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+        if limit is not None and limit > 0 and remaining == 0 and reset:
+            until = max(until, now + reset)
+    return until
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | None) -> float | None:
+    """A positive duration as OpenAI writes it (Go's format) or as plain seconds; None if not one."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = _DURATION.findall(value)
+        if not parts or "".join(n + u for n, u in parts) != value:
+            return None
+        seconds = sum(float(n) * _UNIT[u] for n, u in parts)
+    return seconds if 0 < seconds < 86400 else None
+
+
+def _whole(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def estimate_tokens(params: Mapping[str, Any]) -> int:
+    """A create's tokens as the provider counts them at admission: the prompt (the characters of its text:
+    `input` and `instructions`, CHARS_PER_TOKEN to a token) plus the output cap (`max_output_tokens`, else
+    DEFAULT_OUTPUT_TOKENS)."""
+    chars = _text_chars(params.get("input")) + _text_chars(params.get("instructions"))
+    cap = params.get("max_output_tokens")
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0:
+        cap = DEFAULT_OUTPUT_TOKENS
+    return math.ceil(chars / CHARS_PER_TOKEN) + cap
+
+
+def _text_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(_text_chars(v) for k, v in value.items() if k not in _NOT_PROMPT)
+    if isinstance(value, list):
+        return sum(_text_chars(v) for v in value)
+    return 0
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """The rates a reservation paces by (per minute; 0: that budget is not paced)."""
+
+    requests: float
+    tokens: float
+
+
+def budgets(settings: PacingSettings, state: PaceState) -> Budgets:
+    """The configured budgets; with PACING_ADAPTIVE, the learned rate where it is lower."""
+    learned = state.rate if settings.adaptive else 0.0
+    requests = [r for r in (settings.requests_per_minute, learned) if r > 0]
+    return Budgets(min(requests, default=0.0), float(settings.tokens_per_minute))
+
+
+def plan(settings: PacingSettings, state: PaceState, now: float, tokens: int) -> tuple[float, PaceState]:
+    """The slot of a create of `tokens` made at `now`, and the model's state once it is taken."""
+    rates = budgets(settings, state)
+    slot = max(now, state.hold_until)
+    if rates.requests:
+        slot = max(slot, state.requests_at)
+    if rates.tokens:
+        slot = max(slot, state.tokens_at)
+    after = replace(state)
+    if rates.requests:
+        after.requests_at = slot + 60.0 / rates.requests
+    if rates.tokens:
+        after.tokens_at = slot + tokens * 60.0 / rates.tokens
+    after.recent = state.recent * math.exp(-max(0.0, now - state.recent_at) / 60.0) + 1.0
+    after.recent_at = now
+    if settings.adaptive and state.rate:
+        after.rate = min(state.rate + GROWTH_PER_START, settings.requests_per_minute or math.inf)
+    return slot, after
+
+
+def throttled(settings: PacingSettings, state: PaceState, now: float, retry_after: float | None) -> PaceState:
+    """The model's state after a rate-limit 429: starts held for its Retry-After, the learned rate cut."""
+    after = replace(state, hold_until=max(state.hold_until, now + (retry_after or DEFAULT_HOLD)))
+    if settings.adaptive and now - state.cut_at >= CUT_COOLDOWN:
+        recent = state.recent * math.exp(-max(0.0, now - state.recent_at) / 60.0)
+        after.rate = max(MIN_RATE, (state.rate or recent) / 2)
+        after.cut_at = now
+    return after
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """A create waiting for its slot: what it costs and how long its run may wait; its wait, once answered."""
+
+    tokens: int
+    within: float
+    answer: asyncio.Future[float]
+
+
+class ProviderPacing:
+    def __init__(self, table: Table, settings: PacingSettings, *, timeout: float = STORAGE_TIMEOUT) -> None:
+        self._table = table
+        self._settings = settings
+        self._timeout = timeout
+        self._turns: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._asking: defaultdict[str, list[_Ask]] = defaultdict(list)  # creates waiting for a slot, per model
+        self._pending: dict[str, float] = {}  # per model, spent until (headers), written with its next reservation
+        self._open_until = 0.0  # skip pacing until then: its storage failed
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings.enabled
+
+    async def reserve(self, params: Mapping[str, Any], *, within: float) -> float:
+        """Take the next slot of the create `params` at its model: seconds until it (0: go now). A slot more than
+        `within` seconds away is not taken (its run cannot wait that long): the wait is returned all the same."""
+        model = str(params.get("model") or "")
+        if not self._settings.enabled or clock.now() < self._open_until:
+            return 0.0
+        ask = _Ask(estimate_tokens(params), within, asyncio.get_running_loop().create_future())
+        self._asking[model].append(ask)
+        async with self._turns[model]:
+            if not ask.answer.done():  # its turn: it reserves for every create of the model waiting by now
+                asks, self._asking[model] = self._asking[model], []
+                waits = [0.0] * len(asks)  # also if this one is cancelled meanwhile: the others go unpaced
+                try:
+                    if clock.now() >= self._open_until:  # else it failed while these waited their turn
+                        waits = await self._failing_open(model, self._reserve(model, asks), waits)
+                finally:
+                    for waiting, wait in zip(asks, waits, strict=True):
+                        waiting.answer.set_result(wait)
+        return ask.answer.result()
+
+    def noted(self, model: str, rate_limits: Mapping[str, str]) -> None:
+        """The headers of a create the provider took: kept for the model's next reservation."""
+        if not self._settings.enabled or not rate_limits:
+            return
+        if until := spent_until(rate_limits, clock.now()):
+            self._pending[model] = max(until, self._pending.get(model, 0.0))
+
+    async def throttled(self, model: str, retry_after: float | None, rate_limits: Mapping[str, str]) -> None:
+        """A create of `model` was answered with a rate-limit 429: hold its starts, cut its learned rate."""
+        if not self._settings.enabled or clock.now() < self._open_until:
+            return
+        self.noted(model, rate_limits)
+        async with self._turns[model]:
+            await self._failing_open(model, self._throttle(model, retry_after), None)
+
+    async def _reserve(self, model: str, asks: list[_Ask]) -> list[float]:
+        """The slots of `asks`, in order, taken with one read and one write of the model's row."""
+        for _ in range(MAX_TRIES):
+            state, etag = await self._read(model)
+            taken = self._take_pending(model, state)
+            now = clock.now()
+            waits = []
+            for ask in asks:
+                slot, after = plan(self._settings, state, now, ask.tokens)
+                waits.append(max(0.0, slot - now))
+                if slot - now <= ask.within:  # taken; a slot beyond what the run may wait is not
+                    state = after
+            if all(wait > ask.within for wait, ask in zip(waits, asks, strict=True)):
+                return waits  # nothing taken: nothing to write
+            if await self._write(model, state, etag):
+                self._drop_pending(model, taken)
+                return waits
+            await asyncio.sleep(random.uniform(0, MAX_PAUSE))
+        raise TimeoutError(f"{MAX_TRIES} reservations lost to other instances")
+
+    async def _throttle(self, model: str, retry_after: float | None) -> None:
+        for _ in range(MAX_TRIES):
+            state, etag = await self._read(model)
+            taken = self._take_pending(model, state)
+            if await self._write(model, throttled(self._settings, state, clock.now(), retry_after), etag):
+                self._drop_pending(model, taken)
+                return
+            await asyncio.sleep(random.uniform(0, MAX_PAUSE))
+        raise TimeoutError(f"{MAX_TRIES} updates lost to other instances")
+
+    def _take_pending(self, model: str, state: PaceState) -> float | None:
+        until = self._pending.get(model)
+        if until is not None:
+            state.hold_until = max(state.hold_until, until)
+        return until
+
+    def _drop_pending(self, model: str, taken: float | None) -> None:
+        if taken is not None and self._pending.get(model) == taken:
+            del self._pending[model]
+
+    async def _failing_open(self, model: str, work: Awaitable[T], fallback: T) -> T:
+        try:
+            return await work
+        except Exception as error:  # noqa: BLE001 - storage down or slow: the provider's own 429s brake meanwhile
+            self._open_until = clock.now() + FAIL_OPEN_SECONDS
+            log.warning(
+                "pacing of %s failed (%s: %s); creates go unpaced for %.0f s",
+                model,
+                type(error).__name__,
+                error,
+                FAIL_OPEN_SECONDS,
+            )
+            return fallback
+
+    # -- storage ---------------------------------------------------------------------------------------------
+    async def _read(self, model: str) -> tuple[PaceState, str | None]:
+        try:
+            row = await asyncio.wait_for(self._table.get_entity(PARTITION, _row_key(model)), self._timeout)
+        except ResourceNotFoundError:
+            return PaceState(), None
+        return PaceState.of(row), row.metadata.get("etag")
+
+    async def _write(self, model: str, state: PaceState, etag: str | None) -> bool:
+        """Save the state if the row is unchanged since read (create it if it was absent); False if another
+        instance got there first."""
+        entity = {"PartitionKey": PARTITION, "RowKey": _row_key(model), **asdict(state)}
+        try:
+            if etag is None:
+                await asyncio.wait_for(self._table.create_entity(entity), self._timeout)
+            else:
+                write = self._table.update_entity(
+                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+                await asyncio.wait_for(write, self._timeout)
+        except (ResourceExistsError, ResourceModifiedError):
+            return False
+        return True
+
+
+def _row_key(model: str) -> str:
+    """The model's row (a Table key may not hold `/`, `\\`, `#`, `?`; deployment names may)."""
+    return quote(model, safe="") or "-"
