@@ -3,7 +3,10 @@
 One event per finished run, with one `webhook-id` kept across every attempt and redelivery. `seq` names the
 queue message allowed to act next: a duplicate or stale message (an older seq) does nothing. `due_at` is
 when the next attempt should start; a pending delivery still not attempted `slack` seconds after that
-(lost message, crashed host) is stuck, and the sweeper queues it again.
+(lost message, crashed host) is stuck, and the sweeper queues it again. Each time it must do so again before an
+attempt was made, the slack doubles (up to MAX_REQUEUE_BACKOFF times): a queue that is only slow (a backlog after a
+receiver outage) is given time instead of more messages, each of which would make the one before it stale and the
+backlog longer, so that no message ever lived long enough to act.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from ..webhooks import Attempt, new_webhook_id, next_delay
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 MAX_RECORDED_ATTEMPTS = 50
+MAX_REQUEUE_BACKOFF = 16  # a stuck delivery is queued again after at most 16 x the slack
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class WebhookState:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     round_attempts: int = 0  # attempts since this round (the first delivery or a redelivery) began
     due_at: float = 0.0
+    requeues: int = 0  # the sweeper's requeues since the last attempt
     traceparent: str = ""  # the run's trace context, carried by every message of this delivery
     tracestate: str = ""
 
@@ -67,6 +72,7 @@ class WebhookState:
         """Record one attempt; the delay before the next one, or None when this round is over."""
         self.attempts = (self.attempts + [attempt.to_dict()])[-MAX_RECORDED_ATTEMPTS:]
         self.round_attempts += 1
+        self.requeues = 0
         if attempt.ok:
             self.state = DELIVERED
             return None
@@ -83,7 +89,7 @@ class WebhookState:
 
     def reopen(self, at: float) -> None:
         """A redelivery: the same event (same id) again, with a fresh retry schedule."""
-        self.state, self.round_attempts = PENDING, 0
+        self.state, self.round_attempts, self.requeues = PENDING, 0, 0
         self.seq += 1
         self.due_at = at
 
@@ -91,9 +97,11 @@ class WebhookState:
         """The sweeper found the delivery stuck: a new message takes over (older ones become stale)."""
         self.seq += 1
         self.due_at = at
+        self.requeues += 1
 
     def is_stuck(self, at: float, slack: float) -> bool:
-        return self.is_pending and at > self.due_at + slack
+        backoff = min(2**self.requeues, MAX_REQUEUE_BACKOFF)
+        return self.is_pending and at > self.due_at + slack * backoff
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,5 +110,6 @@ class WebhookState:
     def from_dict(cls, data: Mapping[str, Any]) -> WebhookState:
         return cls(id=str(data["id"]), state=str(data.get("state", PENDING)), seq=int(data.get("seq", 0)),
                    attempts=list(data.get("attempts", [])), round_attempts=int(data.get("round_attempts", 0)),
-                   due_at=float(data.get("due_at", 0.0)), traceparent=str(data.get("traceparent") or ""),
+                   due_at=float(data.get("due_at", 0.0)), requeues=int(data.get("requeues", 0)),
+                   traceparent=str(data.get("traceparent") or ""),
                    tracestate=str(data.get("tracestate") or ""))

@@ -264,3 +264,17 @@ def test_a_run_ended_while_queued_for_capacity_needs_no_provider_response_but_a_
     check = Checker(evidence([record("q", status="cancelled"), record("g")], [cancelled, granted], [])) \
         .one_provider_response()
     assert [f["run_id"] for f in check.failures] == ["g"] and "1 runs ended while queued" in check.detail
+
+
+def test_a_stream_of_a_run_that_never_learned_its_provider_response_is_its_final_event_alone() -> None:
+    # A start cut by a host kill after the create: the provider has a response the run never followed, and the
+    # sweeper ended the run start_interrupted; its stream can only be the run's own final event.
+    interrupted = view("i", status="failed", text="", provider_response_id=None,
+                       error={"code": "start_interrupted"})
+    alone = _streamed("i", [2**31 - 1], "run.failed", ["start:final"], deltas="")
+    assert Checker(evidence([alone], [interrupted], [provider("i")])).streams_gap_free().ok
+    alone.stream["ids"] = [0, 2**31 - 1]  # events of a response it never followed would be a defect
+    assert not Checker(evidence([alone], [interrupted], [provider("i")])).streams_gap_free().ok
+    followed = _streamed("f", [2**31 - 1], "run.failed", ["start:final"], deltas="")  # it knew its response
+    assert not Checker(evidence([followed], [view("f", status="failed", text="")],
+                                [provider("f")])).streams_gap_free().ok

@@ -101,6 +101,23 @@ def test_a_pending_delivery_is_stuck_only_once_past_its_slack():
     assert not state.is_stuck(1000.0, 30.0)
 
 
+def test_a_delivery_queued_again_and_still_not_attempted_gets_twice_the_slack_each_time():
+    # A queue with a backlog (after a receiver outage) must not be fed a new message per sweep: each would make
+    # the one before it stale and the backlog longer, so that no message ever acts (seen in the chaos run).
+    state = WebhookState.begin(0.0)
+    waits = []
+    for _ in range(6):
+        due = state.due_at
+        waits.append(next(w for w in (10, 20, 40, 80, 160, 320) if state.is_stuck(due + w + 0.5, 10.0)))
+        assert not state.is_stuck(due + waits[-1], 10.0)
+        state.requeue(due + waits[-1] + 0.5)
+    assert waits == [10, 20, 40, 80, 160, 160]  # the slack, doubled per requeue, up to MAX_REQUEUE_BACKOFF times
+    state.record(failed(), schedule=SCHEDULE, at=state.due_at)  # an attempt: the queue moves again
+    assert state.requeues == 0 and not state.is_stuck(state.due_at + 10.0, 10.0)
+    assert state.is_stuck(state.due_at + 10.5, 10.0)
+    assert WebhookState.from_dict(state.to_dict()) == state
+
+
 def test_a_state_reads_back_as_stored_and_an_old_stored_state_gets_the_defaults():
     state = WebhookState.begin(7.0, TRACEPARENT, "v=1")
     state.record(failed(), schedule=SCHEDULE, at=8.0)
