@@ -123,7 +123,7 @@ async def run(durations: list[float], counts: list[int], completion: str, out: P
     results: list[dict[str, Any]] = []
     try:
         stack.start()
-        for duration_s, n in zip(durations, counts):
+        for duration_s, n in zip(durations, counts, strict=True):
             for kind in CALLERS:
                 log(f"T = {duration_s:.0f} s, {n} runs, {kind}")
                 result = await window(stack, kind, duration_s, n)
@@ -147,6 +147,8 @@ def main() -> None:
     args = parser.parse_args()
     durations = [10.0, 30.0] if args.quick else [float(d) for d in args.durations.split(",")]
     counts = [5, 5] if args.quick else [int(c) for c in args.runs.split(",")]
+    if len(durations) != len(counts):
+        parser.error(f"--durations names {len(durations)} lengths, --runs {len(counts)} counts: one count per length")
     out = args.out if not args.quick or args.out != RESULTS else RESULTS / "tmp"
     results = asyncio.run(run(durations, counts, args.completion, out))
     print(markdown(results, args.completion))
