@@ -19,9 +19,10 @@ fails on the ETag, reads again and is refused. Within an instance a caller's adm
 instances' contend, and a start that loses the race tries again for up to CONTENTION_BUDGET. At steady state
 that is two storage requests per start; a refusal is one (the read) and writes nothing. The slot is given back
 (one delete) by the run's follow-ups when it ends however it ends (RunLifecycle.follow_up, which the sweeper
-repeats after a crash, before the run leaves the open-work index), or when a failed start is taken back. A start that crashed between its admission and noting its
-run as open work leaves a slot no run will give back: the sweeper reclaims a slot older than the start grace
-whose run is not in the open-work index (it lists the slots before it reads that index, so a live run is seen).
+repeats after a crash, before the run leaves the open-work index), or when a failed start is taken back. A start
+that crashed between its admission and noting its run as open work leaves a slot no run will give back: the
+sweeper reclaims a slot older than the start grace whose run is not in the open-work index (it lists the slots
+before it reads that index, so a live run is seen).
 """
 from __future__ import annotations
 
