@@ -142,10 +142,8 @@ async def test_an_unclear_create_is_refused_at_the_start_and_never_repeated_late
     assert w.backend.count("start") == 3 and not w.poll_queue.sent
 
 
-async def test_a_try_cut_mid_create_is_ended_by_the_sweeper_never_repeated(monkeypatch):
-    w = world(monkeypatch)
-    run = await queued(w)
-    w.clock.advance(10)
+async def try_cut_mid_create(w):
+    """Handle the queued run's next try with the host dying during its create; returns the try's message."""
 
     async def host_dies():
         raise KeyboardInterrupt  # a BaseException: nothing after the create runs
@@ -155,6 +153,14 @@ async def test_a_try_cut_mid_create_is_ended_by_the_sweeper_never_repeated(monke
     with pytest.raises(KeyboardInterrupt):
         await w.services.poll_step.handle(message)
     del w.backend.before["start"]
+    return message
+
+
+async def test_a_try_cut_mid_create_is_ended_by_the_sweeper_never_repeated(monkeypatch):
+    w = world(monkeypatch)
+    run = await queued(w)
+    w.clock.advance(10)
+    message = await try_cut_mid_create(w)
     assert await w.services.poll_step.handle(message) == "stale"  # the redelivered message: consumed
     assert (await w.services.sweeper.sweep()).get("starts") is None  # within the start grace: maybe still going
     w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)

@@ -294,21 +294,12 @@ async def test_a_queued_runs_cut_create_gets_the_start_grace_from_the_create_not
     # A run that waited long for provider capacity, its try cut mid-create: the create may still be going for a
     # start grace from when it was made, whatever the run's age and whenever its next look was noted for (an
     # instance with a shorter start grace noted an earlier one).
-    import pytest
-
-    from .test_admission import queued
+    from .test_admission import queued, try_cut_mid_create
 
     w = world(monkeypatch)
     run = await queued(w)
     w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 10)
-
-    async def host_dies():
-        raise KeyboardInterrupt  # a BaseException: nothing after the create runs
-
-    w.backend.before["start"] = host_dies
-    (message,) = w.poll_queue.take()
-    with pytest.raises(KeyboardInterrupt):
-        await w.services.poll_step.handle(message)
+    await try_cut_mid_create(w)
     await w.runs.update_entity({"PartitionKey": run.id, "RowKey": "run", "next_poll_at": run.created_at})
     w.clock.advance(w.services.starter.start_grace - 1)
     assert (await w.services.sweeper.sweep()) == {"open": 1}
