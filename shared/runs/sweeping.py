@@ -36,7 +36,7 @@ SWEEP_CONCURRENCY = 16
 class Sweeper:
     def __init__(self, store: RunStore, index: RunIndex, ending: RunEnding, lifecycle: RunLifecycle,
                  scheduler: PollScheduler, webhook_queue: Queue, *, grace: float, start_grace: float,
-                 webhook_slack: float, quotas: CallerQuotas | None = None) -> None:
+                 webhook_slack: float, quotas: CallerQuotas) -> None:
         self._store = store
         self._index = index
         self._ending = ending  # ends interrupted starts
@@ -50,10 +50,9 @@ class Sweeper:
 
     async def sweep(self) -> dict[str, int]:
         repaired: Counter[str] = Counter()
-        held = await self._quotas.held_slots() if self._quotas else []  # before the open runs: see CallerQuotas
+        held = await self._quotas.held_slots()  # before the open runs: see CallerQuotas
         run_ids = [run_id async for run_id in self._index.open_run_ids()]
-        if held and self._quotas:
-            repaired["slots"] = await self._quotas.reclaim(held, set(run_ids))
+        repaired["slots"] = await self._quotas.reclaim(held, set(run_ids))  # none held (no caller capped): no I/O
         slots = asyncio.Semaphore(SWEEP_CONCURRENCY)
 
         async def look_at(run_id: str) -> None:

@@ -142,10 +142,8 @@ async def test_an_unclear_create_is_refused_at_the_start_and_never_repeated_late
     assert w.backend.count("start") == 3 and not w.poll_queue.sent
 
 
-async def test_a_try_cut_mid_create_is_ended_by_the_sweeper_never_repeated(monkeypatch):
-    w = world(monkeypatch)
-    run = await queued(w)
-    w.clock.advance(10)
+async def try_cut_mid_create(w):
+    """Handle the queued run's next try with the host dying during its create; returns the try's message."""
 
     async def host_dies():
         raise KeyboardInterrupt  # a BaseException: nothing after the create runs
@@ -155,6 +153,14 @@ async def test_a_try_cut_mid_create_is_ended_by_the_sweeper_never_repeated(monke
     with pytest.raises(KeyboardInterrupt):
         await w.services.poll_step.handle(message)
     del w.backend.before["start"]
+    return message
+
+
+async def test_a_try_cut_mid_create_is_ended_by_the_sweeper_never_repeated(monkeypatch):
+    w = world(monkeypatch)
+    run = await queued(w)
+    w.clock.advance(10)
+    message = await try_cut_mid_create(w)
     assert await w.services.poll_step.handle(message) == "stale"  # the redelivered message: consumed
     assert (await w.services.sweeper.sweep()).get("starts") is None  # within the start grace: maybe still going
     w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)
@@ -280,3 +286,60 @@ async def test_a_create_that_ends_at_once_ends_the_run(monkeypatch):
     assert await next_step(w) == "completed"
     ended = await w.run(run.id)
     assert ended.result["output_text"] == "done" and ended.admission.granted_at and w.sender.sent
+
+
+@pytest.mark.parametrize(("status", "queues"), [(503, True), (500, False), (502, False), (504, False)])
+async def test_an_overloaded_provider_queues_the_start_and_an_unclear_5xx_does_not(monkeypatch, status, queues):
+    # 503 (overloaded) proves nothing was created; after a 500/502/504 the create may have been made.
+    w = world(monkeypatch)
+    w.backend.fail["start"] = [ProviderError(transient=True, status=status, message="provider trouble")]
+    if queues:
+        run = (await w.services.starter.start(RunRequest(input="hi"))).run
+        assert run.status == "queued" and run.admission.reason == "provider 503"
+        assert await next_step(w) == "capacity-granted"
+    else:
+        with pytest.raises(Unavailable):
+            await w.services.starter.start(RunRequest(input="hi"))
+        assert not w.runs.rows and not w.poll_queue.sent
+    assert w.backend.count("start") == (2 if queues else 1)
+
+
+async def test_a_try_that_loses_its_claim_to_another_writer_makes_no_create(monkeypatch):
+    # Exactly once: a try creates only after it has consumed the chain position; one that lost the run to
+    # another writer (here a cancel) between its read and its claim leaves the create to nobody.
+    w = world(monkeypatch)
+    run = await queued(w)
+
+    async def cancelled_first():
+        w.runs.before.pop("update_entity")
+        await w.services.canceller.cancel(run.id)
+
+    w.runs.before["update_entity"] = cancelled_first
+    assert await next_step(w) == "stale"
+    assert w.backend.count("start") == 1 and not w.backend.responses
+    assert (await w.run(run.id)).status == "cancelled"
+
+
+async def test_a_run_deleted_during_its_create_has_the_response_it_got_cancelled_and_deleted(monkeypatch):
+    w = world(monkeypatch)
+    run = await queued(w)
+
+    async def deleted_meanwhile():
+        await w.runs.delete_entity(run.id, "run")
+
+    w.backend.before["start"] = deleted_meanwhile
+    assert await next_step(w) == "stale"
+    assert [call for call in w.backend.calls if call[0] in ("cancel", "delete")] == [
+        ("cancel", "resp_1"),
+        ("delete", "resp_1"),
+    ]
+    assert not w.backend.responses
+
+
+@pytest.mark.parametrize("limit", ["deadline", "max_wait"])
+async def test_a_try_exactly_at_the_deadline_or_the_end_of_the_wait_is_not_made(monkeypatch, limit):
+    w = world(monkeypatch, ADMISSION_MAX_WAIT_SECONDS="30")
+    run = await queued(w, deadline_seconds=20 if limit == "deadline" else 60)
+    w.clock.now = run.deadline_at if limit == "deadline" else run.admission.queued_at + 30
+    assert await next_step(w) == ("expired" if limit == "deadline" else "failed")
+    assert w.backend.count("start") == 1

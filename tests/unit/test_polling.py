@@ -459,3 +459,15 @@ async def test_a_start_whose_first_save_loses_to_a_timeline_note_keeps_the_provi
         "provider_status": "queued",
         "next_poll_in": round(w.poll_queue.sent[-1].delay, 2),
     }
+
+
+async def test_a_message_for_a_run_whose_start_never_got_an_answer_is_stale(monkeypatch):
+    # Recorded by a start that died before the provider answered (no response, not queued for capacity): only
+    # the sweeper may end it, after the start grace; a poll step must neither poll nor try to create it.
+    w = world(monkeypatch)
+    run = await started(w)
+    await w.runs.update_entity({"PartitionKey": run.id, "RowKey": "run", "response_id": ""})
+    (message,) = w.poll_queue.take()
+    assert await w.services.poll_step.handle(message) == "stale"
+    assert w.backend.count("observe") == 0 and w.backend.count("start") == 1
+    assert (await w.run(run.id)).status == "queued" and not w.poll_queue.sent

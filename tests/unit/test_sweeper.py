@@ -288,3 +288,21 @@ async def test_an_accepted_run_with_no_poll_due_gets_its_chain_restarted(monkeyp
     w.clock.advance(w.settings.sweep_grace + 1)
     assert (await w.services.sweeper.sweep()) == {"open": 1, "polls": 1}
     assert [s.delay for s in w.poll_queue.sent] == [0]
+
+
+async def test_a_queued_runs_cut_create_gets_the_start_grace_from_the_create_not_from_the_run(monkeypatch):
+    # A run that waited long for provider capacity, its try cut mid-create: the create may still be going for a
+    # start grace from when it was made, whatever the run's age and whenever its next look was noted for (an
+    # instance with a shorter start grace noted an earlier one).
+    from .test_admission import queued, try_cut_mid_create
+
+    w = world(monkeypatch)
+    run = await queued(w)
+    w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 10)
+    await try_cut_mid_create(w)
+    await w.runs.update_entity({"PartitionKey": run.id, "RowKey": "run", "next_poll_at": run.created_at})
+    w.clock.advance(w.services.starter.start_grace - 1)
+    assert (await w.services.sweeper.sweep()) == {"open": 1}
+    w.clock.advance(1)  # exactly the start grace since the create: given up
+    assert (await w.services.sweeper.sweep()) == {"open": 1, "starts": 1}
+    assert (await w.run(run.id)).result["error"]["code"] == "start_interrupted"
