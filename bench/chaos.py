@@ -22,6 +22,7 @@ bench/chaos_checks.py. Everything is loopback and bounded in time. Settings are 
 tests/stack.py (sweeper every 2 s, grace 4 s, short poll backoff, 4 s queue lease) so a run converges
 quickly; the webhook schedule spans 191 s so deliveries outlast the receiver outage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,12 @@ BACKENDS = ("background", "executor")
 COMPLETIONS = ("poll", "push")
 # What push adds (--completion push): the emulator sends signed provider webhooks to the app, and loses,
 # repeats and delays some of them, as a provider on the internet may; the safety-net chain covers the rest.
-PUSH_EMULATOR_FAULTS = {"webhook_drop_rate": 0.10, "webhook_duplicate_rate": 0.10, "webhook_delay_ms": 200,
-                        "webhook_retry_schedule_ms": "2000,5000,10000"}
+PUSH_EMULATOR_FAULTS = {
+    "webhook_drop_rate": 0.10,
+    "webhook_duplicate_rate": 0.10,
+    "webhook_delay_ms": 200,
+    "webhook_retry_schedule_ms": "2000,5000,10000",
+}
 POISON_QUEUES = ("runs-poll-poison", "runs-webhook-poison", "runs-execute-poison")
 # How late after its deadline a run may end before it counts as stuck: sweeper grace (4) + poll cap (2)
 # + sweeper period (2) + a host restart or an Azurite restart in between.
@@ -210,8 +215,9 @@ class Chaos:
 
         out: dict[str, list[dict]] = {}
         for name in POISON_QUEUES:
-            q = QueueClient.from_connection_string(self.stack.azurite.connection_string, name,
-                                                   message_decode_policy=TextBase64DecodePolicy())
+            q = QueueClient.from_connection_string(
+                self.stack.azurite.connection_string, name, message_decode_policy=TextBase64DecodePolicy()
+            )
             items: list[dict] = []
             try:
                 for msg in q.receive_messages(messages_per_page=32, visibility_timeout=600):
@@ -237,13 +243,15 @@ class Chaos:
         out: dict[str, dict[str, Any]] = {}
         sem = asyncio.Semaphore(8)
         async with httpx.AsyncClient(base_url=self.stack.emulator.base_url, timeout=60) as emulator:
+
             async def fetch(run_id: str, response_id: str) -> None:
                 async with sem:
                     for _ in range(3):
                         ids, text, final = [], [], False
                         try:
-                            async with emulator.stream("GET", f"/responses/{response_id}",
-                                                       params={"stream": "true"}) as r:
+                            async with emulator.stream(
+                                "GET", f"/responses/{response_id}", params={"stream": "true"}
+                            ) as r:
                                 if r.status_code != 200:
                                     await r.aread()
                                     continue
@@ -252,14 +260,22 @@ class Chaos:
                                     if event.data.get("type") == "response.output_text.delta":
                                         text.append(event.data.get("delta", ""))
                                     final = final or event.data.get("type") in (
-                                        "response.completed", "response.failed", "response.incomplete")
+                                        "response.completed",
+                                        "response.failed",
+                                        "response.incomplete",
+                                    )
                         except httpx.HTTPError:
                             continue
                         out[run_id] = {"ids": ids, "text": "".join(text), "final": final}
                         return
 
-            await asyncio.gather(*(fetch(rid, views[rid]["provider_response_id"]) for rid, rec in api.records.items()
-                                   if rec.stream is not None and (views.get(rid) or {}).get("provider_response_id")))
+            await asyncio.gather(
+                *(
+                    fetch(rid, views[rid]["provider_response_id"])
+                    for rid, rec in api.records.items()
+                    if rec.stream is not None and (views.get(rid) or {}).get("provider_response_id")
+                )
+            )
         return out
 
     async def replayed_streams(self, api: ApiClient, views: dict[str, dict]) -> dict[str, dict[str, Any]]:
@@ -277,8 +293,13 @@ class Chaos:
                         out[run_id] = reference
                         return
 
-        await asyncio.gather(*(fetch(rid) for rid, rec in api.records.items()
-                               if rec.stream is not None and (views.get(rid) or {}).get("status") in TERMINAL))
+        await asyncio.gather(
+            *(
+                fetch(rid)
+                for rid, rec in api.records.items()
+                if rec.stream is not None and (views.get(rid) or {}).get("status") in TERMINAL
+            )
+        )
         return out
 
     def chat_calls(self, api: ApiClient, views: dict[str, dict]) -> tuple[dict[str, list[dict]], list[dict]]:
@@ -310,13 +331,27 @@ class Chaos:
             provider[(p.get("metadata") or {}).get("bg_run_id")].append(p)
             by_id[p["id"]] = p
         chat_calls, unclaimed = self.chat_calls(api, views) if self.cfg.backend == "executor" else ({}, [])
-        return Evidence(records=api.records, views=views, provider=dict(provider), provider_by_id=by_id,
-                        deliveries=self.stack.receiver.snapshot(), poison=self.poison(), reference_streams=refs,
-                        sessions=mix.sessions, idempotency=mix.idempotency, key_runs=api.key_runs,
-                        not_accepted=api.not_accepted, server_errors=api.server_errors, job_errors=mix.job_errors,
-                        answers=sum(n for label, n in api.answers.items() if label.rsplit(" ", 1)[-1].isdigit()),
-                        run_deadline=float(CHAOS_HOST_ENV["RUN_DEADLINE_SECONDS"]), stuck_slack=STUCK_SLACK_SECONDS,
-                        backend=self.cfg.backend, chat_calls=chat_calls, unclaimed_chat_calls=unclaimed)
+        return Evidence(
+            records=api.records,
+            views=views,
+            provider=dict(provider),
+            provider_by_id=by_id,
+            deliveries=self.stack.receiver.snapshot(),
+            poison=self.poison(),
+            reference_streams=refs,
+            sessions=mix.sessions,
+            idempotency=mix.idempotency,
+            key_runs=api.key_runs,
+            not_accepted=api.not_accepted,
+            server_errors=api.server_errors,
+            job_errors=mix.job_errors,
+            answers=sum(n for label, n in api.answers.items() if label.rsplit(" ", 1)[-1].isdigit()),
+            run_deadline=float(CHAOS_HOST_ENV["RUN_DEADLINE_SECONDS"]),
+            stuck_slack=STUCK_SLACK_SECONDS,
+            backend=self.cfg.backend,
+            chat_calls=chat_calls,
+            unclaimed_chat_calls=unclaimed,
+        )
 
     # -- the whole thing ----------------------------------------------------------------------------------
     async def run(self) -> ChaosResult:
@@ -334,24 +369,41 @@ class Chaos:
             self.stack.emulator_config["webhook_url"] = f"{app}/api/provider/webhooks"
         await asyncio.to_thread(self.stack.start)
         try:
-            jobs = plan(cfg.runs, cfg.submit_seconds, self.rng, huge_outputs=cfg.huge_outputs,
-                        emoji_inputs=cfg.emoji_inputs)
-            self.say(f"stack up ({cfg.backend} backend, completion by {cfg.completion}): host {self.stack.api}; "
-                     f"{len(jobs)} jobs ({dict(Counter(j.scenario for j in jobs))}) "
-                     f"over {cfg.submit_seconds:.0f}s")
-            self.stack.emulator.configure(fault_429_rate=cfg.fault_429_rate, fault_500_rate=cfg.fault_500_rate,
-                                          fault_503_rate=cfg.fault_503_rate, stream_cut_rate=cfg.stream_cut_rate,
-                                          fault_endpoints=cfg.fault_endpoints, resume_window_s=3600)
-            self.say(f"emulator faults on: 429 {cfg.fault_429_rate}, 500 {cfg.fault_500_rate}, "
-                     f"503 {cfg.fault_503_rate}, stream cuts {cfg.stream_cut_rate} on {cfg.fault_endpoints}")
+            jobs = plan(
+                cfg.runs, cfg.submit_seconds, self.rng, huge_outputs=cfg.huge_outputs, emoji_inputs=cfg.emoji_inputs
+            )
+            self.say(
+                f"stack up ({cfg.backend} backend, completion by {cfg.completion}): host {self.stack.api}; "
+                f"{len(jobs)} jobs ({dict(Counter(j.scenario for j in jobs))}) "
+                f"over {cfg.submit_seconds:.0f}s"
+            )
+            self.stack.emulator.configure(
+                fault_429_rate=cfg.fault_429_rate,
+                fault_500_rate=cfg.fault_500_rate,
+                fault_503_rate=cfg.fault_503_rate,
+                stream_cut_rate=cfg.stream_cut_rate,
+                fault_endpoints=cfg.fault_endpoints,
+                resume_window_s=3600,
+            )
+            self.say(
+                f"emulator faults on: 429 {cfg.fault_429_rate}, 500 {cfg.fault_500_rate}, "
+                f"503 {cfg.fault_503_rate}, stream cuts {cfg.stream_cut_rate} on {cfg.fault_endpoints}"
+            )
             self.t0 = time.monotonic()
             limits = httpx.Limits(max_connections=128, max_keepalive_connections=32)
-            async with httpx.AsyncClient(base_url=self.stack.api, timeout=httpx.Timeout(30, read=60),
-                                         limits=limits) as http:
+            async with httpx.AsyncClient(
+                base_url=self.stack.api, timeout=httpx.Timeout(30, read=60), limits=limits
+            ) as http:
                 api = ApiClient(http, self.rng, cfg.client_retry_s)
-                mix = Mix(api, self.stack.receiver.url, self.rng, durations_ms=(cfg.min_duration_ms, cfg.max_duration_ms),
-                          large_chars=cfg.large_output_chars, huge_chars=cfg.huge_output_chars,
-                          wait_timeout=cfg.converge_timeout_s)
+                mix = Mix(
+                    api,
+                    self.stack.receiver.url,
+                    self.rng,
+                    durations_ms=(cfg.min_duration_ms, cfg.max_duration_ms),
+                    large_chars=cfg.large_output_chars,
+                    huge_chars=cfg.huge_output_chars,
+                    wait_timeout=cfg.converge_timeout_s,
+                )
                 work = [asyncio.create_task(mix.run(job, self.t0)) for job in jobs]
                 await self.disruptions()
                 await asyncio.gather(*work)
@@ -383,28 +435,49 @@ class Chaos:
             if "sweeper repaired" in line:  # "... sweeper repaired {'polls': 3} (of 14 open runs)"
                 found = line.split("sweeper repaired", 1)[1].strip()
                 try:
-                    repaired.update(ast.literal_eval(found[:found.find("}") + 1]))
+                    repaired.update(ast.literal_eval(found[: found.find("}") + 1]))
                 except (ValueError, SyntaxError):
                     pass
         figures = {
             "backend": self.cfg.backend,
             "runs_by_status": dict(Counter((views.get(r) or {}).get("status") for r in api.records)),
-            "errors_by_code": dict(Counter(((views.get(r) or {}).get("error") or {}).get("code") for r in api.records
-                                           if (views.get(r) or {}).get("error"))),
+            "errors_by_code": dict(
+                Counter(
+                    ((views.get(r) or {}).get("error") or {}).get("code")
+                    for r in api.records
+                    if (views.get(r) or {}).get("error")
+                )
+            ),
             "runs_by_scenario": {k: dict(v) for k, v in sorted(by_scenario.items())},
             "not_accepted": len(api.not_accepted),
-            "webhook": {"deliveries_received": len(ev.deliveries), "attempts_recorded": sum(attempts),
-                        "runs_with_retries": sum(1 for a in attempts if a > 1),
-                        "states": dict(Counter(((views.get(r) or {}).get("webhook") or {}).get("state")
-                                               for r in api.records))},
-            "streams": {"consumers": len(streams), "resumes": resumes, "connections": dict(connections),
-                        "resumes_after_final_checked": sum(1 for s in streams if s["after_final"] is not None)},
-            "sessions": {"sessions": len(mix.sessions),
-                         "concurrent_start_answers": dict(Counter(
-                             str(c["http"]) + (f" {c['code']}" if c["code"] else "")
-                             for log in mix.sessions.values() for c in log["concurrent"]))},
-            "faults": {**dict(self.faults), "emulator": self.stack.emulator.stats().get("faults"),
-                       "receiver_outage_s": self.cfg.receiver_outage_s, "azurite_down_s": self.cfg.azurite_down_s},
+            "webhook": {
+                "deliveries_received": len(ev.deliveries),
+                "attempts_recorded": sum(attempts),
+                "runs_with_retries": sum(1 for a in attempts if a > 1),
+                "states": dict(Counter(((views.get(r) or {}).get("webhook") or {}).get("state") for r in api.records)),
+            },
+            "streams": {
+                "consumers": len(streams),
+                "resumes": resumes,
+                "connections": dict(connections),
+                "resumes_after_final_checked": sum(1 for s in streams if s["after_final"] is not None),
+            },
+            "sessions": {
+                "sessions": len(mix.sessions),
+                "concurrent_start_answers": dict(
+                    Counter(
+                        str(c["http"]) + (f" {c['code']}" if c["code"] else "")
+                        for log in mix.sessions.values()
+                        for c in log["concurrent"]
+                    )
+                ),
+            },
+            "faults": {
+                **dict(self.faults),
+                "emulator": self.stack.emulator.stats().get("faults"),
+                "receiver_outage_s": self.cfg.receiver_outage_s,
+                "azurite_down_s": self.cfg.azurite_down_s,
+            },
             "api_answers": dict(sorted(api.answers.items())),
             "poison": {k: len(v) for k, v in ev.poison.items()},
             "host_starts": logs.count("===== start"),
@@ -423,30 +496,36 @@ class Chaos:
         deliveries = httpx.get(url, timeout=60).json()["data"]
         attempts = [a for d in deliveries for a in d.get("attempts", [])]
         invocations = Counter(f"{m['fn']} {m['outcome']}" for m in map(EXECUTED.match, logs.splitlines()) if m)
-        return {"deliveries": len(deliveries),
-                "attempts_by_answer": dict(Counter(str(a.get("status") or a.get("error")) for a in attempts)),
-                "receive_provider_webhook": {k.split()[1]: v for k, v in invocations.items()
-                                             if k.startswith("receive_provider_webhook ")},
-                "poll_steps": sum(v for k, v in invocations.items() if k.startswith("poll_run "))}
+        return {
+            "deliveries": len(deliveries),
+            "attempts_by_answer": dict(Counter(str(a.get("status") or a.get("error")) for a in attempts)),
+            "receive_provider_webhook": {
+                k.split()[1]: v for k, v in invocations.items() if k.startswith("receive_provider_webhook ")
+            },
+            "poll_steps": sum(v for k, v in invocations.items() if k.startswith("poll_run ")),
+        }
 
     @staticmethod
     def executor_figures(ev: Evidence, logs: str) -> dict[str, Any]:
         calls = [c for cs in ev.chat_calls.values() for c in cs]
         per_run = Counter(len(cs) for cs in ev.chat_calls.values())
-        return {"model_calls": len(calls), "whole": sum(map(call_whole, calls)),
-                "cut": sum(1 for c in calls if c.get("cut")),
-                "disconnected": sum(1 for c in calls if c.get("disconnected")),
-                "runs_by_calls": {str(k): v for k, v in sorted(per_run.items())},
-                "unclaimed_calls": len(ev.unclaimed_chat_calls),
-                "restarts_in_replays": sum(r.get("restarts", 0) for r in ev.reference_streams.values()),
-                # what the host log says about attempts (shared/runs/executing.py, executor_backend.py)
-                "requeued_before_start": len(re.findall(r": attempt 0 silent for", logs)),
-                "requeued_silent_attempt": len(re.findall(r": attempt [1-9]\d* silent for", logs)),
-                "taken_over_after_host_stop": logs.count("ended with its invocation (host stopped or failed)"),
-                "taken_over_silent": logs.count("went silent; starting attempt"),
-                "restarted_after_cut": len(re.findall(r"stream was cut \([^)]*\); attempt \d+", logs)),
-                "retried_before_output": logs.count("provider hiccup before output"),
-                "provider_responses": sum(len(v) for v in ev.provider.values())}
+        return {
+            "model_calls": len(calls),
+            "whole": sum(map(call_whole, calls)),
+            "cut": sum(1 for c in calls if c.get("cut")),
+            "disconnected": sum(1 for c in calls if c.get("disconnected")),
+            "runs_by_calls": {str(k): v for k, v in sorted(per_run.items())},
+            "unclaimed_calls": len(ev.unclaimed_chat_calls),
+            "restarts_in_replays": sum(r.get("restarts", 0) for r in ev.reference_streams.values()),
+            # what the host log says about attempts (shared/runs/executing.py, executor_backend.py)
+            "requeued_before_start": len(re.findall(r": attempt 0 silent for", logs)),
+            "requeued_silent_attempt": len(re.findall(r": attempt [1-9]\d* silent for", logs)),
+            "taken_over_after_host_stop": logs.count("ended with its invocation (host stopped or failed)"),
+            "taken_over_silent": logs.count("went silent; starting attempt"),
+            "restarted_after_cut": len(re.findall(r"stream was cut \([^)]*\); attempt \d+", logs)),
+            "retried_before_output": logs.count("provider hiccup before output"),
+            "provider_responses": sum(len(v) for v in ev.provider.values()),
+        }
 
 
 def _settled(view: dict | None) -> bool:
@@ -508,31 +587,62 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--huge-outputs", type=int, default=defaults.huge_outputs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--converge-timeout", type=float, default=defaults.converge_timeout_s)
-    parser.add_argument("--completion", choices=COMPLETIONS, default=defaults.completion,
-                        help="push: the emulator sends provider webhooks (10%% lost, 10%% twice); the chain is the net")
-    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
-                        help="executor: the host makes every model call itself (faults on the chat endpoint too)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write chaos.txt and chaos.json here (chaos-executor.*, chaos-push.* with those options)")
+    parser.add_argument(
+        "--completion",
+        choices=COMPLETIONS,
+        default=defaults.completion,
+        help="push: the emulator sends provider webhooks (10%% lost, 10%% twice); the chain is the net",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=defaults.backend,
+        help="executor: the host makes every model call itself (faults on the chat endpoint too)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write chaos.txt and chaos.json here (chaos-executor.*, chaos-push.* with those options)",
+    )
     args = parser.parse_args(argv)
     stem = "chaos" + {"executor": "-executor"}.get(args.backend, "") + {"push": "-push"}.get(args.completion, "")
     started = time.monotonic()
-    result = run_chaos(runs=args.runs, submit_seconds=args.submit_seconds, host_kills=args.host_kills,
-                       receiver_outage_s=args.receiver_outage, azurite_down_s=args.azurite_down,
-                       huge_outputs=args.huge_outputs, seed=args.seed, converge_timeout_s=args.converge_timeout,
-                       backend=args.backend, completion=args.completion, name=stem,
-                       **({"fault_endpoints": defaults.fault_endpoints + ",chat"}
-                          if args.backend == "executor" else {}))
-    text = report(result).replace(f"\n{result.passed} passed",
-                                  f"\nwall time {time.monotonic() - started:.0f} s\n{result.passed} passed")
+    result = run_chaos(
+        runs=args.runs,
+        submit_seconds=args.submit_seconds,
+        host_kills=args.host_kills,
+        receiver_outage_s=args.receiver_outage,
+        azurite_down_s=args.azurite_down,
+        huge_outputs=args.huge_outputs,
+        seed=args.seed,
+        converge_timeout_s=args.converge_timeout,
+        backend=args.backend,
+        completion=args.completion,
+        name=stem,
+        **({"fault_endpoints": defaults.fault_endpoints + ",chat"} if args.backend == "executor" else {}),
+    )
+    text = report(result).replace(
+        f"\n{result.passed} passed", f"\nwall time {time.monotonic() - started:.0f} s\n{result.passed} passed"
+    )
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         timeline = "\n".join(f"[chaos +{t:6.1f}s] {m}" for t, m in result.events)
         (args.out / f"{stem}.txt").write_text(f"{' '.join(sys.argv)}\n\n{timeline}\n{text}\n")
-        (args.out / f"{stem}.json").write_text(json.dumps(
-            {"config": {k: v for k, v in vars(args).items() if k != "out"}, "stats": result.stats,
-             "checks": [asdict(c) for c in result.checks], "events": result.events}, indent=1, default=str) + "\n")
+        (args.out / f"{stem}.json").write_text(
+            json.dumps(
+                {
+                    "config": {k: v for k, v in vars(args).items() if k != "out"},
+                    "stats": result.stats,
+                    "checks": [asdict(c) for c in result.checks],
+                    "events": result.events,
+                },
+                indent=1,
+                default=str,
+            )
+            + "\n"
+        )
     return 1 if result.failed else 0
 
 

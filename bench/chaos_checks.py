@@ -2,6 +2,7 @@
 run id, its scenario, what the client saw (history), the run and provider views and the likely cause, so the
 owner can find the defect without re-running.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -12,40 +13,65 @@ from typing import Any
 from .chaos_client import CHAOS_TAG, TERMINAL, RunRecord
 
 # Likely causes of the failures this run is known to expose (issue 12's list), quoted in the failure details.
-CAUSE_SESSION_RACE = ("issue 12 defect 1: the session is reserved (active_run_id=A) before run A's row exists; a "
-                      "concurrent start reads A as missing and takes the session over (service._reserve_session)")
-CAUSE_DEADLINE = ("issue 12 defect 2: poll_step checks the deadline before asking the provider, and the last poll "
-                  "is capped at deadline + 0.5 s, so a run that completed just before its deadline ends expired")
-CAUSE_EXPIRY_MESSAGE = ("issue 12 defect 2 (second part): poller._expire quotes settings.run_deadline, not the run's "
-                        "own deadline_seconds")
-CAUSE_UTF16 = ("issue 12 defect 3: Table property size is counted in Python characters (runs.INLINE_LIMIT_CHARS); "
-               "astral characters take 2 UTF-16 units, so the entity is refused and the API answers 503")
-CAUSE_CANCEL = ("issue 12 defect 7: cancel reports `cancelled` when the provider's cancel did not stop the run "
-                "(a refusal is swallowed), or the cancel's answer was not the stored final state")
-CAUSE_END_EVENT = ("issue 12 defect 10: resuming after the final event of a cancelled/expired/fallback stream "
-                   "repeats the final event under a new id instead of the single `end` event")
-CAUSE_EXPIRY_CANCEL = ("poller._expire: the provider cancel at the deadline is best effort and never retried; when it "
-                       "meets a transient fault the run ends expired while the provider runs on (and bills)")
-CAUSE_IDEMPOTENT_ABANDON = ("not in issue 12: a second request with the same Idempotency-Key, arriving while the first "
-                            "start waits on the provider, is answered with that start's run (service._claim returns a "
-                            "run that has no response id yet, service.py:146-148); the provider then refuses the first "
-                            "start, which deletes the run (service._abandon, service.py:219-221): the client holds a "
-                            "run id that answers 404 for ever, and its retry makes a second run")
-CAUSE_EXECUTOR_DEADLINE = ("executor: the run expired although its model call had ended whole before the deadline "
-                           "(the executor did not record the model's end before the poll chain or its own check "
-                           "expired the run): output lost")
-CAUSE_EXECUTOR_STOP = ("executor: the run ended (cancel, deadline, interrupted start) but its model call went on: "
-                       "a cancel closes the log and the attempt must stop at its next batch or run check (~1 s)")
-CAUSE_EXPIRY_SAVE_LOST = ("shared/runs/polling.py: the expiry cancels at the provider (or closes an executor run's "
-                          "log) and then saves `expired`; when that save fails (storage down, host killed), the next "
-                          "poll step finds the response `cancelled` and ends the run `cancelled` "
-                          "(PollStep.handle -> _end_from), though no client cancelled it: it expired")
-CAUSE_SESSION_BACK = ("shared/runs/lifecycle.py advance_session: a late follow-up of an earlier session run (the "
-                      "sweeper re-runs the follow-ups of an ended run whose webhook is stuck, e.g. while the receiver "
-                      "is down) sets the idle session's last_response_id back to that run's response; the next turn "
-                      "continues from it")
-CAUSE_START_ORPHAN = ("issue 12 suspicion: a start cut by a host kill (or slower than the start grace) is failed "
-                      "as start_interrupted while its provider response keeps running; it should be cancelled")
+CAUSE_SESSION_RACE = (
+    "issue 12 defect 1: the session is reserved (active_run_id=A) before run A's row exists; a "
+    "concurrent start reads A as missing and takes the session over (service._reserve_session)"
+)
+CAUSE_DEADLINE = (
+    "issue 12 defect 2: poll_step checks the deadline before asking the provider, and the last poll "
+    "is capped at deadline + 0.5 s, so a run that completed just before its deadline ends expired"
+)
+CAUSE_EXPIRY_MESSAGE = (
+    "issue 12 defect 2 (second part): poller._expire quotes settings.run_deadline, not the run's own deadline_seconds"
+)
+CAUSE_UTF16 = (
+    "issue 12 defect 3: Table property size is counted in Python characters (runs.INLINE_LIMIT_CHARS); "
+    "astral characters take 2 UTF-16 units, so the entity is refused and the API answers 503"
+)
+CAUSE_CANCEL = (
+    "issue 12 defect 7: cancel reports `cancelled` when the provider's cancel did not stop the run "
+    "(a refusal is swallowed), or the cancel's answer was not the stored final state"
+)
+CAUSE_END_EVENT = (
+    "issue 12 defect 10: resuming after the final event of a cancelled/expired/fallback stream "
+    "repeats the final event under a new id instead of the single `end` event"
+)
+CAUSE_EXPIRY_CANCEL = (
+    "poller._expire: the provider cancel at the deadline is best effort and never retried; when it "
+    "meets a transient fault the run ends expired while the provider runs on (and bills)"
+)
+CAUSE_IDEMPOTENT_ABANDON = (
+    "not in issue 12: a second request with the same Idempotency-Key, arriving while the first "
+    "start waits on the provider, is answered with that start's run (service._claim returns a "
+    "run that has no response id yet, service.py:146-148); the provider then refuses the first "
+    "start, which deletes the run (service._abandon, service.py:219-221): the client holds a "
+    "run id that answers 404 for ever, and its retry makes a second run"
+)
+CAUSE_EXECUTOR_DEADLINE = (
+    "executor: the run expired although its model call had ended whole before the deadline "
+    "(the executor did not record the model's end before the poll chain or its own check "
+    "expired the run): output lost"
+)
+CAUSE_EXECUTOR_STOP = (
+    "executor: the run ended (cancel, deadline, interrupted start) but its model call went on: "
+    "a cancel closes the log and the attempt must stop at its next batch or run check (~1 s)"
+)
+CAUSE_EXPIRY_SAVE_LOST = (
+    "shared/runs/polling.py: the expiry cancels at the provider (or closes an executor run's "
+    "log) and then saves `expired`; when that save fails (storage down, host killed), the next "
+    "poll step finds the response `cancelled` and ends the run `cancelled` "
+    "(PollStep.handle -> _end_from), though no client cancelled it: it expired"
+)
+CAUSE_SESSION_BACK = (
+    "shared/runs/lifecycle.py advance_session: a late follow-up of an earlier session run (the "
+    "sweeper re-runs the follow-ups of an ended run whose webhook is stuck, e.g. while the receiver "
+    "is down) sets the idle session's last_response_id back to that run's response; the next turn "
+    "continues from it"
+)
+CAUSE_START_ORPHAN = (
+    "issue 12 suspicion: a start cut by a host kill (or slower than the start grace) is failed "
+    "as start_interrupted while its provider response keeps running; it should be cancelled"
+)
 
 
 @dataclass
@@ -99,8 +125,11 @@ def call_whole(call: dict[str, Any]) -> bool:
     """The model call sent every chunk it had (it ran to its end) and answered: one that ended with the emulator's
     in-stream server error (`emulator_outcome=failed`) failed on the server's side, which the executor takes as a
     cut stream and tries again (issue 22), up to EXECUTOR_MAX_ATTEMPTS."""
-    return not call.get("cut") and call.get("outcome") != "failed" \
+    return (
+        not call.get("cut")
+        and call.get("outcome") != "failed"
         and 0 < call.get("chunks", 0) <= call.get("chunks_sent", 0)
+    )
 
 
 def call_stopped_by(call: dict[str, Any]) -> float:
@@ -120,23 +149,47 @@ def call_stopped_by(call: dict[str, Any]) -> float:
 
 
 def _calls_brief(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: c.get(k) for k in ("id", "created_at", "first_token_at", "finished_at", "outcome", "chunks",
-                                   "chunks_sent", "cut", "disconnected")} for c in calls]
+    return [
+        {
+            k: c.get(k)
+            for k in (
+                "id",
+                "created_at",
+                "first_token_at",
+                "finished_at",
+                "outcome",
+                "chunks",
+                "chunks_sent",
+                "cut",
+                "disconnected",
+            )
+        }
+        for c in calls
+    ]
 
 
 def _view_brief(view: dict[str, Any] | None) -> dict[str, Any] | None:
     if not view:
         return view
     hook = view.get("webhook") or {}
-    return {"status": view.get("status"), "error": view.get("error"), "created_at": view.get("created_at"),
-            "completed_at": view.get("completed_at"), "provider_response_id": view.get("provider_response_id"),
-            "output_chars": len(view.get("output_text") or ""), "session_id": view.get("session_id"),
-            "webhook": {"state": hook.get("state"), "id": hook.get("id"), "attempts": len(hook.get("attempts") or [])}}
+    return {
+        "status": view.get("status"),
+        "error": view.get("error"),
+        "created_at": view.get("created_at"),
+        "completed_at": view.get("completed_at"),
+        "provider_response_id": view.get("provider_response_id"),
+        "output_chars": len(view.get("output_text") or ""),
+        "session_id": view.get("session_id"),
+        "webhook": {"state": hook.get("state"), "id": hook.get("id"), "attempts": len(hook.get("attempts") or [])},
+    }
 
 
 def _provider_brief(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: p.get(k) for k in ("id", "status", "created_at", "finished_at", "cancelled_at",
-                                   "previous_response_id")} | {"counters": p.get("counters")} for p in records]
+    return [
+        {k: p.get(k) for k in ("id", "status", "created_at", "finished_at", "cancelled_at", "previous_response_id")}
+        | {"counters": p.get("counters")}
+        for p in records
+    ]
 
 
 class Checker:
@@ -152,10 +205,16 @@ class Checker:
         record = self.ev.records.get(run_id) if run_id else None
         if self.executor and run_id:
             more.setdefault("model_calls", _calls_brief(self.ev.chat_calls.get(run_id, [])))
-        return {"run_id": run_id, "scenario": record.scenario if record else None, "problem": problem,
-                "likely_cause": cause, "history": record.history if record else None,
-                "view": _view_brief(self.ev.views.get(run_id)) if run_id else None,
-                "provider": _provider_brief(self.ev.provider.get(run_id, [])) if run_id else None, **more}
+        return {
+            "run_id": run_id,
+            "scenario": record.scenario if record else None,
+            "problem": problem,
+            "likely_cause": cause,
+            "history": record.history if record else None,
+            "view": _view_brief(self.ev.views.get(run_id)) if run_id else None,
+            "provider": _provider_brief(self.ev.provider.get(run_id, [])) if run_id else None,
+            **more,
+        }
 
     @staticmethod
     def check(name: str, failures: list[dict[str, Any]], total: int, what: str) -> Check:
@@ -167,39 +226,70 @@ class Checker:
     def all(self) -> list[Check]:
         ran_where = self.ran_on_executor() if self.executor else self.one_provider_response()
         stopped = self.model_calls_stopped() if self.executor else self.provider_work_stopped()
-        return [self.accepted(), self.not_lost(), self.terminal(), self.allowed_state(), self.idempotency(),
-                self.webhooks_delivered(), self.webhook_ids_stable(), ran_where, stopped,
-                self.streams_gap_free(), self.end_after_final(), self.sessions_one_active(), self.session_chains(),
-                self.large_outputs(), self.nothing_stuck(), self.poison_accounted(), self.no_server_errors()]
+        return [
+            self.accepted(),
+            self.not_lost(),
+            self.terminal(),
+            self.allowed_state(),
+            self.idempotency(),
+            self.webhooks_delivered(),
+            self.webhook_ids_stable(),
+            ran_where,
+            stopped,
+            self.streams_gap_free(),
+            self.end_after_final(),
+            self.sessions_one_active(),
+            self.session_chains(),
+            self.large_outputs(),
+            self.nothing_stuck(),
+            self.poison_accounted(),
+            self.no_server_errors(),
+        ]
 
     # -- acceptance and existence -------------------------------------------------------------------------
     def accepted(self) -> Check:
         failures = []
         for item in self.ev.not_accepted:
             cause = CAUSE_UTF16 if item.get("scenario") == "emoji_input" else None
-            failures.append({"run_id": None, "scenario": item["scenario"], "problem": "never accepted",
-                             "likely_cause": cause, "key": item["key"], "last_answers": item["answers"],
-                             "last_error": item.get("last"), "input_chars": item.get("input_chars")})
-        failures += [{"run_id": None, "scenario": "client", "problem": error, "likely_cause": "chaos client bug"}
-                     for error in self.ev.job_errors]
+            failures.append(
+                {
+                    "run_id": None,
+                    "scenario": item["scenario"],
+                    "problem": "never accepted",
+                    "likely_cause": cause,
+                    "key": item["key"],
+                    "last_answers": item["answers"],
+                    "last_error": item.get("last"),
+                    "input_chars": item.get("input_chars"),
+                }
+            )
+        failures += [
+            {"run_id": None, "scenario": "client", "problem": error, "likely_cause": "chaos client bug"}
+            for error in self.ev.job_errors
+        ]
         total = len(self.ids) + len(failures)
-        return self.check("every submitted run was accepted (retries with the same Idempotency-Key converge)",
-                          failures, total, "accepted")
+        return self.check(
+            "every submitted run was accepted (retries with the same Idempotency-Key converge)",
+            failures,
+            total,
+            "accepted",
+        )
 
     def missing(self, run_id: str) -> bool:
         return bool((self.ev.views.get(run_id) or {}).get("missing"))
 
     def not_lost(self) -> Check:
         shared_keys = {r for runs in self.ev.key_runs.values() if len(runs) > 1 for r in runs}
-        failures = [self.failure(r, "answers 404 after it was accepted",
-                                 CAUSE_IDEMPOTENT_ABANDON if r in shared_keys else None)
-                    for r in self.ids if self.missing(r)]
+        failures = [
+            self.failure(r, "answers 404 after it was accepted", CAUSE_IDEMPOTENT_ABANDON if r in shared_keys else None)
+            for r in self.ids
+            if self.missing(r)
+        ]
         return self.check("no accepted run lost", failures, len(self.ids), "found")
 
     def terminal(self) -> Check:
         found = [r for r in self.ids if not self.missing(r)]  # a lost run is reported once, above
-        failures = [self.failure(r, f"not terminal: {self.status(r)}") for r in found
-                    if self.status(r) not in TERMINAL]
+        failures = [self.failure(r, f"not terminal: {self.status(r)}") for r in found if self.status(r) not in TERMINAL]
         return self.check("every run terminal", failures, len(found), "terminal (lost runs not counted)")
 
     # -- the state each run's history allows ------------------------------------------------------------------
@@ -213,10 +303,15 @@ class Checker:
             if problem:
                 failures.append(self.failure(run_id, problem, cause))
         check = self.check("every run ended in a state its history allows", failures, len(self.ids), "allowed")
-        interrupted = Counter(((self.ev.views.get(r) or {}).get("error") or {}).get("code") for r in self.ids
-                              if self.status(r) == "failed")
-        allowances = {"start_interrupted": "starts cut by a host kill",
-                      "model_call_interrupted": "model calls interrupted EXECUTOR_MAX_ATTEMPTS times"}
+        interrupted = Counter(
+            ((self.ev.views.get(r) or {}).get("error") or {}).get("code")
+            for r in self.ids
+            if self.status(r) == "failed"
+        )
+        allowances = {
+            "start_interrupted": "starts cut by a host kill",
+            "model_call_interrupted": "model calls interrupted EXECUTOR_MAX_ATTEMPTS times",
+        }
         shown = [f"{interrupted[code]} {what}" for code, what in allowances.items() if interrupted[code]]
         if shown:
             check.detail += f" (of them {', '.join(shown)}, allowed in any scenario)"
@@ -234,16 +329,22 @@ class Checker:
         if status == "cancelled" and record.cancel is None:
             deadline_at = view["created_at"] + (expect.get("deadline_seconds") or self.ev.run_deadline)
             if (view.get("completed_at") or 0) >= deadline_at:
-                return (f"ended cancelled at {view.get('completed_at'):.2f}, but no client cancelled it; its deadline "
-                        f"({deadline_at:.2f}) had passed, so it expired", CAUSE_EXPIRY_SAVE_LOST)
+                return (
+                    f"ended cancelled at {view.get('completed_at'):.2f}, but no client cancelled it; its deadline "
+                    f"({deadline_at:.2f}) had passed, so it expired",
+                    CAUSE_EXPIRY_SAVE_LOST,
+                )
             return "ended cancelled, but no client cancelled it", None
         providers = self.ev.provider.get(record.run_id, [])
         provider = providers[0] if len(providers) == 1 else None
         if rule == "cancel_race":
             return self._cancel_problem(record, view, provider)
         if rule in ("deadline_near", "deadline_past"):
-            problem = (self._executor_deadline_problem(record, view) if self.executor
-                       else self._deadline_problem(record, view, provider))
+            problem = (
+                self._executor_deadline_problem(record, view)
+                if self.executor
+                else self._deadline_problem(record, view, provider)
+            )
             if problem != (None, None):
                 return problem
             expect = {**expect, "status": status}  # judged above; the message check below still applies
@@ -251,8 +352,11 @@ class Checker:
             return f"ended {status} ({error}); this scenario allows {expect.get('status')}", None
         message = (view.get("error") or {}).get("message") or ""
         if status == "expired" and expect.get("deadline_seconds") and f"{expect['deadline_seconds']} s" not in message:
-            return (f"expired as expected, but the message quotes another deadline than the run's own "
-                    f"{expect['deadline_seconds']} s: {message!r}", CAUSE_EXPIRY_MESSAGE)
+            return (
+                f"expired as expected, but the message quotes another deadline than the run's own "
+                f"{expect['deadline_seconds']} s: {message!r}",
+                CAUSE_EXPIRY_MESSAGE,
+            )
         if expect.get("calls") and not ((view.get("required_action") or {}).get("calls")):
             return "requires_action without the pending calls", None
         if expect.get("text_starts") and not (view.get("output_text") or "").startswith(expect["text_starts"]):
@@ -260,8 +364,9 @@ class Checker:
         return None, None
 
     @staticmethod
-    def _deadline_problem(record: RunRecord, view: dict[str, Any],
-                          provider: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    def _deadline_problem(
+        record: RunRecord, view: dict[str, Any], provider: dict[str, Any] | None
+    ) -> tuple[str | None, str | None]:
         """Issue 12's rule: the service asks the provider first and expires only a run still going. So a run whose
         provider completed before the run's own deadline must end completed; past it, expired is right, and so is
         completed when the provider had finished by the time the service looked (a late look keeps the output)."""
@@ -270,13 +375,19 @@ class Checker:
         finished = (provider or {}).get("finished_at")
         provider_completed = bool(provider and provider.get("status") == "completed" and finished is not None)
         if status == "expired" and provider_completed and finished < deadline_at:
-            return (f"expired, but the provider completed {deadline_at - finished:.2f} s before the run's deadline "
-                    f"(deadline_at {deadline_at:.2f}, provider finished {finished:.2f}, run ended "
-                    f"{view.get('completed_at')}); output lost", CAUSE_DEADLINE)
+            return (
+                f"expired, but the provider completed {deadline_at - finished:.2f} s before the run's deadline "
+                f"(deadline_at {deadline_at:.2f}, provider finished {finished:.2f}, run ended "
+                f"{view.get('completed_at')}); output lost",
+                CAUSE_DEADLINE,
+            )
         if status == "expired" or (status == "completed" and provider_completed):
             return None, None
-        return (f"ended {status}; the provider was {(provider or {}).get('status')} (finished {finished}), the "
-                f"deadline at {deadline_at:.2f}: only expired or the provider's completion are allowed", None)
+        return (
+            f"ended {status}; the provider was {(provider or {}).get('status')} (finished {finished}), the "
+            f"deadline at {deadline_at:.2f}: only expired or the provider's completion are allowed",
+            None,
+        )
 
     def _interrupted_problem(self, record: RunRecord) -> tuple[str | None, str | None]:
         """An executor run may fail `model_call_interrupted` in any scenario, as documented, once its model call
@@ -285,8 +396,11 @@ class Checker:
         calls = self._model_calls(record.run_id)
         whole = [c["id"] for c in calls if call_whole(c)]
         if whole:
-            return (f"failed model_call_interrupted although its model call {whole[-1]} ran to its end "
-                    f"({len(calls)} calls)", None)
+            return (
+                f"failed model_call_interrupted although its model call {whole[-1]} ran to its end "
+                f"({len(calls)} calls)",
+                None,
+            )
         return None, None
 
     def _model_calls(self, run_id: str) -> list[dict[str, Any]]:
@@ -307,43 +421,64 @@ class Checker:
             if ended < deadline_at - 0.5:
                 return f"expired {deadline_at - ended:.2f} s before its deadline ({deadline_at:.2f})", None
             if model_end is not None and model_end < deadline_at - EXECUTOR_DEADLINE_EARLY:
-                return (f"expired at {ended:.2f}, but its model call ended whole at {model_end:.2f}, "
-                        f"{deadline_at - model_end:.2f} s before the deadline ({deadline_at:.2f})",
-                        CAUSE_EXECUTOR_DEADLINE)
+                return (
+                    f"expired at {ended:.2f}, but its model call ended whole at {model_end:.2f}, "
+                    f"{deadline_at - model_end:.2f} s before the deadline ({deadline_at:.2f})",
+                    CAUSE_EXECUTOR_DEADLINE,
+                )
             return None, None
         if status == "completed":
             if model_end is not None and model_end > deadline_at + EXECUTOR_DEADLINE_LATE:
-                return (f"completed, but its model call ended {model_end - deadline_at:.2f} s after the deadline "
-                        f"({deadline_at:.2f}): the run should have expired", None)
+                return (
+                    f"completed, but its model call ended {model_end - deadline_at:.2f} s after the deadline "
+                    f"({deadline_at:.2f}): the run should have expired",
+                    None,
+                )
             return None, None
-        return (f"ended {status}; a deadline run may end expired, or completed when its model call ended by the "
-                f"deadline (last call ended {model_end}, deadline {deadline_at:.2f})", None)
+        return (
+            f"ended {status}; a deadline run may end expired, or completed when its model call ended by the "
+            f"deadline (last call ended {model_end}, deadline {deadline_at:.2f})",
+            None,
+        )
 
-    def _cancel_problem(self, record: RunRecord, view: dict[str, Any],
-                        provider: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    def _cancel_problem(
+        self, record: RunRecord, view: dict[str, Any], provider: dict[str, Any] | None
+    ) -> tuple[str | None, str | None]:
         status = view["status"]
         if status not in ("cancelled", "completed"):
             return f"a cancel racing a completion ended {status}", None
         cancel = record.cancel or {}
         if cancel.get("status") in TERMINAL and cancel["status"] != status:
-            return (f"the cancel answered {cancel['status']} but the run ended {status} (terminal is not sticky)",
-                    CAUSE_CANCEL)
+            return (
+                f"the cancel answered {cancel['status']} but the run ended {status} (terminal is not sticky)",
+                CAUSE_CANCEL,
+            )
         if self.executor:
             calls = self._model_calls(record.run_id)
             last = calls[-1] if calls else None
             sent = cancel.get("sent_at")
-            if status == "cancelled" and last is not None and call_whole(last) and sent \
-                    and sent > last["finished_at"] + EXECUTOR_CANCEL_SLACK:
-                return (f"reported cancelled, but its model call ended whole at {last['finished_at']:.2f}, "
-                        f"{sent - last['finished_at']:.1f} s before the cancel was sent: the run should have been "
-                        f"completed by then", None)
+            if (
+                status == "cancelled"
+                and last is not None
+                and call_whole(last)
+                and sent
+                and sent > last["finished_at"] + EXECUTOR_CANCEL_SLACK
+            ):
+                return (
+                    f"reported cancelled, but its model call ended whole at {last['finished_at']:.2f}, "
+                    f"{sent - last['finished_at']:.1f} s before the cancel was sent: the run should have been "
+                    f"completed by then",
+                    None,
+                )
             return None, None
         if provider is None:
             return None, None
         if status == "cancelled" and provider.get("status") == "completed" and not provider.get("cancelled_at"):
-            return (f"reported cancelled, but the provider completed at {provider.get('finished_at'):.2f} (cancel sent "
-                    f"{cancel.get('sent_at', 0):.2f}) and was never cancelled: the API says something untrue",
-                    CAUSE_CANCEL)
+            return (
+                f"reported cancelled, but the provider completed at {provider.get('finished_at'):.2f} (cancel sent "
+                f"{cancel.get('sent_at', 0):.2f}) and was never cancelled: the API says something untrue",
+                CAUSE_CANCEL,
+            )
         if status == "completed" and provider.get("status") == "cancelled":
             return "reported completed, but the provider response was cancelled", CAUSE_CANCEL
         return None, None
@@ -353,17 +488,31 @@ class Checker:
         failures = []
         for key, runs in self.ev.key_runs.items():
             if len(runs) > 1:
-                failures.append({"run_id": sorted(runs)[0], "scenario": "idempotency",
-                                 "likely_cause": CAUSE_IDEMPOTENT_ABANDON if any(self.missing(r) for r in runs) else None,
-                                 "problem": f"Idempotency-Key {key} answered with {len(runs)} runs: {sorted(runs)}"})
+                failures.append(
+                    {
+                        "run_id": sorted(runs)[0],
+                        "scenario": "idempotency",
+                        "likely_cause": CAUSE_IDEMPOTENT_ABANDON if any(self.missing(r) for r in runs) else None,
+                        "problem": f"Idempotency-Key {key} answered with {len(runs)} runs: {sorted(runs)}",
+                    }
+                )
         for item in self.ev.idempotency:
             ids = {i for i in item["ids"] if i}
             if len(ids) != 1:
-                failures.append({"run_id": None, "scenario": f"idempotent_{item['variant']}",
-                                 "likely_cause": CAUSE_IDEMPOTENT_ABANDON if any(self.missing(r) for r in ids) else None,
-                                 "problem": f"same key sent twice: runs {item['ids']}, answers {item['answers']}"})
-        return self.check("every Idempotency-Key gave exactly one run", failures,
-                          len(self.ev.key_runs) + len(self.ev.idempotency), "keys consistent")
+                failures.append(
+                    {
+                        "run_id": None,
+                        "scenario": f"idempotent_{item['variant']}",
+                        "likely_cause": CAUSE_IDEMPOTENT_ABANDON if any(self.missing(r) for r in ids) else None,
+                        "problem": f"same key sent twice: runs {item['ids']}, answers {item['answers']}",
+                    }
+                )
+        return self.check(
+            "every Idempotency-Key gave exactly one run",
+            failures,
+            len(self.ev.key_runs) + len(self.ev.idempotency),
+            "keys consistent",
+        )
 
     # -- webhooks -------------------------------------------------------------------------------------------
     def _deliveries_by_run(self) -> dict[str, list[dict[str, Any]]]:
@@ -382,13 +531,27 @@ class Checker:
             if not good:
                 failures.append(self.failure(run_id, f"no verified delivery ({len(by_run.get(run_id, []))} seen)"))
             elif any(x["run_status"] != self.status(run_id) for x in good):
-                failures.append(self.failure(run_id, f"webhook said {[x['run_status'] for x in good]}, run is "
-                                                     f"{self.status(run_id)}"))
+                failures.append(
+                    self.failure(
+                        run_id, f"webhook said {[x['run_status'] for x in good]}, run is {self.status(run_id)}"
+                    )
+                )
         forged = [x for x in self.ev.deliveries if not x["verified"]]
-        failures += [{"run_id": x.get("run_id"), "scenario": None, "problem": "delivery with a bad signature",
-                      "likely_cause": None} for x in forged]
-        return self.check("every terminal run's webhook delivered with a valid signature and its final status",
-                          failures, len(terminal), "delivered")
+        failures += [
+            {
+                "run_id": x.get("run_id"),
+                "scenario": None,
+                "problem": "delivery with a bad signature",
+                "likely_cause": None,
+            }
+            for x in forged
+        ]
+        return self.check(
+            "every terminal run's webhook delivered with a valid signature and its final status",
+            failures,
+            len(terminal),
+            "delivered",
+        )
 
     def webhook_ids_stable(self) -> Check:
         by_run = self._deliveries_by_run()
@@ -420,8 +583,10 @@ class Checker:
                 continue
             failures.append(self.failure(run_id, f"{count} provider responses"))
         check = self.check("exactly one provider response per run", failures, len(found), "with one")
-        check.detail += (f" ({interrupted_without} interrupted starts never reached the provider, {queued_without} "
-                         "runs ended while queued for provider capacity)")
+        check.detail += (
+            f" ({interrupted_without} interrupted starts never reached the provider, {queued_without} "
+            "runs ended while queued for provider capacity)"
+        )
         return check
 
     def ended_without_result(self):
@@ -445,11 +610,20 @@ class Checker:
                 finished = p.get("finished_at")
                 if finished is not None and finished <= (view.get("completed_at") or 0):
                     continue
-                cause = CAUSE_START_ORPHAN if error == "start_interrupted" else (
-                    CAUSE_CANCEL if view.get("status") == "cancelled" else CAUSE_EXPIRY_CANCEL)
-                failures.append(self.failure(run_id, f"run ended {view.get('status')} ({error}) at "
-                                                     f"{view.get('completed_at')}, provider response {p['id']} went on "
-                                                     f"to {p['status']} at {finished}", cause))
+                cause = (
+                    CAUSE_START_ORPHAN
+                    if error == "start_interrupted"
+                    else (CAUSE_CANCEL if view.get("status") == "cancelled" else CAUSE_EXPIRY_CANCEL)
+                )
+                failures.append(
+                    self.failure(
+                        run_id,
+                        f"run ended {view.get('status')} ({error}) at "
+                        f"{view.get('completed_at')}, provider response {p['id']} went on "
+                        f"to {p['status']} at {finished}",
+                        cause,
+                    )
+                )
         accepted = set(self.ids)
         for bg_run_id, responses in self.ev.provider.items():
             if bg_run_id in accepted:
@@ -457,11 +631,23 @@ class Checker:
             for p in responses:
                 examined += 1
                 if p["status"] != "cancelled" and not p.get("cancelled_at"):
-                    failures.append({"run_id": bg_run_id, "scenario": None, "likely_cause": None,
-                                     "problem": f"provider response {p['id']} ({p['status']}) of a run no client was "
-                                                f"ever given, not cancelled", "provider": _provider_brief([p])})
-        return self.check("no provider work left running for a run that ended without it (cancelled, expired, "
-                          "interrupted, never accepted)", failures, examined, "provider responses stopped or done")
+                    failures.append(
+                        {
+                            "run_id": bg_run_id,
+                            "scenario": None,
+                            "likely_cause": None,
+                            "problem": f"provider response {p['id']} ({p['status']}) of a run no client was "
+                            f"ever given, not cancelled",
+                            "provider": _provider_brief([p]),
+                        }
+                    )
+        return self.check(
+            "no provider work left running for a run that ended without it (cancelled, expired, "
+            "interrupted, never accepted)",
+            failures,
+            examined,
+            "provider responses stopped or done",
+        )
 
     # -- the executor's model calls (RUN_BACKEND=executor) ---------------------------------------------------------
     def ran_on_executor(self) -> Check:
@@ -480,18 +666,27 @@ class Checker:
             if responses:
                 problems.append(f"{len(responses)} provider background response(s) {[p['id'] for p in responses]}")
             calls = self.ev.chat_calls.get(run_id, [])
-            if view.get("status") in ("completed", "requires_action", "incomplete") \
-                    and not any(call_whole(c) for c in calls):
-                problems.append(f"ended {view.get('status')} without a model call that ran to its end "
-                                f"({len(calls)} calls)")
+            if view.get("status") in ("completed", "requires_action", "incomplete") and not any(
+                call_whole(c) for c in calls
+            ):
+                problems.append(
+                    f"ended {view.get('status')} without a model call that ran to its end ({len(calls)} calls)"
+                )
             if problems:
                 failures.append(self.failure(run_id, "; ".join(problems)))
-        check = self.check("every run ran on the executor (no provider background response; a model answer comes "
-                           "from a model call that ran to its end)", failures, len(found), "executor runs")
+        check = self.check(
+            "every run ran on the executor (no provider background response; a model answer comes "
+            "from a model call that ran to its end)",
+            failures,
+            len(found),
+            "executor runs",
+        )
         calls = [c for cs in self.ev.chat_calls.values() for c in cs]
         again = sum(1 for cs in self.ev.chat_calls.values() if len(cs) > 1)
-        check.detail += (f" ({len(calls)} model calls, {sum(map(call_whole, calls))} whole; {again} runs called "
-                         f"the model more than once)")
+        check.detail += (
+            f" ({len(calls)} model calls, {sum(map(call_whole, calls))} whole; {again} runs called "
+            f"the model more than once)"
+        )
         return check
 
     def model_calls_stopped(self) -> Check:
@@ -505,22 +700,40 @@ class Checker:
                 examined += 1
                 stopped = call_stopped_by(call)
                 if stopped > ended + EXECUTOR_STOP_SLACK:
-                    how = ("to its end" if call_whole(call)
-                           else f"({call.get('chunks_sent')}/{call.get('chunks')} chunks)")
-                    failures.append(self.failure(run_id, f"run ended {view.get('status')} ({error}) at {ended:.2f}, "
-                                                         f"its model call {call['id']} streamed on until "
-                                                         f"{stopped:.2f} {how}", CAUSE_EXECUTOR_STOP))
+                    how = (
+                        "to its end" if call_whole(call) else f"({call.get('chunks_sent')}/{call.get('chunks')} chunks)"
+                    )
+                    failures.append(
+                        self.failure(
+                            run_id,
+                            f"run ended {view.get('status')} ({error}) at {ended:.2f}, "
+                            f"its model call {call['id']} streamed on until "
+                            f"{stopped:.2f} {how}",
+                            CAUSE_EXECUTOR_STOP,
+                        )
+                    )
         for call in self.ev.unclaimed_chat_calls:
             examined += 1
             if call_whole(call):
                 tag = (call.get("knobs") or {}).get(CHAOS_TAG)
-                failures.append({"run_id": None, "scenario": None, "likely_cause": None,
-                                 "problem": f"model call {call['id']} (tag {tag}) ran to its end for a run no client "
-                                            f"was ever given",
-                                 "model_calls": _calls_brief([call])})
-        return self.check("no model call left running for a run that ended without it (cancelled, expired, "
-                          f"interrupted: stopped within {EXECUTOR_STOP_SLACK:.0f} s of the run's end; none whole for "
-                          "a run no client was given)", failures, examined, "model calls stopped or done")
+                failures.append(
+                    {
+                        "run_id": None,
+                        "scenario": None,
+                        "likely_cause": None,
+                        "problem": f"model call {call['id']} (tag {tag}) ran to its end for a run no client "
+                        f"was ever given",
+                        "model_calls": _calls_brief([call]),
+                    }
+                )
+        return self.check(
+            "no model call left running for a run that ended without it (cancelled, expired, "
+            f"interrupted: stopped within {EXECUTOR_STOP_SLACK:.0f} s of the run's end; none whole for "
+            "a run no client was given)",
+            failures,
+            examined,
+            "model calls stopped or done",
+        )
 
     # -- streams ---------------------------------------------------------------------------------------------
     def _streamed(self) -> list[RunRecord]:
@@ -541,8 +754,14 @@ class Checker:
             if any(b <= a for a, b in pairwise(got["ids"])):
                 problems.append("ids not increasing")
             expected = list((ref or {}).get("ids") or [])
-            if ref is not None and not ref["final"] and view.get("status") in ("cancelled", "expired") and expected \
-                    and len(got["ids"]) == len(expected) + 1 and got["ids"][-1] > expected[-1]:
+            if (
+                ref is not None
+                and not ref["final"]
+                and view.get("status") in ("cancelled", "expired")
+                and expected
+                and len(got["ids"]) == len(expected) + 1
+                and got["ids"][-1] > expected[-1]
+            ):
                 # the provider has no final event here: the relay adds the run's own, with any id above the
                 # provider's last (N+1, or a fixed top id such as 2**31-1)
                 expected.append(got["ids"][-1])
@@ -556,21 +775,44 @@ class Checker:
                 missing = sorted(set(expected) - set(got["ids"]))
                 extra = sorted(set(got["ids"]) - set(expected))
                 problems.append(f"ids differ from {self._reference_source}: missing {missing[:10]}, extra {extra[:10]}")
-            if got["final"] is not None and view.get("status") == "completed" and got["deltas"] != view.get("output_text"):
-                problems.append(f"streamed text ({len(got['deltas'])} chars) differs from the run's output_text "
-                                f"({len(view.get('output_text') or '')} chars)")
+            if (
+                got["final"] is not None
+                and view.get("status") == "completed"
+                and got["deltas"] != view.get("output_text")
+            ):
+                problems.append(
+                    f"streamed text ({len(got['deltas'])} chars) differs from the run's output_text "
+                    f"({len(view.get('output_text') or '')} chars)"
+                )
             if ref is not None and view.get("status") == "completed" and ref.get("text") != view.get("output_text"):
-                problems.append(f"the text of {self._reference_source} ({len(ref.get('text') or '')} chars) differs "
-                                f"from the run's output_text ({len(view.get('output_text') or '')} chars)")
-            if got["final"] is not None and ref is not None and ref.get("source") == "service" \
-                    and got["final"] != ref["final"]:
+                problems.append(
+                    f"the text of {self._reference_source} ({len(ref.get('text') or '')} chars) differs "
+                    f"from the run's output_text ({len(view.get('output_text') or '')} chars)"
+                )
+            if (
+                got["final"] is not None
+                and ref is not None
+                and ref.get("source") == "service"
+                and got["final"] != ref["final"]
+            ):
                 problems.append(f"the stream ended with {got['final']}, the replay with {ref['final']}")
             if problems:
-                failures.append(self.failure(record.run_id, "; ".join(problems),
-                                             connections=got["connections"], ids=got["ids"],
-                                             reference=expected))
-        check = self.check(f"every resumed stream gap-free and duplicate-free (ids equal {self._reference_source}, "
-                           "text equals the stored output)", failures, len(self._streamed()), "exact")
+                failures.append(
+                    self.failure(
+                        record.run_id,
+                        "; ".join(problems),
+                        connections=got["connections"],
+                        ids=got["ids"],
+                        reference=expected,
+                    )
+                )
+        check = self.check(
+            f"every resumed stream gap-free and duplicate-free (ids equal {self._reference_source}, "
+            "text equals the stored output)",
+            failures,
+            len(self._streamed()),
+            "exact",
+        )
         restarts = sum(r.stream.get("restarts") or 0 for r in self._streamed())
         if self.executor:
             check.detail += f" ({restarts} output restarts seen by the streams)"
@@ -598,49 +840,89 @@ class Checker:
     def sessions_one_active(self) -> Check:
         failures = []
         for session_id, log in self.ev.sessions.items():
-            runs = sorted((self.ev.views[r] for r in self.ev.records
-                           if self.ev.records[r].session_id == session_id and self.ev.views.get(r, {}).get("created_at")),
-                          key=lambda v: v["created_at"])
+            runs = sorted(
+                (
+                    self.ev.views[r]
+                    for r in self.ev.records
+                    if self.ev.records[r].session_id == session_id and self.ev.views.get(r, {}).get("created_at")
+                ),
+                key=lambda v: v["created_at"],
+            )
             for earlier, later in pairwise(runs):
                 ended = earlier.get("completed_at")
                 if ended is None or later["created_at"] < ended:
-                    failures.append(self.failure(later["id"], f"session {session_id}: run {later['id']} created at "
-                                                 f"{later['created_at']:.3f} while {earlier['id']} was active until "
-                                                 f"{ended}", CAUSE_SESSION_RACE, concurrent_starts=log["concurrent"]))
+                    failures.append(
+                        self.failure(
+                            later["id"],
+                            f"session {session_id}: run {later['id']} created at "
+                            f"{later['created_at']:.3f} while {earlier['id']} was active until "
+                            f"{ended}",
+                            CAUSE_SESSION_RACE,
+                            concurrent_starts=log["concurrent"],
+                        )
+                    )
             winners = [c for c in log["concurrent"] if c["http"] in (200, 201, 202)]
             others = [c for c in log["concurrent"] if c["http"] not in (200, 201, 202)]
             if len(winners) > 1 and not any(f.get("run_id") in {w["run_id"] for w in winners} for f in failures):
-                failures.append({"run_id": winners[1]["run_id"], "scenario": "session_concurrent",
-                                 "likely_cause": CAUSE_SESSION_RACE, "concurrent_starts": log["concurrent"],
-                                 "problem": f"session {session_id}: {len(winners)} concurrent starts answered 2xx"})
+                failures.append(
+                    {
+                        "run_id": winners[1]["run_id"],
+                        "scenario": "session_concurrent",
+                        "likely_cause": CAUSE_SESSION_RACE,
+                        "concurrent_starts": log["concurrent"],
+                        "problem": f"session {session_id}: {len(winners)} concurrent starts answered 2xx",
+                    }
+                )
             for turn in log["turns"]:
                 if turn["run_id"] is None and any("session_busy" in a for a in turn["answers"]):
-                    failures.append({"run_id": None, "scenario": f"session_{turn['turn']}", "likely_cause": (
-                        "the session's active_run_id still names a run that has ended"),
-                        "problem": f"session {session_id}: a start after the previous turn ended got "
-                                   f"{turn['answers']}"})
+                    failures.append(
+                        {
+                            "run_id": None,
+                            "scenario": f"session_{turn['turn']}",
+                            "likely_cause": ("the session's active_run_id still names a run that has ended"),
+                            "problem": f"session {session_id}: a start after the previous turn ended got "
+                            f"{turn['answers']}",
+                        }
+                    )
             bad = [c for c in others if not (c["http"] == 409 and c["code"] == "session_busy")]
             if bad:
-                failures.append({"run_id": None, "scenario": "session_concurrent", "likely_cause": None,
-                                 "problem": f"session {session_id}: a losing concurrent start answered {bad}"})
+                failures.append(
+                    {
+                        "run_id": None,
+                        "scenario": "session_concurrent",
+                        "likely_cause": None,
+                        "problem": f"session {session_id}: a losing concurrent start answered {bad}",
+                    }
+                )
         total = len(self.ev.sessions)
-        return self.check("sessions never with two active runs (a concurrent start gets 409 session_busy)",
-                          failures, total, "sessions with one active run at a time")
+        return self.check(
+            "sessions never with two active runs (a concurrent start gets 409 session_busy)",
+            failures,
+            total,
+            "sessions with one active run at a time",
+        )
 
     def session_chains(self) -> Check:
         """Each run continues from the response of the latest earlier run that advanced the session."""
         name = "session chains continue from the previous turn's response"
         if self.executor:
-            reason = ("executor runs have no provider response chain (Chat Completions keeps no state: the executor "
-                      "sends the session's earlier turns itself) and the emulator's chat log does not record the "
-                      "messages; the chain is checked through the tool-output turn, whose text must name the "
-                      "previous turn's call (allowed-state check)")
+            reason = (
+                "executor runs have no provider response chain (Chat Completions keeps no state: the executor "
+                "sends the session's earlier turns itself) and the emulator's chat log does not record the "
+                "messages; the chain is checked through the tool-output turn, whose text must name the "
+                "previous turn's call (allowed-state check)"
+            )
             return Check(name, True, "skipped: " + reason, skipped=reason)
         failures, examined = [], 0
         for session_id in self.ev.sessions:
-            runs = sorted((r for r in self.ev.records.values() if r.session_id == session_id
-                           and (self.ev.views.get(r.run_id) or {}).get("created_at")),
-                          key=lambda r: self.ev.views[r.run_id]["created_at"])
+            runs = sorted(
+                (
+                    r
+                    for r in self.ev.records.values()
+                    if r.session_id == session_id and (self.ev.views.get(r.run_id) or {}).get("created_at")
+                ),
+                key=lambda r: self.ev.views[r.run_id]["created_at"],
+            )
             earlier: list[str] = []  # responses of the session's earlier runs worth continuing from, in order
             for record in runs:
                 view = self.ev.views[record.run_id]
@@ -651,11 +933,17 @@ class Checker:
                     previous = providers[0].get("previous_response_id")
                     if previous != last_response:
                         cause = CAUSE_SESSION_BACK if previous in earlier[:-1] else CAUSE_SESSION_RACE
-                        failures.append(self.failure(record.run_id, f"continued from {previous}, the session's last "
-                                                     f"response was {last_response}", cause,
-                                                     session=self._session_timeline(runs)))
-                if view.get("status") in ("completed", "requires_action", "incomplete") \
-                        and view.get("provider_response_id"):
+                        failures.append(
+                            self.failure(
+                                record.run_id,
+                                f"continued from {previous}, the session's last response was {last_response}",
+                                cause,
+                                session=self._session_timeline(runs),
+                            )
+                        )
+                if view.get("status") in ("completed", "requires_action", "incomplete") and view.get(
+                    "provider_response_id"
+                ):
                     earlier.append(view["provider_response_id"])
         return self.check(name, failures, examined, "chained")
 
@@ -664,11 +952,18 @@ class Checker:
         for record in runs:
             view = self.ev.views.get(record.run_id) or {}
             providers = self.ev.provider.get(record.run_id, [])
-            timeline.append({"run_id": record.run_id, "scenario": record.scenario, "status": view.get("status"),
-                             "created_at": view.get("created_at"), "completed_at": view.get("completed_at"),
-                             "response": view.get("provider_response_id"),
-                             "previous": providers[0].get("previous_response_id") if len(providers) == 1 else None,
-                             "webhook_attempts": len(((view.get("webhook") or {}).get("attempts")) or [])})
+            timeline.append(
+                {
+                    "run_id": record.run_id,
+                    "scenario": record.scenario,
+                    "status": view.get("status"),
+                    "created_at": view.get("created_at"),
+                    "completed_at": view.get("completed_at"),
+                    "response": view.get("provider_response_id"),
+                    "previous": providers[0].get("previous_response_id") if len(providers) == 1 else None,
+                    "webhook_attempts": len(((view.get("webhook") or {}).get("attempts")) or []),
+                }
+            )
         return timeline
 
     # -- outputs, liveness, queues, errors ----------------------------------------------------------------------
@@ -699,10 +994,17 @@ class Checker:
                 deadline = self.ev.records[run_id].expect.get("deadline_seconds") or self.ev.run_deadline
                 late = (view.get("completed_at") or 0) - (view["created_at"] + deadline)
                 if late > self.ev.stuck_slack:
-                    failures.append(self.failure(run_id, f"ended {late:.1f} s after its deadline "
-                                                         f"(allowed {self.ev.stuck_slack:.0f} s)"))
-        return self.check("nothing stuck (terminal, webhook settled, none active past deadline + sweeper grace)",
-                          failures, len(self.ids), "settled")
+                    failures.append(
+                        self.failure(
+                            run_id, f"ended {late:.1f} s after its deadline (allowed {self.ev.stuck_slack:.0f} s)"
+                        )
+                    )
+        return self.check(
+            "nothing stuck (terminal, webhook settled, none active past deadline + sweeper grace)",
+            failures,
+            len(self.ids),
+            "settled",
+        )
 
     def poison_accounted(self) -> Check:
         failures = []
@@ -711,17 +1013,27 @@ class Checker:
                 run_id = item.get("run_id")
                 view = self.ev.views.get(run_id) if run_id else None
                 if view is None or view.get("missing"):
-                    failures.append({"run_id": run_id, "scenario": None, "likely_cause": None,
-                                     "problem": f"{queue}: {str(item)[:200]} for no known run"})
+                    failures.append(
+                        {
+                            "run_id": run_id,
+                            "scenario": None,
+                            "likely_cause": None,
+                            "problem": f"{queue}: {str(item)[:200]} for no known run",
+                        }
+                    )
                 elif queue.startswith(("runs-poll", "runs-execute")) and view.get("status") not in TERMINAL:
                     failures.append(self.failure(run_id, f"{queue}: run still {view.get('status')}"))
                 elif queue.startswith("runs-webhook") and (view.get("webhook") or {}).get("state") != "delivered":
-                    failures.append(self.failure(run_id, f"{queue}: webhook {(view.get('webhook') or {}).get('state')}"))
+                    failures.append(
+                        self.failure(run_id, f"{queue}: webhook {(view.get('webhook') or {}).get('state')}")
+                    )
         total = sum(len(v) for v in self.ev.poison.values())
         sizes = ", ".join(f"{k} {len(v)}" for k, v in self.ev.poison.items())
         return self.check("no poison message unaccounted for", failures, total, f"accounted for ({sizes})")
 
     def no_server_errors(self) -> Check:
-        failures = [{"run_id": None, "scenario": None, "problem": error, "likely_cause": None}
-                    for error in self.ev.server_errors]
+        failures = [
+            {"run_id": None, "scenario": None, "problem": error, "likely_cause": None}
+            for error in self.ev.server_errors
+        ]
         return self.check("no 500 from the API", failures, self.ev.answers, "answers without a 500")

@@ -6,6 +6,7 @@ Only the documented API (README.md) is used: `POST /api/runs` (with `Idempotency
 A client retries what the API says is transient (503/429 with `Retry-After`, `409 idempotency_key_busy`)
 and connection errors (a killed host), bounded in time; everything else is its final answer.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -89,8 +90,16 @@ class ApiClient:
             hinted = 0.0
         await asyncio.sleep(min(3.0, max(0.3, hinted)) * (0.7 + 0.6 * self.rng.random()))
 
-    async def call(self, method: str, path: str, *, label: str, json_body: Any = None,
-                   headers: dict[str, str] | None = None, final_codes: tuple[str, ...] = ()) -> Answer:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        label: str,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        final_codes: tuple[str, ...] = (),
+    ) -> Answer:
         """One logical request, retried while the answer is transient; `final_codes` end it early (e.g. a 409
         session_busy is an answer, not a hiccup)."""
         deadline = time.monotonic() + self.retry_seconds
@@ -106,35 +115,74 @@ class ApiClient:
             self._count(label, response, error)
             body = _json(response)
             code = ((body or {}).get("error") or {}).get("code") if isinstance(body, dict) else None
-            trail.append(str(response.status_code) + (f" {code}" if code else "") if response is not None
-                         else type(error).__name__)
-            transient = response is None or response.status_code in RETRYABLE_STATUS or (
-                response.status_code == 409 and code == "idempotency_key_busy") or response.status_code == 500
+            trail.append(
+                str(response.status_code) + (f" {code}" if code else "")
+                if response is not None
+                else type(error).__name__
+            )
+            transient = (
+                response is None
+                or response.status_code in RETRYABLE_STATUS
+                or (response.status_code == 409 and code == "idempotency_key_busy")
+                or response.status_code == 500
+            )
             if (not transient or code in final_codes) or time.monotonic() > deadline:
-                return Answer(response.status_code if response is not None else None,
-                              body if isinstance(body, dict) else None, attempts, trail)
+                return Answer(
+                    response.status_code if response is not None else None,
+                    body if isinstance(body, dict) else None,
+                    attempts,
+                    trail,
+                )
             await self._pause(response)
 
     # -- runs ----------------------------------------------------------------------------------------------
-    async def start(self, body: dict[str, Any], *, scenario: str, expect: dict[str, Any], key: str | None = None,
-                    final_codes: tuple[str, ...] = ()) -> tuple[RunRecord | None, Answer]:
+    async def start(
+        self,
+        body: dict[str, Any],
+        *,
+        scenario: str,
+        expect: dict[str, Any],
+        key: str | None = None,
+        final_codes: tuple[str, ...] = (),
+    ) -> tuple[RunRecord | None, Answer]:
         key = key or f"chaos-{self.rng.getrandbits(96):024x}"
-        answer = await self.call("POST", "/api/runs", label="POST /api/runs", json_body=body,
-                                 headers={"Idempotency-Key": key}, final_codes=final_codes)
+        answer = await self.call(
+            "POST",
+            "/api/runs",
+            label="POST /api/runs",
+            json_body=body,
+            headers={"Idempotency-Key": key},
+            final_codes=final_codes,
+        )
         if not answer.ok:
             if answer.code not in final_codes:
-                self.not_accepted.append({"scenario": scenario, "key": key, "answers": answer.trail[-6:],
-                                          "last": (answer.body or {}).get("error"), "input_chars": _input_chars(body)})
+                self.not_accepted.append(
+                    {
+                        "scenario": scenario,
+                        "key": key,
+                        "answers": answer.trail[-6:],
+                        "last": (answer.body or {}).get("error"),
+                        "input_chars": _input_chars(body),
+                    }
+                )
             return None, answer
         return self.accepted(answer.body["id"], scenario, expect, key, answer, body), answer
 
-    def accepted(self, run_id: str, scenario: str, expect: dict[str, Any], key: str, answer: Answer | None,
-                 body: dict[str, Any]) -> RunRecord:
+    def accepted(
+        self, run_id: str, scenario: str, expect: dict[str, Any], key: str, answer: Answer | None, body: dict[str, Any]
+    ) -> RunRecord:
         self.key_runs[key].add(run_id)
         record = self.records.get(run_id)
         if record is None:
-            record = RunRecord(run_id, scenario, expect, key, time.time(), session_id=body.get("session_id"),
-                               tag=(body.get("metadata") or {}).get(CHAOS_TAG))
+            record = RunRecord(
+                run_id,
+                scenario,
+                expect,
+                key,
+                time.time(),
+                session_id=body.get("session_id"),
+                tag=(body.get("metadata") or {}).get(CHAOS_TAG),
+            )
             self.records[run_id] = record
         record.note(f"start {scenario}: answers {answer.trail if answer else 'stream'}")
         return record
@@ -156,8 +204,9 @@ class ApiClient:
     async def cancel(self, record: RunRecord) -> Answer:
         record.cancel = {"sent_at": time.time()}
         answer = await self.call("POST", f"/api/runs/{record.run_id}/cancel", label="POST /api/runs/{id}/cancel")
-        record.cancel.update(answered_at=time.time(), http=answer.status, trail=answer.trail,
-                             status=(answer.body or {}).get("status"))
+        record.cancel.update(
+            answered_at=time.time(), http=answer.status, trail=answer.trail, status=(answer.body or {}).get("status")
+        )
         record.note(f"cancel sent -> {answer.trail} status {(answer.body or {}).get('status')}")
         return answer
 
@@ -232,8 +281,13 @@ async def replay(http: httpx.AsyncClient, run_id: str) -> dict[str, Any] | None:
             elif event.event == RESTART_EVENT:
                 text, restarts = [], restarts + 1
             if event.event in FINAL_EVENTS:
-                return {"ids": ids, "text": "".join(text), "final": event.event, "restarts": restarts,
-                        "source": "service"}
+                return {
+                    "ids": ids,
+                    "text": "".join(text),
+                    "final": event.event,
+                    "restarts": restarts,
+                    "source": "service",
+                }
     return None
 
 
@@ -262,10 +316,17 @@ class StreamConsumer:
         self.method_index = 0
 
     def summary(self) -> dict[str, Any]:
-        return {"ids": self.ids, "connections": self.connections, "deltas": "".join(self.deltas),
-                "final": self.final.event if self.final else None, "final_id": self.final.id if self.final else None,
-                "ended_by": self.ended_by, "after_final": self.after_final, "cuts": self.planned_cuts,
-                "restarts": self.restarts}
+        return {
+            "ids": self.ids,
+            "connections": self.connections,
+            "deltas": "".join(self.deltas),
+            "final": self.final.event if self.final else None,
+            "final_id": self.final.id if self.final else None,
+            "ended_by": self.ended_by,
+            "after_final": self.after_final,
+            "cuts": self.planned_cuts,
+            "restarts": self.restarts,
+        }
 
     async def consume(self, first: httpx.Response | None) -> None:
         """`first`: the open response of a streaming start, or None to begin with GET .../stream."""
@@ -282,8 +343,10 @@ class StreamConsumer:
         if self.final is not None and self.final.id is not None:
             await self._resume_after_final()
         self.record.stream = self.summary()
-        self.record.note(f"stream: {len(self.connections)} connections "
-                         f"{[c['how'] + '/' + c['outcome'] for c in self.connections]}, final {self.summary()['final']}")
+        self.record.note(
+            f"stream: {len(self.connections)} connections "
+            f"{[c['how'] + '/' + c['outcome'] for c in self.connections]}, final {self.summary()['final']}"
+        )
 
     async def _resume_after_final(self) -> None:
         """One more resume from the final event's id (retried while the host is down): the answer is kept."""
@@ -303,11 +366,13 @@ class StreamConsumer:
     async def _open_and_read(self, how: str, after: int | None, collect: list[str] | None = None) -> str:
         rid = self.record.run_id
         if how == "token" and self.last_token:
-            request = self.api.http.build_request("POST", "/api/runs",
-                                                  json={"continuation_token": self.last_token, "stream": True})
+            request = self.api.http.build_request(
+                "POST", "/api/runs", json={"continuation_token": self.last_token, "stream": True}
+            )
         elif how == "last_event_id" and after is not None:
-            request = self.api.http.build_request("GET", f"/api/runs/{rid}/stream",
-                                                  headers={"Last-Event-ID": str(after)})
+            request = self.api.http.build_request(
+                "GET", f"/api/runs/{rid}/stream", headers={"Last-Event-ID": str(after)}
+            )
         elif after is not None:
             request = self.api.http.build_request("GET", f"/api/runs/{rid}/stream", params={"starting_after": after})
         else:

@@ -5,6 +5,7 @@ The webhook receiver is local/webhook_receiver.py: it records every request in t
 chaos run's receiver outage (`stack.receiver.down()` closes the port, `up()` opens it again) loses nothing.
 Everything listens on 127.0.0.1 only.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,13 @@ def summary(values: list[float]) -> dict[str, Any]:
     values = [v for v in values if v is not None]
     if not values:
         return {"n": 0, "p50": None, "p95": None, "max": None, "mean": None}
-    return {"n": len(values), "p50": pct(values, 0.5), "p95": pct(values, 0.95), "max": max(values),
-            "mean": statistics.fmean(values)}
+    return {
+        "n": len(values),
+        "p50": pct(values, 0.5),
+        "p95": pct(values, 0.95),
+        "max": max(values),
+        "mean": statistics.fmean(values),
+    }
 
 
 def spread_seconds(seconds: float, index: int, n: int) -> float:
@@ -48,9 +54,11 @@ def spread_seconds(seconds: float, index: int, n: int) -> float:
     return seconds * (0.9 + 0.2 * (index / max(1, n - 1)))
 
 
-async def start_runs(client: httpx.AsyncClient, n: int, hook: str,
-                     metadata: Callable[[int], dict[str, str]]) -> list[str]:
+async def start_runs(
+    client: httpx.AsyncClient, n: int, hook: str, metadata: Callable[[int], dict[str, str]]
+) -> list[str]:
     """Start n runs at once (run i with `metadata(i)`), each sending its webhook to `hook`; their ids in order."""
+
     async def start(i: int) -> str:
         r = await client.post("/api/runs", json={"input": f"bench {i}", "webhook_url": hook, "metadata": metadata(i)})
         r.raise_for_status()
@@ -65,12 +73,25 @@ class LocalStack(local_stack.LocalStack):
     does not share the load generator's GIL), the counting storage proxy always started (`use_proxy` puts the
     host behind it; `switch_storage` moves it), logs in bench/results/tmp, a 3 s host grace period."""
 
-    def __init__(self, name: str, host_env: dict[str, str] | None = None,
-                 emulator_config: dict[str, Any] | None = None, use_proxy: bool = False,
-                 secrets: tuple[str, ...] | None = None) -> None:
-        super().__init__(name, env=host_env, emulator_in_thread=False, emulator_config=emulator_config,
-                         storage_proxy=True, through_proxy=use_proxy, webhook_secrets=secrets or new_secrets(),
-                         log_dir=TMP, host_grace_seconds=3)
+    def __init__(
+        self,
+        name: str,
+        host_env: dict[str, str] | None = None,
+        emulator_config: dict[str, Any] | None = None,
+        use_proxy: bool = False,
+        secrets: tuple[str, ...] | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            env=host_env,
+            emulator_in_thread=False,
+            emulator_config=emulator_config,
+            storage_proxy=True,
+            through_proxy=use_proxy,
+            webhook_secrets=secrets or new_secrets(),
+            log_dir=TMP,
+            host_grace_seconds=3,
+        )
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -90,10 +111,12 @@ wait_healthy = local_stack.wait_until_healthy
 def metrics_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     keys = set(before["storage_requests"]) | set(after["storage_requests"])
     by = {k: after["storage_requests"].get(k, 0) - before["storage_requests"].get(k, 0) for k in sorted(keys)}
-    return {"storage_requests": {k: v for k, v in by.items() if v},
-            "storage_total": sum(by.values()),
-            "cpu_seconds": after["cpu_seconds"] - before["cpu_seconds"],
-            "max_rss_kib": after["max_rss_kib"]}
+    return {
+        "storage_requests": {k: v for k, v in by.items() if v},
+        "storage_total": sum(by.values()),
+        "cpu_seconds": after["cpu_seconds"] - before["cpu_seconds"],
+        "max_rss_kib": after["max_rss_kib"],
+    }
 
 
 def dump_json(path: Path, data: Any) -> None:
@@ -107,4 +130,5 @@ async def gather_limited(limit: int, coros) -> list[Any]:
     async def one(coro):
         async with sem:
             return await coro
+
     return await asyncio.gather(*(one(c) for c in coros), return_exceptions=True)

@@ -18,6 +18,7 @@ the emulator's counters), storage transactions (proxy counts / runs; the trigger
 net of it), function-seconds (the host log's invocation durations / runs), host CPU (/api/metrics / runs), and
 an estimated cost per 1,000 runs at list prices (below). Results: bench/results/completion.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ HOST_ENV = {
     "AzureWebJobs.sweep_runs.Disabled": "true",
     "AzureWebJobs.purge_expired.Disabled": "true",
 }
-EXECUTED = re.compile(r"^\[(?P<at>[^\]]+)\] Executed 'Functions\.(?P<fn>\w+)' \((?P<outcome>\w+), "
-                      r"Id=[^,]+, Duration=(?P<ms>\d+)ms\)")
+EXECUTED = re.compile(
+    r"^\[(?P<at>[^\]]+)\] Executed 'Functions\.(?P<fn>\w+)' \((?P<outcome>\w+), "
+    r"Id=[^,]+, Duration=(?P<ms>\d+)ms\)"
+)
 QUEUE_HOST_OPS = ("queue.receive", "queue.delete_message", "queue.update_message", "queue.peek")
 
 
@@ -101,8 +104,9 @@ async def window(name: str, stack: LocalStack, duration_s: float, n: int, idle_r
     hook = stack.hook_url(tag)
     before, counts0, t_begin = stack.metrics(), stack.storage_counts(), time.time()
     async with httpx.AsyncClient(base_url=stack.api, timeout=60) as client:
-        run_ids = await start_runs(client, n, hook, lambda i: {"emulator_duration_ms": str(spread(duration_s, i, n)),
-                                                                 "bench": tag})
+        run_ids = await start_runs(
+            client, n, hook, lambda i: {"emulator_duration_ms": str(spread(duration_s, i, n)), "bench": tag}
+        )
         deadline = time.monotonic() + duration_s * 1.1 + 200  # push with a lost webhook waits for the safety net
         while time.monotonic() < deadline:
             if len({r["run_id"] for r in stack.received(tag) if r["verified"]}) >= n:
@@ -124,8 +128,10 @@ async def window(name: str, stack: LocalStack, duration_s: float, n: int, idle_r
         lag_storage.append(run["completed_at"] - p["finished_at"])
         if run["id"] in first_hook:
             lag_hook.append(first_hook[run["id"]] - p["finished_at"])
-        deliveries = ((p.get("webhook") or {}).get("deliveries") or [])
-        attempts = [a for d in deliveries for a in d.get("attempts", []) if a.get("status") and 200 <= a["status"] < 300]
+        deliveries = (p.get("webhook") or {}).get("deliveries") or []
+        attempts = [
+            a for d in deliveries for a in d.get("attempts", []) if a.get("status") and 200 <= a["status"] < 300
+        ]
         if attempts:
             lag_event.append(min(a["at"] for a in attempts) - p["finished_at"])
         c = p["counters"]
@@ -136,20 +142,32 @@ async def window(name: str, stack: LocalStack, duration_s: float, n: int, idle_r
     elapsed = t_end - t_begin
     idle = idle_rate * elapsed
     seconds = function_seconds(stack.host.log_path, t_begin, t_end)
-    executions = sum(1 for line in stack.host.log_path.read_text(errors="replace").splitlines()
-                     if (m := EXECUTED.match(line)) and t_begin <= _ts(m["at"]) <= t_end)
+    executions = sum(
+        1
+        for line in stack.host.log_path.read_text(errors="replace").splitlines()
+        if (m := EXECUTED.match(line)) and t_begin <= _ts(m["at"]) <= t_end
+    )
     storage_per_run = max(0.0, total_ops - idle) / n
     fn_seconds_per_run = sum(seconds.values()) / n
-    cost = 1000 * (fn_seconds_per_run * INSTANCE_GB * PRICE_PER_GB_SECOND + executions / n * PRICE_PER_EXECUTION
-                   + storage_per_run * PRICE_PER_STORAGE_TRANSACTION)
+    cost = 1000 * (
+        fn_seconds_per_run * INSTANCE_GB * PRICE_PER_GB_SECOND
+        + executions / n * PRICE_PER_EXECUTION
+        + storage_per_run * PRICE_PER_STORAGE_TRANSACTION
+    )
     return {
-        "strategy": name, "duration_s": duration_s, "runs": n, "finished": len(lag_storage),
-        "lag_to_storage_s": summary(lag_storage), "lag_to_webhook_s": summary(lag_hook),
+        "strategy": name,
+        "duration_s": duration_s,
+        "runs": n,
+        "finished": len(lag_storage),
+        "lag_to_storage_s": summary(lag_storage),
+        "lag_to_webhook_s": summary(lag_hook),
         "lag_to_provider_event_s": summary(lag_event),
         "provider_calls": summary(calls),
-        "storage_per_run": total_ops / n, "storage_per_run_net_of_idle_polling": storage_per_run,
+        "storage_per_run": total_ops / n,
+        "storage_per_run_net_of_idle_polling": storage_per_run,
         "storage_trigger_ops_per_run": host_ops / n,
-        "function_seconds_per_run": fn_seconds_per_run, "function_seconds_by_function": seconds,
+        "function_seconds_per_run": fn_seconds_per_run,
+        "function_seconds_by_function": seconds,
         "executions_per_run": executions / n,
         "host_cpu_ms_per_run": metrics_delta(before, after)["cpu_seconds"] / n * 1000,
         "cost_per_1000_runs_usd": cost,
@@ -163,8 +181,7 @@ def _ts(text: str) -> float:
 
 
 async def baseline(emulator_url: str, duration_s: float, n: int, tag: str, stack: LocalStack) -> dict[str, Any]:
-    results = await asyncio.gather(*(baseline_client(emulator_url, tag, spread(duration_s, i, n), i)
-                                     for i in range(n)))
+    results = await asyncio.gather(*(baseline_client(emulator_url, tag, spread(duration_s, i, n), i) for i in range(n)))
     provider = {p["id"]: p for p in stack.emulator.responses(bench_baseline=tag)}
     lag, calls = [], []
     for b in results:
@@ -172,8 +189,13 @@ async def baseline(emulator_url: str, duration_s: float, n: int, tag: str, stack
         if p and p["finished_at"]:
             lag.append(b["detected_at"] - p["finished_at"])
             calls.append(b["calls"])
-    return {"strategy": "client_loop_2s", "duration_s": duration_s, "runs": n, "lag_s": summary(lag),
-            "provider_calls": summary(calls)}
+    return {
+        "strategy": "client_loop_2s",
+        "duration_s": duration_s,
+        "runs": n,
+        "lag_s": summary(lag),
+        "provider_calls": summary(calls),
+    }
 
 
 def idle_receive_rate(stack: LocalStack, seconds: float = 20.0) -> float:
@@ -185,19 +207,26 @@ def idle_receive_rate(stack: LocalStack, seconds: float = 20.0) -> float:
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    rows = ["| T | strategy | lag p50 / p95 / max (s) | provider calls (p50) | storage ops/run (net) | fn-s/run | "
-            "host CPU ms/run | $/1,000 runs |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| T | strategy | lag p50 / p95 / max (s) | provider calls (p50) | storage ops/run (net) | fn-s/run | "
+        "host CPU ms/run | $/1,000 runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         if r["strategy"] == "client_loop_2s":
             lag = r["lag_s"]
-            rows.append(f"| {r['duration_s']:.0f} s | 2-s client loop | {lag['p50']:.2f} / {lag['p95']:.2f} / "
-                        f"{lag['max']:.2f} | {r['provider_calls']['p50']:.1f} | - | - | - | - |")
+            rows.append(
+                f"| {r['duration_s']:.0f} s | 2-s client loop | {lag['p50']:.2f} / {lag['p95']:.2f} / "
+                f"{lag['max']:.2f} | {r['provider_calls']['p50']:.1f} | - | - | - | - |"
+            )
             continue
         lag = r["lag_to_webhook_s"]
-        rows.append(f"| {r['duration_s']:.0f} s | {r['strategy']} | {lag['p50']:.2f} / {lag['p95']:.2f} / "
-                    f"{lag['max']:.2f} | {r['provider_calls']['p50']:.1f} | "
-                    f"{r['storage_per_run_net_of_idle_polling']:.1f} | {r['function_seconds_per_run']:.2f} | "
-                    f"{r['host_cpu_ms_per_run']:.0f} | {r['cost_per_1000_runs_usd']:.4f} |")
+        rows.append(
+            f"| {r['duration_s']:.0f} s | {r['strategy']} | {lag['p50']:.2f} / {lag['p95']:.2f} / "
+            f"{lag['max']:.2f} | {r['provider_calls']['p50']:.1f} | "
+            f"{r['storage_per_run_net_of_idle_polling']:.1f} | {r['function_seconds_per_run']:.2f} | "
+            f"{r['host_cpu_ms_per_run']:.0f} | {r['cost_per_1000_runs_usd']:.4f} |"
+        )
     return "\n".join(rows)
 
 
@@ -214,16 +243,27 @@ async def run(durations: list[float], counts: list[int], out: Path) -> list[dict
             tag = f"baseline-{int(duration_s)}-{int(time.time())}"
             done = await asyncio.gather(
                 *(window(name, stack, duration_s, n, idle[name]) for name, stack in stacks.items()),
-                baseline(stacks["poll"].emulator.base_url, duration_s, n, tag, stacks["poll"]))
+                baseline(stacks["poll"].emulator.base_url, duration_s, n, tag, stacks["poll"]),
+            )
             results.extend(done)
             for r in done:
                 lag = r.get("lag_to_webhook_s") or r.get("lag_s")
-                log(f"  {r['strategy']}: lag p50 {lag['p50']}, p95 {lag['p95']}; calls p50 {r['provider_calls']['p50']}")
-            dump_json(out / "completion.json", {"results": results, "idle_storage_ops_per_s": idle,
-                                                "prices": {"gb_second": PRICE_PER_GB_SECOND,
-                                                           "execution": PRICE_PER_EXECUTION,
-                                                           "storage_transaction": PRICE_PER_STORAGE_TRANSACTION,
-                                                           "instance_gb": INSTANCE_GB}})
+                log(
+                    f"  {r['strategy']}: lag p50 {lag['p50']}, p95 {lag['p95']}; calls p50 {r['provider_calls']['p50']}"
+                )
+            dump_json(
+                out / "completion.json",
+                {
+                    "results": results,
+                    "idle_storage_ops_per_s": idle,
+                    "prices": {
+                        "gb_second": PRICE_PER_GB_SECOND,
+                        "execution": PRICE_PER_EXECUTION,
+                        "storage_transaction": PRICE_PER_STORAGE_TRANSACTION,
+                        "instance_gb": INSTANCE_GB,
+                    },
+                },
+            )
     finally:
         for stack in stacks.values():
             stack.stop()

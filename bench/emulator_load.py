@@ -11,6 +11,7 @@ emulator process, and how late each terminal event arrived relative to its due t
                                             [--output-chars 2000] [--out FILE]
 The client uses raw aiohttp (not the SDK) so that client-side parsing does not cap the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,19 +70,28 @@ async def stream_events(session: aiohttp.ClientSession, method: str, url: str, *
             end = buf.rfind(b"\n\n")
             if end < 0:
                 continue
-            complete, buf = buf[: end + 2], buf[end + 2:]
+            complete, buf = buf[: end + 2], buf[end + 2 :]
             count += complete.count(b"\n\n")
             pos = complete.rfind(b"event: ")
             if pos >= 0:
-                last_type = complete[pos + 7: complete.index(b"\n", pos)].decode()
+                last_type = complete[pos + 7 : complete.index(b"\n", pos)].decode()
     return count, last_type, time.time()
 
 
 async def run(args) -> dict:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "local.emulator", "--port", str(port),
-               "--time-scale", str(args.time_scale), "--max-deltas", "200"]
+    command = [
+        sys.executable,
+        "-m",
+        "local.emulator",
+        "--port",
+        str(port),
+        "--time-scale",
+        str(args.time_scale),
+        "--max-deltas",
+        "200",
+    ]
     proc = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.DEVNULL)  # noqa: ASYNC220 - before the load
     base = f"http://127.0.0.1:{port}/v1"
     try:
@@ -98,15 +108,22 @@ async def run(args) -> dict:
             sampler = Sampler(proc.pid)
             sampler.start()
             rss_idle = psutil.Process(proc.pid).memory_info().rss
-            meta = {"emulator_duration_ms": str(args.duration_ms), "emulator_queue_ms": "500",
-                    "emulator_output_chars": str(args.output_chars), "bg_run_id": "bench"}
+            meta = {
+                "emulator_duration_ms": str(args.duration_ms),
+                "emulator_queue_ms": "500",
+                "emulator_output_chars": str(args.output_chars),
+                "bg_run_id": "bench",
+            }
 
             # phase 1: live paced streams
             cpu0, t0 = sampler.cpu_seconds(), time.time()
             body = {"model": "bench", "background": True, "stream": True, "metadata": meta}
-            live = await asyncio.gather(*(
-                stream_events(client, "POST", f"{base}/responses", json={**body, "input": f"job {i}"})
-                for i in range(args.n)))
+            live = await asyncio.gather(
+                *(
+                    stream_events(client, "POST", f"{base}/responses", json={**body, "input": f"job {i}"})
+                    for i in range(args.n)
+                )
+            )
             t1, cpu1 = time.time(), sampler.cpu_seconds()
             async with client.get(f"{base}/_emulator/responses") as r:
                 rows = (await r.json())["data"]
@@ -120,8 +137,9 @@ async def run(args) -> dict:
             # phase 2: replay of finished responses as fast as possible
             ids = [r["id"] for r in rows]
             cpu2, t2 = sampler.cpu_seconds(), time.time()
-            replay = await asyncio.gather(*(
-                stream_events(client, "GET", f"{base}/responses/{rid}", params={"stream": "true"}) for rid in ids))
+            replay = await asyncio.gather(
+                *(stream_events(client, "GET", f"{base}/responses/{rid}", params={"stream": "true"}) for rid in ids)
+            )
             t3, cpu3 = time.time(), sampler.cpu_seconds()
             ok_replay = sum(1 for c, last, _ in replay if last == "response.completed")
             replay_events = sum(c for c, _, _ in replay)
@@ -131,20 +149,28 @@ async def run(args) -> dict:
             sampler.join()
             paced_s = args.duration_ms * args.time_scale / 1000.0
             return {
-                "n": args.n, "time_scale": args.time_scale, "duration_ms": args.duration_ms,
-                "paced_run_s": paced_s, "output_chars": args.output_chars,
+                "n": args.n,
+                "time_scale": args.time_scale,
+                "duration_ms": args.duration_ms,
+                "paced_run_s": paced_s,
+                "output_chars": args.output_chars,
                 "events_per_response": live_events // max(1, args.n),
                 "live": {
-                    "completed": ok_live, "events": live_events, "wall_s": round(t1 - t0, 3),
+                    "completed": ok_live,
+                    "events": live_events,
+                    "wall_s": round(t1 - t0, 3),
                     "events_per_s": round(live_events / (t1 - t0)),
                     "emulator_cpu_s": round(cpu1 - cpu0, 3),
                     "terminal_lateness_ms": {
                         "p50": round(statistics.median(lateness) * 1000, 1),
                         "p99": round(sorted(lateness)[int(len(lateness) * 0.99) - 1] * 1000, 1),
-                        "max": round(max(lateness) * 1000, 1)},
+                        "max": round(max(lateness) * 1000, 1),
+                    },
                 },
                 "replay": {
-                    "completed": ok_replay, "events": replay_events, "wall_s": round(t3 - t2, 3),
+                    "completed": ok_replay,
+                    "events": replay_events,
+                    "wall_s": round(t3 - t2, 3),
                     "events_per_s": round(replay_events / (t3 - t2)),
                     "emulator_cpu_s": round(cpu3 - cpu2, 3),
                 },

@@ -15,6 +15,7 @@ cancel takes to stop the model (while it streams, and while it is silent before 
 
 Writes bench/results/executor.json and executor.md. Standalone: uses bench.common's stack, changes nothing else.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,14 +40,18 @@ RETENTION_DAYS = 30
 
 def metadata(tag: str, index: int, seconds: float) -> dict[str, str]:
     tokens = int(seconds * TOKENS_PER_S)
-    return {"emulator_duration_ms": str(int(seconds * 1000)), "emulator_output_chars": str(tokens * CHARS_PER_TOKEN),
-            "emulator_deltas": str(tokens), "emulator_bench": tag, "emulator_bench_i": str(index)}
+    return {
+        "emulator_duration_ms": str(int(seconds * 1000)),
+        "emulator_output_chars": str(tokens * CHARS_PER_TOKEN),
+        "emulator_deltas": str(tokens),
+        "emulator_bench": tag,
+        "emulator_bench_i": str(index),
+    }
 
 
 def host_env(backend: str) -> dict[str, str]:
     # Production defaults for everything that shapes lag and cost; the sweeper off so the counts are per run.
-    return {"RUN_BACKEND": backend, "AzureWebJobs.sweep_runs.Disabled": "true",
-            "WEBHOOK_RETRY_SCHEDULE": "0,5,300"}
+    return {"RUN_BACKEND": backend, "AzureWebJobs.sweep_runs.Disabled": "true", "WEBHOOK_RETRY_SCHEDULE": "0,5,300"}
 
 
 def entity_bytes(entity: dict[str, Any]) -> int:
@@ -81,10 +86,16 @@ class Bench:
     def model_finished(self, tag: str, run_ids: list[str]) -> dict[str, float]:
         """run id -> when the model finished (the emulator's own record)."""
         if self.backend == "background":
-            return {p["metadata"]["bg_run_id"]: p["finished_at"] for p in self.stack.emulator.responses(emulator_bench=tag)
-                    if p.get("finished_at")}
-        rows = httpx.get(f"{self.stack.emulator.base_url}/_emulator/chat_completions",
-                         params={"knob.emulator_bench": tag}, timeout=30).json()["data"]
+            return {
+                p["metadata"]["bg_run_id"]: p["finished_at"]
+                for p in self.stack.emulator.responses(emulator_bench=tag)
+                if p.get("finished_at")
+            }
+        rows = httpx.get(
+            f"{self.stack.emulator.base_url}/_emulator/chat_completions",
+            params={"knob.emulator_bench": tag},
+            timeout=30,
+        ).json()["data"]
         return {run_ids[int(r["knobs"]["emulator_bench_i"])]: r["finished_at"] for r in rows if not r["cut"]}
 
     # -- idle -----------------------------------------------------------------------------------------------------
@@ -93,11 +104,14 @@ class Bench:
         c0, m0 = self.stack.storage_counts(), self.stack.metrics()
         await asyncio.sleep(seconds)
         c1, m1 = self.stack.storage_counts(), self.stack.metrics()
-        self.idle = {"seconds": seconds,
-                     "receives_per_s": (c1.get("queue.receive", 0) - c0.get("queue.receive", 0)) / seconds,
-                     "cpu_per_s": (m1["cpu_seconds"] - m0["cpu_seconds"]) / seconds,
-                     "storage_per_minute": {k: 60 * (c1.get(k, 0) - c0.get(k, 0)) / seconds for k in c1
-                                            if c1.get(k, 0) != c0.get(k, 0)}}
+        self.idle = {
+            "seconds": seconds,
+            "receives_per_s": (c1.get("queue.receive", 0) - c0.get("queue.receive", 0)) / seconds,
+            "cpu_per_s": (m1["cpu_seconds"] - m0["cpu_seconds"]) / seconds,
+            "storage_per_minute": {
+                k: 60 * (c1.get(k, 0) - c0.get(k, 0)) / seconds for k in c1 if c1.get(k, 0) != c0.get(k, 0)
+            },
+        }
         self.log(f"idle: {self.idle}")
 
     # -- lag, storage, CPU -------------------------------------------------------------------------------------------
@@ -134,8 +148,11 @@ class Bench:
         window = t_end - t_begin
         delta = metrics_delta(metrics0, metrics1)
         result = {
-            "duration_s": seconds, "runs": n, "statuses": sorted({r["status"] for r in runs}),
-            "lag_model_to_terminal_s": summary(to_terminal), "lag_model_to_webhook_s": summary(to_webhook),
+            "duration_s": seconds,
+            "runs": n,
+            "statuses": sorted({r["status"] for r in runs}),
+            "lag_model_to_terminal_s": summary(to_terminal),
+            "lag_model_to_webhook_s": summary(to_webhook),
             "storage_per_run": {k: round(v / n, 2) for k, v in counted.items()},
             "storage_per_run_total": sum(counted.values()) / n,
             "storage_per_run_service": (sum(counted.values()) - trigger) / n,
@@ -147,9 +164,11 @@ class Bench:
         }
         if self.backend == "executor":
             result["event_log"] = self.log_size(run_ids)
-        self.log(f"T={seconds:g}s: terminal lag p50 {result['lag_model_to_terminal_s']['p50']}, webhook lag p50 "
-                 f"{result['lag_model_to_webhook_s']['p50']}, storage/run {result['storage_per_run_total']:.1f}, "
-                 f"cpu/run {result['host_cpu_s_per_run']:.3f}s")
+        self.log(
+            f"T={seconds:g}s: terminal lag p50 {result['lag_model_to_terminal_s']['p50']}, webhook lag p50 "
+            f"{result['lag_model_to_webhook_s']['p50']}, storage/run {result['storage_per_run_total']:.1f}, "
+            f"cpu/run {result['host_cpu_s_per_run']:.3f}s"
+        )
         return result
 
     def log_size(self, run_ids: list[str]) -> dict[str, Any]:
@@ -175,8 +194,9 @@ class Bench:
                     return time.perf_counter() - t0, int(line[3:])
         raise AssertionError(f"no event from {url}")
 
-    async def read_all(self, client: httpx.AsyncClient, method: str, url: str,
-                       **kwargs) -> tuple[list[float], int, str | None]:
+    async def read_all(
+        self, client: httpx.AsyncClient, method: str, url: str, **kwargs
+    ) -> tuple[list[float], int, str | None]:
         """Arrival times (time.time) of every event with an id, their count, and the run id."""
         arrivals, run_id = [], None
         async with client.stream(method, url, **kwargs) as r:
@@ -194,20 +214,32 @@ class Bench:
         async with httpx.AsyncClient(base_url=self.stack.api, timeout=httpx.Timeout(60, read=120)) as client:
             # A live follower from the start: its reads per second (proxy) and its lag at the end of the run.
             counts0, t0 = self.stack.storage_counts(), time.time()
-            followed = await asyncio.gather(*(self.read_all(client, "POST", "/api/runs", json={
-                "input": "follow", "stream": True, "metadata": metadata(tag, i, seconds)}) for i in range(k)))
+            followed = await asyncio.gather(
+                *(
+                    self.read_all(
+                        client,
+                        "POST",
+                        "/api/runs",
+                        json={"input": "follow", "stream": True, "metadata": metadata(tag, i, seconds)},
+                    )
+                    for i in range(k)
+                )
+            )
             counts1, t1 = self.stack.storage_counts(), time.time()
             run_ids = [run_id for _, _, run_id in followed]
             finished = self.model_finished(tag, run_ids)
-            out["live_end_lag_s"] = summary([arrivals[-1] - finished[run_id] for arrivals, _, run_id in followed
-                                             if run_id in finished])
+            out["live_end_lag_s"] = summary(
+                [arrivals[-1] - finished[run_id] for arrivals, _, run_id in followed if run_id in finished]
+            )
             counted = {key: counts1.get(key, 0) - counts0.get(key, 0) for key in counts1}
             out["table_queries_per_follower_s"] = counted.get("table.query", 0) / k / (t1 - t0)
             out["events_per_run"] = summary([n for _, n, _ in followed])
             # Resume-to-first-event on live runs (from a position well behind the head) and on finished ones.
             live_ids = []
             for i in range(k):
-                r = await client.post("/api/runs", json={"input": "resume", "metadata": metadata(tag + "r", i, seconds)})
+                r = await client.post(
+                    "/api/runs", json={"input": "resume", "metadata": metadata(tag + "r", i, seconds)}
+                )
                 live_ids.append(r.json()["id"])
             await asyncio.sleep(4.0)
             live = [await self.first_event(client, f"/api/runs/{rid}/stream", starting_after=5) for rid in live_ids]
@@ -259,8 +291,12 @@ class Bench:
                 if rows and rows[0].get("cancelled_at"):
                     return rows[0]["cancelled_at"]
             else:
-                answer = await asyncio.to_thread(httpx.get, f"{self.stack.emulator.base_url}/_emulator/chat_completions",
-                                                 params={"knob.emulator_bench": tag}, timeout=10)
+                answer = await asyncio.to_thread(
+                    httpx.get,
+                    f"{self.stack.emulator.base_url}/_emulator/chat_completions",
+                    params={"knob.emulator_bench": tag},
+                    timeout=10,
+                )
                 rows = answer.json()["data"]
                 if rows and rows[0]["disconnected"]:
                     return time.time()
@@ -290,53 +326,75 @@ def log_cost(windows_executor: list[dict], windows_background: list[dict]) -> li
         queue_ops = lambda w: sum(v for key, v in w["storage_per_run"].items() if key.startswith("queue."))  # noqa: E731
         added_table = table_ops(ex) - table_ops(bg)
         gb_month = ex["event_log"]["bytes_per_run"]["mean"] * 1000 / 1e9 * RETENTION_DAYS / 30.4
-        out.append({
-            "duration_s": ex["duration_s"],
-            "table_transactions_added_per_run": added_table,
-            "queue_operations_added_per_run": queue_ops(ex) - queue_ops(bg),
-            "transactions_usd_per_1000_runs": added_table * 1000 / 10_000 * TABLE_PER_10K_TRANSACTIONS,
-            "capacity_gb_month_per_1000_runs": gb_month,
-            "capacity_usd_per_1000_runs": gb_month * TABLE_PER_GB_MONTH,
-        })
+        out.append(
+            {
+                "duration_s": ex["duration_s"],
+                "table_transactions_added_per_run": added_table,
+                "queue_operations_added_per_run": queue_ops(ex) - queue_ops(bg),
+                "transactions_usd_per_1000_runs": added_table * 1000 / 10_000 * TABLE_PER_10K_TRANSACTIONS,
+                "capacity_gb_month_per_1000_runs": gb_month,
+                "capacity_usd_per_1000_runs": gb_month * TABLE_PER_GB_MONTH,
+            }
+        )
     return out
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = ["# Executor vs provider-background", "",
-             f"{results['runs']} runs per backend and length, output paced at {TOKENS_PER_S} tokens/s "
-             f"({CHARS_PER_TOKEN} chars/token), lengths spread over T x 0.9..1.1; production defaults, sweeper off. "
-             "p50 (p95).", "",
-             "| backend | T | model -> terminal | model -> webhook | storage/run (service + trigger net of idle) "
-             "| host CPU/run (net of idle) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Executor vs provider-background",
+        "",
+        f"{results['runs']} runs per backend and length, output paced at {TOKENS_PER_S} tokens/s "
+        f"({CHARS_PER_TOKEN} chars/token), lengths spread over T x 0.9..1.1; production defaults, sweeper off. "
+        "p50 (p95).",
+        "",
+        "| backend | T | model -> terminal | model -> webhook | storage/run (service + trigger net of idle) "
+        "| host CPU/run (net of idle) |",
+        "|---|---|---|---|---|---|",
+    ]
     fmt = lambda s: f"{s['p50']:.2f} s ({s['p95']:.2f})" if s["p50"] is not None else "-"  # noqa: E731
     for backend in ("background", "executor"):
         for w in results[backend]["windows"]:
-            lines.append(f"| {backend} | {w['duration_s']:g} s | {fmt(w['lag_model_to_terminal_s'])} | "
-                         f"{fmt(w['lag_model_to_webhook_s'])} | {w['storage_per_run_service']:.0f} + "
-                         f"{w['storage_per_run_trigger_net_of_idle']:.0f} | {w['host_cpu_s_per_run']:.3f} s "
-                         f"({w['host_cpu_s_per_run_net_of_idle']:.3f}) |")
-    lines += ["", "| backend | resume->first event, live | finished | live follower lag at the end | replay events/s "
-              "| host CPU per relayed event | table queries per live follower per s |", "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {backend} | {w['duration_s']:g} s | {fmt(w['lag_model_to_terminal_s'])} | "
+                f"{fmt(w['lag_model_to_webhook_s'])} | {w['storage_per_run_service']:.0f} + "
+                f"{w['storage_per_run_trigger_net_of_idle']:.0f} | {w['host_cpu_s_per_run']:.3f} s "
+                f"({w['host_cpu_s_per_run_net_of_idle']:.3f}) |"
+            )
+    lines += [
+        "",
+        "| backend | resume->first event, live | finished | live follower lag at the end | replay events/s "
+        "| host CPU per relayed event | table queries per live follower per s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for backend in ("background", "executor"):
         s = results[backend]["streams"]
-        lines.append(f"| {backend} | {fmt(s['resume_to_first_event_live_s'])} | "
-                     f"{fmt(s['resume_to_first_event_finished_s'])} | {fmt(s['live_end_lag_s'])} | "
-                     f"{s['replay_events_per_s']['p50']:.0f} | {s['host_cpu_ms_per_relayed_event']:.2f} ms | "
-                     f"{s['table_queries_per_follower_s']:.2f} |")
+        lines.append(
+            f"| {backend} | {fmt(s['resume_to_first_event_live_s'])} | "
+            f"{fmt(s['resume_to_first_event_finished_s'])} | {fmt(s['live_end_lag_s'])} | "
+            f"{s['replay_events_per_s']['p50']:.0f} | {s['host_cpu_ms_per_relayed_event']:.2f} ms | "
+            f"{s['table_queries_per_follower_s']:.2f} |"
+        )
     lines += ["", "| backend | cancel -> model stopped, streaming | silent (before its first token) |", "|---|---|---|"]
     for backend in ("background", "executor"):
         c = results[backend]["cancel_to_model_stopped_s"]
         lines.append(f"| {backend} | {fmt(c['streaming'])} | {fmt(c['silent'])} |")
-    lines += ["", "Event log (executor), per run and per 1,000 runs (Table LRS list prices: "
-              f"${TABLE_PER_10K_TRANSACTIONS} per 10,000 transactions, ${TABLE_PER_GB_MONTH} per GB-month, "
-              f"kept {RETENTION_DAYS} days):", "",
-              "| T | rows/run | bytes/run | table transactions added/run | $ transactions /1000 runs "
-              "| GB-month /1000 runs | $ capacity /1000 runs |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Event log (executor), per run and per 1,000 runs (Table LRS list prices: "
+        f"${TABLE_PER_10K_TRANSACTIONS} per 10,000 transactions, ${TABLE_PER_GB_MONTH} per GB-month, "
+        f"kept {RETENTION_DAYS} days):",
+        "",
+        "| T | rows/run | bytes/run | table transactions added/run | $ transactions /1000 runs "
+        "| GB-month /1000 runs | $ capacity /1000 runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for w, c in zip(results["executor"]["windows"], results["log_cost"], strict=True):
-        lines.append(f"| {w['duration_s']:g} s | {w['event_log']['rows_per_run']['mean']:.0f} | "
-                     f"{w['event_log']['bytes_per_run']['mean']:.0f} | {c['table_transactions_added_per_run']:.0f} | "
-                     f"{c['transactions_usd_per_1000_runs']:.4f} | {c['capacity_gb_month_per_1000_runs']:.4f} | "
-                     f"{c['capacity_usd_per_1000_runs']:.5f} |")
+        lines.append(
+            f"| {w['duration_s']:g} s | {w['event_log']['rows_per_run']['mean']:.0f} | "
+            f"{w['event_log']['bytes_per_run']['mean']:.0f} | {c['table_transactions_added_per_run']:.0f} | "
+            f"{c['transactions_usd_per_1000_runs']:.4f} | {c['capacity_gb_month_per_1000_runs']:.4f} | "
+            f"{c['capacity_usd_per_1000_runs']:.5f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ after.
 
     .venv/bin/python -m bench.executor_history [--answer-kb 150] [--turns 60]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,21 +36,29 @@ async def measure(answer_kb: int, turns: int) -> dict:
     half = answer_kb * 1024 // 3  # "é" is 2 bytes of UTF-8, "x" 1: half of each makes answer_kb KB
     w.model.scripts = [["é" * half + "x" * half]]
     for n in range(turns):
-        await w.services.starter.start(RunRequest(input=f"turn {n}", session_id=session.id,
-                                                  options={"truncation": "auto"}))
+        await w.services.starter.start(
+            RunRequest(input=f"turn {n}", session_id=session.id, options={"truncation": "auto"})
+        )
         await w.execute()
-    run = (await w.services.starter.start(RunRequest(input="last", session_id=session.id,
-                                                     options={"truncation": "auto"}))).run
+    run = (
+        await w.services.starter.start(RunRequest(input="last", session_id=session.id, options={"truncation": "auto"}))
+    ).run
     run = await w.services.executor._store.get(run.id, with_request=True)
     tracemalloc.start()
     request = await w.services.executor._conversation(run)
     body = json.dumps(chat_params(request), ensure_ascii=False)
     held, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"ceiling_mib": MAX_HISTORY_BYTES / 2**20, "ceiling_turns": MAX_HISTORY_TURNS, "answer_kb": answer_kb,
-            "session_turns": turns, "turns_sent": sum(1 for i in request.items if i.get("role") == "user") - 1,
-            "body_mib": round(len(body.encode()) / 2**20, 2), "peak_mib": round(peak / 2**20, 1),
-            "held_mib": round(held / 2**20, 1)}
+    return {
+        "ceiling_mib": MAX_HISTORY_BYTES / 2**20,
+        "ceiling_turns": MAX_HISTORY_TURNS,
+        "answer_kb": answer_kb,
+        "session_turns": turns,
+        "turns_sent": sum(1 for i in request.items if i.get("role") == "user") - 1,
+        "body_mib": round(len(body.encode()) / 2**20, 2),
+        "peak_mib": round(peak / 2**20, 1),
+        "held_mib": round(held / 2**20, 1),
+    }
 
 
 def main() -> None:

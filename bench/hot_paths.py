@@ -7,6 +7,7 @@ client, exactly what a Functions worker runs, minus the host.
 
     .venv/bin/python -m bench.hot_paths [--runs 200] [--profile]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def start_emulator() -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "local.emulator", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "local.emulator", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(200):
         try:
@@ -49,8 +53,14 @@ def start_emulator() -> tuple[subprocess.Popen, str]:
 
 async def in_process_services(connection: str, emulator_url: str):
     """The composition root's collaborators as a worker builds them: real storage and `openai` clients."""
-    settings = Settings.from_env({"AzureWebJobsStorage": connection, "EMULATOR_BASE_URL": emulator_url,
-                                  "RUN_TOKEN_KEY": "k" * 48, "WEBHOOK_SIGNING_SECRETS": ""})
+    settings = Settings.from_env(
+        {
+            "AzureWebJobsStorage": connection,
+            "EMULATOR_BASE_URL": emulator_url,
+            "RUN_TOKEN_KEY": "k" * 48,
+            "WEBHOOK_SIGNING_SECRETS": "",
+        }
+    )
     storage = open_storage(settings.storage)
     await storage.ensure_resources()
     provider = open_provider(settings.provider)
@@ -59,8 +69,9 @@ async def in_process_services(connection: str, emulator_url: str):
 
 async def measure(runs: int, connection: str, emulator_url: str, profile: bool, output_chars: int) -> dict:
     services = await in_process_services(connection, emulator_url)
-    request = RunRequest(input="measure me", metadata={"emulator_duration_ms": "3600000",
-                                                        "emulator_output_chars": str(output_chars)})
+    request = RunRequest(
+        input="measure me", metadata={"emulator_duration_ms": "3600000", "emulator_output_chars": str(output_chars)}
+    )
     # Warm up the clients and connection pools (a worker's steady state).
     for _ in range(5):
         await services.starter.start(request)
@@ -76,10 +87,12 @@ async def measure(runs: int, connection: str, emulator_url: str, profile: bool, 
             profiler.disable()
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
         per = lambda seconds: round(seconds / count * 1000, 2)  # noqa: E731
-        return results, {"cpu_ms": per(usage1.ru_utime - usage0.ru_utime + usage1.ru_stime - usage0.ru_stime),
-                         "user_ms": per(usage1.ru_utime - usage0.ru_utime),
-                         "system_ms": per(usage1.ru_stime - usage0.ru_stime),
-                         "wall_ms": per(time.perf_counter() - wall0)}
+        return results, {
+            "cpu_ms": per(usage1.ru_utime - usage0.ru_utime + usage1.ru_stime - usage0.ru_stime),
+            "user_ms": per(usage1.ru_utime - usage0.ru_utime),
+            "system_ms": per(usage1.ru_stime - usage0.ru_stime),
+            "wall_ms": per(time.perf_counter() - wall0),
+        }
 
     started, start_cost = await timed(lambda i: services.starter.start(request), runs)
     # One poll message per run, as the queue would deliver it (sequentially: CPU per step, not throughput).

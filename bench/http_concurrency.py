@@ -18,6 +18,7 @@ polled, so nothing but the HTTP path is measured.
 Results: bench/results/http_concurrency.{json,md}. Starts Azurite (free ports), the emulator (in a thread of this
 process) and the host itself, and stops all of them at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,11 +86,15 @@ class CpuMeter:
     def read(self) -> dict[str, float]:
         wall = time.monotonic() - self.t0
         used = {name: cpu_seconds(p) - self.start[name] for name, p in self.procs.items()}
-        return {"wall_s": wall, **{f"{name}_cpu_s": v for name, v in used.items()},
-                **{f"{name}_cpu_util": v / wall for name, v in used.items()}}
+        return {
+            "wall_s": wall,
+            **{f"{name}_cpu_s": v for name, v in used.items()},
+            **{f"{name}_cpu_util": v / wall for name, v in used.items()},
+        }
 
 
 # ---- the stack --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Stack:
@@ -108,8 +113,9 @@ class Stack:
             **{f"AzureWebJobs.{name}.Disabled": "true" for name in NON_HTTP_FUNCTIONS},
         }
         LOGS.mkdir(parents=True, exist_ok=True)
-        return HostProcess(REPO, env=env, log_path=LOGS / f"http-concurrency-{tag}-{os.getpid()}.log",
-                           grace_seconds=3).start(timeout=60)
+        return HostProcess(
+            REPO, env=env, log_path=LOGS / f"http-concurrency-{tag}-{os.getpid()}.log", grace_seconds=3
+        ).start(timeout=60)
 
 
 def start_stack() -> Stack:
@@ -131,10 +137,17 @@ def stop_stack(stack: Stack) -> None:
 
 # ---- streams ----------------------------------------------------------------------------------------------------
 
+
 async def one_stream(client: httpx.AsyncClient, duration_ms: int, deltas: int) -> dict[str, Any]:
-    body = {"input": "stream", "stream": True,  # 4 characters a delta, about one token
-            "metadata": {"emulator_duration_ms": str(duration_ms), "emulator_deltas": str(deltas),
-                         "emulator_output_chars": str(4 * deltas)}}
+    body = {
+        "input": "stream",
+        "stream": True,  # 4 characters a delta, about one token
+        "metadata": {
+            "emulator_duration_ms": str(duration_ms),
+            "emulator_deltas": str(deltas),
+            "emulator_output_chars": str(4 * deltas),
+        },
+    }
     t0 = time.monotonic()
     first, stamps, last_event = None, [], ""
     try:
@@ -152,8 +165,14 @@ async def one_stream(client: httpx.AsyncClient, duration_ms: int, deltas: int) -
         return {"ok": False, "status": type(error).__name__}
     end = time.monotonic() - t0
     gaps = [b - a for a, b in pairwise(stamps)]
-    return {"ok": last_event == "run.completed", "first_event_s": first, "total_s": end,
-            "stretch": end / (duration_ms / 1000), "events": len(stamps), "max_gap_s": max(gaps, default=0.0)}
+    return {
+        "ok": last_event == "run.completed",
+        "first_event_s": first,
+        "total_s": end,
+        "stretch": end / (duration_ms / 1000),
+        "events": len(stamps),
+        "max_gap_s": max(gaps, default=0.0),
+    }
 
 
 async def streams(host: HostProcess, azurite_pid: int, n: int, duration_ms: int, deltas: int) -> dict[str, Any]:
@@ -165,20 +184,28 @@ async def streams(host: HostProcess, azurite_pid: int, n: int, duration_ms: int,
     ok = [o for o in outs if o["ok"]]
     firsts = [o["first_event_s"] for o in ok]
     return {
-        "streams": n, "duration_s": duration_ms / 1000, "deltas": deltas, "completed": len(ok),
-        "first_event_p50_s": pct(firsts, 0.5), "first_event_max_s": max(firsts, default=None),
-        "stretch_p50": pct([o["stretch"] for o in ok], 0.5), "stretch_max": max((o["stretch"] for o in ok), default=None),
+        "streams": n,
+        "duration_s": duration_ms / 1000,
+        "deltas": deltas,
+        "completed": len(ok),
+        "first_event_p50_s": pct(firsts, 0.5),
+        "first_event_max_s": max(firsts, default=None),
+        "stretch_p50": pct([o["stretch"] for o in ok], 0.5),
+        "stretch_max": max((o["stretch"] for o in ok), default=None),
         "max_gap_p95_s": pct([o["max_gap_s"] for o in ok], 0.95),
         "events_per_stream": statistics.mean(o["events"] for o in ok) if ok else None,
         "host_cpu_ms_per_stream": 1000 * cpu["host_cpu_s"] / n,
         "host_cpu_ms_per_stream_second": 1000 * cpu["host_cpu_s"] / (n * duration_ms / 1000),
         "host_cpu_ms_per_event": 1000 * cpu["host_cpu_s"] / max(sum(o["events"] for o in ok), 1),
-        "host_cpu_util": cpu["host_cpu_util"], "azurite_cpu_util": cpu["azurite_cpu_util"],
-        "bench_cpu_util": cpu["bench_cpu_util"], "wall_s": cpu["wall_s"],
+        "host_cpu_util": cpu["host_cpu_util"],
+        "azurite_cpu_util": cpu["azurite_cpu_util"],
+        "bench_cpu_util": cpu["bench_cpu_util"],
+        "wall_s": cpu["wall_s"],
     }
 
 
 # ---- starts -----------------------------------------------------------------------------------------------------
+
 
 async def starts(host: HostProcess, azurite_pid: int, clients: int, seconds: float) -> dict[str, Any]:
     latencies: list[float] = []
@@ -205,17 +232,24 @@ async def starts(host: HostProcess, azurite_pid: int, clients: int, seconds: flo
         cpu = meter.read()
     n = len(latencies)
     return {
-        "clients": clients, "seconds": cpu["wall_s"], "starts": n, "errors": errors,
-        "starts_per_s": n / cpu["wall_s"], "latency_p50_ms": 1000 * pct(latencies, 0.5),
-        "latency_p95_ms": 1000 * pct(latencies, 0.95), "latency_max_ms": 1000 * max(latencies),
+        "clients": clients,
+        "seconds": cpu["wall_s"],
+        "starts": n,
+        "errors": errors,
+        "starts_per_s": n / cpu["wall_s"],
+        "latency_p50_ms": 1000 * pct(latencies, 0.5),
+        "latency_p95_ms": 1000 * pct(latencies, 0.95),
+        "latency_max_ms": 1000 * max(latencies),
         "host_cpu_ms_per_start": 1000 * cpu["host_cpu_s"] / max(n, 1),
         "azurite_cpu_ms_per_start": 1000 * cpu["azurite_cpu_s"] / max(n, 1),
-        "host_cpu_util": cpu["host_cpu_util"], "azurite_cpu_util": cpu["azurite_cpu_util"],
+        "host_cpu_util": cpu["host_cpu_util"],
+        "azurite_cpu_util": cpu["azurite_cpu_util"],
         "bench_cpu_util": cpu["bench_cpu_util"],
     }
 
 
 # ---- plan -------------------------------------------------------------------------------------------------------
+
 
 def plan(limit: int, quick: bool) -> list[tuple[str, int | None, str, dict[str, Any]]]:
     """(label, host limit, kind, arguments).
@@ -278,17 +312,22 @@ def machine() -> dict[str, Any]:
 
 # ---- report -----------------------------------------------------------------------------------------------------
 
+
 def markdown(results: dict[str, Any]) -> str:
     def f(v, spec=".2f"):
         return "-" if v is None else format(v, spec)
 
-    lines = [f"Per-instance HTTP figures (deployed default limit {results['limit']}; machine: "
-             f"{results['machine']['cpus']} shared cores, load average at start "
-             f"{', '.join(f'{x:.1f}' for x in results['machine']['loadavg_at_start'])})", "",
-             "Streams (`POST /api/runs`, `stream: true`):", "",
-             "| host limit | streams | provider duration, deltas | completed | first event p50 / max | stretch p50 / max | "
-             "max gap p95 | host CPU per stream (per stream-second, per event) | CPU util host / Azurite / bench |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Per-instance HTTP figures (deployed default limit {results['limit']}; machine: "
+        f"{results['machine']['cpus']} shared cores, load average at start "
+        f"{', '.join(f'{x:.1f}' for x in results['machine']['loadavg_at_start'])})",
+        "",
+        "Streams (`POST /api/runs`, `stream: true`):",
+        "",
+        "| host limit | streams | provider duration, deltas | completed | first event p50 / max | stretch p50 / max | "
+        "max gap p95 | host CPU per stream (per stream-second, per event) | CPU util host / Azurite / bench |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["runs"]:
         if r["kind"] == "streams":
             lines.append(
@@ -298,17 +337,24 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{f(r['stretch_max'])} | {f(r['max_gap_p95_s'])} s | {f(r['host_cpu_ms_per_stream'], '.0f')} ms "
                 f"({f(r['host_cpu_ms_per_stream_second'], '.1f')}, {f(r['host_cpu_ms_per_event'], '.2f')} ms) | "
                 f"{100 * r['host_cpu_util']:.0f} / "
-                f"{100 * r['azurite_cpu_util']:.0f} / {100 * r['bench_cpu_util']:.0f} % |")
-    lines += ["", "Starts (`POST /api/runs`, background, 202; closed loop):", "",
-              "| host limit | clients | starts/s | latency p50 / p95 | host CPU per start | Azurite CPU per start | "
-              "CPU util host / Azurite / bench | errors |", "|---|---|---|---|---|---|---|---|"]
+                f"{100 * r['azurite_cpu_util']:.0f} / {100 * r['bench_cpu_util']:.0f} % |"
+            )
+    lines += [
+        "",
+        "Starts (`POST /api/runs`, background, 202; closed loop):",
+        "",
+        "| host limit | clients | starts/s | latency p50 / p95 | host CPU per start | Azurite CPU per start | "
+        "CPU util host / Azurite / bench | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["runs"]:
         if r["kind"] == "starts":
             lines.append(
                 f"| {r['config']} | {r['clients']} | {r['starts_per_s']:.1f} | {r['latency_p50_ms']:.0f} / "
                 f"{r['latency_p95_ms']:.0f} ms | {r['host_cpu_ms_per_start']:.1f} ms | "
                 f"{r['azurite_cpu_ms_per_start']:.1f} ms | {100 * r['host_cpu_util']:.0f} / "
-                f"{100 * r['azurite_cpu_util']:.0f} / {100 * r['bench_cpu_util']:.0f} % | {r['errors'] or '-'} |")
+                f"{100 * r['azurite_cpu_util']:.0f} / {100 * r['bench_cpu_util']:.0f} % | {r['errors'] or '-'} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ Per run: lag from the provider's end (the emulator's `finished_at`) to the calle
 GETs (after the start). Per window: the host's CPU and its storage requests by the reads (`get_run`), per run.
 Results: bench/results/longpoll.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,10 +81,12 @@ async def window(stack: LocalStack, kind: str, duration_s: float, n: int) -> dic
     before = stack.metrics()
     reads_before = _read_requests(before)
     async with httpx.AsyncClient(base_url=stack.api, timeout=60) as client:
+
         async def one(i: int) -> tuple[str, float, int]:
             ms = int(spread_seconds(duration_s, i, n) * 1000)
-            started = await client.post("/api/runs", json={"input": f"bench {i}", "metadata": {
-                "emulator_duration_ms": str(ms), "bench": tag}})
+            started = await client.post(
+                "/api/runs", json={"input": f"bench {i}", "metadata": {"emulator_duration_ms": str(ms), "bench": tag}}
+            )
             started.raise_for_status()
             return await follow(kind, client, started)
 
@@ -93,12 +96,17 @@ async def window(stack: LocalStack, kind: str, duration_s: float, n: int) -> dic
     delta, reads = metrics_delta(before, after), _read_requests(after) - reads_before
     finished = {p["metadata"]["bg_run_id"]: p["finished_at"] for p in stack.emulator.responses(bench=tag)}
     lags = [at - finished[run_id] for run_id, at, _ in seen if finished.get(run_id) is not None]
-    return {"caller": kind, "duration_s": duration_s, "runs": n, "lag_s": summary(lags),
-            "gets_per_run": summary([float(gets) for _, _, gets in seen]),
-            "get_budget": duration_s / 60 + 2,
-            "read_storage_requests_per_run": reads / n,
-            "storage_requests_per_run": delta["storage_total"] / n,
-            "host_cpu_ms_per_run": delta["cpu_seconds"] / n * 1000}
+    return {
+        "caller": kind,
+        "duration_s": duration_s,
+        "runs": n,
+        "lag_s": summary(lags),
+        "gets_per_run": summary([float(gets) for _, _, gets in seen]),
+        "get_budget": duration_s / 60 + 2,
+        "read_storage_requests_per_run": reads / n,
+        "storage_requests_per_run": delta["storage_total"] / n,
+        "host_cpu_ms_per_run": delta["cpu_seconds"] / n * 1000,
+    }
 
 
 def _read_requests(metrics: dict[str, Any]) -> int:
@@ -107,14 +115,18 @@ def _read_requests(metrics: dict[str, Any]) -> int:
 
 
 def markdown(results: list[dict[str, Any]], completion: str) -> str:
-    header = ("| T | caller | lag p50 / p95 / max (s) | GETs per run p50 / max | storage requests of the reads per run "
-              "| host CPU ms per run |")
+    header = (
+        "| T | caller | lag p50 / p95 / max (s) | GETs per run p50 / max | storage requests of the reads per run "
+        "| host CPU ms per run |"
+    )
     rows = [f"Completion `{completion}`. Goals: {GOALS}.", "", header, "|---|---|---|---|---|---|"]
     for r in results:
         lag, gets = r["lag_s"], r["gets_per_run"]
-        rows.append(f"| {r['duration_s']:.0f} s | {r['caller']} | {lag['p50']:.2f} / {lag['p95']:.2f} / "
-                    f"{lag['max']:.2f} | {gets['p50']:.1f} / {gets['max']:.0f} | "
-                    f"{r['read_storage_requests_per_run']:.1f} | {r['host_cpu_ms_per_run']:.0f} |")
+        rows.append(
+            f"| {r['duration_s']:.0f} s | {r['caller']} | {lag['p50']:.2f} / {lag['p95']:.2f} / "
+            f"{lag['max']:.2f} | {gets['p50']:.1f} / {gets['max']:.0f} | "
+            f"{r['read_storage_requests_per_run']:.1f} | {r['host_cpu_ms_per_run']:.0f} |"
+        )
     return "\n".join(rows)
 
 
@@ -128,8 +140,10 @@ async def run(durations: list[float], counts: list[int], completion: str, out: P
                 log(f"T = {duration_s:.0f} s, {n} runs, {kind}")
                 result = await window(stack, kind, duration_s, n)
                 results.append(result)
-                log(f"  lag p50 {result['lag_s']['p50']:.2f} p95 {result['lag_s']['p95']:.2f}; GETs p50 "
-                    f"{result['gets_per_run']['p50']}; read storage/run {result['read_storage_requests_per_run']:.1f}")
+                log(
+                    f"  lag p50 {result['lag_s']['p50']:.2f} p95 {result['lag_s']['p95']:.2f}; GETs p50 "
+                    f"{result['gets_per_run']['p50']}; read storage/run {result['read_storage_requests_per_run']:.1f}"
+                )
                 dump_json(out / "longpoll.json", {"completion": completion, "goals": GOALS, "results": results})
     finally:
         stack.stop()

@@ -8,6 +8,7 @@ means and how it is measured. No time scaling: every run lasts its nominal durat
 (the service's poll delays are whole-second queue visibility timeouts and the host's idle queue
 polling is 2 s; neither can be scaled, so a scaled run would misstate the lag).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,11 @@ async def baseline_client(emu_url: str, tag: str, duration_ms: int, index: int) 
     client = AsyncOpenAI(base_url=emu_url, api_key="bench", max_retries=0)
     try:
         response = await client.responses.create(
-            model="gpt-4.1-mini", input="baseline", background=True,
-            metadata={"emulator_duration_ms": str(duration_ms), "bench_baseline": tag, "bench_i": str(index)})
+            model="gpt-4.1-mini",
+            input="baseline",
+            background=True,
+            metadata={"emulator_duration_ms": str(duration_ms), "bench_baseline": tag, "bench_i": str(index)},
+        )
         calls = 1
         deadline = time.monotonic() + duration_ms / 1000 + 120
         while response.status in ("queued", "in_progress") and time.monotonic() < deadline:
@@ -72,10 +76,13 @@ async def lag_window(stack: LocalStack, duration_s: float, n: int) -> dict[str, 
     hook = f"{stack.receiver.url}/{tag}"
     before, counts0, t_begin = stack.metrics(), stack.storage_counts(), time.time()
     async with httpx.AsyncClient(base_url=stack.api, timeout=60) as client:
-        baseline_tasks = [asyncio.create_task(baseline_client(stack.emulator.base_url, tag,
-                                                              spread(duration_s, i, n), i)) for i in range(n)]
-        run_ids = await start_runs(client, n, hook, lambda i: {"emulator_duration_ms": str(spread(duration_s, i, n)),
-                                                                 "bench": tag})
+        baseline_tasks = [
+            asyncio.create_task(baseline_client(stack.emulator.base_url, tag, spread(duration_s, i, n), i))
+            for i in range(n)
+        ]
+        run_ids = await start_runs(
+            client, n, hook, lambda i: {"emulator_duration_ms": str(spread(duration_s, i, n)), "bench": tag}
+        )
         deadline = time.monotonic() + duration_s + 90
         while time.monotonic() < deadline:
             if len({r["run_id"] for r in stack.receiver.for_path(f"/{tag}") if r["verified"]}) >= n:
@@ -118,16 +125,22 @@ async def lag_window(stack: LocalStack, duration_s: float, n: int) -> dict[str, 
     host_ops = sum(v for k, v in counted.items() if k.startswith("queue.") and k.split(".")[1] in HOST_OPS)
     service_ops = sum(counted.values()) - host_ops
     result = {
-        "duration_s": duration_s, "runs": n, "unfinished": unfinished,
-        "lag_to_storage_s": summary(lag_storage), "lag_to_webhook_s": summary(lag_hook),
-        "provider_calls": summary(calls), "storage_per_run": per_run,
+        "duration_s": duration_s,
+        "runs": n,
+        "unfinished": unfinished,
+        "lag_to_storage_s": summary(lag_storage),
+        "lag_to_webhook_s": summary(lag_hook),
+        "provider_calls": summary(calls),
+        "storage_per_run": per_run,
         "storage_per_run_total": sum(counted.values()) / n,
         "storage_per_run_service": service_ops / n,
         "storage_per_run_trigger": host_ops / n,
         "storage_per_run_trigger_net_of_idle": max(0.0, host_ops - idle) / n,
-        "window_s": window, "metrics_endpoint_storage_total": delta["storage_total"],
+        "window_s": window,
+        "metrics_endpoint_storage_total": delta["storage_total"],
         "host_cpu_s_per_run": delta["cpu_seconds"] / n,
-        "baseline_lag_s": summary(base_lag), "baseline_provider_calls": summary(base_calls),
+        "baseline_lag_s": summary(base_lag),
+        "baseline_provider_calls": summary(base_calls),
     }
     b50 = result["baseline_lag_s"]["p50"]
     result["ratio_lag_webhook_p50_vs_baseline"] = (result["lag_to_webhook_s"]["p50"] / b50) if b50 else None
@@ -146,26 +159,37 @@ async def throughput_level(stack: LocalStack, clients: int, seconds: float) -> d
     stop_at = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=stack.api, timeout=60, limits=limits) as client:
+
         async def worker() -> None:
             for _ in range(100_000):  # bounded; the clock ends it first
                 if time.monotonic() >= stop_at:
                     return
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post("/api/runs", json={
-                        "input": "throughput", "metadata": {"emulator_duration_ms": "2000", "bench": "tput"}})
+                    r = await client.post(
+                        "/api/runs",
+                        json={"input": "throughput", "metadata": {"emulator_duration_ms": "2000", "bench": "tput"}},
+                    )
                     key = str(r.status_code)
                 except httpx.HTTPError as error:
                     key = type(error).__name__
                 latencies.append(time.perf_counter() - t0)
                 statuses[key] = statuses.get(key, 0) + 1
+
         started = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.monotonic() - started
     ok = statuses.get("202", 0) + statuses.get("200", 0)
     lat = summary([x * 1000 for x in latencies])
-    return {"clients": clients, "seconds": elapsed, "requests": len(latencies), "ok": ok,
-            "statuses": statuses, "throughput_rps": ok / elapsed, "latency_ms": lat}
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "requests": len(latencies),
+        "ok": ok,
+        "statuses": statuses,
+        "throughput_rps": ok / elapsed,
+        "latency_ms": lat,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -173,20 +197,27 @@ async def throughput_level(stack: LocalStack, clients: int, seconds: float) -> d
 # ------------------------------------------------------------------------------------------------------
 
 
-async def create_long_runs(stack: LocalStack, count: int, created_at: dict[str, float], time_limit: float,
-                           concurrency: int = 32) -> dict[str, Any]:
+async def create_long_runs(
+    stack: LocalStack, count: int, created_at: dict[str, float], time_limit: float, concurrency: int = 32
+) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     errors: dict[str, int] = {}
     started = time.monotonic()
     remaining = [count]
     async with httpx.AsyncClient(base_url=stack.api, timeout=120, limits=limits) as client:
+
         async def worker() -> None:
             while remaining[0] > 0 and time.monotonic() - started < time_limit:
                 remaining[0] -= 1
                 try:
-                    r = await client.post("/api/runs", json={
-                        "input": "capacity", "metadata": {"emulator_duration_ms": "7000000", "bench": "cap"},
-                        "deadline_seconds": 7200})
+                    r = await client.post(
+                        "/api/runs",
+                        json={
+                            "input": "capacity",
+                            "metadata": {"emulator_duration_ms": "7000000", "bench": "cap"},
+                            "deadline_seconds": 7200,
+                        },
+                    )
                     if r.status_code in (200, 202):
                         created_at[r.json()["id"]] = time.time()
                         continue
@@ -194,6 +225,7 @@ async def create_long_runs(stack: LocalStack, count: int, created_at: dict[str, 
                 except httpx.HTTPError as error:
                     key = type(error).__name__
                 errors[key] = errors.get(key, 0) + 1
+
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return {"requested": count, "seconds": time.monotonic() - started, "errors": errors}
 
@@ -205,8 +237,11 @@ def overdue_count(stack: LocalStack, slack: float) -> int:
     table = TableClient.from_connection_string(stack.azurite.connection_string, "runs")
     cutoff = time.time() - slack
     n = 0
-    for _ in table.query_entities("(status eq 'queued' or status eq 'in_progress') and next_poll_at lt @c",
-                                  parameters={"c": cutoff}, select=["PartitionKey"]):
+    for _ in table.query_entities(
+        "(status eq 'queued' or status eq 'in_progress') and next_poll_at lt @c",
+        parameters={"c": cutoff},
+        select=["PartitionKey"],
+    ):
         n += 1
         if n >= 100_000:
             break
@@ -219,8 +254,11 @@ def process_cpu(stack: LocalStack) -> dict[str, float]:
     import psutil
 
     out = {}
-    for name, pid in (("azurite", stack.azurite.process.pid), ("emulator", stack.emulator.proc.pid),
-                      ("host", stack.host.pid)):
+    for name, pid in (
+        ("azurite", stack.azurite.process.pid),
+        ("emulator", stack.emulator.proc.pid),
+        ("host", stack.host.pid),
+    ):
         try:
             proc = psutil.Process(pid)
             total = 0.0
@@ -236,6 +274,7 @@ def process_cpu(stack: LocalStack) -> dict[str, float]:
 async def capacity_window(stack: LocalStack, created_at: dict[str, float], window: float) -> dict[str, Any]:
     def cap_retrieves() -> int:
         return sum(p["counters"]["retrieve"] for p in stack.emulator.responses(bench="cap"))
+
     r0 = await asyncio.to_thread(cap_retrieves)
     procs = process_cpu(stack)
     m0, t0 = stack.metrics(), time.time()
@@ -249,15 +288,23 @@ async def capacity_window(stack: LocalStack, created_at: dict[str, float], windo
     d = metrics_delta(m0, m1)
     rate = polls / (t1 - t0)
     from .report import expected_polls_per_s
+
     expected = expected_polls_per_s(ages, t1 - t0)
-    return {"in_flight": len(created_at), "window_s": t1 - t0,
-            "ages_at_mid_window_s": sorted(round(a, 1) for a in ages), "polls": polls, "polls_per_s": rate,
-            "expected_polls_per_s": expected, "keeping_up_ratio": rate / expected if expected else None,
-            "overdue_runs_gt5s": overdue,
-            "host_cpu_s": d["cpu_seconds"], "host_cpu_utilisation": d["cpu_seconds"] / (t1 - t0),
-            "cpu_ms_per_poll": 1000 * d["cpu_seconds"] / polls if polls else None,
-            "host_max_rss_mib": m1["max_rss_kib"] / 1024,
-            "cpu_utilisation_by_process": procs}
+    return {
+        "in_flight": len(created_at),
+        "window_s": t1 - t0,
+        "ages_at_mid_window_s": sorted(round(a, 1) for a in ages),
+        "polls": polls,
+        "polls_per_s": rate,
+        "expected_polls_per_s": expected,
+        "keeping_up_ratio": rate / expected if expected else None,
+        "overdue_runs_gt5s": overdue,
+        "host_cpu_s": d["cpu_seconds"],
+        "host_cpu_utilisation": d["cpu_seconds"] / (t1 - t0),
+        "cpu_ms_per_poll": 1000 * d["cpu_seconds"] / polls if polls else None,
+        "host_max_rss_mib": m1["max_rss_kib"] / 1024,
+        "cpu_utilisation_by_process": procs,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -270,8 +317,9 @@ async def stream_direct(emu_url: str, meta: dict[str, str]) -> dict[str, Any]:
     events = 0
     rid = None
     try:
-        stream = await client.responses.create(model="gpt-4.1-mini", input="stream", background=True, stream=True,
-                                               metadata=meta)
+        stream = await client.responses.create(
+            model="gpt-4.1-mini", input="stream", background=True, stream=True, metadata=meta
+        )
         async for event in stream:
             now = time.time()
             events += 1
@@ -304,8 +352,9 @@ async def read_sse(response: httpx.Response, limit: int | None = None) -> dict[s
     return {"first_delta": first, "end": last, "events": events, "last_id": last_id}
 
 
-async def stream_ours(stack: LocalStack, client: httpx.AsyncClient, meta: dict[str, str],
-                      limit: int | None = None) -> dict[str, Any]:
+async def stream_ours(
+    stack: LocalStack, client: httpx.AsyncClient, meta: dict[str, str], limit: int | None = None
+) -> dict[str, Any]:
     t0 = time.time()
     async with client.stream("POST", "/api/runs", json={"input": "stream", "stream": True, "metadata": meta}) as r:
         run_path = r.headers.get("location")
@@ -325,8 +374,12 @@ async def streaming(stack: LocalStack, quick: bool) -> dict[str, Any]:
                 rates, totals = [], []
                 for i in range(samples if conc == 1 else 1):
                     tag = f"sx-{label}-{kind}-{i}-{int(time.time())}"
-                    meta = {"emulator_duration_ms": "200", "emulator_output_chars": "16000",
-                            "emulator_deltas": "2000", "bench": tag}
+                    meta = {
+                        "emulator_duration_ms": "200",
+                        "emulator_output_chars": "16000",
+                        "emulator_deltas": "2000",
+                        "bench": tag,
+                    }
                     t_start = time.time()
                     if kind == "direct":
                         outs = await asyncio.gather(*(stream_direct(emu.base_url, meta) for _ in range(conc)))
@@ -343,10 +396,15 @@ async def streaming(stack: LocalStack, quick: bool) -> dict[str, Any]:
             first, term = [], []
             for i in range(samples):
                 tag = f"sp-{kind}-{i}-{int(time.time())}"
-                meta = {"emulator_duration_ms": "3000", "emulator_deltas": "100", "emulator_output_chars": "800",
-                        "bench": tag}
-                out = await (stream_direct(emu.base_url, meta) if kind == "direct"
-                             else stream_ours(stack, client, meta))
+                meta = {
+                    "emulator_duration_ms": "3000",
+                    "emulator_deltas": "100",
+                    "emulator_output_chars": "800",
+                    "bench": tag,
+                }
+                out = await (
+                    stream_direct(emu.base_url, meta) if kind == "direct" else stream_ours(stack, client, meta)
+                )
                 p = emu.responses(bench=tag)[0]
                 first.append((out["first_delta"] - p["started_at"]) * 1000 if p.get("started_at") else None)
                 term.append((out["end"] - p["finished_at"]) * 1000)
@@ -356,8 +414,12 @@ async def streaming(stack: LocalStack, quick: bool) -> dict[str, Any]:
         live, done = [], []
         for i in range(samples):
             tag = f"sr-{i}-{int(time.time())}"
-            meta = {"emulator_duration_ms": "6000", "emulator_deltas": "200", "emulator_output_chars": "1600",
-                    "bench": tag}
+            meta = {
+                "emulator_duration_ms": "6000",
+                "emulator_deltas": "200",
+                "emulator_output_chars": "1600",
+                "bench": tag,
+            }
             out = await stream_ours(stack, client, meta, limit=20)
             for bucket, wait in ((live, 0.0), (done, None)):
                 if wait is None:  # after the run has finished: a replay from the provider
@@ -366,8 +428,9 @@ async def streaming(stack: LocalStack, quick: bool) -> dict[str, Any]:
                             break
                         await asyncio.sleep(0.5)
                 t0 = time.perf_counter()
-                async with client.stream("GET", f"/api/runs/{out['run_id']}/stream",
-                                         params={"starting_after": out["last_id"]}) as r:
+                async with client.stream(
+                    "GET", f"/api/runs/{out['run_id']}/stream", params={"starting_after": out["last_id"]}
+                ) as r:
                     got = await read_sse(r, limit=1)
                 bucket.append((time.perf_counter() - t0) * 1000 if got["events"] else None)
         result["resume_first_event_ms_live"] = summary([x for x in live if x is not None])
@@ -380,24 +443,37 @@ async def streaming(stack: LocalStack, quick: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
     import os
+
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        mem_kib = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
-                           if line.startswith("MemTotal")).split()[1])
+        mem_kib = int(
+            next(
+                line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+            ).split()[1]
+        )
     except (OSError, StopIteration, ValueError):
         mem_kib = 0
-    return {"nproc": os.cpu_count(), "memory_gib": round(mem_kib / 1024 / 1024, 1), "cpu": cpu,
-            "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 async def main_async(args) -> dict[str, Any]:
     quick = args.quick
-    results: dict[str, Any] = {"quick": quick, "machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                               "settings": BENCH_HOST_ENV}
+    results: dict[str, Any] = {
+        "quick": quick,
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "settings": BENCH_HOST_ENV,
+    }
     t_start = time.monotonic()
     phases = set(args.phases.split(","))
     stack = LocalStack("bench", host_env=dict(BENCH_HOST_ENV), use_proxy="lag" in phases).start()
@@ -428,9 +504,11 @@ async def main_async(args) -> dict[str, Any]:
                 log(f"lag window: {n} runs of {duration} s (+{n} baseline clients)")
                 res = await lag_window(stack, duration, n)
                 results["lag"].append(res)
-                log(f"  lag->webhook p50 {res['lag_to_webhook_s']['p50']:.2f}s, baseline p50 "
+                log(
+                    f"  lag->webhook p50 {res['lag_to_webhook_s']['p50']:.2f}s, baseline p50 "
                     f"{res['baseline_lag_s']['p50']:.2f}s, calls {res['provider_calls']['mean']:.1f} vs "
-                    f"{res['baseline_provider_calls']['mean']:.1f}, storage/run {res['storage_per_run_total']:.1f}")
+                    f"{res['baseline_provider_calls']['mean']:.1f}, storage/run {res['storage_per_run_total']:.1f}"
+                )
                 await asyncio.sleep(1)
 
             stack.switch_storage(proxied=False)  # the rest runs straight against Azurite (no proxy hop)
@@ -444,8 +522,10 @@ async def main_async(args) -> dict[str, Any]:
             for clients in (1, 16, 64):
                 res = await throughput_level(stack, clients, 4 if quick else 12)
                 results["throughput"].append(res)
-                log(f"throughput {clients} clients: {res['throughput_rps']:.1f}/s, "
-                    f"p50 {res['latency_ms']['p50']:.0f} ms p95 {res['latency_ms']['p95']:.0f} ms {res['statuses']}")
+                log(
+                    f"throughput {clients} clients: {res['throughput_rps']:.1f}/s, "
+                    f"p50 {res['latency_ms']['p50']:.0f} ms p95 {res['latency_ms']['p95']:.0f} ms {res['statuses']}"
+                )
                 await asyncio.sleep(8)  # those 2 s runs finish and stop polling
 
         if "capacity" in phases:
@@ -460,9 +540,11 @@ async def main_async(args) -> dict[str, Any]:
                 res = await capacity_window(stack, created, window)
                 res["creation"] = made
                 results["capacity"].append(res)
-                log(f"  {res['in_flight']} in flight: {res['polls_per_s']:.1f} polls/s (backoff asks "
+                log(
+                    f"  {res['in_flight']} in flight: {res['polls_per_s']:.1f} polls/s (backoff asks "
                     f"{res['expected_polls_per_s']:.1f}), cpu {res['cpu_ms_per_poll']} ms/poll, "
-                    f"overdue {res['overdue_runs_gt5s']}, rss {res['host_max_rss_mib']:.0f} MiB")
+                    f"overdue {res['overdue_runs_gt5s']}, rss {res['host_max_rss_mib']:.0f} MiB"
+                )
     finally:
         stack.stop()
     results["bench_wall_seconds"] = time.monotonic() - t_start
@@ -473,8 +555,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmarks of the background-runs service (local stack).")
     parser.add_argument("--quick", action="store_true", help="a short version (~3 minutes)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--phases", default="lag,streaming,throughput,capacity",
-                        help="comma list; a subset re-runs only those and merges into an existing results.json")
+    parser.add_argument(
+        "--phases",
+        default="lag,streaming,throughput,capacity",
+        help="comma list; a subset re-runs only those and merges into an existing results.json",
+    )
     args = parser.parse_args(argv)
     results = asyncio.run(main_async(args))
     wall = results["bench_wall_seconds"]
@@ -485,11 +570,13 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("lag", "streaming", "throughput", "capacity"):
             if key in results:
                 merged[key] = results[key]
-        merged.setdefault("reruns", []).append({"phases": args.phases, "started": results["started"],
-                                                "wall_seconds": results["bench_wall_seconds"]})
+        merged.setdefault("reruns", []).append(
+            {"phases": args.phases, "started": results["started"], "wall_seconds": results["bench_wall_seconds"]}
+        )
         results = merged
     dump_json(args.out / "results.json", results)
     from .report import write_markdown, write_plots
+
     (args.out / "results.md").write_text(write_markdown(results))
     write_plots(results, args.out)
     print((args.out / "results.md").read_text())

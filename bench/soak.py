@@ -28,6 +28,7 @@ write what was sampled.
     .venv/bin/python -m bench.soak --minutes 3 --sample-seconds 20 --warmup-minutes 1 --out bench/results/tmp
     .venv/bin/python -m bench.soak_trend bench/results/soak-60min.json   # verdicts and plot again
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,32 +71,63 @@ from .soak_trend import Metric, Tolerance, Verdict, judge_all, summary_lines
 KEY = secrets.token_urlsafe(32)
 POISON = ("runs-poll-poison", "runs-webhook-poison", "runs-execute-poison")
 # The two app instances: what each changes from the production defaults.
-FRONT_ONLY_HTTP = {f"AzureWebJobs.{fn}.Disabled": "true"
-                   for fn in ("poll_run", "deliver_webhook", "execute_run", "sweep_runs", "purge_expired")}
+FRONT_ONLY_HTTP = {
+    f"AzureWebJobs.{fn}.Disabled": "true"
+    for fn in ("poll_run", "deliver_webhook", "execute_run", "sweep_runs", "purge_expired")
+}
 EMULATOR_PUSH = {"webhook_drop_rate": 0.10, "webhook_duplicate_rate": 0.05, "webhook_delay_ms": 200}
-EMULATOR_FAULTS = {"fault_429_rate": 0.01, "fault_500_rate": 0.005, "fault_503_rate": 0.005,
-                   "stream_cut_rate": 0.02}
+EMULATOR_FAULTS = {"fault_429_rate": 0.01, "fault_500_rate": 0.005, "fault_503_rate": 0.005, "stream_cut_rate": 0.02}
 
 # -- what must stay flat ------------------------------------------------------------------------------------------
 _MEMORY = Tolerance(0.05, 8.0)
 _CPU = Tolerance(0.10, 0.0)
 _COUNT = Tolerance(0.10, 5.0)
 
+
 def _app_process(name: str, *, queue_functions: bool) -> tuple[Metric, ...]:
     """What one app process must keep flat (the worker also runs the poll chain and the thread pool)."""
-    per_step = (Metric(f"{name}.cpu_ms_per_poll_step", f"{name} CPU per poll step", "ms", _CPU,
-                       "10 %/h: CPU per operation must not creep (a growing scan or list)"),) if queue_functions else ()
-    threads = (Metric(f"{name}.threads", f"{name} threads", "", Tolerance(0.0, 2.0), "2/h: no thread per request"),
-               ) if queue_functions else ()
+    per_step = (
+        (
+            Metric(
+                f"{name}.cpu_ms_per_poll_step",
+                f"{name} CPU per poll step",
+                "ms",
+                _CPU,
+                "10 %/h: CPU per operation must not creep (a growing scan or list)",
+            ),
+        )
+        if queue_functions
+        else ()
+    )
+    threads = (
+        (Metric(f"{name}.threads", f"{name} threads", "", Tolerance(0.0, 2.0), "2/h: no thread per request"),)
+        if queue_functions
+        else ()
+    )
     return (
-        Metric(f"{name}.rss_mib", f"{name} RSS", "MiB", _MEMORY,
-               "5 %/h (or 8 MiB/h): a leak of a few KB per run shows as tens of MiB per hour at this rate"),
+        Metric(
+            f"{name}.rss_mib",
+            f"{name} RSS",
+            "MiB",
+            _MEMORY,
+            "5 %/h (or 8 MiB/h): a leak of a few KB per run shows as tens of MiB per hour at this rate",
+        ),
         *per_step,
         Metric(f"{name}.cpu_ms_per_start", f"{name} CPU per start", "ms", _CPU, "10 %/h, as above"),
-        Metric(f"{name}.fds_but_idle_sockets", f"{name} file descriptors but idle keep-alive", "", _COUNT,
-               "10 %/h or 5/h: files, pipes and sockets in use must be given back"),
-        Metric(f"{name}.sockets_in_use", f"{name} connections in use", "", _COUNT,
-               "10 %/h or 5/h: a connection never given back to its pool is a leak"),
+        Metric(
+            f"{name}.fds_but_idle_sockets",
+            f"{name} file descriptors but idle keep-alive",
+            "",
+            _COUNT,
+            "10 %/h or 5/h: files, pipes and sockets in use must be given back",
+        ),
+        Metric(
+            f"{name}.sockets_in_use",
+            f"{name} connections in use",
+            "",
+            _COUNT,
+            "10 %/h or 5/h: a connection never given back to its pool is a leak",
+        ),
         *threads,
         Metric(f"{name}.asyncio_tasks", f"{name} asyncio tasks", "", _COUNT, "10 %/h or 5/h: no task left behind"),
         Metric(f"{name}.allocated_kblocks", f"{name} Python allocated blocks", "k", _MEMORY, "as RSS, finer"),
@@ -105,38 +137,78 @@ def _app_process(name: str, *, queue_functions: bool) -> tuple[Metric, ...]:
 METRICS: tuple[Metric, ...] = (
     *_app_process("worker", queue_functions=True),
     *_app_process("front", queue_functions=False),
-    Metric("storage.requests_per_run", "storage requests per run (all)", "", Tolerance(0.05, 0.0),
-           "5 %/h: every request counts on the bill"),
-    Metric("storage.service_requests_per_run", "storage requests per run (service's own)", "", Tolerance(0.05, 0.0),
-           "as above, without the triggers' idle polling"),
+    Metric(
+        "storage.requests_per_run",
+        "storage requests per run (all)",
+        "",
+        Tolerance(0.05, 0.0),
+        "5 %/h: every request counts on the bill",
+    ),
+    Metric(
+        "storage.service_requests_per_run",
+        "storage requests per run (service's own)",
+        "",
+        Tolerance(0.05, 0.0),
+        "as above, without the triggers' idle polling",
+    ),
     Metric("index.open", "open-work index rows", "", _COUNT, "10 %/h or 5/h: follows the runs in flight"),
     Metric("runs.active", "runs not ended", "", _COUNT, "as above: a backlog shows here"),
     Metric("queue.runs-poll", "runs-poll messages", "", _COUNT, "one chain per run in flight"),
     Metric("queue.runs-webhook", "runs-webhook messages", "", _COUNT, "one per delivery in flight"),
     Metric("queue.runs-execute", "runs-execute messages", "", _COUNT, "one per executor run waiting"),
     Metric("queue.poison", "poison messages", "", Tolerance(0.0, 0.5), "none may appear"),
-    Metric("rows_per_run.runs", "runs rows added per run", "", Tolerance(0.10, 0.0),
-           "10 %/h: what a run leaves behind is the same for the 1st and the 3,000th"),
+    Metric(
+        "rows_per_run.runs",
+        "runs rows added per run",
+        "",
+        Tolerance(0.10, 0.0),
+        "10 %/h: what a run leaves behind is the same for the 1st and the 3,000th",
+    ),
     Metric("rows_per_run.runindex", "runindex rows added per run", "", Tolerance(0.10, 0.0), "as above"),
     Metric("rows_per_run.runevents", "runevents rows added per run", "", Tolerance(0.10, 0.0), "as above"),
     Metric("rows_per_run.idempotency", "idempotency rows added per run", "", Tolerance(0.10, 0.0), "as above"),
-    Metric("client.start_ms_p50", "start latency p50", "ms", Tolerance(0.25, 5.0),
-           "25 %/h: wall time on a shared machine is noisy; a growing scan would still show"),
+    Metric(
+        "client.start_ms_p50",
+        "start latency p50",
+        "ms",
+        Tolerance(0.25, 5.0),
+        "25 %/h: wall time on a shared machine is noisy; a growing scan would still show",
+    ),
     Metric("client.read_ms_p50", "GET /api/runs/{id} latency p50", "ms", Tolerance(0.25, 5.0), "as above"),
-    Metric("worker.fds", "worker file descriptors", "", None,
-           "not judged: the idle keep-alive connections in it keep the pools' high-water mark (README, soak)"),
+    Metric(
+        "worker.fds",
+        "worker file descriptors",
+        "",
+        None,
+        "not judged: the idle keep-alive connections in it keep the pools' high-water mark (README, soak)",
+    ),
     Metric("worker.sockets_idle", "worker idle keep-alive connections", "", None, "as above"),
     Metric("runs.started", "runs started per minute", "", None, "the load itself"),
     Metric("worker.poll_steps", "worker poll steps per minute", "", None, "the load itself"),
     Metric("worker.cpu_percent", "worker CPU, % of one core", "%", None, "absolute time (the machine is shared)"),
     Metric("front.cpu_percent", "front CPU, % of one core", "%", None, "absolute time"),
-    Metric("azurite.rss_mib", "Azurite RSS", "MiB", None,
-           "Azurite keeps every table in memory: it grows with the runs kept (retention), by design"),
-    Metric("azurite.cpu_percent", "Azurite CPU, % of one core", "%", None,
-           "Azurite serves a point read by scanning the runs table (bench/README.md, sweeper section)"),
+    Metric(
+        "azurite.rss_mib",
+        "Azurite RSS",
+        "MiB",
+        None,
+        "Azurite keeps every table in memory: it grows with the runs kept (retention), by design",
+    ),
+    Metric(
+        "azurite.cpu_percent",
+        "Azurite CPU, % of one core",
+        "%",
+        None,
+        "Azurite serves a point read by scanning the runs table (bench/README.md, sweeper section)",
+    ),
     Metric("emulator.rss_mib", "emulator RSS", "MiB", None, "keeps responses for an hour"),
-    Metric("machine.others_cpu_percent", "other processes' CPU, % of one core", "%", None,
-           "neighbours on the shared machine"),
+    Metric(
+        "machine.others_cpu_percent",
+        "other processes' CPU, % of one core",
+        "%",
+        None,
+        "neighbours on the shared machine",
+    ),
 )
 
 
@@ -164,14 +236,25 @@ class Proc:
                 times = proc.cpu_times()
                 cpu += times.user + times.system
                 rss += proc.memory_info().rss
-            out = {"cpu_s": cpu, "rss_mib": rss / 2**20, "fds": self.process.num_fds(),
-                   "threads": self.process.num_threads()}
+            out = {
+                "cpu_s": cpu,
+                "rss_mib": rss / 2**20,
+                "fds": self.process.num_fds(),
+                "threads": self.process.num_threads(),
+            }
             if peers is not None:
                 connections = self.process.net_connections(kind="tcp")
                 listening = {c.laddr.port for c in connections if not c.raddr}
-                out["connections"] = dict(Counter(
-                    c.status.lower() if not c.raddr else "inbound" if c.laddr.port in listening
-                    else peers.get(c.raddr.port, "other") for c in connections))
+                out["connections"] = dict(
+                    Counter(
+                        c.status.lower()
+                        if not c.raddr
+                        else "inbound"
+                        if c.laddr.port in listening
+                        else peers.get(c.raddr.port, "other")
+                        for c in connections
+                    )
+                )
             return out
         except psutil.Error:
             return None
@@ -200,31 +283,47 @@ class Soak:
     # -- the stack ----------------------------------------------------------------------------------------------
     def start_stack(self) -> None:
         push_secret = new_secrets(1)[0]
-        env = {"RESPONSES_API_KEYS": f"soak:{KEY}:operator", "COMPLETION_STRATEGY": self.args.completion,
-               # the host needs it as an app setting (it is bound as %SWEEP_SCHEDULE%): the shipped default
-               "SWEEP_SCHEDULE": _default("SWEEP_SCHEDULE")}
+        env = {
+            "RESPONSES_API_KEYS": f"soak:{KEY}:operator",
+            "COMPLETION_STRATEGY": self.args.completion,
+            # the host needs it as an app setting (it is bound as %SWEEP_SCHEDULE%): the shipped default
+            "SWEEP_SCHEDULE": _default("SWEEP_SCHEDULE"),
+        }
         emulator: dict[str, Any] = {"seed": self.args.seed}
         if self.args.completion == "push":
             env["PROVIDER_WEBHOOK_SECRETS"] = push_secret
             emulator.update(webhook_secret=push_secret, **EMULATOR_PUSH)
         self.stack = LocalStack("soak", host_env=env, emulator_config=emulator, use_proxy=True)
         if self.args.completion == "push":
-            self.stack.emulator_config["webhook_url"] = \
+            self.stack.emulator_config["webhook_url"] = (
                 f"http://127.0.0.1:{self.stack.ports.host}/api/provider/webhooks"
+            )
         self.stack.start()
         if not self.args.no_faults:
             self.stack.emulator.configure(**EMULATOR_FAULTS)
         if not self.args.no_executor:
             self.front = self.stack.start_host("soak-front", RUN_BACKEND="executor", **FRONT_ONLY_HTTP)
         stack = self.stack
-        self.procs = {"worker": Proc(stack.host.pid), "front": Proc(self.front.pid if self.front else None),
-                      "azurite": Proc(stack.azurite.process.pid), "emulator": Proc(stack.emulator.proc.pid),
-                      "proxy": Proc(stack.proxy.proc.pid), "bench": Proc(os.getpid(), alone=True)}  # its children are the stack
+        self.procs = {
+            "worker": Proc(stack.host.pid),
+            "front": Proc(self.front.pid if self.front else None),
+            "azurite": Proc(stack.azurite.process.pid),
+            "emulator": Proc(stack.emulator.proc.pid),
+            "proxy": Proc(stack.proxy.proc.pid),
+            "bench": Proc(os.getpid(), alone=True),
+        }  # its children are the stack
         self.hosts = {"worker": stack.host.base_url, **({"front": self.front.base_url} if self.front else {})}
         proxy, ports = stack.proxy, stack.ports
-        self.peers = {proxy.blob_port: "blob", proxy.queue_port: "queue", proxy.table_port: "table",
-                      proxy.control_port: "proxy control", ports.emulator: "emulator", stack.receiver.port: "receiver",
-                      ports.host: "worker", **({self.front.port: "front"} if self.front else {})}
+        self.peers = {
+            proxy.blob_port: "blob",
+            proxy.queue_port: "queue",
+            proxy.table_port: "table",
+            proxy.control_port: "proxy control",
+            ports.emulator: "emulator",
+            stack.receiver.port: "receiver",
+            ports.host: "worker",
+            **({self.front.port: "front"} if self.front else {}),
+        }
 
     def stop_stack(self) -> list[str]:
         """Stop everything; the processes this run started still alive afterwards (none, or a bug)."""
@@ -241,8 +340,9 @@ class Soak:
         return left
 
     # -- sampling -------------------------------------------------------------------------------------------------
-    async def sample(self, http: httpx.AsyncClient, mixes: list[SoakMix], transports: list[TimedTransport],
-                     minute: float) -> dict[str, Any]:
+    async def sample(
+        self, http: httpx.AsyncClient, mixes: list[SoakMix], transports: list[TimedTransport], minute: float
+    ) -> dict[str, Any]:
         raw: dict[str, Any] = {"minute": minute, "at": time.time(), "procs": {}, "hosts": {}}
         for name, proc in self.procs.items():
             raw["procs"][name] = await asyncio.to_thread(proc.read, self.peers if name in self.hosts else None)
@@ -250,15 +350,20 @@ class Soak:
             status = (await http.get(f"{base}/admin/host/status")).json()
             metrics = (await http.get(f"{base}/api/metrics")).json()
             pools = (await http.get(f"{base}/admin/host/pools")).json()
-            raw["hosts"][name] = {"invocations": status.get("invocations", {}), "process": status.get("process", {}),
-                                  "pools": pools,
-                                  "storage_requests": metrics.get("storage_requests_total", 0),
-                                  "storage_by_function": metrics.get("storage_requests_by_function", {})}
+            raw["hosts"][name] = {
+                "invocations": status.get("invocations", {}),
+                "process": status.get("process", {}),
+                "pools": pools,
+                "storage_requests": metrics.get("storage_requests_total", 0),
+                "storage_by_function": metrics.get("storage_requests_by_function", {}),
+            }
         raw["proxy"] = await asyncio.to_thread(self.stack.storage_counts)
         raw["storage"] = await asyncio.to_thread(storage_snapshot, self.stack.azurite.connection_string)
         times = psutil.cpu_times()
-        raw["machine"] = {"busy_s": times.user + times.system + times.nice + getattr(times, "irq", 0)
-                          + getattr(times, "softirq", 0), "load1": os.getloadavg()[0]}
+        raw["machine"] = {
+            "busy_s": times.user + times.system + times.nice + getattr(times, "irq", 0) + getattr(times, "softirq", 0),
+            "load1": os.getloadavg()[0],
+        }
         raw["starts"] = {mix.host: len(mix.api.records) + len(mix.facade_runs) for mix in mixes}
         raw["webhook_requests"] = len(self.stack.receiver.requests)
         raw["server_errors"] = sum(len(mix.api.server_errors) for mix in mixes)
@@ -308,23 +413,39 @@ class Soak:
     async def run(self) -> None:
         args = self.args
         jobs = plan(args.minutes, args.rate, self.rng)
-        transports = [TimedTransport(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
-                      for _ in self.hosts]
-        clients = [http_client(base, transport) for base, transport in zip(self.hosts.values(), transports, strict=True)]
-        facades = [openai.AsyncOpenAI(base_url=f"{base}/api/v1", api_key=KEY, max_retries=3, timeout=300)
-                   for base in self.hosts.values()]
+        transports = [
+            TimedTransport(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16)) for _ in self.hosts
+        ]
+        clients = [
+            http_client(base, transport) for base, transport in zip(self.hosts.values(), transports, strict=True)
+        ]
+        facades = [
+            openai.AsyncOpenAI(base_url=f"{base}/api/v1", api_key=KEY, max_retries=3, timeout=300)
+            for base in self.hosts.values()
+        ]
         mixes = []
         for (name, _), client, facade in zip(self.hosts.items(), clients, facades, strict=True):
             durations = EXECUTOR_MS if name == "front" else PLAIN_MS
-            mixes.append(SoakMix(ApiClient(client, self.rng, 60.0), self.stack.receiver.url, self.rng,
-                                 host=name, facade=facade, durations_ms=durations, wait_timeout=420.0))
+            mixes.append(
+                SoakMix(
+                    ApiClient(client, self.rng, 60.0),
+                    self.stack.receiver.url,
+                    self.rng,
+                    host=name,
+                    facade=facade,
+                    durations_ms=durations,
+                    wait_timeout=420.0,
+                )
+            )
         by_host = {"A": mixes[0], **({"B": mixes[1]} if len(mixes) > 1 else {})}
         if len(mixes) == 1:
             jobs = [job for job in jobs if not job.scenario.startswith("B:")]
         stop_load, stop_sampling = asyncio.Event(), asyncio.Event()
         self.t0, self.t0_epoch = time.monotonic(), time.time()
-        self.say(f"load: {len(jobs)} jobs, ~{runs_per_minute(args.rate, executor=bool(self.front)):.0f} runs/min "
-                 f"({'with' if self.front else 'without'} the executor front), {args.minutes:g} min")
+        self.say(
+            f"load: {len(jobs)} jobs, ~{runs_per_minute(args.rate, executor=bool(self.front)):.0f} runs/min "
+            f"({'with' if self.front else 'without'} the executor front), {args.minutes:g} min"
+        )
         sampler = asyncio.create_task(self.sampling(mixes, transports, stop_sampling))
         planner: asyncio.Task | None = None
         tasks: list[asyncio.Task] = []  # one per job started
@@ -359,10 +480,12 @@ class Soak:
                 await client.aclose()
             for facade in facades:
                 await facade.close()
-            outcome["load"] = {"jobs": dict(Counter(job.scenario for job in jobs)),
-                               "runs_accepted": sum(len(m.api.records) + len(m.facade_runs) for m in mixes),
-                               "answers": dict(sum((m.api.answers for m in mixes), Counter())),
-                               "flaky_webhooks": sum(m.flaky["fail_first"] for m in mixes)}
+            outcome["load"] = {
+                "jobs": dict(Counter(job.scenario for job in jobs)),
+                "runs_accepted": sum(len(m.api.records) + len(m.facade_runs) for m in mixes),
+                "answers": dict(sum((m.api.answers for m in mixes), Counter())),
+                "flaky_webhooks": sum(m.flaky["fail_first"] for m in mixes),
+            }
 
     async def drain(self, tasks: list[asyncio.Task]) -> dict[str, Any]:
         """Let the clients see their runs end, then wait for the open-work index to empty (follow-ups, webhooks)."""
@@ -372,16 +495,22 @@ class Soak:
         conn = self.stack.azurite.connection_string
         snapshot = await asyncio.to_thread(storage_snapshot, conn)
         deadline = time.monotonic() + 240
-        while (snapshot["index"].get("open", 0) or snapshot["queues"].get("runs-webhook", 0)) \
-                and time.monotonic() < deadline:
+        while (
+            snapshot["index"].get("open", 0) or snapshot["queues"].get("runs-webhook", 0)
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(5)
             snapshot = await asyncio.to_thread(storage_snapshot, conn)
         procs = {name: await asyncio.to_thread(proc.read) for name, proc in self.procs.items()}
         unfinished = sum(not task.done() for task in tasks)
-        self.say(f"drained in {time.monotonic() - started:.0f} s: {unfinished} clients unfinished, "
-                 f"open index {snapshot['index'].get('open', 0)}, queues {snapshot['queues']}")
-        return {"drain_seconds": round(time.monotonic() - started, 1), "clients_unfinished": unfinished,
-                "after_drain": {"storage": snapshot, "procs": procs}}
+        self.say(
+            f"drained in {time.monotonic() - started:.0f} s: {unfinished} clients unfinished, "
+            f"open index {snapshot['index'].get('open', 0)}, queues {snapshot['queues']}"
+        )
+        return {
+            "drain_seconds": round(time.monotonic() - started, 1),
+            "clients_unfinished": unfinished,
+            "after_drain": {"storage": snapshot, "procs": procs},
+        }
 
     async def invariants(self, mixes: list[SoakMix], drained: dict[str, Any]) -> dict[str, Any]:
         """What must hold once the load is over: each an observed figure and whether it is as it must be."""
@@ -390,12 +519,16 @@ class Soak:
         views: dict[str, Any] = {}
         sem = asyncio.Semaphore(8)
         async with httpx.AsyncClient(base_url=self.stack.host.base_url, timeout=60) as http:
+
             async def look(rid: str) -> None:
                 async with sem:
                     response = await http.get(f"/api/runs/{rid}")
                     views[rid] = response.json().get("status") if response.status_code == 200 else response.status_code
+
             await asyncio.gather(*(look(rid) for rid in run_ids))
-        delivered = {r.get("run_id") for r in self.stack.receiver.snapshot() if r.get("verified") and r["status"] == 204}
+        delivered = {
+            r.get("run_id") for r in self.stack.receiver.snapshot() if r.get("verified") and r["status"] == 204
+        }
         not_ended = sorted(rid for rid, status in views.items() if status not in TERMINAL)
         no_webhook = sorted(rid for rid in run_ids if rid not in delivered)
         storage = drained["after_drain"]["storage"]
@@ -408,13 +541,22 @@ class Soak:
             "every webhook delivered": (len(run_ids) - len(no_webhook), len(run_ids), not no_webhook, no_webhook[:10]),
             "no 500 and no client error": (len(errors), 0, not errors, errors[:10]),
             "every start accepted": (len(not_accepted), 0, not not_accepted, not_accepted[:5]),
-            "open-work index empty after the drain": (storage["index"].get("open", 0), 0,
-                                                      storage["index"].get("open", 0) == 0, []),
+            "open-work index empty after the drain": (
+                storage["index"].get("open", 0),
+                0,
+                storage["index"].get("open", 0) == 0,
+                [],
+            ),
             "no poison message": (poison, 0, poison == 0, []),
         }
-        return {"by_status": dict(by_status), "deleted": len(deleted),
-                "checks": {name: {"observed": observed, "expected": expected, "ok": ok, "examples": examples}
-                           for name, (observed, expected, ok, examples) in checks.items()}}
+        return {
+            "by_status": dict(by_status),
+            "deleted": len(deleted),
+            "checks": {
+                name: {"observed": observed, "expected": expected, "ok": ok, "examples": examples}
+                for name, (observed, expected, ok, examples) in checks.items()
+            },
+        }
 
 
 # -- storage, read straight from Azurite (not through the counting proxy) ---------------------------------------------
@@ -488,8 +630,9 @@ def derive(prev: dict[str, Any], cur: dict[str, Any]) -> dict[str, Any]:
             d[f"{name}.connections"] = proc.get("connections")
             d[f"{name}.asyncio_tasks"] = host["process"].get("asyncio_tasks")
             d[f"{name}.allocated_kblocks"] = (host["process"].get("allocated_blocks") or 0) / 1000
-            d[f"{name}.invocations"] = {fn: _invocations(host, fn) - _invocations(host_before, fn)
-                                        for fn in host["invocations"]}
+            d[f"{name}.invocations"] = {
+                fn: _invocations(host, fn) - _invocations(host_before, fn) for fn in host["invocations"]
+            }
     busy = cur["machine"]["busy_s"] - prev["machine"]["busy_s"]
     d["machine.cpu_percent"] = 100 * busy / seconds
     d["machine.others_cpu_percent"] = max(0.0, 100 * (busy - ours) / seconds)
@@ -499,8 +642,9 @@ def derive(prev: dict[str, Any], cur: dict[str, Any]) -> dict[str, Any]:
     d["storage.requests"] = proxy
     d["storage.requests_per_run"] = proxy / all_starts if all_starts else None
     d["storage.service_requests_per_run"] = service / all_starts if all_starts else None
-    d["storage.by_operation"] = {op: n - prev["proxy"].get(op, 0) for op, n in cur["proxy"].items()
-                                 if n - prev["proxy"].get(op, 0)}
+    d["storage.by_operation"] = {
+        op: n - prev["proxy"].get(op, 0) for op, n in cur["proxy"].items() if n - prev["proxy"].get(op, 0)
+    }
     storage, before = cur["storage"], prev["storage"]
     d["index.open"] = storage["index"].get("open", 0)
     d["runs.active"] = storage["runs_active"]
@@ -529,18 +673,22 @@ def progress_line(d: dict[str, Any]) -> str:
     def f(key: str, fmt: str = "{:.1f}") -> str:
         value = d.get(key)
         return "-" if value is None else fmt.format(value)
-    return (f"min {d['minute']:g}: {f('runs.started', '{:.0f}')} runs/min; worker RSS {f('worker.rss_mib')} MiB, "
-            f"CPU {f('worker.cpu_percent', '{:.0f}')} % ({f('worker.cpu_ms_per_poll_step')} ms/poll step, "
-            f"{f('worker.cpu_ms_per_start')} ms/start), fds {f('worker.fds', '{:.0f}')} "
-            f"({f('worker.sockets_in_use', '{:.0f}')} connections in use, {f('worker.sockets_idle', '{:.0f}')} idle), "
-            f"tasks {f('worker.asyncio_tasks', '{:.0f}')}; storage {f('storage.requests_per_run')}/run; "
-            f"open {f('index.open', '{:.0f}')}, active {f('runs.active', '{:.0f}')}; start p50 "
-            f"{f('client.start_ms_p50', '{:.0f}')} ms; others' CPU {f('machine.others_cpu_percent', '{:.0f}')} %")
+
+    return (
+        f"min {d['minute']:g}: {f('runs.started', '{:.0f}')} runs/min; worker RSS {f('worker.rss_mib')} MiB, "
+        f"CPU {f('worker.cpu_percent', '{:.0f}')} % ({f('worker.cpu_ms_per_poll_step')} ms/poll step, "
+        f"{f('worker.cpu_ms_per_start')} ms/start), fds {f('worker.fds', '{:.0f}')} "
+        f"({f('worker.sockets_in_use', '{:.0f}')} connections in use, {f('worker.sockets_idle', '{:.0f}')} idle), "
+        f"tasks {f('worker.asyncio_tasks', '{:.0f}')}; storage {f('storage.requests_per_run')}/run; "
+        f"open {f('index.open', '{:.0f}')}, active {f('runs.active', '{:.0f}')}; start p50 "
+        f"{f('client.start_ms_p50', '{:.0f}')} ms; others' CPU {f('machine.others_cpu_percent', '{:.0f}')} %"
+    )
 
 
 # -- the plot ---------------------------------------------------------------------------------------------------------
 def plot(samples: list[dict[str, Any]], verdicts: list[Verdict], warmup_minutes: float, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -554,27 +702,39 @@ def plot(samples: list[dict[str, Any]], verdicts: list[Verdict], warmup_minutes:
         ax.axvspan(0, warmup_minutes, color="0.92")
         if verdict.level is not None and verdict.slope_per_hour is not None:
             half = [t for t, _ in points if t > warmup_minutes]
-            half = half[len(half) // 2:]
+            half = half[len(half) // 2 :]
             if half:
                 mid_t = statistics.median(half)
                 mid_v = statistics.median(v for t, v in points if t in half)
                 slope = verdict.slope_per_hour / 60
-                ax.plot([half[0], half[-1]], [mid_v + slope * (half[0] - mid_t), mid_v + slope * (half[-1] - mid_t)],
-                        color="tab:red" if verdict.passed is False else "tab:green", lw=1.5)
+                ax.plot(
+                    [half[0], half[-1]],
+                    [mid_v + slope * (half[0] - mid_t), mid_v + slope * (half[-1] - mid_t)],
+                    color="tab:red" if verdict.passed is False else "tab:green",
+                    lw=1.5,
+                )
             if verdict.allowed_per_hour is not None:
                 end = points[-1][0]
-                ax.plot([warmup_minutes, end], [verdict.level, verdict.level + verdict.allowed_per_hour / 60 *
-                                                 (end - warmup_minutes)], ":", color="0.5", lw=1)
+                ax.plot(
+                    [warmup_minutes, end],
+                    [verdict.level, verdict.level + verdict.allowed_per_hour / 60 * (end - warmup_minutes)],
+                    ":",
+                    color="0.5",
+                    lw=1,
+                )
         mark = {True: "flat", False: "GROWS", None: "not judged"}[verdict.passed]
         ax.set_title(f"{verdict.label} ({mark})" if verdict.judged else verdict.label, fontsize=8)
         ax.set_ylabel(verdict.unit, fontsize=7)
         ax.tick_params(labelsize=7)
         if verdict.unit not in ("MiB", "k"):  # memory is drawn around its level, so a drift of a few MiB shows
             ax.set_ylim(bottom=0)
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
-    fig.suptitle("Soak: per-minute samples (grey: warm-up; line: trend over the second half; dotted: the "
-                 "tolerance from the level)", fontsize=9)
+    fig.suptitle(
+        "Soak: per-minute samples (grey: warm-up; line: trend over the second half; dotted: the "
+        "tolerance from the level)",
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=72)
@@ -585,10 +745,18 @@ def plot(samples: list[dict[str, Any]], verdicts: list[Verdict], warmup_minutes:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=15, help="length of the load window (default 15)")
-    parser.add_argument("--rate", type=float, default=1.0,
-                        help=f"load multiplier (1 = ~{runs_per_minute(1):.0f} runs/min, bench/soak_mix.py RATES)")
-    parser.add_argument("--warmup-minutes", type=float, default=None,
-                        help="samples left out of the trends (default: a third of the window, at most 5)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=1.0,
+        help=f"load multiplier (1 = ~{runs_per_minute(1):.0f} runs/min, bench/soak_mix.py RATES)",
+    )
+    parser.add_argument(
+        "--warmup-minutes",
+        type=float,
+        default=None,
+        help="samples left out of the trends (default: a third of the window, at most 5)",
+    )
     parser.add_argument("--sample-seconds", type=float, default=60)
     parser.add_argument("--drain-seconds", type=float, default=420, help="how long the clients may wait at the end")
     parser.add_argument("--completion", choices=("push", "poll"), default="push")
@@ -613,8 +781,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         soak.start_stack()
-        soak.say(f"stack up in {time.monotonic() - started:.0f} s: worker {soak.stack.host.base_url}"
-                 + (f", front {soak.front.base_url}" if soak.front else ""))
+        soak.say(
+            f"stack up in {time.monotonic() - started:.0f} s: worker {soak.stack.host.base_url}"
+            + (f", front {soak.front.base_url}" if soak.front else "")
+        )
         asyncio.run(soak.run_until_done())
     except KeyboardInterrupt:
         soak.interrupted = True
@@ -637,27 +807,53 @@ def report(args: argparse.Namespace, soak: Soak, left: list[str], wall: float) -
     outcome, interrupted = soak.outcome, soak.interrupted
     verdicts = judge_all(METRICS, soak.samples, args.warmup_minutes)
     invariants = (outcome.get("invariants") or {}).get("checks", {})
-    lines = ["", f"Soak, {args.minutes:g} min at ~{runs_per_minute(args.rate, executor=not args.no_executor):.0f} runs/min "
-             f"({len(soak.samples)} samples, warm-up {args.warmup_minutes:g} min), wall {wall / 60:.1f} min"
-             + (" - INTERRUPTED" if interrupted else ""), *summary_lines(verdicts), ""]
+    lines = [
+        "",
+        f"Soak, {args.minutes:g} min at ~{runs_per_minute(args.rate, executor=not args.no_executor):.0f} runs/min "
+        f"({len(soak.samples)} samples, warm-up {args.warmup_minutes:g} min), wall {wall / 60:.1f} min"
+        + (" - INTERRUPTED" if interrupted else ""),
+        *summary_lines(verdicts),
+        "",
+    ]
     for name, check in invariants.items():
-        lines.append(f"{'PASS' if check['ok'] else 'FAIL'}  {name}: {check['observed']}"
-                     + (f" of {check['expected']}" if check["expected"] else "")
-                     + (f"  e.g. {check['examples'][:3]}" if check["examples"] else ""))
+        lines.append(
+            f"{'PASS' if check['ok'] else 'FAIL'}  {name}: {check['observed']}"
+            + (f" of {check['expected']}" if check["expected"] else "")
+            + (f"  e.g. {check['examples'][:3]}" if check["examples"] else "")
+        )
     lines.append(f"{'PASS' if not left else 'FAIL'}  no process of the stack left: {left or 'none'}")
     failed = [v for v in verdicts if v.passed is False] + [c for c in invariants.values() if not c["ok"]]
     ok = not failed and not left and not interrupted and bool(invariants)
     lines.append(f"soak {'passed' if ok else 'FAILED'}; results: {args.out / (args.name + '.json')}")
-    machine = {"cpus": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(),
-               "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}
-    config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "runs_per_minute": runs_per_minute(args.rate, executor=not args.no_executor), "rates_per_minute": RATES, "long_ms": LONG_MS,
-              "plain_ms": PLAIN_MS, "executor_ms": EXECUTOR_MS, "emulator_push": EMULATOR_PUSH,
-              "emulator_faults": {} if args.no_faults else EMULATOR_FAULTS}
-    data = {"config": config, "machine": machine, "wall_seconds": round(wall, 1), "interrupted": interrupted,
-            "verdicts": [{**v.__dict__, "why": m.why} for v, m in zip(verdicts, METRICS, strict=True)],
-            "outcome": outcome, "leftover_processes": left, "passed": ok, "events": soak.events,
-            "samples": soak.samples, "raw_samples": soak.raw}
+    machine = {
+        "cpus": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+    config = {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "runs_per_minute": runs_per_minute(args.rate, executor=not args.no_executor),
+        "rates_per_minute": RATES,
+        "long_ms": LONG_MS,
+        "plain_ms": PLAIN_MS,
+        "executor_ms": EXECUTOR_MS,
+        "emulator_push": EMULATOR_PUSH,
+        "emulator_faults": {} if args.no_faults else EMULATOR_FAULTS,
+    }
+    data = {
+        "config": config,
+        "machine": machine,
+        "wall_seconds": round(wall, 1),
+        "interrupted": interrupted,
+        "verdicts": [{**v.__dict__, "why": m.why} for v, m in zip(verdicts, METRICS, strict=True)],
+        "outcome": outcome,
+        "leftover_processes": left,
+        "passed": ok,
+        "events": soak.events,
+        "samples": soak.samples,
+        "raw_samples": soak.raw,
+    }
     dump_json(args.out / f"{args.name}.json", data)
     if soak.samples:
         plot(soak.samples, verdicts, args.warmup_minutes, args.out / f"{args.name}.png")

@@ -11,6 +11,7 @@ Each scenario has a rate per minute (at `--rate 1`); its jobs are spread evenly 
 phase within each slot, so every minute carries the same load (a Poisson process would make the per-minute
 ratios noisier). The plan is drawn from the seed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,10 +32,24 @@ MODEL = "gpt-4.1-mini"
 # Runs per minute at --rate 1, by scenario. A session job makes 5 runs (and 5 starts refused with 409).
 # "B:" scenarios run on the executor host.
 RATES: dict[str, float] = {
-    "plain": 10, "long": 3, "stream": 4, "attach": 1, "cancel_race": 2, "session": 0.4, "function_call": 1,
-    "idempotent": 1, "deadline": 1, "outcome": 0.5, "large": 0.5,
-    "facade_background": 3, "facade_stream": 2, "facade_wait": 1,
-    "B:plain": 2, "B:stream": 1.5, "B:cancel_race": 0.5, "B:facade_background": 1,
+    "plain": 10,
+    "long": 3,
+    "stream": 4,
+    "attach": 1,
+    "cancel_race": 2,
+    "session": 0.4,
+    "function_call": 1,
+    "idempotent": 1,
+    "deadline": 1,
+    "outcome": 0.5,
+    "large": 0.5,
+    "facade_background": 3,
+    "facade_stream": 2,
+    "facade_wait": 1,
+    "B:plain": 2,
+    "B:stream": 1.5,
+    "B:cancel_race": 0.5,
+    "B:facade_background": 1,
 }
 RUNS_PER_JOB = {"session": 5}
 LONG_MS = (30_000, 180_000)  # the longest run bounds the warm-up and the drain
@@ -45,8 +60,11 @@ _VARIANTS = {"deadline": ("past", "near"), "idempotent": ("repeat", "concurrent"
 
 
 def runs_per_minute(rate: float, *, executor: bool = True) -> float:
-    return rate * sum(r * RUNS_PER_JOB.get(name.removeprefix("B:"), 1) for name, r in RATES.items()
-                      if executor or not name.startswith("B:"))
+    return rate * sum(
+        r * RUNS_PER_JOB.get(name.removeprefix("B:"), 1)
+        for name, r in RATES.items()
+        if executor or not name.startswith("B:")
+    )
 
 
 def plan(minutes: float, rate: float, rng: random.Random) -> list[Job]:
@@ -75,10 +93,26 @@ class SoakMix(Mix):
     """The chaos mix on one host (`api`) plus long runs and the facade; `starts` counts accepted starts per
     minute of the soak, `start_latencies` the latency of each start that was accepted at once."""
 
-    def __init__(self, api: ApiClient, webhook_url: str, rng: random.Random, *, host: str, facade: openai.AsyncOpenAI,
-                 durations_ms: tuple[int, int], wait_timeout: float) -> None:
-        super().__init__(api, webhook_url, rng, durations_ms=durations_ms, large_chars=200_000,
-                         huge_chars=200_000, wait_timeout=wait_timeout)
+    def __init__(
+        self,
+        api: ApiClient,
+        webhook_url: str,
+        rng: random.Random,
+        *,
+        host: str,
+        facade: openai.AsyncOpenAI,
+        durations_ms: tuple[int, int],
+        wait_timeout: float,
+    ) -> None:
+        super().__init__(
+            api,
+            webhook_url,
+            rng,
+            durations_ms=durations_ms,
+            large_chars=200_000,
+            huge_chars=200_000,
+            wait_timeout=wait_timeout,
+        )
         self.host = host
         self.facade = facade
         self.facade_runs: dict[str, FacadeRun] = {}
@@ -110,8 +144,9 @@ class SoakMix(Mix):
         deadline = time.monotonic() + self.wait_timeout
         while token and self.rng.random() < 0.5 and time.monotonic() < deadline:
             await asyncio.sleep(5.0)
-            polled = await self.api.call("POST", "/api/runs", label="POST /api/runs (token)",
-                                         json_body={"continuation_token": token})
+            polled = await self.api.call(
+                "POST", "/api/runs", label="POST /api/runs (token)", json_body={"continuation_token": token}
+            )
             if polled.status not in (200, 202):  # 202 while it runs, 200 once it ended
                 break
             token = (polled.body or {}).get("continuation_token")
@@ -128,9 +163,12 @@ class SoakMix(Mix):
         and then the input items, or a delete."""
         try:
             response = await self.facade.responses.create(
-                model=MODEL, input=f"soak facade #{job.index}", background=True,
+                model=MODEL,
+                input=f"soak facade #{job.index}",
+                background=True,
                 metadata=self._knobs(job, self.rng.randint(*self.durations_ms)),
-                extra_body={"webhook_url": self.hook()})
+                extra_body={"webhook_url": self.hook()},
+            )
             self._accepted(response.id)
             deadline = time.monotonic() + self.wait_timeout
             while response.status in ("queued", "in_progress") and time.monotonic() < deadline:
@@ -152,9 +190,12 @@ class SoakMix(Mix):
         run_id, last, cut = None, None, self.rng.randint(3, 20)
         try:
             stream = await self.facade.responses.create(
-                model=MODEL, input=f"soak facade stream #{job.index}", stream=True,
+                model=MODEL,
+                input=f"soak facade stream #{job.index}",
+                stream=True,
                 metadata=self._knobs(job, self.rng.randint(3000, 7000), emulator_deltas="40"),
-                extra_body={"webhook_url": self.hook()})
+                extra_body={"webhook_url": self.hook()},
+            )
             seen = 0
             async for event in stream:
                 seen += 1
@@ -181,8 +222,11 @@ class SoakMix(Mix):
         """The SDK's default: create and wait for the result in the same request."""
         try:
             response = await self.facade.responses.create(
-                model=MODEL, input=f"soak facade wait #{job.index}",
-                metadata=self._knobs(job, self.rng.randint(1000, 3000)), extra_body={"webhook_url": self.hook()})
+                model=MODEL,
+                input=f"soak facade wait #{job.index}",
+                metadata=self._knobs(job, self.rng.randint(1000, 3000)),
+                extra_body={"webhook_url": self.hook()},
+            )
             self._accepted(response.id)
             if response.status != "completed":
                 self.facade_errors.append(f"facade_wait#{job.index} {response.id}: {response.status}")
@@ -201,8 +245,9 @@ def starts_by_minute(mixes: list[SoakMix], t0_epoch: float) -> dict[str, Counter
     return out
 
 
-async def run_jobs(jobs: list[Job], mixes: dict[str, SoakMix], t0: float, stop: asyncio.Event,
-                   tasks: list[asyncio.Task]) -> None:
+async def run_jobs(
+    jobs: list[Job], mixes: dict[str, SoakMix], t0: float, stop: asyncio.Event, tasks: list[asyncio.Task]
+) -> None:
     """Start each job at its time on its host's mix until the plan ends or `stop` is set; each started job's task
     is added to `tasks`."""
     for job in jobs:

@@ -14,6 +14,7 @@ is "flat within the noise", not proof (`tight` is False); the 60-minute run narr
 
     python -m bench.soak_trend bench/results/soak.json   # the verdicts of a saved run again (and its plot)
 """
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,10 @@ class Verdict:
         if self.level is None or self.slope_per_hour is None:
             return f"{mark}  {self.label:<44} {self.note}"
         lo, hi = self.interval_per_hour
-        text = (f"{mark}  {self.label:<44} level {_fmt(self.level)} {self.unit}, last {_fmt(self.last)}, "
-                f"trend {_signed(self.slope_per_hour)}/h (90 % {_signed(lo)}..{_signed(hi)})")
+        text = (
+            f"{mark}  {self.label:<44} level {_fmt(self.level)} {self.unit}, last {_fmt(self.last)}, "
+            f"trend {_signed(self.slope_per_hour)}/h (90 % {_signed(lo)}..{_signed(hi)})"
+        )
         if self.allowed_per_hour is not None:
             text += f", allowed +{_fmt(self.allowed_per_hour)}/h"
             if self.passed and not self.tight:
@@ -79,8 +82,9 @@ class Verdict:
 
 def theil_sen(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     """Median slope of all pairs and its two-sided 90 % interval (ties in x are skipped)."""
-    slopes = sorted((ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs)) for j in range(i + 1, len(xs))
-                    if xs[j] != xs[i])
+    slopes = sorted(
+        (ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] != xs[i]
+    )
     n, count = len(xs), len(slopes)
     if count == 0:
         return 0.0, 0.0, 0.0
@@ -101,14 +105,15 @@ def judge(metric: Metric, series: Iterable[tuple[float, float | None]], warmup_m
     """`series`: (minute, value) per sample; None values (nothing to divide by that minute) are skipped."""
     steady = [(t, v) for t, v in series if t > warmup_minutes and v is not None and math.isfinite(v)]
     judged = metric.tolerance is not None
-    verdict = Verdict(metric.key, metric.label, metric.unit, judged, None, None, None, None, None, None, None,
-                      len(steady), None)
+    verdict = Verdict(
+        metric.key, metric.label, metric.unit, judged, None, None, None, None, None, None, None, len(steady), None
+    )
     if len(steady) < 3:
         verdict.note = f"only {len(steady)} samples after the warm-up"
         return verdict
     verdict.level = statistics.median(v for _, v in steady[:3])
     verdict.last = steady[-1][1]
-    half = steady[len(steady) // 2:]
+    half = steady[len(steady) // 2 :]
     if len(half) < MIN_POINTS:
         verdict.note = f"second half has {len(half)} samples (< {MIN_POINTS}): run longer"
         return verdict
@@ -132,10 +137,15 @@ def summary_lines(verdicts: list[Verdict]) -> list[str]:
     judged = [v for v in verdicts if v.judged and v.passed is not None]
     failed = [v for v in judged if not v.passed]
     lines = [v.line() for v in verdicts]
-    lines.append(f"{len(judged) - len(failed)} flat, {len(failed)} growing"
-                 + (f" ({', '.join(v.label for v in failed)})" if failed else "")
-                 + (f", {sum(1 for v in verdicts if v.judged and v.passed is None)} not judged (too few samples)"
-                    if any(v.judged and v.passed is None for v in verdicts) else ""))
+    lines.append(
+        f"{len(judged) - len(failed)} flat, {len(failed)} growing"
+        + (f" ({', '.join(v.label for v in failed)})" if failed else "")
+        + (
+            f", {sum(1 for v in verdicts if v.judged and v.passed is None)} not judged (too few samples)"
+            if any(v.judged and v.passed is None for v in verdicts)
+            else ""
+        )
+    )
     return lines
 
 

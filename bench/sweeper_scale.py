@@ -19,6 +19,7 @@ Three functions are the seams to the service code, so a restructured shared/ onl
 `build_context` (the service objects the sweeper gets), `run_one_sweep` (one pass) and `seed_run` (one run
 written as the service leaves it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,45 +93,94 @@ async def seed_run(ctx: Context, run: Run) -> None:
 
 
 # -- what is seeded ----------------------------------------------------------------------------------------
-OUTPUT_TEXT = ("Emulated reply to \"summarise the quarterly report\". " + "lorem ipsum dolor sit amet " * 7)[:200]
+OUTPUT_TEXT = ('Emulated reply to "summarise the quarterly report". ' + "lorem ipsum dolor sit amet " * 7)[:200]
 
 
 def _request(run_id: str, index: int) -> dict[str, Any]:
-    return {"model": "gpt-4.1-mini", "input": f"summarise the quarterly report #{index}",
-            "metadata": {"customer": f"c{index % 97}", "bg_run_id": run_id}, "store": True}
+    return {
+        "model": "gpt-4.1-mini",
+        "input": f"summarise the quarterly report #{index}",
+        "metadata": {"customer": f"c{index % 97}", "bg_run_id": run_id},
+        "store": True,
+    }
 
 
 def terminal_run(index: int, at: float) -> Run:
     """A run as `RunLifecycle.finish` and one delivered webhook leave it (half of them have a webhook)."""
     run_id = "run_" + secrets.token_hex(12)
     created = at - 3600 - index % 86400
-    run = Run(id=run_id, status="completed", created_at=created, model="gpt-4.1-mini", request=_request(run_id, index),
-              metadata={"customer": f"c{index % 97}"}, response_id="resp_" + secrets.token_hex(24),
-              completed_at=created + 42.0, poll_seq=9, poll_nonce=secrets.token_hex(6), poll_count=8,
-              next_poll_at=None, deadline_at=created + 7200,
-              result={"output": [{"type": "message", "id": "msg_" + secrets.token_hex(24), "status": "completed",
-                                  "role": "assistant", "content": [{"type": "output_text", "text": OUTPUT_TEXT,
-                                                                    "annotations": []}]}],
-                      "output_text": OUTPUT_TEXT, "error": None, "incomplete_details": None,
-                      "usage": {"input_tokens": 12, "output_tokens": 50, "total_tokens": 62},
-                      "required_action": None})
+    run = Run(
+        id=run_id,
+        status="completed",
+        created_at=created,
+        model="gpt-4.1-mini",
+        request=_request(run_id, index),
+        metadata={"customer": f"c{index % 97}"},
+        response_id="resp_" + secrets.token_hex(24),
+        completed_at=created + 42.0,
+        poll_seq=9,
+        poll_nonce=secrets.token_hex(6),
+        poll_count=8,
+        next_poll_at=None,
+        deadline_at=created + 7200,
+        result={
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg_" + secrets.token_hex(24),
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": OUTPUT_TEXT, "annotations": []}],
+                }
+            ],
+            "output_text": OUTPUT_TEXT,
+            "error": None,
+            "incomplete_details": None,
+            "usage": {"input_tokens": 12, "output_tokens": 50, "total_tokens": 62},
+            "required_action": None,
+        },
+    )
     if index % 2 == 0:
         run.webhook_url = "https://hooks.example.com/runs"
-        run.webhook = WebhookState(id="msg_" + secrets.token_hex(12), state="delivered", seq=0, round_attempts=1,
-                                   due_at=created + 43.0,
-                                   attempts=[{"at": "2025-01-01T00:00:00Z", "ok": True, "status_code": 204,
-                                              "error": None, "duration_ms": 35, "retry_after_seconds": None,
-                                              "gone": False, "refused": False}])
+        run.webhook = WebhookState(
+            id="msg_" + secrets.token_hex(12),
+            state="delivered",
+            seq=0,
+            round_attempts=1,
+            due_at=created + 43.0,
+            attempts=[
+                {
+                    "at": "2025-01-01T00:00:00Z",
+                    "ok": True,
+                    "status_code": 204,
+                    "error": None,
+                    "duration_ms": 35,
+                    "retry_after_seconds": None,
+                    "gone": False,
+                    "refused": False,
+                }
+            ],
+        )
     return run
 
 
 def active_run(index: int, at: float) -> Run:
     """A healthy run in progress: its next poll is due in an hour, so the sweeper has nothing to repair."""
     run_id = "run_" + secrets.token_hex(12)
-    return Run(id=run_id, status="in_progress", created_at=at - 60, model="gpt-4.1-mini",
-               request=_request(run_id, index), response_id="resp_" + secrets.token_hex(24), poll_seq=5,
-               poll_nonce=secrets.token_hex(6), poll_count=5, next_poll_at=at + 3600, deadline_at=at + 7200,
-               webhook_url="https://hooks.example.com/runs")
+    return Run(
+        id=run_id,
+        status="in_progress",
+        created_at=at - 60,
+        model="gpt-4.1-mini",
+        request=_request(run_id, index),
+        response_id="resp_" + secrets.token_hex(24),
+        poll_seq=5,
+        poll_nonce=secrets.token_hex(6),
+        poll_count=5,
+        next_poll_at=at + 3600,
+        deadline_at=at + 7200,
+        webhook_url="https://hooks.example.com/runs",
+    )
 
 
 async def seed(ctx: Context, make, count: int, start_index: int, concurrency: int) -> float:
@@ -188,9 +238,16 @@ async def measure_sweeps(ctx: Context, azurite: psutil.Process, sweeps: int) -> 
         seconds = time.perf_counter() - started
         requests = _requests()
         requests.subtract(before_requests)
-        passes.append({"seconds": seconds, "storage_requests": {k: v for k, v in requests.items() if v},
-                       "storage_requests_total": sum(requests.values()), "cpu_seconds": _own_cpu() - before_cpu,
-                       "azurite_cpu_seconds": _cpu_of(azurite) - before_azurite, "repaired": repaired})
+        passes.append(
+            {
+                "seconds": seconds,
+                "storage_requests": {k: v for k, v in requests.items() if v},
+                "storage_requests_total": sum(requests.values()),
+                "cpu_seconds": _own_cpu() - before_cpu,
+                "azurite_cpu_seconds": _cpu_of(azurite) - before_azurite,
+                "repaired": repaired,
+            }
+        )
     return {
         "passes": passes,
         "seconds": summary([p["seconds"] for p in passes]),
@@ -215,16 +272,27 @@ async def run(sizes: list[int], active: int, sweeps: int, concurrency: int) -> d
         for size in sorted(sizes):
             added = size - seeded
             seconds = await seed(ctx, terminal_run, added, seeded, concurrency)
-            print(f"seeded {added} terminal runs in {seconds:.1f} s ({added / seconds:.0f}/s); "
-                  f"{size} terminal + {active} active", flush=True)
+            print(
+                f"seeded {added} terminal runs in {seconds:.1f} s ({added / seconds:.0f}/s); "
+                f"{size} terminal + {active} active",
+                flush=True,
+            )
             seeded = size
             figures = await measure_sweeps(ctx, node, sweeps)
-            figures.update(terminal_runs=size, seeded_now=added, seed_seconds=round(seconds, 1),
-                           seed_rate_per_s=round(added / seconds), azurite_rss_mib=round(node.memory_info().rss / 2**20))
-            print(f"  sweep: {figures['seconds']['p50']:.3f} s p50 / {figures['seconds']['max']:.3f} s max, "
-                  f"{figures['storage_requests']['p50']:.0f} storage requests, "
-                  f"{figures['cpu_seconds']['p50']:.3f} s CPU here, "
-                  f"{figures['azurite_cpu_seconds']['p50']:.2f} s CPU in Azurite", flush=True)
+            figures.update(
+                terminal_runs=size,
+                seeded_now=added,
+                seed_seconds=round(seconds, 1),
+                seed_rate_per_s=round(added / seconds),
+                azurite_rss_mib=round(node.memory_info().rss / 2**20),
+            )
+            print(
+                f"  sweep: {figures['seconds']['p50']:.3f} s p50 / {figures['seconds']['max']:.3f} s max, "
+                f"{figures['storage_requests']['p50']:.0f} storage requests, "
+                f"{figures['cpu_seconds']['p50']:.3f} s CPU here, "
+                f"{figures['azurite_cpu_seconds']['p50']:.2f} s CPU in Azurite",
+                flush=True,
+            )
             results["sizes"].append(figures)
         return results
     finally:
@@ -241,18 +309,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweeps", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=64, help="inserts in flight while seeding")
     parser.add_argument("--out", default=str(RESULTS / "sweeper_scale.json"))
-    parser.add_argument("--label", default="after",
-                        help="the key the figures go under in --out (other keys already there are kept)")
+    parser.add_argument(
+        "--label", default="after", help="the key the figures go under in --out (other keys already there are kept)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     started = time.perf_counter()
     results = asyncio.run(run(sizes, args.active, args.sweeps, args.concurrency))
-    results.update(command=f"python -m bench.sweeper_scale --sizes {args.sizes} --active {args.active} "
-                           f"--sweeps {args.sweeps}",
-                   machine={"cpus": os.cpu_count(), "python": platform.python_version()},
-                   wall_seconds=round(time.perf_counter() - started, 1),
-                   code="Sweeper.sweep() in shared/runs/sweeping.py: one query of the open-work index "
-                        "(runindex, partition `open`) and a point read per open run")
+    results.update(
+        command=f"python -m bench.sweeper_scale --sizes {args.sizes} --active {args.active} --sweeps {args.sweeps}",
+        machine={"cpus": os.cpu_count(), "python": platform.python_version()},
+        wall_seconds=round(time.perf_counter() - started, 1),
+        code="Sweeper.sweep() in shared/runs/sweeping.py: one query of the open-work index "
+        "(runindex, partition `open`) and a point read per open run",
+    )
     out = Path(args.out)
     dump_json(out, {**_kept(out), args.label: results})
     print(f"wrote {args.out} under {args.label!r} ({results['wall_seconds']} s)")

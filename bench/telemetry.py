@@ -14,6 +14,7 @@ The `bgruns` step log lines are on (INFO, a NullHandler; with the distro, its lo
 
     .venv/bin/python -m bench.telemetry [--runs 150] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,15 +77,17 @@ def _child_env(mode: str, sink: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APPLICATIONINSIGHTS_", "TELEMETRY_"))}
     env["OTEL_BSP_SCHEDULE_DELAY"] = "600000"  # spans are exported when a phase flushes, inside its measurement
     if mode == "distro":
-        env.update({
-            "APPLICATIONINSIGHTS_CONNECTION_STRING":
-                "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+        env.update(
+            {
+                "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
                 f"IngestionEndpoint={sink}",
-            "OTEL_TRACES_SAMPLER": "always_on",  # the distro's default keeps 5 traces/s: measure the worst case
-            # Loopback only: no statsbeat, control plane or SDK stats calls to Microsoft endpoints.
-            "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true", "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
-            "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
-        })
+                "OTEL_TRACES_SAMPLER": "always_on",  # the distro's default keeps 5 traces/s: measure the worst case
+                # Loopback only: no statsbeat, control plane or SDK stats calls to Microsoft endpoints.
+                "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+                "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+                "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
+            }
+        )
     return env
 
 
@@ -106,43 +109,81 @@ def main() -> None:
     azurite = start_for_tests(f"telemetry-bench-{time.time_ns()}")
     emulator, url = start_emulator()
     sink = Sink()
-    samples: dict[str, dict[str, list[float]]] = {m: {"start": [], "poll": [], "hooks_us": [], "paired_on": [],
-                                                      "paired_off": []} for m in MODES}
+    samples: dict[str, dict[str, list[float]]] = {
+        m: {"start": [], "poll": [], "hooks_us": [], "paired_on": [], "paired_off": []} for m in MODES
+    }
     try:
         for repeat in range(args.repeats):
-            for mode in (MODES if repeat % 2 == 0 else tuple(reversed(MODES))):  # spread the machine's drift
-                out = subprocess.run([sys.executable, "-m", "bench.telemetry", "--child", mode, "--runs",
-                                      str(args.runs), "--connection", azurite.connection_string, "--emulator", url],
-                                     env=_child_env(mode, sink.url), capture_output=True, text=True, timeout=900)
+            for mode in MODES if repeat % 2 == 0 else tuple(reversed(MODES)):  # spread the machine's drift
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.telemetry",
+                        "--child",
+                        mode,
+                        "--runs",
+                        str(args.runs),
+                        "--connection",
+                        azurite.connection_string,
+                        "--emulator",
+                        url,
+                    ],
+                    env=_child_env(mode, sink.url),
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
                 if out.returncode != 0:
                     raise RuntimeError(f"{mode}: {out.stderr[-3000:]}")
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 for phase, value in result.items():
                     samples[mode][phase].append(value)
-                print(f"repeat {repeat + 1}/{args.repeats} {mode:6} start {result['start']:.2f} ms  "
-                      f"poll {result['poll']:.2f} ms  telemetry of a poll alone {result['hooks_us']:.0f} us", flush=True)
+                print(
+                    f"repeat {repeat + 1}/{args.repeats} {mode:6} start {result['start']:.2f} ms  "
+                    f"poll {result['poll']:.2f} ms  telemetry of a poll alone {result['hooks_us']:.0f} us",
+                    flush=True,
+                )
     finally:
         sink.stop()
         emulator.terminate()
         azurite.stop()
-    report = {"runs": args.runs, "repeats": args.repeats, "cpu_ms": {m: {p: _summary(v) for p, v in phases.items() if v}
-                                                                     for m, phases in samples.items()},
-              "sink_requests": sink.items, "timeline_us_per_poll": timeline_cost_us()}
+    report = {
+        "runs": args.runs,
+        "repeats": args.repeats,
+        "cpu_ms": {m: {p: _summary(v) for p, v in phases.items() if v} for m, phases in samples.items()},
+        "sink_requests": sink.items,
+        "timeline_us_per_poll": timeline_cost_us(),
+    }
     off = report["cpu_ms"]["off"]["poll"]["median"]
-    report["poll_overhead_pct"] = {m: round((report["cpu_ms"][m]["poll"]["median"] - off) / off * 100, 1)
-                                   for m in ("noop", "distro")}
+    report["poll_overhead_pct"] = {
+        m: round((report["cpu_ms"][m]["poll"]["median"] - off) / off * 100, 1) for m in ("noop", "distro")
+    }
     # The steadier figure: what telemetry adds to a poll step, measured alone, against the median poll with it off.
-    report["poll_hooks_pct_of_poll"] = {m: round((report["cpu_ms"][m]["hooks_us"]["median"] -
-                                                  report["cpu_ms"]["off"]["hooks_us"]["median"]) / 1000 / off * 100, 1)
-                                        for m in ("noop", "distro")}
+    report["poll_hooks_pct_of_poll"] = {
+        m: round(
+            (report["cpu_ms"][m]["hooks_us"]["median"] - report["cpu_ms"]["off"]["hooks_us"]["median"])
+            / 1000
+            / off
+            * 100,
+            1,
+        )
+        for m in ("noop", "distro")
+    }
     # Paired in one process: on vs off batches of the same real poll steps, per repeat, then the median.
-    report["poll_paired_overhead_pct"] = {m: _summary([(a - b) / b * 100 for a, b in zip(samples[m]["paired_on"],
-                                                                                        samples[m]["paired_off"], strict=True)])
-                                          for m in ("noop", "distro")}
-    report["start_overhead_pct"] = {m: round((report["cpu_ms"][m]["start"]["median"] -
-                                              report["cpu_ms"]["off"]["start"]["median"]) /
-                                             report["cpu_ms"]["off"]["start"]["median"] * 100, 1)
-                                    for m in ("noop", "distro")}
+    report["poll_paired_overhead_pct"] = {
+        m: _summary([(a - b) / b * 100 for a, b in zip(samples[m]["paired_on"], samples[m]["paired_off"], strict=True)])
+        for m in ("noop", "distro")
+    }
+    report["start_overhead_pct"] = {
+        m: round(
+            (report["cpu_ms"][m]["start"]["median"] - report["cpu_ms"]["off"]["start"]["median"])
+            / report["cpu_ms"]["off"]["start"]["median"]
+            * 100,
+            1,
+        )
+        for m in ("noop", "distro")
+    }
     print(json.dumps(report, indent=2))
     (RESULTS / "telemetry.json").write_text(json.dumps(report, indent=2) + "\n")
 
@@ -213,8 +254,9 @@ async def child(mode: str, connection: str, emulator_url: str, runs: int) -> dic
             return (await services.starter.start(request)).run
 
     async def poll_one(message):
-        with telemetry.consumed("poll run", message, queue="runs-poll", logger="bgruns.polling",
-                                counter="poll_steps") as step:
+        with telemetry.consumed(
+            "poll run", message, queue="runs-poll", logger="bgruns.polling", counter="poll_steps"
+        ) as step:
             step.set(outcome=await services.poll_step.handle(message, 5))
         return step.fields["outcome"]
 
@@ -240,8 +282,9 @@ async def child(mode: str, connection: str, emulator_url: str, runs: int) -> dic
     telemetry.flush()
     poll_ms = (cpu() - before) / runs * 1000
     assert set(outcomes) == {"pending"}, set(outcomes)
-    paired = await paired_polls(telemetry, [run.id for run in started], message_of, poll_one, cpu) \
-        if mode != "off" else {}
+    paired = (
+        await paired_polls(telemetry, [run.id for run in started], message_of, poll_one, cpu) if mode != "off" else {}
+    )
     await services.close()
     return {"start": round(start_ms, 3), "poll": round(poll_ms, 3), "hooks_us": await hooks_cost_us(cpu), **paired}
 
@@ -255,7 +298,7 @@ async def paired_polls(telemetry, run_ids, message_of, poll_one, cpu, rounds: in
 
     on, off, cursor = [], [], 0
     for round_ in range(rounds):
-        for enabled in ((True, False) if round_ % 2 == 0 else (False, True)):
+        for enabled in (True, False) if round_ % 2 == 0 else (False, True):
             ids = [run_ids[(cursor + i) % len(run_ids)] for i in range(batch)]
             cursor += batch
             messages = [await message_of(run_id) for run_id in ids]
@@ -285,18 +328,27 @@ async def hooks_cost_us(cpu, steps: int = 3000) -> float:
             return SimpleNamespace(response_id=response_id, status="in_progress", is_active=True, response={})
 
     backend = telemetry.traced_backend(Backend())
-    run = SimpleNamespace(id="run_0123456789abcdef01234567", session_id=None, response_id="resp_x",
-                          traceparent=CALLER, tracestate="", next_poll_at=time.time(), timeline=Timeline())
+    run = SimpleNamespace(
+        id="run_0123456789abcdef01234567",
+        session_id=None,
+        response_id="resp_x",
+        traceparent=CALLER,
+        tracestate="",
+        next_poll_at=time.time(),
+        timeline=Timeline(),
+    )
     message = {"run_id": run.id, "seq": 1, "nonce": "n", "traceparent": CALLER}
 
     async def step():
-        with telemetry.consumed("poll run", message, queue="runs-poll", logger="bgruns.polling",
-                                counter="poll_steps") as current:
+        with telemetry.consumed(
+            "poll run", message, queue="runs-poll", logger="bgruns.polling", counter="poll_steps"
+        ) as current:
             telemetry.bind_run(run)
             await backend.observe(run.response_id)
             telemetry.record(run, "poll", provider_status="in_progress", next_poll_in=1.5)
             current.set(outcome="pending")
         run.timeline = Timeline()  # the real step reads the run afresh; keep the history short and equal
+
     for _ in range(200):
         await step()
     telemetry.flush()

@@ -15,6 +15,7 @@ and are never printed. Steps, each one line, and the first failure ends it with 
    next sequence number without a gap, ends with `response.completed`, and the text from both parts is the
    response's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,10 @@ def native_run(http: httpx.Client, function_key: str | None, webhook_url: str | 
         check(polled.status_code == 200, f"GET {location} answered {polled.status_code}: {polled.text[:300]}")
         run, retry_after = polled.json(), polled.headers.get("retry-after")
     check(run["status"] == "completed", f"run {run['id']} ended {run['status']}: {run.get('error')}")
-    ok(f"GET {location}: completed after {time.monotonic() - started:.1f} s ({len(run.get('output_text') or '')} "
-       "characters of output)" + (f"; the webhook went to {webhook_url}" if webhook_url else ""))
+    ok(
+        f"GET {location}: completed after {time.monotonic() - started:.1f} s ({len(run.get('output_text') or '')} "
+        "characters of output)" + (f"; the webhook went to {webhook_url}" if webhook_url else "")
+    )
 
 
 def facade_run(base_url: str, api_key: str, model: str, timeout: float) -> None:
@@ -110,15 +113,20 @@ def facade_run(base_url: str, api_key: str, model: str, timeout: float) -> None:
     check(numbers == list(range(seen + 1, seen + 1 + len(numbers))), f"the resumed stream has gaps: {numbers}")
     check(last.type == "response.completed", f"the resumed stream ends with {last.type}")
     check("".join(text) == response.output_text, "the text of the dropped and the resumed stream is not the response's")
-    ok(f"Responses API: resumed after #{seen}: events #{numbers[0]}-#{numbers[-1]}, ending response.completed, "
-       "the text matches")
+    ok(
+        f"Responses API: resumed after #{seen}: events #{numbers[0]}-#{numbers[-1]}, ending response.completed, "
+        "the text matches"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.smoke", description=__doc__.splitlines()[0])
     parser.add_argument("url", help="the app, e.g. $AZURE_FUNCTION_APP_URL or http://127.0.0.1:7071")
-    parser.add_argument("--model", default=os.environ.get("AZURE_OPENAI_DEPLOYMENT") or "gpt-4.1-mini",
-                        help="model (Azure: the deployment name; default $AZURE_OPENAI_DEPLOYMENT or gpt-4.1-mini)")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("AZURE_OPENAI_DEPLOYMENT") or "gpt-4.1-mini",
+        help="model (Azure: the deployment name; default $AZURE_OPENAI_DEPLOYMENT or gpt-4.1-mini)",
+    )
     parser.add_argument("--webhook-url", help="a request bin that should receive the native run's signed webhook")
     parser.add_argument("--timeout", type=float, default=300, help="longest wait for each run (s)")
     args = parser.parse_args(argv)

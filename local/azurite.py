@@ -4,6 +4,7 @@ Dev-only. Azurite listens on loopback; its data lives in a folder inside the rep
 `python -m local.azurite --check-node` says when the Node.js on PATH is older than the pinned Azurite declares
 (standard library only, so the Makefile runs it before any venv exists).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,10 +80,20 @@ class Azurite:
                 "--disableTelemetry",
                 "--skipApiVersionCheck",
                 "--loose",
-                "--location", str(self.data_dir),
-                "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
-                "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
-                "--tableHost", "127.0.0.1", "--tablePort", str(self.table_port),
+                "--location",
+                str(self.data_dir),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(self.blob_port),
+                "--queueHost",
+                "127.0.0.1",
+                "--queuePort",
+                str(self.queue_port),
+                "--tableHost",
+                "127.0.0.1",
+                "--tablePort",
+                str(self.table_port),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -149,8 +160,10 @@ def node_engine_warning() -> str | None:
     problem = engine_problem(declared, version)
     if problem is None:
         return None
-    return (f"{problem}, the oldest that Azurite {package.get('version')} supports (engines.node {declared}). It may "
-            "still run, but a later Azurite may refuse it: install a newer Node.js (README.md, \"Two commands\").")
+    return (
+        f"{problem}, the oldest that Azurite {package.get('version')} supports (engines.node {declared}). It may "
+        'still run, but a later Azurite may refuse it: install a newer Node.js (README.md, "Two commands").'
+    )
 
 
 if __name__ == "__main__":

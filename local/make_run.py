@@ -20,6 +20,7 @@ What the app gets (`plan()`, which starts nothing, so it is unit-tested):
 - **The banner** says which provider answers (loudly when it is a real, billed one), how runs end, which key the
   Responses API takes (yours, or the generated one and where it is stored) and which settings came from you.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,11 +80,11 @@ def dev_secrets(path: Path = SECRETS_FILE) -> dict[str, str]:
 class RunPlan:
     """What `make run` passes to the app, and what the banner says about it."""
 
-    env: dict[str, str]                  # service settings on top of the stack's wiring (LocalStack env=)
-    webhook_secrets: tuple[str, ...]     # what the app signs with, so what the receiver verifies with
-    emulator_push_secret: str | None     # the emulator pushes provider webhooks signed with this (None: it does not)
-    from_user: tuple[str, ...]           # settings taken from the environment instead of make run's own
-    settings: Settings                   # what the service makes of it all (provider, backend, strategy)
+    env: dict[str, str]  # service settings on top of the stack's wiring (LocalStack env=)
+    webhook_secrets: tuple[str, ...]  # what the app signs with, so what the receiver verifies with
+    emulator_push_secret: str | None  # the emulator pushes provider webhooks signed with this (None: it does not)
+    from_user: tuple[str, ...]  # settings taken from the environment instead of make run's own
+    settings: Settings  # what the service makes of it all (provider, backend, strategy)
 
     @property
     def provider(self) -> str:
@@ -115,11 +116,16 @@ def plan(environ: Mapping[str, str], dev: Mapping[str, str], ports: Ports = RUN_
         "MODEL_PROVIDER": "",
         "RUN_BACKEND": "",
     }
-    user = {name: value for name in (*own, "COMPLETION_STRATEGY", "PROVIDER_WEBHOOK_SECRETS")
-            if name not in WIRING and (value := _set(environ, name)) is not None}
+    user = {
+        name: value
+        for name in (*own, "COMPLETION_STRATEGY", "PROVIDER_WEBHOOK_SECRETS")
+        if name not in WIRING and (value := _set(environ, name)) is not None
+    }
     env = {**own, **user}
-    wiring = {"AzureWebJobsStorage": connection_string(ports.blob, ports.queue, ports.table),
-              "EMULATOR_BASE_URL": f"http://127.0.0.1:{ports.emulator}/v1"}
+    wiring = {
+        "AzureWebJobsStorage": connection_string(ports.blob, ports.queue, ports.table),
+        "EMULATOR_BASE_URL": f"http://127.0.0.1:{ports.emulator}/v1",
+    }
     # The host inherits the environment, with make run's settings on top: resolve exactly that.
     first = Settings.from_env({**environ, **env, **wiring, "COMPLETION_STRATEGY": "", "PROVIDER_WEBHOOK_SECRETS": ""})
     strategy, provider_secrets = _completion(first, user, dev)
@@ -144,23 +150,28 @@ def _completion(first: Settings, user: Mapping[str, str], dev: Mapping[str, str]
 # -- the banner ----------------------------------------------------------------------------------------------------
 def banner(run: RunPlan, ports: Ports = RUN_PORTS) -> str:
     api = f"http://127.0.0.1:{ports.host}/api"
-    lines = ["Local stack is up:",
-             f"  API            {api}        (no function key needed locally)",
-             f"  console        {api}/console    (sign in with the facade key below)",
-             f"  emulator       http://127.0.0.1:{ports.emulator}/v1         (stats: /v1/_emulator/stats)",
-             f"  webhooks       http://127.0.0.1:{ports.receiver}/           (verified events in .local/webhooks.log; "
-             "GET /_received)",
-             "  logs           .local/*.log", "",
-             "Try it:",
-             f"  curl -s -i -X POST {api}/runs -H 'content-type: application/json' \\",
-             "       -d '{\"input\": \"Write a haiku about queues\", "
-             f"\"webhook_url\": \"http://127.0.0.1:{ports.receiver}/hook\"}}'",
-             f"  curl -s {api}/runs/<id>",
-             f"  curl -s -N -X POST {api}/runs -H 'content-type: application/json' \\",
-             "       -d '{\"input\": \"Stream me something\", \"stream\": true}'",
-             f"  page: {api}/ui", "",
-             *_key_lines(run, api), "",
-             *_completion_lines(run, ports)]
+    lines = [
+        "Local stack is up:",
+        f"  API            {api}        (no function key needed locally)",
+        f"  console        {api}/console    (sign in with the facade key below)",
+        f"  emulator       http://127.0.0.1:{ports.emulator}/v1         (stats: /v1/_emulator/stats)",
+        f"  webhooks       http://127.0.0.1:{ports.receiver}/           (verified events in .local/webhooks.log; "
+        "GET /_received)",
+        "  logs           .local/*.log",
+        "",
+        "Try it:",
+        f"  curl -s -i -X POST {api}/runs -H 'content-type: application/json' \\",
+        '       -d \'{"input": "Write a haiku about queues", '
+        f'"webhook_url": "http://127.0.0.1:{ports.receiver}/hook"}}\'',
+        f"  curl -s {api}/runs/<id>",
+        f"  curl -s -N -X POST {api}/runs -H 'content-type: application/json' \\",
+        '       -d \'{"input": "Stream me something", "stream": true}\'',
+        f"  page: {api}/ui",
+        "",
+        *_key_lines(run, api),
+        "",
+        *_completion_lines(run, ports),
+    ]
     if run.from_user:
         lines += ["", "From your environment (instead of make run's own): " + ", ".join(run.from_user) + "."]
     lines += ["", *_provider_lines(run)]  # last, so it stays on screen above the logs
@@ -171,11 +182,20 @@ def _provider_lines(run: RunPlan) -> list[str]:
     provider = run.settings.provider
     if provider.kind == "emulator":
         return ["Model provider: the local emulator (nothing leaves this machine)."]
-    where = {"openai": provider.base_url or "https://api.openai.com/v1", "azure_openai": provider.azure_endpoint,
-             "openai_compatible": provider.base_url}[provider.kind]
-    why = ("MODEL_PROVIDER" if "MODEL_PROVIDER" in run.from_user else
-           {"openai": "OPENAI_API_KEY", "azure_openai": "AZURE_OPENAI_ENDPOINT",
-            "openai_compatible": "OPENAI_COMPATIBLE_BASE_URL"}[provider.kind]) + " is set in your environment"
+    where = {
+        "openai": provider.base_url or "https://api.openai.com/v1",
+        "azure_openai": provider.azure_endpoint,
+        "openai_compatible": provider.base_url,
+    }[provider.kind]
+    why = (
+        "MODEL_PROVIDER"
+        if "MODEL_PROVIDER" in run.from_user
+        else {
+            "openai": "OPENAI_API_KEY",
+            "azure_openai": "AZURE_OPENAI_ENDPOINT",
+            "openai_compatible": "OPENAI_COMPATIBLE_BASE_URL",
+        }[provider.kind]
+    ) + " is set in your environment"
     if provider.kind in BILLED_PROVIDERS:
         headline = f"REAL, BILLED MODEL PROVIDER: {provider.kind} at {where}"
         cost = "Every run is a real model call billed to that account."
@@ -183,71 +203,113 @@ def _provider_lines(run: RunPlan) -> list[str]:
         headline = f"REAL MODEL SERVER: {provider.kind} at {where}"
         cost = "Every run is a real model call (billed, if that server is a paid service)."
     rule = "!" * 100
-    return [rule, f"!! {headline}", f"!! ({why}.) {cost}",
-            "!! For the local emulator instead, unset it, or run MODEL_PROVIDER=emulator make run.", rule]
+    return [
+        rule,
+        f"!! {headline}",
+        f"!! ({why}.) {cost}",
+        "!! For the local emulator instead, unset it, or run MODEL_PROVIDER=emulator make run.",
+        rule,
+    ]
 
 
 def _key_lines(run: RunPlan, api: str) -> list[str]:
     callers = sorted({key.caller for key in run.settings.facade.api_keys})
     if "RESPONSES_API_KEYS" in run.from_user:
-        return ["The Responses API (OpenAI's SDKs and Agent Framework, unchanged but for base_url and api_key) takes",
-                f"the keys of RESPONSES_API_KEYS from your environment (callers: {', '.join(callers)}); use one of "
-                "yours:",
-                f"  curl -s {api}/v1/responses -H \"Authorization: Bearer $KEY\" \\",
-                "       -H 'content-type: application/json' -d '{\"model\": \"gpt-4.1-mini\", \"input\": \"Hello\", "
-                "\"background\": true}'",
-                f"  python: OpenAI(base_url=\"{api}/v1\", api_key=KEY)"]
-    return ["The Responses API (OpenAI's SDKs and Agent Framework, unchanged but for base_url and api_key); the key of "
-            "the",
-            f"local caller `dev` (an operator) was generated into {SECRETS_FILE.relative_to(REPO_ROOT)} "
-            "(RESPONSES_API_KEYS=dev:<key>:operator):",
-            "  export KEY=$(sed -n 's/^RESPONSES_API_KEYS=dev:\\([^:]*\\):.*/\\1/p' .local/secrets.env)",
-            f"  curl -s {api}/v1/responses -H \"Authorization: Bearer $KEY\" \\",
-            "       -H 'content-type: application/json' -d '{\"model\": \"gpt-4.1-mini\", \"input\": \"Hello\", "
-            "\"background\": true}'",
-            f"  python: OpenAI(base_url=\"{api}/v1\", api_key=os.environ[\"KEY\"])",
-            "The first run step by step (curl, the openai SDK, Agent Framework): README.md, \"First run\"."]
+        return [
+            "The Responses API (OpenAI's SDKs and Agent Framework, unchanged but for base_url and api_key) takes",
+            f"the keys of RESPONSES_API_KEYS from your environment (callers: {', '.join(callers)}); use one of yours:",
+            f'  curl -s {api}/v1/responses -H "Authorization: Bearer $KEY" \\',
+            '       -H \'content-type: application/json\' -d \'{"model": "gpt-4.1-mini", "input": "Hello", '
+            '"background": true}\'',
+            f'  python: OpenAI(base_url="{api}/v1", api_key=KEY)',
+        ]
+    return [
+        "The Responses API (OpenAI's SDKs and Agent Framework, unchanged but for base_url and api_key); the key of the",
+        f"local caller `dev` (an operator) was generated into {SECRETS_FILE.relative_to(REPO_ROOT)} "
+        "(RESPONSES_API_KEYS=dev:<key>:operator):",
+        "  export KEY=$(sed -n 's/^RESPONSES_API_KEYS=dev:\\([^:]*\\):.*/\\1/p' .local/secrets.env)",
+        f'  curl -s {api}/v1/responses -H "Authorization: Bearer $KEY" \\',
+        '       -H \'content-type: application/json\' -d \'{"model": "gpt-4.1-mini", "input": "Hello", '
+        '"background": true}\'',
+        f'  python: OpenAI(base_url="{api}/v1", api_key=os.environ["KEY"])',
+        'The first run step by step (curl, the openai SDK, Agent Framework): README.md, "First run".',
+    ]
 
 
 def _completion_lines(run: RunPlan, ports: Ports) -> list[str]:
     chosen = "COMPLETION_STRATEGY" in run.from_user or "PROVIDER_WEBHOOK_SECRETS" in run.from_user
     if run.strategy == "push":
         if run.emulator_push_secret:
-            return ["Completion: push (the emulator sends signed provider webhooks to /api/provider/webhooks, as OpenAI "
-                    "does);", "COMPLETION_STRATEGY=poll or watch in the environment picks another."]
-        return ["Completion: push, as you set it. The provider must reach "
-                f"http://127.0.0.1:{ports.host}/api/provider/webhooks",
-                "(a tunnel of yours, registered with it); otherwise every run ends only at the safety-net poll "
-                f"({run.settings.completion.safety_poll_initial:g} s, backing off to "
-                f"{run.settings.completion.safety_poll_max:g} s)."]
+            return [
+                "Completion: push (the emulator sends signed provider webhooks to /api/provider/webhooks, as OpenAI "
+                "does);",
+                "COMPLETION_STRATEGY=poll or watch in the environment picks another.",
+            ]
+        return [
+            "Completion: push, as you set it. The provider must reach "
+            f"http://127.0.0.1:{ports.host}/api/provider/webhooks",
+            "(a tunnel of yours, registered with it); otherwise every run ends only at the safety-net poll "
+            f"({run.settings.completion.safety_poll_initial:g} s, backing off to "
+            f"{run.settings.completion.safety_poll_max:g} s).",
+        ]
     if chosen:
         return [f"Completion: {run.strategy}, as you set it."]
     if run.strategy == "watch":
-        return ["Completion: watch. The provider cannot reach 127.0.0.1 to push, so each run's stream is held until it "
-                "ends;", "COMPLETION_STRATEGY=poll in the environment polls instead."]
+        return [
+            "Completion: watch. The provider cannot reach 127.0.0.1 to push, so each run's stream is held until it "
+            "ends;",
+            "COMPLETION_STRATEGY=poll in the environment polls instead.",
+        ]
     if run.provider != "emulator":
-        return ["Completion: poll (the app runs every model call itself, so it sees each run end; the poll chain is "
-                "its watchdog)."]
+        return [
+            "Completion: poll (the app runs every model call itself, so it sees each run end; the poll chain is "
+            "its watchdog)."
+        ]
     return [f"Completion: {run.strategy}."]
 
 
 # -- the processes ------------------------------------------------------------------------------------------------
-def make_run_stack(run: RunPlan, *, ports: Ports = RUN_PORTS, log_dir: Path = LOCAL_DIR, name: str = "stack",
-                   emulator_db: Path | None = None, receiver_echo=None, azurite: Azurite | None = None) -> LocalStack:
+def make_run_stack(
+    run: RunPlan,
+    *,
+    ports: Ports = RUN_PORTS,
+    log_dir: Path = LOCAL_DIR,
+    name: str = "stack",
+    emulator_db: Path | None = None,
+    receiver_echo=None,
+    azurite: Azurite | None = None,
+) -> LocalStack:
     """The LocalStack `make run` starts (not started): the app with `run.env`, the emulator pushing when planned.
     `azurite` shares a running one (the tests)."""
     emulator_config: dict = {"db": emulator_db} if emulator_db else {}
     if run.emulator_push_secret:  # as a registered OpenAI / Azure OpenAI endpoint would
-        emulator_config.update(webhook_url=f"http://127.0.0.1:{ports.host}/api/provider/webhooks",
-                               webhook_secret=run.emulator_push_secret)
-    return LocalStack(name, ports=ports, log_dir=log_dir, keep_data=True, emulator_in_thread=False,
-                      emulator_config=emulator_config, webhook_secrets=run.webhook_secrets,
-                      receiver_echo=receiver_echo, host_grace_seconds=30, env=run.env, azurite=azurite)
+        emulator_config.update(
+            webhook_url=f"http://127.0.0.1:{ports.host}/api/provider/webhooks", webhook_secret=run.emulator_push_secret
+        )
+    return LocalStack(
+        name,
+        ports=ports,
+        log_dir=log_dir,
+        keep_data=True,
+        emulator_in_thread=False,
+        emulator_config=emulator_config,
+        webhook_secrets=run.webhook_secrets,
+        receiver_echo=receiver_echo,
+        host_grace_seconds=30,
+        env=run.env,
+        azurite=azurite,
+    )
 
 
 def _ports_in_use(ports: Ports) -> list[str]:
-    names = {"blob": "Azurite blob", "queue": "Azurite queue", "table": "Azurite table", "emulator": "emulator",
-             "host": "Functions host", "receiver": "webhook receiver"}
+    names = {
+        "blob": "Azurite blob",
+        "queue": "Azurite queue",
+        "table": "Azurite table",
+        "emulator": "emulator",
+        "host": "Functions host",
+        "receiver": "webhook receiver",
+    }
     busy = []
     for field, what in names.items():
         port = getattr(ports, field)
@@ -290,15 +352,20 @@ def main() -> None:
     if args.fresh and emulator_db.exists():
         emulator_db.unlink()
     webhook_log = open(LOCAL_DIR / "webhooks.log", "a", buffering=1)
-    stack = make_run_stack(run, emulator_db=emulator_db,
-                           receiver_echo=lambda line: print(line, file=webhook_log, flush=True))
+    stack = make_run_stack(
+        run, emulator_db=emulator_db, receiver_echo=lambda line: print(line, file=webhook_log, flush=True)
+    )
     func = shutil.which("func")
     stack.start(with_host=not func, fresh=args.fresh, wait_healthy=False)
     core_tools = None
     try:
         if func:
-            core_tools = subprocess.Popen([func, "start", "--port", str(RUN_PORTS.host)], cwd=REPO_ROOT,
-                                          env={**os.environ, **stack.env}, start_new_session=True)
+            core_tools = subprocess.Popen(
+                [func, "start", "--port", str(RUN_PORTS.host)],
+                cwd=REPO_ROOT,
+                env={**os.environ, **stack.env},
+                start_new_session=True,
+            )
         print(banner(run), flush=True)
         _follow(stack.host.log_path if stack.host else LOCAL_DIR / "stack-host.log")
     finally:

@@ -13,6 +13,7 @@ free ports otherwise, so several stacks can run side by side.
 
 `make run` (local/make_run.py) is this stack on fixed ports, configured from the developer's environment.
 """
+
 from __future__ import annotations
 
 import base64
@@ -53,7 +54,6 @@ class Ports:
         return cls(*(free_port() for _ in range(6)))
 
 
-
 def new_webhook_secrets(count: int = 2) -> tuple[str, ...]:
     """Standard Webhooks secrets; two, so that every delivery is signed the way a key rotation signs it."""
     return tuple("whsec_" + base64.b64encode(os.urandom(32)).decode() for _ in range(count))
@@ -91,8 +91,10 @@ class EmulatorProcess(EmulatorControl):
         self.config = dict(config)
         # Every deployment's port is chosen here, so that their URLs are known before the process runs.
         specs = parse_deployments(self.config.pop("deployments", None))
-        self.deployment_specs = {name: {**settings, "port": settings.get("port") or (self.port if n == 0 else free_port())}
-                                 for n, (name, settings) in enumerate(specs)}
+        self.deployment_specs = {
+            name: {**settings, "port": settings.get("port") or (self.port if n == 0 else free_port())}
+            for n, (name, settings) in enumerate(specs)
+        }
         self.port = self.deployment_specs[specs[0][0]]["port"]
         self.proc: subprocess.Popen | None = None
 
@@ -110,8 +112,12 @@ class EmulatorProcess(EmulatorControl):
         for key, value in self.config.items():
             args += ["--" + key.replace("_", "-"), json.dumps(value) if isinstance(value, dict) else str(value)]
         self.proc = _python_process(args, self.log_path)
-        _wait_until(lambda: httpx.get(f"{self.base_url}/_emulator/stats", timeout=1).status_code == 200,
-                    self.proc, 30, f"the emulator did not start (see {self.log_path})")
+        _wait_until(
+            lambda: httpx.get(f"{self.base_url}/_emulator/stats", timeout=1).status_code == 200,
+            self.proc,
+            30,
+            f"the emulator did not start (see {self.log_path})",
+        )
         return self
 
     def stop(self) -> None:
@@ -134,9 +140,19 @@ class StorageProxy:
 
     def start(self) -> StorageProxy:
         a = self.azurite
-        args = [sys.executable, "-m", "local.storage_proxy", "--blob", f"{self.blob_port}:{a.blob_port}",
-                "--queue", f"{self.queue_port}:{a.queue_port}", "--table", f"{self.table_port}:{a.table_port}",
-                "--control", str(self.control_port)]
+        args = [
+            sys.executable,
+            "-m",
+            "local.storage_proxy",
+            "--blob",
+            f"{self.blob_port}:{a.blob_port}",
+            "--queue",
+            f"{self.queue_port}:{a.queue_port}",
+            "--table",
+            f"{self.table_port}:{a.table_port}",
+            "--control",
+            str(self.control_port),
+        ]
         self.proc = _python_process(args, self.log_path)
         _wait_until(lambda: self.counts() is not None, self.proc, 20, "the storage proxy did not start")
         return self
@@ -158,14 +174,25 @@ class LocalStack:
     An `azurite` that is passed in is shared and left running by stop(); otherwise the stack starts a fresh one
     and removes its data at the end (unless `keep_data`, as `make run` does)."""
 
-    def __init__(self, name: str, *, env: dict[str, str] | None = None, ports: Ports | None = None,
-                 azurite: Azurite | None = None, emulator_in_thread: bool = True,
-                 emulator_config: dict[str, Any] | None = None, storage_proxy: bool = False,
-                 through_proxy: bool | None = None,
-                 webhook_secrets: tuple[str, ...] | None = None, log_dir: Path | None = None,
-                 host_grace_seconds: float = 5, keep_data: bool = False,
-                 receiver_echo: Callable[[str], None] | None = None,
-                 function_key: str | None = None, master_key: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        env: dict[str, str] | None = None,
+        ports: Ports | None = None,
+        azurite: Azurite | None = None,
+        emulator_in_thread: bool = True,
+        emulator_config: dict[str, Any] | None = None,
+        storage_proxy: bool = False,
+        through_proxy: bool | None = None,
+        webhook_secrets: tuple[str, ...] | None = None,
+        log_dir: Path | None = None,
+        host_grace_seconds: float = 5,
+        keep_data: bool = False,
+        receiver_echo: Callable[[str], None] | None = None,
+        function_key: str | None = None,
+        master_key: str | None = None,
+    ) -> None:
         self.name = name
         self.env_overrides = dict(env or {})
         self.ports = ports or Ports.free()
@@ -201,8 +228,9 @@ class LocalStack:
     def _start(self, with_host: bool, fresh: bool, wait_healthy: bool) -> LocalStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.azurite is None:
-            self.azurite = Azurite(REPO_ROOT / ".azurite" / self._instance_name(), self.ports.blob, self.ports.queue,
-                                   self.ports.table).start(fresh=fresh)
+            self.azurite = Azurite(
+                REPO_ROOT / ".azurite" / self._instance_name(), self.ports.blob, self.ports.queue, self.ports.table
+            ).start(fresh=fresh)
         if self.with_proxy:
             self.proxy = StorageProxy(self.azurite, self._log("proxy")).start()
         if self.emulator_in_thread:
@@ -213,8 +241,13 @@ class LocalStack:
         self.env = self.service_env()
         if with_host:
             # kept before it starts: a host that never got ready is still stopped by stop()
-            self.host = HostProcess(REPO_ROOT, port=self.ports.host, env=self.env, log_path=self._log("host"),
-                                    grace_seconds=self.host_grace_seconds)
+            self.host = HostProcess(
+                REPO_ROOT,
+                port=self.ports.host,
+                env=self.env,
+                log_path=self._log("host"),
+                grace_seconds=self.host_grace_seconds,
+            )
             self.host.start(timeout=60)
             if wait_healthy:
                 wait_until_healthy(self.host.base_url, 60)
@@ -223,8 +256,12 @@ class LocalStack:
     def stop(self) -> None:
         """Stop everything this stack started, each step on its own (a failing step does not skip the rest)."""
         steps = [host.stop for host in self._extra_hosts]
-        steps += [lambda: self.host and self.host.stop(), lambda: self.receiver and self.receiver.down(),
-                  lambda: self.proxy and self.proxy.stop(), lambda: self.emulator and self.emulator.stop()]
+        steps += [
+            lambda: self.host and self.host.stop(),
+            lambda: self.receiver and self.receiver.down(),
+            lambda: self.proxy and self.proxy.stop(),
+            lambda: self.emulator and self.emulator.stop(),
+        ]
         if self._owns_azurite:
             steps.append(lambda: self.azurite and self.azurite.stop())
             if not self.keep_data:
@@ -278,8 +315,9 @@ class LocalStack:
     def start_host(self, name: str, **overrides: str) -> HostProcess:
         """Another instance of the app on a free port: the same storage, emulator, secrets and keys, plus
         `overrides`. Stopped by the caller, or at the latest by stop()."""
-        host = HostProcess(REPO_ROOT, env={**self.env, **overrides}, log_path=self._log(name),
-                           grace_seconds=self.host_grace_seconds)
+        host = HostProcess(
+            REPO_ROOT, env={**self.env, **overrides}, log_path=self._log(name), grace_seconds=self.host_grace_seconds
+        )
         self._extra_hosts.append(host)  # before it starts: one that never got ready is still stopped by stop()
         return host.start(timeout=60)
 
@@ -328,8 +366,15 @@ def wait_until_healthy(base_url: str, timeout: float) -> None:
 def _python_process(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     log = open(log_path, "ab")
     try:
-        return subprocess.Popen(args, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            args,
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     finally:
         log.close()  # the child has its own copy
 

@@ -8,6 +8,7 @@ trigger's receives, deletes and lease renewals, which are billed too (bench/READ
     python -m local.storage_proxy --blob 11000:10000 --queue 11001:10001 --table 11002:10002 --control 11003
     GET http://127.0.0.1:<control>/counts  -> {"table.get_entity": 12, "queue.receive": 40, ...}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,7 @@ from yarl import URL
 COUNTS: Counter = Counter()
 # Fault rules for repro scripts: POST /rules [{"op": "table.insert", "path_contains": "/runs", "hang_s": 10}]
 RULES: list[dict] = []
-_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection", "host",
-        "content-length"}
+_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection", "host", "content-length"}
 
 
 def classify(service: str, method: str, path: str, query: str) -> str:
@@ -36,8 +36,13 @@ def classify(service: str, method: str, path: str, query: str) -> str:
         return f"queue.admin_{method}"
     if service == "table":
         if "(" in path and "PartitionKey" in path:
-            return {"GET": "table.get_entity", "PUT": "table.update_entity", "MERGE": "table.merge_entity",
-                    "PATCH": "table.merge_entity", "DELETE": "table.delete_entity"}.get(method, f"table.{method}")
+            return {
+                "GET": "table.get_entity",
+                "PUT": "table.update_entity",
+                "MERGE": "table.merge_entity",
+                "PATCH": "table.merge_entity",
+                "DELETE": "table.delete_entity",
+            }.get(method, f"table.{method}")
         if method == "GET":
             return "table.query"
         if method == "POST" and path.rstrip("/").endswith("Tables"):
@@ -61,9 +66,15 @@ def make_app(service: str, upstream: str, session_box: list) -> web.Application:
         if body and "content-type" not in {k.lower() for k in headers}:
             headers["Content-Type"] = ""  # keep aiohttp from adding one: it is part of the SharedKey signature
         url = URL(upstream + request.raw_path, encoded=True)
-        async with session.request(request.method, url, headers=headers, data=body or None,
-                                   allow_redirects=False, auto_decompress=False,
-                                   skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent")) as up:
+        async with session.request(
+            request.method,
+            url,
+            headers=headers,
+            data=body or None,
+            allow_redirects=False,
+            auto_decompress=False,
+            skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent"),
+        ) as up:
             payload = await up.read()
             out_headers = {k: v for k, v in up.headers.items() if k.lower() not in _HOP}
             return web.Response(status=up.status, body=payload, headers=out_headers)

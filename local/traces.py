@@ -1,9 +1,10 @@
 """Read the traces `make run` wrote with TELEMETRY_FILE (OTLP/JSON lines) as trees, one per run.
 
-    TELEMETRY_FILE=.local/telemetry.jsonl make run           # then start a few runs
-    python -m local.traces .local/telemetry.jsonl            # every trace
-    python -m local.traces .local/telemetry.jsonl run_...    # the trace of one run
+TELEMETRY_FILE=.local/telemetry.jsonl make run           # then start a few runs
+python -m local.traces .local/telemetry.jsonl            # every trace
+python -m local.traces .local/telemetry.jsonl run_...    # the trace of one run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,16 @@ from collections import defaultdict
 
 from shared.telemetry.local_export import attributes, read_spans
 
-SHOWN = ("bgruns.run_id", "bgruns.outcome", "bgruns.provider_status", "bgruns.next_poll_in", "gen_ai.response.id",
-         "http.response.status_code", "bgruns.webhook.attempt", "error.type")
+SHOWN = (
+    "bgruns.run_id",
+    "bgruns.outcome",
+    "bgruns.provider_status",
+    "bgruns.next_poll_in",
+    "gen_ai.response.id",
+    "http.response.status_code",
+    "bgruns.webhook.attempt",
+    "error.type",
+)
 
 
 def _print_tree(children: dict[str, list[dict]], parent: str, depth: int, t0: int) -> None:
@@ -25,8 +34,9 @@ def _line(span: dict, depth: int, t0: int) -> str:
     start, end = int(span.get("startTimeUnixNano", 0)), int(span.get("endTimeUnixNano", 0))
     attrs = attributes(span)
     details = " ".join(f"{k.split('.')[-1]}={attrs[k]}" for k in SHOWN if k in attrs and k != "bgruns.run_id")
-    return (f"{(start - t0) / 1e9:+9.3f}s {(end - start) / 1e6:8.1f} ms  {'  ' * depth}{span['name']}"
-            + (f"  [{details}]" if details else ""))
+    return f"{(start - t0) / 1e9:+9.3f}s {(end - start) / 1e6:8.1f} ms  {'  ' * depth}{span['name']}" + (
+        f"  [{details}]" if details else ""
+    )
 
 
 def print_traces(path: str, run_id: str | None = None) -> int:
@@ -35,8 +45,9 @@ def print_traces(path: str, run_id: str | None = None) -> int:
     for span in spans:
         by_trace[span["traceId"]].append(span)
     shown = 0
-    for trace_id, members in sorted(by_trace.items(), key=lambda item: min(int(s["startTimeUnixNano"])
-                                                                          for s in item[1])):
+    for trace_id, members in sorted(
+        by_trace.items(), key=lambda item: min(int(s["startTimeUnixNano"]) for s in item[1])
+    ):
         runs = {attributes(s).get("bgruns.run_id") for s in members} - {None}
         if run_id and run_id not in runs:
             continue

@@ -18,6 +18,7 @@ It misbehaves on purpose, per URL query, so one receiver serves every test:
 to the object, so an outage loses none. It runs in a thread of its own (`up()`/`down()`, or `with`), or inside
 the caller's event loop (`await start()`/`await stop()`, or `async with`), over plain HTTP or TLS.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,15 +71,31 @@ class Received:
         """The JSON shape of `GET /_received` (body as text, header names in lower case)."""
         data = (self.event() or {}).get("data")
         data = data if isinstance(data, dict) else {}
-        return {"path": self.path, "query": self.query, "headers": {k.lower(): v for k, v in self.headers.items()},
-                "body": self.body.decode("utf-8", "replace"), "verified": self.verified, "at": self.at,
-                "attempt": self.attempt, "status": self.status, "webhook_id": self.webhook_id,
-                "run_id": data.get("id"), "run_status": data.get("status")}
+        return {
+            "path": self.path,
+            "query": self.query,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": self.body.decode("utf-8", "replace"),
+            "verified": self.verified,
+            "at": self.at,
+            "attempt": self.attempt,
+            "status": self.status,
+            "webhook_id": self.webhook_id,
+            "run_id": data.get("id"),
+            "run_status": data.get("status"),
+        }
 
 
 class WebhookReceiver:
-    def __init__(self, secrets: tuple[str, ...] | list[str] = (), *, host: str = "127.0.0.1", port: int = 0,
-                 ssl_context=None, echo: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        secrets: tuple[str, ...] | list[str] = (),
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context=None,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
         self.secrets = tuple(secrets)
         self.host = host
         self.port = port  # 0: a free port, chosen at the first start and kept for every later one
@@ -124,8 +141,9 @@ class WebhookReceiver:
         with self._lock:
             webhook_id = headers.get("webhook-id", "")
             self._attempts[webhook_id] += 1
-            received = Received(request.path, dict(request.query), headers, body, verified, time.time(),
-                                self._attempts[webhook_id])
+            received = Received(
+                request.path, dict(request.query), headers, body, verified, time.time(), self._attempts[webhook_id]
+            )
             self.requests.append(received)
         return received
 
@@ -215,7 +233,8 @@ class WebhookReceiver:
         if not ready.wait(timeout) or failure:
             self._thread = None
             raise RuntimeError(f"webhook receiver did not start on {self.host}:{self.port}") from (
-                failure[0] if failure else None)
+                failure[0] if failure else None
+            )
         return self
 
     def down(self) -> None:
@@ -244,8 +263,10 @@ def _retry_after(query: dict[str, str]) -> dict[str, str]:
 def _describe(received: Received) -> str:
     event = received.event() or {}
     data = event.get("data") if isinstance(event.get("data"), dict) else {}
-    return (f"webhook {received.webhook_id}: {event.get('type')} run={data.get('id')} status={data.get('status')} "
-            f"text={str(data.get('output_text'))[:60]!r}")
+    return (
+        f"webhook {received.webhook_id}: {event.get('type')} run={data.get('id')} status={data.get('status')} "
+        f"text={str(data.get('output_text'))[:60]!r}"
+    )
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 Everything that stores or compares times calls `now()`, so tests can move time by patching one name.
 """
+
 from __future__ import annotations
 
 import time

@@ -6,6 +6,7 @@ reaches through one object into another: `Services` holds no settings and no raw
 Built lazily on the first invocation (inside the worker's event loop, which the async clients bind to). A bad
 setting fails that first invocation with a message naming the setting.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -102,9 +103,16 @@ class Services:
             await close()
 
 
-def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: Model,
-          sender: WebhookSender | None = None, provider_webhooks: AsyncWebhooks | None = None,
-          closers: tuple[Callable[[], Awaitable[None]], ...] = ()) -> Services:
+def build(
+    settings: Settings,
+    storage: Storage,
+    backend: RunBackend,
+    *,
+    model: Model,
+    sender: WebhookSender | None = None,
+    provider_webhooks: AsyncWebhooks | None = None,
+    closers: tuple[Callable[[], Awaitable[None]], ...] = (),
+) -> Services:
     """Every collaborator, built once. `backend` is the provider's background mode; `model` the streaming call the
     executor makes (executor.model_client.ModelClient); runs go to one or the other by RUN_BACKEND (and, once
     started, by their response id). `sender` delivers webhooks (built from the settings when not given; none
@@ -117,61 +125,133 @@ def build(settings: Settings, storage: Storage, backend: RunBackend, *, model: M
     index = RunIndex(storage.index)
     tokens = TokenCodec(settings.token_keys)
     events = EventLog(storage.events, storage.payloads)
-    executor_backend = ExecutorBackend(events, store, storage.execute_queue, model,
-                                       stale_seconds=settings.executor.stale_seconds)
+    executor_backend = ExecutorBackend(
+        events, store, storage.execute_queue, model, stale_seconds=settings.executor.stale_seconds
+    )
     router = BackendRouter(traced, executor_backend, settings.executor.backend)
     backoff = Backoff(settings.poll_initial_delay, settings.poll_max_delay, settings.poll_multiplier)
     chain_backoff, observer = _completion_strategy(settings, router, backoff)
     scheduler = PollScheduler(store, storage.poll_queue)
     start_grace = 2 * settings.provider.timeout_seconds + 5
     quotas = CallerQuotas(storage.index, settings.quotas, start_grace=start_grace)
-    lifecycle = RunLifecycle(store, sessions, index, storage.webhook_queue, settings.retention_seconds,
-                             inline_safety_delay=settings.webhook_timeout + 5, quotas=quotas)
-    views = RunViews(tokens, poll_initial_delay=settings.poll_initial_delay, poll_max_delay=settings.poll_max_delay,
-                     ends_seen_at_once=settings.completion.strategy in ("push", "watch"))
+    lifecycle = RunLifecycle(
+        store,
+        sessions,
+        index,
+        storage.webhook_queue,
+        settings.retention_seconds,
+        inline_safety_delay=settings.webhook_timeout + 5,
+        quotas=quotas,
+    )
+    views = RunViews(
+        tokens,
+        poll_initial_delay=settings.poll_initial_delay,
+        poll_max_delay=settings.poll_max_delay,
+        ends_seen_at_once=settings.completion.strategy in ("push", "watch"),
+    )
     reader = RunReader(store, sessions, tokens, settings.retention_seconds)
     if sender is None and settings.webhook_secrets:
-        sender = WebhookSender(settings.webhook_secrets, timeout=settings.webhook_timeout,
-                               allow_http=settings.webhook_allow_http, allow_private=settings.webhook_allow_private)
+        sender = WebhookSender(
+            settings.webhook_secrets,
+            timeout=settings.webhook_timeout,
+            allow_http=settings.webhook_allow_http,
+            allow_private=settings.webhook_allow_private,
+        )
     outbox = WebhookOutbox(store, reader, index, sender, storage.webhook_queue, views, settings.webhook_schedule)
     ending = RunEnding(lifecycle, outbox)
-    rules = StartRules(default_model=settings.provider.default_model, run_deadline=settings.run_deadline,
-                       max_prefer_wait=settings.max_prefer_wait, retention_seconds=settings.retention_seconds,
-                       start_grace=start_grace,
-                       create_streaming=settings.completion.strategy == "watch",
-                       remember_responses=settings.completion.strategy == "push")
-    webhook_urls = WebhookUrls(enabled=bool(settings.webhook_secrets), allow_http=settings.webhook_allow_http,
-                               allow_private=settings.webhook_allow_private)
-    admission = RunAdmission(AdmissionRules(settings.admission_max_wait, rules.start_grace, rules.create_streaming,
-                                            rules.remember_responses), store, router, index, scheduler, backoff, ending,
-                             ProviderPacing(storage.index, settings.pacing))
-    starter = RunStarter(rules, store, sessions, idempotency, index, router, webhook_urls, scheduler, chain_backoff,
-                         ending, lifecycle, quotas, admission=admission)
+    rules = StartRules(
+        default_model=settings.provider.default_model,
+        run_deadline=settings.run_deadline,
+        max_prefer_wait=settings.max_prefer_wait,
+        retention_seconds=settings.retention_seconds,
+        start_grace=start_grace,
+        create_streaming=settings.completion.strategy == "watch",
+        remember_responses=settings.completion.strategy == "push",
+    )
+    webhook_urls = WebhookUrls(
+        enabled=bool(settings.webhook_secrets),
+        allow_http=settings.webhook_allow_http,
+        allow_private=settings.webhook_allow_private,
+    )
+    admission = RunAdmission(
+        AdmissionRules(
+            settings.admission_max_wait, rules.start_grace, rules.create_streaming, rules.remember_responses
+        ),
+        store,
+        router,
+        index,
+        scheduler,
+        backoff,
+        ending,
+        ProviderPacing(storage.index, settings.pacing),
+    )
+    starter = RunStarter(
+        rules,
+        store,
+        sessions,
+        idempotency,
+        index,
+        router,
+        webhook_urls,
+        scheduler,
+        chain_backoff,
+        ending,
+        lifecycle,
+        quotas,
+        admission=admission,
+    )
     canceller = RunCanceller(reader, router, ending, store)
     lister = RunLister(index, store)
     secrets = settings.completion.provider_webhook_secrets
-    inbox = (ProviderEventInbox(ProviderEventVerifier(provider_webhooks, secrets), index, store, router, ending,
-                                scheduler) if secrets and provider_webhooks is not None else None)
+    inbox = (
+        ProviderEventInbox(ProviderEventVerifier(provider_webhooks, secrets), index, store, router, ending, scheduler)
+        if secrets and provider_webhooks is not None
+        else None
+    )
     return Services(
-        starter=starter, reader=reader, waiter=RunWaiter(store.changes), views=views, canceller=canceller,
+        starter=starter,
+        reader=reader,
+        waiter=RunWaiter(store.changes),
+        views=views,
+        canceller=canceller,
         deleter=RunDeleter(reader, canceller, router, store, index, sessions, settings.retention_seconds),
-        lister=lister, overview=RunOverview(lister, store, index, quotas),
-        relays=RelayFactory(store, router, ending, views, max_seconds=settings.stream_max_seconds,
-                            keepalive_seconds=settings.stream_keepalive_seconds,
-                            fallback_max_delay=settings.poll_max_delay),
+        lister=lister,
+        overview=RunOverview(lister, store, index, quotas),
+        relays=RelayFactory(
+            store,
+            router,
+            ending,
+            views,
+            max_seconds=settings.stream_max_seconds,
+            keepalive_seconds=settings.stream_keepalive_seconds,
+            fallback_max_delay=settings.poll_max_delay,
+        ),
         callers=CallerKeys(settings.facade.api_keys),
-        limits=RequestLimits(max_request_bytes=settings.max_request_bytes, max_prefer_wait=settings.max_prefer_wait,
-                             max_read_wait=settings.max_read_wait,
-                             facade_max_wait=settings.facade.max_wait_seconds),
+        limits=RequestLimits(
+            max_request_bytes=settings.max_request_bytes,
+            max_prefer_wait=settings.max_prefer_wait,
+            max_read_wait=settings.max_read_wait,
+            facade_max_wait=settings.facade.max_wait_seconds,
+        ),
         health=HealthCheck(configuration(settings), storage.runs),
-        poll_step=PollStep(store, observer, router, ending, scheduler, chain_backoff, retry_backoff=backoff,
-                           admission=admission),
+        poll_step=PollStep(
+            store, observer, router, ending, scheduler, chain_backoff, retry_backoff=backoff, admission=admission
+        ),
         executor=Executor(store, events, ending, model, settings.executor),
         outbox=outbox,
         provider_events=inbox,
-        sweeper=Sweeper(store, index, ending, lifecycle, scheduler, storage.webhook_queue,
-                        grace=settings.sweep_grace, start_grace=rules.start_grace,
-                        webhook_slack=settings.webhook_timeout + settings.sweep_grace, quotas=quotas),
+        sweeper=Sweeper(
+            store,
+            index,
+            ending,
+            lifecycle,
+            scheduler,
+            storage.webhook_queue,
+            grace=settings.sweep_grace,
+            start_grace=rules.start_grace,
+            webhook_slack=settings.webhook_timeout + settings.sweep_grace,
+            quotas=quotas,
+        ),
         purger=RetentionPurger(store, sessions, idempotency, index, settings.retention_seconds, events=events),
         _closers=(*((sender.aclose,) if sender else ()), *closers),
     )
@@ -182,9 +262,15 @@ def _completion_strategy(settings: Settings, backend: RunBackend, poll_backoff: 
     completion = settings.completion
     if completion.strategy == "push":  # the provider's webhooks end runs; the chain is a slow safety net, after one
         # early look (the provider sends no event when it begins a run: that look is what moves it to in_progress)
-        return (Backoff(completion.safety_poll_initial, completion.safety_poll_max, settings.poll_multiplier,
-                        first=settings.poll_initial_delay),
-                RetrieveObserver(backend))
+        return (
+            Backoff(
+                completion.safety_poll_initial,
+                completion.safety_poll_max,
+                settings.poll_multiplier,
+                first=settings.poll_initial_delay,
+            ),
+            RetrieveObserver(backend),
+        )
     if completion.strategy == "watch":  # each step holds the stream for a window; the next starts at once
         return Backoff(0.0, 0.0, 1.0), StreamWatcher(backend, completion.watch_window)
     return poll_backoff, RetrieveObserver(backend)
@@ -208,13 +294,27 @@ async def services() -> Services:
                     await provider.close()
                     await storage.close()
                     raise
-                model = ModelClient(provider, api=settings.executor.api,
-                                    idle_timeout=settings.executor.idle_timeout_seconds,
-                                    connect_timeout=settings.provider.timeout_seconds,
-                                    emulator_knobs=settings.provider.kind == "emulator")
-                _services = build(settings, storage, ResponsesBackend(provider), model=model,
-                                  provider_webhooks=provider.webhooks, closers=(provider.close, storage.close))
-                log.info("service ready: provider=%s model=%s backend=%s completion=%s webhooks=%s",
-                         settings.provider.kind, settings.provider.default_model, settings.executor.backend,
-                         settings.completion.strategy, "on" if settings.webhook_secrets else "off")
+                model = ModelClient(
+                    provider,
+                    api=settings.executor.api,
+                    idle_timeout=settings.executor.idle_timeout_seconds,
+                    connect_timeout=settings.provider.timeout_seconds,
+                    emulator_knobs=settings.provider.kind == "emulator",
+                )
+                _services = build(
+                    settings,
+                    storage,
+                    ResponsesBackend(provider),
+                    model=model,
+                    provider_webhooks=provider.webhooks,
+                    closers=(provider.close, storage.close),
+                )
+                log.info(
+                    "service ready: provider=%s model=%s backend=%s completion=%s webhooks=%s",
+                    settings.provider.kind,
+                    settings.provider.default_model,
+                    settings.executor.backend,
+                    settings.completion.strategy,
+                    "on" if settings.webhook_secrets else "off",
+                )
     return _services

@@ -4,6 +4,7 @@ status code and an error body; nothing below them knows about HTTP.
 Each error carries a stable `code` for programs, a `message` for people and, where one input is at fault, the
 `param` that names it.
 """
+
 from __future__ import annotations
 
 
@@ -55,9 +56,12 @@ class RateLimited(ServiceError):
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"x-ratelimit-limit-requests": str(self.limit), "x-ratelimit-remaining-requests": str(self.remaining),
-                "x-ratelimit-reset-requests": duration(self.reset_seconds),
-                "retry-after-ms": str(max(1, round(1000 * (self.retry_after or 0))))}
+        return {
+            "x-ratelimit-limit-requests": str(self.limit),
+            "x-ratelimit-remaining-requests": str(self.remaining),
+            "x-ratelimit-reset-requests": duration(self.reset_seconds),
+            "retry-after-ms": str(max(1, round(1000 * (self.retry_after or 0)))),
+        }
 
 
 def duration(seconds: float) -> str:

@@ -7,6 +7,7 @@ bearer tokens, the value of a named credential (`api-key: ...`, `"api_key": "...
 in a URL's query, JWTs, and any other long run of base64 or hex that mixes letters and digits, except the ids
 worth quoting to support (response, message, request and run ids, UUIDs).
 """
+
 from __future__ import annotations
 
 import re
@@ -16,16 +17,21 @@ REDACTED = "[redacted]"
 
 _PROVIDER_KEY = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*]{8,}")
 _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9\-._~+/*]+=*", re.IGNORECASE)
-_NAMED = re.compile(r"""(?P<name>\b(?:x-)?(?:api[-_ ]?key|subscription[-_ ]?key|access[-_ ]?token|refresh[-_ ]?token|"""
-                    r"""client[-_ ]?secret|secret|password|passwd|authorization|x-functions-key)\b)"""
-                    r"""(?P<sep>["']?\s*[:=]\s*["']?)(?!Bearer\b|Basic\b|\[redacted\])(?P<value>[^\s"',;&}]+)""",
-                    re.IGNORECASE)
-_QUERY = re.compile(r"(?P<name>[?&](?:code|sig|key|api-key|api_key|token|access_token)=)(?P<value>[^&\s\"']+)",
-                    re.IGNORECASE)
+_NAMED = re.compile(
+    r"""(?P<name>\b(?:x-)?(?:api[-_ ]?key|subscription[-_ ]?key|access[-_ ]?token|refresh[-_ ]?token|"""
+    r"""client[-_ ]?secret|secret|password|passwd|authorization|x-functions-key)\b)"""
+    r"""(?P<sep>["']?\s*[:=]\s*["']?)(?!Bearer\b|Basic\b|\[redacted\])(?P<value>[^\s"',;&}]+)""",
+    re.IGNORECASE,
+)
+_QUERY = re.compile(
+    r"(?P<name>[?&](?:code|sig|key|api-key|api_key|token|access_token)=)(?P<value>[^&\s\"']+)", re.IGNORECASE
+)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _LONG = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{32,}={0,2}(?![A-Za-z0-9+/_=-])")
-_KEPT_IDS = re.compile(r"^(?:resp|run|msg|req|fc|call|exec|sess|evt|rs|wh|ws|ci|mcp|file|chatcmpl|batch)[_-]"
-                       r"|^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_KEPT_IDS = re.compile(
+    r"^(?:resp|run|msg|req|fc|call|exec|sess|evt|rs|wh|ws|ci|mcp|file|chatcmpl|batch)[_-]"
+    r"|^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 
 
 def redact(text: str) -> str:

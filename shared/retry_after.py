@@ -3,6 +3,7 @@
 Used for the provider's answers and for webhook receivers'. Anything unparseable is ignored (None), so a
 malformed header never breaks error handling: the caller's own backoff applies instead.
 """
+
 from __future__ import annotations
 
 import email.utils

@@ -8,6 +8,7 @@ Every storage request is counted by the function that made it (`counting_as`), b
 Consumption HTTP, queue and timer functions run on separate instances: a process's counts describe only
 the functions it served.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,8 +55,10 @@ def counting_as(function_name: str) -> None:
 
 def _counter(service: str) -> Callable[[PipelineRequest[HttpRequest]], None]:
     """An azure-core `raw_request_hook` (every storage client honours it, unlike per_call_policies)."""
+
     def count(request: PipelineRequest[HttpRequest]) -> None:
         STORAGE_REQUESTS[(_FUNCTION.get(), f"{service}.{request.http_request.method}")] += 1
+
     return count
 
 
@@ -80,8 +83,12 @@ class Table(Protocol):
     # Plain methods returning awaitables, as the SDK's decorated methods are typed (an `async def` fake fits too).
     def create_entity(self, entity: Mapping[str, Any], **kwargs: Any) -> Awaitable[Mapping[str, Any]]: ...
     def get_entity(self, partition_key: str, row_key: str, **kwargs: Any) -> Awaitable[Any]: ...
-    def update_entity(self, entity: Mapping[str, Any], mode: Any = ..., **kwargs: Any) -> Awaitable[Mapping[str, Any]]: ...
-    def upsert_entity(self, entity: Mapping[str, Any], mode: Any = ..., **kwargs: Any) -> Awaitable[Mapping[str, Any]]: ...
+    def update_entity(
+        self, entity: Mapping[str, Any], mode: Any = ..., **kwargs: Any
+    ) -> Awaitable[Mapping[str, Any]]: ...
+    def upsert_entity(
+        self, entity: Mapping[str, Any], mode: Any = ..., **kwargs: Any
+    ) -> Awaitable[Mapping[str, Any]]: ...
     def delete_entity(self, partition_key: str, row_key: str, **kwargs: Any) -> Awaitable[None]: ...
     def query_entities(self, query_filter: str, **kwargs: Any) -> AsyncIterator[Any]: ...
     def submit_transaction(self, operations: Iterable[Any], **kwargs: Any) -> Awaitable[list[Mapping[str, Any]]]: ...
@@ -120,8 +127,9 @@ class MessageQueue:
         self.client = client
 
     async def send(self, message: dict[str, Any], delay_seconds: float = 0.0) -> None:
-        await self.client.send_message(json.dumps(message, separators=(",", ":")),
-                                       visibility_timeout=max(0, math.ceil(delay_seconds)) or None)
+        await self.client.send_message(
+            json.dumps(message, separators=(",", ":")), visibility_timeout=max(0, math.ceil(delay_seconds)) or None
+        )
 
 
 @dataclass
@@ -143,11 +151,13 @@ class Storage:
 
     async def ensure_resources(self) -> None:
         """Create tables, queues and the container if missing (Bicep creates them in Azure)."""
+
         async def quietly(coro: Awaitable[object]) -> None:
             try:
                 await coro
             except ResourceExistsError:
                 pass
+
         await asyncio.gather(
             *(quietly(t.create_table()) for t in (self.runs, self.sessions, self.idempotency, self.index, self.events)),
             *(quietly(q.client.create_queue()) for q in (self.poll_queue, self.webhook_queue, self.execute_queue)),
@@ -159,8 +169,9 @@ def open_storage(settings: StorageSettings) -> Storage:
     def policies(service: str) -> _Policies:
         # use_env_settings=False: with it on, aiohttp reads ~/.netrc and the proxy environment in a worker
         # thread on every request (two thread hops per storage call, measured at ~3 ms of CPU per poll step).
-        return _Policies(raw_request_hook=_counter(service), raw_response_hook=storage_response_hook(service),
-                         use_env_settings=False)
+        return _Policies(
+            raw_request_hook=_counter(service), raw_response_hook=storage_response_hook(service), use_env_settings=False
+        )
 
     codec = _Codec(message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy())
     if settings.connection_string:

@@ -12,6 +12,7 @@ text that needs no recursion; the rest is noted while parsing and located by one
 which runs only when something was noted (or the text escapes a surrogate), so a clean body costs the C
 parser's time and little more.
 """
+
 from __future__ import annotations
 
 import json
@@ -112,8 +113,10 @@ def _text(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise JsonRefused(f"The body is not UTF-8: byte {error.start} ({raw[error.start:error.start + 1]!r}) "
-                          "cannot start or continue a character.") from None
+        raise JsonRefused(
+            f"The body is not UTF-8: byte {error.start} ({raw[error.start : error.start + 1]!r}) "
+            "cannot start or continue a character."
+        ) from None
 
 
 def _check_depth(text: str, max_depth: int) -> None:
@@ -124,8 +127,9 @@ def _check_depth(text: str, max_depth: int) -> None:
     brackets = _NOT_STRUCTURE.sub("", text)
     if max(accumulate(map(_STEP.__getitem__, brackets)), default=0) <= max_depth:
         return
-    raise JsonRefused(f"The body is nested deeper than {max_depth} levels (objects and arrays).",
-                      _field_too_deep(text, max_depth))
+    raise JsonRefused(
+        f"The body is nested deeper than {max_depth} levels (objects and arrays).", _field_too_deep(text, max_depth)
+    )
 
 
 def _field_too_deep(text: str, max_depth: int) -> str | None:
@@ -155,15 +159,20 @@ def _check_values(value: Any) -> None:
     while stack:
         item, path = stack.pop()
         if isinstance(item, _NotAFiniteNumber):
-            raise JsonRefused(f"{item.text} is not a finite number; JSON numbers must be finite "
-                              f"(at '{path_of(path) or 'the body'}').", path_of(path))
+            raise JsonRefused(
+                f"{item.text} is not a finite number; JSON numbers must be finite "
+                f"(at '{path_of(path) or 'the body'}').",
+                path_of(path),
+            )
         if isinstance(item, str):
             _check_string(item, path)
         elif isinstance(item, dict):
             if isinstance(item, _DuplicateKeys):
                 where = path_of(path + [item.duplicate])
-                raise JsonRefused(f"The key '{_printable(item.duplicate)}' appears more than once in one object "
-                                  f"(at '{where}').", where)
+                raise JsonRefused(
+                    f"The key '{_printable(item.duplicate)}' appears more than once in one object (at '{where}').",
+                    where,
+                )
             for key, child in item.items():
                 _check_string(key, path + [key], key=True)
                 stack.append((child, path + [key]))
@@ -174,5 +183,8 @@ def _check_values(value: Any) -> None:
 def _check_string(text: str, path: list[str | int], *, key: bool = False) -> None:
     if _SURROGATE.search(text):
         what = "key" if key else "string"
-        raise JsonRefused(f"A {what} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which is "
-                          f"not text (at '{path_of(path) or 'the body'}').", path_of(path))
+        raise JsonRefused(
+            f"A {what} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which is "
+            f"not text (at '{path_of(path) or 'the body'}').",
+            path_of(path),
+        )

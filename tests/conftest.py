@@ -1,5 +1,6 @@
 """Fixtures shared by every test folder: a real Azurite per test session, and the whole local stack
 (local.stack.LocalStack: emulator, webhook receiver, the local Functions host running function_app.py) on it."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,14 @@ def storage_connection_string(azurite: Azurite) -> str:
 def stack(azurite: Azurite) -> Stack:
     """The service running on the local host against Azurite and the emulator (session-wide), with function
     keys enforced: `stack.client` sends the function key, other clients take `stack.function_key`."""
-    local = LocalStack("host-e2e", env=TEST_ENV, azurite=azurite, webhook_secrets=WEBHOOK_SECRETS,
-                       function_key=FUNCTION_KEY, master_key=MASTER_KEY).start()
+    local = LocalStack(
+        "host-e2e",
+        env=TEST_ENV,
+        azurite=azurite,
+        webhook_secrets=WEBHOOK_SECRETS,
+        function_key=FUNCTION_KEY,
+        master_key=MASTER_KEY,
+    ).start()
     s = Stack(local)  # start() waited for /api/health: the service is built and its tables and queues exist
     yield s
     s.close()

@@ -18,6 +18,7 @@ registry, and checked with jsonschema's Draft 2020-12 validator (the dialect of 
 Chat Completions is not in that file: its bodies are checked against the `openai` SDK's own pydantic types
 (`ChatCompletion`, `ChatCompletionChunk`) with `model_validate`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -104,7 +105,7 @@ def _event_schema_by_type() -> dict[str, str]:
 def _describe(error: ValidationError) -> str:
     where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
     text = f"{where}: {error.message[:300]}"
-    if error.context:   # anyOf/oneOf: show the closest branch's own complaint
+    if error.context:  # anyOf/oneOf: show the closest branch's own complaint
         inner = best_match(error.context)
         inner_where = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in inner.absolute_path)
         text += f"\n      closest branch: ${inner_where}: {inner.message[:300]}"
@@ -120,14 +121,15 @@ def validate(name: str, instance: Any, *, context: str = "") -> None:
     problems = errors(name, instance)
     if problems:
         head = f"{context}: " if context else ""
-        raise SchemaMismatch(f"{head}{name} mismatch:\n  " + "\n  ".join(problems)
-                             + f"\n  body: {json.dumps(instance)[:1500]}")
+        raise SchemaMismatch(
+            f"{head}{name} mismatch:\n  " + "\n  ".join(problems) + f"\n  body: {json.dumps(instance)[:1500]}"
+        )
 
 
 def validate_stream_event(event: dict, *, context: str = "") -> None:
     """One stream event (the parsed `data:` of an SSE message) against ResponseStreamEvent."""
     event_type = event.get("type") if isinstance(event, dict) else None
-    name = _event_schema_by_type().get(event_type)   # the one anyOf branch this event can match
+    name = _event_schema_by_type().get(event_type)  # the one anyOf branch this event can match
     if name is None:
         raise SchemaMismatch(f"{context}: event type {event_type!r} is not a ResponseStreamEvent")
     validate(name, event, context=context or str(event_type))
@@ -144,6 +146,7 @@ def validate_chat_chunk(body: dict) -> ChatCompletionChunk:
 # ---------------------------------------------------------------------------------------------------
 # SSE parsing
 # ---------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class SSEMessage:
@@ -177,6 +180,7 @@ def parse_sse(raw: bytes | str) -> list[SSEMessage]:
 # Recording what an SDK client receives
 # ---------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Exchange:
     method: str
@@ -205,7 +209,7 @@ def check_exchange(ex: Exchange) -> int:
                 continue
             data = json.loads(msg.data)
             if _CHAT.search(ex.path):
-                if isinstance(data, dict) and "error" in data:      # a mid-stream failure: {"error": {...}}
+                if isinstance(data, dict) and "error" in data:  # a mid-stream failure: {"error": {...}}
                     validate("ErrorResponse", data, context=f"{where} chunk {n}")
                     continue
                 try:
@@ -218,7 +222,7 @@ def check_exchange(ex: Exchange) -> int:
                 raise SchemaMismatch(f"{where} event {n}: SSE event name {msg.event!r} != type {data.get('type')!r}")
         return len(messages)
     if not ex.body or not ex.content_type.startswith("application/json"):
-        return 0   # a dropped reply (headers only) or a non-JSON body has nothing to validate
+        return 0  # a dropped reply (headers only) or a non-JSON body has nothing to validate
     body = json.loads(bytes(ex.body))
     if ex.status >= 400:
         validate("ErrorResponse", body, context=where)
@@ -302,8 +306,7 @@ class WireRecorder:
         self.exchanges: list[Exchange] = []
 
     def _start(self, request: httpx2.Request, response: httpx2.Response) -> Exchange:
-        ex = Exchange(request.method, request.url.path, response.status_code,
-                      response.headers.get("content-type", ""))
+        ex = Exchange(request.method, request.url.path, response.status_code, response.headers.get("content-type", ""))
         self.exchanges.append(ex)
         return ex
 
@@ -311,8 +314,9 @@ class WireRecorder:
         return openai.DefaultHttpxClient(transport=_RecordingTransport(self, httpx2.HTTPTransport()), **kw)
 
     def async_client(self, **kw: Any) -> httpx2.AsyncClient:
-        return openai.DefaultAsyncHttpxClient(transport=_AsyncRecordingTransport(self, httpx2.AsyncHTTPTransport()),
-                                              **kw)
+        return openai.DefaultAsyncHttpxClient(
+            transport=_AsyncRecordingTransport(self, httpx2.AsyncHTTPTransport()), **kw
+        )
 
     def check(self) -> int:
         """Validate everything recorded so far; returns the number of bodies/events checked."""
@@ -335,7 +339,18 @@ class WireRecorder:
 
 
 __all__ = [
-    "PATCHES", "SCHEMA_FILE", "Exchange", "SSEMessage", "SchemaMismatch", "WireRecorder", "check_exchange",
-    "errors", "parse_sse", "schema_names", "validate", "validate_chat_chunk", "validate_chat_completion",
+    "PATCHES",
+    "SCHEMA_FILE",
+    "Exchange",
+    "SSEMessage",
+    "SchemaMismatch",
+    "WireRecorder",
+    "check_exchange",
+    "errors",
+    "parse_sse",
+    "schema_names",
+    "validate",
+    "validate_chat_chunk",
+    "validate_chat_completion",
     "validate_stream_event",
 ]

@@ -1,4 +1,5 @@
 """A minimal SSE reader for tests (the service's own framing: id, event, data, comments, retry)."""
+
 from __future__ import annotations
 
 import json

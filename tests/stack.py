@@ -3,6 +3,7 @@ Functions host running function_app.py, and the webhook receiver), with time-rel
 and an httpx client on the API.
 
 The fixtures (`azurite`, `stack`) are registered in tests/conftest.py."""
+
 from __future__ import annotations
 
 import secrets
@@ -35,8 +36,9 @@ TEST_ENV = {
     "MAX_PREFER_WAIT_SECONDS": "5",
     "STREAM_KEEPALIVE_SECONDS": "2",
     "PROVIDER_TIMEOUT_SECONDS": "5",
-    "RESPONSES_API_KEYS": " ".join(f"{name}:{key}" + (":operator" if name == "ops" else "")
-                                   for name, key in FACADE_KEYS.items()),
+    "RESPONSES_API_KEYS": " ".join(
+        f"{name}:{key}" + (":operator" if name == "ops" else "") for name, key in FACADE_KEYS.items()
+    ),
     "RESPONSES_MAX_WAIT_SECONDS": str(FACADE_MAX_WAIT_SECONDS),
     # The session host runs provider-background runs only; executor runs are run by the hosts their tests start
     # (every host shares Azurite, so an enabled executor here would take their messages).
@@ -105,15 +107,23 @@ class Stack:
     def start(self, input: Any = "hello", **fields: Any) -> httpx.Response:
         return self.post("/api/runs", {"input": input, **fields})
 
-    def start_as(self, caller: str, input: Any = "hello", *, duration_ms: int = 500, chars: int = 300,
-                 **body: Any) -> str:
+    def start_as(
+        self, caller: str, input: Any = "hello", *, duration_ms: int = 500, chars: int = 300, **body: Any
+    ) -> str:
         """A background run started through the Responses API facade with `caller`'s key (FACADE_KEYS), steered by
         the emulator's knobs; its id."""
-        response = httpx.post(f"{self.host.base_url}/api/v1/responses", timeout=30,
-                              headers={"Authorization": f"Bearer {FACADE_KEYS[caller]}"},
-                              json={"model": "gpt-4.1-mini", "input": input, "background": True, **body,
-                                    "metadata": {"emulator_duration_ms": str(duration_ms),
-                                                 "emulator_output_chars": str(chars)}})
+        response = httpx.post(
+            f"{self.host.base_url}/api/v1/responses",
+            timeout=30,
+            headers={"Authorization": f"Bearer {FACADE_KEYS[caller]}"},
+            json={
+                "model": "gpt-4.1-mini",
+                "input": input,
+                "background": True,
+                **body,
+                "metadata": {"emulator_duration_ms": str(duration_ms), "emulator_output_chars": str(chars)},
+            },
+        )
         assert response.status_code == 200, response.text
         return response.json()["id"]
 

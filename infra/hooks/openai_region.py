@@ -10,6 +10,7 @@ infra/responses-api-regions.json. With AZURE_OPENAI_EXISTING_ENDPOINT no account
 checked (that account's region is yours). When Microsoft adds a region before the file does,
 AZURE_OPENAI_REGION_CHECK=off provisions anyway (and please update the file). Standard library only.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,15 +35,20 @@ def refusal(env: Mapping[str, str], documented: dict) -> str | None:
     region = ((env.get("AZURE_OPENAI_LOCATION") or "").strip() or (env.get("AZURE_LOCATION") or "").strip()).lower()
     if not region or region in documented["regions"]:
         return None
-    which = "AZURE_OPENAI_LOCATION" if (env.get("AZURE_OPENAI_LOCATION") or "").strip() else \
-        "AZURE_LOCATION; AZURE_OPENAI_LOCATION is empty"
-    return (f"The Azure OpenAI account would be created in {region} ({which}), where Azure OpenAI does not offer the "
-            f"Responses API that this service's runs use (background mode). Regions that offer it, per "
-            f"{documented['source']} (documented {documented['documented']}, checked {documented['checked']}): "
-            f"{', '.join(documented['regions'])}.\n"
-            "Pick one for the account and keep the app where it is:  azd env set AZURE_OPENAI_LOCATION <region>\n"
-            "or use an account you have:  azd env set AZURE_OPENAI_EXISTING_ENDPOINT https://<name>.openai.azure.com/\n"
-            f"If Microsoft now lists {region}: azd env set {SWITCH_VAR} off (and update {REGIONS_FILE.name}).")
+    which = (
+        "AZURE_OPENAI_LOCATION"
+        if (env.get("AZURE_OPENAI_LOCATION") or "").strip()
+        else "AZURE_LOCATION; AZURE_OPENAI_LOCATION is empty"
+    )
+    return (
+        f"The Azure OpenAI account would be created in {region} ({which}), where Azure OpenAI does not offer the "
+        f"Responses API that this service's runs use (background mode). Regions that offer it, per "
+        f"{documented['source']} (documented {documented['documented']}, checked {documented['checked']}): "
+        f"{', '.join(documented['regions'])}.\n"
+        "Pick one for the account and keep the app where it is:  azd env set AZURE_OPENAI_LOCATION <region>\n"
+        "or use an account you have:  azd env set AZURE_OPENAI_EXISTING_ENDPOINT https://<name>.openai.azure.com/\n"
+        f"If Microsoft now lists {region}: azd env set {SWITCH_VAR} off (and update {REGIONS_FILE.name})."
+    )
 
 
 def main(env: Mapping[str, str] = os.environ) -> int:

@@ -20,6 +20,7 @@ the first run at least 72 h later drops it (deliveries are retried for up to 72 
 AZURE_PROVIDER_WEBHOOKS=off deletes the endpoint and empties the setting: the app polls again.
 Nothing here prints a secret; the provider's hint (`whsec_...abcd`) identifies one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ from azure.core.exceptions import ClientAuthenticationError
 EVENT_TYPES = ("response.completed", "response.failed", "response.cancelled", "response.incomplete")
 WEBHOOK_PATH = "/api/provider/webhooks"
 APP_SETTING = "PROVIDER_WEBHOOK_SECRETS"
-KEY_VAULT_SECRET = "provider-webhook-secrets"      # infra/app/keyvault.bicep declares the same name
+KEY_VAULT_SECRET = "provider-webhook-secrets"  # infra/app/keyvault.bicep declares the same name
 # azd environment variables: the secret(s) (mapped to main.bicep's providerWebhookSecrets), when the last rotation
 # kept a previous secret, whether Azure has yet to receive the value, and the on/off switch.
 SECRETS_VAR = "AZURE_PROVIDER_WEBHOOK_SECRETS"
@@ -58,8 +59,14 @@ AZURE_ROLE = "Cognitive Services OpenAI Contributor"
 COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 ARM = "https://management.azure.com"
 ARM_SCOPE = "https://management.azure.com/.default"
-REQUIRED = ("AZURE_FUNCTION_APP_URL", "AZURE_PROVIDER_WEBHOOK_SECRET_URI", "AZURE_SUBSCRIPTION_ID",
-            "AZURE_RESOURCE_GROUP", "AZURE_FUNCTION_NAME", "AZURE_KEY_VAULT_NAME")
+REQUIRED = (
+    "AZURE_FUNCTION_APP_URL",
+    "AZURE_PROVIDER_WEBHOOK_SECRET_URI",
+    "AZURE_SUBSCRIPTION_ID",
+    "AZURE_RESOURCE_GROUP",
+    "AZURE_FUNCTION_NAME",
+    "AZURE_KEY_VAULT_NAME",
+)
 
 
 class RegistrationError(Exception):
@@ -79,6 +86,7 @@ class AccessDenied(RegistrationError):
 
 
 # ---- the provider's management API ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -104,40 +112,49 @@ class ProviderEndpoints:
         return cls(client, flavour="openai", where=str(client.base_url))
 
     @classmethod
-    def for_azure(cls, endpoint: str, credential: str | Callable[[], Awaitable[str]], *,
-                  max_retries: int = 3) -> ProviderEndpoints:
+    def for_azure(
+        cls, endpoint: str, credential: str | Callable[[], Awaitable[str]], *, max_retries: int = 3
+    ) -> ProviderEndpoints:
         resource = re.sub(r"/openai(/v1)?$", "", endpoint.rstrip("/"))
-        client = openai.AsyncOpenAI(api_key=credential, base_url=f"{resource}/openai/v1/dashboard",
-                                    max_retries=max_retries, timeout=30)
+        client = openai.AsyncOpenAI(
+            api_key=credential, base_url=f"{resource}/openai/v1/dashboard", max_retries=max_retries, timeout=30
+        )
         return cls(client, flavour="azure_openai", where=resource)
 
     async def find(self, url: str) -> list[Endpoint]:
         async def listed() -> list[Endpoint]:
             return [_endpoint(ep) async for ep in self._client.webhooks.list(limit=100) if _same_url(ep.url, url)]
+
         return await self._call("list", listed())
 
     async def create(self, url: str, name: str) -> tuple[Endpoint, str]:
-        created = await self._call("create", self._client.webhooks.create(url=url, name=name,
-                                                                           event_types=list(EVENT_TYPES)))
+        created = await self._call(
+            "create", self._client.webhooks.create(url=url, name=name, event_types=list(EVENT_TYPES))
+        )
         return _endpoint(created), _signing_secret(created, "create")
 
     async def rotate(self, endpoint_id: str) -> tuple[Endpoint, str]:
         # Keep the old secret signing for 24 h as well, so the app verifies deliveries with either one meanwhile.
         try:
-            rotated = await self._call("rotate_secret", self._client.webhooks.rotate_secret(
-                endpoint_id, keep_old_secret_active_for_24_hours=True))
+            rotated = await self._call(
+                "rotate_secret",
+                self._client.webhooks.rotate_secret(endpoint_id, keep_old_secret_active_for_24_hours=True),
+            )
         except ApiError as error:
             if self.flavour == "azure_openai" and error.status in (404, 405):
                 # Azure's webhook article documents create, list, update and delete only.
-                raise ApiError(f"{error} -- this Azure OpenAI resource does not offer rotate_secret; to get a new "
-                               f"secret, turn push off and on again ({SWITCH_VAR}, infra/README.md)",
-                               error.status) from None
+                raise ApiError(
+                    f"{error} -- this Azure OpenAI resource does not offer rotate_secret; to get a new "
+                    f"secret, turn push off and on again ({SWITCH_VAR}, infra/README.md)",
+                    error.status,
+                ) from None
             raise
         return _endpoint(rotated), _signing_secret(rotated, "rotate_secret")
 
     async def set_event_types(self, endpoint_id: str) -> Endpoint:
-        return _endpoint(await self._call("update", self._client.webhooks.update(
-            endpoint_id, event_types=list(EVENT_TYPES))))
+        return _endpoint(
+            await self._call("update", self._client.webhooks.update(endpoint_id, event_types=list(EVENT_TYPES)))
+        )
 
     async def delete(self, endpoint_id: str) -> None:
         await self._call("delete", self._client.webhooks.delete(endpoint_id))
@@ -151,19 +168,26 @@ class ProviderEndpoints:
         except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
             raise AccessDenied(self._denied(what, error)) from None
         except openai.APIStatusError as error:
-            raise ApiError(f"{self.flavour} webhook endpoints: {what} failed with HTTP {error.status_code}: "
-                           f"{_api_message(error)}", error.status_code) from None
+            raise ApiError(
+                f"{self.flavour} webhook endpoints: {what} failed with HTTP {error.status_code}: {_api_message(error)}",
+                error.status_code,
+            ) from None
         except openai.APIConnectionError as error:
-            raise RegistrationError(f"{self.flavour} webhook endpoints: {what}: cannot reach {self.where} "
-                                    f"({error.__class__.__name__})") from None
+            raise RegistrationError(
+                f"{self.flavour} webhook endpoints: {what}: cannot reach {self.where} ({error.__class__.__name__})"
+            ) from None
 
     def _denied(self, what: str, error: openai.APIStatusError) -> str:
         if self.flavour == "azure_openai":
-            return (f"Azure OpenAI {self.where} refused {what} of webhook endpoints (HTTP {error.status_code}: "
-                    f"{_api_message(error)}). The signed-in identity needs {AZURE_ROLE} on the account (the template "
-                    "grants it to principalId; a new role assignment can take a few minutes to apply).")
-        return (f"OpenAI refused {what} of webhook endpoints (HTTP {error.status_code}: {_api_message(error)}). "
-                "Use an API key of the project the app runs in, allowed to manage its webhooks.")
+            return (
+                f"Azure OpenAI {self.where} refused {what} of webhook endpoints (HTTP {error.status_code}: "
+                f"{_api_message(error)}). The signed-in identity needs {AZURE_ROLE} on the account (the template "
+                "grants it to principalId; a new role assignment can take a few minutes to apply)."
+            )
+        return (
+            f"OpenAI refused {what} of webhook endpoints (HTTP {error.status_code}: {_api_message(error)}). "
+            "Use an API key of the project the app runs in, allowed to manage its webhooks."
+        )
 
 
 def _endpoint(ep: Any) -> Endpoint:
@@ -174,8 +198,9 @@ def _signing_secret(ep: Any, what: str) -> str:
     secret = getattr(ep, "signing_secret", None)
     if not isinstance(secret, str) or not is_usable_secret(secret):
         # The app would refuse its settings with it (shared/settings/secrets.py checks the same), so it never gets it.
-        raise RegistrationError(f"webhook endpoints: {what} answered without a usable signing_secret (whsec_ and "
-                                "base64 of 24-64 bytes)")
+        raise RegistrationError(
+            f"webhook endpoints: {what} answered without a usable signing_secret (whsec_ and base64 of 24-64 bytes)"
+        )
     return secret
 
 
@@ -183,7 +208,7 @@ def is_usable_secret(secret: str) -> bool:
     """The Standard Webhooks form PROVIDER_WEBHOOK_SECRETS accepts: whsec_ + base64 (padding optional), 24-64 bytes."""
     if not secret.startswith("whsec_"):
         return False
-    material = secret[len("whsec_"):]
+    material = secret[len("whsec_") :]
     try:
         return 24 <= len(base64.b64decode(material + "=" * (-len(material) % 4), validate=True)) <= 64
     except ValueError:
@@ -201,6 +226,7 @@ def _same_url(a: str, b: str) -> bool:
 
 
 # ---- where the secret goes (faked in tests) ---------------------------------------------------------------------
+
 
 class Environment(Protocol):
     """The azd environment: read a value ('' when unset), set several at once (persisted before returning)."""
@@ -228,19 +254,31 @@ class AppSecrets(Protocol):
 
 # ---- what a run does ----------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Outcome:
-    action: str                 # created | unchanged | adopted | rotated | dropped-previous | removed | off
+    action: str  # created | unchanged | adopted | rotated | dropped-previous | removed | off
     endpoint_id: str | None
-    secret_hint: str | None     # the hint of the secret the provider signs with
-    secret_count: int           # secrets in the setting (2 during a rotation)
-    app_updated: bool           # Key Vault and/or the app setting were written
+    secret_hint: str | None  # the hint of the secret the provider signs with
+    secret_count: int  # secrets in the setting (2 during a rotation)
+    app_updated: bool  # Key Vault and/or the app setting were written
     notes: tuple[str, ...] = ()
 
 
-async def reconcile(provider: ProviderEndpoints, env: Environment, app: AppSecrets, *, url: str, secret_uri: str,
-                    name: str, rotate: bool = False, drop_previous: bool = False, now: float | None = None,
-                    access_wait: float = 0.0, retry_delay: float = 5.0) -> Outcome:
+async def reconcile(
+    provider: ProviderEndpoints,
+    env: Environment,
+    app: AppSecrets,
+    *,
+    url: str,
+    secret_uri: str,
+    name: str,
+    rotate: bool = False,
+    drop_previous: bool = False,
+    now: float | None = None,
+    access_wait: float = 0.0,
+    retry_delay: float = 5.0,
+) -> Outcome:
     """Make the provider, the azd environment, Key Vault and the app setting agree; change only what differs."""
     now = time.time() if now is None else now
     stored = split_secrets(env.get(SECRETS_VAR))
@@ -270,8 +308,13 @@ async def reconcile(provider: ProviderEndpoints, env: Environment, app: AppSecre
                 notes.append("the previous secret stays until 72 h after the rotation (or --drop-previous)")
     if secrets != stored:
         # Kept first: the provider will never show a secret again, and main.bicep writes it from here.
-        await env.set({SECRETS_VAR: " ".join(secrets), PENDING_VAR: "true",
-                       ROTATED_AT_VAR: str(int(now)) if len(secrets) > 1 else ""})
+        await env.set(
+            {
+                SECRETS_VAR: " ".join(secrets),
+                PENDING_VAR: "true",
+                ROTATED_AT_VAR: str(int(now)) if len(secrets) > 1 else "",
+            }
+        )
     app_updated, status = await sync_app(env, app, " ".join(secrets), secret_uri)
     if status not in (None, "Resolved"):
         notes.append(f"the app's Key Vault reference reads {status!r}; restart the app if it does not resolve")
@@ -286,7 +329,7 @@ async def sync_app(env: Environment, app: AppSecrets, value: str, secret_uri: st
         await app.store_secret(value)
     status, changed = None, pending
     if await app.setting() != reference:
-        await app.set_setting(reference)        # poll -> push; the restart reads the new secret
+        await app.set_setting(reference)  # poll -> push; the restart reads the new secret
         changed = True
     elif pending:
         status = await app.refresh_references()  # otherwise App Service re-reads references only every 24 h
@@ -295,8 +338,15 @@ async def sync_app(env: Environment, app: AppSecrets, value: str, secret_uri: st
     return changed, status
 
 
-async def turn_off(provider: ProviderEndpoints, env: Environment, app: AppSecrets, *, url: str,
-                   access_wait: float = 0.0, retry_delay: float = 5.0) -> Outcome:
+async def turn_off(
+    provider: ProviderEndpoints,
+    env: Environment,
+    app: AppSecrets,
+    *,
+    url: str,
+    access_wait: float = 0.0,
+    retry_delay: float = 5.0,
+) -> Outcome:
     """Delete the endpoint (deliveries stop), forget the secret, empty the setting (the app polls)."""
     found = await find_when_allowed(provider, url, access_wait, retry_delay)
     for endpoint in found:
@@ -319,8 +369,11 @@ async def find_when_allowed(provider: ProviderEndpoints, url: str, wait: float, 
         except AccessDenied:
             if time.monotonic() + delay > deadline:
                 raise
-            print(f"provider webhook: access refused, retrying in {delay:g} s (a new role assignment may still "
-                  "be propagating)", file=sys.stderr)
+            print(
+                f"provider webhook: access refused, retrying in {delay:g} s (a new role assignment may still "
+                "be propagating)",
+                file=sys.stderr,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
@@ -345,6 +398,7 @@ def _previous_expired(rotated_at: str, now: float) -> bool:
 
 
 # ---- azd and Azure Resource Manager --------------------------------------------------------------------------------
+
 
 class AzdEnvironment:
     """Values of the azd environment (under a hook azd also passes them as environment variables; run by hand,
@@ -398,8 +452,9 @@ class AzdEnvironment:
 
 
 async def _run(command: list[str]) -> str:
-    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
-                                                   stderr=asyncio.subprocess.PIPE)
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await process.communicate()
     if process.returncode != 0:
         raise CommandFailed(command, process.returncode, err.decode(errors="replace"))
@@ -418,8 +473,16 @@ class ArmAppSecrets:
     """The Key Vault secret and the app setting through Azure Resource Manager (control plane, Contributor):
     `Microsoft.KeyVault/vaults/secrets` the way the Bicep deployment writes it, and the site's app settings."""
 
-    def __init__(self, http: httpx.AsyncClient, token: Callable[[], Awaitable[str]], *, subscription: str,
-                 resource_group: str, app: str, vault: str) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        token: Callable[[], Awaitable[str]],
+        *,
+        subscription: str,
+        resource_group: str,
+        app: str,
+        vault: str,
+    ) -> None:
         self._http = http
         self._token = token
         group = f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers"
@@ -430,19 +493,24 @@ class ArmAppSecrets:
         return (await self._settings()).get(APP_SETTING) or ""
 
     async def store_secret(self, value: str) -> None:
-        await self._request("PUT", self._secret, "2023-07-01", {"properties": {
-            "value": value, "contentType": "text/plain", "attributes": {"enabled": True}}})
+        await self._request(
+            "PUT",
+            self._secret,
+            "2023-07-01",
+            {"properties": {"value": value, "contentType": "text/plain", "attributes": {"enabled": True}}},
+        )
 
     async def set_setting(self, value: str) -> None:
-        settings = await self._settings()      # the PUT replaces every setting: send them all back
+        settings = await self._settings()  # the PUT replaces every setting: send them all back
         settings[APP_SETTING] = value
         await self._request("PUT", f"{self._site}/config/appsettings", "2024-04-01", {"properties": settings})
 
     async def refresh_references(self) -> str | None:
         # Documented in "Use Key Vault references as app settings" (rotation): resolves every reference now.
         await self._request("POST", f"{self._site}/config/configreferences/appsettings/refresh", "2022-03-01")
-        reference = await self._request("GET", f"{self._site}/config/configreferences/appsettings/{APP_SETTING}",
-                                        "2022-03-01")
+        reference = await self._request(
+            "GET", f"{self._site}/config/configreferences/appsettings/{APP_SETTING}", "2022-03-01"
+        )
         return (reference.get("properties") or {}).get("status")
 
     async def _settings(self) -> dict[str, str]:
@@ -452,17 +520,25 @@ class ArmAppSecrets:
     async def _request(self, method: str, path: str, api_version: str, body: dict | None = None) -> dict:
         for attempt in range(4):
             try:
-                response = await self._http.request(method, ARM + path, params={"api-version": api_version},
-                                                    json=body, headers={"Authorization": f"Bearer {await self._token()}"})
+                response = await self._http.request(
+                    method,
+                    ARM + path,
+                    params={"api-version": api_version},
+                    json=body,
+                    headers={"Authorization": f"Bearer {await self._token()}"},
+                )
             except httpx.HTTPError as error:
-                raise RegistrationError(f"Azure Resource Manager: cannot reach {ARM} ({error.__class__.__name__})") \
-                    from None
+                raise RegistrationError(
+                    f"Azure Resource Manager: cannot reach {ARM} ({error.__class__.__name__})"
+                ) from None
             if response.status_code in (429, 500, 502, 503, 504) and attempt < 3:
-                await asyncio.sleep(_retry_after(response, 2.0 ** attempt))
+                await asyncio.sleep(_retry_after(response, 2.0**attempt))
                 continue
             if response.status_code >= 400:
-                raise RegistrationError(f"Azure Resource Manager: {method} {path.split('/providers/', 1)[-1]} "
-                                        f"failed with HTTP {response.status_code}: {_arm_message(response)}")
+                raise RegistrationError(
+                    f"Azure Resource Manager: {method} {path.split('/providers/', 1)[-1]} "
+                    f"failed with HTTP {response.status_code}: {_arm_message(response)}"
+                )
             return response.json() if response.content else {}
         raise AssertionError("unreachable")
 
@@ -484,14 +560,23 @@ def _arm_message(response: httpx.Response) -> str:
 
 # ---- command line ---------------------------------------------------------------------------------------------------
 
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m infra.hooks.provider_webhook", description=__doc__.split("\n")[0])
     what = parser.add_mutually_exclusive_group()
-    what.add_argument("--rotate", action="store_true",
-                      help="rotate the signing secret; the previous one stays in the setting for 72 h")
+    what.add_argument(
+        "--rotate",
+        action="store_true",
+        help="rotate the signing secret; the previous one stays in the setting for 72 h",
+    )
     what.add_argument("--drop-previous", action="store_true", help="drop the previous secret now")
-    parser.add_argument("--wait-for-access", type=float, default=300.0, metavar="SECONDS",
-                        help="how long to retry while the management API refuses access (default 300)")
+    parser.add_argument(
+        "--wait-for-access",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long to retry while the management API refuses access (default 300)",
+    )
     parser.add_argument("--allow-http", action="store_true", help="accept an http:// app URL (local tests only)")
     return parser
 
@@ -502,8 +587,9 @@ def endpoint_url(values: Mapping[str, str], *, allow_http: bool = False) -> str:
         raise RegistrationError(f"missing {', '.join(missing)} in the azd environment: run `azd provision` first")
     base = values["AZURE_FUNCTION_APP_URL"].rstrip("/")
     if not base.startswith("https://") and not (allow_http and base.startswith("http://")):
-        raise RegistrationError(f"AZURE_FUNCTION_APP_URL must be https:// (the provider refuses other URLs), "
-                                f"got {base!r}")
+        raise RegistrationError(
+            f"AZURE_FUNCTION_APP_URL must be https:// (the provider refuses other URLs), got {base!r}"
+        )
     return base + WEBHOOK_PATH
 
 
@@ -512,7 +598,8 @@ def provider_from(values: Mapping[str, str], azure_token: Callable[[], Awaitable
     AZURE_OPENAI_ENDPOINT means Azure OpenAI (Entra ID unless AZURE_OPENAI_API_KEY is set), else OPENAI_API_KEY means
     OpenAI."""
     kind = (values.get("MODEL_PROVIDER") or "").lower() or (
-        "azure_openai" if values.get("AZURE_OPENAI_ENDPOINT") else "openai" if values.get("OPENAI_API_KEY") else "")
+        "azure_openai" if values.get("AZURE_OPENAI_ENDPOINT") else "openai" if values.get("OPENAI_API_KEY") else ""
+    )
     if kind == "azure_openai":
         if not values.get("AZURE_OPENAI_ENDPOINT"):
             raise RegistrationError("AZURE_OPENAI_ENDPOINT is not set")
@@ -524,40 +611,61 @@ def provider_from(values: Mapping[str, str], azure_token: Callable[[], Awaitable
         if not values.get("OPENAI_API_KEY"):
             raise RegistrationError("OPENAI_API_KEY is required with MODEL_PROVIDER=openai")
         return ProviderEndpoints.for_openai(values["OPENAI_API_KEY"], values.get("OPENAI_BASE_URL"))
-    raise RegistrationError("no model provider: set AZURE_OPENAI_ENDPOINT (azure_openai) or OPENAI_API_KEY (openai), "
-                            f"or MODEL_PROVIDER; got {kind!r}" if kind else
-                            "no model provider: AZURE_OPENAI_ENDPOINT and OPENAI_API_KEY are both unset")
+    raise RegistrationError(
+        "no model provider: set AZURE_OPENAI_ENDPOINT (azure_openai) or OPENAI_API_KEY (openai), "
+        f"or MODEL_PROVIDER; got {kind!r}"
+        if kind
+        else "no model provider: AZURE_OPENAI_ENDPOINT and OPENAI_API_KEY are both unset"
+    )
 
 
 def report(outcome: Outcome, url: str, where: str) -> str:
-    done = {"created": "registered", "adopted": "took over (its secret was not in the azd environment: rotated)",
-            "rotated": "rotated the signing secret of", "dropped-previous": "dropped the previous secret of",
-            "unchanged": "unchanged:", "removed": "deleted", "off": "nothing registered for"}[outcome.action]
+    done = {
+        "created": "registered",
+        "adopted": "took over (its secret was not in the azd environment: rotated)",
+        "rotated": "rotated the signing secret of",
+        "dropped-previous": "dropped the previous secret of",
+        "unchanged": "unchanged:",
+        "removed": "deleted",
+        "off": "nothing registered for",
+    }[outcome.action]
     lines = [f"provider webhook: {done} {url} at {where}"]
     if outcome.action in ("removed", "off"):
         lines.append(f"provider webhook: {APP_SETTING} is empty: the app polls")
     else:
-        lines.append(f"provider webhook: endpoint {outcome.endpoint_id}, signing secret "
-                     f"{outcome.secret_hint or 'whsec_...'}, {outcome.secret_count} secret(s) in {APP_SETTING}"
-                     + ("; Key Vault and the app updated" if outcome.app_updated else ""))
+        lines.append(
+            f"provider webhook: endpoint {outcome.endpoint_id}, signing secret "
+            f"{outcome.secret_hint or 'whsec_...'}, {outcome.secret_count} secret(s) in {APP_SETTING}"
+            + ("; Key Vault and the app updated" if outcome.app_updated else "")
+        )
     lines += [f"provider webhook: note: {note}" for note in outcome.notes]
     return "\n".join(lines)
 
 
-async def run(args: argparse.Namespace, env: Environment, app: AppSecrets, provider: ProviderEndpoints,
-              values: Mapping[str, str]) -> Outcome:
+async def run(
+    args: argparse.Namespace, env: Environment, app: AppSecrets, provider: ProviderEndpoints, values: Mapping[str, str]
+) -> Outcome:
     url = endpoint_url(values, allow_http=args.allow_http)
     if (values.get(SWITCH_VAR) or "on").lower() in ("off", "false", "0", "no"):
         outcome = await turn_off(provider, env, app, url=url, access_wait=args.wait_for_access)
     else:
-        outcome = await reconcile(provider, env, app, url=url, secret_uri=values["AZURE_PROVIDER_WEBHOOK_SECRET_URI"],
-                                  name=f"background-runs {values.get('AZURE_ENV_NAME', '')}".strip(),
-                                  rotate=args.rotate, drop_previous=args.drop_previous,
-                                  access_wait=args.wait_for_access)
+        outcome = await reconcile(
+            provider,
+            env,
+            app,
+            url=url,
+            secret_uri=values["AZURE_PROVIDER_WEBHOOK_SECRET_URI"],
+            name=f"background-runs {values.get('AZURE_ENV_NAME', '')}".strip(),
+            rotate=args.rotate,
+            drop_previous=args.drop_previous,
+            access_wait=args.wait_for_access,
+        )
     print(report(outcome, url, provider.where))
     if outcome.action in ("rotated", "adopted", "created", "dropped-previous"):
-        print(f"provider webhook: if a pipeline provisions this environment, run `azd pipeline config` again: it "
-              f"holds a copy of {SECRETS_VAR}")
+        print(
+            f"provider webhook: if a pipeline provisions this environment, run `azd pipeline config` again: it "
+            f"holds a copy of {SECRETS_VAR}"
+        )
     return outcome
 
 
@@ -568,22 +676,28 @@ async def _main(argv: list[str] | None) -> int:
         ChainedTokenCredential,
         get_bearer_token_provider,
     )
+
     args = _parser().parse_args(argv)
     env = await AzdEnvironment.load(os.environ)
     values = env.values()
     endpoint_url(values, allow_http=args.allow_http)  # fail before any call when azd has not provisioned
     tenant = values.get("AZURE_TENANT_ID") or None
     # `azd auth login` (also in CI, with federated credentials), else `az login`.
-    credential = ChainedTokenCredential(AzureDeveloperCliCredential(tenant_id=tenant),
-                                        AzureCliCredential(tenant_id=tenant))
+    credential = ChainedTokenCredential(
+        AzureDeveloperCliCredential(tenant_id=tenant), AzureCliCredential(tenant_id=tenant)
+    )
     try:
         provider = provider_from(values, get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE))
         try:
             async with httpx.AsyncClient(timeout=60) as http:
-                app = ArmAppSecrets(http, get_bearer_token_provider(credential, ARM_SCOPE),
-                                    subscription=values["AZURE_SUBSCRIPTION_ID"],
-                                    resource_group=values["AZURE_RESOURCE_GROUP"], app=values["AZURE_FUNCTION_NAME"],
-                                    vault=values["AZURE_KEY_VAULT_NAME"])
+                app = ArmAppSecrets(
+                    http,
+                    get_bearer_token_provider(credential, ARM_SCOPE),
+                    subscription=values["AZURE_SUBSCRIPTION_ID"],
+                    resource_group=values["AZURE_RESOURCE_GROUP"],
+                    app=values["AZURE_FUNCTION_NAME"],
+                    vault=values["AZURE_KEY_VAULT_NAME"],
+                )
                 await run(args, env, app, provider, values)
         finally:
             await provider.close()
@@ -596,13 +710,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(_main(argv))
     except ClientAuthenticationError as error:
-        print(f"provider webhook: no Azure sign-in ({error.message.splitlines()[0] if error.message else error}); "
-              "run `azd auth login`, then `azd hooks run postprovision`", file=sys.stderr)
+        print(
+            f"provider webhook: no Azure sign-in ({error.message.splitlines()[0] if error.message else error}); "
+            "run `azd auth login`, then `azd hooks run postprovision`",
+            file=sys.stderr,
+        )
         return 1
     except RegistrationError as error:
-        print(f"provider webhook: {error}\nprovider webhook: the app keeps completing runs (it polls until its "
-              "setting points at a secret the provider signs with); fix the above and run `azd hooks run "
-              "postprovision`, which picks up where this run stopped", file=sys.stderr)
+        print(
+            f"provider webhook: {error}\nprovider webhook: the app keeps completing runs (it polls until its "
+            "setting points at a secret the provider signs with); fix the above and run `azd hooks run "
+            "postprovision`, which picks up where this run stopped",
+            file=sys.stderr,
+        )
         return 1
 
 

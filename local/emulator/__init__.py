@@ -39,6 +39,7 @@ Several deployments (server.py): ``EmulatorServer(deployments={"ptu": {...}, "pa
 each its own port, store, quotas, faults and webhook secret; POST /v1/_emulator/deployments/{name}
 {"outage": "refuse" | "503" | null, "for_s"} takes one down and up. Python helper: control.EmulatorControl.
 """
+
 from .app import Emulator
 from .config import EmulatorConfig
 from .server import EmulatorServer

@@ -11,6 +11,7 @@ it asks is honoured: ``tool_choice`` (none, required, a named function, allowed_
 false (one call), ``response_format`` (JSON text: an object, or an instance of the schema), ``logprobs`` and
 ``top_logprobs`` (per token), ``service_tier`` (the tier served), ``reasoning_effort`` (reasoning tokens in usage).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,29 +56,34 @@ def check_parameters(body: dict) -> None:
             raise ChatRequestError(f"Unrecognized request argument supplied: {name}", name, "unknown_parameter")
     for name, low, high in (("temperature", 0, 2), ("top_p", 0, 1), ("top_logprobs", 0, 20)):
         value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not low <= value <= high):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high
+        ):
             raise ChatRequestError(f"Invalid '{name}': must be a number from {low} to {high}.", name)
     for name in ("tool_choice", "parallel_tool_calls"):
         if body.get(name) is not None and not body.get("tools"):
-            raise ChatRequestError(f"Invalid value for '{name}': '{name}' is only allowed when 'tools' are "
-                                   "specified.", name)
+            raise ChatRequestError(
+                f"Invalid value for '{name}': '{name}' is only allowed when 'tools' are specified.", name
+            )
     if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
         raise ChatRequestError("Invalid 'top_logprobs': 'logprobs' must be true to use it.", "top_logprobs")
-    for name, allowed in (("service_tier", SERVICE_TIERS), ("reasoning_effort", tuple(REASONING_TOKENS)),
-                          ("verbosity", VERBOSITIES)):
+    for name, allowed in (
+        ("service_tier", SERVICE_TIERS),
+        ("reasoning_effort", tuple(REASONING_TOKENS)),
+        ("verbosity", VERBOSITIES),
+    ):
         if body.get(name) is not None and body[name] not in allowed:
             raise ChatRequestError(f"Invalid '{name}': must be one of {', '.join(allowed)}.", name)
     fmt = body.get("response_format")
     if fmt is not None:
         kind = fmt.get("type") if isinstance(fmt, dict) else None
         if kind not in ("text", "json_object", "json_schema"):
-            raise ChatRequestError("Invalid 'response_format.type': must be text, json_object or json_schema.",
-                                   "response_format")
+            raise ChatRequestError(
+                "Invalid 'response_format.type': must be text, json_object or json_schema.", "response_format"
+            )
         schema = fmt.get("json_schema")
         if kind == "json_schema" and not (isinstance(schema, dict) and isinstance(schema.get("name"), str)):
-            raise ChatRequestError("Missing required parameter: 'response_format.json_schema.name'.",
-                                   "response_format")
+            raise ChatRequestError("Missing required parameter: 'response_format.json_schema.name'.", "response_format")
 
 
 def header_knobs(raw: str | None) -> dict[str, str]:
@@ -120,22 +126,35 @@ def current_turn(messages: Any) -> tuple[list[dict], dict[str, str], int]:
     last_user = -1
     chars = 0
     for n, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool",
-                                                             "function"):
-            raise ChatRequestError(f"Invalid 'messages[{n}]': expected an object with a role of system, developer, "
-                                   f"user, assistant or tool.", "messages")
+        if not isinstance(m, dict) or m.get("role") not in (
+            "system",
+            "developer",
+            "user",
+            "assistant",
+            "tool",
+            "function",
+        ):
+            raise ChatRequestError(
+                f"Invalid 'messages[{n}]': expected an object with a role of system, developer, "
+                f"user, assistant or tool.",
+                "messages",
+            )
         chars += len(_text_of(m.get("content")))
         if m["role"] == "user":
             last_user = n
         for call in m.get("tool_calls") or []:
             if isinstance(call, dict) and isinstance(call.get("function"), dict):
                 call_names[str(call.get("id"))] = str(call["function"].get("name"))
-    items = [{"type": "message", "role": m["role"], "content": _text_of(m.get("content"))}
-             for n, m in enumerate(messages) if m["role"] in ("system", "developer") or n == last_user]
-    for m in messages[last_user + 1:]:
+    items = [
+        {"type": "message", "role": m["role"], "content": _text_of(m.get("content"))}
+        for n, m in enumerate(messages)
+        if m["role"] in ("system", "developer") or n == last_user
+    ]
+    for m in messages[last_user + 1 :]:
         if m["role"] == "tool":
-            items.append({"type": "function_call_output", "call_id": m.get("tool_call_id"),
-                          "output": _text_of(m.get("content"))})
+            items.append(
+                {"type": "function_call_output", "call_id": m.get("tool_call_id"), "output": _text_of(m.get("content"))}
+            )
     return items, call_names, chars
 
 
@@ -150,15 +169,17 @@ def function_tools(tools: Any, tool_choice: Any) -> list[dict]:
     for n, t in enumerate(tools):
         fn = t.get("function") if isinstance(t, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise ChatRequestError(f"Invalid 'tools[{n}]': expected {{\"type\": \"function\", \"function\": "
-                                   f"{{\"name\": ...}}}}.", "tools")
+            raise ChatRequestError(
+                f'Invalid \'tools[{n}]\': expected {{"type": "function", "function": {{"name": ...}}}}.', "tools"
+            )
         out.append({"type": "function", "name": fn["name"], "parameters": fn.get("parameters")})
     allowed = _chosen_names(tool_choice)
     if allowed is not None:
         missing = sorted(allowed - {t["name"] for t in out})
         if missing:
-            raise ChatRequestError(f"Invalid 'tool_choice': no function named {missing[0]!r} in 'tools'.",
-                                   "tool_choice")
+            raise ChatRequestError(
+                f"Invalid 'tool_choice': no function named {missing[0]!r} in 'tools'.", "tool_choice"
+            )
         out = [t for t in out if t["name"] in allowed]
     return out
 
@@ -172,8 +193,9 @@ def _chosen_names(tool_choice: Any) -> set[str] | None:
     if tool_choice.get("type") == "allowed_tools":
         tools = (tool_choice.get("allowed_tools") or {}).get("tools") or []
         return {str((t.get("function") or {}).get("name")) for t in tools if isinstance(t, dict)}
-    raise ChatRequestError("Invalid 'tool_choice': expected none, auto, required, a function or allowed_tools.",
-                           "tool_choice")
+    raise ChatRequestError(
+        "Invalid 'tool_choice': expected none, auto, required, a function or allowed_tools.", "tool_choice"
+    )
 
 
 def must_call(tool_choice: Any) -> bool:
@@ -181,8 +203,9 @@ def must_call(tool_choice: Any) -> bool:
     if tool_choice == "required":
         return True
     if isinstance(tool_choice, dict):
-        return tool_choice.get("type") == "function" or (tool_choice.get("allowed_tools") or {}).get("mode") \
-            == "required"
+        return (
+            tool_choice.get("type") == "function" or (tool_choice.get("allowed_tools") or {}).get("mode") == "required"
+        )
     return False
 
 
@@ -211,12 +234,19 @@ def token_logprobs(text: str, top: int) -> list[dict]:
     alternatives, the token itself first."""
     out = []
     for start in range(0, len(text), 4):
-        token = text[start:start + 4]
+        token = text[start : start + 4]
         logprob = -round((zlib.crc32(token.encode()) % 1000) / 1000, 3)
         alternatives = [(token, logprob)] + [(f"{token}~{k}", round(logprob - k, 3)) for k in range(1, top)]
-        out.append({"token": token, "logprob": logprob, "bytes": list(token.encode()),
-                    "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())}
-                                     for t, lp in alternatives[:top]]})
+        out.append(
+            {
+                "token": token,
+                "logprob": logprob,
+                "bytes": list(token.encode()),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alternatives[:top]
+                ],
+            }
+        )
     return out
 
 
@@ -247,25 +277,46 @@ def build_chat_plan(body: dict, meta: dict, knobs: dict, now: float) -> ChatPlan
     tool_choice = body.get("tool_choice")
     tools = function_tools(body.get("tools"), tool_choice)
     chat_id = "chatcmpl-" + secrets.token_hex(12)
-    spec = build_content_spec(resp_id=chat_id, items=items, instructions=None, tools=tools, meta=meta,
-                              previous=None, model=body["model"], call_names=call_names)
+    spec = build_content_spec(
+        resp_id=chat_id,
+        items=items,
+        instructions=None,
+        tools=tools,
+        meta=meta,
+        previous=None,
+        model=body["model"],
+        call_names=call_names,
+    )
     if tools and must_call(tool_choice) and spec["kind"] != "function_calls":  # no trigger: call the first allowed
-        spec = build_content_spec(resp_id=chat_id, items=[], instructions=None, tools=tools[:1], previous=None,
-                                  meta={"emulator_function_call": tools[0]["name"]}, model=body["model"])
+        spec = build_content_spec(
+            resp_id=chat_id,
+            items=[],
+            instructions=None,
+            tools=tools[:1],
+            previous=None,
+            meta={"emulator_function_call": tools[0]["name"]},
+            model=body["model"],
+        )
     if body.get("parallel_tool_calls") is False and spec["kind"] == "function_calls":
         spec["calls"] = spec["calls"][:1]
     scale = knobs["scale"]
     t_first = now + knobs["queue_ms"] * scale / 1000.0
     t_end = now + knobs["duration_ms"] * scale / 1000.0
     stream_options = body.get("stream_options") or {}
-    plan = ChatPlan(chat_id, body["model"], int(now), now, t_first, t_end,
-                    bool(body.get("stream") and stream_options.get("include_usage")),
-                    service_tier=body.get("service_tier") if body.get("service_tier") not in (None, "auto")
-                    else "default",
-                    top_logprobs=(body.get("top_logprobs") or 0) if body.get("logprobs") else None)
+    plan = ChatPlan(
+        chat_id,
+        body["model"],
+        int(now),
+        now,
+        t_first,
+        t_end,
+        bool(body.get("stream") and stream_options.get("include_usage")),
+        service_tier=body.get("service_tier") if body.get("service_tier") not in (None, "auto") else "default",
+        top_logprobs=(body.get("top_logprobs") or 0) if body.get("logprobs") else None,
+    )
     outcome = knobs["outcome"]
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    parts: list[tuple[str, int, int, int]] = []          # (kind, item, start, end) of the content chunks
+    parts: list[tuple[str, int, int, int]] = []  # (kind, item, start, end) of the content chunks
     if spec["kind"] == "function_calls":
         plan.calls = spec["calls"]
         plan.finish_reason = "tool_calls"
@@ -299,10 +350,16 @@ def build_chat_plan(body: dict, meta: dict, knobs: dict, now: float) -> ChatPlan
     completion += reasoning  # reasoning tokens count as completion tokens, as OpenAI counts them
     prompt = estimate_tokens(prompt_chars)
     plan.usage = {
-        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0,
-                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": reasoning,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
     plan.chunks = _schedule(t_first, t_end, plan, parts)
     return plan
@@ -332,19 +389,30 @@ def _schedule(t_first: float, t_end: float, plan: ChatPlan, parts: list) -> list
 # Rendering
 # ------------------------------------------------------------------------------------------------
 
+
 def _chunk(plan: ChatPlan, delta: dict, finish: str | None = None) -> dict:
     text = delta.get("content") if plan.top_logprobs is not None else None
     logprobs = {"content": token_logprobs(text, plan.top_logprobs), "refusal": None} if text else None
-    out = {"id": plan.id, "object": "chat.completion.chunk", "created": plan.created, "model": plan.model,
-           "system_fingerprint": FINGERPRINT, "service_tier": plan.service_tier,
-           "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
+    out = {
+        "id": plan.id,
+        "object": "chat.completion.chunk",
+        "created": plan.created,
+        "model": plan.model,
+        "system_fingerprint": FINGERPRINT,
+        "service_tier": plan.service_tier,
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+    }
     if plan.include_usage:
-        out["usage"] = None        # every chunk carries usage: null until the usage chunk, like the real API
+        out["usage"] = None  # every chunk carries usage: null until the usage chunk, like the real API
     return out
 
 
-FAILURE = {"message": "The server had an error while processing your request. Sorry about that! "
-                      "(emulator_outcome=failed)", "type": "server_error", "param": None, "code": "server_error"}
+FAILURE = {
+    "message": "The server had an error while processing your request. Sorry about that! (emulator_outcome=failed)",
+    "type": "server_error",
+    "param": None,
+    "code": "server_error",
+}
 
 
 def render_chunk(plan: ChatPlan, n: int) -> bytes:
@@ -357,18 +425,30 @@ def render_chunk(plan: ChatPlan, n: int) -> bytes:
         data = _chunk(plan, {"content": plan.preamble})
     elif kind == "call":
         call = plan.calls[item]
-        data = _chunk(plan, {"tool_calls": [{"index": item, "id": call["call_id"], "type": "function",
-                                              "function": {"name": call["name"], "arguments": ""}}]})
+        data = _chunk(
+            plan,
+            {
+                "tool_calls": [
+                    {
+                        "index": item,
+                        "id": call["call_id"],
+                        "type": "function",
+                        "function": {"name": call["name"], "arguments": ""},
+                    }
+                ]
+            },
+        )
     elif kind == "args":
-        data = _chunk(plan, {"tool_calls": [{"index": item,
-                                              "function": {"arguments": plan.calls[item]["arguments"][start:end]}}]})
+        data = _chunk(
+            plan, {"tool_calls": [{"index": item, "function": {"arguments": plan.calls[item]["arguments"][start:end]}}]}
+        )
     elif kind == "text":
         data = _chunk(plan, {"content": plan.text[start:end]})
     elif kind == "finish":
         data = _chunk(plan, {}, plan.finish_reason)
     elif kind == "usage":
         data = {**_chunk(plan, {}), "choices": [], "usage": plan.usage}
-    else:   # error: what the API sends when generation fails mid-stream (the SDK raises APIError on it)
+    else:  # error: what the API sends when generation fails mid-stream (the SDK raises APIError on it)
         data = {"error": FAILURE}
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
@@ -377,19 +457,31 @@ def completion_body(plan: ChatPlan) -> dict:
     text = (plan.preamble or None) if plan.calls else plan.text
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
     if plan.calls:
-        message["tool_calls"] = [{"id": c["call_id"], "type": "function",
-                                  "function": {"name": c["name"], "arguments": c["arguments"]}} for c in plan.calls]
-    logprobs = {"content": token_logprobs(text, plan.top_logprobs), "refusal": None} \
-        if text and plan.top_logprobs is not None else None
-    return {"id": plan.id, "object": "chat.completion", "created": plan.created, "model": plan.model,
-            "system_fingerprint": FINGERPRINT, "service_tier": plan.service_tier,
-            "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": plan.finish_reason}],
-            "usage": plan.usage}
+        message["tool_calls"] = [
+            {"id": c["call_id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in plan.calls
+        ]
+    logprobs = (
+        {"content": token_logprobs(text, plan.top_logprobs), "refusal": None}
+        if text and plan.top_logprobs is not None
+        else None
+    )
+    return {
+        "id": plan.id,
+        "object": "chat.completion",
+        "created": plan.created,
+        "model": plan.model,
+        "system_fingerprint": FINGERPRINT,
+        "service_tier": plan.service_tier,
+        "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": plan.finish_reason}],
+        "usage": plan.usage,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
 # Per-call bookkeeping
 # ------------------------------------------------------------------------------------------------
+
 
 class ChatLog:
     """Recent calls (bounded) and per-body attempt counts for ``emulator_http_errors``."""
@@ -401,8 +493,18 @@ class ChatLog:
         self.reset_stats()
 
     def reset_stats(self) -> None:
-        self.stats = {"calls": 0, "streamed": 0, "stop": 0, "length": 0, "tool_calls": 0, "failed": 0,
-                      "http_errors": 0, "cut": 0, "chunks_sent": 0, "disconnected": 0}
+        self.stats = {
+            "calls": 0,
+            "streamed": 0,
+            "stop": 0,
+            "length": 0,
+            "tool_calls": 0,
+            "failed": 0,
+            "http_errors": 0,
+            "cut": 0,
+            "chunks_sent": 0,
+            "disconnected": 0,
+        }
 
     def attempt(self, raw_body: bytes) -> int:
         """How many times this exact body was sent before (SDK retries and app-level retries alike)."""
@@ -422,18 +524,33 @@ class ChatLog:
         return n
 
     def record(self, plan: ChatPlan, body: dict, meta: dict, stream: bool) -> dict:
-        entry = {"id": plan.id, "model": plan.model, "stream": stream, "created_at": plan.t0,
-                 "first_token_at": plan.t_first, "finished_at": plan.t_end,
-                 "outcome": "failed" if plan.failed else plan.finish_reason, "metadata": body.get("metadata") or {},
-                 "knobs": {k: v for k, v in meta.items() if k.startswith("emulator_")},
-                 "tool_calls": [c["name"] for c in plan.calls], "chunks": len(plan.chunks) if stream else 0,
-                 "chunks_sent": 0, "cut": False, "disconnected": False,
-                 # what the call was sent: every parameter but the messages (their shape only) and the tools (names)
-                 "request": {k: v for k, v in body.items() if k not in ("messages", "tools", "metadata")},
-                 "tools": [(t.get("function") or {}).get("name") for t in body.get("tools") or []
-                           if isinstance(t, dict)],
-                 "messages": [{"role": m.get("role"), "chars": len(_text_of(m.get("content"))),
-                               "tool_calls": len(m.get("tool_calls") or [])} for m in body["messages"]]}
+        entry = {
+            "id": plan.id,
+            "model": plan.model,
+            "stream": stream,
+            "created_at": plan.t0,
+            "first_token_at": plan.t_first,
+            "finished_at": plan.t_end,
+            "outcome": "failed" if plan.failed else plan.finish_reason,
+            "metadata": body.get("metadata") or {},
+            "knobs": {k: v for k, v in meta.items() if k.startswith("emulator_")},
+            "tool_calls": [c["name"] for c in plan.calls],
+            "chunks": len(plan.chunks) if stream else 0,
+            "chunks_sent": 0,
+            "cut": False,
+            "disconnected": False,
+            # what the call was sent: every parameter but the messages (their shape only) and the tools (names)
+            "request": {k: v for k, v in body.items() if k not in ("messages", "tools", "metadata")},
+            "tools": [(t.get("function") or {}).get("name") for t in body.get("tools") or [] if isinstance(t, dict)],
+            "messages": [
+                {
+                    "role": m.get("role"),
+                    "chars": len(_text_of(m.get("content"))),
+                    "tool_calls": len(m.get("tool_calls") or []),
+                }
+                for m in body["messages"]
+            ],
+        }
         self.calls.append(entry)
         self.stats["calls"] += 1
         self.stats["streamed"] += int(stream)
@@ -444,8 +561,15 @@ class ChatLog:
 class ChatStream:
     """ASGI app sending a plan's chunks as they fall due; a cut closes the connection without the end."""
 
-    def __init__(self, emu: Emulator, plan: ChatPlan, entry: dict, cut_after: int | None, delay_s: float,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        emu: Emulator,
+        plan: ChatPlan,
+        entry: dict,
+        cut_after: int | None,
+        delay_s: float,
+        headers: dict[str, str] | None = None,
+    ):
         self.emu, self.plan, self.entry, self.cut_after, self.delay_s = emu, plan, entry, cut_after, delay_s
         self.headers = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
 
@@ -453,9 +577,18 @@ class ChatStream:
         plan, log = self.plan, self.emu.chat
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-            (b"x-request-id", ("req_" + secrets.token_hex(16)).encode()), *self.headers]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-request-id", ("req_" + secrets.token_hex(16)).encode()),
+                    *self.headers,
+                ],
+            }
+        )
         wake = asyncio.Event()
         gone = False
 
@@ -467,7 +600,7 @@ class ChatStream:
             wake.set()
 
         watcher = asyncio.ensure_future(watch())
-        self.emu.listen(plan.id, wake)          # shutdown and outages wake it too
+        self.emu.listen(plan.id, wake)  # shutdown and outages wake it too
         loop = asyncio.get_running_loop()
         n, total = 0, len(plan.chunks)
         try:
@@ -489,7 +622,7 @@ class ChatStream:
                 if self.cut_after is not None and n >= self.cut_after and n < total:
                     self.entry["cut"] = True
                     log.stats["cut"] += 1
-                    return        # no final body message: uvicorn closes the socket mid-stream
+                    return  # no final body message: uvicorn closes the socket mid-stream
                 if n < total and not batch:
                     handle = loop.call_later(max(0.0, plan.chunks[n][0] - now), wake.set)
                     try:

@@ -3,6 +3,7 @@
 Every field ``foo_bar`` can be set with the env var ``EMULATOR_FOO_BAR`` or the CLI flag ``--foo-bar``,
 and changed at runtime with ``POST /v1/_emulator/config {"foo_bar": ...}``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -131,7 +132,13 @@ class EmulatorConfig:
     """SQLite file; empty = memory only. A restarted emulator continues every in-flight response."""
 
     # fields that cannot be changed at runtime through the config API
-    _STARTUP_ONLY: ClassVar[tuple[str, ...]] = ("db", "webhook_concurrency", "webhook_url", "webhook_secret", "webhook_event_types")
+    _STARTUP_ONLY: ClassVar[tuple[str, ...]] = (
+        "db",
+        "webhook_concurrency",
+        "webhook_url",
+        "webhook_secret",
+        "webhook_event_types",
+    )
     # fields with a fixed set of values
     _CHOICES: ClassVar[dict[str, Any]] = {"quota_style": STYLES, "ratelimit_headers": HEADER_MODES}
     # numeric fields with a lower bound (value >= bound, or > bound for the strictly positive ones)
@@ -146,7 +153,7 @@ class EmulatorConfig:
             if key in self._STARTUP_ONLY:
                 raise ValueError(f"setting '{key}' can only be set at start-up")
         staged = {key: _coerce(known[key], raw, key) for key, raw in values.items()}
-        for key, value in staged.items():          # all or nothing: a bad value changes no setting
+        for key, value in staged.items():  # all or nothing: a bad value changes no setting
             setattr(self, key, value)
 
     def as_dict(self) -> dict[str, Any]:
@@ -224,10 +231,14 @@ def _model_limits(raw: Any, name: str) -> dict[str, dict[str, int]]:
         raise ValueError(f"bad value for {name}: expected an object {{model: {{rpm, tpm}}}}, got {raw!r}")
     out: dict[str, dict[str, int]] = {}
     for model, limits in raw.items():
-        if not isinstance(limits, dict) or not set(limits) <= {"rpm", "tpm"} or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in limits.values()):
-            raise ValueError(f"bad value for {name}[{model!r}]: expected {{\"rpm\": n, \"tpm\": n}} with integers >= 0, "
-                             f"got {limits!r}")
+        if (
+            not isinstance(limits, dict)
+            or not set(limits) <= {"rpm", "tpm"}
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in limits.values())
+        ):
+            raise ValueError(
+                f'bad value for {name}[{model!r}]: expected {{"rpm": n, "tpm": n}} with integers >= 0, got {limits!r}'
+            )
         out[str(model)] = dict(limits)
     return out
 

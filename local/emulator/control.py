@@ -9,6 +9,7 @@
 Settings of a deployment go through the control routes that every deployment serves, so they work while that
 deployment refuses connections: a call tries the primary's port first, then the other deployments'.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -46,7 +47,7 @@ class EmulatorControl:
     def take_down(self, deployment: str, outage: str = "refuse", for_s: float | None = None) -> dict[str, Any]:
         """``refuse``: its port closes (connection refused, open connections cut); ``503``: every API request is a
         503. ``for_s``: it comes back by itself after that many seconds."""
-        self.deployment_urls()              # learnt while the port is still open, to come back through another
+        self.deployment_urls()  # learnt while the port is still open, to come back through another
         body: dict[str, Any] = {"outage": outage}
         if for_s is not None:
             body["for_s"] = for_s
@@ -64,8 +65,15 @@ class EmulatorControl:
     def config(self, deployment: str | None = None) -> dict[str, Any]:
         return self._control("GET", "config" if deployment is None else f"deployments/{deployment}/config").json()
 
-    def set_quota(self, deployment: str | None = None, *, rpm: int | None = None, tpm: int | None = None,
-                  model: str | None = None, **more: Any) -> dict[str, Any]:
+    def set_quota(
+        self,
+        deployment: str | None = None,
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        model: str | None = None,
+        **more: Any,
+    ) -> dict[str, Any]:
         """Requests/tokens per window for every model of a deployment, or (``model``) for one model only; ``more``
         are other quota settings (``quota_style``, ``quota_window_s``, ``ratelimit_headers``, ...)."""
         changes = dict(more)
@@ -73,7 +81,10 @@ class EmulatorControl:
             changes.update({k: v for k, v in (("rpm_limit", rpm), ("tpm_limit", tpm)) if v is not None})
         else:
             limits = dict(self.config(deployment)["model_limits"])
-            limits[model] = {**limits.get(model, {}), **{k: v for k, v in (("rpm", rpm), ("tpm", tpm)) if v is not None}}
+            limits[model] = {
+                **limits.get(model, {}),
+                **{k: v for k, v in (("rpm", rpm), ("tpm", tpm)) if v is not None},
+            }
             changes["model_limits"] = limits
         return self.configure(deployment, **changes)
 
@@ -119,6 +130,9 @@ class EmulatorControl:
 def _checked(response: httpx.Response) -> httpx.Response:
     """raise_for_status, with the emulator's error message in the exception."""
     if response.is_error:
-        raise httpx.HTTPStatusError(f"{response.status_code} from {response.request.url}: {response.text}",
-                                    request=response.request, response=response)
+        raise httpx.HTTPStatusError(
+            f"{response.status_code} from {response.request.url}: {response.text}",
+            request=response.request,
+            response=response,
+        )
     return response

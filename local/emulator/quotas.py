@@ -17,6 +17,7 @@ Two window shapes (``quota_style``):
 
 Single-threaded (one event loop per emulator), so admission needs no locks.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ from typing import Any
 
 STYLES = ("openai", "azure")
 HEADER_MODES = ("openai", "azure_responses", "none")
-REQUEST_PERIODS_PER_WINDOW = 6          # azure style: RPM evaluated over 10 s of a minute
+REQUEST_PERIODS_PER_WINDOW = 6  # azure style: RPM evaluated over 10 s of a minute
 
 
 def go_duration(seconds: float) -> str:
@@ -47,11 +48,12 @@ def go_duration(seconds: float) -> str:
 @dataclass
 class Budget:
     """One budget's state after an admission check: what the headers say and how long to wait."""
+
     limit: int
     cost: int
-    used: float           # in the current window (rolling: what has not yet refilled)
-    reset_s: float        # until the budget is back to its initial state (rolling) or the window ends (fixed)
-    wait_s: float         # until this request would fit (0 = it fits now; inf = never)
+    used: float  # in the current window (rolling: what has not yet refilled)
+    reset_s: float  # until the budget is back to its initial state (rolling) or the window ends (fixed)
+    wait_s: float  # until this request would fit (0 = it fits now; inf = never)
 
     @property
     def fits(self) -> bool:
@@ -64,6 +66,7 @@ class Budget:
 
 class _Rolling:
     """``used`` drains at limit / window per second (a token bucket counted from the other side)."""
+
     __slots__ = ("rate", "t", "used")
 
     def __init__(self) -> None:
@@ -85,6 +88,7 @@ class _Rolling:
 
 class _Fixed:
     """A count that restarts every period (the window, or a sixth of it for requests in azure style)."""
+
     __slots__ = ("ends_in", "index", "used")
 
     def __init__(self) -> None:
@@ -111,6 +115,7 @@ class _Fixed:
 @dataclass
 class Verdict:
     """The outcome of one admission: ``refused`` is None (admitted), ``requests``, ``tokens`` or ``too_large``."""
+
     model: str
     refused: str | None
     requests: Budget | None
@@ -135,8 +140,7 @@ class Quotas:
         self.reset_stats()
 
     def reset_stats(self) -> None:
-        self.stats = {"admitted": 0, "limited_requests": 0, "limited_tokens": 0, "too_large": 0,
-                      "tokens_admitted": 0}
+        self.stats = {"admitted": 0, "limited_requests": 0, "limited_tokens": 0, "too_large": 0, "tokens_admitted": 0}
 
     def reset(self) -> None:
         """Every window starts full again (``POST /_emulator/reset``)."""
@@ -155,8 +159,11 @@ class Quotas:
 
     def estimate(self, input_tokens: int, output_cap: Any) -> int:
         """Azure's admission estimate: prompt tokens plus the request's output cap (or the configured default)."""
-        cap = output_cap if isinstance(output_cap, int) and not isinstance(output_cap, bool) and output_cap > 0 \
+        cap = (
+            output_cap
+            if isinstance(output_cap, int) and not isinstance(output_cap, bool) and output_cap > 0
             else self.config.quota_default_output_tokens
+        )
         return int(input_tokens) + int(cap)
 
     def admit(self, model: str, tokens: int, now: float) -> Verdict:
@@ -187,7 +194,7 @@ class Quotas:
         key = (model, kind)
         win = self._windows.get(key)
         want = _Fixed if self.config.quota_style == "azure" else _Rolling
-        if not isinstance(win, want):            # first use, or the style was changed at runtime
+        if not isinstance(win, want):  # first use, or the style was changed at runtime
             win = self._windows[key] = want()
         return win
 
@@ -205,11 +212,17 @@ class Quotas:
             rpm, tpm = self.limits(model)
             req = self._check(model, "requests", rpm, 1, now)
             tok = self._check(model, "tokens", tpm, 0, now)
-            out.append({"model": model, "rpm": rpm, "tpm": tpm,
-                        "remaining_requests": req.remaining if req else None,
-                        "reset_requests_s": round(req.reset_s, 3) if req else None,
-                        "remaining_tokens": tok.remaining if tok else None,
-                        "reset_tokens_s": round(tok.reset_s, 3) if tok else None})
+            out.append(
+                {
+                    "model": model,
+                    "rpm": rpm,
+                    "tpm": tpm,
+                    "remaining_requests": req.remaining if req else None,
+                    "reset_requests_s": round(req.reset_s, 3) if req else None,
+                    "remaining_tokens": tok.remaining if tok else None,
+                    "reset_tokens_s": round(tok.reset_s, 3) if tok else None,
+                }
+            )
         return out
 
 
@@ -220,8 +233,12 @@ class Quotas:
 AZURE_RESPONSES_HEADERS = {
     # What Azure OpenAI's Responses API has been seen to send (MS Learn Q&A 5625878, Nov 2025); only the tokens
     # trio was reported, the requests trio is assumed to be alike.
-    "x-ratelimit-limit-requests": "-1", "x-ratelimit-remaining-requests": "-1", "x-ratelimit-reset-requests": "0",
-    "x-ratelimit-limit-tokens": "-1", "x-ratelimit-remaining-tokens": "-1", "x-ratelimit-reset-tokens": "0",
+    "x-ratelimit-limit-requests": "-1",
+    "x-ratelimit-remaining-requests": "-1",
+    "x-ratelimit-reset-requests": "0",
+    "x-ratelimit-limit-tokens": "-1",
+    "x-ratelimit-remaining-tokens": "-1",
+    "x-ratelimit-reset-tokens": "0",
 }
 
 
@@ -234,8 +251,10 @@ def ratelimit_headers(verdict: Verdict | None, mode: str) -> dict[str, str]:
     out: dict[str, str] = {}
     if verdict is None:
         return out
-    for kind, budget, per_minute in (("requests", verdict.requests, verdict.rpm), ("tokens", verdict.tokens,
-                                                                                   verdict.tpm)):
+    for kind, budget, per_minute in (
+        ("requests", verdict.requests, verdict.rpm),
+        ("tokens", verdict.tokens, verdict.tpm),
+    ):
         if budget is None:
             continue
         out[f"x-ratelimit-limit-{kind}"] = str(per_minute)
@@ -258,22 +277,28 @@ def refusal(verdict: Verdict, style: str, operation: str) -> tuple[str, str | No
     body carries ``code: "429"`` and no type (its error shape), OpenAI's ``rate_limit_exceeded`` and the budget."""
     kind = verdict.refused
     if kind == "too_large":
-        message = (f"Request too large for {verdict.model} on tokens per min (TPM): Limit {verdict.tpm}, Requested "
-                   f"{verdict.tokens.cost}. The input or output tokens must be reduced in order to run successfully.")
+        message = (
+            f"Request too large for {verdict.model} on tokens per min (TPM): Limit {verdict.tpm}, Requested "
+            f"{verdict.tokens.cost}. The input or output tokens must be reduced in order to run successfully."
+        )
         kind = "tokens"
     elif style == "azure":
         wait = math.ceil(verdict.retry_after_s or 0)
-        message = (f"Requests to the {operation} Operation under Azure OpenAI API version v1 have exceeded "
-                   f"{'call' if kind == 'requests' else 'token'} rate limit of your current AIServices S0 pricing "
-                   f"tier. Please retry after {wait} second{'s' if wait != 1 else ''}.")
+        message = (
+            f"Requests to the {operation} Operation under Azure OpenAI API version v1 have exceeded "
+            f"{'call' if kind == 'requests' else 'token'} rate limit of your current AIServices S0 pricing "
+            f"tier. Please retry after {wait} second{'s' if wait != 1 else ''}."
+        )
     else:
         budget = verdict.requests if kind == "requests" else verdict.tokens
         limit = verdict.rpm if kind == "requests" else verdict.tpm
         name = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
-        message = (f"Rate limit reached for {verdict.model} in organization org-emulator on {name}: Limit {limit}, "
-                   f"Used {math.ceil(budget.used)}, Requested {budget.cost}. Please try again in "
-                   f"{go_duration(budget.wait_s)}. Visit https://platform.openai.com/account/rate-limits to learn "
-                   f"more.")
+        message = (
+            f"Rate limit reached for {verdict.model} in organization org-emulator on {name}: Limit {limit}, "
+            f"Used {math.ceil(budget.used)}, Requested {budget.cost}. Please try again in "
+            f"{go_duration(budget.wait_s)}. Visit https://platform.openai.com/account/rate-limits to learn "
+            f"more."
+        )
     if style == "azure":
         return message + " (emulated)", None, "429"
     return message + " (emulated)", kind, "rate_limit_exceeded"

@@ -7,6 +7,7 @@ Each can be taken down and up at runtime: ``refuse`` closes its port (connection
 ``503`` answers every API request 503 ``service_unavailable`` (live streams cut). Without ``deployments`` there is
 one, named ``default``, and everything is as it always was.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -85,8 +86,9 @@ def parse_deployments(spec: Any) -> list[tuple[str, dict[str, Any]]]:
 class Deployment:
     """One emulated resource on its own port: an Emulator core plus the uvicorn server that exposes it."""
 
-    def __init__(self, name: str, host: str, port: int, config: EmulatorConfig, log_level: str,
-                 fleet_routes: list[Route]) -> None:
+    def __init__(
+        self, name: str, host: str, port: int, config: EmulatorConfig, log_level: str, fleet_routes: list[Route]
+    ) -> None:
         self.name = name
         self.host = host
         self.requested_port = port
@@ -96,7 +98,7 @@ class Deployment:
         self.emulator: Emulator | None = None
         self.port: int | None = None
         self.outage: str | None = None
-        self.up_at: float | None = None           # when a timed outage ends by itself
+        self.up_at: float | None = None  # when a timed outage ends by itself
         self._server: _Uvicorn | None = None
         self._serve_task: asyncio.Task | None = None
         self._tasks: list[asyncio.Task] = []
@@ -127,13 +129,20 @@ class Deployment:
     async def _listen(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port or self.requested_port))    # back up on the same port after an outage
+        sock.bind((self.host, self.port or self.requested_port))  # back up on the same port after an outage
         sock.listen(4096)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
         uv_config = uvicorn.Config(
-            self.emulator.app, log_level=self.log_level, access_log=False, lifespan="off",
-            timeout_keep_alive=30, timeout_graceful_shutdown=3, backlog=4096, http="h11", loop="asyncio",
+            self.emulator.app,
+            log_level=self.log_level,
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=3,
+            backlog=4096,
+            http="h11",
+            loop="asyncio",
         )
         self._server = _Uvicorn(uv_config)
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]))
@@ -182,7 +191,7 @@ class Deployment:
             self.emulator.interrupt_streams()
             if outage == "refuse" and self._server is not None:
                 for listener in self._server.servers:
-                    listener.close()            # refused from now on, even before settle() runs
+                    listener.close()  # refused from now on, even before settle() runs
             if for_s:
                 self.up_at = time.time() + for_s
                 self._timer = self._loop.call_later(for_s, lambda: asyncio.ensure_future(self.set_outage(None)))
@@ -194,7 +203,7 @@ class Deployment:
             elif self.outage != "refuse" and self._server is None:
                 await self._listen()
             if self.outage is None:
-                self.emulator.webhooks.poke()    # webhooks that fell due during the outage go out now
+                self.emulator.webhooks.poke()  # webhooks that fell due during the outage go out now
 
     async def set_outage(self, outage: str | None, for_s: float | None = None) -> dict[str, Any]:
         self.begin_outage(outage, for_s)
@@ -202,9 +211,15 @@ class Deployment:
         return self.describe()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "base_url": self.base_url, "azure_base_url": self.azure_base_url,
-                "port": self.port, "outage": self.outage, "up_at": self.up_at,
-                "responses": len(self.emulator.store.records) if self.emulator else 0}
+        return {
+            "name": self.name,
+            "base_url": self.base_url,
+            "azure_base_url": self.azure_base_url,
+            "port": self.port,
+            "outage": self.outage,
+            "up_at": self.up_at,
+            "responses": len(self.emulator.store.records) if self.emulator else 0,
+        }
 
     async def aclose(self) -> None:
         if self.emulator is None or self._closed:
@@ -217,9 +232,9 @@ class Deployment:
             self._server.should_exit = True
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)   # deliveries in flight stop first
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # deliveries in flight stop first
         if self._serve_task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):   # best effort shutdown
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # best effort shutdown
                 await self._serve_task
         self.emulator.store.close()
         self._server = self._serve_task = None
@@ -242,8 +257,16 @@ class EmulatorServer:
     deployment signs with its own (its setting, or one generated), as separate resources do.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 7070, *, config: EmulatorConfig | None = None,
-                 log_level: str = "warning", deployments: Any = None, **overrides: Any):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 7070,
+        *,
+        config: EmulatorConfig | None = None,
+        log_level: str = "warning",
+        deployments: Any = None,
+        **overrides: Any,
+    ):
         self.host = host
         self.requested_port = port
         self.config = config or EmulatorConfig()
@@ -252,7 +275,7 @@ class EmulatorServer:
         self.log_level = log_level
         self.deployments: dict[str, Deployment] = {}
         fleet = self._fleet_routes()
-        shared = self.config.as_dict()           # what every deployment starts from (not the primary's own)
+        shared = self.config.as_dict()  # what every deployment starts from (not the primary's own)
         for n, (name, settings) in enumerate(parse_deployments(deployments)):
             settings = dict(settings)
             dep_port = settings.pop("port", port if n == 0 else 0)
@@ -347,8 +370,9 @@ class EmulatorServer:
         name = request.path_params["name"]
         dep = self.deployments.get(name)
         if dep is None:
-            return error_response(404, f"No deployment named '{name}'; there are: {', '.join(self.deployments)}.",
-                                  param="name")
+            return error_response(
+                404, f"No deployment named '{name}'; there are: {', '.join(self.deployments)}.", param="name"
+            )
         return dep
 
     async def _get_deployment(self, request: Request) -> Response:
@@ -365,22 +389,30 @@ class EmulatorServer:
         except ValueError:
             body = None
         if not isinstance(body, dict) or "outage" not in body or set(body) - {"outage", "for_s"}:
-            return error_response(400, 'Expected {"outage": "refuse" | "503" | null, "for_s"?: seconds}.',
-                                  param="outage")
+            return error_response(
+                400, 'Expected {"outage": "refuse" | "503" | null, "for_s"?: seconds}.', param="outage"
+            )
         outage, for_s = body["outage"], body.get("for_s")
         if outage == "none":
             outage = None
         if outage not in (None, *OUTAGES):
-            return error_response(400, f"Invalid 'outage': expected refuse, 503 or null, got {outage!r}.",
-                                  param="outage")
-        if for_s is not None and (isinstance(for_s, bool) or not isinstance(for_s, (int, float)) or not
-                                  0 < for_s < 86_400 or outage is None):
-            return error_response(400, "Invalid 'for_s': expected seconds > 0 (and < 86400) with an outage.",
-                                  param="for_s")
+            return error_response(
+                400, f"Invalid 'outage': expected refuse, 503 or null, got {outage!r}.", param="outage"
+            )
+        if for_s is not None and (
+            isinstance(for_s, bool) or not isinstance(for_s, (int, float)) or not 0 < for_s < 86_400 or outage is None
+        ):
+            return error_response(
+                400, "Invalid 'for_s': expected seconds > 0 (and < 86400) with an outage.", param="for_s"
+            )
         others_up = any(d.outage != "refuse" for d in self.deployments.values() if d is not dep)
         if outage == "refuse" and for_s is None and not others_up:
-            return error_response(409, "Refusing connections on every deployment without 'for_s' would leave no "
-                                       "port to bring one back through; give 'for_s'.", param="for_s")
+            return error_response(
+                409,
+                "Refusing connections on every deployment without 'for_s' would leave no "
+                "port to bring one back through; give 'for_s'.",
+                param="for_s",
+            )
         if outage == "refuse" and request.scope.get("server", (None, None))[1] == dep.port:
             # this very connection is on the port that closes: answer first, then cut it
             dep.begin_outage(outage, for_s)
@@ -392,8 +424,11 @@ class EmulatorServer:
         dep = self._named(request)
         if isinstance(dep, Response):
             return dep
-        return await dep.emulator.set_config(request) if request.method == "POST" else \
-            await dep.emulator.get_config(request)
+        return (
+            await dep.emulator.set_config(request)
+            if request.method == "POST"
+            else await dep.emulator.get_config(request)
+        )
 
     # ---------------------------------------------------------------- thread life cycle
     def start_in_thread(self) -> EmulatorServer:
@@ -451,6 +486,7 @@ class EmulatorServer:
     # ---------------------------------------------------------------- foreground (CLI)
     def serve_forever(self, announce: Callable[[], None] | None = None) -> None:
         """Until SIGTERM or SIGINT, then a clean stop (every store flushed); ``announce`` runs once it listens."""
+
         async def main() -> None:
             await self.start()
             if announce is not None:

@@ -3,6 +3,7 @@
 A record is a plain JSON-able dict. Only ``cancelled_at`` and the request counters change after
 creation, so persistence is an upsert on create/cancel plus a periodic flush of counters.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,9 @@ class Store:
     def save_endpoint(self, ep: dict) -> None:
         if self._db is not None:
             with self._lock:
-                self._db.execute("INSERT OR REPLACE INTO webhook_endpoints (id, data) VALUES (?, ?)",
-                                 (ep["id"], json.dumps(ep)))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO webhook_endpoints (id, data) VALUES (?, ?)", (ep["id"], json.dumps(ep))
+                )
 
     def delete_endpoint(self, ep_id: str) -> None:
         if self._db is not None:
@@ -133,8 +135,11 @@ class Store:
         if self._db is None or not self._dirty:
             return
         ids, self._dirty = self._dirty, set()
-        rows = [(r["id"], r["created_at"], json.dumps(r, separators=(",", ":")))
-                for r in (self.records.get(i) for i in ids) if r is not None]
+        rows = [
+            (r["id"], r["created_at"], json.dumps(r, separators=(",", ":")))
+            for r in (self.records.get(i) for i in ids)
+            if r is not None
+        ]
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO responses (id, created_at, data) VALUES (?, ?, ?)", rows)

@@ -5,6 +5,7 @@ plus an optional cancel time. Nothing runs per response: status, output and the 
 now" are computed on demand, and a stream reader just sleeps until the next event's due time. That is
 why persistence is trivial and a restarted emulator continues every in-flight response exactly.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -29,6 +30,7 @@ _WORDS = (
 # ------------------------------------------------------------------------------------------------
 # Knobs
 # ------------------------------------------------------------------------------------------------
+
 
 def _num(meta: dict, key: str, default: float, lo: float = 0.0, hi: float = 1e12) -> float:
     raw = meta.get(key)
@@ -100,13 +102,19 @@ def resolve_knobs(meta: dict, cfg, *, background: bool) -> dict[str, Any]:
         "retry_after_ms": _num(meta, "emulator_retry_after_ms", cfg.retry_after_ms, 0, 600_000),
         "stream_cut_after": cut_after,
         # chat only: cut just the first N sends of the same body (a retry or a new attempt then succeeds)
-        "stream_cut_sends": (int(_num(meta, "emulator_stream_cut_sends", 0, 0, 1e9))
-                             if meta.get("emulator_stream_cut_sends") not in (None, "") else None),
+        "stream_cut_sends": (
+            int(_num(meta, "emulator_stream_cut_sends", 0, 0, 1e9))
+            if meta.get("emulator_stream_cut_sends") not in (None, "")
+            else None
+        ),
         "first_byte_ms": _num(meta, "emulator_first_byte_ms", 0.0, 0, 600_000),
         "scale": float(cfg.time_scale),
         # webhooks (None = the global setting decides when the event fires)
-        "webhook_delay_ms": (_num(meta, "emulator_webhook_delay_ms", 0.0, 0, 86_400_000)
-                             if meta.get("emulator_webhook_delay_ms") not in (None, "") else None),
+        "webhook_delay_ms": (
+            _num(meta, "emulator_webhook_delay_ms", 0.0, 0, 86_400_000)
+            if meta.get("emulator_webhook_delay_ms") not in (None, "")
+            else None
+        ),
         "webhook_drop": _flag(meta, "emulator_webhook_drop"),
         "webhook_duplicate": _flag(meta, "emulator_webhook_duplicate"),
     }
@@ -115,6 +123,7 @@ def resolve_knobs(meta: dict, cfg, *, background: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # Input analysis (done once at creation; the result is stored in the record)
 # ------------------------------------------------------------------------------------------------
+
 
 def normalize_input(raw: Any) -> list[dict]:
     if raw is None:
@@ -189,8 +198,15 @@ def estimate_tokens(chars: int) -> int:
 
 
 def build_content_spec(
-    *, resp_id: str, items: list[dict], instructions: str | None, tools: list, meta: dict,
-    previous: dict | None, model: str, call_names: dict[str, str] | None = None,
+    *,
+    resp_id: str,
+    items: list[dict],
+    instructions: str | None,
+    tools: list,
+    meta: dict,
+    previous: dict | None,
+    model: str,
+    call_names: dict[str, str] | None = None,
 ) -> dict:
     """Decide once what the response will say: function calls or text (with a deterministic prefix).
 
@@ -211,12 +227,14 @@ def build_content_spec(
         for idx, (name, args) in enumerate(triggers):
             if name in function_tools:
                 digest = hashlib.sha256(f"{resp_id}:{idx}".encode()).hexdigest()
-                calls.append({
-                    "name": name,
-                    "arguments": args if args is not None else _default_args(function_tools[name]),
-                    "id": "fc_" + digest[:40],
-                    "call_id": "call_" + digest[40:64],
-                })
+                calls.append(
+                    {
+                        "name": name,
+                        "arguments": args if args is not None else _default_args(function_tools[name]),
+                        "id": "fc_" + digest[:40],
+                        "call_id": "call_" + digest[40:64],
+                    }
+                )
     if calls:
         return {"kind": "function_calls", "calls": calls, "input_tokens": estimate_tokens(input_chars)}
 
@@ -263,13 +281,14 @@ def synth_text(prefix: str, seed: str, chars: int) -> str:
     body = block
     need = chars - len(prefix)
     if len(body) < need:
-        body = (block * (need // len(block) + 1))
+        body = block * (need // len(block) + 1)
     return prefix + body[:need]
 
 
 # ------------------------------------------------------------------------------------------------
 # Light timing (no text needed): used for listings, stats and expiry
 # ------------------------------------------------------------------------------------------------
+
 
 def timing(rec: dict) -> tuple[float, float, float, str]:
     """(t0, t_start, t_end, terminal_status) straight from the record's knobs."""
@@ -307,14 +326,15 @@ def light_status(rec: dict, t: float) -> tuple[str, float | None, float | None]:
 # The plan: every SSE event with its due time, plus the final Response
 # ------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class ItemPlan:
-    kind: str            # "message" | "function_call"
+    kind: str  # "message" | "function_call"
     id: str
-    full: str            # full text or full arguments
-    final_status: str    # status in the final output
+    full: str  # full text or full arguments
+    final_status: str  # status in the final output
     added_idx: int = -1
-    done_idx: int = 10**12   # index of output_item.done (never, for failed)
+    done_idx: int = 10**12  # index of output_item.done (never, for failed)
     delta_idx: list[int] = field(default_factory=list)
     delta_end: list[int] = field(default_factory=list)
     call_id: str = ""
@@ -327,7 +347,7 @@ class Plan:
     t_start: float
     t_end: float
     terminal_status: str
-    events: list[tuple[float, str, int, int, int]]   # (due, type, item, start, end)
+    events: list[tuple[float, str, int, int, int]]  # (due, type, item, start, end)
     dues: list[float]
     items: list[ItemPlan]
     output_chars: int
@@ -352,10 +372,12 @@ def build_plan(rec: dict) -> Plan:
     error = None
     if spec["kind"] == "function_calls":
         for c in spec["calls"]:
-            items.append(ItemPlan("function_call", c["id"], c["arguments"], "completed", call_id=c["call_id"], name=c["name"]))
+            items.append(
+                ItemPlan("function_call", c["id"], c["arguments"], "completed", call_id=c["call_id"], name=c["name"])
+            )
         n_out_chars = sum(len(c["arguments"]) + len(c["name"]) for c in spec["calls"])
         if outcome == "incomplete":
-            outcome = "completed"   # no sensible truncation of a call; keep it simple
+            outcome = "completed"  # no sensible truncation of a call; keep it simple
     else:
         text = synth_text(spec["prefix"], spec["seed"], knobs["output_chars"])
         max_tokens = rec["request"].get("max_output_tokens")
@@ -365,8 +387,9 @@ def build_plan(rec: dict) -> Plan:
             limit = max_tokens * 4 if max_tokens is not None else len(text) // 2
             text = text[: max(0, min(limit, len(text)))]
             incomplete_details = {"reason": "max_output_tokens"}
-        items.append(ItemPlan("message", "msg_" + digest[:48], text,
-                              "incomplete" if outcome == "incomplete" else "completed"))
+        items.append(
+            ItemPlan("message", "msg_" + digest[:48], text, "incomplete" if outcome == "incomplete" else "completed")
+        )
         n_out_chars = len(text)
     if outcome == "failed":
         error = {"code": "server_error", "message": "The emulated model failed (emulator_outcome=failed)."}
@@ -419,8 +442,11 @@ def build_plan(rec: dict) -> Plan:
             events.append((cur, "response.function_call_arguments.done", idx, 0, 0))
         it.done_idx = len(events)
         events.append((cur, "response.output_item.done", idx, 0, 0))
-    terminal_type = {"completed": "response.completed", "failed": "response.failed",
-                     "incomplete": "response.incomplete"}[outcome]
+    terminal_type = {
+        "completed": "response.completed",
+        "failed": "response.failed",
+        "incomplete": "response.incomplete",
+    }[outcome]
     events.append((t_end, terminal_type, -1, 0, 0))
     # due times must never decrease (t_end >= every delta slot by construction)
     usage = None
@@ -434,13 +460,25 @@ def build_plan(rec: dict) -> Plan:
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": in_tokens + out_tokens,
         }
-    return Plan(t0, t_start, t_end, outcome, events, [e[0] for e in events], items, n_out_chars,
-                usage, error, incomplete_details)
+    return Plan(
+        t0,
+        t_start,
+        t_end,
+        outcome,
+        events,
+        [e[0] for e in events],
+        items,
+        n_out_chars,
+        usage,
+        error,
+        incomplete_details,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Views
 # ------------------------------------------------------------------------------------------------
+
 
 def status_at(rec: dict, plan: Plan, t: float) -> str:
     cancelled_at = rec.get("cancelled_at")
@@ -475,7 +513,7 @@ def _item_view(it: ItemPlan, k: int, final: bool, cancelled: bool) -> dict | Non
     """The item as it stands after the first k events (None = not yet added)."""
     if k <= it.added_idx:
         return None
-    n = bisect.bisect_left(it.delta_idx, k)   # deltas with index < k
+    n = bisect.bisect_left(it.delta_idx, k)  # deltas with index < k
     text = it.full if final else (it.full[: it.delta_end[n - 1]] if n else "")
     done = final or k > it.done_idx
     status = it.final_status if done else ("incomplete" if cancelled else "in_progress")
@@ -484,8 +522,14 @@ def _item_view(it: ItemPlan, k: int, final: bool, cancelled: bool) -> dict | Non
         if final or k > it.added_idx + 1:
             content.append({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
         return {"id": it.id, "type": "message", "status": status, "role": "assistant", "content": content}
-    return {"id": it.id, "type": "function_call", "status": status, "arguments": text,
-            "call_id": it.call_id, "name": it.name}
+    return {
+        "id": it.id,
+        "type": "function_call",
+        "status": status,
+        "arguments": text,
+        "call_id": it.call_id,
+        "name": it.name,
+    }
 
 
 def output_at(plan: Plan, k: int, *, final: bool = False, cancelled: bool = False) -> list[dict]:
@@ -577,15 +621,23 @@ def render_event(rec: dict, plan: Plan, seq: int) -> dict:
         elif etype == "response.output_item.done":
             ev.update(output_index=idx, item=_item_view(it, seq + 1, True, False))
         elif etype == "response.content_part.added":
-            ev.update(item_id=it.id, output_index=idx, content_index=0,
-                      part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+            ev.update(
+                item_id=it.id,
+                output_index=idx,
+                content_index=0,
+                part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+            )
         elif etype == "response.output_text.delta":
             ev.update(item_id=it.id, output_index=idx, content_index=0, delta=it.full[start:end], logprobs=[])
         elif etype == "response.output_text.done":
             ev.update(item_id=it.id, output_index=idx, content_index=0, text=it.full, logprobs=[])
         elif etype == "response.content_part.done":
-            ev.update(item_id=it.id, output_index=idx, content_index=0,
-                      part={"type": "output_text", "text": it.full, "annotations": [], "logprobs": []})
+            ev.update(
+                item_id=it.id,
+                output_index=idx,
+                content_index=0,
+                part={"type": "output_text", "text": it.full, "annotations": [], "logprobs": []},
+            )
         elif etype == "response.function_call_arguments.delta":
             ev.update(item_id=it.id, output_index=idx, delta=it.full[start:end])
         elif etype == "response.function_call_arguments.done":

@@ -11,6 +11,7 @@ step of the retry schedule, until the schedule is exhausted.
 Timings here are wall-clock (not the response time scale): they emulate the provider's network and retry
 behaviour, which a receiver measures in real time. ``webhook_time_scale`` shrinks them all for tests.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,10 +34,23 @@ if TYPE_CHECKING:
     from .app import Emulator
 
 EVENT_TYPES = (
-    "batch.completed", "batch.failed", "batch.expired", "batch.cancelled", "response.completed",
-    "response.failed", "response.cancelled", "response.incomplete", "eval.run.succeeded", "eval.run.failed",
-    "eval.run.canceled", "fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled",
-    "realtime.call.incoming", "video.completed", "video.failed",
+    "batch.completed",
+    "batch.failed",
+    "batch.expired",
+    "batch.cancelled",
+    "response.completed",
+    "response.failed",
+    "response.cancelled",
+    "response.incomplete",
+    "eval.run.succeeded",
+    "eval.run.failed",
+    "eval.run.canceled",
+    "fine_tuning.job.succeeded",
+    "fine_tuning.job.failed",
+    "fine_tuning.job.cancelled",
+    "realtime.call.incoming",
+    "video.completed",
+    "video.failed",
 )
 USER_AGENT = "OpenAI/1.0 (+https://platform.openai.com/docs/webhooks)"
 # How the endpoint object is named in each flavour of the management API (the only difference).
@@ -56,6 +70,7 @@ class EndpointError(ValueError):
 # Signing (Standard Webhooks, as the openai SDK verifies it)
 # ------------------------------------------------------------------------------------------------
 
+
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
@@ -65,7 +80,7 @@ def secret_hint(secret: str) -> str:
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
-    key = base64.b64decode(secret[len("whsec_"):]) if secret.startswith("whsec_") else secret.encode()
+    key = base64.b64decode(secret[len("whsec_") :]) if secret.startswith("whsec_") else secret.encode()
     digest = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
 
@@ -85,6 +100,7 @@ def signed_headers(secrets_: list[str], msg_id: str, body: str, timestamp: int |
 # Endpoint registry
 # ------------------------------------------------------------------------------------------------
 
+
 class Endpoints:
     """Registered webhook endpoints (one registry behind both the OpenAI and the Azure routes)."""
 
@@ -95,9 +111,17 @@ class Endpoints:
     def create(self, body: Any) -> dict:
         fields = _endpoint_fields(body, partial=False)
         now = int(time.time())
-        ep = {"id": "we_" + secrets.token_hex(16), "created_at": now, "updated_at": now,
-              "name": fields.get("name", ""), "url": fields["url"], "event_types": fields["event_types"],
-              "secret": new_secret(), "old_secret": None, "old_secret_until": None}
+        ep = {
+            "id": "we_" + secrets.token_hex(16),
+            "created_at": now,
+            "updated_at": now,
+            "name": fields.get("name", ""),
+            "url": fields["url"],
+            "event_types": fields["event_types"],
+            "secret": new_secret(),
+            "old_secret": None,
+            "old_secret_until": None,
+        }
         self.items[ep["id"]] = ep
         self.store.save_endpoint(ep)
         return ep
@@ -150,9 +174,16 @@ class Endpoints:
 
     @staticmethod
     def public(ep: dict, flavour: str, *, with_secret: bool = False) -> dict:
-        out = {"id": ep["id"], "object": OBJECT_NAMES[flavour], "created_at": ep["created_at"],
-               "updated_at": ep["updated_at"], "name": ep["name"], "url": ep["url"],
-               "event_types": list(ep["event_types"]), "signing_secret_hint": secret_hint(ep["secret"])}
+        out = {
+            "id": ep["id"],
+            "object": OBJECT_NAMES[flavour],
+            "created_at": ep["created_at"],
+            "updated_at": ep["updated_at"],
+            "name": ep["name"],
+            "url": ep["url"],
+            "event_types": list(ep["event_types"]),
+            "signing_secret_hint": secret_hint(ep["secret"]),
+        }
         if with_secret:
             out["signing_secret"] = ep["secret"]
         return out
@@ -182,8 +213,9 @@ def _endpoint_fields(body: Any, *, partial: bool) -> dict:
     if "event_types" in body or not partial:
         types = body.get("event_types")
         if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
-            raise EndpointError("Invalid 'event_types': expected a non-empty array of event type strings.",
-                                "event_types")
+            raise EndpointError(
+                "Invalid 'event_types': expected a non-empty array of event type strings.", "event_types"
+            )
         bad = [t for t in types if t not in EVENT_TYPES]
         if bad:
             raise EndpointError(f"Invalid 'event_types': unknown event type {bad[0]!r}.", "event_types")
@@ -194,6 +226,7 @@ def _endpoint_fields(body: Any, *, partial: bool) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Delivery scheduler
 # ------------------------------------------------------------------------------------------------
+
 
 def _unit(*parts: Any) -> float:
     """A deterministic number in [0, 1) from its inputs (drop/duplicate decisions survive restarts)."""
@@ -220,9 +253,19 @@ class Dispatcher:
         self.reset_stats()
 
     def reset_stats(self) -> None:
-        self.stats = {"events": 0, "deliveries": 0, "attempts": 0, "delivered": 0, "failed_attempts": 0,
-                      "retries_scheduled": 0, "gave_up": 0, "dropped": 0, "duplicates_sent": 0,
-                      "endpoint_gone": 0, "test_deliveries": 0}
+        self.stats = {
+            "events": 0,
+            "deliveries": 0,
+            "attempts": 0,
+            "delivered": 0,
+            "failed_attempts": 0,
+            "retries_scheduled": 0,
+            "gave_up": 0,
+            "dropped": 0,
+            "duplicates_sent": 0,
+            "endpoint_gone": 0,
+            "test_deliveries": 0,
+        }
 
     # -- scheduling ------------------------------------------------------------------------------------
     def _push(self, due: float, kind: str, key: Any) -> None:
@@ -296,7 +339,7 @@ class Dispatcher:
             return
         status, _started, finished = light_status(rec, now)
         if status not in TERMINAL or finished is None:
-            self._push(light_status(rec, float("inf"))[2], "end", resp_id)   # not yet (clock skew): later
+            self._push(light_status(rec, float("inf"))[2], "end", resp_id)  # not yet (clock skew): later
             return
         if finished > now + 1e-6:
             self._push(finished, "end", resp_id)
@@ -304,14 +347,27 @@ class Dispatcher:
         event_type = "response." + status
         self.stats["events"] += 1
         endpoints = self.emu.endpoints.subscribed(event_type)
-        if not endpoints:        # the common case without push: keep it cheap, many responses end together
-            rec["webhook"] = {"event_id": None, "type": event_type, "created_at": int(finished), "fired_at": now,
-                              "deliveries": []}
+        if not endpoints:  # the common case without push: keep it cheap, many responses end together
+            rec["webhook"] = {
+                "event_id": None,
+                "type": event_type,
+                "created_at": int(finished),
+                "fired_at": now,
+                "deliveries": [],
+            }
             self.emu.store.touch(rec)
             return
         event_id = "evt_" + hashlib.sha256(f"{resp_id}:{status}".encode()).hexdigest()[:32]
-        body = json.dumps({"object": "event", "id": event_id, "type": event_type, "created_at": int(finished),
-                           "data": {"id": resp_id}}, separators=(",", ":"))
+        body = json.dumps(
+            {
+                "object": "event",
+                "id": event_id,
+                "type": event_type,
+                "created_at": int(finished),
+                "data": {"id": resp_id},
+            },
+            separators=(",", ":"),
+        )
         cfg = self.emu.config
         knobs = rec["knobs"]
         delay_ms = knobs.get("webhook_delay_ms")
@@ -321,16 +377,31 @@ class Dispatcher:
             drop = knobs.get("webhook_drop")
             dup = knobs.get("webhook_duplicate")
             dropped = drop if drop is not None else _unit(cfg.seed, "drop", event_id, ep["id"]) < cfg.webhook_drop_rate
-            copies = 2 if (dup if dup is not None else
-                           _unit(cfg.seed, "dup", event_id, ep["id"]) < cfg.webhook_duplicate_rate) else 1
-            deliveries.append({
-                "endpoint_id": ep["id"], "url": ep["url"],
-                "webhook_id": "wh_" + hashlib.sha256(f"{event_id}:{ep['id']}".encode()).hexdigest()[:32],
-                "state": "dropped" if dropped else "pending", "copies": copies, "next_at": None if dropped else
-                finished + delay_s, "attempts": [], "delivered_at": None,
-            })
-        rec["webhook"] = {"event_id": event_id, "type": event_type, "created_at": int(finished), "fired_at": now,
-                          "body": body, "deliveries": deliveries}
+            copies = (
+                2
+                if (dup if dup is not None else _unit(cfg.seed, "dup", event_id, ep["id"]) < cfg.webhook_duplicate_rate)
+                else 1
+            )
+            deliveries.append(
+                {
+                    "endpoint_id": ep["id"],
+                    "url": ep["url"],
+                    "webhook_id": "wh_" + hashlib.sha256(f"{event_id}:{ep['id']}".encode()).hexdigest()[:32],
+                    "state": "dropped" if dropped else "pending",
+                    "copies": copies,
+                    "next_at": None if dropped else finished + delay_s,
+                    "attempts": [],
+                    "delivered_at": None,
+                }
+            )
+        rec["webhook"] = {
+            "event_id": event_id,
+            "type": event_type,
+            "created_at": int(finished),
+            "fired_at": now,
+            "body": body,
+            "deliveries": deliveries,
+        }
         self.emu.store.touch(rec)
         self.stats["deliveries"] += len(deliveries)
         for n, delivery in enumerate(deliveries):
@@ -347,28 +418,30 @@ class Dispatcher:
 
     async def _attempt(self, resp_id: str, hook: dict, delivery: dict) -> None:
         ep = self.emu.endpoints.items.get(delivery["endpoint_id"])
-        if ep is None:                          # deleted since the event fired: nothing to deliver to
+        if ep is None:  # deleted since the event fired: nothing to deliver to
             delivery.update(state="endpoint_deleted", next_at=None)
             self.stats["endpoint_gone"] += 1
             self._touch(resp_id)
             return
-        delivery["url"] = ep["url"]            # an update may have moved it since the event fired
+        delivery["url"] = ep["url"]  # an update may have moved it since the event fired
         duplicate = delivery["state"] == "delivered"
         delivery["state"] = "sending" if not duplicate else "delivered"
         assert self._sem is not None
         async with self._sem:
-            status, error, took = await self.post(ep["url"], Endpoints.signing_secrets(ep), delivery["webhook_id"],
-                                                  hook["body"])
+            status, error, took = await self.post(
+                ep["url"], Endpoints.signing_secrets(ep), delivery["webhook_id"], hook["body"]
+            )
         self.stats["attempts"] += 1
-        delivery["attempts"].append({"at": time.time(), "status": status, "error": error,
-                                     "ms": round(took * 1000, 1), "duplicate": duplicate})
+        delivery["attempts"].append(
+            {"at": time.time(), "status": status, "error": error, "ms": round(took * 1000, 1), "duplicate": duplicate}
+        )
         ok = status is not None and 200 <= status < 300
         if duplicate:
             self.stats["duplicates_sent"] += 1
         elif ok:
             delivery.update(state="delivered", delivered_at=time.time(), next_at=None)
             self.stats["delivered"] += 1
-            if delivery["copies"] > 1:          # the same webhook-id once more (at-least-once delivery)
+            if delivery["copies"] > 1:  # the same webhook-id once more (at-least-once delivery)
                 self._push(time.time(), "attempt", (resp_id, hook["deliveries"].index(delivery), hook))
         else:
             self.stats["failed_attempts"] += 1
@@ -388,15 +461,22 @@ class Dispatcher:
         """One signed POST; (status or None, error text or None, seconds taken)."""
         # imported on first use: an emulator without endpoints does not pay aiohttp's ~8 MB
         import aiohttp
+
         if self._http is None:
             # aiohttp rather than httpx: with 500 deliveries due at once its pool answered in ~40 ms p50, httpx ~250 ms
             self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.emu.config.webhook_concurrency), trust_env=False)
+                connector=aiohttp.TCPConnector(limit=self.emu.config.webhook_concurrency), trust_env=False
+            )
         t0 = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=self.emu.config.webhook_timeout_ms / 1000.0)
         try:
-            async with self._http.post(url, data=body.encode(), headers=signed_headers(secrets_, msg_id, body),
-                                       timeout=timeout, allow_redirects=False) as r:
+            async with self._http.post(
+                url,
+                data=body.encode(),
+                headers=signed_headers(secrets_, msg_id, body),
+                timeout=timeout,
+                allow_redirects=False,
+            ) as r:
                 await r.read()
                 return r.status, None if r.status < 300 else f"HTTP {r.status}", time.monotonic() - t0
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -406,11 +486,20 @@ class Dispatcher:
         """``POST /webhook_endpoints/{id}/test``: one sample event, no retries."""
         sample = "resp_test_" + secrets.token_hex(12)
         event_id = "evt_test_" + secrets.token_hex(12)
-        body = json.dumps({"object": "event", "id": event_id, "type": event_type, "created_at": int(time.time()),
-                           "data": {"id": sample}}, separators=(",", ":"))
+        body = json.dumps(
+            {
+                "object": "event",
+                "id": event_id,
+                "type": event_type,
+                "created_at": int(time.time()),
+                "data": {"id": sample},
+            },
+            separators=(",", ":"),
+        )
         self.stats["test_deliveries"] += 1
-        status, error, _took = await self.post(ep["url"], Endpoints.signing_secrets(ep), "wh_" + secrets.token_hex(16),
-                                               body)
+        status, error, _took = await self.post(
+            ep["url"], Endpoints.signing_secrets(ep), "wh_" + secrets.token_hex(16), body
+        )
         return status, error
 
     def _touch(self, resp_id: str) -> None:

@@ -3,6 +3,7 @@
 `python -m local.functions_host --app-dir DIR` or, from tests/scripts, `HostProcess` (process.py).
 See README.md in this folder.
 """
+
 from .errors import StartupError
 
 __all__ = ["HostProcess", "HostStartError", "StartupError"]

@@ -1,4 +1,5 @@
 """The local Functions host: loads the app, serves HTTP, polls queues, fires timers, all on ONE event loop."""
+
 from __future__ import annotations
 
 import asyncio
@@ -70,8 +71,9 @@ class FunctionsHost:
     def load(self) -> None:
         applied = load_local_settings(self.app_dir)
         for name in applied["skipped"]:
-            log.info("Skipping '%s' from local.settings.json as it's already defined in current environment "
-                     "variables.", name)
+            log.info(
+                "Skipping '%s' from local.settings.json as it's already defined in current environment variables.", name
+            )
         self.config = load_host_json(self.app_dir)
         grace = self.options.grace_seconds
         if grace is None:
@@ -82,8 +84,11 @@ class FunctionsHost:
             log.warning("Function skipped: %s", line)
         if not self.loaded.functions:
             log.warning("No job functions found.")
-        self.keys = Keys.parse(self.options.master_key or os.environ.get("FUNCTIONS_HOST_MASTER_KEY"),
-                               os.environ.get("FUNCTIONS_HOST_FUNCTION_KEYS"), self.options.function_keys)
+        self.keys = Keys.parse(
+            self.options.master_key or os.environ.get("FUNCTIONS_HOST_MASTER_KEY"),
+            os.environ.get("FUNCTIONS_HOST_FUNCTION_KEYS"),
+            self.options.function_keys,
+        )
         # Resolve %NAME% expressions and validate every trigger before anything starts.
         for spec in self.loaded.functions:
             if spec.trigger_type == "queueTrigger":
@@ -101,8 +106,10 @@ class FunctionsHost:
                 self._timer_plans.append((spec, schedule, bool(spec.trigger.run_on_startup)))
         check_init_indexing(self.loaded.http_v2)
         self.http_concurrency = http_concurrency(
-            self.options.http_concurrency if self.options.http_concurrency is not None
-            else os.environ.get(HTTP_CONCURRENCY))
+            self.options.http_concurrency
+            if self.options.http_concurrency is not None
+            else os.environ.get(HTTP_CONCURRENCY)
+        )
 
     # -- run ------------------------------------------------------------------------------------------
     async def run(self, *, install_signal_handlers: bool = True) -> int:
@@ -114,9 +121,15 @@ class FunctionsHost:
                 loop.add_signal_handler(sig, self.request_stop, sig)
         self.invoker = Invoker(function_timeout=self.config.function_timeout)
         self.status = new_status(self.loaded.functions)
-        frontend = HttpFrontend(functions=self.loaded.functions, route_prefix=self.config.route_prefix,
-                                keys=self.keys, invoker=self.invoker, http_v2=self.loaded.http_v2,
-                                status=self.status, concurrency=self.http_concurrency)
+        frontend = HttpFrontend(
+            functions=self.loaded.functions,
+            route_prefix=self.config.route_prefix,
+            keys=self.keys,
+            invoker=self.invoker,
+            http_v2=self.loaded.http_v2,
+            status=self.status,
+            concurrency=self.http_concurrency,
+        )
         self.frontend = frontend
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -125,8 +138,14 @@ class FunctionsHost:
             sock.bind((self.options.host, self.options.port))
         except OSError as exc:
             raise StartupError(f"Port {self.options.port} on {self.options.host} is unavailable: {exc}") from None
-        config = uvicorn.Config(frontend, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=self.grace, timeout_keep_alive=5)
+        config = uvicorn.Config(
+            frontend,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=self.grace,
+            timeout_keep_alive=5,
+        )
         server = _Server(config)
         server_task = asyncio.create_task(server.serve(sockets=[sock]), name="http-server")
 
@@ -134,8 +153,9 @@ class FunctionsHost:
         try:
             for spec, queue_name, connection in self._queue_plans:
                 service, credential = make_service_client(connection)
-                listener = QueueListener(spec, queue_name, connection, self.config.queues, self.invoker,
-                                         service, credential)
+                listener = QueueListener(
+                    spec, queue_name, connection, self.config.queues, self.invoker, service, credential
+                )
                 await listener.start()
                 self.queue_listeners.append(listener)
         except StartupError:
@@ -152,8 +172,12 @@ class FunctionsHost:
             await asyncio.sleep(0.01)
         self._log_functions(frontend)
         self.status["state"] = "Running"
-        log.info("Host started (local Functions host, app %s, http://%s:%d)", self.app_dir, self.options.host,
-                 self.options.port)
+        log.info(
+            "Host started (local Functions host, app %s, http://%s:%d)",
+            self.app_dir,
+            self.options.host,
+            self.options.port,
+        )
         for t in self.timer_listeners:
             t.start()
 
@@ -162,20 +186,30 @@ class FunctionsHost:
         # -- graceful stop ----------------------------------------------------------------------------
         self.status["state"] = "Stopping"
         deadline = time.monotonic() + self.grace
-        log.info("Stopping host: no new messages, timer occurrences or requests; waiting up to %gs for %d "
-                 "running invocation(s).", self.grace, self.invoker.active)
+        log.info(
+            "Stopping host: no new messages, timer occurrences or requests; waiting up to %gs for %d "
+            "running invocation(s).",
+            self.grace,
+            self.invoker.active,
+        )
         for listener in [*self.queue_listeners, *self.timer_listeners]:
             listener.stop_polling()
         frontend.accepting = False
         server.should_exit = True
-        await asyncio.gather(*(listener.wait_polling_stopped() for listener in [*self.queue_listeners, *self.timer_listeners]))
+        await asyncio.gather(
+            *(listener.wait_polling_stopped() for listener in [*self.queue_listeners, *self.timer_listeners])
+        )
         remaining = max(deadline - time.monotonic(), 0)
         try:
             await asyncio.wait_for(self.invoker.wait_idle(), remaining)
         except TimeoutError:
             n = self.invoker.cancel_all()
-            log.error("Grace period of %gs exceeded: cancelling %d invocation(s); their queue messages are "
-                      "released (visible again after visibilityTimeout).", self.grace, n)
+            log.error(
+                "Grace period of %gs exceeded: cancelling %d invocation(s); their queue messages are "
+                "released (visible again after visibilityTimeout).",
+                self.grace,
+                n,
+            )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.invoker.wait_idle(), 2)
         # Let queue completion (delete/release) finish.
@@ -222,9 +256,15 @@ class FunctionsHost:
                 fns.append({"name": spec.name, "trigger": "timerTrigger"})
         self.status["_functions"] = fns
         log.info("%s\n", "\n".join(lines))
-        style = "FastAPI types (azurefunctions-extensions-http-fastapi)" if self.loaded.http_v2 else \
-            "func.HttpRequest/HttpResponse"
+        style = (
+            "FastAPI types (azurefunctions-extensions-http-fastapi)"
+            if self.loaded.http_v2
+            else "func.HttpRequest/HttpResponse"
+        )
         if frontend.routes:
-            log.info("HTTP style: %s; keys %s; per-instance concurrency %s.", style,
-                     "ENFORCED" if self.keys.enforced else "not required (none configured)",
-                     self.http_concurrency or "unlimited")
+            log.info(
+                "HTTP style: %s; keys %s; per-instance concurrency %s.",
+                style,
+                "ENFORCED" if self.keys.enforced else "not required (none configured)",
+                self.http_concurrency or "unlimited",
+            )

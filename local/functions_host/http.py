@@ -14,6 +14,7 @@ Behaviour mirrored from the real host:
   most that many HTTP invocations run at once, from request to last byte; the others wait in arrival order,
   as requests wait for a free instance on Flex. Admin endpoints are not counted.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -160,8 +161,9 @@ class _ResponseDelivery:
         failure = sending.exception() if sending.done() and not sending.cancelled() else None
         if failure is not None and not isinstance(failure, (OSError, ClientDisconnect)):
             raise failure  # the response itself failed (e.g. its generator raised): the invocation fails with it
-        raise ClientDisconnectedError(f"The client disconnected before the response completed "
-                                      f"({self.body_bytes} body bytes sent).")
+        raise ClientDisconnectedError(
+            f"The client disconnected before the response completed ({self.body_bytes} body bytes sent)."
+        )
 
 
 def _level(trigger) -> str:
@@ -180,8 +182,17 @@ def _methods(trigger) -> tuple[str, ...]:
 class HttpFrontend:
     """A raw ASGI app (served by uvicorn on the host's event loop)."""
 
-    def __init__(self, *, functions: list[FunctionSpec], route_prefix: str, keys: Keys, invoker: Invoker,
-                 http_v2: bool, status: dict, concurrency: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        functions: list[FunctionSpec],
+        route_prefix: str,
+        keys: Keys,
+        invoker: Invoker,
+        http_v2: bool,
+        status: dict,
+        concurrency: int | None = None,
+    ) -> None:
         self.prefix = route_prefix.strip("/")
         self.concurrency = HttpConcurrency(concurrency)
         self.keys = keys
@@ -192,8 +203,11 @@ class HttpFrontend:
         for spec in functions:
             if spec.trigger_type != "httpTrigger":
                 continue
-            self.routes.append(HttpRoute(spec, compile_route(spec.trigger.route or spec.name),
-                                         _methods(spec.trigger), _level(spec.trigger)))
+            self.routes.append(
+                HttpRoute(
+                    spec, compile_route(spec.trigger.route or spec.name), _methods(spec.trigger), _level(spec.trigger)
+                )
+            )
         self.routes.sort(key=lambda r: r.route.sort_key)
         self.accepting = True
         if http_v2:
@@ -258,7 +272,7 @@ class HttpFrontend:
         if low == pre:
             return ""
         if low.startswith(pre + "/"):
-            return path[len(pre) + 1:]
+            return path[len(pre) + 1 :]
         return None
 
     async def _admin(self, path: str, method: str, key: str | None, send) -> None:
@@ -275,18 +289,25 @@ class HttpFrontend:
             body["invocations"] = self.invoker.counts()
             # What a soak watches for growth besides RSS and file descriptors (bench/soak.py): the event loop's
             # tasks, invocations in flight and the blocks Python's allocator holds (O(arenas), cheap).
-            body["process"] = {"asyncio_tasks": len(asyncio.all_tasks()), "running_invocations": self.invoker.active,
-                               "allocated_blocks": sys.getallocatedblocks()}
+            body["process"] = {
+                "asyncio_tasks": len(asyncio.all_tasks()),
+                "running_invocations": self.invoker.active,
+                "allocated_blocks": sys.getallocatedblocks(),
+            }
             await _send_json(send, 200, body)
             return
         if path == "admin/host/pools" and method == "GET":
             await _send_json(send, 200, connection_pools())
             return
         if path == "admin/functions" and method == "GET":
-            await _send_json(send, 200, [
-                {"name": s["name"], "trigger": s["trigger"], **({"route": s["route"]} if "route" in s else {})}
-                for s in self.status.get("_functions", [])
-            ])
+            await _send_json(
+                send,
+                200,
+                [
+                    {"name": s["name"], "trigger": s["trigger"], **({"route": s["route"]} if "route" in s else {})}
+                    for s in self.status.get("_functions", [])
+                ],
+            )
             return
         await _send_simple(send, 404)
 
@@ -343,7 +364,9 @@ def _http_reason() -> str:
 def _full_url(scope) -> str:
     host = dict(scope["headers"]).get(b"host", b"127.0.0.1").decode("latin-1")
     qs = scope.get("query_string", b"").decode("latin-1")
-    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}{scope['path']}" + (f"?{qs}" if qs else "")
+    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}{scope['path']}" + (
+        f"?{qs}" if qs else ""
+    )
 
 
 async def _send_simple(send, status: int) -> None:
@@ -353,9 +376,16 @@ async def _send_simple(send, status: int) -> None:
 
 async def _send_json(send, status: int, obj: Any) -> None:
     body = json.dumps(obj).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -418,5 +448,10 @@ def connection_pools() -> dict:
 
 
 def new_status(functions: list[FunctionSpec]) -> dict:
-    return {"state": "Starting", "id": uuid.uuid4().hex[:12], "version": "local-4.x",
-            "_started": time.monotonic(), "_functions": []}
+    return {
+        "state": "Starting",
+        "id": uuid.uuid4().hex[:12],
+        "version": "local-4.x",
+        "_started": time.monotonic(),
+        "_functions": [],
+    }

@@ -7,6 +7,7 @@
   running until the stream ends (functionTimeout included), and a failed delivery fails the invocation, as in
   Azure.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -102,8 +103,13 @@ def _user_traceback(exc: BaseException) -> str:
     """The exception with the host's own frames (and the thread pool's) left out."""
     te = traceback.TracebackException.from_exception(exc)
     te.stack = traceback.StackSummary.from_list(
-        [f for f in te.stack if not f.filename.startswith(_HOST_DIR) and "concurrent/futures" not in f.filename
-         and "/asyncio/" not in f.filename]
+        [
+            f
+            for f in te.stack
+            if not f.filename.startswith(_HOST_DIR)
+            and "concurrent/futures" not in f.filename
+            and "/asyncio/" not in f.filename
+        ]
     )
     return "".join(te.format()).rstrip()
 
@@ -131,8 +137,14 @@ class Invoker:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    async def invoke(self, spec: FunctionSpec, trigger_value: Any, *, reason: str,
-                     deliver: Callable[[Any], Awaitable[None]] | None = None) -> Any:
+    async def invoke(
+        self,
+        spec: FunctionSpec,
+        trigger_value: Any,
+        *,
+        reason: str,
+        deliver: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> Any:
         """Invoke and return the function's result; raise its exception (already logged) on failure.
 
         With `deliver`, the invocation ends when `deliver(result)` returns (the response is sent).
@@ -196,8 +208,9 @@ class Invoker:
         if not self.running:
             self._idle.set()
 
-    async def _call(self, spec: FunctionSpec, kwargs: dict, invocation_id: str,
-                    deliver: Callable[[Any], Awaitable[None]] | None) -> Any:
+    async def _call(
+        self, spec: FunctionSpec, kwargs: dict, invocation_id: str, deliver: Callable[[Any], Awaitable[None]] | None
+    ) -> Any:
         result = await self._run_user_function(spec, kwargs, invocation_id)
         if deliver is not None:
             await deliver(result)

@@ -8,6 +8,7 @@ Worker rules reproduced (azure_functions_worker/loader.py `index_function_app` a
 - importing `azurefunctions.extensions.http.fastapi` switches EVERY HTTP function of the app to the
   FastAPI request/response types (HTTP "v2"); mixing with func.HttpRequest is refused.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -87,9 +88,7 @@ def import_app_module(app_dir: Path, script_name: str = "function_app.py"):
     except Exception as exc:  # noqa: BLE001 - any import-time failure is a start-up error
         sys.modules.pop(module_name, None)
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        raise StartupError(
-            f"Error importing {script}: {_describe_import_error(exc, script)}\n{tb}"
-        ) from None
+        raise StartupError(f"Error importing {script}: {_describe_import_error(exc, script)}\n{tb}") from None
     return module
 
 
@@ -139,8 +138,8 @@ def _check_http_annotation(name: str, arg: str, annotation: Any, v2: bool) -> No
     if v2:
         if issubclass(annotation, func.HttpRequest):
             raise StartupError(
-                f"cannot load the {name} function: {arg!r} binding type \"httpTrigger\" does not match its "
-                f"Python annotation \"{annotation.__name__}\". This app imports azurefunctions.extensions.http."
+                f'cannot load the {name} function: {arg!r} binding type "httpTrigger" does not match its '
+                f'Python annotation "{annotation.__name__}". This app imports azurefunctions.extensions.http.'
                 f"fastapi, so EVERY HTTP function must take its Request (worker rule, azure-functions-python-"
                 f"worker#1807)."
             )

@@ -8,6 +8,7 @@
 The host runs in its own process group (start_new_session), so stop()/kill() reach any child it spawned.
 Its stdout+stderr go to a log file (`log_path`, default a temp file); `logs()` and `wait_for_log()` read it.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,10 +39,19 @@ def free_port() -> int:
 
 
 class HostProcess:
-    def __init__(self, app_dir: str | os.PathLike, port: int | None = None, env: Mapping[str, str] | None = None,
-                 *, host: str = "127.0.0.1", log_path: str | os.PathLike | None = None,
-                 grace_seconds: float | None = None, extra_args: list[str] | None = None,
-                 inherit_env: bool = True, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        app_dir: str | os.PathLike,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        log_path: str | os.PathLike | None = None,
+        grace_seconds: float | None = None,
+        extra_args: list[str] | None = None,
+        inherit_env: bool = True,
+        python: str = sys.executable,
+    ) -> None:
         self.app_dir = Path(app_dir).resolve()
         self.port = port or free_port()
         self.host = host
@@ -85,16 +95,32 @@ class HostProcess:
         env.update(self.env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        args = [self.python, "-m", "local.functions_host", "--app-dir", str(self.app_dir),
-                "--port", str(self.port), "--host", self.host]
+        args = [
+            self.python,
+            "-m",
+            "local.functions_host",
+            "--app-dir",
+            str(self.app_dir),
+            "--port",
+            str(self.port),
+            "--host",
+            self.host,
+        ]
         if self.grace_seconds is not None:
             args += ["--grace", str(self.grace_seconds)]
         args += self.extra_args
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(f"\n===== start {time.strftime('%H:%M:%S')} {' '.join(args)}\n".encode())
         self._log_file.flush()
-        self.proc = subprocess.Popen(args, cwd=str(self.app_dir), env=env, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args,
+            cwd=str(self.app_dir),
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         if wait_ready:
             self.wait_ready(timeout)
         return self
@@ -108,8 +134,9 @@ class HostProcess:
         headers = {"x-functions-key": key} if key else {}
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
-                raise HostStartError(f"host exited with code {self.returncode} before it was ready\n"
-                                     + self.logs(tail=4000))
+                raise HostStartError(
+                    f"host exited with code {self.returncode} before it was ready\n" + self.logs(tail=4000)
+                )
             try:
                 req = urllib.request.Request(self.url("admin/host/status"), headers=headers)
                 with urllib.request.urlopen(req, timeout=1) as resp:
@@ -195,14 +222,16 @@ class HostProcess:
             if len(found) >= count:
                 return found
             if time.monotonic() > deadline:
-                raise TimeoutError(f"log pattern {pattern!r} seen {len(found)}/{count} times in {timeout}s\n"
-                                   + self.logs(tail=4000))
+                raise TimeoutError(
+                    f"log pattern {pattern!r} seen {len(found)}/{count} times in {timeout}s\n" + self.logs(tail=4000)
+                )
             if self.proc is not None and self.proc.poll() is not None:
                 found = rx.findall(self.logs())
                 if len(found) >= count:
                     return found
-                raise HostStartError(f"host exited (code {self.proc.returncode}) while waiting for {pattern!r}\n"
-                                     + self.logs(tail=4000))
+                raise HostStartError(
+                    f"host exited (code {self.proc.returncode}) while waiting for {pattern!r}\n" + self.logs(tail=4000)
+                )
             time.sleep(0.05)
 
     # -- context manager -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Per queue-triggered function:
   messageEncoding=base64: straight to poison, the function is not invoked.
 Poison copies are written with the same encoding as the trigger queue, so read them with the same decode policy.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -90,8 +91,9 @@ def make_service_client(connection: str, environ=None):
     else:
         from azure.identity.aio import DefaultAzureCredential
 
-        credential = DefaultAzureCredential(managed_identity_client_id=client_id) if client_id \
-            else DefaultAzureCredential()
+        credential = (
+            DefaultAzureCredential(managed_identity_client_id=client_id) if client_id else DefaultAzureCredential()
+        )
     return QueueServiceClient(account_url=uri, credential=credential), credential
 
 
@@ -109,14 +111,22 @@ class _Backoff:
             return MIN_POLL
         if self.current < self.maximum:
             self.exponent += 1
-            delta = (2 ** self.exponent - 1) * random.uniform(0.8, 1.2) * MIN_POLL
+            delta = (2**self.exponent - 1) * random.uniform(0.8, 1.2) * MIN_POLL
             self.current = min(self.maximum, MIN_POLL + delta)
         return self.current
 
 
 class QueueListener:
-    def __init__(self, spec: FunctionSpec, queue_name: str, connection: str, options: QueueOptions,
-                 invoker: Invoker, service_client, credential=None) -> None:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        queue_name: str,
+        connection: str,
+        options: QueueOptions,
+        invoker: Invoker,
+        service_client,
+        credential=None,
+    ) -> None:
         self.spec = spec
         self.queue_name = queue_name
         self.poison_name = f"{queue_name}-poison"
@@ -167,7 +177,8 @@ class QueueListener:
             try:
                 batch = []
                 async for m in self.queue.receive_messages(
-                    messages_per_page=self.options.batch_size, max_messages=self.options.batch_size,
+                    messages_per_page=self.options.batch_size,
+                    max_messages=self.options.batch_size,
                     visibility_timeout=lease,
                 ):
                     batch.append(m)
@@ -222,21 +233,36 @@ class QueueListener:
         max_dq = self.options.max_dequeue_count
         if raw.dequeue_count and raw.dequeue_count > max_dq:
             body = self._safe_decode(raw.content)
-            log.warning("Message %s has a dequeue count of %s > MaxDequeueCount %s; moving it to queue '%s' "
-                        "without invoking the function.", raw.id, raw.dequeue_count, max_dq, self.poison_name)
+            log.warning(
+                "Message %s has a dequeue count of %s > MaxDequeueCount %s; moving it to queue '%s' "
+                "without invoking the function.",
+                raw.id,
+                raw.dequeue_count,
+                max_dq,
+                self.poison_name,
+            )
             await self._to_poison(raw, state, body if body is not None else _raw_bytes(raw.content))
             return
         try:
             body = self._decode(raw.content)
         except (binascii.Error, ValueError):
-            log.error("Message decoding has failed! Check MessageEncoding settings. MessageId=%s (queue '%s'); "
-                      "moving it to queue '%s' without invoking the function.", raw.id, self.queue_name,
-                      self.poison_name)
+            log.error(
+                "Message decoding has failed! Check MessageEncoding settings. MessageId=%s (queue '%s'); "
+                "moving it to queue '%s' without invoking the function.",
+                raw.id,
+                self.queue_name,
+                self.poison_name,
+            )
             await self._to_poison(raw, state, _raw_bytes(raw.content))
             return
         message = QueueMessage(
-            id=raw.id, body=body, dequeue_count=raw.dequeue_count, expiration_time=raw.expires_on,
-            insertion_time=raw.inserted_on, time_next_visible=raw.next_visible_on, pop_receipt=raw.pop_receipt,
+            id=raw.id,
+            body=body,
+            dequeue_count=raw.dequeue_count,
+            expiration_time=raw.expires_on,
+            insertion_time=raw.inserted_on,
+            time_next_visible=raw.next_visible_on,
+            pop_receipt=raw.pop_receipt,
         )
         done = asyncio.Event()
         renew = asyncio.create_task(self._keep_invisible(raw.id, state, done))
@@ -254,13 +280,17 @@ class QueueListener:
                 await self.queue.delete_message(raw.id, state["receipt"])
             elif (raw.dequeue_count or 0) >= max_dq:
                 if self.has_poison:
-                    log.warning("Message has reached MaxDequeueCount of %s. Moving message to queue '%s'.",
-                                max_dq, self.poison_name)
+                    log.warning(
+                        "Message has reached MaxDequeueCount of %s. Moving message to queue '%s'.",
+                        max_dq,
+                        self.poison_name,
+                    )
                     await self._to_poison(raw, state, body)
                 # No poison queue possible: leave it invisible, like the host.
             else:
-                await self.queue.update_message(raw.id, state["receipt"],
-                                                visibility_timeout=int(self.options.visibility_timeout))
+                await self.queue.update_message(
+                    raw.id, state["receipt"], visibility_timeout=int(self.options.visibility_timeout)
+                )
         except Exception as exc:  # noqa: BLE001
             log.error("Queue '%s': completing message %s failed: %s", self.queue_name, raw.id, exc)
 
@@ -295,8 +325,9 @@ class QueueListener:
                 updated = await self.queue.update_message(message_id, state["receipt"], visibility_timeout=lease)
                 state["receipt"] = updated.pop_receipt
             except Exception as exc:  # noqa: BLE001
-                log.warning("Queue '%s': renewing visibility of message %s failed: %s", self.queue_name,
-                            message_id, exc)
+                log.warning(
+                    "Queue '%s': renewing visibility of message %s failed: %s", self.queue_name, message_id, exc
+                )
 
 
 def _raw_bytes(content) -> bytes:

@@ -1,5 +1,6 @@
 """ASP.NET-style route templates as the Functions host uses them: `runs/{run_id}`, `{id:int}`, `{id?}`,
 `{id=default}`, `{*rest}`. Literal segments match case-insensitively; more specific routes win."""
+
 from __future__ import annotations
 
 import re
@@ -65,8 +66,9 @@ def _constraint_check(kind: str, arg: str | None):
             return (lambda v: len(v) == n[0]) if len(n) == 1 else (lambda v: n[0] <= len(v) <= n[1])
         if kind in ("min", "max", "range") and n:
             lo, hi = {"min": (n[0], None), "max": (None, n[0]), "range": (n[0], n[-1])}[kind]
-            return lambda v: (re.fullmatch(r"-?\d+", v) is not None
-                              and (lo is None or int(v) >= lo) and (hi is None or int(v) <= hi))
+            return lambda v: (
+                re.fullmatch(r"-?\d+", v) is not None and (lo is None or int(v) >= lo) and (hi is None or int(v) <= hi)
+            )
     return None
 
 
@@ -105,7 +107,7 @@ def _split_params(segment: str, template: str) -> list[str | _Param]:
             if literal:
                 parts.append(literal)
                 literal = ""
-            parts.append(_parse_param(segment[i + 1:j], template))
+            parts.append(_parse_param(segment[i + 1 : j], template))
             i = j + 1
         elif ch == "}":
             if segment.startswith("}}", i):
@@ -130,7 +132,7 @@ def _parse_param(body: str, template: str) -> _Param:
     if not m:
         raise StartupError(f"route template {template!r}: invalid parameter {{{body}}}")
     name = m.group(1)
-    rest = body[m.end():]
+    rest = body[m.end() :]
     optional = False
     if rest.endswith("?"):
         optional = True
@@ -146,7 +148,7 @@ def _parse_param(body: str, template: str) -> _Param:
             eq = idx
             break
     if eq is not None:
-        default = rest[eq + 1:]
+        default = rest[eq + 1 :]
         rest = rest[:eq]
         optional = True
     constraints = []
@@ -158,7 +160,7 @@ def _parse_param(body: str, template: str) -> _Param:
         if check is None:
             raise StartupError(f"route template {template!r}: unsupported constraint {cm.group(0)[1:]!r}")
         constraints.append(check)
-        rest = rest[cm.end():]
+        rest = rest[cm.end() :]
     return _Param(name=name, constraints=constraints, optional=optional, default=default, catch_all=catch_all)
 
 

@@ -2,6 +2,7 @@
 
 Dev-only: part of the local Azure Functions host (see local/functions_host/README.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,9 @@ HTTP_CONCURRENCY = "FUNCTIONS_HOST_HTTP_PER_INSTANCE_CONCURRENCY"
 DEFAULT_FUNCTION_TIMEOUT = 1800.0
 
 
-def check_init_indexing(http_v2: bool, environ: Mapping[str, str] | None = None,
-                        version: tuple[int, int] = sys.version_info[:2]) -> None:
+def check_init_indexing(
+    http_v2: bool, environ: Mapping[str, str] | None = None, version: tuple[int, int] = sys.version_info[:2]
+) -> None:
     """Refuse an app with the FastAPI HTTP types when the worker would not serve them.
 
     On Python <= 3.12 the worker starts its HTTP v2 (streaming) proxy only during init indexing, which
@@ -181,12 +183,16 @@ def load_host_json(app_dir: Path, environ: Mapping[str, str] | None = None) -> H
         batch_size=batch,
         new_batch_threshold=threshold,
         max_polling_interval=max_poll,
-        visibility_timeout=parse_timespan(q.get("visibilityTimeout"), what="extensions.queues.visibilityTimeout") or 0.0,
+        visibility_timeout=parse_timespan(q.get("visibilityTimeout"), what="extensions.queues.visibilityTimeout")
+        or 0.0,
         max_dequeue_count=max_dequeue,
         message_encoding=encoding,
         lease_seconds=max(lease, 1.0),
     )
     # Absent: Flex Consumption's default; "-1": unbounded (parse_timespan gives None).
-    timeout = DEFAULT_FUNCTION_TIMEOUT if "functionTimeout" not in raw else \
-        parse_timespan(raw.get("functionTimeout"), what="functionTimeout")
+    timeout = (
+        DEFAULT_FUNCTION_TIMEOUT
+        if "functionTimeout" not in raw
+        else parse_timespan(raw.get("functionTimeout"), what="functionTimeout")
+    )
     return HostConfig(route_prefix=prefix, function_timeout=timeout, queues=queues, raw=raw)

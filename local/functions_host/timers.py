@@ -4,6 +4,7 @@ TimeSpan `hh:mm:ss` interval; `run_on_startup`; `use_monitor` is ignored (no sch
 Like the host's TimerListener, one function never overlaps itself: after an invocation the next occurrence is
 computed from "now", so occurrences missed while it ran are skipped.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,11 +21,18 @@ from .loader import FunctionSpec
 
 log = logging.getLogger("functions_host")
 
-_MONTHS = {m: i + 1 for i, m in enumerate(
-    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"])}
+_MONTHS = {
+    m: i + 1 for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"])
+}
 _DAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
-_FIELDS = [("second", 0, 59, None), ("minute", 0, 59, None), ("hour", 0, 23, None),
-           ("day", 1, 31, None), ("month", 1, 12, _MONTHS), ("day-of-week", 0, 6, _DAYS)]
+_FIELDS = [
+    ("second", 0, 59, None),
+    ("minute", 0, 59, None),
+    ("hour", 0, 23, None),
+    ("day", 1, 31, None),
+    ("month", 1, 12, _MONTHS),
+    ("day-of-week", 0, 6, _DAYS),
+]
 
 
 def _value(text: str, lo: int, hi: int, names, expr: str, field: str) -> int:
@@ -82,8 +90,10 @@ class CronSchedule:
                 f"invalid NCRONTAB expression {expression!r}: expected 6 fields "
                 f"'{{second}} {{minute}} {{hour}} {{day}} {{month}} {{day-of-week}}', found {len(fields)}"
             )
-        parsed = [_parse_field(f, lo, hi, names, expression, name)
-                  for f, (name, lo, hi, names) in zip(fields, _FIELDS, strict=True)]
+        parsed = [
+            _parse_field(f, lo, hi, names, expression, name)
+            for f, (name, lo, hi, names) in zip(fields, _FIELDS, strict=True)
+        ]
         return cls(expression, *parsed)
 
     def next_after(self, t: datetime) -> datetime:
@@ -158,8 +168,11 @@ class TimerListener:
         now = datetime.now(UTC)
         request = TimerRequest(
             past_due=past_due,
-            schedule_status={"Last": (self.last or datetime.min.replace(tzinfo=UTC)).isoformat(),
-                             "Next": nxt.isoformat(), "LastUpdated": now.isoformat()},
+            schedule_status={
+                "Last": (self.last or datetime.min.replace(tzinfo=UTC)).isoformat(),
+                "Next": nxt.isoformat(),
+                "LastUpdated": now.isoformat(),
+            },
             schedule={"AdjustForDST": True},
         )
         self.last = scheduled

@@ -4,6 +4,7 @@ A body larger than the route allows is refused before it is read when its Conten
 as soon as a streamed (chunked) body passes the limit: an anonymous caller cannot make the app buffer more
 than the limit. Every refusal is a 4xx naming the problem (413 for the size) and, where it can, the field.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,6 @@
 """Failures as HTTP answers: each domain error has one status code, and the body is
 `{"error": {"code", "message", "param"}}`. Outages are 503 with Retry-After; a 500 only for our own bugs."""
+
 from __future__ import annotations
 
 import functools
@@ -30,8 +31,15 @@ from ..settings import SettingsError
 log = logging.getLogger("bgruns.http")
 
 _STATUS: tuple[tuple[type[ServiceError], int], ...] = (
-    (PayloadTooLarge, 413), (InvalidRequest, 400), (Unauthorized, 401), (Forbidden, 403), (NotFound, 404),
-    (Conflict, 409), (RateLimited, 429), (Unavailable, 503), (UpstreamError, 502),
+    (PayloadTooLarge, 413),
+    (InvalidRequest, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (RateLimited, 429),
+    (Unavailable, 503),
+    (UpstreamError, 502),
 )
 
 
@@ -62,8 +70,12 @@ def as_service_error(error: Exception, where: str = "a handler") -> ServiceError
     if isinstance(error, SettingsError):
         log.error("configuration error: %s", error)
         return Unavailable("misconfigured", f"The service is misconfigured: {error}", retry_after=30)
-    if isinstance(error, HttpResponseError) and error.status_code and 400 <= error.status_code < 500 \
-            and error.status_code not in (408, 429):
+    if (
+        isinstance(error, HttpResponseError)
+        and error.status_code
+        and 400 <= error.status_code < 500
+        and error.status_code not in (408, 429)
+    ):
         log.error("storage refused a request: %s %s", error.status_code, getattr(error, "error_code", ""))
         return ServiceError("storage_refused", "Storage refused the request; this is a bug in the service.")
     if isinstance(error, AzureError):
@@ -78,6 +90,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def answering_errors_with(render: Callable[[ServiceError], Response]) -> Callable[[Handler], Handler]:
     """A decorator that maps every failure of an HTTP handler to a ServiceError, answered by `render`."""
+
     def decorate(func: Handler) -> Handler:
         @functools.wraps(func)
         async def wrapper(req: Request) -> Response:
@@ -85,7 +98,9 @@ def answering_errors_with(render: Callable[[ServiceError], Response]) -> Callabl
                 return await func(req)
             except Exception as error:  # noqa: BLE001 - mapped; unknown ones are logged with the traceback
                 return render(as_service_error(error, func.__name__))
+
         return wrapper
+
     return decorate
 
 

@@ -5,6 +5,7 @@ function call's id, name and arguments, a tool's schema) has the type OpenAI's R
 request is a 400 naming the field (`input[2].content[0].text`), before anything is written. Item and part types
 the service does not read are left to the provider, as OpenAI's own API would judge them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -16,8 +17,10 @@ ROLES = ("user", "assistant", "system", "developer")
 # Content parts whose text the service reads: the field that holds it.
 _TEXT_FIELD = {"input_text": "text", "output_text": "text", "text": "text", "refusal": "refusal"}
 # Optional string fields of the other content parts.
-_PART_STRINGS = {"input_image": ("image_url", "file_id", "detail"),
-                 "input_file": ("file_id", "filename", "file_data", "file_url")}
+_PART_STRINGS = {
+    "input_image": ("image_url", "file_id", "detail"),
+    "input_file": ("file_id", "filename", "file_data", "file_url"),
+}
 
 
 def check_input_items(items: list[Any]) -> None:
@@ -39,8 +42,9 @@ def check_function_tool(tool: dict[str, Any], where: str) -> None:
     JSON schema object, `strict` a boolean (each but the name may be null or absent)."""
     name = tool.get("name")
     if not isinstance(name, str) or not name:
-        raise bad_request(f"'{where}.name' is required for a function tool and must be a string.",
-                          param=f"{where}.name")
+        raise bad_request(
+            f"'{where}.name' is required for a function tool and must be a string.", param=f"{where}.name"
+        )
     _optional_strings(tool, where, ("description",))
     if tool.get("parameters") is not None and not isinstance(tool["parameters"], dict):
         raise bad_request(f"'{where}.parameters' must be a JSON schema object.", param=f"{where}.parameters")
@@ -79,7 +83,9 @@ def _item_reference(item: dict[str, Any], where: str) -> None:
 
 
 _ITEM_CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
-    "message": _message, "function_call": _function_call, "function_call_output": _function_call_output,
+    "message": _message,
+    "function_call": _function_call,
+    "function_call_output": _function_call_output,
     "item_reference": _item_reference,
 }
 

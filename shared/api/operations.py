@@ -1,5 +1,6 @@
 """What an operator looks at: the service's configuration and storage check (GET /api/health) and this process's
 counters (GET /api/metrics); the console's operator view shows the same two. Never a secret."""
+
 from __future__ import annotations
 
 import resource
@@ -15,16 +16,25 @@ from ..storage import STORAGE_REQUESTS, Table
 def configuration(settings: Settings) -> dict[str, Any]:
     """What is configured, counted (never a secret): the provider, how runs run and end, webhooks, the callers."""
     return {
-        "provider": {"kind": settings.provider.kind, "default_model": settings.provider.default_model,
-                     "auth": "key" if settings.provider.api_key else "entra_id"},
+        "provider": {
+            "kind": settings.provider.kind,
+            "default_model": settings.provider.default_model,
+            "auth": "key" if settings.provider.api_key else "entra_id",
+        },
         "backend": {"run_backend": settings.executor.backend, "executor_api": settings.executor.api},
         "webhooks": {"enabled": bool(settings.webhook_secrets), "signing_secrets": len(settings.webhook_secrets)},
-        "completion": {"strategy": settings.completion.strategy,
-                       "provider_webhook_secrets": len(settings.completion.provider_webhook_secrets)},
-        "responses_api": {"callers": len({key.caller for key in settings.facade.api_keys}),
-                          "keys": len(settings.facade.api_keys)},
-        "caller_quotas": {**_quota(settings.quotas.default), "overrides": {
-            name: _quota(quota) for name, quota in sorted(settings.quotas.overrides.items())}},
+        "completion": {
+            "strategy": settings.completion.strategy,
+            "provider_webhook_secrets": len(settings.completion.provider_webhook_secrets),
+        },
+        "responses_api": {
+            "callers": len({key.caller for key in settings.facade.api_keys}),
+            "keys": len(settings.facade.api_keys),
+        },
+        "caller_quotas": {
+            **_quota(settings.quotas.default),
+            "overrides": {name: _quota(quota) for name, quota in sorted(settings.quotas.overrides.items())},
+        },
     }
 
 
@@ -63,7 +73,12 @@ def process_metrics() -> dict[str, Any]:
     for (function, request), count in STORAGE_REQUESTS.items():
         by_request[request] += count
         by_function.setdefault(function, Counter())[request] += count
-    return {"scope": "this process only", "functions": sorted(by_function),
-            "storage_requests": dict(by_request), "storage_requests_total": sum(by_request.values()),
-            "storage_requests_by_function": {f: dict(c) for f, c in by_function.items()},
-            "cpu_seconds": usage.ru_utime + usage.ru_stime, "max_rss_kib": usage.ru_maxrss}
+    return {
+        "scope": "this process only",
+        "functions": sorted(by_function),
+        "storage_requests": dict(by_request),
+        "storage_requests_total": sum(by_request.values()),
+        "storage_requests_by_function": {f: dict(c) for f, c in by_function.items()},
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "max_rss_kib": usage.ru_maxrss,
+    }

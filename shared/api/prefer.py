@@ -1,5 +1,6 @@
 """`Prefer: wait=N` (RFC 7240): how long a request may be held for its answer, bounded by a setting, and the
 `Preference-Applied` header that tells the caller how long it was allowed to be held."""
+
 from __future__ import annotations
 
 import re

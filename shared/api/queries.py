@@ -1,5 +1,6 @@
 """What a request names besides its body: route parameters and the query of a run list (GET /api/runs and the
 console's list), each bad value a 400 naming it."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -33,5 +34,9 @@ def run_list_query(query: Mapping[str, str], *, default_limit: int) -> dict[str,
     cursor = query.get("cursor")
     if cursor == "":
         raise invalid("'cursor' is empty; send the next_cursor of the previous page, or no cursor.", param="cursor")
-    return {"status": query.get("status"), "session_id": session_id, "cursor": cursor,
-            "limit": limit_param(query, default_limit)}
+    return {
+        "status": query.get("status"),
+        "session_id": session_id,
+        "cursor": cursor,
+        "limit": limit_param(query, default_limit),
+    }

@@ -4,6 +4,7 @@
 The status codes are the native API's (shared/api/errors.py); only the body differs. A missing or wrong key is
 401 `invalid_api_key`; a run the caller cannot see is 404 "Response with id '...' not found.", as OpenAI says it.
 """
+
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse
@@ -22,8 +23,14 @@ def error_type(status: int) -> str:
 
 def openai_error_response(error: ServiceError) -> JSONResponse:
     status = status_of(error)
-    body = {"error": {"message": error.message, "type": error_type(status), "param": error.param,
-                      "code": None if error.code == "not_found" else error.code}}
+    body = {
+        "error": {
+            "message": error.message,
+            "type": error_type(status),
+            "param": error.param,
+            "code": None if error.code == "not_found" else error.code,
+        }
+    }
     return JSONResponse(body, status_code=status, headers=error_headers(error))
 
 

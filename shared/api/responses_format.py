@@ -20,6 +20,7 @@ the provider cannot stream it) ends its stream with one event of ours, numbered 
 `cancelled`), carrying the stored Response. A resume after the final event, and the maximum stream duration
 (STREAM_MAX_SECONDS), end the stream with an SSE comment only (no event): resume with `starting_after`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,10 +29,22 @@ from ..responses_vocabulary import OPENAI_ERROR_CODES, SERVER_ERROR
 from ..runs.model import Run
 from ..runs.relay import sse
 
-STATUS = {"queued": "queued", "in_progress": "in_progress", "completed": "completed", "requires_action": "completed",
-          "failed": "failed", "expired": "failed", "incomplete": "incomplete", "cancelled": "cancelled"}
-FINAL_EVENT_TYPE = {"completed": "response.completed", "failed": "response.failed",
-                    "incomplete": "response.incomplete", "cancelled": "response.incomplete"}
+STATUS = {
+    "queued": "queued",
+    "in_progress": "in_progress",
+    "completed": "completed",
+    "requires_action": "completed",
+    "failed": "failed",
+    "expired": "failed",
+    "incomplete": "incomplete",
+    "cancelled": "cancelled",
+}
+FINAL_EVENT_TYPE = {
+    "completed": "response.completed",
+    "failed": "response.failed",
+    "incomplete": "response.incomplete",
+    "cancelled": "response.incomplete",
+}
 SERVICE_METADATA_PREFIX = "bg_"
 
 
@@ -41,23 +54,33 @@ class ResponseRenderer:
         base = result.get("response") or run.response or {}
         status = STATUS[run.status]
         body = {**self._defaults(run), **base}
-        body.update({
-            "id": run.id, "object": "response", "status": status, "background": True,
-            "metadata": dict(run.metadata), "previous_response_id": run.previous_run_id,
-            "output": list(result.get("output") or []) if run.is_terminal else [],
-            "error": _error(result.get("error")) if status == "failed" else None,
-            "incomplete_details": result.get("incomplete_details") if status == "incomplete" else None,
-            "usage": result.get("usage") if run.is_terminal else None,
-            "completed_at": (base.get("completed_at") or int(run.completed_at or run.created_at))
-            if status == "completed" else None,
-        })
+        body.update(
+            {
+                "id": run.id,
+                "object": "response",
+                "status": status,
+                "background": True,
+                "metadata": dict(run.metadata),
+                "previous_response_id": run.previous_run_id,
+                "output": list(result.get("output") or []) if run.is_terminal else [],
+                "error": _error(result.get("error")) if status == "failed" else None,
+                "incomplete_details": result.get("incomplete_details") if status == "incomplete" else None,
+                "usage": result.get("usage") if run.is_terminal else None,
+                "completed_at": (base.get("completed_at") or int(run.completed_at or run.created_at))
+                if status == "completed"
+                else None,
+            }
+        )
         return body
 
     def fix(self, run: Run, response: dict[str, Any]) -> dict[str, Any]:
         """A response object from the provider's stream, as this run: our id, the caller's metadata, our chain, and
         its error in OpenAI's codes, as GET renders it."""
-        fixed = {**_replace(response, run.response_id, run.id), "metadata": dict(run.metadata),
-                 "previous_response_id": run.previous_run_id}
+        fixed = {
+            **_replace(response, run.response_id, run.id),
+            "metadata": dict(run.metadata),
+            "previous_response_id": run.previous_run_id,
+        }
         if fixed.get("error"):
             fixed["error"] = _error(fixed["error"])
         return fixed
@@ -66,13 +89,22 @@ class ResponseRenderer:
     def _defaults(run: Run) -> dict[str, Any]:
         """What OpenAI sends when the provider's own reply is not kept (a run still starting, an older run)."""
         request = run.request or {}
-        return {"created_at": int(run.created_at), "model": run.model, "instructions": request.get("instructions"),
-                "tools": request.get("tools") or [], "tool_choice": request.get("tool_choice", "auto"),
-                "parallel_tool_calls": request.get("parallel_tool_calls", True),
-                "temperature": request.get("temperature", 1.0), "top_p": request.get("top_p", 1.0),
-                "max_output_tokens": request.get("max_output_tokens"), "reasoning": request.get("reasoning"),
-                "store": True, "text": request.get("text") or {"format": {"type": "text"}},
-                "truncation": request.get("truncation", "disabled"), "user": request.get("user")}
+        return {
+            "created_at": int(run.created_at),
+            "model": run.model,
+            "instructions": request.get("instructions"),
+            "tools": request.get("tools") or [],
+            "tool_choice": request.get("tool_choice", "auto"),
+            "parallel_tool_calls": request.get("parallel_tool_calls", True),
+            "temperature": request.get("temperature", 1.0),
+            "top_p": request.get("top_p", 1.0),
+            "max_output_tokens": request.get("max_output_tokens"),
+            "reasoning": request.get("reasoning"),
+            "store": True,
+            "text": request.get("text") or {"format": {"type": "text"}},
+            "truncation": request.get("truncation", "disabled"),
+            "user": request.get("user"),
+        }
 
 
 class ResponsesEventFormat:

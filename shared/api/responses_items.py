@@ -4,6 +4,7 @@ call), as OpenAI lists input items: newest first by default (`order`), `limit` 1
 Items without an id get a stable one made from the run id and their position, so `after` pages work on every
 read; messages get `status: completed` and their text as content parts, as the API lists them.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,9 +33,14 @@ def page(items: list[dict[str, Any]], *, after: str | None, limit: int, order: s
         if after not in ids:
             raise bad_request(f"No input item with id '{after}'.", param="after")
         start = ids.index(after) + 1
-    data = ordered[start:start + limit]
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": start + limit < len(ordered)}
+    data = ordered[start : start + limit]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": start + limit < len(ordered),
+    }
 
 
 def _listed(item: dict[str, Any], run_id: str, index: int) -> dict[str, Any]:
@@ -55,7 +61,14 @@ def _content(content: Any, *, assistant: bool) -> list[dict[str, Any]]:
     parts = [{"type": "input_text", "text": content}] if isinstance(content, str) else list(content or [])
     if not assistant:
         return parts
-    return [{"type": "output_text", "text": part.get("text", ""), "annotations": part.get("annotations", []),
-             "logprobs": part.get("logprobs", [])}
-            if isinstance(part, dict) and part.get("type") in ("input_text", "output_text", "text") else part
-            for part in parts]
+    return [
+        {
+            "type": "output_text",
+            "text": part.get("text", ""),
+            "annotations": part.get("annotations", []),
+            "logprobs": part.get("logprobs", []),
+        }
+        if isinstance(part, dict) and part.get("type") in ("input_text", "output_text", "text")
+        else part
+        for part in parts
+    ]

@@ -9,6 +9,7 @@ and one it has no equivalent for is refused the same way when the run starts, be
 (shared/executor/parameters.py). Our additions ride in the body (`extra_body` in the SDK): `webhook_url` and
 `deadline_seconds`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -21,19 +22,51 @@ from .item_checks import check_function_tool
 from .run_requests import expect_field, flag_field, read_input, read_model_options, read_our_additions
 
 # Passed to the provider as they are (openai 3.57 `responses.create` parameters).
-PASS_THROUGH = frozenset({
-    "access_programs", "context_management", "image", "include", "max_tool_calls", "moderation",
-    "parallel_tool_calls", "prompt", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention",
-    "safety_identifier", "service_tier", "temperature", "text", "tool_choice", "top_logprobs", "top_p",
-    "truncation", "user",
-})
+PASS_THROUGH = frozenset(
+    {
+        "access_programs",
+        "context_management",
+        "image",
+        "include",
+        "max_tool_calls",
+        "moderation",
+        "parallel_tool_calls",
+        "prompt",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "safety_identifier",
+        "service_tier",
+        "temperature",
+        "text",
+        "tool_choice",
+        "top_logprobs",
+        "top_p",
+        "truncation",
+        "user",
+    }
+)
 # Read here and mapped onto the run.
-HANDLED = frozenset({"model", "input", "instructions", "tools", "metadata", "max_output_tokens", "reasoning",
-                     "background", "stream", "stream_options", "store", "previous_response_id"})
+HANDLED = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "tools",
+        "metadata",
+        "max_output_tokens",
+        "reasoning",
+        "background",
+        "stream",
+        "stream_options",
+        "store",
+        "previous_response_id",
+    }
+)
 OUR_ADDITIONS = frozenset({"webhook_url", "deadline_seconds"})
 REFUSED = {
     "conversation": "Conversations are provider-side state this service does not manage; chain turns with "
-                    "'previous_response_id' instead.",
+    "'previous_response_id' instead.",
     "background_options": "'background_options' is not supported: every response runs in the background here.",
 }
 
@@ -52,8 +85,12 @@ PASS_THROUGH_TYPES: dict[str, tuple[tuple[type, ...], str, Callable[[Any], bool]
     "text": ((dict,), "an object", None),
     "prompt": ((dict,), "an object", None),
     "include": ((list,), "a list of strings", lambda value: all(isinstance(item, str) for item in value)),
-    "service_tier": _STRING, "user": _STRING, "safety_identifier": _STRING, "prompt_cache_key": _STRING,
-    "prompt_cache_retention": _STRING, "truncation": _STRING,
+    "service_tier": _STRING,
+    "user": _STRING,
+    "safety_identifier": _STRING,
+    "prompt_cache_key": _STRING,
+    "prompt_cache_retention": _STRING,
+    "truncation": _STRING,
 }
 
 
@@ -76,9 +113,12 @@ def parse_create_body(body: dict[str, Any]) -> CreateBody:
     if body.get("stream_options") is not None and not stream:
         raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
     if flag_field(body, "store", default=True) is False:
-        raise bad_request("'store: false' cannot be honoured: this service keeps every response for its retention "
-                          "period (that is what lets a run outlive its client).", param="store",
-                          code="unsupported_parameter")
+        raise bad_request(
+            "'store: false' cannot be honoured: this service keeps every response for its retention "
+            "period (that is what lets a run outlive its client).",
+            param="store",
+            code="unsupported_parameter",
+        )
     request = RunRequest(input=read_input(body["input"]), stream=stream)
     read_model_options(body, request)
     request.tools = _tools(expect_field(body, "tools", (list,), "an array") or [])

@@ -2,6 +2,7 @@
 
 A body either starts a run (`input` and options: a RunRequest) or continues one (`continuation_token`, with
 `stream` to resume its stream)."""
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,21 @@ METADATA_MAX_PAIRS = 15  # OpenAI allows 16; the service adds its own run id
 METADATA_KEY_MAX = 64
 METADATA_VALUE_MAX = 512
 REASONING_EFFORTS = {"none", "minimal", "low", "medium", "high", "xhigh"}
-_ALLOWED = {"input", "instructions", "model", "session_id", "background", "stream", "tools", "metadata",
-            "max_output_tokens", "reasoning", "continuation_token", "webhook_url", "deadline_seconds"}
+_ALLOWED = {
+    "input",
+    "instructions",
+    "model",
+    "session_id",
+    "background",
+    "stream",
+    "tools",
+    "metadata",
+    "max_output_tokens",
+    "reasoning",
+    "continuation_token",
+    "webhook_url",
+    "deadline_seconds",
+}
 
 
 @dataclass
@@ -69,8 +83,11 @@ def _metadata(value: dict[str, Any]) -> dict[str, str]:
         if not isinstance(item, str):
             raise bad_request(f"'metadata.{key}' must be a string.", param=f"metadata.{key}")
         if len(key) > METADATA_KEY_MAX or len(item) > METADATA_VALUE_MAX:
-            raise bad_request(f"'metadata.{key}': keys are at most {METADATA_KEY_MAX} characters and values at "
-                              f"most {METADATA_VALUE_MAX}.", param=f"metadata.{key}")
+            raise bad_request(
+                f"'metadata.{key}': keys are at most {METADATA_KEY_MAX} characters and values at "
+                f"most {METADATA_VALUE_MAX}.",
+                param=f"metadata.{key}",
+            )
         if key.startswith("bg_"):
             raise bad_request("'metadata' keys starting with 'bg_' are reserved.", param=f"metadata.{key}")
     return value
@@ -91,8 +108,9 @@ def parse_run_body(body: dict[str, Any]) -> RunBody:
     if token is not None:
         others = sorted(k for k in body if k not in ("continuation_token", "stream") and body[k] is not None)
         if others:
-            raise bad_request(f"'continuation_token' continues an existing run; do not send '{others[0]}' with it.",
-                              param=others[0])
+            raise bad_request(
+                f"'continuation_token' continues an existing run; do not send '{others[0]}' with it.", param=others[0]
+            )
         return RunBody(continuation_token=token, stream=flag_field(body, "stream", default=False))
     if body.get("input") is None:
         raise bad_request("'input' is required (or 'continuation_token' to poll a run).", param="input")

@@ -1,4 +1,5 @@
 """SSE responses for a run's relay, and where a resuming client wants to continue from."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,9 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def streaming_response(relay: Relay, location: str) -> StreamingResponse:
-    return StreamingResponse(relay.events(), media_type="text/event-stream",
-                             headers={**SSE_HEADERS, "Location": location})
+    return StreamingResponse(
+        relay.events(), media_type="text/event-stream", headers={**SSE_HEADERS, "Location": location}
+    )
 
 
 def resume_position(req: Request, run_id: str, decode_token: Callable[[str], TokenClaims]) -> int:
@@ -28,8 +30,9 @@ def resume_position(req: Request, run_id: str, decode_token: Callable[[str], Tok
     if token is not None:
         claims: TokenClaims = decode_token(token)
         if claims.run_id != run_id:
-            raise invalid("The continuation token belongs to another run.", param="continuation_token",
-                          code="invalid_token")
+            raise invalid(
+                "The continuation token belongs to another run.", param="continuation_token", code="invalid_token"
+            )
         from_url = claims.position
     raw = req.query_params.get("starting_after")
     if raw is not None:

@@ -17,6 +17,7 @@ One invocation:
    makes the webhook's first attempt right here, as every background step does). A crash in between is finished
    from the log by the next message or the poll chain.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -69,6 +70,8 @@ class ExecuteOutcome(StrEnum):
     BUSY = "busy"  # the head kept changing while this message tried to claim it
     STOPPED = "stopped"  # the run ended elsewhere (a cancel closed the log)
     SUPERSEDED = "superseded"  # a newer attempt owns the log
+
+
 STORAGE_CONFLICT_TRIES = 4  # ETag conflicts that leave the log ours (a watchdog note) before the attempt stops
 
 
@@ -84,6 +87,7 @@ class Timings:
         """The backoff of a call refused before output: from retry_base_seconds, doubling, up to MAX_BACKOFF_SECONDS;
         the provider's Retry-After can only lengthen it."""
         return Backoff(self.retry_base_seconds, MAX_BACKOFF_SECONDS, 2.0)
+
     # How long a batch the log would not take (storage down) is tried again before the attempt gives up. Long
     # enough to ride out a storage blip: the batch may hold a whole answer the model was paid for. Nobody else
     # can take the log over meanwhile (that needs storage too), and if someone did, the ETag says so.
@@ -130,8 +134,10 @@ class _Writer:
 
     @property
     def due(self) -> bool:
-        return bool(self.pending) and (len(self.pending) >= self._timings.flush_events
-                                       or time.monotonic() - self._first_pending_at >= self._timings.flush_seconds)
+        return bool(self.pending) and (
+            len(self.pending) >= self._timings.flush_events
+            or time.monotonic() - self._first_pending_at >= self._timings.flush_seconds
+        )
 
     @property
     def next_due(self) -> float:
@@ -152,8 +158,11 @@ class _Writer:
                 break
             except LogConflict:
                 fresh = await self._log.head(self.head.run_id)
-                if fresh is None or fresh.is_closed or (fresh.attempt, fresh.claimed_by) != (
-                        self.head.attempt, self.head.claimed_by):
+                if (
+                    fresh is None
+                    or fresh.is_closed
+                    or (fresh.attempt, fresh.claimed_by) != (self.head.attempt, self.head.claimed_by)
+                ):
                     raise Superseded(fresh) from None
                 self.head = fresh  # only a watchdog note changed: still ours
                 conflicts += 1
@@ -163,9 +172,13 @@ class _Writer:
                 if time.monotonic() >= give_up_at:
                     raise
                 failures += 1
-                await asyncio.sleep(min(self._timings.storage_retry_max_seconds,
-                                        self._timings.storage_retry_base_seconds * 2 ** (failures - 1)))
-        self.pending = self.pending[len(events):]
+                await asyncio.sleep(
+                    min(
+                        self._timings.storage_retry_max_seconds,
+                        self._timings.storage_retry_base_seconds * 2 ** (failures - 1),
+                    )
+                )
+        self.pending = self.pending[len(events) :]
         if self.pending:  # emitted while the batch was being written: they start the next batch now
             self._first_pending_at = time.monotonic()
         self._last_write = time.monotonic()
@@ -177,8 +190,15 @@ class _Writer:
 
 
 class Executor:
-    def __init__(self, store: RunStore, events: EventLog, ending: RunEnding, model: Model,
-                 settings: ExecutorSettings, timings: Timings = Timings()) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        events: EventLog,
+        ending: RunEnding,
+        model: Model,
+        settings: ExecutorSettings,
+        timings: Timings = Timings(),
+    ) -> None:
         self._store = store
         self._log = events
         self._ending = ending
@@ -188,8 +208,9 @@ class Executor:
         self._heartbeat = max(0.2, min(5.0, settings.stale_seconds / 4))
 
     # -- one message ---------------------------------------------------------------------------------------------
-    async def handle(self, data: Mapping[str, Any], *, message_id: str = "",
-                     dequeue_count: int = 1) -> ExecuteOutcome | RunStatus:
+    async def handle(
+        self, data: Mapping[str, Any], *, message_id: str = "", dequeue_count: int = 1
+    ) -> ExecuteOutcome | RunStatus:
         """Handle one execute message; returns what happened (for logs and tests)."""
         try:
             message = ExecuteMessage.parse(data)
@@ -226,8 +247,9 @@ class Executor:
                 if not (redelivered or silent):
                     return ExecuteOutcome.DUPLICATE
                 how = "ended with its invocation (host stopped or failed)" if redelivered else "went silent"
-                log.warning("run %s: attempt %d %s; starting attempt %d", head.run_id, head.attempt, how,
-                            head.attempt + 1)
+                log.warning(
+                    "run %s: attempt %d %s; starting attempt %d", head.run_id, head.attempt, how, head.attempt + 1
+                )
             head.attempt += 1
             head.claimed_by, head.claimed_dequeue, head.heartbeat_at = message_id, dequeue_count, clock.now()
             head.status = "in_progress"
@@ -257,8 +279,9 @@ class Executor:
             await self._mark_in_progress(run)
             while True:
                 if restart_reason:
-                    writer.emit({"type": OUTPUT_RESTARTED_EVENT, "attempt": writer.head.attempt,
-                                 "reason": restart_reason})
+                    writer.emit(
+                        {"type": OUTPUT_RESTARTED_EVENT, "attempt": writer.head.attempt, "reason": restart_reason}
+                    )
                 writer.emit({"type": "response.in_progress", "response": with_status(base, "in_progress")})
                 await writer.flush()
                 try:
@@ -266,18 +289,24 @@ class Executor:
                 except _Cut as cut:
                     restart_reason = cut.reason
                 if writer.head.attempt >= self._settings.max_attempts:
-                    return await self._fail(run, writer, base, ErrorCode.MODEL_CALL_INTERRUPTED,
-                                            self._exhausted(restart_reason))
+                    return await self._fail(
+                        run, writer, base, ErrorCode.MODEL_CALL_INTERRUPTED, self._exhausted(restart_reason)
+                    )
                 await writer.flush(attempt=writer.head.attempt + 1)
                 log.info("run %s: %s; attempt %d", run.id, restart_reason, writer.head.attempt)
         except Superseded as superseded:
             closed = superseded.head is not None and superseded.head.is_closed
-            log.info("run %s: attempt %d stops: %s", run.id, head.attempt, "the log was closed (cancel)" if closed
-                     else "a newer attempt owns the log")
+            log.info(
+                "run %s: attempt %d stops: %s",
+                run.id,
+                head.attempt,
+                "the log was closed (cancel)" if closed else "a newer attempt owns the log",
+            )
             return ExecuteOutcome.STOPPED if closed else ExecuteOutcome.SUPERSEDED
 
-    async def _call(self, run: Run, writer: _Writer, request: ModelRequest, base: dict[str, Any],
-                    started: float) -> ExecuteOutcome | RunStatus:
+    async def _call(
+        self, run: Run, writer: _Writer, request: ModelRequest, base: dict[str, Any], started: float
+    ) -> ExecuteOutcome | RunStatus:
         """One attempt's call, with retries before any output: how the run went. Raises _Cut when the stream
         broke after output began (the attempt is over)."""
         for tries in range(1, PROVIDER_TRIES + 1):
@@ -287,13 +316,24 @@ class Executor:
                 return await self._stopped(run, writer, base, stop.reason)
             except ProviderError as error:
                 if not error.transient:
-                    return await self._fail(run, writer, base, ErrorCode.PROVIDER_ERROR,
-                                            f"The model provider refused the call ({error.status}): {error.message}")
+                    return await self._fail(
+                        run,
+                        writer,
+                        base,
+                        ErrorCode.PROVIDER_ERROR,
+                        f"The model provider refused the call ({error.status}): {error.message}",
+                    )
                 if tries == PROVIDER_TRIES:
-                    return await self._fail(run, writer, base, ErrorCode.PROVIDER_UNAVAILABLE,
-                                            f"The model provider kept failing ({tries} tries): {error.message}")
-                delay = min(MAX_BACKOFF_SECONDS, self.timings.retry_backoff.delay(tries - 1,
-                                                                                  retry_after=error.retry_after))
+                    return await self._fail(
+                        run,
+                        writer,
+                        base,
+                        ErrorCode.PROVIDER_UNAVAILABLE,
+                        f"The model provider kept failing ({tries} tries): {error.message}",
+                    )
+                delay = min(
+                    MAX_BACKOFF_SECONDS, self.timings.retry_backoff.delay(tries - 1, retry_after=error.retry_after)
+                )
                 log.info("run %s: provider hiccup before output (%s); retrying in %.1fs", run.id, error.message, delay)
                 try:
                     await self._pause(delay, run, writer, started)
@@ -305,8 +345,9 @@ class Executor:
             return RunStatus(terminal["response"]["status"])
         raise AssertionError("unreachable")
 
-    async def _stream(self, run: Run, writer: _Writer, request: ModelRequest, base: dict[str, Any],
-                      started: float) -> dict[str, Any]:
+    async def _stream(
+        self, run: Run, writer: _Writer, request: ModelRequest, base: dict[str, Any], started: float
+    ) -> dict[str, Any]:
         """Stream the call into the writer; returns the terminal event. Raises _Stop (the run must stop),
         _Cut (the stream broke after output began) or ProviderError (it broke or was refused before)."""
         produced: dict[str, Any] = {"output": False, "terminal": None}
@@ -394,8 +435,9 @@ class Executor:
                 return
 
     # -- ending ----------------------------------------------------------------------------------------------------
-    async def _stopped(self, run: Run, writer: _Writer, base: dict[str, Any],
-                       reason: str) -> ExecuteOutcome | RunStatus:
+    async def _stopped(
+        self, run: Run, writer: _Writer, base: dict[str, Any], reason: str
+    ) -> ExecuteOutcome | RunStatus:
         if reason == "budget":
             return await self._fail(run, writer, base, ErrorCode.FUNCTION_TIMEOUT, self._budget_message())
         await writer.flush()  # what was produced before the stop stays in the log
@@ -416,15 +458,18 @@ class Executor:
         base = response_skeleton(executor_response_id(run.id), run.request, run.created_at)
         writer = _Writer(self._log, head, self.timings, self._heartbeat)
         try:
-            return await self._fail(run, writer, base, ErrorCode.MODEL_CALL_INTERRUPTED,
-                                    self._exhausted("the host running it stopped"))
+            return await self._fail(
+                run, writer, base, ErrorCode.MODEL_CALL_INTERRUPTED, self._exhausted("the host running it stopped")
+            )
         except Superseded:
             return ExecuteOutcome.STOPPED
 
     def _exhausted(self, last: str) -> str:
         limit = self._settings.max_attempts
-        return (f"The model call was started {limit} times and did not finish (last: {last}); "
-                f"EXECUTOR_MAX_ATTEMPTS is {limit}.")
+        return (
+            f"The model call was started {limit} times and did not finish (last: {last}); "
+            f"EXECUTOR_MAX_ATTEMPTS is {limit}."
+        )
 
     async def _end(self, run: Run, observed: Observed) -> None:
         """End the run through runs.ending, which makes the webhook's first attempt here."""
@@ -464,10 +509,12 @@ class Executor:
 
     def _budget_message(self) -> str:
         timeout = self._settings.function_timeout_seconds or 0.0
-        return (f"The model call did not finish within {timeout - self._margin(timeout):.0f} s, the most one executor "
-                f"invocation may run: host.json functionTimeout is {timeout:.0f} s and {self._margin(timeout):.0f} s "
-                "are kept to save the result. Raise functionTimeout in host.json (on Flex Consumption it may be "
-                "unbounded, -1) or shorten the run.")
+        return (
+            f"The model call did not finish within {timeout - self._margin(timeout):.0f} s, the most one executor "
+            f"invocation may run: host.json functionTimeout is {timeout:.0f} s and {self._margin(timeout):.0f} s "
+            "are kept to save the result. Raise functionTimeout in host.json (on Flex Consumption it may be "
+            "unbounded, -1) or shorten the run."
+        )
 
     # -- the conversation --------------------------------------------------------------------------------------------
     async def _conversation(self, run: Run) -> ModelRequest:
@@ -495,8 +542,13 @@ class Executor:
     async def _turn(self, response_id: str) -> tuple[list[dict[str, Any]], str | None]:
         """One earlier turn's input and output items, and the response it continued."""
         if not is_executor_id(response_id):
-            raise ProviderError(transient=False, status=400, message=(
-                f"previous_response_id {response_id} was not made by the executor, so it cannot be continued here"))
+            raise ProviderError(
+                transient=False,
+                status=400,
+                message=(
+                    f"previous_response_id {response_id} was not made by the executor, so it cannot be continued here"
+                ),
+            )
         earlier = await self._store.get(run_id_of(response_id), with_request=True, with_result=True)
         if earlier is None or earlier.result is None:
             raise ProviderError(transient=False, status=404, message=f"the previous response {response_id} is gone")
@@ -513,7 +565,8 @@ class Executor:
             raise HistoryTooLarge(
                 f"This turn continues {over}, more than the executor sends to the model in one call "
                 f"({MAX_HISTORY_TURNS} turns, {_mib(MAX_HISTORY_BYTES)}). Start a new session, or set "
-                "truncation to 'auto' to leave the oldest turns out.")
+                "truncation to 'auto' to leave the oldest turns out."
+            )
         log.info("run %s: %s; the older turns are left out (truncation auto)", run.id, over)
         history = [item for turn in reversed(turns) for item in turn]
         while history and (history[0].get("type") or "message") != "message":
@@ -535,4 +588,3 @@ class _Cut(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-

@@ -13,6 +13,7 @@ minutes), it queues the run again, and the executor starts the next attempt.
 `BackendRouter` puts both backends behind the one seam: new runs go to the configured one, everything else by
 the response id, so runs started before RUN_BACKEND changed finish where they began.
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,8 +70,7 @@ class ExecuteMessage:
 class ExecutorBackend:
     kind = "executor"
 
-    def __init__(self, events: EventLog, store: RunStore, queue: Queue, model: Model, *,
-                 stale_seconds: float) -> None:
+    def __init__(self, events: EventLog, store: RunStore, queue: Queue, model: Model, *, stale_seconds: float) -> None:
         self._log = events
         self._store = store
         self._queue = queue  # EXECUTE_QUEUE
@@ -86,9 +86,11 @@ class ExecutorBackend:
         run_id = params["metadata"]["bg_run_id"]
         response_id = executor_response_id(run_id)
         base = response_skeleton(response_id, params, clock.now())
-        await self._log.create(run_id, [{"type": "response.created", "response": base},
-                                        {"type": "response.queued", "response": base}],
-                              api=getattr(self._model, "api", ""))
+        await self._log.create(
+            run_id,
+            [{"type": "response.created", "response": base}, {"type": "response.queued", "response": base}],
+            api=getattr(self._model, "api", ""),
+        )
         try:
             await self._queue.send(ExecuteMessage(run_id).to_dict())
         except Exception:  # no attempt will ever run it: the start fails, and leaves no log behind
@@ -158,8 +160,12 @@ class ExecutorBackend:
 
     async def _dispatch_again(self, head: LogHead) -> None:
         """Queue the run again (once per stale period): its attempt went silent, so its host is presumed dead."""
-        log.warning("run %s: attempt %d silent for %.0f s; queueing it again", head.run_id, head.attempt,
-                    clock.now() - head.heartbeat_at)
+        log.warning(
+            "run %s: attempt %d silent for %.0f s; queueing it again",
+            head.run_id,
+            head.attempt,
+            clock.now() - head.heartbeat_at,
+        )
         head.dispatched_at = clock.now()
         try:
             await self._log.save_head(head)
@@ -170,8 +176,15 @@ class ExecutorBackend:
 
 def _brief(response_id: str, status: str) -> dict[str, Any]:
     """The response of a run still going or stopped without output worth keeping: what observers read of it."""
-    return {"id": response_id, "object": "response", "status": status, "output": [], "error": None,
-            "incomplete_details": None, "usage": None}
+    return {
+        "id": response_id,
+        "object": "response",
+        "status": status,
+        "output": [],
+        "error": None,
+        "incomplete_details": None,
+        "usage": None,
+    }
 
 
 class BackendRouter:

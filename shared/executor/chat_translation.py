@@ -6,6 +6,7 @@ the executor numbers them in its log.
 
 What Chat Completions cannot take is refused before any call (RequestRefused: a 400 naming the parameter).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,16 +28,20 @@ def _refused(param: str, message: str) -> RequestRefused:
 def _parts(content: Any) -> list[dict[str, Any]]:
     """A message's content parts (content that is not a string), each an object."""
     if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
-        raise RequestRefused("Invalid 'input': a message's content must be a string or an array of content parts.",
-                             param="input", code="invalid_value")
+        raise RequestRefused(
+            "Invalid 'input': a message's content must be a string or an array of content parts.",
+            param="input",
+            code="invalid_value",
+        )
     return content
 
 
 def _part_text(part: dict[str, Any], field: str = "text") -> str:
     text = part.get(field) or ""
     if not isinstance(text, str):
-        raise RequestRefused(f"Invalid 'input': a content part's '{field}' must be a string.", param="input",
-                             code="invalid_value")
+        raise RequestRefused(
+            f"Invalid 'input': a content part's '{field}' must be a string.", param="input", code="invalid_value"
+        )
     return text
 
 
@@ -82,10 +87,16 @@ def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list
             messages.append({"role": role, "content": content})
         elif kind == "function_call":
             if not all(isinstance(item.get(field) or "", str) for field in ("call_id", "name", "arguments")):
-                raise RequestRefused("Invalid 'input': a function_call's call_id, name and arguments are strings.",
-                                     param="input", code="invalid_value")
-            call = {"id": item.get("call_id"), "type": "function",
-                    "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}}
+                raise RequestRefused(
+                    "Invalid 'input': a function_call's call_id, name and arguments are strings.",
+                    param="input",
+                    code="invalid_value",
+                )
+            call = {
+                "id": item.get("call_id"),
+                "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""},
+            }
             previous = messages[-1] if messages else None
             if previous and previous["role"] == "assistant":
                 previous.setdefault("tool_calls", []).append(call)
@@ -93,8 +104,13 @@ def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
             output = item.get("output")
-            messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
-                             "content": output if isinstance(output, str) else json.dumps(output)})
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": item.get("call_id"),
+                    "content": output if isinstance(output, str) else json.dumps(output),
+                }
+            )
         elif kind == "reasoning":
             continue  # reasoning items do not carry over to Chat Completions
         else:
@@ -106,23 +122,31 @@ def chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for index, tool in enumerate(tools or []):
         if tool.get("type") != "function":
-            raise _refused(f"tools[{index}]", f"tool type {tool.get('type')!r} is not supported by Chat Completions "
-                                              "(function tools only)")
+            raise _refused(
+                f"tools[{index}]",
+                f"tool type {tool.get('type')!r} is not supported by Chat Completions (function tools only)",
+            )
         for field in tool:
             if field not in ("type", *_FUNCTION_TOOL_FIELDS) and tool[field] is not None:
-                raise RequestRefused(f"Unsupported parameter: 'tools[{index}].{field}' has no Chat Completions "
-                                     "equivalent.", param=f"tools[{index}].{field}")
-        out.append({"type": "function",
-                    "function": {k: tool[k] for k in _FUNCTION_TOOL_FIELDS if tool.get(k) is not None}})
+                raise RequestRefused(
+                    f"Unsupported parameter: 'tools[{index}].{field}' has no Chat Completions equivalent.",
+                    param=f"tools[{index}].{field}",
+                )
+        out.append(
+            {"type": "function", "function": {k: tool[k] for k in _FUNCTION_TOOL_FIELDS if tool.get(k) is not None}}
+        )
     return out
 
 
 def chat_params(request: ModelRequest) -> dict[str, Any]:
     """The Chat Completions call for a request; raises RequestRefused for what it cannot take."""
-    params: dict[str, Any] = {"model": request.model,
-                              "messages": chat_messages(request.params.get("instructions"), request.items),
-                              **chat_options(request.params),
-                              "stream": True, "stream_options": {"include_usage": True}}
+    params: dict[str, Any] = {
+        "model": request.model,
+        "messages": chat_messages(request.params.get("instructions"), request.items),
+        **chat_options(request.params),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if request.params.get("tools"):
         params["tools"] = chat_tools(request.params["tools"])
     return params
@@ -176,22 +200,39 @@ class ChatTranslator:
         logprobs = logprobs or []
         events = []
         if self._message is None:
-            self._message = {"type": "message", "id": f"msg_{secrets.token_hex(12)}", "status": "in_progress",
-                             "role": "assistant", "content": []}
+            self._message = {
+                "type": "message",
+                "id": f"msg_{secrets.token_hex(12)}",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            }
             self.output.append(self._message)
-            events.append({"type": "response.output_item.added", "output_index": self._index(self._message),
-                           "item": {**self._message, "content": []}})
+            events.append(
+                {
+                    "type": "response.output_item.added",
+                    "output_index": self._index(self._message),
+                    "item": {**self._message, "content": []},
+                }
+            )
         if self._part is None or self._part["type"] != kind:
             events += self._close_part()
-            self._part = ({"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-                          if kind == "output_text" else {"type": "refusal", "refusal": ""})
+            self._part = (
+                {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+                if kind == "output_text"
+                else {"type": "refusal", "refusal": ""}
+            )
             self._message["content"].append(self._part)
-            events.append({"type": "response.content_part.added", **self._where(),
-                           "part": json.loads(json.dumps(self._part))})  # a snapshot: the part grows
+            events.append(
+                {"type": "response.content_part.added", **self._where(), "part": json.loads(json.dumps(self._part))}
+            )  # a snapshot: the part grows
         field = "text" if kind == "output_text" else "refusal"
         self._part[field] += text
-        delta = {"type": f"response.{'output_text' if kind == 'output_text' else 'refusal'}.delta", **self._where(),
-                 "delta": text}
+        delta = {
+            "type": f"response.{'output_text' if kind == 'output_text' else 'refusal'}.delta",
+            **self._where(),
+            "delta": text,
+        }
         if kind == "output_text":
             self._part["logprobs"] += logprobs
             delta["logprobs"] = _event_logprobs(logprobs)
@@ -201,8 +242,11 @@ class ChatTranslator:
     def _where(self) -> dict[str, Any]:
         message = self._message
         assert message is not None, "a content part belongs to the open message"
-        return {"item_id": message["id"], "output_index": self._index(message),
-                "content_index": len(message["content"]) - 1}
+        return {
+            "item_id": message["id"],
+            "output_index": self._index(message),
+            "content_index": len(message["content"]) - 1,
+        }
 
     def _close_part(self) -> list[dict[str, Any]]:
         if self._part is None:
@@ -210,8 +254,12 @@ class ChatTranslator:
         part, where = self._part, self._where()
         self._part = None
         if part["type"] == "output_text":
-            done = {"type": "response.output_text.done", **where, "text": part["text"],
-                    "logprobs": _event_logprobs(part["logprobs"])}
+            done = {
+                "type": "response.output_text.done",
+                **where,
+                "text": part["text"],
+                "logprobs": _event_logprobs(part["logprobs"]),
+            }
         else:
             done = {"type": "response.refusal.done", **where, "refusal": part["refusal"]}
         return [done, {"type": "response.content_part.done", **where, "part": json.loads(json.dumps(part))}]
@@ -221,8 +269,13 @@ class ChatTranslator:
             return []
         events = self._close_part()
         self._message["status"] = status
-        events.append({"type": "response.output_item.done", "output_index": self._index(self._message),
-                       "item": json.loads(json.dumps(self._message))})
+        events.append(
+            {
+                "type": "response.output_item.done",
+                "output_index": self._index(self._message),
+                "item": json.loads(json.dumps(self._message)),
+            }
+        )
         self._message = None
         return events
 
@@ -232,9 +285,14 @@ class ChatTranslator:
         function = call.function
         if item is None:
             events += self._close_message("completed")  # text before the calls is finished
-            item = {"type": "function_call", "id": f"fc_{secrets.token_hex(12)}", "call_id": call.id or
-                    f"call_{secrets.token_hex(12)}", "name": (function.name if function else None) or "",
-                    "arguments": "", "status": "in_progress"}
+            item = {
+                "type": "function_call",
+                "id": f"fc_{secrets.token_hex(12)}",
+                "call_id": call.id or f"call_{secrets.token_hex(12)}",
+                "name": (function.name if function else None) or "",
+                "arguments": "",
+                "status": "in_progress",
+            }
             self._calls[call.index] = item
             self.output.append(item)
             events.append({"type": "response.output_item.added", "output_index": self._index(item), "item": dict(item)})
@@ -243,8 +301,14 @@ class ChatTranslator:
         arguments = function.arguments if function is not None else None
         if arguments:
             item["arguments"] += arguments
-            events.append({"type": "response.function_call_arguments.delta", "item_id": item["id"],
-                           "output_index": self._index(item), "delta": arguments})
+            events.append(
+                {
+                    "type": "response.function_call_arguments.delta",
+                    "item_id": item["id"],
+                    "output_index": self._index(item),
+                    "delta": arguments,
+                }
+            )
         return events
 
     # -- ending -------------------------------------------------------------------------------------------------
@@ -256,35 +320,63 @@ class ChatTranslator:
         for item in self._calls.values():
             index = self._index(item)
             item["status"] = "completed"
-            events.append({"type": "response.function_call_arguments.done", "item_id": item["id"],
-                           "output_index": index, "arguments": item["arguments"], "name": item["name"]})
+            events.append(
+                {
+                    "type": "response.function_call_arguments.done",
+                    "item_id": item["id"],
+                    "output_index": index,
+                    "arguments": item["arguments"],
+                    "name": item["name"],
+                }
+            )
             events.append({"type": "response.output_item.done", "output_index": index, "item": dict(item)})
         served = {"service_tier": self.service_tier} if self.service_tier else {}
         if incomplete:
-            response = with_status(self._base, "incomplete", output=self.output, usage=self.usage,
-                                   incomplete_details={"reason": incomplete}, **served)
+            response = with_status(
+                self._base,
+                "incomplete",
+                output=self.output,
+                usage=self.usage,
+                incomplete_details={"reason": incomplete},
+                **served,
+            )
             return events + [{"type": "response.incomplete", "response": response}]
-        return events + [{"type": "response.completed", "response": with_status(
-            self._base, "completed", output=self.output, usage=self.usage, **served)}]
+        return events + [
+            {
+                "type": "response.completed",
+                "response": with_status(self._base, "completed", output=self.output, usage=self.usage, **served),
+            }
+        ]
 
 
 def _token_logprobs(logprobs: Any) -> list[dict[str, Any]]:
     """A chunk's token log probabilities (Chat's `choices[].logprobs.content`) as the Responses API's output_text
     `logprobs` (token, logprob, bytes, top_logprobs)."""
+
     def one(token: Any) -> dict[str, Any]:
         text = _field(token, "token") or ""
-        return {"token": text, "logprob": _field(token, "logprob"),
-                "bytes": _field(token, "bytes") or list(text.encode("utf-8"))}
+        return {
+            "token": text,
+            "logprob": _field(token, "logprob"),
+            "bytes": _field(token, "bytes") or list(text.encode("utf-8")),
+        }
 
-    return [{**one(token), "top_logprobs": [one(top) for top in _field(token, "top_logprobs") or []]}
-            for token in _field(logprobs, "content") or []]
+    return [
+        {**one(token), "top_logprobs": [one(top) for top in _field(token, "top_logprobs") or []]}
+        for token in _field(logprobs, "content") or []
+    ]
 
 
 def _event_logprobs(logprobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The same as a text event carries them (no bytes)."""
-    return [{"token": t["token"], "logprob": t["logprob"],
-             "top_logprobs": [{"token": top["token"], "logprob": top["logprob"]} for top in t["top_logprobs"]]}
-            for t in logprobs]
+    return [
+        {
+            "token": t["token"],
+            "logprob": t["logprob"],
+            "top_logprobs": [{"token": top["token"], "logprob": top["logprob"]} for top in t["top_logprobs"]],
+        }
+        for t in logprobs
+    ]
 
 
 def _field(value: Any, name: str) -> Any:

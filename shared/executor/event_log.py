@@ -15,6 +15,7 @@ or a cancel closed the log) cannot write another event: its transaction fails an
 A reader's one query (`RowKey gt N`) returns the new rows and the head together: one storage transaction per
 look, whether anything moved or not.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,8 +43,18 @@ HEAD_ROW = "head"
 ROW_BUDGET_BYTES = 56 * 1024  # UTF-16 bytes of one row's events (a Table property holds 64 KiB); a larger
 # single event (a long output's final events) is stored as a blob
 MAX_ROWS_PER_APPEND = 40  # an entity group transaction takes 100 entities and 4 MiB
-_HEAD_FIELDS = ("status", "last_seq", "attempt", "claimed_by", "claimed_dequeue", "heartbeat_at", "dispatched_at",
-                "created_at", "final_row", "api")
+_HEAD_FIELDS = (
+    "status",
+    "last_seq",
+    "attempt",
+    "claimed_by",
+    "claimed_dequeue",
+    "heartbeat_at",
+    "dispatched_at",
+    "created_at",
+    "final_row",
+    "api",
+)
 
 
 def row_key(sequence_number: int) -> str:
@@ -129,7 +140,8 @@ class EventLog:
         head.last_seq = len(numbered) - 1
         try:
             results = await self._table.submit_transaction(
-                [("create", row) for row in rows] + [("create", head.entity())])
+                [("create", row) for row in rows] + [("create", head.entity())]
+            )
         except TableTransactionError as error:
             if error.status_code != 409:
                 raise
@@ -143,8 +155,9 @@ class EventLog:
         (A batch too big for one transaction is written in several, each moving the head: readers see a prefix.)"""
         for offset, event in enumerate(events):
             if event["sequence_number"] != head.last_seq + 1 + offset:
-                raise ValueError(f"event {event['type']} out of order: {event['sequence_number']} "
-                                 f"after {head.last_seq}")
+                raise ValueError(
+                    f"event {event['type']} out of order: {event['sequence_number']} after {head.last_seq}"
+                )
         rows = await self._rows(head.run_id, events) if events else []
         while len(rows) > MAX_ROWS_PER_APPEND:
             part, rows = rows[:MAX_ROWS_PER_APPEND], rows[MAX_ROWS_PER_APPEND:]
@@ -160,8 +173,13 @@ class EventLog:
                 new.final_row = rows[-1]["RowKey"]
         operations: list[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]]
         operations = [("create", row) for row in rows]
-        operations.append(("update", new.entity(), {"mode": UpdateMode.MERGE, "etag": head.etag,
-                                                    "match_condition": MatchConditions.IfNotModified}))
+        operations.append(
+            (
+                "update",
+                new.entity(),
+                {"mode": UpdateMode.MERGE, "etag": head.etag, "match_condition": MatchConditions.IfNotModified},
+            )
+        )
         try:
             results = await self._table.submit_transaction(operations)
         except TableTransactionError as error:
@@ -174,8 +192,9 @@ class EventLog:
     async def save_head(self, head: LogHead) -> LogHead:
         """Write the head if nobody changed it since it was read; raises LogConflict otherwise."""
         try:
-            meta = await self._table.update_entity(head.entity(), mode=UpdateMode.MERGE, etag=head.etag,
-                                                   match_condition=MatchConditions.IfNotModified)
+            meta = await self._table.update_entity(
+                head.entity(), mode=UpdateMode.MERGE, etag=head.etag, match_condition=MatchConditions.IfNotModified
+            )
         except (ResourceModifiedError, ResourceNotFoundError):
             raise LogConflict(head.run_id) from None
         head.etag = meta.get("etag")
@@ -255,11 +274,16 @@ class EventLog:
     # -- retention -------------------------------------------------------------------------------------------------
     async def purge(self, run_id: str) -> int:
         """Delete the run's log (its blobs go with the run's other blobs). Returns the rows deleted."""
-        keys = [e["RowKey"] async for e in self._table.query_entities(
-            "PartitionKey eq @pk", parameters={"pk": run_id}, select=["RowKey"])]
+        keys = [
+            e["RowKey"]
+            async for e in self._table.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": run_id}, select=["RowKey"]
+            )
+        ]
         for start in range(0, len(keys), 100):
-            await self._table.submit_transaction([("delete", {"PartitionKey": run_id, "RowKey": key})
-                                                  for key in keys[start:start + 100]])
+            await self._table.submit_transaction(
+                [("delete", {"PartitionKey": run_id, "RowKey": key}) for key in keys[start : start + 100]]
+            )
         return len(keys)
 
 
@@ -277,8 +301,9 @@ class PolledLogStream:
     ExecutorBackend.events returns), which the relay and the watcher follow like a provider's
     (runs.stream_following); a storage hiccup is retried here, as a provider's dropped connection is there."""
 
-    def __init__(self, events: EventLog, run_id: str, after: int,
-                 run_ended: Callable[[], Awaitable[bool]] | None = None) -> None:
+    def __init__(
+        self, events: EventLog, run_id: str, after: int, run_ended: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
         self._log = events
         self._run_id = run_id
         self._after = after
@@ -305,9 +330,10 @@ class PolledLogStream:
             except AzureError as error:
                 failures += 1
                 if failures >= MAX_READ_FAILURES:
-                    raise ProviderError(transient=True, status=None,
-                                        message=f"the event log is unreadable ({type(error).__name__})") from None
-                delay = min(FOLLOW_MAX_DELAY * 2 ** failures, 8.0)
+                    raise ProviderError(
+                        transient=True, status=None, message=f"the event log is unreadable ({type(error).__name__})"
+                    ) from None
+                delay = min(FOLLOW_MAX_DELAY * 2**failures, 8.0)
                 continue
             if head is None:
                 raise ProviderError(transient=False, status=404, message="the run has no event log")

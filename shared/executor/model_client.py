@@ -8,6 +8,7 @@ failure the model reports inside the stream is judged as the same failure answer
 (provider.errors.reported_in_stream): a server-side one is transient (the executor retries it before output, and
 starts the next attempt after), any other is the model's verdict and ends the call with a response.failed event.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,15 +36,23 @@ class Model(Protocol):
 
     def check(self, params: Mapping[str, Any]) -> None: ...  # raises RequestRefused for what the API cannot take
 
-    def stream(self, request: ModelRequest, base: Mapping[str, Any], *,
-               api: str | None = None) -> AsyncIterator[dict[str, Any]]: ...
+    def stream(
+        self, request: ModelRequest, base: Mapping[str, Any], *, api: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]: ...
 
 
 class ModelClient:
     """The streaming model call of the executor, through the one AsyncOpenAI client."""
 
-    def __init__(self, client: AsyncOpenAI, *, api: str, idle_timeout: float, connect_timeout: float,
-                 emulator_knobs: bool = False) -> None:
+    def __init__(
+        self,
+        client: AsyncOpenAI,
+        *,
+        api: str,
+        idle_timeout: float,
+        connect_timeout: float,
+        emulator_knobs: bool = False,
+    ) -> None:
         self._client = client
         self._api = api  # chat_completions | responses
         self._timeout = openai.Timeout(idle_timeout, connect=connect_timeout)
@@ -61,8 +70,9 @@ class ModelClient:
     def api(self) -> str:
         return self._api
 
-    async def stream(self, request: ModelRequest, base: Mapping[str, Any], *,
-                     api: str | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def stream(
+        self, request: ModelRequest, base: Mapping[str, Any], *, api: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """The call's events, ending with its terminal event, through `api` (default: this instance's). Raises
         ProviderError when the call is refused or its connection breaks (transient: a cut)."""
         api = api or self._api
@@ -122,9 +132,14 @@ class ModelClient:
         loop for seconds on a busy worker, longer than an attempt's heartbeat may stop (EXECUTOR_STALE_SECONDS).
         The SDK still does the rest: the SSE decoding, `[DONE]`, its errors (APIError for an in-stream error)."""
         try:
-            return await self._client.post(path, cast_to=object, body=params, stream=True,
-                                           stream_cls=AsyncStream[object],
-                                           options={"timeout": self._timeout, "headers": self._headers(request)})
+            return await self._client.post(
+                path,
+                cast_to=object,
+                body=params,
+                stream=True,
+                stream_cls=AsyncStream[object],
+                options={"timeout": self._timeout, "headers": self._headers(request)},
+            )
         except Exception as error:  # noqa: BLE001 - classified
             raise classify(error) from None
 
@@ -141,8 +156,9 @@ async def _guarded(stream: Any) -> AsyncIterator[Any]:
         async for item in stream:
             yield item
     except (openai.APIConnectionError, openai.APITimeoutError) as error:
-        raise ProviderError(transient=True, status=None,
-                            message=f"the model stream was cut ({type(error).__name__})") from None
+        raise ProviderError(
+            transient=True, status=None, message=f"the model stream was cut ({type(error).__name__})"
+        ) from None
     except openai.APIStatusError as error:
         raise classify(error) from None
     except openai.APIError as error:  # an `{"error": {...}}` payload in the stream
@@ -151,5 +167,6 @@ async def _guarded(stream: Any) -> AsyncIterator[Any]:
             raise reported from None
         raise _ModelReportedFailure(error.message) from None
     except ValueError as error:  # an event cut in half
-        raise ProviderError(transient=True, status=None,
-                            message=f"the model stream broke ({type(error).__name__})") from None
+        raise ProviderError(
+            transient=True, status=None, message=f"the model stream broke ({type(error).__name__})"
+        ) from None

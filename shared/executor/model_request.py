@@ -3,6 +3,7 @@ parameters and the whole conversation as Responses items) and the Response it bu
 with, a status, a failure, usage in the Responses shape). The translations to and from a model API
 (chat_translation, responses_passthrough) and the call itself (model_client) are built on these.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -40,11 +41,21 @@ def response_skeleton(response_id: str, params: Mapping[str, Any], created_at: f
     """A Responses API Response for a run's parameters (status queued, no output yet), saying what the model call
     is asked (parameters.echoed)."""
     return {
-        "id": response_id, "object": "response", "created_at": int(created_at), "status": RunStatus.QUEUED.value,
-        "background": True, "model": params.get("model"), "output": [], "error": None,
-        "incomplete_details": None, "usage": None, "metadata": dict(params.get("metadata") or {}),
-        "instructions": params.get("instructions"), "previous_response_id": params.get("previous_response_id"),
-        "store": True, **echoed(params),
+        "id": response_id,
+        "object": "response",
+        "created_at": int(created_at),
+        "status": RunStatus.QUEUED.value,
+        "background": True,
+        "model": params.get("model"),
+        "output": [],
+        "error": None,
+        "incomplete_details": None,
+        "usage": None,
+        "metadata": dict(params.get("metadata") or {}),
+        "instructions": params.get("instructions"),
+        "previous_response_id": params.get("previous_response_id"),
+        "store": True,
+        **echoed(params),
     }
 
 
@@ -65,11 +76,18 @@ def continuation_items(output: list[dict[str, Any]] | None) -> list[dict[str, An
     for item in output or []:
         if item.get("type") == "message":
             texts = [p.get("text", "") for p in item.get("content") or [] if p.get("type") == "output_text"]
-            items.append({"type": "message", "role": "assistant",
-                          "content": [{"type": "output_text", "text": "".join(texts)}]})
+            items.append(
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "".join(texts)}]}
+            )
         elif item.get("type") == "function_call":
-            items.append({"type": "function_call", "call_id": item.get("call_id"), "name": item.get("name"),
-                          "arguments": item.get("arguments") or ""})
+            items.append(
+                {
+                    "type": "function_call",
+                    "call_id": item.get("call_id"),
+                    "name": item.get("name"),
+                    "arguments": item.get("arguments") or "",
+                }
+            )
     return items
 
 
@@ -83,8 +101,11 @@ def normalised_usage(usage: Any) -> dict[str, Any] | None:
     Chat Completions usage (prompt_tokens, ...) or a Responses one, whichever details the server left out."""
     if usage is None:
         return None
-    data = usage.model_dump(mode="json", by_alias=True, exclude_unset=True) if hasattr(usage, "model_dump") \
+    data = (
+        usage.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        if hasattr(usage, "model_dump")
         else dict(usage)
+    )
     if "input_tokens" in data or "output_tokens" in data:
         inputs, outputs = data.get("input_tokens") or 0, data.get("output_tokens") or 0
         input_details, output_details = data.get("input_tokens_details"), data.get("output_tokens_details")
@@ -92,9 +113,13 @@ def normalised_usage(usage: Any) -> dict[str, Any] | None:
         inputs, outputs = data.get("prompt_tokens") or 0, data.get("completion_tokens") or 0
         input_details, output_details = data.get("prompt_tokens_details"), data.get("completion_tokens_details")
     input_details, output_details = input_details or {}, output_details or {}
-    return {"input_tokens": inputs,
-            "input_tokens_details": {"cached_tokens": input_details.get("cached_tokens") or 0,
-                                     "cache_write_tokens": input_details.get("cache_write_tokens") or 0},
-            "output_tokens": outputs,
-            "output_tokens_details": {"reasoning_tokens": output_details.get("reasoning_tokens") or 0},
-            "total_tokens": data.get("total_tokens") or inputs + outputs}
+    return {
+        "input_tokens": inputs,
+        "input_tokens_details": {
+            "cached_tokens": input_details.get("cached_tokens") or 0,
+            "cache_write_tokens": input_details.get("cache_write_tokens") or 0,
+        },
+        "output_tokens": outputs,
+        "output_tokens_details": {"reasoning_tokens": output_details.get("reasoning_tokens") or 0},
+        "total_tokens": data.get("total_tokens") or inputs + outputs,
+    }

@@ -34,6 +34,7 @@ reasoning.summary, reasoning.generate_summary and any parameter not named above;
 tool_choice of another tool type, a text.format of another type, stream_options.include_obfuscation true (the
 executor's streams carry no obfuscation), on both APIs.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -46,16 +47,29 @@ OWN = frozenset({"model", "input", "instructions", "tools", "metadata", "store",
 # Sent to Chat Completions under the same name, with the JSON types checked here.
 _NUMBER, _TEXT, _OBJECT = (int, float), (str,), (dict,)
 SAME_NAME: dict[str, tuple[type, ...]] = {
-    "temperature": _NUMBER, "top_p": _NUMBER, "service_tier": _TEXT, "user": _TEXT, "safety_identifier": _TEXT,
-    "prompt_cache_key": _TEXT, "prompt_cache_retention": _TEXT, "prompt_cache_options": _OBJECT,
+    "temperature": _NUMBER,
+    "top_p": _NUMBER,
+    "service_tier": _TEXT,
+    "user": _TEXT,
+    "safety_identifier": _TEXT,
+    "prompt_cache_key": _TEXT,
+    "prompt_cache_retention": _TEXT,
+    "prompt_cache_options": _OBJECT,
     "moderation": _OBJECT,
 }
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
-INCLUDE_VALUES = frozenset({
-    LOGPROBS_INCLUDE, "reasoning.encrypted_content", "web_search_call.results", "web_search_call.action.sources",
-    "file_search_call.results", "code_interpreter_call.outputs", "computer_call_output.output.image_url",
-    "message.input_image.image_url",
-})
+INCLUDE_VALUES = frozenset(
+    {
+        LOGPROBS_INCLUDE,
+        "reasoning.encrypted_content",
+        "web_search_call.results",
+        "web_search_call.action.sources",
+        "file_search_call.results",
+        "code_interpreter_call.outputs",
+        "computer_call_output.output.image_url",
+        "message.input_image.image_url",
+    }
+)
 TRUNCATION_VALUES = frozenset({"auto", "disabled"})
 TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
 MAX_TOP_LOGPROBS = 20
@@ -66,8 +80,9 @@ def _unsupported(param: str, why: str) -> RequestRefused:
 
 
 def _unsupported_value(param: str, value: Any, why: str) -> RequestRefused:
-    return RequestRefused(f"Unsupported value: '{param}' does not support {value!r} here: {why}", param=param,
-                          code="unsupported_value")
+    return RequestRefused(
+        f"Unsupported value: '{param}' does not support {value!r} here: {why}", param=param, code="unsupported_value"
+    )
 
 
 def _invalid(param: str, message: str) -> RequestRefused:
@@ -76,8 +91,14 @@ def _invalid(param: str, message: str) -> RequestRefused:
 
 def _expect(param: str, value: Any, kinds: tuple[type, ...]) -> Any:
     if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
-        names = {int: "a number", float: "a number", str: "a string", dict: "an object", bool: "a boolean",
-                 list: "an array"}
+        names = {
+            int: "a number",
+            float: "a number",
+            str: "a string",
+            dict: "an object",
+            bool: "a boolean",
+            list: "an array",
+        }
         raise _invalid(param, f"must be {' or '.join(sorted({names[k] for k in kinds}))}.")
     return value
 
@@ -95,8 +116,14 @@ def chat_options(params: Mapping[str, Any]) -> dict[str, Any]:
         elif name in _TRANSLATED:
             out.update(_TRANSLATED[name](value, params))
         else:
-            raise _unsupported(name, _NO_EQUIVALENT.get(name, "has no Chat Completions equivalent, so the executor "
-                                                             "(EXECUTOR_API=chat_completions) cannot honour it."))
+            raise _unsupported(
+                name,
+                _NO_EQUIVALENT.get(
+                    name,
+                    "has no Chat Completions equivalent, so the executor "
+                    "(EXECUTOR_API=chat_completions) cannot honour it.",
+                ),
+            )
     return out
 
 
@@ -117,8 +144,9 @@ def _reasoning(value: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     _expect("reasoning", value, _OBJECT)
     for key, item in value.items():
         if key != "effort" and item is not None:
-            raise _unsupported(f"reasoning.{key}", "has no Chat Completions equivalent (only reasoning.effort, "
-                                                    "as reasoning_effort).")
+            raise _unsupported(
+                f"reasoning.{key}", "has no Chat Completions equivalent (only reasoning.effort, as reasoning_effort)."
+            )
     effort = value.get("effort")
     return {"reasoning_effort": _expect("reasoning.effort", effort, _TEXT)} if effort is not None else {}
 
@@ -154,8 +182,11 @@ def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
 
 
 def _function_names(params: Mapping[str, Any]) -> set[str]:
-    names = (tool.get("name") for tool in params.get("tools") or [] if isinstance(tool, dict)
-             and tool.get("type") == "function")
+    names = (
+        tool.get("name")
+        for tool in params.get("tools") or []
+        if isinstance(tool, dict) and tool.get("type") == "function"
+    )
     return {name for name in names if isinstance(name, str)}
 
 
@@ -184,11 +215,19 @@ def _tool_choice(value: Any, params: Mapping[str, Any]) -> dict[str, Any]:
         names = []
         for index, tool in enumerate(tools):
             if not isinstance(tool, dict) or tool.get("type") != "function":
-                raise _unsupported_value(f"tool_choice.tools[{index}]", tool, "only function tools can be called "
-                                         "through Chat Completions.")
+                raise _unsupported_value(
+                    f"tool_choice.tools[{index}]", tool, "only function tools can be called through Chat Completions."
+                )
             names.append(_named_function(tool.get("name"), functions, f"tool_choice.tools[{index}].name"))
-        return {"tool_choice": {"type": "allowed_tools", "allowed_tools": {
-            "mode": mode, "tools": [{"type": "function", "function": {"name": name}} for name in names]}}}
+        return {
+            "tool_choice": {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": mode,
+                    "tools": [{"type": "function", "function": {"name": name}} for name in names],
+                },
+            }
+        }
     raise _unsupported_value("tool_choice", kind, "Chat Completions can be told to call a function tool only.")
 
 
@@ -237,14 +276,21 @@ def check_stream_options(value: Any) -> None:
         if key != "include_obfuscation":
             raise _unsupported(f"stream_options.{key}", "is not a stream option of the Responses API.")
         if item:
-            raise _unsupported_value("stream_options.include_obfuscation", item, "the executor's streams carry no "
-                                     "obfuscation.")
+            raise _unsupported_value(
+                "stream_options.include_obfuscation", item, "the executor's streams carry no obfuscation."
+            )
 
 
 _TRANSLATED: dict[str, Callable[[Any, Mapping[str, Any]], dict[str, Any]]] = {
-    "max_output_tokens": _max_tokens, "reasoning": _reasoning, "text": _text, "tool_choice": _tool_choice,
-    "parallel_tool_calls": _parallel_tool_calls, "include": _include, "top_logprobs": _top_logprobs,
-    "truncation": _truncation, "stream_options": _stream_options,
+    "max_output_tokens": _max_tokens,
+    "reasoning": _reasoning,
+    "text": _text,
+    "tool_choice": _tool_choice,
+    "parallel_tool_calls": _parallel_tool_calls,
+    "include": _include,
+    "top_logprobs": _top_logprobs,
+    "truncation": _truncation,
+    "stream_options": _stream_options,
 }
 
 
@@ -254,13 +300,22 @@ def responses_options(params: Mapping[str, Any]) -> dict[str, Any]:
     and stream_options, which concern the caller's stream)."""
     if params.get("stream_options") is not None:
         check_stream_options(params["stream_options"])
-    return {name: value for name, value in params.items()
-            if value is not None and name not in OWN and name != "stream_options"}
+    return {
+        name: value
+        for name, value in params.items()
+        if value is not None and name not in OWN and name != "stream_options"
+    }
 
 
 # -- what the Response says -----------------------------------------------------------------------------------------
-_ECHOED_WHEN_SET = ("user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
-                    "service_tier")
+_ECHOED_WHEN_SET = (
+    "user",
+    "safety_identifier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "prompt_cache_options",
+    "service_tier",
+)
 
 
 def echoed(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -271,8 +326,10 @@ def echoed(params: Mapping[str, Any]) -> dict[str, Any]:
     text = {key: value for key, value in (params.get("text") or {}).items() if value is not None}
     return {
         "tools": [_echoed_tool(tool) for tool in params.get("tools") or []],
-        "temperature": params.get("temperature"), "top_p": params.get("top_p"),
-        "top_logprobs": params.get("top_logprobs"), "max_output_tokens": params.get("max_output_tokens"),
+        "temperature": params.get("temperature"),
+        "top_p": params.get("top_p"),
+        "top_logprobs": params.get("top_logprobs"),
+        "max_output_tokens": params.get("max_output_tokens"),
         "reasoning": params.get("reasoning"),
         "tool_choice": params["tool_choice"] if params.get("tool_choice") is not None else "auto",
         "parallel_tool_calls": params.get("parallel_tool_calls") is not False,

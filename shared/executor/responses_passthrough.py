@@ -7,6 +7,7 @@ as transient (the executor's retry, or its next attempt); any other is the model
 The events arrive as the server's JSON (model_client reads the stream without the SDK's models, which it would
 build on first use, for seconds, on the event loop).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -21,9 +22,14 @@ from .parameters import responses_options
 
 def responses_params(request: ModelRequest) -> dict[str, Any]:
     """The streamed Responses API call for a request (the server keeps nothing: the log is the stored response)."""
-    return {**responses_options(request.params), "model": request.model, "input": request.items,
-            "stream": True, "store": False,
-            **{k: request.params[k] for k in ("instructions", "tools", "metadata") if request.params.get(k)}}
+    return {
+        **responses_options(request.params),
+        "model": request.model,
+        "input": request.items,
+        "stream": True,
+        "store": False,
+        **{k: request.params[k] for k in ("instructions", "tools", "metadata") if request.params.get(k)},
+    }
 
 
 class ResponsesRelabeller:
@@ -50,9 +56,15 @@ class ResponsesRelabeller:
             if kind == "response.failed":
                 _raise_if_server_side(theirs.get("error"))
             self.ended = True
-            data["response"] = {**self._base, **{k: theirs.get(k) for k in (
-                "status", "output", "error", "incomplete_details", "completed_at", "service_tier") if k in theirs},
-                                "usage": normalised_usage(theirs.get("usage"))}
+            data["response"] = {
+                **self._base,
+                **{
+                    k: theirs.get(k)
+                    for k in ("status", "output", "error", "incomplete_details", "completed_at", "service_tier")
+                    if k in theirs
+                },
+                "usage": normalised_usage(theirs.get("usage")),
+            }
             if "error" in theirs:
                 data["response"]["error"] = redact_error(theirs["error"])
         return [data]

@@ -4,6 +4,7 @@ step (a span when telemetry is on, and one log line per step about a run).
 
 Telemetry is set up here, when the worker indexes the app, before any invocation: from the settings, or not
 at all (shared/telemetry/setup.py)."""
+
 from .. import telemetry
 
 telemetry.configure()

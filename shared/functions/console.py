@@ -12,6 +12,7 @@ a string into HTML, so model output is only ever text).
 The operator view reads one endpoint, `GET /api/console/api/operations` (health, this process's metrics, runs in
 flight per caller, capacity): a new operator panel adds its part to that JSON and one renderer in operator.js.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,17 +41,41 @@ bp = func.Blueprint()
 STATIC = Path(__file__).resolve().parent.parent / "static" / "console"
 # The only files served, by name (nothing else on disk is reachable through the asset route).
 PAGE = "index.html"
-ASSETS = {"console.css": "text/css", "app.js": "text/javascript", "api.js": "text/javascript",
-          "dom.js": "text/javascript", "runs.js": "text/javascript", "run.js": "text/javascript",
-          "live.js": "text/javascript", "timeline.js": "text/javascript", "operator.js": "text/javascript",
-          "icon.svg": "image/svg+xml"}  # the tab's icon: without it the browser asks for /favicon.ico (a 404)
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self'", "connect-src 'self'",
-    "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
-    "require-trusted-types-for 'script'", "trusted-types 'none'"))
-SECURITY_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff",
-                    "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
-                    "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Resource-Policy": "same-origin"}
+ASSETS = {
+    "console.css": "text/css",
+    "app.js": "text/javascript",
+    "api.js": "text/javascript",
+    "dom.js": "text/javascript",
+    "runs.js": "text/javascript",
+    "run.js": "text/javascript",
+    "live.js": "text/javascript",
+    "timeline.js": "text/javascript",
+    "operator.js": "text/javascript",
+    "icon.svg": "image/svg+xml",
+}  # the tab's icon: without it the browser asks for /favicon.ico (a 404)
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+        "require-trusted-types-for 'script'",
+        "trusted-types 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
 ANONYMOUS = func.AuthLevel.ANONYMOUS  # the page holds no data; the JSON API checks the caller's key itself
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -58,6 +83,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def _secured(cache: str) -> Callable[[Handler], Handler]:
     """Every answer of the console, errors included, with the security headers and `Cache-Control: cache`."""
+
     def decorate(handle: Handler) -> Handler:
         @functools.wraps(handle)
         async def wrapper(req: Request) -> Response:
@@ -67,13 +93,16 @@ def _secured(cache: str) -> Callable[[Handler], Handler]:
             if response.status_code == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="console"'
             return response
+
         return wrapper
+
     return decorate
 
 
 def _route(route: str, methods: list[str], *, cache: str = "no-store") -> Callable[[Handler], Any]:
     def decorate(handle: Handler) -> Any:
         return bp.route(route=route, methods=methods, auth_level=ANONYMOUS)(_secured(cache)(handler(handle)))
+
     return decorate
 
 
@@ -123,8 +152,9 @@ async def console_list_runs(req: Request) -> Response:
     if owner is not None and not CALLER_NAME.match(owner):
         raise invalid("'owner' is not a valid caller name (1-64 characters of [A-Za-z0-9_.-]).", param="owner")
     listed = await svc.overview.page(caller=caller, owner=owner, **run_list_query(req.query_params, default_limit=25))
-    return JSONResponse({"object": "list", "data": listed.runs, "has_more": listed.has_more,
-                         "next_cursor": listed.next_cursor})
+    return JSONResponse(
+        {"object": "list", "data": listed.runs, "has_more": listed.has_more, "next_cursor": listed.next_cursor}
+    )
 
 
 @_route("console/api/runs/{run_id}", ["GET"])
@@ -132,8 +162,14 @@ async def console_get_run(req: Request) -> Response:
     """The run as the native API shows it with its timeline, plus its owner and webhook lag."""
     svc, caller = await _console(req, "console_get_run")
     run = await svc.reader.get(path_param(req, "run_id"), caller=caller)
-    return JSONResponse({**svc.views.render(run, timeline=True), "owner": run.owner,
-                         "provider_ended_at": provider_ended_at(run), "webhook_lag_seconds": webhook_lag(run)})
+    return JSONResponse(
+        {
+            **svc.views.render(run, timeline=True),
+            "owner": run.owner,
+            "provider_ended_at": provider_ended_at(run),
+            "webhook_lag_seconds": webhook_lag(run),
+        }
+    )
 
 
 @_route("console/api/runs/{run_id}/stream", ["GET"])
@@ -189,9 +225,20 @@ async def console_operations(req: Request) -> Response:
     configured = [c.name for c in svc.callers.callers if c.name is not None]
     capacity = await svc.overview.capacity_by_caller([*configured, NATIVE_CALLER], in_flight)
     provider = checks["provider"]
-    return JSONResponse({"health": {"status": "healthy" if healthy else "degraded", "checks": checks},
-                         "metrics": process_metrics(),
-                         "in_flight": {"callers": callers, "open_runs_read": in_flight["open_runs_read"],
-                                       "complete": in_flight["complete"]},
-                         "capacity": {"callers": capacity, "deployments": [  # one until deployments are configurable
-                             {"name": provider["default_model"], "provider": provider["kind"], "default": True}]}})
+    return JSONResponse(
+        {
+            "health": {"status": "healthy" if healthy else "degraded", "checks": checks},
+            "metrics": process_metrics(),
+            "in_flight": {
+                "callers": callers,
+                "open_runs_read": in_flight["open_runs_read"],
+                "complete": in_flight["complete"],
+            },
+            "capacity": {
+                "callers": capacity,
+                "deployments": [  # one until deployments are configurable
+                    {"name": provider["default_model"], "provider": provider["kind"], "default": True}
+                ],
+            },
+        }
+    )

@@ -1,4 +1,5 @@
 """The poll chain's queue trigger: one step per message (shared.runs.polling)."""
+
 from __future__ import annotations
 
 import azure.functions as func
@@ -16,6 +17,12 @@ bp = func.Blueprint()
 async def poll_run(msg: func.QueueMessage) -> None:
     counting_as("poll_run")
     data = message_json(msg)
-    with telemetry.consumed("poll run", data, queue=POLL_QUEUE, enqueued_at=msg.insertion_time,
-                            logger="bgruns.polling", counter="poll_steps") as step:
+    with telemetry.consumed(
+        "poll run",
+        data,
+        queue=POLL_QUEUE,
+        enqueued_at=msg.insertion_time,
+        logger="bgruns.polling",
+        counter="poll_steps",
+    ) as step:
         step.set(outcome=await (await services()).poll_step.handle(data, msg.dequeue_count or 1))

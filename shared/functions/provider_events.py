@@ -5,6 +5,7 @@ against PROVIDER_WEBHOOK_SECRETS (Standard Webhooks signature, 300 s tolerance) 
 written; a body over 64 KiB is refused before it is read. Register `https://<app>/api/provider/webhooks` with
 the provider (infra/README.md).
 """
+
 from __future__ import annotations
 
 import azure.functions as func

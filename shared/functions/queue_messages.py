@@ -1,4 +1,5 @@
 """Reading the JSON body of a queue message the service sent (base64 text, host.json messageEncoding)."""
+
 from __future__ import annotations
 
 import json

@@ -16,6 +16,7 @@ against RESPONSES_API_KEYS. A response id is a run id: the same run reads throug
   most RESPONSES_MAX_WAIT_SECONDS (below Azure's 230 s HTTP limit); a run still going then is answered as the
   in-progress Response, which the caller GETs until it ends.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,8 +61,9 @@ async def create(req: Request) -> Response:
     key = req.headers.get("idempotency-key")
     if body.stream:
         started = await svc.starter.start(body.request, caller=caller, idempotency_key=key)
-        return streaming_response(svc.relays.relay(started.run, -1, started.events, event_format),
-                                  _location(req, started.run.id))
+        return streaming_response(
+            svc.relays.relay(started.run, -1, started.events, event_format), _location(req, started.run.id)
+        )
     if body.background:
         started = await svc.starter.start(body.request, caller=caller, idempotency_key=key)
         return JSONResponse(renderer.render(started.run))
@@ -109,8 +111,11 @@ async def list_input_items(req: Request) -> Response:
     svc, caller = await _facade(req, "list_input_items")
     run = await _visible_run(svc, req, caller, with_request=True)
     query = req.query_params
-    return JSONResponse(page(input_items(run), after=query.get("after"), limit=limit_param(query, 20),
-                             order=query.get("order") or "desc"))
+    return JSONResponse(
+        page(
+            input_items(run), after=query.get("after"), limit=limit_param(query, 20), order=query.get("order") or "desc"
+        )
+    )
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -147,8 +152,11 @@ async def _follow(svc: Services, started: StartedRun, caller: Caller) -> Run:
             await events.aclose()
         if not follower.cancelled() and follower.exception() is not None:
             # The run goes on (its poll chain ends it): answer what is stored.
-            log.warning("run %s: following its stream failed (%s); answering the stored run", run.id,
-                        type(follower.exception()).__name__)
+            log.warning(
+                "run %s: following its stream failed (%s); answering the stored run",
+                run.id,
+                type(follower.exception()).__name__,
+            )
     return await svc.reader.get(run.id, caller=caller)
 
 
@@ -159,11 +167,13 @@ async def _drain(events: AsyncIterator[bytes]) -> None:
 
 # -- routes ------------------------------------------------------------------------------------------------------
 ANONYMOUS = func.AuthLevel.ANONYMOUS  # the handlers check the caller's key themselves
-ROUTES = ((create, "responses", ["POST"], "create"),
-          (retrieve, "responses/{response_id}", ["GET"], "get"),
-          (delete, "responses/{response_id}", ["DELETE"], "delete"),
-          (cancel, "responses/{response_id}/cancel", ["POST"], "cancel"),
-          (list_input_items, "responses/{response_id}/input_items", ["GET"], "input_items"))
+ROUTES = (
+    (create, "responses", ["POST"], "create"),
+    (retrieve, "responses/{response_id}", ["GET"], "get"),
+    (delete, "responses/{response_id}", ["DELETE"], "delete"),
+    (cancel, "responses/{response_id}/cancel", ["POST"], "cancel"),
+    (list_input_items, "responses/{response_id}/input_items", ["GET"], "input_items"),
+)
 
 
 def _register(handler: Handler, route: str, methods: list[str], name: str) -> None:

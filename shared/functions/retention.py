@@ -1,4 +1,5 @@
 """The retention timer (shared.runs.retention): once a day, at a quiet minute (UTC)."""
+
 from __future__ import annotations
 
 import azure.functions as func

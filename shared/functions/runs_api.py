@@ -1,4 +1,5 @@
 """The native HTTP API: /api/runs, /api/sessions, health (and its details), metrics and the streaming page."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,8 +36,11 @@ def _run_response(svc: Services, run: Run, headers: dict[str, str] | None = None
     view = svc.views.render(run)
     if run.is_terminal:
         return JSONResponse(view, headers=headers)
-    return JSONResponse(view, status_code=202, headers={**(headers or {}), "Location": _location(run.id),
-                                                        "Retry-After": str(svc.views.retry_after(run))})
+    return JSONResponse(
+        view,
+        status_code=202,
+        headers={**(headers or {}), "Location": _location(run.id), "Retry-After": str(svc.views.retry_after(run))},
+    )
 
 
 def _prefer_wait(req: Request, background: bool, max_wait: float) -> float:
@@ -90,8 +94,9 @@ async def create_run(req: Request) -> Response:
     if body.stream:
         started = await svc.starter.start(body.request, idempotency_key=key)
         return streaming_response(svc.relays.relay(started.run, -1, started.events), _location(started.run.id))
-    started = await svc.starter.start(body.request, idempotency_key=key,
-                                      wait_seconds=_prefer_wait(req, body.background, svc.limits.max_prefer_wait))
+    started = await svc.starter.start(
+        body.request, idempotency_key=key, wait_seconds=_prefer_wait(req, body.background, svc.limits.max_prefer_wait)
+    )
     return _run_response(svc, started.run)
 
 
@@ -101,8 +106,9 @@ async def list_runs(req: Request) -> Response:
     """The runs, newest first (function keys act as operators: every run), a page at a time."""
     svc = await _api("list_runs")
     listed = await svc.lister.page(**run_list_query(req.query_params, default_limit=20))
-    return JSONResponse({"object": "list", "data": listed.runs, "has_more": listed.has_more,
-                         "next_cursor": listed.next_cursor})
+    return JSONResponse(
+        {"object": "list", "data": listed.runs, "has_more": listed.has_more, "next_cursor": listed.next_cursor}
+    )
 
 
 @bp.route(route="runs/{run_id}", methods=["GET"])
@@ -158,8 +164,11 @@ async def create_session(req: Request) -> Response:
             name = sorted(body)[0]
             raise invalid(f"Unknown field '{name}'.", param=name, code="unknown_field")
     session = await svc.starter.open_session()
-    return JSONResponse({"id": session.id, "object": "session", "created_at": session.created_at}, status_code=201,
-                        headers={"Location": f"{ROUTE_PREFIX}/sessions/{session.id}"})
+    return JSONResponse(
+        {"id": session.id, "object": "session", "created_at": session.created_at},
+        status_code=201,
+        headers={"Location": f"{ROUTE_PREFIX}/sessions/{session.id}"},
+    )
 
 
 @bp.route(route="sessions/{session_id}", methods=["GET"])
@@ -167,9 +176,16 @@ async def create_session(req: Request) -> Response:
 async def get_session(req: Request) -> Response:
     svc = await _api("get_session")
     session, runs = await svc.reader.session(path_param(req, "session_id"))
-    return JSONResponse({"id": session.id, "object": "session", "created_at": session.created_at,
-                         "last_response_id": session.last_response_id, "active_run_id": session.active_run_id,
-                         "runs": [svc.views.render(run) for run in runs]})
+    return JSONResponse(
+        {
+            "id": session.id,
+            "object": "session",
+            "created_at": session.created_at,
+            "last_response_id": session.last_response_id,
+            "active_run_id": session.active_run_id,
+            "runs": [svc.views.render(run) for run in runs],
+        }
+    )
 
 
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -1,4 +1,5 @@
 """The sweeper's timer (shared.runs.sweeping), on SWEEP_SCHEDULE."""
+
 from __future__ import annotations
 
 import azure.functions as func

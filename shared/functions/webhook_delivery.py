@@ -1,4 +1,5 @@
 """The webhook queue's trigger: one delivery attempt per message (shared.runs.webhook_outbox)."""
+
 from __future__ import annotations
 
 import azure.functions as func
@@ -16,6 +17,7 @@ bp = func.Blueprint()
 async def deliver_webhook(msg: func.QueueMessage) -> None:
     counting_as("deliver_webhook")
     data = message_json(msg)
-    with telemetry.consumed("deliver webhook", data, queue=WEBHOOK_QUEUE, enqueued_at=msg.insertion_time,
-                            logger="bgruns.webhook_outbox") as step:
+    with telemetry.consumed(
+        "deliver webhook", data, queue=WEBHOOK_QUEUE, enqueued_at=msg.insertion_time, logger="bgruns.webhook_outbox"
+    ) as step:
         step.set(outcome=await (await services()).outbox.deliver(data))

@@ -6,6 +6,7 @@ streams its events and deletes it. `ResponsesBackend` is today's: the provider's
 stream) and other ways of running (an executor for models without a background mode) plug in beside it.
 Every method raises ProviderError for a failure the caller must handle (classified: transient or not).
 """
+
 from __future__ import annotations
 
 import json
@@ -131,7 +132,6 @@ class ResponsesBackend:
         except Exception as error:  # noqa: BLE001 - classified
             raise classify(error) from None
 
-
     async def delete(self, response_id: str) -> None:
         """Delete the stored response; one the provider no longer knows (404) is gone already."""
         try:
@@ -145,8 +145,9 @@ class ResponsesBackend:
 def _early_stream_failure(error: Exception) -> ProviderError:
     if isinstance(error, openai.OpenAIError):
         return classify(error)
-    return ProviderError(transient=True, status=None,
-                         message=f"the create stream ended before its first event ({type(error).__name__})")
+    return ProviderError(
+        transient=True, status=None, message=f"the create stream ended before its first event ({type(error).__name__})"
+    )
 
 
 def _state(response: Any) -> ProviderState:

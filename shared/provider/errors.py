@@ -1,5 +1,6 @@
 """What a provider failure means for us: worth retrying later, or a refusal that retrying will not change. Its
 message is the provider's text with anything key-like redacted (shared/redaction.py)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -13,8 +14,16 @@ from ..retry_after import retry_after_from_headers
 
 
 class ProviderError(Exception):
-    def __init__(self, *, transient: bool, status: int | None, message: str, retry_after: float | None = None,
-                 code: str | None = None, rate_limits: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        transient: bool,
+        status: int | None,
+        message: str,
+        retry_after: float | None = None,
+        code: str | None = None,
+        rate_limits: Mapping[str, str] | None = None,
+    ) -> None:
         message = redact(message)  # it reaches callers, stored runs and logs
         super().__init__(message)
         self.transient = transient  # 429, 5xx, timeouts, connection errors
@@ -47,9 +56,14 @@ def classify(error: Exception) -> ProviderError:
         status = error.status_code
         code = getattr(error, "code", None)
         message = _message(error)
-        return ProviderError(transient=_worth_retrying(status, code, message), status=status, message=message,
-                             retry_after=retry_after_from_headers(error.response.headers), code=code,
-                             rate_limits=rate_limit_headers(error.response.headers))
+        return ProviderError(
+            transient=_worth_retrying(status, code, message),
+            status=status,
+            message=message,
+            retry_after=retry_after_from_headers(error.response.headers),
+            code=code,
+            rate_limits=rate_limit_headers(error.response.headers),
+        )
     if isinstance(error, openai.OpenAIError):  # e.g. a reply the SDK could not parse
         return ProviderError(transient=True, status=None, message=f"unexpected provider reply: {type(error).__name__}")
     raise error
@@ -72,9 +86,12 @@ def reported_in_stream(error: Any, message: str | None = None) -> ProviderError:
     code = fields.get("code")
     status = next((s for s in map(_status_named, (code, fields.get("type"), fields.get("status"))) if s), None)
     text = message or str(fields.get("message") or "the model reported a failure")
-    return ProviderError(transient=status is not None and _worth_retrying(status, code, text), status=status,
-                         message=f"the model reported a failure in its stream: {text}",
-                         code=str(code) if code is not None else None)
+    return ProviderError(
+        transient=status is not None and _worth_retrying(status, code, text),
+        status=status,
+        message=f"the model reported a failure in its stream: {text}",
+        code=str(code) if code is not None else None,
+    )
 
 
 def _status_named(value: Any) -> int | None:

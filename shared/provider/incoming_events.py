@@ -4,6 +4,7 @@
 The events that matter here are the ends of background responses; their payload carries only the
 response id (`{"object": "event", "id": "evt_...", "type": "response.completed", "data": {"id": "resp_..."}}`).
 """
+
 from __future__ import annotations
 
 import re
@@ -56,8 +57,9 @@ class ProviderEventVerifier:
             raise InvalidProviderEvent("the body is not an event object with a type")
         data = event.get("data")
         ident = data.get("id") if isinstance(data, dict) else None
-        return ProviderEvent(webhook_id, event["type"],
-                             ident if isinstance(ident, str) and 0 < len(ident) <= 256 else None)
+        return ProviderEvent(
+            webhook_id, event["type"], ident if isinstance(ident, str) and 0 < len(ident) <= 256 else None
+        )
 
     def _verify(self, body: bytes, headers: Mapping[str, str]) -> None:
         # The SDK compares the signatures with hmac.compare_digest, which raises TypeError for text that is not
@@ -74,5 +76,6 @@ class ProviderEventVerifier:
                 raise InvalidProviderEvent("the body is not UTF-8") from None
             except ValueError:  # a missing or malformed signature header (its value is not echoed)
                 raise InvalidProviderEvent("the signature headers are missing or malformed") from None
-        raise InvalidProviderEvent("the signature does not verify (wrong secret, altered body, or a timestamp "
-                                   "outside the 300 s tolerance)")
+        raise InvalidProviderEvent(
+            "the signature does not verify (wrong secret, altered body, or a timestamp outside the 300 s tolerance)"
+        )

@@ -4,6 +4,7 @@ A run records its owner (the name of the facade caller that started it; none for
 native API). A caller sees its own runs; an operator sees every run. The native API (function keys) acts as
 an operator. A run another caller owns is reported as not found, so ids reveal nothing across callers.
 """
+
 from __future__ import annotations
 
 import hmac

@@ -1,6 +1,7 @@
 """Cancelling a run: at the provider first, then here. What the API reports must be true: if the provider
 refuses the cancel, the run goes on and the caller is told why; if the run finished before the cancel
 landed, it ends with its real result."""
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,9 @@ class RunCanceller:
     async def _note_refusal(self, run: Run, error: ProviderError) -> None:
         """Best effort: the run's timeline shows the refused cancel (the poll chain keeps such a note when it
         saves next; if the run changed meanwhile, the note is left out)."""
-        telemetry.record(run, "cancel_refused" if not error.transient else "cancel_failed",
-                         provider_status_code=error.status)
+        telemetry.record(
+            run, "cancel_refused" if not error.transient else "cancel_failed", provider_status_code=error.status
+        )
         try:
             await self._store.save(run)
         except Exception:  # noqa: BLE001 - a diary entry never changes the answer
@@ -56,9 +58,16 @@ class RunCanceller:
     @staticmethod
     def _refused(run: Run, error: ProviderError) -> Exception:
         if error.transient:
-            return Unavailable("provider_unavailable", f"Could not cancel at the provider: {error.message}",
-                               retry_after=max(1, round(error.retry_after or 2)))
-        log.warning("run %s: the provider refused to cancel %s (%s): %s", run.id, run.response_id, error.status,
-                    error.message)
-        return UpstreamError("cancel_refused", f"The provider refused to cancel the run ({error.status}): "
-                             f"{error.message}. The run was not cancelled and goes on.")
+            return Unavailable(
+                "provider_unavailable",
+                f"Could not cancel at the provider: {error.message}",
+                retry_after=max(1, round(error.retry_after or 2)),
+            )
+        log.warning(
+            "run %s: the provider refused to cancel %s (%s): %s", run.id, run.response_id, error.status, error.message
+        )
+        return UpstreamError(
+            "cancel_refused",
+            f"The provider refused to cancel the run ({error.status}): "
+            f"{error.message}. The run was not cancelled and goes on.",
+        )

@@ -1,4 +1,5 @@
 """This process's reads held on runs (long polling, runs.waiting), woken when the RunStore writes their run."""
+
 from __future__ import annotations
 
 import asyncio

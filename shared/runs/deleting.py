@@ -8,6 +8,7 @@ it, since an end racing the DELETE (its follow-ups) may write them back meanwhil
 sees the run gone and writes nothing back (RunLifecycle.follow_up). A start still in flight when its run is
 deleted finds the run gone when it saves the provider's answer, and cancels and deletes that response.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,16 @@ log = logging.getLogger("bgruns.deleting")
 
 
 class RunDeleter:
-    def __init__(self, reader: RunReader, canceller: RunCanceller, backend: RunBackend, store: RunStore,
-                 index: RunIndex, sessions: SessionStore, retention_seconds: float) -> None:
+    def __init__(
+        self,
+        reader: RunReader,
+        canceller: RunCanceller,
+        backend: RunBackend,
+        store: RunStore,
+        index: RunIndex,
+        sessions: SessionStore,
+        retention_seconds: float,
+    ) -> None:
         self._reader = reader
         self._canceller = canceller
         self._backend = backend
@@ -46,11 +55,19 @@ class RunDeleter:
                 await self._backend.delete(run.response_id)
             except ProviderError as error:
                 if error.transient:
-                    raise Unavailable("provider_unavailable", f"Could not delete at the provider: {error.message}",
-                                      retry_after=max(1, round(error.retry_after or 2))) from None
+                    raise Unavailable(
+                        "provider_unavailable",
+                        f"Could not delete at the provider: {error.message}",
+                        retry_after=max(1, round(error.retry_after or 2)),
+                    ) from None
                 # Refused for good (e.g. the provider keeps no such response): ours goes anyway.
-                log.warning("run %s: the provider refused to delete %s (%s): %s", run.id, run.response_id,
-                            error.status, error.message)
+                log.warning(
+                    "run %s: the provider refused to delete %s (%s): %s",
+                    run.id,
+                    run.response_id,
+                    error.status,
+                    error.message,
+                )
         await self._forget_rows(run)
         await self._store.purge(run.id)
         await self._forget_rows(run)  # again: what an end racing this DELETE wrote back meanwhile

@@ -18,6 +18,7 @@ within INLINE_WEBHOOK_BUDGET_SECONDS; the queued message waits as the safety net
 HTTP (a start, a cancel, a stream) passes `deliver_now=False`: its answer never waits on the caller's webhook
 receiver, and the queued message delivers at once instead.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -82,8 +83,9 @@ def verdict(run: Run, observed: Observed) -> tuple[RunStatus, dict[str, Any]]:
 
 def expired_result(run: Run, why: str = "") -> dict[str, Any]:
     allowed = run.deadline_at - run.created_at
-    return failure_result(ErrorCode.DEADLINE_EXCEEDED.value,
-                          f"The run did not finish within its deadline of {allowed:.0f} s.{why}")
+    return failure_result(
+        ErrorCode.DEADLINE_EXCEEDED.value, f"The run did not finish within its deadline of {allowed:.0f} s.{why}"
+    )
 
 
 def _status_of(response: Any) -> Any:

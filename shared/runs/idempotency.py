@@ -4,6 +4,7 @@ provider call; the same key with another body is a conflict (409).
 Table `idempotency`, PartitionKey = SHA-256 of the key. `create_entity` is the atomic claim.
 Keys are scoped by caller (`scope`, the facade caller's name): one caller's key never names another's run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,12 +49,19 @@ class IdempotencyStore:
     async def claim(self, key: str, fingerprint: str, run_id: str, scope: str | None = None) -> Claim:
         """Claim `key` for `run_id`, or return the run that already holds it."""
         if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-            raise InvalidRequest("invalid_idempotency_key",
-                                 f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
-                                 param="Idempotency-Key")
+            raise InvalidRequest(
+                "invalid_idempotency_key",
+                f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
+                param="Idempotency-Key",
+            )
         pk, body_hash = _key_digest(key, scope), _digest(fingerprint)
-        entity = {"PartitionKey": pk, "RowKey": "key", "run_id": run_id, "body_hash": body_hash,
-                  "claimed_at": clock.now()}
+        entity = {
+            "PartitionKey": pk,
+            "RowKey": "key",
+            "run_id": run_id,
+            "body_hash": body_hash,
+            "claimed_at": clock.now(),
+        }
         for _ in range(3):
             try:
                 await self._table.create_entity(entity)
@@ -66,25 +74,42 @@ class IdempotencyStore:
                 continue  # released meanwhile; try to claim again
             if clock.now() - existing["claimed_at"] > WINDOW_SECONDS:
                 try:
-                    await self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=existing.metadata["etag"],
-                                                    match_condition=MatchConditions.IfNotModified)
+                    await self._table.update_entity(
+                        entity,
+                        mode=UpdateMode.REPLACE,
+                        etag=existing.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
                     return Claim(run_id, True, pk)
                 except (ResourceModifiedError, ResourceNotFoundError):
                     continue
             if existing["body_hash"] != body_hash:
-                raise Conflict("idempotency_key_reused", "This Idempotency-Key was used with a different request body.",
-                               param="Idempotency-Key")
+                raise Conflict(
+                    "idempotency_key_reused",
+                    "This Idempotency-Key was used with a different request body.",
+                    param="Idempotency-Key",
+                )
             return Claim(existing["run_id"], False, pk, existing["claimed_at"], existing.metadata["etag"])
-        raise Conflict("idempotency_key_busy", "This Idempotency-Key is being claimed concurrently; retry.",
-                       param="Idempotency-Key", retry_after=1)
+        raise Conflict(
+            "idempotency_key_busy",
+            "This Idempotency-Key is being claimed concurrently; retry.",
+            param="Idempotency-Key",
+            retry_after=1,
+        )
 
     async def take_over(self, key: str, fingerprint: str, run_id: str, stale: Claim) -> bool:
         """Re-claim a key whose start died before recording its run (a crash); False if someone else did."""
-        entity = {"PartitionKey": stale.digest, "RowKey": "key", "run_id": run_id, "body_hash": _digest(fingerprint),
-                  "claimed_at": clock.now()}
+        entity = {
+            "PartitionKey": stale.digest,
+            "RowKey": "key",
+            "run_id": run_id,
+            "body_hash": _digest(fingerprint),
+            "claimed_at": clock.now(),
+        }
         try:
-            await self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=stale.etag,
-                                            match_condition=MatchConditions.IfNotModified)
+            await self._table.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=stale.etag, match_condition=MatchConditions.IfNotModified
+            )
             return True
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
@@ -96,8 +121,9 @@ class IdempotencyStore:
         try:
             existing = await self._table.get_entity(pk, "key")
             if existing["run_id"] == run_id:
-                await self._table.delete_entity(pk, "key", etag=existing.metadata["etag"],
-                                                match_condition=MatchConditions.IfNotModified)
+                await self._table.delete_entity(
+                    pk, "key", etag=existing.metadata["etag"], match_condition=MatchConditions.IfNotModified
+                )
                 return pk
         except (ResourceNotFoundError, ResourceModifiedError):
             pass
@@ -108,7 +134,8 @@ class IdempotencyStore:
         try:
             existing = await self._table.get_entity(digest, "key")
             if clock.now() - existing["claimed_at"] > self.window:
-                await self._table.delete_entity(digest, "key", etag=existing.metadata["etag"],
-                                                match_condition=MatchConditions.IfNotModified)
+                await self._table.delete_entity(
+                    digest, "key", etag=existing.metadata["etag"], match_condition=MatchConditions.IfNotModified
+                )
         except (ResourceNotFoundError, ResourceModifiedError):
             pass

@@ -13,6 +13,7 @@ One table (`runindex`), one partition per list:
   starts and updated when it ends (follow-ups, idempotent; an end never writes back a row a DELETE removed),
   removed when the run is deleted; a run is in at most three of them (all, its owner's, its session's).
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -50,9 +51,16 @@ def list_row_key(created_at: float, run_id: str) -> str:
 
 
 def _list_row(run: Run) -> dict[str, Any]:
-    row = {"RowKey": list_row_key(run.created_at, run.id), "run_id": run.id, "status": run.status,
-           "created_at": run.created_at, "completed_at": run.completed_at, "model": run.model,
-           "owner": run.owner or "", "session_id": run.session_id or ""}
+    row = {
+        "RowKey": list_row_key(run.created_at, run.id),
+        "run_id": run.id,
+        "status": run.status,
+        "created_at": run.created_at,
+        "completed_at": run.completed_at,
+        "model": run.model,
+        "owner": run.owner or "",
+        "session_id": run.session_id or "",
+    }
     return {key: value for key, value in row.items() if value is not None}
 
 
@@ -82,8 +90,9 @@ class RunIndex:
 
     # -- provider responses --------------------------------------------------------------------------------
     async def remember_response(self, response_id: str, run_id: str) -> None:
-        await self._table.upsert_entity({"PartitionKey": RESPONSE_PREFIX + response_id, "RowKey": "run",
-                                         "run_id": run_id})
+        await self._table.upsert_entity(
+            {"PartitionKey": RESPONSE_PREFIX + response_id, "RowKey": "run", "run_id": run_id}
+        )
 
     async def run_for_response(self, response_id: str) -> str | None:
         try:
@@ -113,8 +122,10 @@ class RunIndex:
         """Delete the dedup notes of the days before `before` (retention), reading only those rows."""
         query = "PartitionKey ge @first and PartitionKey lt @upto"
         parameters = {"first": SEEN_PREFIX, "upto": SEEN_PREFIX + _day(before)}
-        rows = [(r["PartitionKey"], r["RowKey"]) async for r in
-                self._table.query_entities(query, parameters=parameters, select=["PartitionKey", "RowKey"])]
+        rows = [
+            (r["PartitionKey"], r["RowKey"])
+            async for r in self._table.query_entities(query, parameters=parameters, select=["PartitionKey", "RowKey"])
+        ]
         for partition, row in rows:
             await self._delete(partition, row)
         return len(rows)
@@ -161,8 +172,9 @@ class RunIndex:
         for partition in _list_partitions(run):
             await self._delete(partition, list_row_key(run.created_at, run.id))
 
-    async def list_rows(self, partition: str, *, after: str = "", status: str | None = None,
-                        owner: str | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def list_rows(
+        self, partition: str, *, after: str = "", status: str | None = None, owner: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """Rows of one list, newest first, after the row key `after`; optionally only one status or owner."""
         query, parameters = "PartitionKey eq @pk and RowKey gt @after", {"pk": partition, "after": after}
         if status is not None:

@@ -8,6 +8,7 @@ given its retention date, the webhook is queued, and the run leaves the open-wor
 do. The follow-ups are idempotent: after a crash the
 sweeper runs them again for every run still in the index.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,16 @@ log = logging.getLogger("bgruns.lifecycle")
 
 
 class RunLifecycle:
-    def __init__(self, store: RunStore, sessions: SessionStore, index: RunIndex, webhook_queue: Queue,
-                 retention_seconds: float, inline_safety_delay: float, quotas: CallerQuotas | None = None) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        sessions: SessionStore,
+        index: RunIndex,
+        webhook_queue: Queue,
+        retention_seconds: float,
+        inline_safety_delay: float,
+        quotas: CallerQuotas | None = None,
+    ) -> None:
         self._store = store
         self._sessions = sessions
         self._index = index
@@ -62,8 +71,9 @@ class RunLifecycle:
                 continue
             telemetry.finished(run)
             log.info("run %s ended %s", run.id, status)
-            await self.follow_up(run, send_webhook=True,
-                                 webhook_delay=self._inline_safety_delay if inline_webhook else 0.0)
+            await self.follow_up(
+                run, send_webhook=True, webhook_delay=self._inline_safety_delay if inline_webhook else 0.0
+            )
         return run
 
     async def follow_up(self, run: Run, *, send_webhook: bool, webhook_delay: float = 0.0) -> None:

@@ -4,6 +4,7 @@ session, a page at a time, from the run lists of the index (never a scan of the 
 A list row knows a run's status as of its start and its end. A run still going is listed as `queued` there,
 so the page reads those few runs themselves for their current status (queued or in_progress).
 """
+
 from __future__ import annotations
 
 import base64
@@ -51,13 +52,24 @@ class RunLister:
         self._index = index
         self._store = store
 
-    async def page(self, *, caller: Caller = OPERATOR, status: str | None = None, session_id: str | None = None,
-                   owner: str | None = None, cursor: str | None = None, limit: int = 20) -> RunPage:
+    async def page(
+        self,
+        *,
+        caller: Caller = OPERATOR,
+        status: str | None = None,
+        session_id: str | None = None,
+        owner: str | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> RunPage:
         """`owner`: only the runs that caller started (an operator's filter; a caller sees only its own runs,
         so naming another caller lists nothing, exactly as for a caller with no runs)."""
         if status is not None and status not in ACTIVE_STATUSES | TERMINAL_STATUSES:
-            raise InvalidRequest("invalid_request", f"'status' must be one of {sorted(ACTIVE_STATUSES | TERMINAL_STATUSES)}.",
-                                 param="status")
+            raise InvalidRequest(
+                "invalid_request",
+                f"'status' must be one of {sorted(ACTIVE_STATUSES | TERMINAL_STATUSES)}.",
+                param="status",
+            )
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequest("invalid_request", f"'limit' must be between 1 and {MAX_PAGE}.", param="limit")
         after = decode_cursor(cursor) if cursor else ""
@@ -83,9 +95,16 @@ class RunLister:
         return RunPage(runs, None)
 
     async def _summary(self, row: dict[str, Any]) -> dict[str, Any] | None:
-        summary = {"id": row["run_id"], "object": "run", "status": row["status"], "created_at": row["created_at"],
-                   "completed_at": row.get("completed_at"), "model": row.get("model"),
-                   "session_id": row.get("session_id") or None, "owner": row.get("owner") or None}
+        summary = {
+            "id": row["run_id"],
+            "object": "run",
+            "status": row["status"],
+            "created_at": row["created_at"],
+            "completed_at": row.get("completed_at"),
+            "model": row.get("model"),
+            "session_id": row.get("session_id") or None,
+            "owner": row.get("owner") or None,
+        }
         if row["status"] in ACTIVE_STATUSES:
             run = await self._store.get(row["run_id"])
             if run is None:  # deleted, or a start that was abandoned

@@ -4,6 +4,7 @@ Statuses: `queued` and `in_progress` are active; every other status is terminal 
 ended never changes status again). `requires_action` is a completed provider response that asks for
 function calls; `expired` is a run that passed its deadline.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -62,7 +63,9 @@ class Run:
     response: dict[str, Any] | None = None
     quota_slot: bool = False  # it holds one of its caller's active-run slots (runs.quotas), given back when it ends
     admission: Admission | None = None  # set when it waited for provider capacity (runs.admission)
-    backend: str = "background"  # what ran it: the provider's background mode, or the executor (shared.executor.attempts)
+    backend: str = (
+        "background"  # what ran it: the provider's background mode, or the executor (shared.executor.attempts)
+    )
     etag: str | None = None
     # W3C trace context of the run's trace (decided at its start; every later step joins it), and its timeline.
     traceparent: str = ""

@@ -10,6 +10,7 @@ partitions (CallerQuotas.usage), none when no caller's active runs are capped.
 A caller is named as the quotas name it (runs.quotas.quota_caller): the native API's runs, which have no owner, are
 `@native`'s, the name CALLER_QUOTAS gives them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,8 +51,11 @@ def webhook_summary(run: Run) -> dict[str, Any] | None:
     if not run.webhook_url:
         return None
     hook = run.webhook
-    return {"state": hook.state if hook else "waiting", "attempts": len(hook.attempts) if hook else 0,
-            "lag_seconds": webhook_lag(run)}
+    return {
+        "state": hook.state if hook else "waiting",
+        "attempts": len(hook.attempts) if hook else 0,
+        "lag_seconds": webhook_lag(run),
+    }
 
 
 class RunOverview:
@@ -95,10 +99,19 @@ class RunOverview:
             elif run.webhook is not None and run.webhook.is_pending:
                 webhooks[owner] += 1
         callers = sorted(set(active) | set(webhooks))
-        return {"callers": {name: {"active": active[name], "queued": queued[name],
-                                   "waiting_for_capacity": waiting[name], "webhook_pending": webhooks[name]}
-                            for name in callers},
-                "open_runs_read": len(runs), "complete": len(ids) <= MAX_OPEN_READ}
+        return {
+            "callers": {
+                name: {
+                    "active": active[name],
+                    "queued": queued[name],
+                    "waiting_for_capacity": waiting[name],
+                    "webhook_pending": webhooks[name],
+                }
+                for name in callers
+            },
+            "open_runs_read": len(runs),
+            "complete": len(ids) <= MAX_OPEN_READ,
+        }
 
     async def capacity_by_caller(self, callers: Iterable[str], in_flight: dict[str, Any]) -> dict[str, Any]:
         """Per caller (those named, those in `in_flight_by_caller()`'s answer, those holding an active-run slot): its
@@ -107,10 +120,15 @@ class RunOverview:
         counts = in_flight["callers"]
         usage = await self._quotas.usage([*callers, *counts])
         idle = {"active": 0, "queued": 0, "waiting_for_capacity": 0}
-        return {name: {**held, "active_runs": counts.get(name, idle)["active"],
-                       "status_queued": counts.get(name, idle)["queued"],
-                       "waiting_for_capacity": counts.get(name, idle)["waiting_for_capacity"]}
-                for name, held in usage.items()}
+        return {
+            name: {
+                **held,
+                "active_runs": counts.get(name, idle)["active"],
+                "status_queued": counts.get(name, idle)["queued"],
+                "waiting_for_capacity": counts.get(name, idle)["waiting_for_capacity"],
+            }
+            for name, held in usage.items()
+        }
 
     async def _read(self, run_ids: list[str]) -> dict[str, Run]:
         gate = asyncio.Semaphore(_CONCURRENT_READS)

@@ -5,6 +5,7 @@ run's current pair. The next message is sent *before* the run is saved with the 
 between leaves the old message (not yet deleted by the host) to be redelivered and retried, and the unsaved
 new message is dropped as stale. At-least-once delivery can never fork a chain.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,12 @@ class PollMessage:
     tracestate: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "seq": self.seq, "nonce": self.nonce,
-                **trace_context.fields(self.traceparent, self.tracestate)}
+        return {
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "nonce": self.nonce,
+            **trace_context.fields(self.traceparent, self.tracestate),
+        }
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> PollMessage:
@@ -59,8 +64,9 @@ class Backoff:
     # begun the run, so its status says `in_progress` while the slow safety net waits); None: the curve's.
     first: float | None = None
 
-    def delay(self, poll_count: int, *, retry_after: float | None = None,
-              rng: Callable[[], float] = random.random) -> float:
+    def delay(
+        self, poll_count: int, *, retry_after: float | None = None, rng: Callable[[], float] = random.random
+    ) -> float:
         """Exponential from `initial` to `maximum` with ±20 % jitter; a provider's Retry-After can only
         lengthen it (bounded). The exponent is capped where the curve reaches the maximum, so a chain of any
         length never overflows."""
@@ -89,8 +95,16 @@ class PollScheduler:
         self._store = store
         self._queue = queue  # the poll queue
 
-    async def schedule(self, run: Run, delay: float, *, status: str | None = None, event: str = "poll",
-                       error: str | None = None, save_all: bool = False) -> bool:
+    async def schedule(
+        self,
+        run: Run,
+        delay: float,
+        *,
+        status: str | None = None,
+        event: str = "poll",
+        error: str | None = None,
+        save_all: bool = False,
+    ) -> bool:
         """Send the next poll message, then save the run with the new chain position (only the chain's
         properties, unless `save_all`: the start's first step also records what the provider answered).
         `event` names the step in the run's timeline (a poll, the provider accepting the start, a repair, ...),
@@ -122,8 +136,9 @@ class PollScheduler:
     async def _save(self, run: Run, save_all: bool) -> None:
         await (self._store.save(run) if save_all else self._store.save_chain(run))
 
-    async def _save_over_a_note(self, run: Run, position: tuple[int, str], event: str, note: dict[str, Any],
-                                save_all: bool) -> bool:
+    async def _save_over_a_note(
+        self, run: Run, position: tuple[int, str], event: str, note: dict[str, Any], save_all: bool
+    ) -> bool:
         """The save lost to another writer. If that writer left the chain where this step found it (it only
         added a timeline note, such as a refused cancel), keep its note and save the chain again, once."""
         fresh = await self._store.get(run.id)

@@ -11,6 +11,7 @@ retried on the chain, honouring Retry-After; a refusal that retrying cannot fix 
 the run with the provider's message. A step that ends a run does it through runs.ending, which makes the first
 webhook attempt right there.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -96,9 +97,18 @@ class PollOutcome(StrEnum):
 
 
 class PollStep:
-    def __init__(self, store: RunStore, observer: Observer, backend: RunBackend, ending: RunEnding,
-                 scheduler: PollScheduler, backoff: Backoff, *, retry_backoff: Backoff | None = None,
-                 admission: RunAdmission | None = None) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        observer: Observer,
+        backend: RunBackend,
+        ending: RunEnding,
+        scheduler: PollScheduler,
+        backoff: Backoff,
+        *,
+        retry_backoff: Backoff | None = None,
+        admission: RunAdmission | None = None,
+    ) -> None:
         """`backoff` spaces the chain's steps (zero for watch: the next window starts at once);
         `retry_backoff` spaces retries after a provider hiccup. `backend` cancels a run at its deadline.
         `admission` tries the create of a run queued for provider capacity (it has no response yet)."""
@@ -111,8 +121,9 @@ class PollStep:
         self._retry_backoff = retry_backoff or backoff
         self._admission = admission
 
-    async def handle(self, data: Mapping[str, Any],
-                     dequeue_count: int = 1) -> PollOutcome | AdmissionOutcome | RunStatus:
+    async def handle(
+        self, data: Mapping[str, Any], dequeue_count: int = 1
+    ) -> PollOutcome | AdmissionOutcome | RunStatus:
         """Handle one poll message; returns what happened (for logs and tests)."""
         try:
             message = PollMessage.parse(data)
@@ -146,8 +157,13 @@ class PollStep:
 
     async def _on_failure(self, run: Run, error: ProviderError) -> PollOutcome | RunStatus:
         if not error.transient:
-            return await self._end(run, Failed(ErrorCode.PROVIDER_ERROR, "The provider refused to report on the run "
-                                               f"({error.status}): {error.message}"))
+            return await self._end(
+                run,
+                Failed(
+                    ErrorCode.PROVIDER_ERROR,
+                    f"The provider refused to report on the run ({error.status}): {error.message}",
+                ),
+            )
         if clock.now() >= run.deadline_at:
             return await self._expire(run)
         delay = self._retry_backoff.delay(run.poll_count, retry_after=error.retry_after)
@@ -166,12 +182,16 @@ class PollStep:
         except ProviderError as error:
             if error.transient and clock.now() < run.deadline_at + CANCEL_RETRY_WINDOW_SECONDS:
                 log.warning("run %s: cancel at deadline failed for now (%s); trying again", run.id, error.message)
-                await self._scheduler.schedule(run, self._retry_backoff.delay(run.poll_count,
-                                                                              retry_after=error.retry_after))
+                await self._scheduler.schedule(
+                    run, self._retry_backoff.delay(run.poll_count, retry_after=error.retry_after)
+                )
                 return PollOutcome.RETRY
             log.warning("run %s: could not cancel at the deadline (%s): %s", run.id, error.status, error.message)
-            refused = (f" The provider refused to cancel it ({error.status}): {error.message}." if not error.transient
-                       else f" Cancelling it at the provider kept failing: {error.message}.")
+            refused = (
+                f" The provider refused to cancel it ({error.status}): {error.message}."
+                if not error.transient
+                else f" Cancelling it at the provider kept failing: {error.message}."
+            )
         if state is not None and not state.is_active and state.status != RunStatus.CANCELLED:
             return await self._end(run, ProviderEnded(state.response))  # it ended before the cancel landed
         return await self._end(run, DeadlinePassed(refused))

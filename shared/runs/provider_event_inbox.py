@@ -6,6 +6,7 @@ retrieved once, and the run ends through runs.ending (idempotent: a poll or a du
 changes nothing), which makes the first webhook attempt right here. Delivery ids are noted so a duplicate or
 replayed event does no work; a failure releases the note and answers an error, so the provider retries.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,15 @@ class EventOutcome(StrEnum):
 
 
 class ProviderEventInbox:
-    def __init__(self, verifier: ProviderEventVerifier, index: RunIndex, store: RunStore, backend: RunBackend,
-                 ending: RunEnding, scheduler: PollScheduler) -> None:
+    def __init__(
+        self,
+        verifier: ProviderEventVerifier,
+        index: RunIndex,
+        store: RunStore,
+        backend: RunBackend,
+        ending: RunEnding,
+        scheduler: PollScheduler,
+    ) -> None:
         self._verifier = verifier
         self._index = index
         self._store = store
@@ -80,8 +88,11 @@ class ProviderEventInbox:
         try:
             state = await self._backend.observe(response_id)
         except ProviderError as error:
-            raise Unavailable("provider_unavailable", f"Could not retrieve the response: {error.message}",
-                              retry_after=max(1, round(error.retry_after or 5))) from None
+            raise Unavailable(
+                "provider_unavailable",
+                f"Could not retrieve the response: {error.message}",
+                retry_after=max(1, round(error.retry_after or 5)),
+            ) from None
         if state.is_active:  # the event ran ahead of the state the provider serves: look again in a second
             log.info("run %s: provider event says ended, retrieve says %s", run.id, state.status)
             await self._scheduler.schedule(run, 1.0, status=state.status, event="provider_event")

@@ -24,6 +24,7 @@ that crashed between its admission and noting its run as open work leaves a slot
 sweeper reclaims a slot older than the start grace whose run is not in the open-work index (it lists the slots
 before it reads that index, so a live run is seen).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -98,19 +99,32 @@ class CallerQuotas:
             state, etag, slots = await self._read(caller)
             now = clock.now()
             if quota.max_active and slots >= quota.max_active:
-                raise RateLimited(f"Too many active runs: {_who(caller)} may have {quota.max_active} at a time "
-                                  f"and has {slots}. Retry when one of them ends.", limit=quota.max_active,
-                                  remaining=0, reset_seconds=ACTIVE_RETRY_AFTER, retry_after=ACTIVE_RETRY_AFTER)
+                raise RateLimited(
+                    f"Too many active runs: {_who(caller)} may have {quota.max_active} at a time "
+                    f"and has {slots}. Retry when one of them ends.",
+                    limit=quota.max_active,
+                    remaining=0,
+                    reset_seconds=ACTIVE_RETRY_AFTER,
+                    retry_after=ACTIVE_RETRY_AFTER,
+                )
             tat = _next_arrival(quota, state.get("tat", 0.0), now, caller)
-            state = {"PartitionKey": PARTITION_PREFIX + caller, "RowKey": STATE_ROW, "tat": tat,
-                     "seq": state.get("seq", 0) + 1}
+            state = {
+                "PartitionKey": PARTITION_PREFIX + caller,
+                "RowKey": STATE_ROW,
+                "tat": tat,
+                "seq": state.get("seq", 0) + 1,
+            }
             slot = Slot(caller, run_id) if quota.max_active else None
             if await self._write(state, etag, slot):
                 return slot
             if clock.now() >= give_up_at:  # another instance's starts of the caller won every time
-                raise RateLimited(f"Too many concurrent starts for {_who(caller)}; retry shortly.",
-                                  limit=quota.max_active or quota.per_minute, remaining=0, reset_seconds=1.0,
-                                  retry_after=1.0)
+                raise RateLimited(
+                    f"Too many concurrent starts for {_who(caller)}; retry shortly.",
+                    limit=quota.max_active or quota.per_minute,
+                    remaining=0,
+                    reset_seconds=1.0,
+                    retry_after=1.0,
+                )
             await asyncio.sleep(random.uniform(0, pause))
             pause = min(2 * pause, MAX_PAUSE)
 
@@ -135,8 +149,11 @@ class CallerQuotas:
         usage: dict[str, dict[str, int | None]] = {}
         for name in sorted({*callers, *held}):
             quota = self._settings.of(name)
-            usage[name] = {"max_active_runs": quota.max_active, "starts_per_minute": quota.per_minute,
-                           "active_slots": held[name] if quota.max_active or held[name] else None}
+            usage[name] = {
+                "max_active_runs": quota.max_active,
+                "starts_per_minute": quota.per_minute,
+                "active_slots": held[name] if quota.max_active or held[name] else None,
+            }
         return usage
 
     # -- what the sweeper reclaims ---------------------------------------------------------------------------
@@ -144,22 +161,33 @@ class CallerQuotas:
         """Every slot held (read before the open-work index: see `reclaim`); none when no caller is capped."""
         if not self._settings.caps_active:
             return []
-        query = ("PartitionKey ge @first and PartitionKey lt @upto and RowKey ge @slot and RowKey lt @upto_slot")
-        parameters = {"first": PARTITION_PREFIX, "upto": _after(PARTITION_PREFIX), "slot": SLOT_PREFIX,
-                      "upto_slot": _after(SLOT_PREFIX)}
-        return [Slot(row["PartitionKey"][len(PARTITION_PREFIX):], row["RowKey"][len(SLOT_PREFIX):])
-                async for row in self._table.query_entities(query, parameters=parameters,
-                                                            select=["PartitionKey", "RowKey"])]
+        query = "PartitionKey ge @first and PartitionKey lt @upto and RowKey ge @slot and RowKey lt @upto_slot"
+        parameters = {
+            "first": PARTITION_PREFIX,
+            "upto": _after(PARTITION_PREFIX),
+            "slot": SLOT_PREFIX,
+            "upto_slot": _after(SLOT_PREFIX),
+        }
+        return [
+            Slot(row["PartitionKey"][len(PARTITION_PREFIX) :], row["RowKey"][len(SLOT_PREFIX) :])
+            async for row in self._table.query_entities(query, parameters=parameters, select=["PartitionKey", "RowKey"])
+        ]
 
     async def reclaim(self, held: list[Slot], open_run_ids: set[str]) -> int:
         """Give back the slots, of those listed before `open_run_ids` was read, whose run holds nothing: older than
         the start grace and not open work (its start died before noting it, or it ended and left the index)."""
         cutoff = clock.now() - self._start_grace
-        lost = [slot for slot in held if slot.run_id not in open_run_ids
-                and (run_id_created_at(slot.run_id) or 0.0) < cutoff]
+        lost = [
+            slot
+            for slot in held
+            if slot.run_id not in open_run_ids and (run_id_created_at(slot.run_id) or 0.0) < cutoff
+        ]
         for slot in lost:
-            log.warning("caller %s: run %s holds an active-run slot but is not open work; slot reclaimed",
-                        slot.caller, slot.run_id)
+            log.warning(
+                "caller %s: run %s holds an active-run slot but is not open work; slot reclaimed",
+                slot.caller,
+                slot.run_id,
+            )
             await self.release(slot)
         return len(lost)
 
@@ -168,8 +196,9 @@ class CallerQuotas:
         """The caller's row (empty if none yet), its ETag, and how many slots are held."""
         state: dict[str, Any] = {}
         etag, slots = None, 0
-        async for row in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION_PREFIX + caller},
-                                                    select=["RowKey", "tat", "seq"]):
+        async for row in self._table.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": PARTITION_PREFIX + caller}, select=["RowKey", "tat", "seq"]
+        ):
             if row["RowKey"] == STATE_ROW:
                 state, etag = dict(row), row.metadata.get("etag")
             elif row["RowKey"].startswith(SLOT_PREFIX):
@@ -183,8 +212,13 @@ class CallerQuotas:
         if etag is None:
             operations = [("create", state)]
         else:
-            operations = [("update", state, {"mode": UpdateMode.REPLACE, "etag": etag,
-                                             "match_condition": MatchConditions.IfNotModified})]
+            operations = [
+                (
+                    "update",
+                    state,
+                    {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified},
+                )
+            ]
         if slot is not None:
             operations.append(("create", {"PartitionKey": state["PartitionKey"], "RowKey": SLOT_PREFIX + slot.run_id}))
         try:
@@ -207,9 +241,14 @@ def _next_arrival(quota: Quota, tat: float, now: float, caller: str) -> float:
     after = max(tat, now) + interval
     if after - now > 60.0 + 1e-9:
         wait = after - now - 60.0
-        raise RateLimited(f"Too many starts: {_who(caller)} may start {quota.per_minute} runs per minute. Please "
-                          f"try again in {math.ceil(wait)}s.", limit=quota.per_minute, remaining=0,
-                          reset_seconds=max(tat, now) - now, retry_after=wait)
+        raise RateLimited(
+            f"Too many starts: {_who(caller)} may start {quota.per_minute} runs per minute. Please "
+            f"try again in {math.ceil(wait)}s.",
+            limit=quota.per_minute,
+            remaining=0,
+            reset_seconds=max(tat, now) - now,
+            retry_after=wait,
+        )
     return after
 
 

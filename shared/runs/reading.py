@@ -1,5 +1,6 @@
 """Finding runs and sessions by id or by continuation token; a missing one is NotFound, and one that is
 missing because retention deleted it says so. A run the caller may not see is not found either."""
+
 from __future__ import annotations
 
 from .. import clock
@@ -19,12 +20,16 @@ class RunReader:
         self._tokens = tokens
         self._retention = retention_seconds
 
-    async def get(self, run_id: str, *, existed: bool = False, caller: Caller = OPERATOR,
-                  with_request: bool = False) -> Run:
+    async def get(
+        self, run_id: str, *, existed: bool = False, caller: Caller = OPERATOR, with_request: bool = False
+    ) -> Run:
         """The run with its result (and its provider request if asked). `existed`: the caller proved the run
         existed (a signed token)."""
-        run = await self._store.get(run_id, with_result=True, with_request=with_request) \
-            if valid_id(RUN_ID_PREFIX, run_id) else None
+        run = (
+            await self._store.get(run_id, with_result=True, with_request=with_request)
+            if valid_id(RUN_ID_PREFIX, run_id)
+            else None
+        )
         if run is not None and not caller.can_see(run):
             raise not_found("run", run_id)  # exactly what an unknown id answers
         if run is None:

@@ -15,6 +15,7 @@ A run that ends without a provider terminal event (cancelled, expired, or served
 final event of our own with the id FINAL_EVENT_ID, above any provider sequence number: resuming after it, as
 after any final event, gives the single `end` event.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,23 +55,34 @@ def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
 class RelayFactory:
     """Builds a Relay per client stream with the collaborators they all share."""
 
-    def __init__(self, store: RunStore, backend: RunBackend, ending: RunEnding, views: RunViews, *,
-                 max_seconds: float, keepalive_seconds: float, fallback_max_delay: float) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        backend: RunBackend,
+        ending: RunEnding,
+        views: RunViews,
+        *,
+        max_seconds: float,
+        keepalive_seconds: float,
+        fallback_max_delay: float,
+    ) -> None:
         self.store, self.backend, self.ending, self.views = store, backend, ending, views
         self.max_seconds = max_seconds
         self.keepalive_seconds = keepalive_seconds
         self.fallback_max_delay = fallback_max_delay
 
-    def relay(self, run: Run, after: int, first_stream: EventStream | None = None,
-              event_format: EventFormat | None = None) -> Relay:
+    def relay(
+        self, run: Run, after: int, first_stream: EventStream | None = None, event_format: EventFormat | None = None
+    ) -> Relay:
         return Relay(self, run, after, first_stream, event_format or RunEventFormat(self.views))
 
 
 class Relay:
     """One client's stream of one run, from position `after` (exclusive)."""
 
-    def __init__(self, deps: RelayFactory, run: Run, after: int, first_stream: EventStream | None,
-                 event_format: EventFormat) -> None:
+    def __init__(
+        self, deps: RelayFactory, run: Run, after: int, first_stream: EventStream | None, event_format: EventFormat
+    ) -> None:
         self._deps = deps
         self._format = event_format
         self.run = run
@@ -231,31 +243,65 @@ class RunEventFormat:
 
     def event(self, run: Run, event: Any) -> bytes | None:
         seq, kind = event.sequence_number, event.type
-        data: dict[str, Any] = {"type": kind.removeprefix("response."), "sequence_number": seq, "run_id": run.id,
-                                "continuation_token": self._views.token(run.id, seq)}
+        data: dict[str, Any] = {
+            "type": kind.removeprefix("response."),
+            "sequence_number": seq,
+            "run_id": run.id,
+            "continuation_token": self._views.token(run.id, seq),
+        }
         if kind == "response.created":
             return sse("run.created", {**data, "type": "run.created", "run": self._views.render(run)}, seq)
         if kind in ("response.queued", "response.in_progress"):
             return sse("run.status", {**data, "type": "run.status", "status": kind.removeprefix("response.")}, seq)
-        payload = event.model_dump(mode="json", exclude={"type", "sequence_number"}) if hasattr(event, "model_dump") else {}
+        payload = (
+            event.model_dump(mode="json", exclude={"type", "sequence_number"}) if hasattr(event, "model_dump") else {}
+        )
         data.update({k: v for k, v in payload.items() if k not in ("obfuscation", "logprobs")})
         return sse(data["type"], data, seq)
 
     def status(self, run: Run, status: str, position: int) -> bytes | None:
-        return sse("run.status", {"type": "run.status", "run_id": run.id, "status": status,
-                                  "continuation_token": self._views.token(run.id, position)})
+        return sse(
+            "run.status",
+            {
+                "type": "run.status",
+                "run_id": run.id,
+                "status": status,
+                "continuation_token": self._views.token(run.id, position),
+            },
+        )
 
     def final(self, run: Run, position: int, event: Any | None) -> bytes:
         kind = f"run.{run.status}"
-        return sse(kind, {"type": kind, "sequence_number": position, "run_id": run.id,
-                          "run": self._views.render(run), "continuation_token": self._views.token(run.id, position)},
-                   position)
+        return sse(
+            kind,
+            {
+                "type": kind,
+                "sequence_number": position,
+                "run_id": run.id,
+                "run": self._views.render(run),
+                "continuation_token": self._views.token(run.id, position),
+            },
+            position,
+        )
 
     def end(self, run: Run, position: int) -> bytes:
-        return sse("end", {"type": "end", "run_id": run.id, "continuation_token": self._views.token(run.id, position),
-                           "reason": "the run has ended and every event was already delivered"})
+        return sse(
+            "end",
+            {
+                "type": "end",
+                "run_id": run.id,
+                "continuation_token": self._views.token(run.id, position),
+                "reason": "the run has ended and every event was already delivered",
+            },
+        )
 
     def reconnect(self, run: Run, position: int) -> bytes:
-        return sse("reconnect", {"type": "reconnect", "run_id": run.id,
-                                 "continuation_token": self._views.token(run.id, position),
-                                 "reason": "maximum stream duration reached"})
+        return sse(
+            "reconnect",
+            {
+                "type": "reconnect",
+                "run_id": run.id,
+                "continuation_token": self._views.token(run.id, position),
+                "reason": "maximum stream duration reached",
+            },
+        )

@@ -1,4 +1,5 @@
 """What a caller asks to run, whichever API it came through (validated by that API's layer)."""
+
 from __future__ import annotations
 
 import json

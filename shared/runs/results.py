@@ -6,6 +6,7 @@ provider response ended the run: that response as the provider sent it, without 
 `output`), so the run can be shown again as the provider's Response. `output_text` is the output's message
 text joined; it is derived, so it is stored once (inside `output`) and rebuilt on load.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,8 +15,13 @@ from ..redaction import redact_error
 
 
 def output_text(output: list[Any]) -> str:
-    return "".join(part.get("text", "") for item in output if isinstance(item, dict) and item.get("type") == "message"
-                   for part in item.get("content") or [] if isinstance(part, dict) and part.get("type") == "output_text")
+    return "".join(
+        part.get("text", "")
+        for item in output
+        if isinstance(item, dict) and item.get("type") == "message"
+        for part in item.get("content") or []
+        if isinstance(part, dict) and part.get("type") == "output_text"
+    )
 
 
 def response_snapshot(response: Any) -> dict[str, Any]:
@@ -36,8 +42,11 @@ def result_from_response(response: Any) -> tuple[str, dict[str, Any]]:
     answers with `function_call_output` items in a new run of the same session."""
     data = response.model_dump(mode="json", exclude_none=False) if hasattr(response, "model_dump") else dict(response)
     output = data.get("output") or []
-    calls = [{"call_id": item.get("call_id"), "name": item.get("name"), "arguments": item.get("arguments")}
-             for item in output if isinstance(item, dict) and item.get("type") == "function_call"]
+    calls = [
+        {"call_id": item.get("call_id"), "name": item.get("name"), "arguments": item.get("arguments")}
+        for item in output
+        if isinstance(item, dict) and item.get("type") == "function_call"
+    ]
     status = data.get("status") or "failed"
     if status == "completed" and calls:
         status = "requires_action"
@@ -56,8 +65,14 @@ def result_from_response(response: Any) -> tuple[str, dict[str, Any]]:
 
 
 def failure_result(code: str, message: str) -> dict[str, Any]:
-    return {"output": [], "output_text": "", "error": {"code": code, "message": message},
-            "incomplete_details": None, "usage": None, "required_action": None}
+    return {
+        "output": [],
+        "output_text": "",
+        "error": {"code": code, "message": message},
+        "incomplete_details": None,
+        "usage": None,
+        "required_action": None,
+    }
 
 
 def cancelled_result() -> dict[str, Any]:

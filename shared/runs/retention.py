@@ -4,6 +4,7 @@ retention period. The run index lists what falls due each day, so a pass reads o
 An entry is only a hint: each item is checked before it is deleted (a session used again since, a run whose
 webhook is being redelivered, a key claimed again), and one that is not due yet is noted for later.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,15 @@ class EventLogs(Protocol):
 
 
 class RetentionPurger:
-    def __init__(self, store: RunStore, sessions: SessionStore, idempotency: IdempotencyStore, index: RunIndex,
-                 retention_seconds: float, events: EventLogs | None = None) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        sessions: SessionStore,
+        idempotency: IdempotencyStore,
+        index: RunIndex,
+        retention_seconds: float,
+        events: EventLogs | None = None,
+    ) -> None:
         self._store = store
         self._events = events
         self._sessions = sessions

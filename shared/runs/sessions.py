@@ -6,6 +6,7 @@ At most one run is active per session: a start reserves the session (ETag-condit
 run, so for a short while the session names a run that does not exist yet. That reservation is honoured
 until the start grace has passed; only then is it taken over as a start that died.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -44,9 +45,17 @@ class SessionStore:
     async def create(self) -> Session:
         created = clock.now()
         session = Session(SESSION_ID_PREFIX + secrets.token_hex(12), created, None, None, None, 0.0, created)
-        meta = await self._table.create_entity({"PartitionKey": session.id, "RowKey": SESSION_ROW,
-                                                "created_at": session.created_at, "last_response_id": "",
-                                                "active_run_id": "", "active_since": 0.0, "updated_at": created})
+        meta = await self._table.create_entity(
+            {
+                "PartitionKey": session.id,
+                "RowKey": SESSION_ROW,
+                "created_at": session.created_at,
+                "last_response_id": "",
+                "active_run_id": "",
+                "active_since": 0.0,
+                "updated_at": created,
+            }
+        )
         session.etag = meta.get("etag")
         return session
 
@@ -55,25 +64,41 @@ class SessionStore:
             e = await self._table.get_entity(session_id, SESSION_ROW)
         except ResourceNotFoundError:
             return None
-        return Session(session_id, e["created_at"], e.get("last_response_id") or None, e.get("active_run_id") or None,
-                       e.metadata.get("etag"), e.get("active_since") or 0.0, e.get("updated_at") or e["created_at"])
+        return Session(
+            session_id,
+            e["created_at"],
+            e.get("last_response_id") or None,
+            e.get("active_run_id") or None,
+            e.metadata.get("etag"),
+            e.get("active_since") or 0.0,
+            e.get("updated_at") or e["created_at"],
+        )
 
     async def save(self, session: Session) -> None:
         session.updated_at = clock.now()
         try:
             meta = await self._table.update_entity(
-                {"PartitionKey": session.id, "RowKey": SESSION_ROW, "last_response_id": session.last_response_id or "",
-                 "active_run_id": session.active_run_id or "", "active_since": session.active_since,
-                 "updated_at": session.updated_at},
-                mode=UpdateMode.MERGE, etag=session.etag, match_condition=MatchConditions.IfNotModified)
+                {
+                    "PartitionKey": session.id,
+                    "RowKey": SESSION_ROW,
+                    "last_response_id": session.last_response_id or "",
+                    "active_run_id": session.active_run_id or "",
+                    "active_since": session.active_since,
+                    "updated_at": session.updated_at,
+                },
+                mode=UpdateMode.MERGE,
+                etag=session.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
         except (ResourceModifiedError, ResourceNotFoundError):
             raise SessionConflict(session.id) from None
         session.etag = meta.get("etag")
 
     async def add_run(self, session_id: str, run_id: str, created_at: float) -> None:
         try:
-            await self._table.create_entity({"PartitionKey": session_id, "RowKey": _run_row(run_id, created_at),
-                                             "run_id": run_id})
+            await self._table.create_entity(
+                {"PartitionKey": session_id, "RowKey": _run_row(run_id, created_at), "run_id": run_id}
+            )
         except ResourceExistsError:
             pass
 
@@ -109,8 +134,12 @@ class SessionStore:
 
     async def purge(self, session_id: str) -> None:
         """Delete the session and its run list (retention)."""
-        rows = [e async for e in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": session_id},
-                                                              select=["PartitionKey", "RowKey"])]
+        rows = [
+            e
+            async for e in self._table.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": session_id}, select=["PartitionKey", "RowKey"]
+            )
+        ]
         for row in rows:
             try:
                 await self._table.delete_entity(session_id, row["RowKey"])

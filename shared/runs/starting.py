@@ -17,6 +17,7 @@ anything back: the sweeper finds it and ends it `failed` with `start_interrupted
 start was in flight (a cancel, or the sweeper giving up on a slow start), the provider response is cancelled too,
 and deleted if the run was deleted.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -85,10 +86,23 @@ class StartedRun:
 
 
 class RunStarter:
-    def __init__(self, rules: StartRules, store: RunStore, sessions: SessionStore, idempotency: IdempotencyStore,
-                 index: RunIndex, backend: RunBackend, webhook_urls: WebhookUrls, scheduler: PollScheduler,
-                 backoff: Backoff, ending: RunEnding, lifecycle: RunLifecycle,
-                 quotas: CallerQuotas | None = None, *, admission: RunAdmission | None = None) -> None:
+    def __init__(
+        self,
+        rules: StartRules,
+        store: RunStore,
+        sessions: SessionStore,
+        idempotency: IdempotencyStore,
+        index: RunIndex,
+        backend: RunBackend,
+        webhook_urls: WebhookUrls,
+        scheduler: PollScheduler,
+        backoff: Backoff,
+        ending: RunEnding,
+        lifecycle: RunLifecycle,
+        quotas: CallerQuotas | None = None,
+        *,
+        admission: RunAdmission | None = None,
+    ) -> None:
         """`scheduler` and `backoff` send the run's first poll; `ending` ends a run its provider answers at once;
         `lifecycle` repairs a session whose run ended without advancing it; `quotas` admits each new start against
         its caller's quota (none: no quotas); `admission` queues a start the provider has no capacity for
@@ -108,8 +122,14 @@ class RunStarter:
         self._admission = admission
         self.start_grace = rules.start_grace
 
-    async def start(self, request: RunRequest, *, caller: Caller = OPERATOR, idempotency_key: str | None = None,
-                    wait_seconds: float = 0.0) -> StartedRun:
+    async def start(
+        self,
+        request: RunRequest,
+        *,
+        caller: Caller = OPERATOR,
+        idempotency_key: str | None = None,
+        wait_seconds: float = 0.0,
+    ) -> StartedRun:
         """Start a run for `caller` (its owner). A repeated Idempotency-Key of the same caller returns its run."""
         self._check(request)
         if request.webhook_url:
@@ -156,8 +176,9 @@ class RunStarter:
             raise InvalidRequest(refused.code, refused.message, param=refused.param) from None
 
     # -- the steps ------------------------------------------------------------------------------------------
-    async def _start(self, attempt: _Attempt, request: RunRequest, caller: Caller,
-                     previous_response_id: str | None) -> tuple[Run, EventStream | None]:
+    async def _start(
+        self, attempt: _Attempt, request: RunRequest, caller: Caller, previous_response_id: str | None
+    ) -> tuple[Run, EventStream | None]:
         run_id, created_at = attempt.run_id, attempt.created_at
         if request.session_id:
             session = await self._reserve_session(request.session_id, run_id)
@@ -165,11 +186,22 @@ class RunStarter:
         params = self._provider_params(request, run_id, previous_response_id)
         deadline = min(request.deadline_seconds or self._rules.run_deadline, self._rules.run_deadline)
         run = attempt.run = Run(
-            id=run_id, status="queued", created_at=created_at, model=params["model"], request=params,
-            session_id=request.session_id, metadata=request.metadata, stream=request.stream,
-            next_poll_at=created_at + self.start_grace, deadline_at=created_at + deadline,
-            webhook_url=request.webhook_url, owner=caller.owner, previous_run_id=request.previous_run_id,
-            quota_slot=attempt.slot is not None, backend=getattr(self._backend, "kind", "background"))
+            id=run_id,
+            status="queued",
+            created_at=created_at,
+            model=params["model"],
+            request=params,
+            session_id=request.session_id,
+            metadata=request.metadata,
+            stream=request.stream,
+            next_poll_at=created_at + self.start_grace,
+            deadline_at=created_at + deadline,
+            webhook_url=request.webhook_url,
+            owner=caller.owner,
+            previous_run_id=request.previous_run_id,
+            quota_slot=attempt.slot is not None,
+            backend=getattr(self._backend, "kind", "background"),
+        )
         telemetry.run_created(run)
         await self._index.mark_open(run_id)
         await self._store.create(run)
@@ -208,8 +240,9 @@ class RunStarter:
             if ended is run and run.etag == saved_as:  # not saved, and nobody else's: the run was deleted
                 await self._deleted_while_starting(attempt)
             return ended
-        if await self._scheduler.schedule(run, self._backoff.delay(0), status=state.status, event="provider_accepted",
-                                          save_all=True):
+        if await self._scheduler.schedule(
+            run, self._backoff.delay(0), status=state.status, event="provider_accepted", save_all=True
+        ):
             return run
         # The run changed while its start was in flight: cancelled, failed by the sweeper as too slow, or deleted.
         fresh = await self._store.get(run.id, with_result=True)
@@ -222,8 +255,11 @@ class RunStarter:
     async def _deleted_while_starting(self, attempt: _Attempt) -> None:
         """A DELETE removed the run while this start was in flight: what the start wrote after it goes too, and the
         provider response is stopped and deleted."""
-        log.info("run %s was deleted while it started; its provider response %s goes too", attempt.run_id,
-                 attempt.response_id)
+        log.info(
+            "run %s was deleted while it started; its provider response %s goes too",
+            attempt.run_id,
+            attempt.response_id,
+        )
         await self._cancel_quietly(attempt.response_id)
         await self._forget_rows(attempt)
         await self._delete_quietly(attempt.response_id)
@@ -236,9 +272,13 @@ class RunStarter:
             "metadata": {**request.metadata, "bg_run_id": run_id},
             "store": True,
         }
-        optional = {"instructions": request.instructions, "tools": request.tools or None,
-                    "max_output_tokens": request.max_output_tokens, "reasoning": request.reasoning,
-                    "previous_response_id": previous_response_id}
+        optional = {
+            "instructions": request.instructions,
+            "tools": request.tools or None,
+            "max_output_tokens": request.max_output_tokens,
+            "reasoning": request.reasoning,
+            "previous_response_id": previous_response_id,
+        }
         params.update({k: v for k, v in optional.items() if v is not None})
         return params
 
@@ -250,8 +290,9 @@ class RunStarter:
         try:
             return await self._undo(attempt)
         except Exception:  # the caller gets the start's own error; this one is logged
-            log.warning("run %s: could not take back its failed start; the sweeper will end it", attempt.run_id,
-                        exc_info=True)
+            log.warning(
+                "run %s: could not take back its failed start; the sweeper will end it", attempt.run_id, exc_info=True
+            )
             return True
 
     async def _undo(self, attempt: _Attempt) -> bool:
@@ -313,14 +354,20 @@ class RunStarter:
         if request.previous_run_id is None:
             return None
         if request.session_id is not None:
-            raise InvalidRequest("invalid_request", "A run continues either a session or a previous run, not both.",
-                                 param="previous_response_id")
-        previous = await self._store.get(request.previous_run_id) if valid_id(RUN_ID_PREFIX, request.previous_run_id) \
-            else None
+            raise InvalidRequest(
+                "invalid_request",
+                "A run continues either a session or a previous run, not both.",
+                param="previous_response_id",
+            )
+        previous = (
+            await self._store.get(request.previous_run_id) if valid_id(RUN_ID_PREFIX, request.previous_run_id) else None
+        )
         if previous is None or not caller.can_see(previous) or not previous.response_id:
-            raise NotFound("previous_response_not_found",
-                           f"Previous response with id '{request.previous_run_id}' not found.",
-                           param="previous_response_id")
+            raise NotFound(
+                "previous_response_not_found",
+                f"Previous response with id '{request.previous_run_id}' not found.",
+                param="previous_response_id",
+            )
         return previous.response_id
 
     # -- idempotency ----------------------------------------------------------------------------------------
@@ -338,18 +385,28 @@ class RunStarter:
         if existing is not None and (existing.response_id or existing.is_terminal or existing.admission):
             return existing, expires_at
         if existing is not None:
-            raise Conflict("idempotency_key_busy", "A run with this Idempotency-Key is being started; retry shortly.",
-                           param="Idempotency-Key", retry_after=1)
+            raise Conflict(
+                "idempotency_key_busy",
+                "A run with this Idempotency-Key is being started; retry shortly.",
+                param="Idempotency-Key",
+                retry_after=1,
+            )
         # The key is held by a start that has not recorded its run. Right after the claim that is a start in
         # progress; after the start grace it is a start that died, and the key is free again.
         if clock.now() - claim.claimed_at > self.start_grace and await self._idempotency.take_over(
-                key, request.fingerprint(), run_id, claim):
+            key, request.fingerprint(), run_id, claim
+        ):
             return await self._note_claim(key, run_id, caller, claim.digest, expires_at)
-        raise Conflict("idempotency_key_busy", "A run with this Idempotency-Key is being started; retry shortly.",
-                       param="Idempotency-Key", retry_after=1)
+        raise Conflict(
+            "idempotency_key_busy",
+            "A run with this Idempotency-Key is being started; retry shortly.",
+            param="Idempotency-Key",
+            retry_after=1,
+        )
 
-    async def _note_claim(self, key: str, run_id: str, caller: Caller, digest: str,
-                          expires_at: float) -> tuple[None, float]:
+    async def _note_claim(
+        self, key: str, run_id: str, caller: Caller, digest: str, expires_at: float
+    ) -> tuple[None, float]:
         """Note the new claim's retention date; a claim that cannot be noted is given up."""
         try:
             await self._index.expire_at("idempotency", digest, expires_at)
@@ -383,17 +440,25 @@ class RunStarter:
                     await self._lifecycle.advance_session(active)
                     continue
                 if active is not None or clock.now() - session.active_since <= self.start_grace:
-                    raise Conflict("session_busy", f"Session {session_id!r} has a run in progress "
-                                   f"({session.active_run_id}); wait for it or cancel it.", param="session_id",
-                                   retry_after=1)
+                    raise Conflict(
+                        "session_busy",
+                        f"Session {session_id!r} has a run in progress "
+                        f"({session.active_run_id}); wait for it or cancel it.",
+                        param="session_id",
+                        retry_after=1,
+                    )
             session.active_run_id, session.active_since = run_id, clock.now()
             try:
                 await self._sessions.save(session)
                 return session
             except SessionConflict:
                 continue
-        raise Conflict("session_busy", f"Session {session_id!r} is being changed concurrently; retry.",
-                       param="session_id", retry_after=1)
+        raise Conflict(
+            "session_busy",
+            f"Session {session_id!r} is being changed concurrently; retry.",
+            param="session_id",
+            retry_after=1,
+        )
 
     # -- Prefer: wait -----------------------------------------------------------------------------------------
     async def _wait_briefly(self, run: Run, seconds: float) -> Run:
@@ -419,9 +484,11 @@ class RunStarter:
 
 def _start_error(error: ProviderError) -> ServiceError:
     if error.transient:
-        return Unavailable("provider_unavailable", f"The model provider is unavailable: {error.message}",
-                           retry_after=max(1, round(error.retry_after or 5)))
+        return Unavailable(
+            "provider_unavailable",
+            f"The model provider is unavailable: {error.message}",
+            retry_after=max(1, round(error.retry_after or 5)),
+        )
     if error.status in (400, 404, 422):
         return InvalidRequest("provider_rejected", f"The model provider rejected the request: {error.message}")
     return UpstreamError("provider_error", f"The model provider refused the request ({error.status}): {error.message}")
-

@@ -10,6 +10,7 @@ Reads load the parts they are asked for: the poll chain and the sweeper never do
 Every change is ETag-conditional, so concurrent writers (poll chain, sweeper, cancel, stream relay)
 never overwrite each other blindly.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,17 +98,31 @@ class RunStore:
     @staticmethod
     def _fields(run: Run) -> dict[str, Any]:
         entity = {
-            "PartitionKey": run.id, "RowKey": RUN_ROW,
-            "status": run.status, "created_at": run.created_at, "model": run.model,
-            "session_id": run.session_id or "", "response_id": run.response_id or "", "stream": run.stream,
-            "completed_at": run.completed_at, "poll_seq": run.poll_seq, "poll_nonce": run.poll_nonce,
-            "poll_count": run.poll_count, "next_poll_at": run.next_poll_at, "deadline_at": run.deadline_at,
-            "watch_position": run.watch_position, "webhook_url": run.webhook_url or "",
-            "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "", "backend": run.backend,
+            "PartitionKey": run.id,
+            "RowKey": RUN_ROW,
+            "status": run.status,
+            "created_at": run.created_at,
+            "model": run.model,
+            "session_id": run.session_id or "",
+            "response_id": run.response_id or "",
+            "stream": run.stream,
+            "completed_at": run.completed_at,
+            "poll_seq": run.poll_seq,
+            "poll_nonce": run.poll_nonce,
+            "poll_count": run.poll_count,
+            "next_poll_at": run.next_poll_at,
+            "deadline_at": run.deadline_at,
+            "watch_position": run.watch_position,
+            "webhook_url": run.webhook_url or "",
+            "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "",
+            "backend": run.backend,
             "admission": _dumps(run.admission.to_dict()) if run.admission else "",
-            "owner": run.owner or "", "previous_run_id": run.previous_run_id or "",
+            "owner": run.owner or "",
+            "previous_run_id": run.previous_run_id or "",
             "quota_slot": run.quota_slot or None,
-            "traceparent": run.traceparent, "tracestate": run.tracestate, "timeline": run.timeline.dumps(),
+            "traceparent": run.traceparent,
+            "tracestate": run.tracestate,
+            "timeline": run.timeline.dumps(),
         }
         return {k: v for k, v in entity.items() if v is not None}
 
@@ -127,39 +142,58 @@ class RunStore:
         has_response = bool(entity.get("response") or entity.get("response_blob"))
         webhook, admission = entity.get("webhook"), entity.get("admission")
         return Run(
-            id=entity["PartitionKey"], status=entity["status"], created_at=entity["created_at"],
-            model=entity["model"], request=(await self._load_part(entity, "request") or {}) if with_request else {},
-            session_id=entity.get("session_id") or None, metadata=await self._load_part(entity, "metadata") or {},
-            response_id=entity.get("response_id") or None, stream=bool(entity.get("stream")),
+            id=entity["PartitionKey"],
+            status=entity["status"],
+            created_at=entity["created_at"],
+            model=entity["model"],
+            request=(await self._load_part(entity, "request") or {}) if with_request else {},
+            session_id=entity.get("session_id") or None,
+            metadata=await self._load_part(entity, "metadata") or {},
+            response_id=entity.get("response_id") or None,
+            stream=bool(entity.get("stream")),
             completed_at=entity.get("completed_at"),
             result=loaded_result(await self._load_part(entity, "result")) if with_result and has_result else None,
-            poll_seq=entity.get("poll_seq", 0), poll_nonce=entity.get("poll_nonce", ""),
-            poll_count=entity.get("poll_count", 0), next_poll_at=entity.get("next_poll_at"),
+            poll_seq=entity.get("poll_seq", 0),
+            poll_nonce=entity.get("poll_nonce", ""),
+            poll_count=entity.get("poll_count", 0),
+            next_poll_at=entity.get("next_poll_at"),
             watch_position=entity.get("watch_position", -1),
-            deadline_at=entity.get("deadline_at", 0.0), webhook_url=entity.get("webhook_url") or None,
+            deadline_at=entity.get("deadline_at", 0.0),
+            webhook_url=entity.get("webhook_url") or None,
             webhook=WebhookState.from_dict(json.loads(webhook)) if webhook else None,
             admission=Admission.from_dict(json.loads(admission)) if admission else None,
-            owner=entity.get("owner") or None, previous_run_id=entity.get("previous_run_id") or None,
+            owner=entity.get("owner") or None,
+            previous_run_id=entity.get("previous_run_id") or None,
             quota_slot=bool(entity.get("quota_slot")),
             response=await self._load_part(entity, "response") if with_result and has_response else None,
-            backend=entity.get("backend") or "background", etag=entity.metadata.get("etag"),
-            result_stored=has_result, response_stored=has_response,
-            traceparent=entity.get("traceparent") or "", tracestate=entity.get("tracestate") or "",
+            backend=entity.get("backend") or "background",
+            etag=entity.metadata.get("etag"),
+            result_stored=has_result,
+            response_stored=has_response,
+            traceparent=entity.get("traceparent") or "",
+            tracestate=entity.get("tracestate") or "",
             timeline=Timeline(entity.get("timeline") or ""),
         )
 
     # -- operations ------------------------------------------------------------------------------------------
     async def create(self, run: Run) -> Run:
         parts = await self._parts_to_write(run, creating=True)
-        meta = await self._write(run, parts, self._table.create_entity({**self._fields(run), **parts}),
-                                 conflicts=(ResourceExistsError,))
+        meta = await self._write(
+            run, parts, self._table.create_entity({**self._fields(run), **parts}), conflicts=(ResourceExistsError,)
+        )
         run.etag = meta.get("etag")
         run.result_stored = run.result is not None
         run.response_stored = run.response is not None
         return run
 
-    async def _write(self, run: Run, parts: dict[str, str], write: Awaitable[Mapping[str, Any]], *,
-                     conflicts: tuple[type[Exception], ...]) -> Mapping[str, Any]:
+    async def _write(
+        self,
+        run: Run,
+        parts: dict[str, str],
+        write: Awaitable[Mapping[str, Any]],
+        *,
+        conflicts: tuple[type[Exception], ...],
+    ) -> Mapping[str, Any]:
         """Await one entity write; if it fails, the blobs written for it go too (`conflicts` become RunConflict,
         a size refusal PayloadTooLarge)."""
         try:
@@ -184,9 +218,17 @@ class RunStore:
 
         MERGE keeps the parts not rewritten (the request, a stored result)."""
         parts = await self._parts_to_write(run, creating=False)
-        meta = await self._write(run, parts, self._table.update_entity(
-            {**self._fields(run), **parts}, mode=UpdateMode.MERGE, etag=run.etag,
-            match_condition=MatchConditions.IfNotModified), conflicts=(ResourceModifiedError, ResourceNotFoundError))
+        meta = await self._write(
+            run,
+            parts,
+            self._table.update_entity(
+                {**self._fields(run), **parts},
+                mode=UpdateMode.MERGE,
+                etag=run.etag,
+                match_condition=MatchConditions.IfNotModified,
+            ),
+            conflicts=(ResourceModifiedError, ResourceNotFoundError),
+        )
         run.etag = meta.get("etag")
         run.result_stored = run.result_stored or run.result is not None
         run.response_stored = run.response_stored or run.response is not None
@@ -196,15 +238,23 @@ class RunStore:
     async def save_chain(self, run: Run) -> Run:
         """`save` for the poll chain's hot path: only the chain's own properties (with the provider response it
         follows and the status it moves between queued and in_progress), ETag-conditional like every save."""
-        fields = {"PartitionKey": run.id, "RowKey": RUN_ROW, "status": run.status, "response_id": run.response_id or "",
-                  "poll_seq": run.poll_seq,
-                  "poll_nonce": run.poll_nonce, "poll_count": run.poll_count, "next_poll_at": run.next_poll_at,
-                  "watch_position": run.watch_position}
+        fields = {
+            "PartitionKey": run.id,
+            "RowKey": RUN_ROW,
+            "status": run.status,
+            "response_id": run.response_id or "",
+            "poll_seq": run.poll_seq,
+            "poll_nonce": run.poll_nonce,
+            "poll_count": run.poll_count,
+            "next_poll_at": run.next_poll_at,
+            "watch_position": run.watch_position,
+        }
         if run.timeline.changed:  # the step's timeline entry rides on this save
             fields["timeline"] = run.timeline.dumps()
         try:
-            meta = await self._table.update_entity(fields, mode=UpdateMode.MERGE, etag=run.etag,
-                                                   match_condition=MatchConditions.IfNotModified)
+            meta = await self._table.update_entity(
+                fields, mode=UpdateMode.MERGE, etag=run.etag, match_condition=MatchConditions.IfNotModified
+            )
         except (ResourceModifiedError, ResourceNotFoundError):
             raise RunConflict(run.id) from None
         run.etag = meta.get("etag")
@@ -214,7 +264,9 @@ class RunStore:
     async def delete(self, run: Run) -> bool:
         """Delete the run as it was read (ETag-conditional) with its blobs; False if it changed meanwhile."""
         try:
-            await self._table.delete_entity(run.id, RUN_ROW, etag=run.etag, match_condition=MatchConditions.IfNotModified)
+            await self._table.delete_entity(
+                run.id, RUN_ROW, etag=run.etag, match_condition=MatchConditions.IfNotModified
+            )
         except ResourceNotFoundError:
             return True
         except ResourceModifiedError:

@@ -11,6 +11,7 @@ brought no new event, `pause` gives up with a transient ProviderError.
 Whatever the backend: a provider's stream (retrieve with `starting_after`), or the executor's event log, polled
 (executor.event_log.PolledLogStream), which is what an executor run's `events` is.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,8 +60,12 @@ class StreamFollower:
                         return
                 return  # a clean end without a terminal event
             except DROPS as error:
-                log.info("response %s: its stream broke after %s (%s); reconnecting", self._response_id,
-                         self.position, type(error).__name__)
+                log.info(
+                    "response %s: its stream broke after %s (%s); reconnecting",
+                    self._response_id,
+                    self.position,
+                    type(error).__name__,
+                )
             finally:
                 await stream.close()
             await self.pause()

@@ -9,6 +9,7 @@ done), so its cost follows the runs in flight, not every run ever kept. For each
   still pending; a pending webhook that is stuck (no attempt long after it was due) is queued again.
 A caller's active-run slot held by no open run (a start that died before noting its run) is given back.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,9 +35,20 @@ SWEEP_CONCURRENCY = 16
 
 
 class Sweeper:
-    def __init__(self, store: RunStore, index: RunIndex, ending: RunEnding, lifecycle: RunLifecycle,
-                 scheduler: PollScheduler, webhook_queue: Queue, *, grace: float, start_grace: float,
-                 webhook_slack: float, quotas: CallerQuotas) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        index: RunIndex,
+        ending: RunEnding,
+        lifecycle: RunLifecycle,
+        scheduler: PollScheduler,
+        webhook_queue: Queue,
+        *,
+        grace: float,
+        start_grace: float,
+        webhook_slack: float,
+        quotas: CallerQuotas,
+    ) -> None:
         self._store = store
         self._index = index
         self._ending = ending  # ends interrupted starts
@@ -61,8 +73,11 @@ class Sweeper:
 
         # One run that cannot be repaired now (storage down, a bug) does not keep the others waiting a pass;
         # the pass still fails loudly, and the next one tries again.
-        errors = [e for e in await asyncio.gather(*(look_at(run_id) for run_id in run_ids), return_exceptions=True)
-                  if isinstance(e, BaseException)]
+        errors = [
+            e
+            for e in await asyncio.gather(*(look_at(run_id) for run_id in run_ids), return_exceptions=True)
+            if isinstance(e, BaseException)
+        ]
         if errors:
             log.error("sweeper: %d of %d open runs could not be looked at", len(errors), len(run_ids))
             raise errors[0]
@@ -96,8 +111,12 @@ class Sweeper:
                 return "fine"
             with telemetry.run_step("repair run", run, logger=log.name):
                 telemetry.annotate(outcome="start_interrupted")
-                await self._ending.end(run, Failed(
-                    ErrorCode.START_INTERRUPTED, "The run's start was interrupted before the provider accepted it."))
+                await self._ending.end(
+                    run,
+                    Failed(
+                        ErrorCode.START_INTERRUPTED, "The run's start was interrupted before the provider accepted it."
+                    ),
+                )
             return "starts"
         overdue = "none due" if run.next_poll_at is None else f"overdue by {clock.now() - run.next_poll_at:.0f}s"
         log.warning("run %s: poll %s; restarting its poll chain", run.id, overdue)

@@ -7,6 +7,7 @@ their own: they are safe to persist and use from another process later; they sto
 run is purged. A key rotation keeps them working: the codec signs with the first key and accepts any of its
 keys (RUN_TOKEN_KEY "new old"), so tokens minted before the rotation verify until the old key is dropped.
 """
+
 from __future__ import annotations
 
 import base64

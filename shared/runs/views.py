@@ -1,4 +1,5 @@
 """A run as callers see it: the JSON of the native API, the stream's final events and the webhook payload."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -10,8 +11,9 @@ from .tokens import TokenCodec
 
 
 class RunViews:
-    def __init__(self, tokens: TokenCodec, *, poll_initial_delay: float, poll_max_delay: float,
-                 ends_seen_at_once: bool = False) -> None:
+    def __init__(
+        self, tokens: TokenCodec, *, poll_initial_delay: float, poll_max_delay: float, ends_seen_at_once: bool = False
+    ) -> None:
         """`ends_seen_at_once`: the completion strategy learns of an end as it happens (push, watch), rather than at
         the poll chain's next look (poll)."""
         self._tokens = tokens
@@ -24,14 +26,20 @@ class RunViews:
         the run's recorded steps."""
         result = run.result or {}
         view = {
-            "id": run.id, "object": "run", "status": run.status,
+            "id": run.id,
+            "object": "run",
+            "status": run.status,
             "continuation_token": None if run.is_terminal else self._tokens.encode(run.id),
-            "session_id": run.session_id, "model": run.model,
-            "created_at": run.created_at, "completed_at": run.completed_at,
+            "session_id": run.session_id,
+            "model": run.model,
+            "created_at": run.created_at,
+            "completed_at": run.completed_at,
             "output_text": result.get("output_text", "") if run.is_terminal else None,
             "output": result.get("output", []) if run.is_terminal else [],
-            "error": result.get("error"), "incomplete_details": result.get("incomplete_details"),
-            "usage": result.get("usage"), "metadata": run.metadata,
+            "error": result.get("error"),
+            "incomplete_details": result.get("incomplete_details"),
+            "usage": result.get("usage"),
+            "metadata": run.metadata,
             "required_action": result.get("required_action"),
             "provider_response_id": run.response_id,
             "stream": run.stream,
@@ -41,12 +49,15 @@ class RunViews:
             view["admission"] = self._admission(run)
         if run.webhook_url:
             hook = run.webhook
-            view["webhook"] = {"url": run.webhook_url, "state": hook.state if hook else "waiting",
-                               "id": hook.id if hook else None, "attempts": hook.attempts if hook else [],
-                               "next_attempt_at": hook.due_at if hook and hook.is_pending else None}
+            view["webhook"] = {
+                "url": run.webhook_url,
+                "state": hook.state if hook else "waiting",
+                "id": hook.id if hook else None,
+                "attempts": hook.attempts if hook else [],
+                "next_attempt_at": hook.due_at if hook and hook.is_pending else None,
+            }
         if timeline:
-            view["timeline"] = run.timeline.view(run.webhook.attempts if run.webhook else (),
-                                                 trace_id(run.traceparent))
+            view["timeline"] = run.timeline.view(run.webhook.attempts if run.webhook else (), trace_id(run.traceparent))
         return view
 
     @staticmethod
@@ -55,9 +66,14 @@ class RunViews:
         admission = run.admission
         assert admission is not None
         waiting = admission.granted_at is None and run.is_active
-        return {"state": "waiting_for_capacity" if waiting else "granted" if admission.granted_at else "ended",
-                "queued_at": admission.queued_at, "attempts": admission.attempts, "reason": admission.reason,
-                "next_try_at": admission.next_try_at if waiting else None, "granted_at": admission.granted_at}
+        return {
+            "state": "waiting_for_capacity" if waiting else "granted" if admission.granted_at else "ended",
+            "queued_at": admission.queued_at,
+            "attempts": admission.attempts,
+            "reason": admission.reason,
+            "next_try_at": admission.next_try_at if waiting else None,
+            "granted_at": admission.granted_at,
+        }
 
     def retry_after(self, run: Run) -> int:
         """Seconds a polling caller should wait before it can learn something new, never longer than needed.

@@ -11,6 +11,7 @@ How a held read learns of a change:
   reads a second); the lag of a change made elsewhere is at most the interval in force (1 to 5 s).
 A wake-up is only a hint: the held read always reads the run from storage, and that read is the answer.
 """
+
 from __future__ import annotations
 
 import asyncio

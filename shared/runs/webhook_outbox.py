@@ -4,6 +4,7 @@ A message acts only if its seq is the delivery's current one (WebhookState), so 
 do nothing. Each attempt is saved on the run before the next one is queued; a crash in between is repaired
 by the sweeper. The `webhook-id` stays the same across every attempt and redelivery of one event.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,21 +43,36 @@ class WebhookUrls:
 
     async def vet(self, url: str) -> None:
         if not self.enabled:
-            raise InvalidRequest("webhooks_disabled", "This service has no webhook signing secret configured, so it "
-                                 "cannot send webhooks (set WEBHOOK_SIGNING_SECRETS).", param="webhook_url")
+            raise InvalidRequest(
+                "webhooks_disabled",
+                "This service has no webhook signing secret configured, so it "
+                "cannot send webhooks (set WEBHOOK_SIGNING_SECRETS).",
+                param="webhook_url",
+            )
         try:
             parsed = check_url(url, allow_http=self.allow_http, allow_private=self.allow_private)
             await resolve_and_vet(parsed, allow_private=self.allow_private)
         except DestinationRefused as refused:
-            raise InvalidRequest("invalid_webhook_url", f"webhook_url refused: {refused}", param="webhook_url") from None
+            raise InvalidRequest(
+                "invalid_webhook_url", f"webhook_url refused: {refused}", param="webhook_url"
+            ) from None
         except ResolutionFailed as failed:
-            raise InvalidRequest("invalid_webhook_url", f"webhook_url refused: its host does not resolve ({failed})",
-                                 param="webhook_url") from None
+            raise InvalidRequest(
+                "invalid_webhook_url", f"webhook_url refused: its host does not resolve ({failed})", param="webhook_url"
+            ) from None
 
 
 class WebhookOutbox:
-    def __init__(self, store: RunStore, reader: RunReader, index: RunIndex, sender: WebhookSender | None,
-                 queue: Queue, views: RunViews, schedule: Sequence[float]) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        reader: RunReader,
+        index: RunIndex,
+        sender: WebhookSender | None,
+        queue: Queue,
+        views: RunViews,
+        schedule: Sequence[float],
+    ) -> None:
         self._store = store
         self._reader = reader
         self._index = index
@@ -84,13 +100,19 @@ class WebhookOutbox:
             log.warning("dropping malformed webhook message %r", data)
             return "malformed"
         run = await self._store.get(message.run_id, with_result=True)
-        if (run is None or run.webhook is None or run.webhook_url is None or not run.webhook.accepts(message)
-                or self._sender is None):
+        if (
+            run is None
+            or run.webhook is None
+            or run.webhook_url is None
+            or not run.webhook.accepts(message)
+            or self._sender is None
+        ):
             return "stale"
         telemetry.bind_run(run)
         with telemetry.webhook_attempt(run) as traced:  # the POST carries the attempt's traceparent
-            attempt = await self._sender.send(run.webhook_url, run.webhook.id, self.payload(run),
-                                              headers=traced.headers)
+            attempt = await self._sender.send(
+                run.webhook_url, run.webhook.id, self.payload(run), headers=traced.headers
+            )
             delay = run.webhook.record(attempt, schedule=self._schedule, at=clock.now())
             traced.record(attempt, run.webhook.state)
         try:
@@ -118,8 +140,9 @@ class WebhookOutbox:
         except TimeoutError:
             log.info("run %s: the inline webhook attempt took over %.0f s; the queue takes over", run.id, budget)
         except Exception as error:  # noqa: BLE001 - the queued message retries; never fail the finisher for this
-            log.warning("run %s: inline webhook attempt failed (%s); the queue takes over", run.id,
-                        type(error).__name__)
+            log.warning(
+                "run %s: inline webhook attempt failed (%s); the queue takes over", run.id, type(error).__name__
+            )
 
     async def redeliver(self, run_id: str, *, caller: Caller = OPERATOR) -> Run:
         """Send a finished run's webhook again (same webhook-id), with a fresh retry schedule. NotFound if the

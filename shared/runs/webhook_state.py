@@ -8,6 +8,7 @@ attempt was made, the slack doubles (up to MAX_REQUEUE_BACKOFF times): a queue t
 receiver outage) is given time instead of more messages, each of which would make the one before it stale and the
 backlog longer, so that no message ever lived long enough to act.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -108,8 +109,14 @@ class WebhookState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WebhookState:
-        return cls(id=str(data["id"]), state=str(data.get("state", PENDING)), seq=int(data.get("seq", 0)),
-                   attempts=list(data.get("attempts", [])), round_attempts=int(data.get("round_attempts", 0)),
-                   due_at=float(data.get("due_at", 0.0)), requeues=int(data.get("requeues", 0)),
-                   traceparent=str(data.get("traceparent") or ""),
-                   tracestate=str(data.get("tracestate") or ""))
+        return cls(
+            id=str(data["id"]),
+            state=str(data.get("state", PENDING)),
+            seq=int(data.get("seq", 0)),
+            attempts=list(data.get("attempts", [])),
+            round_attempts=int(data.get("round_attempts", 0)),
+            due_at=float(data.get("due_at", 0.0)),
+            requeues=int(data.get("requeues", 0)),
+            traceparent=str(data.get("traceparent") or ""),
+            tracestate=str(data.get("tracestate") or ""),
+        )

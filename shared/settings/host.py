@@ -2,6 +2,7 @@
 
 `Settings.from_env` reads host.json once and checks the settings against it here.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,7 @@ def function_timeout_seconds(host_json: Path = HOST_JSON) -> float | None:
     match = _TIMESPAN.match(str(raw).strip())
     if not match:
         raise SettingsError(f"host.json: functionTimeout {raw!r} is not a TimeSpan (hh:mm:ss) or -1")
-    return (int(match["d"] or 0) * 86400 + int(match["h"]) * 3600 + int(match["m"]) * 60
-            + float(match["s"]))
+    return int(match["d"] or 0) * 86400 + int(match["h"]) * 3600 + int(match["m"]) * 60 + float(match["s"])
 
 
 def check_stream_below_function_timeout(stream_max_seconds: float, timeout: float | None) -> None:
@@ -57,5 +57,7 @@ def check_stream_below_function_timeout(stream_max_seconds: float, timeout: floa
 def check_watch_window_below_function_timeout(window_seconds: float, timeout: float | None) -> None:
     """A poll step that holds the provider's stream (COMPLETION_STRATEGY=watch) is one invocation too."""
     if timeout is not None and window_seconds >= timeout - WATCH_MARGIN_SECONDS:
-        raise SettingsError(f"WATCH_WINDOW_SECONDS: {window_seconds:g} must end at least {WATCH_MARGIN_SECONDS:g} s "
-                            f"before host.json functionTimeout ({timeout:g} s)")
+        raise SettingsError(
+            f"WATCH_WINDOW_SECONDS: {window_seconds:g} must end at least {WATCH_MARGIN_SECONDS:g} s "
+            f"before host.json functionTimeout ({timeout:g} s)"
+        )

@@ -4,6 +4,7 @@
 is inferred when empty, what one setting requires of another, what host.json bounds), and names the bad setting
 in its error.
 """
+
 from __future__ import annotations
 
 import os
@@ -134,8 +135,9 @@ class Settings:
             facade=FacadeSettings(facade("RESPONSES_API_KEYS"), facade("RESPONSES_MAX_WAIT_SECONDS")),
             executor=_executor(reader(env, "executor"), provider, function_timeout),
             quotas=_quotas(read, facade("RESPONSES_API_KEYS")),
-            pacing=PacingSettings(read("PACING_REQUESTS_PER_MINUTE"), read("PACING_TOKENS_PER_MINUTE"),
-                                  read("PACING_ADAPTIVE")),
+            pacing=PacingSettings(
+                read("PACING_REQUESTS_PER_MINUTE"), read("PACING_TOKENS_PER_MINUTE"), read("PACING_ADAPTIVE")
+            ),
         )
 
 
@@ -167,8 +169,9 @@ def _storage(read: Read) -> StorageSettings:
         return StorageSettings(conn, None, None, None, client_id)
     uris = {kind: read(f"{prefix}__{kind}ServiceUri") for kind in ("blob", "queue", "table")}
     if missing := [f"{prefix}__{kind}ServiceUri" for kind, uri in uris.items() if uri is None]:
-        raise SettingsError(f"{prefix}: set a connection string, or all of {', '.join(missing)} for identity-based "
-                            "storage")
+        raise SettingsError(
+            f"{prefix}: set a connection string, or all of {', '.join(missing)} for identity-based storage"
+        )
     return StorageSettings(None, uris["blob"], uris["queue"], uris["table"], client_id)
 
 
@@ -176,8 +179,10 @@ def _completion(read: Read, function_timeout: float | None) -> CompletionSetting
     secrets = read("PROVIDER_WEBHOOK_SECRETS")
     strategy = read("COMPLETION_STRATEGY") or ("push" if secrets else "poll")
     if strategy == "push" and not secrets:
-        raise SettingsError("PROVIDER_WEBHOOK_SECRETS: required when COMPLETION_STRATEGY is push (the signing "
-                            "secret of the provider's webhook endpoint)")
+        raise SettingsError(
+            "PROVIDER_WEBHOOK_SECRETS: required when COMPLETION_STRATEGY is push (the signing "
+            "secret of the provider's webhook endpoint)"
+        )
     window = read("WATCH_WINDOW_SECONDS")
     if strategy == "watch":
         check_watch_window_below_function_timeout(window, function_timeout)
@@ -191,17 +196,24 @@ def _quotas(read: Read, api_keys: tuple[ApiKey, ...]) -> QuotaSettings:
     overrides = read("CALLER_QUOTAS")
     callers = {key.caller for key in api_keys} | {NATIVE_CALLER}
     if unknown := sorted(set(overrides) - callers):
-        raise SettingsError(f"CALLER_QUOTAS: {', '.join(unknown)} is not a caller of RESPONSES_API_KEYS "
-                            f"(nor {NATIVE_CALLER}, the function-key callers)")
+        raise SettingsError(
+            f"CALLER_QUOTAS: {', '.join(unknown)} is not a caller of RESPONSES_API_KEYS "
+            f"(nor {NATIVE_CALLER}, the function-key callers)"
+        )
     return QuotaSettings(Quota(read("CALLER_MAX_ACTIVE_RUNS"), read("CALLER_STARTS_PER_MINUTE")), overrides)
 
 
 def _executor(read: Read, provider: ProviderSettings, function_timeout: float | None) -> ExecutorSettings:
     backend = read("RUN_BACKEND") or ("background" if provider.has_background_mode else "executor")
     if backend == "background" and not provider.has_background_mode:
-        raise SettingsError(f"RUN_BACKEND: background needs a provider with a background mode; {provider.kind} has "
-                            "none (use executor)")
-    return ExecutorSettings(backend=backend, api=read("EXECUTOR_API"), max_attempts=read("EXECUTOR_MAX_ATTEMPTS"),
-                            stale_seconds=read("EXECUTOR_STALE_SECONDS"),
-                            idle_timeout_seconds=read("EXECUTOR_IDLE_TIMEOUT_SECONDS"),
-                            function_timeout_seconds=function_timeout)
+        raise SettingsError(
+            f"RUN_BACKEND: background needs a provider with a background mode; {provider.kind} has none (use executor)"
+        )
+    return ExecutorSettings(
+        backend=backend,
+        api=read("EXECUTOR_API"),
+        max_attempts=read("EXECUTOR_MAX_ATTEMPTS"),
+        stale_seconds=read("EXECUTOR_STALE_SECONDS"),
+        idle_timeout_seconds=read("EXECUTOR_IDLE_TIMEOUT_SECONDS"),
+        function_timeout_seconds=function_timeout,
+    )

@@ -1,4 +1,5 @@
 """Which model provider the service talks to, and how: MODEL_PROVIDER, or inferred from the settings present."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -39,8 +40,11 @@ def provider_kind(read: Read) -> str:
 
 def provider_settings(read: Read) -> ProviderSettings:
     kind = provider_kind(read)
-    common = dict(client_id=read("AZURE_CLIENT_ID"), default_model=read("DEFAULT_MODEL"),
-                  timeout_seconds=read("PROVIDER_TIMEOUT_SECONDS"))
+    common = dict(
+        client_id=read("AZURE_CLIENT_ID"),
+        default_model=read("DEFAULT_MODEL"),
+        timeout_seconds=read("PROVIDER_TIMEOUT_SECONDS"),
+    )
     if kind == "emulator":
         return ProviderSettings(kind, read("EMULATOR_BASE_URL").rstrip("/"), "emulator", None, **common)
     if kind == "openai":
@@ -59,5 +63,11 @@ def provider_settings(read: Read) -> ProviderSettings:
     url = read("OPENAI_COMPATIBLE_BASE_URL")  # openai_compatible, the last of the kinds MODEL_PROVIDER accepts
     if not url:
         raise SettingsError("OPENAI_COMPATIBLE_BASE_URL: an http(s) URL is required for openai_compatible")
-    return ProviderSettings(kind, url.rstrip("/"), read("OPENAI_COMPATIBLE_API_KEY"), None, **common,
-                            entra_scope=read("OPENAI_COMPATIBLE_ENTRA_SCOPE"))
+    return ProviderSettings(
+        kind,
+        url.rstrip("/"),
+        read("OPENAI_COMPATIBLE_API_KEY"),
+        None,
+        **common,
+        entra_scope=read("OPENAI_COMPATIBLE_ENTRA_SCOPE"),
+    )

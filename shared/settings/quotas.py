@@ -4,6 +4,7 @@ of its starts, a default for every caller and overrides by caller name.
 CALLER_QUOTAS lists the overrides as `name:active:per_minute` entries; `@native` (not a possible facade caller
 name) names the native API's callers, all function keys together. 0 means unlimited.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ def caller_quotas(raw: str) -> dict[str, Quota]:
             raise ValueError(f"entry {index}: {name!r} is neither a caller name ([A-Za-z0-9_.-]) nor {NATIVE_CALLER}")
         if name in overrides:
             raise ValueError(f"entry {index}: caller {name} is named twice")
-        overrides[name] = Quota(_count(index, "active", active, MAX_ACTIVE_LIMIT),
-                                _count(index, "per_minute", rate, 1_000_000))
+        overrides[name] = Quota(
+            _count(index, "active", active, MAX_ACTIVE_LIMIT), _count(index, "per_minute", rate, 1_000_000)
+        )
     return overrides

@@ -2,6 +2,7 @@
 
 Each is a kind (spec.py): it raises ValueError with what is wrong and never repeats the secret.
 """
+
 from __future__ import annotations
 
 import base64

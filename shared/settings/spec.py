@@ -4,6 +4,7 @@ A kind is a function from the raw text (stripped; the default when unset; "" whe
 raises ValueError with what is wrong, and `Setting.parse` puts the setting's name in front. A kind that checks a
 secret never repeats the value in its error: the message reaches the log and a 503 answer.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ or OTLP (or nowhere, at no cost), structured step logs, and the run's own timeli
 Framework-free (the OpenTelemetry API and SDK only, imported when telemetry is on). The rest of the service uses
 these names only; see `steps` for how a run's trace is put together and `setup` for where it goes.
 """
+
 from typing import Any
 
 from .calls import TracedBackend, WebhookAttempt, storage_response_hook

@@ -1,5 +1,6 @@
 """Spans around the calls a step makes: the provider (every RunBackend method), a webhook attempt, and the
 counts of storage errors. Each is a child of the current step's span."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,8 @@ from .state import STATE
 from .steps import _STEP, CLIENT, Step, _otel
 
 _PROVIDER_NAMES = {"openai": "openai", "azure_openai": "azure.ai.openai", "emulator": "openai"}
+
+
 class _ClientCall:
     """A CLIENT span under the current step (nothing with telemetry off)."""
 
@@ -26,8 +29,11 @@ class _ClientCall:
 
     def __init__(self, name: str, attributes: dict[str, Any]) -> None:
         self.step = _STEP.get()
-        self.span = (STATE.tracer.start_span(name, kind=_otel()["kinds"][CLIENT], attributes=attributes)
-                     if STATE.enabled else None)
+        self.span = (
+            STATE.tracer.start_span(name, kind=_otel()["kinds"][CLIENT], attributes=attributes)
+            if STATE.enabled
+            else None
+        )
 
     def set(self, **attributes: Any) -> None:
         if self.span is not None and self.span.is_recording():
@@ -75,8 +81,12 @@ class TracedBackend:
         else:
             state = getattr(result, "state", result)  # start() returns Started(state, events)
             if state is not None:
-                span.set(**{"gen_ai.response.id": getattr(state, "response_id", None),
-                            "bgruns.provider_status": getattr(state, "status", None)})
+                span.set(
+                    **{
+                        "gen_ai.response.id": getattr(state, "response_id", None),
+                        "bgruns.provider_status": getattr(state, "status", None),
+                    }
+                )
                 if getattr(state, "is_active", True) is False:
                     note_completed(getattr(state, "response", None))
             _seen(step, result)
@@ -85,9 +95,17 @@ class TracedBackend:
             span.end()
 
     async def start(self, params: dict[str, Any], *, stream: bool) -> Any:
-        started = await self._call("create", lambda: self._inner.start(params, stream=stream),
-                                   {"gen_ai.operation.name": "chat", "gen_ai.request.model": params.get("model"),
-                                    "gen_ai.request.stream": stream} if STATE.enabled else {})
+        started = await self._call(
+            "create",
+            lambda: self._inner.start(params, stream=stream),
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": params.get("model"),
+                "gen_ai.request.stream": stream,
+            }
+            if STATE.enabled
+            else {},
+        )
         if STATE.enabled and getattr(started, "events", None) is not None:
             started.events = _WatchedEvents(started.events)
         return started
@@ -99,8 +117,11 @@ class TracedBackend:
         return await self._call("cancel", lambda: self._inner.cancel(response_id), {})
 
     async def events(self, response_id: str, after: int) -> Any:
-        stream = await self._call("stream", lambda: self._inner.events(response_id, after),
-                                  {"gen_ai.response.id": response_id, "bgruns.after": after} if STATE.enabled else {})
+        stream = await self._call(
+            "stream",
+            lambda: self._inner.events(response_id, after),
+            {"gen_ai.response.id": response_id, "bgruns.after": after} if STATE.enabled else {},
+        )
         return _WatchedEvents(stream) if STATE.enabled else stream
 
 
@@ -138,10 +159,18 @@ class WebhookAttempt:
     def __init__(self, run: Any) -> None:
         hook = run.webhook
         self._run = run
-        self._call = _ClientCall("webhook POST", {
-            "bgruns.run_id": run.id, "bgruns.webhook.id": hook.id, "bgruns.webhook.attempt": len(hook.attempts) + 1,
-            "http.request.method": "POST", "server.address": urlsplit(run.webhook_url or "").hostname or "",
-        } if STATE.enabled else {})
+        self._call = _ClientCall(
+            "webhook POST",
+            {
+                "bgruns.run_id": run.id,
+                "bgruns.webhook.id": hook.id,
+                "bgruns.webhook.attempt": len(hook.attempts) + 1,
+                "http.request.method": "POST",
+                "server.address": urlsplit(run.webhook_url or "").hostname or "",
+            }
+            if STATE.enabled
+            else {},
+        )
         self.headers = self._headers()
 
     def _headers(self) -> dict[str, str]:
@@ -157,8 +186,9 @@ class WebhookAttempt:
     def __enter__(self) -> WebhookAttempt:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc is not None:
             self._call.fail(type(exc).__name__)
         self._call.end()
@@ -167,9 +197,15 @@ class WebhookAttempt:
         """The attempt as made, and the delivery's state after it."""
         outcome = "ok" if attempt.ok else "refused" if attempt.refused else "failed"
         status = attempt.status_code
-        self._call.set(**{"http.response.status_code": status, "bgruns.webhook.status_code": status,
-                          "bgruns.outcome": outcome, "bgruns.webhook.state": state,
-                          "bgruns.duration_ms": attempt.duration_ms})
+        self._call.set(
+            **{
+                "http.response.status_code": status,
+                "bgruns.webhook.status_code": status,
+                "bgruns.outcome": outcome,
+                "bgruns.webhook.state": state,
+                "bgruns.duration_ms": attempt.duration_ms,
+            }
+        )
         if not attempt.ok:
             self._call.fail(f"http_{status}" if status else "no_response")
         step = _STEP.get()
@@ -191,11 +227,12 @@ _EXPECTED_STATUSES = frozenset({404, 409, 412})  # not found, exists, ETag misma
 
 def storage_response_hook(service: str) -> Callable[[PipelineResponse[HttpRequest, AsyncHttpResponse]], None]:
     """An azure-core `raw_response_hook` counting storage errors (429, 5xx, unexpected 4xx)."""
+
     def count(response: PipelineResponse[HttpRequest, AsyncHttpResponse]) -> None:
         if not STATE.enabled:
             return
         status = response.http_response.status_code
         if status >= 400 and status not in _EXPECTED_STATUSES:
             metrics.add("storage_errors", 1, **{"bgruns.storage.service": service, "http.response.status_code": status})
-    return count
 
+    return count

@@ -1,5 +1,6 @@
 """When the provider said a response ended, kept until the run of that response is saved terminal: the
 completion-detection lag is the difference."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -15,6 +16,7 @@ _COMPLETED_MAX = 2048
 def note_completed(response: Any) -> None:
     if response is None:
         return
+
     def get(key: str) -> Any:
         return response.get(key) if isinstance(response, Mapping) else getattr(response, key, None)
 

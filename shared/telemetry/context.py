@@ -3,6 +3,7 @@ headers and queue messages and written into them. Pure string work (no OpenTelem
 with telemetry off still passes a caller's trace context on to its webhook, as W3C asks of a participant that
 does not trace itself.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,7 +26,12 @@ def valid_traceparent(value: Any) -> str:
     if not match:
         return ""
     version, trace_id, span_id, flags = match.groups()
-    if version == "ff" or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN or (version == "00" and len(value.strip()) != 55):
+    if (
+        version == "ff"
+        or trace_id == _ZERO_TRACE
+        or span_id == _ZERO_SPAN
+        or (version == "00" and len(value.strip()) != 55)
+    ):
         return ""
     return f"00-{trace_id}-{span_id}-{flags}"
 

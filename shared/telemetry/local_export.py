@@ -2,6 +2,7 @@
 one export request per line, ids in hex as OTLP/JSON has them; or `TELEMETRY_FILE=console` to print spans.
 
 `python -m local.traces .local/telemetry.jsonl [RUN_ID]` prints each trace as a tree."""
+
 from __future__ import annotations
 
 import base64
@@ -23,8 +24,10 @@ _ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId"})
 def _hex_ids(node: Any) -> Any:
     """OTLP/JSON writes trace and span ids as hex, where protobuf's JSON mapping writes base64."""
     if isinstance(node, dict):
-        return {k: base64.b64decode(v).hex() if k in _ID_KEYS and isinstance(v, str) else _hex_ids(v)
-                for k, v in node.items()}
+        return {
+            k: base64.b64decode(v).hex() if k in _ID_KEYS and isinstance(v, str) else _hex_ids(v)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_hex_ids(item) for item in node]
     return node

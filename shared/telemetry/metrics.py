@@ -19,6 +19,7 @@ Provider calls one by one are the `provider *` spans (Application Insights: depe
 
 A storage error is a 429, a 5xx or a 4xx other than 404, 409 and 412.
 """
+
 from __future__ import annotations
 
 from typing import Any

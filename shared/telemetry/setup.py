@@ -16,6 +16,7 @@ The distro's automatic instrumentations are left off on purpose: the Azure SDK o
 request a span (three to six per poll step, most of the telemetry's cost) and the httpx one would duplicate the
 provider and webhook spans the service makes itself with the run's attributes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,10 +37,23 @@ log = logging.getLogger("bgruns.telemetry")
 SERVICE_NAME = "background-runs"
 TRACER_NAME = "bgruns"
 LOGGER_NAME = "bgruns"  # the only loggers the distro exports: the service's own lines, no library chatter
-_DISTRO_INSTRUMENTATIONS = ("azure_sdk", "django", "fastapi", "flask", "psycopg2", "requests", "urllib", "urllib3",
-                            "httpx", "httpx2")
-_OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                   "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+_DISTRO_INSTRUMENTATIONS = (
+    "azure_sdk",
+    "django",
+    "fastapi",
+    "flask",
+    "psycopg2",
+    "requests",
+    "urllib",
+    "urllib3",
+    "httpx",
+    "httpx2",
+)
+_OTLP_ENDPOINTS = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+)
 
 
 def targets(env: Mapping[str, str]) -> list[str]:
@@ -192,9 +206,14 @@ def _build(chosen: list[str], env: Mapping[str, str]) -> tuple[Any, Any]:
         from azure.monitor.opentelemetry import configure_azure_monitor
 
         configure_azure_monitor(
-            resource=_resource(env), logger_name=LOGGER_NAME, span_processors=span_processors,
-            metric_readers=metric_readers, enable_live_metrics=False, enable_performance_counters=False,
-            instrumentation_options={name: {"enabled": False} for name in _distro_instrumentations()})
+            resource=_resource(env),
+            logger_name=LOGGER_NAME,
+            span_processors=span_processors,
+            metric_readers=metric_readers,
+            enable_live_metrics=False,
+            enable_performance_counters=False,
+            instrumentation_options={name: {"enabled": False} for name in _distro_instrumentations()},
+        )
         _quiet_step_lines()
         _without_agent_processors(trace.get_tracer_provider())
         return trace.get_tracer_provider(), metrics.get_meter_provider()

@@ -1,4 +1,5 @@
 """Whether telemetry is on in this process, and the tracer and meter it uses (set by `setup`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

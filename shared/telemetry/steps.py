@@ -13,6 +13,7 @@ caller's trace, the host's span, the sweep) is linked.
 
 Attributes are ids, statuses, delays and counts: never a secret, an input, an output, metadata or a URL path.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,11 +54,21 @@ def _otel() -> dict[str, Any]:
         )
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        _OTEL.update(context=context, trace=trace, Link=Link, kinds={k: getattr(SpanKind, k) for k in
-                     (SERVER, CONSUMER, INTERNAL, CLIENT)}, Status=Status, ERROR=StatusCode.ERROR,
-                     propagator=TraceContextTextMapPropagator(), format_trace_id=format_trace_id,
-                     format_span_id=format_span_id, SpanContext=SpanContext, TraceFlags=TraceFlags,
-                     TraceState=TraceState, NonRecordingSpan=NonRecordingSpan)
+        _OTEL.update(
+            context=context,
+            trace=trace,
+            Link=Link,
+            kinds={k: getattr(SpanKind, k) for k in (SERVER, CONSUMER, INTERNAL, CLIENT)},
+            Status=Status,
+            ERROR=StatusCode.ERROR,
+            propagator=TraceContextTextMapPropagator(),
+            format_trace_id=format_trace_id,
+            format_span_id=format_span_id,
+            SpanContext=SpanContext,
+            TraceFlags=TraceFlags,
+            TraceState=TraceState,
+            NonRecordingSpan=NonRecordingSpan,
+        )
     return _OTEL
 
 
@@ -83,8 +94,9 @@ class Step:
         "started",
     )
 
-    def __init__(self, name: str, logger: str, *, incoming: tuple[str, str] = ("", ""), queue: str = "",
-                 counter: str = "") -> None:
+    def __init__(
+        self, name: str, logger: str, *, incoming: tuple[str, str] = ("", ""), queue: str = "", counter: str = ""
+    ) -> None:
         self.name, self.logger = name, logger
         self.span: Any = None
         self.run: Any = None
@@ -130,8 +142,9 @@ class Step:
             self._context_token = otel["context"].attach(otel["trace"].set_span_in_context(self.span))
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             self._close(exc)
         finally:
@@ -167,11 +180,23 @@ class Step:
         trace = self.trace_id
         details = " ".join(f"{k}={v}" for k, v in self.fields.items() if k not in ("outcome", "run_id"))
         ms = int((time.monotonic() - self.started) * 1000)
-        logger.log(level, "%s %s: %s%s (%d ms) trace=%s", self.name, self.run_id or "-",
-                   self.fields.get("outcome") or (type(error).__name__ if error else "done"),
-                   f" {details}" if details else "", ms, trace or "-",
-                   extra={"run_id": self.run_id or None, "trace_id": trace or None, "step": self.name,
-                          "duration_ms": ms, **{"bgruns_" + k.replace(".", "_"): v for k, v in self.fields.items()}})
+        logger.log(
+            level,
+            "%s %s: %s%s (%d ms) trace=%s",
+            self.name,
+            self.run_id or "-",
+            self.fields.get("outcome") or (type(error).__name__ if error else "done"),
+            f" {details}" if details else "",
+            ms,
+            trace or "-",
+            extra={
+                "run_id": self.run_id or None,
+                "trace_id": trace or None,
+                "step": self.name,
+                "duration_ms": ms,
+                **{"bgruns_" + k.replace(".", "_"): v for k, v in self.fields.items()},
+            },
+        )
 
 
 def current() -> Step | None:
@@ -184,9 +209,13 @@ def _parent(traceparent: str, tracestate: str) -> Any:
     so it is built directly: cheaper than the propagator's parsing on every step)."""
     otel = _otel()
     _, trace_hex, span_hex, flags = traceparent.split("-")[:4]
-    span_context = otel["SpanContext"](int(trace_hex, 16), int(span_hex, 16), is_remote=True,
-                                       trace_flags=otel["TraceFlags"](int(flags, 16)),
-                                       trace_state=otel["TraceState"].from_header([tracestate]) if tracestate else None)
+    span_context = otel["SpanContext"](
+        int(trace_hex, 16),
+        int(span_hex, 16),
+        is_remote=True,
+        trace_flags=otel["TraceFlags"](int(flags, 16)),
+        trace_state=otel["TraceState"].from_header([tracestate]) if tracestate else None,
+    )
     return otel["trace"].set_span_in_context(otel["NonRecordingSpan"](span_context))
 
 
@@ -197,8 +226,13 @@ def _current_span_context() -> Any:
 
 def _start(step: Step, kind: str, parent: Any, links: list[Any], attributes: dict[str, Any]) -> Step:
     otel = _otel()
-    step.span = STATE.tracer.start_span(step.name, context=parent, kind=otel["kinds"][kind],
-                                        links=[otel["Link"](link) for link in links], attributes=attributes)
+    step.span = STATE.tracer.start_span(
+        step.name,
+        context=parent,
+        kind=otel["kinds"][kind],
+        links=[otel["Link"](link) for link in links],
+        attributes=attributes,
+    )
     return step
 
 
@@ -208,6 +242,7 @@ Handler = Callable[[Any], Awaitable[Any]]  # an HTTP handler: `async def f(req) 
 def http_entry(name: str, logger: str = "bgruns.http") -> Callable[[Handler], Handler]:
     """Decorator for an HTTP handler `async def f(req) -> response`: a step whose parent is the caller's
     `traceparent` (or the host's span for this invocation when it is in the caller's trace, or none)."""
+
     def decorate(func: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
         @functools.wraps(func)
         async def wrapper(req: Any) -> Any:
@@ -219,7 +254,9 @@ def http_entry(name: str, logger: str = "bgruns.http") -> Callable[[Handler], Ha
                     otel = _otel()
                     step.span.set_status(otel["Status"](otel["ERROR"], f"HTTP {status}"))
                 return response
+
         return wrapper
+
     return decorate
 
 
@@ -231,14 +268,28 @@ def incoming_request(name: str, headers: Mapping[str, str] | None, *, logger: st
         return step
     host = _current_span_context()
     traceparent, tracestate = incoming
-    if traceparent and not (host is not None and _otel()["format_trace_id"](host.trace_id) == w3c.trace_id(traceparent)):
-        return _start(step, SERVER if host is None else INTERNAL, _parent(traceparent, tracestate),
-                      [host] if host is not None else [], {})
+    if traceparent and not (
+        host is not None and _otel()["format_trace_id"](host.trace_id) == w3c.trace_id(traceparent)
+    ):
+        return _start(
+            step,
+            SERVER if host is None else INTERNAL,
+            _parent(traceparent, tracestate),
+            [host] if host is not None else [],
+            {},
+        )
     return _start(step, SERVER if host is None else INTERNAL, None, [], {})
 
 
-def consumed(name: str, message: Mapping[str, Any], *, queue: str, enqueued_at: datetime | None = None,
-             logger: str, counter: str = "") -> Step:
+def consumed(
+    name: str,
+    message: Mapping[str, Any],
+    *,
+    queue: str,
+    enqueued_at: datetime | None = None,
+    logger: str,
+    counter: str = "",
+) -> Step:
     """A step for a queue message the service sent: its parent is the message's trace context (the run's)."""
     incoming = w3c.from_message(message)
     step = Step(name, logger, incoming=incoming, queue=queue, counter=counter)
@@ -246,15 +297,19 @@ def consumed(name: str, message: Mapping[str, Any], *, queue: str, enqueued_at: 
     if isinstance(run_id, str):
         step.run_id = run_id  # known before the run is read: a stale message's line names its run too
     if enqueued_at is not None and STATE.enabled:
-        age = datetime.now(UTC) - (enqueued_at if enqueued_at.tzinfo else
-                                            enqueued_at.replace(tzinfo=UTC))
+        age = datetime.now(UTC) - (enqueued_at if enqueued_at.tzinfo else enqueued_at.replace(tzinfo=UTC))
         metrics.record("message_age", age.total_seconds(), **{"messaging.destination.name": queue})
     if not STATE.enabled:
         return step
     host = _current_span_context()
     parent = _parent(*incoming) if incoming[0] else None
-    return _start(step, CONSUMER, parent, [host] if host is not None and parent is not None else [],
-                  {"messaging.destination.name": queue})
+    return _start(
+        step,
+        CONSUMER,
+        parent,
+        [host] if host is not None and parent is not None else [],
+        {"messaging.destination.name": queue},
+    )
 
 
 def timed(name: str, *, logger: str) -> Step:
@@ -280,8 +335,11 @@ def run_step(name: str, run: Any, *, logger: str) -> Step:
 # -- what the code below says ------------------------------------------------------------------------------------
 def _bind(step: Step, run: Any) -> None:
     step.run, step.run_id = run, run.id
-    attributes = {"run_id": run.id, "session_id": getattr(run, "session_id", None),
-                  "gen_ai.response.id": getattr(run, "response_id", None)}
+    attributes = {
+        "run_id": run.id,
+        "session_id": getattr(run, "session_id", None),
+        "gen_ai.response.id": getattr(run, "response_id", None),
+    }
     step.set(**attributes)
 
 
@@ -350,8 +408,9 @@ def finishing(run: Any, status: str) -> None:
     """The run is about to be saved terminal: its timeline says so, by which step, and when the provider said the
     response ended (its `completed_at`, whole seconds at OpenAI), where it did."""
     response = (getattr(run, "result", None) or {}).get("response") or {}
-    run.timeline.record("finished", clock.now(), status=status, via=step_name(),
-                        provider_completed_at=response.get("completed_at"))
+    run.timeline.record(
+        "finished", clock.now(), status=status, via=step_name(), provider_completed_at=response.get("completed_at")
+    )
 
 
 def finished(run: Any) -> None:
@@ -365,5 +424,10 @@ def finished(run: Any) -> None:
         metrics.record("detection_lag", lag, via=via)
         annotate(detection_lag_s=round(lag, 3))  # per run, for percentiles over spans
     usage = (run.result or {}).get("usage") or {}
-    annotate(status=run.status, **{"gen_ai.usage.input_tokens": usage.get("input_tokens"),
-                                   "gen_ai.usage.output_tokens": usage.get("output_tokens")})
+    annotate(
+        status=run.status,
+        **{
+            "gen_ai.usage.input_tokens": usage.get("input_tokens"),
+            "gen_ai.usage.output_tokens": usage.get("output_tokens"),
+        },
+    )

@@ -7,6 +7,7 @@ recent MAX_RECENT_POLLS are kept with their details and the rest are counted. Ot
 accepted, cancel requests, repairs, finished, ...) are capped at MAX_EVENTS, the oldest dropped and counted.
 Webhook attempts are not stored twice: the view merges them in from the run's webhook state.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,10 +82,17 @@ class Timeline:
         entries = [*data["events"], *data["polls"], *(_attempt(a) for a in webhook_attempts)]
         entries.sort(key=lambda e: e.get("at") or 0)
         polls_shown = len(data["polls"])
-        return {"trace_id": trace_id or None, "entries": entries,
-                "polls": {"total": data["poll_total"], "shown": polls_shown,
-                          "omitted": max(0, data["poll_total"] - polls_shown)},
-                "events_omitted": data["events_dropped"], "provider_calls": data.get("provider_calls", 0)}
+        return {
+            "trace_id": trace_id or None,
+            "entries": entries,
+            "polls": {
+                "total": data["poll_total"],
+                "shown": polls_shown,
+                "omitted": max(0, data["poll_total"] - polls_shown),
+            },
+            "events_omitted": data["events_dropped"],
+            "provider_calls": data.get("provider_calls", 0),
+        }
 
 
 def _attempt(attempt: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,8 +101,13 @@ def _attempt(attempt: Mapping[str, Any]) -> dict[str, Any]:
         epoch = datetime.fromisoformat(str(at).replace("Z", "+00:00")).timestamp()
     except ValueError:
         epoch = 0.0
-    entry = {"at": round(epoch, 3), "type": "webhook_attempt", "ok": attempt.get("ok"),
-             "status_code": attempt.get("status_code"), "duration_ms": attempt.get("duration_ms")}
+    entry = {
+        "at": round(epoch, 3),
+        "type": "webhook_attempt",
+        "ok": attempt.get("ok"),
+        "status_code": attempt.get("status_code"),
+        "duration_ms": attempt.get("duration_ms"),
+    }
     if attempt.get("error"):
         entry["error"] = attempt["error"]
     return entry

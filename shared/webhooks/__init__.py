@@ -2,6 +2,7 @@
 
 Framework-free and async; the service wires it to the queue trigger and run storage.
 """
+
 from ..retry_after import parse_retry_after
 from .delivery import DEFAULT_USER_AGENT, Attempt, WebhookSender
 from .destinations import (

@@ -9,6 +9,7 @@ original hostname, so the Host header, the TLS server name (SNI) and certificate
 all for that hostname, and the pool keys connections by hostname (a TLS session verified for one
 host is never reused for another host that happens to share an IP).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,9 @@ DEFAULT_USER_AGENT = "background-responses-webhooks/1.0"
 _MAX_ERROR_CHARS = 300
 
 # host (lower-case, as in the URL) -> vetted addresses, set by WebhookSender.send around one request.
-_PINNED: ContextVar[Mapping[str, tuple[IPAddress, ...]]] = ContextVar("webhook_pinned_ips", default=MappingProxyType({}))
+_PINNED: ContextVar[Mapping[str, tuple[IPAddress, ...]]] = ContextVar(
+    "webhook_pinned_ips", default=MappingProxyType({})
+)
 
 
 @dataclass(frozen=True)
@@ -63,23 +66,34 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
     def __init__(self) -> None:
         self._inner = httpcore.AnyIOBackend()
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
-                          local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
         addresses = _PINNED.get().get(host.lower())
         if not addresses:
             raise httpcore.ConnectError(f"{host} was not vetted; refusing to connect")
         last: Exception | None = None
         for ip in addresses:  # try each vetted address in resolver order
             try:
-                return await self._inner.connect_tcp(str(ip), port, timeout=timeout,
-                                                     local_address=local_address, socket_options=socket_options)
+                return await self._inner.connect_tcp(
+                    str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
         assert last is not None
         raise last
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
-                                  socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
         raise httpcore.ConnectError("unix sockets are not webhook destinations")
 
     async def sleep(self, seconds: float) -> None:
@@ -91,8 +105,11 @@ class _PinnedTransport(httpx.AsyncHTTPTransport):
         super().__init__(verify=ssl_context, trust_env=False)
         # httpx 0.28 exposes no network-backend option: replace the pool with one that uses ours.
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context, max_connections=100, max_keepalive_connections=20,
-            keepalive_expiry=5.0, network_backend=_PinnedBackend(),
+            ssl_context=ssl_context,
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=_PinnedBackend(),
         )
 
 
@@ -104,9 +121,17 @@ def _short(exc: BaseException) -> str:
 class WebhookSender:
     """Create once (per worker), reuse for every delivery, `await aclose()` at shutdown."""
 
-    def __init__(self, secrets: Sequence[str], *, timeout: float = 15.0, allow_http: bool = False,
-                 allow_private: bool = False, resolver: Resolver | None = None,
-                 user_agent: str = DEFAULT_USER_AGENT, ssl_context: Any = None) -> None:
+    def __init__(
+        self,
+        secrets: Sequence[str],
+        *,
+        timeout: float = 15.0,
+        allow_http: bool = False,
+        allow_private: bool = False,
+        resolver: Resolver | None = None,
+        user_agent: str = DEFAULT_USER_AGENT,
+        ssl_context: Any = None,
+    ) -> None:
         if not secrets:
             raise ValueError("at least one signing secret is required")
         self._secrets = tuple(secrets)
@@ -117,7 +142,9 @@ class WebhookSender:
         self._user_agent = user_agent
         context = ssl_context if ssl_context is not None else httpx.create_ssl_context()
         self._client = httpx.AsyncClient(
-            transport=_PinnedTransport(context), follow_redirects=False, trust_env=False,
+            transport=_PinnedTransport(context),
+            follow_redirects=False,
+            trust_env=False,
             timeout=httpx.Timeout(self._timeout),
         )
 
@@ -133,7 +160,9 @@ class WebhookSender:
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.aclose()
 
-    async def send(self, url: str, webhook_id: str, body: bytes, *, headers: Mapping[str, str] | None = None) -> Attempt:
+    async def send(
+        self, url: str, webhook_id: str, body: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> Attempt:
         """Deliver `body` once. Network failures come back as a failed Attempt, never raised. `headers` are sent
         too (e.g. `traceparent`); the signature and content headers always win.
 
@@ -158,7 +187,9 @@ class WebhookSender:
             return failed(_short(exc))
         return _attempt_for_response(at, started, status, reply_headers)
 
-    async def _post(self, url: str, webhook_id: str, body: bytes, extra: Mapping[str, str]) -> tuple[int, httpx.Headers]:
+    async def _post(
+        self, url: str, webhook_id: str, body: bytes, extra: Mapping[str, str]
+    ) -> tuple[int, httpx.Headers]:
         parsed = check_url(url, allow_http=self._allow_http, allow_private=self._allow_private)
         addresses = await resolve_and_vet(parsed, allow_private=self._allow_private, resolver=self._resolver)
         headers = {
@@ -186,7 +217,11 @@ def _attempt_for_response(at: datetime, started: float, status: int, headers: ht
     else:
         error = f"HTTP {status}"
     return Attempt(
-        at=iso_utc(at), ok=ok, status_code=status, error=error, duration_ms=_ms_since(started),
+        at=iso_utc(at),
+        ok=ok,
+        status_code=status,
+        error=error,
+        duration_ms=_ms_since(started),
         retry_after_seconds=None if ok else parse_retry_after(headers.get("retry-after")),
         gone=status == 410,
     )

@@ -16,6 +16,7 @@ such a mixed answer is an attack signal, and refusing it is simpler to reason ab
 Everything else in the table below — link-local, cloud metadata, the Azure platform address
 168.63.129.16, CGNAT, documentation, multicast, reserved — is refused whatever the flag says.
 """
+
 from __future__ import annotations
 
 import asyncio

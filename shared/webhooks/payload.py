@@ -1,4 +1,5 @@
 """The webhook body: `{"type": "run.<status>", "timestamp": ISO-8601 UTC, "data": run}` as compact JSON."""
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@
 Svix's: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h ≈ 27.6 h in total). Tests scale it
 down simply by passing a small schedule.
 """
+
 from __future__ import annotations
 
 import random
@@ -13,7 +14,7 @@ DEFAULT_JITTER = 0.1  # ±10 %
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:
-    """"0,5,300" -> (0.0, 5.0, 300.0); raises ValueError on an empty, negative or non-finite entry."""
+    """ "0,5,300" -> (0.0, 5.0, 300.0); raises ValueError on an empty, negative or non-finite entry."""
     try:
         delays = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:  # a word among the numbers: name the schedule, as for the other bad entries

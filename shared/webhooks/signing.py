@@ -3,6 +3,7 @@
 Signed content is `{webhook_id}.{timestamp}.{body}`; one `v1,<base64 HMAC-SHA256>` per secret,
 space-separated, so receivers holding either the old or the new secret verify during a rotation.
 """
+
 from __future__ import annotations
 
 import secrets as _random

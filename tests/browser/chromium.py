@@ -1,6 +1,7 @@
 """Chromium for the browser tests: Debian's build (`make test` installs it with apt-get), driven by the pinned
 `playwright` package, never its own browsers (`playwright install` is never run); and a relay whose open
 connections a test can reset, to cut a page's streams the way a network failure does."""
+
 from __future__ import annotations
 
 import os
@@ -10,13 +11,25 @@ import struct
 import threading
 from urllib.parse import urlsplit
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium_path() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
+    for candidate in (
+        os.environ.get("CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None

@@ -1,4 +1,5 @@
 """The browser for tests/browser: one Chromium per module (tests/browser/chromium.py says which)."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,10 @@ from .chromium import CHROMIUM_ARGS, chromium_path
 def browser() -> Browser:
     path = chromium_path()
     if path is None:
-        pytest.skip("Chromium is not installed and could not be (`make test` runs `apt-get install -y chromium` "
-                    "where apt-get is available); set CHROMIUM=/path/to/chromium to use another build")
+        pytest.skip(
+            "Chromium is not installed and could not be (`make test` runs `apt-get install -y chromium` "
+            "where apt-get is available); set CHROMIUM=/path/to/chromium to use another build"
+        )
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield instance

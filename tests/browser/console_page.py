@@ -1,4 +1,5 @@
 """The console page (/api/console) as a person uses it, for the browser tests and the README's screenshots."""
+
 from __future__ import annotations
 
 import json
@@ -35,12 +36,15 @@ class Console:
     def open_run(self, run_id: str) -> None:
         self.page.goto(f"{self.base_url}/api/console#/runs/{run_id}")
         self.shown("run")
-        self.page.wait_for_function(f"() => document.getElementById('run-id').textContent === {json.dumps(run_id)} && "
-                                    "document.getElementById('run-status').textContent !== 'loading'")
+        self.page.wait_for_function(
+            f"() => document.getElementById('run-id').textContent === {json.dumps(run_id)} && "
+            "document.getElementById('run-status').textContent !== 'loading'"
+        )
 
     def wait_for_status(self, status: str, timeout: float = 30_000) -> None:
-        self.page.wait_for_function(f"() => document.getElementById('run-status').textContent === {json.dumps(status)}",
-                                    timeout=timeout)
+        self.page.wait_for_function(
+            f"() => document.getElementById('run-status').textContent === {json.dumps(status)}", timeout=timeout
+        )
 
     def text(self, selector: str) -> str:
         return self.page.text_content(selector) or ""

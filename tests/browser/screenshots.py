@@ -6,6 +6,7 @@ Starts the stack (Azurite, the emulator, the webhook receiver, the host) on free
 per-caller quotas (SCREENSHOT_ENV), starts a few runs (one still going, one with a webhook that failed, one
 cancelled, one that holds bob's only active-run slot), and writes console-<view>-<scheme>.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +27,14 @@ SCREENSHOT_ENV = {**TEST_ENV, "CALLER_MAX_ACTIVE_RUNS": "3", "CALLER_QUOTAS": "b
 
 def seed(stack: Stack) -> str:
     """A few runs of two callers; the id of the one to show (ended, with a delivered webhook)."""
-    stack.start_as("bob", "Summarise the quarterly report", duration_ms=2000,
-                   webhook_url=stack.hook_url("bob", fail=10))
+    stack.start_as(
+        "bob", "Summarise the quarterly report", duration_ms=2000, webhook_url=stack.hook_url("bob", fail=10)
+    )
     cancelled = stack.start_as("alice", "Plan the migration", duration_ms=60000)
     stack.post(f"/api/runs/{cancelled}/cancel")
-    shown = stack.start_as("alice", "Write a haiku about queues", duration_ms=4000, chars=420,
-                           webhook_url=stack.hook_url("alice"))
+    shown = stack.start_as(
+        "alice", "Write a haiku about queues", duration_ms=4000, chars=420, webhook_url=stack.hook_url("alice")
+    )
     stack.start_as("alice", "Draft the release notes", duration_ms=120000)
     stack.wait(shown)
     time.sleep(1.5)  # its webhook (bob's first run ended long ago: its slot is free again)

@@ -2,6 +2,7 @@
 runs appearing and ending in the list, live output through a dropped connection, cancel, redeliver, the timeline
 picture, the operator's capacity panel, the Content-Security-Policy and text-only rendering, and axe-core's
 accessibility checks in both colour schemes."""
+
 from __future__ import annotations
 
 import time
@@ -97,8 +98,9 @@ def test_a_run_appears_and_ends_in_the_list_and_its_live_output_survives_a_dropp
         row = console.row(short)
         row.wait_for(timeout=10_000)  # appeared without a reload
         page.evaluate(f"document.querySelector(\"tr[data-id='{short}']\").dataset.mark = 'same row'")
-        page.wait_for_function(f"() => document.querySelector(\"tr[data-id='{short}']\").dataset.status === "
-                               "'completed'", timeout=20_000)
+        page.wait_for_function(
+            f"() => document.querySelector(\"tr[data-id='{short}']\").dataset.status === 'completed'", timeout=20_000
+        )
         assert row.get_attribute("data-mark") == "same row"  # updated in place, never redrawn
         assert row.locator("td").nth(1).text_content() == "completed"
 
@@ -109,8 +111,9 @@ def test_a_run_appears_and_ends_in_the_list_and_its_live_output_survives_a_dropp
         page.wait_for_function("() => document.getElementById('output-text').textContent.length >= 60", timeout=15_000)
         context.set_offline(True)
         assert relay.drop() >= 2  # the open stream is reset...
-        page.wait_for_function("() => document.getElementById('live-state').textContent.includes('reconnecting')",
-                               timeout=5_000)
+        page.wait_for_function(
+            "() => document.getElementById('live-state').textContent.includes('reconnecting')", timeout=5_000
+        )
         cut_at = len(console.text("#output-text"))
         time.sleep(1.0)  # ...and the retries fail for a while
         context.set_offline(False)
@@ -130,8 +133,9 @@ def test_a_run_appears_and_ends_in_the_list_and_its_live_output_survives_a_dropp
         assert all(FACADE_KEYS["alice"] not in r.url for r in streams)
 
         page.get_by_role("link", name="All runs").click()
-        page.wait_for_function(f"() => document.querySelector(\"tr[data-id='{long}']\")?.dataset.status === "
-                               "'completed'")
+        page.wait_for_function(
+            f"() => document.querySelector(\"tr[data-id='{long}']\")?.dataset.status === 'completed'"
+        )
     finally:
         relay.close()
 
@@ -168,14 +172,16 @@ def test_redeliver_a_webhook_to_a_receiver_that_was_down(context, stack) -> None
         page = context.new_page()
         console = Console(page, stack.host.base_url).open().sign_in(FACADE_KEYS["alice"])
         console.open_run(run_id)
-        page.wait_for_function("() => document.querySelector('#webhook .badge')?.textContent === 'failed'",
-                               timeout=30_000)  # 4 attempts (WEBHOOK_RETRY_SCHEDULE 0,1,1,1), each refused
+        page.wait_for_function(
+            "() => document.querySelector('#webhook .badge')?.textContent === 'failed'", timeout=30_000
+        )  # 4 attempts (WEBHOOK_RETRY_SCHEDULE 0,1,1,1), each refused
         assert page.locator("#attempts tbody tr").count() == 4
     finally:
         receiver.up()
     page.get_by_role("button", name="Redeliver webhook").click()
-    page.wait_for_function("() => document.querySelector('#webhook .badge')?.textContent === 'delivered'",
-                           timeout=20_000)
+    page.wait_for_function(
+        "() => document.querySelector('#webhook .badge')?.textContent === 'delivered'", timeout=20_000
+    )
     last = page.locator("#attempts tbody tr").last
     assert page.locator("#attempts tbody tr").count() == 5 and "delivered (HTTP 204)" in last.text_content()
     [delivery] = stack.received(name)
@@ -187,8 +193,9 @@ def test_read_a_timeline_by_hover_and_by_keyboard(context, stack) -> None:
     page = context.new_page()
     console = Console(page, stack.host.base_url).open().sign_in(FACADE_KEYS["alice"])
     console.open_run(run_id)
-    page.wait_for_function("() => document.querySelector('#webhook .badge')?.textContent === 'delivered'",
-                           timeout=30_000)
+    page.wait_for_function(
+        "() => document.querySelector('#webhook .badge')?.textContent === 'delivered'", timeout=30_000
+    )
     page.wait_for_selector("#timeline .mark-webhook_attempt")
 
     kinds = page.eval_on_selector_all("#timeline .mark", "marks => marks.map(m => m.dataset.type)")
@@ -206,6 +213,7 @@ def test_read_a_timeline_by_hover_and_by_keyboard(context, stack) -> None:
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.closest('#timeline') !== null"):
             break
+
     def focused() -> list:
         return page.evaluate("[document.activeElement.dataset.type, document.activeElement.getAttribute('aria-label')]")
 
@@ -235,11 +243,19 @@ def test_an_operator_sees_a_caller_at_its_active_cap_in_the_capacity_panel(conte
     host = stack.start_host("console-capacity", CALLER_MAX_ACTIVE_RUNS="2", CALLER_QUOTAS="bob:0:30 ops:0:0")
     started: list[str] = []
     try:
+
         def start(caller: str) -> httpx.Response:
-            response = httpx.post(f"{host.base_url}/api/v1/responses", timeout=30,
-                                  headers={"Authorization": f"Bearer {FACADE_KEYS[caller]}"},
-                                  json={"model": "gpt-4.1-mini", "input": "hold a slot", "background": True,
-                                        "metadata": {"emulator_duration_ms": "60000"}})
+            response = httpx.post(
+                f"{host.base_url}/api/v1/responses",
+                timeout=30,
+                headers={"Authorization": f"Bearer {FACADE_KEYS[caller]}"},
+                json={
+                    "model": "gpt-4.1-mini",
+                    "input": "hold a slot",
+                    "background": True,
+                    "metadata": {"emulator_duration_ms": "60000"},
+                },
+            )
             if response.status_code == 200:
                 started.append(response.json()["id"])
             return response
@@ -312,11 +328,12 @@ def test_the_console_loads_without_a_failed_request_or_a_console_error(context, 
     page = context.new_page()
     errors: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("response", lambda response: errors.append(f"{response.status} {response.url}")
-            if response.status >= 400 else None)
+    page.on(
+        "response",
+        lambda response: errors.append(f"{response.status} {response.url}") if response.status >= 400 else None,
+    )
     page.on("requestfailed", lambda request: errors.append(f"failed {request.url}"))
     page.goto(f"{stack.host.base_url}/api/console")
     page.wait_for_load_state("networkidle")
     page.wait_for_timeout(500)  # the icon is asked for after the load
     assert errors == []
-

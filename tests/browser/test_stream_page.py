@@ -8,6 +8,7 @@ with Last-Event-ID) and once by a host that rotates streams every 2 s (STREAM_MA
 requests but leaves an open stream flowing. Chromium is Debian's
 (`make test` installs it with apt-get); the driver is the `playwright` package, never its own browsers.
 """
+
 from __future__ import annotations
 
 import time
@@ -71,8 +72,7 @@ def test_page_resumes_after_the_network_drops(browser: Browser, stack) -> None:
         page.wait_for_function("document.getElementById('output').textContent.length >= 60", timeout=15_000)
         context.set_offline(True)  # the retries fail for a while...
         assert relay.drop() >= 2  # ...after the open stream is reset (both sides of at least one connection)
-        page.wait_for_function("document.getElementById('status').textContent.includes('reconnecting')",
-                               timeout=5_000)
+        page.wait_for_function("document.getElementById('status').textContent.includes('reconnecting')", timeout=5_000)
         cut_at = len(page.text_content("#output"))
         time.sleep(1.5)  # EventSource retries (retry: 1000) fail while offline
         assert len(page.text_content("#output")) == cut_at
@@ -93,12 +93,15 @@ def test_page_resumes_after_the_network_drops(browser: Browser, stack) -> None:
 
 def test_page_follows_rotated_streams_with_a_function_key(browser: Browser, stack) -> None:
     key = "browser-test-key"
-    host = stack.start_host("browser", STREAM_MAX_SECONDS="2",
-                            FUNCTIONS_HOST_MASTER_KEY="browser-master-key", FUNCTIONS_HOST_FUNCTION_KEYS=key)
+    host = stack.start_host(
+        "browser",
+        STREAM_MAX_SECONDS="2",
+        FUNCTIONS_HOST_MASTER_KEY="browser-master-key",
+        FUNCTIONS_HOST_FUNCTION_KEYS=key,
+    )
     context = browser.new_context()
     try:
-        created = stack.start("rotate me", metadata={"emulator_duration_ms": "7000",
-                                                     "emulator_output_chars": "500"})
+        created = stack.start("rotate me", metadata={"emulator_duration_ms": "7000", "emulator_output_chars": "500"})
         assert created.status_code == 202, created.text
         run_id = created.json()["id"]
         assert httpx.get(host.url(f"/api/runs/{run_id}")).status_code == 401  # the key is really needed
@@ -136,8 +139,10 @@ def test_the_page_loads_without_a_failed_request_or_a_console_error(browser: Bro
         page = context.new_page()
         errors: list[str] = []
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-        page.on("response", lambda response: errors.append(f"{response.status} {response.url}")
-                if response.status >= 400 else None)
+        page.on(
+            "response",
+            lambda response: errors.append(f"{response.status} {response.url}") if response.status >= 400 else None,
+        )
         page.on("requestfailed", lambda request: errors.append(f"failed {request.url}"))
         page.goto(f"{stack.host.base_url}/api/ui?code={stack.function_key}")
         page.wait_for_load_state("networkidle")

@@ -1,5 +1,6 @@
 """The chaos run's invariants (bench/chaos_checks.py) on hand-made evidence: each check must flag the
 failure it exists for (several of them are races a real run hits only by chance) and pass a clean history."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,25 +30,54 @@ def record(run_id: str, scenario: str = "plain", **expect: Any) -> RunRecord:
 
 
 def view(run_id: str, status: str = "completed", created: float = T0, ended: float = T0 + 2, **more: Any) -> dict:
-    return {"id": run_id, "status": status, "created_at": created, "completed_at": ended,
-            "provider_response_id": f"resp_{run_id}", "output_text": more.pop("text", "hello"),
-            "webhook": {"state": "delivered", "id": f"msg_{run_id}", "attempts": [{}]}, **more}
+    return {
+        "id": run_id,
+        "status": status,
+        "created_at": created,
+        "completed_at": ended,
+        "provider_response_id": f"resp_{run_id}",
+        "output_text": more.pop("text", "hello"),
+        "webhook": {"state": "delivered", "id": f"msg_{run_id}", "attempts": [{}]},
+        **more,
+    }
 
 
 def provider(run_id: str, status: str = "completed", finished: float = T0 + 1.5, **more: Any) -> dict:
-    return {"id": f"resp_{run_id}", "status": status, "created_at": T0, "finished_at": finished,
-            "cancelled_at": more.pop("cancelled_at", None), "previous_response_id": more.pop("previous", None),
-            "metadata": {"bg_run_id": run_id}, "counters": {}, **more}
+    return {
+        "id": f"resp_{run_id}",
+        "status": status,
+        "created_at": T0,
+        "finished_at": finished,
+        "cancelled_at": more.pop("cancelled_at", None),
+        "previous_response_id": more.pop("previous", None),
+        "metadata": {"bg_run_id": run_id},
+        "counters": {},
+        **more,
+    }
 
 
 def evidence(records: list[RunRecord], views: list[dict], providers: list[dict], **more: Any) -> Evidence:
     by_run: dict[str, list[dict]] = {}
     for p in providers:
         by_run.setdefault(p["metadata"]["bg_run_id"], []).append(p)
-    fields = dict(records={r.run_id: r for r in records}, views={v["id"]: v for v in views}, provider=by_run,
-                  provider_by_id={p["id"]: p for p in providers}, deliveries=[], poison={}, reference_streams={},
-                  sessions={}, idempotency=[], key_runs={r.key: {r.run_id} for r in records}, not_accepted=[],
-                  server_errors=[], job_errors=[], answers=0, run_deadline=300.0, stuck_slack=30.0)
+    fields = dict(
+        records={r.run_id: r for r in records},
+        views={v["id"]: v for v in views},
+        provider=by_run,
+        provider_by_id={p["id"]: p for p in providers},
+        deliveries=[],
+        poison={},
+        reference_streams={},
+        sessions={},
+        idempotency=[],
+        key_runs={r.key: {r.run_id} for r in records},
+        not_accepted=[],
+        server_errors=[],
+        job_errors=[],
+        answers=0,
+        run_deadline=300.0,
+        stuck_slack=30.0,
+    )
     fields.update(more)
     return Evidence(**fields)
 
@@ -56,10 +86,18 @@ def test_two_runs_active_on_one_session_are_flagged_with_the_session_race_as_cau
     a, b, c = (record(x, "session_concurrent") for x in ("a", "b", "c"))
     for r in (a, b, c):
         r.session_id = "sess_1"
-    views = [view("a", created=T0, ended=T0 + 3), view("b", created=T0 + 0.01, ended=T0 + 3.5),
-             view("c", created=T0 + 5, ended=T0 + 7)]
-    log = {"turns": [], "concurrent": [{"run_id": "a", "http": 202, "code": None, "answers": ["202"]},
-                                       {"run_id": "b", "http": 202, "code": None, "answers": ["202"]}]}
+    views = [
+        view("a", created=T0, ended=T0 + 3),
+        view("b", created=T0 + 0.01, ended=T0 + 3.5),
+        view("c", created=T0 + 5, ended=T0 + 7),
+    ]
+    log = {
+        "turns": [],
+        "concurrent": [
+            {"run_id": "a", "http": 202, "code": None, "answers": ["202"]},
+            {"run_id": "b", "http": 202, "code": None, "answers": ["202"]},
+        ],
+    }
     check = Checker(evidence([a, b, c], views, [], sessions={"sess_1": log})).sessions_one_active()
     assert not check.ok
     assert [f["run_id"] for f in check.failures] == ["b"] and check.failures[0]["likely_cause"] == CAUSE_SESSION_RACE
@@ -68,22 +106,36 @@ def test_two_runs_active_on_one_session_are_flagged_with_the_session_race_as_cau
 def test_sequential_session_runs_and_409_losers_pass() -> None:
     a, c = record("a", "session_text"), record("c", "session_text")
     a.session_id = c.session_id = "sess_1"
-    log = {"turns": [{"turn": "text", "run_id": "a", "answers": ["202"]}],
-           "concurrent": [{"run_id": None, "http": 409, "code": "session_busy", "answers": ["409 session_busy"]}]}
-    ev = evidence([a, c], [view("a", ended=T0 + 3), view("c", created=T0 + 3.2, ended=T0 + 5)],
-                  [provider("a"), provider("c", previous="resp_a")], sessions={"sess_1": log})
+    log = {
+        "turns": [{"turn": "text", "run_id": "a", "answers": ["202"]}],
+        "concurrent": [{"run_id": None, "http": 409, "code": "session_busy", "answers": ["409 session_busy"]}],
+    }
+    ev = evidence(
+        [a, c],
+        [view("a", ended=T0 + 3), view("c", created=T0 + 3.2, ended=T0 + 5)],
+        [provider("a"), provider("c", previous="resp_a")],
+        sessions={"sess_1": log},
+    )
     assert Checker(ev).sessions_one_active().ok and Checker(ev).session_chains().ok
 
 
 def test_a_run_expired_after_its_provider_completed_before_the_deadline_is_flagged() -> None:
     near = record("n", "deadline_near", status="completed", rule="deadline_near", deadline_seconds=5)
-    expired = view("n", status="expired", ended=T0 + 5.6, text="",
-                   error={"code": "deadline_exceeded", "message": "The run did not finish within 5 s."})
+    expired = view(
+        "n",
+        status="expired",
+        ended=T0 + 5.6,
+        text="",
+        error={"code": "deadline_exceeded", "message": "The run did not finish within 5 s."},
+    )
     check = Checker(evidence([near], [expired], [provider("n", finished=T0 + 4.6)])).allowed_state()
     assert not check.ok and check.failures[0]["likely_cause"] == CAUSE_DEADLINE
     late = Checker(evidence([near], [expired], [provider("n", finished=T0 + 5.2)])).allowed_state()
     assert late.ok  # the provider finished after the run's deadline: expired is right
-    quoted_global = {**expired, "error": {"code": "deadline_exceeded", "message": "The run did not finish within 300 s."}}
+    quoted_global = {
+        **expired,
+        "error": {"code": "deadline_exceeded", "message": "The run did not finish within 300 s."},
+    }
     wrong_message = Checker(evidence([near], [quoted_global], [provider("n", finished=T0 + 5.2)])).allowed_state()
     assert not wrong_message.ok
     kept = view("n", status="completed", ended=T0 + 9)  # a late look found the provider done: output kept
@@ -95,15 +147,24 @@ def test_a_cancel_reported_while_the_provider_completed_uncancelled_is_flagged()
     race.cancel = {"sent_at": T0 + 2.0, "status": "cancelled"}
     check = Checker(evidence([race], [view("r", status="cancelled")], [provider("r")])).allowed_state()
     assert not check.ok and check.failures[0]["likely_cause"] == CAUSE_CANCEL
-    honest = evidence([race], [view("r", status="cancelled")],
-                      [provider("r", status="cancelled", cancelled_at=T0 + 2.0)])
+    honest = evidence(
+        [race], [view("r", status="cancelled")], [provider("r", status="cancelled", cancelled_at=T0 + 2.0)]
+    )
     assert Checker(honest).allowed_state().ok
 
 
 def _streamed(run_id: str, ids: list[int], final: str, after_final: list[str], deltas: str = "hello") -> RunRecord:
     r = record(run_id, "stream", status="completed", stream=True)
-    r.stream = {"ids": ids, "connections": [{"how": "start", "outcome": "cut"}], "deltas": deltas, "final": final,
-                "final_id": ids[-1], "ended_by": None, "after_final": after_final, "cuts": [3]}
+    r.stream = {
+        "ids": ids,
+        "connections": [{"how": "start", "outcome": "cut"}],
+        "deltas": deltas,
+        "final": final,
+        "final_id": ids[-1],
+        "ended_by": None,
+        "after_final": after_final,
+        "cuts": [3],
+    }
     return r
 
 
@@ -118,8 +179,12 @@ def test_stream_gaps_duplicates_and_a_repeated_final_event_are_flagged() -> None
     # a cancelled stream: the provider stops without a final event, the relay adds the run's own at N+1
     cut_ref = {"s": {"ids": list(range(4)), "text": "", "final": False}}
     cancelled = _streamed("s", [0, 1, 2, 3, 4], "run.cancelled", ["last_event_id:run.cancelled#5"], deltas="")
-    ev = evidence([cancelled], [view("s", status="cancelled", text="")],
-                  [provider("s", status="cancelled", cancelled_at=T0 + 1)], reference_streams=cut_ref)
+    ev = evidence(
+        [cancelled],
+        [view("s", status="cancelled", text="")],
+        [provider("s", status="cancelled", cancelled_at=T0 + 1)],
+        reference_streams=cut_ref,
+    )
     assert Checker(ev).streams_gap_free().ok
     cancelled.stream["ids"] = [0, 1, 2, 3, 2**31 - 1]  # a relay may give its own final event a fixed top id
     assert Checker(ev).streams_gap_free().ok
@@ -143,12 +208,30 @@ def test_a_run_lost_after_its_key_was_answered_twice_is_flagged_once_with_its_ca
 
 
 # -- executor runs (RUN_BACKEND=executor): judged by their view, their replay and the emulator's chat log ----------
-def call(call_id: str, start: float, end: float, *, chunks: int = 44, sent: int | None = None, cut: bool = False,
-         disconnected: bool = False) -> dict:
+def call(
+    call_id: str,
+    start: float,
+    end: float,
+    *,
+    chunks: int = 44,
+    sent: int | None = None,
+    cut: bool = False,
+    disconnected: bool = False,
+) -> dict:
     """A streamed chat call as GET /v1/_emulator/chat_completions lists it (40 content chunks + role + 3 closing)."""
-    return {"id": call_id, "created_at": start, "first_token_at": start + 0.1, "finished_at": end, "outcome": "stop",
-            "chunks": chunks, "chunks_sent": chunks if sent is None else sent, "cut": cut,
-            "disconnected": disconnected, "tool_calls": [], "knobs": {}}
+    return {
+        "id": call_id,
+        "created_at": start,
+        "first_token_at": start + 0.1,
+        "finished_at": end,
+        "outcome": "stop",
+        "chunks": chunks,
+        "chunks_sent": chunks if sent is None else sent,
+        "cut": cut,
+        "disconnected": disconnected,
+        "tool_calls": [],
+        "knobs": {},
+    }
 
 
 def exec_view(run_id: str, status: str = "completed", **more: Any) -> dict:
@@ -170,8 +253,11 @@ def test_a_call_that_was_hung_up_stopped_at_the_first_chunk_it_never_sent() -> N
 def test_an_executor_run_with_a_provider_response_or_without_a_whole_model_call_is_flagged() -> None:
     a, b, c = record("a"), record("b"), record("c")
     views = [exec_view("a"), exec_view("b"), view("c", backend="background")]
-    calls = {"a": [call("a1", T0, T0 + 1, sent=10, cut=True), call("a2", T0 + 1, T0 + 2)],
-             "b": [call("b1", T0, T0 + 1, sent=10, disconnected=True)], "c": [call("c1", T0, T0 + 1)]}
+    calls = {
+        "a": [call("a1", T0, T0 + 1, sent=10, cut=True), call("a2", T0 + 1, T0 + 2)],
+        "b": [call("b1", T0, T0 + 1, sent=10, disconnected=True)],
+        "c": [call("c1", T0, T0 + 1)],
+    }
     check = Checker(exec_evidence([a, b, c], views, calls, providers=[provider("a")])).ran_on_executor()
     assert not check.ok
     problems = {f["run_id"]: f["problem"] for f in check.failures}
@@ -196,8 +282,9 @@ def test_a_model_call_streaming_on_after_its_run_was_cancelled_is_flagged() -> N
 def test_an_executor_deadline_run_is_judged_by_its_end_and_its_last_model_call() -> None:
     near = record("n", "deadline_near", status="completed", rule="deadline_near", deadline_seconds=5)
     message = "The run did not finish within its deadline of 5 s."
-    expired = exec_view("n", status="expired", ended=T0 + 5.3, text="",
-                        error={"code": "deadline_exceeded", "message": message})
+    expired = exec_view(
+        "n", status="expired", ended=T0 + 5.3, text="", error={"code": "deadline_exceeded", "message": message}
+    )
     lost = Checker(exec_evidence([near], [expired], {"n": [call("n1", T0 + 0.5, T0 + 3.0)]})).allowed_state()
     assert not lost.ok and lost.failures[0]["likely_cause"] == CAUSE_EXECUTOR_DEADLINE
     late_call = {"n": [call("n1", T0 + 2, T0 + 6.5)]}  # the model would have ended past the deadline
@@ -211,8 +298,15 @@ def test_an_executor_deadline_run_is_judged_by_its_end_and_its_last_model_call()
 
 
 def test_an_executor_stream_is_compared_with_the_runs_replay_and_session_chains_are_skipped() -> None:
-    ref = {"s": {"ids": [0, 1, 2, 3, 4, 5, 6], "text": "hello", "final": "run.completed", "restarts": 1,
-                 "source": "service"}}
+    ref = {
+        "s": {
+            "ids": [0, 1, 2, 3, 4, 5, 6],
+            "text": "hello",
+            "final": "run.completed",
+            "restarts": 1,
+            "source": "service",
+        }
+    }
     s = _streamed("s", [0, 1, 2, 3, 4, 5, 6], "run.completed", ["starting_after:end"])
     ev = exec_evidence([s], [exec_view("s")], {"s": [call("s1", T0, T0 + 1)]}, reference_streams=ref)
     assert Checker(ev).streams_gap_free().ok
@@ -246,8 +340,13 @@ def test_a_turn_continuing_from_an_older_turn_is_flagged_with_the_session_moving
 def test_an_executor_run_may_give_up_after_its_attempts_were_interrupted_but_not_after_a_whole_call() -> None:
     plain = record("g")
     gave_up = exec_view("g", status="failed", text="", error={"code": "model_call_interrupted", "message": "3 times"})
-    cut = {"g": [call("g1", T0, T0 + 3, sent=5, cut=True), call("g2", T0 + 1, T0 + 4, sent=9, disconnected=True),
-                 call("g3", T0 + 5, T0 + 8, sent=2, cut=True)]}
+    cut = {
+        "g": [
+            call("g1", T0, T0 + 3, sent=5, cut=True),
+            call("g2", T0 + 1, T0 + 4, sent=9, disconnected=True),
+            call("g3", T0 + 5, T0 + 8, sent=2, cut=True),
+        ]
+    }
     allowed = Checker(exec_evidence([plain], [gave_up], cut)).allowed_state()
     assert allowed.ok and "1 model calls interrupted" in allowed.detail
     whole = {"g": cut["g"][:2] + [call("g3", T0 + 5, T0 + 8)]}
@@ -255,26 +354,38 @@ def test_an_executor_run_may_give_up_after_its_attempts_were_interrupted_but_not
 
 
 def test_a_run_ended_while_queued_for_capacity_needs_no_provider_response_but_a_granted_one_does() -> None:
-    waited = {"state": "ended", "queued_at": T0, "attempts": 3, "reason": "provider 429", "next_try_at": None,
-              "granted_at": None}
-    cancelled = view("q", status="cancelled", text="", provider_response_id=None, continuation_token=None,
-                     admission=waited)
-    granted = view("g", provider_response_id=None, continuation_token=None,
-                   admission={**waited, "state": "granted", "granted_at": T0 + 3})
-    check = Checker(evidence([record("q", status="cancelled"), record("g")], [cancelled, granted], [])) \
-        .one_provider_response()
+    waited = {
+        "state": "ended",
+        "queued_at": T0,
+        "attempts": 3,
+        "reason": "provider 429",
+        "next_try_at": None,
+        "granted_at": None,
+    }
+    cancelled = view(
+        "q", status="cancelled", text="", provider_response_id=None, continuation_token=None, admission=waited
+    )
+    granted = view(
+        "g",
+        provider_response_id=None,
+        continuation_token=None,
+        admission={**waited, "state": "granted", "granted_at": T0 + 3},
+    )
+    check = Checker(
+        evidence([record("q", status="cancelled"), record("g")], [cancelled, granted], [])
+    ).one_provider_response()
     assert [f["run_id"] for f in check.failures] == ["g"] and "1 runs ended while queued" in check.detail
 
 
 def test_a_stream_of_a_run_that_never_learned_its_provider_response_is_its_final_event_alone() -> None:
     # A start cut by a host kill after the create: the provider has a response the run never followed, and the
     # sweeper ended the run start_interrupted; its stream can only be the run's own final event.
-    interrupted = view("i", status="failed", text="", provider_response_id=None,
-                       error={"code": "start_interrupted"})
+    interrupted = view("i", status="failed", text="", provider_response_id=None, error={"code": "start_interrupted"})
     alone = _streamed("i", [2**31 - 1], "run.failed", ["start:final"], deltas="")
     assert Checker(evidence([alone], [interrupted], [provider("i")])).streams_gap_free().ok
     alone.stream["ids"] = [0, 2**31 - 1]  # events of a response it never followed would be a defect
     assert not Checker(evidence([alone], [interrupted], [provider("i")])).streams_gap_free().ok
     followed = _streamed("f", [2**31 - 1], "run.failed", ["start:final"], deltas="")  # it knew its response
-    assert not Checker(evidence([followed], [view("f", status="failed", text="")],
-                                [provider("f")])).streams_gap_free().ok
+    assert (
+        not Checker(evidence([followed], [view("f", status="failed", text="")], [provider("f")])).streams_gap_free().ok
+    )

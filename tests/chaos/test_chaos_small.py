@@ -10,6 +10,7 @@ answer, repeated final event; and from the full runs: a key retry handed a run t
 cancel at the deadline tried once, a provider response cancelled past the deadline ending the run `cancelled`
 instead of `expired`, a late follow-up moving a session back, the executor's watchdog re-queueing a run still
 waiting for its first attempt) are fixed, each with a test of its own."""
+
 from __future__ import annotations
 
 from bench.chaos import report, run_chaos
@@ -19,9 +20,20 @@ def test_small_chaos_run_with_the_executor_backend_keeps_every_invariant() -> No
     """The same with RUN_BACKEND=executor: the host's own model calls (Chat Completions, faults and stream cuts
     on the chat endpoint) are killed with it and start again as new attempts. The checks that rest on provider
     background responses judge these runs by their view, their full replay and the emulator's chat log."""
-    result = run_chaos(runs=25, submit_seconds=24, host_kills=1, receiver_outage_s=5, azurite_down_s=3,
-                       min_duration_ms=500, max_duration_ms=4000, converge_timeout_s=75, name="chaos-executor",
-                       backend="executor", fault_endpoints="create,retrieve,stream,cancel,chat", verbose=False)
+    result = run_chaos(
+        runs=25,
+        submit_seconds=24,
+        host_kills=1,
+        receiver_outage_s=5,
+        azurite_down_s=3,
+        min_duration_ms=500,
+        max_duration_ms=4000,
+        converge_timeout_s=75,
+        name="chaos-executor",
+        backend="executor",
+        fault_endpoints="create,retrieve,stream,cancel,chat",
+        verbose=False,
+    )
     text = report(result)
     print(text)
     assert len(result.checks) >= 15
@@ -34,9 +46,22 @@ def test_small_chaos_run_with_provider_webhooks_keeps_every_invariant() -> None:
     """The same with COMPLETION_STRATEGY=push: the emulator's signed provider webhooks (10 % lost, 10 % sent
     twice) end the runs, the ones lost or sent while the host was dead are retried by the emulator or caught by
     the safety-net poll chain."""
-    result = run_chaos(runs=30, submit_seconds=20, host_kills=1, receiver_outage_s=5, azurite_down_s=3,
-                       min_duration_ms=500, max_duration_ms=3000, huge_outputs=0, emoji_inputs=0,
-                       converge_timeout_s=90, client_retry_s=40, name="chaos-push", completion="push", verbose=False)
+    result = run_chaos(
+        runs=30,
+        submit_seconds=20,
+        host_kills=1,
+        receiver_outage_s=5,
+        azurite_down_s=3,
+        min_duration_ms=500,
+        max_duration_ms=3000,
+        huge_outputs=0,
+        emoji_inputs=0,
+        converge_timeout_s=90,
+        client_retry_s=40,
+        name="chaos-push",
+        completion="push",
+        verbose=False,
+    )
     text = report(result)
     print(text)
     assert len(result.checks) >= 15
@@ -46,9 +71,21 @@ def test_small_chaos_run_with_provider_webhooks_keeps_every_invariant() -> None:
 
 
 def test_small_chaos_run_keeps_every_invariant() -> None:
-    result = run_chaos(runs=30, submit_seconds=20, host_kills=1, receiver_outage_s=5, azurite_down_s=3,
-                       min_duration_ms=500, max_duration_ms=3000, huge_outputs=0, emoji_inputs=0,
-                       converge_timeout_s=90, client_retry_s=40, name="chaos-test", verbose=False)
+    result = run_chaos(
+        runs=30,
+        submit_seconds=20,
+        host_kills=1,
+        receiver_outage_s=5,
+        azurite_down_s=3,
+        min_duration_ms=500,
+        max_duration_ms=3000,
+        huge_outputs=0,
+        emoji_inputs=0,
+        converge_timeout_s=90,
+        client_retry_s=40,
+        name="chaos-test",
+        verbose=False,
+    )
     text = report(result)
     print(text)
     assert len(result.checks) >= 15

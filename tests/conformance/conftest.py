@@ -2,6 +2,7 @@
 scripted model of scripted_provider.py, and a local stack of its own whose host runs executor runs against the
 proxy (`MODEL_PROVIDER=openai_compatible`). Both live for this folder's tests only. The proxy imports for 10-60 s;
 the stack starts meanwhile."""
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,15 @@ def words(count: int, prefix: str = "w") -> str:
 
 
 # `strict` is given: the facade echoes a tool as it was given, and OpenAI's Response schema requires it.
-TOOLS = [{"type": "function", "name": "get_weather", "description": "The weather in a city.",
-          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-          "strict": False}]
+TOOLS = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "strict": False,
+    }
+]
 CHAT_TOOLS = [{"type": "function", "function": {k: v for k, v in TOOLS[0].items() if k != "type"}}]
 
 
@@ -71,11 +78,15 @@ def litellm() -> LiteLLMProxy:
 def executor_stack(name: str, server) -> Iterator[Stack]:
     """A local stack of its own (its own Azurite, so no other test's host takes its queue messages) whose host runs
     executor runs against `server` (servers.py; started, and waited for here once the stack is up)."""
-    env = {**TEST_ENV, **EXECUTOR_HOST, "MODEL_PROVIDER": "openai_compatible",
-           "OPENAI_COMPATIBLE_BASE_URL": server.base_url, "OPENAI_COMPATIBLE_API_KEY": server.key,
-           "DEFAULT_MODEL": server.model}
-    local = LocalStack(name, env=env, webhook_secrets=WEBHOOK_SECRETS, function_key=FUNCTION_KEY,
-                       master_key=MASTER_KEY)
+    env = {
+        **TEST_ENV,
+        **EXECUTOR_HOST,
+        "MODEL_PROVIDER": "openai_compatible",
+        "OPENAI_COMPATIBLE_BASE_URL": server.base_url,
+        "OPENAI_COMPATIBLE_API_KEY": server.key,
+        "DEFAULT_MODEL": server.model,
+    }
+    local = LocalStack(name, env=env, webhook_secrets=WEBHOOK_SECRETS, function_key=FUNCTION_KEY, master_key=MASTER_KEY)
     local.start()
     try:
         server.wait_ready()

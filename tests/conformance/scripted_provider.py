@@ -21,6 +21,7 @@ script's text and calls. Every call is appended to the JSON-lines file `SCRIPTED
 model, the messages and every parameter LiteLLM passed on (`optional_params`), before the script runs; how each
 stream ended follows (`event`: `completed`, `cut`, or `closed`: the client went away; `sent` chunks of `of`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,13 +55,19 @@ def script_of(messages: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _tool_results(messages: list[dict[str, Any]]) -> list[str]:
     """`Tool <name> returned <output>` for the tool messages that end the conversation."""
-    names = {call["id"]: call["function"]["name"] for m in messages if m.get("role") == "assistant"
-             for call in m.get("tool_calls") or []}
+    names = {
+        call["id"]: call["function"]["name"]
+        for m in messages
+        if m.get("role") == "assistant"
+        for call in m.get("tool_calls") or []
+    }
     results = []
     for message in reversed(messages):
         if message.get("role") != "tool":
             break
-        results.insert(0, f"Tool {names.get(message.get('tool_call_id'), '?')} returned {_text(message.get('content'))}")
+        results.insert(
+            0, f"Tool {names.get(message.get('tool_call_id'), '?')} returned {_text(message.get('content'))}"
+        )
     return results
 
 
@@ -75,7 +82,7 @@ def _sample_text(chars: int) -> str:
 
 def _pieces(text: str, chunks: int) -> list[str]:
     size = max(1, -(-len(text) // max(1, chunks)))
-    return [text[i:i + size] for i in range(0, len(text), size)]
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def _record(entry: dict[str, Any]) -> None:
@@ -86,8 +93,14 @@ def _record(entry: dict[str, Any]) -> None:
 
 
 def _chunk(text: str = "", *, tool: dict | None = None, finish: str = "", usage: dict | None = None) -> dict:
-    return {"text": text, "tool_use": tool, "is_finished": bool(finish), "finish_reason": finish, "usage": usage,
-            "index": 0}
+    return {
+        "text": text,
+        "tool_use": tool,
+        "is_finished": bool(finish),
+        "finish_reason": finish,
+        "usage": usage,
+        "index": 0,
+    }
 
 
 class ScriptedModel(CustomLLM):
@@ -96,8 +109,7 @@ class ScriptedModel(CustomLLM):
         script_id = str(script.get("id", ""))
         with _LOCK:
             call = _CALLS[script_id] = _CALLS.get(script_id, 0) + 1
-        _record({"id": script_id, "call": call, "model": model, "messages": messages,
-                 "params": optional_params})
+        _record({"id": script_id, "call": call, "model": model, "messages": messages, "params": optional_params})
         errors = list(script.get("errors") or [])
         if call <= len(errors):
             status = int(errors[call - 1])
@@ -109,24 +121,52 @@ class ScriptedModel(CustomLLM):
             text = script.get("text", _sample_text(int(script.get("chars", 40))))
             calls = list(script.get("tool_calls") or [])
         cut = int(script.get("cut_after", 0)) if call - len(errors) <= int(script.get("cuts", 1)) else 0
-        plan = {"id": script_id, "call": call, "delay": float(script.get("delay_ms", 0)) / 1000, "cut": cut,
-                "cut_how": script.get("cut_how", "drop")}
+        plan = {
+            "id": script_id,
+            "call": call,
+            "delay": float(script.get("delay_ms", 0)) / 1000,
+            "cut": cut,
+            "cut_how": script.get("cut_how", "drop"),
+        }
         chunks = [_chunk(piece) for piece in _pieces(text, int(script.get("chunks", 8)))]
         for index, tool in enumerate(calls):
             arguments = tool.get("arguments", "{}")
             arguments = arguments if isinstance(arguments, str) else json.dumps(arguments)
-            chunks.append(_chunk(tool={"id": f"call_{script_id}_{call}_{index}", "type": "function", "index": index,
-                                       "function": {"name": tool["name"], "arguments": arguments}}))
+            chunks.append(
+                _chunk(
+                    tool={
+                        "id": f"call_{script_id}_{call}_{index}",
+                        "type": "function",
+                        "index": index,
+                        "function": {"name": tool["name"], "arguments": arguments},
+                    }
+                )
+            )
         prompt = sum(len(_text(m.get("content"))) for m in messages) // 4 + 1
         completion = len(text) // 4 + 1
-        chunks.append(_chunk(finish="tool_calls" if calls else "stop",
-                             usage={"prompt_tokens": prompt, "completion_tokens": completion,
-                                    "total_tokens": prompt + completion}))
+        chunks.append(
+            _chunk(
+                finish="tool_calls" if calls else "stop",
+                usage={"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            )
+        )
         return plan, chunks
 
-    async def astreaming(self, model: str, messages: list, api_base: str, custom_prompt_dict: dict,
-                         model_response: Any, print_verbose: Any, encoding: Any, api_key: Any, logging_obj: Any,
-                         optional_params: dict, *args: Any, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+    async def astreaming(
+        self,
+        model: str,
+        messages: list,
+        api_base: str,
+        custom_prompt_dict: dict,
+        model_response: Any,
+        print_verbose: Any,
+        encoding: Any,
+        api_key: Any,
+        logging_obj: Any,
+        optional_params: dict,
+        *args: Any,
+        **kwargs: Any,
+    ) -> AsyncIterator[dict[str, Any]]:
         plan, chunks = self._plan(model, messages, optional_params)
         sent, end = 0, "closed"  # unless it gets to the end or its cut: the client went away
         try:
@@ -144,9 +184,21 @@ class ScriptedModel(CustomLLM):
         finally:
             _record({"id": plan["id"], "call": plan["call"], "event": end, "sent": sent, "of": len(chunks)})
 
-    def streaming(self, model: str, messages: list, api_base: str, custom_prompt_dict: dict, model_response: Any,
-                  print_verbose: Any, encoding: Any, api_key: Any, logging_obj: Any, optional_params: dict,
-                  *args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    def streaming(
+        self,
+        model: str,
+        messages: list,
+        api_base: str,
+        custom_prompt_dict: dict,
+        model_response: Any,
+        print_verbose: Any,
+        encoding: Any,
+        api_key: Any,
+        logging_obj: Any,
+        optional_params: dict,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Iterator[dict[str, Any]]:
         raise CustomLLMError(status_code=400, message="the scripted model streams asynchronously only")
 
 

@@ -10,6 +10,7 @@ LiteLLMProxy serves the scripted model (scripted_provider.py) as MODEL, with a m
 the scripted model received. TransformersServer serves a tiny model built offline (tiny_model.py) with
 `transformers serve` (opt-in: torch is too heavy for CI).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,13 +49,24 @@ class _ServerProcess:
     def _spawn(self, args: list[str], env: dict[str, str]) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(args, cwd=self.work_dir, env={**os.environ, **env}, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                args,
+                cwd=self.work_dir,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def wait_ready(self, timeout: float = 180) -> _ServerProcess:
         url = f"http://127.0.0.1:{self.port}{self.health_path}"
-        _wait_until(lambda: httpx.get(url, timeout=2).status_code == 200, self.proc, timeout,
-                    f"{type(self).__name__} did not start (see {self.log_path})")
+        _wait_until(
+            lambda: httpx.get(url, timeout=2).status_code == 200,
+            self.proc,
+            timeout,
+            f"{type(self).__name__} did not start (see {self.log_path})",
+        )
         return self
 
     def stop(self) -> None:
@@ -75,11 +87,16 @@ class LiteLLMProxy(_ServerProcess):
         # refuses `reasoning_effort` (400) for a provider that does not declare it, as a deployment of a model
         # without reasoning would; this one is declared as a reasoning model.
         config = {
-            "model_list": [{"model_name": MODEL, "litellm_params": {
-                "model": f"{PROVIDER}/{MODEL}", "allowed_openai_params": ["reasoning_effort"]}}],
-            "litellm_settings": {"custom_provider_map": [{"provider": PROVIDER,
-                                                           "custom_handler": "scripted_provider.handler"}],
-                                 "num_retries": 0},
+            "model_list": [
+                {
+                    "model_name": MODEL,
+                    "litellm_params": {"model": f"{PROVIDER}/{MODEL}", "allowed_openai_params": ["reasoning_effort"]},
+                }
+            ],
+            "litellm_settings": {
+                "custom_provider_map": [{"provider": PROVIDER, "custom_handler": "scripted_provider.handler"}],
+                "num_retries": 0,
+            },
             "router_settings": {"num_retries": 0},
             "general_settings": {"master_key": self.key},
         }
@@ -90,10 +107,15 @@ class LiteLLMProxy(_ServerProcess):
     def start(self) -> LiteLLMProxy:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         exe = LITELLM.ensure()
-        self._spawn([str(exe), "--config", str(self._config()), "--host", "127.0.0.1", "--port", str(self.port)],
-                    {"PYTHONPATH": str(HERE), "SCRIPTED_PROVIDER_LOG": str(self.calls_path),
-                     # the packaged model cost map; the remote one is fetched with retries (no network here)
-                     "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+        self._spawn(
+            [str(exe), "--config", str(self._config()), "--host", "127.0.0.1", "--port", str(self.port)],
+            {
+                "PYTHONPATH": str(HERE),
+                "SCRIPTED_PROVIDER_LOG": str(self.calls_path),
+                # the packaged model cost map; the remote one is fetched with retries (no network here)
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            },
+        )
         return self
 
     def _rows(self, script_id: str) -> list[dict[str, Any]]:
@@ -128,8 +150,13 @@ class TransformersServer(_ServerProcess):
         exe = TRANSFORMERS.ensure()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(self.work_dir / "hf")}
-        subprocess.run([str(exe.parent / "python"), str(HERE / "tiny_model.py"), self.model], check=True, timeout=600,
-                       env={**os.environ, **offline})
-        self._spawn([str(exe), "serve", self.model, "--device", "cpu", "--host", "127.0.0.1", "--port",
-                     str(self.port)], offline)
+        subprocess.run(
+            [str(exe.parent / "python"), str(HERE / "tiny_model.py"), self.model],
+            check=True,
+            timeout=600,
+            env={**os.environ, **offline},
+        )
+        self._spawn(
+            [str(exe), "serve", self.model, "--device", "cpu", "--host", "127.0.0.1", "--port", str(self.port)], offline
+        )
         return self

@@ -3,6 +3,7 @@ real local stack, through the native API and the official `openai` SDK on the fa
 a stream resumed from the middle, cancel, three-turn conversations (the prompt on turn 3 is the history a client
 would keep), a tool round trip, the server's failures mapped (400, 429/500 before output, a cut mid-stream, a
 server error reported mid-stream), and EXECUTOR_API=responses through LiteLLM's own Responses API."""
+
 from __future__ import annotations
 
 import time
@@ -114,39 +115,63 @@ def test_a_previous_response_id_chain_of_three_turns_sends_the_whole_history(cli
 
 
 def test_a_tool_round_trip(client, litellm):
-    script_id, prompt = scripted("What is the weather in Oslo?", text="",
-                                 tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}])
-    first = wait_response(client, client.responses.create(model=MODEL, input=prompt, tools=TOOLS,
-                                                          background=True).id)
+    script_id, prompt = scripted(
+        "What is the weather in Oslo?", text="", tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}]
+    )
+    first = wait_response(client, client.responses.create(model=MODEL, input=prompt, tools=TOOLS, background=True).id)
     assert first.status == "completed"
     [call] = [item for item in first.output if item.type == "function_call"]
     assert call.name == "get_weather" and call.arguments == '{"city": "Oslo"}'
-    second = wait_response(client, client.responses.create(
-        model=MODEL, tools=TOOLS, previous_response_id=first.id, background=True,
-        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}]).id)
+    second = wait_response(
+        client,
+        client.responses.create(
+            model=MODEL,
+            tools=TOOLS,
+            previous_response_id=first.id,
+            background=True,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}],
+        ).id,
+    )
     assert second.status == "completed" and second.output_text == "Tool get_weather returned sunny, 21 C"
     asked, answered = litellm.calls(script_id)
     assert asked["params"]["tools"] == answered["params"]["tools"] == CHAT_TOOLS
-    assert plain(answered["messages"]) == plain([
-        user(prompt),
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": call.call_id, "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
-        {"role": "tool", "tool_call_id": call.call_id, "content": "sunny, 21 C"},
-    ])
+    assert plain(answered["messages"]) == plain(
+        [
+            user(prompt),
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call.call_id,
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": call.call_id, "content": "sunny, 21 C"},
+        ]
+    )
 
 
 def test_text_and_a_tool_call_in_one_turn_round_trip(client, litellm):
-    script_id, prompt = scripted("Weather?", text="Let me look that up.",
-                                 tool_calls=[{"name": "get_weather", "arguments": {"city": "Bergen"}}])
-    first = wait_response(client, client.responses.create(model=MODEL, input=prompt, tools=TOOLS,
-                                                          background=True).id)
+    script_id, prompt = scripted(
+        "Weather?", text="Let me look that up.", tool_calls=[{"name": "get_weather", "arguments": {"city": "Bergen"}}]
+    )
+    first = wait_response(client, client.responses.create(model=MODEL, input=prompt, tools=TOOLS, background=True).id)
     assert [item.type for item in first.output] == ["message", "function_call"]
     assert first.output_text == "Let me look that up."
     call = first.output[1]
-    second = wait_response(client, client.responses.create(
-        model=MODEL, tools=TOOLS, previous_response_id=first.id, background=True,
-        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "rain"}]).id)
+    second = wait_response(
+        client,
+        client.responses.create(
+            model=MODEL,
+            tools=TOOLS,
+            previous_response_id=first.id,
+            background=True,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "rain"}],
+        ).id,
+    )
     assert second.status == "completed" and second.output_text == "Tool get_weather returned rain"
     assert len(litellm.calls(script_id)) == 2
 
@@ -178,8 +203,8 @@ def test_a_connection_cut_mid_stream_restarts_the_output_then_succeeds(conforman
     events = sse.read(conformance.client, "POST", "/api/runs", json={"input": prompt, "stream": True})
     restarts = [e for e in events if e.event == "output_restarted"]
     assert len(restarts) == 1 and restarts[0].data["attempt"] == 2
-    before = "".join(e.delta for e in events[:events.index(restarts[0])])
-    after = "".join(e.delta for e in events[events.index(restarts[0]):])
+    before = "".join(e.delta for e in events[: events.index(restarts[0])])
+    after = "".join(e.delta for e in events[events.index(restarts[0]) :])
     assert before and text.startswith(before) and after == text
     final = conformance.get(f"/api/runs/{events[0].data['run_id']}").json()
     assert final["status"] == "completed" and final["output_text"] == text

@@ -9,6 +9,7 @@ Written to that item's spec before the executor implements it: see the report of
 these fail until the executor's mapping lands. `test_litellm_passes_every_parameter_through` checks the harness
 itself (the same parameters sent straight to the proxy arrive), so a failure below is the service's.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,12 @@ from .. import sse
 from .conftest import TOOLS, scripted, user, wait_response
 from .servers import MODEL
 
-SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-          "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
 
 # name: (what the caller asks on the facade, what must arrive at the model server)
 MAPPED = {
@@ -30,31 +35,48 @@ MAPPED = {
     "top_p": ({"top_p": 0.5}, {"top_p": 0.5}),
     "tool_choice none": ({"tools": TOOLS, "tool_choice": "none"}, {"tool_choice": "none"}),
     "tool_choice required": ({"tools": TOOLS, "tool_choice": "required"}, {"tool_choice": "required"}),
-    "tool_choice function": ({"tools": TOOLS, "tool_choice": {"type": "function", "name": "get_weather"}},
-                             {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+    "tool_choice function": (
+        {"tools": TOOLS, "tool_choice": {"type": "function", "name": "get_weather"}},
+        {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    ),
     "parallel_tool_calls": ({"tools": TOOLS, "parallel_tool_calls": False}, {"parallel_tool_calls": False}),
-    "text.format json_object": ({"text": {"format": {"type": "json_object"}}},
-                                {"response_format": {"type": "json_object"}}),
+    "text.format json_object": (
+        {"text": {"format": {"type": "json_object"}}},
+        {"response_format": {"type": "json_object"}},
+    ),
     "text.format json_schema": (
         {"text": {"format": {"type": "json_schema", "name": "weather", "schema": SCHEMA, "strict": True}}},
-        {"response_format": {"type": "json_schema",
-                             "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True}}}),
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True},
+            }
+        },
+    ),
     # LiteLLM hands the cap on as max_tokens whichever name it came in (max_tokens or max_completion_tokens)
     "max_output_tokens": ({"max_output_tokens": 64}, {"max_tokens": 64}),
     "reasoning.effort": ({"reasoning": {"effort": "low"}}, {"reasoning_effort": "low"}),
     "service_tier": ({"service_tier": "flex"}, {"service_tier": "flex"}),
     "safety_identifier": ({"safety_identifier": "user-42"}, {"safety_identifier": "user-42"}),
     "user": ({"user": "user-42"}, {"user": "user-42"}),
-    "logprobs": ({"top_logprobs": 2, "include": ["message.output_text.logprobs"]},
-                 {"logprobs": True, "top_logprobs": 2}),
+    "logprobs": (
+        {"top_logprobs": 2, "include": ["message.output_text.logprobs"]},
+        {"logprobs": True, "top_logprobs": 2},
+    ),
 }
 # What the Response must echo: (attribute path, value), for the parameters it has a field for.
 ECHOED = {
-    "temperature": ("temperature", 0.25), "top_p": ("top_p", 0.5), "tool_choice none": ("tool_choice", "none"),
-    "tool_choice required": ("tool_choice", "required"), "tool_choice function": ("tool_choice.name", "get_weather"),
-    "parallel_tool_calls": ("parallel_tool_calls", False), "text.format json_object": ("text.format.type", "json_object"),
-    "text.format json_schema": ("text.format.name", "weather"), "max_output_tokens": ("max_output_tokens", 64),
-    "reasoning.effort": ("reasoning.effort", "low"), "safety_identifier": ("safety_identifier", "user-42"),
+    "temperature": ("temperature", 0.25),
+    "top_p": ("top_p", 0.5),
+    "tool_choice none": ("tool_choice", "none"),
+    "tool_choice required": ("tool_choice", "required"),
+    "tool_choice function": ("tool_choice.name", "get_weather"),
+    "parallel_tool_calls": ("parallel_tool_calls", False),
+    "text.format json_object": ("text.format.type", "json_object"),
+    "text.format json_schema": ("text.format.name", "weather"),
+    "max_output_tokens": ("max_output_tokens", 64),
+    "reasoning.effort": ("reasoning.effort", "low"),
+    "safety_identifier": ("safety_identifier", "user-42"),
     "logprobs": ("top_logprobs", 2),
 }
 # Responses parameters without a Chat Completions counterpart (a stored prompt template is OpenAI's state).
@@ -114,20 +136,37 @@ def test_a_parameter_chat_completions_lacks_is_refused_by_name(client, litellm, 
 
 
 def test_text_and_a_tool_call_are_replayed_as_one_assistant_message(client, litellm):
-    script_id, prompt = scripted("Weather?", text="Let me look that up.",
-                                 tool_calls=[{"name": "get_weather", "arguments": {"city": "Bergen"}}])
-    first = wait_response(client, client.responses.create(model=MODEL, input=prompt, tools=TOOLS,
-                                                          background=True).id)
+    script_id, prompt = scripted(
+        "Weather?", text="Let me look that up.", tool_calls=[{"name": "get_weather", "arguments": {"city": "Bergen"}}]
+    )
+    first = wait_response(client, client.responses.create(model=MODEL, input=prompt, tools=TOOLS, background=True).id)
     call = first.output[1]
-    wait_response(client, client.responses.create(
-        model=MODEL, tools=TOOLS, previous_response_id=first.id, background=True,
-        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "rain"}]).id)
+    wait_response(
+        client,
+        client.responses.create(
+            model=MODEL,
+            tools=TOOLS,
+            previous_response_id=first.id,
+            background=True,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "rain"}],
+        ).id,
+    )
     replayed = litellm.calls(script_id)[1]["messages"]
-    assert replayed == [user(prompt),
-                        {"role": "assistant", "content": "Let me look that up.", "tool_calls": [
-                            {"id": call.call_id, "type": "function",
-                             "function": {"name": "get_weather", "arguments": json.dumps({"city": "Bergen"})}}]},
-                        {"role": "tool", "tool_call_id": call.call_id, "content": "rain"}]
+    assert replayed == [
+        user(prompt),
+        {
+            "role": "assistant",
+            "content": "Let me look that up.",
+            "tool_calls": [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": json.dumps({"city": "Bergen"})},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call.call_id, "content": "rain"},
+    ]
 
 
 def test_a_run_streaming_tokens_reads_in_progress(client, litellm):

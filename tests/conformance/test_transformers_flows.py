@@ -3,6 +3,7 @@ built offline (tiny_model.py), in .local/venv-transformers (torch and transforme
 for CI). The model's text is noise, so what is checked is the protocol: start and poll, a stream resumed with
 `starting_after`, cancel, a three-turn `previous_response_id` chain through a real chat template, and the token
 cap ending the run `incomplete`."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,10 @@ import pytest
 from .conftest import WORK_DIR, executor_stack, wait_response
 from .servers import TransformersServer
 
-pytestmark = pytest.mark.skipif(os.environ.get("CONFORMANCE_TRANSFORMERS") != "1",
-                                reason="opt-in: CONFORMANCE_TRANSFORMERS=1 (installs torch into its own venv)")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("CONFORMANCE_TRANSFORMERS") != "1",
+    reason="opt-in: CONFORMANCE_TRANSFORMERS=1 (installs torch into its own venv)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +46,12 @@ def test_a_background_start_is_polled_by_its_token_to_the_end(served):
 
 
 def test_a_stream_broken_in_the_middle_resumes_with_starting_after(client, served):
-    head, stream = [], client.responses.create(model=served[0].model, input="hello", stream=True, background=True,
-                                               max_output_tokens=300)
+    head, stream = (
+        [],
+        client.responses.create(
+            model=served[0].model, input="hello", stream=True, background=True, max_output_tokens=300
+        ),
+    )
     for event in stream:
         head.append(event)
         if sum(e.type == "response.output_text.delta" for e in head) >= 5:
@@ -59,8 +66,9 @@ def test_a_stream_broken_in_the_middle_resumes_with_starting_after(client, serve
 
 
 def test_cancel_mid_generation(client, served):
-    stream = client.responses.create(model=served[0].model, input="go on", stream=True, background=True,
-                                     max_output_tokens=3000)
+    stream = client.responses.create(
+        model=served[0].model, input="go on", stream=True, background=True, max_output_tokens=3000
+    )
     first = next(iter(stream))
     for event in stream:
         if event.type == "response.output_text.delta":
@@ -73,15 +81,21 @@ def test_cancel_mid_generation(client, served):
 def test_a_previous_response_id_chain_of_three_turns(client, served):
     previous = None
     for turn in range(3):
-        created = client.responses.create(model=served[0].model, input=f"turn {turn}", previous_response_id=previous,
-                                          background=True, max_output_tokens=20)
+        created = client.responses.create(
+            model=served[0].model,
+            input=f"turn {turn}",
+            previous_response_id=previous,
+            background=True,
+            max_output_tokens=20,
+        )
         final = wait_response(client, created.id)
         assert final.status in ("completed", "incomplete") and final.output_text
         previous = final.id
 
 
 def test_the_token_cap_ends_the_run_incomplete(client, served):
-    final = wait_response(client, client.responses.create(model=served[0].model, input="hello", background=True,
-                                                          max_output_tokens=5).id)
+    final = wait_response(
+        client, client.responses.create(model=served[0].model, input="hello", background=True, max_output_tokens=5).id
+    )
     assert final.status == "incomplete" and final.incomplete_details.reason == "max_output_tokens"
     assert final.usage.output_tokens == 5

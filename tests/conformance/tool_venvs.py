@@ -15,6 +15,7 @@ fails it is removed.
 fixtures call `ensure()` too, so that `pytest tests/conformance` works on its own. Standard library only: the
 Makefile runs it with the system python3.
 """
+
 from __future__ import annotations
 
 import csv
@@ -51,8 +52,21 @@ class ToolVenv:
         """Build the venv and audit it; returns the seconds it took."""
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(self.path)], check=True)
-        subprocess.run([str(self.path / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        *self.pip_args, "-r", str(self.requirements)], check=True, timeout=1800)
+        subprocess.run(
+            [
+                str(self.path / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                *self.pip_args,
+                "-r",
+                str(self.requirements),
+            ],
+            check=True,
+            timeout=1800,
+        )
         problems = audit(self.path)
         if problems:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -72,8 +86,9 @@ class ToolVenv:
         return exe
 
 
-LITELLM = ToolVenv("litellm", HERE / "requirements-litellm.txt", "litellm",
-                   ("--require-hashes", "--no-deps", "--only-binary", ":all:"))
+LITELLM = ToolVenv(
+    "litellm", HERE / "requirements-litellm.txt", "litellm", ("--require-hashes", "--no-deps", "--only-binary", ":all:")
+)
 TRANSFORMERS = ToolVenv("transformers", HERE / "requirements-transformers.txt", "transformers")
 VENVS = {venv.name: venv for venv in (LITELLM, TRANSFORMERS)}
 

@@ -5,6 +5,7 @@ A code block is *runnable* when its info string says so (```` ```bash runnable `
 the block right after it may be its expected output (```` ```text output ````). GitHub highlights such a block by
 its first word and shows nothing of the rest.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 # Every document a reader follows. bench/results/*.md are written by the benchmarks, not by hand.
-DOCUMENTS = ("README.md", "docs/*.md", "bench/README.md", "infra/README.md", "client/README.md",
-             "local/emulator/README.md", "local/functions_host/README.md")
+DOCUMENTS = (
+    "README.md",
+    "docs/*.md",
+    "bench/README.md",
+    "infra/README.md",
+    "client/README.md",
+    "local/emulator/README.md",
+    "local/functions_host/README.md",
+)
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 INLINE_CODE = re.compile(r"(?<!`)(`+)(?!`)((?:(?!\n\s*\n).)+?)(?<!`)\1(?!`)", re.S)  # within a paragraph
 
@@ -28,9 +36,9 @@ def documents() -> list[Path]:
 
 @dataclass(frozen=True)
 class Block:
-    doc: Path          # relative to the repository
-    line: int          # line of the opening fence (1-based)
-    lang: str          # first word of the info string ("" when none)
+    doc: Path  # relative to the repository
+    line: int  # line of the opening fence (1-based)
+    lang: str  # first word of the info string ("" when none)
     flags: frozenset[str]
     code: str
 
@@ -49,7 +57,7 @@ class Block:
 
 @dataclass
 class Document:
-    path: Path         # relative to the repository
+    path: Path  # relative to the repository
     text: str
     blocks: list[Block] = field(default_factory=list)
     prose_lines: list[str] = field(default_factory=list)  # the text with every code block's lines blanked
@@ -84,14 +92,19 @@ class Document:
             j = i + 1
             while j < len(lines):
                 closing = FENCE.match(lines[j])
-                if closing and closing["fence"][0] == fence[0] and len(closing["fence"]) >= len(fence) \
-                        and not closing["info"].strip():
+                if (
+                    closing
+                    and closing["fence"][0] == fence[0]
+                    and len(closing["fence"]) >= len(fence)
+                    and not closing["info"].strip()
+                ):
                     break
                 line = lines[j]
-                body.append(line[min(indent, len(line) - len(line.lstrip())):])  # less the fence's indentation
+                body.append(line[min(indent, len(line) - len(line.lstrip())) :])  # less the fence's indentation
                 j += 1
-            self.blocks.append(Block(self.path, i + 1, words[0] if words else "", frozenset(words[1:]),
-                                     "\n".join(body) + "\n"))
+            self.blocks.append(
+                Block(self.path, i + 1, words[0] if words else "", frozenset(words[1:]), "\n".join(body) + "\n")
+            )
             self.prose_lines += [""] * (j + 1 - i)
             i = j + 1
 
@@ -111,8 +124,10 @@ class Document:
     def inline_code(self) -> list[tuple[int, str]]:
         """(line, text) of every `inline code` span of the prose (a span may wrap over two lines)."""
         prose = "\n".join(self.prose_lines)
-        return [(prose.count("\n", 0, match.start()) + 1, " ".join(match[2].split()))
-                for match in INLINE_CODE.finditer(prose)]
+        return [
+            (prose.count("\n", 0, match.start()) + 1, " ".join(match[2].split()))
+            for match in INLINE_CODE.finditer(prose)
+        ]
 
     def prose_without_code(self) -> list[tuple[int, str]]:
         """(line, text) of the prose with inline code spans blanked out."""
@@ -140,6 +155,5 @@ def github_slug(title: str) -> str:
     """GitHub's heading anchor: lower case, markup and punctuation dropped, spaces to hyphens."""
     title = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", title)  # a link: its text
     title = title.replace("`", "").replace("*", "")
-    kept = "".join(ch for ch in title.lower()
-                   if ch in " -_" or unicodedata.category(ch)[0] in "LN")
+    kept = "".join(ch for ch in title.lower() if ch in " -_" or unicodedata.category(ch)[0] in "LN")
     return kept.replace(" ", "-")

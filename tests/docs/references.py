@@ -14,6 +14,7 @@ Checked in every document (tests/docs/markdown.py DOCUMENTS):
   there;
 - **number lists** such as a webhook schedule (`0,5,300`) must be one the code holds.
 """
+
 from __future__ import annotations
 
 import ast
@@ -28,14 +29,35 @@ from pathlib import Path
 
 from .markdown import REPO, Document
 
-EXTENSIONS = ("py", "md", "json", "jsonl", "yaml", "yml", "toml", "txt", "bicep", "png", "html", "js", "css", "sh",
-              "cfg", "ini", "sqlite", "log", "env")
+EXTENSIONS = (
+    "py",
+    "md",
+    "json",
+    "jsonl",
+    "yaml",
+    "yml",
+    "toml",
+    "txt",
+    "bicep",
+    "png",
+    "html",
+    "js",
+    "css",
+    "sh",
+    "cfg",
+    "ini",
+    "sqlite",
+    "log",
+    "env",
+)
 PACKAGES = ("shared", "local", "bench", "tests", "infra")  # the repository's top-level Python packages
 SOURCE_DIRS = ("shared", "local", "bench", "tests", "infra", "client")
 SKIP_DIRS = {".git", "node_modules", ".venv", ".local", ".azurite", "mutants", "__pycache__", ".pytest_cache"}
 
-SETTING_TOKEN = re.compile(r"(?<![\w$])([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?:_\*)?|AzureWebJobs[A-Za-z_.]*)"
-                           r"(?:=([^\s`'\"]*))?")
+SETTING_TOKEN = re.compile(
+    r"(?<![\w$])([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?:_\*)?|AzureWebJobs[A-Za-z_.]*)"
+    r"(?:=([^\s`'\"]*))?"
+)
 PATH_AND_SYMBOL = re.compile(r"^(?P<path>[\w./-]+\.py)(?:::(?P<test>\w+)|\s+(?P<symbol>[A-Za-z_][\w.]*)(?:\(\))?)$")
 DOTTED = re.compile(r"^(?P<dotted>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)(?:\(.*\))?$")
 CALL = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)\((?:\w+(?:,\s*\w+)*)?\)$")  # `finish()`, `plan(a, b)`
@@ -44,8 +66,10 @@ MAKE = re.compile(r"(?:^|[\s;&|(])make\s+([a-z][\w-]*)")
 LINK = re.compile(r"!?\[(?:[^\]\\]|\\.)*\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
 BARE_PATH = re.compile(r"(?<![\w/.:@-])((?:\.?[\w-]+/)+[\w.-]*?\w\.(?:" + "|".join(EXTENSIONS) + r"))\b(?![/\w])")
 SEE_SECTION = re.compile(r"\bsee\s+(?:\*(?P<star>[^*]+)\*|\"(?P<quoted>[^\"]+)\")", re.I)
-FILE_SECTION = re.compile(r"(?:\[[^\]]*\]\((?P<link>[^)#\s]+\.md)[^)]*\)|`?(?P<file>[\w./-]*[\w-]\.md)`?),\s+"
-                          r"\"(?P<title>[^\"]+)\"")
+FILE_SECTION = re.compile(
+    r"(?:\[[^\]]*\]\((?P<link>[^)#\s]+\.md)[^)]*\)|`?(?P<file>[\w./-]*[\w-]\.md)`?),\s+"
+    r"\"(?P<title>[^\"]+)\""
+)
 NUMBER_LIST = re.compile(r"^(?P<numbers>\d+(?:,\d+)+)(?P<more>,(?:…|\.\.\.))?$")
 DEFAULT_WORD = re.compile(r"\bdefaults?\b", re.I)
 PLACEHOLDER = re.compile(r"(?:^|/)(?:[A-Z][A-Z_]+(?:/|$)|<[^>]*>|[\w-]*\.\.\.)")  # DIR/results.json, <app>, run_...
@@ -97,8 +121,11 @@ class Repository:
     def is_ignored(self, path: str) -> bool:
         parts = path.strip("/").split("/")
         prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
-        return any(fnmatch.fnmatch(prefix, pattern) or fnmatch.fnmatch(prefix.rsplit("/", 1)[-1], pattern)
-                   for prefix in prefixes for pattern in self.ignored)
+        return any(
+            fnmatch.fnmatch(prefix, pattern) or fnmatch.fnmatch(prefix.rsplit("/", 1)[-1], pattern)
+            for prefix in prefixes
+            for pattern in self.ignored
+        )
 
     def exists(self, path: str) -> bool:
         path = path.strip("/")
@@ -109,8 +136,9 @@ class Repository:
     @cached_property
     def make_targets(self) -> set[str]:
         text = (self.root / "Makefile").read_text()
-        return {name for line in text.splitlines() if (m := re.match(r"^([\w .-]+):(?!=)", line))
-                for name in m[1].split()}
+        return {
+            name for line in text.splitlines() if (m := re.match(r"^([\w .-]+):(?!=)", line)) for name in m[1].split()
+        }
 
     @cached_property
     def settings(self) -> dict[str, object]:
@@ -125,8 +153,12 @@ class Repository:
         wanted = (".py", ".bicep", ".json", ".yaml", ".yml", ".toml")
         texts = {}
         for name in self.files:
-            if (name.endswith(wanted) or name == "Makefile") and not name.endswith("-lock.json") \
-                    and not name.startswith("tests/docs/") and (self.root / name).stat().st_size < 200_000:
+            if (
+                (name.endswith(wanted) or name == "Makefile")
+                and not name.endswith("-lock.json")
+                and not name.startswith("tests/docs/")
+                and (self.root / name).stat().st_size < 200_000
+            ):
                 texts[name] = (self.root / name).read_text(encoding="utf-8", errors="replace")
         return texts
 
@@ -145,8 +177,11 @@ class Repository:
 
     @cached_property
     def python_files(self) -> list[str]:
-        return sorted(name for name in self.sources if name.endswith(".py")
-                      and (name.split("/", 1)[0] in SOURCE_DIRS or "/" not in name))
+        return sorted(
+            name
+            for name in self.sources
+            if name.endswith(".py") and (name.split("/", 1)[0] in SOURCE_DIRS or "/" not in name)
+        )
 
     @cached_property
     def _trees(self) -> dict[str, ast.Module | None]:
@@ -171,14 +206,20 @@ class Repository:
         return found
 
     def classes(self, name: str) -> list[tuple[str, ast.ClassDef]]:
-        return [(path, node) for path in self.class_files.get(name, ())
-                for node in ast.walk(self.tree(path) or ast.Module([], []))
-                if isinstance(node, ast.ClassDef) and node.name == name]
+        return [
+            (path, node)
+            for path in self.class_files.get(name, ())
+            for node in ast.walk(self.tree(path) or ast.Module([], []))
+            if isinstance(node, ast.ClassDef) and node.name == name
+        ]
 
     @cached_property
     def functions(self) -> set[str]:
-        return {name for path in self.python_files
-                for name in re.findall(r"^\s*(?:async\s+)?def\s+(\w+)", self.sources[path], re.M)}
+        return {
+            name
+            for path in self.python_files
+            for name in re.findall(r"^\s*(?:async\s+)?def\s+(\w+)", self.sources[path], re.M)
+        }
 
     @cached_property
     def imported_from_libraries(self) -> set[str]:
@@ -193,8 +234,12 @@ class Repository:
 
     def knows_function(self, name: str) -> bool:
         """Defined in the repository, imported from a library, called by the code, or a builtin."""
-        return name in self.functions or name in self.imported_from_libraries or name in dir(builtins) \
+        return (
+            name in self.functions
+            or name in self.imported_from_libraries
+            or name in dir(builtins)
             or any(re.search(rf"\.{name}\(", text) for text in self.sources.values())
+        )
 
     # -- modules and their names ------------------------------------------------------------------------------------
     def module_file(self, module: str) -> str | None:
@@ -254,8 +299,13 @@ class Repository:
             if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
                 return True
         for sub in ast.walk(cls):  # self.name = ... in a method
-            if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store) and sub.attr == name \
-                    and isinstance(sub.value, ast.Name) and sub.value.id == "self":
+            if (
+                isinstance(sub, ast.Attribute)
+                and isinstance(sub.ctx, ast.Store)
+                and sub.attr == name
+                and isinstance(sub.value, ast.Name)
+                and sub.value.id == "self"
+            ):
                 return True
         for base in cls.bases:  # inherited: from a class of ours, or from a library (not ours to check)
             base_name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else ""
@@ -274,7 +324,7 @@ class Repository:
         package = self._module_name(path).split(".")
         if not path.endswith("__init__.py"):
             package = package[:-1]
-        package = package[:len(package) - (node.level - 1)]
+        package = package[: len(package) - (node.level - 1)]
         return ".".join(package + ([node.module] if node.module else []))
 
 
@@ -372,8 +422,9 @@ def _expand(path: str) -> list[str]:
     match = re.search(r"\{([^{}]+)\}", path)
     if not match:
         return [path]
-    return [alt for choice in match[1].split(",")
-            for alt in _expand(path[:match.start()] + choice + path[match.end():])]
+    return [
+        alt for choice in match[1].split(",") for alt in _expand(path[: match.start()] + choice + path[match.end() :])
+    ]
 
 
 def _resolve(doc: Document, repo: Repository, path: str) -> str | None:
@@ -392,8 +443,11 @@ def _check_path(doc: Document, repo: Repository, line: int, token: str, add) -> 
         if repo.is_ignored(path):
             continue
         if "/" not in path.strip("/"):
-            if path.strip("/") not in repo.basenames and not repo.exists(path) \
-                    and not any(fnmatch.fnmatch(name, path) for name in repo.basenames):
+            if (
+                path.strip("/") not in repo.basenames
+                and not repo.exists(path)
+                and not any(fnmatch.fnmatch(name, path) for name in repo.basenames)
+            ):
                 add(line, f"`{token}`: no file named {path} in the repository")
         elif _resolve(doc, repo, path) is None and _ours(doc, repo, path):
             add(line, f"`{token}`: there is no {path}")
@@ -403,8 +457,10 @@ def _ours(doc: Document, repo: Repository, path: str) -> bool:
     """A path that starts in one of our folders (another package's file, `azure_functions_worker/http_v2.py`, is
     not ours to check)."""
     first = path.strip("/").split("/", 1)[0]
-    return any(repo.exists(base + first) or any(name.startswith(base + first + "/") for name in repo.files)
-               for base in _bases(doc))
+    return any(
+        repo.exists(base + first) or any(name.startswith(base + first + "/") for name in repo.files)
+        for base in _bases(doc)
+    )
 
 
 def _check_link(doc: Document, repo: Repository, line: int, target: str, add) -> None:
@@ -413,8 +469,11 @@ def _check_link(doc: Document, repo: Repository, line: int, target: str, add) ->
     path, _, anchor = target.partition("#")
     if path:
         normalised = _normalise((doc.directory / path).as_posix())
-        if normalised is None or not (repo.exists(normalised) or repo.exists(normalised + "/")
-                                      or any(name.startswith(normalised + "/") for name in repo.files)):
+        if normalised is None or not (
+            repo.exists(normalised)
+            or repo.exists(normalised + "/")
+            or any(name.startswith(normalised + "/") for name in repo.files)
+        ):
             add(line, f"link ({target}): no {path} relative to {doc.directory.as_posix() or 'the repository root'}")
             return
         if anchor and normalised.endswith(".md"):
@@ -494,6 +553,7 @@ def _check_sections(doc: Document, repo: Repository, add) -> None:
 
 def has_section(doc: Document, title: str) -> bool:
     """A heading, or a paragraph's bold lead-in (`**Poll chain** (...)`), that contains the title."""
+
     def words(text: str) -> str:
         return " ".join(text.replace("`", "").lower().split())
 
@@ -530,8 +590,11 @@ def _check_default_claims(doc: Document, repo: Repository, add) -> None:
                 value = match["v1"] or match["v2"]
                 if setting is None or setting.default is None or _same(value, str(setting.default)):
                     continue
-                add(start, f"{match['name']}={value} in a sentence about defaults: the default is "
-                           f"{setting.default!r} (shared/settings.py)")
+                add(
+                    start,
+                    f"{match['name']}={value} in a sentence about defaults: the default is "
+                    f"{setting.default!r} (shared/settings.py)",
+                )
 
 
 def _same(value: str, default: str) -> bool:

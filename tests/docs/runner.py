@@ -9,6 +9,7 @@ the session's exported variables. `substitutions` replace text in the blocks and
 they run (the test stack's ports for 7070-7072, its secrets file for .local/secrets.env). Expected output matches
 as doctest's ELLIPSIS and NORMALIZE_WHITESPACE do: `...` stands for any text, any run of whitespace for any other.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,15 +26,30 @@ from .markdown import REPO, Block, Document, documents
 
 SHELL_LANGS = ("bash", "sh", "shell")
 # What a new terminal has; nothing else of the test runner's environment (exported keys, provider settings) leaks in.
-PASSED_ON = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM", "TMPDIR", "PYENV_ROOT", "PYENV_VERSION",
-             "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+PASSED_ON = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "TERM",
+    "TMPDIR",
+    "PYENV_ROOT",
+    "PYENV_VERSION",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+)
 
 
 @dataclass
 class BlockRun:
     block: Block
     expected: Block | None
-    output: str | None = None     # what it printed (None: never reached)
+    output: str | None = None  # what it printed (None: never reached)
     finished: bool = False
 
 
@@ -74,8 +90,14 @@ def ellipsis_match(expected: str, actual: str) -> bool:
     return True
 
 
-def run_document(doc: Document, *, substitutions: Mapping[str, str] | None = None, python: str = sys.executable,
-                 cwd: Path = REPO, timeout: float = 200.0) -> DocumentRun:
+def run_document(
+    doc: Document,
+    *,
+    substitutions: Mapping[str, str] | None = None,
+    python: str = sys.executable,
+    cwd: Path = REPO,
+    timeout: float = 200.0,
+) -> DocumentRun:
     substitutions = substitutions or {}
     runs = [BlockRun(block, expected) for block, expected in doc.runnable()]
     result = DocumentRun(doc, runs)
@@ -95,8 +117,15 @@ def run_document(doc: Document, *, substitutions: Mapping[str, str] | None = Non
         env = {name: value for name, value in os.environ.items() if name in PASSED_ON}
         env.update(DOCS_PYTHON=python, PYTHONUNBUFFERED="1")
         # Its own process group, so that a timeout stops whatever a block started too (a curl, a sleep).
-        shell = subprocess.Popen(["bash", "-c", "\n".join(lines)], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+        shell = subprocess.Popen(
+            ["bash", "-c", "\n".join(lines)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             stdout, result.stderr = shell.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -114,7 +143,7 @@ def _split(stdout: str, marker: str, runs: list[BlockRun]) -> None:
     collected: list[str] = []
     for line in stdout.split("\n"):
         if line.startswith(marker):
-            n, what = line[len(marker):].split()
+            n, what = line[len(marker) :].split()
             if what == "start":
                 current, collected = int(n), []
                 runs[current].output = ""
@@ -135,14 +164,16 @@ def _judge(result: DocumentRun, substitutions: Mapping[str, str]) -> None:
         if not run.finished:
             result.problems.append(
                 f"{block.where}: the {block.lang} block failed (exit status {result.returncode}).\n"
-                f"--- it printed:\n{run.output}\n--- stderr (end):\n{result.stderr[-3000:]}")
+                f"--- it printed:\n{run.output}\n--- stderr (end):\n{result.stderr[-3000:]}"
+            )
             break
         if run.expected is not None:
             expected = substitute(run.expected.code, substitutions)
             if not ellipsis_match(expected, run.output):
                 result.problems.append(
                     f"{block.where}: what it printed does not match the expected output at {run.expected.where}.\n"
-                    f"--- expected:\n{expected.strip()}\n--- printed:\n{run.output}")
+                    f"--- expected:\n{expected.strip()}\n--- printed:\n{run.output}"
+                )
 
 
 def main(argv: list[str] | None = None) -> int:

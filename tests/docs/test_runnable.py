@@ -6,6 +6,7 @@ The stack is `local/make_run.py`'s (`plan()` and `make_run_stack()`: the emulato
 fixed ports (7070 emulator, 7071 app, 7072 receiver, 10000-10002 Azurite) become the stack's, and
 `.local/secrets.env` its own secrets file. Nothing else of a block is changed.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,20 @@ from .runner import run_document
 pytestmark = pytest.mark.slow
 
 # What a developer may have exported that would make the stack other than `make run`'s default one.
-PROVIDER_CHOICES = ("MODEL_PROVIDER", "OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT",
-                    "AZURE_OPENAI_API_KEY", "OPENAI_COMPATIBLE_BASE_URL", "RUN_BACKEND", "COMPLETION_STRATEGY",
-                    "PROVIDER_WEBHOOK_SECRETS", "RESPONSES_API_KEYS", "TELEMETRY_FILE", "DEFAULT_MODEL")
+PROVIDER_CHOICES = (
+    "MODEL_PROVIDER",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "AZURE_OPENAI_ENDPOINT",
+    "AZURE_OPENAI_API_KEY",
+    "OPENAI_COMPATIBLE_BASE_URL",
+    "RUN_BACKEND",
+    "COMPLETION_STRATEGY",
+    "PROVIDER_WEBHOOK_SECRETS",
+    "RESPONSES_API_KEYS",
+    "TELEMETRY_FILE",
+    "DEFAULT_MODEL",
+)
 WITH_RUNNABLE_BLOCKS = [str(doc.path) for doc in map(Document.read, documents()) if doc.runnable()]
 
 
@@ -39,10 +51,18 @@ def docs_stack(azurite, tmp_path_factory):
         stack = make_run_stack(run, ports=ports, log_dir=folder, name=f"docs-{os.getpid()}", azurite=azurite)
         stack.start()
     try:
-        substitutions = {f"{host}:{fixed}": f"127.0.0.1:{port}" for host in ("127.0.0.1", "localhost")
-                         for fixed, port in ((7070, ports.emulator), (7071, ports.host), (7072, ports.receiver),
-                                             (10000, azurite.blob_port), (10001, azurite.queue_port),
-                                             (10002, azurite.table_port))}
+        substitutions = {
+            f"{host}:{fixed}": f"127.0.0.1:{port}"
+            for host in ("127.0.0.1", "localhost")
+            for fixed, port in (
+                (7070, ports.emulator),
+                (7071, ports.host),
+                (7072, ports.receiver),
+                (10000, azurite.blob_port),
+                (10001, azurite.queue_port),
+                (10002, azurite.table_port),
+            )
+        }
         substitutions[".local/secrets.env"] = str(secrets_file)
         yield substitutions
     finally:

@@ -1,5 +1,6 @@
 """The runner of the docs' runnable blocks (tests/docs/runner.py) on small documents, without a stack: it fails on
 what issue 28 found (an answer other than the one shown, a snippet that prints nothing, one that fails)."""
+
 from __future__ import annotations
 
 from .markdown import Document
@@ -11,8 +12,9 @@ def run(text: str, **options):
 
 
 def test_output_matches_with_ellipsis_and_any_whitespace():
-    assert ellipsis_match("HTTP/1.1 202 Accepted\n...\nretry-after: 10\n...", "HTTP/1.1 202 Accepted\r\nx: y\r\n"
-                                                                              "retry-after: 10\r\n\r\n{}")
+    assert ellipsis_match(
+        "HTTP/1.1 202 Accepted\n...\nretry-after: 10\n...", "HTTP/1.1 202 Accepted\r\nx: y\r\nretry-after: 10\r\n\r\n{}"
+    )
     assert ellipsis_match('{"id":"run_...","status":"queued",...}', '{"id":"run_6b1","status":"queued","a":1}')
     assert ellipsis_match("a  b\n c", "a b c") and ellipsis_match("...", "anything")
 
@@ -60,15 +62,17 @@ def test_an_answer_other_than_the_one_shown_fails_with_both():
 
 
 def test_a_failing_block_stops_the_session_and_is_named_with_its_error():
-    result = run("```bash runnable\necho before\n```\n\n```bash runnable\necho partial\nfalse\necho never\n```\n\n"
-                 "```bash runnable\necho later\n```\n")
+    result = run(
+        "```bash runnable\necho before\n```\n\n```bash runnable\necho partial\nfalse\necho never\n```\n\n"
+        "```bash runnable\necho later\n```\n"
+    )
     assert [r.finished for r in result.runs] == [True, False, False]
     assert len(result.problems) == 1 and result.problems[0].startswith("doc.md:5: the bash block failed")
     assert "partial" in result.problems[0] and "never" not in result.problems[0]
 
 
 def test_an_unset_variable_and_a_failing_pipe_are_failures():
-    assert not run("```bash runnable\necho \"$NOT_SET_ANYWHERE\"\n```\n").ok
+    assert not run('```bash runnable\necho "$NOT_SET_ANYWHERE"\n```\n').ok
     assert not run("```bash runnable\nfalse | cat\n```\n").ok
     assert not run("```python runnable\nraise SystemExit(3)\n```\n").ok
 
@@ -81,7 +85,7 @@ def test_substitutions_apply_to_the_block_and_to_its_expected_output():
 
 def test_nothing_of_the_test_runners_environment_reaches_the_blocks(monkeypatch):
     monkeypatch.setenv("RESPONSES_API_KEYS", "leaked")
-    assert run("```bash runnable\necho \"${RESPONSES_API_KEYS:-unset}\"\n```\n\n```text output\nunset\n```\n").ok
+    assert run('```bash runnable\necho "${RESPONSES_API_KEYS:-unset}"\n```\n\n```text output\nunset\n```\n').ok
 
 
 def test_a_block_that_takes_too_long_is_a_failure():

@@ -1,5 +1,6 @@
 """The docs without a stack: every code block parses, and every file, setting, Make target, Python symbol and
 section they name exists (tests/docs/references.py); and the checks catch the rot that issue 28 found."""
+
 from __future__ import annotations
 
 import ast
@@ -46,8 +47,11 @@ def syntax_problem(lang: str, code: str) -> str | None:
 
 @pytest.mark.parametrize("name", DOCS)
 def test_every_code_block_parses(name):
-    problems = [f"{block.where} ({block.lang}): {problem}" for block in Document.read(name).blocks
-                if (problem := syntax_problem(block.lang, block.code))]
+    problems = [
+        f"{block.where} ({block.lang}): {problem}"
+        for block in Document.read(name).blocks
+        if (problem := syntax_problem(block.lang, block.code))
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -57,7 +61,7 @@ STALE_BENCH_README = {  # bench/README.md as it was, one claim each
     "a method that never was": "On top: `Lifecycle.schedule_poll` rounds every delay up to whole seconds.",
     "a default that changed": "The bench host runs the production defaults (`POLL_MAX_DELAY_SECONDS=30`, ...).",
     "a section that does not exist": "`GET /api/metrics` should give this, but its counter stays at 0 (see *Known "
-                                     "issues*).",
+    "issues*).",
     "a schedule the chaos run does not use": "The chaos run uses a webhook schedule `0,1,2,4,8,16`.",
     "a setting that does not exist": "The cap is `POLL_MAXIMUM_DELAY_SECONDS`.",
     "a Make target that does not exist": "Run `make benchmarks`.",
@@ -77,17 +81,25 @@ def test_the_checks_find_each_stale_claim_issue_28_found(claim):
 
 
 def test_the_same_claims_made_right_pass():
-    doc = Document.from_text("bench/README.md", "\n\n".join([
-        "# Benchmarks", "## Known issues",
-        "Why: `shared/runs/poll_chain.py Backoff.delay` grows the interval to the cap; "
-        "`PollScheduler.schedule` sends the message.",
-        "The bench host runs the production defaults (`POLL_MAX_DELAY_SECONDS=10`, ...).",
-        "It counts now (see *Known issues*); `make bench`, `python -m bench.chaos`, [the API](../docs/api.md), "
-        "[known issues](#known-issues), `shared.runs.store.RunStore`, `bench/chaos.py` `CHAOS_HOST_ENV`.",
-        "The chaos run uses a webhook schedule `0,1,2,4,8,16,32,64,64`.",
-        "`tests/unit/test_sweeper.py::test_the_sweeper_reads_only_the_open_runs_however_many_have_ended` "
-        "holds it.",
-        '(infra/README.md, "Rotation")']) + "\n")
+    doc = Document.from_text(
+        "bench/README.md",
+        "\n\n".join(
+            [
+                "# Benchmarks",
+                "## Known issues",
+                "Why: `shared/runs/poll_chain.py Backoff.delay` grows the interval to the cap; "
+                "`PollScheduler.schedule` sends the message.",
+                "The bench host runs the production defaults (`POLL_MAX_DELAY_SECONDS=10`, ...).",
+                "It counts now (see *Known issues*); `make bench`, `python -m bench.chaos`, [the API](../docs/api.md), "
+                "[known issues](#known-issues), `shared.runs.store.RunStore`, `bench/chaos.py` `CHAOS_HOST_ENV`.",
+                "The chaos run uses a webhook schedule `0,1,2,4,8,16,32,64,64`.",
+                "`tests/unit/test_sweeper.py::test_the_sweeper_reads_only_the_open_runs_however_many_have_ended` "
+                "holds it.",
+                '(infra/README.md, "Rotation")',
+            ]
+        )
+        + "\n",
+    )
     findings = check_document(doc, Repository())
     assert not findings, "\n".join(map(str, findings))
 

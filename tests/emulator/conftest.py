@@ -1,4 +1,5 @@
 """Fixtures for the emulator tests: one shared emulator (thread) plus official SDK clients."""
+
 from __future__ import annotations
 
 import httpx
@@ -8,7 +9,7 @@ import pytest
 from local.emulator import EmulatorServer
 from tests.schemas import WireRecorder
 
-SCALE = 0.02   # the default 2000 ms run takes 40 ms
+SCALE = 0.02  # the default 2000 ms run takes 40 ms
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ It keeps the raw body bytes and headers of every POST so tests verify them with 
 ``client.webhooks.unwrap`` / ``verify_signature``. Misbehaviour per URL query: ``?fail=N`` answers 500 to the
 first N attempts of each webhook-id, ``?status=S`` always answers S, ``?hang=S`` sleeps S seconds first.
 """
+
 from __future__ import annotations
 
 import asyncio

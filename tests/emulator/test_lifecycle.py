@@ -1,4 +1,5 @@
 """Background create -> poll -> terminal, response shapes, outcomes, 404s (official SDK, sync + async)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,20 +27,28 @@ def poll(client, resp_id: str, deadline_s: float = 20):
 
 
 def test_background_create_then_poll_sync(client, emu):
-    r = client.responses.create(model="gpt-test", input="hello world", background=True,
-                                 metadata={"emulator_duration_ms": "10000", "emulator_queue_ms": "2000"})
+    r = client.responses.create(
+        model="gpt-test",
+        input="hello world",
+        background=True,
+        metadata={"emulator_duration_ms": "10000", "emulator_queue_ms": "2000"},
+    )
     assert r.status == "queued"
     assert r.background is True and r.output == [] and r.usage is None and r.completed_at is None
     assert r.id.startswith("resp_") and r.output_text == ""
     final, seen = poll(client, r.id)
-    assert "in_progress" in seen                        # it passed through in_progress
+    assert "in_progress" in seen  # it passed through in_progress
     assert final.status == "completed"
     assert final.completed_at is not None and final.usage.output_tokens == 50
     assert len(final.output_text) == 200 and "hello world" in final.output_text
     assert final.output[0].type == "message" and final.output[0].status == "completed"
     # same input + knobs -> same text
-    again = client.responses.create(model="gpt-test", input="hello world", background=True,
-                                     metadata={"emulator_duration_ms": "0", "emulator_queue_ms": "0"})
+    again = client.responses.create(
+        model="gpt-test",
+        input="hello world",
+        background=True,
+        metadata={"emulator_duration_ms": "0", "emulator_queue_ms": "0"},
+    )
     assert again.status == "completed" and again.output_text == final.output_text
     rec = record(emu, r.id)
     assert rec["status"] == "completed" and rec["counters"]["retrieve"] == len(seen)
@@ -47,9 +56,13 @@ def test_background_create_then_poll_sync(client, emu):
 
 
 async def test_background_create_then_poll_async(aclient):
-    r = await aclient.responses.create(model="gpt-test", input=[{"role": "user", "content": "async hi"}],
-                                       background=True, instructions="be brief",
-                                       metadata={"emulator_output_chars": "1234"})
+    r = await aclient.responses.create(
+        model="gpt-test",
+        input=[{"role": "user", "content": "async hi"}],
+        background=True,
+        instructions="be brief",
+        metadata={"emulator_output_chars": "1234"},
+    )
     assert r.status in ("queued", "in_progress") and r.instructions == "be brief"
     for _ in range(2000):
         r = await aclient.responses.retrieve(r.id)
@@ -82,10 +95,11 @@ def test_incomplete_outcomes(client):
     r = client.responses.create(model="m", input="x", background=True, metadata={"emulator_outcome": "incomplete"})
     final, _ = poll(client, r.id)
     assert final.status == "incomplete" and final.incomplete_details.reason == "max_output_tokens"
-    assert len(final.output_text) == 100           # half of the default 200 chars
+    assert len(final.output_text) == 100  # half of the default 200 chars
     # max_output_tokens below the text's token estimate gives incomplete naturally
-    r = client.responses.create(model="m", input="x", background=True, max_output_tokens=20,
-                                metadata={"emulator_output_chars": "400"})
+    r = client.responses.create(
+        model="m", input="x", background=True, max_output_tokens=20, metadata={"emulator_output_chars": "400"}
+    )
     final, _ = poll(client, r.id)
     assert final.status == "incomplete" and len(final.output_text) == 80 and final.usage.output_tokens == 20
     r = client.responses.create(model="m", input="x", background=True, max_output_tokens=1000)
@@ -93,10 +107,12 @@ def test_incomplete_outcomes(client):
 
 
 def test_unknown_ids_are_404(client):
-    for call in (lambda: client.responses.retrieve("resp_nope"),
-                 lambda: client.responses.cancel("resp_nope"),
-                 lambda: client.responses.delete("resp_nope"),
-                 lambda: client.responses.retrieve("resp_nope", stream=True)):
+    for call in (
+        lambda: client.responses.retrieve("resp_nope"),
+        lambda: client.responses.cancel("resp_nope"),
+        lambda: client.responses.delete("resp_nope"),
+        lambda: client.responses.retrieve("resp_nope", stream=True),
+    ):
         with pytest.raises(openai.NotFoundError) as exc:
             call()
         assert exc.value.body["message"] == "Response with id 'resp_nope' not found."
@@ -112,8 +128,7 @@ def test_delete_then_404(client):
 
 def test_validation_errors(client):
     with pytest.raises(openai.BadRequestError) as exc:
-        client.responses.create(model="m", input="x", background=True,
-                                metadata={f"k{i}": "v" for i in range(17)})
+        client.responses.create(model="m", input="x", background=True, metadata={f"k{i}": "v" for i in range(17)})
     assert exc.value.param == "metadata"
     with pytest.raises(openai.BadRequestError):
         client.responses.create(model="m", input="x", metadata={"emulator_outcome": "exploded"})
@@ -123,8 +138,12 @@ def test_validation_errors(client):
 
 
 def test_huge_output(client):
-    r = client.responses.create(model="m", input="big", background=True,
-                                metadata={"emulator_output_chars": "5000000", "emulator_duration_ms": "0"})
+    r = client.responses.create(
+        model="m",
+        input="big",
+        background=True,
+        metadata={"emulator_output_chars": "5000000", "emulator_duration_ms": "0"},
+    )
     assert r.status == "completed" and len(r.output_text) == 5_000_000
     events = list(client.responses.retrieve(r.id, stream=True))
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
@@ -133,8 +152,9 @@ def test_huge_output(client):
 
 def test_azure_v1_layout(emu):
     c = openai.OpenAI(base_url=emu.azure_base_url, api_key="azure-key")
-    r = c.responses.create(model="my-deployment", input="azure", background=True,
-                           metadata={"emulator_duration_ms": "0"})
+    r = c.responses.create(
+        model="my-deployment", input="azure", background=True, metadata={"emulator_duration_ms": "0"}
+    )
     assert c.responses.retrieve(r.id).status == "completed"
 
 
@@ -151,9 +171,12 @@ def test_expiry_after_ttl(emu, client):
 
 
 def test_listing_and_metadata_filter(emu, client):
-    ids = {client.responses.create(model="m", input="x", background=True,
-                                   metadata={"bg_run_id": "run-list-1", "emulator_duration_ms": "0"}).id
-           for _ in range(3)}
+    ids = {
+        client.responses.create(
+            model="m", input="x", background=True, metadata={"bg_run_id": "run-list-1", "emulator_duration_ms": "0"}
+        ).id
+        for _ in range(3)
+    }
     rows = admin(emu, "GET", "responses", params={"metadata.bg_run_id": "run-list-1"})["data"]
     assert {r["id"] for r in rows} == ids
     assert all(isinstance(r["finished_at"], float) and r["status"] == "completed" for r in rows)

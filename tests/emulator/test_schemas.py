@@ -4,6 +4,7 @@ Each test drives one path with the official SDK through a WireRecorder (tests/sc
 raw bytes the client read; `wire.assert_valid()` then checks every JSON body against `Response`,
 `ResponseItemList` or `ErrorResponse` and every complete SSE event against `ResponseStreamEvent`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,24 +18,43 @@ from tests.schemas import SchemaMismatch, errors, validate, validate_stream_even
 
 from .conftest import admin
 
-LONG = {"emulator_duration_ms": "100000"}       # 2 s at scale 0.02
+LONG = {"emulator_duration_ms": "100000"}  # 2 s at scale 0.02
 SLOW = {"emulator_duration_ms": "20000", "emulator_output_chars": "600"}
-WEATHER = [{"type": "function", "name": "get_weather", "description": "weather",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+WEATHER = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+]
 
 
 # ------------------------------------------------------------------ the validator itself
 
 
 def test_validator_rejects_what_the_schema_forbids():
-    usage = {"input_tokens": 1, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 2,
-             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 3}
-    assert any("cache_write_tokens" in e for e in errors("ResponseUsage", usage))   # the gap issue 15 names
+    usage = {
+        "input_tokens": 1,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 2,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 3,
+    }
+    assert any("cache_write_tokens" in e for e in errors("ResponseUsage", usage))  # the gap issue 15 names
     usage["input_tokens_details"]["cache_write_tokens"] = 0
     assert errors("ResponseUsage", usage) == []
     with pytest.raises(SchemaMismatch, match="sequence_number"):
-        validate_stream_event({"type": "response.output_text.delta", "item_id": "m", "output_index": 0,
-                               "content_index": 0, "delta": "x", "logprobs": []})
+        validate_stream_event(
+            {
+                "type": "response.output_text.delta",
+                "item_id": "m",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": "x",
+                "logprobs": [],
+            }
+        )
     with pytest.raises(SchemaMismatch, match="not a ResponseStreamEvent"):
         validate_stream_event({"type": "response.cancelled", "sequence_number": 3})
     with pytest.raises(SchemaMismatch, match="param"):
@@ -49,7 +69,7 @@ def test_background_lifecycle_bodies(wclient, wire):
     assert r.status == "queued"
     seen = {r.status}
     while True:
-        got = wclient.responses.retrieve(r.id)       # queued, in_progress with partial output, completed
+        got = wclient.responses.retrieve(r.id)  # queued, in_progress with partial output, completed
         seen.add(got.status)
         if got.status == "completed":
             break
@@ -59,8 +79,9 @@ def test_background_lifecycle_bodies(wclient, wire):
 
 
 def test_non_background_and_instant_bodies(wclient, wire):
-    plain = wclient.responses.create(model="m", input="hi", instructions="be brief", temperature=0.5,
-                                     metadata={"emulator_output_chars": "50"})
+    plain = wclient.responses.create(
+        model="m", input="hi", instructions="be brief", temperature=0.5, metadata={"emulator_output_chars": "50"}
+    )
     assert plain.status == "completed" and not plain.background
     wclient.responses.create(model="m", input="hi", store=False)
     wclient.responses.create(model="m", input="hi", background=True, metadata={"emulator_duration_ms": "0"})
@@ -85,7 +106,7 @@ def test_resume_with_starting_after(wclient, wire, k):
     first.close()
     rest = list(wclient.responses.retrieve(head[0].response.id, stream=True, starting_after=k))
     assert rest[0].sequence_number == k + 1 and rest[-1].type == "response.completed"
-    replay = list(wclient.responses.retrieve(head[0].response.id, stream=True))   # after the end, from 0
+    replay = list(wclient.responses.retrieve(head[0].response.id, stream=True))  # after the end, from 0
     assert len(replay) == len(head) + len(rest)
     wire.assert_valid(at_least=len(replay))
 
@@ -120,26 +141,30 @@ def test_stream_cut_partial_events_still_valid(wclient, wire):
 
 def test_cancel_bodies(wclient, wire):
     r = wclient.responses.create(model="m", input="stop", background=True, metadata=LONG)
-    while not wclient.responses.retrieve(r.id).output:               # in progress with partial output
+    while not wclient.responses.retrieve(r.id).output:  # in progress with partial output
         time.sleep(0.02)
     cancelled = wclient.responses.cancel(r.id)
     assert cancelled.status == "cancelled"
-    assert wclient.responses.cancel(r.id).status == "cancelled"      # idempotent
-    list(wclient.responses.retrieve(r.id, stream=True))              # a frozen log, no terminal event
-    queued = wclient.responses.create(model="m", input="stop", background=True,
-                                      metadata={**LONG, "emulator_queue_ms": "50000"})
+    assert wclient.responses.cancel(r.id).status == "cancelled"  # idempotent
+    list(wclient.responses.retrieve(r.id, stream=True))  # a frozen log, no terminal event
+    queued = wclient.responses.create(
+        model="m", input="stop", background=True, metadata={**LONG, "emulator_queue_ms": "50000"}
+    )
     assert wclient.responses.cancel(queued.id).status == "cancelled"
     wire.assert_valid(at_least=5)
 
 
 def test_delete_and_input_items(wclient, wire):
-    items = [{"role": "system", "content": "sys"}, {"role": "user", "content": "first"},
-             {"role": "assistant", "content": "earlier answer"},
-             {"role": "user", "content": [{"type": "input_text", "text": "second"}]}]
+    items = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "earlier answer"},
+        {"role": "user", "content": [{"type": "input_text", "text": "second"}]},
+    ]
     r = wclient.responses.create(model="m", input=items, background=True, metadata={"emulator_duration_ms": "0"})
     page = wclient.responses.input_items.list(r.id, limit=2)
     assert len(page.data) == 2 and page.has_more
-    everything = list(wclient.responses.input_items.list(r.id, limit=2))   # SDK pages through with `after`
+    everything = list(wclient.responses.input_items.list(r.id, limit=2))  # SDK pages through with `after`
     assert [i.type for i in everything] == ["message"] * 4
     empty = wclient.responses.input_items.list(r.id, after=everything[-1].id)
     assert empty.data == []
@@ -153,20 +178,36 @@ def test_delete_and_input_items(wclient, wire):
 
 
 def test_function_call_round_trip(wclient, wire):
-    events = list(wclient.responses.create(model="m", input='call:get_weather({"city":"Oslo"})', tools=WEATHER,
-                                           background=True, stream=True, metadata=SLOW))
+    events = list(
+        wclient.responses.create(
+            model="m",
+            input='call:get_weather({"city":"Oslo"})',
+            tools=WEATHER,
+            background=True,
+            stream=True,
+            metadata=SLOW,
+        )
+    )
     final = events[-1].response
     call = final.output[0]
     assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Oslo"}
     follow = wclient.responses.create(
-        model="m", previous_response_id=final.id, tools=WEATHER, background=True,
+        model="m",
+        previous_response_id=final.id,
+        tools=WEATHER,
+        background=True,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": '{"temp": 3}'}],
-        metadata={"emulator_duration_ms": "0"})
+        metadata={"emulator_duration_ms": "0"},
+    )
     assert follow.output_text.startswith("Tool get_weather")
     wclient.responses.input_items.list(follow.id)
-    tool_choice = wclient.responses.create(model="m", input="call:get_weather", tools=WEATHER,
-                                           tool_choice={"type": "function", "name": "get_weather"},
-                                           parallel_tool_calls=False)
+    tool_choice = wclient.responses.create(
+        model="m",
+        input="call:get_weather",
+        tools=WEATHER,
+        tool_choice={"type": "function", "name": "get_weather"},
+        parallel_tool_calls=False,
+    )
     assert tool_choice.output[0].type == "function_call"
     wire.assert_valid(at_least=len(events) + 3)
 
@@ -182,8 +223,9 @@ def test_failure_outcomes(wclient, wire, outcome):
 
 
 def test_max_output_tokens_incomplete(wclient, wire):
-    r = wclient.responses.create(model="m", input="long", max_output_tokens=16,
-                                 metadata={"emulator_output_chars": "400"})
+    r = wclient.responses.create(
+        model="m", input="long", max_output_tokens=16, metadata={"emulator_output_chars": "400"}
+    )
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
     wire.assert_valid()
 
@@ -215,13 +257,15 @@ def test_400_bodies(wclient, wire):
 def test_401_when_keys_are_configured(emu, wire):
     admin(emu, "POST", "config", json={"api_keys": "sk-good"})
     try:
-        with openai.OpenAI(base_url=emu.base_url, api_key="sk-wrong-key-123", http_client=wire.sync_client(),
-                           max_retries=0) as bad:
+        with openai.OpenAI(
+            base_url=emu.base_url, api_key="sk-wrong-key-123", http_client=wire.sync_client(), max_retries=0
+        ) as bad:
             with pytest.raises(openai.AuthenticationError) as exc:
                 bad.responses.create(model="m", input="x")
         assert exc.value.code == "invalid_api_key"
-        with openai.AzureOpenAI(base_url=emu.azure_base_url, api_key="sk-good", api_version="preview",
-                                http_client=wire.sync_client()) as azure:     # api-key header
+        with openai.AzureOpenAI(
+            base_url=emu.azure_base_url, api_key="sk-good", api_version="preview", http_client=wire.sync_client()
+        ) as azure:  # api-key header
             assert azure.responses.create(model="m", input="x", metadata={"emulator_duration_ms": "0"}).id
     finally:
         admin(emu, "POST", "config", json={"api_keys": ""})
@@ -229,16 +273,22 @@ def test_401_when_keys_are_configured(emu, wire):
     wire.assert_valid(at_least=2)
 
 
-@pytest.mark.parametrize("fault,error", [("429", openai.RateLimitError), ("500", openai.InternalServerError),
-                                         ("503", openai.InternalServerError)])
+@pytest.mark.parametrize(
+    "fault,error",
+    [("429", openai.RateLimitError), ("500", openai.InternalServerError), ("503", openai.InternalServerError)],
+)
 def test_fault_bodies(wclient, wire, fault, error):
     with pytest.raises(error):
-        wclient.with_options(max_retries=0).responses.create(model="m", input="x",
-                                                             extra_headers={"x-emulator-fault": fault})
-    r = wclient.responses.create(model="m", input="x", background=True,
-                                 metadata={"emulator_http_errors": f"{fault}:2", "emulator_retry_after_ms": "10",
-                                           "emulator_duration_ms": "0"})
-    assert wclient.responses.retrieve(r.id).status == "completed"    # two faulted attempts, then the body
+        wclient.with_options(max_retries=0).responses.create(
+            model="m", input="x", extra_headers={"x-emulator-fault": fault}
+        )
+    r = wclient.responses.create(
+        model="m",
+        input="x",
+        background=True,
+        metadata={"emulator_http_errors": f"{fault}:2", "emulator_retry_after_ms": "10", "emulator_duration_ms": "0"},
+    )
+    assert wclient.responses.retrieve(r.id).status == "completed"  # two faulted attempts, then the body
     assert wire.statuses().count(int(fault)) == 3
     wire.assert_valid(at_least=5)
 
@@ -248,15 +298,25 @@ def test_unknown_route_and_bad_json(emu, wire):
         with pytest.raises(openai.NotFoundError):
             c.get("/nothing/here", cast_to=object)
         with pytest.raises(openai.BadRequestError):
-            c.post("/responses", cast_to=object, content=b"{not json",
-                   options={"headers": {"content-type": "application/json"}})
+            c.post(
+                "/responses",
+                cast_to=object,
+                content=b"{not json",
+                options={"headers": {"content-type": "application/json"}},
+            )
     wire.assert_valid(at_least=2)
 
 
 async def test_many_concurrent_streams_validate(awclient, wire):
     async def one(i: int) -> int:
-        return len([ev async for ev in await awclient.responses.create(
-            model="m", input=f"c{i}", background=True, stream=True, metadata=SLOW)])
+        return len(
+            [
+                ev
+                async for ev in await awclient.responses.create(
+                    model="m", input=f"c{i}", background=True, stream=True, metadata=SLOW
+                )
+            ]
+        )
 
     counts = await asyncio.gather(*(one(i) for i in range(20)))
     assert wire.assert_valid() == sum(counts)

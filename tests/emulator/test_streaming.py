@@ -1,4 +1,5 @@
 """SSE: event order, resume with starting_after, cuts, stream refusals (official SDK, sync + async)."""
+
 from __future__ import annotations
 
 import time
@@ -9,7 +10,7 @@ import pytest
 from .conftest import admin
 
 TERMINAL_EVENTS = {"response.completed", "response.failed", "response.incomplete"}
-SLOW = {"emulator_duration_ms": "20000", "emulator_output_chars": "600"}   # 0.4 s at scale 0.02
+SLOW = {"emulator_duration_ms": "20000", "emulator_output_chars": "600"}  # 0.4 s at scale 0.02
 
 
 def text_of(events) -> str:
@@ -19,11 +20,14 @@ def text_of(events) -> str:
 def check_shape(events):
     types = [e.type for e in events]
     assert [e.sequence_number for e in events] == list(range(len(events)))
-    assert types[:4] == ["response.created", "response.queued", "response.in_progress",
-                         "response.output_item.added"]
+    assert types[:4] == ["response.created", "response.queued", "response.in_progress", "response.output_item.added"]
     assert events[0].response.status == "queued"
-    assert types[-4:] == ["response.output_text.done", "response.content_part.done",
-                          "response.output_item.done", "response.completed"]
+    assert types[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert sum(t in TERMINAL_EVENTS for t in types) == 1
     assert len({e.response.id for e in events if hasattr(e, "response")}) == 1
     final = events[-1].response
@@ -31,8 +35,7 @@ def check_shape(events):
 
 
 def test_full_stream_shape(client):
-    events = list(client.responses.create(model="m", input="stream me", background=True, stream=True,
-                                          metadata=SLOW))
+    events = list(client.responses.create(model="m", input="stream me", background=True, stream=True, metadata=SLOW))
     check_shape(events)
     assert events[-1].response.usage.output_tokens == 150
     # replay from 0 after the fact gives the identical log
@@ -51,7 +54,7 @@ def test_resume_after_k_events(client, k):
     stream.close()
     rest = list(client.responses.retrieve(first[0].response.id, stream=True, starting_after=k))
     assert rest[0].sequence_number == k + 1
-    check_shape(first + rest)                       # no gap, no duplicate, text matches
+    check_shape(first + rest)  # no gap, no duplicate, text matches
     final = client.responses.retrieve(first[0].response.id)
     assert final.status == "completed" and text_of(first + rest) == final.output_text
 
@@ -75,8 +78,9 @@ def test_stream_cut_after_then_resume_sync(client, emu):
             break
         except openai.APIConnectionError:
             raised += 1
-            stream = client.responses.retrieve(events[0].response.id, stream=True,
-                                               starting_after=events[-1].sequence_number)
+            stream = client.responses.retrieve(
+                events[0].response.id, stream=True, starting_after=events[-1].sequence_number
+            )
     assert raised >= 3
     check_shape(events)
     assert admin(emu, "GET", "stats")["streams_cut"] >= raised
@@ -93,8 +97,9 @@ async def test_stream_cut_after_then_resume_async(aclient):
             break
         except openai.APIConnectionError:
             raised += 1
-            stream = await aclient.responses.retrieve(events[0].response.id, stream=True,
-                                                      starting_after=events[-1].sequence_number)
+            stream = await aclient.responses.retrieve(
+                events[0].response.id, stream=True, starting_after=events[-1].sequence_number
+            )
     assert raised >= 3
     check_shape(events)
 
@@ -124,10 +129,16 @@ def test_stream_refusals(emu, client):
 
 
 def test_function_call_stream_events(client):
-    tools = [{"type": "function", "name": "lookup", "parameters": {
-        "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}]
-    events = list(client.responses.create(model="m", input="please call:lookup", tools=tools, background=True,
-                                          stream=True))
+    tools = [
+        {
+            "type": "function",
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+        }
+    ]
+    events = list(
+        client.responses.create(model="m", input="please call:lookup", tools=tools, background=True, stream=True)
+    )
     types = [e.type for e in events]
     assert types[3] == "response.output_item.added" and events[3].item.type == "function_call"
     assert "response.function_call_arguments.delta" in types
@@ -139,8 +150,9 @@ def test_function_call_stream_events(client):
 
 
 def test_synchronous_stream_and_store_false(client):
-    events = list(client.responses.create(model="m", input="sync stream", stream=True,
-                                          metadata={"emulator_output_chars": "50"}))
+    events = list(
+        client.responses.create(model="m", input="sync stream", stream=True, metadata={"emulator_output_chars": "50"})
+    )
     types = [e.type for e in events]
     assert types[:2] == ["response.created", "response.in_progress"] and "response.queued" not in types
     assert events[0].response.status == "in_progress" and events[-1].type == "response.completed"

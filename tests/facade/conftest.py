@@ -1,5 +1,6 @@
 """The Responses API facade on the local stack, driven by the official clients unchanged but for `base_url` and
 `api_key`. Every reply they read is recorded and validated against OpenAI's published schemas."""
+
 from __future__ import annotations
 
 import openai
@@ -30,15 +31,17 @@ def base_url(stack) -> str:
 
 @pytest.fixture
 def client(base_url, recorder) -> openai.OpenAI:
-    with openai.OpenAI(base_url=base_url, api_key=FACADE_KEYS["alice"], http_client=recorder.sync_client(),
-                       max_retries=0) as instance:
+    with openai.OpenAI(
+        base_url=base_url, api_key=FACADE_KEYS["alice"], http_client=recorder.sync_client(), max_retries=0
+    ) as instance:
         yield instance
 
 
 @pytest.fixture
 async def aclient(base_url, recorder) -> openai.AsyncOpenAI:
-    async with openai.AsyncOpenAI(base_url=base_url, api_key=FACADE_KEYS["alice"],
-                                  http_client=recorder.async_client(), max_retries=0) as instance:
+    async with openai.AsyncOpenAI(
+        base_url=base_url, api_key=FACADE_KEYS["alice"], http_client=recorder.async_client(), max_retries=0
+    ) as instance:
         yield instance
 
 
@@ -51,4 +54,3 @@ def provider_response(stack, run_id: str) -> dict:
 
 def emulator_text(stack, provider_id: str) -> str:
     return openai.OpenAI(base_url=stack.emulator.base_url, api_key="x").responses.retrieve(provider_id).output_text
-

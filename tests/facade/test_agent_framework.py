@@ -1,5 +1,6 @@
 """Agent Framework's Agent with its OpenAI Responses client (`OpenAIChatClient(base_url=..., api_key=...)`), running
 the background-responses flows as its documentation shows them, against the facade."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,9 @@ def agent(base_url) -> Agent:
 
 async def test_background_run_polled_with_the_continuation_token_until_none(agent, stack):
     session = agent.create_session()
-    response = await agent.run("Write a long essay about queues.", session=session,
-                               options={"background": True, "metadata": knobs(2000, 300)})
+    response = await agent.run(
+        "Write a long essay about queues.", session=session, options={"background": True, "metadata": knobs(2000, 300)}
+    )
     assert response.continuation_token is not None
     polls = 0
     while response.continuation_token is not None:
@@ -36,8 +38,9 @@ async def test_background_run_polled_with_the_continuation_token_until_none(agen
 async def test_a_stream_broken_after_its_first_update_resumes_with_the_last_token(agent, stack):
     session = agent.create_session()
     last_token = None
-    stream = agent.run("Write a story.", session=session, stream=True,
-                       options={"background": True, "metadata": knobs(2000, 300)})
+    stream = agent.run(
+        "Write a story.", session=session, stream=True, options={"background": True, "metadata": knobs(2000, 300)}
+    )
     async for update in stream:
         last_token = update.continuation_token or last_token
         break  # the interruption, right after the first update (it carries the token)
@@ -53,13 +56,20 @@ async def test_a_stream_broken_after_its_first_update_resumes_with_the_last_toke
 async def test_a_two_turn_session_chains_through_previous_response_id(agent, stack):
     session = agent.create_session()
     first = await agent.run("Remember the word 'harbour'.", session=session, options={"metadata": knobs(300, 60)})
-    second = await agent.run("Which word did I ask you to remember?", session=session,
-                             options={"metadata": knobs(300, 200)})
+    second = await agent.run(
+        "Which word did I ask you to remember?", session=session, options={"metadata": knobs(300, 200)}
+    )
     assert first.response_id.startswith("run_") and second.response_id.startswith("run_")
-    provider_first, provider_second = provider_response(stack, first.response_id), provider_response(stack, second.response_id)
+    provider_first, provider_second = (
+        provider_response(stack, first.response_id),
+        provider_response(stack, second.response_id),
+    )
     # Our run id went out as previous_response_id; the provider got its own response id.
     assert provider_second["previous_response_id"] == provider_first["id"]
-    assert second.text.startswith('Emulated reply to "Which word') and f"Continuing from {provider_first['id']}" in second.text
+    assert (
+        second.text.startswith('Emulated reply to "Which word')
+        and f"Continuing from {provider_first['id']}" in second.text
+    )
 
 
 async def test_a_function_tool_round_trip(base_url, stack):

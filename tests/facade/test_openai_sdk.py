@@ -1,4 +1,5 @@
 """The official `openai` SDK (sync and async, OpenAI and AzureOpenAI) against the facade."""
+
 from __future__ import annotations
 
 import time
@@ -12,8 +13,7 @@ from .conftest import MODEL, emulator_text, knobs, provider_response
 
 
 def test_background_create_then_poll_until_the_terminal_response(client, stack):
-    created = client.responses.create(model=MODEL, input="Explain queues.", background=True,
-                                      metadata=knobs(1500, 240))
+    created = client.responses.create(model=MODEL, input="Explain queues.", background=True, metadata=knobs(1500, 240))
     assert created.id.startswith("run_") and created.status in ("queued", "in_progress")
     assert created.background is True and created.output == [] and created.metadata == knobs(1500, 240)
     response = created
@@ -45,8 +45,13 @@ async def test_async_client_foreground_create_answers_the_terminal_response(acli
 
 
 def test_azure_openai_client_with_azure_endpoint_and_api_version(stack, recorder):
-    client = openai.AzureOpenAI(azure_endpoint=f"{stack.host.base_url}/api", api_key=FACADE_KEYS["alice"],
-                                api_version="2025-04-01-preview", http_client=recorder.sync_client(), max_retries=0)
+    client = openai.AzureOpenAI(
+        azure_endpoint=f"{stack.host.base_url}/api",
+        api_key=FACADE_KEYS["alice"],
+        api_version="2025-04-01-preview",
+        http_client=recorder.sync_client(),
+        max_retries=0,
+    )
     created = client.responses.create(model=MODEL, input="Azure flavour", background=True, metadata=knobs(600, 90))
     response = created
     while response.status in ("queued", "in_progress"):
@@ -58,19 +63,25 @@ def test_azure_openai_client_with_azure_endpoint_and_api_version(stack, recorder
 
 
 async def test_async_azure_v1_base_url_streams(stack, recorder):
-    client = openai.AsyncOpenAI(base_url=f"{stack.host.base_url}/api/openai/v1", api_key=FACADE_KEYS["alice"],
-                                http_client=recorder.async_client(), max_retries=0)
+    client = openai.AsyncOpenAI(
+        base_url=f"{stack.host.base_url}/api/openai/v1",
+        api_key=FACADE_KEYS["alice"],
+        http_client=recorder.async_client(),
+        max_retries=0,
+    )
     async with client:
-        stream = await client.responses.create(model=MODEL, input="stream via azure v1", stream=True,
-                                               background=True, metadata=knobs(800, 120))
+        stream = await client.responses.create(
+            model=MODEL, input="stream via azure v1", stream=True, background=True, metadata=knobs(800, 120)
+        )
         events = [event async for event in stream]
     assert events[0].type == "response.created" and events[-1].type == "response.completed"
     assert len(events[-1].response.output_text) == 120 and events[-1].response.id.startswith("run_")
 
 
 def test_a_stream_is_the_providers_with_our_id_everywhere(client, stack, recorder):
-    stream = client.responses.create(model=MODEL, input="Stream a story.", stream=True, background=True,
-                                     metadata=knobs(1200, 300))
+    stream = client.responses.create(
+        model=MODEL, input="Stream a story.", stream=True, background=True, metadata=knobs(1200, 300)
+    )
     events = list(stream)
     run_id = events[0].response.id
     provider_id = provider_response(stack, run_id)["id"]
@@ -85,8 +96,9 @@ def test_a_stream_is_the_providers_with_our_id_everywhere(client, stack, recorde
 
 @pytest.mark.parametrize("cut_after", [1, 4, 17])
 def test_a_cut_stream_resumes_with_exactly_the_missing_events(client, stack, cut_after):
-    stream = client.responses.create(model=MODEL, input="Resume me.", stream=True, background=True,
-                                     metadata=knobs(1500, 240))
+    stream = client.responses.create(
+        model=MODEL, input="Resume me.", stream=True, background=True, metadata=knobs(1500, 240)
+    )
     head = []
     for event in stream:
         head.append(event)
@@ -107,7 +119,10 @@ def test_a_foreground_run_longer_than_the_wait_answers_in_progress_then_complete
     started = time.monotonic()
     response = client.responses.create(model=MODEL, input="long foreground", metadata=knobs(12000, 100))
     waited = time.monotonic() - started
-    assert response.status in ("queued", "in_progress") and FACADE_MAX_WAIT_SECONDS - 1 <= waited < 60, (waited, response)
+    assert response.status in ("queued", "in_progress") and FACADE_MAX_WAIT_SECONDS - 1 <= waited < 60, (
+        waited,
+        response,
+    )
     while response.status in ("queued", "in_progress"):
         time.sleep(0.5)
         response = client.responses.retrieve(response.id)
@@ -115,8 +130,9 @@ def test_a_foreground_run_longer_than_the_wait_answers_in_progress_then_complete
 
 
 def test_cancel_is_idempotent_and_the_cancelled_stream_ends_with_its_status(client, stack):
-    created = client.responses.create(model=MODEL, input="cancel me", background=True, stream=False,
-                                      metadata=knobs(20000, 200))
+    created = client.responses.create(
+        model=MODEL, input="cancel me", background=True, stream=False, metadata=knobs(20000, 200)
+    )
     cancelled = client.responses.cancel(created.id)
     assert cancelled.status == "cancelled" and cancelled.id == created.id
     assert client.responses.cancel(created.id).status == "cancelled"
@@ -143,8 +159,11 @@ def test_delete_removes_the_run_and_the_provider_response(client, stack):
 
 
 def test_input_items_are_listed_from_the_stored_request(client):
-    items = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "second"},
-             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "third"}]}]
+    items = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "second"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "third"}]},
+    ]
     response = client.responses.create(model=MODEL, input=items, metadata=knobs(200, 30))
     listed = client.responses.input_items.list(response.id)
     assert [item.content[0].text for item in listed.data] == ["third", "second", "first"]  # newest first
@@ -168,8 +187,9 @@ def test_errors_are_openais(client, stack, recorder):
     with pytest.raises(openai.NotFoundError) as chain:
         client.responses.create(model=MODEL, input="x", previous_response_id="run_0123456789abcdef01234567")
     assert chain.value.body["param"] == "previous_response_id"
-    intruder = openai.OpenAI(base_url=str(client.base_url), api_key="wrong-" + "k" * 40,
-                             http_client=recorder.sync_client(), max_retries=0)
+    intruder = openai.OpenAI(
+        base_url=str(client.base_url), api_key="wrong-" + "k" * 40, http_client=recorder.sync_client(), max_retries=0
+    )
     with pytest.raises(openai.AuthenticationError) as denied:
         intruder.responses.retrieve("run_0123456789abcdef01234567")
     assert denied.value.status_code == 401 and denied.value.code == "invalid_api_key"
@@ -181,14 +201,19 @@ def test_errors_are_openais(client, stack, recorder):
 
 def test_owners_see_only_their_runs_and_operators_see_all(stack, base_url, recorder):
     def as_(name):
-        return openai.OpenAI(base_url=base_url, api_key=FACADE_KEYS[name], http_client=recorder.sync_client(),
-                             max_retries=0)
+        return openai.OpenAI(
+            base_url=base_url, api_key=FACADE_KEYS[name], http_client=recorder.sync_client(), max_retries=0
+        )
 
     alice, bob, ops = as_("alice"), as_("bob"), as_("ops")
     mine = alice.responses.create(model=MODEL, input="alice's", metadata=knobs(200, 30))
-    for attempt in (lambda: bob.responses.retrieve(mine.id), lambda: bob.responses.cancel(mine.id),
-                    lambda: bob.responses.delete(mine.id), lambda: bob.responses.input_items.list(mine.id),
-                    lambda: bob.responses.create(model=MODEL, input="x", previous_response_id=mine.id)):
+    for attempt in (
+        lambda: bob.responses.retrieve(mine.id),
+        lambda: bob.responses.cancel(mine.id),
+        lambda: bob.responses.delete(mine.id),
+        lambda: bob.responses.input_items.list(mine.id),
+        lambda: bob.responses.create(model=MODEL, input="x", previous_response_id=mine.id),
+    ):
         with pytest.raises(openai.NotFoundError):
             attempt()
     assert ops.responses.retrieve(mine.id).output_text == mine.output_text
@@ -199,12 +224,15 @@ def test_idempotency_key_is_per_caller(stack, base_url):
     headers = {"Idempotency-Key": f"key-{time.time_ns()}"}
     alice = openai.OpenAI(base_url=base_url, api_key=FACADE_KEYS["alice"])
     bob = openai.OpenAI(base_url=base_url, api_key=FACADE_KEYS["bob"])
-    first = alice.responses.create(model=MODEL, input="once", background=True, metadata=knobs(500, 20),
-                                   extra_headers=headers)
-    again = alice.responses.create(model=MODEL, input="once", background=True, metadata=knobs(500, 20),
-                                   extra_headers=headers)
-    other = bob.responses.create(model=MODEL, input="once", background=True, metadata=knobs(500, 20),
-                                 extra_headers=headers)
+    first = alice.responses.create(
+        model=MODEL, input="once", background=True, metadata=knobs(500, 20), extra_headers=headers
+    )
+    again = alice.responses.create(
+        model=MODEL, input="once", background=True, metadata=knobs(500, 20), extra_headers=headers
+    )
+    other = bob.responses.create(
+        model=MODEL, input="once", background=True, metadata=knobs(500, 20), extra_headers=headers
+    )
     assert first.id == again.id != other.id
     assert len(stack.provider_responses(first.id)) == 1
 
@@ -229,8 +257,13 @@ def test_a_webhook_given_in_extra_body_is_delivered_signed(client, stack):
     from ..stack import WEBHOOK_SECRETS
 
     name = f"facade-{time.time_ns()}"
-    response = client.responses.create(model=MODEL, input="notify", background=True, metadata=knobs(400, 30),
-                                       extra_body={"webhook_url": stack.hook_url(name), "deadline_seconds": 120})
+    response = client.responses.create(
+        model=MODEL,
+        input="notify",
+        background=True,
+        metadata=knobs(400, 30),
+        extra_body={"webhook_url": stack.hook_url(name), "deadline_seconds": 120},
+    )
     deadline = time.monotonic() + 40
     while not stack.received(name) and time.monotonic() < deadline:
         time.sleep(0.3)
@@ -251,20 +284,27 @@ def test_polling_every_200_ms_costs_the_provider_nothing_extra(client, stack):
         polls += 1
     while client.responses.retrieve(unpolled.id).status in ("queued", "in_progress"):
         time.sleep(1)
-    retrieves = {name: provider_response(stack, run.id)["counters"]["retrieve"]
-                 for name, run in (("polled", polled), ("unpolled", unpolled))}
+    retrieves = {
+        name: provider_response(stack, run.id)["counters"]["retrieve"]
+        for name, run in (("polled", polled), ("unpolled", unpolled))
+    }
     assert polls >= 50
     # Both are read by the service's own poll chain only (its jittered backoff may differ by one look).
     assert retrieves["polled"] <= retrieves["unpolled"] + 1, retrieves
 
 
 async def test_async_azure_openai_client_cancels_and_deletes(stack, recorder):
-    client = openai.AsyncAzureOpenAI(azure_endpoint=f"{stack.host.base_url}/api", api_key=FACADE_KEYS["alice"],
-                                     api_version="2025-04-01-preview", http_client=recorder.async_client(),
-                                     max_retries=0)
+    client = openai.AsyncAzureOpenAI(
+        azure_endpoint=f"{stack.host.base_url}/api",
+        api_key=FACADE_KEYS["alice"],
+        api_version="2025-04-01-preview",
+        http_client=recorder.async_client(),
+        max_retries=0,
+    )
     async with client:
-        created = await client.responses.create(model=MODEL, input="async azure", background=True,
-                                                metadata=knobs(20000, 50))
+        created = await client.responses.create(
+            model=MODEL, input="async azure", background=True, metadata=knobs(20000, 50)
+        )
         assert (await client.responses.cancel(created.id)).status == "cancelled"
         await client.responses.delete(created.id)
         with pytest.raises(openai.NotFoundError):
@@ -272,8 +312,15 @@ async def test_async_azure_openai_client_cancels_and_deletes(stack, recorder):
 
 
 def test_provider_stream_drops_are_invisible_through_the_facade(client, stack):
-    events = list(client.responses.create(model=MODEL, input="flaky provider stream", stream=True, background=True,
-                                          metadata=knobs(1500, 200, emulator_stream_cut_after="7")))
+    events = list(
+        client.responses.create(
+            model=MODEL,
+            input="flaky provider stream",
+            stream=True,
+            background=True,
+            metadata=knobs(1500, 200, emulator_stream_cut_after="7"),
+        )
+    )
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert events[-1].type == "response.completed" and len(events[-1].response.output_text) == 200
     assert provider_response(stack, events[0].response.id)["counters"]["stream"] >= 2  # the relay reconnected

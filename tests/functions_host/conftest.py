@@ -1,4 +1,5 @@
 """Helpers for the local Functions host tests: sample apps under apps/, hosts run as subprocesses."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """HTTP triggers through the local host: routing, methods, keys, both HTTP styles, real streaming."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,11 @@ def classic(tmp_path_factory):
 def fastapi_host(tmp_path_factory):
     from local.functions_host.process import HostProcess
 
-    host = HostProcess(APPS / "http_fastapi", env={"PYTHON_ENABLE_INIT_INDEXING": "1"},
-                       log_path=tmp_path_factory.mktemp("fastapi") / "host.log").start()
+    host = HostProcess(
+        APPS / "http_fastapi",
+        env={"PYTHON_ENABLE_INIT_INDEXING": "1"},
+        log_path=tmp_path_factory.mktemp("fastapi") / "host.log",
+    ).start()
     yield host
     host.stop()
 
@@ -36,6 +40,7 @@ def test_status_endpoint(classic):
 
 def test_status_counts_invocations_per_function_and_shows_the_event_loop(classic):
     """bench/soak.py divides the host's CPU by these counts and watches the loop's tasks for growth."""
+
     def status():
         return httpx.get(classic.url("admin/host/status")).json()
 
@@ -54,8 +59,13 @@ def test_status_counts_invocations_per_function_and_shows_the_event_loop(classic
 def test_classic_routes_params_and_query(classic):
     r = httpx.get(classic.url("api/runs/r-1?x=1&y=two"))
     assert r.status_code == 200
-    assert r.json() == {"method": "GET", "route_params": {"run_id": "r-1"}, "params": {"x": "1", "y": "two"},
-                        "body": "", "fn": "get_run"}
+    assert r.json() == {
+        "method": "GET",
+        "route_params": {"run_id": "r-1"},
+        "params": {"x": "1", "y": "two"},
+        "body": "",
+        "fn": "get_run",
+    }
     assert httpx.get(classic.url("api/runs/latest")).json()["fn"] == "latest_run"  # literal beats {run_id}
     assert httpx.get(classic.url("api/items/42")).json()["route_params"] == {"id": "42"}
     assert httpx.get(classic.url("api/items/forty-two")).status_code == 404  # {id:int} constraint
@@ -99,10 +109,17 @@ def test_empty_route_prefix_keys_and_local_settings(host_factory, tmp_path):
     shutil.copy(APPS / "http_classic" / "function_app.py", app / "function_app.py")
     (app / "host.json").write_text(json.dumps({"version": "2.0", "extensions": {"http": {"routePrefix": ""}}}))
     # Keys come from local.settings.json Values; a real environment variable wins over the file.
-    (app / "local.settings.json").write_text(json.dumps({"IsEncrypted": False, "Values": {
-        "FUNCTIONS_HOST_FUNCTION_KEYS": "hostkey, secure=securekey",
-        "FUNCTIONS_HOST_MASTER_KEY": "master-from-file",
-    }}))
+    (app / "local.settings.json").write_text(
+        json.dumps(
+            {
+                "IsEncrypted": False,
+                "Values": {
+                    "FUNCTIONS_HOST_FUNCTION_KEYS": "hostkey, secure=securekey",
+                    "FUNCTIONS_HOST_MASTER_KEY": "master-from-file",
+                },
+            }
+        )
+    )
     host = host_factory(app, env={"FUNCTIONS_HOST_MASTER_KEY": "master-from-env"}).start()
     host.wait_for_log(r"Skipping 'FUNCTIONS_HOST_MASTER_KEY' from local.settings.json")
     assert httpx.get(host.url("runs/r-9")).json()["route_params"] == {"run_id": "r-9"}  # no prefix

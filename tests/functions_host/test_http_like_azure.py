@@ -1,5 +1,6 @@
 """Where the local host used to be kinder than Azure: streamed invocations, client disconnects, per-instance
 HTTP concurrency (Flex `scaleAndConcurrency.triggers.http.perInstanceConcurrency`)."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """Queue triggers against real Azurite: encoding, poison, retries, lease renewal, batch concurrency,
 graceful stop and SIGKILL recovery."""
+
 from __future__ import annotations
 
 import signal
@@ -17,16 +18,16 @@ LEASE = 2  # FUNCTIONS_HOST_QUEUE_LEASE_SECONDS for these hosts (the real host: 
 
 
 def queue_env(conn: str, results, **names) -> dict:
-    env = {"AzureWebJobsStorage": conn, "RESULTS_FILE": str(results),
-           "FUNCTIONS_HOST_QUEUE_LEASE_SECONDS": str(LEASE)}
+    env = {"AzureWebJobsStorage": conn, "RESULTS_FILE": str(results), "FUNCTIONS_HOST_QUEUE_LEASE_SECONDS": str(LEASE)}
     for key in ("ECHO_QUEUE", "FAIL_QUEUE", "SLOW_QUEUE", "CONC_QUEUE"):
         env[key] = names.get(key) or unique(key.split("_")[0].lower())
     return env
 
 
 def b64_client(conn: str, name: str) -> QueueClient:
-    return QueueClient.from_connection_string(conn, name, message_encode_policy=TextBase64EncodePolicy(),
-                                              message_decode_policy=TextBase64DecodePolicy())
+    return QueueClient.from_connection_string(
+        conn, name, message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy()
+    )
 
 
 def raw_client(conn: str, name: str) -> QueueClient:
@@ -59,8 +60,10 @@ def test_base64_message_reaches_function_intact(qhost, storage_connection_string
     conn, q = storage_connection_string, qhost.env["ECHO_QUEUE"]
     body = '{"run": "r1", "text": "héllo ✓"}'
     sent = b64_client(conn, q).send_message(body)
-    rec = wait_until(lambda: next((r for r in read_results(qhost.results) if r.get("id") == sent.id), None),
-                     message="echo invocation")
+    rec = wait_until(
+        lambda: next((r for r in read_results(qhost.results) if r.get("id") == sent.id), None),
+        message="echo invocation",
+    )
     assert rec["body"] == body and rec["dequeue_count"] == 1
     assert rec["type"] == "azure.functions.queue.QueueMessage" and rec["has_times"] and rec["has_pop_receipt"]
     wait_until(lambda: count(conn, q) == 0, message="message deleted after success")
@@ -93,8 +96,11 @@ def test_failing_function_retried_then_poisoned(qhost, storage_connection_string
 def test_long_invocation_is_not_delivered_twice(qhost, storage_connection_string):
     conn, q = storage_connection_string, qhost.env["SLOW_QUEUE"]
     sent = b64_client(conn, q).send_message(str(3 * LEASE + 0.5))  # runs three visibility periods
-    wait_until(lambda: any(r.get("id") == sent.id and r["phase"] == "end" for r in read_results(qhost.results)),
-               timeout=15, message="slow invocation end")
+    wait_until(
+        lambda: any(r.get("id") == sent.id and r["phase"] == "end" for r in read_results(qhost.results)),
+        timeout=15,
+        message="slow invocation end",
+    )
     starts = [r for r in read_results(qhost.results) if r.get("id") == sent.id and r["phase"] == "start"]
     assert len(starts) == 1
     wait_until(lambda: count(conn, q) == 0, message="deleted with the renewed pop receipt")
@@ -162,8 +168,11 @@ def test_sigkill_mid_invocation_then_restart_redelivers(host_factory, storage_co
     wait_until(lambda: any(r.get("id") == sent.id for r in read_results(results)), message="first delivery")
     host.kill()
     host.restart()
-    wait_until(lambda: any(r.get("id") == sent.id and r["phase"] == "end" for r in read_results(results)),
-               timeout=15, message="redelivery after restart")
+    wait_until(
+        lambda: any(r.get("id") == sent.id and r["phase"] == "end" for r in read_results(results)),
+        timeout=15,
+        message="redelivery after restart",
+    )
     runs = [(r["phase"], r["dequeue_count"]) for r in read_results(results) if r.get("id") == sent.id]
     assert runs == [("start", 1), ("start", 2), ("end", 2)]
     wait_until(lambda: count(conn, env["SLOW_QUEUE"]) == 0, message="deleted after the second run")

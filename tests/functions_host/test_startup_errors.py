@@ -1,4 +1,5 @@
 """The host refuses what the Python worker refuses, with a message naming the problem (exit code 1)."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,7 @@ from local.functions_host.process import HostStartError
 
 CASES = {
     "broken_import": r"ModuleNotFoundError: No module named 'module_that_does_not_exist' \(at .*broken_import"
-                     r"/function_app\.py:3\)",
+    r"/function_app\.py:3\)",
     "two_apps": r"More than one FunctionApp or other top level function app instances",
     "no_app": r"Could not find top level function app instances in function_app\.py",
     "duplicate_names": r"Function same_name does not have a unique function name",

@@ -1,4 +1,5 @@
 """Fast in-process checks of the host's building blocks (no Azurite, no subprocess)."""
+
 import asyncio
 import sys
 from datetime import UTC, datetime
@@ -72,8 +73,7 @@ def test_ncrontab():
     five_min = CronSchedule.parse("0 */5 * * * *")
     assert five_min.next_after(t0) == datetime(2025, 1, 1, 0, 5, 0, tzinfo=UTC)
     weekdays_9_30 = CronSchedule.parse("0 30 9 * * 1-5")  # 2025-01-04 is a Saturday
-    assert weekdays_9_30.next_after(datetime(2025, 1, 3, 10, 0, tzinfo=UTC)) == \
-        datetime(2025, 1, 6, 9, 30, tzinfo=UTC)
+    assert weekdays_9_30.next_after(datetime(2025, 1, 3, 10, 0, tzinfo=UTC)) == datetime(2025, 1, 6, 9, 30, tzinfo=UTC)
     named = CronSchedule.parse("0 0 12 * Feb Mon")
     assert named.next_after(t0) == datetime(2025, 2, 3, 12, 0, tzinfo=UTC)
     assert parse_schedule("00:00:10").next_after(t0) == datetime(2025, 1, 1, 0, 0, 10, tzinfo=UTC)
@@ -98,8 +98,16 @@ async def test_function_timeout_cancels_async_invocation():
             state["cancelled"] = True
             raise
 
-    spec = FunctionSpec(name="slow", trigger_type="queueTrigger", trigger=None, user_function=slow,
-                        trigger_arg="msg", is_async=True, wants_context=False, directory=".")
+    spec = FunctionSpec(
+        name="slow",
+        trigger_type="queueTrigger",
+        trigger=None,
+        user_function=slow,
+        trigger_arg="msg",
+        is_async=True,
+        wants_context=False,
+        directory=".",
+    )
     invoker = Invoker(function_timeout=0.2)
     with pytest.raises(FunctionTimeoutError, match=r"Timeout value of 0\.2s exceeded"):
         await invoker.invoke(spec, object(), reason="test")
@@ -113,8 +121,11 @@ async def test_identity_based_connection_settings():
 
     from local.functions_host.queues import make_service_client
 
-    env = {"AgentQueue__queueServiceUri": "https://acct.queue.core.windows.net",
-           "AgentQueue__credential": "managedidentity", "AgentQueue__clientId": "00000000-0000-0000-0000-000000000001"}
+    env = {
+        "AgentQueue__queueServiceUri": "https://acct.queue.core.windows.net",
+        "AgentQueue__credential": "managedidentity",
+        "AgentQueue__clientId": "00000000-0000-0000-0000-000000000001",
+    }
     client, cred = make_service_client("AgentQueue", env)
     assert client.url.startswith("https://acct.queue.core.windows.net") and isinstance(cred, ManagedIdentityCredential)
     await client.close(), await cred.close()
@@ -161,6 +172,7 @@ def test_function_timeout_defaults_to_flex_and_minus_one_is_unbounded(tmp_path):
 def test_counting_connection_pools_finds_them_and_imports_nothing():
     """The soak asks for the pools once a minute: an isinstance() on every object would make openai's lazy
     proxies import ~1,600 modules (tens of MiB of RSS that the soak would then report as the worker's)."""
+
     async def with_a_connector() -> dict:
         connector = aiohttp.TCPConnector()
         try:

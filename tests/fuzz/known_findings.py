@@ -13,6 +13,7 @@ Two kinds of entries:
   suspects and how to repair it; the hook sends the same request again with every suspect repaired, and the
   500 is known only if that request is not a 500. Each suspect is then tried alone, to name the cause.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,9 @@ def _explained_500(suspects: list[tuple[KnownFinding, Body]], body: Body, respon
 
 def match(failure: Any, case: Any, response: Any) -> list[KnownFinding]:
     """The known findings that explain this failure ([] when it is new)."""
-    candidates = [f for f in KNOWN_FINDINGS
-                  if f.operation == case.operation.label and getattr(failure, "code", None) in f.codes]
+    candidates = [
+        f for f in KNOWN_FINDINGS if f.operation == case.operation.label and getattr(failure, "code", None) in f.codes
+    ]
     for finding in candidates:
         if finding.matches is not None and finding.matches(failure, case, response):
             return [finding]

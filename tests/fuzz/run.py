@@ -14,6 +14,7 @@ issue 12 owns (what was sent, expected, actual, how to reproduce). It is loaded 
 failure that matches one exactly is printed as "known, owned by issue 12" and does not fail the run; any other
 finding fails it. Exit code: schemathesis's (0 when every finding is known).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,10 @@ class FuzzResult:
         lines = []
         for finding_id, count in sorted(self.known.items()):
             finding = by_id[finding_id]
-            lines.append(f"known, owned by {OWNER}: {finding.operation}: {finding.id} ({count} failing cases)\n"
-                         f"    sent: {finding.sent}\n    expected: {finding.expected}\n    actual: {finding.actual}")
+            lines.append(
+                f"known, owned by {OWNER}: {finding.operation}: {finding.id} ({count} failing cases)\n"
+                f"    sent: {finding.sent}\n    expected: {finding.expected}\n    actual: {finding.actual}"
+            )
         if self.host_errors:
             errors = ", ".join(f"{name} x{count}" for name, count in sorted(self.host_errors.items()))
             lines.append(f"host log: unhandled errors behind the 500s (known ones included): {errors}")
@@ -80,24 +83,58 @@ class FuzzResult:
 
 
 def fuzz_stack(name: str = "fuzz") -> LocalStack:
-    return LocalStack(name, env=FUZZ_ENV, function_key=secrets.token_urlsafe(24),
-                      master_key=secrets.token_urlsafe(24))
+    return LocalStack(name, env=FUZZ_ENV, function_key=secrets.token_urlsafe(24), master_key=secrets.token_urlsafe(24))
 
 
-def run_schemathesis(stack: LocalStack, *, seed: int, max_examples: int, phases: str, workers: int = 1,
-                     echo: bool = True, extra_args: tuple[str, ...] = ()) -> FuzzResult:
+def run_schemathesis(
+    stack: LocalStack,
+    *,
+    seed: int,
+    max_examples: int,
+    phases: str,
+    workers: int = 1,
+    echo: bool = True,
+    extra_args: tuple[str, ...] = (),
+) -> FuzzResult:
     """schemathesis against the running `stack`; its exit code and the known findings it met."""
     with tempfile.TemporaryDirectory(prefix="fuzz-") as scratch:
         report, known_log = Path(scratch) / "report.json", Path(scratch) / "known.jsonl"
-        args = [str(SCHEMATHESIS), "--config-file", str(CONFIG), "run", str(OPENAPI),
-                "--url", f"{stack.host.base_url}/api", "--seed", str(seed), "--max-examples", str(max_examples),
-                "--phases", phases, "--workers", str(workers), "--request-timeout", "30", "--no-color",
-                "--report", "json", "--report-json-path", str(report),
-                "--generation-database", "none", *extra_args]  # no example database left in the repo
-        env = {**os.environ, "FUZZ_FUNCTION_KEY": stack.function_key, "FUZZ_MASTER_KEY": stack.master_key,
-               "FUZZ_RESPONSES_KEY": FUZZ_RESPONSES_KEY,
-               "SCHEMATHESIS_HOOKS": HOOKS, "FUZZ_KNOWN_LOG": str(known_log),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        args = [
+            str(SCHEMATHESIS),
+            "--config-file",
+            str(CONFIG),
+            "run",
+            str(OPENAPI),
+            "--url",
+            f"{stack.host.base_url}/api",
+            "--seed",
+            str(seed),
+            "--max-examples",
+            str(max_examples),
+            "--phases",
+            phases,
+            "--workers",
+            str(workers),
+            "--request-timeout",
+            "30",
+            "--no-color",
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report),
+            "--generation-database",
+            "none",
+            *extra_args,
+        ]  # no example database left in the repo
+        env = {
+            **os.environ,
+            "FUZZ_FUNCTION_KEY": stack.function_key,
+            "FUZZ_MASTER_KEY": stack.master_key,
+            "FUZZ_RESPONSES_KEY": FUZZ_RESPONSES_KEY,
+            "SCHEMATHESIS_HOOKS": HOOKS,
+            "FUZZ_KNOWN_LOG": str(known_log),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        }
         log_start = len(stack.host.logs())
         returncode, output = _run(args, cwd=scratch, env=env, echo=echo)
         host_errors = _unhandled_errors(stack.host.logs()[log_start:])
@@ -124,8 +161,9 @@ def _unhandled_errors(log: str) -> dict[str, int]:
 def _run(args: list[str], *, cwd: str, env: dict[str, str], echo: bool) -> tuple[int, str]:
     """Run a command; its output is returned and, with `echo`, shown as it comes (a fuzz run takes minutes)."""
     lines = []
-    with subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as process:
+    with subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
         for line in process.stdout:
             lines.append(line)
             if echo:
@@ -148,8 +186,11 @@ def main() -> int:
     args = parser.parse_args()
     started = time.monotonic()
     with fuzz_stack() as stack:
-        print(f"fuzzing {OPENAPI.name} on {stack.host.base_url} (function keys on, seed {args.seed}, "
-              f"{args.max_examples} examples)", flush=True)
+        print(
+            f"fuzzing {OPENAPI.name} on {stack.host.base_url} (function keys on, seed {args.seed}, "
+            f"{args.max_examples} examples)",
+            flush=True,
+        )
         result = run_schemathesis(stack, seed=args.seed, max_examples=args.max_examples, phases=args.phases)
     print(result.summary())
     print(f"fuzz: {time.monotonic() - started:.0f} s", flush=True)

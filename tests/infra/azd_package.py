@@ -19,6 +19,7 @@ cli/azd/pkg/rzip/rzip.go, since #5383 in azd 1.18.0; the ignore file is `Service
   any number of folders; a trailing `/` matches folders only. Until azd 1.23.13 (#7311) a negated line (`!x`)
   excluded what it matched too, and a UTF-8 BOM broke the first line: the checks below refuse both.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,10 @@ def parse(text: str) -> list[Pattern]:
             continue
         assert line == line.lstrip(), f"{IGNORE_FILE} line {raw!r}: leading whitespace is part of the pattern"
         assert "\\" not in line, f"{IGNORE_FILE} line {raw!r}: escapes are not modelled here"
-        assert not line.startswith("!"), (f"{IGNORE_FILE} line {raw!r}: azd before 1.23.13 excludes what a negated "
-                                          "line matches, later ones include it")
+        assert not line.startswith("!"), (
+            f"{IGNORE_FILE} line {raw!r}: azd before 1.23.13 excludes what a negated "
+            "line matches, later ones include it"
+        )
         body = line
         anchored, body = body.startswith("/"), body.lstrip("/")
         directory, body = body.endswith("/"), body.rstrip("/")
@@ -84,7 +87,7 @@ class Ignorer:
     def absolute(self, path: str, is_dir: bool) -> Pattern | None:
         if not path.startswith(self.base):  # below a followed symlink: never matched
             return None
-        rel = path[len(self.base) + 1:]
+        rel = path[len(self.base) + 1 :]
         return next((p for p in reversed(self.patterns) if p.matches(rel, is_dir)), None)
 
 
@@ -152,7 +155,7 @@ def _fnmatch(glob: str, text: str, *, pathname: bool) -> bool:
         elif char == "?":
             out.append(any_char)
         elif char == "[" and (end := glob.find("]", i + 2)) != -1:
-            body = glob[i + 1:end]
+            body = glob[i + 1 : end]
             negate = body[:1] in ("!", "^")
             body = re.escape(body[1:] if negate else body).replace("\\-", "-")
             out.append(f"[{'^' if negate else ''}{'/' if negate and pathname else ''}{body}]")

@@ -1,4 +1,5 @@
 """Reads the Bicep templates in infra/ with pycep-parser (syntax tree only, offline) for the infra tests."""
+
 from __future__ import annotations
 
 import ast
@@ -141,8 +142,11 @@ def role_assignments() -> list[RoleAssignment]:
             role_ids = {s.lower() for s in string_literals(props.get("roleDefinitionId"), vars_) if GUID.match(s)}
             scope = b.get("scope")
             scope_type = all_resources[scope]["type"] if isinstance(scope, str) and scope in all_resources else None
-            found.append(RoleAssignment(path, symbol, frozenset(role_ids), props.get("principalId"), scope,
-                                        scope_type, is_conditional(res)))
+            found.append(
+                RoleAssignment(
+                    path, symbol, frozenset(role_ids), props.get("principalId"), scope, scope_type, is_conditional(res)
+                )
+            )
     return found
 
 
@@ -152,8 +156,11 @@ def assignments_to(main_param: str) -> list[RoleAssignment]:
     found = []
     for assignment in role_assignments():
         call = calls.get(assignment.file.relative_to(INFRA).as_posix())
-        if call is not None and isinstance(assignment.principal, str) \
-                and call["params"].get(assignment.principal) == main_param:
+        if (
+            call is not None
+            and isinstance(assignment.principal, str)
+            and call["params"].get(assignment.principal) == main_param
+        ):
             found.append(assignment)
     return found
 
@@ -177,8 +184,12 @@ def module_calls(tree: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def function_app() -> tuple[Path, dict[str, Any]]:
-    sites = [(p, res) for p in bicep_files() for res in resources(parse(p), "Microsoft.Web/sites").values()
-             if not res.get("existing")]
+    sites = [
+        (p, res)
+        for p in bicep_files()
+        for res in resources(parse(p), "Microsoft.Web/sites").values()
+        if not res.get("existing")
+    ]
     assert len(sites) == 1, f"expected exactly one Microsoft.Web/sites resource, found {len(sites)}"
     return sites[0]
 
@@ -198,6 +209,7 @@ def app_settings() -> dict[str, Any]:
 
 
 # ---- what the deployed Python touches ---------------------------------------------------------------------------
+
 
 def deployed_python_files() -> list[Path]:
     files = [REPO / "function_app.py"] if (REPO / "function_app.py").exists() else []

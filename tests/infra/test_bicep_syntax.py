@@ -1,4 +1,5 @@
 """Every Bicep file parses (pycep-parser: syntax only, offline) and the azd wiring is consistent."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,15 @@ from .bicep_model import INFRA, MAIN, REPO, bicep_files, decorators, module_call
 
 def test_the_expected_templates_exist():
     names = {p.relative_to(INFRA).as_posix() for p in bicep_files()}
-    assert {"main.bicep", "app/api.bicep", "app/storage.bicep", "app/keyvault.bicep", "app/rbac.bicep",
-            "app/openai.bicep", "app/openai-rbac.bicep"} <= names
+    assert {
+        "main.bicep",
+        "app/api.bicep",
+        "app/storage.bicep",
+        "app/keyvault.bicep",
+        "app/rbac.bicep",
+        "app/openai.bicep",
+        "app/openai-rbac.bicep",
+    } <= names
 
 
 @pytest.mark.parametrize("path", bicep_files(), ids=lambda p: p.relative_to(INFRA).as_posix())
@@ -51,8 +59,9 @@ def test_parameters_file_matches_main_bicep():
             # name. A `${VAR=default}` would stop the generation; a newGuid() default would rotate on every provision.
             match = ENV_REFERENCE.match(str((given.get(name) or {}).get("value", "")))
             assert match, f"secure parameter {name} must be mapped to exactly one ${{VARIABLE}} in main.parameters.json"
-            assert match["var"] not in app_settings, \
+            assert match["var"] not in app_settings, (
                 f"{name}: {match['var']} is an app setting name; a developer's local value would reach Azure"
+            )
             if param.get("default") is None:
                 assert match["default"] is None, f"{name}: a default in main.parameters.json stops azd generating it"
                 assert azd.get("type") == "generate", f"secure parameter {name} needs azd generate metadata"
@@ -70,8 +79,9 @@ def test_parameter_file_defaults_match_the_bicep_defaults():
         default = params[name].get("default")
         if match and match["default"] not in (None, "") and isinstance(default, (str, int, bool)):
             expected = str(default).lower() if isinstance(default, bool) else str(default)
-            assert match["default"] == expected, f"{name}: main.parameters.json says {match['default']!r}, " \
-                                                 f"main.bicep {expected!r}"
+            assert match["default"] == expected, (
+                f"{name}: main.parameters.json says {match['default']!r}, main.bicep {expected!r}"
+            )
 
 
 def test_azure_yaml_deploys_the_repo_root_as_a_python_function():
@@ -93,6 +103,8 @@ def test_azure_yaml_requires_an_azd_that_understands_the_template():
     assert match, f"requiredVersions.azd should be a lower bound like '>= 1.18.0', got {required!r}"
     assert tuple(map(int, match.groups())) >= (1, 18, 0), "azd before 1.18.0 ignores .funcignore"
     assert (REPO / ".funcignore").is_file()
-    uses_generate = any((decorators(p).get("metadata") or {}).get("azd", {}).get("type") == "generate"
-                        for p in parse(MAIN)["parameters"].values())
+    uses_generate = any(
+        (decorators(p).get("metadata") or {}).get("azd", {}).get("type") == "generate"
+        for p in parse(MAIN)["parameters"].values()
+    )
     assert uses_generate, "no generate metadata left: revisit the azd lower bound"

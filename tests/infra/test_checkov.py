@@ -4,6 +4,7 @@ checkov 3.3.30 pins pycep-parser==0.5.1, which conflicts with requirements-dev.t
 lives in its own venv: .local/venv-checkov (created here on first use from tests/infra/requirements-checkov.txt;
 `make` can create it ahead of time). CHECKOV_BIN overrides the executable.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -32,8 +33,11 @@ def _checkov_bin() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # pytest-xdist or two sessions: install once
         if not (exe.exists() and stamp.exists() and stamp.read_text() == REQUIREMENTS.read_text()):
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-            subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
-                           check=True, timeout=600)
+            subprocess.run(
+                [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
+                check=True,
+                timeout=600,
+            )
             stamp.write_text(REQUIREMENTS.read_text())
     return exe
 
@@ -43,7 +47,10 @@ def checkov_report() -> dict:
     exe = _checkov_bin()
     proc = subprocess.run(
         [str(exe), "--directory", str(INFRA), "--framework", "bicep", "--output", "json", "--skip-download"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "LOG_LEVEL": "ERROR"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "LOG_LEVEL": "ERROR"},
     )
     assert proc.returncode in (0, 1), f"checkov crashed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     report = json.loads(proc.stdout)
@@ -57,8 +64,10 @@ def checkov_report() -> dict:
 def test_checkov_has_no_failed_checks(checkov_report):
     summary = checkov_report["summary"]
     assert summary["parsing_errors"] == 0, summary
-    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']}:{c['file_line_range']}): {c['check_name']}"
-              for c in checkov_report["results"]["failed_checks"]]
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}:{c['file_line_range']}): {c['check_name']}"
+        for c in checkov_report["results"]["failed_checks"]
+    ]
     assert not failed, "checkov failed checks:\n" + "\n".join(failed)
     assert summary["passed"] > 20, f"suspiciously few checks ran: {summary}"
 
@@ -67,5 +76,6 @@ def test_checkov_has_no_failed_checks(checkov_report):
 def test_every_skip_has_a_reason(checkov_report):
     for check in checkov_report["results"]["skipped_checks"]:
         reason = (check["check_result"].get("suppress_comment") or "").strip()
-        assert len(reason) >= 20 and reason != "No comment provided", \
+        assert len(reason) >= 20 and reason != "No comment provided", (
             f"{check['check_id']} on {check['resource']} is skipped without a real reason: {reason!r}"
+        )

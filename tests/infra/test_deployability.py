@@ -1,5 +1,6 @@
 """What a reading of the templates against Flex Consumption and azd found (infra/README.md "Deployability review"),
 checked on the parsed templates so it stays fixed."""
+
 from __future__ import annotations
 
 import json
@@ -27,19 +28,44 @@ VAULT = "Microsoft.KeyVault/vaults"
 
 # "Flex Consumption plan deprecations" (Functions app settings reference): site properties and app settings that
 # Flex rejects or ignores. ftpsState made newer stamps reject the whole site (ARM 51021).
-FLEX_DEPRECATED_SITE_CONFIG = {"ftpsState", "alwaysOn", "linuxFxVersion", "windowsFxVersion", "javaVersion",
-                               "netFrameworkVersion", "powerShellVersion", "use32BitWorkerProcess",
-                               "functionAppScaleLimit", "preWarmedInstanceCount", "vnetRouteAllEnabled",
-                               "vnetContentShareEnabled", "vnetImagePullEnabled", "vnetBackupRestoreEnabled"}
+FLEX_DEPRECATED_SITE_CONFIG = {
+    "ftpsState",
+    "alwaysOn",
+    "linuxFxVersion",
+    "windowsFxVersion",
+    "javaVersion",
+    "netFrameworkVersion",
+    "powerShellVersion",
+    "use32BitWorkerProcess",
+    "functionAppScaleLimit",
+    "preWarmedInstanceCount",
+    "vnetRouteAllEnabled",
+    "vnetContentShareEnabled",
+    "vnetImagePullEnabled",
+    "vnetBackupRestoreEnabled",
+}
 FLEX_DEPRECATED_SITE_PROPERTIES = {"containerSize", "dnsConfiguration", "isReserved", "isXenon", "reserved"}
-FLEX_DEPRECATED_APP_SETTINGS = {"ENABLE_ORYX_BUILD", "FUNCTIONS_EXTENSION_VERSION", "FUNCTIONS_WORKER_RUNTIME",
-                                "FUNCTIONS_WORKER_RUNTIME_VERSION", "FUNCTIONS_MAX_HTTP_CONCURRENCY",
-                                "FUNCTIONS_WORKER_PROCESS_COUNT", "FUNCTIONS_WORKER_DYNAMIC_CONCURRENCY_ENABLED",
-                                "SCM_DO_BUILD_DURING_DEPLOYMENT", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
-                                "WEBSITE_CONTENTOVERVNET", "WEBSITE_CONTENTSHARE", "WEBSITE_DNS_SERVER",
-                                "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT", "WEBSITE_NODE_DEFAULT_VERSION",
-                                "WEBSITE_RUN_FROM_PACKAGE", "WEBSITE_SKIP_CONTENTSHARE_VALIDATION",
-                                "WEBSITE_VNET_ROUTE_ALL", "WEBSITE_TIME_ZONE", "TZ"}
+FLEX_DEPRECATED_APP_SETTINGS = {
+    "ENABLE_ORYX_BUILD",
+    "FUNCTIONS_EXTENSION_VERSION",
+    "FUNCTIONS_WORKER_RUNTIME",
+    "FUNCTIONS_WORKER_RUNTIME_VERSION",
+    "FUNCTIONS_MAX_HTTP_CONCURRENCY",
+    "FUNCTIONS_WORKER_PROCESS_COUNT",
+    "FUNCTIONS_WORKER_DYNAMIC_CONCURRENCY_ENABLED",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+    "WEBSITE_CONTENTOVERVNET",
+    "WEBSITE_CONTENTSHARE",
+    "WEBSITE_DNS_SERVER",
+    "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT",
+    "WEBSITE_NODE_DEFAULT_VERSION",
+    "WEBSITE_RUN_FROM_PACKAGE",
+    "WEBSITE_SKIP_CONTENTSHARE_VALIDATION",
+    "WEBSITE_VNET_ROUTE_ALL",
+    "WEBSITE_TIME_ZONE",
+    "TZ",
+}
 
 
 def _main_params() -> dict:
@@ -73,6 +99,7 @@ def _section(title: str) -> str:
 
 # ---- 1. site configuration Flex accepts ----------------------------------------------------------------------------
 
+
 def test_the_site_uses_nothing_flex_consumption_rejects():
     _, site = function_app()
     props = body(site)["properties"]
@@ -81,12 +108,17 @@ def test_the_site_uses_nothing_flex_consumption_rejects():
     assert not FLEX_DEPRECATED_SITE_PROPERTIES & set(props), set(props) & FLEX_DEPRECATED_SITE_PROPERTIES
     assert not FLEX_DEPRECATED_APP_SETTINGS & set(app_settings())
     # FTP stays off without ftpsState: basic publishing credentials are disabled for both endpoints.
-    policies = {body(r)["name"]: body(r)["properties"]["allow"] for r in resources(
-        parse(INFRA / "app" / "api.bicep"), "Microsoft.Web/sites/basicPublishingCredentialsPolicies").values()}
+    policies = {
+        body(r)["name"]: body(r)["properties"]["allow"]
+        for r in resources(
+            parse(INFRA / "app" / "api.bicep"), "Microsoft.Web/sites/basicPublishingCredentialsPolicies"
+        ).values()
+    }
     assert policies == {"ftp": False, "scm": False}
 
 
 # ---- 2. HTTP concurrency ----------------------------------------------------------------------------------------
+
 
 def test_http_per_instance_concurrency_is_set_deliberately():
     param = _main_params()["httpPerInstanceConcurrency"]
@@ -94,15 +126,18 @@ def test_http_per_instance_concurrency_is_set_deliberately():
     assert param["type"] == "int" and marks.get("min_value") == 1 and marks.get("max_value") == 1000
     # Flex's default for Python is 1: a stream or a `Prefer: wait` request would hold a whole instance.
     assert param["default"] > 1
-    assert module_calls(parse(MAIN))["app/api.bicep"]["params"]["httpPerInstanceConcurrency"] == \
-        "httpPerInstanceConcurrency"
+    assert (
+        module_calls(parse(MAIN))["app/api.bicep"]["params"]["httpPerInstanceConcurrency"]
+        == "httpPerInstanceConcurrency"
+    )
     _, site = function_app()
     scale = body(site)["properties"]["functionAppConfig"]["scaleAndConcurrency"]
     assert scale["triggers"] == {"http": {"perInstanceConcurrency": "httpPerInstanceConcurrency"}}
     variable = _mapped_variable("httpPerInstanceConcurrency")
     assert f"`httpPerInstanceConcurrency` (`{variable}`) | {param['default']} |" in README
-    assert f"`httpPerInstanceConcurrency` is set to\n**{param['default']}**" in README, \
+    assert f"`httpPerInstanceConcurrency` is set to\n**{param['default']}**" in README, (
         "the README's HTTP concurrency section must state the deployed default"
+    )
 
 
 # ---- 3. rotation steps against the roles the template grants ------------------------------------------------------
@@ -110,9 +145,19 @@ def test_http_per_instance_concurrency_is_set_deliberately():
 # What each `az keyvault secret` verb needs on the data plane, and the built-in roles that allow it.
 SECRET_READ = {"Key Vault Secrets User", "Key Vault Secrets Officer", "Key Vault Administrator"}
 SECRET_WRITE = {"Key Vault Secrets Officer", "Key Vault Administrator"}
-SECRET_VERBS = {"show": SECRET_READ, "list": SECRET_READ, "download": SECRET_READ, "list-versions": SECRET_READ,
-                "set": SECRET_WRITE, "delete": SECRET_WRITE, "purge": SECRET_WRITE, "recover": SECRET_WRITE,
-                "set-attributes": SECRET_WRITE, "backup": SECRET_WRITE, "restore": SECRET_WRITE}
+SECRET_VERBS = {
+    "show": SECRET_READ,
+    "list": SECRET_READ,
+    "download": SECRET_READ,
+    "list-versions": SECRET_READ,
+    "set": SECRET_WRITE,
+    "delete": SECRET_WRITE,
+    "purge": SECRET_WRITE,
+    "recover": SECRET_WRITE,
+    "set-attributes": SECRET_WRITE,
+    "backup": SECRET_WRITE,
+    "restore": SECRET_WRITE,
+}
 
 
 COMMAND = re.compile(r"\b(?:az keyvault secret [\w-]+|azd env config unset \S+|azd env set [A-Z0-9_]+)")
@@ -141,8 +186,10 @@ def test_every_key_vault_secret_command_in_the_readme_is_allowed_to_the_deployin
     assert "Key Vault Secrets User" in granted
     for command in commands:
         needed = SECRET_VERBS[command[3]]
-        assert granted & needed, (f"`{' '.join(command[:4])}` needs one of {sorted(needed)} on the vault, but the "
-                                  f"template grants principalId only {sorted(granted)} (403)")
+        assert granted & needed, (
+            f"`{' '.join(command[:4])}` needs one of {sorted(needed)} on the vault, but the "
+            f"template grants principalId only {sorted(granted)} (403)"
+        )
 
 
 def test_rotation_steps_name_parameters_and_variables_of_the_template():
@@ -162,13 +209,16 @@ def test_rotation_steps_name_parameters_and_variables_of_the_template():
         assert variable in variables, f"`azd env set {variable}` sets nothing main.parameters.json reads"
     # The gap-free steps: Key Vault gets the new and the previous secret (key), both through the template.
     kv_params = module_calls(parse(MAIN))["app/keyvault.bicep"]["params"]
-    for kv_param, previous in (("webhookSigningSecrets", "AZURE_WEBHOOK_PREVIOUS_SECRET"),
-                               ("runTokenKey", "AZURE_RUN_TOKEN_PREVIOUS_KEY")):
+    for kv_param, previous in (
+        ("webhookSigningSecrets", "AZURE_WEBHOOK_PREVIOUS_SECRET"),
+        ("runTokenKey", "AZURE_RUN_TOKEN_PREVIOUS_KEY"),
+    ):
         assert variables[previous] in json.dumps(kv_params[kv_param]), f"{kv_param} leaves out {previous}"
         assert "secure" in decorators(params[variables[previous]])
 
 
 # ---- 4. azd down + azd up ----------------------------------------------------------------------------------------
+
 
 def test_key_vault_purge_protection_is_a_parameter_that_never_sends_false():
     param = _main_params()["keyVaultPurgeProtection"]
@@ -178,8 +228,12 @@ def test_key_vault_purge_protection_is_a_parameter_that_never_sends_false():
     props = body(vault)["properties"]
     assert props["enableSoftDelete"] is True
     # ARM refuses enablePurgeProtection: false (also on a vault that never had it): true or absent only.
-    assert props["enablePurgeProtection"] == {"operator": {"type": "conditional", "operands": {
-        "condition": "purgeProtection", "true_value": True, "false_value": None}}}
+    assert props["enablePurgeProtection"] == {
+        "operator": {
+            "type": "conditional",
+            "operands": {"condition": "purgeProtection", "true_value": True, "false_value": None},
+        }
+    }
     assert _mapped_variable("keyVaultPurgeProtection") == "KEY_VAULT_PURGE_PROTECTION"
     teardown = _section("## Tear down and re-create")
     assert "azd down --purge" in teardown and "az keyvault recover" in teardown
@@ -187,6 +241,7 @@ def test_key_vault_purge_protection_is_a_parameter_that_never_sends_false():
 
 
 # ---- 6. regions --------------------------------------------------------------------------------------------------
+
 
 def test_location_offers_only_flex_consumption_regions():
     param = _main_params()["location"]
@@ -202,6 +257,7 @@ def test_location_offers_only_flex_consumption_regions():
 
 
 # ---- 7. secrets in CI ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("param", ["runTokenKey", "webhookSecretMaterial"])
 def test_generated_secrets_reach_ci_under_the_documented_names(param):

@@ -4,6 +4,7 @@ the real tree, so caches a test run leaves behind, symlinks and azd's own restor
 
 azd applies `.funcignore` only from 1.18.0 (Azure/azure-dev#5383): azure.yaml requires it (test_bicep_syntax).
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,10 +17,29 @@ from .bicep_model import REPO
 
 PLATFORM_FILES = {"function_app.py", "host.json", "requirements.txt"}
 # What tools leave behind in whatever folder they run in; none of it may be deployed, wherever it lands.
-TOOL_LEFTOVERS = [".hypothesis/x", ".schemathesis/x", ".pytest_cache/v/x", ".mypy_cache/x", ".ruff_cache/x",
-                  "__pycache__/x.cpython-311.pyc", "x.pyc", ".tox/x", ".nox/x", ".cache/x", ".benchmarks/x",
-                  ".ipynb_checkpoints/x", "htmlcov/index.html", ".coverage", ".coverage.host.1", "coverage.xml",
-                  "run.log", ".DS_Store", "__azurite_db_queue__.json", "__blobstorage__/x", "__queuestorage__/x"]
+TOOL_LEFTOVERS = [
+    ".hypothesis/x",
+    ".schemathesis/x",
+    ".pytest_cache/v/x",
+    ".mypy_cache/x",
+    ".ruff_cache/x",
+    "__pycache__/x.cpython-311.pyc",
+    "x.pyc",
+    ".tox/x",
+    ".nox/x",
+    ".cache/x",
+    ".benchmarks/x",
+    ".ipynb_checkpoints/x",
+    "htmlcov/index.html",
+    ".coverage",
+    ".coverage.host.1",
+    "coverage.xml",
+    "run.log",
+    ".DS_Store",
+    "__azurite_db_queue__.json",
+    "__blobstorage__/x",
+    "__queuestorage__/x",
+]
 APP = ("function_app.py", "host.json", "requirements.txt", "shared/__init__.py")
 
 
@@ -31,8 +51,7 @@ def _excluded(rel: str, *, is_dir: bool = False, root: Path = REPO) -> bool:
     """Whether azd leaves `rel` out: it or one of its folders matches (the walk never enters an excluded folder)."""
     ignorer, parts = _ignorer(root), PurePosixPath(rel).parts
     folders = [("/".join(parts[:i]), True) for i in range(1, len(parts))]
-    return any(ignorer.absolute(f"{root}/{path}", folder) is not None
-               for path, folder in [*folders, (rel, is_dir)])
+    return any(ignorer.absolute(f"{root}/{path}", folder) is not None for path, folder in [*folders, (rel, is_dir)])
 
 
 def _tree(root: Path, files: tuple[str, ...]) -> Path:
@@ -44,6 +63,7 @@ def _tree(root: Path, files: tuple[str, ...]) -> Path:
 
 
 # ---- what the app needs -------------------------------------------------------------------------------------------
+
 
 def _module_file(dotted: str) -> Path | None:
     base = REPO.joinpath(*dotted.split("."))
@@ -62,7 +82,7 @@ def _imported_names(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - (node.level - 1)] if node.level else []
+            base = package[: len(package) - (node.level - 1)] if node.level else []
             module = ".".join([*base, *(node.module.split(".") if node.module else [])])
             names.add(module)
             names.update(f"{module}.{alias.name}" if module else alias.name for alias in node.names)
@@ -94,8 +114,12 @@ def read_data_files(modules: set[str]) -> set[str]:
     data = set()
     for package in packages:
         for path in (REPO / package).rglob("*"):
-            if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts \
-                    and re.search(rf"[\"']{re.escape(path.name)}[\"']", sources):
+            if (
+                path.is_file()
+                and path.suffix not in (".py", ".pyc")
+                and "__pycache__" not in path.parts
+                and re.search(rf"[\"']{re.escape(path.name)}[\"']", sources)
+            ):
                 data.add(path.relative_to(REPO).as_posix())
     return data
 
@@ -107,10 +131,15 @@ def needed_files() -> set[str]:
 
 # ---- tests --------------------------------------------------------------------------------------------------------
 
+
 def test_the_deployed_set_is_exactly_what_the_app_imports():
     deployed, needed = package_files(REPO), needed_files()
-    assert {"function_app.py", "shared/__init__.py", "shared/settings/__init__.py",
-            "shared/static/stream.html"} <= needed
+    assert {
+        "function_app.py",
+        "shared/__init__.py",
+        "shared/settings/__init__.py",
+        "shared/static/stream.html",
+    } <= needed
     missing = sorted(needed - deployed)
     assert not missing, f".funcignore drops files the app needs: {missing}"
     extra = sorted(deployed - needed)
@@ -125,27 +154,61 @@ def test_tool_leftovers_are_never_deployed_wherever_they_land():
 
 def test_the_walk_leaves_caches_out_in_a_real_tree(tmp_path):
     """The same packaging on a scratch tree: a cache left inside shared/ by a test run stays out, the app stays in."""
-    root = _tree(tmp_path / "app", (*APP, "shared/.hypothesis/examples/x", "shared/__pycache__/a.pyc",
-                                    ".schemathesis/cassette.yaml", ".pytest_cache/v/cache/nodeids",
-                                    "local.settings.example.json", "README.md", "tests/test_x.py",
-                                    "shared/local.settings.json", ".azure/dev/.env"))
+    root = _tree(
+        tmp_path / "app",
+        (
+            *APP,
+            "shared/.hypothesis/examples/x",
+            "shared/__pycache__/a.pyc",
+            ".schemathesis/cassette.yaml",
+            ".pytest_cache/v/cache/nodeids",
+            "local.settings.example.json",
+            "README.md",
+            "tests/test_x.py",
+            "shared/local.settings.json",
+            ".azure/dev/.env",
+        ),
+    )
     assert package_files(root) == set(APP)
 
 
 def test_dev_only_parts_are_ignored():
-    for path in ("local/azurite.py", "tests/infra/test_parity.py", "bench/run_all.py", "client/pyproject.toml",
-                 "infra/main.bicep", "docs/images/x.png", "node_modules/x/index.js", ".venv/bin/python", ".azurite/db.json",
-                 ".local/venv-checkov/bin/checkov", ".local/secrets.env", "README.md", "infra/README.md",
-                 "package.json", "package-lock.json", "Makefile", ".ci/run", "local.settings.json",
-                 "local.settings.example.json", "requirements-dev.txt", "requirements-local.txt", "pyproject.toml",
-                 "azure.yaml", ".azure/dev/.env", ".github/workflows/x.yml"):
+    for path in (
+        "local/azurite.py",
+        "tests/infra/test_parity.py",
+        "bench/run_all.py",
+        "client/pyproject.toml",
+        "infra/main.bicep",
+        "docs/images/x.png",
+        "node_modules/x/index.js",
+        ".venv/bin/python",
+        ".azurite/db.json",
+        ".local/venv-checkov/bin/checkov",
+        ".local/secrets.env",
+        "README.md",
+        "infra/README.md",
+        "package.json",
+        "package-lock.json",
+        "Makefile",
+        ".ci/run",
+        "local.settings.json",
+        "local.settings.example.json",
+        "requirements-dev.txt",
+        "requirements-local.txt",
+        "pyproject.toml",
+        "azure.yaml",
+        ".azure/dev/.env",
+        ".github/workflows/x.yml",
+    ):
         assert _excluded(path), f"{path} would be deployed"
 
 
 def test_the_venv_azd_restore_creates_is_not_deployed(tmp_path):
     """`azd restore` makes `<folder>_env/` in the service folder; with a .funcignore azd no longer skips venvs."""
-    root = _tree(tmp_path / "background-responses", (*APP, "background-responses_env/pyvenv.cfg",
-                                                     "background-responses_env/lib/site.py"))
+    root = _tree(
+        tmp_path / "background-responses",
+        (*APP, "background-responses_env/pyvenv.cfg", "background-responses_env/lib/site.py"),
+    )
     assert package_files(root) == set(APP)
     assert _excluded(f"{azd_restore_venv(REPO)}/pyvenv.cfg")
 

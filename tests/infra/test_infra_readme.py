@@ -1,5 +1,6 @@
 """infra/README.md against the code it describes: what storage.bicep creates, which secrets the app reads from Key
 Vault, and a smoke test that shows what its comments claim and runs the script `make test` checks."""
+
 from __future__ import annotations
 
 import json
@@ -18,18 +19,22 @@ def _row(file: str) -> str:
 
 def _section(title: str) -> str:
     start = README.index(title)
-    return README[start:README.index("\n## ", start + 1)]
+    return README[start : README.index("\n## ", start + 1)]
 
 
 def test_the_storage_row_names_every_queue_table_and_container_storage_bicep_creates():
     tree, row = parse(INFRA / "app" / "storage.bicep"), _row("app/storage.bicep")
-    names = (child_names(tree, f"{STORAGE}/queueServices/queues") | child_names(tree, f"{STORAGE}/tableServices/tables")
-             | child_names(tree, f"{STORAGE}/blobServices/containers"))
+    names = (
+        child_names(tree, f"{STORAGE}/queueServices/queues")
+        | child_names(tree, f"{STORAGE}/tableServices/tables")
+        | child_names(tree, f"{STORAGE}/blobServices/containers")
+    )
     literal = {name for name in names if re.fullmatch(r"[a-z0-9-]+", name)}  # not the computed deployment container
     assert {"runs-execute", "runindex", "runevents", "run-payloads"} <= literal
     for name in literal:
-        mentioned = f"`{name}`" in row or (name.endswith("-poison") and f"`{name[:-len('-poison')]}`" in row
-                                           and "`-poison` queues" in row)
+        mentioned = f"`{name}`" in row or (
+            name.endswith("-poison") and f"`{name[: -len('-poison')]}`" in row and "`-poison` queues" in row
+        )
         assert mentioned, f"infra/README.md's storage.bicep row does not name {name}"
 
 
@@ -44,7 +49,7 @@ def test_the_key_vault_cost_row_names_every_secret_the_app_reads():
 
 def test_the_smoke_test_runs_the_checked_script_and_its_curls_show_what_they_claim():
     section = _section("## Smoke test after `azd up`")
-    assert ".venv/bin/python -m infra.smoke \"$AZURE_FUNCTION_APP_URL\"" in section
+    assert '.venv/bin/python -m infra.smoke "$AZURE_FUNCTION_APP_URL"' in section
     assert "export SMOKE_API_KEY=" in section and "export SMOKE_FUNCTION_KEY=" in section
     lines = re.sub(r"\\\n\s*", " ", section).splitlines()  # one line per command
     shown = 0
@@ -54,4 +59,4 @@ def test_the_smoke_test_runs_the_checked_script_and_its_curls_show_what_they_cla
         if claim:
             shown += 1
             assert re.search(r"\s-s? ?-i\b|\s-i\b", before), f"shows no status or headers without -i: {before}"
-    assert shown and "echo \"$RUN\"" not in section
+    assert shown and 'echo "$RUN"' not in section

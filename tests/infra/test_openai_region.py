@@ -1,5 +1,6 @@
 """No Azure OpenAI account where the Responses API is not offered (infra/hooks/openai_region.py before every provision,
 the documented regions as data in infra/responses-api-regions.json), and the pairing it checks is the template's."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,12 @@ def test_every_flex_region_is_refused_for_the_account_exactly_when_it_lacks_the_
         assert problem and f"created in {region}" in problem and "azd env set AZURE_OPENAI_LOCATION" in problem
         # The app may stay there, with the account elsewhere; or an existing account is used.
         assert hook.refusal({"AZURE_LOCATION": region, "AZURE_OPENAI_LOCATION": "swedencentral"}, DOCUMENTED) is None
-        assert hook.refusal({"AZURE_LOCATION": region,
-                             "AZURE_OPENAI_EXISTING_ENDPOINT": "https://x.openai.azure.com/"}, DOCUMENTED) is None
+        assert (
+            hook.refusal(
+                {"AZURE_LOCATION": region, "AZURE_OPENAI_EXISTING_ENDPOINT": "https://x.openai.azure.com/"}, DOCUMENTED
+            )
+            is None
+        )
 
 
 def test_an_account_region_without_the_responses_api_is_refused_wherever_the_app_is():
@@ -53,11 +58,18 @@ def test_the_pairing_checked_is_the_templates():
     tree = parse(MAIN)
     call = module_calls(tree)["app/openai.bicep"]
     assert tree["modules"][call["symbol"]]["config"]["condition"] == "createOpenAi"
-    assert variables(tree)["createOpenAi"]["function"] == {"type": "empty",
-                                                          "parameters": {"item_to_test": "existingOpenAiEndpoint"}}
-    assert call["params"]["location"]["operator"] == {"type": "conditional", "operands": {
-        "condition": {"function": {"type": "empty", "parameters": {"item_to_test": "openAiLocation"}}},
-        "true_value": "location", "false_value": "openAiLocation"}}
+    assert variables(tree)["createOpenAi"]["function"] == {
+        "type": "empty",
+        "parameters": {"item_to_test": "existingOpenAiEndpoint"},
+    }
+    assert call["params"]["location"]["operator"] == {
+        "type": "conditional",
+        "operands": {
+            "condition": {"function": {"type": "empty", "parameters": {"item_to_test": "openAiLocation"}}},
+            "true_value": "location",
+            "false_value": "openAiLocation",
+        },
+    }
     assert PARAMETERS["location"]["value"] == "${AZURE_LOCATION}"
     assert PARAMETERS["openAiLocation"]["value"] == "${AZURE_OPENAI_LOCATION=}"
     assert PARAMETERS["existingOpenAiEndpoint"]["value"] == "${AZURE_OPENAI_EXISTING_ENDPOINT=}"
@@ -70,15 +82,24 @@ def test_azd_runs_it_before_every_provision_and_stops_on_a_refusal():
         assert hooks[shell].get("continueOnError", False) is False
 
 
-@pytest.mark.parametrize("env, code", [
-    ({"AZURE_LOCATION": "westeurope"}, 1),
-    ({"AZURE_LOCATION": "westeurope", hook.SWITCH_VAR: "off"}, 0),
-    ({"AZURE_LOCATION": "eastus2"}, 0),
-])
+@pytest.mark.parametrize(
+    "env, code",
+    [
+        ({"AZURE_LOCATION": "westeurope"}, 1),
+        ({"AZURE_LOCATION": "westeurope", hook.SWITCH_VAR: "off"}, 0),
+        ({"AZURE_LOCATION": "eastus2"}, 0),
+    ],
+)
 def test_the_hook_exits_non_zero_on_a_refusal(env, code):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
-    result = subprocess.run([sys.executable, "-m", "infra.hooks.openai_region"], cwd=REPO, env={**clean, **env},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.hooks.openai_region"],
+        cwd=REPO,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == code, result.stderr
     assert ("ERROR: " in result.stderr) == (code == 1)
 

@@ -11,6 +11,7 @@
 - the host's telemetry mode and the worker's OpenTelemetry setting, and the telemetry table covers every queue and
   timer function.
 """
+
 from __future__ import annotations
 
 import ast
@@ -72,8 +73,11 @@ def settings_in_bicep() -> dict:
 
 
 def test_required_settings_are_app_settings(settings_in_bicep):
-    missing = [s.name for s in service_settings.declared_settings()
-               if s.in_azure == "required" and s.name not in settings_in_bicep]
+    missing = [
+        s.name
+        for s in service_settings.declared_settings()
+        if s.in_azure == "required" and s.name not in settings_in_bicep
+    ]
     assert not missing, f"required settings missing from the Function App app settings: {missing}"
     empty = [name for name, value in settings_in_bicep.items() if value in ("", None)]
     assert not empty, f"app settings with empty literal values: {empty}"
@@ -84,14 +88,18 @@ def test_optional_settings_are_provided_or_documented(settings_in_bicep):
     section = readme.split("## Optional settings", 1)
     assert len(section) == 2, "infra/README.md needs an '## Optional settings' section"
     documented = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", section[1].split("\n## ", 1)[0]))
-    undocumented = [s.name for s in service_settings.declared_settings()
-                    if s.in_azure == "optional" and s.name not in settings_in_bicep and s.name not in documented]
+    undocumented = [
+        s.name
+        for s in service_settings.declared_settings()
+        if s.in_azure == "optional" and s.name not in settings_in_bicep and s.name not in documented
+    ]
     assert not undocumented, f"optional settings neither provided nor documented in infra/README.md: {undocumented}"
 
 
 def test_local_only_settings_are_not_set_in_azure(settings_in_bicep):
-    local = [s.name for s in service_settings.declared_settings()
-             if s.in_azure == "local" and s.name in settings_in_bicep]
+    local = [
+        s.name for s in service_settings.declared_settings() if s.in_azure == "local" and s.name in settings_in_bicep
+    ]
     # e.g. an AzureWebJobsStorage connection string would switch the service off identity-based storage.
     assert not local, f"local-only settings must not be app settings in Azure: {local}"
 
@@ -104,15 +112,17 @@ def test_secrets_are_key_vault_references_only(settings_in_bicep):
     assert secret_names, "shared/settings/table.py declares no secrets?"
     required = {s.name for s in service_settings.declared_settings() if s.in_azure == "required"}
     for name in sorted(secret_names & set(settings_in_bicep)):
-        value = _reference_or_empty_until_set(settings_in_bicep[name]) if name not in required \
-            else settings_in_bicep[name]
+        value = (
+            _reference_or_empty_until_set(settings_in_bicep[name]) if name not in required else settings_in_bicep[name]
+        )
         match = KEY_VAULT_REFERENCE.match(value) if isinstance(value, str) else None
         assert match, f"{name} must be @Microsoft.KeyVault(SecretUri=${{<param>}}), got {value!r}"
         param = match.group(1)
         assert param in (parse(api_file).get("parameters") or {}), f"{name}: {param} is not a parameter of api.bicep"
         wired = api_call["params"].get(param)
-        assert isinstance(wired, dict) and "keyVault" in str(wired) and "outputs" in str(wired), \
+        assert isinstance(wired, dict) and "keyVault" in str(wired) and "outputs" in str(wired), (
             f"{name}: main.bicep must pass a Key Vault module output as {param}, got {wired!r}"
+        )
     # Secrets must not appear as literals anywhere in the templates either.
     for path in INFRA.rglob("*.bicep"):
         text = path.read_text(encoding="utf-8")
@@ -120,8 +130,9 @@ def test_secrets_are_key_vault_references_only(settings_in_bicep):
         assert not literal, f"{path.name}: literal webhook secret {literal.group(0)[:10]}..."
     props = body(site)["properties"]
     identity_ids = {k.strip("'") for k in body(site)["identity"]["userAssignedIdentities"]}
-    assert props.get("keyVaultReferenceIdentity") and f"${{{props['keyVaultReferenceIdentity']}}}" in identity_ids, \
+    assert props.get("keyVaultReferenceIdentity") and f"${{{props['keyVaultReferenceIdentity']}}}" in identity_ids, (
         "keyVaultReferenceIdentity must be the user-assigned identity of the app"
+    )
 
 
 def _reference_or_empty_until_set(value):
@@ -135,9 +146,12 @@ def _reference_or_empty_until_set(value):
     reference = operands["false_value"]
     match = KEY_VAULT_REFERENCE.match(reference) if isinstance(reference, str) else None
     tested = (operands["condition"].get("function") or {}) if isinstance(operands["condition"], dict) else {}
-    assert operands["true_value"] == "" and match and tested.get("type") == "empty" \
-        and tested["parameters"]["item_to_test"] == match.group(1), \
-        f"expected empty(p) ? '' : '@Microsoft.KeyVault(SecretUri=${{p}})', got {value!r}"
+    assert (
+        operands["true_value"] == ""
+        and match
+        and tested.get("type") == "empty"
+        and tested["parameters"]["item_to_test"] == match.group(1)
+    ), f"expected empty(p) ? '' : '@Microsoft.KeyVault(SecretUri=${{p}})', got {value!r}"
     return reference
 
 
@@ -169,8 +183,12 @@ def test_platform_settings_for_flex_python(settings_in_bicep):
     assert "Authorization=AAD" in settings_in_bicep["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
     assert "APPLICATIONINSIGHTS_CONNECTION_STRING" in settings_in_bicep
     assert settings_in_bicep["MODEL_PROVIDER"] in ("azure_openai", "openai")
-    for forbidden in ("FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "AzureWebJobsStorage",
-                      "WEBSITE_RUN_FROM_PACKAGE"):
+    for forbidden in (
+        "FUNCTIONS_WORKER_RUNTIME",
+        "FUNCTIONS_EXTENSION_VERSION",
+        "AzureWebJobsStorage",
+        "WEBSITE_RUN_FROM_PACKAGE",
+    ):
         assert forbidden not in settings_in_bicep, f"{forbidden} must not be set on Flex Consumption"
     for flag in ("WEBHOOK_ALLOW_HTTP", "WEBHOOK_ALLOW_PRIVATE_ADDRESSES"):
         assert settings_in_bicep.get(flag, "false") == "false", f"{flag} is a development-only switch"
@@ -219,8 +237,10 @@ def _touched_planes() -> dict[str, tuple[set[str], str, list[str]]]:
                 planes.setdefault(plane, (roles, scope, []))[2].append(f"{path.relative_to(REPO)}: {module}")
             elif module.startswith(("azure.", "azure_")) and not module.startswith(NO_DATA_PLANE):
                 unmapped.append(f"{path.relative_to(REPO)}: {module}")
-    assert not unmapped, ("Azure SDK imports with no data-plane role mapping; add them to DATA_PLANES in "
-                          f"tests/infra/test_parity.py and the role to infra/app/rbac.bicep: {sorted(set(unmapped))}")
+    assert not unmapped, (
+        "Azure SDK imports with no data-plane role mapping; add them to DATA_PLANES in "
+        f"tests/infra/test_parity.py and the role to infra/app/rbac.bicep: {sorted(set(unmapped))}"
+    )
     return planes
 
 
@@ -264,7 +284,9 @@ def test_every_touched_data_plane_has_its_role():
 def test_openai_role_covers_both_provider_modes():
     """A new account gets the role in rbac.bicep; an existing one (by resource id) in openai-rbac.bicep."""
     wanted = ROLES["Cognitive Services OpenAI User"]
-    files = {a.file.name for a in role_assignments() if wanted in a.role_ids and a.principal == "managedIdentityPrincipalId"}
+    files = {
+        a.file.name for a in role_assignments() if wanted in a.role_ids and a.principal == "managedIdentityPrincipalId"
+    }
     assert {"rbac.bicep", "openai-rbac.bicep"} <= files, files
 
 
@@ -283,13 +305,14 @@ def test_the_worker_streams_opentelemetry_and_the_app_configures_the_distro(sett
 def test_every_queue_and_timer_function_is_in_the_telemetry_table():
     """The host sends no request for queue and timer invocations: infra/README.md says what each one gets instead."""
     readme = (INFRA / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Telemetry"):readme.index("\n## ", readme.index("## Telemetry") + 1)]
+    section = readme[readme.index("## Telemetry") : readme.index("\n## ", readme.index("## Telemetry") + 1)]
     triggered = set()
     for path in (REPO / "shared" / "functions").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
-                    isinstance(d, ast.Call) and getattr(d.func, "attr", "") in ("queue_trigger", "timer_trigger")
-                    for d in node.decorator_list):
+                isinstance(d, ast.Call) and getattr(d.func, "attr", "") in ("queue_trigger", "timer_trigger")
+                for d in node.decorator_list
+            ):
                 triggered.add(node.name)
     assert {"poll_run", "deliver_webhook", "execute_run", "sweep_runs", "purge_expired"} <= triggered
     missing = sorted(name for name in triggered if f"`{name}`" not in section)

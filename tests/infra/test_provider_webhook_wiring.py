@@ -2,6 +2,7 @@
 azd environment -> main.bicep parameter -> Key Vault secret -> app setting, the first provision gives an empty
 setting (the app polls) rather than a reference to a secret that does not exist yet, azure.yaml runs the hook after
 every provision and carries the secret into CI, and the deploying principal may manage webhook endpoints."""
+
 from __future__ import annotations
 
 import ast
@@ -46,20 +47,24 @@ def _conditional(node) -> dict:
 
 def test_the_secret_is_a_secure_parameter_mapped_to_the_variable_the_hook_writes():
     param = parse(MAIN)["parameters"]["providerWebhookSecrets"]
-    assert "secure" in decorators(param) and param["default"] == ""     # empty on the first provision
+    assert "secure" in decorators(param) and param["default"] == ""  # empty on the first provision
     assert PARAMETERS["providerWebhookSecrets"]["value"] == f"${{{hook.SECRETS_VAR}}}"
-    assert module_calls(parse(MAIN))["app/keyvault.bicep"]["params"]["providerWebhookSecrets"] == \
-        "providerWebhookSecrets"
+    assert (
+        module_calls(parse(MAIN))["app/keyvault.bicep"]["params"]["providerWebhookSecrets"] == "providerWebhookSecrets"
+    )
 
 
 def test_key_vault_declares_the_secret_only_once_it_has_a_value():
     tree = parse(INFRA / "app" / "keyvault.bicep")
-    [secret] = [r for r in resources(tree, "Microsoft.KeyVault/vaults/secrets").values()
-                if body(r)["properties"]["value"] == "providerWebhookSecrets"]
+    [secret] = [
+        r
+        for r in resources(tree, "Microsoft.KeyVault/vaults/secrets").values()
+        if body(r)["properties"]["value"] == "providerWebhookSecrets"
+    ]
     condition = secret["config"]["condition"]
     assert condition["operator"]["type"] == "not"
     assert _empty_test(condition["operator"]["operands"]["bool_value"]) == "providerWebhookSecrets"
-    assert variables(tree)[body(secret)["name"]] == hook.KEY_VAULT_SECRET        # the name the hook writes via ARM
+    assert variables(tree)[body(secret)["name"]] == hook.KEY_VAULT_SECRET  # the name the hook writes via ARM
     uri = tree["outputs"]["providerWebhookSecretsSecretUri"]["value"]
     assert uri.endswith(f"secrets/${{{body(secret)['name']}}}") and "vaultUri" in uri
 
@@ -102,18 +107,25 @@ def test_azure_yaml_runs_the_hook_after_every_provision_and_carries_the_secret_i
 
 def test_the_deploying_principal_may_manage_webhook_endpoints_on_both_kinds_of_account():
     contributor = ROLES["Cognitive Services OpenAI Contributor"]
-    granted = {a.file.name for a in assignments_to("principalId")
-               if contributor in a.role_ids and a.scope_type == OPENAI_ACCOUNT}
+    granted = {
+        a.file.name
+        for a in assignments_to("principalId")
+        if contributor in a.role_ids and a.scope_type == OPENAI_ACCOUNT
+    }
     assert {"rbac.bicep", "openai-rbac.bicep"} <= granted, granted
     assert hook.AZURE_ROLE == "Cognitive Services OpenAI Contributor" and hook.AZURE_ROLE in README
 
 
 def test_the_hook_needs_only_what_the_dev_requirements_install():
     tree = ast.parse((REPO / "infra" / "hooks" / "provider_webhook.py").read_text(encoding="utf-8"))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+    }
     third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
     requirements = (REPO / "requirements.txt").read_text()
     pinned = {"httpx": "httpx==", "openai": "openai==", "azure": "azure-identity=="}
@@ -123,7 +135,15 @@ def test_the_hook_needs_only_what_the_dev_requirements_install():
 
 def test_the_readme_says_how_to_rotate_drop_and_turn_push_off():
     section = README.split("## Provider webhooks", 1)[1].split("\n## ", 1)[0]
-    for needle in ("--rotate", "--drop-previous", f"azd env set {hook.SWITCH_VAR} off", "72 h",
-                   "azd hooks run postprovision", "configreferences", hook.AZURE_ROLE, "azd pipeline config"):
+    for needle in (
+        "--rotate",
+        "--drop-previous",
+        f"azd env set {hook.SWITCH_VAR} off",
+        "72 h",
+        "azd hooks run postprovision",
+        "configreferences",
+        hook.AZURE_ROLE,
+        "azd pipeline config",
+    ):
         assert needle in section, needle
     assert re.search(r"Secrets User", section)

@@ -8,6 +8,7 @@ non-equivalent mutants is under GOAL (the survivors not listed are what a test s
 
     python -m tests.mutation.report            # after `mutmut run`, from the repository root
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,11 @@ class Mutant:
 
 
 def changes(diff: str) -> tuple[str, ...]:
-    return tuple(line[0] + line[1:].strip() for line in diff.splitlines()
-                 if line[:1] in "+-" and not line.startswith(("+++", "---")))
+    return tuple(
+        line[0] + line[1:].strip()
+        for line in diff.splitlines()
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    )
 
 
 def keys(mutants: list[Mutant]) -> dict[str, Mutant]:
@@ -90,8 +94,13 @@ class Score:
 
 def score(keyed: dict[str, Mutant], listed: dict[str, str]) -> Score:
     alive = {key for key, m in keyed.items() if m.status not in KILLED}
-    return Score(total=len(keyed), killed=len(keyed) - len(alive), equivalent=sorted(alive & listed.keys()),
-                 survivors=sorted(alive - listed.keys()), stale=sorted(listed.keys() - alive))
+    return Score(
+        total=len(keyed),
+        killed=len(keyed) - len(alive),
+        equivalent=sorted(alive & listed.keys()),
+        survivors=sorted(alive - listed.keys()),
+        stale=sorted(listed.keys() - alive),
+    )
 
 
 def load_results() -> list[Mutant]:
@@ -130,10 +139,14 @@ def main() -> int:
     for key in result.stale:
         print(f"stale entry in {EQUIVALENT_FILE.name} (killed now, or the code changed): {key}")
     by_status = Counter(m.status for m in mutants)
-    print(f"\nmutants: {result.total} ({', '.join(f'{n} {s}' for s, n in by_status.most_common())}); "
-          f"{len(result.equivalent)} listed as equivalent")
-    print(f"mutation score: {result.killed}/{result.judged} non-equivalent mutants killed = {result.ratio:.1%} "
-          f"(goal {GOAL:.0%}); {len(result.survivors)} survivors not listed")
+    print(
+        f"\nmutants: {result.total} ({', '.join(f'{n} {s}' for s, n in by_status.most_common())}); "
+        f"{len(result.equivalent)} listed as equivalent"
+    )
+    print(
+        f"mutation score: {result.killed}/{result.judged} non-equivalent mutants killed = {result.ratio:.1%} "
+        f"(goal {GOAL:.0%}); {len(result.survivors)} survivors not listed"
+    )
     if unchecked:
         print(f"{len(unchecked)} mutants were not checked (an interrupted run?)")
     return 0 if result.ratio >= GOAL and not unchecked else 1

@@ -1,4 +1,5 @@
 """The score `make mutate` prints: stable keys, equivalents left out, stale entries named, every entry reasoned."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,14 +25,22 @@ def test_a_key_names_the_function_and_the_change_not_mutmuts_number():
     (renumbered,) = keys([mutant(7, "survived")])
     assert first == renumbered and first.startswith("shared.runs.x.Store.save@")
     assert next(iter(keys([Mutant("shared.runs.x.x_helper__mutmut_1", "survived", ("+x",))]))).startswith(
-        "shared.runs.x.helper@")
+        "shared.runs.x.helper@"
+    )
     twins = keys([mutant(1, "survived"), mutant(2, "survived")])
     assert sorted(twins) == [first, first + "#2"]
 
 
 def test_the_score_leaves_out_the_listed_survivors_and_names_stale_entries():
-    keyed = keys([mutant(1, "killed", ("a",)), mutant(2, "timeout", ("b",)), mutant(3, "survived", ("c",)),
-                  mutant(4, "survived", ("d",)), mutant(5, "no tests", ("e",))])
+    keyed = keys(
+        [
+            mutant(1, "killed", ("a",)),
+            mutant(2, "timeout", ("b",)),
+            mutant(3, "survived", ("c",)),
+            mutant(4, "survived", ("d",)),
+            mutant(5, "no tests", ("e",)),
+        ]
+    )
     by_change = {m.changes[0]: key for key, m in keyed.items()}
     result = score(keyed, {by_change["c"]: "equivalent", by_change["a"]: "was equivalent once"})
     assert (result.total, result.killed, result.judged) == (5, 2, 4)

@@ -1,6 +1,7 @@
 """In-memory stand-ins for the two things the registration hook writes outside the provider: the azd environment
 and the app's side in Azure (Key Vault secret through ARM, app setting). They record every write, so a test can
 assert that a second run wrote nothing."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

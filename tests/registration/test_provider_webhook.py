@@ -3,6 +3,7 @@ both shapes (OpenAI `/v1/webhook_endpoints`, Azure `/openai/v1/dashboard/webhook
 second run that changes nothing, rotation and the drop of the previous secret, management API failures, lost
 state, refused access, and events the emulator signs, verified with the openai SDK against what the hook stored.
 The azd environment and the Azure side (Key Vault through ARM, the app setting) are in-memory fakes (fakes.py)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,13 @@ from .fakes import MemoryApp, MemoryEnvironment
 
 SECRET_URI = "https://kv-test.vault.azure.net/secrets/provider-webhook-secrets"
 REFERENCE = f"@Microsoft.KeyVault(SecretUri={SECRET_URI})"
-NO_FAULTS = {"fault_429_rate": 0, "fault_500_rate": 0, "fault_503_rate": 0, "api_keys": "",
-             "fault_endpoints": "create,retrieve,stream,cancel,delete,input_items,chat"}
+NO_FAULTS = {
+    "fault_429_rate": 0,
+    "fault_500_rate": 0,
+    "fault_503_rate": 0,
+    "api_keys": "",
+    "fault_endpoints": "create,retrieve,stream,cancel,delete,input_items,chat",
+}
 HOURS = 3600
 
 
@@ -86,8 +92,9 @@ async def register(provider, env, app, url, **kw) -> hook.Outcome:
 async def end_a_response(emu: EmulatorServer, receiver: Receiver) -> Delivery:
     """A background response that ends at once; the provider's webhook for it, as the app would receive it."""
     async with openai.AsyncOpenAI(base_url=emu.base_url, api_key="k") as client:
-        response = await client.responses.create(model="gpt-4.1-mini", input="hi", background=True,
-                                                 metadata={"emulator_duration_ms": "200"})
+        response = await client.responses.create(
+            model="gpt-4.1-mini", input="hi", background=True, metadata={"emulator_duration_ms": "200"}
+        )
     await asyncio.to_thread(receiver.wait_for, lambda _: receiver.for_response(response.id), 20.0)
     return receiver.for_response(response.id)[0]
 
@@ -110,6 +117,7 @@ def other_secret() -> str:
 
 # ---- the first run and the second -----------------------------------------------------------------------------------
 
+
 async def test_first_run_registers_the_endpoint_and_switches_the_app_to_push(emu, provider, url):
     env, app = MemoryEnvironment(), MemoryApp(SECRET_URI)
     outcome = await register(provider, env, app, url)
@@ -118,8 +126,8 @@ async def test_first_run_registers_the_endpoint_and_switches_the_app_to_push(emu
     assert endpoint["url"] == url and sorted(endpoint["event_types"]) == sorted(hook.EVENT_TYPES)
     assert endpoint["name"] == "background-runs test"
     secret = endpoint["signing_secret"]
-    assert env.get(hook.SECRETS_VAR) == secret                 # azd environment -> main.bicep -> later provisions
-    assert app.versions == [secret] and app.setting_value == REFERENCE   # Key Vault, then the app points at it
+    assert env.get(hook.SECRETS_VAR) == secret  # azd environment -> main.bicep -> later provisions
+    assert app.versions == [secret] and app.setting_value == REFERENCE  # Key Vault, then the app points at it
     assert app.resolved() == secret
     assert env.get(hook.PENDING_VAR) == ""
     assert (outcome.action, outcome.endpoint_id, outcome.secret_count) == ("created", endpoint["id"], 1)
@@ -142,11 +150,12 @@ async def test_a_second_run_changes_nothing(emu, provider, url):
     outcome = await register(provider, env, app, url)
 
     assert (outcome.action, outcome.app_updated) == ("unchanged", False)
-    assert registered(emu) == before            # same endpoint, same secret, same updated_at
+    assert registered(emu) == before  # same endpoint, same secret, same updated_at
     assert env.writes == env_writes and app.writes == app_writes
 
 
 # ---- rotation -------------------------------------------------------------------------------------------------------
+
 
 async def test_rotation_keeps_the_previous_secret_for_72_hours_then_drops_it(emu, provider, url):
     env, app = MemoryEnvironment(), MemoryApp(SECRET_URI)
@@ -158,7 +167,7 @@ async def test_rotation_keeps_the_previous_secret_for_72_hours_then_drops_it(emu
 
     [endpoint] = registered(emu)
     new = endpoint["signing_secret"]
-    assert new != old and endpoint["old_secret_active"]         # the provider signs with both for 24 h
+    assert new != old and endpoint["old_secret_active"]  # the provider signs with both for 24 h
     assert (outcome.action, outcome.secret_count) == ("rotated", 2)
     assert env.get(hook.SECRETS_VAR) == f"{new} {old}" == app.resolved()
     assert env.get(hook.ROTATED_AT_VAR) == str(int(t0))
@@ -171,7 +180,7 @@ async def test_rotation_keeps_the_previous_secret_for_72_hours_then_drops_it(emu
     assert (dropped.action, dropped.secret_count) == ("dropped-previous", 1)
     assert env.get(hook.SECRETS_VAR) == new == app.resolved()
     assert env.get(hook.ROTATED_AT_VAR) == ""
-    assert registered(emu)[0]["signing_secret"] == new          # the provider is not touched by the drop
+    assert registered(emu)[0]["signing_secret"] == new  # the provider is not touched by the drop
 
 
 async def test_drop_previous_drops_it_at_once(emu, provider, url):
@@ -191,12 +200,12 @@ async def test_events_verify_against_the_stored_secret_also_during_a_rotation(em
     assert accepts(env.get(hook.SECRETS_VAR), delivery) and accepts(app.resolved(), delivery)
     assert not accepts(other_secret(), delivery)
 
-    before = app.resolved()    # an instance that has not re-read its Key Vault reference yet
+    before = app.resolved()  # an instance that has not re-read its Key Vault reference yet
     await register(provider, env, app, url, rotate=True)
     during = await end_a_response(emu, receiver)
     assert len(during.headers["webhook-signature"].split()) == 2
     new_only = env.get(hook.SECRETS_VAR).split()[0]
-    for setting in (before, app.resolved(), new_only):     # no event is refused, whichever the app has
+    for setting in (before, app.resolved(), new_only):  # no event is refused, whichever the app has
         assert accepts(setting, during), setting
 
     await register(provider, env, app, url, drop_previous=True)
@@ -206,13 +215,14 @@ async def test_events_verify_against_the_stored_secret_also_during_a_rotation(em
 
 # ---- failures -------------------------------------------------------------------------------------------------------
 
+
 async def test_a_failing_management_api_changes_nothing_and_the_next_run_registers(emu, provider, url):
     env, app = MemoryEnvironment(), MemoryApp(SECRET_URI)
     admin(emu, "POST", "config", json={"fault_endpoints": "webhook_endpoints", "fault_500_rate": 1.0})
 
     with pytest.raises(hook.RegistrationError, match="HTTP 500"):
         await register(provider, env, app, url)
-    assert env.writes == [] and app.writes == [] and app.setting_value == ""   # the app keeps polling
+    assert env.writes == [] and app.writes == [] and app.setting_value == ""  # the app keeps polling
 
     admin(emu, "POST", "config", json=NO_FAULTS)
     assert registered(emu) == []
@@ -235,8 +245,12 @@ async def test_a_failed_rotation_keeps_the_current_secret(emu, provider, url):
 
 
 async def test_transient_faults_are_retried_by_the_sdk(emu, url):
-    admin(emu, "POST", "config", json={"fault_endpoints": "webhook_endpoints", "fault_503_rate": 0.5, "seed": 7,
-                                       "retry_after_ms": 50})
+    admin(
+        emu,
+        "POST",
+        "config",
+        json={"fault_endpoints": "webhook_endpoints", "fault_503_rate": 0.5, "seed": 7, "retry_after_ms": 50},
+    )
     provider = make_provider(emu, "azure", max_retries=4)
     try:
         env, app = MemoryEnvironment(), MemoryApp(SECRET_URI)
@@ -251,7 +265,7 @@ async def test_a_secret_lost_after_create_is_replaced_by_a_rotation(emu, provide
     env, app = MemoryEnvironment(fail_sets=1), MemoryApp(SECRET_URI)
     with pytest.raises(hook.RegistrationError, match="azd env set"):
         await register(provider, env, app, url)
-    [endpoint] = registered(emu)                        # created, but its secret was never kept
+    [endpoint] = registered(emu)  # created, but its secret was never kept
     assert env.get(hook.SECRETS_VAR) == "" and app.writes == []
 
     outcome = await register(provider, env, app, url)
@@ -268,7 +282,7 @@ async def test_a_key_vault_failure_is_finished_by_the_next_run(emu, provider, ur
         await register(provider, env, app, url)
     secret = registered(emu)[0]["signing_secret"]
     assert env.get(hook.SECRETS_VAR) == secret and env.get(hook.PENDING_VAR) == "true"
-    assert app.setting_value == ""                      # still polling, never a reference to a missing secret
+    assert app.setting_value == ""  # still polling, never a reference to a missing secret
 
     outcome = await register(provider, env, app, url)
 
@@ -279,7 +293,7 @@ async def test_a_key_vault_failure_is_finished_by_the_next_run(emu, provider, ur
 async def test_a_stale_secret_in_the_environment_is_replaced(emu, provider, url):
     env, app = MemoryEnvironment(), MemoryApp(SECRET_URI)
     await register(provider, env, app, url)
-    env.values[hook.SECRETS_VAR] = other_secret()      # e.g. a pipeline's copy from before a rotation elsewhere
+    env.values[hook.SECRETS_VAR] = other_secret()  # e.g. a pipeline's copy from before a rotation elsewhere
 
     outcome = await register(provider, env, app, url)
 
@@ -318,7 +332,7 @@ async def test_access_granted_while_waiting_lets_the_run_finish(emu, url):
     provider = make_provider(emu, "azure")
 
     async def grant_later() -> None:
-        await asyncio.sleep(0.3)     # the role assignment propagates
+        await asyncio.sleep(0.3)  # the role assignment propagates
         await asyncio.to_thread(admin, emu, "POST", "config", json={"api_keys": "another-key,k"})
 
     try:
@@ -332,6 +346,7 @@ async def test_access_granted_while_waiting_lets_the_run_finish(emu, url):
 
 
 # ---- turning push off -----------------------------------------------------------------------------------------------
+
 
 async def test_turning_off_deletes_the_endpoint_and_empties_the_setting(emu, provider, url):
     env, app = MemoryEnvironment(), MemoryApp(SECRET_URI)
@@ -349,12 +364,21 @@ async def test_turning_off_deletes_the_endpoint_and_empties_the_setting(emu, pro
 
 # ---- the command azd runs -------------------------------------------------------------------------------------------
 
+
 def azd_values(emu: EmulatorServer, receiver: Receiver, **extra: str) -> dict[str, str]:
     """What `azd env get-values` holds after a provision (outputs of main.bicep), pointed at the emulator."""
-    return {"AZURE_ENV_NAME": "dev", "AZURE_FUNCTION_APP_URL": f"http://127.0.0.1:{receiver.port}",
-            "AZURE_PROVIDER_WEBHOOK_SECRET_URI": SECRET_URI, "AZURE_SUBSCRIPTION_ID": "sub",
-            "AZURE_RESOURCE_GROUP": "rg-dev", "AZURE_FUNCTION_NAME": "func-api-x", "AZURE_KEY_VAULT_NAME": "kv-x",
-            "AZURE_OPENAI_ENDPOINT": emu.root_url + "/", "AZURE_OPENAI_API_KEY": "k", **extra}
+    return {
+        "AZURE_ENV_NAME": "dev",
+        "AZURE_FUNCTION_APP_URL": f"http://127.0.0.1:{receiver.port}",
+        "AZURE_PROVIDER_WEBHOOK_SECRET_URI": SECRET_URI,
+        "AZURE_SUBSCRIPTION_ID": "sub",
+        "AZURE_RESOURCE_GROUP": "rg-dev",
+        "AZURE_FUNCTION_NAME": "func-api-x",
+        "AZURE_KEY_VAULT_NAME": "kv-x",
+        "AZURE_OPENAI_ENDPOINT": emu.root_url + "/",
+        "AZURE_OPENAI_API_KEY": "k",
+        **extra,
+    }
 
 
 async def test_the_hook_command_registers_rotates_and_turns_off(emu, receiver, capsys):
@@ -397,8 +421,14 @@ async def test_the_provider_is_chosen_like_the_service_chooses_it(emu, receiver)
         return "entra-token"
 
     azure = hook.provider_from({"AZURE_OPENAI_ENDPOINT": "https://cog-x.openai.azure.com/"}, token)
-    openai_ = hook.provider_from({"AZURE_OPENAI_ENDPOINT": "https://cog-x.openai.azure.com/",
-                                  "MODEL_PROVIDER": "openai", "OPENAI_API_KEY": "sk-x"}, token)
+    openai_ = hook.provider_from(
+        {
+            "AZURE_OPENAI_ENDPOINT": "https://cog-x.openai.azure.com/",
+            "MODEL_PROVIDER": "openai",
+            "OPENAI_API_KEY": "sk-x",
+        },
+        token,
+    )
     try:
         assert (azure.flavour, azure.where) == ("azure_openai", "https://cog-x.openai.azure.com")
         assert str(azure._client.base_url) == "https://cog-x.openai.azure.com/openai/v1/dashboard/"
@@ -415,10 +445,17 @@ async def test_the_provider_is_chosen_like_the_service_chooses_it(emu, receiver)
 async def test_an_azure_resource_without_rotate_secret_says_what_to_do_instead(emu, url):
     azure = make_provider(emu, "azure")
     # Azure's article documents create, list, update and delete; a resource may answer 404 to rotate_secret.
-    without_rotate = hook.ProviderEndpoints(openai.AsyncOpenAI(
-        api_key="k", base_url=f"{emu.root_url}/openai/v1/dashboard", max_retries=0,
-        default_headers={"x-emulator-fault": "404"}), flavour="azure_openai", where=emu.root_url)
-    without_rotate.find = azure.find        # listing works; every other call answers 404
+    without_rotate = hook.ProviderEndpoints(
+        openai.AsyncOpenAI(
+            api_key="k",
+            base_url=f"{emu.root_url}/openai/v1/dashboard",
+            max_retries=0,
+            default_headers={"x-emulator-fault": "404"},
+        ),
+        flavour="azure_openai",
+        where=emu.root_url,
+    )
+    without_rotate.find = azure.find  # listing works; every other call answers 404
     env, app = MemoryEnvironment(), MemoryApp(SECRET_URI)
     try:
         await register(azure, env, app, url)
@@ -434,6 +471,11 @@ async def test_an_azure_resource_without_rotate_secret_says_what_to_do_instead(e
 def test_only_secrets_the_service_accepts_are_taken():
     assert hook.is_usable_secret(other_secret())
     assert hook.is_usable_secret("whsec_" + base64.b64encode(os.urandom(24)).decode().rstrip("="))  # unpadded
-    for bad in ("sk-123", "whsec_", "whsec_not*base64", "whsec_" + base64.b64encode(os.urandom(16)).decode(),
-                "whsec_" + base64.b64encode(os.urandom(65)).decode()):
+    for bad in (
+        "sk-123",
+        "whsec_",
+        "whsec_not*base64",
+        "whsec_" + base64.b64encode(os.urandom(16)).decode(),
+        "whsec_" + base64.b64encode(os.urandom(65)).decode(),
+    ):
         assert not hook.is_usable_secret(bad), bad

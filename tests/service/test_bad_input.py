@@ -1,4 +1,5 @@
 """Every bad input gets a 4xx JSON error naming the problem, and nothing is written."""
+
 from __future__ import annotations
 
 import json
@@ -25,17 +26,42 @@ BAD_BODIES = [
     (json.dumps({"input": "x", "max_output_tokens": True}).encode(), 400, "invalid_request", "max_output_tokens"),
     (json.dumps({"input": "x", "max_output_tokens": 0}).encode(), 400, "invalid_request", "max_output_tokens"),
     (json.dumps({"input": "x", "metadata": {"a": 1}}).encode(), 400, "invalid_request", "metadata.a"),
-    (json.dumps({"input": "x", "metadata": {f"k{i}": "v" for i in range(16)}}).encode(), 400, "invalid_request", "metadata"),
+    (
+        json.dumps({"input": "x", "metadata": {f"k{i}": "v" for i in range(16)}}).encode(),
+        400,
+        "invalid_request",
+        "metadata",
+    ),
     (json.dumps({"input": "x", "tools": [{"type": "web_search"}]}).encode(), 400, "invalid_request", "tools[0]"),
     (json.dumps({"input": "x", "reasoning": {"effort": "max"}}).encode(), 400, "invalid_request", "reasoning.effort"),
     (json.dumps({"input": "x", "surprise": 1}).encode(), 400, "unknown_field", "surprise"),
     (json.dumps({"input": "x", "session_id": "../etc"}).encode(), 400, "invalid_request", "session_id"),
     (json.dumps({"input": "x", "continuation_token": "abc"}).encode(), 400, "invalid_request", "input"),
     (json.dumps({"continuation_token": "abc.def"}).encode(), 400, "invalid_token", "continuation_token"),
-    (json.dumps({"input": "x", "webhook_url": "ftp://example.com/hook"}).encode(), 400, "invalid_webhook_url", "webhook_url"),
-    (json.dumps({"input": "x", "webhook_url": "http://169.254.169.254/latest"}).encode(), 400, "invalid_webhook_url", "webhook_url"),
-    (json.dumps({"input": "x", "webhook_url": "http://168.63.129.16/"}).encode(), 400, "invalid_webhook_url", "webhook_url"),
-    (json.dumps({"input": "x", "webhook_url": "http://user:pw@example.com/"}).encode(), 400, "invalid_webhook_url", "webhook_url"),
+    (
+        json.dumps({"input": "x", "webhook_url": "ftp://example.com/hook"}).encode(),
+        400,
+        "invalid_webhook_url",
+        "webhook_url",
+    ),
+    (
+        json.dumps({"input": "x", "webhook_url": "http://169.254.169.254/latest"}).encode(),
+        400,
+        "invalid_webhook_url",
+        "webhook_url",
+    ),
+    (
+        json.dumps({"input": "x", "webhook_url": "http://168.63.129.16/"}).encode(),
+        400,
+        "invalid_webhook_url",
+        "webhook_url",
+    ),
+    (
+        json.dumps({"input": "x", "webhook_url": "http://user:pw@example.com/"}).encode(),
+        400,
+        "invalid_webhook_url",
+        "webhook_url",
+    ),
     (json.dumps({"input": "x" * (1024 * 1024 + 1)}).encode(), 413, "request_too_large", None),
 ]
 

@@ -3,6 +3,7 @@ state), the emulator, the native API over HTTP and the facade through the offici
 
 The hosts' quotas: every caller 2 active runs at a time and no start rate (the defaults set here); bob 3 starts a
 minute and no cap; carol 1 active run; ops unlimited. The native API's function-key callers are one caller."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -21,8 +22,9 @@ from ..stack import FACADE_KEYS, MASTER_KEY
 
 KEYS = {**FACADE_KEYS, **{name: secrets.token_urlsafe(32) for name in ("carol", "dave")}}
 QUOTA_ENV = {
-    "RESPONSES_API_KEYS": " ".join(f"{name}:{key}" + (":operator" if name == "ops" else "")
-                                   for name, key in KEYS.items()),
+    "RESPONSES_API_KEYS": " ".join(
+        f"{name}:{key}" + (":operator" if name == "ops" else "") for name, key in KEYS.items()
+    ),
     "CALLER_MAX_ACTIVE_RUNS": "2",
     "CALLER_STARTS_PER_MINUTE": "0",
     "CALLER_QUOTAS": "bob:0:3 carol:1:0 ops:0:0",
@@ -42,9 +44,12 @@ class Host:
 
     def create(self, caller: str, **body) -> httpx.Response:
         """A facade create with `caller`'s key, over plain HTTP (headers and body as sent)."""
-        return httpx.post(f"{self.facade_url}/responses", timeout=30,
-                          headers={"Authorization": f"Bearer {KEYS[caller]}"},
-                          json={"model": "gpt-4.1-mini", "input": "hello", "background": True, **body})
+        return httpx.post(
+            f"{self.facade_url}/responses",
+            timeout=30,
+            headers={"Authorization": f"Bearer {KEYS[caller]}"},
+            json={"model": "gpt-4.1-mini", "input": "hello", "background": True, **body},
+        )
 
     def cancel(self, run_id: str) -> None:
         self.api.post(f"/api/runs/{run_id}/cancel").raise_for_status()
@@ -100,27 +105,36 @@ def eventually_started(host: Host, within: float = 10) -> httpx.Response:
 def rows(storage: str) -> set[tuple[str, str, str]]:
     """Every entity of every table, by (table, PartitionKey, RowKey)."""
     service = TableServiceClient.from_connection_string(storage)
-    return {(table.name, row["PartitionKey"], row["RowKey"]) for table in service.list_tables()
-            for row in service.get_table_client(table.name).list_entities(select=["PartitionKey", "RowKey"])}
+    return {
+        (table.name, row["PartitionKey"], row["RowKey"])
+        for table in service.list_tables()
+        for row in service.get_table_client(table.name).list_entities(select=["PartitionKey", "RowKey"])
+    }
 
 
 def test_the_native_callers_third_active_run_is_refused_and_leaves_no_trace(stack, host, storage):
     running = [host.start(metadata=LONG).json()["id"] for _ in range(2)]
     case, key, hook = uuid.uuid4().hex, f"key-{uuid.uuid4().hex}", f"quota-{uuid.uuid4().hex}"
     before = rows(storage)
-    refused = host.api.post("/api/runs", headers={"Idempotency-Key": key},
-                            json={"input": "one too many", "metadata": {**LONG, "case": case},
-                                  "webhook_url": stack.hook_url(hook)})
+    refused = host.api.post(
+        "/api/runs",
+        headers={"Idempotency-Key": key},
+        json={"input": "one too many", "metadata": {**LONG, "case": case}, "webhook_url": stack.hook_url(hook)},
+    )
     assert_rate_limited(refused, limit=2)
-    assert refused.json() == {"error": {"code": "rate_limit_exceeded", "param": None,
-                                        "message": refused.json()["error"]["message"]}}
+    assert refused.json() == {
+        "error": {"code": "rate_limit_exceeded", "param": None, "message": refused.json()["error"]["message"]}
+    }
     assert "2 at a time" in refused.json()["error"]["message"]
     assert rows(storage) - before == set()  # no run, no idempotency record, no index row, no slot
     assert stack.emulator.responses(case=case) == []  # nothing reached the provider
 
     host.cancel(running[0])  # a cancelled run gives its slot back
-    again = host.api.post("/api/runs", headers={"Idempotency-Key": key},
-                          json={"input": "a different body", "metadata": {"emulator_duration_ms": "1500"}})
+    again = host.api.post(
+        "/api/runs",
+        headers={"Idempotency-Key": key},
+        json={"input": "a different body", "metadata": {"emulator_duration_ms": "1500"}},
+    )
     assert again.status_code == 202, again.text  # the key was not kept: a new body under it is a new run
     assert host.start(metadata=LONG).status_code == 429
     assert host.wait(again.json()["id"])["status"] == "completed"  # a completed run gives its slot back
@@ -190,6 +204,7 @@ def test_concurrent_starts_on_two_instances_cannot_both_take_the_last_slot(hosts
 
 def test_a_start_under_a_quota_costs_two_storage_requests_more(host):
     """Measured on the host (its /api/metrics): dave (capped) against ops (no quota), the same create."""
+
     def create_requests() -> int:
         metrics = host.api.get("/api/metrics", headers={"x-functions-key": MASTER_KEY}).json()
         return sum(metrics["storage_requests_by_function"].get("create_response", {}).values())
@@ -207,6 +222,12 @@ def test_a_start_under_a_quota_costs_two_storage_requests_more(host):
 
 def test_health_details_show_the_quotas(host):
     checks = host.api.get("/api/health/details", headers={"x-functions-key": MASTER_KEY}).json()["checks"]
-    assert checks["caller_quotas"] == {"max_active_runs": 2, "starts_per_minute": 0, "overrides": {
-        "bob": {"max_active_runs": 0, "starts_per_minute": 3}, "carol": {"max_active_runs": 1, "starts_per_minute": 0},
-        "ops": {"max_active_runs": 0, "starts_per_minute": 0}}}
+    assert checks["caller_quotas"] == {
+        "max_active_runs": 2,
+        "starts_per_minute": 0,
+        "overrides": {
+            "bob": {"max_active_runs": 0, "starts_per_minute": 3},
+            "carol": {"max_active_runs": 1, "starts_per_minute": 0},
+            "ops": {"max_active_runs": 0, "starts_per_minute": 0},
+        },
+    }

@@ -1,5 +1,6 @@
 """Completion without the wait, end to end: the emulator pushes signed provider webhooks to the function app
 (push), or the poll chain holds the provider's stream (watch); polling stays as the safety net."""
+
 from __future__ import annotations
 
 import time
@@ -25,9 +26,13 @@ def own_storage():
 
 
 def register_endpoint(stack) -> dict:
-    reply = httpx.post(f"{stack.emulator.base_url}/webhook_endpoints",
-                       json={"url": "http://127.0.0.1:9/not-yet", "event_types": [
-                           "response.completed", "response.failed", "response.cancelled", "response.incomplete"]})
+    reply = httpx.post(
+        f"{stack.emulator.base_url}/webhook_endpoints",
+        json={
+            "url": "http://127.0.0.1:9/not-yet",
+            "event_types": ["response.completed", "response.failed", "response.cancelled", "response.incomplete"],
+        },
+    )
     reply.raise_for_status()
     return reply.json()
 
@@ -35,10 +40,16 @@ def register_endpoint(stack) -> dict:
 @pytest.fixture(scope="module")
 def push_host(stack, own_storage):
     endpoint = register_endpoint(stack)
-    host = stack.start_host("push", AzureWebJobsStorage=own_storage(), PROVIDER_WEBHOOK_SECRETS=endpoint["signing_secret"],
-                            SAFETY_POLL_INITIAL_SECONDS="6", SAFETY_POLL_MAX_SECONDS="8")
-    httpx.post(f"{stack.emulator.base_url}/webhook_endpoints/{endpoint['id']}",
-               json={"url": host.url("api/provider/webhooks")}).raise_for_status()
+    host = stack.start_host(
+        "push",
+        AzureWebJobsStorage=own_storage(),
+        PROVIDER_WEBHOOK_SECRETS=endpoint["signing_secret"],
+        SAFETY_POLL_INITIAL_SECONDS="6",
+        SAFETY_POLL_MAX_SECONDS="8",
+    )
+    httpx.post(
+        f"{stack.emulator.base_url}/webhook_endpoints/{endpoint['id']}", json={"url": host.url("api/provider/webhooks")}
+    ).raise_for_status()
     yield httpx.Client(base_url=host.base_url, timeout=30, headers=stack.key_headers)
     httpx.delete(f"{stack.emulator.base_url}/webhook_endpoints/{endpoint['id']}")
     host.stop()
@@ -46,8 +57,9 @@ def push_host(stack, own_storage):
 
 @pytest.fixture(scope="module")
 def watch_host(stack, own_storage):
-    host = stack.start_host("watch", AzureWebJobsStorage=own_storage(), COMPLETION_STRATEGY="watch",
-                            WATCH_WINDOW_SECONDS="4")
+    host = stack.start_host(
+        "watch", AzureWebJobsStorage=own_storage(), COMPLETION_STRATEGY="watch", WATCH_WINDOW_SECONDS="4"
+    )
     yield httpx.Client(base_url=host.base_url, timeout=30, headers=stack.key_headers)
     host.stop()
 
@@ -58,8 +70,14 @@ def health_details(stack, client: httpx.Client) -> dict:
 
 def run_to_webhook(stack, client: httpx.Client, name: str, **metadata) -> tuple[dict, dict, float]:
     """Start a run with a webhook; wait for the webhook; (final run, provider record, lag webhook - provider end)."""
-    response = client.post("/api/runs", json={"input": "x", "webhook_url": stack.hook_url(name),
-                                              "metadata": {"emulator_duration_ms": "1500", **metadata}})
+    response = client.post(
+        "/api/runs",
+        json={
+            "input": "x",
+            "webhook_url": stack.hook_url(name),
+            "metadata": {"emulator_duration_ms": "1500", **metadata},
+        },
+    )
     assert response.status_code == 202, response.text
     run_id = response.json()["id"]
     deadline = time.monotonic() + 40
@@ -97,16 +115,23 @@ def test_push_tells_a_working_run_from_a_waiting_one_and_asks_for_short_retries(
 
 def test_push_with_the_providers_webhook_lost_still_ends_the_run_by_the_safety_net(stack, push_host):
     # 4 s: the early look (at 1 s) finds it working, so only the safety net (6 s later +- 20 %) can end it
-    final, record, lag = run_to_webhook(stack, push_host, f"dropped-{time.time_ns()}", emulator_webhook_drop="true",
-                                        emulator_duration_ms="4000")
+    final, record, lag = run_to_webhook(
+        stack, push_host, f"dropped-{time.time_ns()}", emulator_webhook_drop="true", emulator_duration_ms="4000"
+    )
     assert final["status"] == "completed"
     assert 0.8 < lag < 25.0 and record["webhook"]["deliveries"][0]["state"] == "dropped"
 
 
 def test_a_forged_provider_webhook_is_refused(stack, push_host):
-    response = push_host.post("/api/provider/webhooks", json={"type": "response.completed", "data": {"id": "resp_x"}},
-                              headers={"webhook-id": "wh_1", "webhook-timestamp": str(int(time.time())),
-                                       "webhook-signature": "v1,bm90IGEgc2lnbmF0dXJl"})
+    response = push_host.post(
+        "/api/provider/webhooks",
+        json={"type": "response.completed", "data": {"id": "resp_x"}},
+        headers={
+            "webhook-id": "wh_1",
+            "webhook-timestamp": str(int(time.time())),
+            "webhook-signature": "v1,bm90IGEgc2lnbmF0dXJl",
+        },
+    )
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_provider_event"
 
 

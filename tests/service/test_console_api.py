@@ -1,6 +1,7 @@
 """The console's JSON API (/api/console/api/...) on the local stack: the Responses API keys decide who sees and
 steers what (a caller only its own runs, another caller's run is 404 as an unknown id; an operator every run and
 the operator view), 401 without a key; the page and its assets come with a strict Content-Security-Policy."""
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,12 @@ RUN_ROUTES = (("GET", ""), ("GET", "/stream"), ("POST", "/cancel"), ("DELETE", "
 @pytest.fixture(scope="module")
 def console(stack):
     """A client of the console API per caller (alice, bob, ops), and one with no key."""
-    clients = {name: httpx.Client(base_url=f"{stack.host.base_url}/api/console/api", timeout=30,
-                                  headers={"Authorization": f"Bearer {key}"}) for name, key in FACADE_KEYS.items()}
+    clients = {
+        name: httpx.Client(
+            base_url=f"{stack.host.base_url}/api/console/api", timeout=30, headers={"Authorization": f"Bearer {key}"}
+        )
+        for name, key in FACADE_KEYS.items()
+    }
     clients[None] = httpx.Client(base_url=f"{stack.host.base_url}/api/console/api", timeout=30)
     yield clients
     for client in clients.values():
@@ -50,8 +55,9 @@ def wait_until(read, done, timeout: float = 30):
 def test_without_a_key_or_with_a_wrong_one_every_route_is_401(stack, console):
     wrong = httpx.Client(base_url=console[None].base_url, headers={"Authorization": "Bearer " + "x" * 40})
     run_id = stack.start_as("alice")
-    routes = [("GET", "/me"), ("GET", "/runs"), ("GET", "/operations")] + \
-             [(method, f"/runs/{run_id}{suffix}") for method, suffix in RUN_ROUTES]
+    routes = [("GET", "/me"), ("GET", "/runs"), ("GET", "/operations")] + [
+        (method, f"/runs/{run_id}{suffix}") for method, suffix in RUN_ROUTES
+    ]
     for client in (console[None], wrong):
         for method, path in routes:
             response = client.request(method, path)
@@ -112,10 +118,14 @@ def test_who_am_i_and_the_operator_view(stack, console):
     assert "RESPONSES_API_KEYS" not in str(operations) and FACADE_KEYS["ops"] not in str(operations)
     capacity = operations["capacity"]  # the session stack sets no quota: every caller unlimited, no slot kept
     assert set(capacity["callers"]) >= {"alice", "bob", "ops", "@native"}
-    assert capacity["callers"]["bob"] == {"max_active_runs": 0, "starts_per_minute": 0, "active_slots": None,
-                                          "active_runs": in_flight["callers"]["bob"]["active"],
-                                          "status_queued": in_flight["callers"]["bob"]["queued"],
-                                          "waiting_for_capacity": 0}  # the emulator has room
+    assert capacity["callers"]["bob"] == {
+        "max_active_runs": 0,
+        "starts_per_minute": 0,
+        "active_slots": None,
+        "active_runs": in_flight["callers"]["bob"]["active"],
+        "status_queued": in_flight["callers"]["bob"]["queued"],
+        "waiting_for_capacity": 0,
+    }  # the emulator has room
     assert capacity["deployments"] == [{"name": "gpt-4.1-mini", "provider": "emulator", "default": True}]
     problems = [error.message for error in openapi_validator("ConsoleOperations").iter_errors(operations)]
     assert problems == []
@@ -125,8 +135,10 @@ def test_who_am_i_and_the_operator_view(stack, console):
 def test_a_run_shows_its_webhook_lag_and_its_owner_redelivers_and_deletes_it(stack, console):
     name = "console-lag"
     run_id = stack.start_as("alice", duration_ms=300, webhook_url=stack.hook_url(name))
-    run = wait_until(lambda: console["alice"].get(f"/runs/{run_id}").json(),
-                     lambda r: r.get("webhook", {}).get("state") == "delivered")
+    run = wait_until(
+        lambda: console["alice"].get(f"/runs/{run_id}").json(),
+        lambda r: r.get("webhook", {}).get("state") == "delivered",
+    )
     finished = next(e for e in run["timeline"]["entries"] if e["type"] == "finished")
     assert finished["provider_completed_at"] == run["provider_ended_at"]  # the provider's own completed_at
     delivered_at = next(e["at"] for e in run["timeline"]["entries"] if e["type"] == "webhook_attempt")
@@ -162,9 +174,17 @@ def test_the_stream_resumes_exactly_after_last_event_id(stack, console):
     assert "".join(e.delta for e in first + rest) == rest[-1].data["run"]["output_text"]
 
 
-@pytest.mark.parametrize(("params", "param"), [({"status": "sleeping"}, "status"), ({"limit": "x"}, "limit"),
-                                               ({"limit": "500"}, "limit"), ({"owner": "a/b"}, "owner"),
-                                               ({"session_id": "../x"}, "session_id"), ({"cursor": "zz"}, "cursor")])
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"status": "sleeping"}, "status"),
+        ({"limit": "x"}, "limit"),
+        ({"limit": "500"}, "limit"),
+        ({"owner": "a/b"}, "owner"),
+        ({"session_id": "../x"}, "session_id"),
+        ({"cursor": "zz"}, "cursor"),
+    ],
+)
 def test_bad_list_parameters_are_400s_naming_them(console, params, param):
     response = console["ops"].get("/runs", params=params)
     assert response.status_code == 400 and response.json()["error"]["param"] == param
@@ -175,8 +195,14 @@ def test_the_page_and_its_assets(stack):
     page = httpx.get(base)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     policy = page.headers["content-security-policy"]
-    for directive in ("default-src 'self'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'",
-                      "require-trusted-types-for 'script'", "trusted-types 'none'"):
+    for directive in (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+        "require-trusted-types-for 'script'",
+        "trusted-types 'none'",
+    ):
         assert directive in policy
     assert "<script>" not in page.text and " style=" not in page.text and "on" + "click=" not in page.text
     assert httpx.get(f"{base}/").headers["location"] == "/api/console"

@@ -2,6 +2,7 @@
 Azurite): start, poll by token and by id, webhook, streaming and exact resume, cancel and deadline stopping the
 model call, provider 429/500 before output, a cut mid-output, tool calls in a session, and a Responses API
 without background mode."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,7 @@ RUN = {"emulator_duration_ms": "2500", "emulator_output_chars": "400", "emulator
 
 @pytest.fixture(scope="module")
 def executor(stack):
-    host = stack.start_host("executor", **EXECUTOR_HOST,
-                      EXECUTOR_STALE_SECONDS="5")
+    host = stack.start_host("executor", **EXECUTOR_HOST, EXECUTOR_STALE_SECONDS="5")
     client = httpx.Client(base_url=host.base_url, timeout=30, headers=stack.key_headers)
     assert client.get("/api/health").status_code == 200
     yield client
@@ -28,8 +28,9 @@ def executor(stack):
 
 
 def chat_calls(stack, marker: str) -> list[dict]:
-    rows = httpx.get(f"{stack.emulator.base_url}/_emulator/chat_completions",
-                     params={"knob.emulator_marker": marker}).json()["data"]
+    rows = httpx.get(
+        f"{stack.emulator.base_url}/_emulator/chat_completions", params={"knob.emulator_marker": marker}
+    ).json()["data"]
     return rows
 
 
@@ -47,7 +48,7 @@ def received(stack, name: str, timeout: float = 20) -> list[dict]:
 def text_of(events) -> str:
     """The text of the last attempt: deltas after the last output_restarted event."""
     start = max((i for i, e in enumerate(events) if e.event == "output_restarted"), default=-1)
-    return "".join(e.delta for e in events[start + 1:])
+    return "".join(e.delta for e in events[start + 1 :])
 
 
 def assert_whole(events, stored: dict) -> None:
@@ -60,8 +61,10 @@ def assert_whole(events, stored: dict) -> None:
 
 def test_an_executor_run_is_polled_by_token_and_id_and_sends_one_webhook(stack, executor):
     name, mark = f"exec-{time.time_ns()}", marker()
-    started = executor.post("/api/runs", json={"input": "hello", "webhook_url": stack.hook_url(name),
-                                               "metadata": {**RUN, "emulator_marker": mark}})
+    started = executor.post(
+        "/api/runs",
+        json={"input": "hello", "webhook_url": stack.hook_url(name), "metadata": {**RUN, "emulator_marker": mark}},
+    )
     assert started.status_code == 202
     run = started.json()
     assert run["backend"] == "executor" and run["provider_response_id"].startswith("exec_")
@@ -92,20 +95,25 @@ def test_a_streamed_executor_run_reads_like_a_provider_run(executor):
 
 @pytest.mark.parametrize("cut_at,how", [(2, "last-event-id"), (9, "starting_after"), (30, "token")])
 def test_a_cut_stream_resumes_with_exactly_the_missing_events(executor, cut_at, how):
-    head = sse.read(executor, "POST", "/api/runs", json={"input": "cut", "stream": True, "metadata": RUN},
-                    limit=cut_at)
+    head = sse.read(executor, "POST", "/api/runs", json={"input": "cut", "stream": True, "metadata": RUN}, limit=cut_at)
     run_id, last = head[0].data["run_id"], head[-1]
-    kwargs = {"last-event-id": {"headers": {"Last-Event-ID": str(last.id)}},
-              "starting_after": {"params": {"starting_after": last.id}},
-              "token": {"params": {"continuation_token": last.data["continuation_token"]}}}[how]
+    kwargs = {
+        "last-event-id": {"headers": {"Last-Event-ID": str(last.id)}},
+        "starting_after": {"params": {"starting_after": last.id}},
+        "token": {"params": {"continuation_token": last.data["continuation_token"]}},
+    }[how]
     tail = sse.read(executor, "GET", f"/api/runs/{run_id}/stream", **kwargs)
     assert tail[0].id == last.id + 1
     assert_whole(head + tail, executor.get(f"/api/runs/{run_id}").json())
 
 
 def test_a_finished_executor_run_replays_from_its_log(executor):
-    events = sse.read(executor, "POST", "/api/runs", json={"input": "x", "stream": True,
-                                                           "metadata": {**RUN, "emulator_duration_ms": "300"}})
+    events = sse.read(
+        executor,
+        "POST",
+        "/api/runs",
+        json={"input": "x", "stream": True, "metadata": {**RUN, "emulator_duration_ms": "300"}},
+    )
     run_id = events[0].data["run_id"]
     replay = sse.read(executor, "GET", f"/api/runs/{run_id}/stream")
     assert [(e.id, e.event) for e in replay] == [(e.id, e.event) for e in events]
@@ -113,8 +121,11 @@ def test_a_finished_executor_run_replays_from_its_log(executor):
 
 def test_cancel_mid_generation_stops_the_model_call(stack, executor):
     mark = marker()
-    body = {"input": "long", "stream": True, "metadata": {"emulator_duration_ms": "30000",
-                                                         "emulator_output_chars": "3000", "emulator_marker": mark}}
+    body = {
+        "input": "long",
+        "stream": True,
+        "metadata": {"emulator_duration_ms": "30000", "emulator_output_chars": "3000", "emulator_marker": mark},
+    }
     head = sse.read(executor, "POST", "/api/runs", json=body, limit=6)
     run_id = head[0].data["run_id"]
     cancelled = executor.post(f"/api/runs/{run_id}/cancel").json()
@@ -129,16 +140,30 @@ def test_cancel_mid_generation_stops_the_model_call(stack, executor):
 
 def test_the_deadline_stops_the_model_call_and_expires_the_run(stack, executor):
     mark = marker()
-    run = executor.post("/api/runs", json={"input": "too long", "deadline_seconds": 3, "metadata": {
-        "emulator_duration_ms": "30000", "emulator_marker": mark}}).json()
+    run = executor.post(
+        "/api/runs",
+        json={
+            "input": "too long",
+            "deadline_seconds": 3,
+            "metadata": {"emulator_duration_ms": "30000", "emulator_marker": mark},
+        },
+    ).json()
     final = wait_for_run(executor, run["id"], timeout=30)
     assert final["status"] == "expired" and "deadline of 3 s" in final["error"]["message"]
     assert chat_calls(stack, mark)[0]["disconnected"]
 
 
 def test_provider_429_and_500_before_output_are_retried_without_a_restart(stack, executor):
-    events = sse.read(executor, "POST", "/api/runs", json={"input": "storm", "stream": True, "metadata": {
-        **RUN, "emulator_http_errors": "429:2,500:1", "emulator_retry_after_ms": "100"}})
+    events = sse.read(
+        executor,
+        "POST",
+        "/api/runs",
+        json={
+            "input": "storm",
+            "stream": True,
+            "metadata": {**RUN, "emulator_http_errors": "429:2,500:1", "emulator_retry_after_ms": "100"},
+        },
+    )
     stored = executor.get(f"/api/runs/{events[0].data['run_id']}").json()
     assert stored["status"] == "completed"
     assert "output_restarted" not in {e.event for e in events}
@@ -146,11 +171,19 @@ def test_provider_429_and_500_before_output_are_retried_without_a_restart(stack,
 
 
 def test_a_stream_cut_mid_output_restarts_the_output_and_ends_with_the_last_attempt(executor):
-    events = sse.read(executor, "POST", "/api/runs", json={"input": "cut me", "stream": True, "metadata": {
-        **RUN, "emulator_stream_cut_after": "12", "emulator_stream_cut_sends": "1"}})
+    events = sse.read(
+        executor,
+        "POST",
+        "/api/runs",
+        json={
+            "input": "cut me",
+            "stream": True,
+            "metadata": {**RUN, "emulator_stream_cut_after": "12", "emulator_stream_cut_sends": "1"},
+        },
+    )
     restarts = [e for e in events if e.event == "output_restarted"]
     assert len(restarts) == 1 and restarts[0].data["attempt"] == 2
-    before = "".join(e.delta for e in events[:events.index(restarts[0])])
+    before = "".join(e.delta for e in events[: events.index(restarts[0])])
     assert before, "the first attempt's partial output was streamed before the restart"
     stored = executor.get(f"/api/runs/{events[0].data['run_id']}").json()
     assert_whole(events, stored)
@@ -160,15 +193,28 @@ def test_a_stream_cut_mid_output_restarts_the_output_and_ends_with_the_last_atte
 def test_tool_calls_require_action_and_the_session_continues(executor):
     session = executor.post("/api/sessions").json()["id"]
     tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
-    first = executor.post("/api/runs", json={"input": "call:get_weather", "session_id": session, "tools": tools,
-                                             "metadata": {"emulator_duration_ms": "500"}}).json()
+    first = executor.post(
+        "/api/runs",
+        json={
+            "input": "call:get_weather",
+            "session_id": session,
+            "tools": tools,
+            "metadata": {"emulator_duration_ms": "500"},
+        },
+    ).json()
     first = wait_for_run(executor, first["id"])
     assert first["status"] == "requires_action"
     call = first["required_action"]["calls"][0]
     assert call["name"] == "get_weather"
-    second = executor.post("/api/runs", json={
-        "session_id": session, "tools": tools, "metadata": {"emulator_duration_ms": "500"},
-        "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}]}).json()
+    second = executor.post(
+        "/api/runs",
+        json={
+            "session_id": session,
+            "tools": tools,
+            "metadata": {"emulator_duration_ms": "500"},
+            "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}],
+        },
+    ).json()
     second = wait_for_run(executor, second["id"])
     assert second["status"] == "completed"
     assert second["output_text"].startswith(f"Tool get_weather ({call['call_id']}) returned sunny")
@@ -177,16 +223,16 @@ def test_tool_calls_require_action_and_the_session_continues(executor):
 @pytest.fixture
 def responses_host(stack):
     stack.emulator_config(background_mode=False)
-    host = stack.start_host("executor-responses", **EXECUTOR_HOST,
-                      EXECUTOR_API="responses")
+    host = stack.start_host("executor-responses", **EXECUTOR_HOST, EXECUTOR_API="responses")
     yield httpx.Client(base_url=host.base_url, timeout=30, headers=stack.key_headers)
     host.stop()
     stack.emulator_config(background_mode=True)
 
 
 def test_a_responses_api_without_background_mode_is_streamed_by_the_executor(stack, responses_host):
-    events = sse.read(responses_host, "POST", "/api/runs", json={"input": "no background here", "stream": True,
-                                                                 "metadata": RUN})
+    events = sse.read(
+        responses_host, "POST", "/api/runs", json={"input": "no background here", "stream": True, "metadata": RUN}
+    )
     run_id = events[0].data["run_id"]
     stored = responses_host.get(f"/api/runs/{run_id}").json()
     assert stored["backend"] == "executor"
@@ -196,8 +242,9 @@ def test_a_responses_api_without_background_mode_is_streamed_by_the_executor(sta
     # Found by issue 21: items were stored by the SDK's field names ("async_": null) with a null for every field
     # the server never sent.
     tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
-    called = responses_host.post("/api/runs", json={"input": "call:get_weather", "tools": tools,
-                                                    "metadata": {"emulator_duration_ms": "300"}}).json()
+    called = responses_host.post(
+        "/api/runs", json={"input": "call:get_weather", "tools": tools, "metadata": {"emulator_duration_ms": "300"}}
+    ).json()
     called = wait_for_run(responses_host, called["id"])
     assert called["status"] == "requires_action"
     for item in called["output"] + stored["output"]:
@@ -209,8 +256,9 @@ def test_a_responses_api_without_background_mode_is_streamed_by_the_executor(sta
 def _sdk_names_or_nulls(value) -> list[str]:
     """Keys of `value` (nested) that are the SDK's names (a trailing underscore) or null."""
     if isinstance(value, dict):
-        return [k for k, v in value.items() if k.endswith("_") or v is None] + \
-            [k for v in value.values() for k in _sdk_names_or_nulls(v)]
+        return [k for k, v in value.items() if k.endswith("_") or v is None] + [
+            k for v in value.values() for k in _sdk_names_or_nulls(v)
+        ]
     if isinstance(value, list):
         return [k for v in value for k in _sdk_names_or_nulls(v)]
     return []

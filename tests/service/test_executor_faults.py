@@ -2,6 +2,7 @@
 watchdog queues the run again, as it must on Azure where the dead host's message stays invisible for 10
 minutes), followers see an explicit restart and no gap or repeat, one webhook is sent, and the run's output is
 the last attempt's. Its own module: it kills a host, and no other executor host may take the run meanwhile."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,7 @@ from ..stack import EXECUTOR_HOST
 
 @pytest.fixture
 def killable(stack):
-    host = stack.start_host("executor-killed", **EXECUTOR_HOST,
-                      EXECUTOR_STALE_SECONDS="3")
+    host = stack.start_host("executor-killed", **EXECUTOR_HOST, EXECUTOR_STALE_SECONDS="3")
     yield host
     host.stop()
 
@@ -25,8 +25,12 @@ def killable(stack):
 def test_a_host_killed_mid_generation_restarts_the_output_and_sends_one_webhook(stack, killable):
     name = f"killed-{time.time_ns()}"
     client = httpx.Client(base_url=killable.base_url, timeout=30, headers=stack.key_headers)
-    body = {"input": "survive this", "stream": True, "webhook_url": stack.hook_url(name),
-            "metadata": {"emulator_duration_ms": "6000", "emulator_output_chars": "600", "emulator_deltas": "60"}}
+    body = {
+        "input": "survive this",
+        "stream": True,
+        "webhook_url": stack.hook_url(name),
+        "metadata": {"emulator_duration_ms": "6000", "emulator_output_chars": "600", "emulator_deltas": "60"},
+    }
     head = sse.read(client, "POST", "/api/runs", json=body, limit=12)
     assert sum(1 for e in head if e.event == "output_text.delta") >= 3
     run_id = head[0].data["run_id"]
@@ -41,7 +45,7 @@ def test_a_host_killed_mid_generation_restarts_the_output_and_sends_one_webhook(
     assert len(restarts) == 1 and restarts[0].data["attempt"] == 2
     final = stack.wait(run_id, timeout=30)
     assert events[-1].event == "run.completed" and final["status"] == "completed"
-    last_attempt = "".join(e.delta for e in events[events.index(restarts[0]) + 1:])
+    last_attempt = "".join(e.delta for e in events[events.index(restarts[0]) + 1 :])
     assert final["output_text"] == last_attempt and len(last_attempt) == 600
     deadline = time.monotonic() + 20
     while not stack.received(name) and time.monotonic() < deadline:

@@ -1,5 +1,6 @@
 """Faults are survived: provider storms, duplicated and lost poll messages, interrupted starts,
 a crashed host, and outputs larger than Table Storage can hold."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ def retrieve_calls(stack, run_id: str) -> int:
 def test_a_provider_429_and_500_storm_still_completes_every_run(stack):
     stack.emulator_config(fault_500_rate=0.3, fault_endpoints="retrieve")
     try:
-        storm = [stack.start(f"storm {i}", metadata={"emulator_duration_ms": "1500",
-                                                     "emulator_http_errors": "429:3"}).json() for i in range(6)]
+        storm = [
+            stack.start(f"storm {i}", metadata={"emulator_duration_ms": "1500", "emulator_http_errors": "429:3"}).json()
+            for i in range(6)
+        ]
         finals = [stack.wait(run["id"], timeout=90) for run in storm]
     finally:
         stack.emulator_config(fault_500_rate=0.0, fault_endpoints=ALL_ENDPOINTS)
@@ -37,8 +40,9 @@ def test_a_duplicated_poll_message_does_not_fork_the_chain(stack):
     control = stack.start("control", metadata={"emulator_duration_ms": "8000"}).json()
     run = stack.start("duplicated", metadata={"emulator_duration_ms": "8000"}).json()
     entity = runs_table(stack).get_entity(run["id"], "run")
-    queue = QueueClient.from_connection_string(stack.connection_string, "runs-poll",
-                                               message_encode_policy=TextBase64EncodePolicy())
+    queue = QueueClient.from_connection_string(
+        stack.connection_string, "runs-poll", message_encode_policy=TextBase64EncodePolicy()
+    )
     message = json.dumps({"run_id": run["id"], "seq": entity["poll_seq"], "nonce": entity["poll_nonce"]})
     for _ in range(3):
         queue.send_message(message)
@@ -54,8 +58,9 @@ def test_a_duplicated_poll_message_does_not_fork_the_chain(stack):
 def test_a_lost_poll_message_is_repaired_by_the_sweeper(stack):
     run = stack.start("lost", metadata={"emulator_duration_ms": "3000"}).json()
     # Make the in-flight message stale, exactly as if it had been lost: nothing will poll this run.
-    runs_table(stack).update_entity({"PartitionKey": run["id"], "RowKey": "run", "poll_nonce": "lost"},
-                                    mode=UpdateMode.MERGE)
+    runs_table(stack).update_entity(
+        {"PartitionKey": run["id"], "RowKey": "run", "poll_nonce": "lost"}, mode=UpdateMode.MERGE
+    )
     final = stack.wait(run["id"], timeout=40)
     assert final["status"] == "completed"
 
@@ -66,12 +71,30 @@ def test_an_interrupted_start_ends_failed(stack):
     long_ago = time.time() - 600
     run_id = f"run_{int(long_ago):08x}" + "ab" * 8
     TableClient.from_connection_string(stack.connection_string, "runindex").create_entity(
-        {"PartitionKey": "open", "RowKey": run_id})
-    runs_table(stack).create_entity({
-        "PartitionKey": run_id, "RowKey": "run", "status": "queued", "created_at": long_ago, "model": "m",
-        "session_id": "", "metadata": "{}", "response_id": "", "stream": False, "poll_seq": 0, "poll_nonce": "",
-        "poll_count": 0, "next_poll_at": long_ago, "deadline_at": long_ago + 3600, "webhook_url": "",
-        "webhook": "", "request": "{}", "request_blob": ""})
+        {"PartitionKey": "open", "RowKey": run_id}
+    )
+    runs_table(stack).create_entity(
+        {
+            "PartitionKey": run_id,
+            "RowKey": "run",
+            "status": "queued",
+            "created_at": long_ago,
+            "model": "m",
+            "session_id": "",
+            "metadata": "{}",
+            "response_id": "",
+            "stream": False,
+            "poll_seq": 0,
+            "poll_nonce": "",
+            "poll_count": 0,
+            "next_poll_at": long_ago,
+            "deadline_at": long_ago + 3600,
+            "webhook_url": "",
+            "webhook": "",
+            "request": "{}",
+            "request_blob": "",
+        }
+    )
     final = stack.wait(run_id, timeout=30)
     assert final["status"] == "failed" and final["error"]["code"] == "start_interrupted"
 
@@ -80,8 +103,11 @@ def test_a_5_mb_output_round_trips_byte_for_byte(stack):
     run = stack.start("big", metadata={"emulator_duration_ms": "1000", "emulator_output_chars": "5000000"}).json()
     final = stack.wait(run["id"], timeout=60)
     assert len(final["output_text"]) == 5_000_000
-    expected = OpenAI(base_url=stack.emulator.base_url, api_key="t").responses.retrieve(
-        final["provider_response_id"]).output_text
+    expected = (
+        OpenAI(base_url=stack.emulator.base_url, api_key="t")
+        .responses.retrieve(final["provider_response_id"])
+        .output_text
+    )
     assert final["output_text"] == expected
 
 
@@ -107,9 +133,15 @@ def test_an_idempotency_key_left_by_a_crashed_start_is_taken_over_after_the_star
 
     def crashed_claim(key: str, age: float) -> None:
         # What a start leaves when its host dies after claiming the key and before recording the run.
-        keys.create_entity({"PartitionKey": hashlib.sha256(key.encode()).hexdigest(), "RowKey": "key",
-                            "run_id": "run_" + "cd" * 12, "claimed_at": time.time() - age,
-                            "body_hash": hashlib.sha256(parse_run_body(body).request.fingerprint().encode()).hexdigest()})
+        keys.create_entity(
+            {
+                "PartitionKey": hashlib.sha256(key.encode()).hexdigest(),
+                "RowKey": "key",
+                "run_id": "run_" + "cd" * 12,
+                "claimed_at": time.time() - age,
+                "body_hash": hashlib.sha256(parse_run_body(body).request.fingerprint().encode()).hexdigest(),
+            }
+        )
 
     fresh, stale = f"fresh-{time.time_ns()}", f"stale-{time.time_ns()}"
     crashed_claim(fresh, age=1)

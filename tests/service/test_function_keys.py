@@ -1,6 +1,7 @@
 """Function keys are switched on in the test stack, as the real Functions host always enforces them: FUNCTION
 routes refuse a request without a valid key (401, before the app sees it), the health check and the page stay
 anonymous, and the metrics need the master key."""
+
 from __future__ import annotations
 
 import time
@@ -18,10 +19,15 @@ def keyless(stack):
 def test_function_routes_without_a_key_get_401_and_do_nothing(stack, keyless):
     run_id = stack.start("x", metadata={"emulator_duration_ms": "0"}).json()["id"]
     probe = f"keyless-{time.time_ns()}"
-    calls = [("POST", "/api/runs", {"input": "x", "metadata": {"probe": probe}}),
-             ("GET", f"/api/runs/{run_id}", None), ("POST", f"/api/runs/{run_id}/cancel", None),
-             ("GET", f"/api/runs/{run_id}/stream", None), ("POST", f"/api/runs/{run_id}/webhook/redeliver", None),
-             ("POST", "/api/sessions", None), ("GET", "/api/sessions/ses_000000000000000000000000", None)]
+    calls = [
+        ("POST", "/api/runs", {"input": "x", "metadata": {"probe": probe}}),
+        ("GET", f"/api/runs/{run_id}", None),
+        ("POST", f"/api/runs/{run_id}/cancel", None),
+        ("GET", f"/api/runs/{run_id}/stream", None),
+        ("POST", f"/api/runs/{run_id}/webhook/redeliver", None),
+        ("POST", "/api/sessions", None),
+        ("GET", "/api/sessions/ses_000000000000000000000000", None),
+    ]
     for method, path, body in calls:
         for headers in ({}, {"x-functions-key": "not-the-key"}):
             refused = keyless.request(method, path, json=body, headers=headers)

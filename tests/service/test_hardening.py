@@ -1,5 +1,6 @@
 """Defects found by review and fuzzing, end to end over real HTTP on Azurite and the emulator (each of these
 failed before its fix)."""
+
 from __future__ import annotations
 
 import threading
@@ -10,7 +11,7 @@ from openai import OpenAI
 
 from .. import sse
 
-EMOJI = "\U0001F600"
+EMOJI = "\U0001f600"
 
 
 def test_an_emoji_heavy_input_is_accepted_and_reaches_the_provider_exactly(stack):
@@ -34,8 +35,11 @@ def test_an_unresolvable_webhook_host_is_a_400_naming_the_field(stack):
 
 def stream_until_cancelled(stack, **metadata):
     """Stream a long run, cancel it after a few events, and read its stream to the end."""
-    body = {"input": "long", "stream": True, "metadata": {"emulator_duration_ms": "20000",
-                                                          "emulator_output_chars": "2000", **metadata}}
+    body = {
+        "input": "long",
+        "stream": True,
+        "metadata": {"emulator_duration_ms": "20000", "emulator_output_chars": "2000", **metadata},
+    }
     events: list[sse.Event] = []
     with stack.client.stream("POST", "/api/runs", json=body) as response:
         for event in sse.parse(response.iter_lines()):
@@ -53,9 +57,11 @@ def test_resuming_after_the_final_event_of_a_cancelled_run_gives_only_the_end_ev
     final = events[-1]
     assert final.event == "run.cancelled" and final.id is not None
     run_id = final.data["run_id"]
-    kwargs = {"starting_after": {"params": {"starting_after": final.id}},
-              "last-event-id": {"headers": {"Last-Event-ID": str(final.id)}},
-              "token": {"params": {"continuation_token": final.data["continuation_token"]}}}[how]
+    kwargs = {
+        "starting_after": {"params": {"starting_after": final.id}},
+        "last-event-id": {"headers": {"Last-Event-ID": str(final.id)}},
+        "token": {"params": {"continuation_token": final.data["continuation_token"]}},
+    }[how]
     for _ in range(2):  # and again: nothing accumulates
         after = sse.read(stack.client, "GET", f"/api/runs/{run_id}/stream", **kwargs)
         assert [e.event for e in after] == ["end"] and after[0].id is None
@@ -88,8 +94,9 @@ def test_concurrent_starts_on_one_session_give_one_run_and_409s(stack):
     results: list = [None] * 6
 
     def start(i: int) -> None:
-        results[i] = stack.post("/api/runs", {"input": f"turn {i}", "session_id": session,
-                                              "metadata": {"emulator_duration_ms": "3000"}})
+        results[i] = stack.post(
+            "/api/runs", {"input": f"turn {i}", "session_id": session, "metadata": {"emulator_duration_ms": "3000"}}
+        )
 
     threads = [threading.Thread(target=start, args=(i,)) for i in range(len(results))]
     for thread in threads:

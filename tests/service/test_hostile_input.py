@@ -7,6 +7,7 @@ every table, queue and blob container is still empty. It has provider webhooks o
 route parses what it is sent; those bodies are signed with its secret, as the provider would sign them.
 Before issue 21, 12 of 13 of these answered 500, and four left runs that later failed and fired the webhook.
 """
+
 from __future__ import annotations
 
 import base64
@@ -58,21 +59,33 @@ def body(name: str, text: str, param: str | None, says: str, json_level: bool = 
 
 HOSTILE = [
     body("nan", '{"input": "x", "temperature": NaN}', "temperature", "NaN"),
-    body("nan-in-an-item", '{"input": [{"role": "user", "content": [{"type": "input_text", "text": "x", '
-                           '"weight": NaN}]}]}', "input[0].content[0].weight", "NaN"),
+    body(
+        "nan-in-an-item",
+        '{"input": [{"role": "user", "content": [{"type": "input_text", "text": "x", "weight": NaN}]}]}',
+        "input[0].content[0].weight",
+        "NaN",
+    ),
     body("infinity", '{"input": "x", "max_output_tokens": Infinity}', "max_output_tokens", "Infinity"),
     body("minus-infinity", '{"input": "x", "metadata": {"a": -Infinity}}', "metadata.a", "-Infinity"),
     body("1e400", '{"input": "x", "max_output_tokens": 1e400}', "max_output_tokens", "1e400"),
     body("5000-deep", '{"input": "x", "metadata": ' + deep(5000) + "}", "metadata", "nested deeper"),
     body("5000-deep-body", deep(5000), None, "nested deeper"),
     body("just-past-the-limit", '{"input": "x", "metadata": ' + deep(MAX_DEPTH) + "}", "metadata", "nested deeper"),
-    body("tool-schema-970-deep", '{"input": "x", "tools": [{"type": "function", "name": "f", "parameters": '
-                                 + schema(485) + "}]}", "tools", "nested deeper"),
+    body(
+        "tool-schema-970-deep",
+        '{"input": "x", "tools": [{"type": "function", "name": "f", "parameters": ' + schema(485) + "}]}",
+        "tools",
+        "nested deeper",
+    ),
     body("surrogate-input", '{"input": "\\ud800"}', "input", "surrogate"),
     body("surrogate-instructions", '{"input": "x", "instructions": "a\\udfffb"}', "instructions", "surrogate"),
     body("surrogate-metadata-key", '{"input": "x", "metadata": {"\\ud800": "v"}}', "metadata.\\ud800", "surrogate"),
-    body("surrogate-in-an-item", '{"input": [{"role": "user", "content": [{"type": "input_text", '
-                                 '"text": "\\udc00"}]}]}', "input[0].content[0].text", "surrogate"),
+    body(
+        "surrogate-in-an-item",
+        '{"input": [{"role": "user", "content": [{"type": "input_text", "text": "\\udc00"}]}]}',
+        "input[0].content[0].text",
+        "surrogate",
+    ),
     body("duplicate-key", '{"input": "a", "input": "b"}', "input", "more than once"),
     Body("not-utf-8", b'{"input": "\xff\xfe"}', None, "not UTF-8"),
     Body("latin-1", b'{"input": "caf\xe9"}', None, "not UTF-8"),
@@ -83,20 +96,36 @@ HOSTILE = [
     # Well-formed JSON of the wrong shape: refused by the runs and facade parsers, by their field.
     body("content-7", '{"input": [{"role": "user", "content": 7}]}', "input[0].content", "content", False),
     body("role-list", '{"input": [{"role": ["x"], "content": "hi"}]}', "input[0].role", "role", False),
-    body("text-7", '{"input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": 7}]}]}',
-         "input[0].content[0].text", "string", False),
-    body("arguments-object", '{"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]}',
-         "input[0].arguments", "string", False),
-    body("tool-parameters-string", '{"input": "x", "tools": [{"type": "function", "name": "f", "parameters": "x"}]}',
-         "tools[0].parameters", "schema", False),
+    body(
+        "text-7",
+        '{"input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": 7}]}]}',
+        "input[0].content[0].text",
+        "string",
+        False,
+    ),
+    body(
+        "arguments-object",
+        '{"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]}',
+        "input[0].arguments",
+        "string",
+        False,
+    ),
+    body(
+        "tool-parameters-string",
+        '{"input": "x", "tools": [{"type": "function", "name": "f", "parameters": "x"}]}',
+        "tools[0].parameters",
+        "schema",
+        False,
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def hostile_host(stack):
     azurite = start_for_tests(f"hostile-{time.time_ns()}")
-    host = stack.start_host("hostile", AzureWebJobsStorage=azurite.connection_string,
-                            PROVIDER_WEBHOOK_SECRETS=PROVIDER_SECRET)
+    host = stack.start_host(
+        "hostile", AzureWebJobsStorage=azurite.connection_string, PROVIDER_WEBHOOK_SECRETS=PROVIDER_SECRET
+    )
     try:
         yield host, azurite.connection_string
     finally:
@@ -120,8 +149,10 @@ def leftovers(connection_string: str) -> list[str]:
     found = []
     tables = TableServiceClient.from_connection_string(connection_string)
     for table in tables.list_tables():
-        found += [f"{table.name}: {e['PartitionKey']}/{e['RowKey']}"
-                  for e in tables.get_table_client(table.name).list_entities(select=["PartitionKey", "RowKey"])]
+        found += [
+            f"{table.name}: {e['PartitionKey']}/{e['RowKey']}"
+            for e in tables.get_table_client(table.name).list_entities(select=["PartitionKey", "RowKey"])
+        ]
     queues = QueueServiceClient.from_connection_string(connection_string)
     for queue in queues.list_queues():
         found += [f"queue {queue.name}: {m.content}" for m in queues.get_queue_client(queue.name).peek_messages(32)]
@@ -136,8 +167,12 @@ def signed(raw: bytes) -> dict[str, str]:
     webhook_id, timestamp = f"wh_{time.time_ns()}", str(int(time.time()))
     key = base64.b64decode(PROVIDER_SECRET.removeprefix("whsec_"))
     mac = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + raw, hashlib.sha256).digest()
-    return {"webhook-id": webhook_id, "webhook-timestamp": timestamp,
-            "webhook-signature": "v1," + base64.b64encode(mac).decode(), "content-type": "application/json"}
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+        "content-type": "application/json",
+    }
 
 
 def with_webhook(stack, raw: bytes) -> bytes:
@@ -148,13 +183,20 @@ def with_webhook(stack, raw: bytes) -> bytes:
     return b'{"webhook_url": ' + json.dumps(stack.hook_url(HOOK_NAME)).encode() + b", " + raw[1:]
 
 
-ROUTES = ["/api/runs", "/api/sessions", "/api/v1/responses", "/api/openai/v1/responses", "/api/openai/responses",
-          "/api/provider/webhooks"]
+ROUTES = [
+    "/api/runs",
+    "/api/sessions",
+    "/api/v1/responses",
+    "/api/openai/v1/responses",
+    "/api/openai/responses",
+    "/api/provider/webhooks",
+]
 
 
 @pytest.mark.parametrize("case", HOSTILE, ids=[case.name for case in HOSTILE])
-def test_a_hostile_body_is_a_4xx_naming_the_problem_on_every_route_and_leaves_nothing(stack, hostile_host,
-                                                                                        clients, case):
+def test_a_hostile_body_is_a_4xx_naming_the_problem_on_every_route_and_leaves_nothing(
+    stack, hostile_host, clients, case
+):
     _, storage = hostile_host
     for route in ROUTES:
         raw = with_webhook(stack, case.raw) if route != "/api/provider/webhooks" else case.raw
@@ -162,8 +204,11 @@ def test_a_hostile_body_is_a_4xx_naming_the_problem_on_every_route_and_leaves_no
             response = clients["anonymous"].post(route, content=raw, headers=signed(raw))
         else:
             client = clients["facade" if "responses" in route else "native"]
-            response = client.post(route, content=raw, headers={"content-type": "application/json",
-                                                                "idempotency-key": f"{case.name}-{route}"})
+            response = client.post(
+                route,
+                content=raw,
+                headers={"content-type": "application/json", "idempotency-key": f"{case.name}-{route}"},
+            )
         where = f"{case.name} on {route}"
         assert 400 <= response.status_code < 500, (where, response.status_code, response.text)
         error = response.json()["error"]
@@ -203,12 +248,16 @@ def test_an_oversized_body_is_refused_before_it_is_read(stack, hostile_host, rou
     host, storage = hostile_host
     netloc = urlsplit(host.base_url).netloc
     keys = "".join(f"{k}: {v}\r\n" for k, v in stack.key_headers.items())
-    declared = (f"POST {route} HTTP/1.1\r\nHost: {netloc}\r\n{keys}content-type: application/json\r\n"
-                f"content-length: {30 * 1024 * 1024}\r\n\r\n").encode()
+    declared = (
+        f"POST {route} HTTP/1.1\r\nHost: {netloc}\r\n{keys}content-type: application/json\r\n"
+        f"content-length: {30 * 1024 * 1024}\r\n\r\n"
+    ).encode()
     status, took = raw_request(host.base_url, declared, [b'{"input": "'])  # 11 of the 30 MB declared
     assert status == 413 and took < 10
-    chunked = (f"POST {route} HTTP/1.1\r\nHost: {netloc}\r\n{keys}content-type: application/json\r\n"
-               "transfer-encoding: chunked\r\n\r\n").encode()
+    chunked = (
+        f"POST {route} HTTP/1.1\r\nHost: {netloc}\r\n{keys}content-type: application/json\r\n"
+        "transfer-encoding: chunked\r\n\r\n"
+    ).encode()
     chunk = b"x" * 16384
     parts = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * (limit // len(chunk) + 4)  # past the limit; never ended
     status, took = raw_request(host.base_url, chunked, parts)
@@ -216,10 +265,13 @@ def test_an_oversized_body_is_refused_before_it_is_read(stack, hostile_host, rou
     assert leftovers(storage) == []
 
 
-@pytest.mark.parametrize("header, value", [("webhook-signature", b"v1,\xff\xfe=="), ("webhook-id", b"wh_\xe9t\xe9"),
-                                           ("webhook-timestamp", b"\xff")])
-def test_a_non_ascii_signature_header_on_the_anonymous_provider_route_is_a_clean_400(clients, hostile_host, header,
-                                                                                      value):
+@pytest.mark.parametrize(
+    "header, value",
+    [("webhook-signature", b"v1,\xff\xfe=="), ("webhook-id", b"wh_\xe9t\xe9"), ("webhook-timestamp", b"\xff")],
+)
+def test_a_non_ascii_signature_header_on_the_anonymous_provider_route_is_a_clean_400(
+    clients, hostile_host, header, value
+):
     # The defect: hmac.compare_digest raised TypeError on the non-ASCII text, and the route answered 500.
     raw = b'{"type": "response.completed", "data": {"id": "resp_x"}}'
     headers = {**signed(raw), header: value}
@@ -241,16 +293,19 @@ def test_a_start_refused_after_its_run_was_recorded_leaves_nothing_end_to_end(st
     before = leftovers(storage)
     stack.emulator_config(**{fault: 1.0}, fault_endpoints="create")
     try:
-        response = clients["native"].post("/api/runs", json={"input": "x", "session_id": session,
-                                                             "webhook_url": stack.hook_url(HOOK_NAME)},
-                                          headers={"idempotency-key": f"refused-{fault}"})
+        response = clients["native"].post(
+            "/api/runs",
+            json={"input": "x", "session_id": session, "webhook_url": stack.hook_url(HOOK_NAME)},
+            headers={"idempotency-key": f"refused-{fault}"},
+        )
     finally:
         stack.emulator_config(**{fault: 0.0}, fault_endpoints="create,retrieve,stream,cancel,delete,input_items,chat")
     assert response.status_code in (502, 503), response.text
     assert leftovers(storage) == before
     state = clients["native"].get(f"/api/sessions/{session}").json()
     assert state["active_run_id"] is None and state["runs"] == []
-    retried = clients["native"].post("/api/runs", json={"input": "x", "session_id": session},
-                                     headers={"idempotency-key": f"refused-{fault}"})
+    retried = clients["native"].post(
+        "/api/runs", json={"input": "x", "session_id": session}, headers={"idempotency-key": f"refused-{fault}"}
+    )
     assert retried.status_code == 202, retried.text  # the key was released and the session given back
     assert stack.received(HOOK_NAME) == []

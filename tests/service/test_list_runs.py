@@ -1,4 +1,5 @@
 """GET /api/runs: newest first, filtered by status and session, paginated with an opaque cursor."""
+
 from __future__ import annotations
 
 import openai
@@ -37,10 +38,17 @@ def test_the_list_of_all_runs_includes_every_callers_runs_newest_first(stack):
 
 
 def test_bad_list_parameters_are_400s_naming_them(stack):
-    for params, param in (({"status": "sleeping"}, "status"), ({"cursor": "zzz"}, "cursor"), ({"limit": "0"}, "limit"),
-                          ({"limit": "x"}, "limit"), ({"session_id": "../x"}, "session_id"),
-                          # Sent empty: judged as sent (the only finding of the keyed fuzz run, issue 21).
-                          ({"status": ""}, "status"), ({"limit": ""}, "limit"), ({"session_id": ""}, "session_id"),
-                          ({"cursor": ""}, "cursor")):
+    for params, param in (
+        ({"status": "sleeping"}, "status"),
+        ({"cursor": "zzz"}, "cursor"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"session_id": "../x"}, "session_id"),
+        # Sent empty: judged as sent (the only finding of the keyed fuzz run, issue 21).
+        ({"status": ""}, "status"),
+        ({"limit": ""}, "limit"),
+        ({"session_id": ""}, "session_id"),
+        ({"cursor": ""}, "cursor"),
+    ):
         response = stack.get("/api/runs", params=params)
         assert response.status_code == 400 and response.json()["error"]["param"] == param, params

@@ -1,6 +1,7 @@
 """Long polling end to end (real host, Azurite, emulator): a read with `Prefer: wait=N` is held until its run
 changes (it begins, ends, needs action, is cancelled, here or on another instance) or N runs out, and says so
 with `Preference-Applied`. The stack polls (poll chain every 1-2 s), so an end is seen at the chain's next look."""
+
 from __future__ import annotations
 
 import threading
@@ -55,16 +56,18 @@ def test_a_held_read_runs_out_and_answers_the_run_as_it_is(stack):
     assert response.status_code == 200 and response.json()["status"] == "in_progress"
     assert response.headers["preference-applied"] == "wait=2" and "retry-after" in response.headers
     assert 1.9 < held < 6
-    polled = stack.post("/api/runs", {"continuation_token": response.json()["continuation_token"]},
-                        headers={"Prefer": "wait=1"})  # the token poll holds too
+    polled = stack.post(
+        "/api/runs", {"continuation_token": response.json()["continuation_token"]}, headers={"Prefer": "wait=1"}
+    )  # the token poll holds too
     assert polled.status_code == 202 and polled.headers["preference-applied"] == "wait=1"
     stack.post(f"/api/runs/{run_id}/cancel")
     ended, held = held_get(stack.client, run_id, 999)  # bounded by MAX_READ_WAIT_SECONDS; an ended run: at once
     assert ended.headers["preference-applied"] == "wait=60" and ended.json()["status"] == "cancelled" and held < 3
 
 
-def cancelled_while_held(holder: httpx.Client, canceller: httpx.Client, run_id: str,
-                         wait: int) -> tuple[httpx.Response, float, float]:
+def cancelled_while_held(
+    holder: httpx.Client, canceller: httpx.Client, run_id: str, wait: int
+) -> tuple[httpx.Response, float, float]:
     """Hold a read on the run through `holder` while `canceller` cancels it 1 s in; (answer, seconds held,
     seconds from the cancel to the answer)."""
     cancelled_at: list[float] = []

@@ -1,6 +1,7 @@
 """`make run`'s stack, started once (local/make_run.py; its configuration alone is in tests/unit/test_make_run.py):
 the host gets the settings the developer exported over make run's generated ones, and the emulator's pushes end
 runs. Free ports and the session's Azurite, so it runs beside a real `make run`."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,16 @@ import httpx
 from local.make_run import dev_secrets, make_run_stack, plan
 from local.stack import Ports
 
-PROVIDER_CHOICES = ("MODEL_PROVIDER", "OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "OPENAI_COMPATIBLE_BASE_URL",
-                    "RUN_BACKEND", "COMPLETION_STRATEGY", "PROVIDER_WEBHOOK_SECRETS", "RESPONSES_API_KEYS")
+PROVIDER_CHOICES = (
+    "MODEL_PROVIDER",
+    "OPENAI_API_KEY",
+    "AZURE_OPENAI_ENDPOINT",
+    "OPENAI_COMPATIBLE_BASE_URL",
+    "RUN_BACKEND",
+    "COMPLETION_STRATEGY",
+    "PROVIDER_WEBHOOK_SECRETS",
+    "RESPONSES_API_KEYS",
+)
 
 
 def test_the_host_takes_the_key_you_export_and_the_emulators_push_ends_the_run(azurite, monkeypatch, tmp_path):
@@ -31,8 +40,9 @@ def test_the_host_takes_the_key_you_export_and_the_emulators_push_ends_the_run(a
             generated = dev["RESPONSES_API_KEYS"].split(":")[1]
             assert api.get("/responses/resp_x", headers={"Authorization": f"Bearer {generated}"}).status_code == 401
             mine_header = {"Authorization": f"Bearer {mine}"}
-            created = api.post("/responses", headers=mine_header,
-                               json={"model": "gpt-4.1-mini", "input": "Hello", "background": True})
+            created = api.post(
+                "/responses", headers=mine_header, json={"model": "gpt-4.1-mini", "input": "Hello", "background": True}
+            )
             assert created.status_code == 200, created.text
             started, response = time.monotonic(), created.json()
             while response["status"] in ("queued", "in_progress") and time.monotonic() - started < 25:

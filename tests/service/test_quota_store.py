@@ -1,6 +1,7 @@
 """Per-caller quotas (shared/runs/quotas.py) on real Azurite: what an admission costs in storage requests, two
 instances racing for the last slot or the last start of the minute, the rate's bucket, and the sweeper's reclaim
 of a slot whose start died. The end-to-end behaviour (429s, headers, the SDK) is in test_caller_quotas.py."""
+
 from __future__ import annotations
 
 import asyncio
@@ -74,8 +75,9 @@ async def test_a_refusal_reads_once_and_writes_nothing(instances):
 async def test_two_instances_racing_never_take_more_slots_than_the_cap(instances):
     name = caller()
     one, two = (quotas(storage, **{name: Quota(max_active=3)}) for storage in instances)
-    outcomes = await asyncio.gather(*(q.admit(name, new_run_id(clock.now())) for q in [one, two] * 6),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(q.admit(name, new_run_id(clock.now())) for q in [one, two] * 6), return_exceptions=True
+    )
     admitted = [o for o in outcomes if isinstance(o, Slot)]
     assert len(admitted) == 3, outcomes
     assert all(isinstance(o, RateLimited) for o in outcomes if not isinstance(o, Slot)), outcomes
@@ -86,8 +88,9 @@ async def test_two_instances_racing_never_take_more_slots_than_the_cap(instances
 async def test_two_instances_racing_never_start_more_than_the_rate(instances):
     name = caller()
     one, two = (quotas(storage, **{name: Quota(per_minute=4)}) for storage in instances)
-    outcomes = await asyncio.gather(*(q.admit(name, new_run_id(clock.now())) for q in [one, two] * 5),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(q.admit(name, new_run_id(clock.now())) for q in [one, two] * 5), return_exceptions=True
+    )
     refused = [o for o in outcomes if isinstance(o, RateLimited)]
     assert len(refused) == 6 and len(outcomes) - len(refused) == 4, outcomes
 
@@ -97,8 +100,9 @@ async def test_a_burst_within_the_quota_is_admitted_whole_however_it_contends(in
     for losing the race on the caller's row (a refusal beyond the caller's own quota would be a capacity refusal)."""
     name = caller()
     one, two = (quotas(storage, **{name: Quota(max_active=100, per_minute=1000)}) for storage in instances)
-    outcomes = await asyncio.gather(*(q.admit(name, new_run_id(clock.now())) for q in [one, two] * 20),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(q.admit(name, new_run_id(clock.now())) for q in [one, two] * 20), return_exceptions=True
+    )
     assert all(isinstance(o, Slot) for o in outcomes), [o for o in outcomes if not isinstance(o, Slot)][:3]
 
 

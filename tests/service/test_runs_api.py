@@ -1,4 +1,5 @@
 """End to end over real HTTP: start, poll by id and by token, cancel, deadline, sessions, idempotency."""
+
 from __future__ import annotations
 
 import time
@@ -50,18 +51,22 @@ def test_background_run_202_then_poll_by_id_and_by_token(stack):
 
 
 def test_prefer_wait_returns_the_result_inline(stack):
-    response = stack.post("/api/runs", {"input": "quick", "metadata": {"emulator_duration_ms": "800"}},
-                          headers={"Prefer": "wait=4"})
+    response = stack.post(
+        "/api/runs", {"input": "quick", "metadata": {"emulator_duration_ms": "800"}}, headers={"Prefer": "wait=4"}
+    )
     assert response.status_code == 200
     assert response.json()["status"] == "completed"
 
 
 def test_failed_and_incomplete_outcomes_are_reported(stack):
-    failed = stack.wait(stack.start("x", metadata={"emulator_outcome": "failed", "emulator_duration_ms": "500"}).json()["id"])
+    failed = stack.wait(
+        stack.start("x", metadata={"emulator_outcome": "failed", "emulator_duration_ms": "500"}).json()["id"]
+    )
     assert failed["status"] == "failed" and failed["error"]["code"] == "server_error", failed["error"]
     assert "emulator_outcome=failed" in failed["error"]["message"]  # the provider's own error, passed on
-    incomplete = stack.wait(stack.start("x", metadata={"emulator_outcome": "incomplete",
-                                                       "emulator_duration_ms": "500"}).json()["id"])
+    incomplete = stack.wait(
+        stack.start("x", metadata={"emulator_outcome": "incomplete", "emulator_duration_ms": "500"}).json()["id"]
+    )
     assert incomplete["status"] == "incomplete"
     assert incomplete["incomplete_details"]["reason"] == "max_output_tokens"
 
@@ -98,10 +103,12 @@ def test_sessions_chain_previous_response_ids(stack):
     created = stack.post("/api/sessions")
     assert created.status_code == 201
     session_id = created.json()["id"]
-    first = stack.wait(stack.start("first turn", session_id=session_id,
-                                   metadata={"emulator_duration_ms": "300"}).json()["id"])
-    second = stack.wait(stack.start("second turn", session_id=session_id,
-                                    metadata={"emulator_duration_ms": "300"}).json()["id"])
+    first = stack.wait(
+        stack.start("first turn", session_id=session_id, metadata={"emulator_duration_ms": "300"}).json()["id"]
+    )
+    second = stack.wait(
+        stack.start("second turn", session_id=session_id, metadata={"emulator_duration_ms": "300"}).json()["id"]
+    )
     second_provider = stack.provider_responses(second["id"])[0]
     assert second_provider["previous_response_id"] == first["provider_response_id"]
     session = stack.get(f"/api/sessions/{session_id}").json()
@@ -115,21 +122,28 @@ def test_a_session_runs_one_run_at_a_time(stack):
     busy = stack.start("another", session_id=session_id)
     assert busy.status_code == 409 and busy.json()["error"]["code"] == "session_busy"
     stack.post(f"/api/runs/{running['id']}/cancel")
-    assert stack.start("after cancel", session_id=session_id,
-                       metadata={"emulator_duration_ms": "0"}).status_code == 200
+    assert stack.start("after cancel", session_id=session_id, metadata={"emulator_duration_ms": "0"}).status_code == 200
 
 
 def test_requires_action_then_continue_in_the_session(stack):
     tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
     session_id = stack.post("/api/sessions").json()["id"]
-    run = stack.wait(stack.start("call:get_weather please", session_id=session_id, tools=tools,
-                                 metadata={"emulator_duration_ms": "300"}).json()["id"])
+    run = stack.wait(
+        stack.start(
+            "call:get_weather please", session_id=session_id, tools=tools, metadata={"emulator_duration_ms": "300"}
+        ).json()["id"]
+    )
     assert run["status"] == "requires_action" and run["continuation_token"] is None
     calls = run["required_action"]["calls"]
     assert calls and calls[0]["name"] == "get_weather"
-    follow = stack.wait(stack.start([{"type": "function_call_output", "call_id": calls[0]["call_id"],
-                                      "output": '{"temp": 21}'}], session_id=session_id, tools=tools,
-                                    metadata={"emulator_duration_ms": "300"}).json()["id"])
+    follow = stack.wait(
+        stack.start(
+            [{"type": "function_call_output", "call_id": calls[0]["call_id"], "output": '{"temp": 21}'}],
+            session_id=session_id,
+            tools=tools,
+            metadata={"emulator_duration_ms": "300"},
+        ).json()["id"]
+    )
     assert follow["status"] == "completed" and follow["output_text"]
     assert stack.provider_responses(follow["id"])[0]["previous_response_id"] == run["provider_response_id"]
 
@@ -146,8 +160,11 @@ def test_idempotency_key_returns_the_same_run_without_a_second_create(stack):
 
 
 def test_unknown_run_and_session_are_404(stack):
-    for path in ("/api/runs/run_0000000000000000deadbeef", "/api/sessions/sess_000000000000000000000000",
-                 "/api/runs/not-a-run-id"):
+    for path in (
+        "/api/runs/run_0000000000000000deadbeef",
+        "/api/sessions/sess_000000000000000000000000",
+        "/api/runs/not-a-run-id",
+    ):
         response = stack.get(path)
         assert response.status_code == 404, path
         assert response.json()["error"]["code"] == "not_found"
@@ -158,7 +175,10 @@ def test_health_details_report_configuration_without_secrets(stack):
     assert response.status_code == 200
     text = response.text
     checks = response.json()["checks"]
-    assert checks["storage"] == "ok" and checks["backend"] == {"run_backend": "background", "executor_api": "chat_completions"}
+    assert checks["storage"] == "ok" and checks["backend"] == {
+        "run_backend": "background",
+        "executor_api": "chat_completions",
+    }
     for name in ("RUN_TOKEN_KEY", "WEBHOOK_SIGNING_SECRETS", "RESPONSES_API_KEYS"):
         for value in stack.env[name].split():
             assert value.rpartition(":")[2] not in text

@@ -1,5 +1,6 @@
 """A bad setting fails the first invocation of a real host with a 503 naming the setting (never quoting a secret),
 and the health details say which; tests/unit/test_settings.py has one test per kind of rule."""
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,17 @@ def own_storage():
     azurite.stop()
 
 
-@pytest.mark.parametrize("override,named,secret", [
-    ({"POLL_INITIAL_DELAY_SECONDS": "0"}, "POLL_INITIAL_DELAY_SECONDS: must be at least 0.05, got 0.0", None),
-    ({"WEBHOOK_SIGNING_SECRETS": "whsec_s3cr3t!"}, "WEBHOOK_SIGNING_SECRETS: entry 1 is not base64 after whsec_",
-     "s3cr3t"),
-])
+@pytest.mark.parametrize(
+    "override,named,secret",
+    [
+        ({"POLL_INITIAL_DELAY_SECONDS": "0"}, "POLL_INITIAL_DELAY_SECONDS: must be at least 0.05, got 0.0", None),
+        (
+            {"WEBHOOK_SIGNING_SECRETS": "whsec_s3cr3t!"},
+            "WEBHOOK_SIGNING_SECRETS: entry 1 is not base64 after whsec_",
+            "s3cr3t",
+        ),
+    ],
+)
 def test_a_bad_setting_fails_the_first_invocation_naming_it(stack, own_storage, override, named, secret):
     host = stack.start_host("misconfigured", AzureWebJobsStorage=own_storage, **override)
     try:

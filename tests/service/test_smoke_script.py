@@ -1,5 +1,6 @@
 """The post-deploy smoke test (infra/smoke.py, infra/README.md "Smoke test after `azd up`") passes against the local
 stack, with function keys on as in Azure, and fails, naming the step, when the facade refuses its key."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _smoke(stack: Stack, api_key: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "SMOKE_FUNCTION_KEY": FUNCTION_KEY, "SMOKE_API_KEY": api_key}
-    return subprocess.run([sys.executable, "-m", "infra.smoke", stack.host.base_url, "--timeout", "60"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "infra.smoke", stack.host.base_url, "--timeout", "60"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def test_the_smoke_test_exercises_both_apis_to_the_end_and_resumes_the_stream(stack):

@@ -1,5 +1,6 @@
 """Streaming over SSE: a token on every event, exact resume by Last-Event-ID, starting_after and
 token, seamless rotation, invisible provider drops, replay of finished runs, stored fallback."""
+
 from __future__ import annotations
 
 import time
@@ -110,15 +111,19 @@ def rotating_host(stack):
 
 def test_streams_rotate_before_the_maximum_duration_and_resume_seamlessly(stack, rotating_host):
     client = httpx.Client(base_url=rotating_host.base_url, timeout=30, headers=stack.key_headers)
-    body = {"input": "long stream", "stream": True,
-            "metadata": {"emulator_duration_ms": "5000", "emulator_output_chars": "300"}}
+    body = {
+        "input": "long stream",
+        "stream": True,
+        "metadata": {"emulator_duration_ms": "5000", "emulator_output_chars": "300"},
+    }
     events, segments = sse.read(client, "POST", "/api/runs", json=body), 1
     run_id = events[0].data["run_id"]
     while events[-1].event == "reconnect":
         segments += 1
         token = events[-1].data["continuation_token"]
-        events = events[:-1] + sse.read(client, "GET", f"/api/runs/{run_id}/stream",
-                                         params={"continuation_token": token})
+        events = events[:-1] + sse.read(
+            client, "GET", f"/api/runs/{run_id}/stream", params={"continuation_token": token}
+        )
         assert segments < 20
     assert segments >= 3
     assert_whole(events, stack.get(f"/api/runs/{run_id}").json()["output_text"])
@@ -127,22 +132,35 @@ def test_streams_rotate_before_the_maximum_duration_and_resume_seamlessly(stack,
 def test_last_event_id_wins_over_a_position_left_in_the_url(stack):
     head = start_streaming(stack, limit=6)
     run_id = head[0].data["run_id"]
-    tail = sse.read(stack.client, "GET", f"/api/runs/{run_id}/stream", params={"starting_after": 2},
-                    headers={"Last-Event-ID": str(head[-1].id)})
+    tail = sse.read(
+        stack.client,
+        "GET",
+        f"/api/runs/{run_id}/stream",
+        params={"starting_after": 2},
+        headers={"Last-Event-ID": str(head[-1].id)},
+    )
     assert tail[0].id == head[-1].id + 1
 
 
 def test_resuming_after_the_final_event_sends_nothing_more(stack):
     events = start_streaming(stack, emulator_duration_ms="300")
     run_id = events[0].data["run_id"]
-    after_final = sse.read(stack.client, "GET", f"/api/runs/{run_id}/stream",
-                           params={"continuation_token": events[-1].data["continuation_token"]})
+    after_final = sse.read(
+        stack.client,
+        "GET",
+        f"/api/runs/{run_id}/stream",
+        params={"continuation_token": events[-1].data["continuation_token"]},
+    )
     assert [e.event for e in after_final] == ["end"] and after_final[0].id is None
 
 
 def test_post_with_a_token_and_stream_true_resumes_the_stream(stack):
     head = start_streaming(stack, limit=5)
-    tail = sse.read(stack.client, "POST", "/api/runs",
-                    json={"continuation_token": head[-1].data["continuation_token"], "stream": True})
+    tail = sse.read(
+        stack.client,
+        "POST",
+        "/api/runs",
+        json={"continuation_token": head[-1].data["continuation_token"], "stream": True},
+    )
     assert tail[0].id == head[-1].id + 1
     assert_whole(head + tail, stack.get(f"/api/runs/{head[0].data['run_id']}").json()["output_text"])

@@ -1,5 +1,6 @@
 """Webhooks end to end: signed, retried with one stable webhook-id, recorded on the run,
 redeliverable, never redirected, and delivered even when the host dies mid-delivery."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,7 @@ def wait_for_webhook_state(stack, run_id: str, states: tuple[str, ...], timeout:
 
 def test_a_finished_run_is_posted_signed_with_the_run(stack):
     name = f"ok-{time.time_ns()}"
-    run = stack.start("notify me", webhook_url=stack.hook_url(name),
-                      metadata={"emulator_duration_ms": "800"}).json()
+    run = stack.start("notify me", webhook_url=stack.hook_url(name), metadata={"emulator_duration_ms": "800"}).json()
     assert run["webhook"]["state"] == "waiting"
     final = wait_for_webhook_state(stack, run["id"], ("delivered",))
     [delivery] = stack.received(name)
@@ -97,8 +97,9 @@ def test_redeliver_needs_a_finished_run_with_a_webhook(stack):
 
 def test_a_host_killed_during_delivery_still_delivers_after_restart(stack):
     name = f"crash-{time.time_ns()}"
-    run = stack.start("x", webhook_url=stack.hook_url(name, hang=30, hang_first=1),
-                      metadata={"emulator_duration_ms": "0"}).json()
+    run = stack.start(
+        "x", webhook_url=stack.hook_url(name, hang=30, hang_first=1), metadata={"emulator_duration_ms": "0"}
+    ).json()
     deadline = time.monotonic() + 20
     while not stack.received(name) and time.monotonic() < deadline:
         time.sleep(0.1)

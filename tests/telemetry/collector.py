@@ -1,6 +1,7 @@
 """A minimal OTLP/HTTP collector for tests: receives protobuf export requests on /v1/traces and /v1/metrics
 (what the service's real OTLP exporters send) and keeps the spans and metric names, across the processes
 that send to it."""
+
 from __future__ import annotations
 
 import gzip
@@ -70,13 +71,20 @@ class Collector:
                 resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
-                        self.spans.append({
-                            "name": span.name, "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
-                            "parent_span_id": span.parent_span_id.hex(), "kind": span.kind,
-                            "attributes": {a.key: _value(a.value) for a in span.attributes},
-                            "links": [(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
-                            "status": span.status.message, "resource": resource,
-                            "events": [{a.key: _value(a.value) for a in e.attributes} for e in span.events]})
+                        self.spans.append(
+                            {
+                                "name": span.name,
+                                "trace_id": span.trace_id.hex(),
+                                "span_id": span.span_id.hex(),
+                                "parent_span_id": span.parent_span_id.hex(),
+                                "kind": span.kind,
+                                "attributes": {a.key: _value(a.value) for a in span.attributes},
+                                "links": [(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
+                                "status": span.status.message,
+                                "resource": resource,
+                                "events": [{a.key: _value(a.value) for a in e.attributes} for e in span.events],
+                            }
+                        )
 
     def _metrics(self, body: bytes) -> None:
         request = ExportMetricsServiceRequest.FromString(body)

@@ -1,5 +1,6 @@
 """An in-memory span exporter and metric reader for the telemetry tests (the providers are handed to
 shared.telemetry directly: no global OpenTelemetry state is touched)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ class Recorded:
     def metric_points(self, name: str) -> list:
         data = self.reader.get_metrics_data()
         points = []
-        for resource in (data.resource_metrics if data else []):
+        for resource in data.resource_metrics if data else []:
             for scope in resource.scope_metrics:
                 for metric in scope.metrics:
                     if metric.name == name:

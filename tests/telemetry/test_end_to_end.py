@@ -1,6 +1,7 @@
 """End to end on the local stack (real Azurite, the emulator, the local Functions host running function_app.py,
 a webhook receiver) with the service's real OTLP exporter sending to a collector this test runs: a run with a
 webhook is one trace from the caller's span to the webhook POST, across a host SIGKILL and restart."""
+
 from __future__ import annotations
 
 import os
@@ -39,9 +40,14 @@ def traced_host(stack):
     messages from the same queues."""
     collector = Collector().start()
     azurite = start_for_tests(f"telemetry-{os.getpid()}")
-    host = stack.start_host("host-telemetry", AzureWebJobsStorage=azurite.connection_string,
-                            OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint, OTEL_BSP_SCHEDULE_DELAY="100",
-                            OTEL_METRIC_EXPORT_INTERVAL="500", OTEL_RESOURCE_ATTRIBUTES="bgruns.test.host_life=1")
+    host = stack.start_host(
+        "host-telemetry",
+        AzureWebJobsStorage=azurite.connection_string,
+        OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        OTEL_METRIC_EXPORT_INTERVAL="500",
+        OTEL_RESOURCE_ATTRIBUTES="bgruns.test.host_life=1",
+    )
     yield host, collector
     host.stop()
     collector.stop()
@@ -55,9 +61,15 @@ def test_a_run_is_one_trace_across_polls_a_host_kill_and_restart_and_its_webhook
     name = f"traced-{time.time_ns()}"
     hook = stack.hook_url(name)
     secret_input = "INPUT-c0ffee-never-in-a-span"
-    run = api.post("/api/runs", headers={"traceparent": CALLER},
-                   json={"input": secret_input, "webhook_url": hook,
-                         "metadata": {"emulator_duration_ms": "15000", "note": "META-never-in-a-span"}}).json()
+    run = api.post(
+        "/api/runs",
+        headers={"traceparent": CALLER},
+        json={
+            "input": secret_input,
+            "webhook_url": hook,
+            "metadata": {"emulator_duration_ms": "15000", "note": "META-never-in-a-span"},
+        },
+    ).json()
     run_id = run["id"]
     eventually(lambda: [s for s in collector.spans_of(run_id) if s["name"] == "poll run"], 30, "a first poll span")
 
@@ -68,11 +80,15 @@ def test_a_run_is_one_trace_across_polls_a_host_kill_and_restart_and_its_webhook
     def finished():
         current = api.get(f"/api/runs/{run_id}").json()
         return current if current["continuation_token"] is None else None
+
     final = eventually(finished, 90, "the run to finish")
     assert final["status"] == "completed"
     deliveries = eventually(lambda: stack.received(name), 30, "the webhook")
-    spans = eventually(lambda: (lambda s: s if any(x["name"] == "webhook POST" for x in s) else None)(
-        collector.spans_of(run_id)), 30, "the webhook span")
+    spans = eventually(
+        lambda: (lambda s: s if any(x["name"] == "webhook POST" for x in s) else None)(collector.spans_of(run_id)),
+        30,
+        "the webhook span",
+    )
 
     # One trace: the caller's, with the start as the caller span's child and every step a child of the start.
     assert {s["trace_id"] for s in spans} == {CALLER_TRACE}
@@ -83,8 +99,12 @@ def test_a_run_is_one_trace_across_polls_a_host_kill_and_restart_and_its_webhook
     lives = {p["resource"]["bgruns.test.host_life"] for p in polls}
     assert lives == {1, 2} or lives == {"1", "2"}, f"polls before and after the restart: {lives}"
     every = {s["span_id"]: s for s in collector.snapshot()}
-    for retrieve in (s for s in collector.snapshot() if s["name"] == "provider retrieve"
-                     and s["attributes"].get("gen_ai.response.id") == final["provider_response_id"]):
+    for retrieve in (
+        s
+        for s in collector.snapshot()
+        if s["name"] == "provider retrieve"
+        and s["attributes"].get("gen_ai.response.id") == final["provider_response_id"]
+    ):
         assert retrieve["trace_id"] == CALLER_TRACE
         parent = every.get(retrieve["parent_span_id"])
         if parent is None:  # only a step the SIGKILL cut: its retrieve was exported, the step's own span never ended
@@ -95,15 +115,25 @@ def test_a_run_is_one_trace_across_polls_a_host_kill_and_restart_and_its_webhook
     assert all(a["kind"] == CLIENT and every[a["parent_span_id"]]["trace_id"] == CALLER_TRACE for a in attempts)
     assert any(a["attributes"]["http.response.status_code"] == 204 for a in attempts)
     # Each POST carried its attempt's own context.
-    assert {d["headers"]["traceparent"] for d in deliveries} <= {f"00-{CALLER_TRACE}-{a['span_id']}-01" for a in attempts}
+    assert {d["headers"]["traceparent"] for d in deliveries} <= {
+        f"00-{CALLER_TRACE}-{a['span_id']}-01" for a in attempts
+    }
     # Metrics reached the collector too.
     eventually(lambda: {"bgruns.runs.started", "bgruns.poll.steps"} <= collector.metric_names, 20, "metrics")
 
     # No span of the whole test holds the input, the metadata, the output or a secret.
-    texts = [str(v) for s in collector.snapshot() for v in [s["name"], s["status"], *s["attributes"].values(),
-                                                          *[x for e in s["events"] for x in e.values()]]]
-    forbidden = [secret_input, "META-never-in-a-span", final["output_text"][:40], host.env["RUN_TOKEN_KEY"],
-                 *host.env["WEBHOOK_SIGNING_SECRETS"].split()]
+    texts = [
+        str(v)
+        for s in collector.snapshot()
+        for v in [s["name"], s["status"], *s["attributes"].values(), *[x for e in s["events"] for x in e.values()]]
+    ]
+    forbidden = [
+        secret_input,
+        "META-never-in-a-span",
+        final["output_text"][:40],
+        host.env["RUN_TOKEN_KEY"],
+        *host.env["WEBHOOK_SIGNING_SECRETS"].split(),
+    ]
     assert not [(f, t) for t in texts for f in forbidden if f and f in t]
 
     # One log line per step, with the run id and the trace id, in the host's log (before and after the kill).
@@ -121,10 +151,13 @@ def test_a_run_is_one_trace_across_polls_a_host_kill_and_restart_and_its_webhook
     api.close()
 
     # ... and `bgruns status` shows it (this checkout's client).
-    cli = subprocess.run([sys.executable, "-m", "bgruns", "status", run_id, "--url", host.base_url,
-                          "--key", stack.function_key],
-                         env={**os.environ, "PYTHONPATH": str(ROOT / "client")}, capture_output=True, text=True,
-                         timeout=60)
+    cli = subprocess.run(
+        [sys.executable, "-m", "bgruns", "status", run_id, "--url", host.base_url, "--key", stack.function_key],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "client")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cli.returncode == 0, cli.stderr
     assert f"trace {CALLER_TRACE}" in cli.stdout and "provider_accepted" in cli.stdout
     assert "finished" in cli.stdout and "webhook_attempt" in cli.stdout and "next_poll_in=" in cli.stdout

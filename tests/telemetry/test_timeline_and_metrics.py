@@ -1,5 +1,6 @@
 """The run's timeline (bounded, riding on the saves the run makes anyway), the metrics, what spans and log lines
 may hold (ids and statuses, never a secret or model content), W3C parsing, and how telemetry is chosen."""
+
 from __future__ import annotations
 
 import json
@@ -111,20 +112,32 @@ def test_storage_errors_are_counted_but_not_the_answers_the_stores_expect(record
     hook = telemetry.storage_response_hook("table")
     for status in (200, 204, 404, 409, 412, 429, 503, 503, 403):
         hook(SimpleNamespace(http_response=SimpleNamespace(status_code=status)))
-    counts = {p.attributes["http.response.status_code"]: p.value for p in recorded.metric_points("bgruns.storage.errors")}
+    counts = {
+        p.attributes["http.response.status_code"]: p.value for p in recorded.metric_points("bgruns.storage.errors")
+    }
     assert counts == {429: 1, 503: 2, 403: 1}
 
 
 # -- no secrets, no model content -----------------------------------------------------------------------------------
 async def test_no_span_attribute_or_log_line_holds_a_secret_or_model_content(monkeypatch, recorded, caplog):
-    secrets = {"input": "INPUT-e7d1", "instructions": "INSTRUCTIONS-4c2a", "metadata": "META-91bb",
-               "url_token": "URLTOKEN-55aa", "output": "OUTPUT-0f3c"}
+    secrets = {
+        "input": "INPUT-e7d1",
+        "instructions": "INSTRUCTIONS-4c2a",
+        "metadata": "META-91bb",
+        "url_token": "URLTOKEN-55aa",
+        "output": "OUTPUT-0f3c",
+    }
     w = world(monkeypatch)
     caplog.set_level(logging.DEBUG, logger="bgruns")
     with telemetry.incoming_request("POST /api/runs", {"traceparent": CALLER}, logger="bgruns.starting"):
-        started = await w.services.starter.start(RunRequest(
-            input=secrets["input"], instructions=secrets["instructions"], metadata={"note": secrets["metadata"]},
-            webhook_url=f"http://127.0.0.1:9/hook/{secrets['url_token']}?token={secrets['url_token']}"))
+        started = await w.services.starter.start(
+            RunRequest(
+                input=secrets["input"],
+                instructions=secrets["instructions"],
+                metadata={"note": secrets["metadata"]},
+                webhook_url=f"http://127.0.0.1:9/hook/{secrets['url_token']}?token={secrets['url_token']}",
+            )
+        )
     run = started.run
     await poll(w)
     w.backend.responses[run.response_id].complete(secrets["output"])
@@ -156,12 +169,20 @@ async def test_no_span_attribute_or_log_line_holds_a_secret_or_model_content(mon
 def test_traceparent_parsing():
     good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     assert valid_traceparent(good.upper()) == good
-    assert valid_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future") == good[:0] + \
-        "00" + good[2:]
-    for bad in ("", None, 42, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
-                "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                "00-00000000000000000000000000000000-b7ad6b7169203331-01",
-                "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", "00-xyz"):
+    assert (
+        valid_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future")
+        == good[:0] + "00" + good[2:]
+    )
+    for bad in (
+        "",
+        None,
+        42,
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "00-xyz",
+    ):
         assert valid_traceparent(bad) == ""
     assert from_headers({"Traceparent": good, "tracestate": "congo=t61rcWkgMzE"}) == (good, "congo=t61rcWkgMzE")
     assert from_headers({"tracestate": "congo=1"}) == ("", "")  # no tracestate without a traceparent
@@ -171,15 +192,18 @@ def test_traceparent_parsing():
 # -- how telemetry is chosen ----------------------------------------------------------------------------------------
 def _python(code: str, **env: str) -> str:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APPLICATIONINSIGHTS_", "TELEMETRY_"))}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**clean, **env}, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
 def test_with_no_setting_telemetry_is_off_and_the_sdk_is_never_imported():
-    out = _python("import sys, shared.functions, shared.telemetry as t; "
-                  "print(t.enabled(), any(m.startswith(('opentelemetry.sdk', 'azure.monitor')) for m in sys.modules))")
+    out = _python(
+        "import sys, shared.functions, shared.telemetry as t; "
+        "print(t.enabled(), any(m.startswith(('opentelemetry.sdk', 'azure.monitor')) for m in sys.modules))"
+    )
     assert out == "False False"
 
 
@@ -190,10 +214,14 @@ def test_telemetry_file_writes_otlp_json_lines_a_developer_can_read(tmp_path):
         "print(t.configure())\n"
         "with t.incoming_request('POST /api/runs', {'traceparent': '" + CALLER + "'}, logger='bgruns.x') as s:\n"
         "    s.set(outcome='ok')\n"
-        "t.flush()\n", TELEMETRY_FILE=str(path))
+        "t.flush()\n",
+        TELEMETRY_FILE=str(path),
+    )
     assert out == "file"
     (span,) = read_spans(path)
-    assert span["name"] == "POST /api/runs" and span["traceId"] == CALLER[3:35] and span["parentSpanId"] == CALLER[36:52]
+    assert (
+        span["name"] == "POST /api/runs" and span["traceId"] == CALLER[3:35] and span["parentSpanId"] == CALLER[36:52]
+    )
     assert attributes(span)["bgruns.outcome"] == "ok"
     assert json.loads(path.read_text().splitlines()[0])["resourceSpans"][0]["resource"]["attributes"]
 
@@ -214,7 +242,9 @@ def test_local_traces_prints_a_runs_trace_as_a_tree(tmp_path, capsys):
         "with t.consumed('poll run', {'run_id': 'run_abc', 'traceparent': run.traceparent}, queue='runs-poll',"
         " logger='bgruns.y') as s:\n"
         "    s.set(outcome='pending')\n"
-        "t.flush()\n", TELEMETRY_FILE=str(path))
+        "t.flush()\n",
+        TELEMETRY_FILE=str(path),
+    )
     assert print_traces(str(path), "run_abc") == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("trace ") and "run_abc" in lines[0]
@@ -240,7 +270,9 @@ def test_the_distro_is_configured_with_every_automatic_instrumentation_off():
         "print(on)\n"
         "print('httpx2' in checked or 'httpx' in checked)\n",
         APPLICATIONINSIGHTS_CONNECTION_STRING="InstrumentationKey=00000000-0000-0000-0000-000000000000;"
-                                              "IngestionEndpoint=http://127.0.0.1:9/",
-        APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true", APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED="true",
-        APPLICATIONINSIGHTS_SDKSTATS_DISABLED="true")
+        "IngestionEndpoint=http://127.0.0.1:9/",
+        APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true",
+        APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED="true",
+        APPLICATIONINSIGHTS_SDKSTATS_DISABLED="true",
+    )
     assert out.splitlines() == ["azure_monitor", "[]", "True"]

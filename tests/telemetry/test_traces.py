@@ -2,6 +2,7 @@
 start, every later step (polls, finish, webhook attempts, cancel, sweeper repairs, provider events) is in the
 run's trace with the right parent, the context travels in every queue message, the webhook carries it, and
 with telemetry off nothing is recorded while a caller's context still passes through."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,8 +38,9 @@ async def poll(w) -> list[str]:
     """Deliver the queued poll messages as the poll entry point does."""
     outcomes = []
     for message in w.poll_queue.take():
-        with telemetry.consumed("poll run", message, queue="runs-poll", logger="bgruns.polling",
-                                counter="poll_steps") as step:
+        with telemetry.consumed(
+            "poll run", message, queue="runs-poll", logger="bgruns.polling", counter="poll_steps"
+        ) as step:
             step.set(outcome=await w.services.poll_step.handle(message, 5))
             outcomes.append(step.fields["outcome"])
     return outcomes
@@ -47,7 +49,9 @@ async def poll(w) -> list[str]:
 async def deliver(w) -> list[str]:
     outcomes = []
     for message in w.webhook_queue.take():
-        with telemetry.consumed("deliver webhook", message, queue="runs-webhook", logger="bgruns.webhook_outbox") as step:
+        with telemetry.consumed(
+            "deliver webhook", message, queue="runs-webhook", logger="bgruns.webhook_outbox"
+        ) as step:
             step.set(outcome=await w.services.outbox.deliver(message))
             outcomes.append(step.fields["outcome"])
     return outcomes
@@ -138,7 +142,9 @@ async def test_steps_without_a_message_continue_the_runs_trace_and_link_the_invo
     run = await start(w)
     other = "00-11111111111111111111111111111111-2222222222222222-01"
     w.backend.fail["cancel"] = [ProviderError(transient=False, status=403, message="not allowed")]
-    with telemetry.incoming_request("POST /api/runs/{run_id}/cancel", {"traceparent": other}, logger="bgruns.cancelling"):
+    with telemetry.incoming_request(
+        "POST /api/runs/{run_id}/cancel", {"traceparent": other}, logger="bgruns.cancelling"
+    ):
         with pytest.raises(UpstreamError):
             await w.services.canceller.cancel(run.id)
     (cancel,) = recorded.spans("cancel run")

@@ -14,6 +14,7 @@
 Table queries understand the few filters the stores use (`Field op @param|'literal'` joined by `and`); any
 other filter raises, so a store that starts scanning is noticed here.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -109,8 +110,9 @@ class FakeTable:
         data, etag = self.rows[(partition_key, row_key)]
         return Entity(data, etag)
 
-    async def update_entity(self, entity: dict, mode=UpdateMode.MERGE, *, etag: str | None = None,
-                            match_condition: Any = None) -> dict:
+    async def update_entity(
+        self, entity: dict, mode=UpdateMode.MERGE, *, etag: str | None = None, match_condition: Any = None
+    ) -> dict:
         match_condition = self._condition(etag, match_condition)
         if mode not in (UpdateMode.MERGE, UpdateMode.REPLACE):
             raise ValueError(f"Mode type '{mode}' is not supported.")
@@ -126,8 +128,9 @@ class FakeTable:
         data = {**self.rows.get(key, ({}, ""))[0], **entity} if mode == UpdateMode.MERGE else dict(entity)
         return self._put(key, data)
 
-    async def delete_entity(self, partition_key: str, row_key: str, *, etag: str | None = None,
-                            match_condition: Any = None) -> None:
+    async def delete_entity(
+        self, partition_key: str, row_key: str, *, etag: str | None = None, match_condition: Any = None
+    ) -> None:
         match_condition = self._condition(etag, match_condition)
         await self._request("delete_entity")
         key = (partition_key, row_key)
@@ -166,8 +169,9 @@ class FakeTable:
                 elif kind == "update":
                     if key not in self.rows:
                         raise _transaction_error(404, "ResourceNotFound")
-                    if options.get("match_condition") == MatchConditions.IfNotModified and \
-                            self.rows[key][1] != options.get("etag"):
+                    if options.get("match_condition") == MatchConditions.IfNotModified and self.rows[key][
+                        1
+                    ] != options.get("etag"):
                         raise _transaction_error(412, "UpdateConditionNotSatisfied")
                     mode = options.get("mode", UpdateMode.MERGE)
                     data = {**self.rows[key][0], **entity} if mode == UpdateMode.MERGE else dict(entity)
@@ -203,8 +207,14 @@ def _matches(data: dict, match: re.Match, parameters: dict) -> bool:
     if name not in data:
         return False
     left = data[name]
-    return {"eq": left == value, "ne": left != value, "lt": left < value, "le": left <= value,
-            "gt": left > value, "ge": left >= value}[op]
+    return {
+        "eq": left == value,
+        "ne": left != value,
+        "lt": left < value,
+        "le": left <= value,
+        "gt": left > value,
+        "ge": left >= value,
+    }[op]
 
 
 class _Downloader:
@@ -272,14 +282,25 @@ class FakeResponse:
     completed_at: float | None = None  # when the provider says it ended (sent only when set)
 
     def model_dump(self, **_: Any) -> dict:
-        dumped = {"id": self.id, "status": self.status, "output": copy.deepcopy(self.output), "error": self.error,
-                  "incomplete_details": self.incomplete_details, "usage": self.usage}
+        dumped = {
+            "id": self.id,
+            "status": self.status,
+            "output": copy.deepcopy(self.output),
+            "error": self.error,
+            "incomplete_details": self.incomplete_details,
+            "usage": self.usage,
+        }
         return dumped if self.completed_at is None else {**dumped, "completed_at": self.completed_at}
 
     def complete(self, text: str = "done") -> None:
         self.status = "completed"
-        self.output = [{"type": "message", "role": "assistant",
-                        "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+        self.output = [
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ]
         self.usage = {"input_tokens": 1, "output_tokens": len(text), "total_tokens": 1 + len(text)}
 
 
@@ -341,8 +362,14 @@ class FakeBackend:
         await self._enter("events", response_id)
         if response_id not in self.streams:
             raise ProviderError(transient=False, status=400, message="this response was not created streaming")
-        return FakeStream([e for e in self.streams[response_id]
-                           if getattr(e, "sequence_number", None) is None or e.sequence_number > after], self.hang)
+        return FakeStream(
+            [
+                e
+                for e in self.streams[response_id]
+                if getattr(e, "sequence_number", None) is None or e.sequence_number > after
+            ],
+            self.hang,
+        )
 
     async def delete(self, response_id: str) -> None:
         await self._enter("delete", response_id)
@@ -371,17 +398,30 @@ def stream_event(kind: str, seq: int, response=None):
     return SimpleNamespace(type=kind, sequence_number=seq, response=response)
 
 
-def _chunk(content: str | None = None, call: dict | None = None, finish: str | None = None,
-           logprobs: list[dict] | None = None, service_tier: str | None = None):
+def _chunk(
+    content: str | None = None,
+    call: dict | None = None,
+    finish: str | None = None,
+    logprobs: list[dict] | None = None,
+    service_tier: str | None = None,
+):
     """A Chat Completions stream chunk as the SDK parses it (`logprobs`: the choice's token log probabilities)."""
     calls = None
     if call is not None:
-        calls = [SimpleNamespace(index=call.get("index", 0), id=call.get("id"),
-                                 function=SimpleNamespace(name=call.get("name"), arguments=call.get("arguments")))]
+        calls = [
+            SimpleNamespace(
+                index=call.get("index", 0),
+                id=call.get("id"),
+                function=SimpleNamespace(name=call.get("name"), arguments=call.get("arguments")),
+            )
+        ]
     delta = SimpleNamespace(content=content, refusal=None, tool_calls=calls)
     choice_logprobs = SimpleNamespace(content=logprobs, refusal=None) if logprobs is not None else None
-    return SimpleNamespace(choices=[SimpleNamespace(index=0, delta=delta, finish_reason=finish, logprobs=choice_logprobs)],
-                           usage=None, service_tier=service_tier)
+    return SimpleNamespace(
+        choices=[SimpleNamespace(index=0, delta=delta, finish_reason=finish, logprobs=choice_logprobs)],
+        usage=None,
+        service_tier=service_tier,
+    )
 
 
 class FakeModel:
@@ -459,8 +499,9 @@ class FakeSender:
 
         self.sent.append((url, webhook_id, body))
         self.headers.append(dict(headers or {}))
-        result = self.results.pop(0) if self.results else Attempt(at="2026-01-01T00:00:00.000Z", ok=True,
-                                                                     status_code=204)
+        result = (
+            self.results.pop(0) if self.results else Attempt(at="2026-01-01T00:00:00.000Z", ok=True, status_code=204)
+        )
         if isinstance(result, BaseException):
             raise result
         return result
@@ -515,8 +556,10 @@ class World:
 
     async def execute(self, *, message_id: str = "msg-1", dequeue_count: int = 1) -> list[str]:
         """Deliver every queued execute message to the executor (as the host would); what each did."""
-        return [await self.services.executor.handle(message, message_id=message_id, dequeue_count=dequeue_count)
-                for message in self.execute_queue.take()]
+        return [
+            await self.services.executor.handle(message, message_id=message_id, dequeue_count=dequeue_count)
+            for message in self.execute_queue.take()
+        ]
 
     async def drain_polls(self, *, limit: int = 100) -> list[str]:
         """Deliver every queued poll message (as the host would, ignoring delays); what each step did."""
@@ -543,15 +586,30 @@ def world(monkeypatch, **env: str) -> World:
     monkeypatch.setattr(clock, "now", fake_clock)
     tables = {name: FakeTable() for name in ("runs", "sessions", "idempotency", "runindex", "runevents")}
     blobs, poll_queue, webhook_queue, execute_queue = FakeContainer(), FakeQueue(), FakeQueue(), FakeQueue()
-    storage = SimpleNamespace(runs=tables["runs"], sessions=tables["sessions"], idempotency=tables["idempotency"],
-                              index=tables["runindex"], poll_queue=poll_queue, webhook_queue=webhook_queue,
-                              payloads=blobs, events=tables["runevents"], execute_queue=execute_queue)
+    storage = SimpleNamespace(
+        runs=tables["runs"],
+        sessions=tables["sessions"],
+        idempotency=tables["idempotency"],
+        index=tables["runindex"],
+        poll_queue=poll_queue,
+        webhook_queue=webhook_queue,
+        payloads=blobs,
+        events=tables["runevents"],
+        execute_queue=execute_queue,
+    )
     settings = Settings.from_env({**ENV, **env})
     backend, sender, model = FakeBackend(), FakeSender(), FakeModel()
-    services = build(settings, storage, backend, model=model, sender=sender if settings.webhook_secrets else None,
-                     provider_webhooks=_provider_webhooks())
-    return World(services, backend, fake_clock, tables, blobs, poll_queue, webhook_queue, sender, model, execute_queue,
-                 settings)
+    services = build(
+        settings,
+        storage,
+        backend,
+        model=model,
+        sender=sender if settings.webhook_secrets else None,
+        provider_webhooks=_provider_webhooks(),
+    )
+    return World(
+        services, backend, fake_clock, tables, blobs, poll_queue, webhook_queue, sender, model, execute_queue, settings
+    )
 
 
 async def gather(*aws):
@@ -568,8 +626,13 @@ class Steps:
     awaits `pause()` (another operation run to completion right there: an interleaving) before the call goes on.
     What runs after that point, or inside `pause`, is not counted."""
 
-    def __init__(self, at: int | None = None, *, fail: Callable[[], BaseException] | None = None,
-                 pause: Callable[[], Awaitable[Any]] | None = None) -> None:
+    def __init__(
+        self,
+        at: int | None = None,
+        *,
+        fail: Callable[[], BaseException] | None = None,
+        pause: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
         self.at, self.fail, self.pause = at, fail, pause
         self.names: list[str] = []
         self._armed = False
@@ -585,8 +648,14 @@ class Steps:
     def wrap_world(self, w: World) -> None:
         for name, table in w.tables.items():
             self._wrap(table, name)
-        for label, part in (("blobs", w.blobs), ("poll_queue", w.poll_queue), ("webhook_queue", w.webhook_queue),
-                            ("execute_queue", w.execute_queue), ("backend", w.backend), ("model", w.model)):
+        for label, part in (
+            ("blobs", w.blobs),
+            ("poll_queue", w.poll_queue),
+            ("webhook_queue", w.webhook_queue),
+            ("execute_queue", w.execute_queue),
+            ("backend", w.backend),
+            ("model", w.model),
+        ):
             self._wrap(part, label)
 
     def _due(self, name: str) -> bool:
@@ -607,19 +676,23 @@ class Steps:
 
     def _wrapped(self, method, name: str):
         if inspect.isasyncgenfunction(method):
+
             @functools.wraps(method)
             async def generator(*args, **kwargs):
                 if self._due(name):
                     await self.pause()
                 async for item in method(*args, **kwargs):
                     yield item
+
             return generator
         if inspect.iscoroutinefunction(method):
+
             @functools.wraps(method)
             async def coroutine(*args, **kwargs):
                 if self._due(name):
                     await self.pause()
                 return await method(*args, **kwargs)
+
             return coroutine
 
         @functools.wraps(method)
@@ -627,4 +700,5 @@ class Steps:
             if self._due(name):
                 raise AssertionError(f"cannot pause in {name}, which is not async")
             return method(*args, **kwargs)
+
         return function

@@ -2,6 +2,7 @@
 
 Read from the source with `ast` (nothing is imported), for function_app.py and every module under shared/.
 """
+
 from __future__ import annotations
 
 import ast

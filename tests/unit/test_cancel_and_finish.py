@@ -1,4 +1,5 @@
 """Ending runs on fakes: terminal is sticky, cancels tell the truth, follow-ups happen once."""
+
 from __future__ import annotations
 
 import pytest
@@ -84,7 +85,6 @@ async def test_ending_advances_the_session_and_records_the_retention_date(monkey
     assert len(expiry) == 1 and w.index.entity("open", run.id) is None
 
 
-
 async def test_a_cancel_stops_the_response_at_the_provider_and_ends_the_run_cancelled(monkeypatch, caplog):
     from shared.runs.results import cancelled_result
 
@@ -131,20 +131,34 @@ async def test_a_cancel_the_provider_did_not_take_is_noted_in_the_runs_timeline(
         await w.services.canceller.cancel(run.id)
     stored = await w.services.reader.get(run.id)
     noted = [e for e in w.timeline(stored) if e["type"] not in ("created", "provider_accepted", "poll")]
-    assert noted == [{"at": w.clock.now, "type": "cancel_requested"},
-                     {"at": w.clock.now, "type": entry, "provider_status_code": 503 if transient else 403}]
+    assert noted == [
+        {"at": w.clock.now, "type": "cancel_requested"},
+        {"at": w.clock.now, "type": entry, "provider_status_code": 503 if transient else 403},
+    ]
 
 
 async def test_a_refused_cancel_says_why_in_the_error(monkeypatch):
     w = world(monkeypatch)
     run = await start(w)
-    cases = [(ProviderError(transient=True, status=503, message="down"), ("provider_unavailable",
-              "Could not cancel at the provider: down", None, 2)),
-             (ProviderError(transient=True, status=None, message="timeout", retry_after=0.2),
-              ("provider_unavailable", "Could not cancel at the provider: timeout", None, 1)),
-             (ProviderError(transient=False, status=403, message="not allowed"),
-              ("cancel_refused", "The provider refused to cancel the run (403): not allowed. The run was not "
-               "cancelled and goes on.", None, None))]
+    cases = [
+        (
+            ProviderError(transient=True, status=503, message="down"),
+            ("provider_unavailable", "Could not cancel at the provider: down", None, 2),
+        ),
+        (
+            ProviderError(transient=True, status=None, message="timeout", retry_after=0.2),
+            ("provider_unavailable", "Could not cancel at the provider: timeout", None, 1),
+        ),
+        (
+            ProviderError(transient=False, status=403, message="not allowed"),
+            (
+                "cancel_refused",
+                "The provider refused to cancel the run (403): not allowed. The run was not cancelled and goes on.",
+                None,
+                None,
+            ),
+        ),
+    ]
     for error, expected in cases:
         w.backend.fail["cancel"] = [error]
         with pytest.raises((Unavailable, UpstreamError)) as refused:

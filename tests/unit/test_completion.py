@@ -1,4 +1,5 @@
 """Completion without the wait, on fakes: the provider's webhooks in (every refusal case), and watching."""
+
 from __future__ import annotations
 
 import base64
@@ -22,8 +23,11 @@ OLD_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 def signed(event: dict, *, secret: str = SECRET, webhook_id: str = "wh_1", age: float = 0.0) -> tuple[bytes, dict]:
     body = json.dumps(event)
     when = datetime.fromtimestamp(int(datetime.now(UTC).timestamp() - age), tz=UTC)
-    return body.encode(), {"webhook-id": webhook_id, "webhook-timestamp": str(int(when.timestamp())),
-                           "webhook-signature": Webhook(secret).sign(webhook_id, when, body)}
+    return body.encode(), {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": Webhook(secret).sign(webhook_id, when, body),
+    }
 
 
 def ended(response_id: str, kind: str = "response.completed") -> dict:
@@ -68,8 +72,9 @@ async def test_an_event_signed_with_the_previous_secret_is_accepted_during_a_rot
     assert await w.services.provider_events.receive(body, headers) == "completed"
 
 
-@pytest.mark.parametrize("case", ["wrong secret", "altered body", "stale timestamp", "no signature", "no id",
-                                  "not json", "not an event"])
+@pytest.mark.parametrize(
+    "case", ["wrong secret", "altered body", "stale timestamp", "no signature", "no id", "not json", "not an event"]
+)
 async def test_bad_deliveries_are_refused_without_side_effects(monkeypatch, case):
     w, run = await pushed_run(monkeypatch)
     w.backend.responses[run.response_id].complete()
@@ -97,8 +102,11 @@ async def test_bad_deliveries_are_refused_without_side_effects(monkeypatch, case
 
 def _signed_raw(body: bytes) -> tuple[bytes, dict]:
     when = datetime.now(UTC).replace(microsecond=0)
-    return body, {"webhook-id": "wh_raw", "webhook-timestamp": str(int(when.timestamp())),
-                  "webhook-signature": Webhook(SECRET).sign("wh_raw", when, body.decode())}
+    return body, {
+        "webhook-id": "wh_raw",
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": Webhook(SECRET).sign("wh_raw", when, body.decode()),
+    }
 
 
 async def test_events_for_responses_that_are_not_ours_or_not_ends_are_acknowledged_and_ignored(monkeypatch):

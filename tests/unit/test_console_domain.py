@@ -1,6 +1,7 @@
 """What the console adds to the run domain, on fakes: run lists filtered by caller, the lag from the provider's
 end of a run to its webhook's delivery, runs in flight and capacity per caller, a redelivery only by a caller who
 sees the run."""
+
 from __future__ import annotations
 
 import pytest
@@ -52,8 +53,10 @@ async def test_the_webhook_lag_runs_from_the_providers_end_to_the_first_successf
     response = w.backend.responses[run.response_id]
     response.complete()
     response.completed_at = w.clock.now - 3  # the provider ended it 3 s before the poll saw it
-    w.sender.results = [Attempt(at=iso_utc(w.clock.now + 1), ok=False, status_code=500),
-                        Attempt(at=iso_utc(w.clock.now + 6), ok=True, status_code=204)]
+    w.sender.results = [
+        Attempt(at=iso_utc(w.clock.now + 1), ok=False, status_code=500),
+        Attempt(at=iso_utc(w.clock.now + 6), ok=True, status_code=204),
+    ]
     await w.drain_polls()  # ends the run and makes the first attempt (it fails)
     ended = await w.run(run.id)
     assert provider_ended_at(ended) == response.completed_at
@@ -95,9 +98,11 @@ async def test_runs_in_flight_are_counted_per_caller(monkeypatch):
     await w.drain_polls()  # bob's run ended; its webhook is still being delivered
     counted = await w.services.overview.in_flight_by_caller()
     idle = {"waiting_for_capacity": 0}
-    assert counted["callers"] == {"alice": {"active": 2, "queued": 2, "webhook_pending": 0, **idle},
-                                  "bob": {"active": 0, "queued": 0, "webhook_pending": 1, **idle},
-                                  NATIVE_CALLER: {"active": 1, "queued": 1, "webhook_pending": 0, **idle}}
+    assert counted["callers"] == {
+        "alice": {"active": 2, "queued": 2, "webhook_pending": 0, **idle},
+        "bob": {"active": 0, "queued": 0, "webhook_pending": 1, **idle},
+        NATIVE_CALLER: {"active": 1, "queued": 1, "webhook_pending": 0, **idle},
+    }
     assert counted["open_runs_read"] == 4 and counted["complete"]
 
 
@@ -113,8 +118,11 @@ async def test_capacity_counts_each_callers_slots_against_its_quota(monkeypatch)
     await start(w)  # the native API's
     w.backend.responses[alices[0].response_id].status = "in_progress"
     await w.drain_polls()
-    w.backend.fail["start"] = [ProviderError(transient=True, status=429, message="Rate limit reached",
-                                             retry_after=30, code="rate_limit_exceeded")]
+    w.backend.fail["start"] = [
+        ProviderError(
+            transient=True, status=429, message="Rate limit reached", retry_after=30, code="rate_limit_exceeded"
+        )
+    ]
     await start(w, BOB)  # the provider has no room: queued for capacity (runs.admission), its next try not yet due
 
     configured = ["alice", "bob", "ops", NATIVE_CALLER]
@@ -123,20 +131,51 @@ async def test_capacity_counts_each_callers_slots_against_its_quota(monkeypatch)
     capacity = await overview.capacity_by_caller(configured, in_flight)
     assert w.index.requests == requests + 1  # one query over the quota partitions, whatever the callers
     assert capacity == {
-        NATIVE_CALLER: {"max_active_runs": 2, "starts_per_minute": 0, "active_slots": 1, "active_runs": 1,
-                        "status_queued": 1, "waiting_for_capacity": 0},
-        "alice": {"max_active_runs": 2, "starts_per_minute": 0, "active_slots": 2, "active_runs": 2,
-                  "status_queued": 1, "waiting_for_capacity": 0},
-        "bob": {"max_active_runs": 0, "starts_per_minute": 30, "active_slots": None, "active_runs": 1,
-                "status_queued": 1, "waiting_for_capacity": 1},
-        "ops": {"max_active_runs": 0, "starts_per_minute": 0, "active_slots": None, "active_runs": 0,
-                "status_queued": 0, "waiting_for_capacity": 0}}
+        NATIVE_CALLER: {
+            "max_active_runs": 2,
+            "starts_per_minute": 0,
+            "active_slots": 1,
+            "active_runs": 1,
+            "status_queued": 1,
+            "waiting_for_capacity": 0,
+        },
+        "alice": {
+            "max_active_runs": 2,
+            "starts_per_minute": 0,
+            "active_slots": 2,
+            "active_runs": 2,
+            "status_queued": 1,
+            "waiting_for_capacity": 0,
+        },
+        "bob": {
+            "max_active_runs": 0,
+            "starts_per_minute": 30,
+            "active_slots": None,
+            "active_runs": 1,
+            "status_queued": 1,
+            "waiting_for_capacity": 1,
+        },
+        "ops": {
+            "max_active_runs": 0,
+            "starts_per_minute": 0,
+            "active_slots": None,
+            "active_runs": 0,
+            "status_queued": 0,
+            "waiting_for_capacity": 0,
+        },
+    }
 
     w.backend.responses[alices[0].response_id].complete()
     await w.drain_polls()  # its slot is given back
     capacity = await overview.capacity_by_caller(configured, await overview.in_flight_by_caller())
-    assert capacity["alice"] == {"max_active_runs": 2, "starts_per_minute": 0, "active_slots": 1, "active_runs": 1,
-                                 "status_queued": 1, "waiting_for_capacity": 0}
+    assert capacity["alice"] == {
+        "max_active_runs": 2,
+        "starts_per_minute": 0,
+        "active_slots": 1,
+        "active_runs": 1,
+        "status_queued": 1,
+        "waiting_for_capacity": 0,
+    }
 
 
 async def test_capacity_reads_no_slots_when_no_caller_is_capped(monkeypatch):
@@ -144,8 +183,16 @@ async def test_capacity_reads_no_slots_when_no_caller_is_capped(monkeypatch):
     await start(w, ALICE)
     requests = w.index.requests
     capacity = await w.services.overview.capacity_by_caller(["alice"], {"callers": {}})
-    assert capacity == {"alice": {"max_active_runs": 0, "starts_per_minute": 60, "active_slots": None,
-                                  "active_runs": 0, "status_queued": 0, "waiting_for_capacity": 0}}
+    assert capacity == {
+        "alice": {
+            "max_active_runs": 0,
+            "starts_per_minute": 60,
+            "active_slots": None,
+            "active_runs": 0,
+            "status_queued": 0,
+            "waiting_for_capacity": 0,
+        }
+    }
     assert w.index.requests == requests  # no slots are kept: none are read
 
 

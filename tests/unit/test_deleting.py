@@ -6,6 +6,7 @@ The races are forced exhaustively: the other operation is counted step by step o
 queue message and provider call it makes), then, for each step in turn and in a fresh world, the DELETE runs to
 completion right before that step, and the other operation goes on.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -24,9 +25,13 @@ def traces_of(w, run_id: str) -> list:
     """Every row of every table that names the run (its key, its run_id), and its blobs. The Idempotency-Key's
     row is the caller's, not the run's: it stays its 24 hours (a retry with it after the start grace starts a
     new run), and retention removes it."""
-    found = [(name, key) for name, table in w.tables.items() if name != "idempotency"
-             for key, (data, _) in table.rows.items()
-             if run_id in key[0] or run_id in key[1] or data.get("run_id") == run_id]
+    found = [
+        (name, key)
+        for name, table in w.tables.items()
+        if name != "idempotency"
+        for key, (data, _) in table.rows.items()
+        if run_id in key[0] or run_id in key[1] or data.get("run_id") == run_id
+    ]
     return found + [blob for blob in w.blobs.blobs if blob.startswith(run_id)]
 
 

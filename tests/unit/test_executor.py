@@ -1,5 +1,6 @@
 """The executor's decisions on fakes: start, the event log, attempts and restarts, retries before output, cuts
 after, cancel, deadline, functionTimeout, tool calls and sessions, the watchdog, following the log."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,14 @@ from shared.runs.results import failure_result
 
 from .fakes import world
 
-FAST = Timings(flush_seconds=0.01, flush_events=64, check_seconds=0.02, retry_base_seconds=0.01,
-               storage_retry_base_seconds=0.001, storage_retry_max_seconds=0.01)
+FAST = Timings(
+    flush_seconds=0.01,
+    flush_events=64,
+    check_seconds=0.02,
+    retry_base_seconds=0.01,
+    storage_retry_base_seconds=0.001,
+    storage_retry_max_seconds=0.01,
+)
 
 
 def executor_world(monkeypatch, **env):
@@ -36,7 +43,7 @@ async def logged(w, run_id, after=-1) -> list[dict]:
 
 def text_after_last_restart(events) -> str:
     start = max((i for i, e in enumerate(events) if e["type"] == "response.output_restarted"), default=-1)
-    return "".join(e.get("delta", "") for e in events[start + 1:] if e["type"] == "response.output_text.delta")
+    return "".join(e.get("delta", "") for e in events[start + 1 :] if e["type"] == "response.output_text.delta")
 
 
 async def until(condition, timeout=5.0):
@@ -68,9 +75,18 @@ async def test_the_executor_writes_responses_events_and_ends_the_run_itself(monk
     events = await logged(w, run.id)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert [e["type"] for e in events] == [
-        "response.created", "response.queued", "response.in_progress", "response.output_item.added",
-        "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
-        "response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]
+        "response.created",
+        "response.queued",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert events[-1]["response"]["id"] == run.response_id and events[-1]["response"]["status"] == "completed"
     assert len(w.webhook_queue.take()) == 1
     assert await w.drain_polls() == ["already-terminal"]  # the poll chain, the safety net, finds it done
@@ -215,8 +231,11 @@ async def test_a_run_waiting_in_the_queue_for_its_first_attempt_is_not_queued_ag
 async def test_provider_429_and_500_before_output_are_retried_without_a_restart(monkeypatch):
     w = executor_world(monkeypatch)
     run = await start(w)
-    w.model.scripts = [[ProviderError(transient=True, status=429, message="slow down", retry_after=0.01)],
-                       [ProviderError(transient=True, status=500, message="oops")], ["fine"]]
+    w.model.scripts = [
+        [ProviderError(transient=True, status=429, message="slow down", retry_after=0.01)],
+        [ProviderError(transient=True, status=500, message="oops")],
+        ["fine"],
+    ]
     assert await w.execute() == ["completed"]
     events = await logged(w, run.id)
     assert not any(e["type"] == "response.output_restarted" for e in events)
@@ -248,8 +267,10 @@ async def test_a_cut_after_output_starts_the_next_attempt_in_the_same_invocation
     events = await logged(w, run.id)
     kinds = [e["type"] for e in events]
     assert kinds.count("response.output_restarted") == 1 and kinds.count("response.in_progress") == 2
-    assert "".join(e.get("delta", "") for e in events if e["type"] == "response.output_text.delta") == \
-        "partial whole answer"
+    assert (
+        "".join(e.get("delta", "") for e in events if e["type"] == "response.output_text.delta")
+        == "partial whole answer"
+    )
     assert (await w.run(run.id)).result["output_text"] == "whole answer" == text_after_last_restart(events)
     assert (await w.services.executor._log.head(run.id)).attempt == 2
 
@@ -307,8 +328,14 @@ async def test_the_deadline_stops_the_call_and_expires_the_run(monkeypatch):
 async def test_a_call_that_would_outlive_function_timeout_fails_naming_the_limit(monkeypatch):
     w = executor_world(monkeypatch)
     executor = w.services.executor
-    w.services.executor = Executor(executor._store, executor._log, executor._ending, w.model,
-                                   dataclasses.replace(executor._settings, function_timeout_seconds=0.5), FAST)
+    w.services.executor = Executor(
+        executor._store,
+        executor._log,
+        executor._ending,
+        w.model,
+        dataclasses.replace(executor._settings, function_timeout_seconds=0.5),
+        FAST,
+    )
     run = await start(w)
     w.model.scripts = [["never ends", asyncio.Event()]]
     assert await asyncio.wait_for(w.execute(), 5) == ["failed"]
@@ -323,15 +350,26 @@ async def test_tool_calls_become_function_call_items_and_requires_action(monkeyp
     session = await w.services.starter.open_session()
     tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
     run = await start(w, session_id=session.id, tools=tools, input="weather in Paris?")
-    w.model.scripts = [[{"id": "call_1", "name": "get_weather", "arguments": '{"city":'},
-                        {"arguments": '"Paris"}'}, ("finish", "tool_calls")], ["It is sunny."]]
+    w.model.scripts = [
+        [
+            {"id": "call_1", "name": "get_weather", "arguments": '{"city":'},
+            {"arguments": '"Paris"}'},
+            ("finish", "tool_calls"),
+        ],
+        ["It is sunny."],
+    ]
     assert await w.execute() == ["completed"]
     ended = await w.run(run.id)
     assert ended.status == "requires_action"
     assert ended.result["required_action"]["calls"] == [
-        {"call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'}]
-    follow = await start(w, session_id=session.id, tools=tools,
-                         input=[{"type": "function_call_output", "call_id": "call_1", "output": "sunny"}])
+        {"call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'}
+    ]
+    follow = await start(
+        w,
+        session_id=session.id,
+        tools=tools,
+        input=[{"type": "function_call_output", "call_id": "call_1", "output": "sunny"}],
+    )
     assert follow.request["previous_response_id"] == run.response_id
     assert await w.execute() == ["completed"]
     items = w.model.requests[-1].items
@@ -339,23 +377,31 @@ async def test_tool_calls_become_function_call_items_and_requires_action(monkeyp
     assert items[1]["call_id"] == "call_1" and (await w.run(follow.id)).result["output_text"] == "It is sunny."
 
 
-@pytest.mark.parametrize("fields,param,code", [
-    ({"tools": [{"type": "web_search"}]}, "tools[0]", "unsupported_value"),
-    ({"options": {"prompt": {"id": "pmpt_1"}}}, "prompt", "unsupported_parameter"),
-    ({"reasoning": {"effort": "low", "summary": "auto"}}, "reasoning.summary", "unsupported_parameter"),
-    ({"input": [{"type": "message", "role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
-     "input", "unsupported_value"),
-])
-async def test_what_the_model_api_cannot_take_is_refused_by_name_before_anything_is_written(monkeypatch, fields,
-                                                                                             param, code):
+@pytest.mark.parametrize(
+    "fields,param,code",
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools[0]", "unsupported_value"),
+        ({"options": {"prompt": {"id": "pmpt_1"}}}, "prompt", "unsupported_parameter"),
+        ({"reasoning": {"effort": "low", "summary": "auto"}}, "reasoning.summary", "unsupported_parameter"),
+        (
+            {"input": [{"type": "message", "role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+            "input",
+            "unsupported_value",
+        ),
+    ],
+)
+async def test_what_the_model_api_cannot_take_is_refused_by_name_before_anything_is_written(
+    monkeypatch, fields, param, code
+):
     from shared.errors import InvalidRequest
 
     w = executor_world(monkeypatch)
     session = await w.services.starter.open_session()
     before = {name: dict(table.rows) for name, table in w.tables.items()}
     with pytest.raises(InvalidRequest) as refused:
-        await w.services.starter.start(RunRequest(**{"input": "hi", **fields}, session_id=session.id),
-                                       idempotency_key="k1")
+        await w.services.starter.start(
+            RunRequest(**{"input": "hi", **fields}, session_id=session.id), idempotency_key="k1"
+        )
     assert (refused.value.code, refused.value.param) == (code, param)
     assert {name: dict(table.rows) for name, table in w.tables.items()} == before  # no run, index, key, log
     assert not w.execute_queue.sent and not w.poll_queue.sent and not w.model.requests
@@ -365,14 +411,24 @@ async def test_the_callers_parameters_reach_the_model_and_the_response_says_so(m
     from shared.executor.chat_translation import chat_params
 
     w = executor_world(monkeypatch)
-    asked = {"temperature": 0.2, "top_p": 0.5, "tool_choice": "none", "parallel_tool_calls": False,
-             "text": {"format": {"type": "json_object"}}}
+    asked = {
+        "temperature": 0.2,
+        "top_p": 0.5,
+        "tool_choice": "none",
+        "parallel_tool_calls": False,
+        "text": {"format": {"type": "json_object"}},
+    }
     tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
     run = await start(w, tools=tools, options=asked)
     assert await w.execute() == ["completed"]
     sent = chat_params(w.model.requests[-1])
-    assert (sent["temperature"], sent["top_p"], sent["tool_choice"], sent["parallel_tool_calls"],
-            sent["response_format"]) == (0.2, 0.5, "none", False, {"type": "json_object"})
+    assert (
+        sent["temperature"],
+        sent["top_p"],
+        sent["tool_choice"],
+        sent["parallel_tool_calls"],
+        sent["response_format"],
+    ) == (0.2, 0.5, "none", False, {"type": "json_object"})
     for response in ((await w.run(run.id)).result["response"], (await logged(w, run.id))[-1]["response"]):
         assert {k: response[k] for k in asked} == asked
 
@@ -458,12 +514,19 @@ async def test_truncation_never_begins_with_the_results_of_calls_left_out(monkey
     w = executor_world(monkeypatch)
     session = await w.services.starter.open_session()
     tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
-    w.model.scripts = [[{"id": "call_1", "name": "f", "arguments": "{}"}, ("finish", "tool_calls")],
-                       ["y" * 1000], ["done"]]
+    w.model.scripts = [
+        [{"id": "call_1", "name": "f", "arguments": "{}"}, ("finish", "tool_calls")],
+        ["y" * 1000],
+        ["done"],
+    ]
     await start(w, session_id=session.id, tools=tools, input="call f " + "z" * 900)  # each turn fits alone
     await w.execute()
-    await start(w, session_id=session.id, tools=tools,
-                input=[{"type": "function_call_output", "call_id": "call_1", "output": "42"}])
+    await start(
+        w,
+        session_id=session.id,
+        tools=tools,
+        input=[{"type": "function_call_output", "call_id": "call_1", "output": "42"}],
+    )
     await w.execute()
     await start(w, session_id=session.id, tools=tools, input="and now?", options={"truncation": "auto"})
     assert await w.execute() == ["completed"]

@@ -1,5 +1,6 @@
 """The domain behind the Responses API facade, on fakes: owners and visibility, chaining from a run, the provider's
 Response kept with the run, run lists, listing pages, deleting, Idempotency-Keys per caller, callers by key."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,8 +31,11 @@ async def test_a_run_records_its_owner_and_only_it_and_operators_see_it(monkeypa
     assert (await w.services.reader.get(run.id, caller=ALICE)).owner == "alice"
     assert (await w.services.reader.get(run.id, caller=OPS)).id == run.id
     assert (await w.services.reader.get(run.id)).id == run.id  # the native API is an operator
-    for attempt in (w.services.reader.get(run.id, caller=BOB), w.services.canceller.cancel(run.id, caller=BOB),
-                    w.services.deleter.delete(run.id, caller=BOB)):
+    for attempt in (
+        w.services.reader.get(run.id, caller=BOB),
+        w.services.canceller.cancel(run.id, caller=BOB),
+        w.services.deleter.delete(run.id, caller=BOB),
+    ):
         with pytest.raises(NotFound) as hidden:
             await attempt
         assert hidden.value.code == "not_found"  # exactly what an unknown id answers
@@ -57,8 +61,12 @@ async def test_previous_run_id_continues_from_that_runs_provider_response_if_vis
 
 async def test_pass_through_options_reach_the_provider_but_never_override_the_services_own(monkeypatch):
     w = world(monkeypatch)
-    run = await start(w, ALICE, options={"temperature": 0.2, "text": {"format": {"type": "text"}}, "store": False,
-                                          "model": "other"}, model="m1")
+    run = await start(
+        w,
+        ALICE,
+        options={"temperature": 0.2, "text": {"format": {"type": "text"}}, "store": False, "model": "other"},
+        model="m1",
+    )
     params = w.backend.responses[run.response_id].params
     assert params["temperature"] == 0.2 and params["text"] == {"format": {"type": "text"}}
     assert params["store"] is True and params["model"] == "m1" and params["metadata"]["bg_run_id"] == run.id
@@ -149,12 +157,18 @@ def test_callers_are_found_by_key_and_rotation_keeps_the_name():
     assert keys[0] == ApiKey("app", "a" * 32) and "a" * 32 not in repr(keys)
 
 
-@pytest.mark.parametrize("raw, problem", [
-    ("app", "not name:key"), ("app:short", "32-256 characters"), ("a b:" + "k" * 32, "not name:key"),
-    ("app:" + "k" * 32 + ":admin", "not name:key"), ("a/b:" + "k" * 32, "caller name"),
-    ("a:" + "k" * 32 + " b:" + "k" * 32, "repeats the key"),
-    ("a:" + "k" * 32 + " a:" + "j" * 32 + ":operator", "operator in one entry"),
-])
+@pytest.mark.parametrize(
+    "raw, problem",
+    [
+        ("app", "not name:key"),
+        ("app:short", "32-256 characters"),
+        ("a b:" + "k" * 32, "not name:key"),
+        ("app:" + "k" * 32 + ":admin", "not name:key"),
+        ("a/b:" + "k" * 32, "caller name"),
+        ("a:" + "k" * 32 + " b:" + "k" * 32, "repeats the key"),
+        ("a:" + "k" * 32 + " a:" + "j" * 32 + ":operator", "operator in one entry"),
+    ],
+)
 def test_bad_api_key_settings_are_named_without_the_key(raw, problem):
     with pytest.raises(SettingsError) as error:
         parse_api_keys(raw)

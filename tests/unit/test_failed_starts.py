@@ -8,6 +8,7 @@ raises, and afterwards there is no run, no index row, no session run row or rese
 no Idempotency-Key, no webhook (not even after the sweeper's pass), no provider response left running or
 stored, and every poll or execute message it sent finds no run.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -39,15 +40,25 @@ class Scenario:
 
 SCENARIOS = {
     "plain": Scenario(),
-    "session-key-webhook-push": Scenario(env={"PROVIDER_WEBHOOK_SECRETS": SECRET}, session=True, key="k-1",
-                                         fields={"webhook_url": "http://127.0.0.1:9/h", "metadata": {"a": "b"}}),
-    "finished-at-once-with-webhook": Scenario(session=True, key="k-2", finish_at_once=True,
-                                              fields={"webhook_url": "http://127.0.0.1:9/h"}),
+    "session-key-webhook-push": Scenario(
+        env={"PROVIDER_WEBHOOK_SECRETS": SECRET},
+        session=True,
+        key="k-1",
+        fields={"webhook_url": "http://127.0.0.1:9/h", "metadata": {"a": "b"}},
+    ),
+    "finished-at-once-with-webhook": Scenario(
+        session=True, key="k-2", finish_at_once=True, fields={"webhook_url": "http://127.0.0.1:9/h"}
+    ),
     "streaming-large-request": Scenario(fields={"stream": True, "instructions": HUGE}),
-    "executor": Scenario(env={"RUN_BACKEND": "executor"}, session=True, key="k-3",
-                         fields={"webhook_url": "http://127.0.0.1:9/h"}),
-    "caller-quotas": Scenario(env={"CALLER_MAX_ACTIVE_RUNS": "2", "CALLER_STARTS_PER_MINUTE": "100"}, key="k-4",
-                              session=True, fields={"webhook_url": "http://127.0.0.1:9/h"}),
+    "executor": Scenario(
+        env={"RUN_BACKEND": "executor"}, session=True, key="k-3", fields={"webhook_url": "http://127.0.0.1:9/h"}
+    ),
+    "caller-quotas": Scenario(
+        env={"CALLER_MAX_ACTIVE_RUNS": "2", "CALLER_STARTS_PER_MINUTE": "100"},
+        key="k-4",
+        session=True,
+        fields={"webhook_url": "http://127.0.0.1:9/h"},
+    ),
 }
 FAILURES: dict[str, Callable[[], BaseException]] = {
     "type-error": lambda: TypeError("'int' object is not iterable"),
@@ -120,7 +131,7 @@ async def test_a_crash_mid_start_is_still_left_to_the_sweeper(monkeypatch):
     w.backend.fail["start"] = [HostCrash("killed")]
     with pytest.raises(HostCrash):
         await w.services.starter.start(request)
-    (run_id, _), = w.runs.rows
+    ((run_id, _),) = w.runs.rows
     w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)
     assert (await w.services.sweeper.sweep())["starts"] == 1
     assert (await w.run(run_id)).result["error"]["code"] == "start_interrupted" and w.webhook_queue.sent

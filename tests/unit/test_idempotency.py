@@ -1,5 +1,6 @@
 """The Idempotency-Key store on a fake table faithful to Azure's conditional writes: bounds of a key, its
 window, its scope, and claims racing each other."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,9 +33,12 @@ async def test_a_key_that_is_empty_too_long_or_unprintable_is_refused_by_name(cl
     table = FakeTable()
     with pytest.raises(InvalidRequest) as refused:
         await IdempotencyStore(table).claim(key, BODY, "run_a")
-    assert error_body(refused.value) == ("invalid_idempotency_key",
-                                         "Idempotency-Key must be 1 to 255 printable characters.",
-                                         "Idempotency-Key", None)
+    assert error_body(refused.value) == (
+        "invalid_idempotency_key",
+        "Idempotency-Key must be 1 to 255 printable characters.",
+        "Idempotency-Key",
+        None,
+    )
     assert not table.rows
 
 
@@ -49,12 +53,20 @@ async def test_the_same_key_and_body_name_the_first_run_and_another_body_is_a_co
     assert (first.run_id, first.is_new) == ("run_a", True)
     clock.advance(10)
     again = await store.claim("key-1", BODY, "run_b")
-    assert (again.run_id, again.is_new, again.digest, again.claimed_at) == ("run_a", False, first.digest, clock.now - 10)
+    assert (again.run_id, again.is_new, again.digest, again.claimed_at) == (
+        "run_a",
+        False,
+        first.digest,
+        clock.now - 10,
+    )
     with pytest.raises(Conflict) as reused:
         await store.claim("key-1", OTHER_BODY, "run_c")
-    assert error_body(reused.value) == ("idempotency_key_reused",
-                                        "This Idempotency-Key was used with a different request body.",
-                                        "Idempotency-Key", None)
+    assert error_body(reused.value) == (
+        "idempotency_key_reused",
+        "This Idempotency-Key was used with a different request body.",
+        "Idempotency-Key",
+        None,
+    )
 
 
 async def test_a_key_is_held_for_its_whole_window_and_free_after_it(clock):
@@ -71,9 +83,15 @@ async def test_a_key_is_held_for_its_whole_window_and_free_after_it(clock):
 async def test_keys_are_scoped_by_caller_and_unscoped_keys_keep_their_stored_digest(clock):
     table = FakeTable()
     # A claim stored by an earlier version (the native API's keys were never scoped): PartitionKey = SHA-256(key).
-    await table.create_entity({"PartitionKey": hashlib.sha256(b"key-1").hexdigest(), "RowKey": "key",
-                               "run_id": "run_old", "body_hash": hashlib.sha256(BODY.encode()).hexdigest(),
-                               "claimed_at": clock.now})
+    await table.create_entity(
+        {
+            "PartitionKey": hashlib.sha256(b"key-1").hexdigest(),
+            "RowKey": "key",
+            "run_id": "run_old",
+            "body_hash": hashlib.sha256(BODY.encode()).hexdigest(),
+            "claimed_at": clock.now,
+        }
+    )
     store = IdempotencyStore(table)
     assert (await store.claim("key-1", BODY, "run_new")).run_id == "run_old"
     alice = await store.claim("key-1", BODY, "run_alice", scope="alice")
@@ -140,9 +158,12 @@ async def test_a_key_that_keeps_changing_under_the_claim_is_busy_after_three_tri
     table.before["create_entity"], table.before["get_entity"] = claimed_by_another, released_by_it
     with pytest.raises(Conflict) as busy:
         await store.claim("key-1", BODY, "run_b")
-    assert error_body(busy.value) == ("idempotency_key_busy",
-                                      "This Idempotency-Key is being claimed concurrently; retry.",
-                                      "Idempotency-Key", 1)
+    assert error_body(busy.value) == (
+        "idempotency_key_busy",
+        "This Idempotency-Key is being claimed concurrently; retry.",
+        "Idempotency-Key",
+        1,
+    )
     assert tries == 3
 
 

@@ -2,6 +2,7 @@
 composition root, the executor (runs the function app performs itself), the run's life below it, the provider and
 the framework-free libraries at the bottom, the Responses vocabulary under everything; no cycles. One way to end a
 run: only runs.ending calls the lifecycle's finish."""
+
 from __future__ import annotations
 
 import ast
@@ -10,9 +11,18 @@ from .module_graph import ROOT, graph
 
 GRAPH = graph()
 FRAMEWORKS = ("fastapi", "starlette", "azurefunctions", "azure.functions")
-DOMAIN_AND_LIBRARIES = ("shared.executor", "shared.runs", "shared.provider", "shared.webhooks", "shared.clock",
-                        "shared.errors", "shared.retry_after", "shared.settings", "shared.storage",
-                        "shared.responses_vocabulary")
+DOMAIN_AND_LIBRARIES = (
+    "shared.executor",
+    "shared.runs",
+    "shared.provider",
+    "shared.webhooks",
+    "shared.clock",
+    "shared.errors",
+    "shared.retry_after",
+    "shared.settings",
+    "shared.storage",
+    "shared.responses_vocabulary",
+)
 
 
 def _third_party(module: str) -> set[str]:
@@ -37,7 +47,9 @@ def test_there_are_no_import_cycles():
 def test_the_run_domain_and_the_libraries_know_nothing_of_http_or_functions():
     for module in (m for m in GRAPH if m.startswith(DOMAIN_AND_LIBRARIES)):
         assert not {t for t in _third_party(module) if t.startswith(FRAMEWORKS)}, module
-        assert not {d for d in _ours(module) if d.startswith(("shared.api", "shared.functions", "shared.composition"))}, module
+        assert not {
+            d for d in _ours(module) if d.startswith(("shared.api", "shared.functions", "shared.composition"))
+        }, module
 
 
 def test_the_run_domain_knows_nothing_of_the_executor_and_the_provider_nothing_of_either():
@@ -87,7 +99,12 @@ def test_only_runs_ending_ends_a_run():
     callers = set()
     for path in [ROOT / "function_app.py", *sorted((ROOT / "shared").rglob("*.py"))]:
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "finish" \
-                    and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "_lifecycle":
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "finish"
+                and isinstance(node.func.value, ast.Attribute)
+                and node.func.value.attr == "_lifecycle"
+            ):
                 callers.add(path.relative_to(ROOT).as_posix())
     assert callers == {"shared/runs/ending.py"}

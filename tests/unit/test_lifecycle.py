@@ -1,5 +1,6 @@
 """Ending a run on fakes: one end whoever races, the follow-ups and their dates, the webhook's first message,
 the run's trace context carried to its webhook."""
+
 from __future__ import annotations
 
 from datetime import UTC
@@ -33,8 +34,14 @@ def store(w) -> RunStore:
 def lifecycle(w) -> RunLifecycle:
     """The world's lifecycle as composition builds it, on the same tables and queue."""
     settings = w.settings
-    return RunLifecycle(store(w), SessionStore(w.tables["sessions"]), RunIndex(w.index), w.webhook_queue,
-                        settings.retention_seconds, inline_safety_delay=settings.webhook_timeout + 5)
+    return RunLifecycle(
+        store(w),
+        SessionStore(w.tables["sessions"]),
+        RunIndex(w.index),
+        w.webhook_queue,
+        settings.retention_seconds,
+        inline_safety_delay=settings.webhook_timeout + 5,
+    )
 
 
 def expiry_day(w, kind: str, ident: str) -> str:

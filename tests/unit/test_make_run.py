@@ -1,6 +1,7 @@
 """`make run`'s configuration (local/make_run.py `plan` and `banner`): what the app gets from the developer's
 environment, how runs end, and what the banner says. Nothing is started here; tests/service/test_make_run.py
 starts the stack once."""
+
 from __future__ import annotations
 
 import stat
@@ -11,8 +12,12 @@ from local.make_run import WIRING, banner, dev_secrets, make_run_stack, plan
 from local.stack import Ports, new_webhook_secrets
 from shared.settings import SettingsError
 
-DEV = {"RUN_TOKEN_KEY": "dev-token-key-" + "t" * 40, "WEBHOOK_SIGNING_SECRETS": new_webhook_secrets(1)[0],
-       "RESPONSES_API_KEYS": "dev:" + "d" * 43 + ":operator", "PROVIDER_WEBHOOK_SECRETS": new_webhook_secrets(1)[0]}
+DEV = {
+    "RUN_TOKEN_KEY": "dev-token-key-" + "t" * 40,
+    "WEBHOOK_SIGNING_SECRETS": new_webhook_secrets(1)[0],
+    "RESPONSES_API_KEYS": "dev:" + "d" * 43 + ":operator",
+    "PROVIDER_WEBHOOK_SECRETS": new_webhook_secrets(1)[0],
+}
 USER_KEY = "u" * 40
 OPENAI_KEY = "sk-test-" + "o" * 30
 
@@ -39,8 +44,12 @@ def test_without_an_export_the_generated_key_is_used_and_the_banner_says_where_i
 
 
 def test_every_secret_and_choice_of_make_run_yields_to_the_environment():
-    user = {"RUN_TOKEN_KEY": "mine-" + "r" * 40, "WEBHOOK_SIGNING_SECRETS": " ".join(new_webhook_secrets(2)),
-            "SWEEP_SCHEDULE": "*/5 * * * * *", "WEBHOOK_ALLOW_HTTP": "false"}
+    user = {
+        "RUN_TOKEN_KEY": "mine-" + "r" * 40,
+        "WEBHOOK_SIGNING_SECRETS": " ".join(new_webhook_secrets(2)),
+        "SWEEP_SCHEDULE": "*/5 * * * * *",
+        "WEBHOOK_ALLOW_HTTP": "false",
+    }
     run = plan(user, DEV)
     for name, value in user.items():
         assert run.env[name] == value, name
@@ -58,8 +67,13 @@ def test_an_empty_export_counts_as_unset():
 
 
 def test_the_wiring_between_the_processes_is_make_runs_own():
-    run = plan({"AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountName=prod;AccountKey=eA==",
-                "EMULATOR_BASE_URL": "http://elsewhere:9/v1"}, DEV)
+    run = plan(
+        {
+            "AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountName=prod;AccountKey=eA==",
+            "EMULATOR_BASE_URL": "http://elsewhere:9/v1",
+        },
+        DEV,
+    )
     assert not set(WIRING) & set(run.env) and not set(WIRING) & set(run.from_user)
 
 
@@ -73,11 +87,14 @@ def test_the_emulator_reaches_the_app_so_runs_end_on_push():
     assert "the local emulator (nothing leaves this machine)" in text and "REAL" not in text
 
 
-@pytest.mark.parametrize("environ, kind, variable", [
-    ({"OPENAI_API_KEY": OPENAI_KEY}, "openai", "OPENAI_API_KEY"),
-    ({"AZURE_OPENAI_ENDPOINT": "https://my-aoai.openai.azure.com"}, "azure_openai", "AZURE_OPENAI_ENDPOINT"),
-    ({"MODEL_PROVIDER": "openai", "OPENAI_API_KEY": OPENAI_KEY}, "openai", "MODEL_PROVIDER"),
-])
+@pytest.mark.parametrize(
+    "environ, kind, variable",
+    [
+        ({"OPENAI_API_KEY": OPENAI_KEY}, "openai", "OPENAI_API_KEY"),
+        ({"AZURE_OPENAI_ENDPOINT": "https://my-aoai.openai.azure.com"}, "azure_openai", "AZURE_OPENAI_ENDPOINT"),
+        ({"MODEL_PROVIDER": "openai", "OPENAI_API_KEY": OPENAI_KEY}, "openai", "MODEL_PROVIDER"),
+    ],
+)
 def test_a_real_provider_cannot_reach_127_0_0_1_so_runs_are_watched_and_the_banner_warns(environ, kind, variable):
     run = plan(environ, DEV)
     assert (run.provider, run.strategy) == (kind, "watch")
@@ -90,8 +107,11 @@ def test_a_real_provider_cannot_reach_127_0_0_1_so_runs_are_watched_and_the_bann
 
 def test_runs_the_app_executes_itself_are_polled_with_a_real_provider():
     compatible = plan({"OPENAI_COMPATIBLE_BASE_URL": "http://localhost:11434/v1"}, DEV)
-    assert (compatible.provider, compatible.settings.executor.backend, compatible.strategy) == \
-        ("openai_compatible", "executor", "poll")
+    assert (compatible.provider, compatible.settings.executor.backend, compatible.strategy) == (
+        "openai_compatible",
+        "executor",
+        "poll",
+    )
     text = banner(compatible)
     assert "REAL MODEL SERVER: openai_compatible at http://localhost:11434/v1" in text and "BILLED MODEL" not in text
     executor = plan({"OPENAI_API_KEY": OPENAI_KEY, "RUN_BACKEND": "executor"}, DEV)

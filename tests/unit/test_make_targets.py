@@ -2,6 +2,7 @@
 
 The Makefile is read with `make -n -B` (print every command a target would run, as if nothing were installed;
 nothing is executed), and what `make run` imports is checked against what requirements-local.txt installs."""
+
 from __future__ import annotations
 
 import ast
@@ -58,6 +59,7 @@ def test_make_unit_runs_only_folders_that_start_no_stack():
 
 # ---- what requirements-local.txt installs covers what make run imports --------------------------------------------
 
+
 def _requirements(path: Path) -> list[Requirement]:
     out: list[Requirement] = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -99,12 +101,18 @@ def _third_party_imports(paths: list[Path]) -> set[str]:
 
 
 def test_requirements_local_installs_everything_make_run_imports_and_no_test_tool():
-    sources = [REPO / "function_app.py", *sorted((REPO / "shared").rglob("*.py")),
-               *sorted(p for p in (REPO / "local").rglob("*.py") if "tests" not in p.parts)]
+    sources = [
+        REPO / "function_app.py",
+        *sorted((REPO / "shared").rglob("*.py")),
+        *sorted(p for p in (REPO / "local").rglob("*.py") if "tests" not in p.parts),
+    ]
     installed = _closure(_requirements(REPO / "requirements-local.txt"))
     by_module = metadata.packages_distributions()
-    missing = {module: by_module.get(module) for module in _third_party_imports(sources)
-               if not {canonicalize_name(d) for d in by_module.get(module, [])} & installed}
+    missing = {
+        module: by_module.get(module)
+        for module in _third_party_imports(sources)
+        if not {canonicalize_name(d) for d in by_module.get(module, [])} & installed
+    }
     assert not missing, f"make run imports these, which requirements-local.txt does not install: {missing}"
     assert not installed & TEST_ONLY_PACKAGES, "make run would install test-only packages"
 
@@ -121,7 +129,7 @@ def test_the_readme_states_the_node_that_the_pinned_azurite_declares():
     floor = re.fullmatch(r">=\s*(\d+)(?:\.\d+){0,2}", azurite["engines"]["node"])
     assert floor, f"engines.node {azurite['engines']['node']!r}: state the Node it needs in README.md"
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    two_commands = readme[readme.index("## Two commands"):readme.index("```bash", readme.index("## Two commands"))]
+    two_commands = readme[readme.index("## Two commands") : readme.index("```bash", readme.index("## Two commands"))]
     assert f"Node.js {floor.group(1)} or newer" in two_commands
     assert f"Azurite {'.'.join(pinned.split('.')[:2])}" in two_commands
 

@@ -1,5 +1,6 @@
 """The OpenAPI document stays true: its routes are exactly the app's HTTP routes, and its Run schema
 names exactly the fields the service returns."""
+
 from __future__ import annotations
 
 import importlib
@@ -40,8 +41,16 @@ def test_the_run_schema_matches_the_run_view():
     spec = yaml.safe_load((ROOT / "openapi.yaml").read_text())
     documented = set(spec["components"]["schemas"]["Run"]["properties"])
     views = RunViews(TokenCodec(b"k" * 40), poll_initial_delay=1, poll_max_delay=10)
-    run = Run(id="run_x", status="completed", created_at=1.0, model="m", request={}, webhook_url="https://h/x",
-              result={"output": [], "output_text": "", "error": None}, admission=Admission(queued_at=1.0))
+    run = Run(
+        id="run_x",
+        status="completed",
+        created_at=1.0,
+        model="m",
+        request={},
+        webhook_url="https://h/x",
+        result={"output": [], "output_text": "", "error": None},
+        admission=Admission(queued_at=1.0),
+    )
     assert set(views.render(run, timeline=True)) == documented
     admission = spec["components"]["schemas"]["Run"]["properties"]["admission"]["properties"]
     assert set(views.render(run)["admission"]) == set(admission)
@@ -54,6 +63,7 @@ def test_the_timeline_schema_names_every_entry_the_service_records():
     documented_types = set(timeline["properties"]["entries"]["items"]["properties"]["type"]["enum"])
     source = "\n".join(p.read_text() for p in (ROOT / "shared").rglob("*.py"))
     import re
+
     recorded = set(re.findall(r'record\(run, "(\w+)"', source)) | set(re.findall(r'event="(\w+)"', source))
     recorded |= {"created", "finished", "poll", "webhook_attempt", "cancel_failed"}
     assert recorded <= documented_types, recorded - documented_types

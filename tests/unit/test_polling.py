@@ -1,4 +1,5 @@
 """The poll step, branch by branch, on fakes: messages, provider answers, deadlines, conflicts."""
+
 from __future__ import annotations
 
 import pytest
@@ -199,7 +200,6 @@ async def test_a_run_cancelled_at_the_provider_for_its_deadline_ends_expired_eve
     assert final.status == "expired" and "10 s" in final.result["error"]["message"]
 
 
-
 async def test_a_cancel_at_the_deadline_that_fails_for_now_is_retried_with_backoff_not_at_once(monkeypatch):
     # The defect: past the deadline every step was clamped to the deadline's 0.5 s slack, so a cancel the
     # provider answered with 503 and Retry-After: 30 was tried again twice a second for ten minutes.
@@ -227,13 +227,17 @@ async def test_the_chains_steps_back_off_until_the_deadline_then_land_just_after
         stored = await w.run(run.id)
         assert stored.next_poll_at == w.clock.now + delays[-1] and stored.poll_count == len(delays)
     for n, delay in enumerate(delays):  # initial 1 s, times 1.5 (POLL_MULTIPLIER) a step, ±20 %
-        assert 0.8 * 1.5 ** n <= delay <= 1.2 * 1.5 ** n
+        assert 0.8 * 1.5**n <= delay <= 1.2 * 1.5**n
     w.clock.advance(19.9)
     assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "pending"
     assert w.poll_queue.sent[-1].delay == pytest.approx(0.6)  # 0.1 s to the deadline, then its 0.5 s slack
     polls = [e for e in w.timeline(await w.run(run.id)) if e["type"] == "poll"]
-    assert polls[-1] == {"at": w.clock.now, "type": "poll", "provider_status": "in_progress",
-                         "next_poll_in": round(w.poll_queue.sent[-1].delay, 2)}
+    assert polls[-1] == {
+        "at": w.clock.now,
+        "type": "poll",
+        "provider_status": "in_progress",
+        "next_poll_in": round(w.poll_queue.sent[-1].delay, 2),
+    }
     assert {p["next_poll_in"] for p in polls} == {round(d, 2) for d in delays[1:]} | {0.6}
 
 
@@ -258,8 +262,10 @@ async def test_a_provider_refusing_to_report_fails_the_run_saying_so(monkeypatch
     run = await started(w)
     w.backend.fail["observe"] = [ProviderError(transient=False, status=401, message="bad key")]
     assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "failed"
-    assert (await w.run(run.id)).result == {**failure_result(
-        "provider_error", "The provider refused to report on the run (401): bad key"), "output_text": ""}
+    assert (await w.run(run.id)).result == {
+        **failure_result("provider_error", "The provider refused to report on the run (401): bad key"),
+        "output_text": "",
+    }
 
 
 @pytest.mark.parametrize("hiccup", [False, True])
@@ -281,7 +287,9 @@ async def test_a_response_cancelled_exactly_at_the_deadline_ends_the_run_expired
     w.backend.responses[run.response_id].status = "cancelled"
     assert await w.services.poll_step.handle(message) == "expired"
     assert (await w.run(run.id)).result["error"] == {
-        "code": "deadline_exceeded", "message": "The run did not finish within its deadline of 10 s."}
+        "code": "deadline_exceeded",
+        "message": "The run did not finish within its deadline of 10 s.",
+    }
 
 
 async def test_a_cancel_at_the_deadline_that_keeps_failing_ends_the_run_expired_saying_so(monkeypatch):
@@ -293,13 +301,15 @@ async def test_a_cancel_at_the_deadline_that_keeps_failing_ends_the_run_expired_
     w.backend.fail["cancel"] = [ProviderError(transient=True, status=503, message="down")]
     assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "expired"
     assert (await w.run(run.id)).result["error"]["message"] == (
-        "The run did not finish within its deadline of 10 s. Cancelling it at the provider kept failing: down.")
+        "The run did not finish within its deadline of 10 s. Cancelling it at the provider kept failing: down."
+    )
     run2 = await started(w, deadline_seconds=10)
     w.clock.advance(11)
     w.backend.fail["cancel"] = [ProviderError(transient=False, status=403, message="not yours")]
     assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "expired"
     assert (await w.run(run2.id)).result["error"]["message"] == (
-        "The run did not finish within its deadline of 10 s. The provider refused to cancel it (403): not yours.")
+        "The run did not finish within its deadline of 10 s. The provider refused to cancel it (403): not yours."
+    )
 
 
 async def test_a_step_that_loses_only_to_a_timeline_note_keeps_the_note_and_its_chain(monkeypatch):
@@ -383,9 +393,11 @@ async def test_watching_skips_events_without_a_position_and_ends_at_the_terminal
     run = await started(w)
     response = w.backend.responses[run.response_id]
     response.complete("streamed")
-    w.backend.streams[run.response_id] = [stream_event("response.in_progress", 1),
-                                          SimpleNamespace(type="keepalive"),
-                                          stream_event("response.completed", 2, response)]
+    w.backend.streams[run.response_id] = [
+        stream_event("response.in_progress", 1),
+        SimpleNamespace(type="keepalive"),
+        stream_event("response.completed", 2, response),
+    ]
     assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "completed"
     assert w.backend.count("observe") == 0
 

@@ -1,6 +1,7 @@
 """A caller's active-run slot (shared/runs/quotas.py) is given back however its run ends, also when a crash cuts the
 end short, and a caller at its cap gets 429 with nothing written. The fakes' Table takes ETags and transactions as
 Azure does; the same store against Azurite, and the HTTP answers, are tested in tests/service."""
+
 from __future__ import annotations
 
 import pytest
@@ -76,7 +77,7 @@ async def test_a_start_cut_by_a_crash_is_ended_by_the_sweeper_and_its_slot_comes
     w.backend.fail["start"] = [HostCrash("killed")]
     with pytest.raises(HostCrash):
         await w.services.starter.start(RunRequest(input="one"), caller=ALICE)
-    (run_id, _), = w.runs.rows
+    ((run_id, _),) = w.runs.rows
     assert len(slots(w)) == 1
     w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)
     assert (await w.services.sweeper.sweep())["starts"] == 1

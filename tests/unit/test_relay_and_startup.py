@@ -1,4 +1,5 @@
 """Resources are released: a provider stream the relay never read, clients built by a failed cold start."""
+
 from __future__ import annotations
 
 import pytest

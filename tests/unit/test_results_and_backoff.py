@@ -28,8 +28,11 @@ def test_a_first_delay_comes_before_the_curve_which_then_starts_at_its_initial()
 
 
 def test_function_calls_become_requires_action():
-    response = {"status": "completed", "output": [
-        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}], "usage": {"total_tokens": 3}}
+    response = {
+        "status": "completed",
+        "output": [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}],
+        "usage": {"total_tokens": 3},
+    }
     status, result = result_from_response(response)
     assert status == "requires_action"
     assert result["required_action"]["calls"] == [{"call_id": "c1", "name": "f", "arguments": "{}"}]
@@ -37,8 +40,20 @@ def test_function_calls_become_requires_action():
 
 
 def test_output_text_joins_message_parts():
-    response = SimpleNamespace(model_dump=lambda **_: {"status": "completed", "output": [
-        {"type": "message", "content": [{"type": "output_text", "text": "a"}, {"type": "refusal", "refusal": "x"},
-                                        {"type": "output_text", "text": "b"}]}]})
+    response = SimpleNamespace(
+        model_dump=lambda **_: {
+            "status": "completed",
+            "output": [
+                {
+                    "type": "message",
+                    "content": [
+                        {"type": "output_text", "text": "a"},
+                        {"type": "refusal", "refusal": "x"},
+                        {"type": "output_text", "text": "b"},
+                    ],
+                }
+            ],
+        }
+    )
     status, result = result_from_response(response)
     assert (status, result["output_text"], result["required_action"]) == ("completed", "ab", None)

@@ -1,4 +1,5 @@
 """Retention on fakes: what is deleted, what is kept, and what a caller sees afterwards."""
+
 from __future__ import annotations
 
 import pytest

@@ -8,9 +8,18 @@ from shared.errors import InvalidRequest, PayloadTooLarge
 
 
 def test_a_full_request_parses():
-    request = parse_run_body({"input": [{"role": "user", "content": "hi"}], "model": "m", "stream": True,
-                              "metadata": {"a": "b"}, "max_output_tokens": 100, "deadline_seconds": 60,
-                              "tools": [{"type": "function", "name": "f"}], "reasoning": {"effort": "low"}}).request
+    request = parse_run_body(
+        {
+            "input": [{"role": "user", "content": "hi"}],
+            "model": "m",
+            "stream": True,
+            "metadata": {"a": "b"},
+            "max_output_tokens": 100,
+            "deadline_seconds": 60,
+            "tools": [{"type": "function", "name": "f"}],
+            "reasoning": {"effort": "low"},
+        }
+    ).request
     assert request.stream and request.model == "m" and request.deadline_seconds == 60
 
 
@@ -28,9 +37,17 @@ def test_the_body_limit_is_413():
         parse_json_body(b"x" * 2000, 1024)
 
 
-@pytest.mark.parametrize("field,value", [("background", 1), ("stream", "true"), ("deadline_seconds", True),
-                                         ("deadline_seconds", 0), ("metadata", {"bg_run_id": "x"}),
-                                         ("webhook_url", "h" * 3000)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("background", 1),
+        ("stream", "true"),
+        ("deadline_seconds", True),
+        ("deadline_seconds", 0),
+        ("metadata", {"bg_run_id": "x"}),
+        ("webhook_url", "h" * 3000),
+    ],
+)
 def test_wrong_types_name_the_field(field, value):
     with pytest.raises(InvalidRequest) as raised:
         parse_run_body({"input": "x", field: value})

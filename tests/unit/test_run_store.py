@@ -1,5 +1,6 @@
 """The run store on fakes: sizes counted as Table Storage counts them, parts loaded only when used, and a
 save that loses a race never changes what the winner stored."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from shared.runs.store import PROPERTY_LIMIT_BYTES, RunConflict, RunStore, utf16
 
 from .fakes import FakeContainer, FakeTable, world
 
-EMOJI = "\U0001F600"  # one Python character, two UTF-16 units, four bytes
+EMOJI = "\U0001f600"  # one Python character, two UTF-16 units, four bytes
 
 
 def test_sizes_are_counted_in_utf16_bytes():
@@ -27,8 +28,7 @@ def store_and_tables():
 
 
 def run_with(request=None, result=None) -> Run:
-    return Run(id="run_1", status="queued", created_at=1.0, model="m", request=request or {"input": "x"},
-               result=result)
+    return Run(id="run_1", status="queued", created_at=1.0, model="m", request=request or {"input": "x"}, result=result)
 
 
 async def test_an_emoji_heavy_input_and_output_are_stored_and_read_back_exactly():
@@ -40,8 +40,14 @@ async def test_an_emoji_heavy_input_and_output_are_stored_and_read_back_exactly(
     entity = table.entity("run_1", "run")
     assert entity["request"] == "" and entity["request_blob"]  # moved to a blob
     assert all(utf16_bytes(v) <= PROPERTY_LIMIT_BYTES for v in entity.values() if isinstance(v, str))
-    run.status, run.result = "completed", {"output": [{"type": "message", "content": [
-        {"type": "output_text", "text": text}]}], "output_text": text, "error": None}
+    run.status, run.result = (
+        "completed",
+        {
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": text}]}],
+            "output_text": text,
+            "error": None,
+        },
+    )
     await store.save(run)
     back = await store.get("run_1", with_result=True, with_request=True)
     assert back.request["input"] == text and back.result["output_text"] == text
@@ -51,8 +57,10 @@ async def test_the_output_text_is_stored_once():
     store, table, _ = store_and_tables()
     run = await store.create(run_with())
     text = "y" * 5000
-    run.status, run.result = "completed", {"output": [{"type": "message", "content": [
-        {"type": "output_text", "text": text}]}], "output_text": text}
+    run.status, run.result = (
+        "completed",
+        {"output": [{"type": "message", "content": [{"type": "output_text", "text": text}]}], "output_text": text},
+    )
     await store.save(run)
     assert table.entity("run_1", "run")["result"].count(text) == 1
     assert "output_text" not in json.loads(table.entity("run_1", "run")["result"])
@@ -61,8 +69,13 @@ async def test_the_output_text_is_stored_once():
 async def test_reads_load_the_result_and_request_only_when_asked():
     store, _, blobs = store_and_tables()
     run = await store.create(run_with(request={"input": "r" * 40_000}))
-    run.status, run.result = "completed", {"output": [{"type": "message", "content": [
-        {"type": "output_text", "text": "z" * 40_000}]}], "output_text": "z" * 40_000}
+    run.status, run.result = (
+        "completed",
+        {
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": "z" * 40_000}]}],
+            "output_text": "z" * 40_000,
+        },
+    )
     await store.save(run)
     plain = await store.get("run_1")
     assert blobs.downloads == 0 and plain.result is None and plain.request == {} and plain.result_stored

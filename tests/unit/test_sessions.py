@@ -1,5 +1,6 @@
 """The session store on a fake table faithful to Azure's conditional writes: one writer wins, the run list
 keeps its order and its bound, retention removes every row."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,8 +24,14 @@ async def test_a_new_session_reads_back_as_created_idle_and_can_be_saved_at_once
     created = await store.create()
     assert created.id.startswith("sess_") and len(created.id) == len("sess_") + 24
     read = await store.get(created.id)
-    assert (read.id, read.created_at, read.last_response_id, read.active_run_id, read.active_since, read.updated_at) \
-        == (created.id, clock.now, None, None, 0.0, clock.now)
+    assert (
+        read.id,
+        read.created_at,
+        read.last_response_id,
+        read.active_run_id,
+        read.active_since,
+        read.updated_at,
+    ) == (created.id, clock.now, None, None, 0.0, clock.now)
     assert (created.created_at, created.active_since, created.updated_at) == (clock.now, 0.0, clock.now)
     created.active_run_id = "run_a"
     await store.save(created)  # the ETag create returned is the current one
@@ -61,11 +68,23 @@ async def test_saving_a_session_that_was_purged_is_a_conflict_not_a_resurrection
 
 async def test_a_session_stored_before_updated_at_existed_reads_its_creation_time(clock):
     table = FakeTable()
-    await table.create_entity({"PartitionKey": "sess_old", "RowKey": "session", "created_at": 123.0,
-                               "last_response_id": "resp_9", "active_run_id": "", "active_since": 0.0})
+    await table.create_entity(
+        {
+            "PartitionKey": "sess_old",
+            "RowKey": "session",
+            "created_at": 123.0,
+            "last_response_id": "resp_9",
+            "active_run_id": "",
+            "active_since": 0.0,
+        }
+    )
     session = await SessionStore(table).get("sess_old")
-    assert (session.created_at, session.updated_at, session.last_response_id, session.active_run_id) == \
-        (123.0, 123.0, "resp_9", None)
+    assert (session.created_at, session.updated_at, session.last_response_id, session.active_run_id) == (
+        123.0,
+        123.0,
+        "resp_9",
+        None,
+    )
 
 
 async def test_the_run_list_is_in_start_order_whatever_the_run_ids(clock):

@@ -12,16 +12,19 @@ def test_defaults_give_the_local_emulator():
     assert not settings.webhook_allow_http and not settings.webhook_allow_private
 
 
-@pytest.mark.parametrize("override,named", [
-    ({"RUN_TOKEN_KEY": ""}, "RUN_TOKEN_KEY"),
-    ({"RUN_TOKEN_KEY": "short"}, "RUN_TOKEN_KEY"),
-    ({"RUN_TOKEN_KEY": "n" * 40 + " short"}, "RUN_TOKEN_KEY: too short (key 2 of 2)"),
-    ({"AzureWebJobsStorage": ""}, "AzureWebJobsStorage"),
-    ({"WEBHOOK_SIGNING_SECRETS": "plain"}, "WEBHOOK_SIGNING_SECRETS"),
-    ({"WEBHOOK_SIGNING_SECRETS": "whsec_c2hvcnQ="}, "WEBHOOK_SIGNING_SECRETS"),
-    ({"MODEL_PROVIDER": "openai"}, "OPENAI_API_KEY"),
-    ({"MODEL_PROVIDER": "azure_openai", "AZURE_OPENAI_ENDPOINT": "http://x"}, "AZURE_OPENAI_ENDPOINT"),
-])
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        ({"RUN_TOKEN_KEY": ""}, "RUN_TOKEN_KEY"),
+        ({"RUN_TOKEN_KEY": "short"}, "RUN_TOKEN_KEY"),
+        ({"RUN_TOKEN_KEY": "n" * 40 + " short"}, "RUN_TOKEN_KEY: too short (key 2 of 2)"),
+        ({"AzureWebJobsStorage": ""}, "AzureWebJobsStorage"),
+        ({"WEBHOOK_SIGNING_SECRETS": "plain"}, "WEBHOOK_SIGNING_SECRETS"),
+        ({"WEBHOOK_SIGNING_SECRETS": "whsec_c2hvcnQ="}, "WEBHOOK_SIGNING_SECRETS"),
+        ({"MODEL_PROVIDER": "openai"}, "OPENAI_API_KEY"),
+        ({"MODEL_PROVIDER": "azure_openai", "AZURE_OPENAI_ENDPOINT": "http://x"}, "AZURE_OPENAI_ENDPOINT"),
+    ],
+)
 def test_a_bad_setting_is_named(override, named):
     with pytest.raises(SettingsError) as raised:
         Settings.from_env({**BASE, **override})
@@ -42,8 +45,15 @@ def test_azure_openai_uses_the_v1_path_and_entra_id_without_a_key():
 
 
 def test_identity_storage_wins_over_an_injected_connection_string():
-    env = {**BASE, "AzureWebJobsStorage__credential": "managedidentity", "AzureWebJobsStorage__clientId": "cid",
-           **{f"AzureWebJobsStorage__{k}ServiceUri": f"https://acct.{k}.core.windows.net" for k in ("blob", "queue", "table")}}
+    env = {
+        **BASE,
+        "AzureWebJobsStorage__credential": "managedidentity",
+        "AzureWebJobsStorage__clientId": "cid",
+        **{
+            f"AzureWebJobsStorage__{k}ServiceUri": f"https://acct.{k}.core.windows.net"
+            for k in ("blob", "queue", "table")
+        },
+    }
     storage = Settings.from_env(env).storage
     assert storage.uses_identity and storage.client_id == "cid"
 
@@ -70,8 +80,13 @@ def test_the_configuration_table_of_the_docs_is_the_generated_one():
 def test_no_secret_appears_in_the_settings_repr():
     # The defect: repr(Settings) showed the storage connection string with its account key.
     account_key = "c2VjcmV0LWFjY291bnQta2V5LXRoYXQtbXVzdC1uZXZlci1iZS1sb2dnZWQ="
-    env = {**BASE, "AzureWebJobsStorage": f"DefaultEndpointsProtocol=http;AccountName=a;AccountKey={account_key};",
-           "WEBHOOK_SIGNING_SECRETS": "whsec_" + "B" * 43, "MODEL_PROVIDER": "openai", "OPENAI_API_KEY": "sk-top-secret"}
+    env = {
+        **BASE,
+        "AzureWebJobsStorage": f"DefaultEndpointsProtocol=http;AccountName=a;AccountKey={account_key};",
+        "WEBHOOK_SIGNING_SECRETS": "whsec_" + "B" * 43,
+        "MODEL_PROVIDER": "openai",
+        "OPENAI_API_KEY": "sk-top-secret",
+    }
     text = repr(Settings.from_env(env)) + str(Settings.from_env(env))
     for secret in (account_key, "B" * 43, "sk-top-secret", BASE["RUN_TOKEN_KEY"]):
         assert secret not in text
@@ -112,6 +127,7 @@ def test_the_vault_name_form_and_odd_spacing_are_also_refused():
 
 
 # ---- STREAM_MAX_SECONDS below functionTimeout -------------------------------------------------------------------
+
 
 def _host_json(tmp_path, **fields):
     import json
@@ -167,11 +183,20 @@ def test_an_openai_compatible_server_is_run_by_the_executor():
     assert settings.executor.backend == "executor" and settings.executor.api == "chat_completions"
 
 
-@pytest.mark.parametrize("override,named", [
-    ({"MODEL_PROVIDER": "openai_compatible", "OPENAI_COMPATIBLE_BASE_URL": "http://x", "RUN_BACKEND": "background"},
-     "RUN_BACKEND"),
-    ({"MODEL_PROVIDER": "openai_compatible"}, "OPENAI_COMPATIBLE_BASE_URL"),
-])
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        (
+            {
+                "MODEL_PROVIDER": "openai_compatible",
+                "OPENAI_COMPATIBLE_BASE_URL": "http://x",
+                "RUN_BACKEND": "background",
+            },
+            "RUN_BACKEND",
+        ),
+        ({"MODEL_PROVIDER": "openai_compatible"}, "OPENAI_COMPATIBLE_BASE_URL"),
+    ],
+)
 def test_a_bad_executor_setting_is_named(override, named):
     with pytest.raises(SettingsError) as raised:
         Settings.from_env({**BASE, **override})
@@ -189,8 +214,11 @@ def test_the_watch_window_must_end_before_the_function_timeout(tmp_path):
     watch = {**BASE, "COMPLETION_STRATEGY": "watch"}
     settings = Settings.from_env({**watch, "WATCH_WINDOW_SECONDS": "569"}, host_json=ten_minutes)
     assert settings.completion.watch_window == 569
-    with pytest.raises(SettingsError, match=r"^WATCH_WINDOW_SECONDS: 570 must end at least 30 s before host.json "
-                                            r"functionTimeout \(600 s\)$"):
+    with pytest.raises(
+        SettingsError,
+        match=r"^WATCH_WINDOW_SECONDS: 570 must end at least 30 s before host.json "
+        r"functionTimeout \(600 s\)$",
+    ):
         Settings.from_env({**watch, "WATCH_WINDOW_SECONDS": "570"}, host_json=ten_minutes)
     # Only a watching poll step holds the stream that long.
     Settings.from_env({**BASE, "WATCH_WINDOW_SECONDS": "570"}, host_json=ten_minutes)
@@ -207,28 +235,44 @@ def test_host_json_is_read_once_per_start(monkeypatch):
 
 # ---- one test per kind of rule: each fails if its rule is removed -----------------------------------------------
 
-@pytest.mark.parametrize("override,message", [
-    ({"POLL_MAX_DELAY_SECONDS": "soon"}, "POLL_MAX_DELAY_SECONDS: expected a number, got 'soon'"),
-    ({"EXECUTOR_MAX_ATTEMPTS": "2.5"}, "EXECUTOR_MAX_ATTEMPTS: expected a number, got '2.5'"),
-    ({"POLL_INITIAL_DELAY_SECONDS": "nan"}, "POLL_INITIAL_DELAY_SECONDS: expected a finite number, got 'nan'"),
-    ({"RUN_DEADLINE_SECONDS": "inf"}, "RUN_DEADLINE_SECONDS: expected a finite number, got 'inf'"),
-    ({"WEBHOOK_ALLOW_HTTP": "Maybe"}, "WEBHOOK_ALLOW_HTTP: expected true or false, got 'maybe'"),
-    ({"WEBHOOK_RETRY_SCHEDULE": "1,x"},
-     "WEBHOOK_RETRY_SCHEDULE: expected comma-separated seconds, none negative, got '1,x'"),
-    ({"EMULATOR_BASE_URL": "127.0.0.1:7070/v1"}, "EMULATOR_BASE_URL: expected an http(s) URL, got '127.0.0.1:7070/v1'"),
-    ({"AZURE_OPENAI_ENDPOINT": "http://res.openai.azure.com"},
-     "AZURE_OPENAI_ENDPOINT: expected an https:// URL, got 'http://res.openai.azure.com'"),
-])
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"POLL_MAX_DELAY_SECONDS": "soon"}, "POLL_MAX_DELAY_SECONDS: expected a number, got 'soon'"),
+        ({"EXECUTOR_MAX_ATTEMPTS": "2.5"}, "EXECUTOR_MAX_ATTEMPTS: expected a number, got '2.5'"),
+        ({"POLL_INITIAL_DELAY_SECONDS": "nan"}, "POLL_INITIAL_DELAY_SECONDS: expected a finite number, got 'nan'"),
+        ({"RUN_DEADLINE_SECONDS": "inf"}, "RUN_DEADLINE_SECONDS: expected a finite number, got 'inf'"),
+        ({"WEBHOOK_ALLOW_HTTP": "Maybe"}, "WEBHOOK_ALLOW_HTTP: expected true or false, got 'maybe'"),
+        (
+            {"WEBHOOK_RETRY_SCHEDULE": "1,x"},
+            "WEBHOOK_RETRY_SCHEDULE: expected comma-separated seconds, none negative, got '1,x'",
+        ),
+        (
+            {"EMULATOR_BASE_URL": "127.0.0.1:7070/v1"},
+            "EMULATOR_BASE_URL: expected an http(s) URL, got '127.0.0.1:7070/v1'",
+        ),
+        (
+            {"AZURE_OPENAI_ENDPOINT": "http://res.openai.azure.com"},
+            "AZURE_OPENAI_ENDPOINT: expected an https:// URL, got 'http://res.openai.azure.com'",
+        ),
+    ],
+)
 def test_a_value_of_the_wrong_type_is_refused(override, message):
     with pytest.raises(SettingsError) as raised:
         Settings.from_env({**BASE, **override})
     assert str(raised.value) == message
 
 
-@pytest.mark.parametrize("name,below,lowest", [
-    ("POLL_INITIAL_DELAY_SECONDS", "0.04", "0.05"), ("MAX_REQUEST_BYTES", "1023", "1024"),
-    ("EXECUTOR_MAX_ATTEMPTS", "0", "1"), ("POLL_BACKOFF_MULTIPLIER", "0.9", "1.0"),
-])
+@pytest.mark.parametrize(
+    "name,below,lowest",
+    [
+        ("POLL_INITIAL_DELAY_SECONDS", "0.04", "0.05"),
+        ("MAX_REQUEST_BYTES", "1023", "1024"),
+        ("EXECUTOR_MAX_ATTEMPTS", "0", "1"),
+        ("POLL_BACKOFF_MULTIPLIER", "0.9", "1.0"),
+    ],
+)
 def test_a_value_below_its_minimum_is_refused(name, below, lowest):
     with pytest.raises(SettingsError, match=f"^{name}: must be at least {lowest}, got "):
         Settings.from_env({**BASE, name: below})
@@ -241,12 +285,15 @@ def test_a_value_above_its_maximum_is_refused():
         Settings.from_env({**BASE, "RESPONSES_MAX_WAIT_SECONDS": "226"})
 
 
-@pytest.mark.parametrize("name,value,expected", [
-    ("MODEL_PROVIDER", "llama", "emulator, openai, azure_openai or openai_compatible"),
-    ("RUN_BACKEND", "threads", "background or executor"),
-    ("EXECUTOR_API", "completions", "chat_completions or responses"),
-    ("COMPLETION_STRATEGY", "sometimes", "poll, push or watch"),
-])
+@pytest.mark.parametrize(
+    "name,value,expected",
+    [
+        ("MODEL_PROVIDER", "llama", "emulator, openai, azure_openai or openai_compatible"),
+        ("RUN_BACKEND", "threads", "background or executor"),
+        ("EXECUTOR_API", "completions", "chat_completions or responses"),
+        ("COMPLETION_STRATEGY", "sometimes", "poll, push or watch"),
+    ],
+)
 def test_a_value_outside_its_choices_is_refused(name, value, expected):
     with pytest.raises(SettingsError) as raised:
         Settings.from_env({**BASE, name: value})
@@ -258,14 +305,17 @@ def test_choices_are_read_in_any_case():
     assert settings.completion.strategy == "watch" and settings.executor.api == "responses"
 
 
-@pytest.mark.parametrize("name,value,problem", [
-    ("RUN_TOKEN_KEY", "", "required"),
-    ("RUN_TOKEN_KEY", "s3cr3t-but-short", "too short"),
-    ("WEBHOOK_SIGNING_SECRETS", "s3cr3t-without-prefix", "entry 1 does not start with whsec_"),
-    ("WEBHOOK_SIGNING_SECRETS", "whsec_" + "A" * 43 + " whsec_s3cr3t!", "entry 2 is not base64 after whsec_"),
-    ("PROVIDER_WEBHOOK_SECRETS", "whsec_c2hvcnQ=", "entry 1 must decode to 24-64 bytes"),
-    ("RESPONSES_API_KEYS", "me:s3cr3t-but-short", "entry 1 (me): the key must be 32-256 characters"),
-])
+@pytest.mark.parametrize(
+    "name,value,problem",
+    [
+        ("RUN_TOKEN_KEY", "", "required"),
+        ("RUN_TOKEN_KEY", "s3cr3t-but-short", "too short"),
+        ("WEBHOOK_SIGNING_SECRETS", "s3cr3t-without-prefix", "entry 1 does not start with whsec_"),
+        ("WEBHOOK_SIGNING_SECRETS", "whsec_" + "A" * 43 + " whsec_s3cr3t!", "entry 2 is not base64 after whsec_"),
+        ("PROVIDER_WEBHOOK_SECRETS", "whsec_c2hvcnQ=", "entry 1 must decode to 24-64 bytes"),
+        ("RESPONSES_API_KEYS", "me:s3cr3t-but-short", "entry 1 (me): the key must be 32-256 characters"),
+    ],
+)
 def test_a_secret_in_the_wrong_format_is_refused_without_repeating_it(name, value, problem):
     with pytest.raises(SettingsError) as raised:
         Settings.from_env({**BASE, name: value})
@@ -286,15 +336,26 @@ def test_no_secret_kind_repeats_the_value_it_refuses(setting):
         assert "s3cr3t" not in message, message
 
 
-@pytest.mark.parametrize("present,kind", [
-    ({}, "emulator"),
-    ({"OPENAI_API_KEY": "sk-x"}, "openai"),
-    ({"OPENAI_COMPATIBLE_BASE_URL": "http://vllm/v1", "OPENAI_API_KEY": "sk-x"}, "openai_compatible"),
-    ({"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com", "OPENAI_COMPATIBLE_BASE_URL": "http://vllm/v1"},
-     "azure_openai"),
-    ({"MODEL_PROVIDER": "OpenAI", "OPENAI_API_KEY": "sk-x", "AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"},
-     "openai"),
-])
+@pytest.mark.parametrize(
+    "present,kind",
+    [
+        ({}, "emulator"),
+        ({"OPENAI_API_KEY": "sk-x"}, "openai"),
+        ({"OPENAI_COMPATIBLE_BASE_URL": "http://vllm/v1", "OPENAI_API_KEY": "sk-x"}, "openai_compatible"),
+        (
+            {"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com", "OPENAI_COMPATIBLE_BASE_URL": "http://vllm/v1"},
+            "azure_openai",
+        ),
+        (
+            {
+                "MODEL_PROVIDER": "OpenAI",
+                "OPENAI_API_KEY": "sk-x",
+                "AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com",
+            },
+            "openai",
+        ),
+    ],
+)
 def test_the_provider_is_inferred_from_the_settings_present(present, kind):
     settings = Settings.from_env({**BASE, **present})
     assert settings.provider.kind == kind
@@ -305,8 +366,12 @@ def test_the_completion_strategy_is_inferred_from_the_provider_webhook_secrets()
     secret = "whsec_" + "A" * 43
     assert Settings.from_env(BASE).completion.strategy == "poll"
     assert Settings.from_env({**BASE, "PROVIDER_WEBHOOK_SECRETS": secret}).completion.strategy == "push"
-    assert Settings.from_env({**BASE, "PROVIDER_WEBHOOK_SECRETS": secret,
-                              "COMPLETION_STRATEGY": "watch"}).completion.strategy == "watch"
+    assert (
+        Settings.from_env(
+            {**BASE, "PROVIDER_WEBHOOK_SECRETS": secret, "COMPLETION_STRATEGY": "watch"}
+        ).completion.strategy
+        == "watch"
+    )
     with pytest.raises(SettingsError, match=r"^PROVIDER_WEBHOOK_SECRETS: required when COMPLETION_STRATEGY is push"):
         Settings.from_env({**BASE, "COMPLETION_STRATEGY": "push"})
 
@@ -318,6 +383,7 @@ def test_the_safety_net_never_polls_sooner_at_its_cap_than_at_its_start():
 
 
 # ---- the table is the whole specification -------------------------------------------------------------------------
+
 
 def test_every_setting_is_in_a_group_and_its_default_is_valid():
     for setting in declared_settings():
@@ -334,12 +400,20 @@ def test_each_setting_is_read_by_its_group_and_none_is_declared_in_vain(monkeypa
     read = set()
     parse = Setting.parse
     monkeypatch.setattr(Setting, "parse", lambda self, value: read.add(self.name) or parse(self, value))
-    identity = {"AzureWebJobsStorage": "", "AzureWebJobsStorage__credential": "managedidentity",
-                **{f"AzureWebJobsStorage__{k}ServiceUri": f"https://a.{k}.core.windows.net"
-                   for k in ("blob", "queue", "table")}}
-    for env in ({}, identity, {"MODEL_PROVIDER": "openai", "OPENAI_API_KEY": "sk-x"},
-                {"MODEL_PROVIDER": "azure_openai", "AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"},
-                {"MODEL_PROVIDER": "openai_compatible", "OPENAI_COMPATIBLE_BASE_URL": "http://vllm/v1"}):
+    identity = {
+        "AzureWebJobsStorage": "",
+        "AzureWebJobsStorage__credential": "managedidentity",
+        **{
+            f"AzureWebJobsStorage__{k}ServiceUri": f"https://a.{k}.core.windows.net" for k in ("blob", "queue", "table")
+        },
+    }
+    for env in (
+        {},
+        identity,
+        {"MODEL_PROVIDER": "openai", "OPENAI_API_KEY": "sk-x"},
+        {"MODEL_PROVIDER": "azure_openai", "AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"},
+        {"MODEL_PROVIDER": "openai_compatible", "OPENAI_COMPATIBLE_BASE_URL": "http://vllm/v1"},
+    ):
         Settings.from_env({**BASE, **env})
     assert read == {s.name for s in declared_settings() if s.group not in ("telemetry", "host")}
 
@@ -359,22 +433,32 @@ def test_caller_quotas_are_unlimited_by_default_and_overridden_by_name():
     from shared.settings import Quota
 
     assert Settings.from_env(BASE).quotas.of("anyone") == Quota(0, 0)
-    settings = Settings.from_env({**BASE, "RESPONSES_API_KEYS": KEYS, "CALLER_MAX_ACTIVE_RUNS": "5",
-                                  "CALLER_STARTS_PER_MINUTE": "60", "CALLER_QUOTAS": "batch:50:600, @native:0:10"})
+    settings = Settings.from_env(
+        {
+            **BASE,
+            "RESPONSES_API_KEYS": KEYS,
+            "CALLER_MAX_ACTIVE_RUNS": "5",
+            "CALLER_STARTS_PER_MINUTE": "60",
+            "CALLER_QUOTAS": "batch:50:600, @native:0:10",
+        }
+    )
     quotas = settings.quotas
     assert quotas.of("app") == Quota(5, 60) and quotas.of("batch") == Quota(50, 600)
     assert quotas.of("@native") == Quota(0, 10) and quotas.caps_active
 
 
-@pytest.mark.parametrize("value,problem", [
-    ("batch:50", "entry 1 ('batch:50') is not name:active:per_minute"),
-    ("batch:-1:0", "entry 1: active must be a whole number from 0 (unlimited) to 1000, got '-1'"),
-    ("batch:1001:0", "entry 1: active must be a whole number from 0 (unlimited) to 1000, got '1001'"),
-    ("batch:1:1.5", "entry 1: per_minute must be a whole number"),
-    ("batch:1:1 batch:2:2", "entry 2: caller batch is named twice"),
-    ("ba/tch:1:1", "entry 1: 'ba/tch' is neither a caller name"),
-    ("bathc:1:1", "bathc is not a caller of RESPONSES_API_KEYS"),
-])
+@pytest.mark.parametrize(
+    "value,problem",
+    [
+        ("batch:50", "entry 1 ('batch:50') is not name:active:per_minute"),
+        ("batch:-1:0", "entry 1: active must be a whole number from 0 (unlimited) to 1000, got '-1'"),
+        ("batch:1001:0", "entry 1: active must be a whole number from 0 (unlimited) to 1000, got '1001'"),
+        ("batch:1:1.5", "entry 1: per_minute must be a whole number"),
+        ("batch:1:1 batch:2:2", "entry 2: caller batch is named twice"),
+        ("ba/tch:1:1", "entry 1: 'ba/tch' is neither a caller name"),
+        ("bathc:1:1", "bathc is not a caller of RESPONSES_API_KEYS"),
+    ],
+)
 def test_a_bad_caller_quota_is_named(value, problem):
     with pytest.raises(SettingsError) as raised:
         Settings.from_env({**BASE, "RESPONSES_API_KEYS": KEYS, "CALLER_QUOTAS": value})

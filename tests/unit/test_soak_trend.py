@@ -1,5 +1,6 @@
 """The soak's verdicts (bench/soak_trend.py): a flat series passes, a leak fails, and neither the warm-up, one
 disturbed minute nor plain noise decides the verdict."""
+
 from __future__ import annotations
 
 import random

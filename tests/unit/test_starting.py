@@ -1,4 +1,5 @@
 """Starting runs on fakes: sessions under concurrent starts, failed starts, slow starts, idempotency, webhooks."""
+
 from __future__ import annotations
 
 import asyncio
@@ -41,8 +42,9 @@ async def test_concurrent_starts_on_one_session_give_exactly_one_run(monkeypatch
 async def test_a_session_reservation_left_by_a_dead_start_is_taken_over_after_the_start_grace(monkeypatch):
     w = world(monkeypatch)
     session = await w.services.starter.open_session()
-    await w.tables["sessions"].update_entity({"PartitionKey": session.id, "RowKey": "session",
-                                              "active_run_id": "run_deadbeef", "active_since": w.clock.now})
+    await w.tables["sessions"].update_entity(
+        {"PartitionKey": session.id, "RowKey": "session", "active_run_id": "run_deadbeef", "active_since": w.clock.now}
+    )
     with pytest.raises(Conflict):
         await w.services.starter.start(RunRequest(input="x", session_id=session.id))
     w.clock.advance(w.services.starter.start_grace + 1)
@@ -93,7 +95,7 @@ async def test_a_failed_start_does_not_delete_a_run_a_concurrent_cancel_ended(mo
     w.backend.fail["start"] = [ProviderError(transient=True, status=502, message="bad gateway")]
     with pytest.raises(Unavailable):
         await w.services.starter.start(RunRequest(input="x", webhook_url="http://127.0.0.1:9/h"))
-    (run_id, _), = w.runs.rows
+    ((run_id, _),) = w.runs.rows
     kept = await w.run(run_id)
     assert kept.status == "cancelled" and kept.webhook is not None  # its webhook still tells the caller
 

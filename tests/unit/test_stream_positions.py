@@ -1,4 +1,5 @@
 """Where a resuming stream continues: every position given is checked, strictly (found by fuzzing)."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,15 @@ CODEC = TokenCodec(b"k" * 40)
 
 def request(query: str = "", **headers: str) -> Request:
     raw_headers = [(k.lower().replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
-    return Request({"type": "http", "method": "GET", "path": "/api/runs/run_1/stream", "query_string": query.encode(),
-                    "headers": raw_headers})
+    return Request(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/api/runs/run_1/stream",
+            "query_string": query.encode(),
+            "headers": raw_headers,
+        }
+    )
 
 
 def position(query: str = "", **headers: str) -> int:
@@ -28,9 +36,18 @@ def test_the_header_wins_over_valid_positions_in_the_url():
     assert position(Last_Event_ID="") == -1  # an empty Last-Event-ID is none, as EventSource sends it
 
 
-@pytest.mark.parametrize("query", ["starting_after=-2", "starting_after=", "continuation_token=garbage",
-                                   "starting_after=%2B3", "starting_after=1_0", "starting_after=%D9%A3",
-                                   "starting_after=%203"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "starting_after=-2",
+        "starting_after=",
+        "continuation_token=garbage",
+        "starting_after=%2B3",
+        "starting_after=1_0",
+        "starting_after=%D9%A3",
+        "starting_after=%203",
+    ],
+)
 def test_an_invalid_position_in_the_url_is_refused_even_beside_a_header(query):
     with pytest.raises(InvalidRequest):
         position(query, Last_Event_ID="1")

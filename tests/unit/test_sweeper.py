@@ -1,4 +1,5 @@
 """The sweeper on fakes: what it repairs, what it leaves alone, and that its cost follows the open runs."""
+
 from __future__ import annotations
 
 from shared.runs.requests import RunRequest
@@ -29,7 +30,7 @@ async def test_an_interrupted_start_ends_failed_after_the_start_grace(monkeypatc
         await start(w)
     except HostCrash:
         pass
-    (run_id, _), = w.runs.rows
+    ((run_id, _),) = w.runs.rows
     assert (await w.services.sweeper.sweep()).get("starts") is None
     w.clock.advance(w.services.starter.start_grace + w.settings.sweep_grace + 1)
     assert (await w.services.sweeper.sweep())["starts"] == 1
@@ -103,7 +104,7 @@ async def test_failed_deliveries_follow_the_schedule_then_fail_and_leave_the_ind
     w.sender.results = [failing] * 3
     await w.drain_polls()  # the first attempt is made inline by the step that ended the run
     outcomes = []
-    while (messages := w.webhook_queue.take()):
+    while messages := w.webhook_queue.take():
         outcomes += [await w.services.outbox.deliver(m) for m in messages]
     assert outcomes == ["stale", "pending", "failed"]  # the safety net, then the schedule "0,5,10"
     final = await w.run(run.id)
@@ -161,7 +162,6 @@ async def test_a_run_that_cannot_be_read_does_not_keep_the_others_from_repair(mo
     assert {m["run_id"] for m in w.poll_queue.take()} <= {r.id for r in runs}
 
 
-
 def repair_lines(caplog) -> list[tuple[str, str, str]]:
     return [(r.name, r.run_id, r.bgruns_outcome) for r in caplog.records if getattr(r, "step", None) == "repair run"]
 
@@ -205,8 +205,9 @@ async def test_a_start_without_a_response_gets_the_start_grace_from_its_creation
     w = world(monkeypatch, SWEEP_GRACE_SECONDS="1")
     run = await start(w)
     # stored by a start that died before the provider answered, due for a look at once
-    await w.runs.update_entity({"PartitionKey": run.id, "RowKey": "run", "response_id": "",
-                                "next_poll_at": run.created_at})
+    await w.runs.update_entity(
+        {"PartitionKey": run.id, "RowKey": "run", "response_id": "", "next_poll_at": run.created_at}
+    )
     w.clock.advance(w.services.starter.start_grace - 1)
     assert (await w.services.sweeper.sweep()) == {"open": 1}
     w.clock.advance(1)  # exactly the start grace: given up
@@ -214,7 +215,8 @@ async def test_a_start_without_a_response_gets_the_start_grace_from_its_creation
         assert (await w.services.sweeper.sweep()) == {"open": 1, "starts": 1}
     stored = await w.services.reader.get(run.id)
     assert stored.status == "failed" and stored.result == failure_result(
-        "start_interrupted", "The run's start was interrupted before the provider accepted it.")
+        "start_interrupted", "The run's start was interrupted before the provider accepted it."
+    )
     assert repair_lines(caplog) == [("bgruns.sweeping", run.id, "start_interrupted")]
 
 

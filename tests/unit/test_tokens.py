@@ -25,7 +25,7 @@ def test_any_changed_byte_is_detected():
     for index in range(len(token)):
         if token[index] == ".":
             continue
-        forged = token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1:]
+        forged = token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
         try:
             claims = codec.decode(forged)
         except InvalidRequest:
@@ -78,8 +78,17 @@ def test_the_token_format_is_stable_across_versions():
         assert "=" not in token and codec.decode(token).position == position
 
 
-@pytest.mark.parametrize("payload", [b'{"v":2,"r":"run_abc","s":1}', b'{"v":1,"r":5,"s":1}',
-                                     b'{"v":1,"r":"run_abc","s":"1"}', b'{"v":1,"r":"run_abc"}', b'[1]', b'{"v":1'])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"v":2,"r":"run_abc","s":1}',
+        b'{"v":1,"r":5,"s":1}',
+        b'{"v":1,"r":"run_abc","s":"1"}',
+        b'{"v":1,"r":"run_abc"}',
+        b"[1]",
+        b'{"v":1',
+    ],
+)
 def test_a_signed_token_with_claims_of_another_shape_is_invalid(payload):
     with pytest.raises(InvalidRequest):
         TokenCodec(KEY).decode(_signed(payload))
@@ -91,8 +100,11 @@ def test_an_invalid_token_is_refused_by_name_with_the_field_it_came_in():
         with pytest.raises(InvalidRequest) as refused:
             codec.decode("x.y") if param is None else codec.decode("x.y", param=param)
         error = refused.value
-        assert (error.code, error.message, error.param) == \
-            ("invalid_token", "The continuation token is invalid or was altered.", expected)
+        assert (error.code, error.message, error.param) == (
+            "invalid_token",
+            "The continuation token is invalid or was altered.",
+            expected,
+        )
 
 
 def test_tokens_are_accepted_up_to_512_characters_even_when_signed():

@@ -1,5 +1,6 @@
 """Long polling on fakes (runs.waiting): a held read answers when its run changes, here or on another instance,
 or when its wait runs out, at the storage cost the module promises. Real time, short waits."""
+
 from __future__ import annotations
 
 import asyncio

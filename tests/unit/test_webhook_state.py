@@ -1,4 +1,5 @@
 """A run's webhook state: which message may act, when the next attempt is due, what is stored and read back."""
+
 from __future__ import annotations
 
 from shared.runs.webhook_state import MAX_RECORDED_ATTEMPTS, WebhookMessage, WebhookState
@@ -91,7 +92,9 @@ def test_only_the_most_recent_attempts_are_kept():
     state = WebhookState.begin(0.0)
     for n in range(MAX_RECORDED_ATTEMPTS + 5):
         state.record(failed(error=f"e{n}"), schedule=(0.0,) * 100, at=float(n))
-    assert len(state.attempts) == MAX_RECORDED_ATTEMPTS and state.attempts[-1]["error"] == f"e{MAX_RECORDED_ATTEMPTS + 4}"
+    assert (
+        len(state.attempts) == MAX_RECORDED_ATTEMPTS and state.attempts[-1]["error"] == f"e{MAX_RECORDED_ATTEMPTS + 4}"
+    )
 
 
 def test_a_pending_delivery_is_stuck_only_once_past_its_slack():
@@ -123,6 +126,7 @@ def test_a_state_reads_back_as_stored_and_an_old_stored_state_gets_the_defaults(
     state.record(failed(), schedule=SCHEDULE, at=8.0)
     assert WebhookState.from_dict(state.to_dict()) == state
     old = WebhookState.from_dict({"id": "msg_old"})  # stored before the later fields existed
-    assert old == WebhookState(id="msg_old", state="pending", seq=0, attempts=[], round_attempts=0, due_at=0.0,
-                               traceparent="", tracestate="")
+    assert old == WebhookState(
+        id="msg_old", state="pending", seq=0, attempts=[], round_attempts=0, due_at=0.0, traceparent="", tracestate=""
+    )
     assert WebhookState.from_dict({"id": "msg_old", "traceparent": None, "tracestate": None}).traceparent == ""

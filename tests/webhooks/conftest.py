@@ -1,4 +1,5 @@
 """A real webhook receiver on loopback (the local stack's), plus signing secrets and resolvers for tests."""
+
 from __future__ import annotations
 
 import base64
@@ -28,8 +29,10 @@ def secrets_pair() -> tuple[str, str]:
 
 def fixed_resolver(mapping: dict[str, list[str]], calls: list[str] | None = None):
     """A resolver for tests: host -> addresses, recording each lookup."""
+
     async def resolve(host: str, port: int) -> list[str]:
         if calls is not None:
             calls.append(host)
         return mapping[host]
+
     return resolve

@@ -122,7 +122,9 @@ async def test_dns_rebinding_after_subscription_check_is_refused_at_delivery(sec
 
     target = f"http://rebind.example:{receiver.port}/hook?status=204"
     parsed = check_url(target, allow_http=True, allow_private=False)
-    assert [str(ip) for ip in await resolve_and_vet(parsed, allow_private=False, resolver=rebinding)] == ["93.184.215.14"]
+    assert [str(ip) for ip in await resolve_and_vet(parsed, allow_private=False, resolver=rebinding)] == [
+        "93.184.215.14"
+    ]
     async with WebhookSender(secrets_pair, timeout=2, allow_http=True, resolver=rebinding) as sender:
         attempt = await sender.send(target, "msg_1", BODY)
     assert attempt.refused and "resolves to a loopback address 127.0.0.1" in attempt.error
@@ -168,8 +170,9 @@ async def test_https_uses_original_hostname_for_sni_and_certificate(secrets_pair
     rec = await WebhookReceiver(ssl_context=server_tls).start()
     resolver = fixed_resolver({"hooks.example.test": ["127.0.0.1"], "other.example.test": ["127.0.0.1"]})
     try:
-        async with WebhookSender(secrets_pair, timeout=3, allow_private=True, resolver=resolver,
-                                 ssl_context=client_tls) as sender:
+        async with WebhookSender(
+            secrets_pair, timeout=3, allow_private=True, resolver=resolver, ssl_context=client_tls
+        ) as sender:
             good = await sender.send(f"https://hooks.example.test:{rec.port}/hook?status=204", "msg_1", BODY)
             wrong_name = await sender.send(f"https://other.example.test:{rec.port}/hook?status=204", "msg_1", BODY)
     finally:
@@ -187,8 +190,9 @@ async def test_concurrent_sends_keep_their_own_pinned_addresses(secrets_pair, re
     resolver = fixed_resolver({"good.invalid": ["127.0.0.1"], "bad.invalid": ["127.0.0.2"]})
     async with WebhookSender(secrets_pair, timeout=2, allow_http=True, allow_private=True, resolver=resolver) as sender:
         hosts = ["good.invalid", "bad.invalid"] * 5
-        attempts = await asyncio.gather(*(
-            sender.send(f"http://{h}:{receiver.port}/hook?status=204", "msg_1", BODY) for h in hosts))
+        attempts = await asyncio.gather(
+            *(sender.send(f"http://{h}:{receiver.port}/hook?status=204", "msg_1", BODY) for h in hosts)
+        )
     assert [a.ok for a in attempts] == [h == "good.invalid" for h in hosts]
     assert len(receiver.requests) == 5
 

@@ -120,20 +120,23 @@ def test_https_required_unless_allow_http():
     assert check_url("http://hooks.example.com/", allow_http=True, allow_private=False).port == 80
 
 
-@pytest.mark.parametrize("url,words", [
-    ("ftp://hooks.example.com/", "scheme"),
-    ("file:///etc/passwd", "scheme"),
-    ("https://user:pw@hooks.example.com/", "userinfo"),
-    ("https://user@hooks.example.com/", "userinfo"),
-    ("https://hooks.example.com:99999/", "port"),
-    ("https:///nohost", "host"),
-    ("https://2130706433/", "numeric"),
-    ("https://0x7f.1/", "numeric"),
-    ("https://0177.0.0.1/", "numeric|not a valid URL"),
-    ("https://localhost:8080/", "loopback name"),
-    ("https://api.localhost/", "loopback name"),
-    ("not a url at all", "scheme|not a valid URL"),
-])
+@pytest.mark.parametrize(
+    "url,words",
+    [
+        ("ftp://hooks.example.com/", "scheme"),
+        ("file:///etc/passwd", "scheme"),
+        ("https://user:pw@hooks.example.com/", "userinfo"),
+        ("https://user@hooks.example.com/", "userinfo"),
+        ("https://hooks.example.com:99999/", "port"),
+        ("https:///nohost", "host"),
+        ("https://2130706433/", "numeric"),
+        ("https://0x7f.1/", "numeric"),
+        ("https://0177.0.0.1/", "numeric|not a valid URL"),
+        ("https://localhost:8080/", "loopback name"),
+        ("https://api.localhost/", "loopback name"),
+        ("not a url at all", "scheme|not a valid URL"),
+    ],
+)
 def test_bad_urls_refused(url, words):
     with pytest.raises(DestinationRefused, match=words):
         check_url(url, allow_http=True, allow_private=False)

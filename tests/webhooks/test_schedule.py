@@ -35,8 +35,12 @@ def test_jitter_stays_within_ten_percent_and_varies():
 
 def test_jitter_extremes_are_bounded_and_never_negative():
     class Edge:
-        def __init__(self, pick): self.pick = pick
-        def uniform(self, a, b): return a if self.pick == "low" else b
+        def __init__(self, pick):
+            self.pick = pick
+
+        def uniform(self, a, b):
+            return a if self.pick == "low" else b
+
     assert next_delay(1, SCHEDULE, rng=Edge("low")) == pytest.approx(4.5)
     assert next_delay(1, SCHEDULE, rng=Edge("high")) == pytest.approx(5.5)
     assert next_delay(1, (5.0,) * 3, rng=Edge("low"), jitter=1.5) == 0.0

@@ -32,7 +32,8 @@ def test_non_utc_aware_timestamp_is_converted_not_mislabelled(secrets_pair):
     utc = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     plus_two = utc.astimezone(dt.timezone(dt.timedelta(hours=2)))
     assert sign_headers("msg_x", BODY, secrets_pair, timestamp=plus_two) == sign_headers(
-        "msg_x", BODY, secrets_pair, timestamp=utc)
+        "msg_x", BODY, secrets_pair, timestamp=utc
+    )
     assert sign_headers("msg_x", BODY, secrets_pair, timestamp=utc)["webhook-timestamp"] == str(int(utc.timestamp()))
 
 

@@ -1,4 +1,5 @@
 """Sample app (classic func.HttpRequest/HttpResponse) for the local Functions host tests."""
+
 import json
 import logging
 
@@ -8,8 +9,13 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
 def _echo(req: func.HttpRequest, **extra) -> func.HttpResponse:
-    body = {"method": req.method, "route_params": dict(req.route_params), "params": dict(req.params),
-            "body": req.get_body().decode(), **extra}
+    body = {
+        "method": req.method,
+        "route_params": dict(req.route_params),
+        "params": dict(req.params),
+        "body": req.get_body().decode(),
+        **extra,
+    }
     return func.HttpResponse(json.dumps(body), mimetype="application/json")
 
 
@@ -36,9 +42,12 @@ def files(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.route(route="runs", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 async def start_run(req: func.HttpRequest) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps({"got": req.get_json()}), status_code=202,
-                             headers={"Location": "/api/runs/1", "Retry-After": "5"},
-                             mimetype="application/json")
+    return func.HttpResponse(
+        json.dumps({"got": req.get_json()}),
+        status_code=202,
+        headers={"Location": "/api/runs/1", "Retry-After": "5"},
+        mimetype="application/json",
+    )
 
 
 @app.route(route="secure")  # FUNCTION level (the app default)

@@ -3,6 +3,7 @@
 Route parameters: read them from `req.path_params` (the worker copies the host's route values there),
 the query from `req.query_params`.
 """
+
 import asyncio
 import logging
 import threading
@@ -21,9 +22,15 @@ def _gate(name: str) -> asyncio.Event:
 
 @app.route(route="runs/{run_id}", methods=["GET"])
 async def get_run(req: Request) -> JSONResponse:
-    return JSONResponse({"run_id": req.path_params["run_id"], "path_params": dict(req.path_params),
-                         "query": dict(req.query_params), "path": req.url.path,
-                         "loop": id(asyncio.get_running_loop())})
+    return JSONResponse(
+        {
+            "run_id": req.path_params["run_id"],
+            "path_params": dict(req.path_params),
+            "query": dict(req.query_params),
+            "path": req.url.path,
+            "loop": id(asyncio.get_running_loop()),
+        }
+    )
 
 
 @app.route(route="echo", methods=["POST"])

@@ -3,6 +3,7 @@
 Every queue name is an app setting expression (%NAME%) so each test host uses its own queues. Functions
 append one JSON line per event to $RESULTS_FILE.
 """
+
 import asyncio
 import json
 import os
@@ -20,10 +21,14 @@ def record(**fields) -> None:
 
 
 def _meta(msg: func.QueueMessage) -> dict:
-    return {"id": msg.id, "body": msg.get_body().decode("utf-8"), "dequeue_count": msg.dequeue_count,
-            "type": f"{type(msg).__module__}.{type(msg).__qualname__}",
-            "has_times": all([msg.insertion_time, msg.expiration_time, msg.time_next_visible]),
-            "has_pop_receipt": bool(msg.pop_receipt)}
+    return {
+        "id": msg.id,
+        "body": msg.get_body().decode("utf-8"),
+        "dequeue_count": msg.dequeue_count,
+        "type": f"{type(msg).__module__}.{type(msg).__qualname__}",
+        "has_times": all([msg.insertion_time, msg.expiration_time, msg.time_next_visible]),
+        "has_pop_receipt": bool(msg.pop_receipt),
+    }
 
 
 @app.queue_trigger(arg_name="msg", queue_name="%ECHO_QUEUE%", connection="AzureWebJobsStorage")

@@ -1,4 +1,5 @@
 """Sample timer app for the local Functions host tests (records to $RESULTS_FILE)."""
+
 import asyncio
 import json
 import os
@@ -16,8 +17,13 @@ def record(**fields) -> None:
 
 @app.timer_trigger(schedule="%TICK_SCHEDULE%", arg_name="timer", use_monitor=False)
 async def tick(timer: func.TimerRequest) -> None:
-    record(fn="tick", t=time.time(), past_due=timer.past_due, loop=id(asyncio.get_running_loop()),
-           next=timer.schedule_status.get("Next"))
+    record(
+        fn="tick",
+        t=time.time(),
+        past_due=timer.past_due,
+        loop=id(asyncio.get_running_loop()),
+        next=timer.schedule_status.get("Next"),
+    )
 
 
 @app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer", run_on_startup=True)
