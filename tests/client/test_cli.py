@@ -165,9 +165,10 @@ def test_cli_commands_as_subprocesses(stack):
     assert "next poll in" not in done.stderr
     assert float(re.search(r"completed in ([\d.]+)s", done.stderr).group(1)) < 6.0
 
-    # run --stream interrupted by SIGINT after some text: 130, the token on stderr; resume prints the rest
+    # run --stream interrupted by SIGINT after some text: 130, the token on stderr; resume prints the rest. The run
+    # lasts 10 s so that the signal, sent after the first words, lands mid-stream even on a loaded machine.
     proc = subprocess.Popen([sys.executable, "-m", "bgruns", "--url", base, "--key", FUNCTION_KEY, "run",
-                             "Stream to a pipe", "--stream", "--metadata", "emulator_duration_ms=3000",
+                             "Stream to a pipe", "--stream", "--metadata", "emulator_duration_ms=10000",
                              "emulator_output_chars=300"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     received = b""
