@@ -15,6 +15,21 @@ from __future__ import annotations
 
 from bench.chaos import report, run_chaos
 
+# The background runs' size and faults (poll and push alike): ~30 runs in 20 s, one host kill, short outages.
+SMALL_RUN = dict(
+    runs=30,
+    submit_seconds=20,
+    host_kills=1,
+    receiver_outage_s=5,
+    azurite_down_s=3,
+    min_duration_ms=500,
+    max_duration_ms=3000,
+    huge_outputs=0,
+    emoji_inputs=0,
+    converge_timeout_s=90,
+    client_retry_s=40,
+)
+
 
 def test_small_chaos_run_with_the_executor_backend_keeps_every_invariant() -> None:
     """The same with RUN_BACKEND=executor: the host's own model calls (Chat Completions, faults and stream cuts
@@ -47,17 +62,7 @@ def test_small_chaos_run_with_provider_webhooks_keeps_every_invariant() -> None:
     twice) end the runs, the ones lost or sent while the host was dead are retried by the emulator or caught by
     the safety-net poll chain."""
     result = run_chaos(
-        runs=30,
-        submit_seconds=20,
-        host_kills=1,
-        receiver_outage_s=5,
-        azurite_down_s=3,
-        min_duration_ms=500,
-        max_duration_ms=3000,
-        huge_outputs=0,
-        emoji_inputs=0,
-        converge_timeout_s=90,
-        client_retry_s=40,
+        **SMALL_RUN,
         name="chaos-push",
         completion="push",
         verbose=False,
@@ -72,17 +77,7 @@ def test_small_chaos_run_with_provider_webhooks_keeps_every_invariant() -> None:
 
 def test_small_chaos_run_keeps_every_invariant() -> None:
     result = run_chaos(
-        runs=30,
-        submit_seconds=20,
-        host_kills=1,
-        receiver_outage_s=5,
-        azurite_down_s=3,
-        min_duration_ms=500,
-        max_duration_ms=3000,
-        huge_outputs=0,
-        emoji_inputs=0,
-        converge_timeout_s=90,
-        client_retry_s=40,
+        **SMALL_RUN,
         name="chaos-test",
         verbose=False,
     )
