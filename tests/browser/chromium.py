@@ -86,3 +86,19 @@ class DroppingRelay:
     def close(self) -> None:
         self.listener.close()
         self.drop()
+
+
+def errors_while_loading(page, url: str) -> list[str]:
+    """Open `url` and wait until the page is idle and has asked for its icon: every console error, failed
+    request and answer of 400 or more on the way (a page that loads cleanly gives [])."""
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on(
+        "response",
+        lambda response: errors.append(f"{response.status} {response.url}") if response.status >= 400 else None,
+    )
+    page.on("requestfailed", lambda request: errors.append(f"failed {request.url}"))
+    page.goto(url)
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)  # the icon is asked for after the load
+    return errors

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Request
 
 from ..stack import FACADE_KEYS
-from .chromium import DroppingRelay
+from .chromium import DroppingRelay, errors_while_loading
 from .console_page import Console
 
 pytestmark = pytest.mark.slow
@@ -325,15 +325,4 @@ def test_the_page_sends_a_strict_csp_and_shows_model_output_only_as_text(context
 
 def test_the_console_loads_without_a_failed_request_or_a_console_error(context, stack) -> None:
     # The browser asked for /favicon.ico, which the app does not serve: a 404 in the host's log and the console.
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on(
-        "response",
-        lambda response: errors.append(f"{response.status} {response.url}") if response.status >= 400 else None,
-    )
-    page.on("requestfailed", lambda request: errors.append(f"failed {request.url}"))
-    page.goto(f"{stack.host.base_url}/api/console")
-    page.wait_for_load_state("networkidle")
-    page.wait_for_timeout(500)  # the icon is asked for after the load
-    assert errors == []
+    assert errors_while_loading(context.new_page(), f"{stack.host.base_url}/api/console") == []

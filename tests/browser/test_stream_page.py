@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Request
 
-from .chromium import DroppingRelay
+from .chromium import DroppingRelay, errors_while_loading
 
 pytestmark = pytest.mark.slow
 
@@ -136,17 +136,7 @@ def test_the_page_loads_without_a_failed_request_or_a_console_error(browser: Bro
     # The browser asked for /favicon.ico, which the app does not serve: a 404 in the host's log and the console.
     context = browser.new_context()
     try:
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-        page.on(
-            "response",
-            lambda response: errors.append(f"{response.status} {response.url}") if response.status >= 400 else None,
-        )
-        page.on("requestfailed", lambda request: errors.append(f"failed {request.url}"))
-        page.goto(f"{stack.host.base_url}/api/ui?code={stack.function_key}")
-        page.wait_for_load_state("networkidle")
-        page.wait_for_timeout(500)  # the icon is asked for after the load
-        assert errors == []
+        page_url = f"{stack.host.base_url}/api/ui?code={stack.function_key}"
+        assert errors_while_loading(context.new_page(), page_url) == []
     finally:
         context.close()
