@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -17,6 +18,16 @@ from .stack import FUNCTION_KEY, MASTER_KEY, TEST_ENV, WEBHOOK_SECRETS, Stack
 def azurite() -> Azurite:
     """A fresh Azurite (blob, queue, table) on free loopback ports, stopped at the end."""
     instance = start_for_tests(f"pytest-{os.getpid()}")
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="module")
+def own_azurite() -> Azurite:
+    """An Azurite for one module's stack alone. Hosts on one storage account share its queues and tables, so the
+    session stack's host would take another stack's poll messages and ask its own emulator about responses it
+    never made (404: the run fails). Every stack with its own emulator needs its own Azurite."""
+    instance = start_for_tests(f"own-{os.getpid()}-{time.time_ns()}")
     yield instance
     instance.stop()
 

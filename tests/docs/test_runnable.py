@@ -2,9 +2,9 @@
 prints what its document says it prints (tests/docs/runner.py says how).
 
 The stack is `local/make_run.py`'s (`plan()` and `make_run_stack()`: the emulator, push, dev secrets with the
-`dev` caller's key) on free ports, with the session's Azurite, so it runs beside a real `make run`: the blocks'
-fixed ports (7070 emulator, 7071 app, 7072 receiver, 10000-10002 Azurite) become the stack's, and
-`.local/secrets.env` its own secrets file. Nothing else of a block is changed.
+`dev` caller's key) on free ports, with an Azurite of its own (tests/conftest.py `own_azurite` says why), so it
+runs beside a real `make run`: the blocks' fixed ports (7070 emulator, 7071 app, 7072 receiver, 10000-10002
+Azurite) become the stack's, and `.local/secrets.env` its own secrets file. Nothing else of a block is changed.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ WITH_RUNNABLE_BLOCKS = [str(doc.path) for doc in map(Document.read, documents())
 
 
 @pytest.fixture(scope="module")
-def docs_stack(azurite, tmp_path_factory):
+def docs_stack(own_azurite, tmp_path_factory):
+    azurite = own_azurite
     folder = tmp_path_factory.mktemp("docs-stack")
     secrets_file = folder / "secrets.env"
     with pytest.MonkeyPatch.context() as env:

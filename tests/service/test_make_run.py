@@ -1,6 +1,7 @@
 """`make run`'s stack, started once (local/make_run.py; its configuration alone is in tests/unit/test_make_run.py):
 the host gets the settings the developer exported over make run's generated ones, and the emulator's pushes end
-runs. Free ports and the session's Azurite, so it runs beside a real `make run`."""
+runs. Free ports and an Azurite of its own (tests/conftest.py `own_azurite` says why), so it runs beside a real
+`make run`."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ PROVIDER_CHOICES = (
 )
 
 
-def test_the_host_takes_the_key_you_export_and_the_emulators_push_ends_the_run(azurite, monkeypatch, tmp_path):
+def test_the_host_takes_the_key_you_export_and_the_emulators_push_ends_the_run(own_azurite, monkeypatch, tmp_path):
+    azurite = own_azurite
     for name in PROVIDER_CHOICES:  # the emulator, whatever the machine running the tests has exported
         monkeypatch.delenv(name, raising=False)
     mine = secrets.token_urlsafe(32)
