@@ -187,14 +187,15 @@ param webhookSecretMaterial string
 @description('During a webhook secret rotation only: the previous whsec_ secret, kept next to the new one so receivers that still have it verify every delivery. Empty otherwise.')
 param previousWebhookSigningSecret string = ''
 
-// The signing secret of the provider's webhook endpoint (PROVIDER_WEBHOOK_SECRETS). Not generated: the provider
-// returns it only when the postprovision hook (infra/hooks/provider_webhook.py) creates or rotates the endpoint.
-// Empty on the first provision: no Key Vault secret, an empty app setting, and the app polls. The hook then
-// stores it in the azd environment (AZURE_PROVIDER_WEBHOOK_SECRETS) and in Key Vault through ARM, and points the
-// app at it; every later provision (and CI, azure.yaml pipeline.secrets) writes the same value back from here.
+// The signing secret of the provider's webhook endpoint, one per Azure OpenAI resource (PROVIDER_WEBHOOK_SECRETS).
+// Not generated: the provider returns it only when the postprovision hook (infra/hooks/provider_webhook.py) creates
+// or rotates the endpoint. Empty on the first provision: no Key Vault secret, an empty app setting, and the app
+// polls. The hook then stores it in the azd environment (AZURE_PROVIDER_WEBHOOK_SECRETS) and in Key Vault through
+// ARM, and points the app at it; every later provision (and CI, azure.yaml pipeline.secrets) writes the same value
+// back from here.
 @secure()
-@maxLength(400)
-@description('PROVIDER_WEBHOOK_SECRETS: space-separated whsec_ signing secret(s) of the provider webhook endpoint, new first (two during a rotation). Written by the postprovision hook; empty until it has registered the endpoint (the app then polls).')
+@maxLength(1000)
+@description('PROVIDER_WEBHOOK_SECRETS: space-separated whsec_ signing secrets of the provider webhook endpoints, one per Azure OpenAI resource (two per resource during a rotation). Written by the postprovision hook; empty until it has registered the endpoint (the app then polls).')
 param providerWebhookSecrets string = ''
 
 @secure()

@@ -8,7 +8,11 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
+from infra.hooks import openai_region
 from infra.hooks import provider_webhook as hook
+from shared import settings as service_settings
 
 from .bicep_model import INFRA, MAIN, ROLES, all_module_calls, app_settings, assignments_to, parse, variables
 
@@ -149,3 +153,40 @@ def test_the_hook_registers_on_both_resources_the_template_lists():
         "https://cog-spill-a.openai.azure.com",
     ]
     assert hook.pool_resources("") == []  # the default: the hook registers on AZURE_OPENAI_ENDPOINT alone
+
+
+def test_the_readme_shows_what_the_template_writes_and_a_region_the_check_allows():
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    start = readme.index("### A second Azure OpenAI account")
+    section = readme[start : readme.index("\n### ", start + 1)]
+    shown = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
+    written = _deployments_as_the_template_writes_them(
+        "https://cog-<token>.openai.azure.com/", "https://cog-spill-<token>.openai.azure.com/"
+    )
+    assert shown == written
+    for needle in (openai_region.SPILLOVER_VAR, "AZURE_OPENAI_SPILLOVER_DEPLOYMENT_CAPACITY", "postprovision", "quota"):
+        assert needle in section, needle
+    regions = re.findall(rf"azd env set {openai_region.SPILLOVER_VAR} (\w+)", readme)
+    assert regions
+    for region in regions:
+        assert (
+            openai_region.refusal(
+                {"AZURE_LOCATION": "eastus2", openai_region.SPILLOVER_VAR: region}, openai_region.documented_regions()
+            )
+            is None
+        )
+
+
+def test_the_app_reads_the_value_the_template_writes():
+    """Live once shared/settings declares PROVIDER_DEPLOYMENTS (issue #24, the pool): the template's JSON and its
+    empty default must both pass the app's own parser."""
+    declared = {s.name: s for s in service_settings.declared_settings()}
+    if "PROVIDER_DEPLOYMENTS" not in declared:
+        pytest.skip("shared/settings does not declare PROVIDER_DEPLOYMENTS yet")
+    setting = declared["PROVIDER_DEPLOYMENTS"]
+    assert setting.in_azure != "local" and not setting.secret
+    written = _deployments_as_the_template_writes_them(
+        "https://cog-a.openai.azure.com/", "https://cog-spill-a.openai.azure.com/"
+    )
+    assert len(setting.parse(json.dumps(written))) == 2
+    assert not setting.parse("")  # one account: empty, the deployment of AZURE_OPENAI_ENDPOINT

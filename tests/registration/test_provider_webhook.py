@@ -41,13 +41,6 @@ def emu() -> EmulatorServer:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def receiver() -> Receiver:
-    r = Receiver().start()
-    yield r
-    r.stop()
-
-
 @pytest.fixture(autouse=True)
 def clean_emulator(emu):
     admin(emu, "POST", "reset", json={"webhook_endpoints": True})
@@ -60,11 +53,6 @@ async def provider(request, emu):
     p = make_provider(emu, request.param)
     yield p
     await p.close()
-
-
-@pytest.fixture
-def url(receiver) -> str:
-    return receiver.url("api/provider/webhooks")
 
 
 def make_provider(emu: EmulatorServer, flavour: str, *, key: str = "k", max_retries: int = 0):

@@ -15,10 +15,18 @@ import pytest
 
 from infra.hooks import provider_webhook as hook
 from local.emulator import EmulatorServer
-from tests.emulator.receiver import Receiver
 
 from .fakes import MemoryApp, MemoryEnvironment
-from .test_provider_webhook import HOURS, NO_FAULTS, SECRET_URI, accepts, admin, end_a_response, registered
+from .test_provider_webhook import (
+    HOURS,
+    NO_FAULTS,
+    SECRET_URI,
+    accepts,
+    admin,
+    azd_values,
+    end_a_response,
+    registered,
+)
 
 NAMES = ("primary", "spillover")
 
@@ -30,13 +38,6 @@ def emu() -> EmulatorServer:
     ).start_in_thread()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Receiver:
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture
@@ -56,11 +57,6 @@ async def providers(resources):
     yield made
     for provider in made:
         await provider.close()
-
-
-@pytest.fixture
-def url(receiver) -> str:
-    return receiver.url("api/provider/webhooks")
 
 
 async def register(providers, env, app, url, **kw) -> list[hook.Outcome]:
@@ -204,17 +200,8 @@ async def test_the_hook_command_registers_on_every_resource_main_bicep_lists(res
          "priority": n, "weight": 1}
         for n, (name, dep) in enumerate(zip(NAMES, resources, strict=True))
     ]  # fmt: skip
-    values = {
-        "AZURE_ENV_NAME": "dev",
-        "AZURE_FUNCTION_APP_URL": f"http://127.0.0.1:{receiver.port}",
-        "AZURE_PROVIDER_WEBHOOK_SECRET_URI": SECRET_URI,
-        "AZURE_SUBSCRIPTION_ID": "sub",
-        "AZURE_RESOURCE_GROUP": "rg-dev",
-        "AZURE_FUNCTION_NAME": "func-api-x",
-        "AZURE_KEY_VAULT_NAME": "kv-x",
-        "AZURE_OPENAI_ENDPOINT": resources[0].root_url + "/",
-        hook.POOL_VAR: json.dumps(pool),
-    }
+    # AZURE_OPENAI_ENDPOINT (with a key: the emulator takes any) is the first resource; the second gets the token.
+    values = azd_values(resources[0], receiver, **{hook.POOL_VAR: json.dumps(pool)})
     env, app = MemoryEnvironment(values), MemoryApp(SECRET_URI)
     providers = hook.providers_from(values, entra_token)
     try:
