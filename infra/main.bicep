@@ -125,6 +125,16 @@ param openAiDeploymentSku string = 'GlobalStandard'
 @description('Deployment capacity in thousands of tokens per minute.')
 param openAiDeploymentCapacity int = 10
 
+// An optional second account in another region with the same model: its own quota and failure domain. The app gets
+// PROVIDER_DEPLOYMENTS listing both (the first account before it), its identity the same role on it, and the
+// postprovision hook registers the provider webhook on both. Empty: nothing extra, the same resources as without it.
+@description('Region of an optional second Azure OpenAI account that takes the runs the first cannot (spillover); one with the Responses API, not the first account\'s. Empty: no second account.')
+param spilloverOpenAiLocation string = ''
+
+@minValue(1)
+@description('Capacity of the second account\'s deployment, in thousands of tokens per minute.')
+param spilloverOpenAiDeploymentCapacity int = 10
+
 // ---- Key Vault ---------------------------------------------------------------------------------------------------
 // Purge protection keeps a deleted vault's name for the whole soft-delete period (7 days): right for production
 // (secrets cannot be destroyed by mistake), but a dev environment's `azd down` + `azd up` would then fail until it
@@ -177,14 +187,15 @@ param webhookSecretMaterial string
 @description('During a webhook secret rotation only: the previous whsec_ secret, kept next to the new one so receivers that still have it verify every delivery. Empty otherwise.')
 param previousWebhookSigningSecret string = ''
 
-// The signing secret of the provider's webhook endpoint (PROVIDER_WEBHOOK_SECRETS). Not generated: the provider
-// returns it only when the postprovision hook (infra/hooks/provider_webhook.py) creates or rotates the endpoint.
-// Empty on the first provision: no Key Vault secret, an empty app setting, and the app polls. The hook then
-// stores it in the azd environment (AZURE_PROVIDER_WEBHOOK_SECRETS) and in Key Vault through ARM, and points the
-// app at it; every later provision (and CI, azure.yaml pipeline.secrets) writes the same value back from here.
+// The signing secret of the provider's webhook endpoint, one per Azure OpenAI resource (PROVIDER_WEBHOOK_SECRETS).
+// Not generated: the provider returns it only when the postprovision hook (infra/hooks/provider_webhook.py) creates
+// or rotates the endpoint. Empty on the first provision: no Key Vault secret, an empty app setting, and the app
+// polls. The hook then stores it in the azd environment (AZURE_PROVIDER_WEBHOOK_SECRETS) and in Key Vault through
+// ARM, and points the app at it; every later provision (and CI, azure.yaml pipeline.secrets) writes the same value
+// back from here.
 @secure()
-@maxLength(400)
-@description('PROVIDER_WEBHOOK_SECRETS: space-separated whsec_ signing secret(s) of the provider webhook endpoint, new first (two during a rotation). Written by the postprovision hook; empty until it has registered the endpoint (the app then polls).')
+@maxLength(1000)
+@description('PROVIDER_WEBHOOK_SECRETS: space-separated whsec_ signing secrets of the provider webhook endpoints, one per Azure OpenAI resource (two per resource during a rotation). Written by the postprovision hook; empty until it has registered the endpoint (the app then polls).')
 param providerWebhookSecrets string = ''
 
 @secure()
@@ -213,6 +224,30 @@ var tags = {
 var functionAppName = 'func-api-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
 var createOpenAi = empty(existingOpenAiEndpoint)
+var createSpillover = !empty(spilloverOpenAiLocation)
+var openAiEndpoint = createOpenAi ? openAi.outputs.endpoint : existingOpenAiEndpoint
+// PROVIDER_DEPLOYMENTS when the second account exists: the first account first (priority 0), the second when the
+// first is saturated or failing (priority 1). Microsoft Entra ID for both (no api_key_setting), as for
+// AZURE_OPENAI_ENDPOINT: the app's identity has OpenAI User on each account.
+var providerDeployments = [
+  {
+    name: 'primary'
+    provider: 'azure_openai'
+    endpoint: openAiEndpoint
+    deployment: openAiDeploymentName
+    priority: 0
+    weight: 1
+  }
+  {
+    name: 'spillover'
+    provider: 'azure_openai'
+    endpoint: createSpillover ? openAiSpillover.outputs.endpoint : ''
+    deployment: openAiDeploymentName
+    priority: 1
+    weight: 1
+  }
+]
+var providerDeploymentsSetting = createSpillover ? string(providerDeployments) : ''
 var webhookSigningSecret = 'whsec_${base64(webhookSecretMaterial)}'
 var responsesApiKeys = empty(additionalResponsesApiKeys) ? 'default:${responsesApiKey}:operator' : 'default:${responsesApiKey}:operator ${additionalResponsesApiKeys}'
 // ARM evaluates a module's scope even when its condition is false: split a placeholder id when none is given.
@@ -317,6 +352,22 @@ module openAi 'app/openai.bicep' = if (createOpenAi) {
   }
 }
 
+// The second account: same model and SKU, its own region and capacity, and a name of its own (cog-spill-<token>).
+module openAiSpillover 'app/openai.bicep' = if (createSpillover) {
+  name: 'openai-spillover'
+  scope: rg
+  params: {
+    name: 'cog-spill-${resourceToken}'
+    location: spilloverOpenAiLocation
+    tags: tags
+    deploymentName: openAiDeploymentName
+    modelName: openAiModelName
+    modelVersion: openAiModelVersion
+    deploymentSku: openAiDeploymentSku
+    deploymentCapacity: spilloverOpenAiDeploymentCapacity
+  }
+}
+
 module rbac 'app/rbac.bicep' = {
   name: 'rbac'
   scope: rg
@@ -343,6 +394,19 @@ module existingOpenAiRbac 'app/openai-rbac.bicep' = if (!createOpenAi && !empty(
   }
 }
 
+// The same roles on the second account as on the first: OpenAI User for the app, OpenAI Contributor for principalId
+// (the hook registers the provider webhook there too).
+module spilloverOpenAiRbac 'app/openai-rbac.bicep' = if (createSpillover) {
+  name: 'openai-spillover-rbac'
+  scope: rg
+  params: {
+    openAiAccountName: createSpillover ? openAiSpillover.outputs.name : ''
+    managedIdentityPrincipalId: identity.outputs.principalId
+    userPrincipalId: principalId
+    userPrincipalType: principalType
+  }
+}
+
 module api 'app/api.bicep' = {
   name: 'api'
   scope: rg
@@ -361,8 +425,9 @@ module api 'app/api.bicep' = {
     queueServiceUri: storage.outputs.queueEndpoint
     tableServiceUri: storage.outputs.tableEndpoint
     appInsightsConnectionString: appInsights.outputs.connectionString
-    openAiEndpoint: createOpenAi ? openAi.outputs.endpoint : existingOpenAiEndpoint
+    openAiEndpoint: openAiEndpoint
     defaultModel: openAiDeploymentName
+    providerDeployments: providerDeploymentsSetting
     sweepSchedule: sweepSchedule
     retentionDays: retentionDays
     runTokenKeySecretUri: keyVault.outputs.runTokenKeySecretUri
@@ -374,6 +439,7 @@ module api 'app/api.bicep' = {
   // Key Vault references and identity-based host storage need the roles; assign them before the app starts.
   dependsOn: [
     rbac
+    spilloverOpenAiRbac
   ]
 }
 
@@ -394,8 +460,12 @@ output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 // Where the postprovision hook stores the provider webhook secret (a URI, not the secret).
 output AZURE_PROVIDER_WEBHOOK_SECRET_URI string = keyVault.outputs.providerWebhookSecretsSecretUri
 output AZURE_OPENAI_ACCOUNT_NAME string = createOpenAi ? openAi.outputs.name : ''
-output AZURE_OPENAI_ENDPOINT string = createOpenAi ? openAi.outputs.endpoint : existingOpenAiEndpoint
+output AZURE_OPENAI_ENDPOINT string = openAiEndpoint
 output AZURE_OPENAI_DEPLOYMENT string = openAiDeploymentName
+output AZURE_OPENAI_SPILLOVER_ACCOUNT_NAME string = createSpillover ? openAiSpillover.outputs.name : ''
+// The app's PROVIDER_DEPLOYMENTS (empty without a second account): the postprovision hook registers the provider
+// webhook on every Azure OpenAI resource it names.
+output AZURE_PROVIDER_DEPLOYMENTS string = providerDeploymentsSetting
 output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name
 output AZURE_LOG_ANALYTICS_NAME string = logAnalytics.outputs.name
 output AZURE_APP_SERVICE_PLAN_NAME string = plan.outputs.name

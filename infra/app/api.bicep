@@ -17,6 +17,8 @@ param tableServiceUri string
 param appInsightsConnectionString string
 param openAiEndpoint string
 param defaultModel string
+@description('PROVIDER_DEPLOYMENTS: JSON array of the model deployments runs are placed on (main.bicep builds it when a second Azure OpenAI account exists); empty: the one deployment of AZURE_OPENAI_ENDPOINT.')
+param providerDeployments string = ''
 @description('NCRONTAB schedule of the sweeper; function_app.py binds it as %SWEEP_SCHEDULE%, so it must be an app setting.')
 param sweepSchedule string
 @description('RETENTION_DAYS: days ended runs are kept.')
@@ -143,6 +145,12 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'DEFAULT_MODEL'
           value: defaultModel
+        }
+        // Several deployments (a second account in another region): placement, spillover and pinning read this.
+        // Empty (one account): the app uses AZURE_OPENAI_ENDPOINT alone, as before.
+        {
+          name: 'PROVIDER_DEPLOYMENTS'
+          value: providerDeployments
         }
         // Secrets: Key Vault references only.
         {

@@ -7,7 +7,9 @@ The account the template creates lives in AZURE_OPENAI_LOCATION, or AZURE_LOCATI
 (main.bicep `openAiLocation`), and `location` allows every Flex Consumption region, several of which have no
 Responses API. The regions that have it are data, with the page and date they were read from:
 infra/responses-api-regions.json. With AZURE_OPENAI_EXISTING_ENDPOINT no account is created and nothing is
-checked (that account's region is yours). When Microsoft adds a region before the file does,
+checked (that account's region is yours). The optional second account (AZURE_OPENAI_SPILLOVER_LOCATION, main.bicep
+`spilloverOpenAiLocation`) needs the Responses API too, and a region other than the first account's: in the same
+region it would share that account's regional quota and outage. When Microsoft adds a region before the file does,
 AZURE_OPENAI_REGION_CHECK=off provisions anyway (and please update the file). Standard library only.
 """
 
@@ -21,18 +23,34 @@ from pathlib import Path
 
 REGIONS_FILE = Path(__file__).resolve().parents[1] / "responses-api-regions.json"
 SWITCH_VAR = "AZURE_OPENAI_REGION_CHECK"
+SPILLOVER_VAR = "AZURE_OPENAI_SPILLOVER_LOCATION"
 
 
 def documented_regions() -> dict:
     return json.loads(REGIONS_FILE.read_text(encoding="utf-8"))
 
 
+def _value(env: Mapping[str, str], name: str) -> str:
+    return (env.get(name) or "").strip().lower()
+
+
 def refusal(env: Mapping[str, str], documented: dict) -> str | None:
-    """Why these azd environment values would put the new Azure OpenAI account where the Responses API is not
-    offered, or None."""
-    if (env.get("AZURE_OPENAI_EXISTING_ENDPOINT") or "").strip():
-        return None
-    region = ((env.get("AZURE_OPENAI_LOCATION") or "").strip() or (env.get("AZURE_LOCATION") or "").strip()).lower()
+    """Why these azd environment values would put a new Azure OpenAI account where the Responses API is not
+    offered, or the second account in the first one's region; None when they would not."""
+    problems = [p for p in (_first_account(env, documented), _spillover_account(env, documented)) if p]
+    return "\n".join(problems) or None
+
+
+def _first_region(env: Mapping[str, str]) -> str:
+    """Where the template creates the first account (main.bicep `openAiLocation`, else `location`); '' when it
+    creates none (an existing endpoint)."""
+    if _value(env, "AZURE_OPENAI_EXISTING_ENDPOINT"):
+        return ""
+    return _value(env, "AZURE_OPENAI_LOCATION") or _value(env, "AZURE_LOCATION")
+
+
+def _first_account(env: Mapping[str, str], documented: dict) -> str | None:
+    region = _first_region(env)
     if not region or region in documented["regions"]:
         return None
     which = (
@@ -49,6 +67,28 @@ def refusal(env: Mapping[str, str], documented: dict) -> str | None:
         "or use an account you have:  azd env set AZURE_OPENAI_EXISTING_ENDPOINT https://<name>.openai.azure.com/\n"
         f"If Microsoft now lists {region}: azd env set {SWITCH_VAR} off (and update {REGIONS_FILE.name})."
     )
+
+
+def _spillover_account(env: Mapping[str, str], documented: dict) -> str | None:
+    region = _value(env, SPILLOVER_VAR)
+    if not region:
+        return None
+    if region not in documented["regions"]:
+        return (
+            f"The second Azure OpenAI account would be created in {region} ({SPILLOVER_VAR}), where Azure OpenAI does "
+            f"not offer the Responses API. Regions that offer it, per {documented['source']}: "
+            f"{', '.join(documented['regions'])}.\n"
+            f"Pick one of them other than the first account's:  azd env set {SPILLOVER_VAR} <region>\n"
+            f"or do without the second account:  azd env set {SPILLOVER_VAR} ''\n"
+            f"If Microsoft now lists {region}: azd env set {SWITCH_VAR} off (and update {REGIONS_FILE.name})."
+        )
+    if region == _first_region(env):
+        return (
+            f"The second Azure OpenAI account would be created in {region} ({SPILLOVER_VAR}), the first account's "
+            "region: it would share that account's regional quota and its outages, so it could not take the runs "
+            f"the first cannot. Pick another region with the Responses API:  azd env set {SPILLOVER_VAR} <region>"
+        )
+    return None
 
 
 def main(env: Mapping[str, str] = os.environ) -> int:

@@ -8,9 +8,11 @@ Idempotent: a run that finds the endpoint for the app's URL, and the secret it s
 1. Find the endpoint for https://<app>/api/provider/webhooks in the provider's management API (Azure OpenAI
    `/openai/v1/dashboard/webhook_endpoints`, OpenAI `/v1/webhook_endpoints`), or create it for the four
    `response.*` events. The provider returns the signing secret only when it creates or rotates an endpoint.
+   With a second Azure OpenAI account (main.bicep's AZURE_PROVIDER_DEPLOYMENTS), on every resource: each one
+   signs with its own secret, and the setting holds them all (the app accepts a delivery any of them verifies).
 2. Keep the secret in the azd environment (AZURE_PROVIDER_WEBHOOK_SECRETS) before anything else: main.bicep maps
    that variable to a secure parameter, so every later provision (and CI, azure.yaml pipeline.secrets) writes the
-   same value to Key Vault.
+   same value to Key Vault. Which stored secret is a resource's own, its `signing_secret_hint` tells.
 3. Write it to Key Vault through Azure Resource Manager (the deploying user's Contributor; on the data plane it has
    Key Vault Secrets User only) and point the app setting PROVIDER_WEBHOOK_SECRETS at it, which moves the app from
    polling to push; when the setting already points there, make App Service re-read its Key Vault references.
@@ -33,8 +35,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +54,9 @@ SECRETS_VAR = "AZURE_PROVIDER_WEBHOOK_SECRETS"
 ROTATED_AT_VAR = "AZURE_PROVIDER_WEBHOOK_ROTATED_AT"
 PENDING_VAR = "AZURE_PROVIDER_WEBHOOK_PENDING"
 SWITCH_VAR = "AZURE_PROVIDER_WEBHOOKS"
+# main.bicep's output: the app's PROVIDER_DEPLOYMENTS when it has a second Azure OpenAI account; the hook registers
+# on every resource it names.
+POOL_VAR = "AZURE_PROVIDER_DEPLOYMENTS"
 # The provider keeps signing with the previous secret for 24 h (keep_old_secret_active_for_24_hours), and OpenAI
 # retries a delivery for up to 72 h: a delivery first signed before the rotation may still arrive that late.
 PREVIOUS_SECRET_KEPT_SECONDS = 72 * 3600
@@ -115,7 +120,7 @@ class ProviderEndpoints:
     def for_azure(
         cls, endpoint: str, credential: str | Callable[[], Awaitable[str]], *, max_retries: int = 3
     ) -> ProviderEndpoints:
-        resource = re.sub(r"/openai(/v1)?$", "", endpoint.rstrip("/"))
+        resource = azure_resource(endpoint)
         client = openai.AsyncOpenAI(
             api_key=credential, base_url=f"{resource}/openai/v1/dashboard", max_retries=max_retries, timeout=30
         )
@@ -190,6 +195,12 @@ class ProviderEndpoints:
         )
 
 
+def azure_resource(endpoint: str) -> str:
+    """https://NAME.openai.azure.com from an Azure OpenAI endpoint as the app's settings give it (with or without
+    /openai or /openai/v1 and a trailing slash)."""
+    return re.sub(r"/openai(/v1)?$", "", endpoint.strip().rstrip("/"))
+
+
 def _endpoint(ep: Any) -> Endpoint:
     return Endpoint(ep.id, ep.url, tuple(ep.event_types or ()), getattr(ep, "signing_secret_hint", None))
 
@@ -257,16 +268,31 @@ class AppSecrets(Protocol):
 
 @dataclass(frozen=True)
 class Outcome:
+    """What a run did at one provider resource. secret_count and app_updated are the setting's, the same in every
+    outcome of a run; the notes about the setting come with the last outcome."""
+
     action: str  # created | unchanged | adopted | rotated | dropped-previous | removed | off
     endpoint_id: str | None
     secret_hint: str | None  # the hint of the secret the provider signs with
-    secret_count: int  # secrets in the setting (2 during a rotation)
+    secret_count: int  # secrets in the setting (two per rotated resource during a rotation)
     app_updated: bool  # Key Vault and/or the app setting were written
     notes: tuple[str, ...] = ()
+    where: str = ""  # the resource (or OpenAI's base URL)
+
+
+@dataclass
+class _Secrets:
+    """PROVIDER_WEBHOOK_SECRETS while a run works through the resources: what the azd environment holds, and the
+    secrets each resource was found (or made) to sign with."""
+
+    stored: tuple[str, ...]
+    held: tuple[str, ...]  # a superset of everything any resource may still sign with
+    claimed: list[str]
+    rotated: bool = False  # a rotation kept a resource's previous secret: AZURE_PROVIDER_WEBHOOK_ROTATED_AT = now
 
 
 async def reconcile(
-    provider: ProviderEndpoints,
+    providers: Sequence[ProviderEndpoints],
     env: Environment,
     app: AppSecrets,
     *,
@@ -278,47 +304,103 @@ async def reconcile(
     now: float | None = None,
     access_wait: float = 0.0,
     retry_delay: float = 5.0,
-) -> Outcome:
-    """Make the provider, the azd environment, Key Vault and the app setting agree; change only what differs."""
+) -> list[Outcome]:
+    """Make every provider resource, the azd environment, Key Vault and the app setting agree; change only what
+    differs. The setting holds the secret each resource signs with (the app accepts a delivery any of them verifies),
+    and for 72 h after a rotation the one it signed with before."""
     now = time.time() if now is None else now
     stored = split_secrets(env.get(SECRETS_VAR))
-    found = await find_when_allowed(provider, url, access_wait, retry_delay)
-    notes: list[str] = []
-    if len(found) > 1:
-        notes.append(f"{len(found)} endpoints have this URL; using {found[0].id}")
-    if not found:
-        endpoint, secret = await provider.create(url, name)
-        secrets, action = (secret,), "created"
-    else:
-        endpoint = found[0]
-        if set(endpoint.event_types) != set(EVENT_TYPES):
-            endpoint = await provider.set_event_types(endpoint.id)
-            notes.append("event types set to " + ", ".join(EVENT_TYPES))
-        # The hint tells a stale secret (another machine rotated, a secret typed by hand) from the current one.
-        current = stored[0] if stored and hint_matches(endpoint.secret_hint, stored[0]) else None
-        if rotate or current is None:
-            endpoint, secret = await provider.rotate(endpoint.id)
-            secrets = (secret, current) if rotate and current else (secret,)
-            action = "rotated" if rotate else "adopted"
-        elif len(stored) > 1 and (drop_previous or _previous_expired(env.get(ROTATED_AT_VAR), now)):
-            secrets, action = stored[:1], "dropped-previous"
-        else:
-            secrets, action = stored, "unchanged"
-            if len(stored) > 1:
-                notes.append("the previous secret stays until 72 h after the rotation (or --drop-previous)")
-    if secrets != stored:
-        # Kept first: the provider will never show a secret again, and main.bicep writes it from here.
+    state = _Secrets(stored, stored, [])
+    found: list[tuple[str, Endpoint, list[str]]] = []
+    for provider in providers:
+        action, endpoint, notes = await _reconcile_resource(
+            provider, env, state, url=url, name=name, rotate=rotate, now=now, wait=(access_wait, retry_delay)
+        )
+        found.append((action, endpoint, notes))
+    # A stored secret no resource signs with is a previous one (kept while its rotation is recent) or stale.
+    previous = tuple(s for s in stored if s not in state.claimed)
+    expired = rotate or drop_previous or _previous_expired(env.get(ROTATED_AT_VAR), now)
+    kept = () if expired else previous
+    secrets = tuple(s for s in state.held if s in state.claimed or s in kept)
+    shared: list[str] = []
+    if kept:
+        shared.append("the previous secret stays until 72 h after the rotation (or --drop-previous)")
+    if secrets != state.held:
         await env.set(
             {
                 SECRETS_VAR: " ".join(secrets),
                 PENDING_VAR: "true",
-                ROTATED_AT_VAR: str(int(now)) if len(secrets) > 1 else "",
+                ROTATED_AT_VAR: str(int(now)) if state.rotated else env.get(ROTATED_AT_VAR) if kept else "",
             }
         )
     app_updated, status = await sync_app(env, app, " ".join(secrets), secret_uri)
     if status not in (None, "Resolved"):
-        notes.append(f"the app's Key Vault reference reads {status!r}; restart the app if it does not resolve")
-    return Outcome(action, endpoint.id, endpoint.secret_hint, len(secrets), app_updated, tuple(notes))
+        shared.append(f"the app's Key Vault reference reads {status!r}; restart the app if it does not resolve")
+    # Nothing else changed, yet a secret went: the previous one of a rotation, or one no resource signs with.
+    dropped = secrets != stored and all(action == "unchanged" for action, _, _ in found)
+    outcomes = [
+        Outcome(
+            "dropped-previous" if dropped and action == "unchanged" else action,
+            endpoint.id,
+            endpoint.secret_hint,
+            len(secrets),
+            app_updated,
+            tuple(notes),
+            provider.where,
+        )
+        for provider, (action, endpoint, notes) in zip(providers, found, strict=True)
+    ]
+    outcomes[-1] = replace(outcomes[-1], notes=outcomes[-1].notes + tuple(shared))
+    return outcomes
+
+
+async def _reconcile_resource(
+    provider: ProviderEndpoints,
+    env: Environment,
+    state: _Secrets,
+    *,
+    url: str,
+    name: str,
+    rotate: bool,
+    now: float,
+    wait: tuple[float, float],
+) -> tuple[str, Endpoint, list[str]]:
+    """One resource's endpoint for the app's URL, created or rotated when needed; its secret(s) go to state.claimed,
+    and a new one to the azd environment at once (the provider never shows it again)."""
+    found = await find_when_allowed(provider, url, *wait)
+    notes: list[str] = []
+    if len(found) > 1:
+        notes.append(f"{len(found)} endpoints have this URL at {provider.where}; using {found[0].id}")
+    if not found:
+        endpoint, secret = await provider.create(url, name)
+        await _hold(env, state, (secret,), now)
+        return "created", endpoint, notes
+    endpoint = found[0]
+    if set(endpoint.event_types) != set(EVENT_TYPES):
+        endpoint = await provider.set_event_types(endpoint.id)
+        notes.append("event types set to " + ", ".join(EVENT_TYPES))
+    # The hint tells this resource's secret from another resource's, and from a stale one (another machine rotated,
+    # a secret typed by hand).
+    current = next((s for s in state.stored if s not in state.claimed and hint_matches(endpoint.secret_hint, s)), None)
+    if not rotate and current is not None:
+        state.claimed.append(current)
+        return "unchanged", endpoint, notes
+    endpoint, secret = await provider.rotate(endpoint.id)
+    await _hold(env, state, (secret, current) if rotate and current else (secret,), now)
+    return ("rotated" if rotate else "adopted"), endpoint, notes
+
+
+async def _hold(env: Environment, state: _Secrets, secrets: tuple[str, ...], now: float) -> None:
+    """Claim a resource's new secret (and its previous one during a rotation) and keep it in the azd environment
+    before anything else, next to everything held so far: a run that stops at the next resource loses nothing, and
+    main.bicep writes the value from there."""
+    state.claimed.extend(secrets)
+    rotated = len(secrets) > 1
+    state.rotated = state.rotated or rotated
+    state.held = (secrets[0], *(s for s in state.held if s != secrets[0]))
+    await env.set(
+        {SECRETS_VAR: " ".join(state.held), PENDING_VAR: "true"} | ({ROTATED_AT_VAR: str(int(now))} if rotated else {})
+    )
 
 
 async def sync_app(env: Environment, app: AppSecrets, value: str, secret_uri: str) -> tuple[bool, str | None]:
@@ -339,24 +421,31 @@ async def sync_app(env: Environment, app: AppSecrets, value: str, secret_uri: st
 
 
 async def turn_off(
-    provider: ProviderEndpoints,
+    providers: Sequence[ProviderEndpoints],
     env: Environment,
     app: AppSecrets,
     *,
     url: str,
     access_wait: float = 0.0,
     retry_delay: float = 5.0,
-) -> Outcome:
-    """Delete the endpoint (deliveries stop), forget the secret, empty the setting (the app polls)."""
-    found = await find_when_allowed(provider, url, access_wait, retry_delay)
-    for endpoint in found:
-        await provider.delete(endpoint.id)
+) -> list[Outcome]:
+    """Delete the endpoint at every resource (deliveries stop), forget the secrets, empty the setting (the app
+    polls)."""
+    removed = []
+    for provider in providers:
+        found = await find_when_allowed(provider, url, access_wait, retry_delay)
+        for endpoint in found:
+            await provider.delete(endpoint.id)
+        removed.append((provider.where, found[0].id if found else None))
     if any(env.get(name) for name in (SECRETS_VAR, PENDING_VAR, ROTATED_AT_VAR)):
         await env.set({SECRETS_VAR: "", PENDING_VAR: "", ROTATED_AT_VAR: ""})
     changed = bool(await app.setting())
     if changed:
         await app.set_setting("")
-    return Outcome("removed" if found else "off", found[0].id if found else None, None, 0, changed)
+    return [
+        Outcome("removed" if endpoint_id else "off", endpoint_id, None, 0, changed, where=where)
+        for where, endpoint_id in removed
+    ]
 
 
 async def find_when_allowed(provider: ProviderEndpoints, url: str, wait: float, delay: float) -> list[Endpoint]:
@@ -391,6 +480,8 @@ def hint_matches(hint: str | None, secret: str) -> bool:
 
 
 def _previous_expired(rotated_at: str, now: float) -> bool:
+    if not rotated_at:
+        return True  # no rotation recorded: a secret no resource signs with is stale
     try:
         return now - float(rotated_at) >= PREVIOUS_SECRET_KEPT_SECONDS
     except ValueError:
@@ -619,7 +710,50 @@ def provider_from(values: Mapping[str, str], azure_token: Callable[[], Awaitable
     )
 
 
-def report(outcome: Outcome, url: str, where: str) -> str:
+def pool_resources(raw: str) -> list[str]:
+    """The distinct Azure OpenAI resources of a PROVIDER_DEPLOYMENTS value (main.bicep's output
+    AZURE_PROVIDER_DEPLOYMENTS), in its order; entries of other providers have no webhooks here."""
+    if not raw.strip():
+        return []
+    try:
+        entries = json.loads(raw)
+    except ValueError:
+        raise RegistrationError(f"{POOL_VAR} is not JSON: run `azd provision` again") from None
+    if not isinstance(entries, list):
+        raise RegistrationError(f"{POOL_VAR} must be a JSON array of deployments")
+    resources: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, dict) or (entry.get("provider") or "azure_openai") != "azure_openai":
+            continue
+        endpoint = entry.get("endpoint")
+        if not isinstance(endpoint, str) or not endpoint.strip():
+            raise RegistrationError(f"{POOL_VAR}: deployment {entry.get('name')!r} has no endpoint")
+        if azure_resource(endpoint) not in resources:
+            resources.append(azure_resource(endpoint))
+    return resources
+
+
+def providers_from(
+    values: Mapping[str, str], azure_token: Callable[[], Awaitable[str]] | None
+) -> list[ProviderEndpoints]:
+    """Every resource whose webhooks the app receives: each Azure OpenAI resource of AZURE_PROVIDER_DEPLOYMENTS (the
+    template's second account makes it), with Microsoft Entra ID (AZURE_OPENAI_API_KEY, if set, for the resource of
+    AZURE_OPENAI_ENDPOINT only: a key is per resource); without it, the one provider_from() reads."""
+    resources = pool_resources(values.get(POOL_VAR) or "")
+    if not resources:
+        return [provider_from(values, azure_token)]
+    key = values.get("AZURE_OPENAI_API_KEY")
+    primary = azure_resource(values.get("AZURE_OPENAI_ENDPOINT") or "")
+    credentials = {resource: key if key and resource == primary else azure_token for resource in resources}
+    for resource, credential in credentials.items():
+        if credential is None:
+            raise RegistrationError(f"no Azure credential for Azure OpenAI {resource}")
+    return [
+        ProviderEndpoints.for_azure(resource, credential) for resource, credential in credentials.items() if credential
+    ]
+
+
+def report(outcome: Outcome, url: str) -> str:
     done = {
         "created": "registered",
         "adopted": "took over (its secret was not in the azd environment: rotated)",
@@ -629,7 +763,7 @@ def report(outcome: Outcome, url: str, where: str) -> str:
         "removed": "deleted",
         "off": "nothing registered for",
     }[outcome.action]
-    lines = [f"provider webhook: {done} {url} at {where}"]
+    lines = [f"provider webhook: {done} {url} at {outcome.where}"]
     if outcome.action in ("removed", "off"):
         lines.append(f"provider webhook: {APP_SETTING} is empty: the app polls")
     else:
@@ -643,14 +777,18 @@ def report(outcome: Outcome, url: str, where: str) -> str:
 
 
 async def run(
-    args: argparse.Namespace, env: Environment, app: AppSecrets, provider: ProviderEndpoints, values: Mapping[str, str]
-) -> Outcome:
+    args: argparse.Namespace,
+    env: Environment,
+    app: AppSecrets,
+    providers: Sequence[ProviderEndpoints],
+    values: Mapping[str, str],
+) -> list[Outcome]:
     url = endpoint_url(values, allow_http=args.allow_http)
     if (values.get(SWITCH_VAR) or "on").lower() in ("off", "false", "0", "no"):
-        outcome = await turn_off(provider, env, app, url=url, access_wait=args.wait_for_access)
+        outcomes = await turn_off(providers, env, app, url=url, access_wait=args.wait_for_access)
     else:
-        outcome = await reconcile(
-            provider,
+        outcomes = await reconcile(
+            providers,
             env,
             app,
             url=url,
@@ -660,13 +798,14 @@ async def run(
             drop_previous=args.drop_previous,
             access_wait=args.wait_for_access,
         )
-    print(report(outcome, url, provider.where))
-    if outcome.action in ("rotated", "adopted", "created", "dropped-previous"):
+    for outcome in outcomes:
+        print(report(outcome, url))
+    if any(o.action in ("rotated", "adopted", "created", "dropped-previous") for o in outcomes):
         print(
             f"provider webhook: if a pipeline provisions this environment, run `azd pipeline config` again: it "
             f"holds a copy of {SECRETS_VAR}"
         )
-    return outcome
+    return outcomes
 
 
 async def _main(argv: list[str] | None) -> int:
@@ -687,7 +826,7 @@ async def _main(argv: list[str] | None) -> int:
         AzureDeveloperCliCredential(tenant_id=tenant), AzureCliCredential(tenant_id=tenant)
     )
     try:
-        provider = provider_from(values, get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE))
+        providers = providers_from(values, get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE))
         try:
             async with httpx.AsyncClient(timeout=60) as http:
                 app = ArmAppSecrets(
@@ -698,9 +837,10 @@ async def _main(argv: list[str] | None) -> int:
                     app=values["AZURE_FUNCTION_NAME"],
                     vault=values["AZURE_KEY_VAULT_NAME"],
                 )
-                await run(args, env, app, provider, values)
+                await run(args, env, app, providers, values)
         finally:
-            await provider.close()
+            for provider in providers:
+                await provider.close()
     finally:
         await credential.close()
     return 0

@@ -170,16 +170,34 @@ def decorators(param: dict[str, Any]) -> dict[str, Any]:
     return {d["type"]: d.get("argument") for d in param.get("decorators", [])}
 
 
-def module_calls(tree: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Local module calls of a template, keyed by the module file they call."""
-    calls = {}
+def all_module_calls(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every local module call of a template, in declaration order: the file it calls (`path`), its `symbol`, its
+    `params`, its `condition` (None when unconditional) and whether it is `conditional`."""
+    calls = []
     for symbol, module in (tree.get("modules") or {}).items():
         if module.get("type") != "local":
             continue
         config = module["config"]
-        conditional = config.get("condition") is not None
-        b = config["config"] if conditional else config
-        calls[module["detail"]["path"]] = {"symbol": symbol, "params": b.get("params", {}), "conditional": conditional}
+        condition = config.get("condition")
+        b = config["config"] if condition is not None else config
+        calls.append(
+            {
+                "path": module["detail"]["path"],
+                "symbol": symbol,
+                "params": b.get("params", {}),
+                "condition": condition,
+                "conditional": condition is not None,
+            }
+        )
+    return calls
+
+
+def module_calls(tree: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Local module calls of a template, keyed by the module file they call; a file called more than once (the
+    second Azure OpenAI account) by its first call: all_module_calls() has the others."""
+    calls: dict[str, dict[str, Any]] = {}
+    for call in all_module_calls(tree):
+        calls.setdefault(call["path"], call)
     return calls
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from shared import settings as service_settings
 
-from .bicep_model import INFRA, MAIN, REPO, bicep_files, decorators, module_calls, parse
+from .bicep_model import INFRA, MAIN, REPO, all_module_calls, bicep_files, decorators, parse
 
 
 def test_the_expected_templates_exist():
@@ -32,14 +32,15 @@ def test_bicep_parses(path):
 
 
 def test_local_modules_exist_and_get_only_declared_params():
-    for rel, call in module_calls(parse(MAIN)).items():
+    for call in all_module_calls(parse(MAIN)):
+        rel = call["path"]
         target = INFRA / rel
         assert target.exists(), f"main.bicep calls missing module {rel}"
         declared = parse(target).get("parameters") or {}
         unknown = set(call["params"]) - set(declared)
-        assert not unknown, f"main.bicep passes undeclared params {sorted(unknown)} to {rel}"
+        assert not unknown, f"main.bicep passes undeclared params {sorted(unknown)} to {rel} ({call['symbol']})"
         missing = {name for name, p in declared.items() if p.get("default") is None and name not in call["params"]}
-        assert not missing, f"main.bicep does not pass required params {sorted(missing)} to {rel}"
+        assert not missing, f"main.bicep does not pass required params {sorted(missing)} to {rel} ({call['symbol']})"
 
 
 ENV_REFERENCE = re.compile(r"^\$\{(?P<var>[A-Z][A-Z0-9_]*)(?:=(?P<default>[^}]*))?\}$")

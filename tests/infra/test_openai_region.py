@@ -15,7 +15,7 @@ import yaml
 
 from infra.hooks import openai_region as hook
 
-from .bicep_model import INFRA, MAIN, REPO, decorators, module_calls, parse, variables
+from .bicep_model import INFRA, MAIN, REPO, all_module_calls, decorators, module_calls, parse, variables
 
 DOCUMENTED = hook.documented_regions()
 PARAMETERS = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
@@ -73,6 +73,32 @@ def test_the_pairing_checked_is_the_templates():
     assert PARAMETERS["location"]["value"] == "${AZURE_LOCATION}"
     assert PARAMETERS["openAiLocation"]["value"] == "${AZURE_OPENAI_LOCATION=}"
     assert PARAMETERS["existingOpenAiEndpoint"]["value"] == "${AZURE_OPENAI_EXISTING_ENDPOINT=}"
+
+
+def test_the_second_account_needs_the_responses_api_and_another_region_than_the_first():
+    ok = {"AZURE_LOCATION": "eastus2", hook.SPILLOVER_VAR: "swedencentral"}
+    assert hook.refusal(ok, DOCUMENTED) is None
+    problem = hook.refusal({**ok, hook.SPILLOVER_VAR: "WestEurope"}, DOCUMENTED)
+    assert problem and f"second Azure OpenAI account would be created in westeurope ({hook.SPILLOVER_VAR})" in problem
+    # Its own region: the same one would share the first account's regional quota and its outages.
+    same = hook.refusal({**ok, hook.SPILLOVER_VAR: "eastus2"}, DOCUMENTED)
+    assert same and "the first account's region" in same
+    moved = {**ok, "AZURE_OPENAI_LOCATION": "swedencentral"}
+    assert "the first account's region" in (hook.refusal(moved, DOCUMENTED) or "")
+    assert hook.refusal({**moved, hook.SPILLOVER_VAR: "eastus2"}, DOCUMENTED) is None
+    # With an existing first account its region is unknown here: only the Responses API is checked.
+    existing = {**ok, "AZURE_OPENAI_EXISTING_ENDPOINT": "https://x.openai.azure.com/", hook.SPILLOVER_VAR: "eastus2"}
+    assert hook.refusal(existing, DOCUMENTED) is None
+    # Both accounts wrong: both named.
+    both = hook.refusal({"AZURE_LOCATION": "westeurope", hook.SPILLOVER_VAR: "northeurope"}, DOCUMENTED)
+    assert both and "created in westeurope" in both and "created in northeurope" in both
+
+
+def test_the_second_accounts_region_checked_is_the_templates():
+    call = next(c for c in all_module_calls(parse(MAIN)) if c["symbol"] == "openAiSpillover")
+    assert call["path"] == "app/openai.bicep" and call["condition"] == "createSpillover"
+    assert call["params"]["location"] == "spilloverOpenAiLocation"
+    assert PARAMETERS["spilloverOpenAiLocation"]["value"] == f"${{{hook.SPILLOVER_VAR}=}}"
 
 
 def test_azd_runs_it_before_every_provision_and_stops_on_a_refusal():

@@ -82,7 +82,7 @@ def test_the_hook_reads_what_the_provision_leaves_in_the_azd_environment():
     outputs = set(parse(MAIN)["outputs"])
     set_by_azd = {"AZURE_SUBSCRIPTION_ID", "AZURE_ENV_NAME"}
     assert set(hook.REQUIRED) <= outputs | set_by_azd, set(hook.REQUIRED) - outputs - set_by_azd
-    assert "AZURE_OPENAI_ENDPOINT" in outputs and "AZURE_TENANT_ID" in outputs
+    assert {"AZURE_OPENAI_ENDPOINT", hook.POOL_VAR, "AZURE_TENANT_ID"} <= outputs
     mapped = {p["value"] for p in PARAMETERS.values()}
     # State of the hook only, never a parameter: a stale value in CI must not change a deployment.
     for variable in (hook.ROTATED_AT_VAR, hook.PENDING_VAR, hook.SWITCH_VAR):

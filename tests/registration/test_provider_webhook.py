@@ -41,13 +41,6 @@ def emu() -> EmulatorServer:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def receiver() -> Receiver:
-    r = Receiver().start()
-    yield r
-    r.stop()
-
-
 @pytest.fixture(autouse=True)
 def clean_emulator(emu):
     admin(emu, "POST", "reset", json={"webhook_endpoints": True})
@@ -60,11 +53,6 @@ async def provider(request, emu):
     p = make_provider(emu, request.param)
     yield p
     await p.close()
-
-
-@pytest.fixture
-def url(receiver) -> str:
-    return receiver.url("api/provider/webhooks")
 
 
 def make_provider(emu: EmulatorServer, flavour: str, *, key: str = "k", max_retries: int = 0):
@@ -86,7 +74,10 @@ def registered(emu: EmulatorServer) -> list[dict]:
 
 
 async def register(provider, env, app, url, **kw) -> hook.Outcome:
-    return await hook.reconcile(provider, env, app, url=url, secret_uri=SECRET_URI, name="background-runs test", **kw)
+    [outcome] = await hook.reconcile(
+        [provider], env, app, url=url, secret_uri=SECRET_URI, name="background-runs test", **kw
+    )
+    return outcome
 
 
 async def end_a_response(emu: EmulatorServer, receiver: Receiver) -> Delivery:
@@ -352,13 +343,13 @@ async def test_turning_off_deletes_the_endpoint_and_empties_the_setting(emu, pro
     env, app = MemoryEnvironment(), MemoryApp(SECRET_URI)
     await register(provider, env, app, url, rotate=False)
 
-    outcome = await hook.turn_off(provider, env, app, url=url)
+    [outcome] = await hook.turn_off([provider], env, app, url=url)
 
     assert (outcome.action, outcome.app_updated) == ("removed", True)
     assert registered(emu) == [] and app.setting_value == ""
     assert env.get(hook.SECRETS_VAR) == env.get(hook.ROTATED_AT_VAR) == ""
     writes = (list(env.writes), list(app.writes))
-    again = await hook.turn_off(provider, env, app, url=url)
+    [again] = await hook.turn_off([provider], env, app, url=url)
     assert again.action == "off" and (env.writes, app.writes) == writes
 
 
@@ -384,19 +375,19 @@ def azd_values(emu: EmulatorServer, receiver: Receiver, **extra: str) -> dict[st
 async def test_the_hook_command_registers_rotates_and_turns_off(emu, receiver, capsys):
     values = azd_values(emu, receiver)
     env, app = MemoryEnvironment(values), MemoryApp(SECRET_URI)
-    provider = hook.provider_from(values, azure_token=None)
+    [provider] = providers = hook.providers_from(values, azure_token=None)
     try:
         assert provider.flavour == "azure_openai"
-        created = await hook.run(hook._parser().parse_args(["--allow-http"]), env, app, provider, values)
+        [created] = await hook.run(hook._parser().parse_args(["--allow-http"]), env, app, providers, values)
         [endpoint] = registered(emu)
         assert endpoint["url"] == values["AZURE_FUNCTION_APP_URL"] + "/api/provider/webhooks"
         assert endpoint["name"] == "background-runs dev" and created.action == "created"
 
-        rotated = await hook.run(hook._parser().parse_args(["--allow-http", "--rotate"]), env, app, provider, values)
+        [rotated] = await hook.run(hook._parser().parse_args(["--allow-http", "--rotate"]), env, app, providers, values)
         assert rotated.action == "rotated" and len(app.resolved().split()) == 2
 
         off = {**values, hook.SWITCH_VAR: "off"}
-        removed = await hook.run(hook._parser().parse_args(["--allow-http"]), env, app, provider, off)
+        [removed] = await hook.run(hook._parser().parse_args(["--allow-http"]), env, app, providers, off)
         assert removed.action == "removed" and registered(emu) == [] and app.setting_value == ""
     finally:
         await provider.close()
