@@ -14,6 +14,8 @@ from ..responses_vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
 from ..telemetry import Timeline
 from .webhook_state import WebhookState
 
+MAX_RESTART_BACKOFF = 16  # an overdue poll chain is restarted again after at most 16 x the sweeper's grace
+
 
 @dataclass
 class Admission:
@@ -53,6 +55,7 @@ class Run:
     poll_count: int = 0
     watch_position: int = -1  # watch strategy: the last provider event the poll chain has seen
     next_poll_at: float | None = None
+    chain_restarts: int = 0  # the sweeper's restarts of the poll chain since a step last acted (runs.sweeping)
     deadline_at: float = 0.0
     webhook_url: str | None = None
     webhook: WebhookState | None = None
@@ -83,3 +86,11 @@ class Run:
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+    def poll_is_overdue(self, at: float, grace: float) -> bool:
+        """No poll step has acted `grace` seconds after the chain's next one was due: its message was lost, or
+        is late. Each restart the sweeper makes before a step acts doubles the grace (up to MAX_RESTART_BACKOFF
+        times, as WebhookState.is_stuck does for deliveries): a chain whose messages are only slow (a busy host)
+        is given time, instead of restarts that each make the message before them stale."""
+        backoff: int = min(2**self.chain_restarts, MAX_RESTART_BACKOFF)
+        return (self.next_poll_at or 0) < at - grace * backoff

@@ -140,6 +140,7 @@ class PollStep:
             raise EarlyMessage(f"poll {message.seq} for {run.id} arrived before its run was saved")
         if (message.seq, message.nonce) != (run.poll_seq, run.poll_nonce):
             return PollOutcome.STALE
+        run.chain_restarts = 0  # the chain lives: the sweeper's next restart comes after the plain grace again
         if not run.response_id:  # queued for provider capacity: this step tries its create
             if run.admission is not None and self._admission is not None:
                 return await self._admission.step(run)

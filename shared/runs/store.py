@@ -111,6 +111,7 @@ class RunStore:
             "poll_nonce": run.poll_nonce,
             "poll_count": run.poll_count,
             "next_poll_at": run.next_poll_at,
+            "chain_restarts": run.chain_restarts,
             "deadline_at": run.deadline_at,
             "watch_position": run.watch_position,
             "webhook_url": run.webhook_url or "",
@@ -157,6 +158,7 @@ class RunStore:
             poll_nonce=entity.get("poll_nonce", ""),
             poll_count=entity.get("poll_count", 0),
             next_poll_at=entity.get("next_poll_at"),
+            chain_restarts=entity.get("chain_restarts", 0),
             watch_position=entity.get("watch_position", -1),
             deadline_at=entity.get("deadline_at", 0.0),
             webhook_url=entity.get("webhook_url") or None,
@@ -247,6 +249,7 @@ class RunStore:
             "poll_nonce": run.poll_nonce,
             "poll_count": run.poll_count,
             "next_poll_at": run.next_poll_at,
+            "chain_restarts": run.chain_restarts,
             "watch_position": run.watch_position,
         }
         if run.timeline.changed:  # the step's timeline entry rides on this save

@@ -4,7 +4,8 @@ It looks only at the runs in the open-work index (active runs, and ended runs wh
 done), so its cost follows the runs in flight, not every run ever kept. For each one:
 - an active run whose next poll is overdue (a lost message, a crash between save and send) gets its poll
   chain restarted (for a run queued for provider capacity: its tries); one whose start was interrupted before the
-  provider accepted it (or a queued run's try, cut mid-create) ends `failed`;
+  provider accepted it (or a queued run's try, cut mid-create) ends `failed`. A chain restarted again before any
+  step acted waits twice as long for its next restart (Run.poll_is_overdue): its messages are late, not lost;
 - an ended run gets its follow-ups (session, retention date) and leaves the index, unless its webhook is
   still pending; a pending webhook that is stuck (no attempt long after it was due) is queued again.
 A caller's active-run slot held by no open run (a start that died before noting its run) is given back.
@@ -100,8 +101,7 @@ class Sweeper:
             await self._index.mark_done(run_id)
 
     async def _repair_active(self, run: Run) -> str:
-        cutoff = clock.now() - self._grace
-        if (run.next_poll_at or 0) >= cutoff:
+        if not run.poll_is_overdue(clock.now(), self._grace):
             return "fine"
         admission = run.admission
         waiting = admission is not None and admission.creating_since is None
@@ -119,7 +119,8 @@ class Sweeper:
                 )
             return "starts"
         overdue = "none due" if run.next_poll_at is None else f"overdue by {clock.now() - run.next_poll_at:.0f}s"
-        log.warning("run %s: poll %s; restarting its poll chain", run.id, overdue)
+        run.chain_restarts += 1
+        log.warning("run %s: poll %s; restarting its poll chain (restart %d)", run.id, overdue, run.chain_restarts)
         with telemetry.run_step("repair run", run, logger=log.name):
             telemetry.annotate(outcome="poll_chain_restarted")
             return "polls" if await self._scheduler.schedule(run, 0, event="repaired") else "fine"

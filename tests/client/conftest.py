@@ -1,10 +1,10 @@
 """Helpers for the client tests: an AsyncClient on the local stack, emulator knobs, and the
 reference event list of a run (read with the plain SSE reader in tests/sse.py, not with the client)."""
+
 from __future__ import annotations
 
 import httpx
 import pytest
-
 from bgruns import AsyncClient
 
 from .. import sse

@@ -1,6 +1,7 @@
 """The two flows of Agent Framework's background-responses documentation, written with this client:
 polling with the last response's token, and a stream stopped and resumed from an update's token
 (also from another process)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,6 @@ import sys
 import textwrap
 
 import pytest
-
 from bgruns import AsyncClient
 
 from .conftest import emulated, reference_events
@@ -20,8 +20,11 @@ async def test_polling_with_the_continuation_token_until_it_is_none(client, stac
     session = await client.create_session()
     assert session.id.startswith("sess_")
 
-    response = await client.run("Explain relativity in two sentences.", session=session,
-                                options={"background": True, "metadata": emulated(2500, 240)})
+    response = await client.run(
+        "Explain relativity in two sentences.",
+        session=session,
+        options={"background": True, "metadata": emulated(2500, 240)},
+    )
     assert response.continuation_token is not None  # started in the background, not finished
     assert response.status in ("queued", "in_progress") and response.text == ""
     polls = 0
@@ -89,8 +92,14 @@ async def test_a_stream_resumes_exactly_in_a_new_process(client, stack, tmp_path
     assert isinstance(token, str) and last.type == "output_text.delta"
 
     # The token is all the other process gets (persisted as text); cwd outside the repo, so `shared` is not importable.
-    result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, stack.host.base_url, token, stack.function_key],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", RESUME_SCRIPT, stack.host.base_url, token, stack.function_key],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     final_text = lines[-1]["final"]
@@ -103,8 +112,9 @@ async def test_a_stream_resumes_exactly_in_a_new_process(client, stack, tmp_path
 async def test_non_background_run_returns_the_finished_run(stack):
     async with AsyncClient(stack.host.base_url, function_key=stack.function_key, poll_initial=0.2) as client:
         # background False: the server waits inline (bounded), the client polls the rest.
-        response = await client.run([{"role": "user", "content": "hi"}],
-                                    options={"background": False, "metadata": emulated(1500, 50)})
+        response = await client.run(
+            [{"role": "user", "content": "hi"}], options={"background": False, "metadata": emulated(1500, 50)}
+        )
     assert response.status == "completed" and response.continuation_token is None and len(response.text) == 50
 
 

@@ -1,5 +1,6 @@
 """The `bgruns` CLI driven as a user would: under tmux (a real terminal: live status line, Ctrl-C,
 resume), and with plain subprocesses (pipes, SIGINT) so the behaviour is covered without tmux too."""
+
 from __future__ import annotations
 
 import json
@@ -77,16 +78,19 @@ class Tmux:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None,
-                    reason="tmux is not installed (apt-get install -y tmux); test_cli_commands_as_subprocesses "
-                           "covers the same commands without a terminal")
+@pytest.mark.skipif(
+    shutil.which("tmux") is None,
+    reason="tmux is not installed (apt-get install -y tmux); test_cli_commands_as_subprocesses "
+    "covers the same commands without a terminal",
+)
 def test_cli_in_a_terminal(stack, tmp_path):
     base = stack.host.base_url
     tmux = Tmux({"BGRUNS_URL": base, "BGRUNS_FUNCTION_KEY": FUNCTION_KEY})  # from the environment, as a user would
     try:
         # run: a live status line redrawn in place while waiting, then the text; the line is gone at the end
-        tmux.type("bgruns run 'Hello from tmux' --metadata emulator_duration_ms=2500 emulator_output_chars=120; "
-                  "echo EXIT=$?")
+        tmux.type(
+            "bgruns run 'Hello from tmux' --metadata emulator_duration_ms=2500 emulator_output_chars=120; echo EXIT=$?"
+        )
         tmux.wait_for(r"\[\s*\d+\.\ds\] run_\w+ (queued|in_progress) for \d+s - the service tells us when it changes")
         tmux.wait_for(r"EXIT=\d+")
         screen = tmux.screen()
@@ -97,8 +101,10 @@ def test_cli_in_a_terminal(stack, tmp_path):
 
         # run --stream, Ctrl-C after some text: exit 130 with the resume command; resume prints exactly the rest
         tmux.clear()
-        tmux.type(f"bgruns run 'Stream to tmux' --stream --metadata emulator_duration_ms=4000 "
-                  f"emulator_output_chars=300 | tee -i {tmp_path}/part1.txt; echo EXIT=${{PIPESTATUS[0]}}")
+        tmux.type(
+            f"bgruns run 'Stream to tmux' --stream --metadata emulator_duration_ms=4000 "
+            f"emulator_output_chars=300 | tee -i {tmp_path}/part1.txt; echo EXIT=${{PIPESTATUS[0]}}"
+        )
         tmux.wait_for(r"Emulated reply to \"Stream to tmux\"\. \w+ \w+")
         tmux.ctrl_c()
         tmux.wait_for(r"EXIT=\d+")
@@ -147,16 +153,28 @@ def test_cli_in_a_terminal(stack, tmp_path):
 # -- without a terminal ----------------------------------------------------------------------------------------------
 def cli(*args: str, base_url: str, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "BGRUNS_URL": "http://127.0.0.1:9"}  # --url must win over the environment
-    return subprocess.run([sys.executable, "-m", "bgruns", *args, "--url", base_url, "--key", FUNCTION_KEY],
-                          env=env, capture_output=True, text=True, timeout=60, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "bgruns", *args, "--url", base_url, "--key", FUNCTION_KEY],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kwargs,
+    )
 
 
 def test_cli_commands_as_subprocesses(stack):
     base = stack.host.base_url
 
     # run (not a TTY): plain status lines, no \r; the text on stdout
-    done = cli("run", "Hello from a pipe", "--metadata", "emulator_duration_ms=2000", "emulator_output_chars=120",
-               base_url=base)
+    done = cli(
+        "run",
+        "Hello from a pipe",
+        "--metadata",
+        "emulator_duration_ms=2000",
+        "emulator_output_chars=120",
+        base_url=base,
+    )
     assert done.returncode == 0, done.stderr
     run_id = RUN_ID.search(done.stderr).group(1)
     assert done.stdout == run_text(base, run_id)["output_text"] + "\n"
@@ -167,10 +185,26 @@ def test_cli_commands_as_subprocesses(stack):
 
     # run --stream interrupted by SIGINT after some text: 130, the token on stderr; resume prints the rest. The run
     # lasts 10 s so that the signal, sent after the first words, lands mid-stream even on a loaded machine.
-    proc = subprocess.Popen([sys.executable, "-m", "bgruns", "--url", base, "--key", FUNCTION_KEY, "run",
-                             "Stream to a pipe", "--stream", "--metadata", "emulator_duration_ms=10000",
-                             "emulator_output_chars=300"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bgruns",
+            "--url",
+            base,
+            "--key",
+            FUNCTION_KEY,
+            "run",
+            "Stream to a pipe",
+            "--stream",
+            "--metadata",
+            "emulator_duration_ms=10000",
+            "emulator_output_chars=300",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
     received = b""
     while received.count(b" ") < 8:  # some words of text have arrived
         chunk = os.read(proc.stdout.fileno(), 4096)
@@ -189,8 +223,9 @@ def test_cli_commands_as_subprocesses(stack):
     assert part1 + resumed.stdout.removesuffix("\n") == final["output_text"]
 
     # resume --poll with a run's polling token waits and prints the whole text
-    started = cli("run", "Poll me later", "--no-wait", "--json", "--metadata", "emulator_duration_ms=1500",
-                  base_url=base)
+    started = cli(
+        "run", "Poll me later", "--no-wait", "--json", "--metadata", "emulator_duration_ms=1500", base_url=base
+    )
     assert started.returncode == 0, started.stderr
     run = json.loads(started.stdout)
     assert run["continuation_token"] and run["status"] in ("queued", "in_progress")
@@ -215,8 +250,9 @@ def test_cli_commands_as_subprocesses(stack):
     # a session, and a second run in a busy session: the API's error message, exit 1
     session_id = cli("session", "new", base_url=base).stdout.strip()
     assert session_id.startswith("sess_")
-    first = cli("run", "one", "--session", session_id, "--no-wait", "--metadata", "emulator_duration_ms=5000",
-                base_url=base)
+    first = cli(
+        "run", "one", "--session", session_id, "--no-wait", "--metadata", "emulator_duration_ms=5000", base_url=base
+    )
     busy = cli("run", "two", "--session", session_id, base_url=base)
     assert first.returncode == 0 and busy.returncode == 1
     assert busy.stderr.startswith("error: ") and "[session_busy]" in busy.stderr
@@ -227,6 +263,11 @@ def test_cli_commands_as_subprocesses(stack):
     assert missing.returncode == 1 and "was not found" in missing.stderr
     bad = cli("run", "x", "--metadata", "novalue", base_url=base)
     assert bad.returncode == 2 and "key=value" in bad.stderr
-    down = subprocess.run([sys.executable, "-m", "bgruns", "status", "run_x"], capture_output=True, text=True,
-                          env={**os.environ, "BGRUNS_URL": "http://127.0.0.1:9"}, timeout=60)
+    down = subprocess.run(
+        [sys.executable, "-m", "bgruns", "status", "run_x"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BGRUNS_URL": "http://127.0.0.1:9"},
+        timeout=60,
+    )
     assert down.returncode == 1 and "cannot reach the service at http://127.0.0.1:9" in down.stderr

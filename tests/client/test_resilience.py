@@ -1,14 +1,15 @@
 """Network failures in the middle of a stream are resumed inside the client (one unbroken stream,
 no duplicates, no gaps), including a cut before the first event (the start is repeated safely with
 its Idempotency-Key); wait() honours Retry-After."""
+
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import httpx
 import pytest
-
 from bgruns import AsyncClient, StreamInterrupted, WaitTimeout
 
 from .conftest import emulated, reference_events
@@ -24,7 +25,7 @@ class CuttingProxy:
         self.server: asyncio.base_events.Server | None = None
         self.handlers: set[asyncio.Task] = set()
 
-    async def __aenter__(self) -> "CuttingProxy":
+    async def __aenter__(self) -> CuttingProxy:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         return self
 
@@ -90,8 +91,10 @@ async def collect(stream) -> tuple[list, object]:
 
 @pytest.mark.parametrize("after_bytes", [1500, 0], ids=["mid-stream", "before-the-first-event"])
 async def test_network_cuts_are_resumed_without_duplicates_or_gaps(stack, after_bytes):
-    async with CuttingProxy(httpx.URL(stack.host.base_url), cuts=2, after_bytes=after_bytes) as proxy, \
-            AsyncClient(proxy.url, function_key=stack.function_key, max_stream_reconnects=3) as client:
+    async with (
+        CuttingProxy(httpx.URL(stack.host.base_url), cuts=2, after_bytes=after_bytes) as proxy,
+        AsyncClient(proxy.url, function_key=stack.function_key, max_stream_reconnects=3) as client,
+    ):
         session = await client.create_session()
         stream = client.run("Cut me twice.", session=session, stream=True, options={"metadata": emulated(2500, 400)})
         updates, final = await collect(stream)
@@ -101,25 +104,33 @@ async def test_network_cuts_are_resumed_without_duplicates_or_gaps(stack, after_
     assert final.status == "completed" and "".join(u.text for u in updates) == final.text
     seqs = [u.sequence_number for u in updates]
     assert seqs == [seq for seq, _, _ in reference_events(stack.host.base_url, final.run_id)]
-    assert [u.type for u in updates][0] == "run.created"
+    assert updates[0].type == "run.created"
     assert len(shown.runs) == 1  # a start repeated after a cut did not start a second run
 
 
 async def test_failures_without_progress_raise_stream_interrupted_with_a_token_that_resumes(stack):
     """max_stream_reconnects counts reconnections in a row that deliver nothing."""
-    async with CuttingProxy(httpx.URL(stack.host.base_url), cuts=0, after_bytes=0) as proxy, \
-            AsyncClient(proxy.url, function_key=stack.function_key, max_stream_reconnects=2) as client:
+    async with (
+        CuttingProxy(httpx.URL(stack.host.base_url), cuts=0, after_bytes=0) as proxy,
+        AsyncClient(proxy.url, function_key=stack.function_key, max_stream_reconnects=2) as client,
+    ):
         seen = []
-        with pytest.raises(StreamInterrupted) as caught:
+
+        async def follow() -> None:
             async for update in client.run("Cut me a lot.", stream=True, options={"metadata": emulated(2500, 400)}):
                 seen.append(update)
                 if sum(bool(u.text) for u in seen) == 3:
                     proxy.cuts = 10  # from now on every connection dies before its first event
+
+        with pytest.raises(StreamInterrupted) as caught:
+            await follow()
     assert proxy.cut == 3  # the live connection, then both reconnections
     assert caught.value.continuation_token == seen[-1].continuation_token
     assert caught.value.run_id == seen[-1].run_id
     async with AsyncClient(stack.host.base_url, function_key=stack.function_key) as client:
-        rest, final = await collect(client.run(stream=True, options={"continuation_token": caught.value.continuation_token}))
+        rest, final = await collect(
+            client.run(stream=True, options={"continuation_token": caught.value.continuation_token})
+        )
     assert "".join(u.text for u in seen + rest) == final.text
 
 
@@ -160,9 +171,11 @@ async def test_wait_polls_on_retry_after_when_the_service_holds_no_read():
     def handler(request: httpx.Request) -> httpx.Response:  # an older service: no Preference-Applied
         prefer.append(request.headers.get("prefer"))
         status = next(replies)
-        return httpx.Response(200, headers={"retry-after": "1"},
-                              json={"id": "run_x", "status": status, "continuation_token": None
-                                    if status == "completed" else "tok"})
+        return httpx.Response(
+            200,
+            headers={"retry-after": "1"},
+            json={"id": "run_x", "status": status, "continuation_token": None if status == "completed" else "tok"},
+        )
 
     delays = []
     async with AsyncClient("http://test", transport=httpx.MockTransport(handler)) as client:
@@ -175,15 +188,16 @@ async def test_wait_polls_on_retry_after_when_the_service_holds_no_read():
 async def test_wait_polls_when_the_service_says_retry_after(stack):
     recorder = Recorder()
     seen: list[tuple[str, float | None]] = []
-    async with AsyncClient(stack.host.base_url, function_key=stack.function_key, transport=recorder,
-                           poll_initial=0.05, long_poll=0) as client:
+    async with AsyncClient(
+        stack.host.base_url, function_key=stack.function_key, transport=recorder, poll_initial=0.05, long_poll=0
+    ) as client:
         started = await client.run("Take a while.", options={"metadata": emulated(2500, 100)})
         assert started.retry_after is not None and started.retry_after >= 1
         final = await client.wait(started, on_poll=lambda r, delay: seen.append((r.status, delay)))
     assert final.status == "completed" and len(final.text) == 100
     polls = [entry for entry in recorder.log if entry[1] in ("POST", "GET")]
     assert polls[0][1] == "POST" and all(entry[1] == "GET" for entry in polls[1:])
-    for (sent, _, _, retry_after), (next_sent, _, _, _) in zip(polls, polls[1:]):
+    for (sent, _, _, retry_after), (next_sent, _, _, _) in itertools.pairwise(polls):
         assert retry_after is not None
         assert next_sent - sent >= float(retry_after) - 0.05  # never earlier than asked
     assert [delay for _, delay in seen[:-1]] == [float(entry[3]) for entry in polls[:-1]]
@@ -195,29 +209,42 @@ async def test_wait_polls_when_the_service_says_retry_after(stack):
 
 
 async def test_wait_backs_off_without_retry_after_and_retries_a_503():
-    replies = iter([
-        (200, {"retry-after": "2"}, "in_progress"),
-        (503, {"retry-after": "1"}, None),
-        (200, {}, "in_progress"),
-        (200, {}, "in_progress"),
-        (200, {}, "completed"),
-    ])
+    replies = iter(
+        [
+            (200, {"retry-after": "2"}, "in_progress"),
+            (503, {"retry-after": "1"}, None),
+            (200, {}, "in_progress"),
+            (200, {}, "in_progress"),
+            (200, {}, "completed"),
+        ]
+    )
     times: list[float] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         times.append(time.monotonic())
         status, headers, run_status = next(replies)
         if status != 200:
-            return httpx.Response(status, headers=headers, json={"error": {"code": "storage_unavailable",
-                                                                           "message": "retry", "param": None}})
+            return httpx.Response(
+                status,
+                headers=headers,
+                json={"error": {"code": "storage_unavailable", "message": "retry", "param": None}},
+            )
         done = run_status == "completed"
-        return httpx.Response(200, headers=headers, json={"id": "run_x", "status": run_status, "output_text":
-                                                          "done" if done else None,
-                                                          "continuation_token": None if done else "tok"})
+        return httpx.Response(
+            200,
+            headers=headers,
+            json={
+                "id": "run_x",
+                "status": run_status,
+                "output_text": "done" if done else None,
+                "continuation_token": None if done else "tok",
+            },
+        )
 
     delays = []
-    async with AsyncClient("http://test", transport=httpx.MockTransport(handler), poll_initial=0.1,
-                           long_poll=0) as client:
+    async with AsyncClient(
+        "http://test", transport=httpx.MockTransport(handler), poll_initial=0.1, long_poll=0
+    ) as client:
         final = await client.wait("run_x", on_poll=lambda r, delay: delays.append(delay))
     assert final.text == "done"
     assert delays == [2.0, 0.1, 0.2, None]  # Retry-After, then exponential backoff from poll_initial
@@ -226,8 +253,9 @@ async def test_wait_backs_off_without_retry_after_and_retries_a_503():
 
 async def test_wait_times_out_with_the_last_state():
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"retry-after": "1"},
-                              json={"id": "run_x", "status": "queued", "continuation_token": "tok"})
+        return httpx.Response(
+            200, headers={"retry-after": "1"}, json={"id": "run_x", "status": "queued", "continuation_token": "tok"}
+        )
 
     async with AsyncClient("http://test", transport=httpx.MockTransport(handler)) as client:
         started = time.monotonic()

@@ -1,10 +1,10 @@
 """The server ends streams before the front end's limit with a `reconnect` event; the client follows
 it with the token inside, and the caller's loop sees one stream. A second host with
 STREAM_MAX_SECONDS=2 (sharing storage, queues and the token key with the main one)."""
+
 from __future__ import annotations
 
 import pytest
-
 from bgruns import AsyncClient
 
 from .conftest import emulated, reference_events

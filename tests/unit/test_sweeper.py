@@ -308,3 +308,38 @@ async def test_a_queued_runs_cut_create_gets_the_start_grace_from_the_create_not
     w.clock.advance(1)  # exactly the start grace since the create: given up
     assert (await w.services.sweeper.sweep()) == {"open": 1, "starts": 1}
     assert (await w.run(run.id)).result["error"]["code"] == "start_interrupted"
+
+
+async def sweep_every_second(w, seconds: float) -> list[float]:
+    """Sweep once a second for `seconds`: when (seconds from now) a pass restarted a poll chain."""
+    began, restarts = w.clock.now, []
+    while w.clock.now - began < seconds:
+        w.clock.advance(1)
+        if (await w.services.sweeper.sweep()).get("polls"):
+            restarts.append(w.clock.now - began)
+    return restarts
+
+
+async def test_a_chain_restarted_again_before_a_step_acted_waits_twice_as_long_each_time(monkeypatch):
+    # Found by the executor chaos run: on a busy host poll messages came 10-16 s after they were due, past the
+    # sweeper's grace (4 s); each restart made the message before it stale, so no step ever acted and the sweeper
+    # restarted the chain again every grace (6,000 restarts in one run).
+    w = world(monkeypatch, SWEEP_GRACE_SECONDS="4")
+    run = await start(w)
+    (late,) = w.poll_queue.take()  # late, not lost: it arrives after the restarts below
+    await w.runs.update_entity({"PartitionKey": run.id, "RowKey": "run", "next_poll_at": w.clock.now})
+    restarts = await sweep_every_second(w, 200)
+    # The first restart after the grace, as for a lost message; then 8, 16, 32 and 64 s (the cap) after the last.
+    assert restarts == [5, 14, 31, 64, 129, 194]
+    assert (await w.run(run.id)).chain_restarts == 6
+    assert await w.services.poll_step.handle(late, dequeue_count=5) == "stale"  # a stale message is no sign of life
+    assert (await w.run(run.id)).chain_restarts == 6
+    current = w.poll_queue.take()[-1]  # the last restart's message arrives: a step acts
+    assert await w.services.poll_step.handle(current, dequeue_count=5) == "pending"
+    stepped = await w.run(run.id)
+    assert stepped.chain_restarts == 0
+    w.poll_queue.take()  # and this chain's next message is lost: repaired after the plain grace again
+    began = w.clock.now
+    (restart,) = await sweep_every_second(w, stepped.next_poll_at + 4 + 1 - began)
+    assert 0 < began + restart - (stepped.next_poll_at + 4) <= 1  # the first pass past the grace
+    assert (await w.run(run.id)).chain_restarts == 1
