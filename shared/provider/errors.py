@@ -69,6 +69,12 @@ def classify(error: Exception) -> ProviderError:
     raise error
 
 
+def proves_nothing_created(error: ProviderError) -> bool:
+    """The provider's answer says it did not create the response and may later: a rate limit (429; insufficient
+    quota and too-large requests are not transient) or overload (503)."""
+    return error.transient and error.status in (429, 503)
+
+
 def rate_limit_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     """The `x-ratelimit-*` headers of a provider answer, by lower-case name (none: empty)."""
     if headers is None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .deployments import DeploymentSettings, deployments
 from .host import (
     HOST_JSON,
     check_stream_below_function_timeout,
@@ -75,6 +76,7 @@ class FacadeSettings:
 class Settings:
     storage: StorageSettings
     provider: ProviderSettings
+    deployments: tuple[DeploymentSettings, ...]  # the pool runs are placed on (PROVIDER_DEPLOYMENTS)
     token_keys: tuple[bytes, ...] = field(repr=False)  # the first signs; all verify
     poll_initial_delay: float
     poll_max_delay: float
@@ -109,10 +111,12 @@ class Settings:
         stream_max_seconds = read("STREAM_MAX_SECONDS")
         check_stream_below_function_timeout(stream_max_seconds, function_timeout)
         provider = provider_settings(reader(env, "provider"))
+        pool = deployments(reader(env, "provider")("PROVIDER_DEPLOYMENTS") or "", env, provider)
         facade = reader(env, "facade")
         return cls(
             storage=_storage(reader(env, "storage")),
             provider=provider,
+            deployments=pool,
             token_keys=read("RUN_TOKEN_KEY"),
             poll_initial_delay=read("POLL_INITIAL_DELAY_SECONDS"),
             poll_max_delay=read("POLL_MAX_DELAY_SECONDS"),

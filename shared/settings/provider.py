@@ -24,6 +24,14 @@ class ProviderSettings:
         return self.kind != "openai_compatible"
 
 
+def azure_v1_url(endpoint: str) -> str:
+    """The v1 API base URL of an Azure OpenAI resource endpoint."""
+    base = endpoint.rstrip("/")
+    if not base.endswith("/openai/v1"):
+        base += "/openai/v1"
+    return base + "/"
+
+
 def provider_kind(read: Read) -> str:
     """MODEL_PROVIDER; when empty, the first provider whose setting is present, else the local emulator."""
     kind: str | None = read("MODEL_PROVIDER")
@@ -56,10 +64,7 @@ def provider_settings(read: Read) -> ProviderSettings:
         endpoint = read("AZURE_OPENAI_ENDPOINT")
         if not endpoint:
             raise SettingsError("AZURE_OPENAI_ENDPOINT: an https:// endpoint is required for azure_openai")
-        base = endpoint.rstrip("/")
-        if not base.endswith("/openai/v1"):
-            base += "/openai/v1"
-        return ProviderSettings(kind, base + "/", read("AZURE_OPENAI_API_KEY"), endpoint, **common)
+        return ProviderSettings(kind, azure_v1_url(endpoint), read("AZURE_OPENAI_API_KEY"), endpoint, **common)
     url = read("OPENAI_COMPATIBLE_BASE_URL")  # openai_compatible, the last of the kinds MODEL_PROVIDER accepts
     if not url:
         raise SettingsError("OPENAI_COMPATIBLE_BASE_URL: an http(s) URL is required for openai_compatible")
