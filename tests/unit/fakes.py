@@ -585,7 +585,8 @@ def _provider_webhooks():
     return openai.AsyncOpenAI(api_key="unused", base_url="http://127.0.0.1:9").webhooks
 
 
-def world(monkeypatch, **env: str) -> World:
+def world(monkeypatch, *, backend: Any = None, **env: str) -> World:
+    """`backend`: the service's RunBackend (default: one FakeBackend), e.g. a DeploymentPool of FakeBackends."""
     fake_clock = FakeClock()
     monkeypatch.setattr(clock, "now", fake_clock)
     tables = {name: FakeTable() for name in ("runs", "sessions", "idempotency", "runindex", "runevents")}
@@ -602,7 +603,7 @@ def world(monkeypatch, **env: str) -> World:
         execute_queue=execute_queue,
     )
     settings = Settings.from_env({**ENV, **env})
-    backend, sender, model = FakeBackend(), FakeSender(), FakeModel()
+    backend, sender, model = backend or FakeBackend(), FakeSender(), FakeModel()
     services = build(
         settings,
         storage,
