@@ -7,11 +7,11 @@ the deployment it was created on (`StartedResponse.deployment`, `Run.deployment`
 
 Placement (`candidates`, and `start` without a deployment): the deployments by priority (lower first), in a
 weighted random order within a priority, without those whose circuit breaker is open; a start goes to the first,
-and moves on to the next when it answers 429 or 503 (either proves nothing was created). Any other failure ends
-the start there: a timeout or a 500 may have created the response, and a create is never repeated. A chained
-start (a session's next turn, a `previous_response_id`) names its deployment and never moves; while that
-deployment is unavailable its start is refused with a 503 that admission queues (runs.admission). The service's
-pacing is consulted per deployment by admission, which walks `candidates` itself (runs.admission.place).
+and moves on to the next when it answers 429 or 503, or cannot be reached at all (each proves nothing was
+created). Any other failure ends the start there: a timeout or a 500 may have created the response, and a create
+is never repeated. A chained start (a session's next turn, a `previous_response_id`) names its deployment and
+never moves; while that deployment is unavailable its start is refused with a 503 that admission queues
+(runs.admission). Admission walks `candidates` itself, with each deployment's pacing (runs.admission.place).
 
 The circuit breaker (one per deployment, in this instance's memory: each instance learns on its own, from its
 own starts) trips after FAILURES_TO_TRIP transient failures (429, 5xx, timeouts, unreachable) within
@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from .. import clock
 from ..settings import DEFAULT_DEPLOYMENT
 from .backend import Candidate, EventStream, ProviderState, StartedResponse
-from .errors import ProviderError, proves_nothing_created
+from .errors import ProviderError, may_go_elsewhere
 
 log = logging.getLogger("bgruns.pool")
 
@@ -189,7 +189,7 @@ class DeploymentPool:
             try:
                 return await self._start_at(self._member(candidate.name), params, stream)
             except ProviderError as error:
-                if not proves_nothing_created(error):
+                if not may_go_elsewhere(error):
                     raise
                 refusal = error
         assert refusal is not None  # candidates() names at least one

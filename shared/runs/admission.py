@@ -38,7 +38,7 @@ from typing import Any
 
 from .. import clock, telemetry
 from ..provider import ANYWHERE, Candidate, ProviderError, ProviderState, RunBackend, StartedResponse
-from ..provider.errors import proves_nothing_created
+from ..provider.errors import may_go_elsewhere, proves_nothing_created
 from ..responses_vocabulary import ErrorCode, RunStatus
 from .ending import DeadlinePassed, Failed, Observed, ProviderEnded, RunEnding
 from .index import RunIndex
@@ -123,10 +123,10 @@ class RunAdmission:
         """Create the run's response at the first deployment with room (provider.pool), or say how long to wait.
 
         The candidates in order (only its own deployment for a chained run: `pinned_deployment`): one whose
-        pacing slot is later, or that answers 429/503, is passed over for the next; the last one's later slot is
-        taken (the run holds it, at `run.deployment`) and its wait returned. A refusal by the last, or a 503 when
-        no deployment is available, is raised (the caller queues the run). `held`: the run holds its slot at
-        `run.deployment` already: it goes there, unpaced. Sets `run.deployment` to where it was created."""
+        pacing slot is later, or that answers 429/503 or cannot be reached, is passed over for the next; the last
+        one's later slot is taken (the run holds it, at `run.deployment`) and its wait returned. A refusal by the
+        last, or a 503 when no deployment is available, is raised (the caller queues the run). `held`: the run holds
+        its slot at `run.deployment` already: it goes there, unpaced. Sets `run.deployment` to where it was created."""
         pinned = run.deployment if held else pinned_deployment(run)
         candidates = self._backend.candidates(pinned)
         if held:
@@ -141,7 +141,7 @@ class RunAdmission:
             try:
                 started = await self.create(run.request, stream=stream, at=candidate)
             except ProviderError as error:
-                if last or not proves_nothing_created(error):
+                if last or not may_go_elsewhere(error):
                     raise
                 log.info(
                     "run %s: deployment %s has no room (%s); trying the next", run.id, candidate.name, error.status

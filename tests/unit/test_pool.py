@@ -8,9 +8,13 @@ import json
 import random
 from collections import Counter
 
+import httpx
+import openai
 import pytest
 
+from shared.errors import Unavailable
 from shared.provider import DeploymentPool, Member, ProviderError
+from shared.provider.errors import classify
 from shared.provider.pool import FAILURES_TO_TRIP, TRIP_SECONDS, CircuitBreaker
 from shared.runs.requests import RunRequest
 from shared.settings import Settings, SettingsError
@@ -156,6 +160,30 @@ async def test_an_unclear_create_is_never_repeated_at_another_deployment(monkeyp
     with pytest.raises(ProviderError):
         await pool.start(params(), stream=False)
     assert backends["payg"].count("start") == 0
+
+
+def refused_connection() -> ProviderError:
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/responses")
+    try:
+        try:
+            raise httpx.ConnectError("Connection refused", request=request)
+        except httpx.ConnectError as cause:
+            raise openai.APIConnectionError(request=request) from cause
+    except openai.APIConnectionError as error:
+        return classify(error)
+
+
+async def test_a_deployment_that_cannot_be_reached_is_passed_over_but_alone_is_refused_as_before(monkeypatch):
+    world(monkeypatch)
+    assert refused_connection().code == "connection_failed"  # the request never left: nothing was created
+    pool, backends = a_pool(("ptu", 0), ("payg", 1))
+    backends["ptu"].fail["start"] = [refused_connection()]
+    assert (await pool.start(params(), stream=False)).deployment == "payg"
+    w, backends = pooled_world(monkeypatch)
+    for name in ("ptu", "payg"):
+        backends[name].fail["start"] = [refused_connection()]
+    with pytest.raises(Unavailable):  # the last one unreachable: not queued (as with one deployment), refused
+        await w.services.starter.start(RunRequest(input="x"))
 
 
 async def test_weights_share_the_starts_within_a_priority(monkeypatch):
