@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+import httpx2  # the openai client's own HTTP library (a fork of httpx): its transport errors are these
 import openai
 
 from ..redaction import redact
@@ -14,6 +15,7 @@ from ..responses_vocabulary import STATUS_OF_ERROR_NAME
 from ..retry_after import retry_after_from_headers
 
 NEVER_SENT = "connection_failed"  # the code of a failure to connect: the request was never sent
+_CONNECT_FAILED = (httpx.ConnectError, httpx2.ConnectError)
 
 
 class ProviderError(Exception):
@@ -53,7 +55,7 @@ def classify(error: Exception) -> ProviderError:
     """The ProviderError for an `openai` SDK exception; any other exception is re-raised (it is a bug)."""
     if isinstance(error, ProviderError):
         return error
-    if isinstance(error, openai.APIConnectionError) and isinstance(error.__cause__, httpx.ConnectError):
+    if isinstance(error, openai.APIConnectionError) and isinstance(error.__cause__, _CONNECT_FAILED):
         return ProviderError(
             transient=True, status=None, message="provider unreachable: connection failed", code=NEVER_SENT
         )
