@@ -238,7 +238,9 @@ def build(
             max_read_wait=settings.max_read_wait,
             facade_max_wait=settings.facade.max_wait_seconds,
         ),
-        health=HealthCheck(configuration(settings), storage.runs),
+        health=HealthCheck(
+            configuration(settings), storage.runs, backend.state if isinstance(backend, DeploymentPool) else None
+        ),
         poll_step=PollStep(
             store, observer, router, ending, scheduler, chain_backoff, retry_backoff=backoff, admission=admission
         ),

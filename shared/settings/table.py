@@ -101,10 +101,10 @@ SETTINGS: tuple[Setting, ...] = _grouped(
     Setting("PROVIDER_TIMEOUT_SECONDS", "Timeout of one provider HTTP call.", "30", Number(minimum=1)),
     Setting(
         "PROVIDER_DEPLOYMENTS",
-        'A pool of model deployments (JSON array; README "Several deployments"): each `name`, `endpoint`, '
-        "optional `provider`, `deployment`, `api_key_setting` (the name of the setting holding its key; absent: "
-        "Entra ID for Azure), `priority` (lower first), `weight`, `requests_per_minute`, `tokens_per_minute`. "
-        "Empty: one deployment, `default`, from the settings above.",
+        "A pool of model deployments (JSON array; docs/configuration.md, section Several deployments): each "
+        "`name`, `endpoint`, optional `provider`, `deployment`, `api_key_setting` (the name of the setting holding "
+        "its key; absent: Entra ID for Azure), `priority` (lower first), `weight`, `requests_per_minute`, "
+        "`tokens_per_minute`. Empty: one deployment, `default`, from the settings above.",
     ),
     "runs",
     Setting(

@@ -144,5 +144,8 @@ def test_a_full_ptu_spills_to_payg_and_payg_webhook_ends_the_run(pool):
         ).json()["data"]
         # payg signed it with its own secret; the host verified it (a 400 otherwise) and found the run
         assert deliveries and all(a["status"] == 200 for d in deliveries for a in d["attempts"]), deliveries
+        details = client.get("/api/health/details", headers={"x-functions-key": MASTER_KEY}).json()["checks"]
+        assert [d["name"] for d in details["deployments"]] == ["ptu", "payg"]
+        assert details["circuit_breakers"]["ptu"] == "open"  # ptu's 429 said when to come back: not before
     finally:
         emulator.configure("ptu", model_limits={})
