@@ -123,33 +123,41 @@ class RunAdmission:
         """Create the run's response at the first deployment with room (provider.pool), or say how long to wait.
 
         The candidates in order (only its own deployment for a chained run: `pinned_deployment`): one whose
-        pacing slot is later, or that answers 429/503 or cannot be reached, is passed over for the next; the last
-        one's later slot is taken (the run holds it, at `run.deployment`) and its wait returned. A refusal by the
-        last, or a 503 when no deployment is available, is raised (the caller queues the run). `held`: the run holds
-        its slot at `run.deployment` already: it goes there, unpaced. Sets `run.deployment` to where it was created."""
+        pacing slot is later, or that answers 429/503 or cannot be reached, is passed over for the next. When every
+        one was passed over for its pacing, the earliest slot among them is taken (the run holds it, at
+        `run.deployment`) and its wait returned; else the refusal is raised (a 429/503 queues the run, as does the
+        503 when no deployment is available). `held`: the run holds its slot at `run.deployment` already: it goes
+        there, unpaced. Sets `run.deployment` to where it was created."""
         pinned = run.deployment if held else pinned_deployment(run)
-        candidates = self._backend.candidates(pinned)
-        if held:
-            candidates = candidates[:1]
-        for i, candidate in enumerate(candidates):
-            last = i == len(candidates) - 1
-            if not held and (wait := await self._slot(run, candidate, hold=last)):
-                if last:
-                    run.deployment = candidate.name or run.deployment
-                    return wait
+        candidates = self._backend.candidates(pinned)[: 1 if held else None]
+        alone = len(candidates) == 1  # its one slot is taken at once (one reservation, as without a pool)
+        paced: list[tuple[float, Candidate]] = []
+        refusal: ProviderError | None = None
+        for candidate in candidates:
+            if not held and (wait := await self._slot(run, candidate, hold=alone)):
+                paced.append((wait, candidate))
                 continue
             try:
-                started = await self.create(run.request, stream=stream, at=candidate)
+                return await self._create_at(run, candidate, stream)
             except ProviderError as error:
-                if last or not may_go_elsewhere(error):
+                if not may_go_elsewhere(error):
                     raise
-                log.info(
-                    "run %s: deployment %s has no room (%s); trying the next", run.id, candidate.name, error.status
-                )
-                continue
-            run.deployment = started.deployment or run.deployment
-            return started
-        raise AssertionError("candidates() names at least one deployment or raises")
+                log.info("run %s: deployment %s has no room (%s)", run.id, candidate.name, error.status)
+                if refusal is None or proves_nothing_created(error):
+                    refusal = error
+        if paced:
+            wait, earliest = min(paced, key=lambda p: p[0])
+            if not alone and not (wait := await self._slot(run, earliest, hold=True)):
+                return await self._create_at(run, earliest, stream)
+            run.deployment = earliest.name or run.deployment
+            return wait
+        assert refusal is not None  # candidates() names at least one, or raises
+        raise refusal
+
+    async def _create_at(self, run: Run, candidate: Candidate, stream: bool) -> StartedResponse:
+        started = await self.create(run.request, stream=stream, at=candidate)
+        run.deployment = started.deployment or run.deployment
+        return started
 
     async def _slot(self, run: Run, candidate: Candidate, *, hold: bool) -> float:
         """How long the run's create must wait for its slot at the candidate; 0: go now (a slot within

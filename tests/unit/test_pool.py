@@ -303,3 +303,25 @@ async def test_old_rows_without_a_deployment_are_at_default(monkeypatch):
         if partition == run.id:
             del row["deployment"]  # as written before the pool
     assert (await w.run(run.id)).deployment == "default"
+
+
+async def test_pacing_is_per_deployment_and_a_full_pool_holds_the_earliest_slot(monkeypatch):
+    backends = {name: FakeBackend() for name in ("ptu", "payg")}
+    pool = DeploymentPool(
+        [
+            Member("ptu", backends["ptu"], priority=0, requests_per_minute=6),  # a slot every 10 s
+            Member("payg", backends["payg"], priority=1, requests_per_minute=12),  # every 5 s
+        ]
+    )
+    w = world(monkeypatch, backend=pool, PACING_REQUESTS_PER_MINUTE="1000")  # on; each deployment's own budget
+    runs = [(await w.services.starter.start(RunRequest(input=str(i)))).run for i in range(4)]
+    assert [r.deployment for r in runs] == ["ptu", "payg", "payg", "ptu"]
+    assert [r.status for r in runs] == ["queued"] * 4 and [bool(r.response_id) for r in runs] == [1, 1, 0, 0]
+    assert [r.admission.reason for r in runs[2:]] == ["paced", "paced"]  # each holds the earliest slot there was
+    assert {key[1] for key in w.index.rows if key[0] == "pacing"} == {"ptu", "payg"}  # a row per deployment
+    w.clock.advance(10)
+    for message in w.poll_queue.take():
+        await w.services.poll_step.handle(message)
+    third, fourth = [await w.run(r.id) for r in runs[2:]]
+    assert (third.deployment, fourth.deployment) == ("payg", "ptu") and third.response_id and fourth.response_id
+    assert backends["ptu"].count("start") == 2 and backends["payg"].count("start") == 2  # no create refused
