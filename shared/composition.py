@@ -303,7 +303,7 @@ def open_pool(
     ]
     implicit = any(d.implicit for d in settings.deployments)
     closers = tuple(client.close for client in clients.values() if client is not provider)
-    return DeploymentPool(members, keyed_by_model=implicit), closers
+    return DeploymentPool(members, implicit=implicit), closers
 
 
 _services: Services | None = None

@@ -105,6 +105,14 @@ class CircuitBreaker:
         return tripped
 
 
+class _NeverOpen(CircuitBreaker):
+    """The implicit `default` deployment's: with nowhere to spill to, it stays as before the pool (admission waits
+    out a 429/503 per model; a Retry-After of one model must not hold another's starts)."""
+
+    def failed(self, now: float, retry_after: float | None) -> bool:
+        return False
+
+
 @dataclass
 class _Member:
     name: str
@@ -134,9 +142,10 @@ class DeploymentPool:
 
     kind = "background"
 
-    def __init__(self, members: Sequence[Member], *, keyed_by_model: bool = False, rng: random.Random | None = None):
-        """`keyed_by_model`: the implicit `default` deployment (PROVIDER_DEPLOYMENTS unset), paced per model as
-        before the pool; otherwise each deployment is paced by its name."""
+    def __init__(self, members: Sequence[Member], *, implicit: bool = False, rng: random.Random | None = None):
+        """`implicit`: the one `default` deployment of the single-provider settings (PROVIDER_DEPLOYMENTS unset),
+        which behaves as before the pool: paced per model, no circuit breaker. Otherwise each deployment is paced
+        by its name."""
         self._members = {
             m.name: _Member(
                 m.name,
@@ -144,8 +153,8 @@ class DeploymentPool:
                 m.model,
                 m.priority,
                 m.weight,
-                Candidate(m.name, None if keyed_by_model else m.name, m.requests_per_minute, m.tokens_per_minute),
-                CircuitBreaker(),
+                Candidate(m.name, None if implicit else m.name, m.requests_per_minute, m.tokens_per_minute),
+                _NeverOpen() if implicit else CircuitBreaker(),
             )
             for m in members
         }

@@ -325,3 +325,17 @@ async def test_pacing_is_per_deployment_and_a_full_pool_holds_the_earliest_slot(
     third, fourth = [await w.run(r.id) for r in runs[2:]]
     assert (third.deployment, fourth.deployment) == ("payg", "ptu") and third.response_id and fourth.response_id
     assert backends["ptu"].count("start") == 2 and backends["payg"].count("start") == 2  # no create refused
+
+
+async def test_the_implicit_default_deployment_has_no_breaker(monkeypatch):
+    # Found by tests/service/test_admission.py: one model's 429s (with Retry-After) held every model's starts.
+    w = world(monkeypatch)
+    backend = FakeBackend()
+    pool = DeploymentPool([Member("default", backend)], implicit=True)
+    backend.fail["start"] = [refused(429, retry_after=60) for _ in range(FAILURES_TO_TRIP)]
+    for _ in range(FAILURES_TO_TRIP):
+        with pytest.raises(ProviderError):
+            await pool.start(params(), stream=False)
+    assert pool.state() == {"default": "closed"} and (await pool.start(params(), stream=False)).deployment
+    assert pool.candidates()[0].pacing_key is None  # paced per model, as before the pool
+    assert w.clock.now
