@@ -14,11 +14,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-from .provider import ProviderSettings, azure_v1_url
-from .spec import SettingsError
 
 SETTING = "PROVIDER_DEPLOYMENTS"
 DEFAULT_DEPLOYMENT = "default"
@@ -41,95 +38,68 @@ _SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 @dataclass(frozen=True)
-class DeploymentSettings:
-    """One deployment of the pool: how to reach it, and how placement and pacing treat it."""
+class DeploymentEntry:
+    """One entry of PROVIDER_DEPLOYMENTS as written, its fields checked (`parse_entries`, the setting's kind)."""
 
     name: str
-    provider: ProviderSettings  # its client's settings (base URL, key or Entra ID, timeout)
-    model: str | None  # sent as `model` instead of the caller's (the Azure deployment name); None: the caller's
+    endpoint: str
+    provider: str | None = None
+    deployment: str | None = None
+    api_key_setting: str | None = None
     priority: int = 0
     weight: int = 1
-    requests_per_minute: int = 0  # its pacing budgets; 0: the service's PACING_* budget
+    requests_per_minute: int = 0
     tokens_per_minute: int = 0
-    api_key_setting: str | None = field(default=None)  # where its key came from (the key is in `provider`)
-    implicit: bool = False  # PROVIDER_DEPLOYMENTS is unset: this is the single-provider settings' one deployment
 
 
-def deployments(raw: str, env: Mapping[str, str], service: ProviderSettings) -> tuple[DeploymentSettings, ...]:
-    """The pool PROVIDER_DEPLOYMENTS describes (raw: its text); unset: the service's one provider as `default`.
-    SettingsError names the setting, the entry and the field at fault (never a key's value)."""
-    if not raw.strip():
-        return (DeploymentSettings(DEFAULT_DEPLOYMENT, service, None, implicit=True),)
+def parse_entries(raw: str) -> tuple[DeploymentEntry, ...]:
+    """PROVIDER_DEPLOYMENTS' text as entries (empty: none); ValueError names the entry and the field at fault."""
+    if not raw:
+        return ()
     try:
         entries = json.loads(raw)
     except json.JSONDecodeError as error:
-        raise SettingsError(f"{SETTING}: not JSON ({error.msg} at character {error.pos})") from None
+        raise ValueError(f"not JSON ({error.msg} at character {error.pos})") from None
     if not isinstance(entries, list) or not entries:
-        raise SettingsError(f"{SETTING}: expected a JSON array of one or more deployment objects")
-    pool = tuple(_entry(i, entry, env, service) for i, entry in enumerate(entries, start=1))
-    names = [d.name for d in pool]
+        raise ValueError("expected a JSON array of one or more deployment objects")
+    parsed = tuple(_entry(i, entry) for i, entry in enumerate(entries, start=1))
+    names = [e.name for e in parsed]
     if duplicates := sorted({n for n in names if names.count(n) > 1}):
-        raise SettingsError(f"{SETTING}: name {duplicates[0]!r} is used by more than one deployment")
-    return pool
+        raise ValueError(f"name {duplicates[0]!r} is used by more than one deployment")
+    return parsed
 
 
-def _entry(i: int, entry: Any, env: Mapping[str, str], service: ProviderSettings) -> DeploymentSettings:
-    where = f"{SETTING}: entry {i}"
+def _entry(i: int, entry: Any) -> DeploymentEntry:
     if not isinstance(entry, dict):
-        raise SettingsError(f"{where}: expected an object")
+        raise ValueError(f"entry {i}: expected an object")
     if unknown := sorted(set(entry) - _FIELDS):
-        raise SettingsError(f"{where}: unknown field {unknown[0]!r}")
+        raise ValueError(f"entry {i}: unknown field {unknown[0]!r}")
     name = entry.get("name")
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise SettingsError(f"{where}: name must be 1-32 characters of [a-z0-9-], got {name!r}")
-    where = f"{SETTING}: {name}"
-    kind = _text(entry, "provider", where) or service.kind
-    if kind not in POOL_PROVIDERS:
-        raise SettingsError(
-            f"{where}: provider must be azure_openai, openai or emulator (a provider with a background mode), "
-            f"got {kind!r}"
+        raise ValueError(f"entry {i}: name must be 1-32 characters of [a-z0-9-], got {name!r}")
+    provider = _text(entry, "provider", name)
+    if provider is not None and provider not in POOL_PROVIDERS:
+        raise ValueError(
+            f"{name}: provider must be azure_openai, openai or emulator (a provider with a background mode), "
+            f"got {provider!r}"
         )
-    endpoint = _text(entry, "endpoint", where)
-    https_only = kind == "azure_openai"
-    if not endpoint or not endpoint.startswith(("https://",) if https_only else ("http://", "https://")):
-        expected = "an https:// Azure OpenAI endpoint" if https_only else "an http(s) base URL"
-        raise SettingsError(f"{where}: endpoint must be {expected}, got {endpoint!r}")
-    key_setting = _text(entry, "api_key_setting", where)
-    key = _key(where, key_setting, env, kind)
-    base_url = azure_v1_url(endpoint) if kind == "azure_openai" else endpoint.rstrip("/")
-    provider = ProviderSettings(
-        kind,
-        base_url,
-        key,
-        endpoint if kind == "azure_openai" else None,
-        service.client_id,
-        service.default_model,
-        service.timeout_seconds,
-    )
-    return DeploymentSettings(
+    endpoint = _text(entry, "endpoint", name)
+    if not endpoint or not endpoint.startswith(("http://", "https://")):
+        raise ValueError(f"{name}: endpoint must be an http(s) base URL, got {endpoint!r}")
+    key_setting = _text(entry, "api_key_setting", name)
+    if key_setting is not None and not _SETTING_NAME.fullmatch(key_setting):
+        raise ValueError(f"{name}: api_key_setting must be the name of an app setting, got {key_setting!r}")
+    return DeploymentEntry(
         name=name,
+        endpoint=endpoint,
         provider=provider,
-        model=_text(entry, "deployment", where),
-        priority=_whole(entry, "priority", where, 0, minimum=0),
-        weight=_whole(entry, "weight", where, 1, minimum=1),
-        requests_per_minute=_whole(entry, "requests_per_minute", where, 0, minimum=1),
-        tokens_per_minute=_whole(entry, "tokens_per_minute", where, 0, minimum=1),
+        deployment=_text(entry, "deployment", name),
         api_key_setting=key_setting,
+        priority=_whole(entry, "priority", name, 0, minimum=0),
+        weight=_whole(entry, "weight", name, 1, minimum=1),
+        requests_per_minute=_whole(entry, "requests_per_minute", name, 0, minimum=1),
+        tokens_per_minute=_whole(entry, "tokens_per_minute", name, 0, minimum=1),
     )
-
-
-def _key(where: str, setting: str | None, env: Mapping[str, str], kind: str) -> str | None:
-    """The deployment's key, read from the app setting it names (the emulator takes any key)."""
-    if setting is None:
-        if kind == "openai":
-            raise SettingsError(f"{where}: api_key_setting is required for provider openai")
-        return "emulator" if kind == "emulator" else None  # azure_openai: Microsoft Entra ID
-    if not _SETTING_NAME.fullmatch(setting):
-        raise SettingsError(f"{where}: api_key_setting must be the name of an app setting, got {setting!r}")
-    key = (env.get(setting) or "").strip()
-    if not key:
-        raise SettingsError(f"{where}: api_key_setting names {setting}, which is not set")
-    return key
 
 
 def _text(entry: Mapping[str, Any], field_name: str, where: str) -> str | None:
@@ -137,7 +107,7 @@ def _text(entry: Mapping[str, Any], field_name: str, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise SettingsError(f"{where}: {field_name} must be a non-empty string, got {value!r}")
+        raise ValueError(f"{where}: {field_name} must be a non-empty string, got {value!r}")
     return value.strip()
 
 
@@ -146,5 +116,5 @@ def _whole(entry: Mapping[str, Any], field_name: str, where: str, default: int, 
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum or value > 1_000_000_000:
-        raise SettingsError(f"{where}: {field_name} must be a whole number of at least {minimum}, got {value!r}")
+        raise ValueError(f"{where}: {field_name} must be a whole number of at least {minimum}, got {value!r}")
     return value

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .deployments import DeploymentSettings, deployments
 from .host import (
     HOST_JSON,
     check_stream_below_function_timeout,
@@ -21,7 +20,7 @@ from .host import (
     function_timeout_seconds,
 )
 from .names import STORAGE_CONNECTION
-from .provider import ProviderSettings, provider_settings
+from .provider import DeploymentSettings, ProviderSettings, deployments, provider_settings
 from .quotas import NATIVE_CALLER, PacingSettings, Quota, QuotaSettings
 from .secrets import ApiKey
 from .spec import SettingsError
@@ -111,7 +110,7 @@ class Settings:
         stream_max_seconds = read("STREAM_MAX_SECONDS")
         check_stream_below_function_timeout(stream_max_seconds, function_timeout)
         provider = provider_settings(reader(env, "provider"))
-        pool = deployments(reader(env, "provider")("PROVIDER_DEPLOYMENTS") or "", env, provider)
+        pool = deployments(reader(env, "provider")("PROVIDER_DEPLOYMENTS"), env, provider)
         facade = reader(env, "facade")
         return cls(
             storage=_storage(reader(env, "storage")),

@@ -339,3 +339,17 @@ async def test_the_implicit_default_deployment_has_no_breaker(monkeypatch):
     assert pool.state() == {"default": "closed"} and (await pool.start(params(), stream=False)).deployment
     assert pool.candidates()[0].pacing_key is None  # paced per model, as before the pool
     assert w.clock.now
+
+
+def test_the_setting_itself_parses_to_its_entries_as_infra_writes_them():
+    # infra/main.bicep's value (the pool-infra branch's tests/infra/test_spillover.py checks the same)
+    from shared.settings.table import BY_NAME
+
+    written = [
+        {"name": n, "provider": "azure_openai", "endpoint": f"https://cog-{n}.openai.azure.com/", "deployment": "m"}
+        | {"priority": p, "weight": 1}
+        for n, p in (("primary", 0), ("spillover", 1))
+    ]
+    setting = BY_NAME["PROVIDER_DEPLOYMENTS"]
+    assert [e.name for e in setting.parse(json.dumps(written))] == ["primary", "spillover"]
+    assert not setting.parse("") and not setting.secret and setting.in_azure != "local"
