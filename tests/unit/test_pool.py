@@ -19,7 +19,7 @@ from shared.provider.pool import FAILURES_TO_TRIP, TRIP_SECONDS, CircuitBreaker
 from shared.runs.requests import RunRequest
 from shared.settings import Settings, SettingsError
 
-from .fakes import ENV, FakeBackend, world
+from .fakes import ENV, FakeBackend, stream_event, world
 from .test_completion import SECRET, ended, signed
 
 
@@ -353,3 +353,19 @@ def test_the_setting_itself_parses_to_its_entries_as_infra_writes_them():
     setting = BY_NAME["PROVIDER_DEPLOYMENTS"]
     assert [e.name for e in setting.parse(json.dumps(written))] == ["primary", "spillover"]
     assert not setting.parse("") and not setting.secret and setting.in_azure != "local"
+
+
+async def test_watch_and_the_stream_relay_follow_the_response_at_its_deployment(monkeypatch):
+    w, backends = pooled_world(monkeypatch, COMPLETION_STRATEGY="watch", WATCH_WINDOW_SECONDS="0.3")
+    backends["ptu"].fail["start"] = [refused(429)]
+    run = (await w.services.starter.start(RunRequest(input="x"))).run
+    response = backends["payg"].responses[run.response_id]
+    response.complete("watched at payg")
+    backends["payg"].streams[run.response_id] = [
+        stream_event("response.created", 0),
+        stream_event("response.completed", 1, response),
+    ]
+    assert await w.services.poll_step.handle(w.poll_queue.take()[0]) == "completed"  # watched at payg
+    relayed = [chunk async for chunk in w.services.relays.relay(await w.run(run.id), -1).events()]
+    assert any(b"watched at payg" in chunk for chunk in relayed if isinstance(chunk, bytes))  # replayed from payg
+    assert backends["payg"].count("events") == 2 and backends["ptu"].count("events") == 0
