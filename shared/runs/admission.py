@@ -126,15 +126,17 @@ class RunAdmission:
         pacing slot is later, or that answers 429/503 or cannot be reached, is passed over for the next. When every
         one was passed over for its pacing, the earliest slot among them is taken (the run holds it, at
         `run.deployment`) and its wait returned; else the refusal is raised (a 429/503 queues the run, as does the
-        503 when no deployment is available). `held`: the run holds its slot at `run.deployment` already: it goes
-        there, unpaced. Sets `run.deployment` to where it was created."""
-        pinned = run.deployment if held else pinned_deployment(run)
-        candidates = self._backend.candidates(pinned)[: 1 if held else None]
+        503 when no deployment is available). `held`: the run holds its slot at `run.deployment` already: it tries
+        there first, unpaced. Sets `run.deployment` to where it was created."""
+        candidates = self._backend.candidates(pinned_deployment(run))
+        if held:  # its slot's deployment first (if it is still a candidate)
+            candidates.sort(key=lambda c: c.name != run.deployment)
         alone = len(candidates) == 1  # its one slot is taken at once (one reservation, as without a pool)
         paced: list[tuple[float, Candidate]] = []
         refusal: ProviderError | None = None
         for candidate in candidates:
-            if not held and (wait := await self._slot(run, candidate, hold=alone)):
+            unpaced = held and candidate.name == run.deployment
+            if not unpaced and (wait := await self._slot(run, candidate, hold=alone)):
                 paced.append((wait, candidate))
                 continue
             try:
@@ -256,7 +258,7 @@ class RunAdmission:
 
     async def _refused(self, run: Run, error: ProviderError) -> AdmissionOutcome | RunStatus:
         assert run.admission is not None
-        if proves_nothing_created(error):
+        if may_go_elsewhere(error):  # nothing was created (a 429/503, or the request never left): wait, try again
             run.admission.creating_since = None
             delay = self._next_delay(run, error)
             run.admission.next_try_at, run.admission.reason = clock.now() + delay, _reason(error)

@@ -369,3 +369,28 @@ async def test_watch_and_the_stream_relay_follow_the_response_at_its_deployment(
     relayed = [chunk async for chunk in w.services.relays.relay(await w.run(run.id), -1).events()]
     assert any(b"watched at payg" in chunk for chunk in relayed if isinstance(chunk, bytes))  # replayed from payg
     assert backends["payg"].count("events") == 2 and backends["ptu"].count("events") == 0
+
+
+async def test_a_queued_try_that_cannot_connect_waits_and_a_held_slot_moves_on(monkeypatch):
+    # Found by bench.capacity --deployments: runs holding a ptu slot when ptu went down ended start_interrupted,
+    # though a refused connection proves nothing was created.
+    backends = {name: FakeBackend() for name in ("ptu", "payg")}
+    pool = DeploymentPool(
+        [Member("ptu", backends["ptu"], requests_per_minute=6), Member("payg", backends["payg"], priority=1)]
+    )
+    w = world(monkeypatch, backend=pool, PACING_REQUESTS_PER_MINUTE="1000")
+    first = (await w.services.starter.start(RunRequest(input="1"))).run
+    backends["payg"].fail["start"] = [refused(429)]
+    held = (await w.services.starter.start(RunRequest(input="2"))).run
+    assert (first.deployment, held.deployment, held.admission.reason) == ("ptu", "ptu", "paced")
+    w.clock.advance(10)
+    backends["ptu"].fail["start"] = [refused_connection()]  # ptu went down: its slot is of no use
+    assert await w.services.poll_step.handle(w.poll_queue.take()[-1]) == "capacity-granted"
+    assert (await w.run(held.id)).deployment == "payg"
+    w2 = world(monkeypatch)  # one deployment: the try waits, as for a 429
+    w2.backend.fail["start"] = [refused(429)]
+    queued = (await w2.services.starter.start(RunRequest(input="3"))).run
+    w2.clock.advance(10)
+    w2.backend.fail["start"] = [refused_connection()]
+    assert await w2.services.poll_step.handle(w2.poll_queue.take()[0]) == "capacity-waiting"
+    assert (await w2.run(queued.id)).status == "queued"
