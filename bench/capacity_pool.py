@@ -95,6 +95,7 @@ class PoolBench:
     def __init__(self, profile: PoolProfile) -> None:
         self.p = profile
         self.tag = f"pool-{time.time_ns()}"
+        self.session_homes: list[str | None] = []  # where each session's first turn ran
 
     async def run(self) -> dict[str, Any]:
         stack = make_stack(self.p)
@@ -137,8 +138,12 @@ class PoolBench:
     async def _measure(self, stack: LocalStack, client: httpx.AsyncClient) -> dict[str, Any]:
         p = self.p
         sessions = [(await client.post("/api/sessions")).json()["id"] for _ in range(p.sessions)]
-        firsts = [await self._start(client, session_id=s) for s in sessions]
-        await self._wait(client, [f["id"] for f in firsts], timeout=120)
+        firsts = []
+        for session in sessions:  # one per ptu slot, so that each starts on ptu
+            firsts.append(await self._start(client, session_id=session))
+            await asyncio.sleep(60 / p.ptu + 0.5)
+        first_finals = await self._wait(client, [f["id"] for f in firsts], timeout=120)
+        self.session_homes = [first_finals[f["id"]].get("deployment") for f in firsts]
         t0 = time.time()
         burst = await gather_limited(32, [self._start(client) for _ in range(p.runs)])
         submitted_s = time.time() - t0
@@ -195,6 +200,7 @@ class PoolBench:
         payg_after_down = [at for at, _ in creates["payg"] if at >= down_at]
         turn_ids = {t["id"] for t in turns}
         turn_creates = {name: [at for at, run_id in recs if run_id in turn_ids] for name, recs in creates.items()}
+        turn_homes = [finals[t["id"]].get("deployment") for t in turns]
         statuses = Counter(f["status"] for f in finals.values())
         return {
             "profile": asdict(p),
@@ -220,6 +226,10 @@ class PoolBench:
             ),
             "session_turns": {
                 "count": len(turns),
+                "first_turns_on": dict(Counter(self.session_homes)),
+                "next_turn_on_the_first_turns_deployment": sum(
+                    1 for home, turn in zip(self.session_homes, turn_homes, strict=True) if home == turn
+                ),
                 "created_on_ptu": len(turn_creates["ptu"]),
                 "created_on_payg": len(turn_creates["payg"]),
                 "earliest_after_ptu_came_back_s": round(min(turn_creates["ptu"]) - up_at, 1)
@@ -229,6 +239,7 @@ class PoolBench:
             "runs": len(ours),
             "statuses": dict(statuses),
             "lost": sum(1 for run_id in ours if finals.get(run_id, {}).get("status") != "completed"),
+            "errors": dict(Counter((f.get("error") or {}).get("code") for f in finals.values() if f.get("error"))),
             "provider_responses_per_run": dict(Counter(per_run[run_id] for run_id in ours)),
             "machine": {"cpus": psutil.cpu_count(), "load1_at_end": psutil.getloadavg()[0]},
         }
@@ -244,7 +255,7 @@ def lines(result: dict[str, Any]) -> list[str]:
         f"{result['first_payg_create_after_outage_began_s']} s",
         f"in flight on ptu at the outage {result['in_flight_on_ptu_at_outage']}, completed after it came back "
         f"{result['of_those_completed_after_it_came_back']}; session turns {result['session_turns']}",
-        f"runs {result['runs']}: {result['statuses']}, lost {result['lost']}, provider responses per run "
+        f"runs {result['runs']}: {result['statuses']} {result['errors']}, lost {result['lost']}, provider responses per run "
         f"{result['provider_responses_per_run']}",
     ]
 

@@ -9,7 +9,9 @@ or the chain's backoff, until the provider takes it (`capacity_granted`; from th
 Exactly once at the provider: a create is repeated only after an answer that proves nothing was created. A create
 whose outcome is unknown (a timeout after sending, a cut connection, a 500/502/504) is never repeated: at the
 start the caller gets the error as before (the run is taken back); on a later try the run ends `failed` with
-`start_interrupted`, as a start cut by a crash does. Before each try the step consumes its chain position and
+`start_interrupted`, as a start cut by a crash does. (A connection that could not be made at all proves nothing
+was created: a later try waits again; at the start it is refused as before unless another deployment takes it.)
+Before each try the step consumes its chain position and
 notes the create in flight (`Admission.creating_since`), so a duplicate message finds nothing to do, and a step
 that dies mid-create leaves a run the sweeper ends `start_interrupted` after the start grace, never a second
 create. (Such an unknown create may have left a response at the provider that no run follows; its metadata names
