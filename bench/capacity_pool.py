@@ -255,8 +255,8 @@ def lines(result: dict[str, Any]) -> list[str]:
         f"{result['first_payg_create_after_outage_began_s']} s",
         f"in flight on ptu at the outage {result['in_flight_on_ptu_at_outage']}, completed after it came back "
         f"{result['of_those_completed_after_it_came_back']}; session turns {result['session_turns']}",
-        f"runs {result['runs']}: {result['statuses']} {result['errors']}, lost {result['lost']}, provider responses per run "
-        f"{result['provider_responses_per_run']}",
+        f"runs {result['runs']}: {result['statuses']} {result['errors']}, lost {result['lost']}, "
+        f"provider responses per run {result['provider_responses_per_run']}",
     ]
 
 
