@@ -86,9 +86,6 @@ class ExecutorBackend:
         """The executor calls its one model server (the deployments are the background mode's)."""
         return [ANYWHERE]
 
-    def reopening(self) -> float | None:
-        return None
-
     async def start(self, params: dict[str, Any], *, stream: bool, deployment: str | None = None) -> StartedResponse:
         """Open the log and queue the run (`check` has passed)."""
         run_id = params["metadata"]["bg_run_id"]
@@ -213,9 +210,6 @@ class BackendRouter:
 
     def candidates(self, pinned: str | None = None) -> list[Candidate]:
         return self._starting.candidates(pinned)
-
-    def reopening(self) -> float | None:
-        return self._starting.reopening()
 
     async def start(self, params: dict[str, Any], *, stream: bool, deployment: str | None = None) -> StartedResponse:
         if deployment is None:  # placed by the backend (a test's stand-in backend may know no deployments)

@@ -73,7 +73,6 @@ class RunBackend(Protocol):
 
     def check(self, params: dict[str, Any]) -> None: ...  # before anything is written: raises RequestRefused
     def candidates(self, pinned: str | None = None) -> list[Candidate]: ...  # where a start may go, best first
-    def reopening(self) -> float | None: ...  # seconds until a deployment kept away now may take starts again
     async def start(
         self, params: dict[str, Any], *, stream: bool, deployment: str | None = None
     ) -> StartedResponse: ...

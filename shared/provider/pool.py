@@ -216,13 +216,6 @@ class DeploymentPool:
     async def delete(self, response_id: str, *, deployment: str = DEFAULT_DEPLOYMENT) -> None:
         await self._member(deployment).backend.delete(response_id)
 
-    def reopening(self) -> float | None:
-        """Seconds until the first deployment whose breaker keeps starts away now lets one through (None: none
-        does): a start with no room elsewhere until later than that should look again then (runs.admission)."""
-        now = clock.now()
-        waits = [m.breaker.reopens_in(now) for m in self._members.values() if not m.breaker.available(now)]
-        return min(waits, default=None)
-
     def state(self) -> dict[str, str]:
         """Each deployment's breaker as health shows it: closed, open or half-open."""
         now = clock.now()

@@ -127,11 +127,9 @@ class RunAdmission:
         The candidates in order (only its own deployment for a chained run: `pinned_deployment`): one whose
         pacing slot is later, or that answers 429/503 or cannot be reached, is passed over for the next. When every
         one was passed over for its pacing, the earliest slot among them is taken (the run holds it, at
-        `run.deployment`) and its wait returned, unless a deployment kept away by its breaker may take starts again
-        sooner (then a 503 says when: a slot held now would commit the run to the others past its return); else
-        the refusal is raised (a 429/503 queues the run, as does the 503 when no deployment is available). `held`:
-        the run holds its slot at `run.deployment` already: it tries there first, unpaced. Sets `run.deployment` to
-        where it was created."""
+        `run.deployment`) and its wait returned; else the refusal is raised (a 429/503 queues the run, as does the
+        503 when no deployment is available). `held`: the run holds its slot at `run.deployment` already: it tries
+        there first, unpaced. Sets `run.deployment` to where it was created."""
         candidates = self._backend.candidates(pinned_deployment(run))
         if held:  # its slot's deployment first (if it is still a candidate)
             candidates.sort(key=lambda c: c.name != run.deployment)
@@ -153,15 +151,6 @@ class RunAdmission:
                     refusal = error
         if paced:
             wait, earliest = min(paced, key=lambda p: p[0])
-            reopening = None if pinned_deployment(run) else self._backend.reopening()
-            if reopening is not None and reopening < wait:  # a deployment kept away now may have room sooner
-                raise ProviderError(
-                    transient=True,
-                    status=503,
-                    message="no deployment has room before one now unavailable may take starts again",
-                    retry_after=max(1.0, reopening),
-                    code="deployment_unavailable",
-                )
             if not alone and not (wait := await self._slot(run, earliest, hold=True)):
                 return await self._create_at(run, earliest, stream)
             run.deployment = earliest.name or run.deployment

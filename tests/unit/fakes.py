@@ -336,9 +336,6 @@ class FakeBackend:
     def candidates(self, pinned: str | None = None) -> list[Candidate]:
         return [ANYWHERE]  # one provider, no deployments (a DeploymentPool of FakeBackends has several)
 
-    def reopening(self) -> float | None:
-        return None
-
     # `deployment` is the pool's (provider.pool): one FakeBackend is one deployment, so it is ignored here.
     async def start(self, params: dict, *, stream: bool, deployment: str | None = None) -> StartedResponse:
         await self._enter("start", params["metadata"]["bg_run_id"])
@@ -679,13 +676,7 @@ class Steps:
 
     def _wrap(self, obj: Any, label: str) -> None:
         for name, method in inspect.getmembers(obj, callable):
-            if not name.startswith("_") and name not in (
-                "entity",
-                "count",
-                "take",
-                "candidates",
-                "reopening",
-            ):  # not I/O
+            if not name.startswith("_") and name not in ("entity", "count", "take", "candidates"):  # not I/O
                 setattr(obj, name, self._wrapped(method, f"{label}.{name}"))
 
     def _wrapped(self, method, name: str):

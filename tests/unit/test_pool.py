@@ -394,27 +394,3 @@ async def test_a_queued_try_that_cannot_connect_waits_and_a_held_slot_moves_on(m
     w2.backend.fail["start"] = [refused_connection()]
     assert await w2.services.poll_step.handle(w2.poll_queue.take()[0]) == "capacity-waiting"
     assert (await w2.run(queued.id)).status == "queued"
-
-
-async def test_a_start_holds_no_slot_beyond_the_return_of_a_deployment_kept_away(monkeypatch):
-    # Found by bench.capacity --deployments: while ptu's breaker was open the whole backlog held payg slots that
-    # reached past ptu's return, so ptu stayed idle after it came back.
-    backends = {name: FakeBackend() for name in ("ptu", "payg")}
-    pool = DeploymentPool(
-        [Member("ptu", backends["ptu"]), Member("payg", backends["payg"], priority=1, requests_per_minute=1)]
-    )
-    w = world(monkeypatch, backend=pool, PACING_REQUESTS_PER_MINUTE="1000")
-    backends["ptu"].fail["start"] = [refused(500) for _ in range(FAILURES_TO_TRIP)]
-    for _ in range(FAILURES_TO_TRIP):
-        with pytest.raises(Unavailable):  # unclear: not spilled, but counted
-            await w.services.starter.start(RunRequest(input="x"))
-    assert pool.state()["ptu"] == "open"
-    first = (await w.services.starter.start(RunRequest(input="1"))).run
-    assert first.deployment == "payg" and first.response_id  # payg's one slot a minute
-    second = (await w.services.starter.start(RunRequest(input="2"))).run
-    assert second.status == "queued" and not second.admission.paced  # no payg slot 60 s away held
-    assert second.admission.reason == "provider 503 deployment_unavailable"
-    assert w.poll_queue.sent[-1].delay == pytest.approx(TRIP_SECONDS, rel=0.25)  # when ptu's probe may go
-    w.clock.advance(TRIP_SECONDS * 1.25)
-    assert await w.services.poll_step.handle(w.poll_queue.take()[-1]) == "capacity-granted"
-    assert (await w.run(second.id)).deployment == "ptu" and pool.state()["ptu"] == "closed"
