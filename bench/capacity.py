@@ -45,6 +45,7 @@ import psutil
 
 from shared.settings import declared_settings
 
+from . import capacity_pool
 from .common import RESULTS, LocalStack, dump_json, summary
 from .http_concurrency import cpu_seconds
 
@@ -462,11 +463,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--setting", action="append", default=[], metavar="NAME=VALUE", help="a service setting for `now`"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "capacity.json")
+    parser.add_argument(
+        "--deployments", action="store_true", help="a pool of two deployments and an outage (bench/capacity_pool.py)"
+    )
     return parser.parse_args(argv)
 
 
 async def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.deployments:
+        await capacity_pool.main(args.quick, None if args.out == RESULTS / "capacity.json" else args.out)
+        return
     profile = PROFILES["quick" if args.quick else "full"]
     extra = parse_settings(args.setting)
     modes = [m for m in args.modes.split(",") if m]

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from openai import AsyncOpenAI
 from openai.resources.webhooks.webhooks import AsyncWebhooks  # the type client.webhooks declares
 
 from . import telemetry
@@ -22,7 +23,7 @@ from .executor.attempts import Executor
 from .executor.backend import BackendRouter, ExecutorBackend
 from .executor.event_log import EventLog
 from .executor.model_client import Model, ModelClient
-from .provider import ResponsesBackend, RunBackend, open_provider
+from .provider import DeploymentPool, Member, ResponsesBackend, RunBackend, open_provider
 from .provider.incoming_events import ProviderEventVerifier
 from .runs.admission import AdmissionRules, RunAdmission
 from .runs.callers import CallerKeys
@@ -183,7 +184,11 @@ def build(
         scheduler,
         backoff,
         ending,
-        ProviderPacing(storage.index, settings.pacing),
+        ProviderPacing(
+            storage.index,
+            settings.pacing,
+            budgeted=any(d.requests_per_minute or d.tokens_per_minute for d in settings.deployments),
+        ),
     )
     starter = RunStarter(
         rules,
@@ -233,7 +238,9 @@ def build(
             max_read_wait=settings.max_read_wait,
             facade_max_wait=settings.facade.max_wait_seconds,
         ),
-        health=HealthCheck(configuration(settings), storage.runs),
+        health=HealthCheck(
+            configuration(settings), storage.runs, backend.state if isinstance(backend, DeploymentPool) else None
+        ),
         poll_step=PollStep(
             store, observer, router, ending, scheduler, chain_backoff, retry_backoff=backoff, admission=admission
         ),
@@ -276,6 +283,29 @@ def _completion_strategy(settings: Settings, backend: RunBackend, poll_backoff: 
     return poll_backoff, RetrieveObserver(backend)
 
 
+def open_pool(
+    settings: Settings, provider: AsyncOpenAI
+) -> tuple[DeploymentPool, tuple[Callable[[], Awaitable[None]], ...]]:
+    """The pool of PROVIDER_DEPLOYMENTS, a client each (created once); unset: one deployment, `default`, on the
+    service's own provider client. Also the closers of the clients opened here."""
+    clients = {d.name: provider if d.implicit else open_provider(d.provider) for d in settings.deployments}
+    members = [
+        Member(
+            d.name,
+            ResponsesBackend(clients[d.name]),
+            model=d.model,
+            priority=d.priority,
+            weight=d.weight,
+            requests_per_minute=d.requests_per_minute,
+            tokens_per_minute=d.tokens_per_minute,
+        )
+        for d in settings.deployments
+    ]
+    implicit = any(d.implicit for d in settings.deployments)
+    closers = tuple(client.close for client in clients.values() if client is not provider)
+    return DeploymentPool(members, implicit=implicit), closers
+
+
 _services: Services | None = None
 _lock = asyncio.Lock()
 
@@ -301,13 +331,14 @@ async def services() -> Services:
                     connect_timeout=settings.provider.timeout_seconds,
                     emulator_knobs=settings.provider.kind == "emulator",
                 )
+                pool, pool_closers = open_pool(settings, provider)
                 _services = build(
                     settings,
                     storage,
-                    ResponsesBackend(provider),
+                    pool,
                     model=model,
                     provider_webhooks=provider.webhooks,
-                    closers=(provider.close, storage.close),
+                    closers=(provider.close, *pool_closers, storage.close),
                 )
                 log.info(
                     "service ready: provider=%s model=%s backend=%s completion=%s webhooks=%s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import resource
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -22,6 +23,16 @@ def configuration(settings: Settings) -> dict[str, Any]:
             "auth": "key" if settings.provider.api_key else "entra_id",
         },
         "backend": {"run_backend": settings.executor.backend, "executor_api": settings.executor.api},
+        "deployments": [
+            {
+                "name": d.name,
+                "provider": d.provider.kind,
+                "priority": d.priority,
+                "weight": d.weight,
+                "auth": "key" if d.provider.api_key else "entra_id",
+            }
+            for d in settings.deployments
+        ],
         "webhooks": {"enabled": bool(settings.webhook_secrets), "signing_secrets": len(settings.webhook_secrets)},
         "completion": {
             "strategy": settings.completion.strategy,
@@ -46,13 +57,19 @@ class HealthCheck:
     """The checks behind GET /api/health: the configuration, and whether storage answers (a point read of the runs
     table)."""
 
-    def __init__(self, configured: dict[str, Any], runs_table: Table) -> None:
+    def __init__(
+        self, configured: dict[str, Any], runs_table: Table, breakers: Callable[[], dict[str, str]] | None = None
+    ) -> None:
+        """`breakers`: each deployment's circuit breaker as this instance sees it (provider.pool)."""
         self._configured = configured
         self._runs_table = runs_table
+        self._breakers = breakers
 
     async def check(self) -> tuple[dict[str, Any], bool]:
         """The checks, and whether the service is healthy."""
         checks = dict(self._configured)
+        if self._breakers is not None:
+            checks["circuit_breakers"] = {"scope": "this instance", **self._breakers()}
         try:
             await self._runs_table.get_entity("health-check", "run")
             checks["storage"] = "ok"

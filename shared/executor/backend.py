@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import clock
-from ..provider import ProviderError, ProviderState, RunBackend, StartedResponse
+from ..provider import ANYWHERE, Candidate, ProviderError, ProviderState, RunBackend, StartedResponse
 from ..provider.backend import EventStream
 from ..responses_vocabulary import RunStatus
 from ..runs.requests import RUN_ID_PREFIX, valid_id
 from ..runs.store import RunStore
+from ..settings import DEFAULT_DEPLOYMENT
 from ..storage import Queue
 from .event_log import EventLog, LogConflict, LogHead, PolledLogStream
 from .model_client import Model
@@ -81,7 +82,11 @@ class ExecutorBackend:
         """Refuse what the model API cannot take (RequestRefused), before the start writes anything."""
         self._model.check(params)
 
-    async def start(self, params: dict[str, Any], *, stream: bool) -> StartedResponse:
+    def candidates(self, pinned: str | None = None) -> list[Candidate]:
+        """The executor calls its one model server (the deployments are the background mode's)."""
+        return [ANYWHERE]
+
+    async def start(self, params: dict[str, Any], *, stream: bool, deployment: str | None = None) -> StartedResponse:
         """Open the log and queue the run (`check` has passed)."""
         run_id = params["metadata"]["bg_run_id"]
         response_id = executor_response_id(run_id)
@@ -99,7 +104,7 @@ class ExecutorBackend:
         # A streaming start follows the log (events()).
         return StartedResponse(ProviderState(response_id, RunStatus.QUEUED.value, base))
 
-    async def observe(self, response_id: str) -> ProviderState:
+    async def observe(self, response_id: str, *, deployment: str = DEFAULT_DEPLOYMENT) -> ProviderState:
         head = await self._head(response_id)
         if head.is_closed:
             return await self._closed_state(response_id, head)
@@ -107,7 +112,7 @@ class ExecutorBackend:
             await self._dispatch_again(head)
         return ProviderState(response_id, head.status, _brief(response_id, head.status))
 
-    async def cancel(self, response_id: str) -> ProviderState | None:
+    async def cancel(self, response_id: str, *, deployment: str = DEFAULT_DEPLOYMENT) -> ProviderState | None:
         """Close the log (the running attempt stops at its next write or check); a log that already ended keeps
         its end, which the caller reports instead of a cancel."""
         for _ in range(10):
@@ -124,11 +129,11 @@ class ExecutorBackend:
             return ProviderState(response_id, "cancelled", _brief(response_id, "cancelled"))
         raise ProviderError(transient=True, status=None, message="the run's log kept changing; cancel again")
 
-    async def delete(self, response_id: str) -> None:
+    async def delete(self, response_id: str, *, deployment: str = DEFAULT_DEPLOYMENT) -> None:
         """The executor's stored response is its event log: delete it."""
         await self._log.purge(run_id_of(response_id))
 
-    async def events(self, response_id: str, after: int) -> PolledLogStream:
+    async def events(self, response_id: str, after: int, *, deployment: str = DEFAULT_DEPLOYMENT) -> PolledLogStream:
         run_id = run_id_of(response_id)
 
         async def run_ended() -> bool:
@@ -203,17 +208,22 @@ class BackendRouter:
     def check(self, params: dict[str, Any]) -> None:
         self._starting.check(params)
 
-    async def start(self, params: dict[str, Any], *, stream: bool) -> StartedResponse:
-        return await self._starting.start(params, stream=stream)
+    def candidates(self, pinned: str | None = None) -> list[Candidate]:
+        return self._starting.candidates(pinned)
 
-    async def observe(self, response_id: str) -> ProviderState:
-        return await self._for(response_id).observe(response_id)
+    async def start(self, params: dict[str, Any], *, stream: bool, deployment: str | None = None) -> StartedResponse:
+        if deployment is None:  # placed by the backend (a test's stand-in backend may know no deployments)
+            return await self._starting.start(params, stream=stream)
+        return await self._starting.start(params, stream=stream, deployment=deployment)
 
-    async def cancel(self, response_id: str) -> ProviderState | None:
-        return await self._for(response_id).cancel(response_id)
+    async def observe(self, response_id: str, *, deployment: str = DEFAULT_DEPLOYMENT) -> ProviderState:
+        return await self._for(response_id).observe(response_id, deployment=deployment)
 
-    async def events(self, response_id: str, after: int) -> EventStream:
-        return await self._for(response_id).events(response_id, after)
+    async def cancel(self, response_id: str, *, deployment: str = DEFAULT_DEPLOYMENT) -> ProviderState | None:
+        return await self._for(response_id).cancel(response_id, deployment=deployment)
 
-    async def delete(self, response_id: str) -> None:
-        await self._for(response_id).delete(response_id)
+    async def events(self, response_id: str, after: int, *, deployment: str = DEFAULT_DEPLOYMENT) -> EventStream:
+        return await self._for(response_id).events(response_id, after, deployment=deployment)
+
+    async def delete(self, response_id: str, *, deployment: str = DEFAULT_DEPLOYMENT) -> None:
+        await self._for(response_id).delete(response_id, deployment=deployment)

@@ -18,6 +18,7 @@ import openai
 from openai import AsyncOpenAI
 
 from ..responses_vocabulary import ACTIVE_STATUSES
+from ..settings import DEFAULT_DEPLOYMENT
 from .errors import ProviderError, classify, rate_limit_headers
 
 
@@ -46,17 +47,39 @@ class StartedResponse:
     state: ProviderState
     events: EventStream | None = None  # for streaming starts: the create call's own event stream
     rate_limits: dict[str, str] = field(default_factory=dict)  # the answer's x-ratelimit-* headers (runs.pacing)
+    deployment: str | None = None  # where it was created (provider.pool); None: a backend without deployments
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A deployment a start may go to, as the pacing sees it: the row it paces by and that row's budgets (0: the
+    service's PACING_* budgets). `name` None: a backend without deployments (the executor); the pacing keys by
+    model then, as does the implicit `default` deployment."""
+
+    name: str | None
+    pacing_key: str | None = None  # None: the create's model
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+
+
+ANYWHERE = Candidate(None)
 
 
 class RunBackend(Protocol):
+    """`deployment` names where a response lives (a run's `deployment`, provider.pool); a start without one is
+    placed, and its StartedResponse says where. Backends without deployments (the executor) ignore it."""
+
     kind: str  # "background" or "executor": what runs started through it say ran them
 
     def check(self, params: dict[str, Any]) -> None: ...  # before anything is written: raises RequestRefused
-    async def start(self, params: dict[str, Any], *, stream: bool) -> StartedResponse: ...
-    async def observe(self, response_id: str) -> ProviderState: ...
-    async def cancel(self, response_id: str) -> ProviderState | None: ...
-    async def events(self, response_id: str, after: int) -> EventStream: ...
-    async def delete(self, response_id: str) -> None: ...
+    def candidates(self, pinned: str | None = None) -> list[Candidate]: ...  # where a start may go, best first
+    async def start(
+        self, params: dict[str, Any], *, stream: bool, deployment: str | None = None
+    ) -> StartedResponse: ...
+    async def observe(self, response_id: str, *, deployment: str = DEFAULT_DEPLOYMENT) -> ProviderState: ...
+    async def cancel(self, response_id: str, *, deployment: str = DEFAULT_DEPLOYMENT) -> ProviderState | None: ...
+    async def events(self, response_id: str, after: int, *, deployment: str = DEFAULT_DEPLOYMENT) -> EventStream: ...
+    async def delete(self, response_id: str, *, deployment: str = DEFAULT_DEPLOYMENT) -> None: ...
 
 
 class _PrefixedStream:
@@ -75,7 +98,8 @@ class _PrefixedStream:
 
 
 class ResponsesBackend:
-    """Background responses of the provider's Responses API."""
+    """Background responses of the provider's Responses API at one endpoint: a deployment of the pool
+    (provider.pool.DeploymentPool is the RunBackend)."""
 
     kind = "background"
 

@@ -6,11 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
+import httpx2  # the openai client's own HTTP library (a fork of httpx): its transport errors are these
 import openai
 
 from ..redaction import redact
 from ..responses_vocabulary import STATUS_OF_ERROR_NAME
 from ..retry_after import retry_after_from_headers
+
+NEVER_SENT = "connection_failed"  # the code of a failure to connect: the request was never sent
+_CONNECT_FAILED = (httpx.ConnectError, httpx2.ConnectError)
 
 
 class ProviderError(Exception):
@@ -50,6 +55,10 @@ def classify(error: Exception) -> ProviderError:
     """The ProviderError for an `openai` SDK exception; any other exception is re-raised (it is a bug)."""
     if isinstance(error, ProviderError):
         return error
+    if isinstance(error, openai.APIConnectionError) and isinstance(error.__cause__, _CONNECT_FAILED):
+        return ProviderError(
+            transient=True, status=None, message="provider unreachable: connection failed", code=NEVER_SENT
+        )
     if isinstance(error, (openai.APITimeoutError, openai.APIConnectionError)):
         return ProviderError(transient=True, status=None, message=f"provider unreachable: {type(error).__name__}")
     if isinstance(error, openai.APIStatusError):
@@ -67,6 +76,19 @@ def classify(error: Exception) -> ProviderError:
     if isinstance(error, openai.OpenAIError):  # e.g. a reply the SDK could not parse
         return ProviderError(transient=True, status=None, message=f"unexpected provider reply: {type(error).__name__}")
     raise error
+
+
+def proves_nothing_created(error: ProviderError) -> bool:
+    """The provider's answer says it did not create the response and may later: a rate limit (429; insufficient
+    quota and too-large requests are not transient) or overload (503)."""
+    return error.transient and error.status in (429, 503)
+
+
+def may_go_elsewhere(error: ProviderError) -> bool:
+    """A create refused in a way that proves nothing was created, so another deployment may take it (provider.pool):
+    a 429/503, or a connection that could not be made (the request never left). A connection failure is not
+    queued as a 429 is (runs.admission): with one deployment, such a start is refused as before."""
+    return proves_nothing_created(error) or error.code == NEVER_SENT
 
 
 def rate_limit_headers(headers: Mapping[str, str] | None) -> dict[str, str]:

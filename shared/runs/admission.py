@@ -9,7 +9,9 @@ or the chain's backoff, until the provider takes it (`capacity_granted`; from th
 Exactly once at the provider: a create is repeated only after an answer that proves nothing was created. A create
 whose outcome is unknown (a timeout after sending, a cut connection, a 500/502/504) is never repeated: at the
 start the caller gets the error as before (the run is taken back); on a later try the run ends `failed` with
-`start_interrupted`, as a start cut by a crash does. Before each try the step consumes its chain position and
+`start_interrupted`, as a start cut by a crash does. (A connection that could not be made at all proves nothing
+was created: a later try waits again; at the start it is refused as before unless another deployment takes it.)
+Before each try the step consumes its chain position and
 notes the create in flight (`Admission.creating_since`), so a duplicate message finds nothing to do, and a step
 that dies mid-create leaves a run the sweeper ends `start_interrupted` after the start grace, never a second
 create. (Such an unknown create may have left a response at the provider that no run follows; its metadata names
@@ -37,7 +39,8 @@ from enum import StrEnum
 from typing import Any
 
 from .. import clock, telemetry
-from ..provider import ProviderError, ProviderState, RunBackend, StartedResponse
+from ..provider import ANYWHERE, Candidate, ProviderError, ProviderState, RunBackend, StartedResponse
+from ..provider.errors import may_go_elsewhere, proves_nothing_created
 from ..responses_vocabulary import ErrorCode, RunStatus
 from .ending import DeadlinePassed, Failed, Observed, ProviderEnded, RunEnding
 from .index import RunIndex
@@ -69,12 +72,6 @@ class AdmissionRules:
     start_grace: float  # how long one create may take before a step that made it counts as dead
     create_streaming: bool  # the poll chain watches each response's stream (COMPLETION_STRATEGY=watch)
     remember_responses: bool  # provider events name only the response: the index maps it to the run (push)
-
-
-def proves_nothing_created(error: ProviderError) -> bool:
-    """The provider's answer says it did not create the response and may later: a rate limit (429; insufficient
-    quota and too-large requests are not transient) or overload (503)."""
-    return error.transient and error.status in (429, 503)
 
 
 class RunAdmission:
@@ -124,30 +121,77 @@ class RunAdmission:
             return run
         return await self._store.get(run.id, with_result=True) or run
 
-    async def pace(self, run: Run) -> float:
-        """How long the run's create must wait for its slot at its model (it holds the slot from now on); 0: go
-        now (a slot within PACED_INLINE_WAIT is waited for here)."""
+    async def place(self, run: Run, *, stream: bool, held: bool = False) -> StartedResponse | float:
+        """Create the run's response at the first deployment with room (provider.pool), or say how long to wait.
+
+        The candidates in order (only its own deployment for a chained run: `pinned_deployment`): one whose
+        pacing slot is later, or that answers 429/503 or cannot be reached, is passed over for the next. When every
+        one was passed over for its pacing, the earliest slot among them is taken (the run holds it, at
+        `run.deployment`) and its wait returned; else the refusal is raised (a 429/503 queues the run, as does the
+        503 when no deployment is available). `held`: the run holds its slot at `run.deployment` already: it tries
+        there first, unpaced. Sets `run.deployment` to where it was created."""
+        candidates = self._backend.candidates(pinned_deployment(run))
+        if held:  # its slot's deployment first (if it is still a candidate)
+            candidates.sort(key=lambda c: c.name != run.deployment)
+        alone = len(candidates) == 1  # its one slot is taken at once (one reservation, as without a pool)
+        paced: list[tuple[float, Candidate]] = []
+        refusal: ProviderError | None = None
+        for candidate in candidates:
+            unpaced = held and candidate.name == run.deployment
+            if not unpaced and (wait := await self._slot(run, candidate, hold=alone)):
+                paced.append((wait, candidate))
+                continue
+            try:
+                return await self._create_at(run, candidate, stream)
+            except ProviderError as error:
+                if not may_go_elsewhere(error):
+                    raise
+                log.info("run %s: deployment %s has no room (%s)", run.id, candidate.name, error.status)
+                if refusal is None or proves_nothing_created(error):
+                    refusal = error
+        if paced:
+            wait, earliest = min(paced, key=lambda p: p[0])
+            if not alone and not (wait := await self._slot(run, earliest, hold=True)):
+                return await self._create_at(run, earliest, stream)
+            run.deployment = earliest.name or run.deployment
+            return wait
+        assert refusal is not None  # candidates() names at least one, or raises
+        raise refusal
+
+    async def _create_at(self, run: Run, candidate: Candidate, stream: bool) -> StartedResponse:
+        started = await self.create(run.request, stream=stream, at=candidate)
+        run.deployment = started.deployment or run.deployment
+        return started
+
+    async def _slot(self, run: Run, candidate: Candidate, *, hold: bool) -> float:
+        """How long the run's create must wait for its slot at the candidate; 0: go now (a slot within
+        PACED_INLINE_WAIT is waited for here). A later slot is taken only if `hold` (the run then holds it)."""
         if self._pacing is None:
             return 0.0
         queued_at = run.admission.queued_at if run.admission else run.created_at
-        wait_left = queued_at + self._rules.max_wait - clock.now()
-        wait = await self._pacing.reserve(run.request, within=max(0.0, wait_left))
+        wait_left = max(0.0, queued_at + self._rules.max_wait - clock.now())
+        wait = await self._pacing.reserve(
+            run.request,
+            within=wait_left if hold else PACED_INLINE_WAIT,
+            key=candidate.pacing_key,
+            budgets=_budgets(candidate),
+        )
         if wait > PACED_INLINE_WAIT:
             return wait
         await asyncio.sleep(wait)
         return 0.0
 
-    async def create(self, params: dict[str, Any], *, stream: bool) -> StartedResponse:
-        """Create the response (never repeated here), telling the pacing what the provider answered."""
-        model = str(params.get("model") or "")
+    async def create(self, params: dict[str, Any], *, stream: bool, at: Candidate = ANYWHERE) -> StartedResponse:
+        """Create the response at `at` (never repeated here), telling the pacing what the provider answered."""
+        key = at.pacing_key or str(params.get("model") or "")
         try:
-            started = await self._backend.start(params, stream=stream)
+            started = await self._backend.start(params, stream=stream, deployment=at.name)
         except ProviderError as error:
             if self._pacing is not None and error.status == 429 and proves_nothing_created(error):
-                await self._pacing.throttled(model, error.retry_after, error.rate_limits)
+                await self._pacing.throttled(key, error.retry_after, error.rate_limits, _budgets(at))
             raise
         if self._pacing is not None:
-            self._pacing.noted(model, started.rate_limits)
+            self._pacing.noted(key, started.rate_limits)
         return started
 
     async def step(self, run: Run) -> AdmissionOutcome | RunStatus:
@@ -173,15 +217,17 @@ class RunAdmission:
         full = await self._store.get(run.id, with_request=True)
         if full is None or full.etag != run.etag:
             return AdmissionOutcome.STALE
-        if not admission.paced and (wait := await self.pace(full)):
-            return await self._paced(full, wait)
+        held = admission.paced
         if not await self._claim(full):
             return AdmissionOutcome.STALE
         try:
             # A streamed run's response is created streaming, so that its caller's stream can follow it.
-            started = await self.create(full.request, stream=full.stream or self._rules.create_streaming)
+            placed = await self.place(full, stream=full.stream or self._rules.create_streaming, held=held)
         except ProviderError as error:
             return await self._refused(full, error)
+        if isinstance(placed, float):
+            return await self._paced(full, placed)
+        started = placed
         if started.events is not None:
             await started.events.close()
         return await self._granted(full, started.state)
@@ -205,6 +251,8 @@ class RunAdmission:
         assert run.admission is not None
         delay = self._within_wait(run, wait)
         run.admission.next_try_at, run.admission.reason, run.admission.paced = clock.now() + delay, PACED, True
+        run.admission.creating_since = None  # claimed, but no create was made
+        run.admission.attempts -= 1
         log.info("run %s: paced; next try in %.1fs", run.id, delay)
         telemetry.capacity("waiting")
         saved = await self._scheduler.schedule(run, delay, event="capacity_paced", error=PACED, save_all=True)
@@ -212,7 +260,7 @@ class RunAdmission:
 
     async def _refused(self, run: Run, error: ProviderError) -> AdmissionOutcome | RunStatus:
         assert run.admission is not None
-        if proves_nothing_created(error):
+        if may_go_elsewhere(error):  # nothing was created (a 429/503, or the request never left): wait, try again
             run.admission.creating_since = None
             delay = self._next_delay(run, error)
             run.admission.next_try_at, run.admission.reason = clock.now() + delay, _reason(error)
@@ -268,9 +316,9 @@ class RunAdmission:
         if fresh is None or fresh.is_terminal:
             log.info("run %s ended while its create was in flight; cancelling %s", run.id, state.response_id)
             try:
-                await self._backend.cancel(state.response_id)
+                await self._backend.cancel(state.response_id, deployment=run.at)
                 if fresh is None:
-                    await self._backend.delete(state.response_id)
+                    await self._backend.delete(state.response_id, deployment=run.at)
             except ProviderError as error:
                 log.warning("could not cancel orphaned provider response %s: %s", state.response_id, error.message)
         return AdmissionOutcome.STALE
@@ -291,6 +339,16 @@ class RunAdmission:
         assert run.admission is not None
         wait_left = run.admission.queued_at + self._rules.max_wait - clock.now()
         return max(0.0, min(delay, wait_left + DEADLINE_SLACK_SECONDS))
+
+
+def pinned_deployment(run: Run) -> str | None:
+    """The deployment a run must start on: the one its conversation lives at (a session's next turn, a
+    `previous_response_id`: that response exists only there); None: any."""
+    return run.at if run.request.get("previous_response_id") else None
+
+
+def _budgets(candidate: Candidate) -> tuple[int, int]:
+    return candidate.requests_per_minute, candidate.tokens_per_minute
 
 
 def _reason(error: ProviderError) -> str:

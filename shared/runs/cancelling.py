@@ -35,7 +35,7 @@ class RunCanceller:
             observed: Observed = Cancelled()
             if run.response_id:  # a run still starting has none yet: its start cancels the response it gets
                 try:
-                    state = await self._backend.cancel(run.response_id)
+                    state = await self._backend.cancel(run.response_id, deployment=run.at)
                 except ProviderError as error:
                     await self._note_refusal(run, error)
                     raise self._refused(run, error) from None

@@ -52,7 +52,7 @@ class RunDeleter:
             run = await self._canceller.cancel(run_id, caller=caller)
         if run.response_id:
             try:
-                await self._backend.delete(run.response_id)
+                await self._backend.delete(run.response_id, deployment=run.at)
             except ProviderError as error:
                 if error.transient:
                     raise Unavailable(

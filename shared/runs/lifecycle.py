@@ -119,7 +119,7 @@ class RunLifecycle:
             if session is None or session.active_run_id != run.id:
                 return  # gone, or it has moved on from this run: nothing here is this run's to change
             if run.status in CONTINUABLE_STATUSES and run.response_id:
-                session.last_response_id = run.response_id
+                session.last_response_id, session.last_deployment = run.response_id, run.at
             session.active_run_id, session.active_since = None, 0.0
             try:
                 await self._sessions.save(session)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..responses_vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
+from ..settings import DEFAULT_DEPLOYMENT
 from ..telemetry import Timeline
 from .webhook_state import WebhookState
 
@@ -69,6 +70,9 @@ class Run:
     backend: str = (
         "background"  # what ran it: the provider's background mode, or the executor (shared.executor.attempts)
     )
+    # The deployment its response lives at (provider.pool), where every later call of it goes; before its create:
+    # the one its chain pins it to, or the one whose pacing slot it holds; None: not placed yet.
+    deployment: str | None = None
     etag: str | None = None
     # W3C trace context of the run's trace (decided at its start; every later step joins it), and its timeline.
     traceparent: str = ""
@@ -78,6 +82,11 @@ class Run:
     # uploaded once), and parts not loaded are not downloaded on reads that do not need them.
     result_stored: bool = False
     response_stored: bool = False
+
+    @property
+    def at(self) -> str:
+        """The deployment to call about its response."""
+        return self.deployment or DEFAULT_DEPLOYMENT
 
     @property
     def is_terminal(self) -> bool:

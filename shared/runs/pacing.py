@@ -20,6 +20,10 @@ PACING_TOKENS_PER_MINUTE) and refined by what the provider says:
   PACING_REQUESTS_PER_MINUTE when that is set.
 All off (the defaults) costs nothing: no storage request, no wait.
 
+With a pool of deployments (PROVIDER_DEPLOYMENTS, provider.pool) the row is the deployment's (`key`: its name)
+and its budgets are the deployment's `requests_per_minute` / `tokens_per_minute` where it sets them
+(`budgets`), else the PACING_* ones; without one, the row is the create's model, as above.
+
 State: one row per model in the run index table (partition `pacing`), read and rewritten If-Match its ETag by
 each reservation: two storage requests per start at steady state, fewer in a burst (within an instance, the creates
 of a model that wait while one reservation is under way are reserved together by the next, with one read and one
@@ -205,9 +209,13 @@ class _Ask:
 
 
 class ProviderPacing:
-    def __init__(self, table: Table, settings: PacingSettings, *, timeout: float = STORAGE_TIMEOUT) -> None:
+    def __init__(
+        self, table: Table, settings: PacingSettings, *, timeout: float = STORAGE_TIMEOUT, budgeted: bool = False
+    ) -> None:
+        """`budgeted`: a deployment has budgets of its own (PROVIDER_DEPLOYMENTS), so pacing is on."""
         self._table = table
         self._settings = settings
+        self._budgeted = budgeted
         self._timeout = timeout
         self._turns: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._asking: defaultdict[str, list[_Ask]] = defaultdict(list)  # creates waiting for a slot, per model
@@ -216,13 +224,28 @@ class ProviderPacing:
 
     @property
     def enabled(self) -> bool:
-        return self._settings.enabled
+        return self._settings.enabled or self._budgeted
 
-    async def reserve(self, params: Mapping[str, Any], *, within: float) -> float:
-        """Take the next slot of the create `params` at its model: seconds until it (0: go now). A slot more than
-        `within` seconds away is not taken (its run cannot wait that long): the wait is returned all the same."""
-        model = str(params.get("model") or "")
-        if not self._settings.enabled or clock.now() < self._open_until:
+    def _limits(self, budgets: tuple[int, int]) -> PacingSettings:
+        """The settings of a row with these (requests, tokens) per-minute budgets (0: the PACING_* one)."""
+        requests, tokens = budgets
+        if not requests and not tokens:
+            return self._settings
+        return replace(
+            self._settings,
+            requests_per_minute=requests or self._settings.requests_per_minute,
+            tokens_per_minute=tokens or self._settings.tokens_per_minute,
+        )
+
+    async def reserve(
+        self, params: Mapping[str, Any], *, within: float, key: str | None = None, budgets: tuple[int, int] = (0, 0)
+    ) -> float:
+        """Take the next slot of the create `params` at its row (`key`, default its model): seconds until it (0: go
+        now). A slot more than `within` seconds away is not taken (its run cannot wait that long): the wait is
+        returned all the same."""
+        model = key or str(params.get("model") or "")
+        settings = self._limits(budgets)
+        if not settings.enabled or clock.now() < self._open_until:
             return 0.0
         ask = _Ask(estimate_tokens(params), within, asyncio.get_running_loop().create_future())
         self._asking[model].append(ask)
@@ -232,7 +255,7 @@ class ProviderPacing:
                 waits = [0.0] * len(asks)  # also if this one is cancelled meanwhile: the others go unpaced
                 try:
                     if clock.now() >= self._open_until:  # else it failed while these waited their turn
-                        waits = await self._failing_open(model, self._reserve(model, asks), waits)
+                        waits = await self._failing_open(model, self._reserve(model, asks, settings), waits)
                 finally:
                     for waiting, wait in zip(asks, waits, strict=True):
                         waiting.answer.set_result(wait)
@@ -240,20 +263,23 @@ class ProviderPacing:
 
     def noted(self, model: str, rate_limits: Mapping[str, str]) -> None:
         """The headers of a create the provider took: kept for the model's next reservation."""
-        if not self._settings.enabled or not rate_limits:
+        if not self.enabled or not rate_limits:
             return
         if until := spent_until(rate_limits, clock.now()):
             self._pending[model] = max(until, self._pending.get(model, 0.0))
 
-    async def throttled(self, model: str, retry_after: float | None, rate_limits: Mapping[str, str]) -> None:
-        """A create of `model` was answered with a rate-limit 429: hold its starts, cut its learned rate."""
-        if not self._settings.enabled or clock.now() < self._open_until:
+    async def throttled(
+        self, model: str, retry_after: float | None, rate_limits: Mapping[str, str], budgets: tuple[int, int] = (0, 0)
+    ) -> None:
+        """A create at row `model` was answered with a rate-limit 429: hold its starts, cut its learned rate."""
+        settings = self._limits(budgets)
+        if not settings.enabled or clock.now() < self._open_until:
             return
         self.noted(model, rate_limits)
         async with self._turns[model]:
-            await self._failing_open(model, self._throttle(model, retry_after), None)
+            await self._failing_open(model, self._throttle(model, retry_after, settings), None)
 
-    async def _reserve(self, model: str, asks: list[_Ask]) -> list[float]:
+    async def _reserve(self, model: str, asks: list[_Ask], settings: PacingSettings) -> list[float]:
         """The slots of `asks`, in order, taken with one read and one write of the model's row."""
         for _ in range(MAX_TRIES):
             state, etag = await self._read(model)
@@ -261,7 +287,7 @@ class ProviderPacing:
             now = clock.now()
             waits = []
             for ask in asks:
-                slot, after = plan(self._settings, state, now, ask.tokens)
+                slot, after = plan(settings, state, now, ask.tokens)
                 waits.append(max(0.0, slot - now))
                 if slot - now <= ask.within:  # taken; a slot beyond what the run may wait is not
                     state = after
@@ -273,11 +299,11 @@ class ProviderPacing:
             await asyncio.sleep(random.uniform(0, MAX_PAUSE))
         raise TimeoutError(f"{MAX_TRIES} reservations lost to other instances")
 
-    async def _throttle(self, model: str, retry_after: float | None) -> None:
+    async def _throttle(self, model: str, retry_after: float | None, settings: PacingSettings) -> None:
         for _ in range(MAX_TRIES):
             state, etag = await self._read(model)
             taken = self._take_pending(model, state)
-            if await self._write(model, throttled(self._settings, state, clock.now(), retry_after), etag):
+            if await self._write(model, throttled(settings, state, clock.now(), retry_after), etag):
                 self._drop_pending(model, taken)
                 return
             await asyncio.sleep(random.uniform(0, MAX_PAUSE))

@@ -56,7 +56,7 @@ class RetrieveObserver:
         self._backend = backend
 
     async def observe(self, run: Run) -> ProviderState:
-        return await self._backend.observe(run.response_id or "")
+        return await self._backend.observe(run.response_id or "", deployment=run.at)
 
 
 class StreamWatcher:
@@ -70,7 +70,7 @@ class StreamWatcher:
 
     async def observe(self, run: Run) -> ProviderState:
         response_id = run.response_id or ""
-        follower = StreamFollower(self._backend, response_id, run.watch_position)
+        follower = StreamFollower(self._backend, response_id, run.watch_position, deployment=run.at)
         try:
             async with asyncio.timeout(self._window), contextlib.aclosing(follower.events()) as events:
                 async for event in events:
@@ -82,7 +82,7 @@ class StreamWatcher:
         except ProviderError as error:  # the chain's own retry policy (Retry-After included) applies below
             if not error.transient:
                 log.info("run %s: the provider cannot stream it (%s); polling instead", run.id, error.message)
-        return await self._backend.observe(response_id)
+        return await self._backend.observe(response_id, deployment=run.at)
 
 
 class PollOutcome(StrEnum):
@@ -179,7 +179,7 @@ class PollStep:
         state: ProviderState | None = None
         refused = ""
         try:
-            state = await self._backend.cancel(run.response_id or "")
+            state = await self._backend.cancel(run.response_id or "", deployment=run.at)
         except ProviderError as error:
             if error.transient and clock.now() < run.deadline_at + CANCEL_RETRY_WINDOW_SECONDS:
                 log.warning("run %s: cancel at deadline failed for now (%s); trying again", run.id, error.message)

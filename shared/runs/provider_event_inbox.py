@@ -86,7 +86,7 @@ class ProviderEventInbox:
 
     async def _end_known_run(self, run: Run, response_id: str) -> EventOutcome | RunStatus:
         try:
-            state = await self._backend.observe(response_id)
+            state = await self._backend.observe(response_id, deployment=run.at)
         except ProviderError as error:
             raise Unavailable(
                 "provider_unavailable",

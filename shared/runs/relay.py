@@ -143,7 +143,9 @@ class Relay:
 
     async def _produce_from_provider(self) -> None:
         response_id = self.run.response_id or ""
-        follower = StreamFollower(self._deps.backend, response_id, self.after, self._first_stream)
+        follower = StreamFollower(
+            self._deps.backend, response_id, self.after, self._first_stream, deployment=self.run.at
+        )
         self._first_stream = None
         try:
             while True:

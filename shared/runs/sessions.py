@@ -1,10 +1,10 @@
 """Sessions: a chain of runs, each continuing from the last response of the one before.
 
-Table `sessions`, PartitionKey = session id: RowKey "session" holds the chain's state (`last_response_id`,
-`active_run_id` and since when it is active); one row per run ("run-<ms>-<run id>") lists its runs in order.
-At most one run is active per session: a start reserves the session (ETag-conditional) before it records its
-run, so for a short while the session names a run that does not exist yet. That reservation is honoured
-until the start grace has passed; only then is it taken over as a start that died.
+Table `sessions`, PartitionKey = session id: RowKey "session" holds the chain's state (`last_response_id`, the
+deployment it lives at, `active_run_id` and since when it is active); one row per run ("run-<ms>-<run id>") lists
+its runs in order. At most one run is active per session: a start reserves the session (ETag-conditional) before it
+records its run, so for a short while the session names a run that does not exist yet. That reservation is
+honoured until the start grace has passed; only then is it taken over as a start that died.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Session:
     etag: str | None
     active_since: float = 0.0
     updated_at: float = 0.0
+    last_deployment: str | None = None  # where last_response_id lives (provider.pool): the next turn goes there
 
 
 class SessionConflict(Exception):
@@ -72,6 +73,7 @@ class SessionStore:
             e.metadata.get("etag"),
             e.get("active_since") or 0.0,
             e.get("updated_at") or e["created_at"],
+            e.get("last_deployment") or None,
         )
 
     async def save(self, session: Session) -> None:
@@ -82,6 +84,7 @@ class SessionStore:
                     "PartitionKey": session.id,
                     "RowKey": SESSION_ROW,
                     "last_response_id": session.last_response_id or "",
+                    "last_deployment": session.last_deployment or "",
                     "active_run_id": session.active_run_id or "",
                     "active_since": session.active_since,
                     "updated_at": session.updated_at,

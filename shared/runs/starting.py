@@ -30,6 +30,7 @@ from .. import clock, telemetry
 from ..errors import Conflict, InvalidRequest, NotFound, ServiceError, Unavailable, UpstreamError, not_found
 from ..provider import ProviderError, RequestRefused, RunBackend, StartedResponse
 from ..provider.backend import EventStream
+from ..settings import DEFAULT_DEPLOYMENT
 from .admission import RunAdmission
 from .callers import OPERATOR, Caller
 from .ending import ProviderEnded, RunEnding
@@ -59,6 +60,7 @@ class _Attempt:
     run: Run | None = None  # the run, from just before it is recorded
     recorded: bool = False  # its entity was written, and `run.etag` is this start's last write
     response_id: str | None = None  # the provider response created for it
+    deployment: str = DEFAULT_DEPLOYMENT  # where that response lives (provider.pool)
     events: EventStream | None = None  # that response's open event stream
 
 
@@ -134,7 +136,7 @@ class RunStarter:
         self._check(request)
         if request.webhook_url:
             await self._webhook_urls.vet(request.webhook_url)
-        previous_response_id = await self._previous_response_id(request, caller)
+        previous_response_id, chain_deployment = await self._previous_response_id(request, caller)
         created_at = clock.now()
         run_id = new_run_id(created_at)
         key_expires_at = None
@@ -150,7 +152,7 @@ class RunStarter:
                 await self._release(idempotency_key, run_id, caller, key_expires_at)
             raise
         try:
-            run, events = await self._start(attempt, request, caller, previous_response_id)
+            run, events = await self._start(attempt, request, caller, previous_response_id, chain_deployment)
         except Exception:  # a crash or a cancellation (BaseException) is the sweeper's, as it runs nothing here
             if not await self._take_back(attempt) and idempotency_key is not None:
                 await self._release(idempotency_key, run_id, caller, key_expires_at)
@@ -177,12 +179,19 @@ class RunStarter:
 
     # -- the steps ------------------------------------------------------------------------------------------
     async def _start(
-        self, attempt: _Attempt, request: RunRequest, caller: Caller, previous_response_id: str | None
+        self,
+        attempt: _Attempt,
+        request: RunRequest,
+        caller: Caller,
+        previous_response_id: str | None,
+        chain_deployment: str | None,
     ) -> tuple[Run, EventStream | None]:
+        """`chain_deployment`: where `previous_response_id` lives; the run must start there (provider.pool)."""
         run_id, created_at = attempt.run_id, attempt.created_at
         if request.session_id:
             session = await self._reserve_session(request.session_id, run_id)
             attempt.session_id, previous_response_id = session.id, session.last_response_id
+            chain_deployment = (session.last_deployment or DEFAULT_DEPLOYMENT) if previous_response_id else None
         params = self._provider_params(request, run_id, previous_response_id)
         deadline = min(request.deadline_seconds or self._rules.run_deadline, self._rules.run_deadline)
         run = attempt.run = Run(
@@ -201,6 +210,7 @@ class RunStarter:
             previous_run_id=request.previous_run_id,
             quota_slot=attempt.slot is not None,
             backend=getattr(self._backend, "kind", "background"),
+            deployment=chain_deployment,
         )
         telemetry.run_created(run)
         await self._index.mark_open(run_id)
@@ -212,16 +222,19 @@ class RunStarter:
         stream = request.stream or self._rules.create_streaming  # the poll chain can only watch a streamed create
         try:
             if self._admission is None:
-                started = await self._backend.start(params, stream=stream)
-            elif wait := await self._admission.pace(run):  # its model's next slot is later: queued until then
-                return await self._admission.queue_paced(run, wait), None
-            else:
-                started = await self._admission.create(params, stream=stream)
+                started = await self._backend.start(params, stream=stream, deployment=chain_deployment)
+            else:  # placed at the first deployment with room: every one's pacing slot later: queued until then
+                placed = await self._admission.place(run, stream=stream)
+                if isinstance(placed, float):
+                    return await self._admission.queue_paced(run, placed), None
+                started = placed
         except ProviderError as error:
             if self._admission is not None and self._admission.admits(error):
                 return await self._admission.queue(run, error), None
             raise _start_error(error) from None
         attempt.response_id = run.response_id = started.state.response_id
+        run.deployment = started.deployment or run.deployment
+        attempt.deployment = run.at
         if started.events is not None and not request.stream:
             events, started.events = started.events, None
             await events.close()
@@ -249,7 +262,7 @@ class RunStarter:
         if fresh is None:
             await self._deleted_while_starting(attempt)
         elif fresh.is_terminal:
-            await self._cancel_quietly(run.response_id)
+            await self._cancel_quietly(run.response_id, run.at)
         return fresh or run
 
     async def _deleted_while_starting(self, attempt: _Attempt) -> None:
@@ -260,9 +273,9 @@ class RunStarter:
             attempt.run_id,
             attempt.response_id,
         )
-        await self._cancel_quietly(attempt.response_id)
+        await self._cancel_quietly(attempt.response_id, attempt.deployment)
         await self._forget_rows(attempt)
-        await self._delete_quietly(attempt.response_id)
+        await self._delete_quietly(attempt.response_id, attempt.deployment)
 
     def _provider_params(self, request: RunRequest, run_id: str, previous_response_id: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -300,7 +313,7 @@ class RunStarter:
             with contextlib.suppress(Exception):  # a stream that cannot close cleanly is closed enough
                 await attempt.events.close()
         if attempt.response_id:
-            await self._cancel_quietly(attempt.response_id)  # first: it may be running (and billing)
+            await self._cancel_quietly(attempt.response_id, attempt.deployment)  # first: it may be running (billing)
         run = attempt.run
         if attempt.recorded and run is not None:
             if not await self._store.delete(run):  # ETag-conditional: someone else ended it meanwhile
@@ -313,7 +326,7 @@ class RunStarter:
                 return True
         await self._forget_rows(attempt)
         if attempt.response_id:
-            await self._delete_quietly(attempt.response_id)
+            await self._delete_quietly(attempt.response_id, attempt.deployment)
         log.info("run %s: its start failed; nothing of it is kept", attempt.run_id)
         return False
 
@@ -333,26 +346,27 @@ class RunStarter:
             await self._quotas.release(attempt.slot)
         await self._index.mark_done(attempt.run_id)  # last: until here the sweeper can still find the run
 
-    async def _cancel_quietly(self, response_id: str | None) -> None:
+    async def _cancel_quietly(self, response_id: str | None, deployment: str) -> None:
         if response_id is None:  # the provider never accepted it: nothing to stop
             return
         try:
-            await self._backend.cancel(response_id)
+            await self._backend.cancel(response_id, deployment=deployment)
         except ProviderError as error:
             log.warning("could not cancel orphaned provider response %s: %s", response_id, error.message)
 
-    async def _delete_quietly(self, response_id: str | None) -> None:
+    async def _delete_quietly(self, response_id: str | None, deployment: str) -> None:
         if response_id is None:
             return
         try:
-            await self._backend.delete(response_id)
+            await self._backend.delete(response_id, deployment=deployment)
         except ProviderError as error:
             log.warning("could not delete orphaned provider response %s: %s", response_id, error.message)
 
-    async def _previous_response_id(self, request: RunRequest, caller: Caller) -> str | None:
-        """The provider response a run continues from when it names a previous run (visible to the caller)."""
+    async def _previous_response_id(self, request: RunRequest, caller: Caller) -> tuple[str | None, str | None]:
+        """The provider response a run continues from when it names a previous run (visible to the caller), and the
+        deployment it lives at."""
         if request.previous_run_id is None:
-            return None
+            return None, None
         if request.session_id is not None:
             raise InvalidRequest(
                 "invalid_request",
@@ -368,7 +382,7 @@ class RunStarter:
                 f"Previous response with id '{request.previous_run_id}' not found.",
                 param="previous_response_id",
             )
-        return previous.response_id
+        return previous.response_id, previous.at
 
     # -- idempotency ----------------------------------------------------------------------------------------
     async def _claim(self, key: str, request: RunRequest, run_id: str, caller: Caller) -> tuple[Run | None, float]:
@@ -471,7 +485,7 @@ class RunStarter:
             await asyncio.sleep(min(delay, max(0.0, deadline - clock.now())))
             delay = min(delay * 1.5, 2.0)
             try:
-                state = await self._backend.observe(run.response_id)
+                state = await self._backend.observe(run.response_id, deployment=run.at)
             except ProviderError:  # the poll chain will retry; this is only a shortcut
                 break
             if not state.is_active:

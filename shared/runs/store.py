@@ -23,6 +23,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.data.tables import TableEntity, UpdateMode
 
 from ..errors import PayloadTooLarge
+from ..settings import DEFAULT_DEPLOYMENT
 from ..storage import BlobContainer, Table
 from ..telemetry import Timeline
 from .changes import RunChanges
@@ -117,6 +118,7 @@ class RunStore:
             "webhook_url": run.webhook_url or "",
             "webhook": _dumps(run.webhook.to_dict()) if run.webhook else "",
             "backend": run.backend,
+            "deployment": run.deployment or "",
             "admission": _dumps(run.admission.to_dict()) if run.admission else "",
             "owner": run.owner or "",
             "previous_run_id": run.previous_run_id or "",
@@ -169,6 +171,8 @@ class RunStore:
             quota_slot=bool(entity.get("quota_slot")),
             response=await self._load_part(entity, "response") if with_result and has_response else None,
             backend=entity.get("backend") or "background",
+            # a row from before the pool: its response is at the one deployment there was
+            deployment=entity.get("deployment", DEFAULT_DEPLOYMENT if entity.get("response_id") else "") or None,
             etag=entity.metadata.get("etag"),
             result_stored=has_result,
             response_stored=has_response,

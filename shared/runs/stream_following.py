@@ -25,6 +25,7 @@ import openai
 from ..provider import ProviderError, RunBackend
 from ..provider.backend import EventStream
 from ..responses_vocabulary import is_terminal_event
+from ..settings import DEFAULT_DEPLOYMENT
 from .poll_chain import Backoff
 
 log = logging.getLogger("bgruns.stream_following")
@@ -36,10 +37,20 @@ DROPS = (ValueError, httpx.HTTPError, openai.APIConnectionError, openai.APITimeo
 
 
 class StreamFollower:
-    def __init__(self, backend: RunBackend, response_id: str, after: int, first: EventStream | None = None) -> None:
-        """`first`: a stream already open at `after` (a streaming create's own), used before any other."""
+    def __init__(
+        self,
+        backend: RunBackend,
+        response_id: str,
+        after: int,
+        first: EventStream | None = None,
+        *,
+        deployment: str = DEFAULT_DEPLOYMENT,
+    ) -> None:
+        """`first`: a stream already open at `after` (a streaming create's own), used before any other;
+        `deployment`: where the response lives (provider.pool)."""
         self._backend = backend
         self._response_id = response_id
+        self._deployment = deployment
         self.position = after  # the last event seen
         self._first = first
         self._tries = 0  # reconnections since the last new event
@@ -48,7 +59,7 @@ class StreamFollower:
         while True:
             stream, self._first = self._first, None
             if stream is None:
-                stream = await self._backend.events(self._response_id, self.position)
+                stream = await self._backend.events(self._response_id, self.position, deployment=self._deployment)
             try:
                 async for event in stream:
                     seq = getattr(event, "sequence_number", None)

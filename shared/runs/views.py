@@ -44,6 +44,7 @@ class RunViews:
             "provider_response_id": run.response_id,
             "stream": run.stream,
             "backend": run.backend,
+            "deployment": run.deployment if run.backend == "background" else None,
         }
         if run.admission is not None:
             view["admission"] = self._admission(run)

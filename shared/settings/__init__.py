@@ -7,10 +7,13 @@
 - `secrets.py`: the secret formats (token keys, `whsec_` secrets, the facade's API keys).
 - `model.py`: `Settings.from_env()`, the typed groups, and the rules that join settings; `provider.py`: which
   model provider, inferred when unset; `host.py`: what host.json's functionTimeout bounds (read once).
+- `deployments.py`: PROVIDER_DEPLOYMENTS' entries (the pool of model deployments); `provider.py` gives each its
+  provider's settings (one deployment, `default`, when unset).
 - `quotas.py`: the per-caller quotas' values (CALLER_QUOTAS' format) and the provider pacing's budgets.
 - `names.py`: the fixed queue, table and container names infra/ creates.
 """
 
+from .deployments import DEFAULT_DEPLOYMENT
 from .host import FLEX_DEFAULT_FUNCTION_TIMEOUT_SECONDS, HOST_JSON, function_timeout_seconds
 from .model import (
     CompletionSettings,
@@ -32,7 +35,7 @@ from .names import (
     STORAGE_CONNECTION,
     WEBHOOK_QUEUE,
 )
-from .provider import ProviderSettings
+from .provider import DeploymentSettings, ProviderSettings
 from .quotas import NATIVE_CALLER, PacingSettings, Quota, QuotaSettings
 from .secrets import CALLER_NAME, ApiKey
 from .spec import Setting, SettingsError
@@ -53,6 +56,7 @@ from .table import (
 __all__ = [
     "BACKENDS",
     "CALLER_NAME",
+    "DEFAULT_DEPLOYMENT",
     "DEFAULT_EMULATOR_URL",
     "DEFAULT_WEBHOOK_SCHEDULE",
     "EVENTS_TABLE",
@@ -75,6 +79,7 @@ __all__ = [
     "WEBHOOK_QUEUE",
     "ApiKey",
     "CompletionSettings",
+    "DeploymentSettings",
     "ExecutorSettings",
     "FacadeSettings",
     "PacingSettings",

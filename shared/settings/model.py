@@ -20,7 +20,7 @@ from .host import (
     function_timeout_seconds,
 )
 from .names import STORAGE_CONNECTION
-from .provider import ProviderSettings, provider_settings
+from .provider import DeploymentSettings, ProviderSettings, deployments, provider_settings
 from .quotas import NATIVE_CALLER, PacingSettings, Quota, QuotaSettings
 from .secrets import ApiKey
 from .spec import SettingsError
@@ -75,6 +75,7 @@ class FacadeSettings:
 class Settings:
     storage: StorageSettings
     provider: ProviderSettings
+    deployments: tuple[DeploymentSettings, ...]  # the pool runs are placed on (PROVIDER_DEPLOYMENTS)
     token_keys: tuple[bytes, ...] = field(repr=False)  # the first signs; all verify
     poll_initial_delay: float
     poll_max_delay: float
@@ -109,10 +110,12 @@ class Settings:
         stream_max_seconds = read("STREAM_MAX_SECONDS")
         check_stream_below_function_timeout(stream_max_seconds, function_timeout)
         provider = provider_settings(reader(env, "provider"))
+        pool = deployments(reader(env, "provider")("PROVIDER_DEPLOYMENTS"), env, provider)
         facade = reader(env, "facade")
         return cls(
             storage=_storage(reader(env, "storage")),
             provider=provider,
+            deployments=pool,
             token_keys=read("RUN_TOKEN_KEY"),
             poll_initial_delay=read("POLL_INITIAL_DELAY_SECONDS"),
             poll_max_delay=read("POLL_MAX_DELAY_SECONDS"),

@@ -1,9 +1,12 @@
-"""Which model provider the service talks to, and how: MODEL_PROVIDER, or inferred from the settings present."""
+"""Which model provider the service talks to, and how: MODEL_PROVIDER, or inferred from the settings present; and
+the pool of deployments (PROVIDER_DEPLOYMENTS, parsed by deployments.py), each with its provider's settings."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .deployments import DEFAULT_DEPLOYMENT, POOL_PROVIDERS, SETTING, DeploymentEntry
 from .spec import SettingsError
 from .table import Read
 
@@ -22,6 +25,14 @@ class ProviderSettings:
     @property
     def has_background_mode(self) -> bool:
         return self.kind != "openai_compatible"
+
+
+def azure_v1_url(endpoint: str) -> str:
+    """The v1 API base URL of an Azure OpenAI resource endpoint."""
+    base = endpoint.rstrip("/")
+    if not base.endswith("/openai/v1"):
+        base += "/openai/v1"
+    return base + "/"
 
 
 def provider_kind(read: Read) -> str:
@@ -56,10 +67,7 @@ def provider_settings(read: Read) -> ProviderSettings:
         endpoint = read("AZURE_OPENAI_ENDPOINT")
         if not endpoint:
             raise SettingsError("AZURE_OPENAI_ENDPOINT: an https:// endpoint is required for azure_openai")
-        base = endpoint.rstrip("/")
-        if not base.endswith("/openai/v1"):
-            base += "/openai/v1"
-        return ProviderSettings(kind, base + "/", read("AZURE_OPENAI_API_KEY"), endpoint, **common)
+        return ProviderSettings(kind, azure_v1_url(endpoint), read("AZURE_OPENAI_API_KEY"), endpoint, **common)
     url = read("OPENAI_COMPATIBLE_BASE_URL")  # openai_compatible, the last of the kinds MODEL_PROVIDER accepts
     if not url:
         raise SettingsError("OPENAI_COMPATIBLE_BASE_URL: an http(s) URL is required for openai_compatible")
@@ -71,3 +79,70 @@ def provider_settings(read: Read) -> ProviderSettings:
         **common,
         entra_scope=read("OPENAI_COMPATIBLE_ENTRA_SCOPE"),
     )
+
+
+@dataclass(frozen=True)
+class DeploymentSettings:
+    """One deployment of the pool: how to reach it, and how placement and pacing treat it."""
+
+    name: str
+    provider: ProviderSettings  # its client's settings (base URL, key or Entra ID, timeout)
+    model: str | None  # sent as `model` instead of the caller's (the Azure deployment name); None: the caller's
+    priority: int = 0
+    weight: int = 1
+    requests_per_minute: int = 0  # its pacing budgets; 0: the service's PACING_* budget
+    tokens_per_minute: int = 0
+    implicit: bool = False  # PROVIDER_DEPLOYMENTS is unset: this is the single-provider settings' one deployment
+
+
+def deployments(
+    entries: tuple[DeploymentEntry, ...], env: Mapping[str, str], service: ProviderSettings
+) -> tuple[DeploymentSettings, ...]:
+    """The pool of `entries`, each with its provider's settings and key (read from the app setting it names); none:
+    the service's one provider as `default`. SettingsError names the entry and the field (never a key's value)."""
+    if not entries:
+        return (DeploymentSettings(DEFAULT_DEPLOYMENT, service, None, implicit=True),)
+    return tuple(_resolved(entry, env, service) for entry in entries)
+
+
+def _resolved(entry: DeploymentEntry, env: Mapping[str, str], service: ProviderSettings) -> DeploymentSettings:
+    where = f"{SETTING}: {entry.name}"
+    kind = entry.provider or service.kind
+    if kind not in POOL_PROVIDERS:
+        raise SettingsError(
+            f"{where}: provider must be azure_openai, openai or emulator (MODEL_PROVIDER is {kind}, which has no "
+            "background mode)"
+        )
+    if kind == "azure_openai" and not entry.endpoint.startswith("https://"):
+        raise SettingsError(f"{where}: endpoint must be an https:// Azure OpenAI endpoint, got {entry.endpoint!r}")
+    base_url = azure_v1_url(entry.endpoint) if kind == "azure_openai" else entry.endpoint.rstrip("/")
+    provider = ProviderSettings(
+        kind,
+        base_url,
+        _key(where, entry.api_key_setting, env, kind),
+        entry.endpoint if kind == "azure_openai" else None,
+        service.client_id,
+        service.default_model,
+        service.timeout_seconds,
+    )
+    return DeploymentSettings(
+        entry.name,
+        provider,
+        entry.deployment,
+        entry.priority,
+        entry.weight,
+        entry.requests_per_minute,
+        entry.tokens_per_minute,
+    )
+
+
+def _key(where: str, setting: str | None, env: Mapping[str, str], kind: str) -> str | None:
+    """The deployment's key, read from the app setting it names (the emulator takes any key)."""
+    if setting is None:
+        if kind == "openai":
+            raise SettingsError(f"{where}: api_key_setting is required for provider openai")
+        return "emulator" if kind == "emulator" else None  # azure_openai: Microsoft Entra ID
+    key = (env.get(setting) or "").strip()
+    if not key:
+        raise SettingsError(f"{where}: api_key_setting names {setting}, which is not set")
+    return key

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from .deployments import parse_entries
 from .names import STORAGE_CONNECTION
 from .quotas import MAX_ACTIVE_LIMIT, caller_quotas
 from .secrets import ApiKey, api_keys, token_keys, webhook_secrets
@@ -99,6 +100,14 @@ SETTINGS: tuple[Setting, ...] = _grouped(
         in_azure="required",
     ),
     Setting("PROVIDER_TIMEOUT_SECONDS", "Timeout of one provider HTTP call.", "30", Number(minimum=1)),
+    Setting(
+        "PROVIDER_DEPLOYMENTS",
+        "A pool of model deployments (JSON array; docs/configuration.md, section Several deployments): each "
+        "`name`, `endpoint`, optional `provider`, `deployment`, `api_key_setting` (the name of the setting holding "
+        "its key; absent: Entra ID for Azure), `priority` (lower first), `weight`, `requests_per_minute`, "
+        "`tokens_per_minute`. Empty: one deployment, `default`, from the settings above.",
+        kind=parse_entries,
+    ),
     "runs",
     Setting(
         "RUN_TOKEN_KEY",

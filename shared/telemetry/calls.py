@@ -94,10 +94,11 @@ class TracedBackend:
         finally:
             span.end()
 
-    async def start(self, params: dict[str, Any], *, stream: bool) -> Any:
+    # `where`: the deployment a call goes to (provider.pool), passed on as given.
+    async def start(self, params: dict[str, Any], *, stream: bool, **where: Any) -> Any:
         started = await self._call(
             "create",
-            lambda: self._inner.start(params, stream=stream),
+            lambda: self._inner.start(params, stream=stream, **where),
             {
                 "gen_ai.operation.name": "chat",
                 "gen_ai.request.model": params.get("model"),
@@ -110,16 +111,16 @@ class TracedBackend:
             started.events = _WatchedEvents(started.events)
         return started
 
-    async def observe(self, response_id: str) -> Any:
-        return await self._call("retrieve", lambda: self._inner.observe(response_id), {})
+    async def observe(self, response_id: str, **where: Any) -> Any:
+        return await self._call("retrieve", lambda: self._inner.observe(response_id, **where), {})
 
-    async def cancel(self, response_id: str) -> Any:
-        return await self._call("cancel", lambda: self._inner.cancel(response_id), {})
+    async def cancel(self, response_id: str, **where: Any) -> Any:
+        return await self._call("cancel", lambda: self._inner.cancel(response_id, **where), {})
 
-    async def events(self, response_id: str, after: int) -> Any:
+    async def events(self, response_id: str, after: int, **where: Any) -> Any:
         stream = await self._call(
             "stream",
-            lambda: self._inner.events(response_id, after),
+            lambda: self._inner.events(response_id, after, **where),
             {"gen_ai.response.id": response_id, "bgruns.after": after} if STATE.enabled else {},
         )
         return _WatchedEvents(stream) if STATE.enabled else stream

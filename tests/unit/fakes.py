@@ -37,7 +37,7 @@ from shared import clock
 from shared.composition import Services, build
 from shared.executor.chat_translation import ChatTranslator, chat_params
 from shared.executor.model_request import ModelRequest
-from shared.provider import ProviderError, ProviderState, StartedResponse
+from shared.provider import ANYWHERE, Candidate, ProviderError, ProviderState, StartedResponse
 from shared.settings import Settings
 
 _ETAGS = itertools.count(1)
@@ -333,7 +333,11 @@ class FakeBackend:
     def check(self, params: dict) -> None:
         """The provider judges its parameters at the create."""
 
-    async def start(self, params: dict, *, stream: bool) -> StartedResponse:
+    def candidates(self, pinned: str | None = None) -> list[Candidate]:
+        return [ANYWHERE]  # one provider, no deployments (a DeploymentPool of FakeBackends has several)
+
+    # `deployment` is the pool's (provider.pool): one FakeBackend is one deployment, so it is ignored here.
+    async def start(self, params: dict, *, stream: bool, deployment: str | None = None) -> StartedResponse:
         await self._enter("start", params["metadata"]["bg_run_id"])
         response = FakeResponse(f"resp_{next(self._ids)}", params=copy.deepcopy(params))
         if self.finish_at_once:
@@ -341,13 +345,13 @@ class FakeBackend:
         self.responses[response.id] = response
         return StartedResponse(self._state(response))
 
-    async def observe(self, response_id: str) -> ProviderState:
+    async def observe(self, response_id: str, deployment: str = "default") -> ProviderState:
         await self._enter("observe", response_id)
         if response_id not in self.responses:  # deleted: what the provider answers then
             raise ProviderError(transient=False, status=404, message=f"No response found with id '{response_id}'.")
         return self._state(self.responses[response_id])
 
-    async def cancel(self, response_id: str) -> ProviderState | None:
+    async def cancel(self, response_id: str, deployment: str = "default") -> ProviderState | None:
         await self._enter("cancel", response_id)
         response = self.responses.get(response_id)
         if response is None:
@@ -356,7 +360,7 @@ class FakeBackend:
             response.status = "cancelled"
         return self._state(response)
 
-    async def events(self, response_id: str, after: int):
+    async def events(self, response_id: str, after: int, deployment: str = "default"):
         """The scripted `streams[response_id]` (events with `type`, `sequence_number`); `hang` after them keeps
         the stream open for that many seconds (a response still going)."""
         await self._enter("events", response_id)
@@ -371,7 +375,7 @@ class FakeBackend:
             self.hang,
         )
 
-    async def delete(self, response_id: str) -> None:
+    async def delete(self, response_id: str, deployment: str = "default") -> None:
         await self._enter("delete", response_id)
         self.responses.pop(response_id, None)
 
@@ -581,7 +585,8 @@ def _provider_webhooks():
     return openai.AsyncOpenAI(api_key="unused", base_url="http://127.0.0.1:9").webhooks
 
 
-def world(monkeypatch, **env: str) -> World:
+def world(monkeypatch, *, backend: Any = None, **env: str) -> World:
+    """`backend`: the service's RunBackend (default: one FakeBackend), e.g. a DeploymentPool of FakeBackends."""
     fake_clock = FakeClock()
     monkeypatch.setattr(clock, "now", fake_clock)
     tables = {name: FakeTable() for name in ("runs", "sessions", "idempotency", "runindex", "runevents")}
@@ -598,7 +603,7 @@ def world(monkeypatch, **env: str) -> World:
         execute_queue=execute_queue,
     )
     settings = Settings.from_env({**ENV, **env})
-    backend, sender, model = FakeBackend(), FakeSender(), FakeModel()
+    backend, sender, model = backend or FakeBackend(), FakeSender(), FakeModel()
     services = build(
         settings,
         storage,
@@ -671,7 +676,7 @@ class Steps:
 
     def _wrap(self, obj: Any, label: str) -> None:
         for name, method in inspect.getmembers(obj, callable):
-            if not name.startswith("_") and name not in ("entity", "count", "take"):
+            if not name.startswith("_") and name not in ("entity", "count", "take", "candidates"):  # not I/O
                 setattr(obj, name, self._wrapped(method, f"{label}.{name}"))
 
     def _wrapped(self, method, name: str):
