@@ -183,7 +183,7 @@ def build(
         scheduler,
         backoff,
         ending,
-        ProviderPacing(storage.index, settings.pacing),
+        ProviderPacing(storage.index, settings.pacing, weight_of=lambda caller: settings.quotas.of(caller).weight),
     )
     starter = RunStarter(
         rules,

@@ -42,14 +42,16 @@ from ..responses_vocabulary import ErrorCode, RunStatus
 from .ending import DeadlinePassed, Failed, Observed, ProviderEnded, RunEnding
 from .index import RunIndex
 from .model import Admission, Run
-from .pacing import ProviderPacing
+from .pacing import GO, ProviderPacing, Reserved
 from .poll_chain import DEADLINE_SLACK_SECONDS, Backoff, PollScheduler
+from .quotas import quota_caller
 from .results import response_snapshot
 from .store import RunConflict, RunStore
 
 log = logging.getLogger("bgruns.admission")
 
 PACED = "paced"
+FAIR_TURN = "fair turn"  # the pacing is the bottleneck and other callers' runs are due first (runs.fairness)
 # A slot this close is waited for in place (the create goes a moment later) rather than queued: a queued try
 # costs a message and two run writes.
 PACED_INLINE_WAIT = 0.5
@@ -110,10 +112,10 @@ class RunAdmission:
         run.admission = Admission(queued_at=run.created_at)
         return await self._queue(run, self._next_delay(run, error), _reason(error))
 
-    async def queue_paced(self, run: Run, wait: float) -> Run:
-        """Queue the starting run (recorded, not created) until its slot of the pacing, `wait` seconds away."""
-        run.admission = Admission(queued_at=run.created_at, attempts=0, paced=True)
-        return await self._queue(run, self._within_wait(run, wait), PACED)
+    async def queue_paced(self, run: Run, reserved: Reserved) -> Run:
+        """Queue the starting run (recorded, not created) until its slot of the pacing or its caller's turn."""
+        run.admission = Admission(queued_at=run.created_at, attempts=0, paced=reserved.held, turn=reserved.turn)
+        return await self._queue(run, self._within_wait(run, reserved.wait), PACED if reserved.held else FAIR_TURN)
 
     async def _queue(self, run: Run, delay: float, reason: str) -> Run:
         assert run.admission is not None
@@ -124,18 +126,23 @@ class RunAdmission:
             return run
         return await self._store.get(run.id, with_result=True) or run
 
-    async def pace(self, run: Run) -> float:
-        """How long the run's create must wait for its slot at its model (it holds the slot from now on); 0: go
-        now (a slot within PACED_INLINE_WAIT is waited for here)."""
+    async def pace(self, run: Run) -> Reserved:
+        """How long the run's create must wait for its slot at its model (it holds the slot from now on), or for
+        its caller's turn (then it asks again); wait 0: go now (a slot within PACED_INLINE_WAIT is waited for here)."""
         if self._pacing is None:
-            return 0.0
+            return GO
         queued_at = run.admission.queued_at if run.admission else run.created_at
         wait_left = queued_at + self._rules.max_wait - clock.now()
-        wait = await self._pacing.reserve(run.request, within=max(0.0, wait_left))
-        if wait > PACED_INLINE_WAIT:
-            return wait
-        await asyncio.sleep(wait)
-        return 0.0
+        reserved = await self._pacing.reserve_turn(
+            run.request,
+            within=max(0.0, wait_left),
+            caller=quota_caller(run.owner),
+            turn=run.admission.turn if run.admission else None,
+        )
+        if reserved.wait > PACED_INLINE_WAIT or not reserved.held:
+            return reserved
+        await asyncio.sleep(reserved.wait)
+        return GO
 
     async def create(self, params: dict[str, Any], *, stream: bool) -> StartedResponse:
         """Create the response (never repeated here), telling the pacing what the provider answered."""
@@ -173,8 +180,8 @@ class RunAdmission:
         full = await self._store.get(run.id, with_request=True)
         if full is None or full.etag != run.etag:
             return AdmissionOutcome.STALE
-        if not admission.paced and (wait := await self.pace(full)):
-            return await self._paced(full, wait)
+        if not admission.paced and (reserved := await self.pace(full)).wait:
+            return await self._paced(full, reserved)
         if not await self._claim(full):
             return AdmissionOutcome.STALE
         try:
@@ -200,14 +207,17 @@ class RunAdmission:
             return False
         return True
 
-    async def _paced(self, run: Run, wait: float) -> AdmissionOutcome:
-        """The pacing gave the run a later slot: its next try is then, without calling the provider now."""
+    async def _paced(self, run: Run, reserved: Reserved) -> AdmissionOutcome:
+        """The pacing gave the run a later slot, or its caller's turn is later: its next try is then, without
+        calling the provider now."""
         assert run.admission is not None
-        delay = self._within_wait(run, wait)
-        run.admission.next_try_at, run.admission.reason, run.admission.paced = clock.now() + delay, PACED, True
-        log.info("run %s: paced; next try in %.1fs", run.id, delay)
+        delay = self._within_wait(run, reserved.wait)
+        reason = PACED if reserved.held else FAIR_TURN
+        run.admission.next_try_at, run.admission.reason = clock.now() + delay, reason
+        run.admission.paced, run.admission.turn = reserved.held, reserved.turn
+        log.info("run %s: %s; next try in %.1fs", run.id, reason, delay)
         telemetry.capacity("waiting")
-        saved = await self._scheduler.schedule(run, delay, event="capacity_paced", error=PACED, save_all=True)
+        saved = await self._scheduler.schedule(run, delay, event="capacity_paced", error=reason, save_all=True)
         return AdmissionOutcome.WAITING if saved else AdmissionOutcome.STALE
 
     async def _refused(self, run: Run, error: ProviderError) -> AdmissionOutcome | RunStatus:

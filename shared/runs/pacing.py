@@ -20,6 +20,12 @@ PACING_TOKENS_PER_MINUTE) and refined by what the provider says:
   PACING_REQUESTS_PER_MINUTE when that is set.
 All off (the defaults) costs nothing: no storage request, no wait.
 
+Fair order across callers (runs.fairness): a create that names its caller first takes a turn among the callers
+of its model, in the same row; only a due turn takes a slot. A run whose turn is not due yet is queued (`reason`
+"fair turn") until it is due and the limiter would have a slot for it, and then asks again with its turn: one more
+reservation (two storage requests) for each run that waits behind more than its caller's next turn, and one more
+each time another caller starts waiting meanwhile (the estimate it was told moves later).
+
 State: one row per model in the run index table (partition `pacing`), read and rewritten If-Match its ETag by
 each reservation: two storage requests per start at steady state, fewer in a burst (within an instance, the creates
 of a model that wait while one reservation is under way are reserved together by the next, with one read and one
@@ -40,7 +46,7 @@ import math
 import random
 import re
 from collections import defaultdict
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -52,6 +58,7 @@ from azure.data.tables import UpdateMode
 from .. import clock
 from ..settings import PacingSettings
 from ..storage import Table
+from . import fairness
 
 log = logging.getLogger("bgruns.pacing")
 
@@ -83,6 +90,9 @@ class PaceState:
     recent: float = 0.0  # starts of about the last minute (a count decaying by e every minute)
     recent_at: float = 0.0
     cut_at: float = 0.0  # when the learned rate was last halved
+    clock: float = 0.0  # the callers' fair order (runs.fairness): its virtual clock, when it was read, the turns
+    clock_at: float = 0.0
+    turns: str = ""
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> PaceState:
@@ -165,6 +175,24 @@ def budgets(settings: PacingSettings, state: PaceState) -> Budgets:
     return Budgets(min(requests, default=0.0), float(settings.tokens_per_minute))
 
 
+def cost_seconds(rates: Budgets, tokens: int) -> float:
+    """The seconds of the model's budget a create of `tokens` uses (0: no budget is known yet)."""
+    return max(60.0 / rates.requests if rates.requests else 0.0, tokens * 60.0 / rates.tokens if rates.tokens else 0.0)
+
+
+def take_turn(
+    settings: PacingSettings, state: PaceState, now: float, ask: Ask
+) -> tuple[float | None, float, PaceState]:
+    """The ask's turn among the callers (runs.fairness), how long until it is due (0: now), and the state after
+    it; a create without a caller, or before any budget is known, is due at once and takes no turn."""
+    cost = cost_seconds(budgets(settings, state), ask.tokens)
+    if ask.caller is None or not cost:
+        return ask.turn, 0.0, state
+    turns = fairness.Turns.load(state.clock, state.clock_at, state.turns)
+    turns, turn, wait = fairness.take(turns, now, ask.caller, ask.weight, cost, ask.turn, horizon=0.0)
+    return turn, wait, replace(state, clock=turns.clock, clock_at=turns.at, turns=turns.dump())
+
+
 def plan(settings: PacingSettings, state: PaceState, now: float, tokens: int) -> tuple[float, PaceState]:
     """The slot of a create of `tokens` made at `now`, and the model's state once it is taken."""
     rates = budgets(settings, state)
@@ -196,21 +224,47 @@ def throttled(settings: PacingSettings, state: PaceState, now: float, retry_afte
 
 
 @dataclass(frozen=True)
-class _Ask:
-    """A create waiting for its slot: what it costs and how long its run may wait; its wait, once answered."""
+class Reserved:
+    """What a reservation gave a create: a slot `wait` seconds away (`held`: the create goes then without asking
+    again), or, when its caller's turn is not due (runs.fairness), the time to ask again; the run keeps `turn`."""
+
+    wait: float
+    turn: float | None = None
+    held: bool = True
+
+
+GO = Reserved(0.0)
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A create waiting for its slot: what it costs, how long its run may wait, its caller (None: not ordered
+    among callers), the caller's weight and the run's turn if it has one; its reservation, once answered."""
 
     tokens: int
     within: float
-    answer: asyncio.Future[float]
+    answer: asyncio.Future[Reserved]
+    caller: str | None = None
+    weight: float = 1.0
+    turn: float | None = None
 
 
 class ProviderPacing:
-    def __init__(self, table: Table, settings: PacingSettings, *, timeout: float = STORAGE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        table: Table,
+        settings: PacingSettings,
+        *,
+        weight_of: Callable[[str], float] = lambda caller: 1.0,
+        timeout: float = STORAGE_TIMEOUT,
+    ) -> None:
+        """`weight_of` gives a caller's weight in the fair order across callers (runs.fairness)."""
         self._table = table
         self._settings = settings
+        self._weight_of = weight_of
         self._timeout = timeout
         self._turns: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._asking: defaultdict[str, list[_Ask]] = defaultdict(list)  # creates waiting for a slot, per model
+        self._asking: defaultdict[str, list[Ask]] = defaultdict(list)  # creates waiting for a slot, per model
         self._pending: dict[str, float] = {}  # per model, spent until (headers), written with its next reservation
         self._open_until = 0.0  # skip pacing until then: its storage failed
 
@@ -221,21 +275,30 @@ class ProviderPacing:
     async def reserve(self, params: Mapping[str, Any], *, within: float) -> float:
         """Take the next slot of the create `params` at its model: seconds until it (0: go now). A slot more than
         `within` seconds away is not taken (its run cannot wait that long): the wait is returned all the same."""
+        return (await self.reserve_turn(params, within=within)).wait
+
+    async def reserve_turn(
+        self, params: Mapping[str, Any], *, within: float, caller: str | None = None, turn: float | None = None
+    ) -> Reserved:
+        """`reserve`, in the fair order across callers when `caller` is given: the create first takes its turn
+        (or keeps `turn`, its run's), and takes a slot only once the turn is due."""
         model = str(params.get("model") or "")
         if not self._settings.enabled or clock.now() < self._open_until:
-            return 0.0
-        ask = _Ask(estimate_tokens(params), within, asyncio.get_running_loop().create_future())
+            return Reserved(0.0, turn)
+        weight = self._weight_of(caller) if caller is not None else 1.0
+        ask = Ask(estimate_tokens(params), within, asyncio.get_running_loop().create_future(), caller, weight, turn)
         self._asking[model].append(ask)
         async with self._turns[model]:
             if not ask.answer.done():  # its turn: it reserves for every create of the model waiting by now
                 asks, self._asking[model] = self._asking[model], []
-                waits = [0.0] * len(asks)  # also if this one is cancelled meanwhile: the others go unpaced
+                # also if this one is cancelled meanwhile: the others go unpaced
+                reserved = [Reserved(0.0, a.turn) for a in asks]
                 try:
                     if clock.now() >= self._open_until:  # else it failed while these waited their turn
-                        waits = await self._failing_open(model, self._reserve(model, asks), waits)
+                        reserved = await self._failing_open(model, self._reserve(model, asks), reserved)
                 finally:
-                    for waiting, wait in zip(asks, waits, strict=True):
-                        waiting.answer.set_result(wait)
+                    for waiting, answer in zip(asks, reserved, strict=True):
+                        waiting.answer.set_result(answer)
         return ask.answer.result()
 
     def noted(self, model: str, rate_limits: Mapping[str, str]) -> None:
@@ -253,23 +316,28 @@ class ProviderPacing:
         async with self._turns[model]:
             await self._failing_open(model, self._throttle(model, retry_after), None)
 
-    async def _reserve(self, model: str, asks: list[_Ask]) -> list[float]:
-        """The slots of `asks`, in order, taken with one read and one write of the model's row."""
+    async def _reserve(self, model: str, asks: list[Ask]) -> list[Reserved]:
+        """The turns and slots of `asks`, in order, taken with one read and one write of the model's row."""
         for _ in range(MAX_TRIES):
             state, etag = await self._read(model)
             taken = self._take_pending(model, state)
             now = clock.now()
-            waits = []
+            reserved, changed = [], False
             for ask in asks:
+                turn, due, state = take_turn(self._settings, state, now, ask)
+                changed |= turn != ask.turn  # a new turn is written even when its slot is not taken yet
                 slot, after = plan(self._settings, state, now, ask.tokens)
-                waits.append(max(0.0, slot - now))
+                if due:  # asks again once it is due and the limiter would have a slot for it
+                    reserved.append(Reserved(max(due, slot - now), turn, held=False))
+                    continue
+                reserved.append(Reserved(max(0.0, slot - now), turn))
                 if slot - now <= ask.within:  # taken; a slot beyond what the run may wait is not
-                    state = after
-            if all(wait > ask.within for wait, ask in zip(waits, asks, strict=True)):
-                return waits  # nothing taken: nothing to write
+                    state, changed = after, True
+            if not changed:
+                return reserved  # nothing taken: nothing to write
             if await self._write(model, state, etag):
                 self._drop_pending(model, taken)
-                return waits
+                return reserved
             await asyncio.sleep(random.uniform(0, MAX_PAUSE))
         raise TimeoutError(f"{MAX_TRIES} reservations lost to other instances")
 

@@ -213,8 +213,8 @@ class RunStarter:
         try:
             if self._admission is None:
                 started = await self._backend.start(params, stream=stream)
-            elif wait := await self._admission.pace(run):  # its model's next slot is later: queued until then
-                return await self._admission.queue_paced(run, wait), None
+            elif (reserved := await self._admission.pace(run)).wait:  # its slot or turn is later: queued until then
+                return await self._admission.queue_paced(run, reserved), None
             else:
                 started = await self._admission.create(params, stream=stream)
         except ProviderError as error:

@@ -175,9 +175,10 @@ SETTINGS: tuple[Setting, ...] = _grouped(
     ),
     Setting(
         "CALLER_QUOTAS",
-        "Per-caller overrides of the two above: space-separated `name:active:per_minute` "
+        "Per-caller overrides of the two above: space-separated `name:active:per_minute[:weight]` "
         "entries (0: unlimited), the facade caller's name or `@native` for the function-key callers, e.g. "
-        "`batch:50:600 @native:20:0`.",
+        "`batch:50:600 @native:20:0:2`. The weight (1-1000, default 1) is the caller's share of a model's "
+        "starts when the provider pacing is the bottleneck: queued starts go in a fair order across callers.",
         kind=caller_quotas,
     ),
     # -- provider pacing (shared/runs/pacing.py): off unless a budget or PACING_ADAPTIVE is set ---------------------

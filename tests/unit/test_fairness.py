@@ -1,0 +1,140 @@
+"""The fair order across callers of paced starts (shared/runs/fairness.py, through shared/runs/pacing.py) on fakes:
+a simulated queue of runs that ask the pacing, sleep as told and ask again with their turn, as queued runs do. One
+caller's burst delays another caller's run by at most two slots; backlogged callers share the budget by weight;
+the budget itself still holds; a run not yet due costs one more reservation. Plus the hooks in admission and the
+weight in CALLER_QUOTAS."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+
+import pytest
+
+from shared.runs import fairness
+from shared.runs.pacing import ProviderPacing
+from shared.runs.requests import RunRequest
+from shared.settings import PacingSettings, Quota
+from shared.settings.quotas import caller_quotas
+
+from .fakes import FakeClock, FakeTable, world
+
+NOW = 1_800_000_000.0
+RPM60 = PacingSettings(requests_per_minute=60)  # one slot a second
+PARAMS = {"model": "m", "input": "hi"}
+
+
+@pytest.fixture
+def now(monkeypatch) -> FakeClock:
+    fake = FakeClock(NOW)
+    monkeypatch.setattr("shared.clock.now", fake)
+    return fake
+
+
+async def simulate(
+    now: FakeClock, pacing: ProviderPacing, arrivals: list[tuple[float, str]], *, until: float = 10_000
+) -> list[tuple[str, float, float, int]]:
+    """Each run (arriving `at` seconds in, for `caller`) asks the pacing, sleeps for the wait it is told and, if it
+    holds no slot, asks again with its turn: (caller, arrival, start, asks) per run, by start."""
+    events = [(at, i, caller, None, at) for i, (at, caller) in enumerate(arrivals)]
+    heapq.heapify(events)
+    asks: dict[int, int] = dict.fromkeys(range(len(arrivals)), 0)
+    started = []
+    while events:
+        at, i, caller, turn, arrived = heapq.heappop(events)
+        assert at < until, "a run never started"
+        now.now = NOW + at
+        asks[i] += 1
+        reserved = await pacing.reserve_turn(PARAMS, within=until, caller=caller, turn=turn)
+        if reserved.held:
+            started.append((caller, arrived, at + reserved.wait, asks[i]))
+        else:
+            assert reserved.wait > 0
+            heapq.heappush(events, (at + reserved.wait, i, caller, reserved.turn, arrived))
+    return sorted(started, key=lambda s: s[2])
+
+
+def burst(caller: str, n: int, at: float = 0.0) -> list[tuple[float, str]]:
+    return [(at, caller)] * n
+
+
+async def test_a_callers_burst_delays_another_callers_run_by_at_most_two_slots(now):
+    # A's 300 runs at once, then C's single run a minute later: C's run is due at once and waits for the limiter's
+    # next slot or the one after, not behind A's 240 queued runs (FIFO made it wait ~240 s).
+    started = await simulate(now, ProviderPacing(FakeTable(), RPM60), burst("A", 300) + [(60.5, "C")])
+    ((_, arrived, start, _),) = [s for s in started if s[0] == "C"]
+    assert start - arrived <= 2.0
+    starts = sorted(s[2] for s in started)
+    assert all(b - a >= 1.0 - 1e-6 for a, b in itertools.pairwise(starts))  # the budget held: a slot a second
+
+
+async def test_backlogged_callers_share_by_weight_and_equally_by_default(now):
+    weights = {"A": 1.0, "B": 1.0, "C": 2.0}
+    pacing = ProviderPacing(FakeTable(), RPM60, weight_of=weights.__getitem__)
+    # A queues 200 at once; B 20 at once 10 s later; C 100 at once 20 s later.
+    started = await simulate(now, pacing, burst("A", 200) + burst("B", 20, at=10) + burst("C", 100, at=20))
+    window = [s[0] for s in started if 25 <= s[2] < 65]  # 40 slots while all three have runs waiting
+    counts = {caller: window.count(caller) for caller in weights}
+    assert sum(counts.values()) == 40
+    assert counts["A"] == pytest.approx(10, abs=2) and counts["B"] == pytest.approx(10, abs=2)
+    assert counts["C"] == pytest.approx(20, abs=2)  # weight 2: twice A's share
+    jain = sum(x / w for x, w in zip(counts.values(), weights.values(), strict=True)) ** 2 / (
+        3 * sum((x / w) ** 2 for x, w in zip(counts.values(), weights.values(), strict=True))
+    )
+    assert jain >= 0.95
+
+
+async def test_a_run_not_yet_due_costs_one_more_reservation_and_a_caller_alone_two_asks_at_most(now):
+    table = FakeTable()
+    started = await simulate(now, ProviderPacing(table, RPM60), burst("A", 50))
+    assert [s[2] for s in started] == pytest.approx(list(range(50)))  # alone, it gets every slot, in order
+    assert max(s[3] for s in started) == 2  # asked when accepted, and again once due
+    assert [s[3] for s in started[:2]] == [1, 1]  # the first two hold their slots at once
+    assert table.requests <= 2 * sum(s[3] for s in started)  # one read and one write per ask at most
+
+
+async def test_without_a_caller_creates_keep_the_fifo_slots(now):
+    pacing = ProviderPacing(FakeTable(), RPM60)
+    waits = [await pacing.reserve(PARAMS, within=600) for _ in range(5)]
+    assert waits == pytest.approx([0, 1, 2, 3, 4])
+
+
+def test_the_clock_runs_at_one_over_the_waiting_weights_and_stops_at_the_last_turn():
+    turns = fairness.Turns(0.0, 0.0, {"A": (10.0, 1.0), "B": (4.0, 1.0)})
+    assert fairness.advance(turns, 4.0).clock == pytest.approx(2.0)  # two callers waiting: half speed
+    later = fairness.advance(turns, 14.0)  # B's last turn passed at 8 s; A alone from there
+    assert later.clock == pytest.approx(10.0) and later.finish == {}
+    assert fairness.seconds_until(turns, 6.0) == pytest.approx(8 + 2)
+
+
+def test_turns_round_trip_through_the_row():
+    turns = fairness.Turns(3.0, NOW, {"b": (5.0, 2.0), "a": (4.0, 1.0)})
+    again = fairness.Turns.load(turns.clock, turns.at, turns.dump())
+    assert again == turns
+
+
+def test_a_weight_is_caller_quotas_fourth_field_and_defaults_to_one():
+    assert caller_quotas("batch:50:600:3 @native:20:0") == {
+        "batch": Quota(50, 600, 3),
+        "@native": Quota(20, 0, 1),
+    }
+    for bad in ("a:1:1:0", "a:1:1:x", "a:1:1:1001", "a:1:1:1:1"):
+        with pytest.raises(ValueError, match=r"weight|name:active"):
+            caller_quotas(bad)
+
+
+async def test_a_start_behind_other_callers_is_queued_for_its_turn_and_keeps_it_when_it_asks_again(monkeypatch):
+    w = world(monkeypatch, PACING_REQUESTS_PER_MINUTE="60")
+    runs = [(await w.services.starter.start(RunRequest(input=f"r{i}"))).run for i in range(3)]
+    assert runs[0].response_id and runs[1].admission.reason == "paced"  # the first two: go, and a held slot
+    third = runs[2]
+    assert third.admission.reason == "fair turn" and not third.admission.paced
+    assert third.admission.turn == pytest.approx(2.0)  # its caller's third turn (a second each)
+    view = w.services.views.render(await w.run(third.id), timeline=True)
+    assert view["admission"]["reason"] == "fair turn"
+    (sent,) = [s for s in w.poll_queue.sent if s.message["run_id"] == third.id]
+    assert sent.delay == pytest.approx(2)  # due at 1 s, and the limiter's slot for it is at 2 s
+    w.clock.advance(2)
+    before = w.index.requests
+    assert await w.services.poll_step.handle(sent.message) == "capacity-granted"
+    assert w.index.requests - before == 2  # it asked again with its turn: one read, one write (its slot)
