@@ -7,8 +7,13 @@ called. The slot is a reservation: the try at the slot goes straight to the prov
 
 The slots come from two budgets per model, configured once for every model (PACING_REQUESTS_PER_MINUTE,
 PACING_TOKENS_PER_MINUTE) and refined by what the provider says:
-- requests: one slot every `60 / rpm` seconds, no burst (a burst would spend the provider's window unevenly);
-- tokens: each create moves the token clock on by its estimate (`estimate_tokens`) at `tpm` tokens per minute;
+- requests: one slot every `60 / rpm` seconds, after a burst of up to PACING_BURST of a minute's budget: a token
+  bucket of `burst * rpm` requests that starts full and refills at `rpm` (GCRA: the slot may be up to the
+  bucket's depth earlier than the even spacing). The provider's own window starts full too: a burst that fits in
+  it keeps the provider busy when starts come in bursts, and a bucket no deeper than the provider's window
+  (its rate below the provider's) never meets a 429 however late the creates arrive;
+- tokens: each create moves the token clock on by its estimate (`estimate_tokens`) at `tpm` tokens per minute,
+  with the same burst (`burst * tpm` tokens);
 - the provider's `x-ratelimit-remaining-*` at 0, under a valid `x-ratelimit-limit-*` and with a valid
   `reset-*`, holds starts until the reset (Azure OpenAI's Responses API sends `-1`/`0`: such values are ignored).
   The limits themselves are not taken as per-minute rates: their window is the provider's (OpenAI's lower tiers
@@ -189,23 +194,25 @@ def take_turn(
     if ask.caller is None or not cost:
         return ask.turn, 0.0, state
     turns = fairness.Turns.load(state.clock, state.clock_at, state.turns)
-    turns, turn, wait = fairness.take(turns, now, ask.caller, ask.weight, cost, ask.turn, horizon=0.0)
+    horizon = settings.burst * 60.0  # a burst the bucket can take is due at once
+    turns, turn, wait = fairness.take(turns, now, ask.caller, ask.weight, cost, ask.turn, horizon=horizon)
     return turn, wait, replace(state, clock=turns.clock, clock_at=turns.at, turns=turns.dump())
 
 
 def plan(settings: PacingSettings, state: PaceState, now: float, tokens: int) -> tuple[float, PaceState]:
     """The slot of a create of `tokens` made at `now`, and the model's state once it is taken."""
     rates = budgets(settings, state)
+    depth = settings.burst * 60.0  # seconds of budget the bucket holds
     slot = max(now, state.hold_until)
     if rates.requests:
-        slot = max(slot, state.requests_at)
+        slot = max(slot, state.requests_at - max(0.0, depth - 60.0 / rates.requests))
     if rates.tokens:
-        slot = max(slot, state.tokens_at)
+        slot = max(slot, state.tokens_at - max(0.0, depth - tokens * 60.0 / rates.tokens))
     after = replace(state)
     if rates.requests:
-        after.requests_at = slot + 60.0 / rates.requests
+        after.requests_at = max(state.requests_at, slot) + 60.0 / rates.requests
     if rates.tokens:
-        after.tokens_at = slot + tokens * 60.0 / rates.tokens
+        after.tokens_at = max(state.tokens_at, slot) + tokens * 60.0 / rates.tokens
     after.recent = state.recent * math.exp(-max(0.0, now - state.recent_at) / 60.0) + 1.0
     after.recent_at = now
     if settings.adaptive and state.rate:

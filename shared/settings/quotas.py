@@ -49,6 +49,7 @@ class PacingSettings:
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
     adaptive: bool = False  # learn a request rate from 429s (AIMD) and the provider's headers
+    burst: float = 0.0  # the bucket's depth, as a fraction of a minute's budget (0: evenly spaced, no burst)
 
     @property
     def enabled(self) -> bool:

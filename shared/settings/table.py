@@ -207,6 +207,14 @@ SETTINGS: tuple[Setting, ...] = _grouped(
         "false",
         flag,
     ),
+    Setting(
+        "PACING_BURST",
+        "How much of a minute's budget the pacing may spend at once, as a fraction (its bucket "
+        "starts full and refills at the budget's rate): 0 spaces creates evenly; 1 matches a rolling one-minute "
+        "window (OpenAI); keep 0 for Azure OpenAI, which counts RPM per 10 s (a burst there meets 429s).",
+        "0",
+        Number(minimum=0, maximum=1),
+    ),
     "webhooks",
     Setting(
         "WEBHOOK_SIGNING_SECRETS",

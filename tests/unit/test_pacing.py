@@ -338,3 +338,44 @@ async def test_pacing_without_admission_is_off(monkeypatch):
     for text in ("one", "two"):
         assert (await w.services.starter.start(RunRequest(input=text))).run.response_id
     assert not any(key[0] == PARTITION for key in w.index.rows)
+
+
+# -- the burst (PACING_BURST) ------------------------------------------------------------------------------------
+def test_a_burst_spends_the_bucket_at_once_then_spaces_the_slots_and_refills_while_idle():
+    bursty = PacingSettings(requests_per_minute=60, burst=0.1)  # a bucket of 6 requests
+    assert slots(bursty, 9) == pytest.approx([0] * 6 + [1, 2, 3])
+    state = PaceState()
+    for _ in range(6):
+        _, state = plan(bursty, state, NOW, 0)
+    slot, _ = plan(bursty, state, NOW + 3, 0)  # 3 s idle: 3 requests back in the bucket
+    assert slot == NOW + 3
+    tokens = PacingSettings(tokens_per_minute=6000, burst=0.5)  # 3,000 tokens at once
+    assert slots(tokens, 4, tokens=1000) == pytest.approx([0, 0, 0, 10])
+
+
+def test_a_bucket_inside_the_providers_rolling_window_never_meets_a_429_however_late_creates_arrive():
+    import random
+
+    from local.emulator.quotas import _Rolling
+
+    pacing = PacingSettings(requests_per_minute=29, burst=1.0)  # the provider: 30 a minute, rolling (OpenAI)
+    provider, state, rng = _Rolling(), PaceState(), random.Random(7)
+    now, arrivals = 0.0, []
+    for i in range(300):
+        now += rng.choice([0.0, 0.0, 0.0, 0.5, 3.0, 20.0]) if i >= 60 else 0.0  # a burst of 60, lulls and bursts
+        slot, state = plan(pacing, state, now, 0)
+        arrivals.append(slot + rng.uniform(0, 2))  # the create comes at its slot or later (a queue message)
+    for at in sorted(arrivals):
+        budget = provider.check(30, 1, at, 60.0, 1)
+        assert budget.fits, at
+        provider.take(budget)
+
+
+def test_a_burst_setting_out_of_range_is_refused():
+    from shared.settings import Settings
+
+    from .fakes import ENV
+
+    assert Settings.from_env({**ENV, "PACING_BURST": "0.5"}).pacing.burst == 0.5
+    with pytest.raises(ValueError, match="PACING_BURST"):
+        Settings.from_env({**ENV, "PACING_BURST": "1.5"})
