@@ -173,6 +173,7 @@ def build(
         allow_http=settings.webhook_allow_http,
         allow_private=settings.webhook_allow_private,
     )
+    pacing = ProviderPacing(storage.index, settings.pacing, weight_of=lambda caller: settings.quotas.of(caller).weight)
     admission = RunAdmission(
         AdmissionRules(
             settings.admission_max_wait, rules.start_grace, rules.create_streaming, rules.remember_responses
@@ -183,7 +184,7 @@ def build(
         scheduler,
         backoff,
         ending,
-        ProviderPacing(storage.index, settings.pacing, weight_of=lambda caller: settings.quotas.of(caller).weight),
+        pacing,
     )
     starter = RunStarter(
         rules,
@@ -216,7 +217,7 @@ def build(
         canceller=canceller,
         deleter=RunDeleter(reader, canceller, router, store, index, sessions, settings.retention_seconds),
         lister=lister,
-        overview=RunOverview(lister, store, index, quotas),
+        overview=RunOverview(lister, store, index, quotas, pacing),
         relays=RelayFactory(
             store,
             router,

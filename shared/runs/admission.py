@@ -42,7 +42,7 @@ from ..responses_vocabulary import ErrorCode, RunStatus
 from .ending import DeadlinePassed, Failed, Observed, ProviderEnded, RunEnding
 from .index import RunIndex
 from .model import Admission, Run
-from .pacing import GO, ProviderPacing, Reserved
+from .pacing import FAIR_TURN, GO, PACED, ProviderPacing, Reserved
 from .poll_chain import DEADLINE_SLACK_SECONDS, Backoff, PollScheduler
 from .quotas import quota_caller
 from .results import response_snapshot
@@ -50,8 +50,6 @@ from .store import RunConflict, RunStore
 
 log = logging.getLogger("bgruns.admission")
 
-PACED = "paced"
-FAIR_TURN = "fair turn"  # the pacing is the bottleneck and other callers' runs are due first (runs.fairness)
 # A slot this close is waited for in place (the create goes a moment later) rather than queued: a queued try
 # costs a message and two run writes.
 PACED_INLINE_WAIT = 0.5
@@ -217,7 +215,8 @@ class RunAdmission:
         run.admission.paced, run.admission.turn = reserved.held, reserved.turn
         log.info("run %s: %s; next try in %.1fs", run.id, reason, delay)
         telemetry.capacity("waiting")
-        saved = await self._scheduler.schedule(run, delay, event="capacity_paced", error=reason, save_all=True)
+        event = "capacity_paced" if reserved.held else "capacity_turn"
+        saved = await self._scheduler.schedule(run, delay, event=event, error=reason, save_all=True)
         return AdmissionOutcome.WAITING if saved else AdmissionOutcome.STALE
 
     async def _refused(self, run: Run, error: ProviderError) -> AdmissionOutcome | RunStatus:

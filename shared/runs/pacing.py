@@ -54,7 +54,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -68,6 +68,9 @@ from . import fairness
 log = logging.getLogger("bgruns.pacing")
 
 PARTITION = "pacing"
+# Why a queued run waits (`Admission.reason`), when the pacing is why:
+PACED = "paced"  # the limiter holds a later slot for it
+FAIR_TURN = "fair turn"  # the budget is the bottleneck and other callers' runs are due first (runs.fairness)
 DEFAULT_OUTPUT_TOKENS = 1024  # a create without `max_output_tokens` (the emulator's default estimate)
 CHARS_PER_TOKEN = 4  # the provider's rule of thumb for English text, and the emulator's count
 MIN_RATE = 1.0  # requests per minute below which AIMD never goes
@@ -382,6 +385,15 @@ class ProviderPacing:
             )
             return fallback
 
+    # -- what operators see (the console's operator view, /api/health/details) -------------------------------------
+    async def view(self) -> list[dict[str, Any]]:
+        """Each paced model's limiter as it stands (one query of the `pacing` partition; none when pacing is off)."""
+        if not self._settings.enabled:
+            return []
+        now = clock.now()
+        rows = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION})
+        return [describe(self._settings, unquote(row["RowKey"]), PaceState.of(row), now) async for row in rows]
+
     # -- storage ---------------------------------------------------------------------------------------------
     async def _read(self, model: str) -> tuple[PaceState, str | None]:
         try:
@@ -405,6 +417,35 @@ class ProviderPacing:
         except (ResourceExistsError, ResourceModifiedError):
             return False
         return True
+
+
+def describe(settings: PacingSettings, model: str, state: PaceState, now: float) -> dict[str, Any]:
+    """A model's limiter for an operator: its budgets, the requests its bucket holds now, when its next slot is
+    (for a create of the default estimate), how long the provider holds it, and the callers with runs waiting for
+    their turn (each with its weight and how many seconds of budget its turns reach ahead of the fair clock)."""
+    rates = budgets(settings, state)
+    slot, _ = plan(settings, state, now, DEFAULT_OUTPUT_TOKENS)
+    turns = fairness.advance(fairness.Turns.load(state.clock, state.clock_at, state.turns), now)
+    in_bucket = None
+    if rates.requests:  # GCRA: a bucket of max(depth, one interval) seconds, less how far the next slot is ahead
+        interval = 60.0 / rates.requests
+        depth = max(settings.burst * 60.0, interval)
+        in_bucket = round(max(0.0, depth - max(0.0, state.requests_at - now)) / interval, 1)
+    return {
+        "model": model,
+        "requests_per_minute": rates.requests or None,
+        "tokens_per_minute": rates.tokens or None,
+        "learned_requests_per_minute": round(state.rate, 2) if state.rate else None,
+        "burst": settings.burst,
+        "requests_in_bucket": in_bucket,
+        "next_slot_in_seconds": round(max(0.0, slot - now), 2),
+        "held_by_provider_seconds": round(max(0.0, state.hold_until - now), 2),
+        "starts_last_minute": round(state.recent * math.exp(-max(0.0, now - state.recent_at) / 60.0), 1),
+        "callers_waiting": {
+            caller: {"weight": weight, "budget_seconds_ahead": round((finish - turns.clock) * weight, 1)}
+            for caller, (finish, weight) in sorted(turns.finish.items())
+        },
+    }
 
 
 def _row_key(model: str) -> str:

@@ -132,9 +132,40 @@ async def test_a_start_behind_other_callers_is_queued_for_its_turn_and_keeps_it_
     assert third.admission.turn == pytest.approx(2.0)  # its caller's third turn (a second each)
     view = w.services.views.render(await w.run(third.id), timeline=True)
     assert view["admission"]["reason"] == "fair turn"
+    assert view["admission"]["estimated_start_at"] == pytest.approx(w.clock.now + 2)
+    assert "capacity_queued" in [e["type"] for e in view["timeline"]["entries"]]
     (sent,) = [s for s in w.poll_queue.sent if s.message["run_id"] == third.id]
     assert sent.delay == pytest.approx(2)  # due at 1 s, and the limiter's slot for it is at 2 s
     w.clock.advance(2)
     before = w.index.requests
     assert await w.services.poll_step.handle(sent.message) == "capacity-granted"
     assert w.index.requests - before == 2  # it asked again with its turn: one read, one write (its slot)
+
+
+async def test_a_run_told_its_turn_again_shows_it_in_its_timeline(monkeypatch):
+    w = world(monkeypatch, PACING_REQUESTS_PER_MINUTE="60")
+    runs = [(await w.services.starter.start(RunRequest(input=f"r{i}"))).run for i in range(4)]
+    fourth = runs[3]
+    (sent,) = [s for s in w.poll_queue.sent if s.message["run_id"] == fourth.id]
+    w.clock.advance(1)  # too early: its turn (3 s) is not due yet
+    assert await w.services.poll_step.handle(sent.message) == "capacity-waiting"
+    view = w.services.views.render(await w.run(fourth.id), timeline=True)
+    assert view["admission"]["reason"] == "fair turn"
+    assert [e["type"] for e in view["timeline"]["entries"]][-1] == "capacity_turn"
+    assert (await w.run(fourth.id)).admission.turn == pytest.approx(3.0)  # kept, not a new one
+
+
+async def test_the_limiter_view_shows_the_bucket_the_next_slot_and_the_callers_waiting(now):
+    pacing = ProviderPacing(FakeTable(), PacingSettings(requests_per_minute=60, burst=0.1))  # a bucket of 6
+    assert await pacing.view() == []
+    for caller in ("a", "a", "a", "a", "b"):
+        await pacing.reserve_turn(PARAMS, within=600, caller=caller)
+    now.advance(1)
+    (view,) = await pacing.view()
+    assert view["model"] == "m" and view["requests_per_minute"] == 60 and view["burst"] == 0.1
+    assert view["requests_in_bucket"] == pytest.approx(2)  # 6, less 5 taken, plus 1 s of refill
+    assert view["next_slot_in_seconds"] == 0
+    assert view["starts_last_minute"] == pytest.approx(5, abs=0.2)
+    assert set(view["callers_waiting"]) == {"a", "b"}
+    assert view["callers_waiting"]["a"]["budget_seconds_ahead"] > view["callers_waiting"]["b"]["budget_seconds_ahead"]
+    assert await ProviderPacing(FakeTable(), PacingSettings()).view() == []  # off: not even a query
