@@ -3,25 +3,26 @@ the bottleneck, its next slots go to the caller that is most behind, in proporti
 (CALLER_QUOTAS' fourth field, default 1), so one caller's burst cannot hold back another caller's runs.
 
 Start-time fair queueing over a virtual clock, kept in the model's pacing row (no storage request of its own):
-- the clock runs as the provider's time would be shared out among the callers that have runs waiting: it
-  advances by 1/Σw (the weights of the callers whose last turn lies ahead of it) per second, so each caller with
-  waiting runs is served its weight's share of the budget;
+- the clock runs as the budget would be shared out among the callers waiting: it advances by 1/Σw per second (the
+  weights of the callers with turns not yet given a slot, and of those whose last turn lies ahead of it that
+  asked within RECENT_SECONDS); with none waiting it keeps real time;
 - a create of caller c takes a turn: it starts at max(c's last finish, clock) and lasts its cost (the seconds of
   budget it uses: 60 / rpm, or its tokens at tpm, whichever is longer) divided by c's weight. The run keeps its
   turn (`Admission.turn`) across its tries;
-- a run whose turn starts within one turn of its own plus `horizon` (the pacing's burst) of the clock is due: it
-  takes a slot of the limiter's bucket (its slot is held). A later one waits until the clock reaches it, at the
-  time the callers waiting now would make it, and the limiter would have a slot (an estimate: a caller that
-  starts waiting meanwhile slows the clock, and the run, when it asks again, is told a later time).
+- a run whose turn starts within one turn of its own plus its caller's share of `horizon` (the pacing's burst,
+  shared by weight among the callers waiting) of the clock is due: it takes a slot of the limiter's bucket (its
+  slot is held). So a caller alone may spend the whole burst, and the lead it took then counts against it once
+  others wait: its next runs wait for the clock, theirs do not;
+- a later one is told to ask again when it would be due were its caller alone (the others may stop waiting
+  meanwhile; a run told the later time would leave the budget unused), and asks again then with its turn.
 
 The bound: a caller with nothing waiting has its next run due at once, whatever the others queued; that run
-waits only for the limiter's next free slot, and the others' runs hold slots at most one turn each ahead of their
-share (their due runs enter the limiter at its rate, not faster). So one caller's burst delays another caller's
-first run by about one slot per other waiting caller plus the slot in progress (at most two slots against one
-bursting caller in tests/unit/test_fairness.py), plus the poll queue's delivery delay in a real deployment; the
-caller's k-th waiting run is due after about k·cost·Σw/w seconds (its share of the budget). A queued run that
-ends without starting (cancelled, deadline) leaves its turn behind: its caller counts as waiting until the clock
-passes it, which slows the others' clock by that turn's length, never more.
+waits only for the limiter's next free slot, which the others' due runs hold at most their share of the burst
+plus one turn ahead. So one caller's burst delays another caller's first run by about one slot per other waiting
+caller plus the slot in progress (at most two slots against a 300-run burst in tests/unit/test_fairness.py), plus
+the poll queue's delivery delay in a real deployment; the caller's k-th waiting run is due after about
+k·cost·Σw/w seconds (its share of the budget). A queued run that ends without starting (cancelled, deadline)
+leaves its turn behind: its caller counts as waiting until it has been silent for STALE_SECONDS.
 """
 
 from __future__ import annotations
@@ -30,58 +31,62 @@ import json
 from dataclasses import dataclass, field
 
 EPSILON = 1e-9
+STALE_SECONDS = 300.0  # a caller none of whose runs asked for this long has none waiting (they ended meanwhile)
+RECENT_SECONDS = 10.0
+
+
+@dataclass
+class Caller:
+    """A caller's place in the fair order: its last turn's finish, its weight, its turns not yet given a slot, and
+    when one of its runs last asked."""
+
+    finish: float
+    weight: float
+    queued: int = 0
+    asked_at: float = 0.0
 
 
 @dataclass
 class Turns:
-    """The virtual clock at `at`, and each waiting caller's last turn's finish and weight."""
+    """The virtual clock at `at`, and the callers with turns ahead of it or runs waiting."""
 
     clock: float = 0.0
     at: float = 0.0
-    finish: dict[str, tuple[float, float]] = field(default_factory=dict)
+    callers: dict[str, Caller] = field(default_factory=dict)
 
     @classmethod
     def load(cls, clock: float, at: float, raw: str) -> Turns:
-        finish = {caller: (float(f), float(w)) for caller, (f, w) in json.loads(raw or "{}").items()}
-        return cls(clock, at, finish)
+        callers = {name: Caller(*values) for name, values in json.loads(raw or "{}").items()}
+        return cls(clock, at, callers)
 
     def dump(self) -> str:
-        return json.dumps({caller: [f, w] for caller, (f, w) in sorted(self.finish.items())}, separators=(",", ":"))
+        rows = {name: [c.finish, c.weight, c.queued, c.asked_at] for name, c in sorted(self.callers.items())}
+        return json.dumps(rows, separators=(",", ":"))
 
-    def waiting(self, clock: float) -> dict[str, tuple[float, float]]:
-        return {caller: fw for caller, fw in self.finish.items() if fw[0] > clock + EPSILON}
+    def waiting(self, now: float) -> dict[str, Caller]:
+        """The callers that share the budget now: those with turns not yet given a slot (unless silent for
+        STALE_SECONDS: their runs ended meanwhile), and those whose last turn lies ahead of the clock that asked
+        within RECENT_SECONDS (a caller whose runs come one by one; one that stopped leaves no phantom share)."""
+        return {
+            name: c
+            for name, c in self.callers.items()
+            if (c.queued > 0 and now - c.asked_at <= STALE_SECONDS)
+            or (c.finish > self.clock + EPSILON and now - c.asked_at <= RECENT_SECONDS)
+        }
+
+    def weights(self, now: float) -> float:
+        """What the clock's speed divides by: the waiting callers' weights (1 when none waits: the clock then keeps
+        real time, so a lead a caller took alone is paid off as the budget refills)."""
+        return sum(c.weight for c in self.waiting(now).values()) or 1.0
 
 
 def advance(turns: Turns, now: float) -> Turns:
-    """The clock at `now` (it runs at 1/Σw of the waiting callers, piece by piece as their turns are passed);
-    callers whose last turn it has passed are dropped."""
-    clock, seconds = turns.clock, max(0.0, now - turns.at)
-    waiting = turns.waiting(clock)
-    while seconds > 0 and waiting:
-        weights = sum(w for _, w in waiting.values())
-        nearest = min(f for f, _ in waiting.values())
-        needed = (nearest - clock) * weights
-        if needed >= seconds:
-            clock += seconds / weights
-            break
-        clock, seconds = nearest, seconds - needed
-        waiting = turns.waiting(clock)
-    return Turns(clock, max(now, turns.at), turns.waiting(clock))
-
-
-def seconds_until(turns: Turns, target: float) -> float:
-    """Real seconds from `turns.at` until the clock reaches `target`, if only the callers waiting now wait."""
-    clock, seconds = turns.clock, 0.0
-    waiting = turns.waiting(clock)
-    while clock < target - EPSILON:
-        if not waiting:  # nobody ahead: the clock is as good as there
-            break
-        weights = sum(w for _, w in waiting.values())
-        step_to = min(target, min(f for f, _ in waiting.values()))
-        seconds += (step_to - clock) * weights
-        clock = step_to
-        waiting = turns.waiting(clock)
-    return seconds
+    """The clock at `now`: it runs at 1/Σw of the callers waiting since the row was written (they change only when
+    it is written); callers with nothing waiting whose last turn it has passed are dropped."""
+    clock = turns.clock + max(0.0, now - turns.at) / turns.weights(turns.at)
+    waiting = turns.waiting(now)
+    callers = {name: c for name, c in turns.callers.items() if name in waiting or c.finish > clock + EPSILON}
+    return Turns(clock, max(now, turns.at), callers)
 
 
 def take(
@@ -90,11 +95,26 @@ def take(
     """A create of `caller` at `now` costing `cost` seconds of budget, holding `turn` (None: it takes one now):
     the turns after it, its turn, and how long until it is due (0: now)."""
     turns = advance(turns, now)
+    entry = turns.callers.setdefault(caller, Caller(turns.clock, weight))
+    entry.weight, entry.asked_at = weight, now
     if turn is None:
-        last = turns.finish.get(caller, (turns.clock, weight))[0]
-        turn = max(last, turns.clock)
-        turns.finish[caller] = (turn + cost / weight, weight)
-    due_at = turn - horizon - cost / weight  # a turn ahead is due already: it holds its slot, saving an ask
+        turn = max(entry.finish, turns.clock)
+        entry.finish, entry.queued = turn + cost / weight, entry.queued + 1
+    weights = sum(c.weight for c in turns.waiting(now).values()) or weight
+    # The burst is shared among the callers waiting, by weight: alone, a caller may spend all of it; once others
+    # wait, its lead counts against its share of it (a burst it took alone delays its next runs, not theirs). One
+    # turn ahead is due already: it holds its slot, saving an ask.
+    due_at = turn - horizon * weight / weights - cost / weight
     if due_at <= turns.clock + EPSILON:
         return turns, turn, 0.0
-    return turns, turn, seconds_until(turns, due_at)
+    # Asked again when it would be due at the clock's speed now, or sooner if it were alone: the others may stop
+    # waiting meanwhile (the clock speeds up, the horizon widens), and a run told the later time would leave the
+    # budget unused.
+    alone = (turn - horizon - cost / weight - turns.clock) * weight
+    return turns, turn, max(min(alone, (due_at - turns.clock) * weights), cost * weights / weight)
+
+
+def granted(turns: Turns, caller: str) -> None:
+    """A run of `caller` took its slot: one turn of it less waits."""
+    if entry := turns.callers.get(caller):
+        entry.queued = max(0, entry.queued - 1)

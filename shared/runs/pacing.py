@@ -28,8 +28,8 @@ All off (the defaults) costs nothing: no storage request, no wait.
 Fair order across callers (runs.fairness): a create that names its caller first takes a turn among the callers
 of its model, in the same row; only a due turn takes a slot. A run whose turn is not due yet is queued (`reason`
 "fair turn") until it is due and the limiter would have a slot for it, and then asks again with its turn: one more
-reservation (two storage requests) for each run that waits behind more than its caller's next turn, and one more
-each time another caller starts waiting meanwhile (the estimate it was told moves later).
+reservation (two storage requests) for each run that waits behind more than its caller's next turn, and more while
+other callers wait (it asks when it would be due were its caller alone; measured in bench/README.md "Capacity").
 
 State: one row per model in the run index table (partition `pacing`), read and rewritten If-Match its ETag by
 each reservation: two storage requests per start at steady state, fewer in a burst (within an instance, the creates
@@ -233,6 +233,15 @@ def throttled(settings: PacingSettings, state: PaceState, now: float, retry_afte
     return after
 
 
+def granted_turn(state: PaceState, ask: Ask) -> PaceState:
+    """The state once the ask's run took its slot: its caller has one turn less waiting."""
+    if ask.caller is None or not state.turns:
+        return state
+    turns = fairness.Turns.load(state.clock, state.clock_at, state.turns)
+    fairness.granted(turns, ask.caller)
+    return replace(state, turns=turns.dump())
+
+
 @dataclass(frozen=True)
 class Reserved:
     """What a reservation gave a create: a slot `wait` seconds away (`held`: the create goes then without asking
@@ -342,7 +351,7 @@ class ProviderPacing:
                     continue
                 reserved.append(Reserved(max(0.0, slot - now), turn))
                 if slot - now <= ask.within:  # taken; a slot beyond what the run may wait is not
-                    state, changed = after, True
+                    state, changed = granted_turn(after, ask), True
             if not changed:
                 return reserved  # nothing taken: nothing to write
             if await self._write(model, state, etag):
@@ -442,8 +451,12 @@ def describe(settings: PacingSettings, model: str, state: PaceState, now: float)
         "held_by_provider_seconds": round(max(0.0, state.hold_until - now), 2),
         "starts_last_minute": round(state.recent * math.exp(-max(0.0, now - state.recent_at) / 60.0), 1),
         "callers_waiting": {
-            caller: {"weight": weight, "budget_seconds_ahead": round((finish - turns.clock) * weight, 1)}
-            for caller, (finish, weight) in sorted(turns.finish.items())
+            name: {
+                "weight": caller.weight,
+                "turns_waiting": caller.queued,
+                "budget_seconds_ahead": round(max(0.0, caller.finish - turns.clock) * caller.weight, 1),
+            }
+            for name, caller in sorted(turns.waiting(now).items())
         },
     }
 

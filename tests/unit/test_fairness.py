@@ -84,6 +84,21 @@ async def test_backlogged_callers_share_by_weight_and_equally_by_default(now):
     assert jain >= 0.95
 
 
+async def test_a_burst_taken_alone_counts_against_its_caller_once_others_wait(now):
+    # The bucket holds a minute (PACING_BURST=1): A, alone at first, takes it whole; B then asks one run a second,
+    # the budget's rate. In the first minute B gets about its max-min fair share (~55 of the ~118 starts), as if
+    # A's burst had been A's share; with the burst not counted against A, B got ~2/3 of what the bucket refills.
+    pacing = ProviderPacing(FakeTable(), PacingSettings(requests_per_minute=60, burst=1.0))
+    arrivals = burst("A", 200) + [(1.0 + i, "B") for i in range(60)]
+    started = await simulate(now, pacing, arrivals)
+    first_minute = [s[0] for s in started if s[2] < 60]
+    assert first_minute.count("A") == pytest.approx(60, abs=3)
+    assert first_minute.count("B") >= 52
+    assert all(s[2] - s[1] <= 6 for s in started if s[0] == "B")  # B waits a few slots at most, never a minute
+    starts = sorted(s[2] for s in started)
+    assert sum(1 for t in starts if t < 120) >= 0.95 * (60 + 120)  # the budget is spent: a full bucket plus 2 min
+
+
 async def test_a_run_not_yet_due_costs_one_more_reservation_and_a_caller_alone_two_asks_at_most(now):
     table = FakeTable()
     started = await simulate(now, ProviderPacing(table, RPM60), burst("A", 50))
@@ -99,16 +114,24 @@ async def test_without_a_caller_creates_keep_the_fifo_slots(now):
     assert waits == pytest.approx([0, 1, 2, 3, 4])
 
 
-def test_the_clock_runs_at_one_over_the_waiting_weights_and_stops_at_the_last_turn():
-    turns = fairness.Turns(0.0, 0.0, {"A": (10.0, 1.0), "B": (4.0, 1.0)})
-    assert fairness.advance(turns, 4.0).clock == pytest.approx(2.0)  # two callers waiting: half speed
-    later = fairness.advance(turns, 14.0)  # B's last turn passed at 8 s; A alone from there
-    assert later.clock == pytest.approx(10.0) and later.finish == {}
-    assert fairness.seconds_until(turns, 6.0) == pytest.approx(8 + 2)
+def test_the_clock_runs_at_one_over_the_waiting_weights_and_keeps_real_time_when_none_waits():
+    Caller = fairness.Caller
+    turns = fairness.Turns(0.0, 0.0, {"A": Caller(10.0, 1.0, 5, 0.0), "B": Caller(4.0, 2.0, 1, 0.0)})
+    assert fairness.advance(turns, 6.0).clock == pytest.approx(2.0)  # weights 1 + 2 waiting: a third of the speed
+    idle = fairness.Turns(0.0, 0.0, {"A": Caller(10.0, 1.0, 0, 0.0)})  # nothing queued, silent: not waiting
+    assert fairness.advance(idle, 20.0).clock == pytest.approx(20.0)
+    assert fairness.advance(idle, 20.0).callers == {}  # its last turn passed: dropped
+    # A caller whose runs come one at a time (nothing queued) shares the budget while its last turn lies ahead
+    # and it asked within RECENT_SECONDS, and stops sharing it once it is silent (no phantom share).
+    recent = fairness.Turns(0.0, 0.0, {"A": Caller(100.0, 1.0, 9, 0.0), "B": Caller(50.0, 1.0, 0, 0.0)})
+    assert set(recent.waiting(fairness.RECENT_SECONDS)) == {"A", "B"}
+    assert set(recent.waiting(fairness.RECENT_SECONDS + 1)) == {"A"}
+    stale = fairness.Turns(0.0, 0.0, {"A": Caller(100.0, 1.0, 9, 0.0)})  # its queued runs ended without a word
+    assert stale.waiting(fairness.STALE_SECONDS + 1) == {}
 
 
 def test_turns_round_trip_through_the_row():
-    turns = fairness.Turns(3.0, NOW, {"b": (5.0, 2.0), "a": (4.0, 1.0)})
+    turns = fairness.Turns(3.0, NOW, {"b": fairness.Caller(5.0, 2.0, 3, NOW), "a": fairness.Caller(4.0, 1.0)})
     again = fairness.Turns.load(turns.clock, turns.at, turns.dump())
     assert again == turns
 
@@ -129,7 +152,7 @@ async def test_a_start_behind_other_callers_is_queued_for_its_turn_and_keeps_it_
     assert runs[0].response_id and runs[1].admission.reason == "paced"  # the first two: go, and a held slot
     third = runs[2]
     assert third.admission.reason == "fair turn" and not third.admission.paced
-    assert third.admission.turn == pytest.approx(2.0)  # its caller's third turn (a second each)
+    assert third.admission.turn == pytest.approx(w.clock.now + 2)  # its caller's third turn (a second each)
     view = w.services.views.render(await w.run(third.id), timeline=True)
     assert view["admission"]["reason"] == "fair turn"
     assert view["admission"]["estimated_start_at"] == pytest.approx(w.clock.now + 2)
@@ -152,7 +175,7 @@ async def test_a_run_told_its_turn_again_shows_it_in_its_timeline(monkeypatch):
     view = w.services.views.render(await w.run(fourth.id), timeline=True)
     assert view["admission"]["reason"] == "fair turn"
     assert [e["type"] for e in view["timeline"]["entries"]][-1] == "capacity_turn"
-    assert (await w.run(fourth.id)).admission.turn == pytest.approx(3.0)  # kept, not a new one
+    assert (await w.run(fourth.id)).admission.turn == pytest.approx(w.clock.now - 1 + 3)  # kept, not a new one
 
 
 async def test_the_limiter_view_shows_the_bucket_the_next_slot_and_the_callers_waiting(now):
