@@ -76,6 +76,9 @@ class ApiClient:
         self.key_runs: dict[str, set[str]] = defaultdict(set)  # Idempotency-Key -> run ids answered
         self.records: dict[str, RunRecord] = {}
         self.not_accepted: list[dict[str, Any]] = []
+        # Start answers that handed a provider's lack of capacity back to the caller (a 429, a 503
+        # provider_unavailable): with admission, none (each is one attempt, retried or not).
+        self.capacity_refusals: list[str] = []
 
     def _count(self, what: str, response: httpx.Response | None, error: Exception | None = None) -> None:
         label = f"{what} {response.status_code}" if response is not None else f"{what} {type(error).__name__}"
@@ -115,6 +118,9 @@ class ApiClient:
             self._count(label, response, error)
             body = _json(response)
             code = ((body or {}).get("error") or {}).get("code") if isinstance(body, dict) else None
+            if label == "POST /api/runs" and response is not None:
+                if response.status_code == 429 or (response.status_code == 503 and code == "provider_unavailable"):
+                    self.capacity_refusals.append(f"{label} -> {response.status_code} {code}")
             trail.append(
                 str(response.status_code) + (f" {code}" if code else "")
                 if response is not None
