@@ -15,7 +15,11 @@ PACING_TOKENS_PER_MINUTE) and refined by what the provider says:
 - tokens: each create moves the token clock on by its estimate (`estimate_tokens`) at `tpm` tokens per minute,
   with the same burst (`burst * tpm` tokens);
 - the provider's `x-ratelimit-remaining-*` at 0, under a valid `x-ratelimit-limit-*` and with a valid
-  `reset-*`, holds starts until the reset (Azure OpenAI's Responses API sends `-1`/`0`: such values are ignored).
+  `reset-*`, holds starts for `reset / limit`: the reset is the time until the budget is back to its initial
+  state, so in a window that refills continuously (OpenAI's) one more request is allowed after that share of it
+  (holding until the whole reset left the provider idle for up to a minute after a burst drained its window; a
+  fixed window that allows nothing before its reset answers a 429 instead, whose Retry-After holds). Azure
+  OpenAI's Responses API sends `-1`/`0`: such values are ignored.
   The limits themselves are not taken as per-minute rates: their window is the provider's (OpenAI's lower tiers
   count requests per day), while remaining and reset mean the same whatever the window;
 - a rate-limit 429 holds starts for its Retry-After (1 s when it gives none);
@@ -110,14 +114,14 @@ class PaceState:
 def spent_until(headers: Mapping[str, str], now: float) -> float:
     """Until when OpenAI's `x-ratelimit-*` headers say a budget is spent (0: none is, or nothing valid): its
     remaining count 0 under a limit above 0, and a reset that is a positive duration (`1s`, `6m0s`, `20ms`, or
-    seconds)."""
+    seconds), the time until the whole budget is back; one request's share of it comes back after reset / limit."""
     until = 0.0
     for kind in ("requests", "tokens"):
         limit = _whole(headers.get(f"x-ratelimit-limit-{kind}"))
         remaining = _whole(headers.get(f"x-ratelimit-remaining-{kind}"))
         reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
         if limit is not None and limit > 0 and remaining == 0 and reset:
-            until = max(until, now + reset)
+            until = max(until, now + reset / limit)
     return until
 
 

@@ -81,7 +81,7 @@ def test_the_estimate_is_the_prompt_by_four_characters_plus_the_cap_as_the_emula
 
 
 # -- what the provider says -----------------------------------------------------------------------------------
-def test_a_budget_the_openai_headers_say_is_spent_holds_starts_until_its_reset():
+def test_a_budget_the_openai_headers_say_is_spent_holds_starts_until_one_request_is_back():
     headers = {
         "x-ratelimit-limit-requests": "30",
         "x-ratelimit-remaining-requests": "0",
@@ -90,11 +90,19 @@ def test_a_budget_the_openai_headers_say_is_spent_holds_starts_until_its_reset()
         "x-ratelimit-remaining-tokens": "89000",
         "x-ratelimit-reset-tokens": "6m0s",
     }
-    assert spent_until(headers, NOW) == NOW + 1.5
-    assert spent_until({**headers, "x-ratelimit-remaining-tokens": "0"}, NOW) == NOW + 360
+    # The reset is until the whole budget is back (OpenAI); a rolling window gives one request back in 1/30 of it.
+    headers["x-ratelimit-reset-requests"] = "30s"
+    assert spent_until(headers, NOW) == pytest.approx(NOW + 1.0)
+    assert spent_until({**headers, "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s"}, NOW) == (
+        pytest.approx(NOW + 1.0)  # 360 s / 90,000 tokens: the requests' hold is the longer
+    )
+    assert spent_until({**headers, "x-ratelimit-limit-tokens": "60"}, NOW) == pytest.approx(NOW + 1.0)
+    assert spent_until({**headers, "x-ratelimit-limit-tokens": "60", "x-ratelimit-remaining-tokens": "0"}, NOW) == (
+        pytest.approx(NOW + 6.0)
+    )
     assert spent_until({**headers, "x-ratelimit-remaining-requests": "1"}, NOW) == 0
     state = PaceState(hold_until=spent_until(headers, NOW))
-    assert slots(PacingSettings(requests_per_minute=60), 3, state=state) == pytest.approx([1.5, 2.5, 3.5])
+    assert slots(PacingSettings(requests_per_minute=60), 3, state=state) == pytest.approx([1, 2, 3])
 
 
 def test_azures_minus_one_and_zero_headers_are_ignored():
@@ -248,10 +256,10 @@ async def test_headers_of_a_create_are_written_with_the_next_reservation_and_cos
     before = table.requests
     pacing.noted(
         "m",
-        {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "3s"},
+        {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "3m"},
     )
     assert table.requests == before
-    assert await pacing.reserve(params, within=60) == pytest.approx(3)  # held until the reset
+    assert await pacing.reserve(params, within=60) == pytest.approx(3)  # held until one request is back
     other = ProviderPacing(table, PacingSettings(requests_per_minute=600))  # another instance reads it
     assert await other.reserve(params, within=60) == pytest.approx(3.1)
 
