@@ -13,8 +13,9 @@ Start-time fair queueing over a virtual clock, kept in the model's pacing row (n
   shared by weight among the callers waiting) of the clock is due: it takes a slot of the limiter's bucket (its
   slot is held). So a caller alone may spend the whole burst, and the lead it took then counts against it once
   others wait: its next runs wait for the clock, theirs do not;
-- a later one is told to ask again when it would be due were its caller alone (the others may stop waiting
-  meanwhile; a run told the later time would leave the budget unused), and asks again then with its turn.
+- a later one is told to ask again when it would be due at the clock's speed now, or sooner: were its caller
+  alone, and at the latest after half the burst (the others may stop waiting meanwhile; a run asking within half
+  the bucket's depth late finds the budget it missed still in the bucket), and asks again then with its turn.
 
 The bound: a caller with nothing waiting has its next run due at once, whatever the others queued; that run
 waits only for the limiter's next free slot, which the others' due runs hold at most their share of the burst
@@ -107,11 +108,14 @@ def take(
     due_at = turn - horizon * weight / weights - cost / weight
     if due_at <= turns.clock + EPSILON:
         return turns, turn, 0.0
-    # Asked again when it would be due at the clock's speed now, or sooner if it were alone: the others may stop
-    # waiting meanwhile (the clock speeds up, the horizon widens), and a run told the later time would leave the
-    # budget unused.
+    # Asked again when it would be due at the clock's speed now, or sooner: when it would be due were its caller
+    # alone, and at the latest after half the burst. The others may stop waiting meanwhile (the clock speeds up,
+    # the horizon widens); a run asking that much late still finds the budget it missed in the bucket (half its
+    # depth), while asking every turn kept a host busy with tries (C waited ~20 s for its first slot in the full
+    # bench.capacity).
     alone = (turn - horizon - cost / weight - turns.clock) * weight
-    return turns, turn, max(min(alone, (due_at - turns.clock) * weights), cost * weights / weight)
+    shared = (due_at - turns.clock) * weights
+    return turns, turn, max(min(shared, max(alone, horizon / 2)), cost * weights / weight)
 
 
 def granted(turns: Turns, caller: str) -> None:
