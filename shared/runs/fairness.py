@@ -111,8 +111,7 @@ def take(
     # Asked again when it would be due at the clock's speed now, or sooner: when it would be due were its caller
     # alone, and at the latest after half the burst. The others may stop waiting meanwhile (the clock speeds up,
     # the horizon widens); a run asking that much late still finds the budget it missed in the bucket (half its
-    # depth), while asking every turn kept a host busy with tries (C waited ~20 s for its first slot in the full
-    # bench.capacity).
+    # depth), and the head of a long queue does not ask every turn (each ask is a poll step and two requests).
     alone = (turn - horizon - cost / weight - turns.clock) * weight
     shared = (due_at - turns.clock) * weights
     return turns, turn, max(min(shared, max(alone, horizon / 2)), cost * weights / weight)
