@@ -13,6 +13,12 @@ Completions, with faults and stream cuts on the `chat` endpoint too); a killed h
 attempts. The checks that rest on provider background responses then judge the executor's runs by their own
 view, their full replay from the service and the model calls the emulator's chat log records.
 
+With `--provider-rpm N` the emulator also enforces a quota of N creates a minute per model (OpenAI's rolling
+window), below the offered load (1,000 runs over 300 s offer ~200 a minute, sessions and retries more); three more
+invariants then matter: no start refused for provider capacity, no queued run lost, one provider response per run
+(checked always). `--setting NAME=VALUE` adds host settings, e.g. the provider pacing's
+(`--setting PACING_REQUESTS_PER_MINUTE=110 --setting PACING_BURST=1`).
+
 With `--completion push` the emulator sends signed provider webhooks (COMPLETION_STRATEGY=push), losing 10 %,
 sending 10 % twice and retrying refused ones; a webhook that arrives while the host is down is retried by the
 emulator or replaced by the safety-net poll chain.
@@ -40,6 +46,7 @@ from typing import Any
 
 import httpx
 
+from .capacity import parse_settings
 from .chaos_checks import Check, Checker, Evidence, call_whole
 from .chaos_client import CHAOS_TAG, TERMINAL, ApiClient, replay, sse_events
 from .chaos_mix import Mix, plan
@@ -102,6 +109,8 @@ class ChaosConfig:
     verbose: bool = True
     backend: str = "background"  # RUN_BACKEND of the host: background (provider responses) or executor
     completion: str = "poll"  # how the host learns a provider response ended: poll, or push (provider webhooks)
+    provider_rpm: int = 0  # the emulator's quota of creates a minute per model (0: none)
+    host_settings: dict[str, str] = field(default_factory=dict)  # more host settings (--setting)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -136,6 +145,7 @@ class Chaos:
         self.stack: LocalStack | None = None
         self.faults: Counter = Counter()
         self.stats: dict[str, Any] = {}
+        self.stats_quota: dict[str, Any] = {}  # the emulator's quota counters (--provider-rpm)
 
     def say(self, msg: str) -> None:
         t = time.monotonic() - self.t0
@@ -343,6 +353,10 @@ class Chaos:
             idempotency=mix.idempotency,
             key_runs=api.key_runs,
             not_accepted=api.not_accepted,
+            capacity_refusals=api.capacity_refusals,
+            start_answers=sum(
+                n for label, n in api.answers.items() if label.startswith("POST /api/runs ") and label[-1].isdigit()
+            ),
             server_errors=api.server_errors,
             job_errors=mix.job_errors,
             answers=sum(n for label, n in api.answers.items() if label.rsplit(" ", 1)[-1].isdigit()),
@@ -357,7 +371,11 @@ class Chaos:
     async def run(self) -> ChaosResult:
         cfg = self.cfg
         self.t0 = time.monotonic()
-        host_env = {**CHAOS_HOST_ENV, **(EXECUTOR_HOST_ENV if cfg.backend == "executor" else {})}
+        host_env = {
+            **CHAOS_HOST_ENV,
+            **(EXECUTOR_HOST_ENV if cfg.backend == "executor" else {}),
+            **cfg.host_settings,
+        }
         emulator_config: dict[str, Any] = {"seed": cfg.seed}
         if cfg.completion == "push":
             secret = new_secrets(1)[0]
@@ -384,7 +402,10 @@ class Chaos:
                 stream_cut_rate=cfg.stream_cut_rate,
                 fault_endpoints=cfg.fault_endpoints,
                 resume_window_s=3600,
+                rpm_limit=cfg.provider_rpm,
             )
+            if cfg.provider_rpm:
+                self.say(f"provider quota: {cfg.provider_rpm} creates a minute per model; host {cfg.host_settings}")
             self.say(
                 f"emulator faults on: 429 {cfg.fault_429_rate}, 500 {cfg.fault_500_rate}, "
                 f"503 {cfg.fault_503_rate}, stream cuts {cfg.stream_cut_rate} on {cfg.fault_endpoints}"
@@ -409,6 +430,8 @@ class Chaos:
                 await asyncio.gather(*work)
                 self.say(f"clients done: {len(api.records)} runs accepted, {len(api.not_accepted)} not")
                 self.stack.emulator.configure(fault_429_rate=0, fault_500_rate=0, fault_503_rate=0, stream_cut_rate=0)
+                quota = self.stack.emulator.stats().get("quota", {})
+                self.stats_quota = {k: quota.get(k) for k in ("limited_requests", "limited_tokens")}
                 self.say("emulator faults off; waiting for convergence")
                 views = await self.converge(api)
                 refs = await self.reference_streams(api, views)
@@ -418,6 +441,8 @@ class Chaos:
         finally:
             await asyncio.to_thread(self.stack.stop)
         self.stats["seconds"] = round(time.monotonic() - self.t0, 1)
+        if cfg.provider_rpm:
+            self.stats["provider_quota"] = {"rpm": cfg.provider_rpm, **self.stats_quota}
         return ChaosResult(checks, self.events, self.stats)
 
     def figures(self, api: ApiClient, mix: Mix, ev: Evidence) -> dict[str, Any]:
@@ -600,6 +625,19 @@ def main(argv: list[str] | None = None) -> int:
         help="executor: the host makes every model call itself (faults on the chat endpoint too)",
     )
     parser.add_argument(
+        "--provider-rpm",
+        type=int,
+        default=defaults.provider_rpm,
+        help="the emulator's quota of creates a minute per model, below the offered load (0: none)",
+    )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a host setting (repeatable), e.g. PACING_REQUESTS_PER_MINUTE=110",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -607,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     stem = "chaos" + {"executor": "-executor"}.get(args.backend, "") + {"push": "-push"}.get(args.completion, "")
+    stem += "-quota" if args.provider_rpm else ""
     started = time.monotonic()
     result = run_chaos(
         runs=args.runs,
@@ -619,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
         converge_timeout_s=args.converge_timeout,
         backend=args.backend,
         completion=args.completion,
+        provider_rpm=args.provider_rpm,
+        host_settings=parse_settings(args.setting),
         name=stem,
         **({"fault_endpoints": defaults.fault_endpoints + ",chat"} if args.backend == "executor" else {}),
     )

@@ -98,6 +98,8 @@ class Evidence:
     idempotency: list[dict[str, Any]]
     key_runs: dict[str, set[str]]
     not_accepted: list[dict[str, Any]]
+    capacity_refusals: list[str]  # start answers that handed the provider's lack of capacity back to the caller
+    start_answers: int  # HTTP answers to starts (POST /api/runs, streaming or not), retries included
     server_errors: list[str]
     answers: int  # HTTP answers the clients got
     job_errors: list[str]
@@ -244,7 +246,27 @@ class Checker:
             self.nothing_stuck(),
             self.poison_accounted(),
             self.no_server_errors(),
+            self.no_capacity_refusals(),
+            self.no_queued_run_lost(),
         ]
+
+    # -- provider capacity (a quota below the offered load: --provider-rpm) ---------------------------------------
+    def no_capacity_refusals(self) -> Check:
+        failures = [
+            {"run_id": None, "scenario": "start", "problem": refusal, "likely_cause": "admission did not queue it"}
+            for refusal in self.ev.capacity_refusals
+        ]
+        total = self.ev.start_answers
+        return self.check("no run refused for provider capacity", failures, total, "start answers not a refusal")
+
+    def no_queued_run_lost(self) -> Check:
+        """Every run that waited for provider capacity (its view has `admission`) ended; one that vanished after
+        it was accepted is `not_lost`'s."""
+        queued = [r for r in self.ids if (self.ev.views.get(r) or {}).get("admission")]
+        failures = [
+            self.failure(r, f"queued, never ended: {self.status(r)}") for r in queued if self.status(r) not in TERMINAL
+        ]
+        return self.check("no queued run lost (every run queued for capacity ended)", failures, len(queued), "ended")
 
     # -- acceptance and existence -------------------------------------------------------------------------
     def accepted(self) -> Check:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 # call): the chat log then says which run each model call belongs to.
 CHAOS_TAG = "emulator_chaos_tag"
 RESTART_EVENT = "output_restarted"  # an executor run's output starts again (a new attempt of its model call)
+
+# How a provider says it has no capacity now (a 429 rate limit, a 503 overload), as the service quotes it.
+CAPACITY_WORDS = re.compile(r"rate limit|overloaded", re.IGNORECASE)
 
 
 @dataclass
@@ -76,6 +80,10 @@ class ApiClient:
         self.key_runs: dict[str, set[str]] = defaultdict(set)  # Idempotency-Key -> run ids answered
         self.records: dict[str, RunRecord] = {}
         self.not_accepted: list[dict[str, Any]] = []
+        # Start answers that handed a provider's lack of capacity back to the caller: a 429, or a 503
+        # provider_unavailable quoting the provider's rate limit or overload (one quoting a 500 or a timeout is a
+        # create whose outcome is unknown, handed back by design). With admission, none.
+        self.capacity_refusals: list[str] = []
 
     def _count(self, what: str, response: httpx.Response | None, error: Exception | None = None) -> None:
         label = f"{what} {response.status_code}" if response is not None else f"{what} {type(error).__name__}"
@@ -115,6 +123,11 @@ class ApiClient:
             self._count(label, response, error)
             body = _json(response)
             code = ((body or {}).get("error") or {}).get("code") if isinstance(body, dict) else None
+            if label == "POST /api/runs" and response is not None:
+                message = str(((body or {}).get("error") or {}).get("message", "")) if isinstance(body, dict) else ""
+                capacity = CAPACITY_WORDS.search(message) and code == "provider_unavailable"
+                if response.status_code == 429 or (response.status_code == 503 and capacity):
+                    self.capacity_refusals.append(f"{label} -> {response.status_code} {code}: {message[:120]}")
             trail.append(
                 str(response.status_code) + (f" {code}" if code else "")
                 if response is not None

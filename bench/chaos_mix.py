@@ -213,6 +213,8 @@ class Mix:
                 await asyncio.sleep(0.5 + self.rng.random())
                 continue
             self.api._count("POST /api/runs (stream)", response)
+            if response.status_code == 429:  # a streaming start refused for the provider's capacity
+                self.api.capacity_refusals.append("POST /api/runs (stream) -> 429")
             location = response.headers.get("location", "")
             if (
                 response.status_code == 200

@@ -174,6 +174,12 @@ def build(
         allow_http=settings.webhook_allow_http,
         allow_private=settings.webhook_allow_private,
     )
+    pacing = ProviderPacing(
+        storage.index,
+        settings.pacing,
+        row_budgets={d.name: (d.requests_per_minute, d.tokens_per_minute) for d in settings.deployments},
+        weight_of=lambda caller: settings.quotas.of(caller).weight,
+    )
     admission = RunAdmission(
         AdmissionRules(
             settings.admission_max_wait, rules.start_grace, rules.create_streaming, rules.remember_responses
@@ -184,11 +190,7 @@ def build(
         scheduler,
         backoff,
         ending,
-        ProviderPacing(
-            storage.index,
-            settings.pacing,
-            budgeted=any(d.requests_per_minute or d.tokens_per_minute for d in settings.deployments),
-        ),
+        pacing,
     )
     starter = RunStarter(
         rules,
@@ -221,7 +223,7 @@ def build(
         canceller=canceller,
         deleter=RunDeleter(reader, canceller, router, store, index, sessions, settings.retention_seconds),
         lister=lister,
-        overview=RunOverview(lister, store, index, quotas),
+        overview=RunOverview(lister, store, index, quotas, pacing),
         relays=RelayFactory(
             store,
             router,

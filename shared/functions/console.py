@@ -236,6 +236,7 @@ async def console_operations(req: Request) -> Response:
             },
             "capacity": {
                 "callers": capacity,
+                "limiters": await svc.overview.limiters(),
                 "deployments": [  # one until deployments are configurable
                     {"name": provider["default_model"], "provider": provider["kind"], "default": True}
                 ],

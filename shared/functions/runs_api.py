@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import azure.functions as func
+from azure.core.exceptions import AzureError
 from azurefunctions.extensions.http.fastapi import HTMLResponse, JSONResponse, Request, Response
 
 from .. import telemetry
@@ -203,7 +204,21 @@ async def health_details(req: Request) -> Response:
     and end, webhooks and the facade's callers, counted. Never a secret."""
     counting_as("health_details")
     status, code, checks = await _health()
+    if "storage" in checks:  # the service started: its capacity too (a query of the limiters, the open runs)
+        checks["capacity"] = await _capacity()
     return JSONResponse({"status": status, "checks": checks}, status_code=code)
+
+
+async def _capacity() -> dict[str, Any]:
+    """The provider pacing's limiter per model and, per caller, its runs waiting for capacity."""
+    svc = await services()
+    try:
+        in_flight = await svc.overview.in_flight_by_caller()
+        limiters = await svc.overview.limiters()
+    except AzureError as error:
+        return {"error": type(error).__name__}
+    waiting = {name: counts["waiting_for_capacity"] for name, counts in in_flight["callers"].items()}
+    return {"limiters": limiters, "waiting_for_capacity_by_caller": waiting}
 
 
 async def _health() -> tuple[str, int, dict[str, Any]]:

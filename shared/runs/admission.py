@@ -45,14 +45,14 @@ from ..responses_vocabulary import ErrorCode, RunStatus
 from .ending import DeadlinePassed, Failed, Observed, ProviderEnded, RunEnding
 from .index import RunIndex
 from .model import Admission, Run
-from .pacing import ProviderPacing
+from .pacing import FAIR_TURN, GO, PACED, ProviderPacing, Reserved
 from .poll_chain import DEADLINE_SLACK_SECONDS, Backoff, PollScheduler
+from .quotas import quota_caller
 from .results import response_snapshot
 from .store import RunConflict, RunStore
 
 log = logging.getLogger("bgruns.admission")
 
-PACED = "paced"
 # A slot this close is waited for in place (the create goes a moment later) rather than queued: a queued try
 # costs a message and two run writes.
 PACED_INLINE_WAIT = 0.5
@@ -107,10 +107,10 @@ class RunAdmission:
         run.admission = Admission(queued_at=run.created_at)
         return await self._queue(run, self._next_delay(run, error), _reason(error))
 
-    async def queue_paced(self, run: Run, wait: float) -> Run:
-        """Queue the starting run (recorded, not created) until its slot of the pacing, `wait` seconds away."""
-        run.admission = Admission(queued_at=run.created_at, attempts=0, paced=True)
-        return await self._queue(run, self._within_wait(run, wait), PACED)
+    async def queue_paced(self, run: Run, reserved: Reserved) -> Run:
+        """Queue the starting run (recorded, not created) until its slot of the pacing or its caller's turn."""
+        run.admission = Admission(queued_at=run.created_at, attempts=0, paced=reserved.held, turn=reserved.turn)
+        return await self._queue(run, self._within_wait(run, reserved.wait), PACED if reserved.held else FAIR_TURN)
 
     async def _queue(self, run: Run, delay: float, reason: str) -> Run:
         assert run.admission is not None
@@ -121,26 +121,29 @@ class RunAdmission:
             return run
         return await self._store.get(run.id, with_result=True) or run
 
-    async def place(self, run: Run, *, stream: bool, held: bool = False) -> StartedResponse | float:
+    async def place(self, run: Run, *, stream: bool, held: bool = False) -> StartedResponse | Reserved:
         """Create the run's response at the first deployment with room (provider.pool), or say how long to wait.
 
         The candidates in order (only its own deployment for a chained run: `pinned_deployment`): one whose
-        pacing slot is later, or that answers 429/503 or cannot be reached, is passed over for the next. When every
-        one was passed over for its pacing, the earliest slot among them is taken (the run holds it, at
-        `run.deployment`) and its wait returned; else the refusal is raised (a 429/503 queues the run, as does the
-        503 when no deployment is available). `held`: the run holds its slot at `run.deployment` already: it tries
-        there first, unpaced. Sets `run.deployment` to where it was created."""
+        pacing slot or caller's turn (runs.fairness) is later, or that answers 429/503 or cannot be reached, is
+        passed over for the next. When every one was passed over for its pacing, the earliest among them is taken
+        (a slot the run then holds, or a turn it asks again with, both at `run.deployment`) and returned; else the
+        refusal is raised (a 429/503 queues the run, as does the 503 when no deployment is available). `held`: the
+        run holds its slot at `run.deployment` already: it tries there first, unpaced. Sets `run.deployment` to
+        where it was created."""
         candidates = self._backend.candidates(pinned_deployment(run))
         if held:  # its slot's deployment first (if it is still a candidate)
             candidates.sort(key=lambda c: c.name != run.deployment)
         alone = len(candidates) == 1  # its one slot is taken at once (one reservation, as without a pool)
-        paced: list[tuple[float, Candidate]] = []
+        later: list[tuple[Reserved, Candidate]] = []
         refusal: ProviderError | None = None
         for candidate in candidates:
             unpaced = held and candidate.name == run.deployment
-            if not unpaced and (wait := await self._slot(run, candidate, hold=alone)):
-                paced.append((wait, candidate))
-                continue
+            if not unpaced:
+                reserved = await self._slot(run, candidate, hold=alone, turn=_turn_at(run, candidate), probe=not alone)
+                if reserved.wait:
+                    later.append((reserved, candidate))
+                    continue
             try:
                 return await self._create_at(run, candidate, stream)
             except ProviderError as error:
@@ -149,12 +152,12 @@ class RunAdmission:
                 log.info("run %s: deployment %s has no room (%s)", run.id, candidate.name, error.status)
                 if refusal is None or proves_nothing_created(error):
                     refusal = error
-        if paced:
-            wait, earliest = min(paced, key=lambda p: p[0])
-            if not alone and not (wait := await self._slot(run, earliest, hold=True)):
+        if later:
+            reserved, earliest = min(later, key=lambda r: r[0].wait)
+            if not alone and not (reserved := await self._slot(run, earliest, hold=True, turn=reserved.turn)).wait:
                 return await self._create_at(run, earliest, stream)
             run.deployment = earliest.name or run.deployment
-            return wait
+            return reserved
         assert refusal is not None  # candidates() names at least one, or raises
         raise refusal
 
@@ -163,23 +166,30 @@ class RunAdmission:
         run.deployment = started.deployment or run.deployment
         return started
 
-    async def _slot(self, run: Run, candidate: Candidate, *, hold: bool) -> float:
-        """How long the run's create must wait for its slot at the candidate; 0: go now (a slot within
-        PACED_INLINE_WAIT is waited for here). A later slot is taken only if `hold` (the run then holds it)."""
+    async def _slot(
+        self, run: Run, candidate: Candidate, *, hold: bool, turn: float | None, probe: bool = False
+    ) -> Reserved:
+        """The run's slot at the candidate, in its caller's fair order there (`turn`: the one it has at that row):
+        wait 0 (GO): go now (a slot within PACED_INLINE_WAIT is waited for here). A later slot is taken only if
+        `hold` (the run then holds it); a turn not due yet comes back not held, with the time to ask again.
+        `probe`: one look of several (a pool), which keeps a new turn only with a slot."""
         if self._pacing is None:
-            return 0.0
+            return GO
         queued_at = run.admission.queued_at if run.admission else run.created_at
         wait_left = max(0.0, queued_at + self._rules.max_wait - clock.now())
-        wait = await self._pacing.reserve(
+        reserved = await self._pacing.reserve_turn(
             run.request,
             within=wait_left if hold else PACED_INLINE_WAIT,
             key=candidate.pacing_key,
             budgets=_budgets(candidate),
+            caller=quota_caller(run.owner),
+            turn=turn,
+            probe=probe,
         )
-        if wait > PACED_INLINE_WAIT:
-            return wait
-        await asyncio.sleep(wait)
-        return 0.0
+        if reserved.wait > PACED_INLINE_WAIT or not reserved.held:
+            return reserved
+        await asyncio.sleep(reserved.wait)
+        return GO
 
     async def create(self, params: dict[str, Any], *, stream: bool, at: Candidate = ANYWHERE) -> StartedResponse:
         """Create the response at `at` (never repeated here), telling the pacing what the provider answered."""
@@ -225,7 +235,7 @@ class RunAdmission:
             placed = await self.place(full, stream=full.stream or self._rules.create_streaming, held=held)
         except ProviderError as error:
             return await self._refused(full, error)
-        if isinstance(placed, float):
+        if isinstance(placed, Reserved):
             return await self._paced(full, placed)
         started = placed
         if started.events is not None:
@@ -246,16 +256,20 @@ class RunAdmission:
             return False
         return True
 
-    async def _paced(self, run: Run, wait: float) -> AdmissionOutcome:
-        """The pacing gave the run a later slot: its next try is then, without calling the provider now."""
+    async def _paced(self, run: Run, reserved: Reserved) -> AdmissionOutcome:
+        """The pacing gave the run a later slot, or its caller's turn is later: its next try is then, without
+        calling the provider now."""
         assert run.admission is not None
-        delay = self._within_wait(run, wait)
-        run.admission.next_try_at, run.admission.reason, run.admission.paced = clock.now() + delay, PACED, True
+        delay = self._within_wait(run, reserved.wait)
+        reason = PACED if reserved.held else FAIR_TURN
+        run.admission.next_try_at, run.admission.reason = clock.now() + delay, reason
+        run.admission.paced, run.admission.turn = reserved.held, reserved.turn
         run.admission.creating_since = None  # claimed, but no create was made
         run.admission.attempts -= 1
-        log.info("run %s: paced; next try in %.1fs", run.id, delay)
+        log.info("run %s: %s; next try in %.1fs", run.id, reason, delay)
         telemetry.capacity("waiting")
-        saved = await self._scheduler.schedule(run, delay, event="capacity_paced", error=PACED, save_all=True)
+        event = "capacity_paced" if reserved.held else "capacity_turn"
+        saved = await self._scheduler.schedule(run, delay, event=event, error=reason, save_all=True)
         return AdmissionOutcome.WAITING if saved else AdmissionOutcome.STALE
 
     async def _refused(self, run: Run, error: ProviderError) -> AdmissionOutcome | RunStatus:
@@ -345,6 +359,11 @@ def pinned_deployment(run: Run) -> str | None:
     """The deployment a run must start on: the one its conversation lives at (a session's next turn, a
     `previous_response_id`: that response exists only there); None: any."""
     return run.at if run.request.get("previous_response_id") else None
+
+
+def _turn_at(run: Run, candidate: Candidate) -> float | None:
+    """The run's turn in its caller's fair order at the candidate's row: the one it took where it waits, if any."""
+    return run.admission.turn if run.admission is not None and candidate.name == run.deployment else None
 
 
 def _budgets(candidate: Candidate) -> tuple[int, int]:

@@ -29,6 +29,7 @@ class Admission:
     creating_since: float | None = None  # a create is in flight since then: if its step dies, its outcome is unknown
     granted_at: float | None = None  # the provider accepted it
     paced: bool = False  # the next try holds its slot of the provider pacing (runs.pacing): it does not ask again
+    turn: float | None = None  # its place in the fair order across callers (runs.fairness), kept across tries
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

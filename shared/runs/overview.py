@@ -23,6 +23,7 @@ from .callers import OPERATOR, Caller
 from .index import RunIndex
 from .listing import RunLister, RunPage
 from .model import Run
+from .pacing import ProviderPacing
 from .quotas import CallerQuotas, quota_caller
 from .store import RunStore
 
@@ -59,11 +60,18 @@ def webhook_summary(run: Run) -> dict[str, Any] | None:
 
 
 class RunOverview:
-    def __init__(self, lister: RunLister, store: RunStore, index: RunIndex, quotas: CallerQuotas) -> None:
+    def __init__(
+        self, lister: RunLister, store: RunStore, index: RunIndex, quotas: CallerQuotas, pacing: ProviderPacing
+    ) -> None:
         self._lister = lister
         self._store = store
         self._index = index
         self._quotas = quotas
+        self._pacing = pacing
+
+    async def limiters(self) -> list[dict[str, Any]]:
+        """The provider pacing's limiter per model (deployment): budgets, bucket, next slot, callers waiting."""
+        return await self._pacing.view()
 
     async def page(self, *, caller: Caller = OPERATOR, **filters: Any) -> RunPage:
         """RunLister.page, each listed run with its `webhook` summary (state, attempts, lag)."""

@@ -7,10 +7,19 @@ called. The slot is a reservation: the try at the slot goes straight to the prov
 
 The slots come from two budgets per model, configured once for every model (PACING_REQUESTS_PER_MINUTE,
 PACING_TOKENS_PER_MINUTE) and refined by what the provider says:
-- requests: one slot every `60 / rpm` seconds, no burst (a burst would spend the provider's window unevenly);
-- tokens: each create moves the token clock on by its estimate (`estimate_tokens`) at `tpm` tokens per minute;
+- requests: one slot every `60 / rpm` seconds, after a burst of up to PACING_BURST of a minute's budget: a token
+  bucket of `burst * rpm` requests that starts full and refills at `rpm` (GCRA: the slot may be up to the
+  bucket's depth earlier than the even spacing). The provider's own window starts full too: a burst that fits in
+  it keeps the provider busy when starts come in bursts, and a bucket no deeper than the provider's window
+  (its rate below the provider's) never meets a 429 however late the creates arrive;
+- tokens: each create moves the token clock on by its estimate (`estimate_tokens`) at `tpm` tokens per minute,
+  with the same burst (`burst * tpm` tokens);
 - the provider's `x-ratelimit-remaining-*` at 0, under a valid `x-ratelimit-limit-*` and with a valid
-  `reset-*`, holds starts until the reset (Azure OpenAI's Responses API sends `-1`/`0`: such values are ignored).
+  `reset-*`, holds starts for `reset / limit`: the reset is the time until the budget is back to its initial
+  state, so in a window that refills continuously (OpenAI's) one more request is allowed after that share of it
+  (holding until the whole reset left the provider idle for up to a minute after a burst drained its window; a
+  fixed window that allows nothing before its reset answers a 429 instead, whose Retry-After holds). Azure
+  OpenAI's Responses API sends `-1`/`0`: such values are ignored.
   The limits themselves are not taken as per-minute rates: their window is the provider's (OpenAI's lower tiers
   count requests per day), while remaining and reset mean the same whatever the window;
 - a rate-limit 429 holds starts for its Retry-After (1 s when it gives none);
@@ -23,6 +32,12 @@ All off (the defaults) costs nothing: no storage request, no wait.
 With a pool of deployments (PROVIDER_DEPLOYMENTS, provider.pool) the row is the deployment's (`key`: its name)
 and its budgets are the deployment's `requests_per_minute` / `tokens_per_minute` where it sets them
 (`budgets`), else the PACING_* ones; without one, the row is the create's model, as above.
+
+Fair order across callers (runs.fairness): a create that names its caller first takes a turn among the callers
+of its model, in the same row; only a due turn takes a slot. A run whose turn is not due yet is queued (`reason`
+"fair turn") until it is due and the limiter would have a slot for it, and then asks again with its turn: one more
+reservation (two storage requests) for each run that waits behind more than its caller's next turn, and more while
+other callers wait (it asks when it would be due were its caller alone; measured in bench/README.md "Capacity").
 
 State: one row per model in the run index table (partition `pacing`), read and rewritten If-Match its ETag by
 each reservation: two storage requests per start at steady state, fewer in a burst (within an instance, the creates
@@ -44,10 +59,10 @@ import math
 import random
 import re
 from collections import defaultdict
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -56,10 +71,14 @@ from azure.data.tables import UpdateMode
 from .. import clock
 from ..settings import PacingSettings
 from ..storage import Table
+from . import fairness
 
 log = logging.getLogger("bgruns.pacing")
 
 PARTITION = "pacing"
+# Why a queued run waits (`Admission.reason`), when the pacing is why:
+PACED = "paced"  # the limiter holds a later slot for it
+FAIR_TURN = "fair turn"  # the budget is the bottleneck and other callers' runs are due first (runs.fairness)
 DEFAULT_OUTPUT_TOKENS = 1024  # a create without `max_output_tokens` (the emulator's default estimate)
 CHARS_PER_TOKEN = 4  # the provider's rule of thumb for English text, and the emulator's count
 MIN_RATE = 1.0  # requests per minute below which AIMD never goes
@@ -87,6 +106,9 @@ class PaceState:
     recent: float = 0.0  # starts of about the last minute (a count decaying by e every minute)
     recent_at: float = 0.0
     cut_at: float = 0.0  # when the learned rate was last halved
+    clock: float = 0.0  # the callers' fair order (runs.fairness): its virtual clock, when it was read, the turns
+    clock_at: float = 0.0
+    turns: str = ""
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> PaceState:
@@ -96,14 +118,14 @@ class PaceState:
 def spent_until(headers: Mapping[str, str], now: float) -> float:
     """Until when OpenAI's `x-ratelimit-*` headers say a budget is spent (0: none is, or nothing valid): its
     remaining count 0 under a limit above 0, and a reset that is a positive duration (`1s`, `6m0s`, `20ms`, or
-    seconds)."""
+    seconds), the time until the whole budget is back; one request's share of it comes back after reset / limit."""
     until = 0.0
     for kind in ("requests", "tokens"):
         limit = _whole(headers.get(f"x-ratelimit-limit-{kind}"))
         remaining = _whole(headers.get(f"x-ratelimit-remaining-{kind}"))
         reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
         if limit is not None and limit > 0 and remaining == 0 and reset:
-            until = max(until, now + reset)
+            until = max(until, now + reset / limit)
     return until
 
 
@@ -169,19 +191,39 @@ def budgets(settings: PacingSettings, state: PaceState) -> Budgets:
     return Budgets(min(requests, default=0.0), float(settings.tokens_per_minute))
 
 
+def cost_seconds(rates: Budgets, tokens: int) -> float:
+    """The seconds of the model's budget a create of `tokens` uses (0: no budget is known yet)."""
+    return max(60.0 / rates.requests if rates.requests else 0.0, tokens * 60.0 / rates.tokens if rates.tokens else 0.0)
+
+
+def take_turn(
+    settings: PacingSettings, state: PaceState, now: float, ask: Ask
+) -> tuple[float | None, float, PaceState]:
+    """The ask's turn among the callers (runs.fairness), how long until it is due (0: now), and the state after
+    it; a create without a caller, or before any budget is known, is due at once and takes no turn."""
+    cost = cost_seconds(budgets(settings, state), ask.tokens)
+    if ask.caller is None or not cost:
+        return ask.turn, 0.0, state
+    turns = fairness.Turns.load(state.clock, state.clock_at, state.turns)
+    horizon = settings.burst * 60.0  # a burst the bucket can take is due at once
+    turns, turn, wait = fairness.take(turns, now, ask.caller, ask.weight, cost, ask.turn, horizon=horizon)
+    return turn, wait, replace(state, clock=turns.clock, clock_at=turns.at, turns=turns.dump())
+
+
 def plan(settings: PacingSettings, state: PaceState, now: float, tokens: int) -> tuple[float, PaceState]:
     """The slot of a create of `tokens` made at `now`, and the model's state once it is taken."""
     rates = budgets(settings, state)
+    depth = settings.burst * 60.0  # seconds of budget the bucket holds
     slot = max(now, state.hold_until)
     if rates.requests:
-        slot = max(slot, state.requests_at)
+        slot = max(slot, state.requests_at - max(0.0, depth - 60.0 / rates.requests))
     if rates.tokens:
-        slot = max(slot, state.tokens_at)
+        slot = max(slot, state.tokens_at - max(0.0, depth - tokens * 60.0 / rates.tokens))
     after = replace(state)
     if rates.requests:
-        after.requests_at = slot + 60.0 / rates.requests
+        after.requests_at = max(state.requests_at, slot) + 60.0 / rates.requests
     if rates.tokens:
-        after.tokens_at = slot + tokens * 60.0 / rates.tokens
+        after.tokens_at = max(state.tokens_at, slot) + tokens * 60.0 / rates.tokens
     after.recent = state.recent * math.exp(-max(0.0, now - state.recent_at) / 60.0) + 1.0
     after.recent_at = now
     if settings.adaptive and state.rate:
@@ -199,26 +241,63 @@ def throttled(settings: PacingSettings, state: PaceState, now: float, retry_afte
     return after
 
 
+def granted_turn(state: PaceState, ask: Ask) -> PaceState:
+    """The state once the ask's run took its slot: its caller has one turn less waiting."""
+    if ask.caller is None or not state.turns:
+        return state
+    turns = fairness.Turns.load(state.clock, state.clock_at, state.turns)
+    fairness.granted(turns, ask.caller)
+    return replace(state, turns=turns.dump())
+
+
 @dataclass(frozen=True)
-class _Ask:
-    """A create waiting for its slot: what it costs and how long its run may wait; its wait, once answered."""
+class Reserved:
+    """What a reservation gave a create: a slot `wait` seconds away (`held`: the create goes then without asking
+    again), or, when its caller's turn is not due (runs.fairness), the time to ask again; the run keeps `turn`."""
+
+    wait: float
+    turn: float | None = None
+    held: bool = True
+
+
+GO = Reserved(0.0)
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A create waiting for its slot: what it costs, how long its run may wait, its caller (None: not ordered
+    among callers), the caller's weight and the run's turn if it has one; its reservation, once answered."""
 
     tokens: int
     within: float
-    answer: asyncio.Future[float]
+    answer: asyncio.Future[Reserved]
+    caller: str | None = None
+    weight: float = 1.0
+    turn: float | None = None
+    probe: bool = False  # takes a turn only with a slot (placement looking at each deployment of a pool)
 
 
 class ProviderPacing:
     def __init__(
-        self, table: Table, settings: PacingSettings, *, timeout: float = STORAGE_TIMEOUT, budgeted: bool = False
+        self,
+        table: Table,
+        settings: PacingSettings,
+        *,
+        row_budgets: Mapping[str, tuple[int, int]] | None = None,
+        weight_of: Callable[[str], float] = lambda caller: 1.0,
+        timeout: float = STORAGE_TIMEOUT,
     ) -> None:
-        """`budgeted`: a deployment has budgets of its own (PROVIDER_DEPLOYMENTS), so pacing is on."""
+        """`row_budgets`: the (requests, tokens) per-minute budgets of rows that have their own (the deployments of
+        PROVIDER_DEPLOYMENTS, by name); any set turns pacing on. `weight_of` gives a caller's weight in the fair
+        order across callers (runs.fairness)."""
         self._table = table
         self._settings = settings
-        self._budgeted = budgeted
+        self._row_budgets = dict(row_budgets or {})
+        self._budgeted = any(any(b) for b in self._row_budgets.values())
+        self._weight_of = weight_of
         self._timeout = timeout
         self._turns: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._asking: defaultdict[str, list[_Ask]] = defaultdict(list)  # creates waiting for a slot, per model
+        self._asking: defaultdict[str, list[Ask]] = defaultdict(list)  # creates waiting for a slot, per model
         self._pending: dict[str, float] = {}  # per model, spent until (headers), written with its next reservation
         self._open_until = 0.0  # skip pacing until then: its storage failed
 
@@ -243,22 +322,41 @@ class ProviderPacing:
         """Take the next slot of the create `params` at its row (`key`, default its model): seconds until it (0: go
         now). A slot more than `within` seconds away is not taken (its run cannot wait that long): the wait is
         returned all the same."""
+        return (await self.reserve_turn(params, within=within, key=key, budgets=budgets)).wait
+
+    async def reserve_turn(
+        self,
+        params: Mapping[str, Any],
+        *,
+        within: float,
+        key: str | None = None,
+        budgets: tuple[int, int] = (0, 0),
+        caller: str | None = None,
+        turn: float | None = None,
+        probe: bool = False,
+    ) -> Reserved:
+        """`reserve`, in the fair order across callers when `caller` is given: the create first takes its turn
+        at the row (or keeps `turn`, its run's there), and takes a slot only once the turn is due. A `probe` keeps
+        a new turn only with a slot: a run looking at several deployments is not charged a turn at each."""
         model = key or str(params.get("model") or "")
         settings = self._limits(budgets)
         if not settings.enabled or clock.now() < self._open_until:
-            return 0.0
-        ask = _Ask(estimate_tokens(params), within, asyncio.get_running_loop().create_future())
+            return Reserved(0.0, turn)
+        weight = self._weight_of(caller) if caller is not None else 1.0
+        future: asyncio.Future[Reserved] = asyncio.get_running_loop().create_future()
+        ask = Ask(estimate_tokens(params), within, future, caller, weight, turn, probe)
         self._asking[model].append(ask)
         async with self._turns[model]:
             if not ask.answer.done():  # its turn: it reserves for every create of the model waiting by now
                 asks, self._asking[model] = self._asking[model], []
-                waits = [0.0] * len(asks)  # also if this one is cancelled meanwhile: the others go unpaced
+                # also if this one is cancelled meanwhile: the others go unpaced
+                reserved = [Reserved(0.0, a.turn) for a in asks]
                 try:
                     if clock.now() >= self._open_until:  # else it failed while these waited their turn
-                        waits = await self._failing_open(model, self._reserve(model, asks, settings), waits)
+                        reserved = await self._failing_open(model, self._reserve(model, asks, settings), reserved)
                 finally:
-                    for waiting, wait in zip(asks, waits, strict=True):
-                        waiting.answer.set_result(wait)
+                    for waiting, answer in zip(asks, reserved, strict=True):
+                        waiting.answer.set_result(answer)
         return ask.answer.result()
 
     def noted(self, model: str, rate_limits: Mapping[str, str]) -> None:
@@ -279,23 +377,32 @@ class ProviderPacing:
         async with self._turns[model]:
             await self._failing_open(model, self._throttle(model, retry_after, settings), None)
 
-    async def _reserve(self, model: str, asks: list[_Ask], settings: PacingSettings) -> list[float]:
-        """The slots of `asks`, in order, taken with one read and one write of the model's row."""
+    async def _reserve(self, model: str, asks: list[Ask], settings: PacingSettings) -> list[Reserved]:
+        """The turns and slots of `asks`, in order, taken with one read and one write of the model's row."""
         for _ in range(MAX_TRIES):
             state, etag = await self._read(model)
             taken = self._take_pending(model, state)
             now = clock.now()
-            waits = []
+            reserved, changed = [], False
             for ask in asks:
+                before = state
+                turn, due, state = take_turn(settings, state, now, ask)
                 slot, after = plan(settings, state, now, ask.tokens)
-                waits.append(max(0.0, slot - now))
-                if slot - now <= ask.within:  # taken; a slot beyond what the run may wait is not
-                    state = after
-            if all(wait > ask.within for wait, ask in zip(waits, asks, strict=True)):
-                return waits  # nothing taken: nothing to write
+                granted = not due and slot - now <= ask.within  # a slot beyond what the run may wait is not taken
+                if ask.probe and not granted:  # a look at one deployment of several: no turn kept without a slot
+                    state, turn = before, ask.turn
+                changed |= turn != ask.turn  # a new turn is written even when its slot is not taken yet
+                # not due: it asks again once it is due and the limiter would have a slot for it
+                reserved.append(
+                    Reserved(max(due, slot - now), turn, held=False) if due else Reserved(max(0.0, slot - now), turn)
+                )
+                if granted:
+                    state, changed = granted_turn(after, ask), True
+            if not changed:
+                return reserved  # nothing taken: nothing to write
             if await self._write(model, state, etag):
                 self._drop_pending(model, taken)
-                return waits
+                return reserved
             await asyncio.sleep(random.uniform(0, MAX_PAUSE))
         raise TimeoutError(f"{MAX_TRIES} reservations lost to other instances")
 
@@ -333,6 +440,19 @@ class ProviderPacing:
             )
             return fallback
 
+    # -- what operators see (the console's operator view, /api/health/details) -------------------------------------
+    async def view(self) -> list[dict[str, Any]]:
+        """Each paced model's limiter as it stands (one query of the `pacing` partition; none when pacing is off)."""
+        if not self.enabled:
+            return []
+        now = clock.now()
+        rows = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION})
+        described = []
+        async for row in rows:
+            key = unquote(row["RowKey"])  # a model, or a deployment of the pool with its own budgets
+            described.append(describe(self._limits(self._row_budgets.get(key, (0, 0))), key, PaceState.of(row), now))
+        return described
+
     # -- storage ---------------------------------------------------------------------------------------------
     async def _read(self, model: str) -> tuple[PaceState, str | None]:
         try:
@@ -356,6 +476,39 @@ class ProviderPacing:
         except (ResourceExistsError, ResourceModifiedError):
             return False
         return True
+
+
+def describe(settings: PacingSettings, model: str, state: PaceState, now: float) -> dict[str, Any]:
+    """A model's limiter for an operator: its budgets, the requests its bucket holds now, when its next slot is
+    (for a create of the default estimate), how long the provider holds it, and the callers with runs waiting for
+    their turn (each with its weight and how many seconds of budget its turns reach ahead of the fair clock)."""
+    rates = budgets(settings, state)
+    slot, _ = plan(settings, state, now, DEFAULT_OUTPUT_TOKENS)
+    turns = fairness.advance(fairness.Turns.load(state.clock, state.clock_at, state.turns), now)
+    in_bucket = None
+    if rates.requests:  # GCRA: a bucket of max(depth, one interval) seconds, less how far the next slot is ahead
+        interval = 60.0 / rates.requests
+        depth = max(settings.burst * 60.0, interval)
+        in_bucket = round(max(0.0, depth - max(0.0, state.requests_at - now)) / interval, 1)
+    return {
+        "model": model,
+        "requests_per_minute": rates.requests or None,
+        "tokens_per_minute": rates.tokens or None,
+        "learned_requests_per_minute": round(state.rate, 2) if state.rate else None,
+        "burst": settings.burst,
+        "requests_in_bucket": in_bucket,
+        "next_slot_in_seconds": round(max(0.0, slot - now), 2),
+        "held_by_provider_seconds": round(max(0.0, state.hold_until - now), 2),
+        "starts_last_minute": round(state.recent * math.exp(-max(0.0, now - state.recent_at) / 60.0), 1),
+        "callers_waiting": {
+            name: {
+                "weight": caller.weight,
+                "turns_waiting": caller.queued,
+                "budget_seconds_ahead": round(max(0.0, caller.finish - turns.clock) * caller.weight, 1),
+            }
+            for name, caller in sorted(turns.waiting(now).items())
+        },
+    }
 
 
 def _row_key(model: str) -> str:

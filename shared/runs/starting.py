@@ -38,6 +38,7 @@ from .idempotency import IdempotencyStore
 from .index import RunIndex
 from .lifecycle import RunLifecycle
 from .model import Run
+from .pacing import Reserved
 from .poll_chain import Backoff, PollScheduler
 from .quotas import CallerQuotas, Slot
 from .requests import RUN_ID_PREFIX, RunRequest, new_run_id, valid_id
@@ -223,9 +224,9 @@ class RunStarter:
         try:
             if self._admission is None:
                 started = await self._backend.start(params, stream=stream, deployment=chain_deployment)
-            else:  # placed at the first deployment with room: every one's pacing slot later: queued until then
+            else:  # placed at the first deployment with room; a later slot or turn everywhere: queued until then
                 placed = await self._admission.place(run, stream=stream)
-                if isinstance(placed, float):
+                if isinstance(placed, Reserved):
                     return await self._admission.queue_paced(run, placed), None
                 started = placed
         except ProviderError as error:

@@ -7,7 +7,10 @@ from typing import Any
 from .. import clock
 from ..telemetry.context import trace_id
 from .model import Run
+from .pacing import FAIR_TURN, PACED
 from .tokens import TokenCodec
+
+ESTIMATES = frozenset({PACED, FAIR_TURN})  # reasons whose next try is when the run should start
 
 
 class RunViews:
@@ -73,6 +76,8 @@ class RunViews:
             "attempts": admission.attempts,
             "reason": admission.reason,
             "next_try_at": admission.next_try_at if waiting else None,
+            # paced: the slot the limiter holds for it; a fair turn: when its turn should come (an estimate)
+            "estimated_start_at": admission.next_try_at if waiting and admission.reason in ESTIMATES else None,
             "granted_at": admission.granted_at,
         }
 

@@ -139,7 +139,10 @@ class Settings:
             executor=_executor(reader(env, "executor"), provider, function_timeout),
             quotas=_quotas(read, facade("RESPONSES_API_KEYS")),
             pacing=PacingSettings(
-                read("PACING_REQUESTS_PER_MINUTE"), read("PACING_TOKENS_PER_MINUTE"), read("PACING_ADAPTIVE")
+                read("PACING_REQUESTS_PER_MINUTE"),
+                read("PACING_TOKENS_PER_MINUTE"),
+                read("PACING_ADAPTIVE"),
+                read("PACING_BURST"),
             ),
         )
 

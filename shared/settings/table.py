@@ -184,9 +184,10 @@ SETTINGS: tuple[Setting, ...] = _grouped(
     ),
     Setting(
         "CALLER_QUOTAS",
-        "Per-caller overrides of the two above: space-separated `name:active:per_minute` "
+        "Per-caller overrides of the two above: space-separated `name:active:per_minute[:weight]` "
         "entries (0: unlimited), the facade caller's name or `@native` for the function-key callers, e.g. "
-        "`batch:50:600 @native:20:0`.",
+        "`batch:50:600 @native:20:0:2`. The weight (1-1000, default 1) is the caller's share of a model's "
+        "starts when the provider pacing is the bottleneck: queued starts go in a fair order across callers.",
         kind=caller_quotas,
     ),
     # -- provider pacing (shared/runs/pacing.py): off unless a budget or PACING_ADAPTIVE is set ---------------------
@@ -214,6 +215,14 @@ SETTINGS: tuple[Setting, ...] = _grouped(
         "first 429 nothing is paced.",
         "false",
         flag,
+    ),
+    Setting(
+        "PACING_BURST",
+        "How much of a minute's budget the pacing may spend at once, as a fraction (its bucket "
+        "starts full and refills at the budget's rate): 0 spaces creates evenly; 1 matches a rolling one-minute "
+        "window (OpenAI); keep 0 for Azure OpenAI, which counts RPM per 10 s (a burst there meets 429s).",
+        "0",
+        Number(minimum=0, maximum=1),
     ),
     "webhooks",
     Setting(

@@ -72,6 +72,8 @@ def evidence(records: list[RunRecord], views: list[dict], providers: list[dict],
         idempotency=[],
         key_runs={r.key: {r.run_id} for r in records},
         not_accepted=[],
+        capacity_refusals=[],
+        start_answers=len(records),
         server_errors=[],
         job_errors=[],
         answers=0,
@@ -375,6 +377,17 @@ def test_a_run_ended_while_queued_for_capacity_needs_no_provider_response_but_a_
         evidence([record("q", status="cancelled"), record("g")], [cancelled, granted], [])
     ).one_provider_response()
     assert [f["run_id"] for f in check.failures] == ["g"] and "1 runs ended while queued" in check.detail
+
+
+def test_a_start_refused_for_provider_capacity_and_a_queued_run_that_never_ended_are_flagged() -> None:
+    queued = {"state": "waiting_for_capacity", "queued_at": T0, "attempts": 2, "reason": "paced", "granted_at": None}
+    stuck = view("q", status="queued", text="", provider_response_id=None, admission=queued)
+    ended = view("e", admission={**queued, "state": "granted", "granted_at": T0 + 2})
+    ev = evidence([record("q"), record("e")], [stuck, ended], [], capacity_refusals=["POST /api/runs -> 429 None"])
+    refused, lost = Checker(ev).no_capacity_refusals(), Checker(ev).no_queued_run_lost()
+    assert not refused.ok and refused.failures[0]["problem"] == "POST /api/runs -> 429 None"
+    assert not lost.ok and [f["run_id"] for f in lost.failures] == ["q"] and lost.detail.startswith("1/2")
+    assert Checker(evidence([record("e")], [ended], [])).no_queued_run_lost().ok
 
 
 def test_a_stream_of_a_run_that_never_learned_its_provider_response_is_its_final_event_alone() -> None:

@@ -81,7 +81,7 @@ def test_the_estimate_is_the_prompt_by_four_characters_plus_the_cap_as_the_emula
 
 
 # -- what the provider says -----------------------------------------------------------------------------------
-def test_a_budget_the_openai_headers_say_is_spent_holds_starts_until_its_reset():
+def test_a_budget_the_openai_headers_say_is_spent_holds_starts_until_one_request_is_back():
     headers = {
         "x-ratelimit-limit-requests": "30",
         "x-ratelimit-remaining-requests": "0",
@@ -90,11 +90,19 @@ def test_a_budget_the_openai_headers_say_is_spent_holds_starts_until_its_reset()
         "x-ratelimit-remaining-tokens": "89000",
         "x-ratelimit-reset-tokens": "6m0s",
     }
-    assert spent_until(headers, NOW) == NOW + 1.5
-    assert spent_until({**headers, "x-ratelimit-remaining-tokens": "0"}, NOW) == NOW + 360
+    # The reset is until the whole budget is back (OpenAI); a rolling window gives one request back in 1/30 of it.
+    headers["x-ratelimit-reset-requests"] = "30s"
+    assert spent_until(headers, NOW) == pytest.approx(NOW + 1.0)
+    assert spent_until({**headers, "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s"}, NOW) == (
+        pytest.approx(NOW + 1.0)  # 360 s / 90,000 tokens: the requests' hold is the longer
+    )
+    assert spent_until({**headers, "x-ratelimit-limit-tokens": "60"}, NOW) == pytest.approx(NOW + 1.0)
+    assert spent_until({**headers, "x-ratelimit-limit-tokens": "60", "x-ratelimit-remaining-tokens": "0"}, NOW) == (
+        pytest.approx(NOW + 6.0)
+    )
     assert spent_until({**headers, "x-ratelimit-remaining-requests": "1"}, NOW) == 0
     state = PaceState(hold_until=spent_until(headers, NOW))
-    assert slots(PacingSettings(requests_per_minute=60), 3, state=state) == pytest.approx([1.5, 2.5, 3.5])
+    assert slots(PacingSettings(requests_per_minute=60), 3, state=state) == pytest.approx([1, 2, 3])
 
 
 def test_azures_minus_one_and_zero_headers_are_ignored():
@@ -248,10 +256,10 @@ async def test_headers_of_a_create_are_written_with_the_next_reservation_and_cos
     before = table.requests
     pacing.noted(
         "m",
-        {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "3s"},
+        {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "3m"},
     )
     assert table.requests == before
-    assert await pacing.reserve(params, within=60) == pytest.approx(3)  # held until the reset
+    assert await pacing.reserve(params, within=60) == pytest.approx(3)  # held until one request is back
     other = ProviderPacing(table, PacingSettings(requests_per_minute=600))  # another instance reads it
     assert await other.reserve(params, within=60) == pytest.approx(3.1)
 
@@ -338,3 +346,44 @@ async def test_pacing_without_admission_is_off(monkeypatch):
     for text in ("one", "two"):
         assert (await w.services.starter.start(RunRequest(input=text))).run.response_id
     assert not any(key[0] == PARTITION for key in w.index.rows)
+
+
+# -- the burst (PACING_BURST) ------------------------------------------------------------------------------------
+def test_a_burst_spends_the_bucket_at_once_then_spaces_the_slots_and_refills_while_idle():
+    bursty = PacingSettings(requests_per_minute=60, burst=0.1)  # a bucket of 6 requests
+    assert slots(bursty, 9) == pytest.approx([0] * 6 + [1, 2, 3])
+    state = PaceState()
+    for _ in range(6):
+        _, state = plan(bursty, state, NOW, 0)
+    slot, _ = plan(bursty, state, NOW + 3, 0)  # 3 s idle: 3 requests back in the bucket
+    assert slot == NOW + 3
+    tokens = PacingSettings(tokens_per_minute=6000, burst=0.5)  # 3,000 tokens at once
+    assert slots(tokens, 4, tokens=1000) == pytest.approx([0, 0, 0, 10])
+
+
+def test_a_bucket_inside_the_providers_rolling_window_never_meets_a_429_however_late_creates_arrive():
+    import random
+
+    from local.emulator.quotas import _Rolling
+
+    pacing = PacingSettings(requests_per_minute=29, burst=1.0)  # the provider: 30 a minute, rolling (OpenAI)
+    provider, state, rng = _Rolling(), PaceState(), random.Random(7)
+    now, arrivals = 0.0, []
+    for i in range(300):
+        now += rng.choice([0.0, 0.0, 0.0, 0.5, 3.0, 20.0]) if i >= 60 else 0.0  # a burst of 60, lulls and bursts
+        slot, state = plan(pacing, state, now, 0)
+        arrivals.append(slot + rng.uniform(0, 2))  # the create comes at its slot or later (a queue message)
+    for at in sorted(arrivals):
+        budget = provider.check(30, 1, at, 60.0, 1)
+        assert budget.fits, at
+        provider.take(budget)
+
+
+def test_a_burst_setting_out_of_range_is_refused():
+    from shared.settings import Settings
+
+    from .fakes import ENV
+
+    assert Settings.from_env({**ENV, "PACING_BURST": "0.5"}).pacing.burst == 0.5
+    with pytest.raises(ValueError, match="PACING_BURST"):
+        Settings.from_env({**ENV, "PACING_BURST": "1.5"})

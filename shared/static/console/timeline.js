@@ -12,6 +12,7 @@ const KINDS = {
   capacity_queued: { lane: 0, label: "queued for capacity", shape: "dot" },
   capacity_waiting: { lane: 0, label: "still no capacity", shape: "dot" },
   capacity_paced: { lane: 0, label: "paced: waits for its slot", shape: "dot" },
+  capacity_turn: { lane: 0, label: "waits for its caller's turn", shape: "dot" },
   capacity_granted: { lane: 0, label: "capacity granted", shape: "dot" },
   cancel_requested: { lane: 0, label: "cancel requested", shape: "dot" },
   cancel_refused: { lane: 0, label: "cancel refused", shape: "bad" },
