@@ -92,5 +92,17 @@ async def test_500_concurrent_background_responses(emu):
                 break
             await asyncio.sleep(0.05)
     assert len(rows) == n and all(r["status"] == "completed" for r in rows)
-    # they ran concurrently: every one had started before the first one finished
-    assert max(r["started_at"] for r in rows) < min(r["finished_at"] for r in rows)
+    # they ran concurrently, not one after another: at the busiest moment most of them were running at once.
+    # (Not "all started before the first finished": on a loaded machine the 500 creates can take longer than
+    # one run's 3.5 s, so the last ones start after the first ones end, which says nothing about the emulator.)
+    assert peak_running(rows) >= n // 2
+
+
+def peak_running(rows: list[dict]) -> int:
+    """The most responses that were between started_at and finished_at at the same moment."""
+    marks = sorted([(r["started_at"], 1) for r in rows] + [(r["finished_at"], -1) for r in rows])
+    running = peak = 0
+    for _, step in marks:  # an end sorts before a start at the same instant: touching is not overlapping
+        running += step
+        peak = max(peak, running)
+    return peak
