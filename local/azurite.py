@@ -61,6 +61,8 @@ class Azurite:
     queue_port: int = 10001
     table_port: int = 10002
     process: subprocess.Popen | None = None
+    # The stack whose host (and emulator) serves this storage account now (local.stack.LocalStack), if any.
+    serving_stack: str | None = None
 
     @property
     def connection_string(self) -> str:

@@ -231,6 +231,8 @@ class LocalStack:
             self.azurite = Azurite(
                 REPO_ROOT / ".azurite" / self._instance_name(), self.ports.blob, self.ports.queue, self.ports.table
             ).start(fresh=fresh)
+        if with_host:
+            self._claim_storage()
         if self.with_proxy:
             self.proxy = StorageProxy(self.azurite, self._log("proxy")).start()
         if self.emulator_in_thread:
@@ -253,11 +255,28 @@ class LocalStack:
                 wait_until_healthy(self.host.base_url, 60)
         return self
 
+    def _claim_storage(self) -> None:
+        """One storage account, one emulator: hosts on one account share its queues and tables, so a second
+        stack's host would take this stack's poll messages and ask its own emulator about responses it never
+        made (404: the run fails). A stack with a host of its own needs an Azurite of its own."""
+        serving = self.azurite.serving_stack
+        if serving is not None and serving != self.name:
+            raise RuntimeError(
+                f"stack {self.name!r}: Azurite at {self.azurite.queue_port} already serves stack {serving!r}; "
+                "hosts with different emulators must not share a storage account (start another Azurite)"
+            )
+        self.azurite.serving_stack = self.name
+
+    def _release_storage(self) -> None:
+        if self.azurite is not None and self.azurite.serving_stack == self.name:
+            self.azurite.serving_stack = None
+
     def stop(self) -> None:
         """Stop everything this stack started, each step on its own (a failing step does not skip the rest)."""
         steps = [host.stop for host in self._extra_hosts]
         steps += [
             lambda: self.host and self.host.stop(),
+            self._release_storage,
             lambda: self.receiver and self.receiver.down(),
             lambda: self.proxy and self.proxy.stop(),
             lambda: self.emulator and self.emulator.stop(),
