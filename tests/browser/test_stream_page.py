@@ -101,7 +101,7 @@ def test_page_follows_rotated_streams_with_a_function_key(browser: Browser, stac
     )
     context = browser.new_context()
     try:
-        created = stack.start("rotate me", metadata={"emulator_duration_ms": "7000", "emulator_output_chars": "500"})
+        created = stack.start("rotate me", metadata={"emulator_duration_ms": "12000", "emulator_output_chars": "500"})
         assert created.status_code == 202, created.text
         run_id = created.json()["id"]
         assert httpx.get(host.url(f"/api/runs/{run_id}")).status_code == 401  # the key is really needed
@@ -115,7 +115,8 @@ def test_page_follows_rotated_streams_with_a_function_key(browser: Browser, stac
         run = stack.get(f"/api/runs/{run_id}").json()
         assert state["runId"] == run_id
         assert_exact_output(state, run, 500)
-        # 7 s of run in 2 s streams: at least three connections, each resuming after the one before.
+        # 12 s of run in 2 s streams: at least three connections, each resuming after the one before, even when a
+        # loaded machine opens the page seconds into the run (7 s gave only two in a CI rehearsal at load 8).
         assert state["connections"] >= 3
         assert all(f"code={key}" in r.url for r in requests)
         resumes = resumed_from(requests)
