@@ -60,6 +60,7 @@ class Candidate:
     pacing_key: str | None = None  # None: the create's model
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
+    reopens_in: float = 0.0  # seconds until its circuit breaker lets a start through (0: now; provider.pool)
 
 
 ANYWHERE = Candidate(None)

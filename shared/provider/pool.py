@@ -27,7 +27,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .. import clock
@@ -168,12 +168,13 @@ class DeploymentPool:
         """Nothing to refuse here: the provider judges the parameters it is passed."""
 
     def candidates(self, pinned: str | None = None) -> list[Candidate]:
-        """Where a start may go, best first; `pinned`: only there. Raises the 503 admission queues when none is
-        available now (its Retry-After: when the first breaker lets a start through again)."""
+        """Where a start may go, best first; `pinned`: only there. Those whose breaker is open now are among them
+        with the seconds until it reopens (`reopens_in`): not to be tried, but a run that waits elsewhere may look
+        again then (runs.admission). Raises the 503 admission queues when none is available now (its Retry-After:
+        when the first breaker lets a start through again)."""
         now = clock.now()
         members = [self._member(pinned)] if pinned is not None else list(self._members.values())
-        ready = [m for m in members if m.breaker.available(now)]
-        if not ready:
+        if not any(m.breaker.available(now) for m in members):
             wait = min(m.breaker.reopens_in(now) for m in members)
             where = f"deployment {pinned!r} (where the run's conversation lives)" if pinned else "every deployment"
             raise ProviderError(
@@ -184,8 +185,11 @@ class DeploymentPool:
                 code="deployment_unavailable",
             )
         # Efraimidis-Spirakis: sorting by u^(1/weight) draws a weighted order without replacement.
-        keyed = [(m.priority, -(self._rng.random() ** (1.0 / m.weight)), m.name) for m in ready]
-        return [self._members[name].candidate for _, _, name in sorted(keyed)]
+        keyed = [(m.priority, -(self._rng.random() ** (1.0 / m.weight)), m) for m in members]
+        return [
+            m.candidate if m.breaker.available(now) else replace(m.candidate, reopens_in=m.breaker.reopens_in(now))
+            for _, _, m in sorted(keyed, key=lambda k: k[:2])
+        ]
 
     async def start(self, params: dict[str, Any], *, stream: bool, deployment: str | None = None) -> StartedResponse:
         """Create the response at `deployment`, or (None) at the first candidate with room, moving on after a
@@ -195,6 +199,8 @@ class DeploymentPool:
         refusal: ProviderError | None = None
         for candidate in self.candidates():
             assert candidate.name is not None
+            if candidate.reopens_in:
+                continue
             try:
                 return await self._start_at(self._member(candidate.name), params, stream)
             except ProviderError as error:

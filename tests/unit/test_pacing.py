@@ -387,3 +387,19 @@ def test_a_burst_setting_out_of_range_is_refused():
     assert Settings.from_env({**ENV, "PACING_BURST": "0.5"}).pacing.burst == 0.5
     with pytest.raises(ValueError, match="PACING_BURST"):
         Settings.from_env({**ENV, "PACING_BURST": "1.5"})
+
+
+async def test_a_given_back_slot_is_taken_by_the_next_create_and_one_gone_by_is_spent(now):
+    # A run that started at another deployment releases the slot it held here (runs.admission `_earlier`).
+    pacing = ProviderPacing(FakeTable(), RPM60)
+    params = {"model": "m", "input": "hi"}
+    waits = [(await pacing.reserve_turn(params, within=60)).wait for _ in range(4)]
+    assert waits == pytest.approx([0, 1, 2, 3])
+    await pacing.release(params, NOW + 2)  # the third gives its slot back
+    await pacing.release(params, NOW - 1)  # gone by: nothing to give
+    assert (await pacing.reserve_turn(params, within=60)).wait == pytest.approx(2)  # not 4: the budget kept
+    assert (await pacing.reserve_turn(params, within=60)).wait == pytest.approx(4)  # then the next, as before
+    big = {"model": "m", "input": "hi", "max_output_tokens": 10 * DEFAULT_OUTPUT_TOKENS}
+    await pacing.release(params, NOW + 3)
+    tokens_paced = ProviderPacing(pacing._table, PacingSettings(requests_per_minute=60, tokens_per_minute=10**6))
+    assert (await tokens_paced.reserve_turn(big, within=60)).wait == pytest.approx(5)  # too small a slot for it

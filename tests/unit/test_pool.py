@@ -16,6 +16,7 @@ from shared.errors import Unavailable
 from shared.provider import DeploymentPool, Member, ProviderError
 from shared.provider.errors import classify
 from shared.provider.pool import FAILURES_TO_TRIP, TRIP_SECONDS, CircuitBreaker
+from shared.runs.callers import Caller
 from shared.runs.requests import RunRequest
 from shared.settings import Settings, SettingsError
 
@@ -394,3 +395,39 @@ async def test_a_queued_try_that_cannot_connect_waits_and_a_held_slot_moves_on(m
     w2.backend.fail["start"] = [refused_connection()]
     assert await w2.services.poll_step.handle(w2.poll_queue.take()[0]) == "capacity-waiting"
     assert (await w2.run(queued.id)).status == "queued"
+
+
+async def test_a_backlog_queued_while_the_first_deployment_was_down_moves_back_to_it(monkeypatch):
+    # Found by bench.capacity --deployments: the runs queued during ptu's outage held payg's slots reaching far past
+    # ptu's return, and drained at payg's rate alone while ptu stood idle.
+    backends = {name: FakeBackend() for name in ("ptu", "payg")}
+    pool = DeploymentPool(
+        [Member("ptu", backends["ptu"]), Member("payg", backends["payg"], priority=1, requests_per_minute=6)]
+    )
+    w = world(monkeypatch, backend=pool, PACING_REQUESTS_PER_MINUTE="1000")  # ptu 1000/min; payg a slot every 10 s
+    t0 = w.clock.now
+    backends["ptu"].fail["start"] = [refused_connection() for _ in range(FAILURES_TO_TRIP)]  # ptu down
+    runs = []
+    for i in range(7):
+        caller = Caller(f"caller-{i}")  # each first in its caller's fair order: it holds its slot (runs.fairness)
+        runs.append((await w.services.starter.start(RunRequest(input=str(i)), caller=caller)).run)
+        w.clock.advance(1)
+    assert pool.state()["ptu"] == "open" and {r.deployment for r in runs} == {"payg"}
+    assert [r.admission.slot_at - t0 for r in runs[1:]] == pytest.approx([10, 20, 30, 40, 50, 60])
+    reopens = t0 + 2 + TRIP_SECONDS  # tripped by the third start's create
+    # those held well past ptu's reopening look again then (the others wait for their slot)
+    looks = [r.admission.next_try_at - reopens for r in runs[1:]]
+    assert looks[:3] == pytest.approx([10 - 32, 20 - 32, 30 - 32]) and all(0 <= t <= 2 for t in looks[3:])
+    w.clock.advance(reopens + 2 - w.clock.now)  # ptu is back
+    due = [s for s in w.poll_queue.sent if s.at + s.delay <= w.clock.now]
+    w.poll_queue.sent = [s for s in w.poll_queue.sent if s not in due]
+    for sent in due:
+        await w.services.poll_step.handle(sent.message)
+    after = [await w.run(r.id) for r in runs]
+    assert [r.deployment for r in after] == ["payg"] * 4 + ["ptu"] * 3  # the first look was ptu's probe
+    assert all(r.response_id for r in after[:4] + after[4:]) and pool.state()["ptu"] == "closed"
+    assert backends["ptu"].count("start") == FAILURES_TO_TRIP + 3 and backends["payg"].count("start") == 4
+    # their payg slots were given back, not leaked: the next start that goes to payg takes the earliest of them
+    backends["ptu"].fail["start"] = [refused(429)]
+    spilled = (await w.services.starter.start(RunRequest(input="late"), caller=Caller("late"))).run
+    assert spilled.deployment == "payg" and spilled.admission.slot_at == pytest.approx(runs[4].admission.slot_at)
