@@ -186,10 +186,14 @@ class DeploymentPool:
             )
         # Efraimidis-Spirakis: sorting by u^(1/weight) draws a weighted order without replacement.
         keyed = [(m.priority, -(self._rng.random() ** (1.0 / m.weight)), m) for m in members]
-        return [
-            m.candidate if m.breaker.available(now) else replace(m.candidate, reopens_in=m.breaker.reopens_in(now))
-            for _, _, m in sorted(keyed, key=lambda k: k[:2])
-        ]
+        return [self._as_candidate(m, now) for _, _, m in sorted(keyed, key=lambda k: k[:2])]
+
+    @staticmethod
+    def _as_candidate(member: _Member, now: float) -> Candidate:
+        breaker = member.breaker
+        if not breaker.available(now):
+            return replace(member.candidate, reopens_in=breaker.reopens_in(now))
+        return replace(member.candidate, probe=True) if breaker.state(now) == "half-open" else member.candidate
 
     async def start(self, params: dict[str, Any], *, stream: bool, deployment: str | None = None) -> StartedResponse:
         """Create the response at `deployment`, or (None) at the first candidate with room, moving on after a

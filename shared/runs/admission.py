@@ -147,7 +147,7 @@ class RunAdmission:
         later: list[tuple[Reserved, Candidate]] = []
         refusal: ProviderError | None = None
         for candidate in _available(candidates):
-            unpaced = held and candidate.name == run.deployment
+            unpaced = candidate.probe or (held and candidate.name == run.deployment)
             if not unpaced:
                 reserved = await self._slot(run, candidate, hold=alone, turn=_turn_at(run, candidate), probe=not alone)
                 if reserved.wait:
@@ -161,6 +161,7 @@ class RunAdmission:
                 log.info("run %s: deployment %s has no room (%s)", run.id, candidate.name, error.status)
                 if refusal is None or proves_nothing_created(error):
                     refusal = error
+                candidates = _reopening(candidates, candidate, error)
         if later:
             reserved, earliest = min(later, key=lambda r: r[0].wait)
             if not alone and not (reserved := await self._slot(run, earliest, hold=True, turn=reserved.turn)).wait:
@@ -181,17 +182,19 @@ class RunAdmission:
         own = next((c for c in candidates if c.name == run.deployment), None)
         earlier_than = slot_in - PACED_INLINE_WAIT
         for candidate in _available(candidates[: candidates.index(own)] if own else candidates):
-            reserved = await self._slot(run, candidate, hold=True, within=earlier_than, turn=None, probe=True)
-            if reserved.wait > earlier_than or not reserved.held:
-                continue
-            if reserved.wait:  # a later slot there, still earlier than its own: it holds that one now
-                await self._give_back(run, own, slot_in)
-                run.deployment = candidate.name or run.deployment
-                return _looking_again(reserved, candidates, candidate.name)
+            if not candidate.probe:  # (a half-open one's probe goes unpaced: refused, it costs no slot there)
+                reserved = await self._slot(run, candidate, hold=True, within=earlier_than, turn=None, probe=True)
+                if reserved.wait > earlier_than or not reserved.held:
+                    continue
+                if reserved.wait:  # a later slot there, still earlier than its own: it holds that one now
+                    await self._give_back(run, own, slot_in)
+                    run.deployment = candidate.name or run.deployment
+                    return _looking_again(reserved, candidates, candidate.name)
             try:
                 started = await self._create_at(run, candidate, stream)
             except ProviderError as error:
                 if may_go_elsewhere(error):  # nothing created: it still holds its own slot
+                    candidates = _reopening(candidates, candidate, error)
                     continue
                 await self._give_back(run, own, slot_in)  # the run ends: its slot is of no use to it
                 raise
@@ -422,6 +425,15 @@ def _turn_at(run: Run, candidate: Candidate) -> float | None:
 def _available(candidates: list[Candidate]) -> list[Candidate]:
     """The candidates a start may try now (not those whose breaker is open)."""
     return [c for c in candidates if not c.reopens_in]
+
+
+def _reopening(candidates: list[Candidate], refused: Candidate, error: ProviderError) -> list[Candidate]:
+    """The candidates once `refused` answered `error`: a deployment whose breaker kept the start away (another
+    start's probe under way, or it opened just now) reopens after the error's Retry-After."""
+    if error.code != "deployment_unavailable":
+        return candidates
+    reopens = replace(refused, reopens_in=error.retry_after or 1.0, probe=False)
+    return [reopens if c is refused else c for c in candidates]
 
 
 def _held_slot_in(run: Run) -> float:
