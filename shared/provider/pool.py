@@ -5,13 +5,13 @@ created once) per deployment. A background response lives at the resource that c
 the deployment it was created on (`StartedResponse.deployment`, `Run.deployment`) and every later call names it:
 `observe`, `cancel`, `events` and `delete` go to that deployment only, whatever its state.
 
-Placement (`candidates`, and `start` without a deployment): the deployments by priority (lower first), in a
-weighted random order within a priority, without those whose circuit breaker is open; a start goes to the first,
-and moves on to the next when it answers 429 or 503, or cannot be reached at all (each proves nothing was
-created). Any other failure ends the start there: a timeout or a 500 may have created the response, and a create
-is never repeated. A chained start (a session's next turn, a `previous_response_id`) names its deployment and
-never moves; while that deployment is unavailable its start is refused with a 503 that admission queues
-(runs.admission). Admission walks `candidates` itself, with each deployment's pacing (runs.admission.place).
+Placement is admission's (runs.admission `place`, with each deployment's pacing): `candidates` gives the
+deployments by priority (lower first), in a weighted random order within a priority, those whose circuit breaker
+is open marked with when it reopens; a start goes to the first, and moves on to the next when it answers 429 or
+503, or cannot be reached at all (each proves nothing was created). Any other failure ends the start there: a
+timeout or a 500 may have created the response, and a create is never repeated. `start` creates at the deployment
+placement named. A chained start (a session's next turn, a `previous_response_id`) names its deployment and
+never moves; while that deployment is unavailable its start is refused with a 503 that admission queues.
 
 The circuit breaker (one per deployment, in this instance's memory: each instance learns on its own, from its
 own starts) trips after FAILURES_TO_TRIP transient failures (429, 5xx, timeouts, unreachable) within
@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from .. import clock
 from ..settings import DEFAULT_DEPLOYMENT
 from .backend import Candidate, EventStream, ProviderState, StartedResponse
-from .errors import ProviderError, may_go_elsewhere
+from .errors import ProviderError
 
 log = logging.getLogger("bgruns.pool")
 
@@ -138,7 +138,7 @@ class Member:
 
 
 class DeploymentPool:
-    """The deployments as one RunBackend: starts placed, everything else sent to the run's deployment."""
+    """The deployments as one RunBackend: each call sent to the run's deployment (a start's: where it was placed)."""
 
     kind = "background"
 
@@ -196,23 +196,9 @@ class DeploymentPool:
         return replace(member.candidate, probe=True) if breaker.state(now) == "half-open" else member.candidate
 
     async def start(self, params: dict[str, Any], *, stream: bool, deployment: str | None = None) -> StartedResponse:
-        """Create the response at `deployment`, or (None) at the first candidate with room, moving on after a
-        429/503. Never repeats a create whose outcome is unknown."""
-        if deployment is not None:
-            return await self._start_at(self._member(deployment), params, stream)
-        refusal: ProviderError | None = None
-        for candidate in self.candidates():
-            assert candidate.name is not None
-            if candidate.reopens_in:
-                continue
-            try:
-                return await self._start_at(self._member(candidate.name), params, stream)
-            except ProviderError as error:
-                if not may_go_elsewhere(error):
-                    raise
-                refusal = error
-        assert refusal is not None  # candidates() names at least one
-        raise refusal
+        """Create the response at `deployment` (placement chose it: runs.admission; None: `default`), if its
+        breaker lets the start through."""
+        return await self._start_at(self._member(deployment or DEFAULT_DEPLOYMENT), params, stream)
 
     async def observe(self, response_id: str, *, deployment: str = DEFAULT_DEPLOYMENT) -> ProviderState:
         return await self._member(deployment).backend.observe(response_id)

@@ -350,14 +350,6 @@ class ProviderPacing:
             tokens_per_minute=tokens or self._settings.tokens_per_minute,
         )
 
-    async def reserve(
-        self, params: Mapping[str, Any], *, within: float, key: str | None = None, budgets: tuple[int, int] = (0, 0)
-    ) -> float:
-        """Take the next slot of the create `params` at its row (`key`, default its model): seconds until it (0: go
-        now). A slot more than `within` seconds away is not taken (its run cannot wait that long): the wait is
-        returned all the same."""
-        return (await self.reserve_turn(params, within=within, key=key, budgets=budgets)).wait
-
     async def reserve_turn(
         self,
         params: Mapping[str, Any],
@@ -369,7 +361,10 @@ class ProviderPacing:
         turn: float | None = None,
         probe: bool = False,
     ) -> Reserved:
-        """`reserve`, in the fair order across callers when `caller` is given: the create first takes its turn
+        """Take the next slot of the create `params` at its row (`key`, default its model; `budgets`: the row's own
+        (requests, tokens) per minute): `wait` seconds until it (0: go now). A slot more than `within` seconds away
+        is not taken (its run cannot wait that long): its wait is returned all the same. In the fair order across
+        callers when `caller` is given: the create first takes its turn
         at the row (or keeps `turn`, its run's there), and takes a slot only once the turn is due. A `probe` keeps
         a new turn only with a slot: a run looking at several deployments is not charged a turn at each."""
         model = key or str(params.get("model") or "")
