@@ -32,6 +32,10 @@ All off (the defaults) costs nothing: no storage request, no wait.
 With a pool of deployments (PROVIDER_DEPLOYMENTS, provider.pool) the row is the deployment's (`key`: its name)
 and its budgets are the deployment's `requests_per_minute` / `tokens_per_minute` where it sets them
 (`budgets`), else the PACING_* ones; without one, the row is the create's model, as above.
+A run holding a slot that starts elsewhere instead (placement found an earlier one at a better deployment,
+runs.admission) gives it back (`release`): the row keeps the given-back slots still ahead (`returned`, at most
+MAX_GIVEN_BACK), and a later reservation takes the earliest one large enough for it before a new slot, so the
+budget is neither spent twice for one create nor lost (one gone by unused is spent, as any unused slot).
 
 Fair order across callers (runs.fairness): a create that names its caller first takes a turn among the callers
 of its model, in the same row; only a due turn takes a slot. A run whose turn is not due yet is queued (`reason`

@@ -438,3 +438,37 @@ async def test_a_backlog_queued_while_the_first_deployment_was_down_moves_back_t
     backends["ptu"].fail["start"] = [refused(429)]
     spilled = (await w.services.starter.start(RunRequest(input="late"), caller=Caller("late"))).run
     assert spilled.deployment == "payg" and spilled.admission.slot_at == pytest.approx(runs[4].admission.slot_at)
+
+
+async def test_a_half_open_deployment_is_probed_unpaced_and_a_start_it_kept_away_looks_again_soon(monkeypatch):
+    # Found by bench.capacity --deployments: at ptu's reopening the queued runs looking again each took a ptu pacing
+    # slot and lost it to the breaker (one probe at a time), which pushed ptu's next slot far out.
+    backends = {name: FakeBackend() for name in ("ptu", "payg")}
+    pool = DeploymentPool(
+        [
+            Member("ptu", backends["ptu"], requests_per_minute=1),  # a slot a minute
+            Member("payg", backends["payg"], priority=1, requests_per_minute=6),
+        ]
+    )
+    w = world(monkeypatch, backend=pool, PACING_REQUESTS_PER_MINUTE="1000")
+    assert (await placed(w)).deployment == "ptu"  # ptu's next slot is a minute away
+    backends["ptu"].fail["start"] = [refused(500) for _ in range(FAILURES_TO_TRIP)]
+    for _ in range(FAILURES_TO_TRIP):
+        with pytest.raises(ProviderError):
+            await pool.start(params(), stream=False, deployment="ptu")
+    w.clock.advance(TRIP_SECONDS)
+    assert [c.probe for c in pool.candidates()] == [True, False]  # half-open
+    assert (await placed(w)).deployment == "ptu" and pool.state()["ptu"] == "closed"  # the probe, not paced
+    # a start the breaker keeps away (another's probe under way) holds payg's slot and looks again after 1 s
+    backends = {name: FakeBackend() for name in ("ptu", "payg")}
+    pool = DeploymentPool(
+        [Member("ptu", backends["ptu"]), Member("payg", backends["payg"], priority=1, requests_per_minute=6)]
+    )
+    w = world(monkeypatch, backend=pool, PACING_REQUESTS_PER_MINUTE="1000")
+    backends["ptu"].fail["start"] = [refused(503)]
+    assert (await placed(w)).deployment == "payg"  # payg's first slot
+    busy = ProviderError(transient=True, status=503, message="probing", retry_after=1, code="deployment_unavailable")
+    backends["ptu"].fail["start"] = [busy]
+    waiting = await placed(w)
+    assert waiting.deployment == "payg" and waiting.admission.slot_at == pytest.approx(w.clock.now + 10)
+    assert 1 <= waiting.admission.next_try_at - w.clock.now <= 3
