@@ -129,6 +129,8 @@ class PoolBench:
         while True:
             going = [r for r in run_ids if r not in finals]
             for run in await gather_limited(16, [self._get(client, r) for r in going]):
+                if isinstance(run, BaseException):  # a read cut on a loaded machine: read again next round
+                    continue
                 if run["status"] not in ("queued", "in_progress") or time.monotonic() >= deadline:
                     finals[run["id"]] = run
             if len(finals) == len(run_ids):
@@ -197,6 +199,7 @@ class PoolBench:
         before_end = min(down_at, last_create)
         after_start = up_at
         ptu_during = [at for at, _ in creates["ptu"] if down_at <= at < up_at]
+        ptu_back = [at for at, run_id in creates["ptu"] if at >= up_at and run_id in burst_ids]
         payg_after_down = [at for at, _ in creates["payg"] if at >= down_at]
         turn_ids = {t["id"] for t in turns}
         turn_creates = {name: [at for at, run_id in recs if run_id in turn_ids] for name, recs in creates.items()}
@@ -213,6 +216,12 @@ class PoolBench:
                 if last_create > up_at
                 else None,
             },
+            # from ptu's first create of the backlog after it came back (its breaker's probe closed it) to the end
+            "after_ptu_took_starts_again": {n: rate(n, ptu_back[0], last_create) for n in creates}
+            if ptu_back and last_create > ptu_back[0]
+            else None,
+            "first_ptu_create_after_it_came_back_s": round(ptu_back[0] - up_at, 1) if ptu_back else None,
+            "backlog_drained_after_it_came_back_s": round(last_create - up_at, 1),
             "first_create": {n: round(recs[0][0] - t0, 1) if recs else None for n, recs in creates.items()},
             "ptu_creates_during_outage": len(ptu_during),
             "first_payg_create_after_outage_began_s": round(payg_after_down[0] - down_at, 1)
@@ -249,7 +258,9 @@ def lines(result: dict[str, Any]) -> list[str]:
     c = result["creates_per_minute"]
     return [
         f"creates/min before the outage {c['before_outage']} (budgets {c['budget_sum']}), during {c['during_outage']}, "
-        f"after {c['after_outage']}",
+        f"after {c['after_outage']} (from ptu's first create after it came back, "
+        f"{result['first_ptu_create_after_it_came_back_s']} s after: {result['after_ptu_took_starts_again']}; "
+        f"backlog drained {result['backlog_drained_after_it_came_back_s']} s after it came back)",
         f"first creates (s after t0) {result['first_create']}; ptu creates during the outage "
         f"{result['ptu_creates_during_outage']}; first payg create after it began "
         f"{result['first_payg_create_after_outage_began_s']} s",

@@ -205,7 +205,7 @@ def build(
         ending,
         lifecycle,
         quotas,
-        admission=admission,
+        admission,
     )
     canceller = RunCanceller(reader, router, ending, store)
     lister = RunLister(index, store)

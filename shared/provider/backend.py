@@ -60,6 +60,8 @@ class Candidate:
     pacing_key: str | None = None  # None: the create's model
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
+    reopens_in: float = 0.0  # seconds until its circuit breaker lets a start through (0: now; provider.pool)
+    probe: bool = False  # its breaker is half-open: the next start tests it (unpaced: it costs no slot if refused)
 
 
 ANYWHERE = Candidate(None)

@@ -5,13 +5,13 @@ created once) per deployment. A background response lives at the resource that c
 the deployment it was created on (`StartedResponse.deployment`, `Run.deployment`) and every later call names it:
 `observe`, `cancel`, `events` and `delete` go to that deployment only, whatever its state.
 
-Placement (`candidates`, and `start` without a deployment): the deployments by priority (lower first), in a
-weighted random order within a priority, without those whose circuit breaker is open; a start goes to the first,
-and moves on to the next when it answers 429 or 503, or cannot be reached at all (each proves nothing was
-created). Any other failure ends the start there: a timeout or a 500 may have created the response, and a create
-is never repeated. A chained start (a session's next turn, a `previous_response_id`) names its deployment and
-never moves; while that deployment is unavailable its start is refused with a 503 that admission queues
-(runs.admission). Admission walks `candidates` itself, with each deployment's pacing (runs.admission.place).
+Placement is admission's (runs.admission `place`, with each deployment's pacing): `candidates` gives the
+deployments by priority (lower first), in a weighted random order within a priority, those whose circuit breaker
+is open marked with when it reopens; a start goes to the first, and moves on to the next when it answers 429 or
+503, or cannot be reached at all (each proves nothing was created). Any other failure ends the start there: a
+timeout or a 500 may have created the response, and a create is never repeated. `start` creates at the deployment
+placement named. A chained start (a session's next turn, a `previous_response_id`) names its deployment and
+never moves; while that deployment is unavailable its start is refused with a 503 that admission queues.
 
 The circuit breaker (one per deployment, in this instance's memory: each instance learns on its own, from its
 own starts) trips after FAILURES_TO_TRIP transient failures (429, 5xx, timeouts, unreachable) within
@@ -27,13 +27,13 @@ import logging
 import random
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .. import clock
 from ..settings import DEFAULT_DEPLOYMENT
 from .backend import Candidate, EventStream, ProviderState, StartedResponse
-from .errors import ProviderError, may_go_elsewhere
+from .errors import ProviderError
 
 log = logging.getLogger("bgruns.pool")
 
@@ -138,7 +138,7 @@ class Member:
 
 
 class DeploymentPool:
-    """The deployments as one RunBackend: starts placed, everything else sent to the run's deployment."""
+    """The deployments as one RunBackend: each call sent to the run's deployment (a start's: where it was placed)."""
 
     kind = "background"
 
@@ -168,12 +168,13 @@ class DeploymentPool:
         """Nothing to refuse here: the provider judges the parameters it is passed."""
 
     def candidates(self, pinned: str | None = None) -> list[Candidate]:
-        """Where a start may go, best first; `pinned`: only there. Raises the 503 admission queues when none is
-        available now (its Retry-After: when the first breaker lets a start through again)."""
+        """Where a start may go, best first; `pinned`: only there. Those whose breaker is open now are among them
+        with the seconds until it reopens (`reopens_in`): not to be tried, but a run that waits elsewhere may look
+        again then (runs.admission). Raises the 503 admission queues when none is available now (its Retry-After:
+        when the first breaker lets a start through again)."""
         now = clock.now()
         members = [self._member(pinned)] if pinned is not None else list(self._members.values())
-        ready = [m for m in members if m.breaker.available(now)]
-        if not ready:
+        if not any(m.breaker.available(now) for m in members):
             wait = min(m.breaker.reopens_in(now) for m in members)
             where = f"deployment {pinned!r} (where the run's conversation lives)" if pinned else "every deployment"
             raise ProviderError(
@@ -184,25 +185,20 @@ class DeploymentPool:
                 code="deployment_unavailable",
             )
         # Efraimidis-Spirakis: sorting by u^(1/weight) draws a weighted order without replacement.
-        keyed = [(m.priority, -(self._rng.random() ** (1.0 / m.weight)), m.name) for m in ready]
-        return [self._members[name].candidate for _, _, name in sorted(keyed)]
+        keyed = [(m.priority, -(self._rng.random() ** (1.0 / m.weight)), m) for m in members]
+        return [self._as_candidate(m, now) for _, _, m in sorted(keyed, key=lambda k: k[:2])]
+
+    @staticmethod
+    def _as_candidate(member: _Member, now: float) -> Candidate:
+        breaker = member.breaker
+        if not breaker.available(now):
+            return replace(member.candidate, reopens_in=breaker.reopens_in(now))
+        return replace(member.candidate, probe=True) if breaker.state(now) == "half-open" else member.candidate
 
     async def start(self, params: dict[str, Any], *, stream: bool, deployment: str | None = None) -> StartedResponse:
-        """Create the response at `deployment`, or (None) at the first candidate with room, moving on after a
-        429/503. Never repeats a create whose outcome is unknown."""
-        if deployment is not None:
-            return await self._start_at(self._member(deployment), params, stream)
-        refusal: ProviderError | None = None
-        for candidate in self.candidates():
-            assert candidate.name is not None
-            try:
-                return await self._start_at(self._member(candidate.name), params, stream)
-            except ProviderError as error:
-                if not may_go_elsewhere(error):
-                    raise
-                refusal = error
-        assert refusal is not None  # candidates() names at least one
-        raise refusal
+        """Create the response at `deployment` (placement chose it: runs.admission; None: `default`), if its
+        breaker lets the start through."""
+        return await self._start_at(self._member(deployment or DEFAULT_DEPLOYMENT), params, stream)
 
     async def observe(self, response_id: str, *, deployment: str = DEFAULT_DEPLOYMENT) -> ProviderState:
         return await self._member(deployment).backend.observe(response_id)

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -56,6 +57,10 @@ log = logging.getLogger("bgruns.admission")
 # A slot this close is waited for in place (the create goes a moment later) rather than queued: a queued try
 # costs a message and two run writes.
 PACED_INLINE_WAIT = 0.5
+# A run holding a slot looks again when a better-placed deployment reopens only if that could gain it this much
+# (each look costs a message and three run writes), spread over this many seconds (not all at the same instant).
+MIN_GAIN = 5.0
+RECHECK_SPREAD = 2.0
 
 
 class AdmissionOutcome(StrEnum):
@@ -110,7 +115,8 @@ class RunAdmission:
     async def queue_paced(self, run: Run, reserved: Reserved) -> Run:
         """Queue the starting run (recorded, not created) until its slot of the pacing or its caller's turn."""
         run.admission = Admission(queued_at=run.created_at, attempts=0, paced=reserved.held, turn=reserved.turn)
-        return await self._queue(run, self._within_wait(run, reserved.wait), PACED if reserved.held else FAIR_TURN)
+        run.admission.slot_at = clock.now() + reserved.wait if reserved.held else None
+        return await self._queue(run, self._within_wait(run, _wake_in(reserved)), PACED if reserved.held else FAIR_TURN)
 
     async def _queue(self, run: Run, delay: float, reason: str) -> Run:
         assert run.admission is not None
@@ -126,19 +132,22 @@ class RunAdmission:
 
         The candidates in order (only its own deployment for a chained run: `pinned_deployment`): one whose
         pacing slot or caller's turn (runs.fairness) is later, or that answers 429/503 or cannot be reached, is
-        passed over for the next. When every one was passed over for its pacing, the earliest among them is taken
-        (a slot the run then holds, or a turn it asks again with, both at `run.deployment`) and returned; else the
-        refusal is raised (a 429/503 queues the run, as does the 503 when no deployment is available). `held`: the
-        run holds its slot at `run.deployment` already: it tries there first, unpaced. Sets `run.deployment` to
-        where it was created."""
+        passed over for the next, as is one whose breaker is open. When every one was passed over for its pacing,
+        the earliest among them is taken (a slot the run then holds, or a turn it asks again with, both at
+        `run.deployment`) and returned, to look again (`recheck`) when a deployment before that one reopens; else
+        the refusal is raised (a 429/503 queues the run, as does the 503 when no deployment is available). Sets
+        `run.deployment` to where it was created. `held`: the run holds its slot at `run.deployment` already: due,
+        it tries there first, unpaced; not due yet, it looks for an earlier one (`_earlier`)."""
         candidates = self._backend.candidates(pinned_deployment(run))
+        if held and (slot_in := _held_slot_in(run)) > PACED_INLINE_WAIT:
+            return await self._earlier(run, candidates, slot_in, stream)
         if held:  # its slot's deployment first (if it is still a candidate)
             candidates.sort(key=lambda c: c.name != run.deployment)
         alone = len(candidates) == 1  # its one slot is taken at once (one reservation, as without a pool)
         later: list[tuple[Reserved, Candidate]] = []
         refusal: ProviderError | None = None
-        for candidate in candidates:
-            unpaced = held and candidate.name == run.deployment
+        for candidate in _available(candidates):
+            unpaced = candidate.probe or (held and candidate.name == run.deployment)
             if not unpaced:
                 reserved = await self._slot(run, candidate, hold=alone, turn=_turn_at(run, candidate), probe=not alone)
                 if reserved.wait:
@@ -152,14 +161,52 @@ class RunAdmission:
                 log.info("run %s: deployment %s has no room (%s)", run.id, candidate.name, error.status)
                 if refusal is None or proves_nothing_created(error):
                     refusal = error
+                candidates = _reopening(candidates, candidate, error)
         if later:
             reserved, earliest = min(later, key=lambda r: r[0].wait)
             if not alone and not (reserved := await self._slot(run, earliest, hold=True, turn=reserved.turn)).wait:
                 return await self._create_at(run, earliest, stream)
             run.deployment = earliest.name or run.deployment
-            return reserved
-        assert refusal is not None  # candidates() names at least one, or raises
+            return _looking_again(reserved, candidates, earliest.name)
+        assert refusal is not None  # candidates() names at least one available, or raises
         raise refusal
+
+    async def _earlier(
+        self, run: Run, candidates: list[Candidate], slot_in: float, stream: bool
+    ) -> StartedResponse | Reserved:
+        """The run holds a slot `slot_in` seconds away at `run.deployment` and looks again before it is due (a
+        deployment before that one reopened): the first available one before it with a slot earlier than the
+        held one takes the run (created now, or holding that slot), and the held slot is given back; else it
+        keeps holding its slot (and looks again at the next reopening)."""
+        assert run.admission is not None
+        own = next((c for c in candidates if c.name == run.deployment), None)
+        earlier_than = slot_in - PACED_INLINE_WAIT
+        for candidate in _available(candidates[: candidates.index(own)] if own else candidates):
+            if not candidate.probe:  # (a half-open one's probe goes unpaced: refused, it costs no slot there)
+                reserved = await self._slot(run, candidate, hold=True, within=earlier_than, turn=None, probe=True)
+                if reserved.wait > earlier_than or not reserved.held:
+                    continue
+                if reserved.wait:  # a later slot there, still earlier than its own: it holds that one now
+                    await self._give_back(run, own, slot_in)
+                    run.deployment = candidate.name or run.deployment
+                    return _looking_again(reserved, candidates, candidate.name)
+            try:
+                started = await self._create_at(run, candidate, stream)
+            except ProviderError as error:
+                if may_go_elsewhere(error):  # nothing created: it still holds its own slot
+                    candidates = _reopening(candidates, candidate, error)
+                    continue
+                await self._give_back(run, own, slot_in)  # the run ends: its slot is of no use to it
+                raise
+            await self._give_back(run, own, slot_in)
+            return started
+        return _looking_again(Reserved(slot_in, run.admission.turn), candidates, run.deployment)
+
+    async def _give_back(self, run: Run, at: Candidate | None, slot_in: float) -> None:
+        """Release the run's held slot at `at` (runs.pacing `release`), `slot_in` seconds from now."""
+        if self._pacing is not None and at is not None:
+            await self._pacing.release(run.request, clock.now() + slot_in, key=at.pacing_key, budgets=_budgets(at))
+        log.info("run %s: gave back its slot at %s (%.1f s away) for an earlier one", run.id, run.deployment, slot_in)
 
     async def _create_at(self, run: Run, candidate: Candidate, stream: bool) -> StartedResponse:
         started = await self.create(run.request, stream=stream, at=candidate)
@@ -167,19 +214,27 @@ class RunAdmission:
         return started
 
     async def _slot(
-        self, run: Run, candidate: Candidate, *, hold: bool, turn: float | None, probe: bool = False
+        self,
+        run: Run,
+        candidate: Candidate,
+        *,
+        hold: bool,
+        turn: float | None,
+        probe: bool = False,
+        within: float | None = None,
     ) -> Reserved:
         """The run's slot at the candidate, in its caller's fair order there (`turn`: the one it has at that row):
         wait 0 (GO): go now (a slot within PACED_INLINE_WAIT is waited for here). A later slot is taken only if
-        `hold` (the run then holds it); a turn not due yet comes back not held, with the time to ask again.
-        `probe`: one look of several (a pool), which keeps a new turn only with a slot."""
+        `hold` (the run then holds it; `within`: only one at most that far away, else as far as its wait allows);
+        a turn not due yet comes back not held, with the time to ask again. `probe`: one look of several (a pool),
+        which keeps a new turn only with a slot."""
         if self._pacing is None:
             return GO
         queued_at = run.admission.queued_at if run.admission else run.created_at
         wait_left = max(0.0, queued_at + self._rules.max_wait - clock.now())
         reserved = await self._pacing.reserve_turn(
             run.request,
-            within=wait_left if hold else PACED_INLINE_WAIT,
+            within=(wait_left if within is None else min(within, wait_left)) if hold else PACED_INLINE_WAIT,
             key=candidate.pacing_key,
             budgets=_budgets(candidate),
             caller=quota_caller(run.owner),
@@ -260,10 +315,11 @@ class RunAdmission:
         """The pacing gave the run a later slot, or its caller's turn is later: its next try is then, without
         calling the provider now."""
         assert run.admission is not None
-        delay = self._within_wait(run, reserved.wait)
+        delay = self._within_wait(run, _wake_in(reserved))
         reason = PACED if reserved.held else FAIR_TURN
         run.admission.next_try_at, run.admission.reason = clock.now() + delay, reason
         run.admission.paced, run.admission.turn = reserved.held, reserved.turn
+        run.admission.slot_at = clock.now() + reserved.wait if reserved.held else None
         run.admission.creating_since = None  # claimed, but no create was made
         run.admission.attempts -= 1
         log.info("run %s: %s; next try in %.1fs", run.id, reason, delay)
@@ -364,6 +420,41 @@ def pinned_deployment(run: Run) -> str | None:
 def _turn_at(run: Run, candidate: Candidate) -> float | None:
     """The run's turn in its caller's fair order at the candidate's row: the one it took where it waits, if any."""
     return run.admission.turn if run.admission is not None and candidate.name == run.deployment else None
+
+
+def _available(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates a start may try now (not those whose breaker is open)."""
+    return [c for c in candidates if not c.reopens_in]
+
+
+def _reopening(candidates: list[Candidate], refused: Candidate, error: ProviderError) -> list[Candidate]:
+    """The candidates once `refused` answered `error`: a deployment whose breaker kept the start away (another
+    start's probe under way, or it opened just now) reopens after the error's Retry-After."""
+    if error.code != "deployment_unavailable":
+        return candidates
+    reopens = replace(refused, reopens_in=error.retry_after or 1.0, probe=False)
+    return [reopens if c is refused else c for c in candidates]
+
+
+def _held_slot_in(run: Run) -> float:
+    """Seconds until the slot the run holds (0: due; a run queued before slots were timed: due)."""
+    slot_at = run.admission.slot_at if run.admission is not None else None
+    return max(0.0, slot_at - clock.now()) if slot_at is not None else 0.0
+
+
+def _looking_again(reserved: Reserved, candidates: list[Candidate], where: str | None) -> Reserved:
+    """The held slot at `where`, to look again (`recheck`) when a deployment placed before it reopens, if that is
+    well before the slot: a backlog queued while the better deployment was down moves back to it (`_earlier`)."""
+    before = candidates[: next((i for i, c in enumerate(candidates) if c.name == where), len(candidates))]
+    reopening = min((c.reopens_in for c in before if c.reopens_in), default=None)
+    if reopening is None or reserved.wait - reopening < MIN_GAIN:
+        return reserved
+    return replace(reserved, recheck=reopening + random.uniform(0.0, RECHECK_SPREAD))
+
+
+def _wake_in(reserved: Reserved) -> float:
+    """When a queued run's next try is: at its slot or turn, or earlier to look again (`recheck`)."""
+    return min(reserved.wait, reserved.recheck) if reserved.recheck is not None else reserved.wait
 
 
 def _budgets(candidate: Candidate) -> tuple[int, int]:

@@ -30,6 +30,7 @@ class Admission:
     granted_at: float | None = None  # the provider accepted it
     paced: bool = False  # the next try holds its slot of the provider pacing (runs.pacing): it does not ask again
     turn: float | None = None  # its place in the fair order across callers (runs.fairness), kept across tries
+    slot_at: float | None = None  # when the slot it holds (`paced`) is due; it may look for an earlier one before
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

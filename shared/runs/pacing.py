@@ -32,6 +32,10 @@ All off (the defaults) costs nothing: no storage request, no wait.
 With a pool of deployments (PROVIDER_DEPLOYMENTS, provider.pool) the row is the deployment's (`key`: its name)
 and its budgets are the deployment's `requests_per_minute` / `tokens_per_minute` where it sets them
 (`budgets`), else the PACING_* ones; without one, the row is the create's model, as above.
+A run holding a slot that starts elsewhere instead (placement found an earlier one at a better deployment,
+runs.admission) gives it back (`release`): the row keeps the given-back slots still ahead (`returned`, at most
+MAX_GIVEN_BACK), and a later reservation takes the earliest one large enough for it before a new slot, so the
+budget is neither spent twice for one create nor lost (one gone by unused is spent, as any unused slot).
 
 Fair order across callers (runs.fairness): a create that names its caller first takes a turn among the callers
 of its model, in the same row; only a due turn takes a slot. A run whose turn is not due yet is queued (`reason`
@@ -89,6 +93,7 @@ STORAGE_TIMEOUT = 2.0  # seconds one storage request of the limiter may take bef
 FAIL_OPEN_SECONDS = 10.0
 MAX_TRIES = 20  # reservations lost to other instances before it fails open
 MAX_PAUSE = 0.2
+MAX_GIVEN_BACK = 200  # given-back slots a row keeps (beyond: the latest are spent unused; 4 kB of its 64)
 # Not text a model reads: left out of the prompt's size.
 _NOT_PROMPT = frozenset({"type", "role", "id", "status", "call_id", "detail", "format"})
 
@@ -109,6 +114,12 @@ class PaceState:
     clock: float = 0.0  # the callers' fair order (runs.fairness): its virtual clock, when it was read, the turns
     clock_at: float = 0.0
     turns: str = ""
+    returned: str = ""  # slots given back by runs that started elsewhere (`release`): "at:tokens" ...
+
+    def given_back(self) -> list[tuple[float, int]]:
+        """The given-back slots, earliest first: each its time and the tokens it was taken for."""
+        pairs = (item.split(":") for item in self.returned.split())
+        return sorted((float(at), int(tokens)) for at, tokens in pairs)
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> PaceState:
@@ -211,7 +222,33 @@ def take_turn(
 
 
 def plan(settings: PacingSettings, state: PaceState, now: float, tokens: int) -> tuple[float, PaceState]:
-    """The slot of a create of `tokens` made at `now`, and the model's state once it is taken."""
+    """The slot of a create of `tokens` made at `now`, and the model's state once it is taken: a given-back slot
+    (`release`) that is earlier than the next one and large enough, else the next one."""
+    slot, after = _next_slot(settings, state, now, tokens)
+    given_back = [(at, t) for at, t in state.given_back() if at >= now]  # one gone by unused is spent
+    earlier = [(at, t) for at, t in given_back if t >= tokens and max(at, state.hold_until) < slot]
+    if earlier:  # taken instead: the budget's clocks stay where they are
+        taken = earlier[0]
+        given_back.remove(taken)
+        slot, after = max(taken[0], state.hold_until), replace(after, requests_at=state.requests_at)
+        after.tokens_at = state.tokens_at
+    after.returned = _given_back(given_back)
+    return slot, after
+
+
+def release(state: PaceState, now: float, at: float, tokens: int) -> PaceState:
+    """The state once the slot at `at` (taken for `tokens`) is given back: a later create may take it."""
+    if at < now:
+        return state
+    return replace(state, returned=_given_back([*state.given_back(), (at, tokens)]))
+
+
+def _given_back(slots: list[tuple[float, int]]) -> str:
+    """The slots as the row stores them: the earliest MAX_GIVEN_BACK (any later are spent unused)."""
+    return " ".join(f"{at:.3f}:{tokens}" for at, tokens in sorted(slots)[:MAX_GIVEN_BACK])
+
+
+def _next_slot(settings: PacingSettings, state: PaceState, now: float, tokens: int) -> tuple[float, PaceState]:
     rates = budgets(settings, state)
     depth = settings.burst * 60.0  # seconds of budget the bucket holds
     slot = max(now, state.hold_until)
@@ -258,6 +295,7 @@ class Reserved:
     wait: float
     turn: float | None = None
     held: bool = True
+    recheck: float | None = None  # placement: look again this soon for an earlier slot elsewhere (runs.admission)
 
 
 GO = Reserved(0.0)
@@ -316,14 +354,6 @@ class ProviderPacing:
             tokens_per_minute=tokens or self._settings.tokens_per_minute,
         )
 
-    async def reserve(
-        self, params: Mapping[str, Any], *, within: float, key: str | None = None, budgets: tuple[int, int] = (0, 0)
-    ) -> float:
-        """Take the next slot of the create `params` at its row (`key`, default its model): seconds until it (0: go
-        now). A slot more than `within` seconds away is not taken (its run cannot wait that long): the wait is
-        returned all the same."""
-        return (await self.reserve_turn(params, within=within, key=key, budgets=budgets)).wait
-
     async def reserve_turn(
         self,
         params: Mapping[str, Any],
@@ -335,7 +365,10 @@ class ProviderPacing:
         turn: float | None = None,
         probe: bool = False,
     ) -> Reserved:
-        """`reserve`, in the fair order across callers when `caller` is given: the create first takes its turn
+        """Take the next slot of the create `params` at its row (`key`, default its model; `budgets`: the row's own
+        (requests, tokens) per minute): `wait` seconds until it (0: go now). A slot more than `within` seconds away
+        is not taken (its run cannot wait that long): its wait is returned all the same. In the fair order across
+        callers when `caller` is given: the create first takes its turn
         at the row (or keeps `turn`, its run's there), and takes a slot only once the turn is due. A `probe` keeps
         a new turn only with a slot: a run looking at several deployments is not charged a turn at each."""
         model = key or str(params.get("model") or "")
@@ -376,6 +409,27 @@ class ProviderPacing:
         self.noted(model, rate_limits)
         async with self._turns[model]:
             await self._failing_open(model, self._throttle(model, retry_after, settings), None)
+
+    async def release(
+        self, params: Mapping[str, Any], at: float, *, key: str | None = None, budgets: tuple[int, int] = (0, 0)
+    ) -> None:
+        """Give back the slot at `at` (epoch seconds) that the create `params` held at its row (`key`) and will not
+        use (its run started elsewhere): the next reservation there may take it, so the row's budget is not spent
+        twice for one create, nor lost."""
+        model = key or str(params.get("model") or "")
+        if not self._limits(budgets).enabled or clock.now() < self._open_until:
+            return
+        async with self._turns[model]:
+            await self._failing_open(model, self._give_back(model, at, estimate_tokens(params)), None)
+
+    async def _give_back(self, model: str, at: float, tokens: int) -> None:
+        for _ in range(MAX_TRIES):
+            state, etag = await self._read(model)
+            after = release(state, clock.now(), at, tokens)
+            if after is state or await self._write(model, after, etag):
+                return
+            await asyncio.sleep(random.uniform(0, MAX_PAUSE))
+        raise TimeoutError(f"{MAX_TRIES} updates lost to other instances")
 
     async def _reserve(self, model: str, asks: list[Ask], settings: PacingSettings) -> list[Reserved]:
         """The turns and slots of `asks`, in order, taken with one read and one write of the model's row."""

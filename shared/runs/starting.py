@@ -61,7 +61,6 @@ class _Attempt:
     run: Run | None = None  # the run, from just before it is recorded
     recorded: bool = False  # its entity was written, and `run.etag` is this start's last write
     response_id: str | None = None  # the provider response created for it
-    deployment: str = DEFAULT_DEPLOYMENT  # where that response lives (provider.pool)
     events: EventStream | None = None  # that response's open event stream
 
 
@@ -102,14 +101,13 @@ class RunStarter:
         backoff: Backoff,
         ending: RunEnding,
         lifecycle: RunLifecycle,
-        quotas: CallerQuotas | None = None,
-        *,
-        admission: RunAdmission | None = None,
+        quotas: CallerQuotas | None,
+        admission: RunAdmission,
     ) -> None:
         """`scheduler` and `backoff` send the run's first poll; `ending` ends a run its provider answers at once;
         `lifecycle` repairs a session whose run ended without advancing it; `quotas` admits each new start against
-        its caller's quota (none: no quotas); `admission` queues a start the provider has no capacity for
-        (runs.admission)."""
+        its caller's quota (none: no quotas); `admission` places the create (runs.admission: the deployment with room,
+        or queued until there is)."""
         self._rules = rules
         self._store = store
         self._sessions = sessions
@@ -221,21 +219,16 @@ class RunStarter:
         if attempt.session_id:
             await self._sessions.add_run(attempt.session_id, run_id, created_at)
         stream = request.stream or self._rules.create_streaming  # the poll chain can only watch a streamed create
-        try:
-            if self._admission is None:
-                started = await self._backend.start(params, stream=stream, deployment=chain_deployment)
-            else:  # placed at the first deployment with room; a later slot or turn everywhere: queued until then
-                placed = await self._admission.place(run, stream=stream)
-                if isinstance(placed, Reserved):
-                    return await self._admission.queue_paced(run, placed), None
-                started = placed
+        try:  # placed at the first deployment with room; a later slot or turn everywhere: queued until then
+            placed = await self._admission.place(run, stream=stream)
         except ProviderError as error:
-            if self._admission is not None and self._admission.admits(error):
+            if self._admission.admits(error):
                 return await self._admission.queue(run, error), None
             raise _start_error(error) from None
+        if isinstance(placed, Reserved):
+            return await self._admission.queue_paced(run, placed), None
+        started = placed
         attempt.response_id = run.response_id = started.state.response_id
-        run.deployment = started.deployment or run.deployment
-        attempt.deployment = run.at
         if started.events is not None and not request.stream:
             events, started.events = started.events, None
             await events.close()
@@ -274,9 +267,10 @@ class RunStarter:
             attempt.run_id,
             attempt.response_id,
         )
-        await self._cancel_quietly(attempt.response_id, attempt.deployment)
+        assert attempt.run is not None  # a response is created for a recorded run
+        await self._cancel_quietly(attempt.response_id, attempt.run.at)
         await self._forget_rows(attempt)
-        await self._delete_quietly(attempt.response_id, attempt.deployment)
+        await self._delete_quietly(attempt.response_id, attempt.run.at)
 
     def _provider_params(self, request: RunRequest, run_id: str, previous_response_id: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -313,9 +307,9 @@ class RunStarter:
         if attempt.events is not None:
             with contextlib.suppress(Exception):  # a stream that cannot close cleanly is closed enough
                 await attempt.events.close()
-        if attempt.response_id:
-            await self._cancel_quietly(attempt.response_id, attempt.deployment)  # first: it may be running (billing)
         run = attempt.run
+        if attempt.response_id and run is not None:  # first: it may be running (billing)
+            await self._cancel_quietly(attempt.response_id, run.at)
         if attempt.recorded and run is not None:
             if not await self._store.delete(run):  # ETag-conditional: someone else ended it meanwhile
                 return True
@@ -326,8 +320,8 @@ class RunStarter:
             elif not (landed.is_active and await self._store.delete(landed)):
                 return True
         await self._forget_rows(attempt)
-        if attempt.response_id:
-            await self._delete_quietly(attempt.response_id, attempt.deployment)
+        if attempt.response_id and run is not None:
+            await self._delete_quietly(attempt.response_id, run.at)
         log.info("run %s: its start failed; nothing of it is kept", attempt.run_id)
         return False
 

@@ -110,7 +110,7 @@ async def test_a_run_not_yet_due_costs_one_more_reservation_and_a_caller_alone_t
 
 async def test_without_a_caller_creates_keep_the_fifo_slots(now):
     pacing = ProviderPacing(FakeTable(), RPM60)
-    waits = [await pacing.reserve(PARAMS, within=600) for _ in range(5)]
+    waits = [(await pacing.reserve_turn(PARAMS, within=600)).wait for _ in range(5)]
     assert waits == pytest.approx([0, 1, 2, 3, 4])
 
 

@@ -37,6 +37,11 @@ RPM60 = PacingSettings(requests_per_minute=60)
 ADAPTIVE = PacingSettings(adaptive=True)
 
 
+async def reserve(pacing: ProviderPacing, params: dict, *, within: float) -> float:
+    """Seconds until the slot a reservation gave (0: go now)."""
+    return (await pacing.reserve_turn(params, within=within)).wait
+
+
 def slots(settings: PacingSettings, n: int, tokens: int = 0, state: PaceState | None = None) -> list[float]:
     state = state or PaceState()
     taken = []
@@ -193,13 +198,13 @@ async def test_two_instances_share_one_budget_through_the_rows_etag(now):
 
     async def b_goes_first():  # between a's read and a's write, b takes a slot
         del table.before["update_entity"]
-        raced.append(await b.reserve(params, within=60))
+        raced.append(await reserve(b, params, within=60))
 
-    assert await a.reserve(params, within=60) == 0  # creates the row
+    assert await reserve(a, params, within=60) == 0  # creates the row
     table.before["update_entity"] = b_goes_first
-    assert await a.reserve(params, within=60) == pytest.approx(2)  # lost the race once, read again
+    assert await reserve(a, params, within=60) == pytest.approx(2)  # lost the race once, read again
     assert raced == [pytest.approx(1)]
-    assert await b.reserve(params, within=60) == pytest.approx(3)
+    assert await reserve(b, params, within=60) == pytest.approx(3)
     assert list(table.rows) == [(PARTITION, "gpt%2F4.1")]
 
 
@@ -207,7 +212,7 @@ async def test_creates_waiting_in_one_instance_are_reserved_together_with_one_re
     table = FakeTable()
     pacing = ProviderPacing(table, RPM60)
     params = {"model": "m", "input": "hi"}
-    waits = await asyncio.gather(*(pacing.reserve(params, within=60) for _ in range(10)))
+    waits = await asyncio.gather(*(reserve(pacing, params, within=60) for _ in range(10)))
     assert sorted(waits) == pytest.approx(list(range(10)))
     assert table.requests == 4  # the first: read, create; the nine that waited meanwhile: read, write
 
@@ -216,7 +221,7 @@ async def test_a_reservation_cancelled_on_its_turn_lets_the_creates_it_reserved_
     table = FakeTable()
     pacing = ProviderPacing(table, RPM60, timeout=60)  # only the cancel ends the stuck read
     params = {"model": "m", "input": "hi"}
-    await pacing.reserve(params, within=60)
+    await reserve(pacing, params, within=60)
     gate, reads = asyncio.Event(), []
 
     async def stuck():
@@ -224,10 +229,10 @@ async def test_a_reservation_cancelled_on_its_turn_lets_the_creates_it_reserved_
         await (gate.wait() if len(reads) == 1 else asyncio.sleep(30))
 
     table.before["get_entity"] = stuck
-    holding = asyncio.create_task(pacing.reserve(params, within=60))
+    holding = asyncio.create_task(reserve(pacing, params, within=60))
     await asyncio.sleep(0.01)
-    leader = asyncio.create_task(pacing.reserve(params, within=60))
-    others = [asyncio.create_task(pacing.reserve(params, within=60)) for _ in range(2)]
+    leader = asyncio.create_task(reserve(pacing, params, within=60))
+    others = [asyncio.create_task(reserve(pacing, params, within=60)) for _ in range(2)]
     await asyncio.sleep(0.01)
     gate.set()
     assert await holding == pytest.approx(1)
@@ -242,26 +247,26 @@ async def test_a_slot_beyond_what_the_run_may_wait_is_not_taken(now):
     pacing = ProviderPacing(table, RPM60)
     params = {"model": "m", "input": "hi"}
     for expected in (0, 1):
-        assert await pacing.reserve(params, within=1.5) == pytest.approx(expected)
-    assert await pacing.reserve(params, within=1.5) == pytest.approx(2)  # too far: told, not taken
-    assert await pacing.reserve(params, within=60) == pytest.approx(2)
-    assert await pacing.reserve(params, within=60) == pytest.approx(3)
+        assert await reserve(pacing, params, within=1.5) == pytest.approx(expected)
+    assert await reserve(pacing, params, within=1.5) == pytest.approx(2)  # too far: told, not taken
+    assert await reserve(pacing, params, within=60) == pytest.approx(2)
+    assert await reserve(pacing, params, within=60) == pytest.approx(3)
 
 
 async def test_headers_of_a_create_are_written_with_the_next_reservation_and_cost_no_request(now):
     table = FakeTable()
     pacing = ProviderPacing(table, PacingSettings(requests_per_minute=600))
     params = {"model": "m", "input": "hi"}
-    await pacing.reserve(params, within=60)
+    await reserve(pacing, params, within=60)
     before = table.requests
     pacing.noted(
         "m",
         {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "3m"},
     )
     assert table.requests == before
-    assert await pacing.reserve(params, within=60) == pytest.approx(3)  # held until one request is back
+    assert await reserve(pacing, params, within=60) == pytest.approx(3)  # held until one request is back
     other = ProviderPacing(table, PacingSettings(requests_per_minute=600))  # another instance reads it
-    assert await other.reserve(params, within=60) == pytest.approx(3.1)
+    assert await reserve(other, params, within=60) == pytest.approx(3.1)
 
 
 async def test_a_limiter_that_cannot_be_read_fails_open_quickly_and_then_stays_out_of_the_way(now):
@@ -269,9 +274,9 @@ async def test_a_limiter_that_cannot_be_read_fails_open_quickly_and_then_stays_o
     pacing = ProviderPacing(table, RPM60, timeout=0.05)
     params = {"model": "m", "input": "hi"}
     table.fail_next = [HttpResponseError("503 server busy")]
-    assert await pacing.reserve(params, within=60) == 0
+    assert await reserve(pacing, params, within=60) == 0
     requests = table.requests
-    assert await pacing.reserve(params, within=60) == 0  # skipped: no request
+    assert await reserve(pacing, params, within=60) == 0  # skipped: no request
     assert table.requests == requests
     now.advance(FAIL_OPEN_SECONDS)
 
@@ -280,7 +285,7 @@ async def test_a_limiter_that_cannot_be_read_fails_open_quickly_and_then_stays_o
 
     table.before["get_entity"] = hang  # storage that does not answer
     started = asyncio.get_running_loop().time()
-    assert await pacing.reserve(params, within=60) == 0
+    assert await reserve(pacing, params, within=60) == 0
     assert asyncio.get_running_loop().time() - started < 1
     await pacing.throttled("m", 5, {})  # a 429 meanwhile is not written either
     assert table.requests == requests + 1
@@ -387,3 +392,19 @@ def test_a_burst_setting_out_of_range_is_refused():
     assert Settings.from_env({**ENV, "PACING_BURST": "0.5"}).pacing.burst == 0.5
     with pytest.raises(ValueError, match="PACING_BURST"):
         Settings.from_env({**ENV, "PACING_BURST": "1.5"})
+
+
+async def test_a_given_back_slot_is_taken_by_the_next_create_and_one_gone_by_is_spent(now):
+    # A run that started at another deployment releases the slot it held here (runs.admission `_earlier`).
+    pacing = ProviderPacing(FakeTable(), RPM60)
+    params = {"model": "m", "input": "hi"}
+    waits = [(await pacing.reserve_turn(params, within=60)).wait for _ in range(4)]
+    assert waits == pytest.approx([0, 1, 2, 3])
+    await pacing.release(params, NOW + 2)  # the third gives its slot back
+    await pacing.release(params, NOW - 1)  # gone by: nothing to give
+    assert (await pacing.reserve_turn(params, within=60)).wait == pytest.approx(2)  # not 4: the budget kept
+    assert (await pacing.reserve_turn(params, within=60)).wait == pytest.approx(4)  # then the next, as before
+    big = {"model": "m", "input": "hi", "max_output_tokens": 10 * DEFAULT_OUTPUT_TOKENS}
+    await pacing.release(params, NOW + 3)
+    tokens_paced = ProviderPacing(pacing._table, PacingSettings(requests_per_minute=60, tokens_per_minute=10**6))
+    assert (await tokens_paced.reserve_turn(big, within=60)).wait == pytest.approx(5)  # too small a slot for it

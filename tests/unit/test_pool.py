@@ -12,10 +12,12 @@ import httpx
 import openai
 import pytest
 
-from shared.errors import Unavailable
+from shared.errors import ServiceError, Unavailable
 from shared.provider import DeploymentPool, Member, ProviderError
 from shared.provider.errors import classify
 from shared.provider.pool import FAILURES_TO_TRIP, TRIP_SECONDS, CircuitBreaker
+from shared.runs.callers import Caller
+from shared.runs.model import Run
 from shared.runs.requests import RunRequest
 from shared.settings import Settings, SettingsError
 
@@ -138,27 +140,31 @@ def params(run_id: str = "run_1") -> dict:
     return {"model": "gpt", "input": "hi", "metadata": {"bg_run_id": run_id}}
 
 
+async def placed(w, **request) -> Run:
+    """A run started through the service: placed by admission (runs.admission.place)."""
+    return (await w.services.starter.start(RunRequest(**{"input": "x", **request}))).run
+
+
 async def test_a_start_goes_to_the_highest_priority_and_spills_over_on_429_or_503(monkeypatch):
-    w = world(monkeypatch)  # the fake clock
     pool, backends = a_pool(("payg", 1), ("ptu", 0))
+    w = world(monkeypatch, backend=pool)
     assert [c.name for c in pool.candidates()] == ["ptu", "payg"]
-    assert (await pool.start(params(), stream=False)).deployment == "ptu"
+    assert (await placed(w)).deployment == "ptu"
     backends["ptu"].fail["start"] = [refused(429)]
-    assert (await pool.start(params(), stream=False)).deployment == "payg"
+    assert (await placed(w)).deployment == "payg"
     backends["ptu"].fail["start"] = [refused(503)]
     backends["payg"].fail["start"] = [refused(429, retry_after=4)]
-    with pytest.raises(ProviderError) as full:  # every one refused: the last refusal, which admission queues
-        await pool.start(params(), stream=False)
-    assert full.value.status == 429 and full.value.retry_after == 4
-    assert w.clock.now  # (used)
+    full = await placed(w)  # every one refused: queued on the last refusal, its Retry-After
+    assert full.status == "queued" and not full.response_id and full.admission.reason == "provider 429"
+    assert full.admission.next_try_at == pytest.approx(w.clock.now + 4)
 
 
 async def test_an_unclear_create_is_never_repeated_at_another_deployment(monkeypatch):
-    world(monkeypatch)
     pool, backends = a_pool(("ptu", 0), ("payg", 1))
+    w = world(monkeypatch, backend=pool)
     backends["ptu"].fail["start"] = [unclear()]
-    with pytest.raises(ProviderError):
-        await pool.start(params(), stream=False)
+    with pytest.raises(ServiceError):
+        await placed(w)
     assert backends["payg"].count("start") == 0
 
 
@@ -174,16 +180,14 @@ def refused_connection() -> ProviderError:
 
 
 async def test_a_deployment_that_cannot_be_reached_is_passed_over_but_alone_is_refused_as_before(monkeypatch):
-    world(monkeypatch)
     assert refused_connection().code == "connection_failed"  # the request never left: nothing was created
-    pool, backends = a_pool(("ptu", 0), ("payg", 1))
-    backends["ptu"].fail["start"] = [refused_connection()]
-    assert (await pool.start(params(), stream=False)).deployment == "payg"
     w, backends = pooled_world(monkeypatch)
+    backends["ptu"].fail["start"] = [refused_connection()]
+    assert (await placed(w)).deployment == "payg"
     for name in ("ptu", "payg"):
         backends[name].fail["start"] = [refused_connection()]
     with pytest.raises(Unavailable):  # the last one unreachable: not queued (as with one deployment), refused
-        await w.services.starter.start(RunRequest(input="x"))
+        await placed(w)
 
 
 async def test_weights_share_the_starts_within_a_priority(monkeypatch):
@@ -194,17 +198,21 @@ async def test_weights_share_the_starts_within_a_priority(monkeypatch):
 
 
 async def test_a_tripped_deployment_is_passed_over_until_its_probe_succeeds(monkeypatch):
-    w = world(monkeypatch)
-    pool, backends = a_pool(("ptu", 0), ("payg", 1))
+    w, backends = pooled_world(monkeypatch)
+    pool = w.backend
     backends["ptu"].fail["start"] = [refused(500) for _ in range(FAILURES_TO_TRIP)]
     for _ in range(FAILURES_TO_TRIP):
         with pytest.raises(ProviderError):  # a 500 is unclear: not spilled, but counted
-            await pool.start(params(), stream=False)
+            await pool.start(params(), stream=False, deployment="ptu")
     assert pool.state() == {"ptu": "open", "payg": "closed"}
-    assert (await pool.start(params(), stream=False)).deployment == "payg"
+    assert [(c.name, c.reopens_in) for c in pool.candidates()] == [("ptu", TRIP_SECONDS), ("payg", 0)]
+    assert (await placed(w)).deployment == "payg"
     assert backends["ptu"].count("start") == FAILURES_TO_TRIP  # no call while open
+    with pytest.raises(ProviderError) as named:  # named while open: refused without a call, saying when
+        await pool.start(params(), stream=False, deployment="ptu")
+    assert named.value.status == 503 and named.value.retry_after == pytest.approx(TRIP_SECONDS)
     w.clock.advance(TRIP_SECONDS)
-    assert (await pool.start(params(), stream=False)).deployment == "ptu"  # the probe
+    assert (await placed(w)).deployment == "ptu"  # the probe
     assert pool.state()["ptu"] == "closed"
 
 
@@ -214,7 +222,7 @@ async def test_with_every_deployment_open_a_start_is_refused_with_a_503_saying_w
     backends["only"].fail["start"] = [refused(503) for _ in range(FAILURES_TO_TRIP)]
     for _ in range(FAILURES_TO_TRIP):
         with pytest.raises(ProviderError):
-            await pool.start(params(), stream=False)
+            await pool.start(params(), stream=False, deployment="only")
     with pytest.raises(ProviderError) as none:
         pool.candidates()
     assert none.value.status == 503 and none.value.retry_after == pytest.approx(TRIP_SECONDS)
@@ -223,7 +231,7 @@ async def test_with_every_deployment_open_a_start_is_refused_with_a_503_saying_w
 async def test_a_deployment_name_sends_its_own_model():
     backend = FakeBackend()
     pool = DeploymentPool([Member("ptu", backend, model="gpt-ptu")])
-    started = await pool.start(params(), stream=False)
+    started = await pool.start(params(), stream=False, deployment="ptu")
     assert backend.responses[started.state.response_id].params["model"] == "gpt-ptu"
 
 
@@ -335,8 +343,8 @@ async def test_the_implicit_default_deployment_has_no_breaker(monkeypatch):
     backend.fail["start"] = [refused(429, retry_after=60) for _ in range(FAILURES_TO_TRIP)]
     for _ in range(FAILURES_TO_TRIP):
         with pytest.raises(ProviderError):
-            await pool.start(params(), stream=False)
-    assert pool.state() == {"default": "closed"} and (await pool.start(params(), stream=False)).deployment
+            await pool.start(params(), stream=False, deployment="default")
+    assert pool.state() == {"default": "closed"} and (await pool.start(params(), stream=False, deployment="default"))
     assert pool.candidates()[0].pacing_key is None  # paced per model, as before the pool
     assert w.clock.now
 
@@ -394,3 +402,73 @@ async def test_a_queued_try_that_cannot_connect_waits_and_a_held_slot_moves_on(m
     w2.backend.fail["start"] = [refused_connection()]
     assert await w2.services.poll_step.handle(w2.poll_queue.take()[0]) == "capacity-waiting"
     assert (await w2.run(queued.id)).status == "queued"
+
+
+async def test_a_backlog_queued_while_the_first_deployment_was_down_moves_back_to_it(monkeypatch):
+    # Found by bench.capacity --deployments: the runs queued during ptu's outage held payg's slots reaching far past
+    # ptu's return, and drained at payg's rate alone while ptu stood idle.
+    backends = {name: FakeBackend() for name in ("ptu", "payg")}
+    pool = DeploymentPool(
+        [Member("ptu", backends["ptu"]), Member("payg", backends["payg"], priority=1, requests_per_minute=6)]
+    )
+    w = world(monkeypatch, backend=pool, PACING_REQUESTS_PER_MINUTE="1000")  # ptu 1000/min; payg a slot every 10 s
+    t0 = w.clock.now
+    backends["ptu"].fail["start"] = [refused_connection() for _ in range(FAILURES_TO_TRIP)]  # ptu down
+    runs = []
+    for i in range(7):
+        caller = Caller(f"caller-{i}")  # each first in its caller's fair order: it holds its slot (runs.fairness)
+        runs.append((await w.services.starter.start(RunRequest(input=str(i)), caller=caller)).run)
+        w.clock.advance(1)
+    assert pool.state()["ptu"] == "open" and {r.deployment for r in runs} == {"payg"}
+    assert [r.admission.slot_at - t0 for r in runs[1:]] == pytest.approx([10, 20, 30, 40, 50, 60])
+    reopens = t0 + 2 + TRIP_SECONDS  # tripped by the third start's create
+    # those held well past ptu's reopening look again then (the others wait for their slot)
+    looks = [r.admission.next_try_at - reopens for r in runs[1:]]
+    assert looks[:3] == pytest.approx([10 - 32, 20 - 32, 30 - 32]) and all(0 <= t <= 2 for t in looks[3:])
+    w.clock.advance(reopens + 2 - w.clock.now)  # ptu is back
+    due = [s for s in w.poll_queue.sent if s.at + s.delay <= w.clock.now]
+    w.poll_queue.sent = [s for s in w.poll_queue.sent if s not in due]
+    for sent in due:
+        await w.services.poll_step.handle(sent.message)
+    after = [await w.run(r.id) for r in runs]
+    assert [r.deployment for r in after] == ["payg"] * 4 + ["ptu"] * 3  # the first look was ptu's probe
+    assert all(r.response_id for r in after[:4] + after[4:]) and pool.state()["ptu"] == "closed"
+    assert backends["ptu"].count("start") == FAILURES_TO_TRIP + 3 and backends["payg"].count("start") == 4
+    # their payg slots were given back, not leaked: the next start that goes to payg takes the earliest of them
+    backends["ptu"].fail["start"] = [refused(429)]
+    spilled = (await w.services.starter.start(RunRequest(input="late"), caller=Caller("late"))).run
+    assert spilled.deployment == "payg" and spilled.admission.slot_at == pytest.approx(runs[4].admission.slot_at)
+
+
+async def test_a_half_open_deployment_is_probed_unpaced_and_a_start_it_kept_away_looks_again_soon(monkeypatch):
+    # Found by bench.capacity --deployments: at ptu's reopening the queued runs looking again each took a ptu pacing
+    # slot and lost it to the breaker (one probe at a time), which pushed ptu's next slot far out.
+    backends = {name: FakeBackend() for name in ("ptu", "payg")}
+    pool = DeploymentPool(
+        [
+            Member("ptu", backends["ptu"], requests_per_minute=1),  # a slot a minute
+            Member("payg", backends["payg"], priority=1, requests_per_minute=6),
+        ]
+    )
+    w = world(monkeypatch, backend=pool, PACING_REQUESTS_PER_MINUTE="1000")
+    assert (await placed(w)).deployment == "ptu"  # ptu's next slot is a minute away
+    backends["ptu"].fail["start"] = [refused(500) for _ in range(FAILURES_TO_TRIP)]
+    for _ in range(FAILURES_TO_TRIP):
+        with pytest.raises(ProviderError):
+            await pool.start(params(), stream=False, deployment="ptu")
+    w.clock.advance(TRIP_SECONDS)
+    assert [c.probe for c in pool.candidates()] == [True, False]  # half-open
+    assert (await placed(w)).deployment == "ptu" and pool.state()["ptu"] == "closed"  # the probe, not paced
+    # a start the breaker keeps away (another's probe under way) holds payg's slot and looks again after 1 s
+    backends = {name: FakeBackend() for name in ("ptu", "payg")}
+    pool = DeploymentPool(
+        [Member("ptu", backends["ptu"]), Member("payg", backends["payg"], priority=1, requests_per_minute=6)]
+    )
+    w = world(monkeypatch, backend=pool, PACING_REQUESTS_PER_MINUTE="1000")
+    backends["ptu"].fail["start"] = [refused(503)]
+    assert (await placed(w)).deployment == "payg"  # payg's first slot
+    busy = ProviderError(transient=True, status=503, message="probing", retry_after=1, code="deployment_unavailable")
+    backends["ptu"].fail["start"] = [busy]
+    waiting = await placed(w)
+    assert waiting.deployment == "payg" and waiting.admission.slot_at == pytest.approx(w.clock.now + 10)
+    assert 1 <= waiting.admission.next_try_at - w.clock.now <= 3
