@@ -86,3 +86,22 @@ def test_small_chaos_run_keeps_every_invariant() -> None:
     assert len(result.checks) >= 15
     assert result.stats["streams"]["resumes"] >= 1 and result.stats["sessions"]["sessions"] >= 1, text
     assert result.failed == 0, text
+
+
+def test_small_chaos_run_with_two_deployments_and_an_outage_keeps_every_invariant() -> None:
+    """The same with two emulator deployments in PROVIDER_DEPLOYMENTS (ptu priority 0, payg 1) and ptu refusing
+    connections for 8 s from 30 % of the window: new starts spill to payg, ptu's runs are polled through the
+    outage, sessions stay on their deployment (one more invariant), every run ends once with one response."""
+    result = run_chaos(
+        **SMALL_RUN,
+        name="chaos-deployments",
+        deployments=True,
+        deployment_outage_s=8,
+        verbose=False,
+    )
+    text = report(result)
+    print(text)
+    assert len(result.checks) >= 16 and any("deployment" in c.name for c in result.checks)
+    served = result.stats["deployments"]["served_by_deployment"]
+    assert served.get("ptu", 0) >= 1 and served.get("payg", 0) >= 1, text
+    assert result.failed == 0, text
