@@ -272,7 +272,8 @@ class Checker:
                 continue
             for record in self.ev.provider.get(run_id, []):
                 examined += 1
-                if record.get("deployment") != named:
+                # a start cut after its create (start_interrupted) never learnt its response: it names none
+                if record["id"] == view.get("provider_response_id") and record.get("deployment") != named:
                     failures.append(
                         self.failure(run_id, f"names {named}; response {record['id']} is at {record.get('deployment')}")
                     )

@@ -418,4 +418,6 @@ def test_a_run_or_a_session_turn_away_from_its_deployment_is_flagged():
     assert not check.ok and "continues resp_b at ptu from payg" in check.failures[0]["problem"]
     elsewhere = [*clean[:2], provider("c", deployment="ptu")]  # the run names payg, its response is at ptu
     assert not Checker(evidence(records, views, elsewhere, deployments=True)).deployments_kept().ok
+    interrupted = [*views[:2], view("c", "failed", provider_response_id=None)]  # its start never learnt where
+    assert Checker(evidence(records, interrupted, clean, deployments=True)).deployments_kept().ok
     assert "deployment" not in " ".join(c.name for c in Checker(evidence(records, views, clean)).all())
