@@ -105,3 +105,30 @@ def test_small_chaos_run_with_two_deployments_and_an_outage_keeps_every_invarian
     served = result.stats["deployments"]["served_by_deployment"]
     assert served.get("ptu", 0) >= 1 and served.get("payg", 0) >= 1, text
     assert result.failed == 0, text
+
+
+def test_small_chaos_run_on_the_executor_with_two_model_servers_and_an_outage_keeps_every_invariant() -> None:
+    """The executor over the same two deployments (its model servers, executor.model_pool): while ptu refuses
+    connections the calls go to payg (an executor run is not pinned); each run names a server its calls went to."""
+    result = run_chaos(
+        runs=25,
+        submit_seconds=24,
+        host_kills=1,
+        receiver_outage_s=5,
+        azurite_down_s=3,
+        min_duration_ms=500,
+        max_duration_ms=4000,
+        converge_timeout_s=75,
+        name="chaos-executor-deployments",
+        backend="executor",
+        fault_endpoints="create,retrieve,stream,cancel,chat",
+        deployments=True,
+        deployment_outage_s=8,
+        verbose=False,
+    )
+    text = report(result)
+    print(text)
+    served = result.stats["deployments"]["served_by_deployment"]
+    assert served.get("ptu", 0) >= 1 and served.get("payg", 0) >= 1, text
+    assert result.stats["executor"]["provider_responses"] == 0, text
+    assert result.failed == 0, text
