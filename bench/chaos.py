@@ -19,6 +19,12 @@ invariants then matter: no start refused for provider capacity, no queued run lo
 (checked always). `--setting NAME=VALUE` adds host settings, e.g. the provider pacing's
 (`--setting PACING_REQUESTS_PER_MINUTE=110 --setting PACING_BURST=1`).
 
+With `--deployments` the emulator serves two deployments, ptu and payg, with their own faults and quotas, and
+the host's PROVIDER_DEPLOYMENTS names both (ptu priority 0, payg 1; for the executor too: its model servers); ptu
+goes down (its port refuses connections) for `--deployment-outage` seconds (120) from 30 % of the window. New starts
+(and executor calls) spill to payg; runs at ptu are polled through the outage and finish after it; sessions stay on
+their deployment (one more invariant). Not with push.
+
 With `--completion push` the emulator sends signed provider webhooks (COMPLETION_STRATEGY=push), losing 10 %,
 sending 10 % twice and retrying refused ones; a webhook that arrives while the host is down is retried by the
 emulator or replaced by the safety-net poll chain.
@@ -50,7 +56,7 @@ from .capacity import parse_settings
 from .chaos_checks import Check, Checker, Evidence, call_whole
 from .chaos_client import CHAOS_TAG, TERMINAL, ApiClient, replay, sse_events
 from .chaos_mix import Mix, plan
-from .common import LocalStack, new_secrets
+from .common import LocalStack, free_port, new_secrets
 
 CHAOS_HOST_ENV = {
     "POLL_INITIAL_DELAY_SECONDS": "1",
@@ -111,6 +117,8 @@ class ChaosConfig:
     completion: str = "poll"  # how the host learns a provider response ended: poll, or push (provider webhooks)
     provider_rpm: int = 0  # the emulator's quota of creates a minute per model (0: none)
     host_settings: dict[str, str] = field(default_factory=dict)  # more host settings (--setting)
+    deployments: bool = False  # two emulator deployments, ptu (priority 0) and payg (1), and an outage of ptu
+    deployment_outage_s: float = 120.0  # how long ptu is down, from 30 % of the submit window
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -119,6 +127,8 @@ class ChaosConfig:
             raise ValueError(f"completion must be one of {COMPLETIONS}, got {self.completion!r}")
         if self.completion == "push" and self.backend != "background":
             raise ValueError("completion push needs the background backend (the executor has no provider webhooks)")
+        if self.completion == "push" and self.deployments:
+            raise ValueError("--deployments runs with completion poll (each deployment would need its own secret)")
 
 
 @dataclass
@@ -178,6 +188,14 @@ class Chaos:
         await asyncio.to_thread(self.stack.azurite.start)
         self.say("Azurite started again (same ports and data)")
 
+    async def deployment_outage(self) -> None:
+        self.say(f"deployment ptu DOWN (refuses connections) for {self.cfg.deployment_outage_s:.0f}s")
+        await asyncio.to_thread(self.stack.emulator.take_down, "ptu", "refuse")
+        self.faults["deployment_outages"] += 1
+        await asyncio.sleep(self.cfg.deployment_outage_s)
+        await asyncio.to_thread(self.stack.emulator.bring_up, "ptu")
+        self.say("deployment ptu up")
+
     async def disruptions(self) -> None:
         """Host kills spread over the window and one Azurite restart mid-way, one at a time (a host cannot
         start while Azurite is down); the receiver outage runs beside them from 20 % of the window."""
@@ -185,10 +203,12 @@ class Chaos:
         plan_: list[tuple[float, Any]] = [((i + 0.5) / k * T, self.kill_host) for i in range(k)]
         plan_.append((0.5 * T + 2.0, self.azurite_restart))
         plan_.sort(key=lambda p: p[0])
-        outage = asyncio.create_task(self._at(0.2 * T, self.receiver_outage))
+        outages = [asyncio.create_task(self._at(0.2 * T, self.receiver_outage))]
+        if self.cfg.deployments:
+            outages.append(asyncio.create_task(self._at(0.3 * T, self.deployment_outage)))
         for at, action in plan_:
             await self._at(at, action)
-        await outage
+        await asyncio.gather(*outages)
 
     async def _at(self, at: float, action) -> None:
         await asyncio.sleep(max(0.0, at - (time.monotonic() - self.t0)))
@@ -252,15 +272,17 @@ class Chaos:
             return await self.replayed_streams(api, views)
         out: dict[str, dict[str, Any]] = {}
         sem = asyncio.Semaphore(8)
-        async with httpx.AsyncClient(base_url=self.stack.emulator.base_url, timeout=60) as emulator:
+        urls = self.emulator_urls()
+        async with httpx.AsyncClient(timeout=60) as emulator:
 
             async def fetch(run_id: str, response_id: str) -> None:
+                url = urls.get((views.get(run_id) or {}).get("deployment") or "", self.stack.emulator.base_url)
                 async with sem:
                     for _ in range(3):
                         ids, text, final = [], [], False
                         try:
                             async with emulator.stream(
-                                "GET", f"/responses/{response_id}", params={"stream": "true"}
+                                "GET", f"{url}/responses/{response_id}", params={"stream": "true"}
                             ) as r:
                                 if r.status_code != 200:
                                     await r.aread()
@@ -316,8 +338,11 @@ class Chaos:
         """The emulator's log of model calls, each given to the run whose request carried its tag: the latest
         run with that tag created before the call (a start that was abandoned and retried shares its body's
         tag). Calls before every such run, or whose tag no accepted run has, are returned apart."""
-        response = httpx.get(f"{self.stack.emulator.base_url}/_emulator/chat_completions", timeout=120)
-        response.raise_for_status()
+        logged = []
+        for deployment, url in self.emulator_urls().items():
+            response = httpx.get(f"{url}/_emulator/chat_completions", timeout=120)
+            response.raise_for_status()
+            logged += [{**call, "deployment": deployment} for call in response.json()["data"]]
         runs_by_tag: dict[str, list[tuple[float, str]]] = defaultdict(list)
         for rid, rec in api.records.items():
             created = (views.get(rid) or {}).get("created_at")
@@ -325,7 +350,7 @@ class Chaos:
                 runs_by_tag[rec.tag].append((created, rid))
         by_run: dict[str, list[dict]] = defaultdict(list)
         unclaimed: list[dict] = []
-        for call in response.json()["data"]:
+        for call in sorted(logged, key=lambda c: c["created_at"]):
             tag = (call.get("knobs") or {}).get(CHAOS_TAG)
             owners = [rid for created, rid in sorted(runs_by_tag.get(tag, [])) if created <= call["created_at"] + 0.5]
             if owners:
@@ -337,9 +362,11 @@ class Chaos:
     def evidence(self, api: ApiClient, mix: Mix, views: dict[str, dict], refs: dict[str, dict]) -> Evidence:
         provider: dict[str, list[dict]] = defaultdict(list)
         by_id = {}
-        for p in self.stack.emulator.responses():
-            provider[(p.get("metadata") or {}).get("bg_run_id")].append(p)
-            by_id[p["id"]] = p
+        for deployment in self.emulator_urls():
+            for p in self.stack.emulator.responses(deployment):
+                p["deployment"] = deployment
+                provider[(p.get("metadata") or {}).get("bg_run_id")].append(p)
+                by_id[p["id"]] = p
         chat_calls, unclaimed = self.chat_calls(api, views) if self.cfg.backend == "executor" else ({}, [])
         return Evidence(
             records=api.records,
@@ -365,7 +392,17 @@ class Chaos:
             backend=self.cfg.backend,
             chat_calls=chat_calls,
             unclaimed_chat_calls=unclaimed,
+            deployments=self.cfg.deployments,
         )
+
+    def emulator_urls(self) -> dict[str, str]:
+        """Each emulator deployment's base URL (one, `default`, without --deployments)."""
+        return self.stack.emulator.deployment_urls()
+
+    def configure_emulator(self, **config: Any) -> None:
+        """The same settings on every deployment (faults, quotas)."""
+        for deployment in self.emulator_urls() if self.cfg.deployments else [None]:
+            self.stack.emulator.configure(deployment, **config)
 
     # -- the whole thing ----------------------------------------------------------------------------------
     async def run(self) -> ChaosResult:
@@ -377,6 +414,15 @@ class Chaos:
             **cfg.host_settings,
         }
         emulator_config: dict[str, Any] = {"seed": cfg.seed}
+        if cfg.deployments:
+            ports = {"ptu": free_port(), "payg": free_port()}
+            emulator_config["deployments"] = {name: {"port": port} for name, port in ports.items()}
+            host_env["PROVIDER_DEPLOYMENTS"] = json.dumps(
+                [
+                    {"name": name, "endpoint": f"http://127.0.0.1:{port}/v1", "provider": "emulator", "priority": n}
+                    for n, (name, port) in enumerate(ports.items())
+                ]
+            )
         if cfg.completion == "push":
             secret = new_secrets(1)[0]
             host_env.update(PROVIDER_WEBHOOK_SECRETS=secret, COMPLETION_STRATEGY="push")
@@ -395,7 +441,7 @@ class Chaos:
                 f"{len(jobs)} jobs ({dict(Counter(j.scenario for j in jobs))}) "
                 f"over {cfg.submit_seconds:.0f}s"
             )
-            self.stack.emulator.configure(
+            self.configure_emulator(
                 fault_429_rate=cfg.fault_429_rate,
                 fault_500_rate=cfg.fault_500_rate,
                 fault_503_rate=cfg.fault_503_rate,
@@ -429,7 +475,7 @@ class Chaos:
                 await self.disruptions()
                 await asyncio.gather(*work)
                 self.say(f"clients done: {len(api.records)} runs accepted, {len(api.not_accepted)} not")
-                self.stack.emulator.configure(fault_429_rate=0, fault_500_rate=0, fault_503_rate=0, stream_cut_rate=0)
+                self.configure_emulator(fault_429_rate=0, fault_500_rate=0, fault_503_rate=0, stream_cut_rate=0)
                 quota = self.stack.emulator.stats().get("quota", {})
                 self.stats_quota = {k: quota.get(k) for k in ("limited_requests", "limited_tokens")}
                 self.say("emulator faults off; waiting for convergence")
@@ -511,6 +557,8 @@ class Chaos:
         }
         if self.cfg.backend == "executor":
             figures["executor"] = self.executor_figures(ev, logs)
+        if self.cfg.deployments:
+            figures["deployments"] = self.deployment_figures(ev, logs)
         if self.cfg.completion == "push":
             figures["provider_webhooks"] = self.push_figures(logs)
         return figures
@@ -528,6 +576,18 @@ class Chaos:
                 k.split()[1]: v for k, v in invocations.items() if k.startswith("receive_provider_webhook ")
             },
             "poll_steps": sum(v for k, v in invocations.items() if k.startswith("poll_run ")),
+        }
+
+    def deployment_figures(self, ev: Evidence, logs: str) -> dict[str, Any]:
+        """Where runs ended up, the model calls or provider responses each deployment served, and the breakers."""
+        by_deployment = Counter(c["deployment"] for calls in ev.chat_calls.values() for c in calls)
+        by_deployment.update(p["deployment"] for ps in ev.provider.values() for p in ps)
+        return {
+            "runs_by_deployment": dict(Counter(str((v or {}).get("deployment")) for v in ev.views.values())),
+            "served_by_deployment": dict(by_deployment),  # provider responses, or the executor's model calls
+            "outage_s": self.cfg.deployment_outage_s,
+            "circuit_opened": logs.count(": circuit open ("),
+            "executor_spills": logs.count("refused before output"),
         }
 
     @staticmethod
@@ -631,6 +691,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the emulator's quota of creates a minute per model, below the offered load (0: none)",
     )
     parser.add_argument(
+        "--deployments",
+        action="store_true",
+        help="two emulator deployments (ptu priority 0, payg 1) in PROVIDER_DEPLOYMENTS; ptu goes down mid-run",
+    )
+    parser.add_argument("--deployment-outage", type=float, default=defaults.deployment_outage_s)
+    parser.add_argument(
         "--setting",
         action="append",
         default=[],
@@ -646,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stem = "chaos" + {"executor": "-executor"}.get(args.backend, "") + {"push": "-push"}.get(args.completion, "")
     stem += "-quota" if args.provider_rpm else ""
+    stem += "-deployments" if args.deployments else ""
     started = time.monotonic()
     result = run_chaos(
         runs=args.runs,
@@ -660,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
         completion=args.completion,
         provider_rpm=args.provider_rpm,
         host_settings=parse_settings(args.setting),
+        deployments=args.deployments,
+        deployment_outage_s=args.deployment_outage,
         name=stem,
         **({"fault_endpoints": defaults.fault_endpoints + ",chat"} if args.backend == "executor" else {}),
     )

@@ -108,6 +108,8 @@ class Evidence:
     backend: str = "background"  # RUN_BACKEND of the host: "background" (provider responses) or "executor"
     chat_calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # run id -> its model calls (executor)
     unclaimed_chat_calls: list[dict[str, Any]] = field(default_factory=list)  # calls no accepted run's tag names
+    # Two emulator deployments (--deployments): each provider record and chat call carries its `deployment`.
+    deployments: bool = False
 
 
 # Executor runs (RUN_BACKEND=executor) are judged by the model calls the emulator's chat log records.
@@ -248,7 +250,46 @@ class Checker:
             self.no_server_errors(),
             self.no_capacity_refusals(),
             self.no_queued_run_lost(),
+            *([self.deployments_kept()] if self.ev.deployments else []),
         ]
+
+    # -- several deployments (--deployments) ----------------------------------------------------------------------
+    def deployments_kept(self) -> Check:
+        """Background: a run's provider responses are all at the deployment its view names, and a session's turn
+        continues a response made at its own deployment (a chain never moves). Executor: the deployment a run names
+        is one its model calls went to (an executor run is not pinned: it names its last attempt's server)."""
+        failures, examined = [], 0
+        for run_id in (r for r in self.ids if not self.missing(r)):
+            view = self.ev.views.get(run_id) or {}
+            named = view.get("deployment")
+            if self.executor:
+                calls = {c.get("deployment") for c in self.ev.chat_calls.get(run_id, [])}
+                if named is None or not calls:
+                    continue
+                examined += 1
+                if named not in calls:
+                    failures.append(self.failure(run_id, f"names {named}; its model calls went to {sorted(calls)}"))
+                continue
+            for record in self.ev.provider.get(run_id, []):
+                examined += 1
+                # a start cut after its create (start_interrupted) never learnt its response: it names none
+                if record["id"] == view.get("provider_response_id") and record.get("deployment") != named:
+                    failures.append(
+                        self.failure(run_id, f"names {named}; response {record['id']} is at {record.get('deployment')}")
+                    )
+                previous = self.ev.provider_by_id.get(record.get("previous_response_id") or "")
+                if previous is not None and previous.get("deployment") != record.get("deployment"):
+                    failures.append(
+                        self.failure(
+                            run_id,
+                            f"continues {previous['id']} at {previous.get('deployment')} "
+                            f"from {record.get('deployment')}",
+                        )
+                    )
+        what = "runs naming a server of their calls" if self.executor else "responses at their run's deployment"
+        return self.check(
+            "each run at the deployment it names; a session's chain never changes deployment", failures, examined, what
+        )
 
     # -- provider capacity (a quota below the offered load: --provider-rpm) ---------------------------------------
     def no_capacity_refusals(self) -> Check:

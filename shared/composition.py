@@ -23,6 +23,7 @@ from .executor.attempts import Executor
 from .executor.backend import BackendRouter, ExecutorBackend
 from .executor.event_log import EventLog
 from .executor.model_client import Model, ModelClient
+from .executor.model_pool import ModelPool, ModelServer
 from .provider import DeploymentPool, Member, ResponsesBackend, RunBackend, open_provider
 from .provider.incoming_events import ProviderEventVerifier
 from .runs.admission import AdmissionRules, RunAdmission
@@ -51,7 +52,7 @@ from .runs.tokens import TokenCodec
 from .runs.views import RunViews
 from .runs.waiting import RunWaiter
 from .runs.webhook_outbox import WebhookOutbox, WebhookUrls
-from .settings import Settings
+from .settings import DeploymentSettings, Settings
 from .storage import Storage, open_storage
 from .webhooks import WebhookSender
 
@@ -240,9 +241,7 @@ def build(
             max_read_wait=settings.max_read_wait,
             facade_max_wait=settings.facade.max_wait_seconds,
         ),
-        health=HealthCheck(
-            configuration(settings), storage.runs, backend.state if isinstance(backend, DeploymentPool) else None
-        ),
+        health=HealthCheck(configuration(settings), storage.runs, _breakers(settings, backend, model)),
         poll_step=PollStep(
             store, observer, router, ending, scheduler, chain_backoff, retry_backoff=backoff, admission=admission
         ),
@@ -285,12 +284,46 @@ def _completion_strategy(settings: Settings, backend: RunBackend, poll_backoff: 
     return poll_backoff, RetrieveObserver(backend)
 
 
+def _breakers(settings: Settings, backend: RunBackend, model: Model) -> Callable[[], dict[str, str]] | None:
+    """What health shows as the circuit breakers: those of the pool new runs go to (the executor's servers, or the
+    background deployments)."""
+    if settings.executor.backend == "executor" and isinstance(model, ModelPool):
+        return model.state
+    return backend.state if isinstance(backend, DeploymentPool) else None
+
+
+def open_clients(settings: Settings, provider: AsyncOpenAI) -> dict[str, AsyncOpenAI]:
+    """A client per deployment of PROVIDER_DEPLOYMENTS (created once, shared by the background pool and the
+    executor's); unset: the one deployment, `default`, on the service's own provider client."""
+    return {d.name: provider if d.implicit else open_provider(d.provider) for d in settings.deployments}
+
+
+def open_model_pool(settings: Settings, clients: dict[str, AsyncOpenAI]) -> ModelPool:
+    """The executor's model servers: a ModelClient per deployment (executor.model_pool); one deployment alone is
+    the simple default (its breaker never opens)."""
+
+    def model_client(d: DeploymentSettings) -> ModelClient:
+        return ModelClient(
+            clients[d.name],
+            api=settings.executor.api,
+            idle_timeout=settings.executor.idle_timeout_seconds,
+            connect_timeout=d.provider.timeout_seconds,
+            emulator_knobs=d.provider.kind == "emulator",
+        )
+
+    if any(d.implicit for d in settings.deployments):
+        (only,) = settings.deployments
+        return ModelPool.single(model_client(only), only.name)
+    return ModelPool(
+        [ModelServer(d.name, model_client(d), d.model, d.priority, d.weight) for d in settings.deployments]
+    )
+
+
 def open_pool(
-    settings: Settings, provider: AsyncOpenAI
+    settings: Settings, clients: dict[str, AsyncOpenAI]
 ) -> tuple[DeploymentPool, tuple[Callable[[], Awaitable[None]], ...]]:
-    """The pool of PROVIDER_DEPLOYMENTS, a client each (created once); unset: one deployment, `default`, on the
-    service's own provider client. Also the closers of the clients opened here."""
-    clients = {d.name: provider if d.implicit else open_provider(d.provider) for d in settings.deployments}
+    """The pool of PROVIDER_DEPLOYMENTS on their clients (open_clients). Also the closers of the clients that are
+    not the service's own provider client."""
     members = [
         Member(
             d.name,
@@ -304,7 +337,7 @@ def open_pool(
         for d in settings.deployments
     ]
     implicit = any(d.implicit for d in settings.deployments)
-    closers = tuple(client.close for client in clients.values() if client is not provider)
+    closers = tuple(clients[d.name].close for d in settings.deployments if not d.implicit)
     return DeploymentPool(members, implicit=implicit), closers
 
 
@@ -326,14 +359,9 @@ async def services() -> Services:
                     await provider.close()
                     await storage.close()
                     raise
-                model = ModelClient(
-                    provider,
-                    api=settings.executor.api,
-                    idle_timeout=settings.executor.idle_timeout_seconds,
-                    connect_timeout=settings.provider.timeout_seconds,
-                    emulator_knobs=settings.provider.kind == "emulator",
-                )
-                pool, pool_closers = open_pool(settings, provider)
+                clients = open_clients(settings, provider)
+                model = open_model_pool(settings, clients)
+                pool, pool_closers = open_pool(settings, clients)
                 _services = build(
                     settings,
                     storage,

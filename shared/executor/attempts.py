@@ -38,10 +38,11 @@ from ..runs.ending import Cancelled, DeadlinePassed, Observed, ProviderEnded, Ru
 from ..runs.model import Run
 from ..runs.poll_chain import Backoff
 from ..runs.store import RunConflict, RunStore
-from ..settings import ExecutorSettings
+from ..settings import DEFAULT_DEPLOYMENT, ExecutorSettings
 from .backend import ExecuteMessage, executor_response_id, is_executor_id, run_id_of
 from .event_log import EventLog, LogConflict, LogHead
 from .model_client import Model
+from .model_pool import ModelPool
 from .model_request import ModelRequest, continuation_items, failed_event, input_items, response_skeleton, with_status
 
 log = logging.getLogger("bgruns.executing")
@@ -202,7 +203,8 @@ class Executor:
         self._store = store
         self._log = events
         self._ending = ending
-        self._model = model
+        # its model servers (PROVIDER_DEPLOYMENTS); one model call alone is the one server, `default`
+        self._model = model if isinstance(model, ModelPool) else ModelPool.single(model, DEFAULT_DEPLOYMENT)
         self._settings = settings
         self.timings = timings
         self._heartbeat = max(0.2, min(5.0, settings.stale_seconds / 4))
@@ -350,10 +352,14 @@ class Executor:
     ) -> dict[str, Any]:
         """Stream the call into the writer; returns the terminal event. Raises _Stop (the run must stop),
         _Cut (the stream broke after output began) or ProviderError (it broke or was refused before)."""
-        produced: dict[str, Any] = {"output": False, "terminal": None}
+        produced: dict[str, Any] = {"output": False, "terminal": None, "server": None}
+        noted = run.deployment
+
+        def served_by(server: str) -> None:
+            produced["server"] = server
 
         async def produce() -> None:
-            async for event in self._model.stream(request, base, api=writer.head.api or None):
+            async for event in self._model.stream(request, base, api=writer.head.api or None, served_by=served_by):
                 writer.emit(event)
                 if event["type"] == "response.output_item.added":
                     produced["output"] = True
@@ -374,11 +380,15 @@ class Executor:
                     break
                 if writer.due:
                     await writer.flush()
+                if produced["server"] not in (None, noted):
+                    noted = await self._note_server(run, produced["server"])
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + self.timings.check_seconds
                     await self._check(run, started)
                     await writer.beat()
             error = producer.exception()
+            if produced["server"] not in (None, noted):  # a call that ended before the loop looked
+                await self._note_server(run, produced["server"])
         finally:
             if not producer.done():
                 producer.cancel()  # closes the model's HTTP stream: the call stops here
@@ -434,6 +444,24 @@ class Executor:
             except AzureError:  # a storage hiccup: the poll chain sets it at its next step
                 return
 
+    async def _note_server(self, run: Run, server: str) -> str:
+        """Record on the run the model server that serves this attempt (GET's `deployment`; an executor run is not
+        pinned, so a later attempt may be served elsewhere): one conditional write when it changes."""
+        for _ in range(3):
+            try:
+                latest = await self._store.get(run.id)
+                if latest is None or latest.is_terminal or latest.deployment == server:
+                    break
+                latest.deployment = server
+                await self._store.save(latest)
+                break
+            except RunConflict:  # the poll chain wrote meanwhile: look again
+                continue
+            except AzureError:  # a storage hiccup: the next attempt (or none) records it
+                break
+        run.deployment = server
+        return server
+
     # -- ending ----------------------------------------------------------------------------------------------------
     async def _stopped(
         self, run: Run, writer: _Writer, base: dict[str, Any], reason: str
@@ -475,6 +503,7 @@ class Executor:
         """End the run through runs.ending, which makes the webhook's first attempt here."""
         fresh = await self._store.get(run.id, with_result=True) or run
         fresh.response_id = fresh.response_id or executor_response_id(run.id)  # the start may not have saved it yet
+        fresh.deployment = run.deployment or fresh.deployment  # the server noted by this attempt (_note_server)
         await self._ending.end(fresh, observed)
 
     async def _finish_from_log(self, run: Run, head: LogHead) -> ExecuteOutcome | RunStatus:

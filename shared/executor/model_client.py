@@ -12,7 +12,7 @@ starts the next attempt after), any other is the model's verdict and ends the ca
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import openai
@@ -38,7 +38,7 @@ class Model(Protocol):
 
     def stream(
         self, request: ModelRequest, base: Mapping[str, Any], *, api: str | None = None
-    ) -> AsyncIterator[dict[str, Any]]: ...
+    ) -> AsyncGenerator[dict[str, Any], None]: ...
 
 
 class ModelClient:
@@ -72,7 +72,7 @@ class ModelClient:
 
     async def stream(
         self, request: ModelRequest, base: Mapping[str, Any], *, api: str | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The call's events, ending with its terminal event, through `api` (default: this instance's). Raises
         ProviderError when the call is refused or its connection breaks (transient: a cut)."""
         api = api or self._api

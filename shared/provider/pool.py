@@ -105,12 +105,20 @@ class CircuitBreaker:
         return tripped
 
 
-class _NeverOpen(CircuitBreaker):
+class NeverOpen(CircuitBreaker):
     """The implicit `default` deployment's: with nowhere to spill to, it stays as before the pool (admission waits
     out a 429/503 per model; a Retry-After of one model must not hold another's starts)."""
 
     def failed(self, now: float, retry_after: float | None) -> bool:
         return False
+
+
+def weighted_order(members: Sequence[tuple[str, int, int]], rng: random.Random) -> list[str]:
+    """The names of `members` (name, priority, weight) by priority, lower first, in a weighted random order within
+    a priority (the executor's model servers are ordered so too: executor.model_pool)."""
+    # Efraimidis-Spirakis: sorting by u^(1/weight) draws a weighted order without replacement.
+    keyed = [(priority, -(rng.random() ** (1.0 / weight)), name) for name, priority, weight in members]
+    return [name for _, _, name in sorted(keyed)]
 
 
 @dataclass
@@ -154,7 +162,7 @@ class DeploymentPool:
                 m.priority,
                 m.weight,
                 Candidate(m.name, None if implicit else m.name, m.requests_per_minute, m.tokens_per_minute),
-                _NeverOpen() if implicit else CircuitBreaker(),
+                NeverOpen() if implicit else CircuitBreaker(),
             )
             for m in members
         }
@@ -184,9 +192,8 @@ class DeploymentPool:
                 retry_after=max(1.0, wait),
                 code="deployment_unavailable",
             )
-        # Efraimidis-Spirakis: sorting by u^(1/weight) draws a weighted order without replacement.
-        keyed = [(m.priority, -(self._rng.random() ** (1.0 / m.weight)), m) for m in members]
-        return [self._as_candidate(m, now) for _, _, m in sorted(keyed, key=lambda k: k[:2])]
+        order = weighted_order([(m.name, m.priority, m.weight) for m in members], self._rng)
+        return [self._as_candidate(self._members[name], now) for name in order]
 
     @staticmethod
     def _as_candidate(member: _Member, now: float) -> Candidate:

@@ -193,6 +193,7 @@ class RunStarter:
             chain_deployment = (session.last_deployment or DEFAULT_DEPLOYMENT) if previous_response_id else None
         params = self._provider_params(request, run_id, previous_response_id)
         deadline = min(request.deadline_seconds or self._rules.run_deadline, self._rules.run_deadline)
+        backend = getattr(self._backend, "kind", "background")
         run = attempt.run = Run(
             id=run_id,
             status="queued",
@@ -208,8 +209,8 @@ class RunStarter:
             owner=caller.owner,
             previous_run_id=request.previous_run_id,
             quota_slot=attempt.slot is not None,
-            backend=getattr(self._backend, "kind", "background"),
-            deployment=chain_deployment,
+            backend=backend,
+            deployment=chain_deployment if backend == "background" else None,  # the executor notes its server
         )
         telemetry.run_created(run)
         await self._index.mark_open(run_id)

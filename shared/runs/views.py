@@ -47,7 +47,7 @@ class RunViews:
             "provider_response_id": run.response_id,
             "stream": run.stream,
             "backend": run.backend,
-            "deployment": run.deployment if run.backend == "background" else None,
+            "deployment": run.deployment,  # the executor's: the model server of its last attempt (None: none yet)
         }
         if run.admission is not None:
             view["admission"] = self._admission(run)

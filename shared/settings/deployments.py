@@ -2,11 +2,15 @@
 
 A JSON array, one object per deployment: `name` (required, unique, `[a-z0-9-]{1,32}`: it is recorded on each run),
 `endpoint` (an Azure OpenAI resource endpoint for azure_openai, else an OpenAI-compatible `/v1` base URL),
-`provider` (azure_openai, openai or emulator; default: MODEL_PROVIDER), `deployment` (the model or deployment name
+`provider` (azure_openai, openai, emulator, or openai_compatible for the executor's servers; default:
+MODEL_PROVIDER), `deployment` (the model or deployment name
 sent as `model`; default: the caller's model), `api_key_setting` (the NAME of the app setting that holds its key:
 no secret in this JSON; absent: Microsoft Entra ID for Azure), `priority` (default 0, lower first), `weight`
 (default 1, the share within a priority), `requests_per_minute` / `tokens_per_minute` (that deployment's pacing
 budgets; absent: PACING_*). Unset: one deployment, `default`, made of the single-provider settings.
+
+The same pool serves the executor (RUN_BACKEND executor; executor.model_pool): its entries are then the
+OpenAI-compatible servers its model calls go to, and may be of any provider (settings.model checks the pair).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 SETTING = "PROVIDER_DEPLOYMENTS"
 DEFAULT_DEPLOYMENT = "default"
 POOL_PROVIDERS = ("azure_openai", "openai", "emulator")  # the providers with a background mode
+EXECUTOR_PROVIDERS = (*POOL_PROVIDERS, "openai_compatible")  # what the executor's model call can reach
 NAME = re.compile(r"[a-z0-9-]{1,32}")
 _FIELDS = frozenset(
     {
@@ -78,10 +83,9 @@ def _entry(i: int, entry: Any) -> DeploymentEntry:
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ValueError(f"entry {i}: name must be 1-32 characters of [a-z0-9-], got {name!r}")
     provider = _text(entry, "provider", name)
-    if provider is not None and provider not in POOL_PROVIDERS:
+    if provider is not None and provider not in EXECUTOR_PROVIDERS:
         raise ValueError(
-            f"{name}: provider must be azure_openai, openai or emulator (a provider with a background mode), "
-            f"got {provider!r}"
+            f"{name}: provider must be azure_openai, openai, emulator or openai_compatible, got {provider!r}"
         )
     endpoint = _text(entry, "endpoint", name)
     if not endpoint or not endpoint.startswith(("http://", "https://")):

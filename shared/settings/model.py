@@ -136,7 +136,7 @@ class Settings:
             stream_keepalive_seconds=read("STREAM_KEEPALIVE_SECONDS"),
             completion=_completion(reader(env, "completion"), function_timeout),
             facade=FacadeSettings(facade("RESPONSES_API_KEYS"), facade("RESPONSES_MAX_WAIT_SECONDS")),
-            executor=_executor(reader(env, "executor"), provider, function_timeout),
+            executor=_executor(reader(env, "executor"), provider, pool, function_timeout),
             quotas=_quotas(read, facade("RESPONSES_API_KEYS")),
             pacing=PacingSettings(
                 read("PACING_REQUESTS_PER_MINUTE"),
@@ -209,11 +209,22 @@ def _quotas(read: Read, api_keys: tuple[ApiKey, ...]) -> QuotaSettings:
     return QuotaSettings(Quota(read("CALLER_MAX_ACTIVE_RUNS"), read("CALLER_STARTS_PER_MINUTE")), overrides)
 
 
-def _executor(read: Read, provider: ProviderSettings, function_timeout: float | None) -> ExecutorSettings:
-    backend = read("RUN_BACKEND") or ("background" if provider.has_background_mode else "executor")
-    if backend == "background" and not provider.has_background_mode:
+def _executor(
+    read: Read, provider: ProviderSettings, pool: tuple[DeploymentSettings, ...], function_timeout: float | None
+) -> ExecutorSettings:
+    """The executor's settings, and which backend new runs use: background when every deployment has a background
+    mode, else the executor (whose model calls go to the same pool: executor.model_pool)."""
+    without = [d for d in pool if not d.provider.has_background_mode]
+    backend = read("RUN_BACKEND") or ("executor" if without else "background")
+    if backend == "background" and without:
+        if without[0].implicit:
+            raise SettingsError(
+                f"RUN_BACKEND: background needs a provider with a background mode; {provider.kind} has none "
+                "(use executor)"
+            )
         raise SettingsError(
-            f"RUN_BACKEND: background needs a provider with a background mode; {provider.kind} has none (use executor)"
+            f"PROVIDER_DEPLOYMENTS: {without[0].name}: provider {without[0].provider.kind} has no background mode, "
+            "so it can serve only the executor (RUN_BACKEND executor)"
         )
     return ExecutorSettings(
         backend=backend,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .deployments import DEFAULT_DEPLOYMENT, POOL_PROVIDERS, SETTING, DeploymentEntry
+from .deployments import DEFAULT_DEPLOYMENT, SETTING, DeploymentEntry
 from .spec import SettingsError
 from .table import Read
 
@@ -107,12 +107,7 @@ def deployments(
 
 def _resolved(entry: DeploymentEntry, env: Mapping[str, str], service: ProviderSettings) -> DeploymentSettings:
     where = f"{SETTING}: {entry.name}"
-    kind = entry.provider or service.kind
-    if kind not in POOL_PROVIDERS:
-        raise SettingsError(
-            f"{where}: provider must be azure_openai, openai or emulator (MODEL_PROVIDER is {kind}, which has no "
-            "background mode)"
-        )
+    kind = entry.provider or service.kind  # one without a background mode serves the executor only (settings.model)
     if kind == "azure_openai" and not entry.endpoint.startswith("https://"):
         raise SettingsError(f"{where}: endpoint must be an https:// Azure OpenAI endpoint, got {entry.endpoint!r}")
     base_url = azure_v1_url(entry.endpoint) if kind == "azure_openai" else entry.endpoint.rstrip("/")
@@ -124,6 +119,7 @@ def _resolved(entry: DeploymentEntry, env: Mapping[str, str], service: ProviderS
         service.client_id,
         service.default_model,
         service.timeout_seconds,
+        service.entra_scope if kind == "openai_compatible" else None,
     )
     return DeploymentSettings(
         entry.name,

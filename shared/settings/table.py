@@ -105,7 +105,8 @@ SETTINGS: tuple[Setting, ...] = _grouped(
         "A pool of model deployments (JSON array; docs/configuration.md, section Several deployments): each "
         "`name`, `endpoint`, optional `provider`, `deployment`, `api_key_setting` (the name of the setting holding "
         "its key; absent: Entra ID for Azure), `priority` (lower first), `weight`, `requests_per_minute`, "
-        "`tokens_per_minute`. Empty: one deployment, `default`, from the settings above.",
+        "`tokens_per_minute`. Background runs and the executor's model calls alike (an `openai_compatible` entry "
+        "serves the executor only). Empty: one deployment, `default`, from the settings above.",
         kind=parse_entries,
     ),
     "runs",
@@ -321,8 +322,8 @@ SETTINGS: tuple[Setting, ...] = _grouped(
     Setting(
         "RUN_BACKEND",
         "`background` (the provider's background mode) or `executor` (the function app makes "
-        "the streaming model call itself and keeps the events); empty: executor for openai_compatible, "
-        "else background.",
+        "the streaming model call itself and keeps the events); empty: executor for openai_compatible (or a "
+        "PROVIDER_DEPLOYMENTS entry of it), else background.",
         kind=Choice(BACKENDS),
     ),
     Setting(

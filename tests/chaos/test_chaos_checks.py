@@ -402,3 +402,22 @@ def test_a_stream_of_a_run_that_never_learned_its_provider_response_is_its_final
     assert (
         not Checker(evidence([followed], [view("f", status="failed", text="")], [provider("f")])).streams_gap_free().ok
     )
+
+
+def test_a_run_or_a_session_turn_away_from_its_deployment_is_flagged():
+    records = [record("a"), record("b"), record("c")]
+    views = [view("a", deployment="ptu"), view("b", deployment="ptu"), view("c", deployment="payg")]
+    clean = [
+        provider("a", deployment="ptu"),
+        provider("b", deployment="ptu", previous="resp_a"),
+        provider("c", deployment="payg"),
+    ]
+    assert Checker(evidence(records, views, clean, deployments=True)).deployments_kept().ok
+    moved = [*clean[:2], provider("c", deployment="payg", previous="resp_b")]  # a chain that changed deployment
+    check = Checker(evidence(records, views, moved, deployments=True)).deployments_kept()
+    assert not check.ok and "continues resp_b at ptu from payg" in check.failures[0]["problem"]
+    elsewhere = [*clean[:2], provider("c", deployment="ptu")]  # the run names payg, its response is at ptu
+    assert not Checker(evidence(records, views, elsewhere, deployments=True)).deployments_kept().ok
+    interrupted = [*views[:2], view("c", "failed", provider_response_id=None)]  # its start never learnt where
+    assert Checker(evidence(records, interrupted, clean, deployments=True)).deployments_kept().ok
+    assert "deployment" not in " ".join(c.name for c in Checker(evidence(records, views, clean)).all())

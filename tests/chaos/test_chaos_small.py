@@ -86,3 +86,49 @@ def test_small_chaos_run_keeps_every_invariant() -> None:
     assert len(result.checks) >= 15
     assert result.stats["streams"]["resumes"] >= 1 and result.stats["sessions"]["sessions"] >= 1, text
     assert result.failed == 0, text
+
+
+def test_small_chaos_run_with_two_deployments_and_an_outage_keeps_every_invariant() -> None:
+    """The same with two emulator deployments in PROVIDER_DEPLOYMENTS (ptu priority 0, payg 1) and ptu refusing
+    connections for 8 s from 30 % of the window: new starts spill to payg, ptu's runs are polled through the
+    outage, sessions stay on their deployment (one more invariant), every run ends once with one response."""
+    result = run_chaos(
+        **SMALL_RUN,
+        name="chaos-deployments",
+        deployments=True,
+        deployment_outage_s=8,
+        verbose=False,
+    )
+    text = report(result)
+    print(text)
+    assert len(result.checks) >= 16 and any("deployment" in c.name for c in result.checks)
+    served = result.stats["deployments"]["served_by_deployment"]
+    assert served.get("ptu", 0) >= 1 and served.get("payg", 0) >= 1, text
+    assert result.failed == 0, text
+
+
+def test_small_chaos_run_on_the_executor_with_two_model_servers_and_an_outage_keeps_every_invariant() -> None:
+    """The executor over the same two deployments (its model servers, executor.model_pool): while ptu refuses
+    connections the calls go to payg (an executor run is not pinned); each run names a server its calls went to."""
+    result = run_chaos(
+        runs=25,
+        submit_seconds=24,
+        host_kills=1,
+        receiver_outage_s=5,
+        azurite_down_s=3,
+        min_duration_ms=500,
+        max_duration_ms=4000,
+        converge_timeout_s=75,
+        name="chaos-executor-deployments",
+        backend="executor",
+        fault_endpoints="create,retrieve,stream,cancel,chat",
+        deployments=True,
+        deployment_outage_s=8,
+        verbose=False,
+    )
+    text = report(result)
+    print(text)
+    served = result.stats["deployments"]["served_by_deployment"]
+    assert served.get("ptu", 0) >= 1 and served.get("payg", 0) >= 1, text
+    assert result.stats["executor"]["provider_responses"] == 0, text
+    assert result.failed == 0, text

@@ -85,7 +85,7 @@ def test_a_pool_is_read_with_its_defaults_and_keys_from_the_settings_it_names():
         ([{"name": "a", "endpoint": "http://x/v1", "colour": 1}], "entry 1: unknown field 'colour'"),
         ([{"name": "a"}], "PROVIDER_DEPLOYMENTS: a: endpoint must be"),
         ([{"name": "a", "endpoint": "http://x", "provider": "azure_openai"}], "a: endpoint must be an https://"),
-        ([{"name": "a", "endpoint": "http://x/v1", "provider": "openai_compatible"}], "a: provider must be"),
+        ([{"name": "a", "endpoint": "http://x/v1", "provider": "llama"}], "a: provider must be"),
         ([{"name": "a", "endpoint": "http://x/v1", "weight": 0}], "a: weight must be a whole number of at least 1"),
         ([{"name": "a", "endpoint": "http://x/v1", "priority": "1"}], "a: priority must be a whole number"),
         ([{"name": "a", "endpoint": "http://x/v1", "provider": "openai"}], "a: api_key_setting is required"),
