@@ -8,8 +8,10 @@ client), so it can send keep-alive comments while idle, and end cleanly before t
 A run queued for provider capacity (runs.admission) is shown waiting (`run.status` events, keep-alives) until the
 provider takes it; then its stream is followed from the first event. Where the provider cannot stream the
 response (it was not created streaming, retention passed, a backend refuses) the relay falls back to the stored
-run and still ends with the final run. At the provider's terminal event the relay ends the run itself
-(runs.ending, as the poll chain does), so the final event carries the stored run.
+run and still ends with the final run. A provider that is only unreachable for now (a deployment's outage) is
+waited for instead, across `reconnect`s, so the stream stays exact (see UNREACHABLE_AFTER_END_SECONDS). At the
+provider's terminal event the relay ends the run itself (runs.ending, as the poll chain does), so the final event
+carries the stored run.
 
 A run that ends without a provider terminal event (cancelled, expired, or served from the stored run) gets a
 final event of our own with the id FINAL_EVENT_ID, above any provider sequence number: resuming after it, as
@@ -26,19 +28,22 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
-from .. import telemetry
+from .. import clock, telemetry
 from ..provider import ProviderError, RunBackend
 from ..provider.backend import EventStream
 from ..responses_vocabulary import STREAMED_END_STATUSES, is_terminal_event
 from .ending import ProviderEnded, RunEnding
 from .model import Run
 from .store import RunStore
-from .stream_following import StreamFollower
+from .stream_following import RECONNECT_BACKOFF, StreamFollower
 from .views import RunViews
 
 log = logging.getLogger("bgruns.relay")
 
 FINAL_EVENT_ID = 2**31 - 1
+# A provider whose stream keeps failing (transiently) is waited for, connection after connection (`reconnect`), while
+# the run goes on and this long after it ended; then the stored run ends the stream, with whatever gap it leaves.
+UNREACHABLE_AFTER_END_SECONDS = 300.0
 KEEPALIVE = b": keep-alive\n\n"
 _END = object()
 
@@ -169,9 +174,22 @@ class Relay:
                 try:
                     await follower.pause()
                 except ProviderError:
-                    raise ProviderCannotStream("provider stream keeps failing") from None
+                    if await self._ended_long_ago():
+                        raise ProviderCannotStream("provider stream keeps failing") from None
+                    # Unreachable for now (a deployment's outage): its events are still there. Keep trying until
+                    # this connection's time is up; the client then gets `reconnect` and resumes exactly where it
+                    # was. The stored run now would end the stream with a gap in its deltas.
+                    await asyncio.sleep(RECONNECT_BACKOFF.maximum)
         finally:
             await follower.close()
+
+    async def _ended_long_ago(self) -> bool:
+        """Whether the run ended more than UNREACHABLE_AFTER_END_SECONDS ago (or is gone): a provider unreachable
+        that long after the end is not coming back for this stream, so the stored run ends it."""
+        run = await self._deps.store.get(self.run.id)
+        if run is None or not run.is_terminal:
+            return run is None
+        return clock.now() - (run.completed_at or 0.0) > UNREACHABLE_AFTER_END_SECONDS
 
     async def _wait_for_admission(self) -> Run:
         """A run waiting for provider capacity (runs.admission): say so (status events, keep-alives) until the

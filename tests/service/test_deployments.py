@@ -16,6 +16,8 @@ import pytest
 
 from local.emulator.control import EmulatorControl
 from local.stack import LocalStack, wait_until_healthy
+from shared.runs.relay import FINAL_EVENT_ID
+from tests import sse
 from tests.stack import FUNCTION_KEY, MASTER_KEY, TEST_ENV
 
 ENDED = ["response.completed", "response.failed", "response.cancelled", "response.incomplete"]
@@ -149,3 +151,32 @@ def test_a_full_ptu_spills_to_payg_and_payg_webhook_ends_the_run(pool):
         assert details["circuit_breakers"]["ptu"] == "open"  # ptu's 429 said when to come back: not before
     finally:
         emulator.configure("ptu", model_limits={})
+
+
+def test_a_stream_stays_exact_through_its_deployments_outage(pool):
+    """The relay waits for a deployment that is only unreachable for now (longer than the follower's ~11 s of
+    tries) rather than end the stream with the stored run, which would leave a gap in the deltas."""
+    emulator, client = pool
+    run = start(client, metadata={"emulator_duration_ms": "8000", "emulator_output_chars": "300"})
+    assert run["deployment"] == "ptu"
+    outage: list[float] = []
+
+    def down_after_a_few_events(lines):
+        seen = 0
+        for line in lines:
+            yield line
+            seen += line.startswith("id: ")
+            if seen == 3 and not outage:
+                emulator.take_down("ptu", "refuse", for_s=16)  # open connections are cut too
+                outage.append(time.monotonic())
+
+    try:
+        with client.stream("GET", f"/api/runs/{run['id']}/stream", timeout=60) as response:
+            events = list(sse.parse(down_after_a_few_events(response.iter_lines())))
+    finally:
+        emulator.bring_up("ptu")
+    assert outage and time.monotonic() - outage[0] > 16, "the stream ended before ptu was back"
+    final = wait(client, run["id"])
+    assert events[-1].event == "run.completed" and int(events[-1].id) < FINAL_EVENT_ID  # the provider's own final
+    deltas = "".join(e.data["delta"] for e in events if e.event == "response.output_text.delta")
+    assert deltas == final["output_text"] and len(deltas) == 300
