@@ -325,6 +325,19 @@ async def test_the_deadline_stops_the_call_and_expires_the_run(monkeypatch):
     assert w.model.open == 0
 
 
+async def test_a_run_still_waiting_for_its_attempt_at_its_deadline_is_expired_by_the_sweeper(monkeypatch):
+    # Issue 22: under a backlog the poll queue ran late too, so such runs ended long past their deadline.
+    w = executor_world(monkeypatch)
+    run = await start(w, deadline_seconds=60)
+    w.poll_queue.take()  # the chain's message is late
+    w.clock.advance(61)
+    assert (await w.services.sweeper.sweep())["expired"] == 1
+    ended = await w.run(run.id)
+    assert ended.status == "expired" and "deadline of 60 s" in ended.result["error"]["message"]
+    assert (await w.services.executor._log.head(run.id)).status == "cancelled"  # the log is closed, as a cancel does
+    assert await w.execute() == ["already-terminal"] and not w.model.requests  # its attempt never calls the model
+
+
 async def test_a_call_that_would_outlive_function_timeout_fails_naming_the_limit(monkeypatch):
     w = executor_world(monkeypatch)
     executor = w.services.executor
