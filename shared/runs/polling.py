@@ -37,6 +37,14 @@ log = logging.getLogger("bgruns.polling")
 
 # A message one step ahead of the run was sent by a writer that has not saved yet; give it a moment.
 EARLY_MESSAGE_RETRIES = 3
+# An executor run no attempt has begun (queued behind others on the execute queue) is looked at this often, not on the
+# backoff's seconds: nothing but the deadline can end it before its attempt does (which ends the run itself and sets it
+# in_progress as it begins), and its lost execute message is queued again only after minutes
+# (executor.backend.UNCLAIMED_REDISPATCH_SECONDS). Under a backlog, hundreds of such runs polling every 2 s were most of
+# the poll queue and kept the steps that matter late. Once an attempt began, the chain's next look finds it and
+# goes back to the backoff: a dead attempt is noticed up to this much later (on Azure its message would come back only
+# after 10 minutes).
+EXECUTOR_WAITING_LOOK_SECONDS = 60.0
 
 
 class EarlyMessage(Exception):
@@ -153,8 +161,16 @@ class PollStep:
             return await self._end(run, ProviderEnded(state.response))
         if clock.now() >= run.deadline_at:
             return await self._expire(run)
-        await self._scheduler.schedule(run, self._backoff.delay(run.poll_count), status=state.status)
+        await self._scheduler.schedule(run, self._next_look(run, state), status=state.status)
         return PollOutcome.PENDING
+
+    def _next_look(self, run: Run, state: ProviderState) -> float:
+        """The backoff's delay; for an executor run no attempt has begun, a long one (EXECUTOR_WAITING_LOOK_SECONDS).
+        The scheduler brings either forward to just after the deadline."""
+        delay = self._backoff.delay(run.poll_count)
+        if run.backend == "executor" and state.status == RunStatus.QUEUED:
+            return max(delay, EXECUTOR_WAITING_LOOK_SECONDS)
+        return delay
 
     async def _on_failure(self, run: Run, error: ProviderError) -> PollOutcome | RunStatus:
         if not error.transient:
