@@ -34,9 +34,9 @@ class RunExpiry:
         self._scheduler = scheduler  # the chain's next step, when a cancel must be tried again
         self._retry_backoff = retry_backoff
 
-    async def expire(self, run: Run) -> RunStatus | None:
+    async def expire(self, run: Run, *, deliver_now: bool = True) -> RunStatus | None:
         """End a run past its deadline (it has a response). Returns its status as it ended, or None: the cancel
-        failed for now and the chain's next step (scheduled here) tries again."""
+        failed for now and the chain's next step (scheduled here) tries again. `deliver_now`: as RunEnding.end."""
         state: ProviderState | None = None
         refused = ""
         try:
@@ -58,5 +58,5 @@ class RunExpiry:
             observed: ProviderEnded | DeadlinePassed = ProviderEnded(state.response)  # it ended before the cancel
         else:
             observed = DeadlinePassed(refused)
-        ended = await self._ending.end(run, observed)
+        ended = await self._ending.end(run, observed, deliver_now=deliver_now)
         return RunStatus(ended.status)
