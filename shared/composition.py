@@ -31,6 +31,7 @@ from .runs.callers import CallerKeys
 from .runs.cancelling import RunCanceller
 from .runs.deleting import RunDeleter
 from .runs.ending import RunEnding
+from .runs.expiry import RunExpiry
 from .runs.idempotency import IdempotencyStore
 from .runs.index import RunIndex
 from .runs.lifecycle import RunLifecycle
@@ -161,6 +162,7 @@ def build(
         )
     outbox = WebhookOutbox(store, reader, index, sender, storage.webhook_queue, views, settings.webhook_schedule)
     ending = RunEnding(lifecycle, outbox)
+    expiry = RunExpiry(router, ending, scheduler, backoff)
     rules = StartRules(
         default_model=settings.provider.default_model,
         run_deadline=settings.run_deadline,
@@ -243,7 +245,7 @@ def build(
         ),
         health=HealthCheck(configuration(settings), storage.runs, _breakers(settings, backend, model)),
         poll_step=PollStep(
-            store, observer, router, ending, scheduler, chain_backoff, retry_backoff=backoff, admission=admission
+            store, observer, expiry, ending, scheduler, chain_backoff, retry_backoff=backoff, admission=admission
         ),
         executor=Executor(store, events, ending, model, settings.executor),
         outbox=outbox,
@@ -252,6 +254,7 @@ def build(
             store,
             index,
             ending,
+            expiry,
             lifecycle,
             scheduler,
             storage.webhook_queue,

@@ -441,7 +441,7 @@ class Executor:
                 if latest is None:
                     return
                 run = latest
-            except AzureError:  # a storage hiccup: the poll chain sets it at its next step
+            except AzureError:  # a storage hiccup: the poll chain sets it at its next look (within a minute)
                 return
 
     async def _note_server(self, run: Run, server: str) -> str:

@@ -8,7 +8,8 @@ log. So the poll chain, the relay, cancel, deadlines and webhooks work for execu
 
 The poll chain doubles as the executor's watchdog: when `observe` finds an attempt silent for longer than
 EXECUTOR_STALE_SECONDS (its host died: on Azure the queue message it held stays invisible for up to 10
-minutes), it queues the run again, and the executor starts the next attempt.
+minutes), it queues the run again, and the executor starts the next attempt. While no attempt has begun, the chain
+looks only once a minute (runs.polling.EXECUTOR_WAITING_LOOK_SECONDS): the run can only wait or expire.
 
 `BackendRouter` puts both backends behind the one seam: new runs go to the configured one, everything else by
 the response id, so runs started before RUN_BACKEND changed finish where they began.

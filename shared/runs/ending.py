@@ -16,7 +16,7 @@ saving, or a provider event or a stream raced it), so the run expired. `end` the
 (RunLifecycle.finish: a sticky terminal save, then the follow-ups) and makes the webhook's first attempt right away,
 within INLINE_WEBHOOK_BUDGET_SECONDS; the queued message waits as the safety net. A path that answers a caller over
 HTTP (a start, a cancel, a stream) passes `deliver_now=False`: its answer never waits on the caller's webhook
-receiver, and the queued message delivers at once instead.
+receiver, and the queued message delivers at once instead; so does the sweeper, which ends many runs in one pass.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ holds the provider's stream for a window and returns at its terminal event. With
 webhooks end runs (runs.provider_event_inbox) and this chain is only the safety net, with a slow backoff.
 
 The provider is asked first, so a run that completed just before its deadline keeps its output; only a run
-still going at its deadline is cancelled at the provider and ends `expired`. Provider 429/5xx/timeouts are
+still going at its deadline is cancelled at the provider and ends `expired` (runs.expiry, which the sweeper also
+uses for a run whose chain is late). Provider 429/5xx/timeouts are
 retried on the chain, honouring Retry-After; a refusal that retrying cannot fix (auth, configuration) fails
 the run with the provider's message. A step that ends a run does it through runs.ending, which makes the first
 webhook attempt right there.
@@ -25,7 +26,8 @@ from .. import clock, telemetry
 from ..provider import ProviderError, ProviderState, RunBackend
 from ..responses_vocabulary import ErrorCode, RunStatus, is_terminal_event
 from .admission import AdmissionOutcome, RunAdmission
-from .ending import DeadlinePassed, Failed, Observed, ProviderEnded, RunEnding
+from .ending import Failed, Observed, ProviderEnded, RunEnding
+from .expiry import RunExpiry
 from .model import Run
 from .poll_chain import Backoff, PollMessage, PollScheduler
 from .store import RunStore
@@ -35,8 +37,14 @@ log = logging.getLogger("bgruns.polling")
 
 # A message one step ahead of the run was sent by a writer that has not saved yet; give it a moment.
 EARLY_MESSAGE_RETRIES = 3
-# A cancel at the deadline that fails for now is tried again for this long; then the run ends expired anyway.
-CANCEL_RETRY_WINDOW_SECONDS = 600.0
+# An executor run no attempt has begun (queued behind others on the execute queue) is looked at this often, not on the
+# backoff's seconds: nothing but the deadline can end it before its attempt does (which ends the run itself and sets it
+# in_progress as it begins), and its lost execute message is queued again only after minutes
+# (executor.backend.UNCLAIMED_REDISPATCH_SECONDS). Under a backlog, hundreds of such runs polling every 2 s were most of
+# the poll queue and kept the steps that matter late. Once an attempt began, the chain's next look finds it and
+# goes back to the backoff: a dead attempt is noticed up to this much later (on Azure its message would come back only
+# after 10 minutes).
+EXECUTOR_WAITING_LOOK_SECONDS = 60.0
 
 
 class EarlyMessage(Exception):
@@ -101,7 +109,7 @@ class PollStep:
         self,
         store: RunStore,
         observer: Observer,
-        backend: RunBackend,
+        expiry: RunExpiry,
         ending: RunEnding,
         scheduler: PollScheduler,
         backoff: Backoff,
@@ -110,11 +118,11 @@ class PollStep:
         admission: RunAdmission | None = None,
     ) -> None:
         """`backoff` spaces the chain's steps (zero for watch: the next window starts at once);
-        `retry_backoff` spaces retries after a provider hiccup. `backend` cancels a run at its deadline.
+        `retry_backoff` spaces retries after a provider hiccup. `expiry` ends a run at its deadline.
         `admission` tries the create of a run queued for provider capacity (it has no response yet)."""
         self._store = store
         self._observer = observer
-        self._backend = backend
+        self._expiry = expiry
         self._ending = ending
         self._scheduler = scheduler
         self._backoff = backoff
@@ -153,8 +161,16 @@ class PollStep:
             return await self._end(run, ProviderEnded(state.response))
         if clock.now() >= run.deadline_at:
             return await self._expire(run)
-        await self._scheduler.schedule(run, self._backoff.delay(run.poll_count), status=state.status)
+        await self._scheduler.schedule(run, self._next_look(run, state), status=state.status)
         return PollOutcome.PENDING
+
+    def _next_look(self, run: Run, state: ProviderState) -> float:
+        """The backoff's delay; for an executor run no attempt has begun, a long one (EXECUTOR_WAITING_LOOK_SECONDS).
+        The scheduler brings either forward to just after the deadline."""
+        delay = self._backoff.delay(run.poll_count)
+        if run.backend == "executor" and state.status == RunStatus.QUEUED:
+            return max(delay, EXECUTOR_WAITING_LOOK_SECONDS)
+        return delay
 
     async def _on_failure(self, run: Run, error: ProviderError) -> PollOutcome | RunStatus:
         if not error.transient:
@@ -173,29 +189,8 @@ class PollStep:
         return PollOutcome.RETRY
 
     async def _expire(self, run: Run) -> PollOutcome | RunStatus:
-        """Past its deadline and still going: cancel at the provider; if it finished meanwhile, keep that. A
-        cancel that fails for now is tried again on the chain (the run must not end while the provider goes
-        on); one the provider refuses ends the run expired all the same, and says so."""
-        state: ProviderState | None = None
-        refused = ""
-        try:
-            state = await self._backend.cancel(run.response_id or "", deployment=run.at)
-        except ProviderError as error:
-            if error.transient and clock.now() < run.deadline_at + CANCEL_RETRY_WINDOW_SECONDS:
-                log.warning("run %s: cancel at deadline failed for now (%s); trying again", run.id, error.message)
-                await self._scheduler.schedule(
-                    run, self._retry_backoff.delay(run.poll_count, retry_after=error.retry_after)
-                )
-                return PollOutcome.RETRY
-            log.warning("run %s: could not cancel at the deadline (%s): %s", run.id, error.status, error.message)
-            refused = (
-                f" The provider refused to cancel it ({error.status}): {error.message}."
-                if not error.transient
-                else f" Cancelling it at the provider kept failing: {error.message}."
-            )
-        if state is not None and not state.is_active and state.status != RunStatus.CANCELLED:
-            return await self._end(run, ProviderEnded(state.response))  # it ended before the cancel landed
-        return await self._end(run, DeadlinePassed(refused))
+        ended = await self._expiry.expire(run)
+        return PollOutcome.RETRY if ended is None else ended
 
     async def _end(self, run: Run, observed: Observed) -> RunStatus:
         ended = await self._ending.end(run, observed)

@@ -2,12 +2,17 @@
 
 It looks only at the runs in the open-work index (active runs, and ended runs whose follow-ups are not
 done), so its cost follows the runs in flight, not every run ever kept. For each one:
+- an active run past its deadline whose chain's look at it is due (the poll queue runs late under load) is ended
+  here, as the chain would (runs.expiry: cancelled at the provider, then `expired`), so a slow poll queue delays
+  expiry by a sweep interval at most; should the chain's step come meanwhile, the ETag-guarded finish ends it once;
 - an active run whose next poll is overdue (a lost message, a crash between save and send) gets its poll
   chain restarted (for a run queued for provider capacity: its tries); one whose start was interrupted before the
   provider accepted it (or a queued run's try, cut mid-create) ends `failed`. A chain restarted again before any
   step acted waits twice as long for its next restart (Run.poll_is_overdue): its messages are late, not lost;
 - an ended run gets its follow-ups (session, retention date) and leaves the index, unless its webhook is
   still pending; a pending webhook that is stuck (no attempt long after it was due) is queued again.
+A run the sweeper ends leaves its webhook's first attempt to the queue at once (RunEnding.end, deliver_now=False):
+a pass ends many runs 16 at a time, and none of them waits on a slow receiver while the others wait for a slot.
 A caller's active-run slot held by no open run (a start that died before noting its run) is given back.
 """
 
@@ -21,10 +26,11 @@ from .. import clock, telemetry
 from ..responses_vocabulary import ErrorCode
 from ..storage import Queue
 from .ending import Failed, RunEnding
+from .expiry import RunExpiry
 from .index import RunIndex
 from .lifecycle import RunLifecycle
 from .model import Run
-from .poll_chain import PollScheduler
+from .poll_chain import DEADLINE_SLACK_SECONDS, PollScheduler
 from .quotas import CallerQuotas
 from .requests import run_id_created_at
 from .store import RunConflict, RunStore
@@ -41,6 +47,7 @@ class Sweeper:
         store: RunStore,
         index: RunIndex,
         ending: RunEnding,
+        expiry: RunExpiry,
         lifecycle: RunLifecycle,
         scheduler: PollScheduler,
         webhook_queue: Queue,
@@ -53,6 +60,7 @@ class Sweeper:
         self._store = store
         self._index = index
         self._ending = ending  # ends interrupted starts
+        self._expiry = expiry  # ends runs past their deadline whose chain is late
         self._lifecycle = lifecycle  # runs the follow-ups of ended runs again
         self._scheduler = scheduler
         self._webhook_queue = webhook_queue
@@ -82,7 +90,8 @@ class Sweeper:
         if errors:
             log.error("sweeper: %d of %d open runs could not be looked at", len(errors), len(run_ids))
             raise errors[0]
-        found = {key: repaired[key] for key in ("polls", "starts", "webhooks", "followed_up", "slots") if repaired[key]}
+        kinds = ("expired", "polls", "starts", "webhooks", "followed_up", "slots")
+        found = {key: repaired[key] for key in kinds if repaired[key]}
         if found:
             log.warning("sweeper repaired %s (of %d open runs)", found, len(run_ids))
         return {"open": len(run_ids), **found}
@@ -101,6 +110,12 @@ class Sweeper:
             await self._index.mark_done(run_id)
 
     async def _repair_active(self, run: Run) -> str:
+        if self._chain_late_for_deadline(run):
+            with telemetry.run_step("repair run", run, logger=log.name):
+                telemetry.annotate(outcome="expired_by_sweeper")
+                log.warning("run %s: past its deadline and its chain's look is late; ending it here", run.id)
+                ended = await self._expiry.expire(run, deliver_now=False)
+            return "expired" if ended is not None else "fine"  # None: the cancel is retried on the chain
         if not run.poll_is_overdue(clock.now(), self._grace):
             return "fine"
         admission = run.admission
@@ -116,6 +131,7 @@ class Sweeper:
                     Failed(
                         ErrorCode.START_INTERRUPTED, "The run's start was interrupted before the provider accepted it."
                     ),
+                    deliver_now=False,
                 )
             return "starts"
         overdue = "none due" if run.next_poll_at is None else f"overdue by {clock.now() - run.next_poll_at:.0f}s"
@@ -124,6 +140,14 @@ class Sweeper:
         with telemetry.run_step("repair run", run, logger=log.name):
             telemetry.annotate(outcome="poll_chain_restarted")
             return "polls" if await self._scheduler.schedule(run, 0, event="repaired") else "fine"
+
+    @staticmethod
+    def _chain_late_for_deadline(run: Run) -> bool:
+        """Past its deadline (and the slack of the chain's last look), with a response to cancel, and its chain's
+        next look due already: not acted on yet. A look still ahead (a cancel being retried) is left to the chain."""
+        now = clock.now()
+        due = run.next_poll_at is None or run.next_poll_at <= now
+        return bool(run.response_id) and now >= run.deadline_at + DEADLINE_SLACK_SECONDS and due
 
     async def _tidy_ended(self, run: Run) -> str:
         hook = run.webhook

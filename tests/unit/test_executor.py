@@ -227,6 +227,39 @@ async def test_a_run_waiting_in_the_queue_for_its_first_attempt_is_not_queued_ag
     assert w.execute_queue.sent[1].at == w.clock.now  # queued again by this step, not earlier
 
 
+async def test_a_run_waiting_for_its_first_attempt_is_looked_at_rarely_then_on_the_backoff_once_it_runs(monkeypatch):
+    # Issue 22: hundreds of runs waiting behind an execute-queue backlog each polled every <= 2 s, and that poll
+    # traffic kept the steps that matter late. Nothing but the deadline ends such a run before its attempt does.
+    from shared.runs.polling import EXECUTOR_WAITING_LOOK_SECONDS
+
+    w = executor_world(monkeypatch)
+    run = await start(w)
+    assert await w.drain_polls(limit=1) == ["pending"]
+    assert w.poll_queue.sent[-1].delay == EXECUTOR_WAITING_LOOK_SECONDS
+    assert w.services.views.retry_after(await w.run(run.id)) == 1  # its own attempt ends it, at any moment
+    held = asyncio.create_task(w.services.waiter.wait(await w.run(run.id), 30, lambda: w.run(run.id)))
+    go = asyncio.Event()
+    w.model.scripts = [["slow", go]]
+    attempt = asyncio.create_task(w.execute())
+    await until(lambda: w.model.open == 1)
+    woken = await asyncio.wait_for(held, 2)  # a held read learns it began from the attempt, not from the chain
+    assert woken.status == "in_progress"
+    assert await w.drain_polls(limit=1) == ["pending"]
+    assert w.poll_queue.sent[-1].delay <= w.settings.poll_max_delay * 1.2  # running: back on the backoff
+    go.set()
+    assert await asyncio.wait_for(attempt, 2) == ["completed"]
+
+
+async def test_a_waiting_runs_rare_look_still_comes_just_after_its_deadline(monkeypatch):
+    w = executor_world(monkeypatch)
+    run = await start(w, deadline_seconds=20)
+    assert await w.drain_polls(limit=1) == ["pending"]
+    (look,) = w.poll_queue.sent
+    assert look.delay == pytest.approx(run.deadline_at - look.at + 0.5)
+    w.clock.now = run.deadline_at + 0.5
+    assert await w.drain_polls() == ["expired"]
+
+
 # -- retries and cuts ------------------------------------------------------------------------------------------------
 async def test_provider_429_and_500_before_output_are_retried_without_a_restart(monkeypatch):
     w = executor_world(monkeypatch)
@@ -323,6 +356,19 @@ async def test_the_deadline_stops_the_call_and_expires_the_run(monkeypatch):
     ended = await w.run(run.id)
     assert ended.status == "expired" and "deadline of 60 s" in ended.result["error"]["message"]
     assert w.model.open == 0
+
+
+async def test_a_run_still_waiting_for_its_attempt_at_its_deadline_is_expired_by_the_sweeper(monkeypatch):
+    # Issue 22: under a backlog the poll queue ran late too, so such runs ended long past their deadline.
+    w = executor_world(monkeypatch)
+    run = await start(w, deadline_seconds=60)
+    w.poll_queue.take()  # the chain's message is late
+    w.clock.advance(61)
+    assert (await w.services.sweeper.sweep())["expired"] == 1
+    ended = await w.run(run.id)
+    assert ended.status == "expired" and "deadline of 60 s" in ended.result["error"]["message"]
+    assert (await w.services.executor._log.head(run.id)).status == "cancelled"  # the log is closed, as a cancel does
+    assert await w.execute() == ["already-terminal"] and not w.model.requests  # its attempt never calls the model
 
 
 async def test_a_call_that_would_outlive_function_timeout_fails_naming_the_limit(monkeypatch):

@@ -293,7 +293,7 @@ async def test_a_response_cancelled_exactly_at_the_deadline_ends_the_run_expired
 
 
 async def test_a_cancel_at_the_deadline_that_keeps_failing_ends_the_run_expired_saying_so(monkeypatch):
-    from shared.runs.polling import CANCEL_RETRY_WINDOW_SECONDS
+    from shared.runs.expiry import CANCEL_RETRY_WINDOW_SECONDS
 
     w = world(monkeypatch)
     run = await started(w, deadline_seconds=10)

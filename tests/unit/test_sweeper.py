@@ -343,3 +343,67 @@ async def test_a_chain_restarted_again_before_a_step_acted_waits_twice_as_long_e
     (restart,) = await sweep_every_second(w, stepped.next_poll_at + 4 + 1 - began)
     assert 0 < began + restart - (stepped.next_poll_at + 4) <= 1  # the first pass past the grace
     assert (await w.run(run.id)).chain_restarts == 1
+
+
+# -- runs past their deadline (issue 22: a poll queue late under load made runs expire late) ----------------------
+async def test_a_run_past_its_deadline_whose_chain_is_late_is_expired_by_the_sweeper(monkeypatch):
+    w = world(monkeypatch)
+    run = await start(w, deadline_seconds=10, webhook_url="http://127.0.0.1:9/hook")
+    late = w.poll_queue.take()  # the chain's message waits in a slow queue
+    w.clock.now = run.deadline_at  # at the deadline the chain's look is not due yet (it comes just after)
+    assert (await w.services.sweeper.sweep()).get("expired") is None and not w.backend.count("cancel")
+    w.clock.advance(1)  # well within the sweep grace: no chain restart would act yet
+    assert (await w.services.sweeper.sweep())["expired"] == 1
+    ended = await w.run(run.id)
+    assert ended.status == "expired" and "deadline of 10 s" in ended.result["error"]["message"]
+    assert w.backend.responses[run.response_id].status == "cancelled"  # cancelled at the provider, as the chain does
+    assert not w.sender.sent  # a pass ending many runs leaves their webhooks to the queue, at once
+    (hook,) = w.webhook_queue.sent
+    assert hook.delay == 0 and await w.services.outbox.deliver(hook.message) == "delivered"
+    assert [await w.services.poll_step.handle(m, dequeue_count=5) for m in late] == ["already-terminal"]
+
+
+async def test_a_run_that_completed_by_its_deadline_keeps_its_output_when_the_sweeper_ends_it(monkeypatch):
+    w = world(monkeypatch)
+    run = await start(w, deadline_seconds=10)
+    w.poll_queue.take()
+    w.backend.responses[run.response_id].complete("in time")
+    w.clock.now = run.deadline_at + 1
+    assert (await w.services.sweeper.sweep())["expired"] == 1
+    ended = await w.run(run.id)
+    assert ended.status == "completed" and ended.result["output_text"] == "in time"
+
+
+async def test_a_cancel_at_the_deadline_retried_on_the_chain_is_left_to_the_chain(monkeypatch):
+    from shared.provider import ProviderError
+
+    w = world(monkeypatch)
+    run = await start(w, deadline_seconds=10)
+    w.poll_queue.take()
+    w.clock.now = run.deadline_at + 1
+    w.backend.fail["cancel"] = [ProviderError(transient=True, status=503, message="down")]
+    assert (await w.services.sweeper.sweep()).get("expired") is None  # the cancel failed: tried again on the chain
+    assert len(w.poll_queue.sent) == 1 and (await w.run(run.id)).status != "expired"
+    assert (await w.services.sweeper.sweep()).get("expired") is None  # its look is ahead: no second cancel
+    assert w.backend.count("cancel") == 1
+    assert await w.drain_polls() == ["expired"]
+
+
+async def test_the_sweeper_and_a_poll_step_expiring_the_same_run_end_it_once(monkeypatch):
+    w = world(monkeypatch)
+    run = await start(w, deadline_seconds=10, webhook_url="http://127.0.0.1:9/hook")
+    (message,) = w.poll_queue.take()
+    w.clock.now = run.deadline_at + 1
+    step: list[str] = []
+
+    async def the_chain_step_arrives_meanwhile() -> None:
+        del w.backend.before["cancel"]
+        step.append(await w.services.poll_step.handle(message, dequeue_count=5))
+
+    w.backend.before["cancel"] = the_chain_step_arrives_meanwhile  # the sweeper's cancel waits for the step
+    await w.services.sweeper.sweep()
+    assert step == ["expired"]
+    ended = await w.run(run.id)
+    assert ended.status == "expired"
+    assert [e["type"] for e in w.timeline(ended)].count("finished") == 1
+    assert len(w.sender.sent) == 1  # one webhook, one first attempt
