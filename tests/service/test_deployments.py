@@ -177,6 +177,8 @@ def test_a_stream_stays_exact_through_its_deployments_outage(pool):
         emulator.bring_up("ptu")
     assert outage and time.monotonic() - outage[0] > 16, "the stream ended before ptu was back"
     final = wait(client, run["id"])
-    assert events[-1].event == "run.completed" and int(events[-1].id) < FINAL_EVENT_ID  # the provider's own final
-    deltas = "".join(e.data["delta"] for e in events if e.event == "response.output_text.delta")
+    ids = [e.id for e in events if e.id is not None]
+    assert ids == sorted(set(ids)), "event ids repeat or go backwards"
+    assert events[-1].event == "run.completed" and events[-1].id < FINAL_EVENT_ID  # the provider's own final
+    deltas = "".join(e.delta for e in events)
     assert deltas == final["output_text"] and len(deltas) == 300
