@@ -154,6 +154,7 @@ class Chaos:
         self.events: list[tuple[float, str]] = []
         self.stack: LocalStack | None = None
         self.faults: Counter = Counter()
+        self.outages: dict[str, tuple[float, float]] = {}  # deployment -> (down, up), wall clock
         self.stats: dict[str, Any] = {}
         self.stats_quota: dict[str, Any] = {}  # the emulator's quota counters (--provider-rpm)
 
@@ -190,10 +191,12 @@ class Chaos:
 
     async def deployment_outage(self) -> None:
         self.say(f"deployment ptu DOWN (refuses connections) for {self.cfg.deployment_outage_s:.0f}s")
+        down_at = time.time()
         await asyncio.to_thread(self.stack.emulator.take_down, "ptu", "refuse")
         self.faults["deployment_outages"] += 1
         await asyncio.sleep(self.cfg.deployment_outage_s)
         await asyncio.to_thread(self.stack.emulator.bring_up, "ptu")
+        self.outages["ptu"] = (down_at, time.time())
         self.say("deployment ptu up")
 
     async def disruptions(self) -> None:
@@ -393,6 +396,7 @@ class Chaos:
             chat_calls=chat_calls,
             unclaimed_chat_calls=unclaimed,
             deployments=self.cfg.deployments,
+            outages=dict(self.outages),
         )
 
     def emulator_urls(self) -> dict[str, str]:

@@ -110,6 +110,9 @@ class Evidence:
     unclaimed_chat_calls: list[dict[str, Any]] = field(default_factory=list)  # calls no accepted run's tag names
     # Two emulator deployments (--deployments): each provider record and chat call carries its `deployment`.
     deployments: bool = False
+    # deployment -> (down, up), wall clock: a run whose deadline fell while its deployment was down cannot be
+    # cancelled or read there; it ends when the deployment returns (issue 24), so its slack counts from then.
+    outages: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 # Executor runs (RUN_BACKEND=executor) are judged by the model calls the emulator's chat log records.
@@ -1055,19 +1058,26 @@ class Checker:
                 failures.append(self.failure(run_id, f"webhook still {hook.get('state')}"))
             else:
                 deadline = self.ev.records[run_id].expect.get("deadline_seconds") or self.ev.run_deadline
-                late = (view.get("completed_at") or 0) - (view["created_at"] + deadline)
+                due = self.end_due(view, view["created_at"] + deadline)
+                late = (view.get("completed_at") or 0) - due
                 if late > self.ev.stuck_slack:
-                    failures.append(
-                        self.failure(
-                            run_id, f"ended {late:.1f} s after its deadline (allowed {self.ev.stuck_slack:.0f} s)"
-                        )
-                    )
+                    failures.append(self.failure(run_id, self.late_end(late, due, view["created_at"] + deadline)))
         return self.check(
             "nothing stuck (terminal, webhook settled, none active past deadline + sweeper grace)",
             failures,
             len(self.ids),
             "settled",
         )
+
+    def end_due(self, view: dict[str, Any], deadline_at: float) -> float:
+        """When the run should have ended at the latest: its deadline, or, if its deployment was down then (or went
+        down within the slack after it), the deployment's return."""
+        down, up = self.ev.outages.get(view.get("deployment") or "", (0.0, 0.0))
+        return up if down <= deadline_at + self.ev.stuck_slack and deadline_at <= up else deadline_at
+
+    def late_end(self, late: float, due: float, deadline_at: float) -> str:
+        after = "its deadline" if due == deadline_at else "its deployment came back (it was down at the deadline)"
+        return f"ended {late:.1f} s after {after} (allowed {self.ev.stuck_slack:.0f} s)"
 
     def poison_accounted(self) -> Check:
         failures = []

@@ -421,3 +421,16 @@ def test_a_run_or_a_session_turn_away_from_its_deployment_is_flagged():
     interrupted = [*views[:2], view("c", "failed", provider_response_id=None)]  # its start never learnt where
     assert Checker(evidence(records, interrupted, clean, deployments=True)).deployments_kept().ok
     assert "deployment" not in " ".join(c.name for c in Checker(evidence(records, views, clean)).all())
+
+
+def test_a_run_whose_deployment_was_down_at_its_deadline_may_end_when_it_returns_but_not_later():
+    records = [record("p", "deadline_near", deadline_seconds=5), record("q", "deadline_near", deadline_seconds=5)]
+    outage = {"ptu": (T0 + 3, T0 + 123)}  # ptu down from before the deadline to two minutes after it
+    back = view("p", ended=T0 + 130, deployment="ptu")  # learnt its end 7 s after ptu came back
+    elsewhere = view("q", ended=T0 + 130, deployment="payg")  # payg was up: 125 s late is stuck
+    check = Checker(evidence(records, [back, elsewhere], [], outages=outage)).nothing_stuck()
+    assert [f["run_id"] for f in check.failures] == ["q"] and "after its deadline" in check.failures[0]["problem"]
+    too_late = view("p", ended=T0 + 160, deployment="ptu")
+    check = Checker(evidence(records[:1], [too_late], [], outages=outage)).nothing_stuck()
+    assert not check.ok and "after its deployment came back" in check.failures[0]["problem"]
+    assert not Checker(evidence(records[:1], [back], [])).nothing_stuck().ok  # no outage: 125 s late is stuck
