@@ -929,7 +929,15 @@ class Checker:
                     )
             winners = [c for c in log["concurrent"] if c["http"] in (200, 201, 202)]
             others = [c for c in log["concurrent"] if c["http"] not in (200, 201, 202)]
-            if len(winners) > 1 and not any(f.get("run_id") in {w["run_id"] for w in winners} for f in failures):
+            # Winners whose runs are on record were judged above by their times: a start retried through a host
+            # kill may win after the first winner's run ended, and a free session takes it as its next turn. A
+            # winner with no run on record cannot be judged so: more than one winner then is a race.
+            unjudged = [w for w in winners if not (self.ev.views.get(w["run_id"] or "") or {}).get("created_at")]
+            if (
+                len(winners) > 1
+                and unjudged
+                and not any(f.get("run_id") in {w["run_id"] for w in winners} for f in failures)
+            ):
                 failures.append(
                     {
                         "run_id": winners[1]["run_id"],

@@ -434,3 +434,20 @@ def test_a_run_whose_deployment_was_down_at_its_deadline_may_end_when_it_returns
     check = Checker(evidence(records[:1], [too_late], [], outages=outage)).nothing_stuck()
     assert not check.ok and "after its deployment came back" in check.failures[0]["problem"]
     assert not Checker(evidence(records[:1], [back], [])).nothing_stuck().ok  # no outage: 125 s late is stuck
+
+
+def test_two_concurrent_starts_that_won_one_after_the_other_pass_but_not_a_winner_without_a_run():
+    a, b = record("a", "session_concurrent"), record("b", "session_concurrent")
+    a.session_id = b.session_id = "sess_1"
+    retried = ["ReadError", "ConnectError", "409 idempotency_key_busy", "202"]  # through a host kill
+    log = {
+        "turns": [],
+        "concurrent": [
+            {"run_id": "a", "http": 202, "code": None, "answers": ["ReadError", "202"]},
+            {"run_id": "b", "http": 202, "code": None, "answers": retried},
+        ],
+    }
+    after = [view("a", created=T0, ended=T0 + 3), view("b", created=T0 + 10, ended=T0 + 12)]  # b came after a ended
+    assert Checker(evidence([a, b], after, [], sessions={"sess_1": log})).sessions_one_active().ok
+    check = Checker(evidence([a, b], after[:1], [], sessions={"sess_1": log})).sessions_one_active()
+    assert not check.ok and "2 concurrent starts answered 2xx" in check.failures[0]["problem"]  # b's run unknown
