@@ -130,29 +130,6 @@ def test_a_session_turn_waits_for_its_deployment_rather_than_spill(pool):
     assert record["previous_response_id"] == first["provider_response_id"]
 
 
-def test_a_full_ptu_spills_to_payg_and_payg_webhook_ends_the_run(pool):
-    emulator, client = pool
-    emulator.set_quota("ptu", model="pool-spill", rpm=1, quota_window_s=120)
-    try:
-        runs = [start(client, model="pool-spill", metadata={"emulator_duration_ms": "2500"}) for _ in range(3)]
-        assert [r["deployment"] for r in runs] == ["ptu", "payg", "payg"]
-        for r in runs:
-            assert wait(client, r["id"])["status"] == "completed"
-        spilled = runs[1]
-        assert made(emulator, "payg", spilled["id"]) == 1 and made(emulator, "ptu", spilled["id"]) == 0
-        deliveries = httpx.get(
-            f"{emulator.deployment_url('payg')}/_emulator/webhook_deliveries",
-            params={"response_id": client.get(f"/api/runs/{spilled['id']}").json()["provider_response_id"]},
-        ).json()["data"]
-        # payg signed it with its own secret; the host verified it (a 400 otherwise) and found the run
-        assert deliveries and all(a["status"] == 200 for d in deliveries for a in d["attempts"]), deliveries
-        details = client.get("/api/health/details", headers={"x-functions-key": MASTER_KEY}).json()["checks"]
-        assert [d["name"] for d in details["deployments"]] == ["ptu", "payg"]
-        assert details["circuit_breakers"]["ptu"] == "open"  # ptu's 429 said when to come back: not before
-    finally:
-        emulator.configure("ptu", model_limits={})
-
-
 def test_a_stream_stays_exact_through_its_deployments_outage(pool):
     """The relay waits for a deployment that is only unreachable for now (longer than the follower's ~11 s of
     tries) rather than end the stream with the stored run, which would leave a gap in the deltas."""
@@ -182,3 +159,26 @@ def test_a_stream_stays_exact_through_its_deployments_outage(pool):
     assert events[-1].event == "run.completed" and events[-1].id < FINAL_EVENT_ID  # the provider's own final
     deltas = "".join(e.delta for e in events)
     assert deltas == final["output_text"] and len(deltas) == 300
+
+
+def test_a_full_ptu_spills_to_payg_and_payg_webhook_ends_the_run(pool):
+    emulator, client = pool
+    emulator.set_quota("ptu", model="pool-spill", rpm=1, quota_window_s=120)
+    try:
+        runs = [start(client, model="pool-spill", metadata={"emulator_duration_ms": "2500"}) for _ in range(3)]
+        assert [r["deployment"] for r in runs] == ["ptu", "payg", "payg"]
+        for r in runs:
+            assert wait(client, r["id"])["status"] == "completed"
+        spilled = runs[1]
+        assert made(emulator, "payg", spilled["id"]) == 1 and made(emulator, "ptu", spilled["id"]) == 0
+        deliveries = httpx.get(
+            f"{emulator.deployment_url('payg')}/_emulator/webhook_deliveries",
+            params={"response_id": client.get(f"/api/runs/{spilled['id']}").json()["provider_response_id"]},
+        ).json()["data"]
+        # payg signed it with its own secret; the host verified it (a 400 otherwise) and found the run
+        assert deliveries and all(a["status"] == 200 for d in deliveries for a in d["attempts"]), deliveries
+        details = client.get("/api/health/details", headers={"x-functions-key": MASTER_KEY}).json()["checks"]
+        assert [d["name"] for d in details["deployments"]] == ["ptu", "payg"]
+        assert details["circuit_breakers"]["ptu"] == "open"  # ptu's 429 said when to come back: not before
+    finally:
+        emulator.configure("ptu", model_limits={})
