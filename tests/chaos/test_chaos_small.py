@@ -30,23 +30,28 @@ SMALL_RUN = dict(
     client_retry_s=40,
 )
 
+# The executor runs' size and faults (one backend and two model servers alike): faults on the chat endpoint too.
+SMALL_EXECUTOR_RUN = dict(
+    runs=25,
+    submit_seconds=24,
+    host_kills=1,
+    receiver_outage_s=5,
+    azurite_down_s=3,
+    min_duration_ms=500,
+    max_duration_ms=4000,
+    converge_timeout_s=75,
+    backend="executor",
+    fault_endpoints="create,retrieve,stream,cancel,chat",
+)
+
 
 def test_small_chaos_run_with_the_executor_backend_keeps_every_invariant() -> None:
     """The same with RUN_BACKEND=executor: the host's own model calls (Chat Completions, faults and stream cuts
     on the chat endpoint) are killed with it and start again as new attempts. The checks that rest on provider
     background responses judge these runs by their view, their full replay and the emulator's chat log."""
     result = run_chaos(
-        runs=25,
-        submit_seconds=24,
-        host_kills=1,
-        receiver_outage_s=5,
-        azurite_down_s=3,
-        min_duration_ms=500,
-        max_duration_ms=4000,
-        converge_timeout_s=75,
+        **SMALL_EXECUTOR_RUN,
         name="chaos-executor",
-        backend="executor",
-        fault_endpoints="create,retrieve,stream,cancel,chat",
         verbose=False,
     )
     text = report(result)
@@ -111,17 +116,8 @@ def test_small_chaos_run_on_the_executor_with_two_model_servers_and_an_outage_ke
     """The executor over the same two deployments (its model servers, executor.model_pool): while ptu refuses
     connections the calls go to payg (an executor run is not pinned); each run names a server its calls went to."""
     result = run_chaos(
-        runs=25,
-        submit_seconds=24,
-        host_kills=1,
-        receiver_outage_s=5,
-        azurite_down_s=3,
-        min_duration_ms=500,
-        max_duration_ms=4000,
-        converge_timeout_s=75,
+        **SMALL_EXECUTOR_RUN,
         name="chaos-executor-deployments",
-        backend="executor",
-        fault_endpoints="create,retrieve,stream,cancel,chat",
         deployments=True,
         deployment_outage_s=8,
         verbose=False,
