@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -46,6 +48,31 @@ TEST_ENV = {
 }
 # What a host that runs executor runs adds (stack.start_host(name, **EXECUTOR_HOST)).
 EXECUTOR_HOST = {"RUN_BACKEND": "executor", "AzureWebJobs.execute_run.Disabled": "false"}
+
+
+@contextmanager
+def two_deployments(name: str, azurite: Any) -> Iterator[tuple[LocalStack, list[dict[str, Any]]]]:
+    """A stack without a host (keys on) whose emulator serves "ptu" and "payg" on two ports, and the
+    PROVIDER_DEPLOYMENTS entries naming both (ptu at priority 0, payg at 1); the caller starts its host."""
+    local = LocalStack(
+        name,
+        env=TEST_ENV,
+        azurite=azurite,
+        emulator_config={"deployments": {"ptu": {}, "payg": {}}},
+        function_key=FUNCTION_KEY,
+        master_key=MASTER_KEY,
+    ).start(with_host=False)
+    try:
+        urls = local.emulator.deployment_urls()
+        yield (
+            local,
+            [
+                {"name": "ptu", "endpoint": urls["ptu"], "provider": "emulator", "priority": 0},
+                {"name": "payg", "endpoint": urls["payg"], "provider": "emulator", "priority": 1},
+            ],
+        )
+    finally:
+        local.stop()
 
 
 def wait_for_run(client: httpx.Client, run_id: str, timeout: float = 60) -> dict:

@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from local.emulator.control import EmulatorControl
-from local.stack import LocalStack, wait_until_healthy
+from local.stack import wait_until_healthy
 from shared.runs.relay import FINAL_EVENT_ID
 from tests import sse
-from tests.stack import FUNCTION_KEY, MASTER_KEY, TEST_ENV
+from tests.stack import MASTER_KEY, two_deployments
 
 ENDED = ["response.completed", "response.failed", "response.cancelled", "response.incomplete"]
 
@@ -26,21 +26,9 @@ ENDED = ["response.completed", "response.failed", "response.cancelled", "respons
 @pytest.fixture(scope="module")
 def pool(own_azurite):
     """(emulator, host client): an emulator serving ptu and payg, and a host with both as its pool."""
-    local = LocalStack(
-        "pool",
-        env=TEST_ENV,
-        azurite=own_azurite,
-        emulator_config={"deployments": {"ptu": {}, "payg": {}}},
-        function_key=FUNCTION_KEY,
-        master_key=MASTER_KEY,
-    ).start(with_host=False)
-    try:
-        urls = local.emulator.deployment_urls()
+    with two_deployments("pool", own_azurite) as (local, deployments):
+        urls = {d["name"]: d["endpoint"] for d in deployments}
         endpoints = {name: register_endpoint(url) for name, url in urls.items()}
-        deployments = [
-            {"name": "ptu", "endpoint": urls["ptu"], "provider": "emulator", "priority": 0},
-            {"name": "payg", "endpoint": urls["payg"], "provider": "emulator", "priority": 1},
-        ]
         host = local.start_host(
             "pool-host",
             PROVIDER_DEPLOYMENTS=json.dumps(deployments),
@@ -56,8 +44,6 @@ def pool(own_azurite):
         client = httpx.Client(base_url=host.base_url, timeout=30, headers=local.key_headers)
         yield local.emulator, client
         client.close()
-    finally:
-        local.stop()
 
 
 def register_endpoint(base_url: str) -> dict:

@@ -11,34 +11,19 @@ import time
 import httpx
 import pytest
 
-from local.stack import LocalStack, wait_until_healthy
-from tests.stack import EXECUTOR_HOST, FUNCTION_KEY, MASTER_KEY, TEST_ENV
+from local.stack import wait_until_healthy
+from tests.stack import EXECUTOR_HOST, MASTER_KEY, two_deployments
 
 
 @pytest.fixture(scope="module")
 def servers(own_azurite):
     """(emulator, host client): an emulator serving ptu and payg, and an executor host with both as its pool."""
-    local = LocalStack(
-        "executor-pool",
-        env=TEST_ENV,
-        azurite=own_azurite,
-        emulator_config={"deployments": {"ptu": {}, "payg": {}}},
-        function_key=FUNCTION_KEY,
-        master_key=MASTER_KEY,
-    ).start(with_host=False)
-    try:
-        urls = local.emulator.deployment_urls()
-        deployments = [
-            {"name": "ptu", "endpoint": urls["ptu"], "provider": "emulator", "priority": 0},
-            {"name": "payg", "endpoint": urls["payg"], "provider": "emulator", "priority": 1},
-        ]
+    with two_deployments("executor-pool", own_azurite) as (local, deployments):
         host = local.start_host("executor-pool-host", **EXECUTOR_HOST, PROVIDER_DEPLOYMENTS=json.dumps(deployments))
         wait_until_healthy(host.base_url, 60)
         client = httpx.Client(base_url=host.base_url, timeout=30, headers=local.key_headers)
         yield local.emulator, client
         client.close()
-    finally:
-        local.stop()
 
 
 def run_to_end(client: httpx.Client, tag: str, timeout: float = 60) -> dict:
